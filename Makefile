@@ -1,0 +1,36 @@
+# memnet — set-up, training, tests. Everything runs from a fresh clone with Python 3.11.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The torch release memnet is tested with (CPU build on machines that have its wheel).
+TORCH ?= torch==2.13.0
+
+.PHONY: install dev train test test-all lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet "$(TORCH)"
+	$(PIP) install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed   ## create .venv and install memnet with its test extras
+
+train: install               ## train an NTM on copy (2 CPU cores, ~5 min), then print the results table
+	$(VENV)/bin/memnet fit --config configs/ntm/copy.yaml
+	$(VENV)/bin/memnet evaluate --ckpt_path latest --lengths 20 40 80 120 --out results/ntm-copy
+
+test: install                ## the fast test suite (what CI runs)
+	$(PY) -m pytest -q
+
+test-all: install            ## every test, the slow training checks included
+	$(PY) -m pytest -q -m "slow or not slow"
+
+lint: install
+	$(VENV)/bin/ruff check memnet tasks tests benchmarks
+
+bench: install               ## NTM copy-task training throughput at batch sizes 1, 16, 128
+	$(PY) benchmarks/run.py --out benchmarks/results/ntm_copy_cpu.json
+
+clean:
+	rm -rf $(VENV) runs results .pytest_cache

@@ -1,0 +1,67 @@
+"""Figures: the NTM paper's picture of memory access.
+
+Uses matplotlib's Agg backend, so nothing needs a display.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+
+def plot_memory_access(
+    path: str | Path,
+    *,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    outputs: torch.Tensor,
+    read_weights: torch.Tensor,
+    write_weights: torch.Tensor,
+    title: str = "",
+) -> Path:
+    """Draw one example's input, target, output and head weightings over time.
+
+    Args:
+        path: where to save the PNG (folders are created).
+        inputs: (T, D_in) the input sequence.
+        targets: (T, D_out) the target.
+        outputs: (T, D_out) the model's output probabilities.
+        read_weights: (T, R, N) read weightings.
+        write_weights: (T, H_w, N) write weightings.
+        title: figure title.
+
+    Returns:
+        The path written. Memory rows are cropped to the slots any head touched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    read_weights = read_weights.detach().float().cpu()
+    write_weights = write_weights.detach().float().cpu()
+    touched = torch.cat([read_weights, write_weights], dim=1).amax(dim=(0, 1)) > 0.01
+    last = int(touched.nonzero().max()) + 1 if touched.any() else read_weights.shape[-1]
+    last = min(read_weights.shape[-1], max(last + 2, 8))
+
+    panels = [("input", inputs), ("target", targets), ("output", outputs)]
+    panels += [(f"write head {h}", write_weights[:, h, :last]) for h in range(write_weights.shape[1])]
+    panels += [(f"read head {r}", read_weights[:, r, :last]) for r in range(read_weights.shape[1])]
+    heights = [max(2.0, min(6.0, p.shape[1] / 6)) for _, p in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, (name, panel) in zip(axes[:, 0], panels):
+        image = panel.detach().float().cpu().T  # features (or slots) down, time across
+        ax.imshow(image, aspect="auto", cmap="gray_r" if name in ("input", "target", "output") else "viridis",
+                  interpolation="nearest", vmin=0, vmax=1)
+        ax.set_ylabel("slot" if "head" in name else "bit")
+        ax.set_title(name, fontsize=9, loc="left")
+    axes[-1, 0].set_xlabel("time step")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
