@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from einops import einsum, rearrange
+from einops import rearrange
 
 # Added to norms before dividing: the cosine of a zero vector is then 0 rather
 # than NaN, and its gradient stays finite. 1e-6 is far below the norm of any
@@ -36,7 +36,8 @@ def cosine_similarity(memory: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, H, N) similarities in [-1, 1]; 0 where a key or a slot is the zero vector.
     """
-    dots = einsum(keys, memory, "b h w, b n w -> b h n")
+    # (B, H, W) @ (B, W, N): a batched matmul, the fastest form of "b h w, b n w -> b h n"
+    dots = torch.matmul(keys, memory.transpose(1, 2))
     key_norms = _safe_norm(keys)  # (B, H)
     memory_norms = _safe_norm(memory)  # (B, N)
     denominator = rearrange(key_norms, "b h -> b h 1") * rearrange(memory_norms, "b n -> b 1 n")
@@ -107,7 +108,7 @@ def shift(weights: torch.Tensor, shift_weights: torch.Tensor) -> torch.Tensor:
     slots = torch.arange(num_slots, device=weights.device)  # (N,)
     index = (rearrange(slots, "n -> 1 n") - rearrange(offsets, "s -> s 1")) % num_slots  # (S, N)
     rolled = weights[..., index]  # (B, H, S, N)
-    return einsum(rolled, shift_weights, "b h s n, b h s -> b h n")
+    return (rolled * rearrange(shift_weights, "b h s -> b h s 1")).sum(dim=2)
 
 
 def sharpen(weights: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:

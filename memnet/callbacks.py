@@ -12,11 +12,15 @@ from memnet.plots import plot_memory_access
 
 
 def run_dir(trainer: pl.Trainer) -> Path:
-    """The folder of this run: the parent of its checkpoint folder, else the root dir."""
+    """The folder of this run: the parent of its checkpoint folder.
+
+    Without checkpointing (e.g. ``fast_dev_run``) it is ``<root>/runs/debug``, so a
+    debug run never writes into the working directory itself.
+    """
     callback = trainer.checkpoint_callback
     if callback is not None and getattr(callback, "dirpath", None):
         return Path(callback.dirpath).parent
-    return Path(trainer.default_root_dir)
+    return Path(trainer.default_root_dir) / "runs" / "debug"
 
 
 class MemoryAccessPlot(pl.Callback):

@@ -96,8 +96,29 @@ class SequenceModule(pl.LightningModule):
         predictions = (logits > 0).to(batch["targets"].dtype)
         mask = batch["mask"].unsqueeze(-1)
         errors = ((predictions != batch["targets"]) * mask).sum(dim=(1, 2))
+        self._predicted.append((int(batch.get("length", -1)), errors.detach().cpu()))
+        if len(self._predicted) == 1:
+            self._first_prediction = (batch["targets"][0].cpu(), predictions[0].cpu(), batch["mask"][0].cpu())
         return {"inputs": batch["inputs"], "targets": batch["targets"], "mask": batch["mask"],
                 "predictions": predictions * mask, "bit_errors": errors}
+
+    def on_predict_epoch_start(self) -> None:
+        self._predicted: list[tuple[int, torch.Tensor]] = []
+        self._first_prediction = None
+
+    def on_predict_epoch_end(self) -> None:
+        """Print bit errors per sequence by length, and the first example's target and output."""
+        if not self._predicted or not self.trainer.is_global_zero:
+            return
+        print("\nlength  sequences  bit errors per sequence")
+        for length in sorted({length for length, _ in self._predicted}):
+            errors = torch.cat([e for n, e in self._predicted if n == length])
+            print(f"{length:>6}  {len(errors):>9}  {errors.float().mean().item():.3f}")
+        targets, predictions, mask = self._first_prediction
+        scored = mask.bool()
+        print("\nfirst example, output phase (rows: time steps)")
+        print("target      ", "  ".join("".join(str(int(v)) for v in row) for row in targets[scored]))
+        print("prediction  ", "  ".join("".join(str(int(v)) for v in row) for row in predictions[scored]))
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer(self.parameters())

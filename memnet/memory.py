@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from einops import einsum, rearrange, repeat
+from einops import rearrange, repeat
 from torch import nn
 
 from memnet.utils import check_positive
@@ -35,7 +35,8 @@ def read(memory: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, H, W) read vectors r.
     """
-    return einsum(weights, memory, "b h n, b n w -> b h w")
+    # (B, H, N) @ (B, N, W): the batched matmul form of "b h n, b n w -> b h w"
+    return torch.matmul(weights, memory)
 
 
 def write(
@@ -57,9 +58,11 @@ def write(
     Returns:
         (B, N, W) the new memory M_t.
     """
-    erase_outer = einsum(weights, erase, "b h n, b h w -> b h n w")
-    keep = torch.prod(1 - erase_outer, dim=1)  # (B, N, W)
-    add_outer = einsum(weights, add, "b h n, b h w -> b n w")
+    erase_outer = rearrange(weights, "b h n -> b h n 1") * rearrange(erase, "b h w -> b h 1 w")
+    # (B, N, W); one head (the usual case) needs no product, whose backward is costly
+    keep = 1 - erase_outer[:, 0] if erase_outer.shape[1] == 1 else torch.prod(1 - erase_outer, dim=1)
+    # (B, N, H) @ (B, H, W): Σ_h w_h a_hᵀ as one batched matmul
+    add_outer = torch.matmul(rearrange(weights, "b h n -> b n h"), add)
     return memory * keep + add_outer
 
 

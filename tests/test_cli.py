@@ -1,0 +1,106 @@
+"""The `memnet` command through the real Lightning CLI: fit, validate, test, predict, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from memnet.cli import main
+from memnet.lightning import SequenceModule
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = str(ROOT / "configs" / "ntm" / "copy_small.yaml")
+TINY = [
+    "--trainer.max_steps=4",
+    "--trainer.limit_val_batches=1",
+    "--trainer.enable_progress_bar=false",
+    "--data.init_args.batches_per_epoch=2",
+    "--data.init_args.batch_size=4",
+    "--data.init_args.val_size=4",
+    "--data.init_args.test_size=4",
+]
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+
+
+def test_fit_writes_checkpoints_config_and_offline_wandb_run_then_validate_test_predict(tmp_path, capsys):
+    main(["fit", "--config", SMALL, *TINY])
+    latest = json.loads((tmp_path / "runs" / "latest.json").read_text())
+    last = Path(latest["last_checkpoint"])
+    assert last.is_file() and Path(latest["best_checkpoint"]).is_file()
+    assert (Path(latest["run_dir"]) / "config.yaml").is_file()
+    assert not list(last.parent.glob(".*.partial")), "atomic save left a temporary file"
+    # W&B ran offline (no network): its run folder exists under runs/wandb
+    offline_runs = list((tmp_path / "runs" / "wandb").glob("offline-run-*"))
+    assert offline_runs, "expected an offline W&B run under runs/wandb"
+    checkpoint = torch.load(last, weights_only=False)
+    assert checkpoint["global_step"] == 4
+    assert "AlgorithmicDataModule" in checkpoint, "the data stream position must be checkpointed"
+
+    for subcommand in ("validate", "test"):
+        main([subcommand, "--config", SMALL, *TINY, "--ckpt_path", str(last)])
+    capsys.readouterr()
+    main(["predict", "--config", SMALL, *TINY, "--ckpt_path", str(last), "--trainer.limit_predict_batches=1"])
+    out = capsys.readouterr().out
+    assert "bit errors" in out
+
+
+def test_resume_continues_from_the_last_checkpoint(tmp_path):
+    main(["fit", "--config", SMALL, *TINY])
+    last = json.loads((tmp_path / "runs" / "latest.json").read_text())["last_checkpoint"]
+    main(["fit", "--config", SMALL, *TINY, "--trainer.max_steps=6", "--ckpt_path", last])
+    last2 = json.loads((tmp_path / "runs" / "latest.json").read_text())["last_checkpoint"]
+    assert torch.load(last2, weights_only=False)["global_step"] == 6
+
+
+def test_print_config_shows_linked_sizes_free_config(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMALL, "--print_config"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "memnet.models.ntm.NTM" in out and "memory_size: 16" in out
+
+
+def test_unknown_key_fails_naming_it(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMALL, "--model.init_args.net.init_args.memroy_size=3"])
+    assert exit_info.value.code != 0
+    assert "memroy_size" in capsys.readouterr().err
+
+
+def test_wrong_type_fails_naming_the_field(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "configs" / "ntm" / "copy_small.yaml").read_text().replace("memory_size: 16", "memory_size: lots"))
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(SMALL), "--config", str(bad)])
+    err = capsys.readouterr().err
+    assert "memory_size" in err and "lots" in err
+
+
+def test_non_positive_memory_size_fails_naming_it():
+    with pytest.raises((SystemExit, ValueError), match="memory_size"):
+        main(["fit", "--config", SMALL, *TINY, "--model.init_args.net.init_args.memory_size=0"])
+
+
+class _NaNNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, inputs):
+        return inputs[..., :1] * self.scale * float("nan")
+
+
+def test_nan_loss_stops_training_with_a_clear_message():
+    module = SequenceModule(_NaNNet())
+    batch = {"inputs": torch.ones(2, 3, 1), "targets": torch.ones(2, 3, 1), "mask": torch.ones(2, 3)}
+    with pytest.raises(FloatingPointError, match="loss became nan"):
+        module.training_step(batch, 0)

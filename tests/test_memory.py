@@ -1,0 +1,98 @@
+"""Contract tests of memnet.memory: read, write, initial states."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from memnet import memory as mem
+
+B, H, N, W = 3, 4, 7, 5
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def test_read_is_weighted_sum_of_slots():
+    memory = torch.randn(B, N, W, dtype=torch.float64)
+    weights = torch.softmax(torch.randn(B, H, N, dtype=torch.float64), -1)
+    got = mem.read(memory, weights)
+    assert got.shape == (B, H, W)
+    m, w = memory.numpy(), weights.numpy()
+    want = np.zeros((B, H, W))
+    for b in range(B):
+        for h in range(H):
+            for n in range(N):
+                want[b, h] += w[b, h, n] * m[b, n]
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-12)
+
+
+def test_write_matches_loop_over_heads():
+    memory = torch.randn(B, N, W, dtype=torch.float64)
+    weights = torch.softmax(torch.randn(B, H, N, dtype=torch.float64), -1)
+    erase = torch.rand(B, H, W, dtype=torch.float64)
+    add = torch.randn(B, H, W, dtype=torch.float64)
+    got = mem.write(memory, weights, erase, add)
+    m, w, e, a = memory.numpy(), weights.numpy(), erase.numpy(), add.numpy()
+    want = m.copy()
+    for b in range(B):
+        keep = np.ones((N, W))
+        for h in range(H):
+            keep *= 1 - np.outer(w[b, h], e[b, h])
+        want[b] = m[b] * keep + sum(np.outer(w[b, h], a[b, h]) for h in range(H))
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-12)
+
+
+def test_full_erase_then_add_replaces_a_slot():
+    memory = torch.randn(B, N, W)
+    weights = torch.zeros(B, 1, N)
+    weights[..., 2] = 1.0
+    add = torch.randn(B, 1, W)
+    out = mem.write(memory, weights, torch.ones(B, 1, W), add)
+    torch.testing.assert_close(out[:, 2], add[:, 0])
+    torch.testing.assert_close(out[:, [0, 1, 3, 4, 5, 6]], memory[:, [0, 1, 3, 4, 5, 6]])
+
+
+def test_gradcheck_read_and_write():
+    memory = torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True)
+    weights = torch.softmax(torch.randn(2, 3, 4, dtype=torch.float64), -1).requires_grad_()
+    erase = torch.rand(2, 3, 3, dtype=torch.float64, requires_grad=True)
+    add = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(mem.read, (memory, weights))
+    assert torch.autograd.gradcheck(mem.write, (memory, weights, erase, add))
+
+
+def test_memory_init_schemes():
+    constant = mem.MemoryInit(word_size=W)(B, N)
+    assert constant.shape == (B, N, W) and torch.all(constant == mem.CONSTANT_INIT)
+    learned = mem.MemoryInit(word_size=W, scheme="learned")
+    out = learned(B, N)
+    assert out.shape == (B, N, W) and out.requires_grad
+    assert sum(p.numel() for p in learned.parameters()) == W  # independent of N
+    random = mem.MemoryInit(word_size=W, scheme="random")
+    a = random(B, N, generator=torch.Generator().manual_seed(1))
+    b = random(B, N, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a, b)
+    assert a.std() > 0.1
+
+
+def test_memory_init_rejects_bad_values():
+    with pytest.raises(ValueError, match="memory_init"):
+        mem.MemoryInit(word_size=W, scheme="zeros")
+    with pytest.raises(ValueError, match="word_size"):
+        mem.MemoryInit(word_size=0)
+    with pytest.raises(ValueError, match="memory_size"):
+        mem.MemoryInit(word_size=W)(B, 0)
+
+
+def test_initial_weights_and_reads():
+    init = mem.InitialWeights(num_heads=H, num_reads=2, word_size=W)
+    weights = init.weights(B, N)
+    assert weights.shape == (B, H, N)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(B, H))
+    assert torch.all(init.reads(B) == 0) and init.reads(B).shape == (B, 2, W)
+    learned = mem.InitialWeights(num_heads=H, num_reads=2, word_size=W, learned=True)
+    assert learned.reads(B).requires_grad
