@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import WandbLogger
 
-from memnet.plots import plot_memory_access
+from memnet.plots import plot_dnc_memory, plot_memory_access
 
 
 def run_dir(trainer: pl.Trainer) -> Path:
@@ -77,7 +77,7 @@ def draw_memory_access(module: torch.nn.Module, batch: dict, path: Path, *, titl
     finally:
         module.train(was_training)
     logits, trace = result
-    return plot_memory_access(
+    drawn = plot_memory_access(
         path,
         inputs=inputs[0],
         targets=batch["targets"][0],
@@ -86,3 +86,8 @@ def draw_memory_access(module: torch.nn.Module, batch: dict, path: Path, *, titl
         write_weights=trace.write_weights[0],
         title=title,
     )
+    if hasattr(trace, "usage") and hasattr(trace, "link"):  # DNC: usage, last link matrix, read modes
+        modes = getattr(trace, "read_modes", None)
+        plot_dnc_memory(Path(path).with_name(Path(path).stem + "_dnc.png"), usage=trace.usage[0],
+                        link=trace.link[0, -1], read_modes=None if modes is None else modes[0], title=title)
+    return drawn

@@ -65,3 +65,47 @@ def plot_memory_access(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_dnc_memory(
+    path: str | Path,
+    *,
+    usage: torch.Tensor,
+    link: torch.Tensor,
+    read_modes: torch.Tensor | None = None,
+    title: str = "",
+) -> Path:
+    """Draw one DNC example's usage over time, its final link matrix and its read modes.
+
+    Args:
+        path: where to save the PNG (folders are created).
+        usage: (T, N) usage u_t at every step.
+        link: (N, N) a link matrix L (e.g. the last step's); L[i, j]: slot i written after j.
+        read_modes: optional (T, R, 3) read modes (backward, content, forward).
+        title: figure title.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    usage, link = usage.detach().float().cpu(), link.detach().float().cpu()
+    panels = 2 + (read_modes is not None)
+    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 4), squeeze=False)
+    axes[0, 0].imshow(usage.T, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0, vmax=1)
+    axes[0, 0].set(title="usage", xlabel="time step", ylabel="slot")
+    axes[0, 1].imshow(link, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0)
+    axes[0, 1].set(title="link matrix (row written after column)", xlabel="slot j", ylabel="slot i")
+    if read_modes is not None:
+        modes = read_modes.detach().float().cpu()
+        for r in range(modes.shape[1]):
+            for m, (name, style) in enumerate([("backward", ":"), ("content", "-"), ("forward", "--")]):
+                axes[0, 2].plot(modes[:, r, m], style, label=f"head {r} {name}")
+        axes[0, 2].set(title="read modes", xlabel="time step", ylim=(-0.05, 1.05))
+        axes[0, 2].legend(fontsize=6)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

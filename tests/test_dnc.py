@@ -1,0 +1,244 @@
+"""Tests of memnet.models.dnc: interface, step/forward, batching, options, trace, bad input.
+
+Sizes all differ (b=3, t=6, d_in=5, d_out=4, n=7, w=9, r=2).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+
+from memnet import allocation as A
+from memnet.controllers import FeedForwardController, LSTMController
+from memnet.models.dnc import DNC, DNCInterface, DNCState, link_state_bytes
+
+B, T, D_IN, D_OUT, N, W, R = 3, 6, 5, 4, 7, 9, 2
+
+
+def make(seed=0, dtype=torch.float64, **kwargs) -> DNC:
+    torch.manual_seed(seed)
+    options = dict(memory_size=N, word_size=W, num_reads=R, controller=partial(LSTMController, hidden_size=11))
+    options.update(kwargs)
+    return DNC(D_IN, D_OUT, **options).to(dtype)
+
+
+def inputs(seed=1, dtype=torch.float64, batch=B, steps=T) -> torch.Tensor:
+    return torch.rand(batch, steps, D_IN, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def test_interface_fields_and_squashing():
+    interface = DNCInterface(input_size=13, num_reads=R, word_size=W).double()
+    xi = interface(10 * torch.randn(B, 13, dtype=torch.float64))
+    assert xi.read_keys.shape == (B, R, W) and xi.write_key.shape == (B, 1, W)
+    assert xi.read_strengths.shape == (B, R) and xi.read_strengths.min() >= 1
+    assert xi.write_strength.shape == (B, 1) and xi.write_strength.min() >= 1
+    assert xi.erase.shape == (B, 1, W) and 0 <= xi.erase.min() and xi.erase.max() <= 1
+    assert xi.write_vector.shape == (B, 1, W) and xi.write_vector.abs().max() > 1  # not squashed
+    for gate in (xi.free_gates, xi.allocation_gate, xi.write_gate):
+        assert 0 <= gate.min() and gate.max() <= 1
+    assert xi.free_gates.shape == (B, R) and xi.allocation_gate.shape == (B,) and xi.write_gate.shape == (B,)
+    assert xi.read_modes.shape == (B, R, 3)
+    torch.testing.assert_close(xi.read_modes.sum(-1), torch.ones(B, R, dtype=torch.float64))
+    # Fields 2W + W + ... : R·W + R + W + 1 + W + W + 1 + R + 1 + 3R
+    assert interface.project.out_features == R * W + R + 3 * W + 3 + R + 3 * R
+
+
+def test_interface_switches_drop_fields():
+    xi = DNCInterface(input_size=13, num_reads=R, word_size=W, use_allocation=False, use_links=False)(
+        torch.randn(B, 13)
+    )
+    assert xi.free_gates is None and xi.allocation_gate is None and xi.read_modes is None
+
+
+def test_forward_shapes_and_state():
+    model = make()
+    logits = model(inputs())
+    assert logits.shape == (B, T, D_OUT) and torch.isfinite(logits).all()
+    state = model.initial_state(B)
+    assert isinstance(state, DNCState)
+    assert state.memory.shape == (B, N, W) and state.link.shape == (B, N, N)
+    assert state.read_weights.shape == (B, R, N) and state.read_vectors.shape == (B, R, W)
+
+
+def test_forward_equals_step_loop():
+    model = make()
+    x = inputs()
+    state = model.initial_state(B)
+    stepped = []
+    for t in range(T):
+        y, state = model.step(x[:, t], state)
+        stepped.append(y)
+    torch.testing.assert_close(model(x), torch.stack(stepped, 1))
+
+
+@pytest.mark.parametrize("options", [{}, {"link_sparsity": 3}, {"use_allocation": False, "use_links": False}])
+def test_batch_equals_single_runs(options):
+    model = make(**options)
+    x = inputs()
+    batched = model(x)
+    for b in range(B):
+        torch.testing.assert_close(model(x[b : b + 1]), batched[b : b + 1])
+
+
+def test_state_invariants_over_a_run():
+    model = make()
+    state = model.initial_state(B)
+    x = inputs(steps=12)
+    for t in range(12):
+        _, state = model.step(x[:, t], state)
+        assert 0 <= state.usage.min() and state.usage.max() <= 1
+        assert torch.all(state.write_weights.sum(-1) <= 1 + 1e-9)
+        assert torch.all(state.precedence.sum(-1) <= 1 + 1e-9)
+        assert state.read_weights.min() >= 0 and torch.all(state.read_weights.sum(-1) <= 1 + 1e-9)
+        assert torch.all(torch.diagonal(state.link, dim1=-2, dim2=-1) == 0)
+        assert torch.all(state.link.sum(-1) <= 1 + 1e-9) and torch.all(state.link.sum(-2) <= 1 + 1e-9)
+
+
+def test_sparse_equals_dense_at_k_equal_n():
+    dense = make()
+    sparse = make(link_sparsity=N)
+    x = inputs()
+    logits_dense, trace_dense = dense(x, return_trace=True)
+    logits_sparse, trace_sparse = sparse(x, return_trace=True)
+    torch.testing.assert_close(logits_sparse, logits_dense)
+    torch.testing.assert_close(trace_sparse.link, trace_dense.link)
+
+
+def test_sparse_link_changes_results_below_n_and_saves_memory():
+    x = inputs(steps=10)
+    assert not torch.allclose(make(link_sparsity=2)(x), make()(x))
+    dense_bytes = link_state_bytes(make(dtype=torch.float32).initial_state(1, memory_size=512))
+    sparse_bytes = link_state_bytes(make(dtype=torch.float32, link_sparsity=4).initial_state(1, memory_size=512))
+    assert dense_bytes == 512 * 512 * 4 and sparse_bytes == 512 * 4 * (4 + 8)
+
+
+def test_ablation_switches_change_the_model():
+    x = inputs()
+    full = make()(x)
+    no_alloc = make(use_allocation=False)
+    no_links = make(use_links=False)
+    assert not torch.allclose(no_alloc(x), full) and not torch.allclose(no_links(x), full)
+    _, trace = no_links(x, return_trace=True)
+    assert torch.all(trace.link == 0)
+    assert torch.all(trace.read_modes[..., 1] == 1)
+    _, trace = no_alloc(x, return_trace=True)
+    assert torch.all(trace.usage == 0) and torch.all(trace.allocation_gate == 0)
+    n_full = sum(p.numel() for p in make().parameters())
+    n_small = sum(p.numel() for p in make(use_allocation=False, use_links=False).parameters())
+    assert n_full - n_small == (R + 1 + 3 * R) * (11 + 1)  # dropped interface rows (weights + bias)
+
+
+def test_memory_size_changes_at_evaluation():
+    model = make()
+    x = inputs()
+    logits, trace = model(x, memory_size=19, return_trace=True)
+    assert logits.shape == (B, T, D_OUT)
+    assert trace.read_weights.shape == (B, T, R, 19) and trace.link.shape == (B, T, 19, 19)
+
+
+def test_trace_shapes_for_memory_access_plot(tmp_path):
+    from memnet.plots import plot_dnc_memory, plot_memory_access
+
+    model = make(link_sparsity=3)
+    _, trace = model(inputs(), return_trace=True)
+    assert trace.read_weights.shape == (B, T, R, N)
+    assert trace.write_weights.shape == (B, T, 1, N)
+    assert trace.usage.shape == (B, T, N) and trace.link.shape == (B, T, N, N)
+    assert trace.read_modes.shape == (B, T, R, 3)
+    assert trace.allocation_gate.shape == trace.write_gate.shape == (B, T)
+    x = inputs()[0]
+    path = plot_memory_access(tmp_path / "access.png", inputs=x, targets=x[:, :D_OUT], outputs=x[:, :D_OUT],
+                              read_weights=trace.read_weights[0], write_weights=trace.write_weights[0])
+    assert path.stat().st_size > 0
+    path = plot_dnc_memory(tmp_path / "dnc.png", usage=trace.usage[0], link=trace.link[0, -1],
+                           read_modes=trace.read_modes[0])
+    assert path.stat().st_size > 0
+
+
+def test_feed_forward_controller_works():
+    model = make(controller=partial(FeedForwardController, hidden_size=13))
+    assert model(inputs()).shape == (B, T, D_OUT)
+
+
+def test_no_nan_gradients_with_zero_memory_and_tied_usage():
+    model = make()
+    state = model.initial_state(B)
+    state = state._replace(memory=torch.zeros(B, N, W, dtype=torch.float64))  # zero rows, all usage tied at 0
+    logits = model(inputs(), state=state)
+    logits.sum().backward()
+    for name, parameter in model.named_parameters():
+        assert torch.isfinite(parameter.grad).all(), name
+
+
+def test_gradcheck_of_a_short_run():
+    model = make(link_sparsity=4)
+    x = inputs(batch=2, steps=2).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: model(x), (x,), fast_mode=True)
+
+
+def test_same_seed_same_numbers():
+    torch.testing.assert_close(make(seed=5)(inputs()), make(seed=5)(inputs()))
+
+
+@pytest.mark.slow
+def test_learns_to_recall_a_bit():
+    """A few Adam steps on a tiny recall task lower the loss (the model can learn at all)."""
+    model = make(dtype=torch.float32)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(40):
+        bits = torch.randint(0, 2, (16, 3, D_OUT), generator=g).float()
+        x = torch.zeros(16, 6, D_IN)
+        x[:, :3, :D_OUT] = bits
+        x[:, 3, -1] = 1.0
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x)[:, 3:], bits)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("num_reads", [0, -1, 1.5])
+def test_bad_read_head_count(num_reads):
+    with pytest.raises(ValueError, match="num_reads must be a positive integer"):
+        make(num_reads=num_reads)
+
+
+def test_bad_write_head_count():
+    with pytest.raises(ValueError, match="num_writes must be 1"):
+        make(num_writes=2)
+
+
+@pytest.mark.parametrize("k", [0, N + 1])
+def test_bad_sparsity(k):
+    with pytest.raises(ValueError, match=r"link_sparsity K .* \[1, memory_size=7\]"):
+        make(link_sparsity=k)
+
+
+def test_sparsity_larger_than_evaluation_memory():
+    model = make(link_sparsity=5)
+    with pytest.raises(ValueError, match=r"link_sparsity K .* memory_size=4"):
+        model(inputs(), memory_size=4)
+
+
+def test_bad_input_width():
+    with pytest.raises(ValueError, match=r"inputs must have shape \(B, T, D_in=5\)"):
+        make()(torch.zeros(B, T, D_IN + 1, dtype=torch.float64))
+
+
+def test_link_state_bytes_table():
+    """The memory of the link state at N = 128, 512, 1024 with K = 8 (float32, int64 indices)."""
+    for slots in (128, 512, 1024):
+        dense = link_state_bytes(make(dtype=torch.float32).initial_state(1, memory_size=slots))
+        sparse_model = make(dtype=torch.float32, memory_size=slots, link_sparsity=8)
+        sparse = link_state_bytes(sparse_model.initial_state(1))
+        assert dense == slots * slots * 4
+        assert sparse == slots * 8 * 12
+        assert dense / sparse == pytest.approx(slots / 24)
