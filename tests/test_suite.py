@@ -1,0 +1,409 @@
+"""memnet.suite: suite files, running (resumable, failures isolated), reports, references."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from memnet import suite as S
+from memnet.cli import main as cli_main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Tiny sizes: every run trains 4 steps of batch 3 on copy sequences of length ≤ 3.
+TINY_DEFAULTS = {
+    "seeds": 2,
+    "budget": {"max_steps": 4},
+    "seed_args": ["seed_everything", "data.init_args.seed"],
+    "overrides": {
+        "trainer.logger": False,
+        "trainer.enable_model_summary": False,
+        "trainer.num_sanity_val_steps": 0,
+        "trainer.callbacks": [],
+        "data.init_args.batch_size": 3,
+        "data.init_args.batches_per_epoch": 2,
+        "data.init_args.val_size": 3,
+        "data.init_args.task.init_args.width": 5,
+        "data.init_args.task.init_args.max_length": 3,
+        "data.init_args.val_lengths": [3],
+    },
+}
+NTM = {
+    "name": "ntm-copy",
+    "configs": ["configs/ntm/copy.yaml"],
+    "overrides": {
+        "model.init_args.net.init_args.memory_size": 7,
+        "model.init_args.net.init_args.word_size": 4,
+        "model.init_args.net.init_args.controller.init_args.hidden_size": 6,
+    },
+}
+LSTM = {
+    "name": "lstm-copy",
+    "configs": ["configs/lstm/copy.yaml"],
+    "overrides": {
+        "model.init_args.net.init_args.controller.init_args.hidden_size": 6,
+        "model.init_args.net.init_args.controller.init_args.num_layers": 1,
+    },
+}
+
+
+def write_suite(path: Path, experiments: list[dict], name: str = "tiny", **extra) -> Path:
+    path.write_text(yaml.safe_dump({"name": name, "defaults": TINY_DEFAULTS, "experiments": experiments, **extra},
+                                   sort_keys=False))
+    return path
+
+
+def events(results: Path, kind: str = "start") -> list[dict]:
+    path = results / "events.jsonl"
+    if not path.is_file():
+        return []
+    return [e for e in map(json.loads, path.read_text().splitlines()) if e["event"] == kind]
+
+
+def suite_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "memnet.cli", "suite", *args]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The tiny suite (2 experiments × 2 seeds), killed after its first finished run, then run again."""
+    folder = tmp_path_factory.mktemp("suite")
+    suite_file = write_suite(folder / "tiny.yaml", [NTM, LSTM])
+    results = folder / "results"
+    process = subprocess.Popen(suite_command("run", str(suite_file), "--results", str(results), "--no-report"),
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    try:
+        while not events(results, "done"):
+            assert process.poll() is None, process.stdout.read().decode()
+            assert time.monotonic() < deadline, "the first run did not finish in 120 s"
+            time.sleep(0.1)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the suite and the training process it started
+        process.wait()
+    done_at_kill = sorted(e["run"] for e in events(results, "done"))
+    starts_before = len(events(results, "start"))
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        code = S.main(["run", str(suite_file), "--results", str(results), "--no-wandb"])
+    finally:
+        os.chdir(cwd)
+    return {"results": results, "code": code, "done_at_kill": done_at_kill, "starts_before": starts_before,
+            "suite_file": suite_file}
+
+
+def test_killed_suite_reruns_only_the_missing_runs(finished):
+    assert finished["code"] == 0
+    starts = events(finished["results"], "start")
+    rerun = starts[finished["starts_before"]:]
+    assert 1 <= len(finished["done_at_kill"]) < 4
+    assert sorted(e["run"] for e in rerun) == sorted(
+        {"ntm-copy/seed_0", "ntm-copy/seed_1", "lstm-copy/seed_0", "lstm-copy/seed_1"} - set(finished["done_at_kill"])
+    )
+    # running once more trains nothing
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        assert S.main(["run", str(finished["suite_file"]), "--results", str(finished["results"]),
+                       "--no-report"]) == 0
+    finally:
+        os.chdir(cwd)
+    assert len(events(finished["results"], "start")) == len(starts)
+
+
+def test_run_folders_hold_config_checkpoint_metrics_and_logs(finished):
+    for experiment in ("ntm-copy", "lstm-copy"):
+        for seed in (0, 1):
+            folder = finished["results"] / experiment / f"seed_{seed}"
+            record = json.loads((folder / "metrics.json").read_text())
+            assert record["status"] == "done" and record["seed"] == seed and record["experiment"] == experiment
+            assert Path(record["checkpoint"]).is_file() and Path(record["config"]).is_file()
+            assert "val/loss" in record["metrics"]
+            config = yaml.safe_load((folder / "config.yaml").read_text())
+            assert config["seed_everything"] == seed and config["data"]["init_args"]["seed"] == seed
+            assert config["trainer"]["max_steps"] == 4
+            assert (folder / "train.log").read_text().strip()
+            argv = json.loads((folder / "command.json").read_text())["argv"]
+            assert argv[:3] == ["-m", "memnet.cli", "fit"]
+            assert torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+    # the two seeds are different runs
+    losses = [json.loads((finished["results"] / "lstm-copy" / f"seed_{s}" / "metrics.json").read_text())
+              ["metrics"]["val/loss"] for s in (0, 1)]
+    assert losses[0] != losses[1]
+
+
+def test_report_has_one_row_per_experiment_with_mean_and_std(finished):
+    report = S.write_report(finished["results"])
+    rows = {row["experiment"]: row for row in report["leaderboard"]}
+    assert list(rows) == ["ntm-copy", "lstm-copy"]
+    for row in rows.values():
+        assert (row["done"], row["failed"], row["missing"]) == (2, 0, 0)
+        assert row["val/loss"]["n"] == 2 and row["val/loss"]["std"] >= 0
+    losses = [json.loads((finished["results"] / "ntm-copy" / f"seed_{s}" / "metrics.json").read_text())
+              ["metrics"]["val/loss"] for s in (0, 1)]
+    assert rows["ntm-copy"]["val/loss"]["mean"] == pytest.approx(sum(losses) / 2)
+    markdown = (finished["results"] / "report" / "leaderboard.md").read_text()
+    assert "| ntm-copy | ntm | copy | 2/2 |" in markdown and "| lstm-copy | lstm | copy | 2/2 |" in markdown
+    csv_lines = (finished["results"] / "report" / "leaderboard.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("experiment,model,task,seeds,done,failed,missing,val/loss mean,val/loss std")
+    assert [line.split(",")[0] for line in csv_lines[1:]] == ["ntm-copy", "lstm-copy"]
+    # the bits per sequence at the training length (3) are in the length table
+    lengths = {row["experiment"]: row for row in report["lengths"]}
+    assert lengths["ntm-copy"]["training_lengths"] == ["3"]
+    assert lengths["ntm-copy"]["bits_per_seq"]["3"]["n"] == 2
+    assert (finished["results"] / "report" / "lengths.png").stat().st_size > 0
+
+
+def test_report_is_identical_when_rendered_twice(finished, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    S.write_report(finished["results"], first)
+    S.write_report(finished["results"], second)
+    names = sorted(p.name for p in first.iterdir())
+    assert names == sorted(p.name for p in second.iterdir())
+    assert {"leaderboard.md", "leaderboard.csv", "leaderboard.json", "lengths.png"} <= set(names)
+    for name in names:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
+def test_half_finished_run_resumes_from_its_last_checkpoint(finished, tmp_path):
+    """A run killed after its checkpoint at step 4 continues from it up to the new budget of 6 steps."""
+    suite_file = write_suite(tmp_path / "longer.yaml", [{**LSTM, "seeds": [0], "budget": {"max_steps": 6}}],
+                             name="longer")
+    results = tmp_path / "results"
+    source = finished["results"] / "lstm-copy" / "seed_0"
+    target = results / "lstm-copy" / "seed_0"
+    shutil.copytree(source / "checkpoints", target / "checkpoints")  # what a kill after the checkpoint leaves
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        assert S.main(["run", str(suite_file), "--results", str(results), "--no-report"]) == 0
+    finally:
+        os.chdir(cwd)
+    (start,) = events(results, "start")
+    assert start["resume_from"] == str((target / "checkpoints" / "last.ckpt").resolve())
+    assert "--ckpt_path=" in " ".join(json.loads((target / "command.json").read_text())["argv"])
+    assert torch.load(target / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
+
+
+def test_failing_experiment_is_reported_and_the_others_go_on(tmp_path):
+    broken = {**LSTM, "name": "broken", "seeds": [0],
+              "overrides": {**LSTM["overrides"], "model.init_args.net.init_args.controller.init_args.hidden_size": -2}}
+    good = {**LSTM, "seeds": [0]}
+    suite_file = write_suite(tmp_path / "mixed.yaml", [broken, good], name="mixed")
+    results = tmp_path / "results"
+    result = subprocess.run(suite_command("run", str(suite_file), "--results", str(results), "--no-wandb"),
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    record = json.loads((results / "broken" / "seed_0" / "metrics.json").read_text())
+    assert record["status"] == "failed" and record["stage"] == "train" and record["returncode"] != 0
+    assert "hidden_size" in record["error"]
+    assert json.loads((results / "lstm-copy" / "seed_0" / "metrics.json").read_text())["status"] == "done"
+    assert "FAILED broken/seed_0" in result.stdout
+    rows = {row["experiment"]: row for row in S.build_report(results)["leaderboard"]}
+    assert rows["broken"]["failed"] == 1 and rows["broken"]["val/loss"] is None
+    assert "hidden_size" in rows["broken"]["errors"][0]["error"]
+    assert rows["lstm-copy"]["done"] == 1
+    markdown = (results / "report" / "leaderboard.md").read_text()
+    assert "seed 0 failed (train):" in markdown and "hidden_size" in markdown
+
+
+# ---------------------------------------------------------------------------------------------
+# bAbI tables and the published references (from results written by hand: no training)
+# ---------------------------------------------------------------------------------------------
+
+
+def fake_babi_results(folder: Path) -> Path:
+    """A results folder with one bAbI experiment of two seeds, as `memnet suite run` writes it."""
+    experiment = {"name": "memn2n-babi", "configs": ["configs/memn2n/babi.yaml"], "overrides": {},
+                  "seeds": [0, 1], "budget": {"max_epochs": 1}, "evaluate": {"kind": "babi", "split": "test"},
+                  "model": "memn2n", "task": "babi-1k", "seed_args": ["seed_everything"]}
+    folder.mkdir(parents=True)
+    (folder / "suite.json").write_text(json.dumps({"name": "babi-fake", "description": "", "path": "",
+                                                   "experiments": [experiment]}))
+    for seed in (0, 1):
+        # task k has error k + seed %: tasks 6..20 fail for seed 0, 5..20 for seed 1
+        errors = {str(k): float(k + seed) for k in range(1, 21)}
+        run = folder / "memn2n-babi" / f"seed_{seed}"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({
+            "status": "done", "seed": seed, "experiment": "memn2n-babi", "metrics": {"val/loss": 1.0 + seed},
+            "evaluation": {"kind": "babi", "status": "done", "split": "test", "babi_error": errors},
+            "train_seconds": 1.0}))
+    return folder
+
+
+def test_references_are_loaded_with_citations_and_consistent_means():
+    references = S.load_references()["references"]
+    assert {r["key"] for r in references} >= {"memn2n-1k", "memn2n-10k", "dnc-10k", "lstm-1k"}
+    for ref in references:
+        assert ref["citation"] and ref["source"] and ref["label"]
+        if ref["per_task"] is not None:
+            values = list(ref["per_task"].values())
+            assert len(values) == 20
+            assert sum(values) / 20 == pytest.approx(ref["mean_error"], abs=0.05)
+            if "per_task_std" not in ref:  # one run: its failed tasks are countable from the table
+                assert sum(v > 5 for v in values) == ref["failed"]
+
+
+def test_babi_table_prints_ours_beside_the_published_columns(tmp_path):
+    results = fake_babi_results(tmp_path / "results")
+    report = S.write_report(results)
+    (model,) = report["babi"]["models"]
+    assert model["mean_error"]["mean"] == pytest.approx(11.0)  # mean of k over 1..20 is 10.5, plus 0.5
+    assert model["failed"]["mean"] == pytest.approx(15.5)  # 15 and 16 failed tasks
+    assert model["per_task"]["3"]["mean"] == pytest.approx(3.5)
+    markdown = (results / "report" / "leaderboard.md").read_text()
+    header = next(line for line in markdown.splitlines() if line.startswith("| task |"))
+    assert header == "| task | memn2n-babi | MemN2N 1k | LSTM 1k | MemN2N 10k | DNC 10k | DNC 10k best |"
+    row19 = next(line for line in markdown.splitlines() if line.startswith("| 19: path finding"))
+    assert row19 == "| 19: path finding | 19.5 ± 0.7 | 88.0 | 92.0 |  | 64.6 ± 37.4 |  |"
+    mean_row = next(line for line in markdown.splitlines() if line.startswith("| mean error %"))
+    assert mean_row == "| mean error % | 11.0 ± 0.7 | 12.4 | 51.3 | 7.5 | 16.7 ± 7.6 | 3.8 |"
+    failed_row = next(line for line in markdown.splitlines() if line.startswith("| failed tasks"))
+    assert failed_row == "| failed tasks (> 5%) | 15.5 ± 0.7 | 11 | 20 | 6 | 11.2 ± 5.4 | 2 |"
+    assert "Sukhbaatar" in markdown and "Graves" in markdown
+    assert (results / "report" / "babi.png").stat().st_size > 0
+
+
+def test_summary_run_logs_wandb_tables_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    results = fake_babi_results(tmp_path / "results")
+    report = S.write_report(results)
+    where = Path(S.log_to_wandb(report, results, results / "report"))
+    tables = sorted(p.name for p in where.rglob("*.table.json"))
+    assert any(name.startswith("leaderboard") for name in tables)
+    assert any(name.startswith("babi") for name in tables)
+
+
+def test_babi_errors_from_logged_metrics():
+    metrics = {"test/task_1/error": 0.02, "test/task_12/accuracy": 0.9, "test/qa3/acc": 97.0, "test/loss": 1.0}
+    assert S.babi_errors_from_metrics(metrics) == pytest.approx({"1": 2.0, "3": 3.0, "12": 10.0})
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad suite files: each fails before anything runs, naming the entry
+# ---------------------------------------------------------------------------------------------
+
+GOOD = {"name": "ntm-copy", "configs": ["configs/ntm/copy.yaml"], "seeds": 1, "budget": {"max_steps": 2}}
+
+
+@pytest.mark.parametrize(
+    ("suite", "message"),
+    [
+        ({"name": "s", "experiments": [GOOD], "experimentz": []}, r"bad.yaml:\d+: suite: unknown key 'experimentz'"),
+        ({"name": "s", "experiments": [{**GOOD, "seed": 3}]}, r"bad.yaml:\d+: experiment 'ntm-copy': unknown key 'seed'"),
+        ({"name": "s", "experiments": [{**GOOD, "configs": ["configs/ntm/nope.yaml"]}]},
+         r"experiment 'ntm-copy': config file 'configs/ntm/nope.yaml' does not exist"),
+        ({"name": "s", "experiments": [GOOD, {**GOOD, "seeds": 2}]},
+         r"bad.yaml:\d+: experiment 'ntm-copy' \(entry 2\): duplicate experiment name, first defined on line \d+"),
+        ({"name": "s", "experiments": [{**GOOD, "seeds": 0}]}, r"experiment 'ntm-copy': 'seeds' is 0"),
+        ({"name": "s", "experiments": [{**GOOD, "seeds": []}]}, r"experiment 'ntm-copy': 'seeds' is an empty list"),
+        ({"name": "s", "defaults": {"seeds": 0}, "experiments": [{k: v for k, v in GOOD.items() if k != "seeds"}]},
+         r"experiment 'ntm-copy': 'seeds' is 0"),
+        ({"name": "s", "experiments": [{**GOOD, "budget": {"max_steps": 0}}]},
+         r"experiment 'ntm-copy': budget.max_steps must be a positive integer"),
+        ({"name": "s", "experiments": [{k: v for k, v in GOOD.items() if k != "budget"}]},
+         r"experiment 'ntm-copy': no budget"),
+        ({"name": "s", "experiments": [{**GOOD, "overrides": {"trainer.max_steps": 5}}]},
+         r"override 'trainer.max_steps': give the training length in 'budget'"),
+        ({"name": "s", "experiments": [{**GOOD, "evaluate": {"kind": "algorithmic", "lengths": [0]}}]},
+         r"experiment 'ntm-copy': evaluate.lengths must be a non-empty list of positive integers"),
+        ({"name": "s", "experiments": [{**GOOD, "evaluate": {"kind": "poetry"}}]},
+         r"experiment 'ntm-copy': 'evaluate' must be a mapping with kind one of \['algorithmic', 'babi'\]"),
+        ({"name": "s", "experiments": []}, r"'experiments' must be a non-empty list"),
+        ({"name": "s", "experiments": [{**GOOD, "name": "a/b"}]}, r"experiment entry 1: 'name' must be a name"),
+    ],
+)
+def test_bad_suite_file_fails_before_anything_runs(tmp_path, monkeypatch, capsys, suite, message):
+    monkeypatch.chdir(ROOT)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    with pytest.raises(S.SuiteError, match=message):
+        S.load_suite(path)
+    results = tmp_path / "results"
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["suite", "run", str(path), "--results", str(results)])
+    assert exit_info.value.code == 2
+    assert "memnet suite: " in capsys.readouterr().err
+    assert not results.exists()
+
+
+def test_error_names_the_line_of_the_entry(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    path = tmp_path / "lines.yaml"
+    path.write_text(
+        "name: s\n"
+        "experiments:\n"
+        "  - name: a\n"
+        "    configs: [configs/ntm/copy.yaml]\n"
+        "    budget: {max_steps: 2}\n"
+        "  - name: b\n"
+        "    configs: [configs/lstm/copy.yaml]\n"
+        "    budget: {max_steps: 2}\n"
+        "    seeds: 0\n"
+    )
+    with pytest.raises(S.SuiteError, match=r"lines.yaml:9: experiment 'b': 'seeds' is 0"):
+        S.load_suite(path)
+
+
+def test_fit_arguments_carry_configs_overrides_budget_seed_and_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    path = write_suite(tmp_path / "args.yaml", [{**NTM, "overrides": {"model.init_args.net.init_args.memory_size": 7,
+                                                                      "data.init_args.val_lengths": [3, 6]}}])
+    (experiment,) = S.load_suite(path).experiments
+    run = S.Run("tiny", experiment, 1, tmp_path / "results")
+    argv = run.fit_argv(base=ROOT, resume_from=None)
+    assert argv[:3] == ["fit", "--config", str(ROOT / "configs/ntm/copy.yaml")]
+    assert "--model.init_args.net.init_args.memory_size=7" in argv
+    assert "--data.init_args.val_lengths=[3, 6]" in argv
+    assert "--trainer.max_steps=4" in argv and "--seed_everything=1" in argv and "--data.init_args.seed=1" in argv
+    assert f"--checkpoint.dirpath={(tmp_path / 'results' / 'ntm-copy' / 'seed_1' / 'checkpoints').resolve()}" in argv
+    assert not any(a.startswith("--trainer.logger.init_args") for a in argv)  # the suite turned the logger off
+    # with the default W&B logger, each run is named and grouped by the suite
+    plain = S.Experiment(name="x", configs=("configs/ntm/copy.yaml",), overrides={}, seeds=(0,),
+                         budget={"max_steps": 1}, evaluate=None, model="ntm", task="copy")
+    argv = S.Run("tiny", plain, 0, tmp_path).fit_argv(base=ROOT)
+    assert "--trainer.logger.init_args.group=tiny" in argv and "--trainer.logger.init_args.name=x-seed0" in argv
+
+
+def test_report_of_a_folder_without_a_suite_is_an_error(tmp_path, capsys):
+    assert S.main(["report", str(tmp_path)]) == 2
+    assert "is not a suite results folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped suites
+# ---------------------------------------------------------------------------------------------
+
+SUITES = sorted((ROOT / "configs" / "suites").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SUITES, ids=[p.stem for p in SUITES])
+def test_shipped_suites_are_valid(path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    suite = S.load_suite(path)
+    assert suite.name == path.stem
+    assert suite.experiments
+
+
+def test_smoke_suite_runs_every_experiment_in_under_three_minutes(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    results = tmp_path / "smoke"
+    started = time.monotonic()
+    code = S.main(["run", "configs/suites/smoke.yaml", "--results", str(results), "--jobs", "2", "--no-wandb"])
+    seconds = time.monotonic() - started
+    report = S.build_report(results)
+    failed = {row["experiment"]: row["errors"] for row in report["leaderboard"] if row["done"] != row["seeds"]}
+    assert code == 0 and not failed, failed
+    assert seconds < 180, f"the smoke suite took {seconds:.0f} s"
