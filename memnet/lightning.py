@@ -76,6 +76,11 @@ class SequenceModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.model_step(batch, "train")
+        if "optimal_bits" in batch:  # tasks with a known best cost (dynamic n-grams): how far from it
+            optimal = batch["optimal_bits"].mean()
+            self.log(f"{stage}/optimal_bits_per_seq", optimal, on_step=on_step, on_epoch=True, batch_size=batch_size)
+            self.log(f"{stage}/excess_bits_per_seq", metrics["bits_per_seq"] - optimal,
+                     on_step=on_step, on_epoch=True, batch_size=batch_size)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"training loss became {loss.item()} at step {self.global_step} "
