@@ -109,3 +109,49 @@ def plot_dnc_memory(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_error_vs_length(
+    path: str | Path,
+    *,
+    rows: list[dict],
+    train_range: tuple[int, int] | None = None,
+    title: str = "",
+) -> Path:
+    """Bits per sequence and bit errors per sequence versus task length, training range shaded.
+
+    Args:
+        path: where to save the PNG (folders are created).
+        rows: one dict per length with ``length``, ``bits_per_seq``, ``bit_errors_per_seq``
+            (and optionally ``optimal_bits_per_seq``, drawn dashed), as ``memnet evaluate`` writes.
+        train_range: (shortest, longest) training length, shaded; None for no shading.
+        title: figure title.
+
+    Returns:
+        The path written.
+    """
+    if not rows:
+        raise ValueError("rows must hold at least one length to plot, got none")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = sorted(rows, key=lambda row: row["length"])
+    lengths = [row["length"] for row in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), squeeze=False)
+    for ax, key, label in ((axes[0, 0], "bits_per_seq", "bits per sequence"),
+                           (axes[0, 1], "bit_errors_per_seq", "bit errors per sequence")):
+        if train_range is not None:
+            ax.axvspan(train_range[0] - 0.5, train_range[1] + 0.5, color="tab:green", alpha=0.15,
+                       label=f"training lengths {train_range[0]}–{train_range[1]}")
+        ax.plot(lengths, [row[key] for row in rows], "o-", label="model")
+        if key == "bits_per_seq" and all("optimal_bits_per_seq" in row for row in rows):
+            ax.plot(lengths, [row["optimal_bits_per_seq"] for row in rows], "k--", label="Bayes-optimal")
+        ax.set(xlabel="length", ylabel=label)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,166 @@
+"""A length curriculum: which training lengths the data module draws, as training goes.
+
+Three schedules (after Zaremba & Sutskever 2014, "Learning to Execute"):
+
+    fixed    lengths uniform over the task's whole training range from the start (no curriculum);
+    growing  lengths uniform over [min_length, L], where L starts at ``start_length`` and grows
+             by ``increment`` each time the learner is ready (Zaremba & Sutskever's "naive");
+    mixed    as ``growing``, but each batch draws from the whole range with probability
+             ``mix`` (their "combined" schedule, which avoids forgetting the long lengths it
+             will need and keeps the short ones sharp).
+
+"Ready" is either a fixed pace (every ``every_n_epochs`` epochs) or a threshold on a
+logged metric (``monitor`` below ``threshold``, e.g. ``train/bits_per_seq`` < 1), or both
+(whichever comes first). The upper end L never decreases.
+
+The callback acts on ``trainer.datamodule`` duck-typed: it needs an attribute
+``length_range`` (a (low, high) pair it may set) and, for ``mixed``, ``length_mix``
+(a probability it sets), plus the task's range, read from ``datamodule.task.min_length`` /
+``max_length`` or, failing that, the data module's own range at the start. It logs
+``curriculum/max_length`` and ``curriculum/mix`` every epoch and prints each step up.
+
+YAML (trainer callbacks)::
+
+    - class_path: memnet.curriculum.LengthCurriculum
+      init_args: {schedule: mixed, start_length: 2, increment: 2, threshold: 1.0}
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_info
+
+from memnet.utils import check_positive, check_range
+
+Schedule = Literal["fixed", "growing", "mixed"]
+SCHEDULES = ("fixed", "growing", "mixed")
+
+
+class LengthCurriculum(pl.Callback):
+    """Grows the training length range of ``trainer.datamodule``.
+
+    Args:
+        schedule: ``fixed``, ``growing`` or ``mixed`` (see the module docstring).
+        start_length: the first upper length L (growing, mixed); clipped to the task's range.
+        increment: how much L grows at each step up.
+        every_n_epochs: step up every this many training epochs (None: only on the threshold).
+        monitor: the logged metric compared with ``threshold``.
+        threshold: step up as soon as ``monitor`` is below it at the end of an epoch (None: only on the pace).
+        mix: for ``mixed``, the probability that a batch draws from the whole range.
+    """
+
+    def __init__(
+        self,
+        schedule: Schedule = "growing",
+        *,
+        start_length: int = 1,
+        increment: int = 1,
+        every_n_epochs: int | None = None,
+        monitor: str = "train/bits_per_seq",
+        threshold: float | None = None,
+        mix: float = 0.2,
+    ) -> None:
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        check_positive(start_length=start_length, increment=increment)
+        if every_n_epochs is not None:
+            check_positive(every_n_epochs=every_n_epochs)
+        check_range("mix", mix, 0.0, 1.0)
+        if schedule != "fixed" and every_n_epochs is None and threshold is None:
+            raise ValueError(
+                f"schedule {schedule!r} needs a pace: set every_n_epochs (a positive integer) or threshold"
+            )
+        self.schedule = schedule
+        self.start_length = start_length
+        self.increment = increment
+        self.every_n_epochs = every_n_epochs
+        self.monitor = monitor
+        self.threshold = threshold
+        self.mix = mix
+        self.max_length: int | None = None  # the current upper length L, once training starts
+        self.epochs_at_level = 0
+        self.history: list[tuple[int, int]] = []  # (epoch, L) at every change
+
+    # ---- the schedule itself, without a trainer (tested directly) ----
+
+    def next_max_length(self, current: int, top: int, *, epochs_at_level: int, metric: float | None) -> int:
+        """The upper length after an epoch: ``current`` or one step up, never above ``top``, never down."""
+        if self.schedule == "fixed":
+            return top
+        ready = self.every_n_epochs is not None and epochs_at_level >= self.every_n_epochs
+        if self.threshold is not None and metric is not None and metric < self.threshold:
+            ready = True
+        return min(top, current + self.increment) if ready else current
+
+    # ---- Lightning hooks ----
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        datamodule = self._datamodule(trainer)
+        low, top = self._task_range(datamodule)
+        if self.max_length is None:  # a fresh run (a resumed one restored it in load_state_dict)
+            self.max_length = top if self.schedule == "fixed" else min(top, max(low, self.start_length))
+            self.history.append((trainer.current_epoch, self.max_length))
+        self._apply(datamodule)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        datamodule = self._datamodule(trainer)
+        low, top = self._task_range(datamodule)
+        self.epochs_at_level += 1
+        value = trainer.callback_metrics.get(self.monitor)
+        metric = float(value) if value is not None else None
+        new = self.next_max_length(self.max_length, top, epochs_at_level=self.epochs_at_level, metric=metric)
+        pl_module.log("curriculum/max_length", float(self.max_length), on_epoch=True)
+        pl_module.log("curriculum/mix", float(self._mix()), on_epoch=True)
+        if new != self.max_length:
+            rank_zero_info(
+                f"curriculum: epoch {trainer.current_epoch}, lengths now {low}-{new} "
+                f"(was {low}-{self.max_length}; {self.monitor}={metric})"
+            )
+            self.max_length = new
+            self.epochs_at_level = 0
+            self.history.append((trainer.current_epoch + 1, new))
+            self._apply(datamodule)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"max_length": self.max_length, "epochs_at_level": self.epochs_at_level, "history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.max_length = state_dict.get("max_length")
+        self.epochs_at_level = int(state_dict.get("epochs_at_level", 0))
+        self.history = [tuple(h) for h in state_dict.get("history", [])]
+
+    # ---- helpers ----
+
+    def _mix(self) -> float:
+        return self.mix if self.schedule == "mixed" else 0.0
+
+    def _apply(self, datamodule: Any) -> None:
+        low, _ = self._task_range(datamodule)
+        datamodule.length_range = (low, self.max_length)
+        if self.schedule == "mixed":
+            datamodule.length_mix = self.mix
+        elif hasattr(datamodule, "length_mix"):
+            datamodule.length_mix = 0.0
+
+    def _datamodule(self, trainer: pl.Trainer) -> Any:
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "length_range"):
+            raise TypeError(
+                "LengthCurriculum needs trainer.datamodule with a length_range attribute "
+                f"(e.g. tasks.algorithmic.AlgorithmicDataModule), got {type(datamodule).__name__}"
+            )
+        if self.schedule == "mixed" and not hasattr(datamodule, "length_mix"):
+            raise TypeError(
+                f"schedule 'mixed' needs trainer.datamodule.length_mix; {type(datamodule).__name__} has none"
+            )
+        return datamodule
+
+    def _task_range(self, datamodule: Any) -> tuple[int, int]:
+        task = getattr(datamodule, "task", None)
+        if task is not None and hasattr(task, "min_length") and hasattr(task, "max_length"):
+            return int(task.min_length), int(task.max_length)
+        if not hasattr(self, "_initial_range"):
+            self._initial_range = tuple(int(v) for v in datamodule.length_range)
+        return self._initial_range
