@@ -393,19 +393,23 @@ class Evaluator:
     collect: Callable[[Run, dict], dict]
 
 
+ALGORITHMIC_OPTIONS = ("memory_size", "num_sequences", "batch_size", "seed")  # passed on to `memnet evaluate`
+
+
 def _check_algorithmic(spec: dict, where: str) -> dict:
-    unknown = set(spec) - {"kind", "lengths", "batch_size", "num_sequences"}
+    unknown = set(spec) - {"kind", "lengths", *ALGORITHMIC_OPTIONS}
     if unknown:
         raise SuiteError(f"{where}: evaluate: unknown key {sorted(unknown)[0]!r}; allowed: kind, lengths, "
-                         "batch_size, num_sequences")
+                         f"{', '.join(ALGORITHMIC_OPTIONS)}")
     lengths = spec.get("lengths")
     if not isinstance(lengths, list) or not lengths or not all(
         isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in lengths
     ):
         raise SuiteError(f"{where}: evaluate.lengths must be a non-empty list of positive integers, got {lengths!r}")
-    for key in ("batch_size", "num_sequences"):
-        if key in spec and (not isinstance(spec[key], int) or spec[key] < 1):
-            raise SuiteError(f"{where}: evaluate.{key} must be a positive integer, got {spec[key]!r}")
+    for key in ALGORITHMIC_OPTIONS:
+        low = 0 if key == "seed" else 1
+        if key in spec and (not isinstance(spec[key], int) or isinstance(spec[key], bool) or spec[key] < low):
+            raise SuiteError(f"{where}: evaluate.{key} must be an integer ≥ {low}, got {spec[key]!r}")
     return spec
 
 
@@ -416,14 +420,14 @@ def _algorithmic_command(run: Run, checkpoint: str, spec: dict) -> list[str]:
         )
     argv = ["-m", "memnet.cli", "evaluate", "--ckpt_path", checkpoint,
             "--lengths", *[str(n) for n in spec["lengths"]], "--out", str(run.folder / "evaluation")]
-    for key in ("batch_size", "num_sequences"):
+    for key in ALGORITHMIC_OPTIONS:
         if key in spec:
             argv += [f"--{key}", str(spec[key])]
     return argv
 
 
 def _algorithmic_collect(run: Run, spec: dict) -> dict:
-    """Bits per sequence at each length from what ``memnet evaluate --out`` wrote."""
+    """Bits per sequence at each length from what ``memnet evaluate --out`` wrote (``results.json``)."""
     folder = run.folder / "evaluation"
     found = sorted(folder.glob("*.json")) if folder.is_dir() else []
     by_length: dict[str, float] = {}
@@ -493,20 +497,17 @@ def _babi_collect(run: Run, spec: dict) -> dict:
 
 
 def babi_errors_from_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """Per-task error in % from logged metrics such as ``test/task_3/error`` or ``test/qa3/accuracy``.
+    """Per-task test error in % from logged metrics.
 
-    Errors or accuracies given as fractions (≤ 1) are turned into percent.
+    Errors are read as percent, the way ``memnet.lightning.QAModule`` logs them
+    (``test/task_3/error``); accuracies as fractions in [0, 1] (``test/task_3/accuracy``).
     """
     errors: dict[str, float] = {}
     for key, value in metrics.items():
-        match = re.search(r"(?:task|qa)_?(\d+)/(error|err|accuracy|acc)(?:_pct|_percent)?$", str(key))
+        match = re.search(r"(?:task|qa)_?(\d+)/(error|accuracy|acc)$", str(key))
         if not match or not isinstance(value, (int, float)) or match.group(1) not in BABI_TASKS:
             continue
-        value = float(value)
-        percent = "pct" in str(key) or "percent" in str(key)
-        if not percent and value <= 1.0:
-            value *= 100.0
-        errors[match.group(1)] = value if match.group(2).startswith("err") else 100.0 - value
+        errors[match.group(1)] = float(value) if match.group(2) == "error" else 100.0 * (1.0 - float(value))
     return {k: errors[k] for k in sorted(errors, key=int)}
 
 
@@ -529,7 +530,10 @@ def _evaluate_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     from memnet.cli import MemnetCLI
 
-    cli = MemnetCLI(args=["--config", args.config, "--trainer.logger=false",
+    config = yaml.safe_load(Path(args.config).read_text())
+    for key in ("ckpt_path", "weights_only"):  # options of `fit`, saved with the run, not part of the model
+        config.pop(key, None)
+    cli = MemnetCLI(args=["--config", json.dumps(config), "--trainer.logger=false",
                           "--trainer.enable_progress_bar=false"], run=False)
     run = cli.trainer.test if args.stage == "test" else cli.trainer.validate
     results = run(cli.model, datamodule=cli.datamodule, ckpt_path=args.ckpt_path, weights_only=False)
@@ -574,8 +578,16 @@ class Run:
             return None
 
     def is_done(self) -> bool:
+        """Trained, and evaluated if the experiment asks for an evaluation."""
         record = self.record()
-        return record is not None and record.get("status") == "done"
+        if record is None or record.get("status") != "done":
+            return False
+        return self.experiment.evaluate is None or (record.get("evaluation") or {}).get("status") == "done"
+
+    def is_trained(self) -> bool:
+        record = self.record()
+        return (record is not None and record.get("status") in ("trained", "done")
+                and (self.folder / "summary.json").is_file())
 
     def last_checkpoint(self) -> Path | None:
         path = self.folder / "checkpoints" / "last.ckpt"
@@ -800,8 +812,9 @@ class SuiteRunner:
         started = time.monotonic()
         summary_path = run.folder / "summary.json"
         previous = run.record() or {}
-        train_seconds = float(previous.get("train_seconds", 0.0)) if previous.get("status") == "trained" else 0.0
-        if previous.get("status") != "trained":
+        trained = run.is_trained()
+        train_seconds = float(previous.get("train_seconds", 0.0)) if trained else 0.0
+        if not trained:
             summary_path.unlink(missing_ok=True)
             resume = run.last_checkpoint()
             argv = ["-m", "memnet.cli", *run.fit_argv(base=self.base, resume_from=resume)]
@@ -953,8 +966,7 @@ def _score_columns(entry: _ExperimentResults) -> dict[str, list[float]]:
     columns: dict[str, list[float]] = {}
     for record in entry.done():
         metrics = record.get("metrics") or {}
-        for key in ("val/loss", "val/bits_per_seq", "val/bit_errors_per_seq", "val/accuracy", "val/error",
-                    "test/loss", "test/accuracy", "test/error"):
+        for key in COLUMN_ORDER:
             if isinstance(metrics.get(key), (int, float)):
                 columns.setdefault(key, []).append(float(metrics[key]))
         errors = _babi_errors(record)
@@ -986,8 +998,9 @@ def _length_values(record: dict[str, Any]) -> tuple[dict[str, float], dict[str, 
     return train, general
 
 
-COLUMN_ORDER = ("val/loss", "val/bits_per_seq", "val/bit_errors_per_seq", "val/accuracy", "val/error",
-                "test/loss", "test/accuracy", "test/error", "bAbI mean error %", "bAbI failed tasks", "train s")
+COLUMN_ORDER = ("val/loss", "val/bits_per_seq", "val/bit_errors_per_seq", "val/excess_bits_per_seq",
+                "val/sequence_accuracy", "val/token_accuracy", "val/nrmse", "val/error", "val/mean_task_error",
+                "val/failed_tasks", "bAbI mean error %", "bAbI failed tasks", "train s")
 
 
 def build_report(results: str | Path) -> dict[str, Any]:
@@ -1059,8 +1072,13 @@ def build_report(results: str | Path) -> dict[str, Any]:
             failed = _mean_std([float(sum(v > BABI_FAIL_THRESHOLD for v in r.values())) for r in runs])
             notes = sorted({(r.get("evaluation") or {}).get("error") for r in entry.done()
                             if (r.get("evaluation") or {}).get("status") not in (None, "done")} - {None})
+            measured = sum(stat is not None for stat in per_task.values())
+            if runs and measured < len(BABI_TASKS):
+                notes = sorted(set(notes) | {f"{entry.experiment.name}: only {measured} of {len(BABI_TASKS)} tasks "
+                                             "measured; its mean error and failed count cover those only"})
             models.append({"experiment": entry.experiment.name, "model": entry.experiment.model,
-                           "task": entry.experiment.task, "runs": len(runs), "per_task": per_task,
+                           "task": entry.experiment.task, "runs": len(runs), "tasks_measured": measured,
+                           "per_task": per_task,
                            "mean_error": None if mean_error is None else {"mean": mean_error[0], "std": mean_error[1]},
                            "failed": None if failed is None else {"mean": failed[0], "std": failed[1]},
                            "notes": notes})
@@ -1139,7 +1157,10 @@ def babi_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     for model in table["models"]:
         for target, key, decimals in ((mean_row, "mean_error", 1), (failed_row, "failed", 1)):
             stat = model[key]
-            target.append("—" if stat is None else _fixed((stat["mean"], stat["std"]), decimals, model["runs"]))
+            text = "—" if stat is None else _fixed((stat["mean"], stat["std"]), decimals, model["runs"])
+            if stat is not None and model["tasks_measured"] < len(BABI_TASKS):
+                text += f" [{model['tasks_measured']}/{len(BABI_TASKS)} tasks]"
+            target.append(text)
     for ref in references:
         mean_row.append(ref_cell(ref, ref.get("mean_error"), ref.get("mean_error_std")))
         failed = ref.get("failed")
@@ -1169,7 +1190,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                      "number is not stored):\n\n" + refs + "\n\n" + _markdown_table(*babi_rows(report)))
         notes = sorted({n for m in report["babi"]["models"] for n in m["notes"]})
         if notes:
-            parts.append("Not measured:\n\n" + "\n".join(f"- {n}" for n in notes))
+            parts.append("Notes:\n\n" + "\n".join(f"- {n}" for n in notes))
     return "\n\n".join(parts) + "\n"
 
 

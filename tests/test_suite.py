@@ -287,8 +287,9 @@ def test_summary_run_logs_wandb_tables_offline(tmp_path, monkeypatch):
 
 
 def test_babi_errors_from_logged_metrics():
-    metrics = {"test/task_1/error": 0.02, "test/task_12/accuracy": 0.9, "test/qa3/acc": 97.0, "test/loss": 1.0}
-    assert S.babi_errors_from_metrics(metrics) == pytest.approx({"1": 2.0, "3": 3.0, "12": 10.0})
+    metrics = {"test/task_1/error": 2.0, "test/task_2/error": 0.5, "test/task_12/accuracy": 0.9, "test/qa3/acc": 0.97,
+               "test/loss": 1.0, "test/task_21/error": 3.0}
+    assert S.babi_errors_from_metrics(metrics) == pytest.approx({"1": 2.0, "2": 0.5, "3": 3.0, "12": 10.0})
 
 
 # ---------------------------------------------------------------------------------------------
