@@ -91,3 +91,63 @@ def draw_memory_access(module: torch.nn.Module, batch: dict, path: Path, *, titl
         plot_dnc_memory(Path(path).with_name(Path(path).stem + "_dnc.png"), usage=trace.usage[0],
                         link=trace.link[0, -1], read_modes=None if modes is None else modes[0], title=title)
     return drawn
+
+
+class LinearStartSwitch(pl.Callback):
+    """Linear start (MemN2N paper, §4.2): put the softmax back when validation loss stops falling.
+
+    Works on any module whose ``net`` has a ``softmax_enabled`` flag and an
+    ``enable_softmax()`` method (``memnet.models.memn2n.MemN2N`` built with
+    ``linear_start: true``); does nothing otherwise. After each validation epoch
+    in the linear phase, if ``monitor`` did not fall below its best value for
+    ``patience`` epochs in a row (or ``max_epochs`` linear epochs have passed),
+    the softmax is switched on; the switch is logged as ``linear_start/switched``
+    and its epoch kept in ``switched_at``.
+
+    Args:
+        monitor: the metric watched.
+        patience: epochs without improvement before the switch.
+        max_epochs: optional cap on the linear phase.
+    """
+
+    def __init__(self, monitor: str = "val/loss", patience: int = 1, max_epochs: int | None = None) -> None:
+        if patience < 1:
+            raise ValueError(f"patience must be a positive integer, got {patience!r}")
+        if max_epochs is not None and max_epochs < 1:
+            raise ValueError(f"max_epochs must be a positive integer or None, got {max_epochs!r}")
+        self.monitor = monitor
+        self.patience = patience
+        self.max_epochs = max_epochs
+        self.best: float | None = None
+        self.stale = 0
+        self.switched_at: int | None = None
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        net = getattr(pl_module, "net", None)
+        if trainer.sanity_checking or net is None or not hasattr(net, "enable_softmax"):
+            return
+        if bool(net.softmax_enabled):
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            return
+        value = float(value)
+        if self.best is None or value < self.best:
+            self.best, self.stale = value, 0
+        else:
+            self.stale += 1
+        linear_epochs = trainer.current_epoch + 1
+        if self.stale >= self.patience or (self.max_epochs is not None and linear_epochs >= self.max_epochs):
+            net.enable_softmax()
+            self.switched_at = trainer.current_epoch
+            pl_module.log("linear_start/switched", float(trainer.current_epoch))
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "stale": self.stale, "switched_at": self.switched_at}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best = state_dict["best"]
+        self.stale = state_dict["stale"]
+        self.switched_at = state_dict["switched_at"]
+
+from memnet.probe import GradientProbe  # noqa: E402,F401  (the gradient-through-time probe lives in memnet.probe)

@@ -153,6 +153,23 @@ def main(argv: list[str] | None = None) -> None:
 
         evaluate_main(argv[1:])
         return
+    if argv and argv[0] == "data":  # memnet data babi [--dest DIR] [--archive FILE]: fetch, verify, extract
+        datasets_available = ("babi",)
+        if len(argv) < 2 or argv[1] not in datasets_available:
+            raise SystemExit(f"memnet data: name a data set, one of {', '.join(datasets_available)} "
+                             "(e.g. `memnet data babi --help`)")
+        from tasks.babi import UnsafeArchiveError, data_main
+
+        try:
+            data_main(argv[2:])
+        except (UnsafeArchiveError, ValueError, OSError) as error:
+            raise SystemExit(f"memnet data babi: {error}") from None
+        return
+    if argv and argv[0] == "babi-table":  # test error per bAbI task of checkpoints, markdown + CSV
+        from tasks.babi import table_main
+
+        table_main(argv[1:])
+        return
     try:
         MemnetCLI(args=argv)
     except FloatingPointError as error:

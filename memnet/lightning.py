@@ -157,3 +157,139 @@ def sequence_metrics(
         "bits_per_seq": nats.sum() / (batch_size * math.log(2)),
         "bit_errors_per_seq": errors.sum() / batch_size,
     }
+
+
+# ----------------------------------------------------------------------------- question answering
+
+FAILED_TASK_ERROR = 5.0  # percent: a bAbI task counts as failed above this test error (Weston et al. 2015)
+
+
+class QAModule(pl.LightningModule):
+    """Trains a question-answering model ``net(story, query) -> answer logits (B, A)``.
+
+    Batches are dicts as produced by ``tasks.babi`` (``story`` (B, N, J), ``query``
+    (B, Jq), ``answer`` (B,) class, ``task`` (B,) task number).
+
+    Metrics, logged as ``train/…``, ``val/…``, ``test/…`` (per epoch):
+        loss            cross-entropy of the answer (mean or sum over the batch, see ``loss_reduction``)
+        accuracy        share of questions answered exactly
+        error           100 · (1 − accuracy), in percent
+        task_<k>/error  the same for bAbI task k alone (every task present in the split)
+        mean_task_error mean of the per-task errors, and ``failed_tasks`` the number above 5%
+
+    The MemN2N paper's optimisation is SGD with lr 0.01 halved every 25 epochs for
+    100 epochs, gradients clipped at norm 40 and a cost summed, not averaged, over
+    the batch: ``optimizer: torch.optim.SGD``, ``scheduler: torch.optim.lr_scheduler.StepLR``
+    (step_size 25, gamma 0.5), ``trainer.gradient_clip_val: 40``, ``loss_reduction: sum``.
+
+    Args:
+        net: the network, e.g. ``memnet.models.memn2n.MemN2N`` or ``memnet.models.reader.SequenceReader``.
+        optimizer: optimiser factory; default Adam.
+        scheduler: optional learning-rate scheduler factory (stepped every epoch).
+        loss_reduction: ``mean`` or ``sum`` of the cross-entropy over the batch.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: LRSchedulerCallable | None = None,
+        loss_reduction: str = "mean",
+    ) -> None:
+        super().__init__()
+        if loss_reduction not in ("mean", "sum"):
+            raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
+        self.net = net
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.loss_reduction = loss_reduction
+        self._task_counts: dict[str, torch.Tensor] = {}  # stage -> (2, tasks) errors and questions this epoch
+
+    def forward(self, story: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """story (B, N, J), query (B, Jq) -> answer logits (B, A)."""
+        return self.net(story, query)
+
+    def model_step(self, batch: dict, stage: str) -> torch.Tensor:
+        """Shared by train / val / test: forward, loss, metrics, per-task counts, logging."""
+        logits = self(batch["story"], batch["query"])
+        answer = batch["answer"]
+        loss = F.cross_entropy(logits, answer, reduction=self.loss_reduction)
+        wrong = (logits.argmax(-1) != answer).to(logits.dtype)
+        batch_size = answer.shape[0]
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=batch_size)
+        self.log(f"{stage}/accuracy", 1 - wrong.mean(), on_step=on_step, on_epoch=True, batch_size=batch_size)
+        self.log(f"{stage}/error", 100 * wrong.mean(), prog_bar=stage != "train", on_step=on_step,
+                 on_epoch=True, batch_size=batch_size)
+        if "task" in batch:
+            tasks = batch["task"]
+            size = int(tasks.max()) + 1
+            counts = torch.stack([
+                torch.zeros(size, device=wrong.device, dtype=wrong.dtype).index_add_(0, tasks, wrong.detach()),
+                torch.zeros(size, device=wrong.device, dtype=wrong.dtype).index_add_(0, tasks, torch.ones_like(wrong)),
+            ])
+            previous = self._task_counts.get(stage)
+            if previous is not None:
+                width = max(previous.shape[1], size)
+                counts = F.pad(counts, (0, width - size)) + F.pad(previous, (0, width - previous.shape[1]))
+            self._task_counts[stage] = counts
+        return loss
+
+    def _log_task_errors(self, stage: str) -> None:
+        counts = self._task_counts.pop(stage, None)
+        if counts is None or self.trainer.sanity_checking:
+            return
+        present = counts[1] > 0
+        errors = 100 * counts[0][present] / counts[1][present]
+        for task, error in zip(present.nonzero().flatten().tolist(), errors):
+            self.log(f"{stage}/task_{task}/error", error, on_epoch=True)
+        self.log(f"{stage}/mean_task_error", errors.mean(), on_epoch=True)
+        self.log(f"{stage}/failed_tasks", (errors > FAILED_TASK_ERROR).sum().to(errors.dtype), on_epoch=True)
+
+    def on_train_epoch_start(self) -> None:
+        self._task_counts.pop("train", None)
+
+    def on_validation_epoch_start(self) -> None:
+        self._task_counts.pop("val", None)
+
+    def on_test_epoch_start(self) -> None:
+        self._task_counts.pop("test", None)
+
+    def on_train_epoch_end(self) -> None:
+        self._log_task_errors("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_task_errors("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_task_errors("test")
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.model_step(batch, "train")
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss.item()} at step {self.global_step} "
+                f"(epoch {self.current_epoch}); training stopped. Lower the learning rate "
+                "or clip gradients (trainer.gradient_clip_val)."
+            )
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.model_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.model_step(batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        """The predicted answer class of every question, with the true one and the task."""
+        logits = self(batch["story"], batch["query"])
+        return {"prediction": logits.argmax(-1), "answer": batch["answer"], "task": batch.get("task")}
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer(self.parameters())
+        if self.scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer),
+                                                         "monitor": "val/loss"}}

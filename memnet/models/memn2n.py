@@ -1,0 +1,341 @@
+"""End-to-End Memory Networks (Sukhbaatar, Szlam, Weston & Fergus 2015).
+
+One hop k = 1..K over a story of sentences x_1..x_N (slot 1 the most recent):
+
+    m_i = Σ_j l_j ∘ A^k x_ij + T_A^k(i)          memory vectors (input embedding)
+    c_i = Σ_j l_j ∘ C^k x_ij + T_C^k(i)          output vectors (output embedding)
+    p_i = softmax_i(u^kᵀ m_i)                    attention (removed during linear start)
+    o^k = Σ_i p_i c_i
+    u^{k+1} = u^k + o^k          (adjacent)      or   H u^k + o^k   (layer-wise)
+
+with u^1 = Σ_j l_j ∘ B q_j the question, and the answer logits W u^{K+1}.
+
+Variants of the paper, all options of :class:`MemN2N`:
+
+- ``encoding``: ``bow`` (l_j = 1) or ``position`` (PE, l_kj = (1 − j/J) − (k/d)(1 − 2j/J)).
+- ``temporal``: temporal encoding T_A, T_C (TE), one row per memory slot.
+- ``random_noise``: RN, during training the time indices get random gaps, as if
+  up to this share of empty memories had been inserted (0.1 in the paper).
+- ``linear_start``: LS, the softmax of every hop is removed (p_i = u·m_i) until
+  :meth:`MemN2N.enable_softmax` is called (by ``memnet.callbacks.LinearStartSwitch``
+  when the validation loss stops falling). The state is a buffer, so a
+  checkpoint remembers it.
+- ``tying``: ``adjacent`` (A^{k+1} = C^k, B = A^1, answer weights Wᵀ = C^K) or
+  ``layerwise`` (A^1 = … = A^K, C^1 = … = C^K, separate B and W, plus the linear
+  map H between hops). Temporal matrices are tied like the embeddings.
+
+Answers are classes, not words: answer class a is input token
+``a + answer_offset`` (the layout of ``tasks.babi.Vocabulary``), so with adjacent
+tying W is the rows of C^K for the answer tokens, as the paper's Wᵀ = C^K
+restricted to the words that can be answers.
+
+Axes:  b - batch, n - memory slots, j - words, d - embedding, v - vocabulary, a - answers
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from einops import einsum, rearrange
+from torch import nn
+from torch.nn import functional as F
+
+from memnet.utils import check_positive, check_range
+
+Encoding = Literal["bow", "position"]
+Tying = Literal["adjacent", "layerwise"]
+PAD_ID = 0  # token id of padding: its embedding is zero and gets no gradient
+DENSE_BAG_MAX_VOCAB = 4096  # up to this V, sentences become dense (..., V) bags: one matmul per embedding
+
+
+def position_encoding(sentence_length: int, embedding_size: int, *, dtype=None, device=None) -> torch.Tensor:
+    """The paper's position encoding for one sentence of J words.
+
+    l_kj = (1 − j/J) − (k/d)(1 − 2j/J), with j = 1..J the word and k = 1..d the
+    embedding dimension (1-based, as in the paper).
+
+    Returns:
+        (J, d): row j−1 is l_j.
+    """
+    check_positive(sentence_length=sentence_length, embedding_size=embedding_size)
+    j = torch.arange(1, sentence_length + 1, dtype=dtype or torch.get_default_dtype(), device=device)[:, None]
+    k = torch.arange(1, embedding_size + 1, dtype=j.dtype, device=device)[None, :]
+    J, d = sentence_length, embedding_size
+    return (1 - j / J) - (k / d) * (1 - 2 * j / J)
+
+
+def batched_position_encoding(tokens: torch.Tensor, embedding_size: int, dtype: torch.dtype) -> torch.Tensor:
+    """Position encoding for padded sentences, each with its own length J.
+
+    Args:
+        tokens: (..., J_max) token ids, words left-aligned, PAD_ID after them.
+
+    Returns:
+        (..., J_max, d) weights; the rows of padding words are 0.
+    """
+    present = tokens != PAD_ID
+    length = present.sum(-1, keepdim=True).clamp_min(1).to(dtype)[..., None]  # (..., 1, 1) J per sentence
+    j = torch.arange(1, tokens.shape[-1] + 1, dtype=dtype, device=tokens.device)[:, None]  # (J_max, 1)
+    k = torch.arange(1, embedding_size + 1, dtype=dtype, device=tokens.device)[None, :]  # (1, d)
+    weights = (1 - j / length) - (k / embedding_size) * (1 - 2 * j / length)
+    return weights * present[..., None].to(dtype)
+
+
+class MemN2N(nn.Module):
+    """End-to-End Memory Network: ``forward(story, query) -> answer logits``.
+
+    Args:
+        input_size: V, vocabulary size (token ids of story and query).
+        output_size: A, number of answer classes.
+        embedding_size: d (20 per task, 50 joint in the paper).
+        hops: K.
+        memory_size: largest number of memory slots N; rows of the temporal matrices.
+        encoding: ``bow`` or ``position``.
+        temporal: use temporal encoding.
+        random_noise: RN share of empty memories in training, in [0, 1); 0 turns it off.
+        linear_start: start with the softmax removed (LS).
+        tying: ``adjacent`` or ``layerwise``.
+        answer_offset: answer class a is token ``a + answer_offset`` (tied W only).
+        init_std: σ of the Gaussian initialisation (0.1 in the paper).
+        seed: seeds the RN generator; None draws from torch's global generator.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        *,
+        embedding_size: int = 20,
+        hops: int = 3,
+        memory_size: int = 50,
+        encoding: Encoding = "position",
+        temporal: bool = True,
+        random_noise: float = 0.1,
+        linear_start: bool = False,
+        tying: Tying = "adjacent",
+        answer_offset: int = 4,
+        init_std: float = 0.1,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        check_positive(input_size=input_size, output_size=output_size, embedding_size=embedding_size,
+                       hops=hops, memory_size=memory_size)
+        if encoding not in ("bow", "position"):
+            raise ValueError(f"encoding must be 'bow' or 'position', got {encoding!r}")
+        if tying not in ("adjacent", "layerwise"):
+            raise ValueError(f"tying must be 'adjacent' or 'layerwise', got {tying!r}")
+        check_range("random_noise", random_noise, 0.0, 1.0, high_open=True)
+        check_range("init_std", init_std, 0.0, math.inf, low_open=True, high_open=True)
+        if tying == "adjacent" and (answer_offset < 0 or answer_offset + output_size > input_size):
+            raise ValueError(
+                f"answer_offset must put the {output_size} answer tokens inside the vocabulary of "
+                f"{input_size} (0 ≤ answer_offset ≤ {input_size - output_size}), got {answer_offset!r}"
+            )
+        self.input_size = input_size
+        self.output_size = output_size
+        self.embedding_size = embedding_size
+        self.hops = hops
+        self.memory_size = memory_size
+        self.encoding = encoding
+        self.temporal = temporal
+        self.random_noise = random_noise
+        self.tying = tying
+        self.answer_offset = answer_offset
+        self.seed = seed
+        self._generator: torch.Generator | None = None
+        self.register_buffer("softmax_enabled", torch.tensor(not linear_start), persistent=True)
+
+        def embedding(rows: int, padding: bool) -> nn.Embedding:
+            module = nn.Embedding(rows, embedding_size, padding_idx=PAD_ID if padding else None)
+            nn.init.normal_(module.weight, std=init_std)
+            if padding:
+                with torch.no_grad():
+                    module.weight[PAD_ID].zero_()
+            return module
+
+        count = hops + 1 if tying == "adjacent" else 2
+        # adjacent: embeddings[k] is C^k = A^{k+1} (embeddings[0] = A^1 = B); layer-wise: [A, C]
+        self.embeddings = nn.ModuleList([embedding(input_size, True) for _ in range(count)])
+        self.temporal_embeddings = (
+            nn.ModuleList([embedding(memory_size, False) for _ in range(count)]) if temporal else None
+        )
+        if tying == "layerwise":
+            self.query_embedding_layer = embedding(input_size, True)
+            self.linear_map = nn.Linear(embedding_size, embedding_size, bias=False)  # H
+            self.answer = nn.Linear(embedding_size, output_size, bias=False)  # W
+            nn.init.normal_(self.linear_map.weight, std=init_std)
+            nn.init.normal_(self.answer.weight, std=init_std)
+
+    # -- which matrix is which (the tying schemes) -----------------------------------------
+
+    def input_embedding(self, hop: int) -> nn.Embedding:
+        """A^hop (hop = 1..K)."""
+        return self.embeddings[hop - 1] if self.tying == "adjacent" else self.embeddings[0]
+
+    def output_embedding(self, hop: int) -> nn.Embedding:
+        """C^hop (hop = 1..K)."""
+        return self.embeddings[hop] if self.tying == "adjacent" else self.embeddings[1]
+
+    def input_temporal(self, hop: int) -> nn.Embedding | None:
+        """T_A^hop, or None without temporal encoding."""
+        if self.temporal_embeddings is None:
+            return None
+        return self.temporal_embeddings[hop - 1] if self.tying == "adjacent" else self.temporal_embeddings[0]
+
+    def output_temporal(self, hop: int) -> nn.Embedding | None:
+        """T_C^hop, or None without temporal encoding."""
+        if self.temporal_embeddings is None:
+            return None
+        return self.temporal_embeddings[hop] if self.tying == "adjacent" else self.temporal_embeddings[1]
+
+    def query_embedding(self) -> nn.Embedding:
+        """B (= A^1 with adjacent tying)."""
+        return self.embeddings[0] if self.tying == "adjacent" else self.query_embedding_layer
+
+    def answer_weight(self) -> torch.Tensor:
+        """W, (A, d): the answer rows of C^K (adjacent) or its own matrix (layer-wise)."""
+        if self.tying == "adjacent":
+            return self.output_embedding(self.hops).weight[self.answer_offset:self.answer_offset + self.output_size]
+        return self.answer.weight
+
+    def enable_softmax(self) -> None:
+        """End the linear start: every hop's attention is a softmax from now on."""
+        self.softmax_enabled.fill_(True)
+
+    # -- the computation ----------------------------------------------------------------
+
+    def _word_weights(self, tokens: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-word weights of the sentence sum, computed once per forward and shared by every hop.
+
+        PE is linear in k: l_kj = a_j + (k/d)·b_j with a_j = (1 − j/J) and
+        b_j = (2j/J − 1), so Σ_j l_kj e_jk = Σ_j a_j e_jk + (k/d) Σ_j b_j e_jk and no
+        (..., J, d) tensor is needed. For small vocabularies the weights are
+        scattered into bag-of-words rows (..., V), so that each embedding costs
+        one matrix product.
+
+        Args:
+            tokens: (..., J) token ids.
+
+        Returns:
+            a and b, each (..., V) bags (V ≤ DENSE_BAG_MAX_VOCAB) or (..., J) word
+            weights; b is None for bag-of-words, where a is the 0/1 word mask.
+        """
+        present = (tokens != PAD_ID).to(dtype)
+        if self.encoding == "bow":
+            a, b = present, None
+        else:
+            length = present.sum(-1, keepdim=True).clamp_min(1)  # J of each sentence
+            j = torch.arange(1, tokens.shape[-1] + 1, dtype=dtype, device=tokens.device)
+            a, b = (1 - j / length) * present, (2 * j / length - 1) * present
+        if self.input_size > DENSE_BAG_MAX_VOCAB:
+            return a, b
+
+        def bag(word_weights: torch.Tensor) -> torch.Tensor:
+            rows = torch.zeros(*tokens.shape[:-1], self.input_size, dtype=dtype, device=tokens.device)
+            return rows.scatter_add_(-1, tokens, word_weights)
+
+        return bag(a), (None if b is None else bag(b))
+
+    def _encode(self, tokens: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor | None],
+                embedding: nn.Embedding) -> torch.Tensor:
+        """tokens (..., J) -> sentence vectors (..., d): Σ_j l_j ∘ E x_j."""
+        a, b = weights
+        if a.shape[-1] == self.input_size and self.input_size <= DENSE_BAG_MAX_VOCAB:
+            def weighted_sum(bags: torch.Tensor) -> torch.Tensor:  # (..., V) @ (V, d)
+                return bags @ embedding.weight
+        else:
+            flat = rearrange(tokens, "... j -> (...) j")
+
+            def weighted_sum(word_weights: torch.Tensor) -> torch.Tensor:  # one fused gather-and-sum
+                summed = F.embedding_bag(flat, embedding.weight, mode="sum",
+                                         per_sample_weights=rearrange(word_weights, "... j -> (...) j"))
+                return summed.reshape(*tokens.shape[:-1], self.embedding_size)
+
+        encoded = weighted_sum(a)
+        if b is not None:
+            k = torch.arange(1, self.embedding_size + 1, dtype=encoded.dtype, device=encoded.device)
+            encoded = encoded + (k / self.embedding_size) * weighted_sum(b)
+        return encoded
+
+    def time_indices(self, present: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Row of the temporal matrices for each slot, (B, N) long.
+
+        Slot i uses row i; with random noise in training, each story's rows are a
+        sorted random subset of 0..S+E−1 (S its sentences, E ≤ ⌈random_noise·S⌉
+        drawn empty memories), clipped to ``memory_size − 1``.
+        """
+        batch, slots = present.shape
+        base = torch.arange(slots, device=present.device).expand(batch, slots)
+        if not (self.training and self.random_noise > 0):
+            return base
+        lengths = present.sum(-1)  # (B,)
+        most_empty = int(math.ceil(self.random_noise * slots))
+        empty = (torch.rand(batch, generator=generator, device=present.device)
+                 * (torch.ceil(self.random_noise * lengths.to(torch.float32)) + 1)).floor().long()  # 0..⌈r·S⌉
+        positions = slots + most_empty
+        keys = torch.rand(batch, positions, generator=generator, device=present.device)
+        valid = torch.arange(positions, device=present.device) < (lengths + empty)[:, None]
+        keys = torch.where(valid, keys, torch.full_like(keys, 2.0))  # invalid positions rank last
+        rank = keys.argsort(-1).argsort(-1)
+        chosen = rank < lengths[:, None]  # S random valid positions per story
+        index = torch.arange(positions, device=present.device).expand(batch, positions)
+        ordered = torch.where(chosen, index, torch.full_like(index, positions)).sort(-1).values[:, :slots]
+        ordered = torch.where(present, ordered, base)
+        return ordered.clamp_max(self.memory_size - 1)
+
+    def _rn_generator(self, device: torch.device) -> torch.Generator | None:
+        if self.seed is None:
+            return None
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generator
+
+    def forward(self, story: torch.Tensor, query: torch.Tensor, *, return_attention: bool = False):
+        """story (B, N, J) and query (B, Jq) token ids -> answer logits (B, A).
+
+        Slot 0 of ``story`` is the most recent sentence; all-padding slots are
+        empty and get no attention. With ``return_attention=True`` also returns
+        the attention of every hop, (B, K, N).
+        """
+        if story.dim() != 3 or query.dim() != 2 or story.shape[0] != query.shape[0]:
+            raise ValueError(
+                f"expected story (B, N, J) and query (B, Jq) with the same B, got {tuple(story.shape)} and {tuple(query.shape)}"
+            )
+        if story.shape[1] > self.memory_size:
+            raise ValueError(
+                f"story has {story.shape[1]} memory slots but memory_size is {self.memory_size}; "
+                "keep only the most recent sentences (the data module's memory_size)"
+            )
+        present = (story != PAD_ID).any(-1)  # (B, N)
+        times = self.time_indices(present, self._rn_generator(story.device)) if self.temporal else None
+        dtype = self.embeddings[0].weight.dtype
+        story_weights = self._word_weights(story, dtype)
+        u = self._encode(query, self._word_weights(query, dtype), self.query_embedding())  # (B, d)
+        encoded: dict[int, torch.Tensor] = {}  # id of an embedding -> its (B, N, d) sentence vectors
+
+        def memory_vectors(embedding: nn.Embedding, temporal: nn.Embedding | None) -> torch.Tensor:
+            key = id(embedding)
+            if key not in encoded:  # a tied matrix is encoded once
+                vectors = self._encode(story, story_weights, embedding)
+                encoded[key] = vectors if temporal is None else vectors + temporal(times)
+            return encoded[key]
+
+        attentions = []
+        for hop in range(1, self.hops + 1):
+            memory = memory_vectors(self.input_embedding(hop), self.input_temporal(hop))  # m_i (B, N, d)
+            output = memory_vectors(self.output_embedding(hop), self.output_temporal(hop))  # c_i (B, N, d)
+            scores = einsum(memory, u, "b n d, b d -> b n")
+            if bool(self.softmax_enabled):
+                attention = scores.masked_fill(~present, float("-inf")).softmax(-1)
+                attention = torch.nan_to_num(attention, nan=0.0)  # a story with no sentence attends to nothing
+            else:
+                attention = scores * present.to(scores.dtype)
+            o = einsum(attention, output, "b n, b n d -> b d")
+            u = (self.linear_map(u) if self.tying == "layerwise" else u) + o
+            attentions.append(attention)
+        logits = einsum(u, self.answer_weight(), "b d, a d -> b a")
+        if return_attention:
+            return logits, rearrange(torch.stack(attentions), "k b n -> b k n")
+        return logits

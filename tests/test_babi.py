@@ -1,0 +1,453 @@
+"""bAbI data: strict parser, real files, DatasetDict and its cache, vocabulary, batches, the
+`memnet data babi` command, the table, and the QA LightningModule's metrics."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from tasks import babi
+from tasks.babi import (
+    BabiDataModule,
+    BabiFormatError,
+    BabiSource,
+    UnsafeArchiveError,
+    Vocabulary,
+    babi_table,
+    collate_babi,
+    load_babi,
+    parse_babi,
+    safe_extract,
+    verify_archive,
+)
+
+ARCHIVE = Path(os.environ.get("MEMNET_BABI_ARCHIVE")
+               or Path(__file__).resolve().parents[2] / "shared" / "data" / "babi" / babi.ARCHIVE_NAME)
+needs_data = pytest.mark.skipif(not ARCHIVE.is_file(), reason=f"bAbI archive not found at {ARCHIVE} "
+                                "(set MEMNET_BABI_ARCHIVE)")
+
+STORY = (
+    "1 Mary moved to the bathroom.\n"
+    "2 John went to the hallway.\n"
+    "3 Where is Mary? \tbathroom\t1\n"
+    "4 Daniel went back to the hallway.\n"
+    "5 Where is Daniel?\thallway\t4\n"
+    "1 Sandra journeyed to the garden.\n"
+    "2 Where is Sandra?\tgarden\t1\n"
+)
+
+
+@pytest.fixture(scope="module")
+def source() -> BabiSource:
+    return BabiSource(ARCHIVE)
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def test_parse_known_story():
+    examples = parse_babi(STORY, source="toy.txt", task=1)
+    assert len(examples) == 3
+    first, second, third = examples
+    assert first["story"] == [["mary", "moved", "to", "the", "bathroom"], ["john", "went", "to", "the", "hallway"]]
+    assert first["query"] == ["where", "is", "mary"]
+    assert first["answer"] == "bathroom" and first["supporting"] == [0] and first["task"] == 1
+    # the question line is not part of the story; IDs after it still map to the right sentence
+    assert second["story"][-1] == ["daniel", "went", "back", "to", "the", "hallway"]
+    assert len(second["story"]) == 3 and second["supporting"] == [2]
+    # a new story restarts at ID 1
+    assert third["story"] == [["sandra", "journeyed", "to", "the", "garden"]] and third["supporting"] == [0]
+
+
+def test_whitespace_before_tab_does_not_matter():
+    spaced = parse_babi("1 A b.\n2 Where is a? \tb\t1\n", source="x", task=1)
+    tight = parse_babi("1 A b.\n2 Where is a?\tb\t1\n", source="x", task=1)
+    assert spaced == tight
+
+
+def test_list_answers_stay_one_string():
+    examples = parse_babi("1 Mary took the apple.\n2 What is Mary carrying?\tapple,football\t1\n", source="x", task=8)
+    assert examples[0]["answer"] == "apple,football"
+
+
+@pytest.mark.parametrize(
+    "text, line, expected",
+    [
+        ("", None, "empty file"),
+        ("1 Mary went home.\r\n2 Where is Mary?\thome\t1\r\n", 1, "carriage return"),
+        ("1 Mary went home.\n\n2 Where is Mary?\thome\t1\n", 2, "empty line"),
+        ("1 Mary went home.\n2 Where is Mary? home 1\n", 2, None),  # no tab: a statement, then fine
+        ("1 Mary went home.\n2 Where is Mary?\thome\n", 2, "3 fields"),
+        ("1 Mary went home.\n2 Where is Mary?\thome\t1\textra\n", 2, "3 fields"),
+        ("x Mary went home.\n", 1, "positive integer"),
+        ("1 Mary went home.\n2a Where is Mary?\thome\t1\n", 2, "positive integer"),
+        ("0 Mary went home.\n", 1, "positive integer"),
+        ("1Mary\n", 1, "'ID text'"),
+        ("2 Mary went home.\n", 1, "first line must have ID 1"),
+        ("1 Mary went home.\n3 Where is Mary?\thome\t1\n", 2, "expected ID 2"),
+        ("1 Mary went home.\n2 John left.\n2 Where is Mary?\thome\t1\n", 3, "expected ID 3"),
+        ("1 Mary went home.\n2 Where is Mary?\thome\t2\n", 2, "earlier line"),
+        ("1 Mary went home.\n2 Where is Mary?\thome\t5\n", 2, "earlier line"),
+        ("1 Mary went home.\n2 Where is Mary?\thome\t1\n3 Where is Mary?\thome\t2\n", 3, "points at a question"),
+        ("1 Mary went home.\n2 Where is Mary?\thome\tone\n", 2, "supporting-fact ID must be a positive integer"),
+        ("1 Mary went home.\n2 Where is Mary?\thome\t\n", 2, "at least one supporting-fact ID"),
+        ("1 Mary went home.\n2 Where is Mary?\t\t1\n", 2, "empty answer"),
+        ("1 Mary went home.\n2 Where is Mary?\t \t1\n", 2, "empty answer"),
+        ("1 Mary went home.\n2 ?\thome\t1\n", 2, "empty question"),
+        ("1 .\n", 1, "at least one word"),
+    ],
+)
+def test_malformed_lines_name_file_line_and_expectation(text, line, expected):
+    if expected is None:  # a control case: tab-less lines are statements
+        parse_babi(text, source="qa1_bad.txt", task=1)
+        return
+    with pytest.raises(BabiFormatError) as info:
+        parse_babi(text, source="qa1_bad.txt", task=1)
+    message = str(info.value)
+    assert message.startswith("qa1_bad.txt")
+    assert expected in message
+    if line is not None:
+        assert f"line {line}:" in message and info.value.line_number == line
+
+
+def test_supporting_id_restarts_with_story():
+    # ID 2 exists in the first story but not in the second: it must not be found
+    text = "1 A went b.\n2 C went d.\n3 Where is a?\tb\t1\n1 E went f.\n2 Where is e?\tf\t2\n"
+    with pytest.raises(BabiFormatError, match="line 5: .*earlier line"):
+        parse_babi(text, source="x", task=1)
+
+
+# ----------------------------------------------------------------------------- real files
+
+
+@needs_data
+def test_real_en_question_counts(source):
+    for task in babi.ALL_TASKS:
+        for split in ("train", "test"):
+            name = babi.task_file(task, split, language="en", size="1k")
+            examples = parse_babi(source.read(name), source=name, task=task)
+            assert len(examples) == 1000, name
+
+
+@needs_data
+@pytest.mark.parametrize("task", [1, 19])
+def test_real_en_10k_question_counts(source, task):
+    train = babi.task_file(task, "train", size="10k")
+    test = babi.task_file(task, "test", size="10k")
+    assert len(parse_babi(source.read(train), source=train, task=task)) == 10000
+    assert len(parse_babi(source.read(test), source=test, task=task)) == 1000
+
+
+@needs_data
+@pytest.mark.slow
+def test_real_en_10k_all_question_counts(source):
+    for task in babi.ALL_TASKS:
+        if task == 3:
+            continue  # its 10k training file is not in the archive
+        name = babi.task_file(task, "train", size="10k")
+        assert len(parse_babi(source.read(name), source=name, task=task)) == 10000
+
+
+@needs_data
+def test_absent_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="en-10k/qa3_three-supporting-facts_train.txt"):
+        load_babi(data_dir=ARCHIVE, cache_dir=tmp_path, size="10k", tasks=[3])
+
+
+# ----------------------------------------------------------------------------- DatasetDict and cache
+
+
+@needs_data
+def test_dataset_splits_columns_and_seeded_validation(tmp_path):
+    data = load_babi(data_dir=ARCHIVE, cache_dir=tmp_path, tasks=[1, 19], seed=3)
+    assert {name: len(split) for name, split in data.items()} == {"train": 1800, "validation": 200, "test": 2000}
+    assert set(data["train"].column_names) == {"story", "query", "answer", "supporting", "task"}
+    row = data["test"][0]
+    assert row["story"][0] == ["john", "travelled", "to", "the", "hallway"]  # oldest first
+    assert all(0 <= i < len(row["story"]) for i in row["supporting"])
+    assert sorted(set(data["validation"]["task"])) == [1, 19]
+    # the same seed gives the same held-out questions, another seed others
+    again = load_babi(data_dir=ARCHIVE, cache_dir=tmp_path / "other", tasks=[1, 19], seed=3)
+    other = load_babi(data_dir=ARCHIVE, cache_dir=tmp_path, tasks=[1, 19], seed=4)
+    assert again["validation"]["query"] == data["validation"]["query"]
+    assert again["validation"]["story"] == data["validation"]["story"]
+    assert other["validation"]["story"] != data["validation"]["story"]
+
+
+@needs_data
+def test_second_load_comes_from_cache(tmp_path, monkeypatch):
+    first = load_babi(data_dir=ARCHIVE, cache_dir=tmp_path, tasks=[2])
+    assert len(list(tmp_path.glob("babi-*"))) == 1
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("parsed again")
+
+    monkeypatch.setattr(babi, "parse_babi", refuse)
+    second = load_babi(data_dir=ARCHIVE, cache_dir=tmp_path, tasks=[2])
+    assert second["train"]["answer"] == first["train"]["answer"]
+    with pytest.raises(AssertionError, match="parsed again"):  # other options: a new build
+        load_babi(data_dir=ARCHIVE, cache_dir=tmp_path, tasks=[2], seed=1)
+
+
+@needs_data
+def test_extracted_folder_and_env_var(tmp_path, monkeypatch):
+    safe_extract(ARCHIVE, tmp_path / "data")
+    monkeypatch.setenv(babi.DATA_DIR_ENV, str(tmp_path / "data"))
+    source = babi.find_source(None)
+    assert source.folder == tmp_path / "data" / babi.ARCHIVE_TOP
+    data = load_babi(cache_dir=tmp_path / "cache", tasks=[20], language="shuffled")
+    assert len(data["test"]) == 1000
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        babi.find_source(tmp_path / "nowhere")
+
+
+@needs_data
+def test_hindi_and_10k_with_task_3_from_1k(tmp_path):
+    hindi = load_babi(data_dir=ARCHIVE, cache_dir=tmp_path, language="hn", tasks=[1])
+    assert len(hindi["train"]) == 900 and len(hindi["test"]) == 1000
+    big = load_babi(data_dir=ARCHIVE, cache_dir=tmp_path, size="10k", tasks=[1, 3], train_1k_tasks=[3])
+    counts = {t: big["train"]["task"].count(t) + big["validation"]["task"].count(t) for t in (1, 3)}
+    assert counts == {1: 10000, 3: 1000}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"tasks": [21]}, "tasks must be integers in 1-20"),
+        ({"tasks": [1, 1]}, "twice"),
+        ({"tasks": []}, "at least one task"),
+        ({"tasks": "some"}, "tasks must be a task number"),
+        ({"language": "fr"}, "language must be one of"),
+        ({"size": "5k"}, "size must be one of"),
+        ({"memory_size": 0}, "memory_size must be a positive integer"),
+        ({"batch_size": -1}, "batch_size must be a positive integer"),
+        ({"val_fraction": 1.0}, r"val_fraction must lie in \[0, 1\)"),
+    ],
+)
+def test_data_module_rejects_bad_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        BabiDataModule(**kwargs)
+
+
+def test_train_1k_tasks_must_be_selected_and_10k(tmp_path):
+    with pytest.raises(ValueError, match="not among tasks"):
+        load_babi(data_dir=tmp_path, tasks=[1], size="10k", train_1k_tasks=[3])
+    with pytest.raises(ValueError, match="only applies to size '10k'"):
+        load_babi(data_dir=tmp_path, tasks=[3], train_1k_tasks=[3])
+
+
+# ----------------------------------------------------------------------------- vocabulary and batches
+
+
+def test_vocabulary_layout():
+    vocabulary = Vocabulary.build(["n,w", "garden", "yes"], ["mary", "garden", "went", "n,w"])
+    assert vocabulary.tokens[:4] == babi.SPECIAL_TOKENS
+    assert vocabulary.answers == ("garden", "n,w", "yes")
+    for answer in vocabulary.answers:  # class a is token a + ANSWER_OFFSET
+        assert vocabulary.tokens[vocabulary.answer_class(answer) + babi.ANSWER_OFFSET] == answer
+    assert len(vocabulary) == 4 + 3 + 2  # answers are not repeated among the words
+    assert vocabulary.encode(["mary", "zebra"]) == [vocabulary.tokens.index("mary"), babi.UNK_ID]
+    with pytest.raises(KeyError, match="'mary' has no class"):
+        vocabulary.answer_class("mary")
+
+
+def _encoded(story_lengths, sentence_words=3):
+    vocabulary = Vocabulary.build(["a"], [f"w{i}" for i in range(40)])
+
+    class Split:
+        def __init__(self, rows):
+            self.rows = rows
+
+        def to_dict(self):
+            return {k: [r[k] for r in self.rows] for k in ("story", "query", "answer", "task")}
+
+    rows = [{"story": [[f"w{s}"] * (1 + s % sentence_words) for s in range(n)], "query": ["w0"] * (1 + n % 2),
+             "answer": "a", "task": 1 + n % 3} for n in story_lengths]
+    return vocabulary, babi.EncodedSplit(Split(rows), vocabulary, memory_size=5)
+
+
+def test_story_truncated_to_memory_size_most_recent_first():
+    vocabulary, split = _encoded([9])
+    story = split[0]["story"]
+    assert story.shape[0] == 5  # the 5 most recent of 9 sentences
+    expected_words = [f"w{s}" for s in (8, 7, 6, 5, 4)]  # slot 0 = the most recent
+    assert [vocabulary.tokens[row[0]] for row in story] == expected_words
+
+
+def test_collate_pads_to_longest_story_sentence_and_question():
+    _, split = _encoded([2, 4, 3])
+    batch = collate_babi([split[i] for i in range(3)])
+    assert batch["story"].shape == (3, 4, 3) and batch["query"].shape == (3, 2)
+    assert batch["story_length"].tolist() == [2, 4, 3]
+    assert (batch["story"][0, 2:] == babi.PAD_ID).all()  # empty slots are padding
+    assert batch["answer"].tolist() == [0, 0, 0] and batch["task"].tolist() == [3, 2, 1]
+
+
+@needs_data
+def test_data_module_sizes_and_batches(tmp_path):
+    module = BabiDataModule(data_dir=str(ARCHIVE), cache_dir=str(tmp_path), tasks=[1, 8], batch_size=7,
+                            memory_size=4)
+    assert module.input_size == len(module.vocabulary)
+    assert module.output_size == module.vocabulary.num_answers
+    module.setup("fit")
+    batch = next(iter(module.train_dataloader()))
+    assert batch["story"].shape[0] == 7 and batch["story"].shape[1] <= 4
+    assert int(batch["story"].max()) < module.input_size and int(batch["answer"].max()) < module.output_size
+    first = [b["answer"].tolist() for _, b in zip(range(3), module.train_dataloader())]
+    second = [b["answer"].tolist() for _, b in zip(range(3), module.train_dataloader())]
+    assert first == second  # seeded shuffling
+
+
+# ----------------------------------------------------------------------------- `memnet data babi`
+
+
+def _tar_with(tmp_path: Path, members: list[tarfile.TarInfo], name="bad.tar.gz") -> Path:
+    path = tmp_path / name
+    with tarfile.open(path, "w:gz") as archive:
+        for member in members:
+            data = b"1 Mary went home.\n2 Where is Mary?\thome\t1\n" if member.isfile() else None
+            if data is not None:
+                member.size = len(data)
+            archive.addfile(member, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def _member(name, kind=tarfile.REGTYPE, linkname=""):
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = linkname
+    return info
+
+
+@pytest.mark.parametrize(
+    "member, message",
+    [
+        (_member("../evil.txt"), r"'\.\.'"),
+        (_member("tasks_1-20_v1-2/../../evil.txt"), r"'\.\.'"),
+        (_member("/tmp/evil.txt"), "absolute path"),
+        (_member("tasks_1-20_v1-2/link", tarfile.SYMTYPE, "/etc/passwd"), "is a link"),
+        (_member("tasks_1-20_v1-2/hard", tarfile.LNKTYPE, "../outside"), "is a link"),
+        (_member("tasks_1-20_v1-2/fifo", tarfile.FIFOTYPE), "not a regular file"),
+    ],
+)
+def test_data_command_refuses_unsafe_archive(tmp_path, member, message):
+    good = _member("tasks_1-20_v1-2/en/qa1_single-supporting-fact_train.txt")
+    archive = _tar_with(tmp_path, [good, member])
+    target = tmp_path / "target"
+    with pytest.raises(UnsafeArchiveError, match=message):
+        babi.data_main(["--archive", str(archive), "--dest", str(target)])
+    assert not (target / "tasks_1-20_v1-2").exists()  # nothing was extracted
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_data_command_through_cli_reports_unsafe_archive(tmp_path):
+    from memnet.cli import main
+
+    archive = _tar_with(tmp_path, [_member("../evil.txt")])
+    with pytest.raises(SystemExit, match="points outside"):
+        main(["data", "babi", "--archive", str(archive), "--dest", str(tmp_path / "t")])
+    with pytest.raises(SystemExit, match="name a data set"):
+        main(["data", "mnist"])
+
+
+def test_data_command_extracts_a_safe_archive_and_checks_sha256(tmp_path, capsys):
+    archive = _tar_with(tmp_path, [_member("tasks_1-20_v1-2/en/qa1_single-supporting-fact_train.txt")], "ok.tar.gz")
+    folder = babi.data_main(["--archive", str(archive), "--dest", str(tmp_path / "d")])
+    assert (folder / "en" / "qa1_single-supporting-fact_train.txt").is_file()
+    assert "not a known bAbI archive" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="does not match the expected"):
+        verify_archive(archive, expected_sha256="0" * 64)
+    with pytest.raises(ValueError, match="not the official archive"):
+        verify_archive(archive, official=True)
+
+
+@needs_data
+def test_shared_archive_checksum_is_known():
+    assert "verified" in verify_archive(ARCHIVE)
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+def test_babi_table_markdown_and_csv():
+    results = {"MemN2N": {t: (10.0 if t in (2, 3) else 1.0) for t in babi.ALL_TASKS},
+               "per-task": {1: 0.5, 2: 20.0}}
+    markdown, csv = babi_table(results)
+    lines = markdown.splitlines()
+    assert lines[0] == "| task | MemN2N | per-task |"
+    assert len(lines) == 2 + 20 + 2
+    assert lines[2] == "| 1: single-supporting-fact | 1.0 | 0.5 |"
+    assert lines[4] == "| 3: three-supporting-facts | 10.0 | – |"
+    assert lines[-2] == "| mean error (%) | 1.9 | 10.2 (2 tasks) |"
+    assert lines[-1] == "| failed tasks (> 5%) | 2 | 1 (2 tasks) |"
+    rows = csv.splitlines()
+    assert rows[0] == "task,MemN2N,per-task" and rows[3] == "3: three-supporting-facts,10.0,"
+    assert rows[-2] == "mean error (%),1.9,10.2 (2 tasks)"
+
+
+def test_table_command_reads_saved_results(tmp_path, capsys):
+    saved = tmp_path / "r.json"
+    saved.write_text(json.dumps({"A": {"1": 3.0, "2": 7.0}}))
+    babi.table_main(["--results", str(saved), "--csv", str(tmp_path / "t.csv"), "--markdown", str(tmp_path / "t.md")])
+    assert "| 2: two-supporting-facts | 7.0 |" in capsys.readouterr().out
+    assert (tmp_path / "t.csv").read_text().splitlines()[2] == "2: two-supporting-facts,7.0"
+    with pytest.raises(SystemExit):
+        babi.table_main([])
+
+
+def test_task_errors_from_metrics():
+    metrics = {"test/task_2/error": torch.tensor(4.0), "test/task_10/error": 1.5, "test/error": 3.0,
+               "val/task_1/error": 9.0}
+    assert babi.task_errors(metrics) == {2: 4.0, 10: 1.5}
+
+
+# ----------------------------------------------------------------------------- the QA module
+
+
+class _Lookup(torch.nn.Module):
+    """Answers with the class written in the first token of the query (a perfect or wrong oracle)."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self.classes = classes
+
+    def forward(self, story, query):
+        return torch.nn.functional.one_hot(query[:, 0], self.classes).float() * self.scale
+
+
+def test_qa_module_logs_error_per_task():
+    from memnet.lightning import QAModule
+
+    # task 1: all right; task 2: 2 of 4 wrong; task 5: all wrong
+    answers = torch.tensor([0, 1, 2, 0, 1, 2, 1, 0, 2])
+    guesses = torch.tensor([0, 1, 2, 0, 1, 0, 2, 1, 0])
+    tasks = torch.tensor([1, 1, 1, 2, 2, 2, 2, 5, 5])
+    batches = [{"story": torch.ones(len(i), 2, 3, dtype=torch.long), "query": guesses[i, None],
+                "answer": answers[i], "task": tasks[i]} for i in (torch.arange(0, 4), torch.arange(4, 9))]
+    module = QAModule(_Lookup(3))
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.test(module, dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+    metrics = trainer.callback_metrics
+    assert float(metrics["test/task_1/error"]) == pytest.approx(0.0)
+    assert float(metrics["test/task_2/error"]) == pytest.approx(50.0)
+    assert float(metrics["test/task_5/error"]) == pytest.approx(100.0)
+    assert "test/task_3/error" not in metrics
+    assert float(metrics["test/error"]) == pytest.approx(100 * 4 / 9)
+    assert float(metrics["test/mean_task_error"]) == pytest.approx(50.0)
+    assert float(metrics["test/failed_tasks"]) == 2
+
+
+def test_qa_module_rejects_bad_reduction():
+    from memnet.lightning import QAModule
+
+    with pytest.raises(ValueError, match="loss_reduction must be 'mean' or 'sum'"):
+        QAModule(_Lookup(3), loss_reduction="max")
