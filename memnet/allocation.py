@@ -140,7 +140,9 @@ def write_weighting(
     _check_same("allocation", allocation, "content", content, "(B, N)")
     for name, gate in (("allocation_gate", allocation_gate), ("write_gate", write_gate)):
         if gate.shape != allocation.shape[:1]:
-            raise ValueError(f"{name} must have shape (B,) = {tuple(allocation.shape[:1])}, got {tuple(gate.shape)}")
+            raise ValueError(
+                f"{name} must have shape (B,) = {tuple(allocation.shape[:1])}, got {tuple(gate.shape)}"
+            )
     allocation_gate = rearrange(allocation_gate, "b -> b 1")
     write_gate = rearrange(write_gate, "b -> b 1")
     return write_gate * (allocation_gate * allocation + (1 - allocation_gate) * content)
@@ -335,7 +337,8 @@ def update_sparse_link(
 
     candidate_values = torch.cat([old_values, new_values], dim=-1)  # (B, N, 2K)
     candidate_columns = torch.cat([indices, new_columns], dim=-1)
-    candidate_values = candidate_values * (candidate_columns != rows).to(candidate_values.dtype)  # zero diagonal
+    off_diagonal = (candidate_columns != rows).to(candidate_values.dtype)
+    candidate_values = candidate_values * off_diagonal  # L[i, i] = 0
     # Duplicates rank below every real candidate (values are ≥ 0), and at least
     # K real candidates (the old columns) exist, so no duplicate is ever kept.
     ranking = torch.where(
@@ -370,7 +373,8 @@ def sparse_directional_weights(
     num_kept = values.shape[-1]
     # forward[r, i] = Σ_k values[i, k] w[r, indices[i, k]]
     flat_indices = rearrange(indices, "b n k -> b 1 (n k)").expand(batch, num_reads, slots * num_kept)
-    gathered = rearrange(torch.gather(prev_read_weights, -1, flat_indices), "b r (n k) -> b r n k", k=num_kept)
+    gathered = torch.gather(prev_read_weights, -1, flat_indices)
+    gathered = rearrange(gathered, "b r (n k) -> b r n k", k=num_kept)
     forward = einsum(gathered, values, "b r n k, b n k -> b r n")
     # backward[r, j] = Σ_{i,k: indices[i,k] = j} values[i, k] w[r, i]
     contributions = einsum(values, prev_read_weights, "b n k, b r n -> b r n k")
@@ -389,7 +393,7 @@ def sparse_to_dense(link: SparseLink) -> torch.Tensor:
 
 def _gather_rows(weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """weights (B, N) at the columns indices (B, N, K) -> (B, N, K), in O(N·K)."""
-    batch, slots, num_kept = indices.shape
+    num_kept = indices.shape[-1]
     flat = torch.gather(weights, -1, rearrange(indices, "b n k -> b (n k)"))
     return rearrange(flat, "b (n k) -> b n k", k=num_kept)
 

@@ -10,7 +10,6 @@ from functools import partial
 import pytest
 import torch
 
-from memnet import allocation as A
 from memnet.controllers import FeedForwardController, LSTMController
 from memnet.models.dnc import DNC, DNCInterface, DNCState, link_state_bytes
 
@@ -19,7 +18,8 @@ B, T, D_IN, D_OUT, N, W, R = 3, 6, 5, 4, 7, 9, 2
 
 def make(seed=0, dtype=torch.float64, **kwargs) -> DNC:
     torch.manual_seed(seed)
-    options = dict(memory_size=N, word_size=W, num_reads=R, controller=partial(LSTMController, hidden_size=11))
+    options = {"memory_size": N, "word_size": W, "num_reads": R,
+               "controller": partial(LSTMController, hidden_size=11)}
     options.update(kwargs)
     return DNC(D_IN, D_OUT, **options).to(dtype)
 
@@ -110,7 +110,8 @@ def test_sparse_link_changes_results_below_n_and_saves_memory():
     x = inputs(steps=10)
     assert not torch.allclose(make(link_sparsity=2)(x), make()(x))
     dense_bytes = link_state_bytes(make(dtype=torch.float32).initial_state(1, memory_size=512))
-    sparse_bytes = link_state_bytes(make(dtype=torch.float32, link_sparsity=4).initial_state(1, memory_size=512))
+    sparse_model = make(dtype=torch.float32, link_sparsity=4)
+    sparse_bytes = link_state_bytes(sparse_model.initial_state(1, memory_size=512))
     assert dense_bytes == 512 * 512 * 4 and sparse_bytes == 512 * 4 * (4 + 8)
 
 

@@ -80,7 +80,13 @@ class DNCInterface(nn.Module):
     """
 
     def __init__(
-        self, *, input_size: int, num_reads: int, word_size: int, use_allocation: bool = True, use_links: bool = True
+        self,
+        *,
+        input_size: int,
+        num_reads: int,
+        word_size: int,
+        use_allocation: bool = True,
+        use_links: bool = True,
     ) -> None:
         super().__init__()
         check_positive(input_size=input_size, num_reads=num_reads, word_size=word_size)
@@ -108,6 +114,12 @@ class DNCInterface(nn.Module):
         """hidden (B, D) -> ``Interface`` of squashed fields."""
         raw = dict(zip(self.sizes, self.project(hidden).split(list(self.sizes.values()), dim=-1)))
         r = self.num_reads
+        free_gates = allocation_gate = read_modes = None
+        if self.use_allocation:
+            free_gates = torch.sigmoid(raw["free_gates"])  # f^r ∈ [0, 1]
+            allocation_gate = torch.sigmoid(raw["allocation_gate"]).squeeze(-1)  # g^a ∈ [0, 1]
+        if self.use_links:  # π^r: softmax over (backward, content, forward)
+            read_modes = F.softmax(rearrange(raw["read_modes"], "b (r m) -> b r m", r=r), dim=-1)
         return Interface(
             read_keys=rearrange(raw["read_keys"], "b (r w) -> b r w", r=r),  # k^r: unsquashed
             read_strengths=_oneplus(raw["read_strengths"]),  # β^r ∈ [1, ∞)
@@ -115,12 +127,10 @@ class DNCInterface(nn.Module):
             write_strength=_oneplus(raw["write_strength"]),  # β^w ∈ [1, ∞), (B, 1)
             erase=rearrange(torch.sigmoid(raw["erase"]), "b w -> b 1 w"),  # e ∈ [0, 1]^W
             write_vector=rearrange(raw["write_vector"], "b w -> b 1 w"),  # v: unsquashed
-            free_gates=torch.sigmoid(raw["free_gates"]) if self.use_allocation else None,  # f^r ∈ [0, 1]
-            allocation_gate=torch.sigmoid(raw["allocation_gate"]).squeeze(-1) if self.use_allocation else None,
+            free_gates=free_gates,
+            allocation_gate=allocation_gate,
             write_gate=torch.sigmoid(raw["write_gate"]).squeeze(-1),  # g^w ∈ [0, 1]
-            read_modes=(  # π^r: softmax over (backward, content, forward)
-                F.softmax(rearrange(raw["read_modes"], "b (r m) -> b r m", r=r), dim=-1) if self.use_links else None
-            ),
+            read_modes=read_modes,
         )
 
 
@@ -256,7 +266,7 @@ class DNC(nn.Module):
         check_positive(batch_size=batch_size, memory_size=memory_size)
         dtype = dtype or self.output.weight.dtype
         device = device or self.output.weight.device
-        zeros = dict(device=device, dtype=dtype)
+        zeros = {"device": device, "dtype": dtype}
         if self.link_sparsity is not None:
             link = allocation.initial_sparse_link(batch_size, memory_size, self.link_sparsity, **zeros)
         else:
@@ -362,7 +372,9 @@ class DNC(nn.Module):
             read_modes = xi.read_modes
         else:  # content only
             read_modes = state.usage.new_tensor([0.0, 1.0, 0.0]).expand(batch, self.num_reads, NUM_READ_MODES)
-        allocation_gate = xi.allocation_gate if xi.allocation_gate is not None else state.usage.new_zeros(batch)
+        allocation_gate = xi.allocation_gate
+        if allocation_gate is None:
+            allocation_gate = state.usage.new_zeros(batch)
         return (
             state.read_weights,
             rearrange(state.write_weights, "b n -> b 1 n"),
