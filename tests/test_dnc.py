@@ -243,3 +243,15 @@ def test_link_state_bytes_table():
         assert dense == slots * slots * 4
         assert sparse == slots * 8 * 12
         assert dense / sparse == pytest.approx(slots / 24)
+
+
+def test_memory_access_callback_draws_dnc_pictures(tmp_path):
+    from memnet.callbacks import draw_memory_access
+    from memnet.lightning import SequenceModule
+
+    module = SequenceModule(make(dtype=torch.float32))
+    x = inputs(dtype=torch.float32)
+    batch = {"inputs": x, "targets": (x[..., :D_OUT] > 0.5).float(), "mask": torch.ones(B, T)}
+    path = draw_memory_access(module, batch, tmp_path / "epoch_0000.png")
+    assert path == tmp_path / "epoch_0000.png" and path.stat().st_size > 0
+    assert (tmp_path / "epoch_0000_dnc.png").stat().st_size > 0
