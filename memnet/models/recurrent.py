@@ -5,16 +5,43 @@ The baseline of the NTM paper (an LSTM, 3 layers of 256 units on copy) is
 hidden_size=256, num_layers=3))``. Whole sequences go through the controller's
 ``forward``, which uses PyTorch's fused kernel where there is one.
 
-Axes:  b - batch, t - time, d - features
+Two options of the textbook's recurrent family live here too:
+
+* **conditional output** (``conditional=True``): the previous output y(t−1)
+  is an input of step t, so the model is P(y | x) = Π_t P(y(t) | x(≤t), y(<t)).
+  Training feeds the previous *target* (teacher forcing, one fused pass);
+  inference feeds back the model's own previous *prediction* (a step loop).
+* **closed-form readout** (``ridge_regression``, ``RidgeAccumulator``): for an
+  echo-state controller only the linear output layer is trained, and it can be
+  fitted in one pass by ridge regression on the collected reservoir states.
+
+Axes:  b - batch, t - time, d - features, k - outputs
 """
 
 from __future__ import annotations
 
+from typing import Literal, NamedTuple
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from memnet.controllers import ControllerFactory, ControllerState, LSTMController
 from memnet.utils import check_positive
+
+FEEDBACKS = ("bits", "probabilities", "one_hot")
+
+
+class ConditionalState(NamedTuple):
+    """State of a conditional model.
+
+    Attributes:
+        controller: the controller's own state.
+        prev_output: (B, D_out) y(t−1): the previous target (training) or prediction (inference).
+    """
+
+    controller: ControllerState
+    prev_output: torch.Tensor
 
 
 class RecurrentModel(nn.Module):
@@ -24,28 +51,175 @@ class RecurrentModel(nn.Module):
         input_size: D_in.
         output_size: D_out (logits).
         controller: factory ``input_size -> Controller``; default an LSTM with 100 units.
+        conditional: feed the previous output y(t−1) back as an input of step t
+            (the controller then reads D_in + D_out features).
+        feedback: what a conditional model feeds back at inference: ``bits``
+            (its logits thresholded at 0, for binary targets), ``probabilities``
+            (their sigmoid) or ``one_hot`` (the arg-max class, for categorical targets).
     """
 
     def __init__(
-        self, input_size: int, output_size: int, *, controller: ControllerFactory | None = None
+        self,
+        input_size: int,
+        output_size: int,
+        *,
+        controller: ControllerFactory | None = None,
+        conditional: bool = False,
+        feedback: Literal["bits", "probabilities", "one_hot"] = "bits",
     ) -> None:
         super().__init__()
         check_positive(input_size=input_size, output_size=output_size)
+        if feedback not in FEEDBACKS:
+            raise ValueError(f"feedback must be one of {list(FEEDBACKS)}, got {feedback!r}")
         self.input_size = input_size
         self.output_size = output_size
+        self.conditional = conditional
+        self.feedback = feedback
         factory = controller if controller is not None else LSTMController
-        self.controller = factory(input_size)
+        self.controller = factory(input_size + (output_size if conditional else 0))
         self.output = nn.Linear(self.controller.output_size, output_size)
 
     def initial_state(self, batch_size: int, *, device=None, dtype=None) -> ControllerState:
-        return self.controller.initial_state(batch_size, device=device, dtype=dtype)
+        """The controller's initial state; for a conditional model with y(−1) = 0.
+
+        ``device`` and ``dtype`` default to those of the model's parameters.
+        """
+        dtype = dtype if dtype is not None else self.output.weight.dtype
+        device = device if device is not None else self.output.weight.device
+        state = self.controller.initial_state(batch_size, device=device, dtype=dtype)
+        if not self.conditional:
+            return state
+        return ConditionalState(state, torch.zeros(batch_size, self.output_size, device=device, dtype=dtype))
 
     def step(self, x: torch.Tensor, state: ControllerState) -> tuple[torch.Tensor, ControllerState]:
-        """One step: x (B, D_in) -> logits (B, D_out) and the new state."""
-        hidden, state = self.controller.step(x, state)
-        return self.output(hidden), state
+        """One step: x (B, D_in) -> logits (B, D_out) and the new state.
 
-    def forward(self, inputs: torch.Tensor, *, state: ControllerState | None = None) -> torch.Tensor:
-        """inputs (B, T, D_in) -> logits (B, T, D_out)."""
-        hidden, _ = self.controller(inputs, state)
+        A conditional model reads its previous prediction from the state and
+        stores the new one (``feedback``) there.
+        """
+        if not self.conditional:
+            hidden, state = self.controller.step(x, state)
+            return self.output(hidden), state
+        hidden, controller_state = self.controller.step(torch.cat([x, state.prev_output], dim=-1), state.controller)
+        logits = self.output(hidden)
+        return logits, ConditionalState(controller_state, self.feed_back(logits))
+
+    def feed_back(self, logits: torch.Tensor) -> torch.Tensor:
+        """What inference feeds back: logits (B, D_out) -> y(t) (B, D_out), no gradient."""
+        logits = logits.detach()
+        if self.feedback == "bits":
+            return (logits > 0).to(logits.dtype)
+        if self.feedback == "probabilities":
+            return torch.sigmoid(logits)
+        return F.one_hot(logits.argmax(dim=-1), self.output_size).to(logits.dtype)
+
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        *,
+        state: ControllerState | None = None,
+        targets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """inputs (B, T, D_in) -> logits (B, T, D_out).
+
+        Args:
+            inputs: (B, T, D_in).
+            state: a starting state; default ``initial_state``.
+            targets: (B, T, D_out), conditional models only: teacher forcing,
+                y(t−1) = targets[:, t−1]. Without it a conditional model feeds
+                back its own predictions, one step at a time.
+        """
+        if not self.conditional:
+            if targets is not None:
+                raise ValueError("targets are only read by a conditional model (conditional=True)")
+            hidden, _ = self.controller(inputs, state)
+            return self.output(hidden)
+        if state is None:
+            state = self.initial_state(inputs.shape[0], device=inputs.device, dtype=inputs.dtype)
+        if targets is None:
+            outputs = []
+            for t in range(inputs.shape[1]):
+                logits, state = self.step(inputs[:, t], state)
+                outputs.append(logits)
+            return torch.stack(outputs, dim=1)
+        if targets.shape[:2] != inputs.shape[:2] or targets.shape[-1] != self.output_size:
+            raise ValueError(
+                f"targets must have shape (B, T, {self.output_size}) = "
+                f"{(*inputs.shape[:2], self.output_size)}, got {tuple(targets.shape)}"
+            )
+        previous = torch.cat([state.prev_output.unsqueeze(1), targets[:, :-1].to(inputs.dtype)], dim=1)
+        hidden, _ = self.controller(torch.cat([inputs, previous], dim=-1), state.controller)
         return self.output(hidden)
+
+    def features(self, inputs: torch.Tensor) -> torch.Tensor:
+        """What the read-out sees: inputs (B, T, D_in) -> controller outputs (B, T, C)."""
+        if self.conditional:
+            raise ValueError("features() is defined for non-conditional models only")
+        return self.controller(inputs)[0]
+
+
+def ridge_regression(
+    features: torch.Tensor, targets: torch.Tensor, *, ridge: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Closed-form least-squares read-out with an L2 penalty (Tikhonov regularisation).
+
+    Minimises Σ_m ‖y_m − (W f_m + c)‖² + ridge · ‖W‖²; the bias c is not penalised.
+
+    Args:
+        features: (M, D) inputs of the read-out, one row per scored step.
+        targets: (M, K) targets.
+        ridge: the penalty λ ≥ 0.
+
+    Returns:
+        weight (K, D) and bias (K,), in the dtype of ``features``.
+    """
+    accumulator = RidgeAccumulator(features.shape[-1], targets.shape[-1])
+    accumulator.update(features, targets)
+    return accumulator.solve(ridge=ridge, dtype=features.dtype)
+
+
+class RidgeAccumulator:
+    """Sums Fᵀ F and Fᵀ Y over batches, so a read-out is fitted in one pass over the data.
+
+    Features are augmented with a constant 1 for the bias. Sums are kept in
+    float64: the Gram matrix of reservoir states is badly conditioned.
+
+    Args:
+        num_features: D.
+        num_outputs: K.
+    """
+
+    def __init__(self, num_features: int, num_outputs: int) -> None:
+        check_positive(num_features=num_features, num_outputs=num_outputs)
+        self.gram = torch.zeros(num_features + 1, num_features + 1, dtype=torch.float64)
+        self.cross = torch.zeros(num_features + 1, num_outputs, dtype=torch.float64)
+        self.count = 0
+
+    def update(self, features: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Add rows: features (..., D), targets (..., K), mask (...) of 0/1 (default all 1)."""
+        features = features.detach().reshape(-1, features.shape[-1]).double().cpu()
+        targets = targets.detach().reshape(-1, targets.shape[-1]).double().cpu()
+        if features.shape[0] != targets.shape[0] or features.shape[1] + 1 != self.gram.shape[0]:
+            raise ValueError(
+                f"features (..., {self.gram.shape[0] - 1}) and targets (..., {self.cross.shape[1]}) must "
+                f"share their leading axes, got {features.shape[0]} and {targets.shape[0]} rows"
+            )
+        if mask is not None:
+            keep = mask.detach().reshape(-1).cpu() > 0
+            features, targets = features[keep], targets[keep]
+        augmented = torch.cat([features, torch.ones(features.shape[0], 1, dtype=torch.float64)], dim=1)
+        self.gram += augmented.T @ augmented
+        self.cross += augmented.T @ targets
+        self.count += features.shape[0]
+
+    def solve(self, *, ridge: float = 0.0, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """(FᵀF + λ I') W̃ = FᵀY, I' leaving the bias unpenalised -> weight (K, D), bias (K,)."""
+        if not ridge >= 0:
+            raise ValueError(f"ridge must lie in [0, inf), got {ridge!r}")
+        if self.count == 0:
+            raise ValueError("no rows were accumulated: call update() with at least one scored step")
+        penalty = torch.full((self.gram.shape[0],), float(ridge), dtype=torch.float64)
+        penalty[-1] = 0.0
+        system = self.gram + torch.diag(penalty)
+        solution = torch.linalg.lstsq(system, self.cross).solution  # (D + 1, K); lstsq also copes with λ = 0
+        return solution[:-1].T.to(dtype).contiguous(), solution[-1].to(dtype).contiguous()

@@ -1,0 +1,399 @@
+"""Gradients through time: how much of a loss at the end of a sequence reaches each hidden state.
+
+For a batch, ``gradient_through_time`` runs a network step by step and
+measures ‖∂L/∂h(t)‖ for every step t, where h(t) is the state entering step t
+(the initial state for t = 0) and L, by default, is the loss of the last
+scored output step only. It exposes the long-term dependency problem: in a
+vanilla RNN h(t) = f(W h(t−1) + U x(t)), ∂h(t)/∂h(t−1) = diag(f′) W, so the
+gradient shrinks (or grows) roughly like ρ(W)^(T−t) — geometrically — while
+gated cells (LSTM, GRU) and an external memory (NTM) can carry it unchanged.
+
+    from memnet.probe import gradient_through_time, plot_gradient_curves
+    norms = gradient_through_time(model, batch["inputs"], batch["targets"], mask=batch["mask"])  # (T,)
+    plot_gradient_curves("probe.png", {"LSTM": norms})
+
+``GradientProbe`` is the Lightning callback (logs the curve to W&B and saves a
+PNG); ``python -m memnet.probe`` draws the comparison of several configs
+(``configs/probe/``) in one figure.
+
+Works with any network that has ``initial_state(batch_size, device=, dtype=)``
+and ``step(x, state) -> (logits, state)``: ``RecurrentModel`` with any
+controller, ``NTM``. A state may be a tensor or (nested) tuples of tensors.
+
+Axes:  b - batch, t - time, d - features
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytorch_lightning as pl  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from pytorch_lightning.loggers import WandbLogger  # noqa: E402
+from torch import nn  # noqa: E402
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+# Norms are drawn on a log axis; a norm of exactly 0 (a state that cannot
+# reach the loss) is drawn at this floor instead of vanishing from the plot.
+PLOT_FLOOR = 1e-30
+
+
+def last_step_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the last scored step, summed over features, mean over the batch.
+
+    logits, targets (B, T, D); mask (B, T). The last scored step is the last t
+    where any sequence's mask is 1 (the whole sequence if none is).
+    """
+    scored = mask.amax(dim=0).nonzero()
+    last = int(scored.max()) if scored.numel() else logits.shape[1] - 1
+    return F.binary_cross_entropy_with_logits(logits[:, last], targets[:, last], reduction="sum") / logits.shape[0]
+
+
+def all_steps_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked binary cross-entropy of every scored step, summed over steps and features, mean over the batch."""
+    nats = F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * mask.unsqueeze(-1)
+    return nats.sum() / logits.shape[0]
+
+
+LOSSES: dict[str, LossFn] = {"last": last_step_loss, "all": all_steps_loss}
+
+
+def gradient_through_time(
+    net: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    loss: Literal["last", "all"] | LossFn = "last",
+    state_part: Literal["all", "controller"] = "all",
+) -> torch.Tensor:
+    """‖∂L/∂h(t)‖ for every time step t of one batch.
+
+    h(t) is the network's state entering step t: the initial state for t = 0,
+    the state after step t − 1 otherwise. A zero perturbation is added to every
+    floating tensor of h(t) and the gradient of L with respect to it is the
+    total derivative ∂L/∂h(t); its norm is taken over the whole batch and all
+    state tensors together.
+
+    Args:
+        net: a network with ``initial_state`` and ``step`` (or a LightningModule holding one as ``net``).
+        inputs: (B, T, D_in).
+        targets: (B, T, D_out) binary targets.
+        mask: (B, T) scored steps (default: all).
+        loss: ``last`` (only the last scored step: the gradient from the end of
+            the sequence), ``all`` (every scored step), or a function
+            ``(logits, targets, mask) -> scalar``.
+        state_part: ``all`` the whole state (an NTM's memory and read vectors
+            included), or ``controller`` only the controller's state (for states
+            with a ``controller`` field; the whole state otherwise).
+
+    Returns:
+        (T,) float64 norms, on the CPU.
+    """
+    net = getattr(net, "net", net) if isinstance(net, pl.LightningModule) else net
+    if not (hasattr(net, "initial_state") and hasattr(net, "step")):
+        raise TypeError(f"net must have initial_state() and step(); {type(net).__name__} has not")
+    if inputs.dim() != 3 or targets.dim() != 3 or inputs.shape[:2] != targets.shape[:2]:
+        raise ValueError(f"inputs (B, T, D_in) and targets (B, T, D_out) must share B and T, got "
+                         f"{tuple(inputs.shape)} and {tuple(targets.shape)}")
+    if isinstance(loss, str):
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {sorted(LOSSES)} or a function, got {loss!r}")
+        loss = LOSSES[loss]
+    if state_part not in ("all", "controller"):
+        raise ValueError(f"state_part must be 'all' or 'controller', got {state_part!r}")
+    batch, steps = inputs.shape[:2]
+    mask = torch.ones(batch, steps, dtype=inputs.dtype, device=inputs.device) if mask is None else mask
+    parameter = next(net.parameters(), None)
+    dtype = parameter.dtype if parameter is not None else inputs.dtype
+    inputs, targets, mask = inputs.to(dtype), targets.to(dtype), mask.to(dtype)
+
+    probes: list[list[torch.Tensor]] = []
+    outputs = []
+    # cuDNN's RNN backward refuses eval mode; the native kernels compute the same gradient.
+    with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
+        state = net.initial_state(batch, device=inputs.device, dtype=dtype)
+        for t in range(steps):
+            perturbations: list[torch.Tensor] = []
+            state = _perturb(state, perturbations, state_part)
+            probes.append(perturbations)
+            logits, state = net.step(inputs[:, t], state)
+            outputs.append(logits)
+        value = loss(torch.stack(outputs, dim=1), targets, mask)
+        flat = [p for step in probes for p in step]
+        grads = torch.autograd.grad(value, flat, allow_unused=True) if flat else []
+    norms = torch.zeros(steps, dtype=torch.float64)
+    i = 0
+    for t, step in enumerate(probes):
+        total = 0.0
+        for _ in step:
+            if grads[i] is not None:
+                total += float(grads[i].detach().double().pow(2).sum())
+            i += 1
+        norms[t] = math.sqrt(total)
+    return norms
+
+
+def _perturb(state: Any, perturbations: list[torch.Tensor], state_part: str) -> Any:
+    """Add a zero tensor that requires grad to every floating tensor of ``state`` (or its controller part)."""
+    if state_part == "controller" and hasattr(state, "_fields") and "controller" in state._fields:
+        return state._replace(controller=_perturb(state.controller, perturbations, "all"))
+    if isinstance(state, torch.Tensor):
+        if not state.is_floating_point():
+            return state
+        zero = torch.zeros_like(state, requires_grad=True)
+        perturbations.append(zero)
+        return state + zero
+    if hasattr(state, "_fields"):  # NamedTuple
+        return type(state)(*(_perturb(s, perturbations, "all") for s in state))
+    if isinstance(state, (tuple, list)):
+        return type(state)(_perturb(s, perturbations, "all") for s in state)
+    return state
+
+
+def plot_gradient_curves(
+    path: str | Path, curves: dict[str, torch.Tensor], *, title: str = "", marker: int | None = None
+) -> Path:
+    """One line per model: ‖∂L/∂h(t)‖ against t on a log scale.
+
+    Args:
+        path: the PNG to write (folders are created).
+        curves: label -> (T,) norms.
+        title: figure title.
+        marker: a time step to mark with a vertical line (e.g. the copy task's delimiter).
+
+    Returns:
+        The path written.
+    """
+    return plot_gradient_panels(path, {title: curves}, marker=marker)
+
+
+def plot_gradient_panels(
+    path: str | Path, panels: dict[str, dict[str, torch.Tensor]], *, marker: int | None = None
+) -> Path:
+    """Side-by-side panels (title -> label -> (T,) norms), one line per model, log scale, shared y axis."""
+    if not panels or not all(panels.values()):
+        raise ValueError("panels must hold at least one panel, each with at least one label -> norms entry")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), sharey=True, squeeze=False)
+    for ax, (title, curves) in zip(axes[0], panels.items()):
+        for label, norms in curves.items():
+            norms = torch.as_tensor(norms, dtype=torch.float64).clamp_min(PLOT_FLOOR)
+            ax.semilogy(range(len(norms)), norms.tolist(), label=label, linewidth=1.6)
+        if marker is not None:
+            ax.axvline(marker, color="gray", linestyle=":", linewidth=1)
+        ax.set_xlabel("time step t")
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=8)
+        if title:
+            ax.set_title(title, fontsize=10)
+    axes[0, 0].set_ylabel("‖∂L/∂h(t)‖")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+class GradientProbe(pl.Callback):
+    """Every ``every_n_epochs`` validation epochs, measure ‖∂L/∂h(t)‖ on the first validation batch.
+
+    The curve (one line per probed epoch) goes to ``<run>/gradient_probe/epoch_XXXX.png``;
+    with a W&B logger it is logged as the image ``gradient_probe`` and as the
+    line chart ``gradient_probe/curve``. The scalars ``probe/log10_grad_first``
+    and ``probe/log10_grad_last`` (log10 of the norm at the first and last step)
+    are logged with the module's metrics. Networks without ``step`` are skipped.
+
+    Args:
+        every_n_epochs: probe every this many validation epochs.
+        max_sequences: sequences of the batch used (the first ones).
+        loss: ``last`` or ``all``, as in ``gradient_through_time``.
+        state_part: ``all`` or ``controller``, as in ``gradient_through_time``.
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        *,
+        max_sequences: int = 16,
+        loss: Literal["last", "all"] = "last",
+        state_part: Literal["all", "controller"] = "all",
+    ) -> None:
+        if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be a positive integer, got {every_n_epochs!r}")
+        if not isinstance(max_sequences, int) or max_sequences < 1:
+            raise ValueError(f"max_sequences must be a positive integer, got {max_sequences!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
+        if state_part not in ("all", "controller"):
+            raise ValueError(f"state_part must be 'all' or 'controller', got {state_part!r}")
+        self.every_n_epochs = every_n_epochs
+        self.max_sequences = max_sequences
+        self.loss = loss
+        self.state_part = state_part
+        self.curves: dict[str, torch.Tensor] = {}
+        self.last_path: Path | None = None
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs or not trainer.is_global_zero:
+            return
+        net = getattr(pl_module, "net", pl_module)
+        if not (hasattr(net, "step") and hasattr(net, "initial_state")):
+            return
+        loaders = trainer.val_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        batch = next(iter(loader))
+        if not all(key in batch for key in ("inputs", "targets")):
+            return
+        rows = slice(0, self.max_sequences)
+        norms = gradient_through_time(
+            net,
+            batch["inputs"][rows].to(pl_module.device),
+            batch["targets"][rows].to(pl_module.device),
+            mask=batch["mask"][rows].to(pl_module.device) if "mask" in batch else None,
+            loss=self.loss,
+            state_part=self.state_part,
+        )
+        epoch = trainer.current_epoch
+        self.curves[f"epoch {epoch}"] = norms
+        from memnet.callbacks import run_dir  # here, not at the top: memnet.callbacks re-exports this class
+
+        path = run_dir(trainer) / "gradient_probe" / f"epoch_{epoch:04d}.png"
+        self.last_path = plot_gradient_curves(path, self.curves, title=f"gradient through time, {type(net).__name__}")
+        floor = torch.tensor(PLOT_FLOOR, dtype=torch.float64)
+        pl_module.log("probe/log10_grad_first", float(torch.log10(norms[0].clamp_min(floor))))
+        pl_module.log("probe/log10_grad_last", float(torch.log10(norms[-1].clamp_min(floor))))
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                import wandb
+
+                logger.log_image(key="gradient_probe", images=[str(self.last_path)], step=trainer.global_step)
+                chart = wandb.plot.line_series(
+                    xs=list(range(len(norms))), ys=[norms.tolist()], keys=[f"epoch {epoch}"],
+                    title="‖∂L/∂h(t)‖", xname="time step",
+                )
+                logger.experiment.log({"gradient_probe/curve": chart}, step=trainer.global_step)
+
+    def state_dict(self) -> dict:
+        return {"curves": {k: v.tolist() for k, v in self.curves.items()}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.curves = {k: torch.tensor(v, dtype=torch.float64) for k, v in state_dict.get("curves", {}).items()}
+
+
+def compare(
+    configs: Sequence[str | Path],
+    *,
+    labels: Sequence[str] | None = None,
+    train_steps: Sequence[int] = (0,),
+    max_sequences: int = 16,
+    loss: Literal["last", "all"] = "last",
+) -> dict[int, dict[str, torch.Tensor]]:
+    """Build each config's model and data (as ``memnet fit`` would), train, and probe along the way.
+
+    Each model is trained on its config's training stream with its config's
+    optimiser (gradients clipped at the config's ``trainer.gradient_clip_val``)
+    and probed on the first validation batch after each number of training
+    steps in ``train_steps`` (0: at initialisation).
+
+    Returns:
+        steps -> label -> (T,) norms, labels in the order of ``configs``.
+    """
+    from memnet.cli import MemnetCLI
+    from memnet.lightning import sequence_metrics
+
+    if labels is not None and len(labels) != len(configs):
+        raise ValueError(f"labels must name every config: {len(labels)} labels for {len(configs)} configs")
+    if not train_steps or any(not isinstance(n, int) or n < 0 for n in train_steps):
+        raise ValueError(f"train_steps must hold non-negative integers, got {list(train_steps)!r}")
+    checkpoints = sorted(set(train_steps))
+    results: dict[int, dict[str, torch.Tensor]] = {n: {} for n in checkpoints}
+    for i, config in enumerate(configs):
+        if not Path(config).is_file():
+            raise FileNotFoundError(f"config {config} does not exist")
+        cli = MemnetCLI(args=["--config", str(config), "--trainer.logger=false"], run=False)
+        module, data = cli.model, cli.datamodule
+        label = labels[i] if labels is not None else Path(config).stem.upper()
+        optimizer = module.optimizer(module.parameters())
+        clip = cli.config.get("trainer", {}).get("gradient_clip_val")
+        probe_batch = next(iter(data.val_dataloader()))
+        rows = slice(0, max_sequences)
+        batches = iter(data.train_dataloader())
+        done = 0
+        for target_steps in checkpoints:
+            module.train()
+            while done < target_steps:
+                batch = next(batches, None)
+                if batch is None:
+                    batches = iter(data.train_dataloader())
+                    continue
+                metrics = sequence_metrics(module.net(batch["inputs"]), batch["targets"], batch["mask"])
+                optimizer.zero_grad()
+                metrics["loss"].backward()
+                if clip:
+                    torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
+                optimizer.step()
+                done += 1
+            if done:
+                print(f"{config}: {done} training steps, last batch {float(metrics['bits_per_seq']):.1f} bits/seq")
+            module.eval()
+            norms = gradient_through_time(module.net, probe_batch["inputs"][rows], probe_batch["targets"][rows],
+                                          mask=probe_batch["mask"][rows], loss=loss)
+            results[target_steps][label + _radius(module.net)] = norms
+    return results
+
+
+def _radius(net: nn.Module) -> str:
+    """" (ρ(W) = 0.60)" for a vanilla RNN's recurrent matrix, else ""."""
+    rnn = getattr(getattr(net, "controller", None), "rnn", None)
+    if not isinstance(rnn, nn.RNN):
+        return ""
+    radius = torch.linalg.eigvals(rnn.weight_hh_l0.detach().double()).abs().max().item()
+    return f" (ρ(W) = {radius:.2f})"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m memnet.probe CONFIG... --out PNG``: one gradient-through-time line per config."""
+    parser = argparse.ArgumentParser(
+        prog="python -m memnet.probe",
+        description="Draw ‖∂L/∂h(t)‖ against t for the model of each config, on its first validation batch.",
+    )
+    parser.add_argument("configs", nargs="+", help="memnet fit configs (e.g. configs/probe/*.yaml)")
+    parser.add_argument("--out", required=True, help="the PNG to write")
+    parser.add_argument("--labels", nargs="+", help="legend labels, one per config (default: config names)")
+    parser.add_argument("--train-steps", type=int, nargs="+", default=[0],
+                        help="probe after each of these numbers of training steps, one panel each (0: untrained)")
+    parser.add_argument("--max-sequences", type=int, default=16, help="sequences of the batch probed")
+    parser.add_argument("--loss", choices=sorted(LOSSES), default="last", help="loss at the last scored step, or all")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    results = compare(args.configs, labels=args.labels, train_steps=args.train_steps,
+                      max_sequences=args.max_sequences, loss=args.loss)
+    panels = {}
+    for steps, curves in results.items():
+        length = len(next(iter(curves.values())))
+        when = f"after {steps} training steps" if steps else "at initialisation"
+        panels[f"loss at the last step of T = {length}, {when}"] = curves
+    path = plot_gradient_panels(args.out, panels)
+    for steps, curves in results.items():
+        length = len(next(iter(curves.values())))
+        print(f"\n{steps} training steps")
+        print(f"{'model':<28} {'‖∂L/∂h(0)‖':>12} {'‖∂L/∂h(T/2)‖':>14} {'‖∂L/∂h(T−1)‖':>14}")
+        for label, norms in curves.items():
+            print(f"{label:<28} {norms[0]:>12.3e} {norms[length // 2]:>14.3e} {norms[-1]:>14.3e}")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

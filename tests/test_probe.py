@@ -1,0 +1,122 @@
+"""The gradient-through-time probe: one norm per step, known geometric decay, agreement with autograd."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from memnet.controllers import ElmanRNN, LSTMController
+from memnet.lightning import SequenceModule
+from memnet.models.ntm import NTM
+from memnet.models.recurrent import RecurrentModel
+from memnet.probe import GradientProbe, gradient_through_time, plot_gradient_panels
+
+B, T, D, K, H = 3, 11, 5, 4, 6
+
+
+def _data(seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(B, T, D, generator=g, dtype=dtype)
+    targets = torch.randint(0, 2, (B, T, K), generator=g).to(dtype)
+    return inputs, targets
+
+
+def _linear_regime_rnn(scale: float) -> RecurrentModel:
+    """A vanilla RNN with W = scale · I and no input or bias: h stays 0, tanh′ = 1, ∂h(t)/∂h(t−1) = scale · I."""
+    torch.manual_seed(1)
+    model = RecurrentModel(D, K, controller=partial(ElmanRNN, hidden_size=H)).double()
+    rnn = model.controller.rnn
+    with torch.no_grad():
+        rnn.weight_hh_l0.copy_(scale * torch.eye(H))
+        rnn.weight_ih_l0.zero_()
+        rnn.bias_ih_l0.zero_()
+        rnn.bias_hh_l0.zero_()
+    return model
+
+
+@pytest.mark.parametrize("scale", [0.5, 0.8, 1.25])
+def test_vanilla_rnn_gradient_is_geometric_in_the_recurrent_scale(scale):
+    model = _linear_regime_rnn(scale)
+    inputs, targets = _data()
+    norms = gradient_through_time(model, inputs, targets)
+    assert norms.shape == (T,) and norms.dtype == torch.float64
+    # ∂L/∂h_in(t) = scale^(T−t) · ∂L/∂h(T−1), with ∂L/∂h(T−1) = Vᵀ (σ(c) − y) / B
+    probabilities = torch.sigmoid(model.output.bias).expand(B, K)
+    last = ((probabilities - targets[:, -1]) @ model.output.weight / B).norm().item()
+    expected = torch.tensor([scale ** (T - t) * last for t in range(T)], dtype=torch.float64)
+    torch.testing.assert_close(norms, expected)
+
+
+def test_first_norm_equals_autograd_through_the_initial_state():
+    torch.manual_seed(2)
+    model = RecurrentModel(D, K, controller=partial(LSTMController, hidden_size=H, num_layers=2)).double()
+    inputs, targets = _data(2)
+    norms = gradient_through_time(model, inputs, targets, loss="all")
+    h0 = torch.zeros(2, B, H, dtype=torch.float64, requires_grad=True)
+    c0 = torch.zeros(2, B, H, dtype=torch.float64, requires_grad=True)
+    logits = model(inputs, state=(h0, c0))
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / B
+    gh, gc = torch.autograd.grad(loss, (h0, c0))
+    assert norms[0].item() == pytest.approx(torch.sqrt(gh.pow(2).sum() + gc.pow(2).sum()).item(), rel=1e-9)
+
+
+def test_last_step_loss_only_sees_scored_steps():
+    model = _linear_regime_rnn(0.5)
+    inputs, targets = _data(3)
+    mask = torch.ones(B, T, dtype=torch.float64)
+    mask[:, -3:] = 0  # the last scored step is T − 4: the states entering the last three steps get nothing
+    norms = gradient_through_time(model, inputs, targets, mask=mask)
+    assert torch.all(norms[-3:] == 0) and torch.all(norms[:-3] > 0)
+
+
+def test_ntm_state_parts():
+    torch.manual_seed(4)
+    ntm = NTM(D, K, controller=partial(LSTMController, hidden_size=H), memory_size=7, word_size=3, num_reads=2)
+    inputs, targets = _data(4, torch.float32)
+    whole = gradient_through_time(ntm, inputs, targets)
+    controller = gradient_through_time(ntm, inputs, targets, state_part="controller")
+    assert whole.shape == controller.shape == (T,)
+    assert torch.isfinite(whole).all() and torch.all(whole > 0)
+    assert torch.all(controller <= whole * (1 + 1e-9))
+    assert torch.any(controller < whole * 0.999)  # memory and read vectors carry some of it
+
+
+def test_bad_arguments_are_named():
+    model = _linear_regime_rnn(0.5)
+    inputs, targets = _data()
+    with pytest.raises(ValueError, match="loss must be one of"):
+        gradient_through_time(model, inputs, targets, loss="first")
+    with pytest.raises(ValueError, match="state_part must be"):
+        gradient_through_time(model, inputs, targets, state_part="memory")
+    with pytest.raises(ValueError, match="must share B and T"):
+        gradient_through_time(model, inputs, targets[:, :-1])
+    with pytest.raises(TypeError, match="initial_state"):
+        gradient_through_time(torch.nn.Linear(2, 2), inputs, targets)
+    with pytest.raises(ValueError, match="every_n_epochs must be a positive integer"):
+        GradientProbe(every_n_epochs=0)
+
+
+def test_plot_writes_a_png(tmp_path):
+    path = plot_gradient_panels(tmp_path / "p.png", {"a": {"RNN": torch.rand(T), "zero": torch.zeros(T)},
+                                                     "b": {"LSTM": torch.rand(T)}})
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_callback_draws_and_logs_during_training(tmp_path):
+    torch.manual_seed(5)
+    net = RecurrentModel(D, K, controller=partial(ElmanRNN, hidden_size=H))
+    inputs, targets = _data(5, torch.float32)
+    batch = {"inputs": inputs, "targets": targets, "mask": torch.ones(B, T), "length": T}
+    loader = torch.utils.data.DataLoader([batch], batch_size=None)
+    probe = GradientProbe(max_sequences=2)
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path, callbacks=[probe])
+    trainer.fit(SequenceModule(net), train_dataloaders=loader, val_dataloaders=loader)
+    assert list(probe.curves) == ["epoch 0", "epoch 1"]
+    assert probe.last_path.parts[-2:] == ("gradient_probe", "epoch_0001.png") and probe.last_path.exists()
+    assert tmp_path in probe.last_path.parents
+    assert "probe/log10_grad_first" in trainer.callback_metrics
+    assert probe.curves["epoch 1"].shape == (T,)

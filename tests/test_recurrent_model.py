@@ -1,0 +1,172 @@
+"""RecurrentModel's conditional output, the ridge read-out and the modules that train them."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from memnet.controllers import EchoStateController, ElmanRNN, GRUController
+from memnet.lightning import ConditionalSequenceModule, RegressionModule, RidgeReadoutModule
+from memnet.models.recurrent import ConditionalState, RecurrentModel, RidgeAccumulator, ridge_regression
+from tasks.sequences import SeriesDataModule
+
+B, T, D, K = 3, 7, 5, 4
+
+
+def _conditional(feedback="bits"):
+    torch.manual_seed(0)
+    return RecurrentModel(D, K, controller=partial(GRUController, hidden_size=6), conditional=True,
+                          feedback=feedback).double()
+
+
+def _data(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, T, D, generator=g, dtype=torch.float64),
+            torch.randint(0, 2, (B, T, K), generator=g).double())
+
+
+def test_teacher_forced_forward_equals_the_step_loop_fed_with_targets():
+    model = _conditional()
+    inputs, targets = _data()
+    assert model.controller.input_size == D + K
+    logits = model(inputs, targets=targets)
+    state = model.initial_state(B)
+    assert torch.all(state.prev_output == 0)
+    for t in range(T):
+        step_logits, state = model.step(inputs[:, t], state)
+        torch.testing.assert_close(step_logits, logits[:, t])
+        state = ConditionalState(state.controller, targets[:, t])  # teacher forcing: y(t) is the target
+
+
+@pytest.mark.parametrize("feedback", ["bits", "probabilities", "one_hot"])
+def test_free_running_feeds_back_its_own_predictions(feedback):
+    model = _conditional(feedback)
+    inputs, _ = _data(1)
+    logits = model(inputs)
+    # the same run, teacher-forced with the model's own feedback, gives the same logits
+    fed = torch.zeros(B, T, K, dtype=torch.float64)
+    for t in range(1, T):
+        fed[:, t - 1] = model.feed_back(logits[:, t - 1])
+    torch.testing.assert_close(model(inputs, targets=fed), logits)
+    feedback_values = model.feed_back(logits[:, 0])
+    if feedback == "bits":
+        assert set(feedback_values.unique().tolist()) <= {0.0, 1.0}
+    elif feedback == "one_hot":
+        assert torch.all(feedback_values.sum(-1) == 1)
+
+
+def test_conditioning_changes_the_output_and_plain_models_refuse_targets():
+    model = _conditional()
+    inputs, targets = _data(2)
+    assert not torch.allclose(model(inputs, targets=targets), model(inputs, targets=1 - targets))
+    plain = RecurrentModel(D, K, controller=partial(ElmanRNN, hidden_size=3))
+    with pytest.raises(ValueError, match="only read by a conditional model"):
+        plain(inputs.float(), targets=targets.float())
+    with pytest.raises(ValueError, match=r"targets must have shape \(B, T, 4\)"):
+        model(inputs, targets=targets[..., :2])
+    with pytest.raises(ValueError, match="feedback must be one of"):
+        RecurrentModel(D, K, conditional=True, feedback="sample")
+
+
+def test_ridge_solves_a_linear_problem_exactly():
+    g = torch.Generator().manual_seed(3)
+    features = torch.randn(50, 7, generator=g, dtype=torch.float64)
+    weight = torch.randn(3, 7, generator=g, dtype=torch.float64)
+    bias = torch.randn(3, generator=g, dtype=torch.float64)
+    fitted_weight, fitted_bias = ridge_regression(features, features @ weight.T + bias, ridge=0.0)
+    torch.testing.assert_close(fitted_weight, weight, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(fitted_bias, bias, atol=1e-9, rtol=1e-9)
+    shrunk, _ = ridge_regression(features, features @ weight.T + bias, ridge=100.0)
+    assert shrunk.norm() < 0.9 * weight.norm()
+
+
+def test_accumulating_in_batches_with_a_mask_equals_one_solve():
+    g = torch.Generator().manual_seed(4)
+    features = torch.randn(4, 10, 6, generator=g, dtype=torch.float64)
+    targets = torch.randn(4, 10, 2, generator=g, dtype=torch.float64)
+    mask = (torch.rand(4, 10, generator=g) > 0.3).double()
+    accumulator = RidgeAccumulator(6, 2)
+    for i in range(4):
+        accumulator.update(features[i : i + 1], targets[i : i + 1], mask[i : i + 1])
+    keep = mask.bool()
+    expected = ridge_regression(features[keep], targets[keep], ridge=0.1)
+    for got, want in zip(accumulator.solve(ridge=0.1, dtype=torch.float64), expected):
+        torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match=r"ridge must lie in \[0, inf\)"):
+        accumulator.solve(ridge=-1.0)
+    with pytest.raises(ValueError, match="no rows were accumulated"):
+        RidgeAccumulator(6, 2).solve()
+
+
+def _series(**kwargs):
+    return SeriesDataModule(series="narma10", length=150, washout=30, batch_size=4, train_size=8, val_size=4,
+                            test_size=4, seed=0, **kwargs)
+
+
+def _trainer(tmp_path, epochs=1):
+    return pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0)
+
+
+def test_ridge_module_fits_a_readout_in_one_pass(tmp_path):
+    """Targets that are an exact linear read-out of the reservoir are fitted to round-off."""
+    reservoir = partial(EchoStateController, reservoir_size=20, spectral_radius=0.9, seed=5)
+    teacher = RecurrentModel(1, 1, controller=reservoir)
+    dm = _series()
+
+    class Taught(pl.LightningDataModule):  # NARMA inputs, targets from the teacher's read-out
+        def _relabel(self, batches):
+            with torch.no_grad():
+                return [dict(b, targets=teacher(b["inputs"])) for b in batches]
+
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(self._relabel(dm.make_set("train")), batch_size=None)
+
+        def val_dataloader(self):
+            return torch.utils.data.DataLoader(self._relabel(dm.make_set("val")), batch_size=None)
+
+    student = RecurrentModel(1, 1, controller=reservoir)
+    assert not torch.allclose(student.output.weight, teacher.output.weight)
+    module = RidgeReadoutModule(student, ridge=0.0)
+    trainer = _trainer(tmp_path)
+    trainer.fit(module, datamodule=Taught())
+    torch.testing.assert_close(student.output.weight, teacher.output.weight, atol=1e-4, rtol=1e-3)
+    assert trainer.callback_metrics["val/nrmse"] < 1e-3
+    assert list(module.parameters()) and all(p.grad is None for p in module.parameters())
+
+
+def test_ridge_module_needs_a_readout():
+    with pytest.raises(ValueError, match="features"):
+        RidgeReadoutModule(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match=r"ridge must lie in \[0, inf\)"):
+        RidgeReadoutModule(RecurrentModel(1, 1), ridge=-1.0)
+
+
+def test_regression_module_trains_the_esn_readout_by_gradient(tmp_path):
+    torch.manual_seed(6)
+    net = RecurrentModel(1, 1, controller=partial(EchoStateController, reservoir_size=20, seed=6))
+    reservoir = net.controller.recurrent_weight.clone()
+    module = RegressionModule(net, optimizer=partial(torch.optim.Adam, lr=0.05))
+    trainer = _trainer(tmp_path, epochs=8)
+    before = trainer.validate(module, datamodule=_series(), verbose=False)[0]["val/nrmse"]
+    trainer.fit(module, datamodule=_series())
+    assert torch.equal(net.controller.recurrent_weight, reservoir)
+    assert trainer.callback_metrics["val/nrmse"] < 0.5 * before
+
+
+def test_conditional_module_logs_teacher_forced_and_free_running_costs(tmp_path):
+    torch.manual_seed(7)
+    net = RecurrentModel(1, K, controller=partial(GRUController, hidden_size=8), conditional=True)
+    g = torch.Generator().manual_seed(7)
+    targets = torch.randint(0, 2, (B, T, K), generator=g).float()
+    batch = {"inputs": torch.zeros(B, T, 1), "targets": targets, "mask": torch.ones(B, T), "length": T}
+    module = ConditionalSequenceModule(net)
+    assert module.forward_kwargs(batch)["targets"] is targets
+    loader = torch.utils.data.DataLoader([batch], batch_size=None)
+    trainer = _trainer(tmp_path)
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
+    for key in ("val/bits_per_seq", "val/free_bits_per_seq", "val/free_bit_errors_per_seq"):
+        assert key in trainer.callback_metrics

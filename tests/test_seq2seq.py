@@ -1,0 +1,213 @@
+"""Encoder-decoder: teacher forcing, greedy decoding, attention, bad input, the Lightning module."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+
+from memnet import addressing
+from memnet.controllers import EchoStateController, ElmanRNN, GRUController, JordanRNN, LSTMController
+from memnet.lightning import Seq2SeqModule, format_tokens, sequence_accuracy, token_metrics
+from memnet.models.seq2seq import Seq2Seq
+
+B, S, T, V = 3, 5, 4, 9
+ATTENTIONS = ["none", "luong", "content", "bahdanau"]
+
+
+def _model(attention="none", **kwargs):
+    torch.manual_seed(0)
+    kwargs.setdefault("encoder", partial(LSTMController, hidden_size=6))
+    kwargs.setdefault("decoder", partial(LSTMController, hidden_size=6))
+    return Seq2Seq(V, V, embedding_size=7, attention=attention, attention_size=4, **kwargs).double()
+
+
+def _batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, V, (B, S), generator=g), torch.randint(3, V, (B, T), generator=g)
+
+
+def _teacher_forced_loop(model, source, target):
+    memory, context, state = model.encode(source)
+    token = torch.full((B,), model.bos_index)
+    hidden = memory.new_zeros(B, model.decoder.output_size)
+    logits = []
+    for t in range(target.shape[1]):
+        step_logits, state, hidden, _ = model.decode_step(token, state, hidden, memory, context)
+        logits.append(step_logits)
+        token = target[:, t]
+    return torch.stack(logits, dim=1)
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_ratio_one_equals_the_teacher_forced_loop(attention):
+    model = _model(attention).train()
+    source, target = _batch()
+    logits, weights = model(source, target, teacher_forcing_ratio=1.0, return_attention=True)
+    assert logits.shape == (B, T, V)
+    torch.testing.assert_close(logits, _teacher_forced_loop(model, source, target))
+    if attention == "none":
+        assert weights is None
+    else:
+        assert weights.shape == (B, T, S)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(B, T, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("attention", ["none", "bahdanau"])
+def test_ratio_zero_feeds_back_the_arg_max_as_greedy_decoding_does(attention):
+    model = _model(attention, max_decode_length=T).train()
+    source, target = _batch(1)
+    free = model(source, target, teacher_forcing_ratio=0.0)
+    greedy = model._greedy(source, T)[1]  # logits of free-running decoding (no early stop: compare the common steps)
+    steps = greedy.shape[1]
+    torch.testing.assert_close(free[:, :steps], greedy)
+
+
+def test_partial_teacher_forcing_is_seeded():
+    model = _model("luong").train()
+    source, target = _batch(2)
+    run = lambda seed: model(source, target, teacher_forcing_ratio=0.5, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    torch.testing.assert_close(run(3), run(3))
+    assert not torch.allclose(run(3), run(4)) or not torch.allclose(run(3), run(5))
+
+
+def test_evaluation_mode_scores_the_true_answer():
+    model = _model("none", teacher_forcing_ratio=0.0).eval()
+    source, target = _batch(3)
+    torch.testing.assert_close(model(source, target), _teacher_forced_loop(model, source, target))
+
+
+def test_content_attention_is_the_ntm_content_read():
+    model = _model("content")
+    memory = torch.randn(B, S, 6, dtype=torch.float64)
+    queries = torch.randn(B, T, 6, dtype=torch.float64)
+    expected = addressing.content_weights(
+        memory, model.key(queries), torch.nn.functional.softplus(model.strength(queries)).squeeze(-1)
+    )
+    torch.testing.assert_close(model.attend(memory, queries), expected)
+
+
+class _Scripted(Seq2Seq):
+    """A decoder whose arg-max tokens follow a script: script[b][t] at step t (then EOS)."""
+
+    def __init__(self, script, **kwargs):
+        super().__init__(V, V, embedding_size=3, encoder=partial(GRUController, hidden_size=2),
+                         decoder=partial(GRUController, hidden_size=2), **kwargs)
+        self.script = script
+        self.calls = 0
+
+    def decode_step(self, prev_token, state, prev_hidden, memory, context):
+        t = self.calls
+        self.calls += 1
+        tokens = torch.tensor([row[t] if t < len(row) else self.eos_index for row in self.script])
+        logits = torch.nn.functional.one_hot(tokens, V).double()
+        return logits, state, prev_hidden, None
+
+
+def test_greedy_decoding_stops_at_the_end_marker_and_pads_after_it():
+    model = _Scripted([[5, 2, 7, 7], [6, 6, 6, 2], [2, 8, 8, 8]], max_decode_length=10)
+    tokens = model.generate(torch.randint(3, V, (3, 4)))
+    assert model.calls == 4  # the last sequence emits EOS at step 4: decoding stops there
+    assert tokens.tolist() == [[5, 2, 0, 0], [6, 6, 6, 2], [2, 0, 0, 0]]
+
+
+def test_greedy_decoding_stops_at_its_limit_without_an_end_marker():
+    model = _Scripted([[5] * 20] * 3, max_decode_length=6)
+    tokens = model.generate(torch.randint(3, V, (3, 4)), max_length=4)
+    assert tokens.shape == (3, 4) and model.calls == 4
+
+
+@pytest.mark.parametrize(
+    "encoder, decoder",
+    [
+        (partial(ElmanRNN, hidden_size=5), partial(ElmanRNN, hidden_size=5)),
+        (partial(JordanRNN, hidden_size=5), partial(GRUController, hidden_size=4)),
+        (partial(EchoStateController, reservoir_size=8), partial(LSTMController, hidden_size=4)),
+    ],
+)
+def test_any_controller_can_encode_and_decode(encoder, decoder):
+    bridge = encoder.func is decoder.func
+    model = Seq2Seq(V, 6, encoder=encoder, decoder=decoder, attention="bahdanau", bridge=bridge, embedding_size=4)
+    source, _ = _batch(4)
+    target = torch.randint(3, 6, (B, T))
+    assert model(source, target).shape == (B, T, 6)
+    assert model.generate(source, max_length=5).shape[0] == B
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: Seq2Seq(V, V, teacher_forcing_ratio=1.5), r"teacher_forcing_ratio must lie in \[0.0, 1.0\], got 1.5"),
+        (lambda: Seq2Seq(V, V, teacher_forcing_ratio=-0.1), r"teacher_forcing_ratio must lie in \[0.0, 1.0\]"),
+        (lambda: Seq2Seq(V, V, attention="dot"), "attention must be one of"),
+        (lambda: Seq2Seq(V, V, max_decode_length=0), "max_decode_length must be a positive integer"),
+        (lambda: Seq2Seq(V, 2), r"eos_index must lie in \[0, output_size=2\)"),
+        (lambda: Seq2Seq(V, V, encoder=partial(GRUController, hidden_size=3)), "bridge=True"),
+        (lambda: _model().generate(_batch()[0], max_length=101),
+         r"max_length must lie in \[1, max_decode_length=100\], got 101"),
+        (lambda: _model(max_decode_length=3)(*_batch()), r"target length T must lie in \[1, max_decode_length=3\], got 4"),
+        (lambda: _model()(*_batch(), teacher_forcing_ratio=2.0), r"teacher_forcing_ratio must lie in \[0.0, 1.0\]"),
+    ],
+)
+def test_bad_input_is_named(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_metrics_ignore_padding_and_require_exact_sequences():
+    logits = torch.full((2, 3, 5), -5.0)
+    target = torch.tensor([[3, 4, 2], [3, 2, 0]])
+    logits[0, 0, 3] = logits[0, 1, 4] = logits[0, 2, 2] = 5.0  # sequence 0 right
+    logits[1, 0, 4] = logits[1, 1, 2] = 5.0  # sequence 1: first token wrong
+    metrics = token_metrics(logits, target, pad_index=0)
+    assert metrics["token_accuracy"].item() == pytest.approx(4 / 5)
+    decoded = torch.tensor([[3, 4, 2], [3, 2, 0]])
+    assert sequence_accuracy(decoded, target).tolist() == [1.0, 1.0]
+    assert sequence_accuracy(torch.tensor([[3, 4], [3, 2]]), target).tolist() == [0.0, 1.0]  # 0 stopped early
+    assert sequence_accuracy(torch.tensor([[3, 4, 2, 5], [3, 2, 0, 0]]), target).tolist() == [0.0, 1.0]
+    assert format_tokens(torch.tensor([1, 4, 2, 0, 0]), {0: "<pad>", 1: "<bos>", 2: "<eos>"}) == "<bos> 4 <eos>"
+
+
+def test_predict_prints_decodings(capsys):
+    net = Seq2Seq(6, 6, embedding_size=4, encoder=partial(GRUController, hidden_size=5),
+                  decoder=partial(GRUController, hidden_size=5), max_decode_length=6)
+    module = Seq2SeqModule(net, print_predictions=3).eval()
+    source = torch.tensor([[3, 4, 5], [5, 5, 3]])
+    target = torch.tensor([[5, 4, 3, 2], [3, 5, 5, 2]])
+    for batch_idx in range(2):  # two batches of two: three lines in all
+        outputs = module.predict_step({"source": source, "target": target}, batch_idx)
+        assert outputs["prediction"].shape[0] == 2 and outputs["correct"].shape == (2,)
+        if batch_idx == 0:
+            module.on_predict_epoch_start()
+        module.on_predict_batch_end(outputs, None, batch_idx)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith("source: 3 4 5 | target: 5 4 3 <eos> | decoded: ")
+    assert lines[0].endswith(("✓", "✗"))
+
+
+@pytest.mark.slow
+def test_module_learns_to_reverse_and_predict_prints_decodings(capsys):
+    torch.manual_seed(0)
+    net = Seq2Seq(6, 6, embedding_size=8, attention="luong", encoder=partial(GRUController, hidden_size=24),
+                  decoder=partial(GRUController, hidden_size=24), max_decode_length=8)
+    module = Seq2SeqModule(net, optimizer=partial(torch.optim.Adam, lr=0.02), print_predictions=2)
+    optimizer = module.configure_optimizers()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        source = torch.randint(3, 6, (16, 3), generator=g)
+        target = torch.cat([source.flip(1), torch.full((16, 1), 2)], dim=1)
+        loss = token_metrics(module(source, target), target)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    source = torch.randint(3, 6, (8, 3), generator=g)
+    target = torch.cat([source.flip(1), torch.full((8, 1), 2)], dim=1)
+    module.eval()
+    outputs = module.predict_step({"source": source, "target": target}, 0)
+    assert outputs["correct"].mean() >= 0.75
+    module.on_predict_epoch_start()
+    module.on_predict_batch_end(outputs, None, 0)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("source: ") and "decoded: " in lines[0] and "<eos>" in lines[0]

@@ -1,0 +1,130 @@
+"""Sequence tasks: seq2seq token tasks, the Markov-bits task, the NARMA-10 and Mackey-Glass series."""
+
+from __future__ import annotations
+
+import doctest
+import math
+
+import pytest
+import torch
+
+import tasks.sequences as sequences
+from tasks.algorithmic import AlgorithmicDataModule
+from tasks.sequences import (
+    EOS,
+    FIRST_SYMBOL,
+    MarkovBitsTask,
+    ReverseTask,
+    Seq2SeqCopyTask,
+    SeriesDataModule,
+    narma10,
+)
+
+
+@pytest.mark.parametrize("name", ["ReverseTask", "Seq2SeqCopyTask"])
+def test_docstring_examples_hold(name):
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    [test] = [t for t in finder.find(getattr(sequences, name), module=sequences) if t.name.endswith(name)]
+    result = runner.run(test)
+    assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("length", [1, 4, 9])
+def test_reverse_batch(length):
+    task = ReverseTask(num_symbols=6)
+    batch = task.sample_batch(torch.Generator().manual_seed(0), 3, length)
+    source, target = batch["source"], batch["target"]
+    assert source.shape == (3, length) and target.shape == (3, task.output_length(length))
+    assert source.min() >= FIRST_SYMBOL and source.max() < task.input_size == 9
+    torch.testing.assert_close(target[:, :-1], source.flip(1))
+    assert torch.all(target[:, -1] == EOS)
+
+
+def test_copy_with_fixed_output_length_ignores_the_source_length():
+    task = Seq2SeqCopyTask(num_symbols=6, output_length=7)
+    for length in (2, 5, 11):
+        batch = task.sample_batch(torch.Generator().manual_seed(length), 3, length)
+        assert batch["target"].shape == (3, 8)
+        expected = batch["source"][:, torch.arange(7) % length]
+        torch.testing.assert_close(batch["target"][:, :-1], expected)
+
+
+def test_token_tasks_work_with_the_algorithmic_data_module():
+    def batches(seed):
+        dm = AlgorithmicDataModule(ReverseTask(num_symbols=5, max_length=6), batch_size=4, batches_per_epoch=3,
+                                   val_lengths=[3, 7], val_size=5, seed=seed)
+        return dm, list(dm.train_dataloader()), list(dm.val_dataloader())
+
+    dm, train, val = batches(0)
+    assert dm.input_size == dm.output_size == 8
+    assert [b["source"].shape[1] for b in val] == [3, 3, 7, 7]
+    _, train_again, _ = batches(0)
+    for a, b in zip(train, train_again):
+        assert torch.equal(a["source"], b["source"])
+    _, other, _ = batches(1)
+    assert any(not torch.equal(a["source"], b["source"]) for a, b in zip(train, other) if a["length"] == b["length"]) \
+        or [a["length"] for a in train] != [b["length"] for b in other]
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: ReverseTask(num_symbols=0), "num_symbols must be a positive integer"),
+        (lambda: Seq2SeqCopyTask(output_length=0), "output_length must be a positive integer"),
+        (lambda: ReverseTask(num_symbols=4).encode(torch.tensor([[3, 7]])), r"source symbols must lie in \[3, 7\)"),
+        (lambda: ReverseTask().encode(torch.tensor([[3.0, 4.0]])), "source must be a"),
+        (lambda: MarkovBitsTask(flip_probability=0.0), r"flip_probability must lie in \(0, 0.5\]"),
+        (lambda: MarkovBitsTask(flip_probability=0.7), r"flip_probability must lie in \(0, 0.5\]"),
+        (lambda: SeriesDataModule(series="lorenz"), "series must be one of"),
+        (lambda: SeriesDataModule(length=50, washout=50), r"washout must be an integer in \[0, length=50\)"),
+        (lambda: SeriesDataModule(batch_size=0), "batch_size must be a positive integer"),
+    ],
+)
+def test_bad_arguments_are_named(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_markov_bits_flip_at_the_requested_rate_and_input_is_uninformative():
+    task = MarkovBitsTask(width=5, flip_probability=0.1, min_length=30, max_length=30)
+    batch = task.sample_batch(torch.Generator().manual_seed(0), 400, 30)
+    targets = batch["targets"]
+    assert targets.shape == (400, 30, 5) and set(targets.unique().tolist()) == {0.0, 1.0}
+    flips = (targets[:, 1:] != targets[:, :-1]).float().mean().item()
+    assert abs(flips - 0.1) < 0.01
+    assert abs(targets[:, 0].mean().item() - 0.5) < 0.05
+    assert torch.all(batch["inputs"][:, 0] == 1) and torch.all(batch["inputs"][:, 1:] == 0)
+    assert torch.all(batch["mask"] == 1)
+    h = -(0.1 * math.log2(0.1) + 0.9 * math.log2(0.9))
+    assert task.entropy_bits(30) == pytest.approx(5 * (1 + 29 * h))
+
+
+def test_narma10_matches_the_recurrence():
+    u = 0.5 * torch.rand(2, 40, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    y = narma10(u)
+    for b in range(2):
+        hist = [0.0] * 41  # hist[t] = y(t), y(0) = 0
+        for t in range(40):
+            window = sum(hist[max(0, t - 9) : t + 1])
+            delayed = u[b, t - 9].item() if t >= 9 else 0.0
+            hist[t + 1] = 0.3 * hist[t] + 0.05 * hist[t] * window + 1.5 * delayed * u[b, t].item() + 0.1
+        torch.testing.assert_close(y[b], torch.tensor(hist[1:], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("series", ["narma10", "mackey_glass"])
+def test_series_sets_are_seeded_washed_out_and_distinct(series):
+    dm = SeriesDataModule(series=series, length=120, washout=20, batch_size=4, train_size=6, val_size=3,
+                          test_size=3, seed=0)
+    train = dm.make_set("train")
+    assert [b["inputs"].shape for b in train] == [(4, 120, 1), (2, 120, 1)]
+    assert dm.input_size == dm.output_size == 1
+    batch = train[0]
+    assert torch.all(batch["mask"][:, :20] == 0) and torch.all(batch["mask"][:, 20:] == 1)
+    assert torch.isfinite(batch["targets"]).all() and batch["targets"].std() > 0.01
+    again = SeriesDataModule(series=series, length=120, washout=20, batch_size=4, train_size=6, val_size=3,
+                             test_size=3, seed=0).make_set("train")[0]
+    assert torch.equal(batch["targets"], again["targets"])
+    assert not torch.equal(batch["inputs"][:3], dm.make_set("val")[0]["inputs"])
+    if series == "mackey_glass":  # the target is the input shifted by the horizon
+        torch.testing.assert_close(batch["targets"][:, :-1], batch["inputs"][:, 1:])
