@@ -58,9 +58,13 @@ class SequenceModule(pl.LightningModule):
             kwargs.setdefault("memory_size", self.eval_memory_size)
         return self.net(inputs, **kwargs)
 
+    def forward_kwargs(self, batch: dict) -> dict[str, Any]:
+        """Extra keyword arguments of the network in train / val / test (none here; see subclasses)."""
+        return {}
+
     def model_step(self, batch: dict, stage: str) -> torch.Tensor:
         """Shared by train / val / test: forward, loss, metrics, logging."""
-        logits = self(batch["inputs"])
+        logits = self(batch["inputs"], **self.forward_kwargs(batch))
         metrics = sequence_metrics(logits, batch["targets"], batch["mask"])
         batch_size = batch["inputs"].shape[0]
         on_step = stage == "train"
@@ -293,3 +297,348 @@ class QAModule(pl.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer),
                                                          "monitor": "val/loss"}}
+
+
+# ----------------------------------------------------------------------------- recurrent family
+
+class ConditionalSequenceModule(SequenceModule):
+    """``SequenceModule`` for conditional-output models (``RecurrentModel(conditional=True)``).
+
+    Such a model is P(y | x) = Π_t P(y(t) | x(≤t), y(<t)). Its train / val / test
+    loss is the teacher-forced likelihood of the true targets (y(t−1) fed from
+    the targets); validation and test also run it free, feeding back its own
+    predictions, and log ``…/free_bits_per_seq`` and ``…/free_bit_errors_per_seq``.
+    ``predict`` runs it free. For a network without ``conditional`` it is a
+    plain ``SequenceModule``. Arguments as ``SequenceModule``.
+    """
+
+    def forward_kwargs(self, batch: dict) -> dict[str, Any]:
+        return {"targets": batch["targets"]} if getattr(self.net, "conditional", False) else {}
+
+    def _free_running(self, batch: dict, stage: str) -> None:
+        if not getattr(self.net, "conditional", False):
+            return
+        metrics = sequence_metrics(self(batch["inputs"]), batch["targets"], batch["mask"])
+        batch_size = batch["inputs"].shape[0]
+        for name in ("bits_per_seq", "bit_errors_per_seq"):
+            self.log(f"{stage}/free_{name}", metrics[name], on_epoch=True, batch_size=batch_size)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        self._free_running(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        super().test_step(batch, batch_idx)
+        self._free_running(batch, "test")
+
+
+class Seq2SeqModule(pl.LightningModule):
+    """Trains an encoder–decoder ``net(source (B, S), target (B, T)) -> logits (B, T, V)``.
+
+    Batches are dicts as produced by ``tasks.sequences`` token tasks (``source``,
+    ``target`` ending with EOS, ``length``). Metrics (``train/…``, ``val/…``, ``test/…``):
+        loss               token cross-entropy (nats), PAD targets ignored; teacher-forced
+        token_accuracy     share of target tokens predicted right under teacher forcing
+        sequence_accuracy  (val, test) share of greedy decodings equal to the whole target, EOS included
+    and per source length as ``val/len_8/sequence_accuracy``.
+
+    ``memnet predict`` decodes the predict set greedily and prints the first
+    ``print_predictions`` sequences (source, target, decoded, ✓/✗).
+
+    Args:
+        net: the network, e.g. ``memnet.models.seq2seq.Seq2Seq``.
+        optimizer: optimiser factory; default Adam.
+        scheduler: optional learning-rate scheduler factory.
+        seed: seed of the teacher-forcing coin flips.
+        print_predictions: sequences printed by ``predict`` (0: none).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: LRSchedulerCallable | None = None,
+        seed: int = 0,
+        print_predictions: int = 10,
+    ) -> None:
+        super().__init__()
+        if not isinstance(print_predictions, int) or print_predictions < 0:
+            raise ValueError(f"print_predictions must be a non-negative integer, got {print_predictions!r}")
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
+        self.net = net
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.generator = torch.Generator().manual_seed(seed)
+        self.print_predictions = print_predictions
+        self._printed = 0
+
+    def forward(self, source: torch.Tensor, target: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+        """source (B, S), target (B, T) -> logits (B, T, V)."""
+        return self.net(source, target, **kwargs)
+
+    def model_step(self, batch: dict, stage: str) -> torch.Tensor:
+        """Shared by train / val / test: forward, loss, metrics, logging."""
+        source, target = batch["source"], batch["target"]
+        logits = self(source, target, generator=self.generator)
+        metrics = token_metrics(logits, target, pad_index=self.net.pad_index)
+        batch_size = source.shape[0]
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", metrics["loss"], prog_bar=True, on_step=on_step, on_epoch=True, batch_size=batch_size)
+        self.log(f"{stage}/token_accuracy", metrics["token_accuracy"], on_step=on_step, on_epoch=True,
+                 batch_size=batch_size)
+        if stage != "train":
+            decoded = self.net.generate(source, max_length=target.shape[1])
+            accuracy = sequence_accuracy(decoded, target, pad_index=self.net.pad_index).mean()
+            self.log(f"{stage}/sequence_accuracy", accuracy, prog_bar=True, on_epoch=True, batch_size=batch_size)
+            if "length" in batch:
+                self.log(f"{stage}/len_{int(batch['length'])}/sequence_accuracy", accuracy, on_epoch=True,
+                         batch_size=batch_size, add_dataloader_idx=False)
+        return metrics["loss"]
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.model_step(batch, "train")
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss.item()} at step {self.global_step} "
+                f"(epoch {self.current_epoch}); training stopped. Lower the learning rate "
+                "or clip gradients (trainer.gradient_clip_val)."
+            )
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.model_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.model_step(batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Greedy decoding: the decoded tokens (B, T') and whether each equals its target."""
+        decoded = self.net.generate(batch["source"])
+        result = {"source": batch["source"], "prediction": decoded}
+        if "target" in batch:
+            result["target"] = batch["target"]
+            result["correct"] = sequence_accuracy(decoded, batch["target"], pad_index=self.net.pad_index)
+        return result
+
+    def on_predict_epoch_start(self) -> None:
+        self._printed = 0
+
+    def on_predict_batch_end(self, outputs: dict, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        net = self.net
+        names = {net.pad_index: "<pad>", net.bos_index: "<bos>", net.eos_index: "<eos>"}
+        for i in range(outputs["source"].shape[0]):
+            if self._printed >= self.print_predictions:
+                return
+            line = [f"source: {format_tokens(outputs['source'][i], names)}"]
+            if "target" in outputs:
+                line.append(f"target: {format_tokens(outputs['target'][i], names)}")
+            line.append(f"decoded: {format_tokens(outputs['prediction'][i], names)}")
+            if "correct" in outputs:
+                line.append("✓" if outputs["correct"][i] else "✗")
+            print(" | ".join(line))
+            self._printed += 1
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer(self.parameters())
+        if self.scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer),
+                                                         "interval": "epoch",
+                                                         "monitor": "val/loss"}}
+
+
+def token_metrics(logits: torch.Tensor, target: torch.Tensor, *, pad_index: int = 0) -> dict[str, torch.Tensor]:
+    """Token cross-entropy and accuracy, PAD targets ignored.
+
+    Args:
+        logits: (B, T, V).
+        target: (B, T) token ids.
+        pad_index: the id whose positions are not scored.
+
+    Returns:
+        ``loss`` (mean nats per scored token) and ``token_accuracy``.
+    """
+    scored = target != pad_index
+    loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=pad_index)
+    right = (logits.argmax(-1) == target) & scored
+    return {"loss": loss, "token_accuracy": right.sum() / scored.sum().clamp_min(1)}
+
+
+def sequence_accuracy(decoded: torch.Tensor, target: torch.Tensor, *, pad_index: int = 0) -> torch.Tensor:
+    """Exact match of decoded sequences: decoded (B, T'), target (B, T) -> (B,) float 1/0.
+
+    Sequences are compared up to the target's length (EOS included), the shorter
+    padded with PAD; a decoding that goes on past the target's end (non-PAD
+    tokens there) is wrong.
+    """
+    length = max(decoded.shape[1], target.shape[1])
+    decoded = F.pad(decoded, (0, length - decoded.shape[1]), value=pad_index)
+    target = F.pad(target, (0, length - target.shape[1]), value=pad_index)
+    return (decoded == target).all(dim=1).to(torch.get_default_dtype())
+
+
+def format_tokens(tokens: torch.Tensor, names: dict[int, str]) -> str:
+    """tokens (T,) -> "5 3 9 <eos>", special ids by name, trailing PAD dropped."""
+    ids = tokens.tolist()
+    pad = next((i for i, name in names.items() if name == "<pad>"), None)
+    while ids and ids[-1] == pad:
+        ids.pop()
+    return " ".join(names.get(i, str(i)) for i in ids)
+
+
+class RegressionModule(pl.LightningModule):
+    """Trains a sequence model ``net: (B, T, D_in) -> (B, T, K)`` on real-valued targets.
+
+    Batches as ``tasks.sequences.SeriesDataModule`` (``inputs``, ``targets``,
+    ``mask``). Metrics (``train/…``, ``val/…``, ``test/…``):
+        loss    masked mean squared error
+        nrmse   normalised root-mean-square error over the epoch's scored steps,
+                √(Σ (y − ŷ)² / Σ (y − ȳ)²), the reservoir-computing literature's score
+
+    Args:
+        net: the network, e.g. ``RecurrentModel`` with an ``EchoStateController``.
+        optimizer: optimiser factory; default Adam.
+        scheduler: optional learning-rate scheduler factory.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
+        self.net = net
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self._sums: dict[str, torch.Tensor] = {}  # stage -> [Σ(y−ŷ)², Σy, Σy², count] this epoch, float64
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """inputs (B, T, D_in) -> predictions (B, T, K)."""
+        return self.net(inputs)
+
+    def score(self, predictions: torch.Tensor, batch: dict, stage: str) -> torch.Tensor:
+        """Masked MSE of ``predictions`` (B, T, K); adds the batch to the epoch's NRMSE sums."""
+        targets, mask = batch["targets"], batch["mask"].unsqueeze(-1)
+        squared = (predictions - targets) ** 2 * mask
+        count = mask.sum() * targets.shape[-1]
+        loss = squared.sum() / count.clamp_min(1)
+        masked = (targets * mask).double()
+        sums = torch.stack([squared.detach().double().sum(), masked.sum(), (masked**2).sum(), count.double()])
+        self._sums[stage] = sums + self._sums[stage].to(sums.device) if stage in self._sums else sums
+        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True,
+                 batch_size=targets.shape[0])
+        return loss
+
+    def _log_nrmse(self, stage: str) -> None:
+        sums = self._sums.pop(stage, None)
+        if sums is None or sums[3] == 0 or self.trainer.sanity_checking:
+            return
+        self.log(f"{stage}/nrmse", nrmse_from_sums(sums).float(), prog_bar=stage != "train")
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self.score(self(batch["inputs"]), batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.score(self(batch["inputs"]), batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.score(self(batch["inputs"]), batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        return {"predictions": self(batch["inputs"]), "targets": batch["targets"], "mask": batch["mask"]}
+
+    def on_train_epoch_start(self) -> None:
+        self._sums.pop("train", None)
+
+    def on_validation_epoch_start(self) -> None:
+        self._sums.pop("val", None)
+
+    def on_test_epoch_start(self) -> None:
+        self._sums.pop("test", None)
+
+    def on_train_epoch_end(self) -> None:
+        self._log_nrmse("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_nrmse("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_nrmse("test")
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer(self.parameters())
+        if self.scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer),
+                                                         "interval": "epoch",
+                                                         "monitor": "val/loss"}}
+
+
+def nrmse_from_sums(sums: torch.Tensor) -> torch.Tensor:
+    """[Σ(y−ŷ)², Σy, Σy², n] -> √(Σ(y−ŷ)² / (Σy² − (Σy)²/n)), the NRMSE."""
+    squared_error, total, total_squares, count = sums
+    return torch.sqrt(squared_error / (total_squares - total**2 / count))
+
+
+class RidgeReadoutModule(RegressionModule):
+    """Fits the linear read-out of a fixed-feature model (an echo-state network) in closed form.
+
+    One pass over the training set collects the read-out's inputs (the
+    reservoir states, ``net.features``) and targets on the scored steps, then
+    solves the ridge regression (``memnet.models.recurrent.RidgeAccumulator``)
+    and writes the solution into ``net.output``. There is no optimiser; run
+    one epoch (``trainer.max_epochs: 1``). Validation and test are as in
+    ``RegressionModule``; the fit happens before the epoch's validation.
+
+    Args:
+        net: a network with ``features(inputs) -> (B, T, C)`` and a linear
+            ``output`` (C -> K), e.g. ``RecurrentModel`` with an ``EchoStateController``.
+        ridge: the penalty λ ≥ 0 on the read-out weights.
+    """
+
+    def __init__(self, net: nn.Module, *, ridge: float = 1e-6) -> None:
+        super().__init__(net)
+        if not ridge >= 0:
+            raise ValueError(f"ridge must lie in [0, inf), got {ridge!r}")
+        if not hasattr(net, "features") or not isinstance(getattr(net, "output", None), nn.Linear):
+            raise ValueError("net must have features(inputs) and a linear `output` layer, e.g. RecurrentModel")
+        self.ridge = ridge
+        self.automatic_optimization = False
+        self._accumulator: Any = None
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        from memnet.models.recurrent import RidgeAccumulator
+
+        with torch.no_grad():
+            features = self.net.features(batch["inputs"])
+        if self._accumulator is None:
+            self._accumulator = RidgeAccumulator(features.shape[-1], batch["targets"].shape[-1])
+        self._accumulator.update(features, batch["targets"], batch["mask"])
+
+    def fit_readout(self) -> None:
+        """Solve for the read-out from the rows collected so far and install it."""
+        if self._accumulator is None or self._accumulator.count == 0:
+            return
+        weight, bias = self._accumulator.solve(ridge=self.ridge, dtype=self.net.output.weight.dtype)
+        with torch.no_grad():
+            self.net.output.weight.copy_(weight.to(self.net.output.weight.device))
+            self.net.output.bias.copy_(bias.to(self.net.output.bias.device))
+        self._accumulator = None
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self._accumulator = None
+
+    def on_validation_epoch_start(self) -> None:
+        self.fit_readout()
+        super().on_validation_epoch_start()
+
+    def on_train_epoch_end(self) -> None:
+        self.fit_readout()
+
+    def configure_optimizers(self) -> None:
+        return None
