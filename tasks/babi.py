@@ -477,22 +477,28 @@ def load_babi(
         train_size = "1k" if task in train_1k_tasks else size
         files[task] = (task_file(task, "train", language=language, size=train_size),
                        task_file(task, "test", language=language, size=size))
-    missing = [name for pair in files.values() for name in pair if not source.exists(name)]
-    if missing:
-        hint = ""
-        if any("en-10k/qa3_" in name and name.endswith("_train.txt") for name in missing):
-            hint = " (leave task 3 out of tasks, or read its training file from 1k with train_1k_tasks: [3])"
-        raise FileNotFoundError(f"requested bAbI file(s) absent from {source.location}: {', '.join(missing)}{hint}")
+    relatives = sorted(name for pair in files.values() for name in pair)
 
+    def check_present() -> None:
+        missing = [name for name in relatives if not source.exists(name)]
+        if missing:
+            hint = ""
+            if any("en-10k/qa3_" in name and name.endswith("_train.txt") for name in missing):
+                hint = " (leave task 3 out of tasks, or read its training file from 1k with train_1k_tasks: [3])"
+            raise FileNotFoundError(f"requested bAbI file(s) absent from {source.location}: {', '.join(missing)}{hint}")
+
+    if source.folder is not None:
+        check_present()  # a folder's fingerprint needs the files
     options = {"version": CACHE_VERSION, "language": language, "size": size, "tasks": tasks,
                "train_1k_tasks": train_1k_tasks, "val_fraction": val_fraction, "seed": seed,
-               "data": source.fingerprint(sorted(n for pair in files.values() for n in pair))}
+               "data": source.fingerprint(relatives)}
     key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:20]
     cache_root = Path(cache_dir or os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "memnet" / "babi")
     cached = cache_root.expanduser() / f"babi-{key}"
     if (cached / "dataset_dict.json").is_file():
         source.close()
         return datasets.load_from_disk(str(cached))
+    check_present()
 
     splits: dict[str, list[dict]] = {"train": [], "validation": [], "test": []}
     for task, (train_name, test_name) in files.items():
@@ -517,6 +523,12 @@ def load_babi(
     except OSError:  # another process cached it first
         shutil.rmtree(partial, ignore_errors=True)
     return datasets.load_from_disk(str(cached))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 # ----------------------------------------------------------------------------- vocabulary
@@ -583,34 +595,66 @@ class Vocabulary:
 # ----------------------------------------------------------------------------- encoding and batches
 
 
+def cache_folder(dataset) -> Path | None:
+    """The folder a cached ``DatasetDict`` was loaded from, or None for one built in memory."""
+    try:
+        files = next(iter(dataset.values())).cache_files
+    except StopIteration:
+        return None
+    return Path(files[0]["filename"]).parents[1] if files else None
+
+
+def encode_split(split, vocabulary: Vocabulary, memory_size: int) -> dict[str, np.ndarray]:
+    """Token ids of one split, flat: the ``memory_size`` most recent sentences of each story, most recent first.
+
+    Returns arrays ``words`` (all kept sentences' ids, concatenated), ``sentence_offsets``
+    (sentence k is ``words[o[k]:o[k+1]]``), ``story_offsets`` (example i has sentences
+    ``o[i]:o[i+1]``), ``query_words``, ``query_offsets``, ``answer`` and ``task``.
+    """
+    columns = split.to_dict()
+    words: list[int] = []
+    sentence_offsets, story_offsets, query_words, query_offsets = [0], [0], [], [0]
+    for story, query in zip(columns["story"], columns["query"]):
+        for sentence in story[-memory_size:][::-1]:  # most recent first
+            words.extend(vocabulary.encode(sentence))
+            sentence_offsets.append(len(words))
+        story_offsets.append(len(sentence_offsets) - 1)
+        query_words.extend(vocabulary.encode(query))
+        query_offsets.append(len(query_words))
+    return {
+        "words": np.asarray(words, dtype=np.int64),
+        "sentence_offsets": np.asarray(sentence_offsets, dtype=np.int64),
+        "story_offsets": np.asarray(story_offsets, dtype=np.int64),
+        "query_words": np.asarray(query_words, dtype=np.int64),
+        "query_offsets": np.asarray(query_offsets, dtype=np.int64),
+        "answer": np.asarray([vocabulary.answer_class(a) for a in columns["answer"]], dtype=np.int64),
+        "task": np.asarray(columns["task"], dtype=np.int64),
+    }
+
+
 class EncodedSplit(Dataset):
-    """One split as token ids: stories truncated to the ``memory_size`` most recent sentences.
+    """One split as token ids (see :func:`encode_split`).
 
     Item ``i`` is a dict with ``story`` (S_i, J_i) int64, slot 0 the most recent
     sentence, ``query`` (Jq_i,), ``answer``, ``task``.
     """
 
-    def __init__(self, split, vocabulary: Vocabulary, memory_size: int) -> None:
-        self.items = []
-        columns = split.to_dict()
-        for story, query, answer, task in zip(columns["story"], columns["query"], columns["answer"], columns["task"]):
-            kept = story[-memory_size:][::-1]  # most recent first
-            width = max((len(s) for s in kept), default=1)
-            array = np.zeros((len(kept), width), dtype=np.int64)
-            for row, sentence in enumerate(kept):
-                array[row, :len(sentence)] = vocabulary.encode(sentence)
-            self.items.append({
-                "story": array,
-                "query": np.asarray(vocabulary.encode(query), dtype=np.int64),
-                "answer": vocabulary.answer_class(answer),
-                "task": int(task),
-            })
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self.arrays = arrays
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.arrays["answer"])
 
     def __getitem__(self, index: int) -> dict:
-        return self.items[index]
+        a = self.arrays
+        first, last = a["story_offsets"][index], a["story_offsets"][index + 1]
+        bounds = a["sentence_offsets"][first:last + 1]
+        lengths = np.diff(bounds)
+        story = np.zeros((len(lengths), max(1, int(lengths.max(initial=0)))), dtype=np.int64)
+        for row, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+            story[row, :stop - start] = a["words"][start:stop]
+        query = a["query_words"][a["query_offsets"][index]:a["query_offsets"][index + 1]]
+        return {"story": story, "query": query, "answer": int(a["answer"][index]), "task": int(a["task"][index])}
 
 
 def collate_babi(items: Sequence[dict]) -> dict[str, torch.Tensor]:
@@ -721,8 +765,18 @@ class BabiDataModule(pl.LightningDataModule):
 
     @property
     def vocabulary(self) -> Vocabulary:
+        """Built from the data once, then kept as ``vocabulary.json`` beside the cached dataset."""
         if self._vocabulary is None:
-            self._vocabulary = Vocabulary.from_dataset(self.dataset)
+            folder = cache_folder(self.dataset)
+            path = folder / "vocabulary.json" if folder is not None else None
+            if path is not None and path.is_file():
+                stored = json.loads(path.read_text())
+                self._vocabulary = Vocabulary(tokens=tuple(stored["tokens"]), num_answers=stored["num_answers"])
+            else:
+                self._vocabulary = Vocabulary.from_dataset(self.dataset)
+                if path is not None:
+                    _write_atomic(path, json.dumps({"tokens": list(self._vocabulary.tokens),
+                                                    "num_answers": self._vocabulary.num_answers}))
         return self._vocabulary
 
     @property
@@ -742,7 +796,18 @@ class BabiDataModule(pl.LightningDataModule):
     def split(self, name: str) -> EncodedSplit:
         """The encoded ``train``, ``validation`` or ``test`` split."""
         if name not in self._splits:
-            self._splits[name] = EncodedSplit(self.dataset[name], self.vocabulary, self.memory_size)
+            folder = cache_folder(self.dataset)
+            path = folder / f"encoded-{name}-memory{self.memory_size}.npz" if folder is not None else None
+            if path is not None and path.is_file():
+                with np.load(path) as stored:
+                    arrays = {key: stored[key] for key in stored.files}
+            else:
+                arrays = encode_split(self.dataset[name], self.vocabulary, self.memory_size)
+                if path is not None:
+                    partial = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+                    np.savez(partial, **arrays)
+                    os.replace(partial, path)
+            self._splits[name] = EncodedSplit(arrays)
         return self._splits[name]
 
     def setup(self, stage: str | None = None) -> None:

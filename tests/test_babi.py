@@ -270,7 +270,7 @@ def _encoded(story_lengths, sentence_words=3):
 
     rows = [{"story": [[f"w{s}"] * (1 + s % sentence_words) for s in range(n)], "query": ["w0"] * (1 + n % 2),
              "answer": "a", "task": 1 + n % 3} for n in story_lengths]
-    return vocabulary, babi.EncodedSplit(Split(rows), vocabulary, memory_size=5)
+    return vocabulary, babi.EncodedSplit(babi.encode_split(Split(rows), vocabulary, memory_size=5))
 
 
 def test_story_truncated_to_memory_size_most_recent_first():
