@@ -76,6 +76,7 @@ EXPERIMENT_KEYS = {"name", "configs", "overrides", "seeds", "budget", "evaluate"
 BUDGET_KEYS = ("max_steps", "max_epochs", "max_time")
 POLL_SECONDS = 0.2  # how often the scheduler looks at its runs
 PROGRESS_SECONDS = 30.0  # a progress line at least this often while runs go on
+ERROR_CHARS = 600  # the longest error message kept in a run's record
 
 
 class SuiteError(ValueError):
@@ -884,15 +885,20 @@ def _terminate(process: subprocess.Popen) -> None:
 
 
 def _error_from_log(path: Path, code: int) -> str:
-    """The last error line of a log (``SomethingError: message``), else its last line."""
+    """The last error of a log: its ``SomethingError: message`` line and the lines that explain it."""
     try:
         lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return f"exit code {code}, no log"
-    for line in reversed(lines):
-        if re.match(r"^([\w.]+(Error|Exception)|error|memnet): ", line) or re.match(r"^[\w.]*Error\b", line):
-            return line[:500]
-    return (lines[-1][:500] if lines else f"exit code {code}, empty log")
+    for index in range(len(lines) - 1, -1, -1):
+        if re.match(r"^([\w.]*(Error|Exception)|error|memnet)\b.*?: ", lines[index]):
+            detail = [lines[index]]
+            for line in lines[index + 1:]:
+                if line.startswith(("Given value", "Traceback", "[", "wandb:")):
+                    break
+                detail.append(line)
+            return " | ".join(detail)[:ERROR_CHARS]
+    return lines[-1][:ERROR_CHARS] if lines else f"exit code {code}, empty log"
 
 
 # ---------------------------------------------------------------------------------------------
