@@ -56,7 +56,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from importlib.util import find_spec
 from pathlib import Path
@@ -644,6 +644,27 @@ def _uses_wandb_logger(experiment: Experiment, base: Path) -> bool:
     if logger == "default":
         return True
     return isinstance(logger, dict) and str(logger.get("class_path", "")).endswith("WandbLogger")
+
+
+def with_overrides(suite: Suite, assignments: list[str]) -> Suite:
+    """The suite with ``FIELD=VALUE`` overrides (values read as YAML) added to every experiment."""
+    extra: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        key = key.strip().removeprefix("--")
+        if not sep or not re.match(r"^[A-Za-z_][\w.]*$", key):
+            raise SuiteError(f"--set {assignment!r}: expected FIELD=VALUE with a dotted field name, "
+                             "e.g. trainer.devices=2")
+        if key.removeprefix("trainer.") in BUDGET_KEYS:
+            raise SuiteError(f"--set {assignment!r}: the training length is the suite's 'budget'; edit the suite file")
+        try:
+            extra[key] = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise SuiteError(f"--set {assignment!r}: the value is not valid YAML: {error}") from None
+    if not extra:
+        return suite
+    experiments = tuple(replace(e, overrides={**e.overrides, **extra}) for e in suite.experiments)
+    return replace(suite, experiments=experiments)
 
 
 def expand_runs(suite: Suite, results: Path, only: list[str] | None = None) -> list[Run]:
@@ -1325,6 +1346,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--gpus-per-job", type=int, default=None,
                      help="give each concurrent run its own GPUs through CUDA_VISIBLE_DEVICES")
     run.add_argument("--only", nargs="+", metavar="EXPERIMENT", help="run only these experiments")
+    run.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="overrides",
+                     help="an override for every experiment, e.g. --set trainer.devices=2 --set "
+                          "trainer.strategy=ddp (the value is read as YAML); repeatable")
     run.add_argument("--dry-run", action="store_true", help="check the suite and print the commands; train nothing")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     run.add_argument("--no-wandb", action="store_true", help="do not log the summary run to W&B")
@@ -1356,7 +1380,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             _report(Path(args.results), args.out, not args.no_wandb)
             return 0
-        suite = load_suite(args.suite)
+        suite = with_overrides(load_suite(args.suite), args.overrides)
         results = Path(args.results) if args.results else suite.default_results()
         runs = expand_runs(suite, results, args.only)
         runner = SuiteRunner(suite, results, jobs=args.jobs, gpus_per_job=args.gpus_per_job)

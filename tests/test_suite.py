@@ -379,6 +379,21 @@ def test_fit_arguments_carry_configs_overrides_budget_seed_and_folders(tmp_path,
     assert "--trainer.logger.init_args.group=tiny" in argv and "--trainer.logger.init_args.name=x-seed0" in argv
 
 
+def test_set_adds_an_override_to_every_experiment(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    path = write_suite(tmp_path / "set.yaml", [NTM, LSTM])
+    suite = S.with_overrides(S.load_suite(path), ["trainer.devices=2", "trainer.strategy=ddp"])
+    for experiment in suite.experiments:
+        assert experiment.overrides["trainer.devices"] == 2 and experiment.overrides["trainer.strategy"] == "ddp"
+    assert S.main(["run", str(path), "--results", str(tmp_path / "r"), "--dry-run",
+                   "--set", "trainer.accelerator=gpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("--trainer.accelerator=gpu") == 4 and not (tmp_path / "r").exists()
+    for bad, message in (("trainer.max_steps=3", "training length"), ("devices", "expected FIELD=VALUE")):
+        with pytest.raises(S.SuiteError, match=message):
+            S.with_overrides(suite, [bad])
+
+
 def test_report_of_a_folder_without_a_suite_is_an_error(tmp_path, capsys):
     assert S.main(["report", str(tmp_path)]) == 2
     assert "is not a suite results folder" in capsys.readouterr().err
