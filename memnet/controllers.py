@@ -29,7 +29,8 @@ Axes:  b - batch, t - time, l - layers, d - features, n - reservoir units, h - h
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 from einops import einsum
@@ -422,7 +423,7 @@ class EchoStateController(Controller):
         self.output_size = reservoir_size + (input_size if include_input else 0)
 
         generator = torch.Generator().manual_seed(seed)
-        uniform = lambda *shape: 2 * torch.rand(*shape, generator=generator, dtype=torch.float64) - 1  # noqa: E731
+        uniform = lambda *shape: 2 * torch.rand(*shape, generator=generator, dtype=torch.float64) - 1
         recurrent = uniform(reservoir_size, reservoir_size)
         recurrent = recurrent * (torch.rand(recurrent.shape, generator=generator, dtype=torch.float64) >= sparsity)
         radius = torch.linalg.eigvals(recurrent).abs().max()

@@ -27,18 +27,19 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from pytorch_lightning.loggers import WandbLogger  # noqa: E402
-from torch import nn  # noqa: E402
+import matplotlib.pyplot as plt
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.loggers import WandbLogger
+from torch import nn
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -265,7 +266,9 @@ class GradientProbe(pl.Callback):
         )
         epoch = trainer.current_epoch
         self.curves[f"epoch {epoch}"] = norms
-        from memnet.callbacks import run_dir  # here, not at the top: memnet.callbacks re-exports this class
+        from memnet.callbacks import (
+            run_dir,  # here, not at the top: memnet.callbacks re-exports this class
+        )
 
         path = run_dir(trainer) / "gradient_probe" / f"epoch_{epoch:04d}.png"
         self.last_path = plot_gradient_curves(path, self.curves, title=f"gradient through time, {type(net).__name__}")

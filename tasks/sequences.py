@@ -291,8 +291,8 @@ class SeriesDataModule(pl.LightningDataModule):
         super().__init__()
         if series not in SERIES:
             raise ValueError(f"series must be one of {list(SERIES)}, got {series!r}")
-        for name, value in dict(length=length, horizon=horizon, batch_size=batch_size, train_size=train_size,
-                                val_size=val_size, test_size=test_size).items():
+        for name, value in {"length": length, "horizon": horizon, "batch_size": batch_size,
+                            "train_size": train_size, "val_size": val_size, "test_size": test_size}.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(washout, int) or not 0 <= washout < length:

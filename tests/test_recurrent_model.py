@@ -10,7 +10,12 @@ import torch
 
 from memnet.controllers import EchoStateController, ElmanRNN, GRUController
 from memnet.lightning import ConditionalSequenceModule, RegressionModule, RidgeReadoutModule
-from memnet.models.recurrent import ConditionalState, RecurrentModel, RidgeAccumulator, ridge_regression
+from memnet.models.recurrent import (
+    ConditionalState,
+    RecurrentModel,
+    RidgeAccumulator,
+    ridge_regression,
+)
 from tasks.sequences import SeriesDataModule
 
 B, T, D, K = 3, 7, 5, 4

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from memnet import addressing
-from memnet.controllers import EchoStateController, ElmanRNN, GRUController, JordanRNN, LSTMController
+from memnet.controllers import (
+    EchoStateController,
+    ElmanRNN,
+    GRUController,
+    JordanRNN,
+    LSTMController,
+)
 from memnet.lightning import Seq2SeqModule, format_tokens, sequence_accuracy, token_metrics
 from memnet.models.seq2seq import Seq2Seq
 
@@ -67,7 +73,7 @@ def test_ratio_zero_feeds_back_the_arg_max_as_greedy_decoding_does(attention):
 def test_partial_teacher_forcing_is_seeded():
     model = _model("luong").train()
     source, target = _batch(2)
-    run = lambda seed: model(source, target, teacher_forcing_ratio=0.5, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    run = lambda seed: model(source, target, teacher_forcing_ratio=0.5, generator=torch.Generator().manual_seed(seed))
     torch.testing.assert_close(run(3), run(3))
     assert not torch.allclose(run(3), run(4)) or not torch.allclose(run(3), run(5))
 

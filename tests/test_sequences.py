@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-import tasks.sequences as sequences
+from tasks import sequences
 from tasks.algorithmic import AlgorithmicDataModule
 from tasks.sequences import (
     EOS,

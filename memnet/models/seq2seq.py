@@ -93,7 +93,7 @@ class Seq2Seq(nn.Module):
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {list(ATTENTIONS)}, got {attention!r}")
         check_range("teacher_forcing_ratio", teacher_forcing_ratio, 0.0, 1.0)
-        for name, index in dict(pad_index=pad_index, bos_index=bos_index, eos_index=eos_index).items():
+        for name, index in {"pad_index": pad_index, "bos_index": bos_index, "eos_index": eos_index}.items():
             if not 0 <= index < output_size:
                 raise ValueError(f"{name} must lie in [0, output_size={output_size}), got {index!r}")
         self.input_size = input_size
@@ -187,7 +187,7 @@ class Seq2Seq(nn.Module):
             logits (B, T, V_out), and with ``return_attention`` the weights.
         """
         if target is None:
-            tokens, logits, weights = self._greedy(source, self.max_decode_length)
+            _, logits, weights = self._greedy(source, self.max_decode_length)
             return (logits, weights) if return_attention else logits
         if target.dim() != 2:
             raise ValueError(f"target must be a (B, T) tensor of token ids, got shape {tuple(target.shape)}")
