@@ -4,6 +4,7 @@
     memnet validate --config ... --ckpt_path PATH           evaluate a checkpoint on the validation set
     memnet test / predict ...                               likewise on the test set
     memnet evaluate --ckpt_path PATH --lengths 20 40 80     length generalisation (see memnet.evaluation)
+    memnet probe configs/probe/*.yaml --out PNG             ‖∂L/∂h(t)‖ of each config's model (see memnet.probe)
 
 Configs stack (``--config a.yaml --config b.yaml``, later wins) and any field can
 be overridden (``--model.init_args.net.init_args.memory_size 64``). The data
@@ -152,6 +153,11 @@ def main(argv: list[str] | None = None) -> None:
         from memnet.evaluation import main as evaluate_main
 
         evaluate_main(argv[1:])
+        return
+    if argv and argv[0] == "probe":  # gradient-through-time comparison of configs (see memnet.probe)
+        from memnet.probe import main as probe_main
+
+        probe_main(argv[1:])
         return
     if argv and argv[0] == "data":  # memnet data babi [--dest DIR] [--archive FILE]: fetch, verify, extract
         datasets_available = ("babi",)
