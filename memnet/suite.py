@@ -55,12 +55,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -72,7 +73,17 @@ BABI_TASKS = tuple(str(k) for k in range(1, 21))
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SUITE_KEYS = {"name", "description", "results", "defaults", "experiments"}
 DEFAULTS_KEYS = {"seeds", "budget", "overrides", "seed_args", "evaluate"}
-EXPERIMENT_KEYS = {"name", "configs", "overrides", "seeds", "budget", "evaluate", "model", "task", "seed_args"}
+EXPERIMENT_KEYS = {
+    "name",
+    "configs",
+    "overrides",
+    "seeds",
+    "budget",
+    "evaluate",
+    "model",
+    "task",
+    "seed_args",
+}
 BUDGET_KEYS = ("max_steps", "max_epochs", "max_time")
 POLL_SECONDS = 0.2  # how often the scheduler looks at its runs
 PROGRESS_SECONDS = 30.0  # a progress line at least this often while runs go on
@@ -165,9 +176,15 @@ class Suite:
             "path": self.path,
             "experiments": [
                 {
-                    "name": e.name, "configs": list(e.configs), "overrides": e.overrides,
-                    "seeds": list(e.seeds), "budget": e.budget, "evaluate": e.evaluate,
-                    "model": e.model, "task": e.task, "seed_args": list(e.seed_args),
+                    "name": e.name,
+                    "configs": list(e.configs),
+                    "overrides": e.overrides,
+                    "seeds": list(e.seeds),
+                    "budget": e.budget,
+                    "evaluate": e.evaluate,
+                    "model": e.model,
+                    "task": e.task,
+                    "seed_args": list(e.seed_args),
                 }
                 for e in self.experiments
             ],
@@ -177,14 +194,24 @@ class Suite:
     def from_dict(cls, data: dict[str, Any]) -> Suite:
         experiments = tuple(
             Experiment(
-                name=e["name"], configs=tuple(e["configs"]), overrides=dict(e["overrides"]),
-                seeds=tuple(e["seeds"]), budget=dict(e["budget"]), evaluate=e.get("evaluate"),
-                model=e["model"], task=e["task"], seed_args=tuple(e.get("seed_args", ("seed_everything",))),
+                name=e["name"],
+                configs=tuple(e["configs"]),
+                overrides=dict(e["overrides"]),
+                seeds=tuple(e["seeds"]),
+                budget=dict(e["budget"]),
+                evaluate=e.get("evaluate"),
+                model=e["model"],
+                task=e["task"],
+                seed_args=tuple(e.get("seed_args", ("seed_everything",))),
             )
             for e in data["experiments"]
         )
-        return cls(name=data["name"], description=data.get("description", ""),
-                   experiments=experiments, path=data.get("path", ""))
+        return cls(
+            name=data["name"],
+            description=data.get("description", ""),
+            experiments=experiments,
+            path=data.get("path", ""),
+        )
 
 
 def load_suite(path: str | Path, *, base_dir: str | Path | None = None) -> Suite:
@@ -215,55 +242,74 @@ def load_suite(path: str | Path, *, base_dir: str | Path | None = None) -> Suite
     except yaml.YAMLError as error:
         raise SuiteError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(data, _Mapping):
-        raise SuiteError(f"{path}: a suite file is a mapping with 'name' and 'experiments', got {type(data).__name__}")
+        raise SuiteError(
+            f"{path}: a suite file is a mapping with 'name' and 'experiments', got {type(data).__name__}"
+        )
     where = str(path)
     _check_keys(data, SUITE_KEYS, where, "suite")
     name = data.get("name")
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise SuiteError(f"{where}:{data.key_lines.get('name', data.line)}: 'name' must be a name of letters, "
-                         f"digits, '-', '_', '.', got {name!r}")
+        raise SuiteError(
+            f"{where}:{data.key_lines.get('name', data.line)}: 'name' must be a name of letters, "
+            f"digits, '-', '_', '.', got {name!r}"
+        )
     defaults = data.get("defaults") or _Mapping()
     if not isinstance(defaults, dict):
         raise SuiteError(f"{where}:{data.key_lines['defaults']}: 'defaults' must be a mapping")
     _check_keys(defaults, DEFAULTS_KEYS, where, "defaults")
     entries = data.get("experiments")
     if not isinstance(entries, list) or not entries:
-        raise SuiteError(f"{where}:{data.key_lines.get('experiments', data.line)}: 'experiments' must be a "
-                         "non-empty list of experiments")
+        raise SuiteError(
+            f"{where}:{data.key_lines.get('experiments', data.line)}: 'experiments' must be a "
+            "non-empty list of experiments"
+        )
     experiments: list[Experiment] = []
     seen: dict[str, int] = {}
     for index, entry in enumerate(entries):
         experiment = _parse_experiment(entry, defaults, where, index, base)
         line = getattr(entry, "line", 0)
         if experiment.name in seen:
-            raise SuiteError(f"{where}:{line}: experiment {experiment.name!r} (entry {index + 1}): duplicate "
-                             f"experiment name, first defined on line {seen[experiment.name]}")
+            raise SuiteError(
+                f"{where}:{line}: experiment {experiment.name!r} (entry {index + 1}): duplicate "
+                f"experiment name, first defined on line {seen[experiment.name]}"
+            )
         seen[experiment.name] = line
         experiments.append(experiment)
     description = data.get("description") or ""
     results = data.get("results")
     if results is not None and not isinstance(results, str):
         raise SuiteError(f"{where}:{data.key_lines['results']}: 'results' must be a folder path")
-    return Suite(name=name, description=str(description), experiments=tuple(experiments),
-                 path=str(path), results=results)
+    return Suite(
+        name=name,
+        description=str(description),
+        experiments=tuple(experiments),
+        path=str(path),
+        results=results,
+    )
 
 
 def _check_keys(mapping: dict, allowed: set[str], where: str, what: str) -> None:
     for key in mapping:
         if key not in allowed:
             line = getattr(mapping, "key_lines", {}).get(key, getattr(mapping, "line", 0))
-            raise SuiteError(f"{where}:{line}: {what}: unknown key {key!r}; allowed keys: {', '.join(sorted(allowed))}")
+            raise SuiteError(
+                f"{where}:{line}: {what}: unknown key {key!r}; allowed keys: {', '.join(sorted(allowed))}"
+            )
 
 
 def _parse_experiment(entry: Any, defaults: dict, where: str, index: int, base: Path) -> Experiment:
     if not isinstance(entry, dict):
-        raise SuiteError(f"{where}: experiment entry {index + 1} must be a mapping with 'name' and 'configs', "
-                         f"got {entry!r}")
+        raise SuiteError(
+            f"{where}: experiment entry {index + 1} must be a mapping with 'name' and 'configs', "
+            f"got {entry!r}"
+        )
     line = getattr(entry, "line", 0)
     name = entry.get("name")
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise SuiteError(f"{where}:{line}: experiment entry {index + 1}: 'name' must be a name of letters, digits, "
-                         f"'-', '_', '.', got {name!r}")
+        raise SuiteError(
+            f"{where}:{line}: experiment entry {index + 1}: 'name' must be a name of letters, digits, "
+            f"'-', '_', '.', got {name!r}"
+        )
     label = f"experiment {name!r}"
     _check_keys(entry, EXPERIMENT_KEYS, where, label)
 
@@ -274,88 +320,139 @@ def _parse_experiment(entry: Any, defaults: dict, where: str, index: int, base: 
     if isinstance(configs, str):
         configs = [configs]
     if not isinstance(configs, list) or not configs or not all(isinstance(c, str) for c in configs):
-        raise SuiteError(f"{at('configs')}: 'configs' must be a non-empty list of config file paths")
+        raise SuiteError(
+            f"{at('configs')}: 'configs' must be a non-empty list of config file paths"
+        )
     for config in configs:
         if not _resolve(config, base).is_file():
-            raise SuiteError(f"{at('configs')}: config file {config!r} does not exist "
-                             f"(looked in {_resolve(config, base).parent})")
+            raise SuiteError(
+                f"{at('configs')}: config file {config!r} does not exist "
+                f"(looked in {_resolve(config, base).parent})"
+            )
 
-    seeds = _parse_seeds(entry["seeds"] if "seeds" in entry else defaults.get("seeds", 1), at("seeds"))
+    seeds = _parse_seeds(
+        entry["seeds"] if "seeds" in entry else defaults.get("seeds", 1), at("seeds")
+    )
 
     overrides: dict[str, Any] = {}
-    for source, key_where in ((defaults.get("overrides"), f"{where}: defaults"), (entry.get("overrides"), at("overrides"))):
+    for source, key_where in (
+        (defaults.get("overrides"), f"{where}: defaults"),
+        (entry.get("overrides"), at("overrides")),
+    ):
         if source is None:
             continue
         if not isinstance(source, dict):
-            raise SuiteError(f"{key_where}: 'overrides' must be a mapping of dotted field names to values, "
-                             f"e.g. {{trainer.max_steps: 100}}")
+            raise SuiteError(
+                f"{key_where}: 'overrides' must be a mapping of dotted field names to values, "
+                f"e.g. {{trainer.max_steps: 100}}"
+            )
         for key, value in source.items():
             if not isinstance(key, str) or not re.match(r"^[A-Za-z_][\w.]*$", key):
-                raise SuiteError(f"{key_where}: override {key!r} must be a dotted field name such as "
-                                 "'model.init_args.net.init_args.memory_size'")
+                raise SuiteError(
+                    f"{key_where}: override {key!r} must be a dotted field name such as "
+                    "'model.init_args.net.init_args.memory_size'"
+                )
             if key.removeprefix("trainer.") in BUDGET_KEYS:
-                raise SuiteError(f"{key_where}: override {key!r}: give the training length in 'budget', not in "
-                                 "'overrides'")
+                raise SuiteError(
+                    f"{key_where}: override {key!r}: give the training length in 'budget', not in "
+                    "'overrides'"
+                )
             overrides[key] = value
 
     budget = dict(defaults.get("budget") or {})
     if "budget" in entry:
         if not isinstance(entry["budget"], dict):
-            raise SuiteError(f"{at('budget')}: 'budget' must be a mapping with {', '.join(BUDGET_KEYS)}")
+            raise SuiteError(
+                f"{at('budget')}: 'budget' must be a mapping with {', '.join(BUDGET_KEYS)}"
+            )
         budget.update(entry["budget"])
     for key, value in budget.items():
         if key not in BUDGET_KEYS:
-            raise SuiteError(f"{at('budget')}: budget: unknown key {key!r}; allowed: {', '.join(BUDGET_KEYS)}")
+            raise SuiteError(
+                f"{at('budget')}: budget: unknown key {key!r}; allowed: {', '.join(BUDGET_KEYS)}"
+            )
         if key == "max_time":
             if not (isinstance(value, str) and re.match(r"^\d+:\d{2}:\d{2}:\d{2}$", value)):
-                raise SuiteError(f"{at('budget')}: budget.max_time must be 'DD:HH:MM:SS', got {value!r}")
+                raise SuiteError(
+                    f"{at('budget')}: budget.max_time must be 'DD:HH:MM:SS', got {value!r}"
+                )
         elif not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise SuiteError(f"{at('budget')}: budget.{key} must be a positive integer, got {value!r}")
+            raise SuiteError(
+                f"{at('budget')}: budget.{key} must be a positive integer, got {value!r}"
+            )
     if not budget:
-        raise SuiteError(f"{at('budget')}: no budget: give 'budget' ({', '.join(BUDGET_KEYS)}) in the experiment "
-                         "or in 'defaults'")
+        raise SuiteError(
+            f"{at('budget')}: no budget: give 'budget' ({', '.join(BUDGET_KEYS)}) in the experiment "
+            "or in 'defaults'"
+        )
 
     evaluate = entry["evaluate"] if "evaluate" in entry else defaults.get("evaluate")
     if evaluate is not None:
         if not isinstance(evaluate, dict) or evaluate.get("kind") not in EVALUATORS:
-            raise SuiteError(f"{at('evaluate')}: 'evaluate' must be a mapping with kind one of "
-                             f"{sorted(EVALUATORS)}, got {evaluate!r}")
+            raise SuiteError(
+                f"{at('evaluate')}: 'evaluate' must be a mapping with kind one of "
+                f"{sorted(EVALUATORS)}, got {evaluate!r}"
+            )
         evaluate = EVALUATORS[evaluate["kind"]].check(dict(evaluate), at("evaluate"))
 
-    seed_args = entry["seed_args"] if "seed_args" in entry else defaults.get("seed_args", ["seed_everything"])
+    seed_args = (
+        entry["seed_args"]
+        if "seed_args" in entry
+        else defaults.get("seed_args", ["seed_everything"])
+    )
     if isinstance(seed_args, str):
         seed_args = [seed_args]
-    if not isinstance(seed_args, list) or not seed_args or not all(isinstance(s, str) for s in seed_args):
-        raise SuiteError(f"{at('seed_args')}: 'seed_args' must be a non-empty list of dotted field names")
+    if (
+        not isinstance(seed_args, list)
+        or not seed_args
+        or not all(isinstance(s, str) for s in seed_args)
+    ):
+        raise SuiteError(
+            f"{at('seed_args')}: 'seed_args' must be a non-empty list of dotted field names"
+        )
 
     model, task = _default_labels(configs[0])
     for key in ("model", "task"):
         if key in entry and not isinstance(entry[key], str):
             raise SuiteError(f"{at(key)}: {key!r} must be a string label")
     return Experiment(
-        name=name, configs=tuple(configs), overrides=overrides, seeds=seeds, budget=budget,
-        evaluate=evaluate, model=entry.get("model", model), task=entry.get("task", task),
+        name=name,
+        configs=tuple(configs),
+        overrides=overrides,
+        seeds=seeds,
+        budget=budget,
+        evaluate=evaluate,
+        model=entry.get("model", model),
+        task=entry.get("task", task),
         seed_args=tuple(seed_args),
     )
 
 
 def _parse_seeds(value: Any, where: str) -> tuple[int, ...]:
     if isinstance(value, bool):
-        raise SuiteError(f"{where}: 'seeds' must be a count ≥ 1 or a non-empty list of integers, got {value!r}")
+        raise SuiteError(
+            f"{where}: 'seeds' must be a count ≥ 1 or a non-empty list of integers, got {value!r}"
+        )
     if isinstance(value, int):
         if value < 1:
-            raise SuiteError(f"{where}: 'seeds' is {value}: a suite needs at least one seed per experiment "
-                             "(a count ≥ 1 or a non-empty list of integers)")
+            raise SuiteError(
+                f"{where}: 'seeds' is {value}: a suite needs at least one seed per experiment "
+                "(a count ≥ 1 or a non-empty list of integers)"
+            )
         return tuple(range(value))
     if isinstance(value, list):
         if not value:
-            raise SuiteError(f"{where}: 'seeds' is an empty list: a suite needs at least one seed per experiment")
+            raise SuiteError(
+                f"{where}: 'seeds' is an empty list: a suite needs at least one seed per experiment"
+            )
         if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
             raise SuiteError(f"{where}: 'seeds' must hold integers ≥ 0, got {value!r}")
         if len(set(value)) != len(value):
             raise SuiteError(f"{where}: 'seeds' holds a seed twice: {value!r}")
         return tuple(value)
-    raise SuiteError(f"{where}: 'seeds' must be a count ≥ 1 or a non-empty list of integers, got {value!r}")
+    raise SuiteError(
+        f"{where}: 'seeds' must be a count ≥ 1 or a non-empty list of integers, got {value!r}"
+    )
 
 
 def _resolve(path: str | Path, base: Path) -> Path:
@@ -394,23 +491,38 @@ class Evaluator:
     collect: Callable[[Run, dict], dict]
 
 
-ALGORITHMIC_OPTIONS = ("memory_size", "num_sequences", "batch_size", "seed")  # passed on to `memnet evaluate`
+ALGORITHMIC_OPTIONS = (
+    "memory_size",
+    "num_sequences",
+    "batch_size",
+    "seed",
+)  # passed on to `memnet evaluate`
 
 
 def _check_algorithmic(spec: dict, where: str) -> dict:
     unknown = set(spec) - {"kind", "lengths", *ALGORITHMIC_OPTIONS}
     if unknown:
-        raise SuiteError(f"{where}: evaluate: unknown key {sorted(unknown)[0]!r}; allowed: kind, lengths, "
-                         f"{', '.join(ALGORITHMIC_OPTIONS)}")
+        raise SuiteError(
+            f"{where}: evaluate: unknown key {min(unknown)!r}; allowed: kind, lengths, "
+            f"{', '.join(ALGORITHMIC_OPTIONS)}"
+        )
     lengths = spec.get("lengths")
-    if not isinstance(lengths, list) or not lengths or not all(
-        isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in lengths
+    if (
+        not isinstance(lengths, list)
+        or not lengths
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in lengths)
     ):
-        raise SuiteError(f"{where}: evaluate.lengths must be a non-empty list of positive integers, got {lengths!r}")
+        raise SuiteError(
+            f"{where}: evaluate.lengths must be a non-empty list of positive integers, got {lengths!r}"
+        )
     for key in ALGORITHMIC_OPTIONS:
         low = 0 if key == "seed" else 1
-        if key in spec and (not isinstance(spec[key], int) or isinstance(spec[key], bool) or spec[key] < low):
-            raise SuiteError(f"{where}: evaluate.{key} must be an integer ≥ {low}, got {spec[key]!r}")
+        if key in spec and (
+            not isinstance(spec[key], int) or isinstance(spec[key], bool) or spec[key] < low
+        ):
+            raise SuiteError(
+                f"{where}: evaluate.{key} must be an integer ≥ {low}, got {spec[key]!r}"
+            )
     return spec
 
 
@@ -419,8 +531,17 @@ def _algorithmic_command(run: Run, checkpoint: str, spec: dict) -> list[str]:
         raise EvaluationUnavailable(
             "length generalisation not measured: memnet.evaluation (`memnet evaluate`) is not in this checkout"
         )
-    argv = ["-m", "memnet.cli", "evaluate", "--ckpt_path", checkpoint,
-            "--lengths", *[str(n) for n in spec["lengths"]], "--out", str(run.folder / "evaluation")]
+    argv = [
+        "-m",
+        "memnet.cli",
+        "evaluate",
+        "--ckpt_path",
+        checkpoint,
+        "--lengths",
+        *[str(n) for n in spec["lengths"]],
+        "--out",
+        str(run.folder / "evaluation"),
+    ]
     for key in ALGORITHMIC_OPTIONS:
         if key in spec:
             argv += [f"--{key}", str(spec[key])]
@@ -439,7 +560,9 @@ def _algorithmic_collect(run: Run, spec: dict) -> dict:
             continue
         by_length.update(_lengths_from(data))
     if not by_length:
-        raise EvaluationUnavailable(f"`memnet evaluate` wrote no bits-per-sequence results under {folder}")
+        raise EvaluationUnavailable(
+            f"`memnet evaluate` wrote no bits-per-sequence results under {folder}"
+        )
     return {"bits_per_seq": {k: by_length[k] for k in sorted(by_length, key=int)}}
 
 
@@ -450,7 +573,11 @@ def _lengths_from(data: Any) -> dict[str, float]:
     such rows, ``{"bits_per_seq": {"20": ...}}`` or flat metric keys ``*len_20/bits_per_seq``.
     """
     out: dict[str, float] = {}
-    rows = data.get("lengths", data.get("results", data.get("rows"))) if isinstance(data, dict) else data
+    rows = (
+        data.get("lengths", data.get("results", data.get("rows")))
+        if isinstance(data, dict)
+        else data
+    )
     if isinstance(rows, list):
         for row in rows:
             if isinstance(row, dict) and "length" in row:
@@ -460,7 +587,9 @@ def _lengths_from(data: Any) -> dict[str, float]:
     if isinstance(data, dict):
         table = data.get("bits_per_seq")
         if isinstance(table, dict):
-            out.update({str(int(k)): float(v) for k, v in table.items() if isinstance(v, (int, float))})
+            out.update(
+                {str(int(k)): float(v) for k, v in table.items() if isinstance(v, (int, float))}
+            )
         for key, value in data.items():
             match = re.search(r"len_(\d+)/bits_per_seq$", str(key))
             if match and isinstance(value, (int, float)):
@@ -471,19 +600,33 @@ def _lengths_from(data: Any) -> dict[str, float]:
 def _check_babi(spec: dict, where: str) -> dict:
     unknown = set(spec) - {"kind", "split"}
     if unknown:
-        raise SuiteError(f"{where}: evaluate: unknown key {sorted(unknown)[0]!r}; allowed: kind, split")
+        raise SuiteError(f"{where}: evaluate: unknown key {min(unknown)!r}; allowed: kind, split")
     spec.setdefault("split", "test")
     if spec["split"] not in ("test", "valid"):
-        raise SuiteError(f"{where}: evaluate.split must be 'test' or 'valid', got {spec['split']!r}")
+        raise SuiteError(
+            f"{where}: evaluate.split must be 'test' or 'valid', got {spec['split']!r}"
+        )
     return spec
 
 
 def _babi_command(run: Run, checkpoint: str, spec: dict) -> list[str]:
     if find_spec("tasks.babi") is None:
-        raise EvaluationUnavailable("bAbI per-task error not measured: tasks.babi is not in this checkout")
+        raise EvaluationUnavailable(
+            "bAbI per-task error not measured: tasks.babi is not in this checkout"
+        )
     stage = "test" if spec["split"] == "test" else "validate"
-    return ["-m", "memnet.suite", "_evaluate", stage, "--config", str(run.folder / "config.yaml"),
-            "--ckpt_path", checkpoint, "--out", str(run.folder / "evaluation" / f"babi_{spec['split']}.json")]
+    return [
+        "-m",
+        "memnet.suite",
+        "_evaluate",
+        stage,
+        "--config",
+        str(run.folder / "config.yaml"),
+        "--ckpt_path",
+        checkpoint,
+        "--out",
+        str(run.folder / "evaluation" / f"babi_{spec['split']}.json"),
+    ]
 
 
 def _babi_collect(run: Run, spec: dict) -> dict:
@@ -492,8 +635,10 @@ def _babi_collect(run: Run, spec: dict) -> dict:
         raise EvaluationUnavailable(f"the bAbI evaluation wrote no results ({path} missing)")
     errors = babi_errors_from_metrics(json.loads(path.read_text()))
     if not errors:
-        raise EvaluationUnavailable(f"no per-task bAbI error in {path}: the bAbI module logs no "
-                                    "'<stage>/task_<k>/error' (or accuracy) metrics")
+        raise EvaluationUnavailable(
+            f"no per-task bAbI error in {path}: the bAbI module logs no "
+            "'<stage>/task_<k>/error' (or accuracy) metrics"
+        )
     return {"babi_error": errors, "split": spec["split"]}
 
 
@@ -508,7 +653,9 @@ def babi_errors_from_metrics(metrics: dict[str, Any]) -> dict[str, float]:
         match = re.search(r"(?:task|qa)_?(\d+)/(error|accuracy|acc)$", str(key))
         if not match or not isinstance(value, (int, float)) or match.group(1) not in BABI_TASKS:
             continue
-        errors[match.group(1)] = float(value) if match.group(2) == "error" else 100.0 * (1.0 - float(value))
+        errors[match.group(1)] = (
+            float(value) if match.group(2) == "error" else 100.0 * (1.0 - float(value))
+        )
     return {k: errors[k] for k in sorted(errors, key=int)}
 
 
@@ -532,12 +679,24 @@ def _evaluate_main(argv: list[str]) -> None:
     from memnet.cli import MemnetCLI
 
     config = yaml.safe_load(Path(args.config).read_text())
-    for key in ("ckpt_path", "weights_only"):  # options of `fit`, saved with the run, not part of the model
+    for key in (
+        "ckpt_path",
+        "weights_only",
+    ):  # options of `fit`, saved with the run, not part of the model
         config.pop(key, None)
-    cli = MemnetCLI(args=["--config", json.dumps(config), "--trainer.logger=false",
-                          "--trainer.enable_progress_bar=false"], run=False)
+    cli = MemnetCLI(
+        args=[
+            "--config",
+            json.dumps(config),
+            "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false",
+        ],
+        run=False,
+    )
     run = cli.trainer.test if args.stage == "test" else cli.trainer.validate
-    results = run(cli.model, datamodule=cli.datamodule, ckpt_path=args.ckpt_path, weights_only=False)
+    results = run(
+        cli.model, datamodule=cli.datamodule, ckpt_path=args.ckpt_path, weights_only=False
+    )
     metrics: dict[str, float] = {}
     for block in results:
         metrics.update({k: float(v) for k, v in block.items()})
@@ -583,12 +742,18 @@ class Run:
         record = self.record()
         if record is None or record.get("status") != "done":
             return False
-        return self.experiment.evaluate is None or (record.get("evaluation") or {}).get("status") == "done"
+        return (
+            self.experiment.evaluate is None
+            or (record.get("evaluation") or {}).get("status") == "done"
+        )
 
     def is_trained(self) -> bool:
         record = self.record()
-        return (record is not None and record.get("status") in ("trained", "done")
-                and (self.folder / "summary.json").is_file())
+        return (
+            record is not None
+            and record.get("status") in ("trained", "done")
+            and (self.folder / "summary.json").is_file()
+        )
 
     def last_checkpoint(self) -> Path | None:
         path = self.folder / "checkpoints" / "last.ckpt"
@@ -611,8 +776,12 @@ class Run:
             argv.append("--trainer.enable_progress_bar=false")
         if _uses_wandb_logger(experiment, base):
             logger = "--trainer.logger.init_args."
-            argv += [f"{logger}save_dir={self.folder.resolve()}", f"{logger}group={self.suite}",
-                     f"{logger}name={experiment.name}-seed{self.seed}", f"{logger}job_type=train"]
+            argv += [
+                f"{logger}save_dir={self.folder.resolve()}",
+                f"{logger}group={self.suite}",
+                f"{logger}name={experiment.name}-seed{self.seed}",
+                f"{logger}job_type=train",
+            ]
         if resume_from is not None:
             argv.append(f"--ckpt_path={resume_from.resolve()}")
         return argv
@@ -653,14 +822,20 @@ def with_overrides(suite: Suite, assignments: list[str]) -> Suite:
         key, sep, text = assignment.partition("=")
         key = key.strip().removeprefix("--")
         if not sep or not re.match(r"^[A-Za-z_][\w.]*$", key):
-            raise SuiteError(f"--set {assignment!r}: expected FIELD=VALUE with a dotted field name, "
-                             "e.g. trainer.devices=2")
+            raise SuiteError(
+                f"--set {assignment!r}: expected FIELD=VALUE with a dotted field name, "
+                "e.g. trainer.devices=2"
+            )
         if key.removeprefix("trainer.") in BUDGET_KEYS:
-            raise SuiteError(f"--set {assignment!r}: the training length is the suite's 'budget'; edit the suite file")
+            raise SuiteError(
+                f"--set {assignment!r}: the training length is the suite's 'budget'; edit the suite file"
+            )
         try:
             extra[key] = yaml.safe_load(text)
         except yaml.YAMLError as error:
-            raise SuiteError(f"--set {assignment!r}: the value is not valid YAML: {error}") from None
+            raise SuiteError(
+                f"--set {assignment!r}: the value is not valid YAML: {error}"
+            ) from None
     if not extra:
         return suite
     experiments = tuple(replace(e, overrides={**e.overrides, **extra}) for e in suite.experiments)
@@ -672,8 +847,10 @@ def expand_runs(suite: Suite, results: Path, only: list[str] | None = None) -> l
     names = {e.name for e in suite.experiments}
     for name in only or []:
         if name not in names:
-            raise SuiteError(f"--only {name!r}: no such experiment in suite {suite.name!r}; "
-                             f"experiments: {', '.join(sorted(names))}")
+            raise SuiteError(
+                f"--only {name!r}: no such experiment in suite {suite.name!r}; "
+                f"experiments: {', '.join(sorted(names))}"
+            )
     return [
         Run(suite.name, experiment, seed, results)
         for experiment in suite.experiments
@@ -703,8 +880,10 @@ class _Progress:
             left = _duration(per_run * (pending + self.running / 2) / max(1, self.jobs))
         elif pending + self.running == 0:
             left = _duration(0)
-        return (f"[suite {self.name}] {self.done}/{self.total} done, {self.running} running, "
-                f"{self.failed} failed, {pending} pending | elapsed {_duration(elapsed)}, left ~{left}")
+        return (
+            f"[suite {self.name}] {self.done}/{self.total} done, {self.running} running, "
+            f"{self.failed} failed, {pending} pending | elapsed {_duration(elapsed)}, left ~{left}"
+        )
 
     def event(self, message: str) -> None:
         with self.lock:
@@ -719,7 +898,7 @@ class _Progress:
 
 
 def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
@@ -737,13 +916,26 @@ class SuiteRunner:
         stream: where progress is printed.
     """
 
-    def __init__(self, suite: Suite, results: Path, *, jobs: int = 1, gpus_per_job: int | None = None,
-                 base_dir: Path | None = None, stream=None) -> None:
+    def __init__(
+        self,
+        suite: Suite,
+        results: Path,
+        *,
+        jobs: int = 1,
+        gpus_per_job: int | None = None,
+        base_dir: Path | None = None,
+        stream=None,
+    ) -> None:
         if not isinstance(jobs, int) or jobs < 1:
             raise SuiteError(f"--jobs must be a positive integer, got {jobs!r}")
         if gpus_per_job is not None and gpus_per_job < 1:
             raise SuiteError(f"--gpus-per-job must be a positive integer, got {gpus_per_job!r}")
-        self.suite, self.results, self.jobs, self.gpus_per_job = suite, Path(results), jobs, gpus_per_job
+        self.suite, self.results, self.jobs, self.gpus_per_job = (
+            suite,
+            Path(results),
+            jobs,
+            gpus_per_job,
+        )
         self.base = Path(base_dir) if base_dir is not None else Path.cwd()
         self.stream = stream or sys.stdout
         self.events_lock = threading.Lock()
@@ -757,9 +949,13 @@ class SuiteRunner:
         self.results.mkdir(parents=True, exist_ok=True)
         self._write_suite_file()
         todo = [r for r in runs if not r.is_done()]
-        progress = _Progress(self.suite.name, len(runs), self.jobs, len(runs) - len(todo), self.stream)
-        progress.event(f"[suite {self.suite.name}] {len(runs)} runs, {len(runs) - len(todo)} already done, "
-                       f"results in {self.results}")
+        progress = _Progress(
+            self.suite.name, len(runs), self.jobs, len(runs) - len(todo), self.stream
+        )
+        progress.event(
+            f"[suite {self.suite.name}] {len(runs)} runs, {len(runs) - len(todo)} already done, "
+            f"results in {self.results}"
+        )
         counts = {"done": 0, "failed": 0, "skipped": len(runs) - len(todo)}
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
             futures = [pool.submit(self._run_one, run, progress) for run in todo]
@@ -769,6 +965,8 @@ class SuiteRunner:
                     progress.tick()
             except KeyboardInterrupt:
                 self.stopping = True
+                for future in futures:
+                    future.cancel()
                 for process in list(self.processes):
                     _terminate(process)
                 raise
@@ -793,9 +991,11 @@ class SuiteRunner:
                 return "failed"
             with progress.lock:
                 progress.running += 1
+            started = time.monotonic()
             outcome, message = self._train_and_evaluate(run, slot)
             with progress.lock:
                 progress.running -= 1
+                progress.durations.append(time.monotonic() - started)
                 if outcome == "done":
                     progress.done += 1
                 else:
@@ -821,8 +1021,13 @@ class SuiteRunner:
         with open(log, "a") as handle:
             handle.write(f"$ {sys.executable} {' '.join(argv)}\n")
             handle.flush()
-            process = subprocess.Popen([sys.executable, *argv], stdout=handle, stderr=subprocess.STDOUT,
-                                       cwd=self.base, env=self._env(slot))
+            process = subprocess.Popen(
+                [sys.executable, *argv],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                cwd=self.base,
+                env=self._env(slot),
+            )
             self.processes.add(process)
             try:
                 return process.wait()
@@ -840,7 +1045,9 @@ class SuiteRunner:
             summary_path.unlink(missing_ok=True)
             resume = run.last_checkpoint()
             argv = ["-m", "memnet.cli", *run.fit_argv(base=self.base, resume_from=resume)]
-            (run.folder / "command.json").write_text(json.dumps({"argv": argv, "cwd": str(self.base)}, indent=2))
+            (run.folder / "command.json").write_text(
+                json.dumps({"argv": argv, "cwd": str(self.base)}, indent=2)
+            )
             self._event(event="start", run=run.name, resume_from=str(resume) if resume else None)
             self._write_record(run, status="running", resume_from=str(resume) if resume else None)
             code = self._process(argv, run.folder / "train.log", slot)
@@ -848,8 +1055,14 @@ class SuiteRunner:
             if code != 0 or not summary_path.is_file():
                 error = _error_from_log(run.folder / "train.log", code)
                 self._event(event="failed", run=run.name, stage="train", returncode=code)
-                self._write_record(run, status="failed", stage="train", returncode=code, error=error,
-                                   train_seconds=round(train_seconds, 3))
+                self._write_record(
+                    run,
+                    status="failed",
+                    stage="train",
+                    returncode=code,
+                    error=error,
+                    train_seconds=round(train_seconds, 3),
+                )
                 return "failed", f"FAILED {run.name} (training, exit {code}): {error}"
             self._event(event="trained", run=run.name)
             self._write_record(run, status="trained", train_seconds=round(train_seconds, 3))
@@ -860,9 +1073,14 @@ class SuiteRunner:
         if spec is not None:
             evaluation = self._evaluate(run, spec, checkpoint, slot)
         record = self._write_record(
-            run, status="done", metrics=summary.get("metrics", {}), evaluation=evaluation,
-            checkpoint=checkpoint, last_checkpoint=summary.get("last_checkpoint"),
-            config=str(run.folder / "config.yaml"), wandb_dir=summary.get("wandb_dir"),
+            run,
+            status="done",
+            metrics=summary.get("metrics", {}),
+            evaluation=evaluation,
+            checkpoint=checkpoint,
+            last_checkpoint=summary.get("last_checkpoint"),
+            config=str(run.folder / "config.yaml"),
+            wandb_dir=summary.get("wandb_dir"),
             train_seconds=round(train_seconds, 3),
         )
         self._event(event="done", run=run.name)
@@ -874,15 +1092,22 @@ class SuiteRunner:
     def _evaluate(self, run: Run, spec: dict, checkpoint: str | None, slot: int) -> dict[str, Any]:
         evaluator = EVALUATORS[spec["kind"]]
         if not checkpoint:
-            return {"kind": spec["kind"], "status": "failed", "error": "training left no checkpoint to evaluate"}
+            return {
+                "kind": spec["kind"],
+                "status": "failed",
+                "error": "training left no checkpoint to evaluate",
+            }
         try:
             argv = evaluator.command(run, checkpoint, spec)
         except EvaluationUnavailable as error:
             return {"kind": spec["kind"], "status": "unavailable", "error": str(error)}
         code = self._process(argv, run.folder / "evaluate.log", slot)
         if code != 0:
-            return {"kind": spec["kind"], "status": "failed",
-                    "error": _error_from_log(run.folder / "evaluate.log", code)}
+            return {
+                "kind": spec["kind"],
+                "status": "failed",
+                "error": _error_from_log(run.folder / "evaluate.log", code),
+            }
         try:
             result = evaluator.collect(run, spec)
         except EvaluationUnavailable as error:
@@ -890,8 +1115,14 @@ class SuiteRunner:
         return {"kind": spec["kind"], "status": "done", **result}
 
     def _write_record(self, run: Run, **fields: Any) -> dict[str, Any]:
-        record = {"suite": self.suite.name, "experiment": run.experiment.name, "seed": run.seed,
-                  "model": run.experiment.model, "task": run.experiment.task, **fields}
+        record = {
+            "suite": self.suite.name,
+            "experiment": run.experiment.name,
+            "seed": run.seed,
+            "model": run.experiment.model,
+            "task": run.experiment.task,
+            **fields,
+        }
         partial = run.record_path.with_name(f".{RECORD_FILE}.partial")
         partial.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         os.replace(partial, run.record_path)
@@ -908,13 +1139,15 @@ def _terminate(process: subprocess.Popen) -> None:
 def _error_from_log(path: Path, code: int) -> str:
     """The last error of a log: its ``SomethingError: message`` line and the lines that explain it."""
     try:
-        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+        lines = [
+            line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()
+        ]
     except OSError:
         return f"exit code {code}, no log"
     for index in range(len(lines) - 1, -1, -1):
         if re.match(r"^([\w.]*(Error|Exception)|error|memnet)\b.*?: ", lines[index]):
             detail = [lines[index]]
-            for line in lines[index + 1:]:
+            for line in lines[index + 1 :]:
                 if line.startswith(("Given value", "Traceback", "[", "wandb:")):
                     break
                 detail.append(line)
@@ -948,7 +1181,11 @@ def _format(stat: tuple[float, float] | None, digits: int = 3, n: int = 1) -> st
     if stat is None:
         return "—"
     mean, std = stat
-    return f"{mean:.{digits}g}" if n <= 1 else f"{mean:.{digits}g} ± {std:.{digits - 1 if digits > 1 else 1}g}"
+    return (
+        f"{mean:.{digits}g}"
+        if n <= 1
+        else f"{mean:.{digits}g} ± {std:.{digits - 1 if digits > 1 else 1}g}"
+    )
 
 
 def _fixed(stat: tuple[float, float] | None, decimals: int, n: int) -> str:
@@ -975,15 +1212,19 @@ def collect(results: str | Path) -> tuple[Suite, list[_ExperimentResults]]:
     results = Path(results)
     suite_file = results / "suite.json"
     if not suite_file.is_file():
-        raise SuiteError(f"{results} is not a suite results folder: {suite_file} is missing "
-                         "(it is written by `memnet suite run`)")
+        raise SuiteError(
+            f"{results} is not a suite results folder: {suite_file} is missing "
+            "(it is written by `memnet suite run`)"
+        )
     suite = Suite.from_dict(json.loads(suite_file.read_text()))
     collected = []
     for experiment in suite.experiments:
         entry = _ExperimentResults(experiment)
         for seed in experiment.seeds:
             record = Run(suite.name, experiment, seed, results).record()
-            entry.records.append(record if record is not None else {"seed": seed, "status": "missing"})
+            entry.records.append(
+                record if record is not None else {"seed": seed, "status": "missing"}
+            )
         collected.append(entry)
     return suite, collected
 
@@ -1000,7 +1241,8 @@ def _score_columns(entry: _ExperimentResults) -> dict[str, list[float]]:
         if errors:
             columns.setdefault("bAbI mean error %", []).append(sum(errors.values()) / len(errors))
             columns.setdefault("bAbI failed tasks", []).append(
-                float(sum(v > BABI_FAIL_THRESHOLD for v in errors.values())))
+                float(sum(v > BABI_FAIL_THRESHOLD for v in errors.values()))
+            )
         if isinstance(record.get("train_seconds"), (int, float)):
             columns.setdefault("train s", []).append(float(record["train_seconds"]))
     return columns
@@ -1016,8 +1258,11 @@ def _babi_errors(record: dict[str, Any]) -> dict[str, float]:
 def _length_values(record: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
     """(training-time validation bits/seq by length, generalisation bits/seq by length)."""
     metrics = record.get("metrics") or {}
-    train = {m.group(1): float(v) for k, v in metrics.items()
-             if (m := re.match(r"^val/len_(\d+)/bits_per_seq$", k)) and isinstance(v, (int, float))}
+    train = {
+        m.group(1): float(v)
+        for k, v in metrics.items()
+        if (m := re.match(r"^val/len_(\d+)/bits_per_seq$", k)) and isinstance(v, (int, float))
+    }
     evaluation = record.get("evaluation") or {}
     general = {}
     if evaluation.get("status") == "done":
@@ -1025,9 +1270,21 @@ def _length_values(record: dict[str, Any]) -> tuple[dict[str, float], dict[str, 
     return train, general
 
 
-COLUMN_ORDER = ("val/loss", "val/bits_per_seq", "val/bit_errors_per_seq", "val/excess_bits_per_seq",
-                "val/sequence_accuracy", "val/token_accuracy", "val/nrmse", "val/error", "val/mean_task_error",
-                "val/failed_tasks", "bAbI mean error %", "bAbI failed tasks", "train s")
+COLUMN_ORDER = (
+    "val/loss",
+    "val/bits_per_seq",
+    "val/bit_errors_per_seq",
+    "val/excess_bits_per_seq",
+    "val/sequence_accuracy",
+    "val/token_accuracy",
+    "val/nrmse",
+    "val/error",
+    "val/mean_task_error",
+    "val/failed_tasks",
+    "bAbI mean error %",
+    "bAbI failed tasks",
+    "train s",
+)
 
 
 def build_report(results: str | Path) -> dict[str, Any]:
@@ -1039,17 +1296,33 @@ def build_report(results: str | Path) -> dict[str, Any]:
         scores = _score_columns(entry)
         n = len(entry.done())
         row: dict[str, Any] = {
-            "experiment": entry.experiment.name, "model": entry.experiment.model, "task": entry.experiment.task,
-            "seeds": len(entry.experiment.seeds), "done": n, "failed": len(entry.failed()),
+            "experiment": entry.experiment.name,
+            "model": entry.experiment.model,
+            "task": entry.experiment.task,
+            "seeds": len(entry.experiment.seeds),
+            "done": n,
+            "failed": len(entry.failed()),
             "missing": len(entry.experiment.seeds) - n - len(entry.failed()),
         }
         for column in columns:
             stat = _mean_std(scores.get(column, []))
-            row[column] = None if stat is None else {"mean": stat[0], "std": stat[1], "n": len(scores[column])}
-        row["errors"] = [{"seed": r.get("seed"), "stage": r.get("stage"), "error": r.get("error")}
-                         for r in entry.failed()]
-        notes = sorted({(r.get("evaluation") or {}).get("error") for r in entry.done()
-                        if (r.get("evaluation") or {}).get("status") not in (None, "done")} - {None})
+            row[column] = (
+                None
+                if stat is None
+                else {"mean": stat[0], "std": stat[1], "n": len(scores[column])}
+            )
+        row["errors"] = [
+            {"seed": r.get("seed"), "stage": r.get("stage"), "error": r.get("error")}
+            for r in entry.failed()
+        ]
+        notes = sorted(
+            {
+                (r.get("evaluation") or {}).get("error")
+                for r in entry.done()
+                if (r.get("evaluation") or {}).get("status") not in (None, "done")
+            }
+            - {None}
+        )
         row["evaluation_notes"] = notes
         leaderboard.append(row)
 
@@ -1073,18 +1346,37 @@ def build_report(results: str | Path) -> dict[str, Any]:
         cells = {}
         for length in sorted(set(by_length) | set(wanted), key=int):
             stat = _mean_std(by_length.get(length, []))
-            cells[length] = None if stat is None else {"mean": stat[0], "std": stat[1],
-                                                       "n": len(by_length[length])}
-        notes = sorted({(r.get("evaluation") or {}).get("error") for r in entry.done()
-                        if (r.get("evaluation") or {}).get("status") not in (None, "done")} - {None})
-        lengths_table.append({"experiment": entry.experiment.name, "model": entry.experiment.model,
-                              "task": entry.experiment.task,
-                              "training_lengths": sorted(training_lengths, key=int),
-                              "bits_per_seq": cells, "notes": notes})
+            cells[length] = (
+                None
+                if stat is None
+                else {"mean": stat[0], "std": stat[1], "n": len(by_length[length])}
+            )
+        notes = sorted(
+            {
+                (r.get("evaluation") or {}).get("error")
+                for r in entry.done()
+                if (r.get("evaluation") or {}).get("status") not in (None, "done")
+            }
+            - {None}
+        )
+        lengths_table.append(
+            {
+                "experiment": entry.experiment.name,
+                "model": entry.experiment.model,
+                "task": entry.experiment.task,
+                "training_lengths": sorted(training_lengths, key=int),
+                "bits_per_seq": cells,
+                "notes": notes,
+            }
+        )
 
     babi_table = None
-    babi_entries = [e for e in collected if (e.experiment.evaluate or {}).get("kind") == "babi"
-                    or any(_babi_errors(r) for r in e.done())]
+    babi_entries = [
+        e
+        for e in collected
+        if (e.experiment.evaluate or {}).get("kind") == "babi"
+        or any(_babi_errors(r) for r in e.done())
+    ]
     if babi_entries:
         references = load_references()
         models = []
@@ -1096,23 +1388,52 @@ def build_report(results: str | Path) -> dict[str, Any]:
                 stat = _mean_std([r[task] for r in runs if task in r])
                 per_task[task] = None if stat is None else {"mean": stat[0], "std": stat[1]}
             mean_error = _mean_std([sum(r.values()) / len(r) for r in runs])
-            failed = _mean_std([float(sum(v > BABI_FAIL_THRESHOLD for v in r.values())) for r in runs])
-            notes = sorted({(r.get("evaluation") or {}).get("error") for r in entry.done()
-                            if (r.get("evaluation") or {}).get("status") not in (None, "done")} - {None})
+            failed = _mean_std(
+                [float(sum(v > BABI_FAIL_THRESHOLD for v in r.values())) for r in runs]
+            )
+            notes = sorted(
+                {
+                    (r.get("evaluation") or {}).get("error")
+                    for r in entry.done()
+                    if (r.get("evaluation") or {}).get("status") not in (None, "done")
+                }
+                - {None}
+            )
             measured = sum(stat is not None for stat in per_task.values())
             if runs and measured < len(BABI_TASKS):
-                notes = sorted(set(notes) | {f"{entry.experiment.name}: only {measured} of {len(BABI_TASKS)} tasks "
-                                             "measured; its mean error and failed count cover those only"})
-            models.append({"experiment": entry.experiment.name, "model": entry.experiment.model,
-                           "task": entry.experiment.task, "runs": len(runs), "tasks_measured": measured,
-                           "per_task": per_task,
-                           "mean_error": None if mean_error is None else {"mean": mean_error[0], "std": mean_error[1]},
-                           "failed": None if failed is None else {"mean": failed[0], "std": failed[1]},
-                           "notes": notes})
-        babi_table = {"task_names": references["task_names"], "models": models,
-                      "references": references["references"]}
-    return {"suite": suite.name, "description": suite.description, "columns": columns,
-            "leaderboard": leaderboard, "lengths": lengths_table, "babi": babi_table}
+                partial = (
+                    f"{entry.experiment.name}: only {measured} of {len(BABI_TASKS)} tasks measured; "
+                    "its mean error and failed count cover those only"
+                )
+                notes = sorted({*notes, partial})
+            models.append(
+                {
+                    "experiment": entry.experiment.name,
+                    "model": entry.experiment.model,
+                    "task": entry.experiment.task,
+                    "runs": len(runs),
+                    "tasks_measured": measured,
+                    "per_task": per_task,
+                    "mean_error": None
+                    if mean_error is None
+                    else {"mean": mean_error[0], "std": mean_error[1]},
+                    "failed": None if failed is None else {"mean": failed[0], "std": failed[1]},
+                    "notes": notes,
+                }
+            )
+        babi_table = {
+            "task_names": references["task_names"],
+            "models": models,
+            "references": references["references"],
+        }
+    return {
+        "suite": suite.name,
+        "description": suite.description,
+        "columns": columns,
+        "leaderboard": leaderboard,
+        "lengths": lengths_table,
+        "babi": babi_table,
+    }
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -1135,12 +1456,24 @@ def leaderboard_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]
     for row in report["leaderboard"]:
         status = []
         if row["failed"]:
-            status.append("; ".join(f"seed {e['seed']} failed ({e['stage']}): {e['error']}" for e in row["errors"]))
+            status.append(
+                "; ".join(
+                    f"seed {e['seed']} failed ({e['stage']}): {e['error']}" for e in row["errors"]
+                )
+            )
         if row["missing"]:
             status.append(f"{row['missing']} not run")
         status += row["evaluation_notes"]
-        rows.append([row["experiment"], row["model"], row["task"], f"{row['done']}/{row['seeds']}",
-                     *[_cell(row[c]) for c in report["columns"]], "; ".join(status) or "ok"])
+        rows.append(
+            [
+                row["experiment"],
+                row["model"],
+                row["task"],
+                f"{row['done']}/{row['seeds']}",
+                *[_cell(row[c]) for c in report["columns"]],
+                "; ".join(status) or "ok",
+            ]
+        )
     return header, rows
 
 
@@ -1163,7 +1496,11 @@ def lengths_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 def babi_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     table = report["babi"]
     references = table["references"]
-    header = ["task", *[m["experiment"] for m in table["models"]], *[r["label"] for r in references]]
+    header = [
+        "task",
+        *[m["experiment"] for m in table["models"]],
+        *[r["label"] for r in references],
+    ]
     rows = []
 
     def ref_cell(ref: dict, value: Any, std: Any = None) -> str:
@@ -1175,7 +1512,9 @@ def babi_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         row = [f"{task}: {table['task_names'][task]}"]
         for model in table["models"]:
             stat = model["per_task"][task]
-            row.append("—" if stat is None else _fixed((stat["mean"], stat["std"]), 1, model["runs"]))
+            row.append(
+                "—" if stat is None else _fixed((stat["mean"], stat["std"]), 1, model["runs"])
+            )
         for ref in references:
             per_task = ref.get("per_task") or {}
             row.append(ref_cell(ref, per_task.get(task), (ref.get("per_task_std") or {}).get(task)))
@@ -1184,15 +1523,26 @@ def babi_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     for model in table["models"]:
         for target, key, decimals in ((mean_row, "mean_error", 1), (failed_row, "failed", 1)):
             stat = model[key]
-            text = "—" if stat is None else _fixed((stat["mean"], stat["std"]), decimals, model["runs"])
+            text = (
+                "—"
+                if stat is None
+                else _fixed((stat["mean"], stat["std"]), decimals, model["runs"])
+            )
             if stat is not None and model["tasks_measured"] < len(BABI_TASKS):
                 text += f" [{model['tasks_measured']}/{len(BABI_TASKS)} tasks]"
             target.append(text)
     for ref in references:
         mean_row.append(ref_cell(ref, ref.get("mean_error"), ref.get("mean_error_std")))
         failed = ref.get("failed")
-        failed_row.append("" if failed is None else (f"{failed:g}" if ref.get("failed_std") is None
-                                                     else f"{failed:g} ± {ref['failed_std']:g}"))
+        failed_row.append(
+            ""
+            if failed is None
+            else (
+                f"{failed:g}"
+                if ref.get("failed_std") is None
+                else f"{failed:g} ± {ref['failed_std']:g}"
+            )
+        )
     rows += [mean_row, failed_row]
     return header, rows
 
@@ -1202,19 +1552,28 @@ def render_markdown(report: dict[str, Any]) -> str:
     parts = [f"# Suite `{report['suite']}`"]
     if report["description"]:
         parts.append(report["description"].strip())
-    parts.append("## Leaderboard\n\nmean ± sample std over the seeds that finished; metrics from the last "
-                 "validation of training unless named otherwise.\n\n" + _markdown_table(*leaderboard_rows(report)))
+    parts.append(
+        "## Leaderboard\n\nmean ± sample std over the seeds that finished; metrics from the last "
+        "validation of training unless named otherwise.\n\n"
+        + _markdown_table(*leaderboard_rows(report))
+    )
     if report["lengths"]:
-        parts.append("## Algorithmic tasks: bits per sequence by length\n\nthe NTM paper's cost (binary "
-                     "cross-entropy per sequence, in bits), mean ± std over seeds; '(train)' marks the "
-                     "validation lengths seen in training, the others come from `memnet evaluate`.\n\n"
-                     + _markdown_table(*lengths_rows(report)))
+        parts.append(
+            "## Algorithmic tasks: bits per sequence by length\n\nthe NTM paper's cost (binary "
+            "cross-entropy per sequence, in bits), mean ± std over seeds; '(train)' marks the "
+            "validation lengths seen in training, the others come from `memnet evaluate`.\n\n"
+            + _markdown_table(*lengths_rows(report))
+        )
     if report["babi"]:
-        refs = "\n".join(f"- **{r['label']}**: {r['citation']}; {r['source']} ({r['statistic']})."
-                         for r in report["babi"]["references"])
-        parts.append("## bAbI: test error % per task\n\nours: mean ± std over seeds; a task fails above "
-                     f"{BABI_FAIL_THRESHOLD:g}% error. Published columns (blank where the paper's per-task "
-                     "number is not stored):\n\n" + refs + "\n\n" + _markdown_table(*babi_rows(report)))
+        refs = "\n".join(
+            f"- **{r['label']}**: {r['citation']}; {r['source']} ({r['statistic']})."
+            for r in report["babi"]["references"]
+        )
+        parts.append(
+            "## bAbI: test error % per task\n\nours: mean ± std over seeds; a task fails above "
+            f"{BABI_FAIL_THRESHOLD:g}% error. Published columns (blank where the paper's per-task "
+            "number is not stored):\n\n" + refs + "\n\n" + _markdown_table(*babi_rows(report))
+        )
         notes = sorted({n for m in report["babi"]["models"] for n in m["notes"]})
         if notes:
             parts.append("Notes:\n\n" + "\n".join(f"- {n}" for n in notes))
@@ -1225,15 +1584,37 @@ def render_csv(report: dict[str, Any]) -> str:
     """The leaderboard as CSV: one row per experiment, mean and std in separate columns."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["experiment", "model", "task", "seeds", "done", "failed", "missing",
-                     *[f"{c} {part}" for c in report["columns"] for part in ("mean", "std")], "errors"])
+    writer.writerow(
+        [
+            "experiment",
+            "model",
+            "task",
+            "seeds",
+            "done",
+            "failed",
+            "missing",
+            *[f"{c} {part}" for c in report["columns"] for part in ("mean", "std")],
+            "errors",
+        ]
+    )
     for row in report["leaderboard"]:
         values = []
         for column in report["columns"]:
             stat = row[column]
             values += ["", ""] if stat is None else [f"{stat['mean']:.6g}", f"{stat['std']:.6g}"]
-        writer.writerow([row["experiment"], row["model"], row["task"], row["seeds"], row["done"], row["failed"],
-                         row["missing"], *values, "; ".join(str(e["error"]) for e in row["errors"])])
+        writer.writerow(
+            [
+                row["experiment"],
+                row["model"],
+                row["task"],
+                row["seeds"],
+                row["done"],
+                row["failed"],
+                row["missing"],
+                *values,
+                "; ".join(str(e["error"]) for e in row["errors"]),
+            ]
+        )
     return buffer.getvalue()
 
 
@@ -1254,8 +1635,14 @@ def plot_report(report: dict[str, Any], folder: Path) -> list[Path]:
             for row in (r for r in rows if r["task"] == task):
                 points = [(int(n), s) for n, s in row["bits_per_seq"].items() if s is not None]
                 points.sort()
-                ax.errorbar([p[0] for p in points], [p[1]["mean"] for p in points],
-                            yerr=[p[1]["std"] for p in points], marker="o", capsize=3, label=row["experiment"])
+                ax.errorbar(
+                    [p[0] for p in points],
+                    [p[1]["mean"] for p in points],
+                    yerr=[p[1]["std"] for p in points],
+                    marker="o",
+                    capsize=3,
+                    label=row["experiment"],
+                )
                 for n in row["training_lengths"]:
                     ax.axvline(int(n), color="grey", linestyle=":", linewidth=0.8)
             ax.set_title(task)
@@ -1277,7 +1664,13 @@ def plot_report(report: dict[str, Any], folder: Path) -> list[Path]:
             ys = [(model["per_task"][t] or {}).get("mean", float("nan")) for t in BABI_TASKS]
             es = [(model["per_task"][t] or {}).get("std", 0.0) for t in BABI_TASKS]
             ax.bar(xs, ys, width=width, yerr=es, capsize=2, label=model["experiment"])
-        ax.axhline(BABI_FAIL_THRESHOLD, color="red", linestyle="--", linewidth=0.8, label="5% (failed above)")
+        ax.axhline(
+            BABI_FAIL_THRESHOLD,
+            color="red",
+            linestyle="--",
+            linewidth=0.8,
+            label="5% (failed above)",
+        )
         ax.set_xticks([int(t) for t in BABI_TASKS])
         ax.set_xlabel("bAbI task")
         ax.set_ylabel("test error %")
@@ -1310,9 +1703,16 @@ def log_to_wandb(report: dict[str, Any], results: Path, out: Path) -> str | None
     import wandb
 
     mode = "online" if os.environ.get("WANDB_MODE") == "online" else "offline"
-    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "memnet"), group=report["suite"],
-                     name=f"{report['suite']}-summary", job_type="suite-report", dir=str(results),
-                     mode=mode, config={"suite": report["suite"]}, reinit="finish_previous")
+    run = wandb.init(
+        project=os.environ.get("WANDB_PROJECT", "memnet"),
+        group=report["suite"],
+        name=f"{report['suite']}-summary",
+        job_type="suite-report",
+        dir=str(results),
+        mode=mode,
+        config={"suite": report["suite"]},
+        reinit="finish_previous",
+    )
     try:
         payload: dict[str, Any] = {}
         header, rows = leaderboard_rows(report)
@@ -1337,19 +1737,39 @@ def log_to_wandb(report: dict[str, Any], results: Path, out: Path) -> str | None
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="memnet suite", description="Run a suite of experiments and report it.")
+    parser = argparse.ArgumentParser(
+        prog="memnet suite", description="Run a suite of experiments and report it."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="train and evaluate every experiment × seed of a suite file")
+    run = commands.add_parser(
+        "run", help="train and evaluate every experiment × seed of a suite file"
+    )
     run.add_argument("suite", help="suite YAML, e.g. configs/suites/smoke.yaml")
-    run.add_argument("--results", help="results folder (default: the suite's 'results' or runs/suites/<name>)")
+    run.add_argument(
+        "--results", help="results folder (default: the suite's 'results' or runs/suites/<name>)"
+    )
     run.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
-    run.add_argument("--gpus-per-job", type=int, default=None,
-                     help="give each concurrent run its own GPUs through CUDA_VISIBLE_DEVICES")
+    run.add_argument(
+        "--gpus-per-job",
+        type=int,
+        default=None,
+        help="give each concurrent run its own GPUs through CUDA_VISIBLE_DEVICES",
+    )
     run.add_argument("--only", nargs="+", metavar="EXPERIMENT", help="run only these experiments")
-    run.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="overrides",
-                     help="an override for every experiment, e.g. --set trainer.devices=2 --set "
-                          "trainer.strategy=ddp (the value is read as YAML); repeatable")
-    run.add_argument("--dry-run", action="store_true", help="check the suite and print the commands; train nothing")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        dest="overrides",
+        help="an override for every experiment, e.g. --set trainer.devices=2 --set "
+        "trainer.strategy=ddp (the value is read as YAML); repeatable",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the suite and print the commands; train nothing",
+    )
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     run.add_argument("--no-wandb", action="store_true", help="do not log the summary run to W&B")
     report = commands.add_parser("report", help="leaderboard, tables and plots of a results folder")
@@ -1363,13 +1783,16 @@ def _report(results: Path, out: str | None, wandb_on: bool) -> None:
     report = write_report(results, out)
     folder = Path(out) if out else results / REPORT_DIR
     print(render_markdown(report))
-    print(f"report written to {folder} (leaderboard.md, leaderboard.csv, leaderboard.json"
-          + "".join(f", {p.name}" for p in sorted(folder.glob('*.png'))) + ")")
+    print(
+        f"report written to {folder} (leaderboard.md, leaderboard.csv, leaderboard.json"
+        + "".join(f", {p.name}" for p in sorted(folder.glob("*.png")))
+        + ")"
+    )
     if wandb_on:
         try:
             where = log_to_wandb(report, results, folder)
             print(f"W&B summary run: {where}")
-        except Exception as error:  # the report on disk stands without W&B
+        except Exception as error:  # noqa: BLE001 - the report on disk stands without W&B
             print(f"W&B summary run not logged: {type(error).__name__}: {error}", file=sys.stderr)
 
 
@@ -1386,19 +1809,30 @@ def main(argv: list[str] | None = None) -> int:
         runner = SuiteRunner(suite, results, jobs=args.jobs, gpus_per_job=args.gpus_per_job)
         if args.dry_run:
             for run in runs:
-                state = "done" if run.is_done() else ("resume" if run.last_checkpoint() else "train")
+                state = (
+                    "done" if run.is_done() else ("resume" if run.last_checkpoint() else "train")
+                )
                 argv_ = run.fit_argv(base=runner.base, resume_from=run.last_checkpoint())
                 print(f"[{state}] {run.name}: memnet {' '.join(argv_)}")
             return 0
         counts = runner.run(runs)
-        print(f"[suite {suite.name}] finished: {counts['done']} trained now, {counts['skipped']} already done, "
-              f"{counts['failed']} failed")
+        print(
+            f"[suite {suite.name}] finished: {counts['done']} trained now, {counts['skipped']} already done, "
+            f"{counts['failed']} failed"
+        )
         if not args.no_report:
             _report(results, None, not args.no_wandb)
         return 1 if counts["failed"] else 0
     except SuiteError as error:
         print(f"memnet suite: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "memnet suite: interrupted; run the same command again to finish the missing runs "
+            "(finished runs are kept, started ones resume from their last checkpoint)",
+            file=sys.stderr,
+        )
+        return 130
 
 
 if __name__ == "__main__":

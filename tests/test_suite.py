@@ -58,8 +58,12 @@ LSTM = {
 
 
 def write_suite(path: Path, experiments: list[dict], name: str = "tiny", **extra) -> Path:
-    path.write_text(yaml.safe_dump({"name": name, "defaults": TINY_DEFAULTS, "experiments": experiments, **extra},
-                                   sort_keys=False))
+    path.write_text(
+        yaml.safe_dump(
+            {"name": name, "defaults": TINY_DEFAULTS, "experiments": experiments, **extra},
+            sort_keys=False,
+        )
+    )
     return path
 
 
@@ -80,8 +84,13 @@ def finished(tmp_path_factory):
     folder = tmp_path_factory.mktemp("suite")
     suite_file = write_suite(folder / "tiny.yaml", [NTM, LSTM])
     results = folder / "results"
-    process = subprocess.Popen(suite_command("run", str(suite_file), "--results", str(results), "--no-report"),
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        suite_command("run", str(suite_file), "--results", str(results), "--no-report"),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     try:
         while not events(results, "done"):
@@ -99,24 +108,40 @@ def finished(tmp_path_factory):
         code = S.main(["run", str(suite_file), "--results", str(results), "--no-wandb"])
     finally:
         os.chdir(cwd)
-    return {"results": results, "code": code, "done_at_kill": done_at_kill, "starts_before": starts_before,
-            "suite_file": suite_file}
+    return {
+        "results": results,
+        "code": code,
+        "done_at_kill": done_at_kill,
+        "starts_before": starts_before,
+        "suite_file": suite_file,
+    }
 
 
 def test_killed_suite_reruns_only_the_missing_runs(finished):
     assert finished["code"] == 0
     starts = events(finished["results"], "start")
-    rerun = starts[finished["starts_before"]:]
+    rerun = starts[finished["starts_before"] :]
     assert 1 <= len(finished["done_at_kill"]) < 4
     assert sorted(e["run"] for e in rerun) == sorted(
-        {"ntm-copy/seed_0", "ntm-copy/seed_1", "lstm-copy/seed_0", "lstm-copy/seed_1"} - set(finished["done_at_kill"])
+        {"ntm-copy/seed_0", "ntm-copy/seed_1", "lstm-copy/seed_0", "lstm-copy/seed_1"}
+        - set(finished["done_at_kill"])
     )
     # running once more trains nothing
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
-        assert S.main(["run", str(finished["suite_file"]), "--results", str(finished["results"]),
-                       "--no-report"]) == 0
+        assert (
+            S.main(
+                [
+                    "run",
+                    str(finished["suite_file"]),
+                    "--results",
+                    str(finished["results"]),
+                    "--no-report",
+                ]
+            )
+            == 0
+        )
     finally:
         os.chdir(cwd)
     assert len(events(finished["results"], "start")) == len(starts)
@@ -127,7 +152,11 @@ def test_run_folders_hold_config_checkpoint_metrics_and_logs(finished):
         for seed in (0, 1):
             folder = finished["results"] / experiment / f"seed_{seed}"
             record = json.loads((folder / "metrics.json").read_text())
-            assert record["status"] == "done" and record["seed"] == seed and record["experiment"] == experiment
+            assert (
+                record["status"] == "done"
+                and record["seed"] == seed
+                and record["experiment"] == experiment
+            )
             assert Path(record["checkpoint"]).is_file() and Path(record["config"]).is_file()
             assert "val/loss" in record["metrics"]
             config = yaml.safe_load((folder / "config.yaml").read_text())
@@ -136,10 +165,20 @@ def test_run_folders_hold_config_checkpoint_metrics_and_logs(finished):
             assert (folder / "train.log").read_text().strip()
             argv = json.loads((folder / "command.json").read_text())["argv"]
             assert argv[:3] == ["-m", "memnet.cli", "fit"]
-            assert 0 < torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] <= 4
+            assert (
+                0
+                < torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)[
+                    "global_step"
+                ]
+                <= 4
+            )
     # the two seeds are different runs
-    losses = [json.loads((finished["results"] / "lstm-copy" / f"seed_{s}" / "metrics.json").read_text())
-              ["metrics"]["val/loss"] for s in (0, 1)]
+    losses = [
+        json.loads((finished["results"] / "lstm-copy" / f"seed_{s}" / "metrics.json").read_text())[
+            "metrics"
+        ]["val/loss"]
+        for s in (0, 1)
+    ]
     assert losses[0] != losses[1]
 
 
@@ -150,13 +189,22 @@ def test_report_has_one_row_per_experiment_with_mean_and_std(finished):
     for row in rows.values():
         assert (row["done"], row["failed"], row["missing"]) == (2, 0, 0)
         assert row["val/loss"]["n"] == 2 and row["val/loss"]["std"] >= 0
-    losses = [json.loads((finished["results"] / "ntm-copy" / f"seed_{s}" / "metrics.json").read_text())
-              ["metrics"]["val/loss"] for s in (0, 1)]
+    losses = [
+        json.loads((finished["results"] / "ntm-copy" / f"seed_{s}" / "metrics.json").read_text())[
+            "metrics"
+        ]["val/loss"]
+        for s in (0, 1)
+    ]
     assert rows["ntm-copy"]["val/loss"]["mean"] == pytest.approx(sum(losses) / 2)
     markdown = (finished["results"] / "report" / "leaderboard.md").read_text()
-    assert "| ntm-copy | ntm | copy | 2/2 |" in markdown and "| lstm-copy | lstm | copy | 2/2 |" in markdown
+    assert (
+        "| ntm-copy | ntm | copy | 2/2 |" in markdown
+        and "| lstm-copy | lstm | copy | 2/2 |" in markdown
+    )
     csv_lines = (finished["results"] / "report" / "leaderboard.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("experiment,model,task,seeds,done,failed,missing,val/loss mean,val/loss std")
+    assert csv_lines[0].startswith(
+        "experiment,model,task,seeds,done,failed,missing,val/loss mean,val/loss std"
+    )
     assert [line.split(",")[0] for line in csv_lines[1:]] == ["ntm-copy", "lstm-copy"]
     # the bits per sequence at the training length (3) are in the length table
     lengths = {row["experiment"]: row for row in report["lengths"]}
@@ -178,12 +226,17 @@ def test_report_is_identical_when_rendered_twice(finished, tmp_path):
 
 def test_half_finished_run_resumes_from_its_last_checkpoint(finished, tmp_path):
     """A run killed after its checkpoint at step 4 continues from it up to the new budget of 6 steps."""
-    suite_file = write_suite(tmp_path / "longer.yaml", [{**LSTM, "seeds": [0], "budget": {"max_steps": 6}}],
-                             name="longer")
+    suite_file = write_suite(
+        tmp_path / "longer.yaml",
+        [{**LSTM, "seeds": [0], "budget": {"max_steps": 6}}],
+        name="longer",
+    )
     results = tmp_path / "results"
     source = finished["results"] / "lstm-copy" / "seed_0"
     target = results / "lstm-copy" / "seed_0"
-    shutil.copytree(source / "checkpoints", target / "checkpoints")  # what a kill after the checkpoint leaves
+    shutil.copytree(
+        source / "checkpoints", target / "checkpoints"
+    )  # what a kill after the checkpoint leaves
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
@@ -198,18 +251,34 @@ def test_half_finished_run_resumes_from_its_last_checkpoint(finished, tmp_path):
 
 
 def test_failing_experiment_is_reported_and_the_others_go_on(tmp_path):
-    broken = {**LSTM, "name": "broken", "seeds": [0],
-              "overrides": {**LSTM["overrides"], "model.init_args.net.init_args.controller.init_args.hidden_size": -2}}
+    broken = {
+        **LSTM,
+        "name": "broken",
+        "seeds": [0],
+        "overrides": {
+            **LSTM["overrides"],
+            "model.init_args.net.init_args.controller.init_args.hidden_size": -2,
+        },
+    }
     good = {**LSTM, "seeds": [0]}
     suite_file = write_suite(tmp_path / "mixed.yaml", [broken, good], name="mixed")
     results = tmp_path / "results"
-    result = subprocess.run(suite_command("run", str(suite_file), "--results", str(results), "--no-wandb"),
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        suite_command("run", str(suite_file), "--results", str(results), "--no-wandb"),
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     record = json.loads((results / "broken" / "seed_0" / "metrics.json").read_text())
     assert record["status"] == "failed" and record["stage"] == "train" and record["returncode"] != 0
     assert "hidden_size" in record["error"]
-    assert json.loads((results / "lstm-copy" / "seed_0" / "metrics.json").read_text())["status"] == "done"
+    assert (
+        json.loads((results / "lstm-copy" / "seed_0" / "metrics.json").read_text())["status"]
+        == "done"
+    )
     assert "FAILED broken/seed_0" in result.stdout
     rows = {row["experiment"]: row for row in S.build_report(results)["leaderboard"]}
     assert rows["broken"]["failed"] == 1 and rows["broken"]["val/loss"] is None
@@ -226,21 +295,45 @@ def test_failing_experiment_is_reported_and_the_others_go_on(tmp_path):
 
 def fake_babi_results(folder: Path) -> Path:
     """A results folder with one bAbI experiment of two seeds, as `memnet suite run` writes it."""
-    experiment = {"name": "memn2n-babi", "configs": ["configs/memn2n/babi.yaml"], "overrides": {},
-                  "seeds": [0, 1], "budget": {"max_epochs": 1}, "evaluate": {"kind": "babi", "split": "test"},
-                  "model": "memn2n", "task": "babi-1k", "seed_args": ["seed_everything"]}
+    experiment = {
+        "name": "memn2n-babi",
+        "configs": ["configs/memn2n/babi.yaml"],
+        "overrides": {},
+        "seeds": [0, 1],
+        "budget": {"max_epochs": 1},
+        "evaluate": {"kind": "babi", "split": "test"},
+        "model": "memn2n",
+        "task": "babi-1k",
+        "seed_args": ["seed_everything"],
+    }
     folder.mkdir(parents=True)
-    (folder / "suite.json").write_text(json.dumps({"name": "babi-fake", "description": "", "path": "",
-                                                   "experiments": [experiment]}))
+    (folder / "suite.json").write_text(
+        json.dumps(
+            {"name": "babi-fake", "description": "", "path": "", "experiments": [experiment]}
+        )
+    )
     for seed in (0, 1):
         # task k has error k + seed %: tasks 6..20 fail for seed 0, 5..20 for seed 1
         errors = {str(k): float(k + seed) for k in range(1, 21)}
         run = folder / "memn2n-babi" / f"seed_{seed}"
         run.mkdir(parents=True)
-        (run / "metrics.json").write_text(json.dumps({
-            "status": "done", "seed": seed, "experiment": "memn2n-babi", "metrics": {"val/loss": 1.0 + seed},
-            "evaluation": {"kind": "babi", "status": "done", "split": "test", "babi_error": errors},
-            "train_seconds": 1.0}))
+        (run / "metrics.json").write_text(
+            json.dumps(
+                {
+                    "status": "done",
+                    "seed": seed,
+                    "experiment": "memn2n-babi",
+                    "metrics": {"val/loss": 1.0 + seed},
+                    "evaluation": {
+                        "kind": "babi",
+                        "status": "done",
+                        "split": "test",
+                        "babi_error": errors,
+                    },
+                    "train_seconds": 1.0,
+                }
+            )
+        )
     return folder
 
 
@@ -261,12 +354,17 @@ def test_babi_table_prints_ours_beside_the_published_columns(tmp_path):
     results = fake_babi_results(tmp_path / "results")
     report = S.write_report(results)
     (model,) = report["babi"]["models"]
-    assert model["mean_error"]["mean"] == pytest.approx(11.0)  # mean of k over 1..20 is 10.5, plus 0.5
+    assert model["mean_error"]["mean"] == pytest.approx(
+        11.0
+    )  # mean of k over 1..20 is 10.5, plus 0.5
     assert model["failed"]["mean"] == pytest.approx(15.5)  # 15 and 16 failed tasks
     assert model["per_task"]["3"]["mean"] == pytest.approx(3.5)
     markdown = (results / "report" / "leaderboard.md").read_text()
     header = next(line for line in markdown.splitlines() if line.startswith("| task |"))
-    assert header == "| task | memn2n-babi | MemN2N 1k | LSTM 1k | MemN2N 10k | DNC 10k | DNC 10k best |"
+    assert (
+        header
+        == "| task | memn2n-babi | MemN2N 1k | LSTM 1k | MemN2N 10k | DNC 10k | DNC 10k best |"
+    )
     row19 = next(line for line in markdown.splitlines() if line.startswith("| 19: path finding"))
     assert row19 == "| 19: path finding | 19.5 ± 0.7 | 88.0 | 92.0 |  | 64.6 ± 37.4 |  |"
     mean_row = next(line for line in markdown.splitlines() if line.startswith("| mean error %"))
@@ -288,43 +386,94 @@ def test_summary_run_logs_wandb_tables_offline(tmp_path, monkeypatch):
 
 
 def test_babi_errors_from_logged_metrics():
-    metrics = {"test/task_1/error": 2.0, "test/task_2/error": 0.5, "test/task_12/accuracy": 0.9, "test/qa3/acc": 0.97,
-               "test/loss": 1.0, "test/task_21/error": 3.0}
-    assert S.babi_errors_from_metrics(metrics) == pytest.approx({"1": 2.0, "2": 0.5, "3": 3.0, "12": 10.0})
+    metrics = {
+        "test/task_1/error": 2.0,
+        "test/task_2/error": 0.5,
+        "test/task_12/accuracy": 0.9,
+        "test/qa3/acc": 0.97,
+        "test/loss": 1.0,
+        "test/task_21/error": 3.0,
+    }
+    assert S.babi_errors_from_metrics(metrics) == pytest.approx(
+        {"1": 2.0, "2": 0.5, "3": 3.0, "12": 10.0}
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Bad suite files: each fails before anything runs, naming the entry
 # ---------------------------------------------------------------------------------------------
 
-GOOD = {"name": "ntm-copy", "configs": ["configs/ntm/copy.yaml"], "seeds": 1, "budget": {"max_steps": 2}}
+GOOD = {
+    "name": "ntm-copy",
+    "configs": ["configs/ntm/copy.yaml"],
+    "seeds": 1,
+    "budget": {"max_steps": 2},
+}
 
 
 @pytest.mark.parametrize(
     ("suite", "message"),
     [
-        ({"name": "s", "experiments": [GOOD], "experimentz": []}, r"bad.yaml:\d+: suite: unknown key 'experimentz'"),
-        ({"name": "s", "experiments": [{**GOOD, "seed": 3}]}, r"bad.yaml:\d+: experiment 'ntm-copy': unknown key 'seed'"),
-        ({"name": "s", "experiments": [{**GOOD, "configs": ["configs/ntm/nope.yaml"]}]},
-         r"experiment 'ntm-copy': config file 'configs/ntm/nope.yaml' does not exist"),
-        ({"name": "s", "experiments": [GOOD, {**GOOD, "seeds": 2}]},
-         r"bad.yaml:\d+: experiment 'ntm-copy' \(entry 2\): duplicate experiment name, first defined on line \d+"),
-        ({"name": "s", "experiments": [{**GOOD, "seeds": 0}]}, r"experiment 'ntm-copy': 'seeds' is 0"),
-        ({"name": "s", "experiments": [{**GOOD, "seeds": []}]}, r"experiment 'ntm-copy': 'seeds' is an empty list"),
-        ({"name": "s", "defaults": {"seeds": 0}, "experiments": [{k: v for k, v in GOOD.items() if k != "seeds"}]},
-         r"experiment 'ntm-copy': 'seeds' is 0"),
-        ({"name": "s", "experiments": [{**GOOD, "budget": {"max_steps": 0}}]},
-         r"experiment 'ntm-copy': budget.max_steps must be a positive integer"),
-        ({"name": "s", "experiments": [{k: v for k, v in GOOD.items() if k != "budget"}]},
-         r"experiment 'ntm-copy': no budget"),
-        ({"name": "s", "experiments": [{**GOOD, "overrides": {"trainer.max_steps": 5}}]},
-         r"override 'trainer.max_steps': give the training length in 'budget'"),
-        ({"name": "s", "experiments": [{**GOOD, "evaluate": {"kind": "algorithmic", "lengths": [0]}}]},
-         r"experiment 'ntm-copy': evaluate.lengths must be a non-empty list of positive integers"),
-        ({"name": "s", "experiments": [{**GOOD, "evaluate": {"kind": "poetry"}}]},
-         r"experiment 'ntm-copy': 'evaluate' must be a mapping with kind one of \['algorithmic', 'babi'\]"),
+        (
+            {"name": "s", "experiments": [GOOD], "experimentz": []},
+            r"bad.yaml:\d+: suite: unknown key 'experimentz'",
+        ),
+        (
+            {"name": "s", "experiments": [{**GOOD, "seed": 3}]},
+            r"bad.yaml:\d+: experiment 'ntm-copy': unknown key 'seed'",
+        ),
+        (
+            {"name": "s", "experiments": [{**GOOD, "configs": ["configs/ntm/nope.yaml"]}]},
+            r"experiment 'ntm-copy': config file 'configs/ntm/nope.yaml' does not exist",
+        ),
+        (
+            {"name": "s", "experiments": [GOOD, {**GOOD, "seeds": 2}]},
+            r"bad.yaml:\d+: experiment 'ntm-copy' \(entry 2\): duplicate experiment name, first defined on line \d+",
+        ),
+        (
+            {"name": "s", "experiments": [{**GOOD, "seeds": 0}]},
+            r"experiment 'ntm-copy': 'seeds' is 0",
+        ),
+        (
+            {"name": "s", "experiments": [{**GOOD, "seeds": []}]},
+            r"experiment 'ntm-copy': 'seeds' is an empty list",
+        ),
+        (
+            {
+                "name": "s",
+                "defaults": {"seeds": 0},
+                "experiments": [{k: v for k, v in GOOD.items() if k != "seeds"}],
+            },
+            r"experiment 'ntm-copy': 'seeds' is 0",
+        ),
+        (
+            {"name": "s", "experiments": [{**GOOD, "budget": {"max_steps": 0}}]},
+            r"experiment 'ntm-copy': budget.max_steps must be a positive integer",
+        ),
+        (
+            {"name": "s", "experiments": [{k: v for k, v in GOOD.items() if k != "budget"}]},
+            r"experiment 'ntm-copy': no budget",
+        ),
+        (
+            {"name": "s", "experiments": [{**GOOD, "overrides": {"trainer.max_steps": 5}}]},
+            r"override 'trainer.max_steps': give the training length in 'budget'",
+        ),
+        (
+            {
+                "name": "s",
+                "experiments": [{**GOOD, "evaluate": {"kind": "algorithmic", "lengths": [0]}}],
+            },
+            r"experiment 'ntm-copy': evaluate.lengths must be a non-empty list of positive integers",
+        ),
+        (
+            {"name": "s", "experiments": [{**GOOD, "evaluate": {"kind": "poetry"}}]},
+            r"experiment 'ntm-copy': 'evaluate' must be a mapping with kind one of \['algorithmic', 'babi'\]",
+        ),
         ({"name": "s", "experiments": []}, r"'experiments' must be a non-empty list"),
-        ({"name": "s", "experiments": [{**GOOD, "name": "a/b"}]}, r"experiment entry 1: 'name' must be a name"),
+        (
+            {"name": "s", "experiments": [{**GOOD, "name": "a/b"}]},
+            r"experiment entry 1: 'name' must be a name",
+        ),
     ],
 )
 def test_bad_suite_file_fails_before_anything_runs(tmp_path, monkeypatch, capsys, suite, message):
@@ -361,22 +510,52 @@ def test_error_names_the_line_of_the_entry(tmp_path, monkeypatch):
 
 def test_fit_arguments_carry_configs_overrides_budget_seed_and_folders(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    path = write_suite(tmp_path / "args.yaml", [{**NTM, "overrides": {"model.init_args.net.init_args.memory_size": 7,
-                                                                      "data.init_args.val_lengths": [3, 6]}}])
+    path = write_suite(
+        tmp_path / "args.yaml",
+        [
+            {
+                **NTM,
+                "overrides": {
+                    "model.init_args.net.init_args.memory_size": 7,
+                    "data.init_args.val_lengths": [3, 6],
+                },
+            }
+        ],
+    )
     (experiment,) = S.load_suite(path).experiments
     run = S.Run("tiny", experiment, 1, tmp_path / "results")
     argv = run.fit_argv(base=ROOT, resume_from=None)
     assert argv[:3] == ["fit", "--config", str(ROOT / "configs/ntm/copy.yaml")]
     assert "--model.init_args.net.init_args.memory_size=7" in argv
     assert "--data.init_args.val_lengths=[3, 6]" in argv
-    assert "--trainer.max_steps=4" in argv and "--seed_everything=1" in argv and "--data.init_args.seed=1" in argv
-    assert f"--checkpoint.dirpath={(tmp_path / 'results' / 'ntm-copy' / 'seed_1' / 'checkpoints').resolve()}" in argv
-    assert not any(a.startswith("--trainer.logger.init_args") for a in argv)  # the suite turned the logger off
+    assert (
+        "--trainer.max_steps=4" in argv
+        and "--seed_everything=1" in argv
+        and "--data.init_args.seed=1" in argv
+    )
+    assert (
+        f"--checkpoint.dirpath={(tmp_path / 'results' / 'ntm-copy' / 'seed_1' / 'checkpoints').resolve()}"
+        in argv
+    )
+    assert not any(
+        a.startswith("--trainer.logger.init_args") for a in argv
+    )  # the suite turned the logger off
     # with the default W&B logger, each run is named and grouped by the suite
-    plain = S.Experiment(name="x", configs=("configs/ntm/copy.yaml",), overrides={}, seeds=(0,),
-                         budget={"max_steps": 1}, evaluate=None, model="ntm", task="copy")
+    plain = S.Experiment(
+        name="x",
+        configs=("configs/ntm/copy.yaml",),
+        overrides={},
+        seeds=(0,),
+        budget={"max_steps": 1},
+        evaluate=None,
+        model="ntm",
+        task="copy",
+    )
     argv = S.Run("tiny", plain, 0, tmp_path).fit_argv(base=ROOT)
-    assert "--trainer.logger.init_args.group=tiny" in argv and "--trainer.logger.init_args.name=x-seed0" in argv
+    assert (
+        "--trainer.logger.init_args.group=tiny" in argv
+        and "--trainer.logger.init_args.name=x-seed0" in argv
+    )
 
 
 def test_set_adds_an_override_to_every_experiment(tmp_path, monkeypatch, capsys):
@@ -384,12 +563,30 @@ def test_set_adds_an_override_to_every_experiment(tmp_path, monkeypatch, capsys)
     path = write_suite(tmp_path / "set.yaml", [NTM, LSTM])
     suite = S.with_overrides(S.load_suite(path), ["trainer.devices=2", "trainer.strategy=ddp"])
     for experiment in suite.experiments:
-        assert experiment.overrides["trainer.devices"] == 2 and experiment.overrides["trainer.strategy"] == "ddp"
-    assert S.main(["run", str(path), "--results", str(tmp_path / "r"), "--dry-run",
-                   "--set", "trainer.accelerator=gpu"]) == 0
+        assert (
+            experiment.overrides["trainer.devices"] == 2
+            and experiment.overrides["trainer.strategy"] == "ddp"
+        )
+    assert (
+        S.main(
+            [
+                "run",
+                str(path),
+                "--results",
+                str(tmp_path / "r"),
+                "--dry-run",
+                "--set",
+                "trainer.accelerator=gpu",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.count("--trainer.accelerator=gpu") == 4 and not (tmp_path / "r").exists()
-    for bad, message in (("trainer.max_steps=3", "training length"), ("devices", "expected FIELD=VALUE")):
+    for bad, message in (
+        ("trainer.max_steps=3", "training length"),
+        ("devices", "expected FIELD=VALUE"),
+    ):
         with pytest.raises(S.SuiteError, match=message):
             S.with_overrides(suite, [bad])
 
@@ -418,9 +615,15 @@ def test_smoke_suite_runs_every_experiment_in_under_three_minutes(tmp_path, monk
     monkeypatch.chdir(ROOT)
     results = tmp_path / "smoke"
     started = time.monotonic()
-    code = S.main(["run", "configs/suites/smoke.yaml", "--results", str(results), "--jobs", "2", "--no-wandb"])
+    code = S.main(
+        ["run", "configs/suites/smoke.yaml", "--results", str(results), "--jobs", "2", "--no-wandb"]
+    )
     seconds = time.monotonic() - started
     report = S.build_report(results)
-    failed = {row["experiment"]: row["errors"] for row in report["leaderboard"] if row["done"] != row["seeds"]}
+    failed = {
+        row["experiment"]: row["errors"]
+        for row in report["leaderboard"]
+        if row["done"] != row["seeds"]
+    }
     assert code == 0 and not failed, failed
     assert seconds < 180, f"the smoke suite took {seconds:.0f} s"
