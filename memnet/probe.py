@@ -13,7 +13,7 @@ gated cells (LSTM, GRU) and an external memory (NTM) can carry it unchanged.
     plot_gradient_curves("probe.png", {"LSTM": norms})
 
 ``GradientProbe`` is the Lightning callback (logs the curve to W&B and saves a
-PNG); ``python -m memnet.probe`` draws the comparison of several configs
+PNG); ``memnet probe`` (or ``python -m memnet.probe``) draws the comparison of several configs
 (``configs/probe/``) in one figure.
 
 Works with any network that has ``initial_state(batch_size, device=, dtype=)``
@@ -365,9 +365,9 @@ def _radius(net: nn.Module) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m memnet.probe CONFIG... --out PNG``: one gradient-through-time line per config."""
+    """``memnet probe CONFIG... --out PNG``: one gradient-through-time line per config."""
     parser = argparse.ArgumentParser(
-        prog="python -m memnet.probe",
+        prog="memnet probe",
         description="Draw ‖∂L/∂h(t)‖ against t for the model of each config, on its first validation batch.",
     )
     parser.add_argument("configs", nargs="+", help="memnet fit configs (e.g. configs/probe/*.yaml)")

@@ -120,3 +120,17 @@ def test_callback_draws_and_logs_during_training(tmp_path):
     assert tmp_path in probe.last_path.parents
     assert "probe/log10_grad_first" in trainer.callback_metrics
     assert probe.curves["epoch 1"].shape == (T,)
+
+
+def test_memnet_probe_command_draws_the_comparison(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    from memnet.cli import main
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "probe" / "rnn.yaml"
+    monkeypatch.chdir(tmp_path)
+    main(["probe", str(config), "--out", str(tmp_path / "probe.png"), "--max-sequences", "2",
+          "--train-steps", "0", "1"])
+    assert (tmp_path / "probe.png").read_bytes()[:4] == b"\x89PNG"
+    out = capsys.readouterr().out
+    assert "0 training steps" in out and "1 training steps" in out and "RNN (ρ(W) = " in out
