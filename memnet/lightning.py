@@ -191,6 +191,7 @@ class QAModule(pl.LightningModule):
         optimizer: optimiser factory; default Adam.
         scheduler: optional learning-rate scheduler factory (stepped every epoch).
         loss_reduction: ``mean`` or ``sum`` of the cross-entropy over the batch.
+        scheduler_interval: step the scheduler every ``epoch`` (StepLR as in the paper) or ``step``.
     """
 
     def __init__(
@@ -200,10 +201,14 @@ class QAModule(pl.LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
         loss_reduction: str = "mean",
+        scheduler_interval: str = "epoch",
     ) -> None:
         super().__init__()
         if loss_reduction not in ("mean", "sum"):
             raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
+        if scheduler_interval not in ("step", "epoch"):
+            raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
+        self.scheduler_interval = scheduler_interval
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
         self.net = net
         self.optimizer = optimizer
@@ -296,6 +301,7 @@ class QAModule(pl.LightningModule):
         if self.scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer),
+                                                         "interval": self.scheduler_interval,
                                                          "monitor": "val/loss"}}
 
 
