@@ -1,0 +1,134 @@
+"""The length curriculum: schedules, monotone growth, its effect on a real data module, logging, bad input."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from memnet.curriculum import LengthCurriculum
+from tasks.algorithmic import AlgorithmicDataModule, CopyTask
+
+
+@pytest.mark.parametrize("schedule", ["growing", "mixed"])
+def test_growing_schedules_are_monotone_and_bounded(schedule):
+    curriculum = LengthCurriculum(schedule, start_length=2, increment=3, threshold=1.0, every_n_epochs=4)
+    rng = random.Random(0)
+    current, level, seen = 2, 0, [2]
+    for _ in range(60):
+        level += 1
+        new = curriculum.next_max_length(current, 17, epochs_at_level=level, metric=rng.uniform(0, 3))
+        assert current <= new <= 17 and new - current in (0, 3, 17 - current)
+        if new != current:
+            level = 0
+        current = new
+        seen.append(current)
+    assert seen == sorted(seen) and seen[-1] == 17
+
+
+def test_threshold_and_pace_decide_when_to_step_up():
+    by_threshold = LengthCurriculum("growing", threshold=0.5)
+    assert by_threshold.next_max_length(4, 10, epochs_at_level=9, metric=0.6) == 4
+    assert by_threshold.next_max_length(4, 10, epochs_at_level=0, metric=0.4) == 5
+    assert by_threshold.next_max_length(4, 10, epochs_at_level=0, metric=None) == 4
+    by_pace = LengthCurriculum("growing", every_n_epochs=2, increment=2)
+    assert by_pace.next_max_length(4, 10, epochs_at_level=1, metric=0.0) == 4
+    assert by_pace.next_max_length(4, 10, epochs_at_level=2, metric=9.0) == 6
+    assert by_pace.next_max_length(9, 10, epochs_at_level=2, metric=9.0) == 10
+
+
+def test_fixed_is_the_whole_range_always():
+    fixed = LengthCurriculum("fixed")
+    assert fixed.next_max_length(3, 12, epochs_at_level=0, metric=None) == 12
+
+
+def tiny_trainer(tmp_path, curriculum, epochs):
+    from functools import partial
+
+    from memnet.controllers import LSTMController
+    from memnet.lightning import SequenceModule
+    from memnet.models.recurrent import RecurrentModel
+
+    dm = AlgorithmicDataModule(CopyTask(width=3, min_length=1, max_length=7), batch_size=3,
+                               batches_per_epoch=4, val_lengths=[7], val_size=3, seed=0)
+    lengths: list[tuple[int, int]] = []
+
+    class Record(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            lengths.append((trainer.current_epoch, int(batch["length"])))
+
+    net = RecurrentModel(4, 3, controller=partial(LSTMController, hidden_size=5))
+    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=1,
+                         callbacks=[curriculum, Record()])
+    trainer.fit(SequenceModule(net), datamodule=dm)
+    return trainer, dm, lengths
+
+
+def test_growing_curriculum_moves_the_data_module_and_logs(tmp_path):
+    curriculum = LengthCurriculum("growing", start_length=2, increment=2, every_n_epochs=1)
+    trainer, dm, lengths = tiny_trainer(tmp_path, curriculum, epochs=3)
+    assert [h[1] for h in curriculum.history] == [2, 4, 6, 7]
+    assert dm.length_range == (1, 7) and dm.length_mix == 0.0
+    for epoch, length in lengths:
+        assert length <= 2 + 2 * epoch  # epoch e draws from 1 .. 2 + 2e
+    assert trainer.callback_metrics["curriculum/max_length"].item() == 6.0  # logged before the last step up
+    state = curriculum.state_dict()
+    restored = LengthCurriculum("growing", every_n_epochs=1)
+    restored.load_state_dict(state)
+    assert restored.max_length == 7 and restored.history == curriculum.history
+
+
+def test_mixed_curriculum_sets_the_mix(tmp_path):
+    curriculum = LengthCurriculum("mixed", start_length=1, every_n_epochs=5, mix=0.5)
+    trainer, dm, lengths = tiny_trainer(tmp_path, curriculum, epochs=1)
+    assert dm.length_range == (1, 1) and dm.length_mix == 0.5
+    assert trainer.callback_metrics["curriculum/mix"].item() == 0.5
+    assert max(length for _, length in lengths) > 1  # some batches came from the whole range
+
+
+def test_needs_a_data_module_with_a_length_range():
+    class Trainer:
+        datamodule = object()
+
+    with pytest.raises(TypeError, match="length_range"):
+        LengthCurriculum("growing", every_n_epochs=1).on_fit_start(Trainer(), None)
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"schedule": "sometimes", "every_n_epochs": 1}, "schedule"),
+        ({"schedule": "growing"}, "every_n_epochs"),
+        ({"schedule": "mixed", "every_n_epochs": 1, "mix": 1.5}, "mix"),
+        ({"schedule": "growing", "every_n_epochs": 0}, "every_n_epochs"),
+        ({"schedule": "growing", "every_n_epochs": 1, "start_length": 0}, "start_length"),
+        ({"schedule": "growing", "every_n_epochs": 1, "increment": -1}, "increment"),
+    ],
+)
+def test_bad_arguments_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        LengthCurriculum(**kwargs)
+
+
+def test_curriculum_in_a_config_runs_through_the_cli(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from memnet.cli import MemnetCLI
+
+    monkeypatch.chdir(tmp_path)
+    cli = MemnetCLI(args=[
+        "--config", str(Path(__file__).parents[1] / "configs/lstm/copy.yaml"),
+        "--trainer.fast_dev_run=true", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+        "--model.init_args.net.init_args.controller.init_args.hidden_size=4",
+        "--model.init_args.net.init_args.controller.init_args.num_layers=1",
+        "--trainer.callbacks+=memnet.curriculum.LengthCurriculum",
+        "--trainer.callbacks.schedule=mixed", "--trainer.callbacks.every_n_epochs=1",
+        "--trainer.callbacks.start_length=3",
+    ], run=False)
+    [curriculum] = [c for c in cli.trainer.callbacks if isinstance(c, LengthCurriculum)]
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert curriculum.schedule == "mixed" and curriculum.history == [(0, 3), (1, 4)]  # one epoch: one step up
+    assert cli.datamodule.length_range == (1, 4) and cli.datamodule.length_mix == 0.2

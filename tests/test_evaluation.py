@@ -1,0 +1,148 @@
+"""``memnet evaluate`` on a tiny checkpoint: tables, results, plots, memory sizing, sub-batches, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from memnet.cli import main as memnet_main
+from memnet.evaluation import EvaluationError, fit_only_keys, resolve_checkpoint
+
+TINY = """
+seed_everything: 0
+trainer:
+  max_steps: 2
+  logger: false
+  enable_progress_bar: false
+  enable_model_summary: false
+  limit_val_batches: 1
+  default_root_dir: run
+model:
+  class_path: memnet.lightning.SequenceModule
+  init_args:
+    net:
+      class_path: memnet.models.ntm.NTM
+      init_args:
+        memory_size: 7
+        word_size: 5
+        controller:
+          class_path: memnet.controllers.LSTMController
+          init_args:
+            hidden_size: 4
+data:
+  class_path: tasks.algorithmic.AlgorithmicDataModule
+  init_args:
+    task:
+      class_path: tasks.algorithmic.CopyTask
+      init_args: {width: 3, min_length: 1, max_length: 4}
+    batch_size: 3
+    batches_per_epoch: 2
+    val_lengths: [4]
+    val_size: 3
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A folder with a 2-step NTM copy run, its config.yaml and runs/latest.json."""
+    folder = tmp_path_factory.mktemp("evaluate")
+    (folder / "tiny.yaml").write_text(TINY)
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        memnet_main(["fit", "--config", "tiny.yaml"])
+    finally:
+        os.chdir(cwd)
+    return folder
+
+
+def evaluate(folder: Path, *args: str) -> None:
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        memnet_main(["evaluate", *args])
+    finally:
+        os.chdir(cwd)
+
+
+def test_latest_writes_table_results_and_plots(trained, capsys):
+    evaluate(trained, "--ckpt_path", "latest", "--lengths", "2", "4", "9", "--num_sequences", "5",
+             "--batch_size", "2", "--out", "out")
+    out = trained / "out"
+    printed = capsys.readouterr().out
+    assert "| length | slots | bits per sequence | bit errors per sequence | sequences |" in printed
+    assert (out / "table.md").read_text() in printed
+    rows = list(csv.DictReader(open(out / "table.csv")))
+    assert [int(r["length"]) for r in rows] == [2, 4, 9]
+    assert [int(r["slots"]) for r in rows] == [7, 7, 9]  # max(trained N = 7, the length's need)
+    assert all(int(r["sequences"]) == 5 for r in rows)
+    results = json.loads((out / "results.json").read_text())
+    assert results["checkpoint"].endswith(".ckpt") and "best" in Path(results["checkpoint"]).name
+    assert results["train_range"] == [1, 4] and results["trained_memory_size"] == 7
+    for row in results["lengths"]:
+        assert row["bits_per_seq"] > 0 and 0 <= row["bit_errors_per_seq"] <= 3 * row["length"]
+    for name in ("error_vs_length.png", "memory_access_len2.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sub_batches_do_not_change_the_numbers(trained):
+    evaluate(trained, "--ckpt_path", "latest", "--lengths", "3", "--num_sequences", "6", "--batch_size", "6",
+             "--out", "whole")
+    evaluate(trained, "--ckpt_path", "latest", "--lengths", "3", "--num_sequences", "6", "--batch_size", "4",
+             "--out", "split")
+    whole = json.loads((trained / "whole/results.json").read_text())["lengths"][0]
+    split = json.loads((trained / "split/results.json").read_text())["lengths"][0]
+    assert split["bits_per_seq"] == pytest.approx(whole["bits_per_seq"], rel=1e-5)
+    assert split["bit_errors_per_seq"] == whole["bit_errors_per_seq"]
+
+
+def test_explicit_checkpoint_and_memory_size(trained):
+    checkpoint = next((trained / "run/checkpoints").glob("last.ckpt"))
+    evaluate(trained, "--ckpt_path", str(checkpoint), "--lengths", "12", "--memory_size", "16",
+             "--num_sequences", "2")  # default --out: <run>/evaluation
+    rows = json.loads((trained / "run/evaluation/results.json").read_text())["lengths"]
+    assert rows[0]["slots"] == 16
+
+
+def test_fixed_memory_too_small_names_the_length_and_the_bound(trained, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate(trained, "--ckpt_path", "latest", "--lengths", "4", "10", "--memory_size", "8", "--out", "small")
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "length 10 needs at least 10 memory slots" in message and "--memory_size is 8" in message
+    assert not (trained / "small").exists()  # refused before anything ran
+
+
+def test_lengths_the_task_cannot_encode_are_refused(trained, capsys):
+    with pytest.raises(SystemExit):
+        evaluate(trained, "--ckpt_path", "latest", "--lengths", "0", "--out", "zero")
+    assert "--lengths" in capsys.readouterr().err
+
+
+def test_missing_checkpoint_and_latest(tmp_path):
+    with pytest.raises(EvaluationError, match="--ckpt_path: no checkpoint file"):
+        resolve_checkpoint(str(tmp_path / "nope.ckpt"))
+    with pytest.raises(EvaluationError, match="latest.json not found"):
+        resolve_checkpoint("latest", tmp_path / "runs" / "latest.json")
+    (tmp_path / "latest.json").write_text(json.dumps({"best_checkpoint": None, "last_checkpoint": "gone.ckpt"}))
+    with pytest.raises(EvaluationError, match="names no existing checkpoint"):
+        resolve_checkpoint("latest", tmp_path / "latest.json")
+    (tmp_path / "broken.json").write_text("{\n oops")
+    with pytest.raises(EvaluationError, match="line 2"):
+        resolve_checkpoint("latest", tmp_path / "broken.json")
+
+
+def test_no_config_beside_the_checkpoint(tmp_path, capsys):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "x.ckpt").write_bytes(b"")
+    with pytest.raises(SystemExit):
+        memnet_main(["evaluate", "--ckpt_path", str(tmp_path / "checkpoints" / "x.ckpt"), "--lengths", "3"])
+    assert "no config.yaml beside the checkpoint" in capsys.readouterr().err
+
+
+def test_fit_only_keys_are_the_trainer_fit_arguments():
+    assert {"ckpt_path"} <= fit_only_keys() and not {"model", "datamodule"} & fit_only_keys()

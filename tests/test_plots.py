@@ -1,0 +1,61 @@
+"""Figures: the memory-access heat maps (any number of heads), error versus length, and the callback."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from memnet.callbacks import MemoryAccessPlot, run_dir
+from memnet.controllers import LSTMController
+from memnet.lightning import SequenceModule
+from memnet.models.ntm import NTM
+from memnet.plots import plot_error_vs_length, plot_memory_access
+from tasks.algorithmic import AlgorithmicDataModule, AssociativeRecallTask
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def weights(steps: int, heads: int, slots: int, seed: int) -> torch.Tensor:
+    return torch.softmax(torch.randn(steps, heads, slots, generator=torch.Generator().manual_seed(seed)), -1)
+
+
+@pytest.mark.parametrize("reads, writes", [(1, 1), (2, 3)])
+def test_memory_access_figure_for_any_number_of_heads(tmp_path, reads, writes):
+    path = plot_memory_access(
+        tmp_path / "deep" / "figure.png",
+        inputs=torch.rand(11, 5), targets=torch.rand(11, 4).round(), outputs=torch.rand(11, 4),
+        read_weights=weights(11, reads, 7, 0), write_weights=weights(11, writes, 7, 1), title="t",
+    )
+    assert path.read_bytes()[:8] == PNG
+
+
+def test_error_versus_length_figure(tmp_path):
+    rows = [{"length": n, "bits_per_seq": 0.1 * n, "bit_errors_per_seq": 0.01 * n, "optimal_bits_per_seq": 0.05 * n}
+            for n in (40, 10, 20)]
+    path = plot_error_vs_length(tmp_path / "e.png", rows=rows, train_range=(1, 20), title="copy")
+    assert path.read_bytes()[:8] == PNG
+    assert plot_error_vs_length(tmp_path / "f.png", rows=rows[:1]).read_bytes()[:8] == PNG
+    with pytest.raises(ValueError, match="rows"):
+        plot_error_vs_length(tmp_path / "g.png", rows=[])
+
+
+def test_callback_draws_every_k_validation_epochs(tmp_path):
+    task = AssociativeRecallTask(width=3, item_length=2, min_length=2, max_length=3)
+    dm = AlgorithmicDataModule(task, batch_size=3, batches_per_epoch=2, val_lengths=[3], val_size=3)
+    net = NTM(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=4),
+              memory_size=7, word_size=5, num_reads=2, num_writes=2)
+    callback = MemoryAccessPlot(every_n_epochs=2)
+    trainer = pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path, callbacks=[callback])
+    trainer.fit(SequenceModule(net), datamodule=dm)
+    drawn = sorted(p.name for p in (run_dir(trainer) / "memory_access").glob("*.png"))
+    assert drawn == ["epoch_0000.png", "epoch_0002.png"]
+    assert callback.last_path.read_bytes()[:8] == PNG
+
+
+def test_callback_rejects_bad_k():
+    with pytest.raises(ValueError, match="every_n_epochs"):
+        MemoryAccessPlot(every_n_epochs=0)
