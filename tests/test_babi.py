@@ -451,3 +451,26 @@ def test_qa_module_rejects_bad_reduction():
 
     with pytest.raises(ValueError, match="loss_reduction must be 'mean' or 'sum'"):
         QAModule(_Lookup(3), loss_reduction="max")
+
+
+@needs_data
+def test_table_command_evaluates_a_trained_checkpoint(tmp_path, monkeypatch, capsys):
+    """`memnet fit` a few steps on two tasks, then `memnet babi-table` on its checkpoint."""
+    from memnet.cli import main
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "memn2n" / "babi_task_1k.yaml"
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(config), "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+          "--trainer.limit_val_batches=1", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+          f"--trainer.default_root_dir={tmp_path / 'run'}", f"--data.init_args.data_dir={ARCHIVE}",
+          f"--data.init_args.cache_dir={tmp_path / 'cache'}", "--data.init_args.tasks=[1, 6]"])
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert checkpoint.is_file() and (tmp_path / "run" / "config.yaml").is_file()
+    capsys.readouterr()
+    main(["babi-table", "--ckpt_path", str(checkpoint), "--name", "tiny", "--csv", str(tmp_path / "t.csv")])
+    out = capsys.readouterr().out
+    rows = (tmp_path / "t.csv").read_text().splitlines()
+    assert rows[0] == "task,tiny"
+    errors = {int(row.split(":")[0]): row.split(",")[-1] for row in rows[1:21]}
+    assert errors[3] == "" and 0.0 <= float(errors[1]) <= 100.0 and 0.0 <= float(errors[6]) <= 100.0
+    assert "| 1: single-supporting-fact |" in out and "(2 tasks)" in out
