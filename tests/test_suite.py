@@ -46,6 +46,8 @@ NTM = {
         "model.init_args.net.init_args.word_size": 4,
         "model.init_args.net.init_args.controller.init_args.hidden_size": 6,
     },
+    # length generalisation through `memnet evaluate`: trained on lengths 1-3, tested at 3 and 6
+    "evaluate": {"kind": "algorithmic", "lengths": [3, 6], "num_sequences": 6, "batch_size": 3},
 }
 LSTM = {
     "name": "lstm-copy",
@@ -210,7 +212,43 @@ def test_report_has_one_row_per_experiment_with_mean_and_std(finished):
     lengths = {row["experiment"]: row for row in report["lengths"]}
     assert lengths["ntm-copy"]["training_lengths"] == ["3"]
     assert lengths["ntm-copy"]["bits_per_seq"]["3"]["n"] == 2
+    # ... and at the longer length from `memnet evaluate`, one value per seed
+    evaluated = [
+        json.loads((finished["results"] / "ntm-copy" / f"seed_{s}" / "metrics.json").read_text())[
+            "evaluation"
+        ]
+        for s in (0, 1)
+    ]
+    assert all(e["status"] == "done" and set(e["bits_per_seq"]) == {"3", "6"} for e in evaluated)
+    six = [e["bits_per_seq"]["6"] for e in evaluated]
+    assert lengths["ntm-copy"]["bits_per_seq"]["6"]["mean"] == pytest.approx(sum(six) / 2)
+    assert "L=6" in markdown and "(train)" in markdown
     assert (finished["results"] / "report" / "lengths.png").stat().st_size > 0
+
+
+def test_missing_evaluation_code_is_reported_not_faked(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(S, "find_spec", lambda name: None)
+    path = write_suite(tmp_path / "s.yaml", [NTM])
+    (experiment,) = S.load_suite(path).experiments
+    run = S.Run("tiny", experiment, 0, tmp_path)
+    with pytest.raises(S.EvaluationUnavailable, match="memnet evaluate"):
+        S.EVALUATORS["algorithmic"].command(run, "last.ckpt", experiment.evaluate)
+    babi = {"kind": "babi", "split": "test"}
+    with pytest.raises(S.EvaluationUnavailable, match="tasks.babi"):
+        S.EVALUATORS["babi"].command(run, "last.ckpt", babi)
+    # the runner records it, and the report says so instead of printing numbers
+    runner = S.SuiteRunner(S.load_suite(path), tmp_path)
+    evaluation = runner._evaluate(run, experiment.evaluate, "last.ckpt", 0)
+    assert evaluation["status"] == "unavailable"
+    runner._write_suite_file()
+    run.folder.mkdir(parents=True)
+    runner._write_record(run, status="done", metrics={"val/len_3/bits_per_seq": 2.5},
+                         evaluation=evaluation)
+    (row,) = S.build_report(tmp_path)["lengths"]
+    assert row["bits_per_seq"]["6"] is None and row["bits_per_seq"]["3"]["mean"] == 2.5
+    assert "memnet evaluate" in row["notes"][0]
+    assert "not in this checkout" in S.render_markdown(S.build_report(tmp_path))
 
 
 def test_report_is_identical_when_rendered_twice(finished, tmp_path):
