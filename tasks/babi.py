@@ -517,7 +517,13 @@ def load_babi(
     })
     cached.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".babi-{key}-", dir=cached.parent))
-    dataset.save_to_disk(str(partial))
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # a one-off local save; its bars would only clutter training logs
+    try:
+        dataset.save_to_disk(str(partial))
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
     try:
         os.replace(partial, cached)
     except OSError:  # another process cached it first
