@@ -1462,7 +1462,7 @@ def leaderboard_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]
                 )
             )
         if row["missing"]:
-            status.append(f"{row['missing']} not run")
+            status.append(f"{row['missing']} not finished")
         status += row["evaluation_notes"]
         rows.append(
             [
