@@ -537,10 +537,10 @@ class DynamicNGramsTask(AlgorithmicTask):
         >>> task = DynamicNGramsTask(min_length=12, max_length=12)
         >>> batch = task.sample_batch(torch.Generator().manual_seed(0), 2, 12)
         >>> batch["inputs"][..., 0]
-        tensor([[0., 1., 0., 0., 0., 0., 1., 1., 0., 0., 0.],
-                [0., 1., 0., 1., 1., 0., 1., 1., 0., 1., 0.]])
+        tensor([[0., 0., 0., 1., 0., 0., 0., 0., 1., 0., 0.],
+                [1., 0., 0., 1., 0., 0., 1., 0., 0., 1., 0.]])
         >>> batch["optimal_bits"]
-        tensor([7.0000, 7.4150])
+        tensor([5.8301, 6.8301])
 
     Args:
         order: n, the n-gram order (6 in the paper).
@@ -592,19 +592,20 @@ class DynamicNGramsTask(AlgorithmicTask):
 
         The loop runs over time only (each bit depends on the last n − 1); the batch is one tensor op.
         """
-        batch_size = tables.shape[0]
-        uniform = torch.rand(batch_size, length, generator=generator)
-        bits = torch.zeros(batch_size, length, dtype=torch.long)
+        batch_size, num_contexts = tables.shape
+        uniform = torch.rand(length, batch_size, generator=generator)  # time first: each step reads a row
+        bits = torch.empty(length, batch_size, dtype=torch.long)
         coins = min(self.order - 1, length)
-        bits[:, :coins] = (uniform[:, :coins] < 0.5).long()
+        bits[:coins] = (uniform[:coins] < 0.5).long()
         context = torch.zeros(batch_size, dtype=torch.long)
         for t in range(coins):
-            context = ((context << 1) | bits[:, t]) & (self.num_contexts - 1)
+            context = ((context << 1) | bits[t]) & (num_contexts - 1)
+        flat = tables.reshape(-1)
+        offsets = torch.arange(batch_size) * num_contexts  # row b of the table starts at b·C
         for t in range(coins, length):
-            chance = tables.gather(1, context[:, None])[:, 0]
-            bits[:, t] = (uniform[:, t] < chance).long()
-            context = ((context << 1) | bits[:, t]) & (self.num_contexts - 1)
-        return bits.float()
+            torch.lt(uniform[t], flat[offsets + context], out=bits[t])  # a 1 with the context's probability
+            context = ((context << 1) | bits[t]) & (num_contexts - 1)
+        return rearrange(bits, "t b -> b t").float()
 
     def contexts(self, inputs: torch.Tensor) -> torch.Tensor:
         """Context index at each step: inputs (B, T) bits -> (B, T) ints, −1 before n − 2 bits were read."""
@@ -617,18 +618,21 @@ class DynamicNGramsTask(AlgorithmicTask):
             out[:, window - 1 :] = (windows * powers).sum(-1)
         return out
 
-    def optimal_probabilities(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def optimal_probabilities(
+        self, inputs: torch.Tensor, targets: torch.Tensor, contexts: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The Bayes-optimal P(next bit = 1) at each step, (B, T), from the bits read so far.
 
         ``inputs`` (B, T) are the bits read, ``targets`` (B, T) the bits that followed.
         At a scored step t with context c: (N1 + ½) / (N0 + N1 + 1), where N0, N1 count the
         earlier scored steps with context c followed by 0 and by 1. Unscored steps get ½.
         Vectorised: a one-hot of the contexts, an exclusive cumulative sum over time.
+        ``contexts`` (B, T), if given, saves recomputing ``self.contexts(inputs)``.
         """
-        contexts = self.contexts(inputs)
+        contexts = self.contexts(inputs) if contexts is None else contexts
         scored = contexts >= 0
         onehot = F.one_hot(contexts.clamp_min(0), self.num_contexts).to(inputs.dtype)
-        onehot = onehot * scored[..., None]  # (B, T, C)
+        onehot *= scored[..., None].to(inputs.dtype)  # (B, T, C)
         seen = onehot.cumsum(1) - onehot  # contexts seen strictly before t
         ones = onehot * targets[..., None]
         seen_ones = ones.cumsum(1) - ones
@@ -638,10 +642,13 @@ class DynamicNGramsTask(AlgorithmicTask):
         chance = (n_one + self.PRIOR) / (n_all + 2 * self.PRIOR)
         return torch.where(scored, chance, torch.full_like(chance, 0.5))
 
-    def optimal_bits(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def optimal_bits(
+        self, inputs: torch.Tensor, targets: torch.Tensor, contexts: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Bayes-optimal cost of each sequence in bits: −Σ log2 p(actual next bit) over scored steps. -> (B,)."""
-        chance = self.optimal_probabilities(inputs, targets)
-        scored = self.contexts(inputs) >= 0
+        contexts = self.contexts(inputs) if contexts is None else contexts
+        chance = self.optimal_probabilities(inputs, targets, contexts)
+        scored = contexts >= 0
         likelihood = torch.where(targets > 0.5, chance, 1 - chance)
         return -(torch.log2(likelihood) * scored).sum(1)
 
@@ -650,13 +657,14 @@ class DynamicNGramsTask(AlgorithmicTask):
         batch_size, length = bits.shape
         self.check_length(length, "bits.shape[1]")
         inputs, targets = bits[:, :-1], bits[:, 1:]
-        mask = (self.contexts(inputs) >= 0).to(bits.dtype)
+        contexts = self.contexts(inputs)
+        mask = (contexts >= 0).to(bits.dtype)
         return {
             "inputs": rearrange(inputs, "b t -> b t 1"),
             "targets": rearrange(targets, "b t -> b t 1"),
             "mask": mask,
             "length": length,
-            "optimal_bits": self.optimal_bits(inputs, targets),
+            "optimal_bits": self.optimal_bits(inputs, targets, contexts),
         }
 
     def sample_batch(self, generator, batch_size, length):
