@@ -15,7 +15,7 @@ and, for validation and test, the same per task length as ``val/len_20/bits_per_
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -31,6 +31,7 @@ class SequenceModule(pl.LightningModule):
         net: the network, e.g. ``memnet.models.ntm.NTM``.
         optimizer: optimiser factory (``class_path`` + ``init_args`` in YAML); default Adam.
         scheduler: optional learning-rate scheduler factory.
+        scheduler_interval: step the scheduler every ``step`` (e.g. OneCycleLR) or ``epoch``.
         eval_memory_size: N to use in validation, test and predict (memory models
             only), e.g. to evaluate lengths that need more slots than training had.
     """
@@ -41,9 +42,13 @@ class SequenceModule(pl.LightningModule):
         *,
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: Literal["step", "epoch"] = "epoch",
         eval_memory_size: int | None = None,
     ) -> None:
         super().__init__()
+        if scheduler_interval not in ("step", "epoch"):
+            raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
+        self.scheduler_interval = scheduler_interval
         if eval_memory_size is not None and eval_memory_size < 1:
             raise ValueError(f"eval_memory_size must be a positive integer, got {eval_memory_size!r}")
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
@@ -76,15 +81,15 @@ class SequenceModule(pl.LightningModule):
                 length = int(batch["length"])
                 self.log(f"{stage}/len_{length}/{name}", metrics[name], on_epoch=True,
                          batch_size=batch_size, add_dataloader_idx=False)
-        return metrics["loss"]
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.model_step(batch, "train")
         if "optimal_bits" in batch:  # tasks with a known best cost (dynamic n-grams): how far from it
             optimal = batch["optimal_bits"].mean()
             self.log(f"{stage}/optimal_bits_per_seq", optimal, on_step=on_step, on_epoch=True, batch_size=batch_size)
             self.log(f"{stage}/excess_bits_per_seq", metrics["bits_per_seq"] - optimal,
                      on_step=on_step, on_epoch=True, batch_size=batch_size)
+        return metrics["loss"]
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.model_step(batch, "train")
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"training loss became {loss.item()} at step {self.global_step} "
@@ -134,6 +139,7 @@ class SequenceModule(pl.LightningModule):
         if self.scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer),
+                                                         "interval": self.scheduler_interval,
                                                          "monitor": "val/loss"}}
 
 
