@@ -553,17 +553,23 @@ def _algorithmic_collect(run: Run, spec: dict) -> dict:
     folder = run.folder / "evaluation"
     found = sorted(folder.glob("*.json")) if folder.is_dir() else []
     by_length: dict[str, float] = {}
+    train_range: list[int] | None = None
     for path in found:
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
         by_length.update(_lengths_from(data))
+        if isinstance(data, dict) and isinstance(data.get("train_range"), list):
+            train_range = [int(n) for n in data["train_range"]]
     if not by_length:
         raise EvaluationUnavailable(
             f"`memnet evaluate` wrote no bits-per-sequence results under {folder}"
         )
-    return {"bits_per_seq": {k: by_length[k] for k in sorted(by_length, key=int)}}
+    result = {"bits_per_seq": {k: by_length[k] for k in sorted(by_length, key=int)}}
+    if train_range is not None:
+        result["train_range"] = train_range
+    return result
 
 
 def _lengths_from(data: Any) -> dict[str, float]:
@@ -1255,19 +1261,28 @@ def _babi_errors(record: dict[str, Any]) -> dict[str, float]:
     return {}
 
 
-def _length_values(record: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
-    """(training-time validation bits/seq by length, generalisation bits/seq by length)."""
+def _length_values(record: dict[str, Any]) -> tuple[dict[str, float], set[str], list[int] | None]:
+    """Bits per sequence by length, the lengths that come from training's validation only,
+    and the training range of lengths (from ``memnet evaluate``) if known.
+
+    Where ``memnet evaluate`` measured a length, its number is used (one protocol for every
+    length); the validation of training fills in the lengths it did not measure.
+    """
     metrics = record.get("metrics") or {}
-    train = {
+    values = {
         m.group(1): float(v)
         for k, v in metrics.items()
         if (m := re.match(r"^val/len_(\d+)/bits_per_seq$", k)) and isinstance(v, (int, float))
     }
+    from_validation = set(values)
     evaluation = record.get("evaluation") or {}
-    general = {}
+    train_range = None
     if evaluation.get("status") == "done":
-        general = {str(k): float(v) for k, v in (evaluation.get("bits_per_seq") or {}).items()}
-    return train, general
+        for length, value in (evaluation.get("bits_per_seq") or {}).items():
+            values[str(length)] = float(value)
+            from_validation.discard(str(length))
+        train_range = evaluation.get("train_range")
+    return values, from_validation, train_range
 
 
 COLUMN_ORDER = (
@@ -1285,6 +1300,16 @@ COLUMN_ORDER = (
     "bAbI failed tasks",
     "train s",
 )
+
+
+def _evaluation_notes(entry: _ExperimentResults) -> list[str]:
+    """Why a finished run has no evaluation numbers (code missing, evaluation failed), once each."""
+    notes = set()
+    for record in entry.done():
+        evaluation = record.get("evaluation") or {}
+        if evaluation.get("status") not in (None, "done") and evaluation.get("error"):
+            notes.add(str(evaluation["error"]))
+    return sorted(notes)
 
 
 def build_report(results: str | Path) -> dict[str, Any]:
@@ -1315,14 +1340,7 @@ def build_report(results: str | Path) -> dict[str, Any]:
             {"seed": r.get("seed"), "stage": r.get("stage"), "error": r.get("error")}
             for r in entry.failed()
         ]
-        notes = sorted(
-            {
-                (r.get("evaluation") or {}).get("error")
-                for r in entry.done()
-                if (r.get("evaluation") or {}).get("status") not in (None, "done")
-            }
-            - {None}
-        )
+        notes = _evaluation_notes(entry)
         row["evaluation_notes"] = notes
         leaderboard.append(row)
 
@@ -1333,15 +1351,22 @@ def build_report(results: str | Path) -> dict[str, Any]:
         ):
             continue
         by_length: dict[str, list[float]] = {}
-        training_lengths: set[str] = set()
+        validation_only: set[str] = set()
+        train_range: list[int] | None = None
+        validated: set[str] = set()  # lengths of training's validation: the longest trained on
         for record in entry.done():
-            train, general = _length_values(record)
-            training_lengths.update(train)
-            for length, value in train.items():
+            values, from_validation, record_range = _length_values(record)
+            validation_only |= from_validation
+            validated |= {
+                m.group(1)
+                for key in record.get("metrics") or {}
+                if (m := re.match(r"^val/len_(\d+)/bits_per_seq$", key))
+            }
+            train_range = train_range or record_range
+            for length, value in values.items():
                 by_length.setdefault(length, []).append(value)
-            for length, value in general.items():
-                if length not in train:
-                    by_length.setdefault(length, []).append(value)
+        if train_range is None and validated:
+            train_range = [min(int(n) for n in validated), max(int(n) for n in validated)]
         wanted = [str(n) for n in (entry.experiment.evaluate or {}).get("lengths", [])]
         cells = {}
         for length in sorted(set(by_length) | set(wanted), key=int):
@@ -1351,22 +1376,15 @@ def build_report(results: str | Path) -> dict[str, Any]:
                 if stat is None
                 else {"mean": stat[0], "std": stat[1], "n": len(by_length[length])}
             )
-        notes = sorted(
-            {
-                (r.get("evaluation") or {}).get("error")
-                for r in entry.done()
-                if (r.get("evaluation") or {}).get("status") not in (None, "done")
-            }
-            - {None}
-        )
         lengths_table.append(
             {
                 "experiment": entry.experiment.name,
                 "model": entry.experiment.model,
                 "task": entry.experiment.task,
-                "training_lengths": sorted(training_lengths, key=int),
+                "training_range": train_range,
+                "validation_only": sorted(validation_only, key=int),
                 "bits_per_seq": cells,
-                "notes": notes,
+                "notes": _evaluation_notes(entry),
             }
         )
 
@@ -1391,14 +1409,7 @@ def build_report(results: str | Path) -> dict[str, Any]:
             failed = _mean_std(
                 [float(sum(v > BABI_FAIL_THRESHOLD for v in r.values())) for r in runs]
             )
-            notes = sorted(
-                {
-                    (r.get("evaluation") or {}).get("error")
-                    for r in entry.done()
-                    if (r.get("evaluation") or {}).get("status") not in (None, "done")
-                }
-                - {None}
-            )
+            notes = _evaluation_notes(entry)
             measured = sum(stat is not None for stat in per_task.values())
             if runs and measured < len(BABI_TASKS):
                 partial = (
@@ -1483,11 +1494,14 @@ def lengths_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for row in report["lengths"]:
         cells = []
+        low, high = row["training_range"] or (0, 0)
         for n in lengths:
             stat = row["bits_per_seq"].get(n)
             text = _cell(stat) if n in row["bits_per_seq"] else ""
-            if stat is not None and n in row["training_lengths"]:
-                text += " (train)"
+            if stat is not None and low <= int(n) <= high:
+                text += " *"
+            if stat is not None and n in row["validation_only"]:
+                text += " (val)"
             cells.append(text)
         rows.append([row["experiment"], row["model"], row["task"], *cells, "; ".join(row["notes"])])
     return header, rows
@@ -1560,8 +1574,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report["lengths"]:
         parts.append(
             "## Algorithmic tasks: bits per sequence by length\n\nthe NTM paper's cost (binary "
-            "cross-entropy per sequence, in bits), mean ± std over seeds; '(train)' marks the "
-            "validation lengths seen in training, the others come from `memnet evaluate`.\n\n"
+            "cross-entropy per sequence, in bits), mean ± std over seeds, measured by `memnet "
+            "evaluate`; '*' marks lengths inside the training range, '(val)' a number from the "
+            "last validation of training (where `memnet evaluate` did not run).\n\n"
             + _markdown_table(*lengths_rows(report))
         )
     if report["babi"]:
@@ -1643,8 +1658,8 @@ def plot_report(report: dict[str, Any], folder: Path) -> list[Path]:
                     capsize=3,
                     label=row["experiment"],
                 )
-                for n in row["training_lengths"]:
-                    ax.axvline(int(n), color="grey", linestyle=":", linewidth=0.8)
+                if row["training_range"]:  # the longest training length
+                    ax.axvline(row["training_range"][1], color="grey", linestyle=":", linewidth=0.8)
             ax.set_title(task)
             ax.set_xlabel("sequence length")
             ax.set_ylabel("bits per sequence")
@@ -1664,6 +1679,20 @@ def plot_report(report: dict[str, Any], folder: Path) -> list[Path]:
             ys = [(model["per_task"][t] or {}).get("mean", float("nan")) for t in BABI_TASKS]
             es = [(model["per_task"][t] or {}).get("std", 0.0) for t in BABI_TASKS]
             ax.bar(xs, ys, width=width, yerr=es, capsize=2, label=model["experiment"])
+        markers = iter("xv^sd+")
+        for ref in babi["references"]:
+            if ref.get("per_task"):
+                ax.plot(
+                    [int(t) for t in BABI_TASKS],
+                    [ref["per_task"][t] for t in BABI_TASKS],
+                    linestyle="none",
+                    marker=next(markers, "."),
+                    color="black",
+                    markersize=4,
+                    zorder=3,
+                    label=f"{ref['label']} (published)",
+                )
+        ax.set_xlim(0.5, len(BABI_TASKS) + 0.5)
         ax.axhline(
             BABI_FAIL_THRESHOLD,
             color="red",

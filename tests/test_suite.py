@@ -210,7 +210,10 @@ def test_report_has_one_row_per_experiment_with_mean_and_std(finished):
     assert [line.split(",")[0] for line in csv_lines[1:]] == ["ntm-copy", "lstm-copy"]
     # the bits per sequence at the training length (3) are in the length table
     lengths = {row["experiment"]: row for row in report["lengths"]}
-    assert lengths["ntm-copy"]["training_lengths"] == ["3"]
+    assert lengths["ntm-copy"]["training_range"] == [1, 3]
+    assert lengths["lstm-copy"]["training_range"] == [3, 3]  # no evaluation: its validation length
+    assert lengths["lstm-copy"]["validation_only"] == ["3"]
+    assert lengths["ntm-copy"]["validation_only"] == []
     assert lengths["ntm-copy"]["bits_per_seq"]["3"]["n"] == 2
     # ... and at the longer length from `memnet evaluate`, one value per seed
     evaluated = [
@@ -222,7 +225,7 @@ def test_report_has_one_row_per_experiment_with_mean_and_std(finished):
     assert all(e["status"] == "done" and set(e["bits_per_seq"]) == {"3", "6"} for e in evaluated)
     six = [e["bits_per_seq"]["6"] for e in evaluated]
     assert lengths["ntm-copy"]["bits_per_seq"]["6"]["mean"] == pytest.approx(sum(six) / 2)
-    assert "L=6" in markdown and "(train)" in markdown
+    assert "L=6" in markdown and " * |" in markdown and " * (val) |" in markdown
     assert (finished["results"] / "report" / "lengths.png").stat().st_size > 0
 
 
@@ -243,10 +246,12 @@ def test_missing_evaluation_code_is_reported_not_faked(tmp_path, monkeypatch):
     assert evaluation["status"] == "unavailable"
     runner._write_suite_file()
     run.folder.mkdir(parents=True)
-    runner._write_record(run, status="done", metrics={"val/len_3/bits_per_seq": 2.5},
-                         evaluation=evaluation)
+    runner._write_record(
+        run, status="done", metrics={"val/len_3/bits_per_seq": 2.5}, evaluation=evaluation
+    )
     (row,) = S.build_report(tmp_path)["lengths"]
     assert row["bits_per_seq"]["6"] is None and row["bits_per_seq"]["3"]["mean"] == 2.5
+    assert row["validation_only"] == ["3"]
     assert "memnet evaluate" in row["notes"][0]
     assert "not in this checkout" in S.render_markdown(S.build_report(tmp_path))
 
