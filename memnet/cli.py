@@ -5,6 +5,8 @@
     memnet test / predict ...                               likewise on the test set
     memnet evaluate --ckpt_path PATH --lengths 20 40 80     length generalisation (see memnet.evaluation)
     memnet probe configs/probe/*.yaml --out PNG             ‖∂L/∂h(t)‖ of each config's model (see memnet.probe)
+    memnet suite run configs/suites/smoke.yaml --jobs 2     a suite of experiments × seeds (see memnet.suite)
+    memnet suite report runs/suites/smoke                   its leaderboard, tables and plots
 
 Configs stack (``--config a.yaml --config b.yaml``, later wins) and any field can
 be overridden (``--model.init_args.net.init_args.memory_size 64``). The data
@@ -159,6 +161,10 @@ def main(argv: list[str] | None = None) -> None:
 
         probe_main(argv[1:])
         return
+    if argv and argv[0] == "suite":
+        from memnet.suite import main as suite_main
+
+        raise SystemExit(suite_main(argv[1:]))
     if argv and argv[0] == "data":  # memnet data babi [--dest DIR] [--archive FILE]: fetch, verify, extract
         datasets_available = ("babi",)
         if len(argv) < 2 or argv[1] not in datasets_available:
