@@ -685,10 +685,8 @@ def _evaluate_main(argv: list[str]) -> None:
     from memnet.cli import MemnetCLI
 
     config = yaml.safe_load(Path(args.config).read_text())
-    for key in (
-        "ckpt_path",
-        "weights_only",
-    ):  # options of `fit`, saved with the run, not part of the model
+    # options of `fit` saved with the run, which a config for `test` must not hold
+    for key in ("ckpt_path", "weights_only"):
         config.pop(key, None)
     cli = MemnetCLI(
         args=[
@@ -936,12 +934,10 @@ class SuiteRunner:
             raise SuiteError(f"--jobs must be a positive integer, got {jobs!r}")
         if gpus_per_job is not None and gpus_per_job < 1:
             raise SuiteError(f"--gpus-per-job must be a positive integer, got {gpus_per_job!r}")
-        self.suite, self.results, self.jobs, self.gpus_per_job = (
-            suite,
-            Path(results),
-            jobs,
-            gpus_per_job,
-        )
+        self.suite = suite
+        self.results = Path(results)
+        self.jobs = jobs
+        self.gpus_per_job = gpus_per_job
         self.base = Path(base_dir) if base_dir is not None else Path.cwd()
         self.stream = stream or sys.stdout
         self.events_lock = threading.Lock()
