@@ -14,6 +14,45 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 
+TOUCHED_WEIGHT = 0.01  # a slot counts as touched once any head gives it this much weight
+MARGIN_SLOTS = 2  # untouched slots shown on either side of the touched ones
+MIN_ROWS = 8  # the fewest memory rows a panel shows
+
+
+def touched_window(touched: torch.Tensor) -> tuple[int, int]:
+    """The circular window of slots to draw: (first slot, number of rows).
+
+    ``touched`` (N,) bool marks the slots any head used. The window is the complement of
+    the longest circular run of untouched slots, widened by ``MARGIN_SLOTS`` on each side
+    and to at least ``MIN_ROWS`` rows (never more than N).
+
+    >>> touched_window(torch.tensor([True, False, False, False, False, False, False, False, False, False,
+    ...                              False, False, False, False, True, True]))   # slots 14, 15, 0 of 16
+    (12, 8)
+    """
+    n = touched.numel()
+    if not bool(touched.any()):
+        return 0, n
+    marks = touched.tolist()
+    best_len, best_end = -1, 0  # longest circular run of untouched slots, and the slot after it
+    run = 0
+    for i in range(2 * n):
+        if not marks[i % n]:
+            run += 1
+            if run > best_len and run <= n:
+                best_len, best_end = run, (i + 1) % n
+        else:
+            run = 0
+    rows = n - max(best_len, 0)
+    start = best_end
+    rows = min(n, rows + 2 * MARGIN_SLOTS)
+    start = (start - MARGIN_SLOTS) % n
+    if rows < MIN_ROWS:
+        start = (start - (min(n, MIN_ROWS) - rows) // 2) % n
+        rows = min(n, MIN_ROWS)
+    return start, rows
+
+
 def plot_memory_access(
     path: str | Path,
     *,
@@ -36,19 +75,22 @@ def plot_memory_access(
         title: figure title.
 
     Returns:
-        The path written. Memory rows are cropped to the slots any head touched.
+        The path written. Memory rows are cropped to the slots any head touched,
+        taken circularly (heads that shift left from slot 0 wrap to slot N − 1), and
+        labelled with their slot numbers.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     read_weights = read_weights.detach().float().cpu()
     write_weights = write_weights.detach().float().cpu()
-    touched = torch.cat([read_weights, write_weights], dim=1).amax(dim=(0, 1)) > 0.01
-    last = int(touched.nonzero().max()) + 1 if touched.any() else read_weights.shape[-1]
-    last = min(read_weights.shape[-1], max(last + 2, 8))
+    touched = torch.cat([read_weights, write_weights], dim=1).amax(dim=(0, 1)) > TOUCHED_WEIGHT
+    start, rows = touched_window(touched)
+    slots = (torch.arange(rows) + start) % touched.numel()  # the slot shown in each row
+    read_weights, write_weights = read_weights[..., slots], write_weights[..., slots]
 
     panels = [("input", inputs), ("target", targets), ("output", outputs)]
-    panels += [(f"write head {h}", write_weights[:, h, :last]) for h in range(write_weights.shape[1])]
-    panels += [(f"read head {r}", read_weights[:, r, :last]) for r in range(read_weights.shape[1])]
+    panels += [(f"write head {h}", write_weights[:, h]) for h in range(write_weights.shape[1])]
+    panels += [(f"read head {r}", read_weights[:, r]) for r in range(read_weights.shape[1])]
     heights = [max(2.0, min(6.0, p.shape[1] / 6)) for _, p in panels]
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, sum(heights)), squeeze=False,
                              gridspec_kw={"height_ratios": heights})
@@ -58,6 +100,9 @@ def plot_memory_access(
                   interpolation="nearest", vmin=0, vmax=1)
         ax.set_ylabel("slot" if "head" in name else "bit")
         ax.set_title(name, fontsize=9, loc="left")
+        if "head" in name:
+            ticks = list(range(0, rows, max(1, rows // 6)))
+            ax.set_yticks(ticks, [str(int(slots[i])) for i in ticks])
     axes[-1, 0].set_xlabel("time step")
     if title:
         fig.suptitle(title)
