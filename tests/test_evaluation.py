@@ -146,3 +146,19 @@ def test_no_config_beside_the_checkpoint(tmp_path, capsys):
 
 def test_fit_only_keys_are_the_trainer_fit_arguments():
     assert {"ckpt_path"} <= fit_only_keys() and not {"model", "datamodule"} & fit_only_keys()
+
+
+def test_slots_rule_and_table_columns():
+    from memnet.evaluation import markdown_table, slots_for
+    from tasks.algorithmic import AssociativeRecallTask, CopyTask
+
+    assert slots_for(CopyTask(), 100, 128, None) == 128 and slots_for(CopyTask(), 200, 128, None) == 200
+    assert slots_for(AssociativeRecallTask(), 50, 128, None) == 150  # 3 vectors per item
+    assert slots_for(CopyTask(), 50, None, None) is None  # no external memory
+    with pytest.raises(EvaluationError, match=r"length 130 needs at least 130 memory slots.*--memory_size is 128"):
+        slots_for(CopyTask(), 130, 128, 128)
+    rows = [{"length": 200, "slots": None, "bits_per_seq": 131.25, "bit_errors_per_seq": 40.0, "sequences": 8,
+             "exact_pct": 0.0, "optimal_bits_per_seq": 120.5}]
+    table = markdown_table(rows)
+    assert "optimal bits per sequence" in table.splitlines()[0]
+    assert "| 200 | — | 131.250 | 40.000 | 8 | 0.000 | 120.500 |" in table
