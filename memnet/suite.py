@@ -958,7 +958,18 @@ class SuiteRunner:
             f"[suite {self.suite.name}] {len(runs)} runs, {len(runs) - len(todo)} already done, "
             f"results in {self.results}"
         )
-        counts = {"done": 0, "failed": 0, "skipped": len(runs) - len(todo)}
+        counts = {"done": 0, "failed": 0, "interrupted": 0, "skipped": len(runs) - len(todo)}
+        previous_handler = None
+        if threading.current_thread() is threading.main_thread():  # SIGTERM stops like Ctrl-C
+            previous_handler = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            self._run_all(todo, progress, counts)
+        finally:
+            if previous_handler is not None:
+                signal.signal(signal.SIGTERM, previous_handler)
+        return counts
+
+    def _run_all(self, todo: list[Run], progress: _Progress, counts: dict[str, int]) -> None:
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
             futures = [pool.submit(self._run_one, run, progress) for run in todo]
             try:
@@ -974,7 +985,6 @@ class SuiteRunner:
                 raise
             for future in futures:
                 counts[future.result()] += 1
-        return counts
 
     def _write_suite_file(self) -> None:
         path = self.results / "suite.json"
@@ -990,7 +1000,7 @@ class SuiteRunner:
             slot = self.free_slots.pop(0)
         try:
             if self.stopping:
-                return "failed"
+                return "interrupted"
             with progress.lock:
                 progress.running += 1
             started = time.monotonic()
@@ -1000,7 +1010,7 @@ class SuiteRunner:
                 progress.durations.append(time.monotonic() - started)
                 if outcome == "done":
                     progress.done += 1
-                else:
+                elif outcome == "failed":
                     progress.failed += 1
             progress.event(message)
             return outcome
@@ -1054,6 +1064,10 @@ class SuiteRunner:
             self._write_record(run, status="running", resume_from=str(resume) if resume else None)
             code = self._process(argv, run.folder / "train.log", slot)
             train_seconds = time.monotonic() - started
+            if self.stopping:
+                self._event(event="interrupted", run=run.name)
+                self._write_record(run, status="interrupted", train_seconds=round(train_seconds, 3))
+                return "interrupted", f"interrupted {run.name} (resumes from its last checkpoint)"
             if code != 0 or not summary_path.is_file():
                 error = _error_from_log(run.folder / "train.log", code)
                 self._event(event="failed", run=run.name, stage="train", returncode=code)
@@ -1131,6 +1145,10 @@ class SuiteRunner:
         return record
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _terminate(process: subprocess.Popen) -> None:
     try:
         process.send_signal(signal.SIGTERM)
@@ -1142,7 +1160,9 @@ def _error_from_log(path: Path, code: int) -> str:
     """The last error of a log: its ``SomethingError: message`` line and the lines that explain it."""
     try:
         lines = [
-            line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()
+            line.strip()
+            for line in path.read_text(errors="replace").splitlines()
+            if line.strip() and not line.startswith("$ ")  # the command line the suite wrote
         ]
     except OSError:
         return f"exit code {code}, no log"
