@@ -329,13 +329,14 @@ def test_data_module_refuses_bad_ranges():
         AlgorithmicDataModule(AssociativeRecallTask(), val_lengths=[1])
 
 
-def test_generators_loop_over_time_not_batch():
-    """Every generator scales with the batch in one call: 256 sequences in well under a second."""
+def test_every_generator_draws_batches_of_one_and_of_many_distinct_sequences():
     for cls in TASKS:
         task = cls()
         for batch_size in (1, 256):
             batch = task.sample_batch(seeded(), batch_size, default_length(cls))
-            assert batch["inputs"].shape[0] == batch_size
+            assert batch["inputs"].shape[0] == batch_size == batch["mask"].shape[0]
+        distinct = {tuple(row.flatten().tolist()) for row in batch["inputs"]}
+        assert len(distinct) > 250, cls.__name__
 
 
 def test_all_repeat_counts_and_items_are_reachable():
