@@ -294,6 +294,8 @@ def run(args: argparse.Namespace) -> dict:
             f"--config: the data module {type(datamodule).__name__} has no algorithmic task "
             "(memnet evaluate measures length generalisation of tasks.algorithmic tasks)"
         )
+    if hasattr(task, "for_evaluation"):  # undo training-only shortcuts (repeat copy's repeats_per_batch)
+        task = task.for_evaluation()
     for length in args.lengths:
         if hasattr(task, "check_length"):
             try:

@@ -91,6 +91,11 @@ class AlgorithmicTask:
         """Memory slots a model needs to hold an example of ``length`` (one slot per stored vector)."""
         return length
 
+    def for_evaluation(self) -> AlgorithmicTask:
+        """The task as validation, test and ``memnet evaluate`` score it (itself, unless a
+        training-only shortcut must be undone, as repeat copy's ``repeats_per_batch``)."""
+        return self
+
     def check_length(self, length: int, name: str = "length") -> None:
         """Raise ``ValueError`` naming ``name`` unless ``length`` is one this task can encode."""
         if not isinstance(length, int) or isinstance(length, bool) or length < self.smallest_length:
@@ -245,8 +250,9 @@ class RepeatCopyTask(AlgorithmicTask):
     Each sequence of a batch draws its own ``r``; the batch is as long as its
     largest ``r`` needs (T = L + 2 + L·max r), and a sequence with fewer repeats
     is silent and unscored (mask 0) after its end marker. With
-    ``repeats_per_batch=True`` one ``r`` is drawn for the whole batch instead, so
-    no step is padding (cheaper training; the same task).
+    ``repeats_per_batch=True`` one ``r`` is drawn for each training batch instead,
+    so no step is padding (cheaper training; the same task); validation, test and
+    ``memnet evaluate`` still draw ``r`` per sequence (``for_evaluation``).
 
     Worked example (width 2, length 2, 2 repeats; training repeats 1–3, so the
     count is (2 − 2) / √(2/3) = 0)::
@@ -340,6 +346,13 @@ class RepeatCopyTask(AlgorithmicTask):
     def memory_needed(self, length: int) -> int:
         """One slot per vector of the sequence (the repeats are re-read, not re-stored)."""
         return length
+
+    def for_evaluation(self) -> RepeatCopyTask:
+        """This task with a repeat count per sequence (``repeats_per_batch`` is for training only)."""
+        if not self.repeats_per_batch:
+            return self
+        return RepeatCopyTask(width=self.width, min_length=self.min_length, max_length=self.max_length,
+                              min_repeats=self.min_repeats, max_repeats=self.max_repeats)
 
     def normalise_repeats(self, repeats: torch.Tensor) -> torch.Tensor:
         """The count channel's value: (r − mean) / std over the training repeats."""
@@ -908,12 +921,13 @@ class AlgorithmicDataModule(pl.LightningDataModule):
     def fixed_batches(self, lengths: list[int], size: int, seed: int) -> list[dict]:
         """``size`` examples at each length, in batches of at most ``batch_size``."""
         generator = torch.Generator().manual_seed(seed)
+        task = self.task.for_evaluation() if hasattr(self.task, "for_evaluation") else self.task
         batches = []
         for length in lengths:
             remaining = size
             while remaining > 0:
                 n = min(self.batch_size, remaining)
-                batches.append(self.task.sample_batch(generator, n, length))
+                batches.append(task.sample_batch(generator, n, length))
                 remaining -= n
         return batches
 

@@ -354,3 +354,16 @@ def test_all_repeat_counts_and_items_are_reachable():
             if torch.equal(listed[i, j], answers[i]):
                 queries.add(j - 1)
     assert queries == {0, 1, 2}
+
+
+def test_repeats_per_batch_is_for_training_only():
+    task = RepeatCopyTask(repeats_per_batch=True, min_repeats=2, max_repeats=7)
+    scored = task.for_evaluation()
+    assert not scored.repeats_per_batch and (scored.min_repeats, scored.max_repeats) == (2, 7)
+    assert scored.repeats_std == task.repeats_std  # the same count encoding
+    dm = AlgorithmicDataModule(task, batch_size=64, batches_per_epoch=2, val_lengths=[3], val_size=64)
+    [val] = list(dm.val_dataloader())
+    assert len(set(val["mask"].sum(1).tolist())) > 1  # several repeat counts in one validation batch
+    train = next(iter(dm.train_dataloader()))
+    assert len(set(train["mask"].sum(1).tolist())) == 1
+    assert CopyTask().for_evaluation().__class__ is CopyTask
