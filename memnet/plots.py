@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import torch  # noqa: E402
 
 
@@ -100,6 +101,7 @@ def plot_memory_access(
                   interpolation="nearest", vmin=0, vmax=1)
         ax.set_ylabel("slot" if "head" in name else "bit")
         ax.set_title(name, fontsize=9, loc="left")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # time steps are whole numbers
         if "head" in name:
             ticks = list(range(0, rows, max(1, rows // 6)))
             ax.set_yticks(ticks, [str(int(slots[i])) for i in ticks])
