@@ -118,19 +118,25 @@ class MemoryInit(nn.Module):
 
 
 class InitialWeights(nn.Module):
-    """Initial head weightings w_0 and read vectors r_0.
+    """Initial head weightings w_0 and read vectors r_0, fixed or learned.
 
-    Weightings start focused on slot 0 (a one-hot), the usual choice that lets
-    location-based shifts walk the memory from a known place. With
-    ``learned=True`` the read vectors are learned (one vector of width W per read
-    head); otherwise they are zero.
+    Fixed (the default): weightings are one-hot on slot 0, the usual choice that
+    lets location-based shifts walk the memory from a known place, and read
+    vectors are zero. Learned (``learned=True``): each read head has a learned
+    initial read vector (width W), and each head a learned focus f on slot 0,
+    w_0 = softmax([f, 0, …, 0]) over the N slots. Neither depends on N, so the
+    memory can still be enlarged at evaluation.
 
     Args:
         num_heads: number of heads whose weightings are initialised.
         num_reads: R, the number of read heads (for the read vectors).
         word_size: W.
-        learned: learn the initial read vectors.
+        learned: learn the initial read vectors and weightings.
     """
+
+    # Initial focus of a learned weighting: softmax([10, 0, ...]) puts all but
+    # ~e^-10 per slot on slot 0, the fixed scheme's starting point.
+    INITIAL_FOCUS = 10.0
 
     def __init__(self, *, num_heads: int, num_reads: int, word_size: int, learned: bool = False) -> None:
         super().__init__()
@@ -140,11 +146,16 @@ class InitialWeights(nn.Module):
         self.learned = learned
         if learned:
             self.read_vectors = nn.Parameter(torch.randn(num_reads, word_size) * 0.01)
+            self.focus = nn.Parameter(torch.full((num_heads,), self.INITIAL_FOCUS))
 
     def weights(
         self, batch_size: int, memory_size: int, *, device=None, dtype=None
     ) -> torch.Tensor:
-        """Returns (B, H, N) one-hot weightings on slot 0."""
+        """Returns (B, H, N) initial weightings, each summing to 1."""
+        if self.learned:
+            logits = torch.zeros(self.num_heads, memory_size, device=self.focus.device, dtype=dtype or self.focus.dtype)
+            logits = torch.cat([self.focus.to(logits.dtype).unsqueeze(-1), logits[:, 1:]], dim=-1)
+            return repeat(torch.softmax(logits, dim=-1), "h n -> b h n", b=batch_size)
         weights = torch.zeros(batch_size, self.num_heads, memory_size, device=device, dtype=dtype)
         weights[..., 0] = 1.0
         return weights

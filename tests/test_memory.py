@@ -96,3 +96,8 @@ def test_initial_weights_and_reads():
     assert torch.all(init.reads(B) == 0) and init.reads(B).shape == (B, 2, W)
     learned = mem.InitialWeights(num_heads=H, num_reads=2, word_size=W, learned=True)
     assert learned.reads(B).requires_grad
+    for slots in (N, 3 * N):  # learned weightings do not depend on N
+        w = learned.weights(B, slots)
+        assert w.shape == (B, H, slots) and w.requires_grad
+        torch.testing.assert_close(w.sum(-1), torch.ones(B, H))
+        assert (w[..., 0] > 0.99).all()

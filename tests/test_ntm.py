@@ -80,7 +80,7 @@ def test_feed_forward_controller_plugs_in():
 
 def test_gradients_reach_every_parameter():
     torch.manual_seed(0)
-    ntm = make(memory_init="learned", learn_initial_reads=True)
+    ntm = make(memory_init="learned", learn_initial_state=True)
     ntm(torch.randn(2, 4, 5)).sum().backward()
     missing = [name for name, p in ntm.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing

@@ -70,7 +70,8 @@ class NTM(nn.Module):
         num_writes: write heads.
         shift_range: largest location shift; the window is 2·shift_range + 1.
         memory_init: ``constant`` (default), ``learned`` or ``random`` initial memory.
-        learn_initial_reads: learn the initial read vectors instead of zeros.
+        learn_initial_state: learn the initial read vectors and head weightings
+            (default: zero reads, weightings one-hot on slot 0).
     """
 
     def __init__(
@@ -85,7 +86,7 @@ class NTM(nn.Module):
         num_writes: int = 1,
         shift_range: int = 1,
         memory_init: MemoryInitScheme = "constant",
-        learn_initial_reads: bool = False,
+        learn_initial_state: bool = False,
     ) -> None:
         super().__init__()
         check_positive(
@@ -116,7 +117,7 @@ class NTM(nn.Module):
             num_heads=num_reads + num_writes,
             num_reads=num_reads,
             word_size=word_size,
-            learned=learn_initial_reads,
+            learned=learn_initial_state,
         )
         self.output = nn.Linear(self.controller.output_size + num_reads * word_size, output_size)
 
