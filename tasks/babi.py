@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -79,9 +80,10 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
@@ -309,7 +311,7 @@ class BabiSource:
 
     def _open(self) -> dict[str, tarfile.TarInfo]:
         if self._members is None:
-            self._tar = tarfile.open(self.archive, "r:gz")
+            self._tar = tarfile.open(self.archive, "r:gz")  # noqa: SIM115 - kept open for reads, see close()
             self._members = {}
             for member in self._tar.getmembers():
                 name = member.name.removeprefix("./")
@@ -505,7 +507,7 @@ def load_babi(
         train = parse_babi(source.read(train_name), source=f"{source.location}/{train_name}", task=task)
         test = parse_babi(source.read(test_name), source=f"{source.location}/{test_name}", task=task)
         order = np.random.default_rng([seed, task]).permutation(len(train))
-        held_out = int(round(val_fraction * len(train)))
+        held_out = round(val_fraction * len(train))
         validation_rows = set(order[:held_out].tolist())
         splits["train"] += [example for i, example in enumerate(train) if i not in validation_rows]
         splits["validation"] += [example for i, example in enumerate(train) if i in validation_rows]
@@ -553,14 +555,14 @@ class Vocabulary:
     num_answers: int
 
     @classmethod
-    def build(cls, answers: Iterable[str], words: Iterable[str]) -> "Vocabulary":
+    def build(cls, answers: Iterable[str], words: Iterable[str]) -> Vocabulary:
         answer_list = sorted(set(answers))
         answer_set = set(answer_list)
         other = sorted(set(words) - answer_set - set(SPECIAL_TOKENS))
         return cls(tokens=tuple(SPECIAL_TOKENS) + tuple(answer_list) + tuple(other), num_answers=len(answer_list))
 
     @classmethod
-    def from_dataset(cls, dataset) -> "Vocabulary":
+    def from_dataset(cls, dataset) -> Vocabulary:
         """Answers of every split; words of the training file (train + validation)."""
         answers = [a for split in dataset.values() for a in split["answer"]]
         words: set[str] = set()
@@ -657,7 +659,7 @@ class EncodedSplit(Dataset):
         bounds = a["sentence_offsets"][first:last + 1]
         lengths = np.diff(bounds)
         story = np.zeros((len(lengths), max(1, int(lengths.max(initial=0)))), dtype=np.int64)
-        for row, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+        for row, (start, stop) in enumerate(itertools.pairwise(bounds)):
             story[row, :stop - start] = a["words"][start:stop]
         query = a["query_words"][a["query_offsets"][index]:a["query_offsets"][index + 1]]
         return {"story": story, "query": query, "answer": int(a["answer"][index]), "task": int(a["task"][index])}

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from memnet.callbacks import LinearStartSwitch
-from memnet.models.memn2n import MemN2N, PAD_ID, position_encoding
+from memnet.models.memn2n import PAD_ID, MemN2N, position_encoding
 
 B, N, J, JQ, D, V, A = 3, 7, 5, 4, 6, 23, 9  # all different, so a swapped axis cannot pass
 
@@ -31,7 +31,7 @@ def _tokens(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _model(**kwargs) -> MemN2N:
     torch.manual_seed(0)
-    options = dict(embedding_size=D, hops=3, memory_size=10, random_noise=0.0, answer_offset=4)
+    options = {"embedding_size": D, "hops": 3, "memory_size": 10, "random_noise": 0.0, "answer_offset": 4}
     options.update(kwargs)
     return MemN2N(V, A, **options).double().eval()
 

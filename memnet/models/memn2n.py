@@ -271,7 +271,7 @@ class MemN2N(nn.Module):
         if not (self.training and self.random_noise > 0):
             return base
         lengths = present.sum(-1)  # (B,)
-        most_empty = int(math.ceil(self.random_noise * slots))
+        most_empty = math.ceil(self.random_noise * slots)
         empty = (torch.rand(batch, generator=generator, device=present.device)
                  * (torch.ceil(self.random_noise * lengths.to(torch.float32)) + 1)).floor().long()  # 0..⌈r·S⌉
         positions = slots + most_empty

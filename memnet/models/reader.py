@@ -24,7 +24,7 @@ Axes:  b - batch, n - memory slots, j - words, t - time, d - features, a - answe
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from einops import rearrange
@@ -57,7 +57,7 @@ def story_to_sequence(
         then the question and ``question_end``, then padding; lengths (B,): the
         number of tokens before the padding.
     """
-    batch, slots, words = story.shape
+    _, slots, words = story.shape  # (B, N, J)
     device = story.device
     present = story != pad_token  # (B, N, J)
     sentence_length = present.sum(-1)  # (B, N)
