@@ -18,7 +18,13 @@ from pathlib import Path
 
 import torch
 
-from tasks.algorithmic import AssociativeRecallTask, CopyTask, DynamicNGramsTask, PrioritySortTask, RepeatCopyTask
+from tasks.algorithmic import (
+    AssociativeRecallTask,
+    CopyTask,
+    DynamicNGramsTask,
+    PrioritySortTask,
+    RepeatCopyTask,
+)
 
 TASKS = {
     "copy": CopyTask(),

@@ -10,10 +10,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-import torch  # noqa: E402
-
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.ticker import MaxNLocator
 
 TOUCHED_WEIGHT = 0.01  # a slot counts as touched once any head gives it this much weight
 MARGIN_SLOTS = 2  # untouched slots shown on either side of the touched ones

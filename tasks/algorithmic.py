@@ -31,7 +31,7 @@ Axes:  b - batch, t - time, d - features, i - items, k - steps of an item, c - c
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytorch_lightning as pl
 import torch
@@ -667,7 +667,7 @@ class DynamicNGramsTask(AlgorithmicTask):
 
     def encode(self, bits: torch.Tensor) -> dict[str, torch.Tensor | int]:
         """Encode given bit sequences (B, L) -> a batch dict with T = L − 1 and ``optimal_bits`` (B,)."""
-        batch_size, length = bits.shape
+        length = bits.shape[1]
         self.check_length(length, "bits.shape[1]")
         inputs, targets = bits[:, :-1], bits[:, 1:]
         contexts = self.contexts(inputs)
@@ -858,8 +858,8 @@ class AlgorithmicDataModule(pl.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        for name, value in dict(batch_size=batch_size, batches_per_epoch=batches_per_epoch,
-                                val_size=val_size, test_size=test_size).items():
+        for name, value in {"batch_size": batch_size, "batches_per_epoch": batches_per_epoch,
+                            "val_size": val_size, "test_size": test_size}.items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.task = task

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-import tasks.algorithmic as algorithmic
+from tasks import algorithmic
 from tasks.algorithmic import (
     AlgorithmicDataModule,
     AssociativeRecallTask,

@@ -6,7 +6,6 @@ import random
 
 import pytest
 import pytorch_lightning as pl
-import torch
 
 from memnet.curriculum import LengthCurriculum
 from tasks.algorithmic import AlgorithmicDataModule, CopyTask

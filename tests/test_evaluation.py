@@ -76,7 +76,8 @@ def test_latest_writes_table_results_and_plots(trained, capsys):
     printed = capsys.readouterr().out
     assert "| length | slots | bits per sequence | bit errors per sequence | sequences |" in printed
     assert (out / "table.md").read_text() in printed
-    rows = list(csv.DictReader(open(out / "table.csv")))
+    with open(out / "table.csv") as handle:
+        rows = list(csv.DictReader(handle))
     assert [int(r["length"]) for r in rows] == [2, 4, 9]
     assert [int(r["slots"]) for r in rows] == [7, 7, 9]  # max(trained N = 7, the length's need)
     assert all(int(r["sequences"]) == 5 for r in rows)
