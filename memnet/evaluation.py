@@ -144,7 +144,13 @@ def build(configs: list[str | Path], checkpoint: Path, device: torch.device) -> 
     args += ["--trainer.logger=false", "--trainer.enable_progress_bar=false"]
     with warnings.catch_warnings():  # LightningCLI warns that sys.argv also holds arguments (ours)
         warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
-        cli = MemnetCLI(args=args, run=False)
+        try:
+            cli = MemnetCLI(args=args, run=False)
+        except SystemExit:  # the parser printed what it refused; say which file and what to do
+            raise EvaluationError(
+                f"--config: {', '.join(map(str, configs))} does not parse with the current code (see the "
+                "parser's error above); a run saved by an older version needs --config with a current config"
+            ) from None
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     if "state_dict" not in state:
         raise EvaluationError(f"--ckpt_path: {checkpoint} holds no 'state_dict' (not a Lightning checkpoint)")
