@@ -163,3 +163,11 @@ def test_slots_rule_and_table_columns():
     table = markdown_table(rows)
     assert "optimal bits per sequence" in table.splitlines()[0]
     assert "| 200 | — | 131.250 | 40.000 | 8 | 0.000 | 120.500 |" in table
+
+
+def test_a_config_that_no_longer_parses_is_named(trained, capsys):
+    stale = trained / "stale.yaml"
+    stale.write_text(TINY.replace("memory_size: 7", "memory_size: 7\n        no_such_option: 1"))
+    with pytest.raises(SystemExit):
+        evaluate(trained, "--ckpt_path", "latest", "--config", str(stale), "--lengths", "2", "--out", "stale")
+    assert f"--config: {stale} does not parse with the current code" in capsys.readouterr().err
