@@ -18,7 +18,7 @@ install: $(VENV)/.installed   ## create .venv and install memnet with its test e
 
 train: install               ## train an NTM on copy (2 CPU cores, ~5 min), then print the results table
 	$(VENV)/bin/memnet fit --config configs/ntm/copy.yaml
-	$(VENV)/bin/memnet evaluate --ckpt_path latest --lengths 20 40 80 120 --out results/ntm-copy
+	$(VENV)/bin/memnet evaluate --ckpt_path latest --lengths 20 40 80 120 --memory_size 256 --out results/ntm-copy
 
 test: install                ## the fast test suite (what CI runs)
 	$(PY) -m pytest -q
