@@ -1756,7 +1756,6 @@ def log_to_wandb(report: dict[str, Any], results: Path, out: Path) -> str | None
         dir=str(results),
         mode=mode,
         config={"suite": report["suite"]},
-        reinit="finish_previous",
     )
     try:
         payload: dict[str, Any] = {}
