@@ -87,17 +87,19 @@ def finished(tmp_path_factory):
     folder = tmp_path_factory.mktemp("suite")
     suite_file = write_suite(folder / "tiny.yaml", [NTM, LSTM])
     results = folder / "results"
-    process = subprocess.Popen(
-        suite_command("run", str(suite_file), "--results", str(results), "--no-report"),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    log = folder / "first.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            suite_command("run", str(suite_file), "--results", str(results), "--no-report"),
+            cwd=ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the suite and its training runs
+        )
     deadline = time.monotonic() + 300
     try:
         while not events(results, "done"):
-            assert process.poll() is None, process.stdout.read().decode()
+            assert process.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "the first run did not finish in 300 s"
             time.sleep(0.1)
     finally:
