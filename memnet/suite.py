@@ -88,6 +88,7 @@ BUDGET_KEYS = ("max_steps", "max_epochs", "max_time")
 POLL_SECONDS = 0.2  # how often the scheduler looks at its runs
 PROGRESS_SECONDS = 30.0  # a progress line at least this often while runs go on
 ERROR_CHARS = 600  # the longest error message kept in a run's record
+LOG_SCALE_RATIO = 100.0  # a length plot whose values span more than this factor gets a log y-axis
 
 
 class SuiteError(ValueError):
@@ -1676,6 +1677,15 @@ def plot_report(report: dict[str, Any], folder: Path) -> list[Path]:
                 )
                 if row["training_range"]:  # the longest training length
                     ax.axvline(row["training_range"][1], color="grey", linestyle=":", linewidth=0.8)
+            values = [
+                s["mean"]
+                for r in rows
+                if r["task"] == task
+                for s in r["bits_per_seq"].values()
+                if s
+            ]
+            if values and min(values) > 0 and max(values) / min(values) > LOG_SCALE_RATIO:
+                ax.set_yscale("log")
             ax.set_title(task)
             ax.set_xlabel("sequence length")
             ax.set_ylabel("bits per sequence")
