@@ -617,33 +617,32 @@ def _check_babi(spec: dict, where: str) -> dict:
 
 
 def _babi_command(run: Run, checkpoint: str, spec: dict) -> list[str]:
+    """The test split through ``memnet babi-table`` (tasks.babi); other splits through ``validate``."""
     if find_spec("tasks.babi") is None:
         raise EvaluationUnavailable(
-            "bAbI per-task error not measured: tasks.babi is not in this checkout"
+            "bAbI per-task error not measured: tasks.babi (`memnet babi-table`) is not in this checkout"
         )
-    stage = "test" if spec["split"] == "test" else "validate"
-    return [
-        "-m",
-        "memnet.suite",
-        "_evaluate",
-        stage,
-        "--config",
-        str(run.folder / "config.yaml"),
-        "--ckpt_path",
-        checkpoint,
-        "--out",
-        str(run.folder / "evaluation" / f"babi_{spec['split']}.json"),
-    ]
+    out = run.folder / "evaluation" / f"babi_{spec['split']}.json"
+    config = str(run.folder / "config.yaml")
+    if spec["split"] == "test":
+        return ["-m", "memnet.cli", "babi-table", "--ckpt_path", checkpoint, "--config", config,
+                "--name", run.experiment.name, "--json", str(out)]  # fmt: skip
+    return ["-m", "memnet.suite", "_evaluate", "validate", "--config", config,
+            "--ckpt_path", checkpoint, "--out", str(out)]  # fmt: skip
 
 
 def _babi_collect(run: Run, spec: dict) -> dict:
     path = run.folder / "evaluation" / f"babi_{spec['split']}.json"
     if not path.is_file():
         raise EvaluationUnavailable(f"the bAbI evaluation wrote no results ({path} missing)")
-    errors = babi_errors_from_metrics(json.loads(path.read_text()))
+    data = json.loads(path.read_text())
+    if run.experiment.name in data and isinstance(data[run.experiment.name], dict):
+        # memnet babi-table --json: {column name: {task: error %}}
+        data = {f"task_{task}/error": error for task, error in data[run.experiment.name].items()}
+    errors = babi_errors_from_metrics(data)
     if not errors:
         raise EvaluationUnavailable(
-            f"no per-task bAbI error in {path}: the bAbI module logs no "
+            f"no per-task bAbI error in {path}: the model logs no "
             "'<stage>/task_<k>/error' (or accuracy) metrics"
         )
     return {"babi_error": errors, "split": spec["split"]}
@@ -1441,6 +1440,7 @@ def build_report(results: str | Path) -> dict[str, Any]:
                     "task": entry.experiment.task,
                     "runs": len(runs),
                     "tasks_measured": measured,
+                    "split": (entry.experiment.evaluate or {}).get("split", "test"),
                     "per_task": per_task,
                     "mean_error": None
                     if mean_error is None
@@ -1529,7 +1529,10 @@ def babi_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     references = table["references"]
     header = [
         "task",
-        *[m["experiment"] for m in table["models"]],
+        *[
+            m["experiment"] + ("" if m.get("split", "test") == "test" else f" ({m['split']} split)")
+            for m in table["models"]
+        ],
         *[r["label"] for r in references],
     ]
     rows = []

@@ -431,6 +431,20 @@ def test_summary_run_logs_wandb_tables_offline(tmp_path, monkeypatch):
     assert any(name.startswith("babi") for name in tables)
 
 
+def test_babi_results_of_memnet_babi_table_are_collected(tmp_path):
+    experiment = S.Experiment(name="memn2n", configs=("c.yaml",), overrides={}, seeds=(0,),
+                              budget={"max_epochs": 1}, evaluate={"kind": "babi", "split": "test"},
+                              model="memn2n", task="babi")  # fmt: skip
+    run = S.Run("s", experiment, 0, tmp_path)
+    argv = S.EVALUATORS["babi"].command(run, "best.ckpt", experiment.evaluate)
+    assert argv[:3] == ["-m", "memnet.cli", "babi-table"] and "--json" in argv
+    out = Path(argv[argv.index("--json") + 1])
+    out.parent.mkdir(parents=True)
+    out.write_text(json.dumps({"memn2n": {"1": 2.5, "12": 7.0}}))  # what `memnet babi-table` writes
+    collected = S.EVALUATORS["babi"].collect(run, experiment.evaluate)
+    assert collected == {"babi_error": {"1": 2.5, "12": 7.0}, "split": "test"}
+
+
 def test_babi_errors_from_logged_metrics():
     metrics = {
         "test/task_1/error": 2.0,
