@@ -66,7 +66,7 @@ def test_print_config_shows_linked_sizes_free_config(capsys):
         main(["fit", "--config", SMALL, "--print_config"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert "memnet.models.ntm.NTM" in out and "memory_size: 16" in out
+    assert "memnet.models.ntm.NTM" in out and "memory_size: 32" in out
 
 
 def test_unknown_key_fails_naming_it(capsys):
@@ -78,7 +78,7 @@ def test_unknown_key_fails_naming_it(capsys):
 
 def test_wrong_type_fails_naming_the_field(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
-    bad.write_text((ROOT / "configs" / "ntm" / "copy_small.yaml").read_text().replace("memory_size: 16", "memory_size: lots"))
+    bad.write_text((ROOT / "configs" / "ntm" / "copy_small.yaml").read_text().replace("memory_size: 32", "memory_size: lots"))
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(SMALL), "--config", str(bad)])
     err = capsys.readouterr().err
