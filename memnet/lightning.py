@@ -377,7 +377,8 @@ class Seq2SeqModule(pl.LightningModule):
         super().__init__()
         if not isinstance(print_predictions, int) or print_predictions < 0:
             raise ValueError(f"print_predictions must be a non-negative integer, got {print_predictions!r}")
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
+        # print_predictions is not saved: a checkpoint's hyper-parameters would override the command line's
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "print_predictions"])
         self.net = net
         self.optimizer = optimizer
         self.scheduler = scheduler
