@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 
 from memnet.plots import plot_dnc_memory, plot_memory_access
@@ -151,3 +152,26 @@ class LinearStartSwitch(pl.Callback):
         self.switched_at = state_dict["switched_at"]
 
 from memnet.probe import GradientProbe  # noqa: E402,F401  (the gradient-through-time probe lives in memnet.probe)
+
+
+class LastAndBestCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` is rewritten at every validation.
+
+    Lightning rewrites ``last.ckpt`` only when a top-k checkpoint was saved in the
+    same step, so after an epoch that did not improve the monitored metric the
+    "last" checkpoint is stale and a resumed run would repeat training. This
+    subclass always saves it, so a run resumes from where it was.
+    """
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if self._should_refresh_last(trainer) and not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_refresh_last(trainer) and self._should_save_on_train_epoch_end(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def _should_refresh_last(self, trainer: pl.Trainer) -> bool:
+        return bool(self.save_last) and not self._should_skip_saving_checkpoint(trainer)

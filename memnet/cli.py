@@ -26,12 +26,11 @@ from typing import Any
 
 import pytorch_lightning as pl
 from jsonargparse import lazy_instance
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from memnet.callbacks import run_dir
+from memnet.callbacks import LastAndBestCheckpoint, run_dir
 
 RUNS_DIR = "runs"
 LATEST_RUN_FILE = Path(RUNS_DIR) / "latest.json"
@@ -97,13 +96,22 @@ class MemnetCLI(LightningCLI):
         )
         super().__init__(*args, **kwargs)
 
+    def _parse_ckpt_path(self) -> None:
+        """The config given on the command line is authoritative.
+
+        Lightning would otherwise apply the hyper-parameters saved in a checkpoint
+        over ``--config`` and command-line values, so ``memnet test --ckpt_path X
+        --model.init_args.eval_memory_size 512`` would silently use the saved value.
+        The run's full config is kept beside its checkpoints (``config.yaml``).
+        """
+
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> pl.Trainer:
         if not config.get("plugins"):
             config["plugins"] = [AtomicCheckpointIO()]
         return super()._instantiate_trainer(config, callbacks)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LastAndBestCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",

@@ -104,3 +104,18 @@ def test_nan_loss_stops_training_with_a_clear_message():
     batch = {"inputs": torch.ones(2, 3, 1), "targets": torch.ones(2, 3, 1), "mask": torch.ones(2, 3)}
     with pytest.raises(FloatingPointError, match="loss became nan"):
         module.training_step(batch, 0)
+
+
+def test_command_line_overrides_what_the_checkpoint_saved(tmp_path, monkeypatch):
+    main(["fit", "--config", SMALL, *TINY])
+    last = json.loads((tmp_path / "runs" / "latest.json").read_text())["last_checkpoint"]
+    seen = []
+    original = SequenceModule.test_step
+
+    def spy(self, batch, batch_idx):
+        seen.append(self.eval_memory_size)
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(SequenceModule, "test_step", spy)
+    main(["test", "--config", SMALL, *TINY, "--ckpt_path", last, "--model.init_args.eval_memory_size=48"])
+    assert seen and set(seen) == {48}
