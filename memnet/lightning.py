@@ -90,12 +90,7 @@ class SequenceModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.model_step(batch, "train")
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss became {loss.item()} at step {self.global_step} "
-                f"(epoch {self.current_epoch}); training stopped. Lower the learning rate "
-                "or clip gradients (trainer.gradient_clip_val)."
-            )
+        check_finite_loss(loss, self)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -141,6 +136,16 @@ class SequenceModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer),
                                                          "interval": self.scheduler_interval,
                                                          "monitor": "val/loss"}}
+
+
+def check_finite_loss(loss: torch.Tensor, module: pl.LightningModule) -> None:
+    """Stop training with a clear message when the loss is NaN or infinite."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"training loss became {loss.item()} at step {module.global_step} "
+            f"(epoch {module.current_epoch}); training stopped. Lower the learning rate "
+            "or clip gradients (trainer.gradient_clip_val)."
+        )
 
 
 def sequence_metrics(
@@ -283,12 +288,7 @@ class QAModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.model_step(batch, "train")
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss became {loss.item()} at step {self.global_step} "
-                f"(epoch {self.current_epoch}); training stopped. Lower the learning rate "
-                "or clip gradients (trainer.gradient_clip_val)."
-            )
+        check_finite_loss(loss, self)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -411,12 +411,7 @@ class Seq2SeqModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.model_step(batch, "train")
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss became {loss.item()} at step {self.global_step} "
-                f"(epoch {self.current_epoch}); training stopped. Lower the learning rate "
-                "or clip gradients (trainer.gradient_clip_val)."
-            )
+        check_finite_loss(loss, self)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
