@@ -347,7 +347,7 @@ def compare(
                 optimizer.step()
                 done += 1
             if done:
-                print(f"{config}: {done} training steps, last batch {float(metrics['bits_per_seq']):.1f} bits/seq")
+                print(f"{config}: {done} training steps, last batch {metrics['bits_per_seq'].detach().item():.1f} bits/seq")
             module.eval()
             norms = gradient_through_time(module.net, probe_batch["inputs"][rows], probe_batch["targets"][rows],
                                           mask=probe_batch["mask"][rows], loss=loss)
