@@ -151,7 +151,7 @@ def _wandb_dir(trainer: pl.Trainer) -> str | None:
         if isinstance(logger, WandbLogger):
             try:
                 return str(Path(logger.experiment.dir).parent)
-            except Exception:  # a disabled or failed W&B run: the rest of the summary still stands
+            except Exception:  # noqa: BLE001 -- a disabled or failed W&B run: the rest of the summary still stands
                 return None
     return None
 

@@ -7,7 +7,7 @@ import doctest
 import pytest
 import torch
 
-import tasks.algorithmic as algorithmic
+from tasks import algorithmic
 from tasks.algorithmic import AlgorithmicDataModule, CopyTask
 
 
