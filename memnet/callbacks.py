@@ -19,7 +19,7 @@ def run_dir(trainer: pl.Trainer) -> Path:
     debug run never writes into the working directory itself.
     """
     callback = trainer.checkpoint_callback
-    if callback is not None and getattr(callback, "dirpath", None):
+    if not trainer.fast_dev_run and callback is not None and getattr(callback, "dirpath", None):
         return Path(callback.dirpath).parent
     return Path(trainer.default_root_dir) / "runs" / "debug"
 
