@@ -100,6 +100,7 @@ class LSTMController(Controller):
     ) -> None:
         super().__init__()
         check_positive(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
+        check_range("dropout", dropout, 0.0, 1.0, high_open=True)
         self.input_size = input_size
         self.output_size = hidden_size
         self.hidden_size = hidden_size

@@ -108,3 +108,8 @@ def test_bad_sizes_fail_naming_the_argument(kwargs, name):
 def test_bad_memory_size_at_call_fails():
     with pytest.raises(ValueError, match="memory_size"):
         make().initial_state(2, memory_size=-3)
+
+
+def test_lstm_controller_rejects_dropout_out_of_range():
+    with pytest.raises(ValueError, match="dropout"):
+        LSTMController(5, hidden_size=4, num_layers=2, dropout=1.5)
