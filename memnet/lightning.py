@@ -133,9 +133,38 @@ class SequenceModule(pl.LightningModule):
         optimizer = self.optimizer(self.parameters())
         if self.scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer),
-                                                         "interval": self.scheduler_interval,
-                                                         "monitor": "val/loss"}}
+        return {"optimizer": optimizer,
+                "lr_scheduler": scheduler_config(self.scheduler(optimizer), self.scheduler_interval, self._trainer)}
+
+
+def scheduler_config(scheduler: Any, interval: str, trainer: pl.Trainer | None) -> dict[str, Any]:
+    """Lightning's scheduler entry, after checking that a fixed-length schedule covers the training.
+
+    ``OneCycleLR`` raises once it is stepped past ``total_steps``; rather than fail
+    hours into a run, a training longer than the schedule (``trainer.max_steps``,
+    or ``max_epochs`` × batches per epoch) is refused before the first step, with
+    the two numbers and the field to change.
+    """
+    total = getattr(scheduler, "total_steps", None)
+    if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) and trainer is not None and total is not None:
+        if interval == "step":
+            planned, unit = trainer.max_steps, "trainer.max_steps"
+            if planned is None or planned < 0:
+                try:
+                    planned, unit = trainer.estimated_stepping_batches, "the steps of trainer.max_epochs"
+                except Exception:  # noqa: BLE001 -- no estimate (e.g. an iterable without length): nothing to check
+                    planned = math.inf
+        else:
+            planned, unit = trainer.max_epochs, "trainer.max_epochs"
+            if planned is None or planned < 0:
+                planned = math.inf
+        if math.isfinite(planned) and planned > total:
+            raise ValueError(
+                f"OneCycleLR total_steps is {total} {interval}s but training runs for {int(planned)} "
+                f"({unit}); the schedule would end early and stop training with an error. Set "
+                f"model.init_args.scheduler.init_args.total_steps to at least {int(planned)}, or lower {unit}."
+            )
+    return {"scheduler": scheduler, "interval": interval, "monitor": "val/loss"}
 
 
 def check_finite_loss(loss: torch.Tensor, module: pl.LightningModule) -> None:
@@ -306,9 +335,8 @@ class QAModule(pl.LightningModule):
         optimizer = self.optimizer(self.parameters())
         if self.scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer),
-                                                         "interval": self.scheduler_interval,
-                                                         "monitor": "val/loss"}}
+        return {"optimizer": optimizer,
+                "lr_scheduler": scheduler_config(self.scheduler(optimizer), self.scheduler_interval, self._trainer)}
 
 
 # ----------------------------------------------------------------------------- recurrent family

@@ -119,3 +119,22 @@ def test_command_line_overrides_what_the_checkpoint_saved(tmp_path, monkeypatch)
     monkeypatch.setattr(SequenceModule, "test_step", spy)
     main(["test", "--config", SMALL, *TINY, "--ckpt_path", last, "--model.init_args.eval_memory_size=48"])
     assert seen and set(seen) == {48}
+
+
+ONE_CYCLE = [
+    "--model.init_args.scheduler=torch.optim.lr_scheduler.OneCycleLR",
+    "--model.init_args.scheduler.init_args.max_lr=0.003",
+    "--model.init_args.scheduler_interval=step",
+]
+
+
+def test_one_cycle_schedule_shorter_than_training_is_refused_before_the_first_step():
+    # 4 steps planned, a schedule of 3: OneCycleLR would raise at step 4; memnet refuses at the start
+    with pytest.raises(ValueError, match=r"total_steps is 3 steps but training runs for 4 \(trainer.max_steps\)"):
+        main(["fit", "--config", SMALL, *TINY, *ONE_CYCLE, "--model.init_args.scheduler.init_args.total_steps=3"])
+
+
+def test_one_cycle_schedule_as_long_as_training_runs_to_the_end(tmp_path):
+    main(["fit", "--config", SMALL, *TINY, *ONE_CYCLE, "--model.init_args.scheduler.init_args.total_steps=4"])
+    latest = json.loads((tmp_path / "runs" / "latest.json").read_text())
+    assert torch.load(latest["last_checkpoint"], weights_only=False)["global_step"] == 4
