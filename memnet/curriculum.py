@@ -1,4 +1,4 @@
-"""A length curriculum: which training lengths the data module draws, as training goes.
+"""Curricula: which training lengths (and, for repeat copy, repeat counts) are drawn as training goes.
 
 Three schedules (after Zaremba & Sutskever 2014, "Learning to Execute"):
 
@@ -23,6 +23,8 @@ YAML (trainer callbacks)::
 
     - class_path: memnet.curriculum.LengthCurriculum
       init_args: {schedule: mixed, start_length: 2, increment: 2, threshold: 1.0}
+
+:class:`RepeatCurriculum` grows repeat copy's largest repeat count in the same way.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class LengthCurriculum(pl.Callback):
         threshold: step up as soon as ``monitor`` is below it at the end of an epoch (None: only on the pace).
         mix: for ``mixed``, the probability that a batch draws from the whole range.
     """
+
+    quantity = "length"  # what grows: named in the logged metric and the messages
 
     def __init__(
         self,
@@ -111,11 +115,12 @@ class LengthCurriculum(pl.Callback):
         value = trainer.callback_metrics.get(self.monitor)
         metric = float(value) if value is not None else None
         new = self.next_max_length(self.max_length, top, epochs_at_level=self.epochs_at_level, metric=metric)
-        pl_module.log("curriculum/max_length", float(self.max_length), on_epoch=True)
-        pl_module.log("curriculum/mix", float(self._mix()), on_epoch=True)
+        pl_module.log(f"curriculum/max_{self.quantity}", float(self.max_length), on_epoch=True)
+        if self.quantity == "length":
+            pl_module.log("curriculum/mix", float(self._mix()), on_epoch=True)
         if new != self.max_length:
             rank_zero_info(
-                f"curriculum: epoch {trainer.current_epoch}, lengths now {low}-{new} "
+                f"curriculum: epoch {trainer.current_epoch}, {self.quantity} now {low}-{new} "
                 f"(was {low}-{self.max_length}; {self.monitor}={metric})"
             )
             self.max_length = new
@@ -164,3 +169,70 @@ class LengthCurriculum(pl.Callback):
         if not hasattr(self, "_initial_range"):
             self._initial_range = tuple(int(v) for v in datamodule.length_range)
         return self._initial_range
+
+
+class RepeatCurriculum(LengthCurriculum):
+    """Grows the number of repeats that repeat copy draws in training (``RepeatCopyTask``).
+
+    Repeat copy from scratch stalls: the network learns the first pass over the
+    sequence, but not to jump back to its start, and the loss stays near 0.55
+    nats per bit for tens of thousands of steps. Learned one repeat count at a
+    time (copy with an end marker first, then up to 2 repeats, 3, …) each step
+    is small. The count channel stays normalised over the task's whole
+    ``[min_repeats, max_repeats]``, so the input means the same thing throughout,
+    and validation always draws from the whole range.
+
+    The schedule is ``growing`` (or ``fixed``: the whole range at once); the
+    pace is a threshold on a logged metric and/or a fixed number of epochs, as
+    for :class:`LengthCurriculum`. ``train/loss`` (nats per scored bit) does not
+    grow with the number of repeats, so one threshold (0.01 ≈ 0.7 bits per pass
+    over a sequence of 5 vectors) serves every level. Logs ``curriculum/max_repeats``.
+
+    YAML (trainer callbacks)::
+
+        - class_path: memnet.curriculum.RepeatCurriculum
+          init_args: {start_repeats: 1, monitor: train/loss, threshold: 0.01}
+
+    Args:
+        schedule: ``growing`` or ``fixed``.
+        start_repeats: the first largest repeat count drawn.
+        increment: how much it grows at each step up.
+        every_n_epochs: step up every this many epochs (None: only on the threshold).
+        monitor: the logged metric compared with ``threshold``.
+        threshold: step up when ``monitor`` is below it at the end of an epoch.
+    """
+
+    quantity = "repeats"
+
+    def __init__(
+        self,
+        schedule: Schedule = "growing",
+        *,
+        start_repeats: int = 1,
+        increment: int = 1,
+        every_n_epochs: int | None = None,
+        monitor: str = "train/loss",
+        threshold: float | None = 0.01,
+    ) -> None:
+        if schedule == "mixed":
+            raise ValueError("RepeatCurriculum's schedule must be 'growing' or 'fixed', got 'mixed'")
+        check_positive(start_repeats=start_repeats)
+        super().__init__(schedule, start_length=start_repeats, increment=increment,
+                         every_n_epochs=every_n_epochs, monitor=monitor, threshold=threshold)
+
+    def _datamodule(self, trainer: pl.Trainer) -> Any:
+        datamodule = getattr(trainer, "datamodule", None)
+        task = getattr(datamodule, "task", None)
+        if task is None or not hasattr(task, "repeats_range"):
+            raise TypeError(
+                "RepeatCurriculum needs trainer.datamodule.task with a repeats_range "
+                f"(tasks.algorithmic.RepeatCopyTask), got {type(task).__name__}"
+            )
+        return datamodule
+
+    def _task_range(self, datamodule: Any) -> tuple[int, int]:
+        return int(datamodule.task.min_repeats), int(datamodule.task.max_repeats)
+
+    def _apply(self, datamodule: Any) -> None:
+        low, _ = self._task_range(datamodule)
+        datamodule.task.repeats_range = (low, self.max_length)

@@ -322,6 +322,9 @@ class RepeatCopyTask(AlgorithmicTask):
         self.min_repeats = min_repeats
         self.max_repeats = max_repeats
         self.repeats_per_batch = repeats_per_batch
+        # repeats drawn in training; ``memnet.curriculum.RepeatCurriculum`` narrows the top of it,
+        # while the count channel stays normalised over the whole [min_repeats, max_repeats]
+        self._repeats_range = (min_repeats, max_repeats)
         # mean and standard deviation of a uniform integer on [min_repeats, max_repeats]
         self.repeats_mean = (min_repeats + max_repeats) / 2
         spread = max_repeats - min_repeats + 1
@@ -347,9 +350,27 @@ class RepeatCopyTask(AlgorithmicTask):
         """One slot per vector of the sequence (the repeats are re-read, not re-stored)."""
         return length
 
+    @property
+    def repeats_range(self) -> tuple[int, int]:
+        """(low, high): the repeat counts drawn in training, inside [min_repeats, max_repeats]."""
+        return self._repeats_range
+
+    @repeats_range.setter
+    def repeats_range(self, value: tuple[int, int]) -> None:
+        low, high = (int(v) for v in value)
+        if not self.min_repeats <= low <= high <= self.max_repeats:
+            raise ValueError(
+                f"repeats_range must satisfy min_repeats ({self.min_repeats}) ≤ low ≤ high ≤ "
+                f"max_repeats ({self.max_repeats}), got {(low, high)}"
+            )
+        self._repeats_range = (low, high)
+
     def for_evaluation(self) -> RepeatCopyTask:
-        """This task with a repeat count per sequence (``repeats_per_batch`` is for training only)."""
-        if not self.repeats_per_batch:
+        """This task with a repeat count per sequence over the whole training range of repeats.
+
+        ``repeats_per_batch`` and a curriculum's narrower ``repeats_range`` are for training only.
+        """
+        if not self.repeats_per_batch and self._repeats_range == (self.min_repeats, self.max_repeats):
             return self
         return RepeatCopyTask(width=self.width, min_length=self.min_length, max_length=self.max_length,
                               min_repeats=self.min_repeats, max_repeats=self.max_repeats)
@@ -397,10 +418,11 @@ class RepeatCopyTask(AlgorithmicTask):
             _check_int("repeats", repeats, 1)
             counts = torch.full((batch_size,), repeats)
         elif self.repeats_per_batch:
-            counts = torch.randint(self.min_repeats, self.max_repeats + 1, (1,), generator=generator)
-            counts = counts.expand(batch_size)
+            low, high = self._repeats_range
+            counts = torch.randint(low, high + 1, (1,), generator=generator).expand(batch_size)
         else:
-            counts = torch.randint(self.min_repeats, self.max_repeats + 1, (batch_size,), generator=generator)
+            low, high = self._repeats_range
+            counts = torch.randint(low, high + 1, (batch_size,), generator=generator)
         return self.encode(bits, counts)
 
 

@@ -131,3 +131,93 @@ def test_curriculum_in_a_config_runs_through_the_cli(tmp_path, monkeypatch):
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert curriculum.schedule == "mixed" and curriculum.history == [(0, 3), (1, 4)]  # one epoch: one step up
     assert cli.datamodule.length_range == (1, 4) and cli.datamodule.length_mix == 0.2
+
+
+# ---- repeat copy: the repeat-count curriculum ----
+
+def test_repeat_range_narrows_training_draws_but_not_the_count_encoding_or_validation():
+    import torch
+
+    from tasks.algorithmic import RepeatCopyTask
+
+    task = RepeatCopyTask(width=3, min_length=1, max_length=4, min_repeats=1, max_repeats=10)
+    full = task.sample_batch(torch.Generator().manual_seed(0), 64, 2)
+    task.repeats_range = (1, 2)
+    narrow = task.sample_batch(torch.Generator().manual_seed(0), 64, 2)
+    counts = narrow["inputs"][:, 2, -1].unique()
+    # r = 1 and 2 only, encoded as over the whole 1-10 range: (r - 5.5) / sqrt(99 / 12)
+    torch.testing.assert_close(counts, task.normalise_repeats(torch.tensor([1.0, 2.0])))
+    assert narrow["inputs"].shape[1] <= 2 + 2 + 2 * 2 < full["inputs"].shape[1]
+    evaluation = task.for_evaluation()
+    assert evaluation is not task and evaluation.repeats_range == (1, 10)
+    with pytest.raises(ValueError, match=r"max_repeats \(10\).*\(1, 11\)"):
+        task.repeats_range = (1, 11)
+
+
+def repeat_trainer(tmp_path, curriculum, epochs):
+    from functools import partial
+
+    from memnet.controllers import LSTMController
+    from memnet.lightning import SequenceModule
+    from memnet.models.recurrent import RecurrentModel
+    from tasks.algorithmic import RepeatCopyTask
+
+    task = RepeatCopyTask(width=3, min_length=1, max_length=3, min_repeats=1, max_repeats=4)
+    dm = AlgorithmicDataModule(task, batch_size=3, batches_per_epoch=4, val_lengths=[3], val_size=6, seed=0)
+    seen: list[tuple[int, int]] = []  # (epoch, largest repeat count in the batch)
+
+    class Record(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append((trainer.current_epoch, (int(batch["mask"].sum(1).max()) - 1) // int(batch["length"])))
+
+    net = RecurrentModel(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=5))
+    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=2,
+                         callbacks=[curriculum, Record()])
+    trainer.fit(SequenceModule(net), datamodule=dm)
+    return trainer, dm, seen
+
+
+def test_repeat_curriculum_grows_the_repeats_one_level_at_a_time(tmp_path):
+    from memnet.curriculum import RepeatCurriculum
+
+    curriculum = RepeatCurriculum(start_repeats=1, every_n_epochs=1, threshold=None)
+    trainer, dm, seen = repeat_trainer(tmp_path, curriculum, epochs=3)
+    assert [h[1] for h in curriculum.history] == [1, 2, 3, 4]
+    assert dm.task.repeats_range == (1, 4)
+    for epoch, repeats in seen:
+        assert repeats <= 1 + epoch  # epoch e draws 1 .. 1 + e repeats
+    assert trainer.callback_metrics["curriculum/max_repeats"].item() == 3.0
+    restored = RepeatCurriculum()
+    restored.load_state_dict(curriculum.state_dict())
+    assert restored.max_length == 4 and restored.history == curriculum.history
+
+
+def test_repeat_curriculum_threshold_holds_the_level_until_the_loss_is_low(tmp_path):
+    from memnet.curriculum import RepeatCurriculum
+
+    curriculum = RepeatCurriculum(start_repeats=2, threshold=1e-9)  # an untrained net never gets there
+    _, dm, seen = repeat_trainer(tmp_path, curriculum, epochs=2)
+    assert dm.task.repeats_range == (1, 2) and max(r for _, r in seen) <= 2
+
+
+def test_repeat_curriculum_refuses_other_tasks_and_the_mixed_schedule():
+    from memnet.curriculum import RepeatCurriculum
+
+    class Trainer:
+        datamodule = AlgorithmicDataModule(CopyTask(width=3, min_length=1, max_length=4), batch_size=2)
+
+    with pytest.raises(TypeError, match="repeats_range"):
+        RepeatCurriculum().on_fit_start(Trainer(), None)
+    with pytest.raises(ValueError, match="'growing' or 'fixed'"):
+        RepeatCurriculum("mixed")
+    with pytest.raises(ValueError, match="start_repeats"):
+        RepeatCurriculum(start_repeats=0)
+
+
+def test_repeat_curriculum_reads_the_logged_training_loss(tmp_path):
+    from memnet.curriculum import RepeatCurriculum
+
+    curriculum = RepeatCurriculum(start_repeats=1, threshold=100.0)  # any finite train/loss is below it
+    repeat_trainer(tmp_path, curriculum, epochs=2)
+    assert [h[1] for h in curriculum.history] == [1, 2, 3]
