@@ -696,3 +696,27 @@ def test_smoke_suite_runs_every_experiment_in_under_three_minutes(tmp_path, monk
     assert code == 0 and not failed, failed
     assert len(report["leaderboard"]) == len(S.load_suite("configs/suites/smoke.yaml").experiments)
     assert cpu / 2 < 170, f"the smoke suite used {cpu:.0f} CPU-seconds ({wall:.0f} s wall)"
+
+
+def test_shipped_suite_budgets_fit_inside_their_one_cycle_schedules():
+    """A step budget past a OneCycleLR's total_steps is refused at the start of training."""
+    import yaml
+
+    from memnet.suite import load_suite
+
+    root = Path(__file__).resolve().parents[1]
+    checked = 0
+    for path in sorted((root / "configs" / "suites").glob("*.yaml")):
+        suite = load_suite(path, base_dir=root)
+        for experiment in suite.experiments:
+            total = None
+            for config in experiment.configs:
+                model = (yaml.safe_load((root / config).read_text()) or {}).get("model", {})
+                scheduler = (model.get("init_args") or {}).get("scheduler") or {}
+                if scheduler.get("class_path", "").endswith("OneCycleLR"):
+                    total = scheduler["init_args"]["total_steps"]
+            steps = experiment.budget.get("max_steps")
+            if total is not None and steps is not None:
+                checked += 1
+                assert steps <= total, f"{path.name}: {experiment.name} budget {steps} > total_steps {total}"
+    assert checked >= 4
