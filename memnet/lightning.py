@@ -208,7 +208,38 @@ def sequence_metrics(
 FAILED_TASK_ERROR = 5.0  # percent: a bAbI task counts as failed above this test error (Weston et al. 2015)
 
 
-class QAModule(pl.LightningModule):
+class EpochSums:
+    """Mixin for a LightningModule that sums a statistic over each stage's epoch.
+
+    ``self._epoch_sums[stage]`` is cleared when the stage's epoch starts; when it
+    ends, ``self._log_epoch_metrics(stage)`` turns the sums into logged metrics.
+    """
+
+    _epoch_sums: dict[str, torch.Tensor]
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        raise NotImplementedError
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_sums.pop("train", None)
+
+    def on_validation_epoch_start(self) -> None:
+        self._epoch_sums.pop("val", None)
+
+    def on_test_epoch_start(self) -> None:
+        self._epoch_sums.pop("test", None)
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+
+class QAModule(EpochSums, pl.LightningModule):
     """Trains a question-answering model ``net(story, query) -> answer logits (B, A)``.
 
     Batches are dicts as produced by ``tasks.babi`` (``story`` (B, N, J), ``query``
@@ -254,7 +285,7 @@ class QAModule(pl.LightningModule):
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.loss_reduction = loss_reduction
-        self._task_counts: dict[str, torch.Tensor] = {}  # stage -> (2, tasks) errors and questions this epoch
+        self._epoch_sums: dict[str, torch.Tensor] = {}  # stage -> (2, tasks) errors and questions this epoch
 
     def forward(self, story: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """story (B, N, J), query (B, Jq) -> answer logits (B, A)."""
@@ -279,15 +310,15 @@ class QAModule(pl.LightningModule):
                 torch.zeros(size, device=wrong.device, dtype=wrong.dtype).index_add_(0, tasks, wrong.detach()),
                 torch.zeros(size, device=wrong.device, dtype=wrong.dtype).index_add_(0, tasks, torch.ones_like(wrong)),
             ])
-            previous = self._task_counts.get(stage)
+            previous = self._epoch_sums.get(stage)
             if previous is not None:
                 width = max(previous.shape[1], size)
                 counts = F.pad(counts, (0, width - size)) + F.pad(previous, (0, width - previous.shape[1]))
-            self._task_counts[stage] = counts
+            self._epoch_sums[stage] = counts
         return loss
 
-    def _log_task_errors(self, stage: str) -> None:
-        counts = self._task_counts.pop(stage, None)
+    def _log_epoch_metrics(self, stage: str) -> None:
+        counts = self._epoch_sums.pop(stage, None)
         if counts is None or self.trainer.sanity_checking:
             return
         present = counts[1] > 0
@@ -296,24 +327,6 @@ class QAModule(pl.LightningModule):
             self.log(f"{stage}/task_{task}/error", error, on_epoch=True)
         self.log(f"{stage}/mean_task_error", errors.mean(), on_epoch=True)
         self.log(f"{stage}/failed_tasks", (errors > FAILED_TASK_ERROR).sum().to(errors.dtype), on_epoch=True)
-
-    def on_train_epoch_start(self) -> None:
-        self._task_counts.pop("train", None)
-
-    def on_validation_epoch_start(self) -> None:
-        self._task_counts.pop("val", None)
-
-    def on_test_epoch_start(self) -> None:
-        self._task_counts.pop("test", None)
-
-    def on_train_epoch_end(self) -> None:
-        self._log_task_errors("train")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_task_errors("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_task_errors("test")
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.model_step(batch, "train")
@@ -523,7 +536,7 @@ def format_tokens(tokens: torch.Tensor, names: dict[int, str]) -> str:
     return " ".join(names.get(i, str(i)) for i in ids)
 
 
-class RegressionModule(pl.LightningModule):
+class RegressionModule(EpochSums, pl.LightningModule):
     """Trains a sequence model ``net: (B, T, D_in) -> (B, T, K)`` on real-valued targets.
 
     Batches as ``tasks.sequences.SeriesDataModule`` (``inputs``, ``targets``,
@@ -550,7 +563,7 @@ class RegressionModule(pl.LightningModule):
         self.net = net
         self.optimizer = optimizer
         self.scheduler = scheduler
-        self._sums: dict[str, torch.Tensor] = {}  # stage -> [Σ(y−ŷ)², Σy, Σy², count] this epoch, float64
+        self._epoch_sums: dict[str, torch.Tensor] = {}  # stage -> [Σ(y−ŷ)², Σy, Σy², count] this epoch, float64
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """inputs (B, T, D_in) -> predictions (B, T, K)."""
@@ -564,13 +577,13 @@ class RegressionModule(pl.LightningModule):
         loss = squared.sum() / count.clamp_min(1)
         masked = (targets * mask).double()
         sums = torch.stack([squared.detach().double().sum(), masked.sum(), (masked**2).sum(), count.double()])
-        self._sums[stage] = sums + self._sums[stage].to(sums.device) if stage in self._sums else sums
+        self._epoch_sums[stage] = sums + self._epoch_sums[stage].to(sums.device) if stage in self._epoch_sums else sums
         self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True,
                  batch_size=targets.shape[0])
         return loss
 
-    def _log_nrmse(self, stage: str) -> None:
-        sums = self._sums.pop(stage, None)
+    def _log_epoch_metrics(self, stage: str) -> None:
+        sums = self._epoch_sums.pop(stage, None)
         if sums is None or sums[3] == 0 or self.trainer.sanity_checking:
             return
         self.log(f"{stage}/nrmse", nrmse_from_sums(sums).float(), prog_bar=stage != "train")
@@ -586,24 +599,6 @@ class RegressionModule(pl.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         return {"predictions": self(batch["inputs"]), "targets": batch["targets"], "mask": batch["mask"]}
-
-    def on_train_epoch_start(self) -> None:
-        self._sums.pop("train", None)
-
-    def on_validation_epoch_start(self) -> None:
-        self._sums.pop("val", None)
-
-    def on_test_epoch_start(self) -> None:
-        self._sums.pop("test", None)
-
-    def on_train_epoch_end(self) -> None:
-        self._log_nrmse("train")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_nrmse("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_nrmse("test")
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer(self.parameters())
