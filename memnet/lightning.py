@@ -130,11 +130,22 @@ class SequenceModule(pl.LightningModule):
         print("prediction  ", "  ".join("".join(str(int(v)) for v in row) for row in predictions[scored]))
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer(self.parameters())
-        if self.scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer,
-                "lr_scheduler": scheduler_config(self.scheduler(optimizer), self.scheduler_interval, self._trainer)}
+        return configure_optimizers(self, self.scheduler_interval)
+
+
+def configure_optimizers(module: pl.LightningModule, interval: str) -> Any:
+    """What every memnet module's ``configure_optimizers`` returns.
+
+    ``module.optimizer`` and ``module.scheduler`` are the factories given in the
+    config; the scheduler (if any) is stepped every ``interval`` (``step`` or
+    ``epoch``), monitors ``val/loss`` (for ReduceLROnPlateau) and is checked by
+    :func:`scheduler_config`.
+    """
+    optimizer = module.optimizer(module.parameters())
+    if module.scheduler is None:
+        return optimizer
+    return {"optimizer": optimizer,
+            "lr_scheduler": scheduler_config(module.scheduler(optimizer), interval, module._trainer)}
 
 
 def scheduler_config(scheduler: Any, interval: str, trainer: pl.Trainer | None) -> dict[str, Any]:
@@ -345,11 +356,7 @@ class QAModule(EpochSums, pl.LightningModule):
         return {"prediction": logits.argmax(-1), "answer": batch["answer"], "task": batch.get("task")}
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer(self.parameters())
-        if self.scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer,
-                "lr_scheduler": scheduler_config(self.scheduler(optimizer), self.scheduler_interval, self._trainer)}
+        return configure_optimizers(self, self.scheduler_interval)
 
 
 # ----------------------------------------------------------------------------- recurrent family
@@ -489,12 +496,7 @@ class Seq2SeqModule(pl.LightningModule):
             self._printed += 1
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer(self.parameters())
-        if self.scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer),
-                                                         "interval": "epoch",
-                                                         "monitor": "val/loss"}}
+        return configure_optimizers(self, "epoch")
 
 
 def token_metrics(logits: torch.Tensor, target: torch.Tensor, *, pad_index: int = 0) -> dict[str, torch.Tensor]:
@@ -601,12 +603,7 @@ class RegressionModule(EpochSums, pl.LightningModule):
         return {"predictions": self(batch["inputs"]), "targets": batch["targets"], "mask": batch["mask"]}
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer(self.parameters())
-        if self.scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer),
-                                                         "interval": "epoch",
-                                                         "monitor": "val/loss"}}
+        return configure_optimizers(self, "epoch")
 
 
 def nrmse_from_sums(sums: torch.Tensor) -> torch.Tensor:

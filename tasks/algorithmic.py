@@ -237,6 +237,17 @@ class CopyTask(AlgorithmicTask):
         return self.encode(bits.float())
 
 
+def _subrange(name: str, value: tuple[int, int], lowest: tuple[str, int], highest: tuple[str, int]) -> tuple[int, int]:
+    """``value`` as (low, high) ints, checked to lie inside [lowest, highest] (each a (field, bound) pair)."""
+    low, high = (int(v) for v in value)
+    if not lowest[1] <= low <= high <= highest[1]:
+        raise ValueError(
+            f"{name} must satisfy {lowest[0]} ({lowest[1]}) ≤ low ≤ high ≤ {highest[0]} ({highest[1]}), "
+            f"got {(low, high)}"
+        )
+    return low, high
+
+
 class RepeatCopyTask(AlgorithmicTask):
     """Repeat copy: read a sequence and a repeat count, write the sequence that many times, then an end marker.
 
@@ -357,13 +368,8 @@ class RepeatCopyTask(AlgorithmicTask):
 
     @repeats_range.setter
     def repeats_range(self, value: tuple[int, int]) -> None:
-        low, high = (int(v) for v in value)
-        if not self.min_repeats <= low <= high <= self.max_repeats:
-            raise ValueError(
-                f"repeats_range must satisfy min_repeats ({self.min_repeats}) ≤ low ≤ high ≤ "
-                f"max_repeats ({self.max_repeats}), got {(low, high)}"
-            )
-        self._repeats_range = (low, high)
+        self._repeats_range = _subrange("repeats_range", value, ("min_repeats", self.min_repeats),
+                                        ("max_repeats", self.max_repeats))
 
     def for_evaluation(self) -> RepeatCopyTask:
         """This task with a repeat count per sequence over the whole training range of repeats.
@@ -910,14 +916,8 @@ class AlgorithmicDataModule(pl.LightningDataModule):
 
     @length_range.setter
     def length_range(self, value: tuple[int, int]) -> None:
-        low, high = (int(v) for v in value)
-        task = self.task
-        if not task.min_length <= low <= high <= task.max_length:
-            raise ValueError(
-                f"length_range must satisfy min_length ({task.min_length}) ≤ low ≤ high ≤ "
-                f"max_length ({task.max_length}), got {(low, high)}"
-            )
-        self._length_range = (low, high)
+        self._length_range = _subrange("length_range", value, ("min_length", self.task.min_length),
+                                       ("max_length", self.task.max_length))
 
     @property
     def length_mix(self) -> float:

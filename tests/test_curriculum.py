@@ -43,27 +43,29 @@ def test_fixed_is_the_whole_range_always():
     assert fixed.next_max_length(3, 12, epochs_at_level=0, metric=None) == 12
 
 
-def tiny_trainer(tmp_path, curriculum, epochs):
+def tiny_trainer(tmp_path, curriculum, epochs, task=None, record=lambda batch: int(batch["length"]), val_batches=1):
+    """Fits a small LSTM with ``curriculum``; returns the trainer, the data module and (epoch, record(batch)) per batch."""
     from functools import partial
 
     from memnet.controllers import LSTMController
     from memnet.lightning import SequenceModule
     from memnet.models.recurrent import RecurrentModel
 
-    dm = AlgorithmicDataModule(CopyTask(width=3, min_length=1, max_length=7), batch_size=3,
-                               batches_per_epoch=4, val_lengths=[7], val_size=3, seed=0)
-    lengths: list[tuple[int, int]] = []
+    task = task or CopyTask(width=3, min_length=1, max_length=7)
+    dm = AlgorithmicDataModule(task, batch_size=3, batches_per_epoch=4, val_lengths=[task.max_length],
+                               val_size=3 * val_batches, seed=0)
+    seen: list[tuple[int, int]] = []
 
     class Record(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            lengths.append((trainer.current_epoch, int(batch["length"])))
+            seen.append((trainer.current_epoch, record(batch)))
 
-    net = RecurrentModel(4, 3, controller=partial(LSTMController, hidden_size=5))
+    net = RecurrentModel(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=5))
     trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=1,
+                         enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=val_batches,
                          callbacks=[curriculum, Record()])
     trainer.fit(SequenceModule(net), datamodule=dm)
-    return trainer, dm, lengths
+    return trainer, dm, seen
 
 
 def test_growing_curriculum_moves_the_data_module_and_logs(tmp_path):
@@ -155,27 +157,13 @@ def test_repeat_range_narrows_training_draws_but_not_the_count_encoding_or_valid
 
 
 def repeat_trainer(tmp_path, curriculum, epochs):
-    from functools import partial
-
-    from memnet.controllers import LSTMController
-    from memnet.lightning import SequenceModule
-    from memnet.models.recurrent import RecurrentModel
+    """tiny_trainer on repeat copy, recording the largest repeat count of each batch."""
     from tasks.algorithmic import RepeatCopyTask
 
     task = RepeatCopyTask(width=3, min_length=1, max_length=3, min_repeats=1, max_repeats=4)
-    dm = AlgorithmicDataModule(task, batch_size=3, batches_per_epoch=4, val_lengths=[3], val_size=6, seed=0)
-    seen: list[tuple[int, int]] = []  # (epoch, largest repeat count in the batch)
-
-    class Record(pl.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            seen.append((trainer.current_epoch, (int(batch["mask"].sum(1).max()) - 1) // int(batch["length"])))
-
-    net = RecurrentModel(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=5))
-    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=2,
-                         callbacks=[curriculum, Record()])
-    trainer.fit(SequenceModule(net), datamodule=dm)
-    return trainer, dm, seen
+    # scored steps of a sequence: L·r outputs and the end marker
+    largest_repeats = lambda batch: (int(batch["mask"].sum(1).max()) - 1) // int(batch["length"])
+    return tiny_trainer(tmp_path, curriculum, epochs, task=task, record=largest_repeats, val_batches=2)
 
 
 def test_repeat_curriculum_grows_the_repeats_one_level_at_a_time(tmp_path):
