@@ -75,6 +75,7 @@ class NTM(MemoryModel):
         engine: execution path (``memnet.models.core``): ``fused`` (default; the fused
             addressing and write, hoisted input and output layers), ``eager`` (the
             reference functions, for debugging) or ``compiled`` (``torch.compile``).
+        compile_backend: the ``torch.compile`` backend of the ``compiled`` engine.
     """
 
     def __init__(
@@ -91,6 +92,7 @@ class NTM(MemoryModel):
         memory_init: MemoryInitScheme = "constant",
         learn_initial_state: bool = False,
         engine: Engine = "fused",
+        compile_backend: str = "inductor",
     ) -> None:
         super().__init__(
             input_size,
@@ -100,6 +102,7 @@ class NTM(MemoryModel):
             word_size=word_size,
             num_reads=num_reads,
             engine=engine,
+            compile_backend=compile_backend,
             num_writes=num_writes,
         )
         self.num_writes = num_writes
