@@ -7,8 +7,10 @@
     memnet probe configs/probe/*.yaml --out PNG             ‖∂L/∂h(t)‖ of each config's model (see memnet.probe)
     memnet suite run configs/suites/smoke.yaml --jobs 2     a suite of experiments × seeds (see memnet.suite)
     memnet suite report runs/suites/smoke                   its leaderboard, tables and plots
+    memnet configs [NAME]                                   the shipped configs (--config ntm/copy works too)
 
-Configs stack (``--config a.yaml --config b.yaml``, later wins) and any field can
+Configs stack (``--config a.yaml --config b.yaml``, later wins; inside a file,
+``extends: [fragment.yaml]``, see memnet.cli.configs) and any field can
 be overridden (``--model.init_args.net.init_args.memory_size 64``). The data
 module's sizes are linked once to the network's (``input_size``, ``output_size``).
 
@@ -31,6 +33,7 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from memnet.callbacks import LastAndBestCheckpoint, run_dir
+from memnet.cli.configs import ConfigError, resolve_config_args
 
 RUNS_DIR = "runs"
 LATEST_RUN_FILE = Path(RUNS_DIR) / "latest.json"
@@ -95,6 +98,15 @@ class MemnetCLI(LightningCLI):
             },
         )
         super().__init__(*args, **kwargs)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """``--config`` values resolved first: shipped names, ``extends`` stacked (memnet.cli.configs)."""
+        if isinstance(args, list):
+            try:
+                args = resolve_config_args(args)
+            except ConfigError as error:
+                raise SystemExit(f"memnet: {error}") from None
+        super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
         """The config given on the command line is authoritative.
@@ -184,6 +196,11 @@ def main(argv: list[str] | None = None) -> None:
             data_main(argv[2:])
         except (UnsafeArchiveError, ValueError, OSError) as error:
             raise SystemExit(f"memnet data babi: {error}") from None
+        return
+    if argv and argv[0] == "configs":  # memnet configs [NAME]: the shipped configs (see memnet.cli.configs)
+        from memnet.cli.configs import main as configs_main
+
+        configs_main(argv[1:])
         return
     if argv and argv[0] == "babi-table":  # test error per bAbI task of checkpoints, markdown + CSV
         from tasks.babi import table_main
