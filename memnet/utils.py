@@ -1,6 +1,11 @@
-"""Small helpers shared across memnet: argument checks."""
+"""Small helpers shared across memnet: argument checks, each process's share of the data."""
 
 from __future__ import annotations
+
+from collections.abc import Sized
+from typing import Any
+
+from torch.utils.data import DistributedSampler
 
 
 def check_positive(**values: int) -> None:
@@ -26,3 +31,27 @@ def check_range(name: str, value: float, low: float, high: float, *, low_open: b
     if not (above and below):
         interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
         raise ValueError(f"{name} must lie in {interval}, got {value!r}")
+
+
+def distributed_position(trainer: Any) -> tuple[int, int]:
+    """(rank, world size) of this process in ``trainer``'s run; (0, 1) without a trainer or on one device.
+
+    Data modules use it to give every DDP process its own share of the data.
+    """
+    if trainer is None:
+        return 0, 1
+    return int(getattr(trainer, "global_rank", 0)), int(getattr(trainer, "world_size", 1))
+
+
+def distributed_sampler(dataset: Sized, trainer: Any, *, shuffle: bool, seed: int) -> DistributedSampler | None:
+    """A ``DistributedSampler`` giving this process its share of ``dataset``, or None on one process.
+
+    The share is rank r's every world-size-th example (shuffled by ``seed`` and the
+    epoch when ``shuffle``; Lightning calls ``set_epoch``). Where the size is not a
+    multiple of the world size, the last examples are repeated so every process has
+    as many batches (``torch.utils.data.DistributedSampler``'s rule).
+    """
+    rank, world_size = distributed_position(trainer)
+    if world_size <= 1:
+        return None
+    return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
