@@ -10,6 +10,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 
 from memnet.plots import plot_dnc_memory, plot_memory_access
+from memnet.utils import parameter_dtype
 
 
 def run_dir(trainer: pl.Trainer) -> Path:
@@ -65,9 +66,11 @@ class MemoryAccessPlot(pl.Callback):
 def draw_memory_access(module: torch.nn.Module, batch: dict, path: Path, *, title: str = "", **kwargs) -> Path | None:
     """Run ``module`` with a trace on the first sequence of ``batch`` and save the figure.
 
+    The inputs are cast to the module's own dtype (a run in ``64-true`` or
+    ``bf16-true`` precision has float64 or bfloat16 weights, the batch float32).
     Returns the path, or None if the module's network records no trace.
     """
-    inputs = batch["inputs"][:1].to(module.device)
+    inputs = batch["inputs"][:1].to(device=module.device, dtype=parameter_dtype(module))
     was_training = module.training
     module.eval()
     try:

@@ -48,6 +48,7 @@ import yaml
 
 from memnet.callbacks import draw_memory_access
 from memnet.plots import plot_error_vs_length
+from memnet.utils import parameter_dtype
 
 LATEST = "latest"
 COLUMNS = ("length", "slots", "bits_per_seq", "bit_errors_per_seq", "sequences", "exact_pct")
@@ -229,9 +230,10 @@ def evaluate_length(
         n = min(batch_size, num_sequences - done)
         batch = task.sample_batch(generator, n, length)
         first_batch = first_batch or batch
-        inputs = batch["inputs"].to(device)
-        targets = batch["targets"].to(device)
-        mask = batch["mask"].to(device)
+        dtype = parameter_dtype(model)
+        inputs = batch["inputs"].to(device=device, dtype=dtype)
+        targets = batch["targets"].to(device=device, dtype=dtype)
+        mask = batch["mask"].to(device=device, dtype=dtype)
         with torch.no_grad():
             logits = model.net(inputs, **kwargs)
         bits, errors = _per_sequence(logits, targets, mask)

@@ -57,6 +57,9 @@ class SequenceModule(pl.LightningModule):
         self.scheduler = scheduler
         self.eval_memory_size = eval_memory_size
 
+    def setup(self, stage: str) -> None:
+        check_precision(self)
+
     def forward(self, inputs: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """inputs (B, T, D_in) -> logits (B, T, D_out)."""
         if not self.training and self.eval_memory_size is not None:
@@ -176,6 +179,21 @@ def scheduler_config(scheduler: Any, interval: str, trainer: pl.Trainer | None) 
                 f"model.init_args.scheduler.init_args.total_steps to at least {int(planned)}, or lower {unit}."
             )
     return {"scheduler": scheduler, "interval": interval, "monitor": "val/loss"}
+
+
+def check_precision(module: pl.LightningModule) -> None:
+    """Refuse a ``trainer.precision`` that the network declares it cannot train in.
+
+    A network lists such settings in ``refuses_precisions`` (the DNC: ``16-true``).
+    """
+    trainer = module._trainer
+    precision = str(getattr(trainer, "precision", "")) if trainer is not None else ""
+    net = getattr(module, "net", None)
+    if precision and precision in getattr(net, "refuses_precisions", ()):
+        raise ValueError(
+            f"trainer.precision {precision!r} is not supported by {type(net).__name__} (its gradients "
+            "become non-finite in float16); use --trainer.precision 32-true, bf16-mixed or bf16-true"
+        )
 
 
 def check_finite_loss(loss: torch.Tensor, module: pl.LightningModule) -> None:

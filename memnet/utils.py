@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sized
 from typing import Any
 
+import torch
 from torch.utils.data import DistributedSampler
 
 
@@ -55,3 +56,15 @@ def distributed_sampler(dataset: Sized, trainer: Any, *, shuffle: bool, seed: in
     if world_size <= 1:
         return None
     return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
+
+
+def parameter_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The dtype of ``module``'s first floating-point parameter (the default dtype if it has none).
+
+    A batch built outside the Trainer (a callback, ``memnet evaluate``) is cast to it,
+    so a model trained in ``64-true`` or ``bf16-true`` precision gets inputs it can multiply.
+    """
+    for parameter in module.parameters():
+        if parameter.is_floating_point():
+            return parameter.dtype
+    return torch.get_default_dtype()

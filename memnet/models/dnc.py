@@ -202,6 +202,10 @@ class DNC(nn.Module):
         memory_init: ``constant`` (default), ``learned`` or ``random`` initial memory.
     """
 
+    # float16 (``trainer.precision 16-true``) gives non-finite gradients: usage products and the
+    # allocation's cumulative product underflow its 5-bit exponent. bfloat16 and float32/64 work.
+    refuses_precisions = ("16-true",)
+
     def __init__(
         self,
         input_size: int,
