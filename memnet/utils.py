@@ -68,3 +68,21 @@ def parameter_dtype(module: torch.nn.Module) -> torch.dtype:
         if parameter.is_floating_point():
             return parameter.dtype
     return torch.get_default_dtype()
+
+
+def check_sequence_inputs(inputs: torch.Tensor, input_size: int, *, model: str,
+                          memory_size: int | None = None) -> None:
+    """Refuse, with one line naming ``model``, what a sequence model's ``forward`` cannot run.
+
+    ``inputs`` must be (B, T, D_in) with D_in = ``input_size``, B ≥ 1 and T ≥ 1; a
+    ``memory_size`` given for the call must be a positive integer (0 is not "the
+    trained size").
+    """
+    if inputs.dim() != 3 or inputs.shape[-1] != input_size:
+        raise ValueError(f"{model}: inputs must have shape (B, T, D_in={input_size}), got {tuple(inputs.shape)}")
+    if inputs.shape[0] == 0 or inputs.shape[1] == 0:
+        raise ValueError(f"{model}: inputs of shape {tuple(inputs.shape)} are empty; "
+                         "a batch needs at least one sequence (B ≥ 1) of at least one step (T ≥ 1)")
+    if memory_size is not None and (isinstance(memory_size, bool) or not isinstance(memory_size, int)
+                                    or memory_size < 1):
+        raise ValueError(f"{model}: memory_size must be a positive integer, got {memory_size!r}")

@@ -35,7 +35,7 @@ from memnet import memory as mem
 from memnet.allocation import NUM_READ_MODES, SparseLink
 from memnet.controllers import ControllerFactory, ControllerState, LSTMController
 from memnet.memory import MemoryInit, MemoryInitScheme
-from memnet.utils import check_positive
+from memnet.utils import check_positive, check_sequence_inputs
 
 
 class Interface(NamedTuple):
@@ -266,7 +266,7 @@ class DNC(nn.Module):
 
         ``memory_size`` overrides N for this episode.
         """
-        memory_size = memory_size or self.memory_size
+        memory_size = self.memory_size if memory_size is None else memory_size
         check_positive(batch_size=batch_size, memory_size=memory_size)
         dtype = dtype or self.output.weight.dtype
         device = device or self.output.weight.device
@@ -349,10 +349,7 @@ class DNC(nn.Module):
         Returns:
             logits (B, T, D_out), and with ``return_trace`` a ``DNCTrace``.
         """
-        if inputs.dim() != 3 or inputs.shape[-1] != self.input_size:
-            raise ValueError(
-                f"inputs must have shape (B, T, D_in={self.input_size}), got {tuple(inputs.shape)}"
-            )
+        check_sequence_inputs(inputs, self.input_size, model="DNC", memory_size=memory_size)
         if state is None:
             state = self.initial_state(
                 inputs.shape[0], memory_size=memory_size, device=inputs.device, dtype=inputs.dtype
