@@ -106,31 +106,68 @@ class LinearStartSwitch(pl.Callback):
     in the linear phase, if ``monitor`` did not fall below its best value for
     ``patience`` epochs in a row (or ``max_epochs`` linear epochs have passed),
     the softmax is switched on; the switch is logged as ``linear_start/switched``
-    and its epoch kept in ``switched_at``.
+    and its epoch (the last linear one) kept in ``switched_at``.
+
+    With ``epochs`` set, the linear phase has that fixed length instead, as in the
+    authors' code (20 epochs for one task, 30 joint): the softmax is back from
+    epoch ``epochs`` (0-based) on, whatever the monitor says. A
+    ``memnet.optim.LinearStartStepLR`` scheduler must then have the same
+    ``linear_start_epochs`` (checked when training starts).
 
     Args:
         monitor: the metric watched.
         patience: epochs without improvement before the switch.
         max_epochs: optional cap on the linear phase.
+        epochs: a fixed length of the linear phase (monitor, patience and max_epochs unused).
     """
 
-    def __init__(self, monitor: str = "val/loss", patience: int = 1, max_epochs: int | None = None) -> None:
+    def __init__(self, monitor: str = "val/loss", patience: int = 1, max_epochs: int | None = None,
+                 epochs: int | None = None) -> None:
         if patience < 1:
             raise ValueError(f"patience must be a positive integer, got {patience!r}")
         if max_epochs is not None and max_epochs < 1:
             raise ValueError(f"max_epochs must be a positive integer or None, got {max_epochs!r}")
+        if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+            raise ValueError(f"epochs must be a positive integer or None, got {epochs!r}")
         self.monitor = monitor
         self.patience = patience
         self.max_epochs = max_epochs
+        self.epochs = epochs
         self.best: float | None = None
         self.stale = 0
         self.switched_at: int | None = None
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    @staticmethod
+    def _linear_net(pl_module: pl.LightningModule):
         net = getattr(pl_module, "net", None)
-        if trainer.sanity_checking or net is None or not hasattr(net, "enable_softmax"):
+        if net is None or not hasattr(net, "enable_softmax") or bool(net.softmax_enabled):
+            return None
+        return net
+
+    def _switch(self, pl_module: pl.LightningModule, net, last_linear_epoch: int) -> None:
+        net.enable_softmax()
+        self.switched_at = last_linear_epoch
+        pl_module.log("linear_start/switched", float(last_linear_epoch))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.epochs is None:
             return
-        if bool(net.softmax_enabled):
+        for config in getattr(trainer, "lr_scheduler_configs", None) or []:
+            scheduled = getattr(config.scheduler, "linear_start_epochs", None)
+            if scheduled is not None and scheduled != self.epochs:
+                raise ValueError(
+                    f"LinearStartSwitch epochs is {self.epochs} but the scheduler's linear_start_epochs is "
+                    f"{scheduled}; the softmax and the learning rate would change at different epochs"
+                )
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        net = self._linear_net(pl_module)
+        if self.epochs is not None and net is not None and trainer.current_epoch >= self.epochs:
+            self._switch(pl_module, net, self.epochs - 1)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        net = self._linear_net(pl_module)
+        if trainer.sanity_checking or net is None or self.epochs is not None:
             return
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
@@ -142,9 +179,7 @@ class LinearStartSwitch(pl.Callback):
             self.stale += 1
         linear_epochs = trainer.current_epoch + 1
         if self.stale >= self.patience or (self.max_epochs is not None and linear_epochs >= self.max_epochs):
-            net.enable_softmax()
-            self.switched_at = trainer.current_epoch
-            pl_module.log("linear_start/switched", float(trainer.current_epoch))
+            self._switch(pl_module, net, trainer.current_epoch)
 
     def state_dict(self) -> dict:
         return {"best": self.best, "stale": self.stale, "switched_at": self.switched_at}
