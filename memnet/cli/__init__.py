@@ -5,6 +5,7 @@
     memnet test / predict ...                               likewise on the test set
     memnet evaluate --ckpt_path PATH --lengths 20 40 80     length generalisation (see memnet.evaluation)
     memnet probe configs/probe/*.yaml --out PNG             ‖∂L/∂h(t)‖ of each config's model (see memnet.probe)
+    memnet figures [--only NAME ...] [--out DIR]            the chapter's figures into docs/figures (see memnet.cli.figures)
     memnet suite run configs/suites/smoke.yaml --jobs 2     a suite of experiments × seeds (see memnet.suite)
     memnet suite report runs/suites/smoke                   its leaderboard, tables and plots
 
@@ -168,6 +169,11 @@ def main(argv: list[str] | None = None) -> None:
         from memnet.probe import main as probe_main
 
         probe_main(argv[1:])
+        return
+    if argv and argv[0] == "figures":  # the chapter's pictures (see memnet.cli.figures)
+        from memnet.cli.figures import main as figures_main
+
+        figures_main(argv[1:])
         return
     if argv and argv[0] == "suite":
         from memnet.suite import main as suite_main
