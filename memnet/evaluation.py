@@ -48,6 +48,7 @@ import yaml
 
 from memnet.callbacks import draw_memory_access
 from memnet.plots import plot_error_vs_length
+from memnet.utils import parameter_dtype
 
 LATEST = "latest"
 COLUMNS = ("length", "slots", "bits_per_seq", "bit_errors_per_seq", "sequences", "exact_pct")
@@ -135,6 +136,27 @@ def default_config(checkpoint: Path) -> Path:
 
 def build(configs: list[str | Path], checkpoint: Path, device: torch.device) -> tuple[Any, Any]:
     """Model (a LightningModule with the checkpoint's weights, in eval mode) and data module, via the CLI parser."""
+    cli = instantiate(configs)
+    load_checkpoint(cli.model, checkpoint, configs)
+    model = cli.model.to(device).eval()
+    return model, cli.datamodule
+
+
+def load_checkpoint(model: Any, checkpoint: Path, configs: list[str | Path]) -> None:
+    """Load the Lightning checkpoint's ``state_dict`` into ``model`` (built from ``configs``)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if "state_dict" not in state:
+        raise EvaluationError(f"--ckpt_path: {checkpoint} holds no 'state_dict' (not a Lightning checkpoint)")
+    try:
+        model.load_state_dict(state["state_dict"])
+    except RuntimeError as error:
+        raise EvaluationError(
+            f"--ckpt_path: {checkpoint} does not fit the model of {', '.join(map(str, configs))}: {error}"
+        ) from None
+
+
+def instantiate(configs: list[str | Path]) -> Any:
+    """The ``MemnetCLI`` (not run) of ``configs``: its ``config``, fresh ``model`` and ``datamodule``."""
     from memnet.cli import MemnetCLI
 
     for config in configs:
@@ -151,17 +173,7 @@ def build(configs: list[str | Path], checkpoint: Path, device: torch.device) -> 
                 f"--config: {', '.join(map(str, configs))} does not parse with the current code (see the "
                 "parser's error above); a run saved by an older version needs --config with a current config"
             ) from None
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if "state_dict" not in state:
-        raise EvaluationError(f"--ckpt_path: {checkpoint} holds no 'state_dict' (not a Lightning checkpoint)")
-    try:
-        cli.model.load_state_dict(state["state_dict"])
-    except RuntimeError as error:
-        raise EvaluationError(
-            f"--ckpt_path: {checkpoint} does not fit the model of {', '.join(map(str, configs))}: {error}"
-        ) from None
-    model = cli.model.to(device).eval()
-    return model, cli.datamodule
+    return cli
 
 
 def fit_only_keys() -> set[str]:
@@ -227,9 +239,10 @@ def evaluate_length(
         n = min(batch_size, num_sequences - done)
         batch = task.sample_batch(generator, n, length)
         first_batch = first_batch or batch
-        inputs = batch["inputs"].to(device)
-        targets = batch["targets"].to(device)
-        mask = batch["mask"].to(device)
+        dtype = parameter_dtype(model)
+        inputs = batch["inputs"].to(device=device, dtype=dtype)
+        targets = batch["targets"].to(device=device, dtype=dtype)
+        mask = batch["mask"].to(device=device, dtype=dtype)
         with torch.no_grad():
             logits = model.net(inputs, **kwargs)
         bits, errors = _per_sequence(logits, targets, mask)
