@@ -192,6 +192,7 @@ def test_resolve_config_args():
     assert args[6] == "--x=1"
     text = json.dumps({"trainer": {"max_steps": 3}})
     assert C.resolve_config_args(["--config", text]) == ["--config", text]
+    assert C.resolve_config_args(["--config", "s3://bucket/c.yaml"]) == ["--config", "s3://bucket/c.yaml"]
 
 
 def test_print_config_shows_the_resolved_whole(tmp_path, monkeypatch, capsys):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -205,7 +206,8 @@ def resolve_config_args(args: list[str]) -> list[str]:
     """``args`` with each ``--config``/``-c`` value resolved for the Lightning CLI.
 
     A name becomes its file; a file or text with ``extends`` becomes the resolved YAML text
-    (the CLI accepts a config as text); anything else is passed through unchanged.
+    (the CLI accepts a config as text); anything else (a plain file, a remote URL) is passed
+    through unchanged.
     """
     resolved = list(args)
     for index, arg in enumerate(resolved):
@@ -221,6 +223,8 @@ def _is_text(value: str) -> bool:
 
 
 def _resolve_value(value: str) -> str:
+    if "://" in value:  # a remote config (s3://, https://): the CLI reads it as it is
+        return value
     if _is_text(value):
         content = _parse(value, "--config")
         return dump(resolve_text(value)) if EXTENDS_KEY in content else value
@@ -230,14 +234,20 @@ def _resolve_value(value: str) -> str:
     return dump(load_config(path))
 
 
+SUMMARY_WIDTH = 100  # characters of a config's description in the listing
+
+
 def _summary(path: Path) -> str:
-    """The first comment line of a config file (its description), or ''."""
+    """The first sentence of a config file's leading comment (its description), cut to SUMMARY_WIDTH."""
+    words = []
     for line in path.read_text().splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-        if line.strip():
-            return ""
-    return ""
+        if not line.startswith("#"):
+            break
+        words += line.lstrip("#").split()
+    text = " ".join(words)
+    end = re.search(r"(?<! al)\. ", text)  # "Sukhbaatar et al. 2015" does not end a sentence
+    text = text[: end.start() + 1] if end else text
+    return text if len(text) <= SUMMARY_WIDTH else text[: SUMMARY_WIDTH - 1].rstrip() + "…"
 
 
 def main(argv: list[str] | None = None) -> None:
