@@ -252,3 +252,13 @@ def test_names_resolve_against_the_packaged_copy_outside_a_clone(tmp_path, monke
         assert C.load_config(C.find_config("ntm/copy")) == SNAPSHOT["ntm/copy.yaml"]
     finally:
         sys.modules.pop(C.PACKAGE, None)
+
+
+def test_evaluate_takes_a_shipped_name(tmp_path, monkeypatch):
+    from memnet.evaluation import EvaluationError, instantiate
+
+    monkeypatch.chdir(tmp_path)
+    cli = instantiate(["ntm/copy_small"])
+    assert cli.model.net.memory_size == 32
+    with pytest.raises(EvaluationError, match=r"--config ntm/copy_smal: .*close matches: ntm/copy_small"):
+        instantiate(["ntm/copy_smal"])
