@@ -15,7 +15,7 @@ score selected on the test set would be no test score.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 SELECT_KEYS = ("metric", "split", "mode")
@@ -96,3 +96,33 @@ def mean_std(values: Sequence[float]) -> dict[str, float] | None:
     mean = sum(values) / len(values)
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
     return {"mean": mean, "std": std, "n": len(values)}
+
+
+def summarize(records: Sequence[dict[str, Any]], spec: dict[str, str],
+              scores: Callable[[dict[str, Any]], dict[str, float]]) -> dict[str, Any] | None:
+    """The selected run's scores beside the mean ± s.d. of every finished seed's.
+
+    Args:
+        records: one experiment's run records.
+        spec: a rule from :func:`check_select`.
+        scores: a run record -> named scores (e.g. ``{"bAbI mean error %": 12.0}``); a
+            run without a score is left out of that score's mean.
+
+    Returns:
+        ``{"rule", "seed", "value", "candidates", "selected", "over_seeds"}`` (``rule``
+        like ``lowest train/error``; ``selected`` the chosen run's scores; ``over_seeds``
+        score -> mean/std/n), or None when no run logged the metric.
+    """
+    chosen = select_run(records, spec)
+    if chosen is None:
+        return None
+    every = [scores(record) for record in records if record.get("status") == "done"]
+    names = sorted({name for run in every for name in run})
+    return {
+        "rule": f"{'lowest' if spec['mode'] == 'min' else 'highest'} {metric_key(spec)}",
+        "seed": chosen["seed"],
+        "value": chosen["value"],
+        "candidates": chosen["candidates"],
+        "selected": scores(chosen["record"]),
+        "over_seeds": {name: mean_std([run[name] for run in every if name in run]) for name in names},
+    }

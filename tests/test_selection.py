@@ -7,7 +7,7 @@ from importlib import resources
 
 import pytest
 
-from memnet.selection import SelectionError, check_select, mean_std, select_run
+from memnet.selection import SelectionError, check_select, mean_std, select_run, summarize
 
 WHERE = "suite.yaml:7: experiment 'memn2n'"
 
@@ -69,3 +69,13 @@ def test_the_memn2n_references_name_the_papers_selection():
         rule = check_select({k: v for k, v in by_key[key]["selection"].items() if k != "runs"}, key)
         assert rule == {"metric": "error", "split": "train", "mode": "min"}
         assert by_key[key]["selection"]["runs"] == 10 and "lowest training error" in by_key[key]["statistic"]
+
+
+def test_summary_puts_the_selected_run_beside_the_mean_over_seeds():
+    records = [_record(0, 3.0, 10.0), _record(1, 1.5, 30.0), _record(2, 2.0, 5.0), _record(3, 0.0, 0.0, "failed")]
+    summary = summarize(records, check_select({"metric": "error", "split": "train"}, WHERE),
+                        lambda record: {"test error": record["metrics"]["test/error"]})
+    assert summary["rule"] == "lowest train/error" and summary["seed"] == 1 and summary["candidates"] == 3
+    assert summary["selected"] == {"test error": 30.0}
+    over = summary["over_seeds"]["test error"]
+    assert over["mean"] == pytest.approx(15.0) and over["std"] == pytest.approx(13.2287566) and over["n"] == 3
