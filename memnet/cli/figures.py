@@ -117,7 +117,7 @@ class Recipe:
     def __call__(self, seed: int) -> tuple[nn.Module, Any, str]:
         task = self.task()
         net = self.fresh(seed, task)
-        sample = lambda generator: task.sample_batch(generator, 16, task.sample_length(generator))  # noqa: E731
+        sample = lambda generator: task.sample_batch(generator, 16, task.sample_length(generator))
         start = time.perf_counter()
         cost = train_sequence_model(net, sample, steps=self.steps, lr=self.lr, seed=seed)
         return net, task, f"{self.steps} steps in {time.perf_counter() - start:.0f} s, last batch {cost:.2f} bits/seq"
