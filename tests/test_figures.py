@@ -260,3 +260,35 @@ def test_checkpoints_folder_must_exist(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["figures", "--only", "graph", "--checkpoints", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
     assert f"--checkpoints: {tmp_path / 'nowhere'} is not a folder" in capsys.readouterr().err
+
+
+def test_every_figure_of_the_command_writes_its_pngs(tmp_path, monkeypatch):
+    from memnet.cli import figures as command
+
+    quick_roles(monkeypatch)
+    monkeypatch.setattr(command, "ERROR_LENGTHS", (2, 8))
+    monkeypatch.setattr(command, "ERROR_SEQUENCES", 4)
+    names = [name for name in command.FIGURES if name != "memn2n-attention"]
+    logged: list[str] = []
+    written = command.draw(names, out=tmp_path, seed=0, log=logged.append)
+    expected = {"composition.png", "echo_state.png", "unrolled_graph.png", "gradient_through_time.png",
+                "ntm_copy_memory_access.png", "ntm_repeat_copy_memory_access.png", "dnc_copy_memory_access.png",
+                "dnc_copy_memory_access_usage_link.png", "dnc_repeat_copy_memory_access.png",
+                "dnc_repeat_copy_memory_access_usage_link.png", "ntm_copy_error_vs_length.png"}
+    assert {p.name for p in written} == expected
+    assert all(is_png(p) for p in written)
+    assert sum("trained" in line for line in logged) == 7  # each model trained once, then reused
+
+
+BABI_ARCHIVE = ROOT.parent / "shared" / "data" / "babi" / "tasks_1-20_v1-2.tar.gz"
+
+
+@pytest.mark.skipif(not BABI_ARCHIVE.is_file(), reason=f"bAbI archive not found at {BABI_ARCHIVE}")
+def test_memn2n_attention_figure_on_real_babi(tmp_path, monkeypatch):
+    from memnet.cli import figures as command
+
+    monkeypatch.setenv("MEMNET_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MEMNET_DATA_DIR", str(BABI_ARCHIVE.parent))
+    monkeypatch.setattr(command, "BABI_EPOCHS", 1)
+    written = command.draw(["memn2n-attention"], out=tmp_path, log=lambda line: None)
+    assert [p.name for p in written] == ["memn2n_attention.png"] and is_png(written[0])

@@ -51,6 +51,7 @@ ESN_CONFIG = Path("configs/esn/narma10.yaml")
 ERROR_LENGTHS = (3, 6, 9, 12, 18, 24)  # lengths of the error-against-length figure (trained on 1-6)
 BABI_TASK, BABI_EPOCHS = 2, 30  # two supporting facts: the hops read different sentences
 MIN_SENTENCES = 6  # the attention figure shows the first test story (from --seed on) with at least this many
+ERROR_SEQUENCES = 64  # fresh sequences scored at each of those lengths
 PROBE_LENGTH = 12  # copy length of the gradient-through-time batch (T = 25 steps), twice the training length
 
 
@@ -296,10 +297,10 @@ def figure_error_vs_length(out: Path, models: Models, seed: int) -> list[Path]:
     rows = []
     for length in ERROR_LENGTHS:
         slots = slots_for(task, length, net.memory_size, None)
-        row, _ = evaluate_length(holder, task, length, slots=slots, num_sequences=64, batch_size=64, seed=seed,
+        row, _ = evaluate_length(holder, task, length, slots=slots, num_sequences=ERROR_SEQUENCES, batch_size=64, seed=seed,
                                  device=torch.device("cpu"))
         rows.append(row)
-    path = plot_error_vs_length(out / "ntm_copy_error_vs_length.png", rows,
+    path = plot_error_vs_length(out / "ntm_copy_error_vs_length.png", rows=rows,
                                 train_range=(task.min_length, task.max_length), title="NTM on copy")
     return [path]
 
