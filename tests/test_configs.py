@@ -118,8 +118,22 @@ def test_later_fragment_wins_over_earlier(tmp_path):
 
 def test_missing_fragment_names_the_file_and_key(tmp_path):
     top = _write(tmp_path / "top.yaml", {"extends": "../recipes/nope.yaml"})
-    with pytest.raises(C.ConfigError, match=r"top\.yaml: extends: no file \.\./recipes/nope\.yaml"):
+    with pytest.raises(C.ConfigError, match=r"top\.yaml: extends: no file \.\./recipes/nope\.yaml \(looked at "):
         C.load_config(top)
+
+
+def test_a_config_of_ones_own_extends_a_shipped_one_by_name(tmp_path):
+    mine = _write(tmp_path / "mine.yaml", {"extends": ["ntm/copy_small", "recipes/memory_access.yaml"],
+                                           "trainer": {"max_steps": 50}})
+    resolved = C.load_config(mine)
+    expected = SNAPSHOT["ntm/copy_small.yaml"]
+    assert resolved["model"] == expected["model"] and resolved["data"] == expected["data"]
+    assert resolved["trainer"]["max_steps"] == 50
+    assert [c["class_path"].rsplit(".", 1)[-1] for c in resolved["trainer"]["callbacks"]] == [
+        "EarlyStopping", "MemoryAccessPlot"]
+    _write(tmp_path / "mine.yaml", {"extends": "../ntm/copy_small"})  # a path escaping the shipped folder
+    with pytest.raises(C.ConfigError, match=r"no shipped config of that name"):
+        C.load_config(mine)
 
 
 def test_cycle_is_refused(tmp_path):

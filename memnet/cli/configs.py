@@ -1,7 +1,9 @@
 """Config files: stacking inside a file (``extends``), shipped configs by name, ``memnet configs``.
 
 A config may start with ``extends``: one fragment or a list of fragments, each a path
-relative to the including file (fragments may extend others)::
+relative to the including file, else the name of a shipped config or fragment (``ntm/copy``,
+``recipes/copy``: how a config of your own stacks the shipped ones from an installed wheel);
+fragments may extend others::
 
     # configs/ntm/copy.yaml
     extends: [../recipes/copy.yaml, ../recipes/memory_access.yaml]
@@ -152,7 +154,7 @@ def _fragments(content: dict[str, Any], source: str) -> list[str]:
     if not isinstance(extends, list) or not all(isinstance(item, str) and item for item in extends):
         raise ConfigError(
             f"{source}: {EXTENDS_KEY}: expected a file name or a list of file names "
-            f"(relative to this file), got {extends!r}"
+            f"(relative to this file, or shipped config names), got {extends!r}"
         )
     return extends
 
@@ -171,9 +173,18 @@ def _stack(content: dict[str, Any], source: str, folder: Path, chain: tuple[Path
     for name in _fragments(content, source):
         fragment = folder / name
         if not fragment.is_file():
-            raise ConfigError(f"{source}: {EXTENDS_KEY}: no file {name} (looked at {fragment})")
+            fragment = _shipped(name, source, looked_at=fragment)
         merged = _merge_from(merged, _load(fragment, chain), str(fragment))
     return _merge_from(merged, content, source)
+
+
+def _shipped(name: str, source: str, looked_at: Path) -> Path:
+    """A shipped config or fragment named in ``extends`` (``ntm/copy``, ``recipes/copy``)."""
+    root = configs_root()
+    relative = Path(name.removesuffix(SUFFIX) + SUFFIX)
+    if not relative.is_absolute() and ".." not in relative.parts and (root / relative).is_file():
+        return root / relative
+    raise ConfigError(f"{source}: {EXTENDS_KEY}: no file {name} (looked at {looked_at}) and no shipped config of that name")
 
 
 def _merge_from(base: dict[str, Any], override: dict[str, Any], source: str) -> dict[str, Any]:
