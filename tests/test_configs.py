@@ -22,8 +22,19 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
 CONFIGS = [CONFIG_DIR / f"{name}.yaml" for name in C.config_names(CONFIG_DIR)]
 # Each config's values (its YAML, as the CLI reads it) before configs stacked fragments: a
-# config keeps its path and, with its fragments stacked, exactly these values.
-SNAPSHOT = json.loads((Path(__file__).parent / "fixtures" / "config_values.json").read_text())
+# config keeps its path and, with its fragments stacked, exactly these values. A config whose
+# values change on purpose (or a new one) records them with
+#   PYTHONPATH=. python -c "import tests.test_configs as t; t.update_snapshot('ntm/copy.yaml')"
+SNAPSHOT_FILE = Path(__file__).parent / "fixtures" / "config_values.json"
+SNAPSHOT = json.loads(SNAPSHOT_FILE.read_text())
+
+
+def update_snapshot(*names: str) -> None:
+    """Record the resolved values of ``names`` (``ntm/copy.yaml``) as they are now."""
+    snapshot = json.loads(SNAPSHOT_FILE.read_text())
+    for name in names:
+        snapshot[name] = C.load_config(CONFIG_DIR / name)
+    SNAPSHOT_FILE.write_text(json.dumps(snapshot, indent=1, sort_keys=True) + "\n")
 
 CALLBACK = {"class_path": "pytorch_lightning.callbacks.LearningRateMonitor"}
 
