@@ -63,12 +63,16 @@ def _tree(tmp_path: Path) -> Path:
 
 def test_a_callback_added_to_the_memory_fragment_reaches_every_ntm_and_dnc_config(tmp_path):
     root = _tree(tmp_path)
-    (root / "recipes" / "memory_callbacks.yaml").write_text(yaml.safe_dump({"trainer": {"callbacks": [CALLBACK]}}))
+    fragment = root / "recipes" / "memory_callbacks.yaml"
+    shared = yaml.safe_load(fragment.read_text())["trainer"]["callbacks"]
+    fragment.write_text(yaml.safe_dump({"trainer": {"callbacks": [*shared, CALLBACK]}}))
     algorithmic = [n for n in C.config_names(root) if n.split("/")[0] in ("ntm", "dnc") and "babi" not in n]
     assert len(algorithmic) == 20
     for name in algorithmic:
         before = SNAPSHOT[f"{name}.yaml"]["trainer"].get("callbacks", [])
-        assert C.load_config(root / f"{name}.yaml")["trainer"]["callbacks"] == [CALLBACK, *before], name
+        assert before[: len(shared)] == shared, name  # the fragment's callbacks come first
+        expected = [*shared, CALLBACK, *before[len(shared):]]
+        assert C.load_config(root / f"{name}.yaml")["trainer"]["callbacks"] == expected, name
     assert "callbacks" not in C.load_config(root / "lstm" / "copy.yaml")["trainer"]
 
 
@@ -200,7 +204,7 @@ def test_print_config_shows_the_resolved_whole(tmp_path, monkeypatch, capsys):
         main(["fit", "--config", "ntm/copy", "--print_config"])
     printed = yaml.safe_load(capsys.readouterr().out)
     callbacks = [c["class_path"].rsplit(".", 1)[-1] for c in printed["trainer"]["callbacks"]]
-    assert callbacks == ["MemoryAccessPlot", "EarlyStopping"]
+    assert callbacks == ["RelapseWatch", "MemoryAccessPlot", "EarlyStopping"]
     assert printed["model"]["init_args"]["scheduler"]["init_args"]["total_steps"] == 6000
     assert printed["trainer"]["gradient_clip_val"] == 1.0
     assert "extends" not in printed
