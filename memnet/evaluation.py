@@ -136,6 +136,27 @@ def default_config(checkpoint: Path) -> Path:
 
 def build(configs: list[str | Path], checkpoint: Path, device: torch.device) -> tuple[Any, Any]:
     """Model (a LightningModule with the checkpoint's weights, in eval mode) and data module, via the CLI parser."""
+    cli = instantiate(configs)
+    load_checkpoint(cli.model, checkpoint, configs)
+    model = cli.model.to(device).eval()
+    return model, cli.datamodule
+
+
+def load_checkpoint(model: Any, checkpoint: Path, configs: list[str | Path]) -> None:
+    """Load the Lightning checkpoint's ``state_dict`` into ``model`` (built from ``configs``)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if "state_dict" not in state:
+        raise EvaluationError(f"--ckpt_path: {checkpoint} holds no 'state_dict' (not a Lightning checkpoint)")
+    try:
+        model.load_state_dict(state["state_dict"])
+    except RuntimeError as error:
+        raise EvaluationError(
+            f"--ckpt_path: {checkpoint} does not fit the model of {', '.join(map(str, configs))}: {error}"
+        ) from None
+
+
+def instantiate(configs: list[str | Path]) -> Any:
+    """The ``MemnetCLI`` (not run) of ``configs``: its ``config``, fresh ``model`` and ``datamodule``."""
     from memnet.cli import MemnetCLI
 
     for config in configs:
@@ -152,17 +173,7 @@ def build(configs: list[str | Path], checkpoint: Path, device: torch.device) -> 
                 f"--config: {', '.join(map(str, configs))} does not parse with the current code (see the "
                 "parser's error above); a run saved by an older version needs --config with a current config"
             ) from None
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if "state_dict" not in state:
-        raise EvaluationError(f"--ckpt_path: {checkpoint} holds no 'state_dict' (not a Lightning checkpoint)")
-    try:
-        cli.model.load_state_dict(state["state_dict"])
-    except RuntimeError as error:
-        raise EvaluationError(
-            f"--ckpt_path: {checkpoint} does not fit the model of {', '.join(map(str, configs))}: {error}"
-        ) from None
-    model = cli.model.to(device).eval()
-    return model, cli.datamodule
+    return cli
 
 
 def fit_only_keys() -> set[str]:

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from memnet.optim import ClipNorm, clip_per_matrix_
+
 
 class SequenceModule(pl.LightningModule):
     """Trains a sequence model ``net: (B, T, D_in) -> logits (B, T, D_out)`` on binary targets.
@@ -307,6 +309,10 @@ class QAModule(EpochSums, pl.LightningModule):
         scheduler: optional learning-rate scheduler factory (stepped every epoch).
         loss_reduction: ``mean`` or ``sum`` of the cross-entropy over the batch.
         scheduler_interval: step the scheduler every ``epoch`` (StepLR as in the paper) or ``step``.
+        clip_per_matrix: clip each weight matrix's gradient to this norm on its own (the
+            authors' MemN2N code: 40), the matrices being ``net.clip_groups()`` where the
+            network names them, else each parameter; None: off. Excludes ``trainer.gradient_clip_val``.
+        clip_norm: the norm of ``clip_per_matrix``: ``spectral`` (the authors') or ``frobenius``.
     """
 
     def __init__(
@@ -317,19 +323,40 @@ class QAModule(EpochSums, pl.LightningModule):
         scheduler: LRSchedulerCallable | None = None,
         loss_reduction: str = "mean",
         scheduler_interval: str = "epoch",
+        clip_per_matrix: float | None = None,
+        clip_norm: ClipNorm = "spectral",
     ) -> None:
         super().__init__()
         if loss_reduction not in ("mean", "sum"):
             raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
         if scheduler_interval not in ("step", "epoch"):
             raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
+        if clip_per_matrix is not None and not clip_per_matrix > 0:
+            raise ValueError(f"clip_per_matrix must be a positive norm or null, got {clip_per_matrix!r}")
+        if clip_norm not in ("spectral", "frobenius"):
+            raise ValueError(f"clip_norm must be 'spectral' or 'frobenius', got {clip_norm!r}")
         self.scheduler_interval = scheduler_interval
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
         self.net = net
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.loss_reduction = loss_reduction
+        self.clip_per_matrix = clip_per_matrix
+        self.clip_norm = clip_norm
         self._epoch_sums: dict[str, torch.Tensor] = {}  # stage -> (2, tasks) errors and questions this epoch
+
+    def on_fit_start(self) -> None:
+        if self.clip_per_matrix is not None and self.trainer.gradient_clip_val:
+            raise ValueError(
+                f"model.init_args.clip_per_matrix ({self.clip_per_matrix}) and trainer.gradient_clip_val "
+                f"({self.trainer.gradient_clip_val}) would both clip; set one of them to null"
+            )
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.clip_per_matrix is None:
+            return
+        groups = self.net.clip_groups() if hasattr(self.net, "clip_groups") else [[p] for p in self.net.parameters()]
+        clip_per_matrix_(groups, self.clip_per_matrix, self.clip_norm)
 
     def forward(self, story: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """story (B, N, J), query (B, Jq) -> answer logits (B, A)."""

@@ -5,8 +5,10 @@
     memnet test / predict ...                               likewise on the test set
     memnet evaluate --ckpt_path PATH --lengths 20 40 80     length generalisation (see memnet.evaluation)
     memnet probe configs/probe/*.yaml --out PNG             ‖∂L/∂h(t)‖ of each config's model (see memnet.probe)
+    memnet figures [--only NAME ...] [--out DIR]            the chapter's figures into docs/figures (see memnet.cli.figures)
     memnet suite run configs/suites/smoke.yaml --jobs 2     a suite of experiments × seeds (see memnet.suite)
     memnet suite report runs/suites/smoke                   its leaderboard, tables and plots
+    memnet export --ckpt_path PATH --out DIR                the network as safetensors + config (memnet.models.load)
 
 Configs stack (``--config a.yaml --config b.yaml``, later wins) and any field can
 be overridden (``--model.init_args.net.init_args.memory_size 64``). The data
@@ -169,6 +171,15 @@ def main(argv: list[str] | None = None) -> None:
 
         probe_main(argv[1:])
         return
+    if argv and argv[0] == "figures":  # the chapter's pictures (see memnet.cli.figures)
+        from memnet.cli.figures import main as figures_main
+
+        figures_main(argv[1:])
+        return
+    if argv and argv[0] == "export":  # a checkpoint's network as safetensors + config (memnet.cli.export)
+        from memnet.cli.export import main as export_main
+
+        raise SystemExit(export_main(argv[1:]))
     if argv and argv[0] == "suite":
         from memnet.suite import main as suite_main
 

@@ -35,6 +35,7 @@ from memnet import memory as mem
 from memnet.allocation import NUM_READ_MODES, SparseLink
 from memnet.controllers import ControllerFactory, ControllerState, LSTMController
 from memnet.memory import MemoryInit, MemoryInitScheme
+from memnet.models.pretrained import Pretrained
 from memnet.utils import check_positive, check_sequence_inputs
 
 
@@ -181,7 +182,7 @@ class DNCTrace(NamedTuple):
     write_gate: torch.Tensor
 
 
-class DNC(nn.Module):
+class DNC(Pretrained, nn.Module):
     """A Differentiable Neural Computer over sequences.
 
     The parameters do not depend on ``memory_size``: a model trained with 32

@@ -22,6 +22,7 @@ from memnet import memory as mem
 from memnet.controllers import ControllerFactory, ControllerState, LSTMController
 from memnet.heads import NTMHeads
 from memnet.memory import InitialWeights, MemoryInit, MemoryInitScheme
+from memnet.models.pretrained import Pretrained
 from memnet.utils import check_positive, check_sequence_inputs
 
 
@@ -53,7 +54,7 @@ class NTMTrace(NamedTuple):
     write_weights: torch.Tensor
 
 
-class NTM(nn.Module):
+class NTM(Pretrained, nn.Module):
     """A Neural Turing Machine over sequences.
 
     The parameters do not depend on ``memory_size``: a model trained with 128
