@@ -47,8 +47,9 @@ import torch.nn.functional as F
 import yaml
 
 from memnet.callbacks import draw_memory_access
+from memnet.checkpoint import read_checkpoint
 from memnet.plots import plot_error_vs_length
-from memnet.utils import parameter_dtype
+from memnet.utils import MemnetError, parameter_dtype
 
 LATEST = "latest"
 COLUMNS = ("length", "slots", "bits_per_seq", "bit_errors_per_seq", "sequences", "exact_pct")
@@ -144,8 +145,11 @@ def build(configs: list[str | Path], checkpoint: Path, device: torch.device) -> 
 
 def load_checkpoint(model: Any, checkpoint: Path, configs: list[str | Path]) -> None:
     """Load the Lightning checkpoint's ``state_dict`` into ``model`` (built from ``configs``)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if "state_dict" not in state:
+    try:
+        state = read_checkpoint(checkpoint)
+    except MemnetError as error:
+        raise EvaluationError(f"--ckpt_path: {error}") from None
+    if not isinstance(state, dict) or "state_dict" not in state:
         raise EvaluationError(f"--ckpt_path: {checkpoint} holds no 'state_dict' (not a Lightning checkpoint)")
     try:
         model.load_state_dict(state["state_dict"])
