@@ -7,6 +7,7 @@ fragments of configs/recipes/ are stacked by the configs (``extends``), not run 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -74,12 +75,16 @@ def _tree(tmp_path: Path) -> Path:
 
 def test_a_callback_added_to_the_memory_fragment_reaches_every_ntm_and_dnc_config(tmp_path):
     root = _tree(tmp_path)
-    (root / "recipes" / "memory_callbacks.yaml").write_text(yaml.safe_dump({"trainer": {"callbacks": [CALLBACK]}}))
+    fragment = root / "recipes" / "memory_callbacks.yaml"
+    shared = yaml.safe_load(fragment.read_text())["trainer"]["callbacks"]
+    fragment.write_text(yaml.safe_dump({"trainer": {"callbacks": [*shared, CALLBACK]}}))
     algorithmic = [n for n in C.config_names(root) if n.split("/")[0] in ("ntm", "dnc") and "babi" not in n]
     assert len(algorithmic) == 20
     for name in algorithmic:
         before = SNAPSHOT[f"{name}.yaml"]["trainer"].get("callbacks", [])
-        assert C.load_config(root / f"{name}.yaml")["trainer"]["callbacks"] == [CALLBACK, *before], name
+        assert before[: len(shared)] == shared, name  # the fragment's callbacks come first
+        expected = [*shared, CALLBACK, *before[len(shared):]]
+        assert C.load_config(root / f"{name}.yaml")["trainer"]["callbacks"] == expected, name
     assert "callbacks" not in C.load_config(root / "lstm" / "copy.yaml")["trainer"]
 
 
@@ -141,10 +146,19 @@ def test_a_config_of_ones_own_extends_a_shipped_one_by_name(tmp_path):
     assert resolved["model"] == expected["model"] and resolved["data"] == expected["data"]
     assert resolved["trainer"]["max_steps"] == 50
     assert [c["class_path"].rsplit(".", 1)[-1] for c in resolved["trainer"]["callbacks"]] == [
-        "EarlyStopping", "MemoryAccessPlot"]
+        "RelapseWatch", "EarlyStopping", "MemoryAccessPlot"]  # memory_callbacks reached twice, stacked once
     _write(tmp_path / "mine.yaml", {"extends": "../ntm/copy_small"})  # a path escaping the shipped folder
     with pytest.raises(C.ConfigError, match=r"no shipped config of that name"):
         C.load_config(mine)
+
+
+def test_a_fragment_reached_twice_is_stacked_once(tmp_path):
+    _write(tmp_path / "shared.yaml", {"trainer": {"callbacks": [{"class_path": "S"}]}})
+    _write(tmp_path / "left.yaml", {"extends": "shared.yaml", "trainer": {"callbacks": [{"class_path": "L"}]}})
+    _write(tmp_path / "right.yaml", {"extends": "shared.yaml", "trainer": {"callbacks": [{"class_path": "R"}]}})
+    top = _write(tmp_path / "top.yaml", {"extends": ["left.yaml", "right.yaml", "shared.yaml"]})
+    callbacks = [c["class_path"] for c in C.load_config(top)["trainer"]["callbacks"]]
+    assert callbacks == ["S", "L", "R"]
 
 
 def test_cycle_is_refused(tmp_path):
@@ -203,8 +217,12 @@ def test_unknown_name_lists_close_matches():
 
 def test_cli_refuses_an_unknown_name_in_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit, match=r"memnet: --config ntm/copi: .*close matches: ntm/copy"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", "ntm/copi", "--print_config"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert re.match(r"memnet: --config ntm/copi: .*close matches: ntm/copy", err), err
 
 
 def test_resolve_config_args():
@@ -226,7 +244,7 @@ def test_print_config_shows_the_resolved_whole(tmp_path, monkeypatch, capsys):
         main(["fit", "--config", "ntm/copy", "--print_config"])
     printed = yaml.safe_load(capsys.readouterr().out)
     callbacks = [c["class_path"].rsplit(".", 1)[-1] for c in printed["trainer"]["callbacks"]]
-    assert callbacks == ["MemoryAccessPlot", "EarlyStopping"]
+    assert callbacks == ["RelapseWatch", "MemoryAccessPlot", "EarlyStopping"]
     assert printed["model"]["init_args"]["scheduler"]["init_args"]["total_steps"] == 6000
     assert printed["trainer"]["gradient_clip_val"] == 1.0
     assert "extends" not in printed

@@ -29,13 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import yaml
 from jsonargparse import lazy_instance
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from memnet.callbacks import LastAndBestCheckpoint, run_dir
-from memnet.cli.configs import ConfigError, resolve_config_args
+from memnet.checkpoint import check_finite_state, unreadable_checkpoint
+from memnet.cli.configs import ConfigError, find_config, resolve_config_args
+from memnet.cli.errors import TRACEBACK_ENV, ckpt_path_of, one_line
+from memnet.utils import MemnetError
 
 RUNS_DIR = "runs"
 LATEST_RUN_FILE = Path(RUNS_DIR) / "latest.json"
@@ -59,6 +63,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         partial = path.with_name(f".{path.name}.partial")
         super().save_checkpoint(checkpoint, partial, storage_options)
         os.replace(partial, path)
+
+    def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
+                        ) -> dict[str, Any]:
+        """Lightning's loading, with a damaged file or non-finite weights reported in one line naming it."""
+        try:
+            checkpoint = super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        except FileNotFoundError:
+            raise MemnetError(f"--ckpt_path: no checkpoint file at {path}") from None
+        except Exception as error:  # noqa: BLE001 -- torch.load raises many kinds on a damaged file
+            raise unreadable_checkpoint(path, error) from None
+        if isinstance(checkpoint.get("state_dict"), dict):
+            check_finite_state(checkpoint["state_dict"], path)
+        return checkpoint
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -107,7 +124,7 @@ class MemnetCLI(LightningCLI):
             try:
                 args = resolve_config_args(args)
             except ConfigError as error:
-                raise SystemExit(f"memnet: {error}") from None
+                raise MemnetError(str(error)) from None  # one line from main, exit 2
         super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
@@ -171,8 +188,25 @@ def _wandb_dir(trainer: pl.Trainer) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``memnet`` console script."""
+    """Entry point of the ``memnet`` console script.
+
+    A known problem (bad value, damaged file, unwritable folder, see
+    ``memnet.cli.errors``) is printed as one line ``memnet: …`` and exits with
+    status 2 (1 for a diverged training); ``MEMNET_TRACEBACK=1`` shows the traceback.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        _dispatch(argv)
+    except Exception as error:
+        message = one_line(error, ckpt_path_of(argv))
+        if message is None or os.environ.get(TRACEBACK_ENV):
+            raise
+        print(f"memnet: {message}", file=sys.stderr)
+        raise SystemExit(1 if isinstance(error, FloatingPointError) else 2) from None
+
+
+def _dispatch(argv: list[str]) -> None:
+    """Run the subcommand ``argv`` names."""
     if argv and argv[0] == "evaluate":
         from memnet.evaluation import main as evaluate_main
 
@@ -218,11 +252,35 @@ def main(argv: list[str] | None = None) -> None:
 
         table_main(argv[1:])
         return
-    try:
-        MemnetCLI(args=argv)
-    except FloatingPointError as error:
-        print(f"memnet: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+    check_config_files(argv)
+    MemnetCLI(args=argv)
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Every ``--config FILE`` exists and is valid YAML; else one line naming the file, line and column.
+
+    (The parser would report a syntax error in ``"<unicode string>"``, after its usage text.)
+    """
+    for index, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        elif arg in ("--config", "-c") and index + 1 < len(argv):
+            value = argv[index + 1]
+        else:
+            continue
+        if value.lstrip().startswith(("{", "[")) or "\n" in value or ": " in value or "://" in value:
+            continue  # an inline YAML string or a remote URL, not a file name
+        try:
+            path = find_config(value)  # a file, or a shipped config's name (ntm/copy)
+        except ConfigError as error:
+            raise MemnetError(str(error)) from None
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise MemnetError(f"--config {path}{where}: YAML syntax error, {problem}") from None
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ The fragments are merged in order, then the file itself, **later wins**:
 - ``trainer.callbacks`` lists are **appended** in the same order (fragments' callbacks
   first), so a callback fragment adds its callbacks to every config that extends it;
 - every other list, and every scalar, is **replaced** by the later value
-  (``val_lengths: [20]`` in a file overrides a fragment's).
+  (``val_lengths: [20]`` in a file overrides a fragment's);
+- a fragment reached twice in one stack (``ntm/copy_small`` and ``recipes/memory_access``
+  both stack ``recipes/memory_callbacks``) is stacked once, where it is first reached, so
+  its callbacks are not added twice.
 
 The whole is resolved before the Lightning CLI sees it, so ``--print_config`` and a
 run's saved ``config.yaml`` hold the resolved whole (``memnet evaluate`` rebuilds runs
@@ -103,7 +106,7 @@ def find_config(name: str | Path, root: Path | None = None) -> Path:
 
 def load_config(path: str | Path) -> dict[str, Any]:
     """The file's config with its ``extends`` fragments merged in (see the module docstring)."""
-    return _load(Path(path), ())
+    return _load(Path(path), (), set())
 
 
 def merge(base: dict[str, Any], override: dict[str, Any], where: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -159,22 +162,28 @@ def _fragments(content: dict[str, Any], source: str) -> list[str]:
     return extends
 
 
-def _load(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+def _load(path: Path, chain: tuple[Path, ...], stacked: set[Path]) -> dict[str, Any]:
+    """``path`` resolved; ``chain``: the files including it (cycles); ``stacked``: every file met so far."""
     resolved = path.resolve()
     if resolved in chain:
         cycle = " -> ".join(str(p) for p in (*chain[chain.index(resolved):], resolved))
         raise ConfigError(f"{path}: {EXTENDS_KEY}: a cycle, {cycle}")
+    stacked.add(resolved)
     content = _read(path)
-    return _stack(content, str(path), path.parent, (*chain, resolved))
+    return _stack(content, str(path), path.parent, (*chain, resolved), stacked)
 
 
-def _stack(content: dict[str, Any], source: str, folder: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+def _stack(
+    content: dict[str, Any], source: str, folder: Path, chain: tuple[Path, ...], stacked: set[Path]
+) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for name in _fragments(content, source):
         fragment = folder / name
         if not fragment.is_file():
             fragment = _shipped(name, source, looked_at=fragment)
-        merged = _merge_from(merged, _load(fragment, chain), str(fragment))
+        if fragment.resolve() in stacked and fragment.resolve() not in chain:
+            continue  # reached twice (a diamond): stacked once, where first reached
+        merged = _merge_from(merged, _load(fragment, chain, stacked), str(fragment))
     return _merge_from(merged, content, source)
 
 
@@ -196,7 +205,7 @@ def _merge_from(base: dict[str, Any], override: dict[str, Any], source: str) -> 
 
 def resolve_text(text: str, source: str = "--config", folder: Path | None = None) -> dict[str, Any]:
     """A config given as YAML text, its ``extends`` relative to ``folder`` (default: the working directory)."""
-    return _stack(_parse(text, source), source, Path.cwd() if folder is None else folder, ())
+    return _stack(_parse(text, source), source, Path.cwd() if folder is None else folder, (), set())
 
 
 def dump(content: dict[str, Any]) -> str:
