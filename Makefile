@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 
 .PHONY: install dev train test test-all lint bench docs clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet "$(TORCH)"
 	$(PIP) install --quiet -e ".[dev]"

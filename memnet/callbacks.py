@@ -254,7 +254,8 @@ class RelapseWatch(pl.Callback):
     Each event is logged as ``relapse/event`` = 1 (with ``relapse/value`` and
     ``relapse/best``) at the global step to every logger (W&B among them), warned
     on the console, and kept in ``events`` as dicts with ``step``, ``epoch``,
-    ``value`` and ``best``. Optionally the watch also acts:
+    ``value`` and ``best``; ``history`` keeps (step, value) of every validation.
+    Both are saved in checkpoints. Optionally the watch also acts:
 
     - ``restore_best``: load the weights (and, with ``restore_optimizer``, the
       optimiser's moments) of the best validation epoch, bit for bit;
@@ -299,6 +300,7 @@ class RelapseWatch(pl.Callback):
         self.best_step: int | None = None
         self.in_relapse = False
         self.improved = False  # whether the last ``update`` set a new best
+        self.history: list[tuple[int, float]] = []  # (step, value) of every validation seen
         self.events: list[dict] = []
         self.best_state: dict | None = None
 
@@ -315,6 +317,7 @@ class RelapseWatch(pl.Callback):
         can be replayed through it.
         """
         self.improved = False
+        self.history.append((step, value))
         if not math.isfinite(value):
             value = math.inf
         if value > self.threshold():
@@ -378,13 +381,14 @@ class RelapseWatch(pl.Callback):
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_step": self.best_step, "in_relapse": self.in_relapse,
-                "events": list(self.events)}
+                "events": list(self.events), "history": list(self.history)}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.best = state_dict["best"]
         self.best_step = state_dict["best_step"]
         self.in_relapse = state_dict["in_relapse"]
         self.events = list(state_dict["events"])
+        self.history = [tuple(item) for item in state_dict.get("history", [])]
 
 
 def scale_learning_rates(trainer: pl.Trainer, factor: float) -> None:

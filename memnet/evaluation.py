@@ -197,14 +197,12 @@ def _without_run_keys(config: Path) -> str:
     A run's saved ``config.yaml`` is the ``fit`` subcommand's config; the parser built
     here (``run=False``) has no subcommand and refuses those keys.
     """
+    from memnet.cli.configs import ConfigError, load_config
+
     try:
-        content = yaml.safe_load(config.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise EvaluationError(f"--config: {config}{where} is not valid YAML: {error}") from None
-    if not isinstance(content, dict):
-        raise EvaluationError(f"--config: {config} must hold a mapping of config keys, got {type(content).__name__}")
+        content = load_config(config)  # its extends fragments stacked (a run's config.yaml has none)
+    except ConfigError as error:
+        raise EvaluationError(f"--config: {error}") from None
     for key in fit_only_keys():
         content.pop(key, None)
     return yaml.safe_dump(content, sort_keys=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -163,3 +164,131 @@ def test_memory_access_of_ntm_and_dnc(tmp_path):
     assert [is_png(p) for p in draw_memory_access(tmp_path / "ntm.png", ntm, batch)] == [True]
     paths = draw_memory_access(tmp_path / "dnc.png", dnc, batch, memory_size=9)
     assert [p.name for p in paths] == ["dnc.png", "dnc_usage_link.png"] and all(map(is_png, paths))
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def quick_roles(monkeypatch, steps: int = 3) -> None:
+    """Train the command's small models for a few steps only (the real recipes take seconds each)."""
+    from memnet.cli import figures as command
+
+    for name, role in list(command.ROLES.items()):
+        if isinstance(role.train, command.Recipe):
+            monkeypatch.setitem(command.ROLES, name, command.Role(role.kind, role.fits,
+                                                                  replace(role.train, steps=steps)))
+
+
+def test_memnet_figures_only_composition_through_the_cli(tmp_path, monkeypatch, capsys):
+    from memnet.cli import main
+
+    quick_roles(monkeypatch)
+    main(["figures", "--only", "composition", "--out", str(tmp_path)])
+    assert [p.name for p in tmp_path.iterdir()] == ["composition.png"]
+    assert is_png(tmp_path / "composition.png")
+    out = capsys.readouterr().out
+    assert "lstm: trained a RecurrentModel with an LSTMController" in out and "gru: trained" in out
+
+
+def test_memnet_figures_unknown_name_lists_the_known_ones(tmp_path, capsys):
+    from memnet.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["figures", "--only", "composition", "compositon", "--out", str(tmp_path)])
+    error = capsys.readouterr().err
+    assert "unknown figure 'compositon'" in error
+    assert "known figures: composition, echo-state, graph, gradient" in error
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+RECURRENT_CONFIG = """
+model:
+  class_path: memnet.lightning.SequenceModule
+  init_args:
+    net:
+      class_path: memnet.models.recurrent.RecurrentModel
+      init_args:
+        controller:
+          class_path: memnet.controllers.{controller}
+          init_args: {{hidden_size: 5}}
+data:
+  class_path: tasks.algorithmic.AlgorithmicDataModule
+  init_args:
+    task:
+      class_path: tasks.algorithmic.CopyTask
+      init_args: {{width: 3, min_length: 1, max_length: 3}}
+    val_lengths: [3]
+"""
+
+
+def write_checkpoint(folder: Path, role: str, controller: type) -> Path:
+    """``<role>.ckpt`` holding a RecurrentModel with ``controller`` (5 units, copy of width 3), and its ``<role>.yaml``."""
+    from memnet.lightning import SequenceModule
+
+    task = CopyTask(width=3, min_length=1, max_length=3)
+    (folder / f"{role}.yaml").write_text(RECURRENT_CONFIG.format(controller=controller.__name__))
+    net = RecurrentModel(task.input_size, task.output_size, controller=partial(controller, hidden_size=5))
+    torch.save({"state_dict": SequenceModule(net).state_dict()}, folder / f"{role}.ckpt")
+    return folder / f"{role}.ckpt"
+
+
+def test_checkpoint_of_the_wrong_kind_says_which_kind_is_needed(tmp_path, capsys):
+    from memnet.cli import main
+
+    write_checkpoint(tmp_path, "lstm", GRUController)
+    with pytest.raises(SystemExit):
+        main(["figures", "--only", "composition", "--checkpoints", str(tmp_path), "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert f"{tmp_path / 'lstm.ckpt'} holds a RecurrentModel with a GRUController" in error
+    assert "the composition figure needs a RecurrentModel with an LSTMController" in error
+
+
+def test_checkpoint_of_the_right_kind_is_drawn_from(tmp_path, monkeypatch, capsys):
+    from memnet.cli import main
+
+    quick_roles(monkeypatch)
+    path = write_checkpoint(tmp_path, "lstm", LSTMController)
+    main(["figures", "--only", "composition", "--checkpoints", str(tmp_path), "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert f"lstm: {path}" in out and "gru: trained" in out  # no gru.ckpt: trained briefly
+    assert is_png(tmp_path / "out" / "composition.png")
+
+
+def test_checkpoints_folder_must_exist(tmp_path, capsys):
+    from memnet.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["figures", "--only", "graph", "--checkpoints", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
+    assert f"--checkpoints: {tmp_path / 'nowhere'} is not a folder" in capsys.readouterr().err
+
+
+def test_every_figure_of_the_command_writes_its_pngs(tmp_path, monkeypatch):
+    from memnet.cli import figures as command
+
+    quick_roles(monkeypatch)
+    monkeypatch.setattr(command, "ERROR_LENGTHS", (2, 8))
+    monkeypatch.setattr(command, "ERROR_SEQUENCES", 4)
+    names = [name for name in command.FIGURES if name != "memn2n-attention"]
+    logged: list[str] = []
+    written = command.draw(names, out=tmp_path, seed=0, log=logged.append)
+    expected = {"composition.png", "echo_state.png", "unrolled_graph.png", "gradient_through_time.png",
+                "ntm_copy_memory_access.png", "ntm_repeat_copy_memory_access.png", "dnc_copy_memory_access.png",
+                "dnc_copy_memory_access_usage_link.png", "dnc_repeat_copy_memory_access.png",
+                "dnc_repeat_copy_memory_access_usage_link.png", "ntm_copy_error_vs_length.png"}
+    assert {p.name for p in written} == expected
+    assert all(is_png(p) for p in written)
+    assert sum("trained" in line for line in logged) == 7  # each model trained once, then reused
+
+
+BABI_ARCHIVE = ROOT.parent / "shared" / "data" / "babi" / "tasks_1-20_v1-2.tar.gz"
+
+
+@pytest.mark.skipif(not BABI_ARCHIVE.is_file(), reason=f"bAbI archive not found at {BABI_ARCHIVE}")
+def test_memn2n_attention_figure_on_real_babi(tmp_path, monkeypatch):
+    from memnet.cli import figures as command
+
+    monkeypatch.setenv("MEMNET_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MEMNET_DATA_DIR", str(BABI_ARCHIVE.parent))
+    monkeypatch.setattr(command, "BABI_EPOCHS", 1)
+    written = command.draw(["memn2n-attention"], out=tmp_path, log=lambda line: None)
+    assert [p.name for p in written] == ["memn2n_attention.png"] and is_png(written[0])

@@ -9,8 +9,10 @@
     memnet suite run configs/suites/smoke.yaml --jobs 2     a suite of experiments × seeds (see memnet.suite)
     memnet suite report runs/suites/smoke                   its leaderboard, tables and plots
     memnet export --ckpt_path PATH --out DIR                the network as safetensors + config (memnet.models.load)
+    memnet configs [NAME]                                   the shipped configs (--config ntm/copy works too)
 
-Configs stack (``--config a.yaml --config b.yaml``, later wins) and any field can
+Configs stack (``--config a.yaml --config b.yaml``, later wins; inside a file,
+``extends: [fragment.yaml]``, see memnet.cli.configs) and any field can
 be overridden (``--model.init_args.net.init_args.memory_size 64``). The data
 module's sizes are linked once to the network's (``input_size``, ``output_size``).
 
@@ -29,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import yaml
 from jsonargparse import lazy_instance
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -38,6 +39,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from memnet.callbacks import LastAndBestCheckpoint, run_dir
 from memnet.checkpoint import check_finite_state, unreadable_checkpoint
+from memnet.cli.configs import ConfigError, resolve_config_args
 from memnet.cli.errors import TRACEBACK_ENV, ckpt_path_of, one_line
 from memnet.utils import MemnetError
 
@@ -129,6 +131,15 @@ class MemnetCLI(LightningCLI):
             },
         )
         super().__init__(*args, **kwargs)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """``--config`` values resolved first: shipped names, ``extends`` stacked (memnet.cli.configs)."""
+        if isinstance(args, list):
+            try:
+                args = resolve_config_args(args)
+            except ConfigError as error:
+                raise SystemExit(f"memnet: {error}") from None
+        super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
         """The config given on the command line is authoritative.
@@ -293,39 +304,17 @@ def _dispatch(argv: list[str]) -> None:
         except (UnsafeArchiveError, ValueError, OSError) as error:
             raise SystemExit(f"memnet data babi: {error}") from None
         return
+    if argv and argv[0] == "configs":  # memnet configs [NAME]: the shipped configs (see memnet.cli.configs)
+        from memnet.cli.configs import main as configs_main
+
+        configs_main(argv[1:])
+        return
     if argv and argv[0] == "babi-table":  # test error per bAbI task of checkpoints, markdown + CSV
         from tasks.babi import table_main
 
         table_main(argv[1:])
         return
-    check_config_files(argv)
     MemnetCLI(args=argv)
-
-
-def check_config_files(argv: list[str]) -> None:
-    """Every ``--config FILE`` exists and is valid YAML; else one line naming the file, line and column.
-
-    (The parser would report a syntax error in ``"<unicode string>"``, after its usage text.)
-    """
-    for index, arg in enumerate(argv):
-        if arg.startswith("--config="):
-            value = arg.split("=", 1)[1]
-        elif arg in ("--config", "-c") and index + 1 < len(argv):
-            value = argv[index + 1]
-        else:
-            continue
-        path = Path(value)
-        if not path.is_file():
-            if value.lstrip().startswith(("{", "[")) or "\n" in value or ": " in value:
-                continue  # an inline YAML string, not a file name
-            raise MemnetError(f"--config {value}: no such file")
-        try:
-            yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-            raise MemnetError(f"--config {path}{where}: YAML syntax error, {problem}") from None
 
 
 if __name__ == "__main__":

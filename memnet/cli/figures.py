@@ -48,7 +48,11 @@ from tasks.algorithmic import CopyTask, RepeatCopyTask
 
 DEFAULT_OUT = Path("docs/figures")
 ESN_CONFIG = Path("configs/esn/narma10.yaml")
-ERROR_LENGTHS = (5, 10, 15, 20, 30, 40)  # lengths of the error-against-length figure (trained on 1-10)
+ERROR_LENGTHS = (3, 6, 9, 12, 18, 24)  # lengths of the error-against-length figure (trained on 1-6)
+BABI_TASK, BABI_EPOCHS = 2, 30  # two supporting facts: the hops read different sentences
+MIN_SENTENCES = 6  # the attention figure shows the first test story (from --seed on) with at least this many
+ERROR_SEQUENCES = 64  # fresh sequences scored at each of those lengths
+PROBE_LENGTH = 12  # copy length of the gradient-through-time batch (T = 25 steps), twice the training length
 
 
 class FigureError(ValueError):
@@ -65,7 +69,8 @@ class Role:
     Attributes:
         kind: what the checkpoint must hold, in words (said when it holds something else).
         fits: whether a network is of that kind.
-        train: seed -> (trained network, task or data module, a line on how far training got).
+        train: seed -> (trained network, task or data module, a line on how far training got);
+            a ``Recipe`` for the algorithmic tasks.
     """
 
     kind: str
@@ -74,27 +79,11 @@ class Role:
 
 
 def _copy_task() -> CopyTask:
-    return CopyTask(width=8, min_length=1, max_length=10)
+    return CopyTask(width=6, min_length=1, max_length=6)
 
 
 def _repeat_copy_task() -> RepeatCopyTask:
-    return RepeatCopyTask(width=6, min_length=1, max_length=5, min_repeats=1, max_repeats=4)
-
-
-def _sampler(task: Any, batch_size: int = 16) -> Callable[[torch.Generator], dict]:
-    return lambda generator: task.sample_batch(generator, batch_size, task.sample_length(generator))
-
-
-def _train_algorithmic(build: Callable[[Any], nn.Module], task_factory: Callable[[], Any], steps: int,
-                       lr: float = 3e-3) -> Callable[[int], tuple[nn.Module, Any, str]]:
-    def train(seed: int) -> tuple[nn.Module, Any, str]:
-        task = task_factory()
-        torch.manual_seed(seed)
-        net = build(task)
-        start = time.perf_counter()
-        cost = train_sequence_model(net, _sampler(task), steps=steps, lr=lr, seed=seed)
-        return net, task, f"{steps} steps in {time.perf_counter() - start:.0f} s, last batch {cost:.2f} bits/seq"
-    return train
+    return RepeatCopyTask(width=6, min_length=1, max_length=4, min_repeats=1, max_repeats=3)
 
 
 def _recurrent(controller: type) -> Callable[[Any], nn.Module]:
@@ -103,26 +92,57 @@ def _recurrent(controller: type) -> Callable[[Any], nn.Module]:
 
 
 def _ntm(task: Any) -> nn.Module:
-    return NTM(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=100),
-               memory_size=32, word_size=20)
+    return NTM(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=64),
+               memory_size=16, word_size=12)
 
 
 def _dnc(task: Any) -> nn.Module:
-    return DNC(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=100),
-               memory_size=24, word_size=16)
+    return DNC(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=64),
+               memory_size=16, word_size=12)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How ``memnet figures`` trains a small model on an algorithmic task when no checkpoint is given.
+
+    Attributes:
+        build: task -> a fresh network for it.
+        task: () -> the task (its training lengths).
+        steps: training steps of 16 sequences each.
+        lr: Adam's learning rate.
+    """
+
+    build: Callable[[Any], nn.Module]
+    task: Callable[[], Any]
+    steps: int
+    lr: float
+
+    def __call__(self, seed: int) -> tuple[nn.Module, Any, str]:
+        task = self.task()
+        net = self.fresh(seed, task)
+        sample = lambda generator: task.sample_batch(generator, 16, task.sample_length(generator))
+        start = time.perf_counter()
+        cost = train_sequence_model(net, sample, steps=self.steps, lr=self.lr, seed=seed)
+        return net, task, f"{self.steps} steps in {time.perf_counter() - start:.0f} s, last batch {cost:.2f} bits/seq"
+
+    def fresh(self, seed: int, task: Any | None = None) -> nn.Module:
+        """The untrained network (initialised from ``seed``)."""
+        torch.manual_seed(seed)
+        return self.build(task if task is not None else self.task()).eval()
 
 
 def _train_memn2n(seed: int) -> tuple[nn.Module, Any, str]:
     from tasks.babi import BabiDataModule
 
-    data = BabiDataModule(tasks=1, size="1k", memory_size=50, batch_size=32, seed=seed)
+    data = BabiDataModule(tasks=BABI_TASK, size="1k", memory_size=50, batch_size=32, seed=seed)
     data.setup("fit")
     data.setup("test")
     torch.manual_seed(seed)
     net = MemN2N(data.input_size, data.output_size, embedding_size=20, hops=3, memory_size=50, seed=seed)
     start = time.perf_counter()
-    error = train_qa_model(net, data.train_dataloader, epochs=20, lr=0.01, seed=seed)
-    return net, data, f"20 epochs of task 1 (1k) in {time.perf_counter() - start:.0f} s, training error {error:.1f}%"
+    error = train_qa_model(net, data.train_dataloader, epochs=BABI_EPOCHS, lr=0.01, seed=seed)
+    return net, data, (f"{BABI_EPOCHS} epochs of bAbI task {BABI_TASK} (1k) in {time.perf_counter() - start:.0f} s, "
+                       f"training error {error:.1f}%")
 
 
 def _controller_is(kind: type) -> Callable[[nn.Module], bool]:
@@ -131,19 +151,19 @@ def _controller_is(kind: type) -> Callable[[nn.Module], bool]:
 
 ROLES: dict[str, Role] = {
     "rnn": Role("a RecurrentModel with an ElmanRNN controller (e.g. configs/rnn/copy.yaml)",
-                _controller_is(ElmanRNN), _train_algorithmic(_recurrent(ElmanRNN), _copy_task, 300, lr=1e-3)),
+                _controller_is(ElmanRNN), Recipe(_recurrent(ElmanRNN), _copy_task, 1000, 1e-3)),
     "lstm": Role("a RecurrentModel with an LSTMController (e.g. configs/lstm/copy.yaml)",
-                 _controller_is(LSTMController), _train_algorithmic(_recurrent(LSTMController), _copy_task, 300)),
+                 _controller_is(LSTMController), Recipe(_recurrent(LSTMController), _copy_task, 1000, 3e-3)),
     "gru": Role("a RecurrentModel with a GRUController (e.g. configs/gru/copy.yaml)",
-                _controller_is(GRUController), _train_algorithmic(_recurrent(GRUController), _copy_task, 300)),
+                _controller_is(GRUController), Recipe(_recurrent(GRUController), _copy_task, 1000, 3e-3)),
     "ntm-copy": Role("an NTM trained on copy (e.g. configs/ntm/copy.yaml)",
-                     lambda net: isinstance(net, NTM), _train_algorithmic(_ntm, _copy_task, 900)),
+                     lambda net: isinstance(net, NTM), Recipe(_ntm, _copy_task, 900, 1e-2)),
     "ntm-repeat-copy": Role("an NTM trained on repeat copy (e.g. configs/ntm/repeat_copy.yaml)",
-                            lambda net: isinstance(net, NTM), _train_algorithmic(_ntm, _repeat_copy_task, 900)),
+                            lambda net: isinstance(net, NTM), Recipe(_ntm, _repeat_copy_task, 1200, 1e-2)),
     "dnc-copy": Role("a DNC trained on copy (e.g. configs/dnc/copy.yaml)",
-                     lambda net: isinstance(net, DNC), _train_algorithmic(_dnc, _copy_task, 500)),
+                     lambda net: isinstance(net, DNC), Recipe(_dnc, _copy_task, 800, 1e-2)),
     "dnc-repeat-copy": Role("a DNC trained on repeat copy (e.g. configs/dnc/repeat_copy.yaml)",
-                            lambda net: isinstance(net, DNC), _train_algorithmic(_dnc, _repeat_copy_task, 500)),
+                            lambda net: isinstance(net, DNC), Recipe(_dnc, _repeat_copy_task, 900, 1e-2)),
     "memn2n": Role("a MemN2N trained on bAbI (e.g. configs/memn2n/babi_task_1k.yaml)",
                    lambda net: isinstance(net, MemN2N), _train_memn2n),
 }
@@ -152,7 +172,15 @@ ROLES: dict[str, Role] = {
 def describe(net: nn.Module) -> str:
     """``NTM with an LSTMController`` — the network's class and its controller's, for error messages."""
     controller = getattr(net, "controller", None)
-    return type(net).__name__ + (f" with a {type(controller).__name__}" if isinstance(controller, nn.Module) else "")
+    text = f"{_article(type(net).__name__)} {type(net).__name__}"
+    if isinstance(controller, nn.Module):
+        text += f" with {_article(type(controller).__name__)} {type(controller).__name__}"
+    return text
+
+
+def _article(name: str) -> str:
+    """``an`` before a name said with a vowel sound (``an LSTMController``, ``an NTM``), else ``a``."""
+    return "an" if name[0] in "AEIOU" or name.startswith(("LSTM", "NTM", "RNN", "MLP")) else "a"
 
 
 class Models:
@@ -181,19 +209,15 @@ class Models:
         net, data = self._cache[role]
         if not ROLES[role].fits(net):
             where = self.checkpoints / f"{role}.ckpt" if self.checkpoints is not None else role
-            raise FigureError(f"{where} holds a {describe(net)}; the {figure} figure needs {ROLES[role].kind}")
+            raise FigureError(f"{where} holds {describe(net)}; the {figure} figure needs {ROLES[role].kind}")
         return net, data
 
     def untrained(self, role: str) -> nn.Module | None:
-        """The same architecture as the trained ``role`` freshly initialised (seeded), or None if it came from a checkpoint."""
+        """The trained ``role``'s architecture freshly initialised (seeded); None if it came from a checkpoint."""
         if self.checkpoints is not None and (self.checkpoints / f"{role}.ckpt").is_file():
             return None
-        if role not in self._initial:
-            torch.manual_seed(self.seed)
-            builders = {"rnn": _recurrent(ElmanRNN), "lstm": _recurrent(LSTMController),
-                        "gru": _recurrent(GRUController), "ntm-copy": _ntm}
-            self._initial[role] = builders[role](_copy_task()).eval()
-        return self._initial[role]
+        recipe = ROLES[role].train
+        return recipe.fresh(self.seed) if isinstance(recipe, Recipe) else None
 
     def _read(self, path: Path) -> tuple[nn.Module, Any]:
         from memnet.evaluation import EvaluationError, build, default_config
@@ -237,7 +261,7 @@ def figure_graph(out: Path, models: Models, seed: int) -> list[Path]:
 
 def figure_gradient(out: Path, models: Models, seed: int) -> list[Path]:
     task = _copy_task()
-    batch = task.sample_batch(torch.Generator().manual_seed(seed), 16, task.max_length)
+    batch = task.sample_batch(torch.Generator().manual_seed(seed), 16, PROBE_LENGTH)
     roles = {"RNN": "rnn", "LSTM": "lstm", "GRU": "gru", "NTM": "ntm-copy"}
     panels: dict[str, dict[str, torch.Tensor]] = {}
     steps = len(batch["mask"][0])
@@ -250,7 +274,7 @@ def figure_gradient(out: Path, models: Models, seed: int) -> list[Path]:
         label: gradient_through_time(models.get(role, "gradient")[0], batch["inputs"], batch["targets"],
                                      mask=batch["mask"])
         for label, role in roles.items()}
-    return [plot_gradient_panels(out / "gradient_through_time.png", panels, marker=task.max_length)]
+    return [plot_gradient_panels(out / "gradient_through_time.png", panels, marker=PROBE_LENGTH)]
 
 
 def _access(role: str, name: str, length: int, repeats: int | None = None) -> Callable[[Path, Models, int], list[Path]]:
@@ -273,10 +297,10 @@ def figure_error_vs_length(out: Path, models: Models, seed: int) -> list[Path]:
     rows = []
     for length in ERROR_LENGTHS:
         slots = slots_for(task, length, net.memory_size, None)
-        row, _ = evaluate_length(holder, task, length, slots=slots, num_sequences=64, batch_size=64, seed=seed,
+        row, _ = evaluate_length(holder, task, length, slots=slots, num_sequences=ERROR_SEQUENCES, batch_size=64, seed=seed,
                                  device=torch.device("cpu"))
         rows.append(row)
-    path = plot_error_vs_length(out / "ntm_copy_error_vs_length.png", rows,
+    path = plot_error_vs_length(out / "ntm_copy_error_vs_length.png", rows=rows,
                                 train_range=(task.min_length, task.max_length), title="NTM on copy")
     return [path]
 
@@ -287,7 +311,8 @@ def figure_memn2n_attention(out: Path, models: Models, seed: int) -> list[Path]:
         raise FigureError("the memn2n-attention figure needs the checkpoint's bAbI data module (tasks.babi)")
     test = data.dataset["test"]
     split = data.split("test")
-    index = seed % len(split)
+    index = next((i for i in range(seed % len(split), len(split)) if len(test[i]["story"]) >= MIN_SENTENCES),
+                 seed % len(split))
     example, row = split[index], test[index]
     story = torch.as_tensor(example["story"])
     attention, predicted = memn2n_attention(net, story, torch.as_tensor(example["query"]))

@@ -73,7 +73,7 @@ def plot_memn2n_attention(
     count = len(sentences)
     image = attention[:, :count].flip(-1).T  # (N, K): oldest sentence on top
     labels = [("★ " if slot in supporting else "") + sentences[slot] for slot in reversed(range(count))]
-    fig, ax = plt.subplots(figsize=(3.2 + 1.0 * image.shape[1], 1.2 + 0.32 * count))
+    fig, ax = plt.subplots(figsize=(5.5 + 0.9 * image.shape[1], 1.4 + 0.3 * count))
     ax.imshow(image, cmap="viridis", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
     for (row, column), value in zip(torch.cartesian_prod(torch.arange(image.shape[0]), torch.arange(image.shape[1])),
                                     image.flatten()):
@@ -82,7 +82,5 @@ def plot_memn2n_attention(
                     color="black" if value > 0.6 else "white")
     ax.set_yticks(range(count), labels, fontsize=8)
     ax.set_xticks(range(image.shape[1]), [f"hop {k + 1}" for k in range(image.shape[1])])
-    ax.xaxis.tick_top()
-    ax.set_xlabel(title or f"Q: {question}?   answer: {answer}   predicted: {predicted}   (★ supporting fact)",
-                  fontsize=9)
+    ax.set_title(title or f"{question}?  answer: {answer}, predicted: {predicted}  (★ supporting fact)", fontsize=9)
     return save(fig, path)
