@@ -7,6 +7,7 @@ fragments of configs/recipes/ are stacked by the configs (``extends``), not run 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -182,8 +183,12 @@ def test_unknown_name_lists_close_matches():
 
 def test_cli_refuses_an_unknown_name_in_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit, match=r"memnet: --config ntm/copi: .*close matches: ntm/copy"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", "ntm/copi", "--print_config"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert re.match(r"memnet: --config ntm/copi: .*close matches: ntm/copy", err), err
 
 
 def test_resolve_config_args():

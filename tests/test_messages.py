@@ -142,15 +142,13 @@ def test_checkpoint_of_another_config(in_folder, capsys, command):
                        f"--ckpt_path {last} does not fit the model of the config", "size mismatch")
 
 
-def test_yaml_syntax_error_names_the_file_and_line(tmp_path, monkeypatch):
+def test_yaml_syntax_error_names_the_file_and_line(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     bad = tmp_path / "bad.yaml"
     bad.write_text("trainer:\n  max_steps: [1\n")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(ROOT / "configs" / "ntm" / "copy_small.yaml"), "--config", str(bad)])
-    assert str(exit_info.value).startswith(f"memnet: {bad} line 3: not valid YAML")
-    with pytest.raises(SystemExit, match="absent.yaml: neither a file nor a shipped config"):
-        main(["fit", "--config", str(tmp_path / "absent.yaml")])
+    _fails_in_one_line(capsys, ["fit", "--config", str(ROOT / "configs" / "ntm" / "copy_small.yaml"),
+                                "--config", str(bad)], f"--config {bad}, line 3, column 1: YAML syntax error")
+    _fails_in_one_line(capsys, ["fit", "--config", str(tmp_path / "absent.yaml")], "absent.yaml: neither a file nor a shipped config")
 
 
 @pytest.mark.parametrize("field", ["model.init_args.net.init_args.memory_size", "data.init_args.batch_size"])

@@ -25,6 +25,8 @@ TINY = [
 def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("WANDB_MODE", raising=False)
+    yield
+    wandb.finish()  # a W&B run left open would be reused by the next test's logger, in another folder
 
 
 def _latest(tmp_path: Path) -> dict:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import yaml
 from jsonargparse import lazy_instance
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -39,7 +40,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from memnet.callbacks import LastAndBestCheckpoint, run_dir
 from memnet.checkpoint import check_finite_state, unreadable_checkpoint
-from memnet.cli.configs import ConfigError, resolve_config_args
+from memnet.cli.configs import ConfigError, find_config, resolve_config_args
 from memnet.cli.errors import TRACEBACK_ENV, ckpt_path_of, one_line
 from memnet.utils import MemnetError
 
@@ -138,7 +139,7 @@ class MemnetCLI(LightningCLI):
             try:
                 args = resolve_config_args(args)
             except ConfigError as error:
-                raise SystemExit(f"memnet: {error}") from None
+                raise MemnetError(str(error)) from None  # one line from main, exit 2
         super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
@@ -314,7 +315,35 @@ def _dispatch(argv: list[str]) -> None:
 
         table_main(argv[1:])
         return
+    check_config_files(argv)
     MemnetCLI(args=argv)
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Every ``--config FILE`` exists and is valid YAML; else one line naming the file, line and column.
+
+    (The parser would report a syntax error in ``"<unicode string>"``, after its usage text.)
+    """
+    for index, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        elif arg in ("--config", "-c") and index + 1 < len(argv):
+            value = argv[index + 1]
+        else:
+            continue
+        if value.lstrip().startswith(("{", "[")) or "\n" in value or ": " in value:
+            continue  # an inline YAML string, not a file name
+        try:
+            path = find_config(value)  # a file, or a shipped config's name (ntm/copy)
+        except ConfigError as error:
+            raise MemnetError(str(error)) from None
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise MemnetError(f"--config {path}{where}: YAML syntax error, {problem}") from None
 
 
 if __name__ == "__main__":
