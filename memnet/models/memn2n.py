@@ -65,6 +65,7 @@ from einops import einsum, rearrange
 from torch import nn
 from torch.nn import functional as F
 
+from memnet.models.pretrained import Pretrained
 from memnet.utils import check_positive, check_range
 
 Encoding = Literal["bow", "position"]
@@ -129,7 +130,7 @@ def batched_position_encoding(tokens: torch.Tensor, embedding_size: int, dtype: 
     return weights * present[..., None].to(dtype)
 
 
-class MemN2N(nn.Module):
+class MemN2N(Pretrained, nn.Module):
     """End-to-End Memory Network: ``forward(story, query) -> answer logits``.
 
     Args:
