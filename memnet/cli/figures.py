@@ -37,7 +37,7 @@ from memnet.figures.attention import memn2n_attention, plot_memn2n_attention
 from memnet.figures.composition import draw_composition
 from memnet.figures.echo_state import draw_echo_state, reservoir_args
 from memnet.figures.graph import draw_unrolled_graphs, unrolled_graph
-from memnet.figures.training import train_qa_model, train_sequence_model
+from memnet.figures.training import masked_bits_per_sequence, train_qa_model, train_sequence_model
 from memnet.models.dnc import DNC
 from memnet.models.memn2n import MemN2N
 from memnet.models.ntm import NTM
@@ -122,8 +122,13 @@ class Recipe:
         net = self.fresh(seed, task)
         sample = lambda generator: task.sample_batch(generator, 16, task.sample_length(generator))
         start = time.perf_counter()
-        cost = train_sequence_model(net, sample, steps=self.steps, lr=self.lr, seed=seed)
-        return net, task, f"{self.steps} steps in {time.perf_counter() - start:.0f} s, last batch {cost:.2f} bits/seq"
+        train_sequence_model(net, sample, steps=self.steps, lr=self.lr, seed=seed)
+        seconds = time.perf_counter() - start
+        held_out = task.sample_batch(torch.Generator().manual_seed(seed + 1), 64, task.max_length)
+        with torch.no_grad():
+            cost = float(masked_bits_per_sequence(net(held_out["inputs"]), held_out))
+        return net, task, (f"{self.steps} steps in {seconds:.0f} s; {cost:.2f} bits per sequence on 64 fresh "
+                           f"sequences of length {task.max_length}")
 
     def fresh(self, seed: int, task: Any | None = None) -> nn.Module:
         """The untrained network (initialised from ``seed``)."""
@@ -151,11 +156,11 @@ def _controller_is(kind: type) -> Callable[[nn.Module], bool]:
 
 ROLES: dict[str, Role] = {
     "rnn": Role("a RecurrentModel with an ElmanRNN controller (e.g. configs/rnn/copy.yaml)",
-                _controller_is(ElmanRNN), Recipe(_recurrent(ElmanRNN), _copy_task, 1000, 1e-3)),
+                _controller_is(ElmanRNN), Recipe(_recurrent(ElmanRNN), _copy_task, 2000, 1e-3)),
     "lstm": Role("a RecurrentModel with an LSTMController (e.g. configs/lstm/copy.yaml)",
-                 _controller_is(LSTMController), Recipe(_recurrent(LSTMController), _copy_task, 1000, 3e-3)),
+                 _controller_is(LSTMController), Recipe(_recurrent(LSTMController), _copy_task, 4000, 1e-2)),
     "gru": Role("a RecurrentModel with a GRUController (e.g. configs/gru/copy.yaml)",
-                _controller_is(GRUController), Recipe(_recurrent(GRUController), _copy_task, 1000, 3e-3)),
+                _controller_is(GRUController), Recipe(_recurrent(GRUController), _copy_task, 4000, 1e-2)),
     "ntm-copy": Role("an NTM trained on copy (e.g. configs/ntm/copy.yaml)",
                      lambda net: isinstance(net, NTM), Recipe(_ntm, _copy_task, 900, 1e-2)),
     "ntm-repeat-copy": Role("an NTM trained on repeat copy (e.g. configs/ntm/repeat_copy.yaml)",
