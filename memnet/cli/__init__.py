@@ -8,8 +8,11 @@
     memnet figures [--only NAME ...] [--out DIR]            the chapter's figures into docs/figures (see memnet.cli.figures)
     memnet suite run configs/suites/smoke.yaml --jobs 2     a suite of experiments × seeds (see memnet.suite)
     memnet suite report runs/suites/smoke                   its leaderboard, tables and plots
+    memnet export --ckpt_path PATH --out DIR                the network as safetensors + config (memnet.models.load)
+    memnet configs [NAME]                                   the shipped configs (--config ntm/copy works too)
 
-Configs stack (``--config a.yaml --config b.yaml``, later wins) and any field can
+Configs stack (``--config a.yaml --config b.yaml``, later wins; inside a file,
+``extends: [fragment.yaml]``, see memnet.cli.configs) and any field can
 be overridden (``--model.init_args.net.init_args.memory_size 64``). The data
 module's sizes are linked once to the network's (``input_size``, ``output_size``).
 
@@ -26,12 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import yaml
 from jsonargparse import lazy_instance
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from memnet.callbacks import LastAndBestCheckpoint, run_dir
+from memnet.checkpoint import check_finite_state, unreadable_checkpoint
+from memnet.cli.configs import ConfigError, find_config, resolve_config_args
+from memnet.cli.errors import TRACEBACK_ENV, ckpt_path_of, one_line
+from memnet.utils import MemnetError
 
 RUNS_DIR = "runs"
 LATEST_RUN_FILE = Path(RUNS_DIR) / "latest.json"
@@ -55,6 +63,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         partial = path.with_name(f".{path.name}.partial")
         super().save_checkpoint(checkpoint, partial, storage_options)
         os.replace(partial, path)
+
+    def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
+                        ) -> dict[str, Any]:
+        """Lightning's loading, with a damaged file or non-finite weights reported in one line naming it."""
+        try:
+            checkpoint = super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        except FileNotFoundError:
+            raise MemnetError(f"--ckpt_path: no checkpoint file at {path}") from None
+        except Exception as error:  # noqa: BLE001 -- torch.load raises many kinds on a damaged file
+            raise unreadable_checkpoint(path, error) from None
+        if isinstance(checkpoint.get("state_dict"), dict):
+            check_finite_state(checkpoint["state_dict"], path)
+        return checkpoint
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -96,6 +117,15 @@ class MemnetCLI(LightningCLI):
             },
         )
         super().__init__(*args, **kwargs)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """``--config`` values resolved first: shipped names, ``extends`` stacked (memnet.cli.configs)."""
+        if isinstance(args, list):
+            try:
+                args = resolve_config_args(args)
+            except ConfigError as error:
+                raise MemnetError(str(error)) from None  # one line from main, exit 2
+        super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
         """The config given on the command line is authoritative.
@@ -158,8 +188,25 @@ def _wandb_dir(trainer: pl.Trainer) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``memnet`` console script."""
+    """Entry point of the ``memnet`` console script.
+
+    A known problem (bad value, damaged file, unwritable folder, see
+    ``memnet.cli.errors``) is printed as one line ``memnet: …`` and exits with
+    status 2 (1 for a diverged training); ``MEMNET_TRACEBACK=1`` shows the traceback.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        _dispatch(argv)
+    except Exception as error:
+        message = one_line(error, ckpt_path_of(argv))
+        if message is None or os.environ.get(TRACEBACK_ENV):
+            raise
+        print(f"memnet: {message}", file=sys.stderr)
+        raise SystemExit(1 if isinstance(error, FloatingPointError) else 2) from None
+
+
+def _dispatch(argv: list[str]) -> None:
+    """Run the subcommand ``argv`` names."""
     if argv and argv[0] == "evaluate":
         from memnet.evaluation import main as evaluate_main
 
@@ -175,6 +222,10 @@ def main(argv: list[str] | None = None) -> None:
 
         figures_main(argv[1:])
         return
+    if argv and argv[0] == "export":  # a checkpoint's network as safetensors + config (memnet.cli.export)
+        from memnet.cli.export import main as export_main
+
+        raise SystemExit(export_main(argv[1:]))
     if argv and argv[0] == "suite":
         from memnet.suite import main as suite_main
 
@@ -191,16 +242,45 @@ def main(argv: list[str] | None = None) -> None:
         except (UnsafeArchiveError, ValueError, OSError) as error:
             raise SystemExit(f"memnet data babi: {error}") from None
         return
+    if argv and argv[0] == "configs":  # memnet configs [NAME]: the shipped configs (see memnet.cli.configs)
+        from memnet.cli.configs import main as configs_main
+
+        configs_main(argv[1:])
+        return
     if argv and argv[0] == "babi-table":  # test error per bAbI task of checkpoints, markdown + CSV
         from tasks.babi import table_main
 
         table_main(argv[1:])
         return
-    try:
-        MemnetCLI(args=argv)
-    except FloatingPointError as error:
-        print(f"memnet: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+    check_config_files(argv)
+    MemnetCLI(args=argv)
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Every ``--config FILE`` exists and is valid YAML; else one line naming the file, line and column.
+
+    (The parser would report a syntax error in ``"<unicode string>"``, after its usage text.)
+    """
+    for index, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        elif arg in ("--config", "-c") and index + 1 < len(argv):
+            value = argv[index + 1]
+        else:
+            continue
+        if value.lstrip().startswith(("{", "[")) or "\n" in value or ": " in value:
+            continue  # an inline YAML string, not a file name
+        try:
+            path = find_config(value)  # a file, or a shipped config's name (ntm/copy)
+        except ConfigError as error:
+            raise MemnetError(str(error)) from None
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise MemnetError(f"--config {path}{where}: YAML syntax error, {problem}") from None
 
 
 if __name__ == "__main__":
