@@ -54,7 +54,8 @@ def state_distance(
     Args:
         controller: the reservoir.
         inputs: (B, T, D) the common input.
-        first, second: (B, N) the two initial states x_a(0), x_b(0).
+        first: (B, N) the first initial state x_a(0).
+        second: (B, N) the second initial state x_b(0).
 
     Returns:
         (T + 1,) the Euclidean distance at t = 0, 1, …, T, averaged over the batch.
