@@ -103,7 +103,10 @@ def test_echo_state_distance_decays_only_for_a_contracting_reservoir(radius, dec
 
 
 def test_echo_state_figure_reads_the_shipped_config(tmp_path):
-    reservoir = reservoir_args(ROOT / "configs/esn/narma10.yaml")
+    from memnet.cli.configs import load_config
+
+    config = ROOT / "configs/esn/narma10.yaml"
+    reservoir = reservoir_args(load_config(config), str(config))
     assert reservoir["spectral_radius"] == 0.9
     path, distances = draw_echo_state(tmp_path / "e.png", {**reservoir, "reservoir_size": 30}, steps=40,
                                       batch_size=2)
@@ -112,8 +115,11 @@ def test_echo_state_figure_reads_the_shipped_config(tmp_path):
 
 
 def test_echo_state_config_without_a_reservoir_is_named(tmp_path):
+    from memnet.cli.configs import load_config
+
+    config = ROOT / "configs/lstm/copy.yaml"
     with pytest.raises(ValueError, match=r"lstm/copy.yaml.*needs memnet.controllers.EchoStateController"):
-        reservoir_args(ROOT / "configs/lstm/copy.yaml")
+        reservoir_args(load_config(config), str(config))
 
 
 # ----------------------------------------------------------------------------- unrolled graph

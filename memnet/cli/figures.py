@@ -47,7 +47,7 @@ from memnet.probe import gradient_through_time, plot_gradient_panels
 from tasks.algorithmic import CopyTask, RepeatCopyTask
 
 DEFAULT_OUT = Path("docs/figures")
-ESN_CONFIG = Path("configs/esn/narma10.yaml")
+ESN_CONFIG = "esn/narma10"  # a shipped config (the clone's configs/ or the installed memnet.configs)
 ERROR_LENGTHS = (3, 6, 9, 12, 18, 24)  # lengths of the error-against-length figure (trained on 1-6)
 BABI_TASK, BABI_EPOCHS = 2, 30  # two supporting facts: the hops read different sentences
 MIN_SENTENCES = 6  # the attention figure shows the first test story (from --seed on) with at least this many
@@ -249,7 +249,10 @@ def figure_composition(out: Path, models: Models, seed: int) -> list[Path]:
 
 
 def figure_echo_state(out: Path, models: Models, seed: int) -> list[Path]:
-    path, _ = draw_echo_state(out / "echo_state.png", reservoir_args(ESN_CONFIG), seed=seed)
+    from memnet.cli.configs import find_config, load_config
+
+    config = find_config(ESN_CONFIG)
+    path, _ = draw_echo_state(out / "echo_state.png", reservoir_args(load_config(config), str(config)), seed=seed)
     return [path]
 
 
