@@ -272,7 +272,7 @@ def test_every_figure_of_the_command_writes_its_pngs(tmp_path, monkeypatch):
     from memnet.cli import figures as command
 
     quick_roles(monkeypatch)
-    monkeypatch.setattr(command, "ERROR_LENGTHS", (2, 8))
+    monkeypatch.setattr(command, "ERROR_LENGTHS", (0.5, 1))
     monkeypatch.setattr(command, "ERROR_SEQUENCES", 4)
     names = [name for name in command.FIGURES if name != "memn2n-attention"]
     logged: list[str] = []
@@ -298,3 +298,12 @@ def test_memn2n_attention_figure_on_real_babi(tmp_path, monkeypatch):
     monkeypatch.setattr(command, "BABI_EPOCHS", 1)
     written = command.draw(["memn2n-attention"], out=tmp_path, log=lambda line: None)
     assert [p.name for p in written] == ["memn2n_attention.png"] and is_png(written[0])
+
+
+def test_memn2n_figure_without_data_says_where_to_get_it(tmp_path, monkeypatch):
+    from memnet.cli import figures as command
+
+    monkeypatch.setenv("MEMNET_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr("tasks.babi.candidate_data_dirs", lambda data_dir=None: [tmp_path / "no-babi"])
+    with pytest.raises(command.FigureError, match=r"found no data: .*memnet data babi.*memn2n.ckpt"):
+        command.draw(["memn2n-attention"], out=tmp_path, log=lambda line: None)

@@ -48,7 +48,7 @@ from tasks.algorithmic import CopyTask, RepeatCopyTask
 
 DEFAULT_OUT = Path("docs/figures")
 ESN_CONFIG = "esn/narma10"  # a shipped config (the clone's configs/ or the installed memnet.configs)
-ERROR_LENGTHS = (3, 6, 9, 12, 18, 24)  # lengths of the error-against-length figure (trained on 1-6)
+ERROR_LENGTHS = (0.5, 1, 1.5, 2, 3, 4)  # error against length: these multiples of the longest training length
 BABI_TASK, BABI_EPOCHS = 2, 30  # two supporting facts: the hops read different sentences
 MIN_SENTENCES = 6  # the attention figure shows the first test story (from --seed on) with at least this many
 ERROR_SEQUENCES = 64  # fresh sequences scored at each of those lengths
@@ -140,8 +140,12 @@ def _train_memn2n(seed: int) -> tuple[nn.Module, Any, str]:
     from tasks.babi import BabiDataModule
 
     data = BabiDataModule(tasks=BABI_TASK, size="1k", memory_size=50, batch_size=32, seed=seed)
-    data.setup("fit")
-    data.setup("test")
+    try:
+        data.setup("fit")
+        data.setup("test")
+    except FileNotFoundError as error:
+        raise FigureError(f"the memn2n-attention figure trains on bAbI task {BABI_TASK} and found no data: {error} "
+                          "(fetch it with `memnet data babi`, or give --checkpoints with a memn2n.ckpt)") from None
     torch.manual_seed(seed)
     net = MemN2N(data.input_size, data.output_size, embedding_size=20, hops=3, memory_size=50, seed=seed)
     start = time.perf_counter()
@@ -303,7 +307,7 @@ def figure_error_vs_length(out: Path, models: Models, seed: int) -> list[Path]:
     holder = nn.Module()
     holder.net = net
     rows = []
-    for length in ERROR_LENGTHS:
+    for length in sorted({max(1, round(factor * task.max_length)) for factor in ERROR_LENGTHS}):
         slots = slots_for(task, length, net.memory_size, None)
         row, _ = evaluate_length(holder, task, length, slots=slots, num_sequences=ERROR_SEQUENCES, batch_size=64, seed=seed,
                                  device=torch.device("cpu"))
