@@ -52,7 +52,7 @@ ERROR_LENGTHS = (0.5, 1, 1.5, 2, 3, 4)  # error against length: these multiples 
 BABI_TASK, BABI_EPOCHS = 2, 30  # two supporting facts: the hops read different sentences
 MIN_SENTENCES = 6  # the attention figure shows the first test story (from --seed on) with at least this many
 ERROR_SEQUENCES = 64  # fresh sequences scored at each of those lengths
-PROBE_LENGTH = 12  # copy length of the gradient-through-time batch (T = 25 steps), twice the training length
+PROBE_FACTOR = 2  # the gradient-through-time batch: copies of twice the longest training length
 
 
 class FigureError(ValueError):
@@ -272,21 +272,32 @@ def figure_graph(out: Path, models: Models, seed: int) -> list[Path]:
 
 
 def figure_gradient(out: Path, models: Models, seed: int) -> list[Path]:
-    task = _copy_task()
-    batch = task.sample_batch(torch.Generator().manual_seed(seed), 16, PROBE_LENGTH)
     roles = {"RNN": "rnn", "LSTM": "lstm", "GRU": "gru", "NTM": "ntm-copy"}
+
+    def probe(net: nn.Module, task: Any) -> tuple[torch.Tensor, int]:
+        """‖∂L/∂h(t)‖ on 16 copies of twice the longest training length (each model on its own task)."""
+        length = PROBE_FACTOR * task.max_length
+        batch = task.sample_batch(torch.Generator().manual_seed(seed), 16, length)
+        return gradient_through_time(net, batch["inputs"], batch["targets"], mask=batch["mask"]), length
+
     panels: dict[str, dict[str, torch.Tensor]] = {}
-    steps = len(batch["mask"][0])
+    lengths: set[int] = set()
     initial = {label: models.untrained(role) for label, role in roles.items()}
     if all(net is not None for net in initial.values()):
-        panels[f"at initialisation (loss at the last step of T = {steps})"] = {
-            label: gradient_through_time(net, batch["inputs"], batch["targets"], mask=batch["mask"])
-            for label, net in initial.items()}
-    panels[f"trained on copy (loss at the last step of T = {steps})"] = {
-        label: gradient_through_time(models.get(role, "gradient")[0], batch["inputs"], batch["targets"],
-                                     mask=batch["mask"])
-        for label, role in roles.items()}
-    return [plot_gradient_panels(out / "gradient_through_time.png", panels, marker=PROBE_LENGTH)]
+        curves = {}
+        for label, net in initial.items():
+            curves[label], length = probe(net, _copy_task())
+            lengths.add(length)
+        panels["at initialisation"] = curves
+    curves = {}
+    for label, role in roles.items():
+        curves[label], length = probe(*models.get(role, "gradient"))
+        lengths.add(length)
+    panels["trained on copy"] = curves
+    marker = next(iter(lengths)) if len(lengths) == 1 else None  # the delimiter, when all share one length
+    where = f"a copy of length {marker}" if marker is not None else "copies of twice the training length"
+    titled = {f"{title} (loss at the last step of {where})": panel for title, panel in panels.items()}
+    return [plot_gradient_panels(out / "gradient_through_time.png", titled, marker=marker)]
 
 
 def _access(role: str, name: str, length: int, repeats: int | None = None) -> Callable[[Path, Models, int], list[Path]]:
@@ -378,7 +389,8 @@ def draw(names: Sequence[str] | None = None, *, out: Path = DEFAULT_OUT, checkpo
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
     """``memnet figures [--only NAME ...] [--out DIR] [--checkpoints DIR] [--seed N] [--threads N]``."""
-    parser = argparse.ArgumentParser(prog="memnet figures", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="memnet figures",
+                                     description="Draw the chapter's pictures with memnet's own models.",
                                      epilog=f"figures: {', '.join(FIGURES)}")
     parser.add_argument("--only", nargs="+", metavar="NAME", help=f"draw only these ({', '.join(FIGURES)})")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
