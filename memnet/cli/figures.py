@@ -7,14 +7,15 @@ Draws every figure (or those named with ``--only``) into ``docs/figures/`` (or `
 ``--checkpoints DIR`` when that folder holds ``<role>.ckpt`` (a checkpoint of ``memnet fit``,
 rebuilt from the run's ``config.yaml`` beside its ``checkpoints/`` folder, or from
 ``<role>.yaml`` in DIR; a symbolic link to ``runs/memnet/<run>/checkpoints/last.ckpt`` will
-do), and otherwise trains a small one for well under a minute (fixed seed; nothing is saved).
+do), and otherwise trains a small one, in seconds to about a minute on a 2-core CPU (fixed seed;
+nothing is saved; docs/figures.md lists the recipes and the measured times).
 
 Roles (the checkpoint names) and what they must hold:
 
-    rnn  lstm  gru          RecurrentModel with an ElmanRNN / LSTMController / GRUController, on copy
+    rnn  lstm  gru               RecurrentModel with an ElmanRNN / LSTMController / GRUController
     ntm-copy  ntm-repeat-copy    NTM on copy / repeat copy
     dnc-copy  dnc-repeat-copy    DNC on copy / repeat copy
-    memn2n                  MemN2N on bAbI (the data module's vocabulary names the sentences)
+    memn2n                       MemN2N on bAbI (the data module's vocabulary names the sentences)
 """
 
 from __future__ import annotations
@@ -202,7 +203,6 @@ class Models:
         self.seed = seed
         self.log = log
         self._cache: dict[str, tuple[nn.Module, Any]] = {}
-        self._initial: dict[str, nn.Module] = {}
 
     def get(self, role: str, figure: str) -> tuple[nn.Module, Any]:
         """The network of ``role`` (eval mode) and its task (or data module)."""
