@@ -44,7 +44,7 @@ from einops import rearrange
 from torch import nn
 
 from memnet.controllers import ControllerFactory, LSTMController
-from memnet.utils import check_positive
+from memnet.utils import check_positive, check_sequence_inputs
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class MemoryModel(nn.Module):
         self, batch_size: int, memory_size: int | None, device: torch.device | None, dtype: torch.dtype | None
     ) -> tuple[int, torch.device, torch.dtype]:
         """The preamble of ``initial_state``: N for this episode (checked), device and dtype."""
-        memory_size = memory_size or self.memory_size
+        memory_size = self.memory_size if memory_size is None else memory_size  # 0 is refused, not the trained N
         check_positive(batch_size=batch_size, memory_size=memory_size)
         return memory_size, device or self.output.weight.device, dtype or self.output.weight.dtype
 
@@ -203,8 +203,7 @@ class MemoryModel(nn.Module):
         Returns:
             logits (B, T, D_out), and with ``return_trace`` the trace.
         """
-        if inputs.dim() != 3 or inputs.shape[-1] != self.input_size:
-            raise ValueError(f"inputs must have shape (B, T, D_in={self.input_size}), got {tuple(inputs.shape)}")
+        check_sequence_inputs(inputs, self.input_size, model=type(self).__name__, memory_size=memory_size)
         if state is None:
             state = self.initial_state(
                 inputs.shape[0], memory_size=memory_size, device=inputs.device, dtype=inputs.dtype

@@ -37,6 +37,7 @@ from memnet.allocation import NUM_READ_MODES, SparseLink
 from memnet.controllers import ControllerFactory, ControllerState
 from memnet.memory import MemoryInit, MemoryInitScheme
 from memnet.models.core import AccessResult, Engine, MemoryModel
+from memnet.models.pretrained import Pretrained
 from memnet.utils import check_positive
 
 
@@ -183,7 +184,7 @@ class DNCTrace(NamedTuple):
     write_gate: torch.Tensor
 
 
-class DNC(MemoryModel):
+class DNC(Pretrained, MemoryModel):
     """A Differentiable Neural Computer over sequences.
 
     The parameters do not depend on ``memory_size``: a model trained with 32
@@ -207,6 +208,10 @@ class DNC(MemoryModel):
             ``eager`` (the reference functions, for debugging) or ``compiled``.
         compile_backend: the ``torch.compile`` backend of the ``compiled`` engine.
     """
+
+    # float16 (``trainer.precision 16-true``) gives non-finite gradients: usage products and the
+    # allocation's cumulative product underflow its 5-bit exponent. bfloat16 and float32/64 work.
+    refuses_precisions = ("16-true",)
 
     def __init__(
         self,

@@ -23,6 +23,7 @@ from memnet.controllers import ControllerFactory, ControllerState
 from memnet.heads import NTMHeads
 from memnet.memory import InitialWeights, MemoryInit, MemoryInitScheme
 from memnet.models.core import AccessResult, Engine, MemoryModel
+from memnet.models.pretrained import Pretrained
 
 
 class NTMState(NamedTuple):
@@ -53,7 +54,7 @@ class NTMTrace(NamedTuple):
     write_weights: torch.Tensor
 
 
-class NTM(MemoryModel):
+class NTM(Pretrained, MemoryModel):
     """A Neural Turing Machine over sequences.
 
     The parameters do not depend on ``memory_size``: a model trained with 128
