@@ -165,3 +165,16 @@ def test_inductor_compiled_equals_eager(make):
     torch._dynamo.reset()
     net = make(engine="compiled")
     _assert_engines_equal(net, ["compiled"], batch=2, steps=4, dtype=torch.float32)
+
+
+def test_state_dict_keys_and_parameter_order_are_those_of_earlier_checkpoints():
+    # Checkpoints written before the shared core (keys and optimizer-state order) still load.
+    ntm = NTM(4, 3, controller=partial(LSTMController, hidden_size=5), memory_size=6, word_size=2)
+    assert list(ntm.state_dict()) == [
+        "controller.lstm.weight_ih_l0", "controller.lstm.weight_hh_l0", "controller.lstm.bias_ih_l0",
+        "controller.lstm.bias_hh_l0", "heads.project.weight", "heads.project.bias", "output.weight", "output.bias"]
+    dnc = DNC(4, 3, controller=partial(LSTMController, hidden_size=5), memory_size=6, word_size=2)
+    assert [name for name, _ in dnc.named_parameters()] == [
+        "controller.lstm.weight_ih_l0", "controller.lstm.weight_hh_l0", "controller.lstm.bias_ih_l0",
+        "controller.lstm.bias_hh_l0", "interface.project.weight", "interface.project.bias", "output.weight",
+        "output.bias"]
