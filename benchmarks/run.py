@@ -102,7 +102,7 @@ def build(model: str, path: str, device: str, peer_path: str | None = None, leng
     if model == "MemN2N":
         from memnet.models.memn2n import MemN2N
 
-        vocabulary, sentences, words, answers = 40, 50, 7, 40
+        vocabulary, sentences, words, answers = 40, 50, 7, 20  # answer ids follow 4 reserved tokens
         net = MemN2N(vocabulary, answers, embedding_size=20, hops=3, memory_size=sentences, seed=0).to(device)
         forward = torch.compile(net) if path == "compiled" else net
 
