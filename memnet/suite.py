@@ -65,11 +65,14 @@ from typing import Any
 
 import yaml
 
+from memnet.metrics import BABI_TASK_COUNT, failed_tasks
+from memnet.metrics import FAILED_TASK_ERROR as BABI_FAIL_THRESHOLD
+from memnet.metrics import mean_error as mean_task_error
+
 DEFAULT_RESULTS_ROOT = Path("runs") / "suites"
 REPORT_DIR = "report"
 RECORD_FILE = "metrics.json"
-BABI_FAIL_THRESHOLD = 5.0  # a bAbI task counts as failed above 5% test error (Weston et al. 2015)
-BABI_TASKS = tuple(str(k) for k in range(1, 21))
+BABI_TASKS = tuple(str(k) for k in range(1, BABI_TASK_COUNT + 1))
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SUITE_KEYS = {"name", "description", "results", "defaults", "experiments"}
 DEFAULTS_KEYS = {"seeds", "budget", "overrides", "seed_args", "evaluate"}
@@ -1261,9 +1264,9 @@ def _score_columns(entry: _ExperimentResults) -> dict[str, list[float]]:
                 columns.setdefault(key, []).append(float(metrics[key]))
         errors = _babi_errors(record)
         if errors:
-            columns.setdefault("bAbI mean error %", []).append(sum(errors.values()) / len(errors))
+            columns.setdefault("bAbI mean error %", []).append(mean_task_error(errors.values()))
             columns.setdefault("bAbI failed tasks", []).append(
-                float(sum(v > BABI_FAIL_THRESHOLD for v in errors.values()))
+                float(failed_tasks(errors.values()))
             )
         if isinstance(record.get("train_seconds"), (int, float)):
             columns.setdefault("train s", []).append(float(record["train_seconds"]))
@@ -1421,9 +1424,9 @@ def build_report(results: str | Path) -> dict[str, Any]:
             for task in BABI_TASKS:
                 stat = _mean_std([r[task] for r in runs if task in r])
                 per_task[task] = None if stat is None else {"mean": stat[0], "std": stat[1]}
-            mean_error = _mean_std([sum(r.values()) / len(r) for r in runs])
+            mean_error = _mean_std([mean_task_error(r.values()) for r in runs])
             failed = _mean_std(
-                [float(sum(v > BABI_FAIL_THRESHOLD for v in r.values())) for r in runs]
+                [float(failed_tasks(r.values())) for r in runs]
             )
             notes = _evaluation_notes(entry)
             measured = sum(stat is not None for stat in per_task.values())

@@ -1,6 +1,8 @@
-"""Small helpers shared across memnet: argument checks."""
+"""Small helpers shared across memnet: argument checks, the W&B mode."""
 
 from __future__ import annotations
+
+import os
 
 
 def check_positive(**values: int) -> None:
@@ -26,3 +28,13 @@ def check_range(name: str, value: float, low: float, high: float, *, low_open: b
     if not (above and below):
         interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
         raise ValueError(f"{name} must lie in {interval}, got {value!r}")
+
+
+def wandb_offline() -> bool:
+    """W&B stays offline unless the user opted in with ``WANDB_MODE=online``."""
+    return os.environ.get("WANDB_MODE", "offline") != "online"
+
+
+def wandb_mode() -> str:
+    """``"offline"`` or ``"online"`` for ``wandb.init(mode=...)``, as :func:`wandb_offline` decides."""
+    return "offline" if wandb_offline() else "online"
