@@ -6,9 +6,9 @@ PIP := $(PY) -m pip
 # The torch release memnet is tested with (CPU build on machines that have its wheel).
 TORCH ?= torch==2.13.0
 
-.PHONY: install dev train test test-all lint bench clean
+.PHONY: install dev train test test-all lint bench docs clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet "$(TORCH)"
 	$(PIP) install --quiet -e ".[dev]"
@@ -20,8 +20,9 @@ train: install               ## train an NTM on copy (2 CPU cores, ~5 min), then
 	$(VENV)/bin/memnet fit --config configs/ntm/copy.yaml
 	$(VENV)/bin/memnet evaluate --ckpt_path latest --lengths 20 40 80 120 --memory_size 256 --out results/ntm-copy
 
-test: install                ## the fast test suite (what CI runs)
+test: install                ## the fast test suite and the strict docs build (what CI runs)
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory docs
 
 test-all: install            ## every test, the slow training checks included
 	$(PY) -m pytest -q -m "slow or not slow"
@@ -32,5 +33,8 @@ lint: install
 bench: install               ## NTM copy-task training throughput at batch sizes 1, 16, 128
 	$(PY) benchmarks/run.py --out benchmarks/results/ntm_copy_cpu.json
 
+docs: install                ## the documentation site into site/ (mkdocs --strict: a warning fails)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) runs results .pytest_cache
+	rm -rf $(VENV) runs results .pytest_cache site

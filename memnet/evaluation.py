@@ -12,6 +12,8 @@ from memnet.cli.evaluate import (  # noqa: F401  (the names callers use)
     default_config,
     evaluate_length,
     fit_only_keys,
+    instantiate,
+    load_checkpoint,
     main,
     markdown_table,
     parse_args,

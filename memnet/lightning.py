@@ -37,6 +37,7 @@ from memnet.metrics import (  # some re-exported: memnet.lightning.sequence_metr
     task_errors_from_counts,
     token_metrics,
 )
+from memnet.optim import ClipNorm, clip_per_matrix_
 
 
 class SequenceModule(pl.LightningModule):
@@ -72,6 +73,9 @@ class SequenceModule(pl.LightningModule):
         self.scheduler = scheduler
         self.eval_memory_size = eval_memory_size
 
+    def setup(self, stage: str) -> None:
+        check_precision(self)
+
     def forward(self, inputs: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """inputs (B, T, D_in) -> logits (B, T, D_out)."""
         if not self.training and self.eval_memory_size is not None:
@@ -88,19 +92,19 @@ class SequenceModule(pl.LightningModule):
         metrics = sequence_metrics(logits, batch["targets"], batch["mask"])
         batch_size = batch["inputs"].shape[0]
         on_step = stage == "train"
-        self.log(f"{stage}/loss", metrics["loss"], prog_bar=True, on_step=on_step, on_epoch=True, batch_size=batch_size)
+        self.log(f"{stage}/loss", metrics["loss"], prog_bar=True, on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=True)
         for name in ("bits_per_seq", "bit_errors_per_seq"):
             self.log(f"{stage}/{name}", metrics[name], prog_bar=name == "bits_per_seq",
-                     on_step=on_step, on_epoch=True, batch_size=batch_size)
+                     on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=True)
             if stage != "train" and "length" in batch:
                 length = int(batch["length"])
                 self.log(f"{stage}/len_{length}/{name}", metrics[name], on_epoch=True,
-                         batch_size=batch_size, add_dataloader_idx=False)
+                         batch_size=batch_size, add_dataloader_idx=False, sync_dist=True)
         if "optimal_bits" in batch:  # tasks with a known best cost (dynamic n-grams): how far from it
             optimal = batch["optimal_bits"].mean()
-            self.log(f"{stage}/optimal_bits_per_seq", optimal, on_step=on_step, on_epoch=True, batch_size=batch_size)
+            self.log(f"{stage}/optimal_bits_per_seq", optimal, on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=True)
             self.log(f"{stage}/excess_bits_per_seq", metrics["bits_per_seq"] - optimal,
-                     on_step=on_step, on_epoch=True, batch_size=batch_size)
+                     on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=True)
         return metrics["loss"]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -193,6 +197,21 @@ def scheduler_config(scheduler: Any, interval: str, trainer: pl.Trainer | None) 
     return {"scheduler": scheduler, "interval": interval, "monitor": "val/loss"}
 
 
+def check_precision(module: pl.LightningModule) -> None:
+    """Refuse a ``trainer.precision`` that the network declares it cannot train in.
+
+    A network lists such settings in ``refuses_precisions`` (the DNC: ``16-true``).
+    """
+    trainer = module._trainer
+    precision = str(getattr(trainer, "precision", "")) if trainer is not None else ""
+    net = getattr(module, "net", None)
+    if precision and precision in getattr(net, "refuses_precisions", ()):
+        raise ValueError(
+            f"trainer.precision {precision!r} is not supported by {type(net).__name__} (its gradients "
+            "become non-finite in float16); use --trainer.precision 32-true, bf16-mixed or bf16-true"
+        )
+
+
 def check_finite_loss(loss: torch.Tensor, module: pl.LightningModule) -> None:
     """Stop training with a clear message when the loss is NaN or infinite."""
     if not torch.isfinite(loss):
@@ -216,6 +235,21 @@ class EpochSums:
 
     def _log_epoch_metrics(self, stage: str) -> None:
         raise NotImplementedError
+
+    def _global_sums(self, sums: torch.Tensor) -> torch.Tensor:
+        """``sums`` (..., K) of this process added up over every process of a DDP run.
+
+        Each process may have seen a different number K of columns (e.g. bAbI tasks
+        present in its share); the narrower are padded with zeros to the widest.
+        """
+        trainer = self.trainer
+        if trainer.world_size <= 1:
+            return sums
+        strategy = trainer.strategy
+        width = int(strategy.reduce(torch.tensor(sums.shape[-1], device=sums.device),
+                                    reduce_op=torch.distributed.ReduceOp.MAX))
+        padded = F.pad(sums, (0, width - sums.shape[-1]))
+        return strategy.reduce(padded, reduce_op="sum")
 
     def on_train_epoch_start(self) -> None:
         self._epoch_sums.pop("train", None)
@@ -260,6 +294,10 @@ class QAModule(EpochSums, pl.LightningModule):
         scheduler: optional learning-rate scheduler factory (stepped every epoch).
         loss_reduction: ``mean`` or ``sum`` of the cross-entropy over the batch.
         scheduler_interval: step the scheduler every ``epoch`` (StepLR as in the paper) or ``step``.
+        clip_per_matrix: clip each weight matrix's gradient to this norm on its own (the
+            authors' MemN2N code: 40), the matrices being ``net.clip_groups()`` where the
+            network names them, else each parameter; None: off. Excludes ``trainer.gradient_clip_val``.
+        clip_norm: the norm of ``clip_per_matrix``: ``spectral`` (the authors') or ``frobenius``.
     """
 
     def __init__(
@@ -270,19 +308,40 @@ class QAModule(EpochSums, pl.LightningModule):
         scheduler: LRSchedulerCallable | None = None,
         loss_reduction: str = "mean",
         scheduler_interval: str = "epoch",
+        clip_per_matrix: float | None = None,
+        clip_norm: ClipNorm = "spectral",
     ) -> None:
         super().__init__()
         if loss_reduction not in ("mean", "sum"):
             raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
         if scheduler_interval not in ("step", "epoch"):
             raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
+        if clip_per_matrix is not None and not clip_per_matrix > 0:
+            raise ValueError(f"clip_per_matrix must be a positive norm or null, got {clip_per_matrix!r}")
+        if clip_norm not in ("spectral", "frobenius"):
+            raise ValueError(f"clip_norm must be 'spectral' or 'frobenius', got {clip_norm!r}")
         self.scheduler_interval = scheduler_interval
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
         self.net = net
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.loss_reduction = loss_reduction
+        self.clip_per_matrix = clip_per_matrix
+        self.clip_norm = clip_norm
         self._epoch_sums: dict[str, torch.Tensor] = {}  # stage -> (2, tasks) errors and questions this epoch
+
+    def on_fit_start(self) -> None:
+        if self.clip_per_matrix is not None and self.trainer.gradient_clip_val:
+            raise ValueError(
+                f"model.init_args.clip_per_matrix ({self.clip_per_matrix}) and trainer.gradient_clip_val "
+                f"({self.trainer.gradient_clip_val}) would both clip; set one of them to null"
+            )
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.clip_per_matrix is None:
+            return
+        groups = self.net.clip_groups() if hasattr(self.net, "clip_groups") else [[p] for p in self.net.parameters()]
+        clip_per_matrix_(groups, self.clip_per_matrix, self.clip_norm)
 
     def forward(self, story: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """story (B, N, J), query (B, Jq) -> answer logits (B, A)."""
@@ -296,10 +355,10 @@ class QAModule(EpochSums, pl.LightningModule):
         wrong = answer_errors(logits, answer)
         batch_size = answer.shape[0]
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=batch_size)
-        self.log(f"{stage}/accuracy", 1 - wrong.mean(), on_step=on_step, on_epoch=True, batch_size=batch_size)
+        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=True)
+        self.log(f"{stage}/accuracy", 1 - wrong.mean(), on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=True)
         self.log(f"{stage}/error", 100 * wrong.mean(), prog_bar=stage != "train", on_step=on_step,
-                 on_epoch=True, batch_size=batch_size)
+                 on_epoch=True, batch_size=batch_size, sync_dist=True)
         if "task" in batch:
             counts = task_error_counts(wrong.detach(), batch["task"])
             size = counts.shape[1]
@@ -314,11 +373,12 @@ class QAModule(EpochSums, pl.LightningModule):
         counts = self._epoch_sums.pop(stage, None)
         if counts is None or self.trainer.sanity_checking:
             return
+        counts = self._global_sums(counts)
         tasks, errors = task_errors_from_counts(counts)
         for task, error in zip(tasks, errors):
-            self.log(task_error_key(stage, task), error, on_epoch=True)
-        self.log(f"{stage}/mean_task_error", errors.mean(), on_epoch=True)
-        self.log(f"{stage}/failed_tasks", (errors > FAILED_TASK_ERROR).sum().to(errors.dtype), on_epoch=True)
+            self.log(task_error_key(stage, task), error, on_epoch=True, sync_dist=True)
+        self.log(f"{stage}/mean_task_error", errors.mean(), on_epoch=True, sync_dist=True)
+        self.log(f"{stage}/failed_tasks", (errors > FAILED_TASK_ERROR).sum().to(errors.dtype), on_epoch=True, sync_dist=True)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.model_step(batch, "train")
@@ -362,7 +422,7 @@ class ConditionalSequenceModule(SequenceModule):
         metrics = sequence_metrics(self(batch["inputs"]), batch["targets"], batch["mask"])
         batch_size = batch["inputs"].shape[0]
         for name in ("bits_per_seq", "bit_errors_per_seq"):
-            self.log(f"{stage}/free_{name}", metrics[name], on_epoch=True, batch_size=batch_size)
+            self.log(f"{stage}/free_{name}", metrics[name], on_epoch=True, batch_size=batch_size, sync_dist=True)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         super().validation_step(batch, batch_idx)
@@ -426,16 +486,16 @@ class Seq2SeqModule(pl.LightningModule):
         metrics = token_metrics(logits, target, pad_index=self.net.pad_index)
         batch_size = source.shape[0]
         on_step = stage == "train"
-        self.log(f"{stage}/loss", metrics["loss"], prog_bar=True, on_step=on_step, on_epoch=True, batch_size=batch_size)
+        self.log(f"{stage}/loss", metrics["loss"], prog_bar=True, on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=True)
         self.log(f"{stage}/token_accuracy", metrics["token_accuracy"], on_step=on_step, on_epoch=True,
-                 batch_size=batch_size)
+                 batch_size=batch_size, sync_dist=True)
         if stage != "train":
             decoded = self.net.generate(source, max_length=target.shape[1])
             accuracy = sequence_accuracy(decoded, target, pad_index=self.net.pad_index).mean()
-            self.log(f"{stage}/sequence_accuracy", accuracy, prog_bar=True, on_epoch=True, batch_size=batch_size)
+            self.log(f"{stage}/sequence_accuracy", accuracy, prog_bar=True, on_epoch=True, batch_size=batch_size, sync_dist=True)
             if "length" in batch:
                 self.log(f"{stage}/len_{int(batch['length'])}/sequence_accuracy", accuracy, on_epoch=True,
-                         batch_size=batch_size, add_dataloader_idx=False)
+                         batch_size=batch_size, add_dataloader_idx=False, sync_dist=True)
         return metrics["loss"]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -529,14 +589,17 @@ class RegressionModule(EpochSums, pl.LightningModule):
         sums = nrmse_sums(predictions, targets, mask)
         self._epoch_sums[stage] = sums + self._epoch_sums[stage].to(sums.device) if stage in self._epoch_sums else sums
         self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True,
-                 batch_size=targets.shape[0])
+                 batch_size=targets.shape[0], sync_dist=True)
         return loss
 
     def _log_epoch_metrics(self, stage: str) -> None:
         sums = self._epoch_sums.pop(stage, None)
-        if sums is None or sums[3] == 0 or self.trainer.sanity_checking:
+        if sums is None or self.trainer.sanity_checking:
             return
-        self.log(f"{stage}/nrmse", nrmse_from_sums(sums).float(), prog_bar=stage != "train")
+        sums = self._global_sums(sums)
+        if sums[3] == 0:
+            return
+        self.log(f"{stage}/nrmse", nrmse_from_sums(sums).float(), prog_bar=stage != "train", sync_dist=True)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self.score(self(batch["inputs"]), batch, "train")

@@ -808,8 +808,10 @@ def _uses_wandb_logger(experiment: Experiment, base: Path) -> bool:
     """Whether the stacked configs leave the default W&B logger (or name WandbLogger) in place."""
     logger: Any = "default"
     for config in experiment.configs:
-        data = yaml.safe_load(_resolve(config, base).read_text()) or {}
-        trainer = data.get("trainer") if isinstance(data, dict) else None
+        from memnet.cli.configs import load_config
+
+        data = load_config(_resolve(config, base))  # its extends fragments stacked
+        trainer = data.get("trainer")
         if isinstance(trainer, dict) and "logger" in trainer:
             logger = trainer["logger"]
     for key, value in experiment.overrides.items():

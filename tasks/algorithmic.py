@@ -40,6 +40,7 @@ from einops import rearrange, repeat
 from torch.utils.data import DataLoader, IterableDataset
 
 from memnet import metrics
+from memnet.utils import distributed_position, distributed_sampler
 
 
 class AlgorithmicTask:
@@ -814,8 +815,10 @@ class PrioritySortTask(AlgorithmicTask):
 class _TrainStream(IterableDataset):
     """An endless-looking stream of ``batches_per_epoch`` fresh batches per epoch.
 
-    Epoch e draws from a generator seeded with (seed, e), so the same seed gives
-    the same batches, and a run resumed at epoch e sees what it would have seen.
+    Epoch e of process (rank) r draws from a generator seeded with (seed, e, r)
+    (:func:`train_stream_seed`), so the same seed gives the same batches, a run
+    resumed at epoch e sees what it would have seen, and under DDP every process
+    draws its own sequences.
     """
 
     def __init__(self, datamodule: AlgorithmicDataModule) -> None:
@@ -823,7 +826,8 @@ class _TrainStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         dm = self.datamodule
-        generator = torch.Generator().manual_seed(_mix(dm.seed, dm.epoch))
+        rank, _ = distributed_position(dm.trainer)
+        generator = torch.Generator().manual_seed(train_stream_seed(dm.seed, dm.epoch, rank))
         dm.epoch += 1
         for _ in range(dm.batches_per_epoch):
             # read per batch, so a curriculum that moves the range mid-epoch takes effect at once
@@ -945,11 +949,13 @@ class AlgorithmicDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         batches = self.fixed_batches(self.val_lengths, self.val_size, _mix(self.seed, -1))
-        return DataLoader(batches, batch_size=None)
+        return DataLoader(batches, batch_size=None, sampler=distributed_sampler(batches, self.trainer,
+                                                                                 shuffle=False, seed=self.seed))
 
     def test_dataloader(self) -> DataLoader:
         batches = self.fixed_batches(self.test_lengths, self.test_size, _mix(self.seed, -2))
-        return DataLoader(batches, batch_size=None)
+        return DataLoader(batches, batch_size=None, sampler=distributed_sampler(batches, self.trainer,
+                                                                                 shuffle=False, seed=self.seed))
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
@@ -961,6 +967,16 @@ class AlgorithmicDataModule(pl.LightningDataModule):
         self.epoch = int(state_dict["epoch"])
         self.length_range = tuple(state_dict.get("length_range", self.length_range))
         self.length_mix = float(state_dict.get("length_mix", self.length_mix))
+
+
+def train_stream_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """Seed of the training batches of ``epoch`` on process ``rank`` (DDP), from the data module's ``seed``.
+
+    Rank 0 draws what a single-process run draws (so one device and the first of
+    several see the same data); every other rank has its own stream.
+    """
+    base = _mix(seed, epoch)
+    return base if rank == 0 else _mix(base, rank)
 
 
 def _mix(seed: int, stream: int) -> int:

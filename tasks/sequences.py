@@ -35,6 +35,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from memnet.utils import distributed_sampler
 from tasks.algorithmic import AlgorithmicTask, _mix
 
 PAD, BOS, EOS = 0, 1, 2
@@ -332,14 +333,20 @@ class SeriesDataModule(pl.LightningDataModule):
             for i in range(0, size, self.batch_size)
         ]
 
+    def _loader(self, split: Literal["train", "val", "test"]) -> DataLoader:
+        """The batches of ``split``; under DDP each process gets its own share (``distributed_sampler``)."""
+        batches = self.make_set(split)
+        return DataLoader(batches, batch_size=None, sampler=distributed_sampler(batches, self.trainer,
+                                                                                 shuffle=False, seed=self.seed))
+
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.make_set("train"), batch_size=None)
+        return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.make_set("val"), batch_size=None)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.make_set("test"), batch_size=None)
+        return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()

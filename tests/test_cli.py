@@ -78,7 +78,8 @@ def test_unknown_key_fails_naming_it(capsys):
 
 def test_wrong_type_fails_naming_the_field(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
-    bad.write_text((ROOT / "configs" / "ntm" / "copy_small.yaml").read_text().replace("memory_size: 32", "memory_size: lots"))
+    # an override stacked on the shipped config (a copy of it would lose its relative `extends`)
+    bad.write_text("model:\n  init_args:\n    net:\n      init_args:\n        memory_size: lots\n")
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(SMALL), "--config", str(bad)])
     err = capsys.readouterr().err

@@ -1,28 +1,253 @@
-"""Every shipped config runs through the real CLI with ``--trainer.fast_dev_run=true``.
+"""The shipped configs: each runs through the real CLI, keeps its values, and stacks its fragments.
 
-Suite files (configs/suites/) are not Lightning configs and are tested with the suite.
+Suite files (configs/suites/) are not Lightning configs and are tested with the suite; the
+fragments of configs/recipes/ are stacked by the configs (``extends``), not run alone.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+import memnet
+from memnet.cli import configs as C
 from memnet.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(
-    p for p in (ROOT / "configs").rglob("*.yaml") if "suites" not in p.relative_to(ROOT / "configs").parts
-)
+CONFIG_DIR = ROOT / "configs"
+CONFIGS = [CONFIG_DIR / f"{name}.yaml" for name in C.config_names(CONFIG_DIR)]
+# Each config's values (its YAML, as the CLI reads it) before configs stacked fragments: a
+# config keeps its path and, with its fragments stacked, exactly these values.
+SNAPSHOT = json.loads((Path(__file__).parent / "fixtures" / "config_values.json").read_text())
+
+CALLBACK = {"class_path": "pytorch_lightning.callbacks.LearningRateMonitor"}
 
 
 def test_configs_exist():
-    names = {str(p.relative_to(ROOT / "configs")) for p in CONFIGS}
+    names = {str(p.relative_to(CONFIG_DIR)) for p in CONFIGS}
     assert {"ntm/copy.yaml", "lstm/copy.yaml", "ntm/copy_small.yaml"} <= names
+    assert not any(name.startswith(("recipes/", "suites/")) for name in names)
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
 def test_config_runs_with_fast_dev_run(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", str(config), "--trainer.fast_dev_run=true", "--trainer.enable_progress_bar=false"])
+
+
+@pytest.mark.parametrize("name", sorted(SNAPSHOT))
+def test_config_keeps_its_path_and_values(name):
+    assert (CONFIG_DIR / name).is_file(), f"configs/{name} moved or was removed"
+    assert C.load_config(CONFIG_DIR / name) == SNAPSHOT[name]
+
+
+def test_recipes_are_stacked_not_repeated():
+    """The copy recipe and the memory-access callback live in one file each."""
+    copy_users = [p for p in CONFIGS if "recipes/copy.yaml" in p.read_text()]
+    assert len(copy_users) >= 12
+    for path in CONFIGS:
+        text = path.read_text()
+        assert "OneCycleLR" not in text and "MemoryAccessPlot" not in text, f"{path} repeats a recipe"
+
+
+def _tree(tmp_path: Path) -> Path:
+    root = tmp_path / "configs"
+    shutil.copytree(CONFIG_DIR, root)
+    return root
+
+
+def test_a_callback_added_to_the_memory_fragment_reaches_every_ntm_and_dnc_config(tmp_path):
+    root = _tree(tmp_path)
+    (root / "recipes" / "memory_callbacks.yaml").write_text(yaml.safe_dump({"trainer": {"callbacks": [CALLBACK]}}))
+    algorithmic = [n for n in C.config_names(root) if n.split("/")[0] in ("ntm", "dnc") and "babi" not in n]
+    assert len(algorithmic) == 20
+    for name in algorithmic:
+        before = SNAPSHOT[f"{name}.yaml"]["trainer"].get("callbacks", [])
+        assert C.load_config(root / f"{name}.yaml")["trainer"]["callbacks"] == [CALLBACK, *before], name
+    assert "callbacks" not in C.load_config(root / "lstm" / "copy.yaml")["trainer"]
+
+
+def test_a_copy_recipe_change_is_one_file(tmp_path):
+    root = _tree(tmp_path)
+    recipe = root / "recipes" / "copy.yaml"
+    recipe.write_text(recipe.read_text().replace("lr: 0.003", "lr: 0.002"))
+    changed = [n for n in C.config_names(root) if C.load_config(root / f"{n}.yaml") != SNAPSHOT[f"{n}.yaml"]]
+    assert "ntm/copy" in changed and "dnc/priority_sort" in changed and len(changed) >= 12
+    for name in changed:
+        assert C.load_config(root / f"{name}.yaml")["model"]["init_args"]["optimizer"]["init_args"]["lr"] == 0.002
+
+
+# --- the stacking rules ---------------------------------------------------------------------
+
+
+def _write(path: Path, content) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False))
+    return path
+
+
+def test_merge_rules_mappings_merge_callbacks_append_other_lists_and_scalars_replace(tmp_path):
+    _write(tmp_path / "frags" / "a.yaml", {
+        "trainer": {"max_steps": 10, "gradient_clip_val": 1.0, "callbacks": [{"class_path": "A"}]},
+        "data": {"init_args": {"val_lengths": [20, 40], "seed": 0}},
+    })
+    _write(tmp_path / "frags" / "b.yaml", {"extends": "a.yaml", "trainer": {"callbacks": [{"class_path": "B"}]}})
+    top = _write(tmp_path / "cfg" / "top.yaml", {
+        "extends": ["../frags/b.yaml"],
+        "trainer": {"max_steps": 30, "callbacks": [{"class_path": "C"}]},
+        "data": {"init_args": {"val_lengths": [5]}},
+    })
+    assert C.load_config(top) == {
+        "trainer": {"max_steps": 30, "gradient_clip_val": 1.0,
+                    "callbacks": [{"class_path": "A"}, {"class_path": "B"}, {"class_path": "C"}]},
+        "data": {"init_args": {"val_lengths": [5], "seed": 0}},
+    }
+
+
+def test_later_fragment_wins_over_earlier(tmp_path):
+    _write(tmp_path / "one.yaml", {"trainer": {"max_steps": 1, "log_every_n_steps": 7}})
+    _write(tmp_path / "two.yaml", {"trainer": {"max_steps": 2}})
+    top = _write(tmp_path / "top.yaml", {"extends": ["one.yaml", "two.yaml"]})
+    assert C.load_config(top) == {"trainer": {"max_steps": 2, "log_every_n_steps": 7}}
+
+
+def test_missing_fragment_names_the_file_and_key(tmp_path):
+    top = _write(tmp_path / "top.yaml", {"extends": "../recipes/nope.yaml"})
+    with pytest.raises(C.ConfigError, match=r"top\.yaml: extends: no file \.\./recipes/nope\.yaml"):
+        C.load_config(top)
+
+
+def test_cycle_is_refused(tmp_path):
+    _write(tmp_path / "a.yaml", {"extends": "b.yaml"})
+    _write(tmp_path / "b.yaml", {"extends": "a.yaml"})
+    with pytest.raises(C.ConfigError, match=r"extends: a cycle, .*a\.yaml -> .*b\.yaml -> .*a\.yaml"):
+        C.load_config(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize("extends", [3, [["x.yaml"]], [""], {"a": 1}])
+def test_extends_of_a_wrong_type_is_refused(tmp_path, extends):
+    top = _write(tmp_path / "top.yaml", {"extends": extends})
+    with pytest.raises(C.ConfigError, match=r"top\.yaml: extends: expected a file name or a list of file names"):
+        C.load_config(top)
+
+
+def test_callbacks_that_are_not_lists_are_refused(tmp_path):
+    _write(tmp_path / "frag.yaml", {"trainer": {"callbacks": [{"class_path": "A"}]}})
+    top = _write(tmp_path / "top.yaml", {"extends": "frag.yaml", "trainer": {"callbacks": {"class_path": "B"}}})
+    with pytest.raises(C.ConfigError, match=r"top\.yaml: trainer\.callbacks: both sides must be lists"):
+        C.load_config(top)
+
+
+def test_bad_yaml_and_non_mapping_name_the_file(tmp_path):
+    _write(tmp_path / "frag.yaml", "trainer: [1, 2\n")
+    top = _write(tmp_path / "top.yaml", {"extends": "frag.yaml"})
+    with pytest.raises(C.ConfigError, match=r"frag\.yaml line \d+: not valid YAML"):
+        C.load_config(top)
+    _write(tmp_path / "frag.yaml", "- 1\n- 2\n")
+    with pytest.raises(C.ConfigError, match=r"frag\.yaml: expected a mapping of config keys, got list"):
+        C.load_config(top)
+
+
+# --- names, the CLI hook, memnet configs -------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["ntm/copy", "ntm/copy.yaml", "configs/ntm/copy.yaml"])
+def test_shipped_config_by_name(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # outside the clone: configs/ntm/copy.yaml is no file here
+    assert C.find_config(name).resolve() == (CONFIG_DIR / "ntm" / "copy.yaml").resolve()
+
+
+def test_an_existing_file_wins_over_a_shipped_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "ntm" / "copy", {"trainer": {"max_steps": 1}})
+    assert C.find_config("ntm/copy") == Path("ntm/copy")
+
+
+def test_unknown_name_lists_close_matches():
+    with pytest.raises(C.ConfigError, match=r"--config ntm/cpy: neither a file nor a shipped config; "
+                                            r"close matches: ntm/copy"):
+        C.find_config("ntm/cpy")
+    with pytest.raises(C.ConfigError, match=r"neither a file nor a shipped config \(`memnet configs`"):
+        C.find_config("zzzz/qqqq")
+
+
+def test_cli_refuses_an_unknown_name_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=r"memnet: --config ntm/copi: .*close matches: ntm/copy"):
+        main(["fit", "--config", "ntm/copi", "--print_config"])
+
+
+def test_resolve_config_args():
+    plain = str(CONFIG_DIR / "esn" / "narma10.yaml")  # stacks nothing: passed through as a path
+    stacked = str(CONFIG_DIR / "ntm" / "copy.yaml")
+    args = C.resolve_config_args(["fit", "--config", plain, f"--config={stacked}", "-c", "lstm/copy", "--x=1"])
+    assert args[:3] == ["fit", "--config", plain]
+    assert yaml.safe_load(args[3].removeprefix("--config=")) == SNAPSHOT["ntm/copy.yaml"]
+    assert args[4] == "-c" and yaml.safe_load(args[5]) == SNAPSHOT["lstm/copy.yaml"]
+    assert args[6] == "--x=1"
+    text = json.dumps({"trainer": {"max_steps": 3}})
+    assert C.resolve_config_args(["--config", text]) == ["--config", text]
+
+
+def test_print_config_shows_the_resolved_whole(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "ntm/copy", "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    callbacks = [c["class_path"].rsplit(".", 1)[-1] for c in printed["trainer"]["callbacks"]]
+    assert callbacks == ["MemoryAccessPlot", "EarlyStopping"]
+    assert printed["model"]["init_args"]["scheduler"]["init_args"]["total_steps"] == 6000
+    assert printed["trainer"]["gradient_clip_val"] == 1.0
+    assert "extends" not in printed
+
+
+def test_saved_run_config_is_the_resolved_whole_and_rebuilds_the_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", "ntm/copy_small", "--trainer.max_steps=1", "--trainer.limit_val_batches=1",
+          "--checkpoint.dirpath=run/checkpoints", "--trainer.enable_progress_bar=false", "--trainer.logger=false"])
+    saved = tmp_path / "run" / "config.yaml"
+    content = yaml.safe_load(saved.read_text())
+    assert "extends" not in content
+    assert content["model"]["init_args"]["scheduler"]["init_args"]["total_steps"] == 4000
+    assert content["model"]["init_args"]["optimizer"]["init_args"]["lr"] == 0.003
+    from memnet.cli.rebuild import config_text
+
+    cli = memnet.cli.MemnetCLI(args=["--config", config_text(saved), "--trainer.logger=false"], run=False)
+    assert cli.model.net.memory_size == 32
+
+
+def test_memnet_configs_lists_the_shipped_configs(capsys):
+    main(["configs"])
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert set(lines) == set(C.config_names(CONFIG_DIR))
+    assert "NTM on the copy task" in lines["ntm/copy"]
+    main(["configs", "--fragments"])
+    assert "recipes/copy" in capsys.readouterr().out.split()
+
+
+def test_memnet_configs_name_prints_it_resolved(capsys):
+    main(["configs", "dnc/copy"])
+    assert yaml.safe_load(capsys.readouterr().out) == SNAPSHOT["dnc/copy.yaml"]
+    with pytest.raises(SystemExit, match=r"memnet configs: --config dnc/cpy: .*close matches: dnc/copy"):
+        main(["configs", "dnc/cpy"])
+
+
+def test_names_resolve_against_the_packaged_copy_outside_a_clone(tmp_path, monkeypatch):
+    """Installed from the wheel, the configs are the package ``memnet.configs`` (no clone around)."""
+    package = tmp_path / "site" / "memnet"
+    shutil.copytree(CONFIG_DIR, package / "configs")  # what the wheel carries (see setup.py)
+    monkeypatch.setattr(memnet, "__path__", [*memnet.__path__, str(package)])
+    monkeypatch.setattr(C, "__file__", str(package / "cli" / "configs.py"))  # not in a clone
+    sys.modules.pop(C.PACKAGE, None)
+    try:
+        assert C.configs_root() == package / "configs"
+        assert C.find_config("ntm/copy") == package / "configs" / "ntm" / "copy.yaml"
+        assert C.load_config(C.find_config("ntm/copy")) == SNAPSHOT["ntm/copy.yaml"]
+    finally:
+        sys.modules.pop(C.PACKAGE, None)

@@ -3,6 +3,7 @@ linear start, random noise, padding, bad input; and the slow check that it learn
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from memnet.callbacks import LinearStartSwitch
-from memnet.models.memn2n import PAD_ID, MemN2N, position_encoding
+from memnet.models.memn2n import PAD_ID, MemN2N, authors_position_encoding, position_encoding
 
 B, N, J, JQ, D, V, A = 3, 7, 5, 4, 6, 23, 9  # all different, so a swapped axis cannot pass
 
@@ -47,16 +48,22 @@ def test_position_encoding_matches_the_paper():
 
 
 def _reference(model: MemN2N, story: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-    """The paper's equations, one story, one sentence and one hop at a time."""
+    """The paper's equations (or the authors' code's, per option), one story, sentence and hop at a time."""
     outputs = []
+    authors = model.position_scale == "authors"
     for b in range(story.shape[0]):
         def encode(words, weight):
             words = [w for w in words.tolist() if w != PAD_ID]
             if model.encoding == "bow":
                 return sum(weight[w] for w in words)
-            pe = position_encoding(len(words), model.embedding_size, dtype=weight.dtype)
+            if authors:
+                pe = authors_position_encoding(model.sentence_length, model.embedding_size, dtype=weight.dtype)
+            else:
+                pe = position_encoding(len(words), model.embedding_size, dtype=weight.dtype)
             return sum(pe[j] * weight[w] for j, w in enumerate(words))
 
+        time_scale = (authors_position_encoding(model.sentence_length, model.embedding_size,
+                                                dtype=torch.float64)[-1] if authors else 1.0)
         sentences = [s for s in story[b] if (s != PAD_ID).any()]
         u = encode(query[b], model.query_embedding().weight)
         for hop in range(1, model.hops + 1):
@@ -65,15 +72,27 @@ def _reference(model: MemN2N, story: torch.Tensor, query: torch.Tensor) -> torch
                 m = encode(sentence, model.input_embedding(hop).weight)
                 c = encode(sentence, model.output_embedding(hop).weight)
                 if model.temporal:
-                    m = m + model.input_temporal(hop).weight[i]
-                    c = c + model.output_temporal(hop).weight[i]
+                    m = m + model.input_temporal(hop).weight[i] * time_scale
+                    c = c + model.output_temporal(hop).weight[i] * time_scale
                 memory.append(m)
                 output.append(c)
             scores = torch.stack([u @ m for m in memory])
+            if model.empty_memory == "nil":  # nil sentences: score 0, output 0, in the softmax
+                scores = torch.cat([scores, scores.new_zeros(model.memory_size - len(sentences))])
+                output += [torch.zeros_like(output[0])] * (model.memory_size - len(sentences))
             p = scores.softmax(0) if bool(model.softmax_enabled) else scores
             o = sum(p_i * c for p_i, c in zip(p, output))
             u = (model.linear_map(u) if model.tying == "layerwise" else u) + o
-        outputs.append(model.answer_weight() @ u)
+        if model.answer_layer == "vocabulary":  # every word of C^K and every time row, answers first
+            words = model.output_embedding(model.hops).weight.clone()
+            words[PAD_ID] = 0
+            logits = torch.cat([words @ u, model.output_temporal(model.hops).weight @ u if model.temporal
+                                else u.new_zeros(0)])
+            first = torch.arange(4, 4 + model.output_size)
+            rest = torch.tensor([i for i in range(len(logits)) if not 4 <= i < 4 + model.output_size])
+            outputs.append(logits[torch.cat([first, rest])])
+        else:
+            outputs.append(model.answer_weight() @ u)
     return torch.stack(outputs)
 
 
@@ -87,6 +106,82 @@ def test_forward_equals_the_papers_equations(tying, encoding, temporal, linear_s
     logits, attention = model(story, query, return_attention=True)
     assert logits.shape == (B, A) and attention.shape == (B, 3, N)
     torch.testing.assert_close(logits, _reference(model, story, query))
+
+
+@pytest.mark.parametrize("temporal", [True, False])
+@pytest.mark.parametrize("linear_start", [False, True])
+@pytest.mark.parametrize("options", [
+    {"position_scale": "authors", "sentence_length": J + 2},
+    {"empty_memory": "nil"},
+    {"answer_layer": "vocabulary"},
+    {"position_scale": "authors", "sentence_length": J + 1, "empty_memory": "nil", "answer_layer": "vocabulary"},
+], ids=["authors_pe", "nil_memory", "vocabulary_answer", "all_three"])
+def test_forward_equals_the_authors_equations(options, temporal, linear_start):
+    model = _model(temporal=temporal, linear_start=linear_start, **options)
+    story, query = _tokens()
+    logits, attention = model(story, query, return_attention=True)
+    assert logits.shape == (B, model.logits_size)
+    assert attention.shape == (B, 3, 10 if model.empty_memory == "nil" else N)
+    torch.testing.assert_close(logits, _reference(model, story, query))
+
+
+def test_authors_position_encoding_by_hand():
+    """J = 3, d = 2: l_kj = 1 + 4(k − 1.5)(j − 2)/6."""
+    expected = torch.tensor([[4 / 3, 2 / 3], [1.0, 1.0], [2 / 3, 4 / 3]], dtype=torch.float64)
+    torch.testing.assert_close(authors_position_encoding(3, 2, dtype=torch.float64), expected)
+    # the model applies it with one J to every sentence: a 1-word and a 2-word sentence, d = 2, J = 3
+    model = MemN2N(5, 1, embedding_size=2, hops=1, memory_size=2, temporal=False, random_noise=0.0,
+                   position_scale="authors", sentence_length=3, answer_offset=4).double()
+    with torch.no_grad():
+        model.embeddings[0].weight.copy_(torch.tensor([[0, 0], [1, 0], [0, 1], [1, 1], [0, 0]]))
+    memory = model._encode(torch.tensor([[1, 0], [2, 3]]), model._word_weights(torch.tensor([[1, 0], [2, 3]]),
+                                                                                   torch.float64),
+                           model.embeddings[0])
+    torch.testing.assert_close(memory, torch.tensor([[4 / 3, 0.0], [1.0, 2 / 3 + 1.0]], dtype=torch.float64))
+    with pytest.raises(ValueError, match="a sentence or question of 3 words does not fit sentence_length 3"):
+        model(torch.tensor([[[1, 2, 3]]]), torch.tensor([[1]]))
+
+
+def test_nil_memory_is_a_softmax_sink_by_hand():
+    """One sentence scoring 2 among 4 slots: p = e²/(e² + 3) for it, 1/(e² + 3) for each nil slot."""
+    def model_with(empty_memory):
+        model = MemN2N(6, 1, embedding_size=2, hops=1, memory_size=4, encoding="bow", temporal=False,
+                       random_noise=0.0, empty_memory=empty_memory, answer_offset=5).double()
+        with torch.no_grad():
+            model.embeddings[0].weight.copy_(torch.tensor([[0, 0], [1, 0], [2, 0], [0, 0], [0, 0], [0, 0]]))
+        return model
+
+    story, query = torch.tensor([[[2]]]), torch.tensor([[1]])  # m = (2, 0), u = (1, 0): score 2
+    _, attention = model_with("nil")(story, query, return_attention=True)
+    e2 = math.exp(2)
+    expected = torch.tensor([[[e2 / (e2 + 3), 1 / (e2 + 3), 1 / (e2 + 3), 1 / (e2 + 3)]]], dtype=torch.float64)
+    torch.testing.assert_close(attention, expected)
+    _, masked = model_with("masked")(story, query, return_attention=True)
+    torch.testing.assert_close(masked, torch.ones(1, 1, 1, dtype=torch.float64))
+
+
+def test_vocabulary_answer_layer_puts_answers_first_and_keeps_nil_at_zero():
+    model = _model(answer_layer="vocabulary").train()
+    story, query = _tokens()
+    logits = model(story, query)
+    assert logits.shape == (B, V + 10)
+    nil_column = A + PAD_ID  # the specials follow the answers; the nil word is the first of them
+    assert (logits[:, nil_column] == 0).all()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 3, 8])).backward()
+    optimizer.step()
+    assert (model.output_embedding(3).weight[PAD_ID] == 0).all()  # the tied answer layer leaves nil at 0
+    with pytest.raises(ValueError, match="answer_layer 'vocabulary' ties W to C\\^K and needs tying 'adjacent'"):
+        MemN2N(V, A, tying="layerwise", answer_layer="vocabulary")
+
+
+def test_clip_groups_cover_every_parameter_once():
+    for tying in ("adjacent", "layerwise"):
+        model = _model(tying=tying)
+        grouped = [id(p) for group in model.clip_groups() for p in group]
+        assert sorted(grouped) == sorted(id(p) for p in model.parameters())
+    # an embedding and its time rows are one matrix, as in the authors' lookup tables
+    assert [len(group) for group in _model().clip_groups()] == [2, 2, 2, 2]
 
 
 def test_hop_count_and_attention():
@@ -202,6 +297,32 @@ def test_linear_start_switch_max_epochs_and_other_models():
     switch.on_validation_epoch_end(SimpleNamespace(sanity_checking=False, current_epoch=0, callback_metrics={}), plain)
 
 
+def test_linear_start_switch_fixed_length_ignores_the_monitor():
+    model = _model(linear_start=True)
+    module = SimpleNamespace(net=model, log=lambda *args, **kwargs: None)
+    switch = LinearStartSwitch(epochs=3)
+    for epoch, loss in enumerate([5.0, 6.0, 7.0]):  # val loss rising: the paper-text switch would fire
+        trainer = SimpleNamespace(sanity_checking=False, current_epoch=epoch, callback_metrics={"val/loss": loss})
+        switch.on_train_epoch_start(trainer, module)
+        switch.on_validation_epoch_end(trainer, module)
+        assert not bool(model.softmax_enabled)
+    switch.on_train_epoch_start(SimpleNamespace(sanity_checking=False, current_epoch=3, callback_metrics={}), module)
+    assert bool(model.softmax_enabled) and switch.switched_at == 2
+    with pytest.raises(ValueError, match="epochs must be a positive integer"):
+        LinearStartSwitch(epochs=0)
+
+
+def test_linear_start_switch_refuses_a_scheduler_of_another_length():
+    from memnet.optim import LinearStartStepLR
+
+    optimizer = torch.optim.SGD(_model().parameters(), lr=0.01)
+    scheduler = LinearStartStepLR(optimizer, linear_start_epochs=20, linear_start_lr=0.005, step_size=25)
+    trainer = SimpleNamespace(lr_scheduler_configs=[SimpleNamespace(scheduler=scheduler)])
+    LinearStartSwitch(epochs=20).on_train_start(trainer, None)  # agree: nothing happens
+    with pytest.raises(ValueError, match="LinearStartSwitch epochs is 30 but the scheduler's linear_start_epochs is 20"):
+        LinearStartSwitch(epochs=30).on_train_start(trainer, None)
+
+
 def test_random_noise_time_indices():
     model = MemN2N(V, A, embedding_size=D, memory_size=12, random_noise=0.3, seed=5)
     present = torch.zeros(B, N, dtype=torch.bool)
@@ -258,6 +379,11 @@ def test_gradcheck():
         ({"embedding_size": -2}, "embedding_size must be a positive integer"),
         ({"answer_offset": 20}, "answer_offset must put the 9 answer tokens"),
         ({"init_std": 0.0}, "init_std must lie in"),
+        ({"position_scale": "authors"}, "position_scale 'authors' needs sentence_length J ≥ 2"),
+        ({"position_scale": "authors", "sentence_length": 5, "encoding": "bow"}, "needs encoding 'position'"),
+        ({"position_scale": "fixed"}, "position_scale must be 'paper' or 'authors'"),
+        ({"empty_memory": "zero"}, "empty_memory must be 'masked' or 'nil'"),
+        ({"answer_layer": "words"}, "answer_layer must be 'answers' or 'vocabulary'"),
     ],
 )
 def test_bad_options(kwargs, message):

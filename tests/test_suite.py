@@ -700,8 +700,7 @@ def test_smoke_suite_runs_every_experiment_in_under_three_minutes(tmp_path, monk
 
 def test_shipped_suite_budgets_fit_inside_their_one_cycle_schedules():
     """A step budget past a OneCycleLR's total_steps is refused at the start of training."""
-    import yaml
-
+    from memnet.cli.configs import load_config
     from memnet.suite import load_suite
 
     root = Path(__file__).resolve().parents[1]
@@ -711,7 +710,7 @@ def test_shipped_suite_budgets_fit_inside_their_one_cycle_schedules():
         for experiment in suite.experiments:
             total = None
             for config in experiment.configs:
-                model = (yaml.safe_load((root / config).read_text()) or {}).get("model", {})
+                model = load_config(root / config).get("model", {})
                 scheduler = (model.get("init_args") or {}).get("scheduler") or {}
                 if scheduler.get("class_path", "").endswith("OneCycleLR"):
                     total = scheduler["init_args"]["total_steps"]

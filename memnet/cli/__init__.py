@@ -5,8 +5,11 @@
     memnet test / predict ...                               likewise on the test set
     memnet evaluate --ckpt_path PATH --lengths 20 40 80     length generalisation (memnet.cli.evaluate)
     memnet probe configs/probe/*.yaml --out PNG             ‖∂L/∂h(t)‖ of each config's model (memnet.cli.probe)
+    memnet figures [--only NAME ...] [--out DIR]            the chapter's figures into docs/figures (memnet.cli.figures)
     memnet suite run configs/suites/smoke.yaml --jobs 2     a suite of experiments × seeds (memnet.cli.suite)
     memnet suite report runs/suites/smoke                   its leaderboard, tables and plots
+    memnet export --ckpt_path PATH --out DIR                the network as safetensors + config (memnet.cli.export)
+    memnet configs [NAME]                                   the shipped configs (--config ntm/copy works too)
     memnet data babi                                        fetch, verify and extract bAbI (memnet.cli.data)
     memnet babi-table --ckpt_path PATH                      test error per bAbI task (memnet.cli.babi_table)
 
@@ -14,7 +17,8 @@ This package is the top floor: nothing in memnet or tasks imports it. One module
 subcommand; ``memnet.cli.lightning_cli`` holds the Lightning CLI with memnet's defaults
 and ``memnet.cli.rebuild`` the one way to rebuild a run from its checkpoint and config.
 
-Configs stack (``--config a.yaml --config b.yaml``, later wins) and any field can
+Configs stack (``--config a.yaml --config b.yaml``, later wins; inside a file,
+``extends: [fragment.yaml]``, see memnet.cli.configs) and any field can
 be overridden (``--model.init_args.net.init_args.memory_size 64``). The data
 module's sizes are linked once to the network's (``input_size``, ``output_size``).
 
@@ -58,7 +62,10 @@ LIGHTNING_COMMANDS = {
 COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("memnet.cli.evaluate", "length generalisation of a checkpoint: table, figures, results.json"),
     "probe": ("memnet.cli.probe", "gradient through time, ‖∂L/∂h(t)‖, of each config's model in one figure"),
+    "figures": ("memnet.cli.figures", "the chapter's figures into docs/figures (--only NAME ...)"),
     "suite": ("memnet.suite", "run a suite of experiments × seeds, then its leaderboard and plots"),
+    "export": ("memnet.cli.export", "a checkpoint's network as safetensors + config (memnet.models.load)"),
+    "configs": ("memnet.cli.configs", "list the shipped configs, or print one resolved (memnet configs NAME)"),
     "data": ("memnet.cli.data", "fetch, verify and extract a data set (memnet data babi)"),
     "babi-table": ("memnet.cli.babi_table", "test error per bAbI task of checkpoints, markdown and CSV"),
 }
@@ -84,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv[0] in COMMANDS:
         module = importlib.import_module(COMMANDS[argv[0]][0])
         code = module.main(argv[1:])
-        if isinstance(code, int) and code:
+        if isinstance(code, int) and not isinstance(code, bool):  # a command that returns its exit status
             raise SystemExit(code)
         return
     try:

@@ -49,11 +49,13 @@ from memnet.cli.rebuild import (  # noqa: F401  (re-exported for callers of memn
     build,
     default_config,
     fit_only_keys,
+    instantiate,
+    load_checkpoint,
     resolve_checkpoint,
 )
 from memnet.plots import plot_error_vs_length
 from memnet.protocols import EVALUATION_FILE, EvaluationResult, LengthRow, SequenceTask
-from memnet.utils import wandb_mode
+from memnet.utils import parameter_dtype, wandb_mode
 
 COLUMNS = ("length", "slots", "bits_per_seq", "bit_errors_per_seq", "sequences", "exact_pct")
 EvaluationError = RebuildError  # a request `memnet evaluate` cannot honour (bad path, length, memory size)
@@ -135,9 +137,10 @@ def evaluate_length(
         n = min(batch_size, num_sequences - done)
         batch = task.sample_batch(generator, n, length)
         first_batch = first_batch or batch
-        inputs = batch["inputs"].to(device)
-        targets = batch["targets"].to(device)
-        mask = batch["mask"].to(device)
+        dtype = parameter_dtype(model)
+        inputs = batch["inputs"].to(device=device, dtype=dtype)
+        targets = batch["targets"].to(device=device, dtype=dtype)
+        mask = batch["mask"].to(device=device, dtype=dtype)
         with torch.no_grad():
             logits = model.net(inputs, **kwargs)
         bits = metrics.bits_per_sequence(logits, targets, mask)

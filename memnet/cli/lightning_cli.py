@@ -18,6 +18,7 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from memnet.callbacks import LastAndBestCheckpoint, run_dir
+from memnet.cli.configs import ConfigError, resolve_config_args
 from memnet.utils import wandb_offline
 
 RUNS_DIR = "runs"
@@ -80,11 +81,17 @@ class MemnetCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        """Parse ``args`` alone: memnet's commands hand over what they parsed from ``sys.argv``.
+        """Parse ``args`` alone, their ``--config`` values resolved first (shipped names,
+        ``extends`` stacked: memnet.cli.configs).
 
-        (Lightning would warn on every ``memnet fit ...`` that ``args`` and ``sys.argv`` were
-        both given; here ``args`` is always the authority.)
+        memnet's commands hand over what they parsed from ``sys.argv``; Lightning would warn
+        on every ``memnet fit ...`` that ``args`` and ``sys.argv`` were both given.
         """
+        if isinstance(args, list):
+            try:
+                args = resolve_config_args(args)
+            except ConfigError as error:
+                raise SystemExit(f"memnet: {error}") from None
         self.config = parser.parse_object(args) if isinstance(args, dict) else parser.parse_args(args)
 
     def _parse_ckpt_path(self) -> None:

@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from memnet.cli.rebuild import build_cli
+from memnet.cli.rebuild import instantiate
 from memnet.metrics import sequence_metrics
 from memnet.probe import LOSSES, gradient_through_time, plot_gradient_panels
 
@@ -47,7 +47,7 @@ def compare(
     for i, config in enumerate(configs):
         if not Path(config).is_file():
             raise FileNotFoundError(f"config {config} does not exist")
-        cli = build_cli([config])
+        cli = instantiate([config])
         module, data = cli.model, cli.datamodule
         label = labels[i] if labels is not None else Path(config).stem.upper()
         optimizer = module.optimizer(module.parameters())

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import yaml
 
+from memnet.cli.configs import ConfigError, load_config
 from memnet.cli.lightning_cli import LATEST_RUN_FILE, MemnetCLI
 
 LATEST = "latest"  # --ckpt_path latest: the best (else last) checkpoint of runs/latest.json
@@ -88,19 +89,15 @@ def config_text(config: str | Path) -> str:
     if not config.is_file():
         raise RebuildError(f"--config: no file at {config}")
     try:
-        content = yaml.safe_load(config.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise RebuildError(f"--config: {config}{where} is not valid YAML: {error}") from None
-    if not isinstance(content, dict):
-        raise RebuildError(f"--config: {config} must hold a mapping of config keys, got {type(content).__name__}")
+        content = load_config(config)  # its extends fragments stacked (a run's config.yaml has none)
+    except ConfigError as error:
+        raise RebuildError(f"--config: {error}") from None
     for key in fit_only_keys():
         content.pop(key, None)
     return yaml.safe_dump(content, sort_keys=False)
 
 
-def build_cli(configs: Sequence[str | Path], overrides: Sequence[str] = ()) -> MemnetCLI:
+def instantiate(configs: Sequence[str | Path], overrides: Sequence[str] = ()) -> MemnetCLI:
     """The run's model, data module and trainer (not run), through the real CLI parser, no logger."""
     args = [arg for config in configs for arg in ("--config", config_text(config))]
     try:
@@ -112,7 +109,7 @@ def build_cli(configs: Sequence[str | Path], overrides: Sequence[str] = ()) -> M
         ) from None
 
 
-def load_weights(module: torch.nn.Module, checkpoint: Path, configs: Sequence[str | Path]) -> None:
+def load_checkpoint(module: torch.nn.Module, checkpoint: Path, configs: Sequence[str | Path]) -> None:
     """Load a Lightning checkpoint's ``state_dict`` into ``module``, naming what does not fit."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     if "state_dict" not in state:
@@ -127,8 +124,8 @@ def load_weights(module: torch.nn.Module, checkpoint: Path, configs: Sequence[st
 
 def build(configs: Sequence[str | Path], checkpoint: Path, device: torch.device) -> tuple[Any, Any]:
     """Model (a LightningModule with the checkpoint's weights, in eval mode) and data module."""
-    cli = build_cli(configs)
-    load_weights(cli.model, checkpoint, configs)
+    cli = instantiate(configs)
+    load_checkpoint(cli.model, checkpoint, configs)
     return cli.model.to(device).eval(), cli.datamodule
 
 
@@ -144,7 +141,7 @@ def run_stage(
         raise RebuildError(f"stage must be 'test' or 'validate', got {stage!r}")
     checkpoint = resolve_checkpoint(str(checkpoint))
     configs = [config if config is not None else default_config(checkpoint)]
-    cli = build_cli(configs, ["--trainer.callbacks=[]", *overrides])
+    cli = instantiate(configs, ["--trainer.callbacks=[]", *overrides])
     trainer_stage = cli.trainer.test if stage == "test" else cli.trainer.validate
     blocks = trainer_stage(cli.model, datamodule=cli.datamodule, ckpt_path=str(checkpoint), weights_only=False)
     metrics: dict[str, float] = {}

@@ -35,7 +35,8 @@ from memnet import memory as mem
 from memnet.allocation import NUM_READ_MODES, SparseLink
 from memnet.controllers import ControllerFactory, ControllerState, LSTMController
 from memnet.memory import MemoryInit, MemoryInitScheme
-from memnet.utils import check_positive
+from memnet.models.pretrained import Pretrained
+from memnet.utils import check_positive, check_sequence_inputs
 
 
 class Interface(NamedTuple):
@@ -181,7 +182,7 @@ class DNCTrace(NamedTuple):
     write_gate: torch.Tensor
 
 
-class DNC(nn.Module):
+class DNC(Pretrained, nn.Module):
     """A Differentiable Neural Computer over sequences.
 
     The parameters do not depend on ``memory_size``: a model trained with 32
@@ -201,6 +202,10 @@ class DNC(nn.Module):
             None keeps the dense N × N matrix. Must satisfy 1 ≤ K ≤ N.
         memory_init: ``constant`` (default), ``learned`` or ``random`` initial memory.
     """
+
+    # float16 (``trainer.precision 16-true``) gives non-finite gradients: usage products and the
+    # allocation's cumulative product underflow its 5-bit exponent. bfloat16 and float32/64 work.
+    refuses_precisions = ("16-true",)
 
     def __init__(
         self,
@@ -262,7 +267,7 @@ class DNC(nn.Module):
 
         ``memory_size`` overrides N for this episode.
         """
-        memory_size = memory_size or self.memory_size
+        memory_size = self.memory_size if memory_size is None else memory_size
         check_positive(batch_size=batch_size, memory_size=memory_size)
         dtype = dtype or self.output.weight.dtype
         device = device or self.output.weight.device
@@ -345,10 +350,7 @@ class DNC(nn.Module):
         Returns:
             logits (B, T, D_out), and with ``return_trace`` a ``DNCTrace``.
         """
-        if inputs.dim() != 3 or inputs.shape[-1] != self.input_size:
-            raise ValueError(
-                f"inputs must have shape (B, T, D_in={self.input_size}), got {tuple(inputs.shape)}"
-            )
+        check_sequence_inputs(inputs, self.input_size, model="DNC", memory_size=memory_size)
         if state is None:
             state = self.initial_state(
                 inputs.shape[0], memory_size=memory_size, device=inputs.device, dtype=inputs.dtype

@@ -29,6 +29,29 @@ Answers are classes, not words: answer class a is input token
 tying W is the rows of C^K for the answer tokens, as the paper's Wᵀ = C^K
 restricted to the words that can be answers.
 
+The authors' code (facebookarchive/MemNN, ``MemN2N-babi-matlab``), which produced
+the paper's table, differs from the paper's text in four places; each is an option
+here, off by default (the paper's text):
+
+- ``position_scale: authors``: l_kj = 1 + 4(k − (d+1)/2)(j − (J+1)/2)/(d·J) with one
+  fixed J (``sentence_length``: the longest sentence or question of the training
+  data + 1, the last position being the time word's), where the paper's text uses
+  each sentence's own length; with temporal encoding the time vectors are scaled by
+  l_{·J}, as the authors' time words are. (:func:`authors_position_encoding`.)
+- ``empty_memory: nil``: the memory is padded to ``memory_size`` slots with nil
+  sentences, whose memory and output vectors are 0 (no time vector either): they
+  score 0 and stay in the softmax, a sink the attention can put its mass on.
+  ``masked`` (the default) leaves empty slots out of the softmax.
+- ``answer_layer: vocabulary`` (adjacent tying): W = C^K over the whole vocabulary
+  and, with temporal encoding, T_C^K's rows too (the authors' time words are
+  vocabulary words); the softmax runs over all of them. The logits are reordered
+  so that the A answer classes come first: column a < A is answer class a, the
+  other V + N − A columns are words that are never the right answer (a prediction
+  there is simply wrong). The nil (padding) word's logit is always 0.
+- per-matrix gradient clipping: :meth:`MemN2N.clip_groups` names the weight
+  matrices the authors clip one at a time (an embedding with its time rows is one
+  matrix there); ``memnet.lightning.QAModule`` does the clipping.
+
 Axes:  b - batch, n - memory slots, j - words, d - embedding, v - vocabulary, a - answers
 """
 
@@ -42,10 +65,14 @@ from einops import einsum, rearrange
 from torch import nn
 from torch.nn import functional as F
 
+from memnet.models.pretrained import Pretrained
 from memnet.utils import check_positive, check_range
 
 Encoding = Literal["bow", "position"]
 Tying = Literal["adjacent", "layerwise"]
+PositionScale = Literal["paper", "authors"]
+EmptyMemory = Literal["masked", "nil"]
+AnswerLayer = Literal["answers", "vocabulary"]
 PAD_ID = 0  # token id of padding: its embedding is zero and gets no gradient
 DENSE_BAG_MAX_VOCAB = 4096  # up to this V, sentences become dense (..., V) bags: one matmul per embedding
 
@@ -66,6 +93,26 @@ def position_encoding(sentence_length: int, embedding_size: int, *, dtype=None, 
     return (1 - j / J) - (k / d) * (1 - 2 * j / J)
 
 
+def authors_position_encoding(sentence_length: int, embedding_size: int, *, dtype=None,
+                              device=None) -> torch.Tensor:
+    """The position encoding of the authors' code, for one fixed J.
+
+    l_kj = 1 + 4(k − (d+1)/2)(j − (J+1)/2)/(d·J), j = 1..J, k = 1..d. With J the
+    longest sentence + 1, words use rows 1..J−1 and a time word row J.
+
+    Example (J = 2, d = 2): l = [[1.25, 0.75], [0.75, 1.25]] (row j, column k).
+
+    Returns:
+        (J, d): row j−1 is l_j.
+    """
+    check_positive(sentence_length=sentence_length, embedding_size=embedding_size)
+    dtype = dtype or torch.get_default_dtype()
+    j = torch.arange(1, sentence_length + 1, dtype=dtype, device=device)[:, None]
+    k = torch.arange(1, embedding_size + 1, dtype=dtype, device=device)[None, :]
+    J, d = sentence_length, embedding_size
+    return 1 + 4 * (k - (d + 1) / 2) * (j - (J + 1) / 2) / (d * J)
+
+
 def batched_position_encoding(tokens: torch.Tensor, embedding_size: int, dtype: torch.dtype) -> torch.Tensor:
     """Position encoding for padded sentences, each with its own length J.
 
@@ -83,7 +130,7 @@ def batched_position_encoding(tokens: torch.Tensor, embedding_size: int, dtype: 
     return weights * present[..., None].to(dtype)
 
 
-class MemN2N(nn.Module):
+class MemN2N(Pretrained, nn.Module):
     """End-to-End Memory Network: ``forward(story, query) -> answer logits``.
 
     Args:
@@ -100,6 +147,16 @@ class MemN2N(nn.Module):
         answer_offset: answer class a is token ``a + answer_offset`` (tied W only).
         init_std: σ of the Gaussian initialisation (0.1 in the paper).
         seed: seeds the RN generator; None draws from torch's global generator.
+        position_scale: ``paper`` (each sentence's own J) or ``authors`` (one fixed J,
+            see the module docstring); ``authors`` needs ``encoding: position``.
+        sentence_length: J of the authors' scale: the longest sentence or question
+            (in words) of the training data + 1 (12 for the 20 bAbI tasks; 5 for task 16
+            alone). Longer input is refused.
+        empty_memory: ``masked`` (empty slots out of the softmax) or ``nil`` (memory
+            padded to ``memory_size`` nil sentences that score 0: a sink).
+        answer_layer: ``answers`` (W over the A answer classes) or ``vocabulary``
+            (W = C^K over the vocabulary and the time rows; logits (B, V + N) with the
+            A answer classes first). ``vocabulary`` needs adjacent tying.
     """
 
     def __init__(
@@ -118,6 +175,10 @@ class MemN2N(nn.Module):
         answer_offset: int = 4,
         init_std: float = 0.1,
         seed: int | None = None,
+        position_scale: PositionScale = "paper",
+        sentence_length: int | None = None,
+        empty_memory: EmptyMemory = "masked",
+        answer_layer: AnswerLayer = "answers",
     ) -> None:
         super().__init__()
         check_positive(input_size=input_size, output_size=output_size, embedding_size=embedding_size,
@@ -126,6 +187,22 @@ class MemN2N(nn.Module):
             raise ValueError(f"encoding must be 'bow' or 'position', got {encoding!r}")
         if tying not in ("adjacent", "layerwise"):
             raise ValueError(f"tying must be 'adjacent' or 'layerwise', got {tying!r}")
+        if position_scale not in ("paper", "authors"):
+            raise ValueError(f"position_scale must be 'paper' or 'authors', got {position_scale!r}")
+        if position_scale == "authors":
+            if encoding != "position":
+                raise ValueError(f"position_scale 'authors' needs encoding 'position', got encoding {encoding!r}")
+            if isinstance(sentence_length, bool) or not isinstance(sentence_length, int) or sentence_length < 2:
+                raise ValueError(
+                    "position_scale 'authors' needs sentence_length J ≥ 2 (the longest sentence or question "
+                    f"of the training data + 1), got {sentence_length!r}"
+                )
+        if empty_memory not in ("masked", "nil"):
+            raise ValueError(f"empty_memory must be 'masked' or 'nil', got {empty_memory!r}")
+        if answer_layer not in ("answers", "vocabulary"):
+            raise ValueError(f"answer_layer must be 'answers' or 'vocabulary', got {answer_layer!r}")
+        if answer_layer == "vocabulary" and tying != "adjacent":
+            raise ValueError(f"answer_layer 'vocabulary' ties W to C^K and needs tying 'adjacent', got {tying!r}")
         check_range("random_noise", random_noise, 0.0, 1.0, high_open=True)
         check_range("init_std", init_std, 0.0, math.inf, low_open=True, high_open=True)
         if tying == "adjacent" and (answer_offset < 0 or answer_offset + output_size > input_size):
@@ -144,6 +221,10 @@ class MemN2N(nn.Module):
         self.tying = tying
         self.answer_offset = answer_offset
         self.seed = seed
+        self.position_scale = position_scale
+        self.sentence_length = sentence_length
+        self.empty_memory = empty_memory
+        self.answer_layer = answer_layer
         self._generator: torch.Generator | None = None
         self.register_buffer("softmax_enabled", torch.tensor(not linear_start), persistent=True)
 
@@ -194,11 +275,50 @@ class MemN2N(nn.Module):
         """B (= A^1 with adjacent tying)."""
         return self.embeddings[0] if self.tying == "adjacent" else self.query_embedding_layer
 
+    @property
+    def logits_size(self) -> int:
+        """Columns of the logits: A, or V (+ N time rows) with ``answer_layer: vocabulary``."""
+        if self.answer_layer == "answers":
+            return self.output_size
+        return self.input_size + (self.memory_size if self.temporal else 0)
+
     def answer_weight(self) -> torch.Tensor:
-        """W, (A, d): the answer rows of C^K (adjacent) or its own matrix (layer-wise)."""
+        """W, (A, d): the answer rows of C^K (adjacent) or its own matrix (layer-wise).
+
+        With ``answer_layer: vocabulary``: (V + N, d), every row of C^K and T_C^K with
+        the A answer rows first and the nil (padding) row zero.
+        """
+        offset, answers = self.answer_offset, self.output_size
+        if self.answer_layer == "vocabulary":
+            weight = self.output_embedding(self.hops).weight
+            keep = torch.ones(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+            keep[PAD_ID] = 0  # the nil word's logit stays 0 and its row gets no gradient
+            weight = weight * keep
+            rows = [weight[offset:offset + answers], weight[:offset], weight[offset + answers:]]
+            temporal = self.output_temporal(self.hops)
+            if temporal is not None:
+                rows.append(temporal.weight)
+            return torch.cat(rows)
         if self.tying == "adjacent":
-            return self.output_embedding(self.hops).weight[self.answer_offset:self.answer_offset + self.output_size]
+            return self.output_embedding(self.hops).weight[offset:offset + answers]
         return self.answer.weight
+
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        """The weight matrices that per-matrix clipping treats one at a time.
+
+        Each embedding with its temporal matrix (the authors' code keeps the time
+        words as rows of the same lookup table), and B, H and W of layer-wise tying.
+        A group's gradient norm is the norm of its parameters' gradients stacked by rows.
+        """
+        groups = []
+        for index, embedding in enumerate(self.embeddings):
+            group = [embedding.weight]
+            if self.temporal_embeddings is not None:
+                group.append(self.temporal_embeddings[index].weight)
+            groups.append(group)
+        if self.tying == "layerwise":
+            groups += [[self.query_embedding_layer.weight], [self.linear_map.weight], [self.answer.weight]]
+        return groups
 
     def enable_softmax(self) -> None:
         """End the linear start: every hop's attention is a softmax from now on."""
@@ -225,6 +345,18 @@ class MemN2N(nn.Module):
         present = (tokens != PAD_ID).to(dtype)
         if self.encoding == "bow":
             a, b = present, None
+        elif self.position_scale == "authors":
+            # l_kj = 1 + 4(k − c_d)(j − c_J)/(dJ) = [1 − 4 c_d (j − c_J)/(dJ)] + (k/d)·[4 (j − c_J)/J]
+            J, d = self.sentence_length, self.embedding_size
+            words = int(present.sum(-1).max()) if tokens.shape[-1] > J - 1 else 0
+            if words > J - 1:
+                raise ValueError(
+                    f"a sentence or question of {words} words does not fit sentence_length {J} (J − 1 words and "
+                    f"the time word); set model.init_args.net.init_args.sentence_length to at least {words + 1}"
+                )
+            j = torch.arange(1, tokens.shape[-1] + 1, dtype=dtype, device=tokens.device) - (J + 1) / 2
+            a = (1 - 4 * (d + 1) / 2 * j / (d * J)) * present
+            b = (4 * j / J) * present
         else:
             length = present.sum(-1, keepdim=True).clamp_min(1)  # J of each sentence
             j = torch.arange(1, tokens.shape[-1] + 1, dtype=dtype, device=tokens.device)
@@ -296,8 +428,10 @@ class MemN2N(nn.Module):
         """story (B, N, J) and query (B, Jq) token ids -> answer logits (B, A).
 
         Slot 0 of ``story`` is the most recent sentence; all-padding slots are
-        empty and get no attention. With ``return_attention=True`` also returns
-        the attention of every hop, (B, K, N).
+        empty and get no attention (``empty_memory: nil``: the story is padded to
+        ``memory_size`` and empty slots stay in the softmax). With
+        ``answer_layer: vocabulary`` the logits are (B, V + N), answer classes first.
+        With ``return_attention=True`` also returns the attention of every hop, (B, K, N).
         """
         if story.dim() != 3 or query.dim() != 2 or story.shape[0] != query.shape[0]:
             raise ValueError(
@@ -308,9 +442,17 @@ class MemN2N(nn.Module):
                 f"story has {story.shape[1]} memory slots but memory_size is {self.memory_size}; "
                 "keep only the most recent sentences (the data module's memory_size)"
             )
+        if self.empty_memory == "nil" and story.shape[1] < self.memory_size:  # pad with nil sentences
+            story = F.pad(story, (0, 0, 0, self.memory_size - story.shape[1]), value=PAD_ID)
         present = (story != PAD_ID).any(-1)  # (B, N)
         times = self.time_indices(present, self._rn_generator(story.device)) if self.temporal else None
         dtype = self.embeddings[0].weight.dtype
+        time_scale = 1.0  # the authors' time words are weighted by the last row of their PE
+        if self.position_scale == "authors":
+            time_scale = authors_position_encoding(self.sentence_length, self.embedding_size, dtype=dtype,
+                                                   device=story.device)[-1]
+        if self.empty_memory == "nil":  # a nil sentence has no time word either: its vectors are 0
+            time_scale = time_scale * rearrange(present.to(dtype), "b n -> b n 1")
         story_weights = self._word_weights(story, dtype)
         u = self._encode(query, self._word_weights(query, dtype), self.query_embedding())  # (B, d)
         encoded: dict[int, torch.Tensor] = {}  # id of an embedding -> its (B, N, d) sentence vectors
@@ -319,7 +461,7 @@ class MemN2N(nn.Module):
             key = id(embedding)
             if key not in encoded:  # a tied matrix is encoded once
                 vectors = self._encode(story, story_weights, embedding)
-                encoded[key] = vectors if temporal is None else vectors + temporal(times)
+                encoded[key] = vectors if temporal is None else vectors + temporal(times) * time_scale
             return encoded[key]
 
         attentions = []
@@ -327,7 +469,9 @@ class MemN2N(nn.Module):
             memory = memory_vectors(self.input_embedding(hop), self.input_temporal(hop))  # m_i (B, N, d)
             output = memory_vectors(self.output_embedding(hop), self.output_temporal(hop))  # c_i (B, N, d)
             scores = einsum(memory, u, "b n d, b d -> b n")
-            if bool(self.softmax_enabled):
+            if bool(self.softmax_enabled) and self.empty_memory == "nil":
+                attention = scores.softmax(-1)  # nil slots score exactly 0 and stay in: the sink
+            elif bool(self.softmax_enabled):
                 attention = scores.masked_fill(~present, float("-inf")).softmax(-1)
                 attention = torch.nan_to_num(attention, nan=0.0)  # a story with no sentence attends to nothing
             else:

@@ -22,7 +22,8 @@ from memnet import memory as mem
 from memnet.controllers import ControllerFactory, ControllerState, LSTMController
 from memnet.heads import NTMHeads
 from memnet.memory import InitialWeights, MemoryInit, MemoryInitScheme
-from memnet.utils import check_positive
+from memnet.models.pretrained import Pretrained
+from memnet.utils import check_positive, check_sequence_inputs
 
 
 class NTMState(NamedTuple):
@@ -53,7 +54,7 @@ class NTMTrace(NamedTuple):
     write_weights: torch.Tensor
 
 
-class NTM(nn.Module):
+class NTM(Pretrained, nn.Module):
     """A Neural Turing Machine over sequences.
 
     The parameters do not depend on ``memory_size``: a model trained with 128
@@ -131,7 +132,7 @@ class NTM(nn.Module):
         generator: torch.Generator | None = None,
     ) -> NTMState:
         """The state before the first step; ``memory_size`` overrides N for this episode."""
-        memory_size = memory_size or self.memory_size
+        memory_size = self.memory_size if memory_size is None else memory_size
         check_positive(memory_size=memory_size)
         if dtype is None:
             dtype = self.output.weight.dtype
@@ -173,6 +174,7 @@ class NTM(nn.Module):
         Returns:
             logits (B, T, D_out), and with ``return_trace`` an ``NTMTrace``.
         """
+        check_sequence_inputs(inputs, self.input_size, model="NTM", memory_size=memory_size)
         if state is None:
             state = self.initial_state(
                 inputs.shape[0], memory_size=memory_size, device=inputs.device, dtype=inputs.dtype

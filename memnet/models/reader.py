@@ -49,8 +49,9 @@ def story_to_sequence(
         story: (B, N, J) token ids, slot 0 the most recent sentence, words
             left-aligned, ``pad_token`` after them and in empty slots.
         query: (B, Jq) question token ids, left-aligned.
-        pad_token, sentence_end, question_end: the ids of padding, of the token
-            appended to each sentence and of the token appended to the question.
+        pad_token: the id of padding.
+        sentence_end: the id of the token appended to each sentence.
+        question_end: the id of the token appended to the question.
 
     Returns:
         tokens (B, T): oldest sentence first, each followed by ``sentence_end``,
@@ -102,8 +103,9 @@ class SequenceReader(nn.Module):
             ``class_path`` whose ``init_args`` leave both sizes out. Default: an
             LSTM ``RecurrentModel``.
         embedding_size: D, width of the token embeddings the model reads.
-        pad_token, sentence_end, question_end: token ids (the layout of
-            ``tasks.babi.Vocabulary``).
+        pad_token: the id of padding (the layout of ``tasks.babi.Vocabulary``).
+        sentence_end: the id of the token that ends a sentence.
+        question_end: the id of the token that ends the question.
     """
 
     def __init__(

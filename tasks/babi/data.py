@@ -87,6 +87,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from memnet.utils import distributed_sampler
 from tasks.babi.archive import find_source, task_file
 from tasks.babi.parse import ALL_TASKS, LANGUAGES, SIZES, Language, Size, check_tasks, parse_babi
 
@@ -519,8 +520,15 @@ class BabiDataModule(pl.LightningDataModule):
             self.split("test")
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        """One split's loader; under DDP each process reads its own share (a ``DistributedSampler``
+        shuffled by ``seed`` and the epoch), on one process the whole split shuffled by ``seed``."""
+        split = self.split(name)
+        sampler = distributed_sampler(split, self.trainer, shuffle=shuffle, seed=self.seed)
+        if sampler is not None:
+            return DataLoader(split, batch_size=self.batch_size, sampler=sampler, collate_fn=collate_babi,
+                              num_workers=self.num_workers)
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(self.split(name), batch_size=self.batch_size, shuffle=shuffle, generator=generator,
+        return DataLoader(split, batch_size=self.batch_size, shuffle=shuffle, generator=generator,
                           collate_fn=collate_babi, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:

@@ -1,0 +1,264 @@
+"""Config files: stacking inside a file (``extends``), shipped configs by name, ``memnet configs``.
+
+A config may start with ``extends``: one fragment or a list of fragments, each a path
+relative to the including file (fragments may extend others)::
+
+    # configs/ntm/copy.yaml
+    extends: [../recipes/copy.yaml, ../recipes/memory_access.yaml]
+    model: ...
+
+The fragments are merged in order, then the file itself, **later wins**:
+
+- mappings merge key by key, recursively;
+- ``trainer.callbacks`` lists are **appended** in the same order (fragments' callbacks
+  first), so a callback fragment adds its callbacks to every config that extends it;
+- every other list, and every scalar, is **replaced** by the later value
+  (``val_lengths: [20]`` in a file overrides a fragment's).
+
+The whole is resolved before the Lightning CLI sees it, so ``--print_config`` and a
+run's saved ``config.yaml`` hold the resolved whole (``memnet evaluate`` rebuilds runs
+from it), and ``--config a.yaml --config b.yaml`` still stacks files as the CLI does.
+
+``--config`` also takes the name of a shipped config, ``ntm/copy`` (or
+``configs/ntm/copy.yaml`` from outside a clone): the ``configs/`` folder of the clone
+the code runs from, else the copy packaged in the installed wheel (``memnet.configs``).
+``memnet configs`` lists them; ``memnet configs NAME`` prints one resolved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonargparse import get_loader
+
+EXTENDS_KEY = "extends"
+APPENDED_LISTS: tuple[tuple[str, ...], ...] = (("trainer", "callbacks"),)
+FRAGMENT_FOLDERS = ("recipes",)  # fragments: stacked by configs, not runnable alone
+NOT_LIGHTNING_FOLDERS = ("suites",)  # suite files (memnet suite), not Lightning configs
+SUFFIX = ".yaml"
+PACKAGE = "memnet.configs"  # where the wheel carries configs/ (see setup.py)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be found or stacked; the message names the file and key."""
+
+
+def configs_root() -> Path:
+    """The folder of shipped configs: the clone's ``configs/``, else the installed package's copy."""
+    clone = Path(__file__).resolve().parents[2]
+    if (clone / "pyproject.toml").is_file() and (clone / "configs").is_dir():
+        return clone / "configs"
+    spec = importlib.util.find_spec(PACKAGE)  # a folder without __init__.py: a namespace package
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            f"no shipped configs: neither {clone / 'configs'} (a clone) nor the package {PACKAGE} "
+            "(an install of the memnet wheel) exists"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def config_names(root: Path | None = None, *, fragments: bool = False) -> list[str]:
+    """Names (``ntm/copy``) of the shipped Lightning configs, or of the fragments if ``fragments``."""
+    root = configs_root() if root is None else root
+    names = []
+    for path in sorted(root.rglob(f"*{SUFFIX}")):
+        parts = path.relative_to(root).parts
+        if parts[0] in NOT_LIGHTNING_FOLDERS or (parts[0] in FRAGMENT_FOLDERS) != fragments:
+            continue
+        names.append(path.relative_to(root).with_suffix("").as_posix())
+    return names
+
+
+def find_config(name: str | Path, root: Path | None = None) -> Path:
+    """The file a ``--config`` value names: an existing path, else a shipped config.
+
+    ``ntm/copy``, ``ntm/copy.yaml`` and ``configs/ntm/copy.yaml`` all name the shipped
+    ``configs/ntm/copy.yaml``. An unknown name fails listing the closest shipped names.
+    """
+    path = Path(name)
+    if path.is_file():
+        return path
+    root = configs_root() if root is None else root
+    relative = Path(*path.parts[1:]) if path.parts[:1] == ("configs",) else path
+    for candidate in (root / relative, root / relative.with_name(relative.name + SUFFIX)):
+        if relative.parts and candidate.is_file():
+            return candidate
+    known = config_names(root) + config_names(root, fragments=True)
+    wanted = relative.as_posix().removesuffix(SUFFIX)
+    close = difflib.get_close_matches(wanted, known, n=5, cutoff=0.6)
+    hint = f"; close matches: {', '.join(close)}" if close else ""
+    raise ConfigError(
+        f"--config {name}: neither a file nor a shipped config{hint} (`memnet configs` lists them)"
+    )
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """The file's config with its ``extends`` fragments merged in (see the module docstring)."""
+    return _load(Path(path), ())
+
+
+def merge(base: dict[str, Any], override: dict[str, Any], where: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``override`` over ``base``: mappings merged, ``trainer.callbacks`` appended, the rest replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        field = (*where, key)
+        if key in merged and isinstance(merged[key], dict) and isinstance(value, dict):
+            merged[key] = merge(merged[key], value, field)
+        elif field in APPENDED_LISTS and key in merged:
+            if not isinstance(merged[key], list) or not isinstance(value, list):
+                raise ConfigError(
+                    f"{'.'.join(field)}: both sides must be lists to stack, got "
+                    f"{type(merged[key]).__name__} and {type(value).__name__}"
+                )
+            merged[key] = [*merged[key], *value]
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be read ({error.strerror})") from None
+    return _parse(text, str(path))
+
+
+def _parse(text: str, source: str) -> dict[str, Any]:
+    try:
+        content = get_loader("yaml")(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ConfigError(f"{source}: expected a mapping of config keys, got {type(content).__name__}")
+    return content
+
+
+def _fragments(content: dict[str, Any], source: str) -> list[str]:
+    extends = content.pop(EXTENDS_KEY, [])
+    if isinstance(extends, str):
+        extends = [extends]
+    if not isinstance(extends, list) or not all(isinstance(item, str) and item for item in extends):
+        raise ConfigError(
+            f"{source}: {EXTENDS_KEY}: expected a file name or a list of file names "
+            f"(relative to this file), got {extends!r}"
+        )
+    return extends
+
+
+def _load(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in (*chain[chain.index(resolved):], resolved))
+        raise ConfigError(f"{path}: {EXTENDS_KEY}: a cycle, {cycle}")
+    content = _read(path)
+    return _stack(content, str(path), path.parent, (*chain, resolved))
+
+
+def _stack(content: dict[str, Any], source: str, folder: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for name in _fragments(content, source):
+        fragment = folder / name
+        if not fragment.is_file():
+            raise ConfigError(f"{source}: {EXTENDS_KEY}: no file {name} (looked at {fragment})")
+        merged = _merge_from(merged, _load(fragment, chain), str(fragment))
+    return _merge_from(merged, content, source)
+
+
+def _merge_from(base: dict[str, Any], override: dict[str, Any], source: str) -> dict[str, Any]:
+    try:
+        return merge(base, override)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+
+
+def resolve_text(text: str, source: str = "--config", folder: Path | None = None) -> dict[str, Any]:
+    """A config given as YAML text, its ``extends`` relative to ``folder`` (default: the working directory)."""
+    return _stack(_parse(text, source), source, Path.cwd() if folder is None else folder, ())
+
+
+def dump(content: dict[str, Any]) -> str:
+    """YAML text of a resolved config, read back by the CLI to the same values (``class_path`` first)."""
+    return yaml.safe_dump(_class_path_first(content), sort_keys=False)
+
+
+def _class_path_first(value: Any) -> Any:
+    if isinstance(value, dict):
+        keys = sorted(value, key=lambda key: key != "class_path")  # stable: the rest keep their order
+        return {key: _class_path_first(value[key]) for key in keys}
+    if isinstance(value, list):
+        return [_class_path_first(item) for item in value]
+    return value
+
+
+def resolve_config_args(args: list[str]) -> list[str]:
+    """``args`` with each ``--config``/``-c`` value resolved for the Lightning CLI.
+
+    A name becomes its file; a file or text with ``extends`` becomes the resolved YAML text
+    (the CLI accepts a config as text); anything else is passed through unchanged.
+    """
+    resolved = list(args)
+    for index, arg in enumerate(resolved):
+        if arg in ("--config", "-c") and index + 1 < len(resolved):
+            resolved[index + 1] = _resolve_value(resolved[index + 1])
+        elif arg.startswith("--config="):
+            resolved[index] = "--config=" + _resolve_value(arg.removeprefix("--config="))
+    return resolved
+
+
+def _is_text(value: str) -> bool:
+    return "\n" in value or value.lstrip().startswith("{")
+
+
+def _resolve_value(value: str) -> str:
+    if _is_text(value):
+        content = _parse(value, "--config")
+        return dump(resolve_text(value)) if EXTENDS_KEY in content else value
+    path = find_config(value)
+    if EXTENDS_KEY not in _read(path):
+        return str(path)
+    return dump(load_config(path))
+
+
+def _summary(path: Path) -> str:
+    """The first comment line of a config file (its description), or ''."""
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+        if line.strip():
+            return ""
+    return ""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``memnet configs [NAME] [--fragments]``: list the shipped configs, or print one resolved."""
+    parser = argparse.ArgumentParser(
+        prog="memnet configs",
+        description="The shipped configs, usable by name (memnet fit --config ntm/copy). "
+        "With NAME: that config with its fragments stacked (extends resolved).",
+    )
+    parser.add_argument("name", nargs="?", help="a config name or file, e.g. ntm/copy")
+    parser.add_argument("--fragments", action="store_true", help="list the recipe fragments instead")
+    args = parser.parse_args(argv)
+    try:
+        if args.name:
+            sys.stdout.write(dump(load_config(find_config(args.name))))
+            return
+        root = configs_root()
+        names = config_names(root, fragments=args.fragments)
+    except ConfigError as error:
+        raise SystemExit(f"memnet configs: {error}") from None
+    width = max(map(len, names), default=0)
+    print(f"# {'fragments' if args.fragments else 'configs'} in {root}")
+    for name in names:
+        print(f"{name:<{width}}  {_summary(root / (name + SUFFIX))}".rstrip())

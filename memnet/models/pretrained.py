@@ -1,0 +1,216 @@
+"""Portable trained networks: weights as safetensors beside the network's config.
+
+A portable folder holds two files and needs neither Lightning nor a training run
+to be used:
+
+    model.safetensors   the network's ``state_dict`` (parameters and buffers)
+    config.json         {"format": ..., "class_path": "memnet.models.ntm.NTM",
+                         "init_args": {... every constructor argument, nested
+                         class_path / init_args for the controller ...}}
+
+``memnet export`` writes one from a checkpoint; :func:`load` (or
+``NTM.from_pretrained``) rebuilds the network, optionally with other constructor
+arguments, such as a larger memory::
+
+    net = memnet.models.load("exports/ntm-copy", memory_size=256)
+    logits = net(inputs)                        # (B, T, D_out)
+
+The config is instantiated by jsonargparse, the same machinery that builds the
+network from a YAML config in ``memnet fit``, so a portable config reads like the
+``net:`` section of a run's ``config.yaml``.
+
+A source that is not a local folder but looks like a Hugging Face Hub repository id
+(``owner/name``) is downloaded with ``huggingface_hub`` (only when online);
+:func:`push_to_hub` uploads a folder.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT = "memnet-network/1"  # bumped when the layout of config.json changes
+HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class PretrainedError(ValueError):
+    """A portable folder that cannot be written or read (names the file and what is wrong)."""
+
+
+def save(net: nn.Module, config: dict[str, Any], out: str | Path) -> Path:
+    """Write ``net``'s weights and ``config`` (``class_path`` and ``init_args``) to the folder ``out``.
+
+    ``out`` must not exist or be empty, so an export never mixes with older files.
+    The config is checked by rebuilding the network from it and loading the weights
+    back before anything is written.
+
+    Returns:
+        The folder.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise PretrainedError(f"{out} exists and is not an empty folder; choose a new folder or empty it")
+    config = {"format": FORMAT, "class_path": config["class_path"], "init_args": config["init_args"]}
+    # Each tensor its own contiguous copy: safetensors refuses storage shared by several names (tied weights).
+    state = {name: tensor.detach().cpu().clone().contiguous() for name, tensor in net.state_dict().items()}
+    _load_state(build(config, where="the exported config"), state, "the network", "its config")
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": FORMAT, "class_path": config["class_path"]})
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    return out
+
+
+def load(source: str | Path, *, device: str | torch.device = "cpu", **overrides: Any) -> nn.Module:
+    """The network stored in ``source``, in eval mode, with its trained weights.
+
+    Args:
+        source: a folder written by ``memnet export`` (or :func:`save`), or a Hugging
+            Face Hub repository id ``owner/name`` holding one (needs the network).
+        device: where to put the weights.
+        **overrides: constructor arguments to change, e.g. ``memory_size=256`` for an
+            NTM or a DNC (their weights do not depend on N); an argument the weights
+            depend on fails with a message naming the tensors.
+
+    Returns:
+        The network (an ``nn.Module``; ``forward`` as documented by its class).
+    """
+    from safetensors.torch import load_file
+
+    folder = resolve(source)
+    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    config = read_config(config_path)
+    unknown = sorted(set(overrides) - set(config["init_args"]))
+    if unknown:
+        raise PretrainedError(
+            f"{config_path}: {config['class_path']} has no argument {', '.join(unknown)} to override "
+            f"(its arguments: {', '.join(config['init_args'])})"
+        )
+    config["init_args"].update(overrides)
+    net = build(config, where=str(config_path))
+    if not weights_path.is_file():
+        raise PretrainedError(f"{folder}: no {WEIGHTS_FILE} beside {CONFIG_FILE}")
+    try:
+        state = load_file(weights_path, device="cpu")
+    except Exception as error:  # noqa: BLE001 -- safetensors raises its own error types for a damaged file
+        raise PretrainedError(f"{weights_path} is not a readable safetensors file: {error}") from None
+    _load_state(net, state, str(weights_path), f"{config_path} ({config['class_path']})")
+    return net.to(device).eval()
+
+
+def resolve(source: str | Path) -> Path:
+    """A local folder for ``source``: the folder itself, or a download of the Hub repository it names."""
+    path = Path(source)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise PretrainedError(f"{path} is a file; expected a folder holding {CONFIG_FILE} and {WEIGHTS_FILE}")
+    if not HUB_REPO_ID.match(str(source)):
+        raise PretrainedError(f"{source}: no such folder, and not a Hugging Face Hub repository id (owner/name)")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise PretrainedError(
+            f"{source}: no such folder; to load it from the Hugging Face Hub install huggingface_hub "
+            "(pip install 'memnet[hub]')"
+        ) from None
+    try:
+        return Path(snapshot_download(repo_id=str(source), allow_patterns=[CONFIG_FILE, WEIGHTS_FILE]))
+    except Exception as error:  # noqa: BLE001 -- offline, unknown repository, no access: all one message
+        raise PretrainedError(
+            f"{source}: no such folder, and the Hugging Face Hub repository could not be downloaded "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no detail'})"
+        ) from None
+
+
+def push_to_hub(folder: str | Path, repo_id: str, *, private: bool = False) -> str:
+    """Upload a portable folder to the Hugging Face Hub repository ``repo_id`` (created if missing).
+
+    Needs ``huggingface_hub``, the network and a token (``huggingface-cli login``).
+
+    Returns:
+        The repository's URL.
+    """
+    if not HUB_REPO_ID.match(repo_id):
+        raise PretrainedError(f"--push-to-hub: {repo_id!r} is not a Hub repository id (owner/name)")
+    try:
+        from huggingface_hub import HfApi
+    except ImportError:
+        raise PretrainedError("--push-to-hub needs huggingface_hub (pip install 'memnet[hub]')") from None
+    api = HfApi()
+    url = api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="memnet export")
+    return str(url)
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The parsed ``config.json``, checked for its format, ``class_path`` and ``init_args``."""
+    if not path.is_file():
+        raise PretrainedError(f"{path.parent}: no {CONFIG_FILE} (not a folder written by memnet export)")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise PretrainedError(f"{path} line {error.lineno} is not JSON: {error.msg}") from None
+    if not isinstance(config, dict):
+        raise PretrainedError(f"{path} must hold a JSON object, got {type(config).__name__}")
+    if config.get("format") != FORMAT:
+        raise PretrainedError(f"{path}: format is {config.get('format')!r}, expected {FORMAT!r}")
+    if not isinstance(config.get("class_path"), str) or not isinstance(config.get("init_args"), dict):
+        raise PretrainedError(f"{path}: expected a 'class_path' string and an 'init_args' object")
+    return config
+
+
+def build(config: dict[str, Any], *, where: str) -> nn.Module:
+    """Instantiate ``{"class_path", "init_args"}`` as an ``nn.Module`` with jsonargparse (as the CLI does)."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(nn.Module, "net", required=True)
+    try:
+        parsed = parser.parse_object({"net": {"class_path": config["class_path"], "init_args": config["init_args"]}})
+        net = parser.instantiate(parsed).net
+    except Exception as error:  # noqa: BLE001 -- parser and constructor errors: say which config
+        detail = " ".join(str(error).split())
+        raise PretrainedError(f"{where}: cannot build {config['class_path']}: {detail}") from None
+    return net
+
+
+def _load_state(net: nn.Module, state: dict[str, torch.Tensor], weights: str, config: str) -> None:
+    """Load ``state`` into ``net``; a missing, unexpected or differently shaped tensor is one error line."""
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k} is {tuple(state[k].shape)} in the weights, {tuple(expected[k].shape)} for the config"
+        for k in state if k in expected and state[k].shape != expected[k].shape
+    ]
+    problems = mismatched[:3] + ([f"missing {', '.join(missing[:5])}"] if missing else []) + (
+        [f"unexpected {', '.join(unexpected[:5])}"] if unexpected else [])
+    if problems:
+        raise PretrainedError(f"{weights} does not match {config}: {'; '.join(problems)}")
+    net.load_state_dict(state, strict=True)
+
+
+class Pretrained:
+    """Mixin: ``Class.from_pretrained(source, **overrides)`` for a network class.
+
+    The same as :func:`load`, and checks that the stored network is of this class.
+    """
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path, **overrides: Any) -> nn.Module:
+        """The network of ``source`` (see :func:`load`), which must be a ``cls``."""
+        net = load(source, **overrides)
+        if not isinstance(net, cls):
+            raise PretrainedError(
+                f"{source} holds a {type(net).__module__}.{type(net).__qualname__}, not a {cls.__qualname__}"
+            )
+        return net

@@ -1,0 +1,128 @@
+"""Which run of several seeds a suite reports: the best by a named metric on a named split.
+
+Papers often report one run of many: the MemN2N paper keeps, of 10 runs, the one with
+the lowest *training* error (the authors' README; ``memnet/references/babi.json``).
+A suite experiment names the rule::
+
+    select: {metric: error, split: train, mode: min}    # the run with the lowest train/error
+
+and the report shows the selected run beside the mean ± s.d. over every seed. The
+rule reads ``<split>/<metric>`` from each finished run's final metrics (what
+``memnet fit`` wrote to ``summary.json``). The test split may not choose: a test
+score selected on the test set would be no test score.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+SELECT_KEYS = ("metric", "split", "mode")
+SELECT_SPLITS = ("train", "val")  # the splits a selection may read; never "test"
+SELECT_MODES = ("min", "max")
+
+
+class SelectionError(ValueError):
+    """A selection rule that cannot be used; the message names the field."""
+
+
+def check_select(spec: Any, where: str) -> dict[str, str]:
+    """The rule with its defaults (``mode: min``), or a :class:`SelectionError` naming the field.
+
+    Args:
+        spec: the ``select`` mapping of a suite file.
+        where: ``file:line: experiment 'name'``, put in front of every message.
+    """
+    if not isinstance(spec, dict):
+        raise SelectionError(f"{where}: select must be a mapping {{metric, split, mode}}, got {spec!r}")
+    unknown = set(spec) - set(SELECT_KEYS)
+    if unknown:
+        raise SelectionError(f"{where}: select: unknown key {min(unknown)!r}; allowed: {', '.join(SELECT_KEYS)}")
+    for key in ("metric", "split"):
+        if not isinstance(spec.get(key), str) or not spec[key]:
+            raise SelectionError(f"{where}: select.{key} must be given as a name, got {spec.get(key)!r}")
+    split, metric, mode = spec["split"], spec["metric"], spec.get("mode", "min")
+    for field, value in (("split", split), ("metric", metric)):
+        if value == "test" or value.startswith("test/"):
+            raise SelectionError(
+                f"{where}: select.{field} is {value!r}: the test split may not choose the reported run "
+                f"(its score would be selected on the test set); use select.split {' or '.join(SELECT_SPLITS)}"
+            )
+    if split not in SELECT_SPLITS:
+        raise SelectionError(f"{where}: select.split must be one of {', '.join(SELECT_SPLITS)}, got {split!r}")
+    if "/" in metric:
+        raise SelectionError(
+            f"{where}: select.metric is a name without its split (e.g. 'error'), got {metric!r}"
+        )
+    if mode not in SELECT_MODES:
+        raise SelectionError(f"{where}: select.mode must be 'min' or 'max', got {mode!r}")
+    return {"metric": metric, "split": split, "mode": mode}
+
+
+def metric_key(spec: dict[str, str]) -> str:
+    """The logged name the rule reads, e.g. ``train/error``."""
+    return f"{spec['split']}/{spec['metric']}"
+
+
+def select_run(records: Sequence[dict[str, Any]], spec: dict[str, str]) -> dict[str, Any] | None:
+    """The finished run the rule picks, or None when no run logged the metric.
+
+    Args:
+        records: run records (``metrics.json``) with ``status``, ``seed`` and ``metrics``.
+        spec: a rule from :func:`check_select`.
+
+    Returns:
+        ``{"seed", "value", "record", "candidates"}``: the chosen run, its value of the
+        metric, its record, and how many runs had the metric. Ties go to the first seed.
+    """
+    key = metric_key(spec)
+    candidates = []
+    for record in records:
+        value = (record.get("metrics") or {}).get(key)
+        if record.get("status") == "done" and isinstance(value, (int, float)) and math.isfinite(value):
+            candidates.append((float(value), record))
+    if not candidates:
+        return None
+    sign = 1.0 if spec["mode"] == "min" else -1.0
+    value, record = min(candidates, key=lambda pair: sign * pair[0])
+    return {"seed": record.get("seed"), "value": value, "record": record, "candidates": len(candidates)}
+
+
+def mean_std(values: Sequence[float]) -> dict[str, float] | None:
+    """Mean and sample standard deviation (0 for one value), with n; None for no values."""
+    if not values:
+        return None
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return {"mean": mean, "std": std, "n": len(values)}
+
+
+def summarize(records: Sequence[dict[str, Any]], spec: dict[str, str],
+              scores: Callable[[dict[str, Any]], dict[str, float]]) -> dict[str, Any] | None:
+    """The selected run's scores beside the mean ± s.d. of every finished seed's.
+
+    Args:
+        records: one experiment's run records.
+        spec: a rule from :func:`check_select`.
+        scores: a run record -> named scores (e.g. ``{"bAbI mean error %": 12.0}``); a
+            run without a score is left out of that score's mean.
+
+    Returns:
+        ``{"rule", "seed", "value", "candidates", "selected", "over_seeds"}`` (``rule``
+        like ``lowest train/error``; ``selected`` the chosen run's scores; ``over_seeds``
+        score -> mean/std/n), or None when no run logged the metric.
+    """
+    chosen = select_run(records, spec)
+    if chosen is None:
+        return None
+    every = [scores(record) for record in records if record.get("status") == "done"]
+    names = sorted({name for run in every for name in run})
+    return {
+        "rule": f"{'lowest' if spec['mode'] == 'min' else 'highest'} {metric_key(spec)}",
+        "seed": chosen["seed"],
+        "value": chosen["value"],
+        "candidates": chosen["candidates"],
+        "selected": scores(chosen["record"]),
+        "over_seeds": {name: mean_std([run[name] for run in every if name in run]) for name in names},
+    }

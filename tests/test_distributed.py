@@ -1,0 +1,134 @@
+"""DDP splits the data: each process draws its own training sequences and reads its own share of
+the fixed sets, and the logged epoch metrics are those of all processes together."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch.utils.data import DistributedSampler
+
+from tasks.algorithmic import AlgorithmicDataModule, CopyTask, train_stream_seed
+from tasks.babi import BabiDataModule
+from tasks.sequences import SeriesDataModule
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _copy_module(rank: int | None, world_size: int = 2, seed: int = 5) -> AlgorithmicDataModule:
+    dm = AlgorithmicDataModule(CopyTask(width=3, min_length=1, max_length=6), batch_size=3, batches_per_epoch=4,
+                               val_size=12, seed=seed)
+    if rank is not None:
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=world_size)
+    return dm
+
+
+def _epoch(dm: AlgorithmicDataModule) -> list[torch.Tensor]:
+    return [batch["inputs"] for batch in dm.train_dataloader()]
+
+
+def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_each_rank_draws_its_own_training_batches_reproducibly():
+    rank0, rank1 = _copy_module(0), _copy_module(1)
+    first0, first1 = _epoch(rank0), _epoch(rank1)
+    assert not any(x.shape == y.shape and torch.equal(x, y) for x, y in zip(first0, first1)), \
+        "two DDP ranks drew the same batch"
+    assert _same(first1, _epoch(_copy_module(1))), "the same rank and seed must give the same batches"
+    assert _same(first0, _epoch(_copy_module(None))), "rank 0 draws what a single-process run draws"
+    assert not _same(_epoch(rank1), first1), "the next epoch draws new batches"
+    assert len({train_stream_seed(5, epoch, rank) for epoch in range(4) for rank in range(4)}) == 16
+
+
+def test_fixed_sets_are_shared_out_between_ranks():
+    shares = []
+    for rank in (0, 1):
+        loader = _copy_module(rank).val_dataloader()
+        assert isinstance(loader.sampler, DistributedSampler)
+        shares.append(list(loader.sampler))
+    assert not set(shares[0]) & set(shares[1]) and sorted(shares[0] + shares[1]) == [0, 1, 2, 3]
+    assert _copy_module(None).val_dataloader().sampler.__class__.__name__ == "SequentialSampler"
+
+    series = [SeriesDataModule(length=12, washout=2, batch_size=2, train_size=8, val_size=4, test_size=4)
+              for _ in range(2)]
+    for rank, dm in enumerate(series):
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2)
+    train = [[batch["inputs"] for batch in dm.train_dataloader()] for dm in series]
+    assert len(train[0]) == len(train[1]) == 2
+    assert not any(torch.equal(x, y) for x in train[0] for y in train[1])
+
+
+def test_babi_batches_are_shared_out_between_ranks():
+    indices = []
+    for rank in (0, 1):
+        dm = BabiDataModule(tasks=[1], batch_size=2, seed=3)
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2)
+        dm._splits = {"train": list(range(10)), "validation": list(range(5))}  # the loaders only index them
+        sampler = dm.train_dataloader().sampler
+        assert isinstance(sampler, DistributedSampler) and sampler.shuffle
+        indices.append(list(sampler))
+        assert len(list(dm.val_dataloader().sampler)) == 3  # 5 questions over 2 ranks, the last repeated
+    assert sorted(indices[0] + indices[1]) == list(range(10))
+
+
+RECORDER = '''
+import json, os
+import pytorch_lightning as pl
+import torch
+from memnet.lightning import sequence_metrics
+
+class Recorder(pl.Callback):
+    """Writes what this process trained on and its own validation losses to rank<r>.json."""
+    def __init__(self):
+        self.train, self.val = [], []
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.train.append(batch["inputs"].flatten().tolist())
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self.val = []
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        with torch.no_grad():
+            metrics = sequence_metrics(pl_module(batch["inputs"]), batch["targets"], batch["mask"])
+        self.val.append([float(metrics["loss"]), batch["inputs"].shape[0]])
+    def on_fit_end(self, trainer, pl_module):
+        record = {"train": self.train, "val": self.val, "world_size": trainer.world_size,
+                  "logged": float(trainer.callback_metrics["val/loss"])}
+        with open(f"rank{trainer.global_rank}.json", "w") as handle:
+            json.dump(record, handle)
+'''
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_on_different_batches_and_log_global_metrics(tmp_path):
+    (tmp_path / "ddp_recorder.py").write_text(textwrap.dedent(RECORDER))
+    (tmp_path / "run_memnet.py").write_text("from memnet.cli import main\nmain()\n")
+    command = [
+        sys.executable, "run_memnet.py", "fit", "--config", str(ROOT / "configs" / "ntm" / "copy_small.yaml"),
+        "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.logger=false",
+        "--trainer.max_steps=2", "--trainer.enable_progress_bar=false", "--trainer.num_sanity_val_steps=0",
+        "--trainer.callbacks+=ddp_recorder.Recorder",
+        "--model.init_args.net.init_args.memory_size=8", "--model.init_args.net.init_args.controller.init_args.hidden_size=8",
+        "--data.init_args.batches_per_epoch=2", "--data.init_args.batch_size=2", "--data.init_args.val_size=4",
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)]), "OMP_NUM_THREADS": "1",
+           "WANDB_MODE": "offline"}
+    result = subprocess.run(command, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world_size"] == 2
+    assert ranks[0]["train"] and all(a != b for a, b in zip(ranks[0]["train"], ranks[1]["train"]))
+    # 4 validation sequences in batches of 2: one batch each, different ones
+    assert len(ranks[0]["val"]) == len(ranks[1]["val"]) == 1 and ranks[0]["val"] != ranks[1]["val"]
+    pairs = ranks[0]["val"] + ranks[1]["val"]
+    global_loss = sum(loss * n for loss, n in pairs) / sum(n for _, n in pairs)
+    for rank in ranks:
+        assert rank["logged"] == pytest.approx(global_loss, rel=1e-5)
+    assert ranks[0]["logged"] != pytest.approx(ranks[0]["val"][0][0], rel=1e-5)  # not rank 0's own

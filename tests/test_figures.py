@@ -1,0 +1,294 @@
+"""The figures of ``memnet figures`` (memnet.figures, memnet.cli.figures), on tiny sizes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+
+from memnet.controllers import EchoStateController, ElmanRNN, GRUController, LSTMController
+from memnet.figures.access import draw_memory_access
+from memnet.figures.attention import memn2n_attention, plot_memn2n_attention
+from memnet.figures.composition import (
+    composition_curves,
+    controller_transition,
+    draw_composition,
+    random_rnn,
+    spectral_radius,
+    state_size,
+)
+from memnet.figures.echo_state import draw_echo_state, reservoir_args, state_distance
+from memnet.figures.graph import draw_unrolled_graphs, unrolled_graph
+from memnet.models.dnc import DNC
+from memnet.models.memn2n import MemN2N
+from memnet.models.ntm import NTM
+from memnet.models.recurrent import RecurrentModel
+from tasks.algorithmic import CopyTask
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def is_png(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- composition
+
+
+def test_linear_composition_matches_powers_of_the_matrix():
+    generator = torch.Generator().manual_seed(3)
+    weight = torch.randn(7, 7, generator=generator, dtype=torch.float64) / 2
+    direction = torch.randn(7, generator=generator, dtype=torch.float64)
+    projection = torch.randn(7, generator=generator, dtype=torch.float64)
+    sweep = torch.linspace(-2, 3, 11, dtype=torch.float64)
+    curves = composition_curves(lambda h: h @ weight.T, direction=direction, projection=projection,
+                                sweep=sweep, steps=5)
+    assert curves.shape == (6, 11)
+    for k in range(6):
+        closed_form = (torch.linalg.matrix_power(weight, k) @ torch.outer(direction, sweep)).T @ projection
+        torch.testing.assert_close(curves[k], closed_form)
+
+
+def test_controller_transition_is_the_rnn_step_with_no_input():
+    rnn = random_rnn(hidden_size=6, spectral_radius=1.3, generator=torch.Generator().manual_seed(0))
+    assert spectral_radius(rnn.rnn.weight_hh_l0) == pytest.approx(1.3, rel=1e-5)
+    states = torch.randn(4, 6)
+    expected = torch.tanh(states @ rnn.rnn.weight_hh_l0.T + rnn.rnn.bias_hh_l0 + rnn.rnn.bias_ih_l0)
+    torch.testing.assert_close(controller_transition(rnn)(states), expected)
+
+
+def test_lstm_transition_flattens_h_and_c_of_every_layer():
+    lstm = LSTMController(3, hidden_size=5, num_layers=2)
+    assert state_size(lstm) == 2 * 2 * 5
+    flat = torch.randn(4, 20)
+    h, c = flat[:, :10].reshape(4, 2, 5).transpose(0, 1), flat[:, 10:].reshape(4, 2, 5).transpose(0, 1)
+    _, (new_h, new_c) = lstm.step(torch.zeros(4, 3), (h.contiguous(), c.contiguous()))
+    expected = torch.cat([new_h.transpose(0, 1).reshape(4, 10), new_c.transpose(0, 1).reshape(4, 10)], dim=1)
+    torch.testing.assert_close(controller_transition(lstm)(flat), expected)
+
+
+def test_composition_figure_is_drawn_and_deterministic(tmp_path):
+    trained = {"LSTM": LSTMController(2, hidden_size=4), "GRU": GRUController(2, hidden_size=3)}
+    path, panels = draw_composition(tmp_path / "c.png", trained=trained, hidden_size=8, steps=3, points=21, seed=1)
+    _, again = draw_composition(tmp_path / "d.png", trained=trained, hidden_size=8, steps=3, points=21, seed=1)
+    assert is_png(path) and len(panels) == 5
+    assert all(curves.shape == (4, 21) for curves in panels.values())
+    for title in panels:
+        torch.testing.assert_close(panels[title], again[title])
+
+
+def test_composition_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="direction and projection"):
+        composition_curves(lambda h: h, direction=torch.ones(3), projection=torch.ones(4), sweep=torch.ones(2), steps=1)
+
+
+# ----------------------------------------------------------------------------- echo state
+
+
+@pytest.mark.parametrize(("radius", "decays"), [(0.5, True), (3.0, False)])
+def test_echo_state_distance_decays_only_for_a_contracting_reservoir(radius, decays):
+    reservoir = EchoStateController(1, reservoir_size=40, spectral_radius=radius, sparsity=0.5,
+                                    input_scaling=0.1, seed=2).double()
+    generator = torch.Generator().manual_seed(0)
+    inputs = 0.5 * torch.rand(4, 60, 1, generator=generator, dtype=torch.float64)
+    first, second = (2 * torch.rand(4, 40, generator=generator, dtype=torch.float64) - 1 for _ in range(2))
+    distance = state_distance(reservoir, inputs, first, second)
+    assert distance.shape == (61,)
+    assert (distance[-1] < 1e-6 * distance[0]) == decays
+    if not decays:
+        assert distance[-10:].min() > 0.1 * distance[0]
+
+
+def test_echo_state_figure_reads_the_shipped_config(tmp_path):
+    reservoir = reservoir_args(ROOT / "configs/esn/narma10.yaml")
+    assert reservoir["spectral_radius"] == 0.9
+    path, distances = draw_echo_state(tmp_path / "e.png", {**reservoir, "reservoir_size": 30}, steps=40,
+                                      batch_size=2)
+    assert is_png(path) and sorted(distances) == [0.9, 1.5, 3.0]
+    assert distances[0.9][-1] < 1e-2 * distances[0.9][0]
+
+
+def test_echo_state_config_without_a_reservoir_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"lstm/copy.yaml.*needs memnet.controllers.EchoStateController"):
+        reservoir_args(ROOT / "configs/lstm/copy.yaml")
+
+
+# ----------------------------------------------------------------------------- unrolled graph
+
+
+def test_unrolled_graph_shares_each_parameter_across_steps(tmp_path):
+    model = RecurrentModel(3, 2, controller=partial(LSTMController, hidden_size=4))
+    graph = unrolled_graph(model, steps=3)
+    parameters = [name for name, node in graph.nodes.items() if node.kind == "parameter"]
+    assert sorted(parameters) == sorted(name for name, _ in model.named_parameters())
+    for name in parameters:
+        assert sorted(graph.nodes[use].step for use in graph.uses(name)) == [1, 2, 3]
+    labels = {node.label: name for name, node in graph.nodes.items()}
+    assert {"x(1)", "x(3)", "h(0)", "c(0)", "h(3)", "c(3)", "y(1)", "y(3)"} <= set(labels)
+    assert any(graph.nodes[use].step == 2 for use in graph.uses(labels["h(1)"]))  # h(1) feeds step 2
+    assert is_png(draw_unrolled_graphs(tmp_path / "g.png", {"3 steps": graph}))
+
+
+def test_unrolled_graph_of_a_fused_rnn_shows_its_module_parameters():
+    graph = unrolled_graph(ElmanRNN(2, hidden_size=3), steps=2)
+    weight = graph.nodes["rnn.weight_hh_l0"]
+    assert weight.kind == "parameter" and len(graph.uses("rnn.weight_hh_l0")) == 2
+
+
+# ----------------------------------------------------------------------------- attention and memory access
+
+
+def test_memn2n_attention_rows_sum_to_one_and_are_drawn(tmp_path):
+    torch.manual_seed(0)
+    net = MemN2N(12, 4, embedding_size=5, hops=3, memory_size=6, answer_offset=4, seed=0)
+    story = torch.tensor([[5, 6, 7], [8, 9, 0], [10, 11, 6], [0, 0, 0]])  # three sentences, one empty slot
+    attention, predicted = memn2n_attention(net, story, torch.tensor([9, 10]))
+    assert attention.shape == (3, 4) and 0 <= predicted < 4
+    torch.testing.assert_close(attention.sum(-1), torch.ones(3))
+    assert (attention[:, 3] == 0).all()
+    path = plot_memn2n_attention(tmp_path / "a.png", attention, sentences=["c", "b", "a"], question="q",
+                                 answer="x", predicted="y", supporting=[1])
+    assert is_png(path)
+
+
+def test_memory_access_of_ntm_and_dnc(tmp_path):
+    task = CopyTask(width=3, min_length=1, max_length=3)
+    batch = task.sample_batch(torch.Generator().manual_seed(0), 2, 3)
+    ntm = NTM(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=6),
+              memory_size=7, word_size=5)
+    dnc = DNC(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=6),
+              memory_size=7, word_size=5)
+    assert [is_png(p) for p in draw_memory_access(tmp_path / "ntm.png", ntm, batch)] == [True]
+    paths = draw_memory_access(tmp_path / "dnc.png", dnc, batch, memory_size=9)
+    assert [p.name for p in paths] == ["dnc.png", "dnc_usage_link.png"] and all(map(is_png, paths))
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def quick_roles(monkeypatch, steps: int = 3) -> None:
+    """Train the command's small models for a few steps only (the real recipes take seconds each)."""
+    from memnet.cli import figures as command
+
+    for name, role in list(command.ROLES.items()):
+        if isinstance(role.train, command.Recipe):
+            monkeypatch.setitem(command.ROLES, name, command.Role(role.kind, role.fits,
+                                                                  replace(role.train, steps=steps)))
+
+
+def test_memnet_figures_only_composition_through_the_cli(tmp_path, monkeypatch, capsys):
+    from memnet.cli import main
+
+    quick_roles(monkeypatch)
+    main(["figures", "--only", "composition", "--out", str(tmp_path)])
+    assert [p.name for p in tmp_path.iterdir()] == ["composition.png"]
+    assert is_png(tmp_path / "composition.png")
+    out = capsys.readouterr().out
+    assert "lstm: trained a RecurrentModel with an LSTMController" in out and "gru: trained" in out
+
+
+def test_memnet_figures_unknown_name_lists_the_known_ones(tmp_path, capsys):
+    from memnet.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["figures", "--only", "composition", "compositon", "--out", str(tmp_path)])
+    error = capsys.readouterr().err
+    assert "unknown figure 'compositon'" in error
+    assert "known figures: composition, echo-state, graph, gradient" in error
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+RECURRENT_CONFIG = """
+model:
+  class_path: memnet.lightning.SequenceModule
+  init_args:
+    net:
+      class_path: memnet.models.recurrent.RecurrentModel
+      init_args:
+        controller:
+          class_path: memnet.controllers.{controller}
+          init_args: {{hidden_size: 5}}
+data:
+  class_path: tasks.algorithmic.AlgorithmicDataModule
+  init_args:
+    task:
+      class_path: tasks.algorithmic.CopyTask
+      init_args: {{width: 3, min_length: 1, max_length: 3}}
+    val_lengths: [3]
+"""
+
+
+def write_checkpoint(folder: Path, role: str, controller: type) -> Path:
+    """``<role>.ckpt`` holding a RecurrentModel with ``controller`` (5 units, copy of width 3), and its ``<role>.yaml``."""
+    from memnet.lightning import SequenceModule
+
+    task = CopyTask(width=3, min_length=1, max_length=3)
+    (folder / f"{role}.yaml").write_text(RECURRENT_CONFIG.format(controller=controller.__name__))
+    net = RecurrentModel(task.input_size, task.output_size, controller=partial(controller, hidden_size=5))
+    torch.save({"state_dict": SequenceModule(net).state_dict()}, folder / f"{role}.ckpt")
+    return folder / f"{role}.ckpt"
+
+
+def test_checkpoint_of_the_wrong_kind_says_which_kind_is_needed(tmp_path, capsys):
+    from memnet.cli import main
+
+    write_checkpoint(tmp_path, "lstm", GRUController)
+    with pytest.raises(SystemExit):
+        main(["figures", "--only", "composition", "--checkpoints", str(tmp_path), "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert f"{tmp_path / 'lstm.ckpt'} holds a RecurrentModel with a GRUController" in error
+    assert "the composition figure needs a RecurrentModel with an LSTMController" in error
+
+
+def test_checkpoint_of_the_right_kind_is_drawn_from(tmp_path, monkeypatch, capsys):
+    from memnet.cli import main
+
+    quick_roles(monkeypatch)
+    path = write_checkpoint(tmp_path, "lstm", LSTMController)
+    main(["figures", "--only", "composition", "--checkpoints", str(tmp_path), "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert f"lstm: {path}" in out and "gru: trained" in out  # no gru.ckpt: trained briefly
+    assert is_png(tmp_path / "out" / "composition.png")
+
+
+def test_checkpoints_folder_must_exist(tmp_path, capsys):
+    from memnet.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["figures", "--only", "graph", "--checkpoints", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
+    assert f"--checkpoints: {tmp_path / 'nowhere'} is not a folder" in capsys.readouterr().err
+
+
+def test_every_figure_of_the_command_writes_its_pngs(tmp_path, monkeypatch):
+    from memnet.cli import figures as command
+
+    quick_roles(monkeypatch)
+    monkeypatch.setattr(command, "ERROR_LENGTHS", (2, 8))
+    monkeypatch.setattr(command, "ERROR_SEQUENCES", 4)
+    names = [name for name in command.FIGURES if name != "memn2n-attention"]
+    logged: list[str] = []
+    written = command.draw(names, out=tmp_path, seed=0, log=logged.append)
+    expected = {"composition.png", "echo_state.png", "unrolled_graph.png", "gradient_through_time.png",
+                "ntm_copy_memory_access.png", "ntm_repeat_copy_memory_access.png", "dnc_copy_memory_access.png",
+                "dnc_copy_memory_access_usage_link.png", "dnc_repeat_copy_memory_access.png",
+                "dnc_repeat_copy_memory_access_usage_link.png", "ntm_copy_error_vs_length.png"}
+    assert {p.name for p in written} == expected
+    assert all(is_png(p) for p in written)
+    assert sum("trained" in line for line in logged) == 7  # each model trained once, then reused
+
+
+BABI_ARCHIVE = ROOT.parent / "shared" / "data" / "babi" / "tasks_1-20_v1-2.tar.gz"
+
+
+@pytest.mark.skipif(not BABI_ARCHIVE.is_file(), reason=f"bAbI archive not found at {BABI_ARCHIVE}")
+def test_memn2n_attention_figure_on_real_babi(tmp_path, monkeypatch):
+    from memnet.cli import figures as command
+
+    monkeypatch.setenv("MEMNET_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MEMNET_DATA_DIR", str(BABI_ARCHIVE.parent))
+    monkeypatch.setattr(command, "BABI_EPOCHS", 1)
+    written = command.draw(["memn2n-attention"], out=tmp_path, log=lambda line: None)
+    assert [p.name for p in written] == ["memn2n_attention.png"] and is_png(written[0])

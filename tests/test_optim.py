@@ -1,0 +1,105 @@
+"""The authors' MemN2N optimisation: the restarted schedule by epoch, per-matrix clipping by hand."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from memnet.lightning import QAModule
+from memnet.optim import LinearStartStepLR, clip_per_matrix_
+
+
+def _rates(epochs: int, **kwargs) -> list[float]:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))], lr=kwargs.pop("lr"))
+    scheduler = LinearStartStepLR(optimizer, **kwargs)
+    rates = []
+    for _ in range(epochs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_restarted_schedule_by_epoch_small_case():
+    rates = _rates(8, lr=0.01, linear_start_epochs=2, linear_start_lr=0.005, step_size=3, gamma=0.5)
+    assert rates == pytest.approx([0.005, 0.005, 0.01, 0.01, 0.005, 0.005, 0.005, 0.0025])
+
+
+def test_restarted_schedule_of_the_authors_single_task_recipe():
+    """20 linear epochs at 0.005, then 0.005 again, halved at the phase's epochs 25, 50, 75, 100 (1-based)."""
+    rates = _rates(120, lr=0.005, linear_start_epochs=20, linear_start_lr=0.005, step_size=25)
+    assert rates[:20] == pytest.approx([0.005] * 20)
+    assert rates[20:44] == pytest.approx([0.005] * 24)  # phase epochs 1..24
+    assert rates[44] == pytest.approx(0.0025)  # phase epoch 25
+    assert rates[69] == pytest.approx(0.00125) and rates[68] == pytest.approx(0.0025)
+    assert rates[119] == pytest.approx(0.005 / 16)  # phase epoch 100
+    joint = _rates(90, lr=0.005, linear_start_epochs=30, linear_start_lr=0.005, step_size=15)
+    assert joint[43] == pytest.approx(0.005) and joint[44] == pytest.approx(0.0025)  # phase epoch 15
+    assert joint[89] == pytest.approx(0.005 / 16)  # phase epoch 60
+
+
+def test_schedule_restarts_above_the_linear_start_rate():
+    rates = _rates(4, lr=0.1, linear_start_epochs=1, linear_start_lr=0.001, step_size=100)
+    assert rates == pytest.approx([0.001, 0.1, 0.1, 0.1])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"linear_start_epochs": -1}, "linear_start_epochs must be a non-negative integer"),
+    ({"step_size": 0}, "step_size must be a positive integer"),
+    ({"linear_start_lr": 0.0}, "linear_start_lr must be positive"),
+    ({"gamma": 1.5}, r"gamma must lie in \(0, 1\]"),
+])
+def test_schedule_bad_options(kwargs, message):
+    options = {"linear_start_epochs": 2, "linear_start_lr": 0.01, "step_size": 3} | kwargs
+    with pytest.raises(ValueError, match=message):
+        LinearStartStepLR(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), **options)
+
+
+def _with_grad(grad: list[list[float]]) -> torch.nn.Parameter:
+    parameter = torch.nn.Parameter(torch.zeros(len(grad), len(grad[0]), dtype=torch.float64))
+    parameter.grad = torch.tensor(grad, dtype=torch.float64)
+    return parameter
+
+
+def test_per_matrix_clipping_by_hand():
+    """G = diag(3, 4): spectral norm 4, Frobenius 5; clipped at 2 each matrix alone, the small one untouched."""
+    big, small = _with_grad([[3, 0], [0, 4]]), _with_grad([[0.6, 0], [0, 0.8]])
+    norms = clip_per_matrix_([[big], [small]], 2.0, "spectral")
+    assert [float(n) for n in norms] == pytest.approx([4.0, 0.8])
+    torch.testing.assert_close(big.grad, torch.tensor([[1.5, 0], [0, 2.0]], dtype=torch.float64))
+    torch.testing.assert_close(small.grad, torch.tensor([[0.6, 0], [0, 0.8]], dtype=torch.float64))
+
+    big, small = _with_grad([[3, 0], [0, 4]]), _with_grad([[0.6, 0], [0, 0.8]])
+    clip_per_matrix_([[big], [small]], 2.0, "frobenius")
+    torch.testing.assert_close(big.grad, torch.tensor([[1.2, 0], [0, 1.6]], dtype=torch.float64))
+    torch.testing.assert_close(small.grad, torch.tensor([[0.6, 0], [0, 0.8]], dtype=torch.float64))
+
+
+def test_a_group_stacks_its_matrices_by_rows():
+    """Rows (3, 4) and (0, 0) are one 2 × 2 matrix of spectral norm 5: both scaled by 1/5."""
+    words, times = _with_grad([[3, 4]]), _with_grad([[0, 0]])
+    times.grad = torch.tensor([[0.0, 5.0]], dtype=torch.float64)  # stacked: [[3, 4], [0, 5]]
+    (norm,) = clip_per_matrix_([[words, times]], 1.0, "frobenius")
+    assert float(norm) == pytest.approx(50 ** 0.5)
+    torch.testing.assert_close(words.grad, torch.tensor([[3, 4]], dtype=torch.float64) / 50 ** 0.5)
+    with pytest.raises(ValueError, match="one width"):
+        clip_per_matrix_([[_with_grad([[1, 2]]), _with_grad([[1, 2, 3]])]], 1.0)
+    with pytest.raises(ValueError, match="norm must be 'spectral' or 'frobenius'"):
+        clip_per_matrix_([[words]], 1.0, "max")
+
+
+def test_qa_module_clips_each_matrix_and_refuses_a_second_clipping():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False), torch.nn.Linear(2, 2, bias=False))
+    module = QAModule(net, clip_per_matrix=1.0, clip_norm="frobenius")
+    net[0].weight.grad = torch.full((2, 2), 3.0)  # norm 6: clipped to 1
+    net[1].weight.grad = torch.full((2, 2), 0.25)  # norm 0.5: kept (a global clip at 1 would scale it)
+    module.on_before_optimizer_step(None)
+    assert float(net[0].weight.grad.norm()) == pytest.approx(1.0)
+    torch.testing.assert_close(net[1].weight.grad, torch.full((2, 2), 0.25))
+    module._trainer = SimpleNamespace(gradient_clip_val=40.0)
+    with pytest.raises(ValueError, match="clip_per_matrix \\(1.0\\) and trainer.gradient_clip_val \\(40.0\\)"):
+        module.on_fit_start()
+    with pytest.raises(ValueError, match="clip_per_matrix must be a positive norm"):
+        QAModule(net, clip_per_matrix=0.0)

@@ -1,0 +1,187 @@
+"""Portable networks: ``memnet export`` and ``memnet.models.load`` round-trip NTM, DNC and MemN2N."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import memnet.models
+from memnet.cli import main as memnet_main
+from memnet.models.dnc import DNC
+from memnet.models.memn2n import MemN2N
+from memnet.models.ntm import NTM
+from memnet.models.pretrained import CONFIG_FILE, WEIGHTS_FILE, PretrainedError, build, save
+
+LSTM = {"class_path": "memnet.controllers.LSTMController", "init_args": {"hidden_size": 6}}
+NTM_CONFIG = {"class_path": "memnet.models.ntm.NTM", "init_args": {
+    "input_size": 5, "output_size": 3, "memory_size": 7, "word_size": 4, "num_reads": 2, "controller": LSTM}}
+DNC_CONFIG = {"class_path": "memnet.models.dnc.DNC", "init_args": {
+    "input_size": 5, "output_size": 3, "memory_size": 9, "word_size": 4, "num_reads": 2, "controller": LSTM}}
+MEMN2N_CONFIG = {"class_path": "memnet.models.memn2n.MemN2N", "init_args": {
+    "input_size": 11, "output_size": 4, "embedding_size": 6, "hops": 2, "memory_size": 8, "seed": 3}}
+
+
+def trained_like(config: dict) -> torch.nn.Module:
+    """The network of ``config`` with every weight moved off its initial value (seeded)."""
+    net = build(config, where="test")
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+    return net.eval()
+
+
+def sequences(batch=3, steps=6, width=5):
+    return torch.randn(batch, steps, width, generator=torch.Generator().manual_seed(1))
+
+
+def questions(batch=3, sentences=5, words=4, vocabulary=11):
+    generator = torch.Generator().manual_seed(2)
+    story = torch.randint(1, vocabulary, (batch, sentences, words), generator=generator)
+    return story, torch.randint(1, vocabulary, (batch, words), generator=generator)
+
+
+@pytest.mark.parametrize(
+    ("config", "cls", "inputs"),
+    [(NTM_CONFIG, NTM, lambda: (sequences(),)), (DNC_CONFIG, DNC, lambda: (sequences(),)),
+     (MEMN2N_CONFIG, MemN2N, lambda: questions())],
+    ids=["ntm", "dnc", "memn2n"],
+)
+def test_round_trip_gives_the_same_outputs(tmp_path, config, cls, inputs):
+    net = trained_like(config)
+    save(net, config, tmp_path / "export")
+    loaded = memnet.models.load(tmp_path / "export")
+    assert type(loaded) is cls and not loaded.training
+    args = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(*args), net(*args), rtol=0, atol=0)
+    assert torch.equal(cls.from_pretrained(tmp_path / "export")(*args), loaded(*args))
+
+
+def test_memory_size_changes_at_load_time(tmp_path):
+    net = trained_like(NTM_CONFIG)
+    save(net, NTM_CONFIG, tmp_path / "export")
+    larger = memnet.models.load(tmp_path / "export", memory_size=23)
+    assert larger.memory_size == 23
+    inputs = sequences()
+    with torch.no_grad():  # the same as running the stored network with 23 slots
+        torch.testing.assert_close(larger(inputs), net(inputs, memory_size=23), rtol=0, atol=0)
+        _, trace = larger(inputs, return_trace=True)
+    assert trace.read_weights.shape[-1] == 23
+
+
+def test_config_holds_class_path_and_every_argument(tmp_path):
+    save(trained_like(DNC_CONFIG), DNC_CONFIG, tmp_path / "export")
+    config = json.loads((tmp_path / "export" / CONFIG_FILE).read_text())
+    assert config["class_path"] == "memnet.models.dnc.DNC"
+    assert config["init_args"]["memory_size"] == 9 and config["init_args"]["controller"] == LSTM
+    assert sorted(os.listdir(tmp_path / "export")) == [CONFIG_FILE, WEIGHTS_FILE]
+
+
+def test_from_pretrained_of_another_class_is_refused(tmp_path):
+    save(trained_like(NTM_CONFIG), NTM_CONFIG, tmp_path / "export")
+    with pytest.raises(PretrainedError, match=r"holds a memnet\.models\.ntm\.NTM, not a DNC"):
+        DNC.from_pretrained(tmp_path / "export")
+
+
+def test_export_into_a_folder_that_is_not_empty_is_refused(tmp_path):
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "notes.txt").write_text("keep me")
+    with pytest.raises(PretrainedError, match=r"export exists and is not an empty folder"):
+        save(trained_like(NTM_CONFIG), NTM_CONFIG, tmp_path / "export")
+    assert os.listdir(tmp_path / "export") == ["notes.txt"]
+
+
+def test_weights_that_do_not_match_the_config_are_one_line(tmp_path):
+    save(trained_like(NTM_CONFIG), NTM_CONFIG, tmp_path / "export")
+    config_path = tmp_path / "export" / CONFIG_FILE
+    config = json.loads(config_path.read_text())
+    config["init_args"]["word_size"] = 6  # the heads and the controller input depend on W
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(PretrainedError) as error:
+        memnet.models.load(tmp_path / "export")
+    message = str(error.value)
+    assert "\n" not in message and f"{WEIGHTS_FILE} does not match" in message
+    assert "in the weights" in message and "for the config" in message
+
+
+def test_missing_and_unexpected_tensors_are_named(tmp_path):
+    save(trained_like(NTM_CONFIG), NTM_CONFIG, tmp_path / "export")
+    weights = tmp_path / "export" / WEIGHTS_FILE
+    state = load_file(weights)
+    dropped = min(state)
+    state.pop(dropped)
+    state["stray.weight"] = torch.zeros(2)
+    save_file(state, weights)
+    with pytest.raises(PretrainedError, match=rf"missing {dropped}.*unexpected stray\.weight"):
+        memnet.models.load(tmp_path / "export")
+
+
+def test_overriding_an_argument_the_network_does_not_take_is_refused(tmp_path):
+    save(trained_like(NTM_CONFIG), NTM_CONFIG, tmp_path / "export")
+    with pytest.raises(PretrainedError, match=r"has no argument slots to override"):
+        memnet.models.load(tmp_path / "export", slots=3)
+
+
+def test_a_missing_folder_that_is_no_hub_id_is_one_line(tmp_path):
+    with pytest.raises(PretrainedError, match=r"no such folder, and not a Hugging Face Hub repository id"):
+        memnet.models.load(tmp_path / "nowhere" / "at" / "all")
+
+
+def test_a_hub_id_offline_fails_with_one_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PretrainedError, match=r"^memnet-test/no-such-model: .*could not be downloaded") as error:
+        memnet.models.load("memnet-test/no-such-model")
+    assert "\n" not in str(error.value)
+
+
+TINY_RUN = """
+seed_everything: 0
+trainer: {max_steps: 2, logger: false, enable_progress_bar: false, enable_model_summary: false,
+          limit_val_batches: 1, default_root_dir: run}
+model:
+  class_path: memnet.lightning.SequenceModule
+  init_args:
+    net:
+      class_path: memnet.models.ntm.NTM
+      init_args:
+        memory_size: 7
+        word_size: 5
+        controller: {class_path: memnet.controllers.LSTMController, init_args: {hidden_size: 4}}
+data:
+  class_path: tasks.algorithmic.AlgorithmicDataModule
+  init_args:
+    task: {class_path: tasks.algorithmic.CopyTask, init_args: {width: 3, min_length: 1, max_length: 4}}
+    batch_size: 3
+    batches_per_epoch: 2
+    val_lengths: [4]
+    val_size: 3
+"""
+
+
+def test_memnet_export_of_a_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.yaml").write_text(TINY_RUN)
+    memnet_main(["fit", "--config", "tiny.yaml"])
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    with pytest.raises(SystemExit) as exit_status:
+        memnet_main(["export", "--ckpt_path", "latest", "--out", "exported"])
+    assert exit_status.value.code == 0
+    assert "exported NTM from" in capsys.readouterr().out
+    config = json.loads((tmp_path / "exported" / CONFIG_FILE).read_text())
+    assert config["init_args"]["input_size"] == 4 and config["init_args"]["output_size"] == 3  # linked from data
+
+    net = memnet.models.load(tmp_path / "exported")
+    trained = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    for name, tensor in net.state_dict().items():
+        assert torch.equal(tensor, trained[f"net.{name}"]), name
+
+    with pytest.raises(SystemExit) as exit_status:  # the folder is not empty now
+        memnet_main(["export", "--ckpt_path", str(checkpoint), "--out", "exported"])
+    assert exit_status.value.code == 1
+    assert capsys.readouterr().err.strip() == (
+        "memnet export: --out: exported exists and is not an empty folder; choose a new folder or empty it")

@@ -1,0 +1,155 @@
+"""RelapseWatch: fires on a relapse and not on noise, reports it, restores the best weights exactly, lowers the lr; ConvergenceLRDecay."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from memnet.callbacks import ConvergenceLRDecay, RelapseWatch
+
+
+def test_fires_on_a_relapse_once_per_excursion():
+    # learns (160 -> 0.05 bits), relapses to 130 for two validations, recovers, relapses again
+    history = [160.0, 150.0, 4.0, 0.5, 0.05, 0.06, 130.5, 4.4, 0.08, 0.04, 29.1, 0.03]
+    watch = RelapseWatch(factor=10, floor=1.0)
+    fired = [watch.update(value, step=100 * (i + 1) - 1) for i, value in enumerate(history)]
+    steps = [event["step"] for event in fired if event is not None]
+    assert steps == [699, 1099]
+    assert watch.events[0] == {"step": 699, "epoch": 0, "value": 130.5, "best": 0.05}
+    assert watch.events[1]["best"] == 0.04
+
+
+def test_quiet_on_noise_and_on_slow_learning():
+    rng = random.Random(0)
+    watch = RelapseWatch(factor=10, floor=1.0)
+    for i in range(500):  # noise around a small best stays under the absolute floor
+        assert watch.update(rng.uniform(0.01, 0.9), step=i) is None
+    early = RelapseWatch(factor=10, floor=1.0)
+    for i, value in enumerate([160, 158, 163, 155, 161, 90, 120, 40, 60, 2.0, 9.0]):  # bumpy learning, < 10x best
+        assert early.update(float(value), step=i) is None
+
+
+def test_factor_and_floor_both_settable():
+    strict = RelapseWatch(factor=2, floor=0.1)
+    strict.update(0.1, step=0)
+    assert strict.threshold() == pytest.approx(0.2)
+    assert strict.update(0.19, step=1) is None
+    assert strict.update(0.21, step=2) is not None
+    assert RelapseWatch(factor=10, floor=5.0).threshold() == float("inf")  # nothing to relapse from yet
+    nan = RelapseWatch()
+    nan.update(0.05, step=0)
+    assert nan.update(float("nan"), step=1) is not None  # a NaN cost is a relapse, not ignored
+
+
+@pytest.mark.parametrize("kwargs, field", [({"factor": 1.0}, "factor"), ({"floor": -1}, "floor"),
+                                           ({"lr_factor": 0.0}, "lr_factor"), ({"lr_factor": 2}, "lr_factor")])
+def test_bad_settings_are_refused(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        RelapseWatch(**kwargs)
+
+
+class ScriptedValidation(pl.LightningModule):
+    """A tiny model whose validation cost is scripted per epoch, so a relapse can be staged."""
+
+    def __init__(self, costs):
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 2)
+        self.costs = costs
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).pow(2).mean()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/bits_per_seq", self.costs[self.current_epoch])
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.parameters(), lr=0.1)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=100)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def fit_scripted(tmp_path, costs, watch, snapshots):
+    class Snapshot(pl.Callback):  # the weights and Adam's moments as each validation saw them (runs before the watch)
+        def on_validation_epoch_end(self, trainer, pl_module):
+            snapshots.append(({k: v.clone() for k, v in pl_module.state_dict().items()},
+                              {k: v["exp_avg"].clone() for k, v in trainer.optimizers[0].state.items()},
+                              trainer.optimizers[0].param_groups[0]["lr"]))
+
+    data = torch.utils.data.TensorDataset(torch.randn(8, 3, generator=torch.Generator().manual_seed(1)))
+    loader = torch.utils.data.DataLoader(data, batch_size=2)
+    module = ScriptedValidation(costs)
+    trainer = pl.Trainer(max_epochs=len(costs), logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
+                         callbacks=[Snapshot(), watch])
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=torch.utils.data.DataLoader(data, batch_size=8))
+    return module, trainer
+
+
+def test_reporting_only_changes_nothing(tmp_path, capsys):
+    snapshots = []
+    watch = RelapseWatch(factor=10, floor=1.0)
+    module, _trainer = fit_scripted(tmp_path, [5.0, 0.05, 50.0, 0.04], watch, snapshots)
+    assert [e["step"] for e in watch.events] == [12]
+    assert "relapse at step 12" in capsys.readouterr().out
+    assert not torch.equal(module.layer.weight, snapshots[1][0]["layer.weight"])  # trained on after the relapse
+
+
+def test_restore_best_is_exact_and_lowers_the_lr(tmp_path):
+    snapshots = []
+    watch = RelapseWatch(factor=10, floor=1.0, restore_best=True, lr_factor=0.5)
+    module, trainer = fit_scripted(tmp_path, [5.0, 0.05, 50.0], watch, snapshots)
+    best_weights, best_moments, _ = snapshots[1]  # epoch 1 is the best, epoch 2 relapses and is the last
+    assert watch.events[0]["step"] == 12
+    for name, value in module.state_dict().items():
+        assert torch.equal(value, best_weights[name]), name
+    state = trainer.optimizers[0].state
+    for key, moment in best_moments.items():
+        assert torch.equal(state[key]["exp_avg"], moment)
+    group = trainer.optimizers[0].param_groups[0]
+    assert group["lr"] == pytest.approx(snapshots[2][2] * 0.5)  # the scheduled lr at the relapse, halved
+    assert group["max_lr"] == pytest.approx(0.05) and group["initial_lr"] == pytest.approx(0.1 / 25 * 0.5)
+
+
+def test_relapse_event_reaches_the_logger(tmp_path):
+    from pytorch_lightning.loggers import CSVLogger
+
+    watch = RelapseWatch()
+    data = torch.utils.data.TensorDataset(torch.randn(4, 3))
+    trainer = pl.Trainer(max_epochs=3, logger=CSVLogger(tmp_path), enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         callbacks=[watch], default_root_dir=tmp_path)
+    trainer.fit(ScriptedValidation([0.02, 40.0, 0.02]), train_dataloaders=torch.utils.data.DataLoader(data, batch_size=2),
+                val_dataloaders=torch.utils.data.DataLoader(data, batch_size=4))
+    rows = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    events = [dict(zip(header, row.split(","))) for row in rows[1:] if row.split(",")[header.index("relapse/event")]]
+    assert [(e["step"], float(e["relapse/value"])) for e in events] == [("4", 40.0)]  # two batches an epoch: the second validation is at step 4
+
+
+def test_convergence_decay_lowers_the_schedule_once(tmp_path):
+    snapshots = []
+    decay = ConvergenceLRDecay(threshold=0.1, factor=0.1)
+    # converged at the second validation (step 8), stays low; the schedule must keep its shape x 0.1 from there
+    fit_scripted(tmp_path, [5.0, 0.05, 0.01, 0.2], decay, snapshots)
+    assert decay.decayed_at == 8
+    reference = torch.optim.lr_scheduler.OneCycleLR(torch.optim.Adam([torch.zeros(1)], lr=0.1), max_lr=0.1,
+                                                    total_steps=100)
+    scheduled = []
+    for _ in range(17):
+        scheduled.append(reference.get_last_lr()[0])
+        reference.optimizer.step()
+        reference.step()
+    lrs = [lr for *_, lr in snapshots]  # the lr each validation saw (the snapshot runs before the decay)
+    assert lrs[0] == pytest.approx(scheduled[4]) and lrs[1] == pytest.approx(scheduled[8])
+    assert lrs[2] == pytest.approx(scheduled[12] * 0.1) and lrs[3] == pytest.approx(scheduled[16] * 0.1)
+    assert decay.state_dict() == {"decayed_at": 8}
+
+
+@pytest.mark.parametrize("kwargs, field", [({"threshold": 0}, "threshold"), ({"factor": 1.0}, "factor"),
+                                           ({"factor": 0}, "factor")])
+def test_convergence_decay_refuses_bad_settings(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        ConvergenceLRDecay(**kwargs)
