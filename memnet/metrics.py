@@ -20,6 +20,7 @@ Question answering (bAbI):
     FAILED_TASK_ERROR        a task above 5% test error counts as failed (Weston et al. 2015)
     mean_error, failed_tasks the papers' summary rows of a set of per-task errors
     task_error_key, task_errors   the logged name ``<stage>/task_<k>/error``, and reading it back
+    length_key, by_length    the logged name ``<stage>/len_<n>/<score>``, and reading it back
 
 Token sequences (seq2seq): ``token_metrics``, ``sequence_accuracy``.
 Real-valued series: ``nrmse_from_sums`` (and ``nrmse_sums`` to accumulate them).
@@ -39,6 +40,7 @@ from einops import rearrange
 LOG2 = math.log(2.0)  # nats per bit
 FAILED_TASK_ERROR = 5.0  # percent: a bAbI task counts as failed above this test error (Weston et al. 2015)
 BABI_TASK_COUNT = 20  # tasks 1..20 of bAbI v1.2
+BABI_TASK_KEYS = tuple(str(k) for k in range(1, BABI_TASK_COUNT + 1))  # the tasks as JSON keys "1".."20"
 
 
 # ----------------------------------------------------------------------------- binary sequences
@@ -158,6 +160,24 @@ def task_errors(metrics: Mapping[str, Any], stage: str = "test") -> dict[int, fl
         if match and match["stage"] == stage:
             errors[int(match["task"])] = float(value)
     return dict(sorted(errors.items()))
+
+
+def length_key(stage: str, length: int, name: str) -> str:
+    """The name under which a score at one task length is logged: ``val/len_20/bits_per_seq``."""
+    return f"{stage}/len_{length}/{name}"
+
+
+_LENGTH_METRIC = re.compile(r"^(?P<stage>\w+)/len_(?P<length>\d+)/(?P<name>\w+)$")
+
+
+def by_length(metrics: Mapping[str, Any], name: str, stage: str = "val") -> dict[int, float]:
+    """{length -> value} of the score ``name`` logged per length (:func:`length_key`), sorted by length."""
+    values = {}
+    for key, value in metrics.items():
+        match = _LENGTH_METRIC.match(str(key))
+        if match and match["stage"] == stage and match["name"] == name and isinstance(value, (int, float)):
+            values[int(match["length"])] = float(value)
+    return dict(sorted(values.items()))
 
 
 # ----------------------------------------------------------------------------- token sequences

@@ -63,7 +63,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("memnet.cli.evaluate", "length generalisation of a checkpoint: table, figures, results.json"),
     "probe": ("memnet.cli.probe", "gradient through time, ‖∂L/∂h(t)‖, of each config's model in one figure"),
     "figures": ("memnet.cli.figures", "the chapter's figures into docs/figures (--only NAME ...)"),
-    "suite": ("memnet.suite", "run a suite of experiments × seeds, then its leaderboard and plots"),
+    "suite": ("memnet.cli.suite", "run a suite of experiments × seeds, then its leaderboard and plots"),
     "export": ("memnet.cli.export", "a checkpoint's network as safetensors + config (memnet.models.load)"),
     "configs": ("memnet.cli.configs", "list the shipped configs, or print one resolved (memnet configs NAME)"),
     "data": ("memnet.cli.data", "fetch, verify and extract a data set (memnet data babi)"),
