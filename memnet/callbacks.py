@@ -195,9 +195,6 @@ class LinearStartSwitch(pl.Callback):
         self.stale = state_dict["stale"]
         self.switched_at = state_dict["switched_at"]
 
-from memnet.probe import GradientProbe  # noqa: F401  (the gradient-through-time probe lives in memnet.probe)
-
-
 class LastAndBestCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` whose ``last.ckpt`` is rewritten at every validation.
 

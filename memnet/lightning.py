@@ -23,6 +23,20 @@ import torch.nn.functional as F
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from memnet.metrics import (  # some re-exported: memnet.lightning.sequence_metrics & co.
+    FAILED_TASK_ERROR,
+    answer_errors,
+    bit_errors_per_sequence,
+    masked_mse,
+    nrmse_from_sums,
+    nrmse_sums,
+    sequence_accuracy,
+    sequence_metrics,
+    task_error_counts,
+    task_error_key,
+    task_errors_from_counts,
+    token_metrics,
+)
 from memnet.optim import ClipNorm, clip_per_matrix_
 
 
@@ -109,7 +123,7 @@ class SequenceModule(pl.LightningModule):
         logits = self(batch["inputs"])
         predictions = (logits > 0).to(batch["targets"].dtype)
         mask = batch["mask"].unsqueeze(-1)
-        errors = ((predictions != batch["targets"]) * mask).sum(dim=(1, 2))
+        errors = bit_errors_per_sequence(logits, batch["targets"], batch["mask"])
         self._predicted.append((int(batch.get("length", -1)), errors.detach().cpu()))
         if len(self._predicted) == 1:
             self._first_prediction = (batch["targets"][0].cpu(), predictions[0].cpu(), batch["mask"][0].cpu())
@@ -208,36 +222,7 @@ def check_finite_loss(loss: torch.Tensor, module: pl.LightningModule) -> None:
         )
 
 
-def sequence_metrics(
-    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """Masked binary cross-entropy and the NTM paper's per-sequence metrics.
-
-    Args:
-        logits: (B, T, D) output logits.
-        targets: (B, T, D) binary targets.
-        mask: (B, T) 1 on scored steps.
-
-    Returns:
-        ``loss`` (mean nats per scored bit), ``bits_per_seq`` and ``bit_errors_per_seq``
-        (sums over a sequence's scored bits, averaged over the batch).
-    """
-    batch_size, _, width = logits.shape
-    mask = mask.unsqueeze(-1)
-    nats = F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * mask
-    scored_bits = (mask.sum() * width).clamp_min(1)
-    errors = ((logits > 0).to(targets.dtype) != targets).to(logits.dtype) * mask
-    return {
-        "loss": nats.sum() / scored_bits,
-        "bits_per_seq": nats.sum() / (batch_size * math.log(2)),
-        "bit_errors_per_seq": errors.sum() / batch_size,
-    }
-
-
 # ----------------------------------------------------------------------------- question answering
-
-FAILED_TASK_ERROR = 5.0  # percent: a bAbI task counts as failed above this test error (Weston et al. 2015)
-
 
 class EpochSums:
     """Mixin for a LightningModule that sums a statistic over each stage's epoch.
@@ -367,7 +352,7 @@ class QAModule(EpochSums, pl.LightningModule):
         logits = self(batch["story"], batch["query"])
         answer = batch["answer"]
         loss = F.cross_entropy(logits, answer, reduction=self.loss_reduction)
-        wrong = (logits.argmax(-1) != answer).to(logits.dtype)
+        wrong = answer_errors(logits, answer)
         batch_size = answer.shape[0]
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=True)
@@ -375,12 +360,8 @@ class QAModule(EpochSums, pl.LightningModule):
         self.log(f"{stage}/error", 100 * wrong.mean(), prog_bar=stage != "train", on_step=on_step,
                  on_epoch=True, batch_size=batch_size, sync_dist=True)
         if "task" in batch:
-            tasks = batch["task"]
-            size = int(tasks.max()) + 1
-            counts = torch.stack([
-                torch.zeros(size, device=wrong.device, dtype=wrong.dtype).index_add_(0, tasks, wrong.detach()),
-                torch.zeros(size, device=wrong.device, dtype=wrong.dtype).index_add_(0, tasks, torch.ones_like(wrong)),
-            ])
+            counts = task_error_counts(wrong.detach(), batch["task"])
+            size = counts.shape[1]
             previous = self._epoch_sums.get(stage)
             if previous is not None:
                 width = max(previous.shape[1], size)
@@ -393,10 +374,9 @@ class QAModule(EpochSums, pl.LightningModule):
         if counts is None or self.trainer.sanity_checking:
             return
         counts = self._global_sums(counts)
-        present = counts[1] > 0
-        errors = 100 * counts[0][present] / counts[1][present]
-        for task, error in zip(present.nonzero().flatten().tolist(), errors):
-            self.log(f"{stage}/task_{task}/error", error, on_epoch=True, sync_dist=True)
+        tasks, errors = task_errors_from_counts(counts)
+        for task, error in zip(tasks, errors):
+            self.log(task_error_key(stage, task), error, on_epoch=True, sync_dist=True)
         self.log(f"{stage}/mean_task_error", errors.mean(), on_epoch=True, sync_dist=True)
         self.log(f"{stage}/failed_tasks", (errors > FAILED_TASK_ERROR).sum().to(errors.dtype), on_epoch=True, sync_dist=True)
 
@@ -560,36 +540,6 @@ class Seq2SeqModule(pl.LightningModule):
         return configure_optimizers(self, "epoch")
 
 
-def token_metrics(logits: torch.Tensor, target: torch.Tensor, *, pad_index: int = 0) -> dict[str, torch.Tensor]:
-    """Token cross-entropy and accuracy, PAD targets ignored.
-
-    Args:
-        logits: (B, T, V).
-        target: (B, T) token ids.
-        pad_index: the id whose positions are not scored.
-
-    Returns:
-        ``loss`` (mean nats per scored token) and ``token_accuracy``.
-    """
-    scored = target != pad_index
-    loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=pad_index)
-    right = (logits.argmax(-1) == target) & scored
-    return {"loss": loss, "token_accuracy": right.sum() / scored.sum().clamp_min(1)}
-
-
-def sequence_accuracy(decoded: torch.Tensor, target: torch.Tensor, *, pad_index: int = 0) -> torch.Tensor:
-    """Exact match of decoded sequences: decoded (B, T'), target (B, T) -> (B,) float 1/0.
-
-    Sequences are compared up to the target's length (EOS included), the shorter
-    padded with PAD; a decoding that goes on past the target's end (non-PAD
-    tokens there) is wrong.
-    """
-    length = max(decoded.shape[1], target.shape[1])
-    decoded = F.pad(decoded, (0, length - decoded.shape[1]), value=pad_index)
-    target = F.pad(target, (0, length - target.shape[1]), value=pad_index)
-    return (decoded == target).all(dim=1).to(torch.get_default_dtype())
-
-
 def format_tokens(tokens: torch.Tensor, names: dict[int, str]) -> str:
     """tokens (T,) -> "5 3 9 <eos>", special ids by name, trailing PAD dropped."""
     ids = tokens.tolist()
@@ -634,12 +584,9 @@ class RegressionModule(EpochSums, pl.LightningModule):
 
     def score(self, predictions: torch.Tensor, batch: dict, stage: str) -> torch.Tensor:
         """Masked MSE of ``predictions`` (B, T, K); adds the batch to the epoch's NRMSE sums."""
-        targets, mask = batch["targets"], batch["mask"].unsqueeze(-1)
-        squared = (predictions - targets) ** 2 * mask
-        count = mask.sum() * targets.shape[-1]
-        loss = squared.sum() / count.clamp_min(1)
-        masked = (targets * mask).double()
-        sums = torch.stack([squared.detach().double().sum(), masked.sum(), (masked**2).sum(), count.double()])
+        targets, mask = batch["targets"], batch["mask"]
+        loss = masked_mse(predictions, targets, mask)
+        sums = nrmse_sums(predictions, targets, mask)
         self._epoch_sums[stage] = sums + self._epoch_sums[stage].to(sums.device) if stage in self._epoch_sums else sums
         self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True,
                  batch_size=targets.shape[0], sync_dist=True)
@@ -668,12 +615,6 @@ class RegressionModule(EpochSums, pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         return configure_optimizers(self, "epoch")
-
-
-def nrmse_from_sums(sums: torch.Tensor) -> torch.Tensor:
-    """[Σ(y−ŷ)², Σy, Σy², n] -> √(Σ(y−ŷ)² / (Σy² − (Σy)²/n)), the NRMSE."""
-    squared_error, total, total_squares, count = sums
-    return torch.sqrt(squared_error / (total_squares - total**2 / count))
 
 
 class RidgeReadoutModule(RegressionModule):

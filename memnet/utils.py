@@ -1,7 +1,8 @@
-"""Small helpers shared across memnet: argument checks, each process's share of the data."""
+"""Small helpers shared across memnet: argument checks, each process's share of the data, the W&B mode."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sized
 from typing import Any
 
@@ -94,3 +95,13 @@ class MemnetError(ValueError):
     The ``memnet`` command prints its message alone (no traceback) and exits with
     status 2. It is a ``ValueError``, so callers that catch those still do.
     """
+
+
+def wandb_offline() -> bool:
+    """W&B stays offline unless the user opted in with ``WANDB_MODE=online``."""
+    return os.environ.get("WANDB_MODE", "offline") != "online"
+
+
+def wandb_mode() -> str:
+    """``"offline"`` or ``"online"`` for ``wandb.init(mode=...)``, as :func:`wandb_offline` decides."""
+    return "offline" if wandb_offline() else "online"
