@@ -36,8 +36,8 @@ def main() -> None:
     parser.add_argument("--title", default="NTM copy, seed 0: validation cost at length 20")
     args = parser.parse_args()
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    for path, label, style in ((args.before, "before: one-cycle Adam as shipped", "C3-"),
-                               (args.after, "after: AMSGrad (amsgrad: true)", "C0-")):
+    for path, label, style in ((args.before, "before: Adam (run to step 2,300)", "C3-"),
+                               (args.after, "after: Adam with AMSGrad", "C0-")):
         steps, values = read_curve(path)
         ax.plot(steps, values, style, marker=".", label=label, lw=1.2)
     ax.set_yscale("log")
