@@ -6,9 +6,11 @@ belongs to the command floor (nothing below the commands may import it).
 
 from memnet.cli.evaluate import (  # noqa: F401  (the names callers use)
     COLUMNS,
+    COSTLY_STEP_SLOTS,
     HEADERS,
     EvaluationError,
     build,
+    cost_warning,
     default_config,
     evaluate_length,
     fit_only_keys,

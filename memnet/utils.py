@@ -110,3 +110,11 @@ def run_dir(trainer: Any) -> Path:
     if not trainer.fast_dev_run and callback is not None and getattr(callback, "dirpath", None):
         return Path(callback.dirpath).parent
     return Path(trainer.default_root_dir) / "runs" / "debug"
+
+
+class MemnetError(ValueError):
+    """A problem with the user's input or files that memnet explains in one line.
+
+    The ``memnet`` command prints its message alone (no traceback) and exits with
+    status 2. It is a ``ValueError``, so callers that catch those still do.
+    """

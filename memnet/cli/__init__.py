@@ -29,8 +29,13 @@ runs are written under ``runs/`` of the working directory.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
+import yaml
+
+from memnet.cli.configs import ConfigError, find_config
+from memnet.cli.errors import TRACEBACK_ENV, ckpt_path_of, one_line
 from memnet.cli.lightning_cli import (
     LATEST_RUN_FILE,
     RUNS_DIR,
@@ -38,7 +43,7 @@ from memnet.cli.lightning_cli import (
     MemnetCLI,
     RunConfigSaver,
 )
-from memnet.utils import wandb_offline
+from memnet.utils import MemnetError, wandb_offline
 
 __all__ = [
     "COMMANDS",
@@ -83,8 +88,25 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``memnet`` console script (and of ``python -m memnet``)."""
+    """Entry point of the ``memnet`` console script (and of ``python -m memnet``).
+
+    A known problem (bad value, damaged file, unwritable folder, see
+    ``memnet.cli.errors``) is printed as one line ``memnet: …`` and exits with
+    status 2 (1 for a diverged training); ``MEMNET_TRACEBACK=1`` shows the traceback.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        _dispatch(argv)
+    except Exception as error:
+        message = one_line(error, ckpt_path_of(argv))
+        if message is None or os.environ.get(TRACEBACK_ENV):
+            raise
+        print(f"memnet: {message}", file=sys.stderr)
+        raise SystemExit(1 if isinstance(error, FloatingPointError) else 2) from None
+
+
+def _dispatch(argv: list[str]) -> None:
+    """Run the subcommand ``argv`` names."""
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return
@@ -94,11 +116,35 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(code, int) and not isinstance(code, bool):  # a command that returns its exit status
             raise SystemExit(code)
         return
-    try:
-        MemnetCLI(args=argv)
-    except FloatingPointError as error:
-        print(f"memnet: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+    check_config_files(argv)
+    MemnetCLI(args=argv)
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Every ``--config FILE`` exists and is valid YAML; else one line naming the file, line and column.
+
+    (The parser would report a syntax error in ``"<unicode string>"``, after its usage text.)
+    """
+    for index, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        elif arg in ("--config", "-c") and index + 1 < len(argv):
+            value = argv[index + 1]
+        else:
+            continue
+        if value.lstrip().startswith(("{", "[")) or "\n" in value or ": " in value or "://" in value:
+            continue  # an inline YAML string or a remote URL, not a file name
+        try:
+            path = find_config(value)  # a file, or a shipped config's name (ntm/copy)
+        except ConfigError as error:
+            raise MemnetError(str(error)) from None
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise MemnetError(f"--config {path}{where}: YAML syntax error, {problem}") from None
 
 
 if __name__ == "__main__":

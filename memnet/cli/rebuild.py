@@ -23,14 +23,16 @@ from typing import Any
 import torch
 import yaml
 
-from memnet.cli.configs import ConfigError, load_config
+from memnet.checkpoint import read_checkpoint
+from memnet.cli.configs import ConfigError, find_config, load_config
 from memnet.cli.lightning_cli import LATEST_RUN_FILE, MemnetCLI
+from memnet.utils import MemnetError
 
 LATEST = "latest"  # --ckpt_path latest: the best (else last) checkpoint of runs/latest.json
 QUIET = ("--trainer.logger=false", "--trainer.enable_progress_bar=false")
 
 
-class RebuildError(ValueError):
+class RebuildError(MemnetError):
     """A run that cannot be rebuilt as asked (bad path, config or checkpoint); the message names it."""
 
 
@@ -99,7 +101,11 @@ def config_text(config: str | Path) -> str:
 
 def instantiate(configs: Sequence[str | Path], overrides: Sequence[str] = ()) -> MemnetCLI:
     """The run's model, data module and trainer (not run), through the real CLI parser, no logger."""
-    args = [arg for config in configs for arg in ("--config", config_text(config))]
+    try:
+        files = [find_config(config) for config in configs]  # a file, or a shipped name (ntm/copy)
+    except ConfigError as error:
+        raise RebuildError(str(error)) from None
+    args = [arg for config in files for arg in ("--config", config_text(config))]
     try:
         return MemnetCLI(args=[*args, *QUIET, *overrides], run=False)
     except SystemExit:  # the parser printed what it refused; say which file and what to do
@@ -111,8 +117,11 @@ def instantiate(configs: Sequence[str | Path], overrides: Sequence[str] = ()) ->
 
 def load_checkpoint(module: torch.nn.Module, checkpoint: Path, configs: Sequence[str | Path]) -> None:
     """Load a Lightning checkpoint's ``state_dict`` into ``module``, naming what does not fit."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if "state_dict" not in state:
+    try:
+        state = read_checkpoint(checkpoint)
+    except MemnetError as error:
+        raise RebuildError(f"--ckpt_path: {error}") from None
+    if not isinstance(state, dict) or "state_dict" not in state:
         raise RebuildError(f"--ckpt_path: {checkpoint} holds no 'state_dict' (not a Lightning checkpoint)")
     try:
         module.load_state_dict(state["state_dict"])

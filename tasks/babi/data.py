@@ -5,7 +5,9 @@ itself or from an extracted folder; nothing is generated. Where it is looked for
 (first hit wins):
 
     1. ``data_dir`` of the data module (a folder, or the ``.tar.gz`` itself)
-    2. the environment variable ``MEMNET_DATA_DIR``
+    2. the environment variable ``MEMNET_DATA_DIR``: when set it must name a folder
+       holding the data; empty, missing, a file or without the data is an error
+       naming it, not a reason to look elsewhere
     3. ``data/babi`` under the working directory (where ``memnet data babi`` puts it)
     4. ``shared/data/babi`` beside the repository (a checkout's sibling folder)
 

@@ -75,6 +75,15 @@ def _parse_id(text: str, source: str, line_number: int, what: str) -> int:
     return value
 
 
+def _looks_like_question(text: str) -> bool:
+    """Whether a line's text (without its ID) is a question: it has a ``?`` not followed by the final ``.``.
+
+    Every statement of the distribution ends with ``.``; the Hindi ones may end
+    with ``?.`` ("Pallavi bhedia hai ?."), a question's text ends with ``?``.
+    """
+    return "?" in text and text[text.rindex("?") + 1:].strip() != "."
+
+
 def parse_babi(text: str, *, source: str, task: int) -> list[dict[str, Any]]:
     """Parse the text of one bAbI file into examples, one per question.
 
@@ -91,7 +100,8 @@ def parse_babi(text: str, *, source: str, task: int) -> list[dict[str, Any]]:
         BabiFormatError: empty file, CR line endings, blank line, a line not
             ``ID text``, an ID that neither restarts at 1 nor goes up by one, a
             question line without exactly ``question<TAB>answer<TAB>IDs``, an
-            empty question or answer, a supporting ID that is not an integer,
+            empty question or answer, a question (a ``?``) without its tabs and
+            answer fields, a supporting ID that is not an integer,
             points forward, outside the story or at a question.
     """
     if text == "":
@@ -124,6 +134,12 @@ def parse_babi(text: str, *, source: str, task: int) -> list[dict[str, Any]]:
             )
         previous_id = line_id
         if "\t" not in rest:
+            if _looks_like_question(rest):
+                raise BabiFormatError(
+                    source, line_number,
+                    f"{rest.strip()!r} is a question (it has a '?') but no tabs: expected "
+                    "'question<TAB>answer<TAB>supporting IDs'",
+                )
             tokens = tokenize(rest)
             if not tokens:
                 raise BabiFormatError(source, line_number, "a statement needs at least one word after the ID")
