@@ -172,6 +172,8 @@ class QAModule(MemnetModule):
         clip_norm: the norm of ``clip_per_matrix``: ``spectral`` (the authors') or ``frobenius``.
     """
 
+    epoch_metric = TaskErrorCounts  # per stage: wrong answers and questions per task
+
     def __init__(
         self,
         net: nn.Module,
@@ -195,7 +197,6 @@ class QAModule(MemnetModule):
         self.loss_reduction = loss_reduction
         self.clip_per_matrix = clip_per_matrix
         self.clip_norm = clip_norm
-        self.task_errors = StageMetrics(TaskErrorCounts)  # per stage: wrong answers and questions per task
 
     def on_fit_start(self) -> None:
         if self.clip_per_matrix is not None and self.trainer.gradient_clip_val:
@@ -227,17 +228,11 @@ class QAModule(MemnetModule):
         self.log(f"{stage}/error", 100 * wrong.mean(), prog_bar=stage != "train", on_step=on_step,
                  on_epoch=True, batch_size=batch_size, sync_dist=True)
         if "task" in batch:
-            self.task_errors.update(stage, wrong, batch["task"])
+            self.epoch_metrics.update(stage, wrong, batch["task"])
         return loss
 
-    def reset_epoch(self, stage: str) -> None:
-        self.task_errors.reset(stage)
-
-    def log_epoch(self, stage: str) -> None:
+    def log_epoch_value(self, stage: str, counts: torch.Tensor) -> None:
         """The epoch's error per task, their mean and the failed tasks (above 5%)."""
-        counts = self.task_errors.compute(stage)
-        if counts is None or self.trainer.sanity_checking:
-            return
         tasks, errors = task_errors_from_counts(counts)
         for task, error in zip(tasks, errors):
             self.log(task_error_key(stage, task), error, on_epoch=True, sync_dist=True)
@@ -401,16 +396,7 @@ class RegressionModule(MemnetModule):
         scheduler_interval: step the scheduler every ``epoch`` or ``step``.
     """
 
-    def __init__(
-        self,
-        net: nn.Module,
-        *,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        scheduler: LRSchedulerCallable | None = None,
-        scheduler_interval: Interval = "epoch",
-    ) -> None:
-        super().__init__(net, optimizer=optimizer, scheduler=scheduler, scheduler_interval=scheduler_interval)
-        self.nrmse = StageMetrics(NRMSESums)  # per stage: [Σ(y−ŷ)², Σy, Σy², count] this epoch, float64
+    epoch_metric = NRMSESums  # per stage: [Σ(y−ŷ)², Σy, Σy², count] this epoch, float64
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """inputs (B, T, D_in) -> predictions (B, T, K)."""
@@ -420,7 +406,7 @@ class RegressionModule(MemnetModule):
         """Masked MSE of ``predictions`` (B, T, K); adds the batch to the epoch's NRMSE sums."""
         targets, mask = batch["targets"], batch["mask"]
         loss = masked_mse(predictions, targets, mask)
-        self.nrmse.update(stage, nrmse_sums(predictions, targets, mask))
+        self.epoch_metrics.update(stage, nrmse_sums(predictions, targets, mask))
         self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True,
                  batch_size=targets.shape[0], sync_dist=True)
         return loss
@@ -428,14 +414,8 @@ class RegressionModule(MemnetModule):
     def model_step(self, batch: dict, stage: str) -> torch.Tensor:
         return self.score(self(batch["inputs"]), batch, stage)
 
-    def reset_epoch(self, stage: str) -> None:
-        self.nrmse.reset(stage)
-
-    def log_epoch(self, stage: str) -> None:
+    def log_epoch_value(self, stage: str, value: torch.Tensor) -> None:
         """The NRMSE over the epoch's scored steps (of every DDP process)."""
-        value = self.nrmse.compute(stage)
-        if value is None or self.trainer.sanity_checking:
-            return
         self.log(f"{stage}/nrmse", value.float(), prog_bar=stage != "train", sync_dist=True)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:

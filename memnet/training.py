@@ -47,6 +47,9 @@ class MemnetModule(pl.LightningModule):
 
     #: constructor arguments that are not hyper-parameters (not saved in checkpoints)
     not_saved: tuple[str, ...] = ("net", "optimizer", "scheduler")
+    #: the torchmetrics Metric a subclass accumulates over each stage's epoch (None: none);
+    #: ``log_epoch_value(stage, value)`` logs what it computed
+    epoch_metric: Callable[[], torchmetrics.Metric] | None = None
 
     def __init__(
         self,
@@ -64,6 +67,7 @@ class MemnetModule(pl.LightningModule):
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.scheduler_interval = scheduler_interval
+        self.epoch_metrics = None if self.epoch_metric is None else StageMetrics(self.epoch_metric)
 
     def setup(self, stage: str) -> None:
         check_precision(self)
@@ -89,10 +93,21 @@ class MemnetModule(pl.LightningModule):
     # ---- per-epoch accumulation: a subclass with StageMetrics resets and logs them here ----
 
     def reset_epoch(self, stage: str) -> None:
-        """Clear what ``stage`` accumulates over an epoch (nothing here)."""
+        """Clear what ``stage`` accumulates over an epoch."""
+        if self.epoch_metrics is not None:
+            self.epoch_metrics.reset(stage)
 
     def log_epoch(self, stage: str) -> None:
-        """Log what ``stage`` accumulated over its epoch (nothing here)."""
+        """Log what ``stage`` accumulated over its epoch (of every DDP process); not in the sanity check."""
+        if self.epoch_metrics is None:
+            return
+        value = self.epoch_metrics.compute(stage)
+        if value is not None and not self.trainer.sanity_checking:
+            self.log_epoch_value(stage, value)
+
+    def log_epoch_value(self, stage: str, value: Any) -> None:
+        """Log the value ``epoch_metric`` computed over ``stage``'s epoch (a subclass with one writes it)."""
+        raise NotImplementedError
 
     def on_train_epoch_start(self) -> None:
         self.reset_epoch("train")
