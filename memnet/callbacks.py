@@ -14,21 +14,9 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 
 from memnet.plots import plot_dnc_memory, plot_memory_access
-from memnet.utils import parameter_dtype
+from memnet.utils import parameter_dtype, run_dir  # run_dir re-exported: memnet.callbacks.run_dir
 
 log = logging.getLogger(__name__)
-
-
-def run_dir(trainer: pl.Trainer) -> Path:
-    """The folder of this run: the parent of its checkpoint folder.
-
-    Without checkpointing (e.g. ``fast_dev_run``) it is ``<root>/runs/debug``, so a
-    debug run never writes into the working directory itself.
-    """
-    callback = trainer.checkpoint_callback
-    if not trainer.fast_dev_run and callback is not None and getattr(callback, "dirpath", None):
-        return Path(callback.dirpath).parent
-    return Path(trainer.default_root_dir) / "runs" / "debug"
 
 
 class MemoryAccessPlot(pl.Callback):

@@ -40,6 +40,8 @@ import torch.nn.functional as F
 from pytorch_lightning.loggers import WandbLogger
 from torch import nn
 
+from memnet.utils import run_dir
+
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 # Norms are drawn on a log axis; a norm of exactly 0 (a state that cannot
@@ -265,10 +267,6 @@ class GradientProbe(pl.Callback):
         )
         epoch = trainer.current_epoch
         self.curves[f"epoch {epoch}"] = norms
-        from memnet.callbacks import (
-            run_dir,  # here, not at the top: memnet.callbacks re-exports this class
-        )
-
         path = run_dir(trainer) / "gradient_probe" / f"epoch_{epoch:04d}.png"
         self.last_path = plot_gradient_curves(path, self.curves, title=f"gradient through time, {type(net).__name__}")
         floor = torch.tensor(PLOT_FLOOR, dtype=torch.float64)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sized
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -89,14 +90,6 @@ def check_sequence_inputs(inputs: torch.Tensor, input_size: int, *, model: str,
         raise ValueError(f"{model}: memory_size must be a positive integer, got {memory_size!r}")
 
 
-class MemnetError(ValueError):
-    """A problem with the user's input or files that memnet explains in one line.
-
-    The ``memnet`` command prints its message alone (no traceback) and exits with
-    status 2. It is a ``ValueError``, so callers that catch those still do.
-    """
-
-
 def wandb_offline() -> bool:
     """W&B stays offline unless the user opted in with ``WANDB_MODE=online``."""
     return os.environ.get("WANDB_MODE", "offline") != "online"
@@ -105,3 +98,23 @@ def wandb_offline() -> bool:
 def wandb_mode() -> str:
     """``"offline"`` or ``"online"`` for ``wandb.init(mode=...)``, as :func:`wandb_offline` decides."""
     return "offline" if wandb_offline() else "online"
+
+
+def run_dir(trainer: Any) -> Path:
+    """The folder of a Lightning run: the parent of its checkpoint folder.
+
+    Without checkpointing (e.g. ``fast_dev_run``) it is ``<root>/runs/debug``, so a
+    debug run never writes into the working directory itself.
+    """
+    callback = trainer.checkpoint_callback
+    if not trainer.fast_dev_run and callback is not None and getattr(callback, "dirpath", None):
+        return Path(callback.dirpath).parent
+    return Path(trainer.default_root_dir) / "runs" / "debug"
+
+
+class MemnetError(ValueError):
+    """A problem with the user's input or files that memnet explains in one line.
+
+    The ``memnet`` command prints its message alone (no traceback) and exits with
+    status 2. It is a ``ValueError``, so callers that catch those still do.
+    """

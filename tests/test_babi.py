@@ -503,10 +503,11 @@ def test_table_command_evaluates_a_trained_checkpoint(tmp_path, monkeypatch, cap
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", str(config), "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
           "--trainer.limit_val_batches=1", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-          f"--trainer.default_root_dir={tmp_path / 'run'}", f"--data.init_args.data_dir={ARCHIVE}",
+          f"--trainer.default_root_dir={tmp_path / 'run'}", f"--checkpoint.dirpath={tmp_path / 'run' / 'checkpoints'}",
+          f"--data.init_args.data_dir={ARCHIVE}",
           f"--data.init_args.cache_dir={tmp_path / 'cache'}", "--data.init_args.tasks=[1, 6]"])
-    (checkpoint,) = (tmp_path / "run").glob("**/checkpoints/last.ckpt")  # the run's own folder under run/runs/
-    assert (checkpoint.parent.parent / "config.yaml").is_file()
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert checkpoint.is_file() and (tmp_path / "run" / "config.yaml").is_file()
     capsys.readouterr()
     main(["babi-table", "--ckpt_path", str(checkpoint), "--name", "tiny", "--csv", str(tmp_path / "t.csv")])
     out = capsys.readouterr().out

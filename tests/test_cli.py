@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from memnet.cli import main
+from memnet.cli.configs import load_config
 from memnet.lightning import SequenceModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,8 +80,8 @@ def test_unknown_key_fails_naming_it(capsys):
 
 def test_wrong_type_fails_naming_the_field(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
-    # an override stacked on the shipped config (a copy of it would lose its relative `extends`)
-    bad.write_text("model:\n  init_args:\n    net:\n      init_args:\n        memory_size: lots\n")
+    resolved = yaml.safe_dump(load_config(ROOT / "configs" / "ntm" / "copy_small.yaml"))  # its fragments stacked
+    bad.write_text(resolved.replace("memory_size: 32", "memory_size: lots"))
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(SMALL), "--config", str(bad)])
     err = capsys.readouterr().err

@@ -20,10 +20,10 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveCon
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from memnet.callbacks import LastAndBestCheckpoint, run_dir
+from memnet.callbacks import LastAndBestCheckpoint
 from memnet.checkpoint import check_finite_state, unreadable_checkpoint
 from memnet.cli.configs import ConfigError, resolve_config_args
-from memnet.utils import MemnetError, wandb_offline
+from memnet.utils import MemnetError, run_dir, wandb_offline
 
 RUNS_DIR = "runs"
 LATEST_RUN_FILE = Path(RUNS_DIR) / "latest.json"
@@ -229,5 +229,3 @@ def _wandb_dir(trainer: pl.Trainer) -> str | None:
             except Exception:  # noqa: BLE001 -- a disabled or failed W&B run: the rest of the summary still stands
                 return None
     return None
-
-

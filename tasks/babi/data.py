@@ -5,7 +5,9 @@ itself or from an extracted folder; nothing is generated. Where it is looked for
 (first hit wins):
 
     1. ``data_dir`` of the data module (a folder, or the ``.tar.gz`` itself)
-    2. the environment variable ``MEMNET_DATA_DIR``
+    2. the environment variable ``MEMNET_DATA_DIR``: when set it must name a folder
+       holding the data; empty, missing, a file or without the data is an error
+       naming it, not a reason to look elsewhere
     3. ``data/babi`` under the working directory (where ``memnet data babi`` puts it)
     4. ``shared/data/babi`` beside the repository (a checkout's sibling folder)
 
@@ -14,16 +16,7 @@ In each folder the tarball ``tasks_1-20_v1-2.tar.gz``, an extracted
 accepted. ``memnet data babi`` fetches or copies the official archive, checks
 its sha256 and extracts it safely.
 
-The format (one file per task and split)::
-
-    1 Mary moved to the bathroom.
-    2 John went to the hallway.
-    3 Where is Mary? \tbathroom\t1
-
-IDs restart at 1 for each story and go up by one; a question line carries the
-question, the answer and the IDs of the supporting statements. The parser is
-strict: a malformed line raises :class:`BabiFormatError` naming the file, the
-line number and what was expected; nothing is dropped.
+The files are parsed strictly by ``tasks.babi.parse`` (errors name the file and line).
 
 Each question becomes one example with the columns
 
