@@ -1,7 +1,9 @@
 """Finding, checking and extracting the official bAbI archive (``tasks_1-20_v1-2.tar.gz``).
 
 Where the data is looked for (first hit wins): ``data_dir`` of the data module, the
-environment variable ``MEMNET_DATA_DIR``, ``data/babi`` under the working directory
+environment variable ``MEMNET_DATA_DIR`` (when set it must name a folder holding the
+data; empty, missing, a file or without the data is an error naming it, not a reason
+to look elsewhere), ``data/babi`` under the working directory
 (where ``memnet data babi`` puts it), ``shared/data/babi`` beside the repository.
 In each folder the tarball, an extracted ``tasks_1-20_v1-2/`` or the language
 folders themselves (``en/``, ...) are accepted. ``memnet data babi`` (:func:`data_main`)
