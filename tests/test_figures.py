@@ -304,6 +304,6 @@ def test_memn2n_figure_without_data_says_where_to_get_it(tmp_path, monkeypatch):
     from memnet.cli import figures as command
 
     monkeypatch.setenv("MEMNET_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr("tasks.babi.candidate_data_dirs", lambda data_dir=None: [tmp_path / "no-babi"])
+    monkeypatch.setattr("tasks.babi.archive.candidate_data_dirs", lambda data_dir=None: [tmp_path / "no-babi"])
     with pytest.raises(command.FigureError, match=r"found no data: .*memnet data babi.*memn2n.ckpt"):
         command.draw(["memn2n-attention"], out=tmp_path, log=lambda line: None)

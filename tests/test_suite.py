@@ -446,6 +446,41 @@ def test_babi_results_of_memnet_babi_table_are_collected(tmp_path):
     assert collected == {"babi_error": {"1": 2.5, "12": 7.0}, "split": "test"}
 
 
+def test_babi_validation_split_goes_through_suite_evaluate_in_the_same_schema(tmp_path, capsys):
+    spec = {"kind": "babi", "split": "valid"}
+    experiment = S.Experiment(name="memn2n", configs=("c.yaml",), overrides={}, seeds=(0,),
+                              budget={"max_epochs": 1}, evaluate=spec, model="memn2n", task="babi")  # fmt: skip
+    run = S.Run("s", experiment, 0, tmp_path)
+    argv = S.EVALUATORS["babi"].command(run, "best.ckpt", spec)
+    assert argv[:6] == ["-m", "memnet.cli", "suite", "_evaluate", "validate", "--config"]
+    assert argv[argv.index("--name") + 1] == "memn2n"
+    out = Path(argv[argv.index("--out") + 1])
+    out.parent.mkdir(parents=True)
+    out.write_text(json.dumps({"memn2n": {"3": 40.0}}))  # what `memnet suite _evaluate` writes
+    assert S.EVALUATORS["babi"].collect(run, spec) == {"babi_error": {"3": 40.0}, "split": "valid"}
+    out.write_text(json.dumps({"other": {"3": 40.0}}))
+    with pytest.raises(S.EvaluationUnavailable, match="no per-task bAbI error for memn2n"):
+        S.EVALUATORS["babi"].collect(run, spec)
+    with pytest.raises(SystemExit) as exit_info:  # the hidden subcommand parses its own options
+        cli_main(["suite", "_evaluate", "--help"])
+    assert exit_info.value.code == 0 and "--ckpt_path" in capsys.readouterr().out
+
+
+def test_algorithmic_results_must_follow_the_evaluate_schema(tmp_path):
+    spec = {"kind": "algorithmic", "lengths": [20]}
+    experiment = S.Experiment(name="ntm", configs=("c.yaml",), overrides={}, seeds=(0,),
+                              budget={"max_steps": 1}, evaluate=spec, model="NTM", task="copy")  # fmt: skip
+    run = S.Run("s", experiment, 0, tmp_path)
+    folder = run.folder / "evaluation"
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"bits_per_seq": {"20": 1.0}}))  # an old guessed shape
+    with pytest.raises(S.EvaluationUnavailable, match="'lengths' list"):
+        S.EVALUATORS["algorithmic"].collect(run, spec)
+    rows = [{"length": 20, "bits_per_seq": 1.5, "bit_errors_per_seq": 0.0, "sequences": 4}]
+    (folder / "results.json").write_text(json.dumps({"lengths": rows, "train_range": [1, 10]}))
+    assert S.EVALUATORS["algorithmic"].collect(run, spec) == {"bits_per_seq": {"20": 1.5}, "train_range": [1, 10]}
+
+
 def test_babi_errors_from_logged_metrics():
     metrics = {
         "test/task_1/error": 2.0,

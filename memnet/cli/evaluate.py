@@ -16,8 +16,8 @@ model trained with 128 slots at lengths ≤ 20 runs length 100 with 640), so the
 table measures the model, not a starved memory; ``--memory_size`` fixes N, and a
 length that needs more slots is refused with an error naming it. Every row
 names its N. A length costly to run (steps × slots above ``COSTLY_STEP_SLOTS``)
-is announced with a warning and reports progress after every sub-batch. ``latest`` is the best (else last) checkpoint of the
-run named in ``runs/latest.json``.
+is announced with a warning and reports progress after every sub-batch.
+``latest`` is the best (else last) checkpoint of the run named in ``runs/latest.json``.
 
 Writes to ``--out`` (default ``<run>/evaluation``):
 
@@ -111,7 +111,7 @@ def takes_memory_size(net: torch.nn.Module) -> bool:
         return False
 
 
-def slots_for(task: Any, length: int, trained: int | None, fixed: int | None, *,
+def slots_for(task: SequenceTask, length: int, trained: int | None, fixed: int | None, *,
               trained_length: int | None = None) -> int | None:
     """Memory slots N at ``length``: ``fixed`` if given (refused when too small), else the trained ratio.
 
@@ -127,7 +127,7 @@ def slots_for(task: Any, length: int, trained: int | None, fixed: int | None, *,
     """
     if trained is None:
         return None
-    needed = _needed(task, length)
+    needed = int(task.memory_needed(length))
     if fixed is not None:
         if needed > fixed:
             raise EvaluationError(
@@ -138,12 +138,8 @@ def slots_for(task: Any, length: int, trained: int | None, fixed: int | None, *,
     trained_length = trained_length if trained_length is not None else getattr(task, "max_length", None)
     proportional = 0
     if trained_length is not None:
-        proportional = math.ceil(trained * needed / max(1, _needed(task, trained_length)))
+        proportional = math.ceil(trained * needed / max(1, int(task.memory_needed(trained_length))))
     return max(trained, needed, proportional)
-
-
-def _needed(task: Any, length: int) -> int:
-    return int(task.memory_needed(length)) if hasattr(task, "memory_needed") else length
 
 
 # Above this many (time steps × memory slots) per sequence, ``memnet evaluate`` warns about the cost and
@@ -218,8 +214,11 @@ def evaluate_length(
 def markdown_table(rows: list[LengthRow]) -> str:
     """The rows of :func:`evaluate_length` as a markdown table (a column per score)."""
     columns = _columns(rows)
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
-    return tables.markdown_table([HEADERS[c] for c in columns], cells, align=["right"] * len(columns))
+    return tables.markdown_table([HEADERS[c] for c in columns], _cells(rows, columns), align=["right"] * len(columns))
+
+
+def _cells(rows: list[LengthRow], columns: list[str]) -> list[list[str]]:
+    return [[_cell(row.get(c)) for c in columns] for row in rows]
 
 
 def _columns(rows: list[dict]) -> list[str]:

@@ -32,7 +32,7 @@ LATEST = "latest"  # --ckpt_path latest: the best (else last) checkpoint of runs
 QUIET = ("--trainer.logger=false", "--trainer.enable_progress_bar=false")
 
 
-class RebuildError(MemnetError):
+class RebuildError(ValueError):
     """A run that cannot be rebuilt as asked (bad path, config or checkpoint); the message names it."""
 
 
@@ -87,10 +87,8 @@ def config_text(config: str | Path) -> str:
     A run's saved ``config.yaml`` is the ``fit`` subcommand's config; a parser built
     without a subcommand (``run=False``) refuses those keys.
     """
-    config = Path(config)
-    if not config.is_file():
-        raise RebuildError(f"--config: no file at {config}")
     try:
+        config = find_config(config)  # a file, or a shipped config's name (ntm/copy)
         content = load_config(config)  # its extends fragments stacked (a run's config.yaml has none)
     except ConfigError as error:
         raise RebuildError(f"--config: {error}") from None
@@ -101,11 +99,7 @@ def config_text(config: str | Path) -> str:
 
 def instantiate(configs: Sequence[str | Path], overrides: Sequence[str] = ()) -> MemnetCLI:
     """The run's model, data module and trainer (not run), through the real CLI parser, no logger."""
-    try:
-        files = [find_config(config) for config in configs]  # a file, or a shipped name (ntm/copy)
-    except ConfigError as error:
-        raise RebuildError(str(error)) from None
-    args = [arg for config in files for arg in ("--config", config_text(config))]
+    args = [arg for config in configs for arg in ("--config", config_text(config))]
     try:
         return MemnetCLI(args=[*args, *QUIET, *overrides], run=False)
     except SystemExit:  # the parser printed what it refused; say which file and what to do
@@ -118,7 +112,7 @@ def instantiate(configs: Sequence[str | Path], overrides: Sequence[str] = ()) ->
 def load_checkpoint(module: torch.nn.Module, checkpoint: Path, configs: Sequence[str | Path]) -> None:
     """Load a Lightning checkpoint's ``state_dict`` into ``module``, naming what does not fit."""
     try:
-        state = read_checkpoint(checkpoint)
+        state = read_checkpoint(checkpoint)  # a damaged file or non-finite weights: one line naming them
     except MemnetError as error:
         raise RebuildError(f"--ckpt_path: {error}") from None
     if not isinstance(state, dict) or "state_dict" not in state:
