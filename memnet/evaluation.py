@@ -115,14 +115,28 @@ def resolve_checkpoint(ckpt_path: str, latest_file: str | Path | None = None) ->
         summary = json.loads(latest.read_text())
     except json.JSONDecodeError as error:
         raise EvaluationError(f"--ckpt_path latest: {latest} line {error.lineno} is not JSON: {error.msg}") from None
-    for key in ("best_checkpoint", "last_checkpoint"):
+    except (OSError, UnicodeDecodeError) as error:
+        raise EvaluationError(f"--ckpt_path latest: {latest} cannot be read ({error})") from None
+    keys = ("best_checkpoint", "last_checkpoint")
+    if not isinstance(summary, dict) or not any(key in summary for key in keys):
+        raise EvaluationError(
+            f"--ckpt_path latest: {latest} is not a run summary (expected a JSON object with "
+            f"{' and/or '.join(keys)}, as `memnet fit` writes); got {type(summary).__name__} "
+            f"{_shorten_value(summary)}"
+        )
+    for key in keys:
         candidate = summary.get(key)
-        if candidate and Path(candidate).is_file():
+        if isinstance(candidate, str) and candidate and Path(candidate).is_file():
             return Path(candidate)
     raise EvaluationError(
         f"--ckpt_path latest: {latest} names no existing checkpoint "
         f"(best_checkpoint={summary.get('best_checkpoint')!r}, last_checkpoint={summary.get('last_checkpoint')!r})"
     )
+
+
+def _shorten_value(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def default_config(checkpoint: Path) -> Path:
