@@ -903,6 +903,17 @@ class _Progress:
                 self.last_print = time.monotonic()
 
 
+def _seconds_before(previous: dict[str, Any], resume: Path | None) -> float:
+    """Training seconds a resumed run already spent: what its record holds, plus, for an attempt
+    killed while running (no time recorded), the time from its start to its last checkpoint."""
+    if resume is None:
+        return 0.0
+    before = float(previous.get("train_seconds", 0.0) or 0.0)
+    if previous.get("status") == "running" and isinstance(previous.get("started_at"), (int, float)):
+        before += max(0.0, resume.stat().st_mtime - float(previous["started_at"]))
+    return before
+
+
 def _duration(seconds: float) -> str:
     seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
@@ -1058,14 +1069,16 @@ class SuiteRunner:
         if not trained:
             summary_path.unlink(missing_ok=True)
             resume = run.last_checkpoint()
+            before = _seconds_before(previous, resume)
             argv = ["-m", "memnet.cli", *run.fit_argv(base=self.base, resume_from=resume)]
             (run.folder / "command.json").write_text(
                 json.dumps({"argv": argv, "cwd": str(self.base)}, indent=2)
             )
             self._event(event="start", run=run.name, resume_from=str(resume) if resume else None)
-            self._write_record(run, status="running", resume_from=str(resume) if resume else None)
+            self._write_record(run, status="running", resume_from=str(resume) if resume else None,
+                               train_seconds=round(before, 3), started_at=time.time())
             code = self._process(argv, run.folder / "train.log", slot)
-            train_seconds = time.monotonic() - started
+            train_seconds = before + time.monotonic() - started
             if self.stopping:
                 self._event(event="interrupted", run=run.name)
                 self._write_record(run, status="interrupted", train_seconds=round(train_seconds, 3))

@@ -296,6 +296,31 @@ def test_half_finished_run_resumes_from_its_last_checkpoint(finished, tmp_path):
     assert "Restoring states from the checkpoint path" in log and "`max_steps=6` reached" in log
 
 
+@pytest.mark.parametrize("status", ["interrupted", "running"])
+def test_train_seconds_count_the_time_before_an_interruption(finished, tmp_path, status):
+    """'train s' of a resumed run adds the time spent before: recorded at SIGTERM, or up to the last
+    checkpoint when the attempt was killed while running."""
+    suite_file = write_suite(tmp_path / "longer.yaml", [{**LSTM, "seeds": [0], "budget": {"max_steps": 6}}],
+                             name="longer")
+    results = tmp_path / "results"
+    target = results / "lstm-copy" / "seed_0"
+    shutil.copytree(finished["results"] / "lstm-copy" / "seed_0" / "checkpoints", target / "checkpoints")
+    checkpoint_time = (target / "checkpoints" / "last.ckpt").stat().st_mtime
+    record = {"status": status, "train_seconds": 1000.0}
+    if status == "running":  # killed: started 500 s before its last checkpoint was written
+        record["started_at"] = checkpoint_time - 500.0
+    (target / S.RECORD_FILE).write_text(json.dumps(record))
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        assert S.main(["run", str(suite_file), "--results", str(results), "--no-report"]) == 0
+    finally:
+        os.chdir(cwd)
+    done = json.loads((target / S.RECORD_FILE).read_text())
+    spent_before = 1000.0 + (500.0 if status == "running" else 0.0)
+    assert done["status"] == "done" and spent_before < done["train_seconds"] < spent_before + 300
+
+
 def test_failing_experiment_is_reported_and_the_others_go_on(tmp_path):
     broken = {
         **LSTM,
