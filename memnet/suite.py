@@ -791,6 +791,52 @@ class Run:
         return argv
 
 
+def check_fit_arguments(runs: list[Run], base: Path) -> None:
+    """Parse every experiment's ``memnet fit`` arguments (first seed) as the run would, instantiating nothing.
+
+    A typo in an override key (``model.init_args.net.init_args.memroy_size``) or a
+    value of the wrong type is a ``SuiteError`` naming the experiment and the parser's
+    complaint, before anything trains (``memnet suite run --dry-run``).
+    """
+    import contextlib
+    import io
+
+    from memnet.cli import MemnetCLI
+
+    checked: set[str] = set()
+    for run in runs:
+        if run.experiment.name in checked:
+            continue
+        checked.add(run.experiment.name)
+        argv = [arg for arg in run.fit_argv(base=base) if not arg.startswith("--ckpt_path")]
+        errors = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(errors):
+            try:
+                MemnetCLI(args=[*argv, "--print_config"])
+                code = 0
+            except SystemExit as exit_info:
+                code = exit_info.code
+            except Exception as error:  # noqa: BLE001 -- a config the CLI cannot even build
+                code, errors = 1, io.StringIO(f"error: {type(error).__name__}: {error}")
+        if code not in (0, None):
+            raise SuiteError(f"experiment {run.experiment.name!r}: its memnet fit arguments do not parse: "
+                             f"{_innermost_parser_error(errors.getvalue())}")
+
+
+def _innermost_parser_error(text: str) -> str:
+    """The line that names the culprit in the parser's nested error ("Option 'memroy_size' is not accepted")."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("error:")), None)
+    if start is None:
+        return lines[-1].strip() if lines else "unknown error"
+    noise = ("Subtypes:", "Errors:", "Given value", "Does not validate", "- Expected a <class 'NoneType'>")
+    block = [line for line in lines[start + 1:] if line.strip() and not line.strip().startswith(noise)]
+    if not block:
+        return lines[start].removeprefix("error:").strip()
+    deepest = max(block, key=lambda line: len(line) - len(line.lstrip()))
+    return deepest.strip().removeprefix("- ")
+
+
 def _cli_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -1880,6 +1926,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = expand_runs(suite, results, args.only)
         runner = SuiteRunner(suite, results, jobs=args.jobs, gpus_per_job=args.gpus_per_job)
         if args.dry_run:
+            check_fit_arguments(runs, runner.base)
             for run in runs:
                 state = (
                     "done" if run.is_done() else ("resume" if run.last_checkpoint() else "train")

@@ -643,6 +643,20 @@ def test_fit_arguments_carry_configs_overrides_budget_seed_and_folders(tmp_path,
     )
 
 
+@pytest.mark.parametrize("key, value, expected", [
+    ("model.init_args.net.init_args.memroy_size", 7, "Option 'memroy_size' is not accepted"),
+    ("model.init_args.net.init_args.memory_size", "lots", "lots"),
+])
+def test_dry_run_catches_a_bad_override_before_anything_runs(tmp_path, monkeypatch, capsys, key, value, expected):
+    monkeypatch.chdir(ROOT)
+    bad = {**NTM, "overrides": {**NTM["overrides"], key: value}}
+    path = write_suite(tmp_path / "typo.yaml", [LSTM, bad])
+    assert S.main(["run", str(path), "--results", str(tmp_path / "r"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "memnet suite: experiment 'ntm-copy': its memnet fit arguments do not parse:" in err and expected in err
+    assert not (tmp_path / "r").exists()
+
+
 def test_set_adds_an_override_to_every_experiment(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     path = write_suite(tmp_path / "set.yaml", [NTM, LSTM])
