@@ -331,8 +331,8 @@ def check_config_files(argv: list[str]) -> None:
             value = argv[index + 1]
         else:
             continue
-        if value.lstrip().startswith(("{", "[")) or "\n" in value or ": " in value:
-            continue  # an inline YAML string, not a file name
+        if value.lstrip().startswith(("{", "[")) or "\n" in value or ": " in value or "://" in value:
+            continue  # an inline YAML string or a remote URL, not a file name
         try:
             path = find_config(value)  # a file, or a shipped config's name (ntm/copy)
         except ConfigError as error:
