@@ -507,9 +507,8 @@ def test_table_command_evaluates_a_trained_checkpoint(tmp_path, monkeypatch, cap
           f"--data.init_args.data_dir={ARCHIVE}",
           f"--data.init_args.cache_dir={tmp_path / 'cache'}", "--data.init_args.tasks=[1, 6]"])
     checkpoint = Path(json.loads((tmp_path / "runs" / "latest.json").read_text())["last_checkpoint"])
-    run = checkpoint.parents[1]  # without a logger, still a folder of its own: run/runs/memnet/<id>
-    assert run.parent == (tmp_path / "run" / "runs" / "memnet").resolve()
-    assert checkpoint.is_file() and (run / "config.yaml").is_file()
+    assert checkpoint.resolve() == (tmp_path / "run" / "checkpoints" / "last.ckpt").resolve()  # the dirpath given
+    assert checkpoint.is_file() and (tmp_path / "run" / "config.yaml").is_file()
     capsys.readouterr()
     main(["babi-table", "--ckpt_path", str(checkpoint), "--name", "tiny", "--csv", str(tmp_path / "t.csv")])
     out = capsys.readouterr().out
