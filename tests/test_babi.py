@@ -506,7 +506,8 @@ def test_table_command_evaluates_a_trained_checkpoint(tmp_path, monkeypatch, cap
           f"--trainer.default_root_dir={tmp_path / 'run'}", f"--checkpoint.dirpath={tmp_path / 'run' / 'checkpoints'}",
           f"--data.init_args.data_dir={ARCHIVE}",
           f"--data.init_args.cache_dir={tmp_path / 'cache'}", "--data.init_args.tasks=[1, 6]"])
-    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    checkpoint = Path(json.loads((tmp_path / "runs" / "latest.json").read_text())["last_checkpoint"])
+    assert checkpoint.resolve() == (tmp_path / "run" / "checkpoints" / "last.ckpt").resolve()  # the dirpath given
     assert checkpoint.is_file() and (tmp_path / "run" / "config.yaml").is_file()
     capsys.readouterr()
     main(["babi-table", "--ckpt_path", str(checkpoint), "--name", "tiny", "--csv", str(tmp_path / "t.csv")])

@@ -136,6 +136,10 @@ def test_missing_checkpoint_and_latest(tmp_path):
     (tmp_path / "broken.json").write_text("{\n oops")
     with pytest.raises(EvaluationError, match="line 2"):
         resolve_checkpoint("latest", tmp_path / "broken.json")
+    for content in ([1, 2], {"run": "x"}, "just text"):  # JSON, but not a run summary
+        (tmp_path / "other.json").write_text(json.dumps(content))
+        with pytest.raises(EvaluationError, match=r"other.json is not a run summary \(expected a JSON object"):
+            resolve_checkpoint("latest", tmp_path / "other.json")
 
 
 def test_no_config_beside_the_checkpoint(tmp_path, capsys):

@@ -165,3 +165,12 @@ def test_traceback_on_request(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="memory_size must be a positive integer"):
         main(["fit", "--config", str(ROOT / "configs" / "ntm" / "copy_small.yaml"),
               "--model.init_args.net.init_args.memory_size=0"])
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").write_text("a file where the runs folder should be")  # (chmod does not stop root)
+    line = _fails_in_one_line(capsys, ["fit", "--config", "ntm/copy_small", "--trainer.logger=false",
+                                       "--trainer.max_steps=1", "--data.init_args.batches_per_epoch=1"],
+                              "memnet: cannot use ")
+    assert "runs" in line and ("Not a directory" in line or "File exists" in line)

@@ -297,6 +297,31 @@ def test_half_finished_run_resumes_from_its_last_checkpoint(finished, tmp_path):
     assert "Restoring states from the checkpoint path" in log and "`max_steps=6` reached" in log
 
 
+@pytest.mark.parametrize("status", ["interrupted", "running"])
+def test_train_seconds_count_the_time_before_an_interruption(finished, tmp_path, status):
+    """'train s' of a resumed run adds the time spent before: recorded at SIGTERM, or up to the last
+    checkpoint when the attempt was killed while running."""
+    suite_file = write_suite(tmp_path / "longer.yaml", [{**LSTM, "seeds": [0], "budget": {"max_steps": 6}}],
+                             name="longer")
+    results = tmp_path / "results"
+    target = results / "lstm-copy" / "seed_0"
+    shutil.copytree(finished["results"] / "lstm-copy" / "seed_0" / "checkpoints", target / "checkpoints")
+    checkpoint_time = (target / "checkpoints" / "last.ckpt").stat().st_mtime
+    record = {"status": status, "train_seconds": 1000.0}
+    if status == "running":  # killed: started 500 s before its last checkpoint was written
+        record["started_at"] = checkpoint_time - 500.0
+    (target / S.RECORD_FILE).write_text(json.dumps(record))
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        assert S.main(["run", str(suite_file), "--results", str(results), "--no-report"]) == 0
+    finally:
+        os.chdir(cwd)
+    done = json.loads((target / S.RECORD_FILE).read_text())
+    spent_before = 1000.0 + (500.0 if status == "running" else 0.0)
+    assert done["status"] == "done" and spent_before < done["train_seconds"] < spent_before + 300
+
+
 def test_failing_experiment_is_reported_and_the_others_go_on(tmp_path):
     broken = {
         **LSTM,
@@ -652,6 +677,20 @@ def test_fit_arguments_carry_configs_overrides_budget_seed_and_folders(tmp_path,
         "--trainer.logger.init_args.group=tiny" in argv
         and "--trainer.logger.init_args.name=x-seed0" in argv
     )
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("model.init_args.net.init_args.memroy_size", 7, "Option 'memroy_size' is not accepted"),
+    ("model.init_args.net.init_args.memory_size", "lots", "lots"),
+])
+def test_dry_run_catches_a_bad_override_before_anything_runs(tmp_path, monkeypatch, capsys, key, value, expected):
+    monkeypatch.chdir(ROOT)
+    bad = {**NTM, "overrides": {**NTM["overrides"], key: value}}
+    path = write_suite(tmp_path / "typo.yaml", [LSTM, bad])
+    assert S.main(["run", str(path), "--results", str(tmp_path / "r"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "memnet suite: experiment 'ntm-copy': its memnet fit arguments do not parse:" in err and expected in err
+    assert not (tmp_path / "r").exists()
 
 
 def test_set_adds_an_override_to_every_experiment(tmp_path, monkeypatch, capsys):

@@ -50,9 +50,19 @@ def resolve_checkpoint(ckpt_path: str, latest_file: str | Path | None = None) ->
         summary = json.loads(latest.read_text())
     except json.JSONDecodeError as error:
         raise RebuildError(f"--ckpt_path latest: {latest} line {error.lineno} is not JSON: {error.msg}") from None
-    for key in ("best_checkpoint", "last_checkpoint"):
+    except (OSError, UnicodeDecodeError) as error:
+        raise RebuildError(f"--ckpt_path latest: {latest} cannot be read ({error})") from None
+    keys = ("best_checkpoint", "last_checkpoint")
+    if not isinstance(summary, dict) or not any(key in summary for key in keys):
+        shown = json.dumps(summary)
+        shown = shown if len(shown) <= 80 else shown[:79] + "…"
+        raise RebuildError(
+            f"--ckpt_path latest: {latest} is not a run summary (expected a JSON object with "
+            f"{' and/or '.join(keys)}, as `memnet fit` writes); got {type(summary).__name__} {shown}"
+        )
+    for key in keys:
         candidate = summary.get(key)
-        if candidate and Path(candidate).is_file():
+        if isinstance(candidate, str) and candidate and Path(candidate).is_file():
             return Path(candidate)
     raise RebuildError(
         f"--ckpt_path latest: {latest} names no existing checkpoint "

@@ -14,7 +14,7 @@ from pathlib import Path
 from memnet.cli.rebuild import run_stage
 from memnet.cli.suite.errors import SuiteError
 from memnet.cli.suite.report import REPORT_DIR, log_to_wandb, render_markdown, write_report
-from memnet.cli.suite.runner import SuiteRunner, expand_runs, with_overrides
+from memnet.cli.suite.runner import SuiteRunner, check_fit_arguments, expand_runs, with_overrides
 from memnet.cli.suite.spec import load_suite
 from memnet.metrics import task_errors
 
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = expand_runs(suite, results, args.only)
         runner = SuiteRunner(suite, results, jobs=args.jobs, gpus_per_job=args.gpus_per_job)
         if args.dry_run:
+            check_fit_arguments(runs, runner.base)
             for run in runs:
                 state = (
                     "done" if run.is_done() else ("resume" if run.last_checkpoint() else "train")

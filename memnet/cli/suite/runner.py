@@ -221,6 +221,63 @@ class _Progress:
                 self.last_print = time.monotonic()
 
 
+def _seconds_before(previous: dict[str, Any], resume: Path | None) -> float:
+    """Training seconds a resumed run already spent: what its record holds, plus, for an attempt
+    killed while running (no time recorded), the time from its start to its last checkpoint."""
+    if resume is None:
+        return 0.0
+    before = float(previous.get("train_seconds", 0.0) or 0.0)
+    if previous.get("status") == "running" and isinstance(previous.get("started_at"), (int, float)):
+        before += max(0.0, resume.stat().st_mtime - float(previous["started_at"]))
+    return before
+
+
+def check_fit_arguments(runs: list[Run], base: Path) -> None:
+    """Parse every experiment's ``memnet fit`` arguments (first seed) as the run would, instantiating nothing.
+
+    A typo in an override key (``model.init_args.net.init_args.memroy_size``) or a
+    value of the wrong type is a ``SuiteError`` naming the experiment and the parser's
+    complaint, before anything trains (``memnet suite run --dry-run``).
+    """
+    import contextlib
+    import io
+
+    from memnet.cli.lightning_cli import MemnetCLI
+
+    checked: set[str] = set()
+    for run in runs:
+        if run.experiment.name in checked:
+            continue
+        checked.add(run.experiment.name)
+        argv = [arg for arg in run.fit_argv(base=base) if not arg.startswith("--ckpt_path")]
+        errors = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(errors):
+            try:
+                MemnetCLI(args=[*argv, "--print_config"])
+                code = 0
+            except SystemExit as exit_info:
+                code = exit_info.code
+            except Exception as error:  # noqa: BLE001 -- a config the CLI cannot even build
+                code, errors = 1, io.StringIO(f"error: {type(error).__name__}: {error}")
+        if code not in (0, None):
+            raise SuiteError(f"experiment {run.experiment.name!r}: its memnet fit arguments do not parse: "
+                             f"{_innermost_parser_error(errors.getvalue())}")
+
+
+def _innermost_parser_error(text: str) -> str:
+    """The line that names the culprit in the parser's nested error ("Option 'memroy_size' is not accepted")."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("error:")), None)
+    if start is None:
+        return lines[-1].strip() if lines else "unknown error"
+    noise = ("Subtypes:", "Errors:", "Given value", "Does not validate", "- Expected a <class 'NoneType'>")
+    block = [line for line in lines[start + 1:] if line.strip() and not line.strip().startswith(noise)]
+    if not block:
+        return lines[start].removeprefix("error:").strip()
+    deepest = max(block, key=lambda line: len(line) - len(line.lstrip()))
+    return deepest.strip().removeprefix("- ")
+
+
 def _duration(seconds: float) -> str:
     seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
@@ -376,14 +433,16 @@ class SuiteRunner:
         if not trained:
             summary_path.unlink(missing_ok=True)
             resume = run.last_checkpoint()
+            before = _seconds_before(previous, resume)
             argv = ["-m", "memnet.cli", *run.fit_argv(base=self.base, resume_from=resume)]
             (run.folder / "command.json").write_text(
                 json.dumps({"argv": argv, "cwd": str(self.base)}, indent=2)
             )
             self._event(event="start", run=run.name, resume_from=str(resume) if resume else None)
-            self._write_record(run, status="running", resume_from=str(resume) if resume else None)
+            self._write_record(run, status="running", resume_from=str(resume) if resume else None,
+                               train_seconds=round(before, 3), started_at=time.time())
             code = self._process(argv, run.folder / "train.log", slot)
-            train_seconds = time.monotonic() - started
+            train_seconds = before + time.monotonic() - started
             if self.stopping:
                 self._event(event="interrupted", run=run.name)
                 self._write_record(run, status="interrupted", train_seconds=round(train_seconds, 3))
