@@ -6,6 +6,7 @@ import copy
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -13,21 +14,9 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 
 from memnet.plots import plot_dnc_memory, plot_memory_access
-from memnet.utils import parameter_dtype
+from memnet.utils import parameter_dtype, run_dir  # run_dir re-exported: memnet.callbacks.run_dir
 
 log = logging.getLogger(__name__)
-
-
-def run_dir(trainer: pl.Trainer) -> Path:
-    """The folder of this run: the parent of its checkpoint folder.
-
-    Without checkpointing (e.g. ``fast_dev_run``) it is ``<root>/runs/debug``, so a
-    debug run never writes into the working directory itself.
-    """
-    callback = trainer.checkpoint_callback
-    if not trainer.fast_dev_run and callback is not None and getattr(callback, "dirpath", None):
-        return Path(callback.dirpath).parent
-    return Path(trainer.default_root_dir) / "runs" / "debug"
 
 
 class MemoryAccessPlot(pl.Callback):
@@ -194,9 +183,6 @@ class LinearStartSwitch(pl.Callback):
         self.stale = state_dict["stale"]
         self.switched_at = state_dict["switched_at"]
 
-from memnet.probe import GradientProbe  # noqa: F401  (the gradient-through-time probe lives in memnet.probe)
-
-
 class LastAndBestCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` whose ``last.ckpt`` is rewritten at every validation.
 
@@ -205,6 +191,26 @@ class LastAndBestCheckpoint(ModelCheckpoint):
     "last" checkpoint is stale and a resumed run would repeat training. This
     subclass always saves it, so a run resumes from where it was.
     """
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._resumed = trainer.ckpt_path is not None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        """After a resume, put the logging step back where an uninterrupted run has it.
+
+        Lightning adds one to its count of stepped batches when it resumes from a
+        checkpoint saved at the end of an epoch, so every step logged after a resume
+        was one ahead (601 where an uninterrupted run logs 600). With automatic
+        optimisation and one optimiser that count equals ``global_step`` before each
+        batch; it is set so on the first batch after the resume.
+        """
+        if not getattr(self, "_resumed", False):
+            return
+        self._resumed = False
+        if pl_module.automatic_optimization and len(trainer.optimizers) == 1:
+            trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)

@@ -13,6 +13,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from memnet.cli import babi_table as table_command
+from memnet.cli.babi_table import babi_table
+from memnet.metrics import task_errors
 from tasks import babi
 from tasks.babi import (
     BabiDataModule,
@@ -20,7 +23,6 @@ from tasks.babi import (
     BabiSource,
     UnsafeArchiveError,
     Vocabulary,
-    babi_table,
     collate_babi,
     load_babi,
     parse_babi,
@@ -191,7 +193,7 @@ def test_second_load_comes_from_cache(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("parsed again")
 
-    monkeypatch.setattr(babi, "parse_babi", refuse)
+    monkeypatch.setattr(babi.data, "parse_babi", refuse)  # where load_babi looks it up
     second = load_babi(data_dir=ARCHIVE, cache_dir=tmp_path, tasks=[2])
     assert second["train"]["answer"] == first["train"]["answer"]
     with pytest.raises(AssertionError, match="parsed again"):  # other options: a new build
@@ -434,17 +436,17 @@ def test_babi_table_markdown_and_csv():
 def test_table_command_reads_saved_results(tmp_path, capsys):
     saved = tmp_path / "r.json"
     saved.write_text(json.dumps({"A": {"1": 3.0, "2": 7.0}}))
-    babi.table_main(["--results", str(saved), "--csv", str(tmp_path / "t.csv"), "--markdown", str(tmp_path / "t.md")])
+    table_command.table_main(["--results", str(saved), "--csv", str(tmp_path / "t.csv"), "--markdown", str(tmp_path / "t.md")])
     assert "| 2: two-supporting-facts | 7.0 |" in capsys.readouterr().out
     assert (tmp_path / "t.csv").read_text().splitlines()[2] == "2: two-supporting-facts,7.0"
     with pytest.raises(SystemExit):
-        babi.table_main([])
+        table_command.table_main([])
 
 
 def test_task_errors_from_metrics():
     metrics = {"test/task_2/error": torch.tensor(4.0), "test/task_10/error": 1.5, "test/error": 3.0,
                "val/task_1/error": 9.0}
-    assert babi.task_errors(metrics) == {2: 4.0, 10: 1.5}
+    assert task_errors(metrics) == {2: 4.0, 10: 1.5}
 
 
 # ----------------------------------------------------------------------------- the QA module
@@ -501,7 +503,8 @@ def test_table_command_evaluates_a_trained_checkpoint(tmp_path, monkeypatch, cap
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", str(config), "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
           "--trainer.limit_val_batches=1", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-          f"--trainer.default_root_dir={tmp_path / 'run'}", f"--data.init_args.data_dir={ARCHIVE}",
+          f"--trainer.default_root_dir={tmp_path / 'run'}", f"--checkpoint.dirpath={tmp_path / 'run' / 'checkpoints'}",
+          f"--data.init_args.data_dir={ARCHIVE}",
           f"--data.init_args.cache_dir={tmp_path / 'cache'}", "--data.init_args.tasks=[1, 6]"])
     checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert checkpoint.is_file() and (tmp_path / "run" / "config.yaml").is_file()
@@ -513,3 +516,41 @@ def test_table_command_evaluates_a_trained_checkpoint(tmp_path, monkeypatch, cap
     errors = {int(row.split(":")[0]): row.split(",")[-1] for row in rows[1:21]}
     assert errors[3] == "" and 0.0 <= float(errors[1]) <= 100.0 and 0.0 <= float(errors[6]) <= 100.0
     assert "| 1: single-supporting-fact |" in out and "(2 tasks)" in out
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("", "MEMNET_DATA_DIR is set but empty"),
+    ("{tmp}/absent", "MEMNET_DATA_DIR={tmp}/absent does not exist"),
+    ("{tmp}/file.txt", "MEMNET_DATA_DIR={tmp}/file.txt is a file"),
+    ("{tmp}", "MEMNET_DATA_DIR={tmp}: no bAbI data in {tmp}"),
+])
+def test_a_bad_data_dir_variable_is_reported_not_replaced(tmp_path, monkeypatch, value, expected):
+    (tmp_path / "file.txt").write_text("not data")
+    monkeypatch.setenv(babi.DATA_DIR_ENV, value.format(tmp=tmp_path))
+    with pytest.raises(babi.BabiDataDirError) as info:
+        babi.find_source(None)  # the shared copy exists; it must not be used instead
+    assert str(info.value).startswith(expected.format(tmp=tmp_path))
+    if value in ("", "{tmp}/file.txt"):
+        with pytest.raises(babi.BabiDataDirError, match=expected.format(tmp=tmp_path).split("=")[0]):
+            babi.data_main(["--archive", str(tmp_path / "file.txt")])
+
+
+@needs_data
+def test_malformed_file_and_bad_data_dir_through_the_command_are_one_line(tmp_path, monkeypatch, capsys):
+    from memnet.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "data" / babi.ARCHIVE_TOP / "en"
+    folder.mkdir(parents=True)
+    (folder / "qa1_single-supporting-fact_train.txt").write_text("1 Mary went home.\n2 Where is Mary? home 1\n")
+    (folder / "qa1_single-supporting-fact_test.txt").write_text("1 Mary went home.\n2 Where is Mary?\thome\t1\n")
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "memn2n" / "babi_task_1k.yaml")
+    for setting, expected in ((str(tmp_path / "data"), "qa1_single-supporting-fact_train.txt, line 2: "),
+                              ("", "MEMNET_DATA_DIR is set but empty")):
+        monkeypatch.setenv(babi.DATA_DIR_ENV, setting)
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", config, "--trainer.fast_dev_run=true", "--trainer.logger=false",
+                  f"--data.init_args.cache_dir={tmp_path / 'cache'}"])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "Traceback" not in err, err
+        assert expected in next(line for line in err.splitlines() if line.startswith("memnet: "))
