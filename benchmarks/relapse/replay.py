@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--lr_scale", type=float, default=1.0, help="multiply the schedule's learning rate")
     parser.add_argument("--adam_eps", type=float, default=None, help="replace Adam's epsilon")
     parser.add_argument("--beta2", type=float, default=None, help="replace Adam's beta2")
+    parser.add_argument("--engine", default="eager",
+                        help="NTM engine; eager (default) steps the controller with controller.step, so the LSTM is recorded")
     parser.add_argument("--no_clip", action="store_true", help="no gradient-norm clipping")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -71,7 +73,8 @@ def main() -> None:
     dm = AlgorithmicDataModule(task, batch_size=16, batches_per_epoch=100, val_lengths=[20], val_size=128,
                                seed=args.seed)
     net = NTM(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=100),
-              memory_size=128, word_size=20, num_reads=1, num_writes=1, shift_range=1, memory_init="constant")
+              memory_size=128, word_size=20, num_reads=1, num_writes=1, shift_range=1, memory_init="constant",
+              engine=args.engine)
     module = SequenceModule(net)
     ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=False)
     module.load_state_dict(ckpt["state_dict"])
