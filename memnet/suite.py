@@ -21,6 +21,9 @@ A suite file is YAML::
         evaluate: {kind: algorithmic, lengths: [20, 40, 80, 120]}   # or {kind: babi, split: test}
         model: NTM                         # labels for the tables (default: the first config's
         task: copy                         #   folder and file name, configs/<model>/<task>.yaml)
+        select: {metric: error, split: train, mode: min}   # optional: report the run of lowest
+                                           #   train/error beside the mean ± s.d. over the seeds
+                                           #   (memnet.selection; never the test split)
 
 Every experiment × seed is one *run*, trained in its own process through the real
 training entry point (``python -m memnet.cli fit ...``, the code of ``memnet fit``),
@@ -65,6 +68,8 @@ from typing import Any
 
 import yaml
 
+from memnet.selection import SelectionError, check_select, summarize
+
 DEFAULT_RESULTS_ROOT = Path("runs") / "suites"
 REPORT_DIR = "report"
 RECORD_FILE = "metrics.json"
@@ -72,7 +77,7 @@ BABI_FAIL_THRESHOLD = 5.0  # a bAbI task counts as failed above 5% test error (W
 BABI_TASKS = tuple(str(k) for k in range(1, 21))
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SUITE_KEYS = {"name", "description", "results", "defaults", "experiments"}
-DEFAULTS_KEYS = {"seeds", "budget", "overrides", "seed_args", "evaluate"}
+DEFAULTS_KEYS = {"seeds", "budget", "overrides", "seed_args", "evaluate", "select"}
 EXPERIMENT_KEYS = {
     "name",
     "configs",
@@ -83,6 +88,7 @@ EXPERIMENT_KEYS = {
     "model",
     "task",
     "seed_args",
+    "select",
 }
 BUDGET_KEYS = ("max_steps", "max_epochs", "max_time")
 POLL_SECONDS = 0.2  # how often the scheduler looks at its runs
@@ -144,6 +150,7 @@ class Experiment:
         model: label of the model in the tables.
         task: label of the task in the tables.
         seed_args: the fields each run's seed is written to.
+        select: ``{"metric", "split", "mode"}``: the run the report selects (``memnet.selection``), or None.
     """
 
     name: str
@@ -155,6 +162,7 @@ class Experiment:
     model: str
     task: str
     seed_args: tuple[str, ...] = ("seed_everything",)
+    select: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -186,6 +194,7 @@ class Suite:
                     "model": e.model,
                     "task": e.task,
                     "seed_args": list(e.seed_args),
+                    "select": e.select,
                 }
                 for e in self.experiments
             ],
@@ -204,6 +213,7 @@ class Suite:
                 model=e["model"],
                 task=e["task"],
                 seed_args=tuple(e.get("seed_args", ("seed_everything",))),
+                select=e.get("select"),
             )
             for e in data["experiments"]
         )
@@ -412,6 +422,13 @@ def _parse_experiment(entry: Any, defaults: dict, where: str, index: int, base: 
             f"{at('seed_args')}: 'seed_args' must be a non-empty list of dotted field names"
         )
 
+    select = entry.get("select", defaults.get("select"))
+    if select is not None:
+        try:
+            select = check_select(select, at("select"))
+        except SelectionError as error:
+            raise SuiteError(str(error)) from None
+
     model, task = _default_labels(configs[0])
     for key in ("model", "task"):
         if key in entry and not isinstance(entry[key], str):
@@ -426,6 +443,7 @@ def _parse_experiment(entry: Any, defaults: dict, where: str, index: int, base: 
         model=entry.get("model", model),
         task=entry.get("task", task),
         seed_args=tuple(seed_args),
+        select=select,
     )
 
 
@@ -1320,6 +1338,41 @@ COLUMN_ORDER = (
 )
 
 
+def _selection(entry: _ExperimentResults) -> dict[str, Any] | None:
+    """The run the experiment's ``select`` rule picks, its scores beside those over every seed."""
+    if entry.experiment.select is None:
+        return None
+
+    def scores(record: dict[str, Any]) -> dict[str, float]:
+        errors = _babi_errors(record)
+        if errors:  # bAbI: the paper's two numbers
+            return {"bAbI mean error %": sum(errors.values()) / len(errors),
+                    "bAbI failed tasks": float(sum(v > BABI_FAIL_THRESHOLD for v in errors.values()))}
+        metrics = record.get("metrics") or {}
+        return {k: float(metrics[k]) for k in COLUMN_ORDER if isinstance(metrics.get(k), (int, float))}
+
+    return summarize(entry.records, entry.experiment.select, scores)
+
+
+def selected_lines(report: dict[str, Any]) -> list[str]:
+    """One line per experiment with a ``select`` rule: the chosen run beside the mean ± s.d."""
+    lines = []
+    for row in report["leaderboard"]:
+        chosen = row.get("selected")
+        if not chosen:
+            continue
+        parts = []
+        for name, value in chosen["selected"].items():
+            over = chosen["over_seeds"].get(name)
+            spread = "" if over is None else f" (all {over['n']} seeds: {_format((over['mean'], over['std']), 4, over['n'])})"
+            parts.append(f"{name} {value:.4g}{spread}")
+        lines.append(
+            f"- **{row['experiment']}**: seed {chosen['seed']}, the {chosen['rule']} "
+            f"({chosen['value']:.4g}) of {chosen['candidates']} runs; " + "; ".join(parts)
+        )
+    return lines
+
+
 def _evaluation_notes(entry: _ExperimentResults) -> list[str]:
     """Why a finished run has no evaluation numbers (code missing, evaluation failed), once each."""
     notes = set()
@@ -1360,6 +1413,7 @@ def build_report(results: str | Path) -> dict[str, Any]:
         ]
         notes = _evaluation_notes(entry)
         row["evaluation_notes"] = notes
+        row["selected"] = _selection(entry)
         leaderboard.append(row)
 
     lengths_table = []
@@ -1435,6 +1489,28 @@ def build_report(results: str | Path) -> dict[str, Any]:
                     "its mean error and failed count cover those only"
                 )
                 notes = sorted({*notes, partial})
+            selected = _selection(entry)
+            if selected is not None:
+                chosen = next(r for r in entry.done() if r.get("seed") == selected["seed"])
+                errors = _babi_errors(chosen)
+                if errors:
+                    models.append(
+                        {
+                            "experiment": f"{entry.experiment.name}: seed {selected['seed']}, "
+                            f"{selected['rule']} of {selected['candidates']}",
+                            "model": entry.experiment.model,
+                            "task": entry.experiment.task,
+                            "runs": 1,
+                            "tasks_measured": len(errors),
+                            "split": (entry.experiment.evaluate or {}).get("split", "test"),
+                            "per_task": {t: ({"mean": errors[t], "std": 0.0} if t in errors else None)
+                                         for t in BABI_TASKS},
+                            "mean_error": {"mean": sum(errors.values()) / len(errors), "std": 0.0},
+                            "failed": {"mean": float(sum(v > BABI_FAIL_THRESHOLD for v in errors.values())),
+                                       "std": 0.0},
+                            "notes": [],
+                        }
+                    )
             models.append(
                 {
                     "experiment": entry.experiment.name,
@@ -1593,6 +1669,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         "validation of training unless named otherwise.\n\n"
         + _markdown_table(*leaderboard_rows(report))
     )
+    selected = selected_lines(report)
+    if selected:
+        parts.append(
+            "## Selected runs\n\nthe run each experiment's `select` rule picks (never on the test "
+            "split), its numbers beside the mean ± s.d. over every seed that finished.\n\n" + "\n".join(selected)
+        )
     if report["lengths"]:
         parts.append(
             "## Algorithmic tasks: bits per sequence by length\n\nthe NTM paper's cost (binary "
