@@ -6,6 +6,7 @@ import copy
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -205,6 +206,26 @@ class LastAndBestCheckpoint(ModelCheckpoint):
     "last" checkpoint is stale and a resumed run would repeat training. This
     subclass always saves it, so a run resumes from where it was.
     """
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._resumed = trainer.ckpt_path is not None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        """After a resume, put the logging step back where an uninterrupted run has it.
+
+        Lightning adds one to its count of stepped batches when it resumes from a
+        checkpoint saved at the end of an epoch, so every step logged after a resume
+        was one ahead (601 where an uninterrupted run logs 600). With automatic
+        optimisation and one optimiser that count equals ``global_step`` before each
+        batch; it is set so on the first batch after the resume.
+        """
+        if not getattr(self, "_resumed", False):
+            return
+        self._resumed = False
+        if pl_module.automatic_optimization and len(trainer.optimizers) == 1:
+            trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)

@@ -165,11 +165,13 @@ def load_checkpoint(model: Any, checkpoint: Path, configs: list[str | Path]) -> 
 def instantiate(configs: list[str | Path]) -> Any:
     """The ``MemnetCLI`` (not run) of ``configs``: its ``config``, fresh ``model`` and ``datamodule``."""
     from memnet.cli import MemnetCLI
+    from memnet.cli.configs import ConfigError, find_config
 
-    for config in configs:
-        if not Path(config).is_file():
-            raise EvaluationError(f"--config: no file at {config}")
-    args = [arg for config in configs for arg in ("--config", _without_run_keys(Path(config)))]
+    try:
+        files = [find_config(config) for config in configs]  # a file, or a shipped name (ntm/copy)
+    except ConfigError as error:
+        raise EvaluationError(str(error)) from None
+    args = [arg for config in files for arg in ("--config", _without_run_keys(config))]
     args += ["--trainer.logger=false", "--trainer.enable_progress_bar=false"]
     with warnings.catch_warnings():  # LightningCLI warns that sys.argv also holds arguments (ours)
         warnings.filterwarnings("ignore", message=".*args parameter is intended.*")

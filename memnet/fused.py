@@ -25,6 +25,8 @@ Axes:  b - batch, h - heads, n - memory slots, w - slot width, s - shift window
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from memnet.addressing import NORM_EPS, WEIGHT_EPS
@@ -63,7 +65,7 @@ def address(
             f"shift window S must be odd and at most 2N + 1 = {2 * memory.shape[1] + 1}, "
             f"got shift_weights with S={window}"
         )
-    return _Address.apply(memory, prev_weights, keys, strengths, gates, shift_weights, gammas)
+    return _apply_exact(_Address, memory, prev_weights, keys, strengths, gates, shift_weights, gammas)
 
 
 def content_weights(memory: torch.Tensor, keys: torch.Tensor, strengths: torch.Tensor) -> torch.Tensor:
@@ -79,7 +81,7 @@ def content_weights(memory: torch.Tensor, keys: torch.Tensor, strengths: torch.T
     Returns:
         (B, H, N) weightings, rows summing to 1.
     """
-    return _Content.apply(memory, keys, strengths)
+    return _apply_exact(_Content, memory, keys, strengths)
 
 
 def write(memory: torch.Tensor, weights: torch.Tensor, erase: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
@@ -96,7 +98,18 @@ def write(memory: torch.Tensor, weights: torch.Tensor, erase: torch.Tensor, add:
     Returns:
         (B, N, W) the new memory M_t.
     """
-    return _Write.apply(memory, weights, erase, add)
+    return _apply_exact(_Write, memory, weights, erase, add)
+
+
+def _apply_exact(function: type[torch.autograd.Function], *tensors: torch.Tensor) -> torch.Tensor:
+    """``function.apply`` on ``tensors`` cast to one dtype (their promotion), with autocast off.
+
+    Under ``bf16-mixed`` precision the controller's outputs are bfloat16 and the memory
+    float32; the hand-written backward passes need one dtype, as the forward had.
+    """
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
+    with torch.autocast(device_type=tensors[0].device.type, enabled=False):
+        return function.apply(*(t.to(dtype) for t in tensors))
 
 
 def _windows(x: torch.Tensor, half: int) -> torch.Tensor:
@@ -264,7 +277,7 @@ def allocation_weights(usage: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, N) allocation weighting a_t.
     """
-    return _Allocation.apply(usage)
+    return _apply_exact(_Allocation, usage)
 
 
 def update_link(prev_link: torch.Tensor, prev_precedence: torch.Tensor, write_weights: torch.Tensor) -> torch.Tensor:
@@ -281,7 +294,7 @@ def update_link(prev_link: torch.Tensor, prev_precedence: torch.Tensor, write_we
     Returns:
         (B, N, N) link matrix L_t.
     """
-    return _Link.apply(prev_link, prev_precedence, write_weights)
+    return _apply_exact(_Link, prev_link, prev_precedence, write_weights)
 
 
 class _Allocation(torch.autograd.Function):

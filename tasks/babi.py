@@ -5,7 +5,9 @@ itself or from an extracted folder; nothing is generated. Where it is looked for
 (first hit wins):
 
     1. ``data_dir`` of the data module (a folder, or the ``.tar.gz`` itself)
-    2. the environment variable ``MEMNET_DATA_DIR``
+    2. the environment variable ``MEMNET_DATA_DIR``: when set it must name a folder
+       holding the data; empty, missing, a file or without the data is an error
+       naming it, not a reason to look elsewhere
     3. ``data/babi`` under the working directory (where ``memnet data babi`` puts it)
     4. ``shared/data/babi`` beside the repository (a checkout's sibling folder)
 
@@ -399,13 +401,44 @@ def candidate_data_dirs(data_dir: str | Path | None = None) -> list[Path]:
     return candidates
 
 
+def data_dir_from_env() -> Path | None:
+    """The folder ``MEMNET_DATA_DIR`` names, or None when it is not set.
+
+    Set, it must name an existing folder: an empty value, a missing folder or a
+    file is an error naming the variable and its value, never silently replaced
+    by another location.
+    """
+    if DATA_DIR_ENV not in os.environ:
+        return None
+    value = os.environ[DATA_DIR_ENV]
+    expected = f"expected the folder holding {ARCHIVE_NAME} or {ARCHIVE_TOP}/ (or unset it)"
+    if not value.strip():
+        raise BabiDataDirError(f"{DATA_DIR_ENV} is set but empty; {expected}")
+    path = Path(value).expanduser()
+    if path.is_file():
+        raise BabiDataDirError(f"{DATA_DIR_ENV}={value} is a file; {expected}")
+    if not path.is_dir():
+        raise BabiDataDirError(f"{DATA_DIR_ENV}={value} does not exist; {expected}")
+    return path
+
+
+class BabiDataDirError(FileNotFoundError):
+    """Where the data should be is not usable; the message names the setting and its value."""
+
+
 def find_source(data_dir: str | Path | None = None) -> BabiSource:
-    """The first place holding the data; an explicit ``data_dir`` that does not is an error."""
+    """The first place holding the data; an explicit ``data_dir`` or ``MEMNET_DATA_DIR`` that does not is an error."""
     if data_dir is not None:
         path = Path(data_dir).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"data_dir {path} does not exist (expected {ARCHIVE_NAME} or a folder holding it)")
         return BabiSource(path)
+    from_env = data_dir_from_env()
+    if from_env is not None:
+        try:
+            return BabiSource(from_env)
+        except FileNotFoundError as error:
+            raise BabiDataDirError(f"{DATA_DIR_ENV}={os.environ[DATA_DIR_ENV]}: {error}") from None
     tried = []
     for candidate in candidate_data_dirs(None):
         tried.append(str(candidate))
@@ -1002,13 +1035,17 @@ def data_main(argv: Sequence[str] | None = None) -> Path:
         prog="memnet data babi",
         description="Fetch the bAbI v1.2 archive (or take a local file), check its sha256 and extract it safely.",
     )
-    parser.add_argument("--dest", default=os.environ.get(DATA_DIR_ENV, str(DEFAULT_DATA_DIR)),
+    parser.add_argument("--dest", default=None,
                         help=f"target folder (default ${DATA_DIR_ENV} or {DEFAULT_DATA_DIR})")
     parser.add_argument("--archive", help=f"a local {ARCHIVE_NAME} to use instead of downloading")
     parser.add_argument("--url", default=OFFICIAL_URL, help="where to download from (default: the official URL)")
     parser.add_argument("--sha256", help="expected sha256 of the archive (default: known checksums)")
     args = parser.parse_args(list(argv) if argv is not None else None)
-    dest = Path(args.dest).expanduser()
+    if args.dest is None and DATA_DIR_ENV in os.environ:
+        value = os.environ[DATA_DIR_ENV]
+        if not value.strip() or Path(value).expanduser().is_file():
+            data_dir_from_env()  # raises, naming the variable
+    dest = Path(args.dest or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).expanduser()
     dest.mkdir(parents=True, exist_ok=True)
     stored = dest / ARCHIVE_NAME
     if args.archive:

@@ -513,3 +513,41 @@ def test_table_command_evaluates_a_trained_checkpoint(tmp_path, monkeypatch, cap
     errors = {int(row.split(":")[0]): row.split(",")[-1] for row in rows[1:21]}
     assert errors[3] == "" and 0.0 <= float(errors[1]) <= 100.0 and 0.0 <= float(errors[6]) <= 100.0
     assert "| 1: single-supporting-fact |" in out and "(2 tasks)" in out
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("", "MEMNET_DATA_DIR is set but empty"),
+    ("{tmp}/absent", "MEMNET_DATA_DIR={tmp}/absent does not exist"),
+    ("{tmp}/file.txt", "MEMNET_DATA_DIR={tmp}/file.txt is a file"),
+    ("{tmp}", "MEMNET_DATA_DIR={tmp}: no bAbI data in {tmp}"),
+])
+def test_a_bad_data_dir_variable_is_reported_not_replaced(tmp_path, monkeypatch, value, expected):
+    (tmp_path / "file.txt").write_text("not data")
+    monkeypatch.setenv(babi.DATA_DIR_ENV, value.format(tmp=tmp_path))
+    with pytest.raises(babi.BabiDataDirError) as info:
+        babi.find_source(None)  # the shared copy exists; it must not be used instead
+    assert str(info.value).startswith(expected.format(tmp=tmp_path))
+    if value in ("", "{tmp}/file.txt"):
+        with pytest.raises(babi.BabiDataDirError, match=expected.format(tmp=tmp_path).split("=")[0]):
+            babi.data_main(["--archive", str(tmp_path / "file.txt")])
+
+
+@needs_data
+def test_malformed_file_and_bad_data_dir_through_the_command_are_one_line(tmp_path, monkeypatch, capsys):
+    from memnet.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "data" / babi.ARCHIVE_TOP / "en"
+    folder.mkdir(parents=True)
+    (folder / "qa1_single-supporting-fact_train.txt").write_text("1 Mary went home.\n2 Where is Mary? home 1\n")
+    (folder / "qa1_single-supporting-fact_test.txt").write_text("1 Mary went home.\n2 Where is Mary?\thome\t1\n")
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "memn2n" / "babi_task_1k.yaml")
+    for setting, expected in ((str(tmp_path / "data"), "qa1_single-supporting-fact_train.txt, line 2: "),
+                              ("", "MEMNET_DATA_DIR is set but empty")):
+        monkeypatch.setenv(babi.DATA_DIR_ENV, setting)
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", config, "--trainer.fast_dev_run=true", "--trainer.logger=false",
+                  f"--data.init_args.cache_dir={tmp_path / 'cache'}"])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "Traceback" not in err, err
+        assert expected in next(line for line in err.splitlines() if line.startswith("memnet: "))

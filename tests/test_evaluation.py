@@ -103,10 +103,10 @@ def test_sub_batches_do_not_change_the_numbers(trained):
 
 
 def test_explicit_checkpoint_and_memory_size(trained):
-    checkpoint = next((trained / "run/checkpoints").glob("last.ckpt"))
+    checkpoint = next((trained / "run" / "runs" / "memnet").glob("*/checkpoints/last.ckpt"))
     evaluate(trained, "--ckpt_path", str(checkpoint), "--lengths", "12", "--memory_size", "16",
              "--num_sequences", "2")  # default --out: <run>/evaluation
-    rows = json.loads((trained / "run/evaluation/results.json").read_text())["lengths"]
+    rows = json.loads((checkpoint.parents[1] / "evaluation" / "results.json").read_text())["lengths"]
     assert rows[0]["slots"] == 16
 
 

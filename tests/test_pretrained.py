@@ -167,7 +167,7 @@ def test_memnet_export_of_a_checkpoint(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny.yaml").write_text(TINY_RUN)
     memnet_main(["fit", "--config", "tiny.yaml"])
-    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    (checkpoint,) = tmp_path.glob("**/checkpoints/last.ckpt")  # the run's own folder (under runs/)
     with pytest.raises(SystemExit) as exit_status:
         memnet_main(["export", "--ckpt_path", "latest", "--out", "exported"])
     assert exit_status.value.code == 0

@@ -22,15 +22,18 @@ runs are written under ``runs/`` of the working directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import yaml
 from jsonargparse import lazy_instance
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
@@ -54,15 +57,26 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file, then renames it into place.
 
     A crash while saving leaves the previous checkpoint intact; a reader never
-    sees a half-written file.
+    sees a half-written file. The ``.partial`` files a crash left behind are
+    removed at the next save. A write that fails (disk full, folder read-only)
+    removes its own ``.partial`` file and stops the run with one line naming the file.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.partial")
-        super().save_checkpoint(checkpoint, partial, storage_options)
-        os.replace(partial, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            for stale in path.parent.glob(".*.partial"):  # left by a save that was killed
+                stale.unlink(missing_ok=True)
+            super().save_checkpoint(checkpoint, partial, storage_options)
+            os.replace(partial, path)
+        except Exception as error:  # noqa: BLE001 -- torch.save reports a full disk as a RuntimeError
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+            raise MemnetError(f"could not write the checkpoint {path}: {reason} (is the disk full or the "
+                              "folder read-only?)") from None
 
     def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
                         ) -> dict[str, Any]:
@@ -75,6 +89,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise unreadable_checkpoint(path, error) from None
         if isinstance(checkpoint.get("state_dict"), dict):
             check_finite_state(checkpoint["state_dict"], path)
+        self.loaded_step = checkpoint.get("global_step")  # after fit: did this run train at all?
         return checkpoint
 
 
@@ -139,7 +154,49 @@ class MemnetCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> pl.Trainer:
         if not config.get("plugins"):
             config["plugins"] = [AtomicCheckpointIO()]
+        self._place_run(config, callbacks)
         return super()._instantiate_trainer(config, callbacks)
+
+    def _place_run(self, config: dict[str, Any], callbacks: list) -> None:
+        """Give the run its folder: its own under ``runs/``, or, resuming, the folder it was in.
+
+        * ``fit --ckpt_path <run>/checkpoints/last.ckpt`` continues ``<run>``: checkpoints,
+          config and summary go there, and the W&B run of the same id is resumed
+          (``resume="allow"``; W&B names the folder after its run id).
+        * Without a logger (``--trainer.logger false``) Lightning would use the working
+          folder itself; the run gets ``<default_root_dir>/runs/memnet/run-<time>-<pid>/``.
+        An explicit ``--checkpoint.dirpath`` is left alone.
+        """
+        checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+        if checkpoint is None or checkpoint.dirpath is not None:
+            return
+        resumed = self._resumed_run_dir()
+        logger = config.get("logger")
+        if resumed is not None:
+            checkpoint.dirpath = str(resumed / "checkpoints")
+            for item in logger if isinstance(logger, list) else [logger]:
+                if isinstance(item, WandbLogger) and getattr(item, "_experiment", None) is None:
+                    # WandbLogger keeps its wandb.init arguments here until the run starts
+                    item._wandb_init.update(id=resumed.name, resume="allow")
+                    item._id = resumed.name
+        elif not logger:
+            root = Path(config.get("default_root_dir") or ".")
+            stem = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+            folder, count = root / RUNS_DIR / "memnet" / stem, 1
+            while folder.exists():  # two runs of one process within a second
+                count += 1
+                folder = folder.with_name(f"{stem}-{count}")
+            checkpoint.dirpath = str((folder / "checkpoints").resolve())
+
+    def _resumed_run_dir(self) -> Path | None:
+        """The run folder of ``fit --ckpt_path`` when the checkpoint sits in a run's ``checkpoints/``."""
+        if self.subcommand != "fit":
+            return None
+        ckpt_path = self.config.get(self.subcommand, {}).get("ckpt_path")
+        if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
+            return None
+        path = Path(ckpt_path).resolve()
+        return path.parent.parent if path.parent.name == "checkpoints" else None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(LastAndBestCheckpoint, "checkpoint")
@@ -149,6 +206,7 @@ class MemnetCLI(LightningCLI):
                 "checkpoint.mode": "min",
                 "checkpoint.save_last": True,
                 "checkpoint.filename": "best-{epoch:03d}-{step}",
+                "checkpoint.enable_version_counter": False,  # a resumed run rewrites its last.ckpt, not last-v1.ckpt
             }
         )
         parser.link_arguments("data.input_size", "model.init_args.net.init_args.input_size", apply_on="instantiate")
@@ -157,6 +215,11 @@ class MemnetCLI(LightningCLI):
     def after_fit(self) -> None:
         trainer = self.trainer
         if trainer.fast_dev_run or not trainer.is_global_zero:
+            return
+        loaded_step = getattr(trainer.strategy.checkpoint_io, "loaded_step", None)
+        if loaded_step is not None and loaded_step == trainer.global_step:  # resumed a finished run
+            print(f"\nnothing to train: the checkpoint is already at step {loaded_step} (trainer.max_steps / "
+                  f"max_epochs reached); {run_dir(trainer)} and {LATEST_RUN_FILE} are left as they were")
             return
         callback = trainer.checkpoint_callback
         summary = {
@@ -268,8 +331,8 @@ def check_config_files(argv: list[str]) -> None:
             value = argv[index + 1]
         else:
             continue
-        if value.lstrip().startswith(("{", "[")) or "\n" in value or ": " in value:
-            continue  # an inline YAML string, not a file name
+        if value.lstrip().startswith(("{", "[")) or "\n" in value or ": " in value or "://" in value:
+            continue  # an inline YAML string or a remote URL, not a file name
         try:
             path = find_config(value)  # a file, or a shipped config's name (ntm/copy)
         except ConfigError as error:

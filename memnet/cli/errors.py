@@ -6,7 +6,7 @@ value at fault and what was expected), or None for an exception it does not know
 on stderr and exits with status 2 (1 for a diverged training, as before).
 ``MEMNET_TRACEBACK=1`` shows the full traceback instead.
 
-Known: memnet's own ``MemnetError``; a ``ValueError`` or ``TypeError`` raised by
+Known: memnet's own ``MemnetError``; a ``ValueError``, ``TypeError`` or ``FileNotFoundError`` raised by
 memnet's or the tasks' code, even when the config parser wrapped it (a size of 0
 given on the command line); a ``FloatingPointError`` (diverged loss); a state dict
 that does not fit the config's model; a file that cannot be written (read-only
@@ -54,7 +54,7 @@ def one_line(error: BaseException, ckpt_path: str | None = None) -> str | None:
         if isinstance(item, (MemnetError, FloatingPointError)):
             return _first_line(item)
     for item in reversed(errors):  # the innermost of our own messages: the one that names the field
-        if isinstance(item, (ValueError, TypeError)) and raised_by_memnet(item):
+        if isinstance(item, (ValueError, TypeError, FileNotFoundError)) and raised_by_memnet(item):
             return _first_line(item)
     for item in errors:
         text = str(item)

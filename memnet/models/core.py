@@ -40,6 +40,7 @@ from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from memnet.controllers import ControllerFactory, LSTMController
@@ -227,11 +228,19 @@ class MemoryModel(nn.Module):
         raise NotImplementedError
 
     def _fused_loop(self, inputs: torch.Tensor, state: Any) -> torch.Tensor:
-        step = self._compiled_step() if self.engine == "compiled" else self._fused_step
+        later_step = self._compiled_step() if self.engine == "compiled" else self._fused_step
         projected, context = self.controller.project_inputs(inputs)  # (B, T, P), once
+        # Time first and contiguous: every step's slice has the same strides whatever T
+        # is, so that a compiled step is not recompiled for another sequence length.
+        # ``unbind`` rather than indexing: its backward is one stack, where the backward
+        # of every index would fill a zero tensor of the whole sequence (O(T²)).
+        projected = rearrange(projected, "b t p -> t b p").contiguous().unbind(0)
         hiddens, reads = [], []
-        for t in range(inputs.shape[1]):
-            hidden, read_vectors, state = step(projected[:, t], context, state)
+        for t, projected_t in enumerate(projected):
+            # The first step runs uncompiled: its state comes from ``initial_state`` (no
+            # autograd history), which a compiled step would need a graph of its own for.
+            step = later_step if t > 0 else self._fused_step
+            hidden, read_vectors, state = step(projected_t, context, state)
             hiddens.append(hidden)
             reads.append(_flat(read_vectors))
         features = torch.cat([torch.stack(hiddens, dim=1), torch.stack(reads, dim=1)], dim=-1)

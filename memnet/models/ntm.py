@@ -76,6 +76,7 @@ class NTM(Pretrained, MemoryModel):
         engine: execution path (``memnet.models.core``): ``fused`` (default; the fused
             addressing and write, hoisted input and output layers), ``eager`` (the
             reference functions, for debugging) or ``compiled`` (``torch.compile``).
+        compile_backend: the ``torch.compile`` backend of the ``compiled`` engine.
     """
 
     def __init__(
@@ -92,6 +93,7 @@ class NTM(Pretrained, MemoryModel):
         memory_init: MemoryInitScheme = "constant",
         learn_initial_state: bool = False,
         engine: Engine = "fused",
+        compile_backend: str = "inductor",
     ) -> None:
         super().__init__(
             input_size,
@@ -101,6 +103,7 @@ class NTM(Pretrained, MemoryModel):
             word_size=word_size,
             num_reads=num_reads,
             engine=engine,
+            compile_backend=compile_backend,
             num_writes=num_writes,
         )
         self.num_writes = num_writes
