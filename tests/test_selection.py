@@ -108,7 +108,7 @@ def _suite_results(folder, select: dict) -> object:
 
 
 def test_suite_reports_the_selected_run_beside_the_mean_over_seeds(tmp_path):
-    from memnet import suite as S
+    from memnet.cli import suite as S
 
     results = _suite_results(tmp_path / "results", {"metric": "error", "split": "train", "mode": "min"})
     report = S.write_report(results)
@@ -129,7 +129,7 @@ def test_suite_reports_the_selected_run_beside_the_mean_over_seeds(tmp_path):
 def test_suite_file_selecting_on_the_test_split_is_refused(tmp_path, monkeypatch):
     import yaml
 
-    from memnet import suite as S
+    from memnet.cli import suite as S
 
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     path = tmp_path / "s.yaml"
