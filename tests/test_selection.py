@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +80,63 @@ def test_summary_puts_the_selected_run_beside_the_mean_over_seeds():
     assert summary["selected"] == {"test error": 30.0}
     over = summary["over_seeds"]["test error"]
     assert over["mean"] == pytest.approx(15.0) and over["std"] == pytest.approx(13.2287566) and over["n"] == 3
+
+
+# -- the suite's hook: `select` in a suite file, the selected run in the report ---------------------
+
+
+def _suite_results(folder, select: dict) -> object:
+    """A results folder of one bAbI experiment, three seeds, as `memnet suite run` writes it."""
+    experiment = {"name": "memn2n", "configs": ["configs/memn2n/babi_joint_1k.yaml"], "overrides": {},
+                  "seeds": [0, 1, 2], "budget": {"max_epochs": 1}, "evaluate": {"kind": "babi", "split": "test"},
+                  "model": "MemN2N", "task": "babi-1k", "seed_args": ["seed_everything"], "select": select}
+    folder.mkdir(parents=True)
+    (folder / "suite.json").write_text(json.dumps({"name": "babi", "description": "", "path": "",
+                                                   "experiments": [experiment]}))
+    # seed s: training error (2, 0.5, 1)[s]; every task's test error (10, 30, 20)[s]
+    for seed, train_error, test_error in ((0, 2.0, 10.0), (1, 0.5, 30.0), (2, 1.0, 20.0)):
+        run = folder / "memn2n" / f"seed_{seed}"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({
+            "status": "done", "seed": seed, "experiment": "memn2n",
+            "metrics": {"train/error": train_error, "val/loss": 1.0},
+            "evaluation": {"kind": "babi", "status": "done", "split": "test",
+                           "babi_error": {str(k): test_error for k in range(1, 21)}},
+            "train_seconds": 1.0,
+        }))
+    return folder
+
+
+def test_suite_reports_the_selected_run_beside_the_mean_over_seeds(tmp_path):
+    from memnet.cli import suite as S
+
+    results = _suite_results(tmp_path / "results", {"metric": "error", "split": "train", "mode": "min"})
+    report = S.write_report(results)
+    (row,) = report["leaderboard"]
+    assert row["selected"]["seed"] == 1 and row["selected"]["rule"] == "lowest train/error"
+    assert row["selected"]["selected"]["bAbI mean error %"] == pytest.approx(30.0)
+    over = row["selected"]["over_seeds"]["bAbI mean error %"]
+    assert over["mean"] == pytest.approx(20.0) and over["std"] == pytest.approx(10.0)
+    columns = [model["experiment"] for model in report["babi"]["models"]]
+    assert columns == ["memn2n: seed 1, lowest train/error of 3", "memn2n"]
+    markdown = (results / "report" / "leaderboard.md").read_text()
+    assert "- **memn2n**: seed 1, the lowest train/error (0.5) of 3 runs; " in markdown
+    assert "bAbI mean error % 30 (all 3 seeds: 20 ± 10)" in markdown
+    mean_row = next(line for line in markdown.splitlines() if line.startswith("| mean error %"))
+    assert mean_row.startswith("| mean error % | 30.0 | 20.0 ± 10.0 | 12.4 |")
+
+
+def test_suite_file_selecting_on_the_test_split_is_refused(tmp_path, monkeypatch):
+    import yaml
+
+    from memnet.cli import suite as S
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "experiments": [{
+        "name": "memn2n", "configs": ["configs/memn2n/babi_task_1k.yaml"], "budget": {"max_epochs": 1},
+        "select": {"metric": "error", "split": "test"}}]}, sort_keys=False))
+    with pytest.raises(S.SuiteError, match=r"s.yaml:\d+: experiment 'memn2n': select.split is 'test': the test split"):
+        S.load_suite(path)
+    assert S.load_suite("configs/suites/babi-1k.yaml").experiments[0].select == {
+        "metric": "error", "split": "train", "mode": "min"}

@@ -24,6 +24,7 @@ from memnet.metrics import by_length as logged_by_length
 from memnet.metrics import failed_tasks
 from memnet.metrics import mean_error as mean_task_error
 from memnet.plots import plot_suite_report
+from memnet.selection import summarize
 from memnet.utils import wandb_mode
 
 REPORT_DIR = "report"
@@ -161,6 +162,41 @@ COLUMN_ORDER = (
 )
 
 
+def _selection(entry: _ExperimentResults) -> dict[str, Any] | None:
+    """The run the experiment's ``select`` rule picks, its scores beside those over every seed."""
+    if entry.experiment.select is None:
+        return None
+
+    def scores(record: dict[str, Any]) -> dict[str, float]:
+        errors = _babi_errors(record)
+        if errors:  # bAbI: the paper's two numbers
+            return {"bAbI mean error %": mean_task_error(errors.values()),
+                    "bAbI failed tasks": float(failed_tasks(errors.values()))}
+        metrics = record.get("metrics") or {}
+        return {k: float(metrics[k]) for k in COLUMN_ORDER if isinstance(metrics.get(k), (int, float))}
+
+    return summarize(entry.records, entry.experiment.select, scores)
+
+
+def selected_lines(report: dict[str, Any]) -> list[str]:
+    """One line per experiment with a ``select`` rule: the chosen run beside the mean ± s.d."""
+    lines = []
+    for row in report["leaderboard"]:
+        chosen = row.get("selected")
+        if not chosen:
+            continue
+        parts = []
+        for name, value in chosen["selected"].items():
+            over = chosen["over_seeds"].get(name)
+            spread = "" if over is None else f" (all {over['n']} seeds: {_format((over['mean'], over['std']), 4, over['n'])})"
+            parts.append(f"{name} {value:.4g}{spread}")
+        lines.append(
+            f"- **{row['experiment']}**: seed {chosen['seed']}, the {chosen['rule']} "
+            f"({chosen['value']:.4g}) of {chosen['candidates']} runs; " + "; ".join(parts)
+        )
+    return lines
+
+
 def _evaluation_notes(entry: _ExperimentResults) -> list[str]:
     """Why a finished run has no evaluation numbers (code missing, evaluation failed), once each."""
     notes = set()
@@ -201,6 +237,7 @@ def build_report(results: str | Path) -> dict[str, Any]:
         ]
         notes = _evaluation_notes(entry)
         row["evaluation_notes"] = notes
+        row["selected"] = _selection(entry)
         leaderboard.append(row)
 
     lengths_table = []
@@ -272,6 +309,27 @@ def build_report(results: str | Path) -> dict[str, Any]:
                     "its mean error and failed count cover those only"
                 )
                 notes = sorted({*notes, partial})
+            selected = _selection(entry)
+            if selected is not None:
+                chosen = next(r for r in entry.done() if r.get("seed") == selected["seed"])
+                errors = _babi_errors(chosen)
+                if errors:
+                    models.append(
+                        {
+                            "experiment": f"{entry.experiment.name}: seed {selected['seed']}, "
+                            f"{selected['rule']} of {selected['candidates']}",
+                            "model": entry.experiment.model,
+                            "task": entry.experiment.task,
+                            "runs": 1,
+                            "tasks_measured": len(errors),
+                            "split": (entry.experiment.evaluate or {}).get("split", "test"),
+                            "per_task": {t: ({"mean": errors[t], "std": 0.0} if t in errors else None)
+                                         for t in BABI_TASKS},
+                            "mean_error": {"mean": mean_task_error(errors.values()), "std": 0.0},
+                            "failed": {"mean": float(failed_tasks(errors.values())), "std": 0.0},
+                            "notes": [],
+                        }
+                    )
             models.append(
                 {
                     "experiment": entry.experiment.name,
@@ -428,6 +486,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         "validation of training unless named otherwise.\n\n"
         + _markdown_table(*leaderboard_rows(report))
     )
+    selected = selected_lines(report)
+    if selected:
+        parts.append(
+            "## Selected runs\n\nthe run each experiment's `select` rule picks (never on the test "
+            "split), its numbers beside the mean ± s.d. over every seed that finished.\n\n" + "\n".join(selected)
+        )
     if report["lengths"]:
         parts.append(
             "## Algorithmic tasks: bits per sequence by length\n\nthe NTM paper's cost (binary "

@@ -24,6 +24,9 @@ A suite file is YAML::
         evaluate: {kind: algorithmic, lengths: [20, 40, 80, 120]}   # or {kind: babi, split: test}
         model: NTM                         # labels for the tables (default: the first config's
         task: copy                         #   folder and file name, configs/<model>/<task>.yaml)
+        select: {metric: error, split: train, mode: min}   # optional: report the run of lowest
+                                           #   train/error beside the mean ± s.d. over the seeds
+                                           #   (memnet.selection; never the test split)
 
 Every experiment × seed is one *run*, trained in its own process through the real
 training entry point (``python -m memnet.cli fit ...``, the code of ``memnet fit``),
@@ -56,11 +59,12 @@ import yaml
 
 from memnet.cli.suite.errors import SuiteError
 from memnet.cli.suite.evaluators import EVALUATORS
+from memnet.selection import SelectionError, check_select
 
 DEFAULT_RESULTS_ROOT = Path("runs") / "suites"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SUITE_KEYS = {"name", "description", "results", "defaults", "experiments"}
-DEFAULTS_KEYS = {"seeds", "budget", "overrides", "seed_args", "evaluate"}
+DEFAULTS_KEYS = {"seeds", "budget", "overrides", "seed_args", "evaluate", "select"}
 EXPERIMENT_KEYS = {
     "name",
     "configs",
@@ -71,6 +75,7 @@ EXPERIMENT_KEYS = {
     "model",
     "task",
     "seed_args",
+    "select",
 }
 BUDGET_KEYS = ("max_steps", "max_epochs", "max_time")
 
@@ -119,6 +124,7 @@ class Experiment:
         model: label of the model in the tables.
         task: label of the task in the tables.
         seed_args: the fields each run's seed is written to.
+        select: ``{"metric", "split", "mode"}``: the run the report selects (``memnet.selection``), or None.
     """
 
     name: str
@@ -130,6 +136,7 @@ class Experiment:
     model: str
     task: str
     seed_args: tuple[str, ...] = ("seed_everything",)
+    select: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +168,7 @@ class Suite:
                     "model": e.model,
                     "task": e.task,
                     "seed_args": list(e.seed_args),
+                    "select": e.select,
                 }
                 for e in self.experiments
             ],
@@ -179,6 +187,7 @@ class Suite:
                 model=e["model"],
                 task=e["task"],
                 seed_args=tuple(e.get("seed_args", ("seed_everything",))),
+                select=e.get("select"),
             )
             for e in data["experiments"]
         )
@@ -387,6 +396,13 @@ def _parse_experiment(entry: Any, defaults: dict, where: str, index: int, base: 
             f"{at('seed_args')}: 'seed_args' must be a non-empty list of dotted field names"
         )
 
+    select = entry.get("select", defaults.get("select"))
+    if select is not None:
+        try:
+            select = check_select(select, at("select"))
+        except SelectionError as error:
+            raise SuiteError(str(error)) from None
+
     model, task = _default_labels(configs[0])
     for key in ("model", "task"):
         if key in entry and not isinstance(entry[key], str):
@@ -401,6 +417,7 @@ def _parse_experiment(entry: Any, defaults: dict, where: str, index: int, base: 
         model=entry.get("model", model),
         task=entry.get("task", task),
         seed_args=tuple(seed_args),
+        select=select,
     )
 
 
