@@ -2,12 +2,15 @@
 
     memnet suite run configs/suites/algorithmic.yaml --jobs 2     train every run, evaluate, report
     memnet suite report runs/suites/algorithmic                   the leaderboard from what is on disk
+    memnet suite run SUITE --launcher slurm --partition gpu ...   one Slurm job per run (memnet.cli.launcher)
+    memnet suite status runs/suites/algorithmic                   each run: pending, running, finished, ...
 
 A suite file is YAML::
 
     name: algorithmic                      # the suite's name: W&B group, default results folder
     description: NTM paper tasks           # optional
     results: runs/suites/algorithmic       # optional; default runs/suites/<name>
+    launcher: {name: slurm, partition: gpu, time: "04:00:00"}   # optional (memnet.cli.launcher)
     defaults:                              # optional; merged into every experiment (experiment wins)
       seeds: 3                             # n (seeds 0..n-1) or a list [0, 1, 2]
       budget: {max_steps: 10000}           # max_steps, max_epochs and/or max_time ("DD:HH:MM:SS")
@@ -71,7 +74,7 @@ RECORD_FILE = "metrics.json"
 BABI_FAIL_THRESHOLD = 5.0  # a bAbI task counts as failed above 5% test error (Weston et al. 2015)
 BABI_TASKS = tuple(str(k) for k in range(1, 21))
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-SUITE_KEYS = {"name", "description", "results", "defaults", "experiments"}
+SUITE_KEYS = {"name", "description", "results", "defaults", "experiments", "launcher"}
 DEFAULTS_KEYS = {"seeds", "budget", "overrides", "seed_args", "evaluate"}
 EXPERIMENT_KEYS = {
     "name",
@@ -166,6 +169,7 @@ class Suite:
     experiments: tuple[Experiment, ...]
     path: str = ""
     results: str | None = None
+    launcher: Any = None  # the ``launcher:`` section, a memnet.cli.launcher.LauncherConfig
 
     def default_results(self) -> Path:
         return Path(self.results) if self.results else DEFAULT_RESULTS_ROOT / self.name
@@ -280,12 +284,16 @@ def load_suite(path: str | Path, *, base_dir: str | Path | None = None) -> Suite
     results = data.get("results")
     if results is not None and not isinstance(results, str):
         raise SuiteError(f"{where}:{data.key_lines['results']}: 'results' must be a folder path")
+    from memnet.cli.launcher import from_section  # the cluster launchers (submitit), checked here
+
+    launcher = from_section(data.get("launcher"), f"{where}:{data.key_lines.get('launcher', data.line)}")
     return Suite(
         name=name,
         description=str(description),
         experiments=tuple(experiments),
         path=str(path),
         results=results,
+        launcher=launcher,
     )
 
 
@@ -930,7 +938,7 @@ class SuiteRunner:
         jobs: int = 1,
         gpus_per_job: int | None = None,
         base_dir: Path | None = None,
-        stream=None,
+        stream: Any = None,
     ) -> None:
         if not isinstance(jobs, int) or jobs < 1:
             raise SuiteError(f"--jobs must be a positive integer, got {jobs!r}")
@@ -970,6 +978,10 @@ class SuiteRunner:
             if previous_handler is not None:
                 signal.signal(signal.SIGTERM, previous_handler)
         return counts
+
+    def run_one(self, run: Run) -> tuple[str, str]:
+        """Train and evaluate one run here and now (a cluster job's work); returns (outcome, message)."""
+        return self._train_and_evaluate(run, 0)
 
     def _run_all(self, todo: list[Run], progress: _Progress, counts: dict[str, int]) -> None:
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
@@ -1796,6 +1808,8 @@ def log_to_wandb(report: dict[str, Any], results: Path, out: Path) -> str | None
 
 
 def _parser() -> argparse.ArgumentParser:
+    from memnet.cli.launcher import LAUNCHERS
+
     parser = argparse.ArgumentParser(
         prog="memnet suite", description="Run a suite of experiments and report it."
     )
@@ -1829,8 +1843,27 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check the suite and print the commands; train nothing",
     )
+    cluster = run.add_argument_group("cluster", "one job per run through submitit (memnet.cli.launcher); "
+                                     "also from a 'launcher:' section of the suite file")
+    cluster.add_argument("--launcher", choices=LAUNCHERS, default=None,
+                         help="local (default: this machine, --jobs at a time), slurm, or submitit-local "
+                         "(the Slurm code path as local subprocesses)")
+    cluster.add_argument("--partition", help="Slurm partition")
+    cluster.add_argument("--time", help="time limit per job: minutes or [D-]HH:MM[:SS] (default 04:00:00)")
+    cluster.add_argument("--cpus", type=int, help="CPUs per job")
+    cluster.add_argument("--mem-gb", type=float, dest="mem_gb", help="memory per job, GB")
+    cluster.add_argument("--account", help="Slurm account")
+    cluster.add_argument("--array-parallelism", type=int, dest="array_parallelism",
+                         help="jobs of the array running at once")
+    cluster.add_argument("--slurm", action="append", default=[], metavar="OPTION=VALUE",
+                         help="any other Slurm option submitit knows, e.g. --slurm qos=high; repeatable")
+    cluster.add_argument("--wait", action="store_true",
+                         help="wait for the jobs, then write the report (always with submitit-local)")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     run.add_argument("--no-wandb", action="store_true", help="do not log the summary run to W&B")
+    status = commands.add_parser("status", help="the state of every run: pending, running, finished, "
+                                 "failed (with the error), requeued")
+    status.add_argument("results", help="results folder written by `memnet suite run`")
     report = commands.add_parser("report", help="leaderboard, tables and plots of a results folder")
     report.add_argument("results", help="results folder written by `memnet suite run`")
     report.add_argument("--out", help="where the report goes (default RESULTS/report)")
@@ -1862,9 +1895,26 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             _report(Path(args.results), args.out, not args.no_wandb)
             return 0
+        if args.command == "status":
+            from memnet.cli.launcher import render_status, run_states
+
+            print(render_status(run_states(Path(args.results))))
+            return 0
         suite = with_overrides(load_suite(args.suite), args.overrides)
         results = Path(args.results) if args.results else suite.default_results()
         runs = expand_runs(suite, results, args.only)
+        from memnet.cli import launcher
+
+        settings = {key: getattr(args, key) for key in launcher.SETTINGS if key != "gpus_per_job"}
+        settings["gpus_per_job"] = args.gpus_per_job
+        chosen = launcher.merge(suite.launcher or launcher.LauncherConfig(), name=args.launcher,
+                                settings=settings, slurm=args.slurm)
+        if chosen.name != "local" and not args.dry_run:
+            counts = launcher.submit(suite, runs, results, chosen, base_dir=Path.cwd(),
+                                     wait=args.wait or chosen.name == "submitit-local")
+            if "done" in counts and not args.no_report:
+                _report(results, None, not args.no_wandb)
+            return 1 if counts.get("failed") else 0
         runner = SuiteRunner(suite, results, jobs=args.jobs, gpus_per_job=args.gpus_per_job)
         if args.dry_run:
             for run in runs:
