@@ -1,23 +1,40 @@
-"""NTM copy-task training throughput: sequences per second and peak memory.
+"""Training throughput of memnet's models on each execution path, in one table.
 
-One training step = forward + backward + optimiser step on a batch of copy
-sequences of length 20 (41 time steps), with the NTM paper's sizes (LSTM
-controller of 100 units, memory 128 x 20, one read and one write head).
+One training step = forward + loss + backward + gradient clipping (norm 1) +
+Adam step, on a batch of copy sequences of length 20 (41 time steps) for the
+sequence models, or of bAbI-sized stories for MemN2N:
 
-For each batch size the measurement runs in a fresh process (so its peak memory
-is its own): ``--warmup`` untimed steps, then ``--repeats`` timed repetitions of
-``--steps`` steps; the median repetition is reported. Torch's thread count is
-stated (set it with ``--threads``). On CUDA the peak is
-``torch.cuda.max_memory_allocated``; on the CPU it is the process's peak
-resident set size above the size it had before the first step.
+    NTM      LSTM 100, memory 128 × 20, one read and one write head (the NTM paper)
+    DNC      LSTM 64, memory 16 × 20, four read heads
+    MemN2N   3 hops, embedding 20, 50 sentences of 7 words, vocabulary 40 (synthetic ids)
+    LSTM     the baseline: one LSTM layer of 100 units and a linear read-out
 
-    python benchmarks/run.py --batch-sizes 1 16 128 --out benchmarks/results/ntm_copy_cpu.json
+Paths: ``eager`` (the reference functions), ``fused`` (memnet.fused and the
+hoisted input and output layers; NTM and DNC only) and ``compiled``
+(``torch.compile``: of the fused step for NTM and DNC, of the whole network for
+the others). Every (model, batch, path) runs in a fresh process, so that its
+peak memory is its own and a compile is not shared: ``--warmup`` untimed steps
+(the first one compiles; its time beyond a step's is reported as compile time),
+then timed repetitions of ``--steps`` steps until ``--min-seconds`` have passed
+(at least ``--repeats``); the median repetition is reported. On CUDA the peak
+is ``torch.cuda.max_memory_allocated``; on the CPU the growth of the process's
+peak resident set size over the measurement.
+
+``--peer-ntm PATH`` and ``--peer-dnc PATH`` put a checkout of
+loudinthecloud/pytorch-ntm or ixaxaar/pytorch-dnc (the folder that holds its
+``ntm`` or ``dnc`` package) beside memnet, built with the same sizes and timed
+with the same step; their code is imported from there, never copied.
+
+    python benchmarks/run.py                               # the CPU table (make bench)
+    python benchmarks/run.py --device cuda --batch-sizes 1 128 4096
+    python benchmarks/run.py --models NTM --peer-ntm ~/src/pytorch-ntm
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -27,61 +44,168 @@ import time
 from functools import partial
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ("NTM", "DNC", "MemN2N", "LSTM")
+PATHS = ("eager", "fused", "compiled")
+PEERS = {"pytorch-ntm": "NTM", "pytorch-dnc": "DNC"}
+LENGTH = 20  # copy sequence length: 2·20 + 1 = 41 time steps
+WIDTH = 8
 
-def measure(batch_size: int, *, length: int, steps: int, repeats: int, warmup: int, threads: int, device: str) -> dict:
+
+def paths_of(model: str) -> tuple[str, ...]:
+    """The execution paths a model has (peers have their own single path)."""
+    if model in ("NTM", "DNC"):
+        return PATHS
+    if model in ("MemN2N", "LSTM"):
+        return ("eager", "compiled")
+    return ("eager",)
+
+
+def build(model: str, path: str, device: str, peer_path: str | None = None, length: int = LENGTH):
+    """The network, a batch maker ``(generator, batch_size) -> batch`` and ``loss(net, batch)``."""
     import torch
+    import torch.nn.functional as F
 
     from memnet.controllers import LSTMController
     from memnet.lightning import sequence_metrics
-    from memnet.models.ntm import NTM
     from tasks.algorithmic import CopyTask
+
+    task = CopyTask(width=WIDTH, min_length=1, max_length=length)
+
+    def copy_batch(generator, batch_size):
+        batch = task.sample_batch(generator, batch_size, length)
+        return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def copy_loss(logits, batch):
+        return sequence_metrics(logits, batch["targets"], batch["mask"])["loss"]
+
+    if model in ("NTM", "DNC", "LSTM"):
+        if model == "NTM":
+            from memnet.models.ntm import NTM
+
+            net = NTM(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=100),
+                      memory_size=128, word_size=20, engine=path)
+        elif model == "DNC":
+            from memnet.models.dnc import DNC
+
+            net = DNC(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=64),
+                      memory_size=16, word_size=20, num_reads=4, engine=path)
+        else:
+            from memnet.models.recurrent import RecurrentModel
+
+            net = RecurrentModel(task.input_size, task.output_size,
+                                 controller=partial(LSTMController, hidden_size=100))
+        net = net.to(device)
+        forward = torch.compile(net) if model == "LSTM" and path == "compiled" else net
+        return net, copy_batch, lambda batch: copy_loss(forward(batch["inputs"]), batch)
+
+    if model == "MemN2N":
+        from memnet.models.memn2n import MemN2N
+
+        vocabulary, sentences, words, answers = 40, 50, 7, 40
+        net = MemN2N(vocabulary, answers, embedding_size=20, hops=3, memory_size=sentences, seed=0).to(device)
+        forward = torch.compile(net) if path == "compiled" else net
+
+        def story_batch(generator, batch_size):
+            story = torch.randint(1, vocabulary, (batch_size, sentences, words), generator=generator)
+            query = torch.randint(1, vocabulary, (batch_size, words), generator=generator)
+            answer = torch.randint(0, answers, (batch_size,), generator=generator)
+            return {"story": story.to(device), "query": query.to(device), "answer": answer.to(device)}
+
+        return net, story_batch, lambda b: F.cross_entropy(forward(b["story"], b["query"]), b["answer"])
+
+    if model == "pytorch-ntm":  # loudinthecloud/pytorch-ntm, imported from the user's checkout
+        sys.path.insert(0, str(peer_path))
+        from ntm.aio import EncapsulatedNTM
+
+        net = EncapsulatedNTM(task.input_size, task.output_size, 100, 1, 1, 128, 20).to(device)
+
+        def peer_ntm_loss(batch):
+            inputs = batch["inputs"]
+            net.init_sequence(inputs.shape[0])
+            outputs = torch.stack([net(inputs[:, t])[0] for t in range(inputs.shape[1])], dim=1)
+            return F.binary_cross_entropy(outputs.clamp(1e-6, 1 - 1e-6), batch["targets"])
+
+        return net, copy_batch, peer_ntm_loss
+
+    if model == "pytorch-dnc":  # ixaxaar/pytorch-dnc, imported from the user's checkout or install
+        if peer_path:
+            sys.path.insert(0, str(peer_path))
+        from dnc import DNC as PeerDNC
+
+        net = PeerDNC(task.input_size, 64, rnn_type="lstm", num_layers=1, num_hidden_layers=1, nr_cells=16,
+                      cell_size=20, read_heads=4, batch_first=True).to(device)
+
+        def peer_dnc_loss(batch):
+            outputs, _ = net(batch["inputs"], None, reset_experience=True)
+            if outputs.shape[:2] != batch["inputs"].shape[:2]:  # time-first in some releases
+                outputs = outputs.transpose(0, 1)
+            # its output layer has the input's width; the first D_out features are the logits
+            return copy_loss(outputs[..., : task.output_size], batch)
+
+        return net, copy_batch, peer_dnc_loss
+
+    raise ValueError(f"unknown model {model!r}; expected one of {list(MODELS) + list(PEERS)}")
+
+
+def measure(model: str, path: str, batch_size: int, *, steps: int, repeats: int, min_seconds: float,
+            warmup: int, threads: int, device: str, peer_path: str | None = None, length: int = LENGTH) -> dict:
+    """One (model, path, batch size) in this process: throughput, peak memory, compile time."""
+    import torch
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    task = CopyTask(width=8, min_length=1, max_length=20)
-    net = NTM(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=100),
-              memory_size=128, word_size=20).to(device)
+    net, make_batch, loss_of = build(model, path, device, peer_path, length)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
     generator = torch.Generator().manual_seed(0)
-    batches = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in task.sample_batch(generator, batch_size, length).items()}
-               for _ in range(4)]
-
-    def train_step(batch):
-        metrics = sequence_metrics(net(batch["inputs"]), batch["targets"], batch["mask"])
-        optimizer.zero_grad(set_to_none=True)
-        metrics["loss"].backward()
-        optimizer.step()
+    batches = [make_batch(generator, batch_size) for _ in range(4)]
 
     def sync():
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
+    def train_step(batch):
+        loss = loss_of(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        optimizer.step()
+
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    for i in range(warmup):
+    start = time.perf_counter()
+    train_step(batches[0])
+    sync()
+    first_step = time.perf_counter() - start
+    for i in range(1, warmup):
         train_step(batches[i % len(batches)])
     sync()
-    times = []
-    for _ in range(repeats):
+    times: list[float] = []
+    began = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - began < min_seconds:
         start = time.perf_counter()
         for i in range(steps):
             train_step(batches[i % len(batches)])
         sync()
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
+        times.append((time.perf_counter() - start) / steps)
+    per_step = statistics.median(times)
     if device.startswith("cuda"):
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    compiled = path == "compiled"
     return {
+        "model": model,
+        "path": path,
         "batch_size": batch_size,
-        "sequence_length": length,
-        "time_steps": task.sequence_length(length),
-        "seconds_per_step_median": median / steps,
-        "seconds_per_step_all": [t / steps for t in times],
-        "sequences_per_second": batch_size * steps / median,
+        "time_steps": 2 * length + 1,
+        "seconds_per_step_median": per_step,
+        "seconds_per_step_all": times,
+        "sequences_per_second": batch_size / per_step,
         "peak_memory_mb": round(peak_mb, 1),
+        "compile_seconds": round(max(first_step - per_step, 0.0), 2) if compiled else None,
+        "compilations": getattr(net, "compilations", None) if compiled else None,
         "torch_threads": torch.get_num_threads(),
         "device": device,
     }
@@ -108,52 +232,108 @@ def _cpu_name() -> str:
 
 
 def _cpu_count() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
+
+
+def table(report: dict) -> str:
+    """The markdown table of a report."""
+    info = report["machine"]
+    where = info.get("gpu") or f"{info['processor']}, {info['logical_cpus']} logical CPUs"
+    length = report["settings"]["length"]
+    lines = [
+        (f"Training throughput (copy length {length}, {2 * length + 1} time steps; MemN2N: 50 × 7-word stories), "
+         f"{where}, torch {info['torch']}, device {report['settings']['device']}"),
+        "",
+        "| model | batch | path | sequences / s | ms / step | peak memory (MB) | compile (s) | torch threads |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["results"]:
+        if "error" in row:
+            lines.append(f"| {row['model']} | {row['batch_size']} | {row['path']} | failed: {row['error']} "
+                         "| | | | |")
+            continue
+        compile_s = "—" if row["compile_seconds"] is None else f"{row['compile_seconds']:.1f}"
+        lines.append(
+            f"| {row['model']} | {row['batch_size']} | {row['path']} | {row['sequences_per_second']:,.1f} | "
+            f"{1000 * row['seconds_per_step_median']:.1f} | {row['peak_memory_mb']:.0f} | {compile_s} | "
+            f"{row['torch_threads']} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 128])
-    parser.add_argument("--length", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per repetition")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                        help="default 1 32 128 on the CPU, 1 128 4096 on CUDA")
+    parser.add_argument("--length", type=int, default=LENGTH, help="copy sequence length (2·L + 1 time steps)")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per repetition")
+    parser.add_argument("--repeats", type=int, default=3, help="at least this many repetitions")
+    parser.add_argument("--min-seconds", type=float, default=1.0, help="and repetitions for at least this long")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first one compiles)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--peer-ntm", type=Path, default=None,
+                        help="a checkout of loudinthecloud/pytorch-ntm (the folder holding its ntm package)")
+    parser.add_argument("--peer-dnc", type=Path, default=None,
+                        help="a checkout of ixaxaar/pytorch-dnc (the folder holding its dnc package)")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds allowed to one setting")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
-    parser.add_argument("--single", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--single", nargs=3, default=None, help=argparse.SUPPRESS)  # MODEL PATH BATCH
+    parser.add_argument("--peer-path", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    options = {"steps": args.steps, "repeats": args.repeats, "min_seconds": args.min_seconds,
+               "warmup": args.warmup, "device": args.device, "length": args.length}
 
-    if args.single is not None:  # child process: one batch size, JSON on stdout
+    if args.single is not None:  # child process: one setting, JSON on stdout
         import torch
 
+        model, path, batch_size = args.single
         threads = args.threads or torch.get_num_threads()
-        print(json.dumps(measure(args.single, length=args.length, steps=args.steps, repeats=args.repeats,
-                                 warmup=args.warmup, threads=threads, device=args.device)))
+        print(json.dumps(measure(model, path, int(batch_size), threads=threads, peer_path=args.peer_path,
+                                 **options)))
         return
 
+    for flag, checkout, package in (("--peer-ntm", args.peer_ntm, "ntm"), ("--peer-dnc", args.peer_dnc, "dnc")):
+        if checkout is not None and not (checkout / package / "__init__.py").is_file():
+            parser.error(f"{flag} {checkout}: expected the folder that holds the {package!r} package "
+                         f"({checkout / package / '__init__.py'} not found)")
+    batch_sizes = args.batch_sizes or ([1, 128, 4096] if args.device.startswith("cuda") else [1, 32, 128])
+    settings = []
+    for model in args.models:
+        for batch_size in batch_sizes:
+            settings += [(model, path, batch_size, None) for path in args.paths if path in paths_of(model)]
+            for peer, checkout in (("pytorch-ntm", args.peer_ntm), ("pytorch-dnc", args.peer_dnc)):
+                if checkout is not None and PEERS[peer] == model:
+                    settings.append((peer, "eager", batch_size, checkout))
+
     rows = []
-    for batch_size in args.batch_sizes:
-        command = [sys.executable, __file__, "--single", str(batch_size), "--length", str(args.length),
-                   "--steps", str(args.steps), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-                   "--device", args.device]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    for model, path, batch_size, checkout in settings:
+        command = [sys.executable, __file__, "--single", model, path, str(batch_size), "--steps", str(args.steps),
+                   "--repeats", str(args.repeats), "--min-seconds", str(args.min_seconds),
+                   "--warmup", str(args.warmup), "--device", args.device, "--length", str(args.length)]
         if args.threads:
             command += ["--threads", str(args.threads)]
-        result = subprocess.run(command, check=True, capture_output=True, text=True)
+        if checkout is not None:
+            command += ["--peer-path", str(checkout)]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=args.timeout, check=False)
+        except subprocess.TimeoutExpired:
+            rows.append({"model": model, "path": path, "batch_size": batch_size,
+                         "error": f"over --timeout {args.timeout:.0f} s"})
+            continue
+        if result.returncode != 0:
+            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            rows.append({"model": model, "path": path, "batch_size": batch_size, "error": last[:200]})
+            print(f"{model} {path} batch {batch_size} failed: {last}", file=sys.stderr)
+            continue
         rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
 
-    report = {"benchmark": "ntm_copy_train_step", "machine": machine(args.device), "results": rows,
-              "settings": {"steps": args.steps, "repeats": args.repeats, "warmup": args.warmup}}
-    print(f"NTM copy-task training throughput (length {args.length}, {rows[0]['time_steps']} time steps), "
-          f"{report['machine']['processor']}, {report['machine']['logical_cpus']} logical CPUs, "
-          f"torch {report['machine']['torch']}, device {args.device}")
-    print("| batch | torch threads | s / step (median) | sequences / s | peak memory (MB) |")
-    print("|---:|---:|---:|---:|---:|")
-    for row in rows:
-        print(f"| {row['batch_size']} | {row['torch_threads']} | {row['seconds_per_step_median']:.4f} | "
-              f"{row['sequences_per_second']:.1f} | {row['peak_memory_mb']:.1f} |")
+    report = {"benchmark": "train_step", "machine": machine(args.device), "results": rows,
+              "settings": {**options, "threads": args.threads}}
+    print(table(report))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2))

@@ -6,6 +6,7 @@ import copy
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -206,6 +207,26 @@ class LastAndBestCheckpoint(ModelCheckpoint):
     subclass always saves it, so a run resumes from where it was.
     """
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._resumed = trainer.ckpt_path is not None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        """After a resume, put the logging step back where an uninterrupted run has it.
+
+        Lightning adds one to its count of stepped batches when it resumes from a
+        checkpoint saved at the end of an epoch, so every step logged after a resume
+        was one ahead (601 where an uninterrupted run logs 600). With automatic
+        optimisation and one optimiser that count equals ``global_step`` before each
+        batch; it is set so on the first batch after the resume.
+        """
+        if not getattr(self, "_resumed", False):
+            return
+        self._resumed = False
+        if pl_module.automatic_optimization and len(trainer.optimizers) == 1:
+            trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
         if self._should_refresh_last(trainer) and not self._should_save_on_train_epoch_end(trainer):
@@ -233,7 +254,8 @@ class RelapseWatch(pl.Callback):
     Each event is logged as ``relapse/event`` = 1 (with ``relapse/value`` and
     ``relapse/best``) at the global step to every logger (W&B among them), warned
     on the console, and kept in ``events`` as dicts with ``step``, ``epoch``,
-    ``value`` and ``best``. Optionally the watch also acts:
+    ``value`` and ``best``; ``history`` keeps (step, value) of every validation.
+    Both are saved in checkpoints. Optionally the watch also acts:
 
     - ``restore_best``: load the weights (and, with ``restore_optimizer``, the
       optimiser's moments) of the best validation epoch, bit for bit;
@@ -278,6 +300,7 @@ class RelapseWatch(pl.Callback):
         self.best_step: int | None = None
         self.in_relapse = False
         self.improved = False  # whether the last ``update`` set a new best
+        self.history: list[tuple[int, float]] = []  # (step, value) of every validation seen
         self.events: list[dict] = []
         self.best_state: dict | None = None
 
@@ -294,6 +317,7 @@ class RelapseWatch(pl.Callback):
         can be replayed through it.
         """
         self.improved = False
+        self.history.append((step, value))
         if not math.isfinite(value):
             value = math.inf
         if value > self.threshold():
@@ -357,13 +381,14 @@ class RelapseWatch(pl.Callback):
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_step": self.best_step, "in_relapse": self.in_relapse,
-                "events": list(self.events)}
+                "events": list(self.events), "history": list(self.history)}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.best = state_dict["best"]
         self.best_step = state_dict["best_step"]
         self.in_relapse = state_dict["in_relapse"]
         self.events = list(state_dict["events"])
+        self.history = [tuple(item) for item in state_dict.get("history", [])]
 
 
 def scale_learning_rates(trainer: pl.Trainer, factor: float) -> None:

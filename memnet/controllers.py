@@ -78,6 +78,32 @@ class Controller(nn.Module):
         return torch.stack(outputs, dim=1), state
 
 
+    def project_inputs(self, inputs: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Work on the leading inputs of a whole sequence that no step depends on, done once.
+
+        A memory model's controller reads concat(x_t, r_{t−1}) at step t; x_t is known
+        for every t before the loop starts. ``project_inputs`` takes x for all t, and
+        ``projected_step`` then combines its slice at t with the rest of the step's
+        input. The default does nothing ahead (``projected_step`` concatenates and calls
+        ``step``); the LSTM multiplies x by its input weights for all t at once.
+
+        Args:
+            inputs: (B, T, D_x) the leading D_x features of every step's input.
+
+        Returns:
+            (B, T, P) projected inputs, and a context that ``projected_step`` needs
+            (computed once per sequence, e.g. weights concatenated for one matmul).
+        """
+        return inputs, None
+
+    def projected_step(
+        self, projected: torch.Tensor, rest: torch.Tensor, state: ControllerState, context: Any
+    ) -> tuple[torch.Tensor, ControllerState]:
+        """``step`` on concat(x_t, rest) given ``projected`` (B, P), the slice at t of
+        ``project_inputs``, and rest (B, D − D_x): output (B, output_size) and the new state."""
+        return self.step(torch.cat([projected, rest], dim=-1), state)
+
+
 ControllerFactory = Callable[[int], Controller]
 
 
@@ -139,6 +165,48 @@ class LSTMController(Controller):
         if state is None:
             state = self.initial_state(inputs.shape[0], device=inputs.device, dtype=inputs.dtype)
         return self.lstm(inputs, state)
+
+    def project_inputs(self, inputs):
+        # W_ih x_t + b_ih + b_hh of the first layer for all t at once; the step then
+        # needs one matmul of concat(rest, h) with concat(W_ih[:, D_x:], W_hh).
+        width = inputs.shape[-1]
+        weight_ih = self.lstm.weight_ih_l0
+        projected = torch.nn.functional.linear(inputs, weight_ih[:, :width], self.lstm.bias_ih_l0 + self.lstm.bias_hh_l0)
+        context = torch.cat([weight_ih[:, width:], self.lstm.weight_hh_l0], dim=1).t()  # (D − D_x + H, 4H)
+        return projected, context
+
+    def projected_step(self, projected, rest, state, context):
+        hs, cs = state
+        gates = torch.addmm(projected, torch.cat([rest, hs[0]], dim=-1), context)
+        in_gate, forget_gate, cell_gate, out_gate = gates.chunk(4, dim=-1)
+        c = torch.sigmoid(forget_gate) * cs[0] + torch.sigmoid(in_gate) * torch.tanh(cell_gate)
+        h = torch.sigmoid(out_gate) * torch.tanh(c)
+        if self.num_layers == 1:
+            return h, (h.unsqueeze(0), c.unsqueeze(0))
+        x = h
+        if self.training and self.lstm.dropout:
+            x = torch.nn.functional.dropout(x, self.lstm.dropout)
+        upper, (upper_h, upper_c) = self._upper_layers(x, (hs[1:], cs[1:]))
+        return upper, (torch.cat([h.unsqueeze(0), upper_h]), torch.cat([c.unsqueeze(0), upper_c]))
+
+    def _upper_layers(self, x, state):
+        hs, cs = state
+        new_h, new_c = [], []
+        for index in range(1, self.num_layers):
+            h, c = torch.lstm_cell(
+                x,
+                (hs[index - 1], cs[index - 1]),
+                getattr(self.lstm, f"weight_ih_l{index}"),
+                getattr(self.lstm, f"weight_hh_l{index}"),
+                getattr(self.lstm, f"bias_ih_l{index}"),
+                getattr(self.lstm, f"bias_hh_l{index}"),
+            )
+            new_h.append(h)
+            new_c.append(c)
+            x = h
+            if self.training and self.lstm.dropout and index < self.num_layers - 1:
+                x = torch.nn.functional.dropout(x, self.lstm.dropout)
+        return x, (torch.stack(new_h), torch.stack(new_c))
 
 
 class FeedForwardController(Controller):

@@ -10,10 +10,13 @@ run's ``config.yaml`` (the folder above the checkpoint's ``checkpoints/``; or th
 ``num_sequences`` fresh sequences (seeded by ``--seed`` and the length) are scored
 in sub-batches of ``batch_size``, so memory stays bounded however long they are.
 
-Memory: a network with a ``memory_size`` (NTM, DNC) runs at each length with
-N = max(trained N, the slots the task needs at that length), unless
-``--memory_size`` fixes N, in which case a length that needs more slots is refused
-with an error naming it. ``latest`` is the best (else last) checkpoint of the
+Memory: a network with a ``memory_size`` (NTM, DNC) runs at each length with the
+ratio of slots to needed slots it was trained with (see :func:`slots_for`: a
+model trained with 128 slots at lengths ≤ 20 runs length 100 with 640), so the
+table measures the model, not a starved memory; ``--memory_size`` fixes N, and a
+length that needs more slots is refused with an error naming it. Every row
+names its N. A length costly to run (steps × slots above ``COSTLY_STEP_SLOTS``)
+is announced with a warning and reports progress after every sub-batch. ``latest`` is the best (else last) checkpoint of the
 run named in ``runs/latest.json``.
 
 Writes to ``--out`` (default ``<run>/evaluation``):
@@ -47,8 +50,9 @@ import torch.nn.functional as F
 import yaml
 
 from memnet.callbacks import draw_memory_access
+from memnet.checkpoint import read_checkpoint
 from memnet.plots import plot_error_vs_length
-from memnet.utils import parameter_dtype
+from memnet.utils import MemnetError, parameter_dtype
 
 LATEST = "latest"
 COLUMNS = ("length", "slots", "bits_per_seq", "bit_errors_per_seq", "sequences", "exact_pct")
@@ -76,7 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="config file(s) to build the model and task (default: the run's config.yaml)")
     parser.add_argument("--lengths", type=int, nargs="+", required=True, help="task lengths to evaluate")
     parser.add_argument("--memory_size", type=int, default=None,
-                        help="fix the memory slots N at every length (default: max(trained N, needed))")
+                        help="fix the memory slots N at every length (default: the trained ratio of slots to length)")
     parser.add_argument("--num_sequences", type=int, default=256, help="sequences per length")
     parser.add_argument("--batch_size", type=int, default=64, help="sequences per forward pass")
     parser.add_argument("--seed", type=int, default=0, help="seed of the evaluation sequences")
@@ -144,8 +148,11 @@ def build(configs: list[str | Path], checkpoint: Path, device: torch.device) -> 
 
 def load_checkpoint(model: Any, checkpoint: Path, configs: list[str | Path]) -> None:
     """Load the Lightning checkpoint's ``state_dict`` into ``model`` (built from ``configs``)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if "state_dict" not in state:
+    try:
+        state = read_checkpoint(checkpoint)
+    except MemnetError as error:
+        raise EvaluationError(f"--ckpt_path: {error}") from None
+    if not isinstance(state, dict) or "state_dict" not in state:
         raise EvaluationError(f"--ckpt_path: {checkpoint} holds no 'state_dict' (not a Lightning checkpoint)")
     try:
         model.load_state_dict(state["state_dict"])
@@ -158,11 +165,13 @@ def load_checkpoint(model: Any, checkpoint: Path, configs: list[str | Path]) -> 
 def instantiate(configs: list[str | Path]) -> Any:
     """The ``MemnetCLI`` (not run) of ``configs``: its ``config``, fresh ``model`` and ``datamodule``."""
     from memnet.cli import MemnetCLI
+    from memnet.cli.configs import ConfigError, find_config
 
-    for config in configs:
-        if not Path(config).is_file():
-            raise EvaluationError(f"--config: no file at {config}")
-    args = [arg for config in configs for arg in ("--config", _without_run_keys(Path(config)))]
+    try:
+        files = [find_config(config) for config in configs]  # a file, or a shipped name (ntm/copy)
+    except ConfigError as error:
+        raise EvaluationError(str(error)) from None
+    args = [arg for config in files for arg in ("--config", _without_run_keys(config))]
     args += ["--trainer.logger=false", "--trainer.enable_progress_bar=false"]
     with warnings.catch_warnings():  # LightningCLI warns that sys.argv also holds arguments (ours)
         warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
@@ -209,11 +218,23 @@ def takes_memory_size(net: torch.nn.Module) -> bool:
         return False
 
 
-def slots_for(task: Any, length: int, trained: int | None, fixed: int | None) -> int | None:
-    """Memory slots N at ``length``: ``fixed`` if given (refused when too small), else max(trained, needed)."""
+def slots_for(task: Any, length: int, trained: int | None, fixed: int | None, *,
+              trained_length: int | None = None) -> int | None:
+    """Memory slots N at ``length``: ``fixed`` if given (refused when too small), else the trained ratio.
+
+    The default keeps the ratio of slots to the slots the task needs that the
+    model was trained with: N = max(trained N, needed(L), ⌈trained N · needed(L) /
+    needed(L_train)⌉), with L_train the longest training length (``trained_length``,
+    default ``task.max_length``). A model trained with N = 128 at lengths ≤ 20 never
+    saw a memory more than 20/128 full; at N = L it is full, and a trained NTM then
+    fails (6,156 bits per sequence at length 150 with N = 150, 3.1 at length 20 with
+    N = 22 against 747 with N = 20). Keeping the ratio keeps the model in the
+    regime it was trained in. (N = trained N + L would also leave room, but fills
+    the memory to L / (L + N) → 1 at long lengths, a density training never had.)
+    """
     if trained is None:
         return None
-    needed = int(task.memory_needed(length)) if hasattr(task, "memory_needed") else length
+    needed = _needed(task, length)
     if fixed is not None:
         if needed > fixed:
             raise EvaluationError(
@@ -221,14 +242,45 @@ def slots_for(task: Any, length: int, trained: int | None, fixed: int | None) ->
                 f"but --memory_size is {fixed}; raise --memory_size to ≥ {needed} or drop length {length}"
             )
         return fixed
-    return max(trained, needed)
+    trained_length = trained_length if trained_length is not None else getattr(task, "max_length", None)
+    proportional = 0
+    if trained_length is not None:
+        proportional = math.ceil(trained * needed / max(1, _needed(task, trained_length)))
+    return max(trained, needed, proportional)
+
+
+def _needed(task: Any, length: int) -> int:
+    return int(task.memory_needed(length)) if hasattr(task, "memory_needed") else length
+
+
+# Above this many (time steps × memory slots) per sequence, ``memnet evaluate`` warns about the cost and
+# reports progress after every sub-batch (the NTM paper's copy at length 120 with 128 slots is 3·10^4).
+COSTLY_STEP_SLOTS = 5 * 10**8
+
+
+def cost_warning(task: Any, length: int, slots: int | None, batch_size: int, num_sequences: int,
+                 word_size: int | None = None) -> str | None:
+    """A one-line warning when a length is costly to evaluate (steps × slots per sequence), else None."""
+    steps = int(task.sequence_length(length)) if hasattr(task, "sequence_length") else length
+    work = steps * (slots or 1)
+    if work <= COSTLY_STEP_SLOTS:
+        return None
+    state = "" if slots is None or word_size is None else (
+        f", a memory of {batch_size * slots * word_size * 4 / 2**30:.1f} GiB per sub-batch of {batch_size}")
+    return (f"warning: length {length} runs {steps:,} steps over N={slots} slots per sequence "
+            f"({work:.1e} step-slots{state}) for {num_sequences} sequences; this is slow. "
+            "Lower --num_sequences, --batch_size, the length or --memory_size to make it cheaper")
 
 
 def evaluate_length(
     model: Any, task: Any, length: int, *, slots: int | None, num_sequences: int, batch_size: int,
-    seed: int, device: torch.device,
+    seed: int, device: torch.device, progress: bool = False,
 ) -> tuple[dict[str, float], dict]:
-    """Score ``num_sequences`` fresh sequences at ``length`` in sub-batches; returns the row and the first batch."""
+    """Score ``num_sequences`` fresh sequences at ``length`` in sub-batches; returns the row and the first batch.
+
+    With ``progress``, a line per sub-batch (sequences done, seconds) goes to stderr.
+    """
+    started = time.time()
     generator = torch.Generator().manual_seed(seed * 1_000_003 + length)
     totals = {"bits": 0.0, "errors": 0.0, "exact": 0.0, "optimal": 0.0}
     has_optimal = False
@@ -253,6 +305,9 @@ def evaluate_length(
             has_optimal = True
             totals["optimal"] += float(batch["optimal_bits"].sum())
         done += n
+        if progress:
+            print(f"length {length}, N={slots}: {done}/{num_sequences} sequences ({time.time() - started:.0f} s)",
+                  file=sys.stderr, flush=True)
     row = {
         "length": length,
         "slots": slots,
@@ -328,9 +383,15 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.out) if args.out else checkpoint.resolve().parent.parent / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
     rows, first = [], None
+    word_size = getattr(net, "word_size", None)
     for length in args.lengths:
+        warning = cost_warning(task, length, slots[length], min(args.batch_size, args.num_sequences),
+                               args.num_sequences, word_size)
+        if warning:
+            print(f"memnet evaluate: {warning}", file=sys.stderr, flush=True)
         row, batch = evaluate_length(model, task, length, slots=slots[length], num_sequences=args.num_sequences,
-                                     batch_size=args.batch_size, seed=args.seed, device=device)
+                                     batch_size=args.batch_size, seed=args.seed, device=device,
+                                     progress=warning is not None)
         rows.append(row)
         first = first or (length, batch)
         print(f"length {length:>4}: {row['bits_per_seq']:.3f} bits, {row['bit_errors_per_seq']:.3f} bit errors "

@@ -19,6 +19,7 @@ from einops import rearrange
 from torch import nn
 
 from memnet import addressing
+from memnet import fused as fused_ops
 from memnet.utils import check_positive
 
 
@@ -77,7 +78,7 @@ class NTMHeads(nn.Module):
         )
 
     def forward(
-        self, hidden: torch.Tensor, prev_weights: torch.Tensor, memory: torch.Tensor
+        self, hidden: torch.Tensor, prev_weights: torch.Tensor, memory: torch.Tensor, *, fused: bool = False
     ) -> HeadOutput:
         """Address the memory for all heads.
 
@@ -85,6 +86,8 @@ class NTMHeads(nn.Module):
             hidden: (B, D) controller output h_t.
             prev_weights: (B, H, N) weightings of the previous step.
             memory: (B, N, W) the memory the keys are compared with.
+            fused: run the pipeline as ``memnet.fused.address`` (one autograd node with a
+                hand-written backward) instead of the reference functions; same values.
 
         Returns:
             ``HeadOutput`` with weights (B, H, N), erase and add (B, H_w, W).
@@ -97,10 +100,16 @@ class NTMHeads(nn.Module):
         key, strength, gate, shifts, gamma = address.split(
             [self.word_size, 1, 1, self.shift_window, 1], dim=-1
         )
-        content = addressing.content_weights(memory, key, F.softplus(strength.squeeze(-1)))
-        gated = addressing.interpolate(content, prev_weights, torch.sigmoid(gate.squeeze(-1)))
-        shifted = addressing.shift(gated, F.softmax(shifts, dim=-1))
-        weights = addressing.sharpen(shifted, 1 + F.softplus(gamma.squeeze(-1)))
+        strength = F.softplus(strength.squeeze(-1))
+        gate = torch.sigmoid(gate.squeeze(-1))
+        shifts = F.softmax(shifts, dim=-1)
+        gamma = 1 + F.softplus(gamma.squeeze(-1))
+        if fused and self.shift_window // 2 <= memory.shape[1]:
+            weights = fused_ops.address(memory, prev_weights, key, strength, gate, shifts, gamma)
+        else:
+            content = addressing.content_weights(memory, key, strength)
+            gated = addressing.interpolate(content, prev_weights, gate)
+            weights = addressing.sharpen(addressing.shift(gated, shifts), gamma)
 
         write = rearrange(write, "b (h p) -> b h p", h=self.num_writes)
         erase, add = write.split([self.word_size, self.word_size], dim=-1)

@@ -86,3 +86,11 @@ def check_sequence_inputs(inputs: torch.Tensor, input_size: int, *, model: str,
     if memory_size is not None and (isinstance(memory_size, bool) or not isinstance(memory_size, int)
                                     or memory_size < 1):
         raise ValueError(f"{model}: memory_size must be a positive integer, got {memory_size!r}")
+
+
+class MemnetError(ValueError):
+    """A problem with the user's input or files that memnet explains in one line.
+
+    The ``memnet`` command prints its message alone (no traceback) and exits with
+    status 2. It is a ``ValueError``, so callers that catch those still do.
+    """

@@ -5,7 +5,9 @@ itself or from an extracted folder; nothing is generated. Where it is looked for
 (first hit wins):
 
     1. ``data_dir`` of the data module (a folder, or the ``.tar.gz`` itself)
-    2. the environment variable ``MEMNET_DATA_DIR``
+    2. the environment variable ``MEMNET_DATA_DIR``: when set it must name a folder
+       holding the data; empty, missing, a file or without the data is an error
+       naming it, not a reason to look elsewhere
     3. ``data/babi`` under the working directory (where ``memnet data babi`` puts it)
     4. ``shared/data/babi`` beside the repository (a checkout's sibling folder)
 
@@ -71,6 +73,7 @@ Axes:  b - batch, n - memory slots (sentences), j - words
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import itertools
 import json
@@ -80,6 +83,7 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,6 +177,15 @@ def _parse_id(text: str, source: str, line_number: int, what: str) -> int:
     return value
 
 
+def _looks_like_question(text: str) -> bool:
+    """Whether a line's text (without its ID) is a question: it has a ``?`` not followed by the final ``.``.
+
+    Every statement of the distribution ends with ``.``; the Hindi ones may end
+    with ``?.`` ("Pallavi bhedia hai ?."), a question's text ends with ``?``.
+    """
+    return "?" in text and text[text.rindex("?") + 1:].strip() != "."
+
+
 def parse_babi(text: str, *, source: str, task: int) -> list[dict[str, Any]]:
     """Parse the text of one bAbI file into examples, one per question.
 
@@ -189,7 +202,8 @@ def parse_babi(text: str, *, source: str, task: int) -> list[dict[str, Any]]:
         BabiFormatError: empty file, CR line endings, blank line, a line not
             ``ID text``, an ID that neither restarts at 1 nor goes up by one, a
             question line without exactly ``question<TAB>answer<TAB>IDs``, an
-            empty question or answer, a supporting ID that is not an integer,
+            empty question or answer, a question (a ``?``) without its tabs and
+            answer fields, a supporting ID that is not an integer,
             points forward, outside the story or at a question.
     """
     if text == "":
@@ -222,6 +236,12 @@ def parse_babi(text: str, *, source: str, task: int) -> list[dict[str, Any]]:
             )
         previous_id = line_id
         if "\t" not in rest:
+            if _looks_like_question(rest):
+                raise BabiFormatError(
+                    source, line_number,
+                    f"{rest.strip()!r} is a question (it has a '?') but no tabs: expected "
+                    "'question<TAB>answer<TAB>supporting IDs'",
+                )
             tokens = tokenize(rest)
             if not tokens:
                 raise BabiFormatError(source, line_number, "a statement needs at least one word after the ID")
@@ -313,14 +333,23 @@ class BabiSource:
 
     def _open(self) -> dict[str, tarfile.TarInfo]:
         if self._members is None:
-            self._tar = tarfile.open(self.archive, "r:gz")  # noqa: SIM115 - kept open for reads, see close()
-            self._members = {}
-            for member in self._tar.getmembers():
-                name = member.name.removeprefix("./")
-                name = name.removeprefix(ARCHIVE_TOP + "/")
-                if member.isfile():
-                    self._members[name] = member
+            members = {}
+            try:
+                self._tar = tarfile.open(self.archive, "r:gz")  # noqa: SIM115 - kept open for reads, see close()
+                for member in self._tar.getmembers():
+                    name = member.name.removeprefix("./")
+                    name = name.removeprefix(ARCHIVE_TOP + "/")
+                    if member.isfile():
+                        members[name] = member
+            except CORRUPT_ARCHIVE_ERRORS as error:
+                self.close()
+                raise self._corrupt(error) from None
+            self._members = members
         return self._members
+
+    def _corrupt(self, error: BaseException) -> CorruptArchiveError:
+        return CorruptArchiveError(f"{self.archive}: the archive is truncated or corrupt "
+                                   f"({type(error).__name__}: {error}); fetch it again with `memnet data babi`")
 
     def exists(self, relative: str) -> bool:
         if self.folder is not None:
@@ -334,8 +363,11 @@ class BabiSource:
         if self.folder is not None:
             data = (self.folder / relative).read_bytes()
         else:
-            handle = self._tar.extractfile(self._open()[relative])  # type: ignore[union-attr]
-            data = handle.read()  # type: ignore[union-attr]
+            try:
+                handle = self._tar.extractfile(self._open()[relative])  # type: ignore[union-attr]
+                data = handle.read()  # type: ignore[union-attr]
+            except CORRUPT_ARCHIVE_ERRORS as error:
+                raise self._corrupt(error) from None
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError as error:
@@ -369,13 +401,44 @@ def candidate_data_dirs(data_dir: str | Path | None = None) -> list[Path]:
     return candidates
 
 
+def data_dir_from_env() -> Path | None:
+    """The folder ``MEMNET_DATA_DIR`` names, or None when it is not set.
+
+    Set, it must name an existing folder: an empty value, a missing folder or a
+    file is an error naming the variable and its value, never silently replaced
+    by another location.
+    """
+    if DATA_DIR_ENV not in os.environ:
+        return None
+    value = os.environ[DATA_DIR_ENV]
+    expected = f"expected the folder holding {ARCHIVE_NAME} or {ARCHIVE_TOP}/ (or unset it)"
+    if not value.strip():
+        raise BabiDataDirError(f"{DATA_DIR_ENV} is set but empty; {expected}")
+    path = Path(value).expanduser()
+    if path.is_file():
+        raise BabiDataDirError(f"{DATA_DIR_ENV}={value} is a file; {expected}")
+    if not path.is_dir():
+        raise BabiDataDirError(f"{DATA_DIR_ENV}={value} does not exist; {expected}")
+    return path
+
+
+class BabiDataDirError(FileNotFoundError):
+    """Where the data should be is not usable; the message names the setting and its value."""
+
+
 def find_source(data_dir: str | Path | None = None) -> BabiSource:
-    """The first place holding the data; an explicit ``data_dir`` that does not is an error."""
+    """The first place holding the data; an explicit ``data_dir`` or ``MEMNET_DATA_DIR`` that does not is an error."""
     if data_dir is not None:
         path = Path(data_dir).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"data_dir {path} does not exist (expected {ARCHIVE_NAME} or a folder holding it)")
         return BabiSource(path)
+    from_env = data_dir_from_env()
+    if from_env is not None:
+        try:
+            return BabiSource(from_env)
+        except FileNotFoundError as error:
+            raise BabiDataDirError(f"{DATA_DIR_ENV}={os.environ[DATA_DIR_ENV]}: {error}") from None
     tried = []
     for candidate in candidate_data_dirs(None):
         tried.append(str(candidate))
@@ -885,19 +948,61 @@ def check_archive_members(archive: tarfile.TarFile, target: Path) -> list[tarfil
     return members
 
 
+CORRUPT_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)  # a truncated or flipped .tar.gz
+
+
+class CorruptArchiveError(ValueError):
+    """An archive that cannot be read to its end (truncated, or bytes changed)."""
+
+
+def _read_gzip_to_the_end(path: Path) -> None:
+    """Decompress a gzip file to its end, so its CRC is checked (tarfile stops at the end-of-archive
+    marker and would not notice changed bytes that still inflate); other files are left alone."""
+    with open(path, "rb") as handle:
+        if handle.read(2) != b"\x1f\x8b":
+            return
+    with gzip.open(path, "rb") as stream:
+        while stream.read(1 << 20):
+            pass
+
+
 def safe_extract(archive_path: str | Path, target: str | Path) -> Path:
     """Extract a ``.tar.gz`` into ``target`` after :func:`check_archive_members`; returns ``target``.
 
-    Nothing is written unless every member is safe.
+    All or nothing: nothing is written unless every member is safe, and the
+    members are extracted into a temporary folder inside ``target`` that is
+    renamed into place only once the whole archive has been read. A truncated or
+    corrupt archive raises :class:`CorruptArchiveError` naming it, and leaves
+    ``target`` as it was.
     """
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive_path, "r:*") as archive:
-        members = check_archive_members(archive, target)
-        if hasattr(tarfile, "data_filter"):
-            archive.extractall(target, members=members, filter="data")
-        else:  # pragma: no cover - Python < 3.11.4; members were checked above
-            archive.extractall(target, members=members)
+    staging = Path(tempfile.mkdtemp(prefix=".extracting-", dir=target))
+    try:
+        try:
+            _read_gzip_to_the_end(Path(archive_path))
+            with tarfile.open(archive_path, "r:*") as archive:
+                members = check_archive_members(archive, staging)
+                if hasattr(tarfile, "data_filter"):
+                    archive.extractall(staging, members=members, filter="data")
+                else:  # pragma: no cover - Python < 3.11.4; members were checked above
+                    archive.extractall(staging, members=members)
+        except UnsafeArchiveError:
+            raise
+        except CORRUPT_ARCHIVE_ERRORS as error:
+            raise CorruptArchiveError(
+                f"{archive_path}: the archive is truncated or corrupt ({type(error).__name__}: {error}); "
+                f"nothing was extracted to {target}"
+            ) from None
+        for entry in sorted(staging.iterdir()):
+            destination = target / entry.name
+            if destination.is_dir() and not destination.is_symlink():
+                shutil.rmtree(destination)
+            elif destination.exists() or destination.is_symlink():
+                destination.unlink()
+            os.replace(entry, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
@@ -906,7 +1011,8 @@ def verify_archive(path: str | Path, *, expected_sha256: str | None = None, offi
 
     Returns a sentence saying what was verified. An archive whose checksum is
     unknown (not official, not the known repack, no ``expected_sha256``) is
-    accepted with a warning in that sentence; its files are still parsed strictly.
+    refused (:class:`CorruptArchiveError`): a flipped or truncated download is caught
+    before anything is extracted.
     """
     digest = sha256_file(path)
     if expected_sha256 is not None:
@@ -917,7 +1023,10 @@ def verify_archive(path: str | Path, *, expected_sha256: str | None = None, offi
         raise ValueError(f"{path}: sha256 {digest} is not the official archive's {OFFICIAL_SHA256}")
     if digest in KNOWN_SHA256:
         return f"sha256 {digest} verified ({KNOWN_SHA256[digest]})"
-    return f"WARNING: sha256 {digest} is not a known bAbI archive; not verified"
+    raise CorruptArchiveError(
+        f"{path}: sha256 {digest} is not the official bAbI v1.2 archive's ({OFFICIAL_SHA256}) nor a known "
+        f"repack's: the file is truncated, corrupt or another archive; pass --sha256 {digest} to use it anyway"
+    )
 
 
 def data_main(argv: Sequence[str] | None = None) -> Path:
@@ -926,13 +1035,17 @@ def data_main(argv: Sequence[str] | None = None) -> Path:
         prog="memnet data babi",
         description="Fetch the bAbI v1.2 archive (or take a local file), check its sha256 and extract it safely.",
     )
-    parser.add_argument("--dest", default=os.environ.get(DATA_DIR_ENV, str(DEFAULT_DATA_DIR)),
+    parser.add_argument("--dest", default=None,
                         help=f"target folder (default ${DATA_DIR_ENV} or {DEFAULT_DATA_DIR})")
     parser.add_argument("--archive", help=f"a local {ARCHIVE_NAME} to use instead of downloading")
     parser.add_argument("--url", default=OFFICIAL_URL, help="where to download from (default: the official URL)")
     parser.add_argument("--sha256", help="expected sha256 of the archive (default: known checksums)")
     args = parser.parse_args(list(argv) if argv is not None else None)
-    dest = Path(args.dest).expanduser()
+    if args.dest is None and DATA_DIR_ENV in os.environ:
+        value = os.environ[DATA_DIR_ENV]
+        if not value.strip() or Path(value).expanduser().is_file():
+            data_dir_from_env()  # raises, naming the variable
+    dest = Path(args.dest or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).expanduser()
     dest.mkdir(parents=True, exist_ok=True)
     stored = dest / ARCHIVE_NAME
     if args.archive:
@@ -940,6 +1053,8 @@ def data_main(argv: Sequence[str] | None = None) -> Path:
         if not source.is_file():
             parser.error(f"--archive {source} is not a file")
         message = verify_archive(source, expected_sha256=args.sha256)
+        print(message)
+        safe_extract(source, dest)  # from the given file: a failure names it and leaves dest as it was
         if source.resolve() != stored.resolve():
             shutil.copyfile(source, stored)
     else:
@@ -958,8 +1073,8 @@ def data_main(argv: Sequence[str] | None = None) -> Path:
             partial.unlink(missing_ok=True)
             raise
         os.replace(partial, stored)
-    print(message)
-    safe_extract(stored, dest)
+        print(message)
+        safe_extract(stored, dest)
     folder = dest / ARCHIVE_TOP
     count = sum(1 for _ in folder.rglob("*.txt")) if folder.is_dir() else 0
     print(f"extracted {count} text files to {folder}")

@@ -83,7 +83,9 @@ def test_list_answers_stay_one_string():
         ("", None, "empty file"),
         ("1 Mary went home.\r\n2 Where is Mary?\thome\t1\r\n", 1, "carriage return"),
         ("1 Mary went home.\n\n2 Where is Mary?\thome\t1\n", 2, "empty line"),
-        ("1 Mary went home.\n2 Where is Mary? home 1\n", 2, None),  # no tab: a statement, then fine
+        ("1 Mary went home.\n2 Where is Mary? home 1\n", 2, "is a question (it has a '?') but no tabs"),
+        ("1 Mary went home.\n2 Where is Mary?\n", 2, "is a question (it has a '?') but no tabs"),
+        ("1 Pallavi bhedia hai ?.\n2 Pallavi kya hai?\tbhedia\t1\n", 2, None),  # Hindi statements end with '?.'
         ("1 Mary went home.\n2 Where is Mary?\thome\n", 2, "3 fields"),
         ("1 Mary went home.\n2 Where is Mary?\thome\t1\textra\n", 2, "3 fields"),
         ("x Mary went home.\n", 1, "positive integer"),
@@ -105,8 +107,8 @@ def test_list_answers_stay_one_string():
     ],
 )
 def test_malformed_lines_name_file_line_and_expectation(text, line, expected):
-    if expected is None:  # a control case: tab-less lines are statements
-        parse_babi(text, source="qa1_bad.txt", task=1)
+    if expected is None:  # a control case: a statement ending with '?.' is not a question
+        assert len(parse_babi(text, source="qa1_bad.txt", task=1)) == 1
         return
     with pytest.raises(BabiFormatError) as info:
         parse_babi(text, source="qa1_bad.txt", task=1)
@@ -341,8 +343,8 @@ def test_data_command_refuses_unsafe_archive(tmp_path, member, message):
     good = _member("tasks_1-20_v1-2/en/qa1_single-supporting-fact_train.txt")
     archive = _tar_with(tmp_path, [good, member])
     target = tmp_path / "target"
-    with pytest.raises(UnsafeArchiveError, match=message):
-        babi.data_main(["--archive", str(archive), "--dest", str(target)])
+    with pytest.raises(UnsafeArchiveError, match=message):  # even an archive the user vouches for
+        babi.data_main(["--archive", str(archive), "--dest", str(target), "--sha256", babi.sha256_file(archive)])
     assert not (target / "tasks_1-20_v1-2").exists()  # nothing was extracted
     assert not (tmp_path / "evil.txt").exists()
 
@@ -352,16 +354,21 @@ def test_data_command_through_cli_reports_unsafe_archive(tmp_path):
 
     archive = _tar_with(tmp_path, [_member("../evil.txt")])
     with pytest.raises(SystemExit, match="points outside"):
-        main(["data", "babi", "--archive", str(archive), "--dest", str(tmp_path / "t")])
+        main(["data", "babi", "--archive", str(archive), "--dest", str(tmp_path / "t"),
+              "--sha256", babi.sha256_file(archive)])
     with pytest.raises(SystemExit, match="name a data set"):
         main(["data", "mnist"])
 
 
 def test_data_command_extracts_a_safe_archive_and_checks_sha256(tmp_path, capsys):
     archive = _tar_with(tmp_path, [_member("tasks_1-20_v1-2/en/qa1_single-supporting-fact_train.txt")], "ok.tar.gz")
-    folder = babi.data_main(["--archive", str(archive), "--dest", str(tmp_path / "d")])
+    with pytest.raises(babi.CorruptArchiveError, match=r"ok.tar.gz: sha256 \w+ is not the official bAbI v1.2"):
+        babi.data_main(["--archive", str(archive), "--dest", str(tmp_path / "d")])
+    assert not (tmp_path / "d" / "tasks_1-20_v1-2").exists()
+    digest = babi.sha256_file(archive)
+    folder = babi.data_main(["--archive", str(archive), "--dest", str(tmp_path / "d"), "--sha256", digest])
     assert (folder / "en" / "qa1_single-supporting-fact_train.txt").is_file()
-    assert "not a known bAbI archive" in capsys.readouterr().out
+    assert "matches the expected value" in capsys.readouterr().out
     with pytest.raises(ValueError, match="does not match the expected"):
         verify_archive(archive, expected_sha256="0" * 64)
     with pytest.raises(ValueError, match="not the official archive"):
@@ -371,6 +378,38 @@ def test_data_command_extracts_a_safe_archive_and_checks_sha256(tmp_path, capsys
 @needs_data
 def test_shared_archive_checksum_is_known():
     assert "verified" in verify_archive(ARCHIVE)
+
+
+def _damaged(tmp_path: Path, how: str) -> Path:
+    data = bytearray(ARCHIVE.read_bytes())
+    if how == "truncated":
+        data = data[: len(data) // 2]
+    else:  # flipped bytes in the middle of the compressed stream
+        middle = len(data) // 2
+        data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+    path = tmp_path / f"{how}-{babi.ARCHIVE_NAME}"
+    path.write_bytes(bytes(data))
+    return path
+
+
+@needs_data
+@pytest.mark.parametrize("how", ["truncated", "flipped"])
+def test_damaged_archive_is_named_and_never_half_extracted(tmp_path, how):
+    damaged = _damaged(tmp_path, how)
+    dest = tmp_path / "dest"
+    with pytest.raises(babi.CorruptArchiveError, match=rf"{how}-tasks_1-20_v1-2.tar.gz: sha256 \w+ is not the official"):
+        babi.data_main(["--archive", str(damaged), "--dest", str(dest)])
+    # vouched for by its own checksum, it still fails while reading, and nothing is left behind
+    with pytest.raises(babi.CorruptArchiveError, match=rf"{how}-tasks_1-20_v1-2.tar.gz: the archive is truncated or corrupt"):
+        babi.data_main(["--archive", str(damaged), "--dest", str(dest), "--sha256", babi.sha256_file(damaged)])
+    assert list(dest.iterdir()) == []  # no folder, no staging folder, no copy of the bad archive
+
+
+@needs_data
+def test_reading_a_truncated_archive_names_it(tmp_path):
+    damaged = _damaged(tmp_path, "truncated")
+    with pytest.raises(babi.CorruptArchiveError, match=r"truncated-tasks_1-20_v1-2.tar.gz: the archive is truncated"):
+        load_babi(data_dir=damaged, cache_dir=tmp_path / "cache", tasks=[20])
 
 
 # ----------------------------------------------------------------------------- the table
@@ -474,3 +513,41 @@ def test_table_command_evaluates_a_trained_checkpoint(tmp_path, monkeypatch, cap
     errors = {int(row.split(":")[0]): row.split(",")[-1] for row in rows[1:21]}
     assert errors[3] == "" and 0.0 <= float(errors[1]) <= 100.0 and 0.0 <= float(errors[6]) <= 100.0
     assert "| 1: single-supporting-fact |" in out and "(2 tasks)" in out
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("", "MEMNET_DATA_DIR is set but empty"),
+    ("{tmp}/absent", "MEMNET_DATA_DIR={tmp}/absent does not exist"),
+    ("{tmp}/file.txt", "MEMNET_DATA_DIR={tmp}/file.txt is a file"),
+    ("{tmp}", "MEMNET_DATA_DIR={tmp}: no bAbI data in {tmp}"),
+])
+def test_a_bad_data_dir_variable_is_reported_not_replaced(tmp_path, monkeypatch, value, expected):
+    (tmp_path / "file.txt").write_text("not data")
+    monkeypatch.setenv(babi.DATA_DIR_ENV, value.format(tmp=tmp_path))
+    with pytest.raises(babi.BabiDataDirError) as info:
+        babi.find_source(None)  # the shared copy exists; it must not be used instead
+    assert str(info.value).startswith(expected.format(tmp=tmp_path))
+    if value in ("", "{tmp}/file.txt"):
+        with pytest.raises(babi.BabiDataDirError, match=expected.format(tmp=tmp_path).split("=")[0]):
+            babi.data_main(["--archive", str(tmp_path / "file.txt")])
+
+
+@needs_data
+def test_malformed_file_and_bad_data_dir_through_the_command_are_one_line(tmp_path, monkeypatch, capsys):
+    from memnet.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "data" / babi.ARCHIVE_TOP / "en"
+    folder.mkdir(parents=True)
+    (folder / "qa1_single-supporting-fact_train.txt").write_text("1 Mary went home.\n2 Where is Mary? home 1\n")
+    (folder / "qa1_single-supporting-fact_test.txt").write_text("1 Mary went home.\n2 Where is Mary?\thome\t1\n")
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "memn2n" / "babi_task_1k.yaml")
+    for setting, expected in ((str(tmp_path / "data"), "qa1_single-supporting-fact_train.txt, line 2: "),
+                              ("", "MEMNET_DATA_DIR is set but empty")):
+        monkeypatch.setenv(babi.DATA_DIR_ENV, setting)
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", config, "--trainer.fast_dev_run=true", "--trainer.logger=false",
+                  f"--data.init_args.cache_dir={tmp_path / 'cache'}"])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "Traceback" not in err, err
+        assert expected in next(line for line in err.splitlines() if line.startswith("memnet: "))

@@ -1,26 +1,45 @@
-"""The throughput benchmark runs and reports what it measured."""
+"""The benchmark runner runs its smallest setting and reports what it measured."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+RUN = [sys.executable, str(ROOT / "benchmarks" / "run.py")]
 
 
-def test_benchmark_writes_a_table_and_json(tmp_path):
+def test_benchmark_writes_one_table_and_json(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--batch-sizes", "1", "3", "--length", "2",
-         "--steps", "1", "--repeats", "2", "--warmup", "1", "--threads", "1", "--out", str(out)],
+        [*RUN, "--models", "NTM", "--paths", "eager", "fused", "--batch-sizes", "1", "--length", "2",
+         "--steps", "1", "--repeats", "2", "--min-seconds", "0", "--warmup", "1", "--threads", "1",
+         "--out", str(out)],
         check=True, capture_output=True, text=True, timeout=300,
     )
-    assert "sequences / s" in result.stdout
+    assert "| model | batch | path | sequences / s | ms / step | peak memory (MB) | compile (s) |" in result.stdout
     report = json.loads(out.read_text())
-    assert [row["batch_size"] for row in report["results"]] == [1, 3]
+    assert [(row["model"], row["path"]) for row in report["results"]] == [("NTM", "eager"), ("NTM", "fused")]
     for row in report["results"]:
-        assert row["torch_threads"] == 1 and row["time_steps"] == 5
+        assert row["torch_threads"] == 1 and row["time_steps"] == 5 and row["batch_size"] == 1
         assert len(row["seconds_per_step_all"]) == 2 and row["sequences_per_second"] > 0
+        assert row["compile_seconds"] is None
+        assert f"| {row['model']} | 1 | {row['path']} |" in result.stdout
     assert report["machine"]["torch"].startswith("2.")
+
+
+def test_a_peer_checkout_without_its_package_is_named(tmp_path):
+    result = subprocess.run([*RUN, "--peer-ntm", str(tmp_path)], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode != 0
+    assert f"--peer-ntm {tmp_path}: expected the folder that holds the 'ntm' package" in result.stderr
+
+
+def test_models_without_a_step_loop_have_no_fused_path():
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    assert run.paths_of("NTM") == run.paths_of("DNC") == ("eager", "fused", "compiled")
+    assert run.paths_of("LSTM") == run.paths_of("MemN2N") == ("eager", "compiled")

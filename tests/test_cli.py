@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from memnet.cli import main
+from memnet.cli.configs import load_config
 from memnet.lightning import SequenceModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,16 +80,19 @@ def test_unknown_key_fails_naming_it(capsys):
 
 def test_wrong_type_fails_naming_the_field(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
-    bad.write_text((ROOT / "configs" / "ntm" / "copy_small.yaml").read_text().replace("memory_size: 32", "memory_size: lots"))
+    resolved = yaml.safe_dump(load_config(ROOT / "configs" / "ntm" / "copy_small.yaml"))  # its fragments stacked
+    bad.write_text(resolved.replace("memory_size: 32", "memory_size: lots"))
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(SMALL), "--config", str(bad)])
     err = capsys.readouterr().err
     assert "memory_size" in err and "lots" in err
 
 
-def test_non_positive_memory_size_fails_naming_it():
-    with pytest.raises((SystemExit, ValueError), match="memory_size"):
+def test_non_positive_memory_size_fails_naming_it(capsys):
+    with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", SMALL, *TINY, "--model.init_args.net.init_args.memory_size=0"])
+    assert exit_info.value.code == 2
+    assert "memnet: memory_size must be a positive integer, got 0" in capsys.readouterr().err
 
 
 class _NaNNet(nn.Module):
@@ -128,10 +133,12 @@ ONE_CYCLE = [
 ]
 
 
-def test_one_cycle_schedule_shorter_than_training_is_refused_before_the_first_step():
+def test_one_cycle_schedule_shorter_than_training_is_refused_before_the_first_step(capsys):
     # 4 steps planned, a schedule of 3: OneCycleLR would raise at step 4; memnet refuses at the start
-    with pytest.raises(ValueError, match=r"total_steps is 3 steps but training runs for 4 \(trainer.max_steps\)"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", SMALL, *TINY, *ONE_CYCLE, "--model.init_args.scheduler.init_args.total_steps=3"])
+    assert exit_info.value.code == 2
+    assert "total_steps is 3 steps but training runs for 4 (trainer.max_steps)" in capsys.readouterr().err
 
 
 def test_one_cycle_schedule_as_long_as_training_runs_to_the_end(tmp_path):

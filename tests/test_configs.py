@@ -7,6 +7,7 @@ fragments of configs/recipes/ are stacked by the configs (``extends``), not run 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -22,8 +23,19 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
 CONFIGS = [CONFIG_DIR / f"{name}.yaml" for name in C.config_names(CONFIG_DIR)]
 # Each config's values (its YAML, as the CLI reads it) before configs stacked fragments: a
-# config keeps its path and, with its fragments stacked, exactly these values.
-SNAPSHOT = json.loads((Path(__file__).parent / "fixtures" / "config_values.json").read_text())
+# config keeps its path and, with its fragments stacked, exactly these values. A config whose
+# values change on purpose (or a new one) records them with
+#   PYTHONPATH=. python -c "import tests.test_configs as t; t.update_snapshot('ntm/copy.yaml')"
+SNAPSHOT_FILE = Path(__file__).parent / "fixtures" / "config_values.json"
+SNAPSHOT = json.loads(SNAPSHOT_FILE.read_text())
+
+
+def update_snapshot(*names: str) -> None:
+    """Record the resolved values of ``names`` (``ntm/copy.yaml``) as they are now."""
+    snapshot = json.loads(SNAPSHOT_FILE.read_text())
+    for name in names:
+        snapshot[name] = C.load_config(CONFIG_DIR / name)
+    SNAPSHOT_FILE.write_text(json.dumps(snapshot, indent=1, sort_keys=True) + "\n")
 
 CALLBACK = {"class_path": "pytorch_lightning.callbacks.LearningRateMonitor"}
 
@@ -63,12 +75,16 @@ def _tree(tmp_path: Path) -> Path:
 
 def test_a_callback_added_to_the_memory_fragment_reaches_every_ntm_and_dnc_config(tmp_path):
     root = _tree(tmp_path)
-    (root / "recipes" / "memory_callbacks.yaml").write_text(yaml.safe_dump({"trainer": {"callbacks": [CALLBACK]}}))
+    fragment = root / "recipes" / "memory_callbacks.yaml"
+    shared = yaml.safe_load(fragment.read_text())["trainer"]["callbacks"]
+    fragment.write_text(yaml.safe_dump({"trainer": {"callbacks": [*shared, CALLBACK]}}))
     algorithmic = [n for n in C.config_names(root) if n.split("/")[0] in ("ntm", "dnc") and "babi" not in n]
     assert len(algorithmic) == 20
     for name in algorithmic:
         before = SNAPSHOT[f"{name}.yaml"]["trainer"].get("callbacks", [])
-        assert C.load_config(root / f"{name}.yaml")["trainer"]["callbacks"] == [CALLBACK, *before], name
+        assert before[: len(shared)] == shared, name  # the fragment's callbacks come first
+        expected = [*shared, CALLBACK, *before[len(shared):]]
+        assert C.load_config(root / f"{name}.yaml")["trainer"]["callbacks"] == expected, name
     assert "callbacks" not in C.load_config(root / "lstm" / "copy.yaml")["trainer"]
 
 
@@ -118,8 +134,31 @@ def test_later_fragment_wins_over_earlier(tmp_path):
 
 def test_missing_fragment_names_the_file_and_key(tmp_path):
     top = _write(tmp_path / "top.yaml", {"extends": "../recipes/nope.yaml"})
-    with pytest.raises(C.ConfigError, match=r"top\.yaml: extends: no file \.\./recipes/nope\.yaml"):
+    with pytest.raises(C.ConfigError, match=r"top\.yaml: extends: no file \.\./recipes/nope\.yaml \(looked at "):
         C.load_config(top)
+
+
+def test_a_config_of_ones_own_extends_a_shipped_one_by_name(tmp_path):
+    mine = _write(tmp_path / "mine.yaml", {"extends": ["ntm/copy_small", "recipes/memory_access.yaml"],
+                                           "trainer": {"max_steps": 50}})
+    resolved = C.load_config(mine)
+    expected = SNAPSHOT["ntm/copy_small.yaml"]
+    assert resolved["model"] == expected["model"] and resolved["data"] == expected["data"]
+    assert resolved["trainer"]["max_steps"] == 50
+    assert [c["class_path"].rsplit(".", 1)[-1] for c in resolved["trainer"]["callbacks"]] == [
+        "RelapseWatch", "EarlyStopping", "MemoryAccessPlot"]  # memory_callbacks reached twice, stacked once
+    _write(tmp_path / "mine.yaml", {"extends": "../ntm/copy_small"})  # a path escaping the shipped folder
+    with pytest.raises(C.ConfigError, match=r"no shipped config of that name"):
+        C.load_config(mine)
+
+
+def test_a_fragment_reached_twice_is_stacked_once(tmp_path):
+    _write(tmp_path / "shared.yaml", {"trainer": {"callbacks": [{"class_path": "S"}]}})
+    _write(tmp_path / "left.yaml", {"extends": "shared.yaml", "trainer": {"callbacks": [{"class_path": "L"}]}})
+    _write(tmp_path / "right.yaml", {"extends": "shared.yaml", "trainer": {"callbacks": [{"class_path": "R"}]}})
+    top = _write(tmp_path / "top.yaml", {"extends": ["left.yaml", "right.yaml", "shared.yaml"]})
+    callbacks = [c["class_path"] for c in C.load_config(top)["trainer"]["callbacks"]]
+    assert callbacks == ["S", "L", "R"]
 
 
 def test_cycle_is_refused(tmp_path):
@@ -178,8 +217,12 @@ def test_unknown_name_lists_close_matches():
 
 def test_cli_refuses_an_unknown_name_in_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit, match=r"memnet: --config ntm/copi: .*close matches: ntm/copy"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", "ntm/copi", "--print_config"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert re.match(r"memnet: --config ntm/copi: .*close matches: ntm/copy", err), err
 
 
 def test_resolve_config_args():
@@ -192,6 +235,7 @@ def test_resolve_config_args():
     assert args[6] == "--x=1"
     text = json.dumps({"trainer": {"max_steps": 3}})
     assert C.resolve_config_args(["--config", text]) == ["--config", text]
+    assert C.resolve_config_args(["--config", "s3://bucket/c.yaml"]) == ["--config", "s3://bucket/c.yaml"]
 
 
 def test_print_config_shows_the_resolved_whole(tmp_path, monkeypatch, capsys):
@@ -200,7 +244,7 @@ def test_print_config_shows_the_resolved_whole(tmp_path, monkeypatch, capsys):
         main(["fit", "--config", "ntm/copy", "--print_config"])
     printed = yaml.safe_load(capsys.readouterr().out)
     callbacks = [c["class_path"].rsplit(".", 1)[-1] for c in printed["trainer"]["callbacks"]]
-    assert callbacks == ["MemoryAccessPlot", "EarlyStopping"]
+    assert callbacks == ["RelapseWatch", "MemoryAccessPlot", "EarlyStopping"]
     assert printed["model"]["init_args"]["scheduler"]["init_args"]["total_steps"] == 6000
     assert printed["trainer"]["gradient_clip_val"] == 1.0
     assert "extends" not in printed
@@ -251,3 +295,13 @@ def test_names_resolve_against_the_packaged_copy_outside_a_clone(tmp_path, monke
         assert C.load_config(C.find_config("ntm/copy")) == SNAPSHOT["ntm/copy.yaml"]
     finally:
         sys.modules.pop(C.PACKAGE, None)
+
+
+def test_evaluate_takes_a_shipped_name(tmp_path, monkeypatch):
+    from memnet.evaluation import EvaluationError, instantiate
+
+    monkeypatch.chdir(tmp_path)
+    cli = instantiate(["ntm/copy_small"])
+    assert cli.model.net.memory_size == 32
+    with pytest.raises(EvaluationError, match=r"--config ntm/copy_smal: .*close matches: ntm/copy_small"):
+        instantiate(["ntm/copy_smal"])

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from memnet.cli import main as memnet_main
 from memnet.evaluation import EvaluationError, fit_only_keys, resolve_checkpoint
@@ -79,7 +80,7 @@ def test_latest_writes_table_results_and_plots(trained, capsys):
     with open(out / "table.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["length"]) for r in rows] == [2, 4, 9]
-    assert [int(r["slots"]) for r in rows] == [7, 7, 9]  # max(trained N = 7, the length's need)
+    assert [int(r["slots"]) for r in rows] == [7, 7, 16]  # the trained ratio: ⌈7 · 9 / 4⌉ at length 9
     assert all(int(r["sequences"]) == 5 for r in rows)
     results = json.loads((out / "results.json").read_text())
     assert results["checkpoint"].endswith(".ckpt") and "best" in Path(results["checkpoint"]).name
@@ -102,10 +103,10 @@ def test_sub_batches_do_not_change_the_numbers(trained):
 
 
 def test_explicit_checkpoint_and_memory_size(trained):
-    checkpoint = next((trained / "run/checkpoints").glob("last.ckpt"))
+    checkpoint = next((trained / "run" / "runs" / "memnet").glob("*/checkpoints/last.ckpt"))
     evaluate(trained, "--ckpt_path", str(checkpoint), "--lengths", "12", "--memory_size", "16",
              "--num_sequences", "2")  # default --out: <run>/evaluation
-    rows = json.loads((trained / "run/evaluation/results.json").read_text())["lengths"]
+    rows = json.loads((checkpoint.parents[1] / "evaluation" / "results.json").read_text())["lengths"]
     assert rows[0]["slots"] == 16
 
 
@@ -153,8 +154,11 @@ def test_slots_rule_and_table_columns():
     from memnet.evaluation import markdown_table, slots_for
     from tasks.algorithmic import AssociativeRecallTask, CopyTask
 
-    assert slots_for(CopyTask(), 100, 128, None) == 128 and slots_for(CopyTask(), 200, 128, None) == 200
-    assert slots_for(AssociativeRecallTask(), 50, 128, None) == 150  # 3 vectors per item
+    # the trained ratio: 128 slots for lengths up to 20 -> 6.4 slots per vector
+    assert slots_for(CopyTask(), 20, 128, None) == 128 and slots_for(CopyTask(), 10, 128, None) == 128
+    assert slots_for(CopyTask(), 100, 128, None) == 640 and slots_for(CopyTask(), 150, 128, None) == 960
+    assert slots_for(CopyTask(), 100, 128, None, trained_length=50) == 256
+    assert slots_for(AssociativeRecallTask(), 50, 128, None) == 1067  # 3 vectors per item: ⌈128 · 150 / 18⌉
     assert slots_for(CopyTask(), 50, None, None) is None  # no external memory
     with pytest.raises(EvaluationError, match=r"length 130 needs at least 130 memory slots.*--memory_size is 128"):
         slots_for(CopyTask(), 130, 128, 128)
@@ -171,3 +175,55 @@ def test_a_config_that_no_longer_parses_is_named(trained, capsys):
     with pytest.raises(SystemExit):
         evaluate(trained, "--ckpt_path", "latest", "--config", str(stale), "--lengths", "2", "--out", "stale")
     assert f"--config: {stale} does not parse with the current code" in capsys.readouterr().err
+
+
+class _SlotHungryCopier(torch.nn.Module):
+    """Behaves like a trained NTM on copy: perfect while its memory is no fuller than in training
+    (3 slots per vector, trained with N = 12 at lengths ≤ 4), wrong on every vector that does not fit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.memory_size = 12
+        self.scale = torch.nn.Parameter(torch.tensor(10.0))
+
+    def forward(self, inputs: torch.Tensor, memory_size: int | None = None) -> torch.Tensor:
+        n = self.memory_size if memory_size is None else memory_size
+        length = (inputs.shape[1] - 1) // 2
+        logits = torch.zeros(inputs.shape[0], inputs.shape[1], inputs.shape[2] - 1)
+        kept = min(length, n // 3)  # vectors it can hold at its trained density
+        logits[:, length + 1:length + 1 + kept] = (2 * inputs[:, :kept, :-1] - 1) * self.scale
+        return logits
+
+
+def test_default_memory_does_not_starve_a_trained_like_model():
+    from memnet.evaluation import evaluate_length, slots_for
+    from memnet.lightning import SequenceModule
+    from tasks.algorithmic import CopyTask
+
+    task, model = CopyTask(width=3, min_length=1, max_length=4), SequenceModule(_SlotHungryCopier()).eval()
+    for length in (4, 10, 25):
+        slots = slots_for(task, length, 12, None)
+        row, _ = evaluate_length(model, task, length, slots=slots, num_sequences=4, batch_size=2, seed=0,
+                                 device=torch.device("cpu"))
+        assert row["slots"] == slots and row["bit_errors_per_seq"] == 0, row
+    # the old rule, N = max(trained N, needed) = 12 at length 10, starves it
+    starved, _ = evaluate_length(model, task, 10, slots=12, num_sequences=4, batch_size=2, seed=0,
+                                 device=torch.device("cpu"))
+    assert starved["bit_errors_per_seq"] > 5
+
+
+def test_a_costly_length_warns_and_shows_progress(capsys):
+    from memnet.evaluation import COSTLY_STEP_SLOTS, cost_warning, evaluate_length, slots_for
+    from memnet.lightning import SequenceModule
+    from tasks.algorithmic import CopyTask
+
+    task = CopyTask(width=8, max_length=20)
+    warning = cost_warning(task, 100000, slots_for(task, 100000, 128, None), 64, 256, 20)
+    assert warning and "length 100000 runs 200,001 steps over N=640000 slots" in warning and "GiB" in warning
+    assert cost_warning(task, 120, 128, 64, 256, 20) is None
+    assert 120 * 128 * 2 < COSTLY_STEP_SLOTS
+    small = CopyTask(width=3, max_length=4)
+    evaluate_length(SequenceModule(_SlotHungryCopier()).eval(), small, 4, slots=12, num_sequences=5, batch_size=2,
+                    seed=0, device=torch.device("cpu"), progress=True)
+    assert [line.split(" (")[0] for line in capsys.readouterr().err.splitlines()] == [
+        "length 4, N=12: 2/5 sequences", "length 4, N=12: 4/5 sequences", "length 4, N=12: 5/5 sequences"]

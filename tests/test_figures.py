@@ -103,7 +103,10 @@ def test_echo_state_distance_decays_only_for_a_contracting_reservoir(radius, dec
 
 
 def test_echo_state_figure_reads_the_shipped_config(tmp_path):
-    reservoir = reservoir_args(ROOT / "configs/esn/narma10.yaml")
+    from memnet.cli.configs import load_config
+
+    config = ROOT / "configs/esn/narma10.yaml"
+    reservoir = reservoir_args(load_config(config), str(config))
     assert reservoir["spectral_radius"] == 0.9
     path, distances = draw_echo_state(tmp_path / "e.png", {**reservoir, "reservoir_size": 30}, steps=40,
                                       batch_size=2)
@@ -112,8 +115,11 @@ def test_echo_state_figure_reads_the_shipped_config(tmp_path):
 
 
 def test_echo_state_config_without_a_reservoir_is_named(tmp_path):
+    from memnet.cli.configs import load_config
+
+    config = ROOT / "configs/lstm/copy.yaml"
     with pytest.raises(ValueError, match=r"lstm/copy.yaml.*needs memnet.controllers.EchoStateController"):
-        reservoir_args(ROOT / "configs/lstm/copy.yaml")
+        reservoir_args(load_config(config), str(config))
 
 
 # ----------------------------------------------------------------------------- unrolled graph
@@ -266,7 +272,7 @@ def test_every_figure_of_the_command_writes_its_pngs(tmp_path, monkeypatch):
     from memnet.cli import figures as command
 
     quick_roles(monkeypatch)
-    monkeypatch.setattr(command, "ERROR_LENGTHS", (2, 8))
+    monkeypatch.setattr(command, "ERROR_LENGTHS", (0.5, 1))
     monkeypatch.setattr(command, "ERROR_SEQUENCES", 4)
     names = [name for name in command.FIGURES if name != "memn2n-attention"]
     logged: list[str] = []
@@ -292,3 +298,12 @@ def test_memn2n_attention_figure_on_real_babi(tmp_path, monkeypatch):
     monkeypatch.setattr(command, "BABI_EPOCHS", 1)
     written = command.draw(["memn2n-attention"], out=tmp_path, log=lambda line: None)
     assert [p.name for p in written] == ["memn2n_attention.png"] and is_png(written[0])
+
+
+def test_memn2n_figure_without_data_says_where_to_get_it(tmp_path, monkeypatch):
+    from memnet.cli import figures as command
+
+    monkeypatch.setenv("MEMNET_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr("tasks.babi.candidate_data_dirs", lambda data_dir=None: [tmp_path / "no-babi"])
+    with pytest.raises(command.FigureError, match=r"found no data: .*memnet data babi.*memn2n.ckpt"):
+        command.draw(["memn2n-attention"], out=tmp_path, log=lambda line: None)

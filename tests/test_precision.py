@@ -36,9 +36,11 @@ def test_fit_with_every_precision_draws_the_memory_figure(model, precision, tmp_
     assert (tmp_path / "runs" / "debug" / "memory_access" / "epoch_0000.png").is_file()
 
 
-def test_dnc_refuses_float16_naming_the_option():
-    with pytest.raises(ValueError, match="trainer.precision '16-true' is not supported by DNC"):
+def test_dnc_refuses_float16_naming_the_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(ROOT / "configs" / "dnc" / "copy.yaml"), *TINY, "--trainer.precision=16-true"])
+    assert exit_info.value.code == 2
+    assert "memnet: trainer.precision '16-true' is not supported by DNC" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])

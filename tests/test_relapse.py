@@ -153,3 +153,13 @@ def test_convergence_decay_lowers_the_schedule_once(tmp_path):
 def test_convergence_decay_refuses_bad_settings(kwargs, field):
     with pytest.raises(ValueError, match=field):
         ConvergenceLRDecay(**kwargs)
+
+
+def test_history_and_events_survive_a_checkpoint():
+    watch = RelapseWatch()
+    for step, value in enumerate([3.0, 0.05, 9.0, 0.04]):
+        watch.update(value, step=step)
+    restored = RelapseWatch()
+    restored.load_state_dict(watch.state_dict())
+    assert restored.history == [(0, 3.0), (1, 0.05), (2, 9.0), (3, 0.04)]
+    assert restored.events == watch.events and restored.best == 0.04 and restored.threshold() == 1.0

@@ -22,20 +22,27 @@ runs are written under ``runs/`` of the working directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import yaml
 from jsonargparse import lazy_instance
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from memnet.callbacks import LastAndBestCheckpoint, run_dir
-from memnet.cli.configs import ConfigError, resolve_config_args
+from memnet.checkpoint import check_finite_state, unreadable_checkpoint
+from memnet.cli.configs import ConfigError, find_config, resolve_config_args
+from memnet.cli.errors import TRACEBACK_ENV, ckpt_path_of, one_line
+from memnet.utils import MemnetError
 
 RUNS_DIR = "runs"
 LATEST_RUN_FILE = Path(RUNS_DIR) / "latest.json"
@@ -50,15 +57,40 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file, then renames it into place.
 
     A crash while saving leaves the previous checkpoint intact; a reader never
-    sees a half-written file.
+    sees a half-written file. The ``.partial`` files a crash left behind are
+    removed at the next save. A write that fails (disk full, folder read-only)
+    removes its own ``.partial`` file and stops the run with one line naming the file.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.partial")
-        super().save_checkpoint(checkpoint, partial, storage_options)
-        os.replace(partial, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            for stale in path.parent.glob(".*.partial"):  # left by a save that was killed
+                stale.unlink(missing_ok=True)
+            super().save_checkpoint(checkpoint, partial, storage_options)
+            os.replace(partial, path)
+        except Exception as error:  # noqa: BLE001 -- torch.save reports a full disk as a RuntimeError
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+            raise MemnetError(f"could not write the checkpoint {path}: {reason} (is the disk full or the "
+                              "folder read-only?)") from None
+
+    def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
+                        ) -> dict[str, Any]:
+        """Lightning's loading, with a damaged file or non-finite weights reported in one line naming it."""
+        try:
+            checkpoint = super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        except FileNotFoundError:
+            raise MemnetError(f"--ckpt_path: no checkpoint file at {path}") from None
+        except Exception as error:  # noqa: BLE001 -- torch.load raises many kinds on a damaged file
+            raise unreadable_checkpoint(path, error) from None
+        if isinstance(checkpoint.get("state_dict"), dict):
+            check_finite_state(checkpoint["state_dict"], path)
+        self.loaded_step = checkpoint.get("global_step")  # after fit: did this run train at all?
+        return checkpoint
 
 
 class RunConfigSaver(SaveConfigCallback):
@@ -107,7 +139,7 @@ class MemnetCLI(LightningCLI):
             try:
                 args = resolve_config_args(args)
             except ConfigError as error:
-                raise SystemExit(f"memnet: {error}") from None
+                raise MemnetError(str(error)) from None  # one line from main, exit 2
         super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
@@ -122,7 +154,49 @@ class MemnetCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> pl.Trainer:
         if not config.get("plugins"):
             config["plugins"] = [AtomicCheckpointIO()]
+        self._place_run(config, callbacks)
         return super()._instantiate_trainer(config, callbacks)
+
+    def _place_run(self, config: dict[str, Any], callbacks: list) -> None:
+        """Give the run its folder: its own under ``runs/``, or, resuming, the folder it was in.
+
+        * ``fit --ckpt_path <run>/checkpoints/last.ckpt`` continues ``<run>``: checkpoints,
+          config and summary go there, and the W&B run of the same id is resumed
+          (``resume="allow"``; W&B names the folder after its run id).
+        * Without a logger (``--trainer.logger false``) Lightning would use the working
+          folder itself; the run gets ``<default_root_dir>/runs/memnet/run-<time>-<pid>/``.
+        An explicit ``--checkpoint.dirpath`` is left alone.
+        """
+        checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+        if checkpoint is None or checkpoint.dirpath is not None:
+            return
+        resumed = self._resumed_run_dir()
+        logger = config.get("logger")
+        if resumed is not None:
+            checkpoint.dirpath = str(resumed / "checkpoints")
+            for item in logger if isinstance(logger, list) else [logger]:
+                if isinstance(item, WandbLogger) and getattr(item, "_experiment", None) is None:
+                    # WandbLogger keeps its wandb.init arguments here until the run starts
+                    item._wandb_init.update(id=resumed.name, resume="allow")
+                    item._id = resumed.name
+        elif not logger:
+            root = Path(config.get("default_root_dir") or ".")
+            stem = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+            folder, count = root / RUNS_DIR / "memnet" / stem, 1
+            while folder.exists():  # two runs of one process within a second
+                count += 1
+                folder = folder.with_name(f"{stem}-{count}")
+            checkpoint.dirpath = str((folder / "checkpoints").resolve())
+
+    def _resumed_run_dir(self) -> Path | None:
+        """The run folder of ``fit --ckpt_path`` when the checkpoint sits in a run's ``checkpoints/``."""
+        if self.subcommand != "fit":
+            return None
+        ckpt_path = self.config.get(self.subcommand, {}).get("ckpt_path")
+        if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
+            return None
+        path = Path(ckpt_path).resolve()
+        return path.parent.parent if path.parent.name == "checkpoints" else None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(LastAndBestCheckpoint, "checkpoint")
@@ -132,6 +206,7 @@ class MemnetCLI(LightningCLI):
                 "checkpoint.mode": "min",
                 "checkpoint.save_last": True,
                 "checkpoint.filename": "best-{epoch:03d}-{step}",
+                "checkpoint.enable_version_counter": False,  # a resumed run rewrites its last.ckpt, not last-v1.ckpt
             }
         )
         parser.link_arguments("data.input_size", "model.init_args.net.init_args.input_size", apply_on="instantiate")
@@ -140,6 +215,11 @@ class MemnetCLI(LightningCLI):
     def after_fit(self) -> None:
         trainer = self.trainer
         if trainer.fast_dev_run or not trainer.is_global_zero:
+            return
+        loaded_step = getattr(trainer.strategy.checkpoint_io, "loaded_step", None)
+        if loaded_step is not None and loaded_step == trainer.global_step:  # resumed a finished run
+            print(f"\nnothing to train: the checkpoint is already at step {loaded_step} (trainer.max_steps / "
+                  f"max_epochs reached); {run_dir(trainer)} and {LATEST_RUN_FILE} are left as they were")
             return
         callback = trainer.checkpoint_callback
         summary = {
@@ -171,8 +251,25 @@ def _wandb_dir(trainer: pl.Trainer) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``memnet`` console script."""
+    """Entry point of the ``memnet`` console script.
+
+    A known problem (bad value, damaged file, unwritable folder, see
+    ``memnet.cli.errors``) is printed as one line ``memnet: …`` and exits with
+    status 2 (1 for a diverged training); ``MEMNET_TRACEBACK=1`` shows the traceback.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        _dispatch(argv)
+    except Exception as error:
+        message = one_line(error, ckpt_path_of(argv))
+        if message is None or os.environ.get(TRACEBACK_ENV):
+            raise
+        print(f"memnet: {message}", file=sys.stderr)
+        raise SystemExit(1 if isinstance(error, FloatingPointError) else 2) from None
+
+
+def _dispatch(argv: list[str]) -> None:
+    """Run the subcommand ``argv`` names."""
     if argv and argv[0] == "evaluate":
         from memnet.evaluation import main as evaluate_main
 
@@ -218,11 +315,35 @@ def main(argv: list[str] | None = None) -> None:
 
         table_main(argv[1:])
         return
-    try:
-        MemnetCLI(args=argv)
-    except FloatingPointError as error:
-        print(f"memnet: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+    check_config_files(argv)
+    MemnetCLI(args=argv)
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Every ``--config FILE`` exists and is valid YAML; else one line naming the file, line and column.
+
+    (The parser would report a syntax error in ``"<unicode string>"``, after its usage text.)
+    """
+    for index, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        elif arg in ("--config", "-c") and index + 1 < len(argv):
+            value = argv[index + 1]
+        else:
+            continue
+        if value.lstrip().startswith(("{", "[")) or "\n" in value or ": " in value or "://" in value:
+            continue  # an inline YAML string or a remote URL, not a file name
+        try:
+            path = find_config(value)  # a file, or a shipped config's name (ntm/copy)
+        except ConfigError as error:
+            raise MemnetError(str(error)) from None
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise MemnetError(f"--config {path}{where}: YAML syntax error, {problem}") from None
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Config files: stacking inside a file (``extends``), shipped configs by name, ``memnet configs``.
 
 A config may start with ``extends``: one fragment or a list of fragments, each a path
-relative to the including file (fragments may extend others)::
+relative to the including file, else the name of a shipped config or fragment (``ntm/copy``,
+``recipes/copy``: how a config of your own stacks the shipped ones from an installed wheel);
+fragments may extend others::
 
     # configs/ntm/copy.yaml
     extends: [../recipes/copy.yaml, ../recipes/memory_access.yaml]
@@ -13,7 +15,10 @@ The fragments are merged in order, then the file itself, **later wins**:
 - ``trainer.callbacks`` lists are **appended** in the same order (fragments' callbacks
   first), so a callback fragment adds its callbacks to every config that extends it;
 - every other list, and every scalar, is **replaced** by the later value
-  (``val_lengths: [20]`` in a file overrides a fragment's).
+  (``val_lengths: [20]`` in a file overrides a fragment's);
+- a fragment reached twice in one stack (``ntm/copy_small`` and ``recipes/memory_access``
+  both stack ``recipes/memory_callbacks``) is stacked once, where it is first reached, so
+  its callbacks are not added twice.
 
 The whole is resolved before the Lightning CLI sees it, so ``--print_config`` and a
 run's saved ``config.yaml`` hold the resolved whole (``memnet evaluate`` rebuilds runs
@@ -30,6 +35,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -100,7 +106,7 @@ def find_config(name: str | Path, root: Path | None = None) -> Path:
 
 def load_config(path: str | Path) -> dict[str, Any]:
     """The file's config with its ``extends`` fragments merged in (see the module docstring)."""
-    return _load(Path(path), ())
+    return _load(Path(path), (), set())
 
 
 def merge(base: dict[str, Any], override: dict[str, Any], where: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -151,28 +157,43 @@ def _fragments(content: dict[str, Any], source: str) -> list[str]:
     if not isinstance(extends, list) or not all(isinstance(item, str) and item for item in extends):
         raise ConfigError(
             f"{source}: {EXTENDS_KEY}: expected a file name or a list of file names "
-            f"(relative to this file), got {extends!r}"
+            f"(relative to this file, or shipped config names), got {extends!r}"
         )
     return extends
 
 
-def _load(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+def _load(path: Path, chain: tuple[Path, ...], stacked: set[Path]) -> dict[str, Any]:
+    """``path`` resolved; ``chain``: the files including it (cycles); ``stacked``: every file met so far."""
     resolved = path.resolve()
     if resolved in chain:
         cycle = " -> ".join(str(p) for p in (*chain[chain.index(resolved):], resolved))
         raise ConfigError(f"{path}: {EXTENDS_KEY}: a cycle, {cycle}")
+    stacked.add(resolved)
     content = _read(path)
-    return _stack(content, str(path), path.parent, (*chain, resolved))
+    return _stack(content, str(path), path.parent, (*chain, resolved), stacked)
 
 
-def _stack(content: dict[str, Any], source: str, folder: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+def _stack(
+    content: dict[str, Any], source: str, folder: Path, chain: tuple[Path, ...], stacked: set[Path]
+) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for name in _fragments(content, source):
         fragment = folder / name
         if not fragment.is_file():
-            raise ConfigError(f"{source}: {EXTENDS_KEY}: no file {name} (looked at {fragment})")
-        merged = _merge_from(merged, _load(fragment, chain), str(fragment))
+            fragment = _shipped(name, source, looked_at=fragment)
+        if fragment.resolve() in stacked and fragment.resolve() not in chain:
+            continue  # reached twice (a diamond): stacked once, where first reached
+        merged = _merge_from(merged, _load(fragment, chain, stacked), str(fragment))
     return _merge_from(merged, content, source)
+
+
+def _shipped(name: str, source: str, looked_at: Path) -> Path:
+    """A shipped config or fragment named in ``extends`` (``ntm/copy``, ``recipes/copy``)."""
+    root = configs_root()
+    relative = Path(name.removesuffix(SUFFIX) + SUFFIX)
+    if not relative.is_absolute() and ".." not in relative.parts and (root / relative).is_file():
+        return root / relative
+    raise ConfigError(f"{source}: {EXTENDS_KEY}: no file {name} (looked at {looked_at}) and no shipped config of that name")
 
 
 def _merge_from(base: dict[str, Any], override: dict[str, Any], source: str) -> dict[str, Any]:
@@ -184,7 +205,7 @@ def _merge_from(base: dict[str, Any], override: dict[str, Any], source: str) -> 
 
 def resolve_text(text: str, source: str = "--config", folder: Path | None = None) -> dict[str, Any]:
     """A config given as YAML text, its ``extends`` relative to ``folder`` (default: the working directory)."""
-    return _stack(_parse(text, source), source, Path.cwd() if folder is None else folder, ())
+    return _stack(_parse(text, source), source, Path.cwd() if folder is None else folder, (), set())
 
 
 def dump(content: dict[str, Any]) -> str:
@@ -205,7 +226,8 @@ def resolve_config_args(args: list[str]) -> list[str]:
     """``args`` with each ``--config``/``-c`` value resolved for the Lightning CLI.
 
     A name becomes its file; a file or text with ``extends`` becomes the resolved YAML text
-    (the CLI accepts a config as text); anything else is passed through unchanged.
+    (the CLI accepts a config as text); anything else (a plain file, a remote URL) is passed
+    through unchanged.
     """
     resolved = list(args)
     for index, arg in enumerate(resolved):
@@ -221,6 +243,8 @@ def _is_text(value: str) -> bool:
 
 
 def _resolve_value(value: str) -> str:
+    if "://" in value:  # a remote config (s3://, https://): the CLI reads it as it is
+        return value
     if _is_text(value):
         content = _parse(value, "--config")
         return dump(resolve_text(value)) if EXTENDS_KEY in content else value
@@ -230,14 +254,20 @@ def _resolve_value(value: str) -> str:
     return dump(load_config(path))
 
 
+SUMMARY_WIDTH = 100  # characters of a config's description in the listing
+
+
 def _summary(path: Path) -> str:
-    """The first comment line of a config file (its description), or ''."""
+    """The first sentence of a config file's leading comment (its description), cut to SUMMARY_WIDTH."""
+    words = []
     for line in path.read_text().splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-        if line.strip():
-            return ""
-    return ""
+        if not line.startswith("#"):
+            break
+        words += line.lstrip("#").split()
+    text = " ".join(words)
+    end = re.search(r"(?<! al)\. ", text)  # "Sukhbaatar et al. 2015" does not end a sentence
+    text = text[: end.start() + 1] if end else text
+    return text if len(text) <= SUMMARY_WIDTH else text[: SUMMARY_WIDTH - 1].rstrip() + "…"
 
 
 def main(argv: list[str] | None = None) -> None:

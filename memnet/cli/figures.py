@@ -7,14 +7,15 @@ Draws every figure (or those named with ``--only``) into ``docs/figures/`` (or `
 ``--checkpoints DIR`` when that folder holds ``<role>.ckpt`` (a checkpoint of ``memnet fit``,
 rebuilt from the run's ``config.yaml`` beside its ``checkpoints/`` folder, or from
 ``<role>.yaml`` in DIR; a symbolic link to ``runs/memnet/<run>/checkpoints/last.ckpt`` will
-do), and otherwise trains a small one for well under a minute (fixed seed; nothing is saved).
+do), and otherwise trains a small one, in seconds to about a minute on a 2-core CPU (fixed seed;
+nothing is saved; docs/figures.md lists the recipes and the measured times).
 
 Roles (the checkpoint names) and what they must hold:
 
-    rnn  lstm  gru          RecurrentModel with an ElmanRNN / LSTMController / GRUController, on copy
+    rnn  lstm  gru               RecurrentModel with an ElmanRNN / LSTMController / GRUController
     ntm-copy  ntm-repeat-copy    NTM on copy / repeat copy
     dnc-copy  dnc-repeat-copy    DNC on copy / repeat copy
-    memn2n                  MemN2N on bAbI (the data module's vocabulary names the sentences)
+    memn2n                       MemN2N on bAbI (the data module's vocabulary names the sentences)
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from memnet.figures.attention import memn2n_attention, plot_memn2n_attention
 from memnet.figures.composition import draw_composition
 from memnet.figures.echo_state import draw_echo_state, reservoir_args
 from memnet.figures.graph import draw_unrolled_graphs, unrolled_graph
-from memnet.figures.training import train_qa_model, train_sequence_model
+from memnet.figures.training import masked_bits_per_sequence, train_qa_model, train_sequence_model
 from memnet.models.dnc import DNC
 from memnet.models.memn2n import MemN2N
 from memnet.models.ntm import NTM
@@ -47,12 +48,12 @@ from memnet.probe import gradient_through_time, plot_gradient_panels
 from tasks.algorithmic import CopyTask, RepeatCopyTask
 
 DEFAULT_OUT = Path("docs/figures")
-ESN_CONFIG = Path("configs/esn/narma10.yaml")
-ERROR_LENGTHS = (3, 6, 9, 12, 18, 24)  # lengths of the error-against-length figure (trained on 1-6)
+ESN_CONFIG = "esn/narma10"  # a shipped config (the clone's configs/ or the installed memnet.configs)
+ERROR_LENGTHS = (0.5, 1, 1.5, 2, 3, 4)  # error against length: these multiples of the longest training length
 BABI_TASK, BABI_EPOCHS = 2, 30  # two supporting facts: the hops read different sentences
 MIN_SENTENCES = 6  # the attention figure shows the first test story (from --seed on) with at least this many
 ERROR_SEQUENCES = 64  # fresh sequences scored at each of those lengths
-PROBE_LENGTH = 12  # copy length of the gradient-through-time batch (T = 25 steps), twice the training length
+PROBE_FACTOR = 2  # the gradient-through-time batch: copies of twice the longest training length
 
 
 class FigureError(ValueError):
@@ -122,8 +123,13 @@ class Recipe:
         net = self.fresh(seed, task)
         sample = lambda generator: task.sample_batch(generator, 16, task.sample_length(generator))
         start = time.perf_counter()
-        cost = train_sequence_model(net, sample, steps=self.steps, lr=self.lr, seed=seed)
-        return net, task, f"{self.steps} steps in {time.perf_counter() - start:.0f} s, last batch {cost:.2f} bits/seq"
+        train_sequence_model(net, sample, steps=self.steps, lr=self.lr, seed=seed)
+        seconds = time.perf_counter() - start
+        held_out = task.sample_batch(torch.Generator().manual_seed(seed + 1), 64, task.max_length)
+        with torch.no_grad():
+            cost = float(masked_bits_per_sequence(net(held_out["inputs"]), held_out))
+        return net, task, (f"{self.steps} steps in {seconds:.0f} s; {cost:.2f} bits per sequence on 64 fresh "
+                           f"sequences of length {task.max_length}")
 
     def fresh(self, seed: int, task: Any | None = None) -> nn.Module:
         """The untrained network (initialised from ``seed``)."""
@@ -135,8 +141,12 @@ def _train_memn2n(seed: int) -> tuple[nn.Module, Any, str]:
     from tasks.babi import BabiDataModule
 
     data = BabiDataModule(tasks=BABI_TASK, size="1k", memory_size=50, batch_size=32, seed=seed)
-    data.setup("fit")
-    data.setup("test")
+    try:
+        data.setup("fit")
+        data.setup("test")
+    except FileNotFoundError as error:
+        raise FigureError(f"the memn2n-attention figure trains on bAbI task {BABI_TASK} and found no data: {error} "
+                          "(fetch it with `memnet data babi`, or give --checkpoints with a memn2n.ckpt)") from None
     torch.manual_seed(seed)
     net = MemN2N(data.input_size, data.output_size, embedding_size=20, hops=3, memory_size=50, seed=seed)
     start = time.perf_counter()
@@ -151,11 +161,11 @@ def _controller_is(kind: type) -> Callable[[nn.Module], bool]:
 
 ROLES: dict[str, Role] = {
     "rnn": Role("a RecurrentModel with an ElmanRNN controller (e.g. configs/rnn/copy.yaml)",
-                _controller_is(ElmanRNN), Recipe(_recurrent(ElmanRNN), _copy_task, 1000, 1e-3)),
+                _controller_is(ElmanRNN), Recipe(_recurrent(ElmanRNN), _copy_task, 2000, 1e-3)),
     "lstm": Role("a RecurrentModel with an LSTMController (e.g. configs/lstm/copy.yaml)",
-                 _controller_is(LSTMController), Recipe(_recurrent(LSTMController), _copy_task, 1000, 3e-3)),
+                 _controller_is(LSTMController), Recipe(_recurrent(LSTMController), _copy_task, 4000, 1e-2)),
     "gru": Role("a RecurrentModel with a GRUController (e.g. configs/gru/copy.yaml)",
-                _controller_is(GRUController), Recipe(_recurrent(GRUController), _copy_task, 1000, 3e-3)),
+                _controller_is(GRUController), Recipe(_recurrent(GRUController), _copy_task, 4000, 1e-2)),
     "ntm-copy": Role("an NTM trained on copy (e.g. configs/ntm/copy.yaml)",
                      lambda net: isinstance(net, NTM), Recipe(_ntm, _copy_task, 900, 1e-2)),
     "ntm-repeat-copy": Role("an NTM trained on repeat copy (e.g. configs/ntm/repeat_copy.yaml)",
@@ -193,7 +203,6 @@ class Models:
         self.seed = seed
         self.log = log
         self._cache: dict[str, tuple[nn.Module, Any]] = {}
-        self._initial: dict[str, nn.Module] = {}
 
     def get(self, role: str, figure: str) -> tuple[nn.Module, Any]:
         """The network of ``role`` (eval mode) and its task (or data module)."""
@@ -244,7 +253,10 @@ def figure_composition(out: Path, models: Models, seed: int) -> list[Path]:
 
 
 def figure_echo_state(out: Path, models: Models, seed: int) -> list[Path]:
-    path, _ = draw_echo_state(out / "echo_state.png", reservoir_args(ESN_CONFIG), seed=seed)
+    from memnet.cli.configs import find_config, load_config
+
+    config = find_config(ESN_CONFIG)
+    path, _ = draw_echo_state(out / "echo_state.png", reservoir_args(load_config(config), str(config)), seed=seed)
     return [path]
 
 
@@ -260,21 +272,32 @@ def figure_graph(out: Path, models: Models, seed: int) -> list[Path]:
 
 
 def figure_gradient(out: Path, models: Models, seed: int) -> list[Path]:
-    task = _copy_task()
-    batch = task.sample_batch(torch.Generator().manual_seed(seed), 16, PROBE_LENGTH)
     roles = {"RNN": "rnn", "LSTM": "lstm", "GRU": "gru", "NTM": "ntm-copy"}
+
+    def probe(net: nn.Module, task: Any) -> tuple[torch.Tensor, int]:
+        """‖∂L/∂h(t)‖ on 16 copies of twice the longest training length (each model on its own task)."""
+        length = PROBE_FACTOR * task.max_length
+        batch = task.sample_batch(torch.Generator().manual_seed(seed), 16, length)
+        return gradient_through_time(net, batch["inputs"], batch["targets"], mask=batch["mask"]), length
+
     panels: dict[str, dict[str, torch.Tensor]] = {}
-    steps = len(batch["mask"][0])
+    lengths: set[int] = set()
     initial = {label: models.untrained(role) for label, role in roles.items()}
     if all(net is not None for net in initial.values()):
-        panels[f"at initialisation (loss at the last step of T = {steps})"] = {
-            label: gradient_through_time(net, batch["inputs"], batch["targets"], mask=batch["mask"])
-            for label, net in initial.items()}
-    panels[f"trained on copy (loss at the last step of T = {steps})"] = {
-        label: gradient_through_time(models.get(role, "gradient")[0], batch["inputs"], batch["targets"],
-                                     mask=batch["mask"])
-        for label, role in roles.items()}
-    return [plot_gradient_panels(out / "gradient_through_time.png", panels, marker=PROBE_LENGTH)]
+        curves = {}
+        for label, net in initial.items():
+            curves[label], length = probe(net, _copy_task())
+            lengths.add(length)
+        panels["at initialisation"] = curves
+    curves = {}
+    for label, role in roles.items():
+        curves[label], length = probe(*models.get(role, "gradient"))
+        lengths.add(length)
+    panels["trained on copy"] = curves
+    marker = next(iter(lengths)) if len(lengths) == 1 else None  # the delimiter, when all share one length
+    where = f"a copy of length {marker}" if marker is not None else "copies of twice the training length"
+    titled = {f"{title} (loss at the last step of {where})": panel for title, panel in panels.items()}
+    return [plot_gradient_panels(out / "gradient_through_time.png", titled, marker=marker)]
 
 
 def _access(role: str, name: str, length: int, repeats: int | None = None) -> Callable[[Path, Models, int], list[Path]]:
@@ -295,7 +318,7 @@ def figure_error_vs_length(out: Path, models: Models, seed: int) -> list[Path]:
     holder = nn.Module()
     holder.net = net
     rows = []
-    for length in ERROR_LENGTHS:
+    for length in sorted({max(1, round(factor * task.max_length)) for factor in ERROR_LENGTHS}):
         slots = slots_for(task, length, net.memory_size, None)
         row, _ = evaluate_length(holder, task, length, slots=slots, num_sequences=ERROR_SEQUENCES, batch_size=64, seed=seed,
                                  device=torch.device("cpu"))
@@ -366,7 +389,8 @@ def draw(names: Sequence[str] | None = None, *, out: Path = DEFAULT_OUT, checkpo
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
     """``memnet figures [--only NAME ...] [--out DIR] [--checkpoints DIR] [--seed N] [--threads N]``."""
-    parser = argparse.ArgumentParser(prog="memnet figures", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="memnet figures",
+                                     description="Draw the chapter's pictures with memnet's own models.",
                                      epilog=f"figures: {', '.join(FIGURES)}")
     parser.add_argument("--only", nargs="+", metavar="NAME", help=f"draw only these ({', '.join(FIGURES)})")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")

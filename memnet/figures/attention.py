@@ -60,7 +60,9 @@ def plot_memn2n_attention(
         path: the PNG to write.
         attention: (K, N) attention of each hop over the memory slots, slot 0 the most recent sentence.
         sentences: the story's N sentences in slot order (most recent first), as text.
-        question, answer, predicted: the question, the true and the predicted answer.
+        question: the question, as text.
+        answer: the true answer.
+        predicted: the predicted answer.
         supporting: slots of the supporting sentences (marked with ★).
         title: figure title (default: the question and the answers).
 

@@ -13,12 +13,11 @@ Axes:  b - batch, t - time, n - reservoir units
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from memnet.controllers import EchoStateController
 from memnet.figures.style import plt, save
@@ -26,22 +25,24 @@ from memnet.figures.style import plt, save
 DISTANCE_FLOOR = 1e-12  # distances are drawn on a log axis; an exact 0 is drawn at this floor
 
 
-def reservoir_args(config: str | Path) -> dict[str, Any]:
-    """The ``EchoStateController`` init_args of a ``memnet fit`` config (e.g. ``configs/esn/narma10.yaml``).
+def reservoir_args(config: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The ``EchoStateController`` init_args of a resolved ``memnet fit`` config (e.g. ``configs/esn/narma10.yaml``).
+
+    Args:
+        config: the config as a mapping, its ``extends`` already resolved (``memnet.cli.configs.load_config``).
+        source: where it came from, for error messages.
 
     Looks under ``model.init_args.net.init_args.controller``; raises ``ValueError`` naming the
-    file and the field when the config holds no echo-state controller.
+    source and the field when the config holds no echo-state controller.
     """
-    config = Path(config)
-    content = yaml.safe_load(config.read_text())
-    node: Any = content
+    node: Any = config
     for key in ("model", "init_args", "net", "init_args", "controller"):
-        if not isinstance(node, dict) or key not in node:
-            raise ValueError(f"{config}: no model.init_args.net.init_args.controller (missing {key!r})")
+        if not isinstance(node, Mapping) or key not in node:
+            raise ValueError(f"{source}: no model.init_args.net.init_args.controller (missing {key!r})")
         node = node[key]
-    class_path = node.get("class_path", "") if isinstance(node, dict) else ""
+    class_path = node.get("class_path", "") if isinstance(node, Mapping) else ""
     if class_path.rsplit(".", 1)[-1] != EchoStateController.__name__:
-        raise ValueError(f"{config}: model.init_args.net.init_args.controller is {class_path!r}; "
+        raise ValueError(f"{source}: model.init_args.net.init_args.controller is {class_path!r}; "
                          f"the echo-state figure needs memnet.controllers.{EchoStateController.__name__}")
     return dict(node.get("init_args") or {})
 
@@ -54,7 +55,8 @@ def state_distance(
     Args:
         controller: the reservoir.
         inputs: (B, T, D) the common input.
-        first, second: (B, N) the two initial states x_a(0), x_b(0).
+        first: (B, N) the first initial state x_a(0).
+        second: (B, N) the second initial state x_b(0).
 
     Returns:
         (T + 1,) the Euclidean distance at t = 0, 1, …, T, averaged over the batch.

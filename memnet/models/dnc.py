@@ -31,12 +31,14 @@ from einops import rearrange
 from torch import nn
 
 from memnet import addressing, allocation
+from memnet import fused as fused_ops
 from memnet import memory as mem
 from memnet.allocation import NUM_READ_MODES, SparseLink
-from memnet.controllers import ControllerFactory, ControllerState, LSTMController
+from memnet.controllers import ControllerFactory, ControllerState
 from memnet.memory import MemoryInit, MemoryInitScheme
+from memnet.models.core import AccessResult, Engine, MemoryModel
 from memnet.models.pretrained import Pretrained
-from memnet.utils import check_positive, check_sequence_inputs
+from memnet.utils import check_positive
 
 
 class Interface(NamedTuple):
@@ -182,7 +184,7 @@ class DNCTrace(NamedTuple):
     write_gate: torch.Tensor
 
 
-class DNC(Pretrained, nn.Module):
+class DNC(Pretrained, MemoryModel):
     """A Differentiable Neural Computer over sequences.
 
     The parameters do not depend on ``memory_size``: a model trained with 32
@@ -201,6 +203,10 @@ class DNC(Pretrained, nn.Module):
         link_sparsity: K, entries kept per row of the link matrix (Sparse DNC);
             None keeps the dense N × N matrix. Must satisfy 1 ≤ K ≤ N.
         memory_init: ``constant`` (default), ``learned`` or ``random`` initial memory.
+        engine: execution path (``memnet.models.core``): ``fused`` (default; fused content
+            addressing, write, allocation and link update, hoisted input and output layers),
+            ``eager`` (the reference functions, for debugging) or ``compiled``.
+        compile_backend: the ``torch.compile`` backend of the ``compiled`` engine.
     """
 
     # float16 (``trainer.precision 16-true``) gives non-finite gradients: usage products and the
@@ -221,29 +227,27 @@ class DNC(Pretrained, nn.Module):
         use_links: bool = True,
         link_sparsity: int | None = None,
         memory_init: MemoryInitScheme = "constant",
+        engine: Engine = "fused",
+        compile_backend: str = "inductor",
     ) -> None:
-        super().__init__()
-        check_positive(
-            input_size=input_size,
-            output_size=output_size,
+        super().__init__(
+            input_size,
+            output_size,
+            controller=controller,
             memory_size=memory_size,
             word_size=word_size,
             num_reads=num_reads,
+            engine=engine,
+            compile_backend=compile_backend,
         )
         if num_writes != 1:
             raise ValueError(f"num_writes must be 1 (the DNC has one write head), got {num_writes!r}")
         if link_sparsity is not None:
             allocation.check_num_kept(link_sparsity, memory_size)
-        self.input_size = input_size
-        self.output_size = output_size
-        self.memory_size = memory_size
-        self.word_size = word_size
-        self.num_reads = num_reads
         self.use_allocation = use_allocation
         self.use_links = use_links
         self.link_sparsity = link_sparsity
-        factory = controller if controller is not None else LSTMController
-        self.controller = factory(input_size + num_reads * word_size)
+        self._build_controller()
         self.interface = DNCInterface(
             input_size=self.controller.output_size,
             num_reads=num_reads,
@@ -252,7 +256,7 @@ class DNC(Pretrained, nn.Module):
             use_links=use_links,
         )
         self.memory_init = MemoryInit(word_size=word_size, scheme=memory_init)
-        self.output = nn.Linear(self.controller.output_size + num_reads * word_size, output_size)
+        self._build_output()
 
     def initial_state(
         self,
@@ -267,10 +271,7 @@ class DNC(Pretrained, nn.Module):
 
         ``memory_size`` overrides N for this episode.
         """
-        memory_size = self.memory_size if memory_size is None else memory_size
-        check_positive(batch_size=batch_size, memory_size=memory_size)
-        dtype = dtype or self.output.weight.dtype
-        device = device or self.output.weight.device
+        memory_size, device, dtype = self._state_options(batch_size, memory_size, device, dtype)
         zeros = {"device": device, "dtype": dtype}
         if self.link_sparsity is not None:
             link = allocation.initial_sparse_link(batch_size, memory_size, self.link_sparsity, **zeros)
@@ -287,84 +288,58 @@ class DNC(Pretrained, nn.Module):
             link=link,
         )
 
-    def step(self, x: torch.Tensor, state: DNCState) -> tuple[torch.Tensor, DNCState]:
-        """One step: x (B, D_in) -> logits (B, D_out) and the new state."""
-        logits, state, _ = self._step(x, state)
-        return logits, state
-
-    def _step(self, x: torch.Tensor, state: DNCState) -> tuple[torch.Tensor, DNCState, Interface]:
-        controller_input = torch.cat([x, mem.flatten_heads(state.read_vectors)], dim=-1)
-        hidden, controller_state = self.controller.step(controller_input, state.controller)
+    def access(self, hidden, controller_state, state: DNCState, *, fused: bool) -> AccessResult:
+        """Steps 3–9: the interface, allocation, write, links and read (module docstring)."""
         xi = self.interface(hidden)
+        content_weights = fused_ops.content_weights if fused else addressing.content_weights
+        allocation_weights = fused_ops.allocation_weights if fused else allocation.allocation_weights
+        write = fused_ops.write if fused else mem.write
 
         # Write: allocation from usage, mixed with content addressing on M_{t−1}.
-        write_content = addressing.content_weights(state.memory, xi.write_key, xi.write_strength)[:, 0]
+        write_content = content_weights(state.memory, xi.write_key, xi.write_strength)[:, 0]
         usage = state.usage
         if self.use_allocation:
             psi = allocation.retention(xi.free_gates, state.read_weights)
             usage = allocation.update_usage(state.usage, state.write_weights, psi)
             write_weights = allocation.write_weighting(
-                allocation.allocation_weights(usage), write_content, xi.allocation_gate, xi.write_gate
+                allocation_weights(usage), write_content, xi.allocation_gate, xi.write_gate
             )
         else:
             write_weights = rearrange(xi.write_gate, "b -> b 1") * write_content
-        memory = mem.write(state.memory, rearrange(write_weights, "b n -> b 1 n"), xi.erase, xi.write_vector)
+        memory = write(state.memory, rearrange(write_weights, "b n -> b 1 n"), xi.erase, xi.write_vector)
 
         # Read: content on M_t, and one step along the temporal links from w^r_{t−1}.
-        read_weights = addressing.content_weights(memory, xi.read_keys, xi.read_strengths)
+        read_weights = content_weights(memory, xi.read_keys, xi.read_strengths)
         link, precedence = state.link, state.precedence
         if self.use_links:
             if self.link_sparsity is not None:
                 link = allocation.update_sparse_link(state.link, state.precedence, write_weights)
                 forward, backward = allocation.sparse_directional_weights(link, state.read_weights)
+            elif fused:
+                link = fused_ops.update_link(state.link, state.precedence, write_weights)
+                # (B, R, N) @ (B, N, N): contiguous operands, the batched matmul's fast path
+                forward = torch.matmul(state.read_weights, link.transpose(1, 2))
+                backward = torch.matmul(state.read_weights, link)
             else:
                 link = allocation.update_link(state.link, state.precedence, write_weights)
                 forward, backward = allocation.directional_weights(link, state.read_weights)
             precedence = allocation.update_precedence(state.precedence, write_weights)
-            read_weights = allocation.mix_read_modes(backward, read_weights, forward, xi.read_modes)
+            if fused:
+                modes = xi.read_modes
+                read_weights = backward * modes[..., 0:1] + read_weights * modes[..., 1:2] + forward * modes[..., 2:3]
+            else:
+                read_weights = allocation.mix_read_modes(backward, read_weights, forward, xi.read_modes)
         read_vectors = mem.read(memory, read_weights)
-
-        logits = self.output(torch.cat([hidden, mem.flatten_heads(read_vectors)], dim=-1))
         new_state = DNCState(
             controller_state, memory, read_vectors, read_weights, write_weights, usage, precedence, link
         )
-        return logits, new_state, xi
+        return AccessResult(read_vectors, new_state, xi)
 
-    def forward(
-        self,
-        inputs: torch.Tensor,
-        *,
-        state: DNCState | None = None,
-        memory_size: int | None = None,
-        return_trace: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, DNCTrace]:
-        """Run a whole sequence.
+    def trace_step(self, state: DNCState, extras: Interface) -> tuple[torch.Tensor, ...]:
+        return self._trace_step(state, extras)
 
-        Args:
-            inputs: (B, T, D_in).
-            state: a starting state; default ``initial_state``.
-            memory_size: N for this call (default ``self.memory_size``); ignored with ``state``.
-            return_trace: also return a ``DNCTrace`` (its link is (B, T, N, N): meant for
-                a few sequences, for plots).
-
-        Returns:
-            logits (B, T, D_out), and with ``return_trace`` a ``DNCTrace``.
-        """
-        check_sequence_inputs(inputs, self.input_size, model="DNC", memory_size=memory_size)
-        if state is None:
-            state = self.initial_state(
-                inputs.shape[0], memory_size=memory_size, device=inputs.device, dtype=inputs.dtype
-            )
-        outputs, steps = [], []
-        for t in range(inputs.shape[1]):
-            logits, state, xi = self._step(inputs[:, t], state)
-            outputs.append(logits)
-            if return_trace:
-                steps.append(self._trace_step(state, xi))
-        logits = torch.stack(outputs, dim=1)
-        if not return_trace:
-            return logits
-        return logits, DNCTrace(*(torch.stack(field, dim=1) for field in zip(*steps)))
+    def _make_trace(self, fields: list[torch.Tensor]) -> DNCTrace:
+        return DNCTrace(*fields)
 
     def _trace_step(self, state: DNCState, xi: Interface) -> tuple[torch.Tensor, ...]:
         """The trace fields of one step, each without the time axis."""

@@ -16,14 +16,14 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from torch import nn
 
+from memnet import fused as fused_ops
 from memnet import memory as mem
-from memnet.controllers import ControllerFactory, ControllerState, LSTMController
+from memnet.controllers import ControllerFactory, ControllerState
 from memnet.heads import NTMHeads
 from memnet.memory import InitialWeights, MemoryInit, MemoryInitScheme
+from memnet.models.core import AccessResult, Engine, MemoryModel
 from memnet.models.pretrained import Pretrained
-from memnet.utils import check_positive, check_sequence_inputs
 
 
 class NTMState(NamedTuple):
@@ -54,7 +54,7 @@ class NTMTrace(NamedTuple):
     write_weights: torch.Tensor
 
 
-class NTM(Pretrained, nn.Module):
+class NTM(Pretrained, MemoryModel):
     """A Neural Turing Machine over sequences.
 
     The parameters do not depend on ``memory_size``: a model trained with 128
@@ -73,6 +73,10 @@ class NTM(Pretrained, nn.Module):
         memory_init: ``constant`` (default), ``learned`` or ``random`` initial memory.
         learn_initial_state: learn the initial read vectors and head weightings
             (default: zero reads, weightings one-hot on slot 0).
+        engine: execution path (``memnet.models.core``): ``fused`` (default; the fused
+            addressing and write, hoisted input and output layers), ``eager`` (the
+            reference functions, for debugging) or ``compiled`` (``torch.compile``).
+        compile_backend: the ``torch.compile`` backend of the ``compiled`` engine.
     """
 
     def __init__(
@@ -88,24 +92,22 @@ class NTM(Pretrained, nn.Module):
         shift_range: int = 1,
         memory_init: MemoryInitScheme = "constant",
         learn_initial_state: bool = False,
+        engine: Engine = "fused",
+        compile_backend: str = "inductor",
     ) -> None:
-        super().__init__()
-        check_positive(
-            input_size=input_size,
-            output_size=output_size,
+        super().__init__(
+            input_size,
+            output_size,
+            controller=controller,
             memory_size=memory_size,
             word_size=word_size,
             num_reads=num_reads,
+            engine=engine,
+            compile_backend=compile_backend,
             num_writes=num_writes,
         )
-        self.input_size = input_size
-        self.output_size = output_size
-        self.memory_size = memory_size
-        self.word_size = word_size
-        self.num_reads = num_reads
         self.num_writes = num_writes
-        factory = controller if controller is not None else LSTMController
-        self.controller = factory(input_size + num_reads * word_size)
+        self._build_controller()
         self.heads = NTMHeads(
             input_size=self.controller.output_size,
             num_reads=num_reads,
@@ -120,7 +122,7 @@ class NTM(Pretrained, nn.Module):
             word_size=word_size,
             learned=learn_initial_state,
         )
-        self.output = nn.Linear(self.controller.output_size + num_reads * word_size, output_size)
+        self._build_output()
 
     def initial_state(
         self,
@@ -132,12 +134,7 @@ class NTM(Pretrained, nn.Module):
         generator: torch.Generator | None = None,
     ) -> NTMState:
         """The state before the first step; ``memory_size`` overrides N for this episode."""
-        memory_size = self.memory_size if memory_size is None else memory_size
-        check_positive(memory_size=memory_size)
-        if dtype is None:
-            dtype = self.output.weight.dtype
-        if device is None:
-            device = self.output.weight.device
+        memory_size, device, dtype = self._state_options(batch_size, memory_size, device, dtype)
         return NTMState(
             controller=self.controller.initial_state(batch_size, device=device, dtype=dtype),
             memory=self.memory_init(batch_size, memory_size, device=device, dtype=dtype, generator=generator),
@@ -145,48 +142,17 @@ class NTM(Pretrained, nn.Module):
             weights=self.initial_weights.weights(batch_size, memory_size, device=device, dtype=dtype),
         )
 
-    def step(self, x: torch.Tensor, state: NTMState) -> tuple[torch.Tensor, NTMState]:
-        """One step: x (B, D_in) -> logits (B, D_out) and the new state."""
-        controller_input = torch.cat([x, mem.flatten_heads(state.read_vectors)], dim=-1)
-        hidden, controller_state = self.controller.step(controller_input, state.controller)
-        weights, erase, add = self.heads(hidden, state.weights, state.memory)
-        memory = mem.write(state.memory, weights[:, self.num_reads :], erase, add)
+    def access(self, hidden, controller_state, state: NTMState, *, fused: bool) -> AccessResult:
+        """Steps 3–5: address M_{t−1} from h_t, erase and add, read the new memory."""
+        weights, erase, add = self.heads(hidden, state.weights, state.memory, fused=fused)
+        write = fused_ops.write if fused else mem.write
+        memory = write(state.memory, weights[:, self.num_reads :], erase, add)
         read_vectors = mem.read(memory, weights[:, : self.num_reads])
-        logits = self.output(torch.cat([hidden, mem.flatten_heads(read_vectors)], dim=-1))
-        return logits, NTMState(controller_state, memory, read_vectors, weights)
+        return AccessResult(read_vectors, NTMState(controller_state, memory, read_vectors, weights), None)
 
-    def forward(
-        self,
-        inputs: torch.Tensor,
-        *,
-        state: NTMState | None = None,
-        memory_size: int | None = None,
-        return_trace: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, NTMTrace]:
-        """Run a whole sequence.
+    def trace_step(self, state: NTMState, extras) -> tuple[torch.Tensor, ...]:
+        return (state.weights,)
 
-        Args:
-            inputs: (B, T, D_in).
-            state: a starting state; default ``initial_state``.
-            memory_size: N for this call (default ``self.memory_size``).
-            return_trace: also return the per-step read and write weightings.
-
-        Returns:
-            logits (B, T, D_out), and with ``return_trace`` an ``NTMTrace``.
-        """
-        check_sequence_inputs(inputs, self.input_size, model="NTM", memory_size=memory_size)
-        if state is None:
-            state = self.initial_state(
-                inputs.shape[0], memory_size=memory_size, device=inputs.device, dtype=inputs.dtype
-            )
-        outputs, weights = [], []
-        for t in range(inputs.shape[1]):
-            logits, state = self.step(inputs[:, t], state)
-            outputs.append(logits)
-            if return_trace:
-                weights.append(state.weights)
-        logits = torch.stack(outputs, dim=1)
-        if not return_trace:
-            return logits
-        weights = torch.stack(weights, dim=1)  # (B, T, H, N)
-        return logits, NTMTrace(weights[:, :, : self.num_reads], weights[:, :, self.num_reads :])
+    def _make_trace(self, fields: list[torch.Tensor]) -> NTMTrace:
+        weights = fields[0]  # (B, T, H, N)
+        return NTMTrace(weights[:, :, : self.num_reads], weights[:, :, self.num_reads :])

@@ -1,0 +1,320 @@
+"""The core that every memory-augmented network shares (NTM, DNC, ...).
+
+A memory model is a controller, a memory it reads and writes, and an output
+layer over concat(h_t, r_t). What differs between models is one method,
+``access``: how the controller output h_t addresses, writes and reads the
+memory. ``MemoryModel`` owns the rest:
+
+    - the controller, built for the input width D_in + R·W, and the output layer;
+    - the preamble of ``initial_state`` (memory size, device and dtype);
+    - the step loop over a whole sequence, and the per-step trace for plots;
+    - the execution path (``engine``):
+
+        eager     the reference: the pure functions of ``memnet.addressing``,
+                  ``memnet.memory`` and ``memnet.allocation`` at every step, autograd
+                  differentiates them. Slowest; for debugging.
+        fused     the same arithmetic with the fused operations of ``memnet.fused``
+                  (hand-written backward passes over all heads at once), and the work
+                  that does not depend on the recurrence hoisted out of the loop: the
+                  controller's input projection of x_t for all t, and the output layer
+                  over all t as one matmul. Tested equal to eager.
+        compiled  the fused step compiled by ``torch.compile`` (inductor). Sequence
+                  lengths never recompile (the step does not see T); a new batch size
+                  or memory size recompiles once with dynamic shapes. When the
+                  installed torch cannot compile (e.g. no C++ compiler) the model logs
+                  why and runs the fused path instead.
+
+A new memory model subclasses ``MemoryModel``, builds its own modules between
+``_build_controller`` and ``_build_output`` (so parameters keep their order),
+and implements ``initial_state``, ``access`` and, for plots, ``trace_step``.
+
+Axes:  b - batch, t - time, r - read heads, w - slot width
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from memnet.controllers import ControllerFactory, LSTMController
+from memnet.utils import check_positive, check_sequence_inputs
+
+log = logging.getLogger(__name__)
+
+Engine = Literal["eager", "fused", "compiled"]
+ENGINES = ("eager", "fused", "compiled")
+
+# Compiled step functions, one per model, kept off the module so that a model
+# still pickles, deep-copies and saves exactly as an uncompiled one.
+_COMPILED: weakref.WeakKeyDictionary[nn.Module, Callable] = weakref.WeakKeyDictionary()
+
+
+def check_engine(engine: str) -> str:
+    """Raise ``ValueError`` unless ``engine`` is one of ``ENGINES``."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
+    return engine
+
+
+class AccessResult(NamedTuple):
+    """What one memory access returns to the step loop.
+
+    Attributes:
+        read_vectors: (B, R, W) read vectors r_t.
+        state: the model's new state (its controller state included).
+        extras: what the model's trace needs beyond the state (e.g. the DNC's interface), or None.
+    """
+
+    read_vectors: torch.Tensor
+    state: Any
+    extras: Any
+
+
+class MemoryModel(nn.Module):
+    """Base of the networks that couple a controller to an external memory.
+
+    Args:
+        input_size: D_in, width of one input step.
+        output_size: D_out, width of one output step (logits).
+        controller: factory ``input_size -> Controller``; default an LSTM with 100 units.
+        memory_size: N, slots.
+        word_size: W, slot width.
+        num_reads: R, read heads.
+        engine: execution path, ``eager``, ``fused`` or ``compiled`` (see the module).
+        compile_backend: the ``torch.compile`` backend of the ``compiled`` engine.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        *,
+        controller: ControllerFactory | None,
+        memory_size: int,
+        word_size: int,
+        num_reads: int,
+        engine: Engine,
+        compile_backend: str | Callable = "inductor",
+        **sizes: int,
+    ) -> None:
+        super().__init__()
+        check_positive(
+            input_size=input_size,
+            output_size=output_size,
+            memory_size=memory_size,
+            word_size=word_size,
+            num_reads=num_reads,
+            **sizes,
+        )
+        self.input_size = input_size
+        self.output_size = output_size
+        self.memory_size = memory_size
+        self.word_size = word_size
+        self.num_reads = num_reads
+        self.engine = check_engine(engine)
+        self.compile_backend = compile_backend
+        self.compilations = 0  # graphs compiled by the ``compiled`` engine so far
+        self._controller_factory = controller if controller is not None else LSTMController
+
+    # -- construction ---------------------------------------------------------
+
+    def _build_controller(self) -> None:
+        """The controller, reading concat(x_t, r_{t−1}) of width D_in + R·W."""
+        self.controller = self._controller_factory(self.input_size + self.num_reads * self.word_size)
+        del self._controller_factory
+
+    def _build_output(self) -> None:
+        """The output layer y_t = output(concat(h_t, r_t))."""
+        self.output = nn.Linear(self.controller.output_size + self.num_reads * self.word_size, self.output_size)
+
+    def _state_options(
+        self, batch_size: int, memory_size: int | None, device: torch.device | None, dtype: torch.dtype | None
+    ) -> tuple[int, torch.device, torch.dtype]:
+        """The preamble of ``initial_state``: N for this episode (checked), device and dtype."""
+        memory_size = self.memory_size if memory_size is None else memory_size  # 0 is refused, not the trained N
+        check_positive(batch_size=batch_size, memory_size=memory_size)
+        return memory_size, device or self.output.weight.device, dtype or self.output.weight.dtype
+
+    # -- what a model defines -------------------------------------------------
+
+    def initial_state(self, batch_size: int, **options: Any) -> Any:
+        raise NotImplementedError
+
+    def access(self, hidden: torch.Tensor, controller_state: Any, state: Any, *, fused: bool) -> AccessResult:
+        """Address, write and read the memory from the controller output.
+
+        Args:
+            hidden: (B, D_h) controller output h_t.
+            controller_state: the controller's new state (to be stored in the new state).
+            state: the model's previous state.
+            fused: use the fused operations (else the reference functions).
+        """
+        raise NotImplementedError
+
+    def trace_step(self, state: Any, extras: Any) -> tuple[torch.Tensor, ...]:
+        """The trace fields of one step, each without the time axis."""
+        raise NotImplementedError
+
+    # -- running ---------------------------------------------------------------
+
+    def step(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """One step (reference path): x (B, D_in) -> logits (B, D_out) and the new state."""
+        logits, state, _ = self._reference_step(x, state)
+        return logits, state
+
+    def _reference_step(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any, Any]:
+        controller_input = torch.cat([x, _flat(state.read_vectors)], dim=-1)
+        hidden, controller_state = self.controller.step(controller_input, state.controller)
+        read_vectors, state, extras = self.access(hidden, controller_state, state, fused=self.engine != "eager")
+        logits = self.output(torch.cat([hidden, _flat(read_vectors)], dim=-1))
+        return logits, state, extras
+
+    def _fused_step(self, projected: torch.Tensor, context: Any, state: Any) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """One step of the fused path: the projected input x_t (B, P) -> h_t, r_t and the new state."""
+        hidden, controller_state = self.controller.projected_step(
+            projected, _flat(state.read_vectors), state.controller, context
+        )
+        read_vectors, state, _ = self.access(hidden, controller_state, state, fused=True)
+        return hidden, read_vectors, state
+
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        *,
+        state: Any = None,
+        memory_size: int | None = None,
+        return_trace: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, tuple]:
+        """Run a whole sequence.
+
+        Args:
+            inputs: (B, T, D_in).
+            state: a starting state; default ``initial_state``.
+            memory_size: N for this call (default ``self.memory_size``); ignored with ``state``.
+            return_trace: also return the model's trace (per-step weightings, for plots).
+
+        Returns:
+            logits (B, T, D_out), and with ``return_trace`` the trace.
+        """
+        check_sequence_inputs(inputs, self.input_size, model=type(self).__name__, memory_size=memory_size)
+        if state is None:
+            state = self.initial_state(
+                inputs.shape[0], memory_size=memory_size, device=inputs.device, dtype=inputs.dtype
+            )
+        if self.engine == "eager" or return_trace:
+            return self._reference_loop(inputs, state, return_trace)
+        return self._fused_loop(inputs, state)
+
+    def _reference_loop(self, inputs: torch.Tensor, state: Any, return_trace: bool):
+        outputs, steps = [], []
+        for t in range(inputs.shape[1]):
+            logits, state, extras = self._reference_step(inputs[:, t], state)
+            outputs.append(logits)
+            if return_trace:
+                steps.append(self.trace_step(state, extras))
+        logits = torch.stack(outputs, dim=1)
+        if not return_trace:
+            return logits
+        return logits, self._make_trace([torch.stack(field, dim=1) for field in zip(*steps)])
+
+    def _make_trace(self, fields: list[torch.Tensor]) -> tuple:
+        raise NotImplementedError
+
+    def _fused_loop(self, inputs: torch.Tensor, state: Any) -> torch.Tensor:
+        later_step = self._compiled_step() if self.engine == "compiled" else self._fused_step
+        projected, context = self.controller.project_inputs(inputs)  # (B, T, P), once
+        # Time first and contiguous: every step's slice has the same strides whatever T
+        # is, so that a compiled step is not recompiled for another sequence length.
+        # ``unbind`` rather than indexing: its backward is one stack, where the backward
+        # of every index would fill a zero tensor of the whole sequence (O(T²)).
+        projected = rearrange(projected, "b t p -> t b p").contiguous().unbind(0)
+        hiddens, reads = [], []
+        for t, projected_t in enumerate(projected):
+            # The first step runs uncompiled: its state comes from ``initial_state`` (no
+            # autograd history), which a compiled step would need a graph of its own for.
+            step = later_step if t > 0 else self._fused_step
+            hidden, read_vectors, state = step(projected_t, context, state)
+            hiddens.append(hidden)
+            reads.append(_flat(read_vectors))
+        features = torch.cat([torch.stack(hiddens, dim=1), torch.stack(reads, dim=1)], dim=-1)
+        return self.output(features)  # (B, T, D_out), one matmul over all t
+
+    def _compiled_step(self) -> Callable:
+        compiled = _COMPILED.get(self)
+        if compiled is None:
+            compiled = _COMPILED[self] = _compile(self)
+        return compiled
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """(B, R, W) -> (B, R·W)."""
+    return x.flatten(1)
+
+
+def _compile(model: MemoryModel) -> Callable:
+    """``torch.compile`` of the model's fused step, or the fused step itself where torch cannot compile."""
+    name = type(model).__name__
+    reason = compile_unavailable(model.compile_backend)
+    if reason is not None:
+        log.warning("memnet: %s engine 'compiled' is unavailable (%s); running the fused path", name, reason)
+        return model._fused_step
+    backend = model.compile_backend
+    if isinstance(backend, str):
+        from torch._dynamo import lookup_backend
+
+        backend = lookup_backend(backend)
+
+    def counting_backend(graph_module, example_inputs):
+        model.compilations += 1
+        shapes = [tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor)][:3]
+        start = time.perf_counter()
+        compiled = backend(graph_module, example_inputs)
+        log.info(
+            "memnet: compiled %s step, graph %d (inputs %s...) in %.1f s",
+            name, model.compilations, shapes, time.perf_counter() - start,
+        )
+        return compiled
+
+    compiled = torch.compile(model._fused_step, backend=counting_backend)
+
+    def step(projected, context, state):
+        try:
+            return compiled(projected, context, state)
+        except (torch._dynamo.exc.TorchDynamoException, RuntimeError, OSError) as error:
+            # A compiler failure must not end a training run; an error of the model
+            # itself raises again from the fused path.
+            log.warning("memnet: %s compiled step failed (%s: %s); running the fused path from now on",
+                        name, type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+            _COMPILED[model] = model._fused_step
+            return model._fused_step(projected, context, state)
+
+    return step
+
+
+def compile_unavailable(backend: str | Callable = "inductor") -> str | None:
+    """Why ``torch.compile`` with ``backend`` cannot run here, or None when it can.
+
+    Inductor on the CPU needs a C++ compiler; without one it fails at the first
+    call, so this asks torch for its compiler before any training step.
+    """
+    if not isinstance(backend, str):
+        return None
+    try:
+        from torch._dynamo import list_backends
+
+        if backend not in list_backends(exclude_tags=()):
+            return f"unknown torch.compile backend {backend!r}; known: {sorted(list_backends(exclude_tags=()))}"
+        if backend == "inductor":
+            from torch._inductor import cpp_builder
+
+            cpp_builder.get_cpp_compiler()
+    except Exception as error:  # noqa: BLE001 - any failure here means: do not compile
+        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    return None

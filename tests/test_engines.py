@@ -1,0 +1,167 @@
+"""The execution paths of the memory models (eager, fused, compiled) compute the same thing."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import pytest
+import torch
+
+from memnet.controllers import FeedForwardController, LSTMController
+from memnet.models import core
+from memnet.models.dnc import DNC
+from memnet.models.ntm import NTM
+
+
+def _ntm(*, hidden=13, memory_size=11, word_size=6, reads=2, writes=2, layers=1, controller=None, **options):
+    controller = controller or partial(LSTMController, hidden_size=hidden, num_layers=layers)
+    return NTM(9, 5, controller=controller, memory_size=memory_size, word_size=word_size,
+               num_reads=reads, num_writes=writes, **options)
+
+
+def _dnc(*, memory_size=7, reads=3, **options):
+    return DNC(9, 5, controller=partial(LSTMController, hidden_size=12), memory_size=memory_size,
+               word_size=4, num_reads=reads, **options)
+
+
+def _outputs_and_grads(net, engine, inputs, *, memory_size=None):
+    net.engine = engine
+    net.zero_grad(set_to_none=True)
+    logits = net(inputs, memory_size=memory_size)
+    upstream = torch.randn(logits.shape, generator=torch.Generator().manual_seed(1), dtype=logits.dtype)
+    (logits * upstream).sum().backward()
+    return logits.detach(), {name: p.grad.clone() for name, p in net.named_parameters() if p.grad is not None}
+
+
+def _assert_engines_equal(net, engines, *, batch, steps=6, dtype=torch.float64, memory_size=None, seed=0):
+    torch.manual_seed(seed)
+    net = net.to(dtype)
+    inputs = torch.randn(batch, steps, 9, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    tolerance = 1e-10 if dtype == torch.float64 else 1e-5
+    expected, expected_grads = _outputs_and_grads(net, "eager", inputs, memory_size=memory_size)
+    for engine in engines:
+        got, got_grads = _outputs_and_grads(net, engine, inputs, memory_size=memory_size)
+        torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance, msg=f"{engine} outputs")
+        assert got_grads.keys() == expected_grads.keys()
+        for name, grad in got_grads.items():
+            torch.testing.assert_close(grad, expected_grads[name], rtol=tolerance, atol=tolerance,
+                                       msg=f"{engine} gradient of {name}")
+
+
+@pytest.mark.parametrize("batch,sizes", [
+    (3, {}),
+    (1, {"reads": 1, "writes": 1, "memory_size": 16}),
+    (4, {"reads": 1, "writes": 3, "word_size": 3}),
+    (2, {"layers": 2}),
+    (2, {"controller": partial(FeedForwardController, hidden_size=10)}),
+    (2, {"learn_initial_state": True, "memory_init": "learned", "shift_range": 2}),
+])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_ntm_fused_equals_eager(batch, sizes, dtype):
+    _assert_engines_equal(_ntm(**sizes), ["fused"], batch=batch, dtype=dtype)
+
+
+@pytest.mark.parametrize("batch,options", [
+    (3, {}),
+    (1, {"reads": 1}),
+    (4, {"link_sparsity": 3}),
+    (2, {"use_allocation": False}),
+    (2, {"use_links": False, "memory_size": 5}),
+])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_dnc_fused_equals_eager(batch, options, dtype):
+    _assert_engines_equal(_dnc(**options), ["fused"], batch=batch, dtype=dtype)
+
+
+@pytest.mark.parametrize("make", [_ntm, _dnc])
+def test_fused_equals_eager_with_an_enlarged_memory(make):
+    _assert_engines_equal(make(), ["fused"], batch=2, memory_size=23)
+
+
+@pytest.mark.parametrize("make", [_ntm, _dnc])
+def test_step_and_trace_are_those_of_the_reference_loop(make):
+    net = make().double()
+    inputs = torch.randn(2, 5, 9, dtype=torch.float64)
+    logits, _ = net(inputs, return_trace=True)
+    torch.testing.assert_close(net(inputs), logits, rtol=0, atol=1e-12)
+    state = net.initial_state(2, dtype=torch.float64)
+    for t in range(5):
+        step_logits, state = net.step(inputs[:, t], state)
+        torch.testing.assert_close(step_logits, logits[:, t], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("make", [_ntm, _dnc])
+def test_unknown_engine_is_named(make):
+    with pytest.raises(ValueError, match=r"engine must be one of \['eager', 'fused', 'compiled'\], got 'jit'"):
+        make(engine="jit")
+
+
+# -- the compiled engine, through light backends so that the tests stay fast: "eager"
+#    (dynamo's graph capture and guards, which decide recompilation) and, in the slow
+#    tests, "aot_eager" (also autograd's tracing of the fused functions) -------------
+
+@pytest.mark.parametrize("make", [_ntm, pytest.param(_dnc, marks=pytest.mark.slow)])
+def test_compiled_equals_eager_and_lengths_do_not_recompile(make):
+    torch._dynamo.reset()
+    net = make(engine="compiled", compile_backend="eager")
+    _assert_engines_equal(net, ["compiled"], batch=2, steps=4)
+    compilations = net.compilations
+    assert compilations == 1
+    for steps in (3, 7, 2):  # other sequence lengths, same batch and memory
+        _assert_engines_equal(net, ["compiled"], batch=2, steps=steps, seed=steps)
+    assert net.compilations == compilations
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("make", [_ntm, _dnc])
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_compiled_handles_a_last_batch_of_another_size_and_an_enlarged_memory(make, backend):
+    torch._dynamo.reset()
+    net = make(engine="compiled", compile_backend=backend)
+    _assert_engines_equal(net, ["compiled"], batch=3, steps=4)
+    first = net.compilations
+    _assert_engines_equal(net, ["compiled"], batch=1, steps=4)  # a last, smaller batch
+    _assert_engines_equal(net, ["compiled"], batch=3, steps=4, memory_size=19)  # memory enlarged at evaluation
+    _assert_engines_equal(net, ["compiled"], batch=5, steps=4, memory_size=29)
+    # Each new shape compiles at most once (then shapes are dynamic), never once per call.
+    assert first == 1 and net.compilations <= first + 3
+    again = net.compilations
+    _assert_engines_equal(net, ["compiled"], batch=4, steps=4, memory_size=13)
+    assert net.compilations <= again + 1
+
+
+def test_compile_unavailable_logs_and_runs_fused(monkeypatch, caplog):
+    monkeypatch.setattr(core, "compile_unavailable", lambda backend: "InvalidCxxCompiler: no working C++ compiler")
+    net = _ntm(engine="compiled")
+    with caplog.at_level(logging.WARNING, logger="memnet.models.core"):
+        _assert_engines_equal(net, ["compiled"], batch=2, steps=3)
+    assert "engine 'compiled' is unavailable (InvalidCxxCompiler: no working C++ compiler)" in caplog.text
+    assert net.compilations == 0
+
+
+def test_an_unknown_compile_backend_is_named():
+    assert "unknown torch.compile backend 'nope'" in core.compile_unavailable("nope")
+    assert core.compile_unavailable("aot_eager") is None
+
+
+def test_a_failing_compiler_falls_back_to_fused_mid_run(caplog):
+    def broken_backend(graph_module, example_inputs):
+        raise RuntimeError("compiler crashed")
+
+    torch._dynamo.reset()
+    net = _ntm(engine="compiled")
+    net.compile_backend = broken_backend
+    with caplog.at_level(logging.WARNING, logger="memnet.models.core"):
+        _assert_engines_equal(net, ["compiled"], batch=2, steps=3)
+    assert "compiled step failed" in caplog.text and "running the fused path" in caplog.text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("make", [_ntm, _dnc])
+def test_inductor_compiled_equals_eager(make):
+    if core.compile_unavailable("inductor"):
+        pytest.skip(core.compile_unavailable("inductor"))
+    torch._dynamo.reset()
+    net = make(engine="compiled")
+    _assert_engines_equal(net, ["compiled"], batch=2, steps=4, dtype=torch.float32)

@@ -1,0 +1,138 @@
+"""The fused NTM operations equal the reference functions, values and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from memnet import addressing, allocation, fused
+from memnet import memory as mem
+
+
+def _reference_address(memory, prev_weights, keys, strengths, gates, shift_weights, gammas):
+    content = addressing.content_weights(memory, keys, strengths)
+    gated = addressing.interpolate(content, prev_weights, gates)
+    return addressing.sharpen(addressing.shift(gated, shift_weights), gammas)
+
+
+def _address_inputs(b, h, n, w, s, *, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    memory = torch.randn(b, n, w, generator=g, dtype=dtype)
+    prev = torch.softmax(torch.randn(b, h, n, generator=g, dtype=dtype) * 3, -1)
+    keys = torch.randn(b, h, w, generator=g, dtype=dtype)
+    strengths = torch.rand(b, h, generator=g, dtype=dtype) * 5
+    gates = torch.rand(b, h, generator=g, dtype=dtype)
+    shifts = torch.softmax(torch.randn(b, h, s, generator=g, dtype=dtype), -1)
+    gammas = 1 + torch.rand(b, h, generator=g, dtype=dtype) * 3
+    return [t.requires_grad_() for t in (memory, prev, keys, strengths, gates, shifts, gammas)]
+
+
+def _write_inputs(b, h, n, w, *, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    memory = torch.randn(b, n, w, generator=g, dtype=dtype)
+    weights = torch.softmax(torch.randn(b, h, n, generator=g, dtype=dtype), -1)
+    erase = torch.rand(b, h, w, generator=g, dtype=dtype)
+    add = torch.randn(b, h, w, generator=g, dtype=dtype)
+    return [t.requires_grad_() for t in (memory, weights, erase, add)]
+
+
+def _values_and_grads(fn, inputs, seed=1):
+    out = fn(*inputs)
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
+    grads = torch.autograd.grad(out, inputs, upstream)
+    return out, grads
+
+
+@pytest.mark.parametrize("b,h,n,w,s", [(3, 1, 7, 5, 3), (1, 2, 11, 4, 5), (2, 4, 6, 3, 1), (2, 3, 5, 2, 9)])
+def test_address_equals_reference_values_and_grads(b, h, n, w, s):
+    inputs = _address_inputs(b, h, n, w, s)
+    expected, expected_grads = _values_and_grads(_reference_address, inputs)
+    got, got_grads = _values_and_grads(fused.address, inputs)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    for got_grad, expected_grad in zip(got_grads, expected_grads):
+        torch.testing.assert_close(got_grad, expected_grad, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("b,h,n,w", [(3, 1, 7, 5), (2, 3, 6, 4), (1, 2, 5, 2)])
+def test_write_equals_reference_values_and_grads(b, h, n, w):
+    inputs = _write_inputs(b, h, n, w)
+    expected, expected_grads = _values_and_grads(mem.write, inputs)
+    got, got_grads = _values_and_grads(fused.write, inputs)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    for got_grad, expected_grad in zip(got_grads, expected_grads):
+        torch.testing.assert_close(got_grad, expected_grad, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("h,s", [(1, 3), (3, 5)])
+def test_address_gradcheck(h, s):
+    assert torch.autograd.gradcheck(fused.address, _address_inputs(2, h, 6, 4, s, seed=3))
+
+
+@pytest.mark.parametrize("h", [1, 3])
+def test_write_gradcheck(h):
+    assert torch.autograd.gradcheck(fused.write, _write_inputs(2, h, 5, 3, seed=4))
+
+
+def test_address_of_an_all_but_zero_weighting_has_finite_grads():
+    inputs = _address_inputs(2, 1, 6, 4, 3, seed=5)
+    with torch.no_grad():
+        inputs[1].zero_()  # previous weighting 0, gate 0: the shifted weighting is all zero
+        inputs[4].zero_()
+    expected, expected_grads = _values_and_grads(_reference_address, inputs)
+    got, got_grads = _values_and_grads(fused.address, inputs)
+    torch.testing.assert_close(got, expected)
+    for got_grad, expected_grad in zip(got_grads, expected_grads):
+        assert torch.isfinite(got_grad).all()
+        torch.testing.assert_close(got_grad, expected_grad)
+
+
+def test_address_rejects_an_even_shift_window():
+    inputs = _address_inputs(2, 1, 6, 4, 3)
+    inputs[5] = torch.full((2, 1, 4), 0.25, dtype=torch.float64)
+    with pytest.raises(ValueError, match="shift window S must be odd"):
+        fused.address(*inputs)
+
+
+@pytest.mark.parametrize("b,h,n,w", [(3, 1, 7, 5), (2, 4, 6, 3)])
+def test_content_weights_equal_reference_and_gradcheck(b, h, n, w):
+    memory, _, keys, strengths, *_ = _address_inputs(b, h, n, w, 3, seed=6)
+    inputs = [memory, keys, strengths]
+    expected, expected_grads = _values_and_grads(addressing.content_weights, inputs)
+    got, got_grads = _values_and_grads(fused.content_weights, inputs)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    for got_grad, expected_grad in zip(got_grads, expected_grads):
+        torch.testing.assert_close(got_grad, expected_grad, rtol=0, atol=1e-10)
+    assert torch.autograd.gradcheck(fused.content_weights, inputs)
+
+
+def _usage(b, n, seed, dtype=torch.float64):
+    usage = torch.rand(b, n, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    usage[0, :2] = 0.0  # ties at zero, as at the start of an episode
+    return usage.requires_grad_()
+
+
+@pytest.mark.parametrize("b,n", [(3, 7), (1, 5), (2, 16)])
+def test_allocation_equals_reference_and_gradcheck(b, n):
+    inputs = [_usage(b, n, seed=7)]
+    expected, expected_grads = _values_and_grads(allocation.allocation_weights, inputs)
+    got, got_grads = _values_and_grads(fused.allocation_weights, inputs)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got_grads[0], expected_grads[0], rtol=0, atol=1e-10)
+    # Distinct usages: finite differences must not reorder the sort.
+    distinct = torch.randperm(n, generator=torch.Generator().manual_seed(8)).double() / n + 0.02
+    assert torch.autograd.gradcheck(fused.allocation_weights, [distinct.expand(b, n).clone().requires_grad_()])
+
+
+@pytest.mark.parametrize("b,n", [(3, 7), (1, 4)])
+def test_link_update_equals_reference_and_gradcheck(b, n):
+    g = torch.Generator().manual_seed(9)
+    link = torch.rand(b, n, n, generator=g, dtype=torch.float64) / n
+    precedence = torch.softmax(torch.randn(b, n, generator=g, dtype=torch.float64), -1) * 0.9
+    write = torch.softmax(torch.randn(b, n, generator=g, dtype=torch.float64), -1) * 0.8
+    inputs = [t.requires_grad_() for t in (link, precedence, write)]
+    expected, expected_grads = _values_and_grads(allocation.update_link, inputs)
+    got, got_grads = _values_and_grads(fused.update_link, inputs)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    for got_grad, expected_grad in zip(got_grads, expected_grads):
+        torch.testing.assert_close(got_grad, expected_grad, rtol=0, atol=1e-10)
+    assert torch.autograd.gradcheck(fused.update_link, inputs)

@@ -1,0 +1,167 @@
+"""The `memnet` command stops on bad input with one line naming the file, field or value (exit 2),
+not a traceback: damaged or non-finite checkpoints, a checkpoint of another config, YAML syntax
+errors, non-positive sizes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from memnet.cli import main
+from memnet.evaluation import main as evaluate_main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = """
+seed_everything: 0
+trainer:
+  max_steps: 2
+  logger: false
+  enable_progress_bar: false
+  enable_model_summary: false
+  limit_val_batches: 1
+model:
+  class_path: memnet.lightning.SequenceModule
+  init_args:
+    net:
+      class_path: memnet.models.ntm.NTM
+      init_args:
+        memory_size: 7
+        word_size: 5
+        controller:
+          class_path: memnet.controllers.LSTMController
+          init_args:
+            hidden_size: 4
+data:
+  class_path: tasks.algorithmic.AlgorithmicDataModule
+  init_args:
+    task:
+      class_path: tasks.algorithmic.CopyTask
+      init_args: {width: 3, min_length: 1, max_length: 4}
+    batch_size: 3
+    batches_per_epoch: 2
+    val_lengths: [4]
+    val_size: 3
+    test_size: 3
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(folder with tiny.yaml, the last checkpoint of a 2-step run of it)."""
+    folder = tmp_path_factory.mktemp("messages")
+    (folder / "tiny.yaml").write_text(TINY)
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        main(["fit", "--config", "tiny.yaml"])
+    finally:
+        os.chdir(cwd)
+    return folder, next(folder.rglob("last.ckpt"))
+
+
+def _fails_in_one_line(capsys, argv: list[str], *expected: str) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("memnet: ")]
+    assert len(lines) == 1, err
+    for text in expected:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def in_folder(trained, monkeypatch):
+    monkeypatch.chdir(trained[0])
+    return trained
+
+
+@pytest.mark.parametrize("command", ["fit", "validate", "test"])
+def test_empty_checkpoint(in_folder, tmp_path, capsys, command):
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    _fails_in_one_line(capsys, [command, "--config", "tiny.yaml", "--ckpt_path", str(empty)],
+                       f"{empty}: the checkpoint file is empty (0 bytes)")
+
+
+@pytest.mark.parametrize("command", ["fit", "validate", "test"])
+def test_truncated_checkpoint(in_folder, tmp_path, capsys, command):
+    _, last = in_folder
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    _fails_in_one_line(capsys, [command, "--config", "tiny.yaml", "--ckpt_path", str(truncated)],
+                       f"{truncated}: not a readable checkpoint, the file is truncated or corrupt")
+
+
+def _with_nan(last: Path, target: Path) -> str:
+    checkpoint = torch.load(last, weights_only=False)
+    name = next(k for k, v in checkpoint["state_dict"].items() if v.is_floating_point() and v.numel() > 3)
+    checkpoint["state_dict"][name].view(-1)[[0, 2]] = float("nan")
+    torch.save(checkpoint, target)
+    return name
+
+
+@pytest.mark.parametrize("command", ["fit", "validate", "test"])
+def test_non_finite_weights_name_the_file_and_the_parameter(in_folder, tmp_path, capsys, command):
+    _, last = in_folder
+    corrupt = tmp_path / "nan.ckpt"
+    name = _with_nan(last, corrupt)
+    _fails_in_one_line(capsys, [command, "--config", "tiny.yaml", "--ckpt_path", str(corrupt)],
+                       f"{corrupt}: parameter {name} holds 2 non-finite value(s)")
+
+
+def test_evaluate_refuses_non_finite_and_truncated_checkpoints(in_folder, tmp_path, capsys):
+    _, last = in_folder
+    corrupt = tmp_path / "checkpoints" / "nan.ckpt"
+    corrupt.parent.mkdir()
+    name = _with_nan(last, corrupt)
+    for damaged, expected in ((corrupt, f"parameter {name} holds 2 non-finite"),
+                              (tmp_path / "checkpoints" / "empty.ckpt", "the checkpoint file is empty")):
+        if not damaged.exists():
+            damaged.write_bytes(b"")
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            evaluate_main(["--ckpt_path", str(damaged), "--config", "tiny.yaml", "--lengths", "4",
+                           "--out", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and str(damaged) in err and expected in err and "Traceback" not in err
+        assert not (tmp_path / "out" / "table.md").exists()
+
+
+@pytest.mark.parametrize("command", ["fit", "validate"])
+def test_checkpoint_of_another_config(in_folder, capsys, command):
+    _, last = in_folder
+    _fails_in_one_line(capsys, [command, "--config", "tiny.yaml", "--ckpt_path", str(last),
+                                "--model.init_args.net.init_args.word_size=6"],
+                       f"--ckpt_path {last} does not fit the model of the config", "size mismatch")
+
+
+def test_yaml_syntax_error_names_the_file_and_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer:\n  max_steps: [1\n")
+    _fails_in_one_line(capsys, ["fit", "--config", str(ROOT / "configs" / "ntm" / "copy_small.yaml"),
+                                "--config", str(bad)], f"--config {bad}, line 3, column 1: YAML syntax error")
+    _fails_in_one_line(capsys, ["fit", "--config", str(tmp_path / "absent.yaml")], "absent.yaml: neither a file nor a shipped config")
+
+
+@pytest.mark.parametrize("field", ["model.init_args.net.init_args.memory_size", "data.init_args.batch_size"])
+def test_non_positive_size_from_the_command_line(tmp_path, capsys, monkeypatch, field):
+    monkeypatch.chdir(tmp_path)
+    name = field.rsplit(".", 1)[1]
+    _fails_in_one_line(capsys, ["fit", "--config", str(ROOT / "configs" / "ntm" / "copy_small.yaml"), f"--{field}=0"],
+                       f"{name} must be a positive integer, got 0")
+
+
+def test_traceback_on_request(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MEMNET_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="memory_size must be a positive integer"):
+        main(["fit", "--config", str(ROOT / "configs" / "ntm" / "copy_small.yaml"),
+              "--model.init_args.net.init_args.memory_size=0"])

@@ -1,0 +1,109 @@
+"""Every run has its own folder under runs/, with or without a logger, and a resumed run continues
+its own folder (and W&B run); resuming a finished run leaves runs/latest.json alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import wandb
+
+from memnet.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = str(ROOT / "configs" / "ntm" / "copy_small.yaml")
+TINY = [
+    "--trainer.max_steps=4", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
+    "--model.init_args.net.init_args.memory_size=6", "--model.init_args.net.init_args.controller.init_args.hidden_size=5",
+    "--data.init_args.batches_per_epoch=2", "--data.init_args.batch_size=2", "--data.init_args.val_size=2",
+]
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    yield
+    wandb.finish()  # a W&B run left open would be reused by the next test's logger, in another folder
+
+
+def _latest(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "runs" / "latest.json").read_text())
+
+
+def test_without_a_logger_each_run_has_its_own_folder_under_runs(tmp_path):
+    folders = []
+    for seed in (1, 2):
+        main(["fit", "--config", SMALL, *TINY, "--trainer.logger=false", f"--seed_everything={seed}"])
+        folders.append(Path(_latest(tmp_path)["run_dir"]).resolve())
+    assert folders[0] != folders[1]
+    for folder, seed in zip(folders, (1, 2)):
+        assert folder.parent == (tmp_path / "runs" / "memnet").resolve()
+        assert (folder / "checkpoints" / "last.ckpt").is_file() and (folder / "summary.json").is_file()
+        assert f"seed_everything: {seed}" in (folder / "config.yaml").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # nothing in the working folder itself
+
+
+def _steps(folder: Path) -> list[int]:
+    """The steps of the train/loss_step rows a CSVLogger wrote under ``folder``."""
+    lines = next(folder.rglob("metrics.csv")).read_text().splitlines()
+    header = lines[0].split(",")
+    column, step = header.index("train/loss_step"), header.index("step")
+    return [int(row.split(",")[step]) for row in lines[1:] if row.split(",")[column]]
+
+
+CSV = ["--trainer.logger=pytorch_lightning.loggers.CSVLogger", "--trainer.log_every_n_steps=1"]
+
+
+def test_resumed_run_logs_the_steps_of_an_uninterrupted_run(tmp_path):
+    main(["fit", "--config", SMALL, *TINY, *CSV, "--trainer.logger.init_args.save_dir=whole", "--trainer.max_steps=6"])
+    main(["fit", "--config", SMALL, *TINY, *CSV, "--trainer.logger.init_args.save_dir=first"])
+    last = next((tmp_path / "first").rglob("last.ckpt"))
+    main(["fit", "--config", SMALL, *TINY, *CSV, "--trainer.logger.init_args.save_dir=second", "--trainer.max_steps=6",
+          "--ckpt_path", str(last)])
+    assert _steps(tmp_path / "whole") == [0, 1, 2, 3, 4, 5]
+    assert _steps(tmp_path / "second") == [4, 5]  # was [5, 6]: one ahead after the resume
+    assert sorted(p.name for p in last.parent.iterdir() if p.name.startswith("last")) == ["last.ckpt"]  # no last-v1
+    assert torch.load(last, weights_only=False)["global_step"] == 6
+
+
+def test_resumed_run_continues_its_folder_and_its_wandb_run(tmp_path, capsys):
+    main(["fit", "--config", SMALL, *TINY])
+    first = _latest(tmp_path)
+    run = Path(first["run_dir"])
+    (run / "checkpoints" / ".best-killed.ckpt.partial").write_bytes(b"half a checkpoint")
+    wandb.finish()  # as at the end of a process; else the next logger of this process reuses the open run
+    main(["fit", "--config", SMALL, *TINY, "--trainer.max_steps=6", "--ckpt_path", first["last_checkpoint"]])
+    second = _latest(tmp_path)
+    assert Path(second["run_dir"]).resolve() == run.resolve()
+    assert Path(second["last_checkpoint"]).resolve() == Path(first["last_checkpoint"]).resolve()
+    assert [p.name for p in (tmp_path / "runs" / "memnet").iterdir()] == [run.name]
+    assert not list(run.glob("checkpoints/.*.partial")), "a stale .partial file survived the next save"
+    wandb_runs = sorted(p.name for p in (tmp_path / "runs" / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 2 and all(name.endswith(f"-{run.name}") for name in wandb_runs)  # same W&B id
+    capsys.readouterr()
+    # resuming the finished run: nothing to train, no new folder, runs/latest.json untouched
+    before = (tmp_path / "runs" / "latest.json").read_text()
+    main(["fit", "--config", SMALL, *TINY, "--trainer.max_steps=6", "--ckpt_path", second["last_checkpoint"]])
+    assert "nothing to train: the checkpoint is already at step 6" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "latest.json").read_text() == before
+    assert [p.name for p in (tmp_path / "runs" / "memnet").iterdir()] == [run.name]
+
+
+def test_a_failed_checkpoint_write_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMALL, *TINY, "--trainer.logger=false"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    line = next(line for line in err.splitlines() if line.startswith("memnet: "))
+    assert "could not write the checkpoint" in line and ".ckpt:" in line
+    assert "No space left on device" in line
+    assert not list(tmp_path.rglob("*.partial"))
