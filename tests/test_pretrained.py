@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -167,7 +168,7 @@ def test_memnet_export_of_a_checkpoint(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny.yaml").write_text(TINY_RUN)
     memnet_main(["fit", "--config", "tiny.yaml"])
-    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    checkpoint = Path(json.loads((tmp_path / "runs" / "latest.json").read_text())["last_checkpoint"])
     with pytest.raises(SystemExit) as exit_status:
         memnet_main(["export", "--ckpt_path", "latest", "--out", "exported"])
     assert exit_status.value.code == 0
