@@ -20,18 +20,20 @@ train: install               ## train an NTM on copy (2 CPU cores, ~5 min), then
 	$(VENV)/bin/memnet fit --config configs/ntm/copy.yaml
 	$(VENV)/bin/memnet evaluate --ckpt_path latest --lengths 20 40 80 120 --memory_size 256 --out results/ntm-copy
 
-test: install                ## the fast test suite and the strict docs build (what CI runs)
+test: install                ## the layers contract, the fast test suite and the strict docs build (what CI runs)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 	$(MAKE) --no-print-directory docs
 
 test-all: install            ## every test, the slow training checks included
 	$(PY) -m pytest -q -m "slow or not slow"
 
-lint: install
+lint: install                ## ruff, and the layers contract of pyproject.toml (import-linter)
 	$(VENV)/bin/ruff check memnet tasks tests benchmarks
+	$(VENV)/bin/lint-imports
 
-bench: install               ## NTM copy-task training throughput at batch sizes 1, 16, 128
-	$(PY) benchmarks/run.py --out benchmarks/results/ntm_copy_cpu.json
+bench: install               ## training throughput: NTM, DNC, MemN2N, LSTM x batch 1, 32, 128 x eager, fused, compiled (~6 min)
+	$(PY) benchmarks/run.py --threads 2 --compile-batch-sizes 32 --out benchmarks/results/train_step_cpu.json
 
 docs: install                ## the documentation site into site/ (mkdocs --strict: a warning fails)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict

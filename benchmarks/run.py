@@ -25,7 +25,7 @@ loudinthecloud/pytorch-ntm or ixaxaar/pytorch-dnc (the folder that holds its
 ``ntm`` or ``dnc`` package) beside memnet, built with the same sizes and timed
 with the same step; their code is imported from there, never copied.
 
-    python benchmarks/run.py                               # the CPU table (make bench)
+    python benchmarks/run.py --compile-batch-sizes 32      # the CPU table (make bench)
     python benchmarks/run.py --device cuda --batch-sizes 1 128 4096
     python benchmarks/run.py --models NTM --peer-ntm ~/src/pytorch-ntm
 """
@@ -268,6 +268,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
                         help="default 1 32 128 on the CPU, 1 128 4096 on CUDA")
     parser.add_argument("--length", type=int, default=LENGTH, help="copy sequence length (2·L + 1 time steps)")
+    parser.add_argument("--compile-batch-sizes", type=int, nargs="+", default=None,
+                        help="run the compiled path only at these batch sizes (default: every batch size)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per repetition")
     parser.add_argument("--repeats", type=int, default=3, help="at least this many repetitions")
     parser.add_argument("--min-seconds", type=float, default=1.0, help="and repetitions for at least this long")
@@ -303,7 +305,10 @@ def main(argv: list[str] | None = None) -> None:
     settings = []
     for model in args.models:
         for batch_size in batch_sizes:
-            settings += [(model, path, batch_size, None) for path in args.paths if path in paths_of(model)]
+            for path in args.paths:
+                skip = path == "compiled" and args.compile_batch_sizes and batch_size not in args.compile_batch_sizes
+                if path in paths_of(model) and not skip:
+                    settings.append((model, path, batch_size, None))
             for peer, checkout in (("pytorch-ntm", args.peer_ntm), ("pytorch-dnc", args.peer_dnc)):
                 if checkout is not None and PEERS[peer] == model:
                     settings.append((peer, "eager", batch_size, checkout))

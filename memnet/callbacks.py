@@ -14,21 +14,9 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 
 from memnet.plots import plot_dnc_memory, plot_memory_access
-from memnet.utils import parameter_dtype
+from memnet.utils import parameter_dtype, run_dir  # run_dir re-exported: memnet.callbacks.run_dir
 
 log = logging.getLogger(__name__)
-
-
-def run_dir(trainer: pl.Trainer) -> Path:
-    """The folder of this run: the parent of its checkpoint folder.
-
-    Without checkpointing (e.g. ``fast_dev_run``) it is ``<root>/runs/debug``, so a
-    debug run never writes into the working directory itself.
-    """
-    callback = trainer.checkpoint_callback
-    if not trainer.fast_dev_run and callback is not None and getattr(callback, "dirpath", None):
-        return Path(callback.dirpath).parent
-    return Path(trainer.default_root_dir) / "runs" / "debug"
 
 
 class MemoryAccessPlot(pl.Callback):
@@ -194,9 +182,6 @@ class LinearStartSwitch(pl.Callback):
         self.best = state_dict["best"]
         self.stale = state_dict["stale"]
         self.switched_at = state_dict["switched_at"]
-
-from memnet.probe import GradientProbe  # noqa: F401  (the gradient-through-time probe lives in memnet.probe)
-
 
 class LastAndBestCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` whose ``last.ckpt`` is rewritten at every validation.
@@ -407,61 +392,6 @@ def scale_learning_rates(trainer: pl.Trainer, factor: float) -> None:
         scheduler = config.scheduler
         if hasattr(scheduler, "base_lrs"):
             scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
-
-
-class ConvergenceLRDecay(pl.Callback):
-    """Lowers the learning rate once, when the validation cost first falls below a threshold.
-
-    Why (issue 14, measured on NTM copy): after convergence the gradients are
-    ~1000x smaller than while learning, so Adam's second-moment estimate √v
-    shrinks to match. A rare batch the model still gets wrong then gives a
-    gradient 100x the recent ones, which Adam turns into a step ~17x the recent
-    steps, and its momentum keeps stepping that way for ~20 more steps: the
-    weights leave the solution (130 bits per sequence at step 2,000 with seed 0,
-    after 0.047 at 1,900). The size of that excursion is proportional to the
-    learning rate, which under the one-cycle schedule is still ~80% of its peak
-    there. Replayed from the checkpoint before it, the same batches at a tenth of
-    the rate leave the model at 0.13 bits. Lowering the rate only once the cost
-    is low does not slow learning, which happens before.
-
-    After the first validation with ``monitor`` < ``threshold`` the learning rate
-    (and the schedule's, see :func:`scale_learning_rates`) is multiplied by
-    ``factor``; the step is logged as ``lr_decay/step`` and kept in ``decayed_at``.
-
-    Args:
-        monitor: the validation metric watched (lower is better).
-        threshold: the value below which the model counts as converged.
-        factor: multiplier of the learning rate (0 < factor < 1).
-    """
-
-    def __init__(self, monitor: str = "val/bits_per_seq", threshold: float = 0.1, factor: float = 0.1) -> None:
-        if not (isinstance(threshold, (int, float)) and threshold > 0):
-            raise ValueError(f"ConvergenceLRDecay threshold must be a number > 0, got {threshold!r}")
-        if not (isinstance(factor, (int, float)) and 0 < factor < 1):
-            raise ValueError(f"ConvergenceLRDecay factor must be in (0, 1), got {factor!r}")
-        self.monitor = monitor
-        self.threshold = float(threshold)
-        self.factor = float(factor)
-        self.decayed_at: int | None = None
-
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or self.decayed_at is not None:
-            return
-        metric = trainer.callback_metrics.get(self.monitor)
-        if metric is None or not float(metric) < self.threshold:
-            return
-        self.decayed_at = trainer.global_step
-        scale_learning_rates(trainer, self.factor)
-        log.info("converged at step %d (%s = %.4g): learning rate x %g", trainer.global_step, self.monitor,
-                 float(metric), self.factor)
-        for logger in trainer.loggers:
-            logger.log_metrics({"lr_decay/step": float(trainer.global_step)}, step=trainer.global_step)
-
-    def state_dict(self) -> dict:
-        return {"decayed_at": self.decayed_at}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.decayed_at = state_dict["decayed_at"]
 
 
 def _to_cpu(value):

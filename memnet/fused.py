@@ -201,7 +201,7 @@ def _content_backward(grad_content, memory, keys, strengths, content, key_norm, 
     grad_key_norm = (grad_denominator * memory_norm.unsqueeze(1)).sum(-1)  # (B, H)
     grad_memory_norm = (grad_denominator * key_norm.unsqueeze(-1)).sum(1)  # (B, N)
     grad_keys = torch.matmul(grad_dots, memory) + keys * (grad_key_norm / key_norm).unsqueeze(-1)
-    grad_memory = _head_outer_sum(grad_dots, keys) + memory * (grad_memory_norm / memory_norm).unsqueeze(-1)
+    grad_memory = torch.addcmul(_head_outer_sum(grad_dots, keys), memory, (grad_memory_norm / memory_norm).unsqueeze(-1))
     return grad_memory, grad_keys, grad_strengths
 
 
@@ -245,14 +245,16 @@ class _Write(torch.autograd.Function):
         grad_memory = grad * keep
         grad_keep = grad * memory  # d keep, (B, N, W)
         if weights.shape[1] == 1:
-            grad_outer = (-grad_keep).unsqueeze(1)  # d (w eᵀ) = −d keep, (B, 1, N, W)
-        else:
-            # d (w_h e_hᵀ) = −d keep ∘ Π_{h' ≠ h} (1 − w_h' e_h'ᵀ), by prefix and suffix products.
-            factors = 1 - weights.unsqueeze(-1) * erase.unsqueeze(-2)  # (B, H, N, W)
-            ones = torch.ones_like(factors[:, :1])
-            before = torch.cumprod(torch.cat([ones, factors[:, :-1]], dim=1), dim=1)
-            after = torch.cumprod(torch.cat([ones, factors[:, 1:].flip(1)], dim=1), dim=1).flip(1)
-            grad_outer = -grad_keep.unsqueeze(1) * before * after
+            # d (w eᵀ) = −d keep: d w = (d M_t) a − (d keep) e, d e = −(d keep)ᵀ w, as matmuls
+            grad_weights = torch.matmul(add, grad.transpose(1, 2)) - torch.matmul(erase, grad_keep.transpose(1, 2))
+            grad_erase = -torch.matmul(weights, grad_keep)
+            return grad_memory, grad_weights, grad_erase, torch.matmul(weights, grad)
+        # d (w_h e_hᵀ) = −d keep ∘ Π_{h' ≠ h} (1 − w_h' e_h'ᵀ), by prefix and suffix products.
+        factors = 1 - weights.unsqueeze(-1) * erase.unsqueeze(-2)  # (B, H, N, W)
+        ones = torch.ones_like(factors[:, :1])
+        before = torch.cumprod(torch.cat([ones, factors[:, :-1]], dim=1), dim=1)
+        after = torch.cumprod(torch.cat([ones, factors[:, 1:].flip(1)], dim=1), dim=1).flip(1)
+        grad_outer = -grad_keep.unsqueeze(1) * before * after
         # d w_h = (d outer_h) e_h + (d M_t) a_h;  d e_h = (d outer_h)ᵀ w_h;  d a_h = (d M_t)ᵀ w_h
         grad_weights = (grad_outer * erase.unsqueeze(-2)).sum(-1) + torch.matmul(add, grad.transpose(1, 2))
         grad_erase = (grad_outer * weights.unsqueeze(-1)).sum(-2)

@@ -14,19 +14,44 @@ and, for validation and test, the same per task length as ``val/len_20/bits_per_
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from memnet.metrics import (  # noqa: F401  (some re-exported: memnet.lightning.sequence_metrics & co.)
+    FAILED_TASK_ERROR,
+    answer_errors,
+    bit_errors_per_sequence,
+    failed_tasks,
+    length_key,
+    masked_mse,
+    nrmse_from_sums,
+    nrmse_sums,
+    sequence_accuracy,
+    sequence_metrics,
+    task_error_counts,
+    task_error_key,
+    task_errors_from_counts,
+    token_metrics,
+)
 from memnet.optim import ClipNorm, clip_per_matrix_
+from memnet.training import (  # noqa: F401  (re-exported: memnet.lightning.MemnetModule & co.)
+    Interval,
+    MemnetModule,
+    NRMSESums,
+    StageMetrics,
+    TaskErrorCounts,
+    check_finite_loss,
+    check_precision,
+    configure_optimizers,
+    scheduler_config,
+)
 
 
-class SequenceModule(pl.LightningModule):
+class SequenceModule(MemnetModule):
     """Trains a sequence model ``net: (B, T, D_in) -> logits (B, T, D_out)`` on binary targets.
 
     Args:
@@ -44,23 +69,13 @@ class SequenceModule(pl.LightningModule):
         *,
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
-        scheduler_interval: Literal["step", "epoch"] = "epoch",
+        scheduler_interval: Interval = "epoch",
         eval_memory_size: int | None = None,
     ) -> None:
-        super().__init__()
-        if scheduler_interval not in ("step", "epoch"):
-            raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
-        self.scheduler_interval = scheduler_interval
         if eval_memory_size is not None and eval_memory_size < 1:
             raise ValueError(f"eval_memory_size must be a positive integer, got {eval_memory_size!r}")
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
-        self.net = net
-        self.optimizer = optimizer
-        self.scheduler = scheduler
+        super().__init__(net, optimizer=optimizer, scheduler=scheduler, scheduler_interval=scheduler_interval)
         self.eval_memory_size = eval_memory_size
-
-    def setup(self, stage: str) -> None:
-        check_precision(self)
 
     def forward(self, inputs: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """inputs (B, T, D_in) -> logits (B, T, D_out)."""
@@ -84,7 +99,7 @@ class SequenceModule(pl.LightningModule):
                      on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=True)
             if stage != "train" and "length" in batch:
                 length = int(batch["length"])
-                self.log(f"{stage}/len_{length}/{name}", metrics[name], on_epoch=True,
+                self.log(length_key(stage, length, name), metrics[name], on_epoch=True,
                          batch_size=batch_size, add_dataloader_idx=False, sync_dist=True)
         if "optimal_bits" in batch:  # tasks with a known best cost (dynamic n-grams): how far from it
             optimal = batch["optimal_bits"].mean()
@@ -93,23 +108,12 @@ class SequenceModule(pl.LightningModule):
                      on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=True)
         return metrics["loss"]
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.model_step(batch, "train")
-        check_finite_loss(loss, self)
-        return loss
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.model_step(batch, "val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self.model_step(batch, "test")
-
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         """Returns the binary predictions and the bit errors of every sequence."""
         logits = self(batch["inputs"])
         predictions = (logits > 0).to(batch["targets"].dtype)
         mask = batch["mask"].unsqueeze(-1)
-        errors = ((predictions != batch["targets"]) * mask).sum(dim=(1, 2))
+        errors = bit_errors_per_sequence(logits, batch["targets"], batch["mask"])
         self._predicted.append((int(batch.get("length", -1)), errors.detach().cpu()))
         if len(self._predicted) == 1:
             self._first_prediction = (batch["targets"][0].cpu(), predictions[0].cpu(), batch["mask"][0].cpu())
@@ -134,158 +138,11 @@ class SequenceModule(pl.LightningModule):
         print("target      ", "  ".join("".join(str(int(v)) for v in row) for row in targets[scored]))
         print("prediction  ", "  ".join("".join(str(int(v)) for v in row) for row in predictions[scored]))
 
-    def configure_optimizers(self) -> Any:
-        return configure_optimizers(self, self.scheduler_interval)
-
-
-def configure_optimizers(module: pl.LightningModule, interval: str) -> Any:
-    """What every memnet module's ``configure_optimizers`` returns.
-
-    ``module.optimizer`` and ``module.scheduler`` are the factories given in the
-    config; the scheduler (if any) is stepped every ``interval`` (``step`` or
-    ``epoch``), monitors ``val/loss`` (for ReduceLROnPlateau) and is checked by
-    :func:`scheduler_config`.
-    """
-    optimizer = module.optimizer(module.parameters())
-    if module.scheduler is None:
-        return optimizer
-    return {"optimizer": optimizer,
-            "lr_scheduler": scheduler_config(module.scheduler(optimizer), interval, module._trainer)}
-
-
-def scheduler_config(scheduler: Any, interval: str, trainer: pl.Trainer | None) -> dict[str, Any]:
-    """Lightning's scheduler entry, after checking that a fixed-length schedule covers the training.
-
-    ``OneCycleLR`` raises once it is stepped past ``total_steps``; rather than fail
-    hours into a run, a training longer than the schedule (``trainer.max_steps``,
-    or ``max_epochs`` × batches per epoch) is refused before the first step, with
-    the two numbers and the field to change.
-    """
-    total = getattr(scheduler, "total_steps", None)
-    if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) and trainer is not None and total is not None:
-        if interval == "step":
-            planned, unit = trainer.max_steps, "trainer.max_steps"
-            if planned is None or planned < 0:
-                try:
-                    planned, unit = trainer.estimated_stepping_batches, "the steps of trainer.max_epochs"
-                except Exception:  # noqa: BLE001 -- no estimate (e.g. an iterable without length): nothing to check
-                    planned = math.inf
-        else:
-            planned, unit = trainer.max_epochs, "trainer.max_epochs"
-            if planned is None or planned < 0:
-                planned = math.inf
-        if math.isfinite(planned) and planned > total:
-            raise ValueError(
-                f"OneCycleLR total_steps is {total} {interval}s but training runs for {int(planned)} "
-                f"({unit}); the schedule would end early and stop training with an error. Set "
-                f"model.init_args.scheduler.init_args.total_steps to at least {int(planned)}, or lower {unit}."
-            )
-    return {"scheduler": scheduler, "interval": interval, "monitor": "val/loss"}
-
-
-def check_precision(module: pl.LightningModule) -> None:
-    """Refuse a ``trainer.precision`` that the network declares it cannot train in.
-
-    A network lists such settings in ``refuses_precisions`` (the DNC: ``16-true``).
-    """
-    trainer = module._trainer
-    precision = str(getattr(trainer, "precision", "")) if trainer is not None else ""
-    net = getattr(module, "net", None)
-    if precision and precision in getattr(net, "refuses_precisions", ()):
-        raise ValueError(
-            f"trainer.precision {precision!r} is not supported by {type(net).__name__} (its gradients "
-            "become non-finite in float16); use --trainer.precision 32-true, bf16-mixed or bf16-true"
-        )
-
-
-def check_finite_loss(loss: torch.Tensor, module: pl.LightningModule) -> None:
-    """Stop training with a clear message when the loss is NaN or infinite."""
-    if not torch.isfinite(loss):
-        raise FloatingPointError(
-            f"training loss became {loss.item()} at step {module.global_step} "
-            f"(epoch {module.current_epoch}); training stopped. Lower the learning rate "
-            "or clip gradients (trainer.gradient_clip_val)."
-        )
-
-
-def sequence_metrics(
-    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """Masked binary cross-entropy and the NTM paper's per-sequence metrics.
-
-    Args:
-        logits: (B, T, D) output logits.
-        targets: (B, T, D) binary targets.
-        mask: (B, T) 1 on scored steps.
-
-    Returns:
-        ``loss`` (mean nats per scored bit), ``bits_per_seq`` and ``bit_errors_per_seq``
-        (sums over a sequence's scored bits, averaged over the batch).
-    """
-    batch_size, _, width = logits.shape
-    mask = mask.unsqueeze(-1)
-    nats = F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * mask
-    scored_bits = (mask.sum() * width).clamp_min(1)
-    errors = ((logits > 0).to(targets.dtype) != targets).to(logits.dtype) * mask
-    return {
-        "loss": nats.sum() / scored_bits,
-        "bits_per_seq": nats.sum() / (batch_size * math.log(2)),
-        "bit_errors_per_seq": errors.sum() / batch_size,
-    }
 
 
 # ----------------------------------------------------------------------------- question answering
 
-FAILED_TASK_ERROR = 5.0  # percent: a bAbI task counts as failed above this test error (Weston et al. 2015)
-
-
-class EpochSums:
-    """Mixin for a LightningModule that sums a statistic over each stage's epoch.
-
-    ``self._epoch_sums[stage]`` is cleared when the stage's epoch starts; when it
-    ends, ``self._log_epoch_metrics(stage)`` turns the sums into logged metrics.
-    """
-
-    _epoch_sums: dict[str, torch.Tensor]
-
-    def _log_epoch_metrics(self, stage: str) -> None:
-        raise NotImplementedError
-
-    def _global_sums(self, sums: torch.Tensor) -> torch.Tensor:
-        """``sums`` (..., K) of this process added up over every process of a DDP run.
-
-        Each process may have seen a different number K of columns (e.g. bAbI tasks
-        present in its share); the narrower are padded with zeros to the widest.
-        """
-        trainer = self.trainer
-        if trainer.world_size <= 1:
-            return sums
-        strategy = trainer.strategy
-        width = int(strategy.reduce(torch.tensor(sums.shape[-1], device=sums.device),
-                                    reduce_op=torch.distributed.ReduceOp.MAX))
-        padded = F.pad(sums, (0, width - sums.shape[-1]))
-        return strategy.reduce(padded, reduce_op="sum")
-
-    def on_train_epoch_start(self) -> None:
-        self._epoch_sums.pop("train", None)
-
-    def on_validation_epoch_start(self) -> None:
-        self._epoch_sums.pop("val", None)
-
-    def on_test_epoch_start(self) -> None:
-        self._epoch_sums.pop("test", None)
-
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch_metrics("train")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics("test")
-
-
-class QAModule(EpochSums, pl.LightningModule):
+class QAModule(MemnetModule):
     """Trains a question-answering model ``net(story, query) -> answer logits (B, A)``.
 
     Batches are dicts as produced by ``tasks.babi`` (``story`` (B, N, J), ``query``
@@ -315,18 +172,19 @@ class QAModule(EpochSums, pl.LightningModule):
         clip_norm: the norm of ``clip_per_matrix``: ``spectral`` (the authors') or ``frobenius``.
     """
 
+    epoch_metric = TaskErrorCounts  # per stage: wrong answers and questions per task
+
     def __init__(
         self,
         net: nn.Module,
         *,
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
-        loss_reduction: str = "mean",
-        scheduler_interval: str = "epoch",
+        loss_reduction: Literal["mean", "sum"] = "mean",
+        scheduler_interval: Interval = "epoch",
         clip_per_matrix: float | None = None,
         clip_norm: ClipNorm = "spectral",
     ) -> None:
-        super().__init__()
         if loss_reduction not in ("mean", "sum"):
             raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
         if scheduler_interval not in ("step", "epoch"):
@@ -335,15 +193,10 @@ class QAModule(EpochSums, pl.LightningModule):
             raise ValueError(f"clip_per_matrix must be a positive norm or null, got {clip_per_matrix!r}")
         if clip_norm not in ("spectral", "frobenius"):
             raise ValueError(f"clip_norm must be 'spectral' or 'frobenius', got {clip_norm!r}")
-        self.scheduler_interval = scheduler_interval
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
-        self.net = net
-        self.optimizer = optimizer
-        self.scheduler = scheduler
+        super().__init__(net, optimizer=optimizer, scheduler=scheduler, scheduler_interval=scheduler_interval)
         self.loss_reduction = loss_reduction
         self.clip_per_matrix = clip_per_matrix
         self.clip_norm = clip_norm
-        self._epoch_sums: dict[str, torch.Tensor] = {}  # stage -> (2, tasks) errors and questions this epoch
 
     def on_fit_start(self) -> None:
         if self.clip_per_matrix is not None and self.trainer.gradient_clip_val:
@@ -367,7 +220,7 @@ class QAModule(EpochSums, pl.LightningModule):
         logits = self(batch["story"], batch["query"])
         answer = batch["answer"]
         loss = F.cross_entropy(logits, answer, reduction=self.loss_reduction)
-        wrong = (logits.argmax(-1) != answer).to(logits.dtype)
+        wrong = answer_errors(logits, answer)
         batch_size = answer.shape[0]
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=True)
@@ -375,49 +228,21 @@ class QAModule(EpochSums, pl.LightningModule):
         self.log(f"{stage}/error", 100 * wrong.mean(), prog_bar=stage != "train", on_step=on_step,
                  on_epoch=True, batch_size=batch_size, sync_dist=True)
         if "task" in batch:
-            tasks = batch["task"]
-            size = int(tasks.max()) + 1
-            counts = torch.stack([
-                torch.zeros(size, device=wrong.device, dtype=wrong.dtype).index_add_(0, tasks, wrong.detach()),
-                torch.zeros(size, device=wrong.device, dtype=wrong.dtype).index_add_(0, tasks, torch.ones_like(wrong)),
-            ])
-            previous = self._epoch_sums.get(stage)
-            if previous is not None:
-                width = max(previous.shape[1], size)
-                counts = F.pad(counts, (0, width - size)) + F.pad(previous, (0, width - previous.shape[1]))
-            self._epoch_sums[stage] = counts
+            self.epoch_metrics.update(stage, wrong, batch["task"])
         return loss
 
-    def _log_epoch_metrics(self, stage: str) -> None:
-        counts = self._epoch_sums.pop(stage, None)
-        if counts is None or self.trainer.sanity_checking:
-            return
-        counts = self._global_sums(counts)
-        present = counts[1] > 0
-        errors = 100 * counts[0][present] / counts[1][present]
-        for task, error in zip(present.nonzero().flatten().tolist(), errors):
-            self.log(f"{stage}/task_{task}/error", error, on_epoch=True, sync_dist=True)
+    def log_epoch_value(self, stage: str, counts: torch.Tensor) -> None:
+        """The epoch's error per task, their mean and the failed tasks (above 5%)."""
+        tasks, errors = task_errors_from_counts(counts)
+        for task, error in zip(tasks, errors):
+            self.log(task_error_key(stage, task), error, on_epoch=True, sync_dist=True)
         self.log(f"{stage}/mean_task_error", errors.mean(), on_epoch=True, sync_dist=True)
-        self.log(f"{stage}/failed_tasks", (errors > FAILED_TASK_ERROR).sum().to(errors.dtype), on_epoch=True, sync_dist=True)
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.model_step(batch, "train")
-        check_finite_loss(loss, self)
-        return loss
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.model_step(batch, "val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self.model_step(batch, "test")
+        self.log(f"{stage}/failed_tasks", float(failed_tasks(errors)), on_epoch=True, sync_dist=True)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         """The predicted answer class of every question, with the true one and the task."""
         logits = self(batch["story"], batch["query"])
         return {"prediction": logits.argmax(-1), "answer": batch["answer"], "task": batch.get("task")}
-
-    def configure_optimizers(self) -> Any:
-        return configure_optimizers(self, self.scheduler_interval)
 
 
 # ----------------------------------------------------------------------------- recurrent family
@@ -453,7 +278,7 @@ class ConditionalSequenceModule(SequenceModule):
         self._free_running(batch, "test")
 
 
-class Seq2SeqModule(pl.LightningModule):
+class Seq2SeqModule(MemnetModule):
     """Trains an encoder–decoder ``net(source (B, S), target (B, T)) -> logits (B, T, V)``.
 
     Batches are dicts as produced by ``tasks.sequences`` token tasks (``source``,
@@ -470,9 +295,13 @@ class Seq2SeqModule(pl.LightningModule):
         net: the network, e.g. ``memnet.models.seq2seq.Seq2Seq``.
         optimizer: optimiser factory; default Adam.
         scheduler: optional learning-rate scheduler factory.
+        scheduler_interval: step the scheduler every ``epoch`` or ``step``.
         seed: seed of the teacher-forcing coin flips.
         print_predictions: sequences printed by ``predict`` (0: none).
     """
+
+    # print_predictions is not saved: a checkpoint's hyper-parameters would override the command line's
+    not_saved = (*MemnetModule.not_saved, "print_predictions")
 
     def __init__(
         self,
@@ -480,17 +309,13 @@ class Seq2SeqModule(pl.LightningModule):
         *,
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: Interval = "epoch",
         seed: int = 0,
         print_predictions: int = 10,
     ) -> None:
-        super().__init__()
         if not isinstance(print_predictions, int) or print_predictions < 0:
             raise ValueError(f"print_predictions must be a non-negative integer, got {print_predictions!r}")
-        # print_predictions is not saved: a checkpoint's hyper-parameters would override the command line's
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "print_predictions"])
-        self.net = net
-        self.optimizer = optimizer
-        self.scheduler = scheduler
+        super().__init__(net, optimizer=optimizer, scheduler=scheduler, scheduler_interval=scheduler_interval)
         self.generator = torch.Generator().manual_seed(seed)
         self.print_predictions = print_predictions
         self._printed = 0
@@ -514,20 +339,9 @@ class Seq2SeqModule(pl.LightningModule):
             accuracy = sequence_accuracy(decoded, target, pad_index=self.net.pad_index).mean()
             self.log(f"{stage}/sequence_accuracy", accuracy, prog_bar=True, on_epoch=True, batch_size=batch_size, sync_dist=True)
             if "length" in batch:
-                self.log(f"{stage}/len_{int(batch['length'])}/sequence_accuracy", accuracy, on_epoch=True,
+                self.log(length_key(stage, int(batch["length"]), "sequence_accuracy"), accuracy, on_epoch=True,
                          batch_size=batch_size, add_dataloader_idx=False, sync_dist=True)
         return metrics["loss"]
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.model_step(batch, "train")
-        check_finite_loss(loss, self)
-        return loss
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.model_step(batch, "val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self.model_step(batch, "test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         """Greedy decoding: the decoded tokens (B, T') and whether each equals its target."""
@@ -556,39 +370,6 @@ class Seq2SeqModule(pl.LightningModule):
             print(" | ".join(line))
             self._printed += 1
 
-    def configure_optimizers(self) -> Any:
-        return configure_optimizers(self, "epoch")
-
-
-def token_metrics(logits: torch.Tensor, target: torch.Tensor, *, pad_index: int = 0) -> dict[str, torch.Tensor]:
-    """Token cross-entropy and accuracy, PAD targets ignored.
-
-    Args:
-        logits: (B, T, V).
-        target: (B, T) token ids.
-        pad_index: the id whose positions are not scored.
-
-    Returns:
-        ``loss`` (mean nats per scored token) and ``token_accuracy``.
-    """
-    scored = target != pad_index
-    loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=pad_index)
-    right = (logits.argmax(-1) == target) & scored
-    return {"loss": loss, "token_accuracy": right.sum() / scored.sum().clamp_min(1)}
-
-
-def sequence_accuracy(decoded: torch.Tensor, target: torch.Tensor, *, pad_index: int = 0) -> torch.Tensor:
-    """Exact match of decoded sequences: decoded (B, T'), target (B, T) -> (B,) float 1/0.
-
-    Sequences are compared up to the target's length (EOS included), the shorter
-    padded with PAD; a decoding that goes on past the target's end (non-PAD
-    tokens there) is wrong.
-    """
-    length = max(decoded.shape[1], target.shape[1])
-    decoded = F.pad(decoded, (0, length - decoded.shape[1]), value=pad_index)
-    target = F.pad(target, (0, length - target.shape[1]), value=pad_index)
-    return (decoded == target).all(dim=1).to(torch.get_default_dtype())
-
 
 def format_tokens(tokens: torch.Tensor, names: dict[int, str]) -> str:
     """tokens (T,) -> "5 3 9 <eos>", special ids by name, trailing PAD dropped."""
@@ -599,7 +380,7 @@ def format_tokens(tokens: torch.Tensor, names: dict[int, str]) -> str:
     return " ".join(names.get(i, str(i)) for i in ids)
 
 
-class RegressionModule(EpochSums, pl.LightningModule):
+class RegressionModule(MemnetModule):
     """Trains a sequence model ``net: (B, T, D_in) -> (B, T, K)`` on real-valued targets.
 
     Batches as ``tasks.sequences.SeriesDataModule`` (``inputs``, ``targets``,
@@ -612,21 +393,10 @@ class RegressionModule(EpochSums, pl.LightningModule):
         net: the network, e.g. ``RecurrentModel`` with an ``EchoStateController``.
         optimizer: optimiser factory; default Adam.
         scheduler: optional learning-rate scheduler factory.
+        scheduler_interval: step the scheduler every ``epoch`` or ``step``.
     """
 
-    def __init__(
-        self,
-        net: nn.Module,
-        *,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        scheduler: LRSchedulerCallable | None = None,
-    ) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
-        self.net = net
-        self.optimizer = optimizer
-        self.scheduler = scheduler
-        self._epoch_sums: dict[str, torch.Tensor] = {}  # stage -> [Σ(y−ŷ)², Σy, Σy², count] this epoch, float64
+    epoch_metric = NRMSESums  # per stage: [Σ(y−ŷ)², Σy, Σy², count] this epoch, float64
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """inputs (B, T, D_in) -> predictions (B, T, K)."""
@@ -634,46 +404,22 @@ class RegressionModule(EpochSums, pl.LightningModule):
 
     def score(self, predictions: torch.Tensor, batch: dict, stage: str) -> torch.Tensor:
         """Masked MSE of ``predictions`` (B, T, K); adds the batch to the epoch's NRMSE sums."""
-        targets, mask = batch["targets"], batch["mask"].unsqueeze(-1)
-        squared = (predictions - targets) ** 2 * mask
-        count = mask.sum() * targets.shape[-1]
-        loss = squared.sum() / count.clamp_min(1)
-        masked = (targets * mask).double()
-        sums = torch.stack([squared.detach().double().sum(), masked.sum(), (masked**2).sum(), count.double()])
-        self._epoch_sums[stage] = sums + self._epoch_sums[stage].to(sums.device) if stage in self._epoch_sums else sums
+        targets, mask = batch["targets"], batch["mask"]
+        loss = masked_mse(predictions, targets, mask)
+        self.epoch_metrics.update(stage, nrmse_sums(predictions, targets, mask))
         self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True,
                  batch_size=targets.shape[0], sync_dist=True)
         return loss
 
-    def _log_epoch_metrics(self, stage: str) -> None:
-        sums = self._epoch_sums.pop(stage, None)
-        if sums is None or self.trainer.sanity_checking:
-            return
-        sums = self._global_sums(sums)
-        if sums[3] == 0:
-            return
-        self.log(f"{stage}/nrmse", nrmse_from_sums(sums).float(), prog_bar=stage != "train", sync_dist=True)
+    def model_step(self, batch: dict, stage: str) -> torch.Tensor:
+        return self.score(self(batch["inputs"]), batch, stage)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self.score(self(batch["inputs"]), batch, "train")
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.score(self(batch["inputs"]), batch, "val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self.score(self(batch["inputs"]), batch, "test")
+    def log_epoch_value(self, stage: str, value: torch.Tensor) -> None:
+        """The NRMSE over the epoch's scored steps (of every DDP process)."""
+        self.log(f"{stage}/nrmse", value.float(), prog_bar=stage != "train", sync_dist=True)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         return {"predictions": self(batch["inputs"]), "targets": batch["targets"], "mask": batch["mask"]}
-
-    def configure_optimizers(self) -> Any:
-        return configure_optimizers(self, "epoch")
-
-
-def nrmse_from_sums(sums: torch.Tensor) -> torch.Tensor:
-    """[Σ(y−ŷ)², Σy, Σy², n] -> √(Σ(y−ŷ)² / (Σy² − (Σy)²/n)), the NRMSE."""
-    squared_error, total, total_squares, count = sums
-    return torch.sqrt(squared_error / (total_squares - total**2 / count))
 
 
 class RidgeReadoutModule(RegressionModule):

@@ -1,4 +1,4 @@
-"""Figures: the NTM paper's picture of memory access.
+"""Figures: the NTM paper's picture of memory access, error versus length, a suite report's plots.
 
 Uses matplotlib's Agg backend, so nothing needs a display.
 """
@@ -6,6 +6,7 @@ Uses matplotlib's Agg backend, so nothing needs a display.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -14,9 +15,13 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.ticker import MaxNLocator
 
+from memnet.metrics import BABI_TASK_KEYS as BABI_TASKS
+from memnet.metrics import FAILED_TASK_ERROR
+
 TOUCHED_WEIGHT = 0.01  # a slot counts as touched once any head gives it this much weight
 MARGIN_SLOTS = 2  # untouched slots shown on either side of the touched ones
 MIN_ROWS = 8  # the fewest memory rows a panel shows
+SUITE_LOG_SCALE_RATIO = 100.0  # a length plot whose values span more than this factor gets a log y-axis
 
 
 def touched_window(touched: torch.Tensor) -> tuple[int, int]:
@@ -201,3 +206,91 @@ def plot_error_vs_length(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_suite_report(report: dict[str, Any], folder: Path) -> list[Path]:
+    """A suite report's figures (``memnet suite report``), as PNG; returns the files written.
+
+    ``lengths.png``: bits per sequence versus length per experiment (mean ± std over seeds),
+    one panel per task. ``babi.png``: test error per bAbI task per model, the published
+    references as markers, the 5% failure line. ``report`` is ``memnet.cli.suite.report.build_report``'s.
+    """
+    written = []
+    metadata = {"Software": None}  # no version stamp: the same report gives the same bytes
+    rows = [r for r in report["lengths"] if any(s is not None for s in r["bits_per_seq"].values())]
+    if rows:
+        tasks = sorted({r["task"] for r in rows})
+        fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+        for ax, task in zip(axes[0], tasks):
+            for row in (r for r in rows if r["task"] == task):
+                points = [(int(n), s) for n, s in row["bits_per_seq"].items() if s is not None]
+                points.sort()
+                ax.errorbar(
+                    [p[0] for p in points],
+                    [p[1]["mean"] for p in points],
+                    yerr=[p[1]["std"] for p in points],
+                    marker="o",
+                    capsize=3,
+                    label=row["experiment"],
+                )
+                if row["training_range"]:  # the longest training length
+                    ax.axvline(row["training_range"][1], color="grey", linestyle=":", linewidth=0.8)
+            values = [
+                s["mean"]
+                for r in rows
+                if r["task"] == task
+                for s in r["bits_per_seq"].values()
+                if s
+            ]
+            if values and min(values) > 0 and max(values) / min(values) > SUITE_LOG_SCALE_RATIO:
+                ax.set_yscale("log")
+            ax.set_title(task)
+            ax.set_xlabel("sequence length")
+            ax.set_ylabel("bits per sequence")
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = folder / "lengths.png"
+        fig.savefig(path, dpi=100, metadata=metadata)
+        plt.close(fig)
+        written.append(path)
+    babi = report["babi"]
+    if babi and any(m["runs"] for m in babi["models"]):
+        models = [m for m in babi["models"] if m["runs"]]
+        fig, ax = plt.subplots(figsize=(12, 4))
+        width = 0.8 / len(models)
+        for i, model in enumerate(models):
+            xs = [int(t) + (i - (len(models) - 1) / 2) * width for t in BABI_TASKS]
+            ys = [(model["per_task"][t] or {}).get("mean", float("nan")) for t in BABI_TASKS]
+            es = [(model["per_task"][t] or {}).get("std", 0.0) for t in BABI_TASKS]
+            ax.bar(xs, ys, width=width, yerr=es, capsize=2, label=model["experiment"])
+        markers = iter("xv^sd+")
+        for ref in babi["references"]:
+            if ref.get("per_task"):
+                ax.plot(
+                    [int(t) for t in BABI_TASKS],
+                    [ref["per_task"][t] for t in BABI_TASKS],
+                    linestyle="none",
+                    marker=next(markers, "."),
+                    color="black",
+                    markersize=4,
+                    zorder=3,
+                    label=f"{ref['label']} (published)",
+                )
+        ax.set_xlim(0.5, len(BABI_TASKS) + 0.5)
+        ax.axhline(
+            FAILED_TASK_ERROR,
+            color="red",
+            linestyle="--",
+            linewidth=0.8,
+            label="5% (failed above)",
+        )
+        ax.set_xticks([int(t) for t in BABI_TASKS])
+        ax.set_xlabel("bAbI task")
+        ax.set_ylabel("test error %")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = folder / "babi.png"
+        fig.savefig(path, dpi=100, metadata=metadata)
+        plt.close(fig)
+        written.append(path)
+    return written

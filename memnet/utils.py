@@ -1,8 +1,10 @@
-"""Small helpers shared across memnet: argument checks, each process's share of the data."""
+"""Small helpers shared across memnet: argument checks, each process's share of the data, the W&B mode."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sized
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -86,6 +88,28 @@ def check_sequence_inputs(inputs: torch.Tensor, input_size: int, *, model: str,
     if memory_size is not None and (isinstance(memory_size, bool) or not isinstance(memory_size, int)
                                     or memory_size < 1):
         raise ValueError(f"{model}: memory_size must be a positive integer, got {memory_size!r}")
+
+
+def wandb_offline() -> bool:
+    """W&B stays offline unless the user opted in with ``WANDB_MODE=online``."""
+    return os.environ.get("WANDB_MODE", "offline") != "online"
+
+
+def wandb_mode() -> str:
+    """``"offline"`` or ``"online"`` for ``wandb.init(mode=...)``, as :func:`wandb_offline` decides."""
+    return "offline" if wandb_offline() else "online"
+
+
+def run_dir(trainer: Any) -> Path:
+    """The folder of a Lightning run: the parent of its checkpoint folder.
+
+    Without checkpointing (e.g. ``fast_dev_run``) it is ``<root>/runs/debug``, so a
+    debug run never writes into the working directory itself.
+    """
+    callback = trainer.checkpoint_callback
+    if not trainer.fast_dev_run and callback is not None and getattr(callback, "dirpath", None):
+        return Path(callback.dirpath).parent
+    return Path(trainer.default_root_dir) / "runs" / "debug"
 
 
 class MemnetError(ValueError):

@@ -39,9 +39,8 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch.utils.data import DataLoader, IterableDataset
 
+from memnet import metrics
 from memnet.utils import distributed_position, distributed_sampler
-
-LOG2 = math.log(2.0)
 
 
 class AlgorithmicTask:
@@ -121,32 +120,19 @@ class AlgorithmicTask:
 
     def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
         """Masked binary cross-entropy, mean nats per scored bit. logits (B, T, output_size) -> ()."""
-        nats, mask = _masked_nats(logits, batch)
-        return nats.sum() / (mask.sum() * logits.shape[-1]).clamp_min(1)
+        return metrics.binary_loss(logits, batch["targets"], batch["mask"])
 
     def bits_per_sequence(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
         """The paper's cost: cross-entropy summed over a sequence's scored bits, in bits. -> (B,)."""
-        nats, _ = _masked_nats(logits, batch)
-        return nats.sum(dim=(1, 2)) / LOG2
+        return metrics.bits_per_sequence(logits, batch["targets"], batch["mask"])
 
     def bit_errors(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
         """Wrong bits (output thresholded at probability ½) per sequence. -> (B,)."""
-        mask = rearrange(batch["mask"], "b t -> b t 1")
-        wrong = ((logits > 0).to(batch["targets"].dtype) != batch["targets"]).to(logits.dtype)
-        return (wrong * mask).sum(dim=(1, 2))
+        return metrics.bit_errors_per_sequence(logits, batch["targets"], batch["mask"])
 
     def accuracy(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
         """Fraction of scored output steps whose every bit is right. -> (B,)."""
-        mask = batch["mask"]
-        wrong = ((logits > 0).to(batch["targets"].dtype) != batch["targets"]).any(dim=-1)
-        right = (~wrong).to(logits.dtype) * mask
-        return right.sum(dim=1) / mask.sum(dim=1).clamp_min(1)
-
-
-def _masked_nats(logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    mask = rearrange(batch["mask"], "b t -> b t 1")
-    nats = F.binary_cross_entropy_with_logits(logits, batch["targets"], reduction="none") * mask
-    return nats, mask
+        return metrics.step_accuracy(logits, batch["targets"], batch["mask"])
 
 
 def _check_int(name: str, value: int, low: int) -> None:

@@ -13,6 +13,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from memnet.cli import babi_table as table_command
+from memnet.cli.babi_table import babi_table
+from memnet.metrics import task_errors
 from tasks import babi
 from tasks.babi import (
     BabiDataModule,
@@ -20,7 +23,6 @@ from tasks.babi import (
     BabiSource,
     UnsafeArchiveError,
     Vocabulary,
-    babi_table,
     collate_babi,
     load_babi,
     parse_babi,
@@ -191,7 +193,7 @@ def test_second_load_comes_from_cache(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("parsed again")
 
-    monkeypatch.setattr(babi, "parse_babi", refuse)
+    monkeypatch.setattr(babi.data, "parse_babi", refuse)  # where load_babi looks it up
     second = load_babi(data_dir=ARCHIVE, cache_dir=tmp_path, tasks=[2])
     assert second["train"]["answer"] == first["train"]["answer"]
     with pytest.raises(AssertionError, match="parsed again"):  # other options: a new build
@@ -434,17 +436,17 @@ def test_babi_table_markdown_and_csv():
 def test_table_command_reads_saved_results(tmp_path, capsys):
     saved = tmp_path / "r.json"
     saved.write_text(json.dumps({"A": {"1": 3.0, "2": 7.0}}))
-    babi.table_main(["--results", str(saved), "--csv", str(tmp_path / "t.csv"), "--markdown", str(tmp_path / "t.md")])
+    table_command.table_main(["--results", str(saved), "--csv", str(tmp_path / "t.csv"), "--markdown", str(tmp_path / "t.md")])
     assert "| 2: two-supporting-facts | 7.0 |" in capsys.readouterr().out
     assert (tmp_path / "t.csv").read_text().splitlines()[2] == "2: two-supporting-facts,7.0"
     with pytest.raises(SystemExit):
-        babi.table_main([])
+        table_command.table_main([])
 
 
 def test_task_errors_from_metrics():
     metrics = {"test/task_2/error": torch.tensor(4.0), "test/task_10/error": 1.5, "test/error": 3.0,
                "val/task_1/error": 9.0}
-    assert babi.task_errors(metrics) == {2: 4.0, 10: 1.5}
+    assert task_errors(metrics) == {2: 4.0, 10: 1.5}
 
 
 # ----------------------------------------------------------------------------- the QA module
@@ -501,7 +503,8 @@ def test_table_command_evaluates_a_trained_checkpoint(tmp_path, monkeypatch, cap
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", str(config), "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
           "--trainer.limit_val_batches=1", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-          f"--trainer.default_root_dir={tmp_path / 'run'}", f"--data.init_args.data_dir={ARCHIVE}",
+          f"--trainer.default_root_dir={tmp_path / 'run'}", f"--checkpoint.dirpath={tmp_path / 'run' / 'checkpoints'}",
+          f"--data.init_args.data_dir={ARCHIVE}",
           f"--data.init_args.cache_dir={tmp_path / 'cache'}", "--data.init_args.tasks=[1, 6]"])
     checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert checkpoint.is_file() and (tmp_path / "run" / "config.yaml").is_file()

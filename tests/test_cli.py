@@ -145,3 +145,28 @@ def test_one_cycle_schedule_as_long_as_training_runs_to_the_end(tmp_path):
     main(["fit", "--config", SMALL, *TINY, *ONE_CYCLE, "--model.init_args.scheduler.init_args.total_steps=4"])
     latest = json.loads((tmp_path / "runs" / "latest.json").read_text())
     assert torch.load(latest["last_checkpoint"], weights_only=False)["global_step"] == 4
+
+
+def test_help_lists_every_subcommand_and_python_dash_m_memnet_runs_it():
+    import subprocess
+    import sys
+
+    from memnet.cli import COMMANDS, LIGHTNING_COMMANDS
+
+    done = subprocess.run([sys.executable, "-m", "memnet", "--help"], check=False, capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    listed = [line.split()[0] for line in done.stdout.splitlines() if line.startswith("  ")]
+    assert listed == [*LIGHTNING_COMMANDS, *COMMANDS]
+    assert {"fit", "evaluate", "probe", "suite", "data", "babi-table"} <= set(listed)
+
+
+def test_a_normal_invocation_prints_no_args_and_sys_argv_warning():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "memnet", "fit", "--config", SMALL, "--print_config"],
+                          check=False, capture_output=True, text=True, cwd=ROOT, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert "class_path: memnet.models.ntm.NTM" in done.stdout
+    assert "args parameter is intended" not in done.stderr

@@ -259,9 +259,9 @@ def test_saved_run_config_is_the_resolved_whole_and_rebuilds_the_run(tmp_path, m
     assert "extends" not in content
     assert content["model"]["init_args"]["scheduler"]["init_args"]["total_steps"] == 4000
     assert content["model"]["init_args"]["optimizer"]["init_args"]["lr"] == 0.003
-    from memnet.evaluation import _without_run_keys
+    from memnet.cli.rebuild import config_text
 
-    cli = memnet.cli.MemnetCLI(args=["--config", _without_run_keys(saved), "--trainer.logger=false"], run=False)
+    cli = memnet.cli.MemnetCLI(args=["--config", config_text(saved), "--trainer.logger=false"], run=False)
     assert cli.model.net.memory_size == 32
 
 

@@ -165,3 +165,58 @@ def test_inductor_compiled_equals_eager(make):
     torch._dynamo.reset()
     net = make(engine="compiled")
     _assert_engines_equal(net, ["compiled"], batch=2, steps=4, dtype=torch.float32)
+
+
+def test_state_dict_keys_and_parameter_order_are_those_of_earlier_checkpoints():
+    # Checkpoints written before the shared core (keys and optimizer-state order) still load.
+    ntm = NTM(4, 3, controller=partial(LSTMController, hidden_size=5), memory_size=6, word_size=2)
+    assert list(ntm.state_dict()) == [
+        "controller.lstm.weight_ih_l0", "controller.lstm.weight_hh_l0", "controller.lstm.bias_ih_l0",
+        "controller.lstm.bias_hh_l0", "heads.project.weight", "heads.project.bias", "output.weight", "output.bias"]
+    dnc = DNC(4, 3, controller=partial(LSTMController, hidden_size=5), memory_size=6, word_size=2)
+    assert [name for name, _ in dnc.named_parameters()] == [
+        "controller.lstm.weight_ih_l0", "controller.lstm.weight_hh_l0", "controller.lstm.bias_ih_l0",
+        "controller.lstm.bias_hh_l0", "interface.project.weight", "interface.project.bias", "output.weight",
+        "output.bias"]
+
+
+TINY_COMPILED_RUN = """
+seed_everything: 0
+trainer: {max_steps: 2, logger: false, enable_progress_bar: false, enable_model_summary: false,
+          limit_val_batches: 1, default_root_dir: run}
+model:
+  class_path: memnet.lightning.SequenceModule
+  init_args:
+    net:
+      class_path: memnet.models.ntm.NTM
+      init_args:
+        memory_size: 7
+        word_size: 5
+        engine: compiled
+        compile_backend: eager
+        controller: {class_path: memnet.controllers.LSTMController, init_args: {hidden_size: 4}}
+data:
+  class_path: tasks.algorithmic.AlgorithmicDataModule
+  init_args:
+    task: {class_path: tasks.algorithmic.CopyTask, init_args: {width: 3, min_length: 1, max_length: 4}}
+    batch_size: 3
+    batches_per_epoch: 2
+    val_lengths: [4]
+    val_size: 3
+"""
+
+
+@pytest.mark.slow
+def test_a_compiled_config_trains_through_the_cli_and_resumes(tmp_path, monkeypatch):
+    from memnet.cli import main as memnet_main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.yaml").write_text(TINY_COMPILED_RUN)
+    torch._dynamo.reset()
+    memnet_main(["fit", "--config", "tiny.yaml"])
+    (checkpoint,) = tmp_path.glob("**/checkpoints/last.ckpt")
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 2
+    memnet_main(["fit", "--config", "tiny.yaml", "--trainer.max_steps", "4", "--ckpt_path", str(checkpoint)])
+    resumed = max(tmp_path.glob("**/checkpoints/last.ckpt"), key=lambda path: path.stat().st_mtime)
+    assert torch.load(resumed, map_location="cpu", weights_only=False)["global_step"] == 4

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from memnet import suite as S
-from memnet.cli import launcher as L
+from memnet.cli.suite import launcher as L
 from memnet.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""RelapseWatch: fires on a relapse and not on noise, reports it, restores the best weights exactly, lowers the lr; ConvergenceLRDecay."""
+"""RelapseWatch: fires on a relapse and not on noise, reports it, restores the best weights exactly, lowers the lr."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from memnet.callbacks import ConvergenceLRDecay, RelapseWatch
+from memnet.callbacks import RelapseWatch
 
 
 def test_fires_on_a_relapse_once_per_excursion():
@@ -127,32 +127,6 @@ def test_relapse_event_reaches_the_logger(tmp_path):
     header = rows[0].split(",")
     events = [dict(zip(header, row.split(","))) for row in rows[1:] if row.split(",")[header.index("relapse/event")]]
     assert [(e["step"], float(e["relapse/value"])) for e in events] == [("4", 40.0)]  # two batches an epoch: the second validation is at step 4
-
-
-def test_convergence_decay_lowers_the_schedule_once(tmp_path):
-    snapshots = []
-    decay = ConvergenceLRDecay(threshold=0.1, factor=0.1)
-    # converged at the second validation (step 8), stays low; the schedule must keep its shape x 0.1 from there
-    fit_scripted(tmp_path, [5.0, 0.05, 0.01, 0.2], decay, snapshots)
-    assert decay.decayed_at == 8
-    reference = torch.optim.lr_scheduler.OneCycleLR(torch.optim.Adam([torch.zeros(1)], lr=0.1), max_lr=0.1,
-                                                    total_steps=100)
-    scheduled = []
-    for _ in range(17):
-        scheduled.append(reference.get_last_lr()[0])
-        reference.optimizer.step()
-        reference.step()
-    lrs = [lr for *_, lr in snapshots]  # the lr each validation saw (the snapshot runs before the decay)
-    assert lrs[0] == pytest.approx(scheduled[4]) and lrs[1] == pytest.approx(scheduled[8])
-    assert lrs[2] == pytest.approx(scheduled[12] * 0.1) and lrs[3] == pytest.approx(scheduled[16] * 0.1)
-    assert decay.state_dict() == {"decayed_at": 8}
-
-
-@pytest.mark.parametrize("kwargs, field", [({"threshold": 0}, "threshold"), ({"factor": 1.0}, "factor"),
-                                           ({"factor": 0}, "factor")])
-def test_convergence_decay_refuses_bad_settings(kwargs, field):
-    with pytest.raises(ValueError, match=field):
-        ConvergenceLRDecay(**kwargs)
 
 
 def test_history_and_events_survive_a_checkpoint():

@@ -1,4 +1,4 @@
-"""memnet.suite: suite files, running (resumable, failures isolated), reports, references."""
+"""memnet.cli.suite (memnet suite): suite files, running (resumable, failures isolated), reports, references."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import pytest
 import torch
 import yaml
 
-from memnet import suite as S
 from memnet.cli import main as cli_main
+from memnet.cli import suite as S
+from memnet.cli.suite import evaluators
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -234,7 +235,7 @@ def test_report_has_one_row_per_experiment_with_mean_and_std(finished):
 
 def test_missing_evaluation_code_is_reported_not_faked(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(S, "find_spec", lambda name: None)
+    monkeypatch.setattr(evaluators, "find_spec", lambda name: None)
     path = write_suite(tmp_path / "s.yaml", [NTM])
     (experiment,) = S.load_suite(path).experiments
     run = S.Run("tiny", experiment, 0, tmp_path)
@@ -701,7 +702,7 @@ def test_smoke_suite_runs_every_experiment_in_under_three_minutes(tmp_path, monk
 def test_shipped_suite_budgets_fit_inside_their_one_cycle_schedules():
     """A step budget past a OneCycleLR's total_steps is refused at the start of training."""
     from memnet.cli.configs import load_config
-    from memnet.suite import load_suite
+    from memnet.cli.suite import load_suite
 
     root = Path(__file__).resolve().parents[1]
     checked = 0

@@ -6,7 +6,7 @@ training step: the loss, the learning rate, the gradient norm before clipping
 the heads and the controller produced during that step's forward pass (key
 strengths β, sharpening γ, interpolation gates g, shift distributions, the
 weightings' entropy, the memory's norm, the LSTM's gate pre-activations and cell
-state). Used from a config as ``class_path: diagnostics.AddressingDiagnostics``
+state; the LSTM only on the ``eager`` engine, whose steps call ``controller.step``). Used from a config as ``class_path: diagnostics.AddressingDiagnostics``
 with this folder on PYTHONPATH.
 """
 
@@ -74,8 +74,8 @@ class AddressingDiagnostics(pl.Callback):
         heads_forward = heads.forward
         controller_step = controller.step
 
-        def recorded_heads(hidden, prev_weights, memory):
-            out = heads_forward(hidden, prev_weights, memory)
+        def recorded_heads(hidden, prev_weights, memory, **kwargs):
+            out = heads_forward(hidden, prev_weights, memory, **kwargs)
             if callback.recorder is not None:
                 callback._record_heads(heads, hidden, memory, out)
             return out

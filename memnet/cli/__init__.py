@@ -3,13 +3,19 @@
     memnet fit --config configs/ntm/copy.yaml              train
     memnet validate --config ... --ckpt_path PATH           evaluate a checkpoint on the validation set
     memnet test / predict ...                               likewise on the test set
-    memnet evaluate --ckpt_path PATH --lengths 20 40 80     length generalisation (see memnet.evaluation)
-    memnet probe configs/probe/*.yaml --out PNG             ‖∂L/∂h(t)‖ of each config's model (see memnet.probe)
-    memnet figures [--only NAME ...] [--out DIR]            the chapter's figures into docs/figures (see memnet.cli.figures)
-    memnet suite run configs/suites/smoke.yaml --jobs 2     a suite of experiments × seeds (see memnet.suite)
+    memnet evaluate --ckpt_path PATH --lengths 20 40 80     length generalisation (memnet.cli.evaluate)
+    memnet probe configs/probe/*.yaml --out PNG             ‖∂L/∂h(t)‖ of each config's model (memnet.cli.probe)
+    memnet figures [--only NAME ...] [--out DIR]            the chapter's figures into docs/figures (memnet.cli.figures)
+    memnet suite run configs/suites/smoke.yaml --jobs 2     a suite of experiments × seeds (memnet.cli.suite)
     memnet suite report runs/suites/smoke                   its leaderboard, tables and plots
-    memnet export --ckpt_path PATH --out DIR                the network as safetensors + config (memnet.models.load)
+    memnet export --ckpt_path PATH --out DIR                the network as safetensors + config (memnet.cli.export)
     memnet configs [NAME]                                   the shipped configs (--config ntm/copy works too)
+    memnet data babi                                        fetch, verify and extract bAbI (memnet.cli.data)
+    memnet babi-table --ckpt_path PATH                      test error per bAbI task (memnet.cli.babi_table)
+
+This package is the top floor: nothing in memnet or tasks imports it. One module per
+subcommand; ``memnet.cli.lightning_cli`` holds the Lightning CLI with memnet's defaults
+and ``memnet.cli.rebuild`` the one way to rebuild a run from its checkpoint and config.
 
 Configs stack (``--config a.yaml --config b.yaml``, later wins; inside a file,
 ``extends: [fragment.yaml]``, see memnet.cli.configs) and any field can
@@ -22,236 +28,67 @@ runs are written under ``runs/`` of the working directory.
 
 from __future__ import annotations
 
-import contextlib
-import json
+import importlib
 import os
 import sys
-import time
-from pathlib import Path
-from typing import Any
 
-import pytorch_lightning as pl
 import yaml
-from jsonargparse import lazy_instance
-from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from pytorch_lightning.loggers import WandbLogger
-from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from memnet.callbacks import LastAndBestCheckpoint, run_dir
-from memnet.checkpoint import check_finite_state, unreadable_checkpoint
-from memnet.cli.configs import ConfigError, find_config, resolve_config_args
+from memnet.cli.configs import ConfigError, find_config
 from memnet.cli.errors import TRACEBACK_ENV, ckpt_path_of, one_line
-from memnet.utils import MemnetError
+from memnet.cli.lightning_cli import (
+    LATEST_RUN_FILE,
+    RUNS_DIR,
+    AtomicCheckpointIO,
+    MemnetCLI,
+    RunConfigSaver,
+)
+from memnet.utils import MemnetError, wandb_offline
 
-RUNS_DIR = "runs"
-LATEST_RUN_FILE = Path(RUNS_DIR) / "latest.json"
+__all__ = [
+    "COMMANDS",
+    "LATEST_RUN_FILE",
+    "RUNS_DIR",
+    "AtomicCheckpointIO",
+    "MemnetCLI",
+    "RunConfigSaver",
+    "main",
+    "wandb_offline",
+]
 
+LIGHTNING_COMMANDS = {
+    "fit": "train a model: memnet fit --config configs/ntm/copy.yaml",
+    "validate": "score a checkpoint on the validation set (--config, --ckpt_path)",
+    "test": "score a checkpoint on the test set (--config, --ckpt_path)",
+    "predict": "print a checkpoint's predictions on the predict set (--config, --ckpt_path)",
+}
 
-def wandb_offline() -> bool:
-    """W&B stays offline unless the user opted in with ``WANDB_MODE=online``."""
-    return os.environ.get("WANDB_MODE", "offline") != "online"
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file, then renames it into place.
-
-    A crash while saving leaves the previous checkpoint intact; a reader never
-    sees a half-written file. The ``.partial`` files a crash left behind are
-    removed at the next save. A write that fails (disk full, folder read-only)
-    removes its own ``.partial`` file and stops the run with one line naming the file.
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        path = Path(path)
-        partial = path.with_name(f".{path.name}.partial")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            for stale in path.parent.glob(".*.partial"):  # left by a save that was killed
-                stale.unlink(missing_ok=True)
-            super().save_checkpoint(checkpoint, partial, storage_options)
-            os.replace(partial, path)
-        except Exception as error:  # noqa: BLE001 -- torch.save reports a full disk as a RuntimeError
-            with contextlib.suppress(OSError):
-                partial.unlink(missing_ok=True)
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
-            raise MemnetError(f"could not write the checkpoint {path}: {reason} (is the disk full or the "
-                              "folder read-only?)") from None
-
-    def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
-                        ) -> dict[str, Any]:
-        """Lightning's loading, with a damaged file or non-finite weights reported in one line naming it."""
-        try:
-            checkpoint = super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
-        except FileNotFoundError:
-            raise MemnetError(f"--ckpt_path: no checkpoint file at {path}") from None
-        except Exception as error:  # noqa: BLE001 -- torch.load raises many kinds on a damaged file
-            raise unreadable_checkpoint(path, error) from None
-        if isinstance(checkpoint.get("state_dict"), dict):
-            check_finite_state(checkpoint["state_dict"], path)
-        self.loaded_step = checkpoint.get("global_step")  # after fit: did this run train at all?
-        return checkpoint
+# name -> (module with main(argv), one line of help); each module is imported only when its command runs
+COMMANDS: dict[str, tuple[str, str]] = {
+    "evaluate": ("memnet.cli.evaluate", "length generalisation of a checkpoint: table, figures, results.json"),
+    "probe": ("memnet.cli.probe", "gradient through time, ‖∂L/∂h(t)‖, of each config's model in one figure"),
+    "figures": ("memnet.cli.figures", "the chapter's figures into docs/figures (--only NAME ...)"),
+    "suite": ("memnet.cli.suite", "run a suite of experiments × seeds, then its leaderboard and plots"),
+    "export": ("memnet.cli.export", "a checkpoint's network as safetensors + config (memnet.models.load)"),
+    "configs": ("memnet.cli.configs", "list the shipped configs, or print one resolved (memnet configs NAME)"),
+    "data": ("memnet.cli.data", "fetch, verify and extract a data set (memnet data babi)"),
+    "babi-table": ("memnet.cli.babi_table", "test error per bAbI task of checkpoints, markdown and CSV"),
+}
 
 
-class RunConfigSaver(SaveConfigCallback):
-    """Saves the full resolved config as ``config.yaml`` in the run's own folder.
-
-    The folder is the parent of the checkpoint folder, so ``memnet evaluate
-    --ckpt_path runs/.../checkpoints/last.ckpt`` finds the config beside it.
-    """
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        pass  # the checkpoint folder is only known once ModelCheckpoint is set up
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.already_saved or not trainer.is_global_zero:
-            return
-        path = run_dir(trainer) / "config.yaml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=False)
-        self.already_saved = True
-
-
-class MemnetCLI(LightningCLI):
-    """LightningCLI with memnet's defaults: W&B offline, checkpoints of last and best, seeding."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("subclass_mode_model", True)
-        kwargs.setdefault("subclass_mode_data", True)
-        kwargs.setdefault("seed_everything_default", 0)
-        kwargs.setdefault("save_config_callback", RunConfigSaver)
-        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        kwargs.setdefault("parser_kwargs", {"default_env": False})
-        kwargs.setdefault(
-            "trainer_defaults",
-            {
-                "logger": lazy_instance(
-                    WandbLogger, save_dir=RUNS_DIR, project="memnet", offline=wandb_offline()
-                ),
-                "enable_progress_bar": True,
-            },
-        )
-        super().__init__(*args, **kwargs)
-
-    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        """``--config`` values resolved first: shipped names, ``extends`` stacked (memnet.cli.configs)."""
-        if isinstance(args, list):
-            try:
-                args = resolve_config_args(args)
-            except ConfigError as error:
-                raise MemnetError(str(error)) from None  # one line from main, exit 2
-        super().parse_arguments(parser, args)
-
-    def _parse_ckpt_path(self) -> None:
-        """The config given on the command line is authoritative.
-
-        Lightning would otherwise apply the hyper-parameters saved in a checkpoint
-        over ``--config`` and command-line values, so ``memnet test --ckpt_path X
-        --model.init_args.eval_memory_size 512`` would silently use the saved value.
-        The run's full config is kept beside its checkpoints (``config.yaml``).
-        """
-
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> pl.Trainer:
-        if not config.get("plugins"):
-            config["plugins"] = [AtomicCheckpointIO()]
-        self._place_run(config, callbacks)
-        return super()._instantiate_trainer(config, callbacks)
-
-    def _place_run(self, config: dict[str, Any], callbacks: list) -> None:
-        """Give the run its folder: its own under ``runs/``, or, resuming, the folder it was in.
-
-        * ``fit --ckpt_path <run>/checkpoints/last.ckpt`` continues ``<run>``: checkpoints,
-          config and summary go there, and the W&B run of the same id is resumed
-          (``resume="allow"``; W&B names the folder after its run id).
-        * Without a logger (``--trainer.logger false``) Lightning would use the working
-          folder itself; the run gets ``<default_root_dir>/runs/memnet/run-<time>-<pid>/``.
-        An explicit ``--checkpoint.dirpath`` is left alone.
-        """
-        checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
-        if checkpoint is None or checkpoint.dirpath is not None:
-            return
-        resumed = self._resumed_run_dir()
-        logger = config.get("logger")
-        if resumed is not None:
-            checkpoint.dirpath = str(resumed / "checkpoints")
-            for item in logger if isinstance(logger, list) else [logger]:
-                if isinstance(item, WandbLogger) and getattr(item, "_experiment", None) is None:
-                    # WandbLogger keeps its wandb.init arguments here until the run starts
-                    item._wandb_init.update(id=resumed.name, resume="allow")
-                    item._id = resumed.name
-        elif not logger:
-            root = Path(config.get("default_root_dir") or ".")
-            stem = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-            folder, count = root / RUNS_DIR / "memnet" / stem, 1
-            while folder.exists():  # two runs of one process within a second
-                count += 1
-                folder = folder.with_name(f"{stem}-{count}")
-            checkpoint.dirpath = str((folder / "checkpoints").resolve())
-
-    def _resumed_run_dir(self) -> Path | None:
-        """The run folder of ``fit --ckpt_path`` when the checkpoint sits in a run's ``checkpoints/``."""
-        if self.subcommand != "fit":
-            return None
-        ckpt_path = self.config.get(self.subcommand, {}).get("ckpt_path")
-        if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
-            return None
-        path = Path(ckpt_path).resolve()
-        return path.parent.parent if path.parent.name == "checkpoints" else None
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(LastAndBestCheckpoint, "checkpoint")
-        parser.set_defaults(
-            {
-                "checkpoint.monitor": "val/loss",
-                "checkpoint.mode": "min",
-                "checkpoint.save_last": True,
-                "checkpoint.filename": "best-{epoch:03d}-{step}",
-                "checkpoint.enable_version_counter": False,  # a resumed run rewrites its last.ckpt, not last-v1.ckpt
-            }
-        )
-        parser.link_arguments("data.input_size", "model.init_args.net.init_args.input_size", apply_on="instantiate")
-        parser.link_arguments("data.output_size", "model.init_args.net.init_args.output_size", apply_on="instantiate")
-
-    def after_fit(self) -> None:
-        trainer = self.trainer
-        if trainer.fast_dev_run or not trainer.is_global_zero:
-            return
-        loaded_step = getattr(trainer.strategy.checkpoint_io, "loaded_step", None)
-        if loaded_step is not None and loaded_step == trainer.global_step:  # resumed a finished run
-            print(f"\nnothing to train: the checkpoint is already at step {loaded_step} (trainer.max_steps / "
-                  f"max_epochs reached); {run_dir(trainer)} and {LATEST_RUN_FILE} are left as they were")
-            return
-        callback = trainer.checkpoint_callback
-        summary = {
-            "run_dir": str(run_dir(trainer)),
-            "config": str(run_dir(trainer) / "config.yaml"),
-            "best_checkpoint": getattr(callback, "best_model_path", "") or None,
-            "last_checkpoint": getattr(callback, "last_model_path", "") or None,
-            "wandb_dir": _wandb_dir(trainer),
-            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
-        }
-        LATEST_RUN_FILE.parent.mkdir(parents=True, exist_ok=True)
-        (run_dir(trainer) / "summary.json").write_text(json.dumps(summary, indent=2))
-        LATEST_RUN_FILE.write_text(json.dumps(summary, indent=2))
-        print("\nrun folder:       ", summary["run_dir"])
-        print("best checkpoint:  ", summary["best_checkpoint"])
-        print("last checkpoint:  ", summary["last_checkpoint"])
-        if summary["wandb_dir"]:
-            print("W&B run:          ", summary["wandb_dir"], "(offline)" if wandb_offline() else "")
-
-
-def _wandb_dir(trainer: pl.Trainer) -> str | None:
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            try:
-                return str(Path(logger.experiment.dir).parent)
-            except Exception:  # noqa: BLE001 -- a disabled or failed W&B run: the rest of the summary still stands
-                return None
-    return None
+def usage() -> str:
+    """``memnet --help``: every subcommand with a line each."""
+    width = max(map(len, [*LIGHTNING_COMMANDS, *COMMANDS]))
+    lines = ["usage: memnet SUBCOMMAND [options]   (memnet SUBCOMMAND --help for its options)", "",
+             "Differentiable neural memory: train, evaluate and compare NTM, DNC, MemN2N and",
+             "recurrent models. W&B logs offline unless WANDB_MODE=online.", "", "subcommands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in LIGHTNING_COMMANDS.items()]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``memnet`` console script.
+    """Entry point of the ``memnet`` console script (and of ``python -m memnet``).
 
     A known problem (bad value, damaged file, unwritable folder, see
     ``memnet.cli.errors``) is printed as one line ``memnet: …`` and exits with
@@ -270,50 +107,14 @@ def main(argv: list[str] | None = None) -> None:
 
 def _dispatch(argv: list[str]) -> None:
     """Run the subcommand ``argv`` names."""
-    if argv and argv[0] == "evaluate":
-        from memnet.evaluation import main as evaluate_main
-
-        evaluate_main(argv[1:])
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
         return
-    if argv and argv[0] == "probe":  # gradient-through-time comparison of configs (see memnet.probe)
-        from memnet.probe import main as probe_main
-
-        probe_main(argv[1:])
-        return
-    if argv and argv[0] == "figures":  # the chapter's pictures (see memnet.cli.figures)
-        from memnet.cli.figures import main as figures_main
-
-        figures_main(argv[1:])
-        return
-    if argv and argv[0] == "export":  # a checkpoint's network as safetensors + config (memnet.cli.export)
-        from memnet.cli.export import main as export_main
-
-        raise SystemExit(export_main(argv[1:]))
-    if argv and argv[0] == "suite":
-        from memnet.suite import main as suite_main
-
-        raise SystemExit(suite_main(argv[1:]))
-    if argv and argv[0] == "data":  # memnet data babi [--dest DIR] [--archive FILE]: fetch, verify, extract
-        datasets_available = ("babi",)
-        if len(argv) < 2 or argv[1] not in datasets_available:
-            raise SystemExit(f"memnet data: name a data set, one of {', '.join(datasets_available)} "
-                             "(e.g. `memnet data babi --help`)")
-        from tasks.babi import UnsafeArchiveError, data_main
-
-        try:
-            data_main(argv[2:])
-        except (UnsafeArchiveError, ValueError, OSError) as error:
-            raise SystemExit(f"memnet data babi: {error}") from None
-        return
-    if argv and argv[0] == "configs":  # memnet configs [NAME]: the shipped configs (see memnet.cli.configs)
-        from memnet.cli.configs import main as configs_main
-
-        configs_main(argv[1:])
-        return
-    if argv and argv[0] == "babi-table":  # test error per bAbI task of checkpoints, markdown + CSV
-        from tasks.babi import table_main
-
-        table_main(argv[1:])
+    if argv[0] in COMMANDS:
+        module = importlib.import_module(COMMANDS[argv[0]][0])
+        code = module.main(argv[1:])
+        if isinstance(code, int) and not isinstance(code, bool):  # a command that returns its exit status
+            raise SystemExit(code)
         return
     check_config_files(argv)
     MemnetCLI(args=argv)

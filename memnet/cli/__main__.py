@@ -1,5 +1,6 @@
-"""`python -m memnet.cli`: the `memnet` command (the suite starts its runs this way)."""
+"""``python -m memnet.cli``: the ``memnet`` command (as ``python -m memnet``)."""
 
 from memnet.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

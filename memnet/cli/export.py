@@ -24,13 +24,8 @@ from typing import Any
 
 import torch
 
-from memnet.evaluation import (
-    EvaluationError,
-    default_config,
-    instantiate,
-    load_checkpoint,
-    resolve_checkpoint,
-)
+from memnet.cli.rebuild import RebuildError as EvaluationError
+from memnet.cli.rebuild import default_config, instantiate, load_checkpoint, resolve_checkpoint
 from memnet.models.pretrained import HUB_REPO_ID, PretrainedError, push_to_hub, save
 
 

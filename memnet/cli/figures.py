@@ -229,7 +229,8 @@ class Models:
         return recipe.fresh(self.seed) if isinstance(recipe, Recipe) else None
 
     def _read(self, path: Path) -> tuple[nn.Module, Any]:
-        from memnet.evaluation import EvaluationError, build, default_config
+        from memnet.cli.rebuild import RebuildError as EvaluationError
+        from memnet.cli.rebuild import build, default_config
 
         config = path.with_suffix(".yaml")
         try:
@@ -312,7 +313,7 @@ def _access(role: str, name: str, length: int, repeats: int | None = None) -> Ca
 
 
 def figure_error_vs_length(out: Path, models: Models, seed: int) -> list[Path]:
-    from memnet.evaluation import evaluate_length, slots_for
+    from memnet.cli.evaluate import evaluate_length, slots_for
 
     net, task = models.get("ntm-copy", "error-vs-length")
     holder = nn.Module()

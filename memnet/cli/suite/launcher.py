@@ -46,7 +46,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memnet.suite import Run, Suite, SuiteError, SuiteRunner, _terminate, expand_runs
+from memnet.cli.suite.errors import SuiteError
+from memnet.cli.suite.runner import Run, SuiteRunner, _terminate, expand_runs
+from memnet.cli.suite.spec import Suite
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
 JOBS_DIR = "jobs"  # submitit's folder (scripts, pickles, logs) inside the results folder

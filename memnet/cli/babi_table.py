@@ -1,0 +1,130 @@
+"""``memnet babi-table``: test error per bAbI task of checkpoints, as the papers print it.
+
+    memnet babi-table --ckpt_path RUN/checkpoints/last.ckpt [--name MemN2N] [--config C]
+                      [--results saved.json] [--markdown T.md] [--csv T.csv] [--json T.json]
+
+Each checkpoint is tested with its run's ``config.yaml`` (``memnet.cli.rebuild``);
+checkpoints given the same ``--name`` fill one column. The per-task errors are the
+``test/task_<k>/error`` a ``memnet.lightning.QAModule`` logs; the mean error and the
+failed-task count (above 5%) are ``memnet.metrics``'s.
+
+``--json`` writes (and ``--results`` reads) the one schema of per-task errors:
+``{column name: {task: error %}}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from memnet.cli import tables
+from memnet.cli.rebuild import RebuildError, run_stage
+from memnet.metrics import FAILED_TASK_ERROR, failed_tasks, mean_error, task_errors
+from tasks.babi import ALL_TASKS, TASK_NAMES
+
+
+def read_results(path: str | Path) -> dict[str, dict[int, float]]:
+    """Per-task errors saved by ``--json``: {column name: {task: error %}}; the file is named on error."""
+    path = Path(path)
+    try:
+        loaded = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise RebuildError(f"{path} line {error.lineno} is not JSON: {error.msg}") from None
+    if not isinstance(loaded, dict) or not all(isinstance(v, dict) for v in loaded.values()):
+        raise RebuildError(f"{path}: expected {{column name: {{task: error %}}}} as written by --json")
+    try:
+        return {name: {int(t): float(e) for t, e in errors.items()} for name, errors in loaded.items()}
+    except (TypeError, ValueError):
+        raise RebuildError(f"{path}: tasks must be integers and errors numbers") from None
+
+
+def babi_table(results: dict[str, dict[int, float]], *, tasks: Sequence[int] = ALL_TASKS) -> tuple[str, str]:
+    """The papers' table: a row per task, a column per model, then mean error and failed tasks.
+
+    Args:
+        results: model name -> {task number -> test error in percent}.
+        tasks: the rows.
+
+    Returns:
+        (markdown, csv). A task a model was not evaluated on is ``–`` (empty in
+        CSV); the mean and the failed count (error > 5%) are over the tasks evaluated,
+        with their number in brackets when it is not every row.
+    """
+    names = list(results)
+
+    def summary(errors: dict[int, float]) -> tuple[str, str]:
+        values = [errors[t] for t in tasks if t in errors]
+        if not values:
+            return "", ""
+        suffix = "" if len(values) == len(tasks) else f" ({len(values)} tasks)"
+        return f"{mean_error(values):.1f}{suffix}", f"{failed_tasks(values)}{suffix}"
+
+    header = ["task"] + names
+    rows = [[f"{t}: {TASK_NAMES[t]}"] + [f"{results[n][t]:.1f}" if t in results[n] else "" for n in names]
+            for t in tasks]
+    summaries = [summary(results[n]) for n in names]
+    rows.append(["mean error (%)"] + [s[0] for s in summaries])
+    rows.append([f"failed tasks (> {FAILED_TASK_ERROR:g}%)"] + [s[1] for s in summaries])
+    markdown = tables.markdown_table(header, rows, align=["left"] + ["right"] * len(names), empty="–")
+    return markdown, tables.csv_table(header, rows)
+
+
+def evaluate_checkpoint(ckpt_path: str | Path, config: str | Path | None = None,
+                        overrides: Sequence[str] = ()) -> dict[int, float]:
+    """Test error per task of one checkpoint, run through ``memnet test`` with the run's config.
+
+    The config defaults to ``config.yaml`` of the run folder (the parent of the
+    checkpoint's folder), as saved by ``memnet fit``.
+    """
+    errors = task_errors(run_stage("test", ckpt_path, config, overrides), "test")
+    if not errors:
+        raise RebuildError(f"{ckpt_path}: the test logged no per-task errors (is its model a memnet QAModule?)")
+    return errors
+
+
+def table_main(argv: Sequence[str] | None = None) -> dict[str, dict[int, float]]:
+    """``memnet babi-table``: evaluate checkpoints on the test set and print the bAbI table."""
+    parser = argparse.ArgumentParser(
+        prog="memnet babi-table",
+        description="Test error per bAbI task for each checkpoint, as a markdown and CSV table. "
+                    "Checkpoints given the same --name (e.g. one per task) fill one column.",
+    )
+    parser.add_argument("--ckpt_path", action="append", default=[], help="a checkpoint (repeat for more)")
+    parser.add_argument("--name", action="append", default=[],
+                        help="column name of each --ckpt_path, in order (default: the run folder's name)")
+    parser.add_argument("--config", action="append", default=[],
+                        help="config of each --ckpt_path, in order (default: config.yaml of its run folder)")
+    parser.add_argument("--results", action="append", default=[],
+                        help="a JSON file written by --json, to add its columns without evaluating again")
+    parser.add_argument("--markdown", help="also write the markdown table here")
+    parser.add_argument("--csv", help="also write the CSV table here")
+    parser.add_argument("--json", help="also write the per-task errors here")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    if not args.ckpt_path and not args.results:
+        parser.error("give at least one --ckpt_path or --results")
+    for option in ("name", "config"):
+        given = getattr(args, option)
+        if given and len(given) != len(args.ckpt_path):
+            parser.error(f"--{option} was given {len(given)} times for {len(args.ckpt_path)} --ckpt_path")
+    results: dict[str, dict[int, float]] = {}
+    for path in args.results:
+        for name, errors in read_results(path).items():
+            results.setdefault(name, {}).update(errors)
+    for index, ckpt in enumerate(args.ckpt_path):
+        name = args.name[index] if args.name else Path(ckpt).resolve().parent.parent.name
+        config = args.config[index] if args.config else None
+        results.setdefault(name, {}).update(evaluate_checkpoint(ckpt, config))
+    markdown, csv = babi_table(results)
+    print(markdown)
+    print(csv)
+    for path, text in ((args.markdown, markdown), (args.csv, csv),
+                       (args.json, json.dumps(results, indent=2) + "\n")):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text)
+    return results
+
+
+main = table_main  # the entry point `memnet babi-table` calls

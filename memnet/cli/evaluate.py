@@ -1,0 +1,339 @@
+"""``memnet evaluate``: length generalisation of a trained checkpoint.
+
+    memnet evaluate --ckpt_path PATH|latest [--config CFG ...] --lengths 20 40 80 120
+                    [--memory_size N] [--num_sequences 256] [--batch_size 64] [--seed 0]
+                    [--out DIR] [--device cpu|cuda] [--wandb]
+
+The checkpoint's network and task are rebuilt (``memnet.cli.rebuild``) from the
+run's ``config.yaml`` (the folder above the checkpoint's ``checkpoints/``; or the
+``--config`` files given), the weights are loaded, and at every length
+``num_sequences`` fresh sequences (seeded by ``--seed`` and the length) are scored
+in sub-batches of ``batch_size``, so memory stays bounded however long they are.
+
+Memory: a network with a ``memory_size`` (NTM, DNC) runs at each length with the
+ratio of slots to needed slots it was trained with (see :func:`slots_for`: a
+model trained with 128 slots at lengths ≤ 20 runs length 100 with 640), so the
+table measures the model, not a starved memory; ``--memory_size`` fixes N, and a
+length that needs more slots is refused with an error naming it. Every row
+names its N. A length costly to run (steps × slots above ``COSTLY_STEP_SLOTS``)
+is announced with a warning and reports progress after every sub-batch. ``latest`` is the best (else last) checkpoint of the
+run named in ``runs/latest.json``.
+
+Writes to ``--out`` (default ``<run>/evaluation``):
+
+    table.md, table.csv    length, slots, bits per sequence, bit errors per sequence,
+                           sequences, exact (% of sequences with no wrong bit)
+                           [, optimal bits per sequence, for dynamic n-grams]
+    results.json           the same rows under "lengths", with the checkpoint, config and training range
+    error_vs_length.png    bits and bit errors per sequence versus length, training range shaded
+    memory_access_lenL.png the NTM figure for one example at the first length (memory models only)
+
+and prints the markdown table. ``--wandb`` also logs the table and figures to a W&B
+run (offline unless ``WANDB_MODE=online``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from memnet import metrics
+from memnet.callbacks import draw_memory_access
+from memnet.cli import tables
+from memnet.cli.rebuild import (  # noqa: F401  (re-exported for callers of memnet.evaluation)
+    RebuildError,
+    build,
+    default_config,
+    fit_only_keys,
+    instantiate,
+    load_checkpoint,
+    resolve_checkpoint,
+)
+from memnet.plots import plot_error_vs_length
+from memnet.protocols import EVALUATION_FILE, EvaluationResult, LengthRow, SequenceTask
+from memnet.utils import parameter_dtype, wandb_mode
+
+COLUMNS = ("length", "slots", "bits_per_seq", "bit_errors_per_seq", "sequences", "exact_pct")
+EvaluationError = RebuildError  # a request `memnet evaluate` cannot honour (bad path, length, memory size)
+
+HEADERS = {
+    "length": "length",
+    "slots": "slots",
+    "bits_per_seq": "bits per sequence",
+    "bit_errors_per_seq": "bit errors per sequence",
+    "sequences": "sequences",
+    "exact_pct": "exact (%)",
+    "optimal_bits_per_seq": "optimal bits per sequence",
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="memnet evaluate", description="Length generalisation of a trained checkpoint."
+    )
+    parser.add_argument("--ckpt_path", required=True, help="a checkpoint file, or 'latest' (runs/latest.json)")
+    parser.add_argument("--config", action="append", default=None,
+                        help="config file(s) to build the model and task (default: the run's config.yaml)")
+    parser.add_argument("--lengths", type=int, nargs="+", required=True, help="task lengths to evaluate")
+    parser.add_argument("--memory_size", type=int, default=None,
+                        help="fix the memory slots N at every length (default: the trained ratio of slots to length)")
+    parser.add_argument("--num_sequences", type=int, default=256, help="sequences per length")
+    parser.add_argument("--batch_size", type=int, default=64, help="sequences per forward pass")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the evaluation sequences")
+    parser.add_argument("--out", default=None, help="output folder (default: <run>/evaluation)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--wandb", action="store_true", help="also log the table and figures to W&B")
+    args = parser.parse_args(argv)
+    for name in ("num_sequences", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    if args.memory_size is not None and args.memory_size < 1:
+        parser.error(f"--memory_size must be a positive integer, got {args.memory_size}")
+    bad = [n for n in args.lengths if n < 1]
+    if bad:
+        parser.error(f"--lengths must be positive integers, got {bad}")
+    return args
+
+
+def takes_memory_size(net: torch.nn.Module) -> bool:
+    """Whether ``net.forward`` accepts ``memory_size`` (a network with an addressable memory)."""
+    try:
+        return "memory_size" in inspect.signature(net.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def slots_for(task: Any, length: int, trained: int | None, fixed: int | None, *,
+              trained_length: int | None = None) -> int | None:
+    """Memory slots N at ``length``: ``fixed`` if given (refused when too small), else the trained ratio.
+
+    The default keeps the ratio of slots to the slots the task needs that the
+    model was trained with: N = max(trained N, needed(L), ⌈trained N · needed(L) /
+    needed(L_train)⌉), with L_train the longest training length (``trained_length``,
+    default ``task.max_length``). A model trained with N = 128 at lengths ≤ 20 never
+    saw a memory more than 20/128 full; at N = L it is full, and a trained NTM then
+    fails (6,156 bits per sequence at length 150 with N = 150, 3.1 at length 20 with
+    N = 22 against 747 with N = 20). Keeping the ratio keeps the model in the
+    regime it was trained in. (N = trained N + L would also leave room, but fills
+    the memory to L / (L + N) → 1 at long lengths, a density training never had.)
+    """
+    if trained is None:
+        return None
+    needed = _needed(task, length)
+    if fixed is not None:
+        if needed > fixed:
+            raise EvaluationError(
+                f"--lengths: length {length} needs at least {needed} memory slots, "
+                f"but --memory_size is {fixed}; raise --memory_size to ≥ {needed} or drop length {length}"
+            )
+        return fixed
+    trained_length = trained_length if trained_length is not None else getattr(task, "max_length", None)
+    proportional = 0
+    if trained_length is not None:
+        proportional = math.ceil(trained * needed / max(1, _needed(task, trained_length)))
+    return max(trained, needed, proportional)
+
+
+def _needed(task: Any, length: int) -> int:
+    return int(task.memory_needed(length)) if hasattr(task, "memory_needed") else length
+
+
+# Above this many (time steps × memory slots) per sequence, ``memnet evaluate`` warns about the cost and
+# reports progress after every sub-batch (the NTM paper's copy at length 120 with 128 slots is 3·10^4).
+COSTLY_STEP_SLOTS = 5 * 10**8
+
+
+def cost_warning(task: Any, length: int, slots: int | None, batch_size: int, num_sequences: int,
+                 word_size: int | None = None) -> str | None:
+    """A one-line warning when a length is costly to evaluate (steps × slots per sequence), else None."""
+    steps = int(task.sequence_length(length)) if hasattr(task, "sequence_length") else length
+    work = steps * (slots or 1)
+    if work <= COSTLY_STEP_SLOTS:
+        return None
+    state = "" if slots is None or word_size is None else (
+        f", a memory of {batch_size * slots * word_size * 4 / 2**30:.1f} GiB per sub-batch of {batch_size}")
+    return (f"warning: length {length} runs {steps:,} steps over N={slots} slots per sequence "
+            f"({work:.1e} step-slots{state}) for {num_sequences} sequences; this is slow. "
+            "Lower --num_sequences, --batch_size, the length or --memory_size to make it cheaper")
+
+
+def evaluate_length(
+    model: Any, task: Any, length: int, *, slots: int | None, num_sequences: int, batch_size: int,
+    seed: int, device: torch.device, progress: bool = False,
+) -> tuple[LengthRow, dict]:
+    """Score ``num_sequences`` fresh sequences at ``length`` in sub-batches; returns the row and the first batch.
+
+    With ``progress``, a line per sub-batch (sequences done, seconds) goes to stderr.
+    """
+    started = time.time()
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + length)
+    totals = {"bits": 0.0, "errors": 0.0, "exact": 0.0, "optimal": 0.0}
+    has_optimal = False
+    first_batch = None
+    done = 0
+    kwargs = {} if slots is None else {"memory_size": slots}
+    while done < num_sequences:
+        n = min(batch_size, num_sequences - done)
+        batch = task.sample_batch(generator, n, length)
+        first_batch = first_batch or batch
+        dtype = parameter_dtype(model)
+        inputs = batch["inputs"].to(device=device, dtype=dtype)
+        targets = batch["targets"].to(device=device, dtype=dtype)
+        mask = batch["mask"].to(device=device, dtype=dtype)
+        with torch.no_grad():
+            logits = model.net(inputs, **kwargs)
+        bits = metrics.bits_per_sequence(logits, targets, mask)
+        errors = metrics.bit_errors_per_sequence(logits, targets, mask)
+        totals["bits"] += float(bits.sum())
+        totals["errors"] += float(errors.sum())
+        totals["exact"] += float((errors == 0).sum())
+        if "optimal_bits" in batch:
+            has_optimal = True
+            totals["optimal"] += float(batch["optimal_bits"].sum())
+        done += n
+        if progress:
+            print(f"length {length}, N={slots}: {done}/{num_sequences} sequences ({time.time() - started:.0f} s)",
+                  file=sys.stderr, flush=True)
+    row: LengthRow = {
+        "length": length,
+        "slots": slots,
+        "bits_per_seq": totals["bits"] / done,
+        "bit_errors_per_seq": totals["errors"] / done,
+        "sequences": done,
+        "exact_pct": 100.0 * totals["exact"] / done,
+    }
+    if has_optimal:
+        row["optimal_bits_per_seq"] = totals["optimal"] / done
+    return row, first_batch
+
+
+def markdown_table(rows: list[LengthRow]) -> str:
+    """The rows of :func:`evaluate_length` as a markdown table (a column per score)."""
+    columns = _columns(rows)
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    return tables.markdown_table([HEADERS[c] for c in columns], cells, align=["right"] * len(columns))
+
+
+def _columns(rows: list[dict]) -> list[str]:
+    columns = list(COLUMNS)
+    if any("optimal_bits_per_seq" in row for row in rows):
+        columns.append("optimal_bits_per_seq")
+    return columns
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 1000 else f"{value:.1f}"
+    return str(value)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Evaluate as ``args`` say; write the files; return the results dict."""
+    started = time.time()
+    checkpoint = resolve_checkpoint(args.ckpt_path)
+    configs = args.config or [default_config(checkpoint)]
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, datamodule = build(configs, checkpoint, device)
+    task = getattr(datamodule, "task", None)
+    if not isinstance(task, SequenceTask):
+        raise EvaluationError(
+            f"--config: the data module {type(datamodule).__name__} has no algorithmic task "
+            "(memnet evaluate measures length generalisation of tasks.algorithmic tasks)"
+        )
+    task = task.for_evaluation()  # undo training-only shortcuts (repeat copy's repeats_per_batch)
+    for length in args.lengths:
+        try:
+            task.check_length(length, "--lengths")
+        except ValueError as error:
+            raise EvaluationError(str(error)) from None
+    net = model.net
+    trained = int(net.memory_size) if takes_memory_size(net) and hasattr(net, "memory_size") else None
+    if trained is None and args.memory_size is not None:
+        raise EvaluationError(f"--memory_size: {type(net).__name__} has no external memory to size")
+    slots = {n: slots_for(task, n, trained, args.memory_size) for n in args.lengths}  # refuse before running
+
+    out = Path(args.out) if args.out else checkpoint.resolve().parent.parent / "evaluation"
+    out.mkdir(parents=True, exist_ok=True)
+    rows, first = [], None
+    word_size = getattr(net, "word_size", None)
+    for length in args.lengths:
+        warning = cost_warning(task, length, slots[length], min(args.batch_size, args.num_sequences),
+                               args.num_sequences, word_size)
+        if warning:
+            print(f"memnet evaluate: {warning}", file=sys.stderr, flush=True)
+        row, batch = evaluate_length(model, task, length, slots=slots[length], num_sequences=args.num_sequences,
+                                     batch_size=args.batch_size, seed=args.seed, device=device,
+                                     progress=warning is not None)
+        rows.append(row)
+        first = first or (length, batch)
+        print(f"length {length:>4}: {row['bits_per_seq']:.3f} bits, {row['bit_errors_per_seq']:.3f} bit errors "
+              f"per sequence ({row['sequences']} sequences, N={slots[length]})", file=sys.stderr)
+
+    train_range = (getattr(task, "min_length", None), getattr(task, "max_length", None))
+    table = markdown_table(rows)
+    (out / "table.md").write_text(table)
+    (out / "table.csv").write_text(tables.csv_table(_columns(rows), [[row.get(c) for c in _columns(rows)]
+                                                                     for row in rows]))
+    title = f"{type(net).__name__} on {type(task).__name__}"
+    plot = plot_error_vs_length(out / "error_vs_length.png", rows=rows,
+                                train_range=None if None in train_range else train_range, title=title)
+    length, batch = first
+    figure = draw_memory_access(model, batch, out / f"memory_access_len{length}.png",
+                                title=f"{title}, length {length}", **({} if slots[length] is None
+                                                                       else {"memory_size": slots[length]}))
+    results: EvaluationResult = {
+        "checkpoint": str(checkpoint),
+        "config": [str(c) for c in configs],
+        "task": type(task).__name__,
+        "model": type(net).__name__,
+        "train_range": list(train_range),
+        "trained_memory_size": trained,
+        "seed": args.seed,
+        "wall_s": round(time.time() - started, 2),
+        "figures": {"error_vs_length": str(plot), "memory_access": None if figure is None else str(figure)},
+        "lengths": rows,
+    }
+    (out / EVALUATION_FILE).write_text(json.dumps(results, indent=2))
+    print(table)
+    print(f"wrote {out}/table.md, table.csv, results.json, {plot.name}"
+          + ("" if figure is None else f", {figure.name}"))
+    if args.wandb:
+        _log_wandb(results, rows, out)
+    return results
+
+
+def _log_wandb(results: dict, rows: list[dict], out: Path) -> None:
+    import wandb
+
+    columns = _columns(rows)
+    run = wandb.init(project="memnet", job_type="evaluate", dir=str(out), config=results,
+                     mode=wandb_mode())
+    run.log({"evaluation/table": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows]),
+             "evaluation/error_vs_length": wandb.Image(results["figures"]["error_vs_length"])}
+            | ({"evaluation/memory_access": wandb.Image(results["figures"]["memory_access"])}
+               if results["figures"]["memory_access"] else {}))
+    run.finish()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``memnet evaluate``."""
+    args = parse_args(argv)
+    try:
+        run(args)
+    except EvaluationError as error:
+        print(f"memnet evaluate: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

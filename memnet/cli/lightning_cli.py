@@ -1,0 +1,231 @@
+"""The Lightning CLI with memnet's defaults: W&B offline, checkpoints of last and best, seeding.
+
+``MemnetCLI`` serves ``memnet fit / validate / test / predict`` and, with ``run=False``,
+every command that rebuilds a run (``memnet.cli.rebuild``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from jsonargparse import lazy_instance
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from memnet.callbacks import LastAndBestCheckpoint
+from memnet.checkpoint import check_finite_state, unreadable_checkpoint
+from memnet.cli.configs import ConfigError, resolve_config_args
+from memnet.utils import MemnetError, run_dir, wandb_offline
+
+RUNS_DIR = "runs"
+LATEST_RUN_FILE = Path(RUNS_DIR) / "latest.json"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file, then renames it into place.
+
+    A crash while saving leaves the previous checkpoint intact; a reader never
+    sees a half-written file. The ``.partial`` files a crash left behind are
+    removed at the next save. A write that fails (disk full, folder read-only)
+    removes its own ``.partial`` file and stops the run with one line naming the file.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        path = Path(path)
+        partial = path.with_name(f".{path.name}.partial")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            for stale in path.parent.glob(".*.partial"):  # left by a save that was killed
+                stale.unlink(missing_ok=True)
+            super().save_checkpoint(checkpoint, partial, storage_options)
+            os.replace(partial, path)
+        except Exception as error:  # noqa: BLE001 -- torch.save reports a full disk as a RuntimeError
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+            raise MemnetError(f"could not write the checkpoint {path}: {reason} (is the disk full or the "
+                              "folder read-only?)") from None
+
+    def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
+                        ) -> dict[str, Any]:
+        """Lightning's loading, with a damaged file or non-finite weights reported in one line naming it."""
+        try:
+            checkpoint = super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        except FileNotFoundError:
+            raise MemnetError(f"--ckpt_path: no checkpoint file at {path}") from None
+        except Exception as error:  # noqa: BLE001 -- torch.load raises many kinds on a damaged file
+            raise unreadable_checkpoint(path, error) from None
+        if isinstance(checkpoint.get("state_dict"), dict):
+            check_finite_state(checkpoint["state_dict"], path)
+        self.loaded_step = checkpoint.get("global_step")  # after fit: did this run train at all?
+        return checkpoint
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """Saves the full resolved config as ``config.yaml`` in the run's own folder.
+
+    The folder is the parent of the checkpoint folder, so ``memnet evaluate
+    --ckpt_path runs/.../checkpoints/last.ckpt`` finds the config beside it.
+    """
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        pass  # the checkpoint folder is only known once ModelCheckpoint is set up
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.already_saved or not trainer.is_global_zero:
+            return
+        path = run_dir(trainer) / "config.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=False)
+        self.already_saved = True
+
+
+class MemnetCLI(LightningCLI):
+    """LightningCLI with memnet's defaults: W&B offline, checkpoints of last and best, seeding."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("seed_everything_default", 0)
+        kwargs.setdefault("save_config_callback", RunConfigSaver)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("parser_kwargs", {"default_env": False})
+        kwargs.setdefault(
+            "trainer_defaults",
+            {
+                "logger": lazy_instance(
+                    WandbLogger, save_dir=RUNS_DIR, project="memnet", offline=wandb_offline()
+                ),
+                "enable_progress_bar": True,
+            },
+        )
+        super().__init__(*args, **kwargs)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse ``args`` alone, their ``--config`` values resolved first (shipped names,
+        ``extends`` stacked: memnet.cli.configs).
+
+        memnet's commands hand over what they parsed from ``sys.argv``; Lightning would warn
+        on every ``memnet fit ...`` that ``args`` and ``sys.argv`` were both given.
+        """
+        if isinstance(args, list):
+            try:
+                args = resolve_config_args(args)
+            except ConfigError as error:
+                raise MemnetError(str(error)) from None  # one line from main, exit 2
+        self.config = parser.parse_object(args) if isinstance(args, dict) else parser.parse_args(args)
+
+    def _parse_ckpt_path(self) -> None:
+        """The config given on the command line is authoritative.
+
+        Lightning would otherwise apply the hyper-parameters saved in a checkpoint
+        over ``--config`` and command-line values, so ``memnet test --ckpt_path X
+        --model.init_args.eval_memory_size 512`` would silently use the saved value.
+        The run's full config is kept beside its checkpoints (``config.yaml``).
+        """
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> pl.Trainer:
+        if not config.get("plugins"):
+            config["plugins"] = [AtomicCheckpointIO()]
+        self._place_run(config, callbacks)
+        return super()._instantiate_trainer(config, callbacks)
+
+    def _place_run(self, config: dict[str, Any], callbacks: list) -> None:
+        """Give the run its folder: its own under ``runs/``, or, resuming, the folder it was in.
+
+        * ``fit --ckpt_path <run>/checkpoints/last.ckpt`` continues ``<run>``: checkpoints,
+          config and summary go there, and the W&B run of the same id is resumed
+          (``resume="allow"``; W&B names the folder after its run id).
+        * Without a logger (``--trainer.logger false``) Lightning would use the working
+          folder itself; the run gets ``<default_root_dir>/runs/memnet/run-<time>-<pid>/``.
+        An explicit ``--checkpoint.dirpath`` is left alone.
+        """
+        checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+        if checkpoint is None or checkpoint.dirpath is not None:
+            return
+        resumed = self._resumed_run_dir()
+        logger = config.get("logger")
+        if resumed is not None:
+            checkpoint.dirpath = str(resumed / "checkpoints")
+            for item in logger if isinstance(logger, list) else [logger]:
+                if isinstance(item, WandbLogger) and getattr(item, "_experiment", None) is None:
+                    # WandbLogger keeps its wandb.init arguments here until the run starts
+                    item._wandb_init.update(id=resumed.name, resume="allow")
+                    item._id = resumed.name
+        elif not logger:
+            root = Path(config.get("default_root_dir") or ".")
+            stem = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+            folder, count = root / RUNS_DIR / "memnet" / stem, 1
+            while folder.exists():  # two runs of one process within a second
+                count += 1
+                folder = folder.with_name(f"{stem}-{count}")
+            checkpoint.dirpath = str((folder / "checkpoints").resolve())
+
+    def _resumed_run_dir(self) -> Path | None:
+        """The run folder of ``fit --ckpt_path`` when the checkpoint sits in a run's ``checkpoints/``."""
+        if self.subcommand != "fit":
+            return None
+        ckpt_path = self.config.get(self.subcommand, {}).get("ckpt_path")
+        if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
+            return None
+        path = Path(ckpt_path).resolve()
+        return path.parent.parent if path.parent.name == "checkpoints" else None
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(LastAndBestCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/loss",
+                "checkpoint.mode": "min",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-{epoch:03d}-{step}",
+                "checkpoint.enable_version_counter": False,  # a resumed run rewrites its last.ckpt, not last-v1.ckpt
+            }
+        )
+        parser.link_arguments("data.input_size", "model.init_args.net.init_args.input_size", apply_on="instantiate")
+        parser.link_arguments("data.output_size", "model.init_args.net.init_args.output_size", apply_on="instantiate")
+
+    def after_fit(self) -> None:
+        trainer = self.trainer
+        if trainer.fast_dev_run or not trainer.is_global_zero:
+            return
+        loaded_step = getattr(trainer.strategy.checkpoint_io, "loaded_step", None)
+        if loaded_step is not None and loaded_step == trainer.global_step:  # resumed a finished run
+            print(f"\nnothing to train: the checkpoint is already at step {loaded_step} (trainer.max_steps / "
+                  f"max_epochs reached); {run_dir(trainer)} and {LATEST_RUN_FILE} are left as they were")
+            return
+        callback = trainer.checkpoint_callback
+        summary = {
+            "run_dir": str(run_dir(trainer)),
+            "config": str(run_dir(trainer) / "config.yaml"),
+            "best_checkpoint": getattr(callback, "best_model_path", "") or None,
+            "last_checkpoint": getattr(callback, "last_model_path", "") or None,
+            "wandb_dir": _wandb_dir(trainer),
+            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
+        }
+        LATEST_RUN_FILE.parent.mkdir(parents=True, exist_ok=True)
+        (run_dir(trainer) / "summary.json").write_text(json.dumps(summary, indent=2))
+        LATEST_RUN_FILE.write_text(json.dumps(summary, indent=2))
+        print("\nrun folder:       ", summary["run_dir"])
+        print("best checkpoint:  ", summary["best_checkpoint"])
+        print("last checkpoint:  ", summary["last_checkpoint"])
+        if summary["wandb_dir"]:
+            print("W&B run:          ", summary["wandb_dir"], "(offline)" if wandb_offline() else "")
+
+
+def _wandb_dir(trainer: pl.Trainer) -> str | None:
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            try:
+                return str(Path(logger.experiment.dir).parent)
+            except Exception:  # noqa: BLE001 -- a disabled or failed W&B run: the rest of the summary still stands
+                return None
+    return None

@@ -1,0 +1,123 @@
+"""``memnet probe CONFIG... --out PNG``: ‖∂L/∂h(t)‖ of each config's model, in one figure.
+
+Each config's model and data are built as ``memnet fit`` would build them
+(``memnet.cli.rebuild``), trained for the given numbers of steps and probed with
+``memnet.probe.gradient_through_time`` on the first validation batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from memnet.cli.rebuild import instantiate
+from memnet.metrics import sequence_metrics
+from memnet.probe import LOSSES, gradient_through_time, plot_gradient_panels
+
+
+def compare(
+    configs: Sequence[str | Path],
+    *,
+    labels: Sequence[str] | None = None,
+    train_steps: Sequence[int] = (0,),
+    max_sequences: int = 16,
+    loss: Literal["last", "all"] = "last",
+) -> dict[int, dict[str, torch.Tensor]]:
+    """Build each config's model and data (as ``memnet fit`` would), train, and probe along the way.
+
+    Each model is trained on its config's training stream with its config's
+    optimiser (gradients clipped at the config's ``trainer.gradient_clip_val``)
+    and probed on the first validation batch after each number of training
+    steps in ``train_steps`` (0: at initialisation).
+
+    Returns:
+        steps -> label -> (T,) norms, labels in the order of ``configs``.
+    """
+    if labels is not None and len(labels) != len(configs):
+        raise ValueError(f"labels must name every config: {len(labels)} labels for {len(configs)} configs")
+    if not train_steps or any(not isinstance(n, int) or n < 0 for n in train_steps):
+        raise ValueError(f"train_steps must hold non-negative integers, got {list(train_steps)!r}")
+    checkpoints = sorted(set(train_steps))
+    results: dict[int, dict[str, torch.Tensor]] = {n: {} for n in checkpoints}
+    for i, config in enumerate(configs):
+        if not Path(config).is_file():
+            raise FileNotFoundError(f"config {config} does not exist")
+        cli = instantiate([config])
+        module, data = cli.model, cli.datamodule
+        label = labels[i] if labels is not None else Path(config).stem.upper()
+        optimizer = module.optimizer(module.parameters())
+        clip = cli.config.get("trainer", {}).get("gradient_clip_val")
+        probe_batch = next(iter(data.val_dataloader()))
+        rows = slice(0, max_sequences)
+        batches = iter(data.train_dataloader())
+        done = 0
+        for target_steps in checkpoints:
+            module.train()
+            while done < target_steps:
+                batch = next(batches, None)
+                if batch is None:
+                    batches = iter(data.train_dataloader())
+                    continue
+                metrics = sequence_metrics(module.net(batch["inputs"]), batch["targets"], batch["mask"])
+                optimizer.zero_grad()
+                metrics["loss"].backward()
+                if clip:
+                    torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
+                optimizer.step()
+                done += 1
+            if done:
+                print(f"{config}: {done} training steps, last batch {metrics['bits_per_seq'].detach().item():.1f} bits/seq")
+            module.eval()
+            norms = gradient_through_time(module.net, probe_batch["inputs"][rows], probe_batch["targets"][rows],
+                                          mask=probe_batch["mask"][rows], loss=loss)
+            results[target_steps][label + _radius(module.net)] = norms
+    return results
+
+
+def _radius(net: nn.Module) -> str:
+    """" (ρ(W) = 0.60)" for a vanilla RNN's recurrent matrix, else ""."""
+    rnn = getattr(getattr(net, "controller", None), "rnn", None)
+    if not isinstance(rnn, nn.RNN):
+        return ""
+    radius = torch.linalg.eigvals(rnn.weight_hh_l0.detach().double()).abs().max().item()
+    return f" (ρ(W) = {radius:.2f})"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``memnet probe CONFIG... --out PNG``: one gradient-through-time line per config."""
+    parser = argparse.ArgumentParser(
+        prog="memnet probe",
+        description="Draw ‖∂L/∂h(t)‖ against t for the model of each config, on its first validation batch.",
+    )
+    parser.add_argument("configs", nargs="+", help="memnet fit configs (e.g. configs/probe/*.yaml)")
+    parser.add_argument("--out", required=True, help="the PNG to write")
+    parser.add_argument("--labels", nargs="+", help="legend labels, one per config (default: config names)")
+    parser.add_argument("--train-steps", type=int, nargs="+", default=[0],
+                        help="probe after each of these numbers of training steps, one panel each (0: untrained)")
+    parser.add_argument("--max-sequences", type=int, default=16, help="sequences of the batch probed")
+    parser.add_argument("--loss", choices=sorted(LOSSES), default="last", help="loss at the last scored step, or all")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    results = compare(args.configs, labels=args.labels, train_steps=args.train_steps,
+                      max_sequences=args.max_sequences, loss=args.loss)
+    panels = {}
+    for steps, curves in results.items():
+        length = len(next(iter(curves.values())))
+        when = f"after {steps} training steps" if steps else "at initialisation"
+        panels[f"loss at the last step of T = {length}, {when}"] = curves
+    path = plot_gradient_panels(args.out, panels)
+    for steps, curves in results.items():
+        length = len(next(iter(curves.values())))
+        print(f"\n{steps} training steps")
+        print(f"{'model':<28} {'‖∂L/∂h(0)‖':>12} {'‖∂L/∂h(T/2)‖':>14} {'‖∂L/∂h(T−1)‖':>14}")
+        for label, norms in curves.items():
+            print(f"{label:<28} {norms[0]:>12.3e} {norms[length // 2]:>14.3e} {norms[-1]:>14.3e}")
+    print(f"wrote {path}")
+

@@ -1,0 +1,159 @@
+"""One place that rebuilds a run: its model and data from ``config.yaml``, its weights from a checkpoint.
+
+Used by ``memnet evaluate``, ``memnet babi-table``, the suite's evaluations and
+``memnet probe``. A run's folder, as ``memnet fit`` writes it::
+
+    runs/<project>/<id>/config.yaml              the full resolved config (the ``fit`` subcommand's)
+    runs/<project>/<id>/checkpoints/last.ckpt    and best-*.ckpt
+    runs/latest.json                             the latest run's summary (checkpoints, metrics)
+
+The saved config holds the keys only ``memnet fit`` accepts (``ckpt_path``,
+``weights_only``, …: :func:`fit_only_keys`); :func:`config_text` strips them, once,
+for every parser built here.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from memnet.checkpoint import read_checkpoint
+from memnet.cli.configs import ConfigError, find_config, load_config
+from memnet.cli.lightning_cli import LATEST_RUN_FILE, MemnetCLI
+from memnet.utils import MemnetError
+
+LATEST = "latest"  # --ckpt_path latest: the best (else last) checkpoint of runs/latest.json
+QUIET = ("--trainer.logger=false", "--trainer.enable_progress_bar=false")
+
+
+class RebuildError(MemnetError):
+    """A run that cannot be rebuilt as asked (bad path, config or checkpoint); the message names it."""
+
+
+def resolve_checkpoint(ckpt_path: str, latest_file: str | Path | None = None) -> Path:
+    """The checkpoint file: ``ckpt_path`` itself, or for ``latest`` the best (else last) of the latest run."""
+    if ckpt_path != LATEST:
+        path = Path(ckpt_path)
+        if not path.is_file():
+            raise RebuildError(f"--ckpt_path: no checkpoint file at {path}")
+        return path
+    latest = Path(latest_file or LATEST_RUN_FILE)
+    if not latest.is_file():
+        raise RebuildError(f"--ckpt_path latest: {latest} not found; train first (memnet fit ...)")
+    try:
+        summary = json.loads(latest.read_text())
+    except json.JSONDecodeError as error:
+        raise RebuildError(f"--ckpt_path latest: {latest} line {error.lineno} is not JSON: {error.msg}") from None
+    for key in ("best_checkpoint", "last_checkpoint"):
+        candidate = summary.get(key)
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    raise RebuildError(
+        f"--ckpt_path latest: {latest} names no existing checkpoint "
+        f"(best_checkpoint={summary.get('best_checkpoint')!r}, last_checkpoint={summary.get('last_checkpoint')!r})"
+    )
+
+
+def default_config(checkpoint: Path) -> Path:
+    """The run's ``config.yaml``: in the parent of the checkpoint's ``checkpoints/`` folder."""
+    folder = Path(checkpoint).resolve().parent
+    candidates = [folder.parent / "config.yaml", folder / "config.yaml"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise RebuildError(
+        f"--config: no config.yaml beside the checkpoint (looked at {', '.join(map(str, candidates))}); "
+        "pass --config"
+    )
+
+
+def fit_only_keys() -> set[str]:
+    """Arguments of ``Trainer.fit`` that the CLI adds to the ``fit`` subcommand's config (and saves)."""
+    import pytorch_lightning as pl
+
+    return set(inspect.signature(pl.Trainer.fit).parameters) - {
+        "self", "model", "train_dataloaders", "val_dataloaders", "datamodule"}
+
+
+def config_text(config: str | Path) -> str:
+    """The config's YAML text without the keys only ``memnet fit`` accepts (``ckpt_path``, ``weights_only``).
+
+    A run's saved ``config.yaml`` is the ``fit`` subcommand's config; a parser built
+    without a subcommand (``run=False``) refuses those keys.
+    """
+    config = Path(config)
+    if not config.is_file():
+        raise RebuildError(f"--config: no file at {config}")
+    try:
+        content = load_config(config)  # its extends fragments stacked (a run's config.yaml has none)
+    except ConfigError as error:
+        raise RebuildError(f"--config: {error}") from None
+    for key in fit_only_keys():
+        content.pop(key, None)
+    return yaml.safe_dump(content, sort_keys=False)
+
+
+def instantiate(configs: Sequence[str | Path], overrides: Sequence[str] = ()) -> MemnetCLI:
+    """The run's model, data module and trainer (not run), through the real CLI parser, no logger."""
+    try:
+        files = [find_config(config) for config in configs]  # a file, or a shipped name (ntm/copy)
+    except ConfigError as error:
+        raise RebuildError(str(error)) from None
+    args = [arg for config in files for arg in ("--config", config_text(config))]
+    try:
+        return MemnetCLI(args=[*args, *QUIET, *overrides], run=False)
+    except SystemExit:  # the parser printed what it refused; say which file and what to do
+        raise RebuildError(
+            f"--config: {', '.join(map(str, configs))} does not parse with the current code (see the "
+            "parser's error above); a run saved by an older version needs --config with a current config"
+        ) from None
+
+
+def load_checkpoint(module: torch.nn.Module, checkpoint: Path, configs: Sequence[str | Path]) -> None:
+    """Load a Lightning checkpoint's ``state_dict`` into ``module``, naming what does not fit."""
+    try:
+        state = read_checkpoint(checkpoint)
+    except MemnetError as error:
+        raise RebuildError(f"--ckpt_path: {error}") from None
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise RebuildError(f"--ckpt_path: {checkpoint} holds no 'state_dict' (not a Lightning checkpoint)")
+    try:
+        module.load_state_dict(state["state_dict"])
+    except RuntimeError as error:
+        raise RebuildError(
+            f"--ckpt_path: {checkpoint} does not fit the model of {', '.join(map(str, configs))}: {error}"
+        ) from None
+
+
+def build(configs: Sequence[str | Path], checkpoint: Path, device: torch.device) -> tuple[Any, Any]:
+    """Model (a LightningModule with the checkpoint's weights, in eval mode) and data module."""
+    cli = instantiate(configs)
+    load_checkpoint(cli.model, checkpoint, configs)
+    return cli.model.to(device).eval(), cli.datamodule
+
+
+def run_stage(
+    stage: str, checkpoint: str | Path, config: str | Path | None = None, overrides: Sequence[str] = ()
+) -> dict[str, float]:
+    """``memnet test`` or ``validate`` of a checkpoint with its run's config; the logged metrics.
+
+    The config defaults to ``config.yaml`` of the run folder; the run's own callbacks
+    are left out (they are for training).
+    """
+    if stage not in ("test", "validate"):
+        raise RebuildError(f"stage must be 'test' or 'validate', got {stage!r}")
+    checkpoint = resolve_checkpoint(str(checkpoint))
+    configs = [config if config is not None else default_config(checkpoint)]
+    cli = instantiate(configs, ["--trainer.callbacks=[]", *overrides])
+    trainer_stage = cli.trainer.test if stage == "test" else cli.trainer.validate
+    blocks = trainer_stage(cli.model, datamodule=cli.datamodule, ckpt_path=str(checkpoint), weights_only=False)
+    metrics: dict[str, float] = {}
+    for block in blocks:
+        metrics.update({key: float(value) for key, value in block.items()})
+    return metrics

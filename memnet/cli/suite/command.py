@@ -1,0 +1,176 @@
+"""``memnet suite run|status|report``: the suite's command line.
+
+    memnet suite run configs/suites/algorithmic.yaml --jobs 2     train every run, evaluate, report
+    memnet suite run SUITE --launcher slurm --partition gpu ...   one Slurm job per run (launcher.py)
+    memnet suite status runs/suites/algorithmic                   each run: pending, running, finished, ...
+    memnet suite report runs/suites/algorithmic                   the leaderboard from what is on disk
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from memnet.cli.rebuild import run_stage
+from memnet.cli.suite import launcher
+from memnet.cli.suite.errors import SuiteError
+from memnet.cli.suite.report import REPORT_DIR, log_to_wandb, render_markdown, write_report
+from memnet.cli.suite.runner import SuiteRunner, expand_runs, with_overrides
+from memnet.cli.suite.spec import load_suite
+from memnet.metrics import task_errors
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="memnet suite", description="Run a suite of experiments and report it."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run", help="train and evaluate every experiment × seed of a suite file"
+    )
+    run.add_argument("suite", help="suite YAML, e.g. configs/suites/smoke.yaml")
+    run.add_argument(
+        "--results", help="results folder (default: the suite's 'results' or runs/suites/<name>)"
+    )
+    run.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
+    run.add_argument(
+        "--gpus-per-job",
+        type=int,
+        default=None,
+        help="give each concurrent run its own GPUs through CUDA_VISIBLE_DEVICES",
+    )
+    run.add_argument("--only", nargs="+", metavar="EXPERIMENT", help="run only these experiments")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        dest="overrides",
+        help="an override for every experiment, e.g. --set trainer.devices=2 --set "
+        "trainer.strategy=ddp (the value is read as YAML); repeatable",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the suite and print the commands; train nothing",
+    )
+    cluster = run.add_argument_group("cluster", "one job per run through submitit (memnet.cli.suite.launcher); "
+                                     "also from a 'launcher:' section of the suite file")
+    cluster.add_argument("--launcher", choices=launcher.LAUNCHERS, default=None,
+                         help="local (default: this machine, --jobs at a time), slurm, or submitit-local "
+                         "(the Slurm code path as local subprocesses)")
+    cluster.add_argument("--partition", help="Slurm partition")
+    cluster.add_argument("--time", help="time limit per job: minutes or [D-]HH:MM[:SS] (default 04:00:00)")
+    cluster.add_argument("--cpus", type=int, help="CPUs per job")
+    cluster.add_argument("--mem-gb", type=float, dest="mem_gb", help="memory per job, GB")
+    cluster.add_argument("--account", help="Slurm account")
+    cluster.add_argument("--array-parallelism", type=int, dest="array_parallelism",
+                         help="jobs of the array running at once")
+    cluster.add_argument("--slurm", action="append", default=[], metavar="OPTION=VALUE",
+                         help="any other Slurm option submitit knows, e.g. --slurm qos=high; repeatable")
+    cluster.add_argument("--wait", action="store_true",
+                         help="wait for the jobs, then write the report (always with submitit-local)")
+    run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    run.add_argument("--no-wandb", action="store_true", help="do not log the summary run to W&B")
+    status = commands.add_parser("status", help="the state of every run: pending, running, finished, "
+                                 "failed (with the error), requeued")
+    status.add_argument("results", help="results folder written by `memnet suite run`")
+    report = commands.add_parser("report", help="leaderboard, tables and plots of a results folder")
+    report.add_argument("results", help="results folder written by `memnet suite run`")
+    report.add_argument("--out", help="where the report goes (default RESULTS/report)")
+    report.add_argument("--no-wandb", action="store_true", help="do not log the summary run to W&B")
+    return parser
+
+
+def _report(results: Path, out: str | None, wandb_on: bool) -> None:
+    report = write_report(results, out)
+    folder = Path(out) if out else results / REPORT_DIR
+    print(render_markdown(report))
+    print(
+        f"report written to {folder} (leaderboard.md, leaderboard.csv, leaderboard.json"
+        + "".join(f", {p.name}" for p in sorted(folder.glob("*.png")))
+        + ")"
+    )
+    if wandb_on:
+        try:
+            where = log_to_wandb(report, results, folder)
+            print(f"W&B summary run: {where}")
+        except Exception as error:  # noqa: BLE001 - the report on disk stands without W&B
+            print(f"W&B summary run not logged: {type(error).__name__}: {error}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``memnet suite run|status|report``; returns the exit status (1 if a run failed or the input is bad)."""
+    if argv and argv[0] == "_evaluate":  # the runner's evaluation of a bAbI run on a split
+        return evaluate_main(list(argv[1:]))
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "report":
+            _report(Path(args.results), args.out, not args.no_wandb)
+            return 0
+        if args.command == "status":
+            print(launcher.render_status(launcher.run_states(Path(args.results))))
+            return 0
+        suite = with_overrides(load_suite(args.suite), args.overrides)
+        results = Path(args.results) if args.results else suite.default_results()
+        runs = expand_runs(suite, results, args.only)
+        settings = {key: getattr(args, key) for key in launcher.SETTINGS if key != "gpus_per_job"}
+        settings["gpus_per_job"] = args.gpus_per_job
+        chosen = launcher.merge(suite.launcher or launcher.LauncherConfig(), name=args.launcher,
+                                settings=settings, slurm=args.slurm)
+        if chosen.name != "local" and not args.dry_run:
+            counts = launcher.submit(suite, runs, results, chosen, base_dir=Path.cwd(),
+                                     wait=args.wait or chosen.name == "submitit-local")
+            if "done" in counts and not args.no_report:
+                _report(results, None, not args.no_wandb)
+            return 1 if counts.get("failed") else 0
+        runner = SuiteRunner(suite, results, jobs=args.jobs, gpus_per_job=args.gpus_per_job)
+        if args.dry_run:
+            for run in runs:
+                state = (
+                    "done" if run.is_done() else ("resume" if run.last_checkpoint() else "train")
+                )
+                argv_ = run.fit_argv(base=runner.base, resume_from=run.last_checkpoint())
+                print(f"[{state}] {run.name}: memnet {' '.join(argv_)}")
+            return 0
+        counts = runner.run(runs)
+        print(
+            f"[suite {suite.name}] finished: {counts['done']} trained now, {counts['skipped']} already done, "
+            f"{counts['failed']} failed"
+        )
+        if not args.no_report:
+            _report(results, None, not args.no_wandb)
+        return 1 if counts["failed"] else 0
+    except SuiteError as error:
+        print(f"memnet suite: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "memnet suite: interrupted; run the same command again to finish the missing runs "
+            "(finished runs are kept, started ones resume from their last checkpoint)",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def evaluate_main(argv: list[str]) -> int:
+    """``memnet suite _evaluate test|validate --config C --ckpt_path P --name N --out J`` (the runner's).
+
+    Runs ``memnet test`` (or ``validate``) on a checkpoint (``memnet.cli.rebuild.run_stage``)
+    and writes its per-task errors as ``memnet babi-table --json`` does: ``{N: {task: error %}}``.
+    """
+    parser = argparse.ArgumentParser(prog="memnet suite _evaluate")
+    parser.add_argument("stage", choices=["test", "validate"])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--ckpt_path", required=True)
+    parser.add_argument("--name", required=True, help="the column (the experiment's name)")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    logged = run_stage(args.stage, args.ckpt_path, args.config)
+    errors = task_errors(logged, "test" if args.stage == "test" else "val")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({args.name: errors}, indent=2, sort_keys=True))
+    return 0

@@ -1,0 +1,187 @@
+"""How a suite evaluates a finished run, by task kind, through the other ``memnet`` commands.
+
+    algorithmic   ``memnet evaluate`` (length generalisation); read back as its one result
+                  schema, ``memnet.protocols.EvaluationResult`` (``results.json``)
+    babi          ``memnet babi-table --json`` (test split) or ``memnet suite _evaluate validate``;
+                  read back as the per-task error schema ``{name: {task: error %}}``
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.util import find_spec
+from typing import TYPE_CHECKING, Any
+
+from memnet.cli.suite.errors import EvaluationUnavailable, SuiteError
+from memnet.metrics import BABI_TASK_KEYS as BABI_TASKS
+from memnet.protocols import EVALUATION_FILE, ResultSchemaError, read_evaluation
+
+if TYPE_CHECKING:
+    from memnet.cli.suite.runner import Run
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    """How runs of one task kind are evaluated after training.
+
+    Attributes:
+        check: ``(spec, where) -> spec`` validates the suite's ``evaluate`` entry.
+        command: ``(run, checkpoint, spec) -> argv`` of the evaluation process (run
+            with the project's Python), or raises ``EvaluationUnavailable``.
+        collect: ``(run, spec) -> dict`` reads what the process wrote.
+    """
+
+    check: Callable[[dict, str], dict]
+    command: Callable[[Run, str, dict], list[str]]
+    collect: Callable[[Run, dict], dict]
+
+
+ALGORITHMIC_OPTIONS = (
+    "memory_size",
+    "num_sequences",
+    "batch_size",
+    "seed",
+)  # passed on to `memnet evaluate`
+
+
+def _check_algorithmic(spec: dict, where: str) -> dict:
+    unknown = set(spec) - {"kind", "lengths", *ALGORITHMIC_OPTIONS}
+    if unknown:
+        raise SuiteError(
+            f"{where}: evaluate: unknown key {min(unknown)!r}; allowed: kind, lengths, "
+            f"{', '.join(ALGORITHMIC_OPTIONS)}"
+        )
+    lengths = spec.get("lengths")
+    if (
+        not isinstance(lengths, list)
+        or not lengths
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in lengths)
+    ):
+        raise SuiteError(
+            f"{where}: evaluate.lengths must be a non-empty list of positive integers, got {lengths!r}"
+        )
+    for key in ALGORITHMIC_OPTIONS:
+        low = 0 if key == "seed" else 1
+        if key in spec and (
+            not isinstance(spec[key], int) or isinstance(spec[key], bool) or spec[key] < low
+        ):
+            raise SuiteError(
+                f"{where}: evaluate.{key} must be an integer ≥ {low}, got {spec[key]!r}"
+            )
+    return spec
+
+
+def _algorithmic_command(run: Run, checkpoint: str, spec: dict) -> list[str]:
+    if find_spec("memnet.evaluation") is None:
+        raise EvaluationUnavailable(
+            "length generalisation not measured: memnet.evaluation (`memnet evaluate`) is not in this checkout"
+        )
+    argv = [
+        "-m",
+        "memnet.cli",
+        "evaluate",
+        "--ckpt_path",
+        checkpoint,
+        "--lengths",
+        *[str(n) for n in spec["lengths"]],
+        "--out",
+        str(run.folder / "evaluation"),
+    ]
+    for key in ALGORITHMIC_OPTIONS:
+        if key in spec:
+            argv += [f"--{key}", str(spec[key])]
+    return argv
+
+
+def _algorithmic_collect(run: Run, spec: dict) -> dict:
+    """Bits per sequence at each length from what ``memnet evaluate --out`` wrote (``results.json``,
+    the one result schema ``memnet.protocols.EvaluationResult``)."""
+    path = run.folder / "evaluation" / EVALUATION_FILE
+    if not path.is_file():
+        raise EvaluationUnavailable(f"`memnet evaluate` wrote no bits-per-sequence results ({path} missing)")
+    try:
+        result = read_evaluation(path)
+    except ResultSchemaError as error:
+        raise EvaluationUnavailable(f"`memnet evaluate` results unreadable: {error}") from None
+    by_length = {str(int(row["length"])): float(row["bits_per_seq"]) for row in result["lengths"]}
+    if not by_length:
+        raise EvaluationUnavailable(f"`memnet evaluate` wrote no bits-per-sequence results in {path}")
+    collected: dict[str, Any] = {"bits_per_seq": {k: by_length[k] for k in sorted(by_length, key=int)}}
+    if None not in (result.get("train_range") or [None]):
+        collected["train_range"] = [int(n) for n in result["train_range"]]
+    return collected
+
+
+def _check_babi(spec: dict, where: str) -> dict:
+    unknown = set(spec) - {"kind", "split"}
+    if unknown:
+        raise SuiteError(f"{where}: evaluate: unknown key {min(unknown)!r}; allowed: kind, split")
+    spec.setdefault("split", "test")
+    if spec["split"] not in ("test", "valid"):
+        raise SuiteError(
+            f"{where}: evaluate.split must be 'test' or 'valid', got {spec['split']!r}"
+        )
+    return spec
+
+
+def _babi_command(run: Run, checkpoint: str, spec: dict) -> list[str]:
+    """The test split through ``memnet babi-table`` (tasks.babi); other splits through ``validate``."""
+    if find_spec("tasks.babi") is None:
+        raise EvaluationUnavailable(
+            "bAbI per-task error not measured: tasks.babi (`memnet babi-table`) is not in this checkout"
+        )
+    out = run.folder / "evaluation" / f"babi_{spec['split']}.json"
+    config = str(run.folder / "config.yaml")
+    if spec["split"] == "test":
+        return ["-m", "memnet.cli", "babi-table", "--ckpt_path", checkpoint, "--config", config,
+                "--name", run.experiment.name, "--json", str(out)]  # fmt: skip
+    return ["-m", "memnet.cli", "suite", "_evaluate", "validate", "--config", config, "--ckpt_path", checkpoint,
+            "--name", run.experiment.name, "--out", str(out)]  # fmt: skip
+
+
+def _babi_collect(run: Run, spec: dict) -> dict:
+    """Per-task errors as ``memnet babi-table --json`` (and ``suite _evaluate``) write them:
+    ``{column name: {task: error %}}``, the column being the experiment's name."""
+    from memnet.cli.babi_table import read_results
+    from memnet.cli.rebuild import RebuildError
+
+    path = run.folder / "evaluation" / f"babi_{spec['split']}.json"
+    if not path.is_file():
+        raise EvaluationUnavailable(f"the bAbI evaluation wrote no results ({path} missing)")
+    try:
+        columns = read_results(path)
+    except RebuildError as error:
+        raise EvaluationUnavailable(f"the bAbI evaluation's results are unreadable: {error}") from None
+    errors = columns.get(run.experiment.name, {})
+    if not errors:
+        raise EvaluationUnavailable(
+            f"no per-task bAbI error for {run.experiment.name} in {path}: the model logs no "
+            "'<stage>/task_<k>/error' metrics (is it a memnet.lightning.QAModule?)"
+        )
+    return {"babi_error": {str(task): error for task, error in sorted(errors.items())}, "split": spec["split"]}
+
+
+def babi_errors_from_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Per-task test error in % from metrics logged by any code (e.g. a W&B export).
+
+    memnet's own runs are read through the per-task schema (``_babi_collect``); this
+    reader also accepts other names. Errors are read as percent, the way ``memnet.lightning.QAModule`` logs them
+    (``test/task_3/error``); accuracies as fractions in [0, 1] (``test/task_3/accuracy``).
+    """
+    errors: dict[str, float] = {}
+    for key, value in metrics.items():
+        match = re.search(r"(?:task|qa)_?(\d+)/(error|accuracy|acc)$", str(key))
+        if not match or not isinstance(value, (int, float)) or match.group(1) not in BABI_TASKS:
+            continue
+        errors[match.group(1)] = (
+            float(value) if match.group(2) == "error" else 100.0 * (1.0 - float(value))
+        )
+    return {k: errors[k] for k in sorted(errors, key=int)}
+
+
+EVALUATORS: dict[str, Evaluator] = {
+    "algorithmic": Evaluator(_check_algorithmic, _algorithmic_command, _algorithmic_collect),
+    "babi": Evaluator(_check_babi, _babi_command, _babi_collect),
+}

@@ -1,0 +1,535 @@
+"""The suite's report: leaderboard (mean ± std over seeds), lengths and bAbI tables, plots, W&B.
+
+Scores come from ``memnet.metrics`` (mean error, failed tasks); tables are written by
+``memnet.cli.tables``; the plots are ``memnet.plots.plot_suite_report``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from memnet.cli import tables
+from memnet.cli.suite.errors import SuiteError
+from memnet.cli.suite.evaluators import BABI_TASKS
+from memnet.cli.suite.runner import Run
+from memnet.cli.suite.spec import Experiment, Suite
+from memnet.metrics import FAILED_TASK_ERROR as BABI_FAIL_THRESHOLD
+from memnet.metrics import by_length as logged_by_length
+from memnet.metrics import failed_tasks
+from memnet.metrics import mean_error as mean_task_error
+from memnet.plots import plot_suite_report
+from memnet.utils import wandb_mode
+
+REPORT_DIR = "report"
+
+
+def load_references() -> dict[str, Any]:
+    """The published bAbI numbers shipped with memnet (``memnet/references/babi.json``)."""
+    text = resources.files("memnet").joinpath("references", "babi.json").read_text()
+    return json.loads(text)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float] | None:
+    """Mean and sample standard deviation (0 for a single value)."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def _format(stat: tuple[float, float] | None, digits: int = 3, n: int = 1) -> str:
+    if stat is None:
+        return "—"
+    mean, std = stat
+    return (
+        f"{mean:.{digits}g}"
+        if n <= 1
+        else f"{mean:.{digits}g} ± {std:.{digits - 1 if digits > 1 else 1}g}"
+    )
+
+
+def _fixed(stat: tuple[float, float] | None, decimals: int, n: int) -> str:
+    if stat is None:
+        return "—"
+    mean, std = stat
+    return f"{mean:.{decimals}f}" if n <= 1 else f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+
+
+@dataclass
+class _ExperimentResults:
+    experiment: Experiment
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def done(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r.get("status") == "done"]
+
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r.get("status") == "failed"]
+
+
+def collect(results: str | Path) -> tuple[Suite, list[_ExperimentResults]]:
+    """The suite and every run record under a results folder."""
+    results = Path(results)
+    suite_file = results / "suite.json"
+    if not suite_file.is_file():
+        raise SuiteError(
+            f"{results} is not a suite results folder: {suite_file} is missing "
+            "(it is written by `memnet suite run`)"
+        )
+    suite = Suite.from_dict(json.loads(suite_file.read_text()))
+    collected = []
+    for experiment in suite.experiments:
+        entry = _ExperimentResults(experiment)
+        for seed in experiment.seeds:
+            record = Run(suite.name, experiment, seed, results).record()
+            entry.records.append(
+                record if record is not None else {"seed": seed, "status": "missing"}
+            )
+        collected.append(entry)
+    return suite, collected
+
+
+def _score_columns(entry: _ExperimentResults) -> dict[str, list[float]]:
+    """Leaderboard column -> one value per finished seed."""
+    columns: dict[str, list[float]] = {}
+    for record in entry.done():
+        metrics = record.get("metrics") or {}
+        for key in COLUMN_ORDER:
+            if isinstance(metrics.get(key), (int, float)):
+                columns.setdefault(key, []).append(float(metrics[key]))
+        errors = _babi_errors(record)
+        if errors:
+            columns.setdefault("bAbI mean error %", []).append(mean_task_error(errors.values()))
+            columns.setdefault("bAbI failed tasks", []).append(
+                float(failed_tasks(errors.values()))
+            )
+        if isinstance(record.get("train_seconds"), (int, float)):
+            columns.setdefault("train s", []).append(float(record["train_seconds"]))
+    return columns
+
+
+def _babi_errors(record: dict[str, Any]) -> dict[str, float]:
+    evaluation = record.get("evaluation") or {}
+    if evaluation.get("status") == "done" and evaluation.get("babi_error"):
+        return {str(k): float(v) for k, v in evaluation["babi_error"].items()}
+    return {}
+
+
+def _length_values(record: dict[str, Any]) -> tuple[dict[str, float], set[str], list[int] | None]:
+    """Bits per sequence by length, the lengths that come from training's validation only,
+    and the training range of lengths (from ``memnet evaluate``) if known.
+
+    Where ``memnet evaluate`` measured a length, its number is used (one protocol for every
+    length); the validation of training fills in the lengths it did not measure.
+    """
+    metrics = record.get("metrics") or {}
+    values = {str(length): value for length, value in logged_by_length(metrics, "bits_per_seq").items()}
+    from_validation = set(values)
+    evaluation = record.get("evaluation") or {}
+    train_range = None
+    if evaluation.get("status") == "done":
+        for length, value in (evaluation.get("bits_per_seq") or {}).items():
+            values[str(length)] = float(value)
+            from_validation.discard(str(length))
+        train_range = evaluation.get("train_range")
+    return values, from_validation, train_range
+
+
+COLUMN_ORDER = (
+    "val/loss",
+    "val/bits_per_seq",
+    "val/bit_errors_per_seq",
+    "val/excess_bits_per_seq",
+    "val/sequence_accuracy",
+    "val/token_accuracy",
+    "val/nrmse",
+    "val/error",
+    "val/mean_task_error",
+    "val/failed_tasks",
+    "bAbI mean error %",
+    "bAbI failed tasks",
+    "train s",
+)
+
+
+def _evaluation_notes(entry: _ExperimentResults) -> list[str]:
+    """Why a finished run has no evaluation numbers (code missing, evaluation failed), once each."""
+    notes = set()
+    for record in entry.done():
+        evaluation = record.get("evaluation") or {}
+        if evaluation.get("status") not in (None, "done") and evaluation.get("error"):
+            notes.add(str(evaluation["error"]))
+    return sorted(notes)
+
+
+def build_report(results: str | Path) -> dict[str, Any]:
+    """Every table of the report, as plain data (the JSON leaderboard)."""
+    suite, collected = collect(results)
+    columns = [c for c in COLUMN_ORDER if any(c in _score_columns(e) for e in collected)]
+    leaderboard = []
+    for entry in collected:
+        scores = _score_columns(entry)
+        n = len(entry.done())
+        row: dict[str, Any] = {
+            "experiment": entry.experiment.name,
+            "model": entry.experiment.model,
+            "task": entry.experiment.task,
+            "seeds": len(entry.experiment.seeds),
+            "done": n,
+            "failed": len(entry.failed()),
+            "missing": len(entry.experiment.seeds) - n - len(entry.failed()),
+        }
+        for column in columns:
+            stat = _mean_std(scores.get(column, []))
+            row[column] = (
+                None
+                if stat is None
+                else {"mean": stat[0], "std": stat[1], "n": len(scores[column])}
+            )
+        row["errors"] = [
+            {"seed": r.get("seed"), "stage": r.get("stage"), "error": r.get("error")}
+            for r in entry.failed()
+        ]
+        notes = _evaluation_notes(entry)
+        row["evaluation_notes"] = notes
+        leaderboard.append(row)
+
+    lengths_table = []
+    for entry in collected:
+        if (entry.experiment.evaluate or {}).get("kind") != "algorithmic" and not any(
+            _length_values(r)[0] for r in entry.done()
+        ):
+            continue
+        by_length: dict[str, list[float]] = {}
+        validation_only: set[str] = set()
+        train_range: list[int] | None = None
+        validated: set[str] = set()  # lengths of training's validation: the longest trained on
+        for record in entry.done():
+            values, from_validation, record_range = _length_values(record)
+            validation_only |= from_validation
+            validated |= {str(length) for length in logged_by_length(record.get("metrics") or {}, "bits_per_seq")}
+            train_range = train_range or record_range
+            for length, value in values.items():
+                by_length.setdefault(length, []).append(value)
+        if train_range is None and validated:
+            train_range = [min(int(n) for n in validated), max(int(n) for n in validated)]
+        wanted = [str(n) for n in (entry.experiment.evaluate or {}).get("lengths", [])]
+        cells = {}
+        for length in sorted(set(by_length) | set(wanted), key=int):
+            stat = _mean_std(by_length.get(length, []))
+            cells[length] = (
+                None
+                if stat is None
+                else {"mean": stat[0], "std": stat[1], "n": len(by_length[length])}
+            )
+        lengths_table.append(
+            {
+                "experiment": entry.experiment.name,
+                "model": entry.experiment.model,
+                "task": entry.experiment.task,
+                "training_range": train_range,
+                "validation_only": sorted(validation_only, key=int),
+                "bits_per_seq": cells,
+                "notes": _evaluation_notes(entry),
+            }
+        )
+
+    babi_table = None
+    babi_entries = [
+        e
+        for e in collected
+        if (e.experiment.evaluate or {}).get("kind") == "babi"
+        or any(_babi_errors(r) for r in e.done())
+    ]
+    if babi_entries:
+        references = load_references()
+        models = []
+        for entry in babi_entries:
+            runs = [_babi_errors(r) for r in entry.done()]
+            runs = [r for r in runs if r]
+            per_task = {}
+            for task in BABI_TASKS:
+                stat = _mean_std([r[task] for r in runs if task in r])
+                per_task[task] = None if stat is None else {"mean": stat[0], "std": stat[1]}
+            mean_error = _mean_std([mean_task_error(r.values()) for r in runs])
+            failed = _mean_std(
+                [float(failed_tasks(r.values())) for r in runs]
+            )
+            notes = _evaluation_notes(entry)
+            measured = sum(stat is not None for stat in per_task.values())
+            if runs and measured < len(BABI_TASKS):
+                partial = (
+                    f"{entry.experiment.name}: only {measured} of {len(BABI_TASKS)} tasks measured; "
+                    "its mean error and failed count cover those only"
+                )
+                notes = sorted({*notes, partial})
+            models.append(
+                {
+                    "experiment": entry.experiment.name,
+                    "model": entry.experiment.model,
+                    "task": entry.experiment.task,
+                    "runs": len(runs),
+                    "tasks_measured": measured,
+                    "split": (entry.experiment.evaluate or {}).get("split", "test"),
+                    "per_task": per_task,
+                    "mean_error": None
+                    if mean_error is None
+                    else {"mean": mean_error[0], "std": mean_error[1]},
+                    "failed": None if failed is None else {"mean": failed[0], "std": failed[1]},
+                    "notes": notes,
+                }
+            )
+        babi_table = {
+            "task_names": references["task_names"],
+            "models": models,
+            "references": references["references"],
+        }
+    return {
+        "suite": suite.name,
+        "description": suite.description,
+        "columns": columns,
+        "leaderboard": leaderboard,
+        "lengths": lengths_table,
+        "babi": babi_table,
+    }
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    return tables.markdown_table(header, rows).rstrip("\n")
+
+
+def _cell(stat: dict | None, digits: int = 4) -> str:
+    if stat is None:
+        return "—"
+    n = stat.get("n", 2)
+    return _format((stat["mean"], stat["std"]), digits, n)
+
+
+def leaderboard_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and string rows of the leaderboard (the markdown, CSV and W&B tables share them)."""
+    header = ["experiment", "model", "task", "runs ok", *report["columns"], "status"]
+    rows = []
+    for row in report["leaderboard"]:
+        status = []
+        if row["failed"]:
+            status.append(
+                "; ".join(
+                    f"seed {e['seed']} failed ({e['stage']}): {e['error']}" for e in row["errors"]
+                )
+            )
+        if row["missing"]:
+            status.append(f"{row['missing']} not finished")
+        status += row["evaluation_notes"]
+        rows.append(
+            [
+                row["experiment"],
+                row["model"],
+                row["task"],
+                f"{row['done']}/{row['seeds']}",
+                *[_cell(row[c]) for c in report["columns"]],
+                "; ".join(status) or "ok",
+            ]
+        )
+    return header, rows
+
+
+def lengths_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    lengths = sorted({n for row in report["lengths"] for n in row["bits_per_seq"]}, key=int)
+    header = ["experiment", "model", "task", *[f"L={n}" for n in lengths], "notes"]
+    rows = []
+    for row in report["lengths"]:
+        cells = []
+        low, high = row["training_range"] or (0, 0)
+        for n in lengths:
+            stat = row["bits_per_seq"].get(n)
+            text = _cell(stat) if n in row["bits_per_seq"] else ""
+            if stat is not None and low <= int(n) <= high:
+                text += " *"
+            if stat is not None and n in row["validation_only"]:
+                text += " (val)"
+            cells.append(text)
+        rows.append([row["experiment"], row["model"], row["task"], *cells, "; ".join(row["notes"])])
+    return header, rows
+
+
+def babi_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    table = report["babi"]
+    references = table["references"]
+    header = [
+        "task",
+        *[
+            m["experiment"] + ("" if m.get("split", "test") == "test" else f" ({m['split']} split)")
+            for m in table["models"]
+        ],
+        *[r["label"] for r in references],
+    ]
+    rows = []
+
+    def ref_cell(ref: dict, value: Any, std: Any = None) -> str:
+        if value is None:
+            return ""
+        return f"{value:.1f}" if std is None else f"{value:.1f} ± {std:.1f}"
+
+    for task in BABI_TASKS:
+        row = [f"{task}: {table['task_names'][task]}"]
+        for model in table["models"]:
+            stat = model["per_task"][task]
+            row.append(
+                "—" if stat is None else _fixed((stat["mean"], stat["std"]), 1, model["runs"])
+            )
+        for ref in references:
+            per_task = ref.get("per_task") or {}
+            row.append(ref_cell(ref, per_task.get(task), (ref.get("per_task_std") or {}).get(task)))
+        rows.append(row)
+    mean_row, failed_row = ["mean error %"], [f"failed tasks (> {BABI_FAIL_THRESHOLD:g}%)"]
+    for model in table["models"]:
+        for target, key, decimals in ((mean_row, "mean_error", 1), (failed_row, "failed", 1)):
+            stat = model[key]
+            text = (
+                "—"
+                if stat is None
+                else _fixed((stat["mean"], stat["std"]), decimals, model["runs"])
+            )
+            if stat is not None and model["tasks_measured"] < len(BABI_TASKS):
+                text += f" [{model['tasks_measured']}/{len(BABI_TASKS)} tasks]"
+            target.append(text)
+    for ref in references:
+        mean_row.append(ref_cell(ref, ref.get("mean_error"), ref.get("mean_error_std")))
+        failed = ref.get("failed")
+        failed_row.append(
+            ""
+            if failed is None
+            else (
+                f"{failed:g}"
+                if ref.get("failed_std") is None
+                else f"{failed:g} ± {ref['failed_std']:g}"
+            )
+        )
+    rows += [mean_row, failed_row]
+    return header, rows
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The whole report as markdown (deterministic: the same results give the same text)."""
+    parts = [f"# Suite `{report['suite']}`"]
+    if report["description"]:
+        parts.append(report["description"].strip())
+    parts.append(
+        "## Leaderboard\n\nmean ± sample std over the seeds that finished; metrics from the last "
+        "validation of training unless named otherwise.\n\n"
+        + _markdown_table(*leaderboard_rows(report))
+    )
+    if report["lengths"]:
+        parts.append(
+            "## Algorithmic tasks: bits per sequence by length\n\nthe NTM paper's cost (binary "
+            "cross-entropy per sequence, in bits), mean ± std over seeds, measured by `memnet "
+            "evaluate`; '*' marks lengths inside the training range, '(val)' a number from the "
+            "last validation of training (where `memnet evaluate` did not run).\n\n"
+            + _markdown_table(*lengths_rows(report))
+        )
+    if report["babi"]:
+        refs = "\n".join(
+            f"- **{r['label']}**: {r['citation']}; {r['source']} ({r['statistic']})."
+            for r in report["babi"]["references"]
+        )
+        parts.append(
+            "## bAbI: test error % per task\n\nours: mean ± std over seeds; a task fails above "
+            f"{BABI_FAIL_THRESHOLD:g}% error. Published columns (blank where the paper's per-task "
+            "number is not stored):\n\n" + refs + "\n\n" + _markdown_table(*babi_rows(report))
+        )
+        notes = sorted({n for m in report["babi"]["models"] for n in m["notes"]})
+        if notes:
+            parts.append("Notes:\n\n" + "\n".join(f"- {n}" for n in notes))
+    return "\n\n".join(parts) + "\n"
+
+
+def render_csv(report: dict[str, Any]) -> str:
+    """The leaderboard as CSV: one row per experiment, mean and std in separate columns."""
+    header = (
+        [
+            "experiment",
+            "model",
+            "task",
+            "seeds",
+            "done",
+            "failed",
+            "missing",
+            *[f"{c} {part}" for c in report["columns"] for part in ("mean", "std")],
+            "errors",
+        ]
+    )
+    rows = []
+    for row in report["leaderboard"]:
+        values = []
+        for column in report["columns"]:
+            stat = row[column]
+            values += ["", ""] if stat is None else [f"{stat['mean']:.6g}", f"{stat['std']:.6g}"]
+        rows.append(
+            [
+                row["experiment"],
+                row["model"],
+                row["task"],
+                row["seeds"],
+                row["done"],
+                row["failed"],
+                row["missing"],
+                *values,
+                "; ".join(str(e["error"]) for e in row["errors"]),
+            ]
+        )
+    return tables.csv_table(header, rows)
+
+
+def write_report(results: str | Path, out: str | Path | None = None) -> dict[str, Any]:
+    """Write leaderboard.md/.csv/.json (and babi/lengths PNGs) to ``out`` (default RESULTS/report)."""
+    report = build_report(results)
+    out = Path(out) if out is not None else Path(results) / REPORT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "leaderboard.md").write_text(render_markdown(report))
+    (out / "leaderboard.csv").write_text(render_csv(report))
+    (out / "leaderboard.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    plot_suite_report(report, out)
+    return report
+
+
+def log_to_wandb(report: dict[str, Any], results: Path, out: Path) -> str | None:
+    """Log the tables (``wandb.Table``) and plots in one summary run, grouped by the suite's name.
+
+    Offline unless ``WANDB_MODE=online``; returns the run's folder.
+    """
+    import wandb
+
+    run = wandb.init(
+        project=os.environ.get("WANDB_PROJECT", "memnet"),
+        group=report["suite"],
+        name=f"{report['suite']}-summary",
+        job_type="suite-report",
+        dir=str(results),
+        mode=wandb_mode(),
+        config={"suite": report["suite"]},
+    )
+    try:
+        payload: dict[str, Any] = {}
+        header, rows = leaderboard_rows(report)
+        payload["leaderboard"] = wandb.Table(columns=header, data=rows)
+        if report["lengths"]:
+            header, rows = lengths_rows(report)
+            payload["lengths"] = wandb.Table(columns=header, data=rows)
+        if report["babi"]:
+            header, rows = babi_rows(report)
+            payload["babi"] = wandb.Table(columns=header, data=rows)
+        for png in sorted(out.glob("*.png")):
+            payload[f"plots/{png.stem}"] = wandb.Image(str(png))
+        run.log(payload)
+        return str(Path(run.dir).parent)
+    finally:
+        run.finish()

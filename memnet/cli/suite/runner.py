@@ -1,0 +1,501 @@
+"""Running a suite: every experiment × seed trained in its own process, resumable, failures isolated.
+
+Each run goes through the real training entry point (``python -m memnet fit ...``),
+then through its experiment's evaluator (``memnet.cli.suite.evaluators``); its
+record (``metrics.json``) says done, failed or missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from memnet.cli.suite.errors import EvaluationUnavailable, SuiteError
+from memnet.cli.suite.evaluators import EVALUATORS
+from memnet.cli.suite.spec import BUDGET_KEYS, Experiment, Suite, _resolve
+
+RECORD_FILE = "metrics.json"
+POLL_SECONDS = 0.2  # how often the scheduler looks at its runs
+PROGRESS_SECONDS = 30.0  # a progress line at least this often while runs go on
+ERROR_CHARS = 600  # the longest error message kept in a run's record
+
+
+@dataclass(frozen=True)
+class Run:
+    """One experiment at one seed, and its folder."""
+
+    suite: str
+    experiment: Experiment
+    seed: int
+    results: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.experiment.name}/seed_{self.seed}"
+
+    @property
+    def folder(self) -> Path:
+        return self.results / self.experiment.name / f"seed_{self.seed}"
+
+    @property
+    def record_path(self) -> Path:
+        return self.folder / RECORD_FILE
+
+    def record(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.record_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def is_done(self) -> bool:
+        """Trained, and evaluated if the experiment asks for an evaluation."""
+        record = self.record()
+        if record is None or record.get("status") != "done":
+            return False
+        return (
+            self.experiment.evaluate is None
+            or (record.get("evaluation") or {}).get("status") == "done"
+        )
+
+    def is_trained(self) -> bool:
+        record = self.record()
+        return (
+            record is not None
+            and record.get("status") in ("trained", "done")
+            and (self.folder / "summary.json").is_file()
+        )
+
+    def last_checkpoint(self) -> Path | None:
+        path = self.folder / "checkpoints" / "last.ckpt"
+        return path if path.is_file() else None
+
+    def fit_argv(self, *, base: Path, resume_from: Path | None = None) -> list[str]:
+        """Arguments of ``memnet fit`` for this run (without the program name)."""
+        experiment = self.experiment
+        argv = ["fit"]
+        for config in experiment.configs:
+            argv += ["--config", str(_resolve(config, base).resolve())]
+        for key, value in experiment.overrides.items():
+            argv.append(f"--{key}={_cli_value(value)}")
+        for key, value in experiment.budget.items():
+            argv.append(f"--trainer.{key}={_cli_value(value)}")
+        for key in experiment.seed_args:
+            argv.append(f"--{key}={self.seed}")
+        argv.append(f"--checkpoint.dirpath={(self.folder / 'checkpoints').resolve()}")
+        if "trainer.enable_progress_bar" not in experiment.overrides:
+            argv.append("--trainer.enable_progress_bar=false")
+        if _uses_wandb_logger(experiment, base):
+            logger = "--trainer.logger.init_args."
+            argv += [
+                f"{logger}save_dir={self.folder.resolve()}",
+                f"{logger}group={self.suite}",
+                f"{logger}name={experiment.name}-seed{self.seed}",
+                f"{logger}job_type=train",
+            ]
+        if resume_from is not None:
+            argv.append(f"--ckpt_path={resume_from.resolve()}")
+        return argv
+
+
+def _cli_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    return json.dumps(value)
+
+
+def _uses_wandb_logger(experiment: Experiment, base: Path) -> bool:
+    """Whether the stacked configs leave the default W&B logger (or name WandbLogger) in place."""
+    logger: Any = "default"
+    for config in experiment.configs:
+        from memnet.cli.configs import load_config
+
+        data = load_config(_resolve(config, base))  # its extends fragments stacked
+        trainer = data.get("trainer")
+        if isinstance(trainer, dict) and "logger" in trainer:
+            logger = trainer["logger"]
+    for key, value in experiment.overrides.items():
+        if key == "trainer.logger":
+            logger = value
+        elif key.startswith("trainer.logger."):
+            return False  # the suite's own logger fields would clash with the user's
+    if logger == "default":
+        return True
+    return isinstance(logger, dict) and str(logger.get("class_path", "")).endswith("WandbLogger")
+
+
+def with_overrides(suite: Suite, assignments: list[str]) -> Suite:
+    """The suite with ``FIELD=VALUE`` overrides (values read as YAML) added to every experiment."""
+    extra: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        key = key.strip().removeprefix("--")
+        if not sep or not re.match(r"^[A-Za-z_][\w.]*$", key):
+            raise SuiteError(
+                f"--set {assignment!r}: expected FIELD=VALUE with a dotted field name, "
+                "e.g. trainer.devices=2"
+            )
+        if key.removeprefix("trainer.") in BUDGET_KEYS:
+            raise SuiteError(
+                f"--set {assignment!r}: the training length is the suite's 'budget'; edit the suite file"
+            )
+        try:
+            extra[key] = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise SuiteError(
+                f"--set {assignment!r}: the value is not valid YAML: {error}"
+            ) from None
+    if not extra:
+        return suite
+    experiments = tuple(replace(e, overrides={**e.overrides, **extra}) for e in suite.experiments)
+    return replace(suite, experiments=experiments)
+
+
+def expand_runs(suite: Suite, results: Path, only: list[str] | None = None) -> list[Run]:
+    """Every experiment × seed, in suite order; ``only`` keeps the named experiments."""
+    names = {e.name for e in suite.experiments}
+    for name in only or []:
+        if name not in names:
+            raise SuiteError(
+                f"--only {name!r}: no such experiment in suite {suite.name!r}; "
+                f"experiments: {', '.join(sorted(names))}"
+            )
+    return [
+        Run(suite.name, experiment, seed, results)
+        for experiment in suite.experiments
+        if not only or experiment.name in only
+        for seed in experiment.seeds
+    ]
+
+
+class _Progress:
+    """The whole suite's progress on one line: done, running, failed, pending, time left."""
+
+    def __init__(self, name: str, total: int, jobs: int, skipped: int, stream=None) -> None:
+        self.name, self.total, self.jobs = name, total, jobs
+        self.done, self.failed, self.running = skipped, 0, 0
+        self.started = time.monotonic()
+        self.durations: list[float] = []
+        self.stream = stream or sys.stdout
+        self.lock = threading.Lock()
+        self.last_print = 0.0
+
+    def line(self) -> str:
+        pending = self.total - self.done - self.failed - self.running
+        elapsed = time.monotonic() - self.started
+        left = "?"
+        if self.durations:
+            per_run = sum(self.durations) / len(self.durations)
+            left = _duration(per_run * (pending + self.running / 2) / max(1, self.jobs))
+        elif pending + self.running == 0:
+            left = _duration(0)
+        return (
+            f"[suite {self.name}] {self.done}/{self.total} done, {self.running} running, "
+            f"{self.failed} failed, {pending} pending | elapsed {_duration(elapsed)}, left ~{left}"
+        )
+
+    def event(self, message: str) -> None:
+        with self.lock:
+            print(f"{message}\n{self.line()}", file=self.stream, flush=True)
+            self.last_print = time.monotonic()
+
+    def tick(self) -> None:
+        with self.lock:
+            if time.monotonic() - self.last_print >= PROGRESS_SECONDS:
+                print(self.line(), file=self.stream, flush=True)
+                self.last_print = time.monotonic()
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+class SuiteRunner:
+    """Runs the runs of a suite, ``jobs`` at a time, each in its own process.
+
+    Args:
+        suite: the suite.
+        results: the results folder.
+        jobs: runs at once.
+        gpus_per_job: if set, run slot i sees GPUs ``i*k .. i*k+k-1`` (``CUDA_VISIBLE_DEVICES``).
+        base_dir: folder that relative config paths are resolved from.
+        stream: where progress is printed.
+    """
+
+    def __init__(
+        self,
+        suite: Suite,
+        results: Path,
+        *,
+        jobs: int = 1,
+        gpus_per_job: int | None = None,
+        base_dir: Path | None = None,
+        stream: Any = None,
+    ) -> None:
+        if not isinstance(jobs, int) or jobs < 1:
+            raise SuiteError(f"--jobs must be a positive integer, got {jobs!r}")
+        if gpus_per_job is not None and gpus_per_job < 1:
+            raise SuiteError(f"--gpus-per-job must be a positive integer, got {gpus_per_job!r}")
+        self.suite = suite
+        self.results = Path(results)
+        self.jobs = jobs
+        self.gpus_per_job = gpus_per_job
+        self.base = Path(base_dir) if base_dir is not None else Path.cwd()
+        self.stream = stream or sys.stdout
+        self.events_lock = threading.Lock()
+        self.processes: set[subprocess.Popen] = set()
+        self.free_slots: list[int] = list(range(jobs))
+        self.slots_lock = threading.Lock()
+        self.stopping = False
+
+    def run(self, runs: list[Run]) -> dict[str, int]:
+        """Train and evaluate every run that is not done; returns counts by outcome."""
+        self.results.mkdir(parents=True, exist_ok=True)
+        self._write_suite_file()
+        todo = [r for r in runs if not r.is_done()]
+        progress = _Progress(
+            self.suite.name, len(runs), self.jobs, len(runs) - len(todo), self.stream
+        )
+        progress.event(
+            f"[suite {self.suite.name}] {len(runs)} runs, {len(runs) - len(todo)} already done, "
+            f"results in {self.results}"
+        )
+        counts = {"done": 0, "failed": 0, "interrupted": 0, "skipped": len(runs) - len(todo)}
+        previous_handler = None
+        if threading.current_thread() is threading.main_thread():  # SIGTERM stops like Ctrl-C
+            previous_handler = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            self._run_all(todo, progress, counts)
+        finally:
+            if previous_handler is not None:
+                signal.signal(signal.SIGTERM, previous_handler)
+        return counts
+
+    def run_one(self, run: Run) -> tuple[str, str]:
+        """Train and evaluate one run here and now (a cluster job's work); returns (outcome, message)."""
+        return self._train_and_evaluate(run, 0)
+
+    def _run_all(self, todo: list[Run], progress: _Progress, counts: dict[str, int]) -> None:
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            futures = [pool.submit(self._run_one, run, progress) for run in todo]
+            try:
+                while not all(f.done() for f in futures):
+                    time.sleep(POLL_SECONDS)
+                    progress.tick()
+            except KeyboardInterrupt:
+                self.stopping = True
+                for future in futures:
+                    future.cancel()
+                for process in list(self.processes):
+                    _terminate(process)
+                raise
+            for future in futures:
+                counts[future.result()] += 1
+
+    def _write_suite_file(self) -> None:
+        path = self.results / "suite.json"
+        path.write_text(json.dumps(self.suite.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    def _event(self, **fields: Any) -> None:
+        fields["time"] = round(time.time(), 3)
+        with self.events_lock, open(self.results / "events.jsonl", "a") as handle:
+            handle.write(json.dumps(fields, sort_keys=True) + "\n")
+
+    def _run_one(self, run: Run, progress: _Progress) -> str:
+        with self.slots_lock:
+            slot = self.free_slots.pop(0)
+        try:
+            if self.stopping:
+                return "interrupted"
+            with progress.lock:
+                progress.running += 1
+            started = time.monotonic()
+            outcome, message = self._train_and_evaluate(run, slot)
+            with progress.lock:
+                progress.running -= 1
+                progress.durations.append(time.monotonic() - started)
+                if outcome == "done":
+                    progress.done += 1
+                elif outcome == "failed":
+                    progress.failed += 1
+            progress.event(message)
+            return outcome
+        finally:
+            with self.slots_lock:
+                self.free_slots.append(slot)
+
+    def _env(self, slot: int) -> dict[str, str]:
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        env.setdefault("WANDB_SILENT", "true")
+        if "OMP_NUM_THREADS" not in env:  # share the cores between the runs going at once
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
+        if self.gpus_per_job:
+            first = slot * self.gpus_per_job
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + i) for i in range(self.gpus_per_job))
+        return env
+
+    def _process(self, argv: list[str], log: Path, slot: int) -> int:
+        with open(log, "a") as handle:
+            handle.write(f"$ {sys.executable} {' '.join(argv)}\n")
+            handle.flush()
+            process = subprocess.Popen(
+                [sys.executable, *argv],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                cwd=self.base,
+                env=self._env(slot),
+            )
+            self.processes.add(process)
+            try:
+                return process.wait()
+            finally:
+                self.processes.discard(process)
+
+    def _train_and_evaluate(self, run: Run, slot: int) -> tuple[str, str]:
+        run.folder.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        summary_path = run.folder / "summary.json"
+        previous = run.record() or {}
+        trained = run.is_trained()
+        train_seconds = float(previous.get("train_seconds", 0.0)) if trained else 0.0
+        if not trained:
+            summary_path.unlink(missing_ok=True)
+            resume = run.last_checkpoint()
+            argv = ["-m", "memnet.cli", *run.fit_argv(base=self.base, resume_from=resume)]
+            (run.folder / "command.json").write_text(
+                json.dumps({"argv": argv, "cwd": str(self.base)}, indent=2)
+            )
+            self._event(event="start", run=run.name, resume_from=str(resume) if resume else None)
+            self._write_record(run, status="running", resume_from=str(resume) if resume else None)
+            code = self._process(argv, run.folder / "train.log", slot)
+            train_seconds = time.monotonic() - started
+            if self.stopping:
+                self._event(event="interrupted", run=run.name)
+                self._write_record(run, status="interrupted", train_seconds=round(train_seconds, 3))
+                return "interrupted", f"interrupted {run.name} (resumes from its last checkpoint)"
+            if code != 0 or not summary_path.is_file():
+                error = _error_from_log(run.folder / "train.log", code)
+                self._event(event="failed", run=run.name, stage="train", returncode=code)
+                self._write_record(
+                    run,
+                    status="failed",
+                    stage="train",
+                    returncode=code,
+                    error=error,
+                    train_seconds=round(train_seconds, 3),
+                )
+                return "failed", f"FAILED {run.name} (training, exit {code}): {error}"
+            self._event(event="trained", run=run.name)
+            self._write_record(run, status="trained", train_seconds=round(train_seconds, 3))
+        summary = json.loads(summary_path.read_text())
+        checkpoint = summary.get("best_checkpoint") or summary.get("last_checkpoint")
+        evaluation: dict[str, Any] | None = None
+        spec = run.experiment.evaluate
+        if spec is not None:
+            evaluation = self._evaluate(run, spec, checkpoint, slot)
+        record = self._write_record(
+            run,
+            status="done",
+            metrics=summary.get("metrics", {}),
+            evaluation=evaluation,
+            checkpoint=checkpoint,
+            last_checkpoint=summary.get("last_checkpoint"),
+            config=str(run.folder / "config.yaml"),
+            wandb_dir=summary.get("wandb_dir"),
+            train_seconds=round(train_seconds, 3),
+        )
+        self._event(event="done", run=run.name)
+        note = ""
+        if evaluation and evaluation.get("status") != "done":
+            note = f" (evaluation {evaluation.get('status')}: {evaluation.get('error')})"
+        return "done", f"done {run.name} in {_duration(record['train_seconds'])}{note}"
+
+    def _evaluate(self, run: Run, spec: dict, checkpoint: str | None, slot: int) -> dict[str, Any]:
+        evaluator = EVALUATORS[spec["kind"]]
+        if not checkpoint:
+            return {
+                "kind": spec["kind"],
+                "status": "failed",
+                "error": "training left no checkpoint to evaluate",
+            }
+        try:
+            argv = evaluator.command(run, checkpoint, spec)
+        except EvaluationUnavailable as error:
+            return {"kind": spec["kind"], "status": "unavailable", "error": str(error)}
+        code = self._process(argv, run.folder / "evaluate.log", slot)
+        if code != 0:
+            return {
+                "kind": spec["kind"],
+                "status": "failed",
+                "error": _error_from_log(run.folder / "evaluate.log", code),
+            }
+        try:
+            result = evaluator.collect(run, spec)
+        except EvaluationUnavailable as error:
+            return {"kind": spec["kind"], "status": "unavailable", "error": str(error)}
+        return {"kind": spec["kind"], "status": "done", **result}
+
+    def _write_record(self, run: Run, **fields: Any) -> dict[str, Any]:
+        record = {
+            "suite": self.suite.name,
+            "experiment": run.experiment.name,
+            "seed": run.seed,
+            "model": run.experiment.model,
+            "task": run.experiment.task,
+            **fields,
+        }
+        partial = run.record_path.with_name(f".{RECORD_FILE}.partial")
+        partial.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        os.replace(partial, run.record_path)
+        return record
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _terminate(process: subprocess.Popen) -> None:
+    try:
+        process.send_signal(signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+
+
+def _error_from_log(path: Path, code: int) -> str:
+    """The last error of a log: its ``SomethingError: message`` line and the lines that explain it."""
+    try:
+        lines = [
+            line.strip()
+            for line in path.read_text(errors="replace").splitlines()
+            if line.strip() and not line.startswith("$ ")  # the command line the suite wrote
+        ]
+    except OSError:
+        return f"exit code {code}, no log"
+    for index in range(len(lines) - 1, -1, -1):
+        if re.match(r"^([\w.]*(Error|Exception)|error|memnet)\b.*?: ", lines[index]):
+            detail = [lines[index]]
+            for line in lines[index + 1 :]:
+                if line.startswith(("Given value", "Traceback", "[", "wandb:")):
+                    break
+                detail.append(line)
+            return " | ".join(detail)[:ERROR_CHARS]
+    return lines[-1][:ERROR_CHARS] if lines else f"exit code {code}, empty log"

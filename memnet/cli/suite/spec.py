@@ -1,0 +1,448 @@
+"""Suite files: the YAML of ``memnet suite``, parsed with PyYAML and checked, every error naming
+the file, the line and the experiment.
+
+The whole command: ``memnet.cli.suite`` (spec, evaluators, runner, report, command).
+
+    memnet suite run configs/suites/algorithmic.yaml --jobs 2     train every run, evaluate, report
+    memnet suite report runs/suites/algorithmic                   the leaderboard from what is on disk
+
+A suite file is YAML::
+
+    name: algorithmic                      # the suite's name: W&B group, default results folder
+    description: NTM paper tasks           # optional
+    results: runs/suites/algorithmic       # optional; default runs/suites/<name>
+    launcher: {name: slurm, partition: gpu, time: "04:00:00"}   # optional (memnet.cli.suite.launcher)
+    defaults:                              # optional; merged into every experiment (experiment wins)
+      seeds: 3                             # n (seeds 0..n-1) or a list [0, 1, 2]
+      budget: {max_steps: 10000}           # max_steps, max_epochs and/or max_time ("DD:HH:MM:SS")
+      overrides: {trainer.log_every_n_steps: 50}
+      seed_args: [seed_everything, data.init_args.seed]   # the fields a run's seed is written to
+    experiments:
+      - name: ntm-copy                     # unique; letters, digits, '-', '_', '.'
+        configs: [configs/ntm/copy.yaml]   # stacked in order, like repeated --config
+        overrides:                         # any CLI field, dotted, as in --key=value
+          model.init_args.net.init_args.memory_size: 128
+        evaluate: {kind: algorithmic, lengths: [20, 40, 80, 120]}   # or {kind: babi, split: test}
+        model: NTM                         # labels for the tables (default: the first config's
+        task: copy                         #   folder and file name, configs/<model>/<task>.yaml)
+
+Every experiment × seed is one *run*, trained in its own process through the real
+training entry point (``python -m memnet.cli fit ...``, the code of ``memnet fit``),
+so one failure does not stop the others. A results folder holds::
+
+    RESULTS/suite.json                        the resolved suite
+    RESULTS/events.jsonl                      one line per training start, finish, failure
+    RESULTS/<experiment>/seed_<s>/
+        command.json                          the argv of the training command
+        config.yaml                           the full resolved config (written by memnet fit)
+        checkpoints/last.ckpt, best-*.ckpt    checkpoints (resumed from last.ckpt after a kill)
+        train.log, evaluate.log               the processes' output
+        summary.json                          written by memnet fit when training finished
+        metrics.json                          the run's record: status, metrics, evaluation, error
+    RESULTS/report/                           leaderboard.md/.csv/.json, babi.md, lengths.md, *.png
+
+A run whose ``metrics.json`` says ``done`` is skipped on the next ``suite run``; a
+run with a ``last.ckpt`` but no record resumes from it; a failed run is tried again.
+"""
+
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from memnet.cli.suite.errors import SuiteError
+from memnet.cli.suite.evaluators import EVALUATORS
+
+DEFAULT_RESULTS_ROOT = Path("runs") / "suites"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+SUITE_KEYS = {"name", "description", "results", "defaults", "experiments", "launcher"}
+DEFAULTS_KEYS = {"seeds", "budget", "overrides", "seed_args", "evaluate"}
+EXPERIMENT_KEYS = {
+    "name",
+    "configs",
+    "overrides",
+    "seeds",
+    "budget",
+    "evaluate",
+    "model",
+    "task",
+    "seed_args",
+}
+BUDGET_KEYS = ("max_steps", "max_epochs", "max_time")
+
+
+class _Mapping(dict):
+    """A YAML mapping that remembers its line and the line of each key (1-based)."""
+
+    line: int = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.key_lines: dict[Any, int] = {}
+
+
+class _LineLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _Mapping:
+    loader.flatten_mapping(node)
+    mapping = _Mapping()
+    mapping.line = node.start_mark.line + 1
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in mapping:
+            raise SuiteError(f"{loader.name}:{key_node.start_mark.line + 1}: duplicate key {key!r}")
+        mapping[key] = loader.construct_object(value_node, deep=True)
+        mapping.key_lines[key] = key_node.start_mark.line + 1
+    return mapping
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One model on one task: the configs to stack, overrides, seeds, budget and evaluation.
+
+    Attributes:
+        name: unique within the suite; the run folders are ``<results>/<name>/seed_<s>``.
+        configs: config files, stacked in order (later wins).
+        overrides: dotted CLI field -> value, given as ``--field=value`` after the configs.
+        seeds: one run per seed.
+        budget: ``max_steps`` / ``max_epochs`` / ``max_time`` for the trainer.
+        evaluate: ``{"kind": ..., ...}`` evaluation after training, or None.
+        model: label of the model in the tables.
+        task: label of the task in the tables.
+        seed_args: the fields each run's seed is written to.
+    """
+
+    name: str
+    configs: tuple[str, ...]
+    overrides: dict[str, Any]
+    seeds: tuple[int, ...]
+    budget: dict[str, Any]
+    evaluate: dict[str, Any] | None
+    model: str
+    task: str
+    seed_args: tuple[str, ...] = ("seed_everything",)
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A named list of experiments (see the module docstring for the file format)."""
+
+    name: str
+    description: str
+    experiments: tuple[Experiment, ...]
+    path: str = ""
+    results: str | None = None
+    launcher: Any = None  # the ``launcher:`` section, a memnet.cli.suite.launcher.LauncherConfig
+
+    def default_results(self) -> Path:
+        return Path(self.results) if self.results else DEFAULT_RESULTS_ROOT / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "path": self.path,
+            "experiments": [
+                {
+                    "name": e.name,
+                    "configs": list(e.configs),
+                    "overrides": e.overrides,
+                    "seeds": list(e.seeds),
+                    "budget": e.budget,
+                    "evaluate": e.evaluate,
+                    "model": e.model,
+                    "task": e.task,
+                    "seed_args": list(e.seed_args),
+                }
+                for e in self.experiments
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Suite:
+        experiments = tuple(
+            Experiment(
+                name=e["name"],
+                configs=tuple(e["configs"]),
+                overrides=dict(e["overrides"]),
+                seeds=tuple(e["seeds"]),
+                budget=dict(e["budget"]),
+                evaluate=e.get("evaluate"),
+                model=e["model"],
+                task=e["task"],
+                seed_args=tuple(e.get("seed_args", ("seed_everything",))),
+            )
+            for e in data["experiments"]
+        )
+        return cls(
+            name=data["name"],
+            description=data.get("description", ""),
+            experiments=experiments,
+            path=data.get("path", ""),
+        )
+
+
+def load_suite(path: str | Path, *, base_dir: str | Path | None = None) -> Suite:
+    """Read and check a suite file; every problem raises ``SuiteError`` before anything runs.
+
+    Args:
+        path: the suite YAML.
+        base_dir: folder that relative config paths are resolved from (default: the
+            current working directory, where ``memnet fit`` would resolve them).
+
+    Raises:
+        SuiteError: naming the file, the line and the entry, for an unknown key, a
+            missing config file, a duplicate experiment name, zero seeds, a bad budget,
+            override or evaluation.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SuiteError(f"suite file {path} does not exist")
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    text = path.read_text()
+    try:
+        loader = _LineLoader(text)
+        loader.name = str(path)
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as error:
+        raise SuiteError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(data, _Mapping):
+        raise SuiteError(
+            f"{path}: a suite file is a mapping with 'name' and 'experiments', got {type(data).__name__}"
+        )
+    where = str(path)
+    _check_keys(data, SUITE_KEYS, where, "suite")
+    name = data.get("name")
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise SuiteError(
+            f"{where}:{data.key_lines.get('name', data.line)}: 'name' must be a name of letters, "
+            f"digits, '-', '_', '.', got {name!r}"
+        )
+    defaults = data.get("defaults") or _Mapping()
+    if not isinstance(defaults, dict):
+        raise SuiteError(f"{where}:{data.key_lines['defaults']}: 'defaults' must be a mapping")
+    _check_keys(defaults, DEFAULTS_KEYS, where, "defaults")
+    entries = data.get("experiments")
+    if not isinstance(entries, list) or not entries:
+        raise SuiteError(
+            f"{where}:{data.key_lines.get('experiments', data.line)}: 'experiments' must be a "
+            "non-empty list of experiments"
+        )
+    experiments: list[Experiment] = []
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        experiment = _parse_experiment(entry, defaults, where, index, base)
+        line = getattr(entry, "line", 0)
+        if experiment.name in seen:
+            raise SuiteError(
+                f"{where}:{line}: experiment {experiment.name!r} (entry {index + 1}): duplicate "
+                f"experiment name, first defined on line {seen[experiment.name]}"
+            )
+        seen[experiment.name] = line
+        experiments.append(experiment)
+    description = data.get("description") or ""
+    results = data.get("results")
+    if results is not None and not isinstance(results, str):
+        raise SuiteError(f"{where}:{data.key_lines['results']}: 'results' must be a folder path")
+    from memnet.cli.suite.launcher import from_section  # the cluster launchers (submitit)
+
+    launcher = from_section(data.get("launcher"), f"{where}:{data.key_lines.get('launcher', data.line)}")
+    return Suite(
+        name=name,
+        description=str(description),
+        experiments=tuple(experiments),
+        path=str(path),
+        results=results,
+        launcher=launcher,
+    )
+
+
+def _check_keys(mapping: dict, allowed: set[str], where: str, what: str) -> None:
+    for key in mapping:
+        if key not in allowed:
+            line = getattr(mapping, "key_lines", {}).get(key, getattr(mapping, "line", 0))
+            raise SuiteError(
+                f"{where}:{line}: {what}: unknown key {key!r}; allowed keys: {', '.join(sorted(allowed))}"
+            )
+
+
+def _parse_experiment(entry: Any, defaults: dict, where: str, index: int, base: Path) -> Experiment:
+    if not isinstance(entry, dict):
+        raise SuiteError(
+            f"{where}: experiment entry {index + 1} must be a mapping with 'name' and 'configs', "
+            f"got {entry!r}"
+        )
+    line = getattr(entry, "line", 0)
+    name = entry.get("name")
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise SuiteError(
+            f"{where}:{line}: experiment entry {index + 1}: 'name' must be a name of letters, digits, "
+            f"'-', '_', '.', got {name!r}"
+        )
+    label = f"experiment {name!r}"
+    _check_keys(entry, EXPERIMENT_KEYS, where, label)
+
+    def at(key: str) -> str:
+        return f"{where}:{entry.key_lines.get(key, line) if isinstance(entry, _Mapping) else line}: {label}"
+
+    configs = entry.get("configs")
+    if isinstance(configs, str):
+        configs = [configs]
+    if not isinstance(configs, list) or not configs or not all(isinstance(c, str) for c in configs):
+        raise SuiteError(
+            f"{at('configs')}: 'configs' must be a non-empty list of config file paths"
+        )
+    for config in configs:
+        if not _resolve(config, base).is_file():
+            raise SuiteError(
+                f"{at('configs')}: config file {config!r} does not exist "
+                f"(looked in {_resolve(config, base).parent})"
+            )
+
+    seeds = _parse_seeds(
+        entry["seeds"] if "seeds" in entry else defaults.get("seeds", 1), at("seeds")
+    )
+
+    overrides: dict[str, Any] = {}
+    for source, key_where in (
+        (defaults.get("overrides"), f"{where}: defaults"),
+        (entry.get("overrides"), at("overrides")),
+    ):
+        if source is None:
+            continue
+        if not isinstance(source, dict):
+            raise SuiteError(
+                f"{key_where}: 'overrides' must be a mapping of dotted field names to values, "
+                f"e.g. {{trainer.max_steps: 100}}"
+            )
+        for key, value in source.items():
+            if not isinstance(key, str) or not re.match(r"^[A-Za-z_][\w.]*$", key):
+                raise SuiteError(
+                    f"{key_where}: override {key!r} must be a dotted field name such as "
+                    "'model.init_args.net.init_args.memory_size'"
+                )
+            if key.removeprefix("trainer.") in BUDGET_KEYS:
+                raise SuiteError(
+                    f"{key_where}: override {key!r}: give the training length in 'budget', not in "
+                    "'overrides'"
+                )
+            overrides[key] = value
+
+    budget = dict(defaults.get("budget") or {})
+    if "budget" in entry:
+        if not isinstance(entry["budget"], dict):
+            raise SuiteError(
+                f"{at('budget')}: 'budget' must be a mapping with {', '.join(BUDGET_KEYS)}"
+            )
+        budget.update(entry["budget"])
+    for key, value in budget.items():
+        if key not in BUDGET_KEYS:
+            raise SuiteError(
+                f"{at('budget')}: budget: unknown key {key!r}; allowed: {', '.join(BUDGET_KEYS)}"
+            )
+        if key == "max_time":
+            if not (isinstance(value, str) and re.match(r"^\d+:\d{2}:\d{2}:\d{2}$", value)):
+                raise SuiteError(
+                    f"{at('budget')}: budget.max_time must be 'DD:HH:MM:SS', got {value!r}"
+                )
+        elif not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise SuiteError(
+                f"{at('budget')}: budget.{key} must be a positive integer, got {value!r}"
+            )
+    if not budget:
+        raise SuiteError(
+            f"{at('budget')}: no budget: give 'budget' ({', '.join(BUDGET_KEYS)}) in the experiment "
+            "or in 'defaults'"
+        )
+
+    evaluate = entry["evaluate"] if "evaluate" in entry else defaults.get("evaluate")
+    if evaluate is not None:
+        if not isinstance(evaluate, dict) or evaluate.get("kind") not in EVALUATORS:
+            raise SuiteError(
+                f"{at('evaluate')}: 'evaluate' must be a mapping with kind one of "
+                f"{sorted(EVALUATORS)}, got {evaluate!r}"
+            )
+        evaluate = EVALUATORS[evaluate["kind"]].check(dict(evaluate), at("evaluate"))
+
+    seed_args = (
+        entry["seed_args"]
+        if "seed_args" in entry
+        else defaults.get("seed_args", ["seed_everything"])
+    )
+    if isinstance(seed_args, str):
+        seed_args = [seed_args]
+    if (
+        not isinstance(seed_args, list)
+        or not seed_args
+        or not all(isinstance(s, str) for s in seed_args)
+    ):
+        raise SuiteError(
+            f"{at('seed_args')}: 'seed_args' must be a non-empty list of dotted field names"
+        )
+
+    model, task = _default_labels(configs[0])
+    for key in ("model", "task"):
+        if key in entry and not isinstance(entry[key], str):
+            raise SuiteError(f"{at(key)}: {key!r} must be a string label")
+    return Experiment(
+        name=name,
+        configs=tuple(configs),
+        overrides=overrides,
+        seeds=seeds,
+        budget=budget,
+        evaluate=evaluate,
+        model=entry.get("model", model),
+        task=entry.get("task", task),
+        seed_args=tuple(seed_args),
+    )
+
+
+def _parse_seeds(value: Any, where: str) -> tuple[int, ...]:
+    if isinstance(value, bool):
+        raise SuiteError(
+            f"{where}: 'seeds' must be a count ≥ 1 or a non-empty list of integers, got {value!r}"
+        )
+    if isinstance(value, int):
+        if value < 1:
+            raise SuiteError(
+                f"{where}: 'seeds' is {value}: a suite needs at least one seed per experiment "
+                "(a count ≥ 1 or a non-empty list of integers)"
+            )
+        return tuple(range(value))
+    if isinstance(value, list):
+        if not value:
+            raise SuiteError(
+                f"{where}: 'seeds' is an empty list: a suite needs at least one seed per experiment"
+            )
+        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
+            raise SuiteError(f"{where}: 'seeds' must hold integers ≥ 0, got {value!r}")
+        if len(set(value)) != len(value):
+            raise SuiteError(f"{where}: 'seeds' holds a seed twice: {value!r}")
+        return tuple(value)
+    raise SuiteError(
+        f"{where}: 'seeds' must be a count ≥ 1 or a non-empty list of integers, got {value!r}"
+    )
+
+
+def _resolve(path: str | Path, base: Path) -> Path:
+    path = Path(path)
+    return path if path.is_absolute() else base / path
+
+
+def _default_labels(config: str) -> tuple[str, str]:
+    """configs/<model>/<task>.yaml -> (model, task)."""
+    path = Path(config)
+    return path.parent.name or path.stem, path.stem

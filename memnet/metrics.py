@@ -1,0 +1,238 @@
+"""Every score of memnet, once: pure functions of tensors (and of logged metric dicts).
+
+Used alike by the tasks (``tasks.algorithmic``), the LightningModules, ``memnet
+evaluate``, the bAbI table and the suite's report, so a score means one thing
+wherever it is printed.
+
+Binary sequence tasks (the NTM paper's algorithmic tasks); ``mask`` (B, T) is 1 on
+the scored (output-phase) steps:
+    masked_bce               binary cross-entropy of each scored bit, nats (B, T, D)
+    binary_loss              its mean per scored bit, the training loss ()
+    bits_per_sequence        the paper's cost: cross-entropy summed over a sequence, in bits (B,)
+    bit_errors_per_sequence  wrong bits (logit > 0 read as 1) per sequence (B,)
+    step_accuracy            share of scored steps whose every bit is right (B,)
+    sequence_metrics         the three logged per batch: loss, bits_per_seq, bit_errors_per_seq
+
+Question answering (bAbI):
+    answer_errors            1 for a wrong answer, 0 for a right one (B,)
+    task_error_counts        wrong answers and questions per task (2, K)
+    task_errors_from_counts  error in percent of every task present
+    FAILED_TASK_ERROR        a task above 5% test error counts as failed (Weston et al. 2015)
+    mean_error, failed_tasks the papers' summary rows of a set of per-task errors
+    task_error_key, task_errors   the logged name ``<stage>/task_<k>/error``, and reading it back
+    length_key, by_length    the logged name ``<stage>/len_<n>/<score>``, and reading it back
+
+Token sequences (seq2seq): ``token_metrics``, ``sequence_accuracy``.
+Real-valued series: ``nrmse_from_sums`` (and ``nrmse_sums`` to accumulate them).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+LOG2 = math.log(2.0)  # nats per bit
+FAILED_TASK_ERROR = 5.0  # percent: a bAbI task counts as failed above this test error (Weston et al. 2015)
+BABI_TASK_COUNT = 20  # tasks 1..20 of bAbI v1.2
+BABI_TASK_KEYS = tuple(str(k) for k in range(1, BABI_TASK_COUNT + 1))  # the tasks as JSON keys "1".."20"
+
+
+# ----------------------------------------------------------------------------- binary sequences
+
+
+def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of every bit, zero off the scored steps.
+
+    Args:
+        logits: (B, T, D) output logits.
+        targets: (B, T, D) targets in {0, 1}.
+        mask: (B, T) 1 on scored steps.
+
+    Returns:
+        (B, T, D) nats.
+    """
+    nats = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return nats * rearrange(mask, "b t -> b t 1")
+
+
+def binary_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked binary cross-entropy, mean nats per scored bit: (B, T, D), (B, T, D), (B, T) -> ()."""
+    scored_bits = (mask.sum() * logits.shape[-1]).clamp_min(1)
+    return masked_bce(logits, targets, mask).sum() / scored_bits
+
+
+def bits_per_sequence(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The NTM paper's cost: cross-entropy summed over a sequence's scored bits, in bits. -> (B,)."""
+    return masked_bce(logits, targets, mask).sum(dim=(1, 2)) / LOG2
+
+
+def wrong_bits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(B, T, D) 1 where the output thresholded at probability ½ (logit > 0) differs from the target."""
+    return ((logits > 0).to(targets.dtype) != targets).to(logits.dtype)
+
+
+def bit_errors_per_sequence(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Wrong bits on the scored steps of each sequence: (B, T, D), (B, T, D), (B, T) -> (B,)."""
+    return (wrong_bits(logits, targets) * rearrange(mask, "b t -> b t 1")).sum(dim=(1, 2))
+
+
+def step_accuracy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Share of a sequence's scored steps whose every bit is right: -> (B,)."""
+    right = (wrong_bits(logits, targets).sum(dim=-1) == 0).to(logits.dtype) * mask
+    return right.sum(dim=1) / mask.sum(dim=1).clamp_min(1)
+
+
+def sequence_metrics(
+    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Masked binary cross-entropy and the NTM paper's per-sequence metrics.
+
+    Args:
+        logits: (B, T, D) output logits.
+        targets: (B, T, D) binary targets.
+        mask: (B, T) 1 on scored steps.
+
+    Returns:
+        ``loss`` (mean nats per scored bit), ``bits_per_seq`` and ``bit_errors_per_seq``
+        (sums over a sequence's scored bits, averaged over the batch).
+    """
+    return {
+        "loss": binary_loss(logits, targets, mask),
+        "bits_per_seq": bits_per_sequence(logits, targets, mask).mean(),
+        "bit_errors_per_seq": bit_errors_per_sequence(logits, targets, mask).mean(),
+    }
+
+
+# ----------------------------------------------------------------------------- question answering
+
+
+def answer_errors(logits: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
+    """logits (B, A), answer (B,) class -> (B,) 1.0 where the arg-max answer is wrong, else 0.0."""
+    return (logits.argmax(-1) != answer).to(logits.dtype)
+
+
+def task_error_counts(wrong: torch.Tensor, task: torch.Tensor, *, tasks: int | None = None) -> torch.Tensor:
+    """Wrong answers and questions of each task: wrong (B,), task (B,) ints -> (2, K).
+
+    Row 0 counts the wrong answers, row 1 the questions; K = ``tasks`` or max(task) + 1.
+    """
+    size = int(task.max()) + 1 if tasks is None else tasks
+    zeros = torch.zeros(size, device=wrong.device, dtype=wrong.dtype)
+    return torch.stack([zeros.index_add(0, task, wrong), zeros.index_add(0, task, torch.ones_like(wrong))])
+
+
+def task_errors_from_counts(counts: torch.Tensor) -> tuple[list[int], torch.Tensor]:
+    """counts (2, K) as :func:`task_error_counts` -> (tasks present, their error in percent (P,))."""
+    present = counts[1] > 0
+    return present.nonzero().flatten().tolist(), 100 * counts[0][present] / counts[1][present]
+
+
+def mean_error(errors: Iterable[float]) -> float:
+    """Mean of per-task errors (percent); NaN for none."""
+    values = [float(e) for e in errors]
+    return sum(values) / len(values) if values else math.nan
+
+
+def failed_tasks(errors: Iterable[float] | torch.Tensor, *, threshold: float = FAILED_TASK_ERROR) -> int:
+    """How many tasks have an error (percent) above ``threshold`` (5%, the papers' failure line)."""
+    return int(sum(float(e) > threshold for e in errors))
+
+
+def task_error_key(stage: str, task: int) -> str:
+    """The name under which a LightningModule logs task ``task``'s error: ``test/task_3/error``."""
+    return f"{stage}/task_{task}/error"
+
+
+_TASK_METRIC = re.compile(r"^(?P<stage>\w+)/task_(?P<task>\d+)/error$")
+
+
+def task_errors(metrics: Mapping[str, Any], stage: str = "test") -> dict[int, float]:
+    """{task -> error %} from logged metrics named as :func:`task_error_key` gives, sorted by task."""
+    errors = {}
+    for key, value in metrics.items():
+        match = _TASK_METRIC.match(str(key))
+        if match and match["stage"] == stage:
+            errors[int(match["task"])] = float(value)
+    return dict(sorted(errors.items()))
+
+
+def length_key(stage: str, length: int, name: str) -> str:
+    """The name under which a score at one task length is logged: ``val/len_20/bits_per_seq``."""
+    return f"{stage}/len_{length}/{name}"
+
+
+_LENGTH_METRIC = re.compile(r"^(?P<stage>\w+)/len_(?P<length>\d+)/(?P<name>\w+)$")
+
+
+def by_length(metrics: Mapping[str, Any], name: str, stage: str = "val") -> dict[int, float]:
+    """{length -> value} of the score ``name`` logged per length (:func:`length_key`), sorted by length."""
+    values = {}
+    for key, value in metrics.items():
+        match = _LENGTH_METRIC.match(str(key))
+        if match and match["stage"] == stage and match["name"] == name and isinstance(value, (int, float)):
+            values[int(match["length"])] = float(value)
+    return dict(sorted(values.items()))
+
+
+# ----------------------------------------------------------------------------- token sequences
+
+
+def token_metrics(logits: torch.Tensor, target: torch.Tensor, *, pad_index: int = 0) -> dict[str, torch.Tensor]:
+    """Token cross-entropy and accuracy, PAD targets ignored.
+
+    Args:
+        logits: (B, T, V).
+        target: (B, T) token ids.
+        pad_index: the id whose positions are not scored.
+
+    Returns:
+        ``loss`` (mean nats per scored token) and ``token_accuracy``.
+    """
+    scored = target != pad_index
+    loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=pad_index)
+    right = (logits.argmax(-1) == target) & scored
+    return {"loss": loss, "token_accuracy": right.sum() / scored.sum().clamp_min(1)}
+
+
+def sequence_accuracy(decoded: torch.Tensor, target: torch.Tensor, *, pad_index: int = 0) -> torch.Tensor:
+    """Exact match of decoded sequences: decoded (B, T'), target (B, T) -> (B,) float 1/0.
+
+    Sequences are compared up to the target's length (EOS included), the shorter
+    padded with PAD; a decoding that goes on past the target's end (non-PAD
+    tokens there) is wrong.
+    """
+    length = max(decoded.shape[1], target.shape[1])
+    decoded = F.pad(decoded, (0, length - decoded.shape[1]), value=pad_index)
+    target = F.pad(target, (0, length - target.shape[1]), value=pad_index)
+    return (decoded == target).all(dim=1).to(torch.get_default_dtype())
+
+
+# ----------------------------------------------------------------------------- real-valued series
+
+
+def masked_mse(predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the scored steps: (B, T, K), (B, T, K), (B, T) -> ()."""
+    mask = rearrange(mask, "b t -> b t 1")
+    count = mask.sum() * targets.shape[-1]
+    return ((predictions - targets) ** 2 * mask).sum() / count.clamp_min(1)
+
+
+def nrmse_sums(predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One batch's [Σ(y−ŷ)², Σy, Σy², n] over the scored steps, float64 (4,); sums of batches add up."""
+    mask = rearrange(mask, "b t -> b t 1")
+    squared = ((predictions.detach() - targets) ** 2 * mask).double()
+    masked = (targets * mask).double()
+    count = (mask.sum() * targets.shape[-1]).double()
+    return torch.stack([squared.sum(), masked.sum(), (masked**2).sum(), count])
+
+
+def nrmse_from_sums(sums: torch.Tensor) -> torch.Tensor:
+    """[Σ(y−ŷ)², Σy, Σy², n] -> √(Σ(y−ŷ)² / (Σy² − (Σy)²/n)), the NRMSE."""
+    squared_error, total, total_squares, count = sums
+    return torch.sqrt(squared_error / (total_squares - total**2 / count))

@@ -1,0 +1,260 @@
+"""The base of memnet's LightningModules: what every module shares, written once.
+
+    MemnetModule        the net, the optimiser and scheduler, the precision check, the
+                        finite-loss check and the train / val / test → ``model_step`` triplet,
+                        per-epoch accumulation hooks
+    StageMetrics        one torchmetrics ``Metric`` per stage, reset every epoch, DDP-synchronised
+    TaskErrorCounts     wrong answers and questions per task (bAbI), NRMSESums the NRMSE's sums
+    configure_optimizers, scheduler_config, check_precision, check_finite_loss
+
+The modules themselves (``SequenceModule``, ``QAModule``, …) are in ``memnet.lightning``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+import torchmetrics
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torchmetrics.utilities import dim_zero_cat
+
+from memnet.metrics import nrmse_from_sums, task_error_counts
+
+Interval = Literal["step", "epoch"]  # when a learning-rate scheduler steps
+
+
+class MemnetModule(pl.LightningModule):
+    """The base of memnet's LightningModules: the net, the optimiser and scheduler, the stage triplet.
+
+    A subclass writes ``forward`` and ``model_step(batch, stage) -> loss`` (forward, loss,
+    metrics, logging under ``train/…``, ``val/…``, ``test/…``); this base runs it for the
+    three stages, stops training on a NaN or infinite loss (:func:`check_finite_loss`),
+    refuses a precision the network cannot train in, and builds the optimiser and
+    scheduler (:func:`configure_optimizers`). Hyper-parameters (all but the net and the
+    factories) are saved in checkpoints.
+
+    Args:
+        net: the network (a ``class_path`` in YAML).
+        optimizer: optimiser factory (``class_path`` + ``init_args`` in YAML); default Adam.
+        scheduler: optional learning-rate scheduler factory.
+        scheduler_interval: step the scheduler every ``step`` (e.g. OneCycleLR) or ``epoch``.
+    """
+
+    #: constructor arguments that are not hyper-parameters (not saved in checkpoints)
+    not_saved: tuple[str, ...] = ("net", "optimizer", "scheduler")
+    #: the torchmetrics Metric a subclass accumulates over each stage's epoch (None: none);
+    #: ``log_epoch_value(stage, value)`` logs what it computed
+    epoch_metric: Callable[[], torchmetrics.Metric] | None = None
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: Interval = "epoch",
+    ) -> None:
+        super().__init__()
+        if scheduler_interval not in ("step", "epoch"):
+            raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
+        self.save_hyperparameters(ignore=list(self.not_saved))
+        self.net = net
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.epoch_metrics = None if self.epoch_metric is None else StageMetrics(self.epoch_metric)
+
+    def setup(self, stage: str) -> None:
+        check_precision(self)
+
+    def model_step(self, batch: dict, stage: str) -> torch.Tensor:
+        """Forward, loss, metrics and logging of one batch in ``stage``; returns the loss."""
+        raise NotImplementedError
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.model_step(batch, "train")
+        check_finite_loss(loss, self)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.model_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.model_step(batch, "test")
+
+    def configure_optimizers(self) -> Any:
+        return configure_optimizers(self, self.scheduler_interval)
+
+    # ---- per-epoch accumulation: a subclass with StageMetrics resets and logs them here ----
+
+    def reset_epoch(self, stage: str) -> None:
+        """Clear what ``stage`` accumulates over an epoch."""
+        if self.epoch_metrics is not None:
+            self.epoch_metrics.reset(stage)
+
+    def log_epoch(self, stage: str) -> None:
+        """Log what ``stage`` accumulated over its epoch (of every DDP process); not in the sanity check."""
+        if self.epoch_metrics is None:
+            return
+        value = self.epoch_metrics.compute(stage)
+        if value is not None and not self.trainer.sanity_checking:
+            self.log_epoch_value(stage, value)
+
+    def log_epoch_value(self, stage: str, value: Any) -> None:
+        """Log the value ``epoch_metric`` computed over ``stage``'s epoch (a subclass with one writes it)."""
+        raise NotImplementedError
+
+    def on_train_epoch_start(self) -> None:
+        self.reset_epoch("train")
+
+    def on_validation_epoch_start(self) -> None:
+        self.reset_epoch("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.reset_epoch("test")
+
+    def on_train_epoch_end(self) -> None:
+        self.log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_epoch("test")
+
+
+class StageMetrics(nn.Module):
+    """One torchmetrics ``Metric`` per stage (``train``, ``val``, ``test``), accumulated over its epoch.
+
+    ``update(stage, ...)`` adds a batch; ``compute(stage)`` returns the epoch's value (synchronised
+    across DDP processes by torchmetrics) and resets the stage, or None if nothing was added.
+    """
+
+    def __init__(self, make: Callable[[], torchmetrics.Metric]) -> None:
+        super().__init__()
+        # keyed "<stage>_epoch": a ModuleDict key may not be a Module method's name ("train")
+        self.stages = nn.ModuleDict({f"{stage}_epoch": make() for stage in ("train", "val", "test")})
+
+    def update(self, stage: str, *args: Any) -> None:
+        self.stages[f"{stage}_epoch"].update(*args)
+
+    def compute(self, stage: str) -> Any:
+        metric = self.stages[f"{stage}_epoch"]
+        if not metric.update_called:
+            return None
+        value = metric.compute()
+        metric.reset()
+        return value
+
+    def reset(self, stage: str) -> None:
+        self.stages[f"{stage}_epoch"].reset()
+
+
+class TaskErrorCounts(torchmetrics.Metric):
+    """Wrong answers and questions per task over an epoch: ``compute() -> (2, K)`` (:func:`task_error_counts`)."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("wrong", default=[], dist_reduce_fx="cat")
+        self.add_state("task", default=[], dist_reduce_fx="cat")
+
+    def update(self, wrong: torch.Tensor, task: torch.Tensor) -> None:
+        """wrong (B,) 1.0 for a wrong answer, task (B,) the task numbers."""
+        self.wrong.append(wrong.detach())
+        self.task.append(task.detach())
+
+    def compute(self) -> torch.Tensor:
+        return task_error_counts(dim_zero_cat(self.wrong), dim_zero_cat(self.task))
+
+
+class NRMSESums(torchmetrics.Metric):
+    """[Σ(y−ŷ)², Σy, Σy², n] over an epoch's scored steps (:func:`nrmse_sums`), float64; ``compute()`` the NRMSE."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("sums", default=torch.zeros(4, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, sums: torch.Tensor) -> None:
+        self.sums += sums.to(self.sums.device)
+
+    def compute(self) -> torch.Tensor | None:
+        return None if self.sums[3] == 0 else nrmse_from_sums(self.sums)
+
+
+def configure_optimizers(module: pl.LightningModule, interval: str) -> Any:
+    """What every memnet module's ``configure_optimizers`` returns.
+
+    ``module.optimizer`` and ``module.scheduler`` are the factories given in the
+    config; the scheduler (if any) is stepped every ``interval`` (``step`` or
+    ``epoch``), monitors ``val/loss`` (for ReduceLROnPlateau) and is checked by
+    :func:`scheduler_config`.
+    """
+    optimizer = module.optimizer(module.parameters())
+    if module.scheduler is None:
+        return optimizer
+    return {"optimizer": optimizer,
+            "lr_scheduler": scheduler_config(module.scheduler(optimizer), interval, module._trainer)}
+
+
+def scheduler_config(scheduler: Any, interval: str, trainer: pl.Trainer | None) -> dict[str, Any]:
+    """Lightning's scheduler entry, after checking that a fixed-length schedule covers the training.
+
+    ``OneCycleLR`` raises once it is stepped past ``total_steps``; rather than fail
+    hours into a run, a training longer than the schedule (``trainer.max_steps``,
+    or ``max_epochs`` × batches per epoch) is refused before the first step, with
+    the two numbers and the field to change.
+    """
+    total = getattr(scheduler, "total_steps", None)
+    if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) and trainer is not None and total is not None:
+        if interval == "step":
+            planned, unit = trainer.max_steps, "trainer.max_steps"
+            if planned is None or planned < 0:
+                try:
+                    planned, unit = trainer.estimated_stepping_batches, "the steps of trainer.max_epochs"
+                except Exception:  # noqa: BLE001 -- no estimate (e.g. an iterable without length): nothing to check
+                    planned = math.inf
+        else:
+            planned, unit = trainer.max_epochs, "trainer.max_epochs"
+            if planned is None or planned < 0:
+                planned = math.inf
+        if math.isfinite(planned) and planned > total:
+            raise ValueError(
+                f"OneCycleLR total_steps is {total} {interval}s but training runs for {int(planned)} "
+                f"({unit}); the schedule would end early and stop training with an error. Set "
+                f"model.init_args.scheduler.init_args.total_steps to at least {int(planned)}, or lower {unit}."
+            )
+    return {"scheduler": scheduler, "interval": interval, "monitor": "val/loss"}
+
+
+def check_precision(module: pl.LightningModule) -> None:
+    """Refuse a ``trainer.precision`` that the network declares it cannot train in.
+
+    A network lists such settings in ``refuses_precisions`` (the DNC: ``16-true``).
+    """
+    trainer = module._trainer
+    precision = str(getattr(trainer, "precision", "")) if trainer is not None else ""
+    net = getattr(module, "net", None)
+    if precision and precision in getattr(net, "refuses_precisions", ()):
+        raise ValueError(
+            f"trainer.precision {precision!r} is not supported by {type(net).__name__} (its gradients "
+            "become non-finite in float16); use --trainer.precision 32-true, bf16-mixed or bf16-true"
+        )
+
+
+def check_finite_loss(loss: torch.Tensor, module: pl.LightningModule) -> None:
+    """Stop training with a clear message when the loss is NaN or infinite."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"training loss became {loss.item()} at step {module.global_step} "
+            f"(epoch {module.current_epoch}); training stopped. Lower the learning rate "
+            "or clip gradients (trainer.gradient_clip_val)."
+        )

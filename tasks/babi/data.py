@@ -1,0 +1,537 @@
+"""The bAbI data module: datasets, vocabulary, encoding and batches (Weston et al. 2015, v1.2).
+
+The data is the official ``tasks_1-20_v1-2`` distribution, read from the tarball
+itself or from an extracted folder; nothing is generated. Where it is looked for
+(first hit wins):
+
+    1. ``data_dir`` of the data module (a folder, or the ``.tar.gz`` itself)
+    2. the environment variable ``MEMNET_DATA_DIR``: when set it must name a folder
+       holding the data; empty, missing, a file or without the data is an error
+       naming it, not a reason to look elsewhere
+    3. ``data/babi`` under the working directory (where ``memnet data babi`` puts it)
+    4. ``shared/data/babi`` beside the repository (a checkout's sibling folder)
+
+In each folder the tarball ``tasks_1-20_v1-2.tar.gz``, an extracted
+``tasks_1-20_v1-2/`` or the language folders themselves (``en/``, ...) are
+accepted. ``memnet data babi`` fetches or copies the official archive, checks
+its sha256 and extracts it safely.
+
+The files are parsed strictly by ``tasks.babi.parse`` (errors name the file and line).
+
+Each question becomes one example with the columns
+
+    story       list of sentences, each a list of tokens, **oldest first** (the
+                file's order); questions of the story are not part of it
+    query       the question's tokens
+    answer      the answer as one string; lists (task 8) and paths (task 19)
+                stay one string ("apple,football", "n,w"), as do the Hindi
+                answers of two words ("rasoi ghar"): one class per distinct
+                answer, as in the MemN2N paper
+    supporting  indices of the supporting sentences in ``story`` (0 = oldest)
+    task        the task number, 1-20
+
+Tokens are lower-cased words; ``.`` and ``?`` are dropped. The
+``datasets.DatasetDict`` (train / validation / test) is cached on disk
+(``cache_dir``, default ``$MEMNET_CACHE_DIR`` or ``~/.cache/memnet/babi``) under a
+key made of the options and the data's fingerprint, so a second run loads it
+without parsing. Validation is ``val_fraction`` (10% as in the paper) of each
+task's training questions, drawn with ``seed``.
+
+The vocabulary is ``<pad>`` (0), ``<unk>`` (1), ``<eos>`` (2, ends a sentence
+in a reader's token sequence), ``<eoq>`` (3, ends the question), then the
+distinct answers (answer class ``a`` is token ``a + 4``, so a model may tie its
+answer weights to its word embeddings), then the other words of the training
+files, sorted. Words seen only in test files map to ``<unk>``; answers of every
+split have a class (an answer never seen in training is simply never predicted).
+
+A batch (from :class:`BabiCollator`) holds, with slot 0 the **most recent** sentence::
+
+    story         (B, N, J) long  token ids; N = the batch's longest story after
+                                  keeping the ``memory_size`` most recent sentences,
+                                  J = its longest sentence; 0 = padding
+    query         (B, Jq)   long  question token ids, 0 = padding
+    answer        (B,)      long  answer class
+    task          (B,)      long  task number
+    story_length  (B,)      long  sentences kept (≤ memory_size)
+
+Worked example: the story above with ``memory_size=1`` keeps only "john went to
+the hallway" in slot 0; the answer "bathroom" is class ``k`` where it is the
+k-th answer in sorted order.
+
+Axes:  b - batch, n - memory slots (sentences), j - words
+"""
+
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from memnet.utils import distributed_sampler
+from tasks.babi.archive import find_source, task_file
+from tasks.babi.parse import ALL_TASKS, LANGUAGES, SIZES, Language, Size, check_tasks, parse_babi
+
+CACHE_DIR_ENV = "MEMNET_CACHE_DIR"
+CACHE_VERSION = 1  # bump when the parser or the columns change
+
+PAD, UNK, SENTENCE_END, QUESTION_END = "<pad>", "<unk>", "<eos>", "<eoq>"
+SPECIAL_TOKENS = (PAD, UNK, SENTENCE_END, QUESTION_END)
+PAD_ID, UNK_ID, SENTENCE_END_ID, QUESTION_END_ID = range(4)
+ANSWER_OFFSET = len(SPECIAL_TOKENS)  # answer class a is vocabulary token a + ANSWER_OFFSET
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def babi_features():
+    import datasets
+
+    return datasets.Features({
+        "story": datasets.Sequence(datasets.Sequence(datasets.Value("string"))),
+        "query": datasets.Sequence(datasets.Value("string")),
+        "answer": datasets.Value("string"),
+        "supporting": datasets.Sequence(datasets.Value("int32")),
+        "task": datasets.Value("int32"),
+    })
+
+
+def _columns(examples: list[dict[str, Any]]) -> dict[str, list]:
+    return {name: [example[name] for example in examples] for name in ("story", "query", "answer", "supporting", "task")}
+
+
+def load_babi(
+    *,
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    language: Language = "en",
+    size: Size = "1k",
+    tasks: Sequence[int] = ALL_TASKS,
+    train_1k_tasks: Sequence[int] = (),
+    val_fraction: float = 0.1,
+    seed: int = 0,
+):
+    """The ``datasets.DatasetDict`` (train / validation / test) of the selected tasks.
+
+    Args:
+        data_dir: where the distribution is (see :func:`find_source`).
+        cache_dir: where the built dataset is cached; default ``$MEMNET_CACHE_DIR``
+            or ``~/.cache/memnet/babi``.
+        language: ``en``, ``hn`` or ``shuffled``.
+        size: ``1k`` or ``10k`` training questions per task.
+        tasks: task numbers (1-20).
+        train_1k_tasks: with ``size="10k"``, tasks whose training file is read from
+            the 1k set instead (e.g. ``[3]``, whose 10k training file is missing in
+            some copies). Stated in the config, never implicit.
+        val_fraction: share of each task's training questions held out for validation.
+        seed: draws the validation questions.
+
+    Raises:
+        FileNotFoundError: a requested file is absent (named).
+        ValueError: an option out of range.
+    """
+    import datasets
+
+    tasks = check_tasks(tasks)
+    if language not in LANGUAGES:
+        raise ValueError(f"language must be one of {LANGUAGES}, got {language!r}")
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+    train_1k_tasks = sorted(train_1k_tasks)
+    for task in train_1k_tasks:
+        if task not in tasks:
+            raise ValueError(f"train_1k_tasks lists task {task!r}, which is not among tasks {tasks}")
+    if train_1k_tasks and size != "10k":
+        raise ValueError(f"train_1k_tasks only applies to size '10k', got size {size!r}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction!r}")
+
+    source = find_source(data_dir)
+    files = {}
+    for task in tasks:
+        train_size = "1k" if task in train_1k_tasks else size
+        files[task] = (task_file(task, "train", language=language, size=train_size),
+                       task_file(task, "test", language=language, size=size))
+    relatives = sorted(name for pair in files.values() for name in pair)
+
+    def check_present() -> None:
+        missing = [name for name in relatives if not source.exists(name)]
+        if missing:
+            hint = ""
+            if any("en-10k/qa3_" in name and name.endswith("_train.txt") for name in missing):
+                hint = " (leave task 3 out of tasks, or read its training file from 1k with train_1k_tasks: [3])"
+            raise FileNotFoundError(f"requested bAbI file(s) absent from {source.location}: {', '.join(missing)}{hint}")
+
+    if source.folder is not None:
+        check_present()  # a folder's fingerprint needs the files
+    options = {"version": CACHE_VERSION, "language": language, "size": size, "tasks": tasks,
+               "train_1k_tasks": train_1k_tasks, "val_fraction": val_fraction, "seed": seed,
+               "data": source.fingerprint(relatives)}
+    key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:20]
+    cache_root = Path(cache_dir or os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "memnet" / "babi")
+    cached = cache_root.expanduser() / f"babi-{key}"
+    if (cached / "dataset_dict.json").is_file():
+        source.close()
+        return datasets.load_from_disk(str(cached))
+    check_present()
+
+    splits: dict[str, list[dict]] = {"train": [], "validation": [], "test": []}
+    for task, (train_name, test_name) in files.items():
+        train = parse_babi(source.read(train_name), source=f"{source.location}/{train_name}", task=task)
+        test = parse_babi(source.read(test_name), source=f"{source.location}/{test_name}", task=task)
+        order = np.random.default_rng([seed, task]).permutation(len(train))
+        held_out = round(val_fraction * len(train))
+        validation_rows = set(order[:held_out].tolist())
+        splits["train"] += [example for i, example in enumerate(train) if i not in validation_rows]
+        splits["validation"] += [example for i, example in enumerate(train) if i in validation_rows]
+        splits["test"] += test
+    source.close()
+    features = babi_features()
+    dataset = datasets.DatasetDict({
+        name: datasets.Dataset.from_dict(_columns(examples), features=features) for name, examples in splits.items()
+    })
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".babi-{key}-", dir=cached.parent))
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # a one-off local save; its bars would only clutter training logs
+    try:
+        dataset.save_to_disk(str(partial))
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+    try:
+        os.replace(partial, cached)
+    except OSError:  # another process cached it first
+        shutil.rmtree(partial, ignore_errors=True)
+    return datasets.load_from_disk(str(cached))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+# ----------------------------------------------------------------------------- vocabulary
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Token ids: specials, then answers (class a = token a + ANSWER_OFFSET), then other words.
+
+    Attributes:
+        tokens: all tokens; ``tokens[i]`` has id ``i``.
+        num_answers: A, the number of answer classes.
+    """
+
+    tokens: tuple[str, ...]
+    num_answers: int
+
+    @classmethod
+    def build(cls, answers: Iterable[str], words: Iterable[str]) -> Vocabulary:
+        answer_list = sorted(set(answers))
+        answer_set = set(answer_list)
+        other = sorted(set(words) - answer_set - set(SPECIAL_TOKENS))
+        return cls(tokens=tuple(SPECIAL_TOKENS) + tuple(answer_list) + tuple(other), num_answers=len(answer_list))
+
+    @classmethod
+    def from_dataset(cls, dataset) -> Vocabulary:
+        """Answers of every split; words of the training file (train + validation)."""
+        answers = [a for split in dataset.values() for a in split["answer"]]
+        words: set[str] = set()
+        for name in ("train", "validation"):
+            if name in dataset:
+                for story in dataset[name]["story"]:
+                    for sentence in story:
+                        words.update(sentence)
+                for query in dataset[name]["query"]:
+                    words.update(query)
+        return cls.build(answers, words)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", {token: i for i, token in enumerate(self.tokens)})
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        return self.tokens[ANSWER_OFFSET:ANSWER_OFFSET + self.num_answers]
+
+    def encode(self, tokens: Sequence[str]) -> list[int]:
+        """Token ids; unknown words map to ``<unk>`` (1)."""
+        index = self._index  # type: ignore[attr-defined]
+        return [index.get(token, UNK_ID) for token in tokens]
+
+    def answer_class(self, answer: str) -> int:
+        index = self._index.get(answer)  # type: ignore[attr-defined]
+        if index is None or not ANSWER_OFFSET <= index < ANSWER_OFFSET + self.num_answers:
+            raise KeyError(f"answer {answer!r} has no class in this vocabulary")
+        return index - ANSWER_OFFSET
+
+    def decode_answer(self, answer_class: int) -> str:
+        return self.answers[answer_class]
+
+
+# ----------------------------------------------------------------------------- encoding and batches
+
+
+def cache_folder(dataset) -> Path | None:
+    """The folder a cached ``DatasetDict`` was loaded from, or None for one built in memory."""
+    try:
+        files = next(iter(dataset.values())).cache_files
+    except StopIteration:
+        return None
+    return Path(files[0]["filename"]).parents[1] if files else None
+
+
+def encode_split(split, vocabulary: Vocabulary, memory_size: int) -> dict[str, np.ndarray]:
+    """Token ids of one split, flat: the ``memory_size`` most recent sentences of each story, most recent first.
+
+    Returns arrays ``words`` (all kept sentences' ids, concatenated), ``sentence_offsets``
+    (sentence k is ``words[o[k]:o[k+1]]``), ``story_offsets`` (example i has sentences
+    ``o[i]:o[i+1]``), ``query_words``, ``query_offsets``, ``answer`` and ``task``.
+    """
+    columns = split.to_dict()
+    words: list[int] = []
+    sentence_offsets, story_offsets, query_words, query_offsets = [0], [0], [], [0]
+    for story, query in zip(columns["story"], columns["query"]):
+        for sentence in story[-memory_size:][::-1]:  # most recent first
+            words.extend(vocabulary.encode(sentence))
+            sentence_offsets.append(len(words))
+        story_offsets.append(len(sentence_offsets) - 1)
+        query_words.extend(vocabulary.encode(query))
+        query_offsets.append(len(query_words))
+    return {
+        "words": np.asarray(words, dtype=np.int64),
+        "sentence_offsets": np.asarray(sentence_offsets, dtype=np.int64),
+        "story_offsets": np.asarray(story_offsets, dtype=np.int64),
+        "query_words": np.asarray(query_words, dtype=np.int64),
+        "query_offsets": np.asarray(query_offsets, dtype=np.int64),
+        "answer": np.asarray([vocabulary.answer_class(a) for a in columns["answer"]], dtype=np.int64),
+        "task": np.asarray(columns["task"], dtype=np.int64),
+    }
+
+
+class EncodedSplit(Dataset):
+    """One split as token ids (see :func:`encode_split`).
+
+    Item ``i`` is a dict with ``story`` (S_i, J_i) int64, slot 0 the most recent
+    sentence, ``query`` (Jq_i,), ``answer``, ``task``.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self.arrays = arrays
+
+    def __len__(self) -> int:
+        return len(self.arrays["answer"])
+
+    def __getitem__(self, index: int) -> dict:
+        a = self.arrays
+        first, last = a["story_offsets"][index], a["story_offsets"][index + 1]
+        bounds = a["sentence_offsets"][first:last + 1]
+        lengths = np.diff(bounds)
+        story = np.zeros((len(lengths), max(1, int(lengths.max(initial=0)))), dtype=np.int64)
+        for row, (start, stop) in enumerate(itertools.pairwise(bounds)):
+            story[row, :stop - start] = a["words"][start:stop]
+        query = a["query_words"][a["query_offsets"][index]:a["query_offsets"][index + 1]]
+        return {"story": story, "query": query, "answer": int(a["answer"][index]), "task": int(a["task"][index])}
+
+
+def collate_babi(items: Sequence[dict]) -> dict[str, torch.Tensor]:
+    """Pad a list of encoded examples to the batch's longest story, sentence and question.
+
+    Returns the batch described in the module docstring.
+    """
+    batch_size = len(items)
+    slots = max(1, max(item["story"].shape[0] for item in items))
+    words = max(1, max(item["story"].shape[1] for item in items))
+    query_words = max(1, max(len(item["query"]) for item in items))
+    story = np.zeros((batch_size, slots, words), dtype=np.int64)
+    query = np.zeros((batch_size, query_words), dtype=np.int64)
+    for b, item in enumerate(items):
+        s, j = item["story"].shape
+        story[b, :s, :j] = item["story"]
+        query[b, :len(item["query"])] = item["query"]
+    return {
+        "story": torch.from_numpy(story),
+        "query": torch.from_numpy(query),
+        "answer": torch.tensor([item["answer"] for item in items], dtype=torch.long),
+        "task": torch.tensor([item["task"] for item in items], dtype=torch.long),
+        "story_length": torch.tensor([item["story"].shape[0] for item in items], dtype=torch.long),
+    }
+
+
+class BabiDataModule(pl.LightningDataModule):
+    """bAbI tasks for QA models ``forward(story, query) -> answer logits (B, A)``.
+
+    ``input_size`` is the vocabulary size V and ``output_size`` the number of
+    answer classes A; the CLI links them to the network's ``input_size`` and
+    ``output_size``.
+
+    Args:
+        data_dir: the distribution (folder or tarball); default: see the module docstring.
+        cache_dir: cache of the built ``DatasetDict``; default ``$MEMNET_CACHE_DIR`` or
+            ``~/.cache/memnet/babi``.
+        language: ``en``, ``hn`` or ``shuffled``.
+        size: ``1k`` or ``10k``.
+        tasks: one task, a list, or ``"all"`` (the 20 tasks, joint training).
+        train_1k_tasks: with ``10k``, tasks whose training file comes from ``1k``.
+        memory_size: most recent sentences kept per story (50 in the MemN2N paper).
+        batch_size: questions per batch (32 in the paper).
+        val_fraction: held-out share of each task's training questions.
+        seed: draws the validation questions and shuffles training batches.
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        *,
+        data_dir: str | None = None,
+        cache_dir: str | None = None,
+        language: Language = "en",
+        size: Size = "1k",
+        tasks: int | list[int] | Literal["all"] = "all",
+        train_1k_tasks: list[int] | None = None,
+        memory_size: int = 50,
+        batch_size: int = 32,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if tasks == "all":
+            task_list = list(ALL_TASKS)
+        elif isinstance(tasks, int) and not isinstance(tasks, bool):
+            task_list = [tasks]
+        elif isinstance(tasks, (list, tuple)):
+            task_list = list(tasks)
+        else:
+            raise ValueError(f"tasks must be a task number, a list of them or 'all', got {tasks!r}")
+        self.tasks = check_tasks(task_list)
+        if language not in LANGUAGES:
+            raise ValueError(f"language must be one of {LANGUAGES}, got {language!r}")
+        if size not in SIZES:
+            raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+        for name, value in (("memory_size", memory_size), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction!r}")
+        self.data_dir = data_dir
+        self.cache_dir = cache_dir
+        self.language = language
+        self.size = size
+        self.train_1k_tasks = list(train_1k_tasks or [])
+        self.memory_size = memory_size
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.num_workers = num_workers
+        self._dataset = None
+        self._vocabulary: Vocabulary | None = None
+        self._splits: dict[str, EncodedSplit] = {}
+
+    @property
+    def dataset(self):
+        """The ``datasets.DatasetDict`` (built or loaded from the cache on first use)."""
+        if self._dataset is None:
+            self._dataset = load_babi(
+                data_dir=self.data_dir, cache_dir=self.cache_dir, language=self.language, size=self.size,
+                tasks=self.tasks, train_1k_tasks=self.train_1k_tasks, val_fraction=self.val_fraction, seed=self.seed,
+            )
+        return self._dataset
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        """Built from the data once, then kept as ``vocabulary.json`` beside the cached dataset."""
+        if self._vocabulary is None:
+            folder = cache_folder(self.dataset)
+            path = folder / "vocabulary.json" if folder is not None else None
+            if path is not None and path.is_file():
+                stored = json.loads(path.read_text())
+                self._vocabulary = Vocabulary(tokens=tuple(stored["tokens"]), num_answers=stored["num_answers"])
+            else:
+                self._vocabulary = Vocabulary.from_dataset(self.dataset)
+                if path is not None:
+                    _write_atomic(path, json.dumps({"tokens": list(self._vocabulary.tokens),
+                                                    "num_answers": self._vocabulary.num_answers}))
+        return self._vocabulary
+
+    @property
+    def input_size(self) -> int:
+        """V, the vocabulary size (token ids of ``story`` and ``query``)."""
+        return len(self.vocabulary)
+
+    @property
+    def output_size(self) -> int:
+        """A, the number of answer classes."""
+        return self.vocabulary.num_answers
+
+    def prepare_data(self) -> None:
+        load_babi(data_dir=self.data_dir, cache_dir=self.cache_dir, language=self.language, size=self.size,
+                  tasks=self.tasks, train_1k_tasks=self.train_1k_tasks, val_fraction=self.val_fraction, seed=self.seed)
+
+    def split(self, name: str) -> EncodedSplit:
+        """The encoded ``train``, ``validation`` or ``test`` split."""
+        if name not in self._splits:
+            folder = cache_folder(self.dataset)
+            path = folder / f"encoded-{name}-memory{self.memory_size}.npz" if folder is not None else None
+            if path is not None and path.is_file():
+                with np.load(path) as stored:
+                    arrays = {key: stored[key] for key in stored.files}
+            else:
+                arrays = encode_split(self.dataset[name], self.vocabulary, self.memory_size)
+                if path is not None:
+                    partial = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+                    np.savez(partial, **arrays)
+                    os.replace(partial, path)
+            self._splits[name] = EncodedSplit(arrays)
+        return self._splits[name]
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self.split("train")
+            self.split("validation")
+        if stage in (None, "validate"):
+            self.split("validation")
+        if stage in (None, "test", "predict"):
+            self.split("test")
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        """One split's loader; under DDP each process reads its own share (a ``DistributedSampler``
+        shuffled by ``seed`` and the epoch), on one process the whole split shuffled by ``seed``."""
+        split = self.split(name)
+        sampler = distributed_sampler(split, self.trainer, shuffle=shuffle, seed=self.seed)
+        if sampler is not None:
+            return DataLoader(split, batch_size=self.batch_size, sampler=sampler, collate_fn=collate_babi,
+                              num_workers=self.num_workers)
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(split, batch_size=self.batch_size, shuffle=shuffle, generator=generator,
+                          collate_fn=collate_babi, num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,85 @@
+"""memnet.metrics (every score once) and memnet.protocols (the task and result contracts)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from memnet import metrics
+from memnet.protocols import ResultSchemaError, SequenceTask, read_evaluation
+from tasks.algorithmic import AssociativeRecallTask, CopyTask
+
+
+def _batch():
+    # B=2, T=3, D=4; only steps 1 and 2 are scored
+    targets = torch.tensor([[[0, 1, 0, 1]] * 3, [[1, 1, 0, 0]] * 3], dtype=torch.float64)
+    mask = torch.tensor([[0, 1, 1], [0, 1, 1]], dtype=torch.float64)
+    return targets, mask
+
+
+def test_bits_and_bit_errors_per_sequence_count_only_scored_steps():
+    targets, mask = _batch()
+    logits = torch.zeros_like(targets)  # probability ½ everywhere: one bit of cost per scored bit
+    assert metrics.bits_per_sequence(logits, targets, mask).tolist() == pytest.approx([8.0, 8.0])
+    assert metrics.binary_loss(logits, targets, mask).item() == pytest.approx(math.log(2))
+    perfect = 40 * (2 * targets - 1)
+    perfect[0, 2, 0] = 40  # one wrong bit on a scored step of sequence 0
+    perfect[1, 0, :] = -perfect[1, 0, :]  # four wrong bits on an unscored step of sequence 1
+    assert metrics.bit_errors_per_sequence(perfect, targets, mask).tolist() == [1.0, 0.0]
+    assert metrics.step_accuracy(perfect, targets, mask).tolist() == [0.5, 1.0]
+    summary = metrics.sequence_metrics(perfect, targets, mask)
+    assert summary["bit_errors_per_seq"].item() == 0.5
+
+
+def test_task_errors_mean_and_failed_count():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [2.0, 0.0]])
+    answer = torch.tensor([0, 0, 1, 0])
+    wrong = metrics.answer_errors(logits, answer)
+    assert wrong.tolist() == [0.0, 1.0, 1.0, 0.0]
+    counts = metrics.task_error_counts(wrong, torch.tensor([1, 1, 3, 3]))
+    tasks, errors = metrics.task_errors_from_counts(counts)
+    assert tasks == [1, 3] and errors.tolist() == [50.0, 50.0]
+    assert metrics.failed_tasks([5.0, 5.01, 0.0]) == 1  # strictly above the 5% line
+    assert metrics.FAILED_TASK_ERROR == 5.0
+    assert metrics.mean_error([1.0, 3.0]) == 2.0 and math.isnan(metrics.mean_error([]))
+    logged = {metrics.task_error_key("test", 10): 1.5, "test/task_2/error": 4.0, "val/task_2/error": 9.0,
+              "test/loss": 0.3}
+    assert metrics.task_errors(logged) == {2: 4.0, 10: 1.5}
+    assert metrics.task_errors(logged, "val") == {2: 9.0}
+
+
+def test_nrmse_sums_of_batches_add_up_to_the_whole():
+    g = torch.Generator().manual_seed(0)
+    predictions, targets = torch.randn(4, 6, 2, generator=g), torch.randn(4, 6, 2, generator=g)
+    mask = torch.ones(4, 6)
+    whole = metrics.nrmse_from_sums(metrics.nrmse_sums(predictions, targets, mask))
+    halves = metrics.nrmse_sums(predictions[:2], targets[:2], mask[:2]) + metrics.nrmse_sums(
+        predictions[2:], targets[2:], mask[2:])
+    y = targets.double()
+    expected = torch.sqrt(((predictions.double() - y) ** 2).sum() / ((y - y.mean()) ** 2).sum())
+    assert metrics.nrmse_from_sums(halves).item() == pytest.approx(whole.item())
+    assert whole.item() == pytest.approx(expected.item())
+
+
+def test_algorithmic_tasks_satisfy_the_sequence_task_protocol():
+    assert isinstance(CopyTask(), SequenceTask) and isinstance(AssociativeRecallTask(), SequenceTask)
+    assert not isinstance(object(), SequenceTask)
+
+
+def test_read_evaluation_names_the_file_and_the_missing_field(tmp_path):
+    good = {"checkpoint": "c", "config": [], "task": "CopyTask", "model": "NTM", "train_range": [1, 20],
+            "trained_memory_size": 128, "seed": 0, "wall_s": 1.0, "figures": {},
+            "lengths": [{"length": 20, "bits_per_seq": 0.1, "bit_errors_per_seq": 0.0, "sequences": 8}]}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(good))
+    assert read_evaluation(path)["lengths"][0]["length"] == 20
+    del good["lengths"][0]["bits_per_seq"]
+    path.write_text(json.dumps(good))
+    with pytest.raises(ResultSchemaError, match=r"results.json: lengths\[0\] lacks bits_per_seq"):
+        read_evaluation(path)
+    path.write_text("{\n  oops")
+    with pytest.raises(ResultSchemaError, match="line 2 is not JSON"):
+        read_evaluation(path)
