@@ -1,4 +1,4 @@
-"""Suites on a cluster (memnet.cli.launcher): settings, bad input, the sbatch script, a fake Slurm,
+"""Suites on a cluster (memnet.cli.suite.launcher): settings, bad input, the sbatch script, a fake Slurm,
 and the real thing through submitit's local executor: one job killed by a preemption signal and requeued."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from memnet import suite as S
-from memnet.cli.suite import launcher as L
 from memnet.cli import main as cli_main
+from memnet.cli.suite import launcher as L
 
 ROOT = Path(__file__).resolve().parents[1]
 # A tiny NTM on copy that trains for a while (epochs of 2 steps, last.ckpt after each).
