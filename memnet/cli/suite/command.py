@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         "--gpus-per-job",
         type=int,
         default=None,
-        help="give each concurrent run its own GPUs through CUDA_VISIBLE_DEVICES",
+        help="GPUs per run: its own through CUDA_VISIBLE_DEVICES locally, --gpus-per-node of its job on Slurm",
     )
     run.add_argument("--only", nargs="+", metavar="EXPERIMENT", help="run only these experiments")
     run.add_argument(
