@@ -185,3 +185,13 @@ def test_memnet_export_of_a_checkpoint(tmp_path, monkeypatch, capsys):
     assert exit_status.value.code == 1
     assert capsys.readouterr().err.strip() == (
         "memnet export: --out: exported exists and is not an empty folder; choose a new folder or empty it")
+
+
+def test_a_bad_hub_repository_id_is_refused_before_anything_is_written(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_status:
+        memnet_main(["export", "--ckpt_path", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "out"),
+                     "--push-to-hub", "not a repo"])
+    assert exit_status.value.code == 1
+    assert capsys.readouterr().err.strip() == (
+        "memnet export: --push-to-hub: 'not a repo' is not a Hub repository id (owner/name)")
+    assert not (tmp_path / "out").exists()

@@ -26,7 +26,7 @@ import torch
 
 from memnet.cli.rebuild import RebuildError as EvaluationError
 from memnet.cli.rebuild import default_config, instantiate, load_checkpoint, resolve_checkpoint
-from memnet.models.pretrained import PretrainedError, push_to_hub, save
+from memnet.models.pretrained import HUB_REPO_ID, PretrainedError, push_to_hub, save
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -67,6 +67,8 @@ def network_config(cli: Any) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> Path:
     """Export as ``args`` say; return the folder written."""
+    if args.push_to_hub and not HUB_REPO_ID.match(args.push_to_hub):  # refuse before the slow rebuild
+        raise PretrainedError(f"--push-to-hub: {args.push_to_hub!r} is not a Hub repository id (owner/name)")
     checkpoint = resolve_checkpoint(args.ckpt_path)
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):  # refuse before the slow rebuild

@@ -1,6 +1,8 @@
-"""``memnet suite run|report``: the suite's command line.
+"""``memnet suite run|status|report``: the suite's command line.
 
     memnet suite run configs/suites/algorithmic.yaml --jobs 2     train every run, evaluate, report
+    memnet suite run SUITE --launcher slurm --partition gpu ...   one Slurm job per run (launcher.py)
+    memnet suite status runs/suites/algorithmic                   each run: pending, running, finished, ...
     memnet suite report runs/suites/algorithmic                   the leaderboard from what is on disk
 """
 
@@ -12,6 +14,7 @@ import sys
 from pathlib import Path
 
 from memnet.cli.rebuild import run_stage
+from memnet.cli.suite import launcher
 from memnet.cli.suite.errors import SuiteError
 from memnet.cli.suite.report import REPORT_DIR, log_to_wandb, render_markdown, write_report
 from memnet.cli.suite.runner import SuiteRunner, check_fit_arguments, expand_runs, with_overrides
@@ -36,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         "--gpus-per-job",
         type=int,
         default=None,
-        help="give each concurrent run its own GPUs through CUDA_VISIBLE_DEVICES",
+        help="GPUs per run: its own through CUDA_VISIBLE_DEVICES locally, --gpus-per-node of its job on Slurm",
     )
     run.add_argument("--only", nargs="+", metavar="EXPERIMENT", help="run only these experiments")
     run.add_argument(
@@ -53,8 +56,27 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check the suite and print the commands; train nothing",
     )
+    cluster = run.add_argument_group("cluster", "one job per run through submitit (memnet.cli.suite.launcher); "
+                                     "also from a 'launcher:' section of the suite file")
+    cluster.add_argument("--launcher", choices=launcher.LAUNCHERS, default=None,
+                         help="local (default: this machine, --jobs at a time), slurm, or submitit-local "
+                         "(the Slurm code path as local subprocesses)")
+    cluster.add_argument("--partition", help="Slurm partition")
+    cluster.add_argument("--time", help="time limit per job: minutes or [D-]HH:MM[:SS] (default 04:00:00)")
+    cluster.add_argument("--cpus", type=int, help="CPUs per job")
+    cluster.add_argument("--mem-gb", type=float, dest="mem_gb", help="memory per job, GB")
+    cluster.add_argument("--account", help="Slurm account")
+    cluster.add_argument("--array-parallelism", type=int, dest="array_parallelism",
+                         help="jobs of the array running at once")
+    cluster.add_argument("--slurm", action="append", default=[], metavar="OPTION=VALUE",
+                         help="any other Slurm option submitit knows, e.g. --slurm qos=high; repeatable")
+    cluster.add_argument("--wait", action="store_true",
+                         help="wait for the jobs, then write the report (always with submitit-local)")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     run.add_argument("--no-wandb", action="store_true", help="do not log the summary run to W&B")
+    status = commands.add_parser("status", help="the state of every run: pending, running, finished, "
+                                 "failed (with the error), requeued")
+    status.add_argument("results", help="results folder written by `memnet suite run`")
     report = commands.add_parser("report", help="leaderboard, tables and plots of a results folder")
     report.add_argument("results", help="results folder written by `memnet suite run`")
     report.add_argument("--out", help="where the report goes (default RESULTS/report)")
@@ -80,7 +102,7 @@ def _report(results: Path, out: str | None, wandb_on: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``memnet suite run|report``; returns the exit status (1 if a run failed or the input is bad)."""
+    """``memnet suite run|status|report``; returns the exit status (1 if a run failed or the input is bad)."""
     if argv and argv[0] == "_evaluate":  # the runner's evaluation of a bAbI run on a split
         return evaluate_main(list(argv[1:]))
     args = _parser().parse_args(argv)
@@ -88,9 +110,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             _report(Path(args.results), args.out, not args.no_wandb)
             return 0
+        if args.command == "status":
+            print(launcher.render_status(launcher.run_states(Path(args.results))))
+            return 0
         suite = with_overrides(load_suite(args.suite), args.overrides)
         results = Path(args.results) if args.results else suite.default_results()
         runs = expand_runs(suite, results, args.only)
+        settings = {key: getattr(args, key) for key in launcher.SETTINGS if key != "gpus_per_job"}
+        settings["gpus_per_job"] = args.gpus_per_job
+        chosen = launcher.merge(suite.launcher or launcher.LauncherConfig(), name=args.launcher,
+                                settings=settings, slurm=args.slurm)
+        if chosen.name != "local" and not args.dry_run:
+            counts = launcher.submit(suite, runs, results, chosen, base_dir=Path.cwd(),
+                                     wait=args.wait or chosen.name == "submitit-local")
+            if "done" in counts and not args.no_report:
+                _report(results, None, not args.no_wandb)
+            return 1 if counts.get("failed") else 0
         runner = SuiteRunner(suite, results, jobs=args.jobs, gpus_per_job=args.gpus_per_job)
         if args.dry_run:
             check_fit_arguments(runs, runner.base)

@@ -305,7 +305,7 @@ class SuiteRunner:
         jobs: int = 1,
         gpus_per_job: int | None = None,
         base_dir: Path | None = None,
-        stream=None,
+        stream: Any = None,
     ) -> None:
         if not isinstance(jobs, int) or jobs < 1:
             raise SuiteError(f"--jobs must be a positive integer, got {jobs!r}")
@@ -345,6 +345,10 @@ class SuiteRunner:
             if previous_handler is not None:
                 signal.signal(signal.SIGTERM, previous_handler)
         return counts
+
+    def run_one(self, run: Run) -> tuple[str, str]:
+        """Train and evaluate one run here and now (a cluster job's work); returns (outcome, message)."""
+        return self._train_and_evaluate(run, 0)
 
     def _run_all(self, todo: list[Run], progress: _Progress, counts: dict[str, int]) -> None:
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:

@@ -11,6 +11,7 @@ A suite file is YAML::
     name: algorithmic                      # the suite's name: W&B group, default results folder
     description: NTM paper tasks           # optional
     results: runs/suites/algorithmic       # optional; default runs/suites/<name>
+    launcher: {name: slurm, partition: gpu, time: "04:00:00"}   # optional (memnet.cli.suite.launcher)
     defaults:                              # optional; merged into every experiment (experiment wins)
       seeds: 3                             # n (seeds 0..n-1) or a list [0, 1, 2]
       budget: {max_steps: 10000}           # max_steps, max_epochs and/or max_time ("DD:HH:MM:SS")
@@ -63,7 +64,7 @@ from memnet.selection import SelectionError, check_select
 
 DEFAULT_RESULTS_ROOT = Path("runs") / "suites"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-SUITE_KEYS = {"name", "description", "results", "defaults", "experiments"}
+SUITE_KEYS = {"name", "description", "results", "defaults", "experiments", "launcher"}
 DEFAULTS_KEYS = {"seeds", "budget", "overrides", "seed_args", "evaluate", "select"}
 EXPERIMENT_KEYS = {
     "name",
@@ -148,6 +149,7 @@ class Suite:
     experiments: tuple[Experiment, ...]
     path: str = ""
     results: str | None = None
+    launcher: Any = None  # the ``launcher:`` section, a memnet.cli.suite.launcher.LauncherConfig
 
     def default_results(self) -> Path:
         return Path(self.results) if self.results else DEFAULT_RESULTS_ROOT / self.name
@@ -264,12 +266,16 @@ def load_suite(path: str | Path, *, base_dir: str | Path | None = None) -> Suite
     results = data.get("results")
     if results is not None and not isinstance(results, str):
         raise SuiteError(f"{where}:{data.key_lines['results']}: 'results' must be a folder path")
+    from memnet.cli.suite.launcher import from_section  # the cluster launchers (submitit)
+
+    launcher = from_section(data.get("launcher"), f"{where}:{data.key_lines.get('launcher', data.line)}")
     return Suite(
         name=name,
         description=str(description),
         experiments=tuple(experiments),
         path=str(path),
         results=results,
+        launcher=launcher,
     )
 
 

@@ -1,0 +1,398 @@
+"""Suites on a cluster: every run of ``memnet suite run`` as its own job, through submitit.
+
+    memnet suite run SUITE --launcher slurm --partition gpu --time 04:00:00 --gpus-per-job 1 \\
+        --cpus 8 --mem-gb 32 --account myproject --array-parallelism 16 [--slurm qos=high]
+    memnet suite status RESULTS            each run: pending, running, finished, failed, requeued
+    memnet suite report RESULTS            the leaderboard of what has finished so far
+
+Launchers: ``local`` (the default: runs on this machine, ``--jobs`` at a time), ``slurm``
+(one Slurm job per experiment × seed, submitted as a job array) and ``submitit-local``
+(the same jobs as real local subprocesses through submitit's local executor: the Slurm
+code path on one machine, for trying a suite before the cluster).
+
+The settings come from the command line or a ``launcher:`` section of the suite file
+(the command line wins)::
+
+    launcher:
+      name: slurm                 # local | slurm | submitit-local
+      partition: gpu
+      time: "04:00:00"            # per job: minutes, or [D-]HH:MM[:SS]
+      gpus_per_job: 1
+      cpus: 8                     # CPUs per job
+      mem_gb: 32
+      account: myproject
+      array_parallelism: 16       # jobs of the array running at once
+      slurm: {qos: high}          # any other option submitit's Slurm executor knows
+
+A job runs its run exactly as ``--launcher local`` does (``memnet fit`` in a
+subprocess, then the evaluation) and writes the same files, so ``memnet suite
+report`` and a later ``memnet suite run`` treat both alike: finished runs are
+skipped, cut ones resume from their ``last.ckpt``. A job that Slurm preempts or that
+reaches its time limit gets submitit's signal: it stops its training (the last
+checkpoint stays), marks the run ``requeued`` and is requeued, and the new job
+resumes from ``last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from memnet.cli.suite.errors import SuiteError
+from memnet.cli.suite.runner import Run, SuiteRunner, _terminate, expand_runs
+from memnet.cli.suite.spec import Suite
+
+LAUNCHERS = ("local", "slurm", "submitit-local")
+JOBS_DIR = "jobs"  # submitit's folder (scripts, pickles, logs) inside the results folder
+JOB_FILE = "job.json"  # per run: launcher, job id, pid and host of the job running it
+STOP_SECONDS = 60.0  # how long a preempted job waits for its training process to stop
+# memnet's names of the launcher settings -> submitit's (AutoExecutor) parameter names
+SETTINGS = {
+    "partition": "slurm_partition",
+    "time": "timeout_min",
+    "gpus_per_job": "gpus_per_node",
+    "cpus": "cpus_per_task",
+    "mem_gb": "mem_gb",
+    "account": "slurm_account",
+    "array_parallelism": "slurm_array_parallelism",
+}
+SECTION_KEYS = {"name", "slurm", *SETTINGS}
+DEFAULT_TIME = "04:00:00"
+
+
+@dataclass(frozen=True)
+class LauncherConfig:
+    """The launcher and its settings, merged from the suite file and the command line.
+
+    Attributes:
+        name: ``local``, ``slurm`` or ``submitit-local``.
+        settings: memnet's names (``partition``, ``time``, ...) -> values.
+        slurm: further submitit Slurm options (without the ``slurm_`` prefix) -> values.
+    """
+
+    name: str = "local"
+    settings: dict[str, Any] | None = None
+    slurm: dict[str, Any] | None = None
+
+    def executor_parameters(self) -> dict[str, Any]:
+        """The ``update_parameters`` of a submitit ``AutoExecutor``."""
+        settings = dict(self.settings or {})
+        settings.setdefault("time", DEFAULT_TIME)
+        parameters = {SETTINGS[key]: value for key, value in settings.items()}
+        parameters["timeout_min"] = minutes(settings["time"], "time")
+        if self.name == "slurm":
+            parameters.update({f"slurm_{key}": value for key, value in (self.slurm or {}).items()})
+        else:  # the local executor knows no Slurm options
+            parameters = {k: v for k, v in parameters.items() if not k.startswith("slurm_")}
+        return parameters
+
+
+def minutes(value: Any, where: str) -> int:
+    """A job time limit in whole minutes, from minutes or ``[D-]HH:MM[:SS]``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str) and value.strip().isdigit() and int(value) > 0:
+        return int(value)
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d{2})(?::(\d{2}))?", str(value).strip())
+    if not match:
+        raise SuiteError(f"{where}: expected minutes or [D-]HH:MM[:SS], got {value!r}")
+    days, hours, mins, secs = (int(g) if g else 0 for g in match.groups())
+    total = days * 1440 + hours * 60 + mins + (1 if secs else 0)
+    if total < 1:
+        raise SuiteError(f"{where}: the time limit must be at least one minute, got {value!r}")
+    return total
+
+
+def slurm_options() -> set[str]:
+    """Every option of submitit's Slurm executor (``partition``, ``qos``, ``constraint``, ...)."""
+    from submitit import SlurmExecutor
+
+    return set(SlurmExecutor._valid_parameters())
+
+
+def check_slurm_option(key: str, where: str) -> None:
+    """Refuse an option submitit's Slurm executor does not know, naming the close matches."""
+    known = slurm_options()
+    if key not in known:
+        close = difflib.get_close_matches(key, sorted(known), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(known))}"
+        raise SuiteError(f"{where}: {key!r} is not a Slurm option submitit knows{hint}")
+
+
+def from_section(section: Any, where: str) -> LauncherConfig:
+    """The ``launcher:`` section of a suite file, checked (``where`` names the file and line)."""
+    if section is None:
+        return LauncherConfig()
+    if not isinstance(section, dict):
+        raise SuiteError(f"{where}: 'launcher' must be a mapping, e.g. {{name: slurm, partition: gpu}}")
+    unknown = sorted(set(section) - SECTION_KEYS)
+    if unknown:
+        raise SuiteError(f"{where}: launcher: unknown key {unknown[0]!r}; allowed keys: "
+                         f"{', '.join(sorted(SECTION_KEYS))} (other Slurm options go under 'slurm:')")
+    name = section.get("name", "local")
+    if name not in LAUNCHERS:
+        raise SuiteError(f"{where}: launcher: unknown launcher {name!r}; expected one of {', '.join(LAUNCHERS)}")
+    slurm = section.get("slurm") or {}
+    if not isinstance(slurm, dict):
+        raise SuiteError(f"{where}: launcher.slurm must be a mapping of Slurm options")
+    for key in slurm:
+        check_slurm_option(str(key), f"{where}: launcher.slurm")
+    settings = {key: section[key] for key in SETTINGS if section.get(key) is not None}
+    if "time" in settings:
+        minutes(settings["time"], f"{where}: launcher.time")
+    return LauncherConfig(name=name, settings=settings, slurm=dict(slurm))
+
+
+def merge(file_config: LauncherConfig, *, name: str | None, settings: dict[str, Any],
+          slurm: list[str]) -> LauncherConfig:
+    """The suite file's launcher with the command line's ``--launcher``, settings and ``--slurm K=V`` over it."""
+    chosen = name or file_config.name
+    if chosen not in LAUNCHERS:
+        raise SuiteError(f"--launcher: unknown launcher {chosen!r}; expected one of {', '.join(LAUNCHERS)}")
+    merged = {**(file_config.settings or {}), **{k: v for k, v in settings.items() if v is not None}}
+    options = dict(file_config.slurm or {})
+    for assignment in slurm:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key:
+            raise SuiteError(f"--slurm {assignment!r}: expected OPTION=VALUE, e.g. --slurm qos=high")
+        check_slurm_option(key, "--slurm")
+        options[key] = value
+    if "time" in merged:
+        minutes(merged["time"], "--time")
+    if chosen == "local":
+        given = sorted(k for k in settings if settings[k] is not None and k != "gpus_per_job") + (
+            ["slurm"] if slurm else [])
+        if given:
+            raise SuiteError(f"--{given[0].replace('_', '-')} applies to --launcher slurm or submitit-local, "
+                             "not to the local launcher")
+    return LauncherConfig(name=chosen, settings=merged, slurm=options)
+
+
+class SuiteJob:
+    """A cluster job's work: train and evaluate one run of a suite, as ``--launcher local`` does.
+
+    Pickled by submitit and called in the job. On preemption or at the time limit
+    submitit calls :meth:`checkpoint`, which stops the training process (its last
+    checkpoint stays), marks the run ``requeued`` and returns the job to submit again;
+    the next job resumes the run from ``last.ckpt``.
+
+    Args:
+        results: the suite's results folder (holding ``suite.json``).
+        run_name: ``<experiment>/seed_<s>``.
+        base_dir: the folder relative config paths are resolved from.
+    """
+
+    def __init__(self, results: str, run_name: str, base_dir: str) -> None:
+        self.results = results
+        self.run_name = run_name
+        self.base_dir = base_dir
+        self._runner: SuiteRunner | None = None
+        self._worker: threading.Thread | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"results": self.results, "run_name": self.run_name, "base_dir": self.base_dir}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)
+
+    def _run(self) -> Run:
+        suite = Suite.from_dict(json.loads((Path(self.results) / "suite.json").read_text()))
+        for run in expand_runs(suite, Path(self.results)):
+            if run.name == self.run_name:
+                return run
+        raise SuiteError(f"{self.results}/suite.json has no run {self.run_name!r}")
+
+    def __call__(self) -> dict[str, str]:
+        run = self._run()
+        if run.is_done():  # a job requeued after its run finished: nothing left to do
+            write_job_file(run, state="finished")
+            return {"run": run.name, "outcome": "done", "message": f"{run.name} was already done"}
+        suite = Suite.from_dict(json.loads((Path(self.results) / "suite.json").read_text()))
+        self._runner = SuiteRunner(suite, Path(self.results), jobs=1, base_dir=Path(self.base_dir))
+        write_job_file(run, state="running")
+        outcome: dict[str, str] = {}
+
+        def work() -> None:
+            result, message = self._runner.run_one(run)
+            outcome.update(outcome=result, message=message)
+
+        # The run goes on in a thread, so that the main thread stays free for submitit's signal handler.
+        self._worker = threading.Thread(target=work, name=f"suite-run {run.name}", daemon=True)
+        self._worker.start()
+        while self._worker.is_alive():
+            self._worker.join(timeout=0.5)
+        print(outcome.get("message", ""), flush=True)
+        return {"run": run.name, **outcome}
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """Stop the training process, mark the run ``requeued``; submitit resubmits the returned job."""
+        from submitit.helpers import DelayedSubmission
+
+        runner, worker = self._runner, self._worker
+        if runner is not None and worker is not None:
+            run = self._run()
+            runner.stopping = True
+            for process in list(runner.processes):
+                _terminate(process)
+            worker.join(timeout=STOP_SECONDS)
+            requeues = _requeue_count(Path(self.results), run.name) + 1
+            runner._event(event="requeued", run=run.name, requeues=requeues, **_job_identity())
+            runner._write_record(run, status="requeued", requeues=requeues,
+                                 resume_from=str(run.last_checkpoint()) if run.last_checkpoint() else None)
+            write_job_file(run, state="requeued")
+        return DelayedSubmission(SuiteJob(self.results, self.run_name, self.base_dir))
+
+
+def _job_identity() -> dict[str, Any]:
+    identity: dict[str, Any] = {"pid": os.getpid(), "host": os.uname().nodename}
+    try:
+        import submitit
+
+        identity["job_id"] = submitit.JobEnvironment().job_id
+    except RuntimeError:  # not inside a submitit job
+        pass
+    return identity
+
+
+def write_job_file(run: Run, **fields: Any) -> None:
+    """Record who runs ``run`` (launcher state, job id, pid, host) beside its other files."""
+    run.folder.mkdir(parents=True, exist_ok=True)
+    path = run.folder / JOB_FILE
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        previous = {}
+    record = {**previous, **_job_identity(), **fields, "time": round(time.time(), 3)}
+    partial = path.with_name(f".{JOB_FILE}.partial")
+    partial.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    os.replace(partial, path)
+
+
+def _events(results: Path) -> list[dict[str, Any]]:
+    try:
+        lines = (results / "events.jsonl").read_text().splitlines()
+    except OSError:
+        return []
+    events = []
+    for line in lines:
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+    return events
+
+
+def _requeue_count(results: Path, name: str) -> int:
+    return sum(1 for e in _events(results) if e.get("run") == name and e.get("event") == "requeued")
+
+
+def submit(suite: Suite, runs: list[Run], results: Path, config: LauncherConfig, *, base_dir: Path,
+           wait: bool, stream: Any = None) -> dict[str, int]:
+    """Submit every run that is not done as its own job; with ``wait``, wait for them all.
+
+    Returns:
+        counts: ``submitted``, ``skipped`` (already done) and, with ``wait``, ``done`` and ``failed``.
+    """
+    import submitit
+
+    stream = stream or sys.stdout
+    results.mkdir(parents=True, exist_ok=True)
+    runner = SuiteRunner(suite, results, jobs=1, base_dir=base_dir, stream=stream)
+    runner._write_suite_file()
+    todo = [run for run in runs if not run.is_done()]
+    counts = {"submitted": len(todo), "skipped": len(runs) - len(todo)}
+    if not todo:
+        print(f"[suite {suite.name}] all {len(runs)} runs are done", file=stream)
+        return counts
+    cluster = "slurm" if config.name == "slurm" else "local"
+    try:
+        executor = submitit.AutoExecutor(folder=results / JOBS_DIR, cluster=cluster)
+    except RuntimeError as error:  # submitit looks for srun
+        raise SuiteError(f"--launcher {config.name}: no Slurm here (submitit: {error}); run it on a cluster's "
+                         "login node, or try the same jobs locally with --launcher submitit-local") from None
+    parameters = config.executor_parameters()
+    try:
+        executor.update_parameters(name=f"memnet-{suite.name}", **parameters)
+    except (ValueError, NameError) as error:  # submitit lists every valid option: keep the first line
+        raise SuiteError(f"launcher: {str(error).splitlines()[0]}") from None
+    jobs = []
+    with executor.batch():
+        for run in todo:
+            jobs.append(executor.submit(SuiteJob(str(results.resolve()), run.name, str(base_dir.resolve()))))
+    for run, job in zip(todo, jobs):
+        write_job_file(run, launcher=config.name, job_id=str(job.job_id), state="pending")
+        runner._event(event="submitted", run=run.name, launcher=config.name, job_id=str(job.job_id))
+    print(f"[suite {suite.name}] submitted {len(todo)} jobs ({config.name}; {counts['skipped']} runs already "
+          f"done); jobs in {results / JOBS_DIR}; follow with: memnet suite status {results}", file=stream)
+    if wait:
+        for job in jobs:
+            job.wait()
+        states = [state["state"] for state in run_states(results)]
+        counts.update(done=states.count("finished"), failed=states.count("failed"))
+    return counts
+
+
+def run_states(results: Path) -> list[dict[str, Any]]:
+    """The state of every run of a results folder, from its files.
+
+    States: ``pending`` (not started: submitted, or never tried), ``running``,
+    ``requeued`` (stopped by a preemption or the time limit, waiting to resume),
+    ``finished``, ``failed`` (with the error) and ``interrupted`` (stopped by hand;
+    the next ``memnet suite run`` resumes it).
+    """
+    suite_file = results / "suite.json"
+    if not suite_file.is_file():
+        raise SuiteError(f"{results} is not a suite results folder: {suite_file} is missing "
+                         "(it is written by `memnet suite run`)")
+    suite = Suite.from_dict(json.loads(suite_file.read_text()))
+    events = _events(results)
+    states = []
+    for run in expand_runs(suite, results):
+        record = run.record() or {}
+        try:
+            job = json.loads((run.folder / JOB_FILE).read_text())
+        except (OSError, json.JSONDecodeError):
+            job = {}
+        requeues = sum(1 for e in events if e.get("run") == run.name and e.get("event") == "requeued")
+        status = record.get("status")
+        if run.is_done():
+            state, detail = "finished", f"{record.get('train_seconds', 0) / 60:.1f} min of training"
+        elif status == "failed":
+            state, detail = "failed", f"{record.get('stage', '')}: {record.get('error', '')}".strip(": ")
+        elif status == "requeued":
+            state, detail = "requeued", "resumes from last.ckpt" if record.get("resume_from") else "restarts"
+        elif status in ("running", "trained"):
+            state = "running"
+            detail = "evaluating" if status == "trained" else (
+                "resumed from last.ckpt" if record.get("resume_from") else "training")
+        elif status == "interrupted":
+            state, detail = "interrupted", "the next `memnet suite run` resumes it"
+        else:
+            state, detail = "pending", "submitted" if job.get("job_id") else "not started"
+        if requeues and state != "requeued":
+            detail += f"; requeued {requeues}×"
+        if job.get("job_id"):
+            detail += f" (job {job['job_id']})"
+        states.append({"run": run.name, "state": state, "detail": detail, "requeues": requeues,
+                       "job_id": job.get("job_id")})
+    return states
+
+
+def render_status(states: list[dict[str, Any]]) -> str:
+    """The states as a markdown table, then the count of each state."""
+    lines = ["| run | state | detail |", "| --- | --- | --- |"]
+    lines += [f"| {s['run']} | {s['state']} | {s['detail']} |" for s in states]
+    tally: dict[str, int] = {}
+    for s in states:
+        tally[s["state"]] = tally.get(s["state"], 0) + 1
+    lines.append("")
+    lines.append(", ".join(f"{n} {state}" for state, n in tally.items()))
+    return "\n".join(lines)

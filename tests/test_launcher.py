@@ -1,0 +1,234 @@
+"""Suites on a cluster (memnet.cli.suite.launcher): settings, bad input, the sbatch script, a fake Slurm,
+and the real thing through submitit's local executor: one job killed by a preemption signal and requeued."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from memnet import suite as S
+from memnet.cli import main as cli_main
+from memnet.cli.suite import launcher as L
+
+ROOT = Path(__file__).resolve().parents[1]
+# A tiny NTM on copy that trains for a while (epochs of 2 steps, last.ckpt after each).
+TINY_RUN = {
+    "seeds": [0],
+    "budget": {"max_steps": 24},
+    "seed_args": ["seed_everything", "data.init_args.seed"],
+    "overrides": {
+        "trainer.logger": False,
+        "trainer.enable_model_summary": False,
+        "trainer.num_sanity_val_steps": 0,
+        "trainer.callbacks": [],
+        "model.init_args.net.init_args.memory_size": 6,
+        "model.init_args.net.init_args.word_size": 4,
+        "model.init_args.net.init_args.controller.init_args.hidden_size": 5,
+        "data.init_args.batch_size": 2,
+        "data.init_args.batches_per_epoch": 2,
+        "data.init_args.val_size": 2,
+        "data.init_args.task.init_args.width": 3,
+        "data.init_args.task.init_args.max_length": 3,
+        "data.init_args.val_lengths": [3],
+    },
+}
+
+
+def write_suite(path: Path, *, name: str = "cluster", launcher: dict | None = None) -> Path:
+    experiments = [{"name": n, "configs": [str(ROOT / "configs" / "ntm" / "copy.yaml")]} for n in ("a", "b")]
+    data = {"name": name, "defaults": TINY_RUN, "experiments": experiments}
+    if launcher is not None:
+        data["launcher"] = launcher
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def launcher_line(path: Path) -> int:
+    return path.read_text().splitlines().index("launcher:") + 1
+
+
+def suite_main(*argv: str) -> int:
+    with pytest.raises(SystemExit) as exit_status:
+        cli_main(["suite", *argv])
+    return exit_status.value.code
+
+
+@pytest.mark.parametrize(("value", "expected"),
+                         [(30, 30), ("45", 45), ("04:00:00", 240), ("1-02:00", 1560), ("0:01:30", 2)])
+def test_time_limits_in_minutes(value, expected):
+    assert L.minutes(value, "time") == expected
+
+
+def test_a_bad_time_limit_is_one_line():
+    with pytest.raises(S.SuiteError, match=r"^--time: expected minutes or \[D-\]HH:MM\[:SS\], got 'soon'$"):
+        L.merge(L.LauncherConfig(), name="slurm", settings={"time": "soon"}, slurm=[])
+
+
+def test_settings_from_the_suite_file_and_the_command_line(tmp_path):
+    path = write_suite(tmp_path / "s.yaml", launcher={
+        "name": "slurm", "partition": "gpu", "time": "02:00:00", "cpus": 4, "slurm": {"qos": "low"}})
+    suite = S.load_suite(path)
+    assert suite.launcher.name == "slurm" and suite.launcher.settings["partition"] == "gpu"
+    merged = L.merge(suite.launcher, name=None, settings={"partition": "debug", "gpus_per_job": 2, "mem_gb": None},
+                     slurm=["constraint=a100"])
+    assert merged.executor_parameters() == {
+        "slurm_partition": "debug", "timeout_min": 120, "cpus_per_task": 4, "gpus_per_node": 2,
+        "slurm_qos": "low", "slurm_constraint": "a100"}
+    local = L.merge(suite.launcher, name="submitit-local", settings={}, slurm=[])
+    assert not any(key.startswith("slurm_") for key in local.executor_parameters())
+
+
+def test_an_unknown_launcher_in_the_suite_file_is_one_line(tmp_path):
+    path = write_suite(tmp_path / "s.yaml", launcher={"name": "pbs"})
+    with pytest.raises(S.SuiteError) as error:
+        S.load_suite(path)
+    assert str(error.value) == (f"{path}:{launcher_line(path)}: launcher: unknown launcher 'pbs'; expected one "
+                                "of local, slurm, submitit-local")
+
+
+def test_an_unknown_launcher_on_the_command_line_is_refused(tmp_path, capsys):
+    path = write_suite(tmp_path / "s.yaml")
+    assert suite_main("run", str(path), "--launcher", "pbs") == 2
+    assert "argument --launcher: invalid choice: 'pbs'" in capsys.readouterr().err
+
+
+def test_a_slurm_option_submitit_does_not_know_is_one_line(tmp_path, capsys):
+    path = write_suite(tmp_path / "s.yaml")
+    assert suite_main("run", str(path), "--launcher", "slurm", "--slurm", "qoss=high") == 2
+    assert capsys.readouterr().err.strip() == (
+        "memnet suite: --slurm: 'qoss' is not a Slurm option submitit knows; did you mean qos?")
+    path = write_suite(tmp_path / "t.yaml", launcher={"name": "slurm", "slurm": {"partion": "gpu"}})
+    with pytest.raises(S.SuiteError, match=rf"t\.yaml:{launcher_line(path)}: launcher\.slurm: 'partion' is not "
+                                           r"a Slurm option submitit knows; did you mean partition"):
+        S.load_suite(path)
+
+
+def test_slurm_settings_with_the_local_launcher_are_refused(tmp_path, capsys):
+    path = write_suite(tmp_path / "s.yaml")
+    assert suite_main("run", str(path), "--partition", "gpu") == 2
+    assert "--partition applies to --launcher slurm or submitit-local" in capsys.readouterr().err
+
+
+def test_slurm_without_a_cluster_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun, no sbatch
+    path = write_suite(tmp_path / "s.yaml")
+    assert suite_main("run", str(path), "--launcher", "slurm", "--results", str(tmp_path / "r")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("memnet suite: --launcher slurm: no Slurm here") and "\n" not in err
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch):
+    """``srun`` and ``sbatch`` stand-ins on PATH: sbatch keeps the script it is given and answers a job id."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\ncp \"$1\" {tmp_path}/submitted.sh\necho Submitted batch job 4242\n")
+    for script in bin_dir.iterdir():
+        script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return tmp_path
+
+
+def test_slurm_submits_one_array_job_per_run_with_the_settings(fake_slurm, monkeypatch, capsys):
+    monkeypatch.chdir(fake_slurm)
+    path = write_suite(fake_slurm / "s.yaml", launcher={"name": "slurm", "account": "proj", "array_parallelism": 1})
+    assert suite_main("run", str(path), "--results", "r", "--partition", "gpu", "--time", "01:30:00",
+                      "--gpus-per-job", "1", "--cpus", "6", "--mem-gb", "20", "--slurm", "qos=high") == 0
+    script = (fake_slurm / "submitted.sh").read_text()
+    for line in ("--partition=gpu", "--time=90", "--gpus-per-node=1", "--cpus-per-task=6", "--mem=20GB",
+                 "--account=proj", "--qos=high", "--array=0-1%1", "--job-name=memnet-cluster"):
+        assert f"#SBATCH {line}" in script, line
+    assert "submitted 2 jobs (slurm" in capsys.readouterr().out
+    states = L.run_states(fake_slurm / "r")
+    assert [(s["run"], s["state"], s["job_id"]) for s in states] == [
+        ("a/seed_0", "pending", "4242_0"), ("b/seed_0", "pending", "4242_1")]
+    assert suite_main("status", "r") == 0
+    assert "| a/seed_0 | pending | submitted (job 4242_0) |" in capsys.readouterr().out
+
+
+def test_status_and_report_of_partial_results(tmp_path, capsys):
+    """A finished, a failed, a requeued and a never-started run: status names each; the report stands."""
+    suite = S.load_suite(write_suite(tmp_path / "s.yaml"))
+    suite = S.Suite(suite.name, "", suite.experiments + (replace(suite.experiments[0], name="c"),
+                                                          replace(suite.experiments[0], name="d")), str(tmp_path))
+    results = tmp_path / "r"
+    runner = S.SuiteRunner(suite, results)
+    results.mkdir()
+    runner._write_suite_file()
+    a, b, c, _never_started = S.expand_runs(suite, results)
+    for run in (a, b, c):
+        run.folder.mkdir(parents=True)
+    runner._write_record(a, status="done", metrics={"val/bits_per_seq": 1.5}, train_seconds=90.0)
+    runner._write_record(b, status="failed", stage="train", error="ValueError: memory_size must be positive")
+    runner._write_record(c, status="requeued", requeues=1, resume_from=str(c.folder / "last.ckpt"))
+    runner._event(event="requeued", run=c.name, requeues=1)
+    states = {s["run"]: (s["state"], s["detail"]) for s in L.run_states(results)}
+    assert states == {
+        "a/seed_0": ("finished", "1.5 min of training"),
+        "b/seed_0": ("failed", "train: ValueError: memory_size must be positive"),
+        "c/seed_0": ("requeued", "resumes from last.ckpt"),
+        "d/seed_0": ("pending", "not started"),
+    }
+    assert suite_main("report", str(results), "--no-wandb") == 0
+    report = json.loads((results / "report" / "leaderboard.json").read_text())
+    assert [(row["experiment"], row["done"], row["failed"]) for row in report["leaderboard"]] == [
+        ("a", 1, 0), ("b", 0, 1), ("c", 0, 0), ("d", 0, 0)]
+
+
+def _wait_for(predicate, seconds: float, what: str, submitter: threading.Thread) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if not submitter.is_alive():
+            raise AssertionError(f"memnet suite run ended before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what} after {seconds:.0f} s")
+        time.sleep(0.2)
+
+
+@pytest.mark.slow  # three training processes and two jobs: 114 s on the shared 2-core VM
+@pytest.mark.timeout(600)
+def test_submitit_local_jobs_one_preempted_requeued_and_resumed(tmp_path, monkeypatch, capsys):
+    """Two runs as two real submitit jobs (local executor, the Slurm code path); one gets the preemption
+    signal mid-training, is requeued, resumes from its last.ckpt; the report then has both."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    path = write_suite(tmp_path / "s.yaml")
+    results = tmp_path / "r"
+    exit_code: list[int] = []
+    submitter = threading.Thread(target=lambda: exit_code.append(suite_main(
+        "run", str(path), "--results", str(results), "--launcher", "submitit-local", "--time", "20",
+        "--no-wandb")))
+    submitter.start()
+    checkpoint = results / "a" / "seed_0" / "checkpoints" / "last.ckpt"
+    job_file = results / "a" / "seed_0" / L.JOB_FILE
+    _wait_for(checkpoint.is_file, 300, "run a's first last.ckpt", submitter)
+    job = json.loads(job_file.read_text())
+    assert job["state"] == "running"
+    os.kill(job["pid"], signal.SIGUSR2)  # what Slurm sends before preempting or timing out a job
+    _wait_for(lambda: json.loads(job_file.read_text())["pid"] != job["pid"], 120, "the requeued job", submitter)
+    submitter.join(timeout=400)
+    assert not submitter.is_alive() and exit_code == [0]
+
+    events = [json.loads(line) for line in (results / "events.jsonl").read_text().splitlines()]
+    starts = [e for e in events if e["event"] == "start" and e["run"] == "a/seed_0"]
+    assert [e["event"] for e in events if e["run"] == "a/seed_0"].count("requeued") == 1
+    assert len(starts) == 2 and starts[0]["resume_from"] is None
+    assert starts[1]["resume_from"] == str(checkpoint.resolve())  # the requeued job resumed
+    assert "Restoring states from the checkpoint" in (results / "a" / "seed_0" / "train.log").read_text()
+    states = {s["run"]: (s["state"], s["requeues"]) for s in L.run_states(results)}
+    assert states == {"a/seed_0": ("finished", 1), "b/seed_0": ("finished", 0)}
+    report = json.loads((results / "report" / "leaderboard.json").read_text())
+    assert [(row["experiment"], row["done"], row["failed"]) for row in report["leaderboard"]] == [
+        ("a", 1, 0), ("b", 1, 0)]
+    assert "submitted 2 jobs (submitit-local" in capsys.readouterr().out
