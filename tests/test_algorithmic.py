@@ -5,11 +5,11 @@ from __future__ import annotations
 import doctest
 import itertools
 import math
+import sys
 
 import pytest
 import torch
 
-from tasks import algorithmic
 from tasks.algorithmic import (
     AlgorithmicDataModule,
     AssociativeRecallTask,
@@ -30,7 +30,7 @@ def seeded(seed: int = 0) -> torch.Generator:
 def test_docstring_examples_hold(cls):
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
-    [test] = [t for t in finder.find(cls, module=algorithmic) if t.name.endswith(cls.__name__)]
+    [test] = [t for t in finder.find(cls, module=sys.modules[cls.__module__]) if t.name.endswith(cls.__name__)]
     result = runner.run(test)
     assert result.attempted >= 3 and result.failed == 0
 

@@ -41,7 +41,7 @@ def test_the_layers_contract_holds():
     ("memnet/metrics.py", "import memnet.cli.rebuild", "memnet.metrics -> memnet.cli.rebuild"),
     ("memnet/models/ntm.py", "import memnet.lightning", "memnet.models.ntm -> memnet.lightning"),
     ("memnet/callbacks.py", "import memnet.probe", "memnet.callbacks -> memnet.probe"),
-    ("tasks/algorithmic.py", "import memnet.models.ntm", "tasks.algorithmic -> memnet.models.ntm"),
+    ("tasks/algorithmic/data.py", "import memnet.models.ntm", "tasks.algorithmic.data -> memnet.models.ntm"),
 ])
 def test_a_planted_upward_or_sideways_import_breaks_the_contract(tmp_path, module, planted, culprit):
     tree = _copy(tmp_path)

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import doctest
+import sys
 
 import pytest
 import torch
 
-from tasks import algorithmic
 from tasks.algorithmic import AlgorithmicDataModule, CopyTask
 
 
 def test_docstring_example_holds():
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
-    [test] = [t for t in finder.find(CopyTask, module=algorithmic) if t.name.endswith("CopyTask")]
+    [test] = [t for t in finder.find(CopyTask, module=sys.modules[CopyTask.__module__]) if t.name.endswith("CopyTask")]
     result = runner.run(test)
     assert result.attempted > 0 and result.failed == 0
 
