@@ -36,7 +36,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from memnet.utils import distributed_sampler
-from tasks.algorithmic import AlgorithmicTask, _mix
+from tasks.algorithmic.base import AlgorithmicTask
+from tasks.algorithmic.data import _mix
 
 PAD, BOS, EOS = 0, 1, 2
 FIRST_SYMBOL = 3  # symbols are FIRST_SYMBOL .. vocab_size - 1

@@ -30,7 +30,8 @@ from diagnostics import AddressingDiagnostics
 from memnet.controllers import LSTMController
 from memnet.lightning import SequenceModule, sequence_metrics
 from memnet.models.ntm import NTM
-from tasks.algorithmic import AlgorithmicDataModule, CopyTask, _mix
+from tasks.algorithmic import AlgorithmicDataModule, CopyTask
+from tasks.algorithmic.data import _mix
 
 
 def batches_from(dm: AlgorithmicDataModule, step: int):
