@@ -4,6 +4,7 @@ its own folder (and W&B run); resuming a finished run leaves runs/latest.json al
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -82,7 +83,9 @@ def test_resumed_run_continues_its_folder_and_its_wandb_run(tmp_path, capsys):
     assert [p.name for p in (tmp_path / "runs" / "memnet").iterdir()] == [run.name]
     assert not list(run.glob("checkpoints/.*.partial")), "a stale .partial file survived the next save"
     wandb_runs = sorted(p.name for p in (tmp_path / "runs" / "wandb").glob("offline-run-*"))
-    assert len(wandb_runs) == 2 and all(name.endswith(f"-{run.name}") for name in wandb_runs)  # same W&B id
+    # same W&B id; W&B names a folder offline-run-<time>-<id>, with "-1" added when both start in one second
+    same_id = re.compile(rf"offline-run-\d{{8}}_\d{{6}}-{re.escape(run.name)}(-\d+)?")
+    assert len(wandb_runs) == 2 and all(same_id.fullmatch(name) for name in wandb_runs), wandb_runs
     capsys.readouterr()
     # resuming the finished run: nothing to train, no new folder, runs/latest.json untouched
     before = (tmp_path / "runs" / "latest.json").read_text()
