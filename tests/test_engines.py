@@ -7,6 +7,7 @@ from functools import partial
 
 import pytest
 import torch
+from tiny_run import tiny_run
 
 from memnet.controllers import FeedForwardController, LSTMController
 from memnet.models import core
@@ -180,30 +181,7 @@ def test_state_dict_keys_and_parameter_order_are_those_of_earlier_checkpoints():
         "output.bias"]
 
 
-TINY_COMPILED_RUN = """
-seed_everything: 0
-trainer: {max_steps: 2, logger: false, enable_progress_bar: false, enable_model_summary: false,
-          limit_val_batches: 1, default_root_dir: run}
-model:
-  class_path: memnet.lightning.SequenceModule
-  init_args:
-    net:
-      class_path: memnet.models.ntm.NTM
-      init_args:
-        memory_size: 7
-        word_size: 5
-        engine: compiled
-        compile_backend: eager
-        controller: {class_path: memnet.controllers.LSTMController, init_args: {hidden_size: 4}}
-data:
-  class_path: tasks.algorithmic.AlgorithmicDataModule
-  init_args:
-    task: {class_path: tasks.algorithmic.CopyTask, init_args: {width: 3, min_length: 1, max_length: 4}}
-    batch_size: 3
-    batches_per_epoch: 2
-    val_lengths: [4]
-    val_size: 3
-"""
+TINY_COMPILED_RUN = tiny_run(trainer={"default_root_dir": "run"}, net={"engine": "compiled", "compile_backend": "eager"})
 
 
 @pytest.mark.slow

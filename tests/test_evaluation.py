@@ -9,42 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_run import tiny_run
 
 from memnet.cli import main as memnet_main
 from memnet.evaluation import EvaluationError, fit_only_keys, resolve_checkpoint
 
-TINY = """
-seed_everything: 0
-trainer:
-  max_steps: 2
-  logger: false
-  enable_progress_bar: false
-  enable_model_summary: false
-  limit_val_batches: 1
-  default_root_dir: run
-model:
-  class_path: memnet.lightning.SequenceModule
-  init_args:
-    net:
-      class_path: memnet.models.ntm.NTM
-      init_args:
-        memory_size: 7
-        word_size: 5
-        controller:
-          class_path: memnet.controllers.LSTMController
-          init_args:
-            hidden_size: 4
-data:
-  class_path: tasks.algorithmic.AlgorithmicDataModule
-  init_args:
-    task:
-      class_path: tasks.algorithmic.CopyTask
-      init_args: {width: 3, min_length: 1, max_length: 4}
-    batch_size: 3
-    batches_per_epoch: 2
-    val_lengths: [4]
-    val_size: 3
-"""
+TINY = tiny_run(trainer={"default_root_dir": "run"})
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_run import tiny_run
 
 import memnet.models
 from memnet.cli import main as memnet_main
@@ -139,28 +140,7 @@ def test_a_hub_id_offline_fails_with_one_line(monkeypatch):
     assert "\n" not in str(error.value)
 
 
-TINY_RUN = """
-seed_everything: 0
-trainer: {max_steps: 2, logger: false, enable_progress_bar: false, enable_model_summary: false,
-          limit_val_batches: 1, default_root_dir: run}
-model:
-  class_path: memnet.lightning.SequenceModule
-  init_args:
-    net:
-      class_path: memnet.models.ntm.NTM
-      init_args:
-        memory_size: 7
-        word_size: 5
-        controller: {class_path: memnet.controllers.LSTMController, init_args: {hidden_size: 4}}
-data:
-  class_path: tasks.algorithmic.AlgorithmicDataModule
-  init_args:
-    task: {class_path: tasks.algorithmic.CopyTask, init_args: {width: 3, min_length: 1, max_length: 4}}
-    batch_size: 3
-    batches_per_epoch: 2
-    val_lengths: [4]
-    val_size: 3
-"""
+TINY_RUN = tiny_run(trainer={"default_root_dir": "run"})
 
 
 def test_memnet_export_of_a_checkpoint(tmp_path, monkeypatch, capsys):
