@@ -1,4 +1,4 @@
-"""Lightning callbacks: pictures of memory access, a watch for relapses, and helpers to find a run's folder."""
+"""Lightning callbacks: pictures of memory access, a watch for relapses, a decay after convergence, and helpers to find a run's folder."""
 
 from __future__ import annotations
 
@@ -374,6 +374,106 @@ class RelapseWatch(pl.Callback):
         self.in_relapse = state_dict["in_relapse"]
         self.events = list(state_dict["events"])
         self.history = [tuple(item) for item in state_dict.get("history", [])]
+
+
+class ConvergenceDecay(pl.Callback):
+    """After convergence, a lower learning rate and a normaliser that no longer shrinks: training that stays learned.
+
+    Once a task is learned the gradients are tiny and Adam's second moment v
+    shrinks with them, so the gradient of a rare wrongly solved batch, divided
+    by that small √v, moves every weight it touches by about the learning rate
+    and the momentum keeps it going for tens of steps: the NTM then unlearns
+    what it knew (``docs/results.md``, "Training on past convergence"). This
+    callback changes nothing until the validation cost ``monitor`` is first at
+    or below ``threshold`` (so learning is exactly as fast, step for step), and
+    from that validation on:
+
+    - multiplies the learning rate of every optimiser and its schedule by
+      ``factor`` (:func:`scale_learning_rates`);
+    - with ``amsgrad``, turns Adam / AdamW into AMSGrad with the largest v
+      seen since the first step: the running maximum of v is kept in the
+      optimiser's state (``max_exp_avg_sq``, elementwise, updated after every
+      step) from the start, so the normaliser keeps the scale of the gradients
+      of learning and does not follow them down.
+
+    Both happen once per run. The step is logged as ``converged/step`` to every
+    logger and kept in checkpoints, and the running maximum lives in the
+    optimiser's state, so a resumed run continues exactly.
+
+    Args:
+        monitor: the validation metric (lower is better).
+        threshold: the level that counts as converged, in the metric's units.
+        factor: the multiplier of the learning rate, in (0, 1].
+        amsgrad: switch Adam to AMSGrad (the largest v since the start) at convergence.
+    """
+
+    def __init__(self, monitor: str = "val/bits_per_seq", threshold: float = 0.1, factor: float = 0.1,
+                 amsgrad: bool = True) -> None:
+        if not (isinstance(threshold, (int, float)) and threshold > 0):
+            raise ValueError(f"ConvergenceDecay threshold must be a number > 0, got {threshold!r}")
+        if not (isinstance(factor, (int, float)) and 0 < factor <= 1):
+            raise ValueError(f"ConvergenceDecay factor must be in (0, 1], got {factor!r}")
+        self.monitor = monitor
+        self.threshold = float(threshold)
+        self.factor = float(factor)
+        self.amsgrad = bool(amsgrad)
+        self.converged_step: int | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.amsgrad:
+            return
+        for optimizer in trainer.optimizers:
+            if not all("amsgrad" in group for group in optimizer.param_groups):
+                raise ValueError(f"ConvergenceDecay amsgrad: true needs Adam or AdamW (an optimiser with an amsgrad "
+                                 f"option), got {type(optimizer).__name__}; set amsgrad: false")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if not self.amsgrad or self.converged_step is not None:
+            return
+        with torch.no_grad():
+            for optimizer in trainer.optimizers:
+                if all(group["amsgrad"] for group in optimizer.param_groups):
+                    continue  # AMSGrad from the start keeps its own maximum
+                maxima, values = [], []
+                for state in optimizer.state.values():
+                    if "exp_avg_sq" in state:
+                        if "max_exp_avg_sq" not in state:
+                            state["max_exp_avg_sq"] = state["exp_avg_sq"].clone()
+                        maxima.append(state["max_exp_avg_sq"])
+                        values.append(state["exp_avg_sq"])
+                if maxima:
+                    torch._foreach_maximum_(maxima, values)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or self.converged_step is not None:
+            return
+        metric = trainer.callback_metrics.get(self.monitor)
+        if metric is None or not float(metric) <= self.threshold:
+            return
+        self.converged_step = trainer.global_step
+        scale_learning_rates(trainer, self.factor)
+        what = f"learning rate x {self.factor:g}"
+        if self.amsgrad:
+            for optimizer in trainer.optimizers:
+                for state in optimizer.state.values():
+                    if "exp_avg_sq" in state and "max_exp_avg_sq" not in state:
+                        state["max_exp_avg_sq"] = state["exp_avg_sq"].clone()
+                for group in optimizer.param_groups:
+                    group["amsgrad"] = True
+            what += ", AMSGrad (largest v since the start)"
+        message = f"{self.monitor} = {float(metric):.4g} <= {self.threshold:g} at step {trainer.global_step}: {what} from here on"
+        log.info(message)
+        if trainer.is_global_zero:
+            print(f"\n[ConvergenceDecay] {message}", flush=True)
+        for logger in trainer.loggers:
+            logger.log_metrics({"converged/step": float(trainer.global_step)}, step=trainer.global_step)
+
+    def state_dict(self) -> dict:
+        return {"converged_step": self.converged_step}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.converged_step = state_dict["converged_step"]
 
 
 def scale_learning_rates(trainer: pl.Trainer, factor: float) -> None:

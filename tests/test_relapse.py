@@ -8,7 +8,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from memnet.callbacks import RelapseWatch
+from memnet.callbacks import ConvergenceDecay, RelapseWatch
 
 
 def test_fires_on_a_relapse_once_per_excursion():
@@ -71,7 +71,7 @@ class ScriptedValidation(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def fit_scripted(tmp_path, costs, watch, snapshots):
+def fit_scripted(tmp_path, costs, watch, snapshots, extra=(), module_class=None):
     class Snapshot(pl.Callback):  # the weights and Adam's moments as each validation saw them (runs before the watch)
         def on_validation_epoch_end(self, trainer, pl_module):
             snapshots.append(({k: v.clone() for k, v in pl_module.state_dict().items()},
@@ -80,10 +80,11 @@ def fit_scripted(tmp_path, costs, watch, snapshots):
 
     data = torch.utils.data.TensorDataset(torch.randn(8, 3, generator=torch.Generator().manual_seed(1)))
     loader = torch.utils.data.DataLoader(data, batch_size=2)
-    module = ScriptedValidation(costs)
+    torch.manual_seed(0)
+    module = (module_class or ScriptedValidation)(costs)
     trainer = pl.Trainer(max_epochs=len(costs), logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
-                         callbacks=[Snapshot(), watch])
+                         callbacks=[Snapshot(), watch, *extra])
     trainer.fit(module, train_dataloaders=loader, val_dataloaders=torch.utils.data.DataLoader(data, batch_size=8))
     return module, trainer
 
@@ -137,3 +138,103 @@ def test_history_and_events_survive_a_checkpoint():
     restored.load_state_dict(watch.state_dict())
     assert restored.history == [(0, 3.0), (1, 0.05), (2, 9.0), (3, 0.04)]
     assert restored.events == watch.events and restored.best == 0.04 and restored.threshold() == 1.0
+
+
+# ConvergenceDecay: the recipe's fix, a lower rate and AMSGrad from the first validation at or below a level
+
+
+class MomentLog(pl.Callback):
+    """Adam's v and its running maximum, and the rate, after every training step (before ConvergenceDecay's update)."""
+
+    def __init__(self):
+        self.rows = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        optimizer = trainer.optimizers[0]
+        state = optimizer.state[pl_module.layer.weight]
+        self.rows.append((trainer.global_step, state["exp_avg_sq"].clone(), optimizer.param_groups[0]["lr"],
+                          optimizer.param_groups[0]["amsgrad"]))
+
+
+def test_convergence_decay_waits_for_the_level_then_acts_once(tmp_path, capsys):
+    decay = ConvergenceDecay(threshold=0.1, factor=0.1)
+    moments = MomentLog()
+    plain = []
+    fit_scripted(tmp_path, [5.0, 0.3, 0.3, 0.3], ConvergenceDecay(threshold=0.01), plain)  # never reaches its level
+    snapshots = []
+    _module, trainer = fit_scripted(tmp_path, [5.0, 0.3, 0.08, 0.05, 0.5], decay, snapshots, extra=[moments])
+    assert decay.converged_step == 12  # four steps an epoch: the third validation
+    assert "[ConvergenceDecay] val/bits_per_seq = 0.08 <= 0.1 at step 12" in capsys.readouterr().out
+    group = trainer.optimizers[0].param_groups[0]
+    assert group["amsgrad"] and group["max_lr"] == pytest.approx(0.01)
+    assert group["initial_lr"] == pytest.approx(0.1 / 25 * 0.1)
+    # the rate: as scheduled up to the decay, a tenth of the schedule after it; AMSGrad from then on
+    rates = {step: (lr, amsgrad) for step, _v, lr, amsgrad in moments.rows}
+    plain_rates = [row[2] for row in plain]
+    assert snapshots[2][2] == plain_rates[2]  # the Snapshot callback runs before the decay
+    assert snapshots[3][2] == pytest.approx(plain_rates[3] * 0.1)
+    assert not rates[12][1] and rates[13][1]
+    # nothing else changed before convergence: the weights at each earlier validation equal the plain run's
+    for (weights, _, _), (plain_weights, _, _) in zip(snapshots[:3], plain[:3]):
+        assert all(torch.equal(weights[k], plain_weights[k]) for k in weights)
+
+
+class LoudThenQuiet(ScriptedValidation):
+    """Large gradients for the first three steps, tiny ones after: Adam's v peaks early, then shrinks."""
+
+    def training_step(self, batch, batch_idx):
+        scale = 100.0 if self.global_step < 3 else 1e-3
+        return scale * self.layer(batch[0]).pow(2).mean()
+
+
+def test_convergence_decay_keeps_the_largest_v_since_the_start(tmp_path):
+    decay = ConvergenceDecay(threshold=0.1, factor=1.0)
+    moments = MomentLog()
+    module, trainer = fit_scripted(tmp_path, [5.0, 0.3, 0.05, 0.05], decay, [], extra=[moments],
+                                     module_class=LoudThenQuiet)
+    before = torch.stack([v for step, v, _lr, amsgrad in moments.rows if not amsgrad])  # v after each step to the switch
+    assert torch.all(before.amax(dim=0) > before[-1])  # v shrank before the switch
+    state = trainer.optimizers[0].state[module.layer.weight]
+    assert torch.equal(state["max_exp_avg_sq"], torch.stack([v for _s, v, _lr, _a in moments.rows]).amax(dim=0))
+    assert torch.equal(state["max_exp_avg_sq"], before.amax(dim=0))  # the early peak, not v at the switch
+
+
+def test_convergence_decay_resumes_exactly(tmp_path):
+    data = torch.utils.data.TensorDataset(torch.randn(8, 3, generator=torch.Generator().manual_seed(1)))
+
+    def fit(epochs, ckpt=None, decay=None):
+        pl.seed_everything(0)
+        decay = decay or ConvergenceDecay(threshold=0.1)
+        module = ScriptedValidation([5.0, 0.05, 0.3, 0.3])
+        trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                             default_root_dir=tmp_path, num_sanity_val_steps=0, callbacks=[decay],
+                             enable_checkpointing=False)
+        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=2),
+                    val_dataloaders=torch.utils.data.DataLoader(data, batch_size=8), ckpt_path=ckpt)
+        return module, trainer, decay
+
+    whole, _, _ = fit(4)
+    _, half, _ = fit(2)
+    half.save_checkpoint(tmp_path / "half.ckpt")
+    resumed, trainer, decay = fit(4, ckpt=str(tmp_path / "half.ckpt"))
+    assert decay.converged_step == 8 and trainer.optimizers[0].param_groups[0]["amsgrad"]
+    assert torch.equal(whole.layer.weight, resumed.layer.weight)
+
+
+def test_convergence_decay_needs_adam_for_amsgrad(tmp_path):
+    class WithSGD(ScriptedValidation):
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.TensorDataset(torch.randn(4, 3))
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[ConvergenceDecay()], default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match="needs Adam or AdamW .* got SGD; set amsgrad: false"):
+        trainer.fit(WithSGD([1.0]), train_dataloaders=torch.utils.data.DataLoader(data, batch_size=2))
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [({"threshold": 0}, "threshold"), ({"factor": 1.5}, "factor"),
+                                               ({"factor": 0}, "factor")])
+def test_convergence_decay_bad_settings_are_refused(kwargs, field):
+    with pytest.raises(ValueError, match=f"ConvergenceDecay {field}"):
+        ConvergenceDecay(**kwargs)
