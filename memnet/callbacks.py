@@ -10,7 +10,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 
 from memnet.plots import plot_dnc_memory, plot_memory_access
@@ -396,7 +396,10 @@ class ConvergenceDecay(pl.Callback):
       step) from the start, so the normaliser keeps the scale of the gradients
       of learning and does not follow them down.
 
-    Both happen once per run. The step is logged as ``converged/step`` to every
+    Both happen once per run. A run that stops early (an ``EarlyStopping`` on the
+    same metric with a ``stopping_threshold`` below ``threshold``) uses that
+    level instead: a decay before the stop would only slow its last stretch, and
+    such a run is unchanged, step for step. The step is logged as ``converged/step`` to every
     logger and kept in checkpoints, and the running maximum lives in the
     optimiser's state, so a resumed run continues exactly.
 
@@ -417,9 +420,17 @@ class ConvergenceDecay(pl.Callback):
         self.threshold = float(threshold)
         self.factor = float(factor)
         self.amsgrad = bool(amsgrad)
+        self.level = self.threshold  # the level in use: ``threshold``, or a lower early stop's
         self.converged_step: int | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        stops = [c.stopping_threshold for c in trainer.callbacks
+                 if isinstance(c, EarlyStopping) and c.monitor == self.monitor and c.mode == "min"
+                 and c.stopping_threshold is not None]
+        self.level = min([self.threshold, *stops])
+        if self.level < self.threshold:
+            log.info("ConvergenceDecay: %s at or below %g (the early stop's level, below the threshold %g)",
+                     self.monitor, self.level, self.threshold)
         if not self.amsgrad:
             return
         for optimizer in trainer.optimizers:
@@ -449,7 +460,7 @@ class ConvergenceDecay(pl.Callback):
         if trainer.sanity_checking or self.converged_step is not None:
             return
         metric = trainer.callback_metrics.get(self.monitor)
-        if metric is None or not float(metric) <= self.threshold:
+        if metric is None or not float(metric) <= self.level:
             return
         self.converged_step = trainer.global_step
         scale_learning_rates(trainer, self.factor)
@@ -462,7 +473,7 @@ class ConvergenceDecay(pl.Callback):
                 for group in optimizer.param_groups:
                     group["amsgrad"] = True
             what += ", AMSGrad (largest v since the start)"
-        message = f"{self.monitor} = {float(metric):.4g} <= {self.threshold:g} at step {trainer.global_step}: {what} from here on"
+        message = f"{self.monitor} = {float(metric):.4g} <= {self.level:g} at step {trainer.global_step}: {what} from here on"
         log.info(message)
         if trainer.is_global_zero:
             print(f"\n[ConvergenceDecay] {message}", flush=True)

@@ -146,7 +146,7 @@ def test_a_config_of_ones_own_extends_a_shipped_one_by_name(tmp_path):
     assert resolved["model"] == expected["model"] and resolved["data"] == expected["data"]
     assert resolved["trainer"]["max_steps"] == 50
     assert [c["class_path"].rsplit(".", 1)[-1] for c in resolved["trainer"]["callbacks"]] == [
-        "RelapseWatch", "EarlyStopping", "MemoryAccessPlot"]  # memory_callbacks reached twice, stacked once
+        "RelapseWatch", "ConvergenceDecay", "EarlyStopping", "MemoryAccessPlot"]  # memory_callbacks reached twice, stacked once
     _write(tmp_path / "mine.yaml", {"extends": "../ntm/copy_small"})  # a path escaping the shipped folder
     with pytest.raises(C.ConfigError, match=r"no shipped config of that name"):
         C.load_config(mine)
@@ -244,7 +244,7 @@ def test_print_config_shows_the_resolved_whole(tmp_path, monkeypatch, capsys):
         main(["fit", "--config", "ntm/copy", "--print_config"])
     printed = yaml.safe_load(capsys.readouterr().out)
     callbacks = [c["class_path"].rsplit(".", 1)[-1] for c in printed["trainer"]["callbacks"]]
-    assert callbacks == ["RelapseWatch", "MemoryAccessPlot", "EarlyStopping"]
+    assert callbacks == ["RelapseWatch", "ConvergenceDecay", "MemoryAccessPlot", "EarlyStopping"]
     assert printed["model"]["init_args"]["scheduler"]["init_args"]["total_steps"] == 6000
     assert printed["trainer"]["gradient_clip_val"] == 1.0
     assert "extends" not in printed

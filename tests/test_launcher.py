@@ -185,18 +185,17 @@ def test_status_and_report_of_partial_results(tmp_path, capsys):
         ("a", 1, 0), ("b", 0, 1), ("c", 0, 0), ("d", 0, 0)]
 
 
-def _wait_for(predicate, seconds: float, what: str, submitter: threading.Thread) -> None:
+def _wait_for(predicate, seconds: float, what: str, submitter: threading.Thread, results: Path) -> None:
     deadline = time.monotonic() + seconds
     while not predicate():
         if not submitter.is_alive():
-            raise AssertionError(f"memnet suite run ended before {what}")
+            raise AssertionError(f"memnet suite run ended before {what}:\n{L.render_status(L.run_states(results))}")
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up waiting for {what} after {seconds:.0f} s")
         time.sleep(0.2)
 
 
-@pytest.mark.slow  # three training processes and two jobs: 114 s on the shared 2-core VM
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(600)  # three training processes and two jobs: about 20 s on the quiet 2-core VM, 35 s under load
 def test_submitit_local_jobs_one_preempted_requeued_and_resumed(tmp_path, monkeypatch, capsys):
     """Two runs as two real submitit jobs (local executor, the Slurm code path); one gets the preemption
     signal mid-training, is requeued, resumes from its last.ckpt; the report then has both."""
@@ -212,13 +211,13 @@ def test_submitit_local_jobs_one_preempted_requeued_and_resumed(tmp_path, monkey
     submitter.start()
     checkpoint = results / "a" / "seed_0" / "checkpoints" / "last.ckpt"
     job_file = results / "a" / "seed_0" / L.JOB_FILE
-    _wait_for(checkpoint.is_file, 300, "run a's first last.ckpt", submitter)
+    _wait_for(checkpoint.is_file, 300, "run a's first last.ckpt", submitter, results)
     job = json.loads(job_file.read_text())
     assert job["state"] == "running"
     os.kill(job["pid"], signal.SIGUSR2)  # what Slurm sends before preempting or timing out a job
-    _wait_for(lambda: json.loads(job_file.read_text())["pid"] != job["pid"], 120, "the requeued job", submitter)
+    _wait_for(lambda: json.loads(job_file.read_text())["pid"] != job["pid"], 120, "the requeued job", submitter, results)
     submitter.join(timeout=400)
-    assert not submitter.is_alive() and exit_code == [0]
+    assert not submitter.is_alive() and exit_code == [0], L.render_status(L.run_states(results))
 
     events = [json.loads(line) for line in (results / "events.jsonl").read_text().splitlines()]
     starts = [e for e in events if e["event"] == "start" and e["run"] == "a/seed_0"]

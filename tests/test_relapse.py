@@ -238,3 +238,12 @@ def test_convergence_decay_needs_adam_for_amsgrad(tmp_path):
 def test_convergence_decay_bad_settings_are_refused(kwargs, field):
     with pytest.raises(ValueError, match=f"ConvergenceDecay {field}"):
         ConvergenceDecay(**kwargs)
+
+
+def test_convergence_decay_waits_for_a_lower_early_stop(tmp_path):
+    from pytorch_lightning.callbacks import EarlyStopping
+
+    decay = ConvergenceDecay(threshold=0.1)
+    stop = EarlyStopping(monitor="val/bits_per_seq", mode="min", stopping_threshold=0.05, patience=100)
+    fit_scripted(tmp_path, [5.0, 0.08, 0.07, 0.04, 0.5], decay, [], extra=[stop])
+    assert decay.level == 0.05 and decay.converged_step == 16  # not at 0.08 (step 8): the run's own level is 0.05
