@@ -354,8 +354,9 @@ class RelapseWatch(pl.Callback):
             pl_module.load_state_dict(self.best_state["weights"])
             if self.restore_optimizer:
                 for optimizer, state in zip(trainer.optimizers, self.best_state["optimizers"]):
-                    # the schedule's current rates (lr, and initial/max/min lr of OneCycleLR) stay as they are
-                    rates = [{k: v for k, v in group.items() if k.endswith("lr")} for group in optimizer.param_groups]
+                    # the moments go back, the current settings stay: the schedule's rates (lr, and
+                    # initial/max/min lr of OneCycleLR), and amsgrad once ConvergenceDecay has turned it on
+                    rates = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
                     optimizer.load_state_dict(copy.deepcopy(state))  # moves tensors to the parameters' device
                     for group, kept in zip(optimizer.param_groups, rates):
                         group.update(kept)

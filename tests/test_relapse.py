@@ -247,3 +247,11 @@ def test_convergence_decay_waits_for_a_lower_early_stop(tmp_path):
     stop = EarlyStopping(monitor="val/bits_per_seq", mode="min", stopping_threshold=0.05, patience=100)
     fit_scripted(tmp_path, [5.0, 0.08, 0.07, 0.04, 0.5], decay, [], extra=[stop])
     assert decay.level == 0.05 and decay.converged_step == 16  # not at 0.08 (step 8): the run's own level is 0.05
+
+
+def test_restoring_the_best_keeps_amsgrad_on_after_convergence(tmp_path):
+    watch = RelapseWatch(factor=10, floor=1.0, restore_best=True)  # snapshots before the decay switches (runs first)
+    decay = ConvergenceDecay(threshold=0.25)
+    _module, trainer = fit_scripted(tmp_path, [5.0, 0.3, 0.2, 50.0], watch, [], extra=[decay])
+    assert [e["step"] for e in watch.events] == [16] and decay.converged_step == 12
+    assert trainer.optimizers[0].param_groups[0]["amsgrad"]  # the moments went back, the setting stayed

@@ -3,7 +3,8 @@
     python benchmarks/relapse/plot.py --before A.jsonl --after B.jsonl --out docs/images/ntm_copy_relapse.png
 
 Each input is a JSON-lines file of ``{"step": ..., "val_bits": ...}`` rows (as written by
-``diagnostics.AddressingDiagnostics``); other rows are ignored, repeated steps kept once.
+``vallog.ValidationLog`` or ``diagnostics.AddressingDiagnostics``); other rows are ignored, repeated
+steps kept once. The README's figure: the two seed-0 runs of ``long_runs.sh``, without and with the fix.
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ def main() -> None:
     parser.add_argument("--after", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--title", default="NTM copy, seed 0: validation cost at length 20")
+    parser.add_argument("--before-label", default="before: Adam")
+    parser.add_argument("--after-label", default="after: Adam, then ConvergenceDecay (lr x 0.1, AMSGrad)")
     args = parser.parse_args()
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    for path, label, style in ((args.before, "before: Adam (run to step 2,300)", "C3-"),
-                               (args.after, "after: Adam with AMSGrad", "C0-")):
+    for path, label, style in ((args.before, args.before_label, "C3-"), (args.after, args.after_label, "C0-")):
         steps, values = read_curve(path)
         ax.plot(steps, values, style, marker=".", label=label, lw=1.2)
     ax.set_yscale("log")
