@@ -789,6 +789,7 @@ def test_shipped_suite_budgets_fit_inside_their_one_cycle_schedules():
                 scheduler = (model.get("init_args") or {}).get("scheduler") or {}
                 if scheduler.get("class_path", "").endswith("OneCycleLR"):
                     total = scheduler["init_args"]["total_steps"]
+            total = experiment.overrides.get("model.init_args.scheduler.init_args.total_steps", total)
             steps = experiment.budget.get("max_steps")
             if total is not None and steps is not None:
                 checked += 1
