@@ -32,8 +32,8 @@ lint: install                ## ruff, and the layers contract of pyproject.toml 
 	$(VENV)/bin/ruff check memnet tasks tests benchmarks
 	$(VENV)/bin/lint-imports
 
-bench: install               ## training throughput: NTM, DNC, MemN2N, LSTM x batch 1, 32, 128 x eager, fused, compiled (~6 min)
-	$(PY) benchmarks/run.py --threads 2 --compile-batch-sizes 32 --out benchmarks/results/train_step_cpu.json
+bench: install               ## training throughput: NTM, DNC, MemN2N, LSTM x batch 1, 32, 128 x eager, fused, compiled (~4-6 min)
+	$(PY) benchmarks/run.py --threads 2 --out benchmarks/results/train_step_cpu.json
 
 docs: install                ## the documentation site into site/ (mkdocs --strict: a warning fails)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict

@@ -25,7 +25,7 @@ loudinthecloud/pytorch-ntm or ixaxaar/pytorch-dnc (the folder that holds its
 ``ntm`` or ``dnc`` package) beside memnet, built with the same sizes and timed
 with the same step; their code is imported from there, never copied.
 
-    python benchmarks/run.py --compile-batch-sizes 32      # the CPU table (make bench)
+    python benchmarks/run.py --threads 2                    # the CPU table (make bench)
     python benchmarks/run.py --device cuda --batch-sizes 1 128 4096
     python benchmarks/run.py --models NTM --peer-ntm ~/src/pytorch-ntm
 """
