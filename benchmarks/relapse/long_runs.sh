@@ -4,7 +4,7 @@
 #   benchmarks/relapse/long_runs.sh NAME CONFIG SEED THREADS STEPS [memnet fit options...]
 # e.g. benchmarks/relapse/long_runs.sh ntm_copy_s2 configs/ntm/copy.yaml 2 1 10000
 # The config's callbacks are replaced by RelapseWatch, ConvergenceDecay (the fix; FIX=0 leaves it out,
-# for the runs before the fix) and the log of validations.
+# for the runs before the fix; FACTOR=f sets its factor, default 0.1) and the log of validations.
 set -e
 name=$1; config=$2; seed=$3; threads=$4; steps=$5; shift 5
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -17,7 +17,7 @@ trainer:
   enable_progress_bar: false
   callbacks:
     - class_path: memnet.callbacks.RelapseWatch
-$( [ "${FIX:-1}" = 1 ] && echo "    - class_path: memnet.callbacks.ConvergenceDecay" )
+$( [ "${FIX:-1}" = 1 ] && printf "    - class_path: memnet.callbacks.ConvergenceDecay\n      init_args: {factor: ${FACTOR:-0.1}}" )
     - class_path: vallog.ValidationLog
       init_args:
         path: $out/$name.jsonl
