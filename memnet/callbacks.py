@@ -443,19 +443,9 @@ class ConvergenceDecay(pl.Callback):
                            batch_idx: int) -> None:
         if not self.amsgrad or self.converged_step is not None:
             return
-        with torch.no_grad():
-            for optimizer in trainer.optimizers:
-                if all(group["amsgrad"] for group in optimizer.param_groups):
-                    continue  # AMSGrad from the start keeps its own maximum
-                maxima, values = [], []
-                for state in optimizer.state.values():
-                    if "exp_avg_sq" in state:
-                        if "max_exp_avg_sq" not in state:
-                            state["max_exp_avg_sq"] = state["exp_avg_sq"].clone()
-                        maxima.append(state["max_exp_avg_sq"])
-                        values.append(state["exp_avg_sq"])
-                if maxima:
-                    torch._foreach_maximum_(maxima, values)
+        for optimizer in trainer.optimizers:
+            if not all(group["amsgrad"] for group in optimizer.param_groups):  # AMSGrad keeps its own maximum
+                _update_running_max(optimizer)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self.converged_step is not None:
@@ -468,9 +458,7 @@ class ConvergenceDecay(pl.Callback):
         what = f"learning rate x {self.factor:g}"
         if self.amsgrad:
             for optimizer in trainer.optimizers:
-                for state in optimizer.state.values():
-                    if "exp_avg_sq" in state and "max_exp_avg_sq" not in state:
-                        state["max_exp_avg_sq"] = state["exp_avg_sq"].clone()
+                _update_running_max(optimizer)  # a no-op after a step; makes every state AMSGrad-ready
                 for group in optimizer.param_groups:
                     group["amsgrad"] = True
             what += ", AMSGrad (largest v since the start)"
@@ -486,6 +474,20 @@ class ConvergenceDecay(pl.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.converged_step = state_dict["converged_step"]
+
+
+@torch.no_grad()
+def _update_running_max(optimizer: torch.optim.Optimizer) -> None:
+    """Fold Adam's v into the elementwise running maximum ``max_exp_avg_sq`` (AMSGrad's), per parameter."""
+    maxima, values = [], []
+    for state in optimizer.state.values():
+        if "exp_avg_sq" in state:
+            if "max_exp_avg_sq" not in state:
+                state["max_exp_avg_sq"] = state["exp_avg_sq"].clone()
+            maxima.append(state["max_exp_avg_sq"])
+            values.append(state["exp_avg_sq"])
+    if maxima:
+        torch._foreach_maximum_(maxima, values)
 
 
 def scale_learning_rates(trainer: pl.Trainer, factor: float) -> None:
