@@ -268,8 +268,11 @@ def _check_nonlinearity(nonlinearity: str, *, name: str = "nonlinearity") -> Non
 class _FusedRNNController(Controller):
     """Shared code of the controllers backed by one fused ``nn.RNN`` or ``nn.GRU``.
 
-    The state is h, (L, B, hidden_size). ``step`` runs the same kernel on a
-    sequence of length one, so ``forward`` equals the ``step`` loop.
+    The state is h, (L, B, hidden_size). ``step`` runs the cell of each layer
+    (``torch.gru_cell``, ``torch.rnn_tanh_cell``, ``torch.rnn_relu_cell``) on the
+    module's own weights: the fused kernel's arithmetic, so ``forward`` equals
+    the ``step`` loop, without its per-call set-up, and traceable by
+    ``torch.compile``.
     """
 
     rnn: nn.RNNBase
@@ -279,9 +282,28 @@ class _FusedRNNController(Controller):
     def initial_state(self, batch_size, *, device=None, dtype=None):
         return torch.zeros(self.num_layers, batch_size, self.hidden_size, device=device, dtype=dtype)
 
+    def _cell(self):
+        if isinstance(self.rnn, nn.GRU):
+            return torch.gru_cell
+        return torch.rnn_tanh_cell if self.rnn.nonlinearity == "tanh" else torch.rnn_relu_cell
+
     def step(self, x, state):
-        output, state = self.rnn(x.unsqueeze(1), state)
-        return output.squeeze(1), state
+        cell = self._cell()
+        new_h = []
+        for layer in range(self.num_layers):
+            h = cell(
+                x,
+                state[layer],
+                getattr(self.rnn, f"weight_ih_l{layer}"),
+                getattr(self.rnn, f"weight_hh_l{layer}"),
+                getattr(self.rnn, f"bias_ih_l{layer}"),
+                getattr(self.rnn, f"bias_hh_l{layer}"),
+            )
+            new_h.append(h)
+            x = h
+            if self.training and self.rnn.dropout and layer < self.num_layers - 1:
+                x = torch.nn.functional.dropout(x, self.rnn.dropout)
+        return x, torch.stack(new_h)
 
     def forward(self, inputs, state=None):
         if state is None:

@@ -53,7 +53,7 @@ ENGINES = ("eager", "fused", "compiled")
 
 # Compiled step functions, one per model, kept off the module so that a model
 # still pickles, deep-copies and saves exactly as an uncompiled one.
-_COMPILED: weakref.WeakKeyDictionary[nn.Module, Callable] = weakref.WeakKeyDictionary()
+_COMPILED: weakref.WeakKeyDictionary[nn.Module, dict[str, Callable]] = weakref.WeakKeyDictionary()
 
 
 def check_engine(engine: str) -> str:
@@ -247,10 +247,7 @@ class MemoryModel(nn.Module):
         return self.output(features)  # (B, T, D_out), one matmul over all t
 
     def _compiled_step(self) -> Callable:
-        compiled = _COMPILED.get(self)
-        if compiled is None:
-            compiled = _COMPILED[self] = _compile(self)
-        return compiled
+        return compiled(self, "step", self._fused_step, self.compile_backend, fallback="the fused path")
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -258,42 +255,71 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1)
 
 
-def _compile(model: MemoryModel) -> Callable:
-    """``torch.compile`` of the model's fused step, or the fused step itself where torch cannot compile."""
-    name = type(model).__name__
-    reason = compile_unavailable(model.compile_backend)
+def compiled(owner: nn.Module, key: str, function: Callable, backend: str | Callable,
+             *, fallback: str = "eager") -> Callable:
+    """``torch.compile`` of one of ``owner``'s step functions, made once and kept.
+
+    The compiled function is cached per module and ``key`` (off the module, in
+    ``_COMPILED``). Each graph it compiles adds one to ``owner.compilations`` and
+    is logged with its time. Where torch cannot compile (``compile_unavailable``),
+    or the compiler fails during a call, the model logs why and runs ``function``
+    itself from then on (``fallback`` names it in the log).
+    """
+    functions = _COMPILED.setdefault(owner, {})
+    if key not in functions:
+        functions[key] = _compile(owner, key, function, backend, fallback)
+    return functions[key]
+
+
+def _compile(owner: nn.Module, key: str, function: Callable, backend: str | Callable, fallback: str) -> Callable:
+    name = type(owner).__name__
+    reason = compile_unavailable(backend)
     if reason is not None:
-        log.warning("memnet: %s engine 'compiled' is unavailable (%s); running the fused path", name, reason)
-        return model._fused_step
-    backend = model.compile_backend
+        log.warning("memnet: %s engine 'compiled' is unavailable (%s); running %s", name, reason, fallback)
+        return function
     if isinstance(backend, str):
         from torch._dynamo import lookup_backend
 
         backend = lookup_backend(backend)
 
     def counting_backend(graph_module, example_inputs):
-        model.compilations += 1
+        owner.compilations = getattr(owner, "compilations", 0) + 1
         shapes = [tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor)][:3]
         start = time.perf_counter()
-        compiled = backend(graph_module, example_inputs)
+        result = backend(graph_module, example_inputs)
         log.info(
-            "memnet: compiled %s step, graph %d (inputs %s...) in %.1f s",
-            name, model.compilations, shapes, time.perf_counter() - start,
+            "memnet: compiled %s %s, graph %d (inputs %s...) in %.1f s",
+            name, key, owner.compilations, shapes, time.perf_counter() - start,
         )
-        return compiled
+        return result
 
-    compiled = torch.compile(model._fused_step, backend=counting_backend)
+    compiled_function = torch.compile(function, backend=counting_backend)
 
-    def step(projected, context, state):
+    from torch._dynamo import config as dynamo_config
+
+    failed = False
+
+    def step(*args):
+        nonlocal failed
+        if failed:  # a loop that took this function before the failure
+            return function(*args)
+        # allow_rnn: let dynamo read the weights of a controller's nn.LSTM / nn.GRU / nn.RNN (the
+        # steps run their cells on those weights; no module's forward is traced). Set and reset
+        # by hand: ``config.patch`` costs ~100 us a call, more than a small step.
+        allow_rnn = dynamo_config.allow_rnn
+        dynamo_config.allow_rnn = True
         try:
-            return compiled(projected, context, state)
+            return compiled_function(*args)
         except (torch._dynamo.exc.TorchDynamoException, RuntimeError, OSError) as error:
             # A compiler failure must not end a training run; an error of the model
-            # itself raises again from the fused path.
-            log.warning("memnet: %s compiled step failed (%s: %s); running the fused path from now on",
-                        name, type(error).__name__, str(error).splitlines()[0] if str(error) else "")
-            _COMPILED[model] = model._fused_step
-            return model._fused_step(projected, context, state)
+            # itself raises again from the uncompiled function.
+            log.warning("memnet: %s compiled %s failed (%s: %s); running %s from now on",
+                        name, key, type(error).__name__, str(error).splitlines()[0] if str(error) else "", fallback)
+            _COMPILED[owner][key] = function
+            failed = True
+            return function(*args)
+        finally:
+            dynamo_config.allow_rnn = allow_rnn
 
     return step
 

@@ -11,6 +11,13 @@ Two options of the textbook's recurrent family live here too:
   is an input of step t, so the model is P(y | x) = Π_t P(y(t) | x(≤t), y(<t)).
   Training feeds the previous *target* (teacher forcing, one fused pass);
   inference feeds back the model's own previous *prediction* (a step loop).
+* **an engine for the step loop** (``engine``): the only step loop here is a
+  conditional model's inference, which feeds back its own predictions;
+  ``compiled`` runs its step through ``torch.compile`` (as the memory models'
+  ``compiled`` engine: sequence lengths never recompile, a compiler that is
+  missing or fails is logged and the eager step runs), ``eager`` (default) runs
+  it as written. Teacher forcing and non-conditional models are one fused
+  controller pass and do not change.
 * **closed-form readout** (``ridge_regression``, ``RidgeAccumulator``): for an
   echo-state controller only the linear output layer is trained, and it can be
   fitted in one pass by ridge regression on the collected reservoir states.
@@ -27,9 +34,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from memnet.controllers import ControllerFactory, ControllerState, LSTMController
+from memnet.models.core import compiled
 from memnet.utils import check_positive
 
 FEEDBACKS = ("bits", "probabilities", "one_hot")
+LOOP_ENGINES = ("eager", "compiled")
+
+
+def check_loop_engine(engine: str) -> str:
+    """Raise ``ValueError`` unless ``engine`` is one of ``LOOP_ENGINES`` (models whose only step loop is inference)."""
+    if engine not in LOOP_ENGINES:
+        raise ValueError(f"engine must be one of {list(LOOP_ENGINES)}, got {engine!r}")
+    return engine
 
 
 class ConditionalState(NamedTuple):
@@ -66,11 +82,16 @@ class RecurrentModel(nn.Module):
         controller: ControllerFactory | None = None,
         conditional: bool = False,
         feedback: Literal["bits", "probabilities", "one_hot"] = "bits",
+        engine: Literal["eager", "compiled"] = "eager",
+        compile_backend: str = "inductor",
     ) -> None:
         super().__init__()
         check_positive(input_size=input_size, output_size=output_size)
         if feedback not in FEEDBACKS:
             raise ValueError(f"feedback must be one of {list(FEEDBACKS)}, got {feedback!r}")
+        self.engine = check_loop_engine(engine)
+        self.compile_backend = compile_backend
+        self.compilations = 0  # graphs compiled by the ``compiled`` engine so far
         self.input_size = input_size
         self.output_size = output_size
         self.conditional = conditional
@@ -137,9 +158,15 @@ class RecurrentModel(nn.Module):
         if state is None:
             state = self.initial_state(inputs.shape[0], device=inputs.device, dtype=inputs.dtype)
         if targets is None:
+            later_step = self.step
+            if self.engine == "compiled":
+                later_step = compiled(self, "step", self.step, self.compile_backend)
             outputs = []
-            for t in range(inputs.shape[1]):
-                logits, state = self.step(inputs[:, t], state)
+            # Time first and contiguous: each step's input has the same strides whatever T is,
+            # so that a compiled step is not recompiled for another length.
+            for t, x in enumerate(inputs.transpose(0, 1).contiguous().unbind(0)):
+                # The first step runs eagerly: its state has no history yet (as in memnet.models.core).
+                logits, state = (later_step if t > 0 else self.step)(x, state)
                 outputs.append(logits)
             return torch.stack(outputs, dim=1)
         if targets.shape[:2] != inputs.shape[:2] or targets.shape[-1] != self.output_size:

@@ -26,6 +26,10 @@ Training uses teacher forcing: with probability ``teacher_forcing_ratio`` (per
 sequence and step) the decoder is fed the true y(t−1), otherwise its own
 arg-max. Inference decodes greedily until every sequence has emitted EOS.
 Any controller of ``memnet.controllers`` can be the encoder or the decoder.
+The step loop (teacher forcing below 1, Bahdanau attention, greedy decoding)
+runs ``decode_step`` as written (``engine: eager``, the default) or compiled by
+``torch.compile`` (``engine: compiled``: target lengths never recompile; a
+compiler that is missing or fails is logged and the eager step runs).
 All sources of a batch share one length (no source padding).
 
 Token ids: PAD = 0, BOS = 1, EOS = 2 by default (as in ``tasks.sequences``).
@@ -46,6 +50,8 @@ from torch import nn
 from memnet import addressing
 from memnet import memory as mem
 from memnet.controllers import ControllerFactory, ControllerState, LSTMController
+from memnet.models.core import compiled
+from memnet.models.recurrent import check_loop_engine
 from memnet.utils import check_positive, check_range
 
 ATTENTIONS = ("none", "luong", "content", "bahdanau")
@@ -68,6 +74,8 @@ class Seq2Seq(nn.Module):
         pad_index: PAD, written after EOS in decoded sequences.
         bos_index: BOS, the decoder's first input.
         eos_index: EOS, the end marker.
+        engine: the decoder's step loop: ``eager`` or ``compiled`` (``torch.compile`` of ``decode_step``).
+        compile_backend: the ``torch.compile`` backend of the ``compiled`` engine.
     """
 
     def __init__(
@@ -86,8 +94,13 @@ class Seq2Seq(nn.Module):
         pad_index: int = 0,
         bos_index: int = 1,
         eos_index: int = 2,
+        engine: Literal["eager", "compiled"] = "eager",
+        compile_backend: str = "inductor",
     ) -> None:
         super().__init__()
+        self.engine = check_loop_engine(engine)
+        self.compile_backend = compile_backend
+        self.compilations = 0  # graphs compiled by the ``compiled`` engine so far
         check_positive(input_size=input_size, output_size=output_size, embedding_size=embedding_size,
                        attention_size=attention_size, max_decode_length=max_decode_length)
         if attention not in ATTENTIONS:
@@ -249,6 +262,12 @@ class Seq2Seq(nn.Module):
         logits = self.output(torch.cat([hidden, context_out], dim=-1))
         return logits, state, hidden, (weights.squeeze(1) if weights is not None else None)
 
+    def _later_step(self):
+        """The step of every decoder step after the first (whose state has no history yet)."""
+        if self.engine == "compiled":
+            return compiled(self, "decode_step", self.decode_step, self.compile_backend)
+        return self.decode_step
+
     def _loop(
         self,
         source: torch.Tensor,
@@ -263,18 +282,23 @@ class Seq2Seq(nn.Module):
         batch = source.shape[0]
         token = torch.full((batch,), self.bos_index, dtype=torch.long, device=source.device)
         hidden = memory.new_zeros(batch, self.decoder.output_size)
+        later_step = self._later_step()
+        # y(t) of every step, contiguous: the same strides whatever T is (no recompilation)
+        target_steps = target.transpose(0, 1).contiguous() if target is not None else None
         all_logits, all_weights = [], []
         for t in range(steps):
-            logits, state, hidden, weights = self.decode_step(token, state, hidden, memory, context)
+            logits, state, hidden, weights = (later_step if t > 0 else self.decode_step)(
+                token, state, hidden, memory, context
+            )
             all_logits.append(logits)
             all_weights.append(weights)
             token = logits.argmax(dim=-1)
             if target is not None and ratio > 0:
                 if ratio >= 1:
-                    token = target[:, t]
+                    token = target_steps[t]
                 else:
                     teacher = torch.rand(batch, generator=generator).to(source.device) < ratio
-                    token = torch.where(teacher, target[:, t], token)
+                    token = torch.where(teacher, target_steps[t], token)
         weights = torch.stack(all_weights, dim=1) if self.attention != "none" else None
         return torch.stack(all_logits, dim=1), weights
 
@@ -295,9 +319,12 @@ class Seq2Seq(nn.Module):
         token = torch.full((batch,), self.bos_index, dtype=torch.long, device=source.device)
         hidden = memory.new_zeros(batch, self.decoder.output_size)
         finished = torch.zeros(batch, dtype=torch.bool, device=source.device)
+        later_step = self._later_step()
         tokens, all_logits, all_weights = [], [], []
-        for _ in range(max_length):
-            logits, state, hidden, weights = self.decode_step(token, state, hidden, memory, context)
+        for t in range(max_length):
+            logits, state, hidden, weights = (later_step if t > 0 else self.decode_step)(
+                token, state, hidden, memory, context
+            )
             token = logits.argmax(dim=-1)
             tokens.append(torch.where(finished, torch.full_like(token, self.pad_index), token))
             all_logits.append(logits)
