@@ -152,3 +152,27 @@ def test_a_failing_compiler_falls_back_to_eager_mid_run(caplog):
     _assert_same(got, _conditional()(inputs))
     _assert_same(again, got)
     assert caplog.text.count("RecurrentModel compiled step failed") == 1 and "running eager from now on" in caplog.text
+
+
+@pytest.mark.parametrize("config", ["gru/markov_conditional.yaml", "seq2seq/reverse_bahdanau.yaml"])
+def test_a_compiled_loop_config_trains_through_the_cli(config, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from memnet.cli import main as memnet_main
+
+    monkeypatch.chdir(tmp_path)
+    torch._dynamo.reset()
+    compilations = []
+    original = core._compile
+
+    def counting_compile(owner, *args):  # the models the CLI built, to count their graphs
+        compilations.append(owner)
+        return original(owner, *args)
+
+    monkeypatch.setattr(core, "_compile", counting_compile)
+    root = Path(__file__).resolve().parents[1]
+    memnet_main(["fit", "--config", str(root / "configs" / config), "--trainer.fast_dev_run=true",
+                 "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+                 "--model.init_args.net.init_args.engine=compiled",
+                 "--model.init_args.net.init_args.compile_backend=eager"])
+    assert compilations and all(owner.compilations >= 1 for owner in compilations)
