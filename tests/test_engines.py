@@ -106,12 +106,27 @@ def test_unknown_engine_is_named(make):
 def test_compiled_equals_eager_and_lengths_do_not_recompile(make):
     torch._dynamo.reset()
     net = make(engine="compiled", compile_backend="eager")
-    _assert_engines_equal(net, ["compiled"], batch=2, steps=4)
+    # T = 7: the first step eager, then 4 steps in one call and 2 one at a time: two graphs.
+    _assert_engines_equal(net, ["compiled"], batch=2, steps=7)
     compilations = net.compilations
-    assert compilations == 1
-    for steps in (3, 7, 2):  # other sequence lengths, same batch and memory
+    assert compilations == 2
+    for steps in (3, 6, 2, 1, 13):  # other sequence lengths, same batch and memory
         _assert_engines_equal(net, ["compiled"], batch=2, steps=steps, seed=steps)
     assert net.compilations == compilations
+
+
+@pytest.mark.parametrize("unroll,steps,graphs", [(1, 6, 1), (3, 7, 1), (5, 9, 2), (8, 4, 1)])
+def test_compiled_unroll_equals_eager(unroll, steps, graphs):
+    torch._dynamo.reset()
+    net = _ntm(engine="compiled", compile_backend="eager", compile_unroll=unroll)
+    _assert_engines_equal(net, ["compiled"], batch=3, steps=steps)
+    assert net.compilations == graphs  # a K-step graph only where T − 1 ≥ K, a one-step one for the rest
+
+
+@pytest.mark.parametrize("unroll", [0, -2])
+def test_compile_unroll_must_be_positive(unroll):
+    with pytest.raises(ValueError, match="compile_unroll"):
+        _ntm(engine="compiled", compile_unroll=unroll)
 
 
 @pytest.mark.slow

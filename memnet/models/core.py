@@ -18,11 +18,14 @@ memory. ``MemoryModel`` owns the rest:
                   that does not depend on the recurrence hoisted out of the loop: the
                   controller's input projection of x_t for all t, and the output layer
                   over all t as one matmul. Tested equal to eager.
-        compiled  the fused step compiled by ``torch.compile`` (inductor). Sequence
-                  lengths never recompile (the step does not see T); a new batch size
-                  or memory size recompiles once with dynamic shapes. When the
-                  installed torch cannot compile (e.g. no C++ compiler) the model logs
-                  why and runs the fused path instead.
+        compiled  the fused step compiled by ``torch.compile`` (inductor), ``compile_unroll``
+                  time steps per call (default 4; the last T mod 4 steps one at a time):
+                  a call costs its guards and autograd wrappers, which at small
+                  batches cost as much as the step's kernels. Sequence lengths never
+                  recompile (the functions do not see T: two graphs, K steps and one);
+                  a new batch size or memory size recompiles once with dynamic shapes.
+                  When the installed torch cannot compile (e.g. no C++ compiler) the
+                  model logs why and runs the fused path instead.
 
 A new memory model subclasses ``MemoryModel``, builds its own modules between
 ``_build_controller`` and ``_build_output`` (so parameters keep their order),
@@ -89,6 +92,7 @@ class MemoryModel(nn.Module):
         num_reads: R, read heads.
         engine: execution path, ``eager``, ``fused`` or ``compiled`` (see the module).
         compile_backend: the ``torch.compile`` backend of the ``compiled`` engine.
+        compile_unroll: time steps per call of the compiled function (``compiled`` engine).
     """
 
     def __init__(
@@ -102,6 +106,7 @@ class MemoryModel(nn.Module):
         num_reads: int,
         engine: Engine,
         compile_backend: str | Callable = "inductor",
+        compile_unroll: int = 4,
         **sizes: int,
     ) -> None:
         super().__init__()
@@ -111,6 +116,7 @@ class MemoryModel(nn.Module):
             memory_size=memory_size,
             word_size=word_size,
             num_reads=num_reads,
+            compile_unroll=compile_unroll,
             **sizes,
         )
         self.input_size = input_size
@@ -120,6 +126,7 @@ class MemoryModel(nn.Module):
         self.num_reads = num_reads
         self.engine = check_engine(engine)
         self.compile_backend = compile_backend
+        self.compile_unroll = compile_unroll
         self.compilations = 0  # graphs compiled by the ``compiled`` engine so far
         self._controller_factory = controller if controller is not None else LSTMController
 
@@ -227,27 +234,51 @@ class MemoryModel(nn.Module):
     def _make_trace(self, fields: list[torch.Tensor]) -> tuple:
         raise NotImplementedError
 
+    def _fused_steps(self, projected: torch.Tensor, context: Any, state: Any) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """K steps of the fused path: projected (K, B, P) -> h (K, B, D_h), r (K, B, R·W), the new state."""
+        hiddens, reads = [], []
+        for projected_t in projected.unbind(0):
+            hidden, read_vectors, state = self._fused_step(projected_t, context, state)
+            hiddens.append(hidden)
+            reads.append(_flat(read_vectors))
+        return torch.stack(hiddens), torch.stack(reads), state
+
     def _fused_loop(self, inputs: torch.Tensor, state: Any) -> torch.Tensor:
-        later_step = self._compiled_step() if self.engine == "compiled" else self._fused_step
+        compiled_engine = self.engine == "compiled"
+        one_step = self._compiled_step() if compiled_engine else self._fused_step
+        unroll = self.compile_unroll if compiled_engine else 1
         projected, context = self.controller.project_inputs(inputs)  # (B, T, P), once
         # Time first and contiguous: every step's slice has the same strides whatever T
         # is, so that a compiled step is not recompiled for another sequence length.
         # ``unbind`` rather than indexing: its backward is one stack, where the backward
         # of every index would fill a zero tensor of the whole sequence (O(T²)).
         projected = rearrange(projected, "b t p -> t b p").contiguous().unbind(0)
-        hiddens, reads = [], []
-        for t, projected_t in enumerate(projected):
-            # The first step runs uncompiled: its state comes from ``initial_state`` (no
-            # autograd history), which a compiled step would need a graph of its own for.
-            step = later_step if t > 0 else self._fused_step
-            hidden, read_vectors, state = step(projected_t, context, state)
-            hiddens.append(hidden)
-            reads.append(_flat(read_vectors))
+        # The first step runs uncompiled: its state comes from ``initial_state`` (no
+        # autograd history), which a compiled step would need a graph of its own for.
+        hidden, read_vectors, state = self._fused_step(projected[0], context, state)
+        hiddens, reads = [hidden], [_flat(read_vectors)]
+        t, steps = 1, len(projected)
+        while t < steps:
+            if unroll > 1 and steps - t >= unroll:  # K steps in one call
+                chunk = torch.stack(projected[t : t + unroll])
+                hidden, read_vectors, state = self._compiled_steps()(chunk, context, state)
+                hiddens.extend(hidden.unbind(0))
+                reads.extend(read_vectors.unbind(0))
+                t += unroll
+            else:
+                hidden, read_vectors, state = one_step(projected[t], context, state)
+                hiddens.append(hidden)
+                reads.append(_flat(read_vectors))
+                t += 1
         features = torch.cat([torch.stack(hiddens, dim=1), torch.stack(reads, dim=1)], dim=-1)
         return self.output(features)  # (B, T, D_out), one matmul over all t
 
     def _compiled_step(self) -> Callable:
         return compiled(self, "step", self._fused_step, self.compile_backend, fallback="the fused path")
+
+    def _compiled_steps(self) -> Callable:
+        return compiled(self, f"{self.compile_unroll} steps", self._fused_steps, self.compile_backend,
+                        fallback="the fused path")
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:

@@ -207,6 +207,7 @@ class DNC(Pretrained, MemoryModel):
             addressing, write, allocation and link update, hoisted input and output layers),
             ``eager`` (the reference functions, for debugging) or ``compiled``.
         compile_backend: the ``torch.compile`` backend of the ``compiled`` engine.
+        compile_unroll: time steps per call of the ``compiled`` engine (``memnet.models.core``).
     """
 
     # float16 (``trainer.precision 16-true``) gives non-finite gradients: usage products and the
@@ -229,6 +230,7 @@ class DNC(Pretrained, MemoryModel):
         memory_init: MemoryInitScheme = "constant",
         engine: Engine = "fused",
         compile_backend: str = "inductor",
+        compile_unroll: int = 4,
     ) -> None:
         super().__init__(
             input_size,
@@ -239,6 +241,7 @@ class DNC(Pretrained, MemoryModel):
             num_reads=num_reads,
             engine=engine,
             compile_backend=compile_backend,
+            compile_unroll=compile_unroll,
         )
         if num_writes != 1:
             raise ValueError(f"num_writes must be 1 (the DNC has one write head), got {num_writes!r}")

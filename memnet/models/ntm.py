@@ -81,6 +81,7 @@ class NTM(Pretrained, MemoryModel):
             seed 0 reached 0.08 bits at step 2,000 (one run) or later (another) rather
             than eager's 1,700, so ``make train``'s published figures keep eager's numbers.
         compile_backend: the ``torch.compile`` backend of the ``compiled`` engine.
+        compile_unroll: time steps per call of the ``compiled`` engine (``memnet.models.core``).
     """
 
     def __init__(
@@ -98,6 +99,7 @@ class NTM(Pretrained, MemoryModel):
         learn_initial_state: bool = False,
         engine: Engine = "eager",
         compile_backend: str = "inductor",
+        compile_unroll: int = 4,
     ) -> None:
         super().__init__(
             input_size,
@@ -108,6 +110,7 @@ class NTM(Pretrained, MemoryModel):
             num_reads=num_reads,
             engine=engine,
             compile_backend=compile_backend,
+            compile_unroll=compile_unroll,
             num_writes=num_writes,
         )
         self.num_writes = num_writes
