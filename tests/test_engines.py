@@ -213,3 +213,14 @@ def test_a_compiled_config_trains_through_the_cli_and_resumes(tmp_path, monkeypa
     memnet_main(["fit", "--config", "tiny.yaml", "--trainer.max_steps", "4", "--ckpt_path", str(checkpoint)])
     resumed = max(tmp_path.glob("**/checkpoints/last.ckpt"), key=lambda path: path.stat().st_mtime)
     assert torch.load(resumed, map_location="cpu", weights_only=False)["global_step"] == 4
+
+
+def test_compile_unroll_by_default_unrolls_small_batches_only():
+    torch._dynamo.reset()
+    net = _ntm(engine="compiled", compile_backend="eager")
+    assert net.compile_unroll is None and net._unroll(1) == core.AUTO_UNROLL == 4
+    assert net._unroll(63) == 4 and net._unroll(64) == 1  # the NTM: one step a call from batch 64
+    _assert_engines_equal(net, ["compiled"], batch=2, steps=5)  # 4 steps in one call: the unrolled graph only
+    assert net.compilations == 1
+    assert _ntm(engine="compiled", compile_unroll=2)._unroll(500) == 2
+    assert _dnc(engine="compiled")._unroll(4096) == 4  # the DNC unrolls at every batch size

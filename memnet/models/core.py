@@ -19,9 +19,11 @@ memory. ``MemoryModel`` owns the rest:
                   controller's input projection of x_t for all t, and the output layer
                   over all t as one matmul. Tested equal to eager.
         compiled  the fused step compiled by ``torch.compile`` (inductor), ``compile_unroll``
-                  time steps per call (default 4; the last T mod 4 steps one at a time):
-                  a call costs its guards and autograd wrappers, which at small
-                  batches cost as much as the step's kernels. Sequence lengths never
+                  time steps per call (default 4, see ``auto_unroll_max_batch``; the last
+                  T mod K steps one at a time): a call costs its guards and autograd
+                  wrappers, which at small batches cost as much as the step's kernels;
+                  the NTM compiles one step a call from batch 64, where its unrolled
+                  graph was slower (``make bench``). Sequence lengths never
                   recompile (the functions do not see T: two graphs, K steps and one);
                   a new batch size or memory size recompiles once with dynamic shapes.
                   When the installed torch cannot compile (e.g. no C++ compiler) the
@@ -53,6 +55,11 @@ log = logging.getLogger(__name__)
 
 Engine = Literal["eager", "fused", "compiled"]
 ENGINES = ("eager", "fused", "compiled")
+# The compiled engine's default time steps per call; a model's ``auto_unroll_max_batch`` is the batch
+# from which it compiles one step a call instead. Measured by ``make bench`` (2-core CPU): 4 steps a
+# call made the NTM 34% faster at batch 1 and 8% at 32 but 20% slower at 128; the DNC 64%, 49% and
+# 9% faster at batch 1, 32 and 128.
+AUTO_UNROLL = 4
 
 # Compiled step functions, one per model, kept off the module so that a model
 # still pickles, deep-copies and saves exactly as an uncompiled one.
@@ -92,8 +99,11 @@ class MemoryModel(nn.Module):
         num_reads: R, read heads.
         engine: execution path, ``eager``, ``fused`` or ``compiled`` (see the module).
         compile_backend: the ``torch.compile`` backend of the ``compiled`` engine.
-        compile_unroll: time steps per call of the compiled function (``compiled`` engine).
+        compile_unroll: time steps per call of the compiled function (``compiled`` engine);
+            None: ``AUTO_UNROLL`` below batch ``auto_unroll_max_batch`` (a class attribute), else 1.
     """
+
+    auto_unroll_max_batch: int | None = None  # compile one step a call from this batch (None: never)
 
     def __init__(
         self,
@@ -106,7 +116,7 @@ class MemoryModel(nn.Module):
         num_reads: int,
         engine: Engine,
         compile_backend: str | Callable = "inductor",
-        compile_unroll: int = 4,
+        compile_unroll: int | None = None,
         **sizes: int,
     ) -> None:
         super().__init__()
@@ -116,9 +126,10 @@ class MemoryModel(nn.Module):
             memory_size=memory_size,
             word_size=word_size,
             num_reads=num_reads,
-            compile_unroll=compile_unroll,
             **sizes,
         )
+        if compile_unroll is not None:
+            check_positive(compile_unroll=compile_unroll)
         self.input_size = input_size
         self.output_size = output_size
         self.memory_size = memory_size
@@ -246,7 +257,7 @@ class MemoryModel(nn.Module):
     def _fused_loop(self, inputs: torch.Tensor, state: Any) -> torch.Tensor:
         compiled_engine = self.engine == "compiled"
         one_step = self._compiled_step() if compiled_engine else self._fused_step
-        unroll = self.compile_unroll if compiled_engine else 1
+        unroll = self._unroll(inputs.shape[0]) if compiled_engine else 1
         projected, context = self.controller.project_inputs(inputs)  # (B, T, P), once
         # Time first and contiguous: every step's slice has the same strides whatever T
         # is, so that a compiled step is not recompiled for another sequence length.
@@ -261,7 +272,7 @@ class MemoryModel(nn.Module):
         while t < steps:
             if unroll > 1 and steps - t >= unroll:  # K steps in one call
                 chunk = torch.stack(projected[t : t + unroll])
-                hidden, read_vectors, state = self._compiled_steps()(chunk, context, state)
+                hidden, read_vectors, state = self._compiled_steps(unroll)(chunk, context, state)
                 hiddens.extend(hidden.unbind(0))
                 reads.extend(read_vectors.unbind(0))
                 t += unroll
@@ -273,12 +284,17 @@ class MemoryModel(nn.Module):
         features = torch.cat([torch.stack(hiddens, dim=1), torch.stack(reads, dim=1)], dim=-1)
         return self.output(features)  # (B, T, D_out), one matmul over all t
 
+    def _unroll(self, batch_size: int) -> int:
+        if self.compile_unroll is not None:
+            return self.compile_unroll
+        limit = self.auto_unroll_max_batch
+        return AUTO_UNROLL if limit is None or batch_size < limit else 1
+
     def _compiled_step(self) -> Callable:
         return compiled(self, "step", self._fused_step, self.compile_backend, fallback="the fused path")
 
-    def _compiled_steps(self) -> Callable:
-        return compiled(self, f"{self.compile_unroll} steps", self._fused_steps, self.compile_backend,
-                        fallback="the fused path")
+    def _compiled_steps(self, unroll: int) -> Callable:
+        return compiled(self, f"{unroll} steps", self._fused_steps, self.compile_backend, fallback="the fused path")
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:

@@ -207,7 +207,8 @@ class DNC(Pretrained, MemoryModel):
             addressing, write, allocation and link update, hoisted input and output layers),
             ``eager`` (the reference functions, for debugging) or ``compiled``.
         compile_backend: the ``torch.compile`` backend of the ``compiled`` engine.
-        compile_unroll: time steps per call of the ``compiled`` engine (``memnet.models.core``).
+        compile_unroll: time steps per call of the ``compiled`` engine; None: 4 at every batch size
+            (``memnet.models.core``).
     """
 
     # float16 (``trainer.precision 16-true``) gives non-finite gradients: usage products and the
@@ -230,7 +231,7 @@ class DNC(Pretrained, MemoryModel):
         memory_init: MemoryInitScheme = "constant",
         engine: Engine = "fused",
         compile_backend: str = "inductor",
-        compile_unroll: int = 4,
+        compile_unroll: int | None = None,
     ) -> None:
         super().__init__(
             input_size,

@@ -81,8 +81,11 @@ class NTM(Pretrained, MemoryModel):
             seed 0 reached 0.08 bits at step 2,000 (one run) or later (another) rather
             than eager's 1,700, so ``make train``'s published figures keep eager's numbers.
         compile_backend: the ``torch.compile`` backend of the ``compiled`` engine.
-        compile_unroll: time steps per call of the ``compiled`` engine (``memnet.models.core``).
+        compile_unroll: time steps per call of the ``compiled`` engine; None: 4 below batch 64, else 1
+            (``memnet.models.core``).
     """
+
+    auto_unroll_max_batch = 64  # its unrolled compiled graph was slower at batch 128 (make bench)
 
     def __init__(
         self,
@@ -99,7 +102,7 @@ class NTM(Pretrained, MemoryModel):
         learn_initial_state: bool = False,
         engine: Engine = "eager",
         compile_backend: str = "inductor",
-        compile_unroll: int = 4,
+        compile_unroll: int | None = None,
     ) -> None:
         super().__init__(
             input_size,
