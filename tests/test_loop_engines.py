@@ -176,3 +176,24 @@ def test_a_compiled_loop_config_trains_through_the_cli(config, tmp_path, monkeyp
                  "--model.init_args.net.init_args.engine=compiled",
                  "--model.init_args.net.init_args.compile_backend=eager"])
     assert compilations and all(owner.compilations >= 1 for owner in compilations)
+
+
+def test_the_cli_prints_memnet_log_records_such_as_compile_times(monkeypatch, capsys):
+    """`memnet ...` shows memnet's INFO records (the compile log) where nothing configured logging."""
+    import logging
+
+    from memnet.cli import console_logging
+
+    memnet_logger = logging.getLogger("memnet")
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    monkeypatch.setattr(memnet_logger, "handlers", [])
+    monkeypatch.setattr(memnet_logger, "level", logging.NOTSET)
+    console_logging()
+    logging.getLogger("memnet.models.core").info("memnet: compiled NTM step, graph 1 in %.1f s", 2.5)
+    assert "memnet: compiled NTM step, graph 1 in 2.5 s" in capsys.readouterr().err
+
+    # a program that configured logging itself keeps its own handlers
+    own = logging.StreamHandler()
+    monkeypatch.setattr(memnet_logger, "handlers", [own])
+    console_logging()
+    assert memnet_logger.handlers == [own]

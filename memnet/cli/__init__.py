@@ -29,6 +29,7 @@ runs are written under ``runs/`` of the working directory.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     status 2 (1 for a diverged training); ``MEMNET_TRACEBACK=1`` shows the traceback.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    console_logging()
     try:
         _dispatch(argv)
     except Exception as error:
@@ -103,6 +105,21 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"memnet: {message}", file=sys.stderr)
         raise SystemExit(1 if isinstance(error, FloatingPointError) else 2) from None
+
+
+def console_logging() -> None:
+    """Print memnet's own log records (INFO and up: compilations and their time, fallbacks) on stderr.
+
+    Only where nothing is configured yet: a program that set up ``logging`` itself (a
+    handler on the root or the ``memnet`` logger) keeps its own.
+    """
+    logger = logging.getLogger("memnet")
+    if logger.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def _dispatch(argv: list[str]) -> None:
