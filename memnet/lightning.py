@@ -41,6 +41,7 @@ from memnet.optim import ClipNorm, clip_per_matrix_
 from memnet.training import (  # noqa: F401  (re-exported: memnet.lightning.MemnetModule & co.)
     Interval,
     MemnetModule,
+    NonFinite,
     NRMSESums,
     StageMetrics,
     TaskErrorCounts,
@@ -61,6 +62,8 @@ class SequenceModule(MemnetModule):
         scheduler_interval: step the scheduler every ``step`` (e.g. OneCycleLR) or ``epoch``.
         eval_memory_size: N to use in validation, test and predict (memory models
             only), e.g. to evaluate lengths that need more slots than training had.
+        nonfinite_grads: a step with NaN or inf gradients is skipped (``skip``, default)
+            or stops training (``stop``); ``memnet.training.MemnetModule``.
     """
 
     def __init__(
@@ -71,10 +74,14 @@ class SequenceModule(MemnetModule):
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Interval = "epoch",
         eval_memory_size: int | None = None,
+        nonfinite_grads: NonFinite = "skip",
     ) -> None:
         if eval_memory_size is not None and eval_memory_size < 1:
             raise ValueError(f"eval_memory_size must be a positive integer, got {eval_memory_size!r}")
-        super().__init__(net, optimizer=optimizer, scheduler=scheduler, scheduler_interval=scheduler_interval)
+        super().__init__(
+            net, optimizer=optimizer, scheduler=scheduler, scheduler_interval=scheduler_interval,
+            nonfinite_grads=nonfinite_grads,
+        )
         self.eval_memory_size = eval_memory_size
 
     def forward(self, inputs: torch.Tensor, **kwargs: Any) -> torch.Tensor:
@@ -184,6 +191,7 @@ class QAModule(MemnetModule):
         scheduler_interval: Interval = "epoch",
         clip_per_matrix: float | None = None,
         clip_norm: ClipNorm = "spectral",
+        nonfinite_grads: NonFinite = "skip",
     ) -> None:
         if loss_reduction not in ("mean", "sum"):
             raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
@@ -193,7 +201,10 @@ class QAModule(MemnetModule):
             raise ValueError(f"clip_per_matrix must be a positive norm or null, got {clip_per_matrix!r}")
         if clip_norm not in ("spectral", "frobenius"):
             raise ValueError(f"clip_norm must be 'spectral' or 'frobenius', got {clip_norm!r}")
-        super().__init__(net, optimizer=optimizer, scheduler=scheduler, scheduler_interval=scheduler_interval)
+        super().__init__(
+            net, optimizer=optimizer, scheduler=scheduler, scheduler_interval=scheduler_interval,
+            nonfinite_grads=nonfinite_grads,
+        )
         self.loss_reduction = loss_reduction
         self.clip_per_matrix = clip_per_matrix
         self.clip_norm = clip_norm
@@ -206,7 +217,7 @@ class QAModule(MemnetModule):
             )
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.clip_per_matrix is None:
+        if self.skip_nonfinite_step(optimizer) or self.clip_per_matrix is None:
             return
         groups = self.net.clip_groups() if hasattr(self.net, "clip_groups") else [[p] for p in self.net.parameters()]
         clip_per_matrix_(groups, self.clip_per_matrix, self.clip_norm)
@@ -312,10 +323,14 @@ class Seq2SeqModule(MemnetModule):
         scheduler_interval: Interval = "epoch",
         seed: int = 0,
         print_predictions: int = 10,
+        nonfinite_grads: NonFinite = "skip",
     ) -> None:
         if not isinstance(print_predictions, int) or print_predictions < 0:
             raise ValueError(f"print_predictions must be a non-negative integer, got {print_predictions!r}")
-        super().__init__(net, optimizer=optimizer, scheduler=scheduler, scheduler_interval=scheduler_interval)
+        super().__init__(
+            net, optimizer=optimizer, scheduler=scheduler, scheduler_interval=scheduler_interval,
+            nonfinite_grads=nonfinite_grads,
+        )
         self.generator = torch.Generator().manual_seed(seed)
         self.print_predictions = print_predictions
         self._printed = 0

@@ -1,11 +1,12 @@
 """The base of memnet's LightningModules: what every module shares, written once.
 
     MemnetModule        the net, the optimiser and scheduler, the precision check, the
-                        finite-loss check and the train / val / test → ``model_step`` triplet,
-                        per-epoch accumulation hooks
+                        finite-loss check, the skip of a step with non-finite gradients, the
+                        train / val / test → ``model_step`` triplet, per-epoch accumulation hooks
     StageMetrics        one torchmetrics ``Metric`` per stage, reset every epoch, DDP-synchronised
     TaskErrorCounts     wrong answers and questions per task (bAbI), NRMSESums the NRMSE's sums
-    configure_optimizers, scheduler_config, check_precision, check_finite_loss
+    configure_optimizers, scheduler_config, check_precision, check_finite_loss,
+    nonfinite_gradients
 
 The modules themselves (``SequenceModule``, ``QAModule``, …) are in ``memnet.lightning``.
 """
@@ -20,12 +21,16 @@ import pytorch_lightning as pl
 import torch
 import torchmetrics
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics.utilities import dim_zero_cat
 
 from memnet.metrics import nrmse_from_sums, task_error_counts
 
 Interval = Literal["step", "epoch"]  # when a learning-rate scheduler steps
+NonFinite = Literal["skip", "stop"]  # what a training step with non-finite gradients does
+#: consecutive skipped steps after which training stops all the same
+MAX_SKIPPED_IN_A_ROW = 10
 
 
 class MemnetModule(pl.LightningModule):
@@ -34,6 +39,8 @@ class MemnetModule(pl.LightningModule):
     A subclass writes ``forward`` and ``model_step(batch, stage) -> loss`` (forward, loss,
     metrics, logging under ``train/…``, ``val/…``, ``test/…``); this base runs it for the
     three stages, stops training on a NaN or infinite loss (:func:`check_finite_loss`),
+    skips an optimiser step whose gradients are not finite (a finite loss whose backward
+    overflowed, e.g. through a long recurrence) instead of writing NaN into the weights,
     refuses a precision the network cannot train in, and builds the optimiser and
     scheduler (:func:`configure_optimizers`). Hyper-parameters (all but the net and the
     factories) are saved in checkpoints.
@@ -43,6 +50,10 @@ class MemnetModule(pl.LightningModule):
         optimizer: optimiser factory (``class_path`` + ``init_args`` in YAML); default Adam.
         scheduler: optional learning-rate scheduler factory.
         scheduler_interval: step the scheduler every ``step`` (e.g. OneCycleLR) or ``epoch``.
+        nonfinite_grads: a step whose gradients hold NaN or inf: ``skip`` (default: no
+            parameter and no optimiser state changes, a warning names the step and the
+            parameters, ``train/skipped_steps`` counts them; more than
+            ``MAX_SKIPPED_IN_A_ROW`` in a row stop training) or ``stop`` (stop at once).
     """
 
     #: constructor arguments that are not hyper-parameters (not saved in checkpoints)
@@ -58,11 +69,17 @@ class MemnetModule(pl.LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Interval = "epoch",
+        nonfinite_grads: NonFinite = "skip",
     ) -> None:
         super().__init__()
         if scheduler_interval not in ("step", "epoch"):
             raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
+        if nonfinite_grads not in ("skip", "stop"):
+            raise ValueError(f"nonfinite_grads must be 'skip' or 'stop', got {nonfinite_grads!r}")
         self.save_hyperparameters(ignore=list(self.not_saved))
+        self.nonfinite_grads = nonfinite_grads
+        self.skipped_steps = 0  # in all
+        self.skipped_in_a_row = 0
         self.net = net
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -80,6 +97,53 @@ class MemnetModule(pl.LightningModule):
         loss = self.model_step(batch, "train")
         check_finite_loss(loss, self)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.skip_nonfinite_step(optimizer)
+
+    def skip_nonfinite_step(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Drop this step's gradients when any is NaN or infinite; True when it did.
+
+        Runs before gradient clipping and the optimiser step (Lightning's
+        ``on_before_optimizer_step``). With every ``.grad`` set to None the optimiser
+        leaves each parameter and its state (Adam's moments and step count) as they were;
+        the learning-rate schedule still advances.
+        """
+        bad = nonfinite_gradients(optimizer)
+        if not bad:
+            self.skipped_in_a_row = 0
+            return False
+        names = {id(p): name for name, p in self.named_parameters()}
+        named = ", ".join(names.get(id(p), "?") for p in bad[:4]) + (", …" if len(bad) > 4 else "")
+        where = f"step {self.global_step} (epoch {self.current_epoch})"
+        if self.nonfinite_grads == "stop":
+            raise FloatingPointError(
+                f"gradients became non-finite at {where} in {named} (the loss was finite); training "
+                "stopped (nonfinite_grads: stop). Lower the learning rate, or set "
+                "model.init_args.nonfinite_grads: skip to skip such steps"
+            )
+        self.skipped_steps += 1
+        self.skipped_in_a_row += 1
+        if self.skipped_in_a_row > MAX_SKIPPED_IN_A_ROW:
+            raise FloatingPointError(
+                f"gradients were non-finite in {self.skipped_in_a_row} steps in a row, up to {where} "
+                f"({named}); training stopped. Lower the learning rate or clip gradients "
+                "(trainer.gradient_clip_val)"
+            )
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None
+        rank_zero_warn(f"non-finite gradients at {where} in {named}: the step was skipped "
+                       f"({self.skipped_steps} skipped in all)")
+        if self._trainer is not None:
+            self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+        return True
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["memnet_skipped_steps"] = self.skipped_steps
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.skipped_steps = checkpoint.get("memnet_skipped_steps", 0)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.model_step(batch, "val")
@@ -248,6 +312,19 @@ def check_precision(module: pl.LightningModule) -> None:
             f"trainer.precision {precision!r} is not supported by {type(net).__name__} (its gradients "
             "become non-finite in float16); use --trainer.precision 32-true, bf16-mixed or bf16-true"
         )
+
+
+def nonfinite_gradients(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The parameters of ``optimizer`` whose gradient holds a NaN or an infinity."""
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not params:
+        return []
+    norms = torch._foreach_norm([p.grad for p in params])  # one pass; a NaN or inf entry makes its norm non-finite
+    finite = torch.isfinite(torch.stack([n.to(torch.float32) for n in norms]))
+    if bool(finite.all()):
+        return []
+    # a norm can also overflow from finite entries above ~1e19: check those entries themselves
+    return [p for p, ok in zip(params, finite.tolist(), strict=True) if not ok and not torch.isfinite(p.grad).all()]
 
 
 def check_finite_loss(loss: torch.Tensor, module: pl.LightningModule) -> None:

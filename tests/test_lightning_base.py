@@ -67,3 +67,109 @@ def test_epoch_metrics_start_empty_every_epoch():
     only_one = trainer.validate(module, dataloaders=torch.utils.data.DataLoader(batches[:1], batch_size=None),
                                 verbose=False)[0]["val/nrmse"]
     assert only_one != pytest.approx(first)
+
+
+class _NaNGradientOnce(nn.Module):
+    """A linear map whose weight gets a NaN gradient in the backward pass number ``bad`` (0-based)."""
+
+    def __init__(self, bad: int | None = 1) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 1)
+        self.backwards = 0
+        self.bad = bad
+        self.linear.weight.register_hook(self._hook)
+
+    def _hook(self, grad):
+        self.backwards += 1
+        return grad * float("nan") if self.bad is not None and self.backwards - 1 == self.bad else grad
+
+    def forward(self, inputs):
+        return self.linear(inputs)
+
+
+def _regression_batches(n):
+    g = torch.Generator().manual_seed(0)
+    return [{"inputs": torch.randn(2, 5, 3, generator=g), "targets": torch.randn(2, 5, 1, generator=g),
+             "mask": torch.ones(2, 5)} for _ in range(n)]
+
+
+def _fit(module, steps):
+    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, gradient_clip_val=1.0)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_regression_batches(steps), batch_size=None))
+    return trainer
+
+
+def test_a_step_with_nan_gradients_is_skipped_and_training_goes_on():
+    """A finite loss whose backward overflowed (the NTM's repeat copy, step 29,278) no longer writes NaN into
+    the weights: the step is skipped, the optimiser state does not move, the run goes on."""
+    net = _NaNGradientOnce(bad=1)
+    module = RegressionModule(net)
+    with pytest.warns(UserWarning, match=r"non-finite gradients at step 1 \(epoch 0\) in net.linear.weight: "
+                                         r"the step was skipped \(1 skipped in all\)"):
+        trainer = _fit(module, 4)
+    assert trainer.global_step == 4 and module.skipped_steps == 1
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    state = trainer.optimizers[0].state
+    assert int(state[net.linear.weight]["step"]) == 3  # Adam took 3 steps of 4: the skipped one changed nothing
+    assert int(state[net.linear.bias]["step"]) == 3  # every parameter's step is dropped, not only the bad one's
+
+
+def test_a_skipped_step_leaves_parameters_and_adam_state_untouched():
+    net = nn.Linear(3, 1)
+    module = SequenceModule(net)
+    optimizer = torch.optim.Adam(module.parameters(), lr=0.1)
+    net(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    before = [p.detach().clone() for p in module.parameters()]
+    moments = optimizer.state[net.weight]["exp_avg"].clone()
+    net(torch.ones(1, 3)).sum().backward()
+    net.bias.grad[0] = float("inf")
+    with pytest.warns(UserWarning, match="in net.bias: the step was skipped"):
+        assert module.skip_nonfinite_step(optimizer)
+    optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
+    assert torch.equal(optimizer.state[net.weight]["exp_avg"], moments)
+    # a finite step is not touched, and resets the count of skips in a row
+    net(torch.ones(1, 3)).sum().backward()
+    assert not module.skip_nonfinite_step(optimizer) and module.skipped_in_a_row == 0
+    assert net.weight.grad is not None
+
+
+def test_nonfinite_grads_stop_names_the_step_and_the_parameter():
+    net = nn.Linear(3, 1)
+    module = SequenceModule(net, nonfinite_grads="stop")
+    optimizer = torch.optim.Adam(module.parameters())
+    net(torch.ones(1, 3)).sum().backward()
+    net.weight.grad[0, 1] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"gradients became non-finite at step 0 \(epoch 0\) in "
+                                                 r"net.weight \(the loss was finite\)"):
+        module.skip_nonfinite_step(optimizer)
+    with pytest.raises(ValueError, match="nonfinite_grads must be 'skip' or 'stop', got 'ignore'"):
+        SequenceModule(net, nonfinite_grads="ignore")
+
+
+def test_too_many_nonfinite_steps_in_a_row_stop_training():
+    from memnet.training import MAX_SKIPPED_IN_A_ROW
+
+    net = nn.Linear(3, 1)
+    module = SequenceModule(net)
+    optimizer = torch.optim.Adam(module.parameters())
+    with pytest.warns(UserWarning), pytest.raises(FloatingPointError, match="non-finite in 11 steps in a row"):
+        for _ in range(MAX_SKIPPED_IN_A_ROW + 1):
+            net(torch.ones(1, 3)).sum().backward()
+            net.weight.grad[0, 0] = float("nan")
+            module.skip_nonfinite_step(optimizer)
+
+
+def test_huge_but_finite_gradients_are_not_skipped():
+    """A gradient norm that overflows float32 from finite entries is not a non-finite gradient."""
+    from memnet.training import nonfinite_gradients
+
+    weight = nn.Parameter(torch.zeros(4))
+    weight.grad = torch.full((4,), 3e19)
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    assert not torch.isfinite(torch.linalg.vector_norm(weight.grad))
+    assert nonfinite_gradients(optimizer) == []
+    weight.grad[2] = float("-inf")
+    assert nonfinite_gradients(optimizer) == [weight]
