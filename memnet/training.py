@@ -101,7 +101,7 @@ class MemnetModule(pl.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.skip_nonfinite_step(optimizer)
 
-    def skip_nonfinite_step(self, optimizer: torch.optim.Optimizer) -> bool:
+    def skip_nonfinite_step(self, optimizer: torch.optim.Optimizer | None) -> bool:
         """Drop this step's gradients when any is NaN or infinite; True when it did.
 
         Runs before gradient clipping and the optimiser step (Lightning's
@@ -109,7 +109,7 @@ class MemnetModule(pl.LightningModule):
         leaves each parameter and its state (Adam's moments and step count) as they were;
         the learning-rate schedule still advances.
         """
-        bad = nonfinite_gradients(optimizer)
+        bad = nonfinite_gradients(optimizer, self)
         if not bad:
             self.skipped_in_a_row = 0
             return False
@@ -130,9 +130,8 @@ class MemnetModule(pl.LightningModule):
                 f"({named}); training stopped. Lower the learning rate or clip gradients "
                 "(trainer.gradient_clip_val)"
             )
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                p.grad = None
+        for p in _parameters(optimizer, self):
+            p.grad = None
         rank_zero_warn(f"non-finite gradients at {where} in {named}: the step was skipped "
                        f"({self.skipped_steps} skipped in all)")
         if self._trainer is not None:
@@ -314,9 +313,10 @@ def check_precision(module: pl.LightningModule) -> None:
         )
 
 
-def nonfinite_gradients(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-    """The parameters of ``optimizer`` whose gradient holds a NaN or an infinity."""
-    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+def nonfinite_gradients(optimizer: torch.optim.Optimizer | None, module: nn.Module | None = None) -> list[torch.Tensor]:
+    """The parameters of ``optimizer`` (of ``module`` without one) whose gradient holds a NaN or an infinity."""
+    everything = _parameters(optimizer, module)
+    params = [p for p in everything if p.grad is not None]
     if not params:
         return []
     norms = torch._foreach_norm([p.grad for p in params])  # one pass; a NaN or inf entry makes its norm non-finite
@@ -325,6 +325,12 @@ def nonfinite_gradients(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
         return []
     # a norm can also overflow from finite entries above ~1e19: check those entries themselves
     return [p for p, ok in zip(params, finite.tolist(), strict=True) if not ok and not torch.isfinite(p.grad).all()]
+
+
+def _parameters(optimizer: torch.optim.Optimizer | None, module: nn.Module | None) -> list[torch.Tensor]:
+    if optimizer is not None:
+        return [p for group in optimizer.param_groups for p in group["params"]]
+    return list(module.parameters()) if module is not None else []
 
 
 def check_finite_loss(loss: torch.Tensor, module: pl.LightningModule) -> None:

@@ -134,6 +134,10 @@ def test_a_skipped_step_leaves_parameters_and_adam_state_untouched():
     net(torch.ones(1, 3)).sum().backward()
     assert not module.skip_nonfinite_step(optimizer) and module.skipped_in_a_row == 0
     assert net.weight.grad is not None
+    net.weight.grad[0, 0] = float("nan")
+    with pytest.warns(UserWarning, match="in net.weight: the step was skipped"):
+        assert module.skip_nonfinite_step(None)  # without an optimiser: the module's own parameters
+    assert net.weight.grad is None and net.bias.grad is None
 
 
 def test_nonfinite_grads_stop_names_the_step_and_the_parameter():
