@@ -181,3 +181,17 @@ def test_huge_but_finite_gradients_are_not_skipped():
     assert nonfinite_gradients(optimizer) == []
     weight.grad[2] = float("-inf")
     assert nonfinite_gradients(optimizer) == [weight]
+
+
+def test_the_count_of_skipped_steps_is_kept_in_checkpoints():
+    module = SequenceModule(nn.Linear(3, 1))
+    module.skipped_steps = 3
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    resumed = SequenceModule(nn.Linear(3, 1))
+    resumed.on_load_checkpoint(checkpoint)
+    assert resumed.skipped_steps == 3
+    older = SequenceModule(nn.Linear(3, 1))
+    older.skipped_steps = 5
+    older.on_load_checkpoint({})  # a checkpoint written before the count existed
+    assert older.skipped_steps == 0
