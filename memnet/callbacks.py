@@ -17,6 +17,7 @@ from memnet.plots import plot_dnc_memory, plot_memory_access
 from memnet.utils import parameter_dtype, run_dir  # run_dir re-exported: memnet.callbacks.run_dir
 
 log = logging.getLogger(__name__)
+METRICS_KEY = "memnet_metrics"  # the scalar metrics at the time a checkpoint was saved (LastAndBestCheckpoint)
 
 
 class MemoryAccessPlot(pl.Callback):
@@ -224,6 +225,17 @@ class LastAndBestCheckpoint(ModelCheckpoint):
 
     def _should_refresh_last(self, trainer: pl.Trainer) -> bool:
         return bool(self.save_last) and not self._should_skip_saving_checkpoint(trainer)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        """Keep the scalar metrics of the moment in the checkpoint (``memnet_metrics``).
+
+        A run stopped after its last checkpoint but before its summary (a job
+        preempted while it was closing) is finished from that checkpoint with
+        these figures, not with an empty summary.
+        """
+        checkpoint[METRICS_KEY] = {name: float(value) for name, value in trainer.callback_metrics.items()
+                                   if isinstance(value, torch.Tensor) and value.numel() == 1}
 
 
 class RelapseWatch(pl.Callback):

@@ -43,8 +43,12 @@ TINY_RUN = {
 }
 
 
-def write_suite(path: Path, *, name: str = "cluster", launcher: dict | None = None) -> Path:
+def write_suite(path: Path, *, name: str = "cluster", launcher: dict | None = None,
+                budgets: dict[str, int] | None = None) -> Path:
     experiments = [{"name": n, "configs": [str(ROOT / "configs" / "ntm" / "copy.yaml")]} for n in ("a", "b")]
+    for experiment in experiments:
+        if budgets and experiment["name"] in budgets:
+            experiment["budget"] = {"max_steps": budgets[experiment["name"]]}
     data = {"name": name, "defaults": TINY_RUN, "experiments": experiments}
     if launcher is not None:
         data["launcher"] = launcher
@@ -202,7 +206,9 @@ def test_submitit_local_jobs_one_preempted_requeued_and_resumed(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    path = write_suite(tmp_path / "s.yaml")
+    # Run a trains long enough (a second or more) for the signal to land mid-training; a signal that lands
+    # after its last checkpoint but before its summary is also a finished run (test_run_folders.py).
+    path = write_suite(tmp_path / "s.yaml", budgets={"a": 160})
     results = tmp_path / "r"
     exit_code: list[int] = []
     submitter = threading.Thread(target=lambda: exit_code.append(suite_main(

@@ -95,6 +95,23 @@ def test_resumed_run_continues_its_folder_and_its_wandb_run(tmp_path, capsys):
     assert [p.name for p in (tmp_path / "runs" / "memnet").iterdir()] == [run.name]
 
 
+def test_a_run_stopped_before_its_summary_is_finished_from_its_last_checkpoint(tmp_path, capsys):
+    """A job preempted after its last checkpoint but before the summary: the requeued fit has nothing to
+    train, and writes the summary (with the metrics saved in the checkpoint) instead of failing the run."""
+    main(["fit", "--config", SMALL, *TINY, "--trainer.logger=false"])
+    first = _latest(tmp_path)
+    run = Path(first["run_dir"])
+    (run / "summary.json").unlink()
+    (tmp_path / "runs" / "latest.json").unlink()
+    capsys.readouterr()
+    main(["fit", "--config", SMALL, *TINY, "--trainer.logger=false", "--ckpt_path", first["last_checkpoint"]])
+    assert "the run had stopped before writing its summary" in capsys.readouterr().out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary == _latest(tmp_path)
+    assert Path(summary["last_checkpoint"]).resolve() == Path(first["last_checkpoint"]).resolve()
+    assert summary["metrics"] and summary["metrics"]["val/loss"] == pytest.approx(first["metrics"]["val/loss"])
+
+
 def test_a_failed_checkpoint_write_is_one_line(tmp_path, capsys, monkeypatch):
     import errno
 

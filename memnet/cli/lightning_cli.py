@@ -20,7 +20,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveCon
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from memnet.callbacks import LastAndBestCheckpoint
+from memnet.callbacks import METRICS_KEY, LastAndBestCheckpoint
 from memnet.checkpoint import check_finite_state, unreadable_checkpoint
 from memnet.cli.configs import ConfigError, resolve_config_args
 from memnet.utils import MemnetError, run_dir, wandb_offline
@@ -66,6 +66,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if isinstance(checkpoint.get("state_dict"), dict):
             check_finite_state(checkpoint["state_dict"], path)
         self.loaded_step = checkpoint.get("global_step")  # after fit: did this run train at all?
+        self.loaded_path = str(Path(path).resolve())
+        self.loaded_metrics = checkpoint.get(METRICS_KEY) or {}
         return checkpoint
 
 
@@ -197,19 +199,29 @@ class MemnetCLI(LightningCLI):
         trainer = self.trainer
         if trainer.fast_dev_run or not trainer.is_global_zero:
             return
-        loaded_step = getattr(trainer.strategy.checkpoint_io, "loaded_step", None)
-        if loaded_step is not None and loaded_step == trainer.global_step:  # resumed a finished run
-            print(f"\nnothing to train: the checkpoint is already at step {loaded_step} (trainer.max_steps / "
-                  f"max_epochs reached); {run_dir(trainer)} and {LATEST_RUN_FILE} are left as they were")
-            return
+        checkpoint_io = trainer.strategy.checkpoint_io
+        loaded_step = getattr(checkpoint_io, "loaded_step", None)
         callback = trainer.checkpoint_callback
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        last_checkpoint = getattr(callback, "last_model_path", "") or None
+        if loaded_step is not None and loaded_step == trainer.global_step:  # resumed a finished run
+            if (run_dir(trainer) / "summary.json").is_file():
+                print(f"\nnothing to train: the checkpoint is already at step {loaded_step} (trainer.max_steps / "
+                      f"max_epochs reached); {run_dir(trainer)} and {LATEST_RUN_FILE} are left as they were")
+                return
+            # Training ended but the process was stopped before it wrote its summary (e.g. a job preempted
+            # while closing): the run is finished now, with the metrics saved in its last checkpoint.
+            print(f"\nnothing to train: the checkpoint is already at step {loaded_step}; the run had stopped "
+                  "before writing its summary, which is written now from that checkpoint")
+            metrics = {**getattr(checkpoint_io, "loaded_metrics", {}), **metrics}
+            last_checkpoint = last_checkpoint or getattr(checkpoint_io, "loaded_path", None)
         summary = {
             "run_dir": str(run_dir(trainer)),
             "config": str(run_dir(trainer) / "config.yaml"),
             "best_checkpoint": getattr(callback, "best_model_path", "") or None,
-            "last_checkpoint": getattr(callback, "last_model_path", "") or None,
+            "last_checkpoint": last_checkpoint,
             "wandb_dir": _wandb_dir(trainer),
-            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
+            "metrics": metrics,
         }
         LATEST_RUN_FILE.parent.mkdir(parents=True, exist_ok=True)
         (run_dir(trainer) / "summary.json").write_text(json.dumps(summary, indent=2))
