@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 # The torch release memnet is tested with (CPU build on machines that have its wheel).
 TORCH ?= torch==2.13.0
 
-.PHONY: install dev train test test-all lint bench docs clean
+.PHONY: install dev train test test-all lint bench bench-gpu docs clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ lint: install                ## ruff, and the layers contract of pyproject.toml 
 
 bench: install               ## training throughput: NTM, DNC, MemN2N, LSTM x batch 1, 32, 128 x eager, fused, compiled (~4-6 min)
 	$(PY) benchmarks/run.py --threads 2 --out benchmarks/results/train_step_cpu.json
+
+bench-gpu: install           ## the same on one GPU: NTM and DNC x batch 1, 128, 4096 x fused, compiled with CUDA graphs (~6 min)
+	$(PY) benchmarks/run.py --device cuda --models NTM DNC --paths fused compiled --compile-mode reduce-overhead \
+		--unroll 8 --batch-sizes 1 128 4096 --steps 5 --warmup 3 --out benchmarks/results/train_step_cuda.json
 
 docs: install                ## the documentation site into site/ (mkdocs --strict: a warning fails)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict

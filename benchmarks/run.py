@@ -20,6 +20,14 @@ then timed repetitions of ``--steps`` steps until ``--min-seconds`` have passed
 is ``torch.cuda.max_memory_allocated``; on the CPU the growth of the process's
 peak resident set size over the measurement.
 
+On a GPU: ``--compile-mode reduce-overhead`` compiles with inductor's CUDA graphs
+(the ``compile_mode`` of NTM and DNC), ``--unroll K`` sets the compiled engine's time
+steps per call, ``--precision tf32|bf16`` runs the matmuls in TF32 or the forward
+under bfloat16 autocast, and the path ``graphed`` captures the whole training step
+(forward, backward, clipping and a capturable Adam step of the ``fused`` engine) as
+one CUDA graph and replays it: a measurement of what a step costs without any
+launch or Python overhead (sequence lengths fixed), not a path the trainer takes.
+
 ``--peer-ntm PATH`` and ``--peer-dnc PATH`` put a checkout of
 loudinthecloud/pytorch-ntm or ixaxaar/pytorch-dnc (the folder that holds its
 ``ntm`` or ``dnc`` package) beside memnet, built with the same sizes and timed
@@ -36,6 +44,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -47,6 +56,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("NTM", "DNC", "MemN2N", "LSTM")
 PATHS = ("eager", "fused", "compiled")
+GPU_PATHS = ("graphed",)  # CUDA only, never by default
+PRECISIONS = ("fp32", "tf32", "bf16")
 PEERS = {"pytorch-ntm": "NTM", "pytorch-dnc": "DNC"}
 LENGTH = 20  # copy sequence length: 2·20 + 1 = 41 time steps
 WIDTH = 8
@@ -55,13 +66,14 @@ WIDTH = 8
 def paths_of(model: str) -> tuple[str, ...]:
     """The execution paths a model has (peers have their own single path)."""
     if model in ("NTM", "DNC"):
-        return PATHS
+        return PATHS + GPU_PATHS
     if model in ("MemN2N", "LSTM"):
         return ("eager", "compiled")
     return ("eager",)
 
 
-def build(model: str, path: str, device: str, peer_path: str | None = None, length: int = LENGTH):
+def build(model: str, path: str, device: str, peer_path: str | None = None, length: int = LENGTH,
+          compile_mode: str | None = None, unroll: int | None = None):
     """The network, a batch maker ``(generator, batch_size) -> batch`` and ``loss(net, batch)``."""
     import torch
     import torch.nn.functional as F
@@ -79,24 +91,26 @@ def build(model: str, path: str, device: str, peer_path: str | None = None, leng
     def copy_loss(logits, batch):
         return sequence_metrics(logits, batch["targets"], batch["mask"])["loss"]
 
+    engine = "fused" if path == "graphed" else path
+    options = {"compile_mode": compile_mode, "compile_unroll": unroll} if path == "compiled" else {}
     if model in ("NTM", "DNC", "LSTM"):
         if model == "NTM":
             from memnet.models.ntm import NTM
 
             net = NTM(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=100),
-                      memory_size=128, word_size=20, engine=path)
+                      memory_size=128, word_size=20, engine=engine, **options)
         elif model == "DNC":
             from memnet.models.dnc import DNC
 
             net = DNC(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=64),
-                      memory_size=16, word_size=20, num_reads=4, engine=path)
+                      memory_size=16, word_size=20, num_reads=4, engine=engine, **options)
         else:
             from memnet.models.recurrent import RecurrentModel
 
             net = RecurrentModel(task.input_size, task.output_size,
                                  controller=partial(LSTMController, hidden_size=100))
         net = net.to(device)
-        forward = torch.compile(net) if model == "LSTM" and path == "compiled" else net
+        forward = torch.compile(net, mode=compile_mode) if model == "LSTM" and path == "compiled" else net
         return net, copy_batch, lambda batch: copy_loss(forward(batch["inputs"]), batch)
 
     if model == "MemN2N":
@@ -104,7 +118,7 @@ def build(model: str, path: str, device: str, peer_path: str | None = None, leng
 
         vocabulary, sentences, words, answers = 40, 50, 7, 20  # answer ids follow 4 reserved tokens
         net = MemN2N(vocabulary, answers, embedding_size=20, hops=3, memory_size=sentences, seed=0).to(device)
-        forward = torch.compile(net) if path == "compiled" else net
+        forward = torch.compile(net, mode=compile_mode) if path == "compiled" else net
 
         def story_batch(generator, batch_size):
             story = torch.randint(1, vocabulary, (batch_size, sentences, words), generator=generator)
@@ -149,27 +163,64 @@ def build(model: str, path: str, device: str, peer_path: str | None = None, leng
 
 
 def measure(model: str, path: str, batch_size: int, *, steps: int, repeats: int, min_seconds: float,
-            warmup: int, threads: int, device: str, peer_path: str | None = None, length: int = LENGTH) -> dict:
+            warmup: int, threads: int, device: str, peer_path: str | None = None, length: int = LENGTH,
+            compile_mode: str | None = None, unroll: int | None = None, precision: str = "fp32") -> dict:
     """One (model, path, batch size) in this process: throughput, peak memory, compile time."""
+    import contextlib
+
     import torch
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    net, make_batch, loss_of = build(model, path, device, peer_path, length)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+    cuda = device.startswith("cuda")
+    if path == "graphed" and not cuda:
+        raise SystemExit("the graphed path captures CUDA graphs: it needs --device cuda")
+    if precision == "tf32":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    net, make_batch, loss_of = build(model, path, device, peer_path, length, compile_mode, unroll)
+    # a capturable Adam keeps its step count on the device, so that a CUDA graph can replay its update
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4, capturable=path == "graphed")
     generator = torch.Generator().manual_seed(0)
     batches = [make_batch(generator, batch_size) for _ in range(4)]
+    autocast = (partial(torch.autocast, device_type=device.split(":")[0], dtype=torch.bfloat16)
+                if precision == "bf16" else contextlib.nullcontext)
 
     def sync():
-        if device.startswith("cuda"):
+        if cuda:
             torch.cuda.synchronize()
 
-    def train_step(batch):
-        loss = loss_of(batch)
+    def eager_step(batch):
+        with autocast():
+            loss = loss_of(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         optimizer.step()
+
+    train_step = eager_step
+    if path == "graphed":
+        static = {k: v.clone() if torch.is_tensor(v) else v for k, v in batches[0].items()}
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside the graph, as capture requires
+            for _ in range(3):
+                eager_step(static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        optimizer.zero_grad(set_to_none=True)  # the captured backward allocates the grads in the graph's pool
+        with torch.cuda.graph(graph):
+            with autocast():
+                loss = loss_of(static)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            optimizer.step()
+
+        def train_step(batch):
+            for key, value in batch.items():
+                if torch.is_tensor(value):
+                    static[key].copy_(value)
+            graph.replay()
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device.startswith("cuda"):
@@ -194,10 +245,13 @@ def measure(model: str, path: str, batch_size: int, *, steps: int, repeats: int,
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
-    compiled = path == "compiled"
+    compiled = path in ("compiled", "graphed")
     return {
         "model": model,
         "path": path,
+        "compile_mode": compile_mode if path == "compiled" else None,
+        "unroll": unroll if path == "compiled" else None,
+        "precision": precision,
         "batch_size": batch_size,
         "time_steps": 2 * length + 1,
         "seconds_per_step_median": per_step,
@@ -205,7 +259,7 @@ def measure(model: str, path: str, batch_size: int, *, steps: int, repeats: int,
         "sequences_per_second": batch_size / per_step,
         "peak_memory_mb": round(peak_mb, 1),
         "compile_seconds": round(max(first_step - per_step, 0.0), 2) if compiled else None,
-        "compilations": getattr(net, "compilations", None) if compiled else None,
+        "compilations": getattr(net, "compilations", None) if path == "compiled" else None,
         "torch_threads": torch.get_num_threads(),
         "device": device,
     }
@@ -235,6 +289,22 @@ def _cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
 
 
+def first_error(stderr: str) -> str:
+    """The first exception line of a failed setting's stderr (the cause, before any error it led to)."""
+    lines = stderr.strip().splitlines() or ["no output"]
+    pattern = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b.*: .+")
+    return next((line for line in lines if pattern.match(line)), lines[-1])
+
+
+def path_label(row: dict) -> str:
+    """The path with what sets it apart: ``compiled (reduce-overhead, unroll 8, bf16)``."""
+    notes = [str(row[key]) if key != "unroll" else f"unroll {row[key]}"
+             for key in ("compile_mode", "unroll") if row.get(key) is not None]
+    if row.get("precision", "fp32") != "fp32":
+        notes.append(row["precision"])
+    return f"{row['path']} ({', '.join(notes)})" if notes else row["path"]
+
+
 def table(report: dict) -> str:
     """The markdown table of a report."""
     info = report["machine"]
@@ -254,7 +324,7 @@ def table(report: dict) -> str:
             continue
         compile_s = "—" if row["compile_seconds"] is None else f"{row['compile_seconds']:.1f}"
         lines.append(
-            f"| {row['model']} | {row['batch_size']} | {row['path']} | {row['sequences_per_second']:,.1f} | "
+            f"| {row['model']} | {row['batch_size']} | {path_label(row)} | {row['sequences_per_second']:,.1f} | "
             f"{1000 * row['seconds_per_step_median']:.1f} | {row['peak_memory_mb']:.0f} | {compile_s} | "
             f"{row['torch_threads']} |"
         )
@@ -264,7 +334,12 @@ def table(report: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
+    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS + GPU_PATHS)
+    parser.add_argument("--compile-mode", default=None,
+                        help="inductor's mode for the compiled path, e.g. reduce-overhead (CUDA graphs)")
+    parser.add_argument("--unroll", type=int, default=None, help="time steps per call of the compiled engine")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="tf32: TF32 matmuls; bf16: the forward under bfloat16 autocast")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
                         help="default 1 32 128 on the CPU, 1 128 4096 on CUDA")
     parser.add_argument("--length", type=int, default=LENGTH, help="copy sequence length (2·L + 1 time steps)")
@@ -286,7 +361,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peer-path", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     options = {"steps": args.steps, "repeats": args.repeats, "min_seconds": args.min_seconds,
-               "warmup": args.warmup, "device": args.device, "length": args.length}
+               "warmup": args.warmup, "device": args.device, "length": args.length,
+               "compile_mode": args.compile_mode, "unroll": args.unroll, "precision": args.precision}
+    if "graphed" in args.paths and not args.device.startswith("cuda"):
+        parser.error("--paths graphed captures CUDA graphs: it needs --device cuda")
 
     if args.single is not None:  # child process: one setting, JSON on stdout
         import torch
@@ -318,7 +396,12 @@ def main(argv: list[str] | None = None) -> None:
     for model, path, batch_size, checkout in settings:
         command = [sys.executable, __file__, "--single", model, path, str(batch_size), "--steps", str(args.steps),
                    "--repeats", str(args.repeats), "--min-seconds", str(args.min_seconds),
-                   "--warmup", str(args.warmup), "--device", args.device, "--length", str(args.length)]
+                   "--warmup", str(args.warmup), "--device", args.device, "--length", str(args.length),
+                   "--precision", args.precision]
+        if args.compile_mode:
+            command += ["--compile-mode", args.compile_mode]
+        if args.unroll:
+            command += ["--unroll", str(args.unroll)]
         if args.threads:
             command += ["--threads", str(args.threads)]
         if checkout is not None:
@@ -330,7 +413,7 @@ def main(argv: list[str] | None = None) -> None:
                          "error": f"over --timeout {args.timeout:.0f} s"})
             continue
         if result.returncode != 0:
-            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            last = first_error(result.stderr)
             rows.append({"model": model, "path": path, "batch_size": batch_size, "error": last[:200]})
             print(f"{model} {path} batch {batch_size} failed: {last}", file=sys.stderr)
             continue

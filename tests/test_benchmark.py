@@ -41,5 +41,46 @@ def test_models_without_a_step_loop_have_no_fused_path():
     spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
     run = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(run)
-    assert run.paths_of("NTM") == run.paths_of("DNC") == ("eager", "fused", "compiled")
+    assert run.paths_of("NTM") == run.paths_of("DNC") == ("eager", "fused", "compiled", "graphed")
     assert run.paths_of("LSTM") == run.paths_of("MemN2N") == ("eager", "compiled")
+
+
+def test_precision_and_compile_settings_are_in_the_row_and_the_table(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [*RUN, "--models", "NTM", "--paths", "fused", "--batch-sizes", "2", "--length", "2", "--steps", "1",
+         "--repeats", "1", "--min-seconds", "0", "--warmup", "1", "--threads", "1", "--precision", "bf16",
+         "--out", str(out)],
+        check=True, capture_output=True, text=True, timeout=300,
+    )
+    (row,) = json.loads(out.read_text())["results"]
+    assert (row["path"], row["precision"], row["compile_mode"], row["unroll"]) == ("fused", "bf16", None, None)
+    assert "| NTM | 2 | fused (bf16) |" in result.stdout
+
+
+def test_the_graphed_path_needs_cuda():
+    result = subprocess.run([*RUN, "--paths", "graphed"], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2 and "--paths graphed captures CUDA graphs: it needs --device cuda" in result.stderr
+
+
+def test_the_label_names_the_compile_mode_unroll_and_precision():
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    row = {"path": "compiled", "compile_mode": "reduce-overhead", "unroll": 8, "precision": "tf32"}
+    assert run.path_label(row) == "compiled (reduce-overhead, unroll 8, tf32)"
+    assert run.path_label({"path": "eager", "precision": "fp32"}) == "eager"
+
+
+def test_a_failed_setting_reports_the_first_error_not_the_last_line():
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    stderr = ("Traceback (most recent call last):\n  File \"run.py\", line 214, in measure\n"
+              "torch.AcceleratorError: CUDA error: operation not permitted when stream is capturing\n"
+              "Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.\n\n"
+              "During handling of the above exception, another exception occurred:\n"
+              "torch.AcceleratorError: CUDA error: operation failed due to a previous error during capture\n"
+              "Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.\n")
+    assert run.first_error(stderr) == "torch.AcceleratorError: CUDA error: operation not permitted when stream is capturing"
+    assert run.first_error("killed\n") == "killed"

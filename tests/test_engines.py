@@ -147,6 +147,49 @@ def test_compiled_handles_a_last_batch_of_another_size_and_an_enlarged_memory(ma
     assert net.compilations <= again + 1
 
 
+@pytest.mark.parametrize("make", [_ntm, _dnc])
+def test_an_unknown_compile_mode_or_a_mode_without_inductor_is_named(make):
+    with pytest.raises(ValueError, match=r"compile_mode must be 'auto', one of \['default', 'reduce-overhead'.*got 'fast'"):
+        make(engine="compiled", compile_mode="fast")
+    with pytest.raises(ValueError, match="compile_mode 'reduce-overhead' is a mode of the inductor backend; "
+                                         "compile_backend is 'eager'"):
+        make(engine="compiled", compile_backend="eager", compile_mode="reduce-overhead")
+
+
+def test_auto_compile_mode_is_cuda_graphs_on_a_gpu_and_the_default_elsewhere():
+    net = _ntm(engine="compiled")
+    assert net.compile_mode == "auto"
+    assert net._compile_mode_on(torch.device("cuda", 0)) == "reduce-overhead"
+    assert net._compile_mode_on(torch.device("cpu")) is None
+    assert _ntm(engine="compiled", compile_backend="eager")._compile_mode_on(torch.device("cuda")) is None
+    assert _ntm(engine="compiled", compile_mode=None)._compile_mode_on(torch.device("cuda")) is None
+    assert _ntm(engine="compiled", compile_mode="max-autotune")._compile_mode_on(torch.device("cpu")) == "max-autotune"
+    # and 8 steps a call on a GPU at every batch size (the CPU's default depends on the batch)
+    assert (net._unroll(1, torch.device("cuda")), net._unroll(4096, torch.device("cuda"))) == (8, 8)
+    assert (net._unroll(1, torch.device("cpu")), net._unroll(128, torch.device("cpu"))) == (4, 1)
+
+
+@pytest.mark.parametrize("make", [_ntm, _dnc])
+def test_a_compile_mode_compiles_through_inductors_own_wrapper_of_that_mode(make, monkeypatch):
+    """What torch.compile(mode=...) compiles with; here a stand-in that records the mode and runs
+    dynamo's graph as captured (the real inductor with CUDA graphs runs in the CUDA tests)."""
+    modes = []
+
+    class Wrapper:
+        def __init__(self, mode, options, dynamic):
+            modes.append(mode)
+
+        def __call__(self, graph_module, example_inputs):
+            return graph_module.forward
+
+    monkeypatch.setattr(torch, "_TorchCompileInductorWrapper", Wrapper)
+    monkeypatch.setattr(core, "compile_unavailable", lambda backend: None)
+    torch._dynamo.reset()
+    net = make(engine="compiled", compile_mode="max-autotune-no-cudagraphs")
+    _assert_engines_equal(net, ["compiled"], batch=2, steps=7)
+    assert modes == ["max-autotune-no-cudagraphs"] * 2 and net.compilations == 2  # the 4-step and 1-step functions
+
+
 def test_compile_unavailable_logs_and_runs_fused(monkeypatch, caplog):
     monkeypatch.setattr(core, "compile_unavailable", lambda backend: "InvalidCxxCompiler: no working C++ compiler")
     net = _ntm(engine="compiled")

@@ -19,15 +19,24 @@ memory. ``MemoryModel`` owns the rest:
                   controller's input projection of x_t for all t, and the output layer
                   over all t as one matmul. Tested equal to eager.
         compiled  the fused step compiled by ``torch.compile`` (inductor), ``compile_unroll``
-                  time steps per call (default 4, see ``auto_unroll_max_batch``; the last
-                  T mod K steps one at a time): a call costs its guards and autograd
-                  wrappers, which at small batches cost as much as the step's kernels;
+                  time steps per call (default 4 on the CPU, see ``auto_unroll_max_batch``,
+                  and 8 on a GPU; the last T mod K steps one at a time): a call costs its
+                  guards and autograd wrappers, which at small batches cost as much as
+                  the step's kernels;
                   the NTM compiles one step a call from batch 64, where its unrolled
                   graph was slower (``make bench``). Sequence lengths never
                   recompile (the functions do not see T: two graphs, K steps and one);
                   a new batch size or memory size recompiles once with dynamic shapes.
                   When the installed torch cannot compile (e.g. no C++ compiler) the
-                  model logs why and runs the fused path instead.
+                  model logs why and runs the fused path instead. ``compile_mode`` is
+                  inductor's mode: ``reduce-overhead`` replays each compiled graph as a
+                  CUDA graph on a GPU (one launch for a graph's kernels, forward and
+                  backward; each forward begins a new CUDA-graph step, so a forward's
+                  backward must run before the next forward, as in Lightning's training
+                  loop), and is plain inductor on the CPU. The default, ``auto``, is
+                  ``reduce-overhead`` on a GPU and inductor's default on the CPU: on an
+                  H200 it made the NTM's training step 13x faster at batch 1 and 9.6x
+                  at batch 128 than the fused path (``benchmarks/results``).
 
 A new memory model subclasses ``MemoryModel``, builds its own modules between
 ``_build_controller`` and ``_build_output`` (so parameters keep their order),
@@ -55,11 +64,18 @@ log = logging.getLogger(__name__)
 
 Engine = Literal["eager", "fused", "compiled"]
 ENGINES = ("eager", "fused", "compiled")
+# inductor's modes (torch.compile(mode=...)); the CUDA-graph ones replay each graph as one launch
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 # The compiled engine's default time steps per call; a model's ``auto_unroll_max_batch`` is the batch
 # from which it compiles one step a call instead. Measured by ``make bench`` (2-core CPU): 4 steps a
 # call made the NTM 34% faster at batch 1 and 8% at 32 but 20% slower at 128; the DNC 64%, 49% and
 # 9% faster at batch 1, 32 and 128.
 AUTO_UNROLL = 4
+# On a GPU, at every batch size: fewer, longer graphs to launch. With CUDA graphs on an H200 the NTM
+# step at batch 128 took 15.4 ms with 8 steps a call and 14.2 ms with 20, whose graphs took 58.7 s
+# to compile instead of 30 s (benchmarks/results/train_step_cuda_h200.json).
+CUDA_AUTO_UNROLL = 8
 
 # Compiled step functions, one per model, kept off the module so that a model
 # still pickles, deep-copies and saves exactly as an uncompiled one.
@@ -101,6 +117,9 @@ class MemoryModel(nn.Module):
         compile_backend: the ``torch.compile`` backend of the ``compiled`` engine.
         compile_unroll: time steps per call of the compiled function (``compiled`` engine);
             None: ``AUTO_UNROLL`` below batch ``auto_unroll_max_batch`` (a class attribute), else 1.
+        compile_mode: inductor's mode (``COMPILE_MODES``) for the ``compiled`` engine: ``auto`` (default:
+            ``reduce-overhead``, i.e. CUDA graphs, on a GPU; inductor's default on the CPU), None
+            (inductor's default everywhere) or one of inductor's modes.
     """
 
     auto_unroll_max_batch: int | None = None  # compile one step a call from this batch (None: never)
@@ -117,6 +136,7 @@ class MemoryModel(nn.Module):
         engine: Engine,
         compile_backend: str | Callable = "inductor",
         compile_unroll: int | None = None,
+        compile_mode: str | None = "auto",
         **sizes: int,
     ) -> None:
         super().__init__()
@@ -138,6 +158,7 @@ class MemoryModel(nn.Module):
         self.engine = check_engine(engine)
         self.compile_backend = compile_backend
         self.compile_unroll = compile_unroll
+        self.compile_mode = check_compile_mode(compile_mode, compile_backend)
         self.compilations = 0  # graphs compiled by the ``compiled`` engine so far
         self._controller_factory = controller if controller is not None else LSTMController
 
@@ -256,8 +277,13 @@ class MemoryModel(nn.Module):
 
     def _fused_loop(self, inputs: torch.Tensor, state: Any) -> torch.Tensor:
         compiled_engine = self.engine == "compiled"
-        one_step = self._compiled_step() if compiled_engine else self._fused_step
-        unroll = self._unroll(inputs.shape[0]) if compiled_engine else 1
+        mode = self._compile_mode_on(inputs.device)
+        if compiled_engine and inputs.is_cuda and mode in CUDA_GRAPH_MODES:
+            # A new CUDA-graph step: the graphs' outputs of the previous forward (consumed by
+            # then: the loop returns logits of its own) may be overwritten from here on.
+            torch.compiler.cudagraph_mark_step_begin()
+        one_step = self._compiled_step(mode) if compiled_engine else self._fused_step
+        unroll = self._unroll(inputs.shape[0], inputs.device) if compiled_engine else 1
         projected, context = self.controller.project_inputs(inputs)  # (B, T, P), once
         # Time first and contiguous: every step's slice has the same strides whatever T
         # is, so that a compiled step is not recompiled for another sequence length.
@@ -272,7 +298,7 @@ class MemoryModel(nn.Module):
         while t < steps:
             if unroll > 1 and steps - t >= unroll:  # K steps in one call
                 chunk = torch.stack(projected[t : t + unroll])
-                hidden, read_vectors, state = self._compiled_steps(unroll)(chunk, context, state)
+                hidden, read_vectors, state = self._compiled_steps(unroll, mode)(chunk, context, state)
                 hiddens.extend(hidden.unbind(0))
                 reads.extend(read_vectors.unbind(0))
                 t += unroll
@@ -284,17 +310,27 @@ class MemoryModel(nn.Module):
         features = torch.cat([torch.stack(hiddens, dim=1), torch.stack(reads, dim=1)], dim=-1)
         return self.output(features)  # (B, T, D_out), one matmul over all t
 
-    def _unroll(self, batch_size: int) -> int:
+    def _unroll(self, batch_size: int, device: torch.device | None = None) -> int:
         if self.compile_unroll is not None:
             return self.compile_unroll
+        if device is not None and device.type == "cuda":
+            return CUDA_AUTO_UNROLL
         limit = self.auto_unroll_max_batch
         return AUTO_UNROLL if limit is None or batch_size < limit else 1
 
-    def _compiled_step(self) -> Callable:
-        return compiled(self, "step", self._fused_step, self.compile_backend, fallback="the fused path")
+    def _compile_mode_on(self, device: torch.device) -> str | None:
+        """The inductor mode for inputs on ``device``: ``auto`` is CUDA graphs on a GPU, the default elsewhere."""
+        mode = getattr(self, "compile_mode", None)  # None for a model pickled before the option existed
+        if mode == "auto":
+            return "reduce-overhead" if device.type == "cuda" and self.compile_backend == "inductor" else None
+        return mode
 
-    def _compiled_steps(self, unroll: int) -> Callable:
-        return compiled(self, f"{unroll} steps", self._fused_steps, self.compile_backend, fallback="the fused path")
+    def _compiled_step(self, mode: str | None = None) -> Callable:
+        return compiled(self, "step", self._fused_step, self.compile_backend, fallback="the fused path", mode=mode)
+
+    def _compiled_steps(self, unroll: int, mode: str | None = None) -> Callable:
+        return compiled(self, f"{unroll} steps", self._fused_steps, self.compile_backend, fallback="the fused path",
+                        mode=mode)
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -302,29 +338,48 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1)
 
 
+def check_compile_mode(mode: str | None, backend: str | Callable = "inductor") -> str | None:
+    """Raise ``ValueError`` unless ``mode`` is None, ``auto`` or one of ``COMPILE_MODES`` with inductor."""
+    if mode is None or mode == "auto":
+        return mode
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile_mode must be 'auto', one of {list(COMPILE_MODES)} or null, got {mode!r}")
+    if backend != "inductor":
+        raise ValueError(f"compile_mode {mode!r} is a mode of the inductor backend; compile_backend is {backend!r}")
+    return mode
+
+
 def compiled(owner: nn.Module, key: str, function: Callable, backend: str | Callable,
-             *, fallback: str = "eager") -> Callable:
+             *, fallback: str = "eager", mode: str | None = None) -> Callable:
     """``torch.compile`` of one of ``owner``'s step functions, made once and kept.
 
     The compiled function is cached per module and ``key`` (off the module, in
     ``_COMPILED``). Each graph it compiles adds one to ``owner.compilations`` and
     is logged with its time. Where torch cannot compile (``compile_unavailable``),
     or the compiler fails during a call, the model logs why and runs ``function``
-    itself from then on (``fallback`` names it in the log).
+    itself from then on (``fallback`` names it in the log). ``mode`` is
+    inductor's (``COMPILE_MODES``): ``reduce-overhead`` adds CUDA graphs.
     """
     functions = _COMPILED.setdefault(owner, {})
+    if mode is not None:
+        key = f"{key} ({mode})"
     if key not in functions:
-        functions[key] = _compile(owner, key, function, backend, fallback)
+        functions[key] = _compile(owner, key, function, backend, fallback, mode)
     return functions[key]
 
 
-def _compile(owner: nn.Module, key: str, function: Callable, backend: str | Callable, fallback: str) -> Callable:
+def _compile(owner: nn.Module, key: str, function: Callable, backend: str | Callable, fallback: str,
+             mode: str | None = None) -> Callable:
     name = type(owner).__name__
     reason = compile_unavailable(backend)
     if reason is not None:
         log.warning("memnet: %s engine 'compiled' is unavailable (%s); running %s", name, reason, fallback)
         return function
-    if isinstance(backend, str):
+    if mode is not None:
+        # What torch.compile(mode=...) itself compiles with: inductor and the mode's options
+        # (reduce-overhead: triton.cudagraphs), wrapped below like any other backend.
+        backend = torch._TorchCompileInductorWrapper(check_compile_mode(mode, backend), None, None)
+    elif isinstance(backend, str):
         from torch._dynamo import lookup_backend
 
         backend = lookup_backend(backend)

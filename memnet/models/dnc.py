@@ -208,7 +208,10 @@ class DNC(Pretrained, MemoryModel):
             ``eager`` (the reference functions, for debugging) or ``compiled``.
         compile_backend: the ``torch.compile`` backend of the ``compiled`` engine.
         compile_unroll: time steps per call of the ``compiled`` engine; None: 4 at every batch size
-            (``memnet.models.core``).
+            on the CPU, 8 on a GPU (``memnet.models.core``).
+        compile_mode: inductor's mode for the ``compiled`` engine (``memnet.models.core``): ``auto``
+            (default) replays the compiled steps as CUDA graphs on a GPU (``reduce-overhead``) and
+            compiles with inductor's default on the CPU; None: inductor's default everywhere.
     """
 
     # float16 (``trainer.precision 16-true``) gives non-finite gradients: usage products and the
@@ -232,6 +235,7 @@ class DNC(Pretrained, MemoryModel):
         engine: Engine = "fused",
         compile_backend: str = "inductor",
         compile_unroll: int | None = None,
+        compile_mode: str | None = "auto",
     ) -> None:
         super().__init__(
             input_size,
@@ -243,6 +247,7 @@ class DNC(Pretrained, MemoryModel):
             engine=engine,
             compile_backend=compile_backend,
             compile_unroll=compile_unroll,
+            compile_mode=compile_mode,
         )
         if num_writes != 1:
             raise ValueError(f"num_writes must be 1 (the DNC has one write head), got {num_writes!r}")

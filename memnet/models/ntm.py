@@ -81,8 +81,11 @@ class NTM(Pretrained, MemoryModel):
             seed 0 reached 0.08 bits at step 2,000 (one run) or later (another) rather
             than eager's 1,700, so ``make train``'s published figures keep eager's numbers.
         compile_backend: the ``torch.compile`` backend of the ``compiled`` engine.
-        compile_unroll: time steps per call of the ``compiled`` engine; None: 4 below batch 64, else 1
-            (``memnet.models.core``).
+        compile_unroll: time steps per call of the ``compiled`` engine; None: on the CPU 4 below
+            batch 64, else 1; 8 on a GPU (``memnet.models.core``).
+        compile_mode: inductor's mode for the ``compiled`` engine (``memnet.models.core``): ``auto``
+            (default) replays the compiled steps as CUDA graphs on a GPU (``reduce-overhead``) and
+            compiles with inductor's default on the CPU; None: inductor's default everywhere.
     """
 
     auto_unroll_max_batch = 64  # its unrolled compiled graph was slower at batch 128 (make bench)
@@ -103,6 +106,7 @@ class NTM(Pretrained, MemoryModel):
         engine: Engine = "eager",
         compile_backend: str = "inductor",
         compile_unroll: int | None = None,
+        compile_mode: str | None = "auto",
     ) -> None:
         super().__init__(
             input_size,
@@ -114,6 +118,7 @@ class NTM(Pretrained, MemoryModel):
             engine=engine,
             compile_backend=compile_backend,
             compile_unroll=compile_unroll,
+            compile_mode=compile_mode,
             num_writes=num_writes,
         )
         self.num_writes = num_writes
