@@ -65,7 +65,14 @@ def retention(free_gates: torch.Tensor, prev_read_weights: torch.Tensor) -> torc
             f"free_gates {tuple(free_gates.shape)} must be (B, R) matching prev_read_weights "
             f"{tuple(prev_read_weights.shape)} = (B, R, N): one free gate per read head"
         )
-    return torch.prod(1 - rearrange(free_gates, "b r -> b r 1") * prev_read_weights, dim=1)
+    factors = 1 - rearrange(free_gates, "b r -> b r 1") * prev_read_weights  # (B, R, N)
+    # The product over the R heads as R − 1 multiplications: the backward of ``torch.prod`` asks the
+    # device whether a factor is 0 (a host sync), which a CUDA graph of the training step cannot capture.
+    heads = factors.unbind(1)
+    psi = heads[0]
+    for factor in heads[1:]:
+        psi = psi * factor
+    return psi
 
 
 def update_usage(

@@ -226,6 +226,30 @@ def test_inductor_compiled_equals_eager(make):
     _assert_engines_equal(net, ["compiled"], batch=2, steps=4, dtype=torch.float32)
 
 
+# Backward functions that ask the device for a value (whether a factor is 0, how many nonzeros):
+# a host sync, which a CUDA graph of the whole training step cannot capture.
+SYNCING_BACKWARDS = ("ProdBackward", "CumprodBackward", "NonzeroBackward", "MaskedSelectBackward", "IndexBackward")
+
+
+def _backward_nodes(tensor):
+    seen, stack = set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return {type(node).__name__ for node in seen}
+
+
+@pytest.mark.parametrize("make", [_ntm, _dnc])
+def test_the_fused_training_graph_has_no_backward_that_syncs_with_the_device(make):
+    net = make(engine="fused")
+    logits = net(torch.randn(2, 5, net.input_size))
+    nodes = _backward_nodes(logits.sum())
+    assert not [name for name in nodes if name.startswith(SYNCING_BACKWARDS)], sorted(nodes)
+
+
 def test_state_dict_keys_and_parameter_order_are_those_of_earlier_checkpoints():
     # Checkpoints written before the shared core (keys and optimizer-state order) still load.
     ntm = NTM(4, 3, controller=partial(LSTMController, hidden_size=5), memory_size=6, word_size=2)
