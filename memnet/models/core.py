@@ -321,8 +321,10 @@ class MemoryModel(nn.Module):
     def _compile_mode_on(self, device: torch.device) -> str | None:
         """The inductor mode for inputs on ``device``: ``auto`` is CUDA graphs on a GPU, the default elsewhere."""
         mode = getattr(self, "compile_mode", None)  # None for a model pickled before the option existed
+        if self.compile_backend != "inductor":  # modes are inductor's
+            return None
         if mode == "auto":
-            return "reduce-overhead" if device.type == "cuda" and self.compile_backend == "inductor" else None
+            return "reduce-overhead" if device.type == "cuda" else None
         return mode
 
     def _compiled_step(self, mode: str | None = None) -> Callable:
