@@ -55,10 +55,15 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) 
         mask: (B, T) 1 on scored steps.
 
     Returns:
-        (B, T, D) nats.
+        (B, T, D) nats; exactly 0 on unscored steps, whatever the network output there (a
+        sequence shorter than its batch runs on through padding, where a network may overflow
+        to NaN: 0 · NaN would be NaN, and one such sequence would turn a mean into NaN).
     """
+    weights = rearrange(mask, "b t -> b t 1")
+    scored = weights != 0
+    logits = torch.where(scored, logits, torch.zeros_like(logits))  # no NaN into the loss's backward
     nats = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    return nats * rearrange(mask, "b t -> b t 1")
+    return torch.where(scored, nats * weights, torch.zeros_like(nats))
 
 
 def binary_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

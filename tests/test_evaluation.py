@@ -201,3 +201,34 @@ def test_a_costly_length_warns_and_shows_progress(capsys):
                     seed=0, device=torch.device("cpu"), progress=True)
     assert [line.split(" (")[0] for line in capsys.readouterr().err.splitlines()] == [
         "length 4, N=12: 2/5 sequences", "length 4, N=12: 4/5 sequences", "length 4, N=12: 5/5 sequences"]
+
+
+class _OverflowingCopier(_SlotHungryCopier):
+    """A copier that overflows to NaN after its outputs: on unscored padding for every sequence, and on a
+    scored step of the first sequence of each batch when ``on_scored``."""
+
+    def __init__(self, on_scored: bool) -> None:
+        super().__init__()
+        self.on_scored = on_scored
+
+    def forward(self, inputs: torch.Tensor, memory_size: int | None = None) -> torch.Tensor:
+        logits = super().forward(inputs, memory_size)
+        logits[:, 0] = float("nan")  # the input phase: never scored
+        if self.on_scored:
+            logits[0, -1, 0] = float("inf")
+        return logits
+
+
+def test_nan_outputs_off_the_scored_steps_cost_nothing_and_on_them_are_named():
+    from memnet.evaluation import evaluate_length, markdown_table
+    from memnet.lightning import SequenceModule
+    from tasks.algorithmic import CopyTask
+
+    task = CopyTask(width=3, min_length=1, max_length=4)
+    clean, _ = evaluate_length(SequenceModule(_OverflowingCopier(False)).eval(), task, 4, slots=12, num_sequences=4,
+                               batch_size=2, seed=0, device=torch.device("cpu"))
+    assert clean["bits_per_seq"] < 1e-3 and "nonfinite_sequences" not in clean
+    row, _ = evaluate_length(SequenceModule(_OverflowingCopier(True)).eval(), task, 4, slots=12, num_sequences=4,
+                             batch_size=2, seed=0, device=torch.device("cpu"))
+    assert row["nonfinite_sequences"] == 2 and row["bits_per_seq"] != row["bits_per_seq"]  # NaN, and said why
+    assert "| sequences with non-finite outputs |" in markdown_table([clean, row])

@@ -34,6 +34,24 @@ def test_bits_and_bit_errors_per_sequence_count_only_scored_steps():
     assert summary["bit_errors_per_seq"].item() == 0.5
 
 
+def test_a_nan_or_inf_output_on_an_unscored_step_costs_nothing():
+    """A sequence shorter than its batch runs on through padding, where a network can overflow:
+    its cost (and the loss's gradient) must not turn NaN (seen: a feed-forward NTM's repeat copy,
+    NaN bits per sequence with 0 bit errors and 100% exact)."""
+    targets, mask = _batch()
+    logits = torch.zeros_like(targets, requires_grad=True)
+    poisoned = logits.clone()
+    poisoned.data[0, 0, 1], poisoned.data[1, 0, :] = float("nan"), float("inf")  # step 0 is unscored
+    assert metrics.bits_per_sequence(poisoned, targets, mask).tolist() == pytest.approx([8.0, 8.0])
+    loss = metrics.binary_loss(poisoned, targets, mask)
+    loss.backward()
+    assert loss.item() == pytest.approx(math.log(2)) and torch.isfinite(logits.grad).all()
+    assert logits.grad[:, 0].abs().sum() == 0 and logits.grad[:, 1:].abs().sum() > 0
+    scored = poisoned.detach().clone()
+    scored[0, 1, 0] = float("nan")  # on a scored step it stays visible
+    assert math.isnan(metrics.bits_per_sequence(scored, targets, mask)[0].item())
+
+
 def test_task_errors_mean_and_failed_count():
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [2.0, 0.0]])
     answer = torch.tensor([0, 0, 1, 0])

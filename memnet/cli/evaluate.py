@@ -72,6 +72,7 @@ HEADERS = {
     "sequences": "sequences",
     "exact_pct": "exact (%)",
     "optimal_bits_per_seq": "optimal bits per sequence",
+    "nonfinite_sequences": "sequences with non-finite outputs",
 }
 
 
@@ -171,7 +172,7 @@ def evaluate_length(
     """
     started = time.time()
     generator = torch.Generator().manual_seed(seed * 1_000_003 + length)
-    totals = {"bits": 0.0, "errors": 0.0, "exact": 0.0, "optimal": 0.0}
+    totals = {"bits": 0.0, "errors": 0.0, "exact": 0.0, "optimal": 0.0, "nonfinite": 0}
     has_optimal = False
     first_batch = None
     done = 0
@@ -191,6 +192,7 @@ def evaluate_length(
         totals["bits"] += float(bits.sum())
         totals["errors"] += float(errors.sum())
         totals["exact"] += float((errors == 0).sum())
+        totals["nonfinite"] += int((~torch.isfinite(bits)).sum())  # NaN or inf on a scored step
         if "optimal_bits" in batch:
             has_optimal = True
             totals["optimal"] += float(batch["optimal_bits"].sum())
@@ -208,6 +210,8 @@ def evaluate_length(
     }
     if has_optimal:
         row["optimal_bits_per_seq"] = totals["optimal"] / done
+    if totals["nonfinite"]:
+        row["nonfinite_sequences"] = totals["nonfinite"]
     return row, first_batch
 
 
@@ -225,6 +229,8 @@ def _columns(rows: list[dict]) -> list[str]:
     columns = list(COLUMNS)
     if any("optimal_bits_per_seq" in row for row in rows):
         columns.append("optimal_bits_per_seq")
+    if any("nonfinite_sequences" in row for row in rows):
+        columns.append("nonfinite_sequences")
     return columns
 
 
@@ -277,6 +283,10 @@ def run(args: argparse.Namespace) -> dict:
         first = first or (length, batch)
         print(f"length {length:>4}: {row['bits_per_seq']:.3f} bits, {row['bit_errors_per_seq']:.3f} bit errors "
               f"per sequence ({row['sequences']} sequences, N={slots[length]})", file=sys.stderr)
+        if row.get("nonfinite_sequences"):
+            print(f"memnet evaluate: warning: length {length}: the network's outputs were NaN or infinite on scored "
+                  f"steps of {row['nonfinite_sequences']} of {row['sequences']} sequences; their cost, and so the "
+                  "mean bits per sequence, is not finite", file=sys.stderr, flush=True)
 
     train_range = (getattr(task, "min_length", None), getattr(task, "max_length", None))
     table = markdown_table(rows)
