@@ -92,7 +92,9 @@ def build(model: str, path: str, device: str, peer_path: str | None = None, leng
         return sequence_metrics(logits, batch["targets"], batch["mask"])["loss"]
 
     engine = "fused" if path == "graphed" else path
-    options = {"compile_mode": compile_mode, "compile_unroll": unroll} if path == "compiled" else {}
+    options = {"compile_unroll": unroll} if path == "compiled" else {}
+    if path == "compiled" and compile_mode is not None:  # else the model's default (auto)
+        options["compile_mode"] = compile_mode
     if model in ("NTM", "DNC", "LSTM"):
         if model == "NTM":
             from memnet.models.ntm import NTM

@@ -60,10 +60,10 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) 
         to NaN: 0 · NaN would be NaN, and one such sequence would turn a mean into NaN).
     """
     weights = rearrange(mask, "b t -> b t 1")
-    scored = weights != 0
-    logits = torch.where(scored, logits, torch.zeros_like(logits))  # no NaN into the loss's backward
-    nats = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    return torch.where(scored, nats * weights, torch.zeros_like(nats))
+    # Unscored logits are read as 0: their nats are then finite and the weight 0 zeroes them, and no
+    # NaN reaches the loss's backward.
+    logits = logits.masked_fill(weights == 0, 0.0)
+    return F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * weights
 
 
 def binary_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

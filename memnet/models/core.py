@@ -277,8 +277,8 @@ class MemoryModel(nn.Module):
 
     def _fused_loop(self, inputs: torch.Tensor, state: Any) -> torch.Tensor:
         compiled_engine = self.engine == "compiled"
-        mode = self._compile_mode_on(inputs.device)
-        if compiled_engine and inputs.is_cuda and mode in CUDA_GRAPH_MODES:
+        mode = self._compile_mode_on(inputs.device) if compiled_engine else None
+        if inputs.is_cuda and mode in CUDA_GRAPH_MODES:
             # A new CUDA-graph step: the graphs' outputs of the previous forward (consumed by
             # then: the loop returns logits of its own) may be overwritten from here on.
             torch.compiler.cudagraph_mark_step_begin()
