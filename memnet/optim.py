@@ -98,7 +98,12 @@ def clip_per_matrix_(groups: Iterable[Sequence[torch.nn.Parameter]], max_norm: f
         if len({r.shape[1] for r in rows}) > 1:
             raise ValueError(f"a clipping group stacks matrices of one width, got widths {[r.shape[1] for r in rows]}")
         matrix = torch.cat(rows)
-        value = torch.linalg.matrix_norm(matrix, ord=2 if norm == "spectral" else "fro")
+        if norm == "spectral":
+            # σ_max(G) = √λ_max(GᵀG): the eigenvalues of the (D, D) Gram matrix cost half of an SVD of G
+            gram = matrix.T @ matrix if matrix.shape[0] >= matrix.shape[1] else matrix @ matrix.T
+            value = torch.linalg.eigvalsh(gram)[-1].clamp_min(0).sqrt()
+        else:
+            value = torch.linalg.matrix_norm(matrix, ord="fro")
         scale = (max_norm / value).clamp(max=1.0)
         for g in grads:
             g.mul_(scale)

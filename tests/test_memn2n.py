@@ -369,6 +369,38 @@ def test_gradcheck():
                                     fast_mode=True)
 
 
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"encoding": "bow", "empty_memory": "masked"},
+    {"position_scale": "authors", "sentence_length": J + 1, "empty_memory": "nil", "answer_layer": "vocabulary"},
+], ids=["paper", "bow_masked", "authors"])
+def test_encoding_only_the_present_slots_equals_encoding_every_slot(options, monkeypatch):
+    """Eager mode encodes the slots that hold a sentence and scatters them back; compiled, every slot.
+
+    The two must agree in outputs and in every parameter's gradient, with an empty slot between
+    sentences and a story with no sentence at all.
+    """
+    model = _model(temporal=True, **options).train()
+    model.random_noise = 0.0
+    story, query = _tokens()
+    story[0, 3] = PAD_ID  # a hole between sentences
+    story[2] = PAD_ID  # no sentence at all
+
+    def run():
+        model.zero_grad()
+        logits = model(story, query)
+        logits.square().sum().backward()
+        return logits.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    compact_logits, compact_grads = run()
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # the path a compiled forward takes
+    full_logits, full_grads = run()
+    torch.testing.assert_close(compact_logits, full_logits, rtol=0, atol=1e-12)
+    assert compact_grads.keys() == full_grads.keys() and compact_grads
+    for name in full_grads:
+        torch.testing.assert_close(compact_grads[name], full_grads[name], rtol=0, atol=1e-12, msg=name)
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

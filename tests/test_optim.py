@@ -77,6 +77,16 @@ def test_per_matrix_clipping_by_hand():
     torch.testing.assert_close(small.grad, torch.tensor([[0.6, 0], [0, 0.8]], dtype=torch.float64))
 
 
+@pytest.mark.parametrize("shape", [(230, 50), (7, 40), (1, 5)])
+def test_spectral_norm_is_the_largest_singular_value(shape):
+    """Through the Gram matrix, for tall, wide and one-row gradients alike: σ_max of an SVD."""
+    generator = torch.Generator().manual_seed(0)
+    parameter = _with_grad(torch.randn(shape, generator=generator, dtype=torch.float64).tolist())
+    expected = torch.linalg.matrix_norm(parameter.grad, ord=2)
+    (norm,) = clip_per_matrix_([[parameter]], 1e9, "spectral")
+    assert float(norm) == pytest.approx(float(expected), rel=1e-10)
+
+
 def test_a_group_stacks_its_matrices_by_rows():
     """Rows (3, 4) and (0, 0) are one 2 × 2 matrix of spectral norm 5: both scaled by 1/5."""
     words, times = _with_grad([[3, 4]]), _with_grad([[0, 0]])

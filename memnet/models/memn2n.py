@@ -453,14 +453,28 @@ class MemN2N(Pretrained, nn.Module):
                                                    device=story.device)[-1]
         if self.empty_memory == "nil":  # a nil sentence has no time word either: its vectors are 0
             time_scale = time_scale * rearrange(present.to(dtype), "b n -> b n 1")
-        story_weights = self._word_weights(story, dtype)
+        # Only the slots that hold a sentence are encoded: an empty slot's sentence vector is 0
+        # in every encoding (its words all weigh 0), and a padded story is mostly empty slots
+        # (bAbI joint, memory 50: about a third of them hold a sentence). In eager mode the
+        # present rows are gathered, encoded and scattered back; compiled, all slots are
+        # encoded (a data-dependent row count would break the graph).
+        batch, slots = present.shape
+        compact = not torch.compiler.is_compiling()
+        sentences = story
+        if compact:
+            rows = present.flatten().nonzero().squeeze(1)  # (P,) indices into B·N
+            sentences = story.flatten(0, 1).index_select(0, rows)  # (P, J)
+        story_weights = self._word_weights(sentences, dtype)
         u = self._encode(query, self._word_weights(query, dtype), self.query_embedding())  # (B, d)
         encoded: dict[int, torch.Tensor] = {}  # id of an embedding -> its (B, N, d) sentence vectors
 
         def memory_vectors(embedding: nn.Embedding, temporal: nn.Embedding | None) -> torch.Tensor:
             key = id(embedding)
             if key not in encoded:  # a tied matrix is encoded once
-                vectors = self._encode(story, story_weights, embedding)
+                vectors = self._encode(sentences, story_weights, embedding)  # (B, N, d), or (P, d) compact
+                if compact:
+                    vectors = vectors.new_zeros(batch * slots, vectors.shape[-1]).index_copy(0, rows, vectors)
+                    vectors = vectors.view(batch, slots, -1)
                 encoded[key] = vectors if temporal is None else vectors + temporal(times) * time_scale
             return encoded[key]
 
