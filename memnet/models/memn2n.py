@@ -463,6 +463,8 @@ class MemN2N(Pretrained, nn.Module):
         sentences = story
         if compact:
             rows = present.flatten().nonzero().squeeze(1)  # (P,) indices into B·N
+            compact = rows.numel() < batch * slots  # a memory without empty slots is encoded whole
+        if compact:
             sentences = story.flatten(0, 1).index_select(0, rows)  # (P, J)
         story_weights = self._word_weights(sentences, dtype)
         u = self._encode(query, self._word_weights(query, dtype), self.query_embedding())  # (B, d)
