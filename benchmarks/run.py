@@ -7,6 +7,11 @@ sequence models, or of bAbI-sized stories for MemN2N:
     NTM      LSTM 100, memory 128 × 20, one read and one write head (the NTM paper)
     DNC      LSTM 64, memory 16 × 20, four read heads
     MemN2N   3 hops, embedding 20, 50 sentences of 7 words, vocabulary 40 (synthetic ids)
+    MemN2N-bAbI  the bAbI joint recipe's network (configs/memn2n/babi_joint_10k.yaml: 3 hops,
+             embedding 50, vocabulary 178 with 58 answers, memory of 50 slots nil-padded, the
+             authors' position encoding, time rows, random noise) on stories shaped like bAbI
+             joint's: 1-17 sentences of 3-8 words (17.7% of the 50 slots hold a sentence in
+             bAbI 1k joint's training batches, 5.6 words a sentence)
     LSTM     the baseline: one LSTM layer of 100 units and a linear read-out
 
 Paths: ``eager`` (the reference functions), ``fused`` (memnet.fused and the
@@ -54,7 +59,7 @@ from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("NTM", "DNC", "MemN2N", "LSTM")
+MODELS = ("NTM", "DNC", "MemN2N", "MemN2N-bAbI", "LSTM")
 PATHS = ("eager", "fused", "compiled")
 GPU_PATHS = ("graphed",)  # CUDA only, never by default
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -67,7 +72,7 @@ def paths_of(model: str) -> tuple[str, ...]:
     """The execution paths a model has (peers have their own single path)."""
     if model in ("NTM", "DNC"):
         return PATHS + GPU_PATHS
-    if model in ("MemN2N", "LSTM"):
+    if model in ("MemN2N", "MemN2N-bAbI", "LSTM"):
         return ("eager", "compiled")
     return ("eager",)
 
@@ -129,6 +134,30 @@ def build(model: str, path: str, device: str, peer_path: str | None = None, leng
             return {"story": story.to(device), "query": query.to(device), "answer": answer.to(device)}
 
         return net, story_batch, lambda b: F.cross_entropy(forward(b["story"], b["query"]), b["answer"])
+
+    if model == "MemN2N-bAbI":
+        from memnet.models.memn2n import PAD_ID, MemN2N
+
+        vocabulary, answers, slots, words = 178, 58, 50, 11
+        net = MemN2N(vocabulary, answers, embedding_size=50, hops=3, memory_size=slots, encoding="position",
+                     position_scale="authors", sentence_length=12, empty_memory="nil", answer_layer="vocabulary",
+                     temporal=True, random_noise=0.1, tying="adjacent", seed=0).to(device)
+        forward = torch.compile(net, mode=compile_mode) if path == "compiled" else net
+
+        def babi_batch(generator, batch_size):
+            def sentences(shape, low, high):  # ids left-aligned, PAD_ID after each sentence's words
+                ids = torch.randint(1, vocabulary, (*shape, words), generator=generator)
+                length = torch.randint(low, high + 1, shape, generator=generator)
+                return ids.masked_fill(torch.arange(words) >= length[..., None], PAD_ID)
+
+            story = sentences((batch_size, slots), 3, 8)
+            filled = torch.randint(1, 18, (batch_size,), generator=generator)  # sentences per story
+            story = story.masked_fill((torch.arange(slots) >= filled[:, None])[..., None], PAD_ID)
+            query = sentences((batch_size,), 3, 6)
+            answer = torch.randint(0, answers, (batch_size,), generator=generator)
+            return {"story": story.to(device), "query": query.to(device), "answer": answer.to(device)}
+
+        return net, babi_batch, lambda b: F.cross_entropy(forward(b["story"], b["query"]), b["answer"])
 
     if model == "pytorch-ntm":  # loudinthecloud/pytorch-ntm, imported from the user's checkout
         sys.path.insert(0, str(peer_path))
@@ -313,7 +342,7 @@ def table(report: dict) -> str:
     where = info.get("gpu") or f"{info['processor']}, {info['logical_cpus']} logical CPUs"
     length = report["settings"]["length"]
     lines = [
-        (f"Training throughput (copy length {length}, {2 * length + 1} time steps; MemN2N: 50 × 7-word stories), "
+        (f"Training throughput (copy length {length}, {2 * length + 1} time steps; MemN2N: 50 × 7-word stories; MemN2N-bAbI: bAbI-shaped stories), "
          f"{where}, torch {info['torch']}, device {report['settings']['device']}"),
         "",
         "| model | batch | path | sequences / s | ms / step | peak memory (MB) | compile (s) | torch threads |",

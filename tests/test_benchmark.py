@@ -42,7 +42,7 @@ def test_models_without_a_step_loop_have_no_fused_path():
     run = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(run)
     assert run.paths_of("NTM") == run.paths_of("DNC") == ("eager", "fused", "compiled", "graphed")
-    assert run.paths_of("LSTM") == run.paths_of("MemN2N") == ("eager", "compiled")
+    assert run.paths_of("LSTM") == run.paths_of("MemN2N") == run.paths_of("MemN2N-bAbI") == ("eager", "compiled")
 
 
 def test_precision_and_compile_settings_are_in_the_row_and_the_table(tmp_path):
@@ -84,3 +84,15 @@ def test_a_failed_setting_reports_the_first_error_not_the_last_line():
               "Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.\n")
     assert run.first_error(stderr) == "torch.AcceleratorError: CUDA error: operation not permitted when stream is capturing"
     assert run.first_error("killed\n") == "killed"
+
+
+def test_the_babi_shaped_memn2n_setting_runs(tmp_path):
+    out = tmp_path / "bench.json"
+    subprocess.run(
+        [*RUN, "--models", "MemN2N-bAbI", "--paths", "eager", "--batch-sizes", "4", "--steps", "1", "--repeats", "1",
+         "--min-seconds", "0", "--warmup", "1", "--threads", "1", "--out", str(out)],
+        check=True, capture_output=True, text=True, timeout=300,
+    )
+    (row,) = json.loads(out.read_text())["results"]
+    assert (row["model"], row["path"], row["batch_size"]) == ("MemN2N-bAbI", "eager", 4)
+    assert row["sequences_per_second"] > 0 and "error" not in row
