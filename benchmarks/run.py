@@ -120,44 +120,38 @@ def build(model: str, path: str, device: str, peer_path: str | None = None, leng
         forward = torch.compile(net, mode=compile_mode) if model == "LSTM" and path == "compiled" else net
         return net, copy_batch, lambda batch: copy_loss(forward(batch["inputs"]), batch)
 
-    if model == "MemN2N":
-        from memnet.models.memn2n import MemN2N
+    if model in ("MemN2N", "MemN2N-bAbI"):
+        from memnet.models.memn2n import PAD_ID, MemN2N
 
-        vocabulary, sentences, words, answers = 40, 50, 7, 20  # answer ids follow 4 reserved tokens
-        net = MemN2N(vocabulary, answers, embedding_size=20, hops=3, memory_size=sentences, seed=0).to(device)
+        if model == "MemN2N":  # every slot full, synthetic ids; answer ids follow 4 reserved tokens
+            vocabulary, answers, slots, words = 40, 20, 50, 7
+            net = MemN2N(vocabulary, answers, embedding_size=20, hops=3, memory_size=slots, seed=0)
+        else:  # the bAbI joint recipe's network
+            vocabulary, answers, slots, words = 178, 58, 50, 11
+            net = MemN2N(vocabulary, answers, embedding_size=50, hops=3, memory_size=slots, encoding="position",
+                         position_scale="authors", sentence_length=12, empty_memory="nil",
+                         answer_layer="vocabulary", temporal=True, random_noise=0.1, tying="adjacent", seed=0)
+        net = net.to(device)
         forward = torch.compile(net, mode=compile_mode) if path == "compiled" else net
 
+        def sentences(generator, shape, low, high):  # (*shape, words) ids, PAD_ID after each one's words
+            ids = torch.randint(1, vocabulary, (*shape, words), generator=generator)
+            length = torch.randint(low, high + 1, shape, generator=generator)
+            return ids.masked_fill(torch.arange(words) >= length[..., None], PAD_ID)
+
         def story_batch(generator, batch_size):
-            story = torch.randint(1, vocabulary, (batch_size, sentences, words), generator=generator)
-            query = torch.randint(1, vocabulary, (batch_size, words), generator=generator)
+            if model == "MemN2N":
+                story = torch.randint(1, vocabulary, (batch_size, slots, words), generator=generator)
+                query = torch.randint(1, vocabulary, (batch_size, words), generator=generator)
+            else:  # 1-17 sentences of 3-8 words a story, questions of 3-6 words
+                story = sentences(generator, (batch_size, slots), 3, 8)
+                filled = torch.randint(1, 18, (batch_size,), generator=generator)
+                story = story.masked_fill((torch.arange(slots) >= filled[:, None])[..., None], PAD_ID)
+                query = sentences(generator, (batch_size,), 3, 6)
             answer = torch.randint(0, answers, (batch_size,), generator=generator)
             return {"story": story.to(device), "query": query.to(device), "answer": answer.to(device)}
 
         return net, story_batch, lambda b: F.cross_entropy(forward(b["story"], b["query"]), b["answer"])
-
-    if model == "MemN2N-bAbI":
-        from memnet.models.memn2n import PAD_ID, MemN2N
-
-        vocabulary, answers, slots, words = 178, 58, 50, 11
-        net = MemN2N(vocabulary, answers, embedding_size=50, hops=3, memory_size=slots, encoding="position",
-                     position_scale="authors", sentence_length=12, empty_memory="nil", answer_layer="vocabulary",
-                     temporal=True, random_noise=0.1, tying="adjacent", seed=0).to(device)
-        forward = torch.compile(net, mode=compile_mode) if path == "compiled" else net
-
-        def babi_batch(generator, batch_size):
-            def sentences(shape, low, high):  # ids left-aligned, PAD_ID after each sentence's words
-                ids = torch.randint(1, vocabulary, (*shape, words), generator=generator)
-                length = torch.randint(low, high + 1, shape, generator=generator)
-                return ids.masked_fill(torch.arange(words) >= length[..., None], PAD_ID)
-
-            story = sentences((batch_size, slots), 3, 8)
-            filled = torch.randint(1, 18, (batch_size,), generator=generator)  # sentences per story
-            story = story.masked_fill((torch.arange(slots) >= filled[:, None])[..., None], PAD_ID)
-            query = sentences((batch_size,), 3, 6)
-            answer = torch.randint(0, answers, (batch_size,), generator=generator)
-            return {"story": story.to(device), "query": query.to(device), "answer": answer.to(device)}
-
-        return net, babi_batch, lambda b: F.cross_entropy(forward(b["story"], b["query"]), b["answer"])
 
     if model == "pytorch-ntm":  # loudinthecloud/pytorch-ntm, imported from the user's checkout
         sys.path.insert(0, str(peer_path))
