@@ -60,6 +60,80 @@ def distributed_sampler(dataset: Sized, trainer: Any, *, shuffle: bool, seed: in
     return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
 
 
+class LengthGroupedSampler(DistributedSampler):
+    """A training order whose batches hold examples of similar length: less padding to step through.
+
+    A model that steps through time (a sequence reader on bAbI) pays for every step
+    of a batch's longest example; in random batches of bAbI 1k joint, 44% of those
+    steps are real tokens. This sampler gives, for each epoch (seeded by ``seed``
+    and the epoch that Lightning sets with ``set_epoch``):
+
+    1. the indices shuffled;
+    2. cut into pools of ``pool_batches`` batches, each pool sorted by ``lengths``,
+       longest first, and cut into batches of ``batch_size``;
+    3. the batches shuffled, so the order of lengths, like the order of examples,
+       is random; batches are as random as the pools are large.
+
+    A ``DataLoader`` with the same ``batch_size`` (no ``shuffle``) then builds
+    exactly these batches. On one process every example comes once an epoch and
+    the one short batch, if any, comes last. On ``num_replicas`` processes (DDP) the
+    examples are first made a multiple of ``batch_size × num_replicas`` by repeating
+    the first shuffled ones (``DistributedSampler``'s rule), and process ``rank``
+    takes every ``num_replicas``-th batch, so each process has as many full batches.
+    It is a ``DistributedSampler`` so that Lightning keeps it under DDP instead of
+    putting its own in its place.
+
+    Args:
+        lengths: the length of each example (any sized sequence of numbers).
+        batch_size: examples per batch, the ``DataLoader``'s.
+        pool_batches: batches per pool (HF transformers' ``group_by_length`` uses 50).
+        num_replicas: processes sharing the data.
+        rank: this process.
+        seed: the shuffles' seed.
+    """
+
+    def __init__(self, lengths: Sized, batch_size: int, pool_batches: int = 50, *, num_replicas: int = 1,
+                 rank: int = 0, seed: int = 0) -> None:
+        check_positive(batch_size=batch_size, pool_batches=pool_batches, num_replicas=num_replicas)
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must lie in [0, {num_replicas}), got {rank!r}")
+        if len(lengths) == 0:
+            raise ValueError("LengthGroupedSampler needs at least one example, got an empty lengths")
+        super().__init__(lengths, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.lengths = torch.as_tensor(list(lengths) if not isinstance(lengths, torch.Tensor) else lengths)
+        self.batch_size = batch_size
+        self.pool_batches = pool_batches
+        if num_replicas == 1:
+            self.num_samples = self.total_size = len(self.lengths)
+        else:
+            per_round = batch_size * num_replicas
+            self.total_size = -(-len(self.lengths) // per_round) * per_round
+            self.num_samples = self.total_size // num_replicas
+
+    def batches(self) -> list[torch.Tensor]:
+        """This process's batches of this epoch, in order (index tensors)."""
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator)
+        if self.total_size > len(order):  # DDP: repeat the first shuffled examples up to a whole round
+            repeats = -(-self.total_size // len(order))
+            order = order.repeat(repeats)[: self.total_size]
+        pool = self.batch_size * self.pool_batches
+        batches: list[torch.Tensor] = []
+        for start in range(0, len(order), pool):
+            members = order[start:start + pool]
+            members = members[torch.argsort(-self.lengths[members], stable=True)]
+            batches.extend(members.split(self.batch_size))
+        short = [batches.pop()] if len(batches[-1]) < self.batch_size else []
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()] + short
+        return batches[self.rank::self.num_replicas]
+
+    def __iter__(self):
+        return iter(torch.cat(self.batches()).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
 def parameter_dtype(module: torch.nn.Module) -> torch.dtype:
     """The dtype of ``module``'s first floating-point parameter (the default dtype if it has none).
 

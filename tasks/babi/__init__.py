@@ -54,6 +54,7 @@ from tasks.babi.data import (
     collate_babi,
     encode_split,
     load_babi,
+    sequence_lengths,
 )
 from tasks.babi.parse import (
     ALL_TASKS,
@@ -117,6 +118,7 @@ __all__ = [
     "load_babi",
     "parse_babi",
     "safe_extract",
+    "sequence_lengths",
     "sha256_file",
     "task_file",
     "tokenize",

@@ -80,7 +80,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from memnet.utils import distributed_sampler
+from memnet.utils import LengthGroupedSampler, distributed_position, distributed_sampler
 from tasks.babi.archive import find_source, task_file
 from tasks.babi.parse import ALL_TASKS, LANGUAGES, SIZES, Language, Size, check_tasks, parse_babi
 
@@ -325,6 +325,14 @@ def encode_split(split, vocabulary: Vocabulary, memory_size: int) -> dict[str, n
     }
 
 
+def sequence_lengths(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """Each example's length as a sequence reader reads it: the kept sentences' words, an ``<eos>`` after
+    each, the question's words and ``<eoq>`` (``memnet.models.reader.story_to_sequence``)."""
+    story_words = np.diff(arrays["sentence_offsets"][arrays["story_offsets"]])
+    sentences = np.diff(arrays["story_offsets"])
+    return story_words + sentences + np.diff(arrays["query_offsets"]) + 1
+
+
 class EncodedSplit(Dataset):
     """One split as token ids (see :func:`encode_split`).
 
@@ -394,6 +402,12 @@ class BabiDataModule(pl.LightningDataModule):
         val_fraction: held-out share of each task's training questions.
         seed: draws the validation questions and shuffles training batches.
         num_workers: DataLoader workers.
+        group_by_length: None (default): training batches drawn at random. A number k:
+            training questions of similar length batched together, to cut the padding a
+            sequence reader steps through (:class:`memnet.utils.LengthGroupedSampler`:
+            shuffled, sorted within pools of k batches by the length of the reader's token
+            sequence, the batches shuffled); 50 is the usual pool. Validation and test keep
+            their order.
     """
 
     def __init__(
@@ -410,6 +424,7 @@ class BabiDataModule(pl.LightningDataModule):
         val_fraction: float = 0.1,
         seed: int = 0,
         num_workers: int = 0,
+        group_by_length: int | None = None,
     ) -> None:
         super().__init__()
         if tasks == "all":
@@ -430,6 +445,10 @@ class BabiDataModule(pl.LightningDataModule):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
+        if group_by_length is not None and (isinstance(group_by_length, bool) or not isinstance(group_by_length, int)
+                                            or group_by_length < 1):
+            raise ValueError(f"group_by_length must be None or a positive number of batches per pool, "
+                             f"got {group_by_length!r}")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction!r}")
         self.data_dir = data_dir
@@ -442,6 +461,7 @@ class BabiDataModule(pl.LightningDataModule):
         self.val_fraction = val_fraction
         self.seed = seed
         self.num_workers = num_workers
+        self.group_by_length = group_by_length
         self._dataset = None
         self._vocabulary: Vocabulary | None = None
         self._splits: dict[str, EncodedSplit] = {}
@@ -516,6 +536,12 @@ class BabiDataModule(pl.LightningDataModule):
         """One split's loader; under DDP each process reads its own share (a ``DistributedSampler``
         shuffled by ``seed`` and the epoch), on one process the whole split shuffled by ``seed``."""
         split = self.split(name)
+        if shuffle and self.group_by_length is not None:
+            rank, world_size = distributed_position(self.trainer)
+            grouped = LengthGroupedSampler(sequence_lengths(split.arrays), self.batch_size, self.group_by_length,
+                                           num_replicas=world_size, rank=rank, seed=self.seed)
+            return DataLoader(split, batch_size=self.batch_size, sampler=grouped, collate_fn=collate_babi,
+                              num_workers=self.num_workers)
         sampler = distributed_sampler(split, self.trainer, shuffle=shuffle, seed=self.seed)
         if sampler is not None:
             return DataLoader(split, batch_size=self.batch_size, sampler=sampler, collate_fn=collate_babi,
