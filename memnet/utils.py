@@ -84,7 +84,7 @@ class LengthGroupedSampler(DistributedSampler):
     putting its own in its place.
 
     Args:
-        lengths: the length of each example (any sized sequence of numbers).
+        lengths: (N,) the length of each example (a list, NumPy array or tensor of numbers).
         batch_size: examples per batch, the ``DataLoader``'s.
         pool_batches: batches per pool (HF transformers' ``group_by_length`` uses 50).
         num_replicas: processes sharing the data.
@@ -100,7 +100,7 @@ class LengthGroupedSampler(DistributedSampler):
         if len(lengths) == 0:
             raise ValueError("LengthGroupedSampler needs at least one example, got an empty lengths")
         super().__init__(lengths, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        self.lengths = torch.as_tensor(list(lengths) if not isinstance(lengths, torch.Tensor) else lengths)
+        self.lengths = torch.as_tensor(lengths)  # (N,)
         self.batch_size = batch_size
         self.pool_batches = pool_batches
         if num_replicas == 1:
@@ -111,7 +111,7 @@ class LengthGroupedSampler(DistributedSampler):
             self.num_samples = self.total_size // num_replicas
 
     def batches(self) -> list[torch.Tensor]:
-        """This process's batches of this epoch, in order (index tensors)."""
+        """This process's batches of this epoch, in order: index tensors of shape (batch_size,), the last maybe shorter."""
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.lengths), generator=generator)
         if self.total_size > len(order):  # DDP: repeat the first shuffled examples up to a whole round

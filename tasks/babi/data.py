@@ -326,8 +326,9 @@ def encode_split(split, vocabulary: Vocabulary, memory_size: int) -> dict[str, n
 
 
 def sequence_lengths(arrays: dict[str, np.ndarray]) -> np.ndarray:
-    """Each example's length as a sequence reader reads it: the kept sentences' words, an ``<eos>`` after
-    each, the question's words and ``<eoq>`` (``memnet.models.reader.story_to_sequence``)."""
+    """(N,) int64: each example's length as a sequence reader reads it, from the arrays of :func:`encode_split`:
+    the kept sentences' words, an ``<eos>`` after each, the question's words and ``<eoq>``
+    (``memnet.models.reader.story_to_sequence``)."""
     story_words = np.diff(arrays["sentence_offsets"][arrays["story_offsets"]])
     sentences = np.diff(arrays["story_offsets"])
     return story_words + sentences + np.diff(arrays["query_offsets"]) + 1
@@ -534,15 +535,16 @@ class BabiDataModule(pl.LightningDataModule):
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         """One split's loader; under DDP each process reads its own share (a ``DistributedSampler``
-        shuffled by ``seed`` and the epoch), on one process the whole split shuffled by ``seed``."""
+        shuffled by ``seed`` and the epoch), on one process the whole split shuffled by ``seed``.
+        With ``group_by_length`` the training split comes in batches of similar length
+        (a ``LengthGroupedSampler``, itself a ``DistributedSampler``, on one process or many)."""
         split = self.split(name)
         if shuffle and self.group_by_length is not None:
             rank, world_size = distributed_position(self.trainer)
-            grouped = LengthGroupedSampler(sequence_lengths(split.arrays), self.batch_size, self.group_by_length,
+            sampler = LengthGroupedSampler(sequence_lengths(split.arrays), self.batch_size, self.group_by_length,
                                            num_replicas=world_size, rank=rank, seed=self.seed)
-            return DataLoader(split, batch_size=self.batch_size, sampler=grouped, collate_fn=collate_babi,
-                              num_workers=self.num_workers)
-        sampler = distributed_sampler(split, self.trainer, shuffle=shuffle, seed=self.seed)
+        else:
+            sampler = distributed_sampler(split, self.trainer, shuffle=shuffle, seed=self.seed)
         if sampler is not None:
             return DataLoader(split, batch_size=self.batch_size, sampler=sampler, collate_fn=collate_babi,
                               num_workers=self.num_workers)
