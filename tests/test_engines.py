@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from functools import partial
 
@@ -121,6 +122,25 @@ def test_compiled_unroll_equals_eager(unroll, steps, graphs):
     net = _ntm(engine="compiled", compile_backend="eager", compile_unroll=unroll)
     _assert_engines_equal(net, ["compiled"], batch=3, steps=steps)
     assert net.compilations == graphs  # a K-step graph only where T − 1 ≥ K, a one-step one for the rest
+
+
+def test_the_compile_clock_times_the_tracing_and_the_backward_compiled_at_the_first_backward(caplog):
+    """A backend's own time misses dynamo's tracing and AOTAutograd's lazy backward; the clock has both."""
+    torch._dynamo.reset()
+    before, seconds = len(core.COMPILE_CLOCK.events), core.compile_seconds()
+    net = _ntm(engine="compiled", compile_backend="aot_eager", compile_unroll=1)  # one graph: the one-step one
+    with caplog.at_level(logging.INFO, logger="memnet.models.core"):
+        loss = net(torch.randn(2, 3, 9)).sum()
+        assert [kind for kind, _, _ in core.COMPILE_CLOCK.events[before:]] == ["trace and compile"]
+        loss.backward()
+    events = core.COMPILE_CLOCK.events[before:]
+    assert [kind for kind, _, _ in events] == ["trace and compile", "backward"]
+    assert events[0][1] == events[1][1]  # the same graph's compile id
+    assert all(took > 0 for _, _, took in events)
+    assert core.compile_seconds() == pytest.approx(seconds + sum(took for _, _, took in events))
+    assert f"torch.compile backward of graph {events[1][1]} took" in caplog.text
+    net(torch.randn(2, 5, 9)).sum().backward()  # compiled already: the clock stands still
+    assert len(core.COMPILE_CLOCK.events) == before + 2
 
 
 @pytest.mark.parametrize("unroll", [0, -2])
@@ -274,6 +294,8 @@ def test_a_compiled_config_trains_through_the_cli_and_resumes(tmp_path, monkeypa
     (tmp_path / "tiny.yaml").write_text(TINY_COMPILED_RUN)
     torch._dynamo.reset()
     memnet_main(["fit", "--config", "tiny.yaml"])
+    (summary,) = tmp_path.glob("**/summary.json")
+    assert json.loads(summary.read_text())["compile_seconds"] > 0  # the tracing, at least
     (checkpoint,) = tmp_path.glob("**/checkpoints/last.ckpt")
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
     assert saved["global_step"] == 2

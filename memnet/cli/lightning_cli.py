@@ -23,6 +23,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from memnet.callbacks import METRICS_KEY, LastAndBestCheckpoint
 from memnet.checkpoint import check_finite_state, unreadable_checkpoint
 from memnet.cli.configs import ConfigError, resolve_config_args
+from memnet.models.core import compile_seconds
 from memnet.utils import MemnetError, run_dir, wandb_offline
 
 RUNS_DIR = "runs"
@@ -195,6 +196,10 @@ class MemnetCLI(LightningCLI):
         parser.link_arguments("data.input_size", "model.init_args.net.init_args.input_size", apply_on="instantiate")
         parser.link_arguments("data.output_size", "model.init_args.net.init_args.output_size", apply_on="instantiate")
 
+    def before_fit(self) -> None:
+        # torch.compile's clock is the process's (memnet.models.core.CompileClock); a run reports its own share
+        self._compile_seconds_at_start = compile_seconds()
+
     def after_fit(self) -> None:
         trainer = self.trainer
         if trainer.fast_dev_run or not trainer.is_global_zero:
@@ -223,12 +228,18 @@ class MemnetCLI(LightningCLI):
             "wandb_dir": _wandb_dir(trainer),
             "metrics": metrics,
         }
+        compiling = compile_seconds() - getattr(self, "_compile_seconds_at_start", 0.0)
+        if compiling > 0:  # this run's torch.compile: tracing, forward and backward graphs
+            summary["compile_seconds"] = round(compiling, 2)
         LATEST_RUN_FILE.parent.mkdir(parents=True, exist_ok=True)
         (run_dir(trainer) / "summary.json").write_text(json.dumps(summary, indent=2))
         LATEST_RUN_FILE.write_text(json.dumps(summary, indent=2))
         print("\nrun folder:       ", summary["run_dir"])
         print("best checkpoint:  ", summary["best_checkpoint"])
         print("last checkpoint:  ", summary["last_checkpoint"])
+        if "compile_seconds" in summary:
+            print(f"torch.compile:     {summary['compile_seconds']:.1f} s of this run's time (tracing, forward and "
+                  "backward graphs)")
         if summary["wandb_dir"]:
             print("W&B run:          ", summary["wandb_dir"], "(offline)" if wandb_offline() else "")
 

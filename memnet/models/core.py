@@ -47,6 +47,7 @@ Axes:  b - batch, t - time, r - read heads, w - slot width
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import weakref
@@ -351,15 +352,91 @@ def check_compile_mode(mode: str | None, backend: str | Callable = "inductor") -
     return mode
 
 
+# dynamo's compile triggers that the CompileClock times, and what it calls them
+_COMPILE_KINDS = {"DYNAMO": "trace and compile", "LAZY_BACKWARD": "backward"}
+
+
+class CompileClock:
+    """The wall time ``torch.compile`` spends in this process, complete.
+
+    A graph's first call traces it (dynamo) and compiles its forward; AOTAutograd compiles
+    its backward later, lazily, at the first backward through it. A backend's own time
+    (what ``compiled`` logs per graph) misses the tracing and the backward. The clock
+    listens to dynamo's compile callbacks for both (``torch._dynamo.callback``), logs each
+    with its time and keeps the sum. The callbacks are the process's: every
+    ``torch.compile`` counts, memnet's or not.
+
+    Attributes:
+        seconds: the total so far.
+        events: (what, compile id, seconds) of each compilation, in order; ``what`` is
+            ``trace and compile`` (dynamo) or ``backward`` (AOTAutograd's lazy backward).
+    """
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.events: list[tuple[str, str, float]] = []
+        self._started: dict[tuple[str, str], float] = {}
+
+    def install(self) -> None:
+        """Listen to dynamo's compile callbacks, unless it does already.
+
+        Called before every compiled call: ``torch._dynamo.reset()`` clears the callbacks.
+        """
+        handler = _callback_handler()
+        if handler is None or self._start in handler.start_callbacks:
+            return
+        handler.register_start_callback(self._start)
+        handler.register_end_callback(self._end)
+
+    def _what(self, args: Any) -> str | None:
+        return _COMPILE_KINDS.get(getattr(args.callback_trigger, "name", ""))
+
+    def _start(self, args: Any) -> None:
+        what = self._what(args)
+        if what is not None:
+            self._started[(what, str(args.compile_id))] = time.perf_counter()
+
+    def _end(self, args: Any) -> None:
+        what = self._what(args)
+        started = self._started.pop((what, str(args.compile_id)), None) if what is not None else None
+        if started is None:
+            return
+        seconds = time.perf_counter() - started
+        self.seconds += seconds
+        self.events.append((what, str(args.compile_id), seconds))
+        log.info("memnet: torch.compile %s of graph %s took %.1f s (%.1f s compiling in this process so far)",
+                 what, args.compile_id, seconds, self.seconds)
+
+
+COMPILE_CLOCK = CompileClock()
+
+
+@functools.cache
+def _callback_handler() -> Any:
+    """dynamo's compile-callback handler, or None in a torch without one."""
+    try:
+        from torch._dynamo.callback import callback_handler
+    except ImportError:  # the backends' own times stay the only log
+        return None
+    return callback_handler
+
+
+def compile_seconds() -> float:
+    """Seconds this process has spent in ``torch.compile`` (``CompileClock``) since memnet first compiled."""
+    return COMPILE_CLOCK.seconds
+
+
 def compiled(owner: nn.Module, key: str, function: Callable, backend: str | Callable,
              *, fallback: str = "eager", mode: str | None = None) -> Callable:
     """``torch.compile`` of one of ``owner``'s step functions, made once and kept.
 
     The compiled function is cached per module and ``key`` (off the module, in
     ``_COMPILED``). Each graph it compiles adds one to ``owner.compilations`` and
-    is logged with its time. Where torch cannot compile (``compile_unavailable``),
-    or the compiler fails during a call, the model logs why and runs ``function``
-    itself from then on (``fallback`` names it in the log). ``mode`` is
+    is logged with its backend's time; ``COMPILE_CLOCK`` logs and sums the whole of
+    each compilation (tracing, forward, and the backward compiled at the first
+    backward). Where torch cannot compile (``compile_unavailable``), or the compiler
+    fails during a call, the model logs why and runs ``function`` itself from then
+    on (``fallback`` names it in the log). ``mode`` is
     inductor's (``COMPILE_MODES``): ``reduce-overhead`` adds CUDA graphs.
     """
     functions = _COMPILED.setdefault(owner, {})
@@ -391,8 +468,8 @@ def _compile(owner: nn.Module, key: str, function: Callable, backend: str | Call
         shapes = [tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor)][:3]
         start = time.perf_counter()
         result = backend(graph_module, example_inputs)
-        log.info(
-            "memnet: compiled %s %s, graph %d (inputs %s...) in %.1f s",
+        log.info(  # the backend's part; the tracing and the backward are in the CompileClock's lines
+            "memnet: compiled %s %s, graph %d (inputs %s...): the backend took %.1f s",
             name, key, owner.compilations, shapes, time.perf_counter() - start,
         )
         return result
@@ -412,6 +489,7 @@ def _compile(owner: nn.Module, key: str, function: Callable, backend: str | Call
         # by hand: ``config.patch`` costs ~100 us a call, more than a small step.
         allow_rnn = dynamo_config.allow_rnn
         dynamo_config.allow_rnn = True
+        COMPILE_CLOCK.install()
         try:
             return compiled_function(*args)
         except (torch._dynamo.exc.TorchDynamoException, RuntimeError, OSError) as error:
