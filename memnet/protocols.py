@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Protocol, TypedDict, runtime_checkable
+from typing import Any, NotRequired, Protocol, TypedDict, runtime_checkable
 
 import torch
 
@@ -95,6 +95,7 @@ class EvaluationResult(TypedDict):
     config: list[str]
     task: str  # the task's class name
     model: str  # the network's class name
+    engine: NotRequired[str | None]  # the network's execution path in the evaluation (None: it has none)
     train_range: list[int | None]  # [min_length, max_length] of training
     trained_memory_size: int | None
     seed: int

@@ -95,6 +95,20 @@ def test_lengths_the_task_cannot_encode_are_refused(trained, capsys):
     assert "--lengths" in capsys.readouterr().err
 
 
+def test_the_engine_of_the_evaluation_can_be_chosen(trained, capsys):
+    evaluate(trained, "--ckpt_path", "latest", "--lengths", "4", "--num_sequences", "3", "--out", "eager")
+    evaluate(trained, "--ckpt_path", "latest", "--lengths", "4", "--num_sequences", "3", "--out", "fused",
+             "--engine", "fused")
+    eager, fused = (json.loads((trained / name / "results.json").read_text()) for name in ("eager", "fused"))
+    assert eager["engine"] == "eager" and fused["engine"] == "fused"  # the checkpoint's, and the chosen one
+    assert fused["lengths"][0]["bits_per_seq"] == pytest.approx(eager["lengths"][0]["bits_per_seq"], rel=1e-5)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        evaluate(trained, "--ckpt_path", "latest", "--lengths", "4", "--engine", "turbo")
+    assert stopped.value.code == 2
+    assert "--engine: NTM runs on eager, fused, compiled; got 'turbo'" in capsys.readouterr().err
+
+
 def test_missing_checkpoint_and_latest(tmp_path):
     with pytest.raises(EvaluationError, match="--ckpt_path: no checkpoint file"):
         resolve_checkpoint(str(tmp_path / "nope.ckpt"))

@@ -506,6 +506,20 @@ def test_algorithmic_results_must_follow_the_evaluate_schema(tmp_path):
     assert S.EVALUATORS["algorithmic"].collect(run, spec) == {"bits_per_seq": {"20": 1.5}, "train_range": [1, 10]}
 
 
+def test_an_algorithmic_evaluation_runs_on_the_engine_the_suite_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    spec = S.EVALUATORS["algorithmic"].check({"kind": "algorithmic", "lengths": [20], "engine": "fused"}, "here")
+    experiment = S.Experiment(name="dnc", configs=("c.yaml",), overrides={}, seeds=(0,),
+                              budget={"max_steps": 1}, evaluate=spec, model="DNC", task="priority_sort")  # fmt: skip
+    argv = S.EVALUATORS["algorithmic"].command(S.Run("s", experiment, 0, tmp_path), "best.ckpt", spec)
+    assert argv[argv.index("--engine") + 1] == "fused"
+    without = S.EVALUATORS["algorithmic"].command(S.Run("s", experiment, 0, tmp_path), "best.ckpt",
+                                                  {"kind": "algorithmic", "lengths": [20]})
+    assert "--engine" not in without  # the checkpoint's own
+    with pytest.raises(S.SuiteError, match=r"here: evaluate.engine must be one of eager, fused, compiled, got 'fast'"):
+        S.EVALUATORS["algorithmic"].check({"kind": "algorithmic", "lengths": [20], "engine": "fast"}, "here")
+
+
 def test_babi_errors_from_logged_metrics():
     metrics = {
         "test/task_1/error": 2.0,

@@ -57,6 +57,8 @@ from memnet.cli.rebuild import (  # noqa: F401  (re-exported for callers of memn
     load_checkpoint,
     resolve_checkpoint,
 )
+from memnet.models.core import ENGINES, MemoryModel
+from memnet.models.recurrent import LOOP_ENGINES
 from memnet.plots import plot_error_vs_length
 from memnet.protocols import EVALUATION_FILE, EvaluationResult, LengthRow, SequenceTask
 from memnet.utils import parameter_dtype, wandb_mode
@@ -91,6 +93,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the evaluation sequences")
     parser.add_argument("--out", default=None, help="output folder (default: <run>/evaluation)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--engine", default=None,
+                        help="the network's execution path here: eager, fused (NTM, DNC) or compiled (default: the "
+                             "checkpoint's). A compiled checkpoint compiles graphs of its own for the evaluation's "
+                             "batches and memory, which can take longer than a short evaluation itself")
     parser.add_argument("--wandb", action="store_true", help="also log the table and figures to W&B")
     args = parser.parse_args(argv)
     for name in ("num_sequences", "batch_size"):
@@ -102,6 +108,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if bad:
         parser.error(f"--lengths must be positive integers, got {bad}")
     return args
+
+
+def set_engine(net: torch.nn.Module, engine: str) -> None:
+    """Run ``net`` on ``engine`` (``--engine``), or raise ``EvaluationError`` naming what it accepts."""
+    if not hasattr(net, "engine"):
+        raise EvaluationError(f"--engine: {type(net).__name__} has no execution engine to choose")
+    engines = ENGINES if isinstance(net, MemoryModel) else LOOP_ENGINES
+    if engine not in engines:
+        raise EvaluationError(f"--engine: {type(net).__name__} runs on {', '.join(engines)}; got {engine!r}")
+    net.engine = engine
 
 
 def takes_memory_size(net: torch.nn.Module) -> bool:
@@ -262,6 +278,8 @@ def run(args: argparse.Namespace) -> dict:
         except ValueError as error:
             raise EvaluationError(str(error)) from None
     net = model.net
+    if args.engine is not None:
+        set_engine(net, args.engine)
     trained = int(net.memory_size) if takes_memory_size(net) and hasattr(net, "memory_size") else None
     if trained is None and args.memory_size is not None:
         raise EvaluationError(f"--memory_size: {type(net).__name__} has no external memory to size")
@@ -305,6 +323,7 @@ def run(args: argparse.Namespace) -> dict:
         "config": [str(c) for c in configs],
         "task": type(task).__name__,
         "model": type(net).__name__,
+        "engine": getattr(net, "engine", None),
         "train_range": list(train_range),
         "trained_memory_size": trained,
         "seed": args.seed,
