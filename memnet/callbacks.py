@@ -409,7 +409,9 @@ class ConvergenceDecay(pl.Callback):
       step) from the start, so the normaliser keeps the scale of the gradients
       of learning and does not follow them down.
 
-    Both happen once per run. A run that stops early (an ``EarlyStopping`` on the
+    Both happen once per run, per callback: several ``ConvergenceDecay`` callbacks
+    at different levels make a staircase (each keeps its own state in
+    checkpoints, keyed by its monitor and threshold). A run that stops early (an ``EarlyStopping`` on the
     same metric with a ``stopping_threshold`` below ``threshold``) uses that
     level instead: a decay before the stop would only slow its last stretch, and
     such a run is unchanged, step for step. The step is logged as ``converged/step`` to every
@@ -435,6 +437,24 @@ class ConvergenceDecay(pl.Callback):
         self.amsgrad = bool(amsgrad)
         self.level = self.threshold  # the level in use: ``threshold``, or a lower early stop's
         self.converged_step: int | None = None
+
+    @property
+    def state_key(self) -> str:
+        # one entry per (monitor, threshold) in a checkpoint, so several decays at different levels can stack
+        return self._generate_state_key(monitor=self.monitor, threshold=self.threshold)
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        # a checkpoint written before the state was keyed by level holds it under the class name; it belongs to
+        # this callback when it is the run's only ConvergenceDecay (Lightning loads keyed states after this hook)
+        states = checkpoint.get("callbacks") or {}
+        legacy = type(self).__qualname__
+        if self.state_key in states or legacy not in states:
+            return
+        if sum(isinstance(c, ConvergenceDecay) for c in trainer.callbacks) == 1:
+            self.load_state_dict(states[legacy])
+        else:
+            log.warning("ConvergenceDecay: the checkpoint holds one unkeyed %s state and this run has several "
+                        "ConvergenceDecay callbacks; %s starts unconverged", legacy, self.state_key)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         stops = [c.stopping_threshold for c in trainer.callbacks

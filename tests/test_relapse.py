@@ -221,6 +221,56 @@ def test_convergence_decay_resumes_exactly(tmp_path):
     assert torch.equal(whole.layer.weight, resumed.layer.weight)
 
 
+def test_two_convergence_decays_make_a_staircase_and_each_resumes_its_own_state(tmp_path):
+    data = torch.utils.data.TensorDataset(torch.randn(8, 3, generator=torch.Generator().manual_seed(1)))
+
+    def fit(epochs, ckpt=None):
+        pl.seed_everything(0)
+        first = ConvergenceDecay(threshold=1.0, factor=0.5, amsgrad=False)
+        second = ConvergenceDecay(threshold=0.1, factor=0.1)
+        module = ScriptedValidation([5.0, 0.5, 0.3, 0.05, 0.3])
+        trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                             default_root_dir=tmp_path, num_sanity_val_steps=0, callbacks=[first, second],
+                             enable_checkpointing=False)
+        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=2),
+                    val_dataloaders=torch.utils.data.DataLoader(data, batch_size=8), ckpt_path=ckpt)
+        return module, trainer, first, second
+
+    whole, trainer, first, second = fit(5)
+    assert (first.converged_step, second.converged_step) == (8, 16)  # four steps an epoch
+    group = trainer.optimizers[0].param_groups[0]
+    assert group["max_lr"] == pytest.approx(0.1 * 0.5 * 0.1) and group["amsgrad"]
+    _, half, first, second = fit(3)
+    assert (first.converged_step, second.converged_step) == (8, None)
+    half.save_checkpoint(tmp_path / "half.ckpt")
+    states = torch.load(tmp_path / "half.ckpt", weights_only=False)["callbacks"]
+    assert [states[c.state_key]["converged_step"] for c in (first, second)] == [8, None]
+    resumed, trainer, first, second = fit(5, ckpt=str(tmp_path / "half.ckpt"))
+    assert (first.converged_step, second.converged_step) == (8, 16)
+    assert torch.equal(whole.layer.weight, resumed.layer.weight)
+
+
+def test_a_checkpoint_from_before_the_keyed_state_still_resumes(tmp_path):
+    data = torch.utils.data.TensorDataset(torch.randn(8, 3, generator=torch.Generator().manual_seed(1)))
+    decay = ConvergenceDecay(threshold=0.1)
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path, num_sanity_val_steps=0, callbacks=[decay],
+                         enable_checkpointing=False)
+    trainer.fit(ScriptedValidation([5.0, 0.05, 0.05]), train_dataloaders=torch.utils.data.DataLoader(data, batch_size=2),
+                val_dataloaders=torch.utils.data.DataLoader(data, batch_size=8))
+    trainer.save_checkpoint(tmp_path / "new.ckpt")
+    checkpoint = torch.load(tmp_path / "new.ckpt", weights_only=False)
+    checkpoint["callbacks"] = {"ConvergenceDecay": checkpoint["callbacks"].pop(decay.state_key)}  # the old key
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    resumed = ConvergenceDecay(threshold=0.1)
+    trainer = pl.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path, num_sanity_val_steps=0, callbacks=[resumed],
+                         enable_checkpointing=False)
+    trainer.fit(ScriptedValidation([5.0, 0.05, 0.05]), train_dataloaders=torch.utils.data.DataLoader(data, batch_size=2),
+                val_dataloaders=torch.utils.data.DataLoader(data, batch_size=8), ckpt_path=str(tmp_path / "old.ckpt"))
+    assert resumed.converged_step == 8  # restored, not triggered again at the third validation (step 12)
+
+
 def test_convergence_decay_needs_adam_for_amsgrad(tmp_path):
     class WithSGD(ScriptedValidation):
         def configure_optimizers(self):
