@@ -80,11 +80,16 @@ def test_a_callback_added_to_the_memory_fragment_reaches_every_ntm_and_dnc_confi
     fragment.write_text(yaml.safe_dump({"trainer": {"callbacks": [*shared, CALLBACK]}}))
     algorithmic = [n for n in C.config_names(root) if n.split("/")[0] in ("ntm", "dnc") and "babi" not in n]
     assert len(algorithmic) == 20
+    replacing = []
     for name in algorithmic:
         before = SNAPSHOT[f"{name}.yaml"]["trainer"].get("callbacks", [])
-        assert before[: len(shared)] == shared, name  # the fragment's callbacks come first
-        expected = [*shared, CALLBACK, *before[len(shared):]]
+        # the fragment's callbacks come first, in its order (a config may replace one's settings: replace: true)
+        assert [c["class_path"] for c in before[: len(shared)]] == [c["class_path"] for c in shared], name
+        if before[: len(shared)] != shared:
+            replacing.append(name)
+        expected = [*before[: len(shared)], CALLBACK, *before[len(shared):]]
         assert C.load_config(root / f"{name}.yaml")["trainer"]["callbacks"] == expected, name
+    assert replacing == ["ntm/repeat_copy"]  # its own, earlier ConvergenceDecay
     assert "callbacks" not in C.load_config(root / "lstm" / "copy.yaml")["trainer"]
 
 
@@ -123,6 +128,30 @@ def test_merge_rules_mappings_merge_callbacks_append_other_lists_and_scalars_rep
                     "callbacks": [{"class_path": "A"}, {"class_path": "B"}, {"class_path": "C"}]},
         "data": {"init_args": {"val_lengths": [5], "seed": 0}},
     }
+
+
+def test_a_callback_with_replace_takes_the_place_of_the_stacked_one_of_its_class(tmp_path):
+    _write(tmp_path / "a.yaml", {"trainer": {"callbacks": [
+        {"class_path": "A", "init_args": {"x": 1, "y": 2}}, {"class_path": "B"}]}})
+    top = _write(tmp_path / "top.yaml", {"extends": "a.yaml", "trainer": {"callbacks": [
+        {"class_path": "C"}, {"class_path": "A", "replace": True, "init_args": {"x": 3}}]}})
+    assert C.load_config(top)["trainer"]["callbacks"] == [  # in A's place, with only its own init_args
+        {"class_path": "A", "init_args": {"x": 3}}, {"class_path": "B"}, {"class_path": "C"}]
+
+
+@pytest.mark.parametrize(("before", "entry", "message"), [
+    ([{"class_path": "B"}], {"class_path": "A", "replace": True}, r"replace: true needs exactly one A .* found none"),
+    ([{"class_path": "A"}, {"class_path": "A"}], {"class_path": "A", "replace": True}, r"replace: true needs exactly one A .* found 2"),
+    ([{"class_path": "A"}], {"class_path": "A", "replace": "yes"}, r"replace must be true \(or left out\), got 'yes'"),
+])
+def test_a_replace_that_cannot_be_done_names_the_file_and_entry(tmp_path, before, entry, message):
+    _write(tmp_path / "a.yaml", {"trainer": {"callbacks": before}})
+    top = _write(tmp_path / "top.yaml", {"extends": "a.yaml", "trainer": {"callbacks": [{"class_path": "C"}, entry]}})
+    with pytest.raises(C.ConfigError, match=r"top\.yaml: trainer\.callbacks\[1\]: " + message):
+        C.load_config(top)
+    alone = _write(tmp_path / "alone.yaml", {"trainer": {"callbacks": [{"class_path": "A", "replace": True}]}})
+    with pytest.raises(C.ConfigError, match=r"alone\.yaml: trainer\.callbacks\[0\]: replace: true needs exactly one A"):
+        C.load_config(alone)  # nothing stacked before it
 
 
 def test_later_fragment_wins_over_earlier(tmp_path):

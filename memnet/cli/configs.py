@@ -13,7 +13,10 @@ The fragments are merged in order, then the file itself, **later wins**:
 
 - mappings merge key by key, recursively;
 - ``trainer.callbacks`` lists are **appended** in the same order (fragments' callbacks
-  first), so a callback fragment adds its callbacks to every config that extends it;
+  first), so a callback fragment adds its callbacks to every config that extends it; an
+  entry with ``replace: true`` instead takes the place of the one callback of its
+  ``class_path`` stacked before it (its own ``init_args``, the position kept): how one
+  config changes a shared callback's settings (``configs/ntm/repeat_copy.yaml``);
 - every other list, and every scalar, is **replaced** by the later value
   (``val_lengths: [20]`` in a file overrides a fragment's);
 - a fragment reached twice in one stack (``ntm/copy_small`` and ``recipes/memory_access``
@@ -114,18 +117,44 @@ def merge(base: dict[str, Any], override: dict[str, Any], where: tuple[str, ...]
     merged = dict(base)
     for key, value in override.items():
         field = (*where, key)
-        if key in merged and isinstance(merged[key], dict) and isinstance(value, dict):
-            merged[key] = merge(merged[key], value, field)
-        elif field in APPENDED_LISTS and key in merged:
-            if not isinstance(merged[key], list) or not isinstance(value, list):
+        if isinstance(value, dict) and isinstance(merged.get(key, {}), dict):
+            merged[key] = merge(merged.get(key, {}), value, field)
+        elif field in APPENDED_LISTS and (key in merged or isinstance(value, list)):
+            base_list = merged.get(key, [])
+            if not isinstance(base_list, list) or not isinstance(value, list):
                 raise ConfigError(
                     f"{'.'.join(field)}: both sides must be lists to stack, got "
-                    f"{type(merged[key]).__name__} and {type(value).__name__}"
+                    f"{type(base_list).__name__} and {type(value).__name__}"
                 )
-            merged[key] = [*merged[key], *value]
+            merged[key] = _append(base_list, value, field)
         else:
             merged[key] = value
     return merged
+
+
+REPLACE_KEY = "replace"
+
+
+def _append(base: list[Any], entries: list[Any], field: tuple[str, ...]) -> list[Any]:
+    """``entries`` after ``base``; an entry with ``replace: true`` takes the place of its class's one entry in ``base``."""
+    stacked = list(base)
+    for number, entry in enumerate(entries):
+        if not (isinstance(entry, dict) and REPLACE_KEY in entry):
+            stacked.append(entry)
+            continue
+        where = f"{'.'.join(field)}[{number}]"
+        flag, class_path = entry[REPLACE_KEY], entry.get("class_path")
+        if flag is not True:
+            raise ConfigError(f"{where}: {REPLACE_KEY} must be true (or left out), got {flag!r}")
+        matches = [i for i, old in enumerate(base) if isinstance(old, dict) and old.get("class_path") == class_path]
+        if len(matches) != 1:
+            found = "none" if not matches else f"{len(matches)}"
+            raise ConfigError(
+                f"{where}: {REPLACE_KEY}: true needs exactly one {class_path} in the callbacks stacked before "
+                f"this file, found {found}"
+            )
+        stacked[matches[0]] = {k: v for k, v in entry.items() if k != REPLACE_KEY}
+    return stacked
 
 
 def _read(path: Path) -> dict[str, Any]:
