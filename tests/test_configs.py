@@ -89,7 +89,7 @@ def test_a_callback_added_to_the_memory_fragment_reaches_every_ntm_and_dnc_confi
             replacing.append(name)
         expected = [*before[: len(shared)], CALLBACK, *before[len(shared):]]
         assert C.load_config(root / f"{name}.yaml")["trainer"]["callbacks"] == expected, name
-    assert replacing == ["ntm/repeat_copy"]  # its own, earlier ConvergenceDecay
+    assert replacing == ["ntm/repeat_copy", "ntm/repeat_copy_ffn"]  # recipes/repeat_copy_ntm.yaml: an earlier decay
     assert "callbacks" not in C.load_config(root / "lstm" / "copy.yaml")["trainer"]
 
 
