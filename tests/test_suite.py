@@ -740,6 +740,24 @@ def test_set_adds_an_override_to_every_experiment(tmp_path, monkeypatch, capsys)
             S.with_overrides(suite, [bad])
 
 
+def test_seeds_runs_only_the_named_seeds_and_refuses_an_unknown_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    path = write_suite(tmp_path / "seeds.yaml", [NTM, {**LSTM, "seeds": [0, 1, 2]}])
+    argv = ["run", str(path), "--results", str(tmp_path / "r"), "--dry-run"]
+    assert S.main([*argv, "--seeds", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["[train] ntm-copy/seed_1", "[train] lstm-copy/seed_1"]
+    assert all("--seed_everything=1 " in line for line in lines)
+    assert S.main([*argv, "--seeds", "2", "0"]) == 0
+    assert [line.split(":")[0] for line in capsys.readouterr().out.splitlines()] == [
+        "[train] ntm-copy/seed_0", "[train] lstm-copy/seed_0", "[train] lstm-copy/seed_2"]
+    # seed 2 is the LSTM's only: with --only ntm-copy it names no run, and that is an error, not an empty suite
+    assert S.main([*argv, "--only", "ntm-copy", "--seeds", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--seeds 2: no experiment of --only in suite 'tiny' has that seed; its seeds: 0, 1" in err
+    assert not (tmp_path / "r").exists()
+
+
 def test_report_of_a_folder_without_a_suite_is_an_error(tmp_path, capsys):
     assert S.main(["report", str(tmp_path)]) == 2
     assert "is not a suite results folder" in capsys.readouterr().err

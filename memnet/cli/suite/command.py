@@ -43,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--only", nargs="+", metavar="EXPERIMENT", help="run only these experiments")
     run.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        metavar="SEED",
+        help="run only these of the suite's seeds (e.g. one seed still missing); the report still covers every seed done",
+    )
+    run.add_argument(
         "--set",
         action="append",
         default=[],
@@ -115,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         suite = with_overrides(load_suite(args.suite), args.overrides)
         results = Path(args.results) if args.results else suite.default_results()
-        runs = expand_runs(suite, results, args.only)
+        runs = expand_runs(suite, results, args.only, args.seeds)
         settings = {key: getattr(args, key) for key in launcher.SETTINGS if key != "gpus_per_job"}
         settings["gpus_per_job"] = args.gpus_per_job
         chosen = launcher.merge(suite.launcher or launcher.LauncherConfig(), name=args.launcher,

@@ -166,8 +166,12 @@ def with_overrides(suite: Suite, assignments: list[str]) -> Suite:
     return replace(suite, experiments=experiments)
 
 
-def expand_runs(suite: Suite, results: Path, only: list[str] | None = None) -> list[Run]:
-    """Every experiment × seed, in suite order; ``only`` keeps the named experiments."""
+def expand_runs(suite: Suite, results: Path, only: list[str] | None = None,
+                seeds: list[int] | None = None) -> list[Run]:
+    """Every experiment × seed, in suite order; ``only`` keeps the named experiments, ``seeds`` those seeds.
+
+    A seed that none of the kept experiments lists is refused (a typo would otherwise run nothing).
+    """
     names = {e.name for e in suite.experiments}
     for name in only or []:
         if name not in names:
@@ -175,11 +179,19 @@ def expand_runs(suite: Suite, results: Path, only: list[str] | None = None) -> l
                 f"--only {name!r}: no such experiment in suite {suite.name!r}; "
                 f"experiments: {', '.join(sorted(names))}"
             )
+    kept = [e for e in suite.experiments if not only or e.name in only]
+    listed = sorted({seed for e in kept for seed in e.seeds})
+    for seed in seeds or []:
+        if seed not in listed:
+            raise SuiteError(
+                f"--seeds {seed}: no experiment {'of --only ' if only else ''}in suite {suite.name!r} has that seed; "
+                f"its seeds: {', '.join(map(str, listed))}"
+            )
     return [
         Run(suite.name, experiment, seed, results)
-        for experiment in suite.experiments
-        if not only or experiment.name in only
+        for experiment in kept
         for seed in experiment.seeds
+        if not seeds or seed in seeds
     ]
 
 
