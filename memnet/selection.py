@@ -89,8 +89,14 @@ def select_run(records: Sequence[dict[str, Any]], spec: dict[str, str]) -> dict[
     return {"seed": record.get("seed"), "value": value, "record": record, "candidates": len(candidates)}
 
 
-def mean_std(values: Sequence[float]) -> dict[str, float] | None:
-    """Mean and sample standard deviation (0 for one value), with n; None for no values."""
+def mean_std(values: Sequence[float | None]) -> dict[str, float] | None:
+    """Mean and sample standard deviation (0 for one value) of the finite values, with their number n.
+
+    A NaN, infinite or missing value is left out and not counted in n (a diverged seed would
+    otherwise make the mean NaN, or, dropped but counted, look like agreement); None when no
+    value is finite.
+    """
+    values = [float(v) for v in values if v is not None and math.isfinite(v)]
     if not values:
         return None
     mean = sum(values) / len(values)

@@ -532,6 +532,105 @@ def test_babi_errors_from_logged_metrics():
     assert S.babi_errors_from_metrics(metrics) == pytest.approx(
         {"1": 2.0, "2": 0.5, "3": 3.0, "12": 10.0}
     )
+    # another split is never read as the test error, and 95% accuracy is 5% exactly (a pass)
+    assert S.babi_errors_from_metrics({"test/task_3/error": 12.0, "val/task_3/error": 2.0, "train/task_3/error": 0.0,
+                                       "task_4/error": 1.0, "test/task_1/accuracy": 0.95}) == {"1": 5.0, "3": 12.0,
+                                                                                               "4": 1.0}
+
+
+def results_folder(root: Path, experiment: dict, records: dict[int, dict]) -> Path:
+    """A suite results folder written by hand: suite.json and each seed's metrics.json."""
+    spec = S.Experiment(name=experiment["name"], configs=("c.yaml",), overrides={}, seeds=tuple(records),
+                        budget={"max_steps": 1}, evaluate=experiment.get("evaluate"), model="M", task="T",
+                        select=experiment.get("select"))
+    root.mkdir(parents=True)
+    (root / "suite.json").write_text(json.dumps(S.Suite(name="s", description="", experiments=(spec,)).to_dict()))
+    for seed, record in records.items():
+        folder = root / spec.name / f"seed_{seed}"
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({"seed": seed, "status": "done", **record}))
+    return root
+
+
+def test_a_nan_seed_is_left_out_of_the_mean_counted_out_of_n_and_named(tmp_path):
+    root = results_folder(tmp_path / "r", {"name": "e", "select": {"metric": "loss", "split": "train", "mode": "min"}},
+                          {0: {"metrics": {"train/loss": 0.1, "val/loss": 0.2}},
+                           1: {"metrics": {"train/loss": 0.3, "val/loss": float("nan")}},
+                           2: {"metrics": {"train/loss": 0.4, "val/loss": 0.4}}})
+    report = S.build_report(root)
+    row = report["leaderboard"][0]
+    assert row["val/loss"] == pytest.approx({"mean": 0.3, "std": 0.1414213562, "n": 2})
+    assert row["selected"]["over_seeds"]["val/loss"] == pytest.approx({"mean": 0.3, "std": 0.1414213562, "n": 2})
+    header, rows = S.leaderboard_rows(report)
+    assert dict(zip(header, rows[0]))["status"] == "val/loss of seed 1 is nan, left out of its mean"
+
+
+def test_a_lengths_cell_never_mixes_evaluated_and_validation_numbers(tmp_path):
+    evaluated = {"status": "done", "bits_per_seq": {"20": 1.0, "40": 5.0}, "train_range": [1, 20]}
+    root = results_folder(tmp_path / "r", {"name": "ntm", "evaluate": {"kind": "algorithmic", "lengths": [20, 40]}},
+                          {0: {"metrics": {"val/len_20/bits_per_seq": 0.5}, "evaluation": evaluated},
+                           1: {"metrics": {"val/len_20/bits_per_seq": 51.0},
+                               "evaluation": {"status": "failed", "error": "boom"}},
+                           2: {"metrics": {"val/len_20/bits_per_seq": 0.7},
+                               "evaluation": {**evaluated, "bits_per_seq": {"20": 3.0, "40": 7.0}}}})
+    row = S.build_report(root)["lengths"][0]
+    assert row["bits_per_seq"]["20"] == pytest.approx({"mean": 2.0, "std": 1.4142135623, "n": 2})
+    assert row["validation_only"] == []
+    assert "L=20: seed 1 not evaluated, left out (its validation value is another protocol)" in row["notes"]
+    # no seed evaluated: the validation numbers, marked as such
+    root = results_folder(tmp_path / "v", {"name": "ntm"}, {0: {"metrics": {"val/len_20/bits_per_seq": 0.5}},
+                                                             1: {"metrics": {"val/len_20/bits_per_seq": 1.5}}})
+    row = S.build_report(root)["lengths"][0]
+    assert row["bits_per_seq"]["20"]["mean"] == 1.0 and row["validation_only"] == ["20"]
+
+
+def test_babi_cells_count_their_own_seeds_and_a_short_run_is_named(tmp_path):
+    full = {str(t): 0.0 for t in range(1, 21)}
+    full["3"] = 40.0
+    part = {k: v for k, v in full.items() if k != "3"}
+    root = results_folder(tmp_path / "r", {"name": "memn2n", "evaluate": {"kind": "babi", "split": "test"}},
+                          {0: {"metrics": {}, "evaluation": {"status": "done", "babi_error": full, "split": "test"}},
+                           1: {"metrics": {}, "evaluation": {"status": "done", "babi_error": part, "split": "test"}}})
+    report = S.build_report(root)
+    model = report["babi"]["models"][0]
+    assert model["per_task"]["3"] == {"mean": 40.0, "std": 0.0, "n": 1} and model["per_task"]["1"]["n"] == 2
+    assert model["notes"] == ["memn2n: seed 1 measured 19 of 20 tasks; a run's mean error and failed count "
+                              "cover its measured tasks only"]
+    _, rows = S.babi_rows(report)
+    assert rows[2][:2] == ["3: three supporting facts", "40.0"]  # one seed: no "± 0.0"
+    assert rows[0][1] == "0.0 ± 0.0"
+
+
+def test_babi_seeds_of_another_split_are_left_out_and_evaluated_again(tmp_path):
+    errors = {str(t): 1.0 for t in range(1, 21)}
+    evaluate = {"kind": "babi", "split": "test"}
+    root = results_folder(tmp_path / "r", {"name": "memn2n", "evaluate": evaluate},
+                          {0: {"metrics": {}, "evaluation": {"status": "done", "babi_error": errors, "split": "valid"}},
+                           1: {"metrics": {}, "evaluation": {"status": "done", "split": "test",
+                                                              "babi_error": {**errors, "1": 9.0}}}})
+    report = S.build_report(root)
+    model = report["babi"]["models"][0]
+    assert model["runs"] == 1 and model["per_task"]["1"] == {"mean": 9.0, "std": 0.0, "n": 1}
+    assert any("seed 0 evaluated on another split than 'test', left out" in note for note in model["notes"])
+    assert report["leaderboard"][0]["bAbI mean error %"]["n"] == 1
+    experiment = S.load_suite(write_suite(tmp_path / "b.yaml", [{**GOOD, "evaluate": evaluate}])).experiments[0]
+    stale, current = S.Run("s", experiment, 0, root), S.Run("s", experiment, 1, root)
+    for run, record in ((stale, {"split": "valid"}), (current, {"split": "test"})):
+        run.folder.mkdir(parents=True, exist_ok=True)
+        run.record_path.write_text(json.dumps({"status": "done", "evaluation": {"status": "done", "babi_error": errors,
+                                                                                 **record}}))
+    assert not stale.is_done() and current.is_done()
+
+
+def test_an_algorithmic_run_evaluated_at_fewer_lengths_is_evaluated_again(tmp_path):
+    experiment = S.load_suite(write_suite(tmp_path / "a.yaml", [{**GOOD, "evaluate": {
+        "kind": "algorithmic", "lengths": [20, 40]}}])).experiments[0]
+    run = S.Run("s", experiment, 0, tmp_path / "r")
+    run.folder.mkdir(parents=True)
+    for lengths, done in (({"20": 1.0}, False), ({"20": 1.0, "40": 2.0}, True)):
+        run.record_path.write_text(json.dumps({"status": "done", "evaluation": {"status": "done",
+                                                                                 "bits_per_seq": lengths}}))
+        assert run.is_done() is done
 
 
 # ---------------------------------------------------------------------------------------------

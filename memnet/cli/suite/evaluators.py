@@ -178,17 +178,38 @@ def babi_errors_from_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
     memnet's own runs are read through the per-task schema (``_babi_collect``); this
     reader also accepts other names. Errors are read as percent, the way ``memnet.lightning.QAModule`` logs them
-    (``test/task_3/error``); accuracies as fractions in [0, 1] (``test/task_3/accuracy``).
+    (``test/task_3/error``); accuracies as fractions in [0, 1] (``test/task_3/accuracy``), rounded to 1e-6 %
+    so that an accuracy of 0.95 is 5% exactly (a pass, not a failed task). Only the test split (``test/``) or
+    names without a split are read: a ``val/`` or ``train/`` error is never taken for a test error.
     """
     errors: dict[str, float] = {}
     for key, value in metrics.items():
-        match = re.search(r"(?:task|qa)_?(\d+)/(error|accuracy|acc)$", str(key))
+        match = re.fullmatch(r"(?:test/)?(?:task|qa)_?(\d+)/(error|accuracy|acc)", str(key))
         if not match or not isinstance(value, (int, float)) or match.group(1) not in BABI_TASKS:
             continue
         errors[match.group(1)] = (
-            float(value) if match.group(2) == "error" else 100.0 * (1.0 - float(value))
+            float(value) if match.group(2) == "error" else round(100.0 * (1.0 - float(value)), 6)
         )
     return {k: errors[k] for k in sorted(errors, key=int)}
+
+
+def evaluation_answers(spec: dict | None, evaluation: dict | None) -> bool:
+    """Whether a run's stored evaluation is the one the suite's ``evaluate`` entry asks for now.
+
+    A bAbI evaluation must be of the same split, an algorithmic one must cover every length asked
+    for: a suite file changed after its runs were evaluated gets them evaluated again, instead of
+    reporting the old numbers under the new heading.
+    """
+    if spec is None:
+        return True
+    evaluation = evaluation or {}
+    if evaluation.get("status") != "done":
+        return False
+    if spec.get("kind") == "babi":
+        return evaluation.get("split", "test") == spec.get("split", "test")
+    if spec.get("kind") == "algorithmic":
+        return {str(n) for n in spec.get("lengths", [])} <= set(evaluation.get("bits_per_seq") or {})
+    return True
 
 
 EVALUATORS: dict[str, Evaluator] = {

@@ -24,7 +24,7 @@ from memnet.metrics import by_length as logged_by_length
 from memnet.metrics import failed_tasks
 from memnet.metrics import mean_error as mean_task_error
 from memnet.plots import plot_suite_report
-from memnet.selection import summarize
+from memnet.selection import mean_std, summarize
 from memnet.utils import wandb_mode
 
 REPORT_DIR = "report"
@@ -36,15 +36,14 @@ def load_references() -> dict[str, Any]:
     return json.loads(text)
 
 
-def _mean_std(values: list[float]) -> tuple[float, float] | None:
-    """Mean and sample standard deviation (0 for a single value)."""
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
-        return None
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+def _mean_std(values: list[float | None]) -> dict[str, float] | None:
+    """``{"mean", "std", "n"}`` over the finite values (sample std, 0 for one value); None if none is finite."""
+    return mean_std(values)
+
+
+def _nonfinite(values_by_seed: dict[Any, float | None]) -> list[Any]:
+    """The seeds whose value is NaN or infinite (left out of a mean, so they are named instead)."""
+    return [seed for seed, value in values_by_seed.items() if value is not None and not math.isfinite(value)]
 
 
 def _format(stat: tuple[float, float] | None, digits: int = 3, n: int = 1) -> str:
@@ -99,30 +98,37 @@ def collect(results: str | Path) -> tuple[Suite, list[_ExperimentResults]]:
     return suite, collected
 
 
-def _score_columns(entry: _ExperimentResults) -> dict[str, list[float]]:
-    """Leaderboard column -> one value per finished seed."""
-    columns: dict[str, list[float]] = {}
+def _score_columns(entry: _ExperimentResults) -> dict[str, dict[Any, float]]:
+    """Leaderboard column -> seed -> its value, for every finished seed that has one."""
+    columns: dict[str, dict[Any, float]] = {}
     for record in entry.done():
+        seed = record.get("seed")
         metrics = record.get("metrics") or {}
         for key in COLUMN_ORDER:
             if isinstance(metrics.get(key), (int, float)):
-                columns.setdefault(key, []).append(float(metrics[key]))
-        errors = _babi_errors(record)
+                columns.setdefault(key, {})[seed] = float(metrics[key])
+        errors = _babi_errors(record, _babi_split(entry.experiment))
         if errors:
-            columns.setdefault("bAbI mean error %", []).append(mean_task_error(errors.values()))
-            columns.setdefault("bAbI failed tasks", []).append(
-                float(failed_tasks(errors.values()))
-            )
+            columns.setdefault("bAbI mean error %", {})[seed] = mean_task_error(errors.values())
+            columns.setdefault("bAbI failed tasks", {})[seed] = float(failed_tasks(errors.values()))
         if isinstance(record.get("train_seconds"), (int, float)):
-            columns.setdefault("train s", []).append(float(record["train_seconds"]))
+            columns.setdefault("train s", {})[seed] = float(record["train_seconds"])
     return columns
 
 
-def _babi_errors(record: dict[str, Any]) -> dict[str, float]:
+def _babi_errors(record: dict[str, Any], split: str | None = None) -> dict[str, float]:
+    """A run's per-task bAbI errors; {} if it has none, or (``split`` given) they are of another split."""
     evaluation = record.get("evaluation") or {}
+    if split is not None and evaluation.get("split", "test") != split:
+        return {}
     if evaluation.get("status") == "done" and evaluation.get("babi_error"):
         return {str(k): float(v) for k, v in evaluation["babi_error"].items()}
     return {}
+
+
+def _babi_split(experiment: Experiment) -> str:
+    """The split an experiment's bAbI evaluation asks for (the test split unless it says otherwise)."""
+    return (experiment.evaluate or {}).get("split", "test")
 
 
 def _length_values(record: dict[str, Any]) -> tuple[dict[str, float], set[str], list[int] | None]:
@@ -168,7 +174,7 @@ def _selection(entry: _ExperimentResults) -> dict[str, Any] | None:
         return None
 
     def scores(record: dict[str, Any]) -> dict[str, float]:
-        errors = _babi_errors(record)
+        errors = _babi_errors(record, _babi_split(entry.experiment))
         if errors:  # bAbI: the paper's two numbers
             return {"bAbI mean error %": mean_task_error(errors.values()),
                     "bAbI failed tasks": float(failed_tasks(errors.values()))}
@@ -224,19 +230,18 @@ def build_report(results: str | Path) -> dict[str, Any]:
             "failed": len(entry.failed()),
             "missing": len(entry.experiment.seeds) - n - len(entry.failed()),
         }
+        nonfinite = []
         for column in columns:
-            stat = _mean_std(scores.get(column, []))
-            row[column] = (
-                None
-                if stat is None
-                else {"mean": stat[0], "std": stat[1], "n": len(scores[column])}
-            )
+            by_seed = scores.get(column, {})
+            row[column] = _mean_std(list(by_seed.values()))
+            nonfinite += [f"{column} of seed {seed} is {by_seed[seed]:g}, left out of its mean"
+                          for seed in _nonfinite(by_seed)]
         row["errors"] = [
             {"seed": r.get("seed"), "stage": r.get("stage"), "error": r.get("error")}
             for r in entry.failed()
         ]
         notes = _evaluation_notes(entry)
-        row["evaluation_notes"] = notes
+        row["evaluation_notes"] = [*notes, *nonfinite]
         row["selected"] = _selection(entry)
         leaderboard.append(row)
 
@@ -246,28 +251,38 @@ def build_report(results: str | Path) -> dict[str, Any]:
             _length_values(r)[0] for r in entry.done()
         ):
             continue
-        by_length: dict[str, list[float]] = {}
-        validation_only: set[str] = set()
+        # length -> seed -> value, from `memnet evaluate` and from training's validation: a cell takes
+        # one protocol only (evaluated where any seed was evaluated), never a mix of the two
+        evaluated: dict[str, dict[Any, float]] = {}
+        validation: dict[str, dict[Any, float]] = {}
         train_range: list[int] | None = None
         validated: set[str] = set()  # lengths of training's validation: the longest trained on
         for record in entry.done():
             values, from_validation, record_range = _length_values(record)
-            validation_only |= from_validation
             validated |= {str(length) for length in logged_by_length(record.get("metrics") or {}, "bits_per_seq")}
             train_range = train_range or record_range
             for length, value in values.items():
-                by_length.setdefault(length, []).append(value)
+                target = validation if length in from_validation else evaluated
+                target.setdefault(length, {})[record.get("seed")] = value
         if train_range is None and validated:
             train_range = [min(int(n) for n in validated), max(int(n) for n in validated)]
         wanted = [str(n) for n in (entry.experiment.evaluate or {}).get("lengths", [])]
         cells = {}
-        for length in sorted(set(by_length) | set(wanted), key=int):
-            stat = _mean_std(by_length.get(length, []))
-            cells[length] = (
-                None
-                if stat is None
-                else {"mean": stat[0], "std": stat[1], "n": len(by_length[length])}
-            )
+        validation_only: set[str] = set()
+        length_notes: list[str] = []
+        for length in sorted(set(evaluated) | set(validation) | set(wanted), key=int):
+            by_seed = evaluated.get(length)
+            if by_seed is None and length in validation:
+                by_seed = validation[length]
+                validation_only.add(length)
+            elif by_seed is not None and length in validation:
+                left = ", ".join(str(seed) for seed in validation[length])
+                length_notes.append(f"L={length}: seed {left} not evaluated, left out (its validation value "
+                                    "is another protocol)")
+            by_seed = by_seed or {}
+            cells[length] = _mean_std(list(by_seed.values()))
+            length_notes += [f"L={length}: seed {seed} at {by_seed[seed]:g}, left out of the mean"
+                             for seed in _nonfinite(by_seed)]
         lengths_table.append(
             {
                 "experiment": entry.experiment.name,
@@ -276,7 +291,7 @@ def build_report(results: str | Path) -> dict[str, Any]:
                 "training_range": train_range,
                 "validation_only": sorted(validation_only, key=int),
                 "bits_per_seq": cells,
-                "notes": _evaluation_notes(entry),
+                "notes": [*_evaluation_notes(entry), *length_notes],
             }
         )
 
@@ -291,28 +306,36 @@ def build_report(results: str | Path) -> dict[str, Any]:
         references = load_references()
         models = []
         for entry in babi_entries:
-            runs = [_babi_errors(r) for r in entry.done()]
-            runs = [r for r in runs if r]
-            per_task = {}
-            for task in BABI_TASKS:
-                stat = _mean_std([r[task] for r in runs if task in r])
-                per_task[task] = None if stat is None else {"mean": stat[0], "std": stat[1]}
+            # the seeds evaluated on the split the suite asks for; one evaluated on another (a suite file
+            # changed since) is left out and named, never averaged in under this split's heading
+            split = (entry.experiment.evaluate or {}).get("split", "test")
+            evaluated = [(r, _babi_errors(r)) for r in entry.done()]
+            evaluated = [(r, errors) for r, errors in evaluated if errors]
+            other = [r.get("seed") for r, _ in evaluated if (r.get("evaluation") or {}).get("split", "test") != split]
+            evaluated = [(r, errors) for r, errors in evaluated if r.get("seed") not in other]
+            runs = [errors for _, errors in evaluated]
+            per_task = {task: _mean_std([r[task] for r in runs if task in r]) for task in BABI_TASKS}
             mean_error = _mean_std([mean_task_error(r.values()) for r in runs])
             failed = _mean_std(
                 [float(failed_tasks(r.values())) for r in runs]
             )
-            notes = _evaluation_notes(entry)
+            notes = set(_evaluation_notes(entry))
             measured = sum(stat is not None for stat in per_task.values())
-            if runs and measured < len(BABI_TASKS):
-                partial = (
-                    f"{entry.experiment.name}: only {measured} of {len(BABI_TASKS)} tasks measured; "
-                    "its mean error and failed count cover those only"
+            short = [(record.get("seed"), len(errors)) for record, errors in evaluated if len(errors) < len(BABI_TASKS)]
+            if short:
+                notes.add(
+                    f"{entry.experiment.name}: "
+                    + ", ".join(f"seed {seed} measured {k} of {len(BABI_TASKS)} tasks" for seed, k in short)
+                    + "; a run's mean error and failed count cover its measured tasks only"
                 )
-                notes = sorted({*notes, partial})
+            if other:
+                notes.add(f"{entry.experiment.name}: seed {', '.join(map(str, other))} evaluated on another split "
+                          f"than {split!r}, left out; `memnet suite run` again evaluates it on {split!r}")
+            notes = sorted(notes)
             selected = _selection(entry)
             if selected is not None:
                 chosen = next(r for r in entry.done() if r.get("seed") == selected["seed"])
-                errors = _babi_errors(chosen)
+                errors = _babi_errors(chosen, split)
                 if errors:
                     models.append(
                         {
@@ -322,11 +345,11 @@ def build_report(results: str | Path) -> dict[str, Any]:
                             "task": entry.experiment.task,
                             "runs": 1,
                             "tasks_measured": len(errors),
-                            "split": (entry.experiment.evaluate or {}).get("split", "test"),
-                            "per_task": {t: ({"mean": errors[t], "std": 0.0} if t in errors else None)
+                            "split": split,
+                            "per_task": {t: ({"mean": errors[t], "std": 0.0, "n": 1} if t in errors else None)
                                          for t in BABI_TASKS},
-                            "mean_error": {"mean": mean_task_error(errors.values()), "std": 0.0},
-                            "failed": {"mean": float(failed_tasks(errors.values())), "std": 0.0},
+                            "mean_error": {"mean": mean_task_error(errors.values()), "std": 0.0, "n": 1},
+                            "failed": {"mean": float(failed_tasks(errors.values())), "std": 0.0, "n": 1},
                             "notes": [],
                         }
                     )
@@ -337,12 +360,10 @@ def build_report(results: str | Path) -> dict[str, Any]:
                     "task": entry.experiment.task,
                     "runs": len(runs),
                     "tasks_measured": measured,
-                    "split": (entry.experiment.evaluate or {}).get("split", "test"),
+                    "split": split,
                     "per_task": per_task,
-                    "mean_error": None
-                    if mean_error is None
-                    else {"mean": mean_error[0], "std": mean_error[1]},
-                    "failed": None if failed is None else {"mean": failed[0], "std": failed[1]},
+                    "mean_error": mean_error,
+                    "failed": failed,
                     "notes": notes,
                 }
             )
@@ -442,7 +463,7 @@ def babi_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         for model in table["models"]:
             stat = model["per_task"][task]
             row.append(
-                "—" if stat is None else _fixed((stat["mean"], stat["std"]), 1, model["runs"])
+                "—" if stat is None else _fixed((stat["mean"], stat["std"]), 1, stat.get("n", model["runs"]))
             )
         for ref in references:
             per_task = ref.get("per_task") or {}
@@ -455,7 +476,7 @@ def babi_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             text = (
                 "—"
                 if stat is None
-                else _fixed((stat["mean"], stat["std"]), decimals, model["runs"])
+                else _fixed((stat["mean"], stat["std"]), decimals, stat.get("n", model["runs"]))
             )
             if stat is not None and model["tasks_measured"] < len(BABI_TASKS):
                 text += f" [{model['tasks_measured']}/{len(BABI_TASKS)} tasks]"

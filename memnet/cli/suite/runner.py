@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from memnet.cli.suite.errors import EvaluationUnavailable, SuiteError
-from memnet.cli.suite.evaluators import EVALUATORS
+from memnet.cli.suite.evaluators import EVALUATORS, evaluation_answers
 from memnet.cli.suite.spec import BUDGET_KEYS, Experiment, Suite, _resolve
 
 RECORD_FILE = "metrics.json"
@@ -64,10 +64,7 @@ class Run:
         record = self.record()
         if record is None or record.get("status") != "done":
             return False
-        return (
-            self.experiment.evaluate is None
-            or (record.get("evaluation") or {}).get("status") == "done"
-        )
+        return evaluation_answers(self.experiment.evaluate, record.get("evaluation"))
 
     def is_trained(self) -> bool:
         record = self.record()
