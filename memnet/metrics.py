@@ -73,13 +73,19 @@ def binary_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor)
 
 
 def bits_per_sequence(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The NTM paper's cost: cross-entropy summed over a sequence's scored bits, in bits. -> (B,)."""
-    return masked_bce(logits, targets, mask).sum(dim=(1, 2)) / LOG2
+    """The NTM paper's cost: cross-entropy summed over a sequence's scored bits, in bits. -> (B,).
+
+    Summed in float32 (a no-op for float32 logits): a bfloat16 sum over hundreds of bits loses whole bits.
+    """
+    return masked_bce(logits.float(), targets.float(), mask.float()).sum(dim=(1, 2)) / LOG2
 
 
 def wrong_bits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(B, T, D) 1 where the output thresholded at probability ½ (logit > 0) differs from the target."""
-    return ((logits > 0).to(targets.dtype) != targets).to(logits.dtype)
+    """(B, T, D) 1 where the output thresholded at probability ½ (logit > 0) differs from the target.
+
+    In float32 whatever the logits' dtype: summed over a sequence, bfloat16 would stop counting at 256.
+    """
+    return ((logits > 0).to(targets.dtype) != targets).float()
 
 
 def bit_errors_per_sequence(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -89,7 +95,7 @@ def bit_errors_per_sequence(logits: torch.Tensor, targets: torch.Tensor, mask: t
 
 def step_accuracy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Share of a sequence's scored steps whose every bit is right: -> (B,)."""
-    right = (wrong_bits(logits, targets).sum(dim=-1) == 0).to(logits.dtype) * mask
+    right = (wrong_bits(logits, targets).sum(dim=-1) == 0).float() * mask
     return right.sum(dim=1) / mask.sum(dim=1).clamp_min(1)
 
 
@@ -118,8 +124,9 @@ def sequence_metrics(
 
 
 def answer_errors(logits: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
-    """logits (B, A), answer (B,) class -> (B,) 1.0 where the arg-max answer is wrong, else 0.0."""
-    return (logits.argmax(-1) != answer).to(logits.dtype)
+    """logits (B, A), answer (B,) class -> (B,) 1.0 where the arg-max answer is wrong, else 0.0 (float32 whatever
+    the logits' dtype: bfloat16 counts stop at 256, float16 at 2,048)."""
+    return (logits.argmax(-1) != answer).float()
 
 
 def task_error_counts(wrong: torch.Tensor, task: torch.Tensor, *, tasks: int | None = None) -> torch.Tensor:
@@ -128,6 +135,7 @@ def task_error_counts(wrong: torch.Tensor, task: torch.Tensor, *, tasks: int | N
     Row 0 counts the wrong answers, row 1 the questions; K = ``tasks`` or max(task) + 1.
     """
     size = int(task.max()) + 1 if tasks is None else tasks
+    wrong = wrong.float()  # counts in float32, exact to 2**24, whatever dtype the errors came in
     zeros = torch.zeros(size, device=wrong.device, dtype=wrong.dtype)
     return torch.stack([zeros.index_add(0, task, wrong), zeros.index_add(0, task, torch.ones_like(wrong))])
 

@@ -69,6 +69,25 @@ def test_task_errors_mean_and_failed_count():
     assert metrics.task_errors(logged, "val") == {2: 9.0}
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_counts_are_exact_whatever_the_dtype_of_the_logits(dtype):
+    # 1,000 questions of task 3, 100 answered wrongly: bfloat16 counts would stop at 256 (39%, not 10%)
+    logits = torch.zeros(1000, 4, dtype=dtype)
+    logits[:, 1] = 1.0
+    answer = torch.ones(1000, dtype=torch.long)
+    answer[:100] = 2
+    counts = metrics.task_error_counts(metrics.answer_errors(logits, answer), torch.full((1000,), 3))
+    assert counts[:, 3].tolist() == [100.0, 1000.0]
+    assert metrics.task_errors_from_counts(counts)[1].tolist() == [10.0]
+    # 300 wrong bits in one sequence of 100 steps x 4 bits, and its cost in bits: summed in float32
+    targets, mask = torch.zeros(1, 100, 4), torch.ones(1, 100)
+    logits = torch.full((1, 100, 4), -1.0, dtype=dtype)
+    logits[0, :75] = 1.0
+    assert metrics.bit_errors_per_sequence(logits, targets, mask).item() == 300.0
+    exact = metrics.bits_per_sequence(logits.float(), targets, mask).item()
+    assert metrics.bits_per_sequence(logits, targets, mask).item() == pytest.approx(exact, rel=1e-6)
+
+
 def test_nrmse_sums_of_batches_add_up_to_the_whole():
     g = torch.Generator().manual_seed(0)
     predictions, targets = torch.randn(4, 6, 2, generator=g), torch.randn(4, 6, 2, generator=g)

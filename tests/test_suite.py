@@ -594,8 +594,8 @@ def test_babi_cells_count_their_own_seeds_and_a_short_run_is_named(tmp_path):
     report = S.build_report(root)
     model = report["babi"]["models"][0]
     assert model["per_task"]["3"] == {"mean": 40.0, "std": 0.0, "n": 1} and model["per_task"]["1"]["n"] == 2
-    assert model["notes"] == ["memn2n: seed 1 measured 19 of 20 tasks; a run's mean error and failed count "
-                              "cover its measured tasks only"]
+    assert model["notes"] == [("memn2n: seed 1 measured 19 of 20 tasks; a run's mean error and failed count "
+                               "cover its measured tasks only")]
     _, rows = S.babi_rows(report)
     assert rows[2][:2] == ["3: three supporting facts", "40.0"]  # one seed: no "± 0.0"
     assert rows[0][1] == "0.0 ± 0.0"
