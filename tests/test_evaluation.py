@@ -12,7 +12,14 @@ import torch
 from tiny_run import tiny_run
 
 from memnet.cli import main as memnet_main
+from memnet.cli.evaluate import EVAL_BLOCK, _join, sub_batches
 from memnet.evaluation import EvaluationError, fit_only_keys, resolve_checkpoint
+from tasks.algorithmic import (
+    AssociativeRecallTask,
+    DynamicNGramsTask,
+    PrioritySortTask,
+    RepeatCopyTask,
+)
 
 TINY = tiny_run(trainer={"default_root_dir": "run"})
 
@@ -70,6 +77,27 @@ def test_sub_batches_do_not_change_the_numbers(trained):
     split = json.loads((trained / "split/results.json").read_text())["lengths"][0]
     assert split["bits_per_seq"] == pytest.approx(whole["bits_per_seq"], rel=1e-5)
     assert split["bit_errors_per_seq"] == whole["bit_errors_per_seq"]
+
+
+@pytest.mark.parametrize("task", [
+    RepeatCopyTask(width=4, max_length=5, max_repeats=5), PrioritySortTask(), AssociativeRecallTask(),
+    DynamicNGramsTask(min_length=20, max_length=20),
+], ids=["repeat-copy", "priority-sort", "associative-recall", "ngrams"])
+def test_the_evaluated_sequences_do_not_depend_on_the_batch_size(task):
+    # their samplers draw several random quantities per batch: drawn per sub-batch, another
+    # --batch_size gave other sequences under the same --seed
+    length = task.min_length if hasattr(task, "min_length") else 3
+    total = 2 * EVAL_BLOCK + 7
+    drawn = {}
+    for batch_size in (5, EVAL_BLOCK, 1000):
+        batches = list(sub_batches(task, torch.Generator().manual_seed(3), length, total, batch_size))
+        assert [b["mask"].shape[0] for b in batches[:-1]] == [min(batch_size, total)] * (len(batches) - 1)
+        drawn[batch_size] = _join(batches)
+        assert drawn[batch_size]["mask"].shape[0] == total
+    for batch_size in (5, 1000):
+        for key in ("inputs", "targets", "mask", "optimal_bits"):
+            if key in drawn[EVAL_BLOCK]:
+                assert torch.equal(drawn[batch_size][key], drawn[EVAL_BLOCK][key]), (batch_size, key)
 
 
 def test_explicit_checkpoint_and_memory_size(trained):
