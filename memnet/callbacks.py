@@ -160,7 +160,9 @@ class LinearStartSwitch(pl.Callback):
         if self.epochs is not None and net is not None and trainer.current_epoch >= self.epochs:
             self._switch(pl_module, net, self.epochs - 1)
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # on_validation_end, not on_validation_epoch_end: Lightning calls the callbacks' epoch-end hooks before the
+        # module's, where epoch metrics are logged (val/mean_task_error, val/nrmse), which would be an epoch late
         net = self._linear_net(pl_module)
         if trainer.sanity_checking or net is None or self.epochs is not None:
             return
@@ -330,7 +332,9 @@ class RelapseWatch(pl.Callback):
             self.best, self.best_step = value, step
         return None
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # on_validation_end, not on_validation_epoch_end: Lightning calls the callbacks' epoch-end hooks before the
+        # module's, where epoch metrics are logged (val/mean_task_error, val/nrmse), which would be an epoch late
         if trainer.sanity_checking:
             return
         metric = trainer.callback_metrics.get(self.monitor)
@@ -378,8 +382,11 @@ class RelapseWatch(pl.Callback):
             scale_learning_rates(trainer, self.lr_factor)
 
     def state_dict(self) -> dict:
-        return {"best": self.best, "best_step": self.best_step, "in_relapse": self.in_relapse,
-                "events": list(self.events), "history": list(self.history)}
+        state = {"best": self.best, "best_step": self.best_step, "in_relapse": self.in_relapse,
+                 "events": list(self.events), "history": list(self.history)}
+        if self.restore_best:  # the weights and moments to go back to: a resumed run restores as an unbroken one
+            state["best_state"] = self.best_state
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.best = state_dict["best"]
@@ -387,6 +394,10 @@ class RelapseWatch(pl.Callback):
         self.in_relapse = state_dict["in_relapse"]
         self.events = list(state_dict["events"])
         self.history = [tuple(item) for item in state_dict.get("history", [])]
+        self.best_state = state_dict.get("best_state")
+        if self.restore_best and self.best_state is None and self.best is not None:
+            log.warning("RelapseWatch: the checkpoint holds no best weights (written before they were kept); "
+                        "a relapse before the next best will be reported, not restored")
 
 
 class ConvergenceDecay(pl.Callback):
@@ -479,7 +490,9 @@ class ConvergenceDecay(pl.Callback):
             if not all(group["amsgrad"] for group in optimizer.param_groups):  # AMSGrad keeps its own maximum
                 _update_running_max(optimizer)
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # on_validation_end, not on_validation_epoch_end: Lightning calls the callbacks' epoch-end hooks before the
+        # module's, where epoch metrics are logged (val/mean_task_error, val/nrmse), which would be an epoch late
         if trainer.sanity_checking or self.converged_step is not None:
             return
         metric = trainer.callback_metrics.get(self.monitor)
@@ -527,8 +540,10 @@ def scale_learning_rates(trainer: pl.Trainer, factor: float) -> None:
 
     Every ``*lr`` entry of each parameter group is scaled (``lr``, and the
     ``initial_lr`` / ``max_lr`` / ``min_lr`` that OneCycleLR recomputes the rate
-    from at each step), and the ``base_lrs`` of every scheduler, so a schedule
-    keeps its shape at the lower level.
+    from at each step), and every rate a scheduler recomputes the rate from
+    (:data:`SCHEDULER_RATES`: ``base_lrs``, the linear start's rate, CyclicLR's
+    peaks, the cosine floor, ReduceLROnPlateau's floors), so a schedule keeps its
+    shape at the lower level instead of climbing back at its next step.
     """
     for optimizer in trainer.optimizers:
         for group in optimizer.param_groups:
@@ -536,8 +551,18 @@ def scale_learning_rates(trainer: pl.Trainer, factor: float) -> None:
                 group[key] *= factor
     for config in trainer.lr_scheduler_configs:
         scheduler = config.scheduler
-        if hasattr(scheduler, "base_lrs"):
-            scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
+        for name in SCHEDULER_RATES:
+            value = getattr(scheduler, name, None)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                setattr(scheduler, name, value * factor)
+            elif isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
+                setattr(scheduler, name, type(value)(v * factor for v in value))
+
+
+# the rates a scheduler recomputes the learning rate from, by attribute: every LRScheduler's base_lrs,
+# memnet.optim.LinearStartStepLR's linear_start_lr, CyclicLR's max_lrs, CosineAnnealingLR's (and
+# CosineAnnealingWarmRestarts') eta_min, ReduceLROnPlateau's min_lrs
+SCHEDULER_RATES = ("base_lrs", "linear_start_lr", "max_lrs", "eta_min", "min_lrs")
 
 
 def _to_cpu(value):

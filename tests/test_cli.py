@@ -55,6 +55,19 @@ def test_fit_writes_checkpoints_config_and_offline_wandb_run_then_validate_test_
     assert "bit errors" in out
 
 
+@pytest.mark.parametrize("plugins", [[], ["--trainer.plugins", "pytorch_lightning.plugins.environments.LightningEnvironment"]])
+def test_checkpoints_are_written_atomically_whatever_other_plugins_are_given(plugins, monkeypatch):
+    from memnet.cli.lightning_cli import AtomicCheckpointIO, MemnetCLI
+
+    synced = []
+    monkeypatch.setattr("memnet.cli.lightning_cli.os.fsync", lambda fd: synced.append(fd))
+    cli = MemnetCLI(args=["--config", SMALL, "--trainer.logger", "false", *plugins], run=False)
+    checkpoint_io = cli.trainer.strategy.checkpoint_io
+    assert isinstance(checkpoint_io, AtomicCheckpointIO)  # an unrelated plugin used to drop it
+    checkpoint_io.save_checkpoint({"x": torch.ones(2)}, Path("ckpt") / "last.ckpt")
+    assert torch.load("ckpt/last.ckpt")["x"].tolist() == [1.0, 1.0] and len(synced) == 2  # the file, then the folder
+
+
 def test_resume_continues_from_the_last_checkpoint(tmp_path):
     main(["fit", "--config", SMALL, *TINY])
     last = json.loads((tmp_path / "runs" / "latest.json").read_text())["last_checkpoint"]

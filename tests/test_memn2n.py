@@ -276,10 +276,10 @@ def test_linear_start_switch_callback_turns_softmax_on_when_val_loss_stops_falli
     switch = LinearStartSwitch(patience=1)
     for epoch, loss in enumerate([5.0, 4.0, 3.5]):
         trainer = SimpleNamespace(sanity_checking=False, current_epoch=epoch, callback_metrics={"val/loss": loss})
-        switch.on_validation_epoch_end(trainer, module)
+        switch.on_validation_end(trainer, module)
         assert not bool(model.softmax_enabled)
     trainer = SimpleNamespace(sanity_checking=False, current_epoch=3, callback_metrics={"val/loss": 3.6})
-    switch.on_validation_epoch_end(trainer, module)
+    switch.on_validation_end(trainer, module)
     assert bool(model.softmax_enabled) and switch.switched_at == 3
     with pytest.raises(ValueError, match="patience must be a positive integer"):
         LinearStartSwitch(patience=0)
@@ -291,10 +291,10 @@ def test_linear_start_switch_max_epochs_and_other_models():
     switch = LinearStartSwitch(patience=5, max_epochs=2)
     for epoch, loss in enumerate([5.0, 4.0]):
         trainer = SimpleNamespace(sanity_checking=False, current_epoch=epoch, callback_metrics={"val/loss": loss})
-        switch.on_validation_epoch_end(trainer, module)
+        switch.on_validation_end(trainer, module)
     assert bool(model.softmax_enabled) and switch.switched_at == 1
     plain = SimpleNamespace(net=torch.nn.Linear(2, 2))  # no softmax flag: nothing happens
-    switch.on_validation_epoch_end(SimpleNamespace(sanity_checking=False, current_epoch=0, callback_metrics={}), plain)
+    switch.on_validation_end(SimpleNamespace(sanity_checking=False, current_epoch=0, callback_metrics={}), plain)
 
 
 def test_linear_start_switch_fixed_length_ignores_the_monitor():
@@ -304,7 +304,7 @@ def test_linear_start_switch_fixed_length_ignores_the_monitor():
     for epoch, loss in enumerate([5.0, 6.0, 7.0]):  # val loss rising: the paper-text switch would fire
         trainer = SimpleNamespace(sanity_checking=False, current_epoch=epoch, callback_metrics={"val/loss": loss})
         switch.on_train_epoch_start(trainer, module)
-        switch.on_validation_epoch_end(trainer, module)
+        switch.on_validation_end(trainer, module)
         assert not bool(model.softmax_enabled)
     switch.on_train_epoch_start(SimpleNamespace(sanity_checking=False, current_epoch=3, callback_metrics={}), module)
     assert bool(model.softmax_enabled) and switch.switched_at == 2

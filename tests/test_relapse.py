@@ -305,3 +305,80 @@ def test_restoring_the_best_keeps_amsgrad_on_after_convergence(tmp_path):
     _module, trainer = fit_scripted(tmp_path, [5.0, 0.3, 0.2, 50.0], watch, [], extra=[decay])
     assert [e["step"] for e in watch.events] == [16] and decay.converged_step == 12
     assert trainer.optimizers[0].param_groups[0]["amsgrad"]  # the moments went back, the setting stayed
+
+
+def test_restore_best_after_a_resume_goes_back_to_the_same_weights(tmp_path):
+    # the best weights are kept in the checkpoint: a run resumed after its best and before a relapse restores
+    # them as the unbroken run does (without them it reported the relapse and trained on from it)
+    data = torch.utils.data.TensorDataset(torch.randn(8, 3, generator=torch.Generator().manual_seed(1)))
+    costs = [5.0, 0.05, 0.06, 50.0]
+
+    def fit(epochs, ckpt=None):
+        pl.seed_everything(0)
+        watch = RelapseWatch(factor=10, floor=1.0, restore_best=True)
+        module = ScriptedValidation(costs)
+        trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                             default_root_dir=tmp_path, num_sanity_val_steps=0, callbacks=[watch],
+                             enable_checkpointing=False)
+        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=2),
+                    val_dataloaders=torch.utils.data.DataLoader(data, batch_size=8), ckpt_path=ckpt)
+        return module, trainer, watch
+
+    whole, _, watch = fit(4)
+    _, half, _ = fit(3)
+    half.save_checkpoint(tmp_path / "half.ckpt")
+    resumed, _, resumed_watch = fit(4, ckpt=str(tmp_path / "half.ckpt"))
+    assert [e["step"] for e in watch.events] == [e["step"] for e in resumed_watch.events] == [16]
+    assert torch.equal(whole.layer.weight, resumed.layer.weight)
+    assert torch.equal(resumed.layer.weight, resumed_watch.best_state["weights"]["layer.weight"])
+
+
+class EpochLogged(ScriptedValidation):
+    """Logs its validation cost in on_validation_epoch_end, as the epoch metrics are (val/mean_task_error, val/nrmse)."""
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+    def on_validation_epoch_end(self):
+        self.log("val/bits_per_seq", self.costs[self.current_epoch])
+
+
+def test_callbacks_read_a_metric_logged_at_the_end_of_the_epoch_in_the_same_epoch(tmp_path):
+    data = torch.utils.data.TensorDataset(torch.randn(8, 3, generator=torch.Generator().manual_seed(1)))
+    decay, watch = ConvergenceDecay(threshold=0.1, amsgrad=False), RelapseWatch()
+    trainer = pl.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path, num_sanity_val_steps=0, callbacks=[decay, watch],
+                         enable_checkpointing=False)
+    trainer.fit(EpochLogged([0.05, 3.0, 0.04]), train_dataloaders=torch.utils.data.DataLoader(data, batch_size=2),
+                val_dataloaders=torch.utils.data.DataLoader(data, batch_size=8))
+    assert decay.converged_step == 4  # epoch 0 (4 steps) is at 0.05; a callback one epoch late said 8
+    assert [(step, round(value, 6)) for step, value in watch.history] == [(4, 0.05), (8, 3.0), (12, 0.04)]
+    assert [e["step"] for e in watch.events] == [8]
+
+
+def test_a_scaled_rate_stays_scaled_through_the_linear_start_and_other_schedules():
+    from types import SimpleNamespace
+
+    from memnet.callbacks import scale_learning_rates
+    from memnet.optim import LinearStartStepLR
+
+    def rates(make, epochs, scale_at=0):
+        layer = torch.nn.Linear(2, 2)
+        optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+        scheduler = make(optimizer)
+        trainer = SimpleNamespace(optimizers=[optimizer], lr_scheduler_configs=[SimpleNamespace(scheduler=scheduler)])
+        seen = []
+        for epoch in range(epochs):
+            if epoch == scale_at + 1:
+                scale_learning_rates(trainer, 0.1)
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return seen
+
+    linear = rates(lambda o: LinearStartStepLR(o, linear_start_epochs=3, linear_start_lr=0.05, step_size=2), 6)
+    assert linear == pytest.approx([0.05, 0.005, 0.005, 0.01, 0.005, 0.005])  # epoch 2 went back to 0.05
+    cosine = rates(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=4, eta_min=0.05), 5)
+    assert max(cosine[1:]) <= 0.0101 and cosine[-1] == pytest.approx(0.005)  # the floor scaled with the rate
+    cyclic = rates(lambda o: torch.optim.lr_scheduler.CyclicLR(o, base_lr=0.01, max_lr=0.1, step_size_up=2), 8)
+    assert max(cyclic[1:]) <= 0.0101  # the peaks scaled too

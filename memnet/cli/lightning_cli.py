@@ -18,7 +18,7 @@ from jsonargparse import lazy_instance
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
-from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.plugins.io import CheckpointIO, TorchCheckpointIO
 
 from memnet.callbacks import METRICS_KEY, LastAndBestCheckpoint
 from memnet.checkpoint import check_finite_state, unreadable_checkpoint
@@ -28,6 +28,20 @@ from memnet.utils import MemnetError, run_dir, wandb_offline
 
 RUNS_DIR = "runs"
 LATEST_RUN_FILE = Path(RUNS_DIR) / "latest.json"
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') writes to the disk; a file system that cannot is left as it is."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -47,7 +61,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             for stale in path.parent.glob(".*.partial"):  # left by a save that was killed
                 stale.unlink(missing_ok=True)
             super().save_checkpoint(checkpoint, partial, storage_options)
-            os.replace(partial, path)
+            _fsync(partial)  # the bytes on disk before the rename, and the rename itself after it:
+            os.replace(partial, path)  # a power cut leaves the old checkpoint or the new one, never an empty file
+            _fsync(path.parent)
         except Exception as error:  # noqa: BLE001 -- torch.save reports a full disk as a RuntimeError
             with contextlib.suppress(OSError):
                 partial.unlink(missing_ok=True)
@@ -136,8 +152,11 @@ class MemnetCLI(LightningCLI):
         """
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> pl.Trainer:
-        if not config.get("plugins"):
-            config["plugins"] = [AtomicCheckpointIO()]
+        plugins = config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):  # the user's own CheckpointIO stays
+            plugins.append(AtomicCheckpointIO())
+        config["plugins"] = plugins
         self._place_run(config, callbacks)
         return super()._instantiate_trainer(config, callbacks)
 
