@@ -7,6 +7,8 @@
 ``EvaluationResult``  the one result schema ``memnet evaluate`` writes (``results.json``) and
                       the suite reads back; ``LengthRow`` is one of its rows.
 ``read_evaluation``   reads and checks such a file, naming the file and field at fault.
+``sequence_batches``  a task's seeded sequences in batches of any size, the same sequences
+                      whatever the size (evaluation, validation and test sets).
 
 Shapes: B batch, T time, D features.
 """
@@ -128,3 +130,68 @@ def read_evaluation(path: str | Path) -> EvaluationResult:
     if train_range is not None and (not isinstance(train_range, list) or len(train_range) != 2):
         raise ResultSchemaError(f"{path}: train_range must be [min_length, max_length], got {train_range!r}")
     return data
+
+
+DRAW_BLOCK = 64  # sequences drawn per call of a task's sampler by sequence_batches: the draws never depend on the batch size
+
+
+def batch_size_of(batch: dict) -> int:
+    """The number of sequences in a batch: the first dimension of its mask, else of its first tensor."""
+    if "mask" in batch:
+        return batch["mask"].shape[0]
+    return next(value.shape[0] for value in batch.values() if torch.is_tensor(value) and value.dim())
+
+
+def batch_rows(batch: dict, start: int, stop: int) -> dict:
+    """Sequences ``start:stop`` of a batch (tensors whose first dimension is the batch; the rest as is)."""
+    size = batch_size_of(batch)
+    return {key: value[start:stop] if torch.is_tensor(value) and value.dim() and value.shape[0] == size else value
+            for key, value in batch.items()}
+
+
+def join_batches(parts: list[dict]) -> dict:
+    """Batches as one: per-sequence tensors concatenated, the time axis padded with zeros (mask 0) to the longest."""
+    if len(parts) == 1:
+        return parts[0]
+    size = batch_size_of(parts[0])
+    joined = dict(parts[0])
+    for key, value in parts[0].items():
+        if not (torch.is_tensor(value) and value.dim() and value.shape[0] == size):
+            continue
+        pieces = [part[key] for part in parts]
+        if value.dim() >= 2:
+            steps = max(piece.shape[1] for piece in pieces)
+            pieces = [torch.nn.functional.pad(piece, (0, 0) * (piece.dim() - 2) + (0, steps - piece.shape[1]))
+                      for piece in pieces]
+        joined[key] = torch.cat(pieces)
+    return joined
+
+
+def sequence_batches(task: SequenceTask, generator: torch.Generator, length: int, num_sequences: int, batch_size: int):
+    """``num_sequences`` sequences at ``length`` in batches of at most ``batch_size``.
+
+    The sequences are drawn from ``generator`` in blocks of :data:`DRAW_BLOCK` (a sampler that
+    draws several random quantities per batch would otherwise give other sequences for another
+    batch size) and cut or joined into the batches, so the scores do not depend on it: ``memnet
+    evaluate``'s sequences, and a data module's validation and test sets.
+    """
+    parts: list[dict] = []
+    have = drawn = 0
+    while drawn < num_sequences or have:
+        while have < batch_size and drawn < num_sequences:
+            n = min(DRAW_BLOCK, num_sequences - drawn)
+            parts.append(task.sample_batch(generator, n, length))
+            have, drawn = have + n, drawn + n
+        take, rest, count = [], [], 0
+        for part in parts:
+            size = batch_size_of(part)
+            k = min(size, batch_size - count)
+            if k == size:
+                take.append(part)
+            else:
+                if k > 0:
+                    take.append(batch_rows(part, 0, k))
+                rest.append(batch_rows(part, k, size))
+            count += max(k, 0)
+        parts, have = rest, have - count
+        yield join_batches(take)

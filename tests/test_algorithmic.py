@@ -276,6 +276,21 @@ def test_data_module_with_every_task_gives_linked_sizes_and_fixed_validation():
         assert all(torch.equal(a["inputs"], b["inputs"]) for a, b in zip(first, second))
 
 
+@pytest.mark.parametrize("cls", TASKS, ids=lambda cls: cls.__name__)
+def test_validation_and_test_sets_are_the_same_whatever_the_batch_size(cls):
+    # an NTM trained with batches of 16 and an LSTM with 32 are validated on the same sequences
+    from memnet.protocols import join_batches
+
+    task = cls()
+    sets = []
+    for batch_size in (16, 32):
+        dm = AlgorithmicDataModule(task, batch_size=batch_size, val_size=70, val_lengths=[task.max_length])
+        sets.append((join_batches(list(dm.val_dataloader())), join_batches(list(dm.test_dataloader()))))
+    for first, second in zip(*sets):
+        assert first["inputs"].shape[0] in (70, 512) and torch.equal(first["inputs"], second["inputs"])
+        assert torch.equal(first["targets"], second["targets"]) and torch.equal(first["mask"], second["mask"])
+
+
 # ---- bad input ------------------------------------------------------------------------------
 
 

@@ -12,8 +12,8 @@ import torch
 from tiny_run import tiny_run
 
 from memnet.cli import main as memnet_main
-from memnet.cli.evaluate import EVAL_BLOCK, _join, sub_batches
 from memnet.evaluation import EvaluationError, fit_only_keys, resolve_checkpoint
+from memnet.protocols import DRAW_BLOCK, join_batches, sequence_batches
 from tasks.algorithmic import (
     AssociativeRecallTask,
     DynamicNGramsTask,
@@ -87,17 +87,17 @@ def test_the_evaluated_sequences_do_not_depend_on_the_batch_size(task):
     # their samplers draw several random quantities per batch: drawn per sub-batch, another
     # --batch_size gave other sequences under the same --seed
     length = task.min_length if hasattr(task, "min_length") else 3
-    total = 2 * EVAL_BLOCK + 7
+    total = 2 * DRAW_BLOCK + 7
     drawn = {}
-    for batch_size in (5, EVAL_BLOCK, 1000):
-        batches = list(sub_batches(task, torch.Generator().manual_seed(3), length, total, batch_size))
+    for batch_size in (5, DRAW_BLOCK, 1000):
+        batches = list(sequence_batches(task, torch.Generator().manual_seed(3), length, total, batch_size))
         assert [b["mask"].shape[0] for b in batches[:-1]] == [min(batch_size, total)] * (len(batches) - 1)
-        drawn[batch_size] = _join(batches)
+        drawn[batch_size] = join_batches(batches)
         assert drawn[batch_size]["mask"].shape[0] == total
     for batch_size in (5, 1000):
         for key in ("inputs", "targets", "mask", "optimal_bits"):
-            if key in drawn[EVAL_BLOCK]:
-                assert torch.equal(drawn[batch_size][key], drawn[EVAL_BLOCK][key]), (batch_size, key)
+            if key in drawn[DRAW_BLOCK]:
+                assert torch.equal(drawn[batch_size][key], drawn[DRAW_BLOCK][key]), (batch_size, key)
 
 
 def test_explicit_checkpoint_and_memory_size(trained):

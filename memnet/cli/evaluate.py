@@ -8,7 +8,7 @@ The checkpoint's network and task are rebuilt (``memnet.cli.rebuild``) from the
 run's ``config.yaml`` (the folder above the checkpoint's ``checkpoints/``; or the
 ``--config`` files given), the weights are loaded, and at every length
 ``num_sequences`` fresh sequences (seeded by ``--seed`` and the length, drawn in blocks of
-``EVAL_BLOCK``, so the same whatever ``--batch_size``) are scored in sub-batches of
+``memnet.protocols.DRAW_BLOCK``, so the same whatever ``--batch_size``) are scored in sub-batches of
 ``batch_size``, so memory stays bounded however long they are.
 
 Memory: a network with a ``memory_size`` (NTM, DNC) runs at each length with the
@@ -61,7 +61,13 @@ from memnet.cli.rebuild import (  # noqa: F401  (re-exported for callers of memn
 from memnet.models.core import ENGINES, MemoryModel
 from memnet.models.recurrent import LOOP_ENGINES
 from memnet.plots import plot_error_vs_length
-from memnet.protocols import EVALUATION_FILE, EvaluationResult, LengthRow, SequenceTask
+from memnet.protocols import (
+    EVALUATION_FILE,
+    EvaluationResult,
+    LengthRow,
+    SequenceTask,
+    sequence_batches,
+)
 from memnet.utils import parameter_dtype, wandb_mode
 
 COLUMNS = ("length", "slots", "bits_per_seq", "bit_errors_per_seq", "sequences", "exact_pct")
@@ -179,63 +185,6 @@ def cost_warning(task: Any, length: int, slots: int | None, batch_size: int, num
             "Lower --num_sequences, --batch_size, the length or --memory_size to make it cheaper")
 
 
-EVAL_BLOCK = 64  # sequences drawn per call of the task's sampler: the draws never depend on --batch_size
-
-
-def _rows(batch: dict, start: int, stop: int) -> dict:
-    """Sequences ``start:stop`` of a batch (tensors whose first dimension is the batch; the rest as is)."""
-    size = batch["mask"].shape[0]
-    return {key: value[start:stop] if torch.is_tensor(value) and value.dim() and value.shape[0] == size else value
-            for key, value in batch.items()}
-
-
-def _join(parts: list[dict]) -> dict:
-    """Batches as one: per-sequence tensors concatenated, the time axis padded with zeros (mask 0) to the longest."""
-    if len(parts) == 1:
-        return parts[0]
-    size = parts[0]["mask"].shape[0]
-    joined = dict(parts[0])
-    for key, value in parts[0].items():
-        if not (torch.is_tensor(value) and value.dim() and value.shape[0] == size):
-            continue
-        pieces = [part[key] for part in parts]
-        if value.dim() >= 2:
-            steps = max(piece.shape[1] for piece in pieces)
-            pieces = [torch.nn.functional.pad(piece, (0, 0) * (piece.dim() - 2) + (0, steps - piece.shape[1]))
-                      for piece in pieces]
-        joined[key] = torch.cat(pieces)
-    return joined
-
-
-def sub_batches(task: Any, generator: torch.Generator, length: int, num_sequences: int, batch_size: int):
-    """``num_sequences`` sequences at ``length`` in batches of at most ``batch_size``.
-
-    The sequences are drawn from ``generator`` in blocks of :data:`EVAL_BLOCK` (a sampler that
-    draws several random quantities per batch would otherwise give other sequences for another
-    batch size) and cut or joined into the sub-batches, so the scores do not depend on it.
-    """
-    parts: list[dict] = []
-    have = drawn = 0
-    while drawn < num_sequences or have:
-        while have < batch_size and drawn < num_sequences:
-            n = min(EVAL_BLOCK, num_sequences - drawn)
-            parts.append(task.sample_batch(generator, n, length))
-            have, drawn = have + n, drawn + n
-        take, rest, count = [], [], 0
-        for part in parts:
-            size = part["mask"].shape[0]
-            k = min(size, batch_size - count)
-            if k == size:
-                take.append(part)
-            else:
-                if k > 0:
-                    take.append(_rows(part, 0, k))
-                rest.append(_rows(part, k, size))
-            count += max(k, 0)
-        parts, have = rest, have - count
-        yield _join(take)
-
-
 def evaluate_length(
     model: Any, task: Any, length: int, *, slots: int | None, num_sequences: int, batch_size: int,
     seed: int, device: torch.device, progress: bool = False,
@@ -251,7 +200,7 @@ def evaluate_length(
     first_batch = None
     done = 0
     kwargs = {} if slots is None else {"memory_size": slots}
-    for batch in sub_batches(task, generator, length, num_sequences, batch_size):
+    for batch in sequence_batches(task, generator, length, num_sequences, batch_size):
         n = batch["mask"].shape[0]
         first_batch = first_batch or batch
         dtype = parameter_dtype(model)

@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from memnet.protocols import sequence_batches
 from memnet.utils import distributed_position, distributed_sampler
 from tasks.algorithmic.base import AlgorithmicTask, _subrange
 
@@ -132,16 +133,12 @@ class AlgorithmicDataModule(pl.LightningDataModule):
         return self.task.output_size
 
     def fixed_batches(self, lengths: list[int], size: int, seed: int) -> list[dict]:
-        """``size`` examples at each length, in batches of at most ``batch_size``."""
+        """``size`` examples at each length, in batches of at most ``batch_size`` (the same examples whatever it is)."""
         generator = torch.Generator().manual_seed(seed)
         task = self.task.for_evaluation() if hasattr(self.task, "for_evaluation") else self.task
         batches = []
-        for length in lengths:
-            remaining = size
-            while remaining > 0:
-                n = min(self.batch_size, remaining)
-                batches.append(task.sample_batch(generator, n, length))
-                remaining -= n
+        for length in lengths:  # drawn in fixed blocks: the same sets for models trained with other batch sizes
+            batches += sequence_batches(task, generator, length, size, self.batch_size)
         return batches
 
     def train_dataloader(self) -> DataLoader:
