@@ -60,6 +60,37 @@ def distributed_sampler(dataset: Sized, trainer: Any, *, shuffle: bool, seed: in
     return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
 
 
+class EpochShuffle(torch.utils.data.Sampler):
+    """One process's shuffled order of ``size`` examples for the epoch Lightning sets, seeded by ``seed``.
+
+    The order of epoch e is the one ``DataLoader(shuffle=True, generator=Generator().manual_seed(seed))``
+    gives at its e-th full pass (the loader's seed draw, the permutation, the sampler's trailing
+    draw, per pass), but computed from e: a run resumed at epoch e shuffles as the unbroken run did,
+    where a fresh loader would start again from epoch 0's order. Without ``set_epoch`` each pass
+    takes the next epoch.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed)
+        for _ in range(self.epoch):  # the earlier passes' draws, in the loader's order
+            torch.empty((), dtype=torch.int64).random_(generator=generator)
+            torch.randperm(self.size, generator=generator)
+            torch.randperm(self.size, generator=generator)
+        torch.empty((), dtype=torch.int64).random_(generator=generator)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        self.epoch += 1
+        return iter(order)
+
+
 class LengthGroupedSampler(DistributedSampler):
     """A training order whose batches hold examples of similar length: less padding to step through.
 

@@ -66,6 +66,7 @@ def test_parse_known_story():
     assert len(second["story"]) == 3 and second["supporting"] == [2]
     # a new story restarts at ID 1
     assert third["story"] == [["sandra", "journeyed", "to", "the", "garden"]] and third["supporting"] == [0]
+    assert [example["story_index"] for example in examples] == [0, 0, 1]
 
 
 def test_whitespace_before_tab_does_not_matter():
@@ -186,6 +187,33 @@ def test_dataset_splits_columns_and_seeded_validation(tmp_path):
 
 
 @needs_data
+def test_validation_holds_out_whole_stories_so_no_training_question_is_in_it(tmp_path):
+    # tasks 15, 17 and 18 ask a story's question twice: held out by question, half of their validation
+    # questions were copies of training ones
+    def examples(split):
+        return {(tuple(map(tuple, story)), tuple(query), task)
+                for story, query, task in zip(split["story"], split["query"], split["task"])}
+
+    data = load_babi(data_dir=ARCHIVE, cache_dir=tmp_path, tasks=[15, 17])
+    assert 180 <= len(data["validation"]) <= 220 and len(data["train"]) + len(data["validation"]) == 2000  # 10% of stories
+    assert not examples(data["validation"]) & examples(data["train"])
+    old = load_babi(data_dir=ARCHIVE, cache_dir=tmp_path, tasks=[15, 17], val_holdout="question")
+    assert len(examples(old["validation"]) & examples(old["train"])) > 50
+
+
+@needs_data
+def test_a_resumed_run_shuffles_its_epoch_as_the_unbroken_run_did(tmp_path):
+    module = BabiDataModule(data_dir=str(ARCHIVE), cache_dir=str(tmp_path), tasks=[1], batch_size=50)
+    module.setup("fit")
+    loader = module.train_dataloader()
+    unbroken = [[b["answer"].tolist() for b in loader] for _ in range(3)]
+    assert unbroken[0] != unbroken[2]
+    resumed = module.train_dataloader()  # a fresh loader, as after a resume; Lightning sets the epoch
+    resumed.sampler.set_epoch(2)
+    assert [b["answer"].tolist() for b in resumed] == unbroken[2]
+
+
+@needs_data
 def test_second_load_comes_from_cache(tmp_path, monkeypatch):
     first = load_babi(data_dir=ARCHIVE, cache_dir=tmp_path, tasks=[2])
     assert len(list(tmp_path.glob("babi-*"))) == 1
@@ -232,7 +260,9 @@ def test_hindi_and_10k_with_task_3_from_1k(tmp_path):
         ({"size": "5k"}, "size must be one of"),
         ({"memory_size": 0}, "memory_size must be a positive integer"),
         ({"batch_size": -1}, "batch_size must be a positive integer"),
-        ({"val_fraction": 1.0}, r"val_fraction must lie in \[0, 1\)"),
+        ({"val_fraction": 1.0}, r"val_fraction must lie in \(0, 1\)"),
+        ({"val_fraction": 0.0}, r"val_fraction must lie in \(0, 1\): validation needs examples"),
+        ({"val_holdout": "sentence"}, "val_holdout must be one of"),
     ],
 )
 def test_data_module_rejects_bad_options(kwargs, message):

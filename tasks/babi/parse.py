@@ -94,7 +94,9 @@ def parse_babi(text: str, *, source: str, task: int) -> list[dict[str, Any]]:
 
     Returns:
         dicts with ``story`` (list of token lists, oldest first), ``query``,
-        ``answer``, ``supporting`` (indices into ``story``) and ``task``.
+        ``answer``, ``supporting`` (indices into ``story``), ``task`` and
+        ``story_index`` (the story's number in the file, from 0: the questions of
+        one story share it).
 
     Raises:
         BabiFormatError: empty file, CR line endings, blank line, a line not
@@ -111,6 +113,7 @@ def parse_babi(text: str, *, source: str, task: int) -> list[dict[str, Any]]:
         lines.pop()  # the final newline
     examples: list[dict[str, Any]] = []
     story: list[list[str]] = []
+    story_count = 0
     statement_index: dict[int, int] = {}  # line ID -> index into story, statements only
     question_ids: set[int] = set()
     previous_id = 0
@@ -125,6 +128,7 @@ def parse_babi(text: str, *, source: str, task: int) -> list[dict[str, Any]]:
         line_id = _parse_id(id_text, source, line_number, "the line ID")
         if line_id == 1:
             story, statement_index, question_ids = [], {}, set()
+            story_count += 1
         elif previous_id == 0:
             raise BabiFormatError(source, line_number, f"the first line must have ID 1, got {line_id}")
         elif line_id != previous_id + 1:
@@ -183,6 +187,7 @@ def parse_babi(text: str, *, source: str, task: int) -> list[dict[str, Any]]:
             "answer": " ".join(answer.lower().split()),  # one class, even of several words
             "supporting": supporting,
             "task": task,
+            "story_index": story_count - 1,
         })
     return examples
 
