@@ -139,10 +139,12 @@ class LinearStartSwitch(pl.Callback):
             return None
         return net
 
-    def _switch(self, pl_module: pl.LightningModule, net, last_linear_epoch: int) -> None:
+    def _switch(self, trainer: pl.Trainer, net, last_linear_epoch: int) -> None:
         net.enable_softmax()
         self.switched_at = last_linear_epoch
-        pl_module.log("linear_start/switched", float(last_linear_epoch))
+        # to the loggers directly: Lightning refuses LightningModule.log in on_validation_end, where the switch is
+        for logger in getattr(trainer, "loggers", None) or []:
+            logger.log_metrics({"linear_start/switched": float(last_linear_epoch)}, step=trainer.global_step)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.epochs is None:
@@ -158,7 +160,7 @@ class LinearStartSwitch(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         net = self._linear_net(pl_module)
         if self.epochs is not None and net is not None and trainer.current_epoch >= self.epochs:
-            self._switch(pl_module, net, self.epochs - 1)
+            self._switch(trainer, net, self.epochs - 1)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # on_validation_end, not on_validation_epoch_end: Lightning calls the callbacks' epoch-end hooks before the
@@ -176,7 +178,7 @@ class LinearStartSwitch(pl.Callback):
             self.stale += 1
         linear_epochs = trainer.current_epoch + 1
         if self.stale >= self.patience or (self.max_epochs is not None and linear_epochs >= self.max_epochs):
-            self._switch(pl_module, net, trainer.current_epoch)
+            self._switch(trainer, net, trainer.current_epoch)
 
     def state_dict(self) -> dict:
         return {"best": self.best, "stale": self.stale, "switched_at": self.switched_at}

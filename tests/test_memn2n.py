@@ -312,6 +312,31 @@ def test_linear_start_switch_fixed_length_ignores_the_monitor():
         LinearStartSwitch(epochs=0)
 
 
+@pytest.mark.parametrize("switch", [
+    {"monitor": "val/loss", "patience": 1, "max_epochs": 1},  # the paper-text recipes': at the end of validation
+    {"epochs": 1},  # the authors' recipe: at the start of a training epoch
+], ids=["monitored", "fixed"])
+def test_linear_start_switch_in_a_real_trainer_switches_and_logs(switch, tmp_path):
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import CSVLogger
+
+    from memnet.lightning import QAModule
+
+    torch.manual_seed(0)
+    items = [{"story": torch.randint(1, 20, (3, 4)), "query": torch.randint(1, 20, (3,)), "answer": torch.tensor(i % 6),
+              "task": torch.tensor(1)} for i in range(4)]
+    loader = torch.utils.data.DataLoader(items, batch_size=2,
+                                         collate_fn=lambda b: {k: torch.stack([x[k] for x in b]) for k in b[0]})
+    net = MemN2N(20, 6, embedding_size=5, memory_size=6, linear_start=True, seed=0)
+    callback = LinearStartSwitch(**switch)
+    trainer = pl.Trainer(max_epochs=2, callbacks=[callback], logger=CSVLogger(tmp_path), enable_checkpointing=False,
+                         enable_progress_bar=False, num_sanity_val_steps=0, enable_model_summary=False)
+    trainer.fit(QAModule(net, optimizer=lambda p: torch.optim.SGD(p, lr=1e-3)), loader, loader)
+    assert callback.switched_at == 0 and bool(net.softmax_enabled)
+    logged = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
+    assert "linear_start/switched" in logged.splitlines()[0]
+
+
 def test_linear_start_switch_refuses_a_scheduler_of_another_length():
     from memnet.optim import LinearStartStepLR
 
