@@ -21,9 +21,13 @@ the others). Every (model, batch, path) runs in a fresh process, so that its
 peak memory is its own and a compile is not shared: ``--warmup`` untimed steps
 (the first one compiles; its time beyond a step's is reported as compile time),
 then timed repetitions of ``--steps`` steps until ``--min-seconds`` have passed
-(at least ``--repeats``); the median repetition is reported. On CUDA the peak
-is ``torch.cuda.max_memory_allocated``; on the CPU the growth of the process's
-peak resident set size over the measurement.
+(at least ``--repeats``); the median repetition is reported. The peak memory is
+that of the timed steps, after the warm-up (a compile's own memory is not in it):
+on CUDA ``torch.cuda.max_memory_allocated`` (parameters, optimiser state and
+activations); on the CPU the process's peak resident set over the timed steps
+(``VmHWM``, reset after the warm-up through ``/proc/self/clear_refs``) less its
+resident set before the model was built. The ``graphed`` path's compile time is
+its warm-up and capture.
 
 On a GPU: ``--compile-mode reduce-overhead`` compiles with inductor's CUDA graphs
 (the ``compile_mode`` of NTM and DNC), ``--unroll K`` sets the compiled engine's time
@@ -198,6 +202,9 @@ def measure(model: str, path: str, batch_size: int, *, steps: int, repeats: int,
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(torch.device(device))  # cuda:N: synchronise, reset and read that device, not device 0
+    rss_base = _proc_status_mb("VmRSS")  # the process before the model is built
     if path == "graphed" and not cuda:
         raise SystemExit("the graphed path captures CUDA graphs: it needs --device cuda")
     if precision == "tf32":
@@ -224,7 +231,9 @@ def measure(model: str, path: str, batch_size: int, *, steps: int, repeats: int,
         optimizer.step()
 
     train_step = eager_step
+    capture_seconds = 0.0
     if path == "graphed":
+        capture_began = time.perf_counter()
         static = {k: v.clone() if torch.is_tensor(v) else v for k, v in batches[0].items()}
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -247,9 +256,9 @@ def measure(model: str, path: str, batch_size: int, *, steps: int, repeats: int,
                     static[key].copy_(value)
             graph.replay()
 
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+        sync()
+        capture_seconds = time.perf_counter() - capture_began
+
     start = time.perf_counter()
     train_step(batches[0])
     sync()
@@ -257,6 +266,11 @@ def measure(model: str, path: str, batch_size: int, *, steps: int, repeats: int,
     for i in range(1, warmup):
         train_step(batches[i % len(batches)])
     sync()
+    # the peak of the timed steps only: the compile of the first step is behind us
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    peak_reset = _reset_peak_rss()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times: list[float] = []
     began = time.perf_counter()
     while len(times) < repeats or time.perf_counter() - began < min_seconds:
@@ -266,9 +280,11 @@ def measure(model: str, path: str, batch_size: int, *, steps: int, repeats: int,
         sync()
         times.append((time.perf_counter() - start) / steps)
     per_step = statistics.median(times)
-    if device.startswith("cuda"):
+    if cuda:
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    else:
+    elif peak_reset and rss_base is not None:
+        peak_mb = _proc_status_mb("VmHWM") - rss_base
+    else:  # no /proc: the growth of the lifetime peak over the timed steps
         peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
     compiled = path in ("compiled", "graphed")
     return {
@@ -283,7 +299,7 @@ def measure(model: str, path: str, batch_size: int, *, steps: int, repeats: int,
         "seconds_per_step_all": times,
         "sequences_per_second": batch_size / per_step,
         "peak_memory_mb": round(peak_mb, 1),
-        "compile_seconds": round(max(first_step - per_step, 0.0), 2) if compiled else None,
+        "compile_seconds": round(capture_seconds + max(first_step - per_step, 0.0), 2) if compiled else None,
         "compilations": getattr(net, "compilations", None) if path == "compiled" else None,
         "torch_threads": torch.get_num_threads(),
         "device": device,
@@ -296,8 +312,28 @@ def machine(device: str) -> dict:
     info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
             "processor": _cpu_name(), "logical_cpus": _cpu_count()}
     if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info
+
+
+def _proc_status_mb(field: str) -> float | None:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MB, or None where there is none."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the process's peak resident set (``VmHWM``) to its current size; False where Linux cannot."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return _proc_status_mb("VmHWM") is not None
 
 
 def _cpu_name() -> str:

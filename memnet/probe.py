@@ -50,14 +50,24 @@ PLOT_FLOOR = 1e-30
 
 
 def last_step_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy of the last scored step, summed over features, mean over the batch.
+    """Binary cross-entropy of each sequence's last scored step, summed over features, mean over the batch.
 
-    logits, targets (B, T, D); mask (B, T). The last scored step is the last t
-    where any sequence's mask is 1 (the whole sequence if none is).
+    logits, targets (B, T, D); mask (B, T). Each sequence is scored at its own
+    last step with mask 1 (sequences of one batch can end at different steps:
+    repeat copy's counts), a sequence with none not at all; if no sequence has a
+    scored step, every sequence's last step.
     """
-    scored = mask.amax(dim=0).nonzero()
-    last = int(scored.max()) if scored.numel() else logits.shape[1] - 1
-    return F.binary_cross_entropy_with_logits(logits[:, last], targets[:, last], reduction="sum") / logits.shape[0]
+    batch, steps = logits.shape[:2]
+    scored = mask > 0
+    if scored.any():
+        last = (steps - 1) - scored.flip(1).int().argmax(dim=1)
+        weight = scored.any(dim=1).to(logits.dtype)
+    else:
+        last = torch.full((batch,), steps - 1, device=logits.device)
+        weight = torch.ones(batch, dtype=logits.dtype, device=logits.device)
+    rows = torch.arange(batch, device=logits.device)
+    nats = F.binary_cross_entropy_with_logits(logits[rows, last], targets[rows, last], reduction="none").sum(-1)
+    return (nats * weight).sum() / batch
 
 
 def all_steps_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -82,9 +92,12 @@ def gradient_through_time(
 
     h(t) is the network's state entering step t: the initial state for t = 0,
     the state after step t − 1 otherwise. A zero perturbation is added to every
-    floating tensor of h(t) and the gradient of L with respect to it is the
-    total derivative ∂L/∂h(t); its norm is taken over the whole batch and all
-    state tensors together.
+    floating tensor of h(t) as step t reads it, and the gradient of L with respect
+    to it is the gradient that flows back into h(t) through steps t, t + 1, …:
+    with ``all``, that of the losses of steps t and later (the output of step
+    t − 1, computed before the perturbation, is not in it), which is the gradient
+    through time whose vanishing or explosion the probe measures. Its norm is
+    taken over the whole batch and all state tensors together.
 
     Args:
         net: a network with ``initial_state`` and ``step`` (or a LightningModule holding one as ``net``).

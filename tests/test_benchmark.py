@@ -96,3 +96,22 @@ def test_the_babi_shaped_memn2n_setting_runs(tmp_path):
     (row,) = json.loads(out.read_text())["results"]
     assert (row["model"], row["path"], row["batch_size"]) == ("MemN2N-bAbI", "eager", 4)
     assert row["sequences_per_second"] > 0 and "error" not in row
+
+
+def test_the_cpu_peak_is_that_of_the_timed_steps_not_of_what_came_before():
+    # the peak resident set is reset after the warm-up, so a compile's memory (here: a big buffer freed before the
+    # timed steps) is not counted as the step's
+    import pytest
+
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    if run._proc_status_mb("VmHWM") is None:
+        pytest.skip("no /proc/self/status")
+    import torch
+
+    buffer = torch.ones(64 * 2**20 // 4)  # 64 MB, touched
+    high = run._proc_status_mb("VmHWM")
+    del buffer
+    assert run._reset_peak_rss()
+    assert run._proc_status_mb("VmHWM") < high - 32

@@ -72,6 +72,20 @@ def test_last_step_loss_only_sees_scored_steps():
     assert torch.all(norms[-3:] == 0) and torch.all(norms[:-3] > 0)
 
 
+def test_last_step_loss_scores_each_sequence_at_its_own_last_scored_step():
+    from memnet.probe import last_step_loss
+
+    logits = torch.randn(2, 5, 3, dtype=torch.float64)
+    targets = torch.randint(0, 2, (2, 5, 3)).double()
+    mask = torch.tensor([[0, 1, 1, 1, 1], [0, 1, 1, 0, 0]], dtype=torch.float64)  # the second ends at step 2
+    expected = sum(torch.nn.functional.binary_cross_entropy_with_logits(logits[b, t], targets[b, t], reduction="sum")
+                   for b, t in ((0, 4), (1, 2))) / 2
+    assert last_step_loss(logits, targets, mask).item() == pytest.approx(expected.item(), rel=1e-12)
+    flipped = targets.clone()
+    flipped[1, 4] = 1 - flipped[1, 4]  # an unscored target of the shorter sequence changes nothing
+    assert last_step_loss(logits, flipped, mask).item() == pytest.approx(expected.item(), rel=1e-12)
+
+
 def test_ntm_state_parts():
     torch.manual_seed(4)
     ntm = NTM(D, K, controller=partial(LSTMController, hidden_size=H), memory_size=7, word_size=3, num_reads=2)
