@@ -68,6 +68,20 @@ def test_checkpoints_are_written_atomically_whatever_other_plugins_are_given(plu
     assert torch.load("ckpt/last.ckpt")["x"].tolist() == [1.0, 1.0] and len(synced) == 2  # the file, then the folder
 
 
+def test_ckpt_path_on_the_command_line_wins_over_a_config_given_after_it(tmp_path, capsys):
+    # a run's config.yaml holds ckpt_path: null; given after --ckpt_path it used to test untrained weights
+    main(["fit", "--config", SMALL, *TINY])
+    latest = json.loads((tmp_path / "runs" / "latest.json").read_text())
+    last, config = latest["last_checkpoint"], str(Path(latest["run_dir"]) / "config.yaml")
+    scores = []
+    for argv in (["--config", config, "--ckpt_path", last], ["--ckpt_path", last, "--config", config]):
+        capsys.readouterr()
+        main(["test", *argv, *TINY])
+        line = next(line for line in capsys.readouterr().out.splitlines() if "test/bits_per_seq " in line)
+        scores.append(line.split("│")[2].strip())
+    assert scores[0] == scores[1]
+
+
 def test_resume_continues_from_the_last_checkpoint(tmp_path):
     main(["fit", "--config", SMALL, *TINY])
     last = json.loads((tmp_path / "runs" / "latest.json").read_text())["last_checkpoint"]

@@ -141,6 +141,28 @@ class MemnetCLI(LightningCLI):
             except ConfigError as error:
                 raise MemnetError(str(error)) from None  # one line from main, exit 2
         self.config = parser.parse_object(args) if isinstance(args, dict) else parser.parse_args(args)
+        if isinstance(args, list):
+            self._keep_ckpt_path(args)
+
+    def _keep_ckpt_path(self, args: list[str]) -> None:
+        """``--ckpt_path X`` typed on the command line wins over any ``--config`` given after it.
+
+        A run's saved ``config.yaml`` holds ``ckpt_path: null`` (the ``fit`` subcommand's config),
+        so ``memnet test --ckpt_path X --config <run>/config.yaml`` parsed as written would test
+        untrained weights, and ``fit`` would start again from step 0, both without a word.
+        """
+        given = None
+        for i, arg in enumerate(args):
+            if arg == "--ckpt_path" and i + 1 < len(args):
+                given = args[i + 1]
+            elif arg.startswith("--ckpt_path="):
+                given = arg.split("=", 1)[1]
+        if given is None:
+            return
+        subcommand = self.config.get("subcommand")
+        target = self.config.get(subcommand) if subcommand else self.config
+        if target is not None and "ckpt_path" in target and target["ckpt_path"] != given:
+            target["ckpt_path"] = given
 
     def _parse_ckpt_path(self) -> None:
         """The config given on the command line is authoritative.
