@@ -585,3 +585,16 @@ def test_malformed_file_and_bad_data_dir_through_the_command_are_one_line(tmp_pa
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and "Traceback" not in err, err
         assert expected in next(line for line in err.splitlines() if line.startswith("memnet: "))
+
+
+def test_table_columns_of_two_runs_with_one_name_stay_apart(tmp_path):
+    from memnet.cli.babi_table import checkpoint_names
+
+    paths = []
+    for experiment in ("memn2n", "memn2n_big"):
+        checkpoint = tmp_path / experiment / "seed_0" / "checkpoints" / "last.ckpt"
+        checkpoint.parent.mkdir(parents=True)
+        checkpoint.write_bytes(b"")
+        paths.append(str(checkpoint))
+    assert checkpoint_names(paths) == ["memn2n/seed_0", "memn2n_big/seed_0"]  # were both "seed_0", one lost
+    assert checkpoint_names(paths[:1]) == ["seed_0"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -148,3 +149,13 @@ def test_memnet_probe_command_draws_the_comparison(tmp_path, monkeypatch, capsys
     assert (tmp_path / "probe.png").read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
     assert "0 training steps" in out and "1 training steps" in out and "RNN (ρ(W) = " in out
+
+
+def test_two_configs_of_one_file_name_get_two_labels():
+    from memnet.cli.probe import compare
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    configs = [str(root / "lstm" / "copy.yaml"), str(root / "gru" / "copy.yaml")]
+    assert list(compare(configs, train_steps=[0], max_sequences=1)[0]) == ["LSTM/COPY", "GRU/COPY"]  # was one "COPY"
+    with pytest.raises(ValueError, match="labels must differ"):
+        compare(configs, labels=["A", "A"], train_steps=[0])

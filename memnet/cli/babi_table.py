@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from memnet.cli import tables
-from memnet.cli.rebuild import RebuildError, run_stage
+from memnet.cli.rebuild import RebuildError, resolve_checkpoint, run_stage
 from memnet.metrics import FAILED_TASK_ERROR, failed_tasks, mean_error, task_errors
 from tasks.babi import ALL_TASKS, TASK_NAMES
 
@@ -71,6 +71,14 @@ def babi_table(results: dict[str, dict[int, float]], *, tasks: Sequence[int] = A
     return markdown, tables.csv_table(header, rows)
 
 
+def checkpoint_names(paths: Sequence[str]) -> list[str]:
+    """A column name per checkpoint: its run folder's name (``latest`` resolved first), with the folder
+    above it where two runs share a name (a suite's ``memn2n/seed_0`` and ``memn2n_big/seed_0``)."""
+    runs = [resolve_checkpoint(path).resolve().parent.parent for path in paths]
+    names = [run.name for run in runs]
+    return [f"{run.parent.name}/{run.name}" if names.count(run.name) > 1 else run.name for run in runs]
+
+
 def evaluate_checkpoint(ckpt_path: str | Path, config: str | Path | None = None,
                         overrides: Sequence[str] = ()) -> dict[int, float]:
     """Test error per task of one checkpoint, run through ``memnet test`` with the run's config.
@@ -112,10 +120,16 @@ def table_main(argv: Sequence[str] | None = None) -> dict[str, dict[int, float]]
     for path in args.results:
         for name, errors in read_results(path).items():
             results.setdefault(name, {}).update(errors)
+    names = list(args.name) if args.name else checkpoint_names(args.ckpt_path)
     for index, ckpt in enumerate(args.ckpt_path):
-        name = args.name[index] if args.name else Path(ckpt).resolve().parent.parent.name
         config = args.config[index] if args.config else None
-        results.setdefault(name, {}).update(evaluate_checkpoint(ckpt, config))
+        errors = evaluate_checkpoint(ckpt, config)
+        column = results.setdefault(names[index], {})
+        twice = sorted(set(column) & set(errors))
+        if twice:  # one column may gather one model per task, never two models of one task
+            parser.error(f"the column {names[index]!r} already holds task(s) {', '.join(map(str, twice))}; "
+                         f"{ckpt} reports them again: give it its own --name")
+        column.update(errors)
     markdown, csv = babi_table(results)
     print(markdown)
     print(csv)

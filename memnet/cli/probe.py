@@ -43,13 +43,20 @@ def compare(
     if not train_steps or any(not isinstance(n, int) or n < 0 for n in train_steps):
         raise ValueError(f"train_steps must hold non-negative integers, got {list(train_steps)!r}")
     checkpoints = sorted(set(train_steps))
+    stems = [Path(config).stem for config in configs]  # lstm/copy.yaml and gru/copy.yaml: LSTM/COPY, GRU/COPY
+    default_labels = [(f"{Path(config).parent.name}/{stem}" if stems.count(stem) > 1 else stem).upper()
+                      for config, stem in zip(configs, stems)]
+    chosen = list(labels) if labels is not None else default_labels
+    repeated = sorted({label for label in chosen if chosen.count(label) > 1})
+    if repeated:
+        raise ValueError(f"labels must differ (a curve would replace another): {', '.join(repeated)} given twice")
     results: dict[int, dict[str, torch.Tensor]] = {n: {} for n in checkpoints}
     for i, config in enumerate(configs):
         if not Path(config).is_file():
             raise FileNotFoundError(f"config {config} does not exist")
         cli = instantiate([config])
         module, data = cli.model, cli.datamodule
-        label = labels[i] if labels is not None else Path(config).stem.upper()
+        label = labels[i] if labels is not None else default_labels[i]
         optimizer = module.optimizer(module.parameters())
         clip = cli.config.get("trainer", {}).get("gradient_clip_val")
         probe_batch = next(iter(data.val_dataloader()))
