@@ -90,6 +90,21 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
     assert torch.load(last2, weights_only=False)["global_step"] == 6
 
 
+def test_a_resume_with_another_data_seed_is_refused_and_a_new_length_range_is_taken(tmp_path, capsys):
+    main(["fit", "--config", SMALL, *TINY])
+    last = json.loads((tmp_path / "runs" / "latest.json").read_text())["last_checkpoint"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMALL, *TINY, "--trainer.max_steps=6", "--data.init_args.seed=1", "--ckpt_path", last])
+    assert exit_info.value.code == 2
+    assert "the checkpoint was trained with data seed 0" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="the task's lengths are now 1-7"):
+        main(["fit", "--config", SMALL, *TINY, "--trainer.max_steps=6", "--ckpt_path", last,
+              "--data.init_args.task.init_args.max_length=7", "--data.init_args.val_lengths=[7]"])
+    state = torch.load(json.loads((tmp_path / "runs" / "latest.json").read_text())["last_checkpoint"],
+                       weights_only=False)["AlgorithmicDataModule"]
+    assert state["length_range"] == [1, 7] and state["task_range"] == [1, 7]
+
+
 def test_print_config_shows_linked_sizes_free_config(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", SMALL, "--print_config"])

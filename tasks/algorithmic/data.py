@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import pytorch_lightning as pl
@@ -9,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from memnet.protocols import sequence_batches
-from memnet.utils import distributed_position, distributed_sampler
+from memnet.utils import MemnetError, distributed_position, distributed_sampler
 from tasks.algorithmic.base import AlgorithmicTask, _subrange
 
 
@@ -158,12 +159,31 @@ class AlgorithmicDataModule(pl.LightningDataModule):
         return self.test_dataloader()
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "length_range": list(self.length_range), "length_mix": self.length_mix}
+        return {"epoch": self.epoch, "length_range": list(self.length_range), "length_mix": self.length_mix,
+                "seed": self.seed, "task_range": [self.task.min_length, self.task.max_length]}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """Continue the checkpoint's stream: its epoch, and its curriculum's range if the task's range is the same.
+
+        A resume continues one run, so another data ``seed`` (other training batches, another
+        validation set under the restored best score) is refused; a task whose length range
+        changed starts from the new range, with a warning, instead of the checkpoint's.
+        """
+        saved_seed = state_dict.get("seed", self.seed)
+        if saved_seed != self.seed:
+            raise MemnetError(
+                f"data seed {self.seed} given, but the checkpoint was trained with data seed {saved_seed}: resuming "
+                f"continues its stream and validation set; pass --data.init_args.seed {saved_seed}, or start a new "
+                "run for other data")
         self.epoch = int(state_dict["epoch"])
-        self.length_range = tuple(state_dict.get("length_range", self.length_range))
-        self.length_mix = float(state_dict.get("length_mix", self.length_mix))
+        task_range = [self.task.min_length, self.task.max_length]
+        if state_dict.get("task_range", task_range) == task_range:
+            self.length_range = tuple(state_dict.get("length_range", self.length_range))
+            self.length_mix = float(state_dict.get("length_mix", self.length_mix))
+        else:
+            warnings.warn(f"the task's lengths are now {task_range[0]}-{task_range[1]}, the checkpoint's were "
+                          f"{state_dict['task_range'][0]}-{state_dict['task_range'][1]}: training goes on over the "
+                          "new range (the checkpoint's curriculum range is dropped)", stacklevel=2)
 
 
 def train_stream_seed(seed: int, epoch: int, rank: int = 0) -> int:
