@@ -598,3 +598,15 @@ def test_table_columns_of_two_runs_with_one_name_stay_apart(tmp_path):
         paths.append(str(checkpoint))
     assert checkpoint_names(paths) == ["memn2n/seed_0", "memn2n_big/seed_0"]  # were both "seed_0", one lost
     assert checkpoint_names(paths[:1]) == ["seed_0"]
+
+
+def test_a_resume_with_another_split_is_refused():
+    from memnet.utils import MemnetError
+
+    state = BabiDataModule(tasks=[1], seed=0).state_dict()
+    BabiDataModule(tasks=[1], seed=0).load_state_dict(state)
+    BabiDataModule(tasks=[1]).load_state_dict({})  # a checkpoint from before the state was kept
+    for kwargs, message in (({"seed": 1}, "data seed 1 given, but the checkpoint was trained with 0"),
+                            ({"val_holdout": "question"}, "val_holdout 'question' given")):
+        with pytest.raises(MemnetError, match=message):
+            BabiDataModule(tasks=[1], **kwargs).load_state_dict(state)

@@ -84,6 +84,7 @@ from torch.utils.data import DataLoader, Dataset
 from memnet.utils import (
     EpochShuffle,
     LengthGroupedSampler,
+    MemnetError,
     distributed_position,
     distributed_sampler,
 )
@@ -530,6 +531,19 @@ class BabiDataModule(pl.LightningDataModule):
     def output_size(self) -> int:
         """A, the number of answer classes."""
         return self.vocabulary.num_answers
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "val_fraction": self.val_fraction, "val_holdout": self.val_holdout}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """A resume continues one run: another seed or hold-out (another split of the training file) is refused."""
+        for key, flag in (("seed", "seed"), ("val_fraction", "val_fraction"), ("val_holdout", "val_holdout")):
+            saved = state_dict.get(key, getattr(self, key))
+            if saved != getattr(self, key):
+                raise MemnetError(
+                    f"data {key} {getattr(self, key)!r} given, but the checkpoint was trained with {saved!r}: "
+                    f"resuming continues its split of the training questions; pass --data.init_args.{flag} {saved}, "
+                    "or start a new run")
 
     def prepare_data(self) -> None:
         load_babi(data_dir=self.data_dir, cache_dir=self.cache_dir, language=self.language, size=self.size,
