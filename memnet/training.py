@@ -26,6 +26,7 @@ from torch import nn
 from torchmetrics.utilities import dim_zero_cat
 
 from memnet.metrics import nrmse_from_sums, task_error_counts
+from memnet.utils import MemnetError
 
 Interval = Literal["step", "epoch"]  # when a learning-rate scheduler steps
 NonFinite = Literal["skip", "stop"]  # what a training step with non-finite gradients does
@@ -143,6 +144,18 @@ class MemnetModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.skipped_steps = checkpoint.get("memnet_skipped_steps", 0)
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn != "fit" or trainer.max_steps is None or trainer.max_steps < 0:
+            return
+        for state in checkpoint.get("lr_schedulers") or []:
+            total = state.get("total_steps") if isinstance(state, dict) else None
+            if "_schedule_phases" in (state or {}) and total is not None and trainer.max_steps > total:
+                # the saved OneCycleLR comes back as saved: a longer schedule in the config is not used, and
+                # training past its end fails with torch's error many steps into the resumed run
+                raise MemnetError(
+                    f"the checkpoint's OneCycleLR schedule is {total} steps long (restored as saved, whatever the "
+                    f"config's total_steps), so it cannot resume to trainer.max_steps {trainer.max_steps}; resume "
+                    f"with trainer.max_steps at most {total}, or start a new run for a longer schedule")
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.model_step(batch, "val")

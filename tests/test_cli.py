@@ -105,6 +105,18 @@ def test_a_resume_with_another_data_seed_is_refused_and_a_new_length_range_is_ta
     assert state["length_range"] == [1, 7] and state["task_range"] == [1, 7]
 
 
+def test_resuming_past_the_saved_one_cycle_schedule_is_refused_in_one_line(tmp_path, capsys):
+    # the saved OneCycleLR comes back with its own total_steps: the config's longer one is not used, and torch
+    # failed with a traceback at the first step past the end
+    schedule = "--model.init_args.scheduler.init_args.total_steps"
+    main(["fit", "--config", SMALL, *TINY, f"{schedule}=4"])
+    last = json.loads((tmp_path / "runs" / "latest.json").read_text())["last_checkpoint"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMALL, *TINY, "--trainer.max_steps=8", f"{schedule}=8", "--ckpt_path", last])
+    assert exit_info.value.code == 2
+    assert "the checkpoint's OneCycleLR schedule is 4 steps long" in capsys.readouterr().err
+
+
 def test_print_config_shows_linked_sizes_free_config(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", SMALL, "--print_config"])
