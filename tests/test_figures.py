@@ -307,3 +307,18 @@ def test_memn2n_figure_without_data_says_where_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setattr("tasks.babi.archive.candidate_data_dirs", lambda data_dir=None: [tmp_path / "no-babi"])
     with pytest.raises(command.FigureError, match=r"found no data: .*memnet data babi.*memn2n.ckpt"):
         command.draw(["memn2n-attention"], out=tmp_path, log=lambda line: None)
+
+
+def test_a_prediction_outside_the_answers_is_named_not_an_index_error():
+    from types import SimpleNamespace
+
+    from memnet.cli.figures import _predicted_word
+
+    vocabulary = SimpleNamespace(num_answers=2, tokens=["<pad>", "<unk>", "<eos>", "<eoq>", "garden", "kitchen",
+                                                        "john", "went"],
+                                 decode_answer=lambda c: ["garden", "kitchen"][c])
+    net = SimpleNamespace(answer_offset=4)
+    # columns: the 2 answers, the 4 specials, the other words (tokens 6, 7), then the time words
+    assert [_predicted_word(vocabulary, net, c) for c in (1, 2, 6, 7, 9)] == [
+        "kitchen", "<pad> (not an answer)", "john (not an answer)", "went (not an answer)",
+        "time word 1 (not an answer)"]

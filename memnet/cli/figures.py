@@ -347,8 +347,20 @@ def figure_memn2n_attention(out: Path, models: Models, seed: int) -> list[Path]:
     vocabulary = data.vocabulary
     path = plot_memn2n_attention(out / "memn2n_attention.png", attention, sentences=sentences,
                                  question=" ".join(row["query"]), answer=row["answer"],
-                                 predicted=vocabulary.decode_answer(predicted), supporting=supporting)
+                                 predicted=_predicted_word(vocabulary, net, int(predicted)), supporting=supporting)
     return [path]
+
+
+def _predicted_word(vocabulary: Any, net: Any, column: int) -> str:
+    """The word of an answer column: an answer class, or, with ``answer_layer: vocabulary``, any other column
+    (the specials, the other words, then the time words: ``MemN2N.answer_weight``'s order), marked as no answer."""
+    answers = vocabulary.num_answers
+    if column < answers:
+        return vocabulary.decode_answer(column)
+    offset = getattr(net, "answer_offset", 0)
+    token = column - answers if column < answers + offset else column
+    word = vocabulary.tokens[token] if token < len(vocabulary.tokens) else f"time word {token - len(vocabulary.tokens)}"
+    return f"{word} (not an answer)"
 
 
 FIGURES: dict[str, Callable[[Path, Models, int], list[Path]]] = {
