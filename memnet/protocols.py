@@ -87,6 +87,7 @@ class LengthRow(TypedDict, total=False):
     sequences: int  # how many sequences were scored
     exact_pct: float  # percent of sequences with no wrong bit
     optimal_bits_per_seq: float  # the Bayes-optimal cost (dynamic n-grams only)
+    free_bits_per_seq: float  # a conditional model fed its own previous output (bits_per_seq: fed the target)
     nonfinite_sequences: int  # sequences whose outputs were NaN or infinite on a scored step (only when > 0)
 
 

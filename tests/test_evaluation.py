@@ -11,6 +11,7 @@ import pytest
 import torch
 from tiny_run import tiny_run
 
+from memnet import metrics
 from memnet.cli import main as memnet_main
 from memnet.evaluation import EvaluationError, fit_only_keys, resolve_checkpoint
 from memnet.protocols import DRAW_BLOCK, join_batches, sequence_batches
@@ -274,3 +275,28 @@ def test_nan_outputs_off_the_scored_steps_cost_nothing_and_on_them_are_named():
                              batch_size=2, seed=0, device=torch.device("cpu"))
     assert row["nonfinite_sequences"] == 2 and row["bits_per_seq"] != row["bits_per_seq"]  # NaN, and said why
     assert "| sequences with non-finite outputs |" in markdown_table([clean, row])
+
+
+def test_a_conditional_model_is_scored_as_validation_scores_it_and_free_running_beside():
+    from functools import partial
+
+    from memnet.controllers import GRUController
+    from memnet.evaluation import evaluate_length, markdown_table
+    from memnet.lightning import SequenceModule
+    from memnet.models.recurrent import RecurrentModel
+    from tasks.sequences import MarkovBitsTask
+
+    torch.manual_seed(0)
+    task = MarkovBitsTask(width=2, min_length=3, max_length=6)
+    net = RecurrentModel(task.input_size, task.output_size, controller=partial(GRUController, hidden_size=4),
+                         conditional=True)
+    model = SequenceModule(net).eval()
+    row, batch = evaluate_length(model, task, 6, slots=None, num_sequences=4, batch_size=4, seed=0,
+                                 device=torch.device("cpu"))
+    with torch.no_grad():
+        forced = metrics.bits_per_sequence(net(batch["inputs"], targets=batch["targets"]), batch["targets"],
+                                           batch["mask"]).mean()
+        free = metrics.bits_per_sequence(net(batch["inputs"]), batch["targets"], batch["mask"]).mean()
+    assert row["bits_per_seq"] == pytest.approx(float(forced), rel=1e-6)  # was the free-running cost
+    assert row["free_bits_per_seq"] == pytest.approx(float(free), rel=1e-6) and forced != free
+    assert "free-running bits per sequence" in markdown_table([row])

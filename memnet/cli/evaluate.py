@@ -81,6 +81,7 @@ HEADERS = {
     "sequences": "sequences",
     "exact_pct": "exact (%)",
     "optimal_bits_per_seq": "optimal bits per sequence",
+    "free_bits_per_seq": "free-running bits per sequence",
     "nonfinite_sequences": "sequences with non-finite outputs",
 }
 
@@ -207,8 +208,14 @@ def evaluate_length(
         inputs = batch["inputs"].to(device=device, dtype=dtype)
         targets = batch["targets"].to(device=device, dtype=dtype)
         mask = batch["mask"].to(device=device, dtype=dtype)
+        conditional = bool(getattr(model.net, "conditional", False))
         with torch.no_grad():
-            logits = model.net(inputs, **kwargs)
+            # a conditional model is scored as validation scores it (fed the previous target), and
+            # free-running (fed its own previous output) in a column of its own
+            logits = model.net(inputs, targets=targets, **kwargs) if conditional else model.net(inputs, **kwargs)
+            if conditional:
+                free = metrics.bits_per_sequence(model.net(inputs, **kwargs), targets, mask)
+                totals["free"] = totals.get("free", 0.0) + float(free.sum())
         bits = metrics.bits_per_sequence(logits, targets, mask)
         errors = metrics.bit_errors_per_sequence(logits, targets, mask)
         totals["bits"] += float(bits.sum())
@@ -232,6 +239,8 @@ def evaluate_length(
     }
     if has_optimal:
         row["optimal_bits_per_seq"] = totals["optimal"] / done
+    if "free" in totals:
+        row["free_bits_per_seq"] = totals["free"] / done
     if totals["nonfinite"]:
         row["nonfinite_sequences"] = totals["nonfinite"]
     return row, first_batch
@@ -251,6 +260,8 @@ def _columns(rows: list[dict]) -> list[str]:
     columns = list(COLUMNS)
     if any("optimal_bits_per_seq" in row for row in rows):
         columns.append("optimal_bits_per_seq")
+    if any("free_bits_per_seq" in row for row in rows):
+        columns.append("free_bits_per_seq")
     if any("nonfinite_sequences" in row for row in rows):
         columns.append("nonfinite_sequences")
     return columns
