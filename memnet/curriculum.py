@@ -81,6 +81,7 @@ class LengthCurriculum(pl.Callback):
         self.increment = increment
         self.every_n_epochs = every_n_epochs
         self.monitor = monitor
+        self._validated = False  # a validation ran since the last end of epoch (for val/ monitors)
         self.threshold = threshold
         self.mix = mix
         self.max_length: int | None = None  # the current upper length L, once training starts
@@ -108,11 +109,18 @@ class LengthCurriculum(pl.Callback):
             self.history.append((trainer.current_epoch, self.max_length))
         self._apply(datamodule)
 
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated = True
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         datamodule = self._datamodule(trainer)
         low, top = self._task_range(datamodule)
         self.epochs_at_level += 1
         value = trainer.callback_metrics.get(self.monitor)
+        if self.monitor.startswith("val/") and not self._validated:
+            value = None  # no validation since the last decision: its value is the one already acted on
+        self._validated = False
         metric = float(value) if value is not None else None
         new = self.next_max_length(self.max_length, top, epochs_at_level=self.epochs_at_level, metric=metric)
         pl_module.log(f"curriculum/max_{self.quantity}", float(self.max_length), on_epoch=True)

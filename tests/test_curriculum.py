@@ -209,3 +209,32 @@ def test_repeat_curriculum_reads_the_logged_training_loss(tmp_path):
     curriculum = RepeatCurriculum(start_repeats=1, threshold=100.0)  # any finite train/loss is below it
     repeat_trainer(tmp_path, curriculum, epochs=2)
     assert [h[1] for h in curriculum.history] == [1, 2, 3]
+
+
+def test_a_validation_metric_is_acted_on_once_not_at_every_epoch_until_the_next_validation(tmp_path):
+    # validated every 3 epochs: the value of epoch 2 stayed in callback_metrics and stepped up epochs 2, 3 and 4
+    import torch
+    from torch import nn
+
+    from memnet.lightning import SequenceModule
+
+    class Perfect(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = nn.Parameter(torch.zeros(()))
+
+        def forward(self, inputs, targets=None):
+            return 20 * (2 * targets - 1) + 0 * self.p
+
+    class Fed(SequenceModule):
+        def forward_kwargs(self, batch):
+            return {"targets": batch["targets"]}
+
+    dm = AlgorithmicDataModule(CopyTask(width=4, min_length=1, max_length=20), batch_size=4, batches_per_epoch=2,
+                               val_size=4)
+    curriculum = LengthCurriculum("growing", start_length=2, increment=2, monitor="val/bits_per_seq", threshold=1.0)
+    trainer = pl.Trainer(max_epochs=6, check_val_every_n_epoch=3, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                         num_sanity_val_steps=0, callbacks=[curriculum])
+    trainer.fit(Fed(Perfect()), datamodule=dm)
+    assert curriculum.history == [(0, 2), (3, 4), (6, 6)]  # one step up per validation
