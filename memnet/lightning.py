@@ -156,7 +156,8 @@ class QAModule(MemnetModule):
     (B, Jq), ``answer`` (B,) class, ``task`` (B,) task number).
 
     Metrics, logged as ``train/…``, ``val/…``, ``test/…`` (per epoch):
-        loss            cross-entropy of the answer (mean or sum over the batch, see ``loss_reduction``)
+        loss            cross-entropy of the answer per question (the mean over the batch; ``loss_reduction``
+                        sums it for the gradient only)
         accuracy        share of questions answered exactly
         error           100 · (1 − accuracy), in percent
         task_<k>/error  the same for bAbI task k alone (every task present in the split)
@@ -234,7 +235,11 @@ class QAModule(MemnetModule):
         wrong = answer_errors(logits, answer)
         batch_size = answer.shape[0]
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=True)
+        # logged per question whatever the reduction: a batch's sum, weighted by its size in the epoch's mean,
+        # made val/loss depend on the batch sizes (the last, smaller batch)
+        per_question = loss / batch_size if self.loss_reduction == "sum" else loss
+        self.log(f"{stage}/loss", per_question, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=batch_size,
+                 sync_dist=True)
         self.log(f"{stage}/accuracy", 1 - wrong.mean(), on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=True)
         self.log(f"{stage}/error", 100 * wrong.mean(), prog_bar=stage != "train", on_step=on_step,
                  on_epoch=True, batch_size=batch_size, sync_dist=True)

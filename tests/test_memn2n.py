@@ -479,3 +479,25 @@ def test_memn2n_learns_task_1(tmp_path):
     trainer.fit(module, datamodule=data)
     result = trainer.test(module, datamodule=data, verbose=False)[0]
     assert result["test/accuracy"] > 0.95
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_the_logged_loss_is_per_question_whatever_the_reduction_and_the_batch_sizes(reduction):
+    import pytorch_lightning as pl
+
+    from memnet.lightning import QAModule
+
+    class Uniform(torch.nn.Module):  # uniform over 4 answers: ln 4 nats for every question
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, story, query):
+            return torch.zeros(story.shape[0], 4) + 0 * self.p
+
+    batches = [{"story": torch.zeros(n, 2, 3, dtype=torch.long), "query": torch.zeros(n, 3, dtype=torch.long),
+                "answer": torch.zeros(n, dtype=torch.long)} for n in (4, 4, 1)]
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)
+    logged = trainer.validate(QAModule(Uniform(), loss_reduction=reduction), loader, verbose=False)[0]
+    assert logged["val/loss"] == pytest.approx(math.log(4), rel=1e-6)  # the batch sums gave 5.08
