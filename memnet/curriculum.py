@@ -76,6 +76,13 @@ class LengthCurriculum(pl.Callback):
             raise ValueError(
                 f"schedule {schedule!r} needs a pace: set every_n_epochs (a positive integer) or threshold"
             )
+        if schedule == "mixed" and threshold is not None and mix > 0 and monitor.startswith("train/"):
+            # the epoch's training metric averages in the batches drawn from the whole range: a level that is
+            # learned reads as unlearned (one long batch held L = 4 for 3 epochs at 4.5 bits) and never advances
+            raise ValueError(
+                f"schedule 'mixed' with a threshold on {monitor!r}: that training metric includes the batches drawn "
+                "from the whole range (mix), not the current level's alone; pace it with every_n_epochs, or "
+                "monitor a validation metric")
         self.schedule = schedule
         self.start_length = start_length
         self.increment = increment

@@ -13,7 +13,8 @@ from tasks.algorithmic import AlgorithmicDataModule, CopyTask
 
 @pytest.mark.parametrize("schedule", ["growing", "mixed"])
 def test_growing_schedules_are_monotone_and_bounded(schedule):
-    curriculum = LengthCurriculum(schedule, start_length=2, increment=3, threshold=1.0, every_n_epochs=4)
+    curriculum = LengthCurriculum(schedule, start_length=2, increment=3, threshold=1.0, every_n_epochs=4,
+                                  monitor="val/bits_per_seq")
     rng = random.Random(0)
     current, level, seen = 2, 0, [2]
     for _ in range(60):
@@ -107,6 +108,7 @@ def test_needs_a_data_module_with_a_length_range():
         ({"schedule": "growing", "every_n_epochs": 0}, "every_n_epochs"),
         ({"schedule": "growing", "every_n_epochs": 1, "start_length": 0}, "start_length"),
         ({"schedule": "growing", "every_n_epochs": 1, "increment": -1}, "increment"),
+        ({"schedule": "mixed", "threshold": 1.0}, "includes the batches drawn from the whole range"),
     ],
 )
 def test_bad_arguments_name_the_field(kwargs, field):
