@@ -89,6 +89,17 @@ def fit_scripted(tmp_path, costs, watch, snapshots, extra=(), module_class=None)
     return module, trainer
 
 
+def fit_plain(tmp_path, module, callbacks, epochs, ckpt=None):
+    """Train ``module`` on 8 fixed examples, 4 steps an epoch, validating once an epoch; no logger or checkpoints."""
+    data = torch.utils.data.TensorDataset(torch.randn(8, 3, generator=torch.Generator().manual_seed(1)))
+    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path, num_sanity_val_steps=0, callbacks=callbacks,
+                         enable_checkpointing=False)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=2),
+                val_dataloaders=torch.utils.data.DataLoader(data, batch_size=8), ckpt_path=ckpt)
+    return trainer
+
+
 def test_reporting_only_changes_nothing(tmp_path, capsys):
     snapshots = []
     watch = RelapseWatch(factor=10, floor=1.0)
@@ -200,18 +211,10 @@ def test_convergence_decay_keeps_the_largest_v_since_the_start(tmp_path):
 
 
 def test_convergence_decay_resumes_exactly(tmp_path):
-    data = torch.utils.data.TensorDataset(torch.randn(8, 3, generator=torch.Generator().manual_seed(1)))
-
-    def fit(epochs, ckpt=None, decay=None):
+    def fit(epochs, ckpt=None):
         pl.seed_everything(0)
-        decay = decay or ConvergenceDecay(threshold=0.1)
-        module = ScriptedValidation([5.0, 0.05, 0.3, 0.3])
-        trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                             default_root_dir=tmp_path, num_sanity_val_steps=0, callbacks=[decay],
-                             enable_checkpointing=False)
-        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=2),
-                    val_dataloaders=torch.utils.data.DataLoader(data, batch_size=8), ckpt_path=ckpt)
-        return module, trainer, decay
+        decay, module = ConvergenceDecay(threshold=0.1), ScriptedValidation([5.0, 0.05, 0.3, 0.3])
+        return module, fit_plain(tmp_path, module, [decay], epochs, ckpt), decay
 
     whole, _, _ = fit(4)
     _, half, _ = fit(2)
@@ -222,19 +225,12 @@ def test_convergence_decay_resumes_exactly(tmp_path):
 
 
 def test_two_convergence_decays_make_a_staircase_and_each_resumes_its_own_state(tmp_path):
-    data = torch.utils.data.TensorDataset(torch.randn(8, 3, generator=torch.Generator().manual_seed(1)))
-
     def fit(epochs, ckpt=None):
         pl.seed_everything(0)
         first = ConvergenceDecay(threshold=1.0, factor=0.5, amsgrad=False)
         second = ConvergenceDecay(threshold=0.1, factor=0.1)
         module = ScriptedValidation([5.0, 0.5, 0.3, 0.05, 0.3])
-        trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                             default_root_dir=tmp_path, num_sanity_val_steps=0, callbacks=[first, second],
-                             enable_checkpointing=False)
-        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=2),
-                    val_dataloaders=torch.utils.data.DataLoader(data, batch_size=8), ckpt_path=ckpt)
-        return module, trainer, first, second
+        return module, fit_plain(tmp_path, module, [first, second], epochs, ckpt), first, second
 
     whole, trainer, first, second = fit(5)
     assert (first.converged_step, second.converged_step) == (8, 16)  # four steps an epoch
@@ -310,19 +306,10 @@ def test_restoring_the_best_keeps_amsgrad_on_after_convergence(tmp_path):
 def test_restore_best_after_a_resume_goes_back_to_the_same_weights(tmp_path):
     # the best weights are kept in the checkpoint: a run resumed after its best and before a relapse restores
     # them as the unbroken run does (without them it reported the relapse and trained on from it)
-    data = torch.utils.data.TensorDataset(torch.randn(8, 3, generator=torch.Generator().manual_seed(1)))
-    costs = [5.0, 0.05, 0.06, 50.0]
-
     def fit(epochs, ckpt=None):
         pl.seed_everything(0)
-        watch = RelapseWatch(factor=10, floor=1.0, restore_best=True)
-        module = ScriptedValidation(costs)
-        trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                             default_root_dir=tmp_path, num_sanity_val_steps=0, callbacks=[watch],
-                             enable_checkpointing=False)
-        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=2),
-                    val_dataloaders=torch.utils.data.DataLoader(data, batch_size=8), ckpt_path=ckpt)
-        return module, trainer, watch
+        watch, module = RelapseWatch(factor=10, floor=1.0, restore_best=True), ScriptedValidation([5.0, 0.05, 0.06, 50.0])
+        return module, fit_plain(tmp_path, module, [watch], epochs, ckpt), watch
 
     whole, _, watch = fit(4)
     _, half, _ = fit(3)
@@ -344,13 +331,8 @@ class EpochLogged(ScriptedValidation):
 
 
 def test_callbacks_read_a_metric_logged_at_the_end_of_the_epoch_in_the_same_epoch(tmp_path):
-    data = torch.utils.data.TensorDataset(torch.randn(8, 3, generator=torch.Generator().manual_seed(1)))
     decay, watch = ConvergenceDecay(threshold=0.1, amsgrad=False), RelapseWatch()
-    trainer = pl.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         default_root_dir=tmp_path, num_sanity_val_steps=0, callbacks=[decay, watch],
-                         enable_checkpointing=False)
-    trainer.fit(EpochLogged([0.05, 3.0, 0.04]), train_dataloaders=torch.utils.data.DataLoader(data, batch_size=2),
-                val_dataloaders=torch.utils.data.DataLoader(data, batch_size=8))
+    fit_plain(tmp_path, EpochLogged([0.05, 3.0, 0.04]), [decay, watch], 3)
     assert decay.converged_step == 4  # epoch 0 (4 steps) is at 0.05; a callback one epoch late said 8
     assert [(step, round(value, 6)) for step, value in watch.history] == [(4, 0.05), (8, 3.0), (12, 0.04)]
     assert [e["step"] for e in watch.events] == [8]
