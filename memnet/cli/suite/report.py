@@ -36,11 +36,6 @@ def load_references() -> dict[str, Any]:
     return json.loads(text)
 
 
-def _mean_std(values: list[float | None]) -> dict[str, float] | None:
-    """``{"mean", "std", "n"}`` over the finite values (sample std, 0 for one value); None if none is finite."""
-    return mean_std(values)
-
-
 def _nonfinite(values_by_seed: dict[Any, float | None]) -> list[Any]:
     """The seeds whose value is NaN or infinite (left out of a mean, so they are named instead)."""
     return [seed for seed, value in values_by_seed.items() if value is not None and not math.isfinite(value)]
@@ -233,7 +228,7 @@ def build_report(results: str | Path) -> dict[str, Any]:
         nonfinite = []
         for column in columns:
             by_seed = scores.get(column, {})
-            row[column] = _mean_std(list(by_seed.values()))
+            row[column] = mean_std(list(by_seed.values()))
             nonfinite += [f"{column} of seed {seed} is {by_seed[seed]:g}, left out of its mean"
                           for seed in _nonfinite(by_seed)]
         row["errors"] = [
@@ -280,7 +275,7 @@ def build_report(results: str | Path) -> dict[str, Any]:
                 length_notes.append(f"L={length}: seed {left} not evaluated, left out (its validation value "
                                     "is another protocol)")
             by_seed = by_seed or {}
-            cells[length] = _mean_std(list(by_seed.values()))
+            cells[length] = mean_std(list(by_seed.values()))
             length_notes += [f"L={length}: seed {seed} at {by_seed[seed]:g}, left out of the mean"
                              for seed in _nonfinite(by_seed)]
         lengths_table.append(
@@ -308,15 +303,14 @@ def build_report(results: str | Path) -> dict[str, Any]:
         for entry in babi_entries:
             # the seeds evaluated on the split the suite asks for; one evaluated on another (a suite file
             # changed since) is left out and named, never averaged in under this split's heading
-            split = (entry.experiment.evaluate or {}).get("split", "test")
-            evaluated = [(r, _babi_errors(r)) for r in entry.done()]
+            split = _babi_split(entry.experiment)
+            evaluated = [(r, _babi_errors(r, split)) for r in entry.done()]
             evaluated = [(r, errors) for r, errors in evaluated if errors]
-            other = [r.get("seed") for r, _ in evaluated if (r.get("evaluation") or {}).get("split", "test") != split]
-            evaluated = [(r, errors) for r, errors in evaluated if r.get("seed") not in other]
+            other = [r.get("seed") for r in entry.done() if _babi_errors(r) and not _babi_errors(r, split)]
             runs = [errors for _, errors in evaluated]
-            per_task = {task: _mean_std([r[task] for r in runs if task in r]) for task in BABI_TASKS}
-            mean_error = _mean_std([mean_task_error(r.values()) for r in runs])
-            failed = _mean_std(
+            per_task = {task: mean_std([r[task] for r in runs if task in r]) for task in BABI_TASKS}
+            mean_error = mean_std([mean_task_error(r.values()) for r in runs])
+            failed = mean_std(
                 [float(failed_tasks(r.values())) for r in runs]
             )
             notes = set(_evaluation_notes(entry))
