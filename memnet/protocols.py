@@ -151,7 +151,8 @@ def batch_rows(batch: dict, start: int, stop: int) -> dict:
 
 
 def join_batches(parts: list[dict]) -> dict:
-    """Batches as one: per-sequence tensors concatenated, the time axis padded with zeros (mask 0) to the longest."""
+    """Batches as one: per-sequence tensors (B_i, T_i, …) concatenated into (Σ B_i, max T_i, …), the time axis
+    (dimension 1 of tensors with two or more) padded with zeros (mask 0); other values from the first batch."""
     if len(parts) == 1:
         return parts[0]
     size = batch_size_of(parts[0])
@@ -170,6 +171,10 @@ def join_batches(parts: list[dict]) -> dict:
 
 def sequence_batches(task: SequenceTask, generator: torch.Generator, length: int, num_sequences: int, batch_size: int):
     """``num_sequences`` sequences at ``length`` in batches of at most ``batch_size``.
+
+    Yields :class:`SequenceBatch` dicts: inputs (B, T, input_size), targets (B, T, output_size),
+    mask (B, T), B ≤ ``batch_size`` (the last may be smaller), T the longest of the batch (shorter
+    sequences padded with zeros and mask 0, as the task's own batches are).
 
     The sequences are drawn from ``generator`` in blocks of :data:`DRAW_BLOCK` (a sampler that
     draws several random quantities per batch would otherwise give other sequences for another

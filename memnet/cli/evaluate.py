@@ -201,6 +201,7 @@ def evaluate_length(
     first_batch = None
     done = 0
     kwargs = {} if slots is None else {"memory_size": slots}
+    conditional = bool(getattr(model.net, "conditional", False))  # fed its previous output (memnet.models.recurrent)
     for batch in sequence_batches(task, generator, length, num_sequences, batch_size):
         n = batch["mask"].shape[0]
         first_batch = first_batch or batch
@@ -208,14 +209,13 @@ def evaluate_length(
         inputs = batch["inputs"].to(device=device, dtype=dtype)
         targets = batch["targets"].to(device=device, dtype=dtype)
         mask = batch["mask"].to(device=device, dtype=dtype)
-        conditional = bool(getattr(model.net, "conditional", False))
         with torch.no_grad():
-            # a conditional model is scored as validation scores it (fed the previous target), and
-            # free-running (fed its own previous output) in a column of its own
-            logits = model.net(inputs, targets=targets, **kwargs) if conditional else model.net(inputs, **kwargs)
-            if conditional:
+            if conditional:  # scored as validation scores it (fed the previous target), and free-running beside
+                logits = model.net(inputs, targets=targets, **kwargs)
                 free = metrics.bits_per_sequence(model.net(inputs, **kwargs), targets, mask)
                 totals["free"] = totals.get("free", 0.0) + float(free.sum())
+            else:
+                logits = model.net(inputs, **kwargs)
         bits = metrics.bits_per_sequence(logits, targets, mask)
         errors = metrics.bit_errors_per_sequence(logits, targets, mask)
         totals["bits"] += float(bits.sum())
