@@ -37,9 +37,8 @@ def _fsync(path: Path) -> None:
     except OSError:
         return
     try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
+        with contextlib.suppress(OSError):
+            os.fsync(descriptor)
     finally:
         os.close(descriptor)
 
@@ -161,7 +160,7 @@ class MemnetCLI(LightningCLI):
             return
         subcommand = self.config.get("subcommand")
         target = self.config.get(subcommand) if subcommand else self.config
-        if target is not None and "ckpt_path" in target and target["ckpt_path"] != given:
+        if target is not None and "ckpt_path" in target:
             target["ckpt_path"] = given
 
     def _parse_ckpt_path(self) -> None:
