@@ -537,12 +537,12 @@ class BabiDataModule(pl.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """A resume continues one run: another seed or hold-out (another split of the training file) is refused."""
-        for key, flag in (("seed", "seed"), ("val_fraction", "val_fraction"), ("val_holdout", "val_holdout")):
+        for key in ("seed", "val_fraction", "val_holdout"):
             saved = state_dict.get(key, getattr(self, key))
             if saved != getattr(self, key):
                 raise MemnetError(
                     f"data {key} {getattr(self, key)!r} given, but the checkpoint was trained with {saved!r}: "
-                    f"resuming continues its split of the training questions; pass --data.init_args.{flag} {saved}, "
+                    f"resuming continues its split of the training questions; pass --data.init_args.{key} {saved}, "
                     "or start a new run")
 
     def prepare_data(self) -> None:
