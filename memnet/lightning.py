@@ -5,7 +5,8 @@ only the loss, the metrics and the optimiser. Batches are dicts as produced by
 ``tasks.algorithmic`` (``inputs``, ``targets``, ``mask``, ``length``).
 
 Metrics, logged as ``train/…``, ``val/…``, ``test/…``:
-    loss                 masked binary cross-entropy, mean per scored bit (nats)
+    loss                 masked binary cross-entropy, mean per scored bit (nats); in validation and
+                         test over the epoch's scored bits, whatever the lengths of its batches
     bits_per_seq         the NTM paper's cost: binary cross-entropy summed over a
                          sequence's scored bits, in bits, averaged over sequences
     bit_errors_per_seq   wrongly predicted bits (threshold 0.5) per sequence
@@ -40,6 +41,7 @@ from memnet.metrics import (  # noqa: F401  (some re-exported: memnet.lightning.
 from memnet.optim import ClipNorm, clip_per_matrix_
 from memnet.training import (  # noqa: F401  (re-exported: memnet.lightning.MemnetModule & co.)
     Interval,
+    LengthSums,
     MemnetModule,
     NonFinite,
     NRMSESums,
@@ -65,6 +67,8 @@ class SequenceModule(MemnetModule):
         nonfinite_grads: a step with NaN or inf gradients is skipped (``skip``, default)
             or stops training (``stop``); ``memnet.training.MemnetModule``.
     """
+
+    epoch_metric = LengthSums  # per stage (val, test): sequences, nats, scored bits, bits, bit errors by length
 
     def __init__(
         self,
@@ -100,20 +104,39 @@ class SequenceModule(MemnetModule):
         metrics = sequence_metrics(logits, batch["targets"], batch["mask"])
         batch_size = batch["inputs"].shape[0]
         on_step = stage == "train"
-        self.log(f"{stage}/loss", metrics["loss"], prog_bar=True, on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=True)
+        if on_step:
+            self.log(f"{stage}/loss", metrics["loss"], prog_bar=True, on_step=True, on_epoch=True,
+                     batch_size=batch_size, sync_dist=True)
+        else:  # the loss and the per-length scores at the epoch's end, from sums (log_epoch_value)
+            scored_bits = batch["mask"].float().sum() * logits.shape[-1]
+            self.epoch_metrics.update(stage, int(batch.get("length", -1)), batch_size, torch.stack([
+                metrics["loss"].float() * scored_bits.clamp_min(1), scored_bits,
+                metrics["bits_per_seq"].float() * batch_size, metrics["bit_errors_per_seq"].float() * batch_size,
+            ]))
         for name in ("bits_per_seq", "bit_errors_per_seq"):
             self.log(f"{stage}/{name}", metrics[name], prog_bar=name == "bits_per_seq",
                      on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=True)
-            if stage != "train" and "length" in batch:
-                length = int(batch["length"])
-                self.log(length_key(stage, length, name), metrics[name], on_epoch=True,
-                         batch_size=batch_size, add_dataloader_idx=False, sync_dist=True)
         if "optimal_bits" in batch:  # tasks with a known best cost (dynamic n-grams): how far from it
             optimal = batch["optimal_bits"].mean()
             self.log(f"{stage}/optimal_bits_per_seq", optimal, on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=True)
             self.log(f"{stage}/excess_bits_per_seq", metrics["bits_per_seq"] - optimal,
                      on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=True)
         return metrics["loss"]
+
+    def log_epoch_value(self, stage: str, rows: torch.Tensor) -> None:
+        """``stage/loss`` per scored bit of the epoch, and the scores per task length (of every DDP process).
+
+        A mean of the batches' losses weighted by their sequences would weigh a bit of a short
+        sequence more than a bit of a long one.
+        """
+        # columns: length, sequences, nats, scored bits, bits, bit errors (model_step, LengthSums)
+        nats, scored_bits = rows[:, 2].sum(), rows[:, 3].sum()
+        self.log(f"{stage}/loss", (nats / scored_bits.clamp_min(1)).float(), prog_bar=True, sync_dist=True)
+        for length, sequences, _, _, bits, bit_errors in rows:
+            if length >= 0:
+                self.log(length_key(stage, int(length), "bits_per_seq"), (bits / sequences).float(), sync_dist=True)
+                self.log(length_key(stage, int(length), "bit_errors_per_seq"), (bit_errors / sequences).float(),
+                         sync_dist=True)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         """Returns the binary predictions and the bit errors of every sequence."""
@@ -299,8 +322,9 @@ class Seq2SeqModule(MemnetModule):
 
     Batches are dicts as produced by ``tasks.sequences`` token tasks (``source``,
     ``target`` ending with EOS, ``length``). Metrics (``train/…``, ``val/…``, ``test/…``):
-        loss               token cross-entropy (nats), PAD targets ignored; teacher-forced
-        token_accuracy     share of target tokens predicted right under teacher forcing
+        loss               token cross-entropy (nats), PAD targets ignored; teacher-forced; in validation and
+                           test per scored token of the epoch
+        token_accuracy     share of target tokens predicted right under teacher forcing (the same)
         sequence_accuracy  (val, test) share of greedy decodings equal to the whole target, EOS included
     and per source length as ``val/len_8/sequence_accuracy``.
 
@@ -318,6 +342,7 @@ class Seq2SeqModule(MemnetModule):
 
     # print_predictions is not saved: a checkpoint's hyper-parameters would override the command line's
     not_saved = (*MemnetModule.not_saved, "print_predictions")
+    epoch_metric = LengthSums  # per stage (val, test): sequences, nats, tokens, right tokens, right sequences by length
 
     def __init__(
         self,
@@ -350,18 +375,31 @@ class Seq2SeqModule(MemnetModule):
         logits = self(source, target, generator=self.generator)
         metrics = token_metrics(logits, target, pad_index=self.net.pad_index)
         batch_size = source.shape[0]
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", metrics["loss"], prog_bar=True, on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=True)
-        self.log(f"{stage}/token_accuracy", metrics["token_accuracy"], on_step=on_step, on_epoch=True,
-                 batch_size=batch_size, sync_dist=True)
-        if stage != "train":
+        if stage == "train":
+            self.log(f"{stage}/loss", metrics["loss"], prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size,
+                     sync_dist=True)
+            self.log(f"{stage}/token_accuracy", metrics["token_accuracy"], on_step=True, on_epoch=True,
+                     batch_size=batch_size, sync_dist=True)
+        else:  # logged at the epoch's end from sums (log_epoch_value): per token, per sequence, per length
             decoded = self.net.generate(source, max_length=target.shape[1])
-            accuracy = sequence_accuracy(decoded, target, pad_index=self.net.pad_index).mean()
-            self.log(f"{stage}/sequence_accuracy", accuracy, prog_bar=True, on_epoch=True, batch_size=batch_size, sync_dist=True)
-            if "length" in batch:
-                self.log(length_key(stage, int(batch["length"]), "sequence_accuracy"), accuracy, on_epoch=True,
-                         batch_size=batch_size, add_dataloader_idx=False, sync_dist=True)
+            correct = sequence_accuracy(decoded, target, pad_index=self.net.pad_index).sum()
+            tokens = (target != self.net.pad_index).sum().float()
+            self.epoch_metrics.update(stage, int(batch.get("length", -1)), batch_size, torch.stack([
+                metrics["loss"].float() * tokens, tokens, metrics["token_accuracy"].float() * tokens, correct.float(),
+            ]))
         return metrics["loss"]
+
+    def log_epoch_value(self, stage: str, rows: torch.Tensor) -> None:
+        """The epoch's loss and token accuracy per scored token, its sequence accuracy, and that per source length."""
+        # columns: length, sequences, nats, tokens, right tokens, right sequences (model_step, LengthSums)
+        _, sequences, nats, tokens, right_tokens, right_sequences = rows.sum(0)
+        self.log(f"{stage}/loss", (nats / tokens.clamp_min(1)).float(), prog_bar=True, sync_dist=True)
+        self.log(f"{stage}/token_accuracy", (right_tokens / tokens.clamp_min(1)).float(), sync_dist=True)
+        self.log(f"{stage}/sequence_accuracy", (right_sequences / sequences).float(), prog_bar=True, sync_dist=True)
+        for length, sequences, *_, right_sequences in rows:
+            if length >= 0:
+                self.log(length_key(stage, int(length), "sequence_accuracy"), (right_sequences / sequences).float(),
+                         sync_dist=True)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         """Greedy decoding: the decoded tokens (B, T') and whether each equals its target."""

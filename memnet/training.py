@@ -4,7 +4,8 @@
                         finite-loss check, the skip of a step with non-finite gradients, the
                         train / val / test → ``model_step`` triplet, per-epoch accumulation hooks
     StageMetrics        one torchmetrics ``Metric`` per stage, reset every epoch, DDP-synchronised
-    TaskErrorCounts     wrong answers and questions per task (bAbI), NRMSESums the NRMSE's sums
+    TaskErrorCounts     wrong answers and questions per task (bAbI), NRMSESums the NRMSE's sums,
+                        LengthSums a validation's sums by task length
     configure_optimizers, scheduler_config, check_precision, check_finite_loss,
     nonfinite_gradients
 
@@ -264,6 +265,33 @@ class NRMSESums(torchmetrics.Metric):
 
     def compute(self) -> torch.Tensor | None:
         return None if self.sums[3] == 0 else nrmse_from_sums(self.sums)
+
+
+class LengthSums(torchmetrics.Metric):
+    """A stage's sums by task length over an epoch, float64: ``compute() -> (L, 2 + K)``, one row per length.
+
+    ``update(length, sequences, sums)`` adds one batch of ``sequences``, all of one task length (−1: none
+    given), ``sums`` (K,) what the module adds up (e.g. nats, scored bits). ``compute``'s columns: the
+    length (sorted), the sequences, then ``sums`` added up. The rows are concatenated across DDP
+    processes, so that every process logs the same lengths in the same order: a per-length
+    ``self.log`` from only the processes that saw that length pairs Lightning's all-reduces wrongly.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("rows", default=[], dist_reduce_fx="cat")
+
+    def update(self, length: int, sequences: int, sums: torch.Tensor) -> None:
+        sums = sums.detach().to(torch.float64)
+        self.rows.append(torch.cat([sums.new_tensor([float(length), float(sequences)]), sums]).unsqueeze(0))
+
+    def compute(self) -> torch.Tensor:
+        rows = dim_zero_cat(self.rows)
+        lengths, index = rows[:, 0].unique(sorted=True, return_inverse=True)
+        sums = rows.new_zeros(len(lengths), rows.shape[1] - 1).index_add_(0, index, rows[:, 1:])
+        return torch.cat([lengths.unsqueeze(1), sums], dim=1)
 
 
 def configure_optimizers(module: pl.LightningModule, interval: str) -> Any:

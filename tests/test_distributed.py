@@ -97,10 +97,12 @@ class Recorder(pl.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         with torch.no_grad():
             metrics = sequence_metrics(pl_module(batch["inputs"]), batch["targets"], batch["mask"])
-        self.val.append([float(metrics["loss"]), batch["inputs"].shape[0]])
+        n, scored_bits = batch["inputs"].shape[0], float(batch["mask"].sum()) * batch["targets"].shape[-1]
+        self.val.append([float(metrics["loss"]), n, scored_bits, int(batch["length"]), float(metrics["bits_per_seq"]) * n])
     def on_fit_end(self, trainer, pl_module):
         record = {"train": self.train, "val": self.val, "world_size": trainer.world_size,
-                  "logged": float(trainer.callback_metrics["val/loss"])}
+                  "logged": float(trainer.callback_metrics["val/loss"]),
+                  "by_length": {k: float(v) for k, v in trainer.callback_metrics.items() if "/len_" in k}}
         with open(f"rank{trainer.global_rank}.json", "w") as handle:
             json.dump(record, handle)
 '''
@@ -116,7 +118,8 @@ def test_two_cpu_processes_train_on_different_batches_and_log_global_metrics(tmp
         "--trainer.max_steps=2", "--trainer.enable_progress_bar=false", "--trainer.num_sanity_val_steps=0",
         "--trainer.callbacks+=ddp_recorder.Recorder",
         "--model.init_args.net.init_args.memory_size=8", "--model.init_args.net.init_args.controller.init_args.hidden_size=8",
-        "--data.init_args.batches_per_epoch=2", "--data.init_args.batch_size=2", "--data.init_args.val_size=4",
+        "--data.init_args.batches_per_epoch=2", "--data.init_args.batch_size=2", "--data.init_args.val_size=2",
+        "--data.init_args.val_lengths=[1,2,3,4]",
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)]), "OMP_NUM_THREADS": "1",
            "WANDB_MODE": "offline"}
@@ -125,10 +128,20 @@ def test_two_cpu_processes_train_on_different_batches_and_log_global_metrics(tmp
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["world_size"] == 2
     assert ranks[0]["train"] and all(a != b for a, b in zip(ranks[0]["train"], ranks[1]["train"]))
-    # 4 validation sequences in batches of 2: one batch each, different ones
-    assert len(ranks[0]["val"]) == len(ranks[1]["val"]) == 1 and ranks[0]["val"] != ranks[1]["val"]
-    pairs = ranks[0]["val"] + ranks[1]["val"]
-    global_loss = sum(loss * n for loss, n in pairs) / sum(n for _, n in pairs)
-    for rank in ranks:
+    # 2 validation sequences of each length 1-4 in batches of 2: two batches, two lengths, each process
+    assert len(ranks[0]["val"]) == len(ranks[1]["val"]) == 2 and ranks[0]["val"] != ranks[1]["val"]
+    batches = ranks[0]["val"] + ranks[1]["val"]
+    global_loss = sum(loss * bits for loss, _, bits, _, _ in batches) / sum(bits for _, _, bits, _, _ in batches)
+    for rank in ranks:  # the loss per scored bit of both processes' batches
         assert rank["logged"] == pytest.approx(global_loss, rel=1e-5)
     assert ranks[0]["logged"] != pytest.approx(ranks[0]["val"][0][0], rel=1e-5)  # not rank 0's own
+    # every length on every process, with the bits of that length's sequences wherever they were validated
+    # (a per-length self.log on the processes that saw the length paired the all-reduces wrongly)
+    lengths = sorted({length for *_, length, _ in batches})
+    assert len(lengths) > 2 and {length for *_, length, _ in ranks[0]["val"]} != set(lengths)
+    for length in lengths:
+        own = [(n, bits) for _, n, _, n_length, bits in batches if n_length == length]
+        expected = sum(bits for _, bits in own) / sum(n for n, _ in own)
+        for rank in ranks:
+            assert rank["by_length"][f"val/len_{length}/bits_per_seq"] == pytest.approx(expected, rel=1e-5)
+    assert ranks[0]["by_length"].keys() == ranks[1]["by_length"].keys()

@@ -195,3 +195,79 @@ def test_the_count_of_skipped_steps_is_kept_in_checkpoints():
     older.skipped_steps = 5
     older.on_load_checkpoint({})  # a checkpoint written before the count existed
     assert older.skipped_steps == 0
+
+
+class _PerStep(nn.Module):
+    """(B, T, D) -> (B, T, D) logits, one linear map at every time step."""
+
+    def __init__(self, width: int = 3) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(width, width)
+
+    def forward(self, inputs):
+        return self.linear(inputs)
+
+
+def _sequence_batch(length: int, batch_size: int, seed: int, width: int = 3) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(batch_size, 2 * length, width, generator=g)
+    mask = torch.cat([torch.zeros(batch_size, length), torch.ones(batch_size, length)], dim=1)
+    return {"inputs": inputs, "targets": (torch.rand(batch_size, 2 * length, width, generator=g) > 0.5).float(),
+            "mask": mask, "length": torch.tensor(length)}
+
+
+def test_validation_loss_is_per_scored_bit_and_per_length_scores_are_their_lengths_own():
+    """Batches of 4 sequences of length 2 and 2 of length 10: ``val/loss`` is the epoch's nats over its scored bits
+    (not a mean of the batches' per-bit losses weighted by their sequences), and each length's bits per sequence
+    is that of its own sequences."""
+    from memnet.metrics import binary_loss, bits_per_sequence
+
+    module = SequenceModule(_PerStep())
+    batches = [_sequence_batch(2, 4, seed=1), _sequence_batch(10, 2, seed=2), _sequence_batch(2, 4, seed=3)]
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    logged = trainer.validate(module, dataloaders=torch.utils.data.DataLoader(batches, batch_size=None), verbose=False)[0]
+    with torch.no_grad():
+        logits = [module(b["inputs"]) for b in batches]
+    nats = sum(binary_loss(x, b["targets"], b["mask"]) * b["mask"].sum() * 3 for x, b in zip(logits, batches))
+    scored_bits = sum(b["mask"].sum() * 3 for b in batches)
+    assert logged["val/loss"] == pytest.approx(float(nats / scored_bits), rel=1e-5)
+    by_sequences = sum(binary_loss(x, b["targets"], b["mask"]) * len(b["inputs"]) for x, b in zip(logits, batches)) / 10
+    assert logged["val/loss"] != pytest.approx(float(by_sequences), rel=1e-3)
+    bits = {length: torch.cat([bits_per_sequence(x, b["targets"], b["mask"]) for x, b in zip(logits, batches)
+                               if int(b["length"]) == length]).mean() for length in (2, 10)}
+    assert set(k for k in logged if "/len_" in k) == {f"val/len_{n}/{name}" for n in (2, 10)
+                                                      for name in ("bits_per_seq", "bit_errors_per_seq")}
+    for length, value in bits.items():
+        assert logged[f"val/len_{length}/bits_per_seq"] == pytest.approx(float(value), rel=1e-5)
+    assert logged["val/bits_per_seq"] == pytest.approx(float((bits[2] * 8 + bits[10] * 2) / 10), rel=1e-5)
+
+
+def test_seq2seq_validation_scores_are_per_token_and_per_sequence_of_the_epoch():
+    from memnet.metrics import sequence_accuracy, token_metrics
+    from memnet.models.seq2seq import Seq2Seq
+
+    torch.manual_seed(0)
+    net = Seq2Seq(8, 8, embedding_size=4)
+    module = Seq2SeqModule(net)
+    g = torch.Generator().manual_seed(0)
+
+    def batch(length, size):
+        target = torch.cat([torch.randint(3, 8, (size, length), generator=g), torch.full((size, 1), 2)], dim=1)
+        return {"source": torch.randint(3, 8, (size, length), generator=g), "target": target, "length": torch.tensor(length)}
+
+    batches = [batch(2, 5), batch(9, 1)]
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    logged = trainer.validate(module, dataloaders=torch.utils.data.DataLoader(batches, batch_size=None), verbose=False)[0]
+    module.eval()
+    with torch.no_grad():
+        scores = [token_metrics(module(b["source"], b["target"]), b["target"]) for b in batches]
+        right = [sequence_accuracy(net.generate(b["source"], max_length=b["target"].shape[1]), b["target"]) for b in batches]
+    tokens = [b["target"].numel() for b in batches]  # no PAD in these targets
+    assert logged["val/loss"] == pytest.approx(sum(float(s["loss"]) * n for s, n in zip(scores, tokens)) / sum(tokens),
+                                               rel=1e-5)
+    assert logged["val/token_accuracy"] == pytest.approx(
+        sum(float(s["token_accuracy"]) * n for s, n in zip(scores, tokens)) / sum(tokens), rel=1e-5)
+    assert logged["val/sequence_accuracy"] == pytest.approx(float(torch.cat(right).mean()))
+    assert logged["val/len_2/sequence_accuracy"] == pytest.approx(float(right[0].mean()))
+    assert logged["val/len_9/sequence_accuracy"] == pytest.approx(float(right[1].mean()))
