@@ -236,7 +236,7 @@ def test_validation_loss_is_per_scored_bit_and_per_length_scores_are_their_lengt
     assert logged["val/loss"] != pytest.approx(float(by_sequences), rel=1e-3)
     bits = {length: torch.cat([bits_per_sequence(x, b["targets"], b["mask"]) for x, b in zip(logits, batches)
                                if int(b["length"]) == length]).mean() for length in (2, 10)}
-    assert set(k for k in logged if "/len_" in k) == {f"val/len_{n}/{name}" for n in (2, 10)
+    assert {k for k in logged if "/len_" in k} == {f"val/len_{n}/{name}" for n in (2, 10)
                                                       for name in ("bits_per_seq", "bit_errors_per_seq")}
     for length, value in bits.items():
         assert logged[f"val/len_{length}/bits_per_seq"] == pytest.approx(float(value), rel=1e-5)

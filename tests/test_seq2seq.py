@@ -154,6 +154,10 @@ def test_any_controller_can_encode_and_decode(encoder, decoder):
          r"max_length must lie in \[1, max_decode_length=100\], got 101"),
         (lambda: _model(max_decode_length=3)(*_batch()), r"target length T must lie in \[1, max_decode_length=3\], got 4"),
         (lambda: _model()(*_batch(), teacher_forcing_ratio=2.0), r"teacher_forcing_ratio must lie in \[0.0, 1.0\]"),
+        (lambda: _model()(_batch()[0].index_fill(1, torch.tensor([4]), 0), _batch()[1]),
+         r"source holds PAD \(id 0\) at sequence 0, step 4: .* must share one length"),
+        (lambda: _model(attention="luong").generate(_batch()[0].index_fill(1, torch.tensor([2]), 0)),
+         "source holds PAD"),
     ],
 )
 def test_bad_input_is_named(make, match):

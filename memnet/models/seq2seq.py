@@ -30,7 +30,7 @@ The step loop (teacher forcing below 1, Bahdanau attention, greedy decoding)
 runs ``decode_step`` as written (``engine: eager``, the default) or compiled by
 ``torch.compile`` (``engine: compiled``: target lengths never recompile; a
 compiler that is missing or fails is logged and the eager step runs).
-All sources of a batch share one length (no source padding).
+All sources of a batch share one length: a source holding PAD is refused.
 
 Token ids: PAD = 0, BOS = 1, EOS = 2 by default (as in ``tasks.sequences``).
 
@@ -148,6 +148,12 @@ class Seq2Seq(nn.Module):
         """source (B, S) long -> encoder states E (B, S, C_e), context C (B, C_e), decoder's initial state."""
         if source.dim() != 2 or source.shape[1] < 1:
             raise ValueError(f"source must be a (B, S) tensor of token ids with S ≥ 1, got shape {tuple(source.shape)}")
+        if bool((source == self.pad_index).any()):  # the encoder and attention read every source step
+            row, step = (source == self.pad_index).nonzero()[0].tolist()
+            raise ValueError(
+                f"source holds PAD (id {self.pad_index}) at sequence {row}, step {step}: the encoder and the attention "
+                "read every source step, so all sources of a batch must share one length, unpadded (e.g. batches "
+                "grouped by source length, as tasks.sequences draws them)")
         embedded = self.source_embedding(source)
         states, final = self.encoder(embedded)
         if self.bridge:
