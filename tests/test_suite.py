@@ -22,6 +22,19 @@ from memnet.cli.suite import evaluators
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _checkout_latest_run_kept():
+    """The suites here run from the repository root (their configs are relative to it), so every training run
+    rewrites ``runs/latest.json`` there: put back what a developer's checkout had (``--ckpt_path latest``)."""
+    latest = ROOT / "runs" / "latest.json"
+    kept = latest.read_bytes() if latest.is_file() else None
+    yield
+    if kept is not None:
+        latest.write_bytes(kept)
+    else:
+        latest.unlink(missing_ok=True)
+
 # Tiny sizes: every run trains 4 steps of batch 3 on copy sequences of length ≤ 3.
 TINY_DEFAULTS = {
     "seeds": 2,
