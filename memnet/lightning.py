@@ -507,23 +507,44 @@ class RidgeReadoutModule(RegressionModule):
         self._accumulator: Any = None
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        from memnet.models.recurrent import RidgeAccumulator
-
         with torch.no_grad():
             features = self.net.features(batch["inputs"])
+        self._sums().update(features, batch["targets"], batch["mask"])
+
+    def _sums(self) -> Any:
+        """This process's RidgeAccumulator of the epoch (empty until its first training batch)."""
+        from memnet.models.recurrent import RidgeAccumulator
+
         if self._accumulator is None:
-            self._accumulator = RidgeAccumulator(features.shape[-1], batch["targets"].shape[-1])
-        self._accumulator.update(features, batch["targets"], batch["mask"])
+            self._accumulator = RidgeAccumulator(self.net.output.in_features, self.net.output.out_features)
+        return self._accumulator
 
     def fit_readout(self) -> None:
-        """Solve for the read-out from the rows collected so far and install it."""
-        if self._accumulator is None or self._accumulator.count == 0:
+        """Solve for the read-out from the rows the epoch collected so far, on every DDP process, and install it.
+
+        The sums are kept: a validation in the middle of the epoch (``val_check_interval``) fits from the
+        rows so far, and the end of the epoch from all of them. Under DDP the sums of every process are
+        added up first, so that every process fits one read-out from the whole training set (a
+        ``DistributedSampler`` repeats a set's last batches where it does not divide by the processes).
+        """
+        from memnet.models.recurrent import RidgeAccumulator
+
+        mine = self._sums()
+        total = mine
+        if self._trainer is not None and self.trainer.world_size > 1:  # every process calls this at the same hooks
+            packed = torch.cat([mine.gram.flatten(), mine.cross.flatten(), mine.gram.new_tensor([mine.count])])
+            packed = self.trainer.strategy.reduce(packed.to(self.device), reduce_op="sum").cpu()
+            total = RidgeAccumulator(mine.gram.shape[0] - 1, mine.cross.shape[1])
+            gram_size, cross_size = mine.gram.numel(), mine.cross.numel()
+            total.gram = packed[:gram_size].view_as(mine.gram).clone()
+            total.cross = packed[gram_size:gram_size + cross_size].view_as(mine.cross).clone()
+            total.count = int(packed[-1])
+        if total.count == 0:
             return
-        weight, bias = self._accumulator.solve(ridge=self.ridge, dtype=self.net.output.weight.dtype)
+        weight, bias = total.solve(ridge=self.ridge, dtype=self.net.output.weight.dtype)
         with torch.no_grad():
             self.net.output.weight.copy_(weight.to(self.net.output.weight.device))
             self.net.output.bias.copy_(bias.to(self.net.output.bias.device))
-        self._accumulator = None
 
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()

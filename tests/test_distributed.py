@@ -145,3 +145,46 @@ def test_two_cpu_processes_train_on_different_batches_and_log_global_metrics(tmp
         for rank in ranks:
             assert rank["by_length"][f"val/len_{length}/bits_per_seq"] == pytest.approx(expected, rel=1e-5)
     assert ranks[0]["by_length"].keys() == ranks[1]["by_length"].keys()
+
+
+RIDGE = '''
+import sys
+from functools import partial
+import pytorch_lightning as pl
+import torch
+from memnet.controllers import EchoStateController
+from memnet.lightning import RidgeReadoutModule
+from memnet.models.recurrent import RecurrentModel
+from tasks.sequences import SeriesDataModule
+
+class Keep(pl.Callback):
+    def on_train_end(self, trainer, module):
+        torch.save(module.net.output.state_dict(), f"readout_{trainer.world_size}_{trainer.global_rank}.pt")
+
+if __name__ == "__main__":
+    devices = int(sys.argv[1])
+    torch.manual_seed(0)
+    net = RecurrentModel(1, 1, controller=partial(EchoStateController, reservoir_size=20, spectral_radius=0.9, seed=5))
+    data = SeriesDataModule(series="narma10", length=120, washout=20, batch_size=2, train_size=8, val_size=4,
+                            test_size=4, seed=0)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, callbacks=[Keep()])
+    trainer.fit(RidgeReadoutModule(net, ridge=1e-6), datamodule=data)
+'''
+
+
+@pytest.mark.slow
+def test_two_processes_fit_one_ridge_readout_from_the_whole_training_set(tmp_path):
+    """Each process sees half the training batches; both install the read-out one process fits from all of them."""
+    (tmp_path / "ridge_ddp.py").write_text(textwrap.dedent(RIDGE))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    for devices in (1, 2):
+        result = subprocess.run([sys.executable, "ridge_ddp.py", str(devices)], check=False, cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    alone = torch.load(tmp_path / "readout_1_0.pt")
+    for rank in (0, 1):
+        shared = torch.load(tmp_path / f"readout_2_{rank}.pt")
+        torch.testing.assert_close(shared["weight"], alone["weight"], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(shared["bias"], alone["bias"], atol=1e-5, rtol=1e-4)

@@ -175,3 +175,25 @@ def test_conditional_module_logs_teacher_forced_and_free_running_costs(tmp_path)
     trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
     for key in ("val/bits_per_seq", "val/free_bits_per_seq", "val/free_bit_errors_per_seq"):
         assert key in trainer.callback_metrics
+
+
+def test_a_validation_in_mid_epoch_keeps_the_rows_so_far(tmp_path):
+    """With ``val_check_interval: 0.5`` the read-out of the epoch's end is fitted on every training batch, not on
+    those after the mid-epoch validation."""
+    torch.manual_seed(0)
+    net = RecurrentModel(1, 1, controller=partial(EchoStateController, reservoir_size=20, spectral_radius=0.9, seed=5))
+    dm = SeriesDataModule(series="narma10", length=150, washout=30, batch_size=4, train_size=16, val_size=4,
+                          test_size=4, seed=0)
+    module = RidgeReadoutModule(net, ridge=1e-6)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
+                         val_check_interval=0.5)
+    trainer.fit(module, datamodule=dm)
+    assert len(dm.make_set("train")) == 4
+    everything = RidgeAccumulator(net.output.in_features, 1)
+    for batch in dm.make_set("train"):
+        with torch.no_grad():
+            everything.update(net.features(batch["inputs"]), batch["targets"], batch["mask"])
+    weight, bias = everything.solve(ridge=1e-6)
+    torch.testing.assert_close(net.output.weight, weight, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(net.output.bias, bias, atol=1e-5, rtol=1e-4)
