@@ -175,3 +175,20 @@ def test_a_bad_hub_repository_id_is_refused_before_anything_is_written(tmp_path,
     assert capsys.readouterr().err.strip() == (
         "memnet export: --push-to-hub: 'not a repo' is not a Hub repository id (owner/name)")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_float64_run_is_exported_and_loaded_in_float64(tmp_path, monkeypatch, capsys):
+    """``precision: 64-true`` weights keep every bit through ``memnet export`` and ``memnet.models.load``."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.yaml").write_text(tiny_run(trainer={"precision": "64-true"}))
+    memnet_main(["fit", "--config", "tiny.yaml"])
+    (checkpoint,) = tmp_path.glob("**/checkpoints/last.ckpt")
+    trained = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    assert trained["net.controller.lstm.weight_ih_l0"].dtype == torch.float64
+    with pytest.raises(SystemExit) as exit_status:
+        memnet_main(["export", "--ckpt_path", str(checkpoint), "--out", "exported"])
+    assert exit_status.value.code == 0
+    assert load_file(tmp_path / "exported" / WEIGHTS_FILE)["controller.lstm.weight_ih_l0"].dtype == torch.float64
+    net = memnet.models.load(tmp_path / "exported")
+    for name, tensor in net.state_dict().items():
+        assert tensor.dtype == torch.float64 and torch.equal(tensor, trained[f"net.{name}"]), name

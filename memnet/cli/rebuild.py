@@ -26,6 +26,7 @@ import yaml
 from memnet.checkpoint import read_checkpoint
 from memnet.cli.configs import ConfigError, find_config, load_config
 from memnet.cli.lightning_cli import LATEST_RUN_FILE, MemnetCLI
+from memnet.models.pretrained import match_dtype
 from memnet.utils import MemnetError
 
 LATEST = "latest"  # --ckpt_path latest: the best (else last) checkpoint of runs/latest.json
@@ -127,6 +128,7 @@ def load_checkpoint(module: torch.nn.Module, checkpoint: Path, configs: Sequence
         raise RebuildError(f"--ckpt_path: {error}") from None
     if not isinstance(state, dict) or "state_dict" not in state:
         raise RebuildError(f"--ckpt_path: {checkpoint} holds no 'state_dict' (not a Lightning checkpoint)")
+    match_dtype(module, state["state_dict"])  # a float64 run is rebuilt (evaluated, exported) in float64
     try:
         module.load_state_dict(state["state_dict"])
     except RuntimeError as error:

@@ -183,8 +183,25 @@ def build(config: dict[str, Any], *, where: str) -> nn.Module:
     return net
 
 
+def stored_dtype(state: dict[str, Any]) -> torch.dtype | None:
+    """The one floating-point dtype of ``state``'s tensors (e.g. float64 from ``precision: 64-true``), else None."""
+    dtypes = {value.dtype for value in state.values() if isinstance(value, torch.Tensor) and value.is_floating_point()}
+    return dtypes.pop() if len(dtypes) == 1 else None
+
+
+def match_dtype(module: nn.Module, state: dict[str, Any]) -> None:
+    """Cast ``module`` to the dtype its stored weights were trained in, so that loading them does not round them
+    (``load_state_dict`` copies into the module's own dtype: float64 weights would land in float32 silently)."""
+    dtype = stored_dtype(state)
+    current = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+    if dtype is not None and current is not None and dtype != current:
+        module.to(dtype)
+
+
 def _load_state(net: nn.Module, state: dict[str, torch.Tensor], weights: str, config: str) -> None:
-    """Load ``state`` into ``net``; a missing, unexpected or differently shaped tensor is one error line."""
+    """Load ``state`` into ``net`` in the weights' dtype; a missing, unexpected or differently shaped tensor is
+    one error line."""
+    match_dtype(net, state)
     expected = net.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
