@@ -212,7 +212,8 @@ def plot_suite_report(report: dict[str, Any], folder: Path) -> list[Path]:
     """A suite report's figures (``memnet suite report``), as PNG; returns the files written.
 
     ``lengths.png``: bits per sequence versus length per experiment (mean ± std over seeds),
-    one panel per task. ``babi.png``: test error per bAbI task per model, the published
+    one panel per task, hollow markers where a length was measured only by training's validation.
+    ``babi.png``: test error per bAbI task per model (another split named), the published
     references as markers, the 5% failure line. ``report`` is ``memnet.cli.suite.report.build_report``'s.
     """
     written = []
@@ -223,16 +224,21 @@ def plot_suite_report(report: dict[str, Any], folder: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
         for ax, task in zip(axes[0], tasks):
             for row in (r for r in rows if r["task"] == task):
-                points = [(int(n), s) for n, s in row["bits_per_seq"].items() if s is not None]
-                points.sort()
-                ax.errorbar(
-                    [p[0] for p in points],
-                    [p[1]["mean"] for p in points],
-                    yerr=[p[1]["std"] for p in points],
+                points = sorted((int(n), s) for n, s in row["bits_per_seq"].items() if s is not None)
+                line = ax.errorbar(
+                    [n for n, _ in points],
+                    [s["mean"] for _, s in points],
+                    yerr=[s["std"] for _, s in points],
                     marker="o",
                     capsize=3,
                     label=row["experiment"],
                 )
+                # lengths measured only by training's validation ("(val)" in the table): hollow markers
+                validated = [(n, s) for n, s in points if str(n) in row.get("validation_only", ())]
+                if validated:
+                    ax.plot([n for n, _ in validated], [s["mean"] for _, s in validated], linestyle="none", marker="o",
+                            markersize=8, markerfacecolor="white", color=line[0].get_color(), zorder=3,
+                            label=f"{row['experiment']} (training's validation)")
                 if row["training_range"]:  # the longest training length
                     ax.axvline(row["training_range"][1], color="grey", linestyle=":", linewidth=0.8)
             values = [
@@ -262,7 +268,9 @@ def plot_suite_report(report: dict[str, Any], folder: Path) -> list[Path]:
             xs = [int(t) + (i - (len(models) - 1) / 2) * width for t in BABI_TASKS]
             ys = [(model["per_task"][t] or {}).get("mean", float("nan")) for t in BABI_TASKS]
             es = [(model["per_task"][t] or {}).get("std", 0.0) for t in BABI_TASKS]
-            ax.bar(xs, ys, width=width, yerr=es, capsize=2, label=model["experiment"])
+            split = model.get("split", "test")
+            ax.bar(xs, ys, width=width, yerr=es, capsize=2,
+                   label=model["experiment"] + ("" if split == "test" else f" ({split} split)"))
         markers = iter("xv^sd+")
         for ref in babi["references"]:
             if ref.get("per_task"):
@@ -286,7 +294,8 @@ def plot_suite_report(report: dict[str, Any], folder: Path) -> list[Path]:
         )
         ax.set_xticks([int(t) for t in BABI_TASKS])
         ax.set_xlabel("bAbI task")
-        ax.set_ylabel("test error %")
+        splits = sorted({m.get("split", "test") for m in models})
+        ax.set_ylabel("test error %" if splits == ["test"] else f"error % ({', '.join(splits)} split)")
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = folder / "babi.png"

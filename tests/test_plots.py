@@ -59,3 +59,46 @@ def test_callback_draws_every_k_validation_epochs(tmp_path):
 def test_callback_rejects_bad_k():
     with pytest.raises(ValueError, match="every_n_epochs"):
         MemoryAccessPlot(every_n_epochs=0)
+
+
+def _suite_figures(report, tmp_path, monkeypatch):
+    """The axes ``plot_suite_report`` drew, by file name (figures kept open to be read)."""
+    import matplotlib.pyplot as plt
+
+    from memnet import plots
+
+    monkeypatch.setattr(plots.plt, "close", lambda fig=None: None)
+    before = set(plt.get_fignums())
+    written = plots.plot_suite_report(report, tmp_path)
+    figures = [plt.figure(n) for n in plt.get_fignums() if n not in before]
+    axes = {path.name: figure.axes[0] for path, figure in zip(written, figures)}
+    for figure in figures:
+        plt.close(figure)
+    return axes
+
+
+def test_a_babi_panel_of_the_validation_split_says_so(tmp_path, monkeypatch):
+    from memnet.metrics import BABI_TASK_KEYS
+
+    stat = {"mean": 3.0, "std": 0.0, "n": 1}
+    model = {"experiment": "memn2n-1k", "runs": 1, "per_task": {t: stat for t in BABI_TASK_KEYS}}
+    references = [{"label": "MemN2N paper", "per_task": {t: 4.0 for t in BABI_TASK_KEYS}}]
+    on_valid = _suite_figures({"lengths": [], "babi": {"models": [dict(model, split="valid")], "references": references}},
+                              tmp_path, monkeypatch)["babi.png"]
+    assert on_valid.get_ylabel() == "error % (valid split)"
+    assert "memn2n-1k (valid split)" in [t.get_text() for t in on_valid.get_legend().get_texts()]
+    on_test = _suite_figures({"lengths": [], "babi": {"models": [dict(model, split="test")], "references": references}},
+                             tmp_path, monkeypatch)["babi.png"]
+    assert on_test.get_ylabel() == "test error %"
+    assert "memn2n-1k" in [t.get_text() for t in on_test.get_legend().get_texts()]
+
+
+def test_lengths_measured_only_in_training_validation_are_marked(tmp_path, monkeypatch):
+    stat = {"mean": 0.5, "std": 0.1, "n": 3}
+    row = {"experiment": "ntm-copy", "task": "copy", "training_range": [1, 20], "validation_only": ["20"],
+           "bits_per_seq": {"20": stat, "40": dict(stat, mean=3.0), "80": dict(stat, mean=9.0)}}
+    ax = _suite_figures({"lengths": [row], "babi": None}, tmp_path, monkeypatch)["lengths.png"]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert sorted(labels) == ["ntm-copy", "ntm-copy (training's validation)"]
+    (hollow,) = [line for line in ax.get_lines() if line.get_label() == "ntm-copy (training's validation)"]
+    assert list(hollow.get_xdata()) == [20] and hollow.get_markerfacecolor() == "white"
