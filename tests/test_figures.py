@@ -322,3 +322,25 @@ def test_a_prediction_outside_the_answers_is_named_not_an_index_error():
     assert [_predicted_word(vocabulary, net, c) for c in (1, 2, 6, 7, 9)] == [
         "kitchen", "<pad> (not an answer)", "john (not an answer)", "went (not an answer)",
         "time word 1 (not an answer)"]
+
+
+def test_attention_on_nil_slots_is_drawn_as_its_own_row(tmp_path, monkeypatch):
+    """With ``empty_memory: nil`` the slots past the story keep part of each hop's attention: the figure shows
+    it in an "(empty slots)" row, so that every hop's column sums to 1."""
+    import matplotlib.pyplot as plt
+
+    from memnet.figures import attention as figure
+
+    torch.manual_seed(0)
+    net = MemN2N(12, 4, embedding_size=5, hops=3, memory_size=6, answer_offset=4, seed=0, empty_memory="nil")
+    story = torch.tensor([[5, 6, 7], [8, 9, 0], [10, 11, 6], [0, 0, 0], [0, 0, 0], [0, 0, 0]])
+    attention, _ = memn2n_attention(net, story, torch.tensor([9, 10]))
+    assert (attention[:, 3:].sum(-1) > 0.01).all()
+    monkeypatch.setattr(figure, "save", lambda fig, path: fig)
+    drawn = plot_memn2n_attention(tmp_path / "a.png", attention, sentences=["c", "b", "a"], question="q",
+                                  answer="x", predicted="y")
+    ax = drawn.axes[0]
+    image = torch.as_tensor(ax.images[0].get_array())
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b", "c", "(empty slots)"]
+    torch.testing.assert_close(image.sum(0), torch.ones(3))
+    plt.close(drawn)

@@ -27,8 +27,9 @@ def memn2n_attention(net: nn.Module, story: torch.Tensor, query: torch.Tensor) -
         query: (Jq,) the question's token ids.
 
     Returns:
-        (K, N) attention p of hop k over slot n (each row sums to 1 over the story's sentences;
-        empty slots get 0), and the arg-max answer class.
+        (K, N) attention p of hop k over slot n, each row summing to 1 over all N slots: empty slots get 0
+        when they are masked, and take part when they are nil sentences (``empty_memory: nil``, the
+        authors' recipe); and the arg-max answer class.
     """
     if story.dim() != 2 or query.dim() != 1:
         raise ValueError(f"expected one story (N, J) and one query (Jq,), got {tuple(story.shape)} and "
@@ -56,6 +57,9 @@ def plot_memn2n_attention(
 ) -> Path:
     """A heat map of the attention: one row per story sentence (oldest on top), one column per hop.
 
+    Attention on the slots past the story (nil sentences of ``empty_memory: nil``), where any hop puts 1% or
+    more there, is one more row at the bottom, "(empty slots)", so that every column sums to 1.
+
     Args:
         path: the PNG to write.
         attention: (K, N) attention of each hop over the memory slots, slot 0 the most recent sentence.
@@ -75,14 +79,18 @@ def plot_memn2n_attention(
     count = len(sentences)
     image = attention[:, :count].flip(-1).T  # (N, K): oldest sentence on top
     labels = [("★ " if slot in supporting else "") + sentences[slot] for slot in reversed(range(count))]
-    fig, ax = plt.subplots(figsize=(5.5 + 0.9 * image.shape[1], 1.4 + 0.3 * count))
+    empty = attention[:, count:].sum(-1)  # (K,) what each hop puts on the slots past the story
+    if bool((empty >= 0.01).any()):
+        image = torch.cat([image, empty.unsqueeze(0)])
+        labels.append("(empty slots)")
+    fig, ax = plt.subplots(figsize=(5.5 + 0.9 * image.shape[1], 1.4 + 0.3 * len(labels)))
     ax.imshow(image, cmap="viridis", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
     for (row, column), value in zip(torch.cartesian_prod(torch.arange(image.shape[0]), torch.arange(image.shape[1])),
                                     image.flatten()):
         if value >= 0.05:
             ax.text(int(column), int(row), f"{value:.2f}", ha="center", va="center", fontsize=7,
                     color="black" if value > 0.6 else "white")
-    ax.set_yticks(range(count), labels, fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.set_xticks(range(image.shape[1]), [f"hop {k + 1}" for k in range(image.shape[1])])
     ax.set_title(title or f"{question}?  answer: {answer}, predicted: {predicted}  (★ supporting fact)", fontsize=9)
     return save(fig, path)
