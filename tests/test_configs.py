@@ -265,6 +265,15 @@ def test_resolve_config_args():
     text = json.dumps({"trainer": {"max_steps": 3}})
     assert C.resolve_config_args(["--config", text]) == ["--config", text]
     assert C.resolve_config_args(["--config", "s3://bucket/c.yaml"]) == ["--config", "s3://bucket/c.yaml"]
+    inline = "seed_everything: 3"  # YAML text, as the command floor lets it through
+    assert C.resolve_config_args(["--config", inline]) == ["--config", inline]
+
+
+def test_an_inline_yaml_config_without_braces_is_taken(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "ntm/copy_small", "--config", "seed_everything: 3", "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out)["seed_everything"] == 3
 
 
 def test_print_config_shows_the_resolved_whole(tmp_path, monkeypatch, capsys):

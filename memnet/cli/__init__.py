@@ -35,7 +35,7 @@ import sys
 
 import yaml
 
-from memnet.cli.configs import ConfigError, find_config
+from memnet.cli.configs import ConfigError, find_config, is_inline_config
 from memnet.cli.errors import TRACEBACK_ENV, ckpt_path_of, one_line
 from memnet.cli.lightning_cli import (
     LATEST_RUN_FILE,
@@ -149,7 +149,7 @@ def check_config_files(argv: list[str]) -> None:
             value = argv[index + 1]
         else:
             continue
-        if value.lstrip().startswith(("{", "[")) or "\n" in value or ": " in value or "://" in value:
+        if is_inline_config(value) or "://" in value:
             continue  # an inline YAML string or a remote URL, not a file name
         try:
             path = find_config(value)  # a file, or a shipped config's name (ntm/copy)

@@ -267,14 +267,16 @@ def resolve_config_args(args: list[str]) -> list[str]:
     return resolved
 
 
-def _is_text(value: str) -> bool:
-    return "\n" in value or value.lstrip().startswith("{")
+def is_inline_config(value: str) -> bool:
+    """Whether a ``--config`` value is YAML text (``{seed_everything: 3}``, ``seed_everything: 3``, several
+    lines), not a file or a shipped config's name."""
+    return "\n" in value or value.lstrip().startswith(("{", "[")) or ": " in value
 
 
 def _resolve_value(value: str) -> str:
     if "://" in value:  # a remote config (s3://, https://): the CLI reads it as it is
         return value
-    if _is_text(value):
+    if is_inline_config(value):
         content = _parse(value, "--config")
         return dump(resolve_text(value)) if EXTENDS_KEY in content else value
     path = find_config(value)
