@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from tasks.babi import (
     safe_extract,
     verify_archive,
 )
+from tasks.babi import archive as babi_archive
 
 ARCHIVE = Path(os.environ.get("MEMNET_BABI_ARCHIVE")
                or Path(__file__).resolve().parents[2] / "shared" / "data" / "babi" / babi.ARCHIVE_NAME)
@@ -405,6 +407,26 @@ def test_data_command_extracts_a_safe_archive_and_checks_sha256(tmp_path, capsys
         verify_archive(archive, expected_sha256="0" * 64)
     with pytest.raises(ValueError, match="not the official archive"):
         verify_archive(archive, official=True)
+
+
+def test_data_command_offline_extracts_the_verified_archive_already_in_dest(tmp_path, capsys, monkeypatch):
+    """After ``--archive X --dest D`` a plain ``memnet data babi --dest D`` uses D's copy: no download (offline here)."""
+    archive = _tar_with(tmp_path, [_member("tasks_1-20_v1-2/en/qa1_single-supporting-fact_train.txt")], "ok.tar.gz")
+    digest = babi.sha256_file(archive)
+    babi.data_main(["--archive", str(archive), "--dest", str(tmp_path / "d"), "--sha256", digest])
+    shutil.rmtree(tmp_path / "d" / "tasks_1-20_v1-2")
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(babi_archive.urllib.request, "urlopen", offline)
+    folder = babi.data_main(["--dest", str(tmp_path / "d"), "--sha256", digest])
+    assert (folder / "en" / "qa1_single-supporting-fact_train.txt").is_file()
+    assert "extracting it (no download)" in capsys.readouterr().out
+    # a copy that does not verify is not used: the download is tried, and its failure named
+    (tmp_path / "d" / babi.ARCHIVE_NAME).write_bytes(b"not an archive")
+    with pytest.raises(SystemExit, match="could not download"):
+        babi.data_main(["--dest", str(tmp_path / "d"), "--sha256", digest])
 
 
 @needs_data

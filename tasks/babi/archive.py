@@ -320,6 +320,14 @@ def verify_archive(path: str | Path, *, expected_sha256: str | None = None, offi
     )
 
 
+def _verified(path: Path, expected_sha256: str | None) -> str | None:
+    """``verify_archive``'s sentence for an archive that passes, None for one that does not."""
+    try:
+        return verify_archive(path, expected_sha256=expected_sha256)
+    except ValueError:  # CorruptArchiveError is one too
+        return None
+
+
 def data_main(argv: Sequence[str] | None = None) -> Path:
     """``memnet data babi``: fetch (or take a local copy of) the archive, verify it, extract it safely."""
     parser = argparse.ArgumentParser(
@@ -348,6 +356,9 @@ def data_main(argv: Sequence[str] | None = None) -> Path:
         safe_extract(source, dest)  # from the given file: a failure names it and leaves dest as it was
         if source.resolve() != stored.resolve():
             shutil.copyfile(source, stored)
+    elif stored.is_file() and (message := _verified(stored, args.sha256)):  # already there and sound: no download
+        print(f"{stored}: {message}; extracting it (no download)")
+        safe_extract(stored, dest)
     else:
         partial = stored.with_name(stored.name + ".partial")
         print(f"downloading {args.url}", file=sys.stderr)
