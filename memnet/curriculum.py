@@ -89,6 +89,12 @@ class LengthCurriculum(pl.Callback):
         self.every_n_epochs = every_n_epochs
         self.monitor = monitor
         self._validated = False  # a validation ran since the last end of epoch (for val/ monitors)
+        self._validated_value: float | None = None  # what it logged under ``monitor``
+        # the monitored training metric's step values this epoch, for the end of an epoch that a resumed run
+        # replays (a checkpoint written at the end of validation, before the epoch's end, as with
+        # check_val_every_n_epoch > 1), whose own epoch mean Lightning does not keep
+        self._train_sum: Any = 0.0
+        self._train_batches = 0
         self.threshold = threshold
         self.mix = mix
         self.max_length: int | None = None  # the current upper length L, once training starts
@@ -119,14 +125,30 @@ class LengthCurriculum(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._validated = True
+            value = trainer.callback_metrics.get(self.monitor)
+            self._validated_value = float(value) if value is not None else None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._train_sum, self._train_batches = 0.0, 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.threshold is not None and self.monitor.startswith("train/"):
+            value = trainer.callback_metrics.get(self.monitor)  # the step's value while the epoch runs
+            if value is not None:
+                self._train_sum = self._train_sum + value.detach()  # no device sync per step
+                self._train_batches += 1
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         datamodule = self._datamodule(trainer)
         low, top = self._task_range(datamodule)
         self.epochs_at_level += 1
-        value = trainer.callback_metrics.get(self.monitor)
-        if self.monitor.startswith("val/") and not self._validated:
-            value = None  # no validation since the last decision: its value is the one already acted on
+        if self.monitor.startswith("val/"):  # None without a validation since the last decision (already acted on)
+            value = self._validated_value if self._validated else None
+        else:
+            value = trainer.callback_metrics.get(self.monitor)
+            if value is None and self._train_batches:  # the epoch end a resumed run replays: its batches' mean
+                value = self._train_sum / self._train_batches
         self._validated = False
         metric = float(value) if value is not None else None
         new = self.next_max_length(self.max_length, top, epochs_at_level=self.epochs_at_level, metric=metric)
@@ -144,12 +166,18 @@ class LengthCurriculum(pl.Callback):
             self._apply(datamodule)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"max_length": self.max_length, "epochs_at_level": self.epochs_at_level, "history": self.history}
+        return {"max_length": self.max_length, "epochs_at_level": self.epochs_at_level, "history": self.history,
+                "validated": self._validated, "validated_value": self._validated_value,
+                "train_sum": float(self._train_sum), "train_batches": self._train_batches}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.max_length = state_dict.get("max_length")
         self.epochs_at_level = int(state_dict.get("epochs_at_level", 0))
         self.history = [tuple(h) for h in state_dict.get("history", [])]
+        self._validated = bool(state_dict.get("validated", False))
+        self._validated_value = state_dict.get("validated_value")
+        self._train_sum = float(state_dict.get("train_sum", 0.0))
+        self._train_batches = int(state_dict.get("train_batches", 0))
 
     # ---- helpers ----
 

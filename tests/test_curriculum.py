@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import random
+from functools import partial
 
 import pytest
 import pytorch_lightning as pl
+import torch
 
 from memnet.curriculum import LengthCurriculum
 from tasks.algorithmic import AlgorithmicDataModule, CopyTask
@@ -240,3 +242,45 @@ def test_a_validation_metric_is_acted_on_once_not_at_every_epoch_until_the_next_
                          num_sanity_val_steps=0, callbacks=[curriculum])
     trainer.fit(Fed(Perfect()), datamodule=dm)
     assert curriculum.history == [(0, 2), (3, 4), (6, 6)]  # one step up per validation
+
+
+class _StopInEpoch2(pl.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == 2 and batch_idx == 1:
+            raise KeyboardInterrupt  # Lightning stops the run; the last checkpoint is epoch 1's validation
+
+
+@pytest.mark.parametrize("monitor", ["val/bits_per_seq", "train/bits_per_seq"])
+def test_a_run_resumed_from_a_checkpoint_of_validation_end_steps_up_as_the_unbroken_run(tmp_path, monitor):
+    """Validating every 2nd epoch, checkpoints are written at the end of validation, before the epoch's own end
+    (where the curriculum decides): the resumed run replays that end and must decide as the unbroken run did,
+    with the validation value and the training metric of the epoch it did not see."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from memnet.controllers import LSTMController
+    from memnet.lightning import SequenceModule
+    from memnet.models.recurrent import RecurrentModel
+
+    def fit(folder, *, stop=False, resume=False):
+        torch.manual_seed(0)
+        net = RecurrentModel(4, 3, controller=partial(LSTMController, hidden_size=8))
+        data = AlgorithmicDataModule(CopyTask(width=3, min_length=1, max_length=8), batch_size=4, batches_per_epoch=3,
+                                     val_size=4, seed=0)
+        curriculum = LengthCurriculum("growing", start_length=2, monitor=monitor, threshold=1e9)
+        checkpoint = ModelCheckpoint(dirpath=tmp_path / folder, save_last=True, save_on_train_epoch_end=False)
+        trainer = pl.Trainer(max_epochs=4, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                             check_val_every_n_epoch=2, num_sanity_val_steps=0,
+                             callbacks=[curriculum, checkpoint, *([_StopInEpoch2()] if stop else [])])
+        try:
+            trainer.fit(SequenceModule(net), datamodule=data,
+                        ckpt_path=str(tmp_path / folder / "last.ckpt") if resume else None)
+        except SystemExit:
+            assert stop
+        return curriculum.history
+
+    unbroken = fit("unbroken")
+    fit("broken", stop=True)
+    saved = torch.load(tmp_path / "broken" / "last.ckpt", weights_only=False)
+    assert saved["epoch"] == 1 and len(saved["loops"]) > 0
+    assert fit("broken", resume=True) == unbroken
+    assert len(unbroken) > 2
