@@ -14,7 +14,11 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 
 from memnet.plots import plot_dnc_memory, plot_memory_access
-from memnet.utils import parameter_dtype, run_dir  # run_dir re-exported: memnet.callbacks.run_dir
+from memnet.utils import (  # run_dir re-exported: memnet.callbacks.run_dir
+    parameter_dtype,
+    run_dir,
+    wandb_offline,
+)
 
 log = logging.getLogger(__name__)
 METRICS_KEY = "memnet_metrics"  # the scalar metrics at the time a checkpoint was saved (LastAndBestCheckpoint)
@@ -187,6 +191,20 @@ class LinearStartSwitch(pl.Callback):
         self.best = state_dict["best"]
         self.stale = state_dict["stale"]
         self.switched_at = state_dict["switched_at"]
+
+class OfflineFirstWandbLogger(WandbLogger):
+    """Lightning's ``WandbLogger``, offline unless the user opted in (``WANDB_MODE=online``; ``disabled`` turns it off).
+
+    ``offline: null``, the default, is decided when the logger is built, from ``WANDB_MODE``
+    (:func:`memnet.utils.wandb_mode`), so a run's saved ``config.yaml`` does not carry the mode of the
+    shell it was first run from: ``WANDB_MODE=online memnet fit --config <run>/config.yaml`` syncs, and
+    the same config without it stays offline. ``true`` or ``false`` is kept as given. Other arguments
+    are ``WandbLogger``'s.
+    """
+
+    def __init__(self, *, offline: bool | None = None, **kwargs: Any) -> None:
+        super().__init__(offline=wandb_offline() if offline is None else offline, **kwargs)
+
 
 class LastAndBestCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` whose ``last.ckpt`` is rewritten at every validation.

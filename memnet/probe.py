@@ -294,7 +294,9 @@ class GradientProbe(pl.Callback):
                     xs=list(range(len(norms))), ys=[norms.tolist()], keys=[f"epoch {epoch}"],
                     title="‖∂L/∂h(t)‖", xname="time step",
                 )
-                logger.experiment.log({"gradient_probe/curve": chart}, step=trainer.global_step)
+                # on Lightning's step axis, as WandbLogger logs: an explicit W&B step behind W&B's own counter
+                # (which every logged row advances) is dropped with a warning
+                logger.experiment.log({"gradient_probe/curve": chart, "trainer/global_step": trainer.global_step})
 
     def state_dict(self) -> dict:
         return {"curves": {k: v.tolist() for k, v in self.curves.items()}}

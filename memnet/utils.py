@@ -195,14 +195,16 @@ def check_sequence_inputs(inputs: torch.Tensor, input_size: int, *, model: str,
         raise ValueError(f"{model}: memory_size must be a positive integer, got {memory_size!r}")
 
 
-def wandb_offline() -> bool:
-    """W&B stays offline unless the user opted in with ``WANDB_MODE=online``."""
-    return os.environ.get("WANDB_MODE", "offline") != "online"
-
-
 def wandb_mode() -> str:
-    """``"offline"`` or ``"online"`` for ``wandb.init(mode=...)``, as :func:`wandb_offline` decides."""
-    return "offline" if wandb_offline() else "online"
+    """W&B's mode for ``wandb.init(mode=...)``: ``online`` only when the user opted in (``WANDB_MODE=online``),
+    ``disabled`` when ``WANDB_MODE=disabled`` says so, else ``offline``."""
+    mode = os.environ.get("WANDB_MODE", "offline")
+    return mode if mode in ("online", "disabled") else "offline"
+
+
+def wandb_offline() -> bool:
+    """W&B logs offline (to local files) unless the user opted in with ``WANDB_MODE=online`` or turned it off."""
+    return wandb_mode() == "offline"
 
 
 def run_dir(trainer: Any) -> Path:

@@ -159,3 +159,32 @@ def test_two_configs_of_one_file_name_get_two_labels():
     assert list(compare(configs, train_steps=[0], max_sequences=1)[0]) == ["LSTM/COPY", "GRU/COPY"]  # was one "COPY"
     with pytest.raises(ValueError, match="labels must differ"):
         compare(configs, labels=["A", "A"], train_steps=[0])
+
+
+def test_the_wandb_chart_is_logged_on_lightnings_step_axis(tmp_path):
+    """Without an explicit W&B step: one behind W&B's own counter (every logged row advances it) is dropped."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    class Run:  # stands in for the wandb run; records what was logged and how
+        def __init__(self):
+            self.calls = []
+            self.config = type("Config", (), {"update": lambda *args, **kwargs: None})()
+
+        def define_metric(self, *args, **kwargs):
+            pass
+
+        def log(self, data, step=None, **kwargs):
+            self.calls.append((sorted(data), step))
+
+    logger = WandbLogger(offline=True, save_dir=str(tmp_path))
+    logger._experiment = Run()
+    torch.manual_seed(5)
+    net = RecurrentModel(D, K, controller=partial(ElmanRNN, hidden_size=H))
+    inputs, targets = _data(5, torch.float32)
+    loader = torch.utils.data.DataLoader([{"inputs": inputs, "targets": targets, "mask": torch.ones(B, T), "length": T}],
+                                         batch_size=None)
+    trainer = pl.Trainer(max_epochs=1, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path, callbacks=[GradientProbe(max_sequences=2)])
+    trainer.fit(SequenceModule(net), train_dataloaders=loader, val_dataloaders=loader)
+    curves = [(keys, step) for keys, step in logger._experiment.calls if "gradient_probe/curve" in keys]
+    assert curves == [(["gradient_probe/curve", "trainer/global_step"], None)]

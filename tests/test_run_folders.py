@@ -30,6 +30,12 @@ def _in_tmp(tmp_path, monkeypatch):
     wandb.finish()  # a W&B run left open would be reused by the next test's logger, in another folder
 
 
+def yaml_load(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
 def _latest(tmp_path: Path) -> dict:
     return json.loads((tmp_path / "runs" / "latest.json").read_text())
 
@@ -93,6 +99,57 @@ def test_resumed_run_continues_its_folder_and_its_wandb_run(tmp_path, capsys):
     assert "nothing to train: the checkpoint is already at step 6" in capsys.readouterr().out
     assert (tmp_path / "runs" / "latest.json").read_text() == before
     assert [p.name for p in (tmp_path / "runs" / "memnet").iterdir()] == [run.name]
+
+
+def test_the_saved_config_is_what_trained_and_starts_a_new_run(tmp_path, capsys):
+    """A resumed run's config.yaml holds ckpt_path null (reused, it starts a new run), and resuming a finished run
+    with other settings leaves it as it was: those settings never trained."""
+    main(["fit", "--config", SMALL, *TINY, "--trainer.logger=false"])
+    run = Path(_latest(tmp_path)["run_dir"])
+    main(["fit", "--config", SMALL, *TINY, "--trainer.logger=false", "--trainer.max_steps=6",
+          "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    saved = (run / "config.yaml").read_text()
+    assert "ckpt_path: null" in saved and "max_steps: 6" in saved
+    main(["fit", "--config", SMALL, *TINY, "--trainer.logger=false", "--trainer.max_steps=6",
+          "--model.init_args.optimizer.init_args.lr=0.5", "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    assert "nothing to train" in capsys.readouterr().out
+    assert (run / "config.yaml").read_text() == saved
+    main(["fit", "--config", str(run / "config.yaml"), "--trainer.max_steps=2"])  # a new run, from step 0
+    assert Path(_latest(tmp_path)["run_dir"]) != run and torch.load(
+        _latest(tmp_path)["last_checkpoint"], weights_only=False)["global_step"] == 2
+
+
+def test_the_loggers_get_the_whole_resolved_config(tmp_path):
+    """W&B's run config (here a CSVLogger's hparams.yaml, through the same log_hyperparams) holds the network,
+    optimiser and data settings that ran, overrides included, not only the module's own arguments."""
+    import yaml
+
+    main(["fit", "--config", SMALL, *TINY, *CSV, "--trainer.logger.init_args.save_dir=csv"])
+    logged = yaml.safe_load(next((tmp_path / "csv").rglob("hparams.yaml")).read_text())
+    assert logged["model"]["init_args"]["net"]["init_args"]["controller"]["init_args"]["hidden_size"] == 5
+    assert logged["data"]["init_args"]["batch_size"] == 2 and logged["trainer"]["max_steps"] == 4
+
+
+def test_wandb_mode_is_decided_by_the_environment_when_the_logger_is_built(monkeypatch):
+    from memnet.callbacks import OfflineFirstWandbLogger
+    from memnet.utils import wandb_mode
+
+    for env, mode, offline in ((None, "offline", True), ("online", "online", False), ("disabled", "disabled", False),
+                               ("dryrun", "offline", True)):
+        if env is None:
+            monkeypatch.delenv("WANDB_MODE", raising=False)
+        else:
+            monkeypatch.setenv("WANDB_MODE", env)
+        assert wandb_mode() == mode
+        assert OfflineFirstWandbLogger(project="memnet")._offline is offline
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert OfflineFirstWandbLogger(project="memnet", offline=True)._offline is True  # given: kept
+
+
+def test_a_saved_config_does_not_carry_the_wandb_mode_it_ran_in(tmp_path):
+    main(["fit", "--config", SMALL, *TINY])
+    saved = yaml_load(Path(_latest(tmp_path)["run_dir"]) / "config.yaml")
+    assert saved["trainer"]["logger"]["init_args"]["offline"] is None  # not the mode of the first shell
 
 
 def test_a_run_stopped_before_its_summary_is_finished_from_its_last_checkpoint(tmp_path, capsys):

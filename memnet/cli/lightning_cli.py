@@ -14,17 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import yaml
 from jsonargparse import lazy_instance
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins.io import CheckpointIO, TorchCheckpointIO
 
-from memnet.callbacks import METRICS_KEY, LastAndBestCheckpoint
+from memnet.callbacks import METRICS_KEY, LastAndBestCheckpoint, OfflineFirstWandbLogger
 from memnet.checkpoint import check_finite_state, unreadable_checkpoint
 from memnet.cli.configs import ConfigError, resolve_config_args
 from memnet.models.core import compile_seconds
-from memnet.utils import MemnetError, run_dir, wandb_offline
+from memnet.utils import MemnetError, run_dir, wandb_mode, wandb_offline
 
 RUNS_DIR = "runs"
 LATEST_RUN_FILE = Path(RUNS_DIR) / "latest.json"
@@ -88,21 +89,31 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class RunConfigSaver(SaveConfigCallback):
-    """Saves the full resolved config as ``config.yaml`` in the run's own folder.
+    """Saves the full resolved config as ``config.yaml`` in the run's own folder, and logs it to the loggers.
 
     The folder is the parent of the checkpoint folder, so ``memnet evaluate
-    --ckpt_path runs/.../checkpoints/last.ckpt`` finds the config beside it.
+    --ckpt_path runs/.../checkpoints/last.ckpt`` finds the config beside it. It is saved when
+    training starts: a resumed run that has nothing left to train leaves its folder as it was.
+    Its ``ckpt_path`` is saved as null, so that ``--config <run>/config.yaml`` starts a new run
+    whether or not this one was resumed. The loggers (W&B's run config) get the same whole
+    config, not only the module's own arguments.
     """
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         pass  # the checkpoint folder is only known once ModelCheckpoint is set up
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.already_saved or not trainer.is_global_zero:
             return
+        config = self.config.clone()
+        if "ckpt_path" in config:
+            config.ckpt_path = None
         path = run_dir(trainer) / "config.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=False)
+        self.parser.save(config, path, skip_none=False, overwrite=True, multifile=False)
+        resolved = yaml.safe_load(self.parser.dump(config, skip_none=False))
+        for logger in trainer.loggers:
+            logger.log_hyperparams(resolved)
         self.already_saved = True
 
 
@@ -119,9 +130,7 @@ class MemnetCLI(LightningCLI):
         kwargs.setdefault(
             "trainer_defaults",
             {
-                "logger": lazy_instance(
-                    WandbLogger, save_dir=RUNS_DIR, project="memnet", offline=wandb_offline()
-                ),
+                "logger": lazy_instance(OfflineFirstWandbLogger, save_dir=RUNS_DIR, project="memnet"),
                 "enable_progress_bar": True,
             },
         )
@@ -285,6 +294,8 @@ class MemnetCLI(LightningCLI):
 
 
 def _wandb_dir(trainer: pl.Trainer) -> str | None:
+    if wandb_mode() == "disabled":  # W&B hands out a stand-in run whose folder is never written
+        return None
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             try:
