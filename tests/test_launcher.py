@@ -3,17 +3,21 @@ and the real thing through submitit's local executor: one job killed by a preemp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pickle
 import signal
 import stat
 import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import yaml
+from submitit.core.utils import FailedJobError, UncompletedJobError
 
 from memnet import suite as S
 from memnet.cli import main as cli_main
@@ -187,6 +191,201 @@ def test_status_and_report_of_partial_results(tmp_path, capsys):
     report = json.loads((results / "report" / "leaderboard.json").read_text())
     assert [(row["experiment"], row["done"], row["failed"]) for row in report["leaderboard"]] == [
         ("a", 1, 0), ("b", 0, 1), ("c", 0, 0), ("d", 0, 0)]
+
+
+class FakeJob:
+    """A submitted job of :class:`FakeExecutor`: ``wait`` plays ``ending`` on the run's SuiteJob."""
+
+    def __init__(self, suite_job: L.SuiteJob, ending, job_id: str) -> None:
+        self.suite_job, self.ending, self.job_id = suite_job, ending, job_id
+        self.error: Exception | None = None
+
+    def wait(self) -> None:
+        if self.ending is not None:
+            self.error = self.ending(self.suite_job)
+            self.ending = None
+
+    def exception(self) -> Exception | None:
+        self.wait()
+        return self.error
+
+
+class FakeExecutor:
+    """submitit's ``AutoExecutor`` without processes: it keeps the jobs it is given (``FakeExecutor.jobs``)."""
+
+    jobs: ClassVar[list[FakeJob]] = []
+    ending = None  # (SuiteJob) -> the job's exception or None: what a job does when waited for
+
+    def __init__(self, folder: Path, cluster: str) -> None:
+        self.folder = folder
+
+    def update_parameters(self, **parameters) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def batch(self):
+        yield
+
+    def submit(self, suite_job: L.SuiteJob) -> FakeJob:
+        job = FakeJob(pickle.loads(pickle.dumps(suite_job)), FakeExecutor.ending, f"77_{len(FakeExecutor.jobs)}")
+        FakeExecutor.jobs.append(job)
+        return job
+
+
+def use_fake_executor(monkeypatch) -> type[FakeExecutor]:
+    import submitit
+
+    monkeypatch.setattr(submitit, "AutoExecutor", FakeExecutor)
+    monkeypatch.setattr(FakeExecutor, "jobs", [])
+    monkeypatch.setattr(FakeExecutor, "ending", None)
+    return FakeExecutor
+
+
+@pytest.fixture
+def fake_executor(monkeypatch):
+    return use_fake_executor(monkeypatch)
+
+
+def test_wait_counts_only_the_submitted_runs_and_a_run_left_unfinished_fails(tmp_path, fake_executor, capsys):
+    """Run a finished before; b is submitted and its job ends with the run left requeued (submitit refused
+    to requeue it again): the command fails, b's record says why and keeps its training time."""
+    path = write_suite(tmp_path / "s.yaml")
+    results = tmp_path / "r"
+    suite = S.load_suite(path)
+    a, b = S.expand_runs(suite, results)
+    runner = S.SuiteRunner(suite, results)
+    a.folder.mkdir(parents=True)
+    runner._write_record(a, status="done", metrics={"val/bits_per_seq": 1.5}, train_seconds=90.0)
+    refused = "submitit.core.utils.UncompletedJobError: Job not requeued because: timed-out too many times."
+
+    def left_requeued(job: L.SuiteJob) -> Exception:
+        run = job._run()
+        for _ in range(3):
+            runner._event(event="requeued", run=run.name)
+        runner._write_record(run, status="requeued", requeues=3, resume_from=None, train_seconds=12.5)
+        return FailedJobError(f"Job (task=0) failed during processing with trace:\n{'-' * 22}\nTraceback (most "
+                              f"recent call last):\n  File \"x.py\", line 1\n{refused}\n{'-' * 22}\nYou can check")
+
+    fake_executor.ending = left_requeued
+    assert suite_main("run", str(path), "--results", str(results), "--only", "b", "--launcher",
+                      "submitit-local", "--no-report", "--no-wandb") == 1
+    out = capsys.readouterr().out
+    assert "jobs ended: 0 done, 1 failed" in out and f"FAILED b/seed_0 (job): {refused}" in out
+    record = b.record()
+    assert (record["status"], record["stage"], record["train_seconds"], record["requeues"]) == (
+        "failed", "job", 12.5, 3)
+    assert record["error"] == f"{refused} (the run left requeued)"
+    assert {s["run"]: s["state"] for s in L.run_states(results)} == {"a/seed_0": "finished", "b/seed_0": "failed"}
+
+
+def _preempted_job(tmp_path: Path, monkeypatch, handler) -> tuple[L.SuiteJob, S.Run]:
+    """A SuiteJob whose training (a stand-in for ``memnet fit``) gets the preemption signal after 42 s of
+    training; ``handler(job)`` plays submitit's signal handler. Returns the job, called, and its run."""
+    suite = S.load_suite(write_suite(tmp_path / "s.yaml"))
+    results = tmp_path / "r"
+
+    def run_one(self: S.SuiteRunner, run: S.Run) -> tuple[str, str]:
+        run.folder.mkdir(parents=True, exist_ok=True)
+        self._write_record(run, status="running", train_seconds=0.0, started_at=time.time())
+        os.kill(os.getpid(), signal.SIGUSR1)  # what Slurm sends before preempting or timing out a job
+        while not self.stopping:
+            time.sleep(0.01)
+        self._write_record(run, status="interrupted", train_seconds=42.0)
+        return "interrupted", f"interrupted {run.name}"
+
+    monkeypatch.setattr(S.SuiteRunner, "run_one", run_one)
+    job = L.SuiteJob(str(results), "a/seed_0", str(tmp_path), suite.to_dict())
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: handler(job))
+    try:
+        job()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    return job, S.expand_runs(suite, results)[0]
+
+
+def test_a_requeued_run_keeps_its_training_time(tmp_path, monkeypatch):
+    requeued = []
+
+    def requeue(job: L.SuiteJob) -> None:  # submitit: checkpoint, requeue, exit
+        requeued.append(job.checkpoint())
+        raise SystemExit(-1)
+
+    with pytest.raises(SystemExit):
+        _preempted_job(tmp_path, monkeypatch, requeue)
+    record = json.loads((tmp_path / "r" / "a" / "seed_0" / S.RECORD_FILE).read_text())
+    assert (record["status"], record["requeues"], record["train_seconds"]) == ("requeued", 1, 42.0)
+    (delayed,) = requeued  # the job submitted again, with the suite it was submitted with
+    assert delayed.function.run_name == "a/seed_0" and delayed.function.suite["name"] == "cluster"
+
+
+def test_a_job_submitit_does_not_requeue_leaves_its_run_failed(tmp_path, monkeypatch):
+    """After max_num_timeout timeouts submitit calls checkpoint() and then refuses to requeue."""
+    def refuse(job: L.SuiteJob) -> None:
+        job.checkpoint()
+        raise UncompletedJobError("Job not requeued because: timed-out too many times.")
+
+    with pytest.raises(UncompletedJobError):
+        _preempted_job(tmp_path, monkeypatch, refuse)
+    record = json.loads((tmp_path / "r" / "a" / "seed_0" / S.RECORD_FILE).read_text())
+    assert (record["status"], record["stage"], record["train_seconds"], record["requeues"]) == (
+        "failed", "job", 42.0, 0)
+    assert record["error"] == "UncompletedJobError: Job not requeued because: timed-out too many times."
+    assert json.loads((tmp_path / "r" / "a" / "seed_0" / L.JOB_FILE).read_text())["state"] == "failed"
+    assert L._requeue_count(tmp_path / "r", "a/seed_0") == 0  # the requeue submitit refused is not counted
+
+
+def test_a_pending_job_trains_the_suite_it_was_submitted_with(tmp_path, monkeypatch):
+    """A second submission to the same results folder, or a refused one, does not change a pending job's suite."""
+    path = write_suite(tmp_path / "s.yaml")
+    results = tmp_path / "r"
+    hidden = "model.init_args.net.init_args.controller.init_args.hidden_size"
+    with monkeypatch.context() as no_slurm:
+        no_slurm.setenv("PATH", str(tmp_path))  # no srun: --launcher slurm is refused
+        assert suite_main("run", str(path), "--results", str(results), "--only", "a", "--launcher", "slurm",
+                          "--set", f"{hidden}=16") == 2
+    assert not (results / "suite.json").exists()  # a refused submission writes nothing
+    use_fake_executor(monkeypatch)
+    assert suite_main("run", str(path), "--results", str(results), "--only", "a", "--launcher", "slurm",
+                      "--set", f"{hidden}=16") == 0
+    assert suite_main("run", str(path), "--results", str(results), "--only", "b", "--launcher", "slurm") == 0
+    first, _second = FakeExecutor.jobs
+    assert json.loads((results / "suite.json").read_text())["experiments"][0]["overrides"][hidden] == 5
+    assert first.suite_job._run().experiment.overrides[hidden] == 16
+
+
+@pytest.mark.parametrize("name", ["slurm", "submitit-local"])
+def test_jobs_is_refused_with_the_cluster_launchers(tmp_path, capsys, name):
+    path = write_suite(tmp_path / "s.yaml")
+    assert suite_main("run", str(path), "--launcher", name, "--jobs", "2", "--dry-run") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"memnet suite: --jobs 2 applies to the local launcher, not to --launcher {name}: ")
+    assert ("--array-parallelism" in err) == (name == "slurm")
+
+
+def test_the_local_launcher_takes_gpus_per_job_from_the_suite_file(tmp_path, monkeypatch, capsys):
+    """launcher.gpus_per_job of the suite file, unless --gpus-per-job says otherwise; in the dry run too."""
+    seen: list[str | None] = []
+
+    def process(self: S.SuiteRunner, argv: list[str], log: Path, slot: int) -> int:
+        seen.append(self._env(slot).get("CUDA_VISIBLE_DEVICES"))
+        return 1  # no training: the run fails at once
+
+    monkeypatch.setattr(S.SuiteRunner, "_process", process)
+    path = write_suite(tmp_path / "s.yaml", launcher={"name": "local", "gpus_per_job": 1})
+    results = str(tmp_path / "r")
+    assert suite_main("run", str(path), "--results", results, "--jobs", "2", "--dry-run") == 0
+    assert "[local] 2 at once, 1 GPU(s) per run (slot 0: CUDA_VISIBLE_DEVICES=0; slot 1: CUDA_VISIBLE_DEVICES=1)" in (
+        capsys.readouterr().out)
+    assert suite_main("run", str(path), "--results", results, "--jobs", "2", "--no-report") == 1
+    assert len(seen) == 2 and set(seen) <= {"0", "1"}
+    seen.clear()
+    assert suite_main("run", str(path), "--results", results, "--jobs", "2", "--gpus-per-job", "2",
+                      "--no-report") == 1
+    assert len(seen) == 2 and set(seen) <= {"0,1", "2,3"}
+    bad = write_suite(tmp_path / "bad.yaml", launcher={"name": "local", "gpus_per_job": 0})
+    with pytest.raises(S.SuiteError, match=rf"bad\.yaml:{launcher_line(bad)}: launcher\.gpus_per_job must be a "
+                                           r"positive integer, got 0$"):
+        S.load_suite(bad)
 
 
 def _wait_for(predicate, seconds: float, what: str, submitter: threading.Thread, results: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shlex
 import shutil
 import signal
 import subprocess
@@ -18,7 +19,7 @@ import yaml
 
 from memnet.cli import main as cli_main
 from memnet.cli import suite as S
-from memnet.cli.suite import evaluators
+from memnet.cli.suite import evaluators, launcher
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -868,6 +869,96 @@ def test_seeds_runs_only_the_named_seeds_and_refuses_an_unknown_one(tmp_path, mo
     err = capsys.readouterr().err
     assert "--seeds 2: no experiment of --only in suite 'tiny' has that seed; its seeds: 0, 1" in err
     assert not (tmp_path / "r").exists()
+
+
+def trained_before(path: Path, results: Path) -> S.Run:
+    """The suite's first run as a kill during its evaluation leaves it: trained (``summary.json``, a
+    ``trained`` record after 5 s of training), not evaluated; its checkpoint's folder has a space."""
+    suite = S.load_suite(path)
+    run = S.expand_runs(suite, results)[0]
+    run.folder.mkdir(parents=True)
+    checkpoint = str(run.folder / "check points" / "best.ckpt")
+    summary = {"best_checkpoint": checkpoint, "last_checkpoint": checkpoint, "metrics": {"val/bits_per_seq": 1.5}}
+    (run.folder / "summary.json").write_text(json.dumps(summary))
+    S.SuiteRunner(suite, results)._write_record(run, status="trained", train_seconds=5.0)
+    return run
+
+
+def fake_evaluation(monkeypatch, code: str) -> None:
+    """The algorithmic evaluation as ``python -c code``; what it "wrote" reads as bits per sequence at L=3 and 6."""
+    real = evaluators.EVALUATORS["algorithmic"]
+    monkeypatch.setitem(evaluators.EVALUATORS, "algorithmic", evaluators.Evaluator(
+        real.check, lambda run, checkpoint, spec: ["-c", code],
+        lambda run, spec: {"bits_per_seq": {"3": 0.5, "6": 2.5}}))
+
+
+def test_dry_run_prints_the_evaluation_of_a_trained_run_and_quotes_for_the_shell(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    spaced = {**NTM, "seeds": [0, 1], "overrides": {**NTM["overrides"], "data.init_args.val_lengths": [3, 6]}}
+    path = write_suite(tmp_path / "dry.yaml", [spaced])
+    results = tmp_path / "r"
+    evaluated = trained_before(path, results)
+    assert S.main(["run", str(path), "--results", str(results), "--dry-run"]) == 0
+    evaluate, train = capsys.readouterr().out.splitlines()
+    checkpoint = evaluated.trained_checkpoint()
+    command = evaluators.EVALUATORS["algorithmic"].command(evaluated, checkpoint, evaluated.experiment.evaluate)
+    assert evaluate.startswith("[evaluate] ntm-copy/seed_0: memnet evaluate --ckpt_path ")
+    assert shlex.split(evaluate.split(": ", 1)[1]) == ["memnet", *command[2:]]
+    fresh = S.expand_runs(S.load_suite(path), results)[1]
+    assert train.startswith("[train] ntm-copy/seed_1: memnet fit ")
+    assert shlex.split(train.split(": ", 1)[1]) == ["memnet", *fresh.fit_argv(base=ROOT)]
+
+
+@pytest.mark.parametrize("failure", ["failed", "unavailable"])
+def test_a_failed_evaluation_fails_the_run_and_is_tried_again(tmp_path, monkeypatch, capsys, failure):
+    """An evaluation that fails, or that this checkout cannot run, is a failed run (exit 1, `failed` with
+    the evaluation's error in status); the next `suite run` only evaluates it, and says so."""
+    monkeypatch.chdir(ROOT)
+    path = write_suite(tmp_path / "ev.yaml", [{**NTM, "seeds": [0]}])
+    results = tmp_path / "r"
+    run = trained_before(path, results)
+    if failure == "failed":
+        fake_evaluation(monkeypatch, "import sys; sys.exit('ValueError: the checkpoint is unreadable')")
+        expected = "ValueError: the checkpoint is unreadable"
+    else:
+        monkeypatch.setattr(evaluators, "find_spec", lambda name: None)
+        expected = "length generalisation not measured: memnet.evaluation (`memnet evaluate`) is not in this checkout"
+    assert S.main(["run", str(path), "--results", str(results), "--no-report"]) == 1
+    assert "finished: 0 trained now, 0 already done, 1 failed" in capsys.readouterr().out
+    record = run.record()
+    assert (record["status"], record["stage"], record["error"], record["train_seconds"]) == (
+        "failed", "evaluate", expected, 5.0)
+    assert [(s["state"], s["detail"]) for s in launcher.run_states(results)] == [("failed", f"evaluate: {expected}")]
+    monkeypatch.undo()
+    monkeypatch.chdir(ROOT)
+    fake_evaluation(monkeypatch, "pass")
+    assert S.main(["run", str(path), "--results", str(results), "--no-report"]) == 0
+    assert ("finished: 0 trained now, 1 only evaluated now (trained before), 0 already done, 0 failed"
+            in capsys.readouterr().out)
+    assert run.is_done() and run.record()["train_seconds"] == 5.0 and not events(results, "start")
+
+
+def test_config_paths_fall_back_to_the_shipped_configs_from_any_folder(tmp_path, monkeypatch):
+    """As in `memnet fit --config`: a config path that is not a file from here names a shipped config; the
+    suite keeps its absolute path, which memnet fit is given."""
+    monkeypatch.chdir(tmp_path)
+    for shipped in SUITES:
+        for experiment in S.load_suite(shipped).experiments:
+            assert all(Path(c).is_absolute() and Path(c).is_file() for c in experiment.configs), experiment.name
+    path = write_suite(tmp_path / "short.yaml", [{**LSTM, "configs": ["lstm/copy"]}, NTM])
+    lstm, ntm = S.load_suite(path).experiments
+    assert lstm.configs == (str(ROOT / "configs" / "lstm" / "copy.yaml"),) and (lstm.model, lstm.task) == (
+        "lstm", "copy")
+    argv = S.Run("tiny", ntm, 0, tmp_path / "r").fit_argv(base=tmp_path)
+    assert argv[:3] == ["fit", "--config", str(ROOT / "configs" / "ntm" / "copy.yaml")]
+    bad = write_suite(tmp_path / "bad.yaml", [{**NTM, "configs": ["configs/ntm/copyy.yaml"]}])
+    line = bad.read_text().splitlines().index("  configs:") + 1
+    with pytest.raises(S.SuiteError) as error:
+        S.load_suite(bad)
+    assert str(error.value).startswith(
+        f"{bad}:{line}: experiment 'ntm-copy': config file 'configs/ntm/copyy.yaml' does not exist (looked in "
+        f"{tmp_path / 'configs' / 'ntm'}, then among the shipped configs: --config configs/ntm/copyy.yaml: "
+        "neither a file nor a shipped config; close matches: ntm/copy")
 
 
 def test_report_of_a_folder_without_a_suite_is_an_error(tmp_path, capsys):

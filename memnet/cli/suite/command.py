@@ -34,12 +34,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--results", help="results folder (default: the suite's 'results' or runs/suites/<name>)"
     )
-    run.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
+    run.add_argument("--jobs", type=int, default=1,
+                     help="runs at once on this machine (default 1), with the local launcher only: "
+                     "the slurm launcher's is --array-parallelism, and submitit-local starts every job at once")
     run.add_argument(
         "--gpus-per-job",
         type=int,
         default=None,
-        help="GPUs per run: its own through CUDA_VISIBLE_DEVICES locally, --gpus-per-node of its job on Slurm",
+        help="GPUs per run: its own through CUDA_VISIBLE_DEVICES locally, --gpus-per-node of its job on Slurm "
+        "(default: the suite file's launcher.gpus_per_job)",
     )
     run.add_argument("--only", nargs="+", metavar="EXPERIMENT", help="run only these experiments")
     run.add_argument(
@@ -127,26 +130,35 @@ def main(argv: list[str] | None = None) -> int:
         settings["gpus_per_job"] = args.gpus_per_job
         chosen = launcher.merge(suite.launcher or launcher.LauncherConfig(), name=args.launcher,
                                 settings=settings, slurm=args.slurm)
+        if chosen.name != "local" and args.jobs != 1:
+            instead = ("limit the jobs running at once with --array-parallelism" if chosen.name == "slurm"
+                       else "it starts every job at once; use --launcher local --jobs N to run N at once")
+            raise SuiteError(f"--jobs {args.jobs} applies to the local launcher, not to --launcher {chosen.name}: "
+                             f"{instead}")
         if chosen.name != "local" and not args.dry_run:
             counts = launcher.submit(suite, runs, results, chosen, base_dir=Path.cwd(),
                                      wait=args.wait or chosen.name == "submitit-local")
             if "done" in counts and not args.no_report:
                 _report(results, None, not args.no_wandb)
             return 1 if counts.get("failed") else 0
-        runner = SuiteRunner(suite, results, jobs=args.jobs, gpus_per_job=args.gpus_per_job)
+        # the command line's --gpus-per-job, else the suite file's launcher.gpus_per_job (merged above)
+        gpus_per_job = (chosen.settings or {}).get("gpus_per_job")
+        runner = SuiteRunner(suite, results, jobs=args.jobs, gpus_per_job=gpus_per_job)
         if args.dry_run:
             check_fit_arguments(runs, runner.base)
+            if chosen.name == "local" and gpus_per_job:
+                slots = "; ".join(f"slot {slot}: CUDA_VISIBLE_DEVICES={runner._env(slot)['CUDA_VISIBLE_DEVICES']}"
+                                  for slot in range(args.jobs))
+                print(f"[local] {args.jobs} at once, {gpus_per_job} GPU(s) per run ({slots})")
             for run in runs:
-                state = (
-                    "done" if run.is_done() else ("resume" if run.last_checkpoint() else "train")
-                )
-                argv_ = run.fit_argv(base=runner.base, resume_from=run.last_checkpoint())
-                print(f"[{state}] {run.name}: memnet {' '.join(argv_)}")
+                what, command = runner.plan(run)
+                print(f"[{what}] {run.name}: {command}")
             return 0
         counts = runner.run(runs)
+        evaluated = f"{counts['evaluated']} only evaluated now (trained before), " if counts["evaluated"] else ""
         print(
-            f"[suite {suite.name}] finished: {counts['done']} trained now, {counts['skipped']} already done, "
-            f"{counts['failed']} failed"
+            f"[suite {suite.name}] finished: {counts['done']} trained now, {evaluated}{counts['skipped']} "
+            f"already done, {counts['failed']} failed"
         )
         if not args.no_report:
             _report(results, None, not args.no_wandb)

@@ -29,8 +29,11 @@ subprocess, then the evaluation) and writes the same files, so ``memnet suite
 report`` and a later ``memnet suite run`` treat both alike: finished runs are
 skipped, cut ones resume from their ``last.ckpt``. A job that Slurm preempts or that
 reaches its time limit gets submitit's signal: it stops its training (the last
-checkpoint stays), marks the run ``requeued`` and is requeued, and the new job
-resumes from ``last.ckpt``.
+checkpoint stays), marks the run ``requeued`` (keeping its training time) and is
+requeued, and the new job resumes from ``last.ckpt``; a job that submitit does not
+requeue (timed out more than its ``max_num_timeout``) leaves its run ``failed``.
+With ``--wait`` the command waits for its jobs and fails (exit 1) if any of the runs
+it submitted is not finished.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from memnet.cli.suite.errors import SuiteError
-from memnet.cli.suite.runner import Run, SuiteRunner, _terminate, expand_runs
+from memnet.cli.suite.runner import ERROR_CHARS, Run, SuiteRunner, _terminate, expand_runs
 from memnet.cli.suite.spec import Suite
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
@@ -146,6 +149,10 @@ def from_section(section: Any, where: str) -> LauncherConfig:
     for key in slurm:
         check_slurm_option(str(key), f"{where}: launcher.slurm")
     settings = {key: section[key] for key in SETTINGS if section.get(key) is not None}
+    for key in ("gpus_per_job", "cpus", "array_parallelism"):
+        value = settings.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise SuiteError(f"{where}: launcher.{key} must be a positive integer, got {value!r}")
     if "time" in settings:
         minutes(settings["time"], f"{where}: launcher.time")
     return LauncherConfig(name=name, settings=settings, slurm=dict(slurm))
@@ -182,41 +189,51 @@ class SuiteJob:
     Pickled by submitit and called in the job. On preemption or at the time limit
     submitit calls :meth:`checkpoint`, which stops the training process (its last
     checkpoint stays), marks the run ``requeued`` and returns the job to submit again;
-    the next job resumes the run from ``last.ckpt``.
+    the next job resumes the run from ``last.ckpt``. Where submitit then refuses to
+    requeue (a job timed out more than ``max_num_timeout`` times), the run is marked
+    ``failed`` with submitit's reason.
 
     Args:
-        results: the suite's results folder (holding ``suite.json``).
+        results: the suite's results folder.
         run_name: ``<experiment>/seed_<s>``.
         base_dir: the folder relative config paths are resolved from.
+        suite: the suite as submitted (``Suite.to_dict()``), carried in the job's pickle so that
+            a job that starts later trains what was submitted, whatever ``RESULTS/suite.json``
+            says by then; None (a job pickled by an older memnet) reads ``RESULTS/suite.json``.
     """
 
-    def __init__(self, results: str, run_name: str, base_dir: str) -> None:
+    def __init__(self, results: str, run_name: str, base_dir: str, suite: dict[str, Any] | None = None) -> None:
         self.results = results
         self.run_name = run_name
         self.base_dir = base_dir
+        self.suite = suite
         self._runner: SuiteRunner | None = None
         self._worker: threading.Thread | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"results": self.results, "run_name": self.run_name, "base_dir": self.base_dir}
+        return {"results": self.results, "run_name": self.run_name, "base_dir": self.base_dir, "suite": self.suite}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)
 
+    def _suite(self) -> Suite:
+        if self.suite is not None:
+            return Suite.from_dict(self.suite)
+        return Suite.from_dict(json.loads((Path(self.results) / "suite.json").read_text()))
+
     def _run(self) -> Run:
-        suite = Suite.from_dict(json.loads((Path(self.results) / "suite.json").read_text()))
-        for run in expand_runs(suite, Path(self.results)):
+        for run in expand_runs(self._suite(), Path(self.results)):
             if run.name == self.run_name:
                 return run
-        raise SuiteError(f"{self.results}/suite.json has no run {self.run_name!r}")
+        where = "the submitted suite" if self.suite is not None else f"{self.results}/suite.json"
+        raise SuiteError(f"{where} has no run {self.run_name!r}")
 
     def __call__(self) -> dict[str, str]:
         run = self._run()
         if run.is_done():  # a job requeued after its run finished: nothing left to do
             write_job_file(run, state="finished")
             return {"run": run.name, "outcome": "done", "message": f"{run.name} was already done"}
-        suite = Suite.from_dict(json.loads((Path(self.results) / "suite.json").read_text()))
-        self._runner = SuiteRunner(suite, Path(self.results), jobs=1, base_dir=Path(self.base_dir))
+        self._runner = SuiteRunner(self._suite(), Path(self.results), jobs=1, base_dir=Path(self.base_dir))
         write_job_file(run, state="running")
         outcome: dict[str, str] = {}
 
@@ -227,13 +244,22 @@ class SuiteJob:
         # The run goes on in a thread, so that the main thread stays free for submitit's signal handler.
         self._worker = threading.Thread(target=work, name=f"suite-run {run.name}", daemon=True)
         self._worker.start()
-        while self._worker.is_alive():
-            self._worker.join(timeout=0.5)
+        try:
+            while self._worker.is_alive():
+                self._worker.join(timeout=0.5)
+        except Exception as error:
+            # submitit's signal handler raises here when it does not requeue the job (after
+            # checkpoint() marked the run requeued): the run ends with this job, a failure
+            _job_failed(self._runner, run, f"{type(error).__name__}: {error}", requeue_refused=True)
+            raise
         print(outcome.get("message", ""), flush=True)
         return {"run": run.name, **outcome}
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-        """Stop the training process, mark the run ``requeued``; submitit resubmits the returned job."""
+        """Stop the training process, mark the run ``requeued``; submitit resubmits the returned job.
+
+        The record keeps the training time spent so far, which the resumed run adds to.
+        """
         from submitit.helpers import DelayedSubmission
 
         runner, worker = self._runner, self._worker
@@ -246,9 +272,29 @@ class SuiteJob:
             requeues = _requeue_count(Path(self.results), run.name) + 1
             runner._event(event="requeued", run=run.name, requeues=requeues, **_job_identity())
             runner._write_record(run, status="requeued", requeues=requeues,
-                                 resume_from=str(run.last_checkpoint()) if run.last_checkpoint() else None)
+                                 resume_from=str(run.last_checkpoint()) if run.last_checkpoint() else None,
+                                 train_seconds=_seconds_so_far(run.record() or {}))
             write_job_file(run, state="requeued")
-        return DelayedSubmission(SuiteJob(self.results, self.run_name, self.base_dir))
+        return DelayedSubmission(SuiteJob(self.results, self.run_name, self.base_dir, self.suite))
+
+
+def _seconds_so_far(record: dict[str, Any]) -> float:
+    """The training seconds of a run stopped now: those its record holds, plus, if its training is
+    still marked running (the process did not stop in time), the time since that attempt started."""
+    seconds = float(record.get("train_seconds", 0.0) or 0.0)
+    if record.get("status") == "running" and isinstance(record.get("started_at"), (int, float)):
+        seconds += max(0.0, time.time() - float(record["started_at"]))
+    return round(seconds, 3)
+
+
+def _job_failed(runner: SuiteRunner, run: Run, error: str, **event: Any) -> None:
+    """Record that ``run``'s job ended without finishing it (stage ``job``), keeping its training time."""
+    previous, error = run.record() or {}, error[:ERROR_CHARS]
+    runner._event(event="failed", run=run.name, stage="job", error=error, **event)
+    requeues = _requeue_count(runner.results, run.name)  # less a requeue that submitit refused
+    runner._write_record(run, status="failed", stage="job", error=error, train_seconds=_seconds_so_far(previous),
+                         requeues=requeues, resume_from=previous.get("resume_from"))
+    write_job_file(run, state="failed")
 
 
 def _job_identity() -> dict[str, Any]:
@@ -290,26 +336,36 @@ def _events(results: Path) -> list[dict[str, Any]]:
     return events
 
 
-def _requeue_count(results: Path, name: str) -> int:
-    return sum(1 for e in _events(results) if e.get("run") == name and e.get("event") == "requeued")
+def _requeue_count(results: Path, name: str, events: list[dict[str, Any]] | None = None) -> int:
+    """How many times ``name`` was requeued: its ``requeued`` events, less those submitit then refused."""
+    events = _events(results) if events is None else events
+    mine = [e for e in events if e.get("run") == name]
+    return (sum(1 for e in mine if e.get("event") == "requeued")
+            - sum(1 for e in mine if e.get("event") == "failed" and e.get("requeue_refused")))
 
 
 def submit(suite: Suite, runs: list[Run], results: Path, config: LauncherConfig, *, base_dir: Path,
            wait: bool, stream: Any = None) -> dict[str, int]:
     """Submit every run that is not done as its own job; with ``wait``, wait for them all.
 
+    Each job carries the suite as submitted; ``RESULTS/suite.json`` (what ``status`` and
+    ``report`` read) is written only once the executor has taken the settings, so that a
+    refused submission leaves it as it was.
+
     Returns:
-        counts: ``submitted``, ``skipped`` (already done) and, with ``wait``, ``done`` and ``failed``.
+        counts: ``submitted``, ``skipped`` (already done) and, with ``wait``, ``done`` and ``failed``
+        over the submitted runs: a submitted run that its job left unfinished (requeued, running,
+        interrupted) is failed, its record saying why.
     """
     import submitit
 
     stream = stream or sys.stdout
-    results.mkdir(parents=True, exist_ok=True)
     runner = SuiteRunner(suite, results, jobs=1, base_dir=base_dir, stream=stream)
-    runner._write_suite_file()
     todo = [run for run in runs if not run.is_done()]
     counts = {"submitted": len(todo), "skipped": len(runs) - len(todo)}
     if not todo:
+        results.mkdir(parents=True, exist_ok=True)
+        runner._write_suite_file()
         print(f"[suite {suite.name}] all {len(runs)} runs are done", file=stream)
         return counts
     cluster = "slurm" if config.name == "slurm" else "local"
@@ -323,30 +379,60 @@ def submit(suite: Suite, runs: list[Run], results: Path, config: LauncherConfig,
         executor.update_parameters(name=f"memnet-{suite.name}", **parameters)
     except (ValueError, NameError) as error:  # submitit lists every valid option: keep the first line
         raise SuiteError(f"launcher: {str(error).splitlines()[0]}") from None
+    results.mkdir(parents=True, exist_ok=True)
+    runner._write_suite_file()
+    submitted = suite.to_dict()
     jobs = []
     with executor.batch():
         for run in todo:
-            jobs.append(executor.submit(SuiteJob(str(results.resolve()), run.name, str(base_dir.resolve()))))
+            jobs.append(executor.submit(SuiteJob(str(results.resolve()), run.name, str(base_dir.resolve()),
+                                                 submitted)))
     for run, job in zip(todo, jobs):
         write_job_file(run, launcher=config.name, job_id=str(job.job_id), state="pending")
         runner._event(event="submitted", run=run.name, launcher=config.name, job_id=str(job.job_id))
     print(f"[suite {suite.name}] submitted {len(todo)} jobs ({config.name}; {counts['skipped']} runs already "
           f"done); jobs in {results / JOBS_DIR}; follow with: memnet suite status {results}", file=stream)
     if wait:
-        for job in jobs:
+        counts.update(done=0, failed=0)
+        for run, job in zip(todo, jobs):
             job.wait()
-        states = [state["state"] for state in run_states(results)]
-        counts.update(done=states.count("finished"), failed=states.count("failed"))
+            if run.is_done():
+                counts["done"] += 1
+                continue
+            counts["failed"] += 1
+            record = run.record() or {}
+            if record.get("status") != "failed":  # the job ended without saying why in the run's record
+                _job_failed(runner, run, _job_error(job, record))
+                record = run.record() or {}
+            print(f"FAILED {run.name} ({record.get('stage')}): {record.get('error')}", file=stream)
+        print(f"[suite {suite.name}] jobs ended: {counts['done']} done, {counts['failed']} failed", file=stream)
     return counts
+
+
+def _job_error(job: Any, record: dict[str, Any]) -> str:
+    """Why a submitit job ended with its run unfinished: the exception it raised (its last
+    ``SomethingError: message`` line), else the state it left the run in."""
+    left = f"the run left {record.get('status') or 'not started'}"
+    try:
+        error = job.exception()
+    except Exception as raised:  # noqa: BLE001 -- submitit could not even read the job's outcome
+        error = raised
+    if error is None:
+        return f"the job ended without finishing its run ({left})"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b.*?: ", line)]
+    text = named[-1] if named else f"{type(error).__name__}: {' '.join(lines[:2])}"
+    return f"{text} ({left})"[:ERROR_CHARS]
 
 
 def run_states(results: Path) -> list[dict[str, Any]]:
     """The state of every run of a results folder, from its files.
 
-    States: ``pending`` (not started: submitted, or never tried), ``running``,
-    ``requeued`` (stopped by a preemption or the time limit, waiting to resume),
-    ``finished``, ``failed`` (with the error) and ``interrupted`` (stopped by hand;
-    the next ``memnet suite run`` resumes it).
+    States: ``pending`` (not started: submitted, or never tried; or trained, to be
+    evaluated again), ``running``, ``requeued`` (stopped by a preemption or the time
+    limit, waiting to resume), ``finished``, ``failed`` (with the error: of training,
+    of the evaluation, or of a job that ended without finishing its run) and
+    ``interrupted`` (stopped by hand; the next ``memnet suite run`` resumes it).
     """
     suite_file = results / "suite.json"
     if not suite_file.is_file():
@@ -361,12 +447,17 @@ def run_states(results: Path) -> list[dict[str, Any]]:
             job = json.loads((run.folder / JOB_FILE).read_text())
         except (OSError, json.JSONDecodeError):
             job = {}
-        requeues = sum(1 for e in events if e.get("run") == run.name and e.get("event") == "requeued")
+        requeues = _requeue_count(results, run.name, events)
         status = record.get("status")
+        evaluation = record.get("evaluation") or {}
         if run.is_done():
             state, detail = "finished", f"{record.get('train_seconds', 0) / 60:.1f} min of training"
         elif status == "failed":
             state, detail = "failed", f"{record.get('stage', '')}: {record.get('error', '')}".strip(": ")
+        elif status == "done" and evaluation.get("status") not in (None, "done"):  # recorded so by older memnet
+            state, detail = "failed", f"evaluate: {evaluation.get('error') or evaluation.get('status')}"
+        elif status == "done":  # evaluated otherwise than the suite asks for now
+            state, detail = "pending", "trained; the next `memnet suite run` evaluates it again"
         elif status == "requeued":
             state, detail = "requeued", "resumes from last.ckpt" if record.get("resume_from") else "restarts"
         elif status in ("running", "trained"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -67,12 +68,23 @@ class Run:
         return evaluation_answers(self.experiment.evaluate, record.get("evaluation"))
 
     def is_trained(self) -> bool:
+        """Training finished (its ``summary.json`` is there): what is left is the evaluation, if any.
+
+        A run whose evaluation failed is trained too: the next ``suite run`` evaluates it again.
+        """
         record = self.record()
-        return (
-            record is not None
-            and record.get("status") in ("trained", "done")
-            and (self.folder / "summary.json").is_file()
-        )
+        if record is None or not (self.folder / "summary.json").is_file():
+            return False
+        status = record.get("status")
+        return status in ("trained", "done") or (status == "failed" and record.get("stage") == "evaluate")
+
+    def trained_checkpoint(self) -> str | None:
+        """The checkpoint a trained run is evaluated on: its best, else its last (from ``summary.json``)."""
+        try:
+            summary = json.loads((self.folder / "summary.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return summary.get("best_checkpoint") or summary.get("last_checkpoint")
 
     def last_checkpoint(self) -> Path | None:
         path = self.folder / "checkpoints" / "last.ckpt"
@@ -333,7 +345,13 @@ class SuiteRunner:
         self.stopping = False
 
     def run(self, runs: list[Run]) -> dict[str, int]:
-        """Train and evaluate every run that is not done; returns counts by outcome."""
+        """Train and evaluate every run that is not done.
+
+        Returns:
+            counts: ``done`` (trained and evaluated now), ``evaluated`` (trained before, only
+            evaluated now), ``failed`` (training or evaluation), ``interrupted`` and ``skipped``
+            (done before).
+        """
         self.results.mkdir(parents=True, exist_ok=True)
         self._write_suite_file()
         todo = [r for r in runs if not r.is_done()]
@@ -344,7 +362,7 @@ class SuiteRunner:
             f"[suite {self.suite.name}] {len(runs)} runs, {len(runs) - len(todo)} already done, "
             f"results in {self.results}"
         )
-        counts = {"done": 0, "failed": 0, "interrupted": 0, "skipped": len(runs) - len(todo)}
+        counts = {"done": 0, "evaluated": 0, "failed": 0, "interrupted": 0, "skipped": len(runs) - len(todo)}
         previous_handler = None
         if threading.current_thread() is threading.main_thread():  # SIGTERM stops like Ctrl-C
             previous_handler = signal.signal(signal.SIGTERM, _interrupt)
@@ -356,7 +374,8 @@ class SuiteRunner:
         return counts
 
     def run_one(self, run: Run) -> tuple[str, str]:
-        """Train and evaluate one run here and now (a cluster job's work); returns (outcome, message)."""
+        """Train and evaluate one run here and now (a cluster job's work); returns (outcome, message),
+        the outcome one of ``done``, ``evaluated``, ``failed``, ``interrupted``."""
         return self._train_and_evaluate(run, 0)
 
     def _run_all(self, todo: list[Run], progress: _Progress, counts: dict[str, int]) -> None:
@@ -398,7 +417,7 @@ class SuiteRunner:
             with progress.lock:
                 progress.running -= 1
                 progress.durations.append(time.monotonic() - started)
-                if outcome == "done":
+                if outcome in ("done", "evaluated"):
                     progress.done += 1
                 elif outcome == "failed":
                     progress.failed += 1
@@ -475,27 +494,54 @@ class SuiteRunner:
             self._event(event="trained", run=run.name)
             self._write_record(run, status="trained", train_seconds=round(train_seconds, 3))
         summary = json.loads(summary_path.read_text())
-        checkpoint = summary.get("best_checkpoint") or summary.get("last_checkpoint")
+        checkpoint = run.trained_checkpoint()
         evaluation: dict[str, Any] | None = None
         spec = run.experiment.evaluate
         if spec is not None:
             evaluation = self._evaluate(run, spec, checkpoint, slot)
-        record = self._write_record(
-            run,
-            status="done",
-            metrics=summary.get("metrics", {}),
-            evaluation=evaluation,
-            checkpoint=checkpoint,
-            last_checkpoint=summary.get("last_checkpoint"),
-            config=str(run.folder / "config.yaml"),
-            wandb_dir=summary.get("wandb_dir"),
-            train_seconds=round(train_seconds, 3),
-        )
+        fields = {
+            "metrics": summary.get("metrics", {}),
+            "evaluation": evaluation,
+            "checkpoint": checkpoint,
+            "last_checkpoint": summary.get("last_checkpoint"),
+            "config": str(run.folder / "config.yaml"),
+            "wandb_dir": summary.get("wandb_dir"),
+            "train_seconds": round(train_seconds, 3),
+        }
+        if evaluation is not None and evaluation.get("status") != "done":
+            # a failure: the next `suite run` evaluates the trained run again (Run.is_trained)
+            error = evaluation.get("error") or f"evaluation {evaluation.get('status')}"
+            self._event(event="failed", run=run.name, stage="evaluate", evaluation=evaluation.get("status"))
+            self._write_record(run, status="failed", stage="evaluate", error=error, **fields)
+            return "failed", f"FAILED {run.name} (evaluation {evaluation.get('status')}): {error}"
+        self._write_record(run, status="done", **fields)
         self._event(event="done", run=run.name)
-        note = ""
-        if evaluation and evaluation.get("status") != "done":
-            note = f" (evaluation {evaluation.get('status')}: {evaluation.get('error')})"
-        return "done", f"done {run.name} in {_duration(record['train_seconds'])}{note}"
+        if trained:  # only evaluated now (or, with nothing to evaluate, only recorded)
+            what = "evaluated" if spec is not None else "recorded"
+            return "evaluated", f"done {run.name}: {what} now, trained before (in {_duration(train_seconds)})"
+        return "done", f"done {run.name} in {_duration(train_seconds)}"
+
+    def plan(self, run: Run) -> tuple[str, str]:
+        """What :meth:`run` would do with ``run`` now, for ``--dry-run``: (what, the command as a shell line).
+
+        ``what`` is ``done`` (nothing: the command it was trained with), ``train``, ``resume``
+        (from its ``last.ckpt``), ``evaluate`` (trained before; only its evaluation runs) or
+        ``record`` (trained before, nothing to evaluate: only its record is written).
+        """
+        if run.is_done() or not run.is_trained():
+            resume = run.last_checkpoint()
+            what = "done" if run.is_done() else ("resume" if resume else "train")
+            return what, _command_line(["-m", "memnet.cli", *run.fit_argv(base=self.base, resume_from=resume)])
+        spec = run.experiment.evaluate
+        if spec is None:
+            return "record", "nothing to evaluate; its record is written as done"
+        checkpoint = run.trained_checkpoint()
+        if not checkpoint:
+            return "evaluate", "cannot evaluate (a failure): training left no checkpoint to evaluate"
+        try:
+            return "evaluate", _command_line(EVALUATORS[spec["kind"]].command(run, checkpoint, spec))
+        except EvaluationUnavailable as error:
+            return "evaluate", f"cannot evaluate (a failure): {error}"
 
     def _evaluate(self, run: Run, spec: dict, checkpoint: str | None, slot: int) -> dict[str, Any]:
         evaluator = EVALUATORS[spec["kind"]]
@@ -535,6 +581,13 @@ class SuiteRunner:
         partial.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         os.replace(partial, run.record_path)
         return record
+
+
+def _command_line(argv: list[str]) -> str:
+    """A process's argv (without the Python) as a shell line: ``memnet ...`` for ``-m memnet.cli ...``."""
+    if argv[:2] == ["-m", "memnet.cli"]:
+        return shlex.join(["memnet", *argv[2:]])
+    return shlex.join([sys.executable, *argv])
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -19,7 +19,8 @@ A suite file is YAML::
       seed_args: [seed_everything, data.init_args.seed]   # the fields a run's seed is written to
     experiments:
       - name: ntm-copy                     # unique; letters, digits, '-', '_', '.'
-        configs: [configs/ntm/copy.yaml]   # stacked in order, like repeated --config
+        configs: [configs/ntm/copy.yaml]   # stacked in order, like repeated --config; a path not
+                                           #   found from here names a shipped config (ntm/copy)
         overrides:                         # any CLI field, dotted, as in --key=value
           model.init_args.net.init_args.memory_size: 128
         evaluate: {kind: algorithmic, lengths: [20, 40, 80, 120]}   # or {kind: babi, split: test}
@@ -45,7 +46,8 @@ so one failure does not stop the others. A results folder holds::
     RESULTS/report/                           leaderboard.md/.csv/.json, babi.md, lengths.md, *.png
 
 A run whose ``metrics.json`` says ``done`` is skipped on the next ``suite run``; a
-run with a ``last.ckpt`` but no record resumes from it; a failed run is tried again.
+run with a ``last.ckpt`` but no record resumes from it; a failed run is tried again (one
+whose evaluation failed is only evaluated again).
 """
 
 
@@ -117,7 +119,7 @@ class Experiment:
 
     Attributes:
         name: unique within the suite; the run folders are ``<results>/<name>/seed_<s>``.
-        configs: config files, stacked in order (later wins).
+        configs: the config files' absolute paths, stacked in order (later wins).
         overrides: dotted CLI field -> value, given as ``--field=value`` after the configs.
         seeds: one run per seed.
         budget: ``max_steps`` / ``max_epochs`` / ``max_time`` for the trainer.
@@ -207,7 +209,8 @@ def load_suite(path: str | Path, *, base_dir: str | Path | None = None) -> Suite
     Args:
         path: the suite YAML.
         base_dir: folder that relative config paths are resolved from (default: the
-            current working directory, where ``memnet fit`` would resolve them).
+            current working directory, where ``memnet fit`` would resolve them); a path
+            that is not there names a shipped config, as in ``memnet fit --config``.
 
     Raises:
         SuiteError: naming the file, the line and the entry, for an unknown key, a
@@ -314,12 +317,7 @@ def _parse_experiment(entry: Any, defaults: dict, where: str, index: int, base: 
         raise SuiteError(
             f"{at('configs')}: 'configs' must be a non-empty list of config file paths"
         )
-    for config in configs:
-        if not _resolve(config, base).is_file():
-            raise SuiteError(
-                f"{at('configs')}: config file {config!r} does not exist "
-                f"(looked in {_resolve(config, base).parent})"
-            )
+    resolved = tuple(str(find_config_file(config, base, at("configs"))) for config in configs)
 
     seeds = _parse_seeds(
         entry["seeds"] if "seeds" in entry else defaults.get("seeds", 1), at("seeds")
@@ -415,7 +413,7 @@ def _parse_experiment(entry: Any, defaults: dict, where: str, index: int, base: 
             raise SuiteError(f"{at(key)}: {key!r} must be a string label")
     return Experiment(
         name=name,
-        configs=tuple(configs),
+        configs=resolved,
         overrides=overrides,
         seeds=seeds,
         budget=budget,
@@ -457,6 +455,28 @@ def _parse_seeds(value: Any, where: str) -> tuple[int, ...]:
 def _resolve(path: str | Path, base: Path) -> Path:
     path = Path(path)
     return path if path.is_absolute() else base / path
+
+
+def find_config_file(config: str, base: Path, where: str) -> Path:
+    """The absolute path of a suite's config entry: relative to ``base``, else as ``memnet fit --config``
+    finds it (``memnet.cli.configs.find_config``: a path from here, or a shipped config such as
+    ``configs/ntm/copy.yaml`` or ``ntm/copy``), so that a shipped suite runs from any folder.
+
+    Raises:
+        SuiteError: ``where`` (the suite file, line and experiment), the entry and the folders looked in.
+    """
+    from memnet.cli.configs import ConfigError, find_config
+
+    path = _resolve(config, base)
+    if not path.is_file():
+        try:
+            path = find_config(config)
+        except ConfigError as error:
+            raise SuiteError(
+                f"{where}: config file {config!r} does not exist (looked in {path.parent}, "
+                f"then among the shipped configs: {error})"
+            ) from None
+    return path.resolve()
 
 
 def _default_labels(config: str) -> tuple[str, str]:
