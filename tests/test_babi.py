@@ -554,7 +554,8 @@ def test_table_command_evaluates_a_trained_checkpoint(tmp_path, monkeypatch, cap
     config = Path(__file__).resolve().parents[1] / "configs" / "memn2n" / "babi_task_1k.yaml"
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", str(config), "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
-          "--trainer.limit_val_batches=1", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+          "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1",  # babi-table tests the whole split
+          "--trainer.logger=false", "--trainer.enable_progress_bar=false",
           f"--trainer.default_root_dir={tmp_path / 'run'}", f"--checkpoint.dirpath={tmp_path / 'run' / 'checkpoints'}",
           f"--data.init_args.data_dir={ARCHIVE}",
           f"--data.init_args.cache_dir={tmp_path / 'cache'}", "--data.init_args.tasks=[1, 6]"])

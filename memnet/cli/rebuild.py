@@ -150,13 +150,17 @@ def run_stage(
     """``memnet test`` or ``validate`` of a checkpoint with its run's config; the logged metrics.
 
     The config defaults to ``config.yaml`` of the run folder; the run's own callbacks
-    are left out (they are for training).
+    are left out (they are for training), and so are its ``limit_val_batches`` and
+    ``limit_test_batches``: the whole split is scored.
     """
     if stage not in ("test", "validate"):
         raise RebuildError(f"stage must be 'test' or 'validate', got {stage!r}")
     checkpoint = resolve_checkpoint(str(checkpoint))
     configs = [config if config is not None else default_config(checkpoint)]
-    cli = instantiate(configs, ["--trainer.callbacks=[]", *overrides])
+    # the whole split, whatever limits the run trained with (a limit given in ``overrides`` still wins): the
+    # sets are in task order, so a limit drops the last tasks and scores one on part of its questions, unmarked
+    cli = instantiate(configs, ["--trainer.callbacks=[]", "--trainer.limit_test_batches=1.0",
+                                "--trainer.limit_val_batches=1.0", *overrides])
     trainer_stage = cli.trainer.test if stage == "test" else cli.trainer.validate
     blocks = trainer_stage(cli.model, datamodule=cli.datamodule, ckpt_path=str(checkpoint), weights_only=False)
     metrics: dict[str, float] = {}
