@@ -90,6 +90,21 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
     assert torch.load(last2, weights_only=False)["global_step"] == 6
 
 
+def test_a_resumed_run_ends_with_the_weights_of_the_unbroken_run(tmp_path):
+    """8 steps in one go, and 4 + 4 through a checkpoint (data stream, Adam, one-cycle schedule, clipping and the
+    shipped callbacks restored): the same weights, bit for bit."""
+    common = ["--config", SMALL, *TINY, "--trainer.logger=false", "--trainer.limit_val_batches=2"]
+    main(["fit", *common, "--trainer.max_steps=8", f"--checkpoint.dirpath={tmp_path / 'whole'}"])
+    main(["fit", *common, "--trainer.max_steps=4", f"--checkpoint.dirpath={tmp_path / 'halves'}"])
+    main(["fit", *common, "--trainer.max_steps=8", f"--checkpoint.dirpath={tmp_path / 'halves'}",
+          "--ckpt_path", str(tmp_path / "halves" / "last.ckpt")])
+    whole, halves = (torch.load(tmp_path / name / "last.ckpt", weights_only=False) for name in ("whole", "halves"))
+    assert whole["global_step"] == halves["global_step"] == 8
+    assert whole["state_dict"].keys() == halves["state_dict"].keys()
+    for name, tensor in whole["state_dict"].items():
+        assert torch.equal(tensor, halves["state_dict"][name]), name
+
+
 def test_a_resume_with_another_data_seed_is_refused_and_a_new_length_range_is_taken(tmp_path, capsys):
     main(["fit", "--config", SMALL, *TINY])
     last = json.loads((tmp_path / "runs" / "latest.json").read_text())["last_checkpoint"]
