@@ -396,10 +396,9 @@ class Seq2SeqModule(MemnetModule):
         self.log(f"{stage}/loss", (nats / tokens.clamp_min(1)).float(), prog_bar=True, sync_dist=True)
         self.log(f"{stage}/token_accuracy", (right_tokens / tokens.clamp_min(1)).float(), sync_dist=True)
         self.log(f"{stage}/sequence_accuracy", (right_sequences / sequences).float(), prog_bar=True, sync_dist=True)
-        for length, sequences, *_, right_sequences in rows:
+        for length, count, *_, right in rows:
             if length >= 0:
-                self.log(length_key(stage, int(length), "sequence_accuracy"), (right_sequences / sequences).float(),
-                         sync_dist=True)
+                self.log(length_key(stage, int(length), "sequence_accuracy"), (right / count).float(), sync_dist=True)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         """Greedy decoding: the decoded tokens (B, T') and whether each equals its target."""

@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from memnet.utils import parameter_dtype
+
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT = "memnet-network/1"  # bumped when the layout of config.json changes
@@ -193,8 +195,7 @@ def match_dtype(module: nn.Module, state: dict[str, Any]) -> None:
     """Cast ``module`` to the dtype its stored weights were trained in, so that loading them does not round them
     (``load_state_dict`` copies into the module's own dtype: float64 weights would land in float32 silently)."""
     dtype = stored_dtype(state)
-    current = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
-    if dtype is not None and current is not None and dtype != current:
+    if dtype is not None and dtype != parameter_dtype(module):
         module.to(dtype)
 
 
