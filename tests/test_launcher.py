@@ -71,13 +71,15 @@ def suite_main(*argv: str) -> int:
 
 
 @pytest.mark.parametrize(("value", "expected"),
-                         [(30, 30), ("45", 45), ("04:00:00", 240), ("1-02:00", 1560), ("0:01:30", 2)])
+                         [(30, 30), ("45", 45), ("04:00:00", 240), ("1-02:00", 1560), ("0:01:30", 2),
+                          ("30:00", 30), ("30:30", 31), ("1-02", 1560), ("2-00:00:30", 2881)])
 def test_time_limits_in_minutes(value, expected):
+    # read as Slurm reads --time: "30:00" is minutes:seconds (30 minutes), not 30 hours
     assert L.minutes(value, "time") == expected
 
 
 def test_a_bad_time_limit_is_one_line():
-    with pytest.raises(S.SuiteError, match=r"^--time: expected minutes or \[D-\]HH:MM\[:SS\], got 'soon'$"):
+    with pytest.raises(S.SuiteError, match=r"^--time: expected minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS \(Slurm's formats\), got 'soon'$"):
         L.merge(L.LauncherConfig(), name="slurm", settings={"time": "soon"}, slurm=[])
 
 

@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="local (default: this machine, --jobs at a time), slurm, or submitit-local "
                          "(the Slurm code path as local subprocesses)")
     cluster.add_argument("--partition", help="Slurm partition")
-    cluster.add_argument("--time", help="time limit per job: minutes or [D-]HH:MM[:SS] (default 04:00:00)")
+    cluster.add_argument("--time", help="time limit per job, as Slurm reads it: minutes, MM:SS, HH:MM:SS or D-HH[:MM[:SS]] (default 04:00:00)")
     cluster.add_argument("--cpus", type=int, help="CPUs per job")
     cluster.add_argument("--mem-gb", type=float, dest="mem_gb", help="memory per job, GB")
     cluster.add_argument("--account", help="Slurm account")

@@ -16,7 +16,7 @@ The settings come from the command line or a ``launcher:`` section of the suite 
     launcher:
       name: slurm                 # local | slurm | submitit-local
       partition: gpu
-      time: "04:00:00"            # per job: minutes, or [D-]HH:MM[:SS]
+      time: "04:00:00"            # per job, as Slurm reads --time: minutes, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]
       gpus_per_job: 1
       cpus: 8                     # CPUs per job
       mem_gb: 32
@@ -98,16 +98,38 @@ class LauncherConfig:
         return parameters
 
 
+# Slurm's time formats (sbatch --time): minutes, minutes:seconds, hours:minutes:seconds, days-hours,
+# days-hours:minutes, days-hours:minutes:seconds. "30:00" is 30 minutes, as Slurm reads it.
+TIME_FORMATS = "minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS (Slurm's formats)"
+
+
 def minutes(value: Any, where: str) -> int:
-    """A job time limit in whole minutes, from minutes or ``[D-]HH:MM[:SS]``."""
+    """A job time limit in whole minutes (seconds round up), read as Slurm reads ``--time``.
+
+    ``30`` and ``"30:00"`` are 30 minutes, ``"04:00:00"`` 4 hours, ``"1-02"`` and ``"1-02:00"`` 26 hours.
+    """
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
-    if isinstance(value, str) and value.strip().isdigit() and int(value) > 0:
-        return int(value)
-    match = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d{2})(?::(\d{2}))?", str(value).strip())
+    text = str(value).strip() if isinstance(value, str) else None
+    days, hours, mins, secs = 0, 0, 0, 0
+    match = None
+    if text is not None:
+        if "-" in text:
+            match = re.fullmatch(r"(\d+)-(\d+)(?::(\d+)(?::(\d+))?)?", text)
+            if match:
+                days, hours, mins, secs = (int(g) if g else 0 for g in match.groups())
+        else:
+            match = re.fullmatch(r"\d+(?::\d+){0,2}", text)
+            if match:
+                parts = [int(p) for p in text.split(":")]
+                if len(parts) == 1:
+                    mins = parts[0]
+                elif len(parts) == 2:
+                    mins, secs = parts
+                else:
+                    hours, mins, secs = parts
     if not match:
-        raise SuiteError(f"{where}: expected minutes or [D-]HH:MM[:SS], got {value!r}")
-    days, hours, mins, secs = (int(g) if g else 0 for g in match.groups())
+        raise SuiteError(f"{where}: expected {TIME_FORMATS}, got {value!r}")
     total = days * 1440 + hours * 60 + mins + (1 if secs else 0)
     if total < 1:
         raise SuiteError(f"{where}: the time limit must be at least one minute, got {value!r}")
