@@ -218,6 +218,11 @@ class LastAndBestCheckpoint(ModelCheckpoint):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._resumed = trainer.ckpt_path is not None
+        if self._resumed:
+            # The checkpoint resumed from holds this very step. A run resumed from a checkpoint written at an
+            # epoch's end replays that end before any validation; without this it wrote last.ckpt (and tried a
+            # top-k save) again, with no val/* metrics, and Lightning warned that the monitor was missing.
+            self._last_global_step_saved = trainer.global_step
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:

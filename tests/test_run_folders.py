@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,30 @@ def test_resumed_run_logs_the_steps_of_an_uninterrupted_run(tmp_path):
     assert _steps(tmp_path / "second") == [4, 5]  # was [5, 6]: one ahead after the resume
     assert sorted(p.name for p in last.parent.iterdir() if p.name.startswith("last")) == ["last.ckpt"]  # no last-v1
     assert torch.load(last, weights_only=False)["global_step"] == 6
+
+
+def test_a_resumed_run_does_not_rewrite_its_checkpoint_before_validating(tmp_path, monkeypatch):
+    """Resumed from a checkpoint written at an epoch's end, the run replays that end before any validation; it
+    used to write last.ckpt again there without the val/* metrics (and warn that val/loss was missing)."""
+    from memnet.callbacks import LastAndBestCheckpoint
+
+    saves = []
+    save_last = LastAndBestCheckpoint._save_last_checkpoint
+
+    def spy(self, trainer, candidates):
+        saves.append((trainer.global_step, "val/loss" in trainer.callback_metrics))
+        return save_last(self, trainer, candidates)
+
+    monkeypatch.setattr(LastAndBestCheckpoint, "_save_last_checkpoint", spy)
+    main(["fit", "--config", SMALL, *TINY, "--trainer.logger=false"])
+    assert saves == [(2, True), (4, True)]
+    saves.clear()
+    last = _latest(tmp_path)["last_checkpoint"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*could not find the monitored key.*")
+        main(["fit", "--config", SMALL, *TINY, "--trainer.logger=false", "--trainer.max_steps=6", "--ckpt_path", last])
+    assert saves == [(6, True)]  # was [(4, False), (6, True)]
+    assert "val/loss" in torch.load(last, weights_only=False)["memnet_metrics"]
 
 
 def test_resumed_run_continues_its_folder_and_its_wandb_run(tmp_path, capsys):
