@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.trainer.states import TrainerFn
 
 from memnet.plots import plot_dnc_memory, plot_memory_access
 from memnet.utils import (  # run_dir re-exported: memnet.callbacks.run_dir
@@ -28,7 +29,7 @@ class MemoryAccessPlot(pl.Callback):
     """Every ``every_n_epochs`` validation epochs, draw the NTM figure for one fixed example.
 
     The example is the first sequence of the first validation batch (fixed by
-    the data module's seed). The PNG goes to ``<run>/memory_access/epoch_XXXX.png``
+    the data module's seed). It draws while fitting only, not under ``memnet validate``. The PNG goes to ``<run>/memory_access/epoch_XXXX.png``
     and, with a W&B logger, is logged as the image ``memory_access``. Works for
     any network whose ``forward`` accepts ``return_trace=True`` and returns
     ``(logits, trace)`` with ``read_weights`` and ``write_weights`` of shape
@@ -47,7 +48,9 @@ class MemoryAccessPlot(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
             return
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or trainer.state.fn != TrainerFn.FITTING:
+            # ``memnet validate`` has no run folder of its own: drawing there made a stray runs/memnet/<id>/ that
+            # looked like a run (``memnet figures`` draws a checkpoint's memory access)
             return
         loaders = trainer.val_dataloaders
         loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders

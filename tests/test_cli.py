@@ -55,6 +55,21 @@ def test_fit_writes_checkpoints_config_and_offline_wandb_run_then_validate_test_
     assert "bit errors" in out
 
 
+def test_validate_and_test_leave_no_run_folder_of_their_own(tmp_path):
+    # configs/ntm/copy.yaml draws the memory access (MemoryAccessPlot) at validation; under `memnet validate`
+    # it used to draw into a new runs/memnet/<id>/memory_access/ that looked like a run
+    config = str(ROOT / "configs" / "ntm" / "copy.yaml")
+    tiny = [*TINY, "--trainer.logger=false", "--model.init_args.net.init_args.memory_size=6",
+            "--model.init_args.net.init_args.controller.init_args.hidden_size=5"]
+    main(["fit", "--config", config, *tiny])
+    latest = json.loads((tmp_path / "runs" / "latest.json").read_text())
+    run = Path(latest["run_dir"])
+    assert list((run / "memory_access").glob("*.png")), "fit draws the memory access"
+    for subcommand in ("validate", "test"):
+        main([subcommand, "--config", config, *tiny, "--ckpt_path", latest["last_checkpoint"]])
+    assert [p.name for p in (tmp_path / "runs" / "memnet").iterdir()] == [run.name]
+
+
 @pytest.mark.parametrize("plugins", [[], ["--trainer.plugins", "pytorch_lightning.plugins.environments.LightningEnvironment"]])
 def test_checkpoints_are_written_atomically_whatever_other_plugins_are_given(plugins, monkeypatch):
     from memnet.cli.lightning_cli import AtomicCheckpointIO, MemnetCLI
