@@ -54,6 +54,16 @@ def test_without_a_logger_each_run_has_its_own_folder_under_runs(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # nothing in the working folder itself
 
 
+def test_logger_true_means_memnets_default_logger(tmp_path):
+    # Lightning's own default logger put the run (and its checkpoints) in ./lightning_logs/version_0/
+    main(["fit", "--config", SMALL, *TINY, "--trainer.logger=true"])
+    run = Path(_latest(tmp_path)["run_dir"]).resolve()
+    assert run.parent == (tmp_path / "runs" / "memnet").resolve()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert list((tmp_path / "runs" / "wandb").glob(f"offline-run-*-{run.name}"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
 def _steps(folder: Path) -> list[int]:
     """The steps of the train/loss_step rows a CSVLogger wrote under ``folder``."""
     lines = next(folder.rglob("metrics.csv")).read_text().splitlines()

@@ -187,6 +187,10 @@ class MemnetCLI(LightningCLI):
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):  # the user's own CheckpointIO stays
             plugins.append(AtomicCheckpointIO())
         config["plugins"] = plugins
+        if config.get("logger") is True:
+            # Lightning's "the default logger" is memnet's (offline-first W&B in runs/); Lightning's own would
+            # put the run in ./lightning_logs/version_N/ instead of runs/memnet/<id>/
+            config["logger"] = OfflineFirstWandbLogger(save_dir=RUNS_DIR, project="memnet")
         self._place_run(config, callbacks)
         return super()._instantiate_trainer(config, callbacks)
 
