@@ -16,6 +16,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 
 from memnet.plots import plot_dnc_memory, plot_memory_access
 from memnet.utils import (  # run_dir re-exported: memnet.callbacks.run_dir
+    logged_step,
     parameter_dtype,
     run_dir,
     wandb_offline,
@@ -62,7 +63,7 @@ class MemoryAccessPlot(pl.Callback):
         self.last_path = drawn
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_image(key="memory_access", images=[str(drawn)], step=trainer.global_step)
+                logger.log_image(key="memory_access", images=[str(drawn)], step=logged_step(trainer))
 
 
 def draw_memory_access(module: torch.nn.Module, batch: dict, path: Path, *, title: str = "", **kwargs) -> Path | None:
@@ -151,7 +152,7 @@ class LinearStartSwitch(pl.Callback):
         self.switched_at = last_linear_epoch
         # to the loggers directly: Lightning refuses LightningModule.log in on_validation_end, where the switch is
         for logger in getattr(trainer, "loggers", None) or []:
-            logger.log_metrics({"linear_start/switched": float(last_linear_epoch)}, step=trainer.global_step)
+            logger.log_metrics({"linear_start/switched": float(last_linear_epoch)}, step=logged_step(trainer))
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.epochs is None:
@@ -385,8 +386,8 @@ class RelapseWatch(pl.Callback):
         if trainer.is_global_zero:
             print(f"\n[RelapseWatch] {message}", flush=True)
         metrics = {"relapse/event": 1.0, "relapse/value": event["value"], "relapse/best": event["best"]}
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=event["step"])
+        for logger in trainer.loggers:  # beside the validation's own metrics (event["step"] is the global step)
+            logger.log_metrics(metrics, step=logged_step(trainer))
 
     def _snapshot(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
         weights = {name: tensor.detach().to("cpu", copy=True) for name, tensor in pl_module.state_dict().items()}
@@ -540,7 +541,7 @@ class ConvergenceDecay(pl.Callback):
         if trainer.is_global_zero:
             print(f"\n[ConvergenceDecay] {message}", flush=True)
         for logger in trainer.loggers:
-            logger.log_metrics({"converged/step": float(trainer.global_step)}, step=trainer.global_step)
+            logger.log_metrics({"converged/step": float(trainer.global_step)}, step=logged_step(trainer))
 
     def state_dict(self) -> dict:
         return {"converged_step": self.converged_step}

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from pytorch_lightning.loggers import WandbLogger
 from torch import nn
 
-from memnet.utils import run_dir
+from memnet.utils import logged_step, run_dir
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -289,14 +289,14 @@ class GradientProbe(pl.Callback):
             if isinstance(logger, WandbLogger):
                 import wandb
 
-                logger.log_image(key="gradient_probe", images=[str(self.last_path)], step=trainer.global_step)
+                logger.log_image(key="gradient_probe", images=[str(self.last_path)], step=logged_step(trainer))
                 chart = wandb.plot.line_series(
                     xs=list(range(len(norms))), ys=[norms.tolist()], keys=[f"epoch {epoch}"],
                     title="‖∂L/∂h(t)‖", xname="time step",
                 )
                 # on Lightning's step axis, as WandbLogger logs: an explicit W&B step behind W&B's own counter
                 # (which every logged row advances) is dropped with a warning
-                logger.experiment.log({"gradient_probe/curve": chart, "trainer/global_step": trainer.global_step})
+                logger.experiment.log({"gradient_probe/curve": chart, "trainer/global_step": logged_step(trainer)})
 
     def state_dict(self) -> dict:
         return {"curves": {k: v.tolist() for k, v in self.curves.items()}}

@@ -207,6 +207,19 @@ def wandb_offline() -> bool:
     return wandb_mode() == "offline"
 
 
+def logged_step(trainer: Any) -> int:
+    """The step Lightning logs this moment's metrics at (``trainer/global_step`` on W&B's axis).
+
+    Lightning logs with its count of batches that stepped, which a validation at an epoch's end (or
+    every ``val_check_interval``) runs before counting the batch just trained: ``val/*`` of the
+    validation after step G land at G − 1. Images and events drawn from that validation are logged
+    at the same step, so that they sit beside its metrics.
+    """
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    step = getattr(loop, "_batches_that_stepped", None)
+    return int(step) if isinstance(step, int) else int(trainer.global_step)
+
+
 def run_dir(trainer: Any) -> Path:
     """The folder of a Lightning run: the parent of its checkpoint folder.
 

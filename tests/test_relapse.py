@@ -138,7 +138,12 @@ def test_relapse_event_reaches_the_logger(tmp_path):
     rows = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     events = [dict(zip(header, row.split(","))) for row in rows[1:] if row.split(",")[header.index("relapse/event")]]
-    assert [(e["step"], float(e["relapse/value"])) for e in events] == [("4", 40.0)]  # two batches an epoch: the second validation is at step 4
+    # two batches an epoch: the second validation comes after step 4, and Lightning logs its val/* at step 3; the
+    # event sits beside them (it was logged at 4, a row of its own on W&B's step axis)
+    validations = [row.split(",")[header.index("step")] for row in rows[1:] if row.split(",")[header.index("val/bits_per_seq")]]
+    assert validations == ["1", "3", "5"]
+    assert [(e["step"], float(e["relapse/value"])) for e in events] == [("3", 40.0)]
+    assert watch.events[0]["step"] == 4  # what the message and the checkpoint state say: the global step
 
 
 def test_history_and_events_survive_a_checkpoint():
