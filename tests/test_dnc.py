@@ -131,6 +131,17 @@ def test_ablation_switches_change_the_model():
     assert n_full - n_small == (R + 1 + 3 * R) * (11 + 1)  # dropped interface rows (weights + bias)
 
 
+def test_links_off_state_holds_no_link_matrix():
+    """``use_links=False`` drops the link matrix (module docstring): no N × N zeros carried in the state."""
+    model = make(use_links=False)
+    state = model.initial_state(2, memory_size=256)
+    assert state.link is None and link_state_bytes(state) == 0
+    assert link_state_bytes(make().initial_state(2, memory_size=256)) == 2 * 256 * 256 * 8
+    logits, trace = model(inputs(), memory_size=11, return_trace=True)
+    assert trace.link.shape == (B, T, 11, 11) and torch.all(trace.link == 0)
+    torch.testing.assert_close(logits, make(use_links=False, engine="eager")(inputs(), memory_size=11))
+
+
 def test_memory_size_changes_at_evaluation():
     model = make()
     x = inputs()
@@ -221,6 +232,12 @@ def test_bad_write_head_count():
 def test_bad_sparsity(k):
     with pytest.raises(ValueError, match=r"link_sparsity K .* \[1, memory_size=7\]"):
         make(link_sparsity=k)
+
+
+def test_sparsity_without_links_is_refused():
+    """K entries of a link matrix that ``use_links=False`` drops: refused, not silently ignored."""
+    with pytest.raises(ValueError, match=r"link_sparsity=3 needs use_links=True"):
+        make(use_links=False, link_sparsity=3)
 
 
 def test_sparsity_larger_than_evaluation_memory():

@@ -172,6 +172,17 @@ def test_memory_access_of_ntm_and_dnc(tmp_path):
     assert [p.name for p in paths] == ["dnc.png", "dnc_usage_link.png"] and all(map(is_png, paths))
 
 
+def test_memory_access_of_a_float64_dnc_from_a_float32_batch(tmp_path):
+    """A network rebuilt from a ``64-true`` run has float64 weights; the task's batch is float32."""
+    task = CopyTask(width=3, min_length=1, max_length=3)
+    batch = task.sample_batch(torch.Generator().manual_seed(0), 2, 3)
+    assert batch["inputs"].dtype == torch.float32
+    dnc = DNC(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=6),
+              memory_size=7, word_size=5).double()
+    paths = draw_memory_access(tmp_path / "dnc.png", dnc, batch)
+    assert [p.name for p in paths] == ["dnc.png", "dnc_usage_link.png"] and all(map(is_png, paths))
+
+
 # ----------------------------------------------------------------------------- the command
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from memnet.plots import plot_dnc_memory, plot_memory_access
+from memnet.utils import parameter_dtype
 
 
 def draw_memory_access(
@@ -19,14 +20,17 @@ def draw_memory_access(
         path: the PNG of the read and write weightings; a DNC's usage, last link matrix and read
             modes go beside it as ``<stem>_usage_link.png``.
         net: a network whose forward takes ``return_trace=True`` (``NTM``, ``DNC``).
-        batch: ``inputs`` (B, T, D_in), ``targets`` (B, T, D_out).
+        batch: ``inputs`` (B, T, D_in), ``targets`` (B, T, D_out); the inputs are cast to the network's
+            dtype and device (a network trained in ``64-true`` or ``bf16-true`` precision has float64 or
+            bfloat16 weights, a task's batch float32).
         title: figure title.
         memory_size: N for this run (default the network's).
 
     Returns:
         The paths written.
     """
-    inputs = batch["inputs"][:1]
+    device = next((p.device for p in net.parameters()), None)
+    inputs = batch["inputs"][:1].to(device=device, dtype=parameter_dtype(net))
     kwargs = {} if memory_size is None else {"memory_size": memory_size}
     was_training = net.training
     net.eval()

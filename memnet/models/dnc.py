@@ -149,7 +149,7 @@ class DNCState(NamedTuple):
         usage: (B, N) usage u.
         precedence: (B, N) precedence p.
         link: (B, N, N) link matrix L, or a ``SparseLink`` (values, indices (B, N, K))
-            when the model keeps K entries per row.
+            when the model keeps K entries per row, or None without links (``use_links=False``).
     """
 
     controller: ControllerState
@@ -159,7 +159,7 @@ class DNCState(NamedTuple):
     write_weights: torch.Tensor
     usage: torch.Tensor
     precedence: torch.Tensor
-    link: torch.Tensor | SparseLink
+    link: torch.Tensor | SparseLink | None
 
 
 class DNCTrace(NamedTuple):
@@ -169,7 +169,7 @@ class DNCTrace(NamedTuple):
         read_weights: (B, T, R, N).
         write_weights: (B, T, 1, N).
         usage: (B, T, N) usage after each step's frees (before its write).
-        link: (B, T, N, N) link matrix (dense, also for a sparse link).
+        link: (B, T, N, N) link matrix (dense, also for a sparse link; zeros without links).
         read_modes: (B, T, R, 3) backward, content, forward (content only without links).
         allocation_gate: (B, T) (zeros without allocation).
         write_gate: (B, T).
@@ -201,7 +201,7 @@ class DNC(Pretrained, MemoryModel):
         use_allocation: dynamic memory allocation (False: content-addressed writes only).
         use_links: temporal link matrix and read modes (False: content-addressed reads only).
         link_sparsity: K, entries kept per row of the link matrix (Sparse DNC);
-            None keeps the dense N × N matrix. Must satisfy 1 ≤ K ≤ N.
+            None keeps the dense N × N matrix. Must satisfy 1 ≤ K ≤ N, and needs ``use_links``.
         memory_init: ``constant`` (default), ``learned`` or ``random`` initial memory.
         engine: execution path (``memnet.models.core``): ``fused`` (default; fused content
             addressing, write, allocation and link update, hoisted input and output layers),
@@ -252,6 +252,11 @@ class DNC(Pretrained, MemoryModel):
         if num_writes != 1:
             raise ValueError(f"num_writes must be 1 (the DNC has one write head), got {num_writes!r}")
         if link_sparsity is not None:
+            if not use_links:
+                raise ValueError(
+                    f"link_sparsity={link_sparsity!r} needs use_links=True: without links there is no link "
+                    "matrix to keep K entries of; set link_sparsity to null or use_links to true"
+                )
             allocation.check_num_kept(link_sparsity, memory_size)
         self.use_allocation = use_allocation
         self.use_links = use_links
@@ -278,11 +283,14 @@ class DNC(Pretrained, MemoryModel):
     ) -> DNCState:
         """The state before the first step (all weightings, usage, precedence and links 0).
 
-        ``memory_size`` overrides N for this episode.
+        ``memory_size`` overrides N for this episode. Without links (``use_links=False``) the
+        state holds no link matrix (``link`` is None), so that its N × N zeros cost nothing.
         """
         memory_size, device, dtype = self._state_options(batch_size, memory_size, device, dtype)
         zeros = {"device": device, "dtype": dtype}
-        if self.link_sparsity is not None:
+        if not self.use_links:
+            link = None
+        elif self.link_sparsity is not None:
             link = allocation.initial_sparse_link(batch_size, memory_size, self.link_sparsity, **zeros)
         else:
             link = torch.zeros(batch_size, memory_size, memory_size, **zeros)
@@ -352,8 +360,13 @@ class DNC(Pretrained, MemoryModel):
 
     def _trace_step(self, state: DNCState, xi: Interface) -> tuple[torch.Tensor, ...]:
         """The trace fields of one step, each without the time axis."""
-        link = allocation.sparse_to_dense(state.link) if isinstance(state.link, SparseLink) else state.link
-        batch = state.usage.shape[0]
+        batch, slots = state.usage.shape
+        if state.link is None:  # no links: the trace shows the zero matrix
+            link = state.usage.new_zeros(batch, slots, slots)
+        elif isinstance(state.link, SparseLink):
+            link = allocation.sparse_to_dense(state.link)
+        else:
+            link = state.link
         if xi.read_modes is not None:
             read_modes = xi.read_modes
         else:  # content only
@@ -373,7 +386,9 @@ class DNC(Pretrained, MemoryModel):
 
 
 def link_state_bytes(state: DNCState) -> int:
-    """Bytes held by the link matrix of ``state`` (values and indices for a sparse link)."""
+    """Bytes held by the link matrix of ``state`` (values and indices for a sparse link; 0 without links)."""
+    if state.link is None:
+        return 0
     if isinstance(state.link, SparseLink):
         return sum(t.numel() * t.element_size() for t in state.link)
     return state.link.numel() * state.link.element_size()
