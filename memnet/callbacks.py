@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import math
 from pathlib import Path
@@ -73,14 +74,15 @@ def draw_memory_access(module: torch.nn.Module, batch: dict, path: Path, *, titl
     ``bf16-true`` precision has float64 or bfloat16 weights, the batch float32).
     Returns the path, or None if the module's network records no trace.
     """
+    net = getattr(module, "net", module)
+    if "return_trace" not in inspect.signature(net.forward).parameters:
+        return None  # asked by signature: a TypeError raised inside a tracing network's forward is its own
     inputs = batch["inputs"][:1].to(device=module.device, dtype=parameter_dtype(module))
     was_training = module.training
     module.eval()
     try:
         with torch.no_grad():
             result = module(inputs, return_trace=True, **kwargs)
-    except TypeError:
-        return None
     finally:
         module.train(was_training)
     logits, trace = result

@@ -272,3 +272,25 @@ def test_memory_access_callback_draws_dnc_pictures(tmp_path):
     path = draw_memory_access(module, batch, tmp_path / "epoch_0000.png")
     assert path == tmp_path / "epoch_0000.png" and path.stat().st_size > 0
     assert (tmp_path / "epoch_0000_dnc.png").stat().st_size > 0
+
+
+def test_memory_access_callback_skips_networks_without_a_trace_but_not_their_errors(tmp_path):
+    from memnet.callbacks import draw_memory_access
+    from memnet.lightning import SequenceModule
+
+    x = inputs(dtype=torch.float32)
+    batch = {"inputs": x, "targets": (x[..., :D_OUT] > 0.5).float(), "mask": torch.ones(B, T)}
+
+    class NoTrace(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.out = torch.nn.Linear(D_IN, D_OUT)
+
+        def forward(self, inputs):
+            return self.out(inputs)
+
+    assert draw_memory_access(SequenceModule(NoTrace()), batch, tmp_path / "none.png") is None
+    dnc = make(dtype=torch.float32)
+    dnc._trace_step = lambda *args, **kwargs: (_ for _ in ()).throw(TypeError("a bug inside the network"))
+    with pytest.raises(TypeError, match="a bug inside the network"):  # was swallowed: no figure, no word
+        draw_memory_access(SequenceModule(dnc), batch, tmp_path / "dnc.png")
