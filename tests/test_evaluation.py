@@ -118,6 +118,27 @@ def test_fixed_memory_too_small_names_the_length_and_the_bound(trained, capsys):
     assert not (trained / "small").exists()  # refused before anything ran
 
 
+def test_a_memory_below_a_sparse_dncs_k_is_refused_before_anything_is_written(tmp_path, capsys):
+    import yaml
+
+    config = yaml.safe_load(TINY)
+    config["model"]["init_args"]["net"] = {"class_path": "memnet.models.dnc.DNC", "init_args": {
+        "memory_size": 7, "word_size": 5, "link_sparsity": 5,
+        "controller": {"class_path": "memnet.controllers.LSTMController", "init_args": {"hidden_size": 4}}}}
+    (tmp_path / "dnc.yaml").write_text(yaml.safe_dump(config))
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        memnet_main(["fit", "--config", "dnc.yaml"])
+    finally:
+        os.chdir(cwd)
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate(tmp_path, "--ckpt_path", "latest", "--lengths", "2", "--memory_size", "4", "--out", "small")
+    assert exit_info.value.code == 2
+    assert "--memory_size 4: link_sparsity K" in capsys.readouterr().err
+    assert not (tmp_path / "small").exists()  # the folder was made before the network refused
+
+
 def test_lengths_the_task_cannot_encode_are_refused(trained, capsys):
     with pytest.raises(SystemExit):
         evaluate(trained, "--ckpt_path", "latest", "--lengths", "0", "--out", "zero")

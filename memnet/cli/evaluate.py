@@ -301,6 +301,12 @@ def run(args: argparse.Namespace) -> dict:
     if trained is None and args.memory_size is not None:
         raise EvaluationError(f"--memory_size: {type(net).__name__} has no external memory to size")
     slots = {n: slots_for(task, n, trained, args.memory_size) for n in args.lengths}  # refuse before running
+    if hasattr(net, "initial_state"):
+        for size in sorted({s for s in slots.values() if s is not None}):
+            try:  # what the network itself refuses at a size (a sparse DNC's K above it), before anything is written
+                net.initial_state(1, memory_size=size)
+            except ValueError as error:
+                raise EvaluationError(f"--memory_size {size}: {error}") from None
 
     out = Path(args.out) if args.out else checkpoint.resolve().parent.parent / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
