@@ -18,7 +18,9 @@ N × N temporal link update of ``memnet.allocation``.
         M ∘ Π_h (1 − w_h e_hᵀ) + Σ_h w_h a_hᵀ, one node, no batched matmul of rank 1
 
 They are tested against the reference (float64 values and gradients, gradcheck);
-a model's ``engine="eager"`` uses the reference instead, for debugging.
+a model's ``engine="eager"`` uses the reference instead, for debugging. They are
+differentiable once: a second derivative through them (``create_graph=True``, e.g. a
+gradient penalty) raises, where the reference functions give it.
 
 Axes:  b - batch, h - heads, n - memory slots, w - slot width, s - shift window
 """
@@ -112,6 +114,56 @@ def _apply_exact(function: type[torch.autograd.Function], *tensors: torch.Tensor
         return function.apply(*(t.to(dtype) for t in tensors))
 
 
+class _NoSecondDerivative(torch.autograd.Function):
+    """The gradients of a hand-written backward run with ``create_graph=True``, passed through as
+    they are, on a node that raises if they are differentiated again."""
+
+    @staticmethod
+    def forward(ctx, name, count, *tensors):
+        ctx.name = name
+        return tuple(t.clone() for t in tensors[:count])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"memnet.fused.{ctx.name} has no second derivative (its backward pass is written by hand); "
+            "differentiate twice (create_graph=True, a gradient penalty) through engine='eager'"
+        )
+
+
+def _first_order(name: str):
+    """Decorate the hand-written ``backward`` of the operation ``name``: exact first derivatives.
+
+    The hand-written backward passes recompute nothing from the inputs with autograd: a
+    second derivative through them (``create_graph=True``) would silently miss every
+    term that goes through what the forward saved. Under ``create_graph`` the gradients
+    are computed without a graph and tied, with the operation's saved tensors (its inputs
+    among them) and the incoming gradients, to a node that raises when differentiated.
+    """
+
+    def decorate(backward):
+        @functools.wraps(backward)
+        def first_order_backward(ctx, *grads):
+            if not torch.is_grad_enabled():  # an ordinary backward pass
+                return backward(ctx, *grads)
+            with torch.no_grad():
+                results = backward(ctx, *grads)
+            single = not isinstance(results, tuple)
+            results = (results,) if single else results
+            present = [index for index, result in enumerate(results) if result is not None]
+            tied = _NoSecondDerivative.apply(
+                name, len(present), *(results[index] for index in present), *grads, *ctx.saved_tensors
+            )
+            results = list(results)
+            for index, result in zip(present, tied):
+                results[index] = result
+            return results[0] if single else tuple(results)
+
+        return first_order_backward
+
+    return decorate
+
+
 def _windows(x: torch.Tensor, half: int) -> torch.Tensor:
     """(B, H, N) -> (B, H, N, S): windows[..., i, k] = x[..., (i + k − half) mod N]."""
     if half == 0:
@@ -150,18 +202,20 @@ class _Address(torch.autograd.Function):
         log_shifted = torch.log(clamped)
         weights = torch.softmax(log_shifted * gammas.unsqueeze(-1), dim=-1)
         ctx.half = half
-        ctx.save_for_backward(
-            memory, prev_weights, keys, strengths, gate, reversed_shifts, gammas,
+        ctx.save_for_backward(  # the inputs as given: _first_order ties second derivatives to them
+            memory, prev_weights, keys, strengths, gates, shift_weights, gammas,
             key_norm, memory_norm, denominator, cosine, content, gated, shifted, clamped, log_shifted, weights,
         )
         return weights
 
     @staticmethod
+    @_first_order("address")
     def backward(ctx, grad_weights):
-        (memory, prev_weights, keys, strengths, gate, reversed_shifts, gammas,
+        (memory, prev_weights, keys, strengths, gates, shift_weights, gammas,
          key_norm, memory_norm, denominator, cosine, content, gated, shifted, clamped, log_shifted,
          weights) = ctx.saved_tensors
         half = ctx.half
+        gate, reversed_shifts = gates.unsqueeze(-1), shift_weights.flip(-1)
         # Sharpening: w = softmax(γ log max(w̃, ε)).
         grad_logits = _softmax_backward(weights, grad_weights)
         grad_gammas = (grad_logits * log_shifted).sum(-1)
@@ -213,6 +267,7 @@ class _Content(torch.autograd.Function):
         return content
 
     @staticmethod
+    @_first_order("content_weights")
     def backward(ctx, grad_content):
         return _content_backward(grad_content, *ctx.saved_tensors)
 
@@ -239,6 +294,7 @@ class _Write(torch.autograd.Function):
         return memory * keep + _head_outer_sum(weights, add)
 
     @staticmethod
+    @_first_order("write")
     def backward(ctx, grad):
         memory, weights, erase, add, keep = ctx.saved_tensors
         grad = grad.contiguous()
@@ -306,12 +362,13 @@ class _Allocation(torch.autograd.Function):
         sorted_usage, order = torch.sort(lifted, dim=-1, stable=True)
         before = torch.cumprod(torch.cat([torch.ones_like(sorted_usage[:, :1]), sorted_usage[:, :-1]], -1), -1)
         sorted_allocation = (1 - sorted_usage) * before
-        ctx.save_for_backward(sorted_usage, order, before, sorted_allocation)
+        ctx.save_for_backward(sorted_usage, order, before, sorted_allocation, usage)  # usage: for _first_order
         return torch.zeros_like(sorted_allocation).scatter(-1, order, sorted_allocation)
 
     @staticmethod
+    @_first_order("allocation_weights")
     def backward(ctx, grad):
-        sorted_usage, order, before, sorted_allocation = ctx.saved_tensors
+        sorted_usage, order, before, sorted_allocation, _ = ctx.saved_tensors
         grad_sorted = torch.gather(grad, -1, order)
         # ∂a_j/∂u_k = −Π_{i<k} u_i for j = k, a_j / u_k for j > k, 0 otherwise (in sorted order).
         weighted = grad_sorted * sorted_allocation
@@ -331,6 +388,7 @@ class _Link(torch.autograd.Function):
         return torch.addcmul(decay * prev_link, write_i, prev_precedence.unsqueeze(-2)) * off_diagonal
 
     @staticmethod
+    @_first_order("update_link")
     def backward(ctx, grad):
         prev_link, prev_precedence, write_weights, decay, off_diagonal = ctx.saved_tensors
         grad = grad * off_diagonal

@@ -136,3 +136,34 @@ def test_link_update_equals_reference_and_gradcheck(b, n):
     for got_grad, expected_grad in zip(got_grads, expected_grads):
         torch.testing.assert_close(got_grad, expected_grad, rtol=0, atol=1e-10)
     assert torch.autograd.gradcheck(fused.update_link, inputs)
+
+
+def _link_inputs(b, n, seed=9):
+    g = torch.Generator().manual_seed(seed)
+    link = torch.rand(b, n, n, generator=g, dtype=torch.float64) / n
+    precedence = torch.softmax(torch.randn(b, n, generator=g, dtype=torch.float64), -1) * 0.9
+    write = torch.softmax(torch.randn(b, n, generator=g, dtype=torch.float64), -1) * 0.8
+    return [t.requires_grad_() for t in (link, precedence, write)]
+
+
+@pytest.mark.parametrize("name,function,inputs", [
+    ("address", fused.address, lambda: _address_inputs(2, 2, 6, 4, 3)),
+    ("content_weights", fused.content_weights, lambda: [_address_inputs(2, 2, 6, 4, 3)[i] for i in (0, 2, 3)]),
+    ("write", fused.write, lambda: _write_inputs(2, 2, 6, 4)),
+    ("write", fused.write, lambda: _write_inputs(2, 1, 6, 4)),
+    ("allocation_weights", fused.allocation_weights, lambda: [_usage(2, 6, seed=7)]),
+    ("update_link", fused.update_link, lambda: _link_inputs(2, 5)),
+])
+def test_a_second_derivative_through_a_fused_operation_raises_rather_than_being_wrong(name, function, inputs):
+    """The hand-written backward passes are exact to first order only: a gradient penalty
+    (``create_graph=True``) through them would miss every term through what the forward saved."""
+    inputs = inputs()
+    out = function(*inputs)
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+    _, expected = _values_and_grads(function, inputs)
+    grads = torch.autograd.grad(out, inputs, upstream, create_graph=True)
+    for got, want in zip(grads, expected):  # the first derivatives are those of an ordinary backward
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    penalty = sum((grad**2).sum() for grad in grads)
+    with pytest.raises(RuntimeError, match=rf"memnet.fused.{name} has no second derivative"):
+        torch.autograd.grad(penalty, inputs, allow_unused=True)
