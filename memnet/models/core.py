@@ -244,6 +244,8 @@ class MemoryModel(nn.Module):
             logits (B, T, D_out), and with ``return_trace`` the trace.
         """
         check_sequence_inputs(inputs, self.input_size, model=type(self).__name__, memory_size=memory_size)
+        if self.engine not in ENGINES:  # set on the built model (``net.engine = ...``), not checked then
+            check_engine(self.engine)
         if state is None:
             state = self.initial_state(
                 inputs.shape[0], memory_size=memory_size, device=inputs.device, dtype=inputs.dtype
@@ -430,9 +432,9 @@ def compiled(owner: nn.Module, key: str, function: Callable, backend: str | Call
              *, fallback: str = "eager", mode: str | None = None) -> Callable:
     """``torch.compile`` of one of ``owner``'s step functions, made once and kept.
 
-    The compiled function is cached per module and ``key`` (off the module, in
-    ``_COMPILED``). Each graph it compiles adds one to ``owner.compilations`` and
-    is logged with its backend's time; ``COMPILE_CLOCK`` logs and sums the whole of
+    The compiled function is cached per module, ``key``, ``backend`` and ``mode`` (off the
+    module, in ``_COMPILED``): a backend set on the built model compiles graphs of its own.
+    Each graph it compiles adds one to ``owner.compilations`` and is logged with its backend's time; ``COMPILE_CLOCK`` logs and sums the whole of
     each compilation (tracing, forward, and the backward compiled at the first
     backward). Where torch cannot compile (``compile_unavailable``), or the compiler
     fails during a call, the model logs why and runs ``function`` itself from then
@@ -442,13 +444,14 @@ def compiled(owner: nn.Module, key: str, function: Callable, backend: str | Call
     functions = _COMPILED.setdefault(owner, {})
     if mode is not None:
         key = f"{key} ({mode})"
-    if key not in functions:
-        functions[key] = _compile(owner, key, function, backend, fallback, mode)
-    return functions[key]
+    cache_key = (key, backend)
+    if cache_key not in functions:
+        functions[cache_key] = _compile(owner, key, function, backend, fallback, mode, cache_key)
+    return functions[cache_key]
 
 
 def _compile(owner: nn.Module, key: str, function: Callable, backend: str | Callable, fallback: str,
-             mode: str | None = None) -> Callable:
+             mode: str | None = None, cache_key: Any = None) -> Callable:
     name = type(owner).__name__
     reason = compile_unavailable(backend)
     if reason is not None:
@@ -497,7 +500,7 @@ def _compile(owner: nn.Module, key: str, function: Callable, backend: str | Call
             # itself raises again from the uncompiled function.
             log.warning("memnet: %s compiled %s failed (%s: %s); running %s from now on",
                         name, key, type(error).__name__, str(error).splitlines()[0] if str(error) else "", fallback)
-            _COMPILED[owner][key] = function
+            _COMPILED[owner][key if cache_key is None else cache_key] = function
             failed = True
             return function(*args)
         finally:
