@@ -573,21 +573,51 @@ def scale_learning_rates(trainer: pl.Trainer, factor: float) -> None:
     ``initial_lr`` / ``max_lr`` / ``min_lr`` that OneCycleLR recomputes the rate
     from at each step), and every rate a scheduler recomputes the rate from
     (:data:`SCHEDULER_RATES`: ``base_lrs``, the linear start's rate, CyclicLR's
-    peaks, the cosine floor, ReduceLROnPlateau's floors), so a schedule keeps its
-    shape at the lower level instead of climbing back at its next step.
+    peaks, the cosine floor, ReduceLROnPlateau's floors), those of the schedulers a
+    ``SequentialLR`` or ``ChainedScheduler`` runs, and rates held as 0-d tensors, so a
+    schedule keeps its shape at the lower level instead of climbing back at its next step.
     """
+    done: set[int] = set()  # the schedulers and tensor rates scaled so far: each once
     for optimizer in trainer.optimizers:
         for group in optimizer.param_groups:
-            for key in [k for k in group if k.endswith("lr") and isinstance(group[k], (int, float))]:
-                group[key] *= factor
+            for key in [k for k in group if k.endswith("lr") and _is_rate(group[k])]:
+                group[key] = _scaled(group[key], factor, done)
     for config in trainer.lr_scheduler_configs:
-        scheduler = config.scheduler
-        for name in SCHEDULER_RATES:
-            value = getattr(scheduler, name, None)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                setattr(scheduler, name, value * factor)
-            elif isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
-                setattr(scheduler, name, type(value)(v * factor for v in value))
+        _scale_scheduler(config.scheduler, factor, done)
+
+
+def _is_rate(value: Any) -> bool:
+    """A learning rate: a number, or a 0-d tensor (``torch.optim.Adam(lr=torch.tensor(...))``)."""
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and value.is_floating_point()
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _scaled(value: Any, factor: float, done: set[int]) -> Any:
+    """``value · factor``; a tensor rate is scaled in place (an optimiser may hold it by reference), once."""
+    if isinstance(value, torch.Tensor):
+        if id(value) not in done:
+            done.add(id(value))
+            with torch.no_grad():
+                value.mul_(factor)
+        return value
+    return value * factor
+
+
+def _scale_scheduler(scheduler: Any, factor: float, done: set[int]) -> None:
+    """Scale the rates of ``scheduler`` (:data:`SCHEDULER_RATES`) and of the schedulers it runs in turn
+    (``SequentialLR``, ``ChainedScheduler``: their ``_schedulers``), each once."""
+    if id(scheduler) in done:
+        return
+    done.add(id(scheduler))
+    for name in SCHEDULER_RATES:
+        value = getattr(scheduler, name, None)
+        if _is_rate(value):
+            setattr(scheduler, name, _scaled(value, factor, done))
+        elif isinstance(value, (list, tuple)) and value and all(_is_rate(v) for v in value):
+            setattr(scheduler, name, type(value)(_scaled(v, factor, done) for v in value))
+    for inner in getattr(scheduler, "_schedulers", None) or ():
+        _scale_scheduler(inner, factor, done)
 
 
 # the rates a scheduler recomputes the learning rate from, by attribute: every LRScheduler's base_lrs,

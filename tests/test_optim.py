@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from memnet.callbacks import scale_learning_rates
 from memnet.lightning import QAModule
 from memnet.optim import LinearStartStepLR, clip_per_matrix_
 
@@ -113,3 +114,46 @@ def test_qa_module_clips_each_matrix_and_refuses_a_second_clipping():
         module.on_fit_start()
     with pytest.raises(ValueError, match="clip_per_matrix must be a positive norm"):
         QAModule(net, clip_per_matrix=0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("norm", ["spectral", "frobenius"])
+def test_low_precision_gradients_are_clipped(dtype, norm):
+    """bf16-true / 16-true: eigvalsh has no bfloat16 / float16 kernel (NotImplementedError); the norm is taken in float32."""
+    parameter = torch.nn.Parameter(torch.zeros(3, 4, dtype=dtype))
+    parameter.grad = torch.full((3, 4), 10.0, dtype=dtype)  # rank 1: spectral = Frobenius = 10·√12
+    (value,) = clip_per_matrix_([[parameter]], 1.0, norm)
+    assert float(value) == pytest.approx(12 ** 0.5 * 10, rel=1e-3)
+    assert parameter.grad.dtype == dtype
+    assert float(parameter.grad.float().norm()) == pytest.approx(1.0, rel=1e-2)
+
+
+def _scaled_rates(optimizer, scheduler, epochs, scale_at=1, factor=0.1):
+    trainer = SimpleNamespace(optimizers=[optimizer], lr_scheduler_configs=[SimpleNamespace(scheduler=scheduler)])
+    rates = []
+    for epoch in range(epochs):
+        if epoch == scale_at:
+            scale_learning_rates(trainer, factor)
+        rates.append(float(optimizer.param_groups[0]["lr"]))
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_a_scaled_rate_stays_scaled_through_a_sequential_schedule():
+    """Warm-up then cosine: the schedulers SequentialLR runs kept their base rates, so the rate went back
+    to 1.0 at the milestone (0.1 expected) and followed the unscaled cosine after it."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.5, total_iters=2)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=4)
+    scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[2])
+    rates = _scaled_rates(optimizer, scheduler, 6)
+    assert rates == pytest.approx([0.5, 0.075, 0.1, 0.1 * (1 + 2 ** -0.5) / 2, 0.05, 0.1 * (1 - 2 ** -0.5) / 2])
+
+
+def test_a_tensor_learning_rate_is_scaled():
+    """``lr=torch.tensor(...)``: a 0-d tensor rate (and the schedule's base rate) was skipped, the scaling ignored."""
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))], lr=torch.tensor(0.01))
+    scheduler = LinearStartStepLR(optimizer, linear_start_epochs=1, linear_start_lr=0.005, step_size=10)
+    rates = _scaled_rates(optimizer, scheduler, 3, scale_at=0)
+    assert rates == pytest.approx([0.0005, 0.001, 0.001])
