@@ -79,7 +79,8 @@ def clip_per_matrix_(groups: Iterable[Sequence[torch.nn.Parameter]], max_norm: f
     (rows, D), is scaled by max_norm / ‖G‖ when ‖G‖ > max_norm. ``spectral`` is the
     largest singular value (MATLAB's ``norm`` of a matrix, what the authors' code
     uses), ``frobenius`` the square root of the sum of squares. A 1-d gradient is
-    one row. Parameters without a gradient are skipped.
+    one row. Parameters without a gradient are skipped. Float16 and bfloat16 gradients
+    have their norm computed in float32.
 
     Returns:
         each group's norm before clipping (0 for a group without gradients).
@@ -98,6 +99,8 @@ def clip_per_matrix_(groups: Iterable[Sequence[torch.nn.Parameter]], max_norm: f
         if len({r.shape[1] for r in rows}) > 1:
             raise ValueError(f"a clipping group stacks matrices of one width, got widths {[r.shape[1] for r in rows]}")
         matrix = torch.cat(rows)
+        if matrix.dtype in (torch.float16, torch.bfloat16):  # bf16-true / 16-true: eigvalsh has no such kernel
+            matrix = matrix.float()
         if norm == "spectral":
             # σ_max(G) = √λ_max(GᵀG): the eigenvalues of the (D, D) Gram matrix cost half of an SVD of G
             gram = matrix.T @ matrix if matrix.shape[0] >= matrix.shape[1] else matrix @ matrix.T
@@ -106,6 +109,6 @@ def clip_per_matrix_(groups: Iterable[Sequence[torch.nn.Parameter]], max_norm: f
             value = torch.linalg.matrix_norm(matrix, ord="fro")
         scale = (max_norm / value).clamp(max=1.0)
         for g in grads:
-            g.mul_(scale)
+            g.mul_(scale.to(g.dtype))
         norms.append(value.detach())
     return norms
