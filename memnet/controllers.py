@@ -29,6 +29,7 @@ Axes:  b - batch, t - time, l - layers, d - features, n - reservoir units, h - h
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -498,13 +499,13 @@ class EchoStateController(Controller):
     ) -> None:
         super().__init__()
         check_positive(input_size=input_size, reservoir_size=reservoir_size)
-        if not spectral_radius > 0:
+        if not 0 < spectral_radius < math.inf:
             raise ValueError(f"spectral_radius must lie in (0, inf), got {spectral_radius!r}")
         check_range("sparsity", sparsity, 0.0, 1.0, high_open=True)
         check_range("leak_rate", leak_rate, 0.0, 1.0, low_open=True)
-        if not input_scaling >= 0:
+        if not 0 <= input_scaling < math.inf:
             raise ValueError(f"input_scaling must lie in [0, inf), got {input_scaling!r}")
-        if not bias_scaling >= 0:
+        if not 0 <= bias_scaling < math.inf:
             raise ValueError(f"bias_scaling must lie in [0, inf), got {bias_scaling!r}")
         self.input_size = input_size
         self.reservoir_size = reservoir_size

@@ -8,7 +8,13 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from memnet.controllers import EchoStateController, ElmanRNN, GRUController
+from memnet.controllers import (
+    EchoStateController,
+    ElmanRNN,
+    FeedForwardController,
+    GRUController,
+    JordanRNN,
+)
 from memnet.lightning import ConditionalSequenceModule, RegressionModule, RidgeReadoutModule
 from memnet.models.recurrent import (
     ConditionalState,
@@ -76,6 +82,29 @@ def test_conditioning_changes_the_output_and_plain_models_refuse_targets():
         RecurrentModel(D, K, conditional=True, feedback="sample")
 
 
+@pytest.mark.parametrize("conditional", [False, True], ids=["plain", "conditional"])
+@pytest.mark.parametrize("controller", [partial(JordanRNN, hidden_size=3), partial(FeedForwardController, hidden_size=3),
+                                        partial(EchoStateController, reservoir_size=9, sparsity=0.3)],
+                         ids=["jordan", "feedforward", "esn"])
+def test_inputs_of_the_wrong_shape_are_refused_in_one_line(controller, conditional):
+    """A 2-d batch ran a Jordan network as (B, T) = (7, 5) and a feed-forward one as 7 steps of one sequence,
+    and a wrong width or no steps failed inside the controller (mat1 and mat2, einsum, stack)."""
+    model = RecurrentModel(D, K, controller=controller, conditional=conditional).double()
+    for shape in [(T, D), (B, T, D + 1), (B, 0, D)]:
+        with pytest.raises(ValueError, match=r"RecurrentModel: inputs (must have shape \(B, T, D_in=5\)|of shape)"):
+            model(torch.zeros(shape, dtype=torch.float64))
+    if not conditional:
+        with pytest.raises(ValueError, match=r"RecurrentModel: inputs must have shape"):
+            model.features(torch.zeros(T, D, dtype=torch.float64))
+
+
+def test_an_unknown_engine_set_on_a_built_model_is_named():
+    model = _conditional()
+    model.engine = "fused"  # what a config override of the built model does; ran the eager loop silently
+    with pytest.raises(ValueError, match=r"engine must be one of \['eager', 'compiled'\], got 'fused'"):
+        model(_data()[0])
+
+
 def test_ridge_solves_a_linear_problem_exactly():
     g = torch.Generator().manual_seed(3)
     features = torch.randn(50, 7, generator=g, dtype=torch.float64)
@@ -104,6 +133,18 @@ def test_accumulating_in_batches_with_a_mask_equals_one_solve():
         accumulator.solve(ridge=-1.0)
     with pytest.raises(ValueError, match="no rows were accumulated"):
         RidgeAccumulator(6, 2).solve()
+
+
+def test_a_mask_of_another_shape_than_the_rows_is_refused():
+    """A (T, B) mask for (B, T) rows was taken row by row (the wrong steps kept); another size was an IndexError."""
+    g = torch.Generator().manual_seed(5)
+    features = torch.randn(2, 3, 4, generator=g, dtype=torch.float64)
+    targets = torch.randn(2, 3, 1, generator=g, dtype=torch.float64)
+    for mask in [torch.ones(3, 2), torch.ones(2, 3, 1), torch.ones(2, 4)]:
+        accumulator = RidgeAccumulator(4, 1)
+        with pytest.raises(ValueError, match=r"mask must have the leading shape of features \(2, 3\)"):
+            accumulator.update(features, targets, mask)
+        assert accumulator.count == 0
 
 
 def _series(**kwargs):

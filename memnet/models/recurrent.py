@@ -35,7 +35,7 @@ from torch import nn
 
 from memnet.controllers import ControllerFactory, ControllerState, LSTMController
 from memnet.models.core import compiled
-from memnet.utils import check_positive
+from memnet.utils import check_positive, check_sequence_inputs
 
 FEEDBACKS = ("bits", "probabilities", "one_hot")
 LOOP_ENGINES = ("eager", "compiled")
@@ -150,6 +150,9 @@ class RecurrentModel(nn.Module):
                 y(t−1) = targets[:, t−1]. Without it a conditional model feeds
                 back its own predictions, one step at a time.
         """
+        check_sequence_inputs(inputs, self.input_size, model=type(self).__name__)
+        if self.engine not in LOOP_ENGINES:  # set on the built model (``net.engine = ...``), not checked then
+            check_loop_engine(self.engine)
         if not self.conditional:
             if targets is not None:
                 raise ValueError("targets are only read by a conditional model (conditional=True)")
@@ -182,6 +185,7 @@ class RecurrentModel(nn.Module):
         """What the read-out sees: inputs (B, T, D_in) -> controller outputs (B, T, C)."""
         if self.conditional:
             raise ValueError("features() is defined for non-conditional models only")
+        check_sequence_inputs(inputs, self.input_size, model=type(self).__name__)
         return self.controller(inputs)[0]
 
 
@@ -224,6 +228,9 @@ class RidgeAccumulator:
 
     def update(self, features: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         """Add rows: features (..., D), targets (..., K), mask (...) of 0/1 (default all 1)."""
+        if mask is not None and tuple(mask.shape) != tuple(features.shape[:-1]):
+            raise ValueError(f"mask must have the leading shape of features {tuple(features.shape[:-1])}, "
+                             f"got {tuple(mask.shape)}")
         features = features.detach().reshape(-1, features.shape[-1]).double().cpu()
         targets = targets.detach().reshape(-1, targets.shape[-1]).double().cpu()
         if features.shape[0] != targets.shape[0] or features.shape[1] + 1 != self.gram.shape[0]:
