@@ -14,7 +14,7 @@ exists; it equals the ``step`` loop (tested).
 The family:
 
     ElmanRNN               h(t) = f(W h(t−1) + U x(t) + b)            hidden-to-hidden recurrence
-    JordanRNN              h(t) = f(W o(t−1) + U x(t) + b), o(t) = g(V h(t))   output-to-hidden
+    JordanRNN              h(t) = f(W o(t−1) + U x(t) + b), o(t) = g(V h(t) + c)   output-to-hidden
     LSTMController         gated cell (Hochreiter & Schmidhuber 1997)
     GRUController          gated recurrent unit (Cho et al. 2014)
     EchoStateController    fixed random reservoir, only the readout is trained (Jaeger 2001)
@@ -389,7 +389,7 @@ class JordanRNN(Controller):
     """The output-recurrent (Jordan 1986) network: the previous *output* feeds the hidden units.
 
         h(t) = f(W o(t−1) + U x(t) + b)
-        o(t) = g(V h(t))
+        o(t) = g(V h(t) + c)
 
     There is no hidden-to-hidden connection, so everything the network keeps
     from the past must pass through its output o, a narrower and (with
