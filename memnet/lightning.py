@@ -5,8 +5,8 @@ only the loss, the metrics and the optimiser. Batches are dicts as produced by
 ``tasks.algorithmic`` (``inputs``, ``targets``, ``mask``, ``length``).
 
 Metrics, logged as ``train/…``, ``val/…``, ``test/…``:
-    loss                 masked binary cross-entropy, mean per scored bit (nats); in validation and
-                         test over the epoch's scored bits, whatever the lengths of its batches
+    loss                 masked binary cross-entropy, mean per scored bit (nats); per epoch over the
+                         epoch's scored bits, whatever the lengths of its batches
     bits_per_seq         the NTM paper's cost: binary cross-entropy summed over a
                          sequence's scored bits, in bits, averaged over sequences
     bit_errors_per_seq   wrongly predicted bits (threshold 0.5) per sequence
@@ -15,6 +15,7 @@ and, for validation and test, the same per task length as ``val/len_20/bits_per_
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Literal
 
 import torch
@@ -88,6 +89,15 @@ class SequenceModule(MemnetModule):
         )
         self.eval_memory_size = eval_memory_size
 
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if self.eval_memory_size is not None and not _takes_keyword(self.net.forward, "memory_size"):
+            # else the first validation batch fails with "forward() got an unexpected keyword argument"
+            raise ValueError(
+                f"model.init_args.eval_memory_size ({self.eval_memory_size}) needs a network with memory slots "
+                f"(forward(..., memory_size=...)), but {type(self.net).__name__} has none; set it to null"
+            )
+
     def forward(self, inputs: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """inputs (B, T, D_in) -> logits (B, T, D_out)."""
         if not self.training and self.eval_memory_size is not None:
@@ -104,11 +114,13 @@ class SequenceModule(MemnetModule):
         metrics = sequence_metrics(logits, batch["targets"], batch["mask"])
         batch_size = batch["inputs"].shape[0]
         on_step = stage == "train"
+        scored_bits = batch["mask"].float().sum() * logits.shape[-1]
         if on_step:
+            # the epoch's value weighted by scored bits: per scored bit of the epoch, as in validation (weighted by
+            # sequences, a bit of a short sequence weighed more than a bit of a long one)
             self.log(f"{stage}/loss", metrics["loss"], prog_bar=True, on_step=True, on_epoch=True,
-                     batch_size=batch_size, sync_dist=True)
+                     batch_size=max(int(scored_bits), 1), sync_dist=True)
         else:  # the loss and the per-length scores at the epoch's end, from sums (log_epoch_value)
-            scored_bits = batch["mask"].float().sum() * logits.shape[-1]
             self.epoch_metrics.update(stage, int(batch.get("length", -1)), batch_size, torch.stack([
                 metrics["loss"].float() * scored_bits.clamp_min(1), scored_bits,
                 metrics["bits_per_seq"].float() * batch_size, metrics["bit_errors_per_seq"].float() * batch_size,
@@ -322,8 +334,8 @@ class Seq2SeqModule(MemnetModule):
 
     Batches are dicts as produced by ``tasks.sequences`` token tasks (``source``,
     ``target`` ending with EOS, ``length``). Metrics (``train/…``, ``val/…``, ``test/…``):
-        loss               token cross-entropy (nats), PAD targets ignored; teacher-forced; in validation and
-                           test per scored token of the epoch
+        loss               token cross-entropy (nats), PAD targets ignored; teacher-forced; per epoch over the
+                           epoch's scored tokens
         token_accuracy     share of target tokens predicted right under teacher forcing (the same)
         sequence_accuracy  (val, test) share of greedy decodings equal to the whole target, EOS included
     and per source length as ``val/len_8/sequence_accuracy``.
@@ -375,11 +387,12 @@ class Seq2SeqModule(MemnetModule):
         logits = self(source, target, generator=self.generator)
         metrics = token_metrics(logits, target, pad_index=self.net.pad_index)
         batch_size = source.shape[0]
-        if stage == "train":
-            self.log(f"{stage}/loss", metrics["loss"], prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size,
+        if stage == "train":  # the epoch's values weighted by scored tokens: per token of the epoch, as in validation
+            tokens = max(int((target != self.net.pad_index).sum()), 1)
+            self.log(f"{stage}/loss", metrics["loss"], prog_bar=True, on_step=True, on_epoch=True, batch_size=tokens,
                      sync_dist=True)
             self.log(f"{stage}/token_accuracy", metrics["token_accuracy"], on_step=True, on_epoch=True,
-                     batch_size=batch_size, sync_dist=True)
+                     batch_size=tokens, sync_dist=True)
         else:  # logged at the epoch's end from sums (log_epoch_value): per token, per sequence, per length
             decoded = self.net.generate(source, max_length=target.shape[1])
             correct = sequence_accuracy(decoded, target, pad_index=self.net.pad_index).sum()
@@ -426,6 +439,15 @@ class Seq2SeqModule(MemnetModule):
                 line.append("✓" if outputs["correct"][i] else "✗")
             print(" | ".join(line))
             self._printed += 1
+
+
+def _takes_keyword(function: Any, name: str) -> bool:
+    """Whether ``function`` accepts the keyword argument ``name`` (by name or through ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):  # no signature to read: assume it does
+        return True
+    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 def format_tokens(tokens: torch.Tensor, names: dict[int, str]) -> str:

@@ -56,6 +56,8 @@ class MemnetModule(pl.LightningModule):
             parameter and no optimiser state changes, a warning names the step and the
             parameters, ``train/skipped_steps`` counts them; more than
             ``MAX_SKIPPED_IN_A_ROW`` in a row stop training) or ``stop`` (stop at once).
+            Under ``precision: 16-mixed`` the GradScaler's own overflows are left to it (it
+            skips the step and lowers its scale): they are not counted and do not stop training.
     """
 
     #: constructor arguments that are not hyper-parameters (not saved in checkpoints)
@@ -115,6 +117,13 @@ class MemnetModule(pl.LightningModule):
         if not bad:
             self.skipped_in_a_row = 0
             return False
+        if _scaler_active(self._trainer):
+            # float16 mixed precision: the GradScaler found the overflow too (unscale_ ran before this hook), skips
+            # the step itself and lowers its scale; an overflow at a too-high scale is routine there, not a
+            # diverging run, so it is neither counted nor warned about, nor does it stop training
+            for p in _parameters(optimizer, self):
+                p.grad = None
+            return True
         names = {id(p): name for name, p in self.named_parameters()}
         named = ", ".join(names.get(id(p), "?") for p in bad[:4]) + (", …" if len(bad) > 4 else "")
         where = f"step {self.global_step} (epoch {self.current_epoch})"
@@ -146,17 +155,22 @@ class MemnetModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.skipped_steps = checkpoint.get("memnet_skipped_steps", 0)
         trainer = self._trainer
-        if trainer is None or trainer.state.fn != "fit" or trainer.max_steps is None or trainer.max_steps < 0:
+        if trainer is None or trainer.state.fn != "fit":
+            return
+        # the schedule's total_steps counts what it is stepped by: optimiser steps, or epochs (scheduler_interval)
+        planned, unit = ((trainer.max_steps, "steps") if self.scheduler_interval == "step"
+                         else (trainer.max_epochs, "epochs"))
+        if planned is None or planned < 0:
             return
         for state in checkpoint.get("lr_schedulers") or []:
             total = state.get("total_steps") if isinstance(state, dict) else None
-            if "_schedule_phases" in (state or {}) and total is not None and trainer.max_steps > total:
+            if "_schedule_phases" in (state or {}) and total is not None and planned > total:
                 # the saved OneCycleLR comes back as saved: a longer schedule in the config is not used, and
                 # training past its end fails with torch's error many steps into the resumed run
                 raise MemnetError(
-                    f"the checkpoint's OneCycleLR schedule is {total} steps long (restored as saved, whatever the "
-                    f"config's total_steps), so it cannot resume to trainer.max_steps {trainer.max_steps}; resume "
-                    f"with trainer.max_steps at most {total}, or start a new run for a longer schedule")
+                    f"the checkpoint's OneCycleLR schedule is {total} {unit} long (restored as saved, whatever the "
+                    f"config's total_steps), so it cannot resume to trainer.max_{unit} {planned}; resume with "
+                    f"trainer.max_{unit} at most {total}, or start a new run for a longer schedule")
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.model_step(batch, "val")
@@ -366,6 +380,12 @@ def nonfinite_gradients(optimizer: torch.optim.Optimizer | None, module: nn.Modu
         return []
     # a norm can also overflow from finite entries above ~1e19: check those entries themselves
     return [p for p, ok in zip(params, finite.tolist(), strict=True) if not ok and not torch.isfinite(p.grad).all()]
+
+
+def _scaler_active(trainer: pl.Trainer | None) -> bool:
+    """Whether ``trainer`` scales the loss with an enabled GradScaler (``precision: 16-mixed``)."""
+    scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+    return scaler is not None and bool(getattr(scaler, "is_enabled", lambda: True)())
 
 
 def _parameters(optimizer: torch.optim.Optimizer | None, module: nn.Module | None) -> list[torch.Tensor]:

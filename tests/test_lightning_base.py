@@ -271,3 +271,107 @@ def test_seq2seq_validation_scores_are_per_token_and_per_sequence_of_the_epoch()
     assert logged["val/sequence_accuracy"] == pytest.approx(float(torch.cat(right).mean()))
     assert logged["val/len_2/sequence_accuracy"] == pytest.approx(float(right[0].mean()))
     assert logged["val/len_9/sequence_accuracy"] == pytest.approx(float(right[1].mean()))
+
+
+def test_training_epoch_loss_is_per_scored_bit_and_token_accuracy_per_token():
+    """``train/loss`` over an epoch of batches of length 1 and 12 is the epoch's nats over its scored bits, as
+    ``val/loss`` on the same batches (a mean of the batches' losses weighted by sequences was 0.798 against 0.739);
+    the seq2seq ``train/loss`` and ``train/token_accuracy`` are per token of the epoch."""
+    from memnet.metrics import binary_loss, token_metrics
+    from memnet.models.seq2seq import Seq2Seq
+
+    frozen = {"optimizer": lambda params: torch.optim.SGD(params, lr=0.0)}
+    module = SequenceModule(_PerStep(), **frozen)
+    batches = [_sequence_batch(1, 4, seed=1), _sequence_batch(12, 4, seed=2)]
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+    with torch.no_grad():
+        logits = [module(b["inputs"]) for b in batches]
+    nats = sum(binary_loss(x, b["targets"], b["mask"]) * b["mask"].sum() * 3 for x, b in zip(logits, batches))
+    scored_bits = sum(b["mask"].sum() * 3 for b in batches)
+    assert float(trainer.callback_metrics["train/loss_epoch"]) == pytest.approx(float(nats / scored_bits), rel=1e-5)
+
+    torch.manual_seed(0)
+    net = Seq2Seq(8, 8, embedding_size=4)
+    module = Seq2SeqModule(net, **frozen)
+    g = torch.Generator().manual_seed(0)
+
+    def batch(length, size):
+        target = torch.cat([torch.randint(3, 8, (size, length), generator=g), torch.full((size, 1), 2)], dim=1)
+        return {"source": torch.randint(3, 8, (size, length), generator=g), "target": target, "length": length}
+
+    batches = [batch(1, 4), batch(12, 4)]
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+    module.eval()
+    with torch.no_grad():
+        scores = [token_metrics(module(b["source"], b["target"]), b["target"]) for b in batches]
+    tokens = [b["target"].numel() for b in batches]  # no PAD in these targets
+    for name in ("loss", "token_accuracy"):
+        per_token = sum(float(s[name]) * n for s, n in zip(scores, tokens)) / sum(tokens)
+        assert float(trainer.callback_metrics[f"train/{name}_epoch"]) == pytest.approx(per_token, rel=1e-5)
+
+
+def test_gradscaler_overflows_under_16_mixed_are_left_to_the_scaler():
+    """With ``precision: 16-mixed`` the GradScaler's overflow at a too-high scale (routine: it skips the step and
+    lowers its scale) was counted as a non-finite step, warned about, and stopped training under
+    ``nonfinite_grads: stop`` at step 0."""
+    import warnings
+
+    from pytorch_lightning.plugins.precision import MixedPrecision
+
+    g = torch.Generator().manual_seed(0)
+    batches = [{"inputs": torch.randn(4, 5, 3, generator=g), "targets": 300 * torch.randn(4, 5, 1, generator=g),
+                "mask": torch.ones(4, 5)} for _ in range(6)]
+    torch.manual_seed(0)
+    module = RegressionModule(nn.Sequential(nn.Linear(3, 8), nn.Linear(8, 1)), nonfinite_grads="stop")
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**16))
+    trainer = pl.Trainer(max_steps=6, accelerator="cpu", plugins=[plugin], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+    assert plugin.scaler.get_scale() < 2.0**16  # the scaler did meet overflows, and skipped those steps itself
+    assert trainer.global_step == 6 and module.skipped_steps == 0
+    assert not [w for w in caught if "non-finite gradients" in str(w.message)]
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def _one_cycle_per_epoch():
+    import functools
+
+    torch.manual_seed(0)
+    return RegressionModule(nn.Linear(3, 1), scheduler=functools.partial(
+        torch.optim.lr_scheduler.OneCycleLR, max_lr=0.01, total_steps=3), scheduler_interval="epoch")
+
+
+def test_resuming_a_one_cycle_schedule_stepped_per_epoch_compares_epochs(tmp_path):
+    """A OneCycleLR of 3 epochs (``scheduler_interval: epoch``) resumed to ``trainer.max_steps`` 6 (3 epochs of 2
+    batches) was refused as if its total_steps counted optimiser steps; more epochs than its total are refused."""
+    from memnet.utils import MemnetError
+
+    loader = torch.utils.data.DataLoader(_regression_batches(2), batch_size=None)
+    options = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+               "enable_model_summary": False}
+    first = pl.Trainer(max_steps=4, **options)
+    first.fit(_one_cycle_per_epoch(), train_dataloaders=loader)
+    first.save_checkpoint(tmp_path / "last.ckpt")
+    resumed = pl.Trainer(max_steps=6, **options)
+    resumed.fit(_one_cycle_per_epoch(), train_dataloaders=loader, ckpt_path=tmp_path / "last.ckpt")
+    assert resumed.global_step == 6
+    with pytest.raises(MemnetError, match="schedule is 3 epochs long .* cannot resume to trainer.max_epochs 5"):
+        pl.Trainer(max_epochs=5, **options).fit(_one_cycle_per_epoch(), train_dataloaders=loader,
+                                                ckpt_path=tmp_path / "last.ckpt")
+
+
+def test_eval_memory_size_on_a_network_without_memory_is_refused_naming_the_setting():
+    """It failed at the first validation batch with "forward() got an unexpected keyword argument 'memory_size'"."""
+    from memnet.models.recurrent import RecurrentModel
+
+    module = SequenceModule(RecurrentModel(3, 3), eval_memory_size=64)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(ValueError, match=r"model.init_args.eval_memory_size \(64\) needs a network with memory slots"):
+        trainer.validate(module, dataloaders=torch.utils.data.DataLoader([_sequence_batch(2, 2, seed=0)],
+                                                                          batch_size=None), verbose=False)
