@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 import math
 from pathlib import Path
@@ -17,6 +16,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 
 from memnet.plots import plot_dnc_memory, plot_memory_access
 from memnet.utils import (  # run_dir re-exported: memnet.callbacks.run_dir
+    accepts_keyword,
     logged_step,
     parameter_dtype,
     run_dir,
@@ -75,7 +75,7 @@ def draw_memory_access(module: torch.nn.Module, batch: dict, path: Path, *, titl
     Returns the path, or None if the module's network records no trace.
     """
     net = getattr(module, "net", module)
-    if "return_trace" not in inspect.signature(net.forward).parameters:
+    if not accepts_keyword(net.forward, "return_trace"):
         return None  # asked by signature: a TypeError raised inside a tracing network's forward is its own
     inputs = batch["inputs"][:1].to(device=module.device, dtype=parameter_dtype(module))
     was_training = module.training

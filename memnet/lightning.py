@@ -15,7 +15,6 @@ and, for validation and test, the same per task length as ``val/len_20/bits_per_
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Literal
 
 import torch
@@ -53,6 +52,7 @@ from memnet.training import (  # noqa: F401  (re-exported: memnet.lightning.Memn
     configure_optimizers,
     scheduler_config,
 )
+from memnet.utils import accepts_keyword
 
 
 class SequenceModule(MemnetModule):
@@ -91,7 +91,7 @@ class SequenceModule(MemnetModule):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        if self.eval_memory_size is not None and not _takes_keyword(self.net.forward, "memory_size"):
+        if self.eval_memory_size is not None and not accepts_keyword(self.net.forward, "memory_size"):
             # else the first validation batch fails with "forward() got an unexpected keyword argument"
             raise ValueError(
                 f"model.init_args.eval_memory_size ({self.eval_memory_size}) needs a network with memory slots "
@@ -439,15 +439,6 @@ class Seq2SeqModule(MemnetModule):
                 line.append("✓" if outputs["correct"][i] else "✗")
             print(" | ".join(line))
             self._printed += 1
-
-
-def _takes_keyword(function: Any, name: str) -> bool:
-    """Whether ``function`` accepts the keyword argument ``name`` (by name or through ``**kwargs``)."""
-    try:
-        parameters = inspect.signature(function).parameters
-    except (TypeError, ValueError):  # no signature to read: assume it does
-        return True
-    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 def format_tokens(tokens: torch.Tensor, names: dict[int, str]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Sized
 from pathlib import Path
@@ -205,6 +206,18 @@ def wandb_mode() -> str:
 def wandb_offline() -> bool:
     """W&B logs offline (to local files) unless the user opted in with ``WANDB_MODE=online`` or turned it off."""
     return wandb_mode() == "offline"
+
+
+def accepts_keyword(function: Any, name: str) -> bool:
+    """Whether ``function`` accepts the keyword argument ``name`` (by name or through ``**kwargs``).
+
+    Read from its signature; a callable without one is assumed to accept it.
+    """
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return True
+    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 def logged_step(trainer: Any) -> int:

@@ -30,22 +30,22 @@ def trained(tmp_path_factory):
     """A folder with a 2-step NTM copy run, its config.yaml and runs/latest.json."""
     folder = tmp_path_factory.mktemp("evaluate")
     (folder / "tiny.yaml").write_text(TINY)
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        memnet_main(["fit", "--config", "tiny.yaml"])
-    finally:
-        os.chdir(cwd)
+    run_in(folder, "fit", "--config", "tiny.yaml")
     return folder
 
 
-def evaluate(folder: Path, *args: str) -> None:
+def run_in(folder: Path, *argv: str) -> None:
+    """``memnet <argv>`` run from ``folder``."""
     cwd = os.getcwd()
     os.chdir(folder)
     try:
-        memnet_main(["evaluate", *args])
+        memnet_main(list(argv))
     finally:
         os.chdir(cwd)
+
+
+def evaluate(folder: Path, *args: str) -> None:
+    run_in(folder, "evaluate", *args)
 
 
 def test_latest_writes_table_results_and_plots(trained, capsys):
@@ -126,12 +126,7 @@ def test_a_memory_below_a_sparse_dncs_k_is_refused_before_anything_is_written(tm
         "memory_size": 7, "word_size": 5, "link_sparsity": 5,
         "controller": {"class_path": "memnet.controllers.LSTMController", "init_args": {"hidden_size": 4}}}}
     (tmp_path / "dnc.yaml").write_text(yaml.safe_dump(config))
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        memnet_main(["fit", "--config", "dnc.yaml"])
-    finally:
-        os.chdir(cwd)
+    run_in(tmp_path, "fit", "--config", "dnc.yaml")
     with pytest.raises(SystemExit) as exit_info:
         evaluate(tmp_path, "--ckpt_path", "latest", "--lengths", "2", "--memory_size", "4", "--out", "small")
     assert exit_info.value.code == 2

@@ -451,7 +451,7 @@ def compiled(owner: nn.Module, key: str, function: Callable, backend: str | Call
 
 
 def _compile(owner: nn.Module, key: str, function: Callable, backend: str | Callable, fallback: str,
-             mode: str | None = None, cache_key: Any = None) -> Callable:
+             mode: str | None, cache_key: tuple) -> Callable:
     name = type(owner).__name__
     reason = compile_unavailable(backend)
     if reason is not None:
@@ -500,7 +500,7 @@ def _compile(owner: nn.Module, key: str, function: Callable, backend: str | Call
             # itself raises again from the uncompiled function.
             log.warning("memnet: %s compiled %s failed (%s: %s); running %s from now on",
                         name, key, type(error).__name__, str(error).splitlines()[0] if str(error) else "", fallback)
-            _COMPILED[owner][key if cache_key is None else cache_key] = function
+            _COMPILED[owner][cache_key] = function
             failed = True
             return function(*args)
         finally:
