@@ -356,7 +356,7 @@ def scheduler_config(scheduler: Any, interval: str, trainer: pl.Trainer | None) 
 def check_precision(module: pl.LightningModule) -> None:
     """Refuse a ``trainer.precision`` that the network declares it cannot train in.
 
-    A network lists such settings in ``refuses_precisions`` (the DNC: ``16-true``).
+    A network lists such settings in ``refuses_precisions`` (the NTM and the DNC: ``16-true``).
     """
     trainer = module._trainer
     precision = str(getattr(trainer, "precision", "")) if trainer is not None else ""

@@ -36,11 +36,27 @@ def test_fit_with_every_precision_draws_the_memory_figure(model, precision, tmp_
     assert (tmp_path / "runs" / "debug" / "memory_access" / "epoch_0000.png").is_file()
 
 
-def test_dnc_refuses_float16_naming_the_option(capsys):
+@pytest.mark.parametrize(("model", "name"), [("dnc", "DNC"), ("ntm", "NTM")])
+def test_float16_is_refused_naming_the_option(model, name, capsys):
+    """In float16 the NTM's gradients were NaN from the first step (ε² of the norms underflows), every step
+    was skipped, and the run stopped with advice to lower the learning rate (or, with few steps, exited 0)."""
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(ROOT / "configs" / "dnc" / "copy.yaml"), *TINY, "--trainer.precision=16-true"])
+        main(["fit", "--config", str(ROOT / "configs" / model / "copy.yaml"), *TINY, "--trainer.precision=16-true"])
     assert exit_info.value.code == 2
-    assert "memnet: trainer.precision '16-true' is not supported by DNC" in capsys.readouterr().err
+    assert f"memnet: trainer.precision '16-true' is not supported by {name}" in capsys.readouterr().err
+
+
+def test_ntm_gradients_in_float16_are_not_finite():
+    """Why the NTM refuses ``16-true``: its addressing's epsilons underflow in float16."""
+    torch.manual_seed(0)
+    net = NTM(5, 4, memory_size=6, word_size=5)
+    inputs = torch.rand(2, 3, 5)
+    for dtype, finite in ((torch.float16, False), (torch.bfloat16, True)):
+        net.zero_grad()
+        logits = net.to(dtype)(inputs.to(dtype))
+        logits.float().square().mean().backward()
+        assert all(bool(p.grad.isfinite().all()) for p in net.parameters()) is finite, dtype
+    assert "16-true" in NTM.refuses_precisions
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])

@@ -90,6 +90,12 @@ class NTM(Pretrained, MemoryModel):
 
     auto_unroll_max_batch = 64  # its unrolled compiled graph was slower at batch 128 (make bench)
 
+    # float16 (``trainer.precision 16-true``) gives non-finite gradients from the first step: the
+    # addressing's epsilons (``NORM_EPS``², ``WEIGHT_EPS``) and the squares of the initial memory's
+    # entries (1e-6) underflow to 0 in its 5-bit exponent, so slot norms are 0 and the cosine's gradient
+    # (1 / ε² overflows) is inf·0 = NaN. bfloat16 (float32's exponent) and float32/64 work.
+    refuses_precisions = ("16-true",)
+
     def __init__(
         self,
         input_size: int,
