@@ -16,6 +16,7 @@ import torch
 
 from memnet.cli import babi_table as table_command
 from memnet.cli.babi_table import babi_table
+from memnet.cli.rebuild import RebuildError
 from memnet.metrics import task_errors
 from tasks import babi
 from tasks.babi import (
@@ -186,6 +187,22 @@ def test_dataset_splits_columns_and_seeded_validation(tmp_path):
     assert again["validation"]["query"] == data["validation"]["query"]
     assert again["validation"]["story"] == data["validation"]["story"]
     assert other["validation"]["story"] != data["validation"]["story"]
+
+
+@pytest.mark.parametrize("val_holdout", ["story", "question"])
+def test_a_val_fraction_that_leaves_a_task_without_validation_is_refused(tmp_path, val_holdout):
+    # five stories of one question: 5% of them rounds to none, and the task silently had no validation error
+    folder = tmp_path / "data" / "en"
+    folder.mkdir(parents=True)
+    for split in ("train", "test"):
+        (folder / babi.task_file(1, split).split("/")[1]).write_text(STORY.split("5 Where")[0].replace(
+            "4 Daniel went back to the hallway.\n", "") * 5)
+    with pytest.raises(ValueError, match="holds out 0 of the 5 training questions of task 1"):
+        load_babi(data_dir=tmp_path / "data", cache_dir=tmp_path / "cache", tasks=[1], val_fraction=0.05,
+                  val_holdout=val_holdout)
+    data = load_babi(data_dir=tmp_path / "data", cache_dir=tmp_path / "cache", tasks=[1], val_fraction=0.2,
+                     val_holdout=val_holdout)
+    assert (len(data["train"]), len(data["validation"])) == (4, 1)
 
 
 @needs_data
@@ -493,6 +510,21 @@ def test_table_command_reads_saved_results(tmp_path, capsys):
     assert (tmp_path / "t.csv").read_text().splitlines()[2] == "2: two-supporting-facts,7.0"
     with pytest.raises(SystemExit):
         table_command.table_main([])
+
+
+def test_table_command_refuses_saved_results_that_overlap_or_name_no_task(tmp_path, capsys):
+    first, second, odd = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    first.write_text(json.dumps({"A": {"1": 3.0, "2": 7.0}}))
+    second.write_text(json.dumps({"A": {"2": 50.0}, "B": {"2": 1.0}}))  # A's task 2 replaced 7.0 unseen
+    with pytest.raises(SystemExit):
+        table_command.table_main(["--results", str(first), "--results", str(second)])
+    assert "the column 'A' already holds task(s) 2" in capsys.readouterr().err
+    for errors, message in (({"21": 3.0}, "has task 21, expected tasks 1-20"),
+                            ({"0": 3.0}, "has task 0, expected tasks 1-20"),
+                            ({"3": 140.0}, "error 140.0 is not a percentage")):
+        odd.write_text(json.dumps({"A": errors}))
+        with pytest.raises(RebuildError, match=message):
+            table_command.read_results(odd)
 
 
 def test_task_errors_from_metrics():

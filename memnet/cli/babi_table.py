@@ -35,9 +35,17 @@ def read_results(path: str | Path) -> dict[str, dict[int, float]]:
     if not isinstance(loaded, dict) or not all(isinstance(v, dict) for v in loaded.values()):
         raise RebuildError(f"{path}: expected {{column name: {{task: error %}}}} as written by --json")
     try:
-        return {name: {int(t): float(e) for t, e in errors.items()} for name, errors in loaded.items()}
+        results = {name: {int(t): float(e) for t, e in errors.items()} for name, errors in loaded.items()}
     except (TypeError, ValueError):
         raise RebuildError(f"{path}: tasks must be integers and errors numbers") from None
+    for name, errors in results.items():
+        for task, error in errors.items():
+            if task not in TASK_NAMES:  # a task 0 or 21 would vanish from the table unseen
+                raise RebuildError(f"{path}: column {name!r} has task {task}, expected tasks 1-20")
+            if not 0.0 <= error <= 100.0:
+                raise RebuildError(f"{path}: column {name!r}, task {task}: error {error} is not a percentage in "
+                                   "[0, 100]")
+    return results
 
 
 def babi_table(results: dict[str, dict[int, float]], *, tasks: Sequence[int] = ALL_TASKS) -> tuple[str, str]:
@@ -119,7 +127,12 @@ def table_main(argv: Sequence[str] | None = None) -> dict[str, dict[int, float]]
     results: dict[str, dict[int, float]] = {}
     for path in args.results:
         for name, errors in read_results(path).items():
-            results.setdefault(name, {}).update(errors)
+            column = results.setdefault(name, {})
+            twice = sorted(set(column) & set(errors))
+            if twice:  # the later file would silently replace the earlier one's numbers
+                parser.error(f"the column {name!r} already holds task(s) {', '.join(map(str, twice))}; "
+                             f"{path} reports them again: rename one of the columns")
+            column.update(errors)
     names = list(args.name) if args.name else checkpoint_names(args.ckpt_path)
     for index, ckpt in enumerate(args.ckpt_path):
         config = args.config[index] if args.config else None

@@ -215,6 +215,13 @@ def load_babi(
             order = np.random.default_rng([seed, task]).permutation(len(stories))
             held = {stories[i] for i in order[:round(val_fraction * len(stories))].tolist()}
             validation_rows = {i for i, example in enumerate(train) if example["story_index"] in held}
+        if not 0 < len(validation_rows) < len(train):  # a task missing from a split would drop out of its errors
+            source.close()
+            raise ValueError(
+                f"val_fraction {val_fraction} holds out {len(validation_rows)} of the {len(train)} training questions "
+                f"of task {task} ({train_name}, val_holdout {val_holdout!r}): each task needs questions in both "
+                "training and validation"
+            )
         splits["train"] += [example for i, example in enumerate(train) if i not in validation_rows]
         splits["validation"] += [example for i, example in enumerate(train) if i in validation_rows]
         splits["test"] += test
