@@ -15,6 +15,7 @@ and, for validation and test, the same per task length as ``val/len_20/bits_per_
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
@@ -510,7 +511,7 @@ class RidgeReadoutModule(RegressionModule):
 
     def __init__(self, net: nn.Module, *, ridge: float = 1e-6) -> None:
         super().__init__(net)
-        if not ridge >= 0:
+        if not 0 <= ridge < math.inf:
             raise ValueError(f"ridge must lie in [0, inf), got {ridge!r}")
         if not hasattr(net, "features") or not isinstance(getattr(net, "output", None), nn.Linear):
             raise ValueError("net must have features(inputs) and a linear `output` layer, e.g. RecurrentModel")

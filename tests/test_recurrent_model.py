@@ -135,6 +135,14 @@ def test_accumulating_in_batches_with_a_mask_equals_one_solve():
         RidgeAccumulator(6, 2).solve()
 
 
+def test_an_infinite_ridge_is_refused():
+    """ridge=inf passed the check and solved to an all-NaN read-out (inf · 0 in the system), exit 0."""
+    g = torch.Generator().manual_seed(6)
+    features, targets = torch.randn(8, 3, generator=g), torch.randn(8, 1, generator=g)
+    with pytest.raises(ValueError, match=r"ridge must lie in \[0, inf\), got inf"):
+        ridge_regression(features, targets, ridge=float("inf"))
+
+
 def test_a_mask_of_another_shape_than_the_rows_is_refused():
     """A (T, B) mask for (B, T) rows was taken row by row (the wrong steps kept); another size was an IndexError."""
     g = torch.Generator().manual_seed(5)
@@ -189,6 +197,8 @@ def test_ridge_module_needs_a_readout():
         RidgeReadoutModule(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match=r"ridge must lie in \[0, inf\)"):
         RidgeReadoutModule(RecurrentModel(1, 1), ridge=-1.0)
+    with pytest.raises(ValueError, match=r"ridge must lie in \[0, inf\), got inf"):  # was refused a whole epoch later
+        RidgeReadoutModule(RecurrentModel(1, 1), ridge=float("inf"))
 
 
 def test_regression_module_trains_the_esn_readout_by_gradient(tmp_path):

@@ -149,6 +149,8 @@ def test_any_controller_can_encode_and_decode(encoder, decoder):
         (lambda: Seq2Seq(V, V, attention="dot"), "attention must be one of"),
         (lambda: Seq2Seq(V, V, max_decode_length=0), "max_decode_length must be a positive integer"),
         (lambda: Seq2Seq(V, 2), r"eos_index must lie in \[0, output_size=2\)"),
+        # PAD targets are not scored: with EOS = PAD the end marker was never learned, silently
+        (lambda: Seq2Seq(V, V, pad_index=2, eos_index=2), "pad_index and eos_index must differ"),
         (lambda: Seq2Seq(V, V, encoder=partial(GRUController, hidden_size=3)), "bridge=True"),
         (lambda: _model().generate(_batch()[0], max_length=101),
          r"max_length must lie in \[1, max_decode_length=100\], got 101"),

@@ -27,6 +27,7 @@ Axes:  b - batch, t - time, d - features, k - outputs
 
 from __future__ import annotations
 
+import math
 from typing import Literal, NamedTuple
 
 import torch
@@ -248,7 +249,7 @@ class RidgeAccumulator:
 
     def solve(self, *, ridge: float = 0.0, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """(FᵀF + λ I') W̃ = FᵀY, I' leaving the bias unpenalised -> weight (K, D), bias (K,)."""
-        if not ridge >= 0:
+        if not 0 <= ridge < math.inf:  # inf made every weight NaN (inf · 0 in the solve), silently
             raise ValueError(f"ridge must lie in [0, inf), got {ridge!r}")
         if self.count == 0:
             raise ValueError("no rows were accumulated: call update() with at least one scored step")

@@ -109,6 +109,8 @@ class Seq2Seq(nn.Module):
         for name, index in {"pad_index": pad_index, "bos_index": bos_index, "eos_index": eos_index}.items():
             if not 0 <= index < output_size:
                 raise ValueError(f"{name} must lie in [0, output_size={output_size}), got {index!r}")
+        if pad_index == eos_index:  # the loss and the accuracies skip PAD targets: EOS would never be learned
+            raise ValueError(f"pad_index and eos_index must differ (PAD targets are not scored), both are {pad_index}")
         self.input_size = input_size
         self.output_size = output_size
         self.attention = attention
