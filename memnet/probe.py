@@ -97,7 +97,8 @@ def gradient_through_time(
     with ``all``, that of the losses of steps t and later (the output of step
     t − 1, computed before the perturbation, is not in it), which is the gradient
     through time whose vanishing or explosion the probe measures. Its norm is
-    taken over the whole batch and all state tensors together.
+    taken over the whole batch and all state tensors together. The network runs
+    in eval mode (no dropout) and is left in the mode it was in.
 
     Args:
         net: a network with ``initial_state`` and ``step`` (or a LightningModule holding one as ``net``).
@@ -134,18 +135,26 @@ def gradient_through_time(
 
     probes: list[list[torch.Tensor]] = []
     outputs = []
-    # cuDNN's RNN backward refuses eval mode; the native kernels compute the same gradient.
-    with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
-        state = net.initial_state(batch, device=inputs.device, dtype=dtype)
-        for t in range(steps):
-            perturbations: list[torch.Tensor] = []
-            state = _perturb(state, perturbations, state_part)
-            probes.append(perturbations)
-            logits, state = net.step(inputs[:, t], state)
-            outputs.append(logits)
-        value = loss(torch.stack(outputs, dim=1), targets, mask)
-        flat = [p for step in probes for p in step]
-        grads = torch.autograd.grad(value, flat, allow_unused=True) if flat else []
+    was_training = net.training
+    net.eval()  # the network itself, not one draw of its dropout masks
+    # cuDNN's RNN backward refuses eval mode; the native kernels compute the same gradient. Out of inference
+    # mode too (``trainer.validate`` runs its hooks in it, where enable_grad records nothing), with the batch
+    # copied out of it (an inference tensor cannot be saved for backward).
+    try:
+        with torch.inference_mode(False), torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
+            inputs, targets, mask = (x.clone() if x.is_inference() else x for x in (inputs, targets, mask))
+            state = net.initial_state(batch, device=inputs.device, dtype=dtype)
+            for t in range(steps):
+                perturbations: list[torch.Tensor] = []
+                state = _perturb(state, perturbations, state_part)
+                probes.append(perturbations)
+                logits, state = net.step(inputs[:, t], state)
+                outputs.append(logits)
+            value = loss(torch.stack(outputs, dim=1), targets, mask)
+            flat = [p for step in probes for p in step]
+            grads = torch.autograd.grad(value, flat, allow_unused=True) if flat else []
+    finally:
+        net.train(was_training)
     norms = torch.zeros(steps, dtype=torch.float64)
     i = 0
     for t, step in enumerate(probes):

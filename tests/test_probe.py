@@ -99,6 +99,30 @@ def test_ntm_state_parts():
     assert torch.any(controller < whole * 0.999)  # memory and read vectors carry some of it
 
 
+def test_the_probe_measures_the_network_without_dropout_and_leaves_its_mode():
+    # a fresh network is in training mode: the probe drew dropout masks, two calls gave two curves
+    torch.manual_seed(6)
+    model = RecurrentModel(D, K, controller=partial(LSTMController, hidden_size=H, num_layers=2, dropout=0.5)).double()
+    inputs, targets = _data(6)
+    first, second = gradient_through_time(model, inputs, targets), gradient_through_time(model, inputs, targets)
+    assert model.training
+    expected = gradient_through_time(model.eval(), inputs, targets)
+    assert not model.training
+    torch.testing.assert_close(first, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(second, expected, rtol=1e-12, atol=0)
+
+
+def test_the_probe_works_in_inference_mode():
+    # trainer.validate runs the callback's hook in inference mode, where enable_grad records nothing
+    model = _linear_regime_rnn(0.5)
+    inputs, targets = _data()
+    expected = gradient_through_time(model, inputs, targets)
+    with torch.inference_mode():
+        inputs, targets = inputs.clone(), targets.clone()  # inference tensors, as a validation batch is
+        norms = gradient_through_time(model, inputs, targets, mask=torch.ones(B, T, dtype=torch.float64))
+    torch.testing.assert_close(norms, expected)
+
+
 def test_bad_arguments_are_named():
     model = _linear_regime_rnn(0.5)
     inputs, targets = _data()
@@ -135,6 +159,19 @@ def test_callback_draws_and_logs_during_training(tmp_path):
     assert tmp_path in probe.last_path.parents
     assert "probe/log10_grad_first" in trainer.callback_metrics
     assert probe.curves["epoch 1"].shape == (T,)
+
+
+def test_callback_probes_under_trainer_validate(tmp_path):
+    torch.manual_seed(5)
+    net = RecurrentModel(D, K, controller=partial(ElmanRNN, hidden_size=H))
+    inputs, targets = _data(5, torch.float32)
+    batch = {"inputs": inputs, "targets": targets, "mask": torch.ones(B, T), "length": T}
+    loader = torch.utils.data.DataLoader([batch], batch_size=None)
+    probe = GradientProbe(max_sequences=2)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path, callbacks=[probe])
+    trainer.validate(SequenceModule(net), dataloaders=loader)
+    torch.testing.assert_close(probe.curves["epoch 0"], gradient_through_time(net, inputs[:2], targets[:2]))
 
 
 def test_memnet_probe_command_draws_the_comparison(tmp_path, monkeypatch, capsys):
