@@ -90,11 +90,11 @@ class LengthCurriculum(pl.Callback):
         self.monitor = monitor
         self._validated = False  # a validation ran since the last end of epoch (for val/ monitors)
         self._validated_value: float | None = None  # what it logged under ``monitor``
-        # the monitored training metric's step values this epoch, for the end of an epoch that a resumed run
-        # replays (a checkpoint written at the end of validation, before the epoch's end, as with
+        # the monitored training metric's weighted sum and weight this epoch, for the end of an epoch that a
+        # resumed run replays (a checkpoint written at the end of validation, before the epoch's end, as with
         # check_val_every_n_epoch > 1), whose own epoch mean Lightning does not keep
         self._train_sum: Any = 0.0
-        self._train_batches = 0
+        self._train_weight: Any = 0.0
         self.threshold = threshold
         self.mix = mix
         self.max_length: int | None = None  # the current upper length L, once training starts
@@ -129,15 +129,19 @@ class LengthCurriculum(pl.Callback):
             self._validated_value = float(value) if value is not None else None
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._train_sum, self._train_batches = 0.0, 0
+        self._train_sum, self._train_weight = 0.0, 0.0
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if self.threshold is not None and self.monitor.startswith("train/"):
+            running = _epoch_sum_and_weight(trainer, self.monitor)
+            if running is not None:  # the epoch value so far as Lightning weighs it (train/loss: by scored bits)
+                self._train_sum, self._train_weight = running
+                return
             value = trainer.callback_metrics.get(self.monitor)  # the step's value while the epoch runs
             if value is not None:
                 self._train_sum = self._train_sum + value.detach()  # no device sync per step
-                self._train_batches += 1
+                self._train_weight += 1
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         datamodule = self._datamodule(trainer)
@@ -147,8 +151,8 @@ class LengthCurriculum(pl.Callback):
             value = self._validated_value if self._validated else None
         else:
             value = trainer.callback_metrics.get(self.monitor)
-            if value is None and self._train_batches:  # the epoch end a resumed run replays: its batches' mean
-                value = self._train_sum / self._train_batches
+            if value is None and self._train_weight:  # the epoch end a resumed run replays: its epoch value
+                value = self._train_sum / self._train_weight
         self._validated = False
         metric = float(value) if value is not None else None
         new = self.next_max_length(self.max_length, top, epochs_at_level=self.epochs_at_level, metric=metric)
@@ -168,7 +172,7 @@ class LengthCurriculum(pl.Callback):
     def state_dict(self) -> dict[str, Any]:
         return {"max_length": self.max_length, "epochs_at_level": self.epochs_at_level, "history": self.history,
                 "validated": self._validated, "validated_value": self._validated_value,
-                "train_sum": float(self._train_sum), "train_batches": self._train_batches}
+                "train_sum": float(self._train_sum), "train_weight": float(self._train_weight)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.max_length = state_dict.get("max_length")
@@ -177,7 +181,7 @@ class LengthCurriculum(pl.Callback):
         self._validated = bool(state_dict.get("validated", False))
         self._validated_value = state_dict.get("validated_value")
         self._train_sum = float(state_dict.get("train_sum", 0.0))
-        self._train_batches = int(state_dict.get("train_batches", 0))
+        self._train_weight = float(state_dict.get("train_weight", state_dict.get("train_batches", 0)))
 
     # ---- helpers ----
 
@@ -212,6 +216,21 @@ class LengthCurriculum(pl.Callback):
         if not hasattr(self, "_initial_range"):
             self._initial_range = tuple(int(v) for v in datamodule.length_range)
         return self._initial_range
+
+
+def _epoch_sum_and_weight(trainer: pl.Trainer, key: str) -> tuple[Any, Any] | None:
+    """Lightning's running weighted sum and weight of the training metric ``key`` this epoch (its epoch value is
+    their ratio: a mean over the batches weighted by the ``batch_size`` each was logged with), else None.
+
+    Read from Lightning's result collection (internal, 2.x): nothing public gives the epoch value before the
+    epoch's end. Local to this process under DDP.
+    """
+    results = getattr(trainer, "_results", None)
+    metric = results.get(f"training_step.{key}") if isinstance(results, dict) else None
+    meta = getattr(metric, "meta", None)
+    if meta is None or not getattr(metric, "is_tensor", False) or not (meta.on_epoch and meta.is_mean_reduction):
+        return None
+    return metric.value.detach().clone(), metric.cumulated_batch_size.detach().clone()
 
 
 class RepeatCurriculum(LengthCurriculum):

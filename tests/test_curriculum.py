@@ -284,3 +284,67 @@ def test_a_run_resumed_from_a_checkpoint_of_validation_end_steps_up_as_the_unbro
     assert saved["epoch"] == 1 and len(saved["loops"]) > 0
     assert fit("broken", resume=True) == unbroken
     assert len(unbroken) > 2
+
+
+def test_a_resumed_run_replays_the_epoch_end_on_the_epoch_value_lightning_computes(tmp_path):
+    """``train/loss`` is logged per scored bit (each batch weighted by its scored bits): the epoch end that a
+    resumed run replays must decide on that weighted value, as the unbroken run did, not on the plain mean of
+    the batches' values (a threshold between the two stepped up in the resumed run only)."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from torch import nn
+
+    from memnet.lightning import SequenceModule
+
+    class ShortOnly(nn.Module):
+        """Right on sequences of length ≤ 2, no better than chance on longer ones: the batch losses differ."""
+
+        def __init__(self):
+            super().__init__()
+            self.p = nn.Parameter(torch.zeros(()))
+
+        def forward(self, inputs, targets=None):
+            scale = 20.0 if inputs.shape[1] <= 5 else 0.0  # T = 2 L + 1
+            return scale * (2 * targets - 1) + 0 * self.p
+
+    class Fed(SequenceModule):
+        def forward_kwargs(self, batch):
+            return {"targets": batch["targets"]}
+
+    class Spy(pl.Callback):
+        def __init__(self):
+            self.values: dict[int, tuple[float, float]] = {}  # epoch -> (its logged value, its steps' plain mean)
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            plain = sum(self.steps) / len(self.steps)
+            self.values[trainer.current_epoch] = (float(trainer.callback_metrics["train/loss"]), plain)
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self.steps = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.steps.append(float(trainer.callback_metrics["train/loss"]))
+
+    def fit(folder, threshold, *, stop=False, resume=False, spy=None):
+        data = AlgorithmicDataModule(CopyTask(width=3, min_length=1, max_length=8), batch_size=4,
+                                     batches_per_epoch=6, val_size=4, seed=0)
+        curriculum = LengthCurriculum("growing", start_length=4, monitor="train/loss", threshold=threshold)
+        checkpoint = ModelCheckpoint(dirpath=tmp_path / folder, save_last=True, save_on_train_epoch_end=False)
+        trainer = pl.Trainer(max_epochs=4, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                             check_val_every_n_epoch=2, num_sanity_val_steps=0,
+                             callbacks=[curriculum, checkpoint, *([_StopInEpoch2()] if stop else []),
+                                        *([spy] if spy else [])])
+        try:
+            trainer.fit(Fed(ShortOnly()), datamodule=data,
+                        ckpt_path=str(tmp_path / folder / "last.ckpt") if resume else None)
+        except SystemExit:
+            assert stop
+        return curriculum.history
+
+    spy = Spy()
+    fit("calibrate", 0.0, spy=spy)  # never steps up: the values of epoch 1 at level 4
+    weighted, plain = spy.values[1]
+    assert abs(weighted - plain) > 0.05  # the two means differ: the test can tell them apart
+    threshold = (weighted + plain) / 2
+    unbroken = fit("unbroken", threshold)
+    fit("broken", threshold, stop=True)
+    assert fit("broken", threshold, resume=True) == unbroken
