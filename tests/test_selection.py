@@ -140,3 +140,16 @@ def test_suite_file_selecting_on_the_test_split_is_refused(tmp_path, monkeypatch
         S.load_suite(path)
     assert S.load_suite("configs/suites/babi-1k.yaml").experiments[0].select == {
         "metric": "error", "split": "train", "mode": "min"}
+
+
+def test_a_rule_whose_metric_no_run_logged_is_named_not_dropped_unsaid(tmp_path):
+    from memnet.cli import suite as S
+
+    results = _suite_results(tmp_path / "results", {"metric": "eror", "split": "train", "mode": "min"})
+    report = S.build_report(results)
+    (row,) = report["leaderboard"]
+    note = ("select: no finished run logged a finite train/eror, so no run is selected "
+            "(is select.metric a name the model logs?)")
+    assert row["selected"] is None and note in row["evaluation_notes"]
+    assert [model["experiment"] for model in report["babi"]["models"]] == ["memn2n"]
+    assert f"memn2n: {note}" in report["babi"]["models"][0]["notes"]

@@ -647,6 +647,21 @@ def test_an_algorithmic_run_evaluated_at_fewer_lengths_is_evaluated_again(tmp_pa
         assert run.is_done() is done
 
 
+def test_a_run_evaluated_with_other_evaluation_options_is_evaluated_again(tmp_path, monkeypatch):
+    """evaluate.memory_size (or num_sequences, seed, engine) changed in the suite file: the numbers measured
+    with the old options are not kept under the new ones."""
+    spec = {"kind": "algorithmic", "lengths": [3, 6], "memory_size": 64}
+    suite = S.load_suite(write_suite(tmp_path / "a.yaml", [{**GOOD, "evaluate": spec}]))
+    run = S.Run("s", suite.experiments[0], 0, tmp_path / "r")
+    run.folder.mkdir(parents=True)
+    fake_evaluation(monkeypatch, "pass")
+    evaluation = S.SuiteRunner(suite, tmp_path / "r")._evaluate(run, run.experiment.evaluate, "best.ckpt", 0)
+    assert evaluation["options"] == {"memory_size": 64}
+    for options, done in (({"memory_size": 128}, False), ({"memory_size": 64}, True)):
+        run.record_path.write_text(json.dumps({"status": "done", "evaluation": {**evaluation, "options": options}}))
+        assert run.is_done() is done
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad suite files: each fails before anything runs, naming the entry
 # ---------------------------------------------------------------------------------------------
@@ -1030,3 +1045,38 @@ def test_shipped_suite_budgets_fit_inside_their_one_cycle_schedules():
                 checked += 1
                 assert steps <= total, f"{path.name}: {experiment.name} budget {steps} > total_steps {total}"
     assert checked >= 4
+
+
+def test_runs_trained_under_other_settings_than_the_suites_now_are_named(tmp_path, monkeypatch, capsys):
+    """A suite file edited between two `suite run`s: a run done before is kept, one cut before resumes from its
+    checkpoint; the report averages them with the runs trained now, so it names both and what changed."""
+    monkeypatch.chdir(ROOT)
+
+    def fake_fit(self, argv, log, slot):  # `memnet fit` as it ends: its summary, the loss it reached
+        (log.parent / "summary.json").write_text(json.dumps({"metrics": {"val/loss": 1.0 + len(self.processes)}}))
+        return 0
+
+    monkeypatch.setattr(S.SuiteRunner, "_process", fake_fit)
+    lr = "model.init_args.optimizer.init_args.lr"
+    before = S.load_suite(write_suite(tmp_path / "a.yaml", [{**LSTM, "overrides": {**LSTM["overrides"], lr: 0.1}}]))
+    results = tmp_path / "r"
+    done, cut = S.expand_runs(before, results)
+    S.SuiteRunner(before, results).run([done])
+    cut.folder.mkdir(parents=True)
+    (cut.folder / "checkpoints").mkdir()
+    (cut.folder / "checkpoints" / "last.ckpt").write_bytes(b"")
+    S.SuiteRunner(before, results)._write_record(cut, status="interrupted", settings=cut.settings())
+    after = S.load_suite(write_suite(tmp_path / "a.yaml", [{**LSTM, "overrides": {**LSTM["overrides"], lr: 0.01}}]))
+    capsys.readouterr()
+    assert S.SuiteRunner(after, results).run(S.expand_runs(after, results)) == {
+        "done": 1, "evaluated": 0, "failed": 0, "interrupted": 0, "skipped": 1}
+    out = capsys.readouterr().out
+    assert "warning: lstm-copy/seed_0 was trained with other settings than the suite's now; kept as trained" in out
+    assert "warning: lstm-copy/seed_1 was trained with other settings than the suite's now; resumed" in out
+    row = S.build_report(results)["leaderboard"][0]
+    assert row["done"] == 2
+    assert row["evaluation_notes"] == [
+        (f"seed 0 was trained with other settings than the suite's now (overrides.{lr}: 0.1, now 0.01); "
+         "its numbers are in the means"),
+        f"seed 1 was resumed with other settings than it started with (overrides.{lr}: 0.1, now 0.01)",
+    ]

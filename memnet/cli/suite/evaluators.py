@@ -193,18 +193,27 @@ def babi_errors_from_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: errors[k] for k in sorted(errors, key=int)}
 
 
+def evaluation_options(spec: dict) -> dict:
+    """The options an evaluation ran with besides its kind, split and lengths (``num_sequences``, ``seed``,
+    ``memory_size``, ...), kept in the run's record beside its numbers."""
+    return {key: value for key, value in spec.items() if key not in ("kind", "split", "lengths")}
+
+
 def evaluation_answers(spec: dict | None, evaluation: dict | None) -> bool:
     """Whether a run's stored evaluation is the one the suite's ``evaluate`` entry asks for now.
 
     A bAbI evaluation must be of the same split, an algorithmic one must cover every length asked
-    for: a suite file changed after its runs were evaluated gets them evaluated again, instead of
-    reporting the old numbers under the new heading.
+    for, and both must have run with the same options (``evaluation_options``): a suite file changed
+    after its runs were evaluated gets them evaluated again, instead of reporting the old numbers
+    under the new heading.
     """
     if spec is None:
         return True
     evaluation = evaluation or {}
     if evaluation.get("status") != "done":
         return False
+    if "options" in evaluation and evaluation["options"] != evaluation_options(spec):
+        return False  # e.g. evaluate.memory_size or num_sequences changed (a record without options cannot tell)
     if spec.get("kind") == "babi":
         return evaluation.get("split", "test") == spec.get("split", "test")
     if spec.get("kind") == "algorithmic":

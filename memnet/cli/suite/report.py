@@ -24,7 +24,7 @@ from memnet.metrics import by_length as logged_by_length
 from memnet.metrics import failed_tasks
 from memnet.metrics import mean_error as mean_task_error
 from memnet.plots import plot_suite_report
-from memnet.selection import mean_std, summarize
+from memnet.selection import mean_std, metric_key, summarize
 from memnet.utils import wandb_mode
 
 REPORT_DIR = "report"
@@ -179,6 +179,16 @@ def _selection(entry: _ExperimentResults) -> dict[str, Any] | None:
     return summarize(entry.records, entry.experiment.select, scores)
 
 
+def _selection_notes(entry: _ExperimentResults, selected: dict[str, Any] | None) -> list[str]:
+    """Why an experiment with a ``select`` rule shows no selected run though runs finished (a metric no
+    run logged: a typo, or a model that does not log it), instead of dropping the selected row unsaid."""
+    rule = entry.experiment.select
+    if rule is None or selected is not None or not entry.done():
+        return []
+    return [(f"select: no finished run logged a finite {metric_key(rule)}, so no run is selected "
+             "(is select.metric a name the model logs?)")]
+
+
 def selected_lines(report: dict[str, Any]) -> list[str]:
     """One line per experiment with a ``select`` rule: the chosen run beside the mean ± s.d."""
     lines = []
@@ -206,6 +216,37 @@ def _evaluation_notes(entry: _ExperimentResults) -> list[str]:
         if evaluation.get("status") not in (None, "done") and evaluation.get("error"):
             notes.add(str(evaluation["error"]))
     return sorted(notes)
+
+
+def _settings_changes(then: dict[str, Any], now: dict[str, Any]) -> str:
+    """What differs between two runs' settings (``Run.settings``), e.g. ``overrides.x: 0.1, now 0.01``."""
+    changes = []
+    for section in ("configs", "overrides", "budget", "seed_args"):
+        before, after = then.get(section), now.get(section)
+        if isinstance(before, dict) and isinstance(after, dict):
+            changes += [f"{section}.{key}: {before.get(key, 'unset')!r}, now {after.get(key, 'unset')!r}"
+                        for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
+        elif before != after:
+            changes.append(f"{section}: {before!r}, now {after!r}")
+    return "; ".join(changes)
+
+
+def _settings_notes(entry: _ExperimentResults) -> list[str]:
+    """The finished runs trained under other settings than the suite's now, or resumed under other settings
+    than they started with: their numbers are in the tables, so they are named (records without settings,
+    written by an older memnet, cannot tell)."""
+    current = Run("", entry.experiment, 0, Path()).settings()
+    notes = []
+    for record in entry.done():
+        seed, settings = record.get("seed"), record.get("settings")
+        if settings is not None and settings != current:
+            notes.append(f"seed {seed} was trained with other settings than the suite's now "
+                         f"({_settings_changes(settings, current)}); its numbers are in the means")
+        started = record.get("resumed_from_settings")
+        if settings is not None and started is not None and started != settings:
+            notes.append(f"seed {seed} was resumed with other settings than it started with "
+                         f"({_settings_changes(started, settings)})")
+    return notes
 
 
 def build_report(results: str | Path) -> dict[str, Any]:
@@ -236,8 +277,9 @@ def build_report(results: str | Path) -> dict[str, Any]:
             for r in entry.failed()
         ]
         notes = _evaluation_notes(entry)
-        row["evaluation_notes"] = [*notes, *nonfinite]
         row["selected"] = _selection(entry)
+        row["evaluation_notes"] = [*notes, *_settings_notes(entry), *_selection_notes(entry, row["selected"]),
+                                   *nonfinite]
         leaderboard.append(row)
 
     lengths_table = []
@@ -286,7 +328,7 @@ def build_report(results: str | Path) -> dict[str, Any]:
                 "training_range": train_range,
                 "validation_only": sorted(validation_only, key=int),
                 "bits_per_seq": cells,
-                "notes": [*_evaluation_notes(entry), *length_notes],
+                "notes": [*_evaluation_notes(entry), *_settings_notes(entry), *length_notes],
             }
         )
 
@@ -313,7 +355,7 @@ def build_report(results: str | Path) -> dict[str, Any]:
             failed = mean_std(
                 [float(failed_tasks(r.values())) for r in runs]
             )
-            notes = set(_evaluation_notes(entry))
+            notes = set(_evaluation_notes(entry)) | {f"{entry.experiment.name}: {note}" for note in _settings_notes(entry)}
             measured = sum(stat is not None for stat in per_task.values())
             short = [(record.get("seed"), len(errors)) for record, errors in evaluated if len(errors) < len(BABI_TASKS)]
             if short:
@@ -325,8 +367,8 @@ def build_report(results: str | Path) -> dict[str, Any]:
             if other:
                 notes.add(f"{entry.experiment.name}: seed {', '.join(map(str, other))} evaluated on another split "
                           f"than {split!r}, left out; `memnet suite run` again evaluates it on {split!r}")
-            notes = sorted(notes)
             selected = _selection(entry)
+            notes = sorted(notes | {f"{entry.experiment.name}: {note}" for note in _selection_notes(entry, selected)})
             if selected is not None:
                 chosen = next(r for r in entry.done() if r.get("seed") == selected["seed"])
                 errors = _babi_errors(chosen, split)

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from memnet.cli.suite.errors import EvaluationUnavailable, SuiteError
-from memnet.cli.suite.evaluators import EVALUATORS, evaluation_answers
+from memnet.cli.suite.evaluators import EVALUATORS, evaluation_answers, evaluation_options
 from memnet.cli.suite.spec import BUDGET_KEYS, Experiment, Suite, _resolve
 
 RECORD_FILE = "metrics.json"
@@ -85,6 +85,13 @@ class Run:
         except (OSError, json.JSONDecodeError):
             return None
         return summary.get("best_checkpoint") or summary.get("last_checkpoint")
+
+    def settings(self) -> dict[str, Any]:
+        """What the run is trained with, as the suite names it (configs, overrides, budget, seed_args),
+        kept in its record so that a report can tell a run trained under other settings than the suite's now."""
+        experiment = self.experiment
+        return json.loads(json.dumps({"configs": list(experiment.configs), "overrides": experiment.overrides,
+                                      "budget": experiment.budget, "seed_args": list(experiment.seed_args)}))
 
     def last_checkpoint(self) -> Path | None:
         path = self.folder / "checkpoints" / "last.ckpt"
@@ -362,6 +369,13 @@ class SuiteRunner:
             f"[suite {self.suite.name}] {len(runs)} runs, {len(runs) - len(todo)} already done, "
             f"results in {self.results}"
         )
+        for run in runs:  # a suite file changed since: said here, and named beside the numbers in the report
+            trained_with = (run.record() or {}).get("settings")
+            kept = run.is_done() or run.is_trained()
+            if trained_with is not None and trained_with != run.settings() and (kept or run.last_checkpoint()):
+                what = "kept as trained" if kept else "resumed from its last checkpoint"
+                progress.event(f"[suite {self.suite.name}] warning: {run.name} was trained with other settings than "
+                               f"the suite's now; {what} (the report names it; move its folder away to train it anew)")
         counts = {"done": 0, "evaluated": 0, "failed": 0, "interrupted": 0, "skipped": len(runs) - len(todo)}
         previous_handler = None
         if threading.current_thread() is threading.main_thread():  # SIGTERM stops like Ctrl-C
@@ -466,13 +480,18 @@ class SuiteRunner:
             summary_path.unlink(missing_ok=True)
             resume = run.last_checkpoint()
             before = _seconds_before(previous, resume)
+            settings = run.settings()
+            # a run resumed under other settings than its checkpoint was trained with: the first ones stay named
+            started_with = (previous.get("resumed_from_settings") or previous.get("settings")) if resume else None
+            provenance = {"settings": settings,
+                          "resumed_from_settings": started_with if started_with not in (None, settings) else None}
             argv = ["-m", "memnet.cli", *run.fit_argv(base=self.base, resume_from=resume)]
             (run.folder / "command.json").write_text(
                 json.dumps({"argv": argv, "cwd": str(self.base)}, indent=2)
             )
             self._event(event="start", run=run.name, resume_from=str(resume) if resume else None)
             self._write_record(run, status="running", resume_from=str(resume) if resume else None,
-                               train_seconds=round(before, 3), started_at=time.time())
+                               train_seconds=round(before, 3), started_at=time.time(), **provenance)
             code = self._process(argv, run.folder / "train.log", slot)
             train_seconds = before + time.monotonic() - started
             if self.stopping:
@@ -566,9 +585,13 @@ class SuiteRunner:
             result = evaluator.collect(run, spec)
         except EvaluationUnavailable as error:
             return {"kind": spec["kind"], "status": "unavailable", "error": str(error)}
-        return {"kind": spec["kind"], "status": "done", **result}
+        return {"kind": spec["kind"], "status": "done", "options": evaluation_options(spec), **result}
 
     def _write_record(self, run: Run, **fields: Any) -> dict[str, Any]:
+        previous = run.record() or {}
+        for key in ("settings", "resumed_from_settings"):  # what the run was trained with, kept until it trains again
+            if key not in fields and previous.get(key) is not None:
+                fields[key] = previous[key]
         record = {
             "suite": self.suite.name,
             "experiment": run.experiment.name,
