@@ -336,6 +336,26 @@ def test_a_job_submitit_does_not_requeue_leaves_its_run_failed(tmp_path, monkeyp
     assert L._requeue_count(tmp_path / "r", "a/seed_0") == 0  # the requeue submitit refused is not counted
 
 
+def test_a_signal_before_the_job_waits_on_its_run_still_leaves_the_run_failed(tmp_path, monkeypatch):
+    """The run's thread can get to the signal before the main thread waits on it (a busy machine: CI failed so):
+    the refusal then came out of ``Thread.start``, outside the handling that marks the run failed."""
+    start = threading.Thread.start
+
+    def start_then_pause(thread: threading.Thread) -> None:
+        start(thread)
+        time.sleep(2.0)  # the run writes its record and signals meanwhile; the handler runs in this sleep
+
+    def refuse(job: L.SuiteJob) -> None:
+        job.checkpoint()
+        raise UncompletedJobError("Job not requeued because: timed-out too many times.")
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_pause)
+    with pytest.raises(UncompletedJobError):
+        _preempted_job(tmp_path, monkeypatch, refuse)
+    record = json.loads((tmp_path / "r" / "a" / "seed_0" / S.RECORD_FILE).read_text())
+    assert (record["status"], record.get("stage"), record["train_seconds"]) == ("failed", "job", 42.0)
+
+
 def test_a_pending_job_trains_the_suite_it_was_submitted_with(tmp_path, monkeypatch):
     """A second submission to the same results folder, or a refused one, does not change a pending job's suite."""
     path = write_suite(tmp_path / "s.yaml")

@@ -265,8 +265,10 @@ class SuiteJob:
 
         # The run goes on in a thread, so that the main thread stays free for submitit's signal handler.
         self._worker = threading.Thread(target=work, name=f"suite-run {run.name}", daemon=True)
-        self._worker.start()
         try:
+            # started inside the try: a signal that comes before the first join (a preemption at once, or a
+            # busy machine) must end the run the same way
+            self._worker.start()
             while self._worker.is_alive():
                 self._worker.join(timeout=0.5)
         except Exception as error:
