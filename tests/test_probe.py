@@ -144,12 +144,17 @@ def test_plot_writes_a_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_callback_draws_and_logs_during_training(tmp_path):
+def _one_batch_run():
+    """An Elman network, its one batch of float32 sequences and a loader of that batch."""
     torch.manual_seed(5)
     net = RecurrentModel(D, K, controller=partial(ElmanRNN, hidden_size=H))
     inputs, targets = _data(5, torch.float32)
     batch = {"inputs": inputs, "targets": targets, "mask": torch.ones(B, T), "length": T}
-    loader = torch.utils.data.DataLoader([batch], batch_size=None)
+    return net, inputs, targets, torch.utils.data.DataLoader([batch], batch_size=None)
+
+
+def test_callback_draws_and_logs_during_training(tmp_path):
+    net, _, _, loader = _one_batch_run()
     probe = GradientProbe(max_sequences=2)
     trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=tmp_path, callbacks=[probe])
@@ -162,11 +167,7 @@ def test_callback_draws_and_logs_during_training(tmp_path):
 
 
 def test_callback_probes_under_trainer_validate(tmp_path):
-    torch.manual_seed(5)
-    net = RecurrentModel(D, K, controller=partial(ElmanRNN, hidden_size=H))
-    inputs, targets = _data(5, torch.float32)
-    batch = {"inputs": inputs, "targets": targets, "mask": torch.ones(B, T), "length": T}
-    loader = torch.utils.data.DataLoader([batch], batch_size=None)
+    net, inputs, targets, loader = _one_batch_run()
     probe = GradientProbe(max_sequences=2)
     trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=tmp_path, callbacks=[probe])
