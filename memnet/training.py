@@ -151,9 +151,16 @@ class MemnetModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["memnet_skipped_steps"] = self.skipped_steps
+        # the generators of the modules that draw in training (MemN2N's random noise): a resume continues them
+        states = {name: module.rng_state() for name, module in self.named_modules() if hasattr(module, "rng_state")}
+        checkpoint["memnet_rng_states"] = {name: state for name, state in states.items() if state is not None}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.skipped_steps = checkpoint.get("memnet_skipped_steps", 0)
+        states = checkpoint.get("memnet_rng_states", {})  # absent in checkpoints from before they were kept
+        for name, module in self.named_modules():
+            if name in states and hasattr(module, "set_rng_state"):
+                module.set_rng_state(states[name])
         trainer = self._trainer
         if trainer is None or trainer.state.fn != "fit":
             return

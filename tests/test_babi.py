@@ -604,6 +604,51 @@ def test_table_command_evaluates_a_trained_checkpoint(tmp_path, monkeypatch, cap
     assert "| 1: single-supporting-fact |" in out and "(2 tasks)" in out
 
 
+@needs_data
+def test_a_resumed_memn2n_run_continues_its_random_noise_and_ends_with_the_unbroken_runs_weights(tmp_path, monkeypatch):
+    """Two epochs in one go, and 1 + 1 through a checkpoint: the RN generator (seeded by the recipe) continues
+    where it was, instead of drawing the first epoch's noise again, so the weights are the same bit for bit."""
+    from memnet.cli import main
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "memn2n" / "babi_task_1k.yaml"
+    monkeypatch.chdir(tmp_path)
+    common = ["fit", "--config", str(config), "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+              "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1", f"--data.init_args.data_dir={ARCHIVE}",
+              f"--data.init_args.cache_dir={tmp_path / 'cache'}", "--data.init_args.tasks=[1]"]
+    main([*common, "--trainer.max_epochs=2", f"--checkpoint.dirpath={tmp_path / 'whole'}"])
+    main([*common, "--trainer.max_epochs=1", f"--checkpoint.dirpath={tmp_path / 'halves'}"])
+    main([*common, "--trainer.max_epochs=2", f"--checkpoint.dirpath={tmp_path / 'halves'}",
+          "--ckpt_path", str(tmp_path / "halves" / "last.ckpt")])
+    whole, halves = (torch.load(tmp_path / name / "last.ckpt", weights_only=False) for name in ("whole", "halves"))
+    assert whole["global_step"] == halves["global_step"] == 6
+    assert set(whole["memnet_rng_states"]) == {"net"}
+    assert torch.equal(whole["memnet_rng_states"]["net"]["state"], halves["memnet_rng_states"]["net"]["state"])
+    for name, tensor in whole["state_dict"].items():
+        assert torch.equal(tensor, halves["state_dict"][name]), name
+
+
+def test_memn2n_random_noise_state_round_trips_and_a_checkpoint_without_it_still_loads():
+    from memnet.lightning import QAModule
+    from memnet.models.memn2n import MemN2N
+
+    def module() -> QAModule:
+        return QAModule(MemN2N(30, 5, memory_size=20, seed=3))
+
+    first = module()
+    present = torch.ones(8, 20, dtype=torch.bool)
+    present[:, 15:] = False
+    first.net.time_indices(present, first.net._rn_generator(present.device))
+    checkpoint: dict = {}
+    first.on_save_checkpoint(checkpoint)
+    unbroken = first.net.time_indices(present, first.net._rn_generator(present.device))
+    resumed = module()
+    resumed.on_load_checkpoint(checkpoint)
+    assert torch.equal(resumed.net.time_indices(present, resumed.net._rn_generator(present.device)), unbroken)
+    fresh = module()
+    fresh.on_load_checkpoint({})  # a checkpoint from before the state was kept: the seed's draws
+    assert not torch.equal(fresh.net.time_indices(present, fresh.net._rn_generator(present.device)), unbroken)
+
+
 @pytest.mark.parametrize("value, expected", [
     ("", "MEMNET_DATA_DIR is set but empty"),
     ("{tmp}/absent", "MEMNET_DATA_DIR={tmp}/absent does not exist"),
