@@ -11,7 +11,7 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
-from memnet.utils import check_positive
+from memnet.utils import SeededDraws, check_positive
 
 # The constant every slot starts at under the default "constant" scheme. A small
 # non-zero value keeps cosine similarity defined on the first step and breaks no
@@ -73,17 +73,23 @@ class MemoryInit(nn.Module):
         ``constant``: every entry is ``CONSTANT_INIT`` (the default; fastest to converge).
         ``learned``: one learned vector of width W shared by every slot, so that the
             parameters do not depend on N and the memory can be enlarged at evaluation.
-        ``random``: entries drawn from N(0, ``random_std``²) per episode. Pass a
-            ``torch.Generator`` for reproducible draws.
+        ``random``: entries drawn from N(0, ``random_std``²) per episode, from the module's
+            own generator (seeded by ``seed``, its state kept in checkpoints, so a resumed run
+            draws what the unbroken run would) in training, and the same draw at every call in
+            evaluation (a checkpoint's validation does not depend on what ran before it). A
+            ``torch.Generator`` passed to ``forward`` is used instead.
 
     Args:
         word_size: W, the width of a slot.
         scheme: one of ``constant``, ``learned``, ``random``.
         random_std: standard deviation of the ``random`` scheme.
+        seed: seed of the ``random`` scheme's draws; default ``torch.initial_seed()`` (the run's
+            ``seed_everything``).
     """
 
     def __init__(
-        self, *, word_size: int, scheme: MemoryInitScheme = "constant", random_std: float = 0.5
+        self, *, word_size: int, scheme: MemoryInitScheme = "constant", random_std: float = 0.5,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         if scheme not in ("constant", "learned", "random"):
@@ -94,6 +100,8 @@ class MemoryInit(nn.Module):
         self.scheme = scheme
         self.word_size = word_size
         self.random_std = random_std
+        self.seed = torch.initial_seed() if seed is None else seed
+        self._draws = SeededDraws(self.seed) if scheme == "random" else None
         if scheme == "learned":
             self.bias = nn.Parameter(torch.empty(word_size).uniform_(-0.1, 0.1))
 
@@ -113,8 +121,21 @@ class MemoryInit(nn.Module):
             return torch.full(shape, CONSTANT_INIT, device=device, dtype=dtype)
         if self.scheme == "learned":
             return repeat(self.bias.to(dtype or self.bias.dtype), "w -> b n w", b=batch_size, n=memory_size)
+        if generator is None:  # training continues the module's draws; evaluation draws the same each time
+            device = torch.device("cpu") if device is None else torch.device(device)
+            generator = (self._draws.generator(device) if self.training
+                         else torch.Generator(device=device).manual_seed(self.seed))
         noise = torch.randn(shape, device=device, dtype=dtype, generator=generator)
         return noise * self.random_std
+
+    def rng_state(self) -> dict | None:
+        """The ``random`` scheme's generator state for a checkpoint (None: another scheme, or nothing drawn)."""
+        return None if self._draws is None else self._draws.state()
+
+    def set_rng_state(self, state: dict) -> None:
+        """Continue the training draws from ``state`` (what :meth:`rng_state` returned)."""
+        if self._draws is not None:
+            self._draws.set_state(state)
 
 
 class InitialWeights(nn.Module):

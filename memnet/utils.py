@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from collections.abc import Sized
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,43 @@ class EpochShuffle(torch.utils.data.Sampler):
         order = torch.randperm(self.size, generator=generator).tolist()
         self.epoch += 1
         return iter(order)
+
+
+class SeededDraws:
+    """A module's own seeded ``torch.Generator`` for what it draws in training, kept in checkpoints.
+
+    ``generator(device)`` makes it from ``seed`` on first use (and again on another device);
+    ``state()`` and ``set_state(state)`` are what a module's ``rng_state`` / ``set_rng_state``
+    return and take, so that :class:`memnet.training.MemnetModule` saves the draws' position in
+    a checkpoint and a resumed run continues them instead of drawing the seed's first ones again.
+    A state set before the generator exists is applied when it is made.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self._generator: torch.Generator | None = None
+        self._pending: dict | None = None
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        if self._generator is None or self._generator.device != device:
+            generator = torch.Generator(device=device).manual_seed(self.seed)
+            pending, self._pending = self._pending, None
+            if pending is not None and pending["device"] == generator.device.type:
+                generator.set_state(pending["state"])
+            elif pending is not None:
+                warnings.warn(f"a random generator's state was saved on {pending['device']}; on "
+                              f"{generator.device.type} its draws start again from seed {self.seed}", stacklevel=3)
+            self._generator = generator
+        return self._generator
+
+    def state(self) -> dict | None:
+        """The generator's state (None: nothing drawn yet and nothing restored)."""
+        if self._generator is None:
+            return self._pending
+        return {"device": self._generator.device.type, "state": self._generator.get_state()}
+
+    def set_state(self, state: dict) -> None:
+        self._generator, self._pending = None, state
 
 
 class LengthGroupedSampler(DistributedSampler):

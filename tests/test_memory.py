@@ -79,6 +79,36 @@ def test_memory_init_schemes():
     assert a.std() > 0.1
 
 
+def test_random_memory_init_draws_its_own_stream_kept_in_checkpoints_and_one_draw_in_evaluation():
+    from memnet.lightning import SequenceModule
+    from memnet.models.ntm import NTM
+
+    random = mem.MemoryInit(word_size=W, scheme="random", seed=5)
+    first = random(B, N)
+    state = random.rng_state()
+    second = random(B, N)
+    assert not torch.equal(first, second)  # training: the stream goes on
+    resumed = mem.MemoryInit(word_size=W, scheme="random", seed=5)
+    resumed.set_rng_state(state)
+    assert torch.equal(resumed(B, N), second)  # from a checkpoint's state: the unbroken run's next draw
+    random.eval()
+    torch.manual_seed(1)
+    evaluated = random(B, N)
+    torch.manual_seed(2)  # the global generator plays no part
+    assert torch.equal(random(B, N), evaluated) and torch.equal(mem.MemoryInit(word_size=W, scheme="random", seed=5).eval()(B, N), evaluated)
+    assert mem.MemoryInit(word_size=W).rng_state() is None
+
+    module = SequenceModule(NTM(4, 4, memory_size=N, word_size=W, memory_init="random"))
+    module.net(torch.zeros(2, 3, 4))
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    assert set(checkpoint["memnet_rng_states"]) == {"net.memory_init"}
+    after = module.net.memory_init(B, N)
+    module.net.memory_init(B, N)
+    module.on_load_checkpoint(checkpoint)
+    assert torch.equal(module.net.memory_init(B, N), after)
+
+
 def test_memory_init_rejects_bad_values():
     with pytest.raises(ValueError, match="memory_init"):
         mem.MemoryInit(word_size=W, scheme="zeros")

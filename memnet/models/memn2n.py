@@ -58,7 +58,6 @@ Axes:  b - batch, n - memory slots, j - words, d - embedding, v - vocabulary, a 
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Literal
 
 import torch
@@ -67,7 +66,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from memnet.models.pretrained import Pretrained
-from memnet.utils import check_positive, check_range
+from memnet.utils import SeededDraws, check_positive, check_range
 
 Encoding = Literal["bow", "position"]
 Tying = Literal["adjacent", "layerwise"]
@@ -226,8 +225,7 @@ class MemN2N(Pretrained, nn.Module):
         self.sentence_length = sentence_length
         self.empty_memory = empty_memory
         self.answer_layer = answer_layer
-        self._generator: torch.Generator | None = None
-        self._pending_rng: dict | None = None  # a checkpoint's RN state, applied when the generator is made
+        self._draws = None if seed is None else SeededDraws(seed)  # the RN draws, kept in checkpoints
         self.register_buffer("softmax_enabled", torch.tensor(not linear_start), persistent=True)
 
         def embedding(rows: int, padding: bool) -> nn.Embedding:
@@ -420,18 +418,7 @@ class MemN2N(Pretrained, nn.Module):
         return ordered.clamp_max(self.memory_size - 1)
 
     def _rn_generator(self, device: torch.device) -> torch.Generator | None:
-        if self.seed is None:
-            return None
-        if self._generator is None or self._generator.device != device:
-            generator = torch.Generator(device=device).manual_seed(self.seed)
-            pending, self._pending_rng = self._pending_rng, None
-            if pending is not None and pending["device"] == generator.device.type:
-                generator.set_state(pending["state"])
-            elif pending is not None:
-                warnings.warn(f"the random-noise generator's state was saved on {pending['device']}; on "
-                              f"{generator.device.type} its draws start again from seed {self.seed}", stacklevel=2)
-            self._generator = generator
-        return self._generator
+        return None if self._draws is None else self._draws.generator(device)
 
     def rng_state(self) -> dict | None:
         """The RN generator's state for a checkpoint (None: no seed, or nothing drawn yet).
@@ -439,13 +426,12 @@ class MemN2N(Pretrained, nn.Module):
         A run resumed from a checkpoint continues the draws where the unbroken run was
         (:meth:`memnet.training.MemnetModule.on_save_checkpoint` keeps it).
         """
-        if self._generator is None:
-            return self._pending_rng
-        return {"device": self._generator.device.type, "state": self._generator.get_state()}
+        return None if self._draws is None else self._draws.state()
 
     def set_rng_state(self, state: dict) -> None:
         """Continue the RN draws from ``state`` (what :meth:`rng_state` returned)."""
-        self._generator, self._pending_rng = None, state
+        if self._draws is not None:
+            self._draws.set_state(state)
 
     def forward(self, story: torch.Tensor, query: torch.Tensor, *, return_attention: bool = False):
         """story (B, N, J) and query (B, Jq) token ids -> answer logits (B, A).
