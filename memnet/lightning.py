@@ -53,7 +53,7 @@ from memnet.training import (  # noqa: F401  (re-exported: memnet.lightning.Memn
     configure_optimizers,
     scheduler_config,
 )
-from memnet.utils import accepts_keyword
+from memnet.utils import MemnetError, accepts_keyword, check_positive
 
 
 class SequenceModule(MemnetModule):
@@ -82,8 +82,8 @@ class SequenceModule(MemnetModule):
         eval_memory_size: int | None = None,
         nonfinite_grads: NonFinite = "skip",
     ) -> None:
-        if eval_memory_size is not None and eval_memory_size < 1:
-            raise ValueError(f"eval_memory_size must be a positive integer, got {eval_memory_size!r}")
+        if eval_memory_size is not None:  # not 2.5, True or "64": a count of slots
+            check_positive(eval_memory_size=eval_memory_size)
         super().__init__(
             net, optimizer=optimizer, scheduler=scheduler, scheduler_interval=scheduler_interval,
             nonfinite_grads=nonfinite_grads,
@@ -339,7 +339,8 @@ class Seq2SeqModule(MemnetModule):
                            epoch's scored tokens
         token_accuracy     share of target tokens predicted right under teacher forcing (the same)
         sequence_accuracy  (val, test) share of greedy decodings equal to the whole target, EOS included
-    and per source length as ``val/len_8/sequence_accuracy``.
+    and per source length as ``val/len_8/sequence_accuracy``. A target of PAD alone is not scored; a
+    validation or test epoch with no scored token is an error (``MemnetError``), not a NaN or 0.
 
     ``memnet predict`` decodes the predict set greedily and prints the first
     ``print_predictions`` sequences (source, target, decoded, ✓/✗).
@@ -349,7 +350,8 @@ class Seq2SeqModule(MemnetModule):
         optimizer: optimiser factory; default Adam.
         scheduler: optional learning-rate scheduler factory.
         scheduler_interval: step the scheduler every ``epoch`` or ``step``.
-        seed: seed of the teacher-forcing coin flips.
+        seed: seed of the teacher-forcing coin flips (the generator's state is saved in checkpoints:
+            a resumed run draws the flips the uninterrupted run would have drawn).
         print_predictions: sequences printed by ``predict`` (0: none).
     """
 
@@ -368,15 +370,23 @@ class Seq2SeqModule(MemnetModule):
         print_predictions: int = 10,
         nonfinite_grads: NonFinite = "skip",
     ) -> None:
-        if not isinstance(print_predictions, int) or print_predictions < 0:
+        if not isinstance(print_predictions, int) or isinstance(print_predictions, bool) or print_predictions < 0:
             raise ValueError(f"print_predictions must be a non-negative integer, got {print_predictions!r}")
         super().__init__(
             net, optimizer=optimizer, scheduler=scheduler, scheduler_interval=scheduler_interval,
             nonfinite_grads=nonfinite_grads,
         )
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)  # its state is saved in checkpoints
         self.print_predictions = print_predictions
         self._printed = 0
+
+    def rng_state(self) -> dict:
+        """The teacher-forcing generator's state, kept in checkpoints (``MemnetModule.on_save_checkpoint``)."""
+        return {"device": "cpu", "state": self.generator.get_state()}
+
+    def set_rng_state(self, state: dict) -> None:
+        """A resumed run draws the coin flips the uninterrupted run would have drawn, not the seed's first ones."""
+        self.generator.set_state(state["state"])
 
     def forward(self, source: torch.Tensor, target: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         """source (B, S), target (B, T) -> logits (B, T, V)."""
@@ -387,7 +397,6 @@ class Seq2SeqModule(MemnetModule):
         source, target = batch["source"], batch["target"]
         logits = self(source, target, generator=self.generator)
         metrics = token_metrics(logits, target, pad_index=self.net.pad_index)
-        batch_size = source.shape[0]
         if stage == "train":  # the epoch's values weighted by scored tokens: per token of the epoch, as in validation
             tokens = max(int((target != self.net.pad_index).sum()), 1)
             self.log(f"{stage}/loss", metrics["loss"], prog_bar=True, on_step=True, on_epoch=True, batch_size=tokens,
@@ -395,23 +404,31 @@ class Seq2SeqModule(MemnetModule):
             self.log(f"{stage}/token_accuracy", metrics["token_accuracy"], on_step=True, on_epoch=True,
                      batch_size=tokens, sync_dist=True)
         else:  # logged at the epoch's end from sums (log_epoch_value): per token, per sequence, per length
+            # a target of PAD alone has no token to score: it weighs 0 (its loss, a mean over no token, is NaN)
+            scored = (target != self.net.pad_index).any(dim=1)  # (B,)
             decoded = self.net.generate(source, max_length=target.shape[1])
-            correct = sequence_accuracy(decoded, target, pad_index=self.net.pad_index).sum()
+            correct = (sequence_accuracy(decoded, target, pad_index=self.net.pad_index) * scored).sum()
             tokens = (target != self.net.pad_index).sum().float()
-            self.epoch_metrics.update(stage, int(batch.get("length", -1)), batch_size, torch.stack([
-                metrics["loss"].float() * tokens, tokens, metrics["token_accuracy"].float() * tokens, correct.float(),
+            nats = torch.where(tokens > 0, metrics["loss"].float() * tokens, 0.0)
+            self.epoch_metrics.update(stage, int(batch.get("length", -1)), int(scored.sum()), torch.stack([
+                nats, tokens, metrics["token_accuracy"].float() * tokens, correct.float(),
             ]))
         return metrics["loss"]
 
     def log_epoch_value(self, stage: str, rows: torch.Tensor) -> None:
         """The epoch's loss and token accuracy per scored token, its sequence accuracy, and that per source length."""
-        # columns: length, sequences, nats, tokens, right tokens, right sequences (model_step, LengthSums)
+        # columns: length, sequences, nats, tokens, right tokens, right sequences (model_step, LengthSums);
+        # sequences and tokens are the scored ones, of targets holding a token other than PAD
         _, sequences, nats, tokens, right_tokens, right_sequences = rows.sum(0)
-        self.log(f"{stage}/loss", (nats / tokens.clamp_min(1)).float(), prog_bar=True, sync_dist=True)
-        self.log(f"{stage}/token_accuracy", (right_tokens / tokens.clamp_min(1)).float(), sync_dist=True)
+        if tokens == 0:  # a loss and accuracies of 0 (or NaN) would be monitored, early-stopped on, as if measured
+            raise MemnetError(
+                f"the {stage} epoch had no token to score: all its targets are PAD (id {self.net.pad_index}); "
+                f"check the {stage} set's targets and the net's pad_index")
+        self.log(f"{stage}/loss", (nats / tokens).float(), prog_bar=True, sync_dist=True)
+        self.log(f"{stage}/token_accuracy", (right_tokens / tokens).float(), sync_dist=True)
         self.log(f"{stage}/sequence_accuracy", (right_sequences / sequences).float(), prog_bar=True, sync_dist=True)
         for length, count, *_, right in rows:
-            if length >= 0:
+            if length >= 0 and count > 0:  # a length of PAD targets alone has no score
                 self.log(length_key(stage, int(length), "sequence_accuracy"), (right / count).float(), sync_dist=True)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:

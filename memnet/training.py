@@ -151,7 +151,8 @@ class MemnetModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["memnet_skipped_steps"] = self.skipped_steps
-        # the generators of the modules that draw in training (MemN2N's random noise): a resume continues them
+        # the generators of what draws in training (MemN2N's random noise, random initial memories, seq2seq's
+        # teacher forcing: modules with rng_state / set_rng_state): a resume continues their draws
         states = {name: module.rng_state() for name, module in self.named_modules() if hasattr(module, "rng_state")}
         checkpoint["memnet_rng_states"] = {name: state for name, state in states.items() if state is not None}
 

@@ -273,6 +273,40 @@ def test_seq2seq_validation_scores_are_per_token_and_per_sequence_of_the_epoch()
     assert logged["val/len_9/sequence_accuracy"] == pytest.approx(float(right[1].mean()))
 
 
+def test_seq2seq_targets_of_pad_alone_weigh_nothing_and_an_epoch_of_them_is_refused():
+    """A validation batch whose targets are all PAD (no token to score) made ``val/loss`` NaN (its loss, a mean
+    over no token, times 0 tokens); an epoch of them logged a NaN loss and a token accuracy of 0 as if measured."""
+    from memnet.metrics import sequence_accuracy, token_metrics
+    from memnet.models.seq2seq import Seq2Seq
+    from memnet.utils import MemnetError
+
+    torch.manual_seed(0)
+    net = Seq2Seq(8, 8, embedding_size=4)
+    module = Seq2SeqModule(net)
+    g = torch.Generator().manual_seed(0)
+    scored = {"source": torch.randint(3, 8, (3, 2), generator=g), "length": 2,
+              "target": torch.cat([torch.randint(3, 8, (3, 4), generator=g), torch.full((3, 1), 2)], dim=1)}
+    pad_only = {"source": torch.randint(3, 8, (2, 5), generator=g), "target": torch.zeros(2, 3, dtype=torch.long),
+                "length": 5}
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+
+    def validate(batches):
+        loader = torch.utils.data.DataLoader(batches, batch_size=None)
+        return trainer.validate(module, dataloaders=loader, verbose=False)[0]
+
+    logged = validate([scored, pad_only])
+    module.eval()
+    with torch.no_grad():
+        expected = token_metrics(module(scored["source"], scored["target"]), scored["target"])
+        right = sequence_accuracy(net.generate(scored["source"], max_length=5), scored["target"])
+    assert logged["val/loss"] == pytest.approx(float(expected["loss"]), rel=1e-5)
+    assert logged["val/token_accuracy"] == pytest.approx(float(expected["token_accuracy"]), rel=1e-5)
+    assert logged["val/sequence_accuracy"] == pytest.approx(float(right.mean()))
+    assert "val/len_5/sequence_accuracy" not in logged  # a length of PAD targets alone has no score
+    with pytest.raises(MemnetError, match=r"the val epoch had no token to score: all its targets are PAD \(id 0\)"):
+        validate([pad_only])
+
+
 def test_training_epoch_loss_is_per_scored_bit_and_token_accuracy_per_token():
     """``train/loss`` over an epoch of batches of length 1 and 12 is the epoch's nats over its scored bits, as
     ``val/loss`` on the same batches (a mean of the batches' losses weighted by sequences was 0.798 against 0.739);
@@ -364,6 +398,19 @@ def test_resuming_a_one_cycle_schedule_stepped_per_epoch_compares_epochs(tmp_pat
     with pytest.raises(MemnetError, match="schedule is 3 epochs long .* cannot resume to trainer.max_epochs 5"):
         pl.Trainer(max_epochs=5, **options).fit(_one_cycle_per_epoch(), train_dataloaders=loader,
                                                 ckpt_path=tmp_path / "last.ckpt")
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, 64.0, True, "64"])
+def test_eval_memory_size_must_be_a_positive_integer(value):
+    """2.5, 64.0 and True were taken as a number of slots, and "64" failed with a TypeError naming nothing."""
+    with pytest.raises(ValueError, match=rf"eval_memory_size must be a positive integer, got {value!r}"):
+        SequenceModule(nn.Linear(3, 2), eval_memory_size=value)
+
+
+@pytest.mark.parametrize("value", [True, 2.0, -1])
+def test_print_predictions_must_be_a_non_negative_integer(value):
+    with pytest.raises(ValueError, match=rf"print_predictions must be a non-negative integer, got {value!r}"):
+        Seq2SeqModule(nn.Linear(3, 2), print_predictions=value)
 
 
 def test_eval_memory_size_on_a_network_without_memory_is_refused_naming_the_setting():

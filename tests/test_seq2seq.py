@@ -78,6 +78,39 @@ def test_partial_teacher_forcing_is_seeded():
     assert not torch.allclose(run(3), run(4)) or not torch.allclose(run(3), run(5))
 
 
+def test_resumed_training_repeats_the_teacher_forcing_coin_flips(tmp_path):
+    """2 epochs, a checkpoint, 2 more end with the weights of 4 epochs straight: the coin flips' generator was
+    not in the checkpoint, so the resumed run drew the seed's first flips again and its weights differed."""
+    import pytorch_lightning as pl
+
+    def module():
+        torch.manual_seed(0)
+        net = Seq2Seq(7, 7, embedding_size=3, encoder=partial(GRUController, hidden_size=4),
+                      decoder=partial(GRUController, hidden_size=4), teacher_forcing_ratio=0.5)
+        return Seq2SeqModule(net, seed=3)
+
+    g = torch.Generator().manual_seed(0)
+    batches = [{"source": torch.randint(3, 7, (5, 3), generator=g),
+                "target": torch.cat([torch.randint(3, 7, (5, 2), generator=g), torch.full((5, 1), 2)], dim=1)}
+               for _ in range(2)]
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)
+
+    def trainer(epochs):
+        return pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                          enable_model_summary=False, default_root_dir=tmp_path)
+
+    straight = module()
+    trainer(4).fit(straight, loader)
+    first = trainer(2)
+    first.fit(module(), loader)
+    first.save_checkpoint(tmp_path / "half.ckpt")
+    resumed = module()
+    trainer(4).fit(resumed, loader, ckpt_path=tmp_path / "half.ckpt")
+    for (name, value), resumed_value in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(value, resumed_value), name
+    assert torch.equal(resumed.generator.get_state(), straight.generator.get_state())
+
+
 def test_evaluation_mode_scores_the_true_answer():
     model = _model("none", teacher_forcing_ratio=0.0).eval()
     source, target = _batch(3)
