@@ -224,6 +224,15 @@ def test_priority_sort_outputs_the_highest_priorities_in_order():
     assert torch.all(mask[:, :21] == 0) and torch.all(mask[:, 21:] == 1)
 
 
+def test_priority_sort_puts_the_earlier_of_equal_priorities_first():
+    task = PrioritySortTask(width=6, num_outputs=16, min_length=40, max_length=40)
+    bits = torch.arange(40).bitwise_and(torch.tensor([1, 2, 4, 8, 16, 32])[:, None]).ne(0).T.float()  # 40 distinct
+    priorities = torch.tensor([0.5, -0.25, 0.75, 0.0] * 10)  # each value ten times
+    targets = task.encode(bits[None], priorities[None])["targets"][0, 41:]
+    expected = [i for i in range(2, 40, 4)] + [i for i in range(0, 40, 4)][:6]  # the 0.75s, then the 0.5s, in input order
+    torch.testing.assert_close(targets, bits[expected])
+
+
 def test_priority_sort_generalises_to_more_inputs():
     batch = PrioritySortTask().sample_batch(seeded(), 2, 40)
     assert batch["inputs"].shape[1] == 40 + 1 + 16

@@ -14,7 +14,8 @@ class PrioritySortTask(AlgorithmicTask):
     NTM paper §4.5. Each of ``length`` (20) random binary vectors comes with a
     priority drawn uniformly from [−1, 1] on its own channel; after a delimiter
     the model writes the ``num_outputs`` (16) vectors of highest priority, the
-    highest first. Input channels: ``width`` data, priority, delimiter.
+    highest first (of equal priorities, the earlier input first). Input channels:
+    ``width`` data, priority, delimiter.
 
     Worked example (width 2, 3 inputs, 2 outputs)::
 
@@ -104,7 +105,9 @@ class PrioritySortTask(AlgorithmicTask):
         inputs[:, :length, :width] = bits
         inputs[:, :length, width] = priorities
         inputs[:, length, width + 1] = 1.0  # delimiter
-        order = priorities.argsort(dim=1, descending=True)[:, : self.num_outputs]  # (B, num_outputs)
+        # stable: of equal priorities (float32 draws tie in about 1e-5 of the sequences) the earlier input comes
+        # first, the same target on every device, where an unstable sort's order of ties is the backend's
+        order = priorities.argsort(dim=1, descending=True, stable=True)[:, : self.num_outputs]  # (B, num_outputs)
         targets = bits.new_zeros(batch_size, steps, width)
         targets[:, length + 1 :] = bits.gather(1, repeat(order, "b k -> b k d", d=width))
         mask = bits.new_zeros(batch_size, steps)
