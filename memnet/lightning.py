@@ -557,11 +557,21 @@ class RidgeReadoutModule(RegressionModule):
         added up first, so that every process fits one read-out from the whole training set (a
         ``DistributedSampler`` repeats a set's last batches where it does not divide by the processes).
         """
+        total = self._total_sums()
+        if total.count == 0:
+            return
+        weight, bias = total.solve(ridge=self.ridge, dtype=self.net.output.weight.dtype)
+        with torch.no_grad():
+            self.net.output.weight.copy_(weight.to(self.net.output.weight.device))
+            self.net.output.bias.copy_(bias.to(self.net.output.bias.device))
+
+    def _total_sums(self) -> Any:
+        """The epoch's sums so far, of every DDP process (every process calls this at the same hooks)."""
         from memnet.models.recurrent import RidgeAccumulator
 
         mine = self._sums()
         total = mine
-        if self._trainer is not None and self.trainer.world_size > 1:  # every process calls this at the same hooks
+        if self._trainer is not None and self.trainer.world_size > 1:
             packed = torch.cat([mine.gram.flatten(), mine.cross.flatten(), mine.gram.new_tensor([mine.count])])
             packed = self.trainer.strategy.reduce(packed.to(self.device), reduce_op="sum").cpu()
             total = RidgeAccumulator(mine.gram.shape[0] - 1, mine.cross.shape[1])
@@ -569,12 +579,21 @@ class RidgeReadoutModule(RegressionModule):
             total.gram = packed[:gram_size].view_as(mine.gram).clone()
             total.cross = packed[gram_size:gram_size + cross_size].view_as(mine.cross).clone()
             total.count = int(packed[-1])
-        if total.count == 0:
-            return
-        weight, bias = total.solve(ridge=self.ridge, dtype=self.net.output.weight.dtype)
-        with torch.no_grad():
-            self.net.output.weight.copy_(weight.to(self.net.output.weight.device))
-            self.net.output.bias.copy_(bias.to(self.net.output.bias.device))
+        return total
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        resumable = checkpoint.get("memnet_train_epoch")
+        if resumable is not None:  # written in the middle of the epoch: the rows so far go with it
+            total = self._total_sums()
+            resumable["ridge_sums"] = {"gram": total.gram, "cross": total.cross, "count": total.count}
+
+    def on_train_start(self) -> None:
+        super().on_train_start()  # keeps the checkpoint's epoch only if this run resumes in its middle
+        sums = (self._resumed_epoch or {}).get("ridge_sums")
+        if sums is not None and self.trainer.is_global_zero:  # one process: they are every process's rows
+            accumulator = self._sums()
+            accumulator.gram, accumulator.cross, accumulator.count = sums["gram"], sums["cross"], sums["count"]
 
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()

@@ -27,7 +27,7 @@ from torch import nn
 from torchmetrics.utilities import dim_zero_cat
 
 from memnet.metrics import nrmse_from_sums, task_error_counts
-from memnet.utils import MemnetError
+from memnet.utils import MemnetError, batches_done
 
 Interval = Literal["step", "epoch"]  # when a learning-rate scheduler steps
 NonFinite = Literal["skip", "stop"]  # what a training step with non-finite gradients does
@@ -89,6 +89,7 @@ class MemnetModule(pl.LightningModule):
         self.scheduler = scheduler
         self.scheduler_interval = scheduler_interval
         self.epoch_metrics = None if self.epoch_metric is None else StageMetrics(self.epoch_metric)
+        self._resumed_epoch: dict | None = None  # the training epoch a checkpoint was written in the middle of
 
     def setup(self, stage: str) -> None:
         check_precision(self)
@@ -155,6 +156,8 @@ class MemnetModule(pl.LightningModule):
         # teacher forcing: modules with rng_state / set_rng_state): a resume continues their draws
         states = {name: module.rng_state() for name, module in self.named_modules() if hasattr(module, "rng_state")}
         checkpoint["memnet_rng_states"] = {name: state for name, state in states.items() if state is not None}
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            checkpoint["memnet_train_epoch"] = train_epoch_so_far(self)  # None unless written mid-epoch
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.skipped_steps = checkpoint.get("memnet_skipped_steps", 0)
@@ -162,6 +165,7 @@ class MemnetModule(pl.LightningModule):
         for name, module in self.named_modules():
             if name in states and hasattr(module, "set_rng_state"):
                 module.set_rng_state(states[name])
+        self._resumed_epoch = checkpoint.get("memnet_train_epoch")
         trainer = self._trainer
         if trainer is None or trainer.state.fn != "fit":
             return
@@ -208,8 +212,25 @@ class MemnetModule(pl.LightningModule):
         """Log the value ``epoch_metric`` computed over ``stage``'s epoch (a subclass with one writes it)."""
         raise NotImplementedError
 
+    def on_train_start(self) -> None:
+        resumed = self._resumed_epoch
+        if resumed is not None and resumed["epoch"] != self.trainer.current_epoch:
+            self._resumed_epoch = None
+        elif resumed is not None and self.epoch_metrics is not None and self.trainer.is_global_zero:
+            # resumed in the middle of the epoch (Lightning does not start it again: no on_train_epoch_start), its
+            # accumulation goes on from what the checkpoint holds (on one process: the other processes' batches
+            # were gathered into it when it was written)
+            self.epoch_metrics.restore("train", resumed["accumulated"])
+
     def on_train_epoch_start(self) -> None:
         self.reset_epoch("train")
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        resumed = self._resumed_epoch
+        if resumed is not None:  # the first batch after a resume: in the checkpoint's epoch, its values go on
+            if resumed["epoch"] == self.trainer.current_epoch:
+                add_logged_so_far(self, resumed["logged"])
+            self._resumed_epoch = None
 
     def on_validation_epoch_start(self) -> None:
         self.reset_epoch("val")
@@ -227,11 +248,50 @@ class MemnetModule(pl.LightningModule):
         self.log_epoch("test")
 
 
+def train_epoch_so_far(module: MemnetModule) -> dict[str, Any] | None:
+    """What the training epoch has accumulated when a checkpoint is written, for a resume in its middle.
+
+    Lightning keeps the position in the epoch but not what the epoch's logged values (``train/loss``,
+    ``train/error``, … with ``on_epoch=True``) and the module's own accumulation had gathered: resumed
+    from a checkpoint written mid-epoch (``every_n_train_steps``, a pre-emption, ``max_time``), the
+    epoch's values covered only its batches after the resume. Under DDP the sums are those of every
+    process. Read from Lightning's result collection (internal, 2.x; an unknown layout keeps nothing).
+    """
+    trainer = module.trainer
+    epoch_loop = trainer.fit_loop.epoch_loop
+    if not 0 < batches_done(trainer) < trainer.num_training_batches:
+        return None  # between epochs: the next one starts afresh
+    logged: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    results = getattr(epoch_loop, "_results", None)
+    for key, metric in (results.items() if isinstance(results, dict) else ()):
+        meta = getattr(metric, "meta", None)
+        if (meta is not None and getattr(metric, "is_tensor", False) and meta.on_epoch and meta.is_mean_reduction
+                and key.startswith("training_step.")):
+            value, weight = (trainer.strategy.reduce(tensor.detach().clone(), reduce_op="sum")
+                             for tensor in (metric.value, metric.cumulated_batch_size))
+            logged[key] = (value.cpu(), weight.cpu())
+    return {"epoch": trainer.current_epoch, "logged": logged,
+            "accumulated": None if module.epoch_metrics is None else module.epoch_metrics.state("train")}
+
+
+def add_logged_so_far(module: MemnetModule, logged: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Add what a checkpoint's epoch had logged (:func:`train_epoch_so_far`) to the resumed epoch's values."""
+    results = getattr(module.trainer.fit_loop.epoch_loop, "_results", None)
+    if not module.trainer.is_global_zero or not isinstance(results, dict):
+        return
+    for key, (value, weight) in logged.items():
+        metric = results.get(key)
+        if metric is not None and getattr(metric, "is_tensor", False):
+            metric.value = metric.value + value.to(metric.value)
+            metric.cumulated_batch_size = metric.cumulated_batch_size + weight.to(metric.cumulated_batch_size)
+
+
 class StageMetrics(nn.Module):
     """One torchmetrics ``Metric`` per stage (``train``, ``val``, ``test``), accumulated over its epoch.
 
     ``update(stage, ...)`` adds a batch; ``compute(stage)`` returns the epoch's value (synchronised
-    across DDP processes by torchmetrics) and resets the stage, or None if nothing was added.
+    across DDP processes by torchmetrics), or None if nothing was added; ``reset(stage)`` (at the
+    epoch's start) clears it. ``state`` and ``restore`` carry an epoch across a resume.
     """
 
     def __init__(self, make: Callable[[], torchmetrics.Metric]) -> None:
@@ -246,12 +306,30 @@ class StageMetrics(nn.Module):
         metric = self.stages[f"{stage}_epoch"]
         if not metric.update_called:
             return None
-        value = metric.compute()
-        metric.reset()
-        return value
+        return metric.compute()  # kept until the next epoch's start: a checkpoint written after this keeps it
 
     def reset(self, stage: str) -> None:
         self.stages[f"{stage}_epoch"].reset()
+
+    def state(self, stage: str) -> dict[str, torch.Tensor] | None:
+        """What ``stage`` accumulated so far, of every DDP process (list states concatenated), on the CPU."""
+        metric = self.stages[f"{stage}_epoch"]
+        if not metric.update_called:
+            return None
+        with metric.sync_context(should_sync=metric._to_sync and torch.distributed.is_available()
+                                 and torch.distributed.is_initialized()):
+            return {name: (dim_zero_cat(value) if isinstance(value, list) else value).detach().cpu().clone()
+                    for name, value in metric.metric_state.items()}
+
+    def restore(self, stage: str, state: dict[str, torch.Tensor] | None) -> None:
+        """Go on accumulating ``stage`` from ``state`` (what :meth:`state` returned; None: nothing)."""
+        if state is None:
+            return
+        metric = self.stages[f"{stage}_epoch"]
+        for name, default in metric._defaults.items():
+            value = state[name].to(metric.device)
+            setattr(metric, name, [value] if isinstance(default, list) else value)
+        metric._update_count = max(metric._update_count, 1)
 
 
 class TaskErrorCounts(torchmetrics.Metric):

@@ -62,6 +62,60 @@ def distributed_sampler(dataset: Sized, trainer: Any, *, shuffle: bool, seed: in
     return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
 
 
+def batches_done(trainer: Any) -> int:
+    """The training batches of the current epoch done when its data is (re)started: 0, except in a run resumed
+    from a checkpoint written in the middle of an epoch, where Lightning restores its place in the epoch and
+    runs only the epoch's remaining batches, but from a loader started afresh."""
+    fit_loop = getattr(trainer, "fit_loop", None)
+    if fit_loop is None:
+        return 0
+    # a checkpoint written at a batch's end (on_train_batch_end) counts it as processed, not yet completed;
+    # Lightning counts it as completed when it restarts (and then as processed no more)
+    current = fit_loop.epoch_loop.batch_progress.current
+    return int(max(current.processed, current.completed))
+
+
+class ResumableLoader(torch.utils.data.DataLoader):
+    """A training loader that takes up a resumed epoch where its checkpoint was written.
+
+    Resumed in the middle of an epoch, Lightning restores its place in the epoch and runs only the
+    epoch's remaining batches, but from a loader started afresh: without this they would be the
+    epoch's first batches, trained on twice, and its last ones never. This loader leaves out the
+    batches :func:`batches_done` counts, and sets its sampler's epoch to the trainer's
+    ``current_epoch`` (Lightning passes the epochs *processed*, which a run stopped in the middle of
+    an epoch by ``max_steps`` or ``max_time`` has counted one ahead: its resume would shuffle the
+    epoch as the next one). Its place is the trainer's, so its own ``state_dict`` is empty; having
+    one tells Lightning that it is resumable (it warns of unreliable results otherwise).
+
+    Args:
+        trainer: the trainer whose place it follows (the data module's; None: a plain loader).
+        *args, **kwargs: ``DataLoader``'s.
+    """
+
+    def __init__(self, *args: Any, trainer: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.trainer = trainer
+
+    def __iter__(self):
+        return self._resumed(super().__iter__())
+
+    def _resumed(self, iterator):
+        # at the first batch asked for, not when the iterator is made: Lightning makes it before it restores its
+        # place in the epoch and sets the sampler's epoch (the sampler is read at the first batch, with no workers)
+        epoch = getattr(self.trainer, "current_epoch", None)
+        if epoch is not None and hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+        for _ in range(batches_done(self.trainer)):  # drawn and dropped: the sampler's order goes on after them
+            next(iterator, None)
+        yield from iterator
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Nothing to restore: the place in the epoch is the trainer's."""
+
+
 class EpochShuffle(torch.utils.data.Sampler):
     """One process's shuffled order of ``size`` examples for the epoch Lightning sets, seeded by ``seed``.
 

@@ -35,7 +35,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from memnet.utils import distributed_sampler
+from memnet.utils import ResumableLoader, distributed_sampler
 from tasks.algorithmic.base import AlgorithmicTask
 from tasks.algorithmic.data import _mix
 
@@ -365,8 +365,10 @@ class SeriesDataModule(pl.LightningDataModule):
     def _loader(self, split: Literal["train", "val", "test"]) -> DataLoader:
         """The batches of ``split``; under DDP each process gets its own share (``distributed_sampler``)."""
         batches = self.make_set(split)
-        return DataLoader(batches, batch_size=None, sampler=distributed_sampler(batches, self.trainer,
-                                                                                 shuffle=False, seed=self.seed))
+        sampler = distributed_sampler(batches, self.trainer, shuffle=False, seed=self.seed)
+        if split == "train":  # resumed in the middle of an epoch: its remaining batches, not its first ones again
+            return ResumableLoader(batches, batch_size=None, sampler=sampler, trainer=self.trainer)
+        return DataLoader(batches, batch_size=None, sampler=sampler)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -605,26 +605,40 @@ def test_table_command_evaluates_a_trained_checkpoint(tmp_path, monkeypatch, cap
 
 
 @needs_data
-def test_a_resumed_memn2n_run_continues_its_random_noise_and_ends_with_the_unbroken_runs_weights(tmp_path, monkeypatch):
-    """Two epochs in one go, and 1 + 1 through a checkpoint: the RN generator (seeded by the recipe) continues
-    where it was, instead of drawing the first epoch's noise again, so the weights are the same bit for bit."""
+def test_a_memn2n_run_resumed_mid_epoch_ends_as_the_unbroken_run_and_logs_its_whole_epoch(tmp_path, monkeypatch):
+    """8 steps (2 epochs of 4 batches) in one go, and 6 + 2 through a checkpoint written in the middle of the second
+    epoch: the resumed epoch takes its remaining batches (it took its first ones again), on the epoch's shuffle
+    (Lightning set the next epoch's), with the random noise where it was (it restarted from the seed), so the
+    weights are the same bit for bit and the epoch's logged training values cover all its batches."""
     from memnet.cli import main
 
     config = Path(__file__).resolve().parents[1] / "configs" / "memn2n" / "babi_task_1k.yaml"
     monkeypatch.chdir(tmp_path)
-    common = ["fit", "--config", str(config), "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-              "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1", f"--data.init_args.data_dir={ARCHIVE}",
-              f"--data.init_args.cache_dir={tmp_path / 'cache'}", "--data.init_args.tasks=[1]"]
-    main([*common, "--trainer.max_epochs=2", f"--checkpoint.dirpath={tmp_path / 'whole'}"])
-    main([*common, "--trainer.max_epochs=1", f"--checkpoint.dirpath={tmp_path / 'halves'}"])
-    main([*common, "--trainer.max_epochs=2", f"--checkpoint.dirpath={tmp_path / 'halves'}",
-          "--ckpt_path", str(tmp_path / "halves" / "last.ckpt")])
+    common = ["fit", "--config", str(config), "--trainer.enable_progress_bar=false", "--trainer.limit_train_batches=4",
+              "--trainer.limit_val_batches=1", "--trainer.logger=pytorch_lightning.loggers.CSVLogger",
+              f"--data.init_args.data_dir={ARCHIVE}", f"--data.init_args.cache_dir={tmp_path / 'cache'}",
+              "--data.init_args.tasks=[1, 6]"]
+    main([*common, "--trainer.max_steps=8", f"--checkpoint.dirpath={tmp_path / 'whole'}",
+          "--trainer.logger.init_args.save_dir=whole"])
+    main([*common, "--trainer.max_steps=6", f"--checkpoint.dirpath={tmp_path / 'halves'}",
+          "--trainer.logger.init_args.save_dir=first"])
+    main([*common, "--trainer.max_steps=8", f"--checkpoint.dirpath={tmp_path / 'halves'}",
+          "--trainer.logger.init_args.save_dir=second", "--ckpt_path", str(tmp_path / "halves" / "last.ckpt")])
     whole, halves = (torch.load(tmp_path / name / "last.ckpt", weights_only=False) for name in ("whole", "halves"))
-    assert whole["global_step"] == halves["global_step"] == 6
-    assert set(whole["memnet_rng_states"]) == {"net"}
-    assert torch.equal(whole["memnet_rng_states"]["net"]["state"], halves["memnet_rng_states"]["net"]["state"])
+    assert whole["global_step"] == halves["global_step"] == 8
     for name, tensor in whole["state_dict"].items():
         assert torch.equal(tensor, halves["state_dict"][name]), name
+
+    def epoch_values(folder: str) -> dict[str, str]:
+        rows = [line.split(",") for line in next((tmp_path / folder).rglob("metrics.csv")).read_text().splitlines()]
+        keys = [k for k in rows[0] if k.startswith("train/") and not k.endswith("_step")]
+        row = next(dict(zip(rows[0], r)) for r in rows[1:] if dict(zip(rows[0], r))["epoch"] == "1"
+                   and dict(zip(rows[0], r))["train/loss_epoch"])
+        return {key: row[key] for key in keys}
+
+    unbroken, resumed = epoch_values("whole"), epoch_values("second")
+    assert {"train/error_epoch", "train/task_1/error", "train/task_6/error"} <= set(unbroken)
+    assert resumed == unbroken
 
 
 def test_memn2n_random_noise_state_round_trips_and_a_checkpoint_without_it_still_loads():

@@ -120,6 +120,36 @@ def test_a_resumed_run_ends_with_the_weights_of_the_unbroken_run(tmp_path):
         assert torch.equal(tensor, halves["state_dict"][name]), name
 
 
+def test_a_run_resumed_mid_epoch_ends_as_the_unbroken_run_and_logs_its_whole_epoch(tmp_path):
+    """8 steps (2 epochs of 4 batches) in one go, and 6 + 2 through the checkpoint written when max_steps stopped the
+    first run in the middle of its second epoch: the resumed epoch draws its stream's remaining batches (it drew
+    the next epoch's first ones, shifting the stream for the rest of the run) and its logged training values cover
+    the whole epoch (they covered the batches after the resume)."""
+    common = ["--config", SMALL, *TINY, "--data.init_args.batches_per_epoch=4", "--trainer.log_every_n_steps=1",
+              "--trainer.logger=pytorch_lightning.loggers.CSVLogger"]
+    main(["fit", *common, "--trainer.max_steps=8", f"--checkpoint.dirpath={tmp_path / 'whole'}",
+          "--trainer.logger.init_args.save_dir=whole"])
+    main(["fit", *common, "--trainer.max_steps=6", f"--checkpoint.dirpath={tmp_path / 'halves'}",
+          "--trainer.logger.init_args.save_dir=first"])
+    main(["fit", *common, "--trainer.max_steps=8", f"--checkpoint.dirpath={tmp_path / 'halves'}",
+          "--trainer.logger.init_args.save_dir=second", "--ckpt_path", str(tmp_path / "halves" / "last.ckpt")])
+    whole, halves = (torch.load(tmp_path / name / "last.ckpt", weights_only=False) for name in ("whole", "halves"))
+    assert whole["global_step"] == halves["global_step"] == 8
+    assert whole["AlgorithmicDataModule"] == halves["AlgorithmicDataModule"]
+    for name, tensor in whole["state_dict"].items():
+        assert torch.equal(tensor, halves["state_dict"][name]), name
+
+    def epoch_values(folder: str) -> dict[str, str]:
+        rows = [line.split(",") for line in next((tmp_path / folder).rglob("metrics.csv")).read_text().splitlines()]
+        keyed = [dict(zip(rows[0], row)) for row in rows[1:]]
+        row = next(r for r in keyed if r["epoch"] == "1" and r["train/loss_epoch"])
+        return {key: value for key, value in row.items() if key.startswith("train/") and key.endswith("_epoch")}
+
+    unbroken, resumed = epoch_values("whole"), epoch_values("second")
+    assert {"train/loss_epoch", "train/bits_per_seq_epoch"} <= set(unbroken)
+    assert resumed == unbroken
+
+
 def test_a_resume_with_another_data_seed_is_refused_and_a_new_length_range_is_taken(tmp_path, capsys):
     main(["fit", "--config", SMALL, *TINY])
     last = json.loads((tmp_path / "runs" / "latest.json").read_text())["last_checkpoint"]

@@ -156,8 +156,8 @@ def test_a_mask_of_another_shape_than_the_rows_is_refused():
 
 
 def _series(**kwargs):
-    return SeriesDataModule(series="narma10", length=150, washout=30, batch_size=4, train_size=8, val_size=4,
-                            test_size=4, seed=0, **kwargs)
+    return SeriesDataModule(**{"series": "narma10", "length": 150, "washout": 30, "batch_size": 4, "train_size": 8,
+                               "val_size": 4, "test_size": 4, "seed": 0, **kwargs})
 
 
 def _trainer(tmp_path, epochs=1):
@@ -190,6 +190,34 @@ def test_ridge_module_fits_a_readout_in_one_pass(tmp_path):
     torch.testing.assert_close(student.output.weight, teacher.output.weight, atol=1e-4, rtol=1e-3)
     assert trainer.callback_metrics["val/nrmse"] < 1e-3
     assert list(module.parameters()) and all(p.grad is None for p in module.parameters())
+
+
+def test_a_ridge_fit_resumed_mid_epoch_keeps_the_rows_collected_before_the_checkpoint(tmp_path):
+    """A checkpoint written after 2 of the epoch's 4 batches (as a pre-emption writes one) carries the ridge sums so
+    far: the resumed run fits the read-out from all 4 batches, as the unbroken run (it fitted from the last 2)."""
+    reservoir = partial(EchoStateController, reservoir_size=20, spectral_radius=0.9, seed=5)
+
+    def module() -> RidgeReadoutModule:
+        torch.manual_seed(0)
+        return RidgeReadoutModule(RecurrentModel(1, 1, controller=reservoir), ridge=1e-6)
+
+    class PreemptedAfterTwo(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx == 1:
+                trainer.save_checkpoint(tmp_path / "preempted.ckpt")
+                trainer.should_stop = True
+
+    unbroken = module()
+    _trainer(tmp_path).fit(unbroken, datamodule=_series(train_size=16))
+    first = module()
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
+                         callbacks=[PreemptedAfterTwo()])
+    trainer.fit(first, datamodule=_series(train_size=16))
+    resumed = module()
+    _trainer(tmp_path).fit(resumed, datamodule=_series(train_size=16), ckpt_path=tmp_path / "preempted.ckpt")
+    assert torch.equal(resumed.net.output.weight, unbroken.net.output.weight)
+    assert torch.equal(resumed.net.output.bias, unbroken.net.output.bias)
 
 
 def test_ridge_module_needs_a_readout():

@@ -146,3 +146,32 @@ def test_narma10_sets_redraw_diverged_sequences(seed, split):
     inputs, targets = sequences.narma10_set(5, 300, generator=generator)
     plain = 0.5 * torch.rand(5, 300, generator=torch.Generator().manual_seed(1))
     assert torch.equal(inputs, plain) and torch.equal(targets, narma10(plain))
+
+
+def _trainer_in_epoch(epoch: int, done: int):
+    """What the training loaders read of a trainer: the epoch and its batches done (a resume mid-epoch)."""
+    from types import SimpleNamespace
+
+    current = SimpleNamespace(processed=done, completed=done)
+    return SimpleNamespace(current_epoch=epoch, global_rank=0, world_size=1,
+                           fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=SimpleNamespace(current=current))))
+
+
+def test_training_loaders_resumed_mid_epoch_give_the_epochs_remaining_batches():
+    from memnet.utils import EpochShuffle, ResumableLoader
+
+    data = SeriesDataModule(length=12, washout=2, batch_size=2, train_size=10, val_size=2, test_size=2)
+    data.trainer = _trainer_in_epoch(0, 0)
+    whole = [batch["inputs"] for batch in data.train_dataloader()]
+    data.trainer = _trainer_in_epoch(0, 3)  # resumed after 3 of the epoch's 5 batches
+    rest = [batch["inputs"] for batch in data.train_dataloader()]
+    assert len(whole) == 5 and len(rest) == 2
+    assert all(torch.equal(a, b) for a, b in zip(rest, whole[3:]))
+    assert len(data.train_dataloader()) == 5 and data.train_dataloader().state_dict() == {}  # resumable for Lightning
+
+    loader = ResumableLoader(list(range(10)), batch_size=3, sampler=EpochShuffle(10, seed=0),
+                             trainer=_trainer_in_epoch(1, 2))
+    loader.sampler.set_epoch(2)  # what Lightning passes after a stop mid-epoch: the epochs processed, one ahead
+    epoch_1 = EpochShuffle(10, seed=0)
+    epoch_1.set_epoch(1)
+    assert [i for batch in loader for i in batch.tolist()] == list(epoch_1)[6:]

@@ -10,7 +10,13 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from memnet.protocols import sequence_batches
-from memnet.utils import MemnetError, distributed_position, distributed_sampler
+from memnet.utils import (
+    MemnetError,
+    ResumableLoader,
+    batches_done,
+    distributed_position,
+    distributed_sampler,
+)
 from tasks.algorithmic.base import AlgorithmicTask, _subrange
 
 
@@ -29,6 +35,8 @@ class _TrainStream(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         dm = self.datamodule
         rank, _ = distributed_position(dm.trainer)
+        if batches_done(dm.trainer):  # resumed from a checkpoint written in this epoch: its stream again (the
+            dm.epoch -= 1  # loader leaves out the batches trained on)
         generator = torch.Generator().manual_seed(train_stream_seed(dm.seed, dm.epoch, rank))
         dm.epoch += 1
         for _ in range(dm.batches_per_epoch):
@@ -143,7 +151,7 @@ class AlgorithmicDataModule(pl.LightningDataModule):
         return batches
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_TrainStream(self), batch_size=None)
+        return ResumableLoader(_TrainStream(self), batch_size=None, trainer=self.trainer)
 
     def val_dataloader(self) -> DataLoader:
         batches = self.fixed_batches(self.val_lengths, self.val_size, _mix(self.seed, -1))

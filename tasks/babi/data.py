@@ -85,6 +85,7 @@ from memnet.utils import (
     EpochShuffle,
     LengthGroupedSampler,
     MemnetError,
+    ResumableLoader,
     distributed_position,
     distributed_sampler,
 )
@@ -595,14 +596,16 @@ class BabiDataModule(pl.LightningDataModule):
                                            num_replicas=world_size, rank=rank, seed=self.seed)
         else:
             sampler = distributed_sampler(split, self.trainer, shuffle=shuffle, seed=self.seed)
-        if sampler is not None:
-            return DataLoader(split, batch_size=self.batch_size, sampler=sampler, collate_fn=collate_babi,
-                              num_workers=self.num_workers)
-        # one process: the epoch's order from the seed and the epoch (a resumed run does not replay epoch 0's);
-        # the loader's own generator only seeds workers, and keeps the global RNG untouched as before
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(split, batch_size=self.batch_size, sampler=EpochShuffle(len(split), self.seed) if shuffle
-                          else None, generator=generator, collate_fn=collate_babi, num_workers=self.num_workers)
+        generator = None
+        if sampler is None and shuffle:
+            # one process: the epoch's order from the seed and the epoch (a resumed run does not replay epoch 0's);
+            # the loader's own generator only seeds workers, and keeps the global RNG untouched as before
+            sampler, generator = EpochShuffle(len(split), self.seed), torch.Generator().manual_seed(self.seed)
+        if shuffle:  # training: resumed in the middle of an epoch, the rest of its order, not its first batches again
+            return ResumableLoader(split, batch_size=self.batch_size, sampler=sampler, generator=generator,
+                                   collate_fn=collate_babi, num_workers=self.num_workers, trainer=self.trainer)
+        return DataLoader(split, batch_size=self.batch_size, sampler=sampler, collate_fn=collate_babi,
+                          num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
