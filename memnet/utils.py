@@ -1,7 +1,9 @@
-"""Small helpers shared across memnet: argument checks, each process's share of the data, the W&B mode."""
+"""Small helpers shared across memnet: argument checks, each process's share of the data and its place in a resumed
+epoch, seeded draws kept in checkpoints, the W&B mode, fsync."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import warnings
@@ -323,6 +325,19 @@ def logged_step(trainer: Any) -> int:
     loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
     step = getattr(loop, "_batches_that_stepped", None)
     return int(step) if isinstance(step, int) else int(trainer.global_step)
+
+
+def fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') writes to the disk; a file system that cannot is left as it is."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def run_dir(trainer: Any) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -95,6 +96,57 @@ def test_export_into_a_folder_that_is_not_empty_is_refused(tmp_path):
     with pytest.raises(PretrainedError, match=r"export exists and is not an empty folder"):
         save(trained_like(NTM_CONFIG), NTM_CONFIG, tmp_path / "export")
     assert os.listdir(tmp_path / "export") == ["notes.txt"]
+
+
+def save_file_then(monkeypatch, what) -> None:
+    """``save_file`` as safetensors writes it, followed by ``what(path)``."""
+    import safetensors.torch
+
+    real = safetensors.torch.save_file
+
+    def save_file(state, path, metadata=None):
+        real(state, path, metadata=metadata)
+        what(path)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-folder", "empty-folder"])
+def test_an_export_cut_short_leaves_no_half_written_folder(tmp_path, monkeypatch, existing):
+    """Written beside the target and renamed into place: a failure mid-write leaves the target as it was (absent,
+    or the empty folder it was) and nothing else; the next export writes it whole."""
+    out = tmp_path / "export"
+    if existing:
+        out.mkdir()
+
+    def full_disk_halfway(path):
+        os.truncate(path, os.path.getsize(path) // 2)
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        save_file_then(patch, full_disk_halfway)
+        with pytest.raises(PretrainedError) as error:
+            save(trained_like(NTM_CONFIG), NTM_CONFIG, out)
+    assert str(error.value) == f"could not write the export {out}: No space left on device"
+    assert os.listdir(tmp_path) == (["export"] if existing else [])
+    assert not existing or os.listdir(out) == []
+    (tmp_path / ".export.partial").mkdir()  # as a killed export leaves it: removed by the next one
+    (tmp_path / ".export.partial" / WEIGHTS_FILE).write_bytes(b"half")
+    net = trained_like(NTM_CONFIG)
+    save(net, NTM_CONFIG, out)
+    assert os.listdir(tmp_path) == ["export"] and sorted(os.listdir(out)) == [CONFIG_FILE, WEIGHTS_FILE]
+    assert torch.equal(memnet.models.load(out)(sequences()), net(sequences()))
+
+
+def test_an_export_that_fills_the_target_meanwhile_is_kept_whole(tmp_path, monkeypatch):
+    """Another export lands in the folder while this one writes: the rename is refused, never merged into it."""
+    out = tmp_path / "export"
+    save(trained_like(DNC_CONFIG), DNC_CONFIG, tmp_path / "other")
+    save_file_then(monkeypatch, lambda path: os.replace(tmp_path / "other", out))
+    with pytest.raises(PretrainedError, match=rf"^could not write the export {re.escape(str(out))}: Directory not empty$"):
+        save(trained_like(NTM_CONFIG), NTM_CONFIG, out)
+    assert os.listdir(tmp_path) == ["export"] and sorted(os.listdir(out)) == [CONFIG_FILE, WEIGHTS_FILE]
+    assert type(memnet.models.load(out)) is DNC
 
 
 def test_weights_that_do_not_match_the_config_are_one_line(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import resource
@@ -615,6 +617,31 @@ def test_babi_cells_count_their_own_seeds_and_a_short_run_is_named(tmp_path):
     assert rows[0][1] == "0.0 ± 0.0"
 
 
+def test_a_babi_seed_that_measured_fewer_tasks_is_marked_in_every_leaderboard(tmp_path):
+    """A mean error over 12 tasks is not one over 20: leaderboard.md, .csv and .json say how many were measured."""
+    full, part = {str(t): 1.0 for t in range(1, 21)}, {str(t): 10.0 for t in range(1, 13)}
+    evaluated = {"status": "done", "split": "test"}
+
+    def leaderboards(folder: str, seeds: dict[int, dict]) -> tuple[dict, dict, str]:
+        root = results_folder(tmp_path / folder, {"name": "memn2n", "evaluate": {
+            "kind": "babi", "split": "test"}}, {s: {"metrics": {}, "evaluation": {**evaluated, "babi_error": errors}}
+                                                for s, errors in seeds.items()})
+        S.write_report(root)
+        out = root / "report"
+        (csv_row,) = csv.DictReader(io.StringIO((out / "leaderboard.csv").read_text()))
+        (md_row,) = [line for line in (out / "leaderboard.md").read_text().splitlines() if line.startswith("| memn2n")]
+        return json.loads((out / "leaderboard.json").read_text())["leaderboard"][0], csv_row, md_row
+
+    row, csv_row, md_row = leaderboards("short", {0: full, 1: part})
+    assert row["bAbI tasks measured"] == 12 and csv_row["bAbI tasks measured"] == "12"
+    assert "| 5.5 ± 6.36 [12/20 tasks] | 6 ± 8.49 [12/20 tasks] |" in md_row
+    note = "seed 1 measured 12 of 20 bAbI tasks; a run's bAbI mean error and failed count cover its measured tasks only"
+    assert row["evaluation_notes"] == [note] and note in md_row
+    row, csv_row, md_row = leaderboards("full", {0: full, 1: full})  # every task measured: the count, no mark
+    assert row["bAbI tasks measured"] == 20 and csv_row["bAbI tasks measured"] == "20"
+    assert "| 1 ± 0 | 0 ± 0 | ok |" in md_row and row["evaluation_notes"] == []
+
+
 def test_babi_seeds_of_another_split_are_left_out_and_evaluated_again(tmp_path):
     errors = {str(t): 1.0 for t in range(1, 21)}
     evaluate = {"kind": "babi", "split": "test"}
@@ -751,6 +778,27 @@ def test_bad_suite_file_fails_before_anything_runs(tmp_path, monkeypatch, capsys
     assert exit_info.value.code == 2
     assert "memnet suite: " in capsys.readouterr().err
     assert not results.exists()
+
+
+@pytest.mark.parametrize("name", ["report", "jobs", "wandb", "suite.json", "events.jsonl", "Report"])
+def test_an_experiment_named_as_what_the_suite_writes_itself_is_refused(tmp_path, monkeypatch, capsys, name):
+    """RESULTS/<experiment>/ would share a folder with the report, submitit's jobs or the W&B summary run, or
+    be a file the suite writes ("Report" is "report" on a case-insensitive file system): refused on loading."""
+    monkeypatch.chdir(ROOT)
+    path = write_suite(tmp_path / "reserved.yaml", [LSTM, {**LSTM, "name": name}])
+    with pytest.raises(S.SuiteError) as error:
+        S.load_suite(path)
+    line = 1 + [text.strip() for text in path.read_text().splitlines()].index(f"- name: {name}")
+    assert str(error.value) == (
+        f"{path}:{line}: experiment {name!r} (entry 2): the name "
+        f"is reserved, its runs would share RESULTS/{name} with what the suite writes there itself; reserved names: "
+        "events.jsonl, jobs, report, suite.json, wandb")
+    results = tmp_path / "results"
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["suite", "run", str(path), "--results", str(results)])
+    assert exit_info.value.code == 2 and "the name is reserved" in capsys.readouterr().err
+    assert not results.exists()
+    S.load_suite(write_suite(tmp_path / "near.yaml", [{**LSTM, "name": f"{name}-lstm"}]))  # only the names themselves
 
 
 def test_error_names_the_line_of_the_entry(tmp_path, monkeypatch):

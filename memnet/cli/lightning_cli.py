@@ -25,23 +25,10 @@ from memnet.callbacks import METRICS_KEY, LastAndBestCheckpoint, OfflineFirstWan
 from memnet.checkpoint import check_finite_state, unreadable_checkpoint
 from memnet.cli.configs import ConfigError, resolve_config_args
 from memnet.models.core import compile_seconds
-from memnet.utils import MemnetError, run_dir, wandb_mode, wandb_offline
+from memnet.utils import MemnetError, fsync, run_dir, wandb_mode, wandb_offline
 
 RUNS_DIR = "runs"
 LATEST_RUN_FILE = Path(RUNS_DIR) / "latest.json"
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file's (or a folder's entries') writes to the disk; a file system that cannot is left as it is."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -61,9 +48,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             for stale in path.parent.glob(".*.partial"):  # left by a save that was killed
                 stale.unlink(missing_ok=True)
             super().save_checkpoint(checkpoint, partial, storage_options)
-            _fsync(partial)  # the bytes on disk before the rename, and the rename itself after it:
+            fsync(partial)  # the bytes on disk before the rename, and the rename itself after it:
             os.replace(partial, path)  # a power cut leaves the old checkpoint or the new one, never an empty file
-            _fsync(path.parent)
+            fsync(path.parent)
         except Exception as error:  # noqa: BLE001 -- torch.save reports a full disk as a RuntimeError
             with contextlib.suppress(OSError):
                 partial.unlink(missing_ok=True)

@@ -27,14 +27,16 @@ A source that is not a local folder but looks like a Hugging Face Hub repository
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from memnet.utils import parameter_dtype
+from memnet.utils import fsync, parameter_dtype
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -51,7 +53,9 @@ def save(net: nn.Module, config: dict[str, Any], out: str | Path) -> Path:
 
     ``out`` must not exist or be empty, so an export never mixes with older files.
     The config is checked by rebuilding the network from it and loading the weights
-    back before anything is written.
+    back before anything is written. Both files are written to a sibling folder
+    ``.<out>.partial`` that is then renamed to ``out``: a crash while writing leaves
+    ``out`` as it was, never half written (the next save removes the ``.partial`` folder).
 
     Returns:
         The folder.
@@ -65,9 +69,22 @@ def save(net: nn.Module, config: dict[str, Any], out: str | Path) -> Path:
     # Each tensor its own contiguous copy: safetensors refuses storage shared by several names (tied weights).
     state = {name: tensor.detach().cpu().clone().contiguous() for name, tensor in net.state_dict().items()}
     _load_state(build(config, where="the exported config"), state, "the network", "its config")
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": FORMAT, "class_path": config["class_path"]})
-    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        shutil.rmtree(partial, ignore_errors=True)  # left by a save that was killed
+        partial.mkdir(parents=True)
+        save_file(state, str(partial / WEIGHTS_FILE), metadata={"format": FORMAT, "class_path": config["class_path"]})
+        (partial / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        for path in (partial / WEIGHTS_FILE, partial / CONFIG_FILE, partial):
+            fsync(path)  # the files on disk before the rename, and the rename itself after it
+        os.replace(partial, out)  # onto an empty folder too; one filled meanwhile is refused, not merged
+        fsync(out.parent)
+    except Exception as error:  # noqa: BLE001 -- safetensors reports a full disk as its own error type
+        shutil.rmtree(partial, ignore_errors=True)
+        text = str(error).strip()
+        reason = (error.strerror if isinstance(error, OSError) and error.strerror
+                  else text.splitlines()[0] if text else type(error).__name__)
+        raise PretrainedError(f"could not write the export {out}: {reason}") from None
     return out
 
 

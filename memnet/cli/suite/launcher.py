@@ -51,10 +51,9 @@ from typing import Any
 
 from memnet.cli.suite.errors import SuiteError
 from memnet.cli.suite.runner import ERROR_CHARS, Run, SuiteRunner, _terminate, expand_runs
-from memnet.cli.suite.spec import Suite
+from memnet.cli.suite.spec import EVENTS_FILE, JOBS_DIR, SUITE_FILE, Suite
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
-JOBS_DIR = "jobs"  # submitit's folder (scripts, pickles, logs) inside the results folder
 JOB_FILE = "job.json"  # per run: launcher, job id, pid and host of the job running it
 STOP_SECONDS = 60.0  # how long a preempted job waits for its training process to stop
 # memnet's names of the launcher settings -> submitit's (AutoExecutor) parameter names
@@ -241,7 +240,7 @@ class SuiteJob:
     def _suite(self) -> Suite:
         if self.suite is not None:
             return Suite.from_dict(self.suite)
-        return Suite.from_dict(json.loads((Path(self.results) / "suite.json").read_text()))
+        return Suite.from_dict(json.loads((Path(self.results) / SUITE_FILE).read_text()))
 
     def _run(self) -> Run:
         for run in expand_runs(self._suite(), Path(self.results)):
@@ -348,7 +347,7 @@ def write_job_file(run: Run, **fields: Any) -> None:
 
 def _events(results: Path) -> list[dict[str, Any]]:
     try:
-        lines = (results / "events.jsonl").read_text().splitlines()
+        lines = (results / EVENTS_FILE).read_text().splitlines()
     except OSError:
         return []
     events = []
@@ -458,7 +457,7 @@ def run_states(results: Path) -> list[dict[str, Any]]:
     of the evaluation, or of a job that ended without finishing its run) and
     ``interrupted`` (stopped by hand; the next ``memnet suite run`` resumes it).
     """
-    suite_file = results / "suite.json"
+    suite_file = results / SUITE_FILE
     if not suite_file.is_file():
         raise SuiteError(f"{results} is not a suite results folder: {suite_file} is missing "
                          "(it is written by `memnet suite run`)")

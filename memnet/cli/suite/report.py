@@ -18,7 +18,7 @@ from memnet.cli import tables
 from memnet.cli.suite.errors import SuiteError
 from memnet.cli.suite.evaluators import BABI_TASKS
 from memnet.cli.suite.runner import Run
-from memnet.cli.suite.spec import Experiment, Suite
+from memnet.cli.suite.spec import REPORT_DIR, SUITE_FILE, Experiment, Suite
 from memnet.metrics import FAILED_TASK_ERROR as BABI_FAIL_THRESHOLD
 from memnet.metrics import by_length as logged_by_length
 from memnet.metrics import failed_tasks
@@ -26,8 +26,6 @@ from memnet.metrics import mean_error as mean_task_error
 from memnet.plots import plot_suite_report
 from memnet.selection import mean_std, metric_key, summarize
 from memnet.utils import wandb_mode
-
-REPORT_DIR = "report"
 
 
 def load_references() -> dict[str, Any]:
@@ -74,7 +72,7 @@ class _ExperimentResults:
 def collect(results: str | Path) -> tuple[Suite, list[_ExperimentResults]]:
     """The suite and every run record under a results folder."""
     results = Path(results)
-    suite_file = results / "suite.json"
+    suite_file = results / SUITE_FILE
     if not suite_file.is_file():
         raise SuiteError(
             f"{results} is not a suite results folder: {suite_file} is missing "
@@ -106,6 +104,7 @@ def _score_columns(entry: _ExperimentResults) -> dict[str, dict[Any, float]]:
         if errors:
             columns.setdefault("bAbI mean error %", {})[seed] = mean_task_error(errors.values())
             columns.setdefault("bAbI failed tasks", {})[seed] = float(failed_tasks(errors.values()))
+            columns.setdefault(BABI_MEASURED, {})[seed] = float(len(errors))
         if isinstance(record.get("train_seconds"), (int, float)):
             columns.setdefault("train s", {})[seed] = float(record["train_seconds"])
     return columns
@@ -161,6 +160,9 @@ COLUMN_ORDER = (
     "bAbI failed tasks",
     "train s",
 )
+BABI_SCORES = ("bAbI mean error %", "bAbI failed tasks")  # a mean over each seed's measured tasks
+# the fewest bAbI tasks a seed in those means measured (of 20): a mean over 12 tasks is not one over 20
+BABI_MEASURED = "bAbI tasks measured"
 
 
 def _selection(entry: _ExperimentResults) -> dict[str, Any] | None:
@@ -272,6 +274,13 @@ def build_report(results: str | Path) -> dict[str, Any]:
             row[column] = mean_std(list(by_seed.values()))
             nonfinite += [f"{column} of seed {seed} is {by_seed[seed]:g}, left out of its mean"
                           for seed in _nonfinite(by_seed)]
+        measured = scores.get(BABI_MEASURED, {})
+        if any(column in columns for column in BABI_SCORES):
+            row[BABI_MEASURED] = int(min(measured.values())) if measured else None
+        short = [f"seed {seed} measured {k:g} of {len(BABI_TASKS)} bAbI tasks"
+                 for seed, k in measured.items() if k < len(BABI_TASKS)]
+        tasks_notes = [", ".join(short) + "; a run's bAbI mean error and failed count cover its measured tasks "
+                       "only"] if short else []  # as the bAbI table's notes say it
         row["errors"] = [
             {"seed": r.get("seed"), "stage": r.get("stage"), "error": r.get("error")}
             for r in entry.failed()
@@ -279,7 +288,7 @@ def build_report(results: str | Path) -> dict[str, Any]:
         notes = _evaluation_notes(entry)
         row["selected"] = _selection(entry)
         row["evaluation_notes"] = [*notes, *_settings_notes(entry), *_selection_notes(entry, row["selected"]),
-                                   *nonfinite]
+                                   *tasks_notes, *nonfinite]
         leaderboard.append(row)
 
     lengths_table = []
@@ -429,6 +438,12 @@ def _cell(stat: dict | None, digits: int = 4) -> str:
     return _format((stat["mean"], stat["std"]), digits, n)
 
 
+def _tasks_mark(row: dict[str, Any]) -> str:
+    """`` [k/20 tasks]`` for a leaderboard row whose bAbI means average a seed that measured only k tasks, else ''."""
+    measured = row.get(BABI_MEASURED)
+    return f" [{measured}/{len(BABI_TASKS)} tasks]" if measured is not None and measured < len(BABI_TASKS) else ""
+
+
 def leaderboard_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and string rows of the leaderboard (the markdown, CSV and W&B tables share them)."""
     header = ["experiment", "model", "task", "runs ok", *report["columns"], "status"]
@@ -444,13 +459,14 @@ def leaderboard_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]
         if row["missing"]:
             status.append(f"{row['missing']} not finished")
         status += row["evaluation_notes"]
+        mark = _tasks_mark(row)
         rows.append(
             [
                 row["experiment"],
                 row["model"],
                 row["task"],
                 f"{row['done']}/{row['seeds']}",
-                *[_cell(row[c]) for c in report["columns"]],
+                *[_cell(row[c]) + (mark if c in BABI_SCORES and row[c] is not None else "") for c in report["columns"]],
                 "; ".join(status) or "ok",
             ]
         )
@@ -540,7 +556,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         parts.append(report["description"].strip())
     parts.append(
         "## Leaderboard\n\nmean ± sample std over the seeds that finished; metrics from the last "
-        "validation of training unless named otherwise.\n\n"
+        "validation of training unless named otherwise."
+        + (f" A bAbI mean error or failed count marked [k/{len(BABI_TASKS)} tasks] averages a seed that "
+           "measured only k tasks (named in its status)." if any(map(_tasks_mark, report["leaderboard"])) else "")
+        + "\n\n"
         + _markdown_table(*leaderboard_rows(report))
     )
     selected = selected_lines(report)
@@ -574,7 +593,9 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def render_csv(report: dict[str, Any]) -> str:
-    """The leaderboard as CSV: one row per experiment, mean and std in separate columns."""
+    """The leaderboard as CSV: one row per experiment, mean and std in separate columns (and, beside the bAbI
+    columns, the fewest tasks a seed in their means measured)."""
+    babi = any(column in report["columns"] for column in BABI_SCORES)
     header = (
         [
             "experiment",
@@ -585,6 +606,7 @@ def render_csv(report: dict[str, Any]) -> str:
             "failed",
             "missing",
             *[f"{c} {part}" for c in report["columns"] for part in ("mean", "std")],
+            *([BABI_MEASURED] if babi else []),
             "errors",
         ]
     )
@@ -594,6 +616,8 @@ def render_csv(report: dict[str, Any]) -> str:
         for column in report["columns"]:
             stat = row[column]
             values += ["", ""] if stat is None else [f"{stat['mean']:.6g}", f"{stat['std']:.6g}"]
+        if babi:
+            values.append("" if row.get(BABI_MEASURED) is None else row[BABI_MEASURED])
         rows.append(
             [
                 row["experiment"],
@@ -634,7 +658,7 @@ def log_to_wandb(report: dict[str, Any], results: Path, out: Path) -> str | None
         group=report["suite"],
         name=f"{report['suite']}-summary",
         job_type="suite-report",
-        dir=str(results),
+        dir=str(results),  # W&B writes RESULTS/wandb (spec.WANDB_DIR, a reserved experiment name)
         mode=wandb_mode(),
         config={"suite": report["suite"]},
     )

@@ -25,7 +25,7 @@ import yaml
 
 from memnet.cli.suite.errors import EvaluationUnavailable, SuiteError
 from memnet.cli.suite.evaluators import EVALUATORS, evaluation_answers, evaluation_options
-from memnet.cli.suite.spec import BUDGET_KEYS, Experiment, Suite, _resolve
+from memnet.cli.suite.spec import BUDGET_KEYS, EVENTS_FILE, SUITE_FILE, Experiment, Suite, _resolve
 
 RECORD_FILE = "metrics.json"
 POLL_SECONDS = 0.2  # how often the scheduler looks at its runs
@@ -410,12 +410,12 @@ class SuiteRunner:
                 counts[future.result()] += 1
 
     def _write_suite_file(self) -> None:
-        path = self.results / "suite.json"
+        path = self.results / SUITE_FILE
         path.write_text(json.dumps(self.suite.to_dict(), indent=2, sort_keys=True) + "\n")
 
     def _event(self, **fields: Any) -> None:
         fields["time"] = round(time.time(), 3)
-        with self.events_lock, open(self.results / "events.jsonl", "a") as handle:
+        with self.events_lock, open(self.results / EVENTS_FILE, "a") as handle:
             handle.write(json.dumps(fields, sort_keys=True) + "\n")
 
     def _run_one(self, run: Run, progress: _Progress) -> str:

@@ -18,7 +18,8 @@ A suite file is YAML::
       overrides: {trainer.log_every_n_steps: 50}
       seed_args: [seed_everything, data.init_args.seed]   # the fields a run's seed is written to
     experiments:
-      - name: ntm-copy                     # unique; letters, digits, '-', '_', '.'
+      - name: ntm-copy                     # unique; letters, digits, '-', '_', '.'; not one of the
+                                           #   suite's own entries of RESULTS (report, jobs, wandb, ...)
         configs: [configs/ntm/copy.yaml]   # stacked in order, like repeated --config; a path not
                                            #   found from here names a shipped config (ntm/copy)
         overrides:                         # any CLI field, dotted, as in --key=value
@@ -44,6 +45,7 @@ so one failure does not stop the others. A results folder holds::
         summary.json                          written by memnet fit when training finished
         metrics.json                          the run's record: status, metrics, evaluation, error
     RESULTS/report/                           leaderboard.md/.csv/.json, babi.md, lengths.md, *.png
+    RESULTS/jobs/, RESULTS/wandb/             submitit's job files; the W&B summary run
 
 A run whose ``metrics.json`` says ``done`` is skipped on the next ``suite run``; a
 run with a ``last.ckpt`` but no record resumes from it; a failed run is tried again (one
@@ -81,6 +83,13 @@ EXPERIMENT_KEYS = {
     "select",
 }
 BUDGET_KEYS = ("max_steps", "max_epochs", "max_time")
+# What the suite itself writes in a results folder, beside the experiments' folders RESULTS/<experiment>/
+SUITE_FILE = "suite.json"  # the resolved suite (memnet.cli.suite.runner)
+EVENTS_FILE = "events.jsonl"  # training starts, finishes, failures (memnet.cli.suite.runner)
+REPORT_DIR = "report"  # leaderboard and plots (memnet.cli.suite.report)
+JOBS_DIR = "jobs"  # submitit's scripts, pickles and logs (memnet.cli.suite.launcher)
+WANDB_DIR = "wandb"  # the W&B summary run: wandb.init(dir=RESULTS) (memnet.cli.suite.report)
+RESERVED_NAMES = (EVENTS_FILE, JOBS_DIR, REPORT_DIR, SUITE_FILE, WANDB_DIR)  # no experiment may take these
 
 
 class _Mapping(dict):
@@ -303,6 +312,11 @@ def _parse_experiment(entry: Any, defaults: dict, where: str, index: int, base: 
         raise SuiteError(
             f"{where}:{line}: experiment entry {index + 1}: 'name' must be a name of letters, digits, "
             f"'-', '_', '.', got {name!r}"
+        )
+    if name.casefold() in RESERVED_NAMES:  # casefold: one folder on a case-insensitive file system (macOS)
+        raise SuiteError(
+            f"{where}:{line}: experiment {name!r} (entry {index + 1}): the name is reserved, its runs would share "
+            f"RESULTS/{name} with what the suite writes there itself; reserved names: {', '.join(RESERVED_NAMES)}"
         )
     label = f"experiment {name!r}"
     _check_keys(entry, EXPERIMENT_KEYS, where, label)
