@@ -89,10 +89,11 @@ class Controller(nn.Module):
         ``step``); the LSTM multiplies x by its input weights for all t at once.
 
         Args:
-            inputs: (B, T, D_x) the leading D_x features of every step's input.
+            inputs: (..., D_x) the leading D_x features of every step's input, each step
+                projected on its own (the models pass them time first, (T, B, D_x)).
 
         Returns:
-            (B, T, P) projected inputs, and a context that ``projected_step`` needs
+            (..., P) projected inputs, and a context that ``projected_step`` needs
             (computed once per sequence, e.g. weights concatenated for one matmul).
         """
         return inputs, None

@@ -287,31 +287,32 @@ class MemoryModel(nn.Module):
             torch.compiler.cudagraph_mark_step_begin()
         one_step = self._compiled_step(mode) if compiled_engine else self._fused_step
         unroll = self._unroll(inputs.shape[0], inputs.device) if compiled_engine else 1
-        projected, context = self.controller.project_inputs(inputs)  # (B, T, P), once
         # Time first and contiguous: every step's slice has the same strides whatever T
-        # is, so that a compiled step is not recompiled for another sequence length.
-        # ``unbind`` rather than indexing: its backward is one stack, where the backward
-        # of every index would fill a zero tensor of the whole sequence (O(T²)).
-        projected = rearrange(projected, "b t p -> t b p").contiguous().unbind(0)
+        # is, so that a compiled step is not recompiled for another sequence length. The
+        # inputs (D_x wide) are put time first, not the projection (P = 4H wide for an
+        # LSTM): the projection comes out time first, with no copy of it either way.
+        projected, context = self.controller.project_inputs(rearrange(inputs, "b t d -> t b d"))  # (T, B, P), once
+        steps = projected.shape[0]
         # The first step runs uncompiled: its state comes from ``initial_state`` (no
         # autograd history), which a compiled step would need a graph of its own for.
-        hidden, read_vectors, state = self._fused_step(projected[0], context, state)
-        hiddens, reads = [hidden], [_flat(read_vectors)]
-        t, steps = 1, len(projected)
-        while t < steps:
-            if unroll > 1 and steps - t >= unroll:  # K steps in one call
-                chunk = torch.stack(projected[t : t + unroll])
-                hidden, read_vectors, state = self._compiled_steps(unroll, mode)(chunk, context, state)
-                hiddens.extend(hidden.unbind(0))
-                reads.extend(read_vectors.unbind(0))
-                t += unroll
-            else:
-                hidden, read_vectors, state = one_step(projected[t], context, state)
+        # Then K steps a call, and the last T − 1 mod K one at a time. ``split`` into those
+        # pieces, views: its backward is one concatenation, where the backward of every
+        # index would fill a zero tensor of the whole sequence (O(T²)).
+        chunks = (steps - 1) // unroll if unroll > 1 else 0
+        pieces = projected.contiguous().split([1] + [unroll] * chunks + [1] * (steps - 1 - chunks * unroll))
+        hidden, read_vectors, state = self._fused_step(pieces[0][0], context, state)
+        hiddens, reads = [hidden.unsqueeze(0)], [_flat(read_vectors).unsqueeze(0)]  # (K, B, ·) per call
+        for piece in pieces[1:]:
+            if piece.shape[0] > 1:  # K steps in one call
+                hidden, read_vectors, state = self._compiled_steps(unroll, mode)(piece, context, state)
                 hiddens.append(hidden)
-                reads.append(_flat(read_vectors))
-                t += 1
-        features = torch.cat([torch.stack(hiddens, dim=1), torch.stack(reads, dim=1)], dim=-1)
-        return self.output(features)  # (B, T, D_out), one matmul over all t
+                reads.append(read_vectors)
+            else:
+                hidden, read_vectors, state = one_step(piece[0], context, state)
+                hiddens.append(hidden.unsqueeze(0))
+                reads.append(_flat(read_vectors).unsqueeze(0))
+        features = torch.cat([torch.cat(hiddens), torch.cat(reads)], dim=-1)  # (T, B, D_h + R·W)
+        return rearrange(self.output(features), "t b o -> b t o")  # (B, T, D_out), one matmul over all t
 
     def _unroll(self, batch_size: int, device: torch.device | None = None) -> int:
         if self.compile_unroll is not None:
