@@ -11,7 +11,8 @@ Three schedules (after Zaremba & Sutskever 2014, "Learning to Execute"):
 
 "Ready" is either a fixed pace (every ``every_n_epochs`` epochs) or a threshold on a
 logged metric (``monitor`` below ``threshold``, e.g. ``train/bits_per_seq`` < 1), or both
-(whichever comes first). The upper end L never decreases.
+(whichever comes first). The upper end L never decreases. Under DDP a ``train/`` metric is taken over
+all the processes (its running sums all-reduced at the epoch's end), so that every process steps up together.
 
 The callback acts on ``trainer.datamodule`` duck-typed: it needs an attribute
 ``length_range`` (a (low, high) pair it may set) and, for ``mixed``, ``length_mix``
@@ -32,6 +33,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.utilities import rank_zero_info
 
 from memnet.utils import check_positive, check_range
@@ -92,9 +94,11 @@ class LengthCurriculum(pl.Callback):
         self._validated_value: float | None = None  # what it logged under ``monitor``
         # the monitored training metric's weighted sum and weight this epoch, for the end of an epoch that a
         # resumed run replays (a checkpoint written at the end of validation, before the epoch's end, as with
-        # check_val_every_n_epoch > 1), whose own epoch mean Lightning does not keep
+        # check_val_every_n_epoch > 1), whose own epoch mean Lightning does not keep. This process's own, except
+        # when restored from a checkpoint, which keeps those of all DDP processes (_train_summed)
         self._train_sum: Any = 0.0
         self._train_weight: Any = 0.0
+        self._train_summed = False
         self.threshold = threshold
         self.mix = mix
         self.max_length: int | None = None  # the current upper length L, once training starts
@@ -129,12 +133,13 @@ class LengthCurriculum(pl.Callback):
             self._validated_value = float(value) if value is not None else None
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._train_sum, self._train_weight = 0.0, 0.0
+        self._train_sum, self._train_weight, self._train_summed = 0.0, 0.0, False
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self.threshold is not None and self.monitor.startswith("train/"):
+        if self._sums_train_metric():
             running = _epoch_sum_and_weight(trainer, self.monitor)
+            self._train_summed = False
             if running is not None:  # the epoch value so far as Lightning weighs it (train/loss: by scored bits)
                 self._train_sum, self._train_weight = running
                 return
@@ -151,8 +156,13 @@ class LengthCurriculum(pl.Callback):
             value = self._validated_value if self._validated else None
         else:
             value = trainer.callback_metrics.get(self.monitor)
-            if value is None and self._train_weight:  # the epoch end a resumed run replays: its epoch value
-                value = self._train_sum / self._train_weight
+            if self._sums_train_metric():
+                # the epoch value over all DDP processes, so that every process decides the same: Lightning's is
+                # this process's own where the metric is logged without sync_dist, and a resumed run replaying
+                # the epoch end has none
+                total, weight = self._train_sums_over_processes(trainer)
+                if weight:
+                    value = total / weight
         self._validated = False
         metric = float(value) if value is not None else None
         new = self.next_max_length(self.max_length, top, epochs_at_level=self.epochs_at_level, metric=metric)
@@ -174,6 +184,14 @@ class LengthCurriculum(pl.Callback):
                 "validated": self._validated, "validated_value": self._validated_value,
                 "train_sum": float(self._train_sum), "train_weight": float(self._train_weight)}
 
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # called on every process after state_dict; only rank 0's checkpoint is written, so the epoch's sums
+        # so far are kept summed over the processes, for the epoch end a resumed run replays
+        state = checkpoint.get("callbacks", {}).get(self.state_key)
+        if state is not None and self._sums_train_metric():
+            total, weight = self._train_sums_over_processes(trainer)
+            state.update(train_sum=float(total), train_weight=float(weight))
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.max_length = state_dict.get("max_length")
         self.epochs_at_level = int(state_dict.get("epochs_at_level", 0))
@@ -182,8 +200,23 @@ class LengthCurriculum(pl.Callback):
         self._validated_value = state_dict.get("validated_value")
         self._train_sum = float(state_dict.get("train_sum", 0.0))
         self._train_weight = float(state_dict.get("train_weight", state_dict.get("train_batches", 0)))
+        self._train_summed = True  # those of all processes (a checkpoint from before they were: rank 0's)
 
     # ---- helpers ----
+
+    def _sums_train_metric(self) -> bool:
+        """Whether the monitored training metric's epoch sums are kept (for a threshold on a ``train/`` metric)."""
+        return self.threshold is not None and self.monitor.startswith("train/")
+
+    def _train_sums_over_processes(self, trainer: pl.Trainer) -> tuple[torch.Tensor, torch.Tensor]:
+        """The monitored training metric's weighted sum and weight this epoch, summed over the DDP processes.
+
+        A collective: every process calls it at the same point (decided by the configuration alone).
+        """
+        sums = torch.tensor([float(self._train_sum), float(self._train_weight)], device=trainer.strategy.root_device)
+        if not self._train_summed:
+            sums = trainer.strategy.reduce(sums, reduce_op="sum")
+        return sums[0], sums[1]
 
     def _mix(self) -> float:
         return self.mix if self.schedule == "mixed" else 0.0
@@ -223,7 +256,7 @@ def _epoch_sum_and_weight(trainer: pl.Trainer, key: str) -> tuple[Any, Any] | No
     their ratio: a mean over the batches weighted by the ``batch_size`` each was logged with), else None.
 
     Read from Lightning's result collection (internal, 2.x): nothing public gives the epoch value before the
-    epoch's end. Local to this process under DDP.
+    epoch's end. Local to this process under DDP (summed over the processes where the curriculum decides).
     """
     results = getattr(trainer, "_results", None)
     metric = results.get(f"training_step.{key}") if isinstance(results, dict) else None

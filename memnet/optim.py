@@ -1,4 +1,5 @@
-"""Optimisation recipes beyond torch's: a linear-start schedule that restarts, per-matrix clipping.
+"""Optimisation recipes beyond torch's: a linear-start schedule that restarts, per-matrix clipping,
+and gradients shrunk before a global-norm clip so that its norm cannot overflow.
 
 Both reproduce the code of End-to-End Memory Networks (Sukhbaatar et al. 2015;
 facebookarchive/MemNN, ``MemN2N-babi-matlab``): a linear-start phase of a fixed
@@ -8,6 +9,7 @@ schedule started afresh; and each weight matrix's gradient clipped on its own.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
@@ -80,7 +82,8 @@ def clip_per_matrix_(groups: Iterable[Sequence[torch.nn.Parameter]], max_norm: f
     largest singular value (MATLAB's ``norm`` of a matrix, what the authors' code
     uses), ``frobenius`` the square root of the sum of squares. A 1-d gradient is
     one row. Parameters without a gradient are skipped. Float16 and bfloat16 gradients
-    have their norm computed in float32.
+    have their norm computed in float32, and a norm whose squares could overflow is taken
+    of G divided by its largest absolute entry.
 
     Returns:
         each group's norm before clipping (0 for a group without gradients).
@@ -101,14 +104,51 @@ def clip_per_matrix_(groups: Iterable[Sequence[torch.nn.Parameter]], max_norm: f
         matrix = torch.cat(rows)
         if matrix.dtype in (torch.float16, torch.bfloat16):  # bf16-true / 16-true: eigvalsh has no such kernel
             matrix = matrix.float()
+        # ‖G‖ = m ‖G / m‖ with m the largest |G_ij| where squares could overflow (float32 gradients of ~1e19: an
+        # inf Frobenius norm zeroed the gradient, an inf Gram matrix failed eigvalsh); elsewhere m = 1, which
+        # leaves every number as it was. No host sync.
+        largest = overflow_scale(matrix)
+        matrix = matrix / largest
         if norm == "spectral":
             # σ_max(G) = √λ_max(GᵀG): the eigenvalues of the (D, D) Gram matrix cost half of an SVD of G
             gram = matrix.T @ matrix if matrix.shape[0] >= matrix.shape[1] else matrix @ matrix.T
             value = torch.linalg.eigvalsh(gram)[-1].clamp_min(0).sqrt()
         else:
             value = torch.linalg.matrix_norm(matrix, ord="fro")
-        scale = (max_norm / value).clamp(max=1.0)
+        scale = (max_norm / largest / value).clamp(max=1.0)
         for g in grads:
             g.mul_(scale.to(g.dtype))
-        norms.append(value.detach())
+        norms.append((largest * value).detach())
     return norms
+
+
+def shrink_gradients_(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> None:
+    """Scale every gradient by one factor, in place, so that no entry is above ``max_norm`` in absolute value.
+
+    Before a clip of the global norm to ``max_norm`` (torch's ``clip_grad_norm_``, which sums the squares in
+    the gradients' dtype): float32 gradients of ~1e19 are finite, but their norm overflows to inf and the clip
+    coefficient to 0, a step of nothing instead of a clipped one. Shrunk, the squares cannot overflow, the
+    direction is kept, and a norm that was above ``max_norm`` stays at or above it, so the clip still ends on
+    ``max_norm``. Gradients whose squares cannot overflow are left as they were, bit for bit. No host sync.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None and p.grad.numel()]
+    if not grads:
+        return
+    device = grads[0].device
+    largest = torch.stack([torch.linalg.vector_norm(g.detach(), math.inf, dtype=torch.float32).to(device)
+                           for g in grads]).amax()
+    # only where the squares could overflow: elsewhere the factor is 1, and the gradients stay bit for bit
+    factor = torch.where(largest > _overflow_limit(sum(g.numel() for g in grads)),
+                         (max_norm / largest).clamp(max=1.0), torch.ones_like(largest))
+    torch._foreach_mul_(grads, factor)
+
+
+def _overflow_limit(count: int) -> float:
+    """The largest |entry| up to which the sum of ``count`` float32 squares cannot overflow."""
+    return math.sqrt(torch.finfo(torch.float32).max / max(count, 1)) / 2
+
+
+def overflow_scale(matrix: torch.Tensor) -> torch.Tensor:
+    """The largest |entry| of ``matrix`` where the sum of its squares could overflow float32, else 1 (a 0-d tensor)."""
+    largest = matrix.detach().abs().amax().float()
+    return torch.where(largest > _overflow_limit(matrix.numel()), largest, torch.ones_like(largest))

@@ -27,6 +27,7 @@ from torch import nn
 from torchmetrics.utilities import dim_zero_cat
 
 from memnet.metrics import nrmse_from_sums, task_error_counts
+from memnet.optim import shrink_gradients_
 from memnet.utils import MemnetError, batches_done
 
 Interval = Literal["step", "epoch"]  # when a learning-rate scheduler steps
@@ -105,6 +106,19 @@ class MemnetModule(pl.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.skip_nonfinite_step(optimizer)
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Lightning's clipping (``trainer.gradient_clip_val``), with the global norm taken without overflow.
+
+        torch's ``clip_grad_norm_`` sums the squares in the gradients' dtype: float32 gradients of ~1e19
+        (finite, so not skipped) made the norm inf and its clip coefficient 0, a step of nothing instead of
+        one clipped to ``gradient_clip_val``. They are shrunk first (:func:`memnet.optim.shrink_gradients_`).
+        """
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
+            shrink_gradients_(_parameters(optimizer, self), gradient_clip_val)
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val,
+                            gradient_clip_algorithm=gradient_clip_algorithm)
 
     def skip_nonfinite_step(self, optimizer: torch.optim.Optimizer | None) -> bool:
         """Drop this step's gradients when any is NaN or infinite; True when it did.

@@ -348,3 +348,66 @@ def test_a_resumed_run_replays_the_epoch_end_on_the_epoch_value_lightning_comput
     unbroken = fit("unbroken", threshold)
     fit("broken", threshold, stop=True)
     assert fit("broken", threshold, resume=True) == unbroken
+
+
+# ---- DDP: every process decides on the value over all processes ----
+
+class _TwoProcesses:
+    """A DDP strategy as one of two processes sees it: ``reduce`` adds the other's running [sum, weight]."""
+
+    root_device = torch.device("cpu")
+
+    def __init__(self, other_sum: float, other_weight: float):
+        self.other = torch.tensor([other_sum, other_weight])
+        self.reduced = 0
+
+    def reduce(self, tensor, reduce_op="mean"):
+        assert reduce_op == "sum"
+        self.reduced += 1
+        return tensor + self.other
+
+
+def _one_process_epoch(curriculum, strategy, own_values):
+    """Runs the curriculum's hooks over one training epoch of this process, its batches logging ``own_values``
+    (Lightning's epoch value is this process's own: the metric logged without sync_dist); returns the trainer."""
+    from types import SimpleNamespace
+
+    trainer = SimpleNamespace(strategy=strategy, callback_metrics={}, current_epoch=0, sanity_checking=False,
+                              datamodule=AlgorithmicDataModule(CopyTask(width=3, min_length=1, max_length=9),
+                                                               batch_size=2))
+    module = SimpleNamespace(log=lambda *args, **kwargs: None)
+    curriculum.on_fit_start(trainer, module)
+    curriculum.on_train_epoch_start(trainer, module)
+    for batch_idx, value in enumerate(own_values):
+        trainer.callback_metrics["train/loss"] = torch.tensor(value)
+        curriculum.on_train_batch_end(trainer, module, None, None, batch_idx)
+    trainer.callback_metrics["train/loss"] = torch.tensor(sum(own_values) / len(own_values))
+    return trainer, module
+
+
+@pytest.mark.parametrize("other_sum, expected", [(5.0, 2), (0.2, 3)])
+def test_a_training_metric_threshold_decides_on_the_value_over_all_ddp_processes(other_sum, expected):
+    # this process's mean is 0.5, below the threshold; with the other's 2 batches summing to 5.0 the mean over
+    # both is 1.5, above it (each process alone would decide differently: one stepped up, the other not)
+    curriculum = LengthCurriculum("growing", start_length=2, monitor="train/loss", threshold=1.0)
+    strategy = _TwoProcesses(other_sum, 2.0)
+    trainer, module = _one_process_epoch(curriculum, strategy, [0.25, 0.75])
+    curriculum.on_train_epoch_end(trainer, module)
+    assert strategy.reduced == 1 and curriculum.max_length == expected
+
+
+def test_a_checkpoint_keeps_the_training_sums_of_all_processes_for_the_epoch_end_a_resumed_run_replays():
+    # only rank 0's checkpoint is written: it held rank 0's own sums, and the resumed run decided on them
+    curriculum = LengthCurriculum("growing", start_length=2, monitor="train/loss", threshold=1.0)
+    trainer, module = _one_process_epoch(curriculum, _TwoProcesses(5.0, 2.0), [0.25, 0.75])
+    checkpoint = {"callbacks": {curriculum.state_key: curriculum.state_dict()}}
+    curriculum.on_save_checkpoint(trainer, module, checkpoint)
+    saved = checkpoint["callbacks"][curriculum.state_key]
+    assert (saved["train_sum"], saved["train_weight"]) == (6.0, 4.0)
+
+    resumed = LengthCurriculum("growing", start_length=2, monitor="train/loss", threshold=1.0)
+    resumed.load_state_dict(saved)
+    strategy = _TwoProcesses(5.0, 2.0)
+    trainer.strategy, trainer.callback_metrics = strategy, {}  # the replayed epoch end: no batch logged
+    resumed.on_train_epoch_end(trainer, module)
+    assert strategy.reduced == 0 and resumed.max_length == 2  # 1.5 over both processes, not summed again

@@ -188,3 +188,59 @@ def test_two_processes_fit_one_ridge_readout_from_the_whole_training_set(tmp_pat
         shared = torch.load(tmp_path / f"readout_2_{rank}.pt")
         torch.testing.assert_close(shared["weight"], alone["weight"], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(shared["bias"], alone["bias"], atol=1e-5, rtol=1e-4)
+
+
+CURRICULUM = '''
+import json, sys
+from functools import partial
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from memnet.controllers import LSTMController
+from memnet.curriculum import LengthCurriculum
+from memnet.lightning import SequenceModule
+from memnet.models.recurrent import RecurrentModel
+from tasks.algorithmic import AlgorithmicDataModule, CopyTask
+
+class Uneven(SequenceModule):
+    """Logs 2 on rank 0 and 0 on rank 1 under train/uneven, without sync_dist: Lightning's epoch value is each
+    process's own."""
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.log("train/uneven", 2.0 * (1 - self.global_rank), on_step=True, on_epoch=True, batch_size=1)
+        return loss
+
+class Keep(pl.Callback):
+    def on_train_end(self, trainer, module):
+        [curriculum] = [c for c in trainer.callbacks if isinstance(c, LengthCurriculum)]
+        with open(f"curriculum{trainer.global_rank}.json", "w") as handle:
+            json.dump(curriculum.history, handle)
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    net = RecurrentModel(4, 3, controller=partial(LSTMController, hidden_size=4))
+    data = AlgorithmicDataModule(CopyTask(width=3, min_length=1, max_length=8), batch_size=2, batches_per_epoch=2,
+                                 val_size=4, seed=0)
+    curriculum = LengthCurriculum("growing", start_length=2, monitor="train/uneven", threshold=1.5)
+    checkpoint = ModelCheckpoint(dirpath="checkpoints", save_last=True, save_on_train_epoch_end=False)
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp", logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         check_val_every_n_epoch=2, callbacks=[curriculum, checkpoint, Keep()])
+    trainer.fit(Uneven(net), datamodule=data)
+'''
+
+
+@pytest.mark.slow
+def test_two_processes_step_the_curriculum_up_together_on_the_value_over_both(tmp_path):
+    """Rank 0 alone (2 > 1.5) would hold the level and rank 1 alone (0 < 1.5) step up, desynchronising the data;
+    both decide on the mean over both (1 < 1.5), and the checkpoint keeps the sums over both for a resume."""
+    (tmp_path / "curriculum_ddp.py").write_text(textwrap.dedent(CURRICULUM))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "curriculum_ddp.py"], check=False, cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"curriculum{rank}.json").read_text()) == [[0, 2], [1, 3], [2, 4]]
+    # written at epoch 1's validation, before its end: both processes' 2 batches, weighted 1 each
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]["LengthCurriculum"]
+    assert (saved["train_sum"], saved["train_weight"]) == (4.0, 4.0)

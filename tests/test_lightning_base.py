@@ -115,6 +115,39 @@ def test_a_step_with_nan_gradients_is_skipped_and_training_goes_on():
     assert int(state[net.linear.bias]["step"]) == 3  # every parameter's step is dropped, not only the bad one's
 
 
+class _HugeGradients(nn.Module):
+    """A linear map whose gradients are 1e20 times the loss's: finite, but their squares overflow float32."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 1)
+        for parameter in self.linear.parameters():
+            parameter.register_hook(lambda grad: grad * 1e20)
+
+    def forward(self, inputs):
+        return self.linear(inputs)
+
+
+def test_a_global_clip_of_gradients_whose_squares_overflow_clips_them_to_the_norm_asked():
+    """trainer.gradient_clip_val (torch's clip_grad_norm_): the float32 norm of gradients of ~1e20 was inf and its
+    clip coefficient 0, so the step moved nothing; the gradients are finite, so no skipped step either."""
+    from functools import partial
+
+    from memnet.metrics import masked_mse
+
+    net = _HugeGradients()
+    [batch] = _regression_batches(1)
+    weight, bias = (p.detach().clone().requires_grad_() for p in net.linear.parameters())
+    loss = masked_mse(nn.functional.linear(batch["inputs"], weight, bias), batch["targets"], batch["mask"])
+    direction = torch.cat([g.flatten() for g in torch.autograd.grad(loss, (weight, bias))]).double()
+    before = torch.cat([p.detach().flatten() for p in net.parameters()]).double()
+    module = RegressionModule(net, optimizer=partial(torch.optim.SGD, lr=1.0))
+    _fit(module, 1)  # gradient_clip_val=1.0
+    step = torch.cat([p.detach().flatten() for p in net.parameters()]).double() - before
+    assert module.skipped_steps == 0
+    torch.testing.assert_close(step, -direction / direction.norm(), rtol=1e-4, atol=1e-6)
+
+
 def test_a_skipped_step_leaves_parameters_and_adam_state_untouched():
     net = nn.Linear(3, 1)
     module = SequenceModule(net)

@@ -128,6 +128,19 @@ def test_low_precision_gradients_are_clipped(dtype, norm):
     assert float(parameter.grad.float().norm()) == pytest.approx(1.0, rel=1e-2)
 
 
+@pytest.mark.parametrize("norm, order", [("spectral", 2), ("frobenius", "fro")])
+def test_gradients_whose_squares_overflow_are_clipped_to_the_norm_asked(norm, order):
+    """float32 gradients of ~1e20 are finite but their squares are not: the Frobenius norm was inf and the
+    gradient zeroed, the Gram matrix inf and eigvalsh failed (torch.linalg.LinAlgError)."""
+    grad = torch.randn(5, 3, generator=torch.Generator().manual_seed(0)) * 1e20
+    parameter = torch.nn.Parameter(torch.zeros(5, 3))
+    parameter.grad = grad.clone()
+    expected = float(torch.linalg.matrix_norm(grad.double(), ord=order))
+    (value,) = clip_per_matrix_([[parameter]], 2.0, norm)
+    assert float(value) == pytest.approx(expected, rel=1e-5)
+    torch.testing.assert_close(parameter.grad.double(), grad.double() * 2.0 / expected, rtol=1e-5, atol=0)
+
+
 def _scaled_rates(optimizer, scheduler, epochs, scale_at=1, factor=0.1):
     trainer = SimpleNamespace(optimizers=[optimizer], lr_scheduler_configs=[SimpleNamespace(scheduler=scheduler)])
     rates = []

@@ -1128,3 +1128,46 @@ def test_runs_trained_under_other_settings_than_the_suites_now_are_named(tmp_pat
          "its numbers are in the means"),
         f"seed 1 was resumed with other settings than it started with (overrides.{lr}: 0.1, now 0.01)",
     ]
+
+
+def test_a_config_file_edited_in_place_between_runs_is_named_with_the_file(tmp_path, monkeypatch, capsys):
+    """The same config paths with other contents (a fragment the config extends, edited between two `suite run`s)
+    are other settings, named with the file; a record from before the contents were kept is not named."""
+    monkeypatch.chdir(ROOT)
+
+    def fake_fit(self, argv, log, slot):
+        (log.parent / "summary.json").write_text(json.dumps({"metrics": {"val/loss": 1.0}}))
+        return 0
+
+    monkeypatch.setattr(S.SuiteRunner, "_process", fake_fit)
+    own = tmp_path / "configs"
+    own.mkdir()
+    fragment = own / "lr.yaml"
+    fragment.write_text("model:\n  init_args:\n    optimizer:\n      init_args:\n        lr: 0.1\n")
+    (own / "copy.yaml").write_text("extends: [lstm/copy, lr.yaml]\n")
+    suite = S.load_suite(write_suite(tmp_path / "a.yaml", [{**LSTM, "configs": [str(own / "copy.yaml")], "seeds": 3}]))
+    results = tmp_path / "r"
+    done, old, cut = S.expand_runs(suite, results)
+    assert {str(fragment.resolve()), str(ROOT / "configs" / "lstm" / "copy.yaml")} <= set(
+        done.settings()["config_sha256"])
+    S.SuiteRunner(suite, results).run([done, old])
+    record = old.record()
+    del record["settings"]["config_sha256"]  # written before the contents were kept
+    old.record_path.write_text(json.dumps(record))
+    cut.folder.mkdir(parents=True)
+    (cut.folder / "checkpoints").mkdir()
+    (cut.folder / "checkpoints" / "last.ckpt").write_bytes(b"")
+    S.SuiteRunner(suite, results)._write_record(cut, status="interrupted", settings=cut.settings())
+    assert S.build_report(results)["leaderboard"][0]["evaluation_notes"] == []
+
+    fragment.write_text(fragment.read_text().replace("0.1", "0.01"))
+    capsys.readouterr()
+    assert S.SuiteRunner(suite, results).run(S.expand_runs(suite, results))["done"] == 1  # the cut one, resumed
+    out = capsys.readouterr().out
+    assert "warning: lstm-copy/seed_0 was trained with other settings than the suite's now; kept" in out
+    assert "seed_1 was trained" not in out
+    changed = f"{fragment.resolve()}: its contents changed"
+    assert S.build_report(results)["leaderboard"][0]["evaluation_notes"] == [
+        f"seed 0 was trained with other settings than the suite's now ({changed}); its numbers are in the means",
+        f"seed 2 was resumed with other settings than it started with ({changed})",
+    ]

@@ -112,6 +112,13 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return _load(Path(path), (), set())
 
 
+def config_files(path: str | Path) -> list[Path]:
+    """The file and every fragment it stacks (``extends``, followed through), resolved and sorted."""
+    stacked: set[Path] = set()
+    _load(Path(path), (), stacked)
+    return sorted(stacked)
+
+
 def merge(base: dict[str, Any], override: dict[str, Any], where: tuple[str, ...] = ()) -> dict[str, Any]:
     """``override`` over ``base``: mappings merged, ``trainer.callbacks`` appended, the rest replaced."""
     merged = dict(base)

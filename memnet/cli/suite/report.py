@@ -17,7 +17,7 @@ from typing import Any
 from memnet.cli import tables
 from memnet.cli.suite.errors import SuiteError
 from memnet.cli.suite.evaluators import BABI_TASKS
-from memnet.cli.suite.runner import Run
+from memnet.cli.suite.runner import Run, settings_changes
 from memnet.cli.suite.spec import REPORT_DIR, SUITE_FILE, Experiment, Suite
 from memnet.metrics import FAILED_TASK_ERROR as BABI_FAIL_THRESHOLD
 from memnet.metrics import by_length as logged_by_length
@@ -220,34 +220,23 @@ def _evaluation_notes(entry: _ExperimentResults) -> list[str]:
     return sorted(notes)
 
 
-def _settings_changes(then: dict[str, Any], now: dict[str, Any]) -> str:
-    """What differs between two runs' settings (``Run.settings``), e.g. ``overrides.x: 0.1, now 0.01``."""
-    changes = []
-    for section in ("configs", "overrides", "budget", "seed_args"):
-        before, after = then.get(section), now.get(section)
-        if isinstance(before, dict) and isinstance(after, dict):
-            changes += [f"{section}.{key}: {before.get(key, 'unset')!r}, now {after.get(key, 'unset')!r}"
-                        for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
-        elif before != after:
-            changes.append(f"{section}: {before!r}, now {after!r}")
-    return "; ".join(changes)
-
-
 def _settings_notes(entry: _ExperimentResults) -> list[str]:
     """The finished runs trained under other settings than the suite's now, or resumed under other settings
-    than they started with: their numbers are in the tables, so they are named (records without settings,
-    written by an older memnet, cannot tell)."""
+    than they started with, a config file edited in place included: their numbers are in the tables, so they
+    are named (records without settings, written by an older memnet, cannot tell; those without the config
+    files' contents are compared without them)."""
     current = Run("", entry.experiment, 0, Path()).settings()
     notes = []
     for record in entry.done():
         seed, settings = record.get("seed"), record.get("settings")
-        if settings is not None and settings != current:
+        changes = settings_changes(settings, current) if settings is not None else []
+        if changes:
             notes.append(f"seed {seed} was trained with other settings than the suite's now "
-                         f"({_settings_changes(settings, current)}); its numbers are in the means")
+                         f"({'; '.join(changes)}); its numbers are in the means")
         started = record.get("resumed_from_settings")
-        if settings is not None and started is not None and started != settings:
-            notes.append(f"seed {seed} was resumed with other settings than it started with "
-                         f"({_settings_changes(started, settings)})")
+        changes = settings_changes(started, settings) if settings is not None and started is not None else []
+        if changes:
+            notes.append(f"seed {seed} was resumed with other settings than it started with ({'; '.join(changes)})")
     return notes
 
 

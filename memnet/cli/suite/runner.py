@@ -7,6 +7,7 @@ record (``metrics.json``) says done, failed or missing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -31,6 +32,7 @@ RECORD_FILE = "metrics.json"
 POLL_SECONDS = 0.2  # how often the scheduler looks at its runs
 PROGRESS_SECONDS = 30.0  # a progress line at least this often while runs go on
 ERROR_CHARS = 600  # the longest error message kept in a run's record
+CONFIG_DIGESTS = "config_sha256"  # the settings' key: each stacked config file -> the sha256 of its bytes
 
 
 @dataclass(frozen=True)
@@ -87,11 +89,14 @@ class Run:
         return summary.get("best_checkpoint") or summary.get("last_checkpoint")
 
     def settings(self) -> dict[str, Any]:
-        """What the run is trained with, as the suite names it (configs, overrides, budget, seed_args),
-        kept in its record so that a report can tell a run trained under other settings than the suite's now."""
+        """What the run is trained with, as the suite names it (configs, overrides, budget, seed_args), and
+        the contents of its config files (``config_sha256``: each config and every fragment it extends -> the
+        sha256 of its bytes), kept in its record so that a report can tell a run trained under other settings
+        than the suite's now, a config file edited in place included (:func:`settings_changes`)."""
         experiment = self.experiment
         return json.loads(json.dumps({"configs": list(experiment.configs), "overrides": experiment.overrides,
-                                      "budget": experiment.budget, "seed_args": list(experiment.seed_args)}))
+                                      "budget": experiment.budget, "seed_args": list(experiment.seed_args),
+                                      CONFIG_DIGESTS: _config_digests(experiment.configs)}))
 
     def last_checkpoint(self) -> Path | None:
         path = self.folder / "checkpoints" / "last.ckpt"
@@ -123,6 +128,43 @@ class Run:
         if resume_from is not None:
             argv.append(f"--ckpt_path={resume_from.resolve()}")
         return argv
+
+
+def _config_digests(configs: tuple[str, ...] | list[str]) -> dict[str, str | None]:
+    """Each config file and every fragment it extends -> the sha256 of its bytes (None: it cannot be read now)."""
+    from memnet.cli.configs import ConfigError, config_files
+
+    digests: dict[str, str | None] = {}
+    for config in configs:
+        try:
+            files = config_files(config)
+        except ConfigError:  # unreadable, or its fragments cannot be followed: the file alone
+            files = [Path(config).resolve()]
+        for path in files:
+            try:
+                digests[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+            except OSError:
+                digests[str(path)] = None
+    return digests
+
+
+def settings_changes(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between two runs' settings (:meth:`Run.settings`), e.g. ``overrides.x: 0.1, now 0.01``, and
+    each config file whose contents changed; none where they are the same. Settings recorded before the contents
+    were (without ``config_sha256``), and a file that cannot be read, are compared without them."""
+    changes = []
+    for section in ("configs", "overrides", "budget", "seed_args"):
+        before, after = then.get(section), now.get(section)
+        if isinstance(before, dict) and isinstance(after, dict):
+            changes += [f"{section}.{key}: {before.get(key, 'unset')!r}, now {after.get(key, 'unset')!r}"
+                        for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
+        elif before != after:
+            changes.append(f"{section}: {before!r}, now {after!r}")
+    before, after = then.get(CONFIG_DIGESTS), now.get(CONFIG_DIGESTS)
+    if isinstance(before, dict) and isinstance(after, dict):
+        changes += [f"{path}: its contents changed" for path in sorted(set(before) & set(after))
+                    if None not in (before[path], after[path]) and before[path] != after[path]]
+    return changes
 
 
 def _cli_value(value: Any) -> str:
@@ -372,7 +414,8 @@ class SuiteRunner:
         for run in runs:  # a suite file changed since: said here, and named beside the numbers in the report
             trained_with = (run.record() or {}).get("settings")
             kept = run.is_done() or run.is_trained()
-            if trained_with is not None and trained_with != run.settings() and (kept or run.last_checkpoint()):
+            if trained_with is not None and settings_changes(trained_with, run.settings()) and (
+                    kept or run.last_checkpoint()):
                 what = "kept as trained" if kept else "resumed from its last checkpoint"
                 progress.event(f"[suite {self.suite.name}] warning: {run.name} was trained with other settings than "
                                f"the suite's now; {what} (the report names it; move its folder away to train it anew)")
@@ -483,8 +526,8 @@ class SuiteRunner:
             settings = run.settings()
             # a run resumed under other settings than its checkpoint was trained with: the first ones stay named
             started_with = (previous.get("resumed_from_settings") or previous.get("settings")) if resume else None
-            provenance = {"settings": settings,
-                          "resumed_from_settings": started_with if started_with not in (None, settings) else None}
+            provenance = {"settings": settings, "resumed_from_settings": started_with if started_with is not None
+                          and settings_changes(started_with, settings) else None}
             argv = ["-m", "memnet.cli", *run.fit_argv(base=self.base, resume_from=resume)]
             (run.folder / "command.json").write_text(
                 json.dumps({"argv": argv, "cwd": str(self.base)}, indent=2)
