@@ -36,6 +36,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 
+from memnet.training import training_epoch_sums
 from memnet.utils import check_positive, check_range
 
 Schedule = Literal["fixed", "growing", "mixed"]
@@ -252,18 +253,10 @@ class LengthCurriculum(pl.Callback):
 
 
 def _epoch_sum_and_weight(trainer: pl.Trainer, key: str) -> tuple[Any, Any] | None:
-    """Lightning's running weighted sum and weight of the training metric ``key`` this epoch (its epoch value is
-    their ratio: a mean over the batches weighted by the ``batch_size`` each was logged with), else None.
-
-    Read from Lightning's result collection (internal, 2.x): nothing public gives the epoch value before the
-    epoch's end. Local to this process under DDP (summed over the processes where the curriculum decides).
-    """
-    results = getattr(trainer, "_results", None)
-    metric = results.get(f"training_step.{key}") if isinstance(results, dict) else None
-    meta = getattr(metric, "meta", None)
-    if meta is None or not getattr(metric, "is_tensor", False) or not (meta.on_epoch and meta.is_mean_reduction):
-        return None
-    return metric.value.detach().clone(), metric.cumulated_batch_size.detach().clone()
+    """Lightning's running weighted sum and weight of the training metric ``key`` this epoch
+    (:func:`memnet.training.training_epoch_sums`), else None. Local to this process under DDP (summed over
+    the processes where the curriculum decides)."""
+    return training_epoch_sums(trainer).get(f"training_step.{key}")
 
 
 class RepeatCurriculum(LengthCurriculum):

@@ -262,6 +262,25 @@ class MemnetModule(pl.LightningModule):
         self.log_epoch("test")
 
 
+def training_epoch_sums(trainer: pl.Trainer) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """This process's running weighted sum and weight of every training metric logged with ``on_epoch=True``
+    and a mean reduction this epoch, keyed as Lightning keys them (``training_step.train/loss``): the epoch
+    value is their ratio, a mean over the batches weighted by the ``batch_size`` each was logged with.
+
+    Read from Lightning's result collection (internal, 2.x; another layout gives nothing): nothing public
+    gives an epoch value before the epoch's end. Copies, detached.
+    """
+    epoch_loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)  # in validation too
+    results = getattr(trainer if epoch_loop is None else epoch_loop, "_results", None)
+    sums = {}
+    for key, metric in (results.items() if isinstance(results, dict) else ()):
+        meta = getattr(metric, "meta", None)
+        if (meta is not None and getattr(metric, "is_tensor", False) and meta.on_epoch and meta.is_mean_reduction
+                and key.startswith("training_step.")):
+            sums[key] = (metric.value.detach().clone(), metric.cumulated_batch_size.detach().clone())
+    return sums
+
+
 def train_epoch_so_far(module: MemnetModule) -> dict[str, Any] | None:
     """What the training epoch has accumulated when a checkpoint is written, for a resume in its middle.
 
@@ -272,18 +291,12 @@ def train_epoch_so_far(module: MemnetModule) -> dict[str, Any] | None:
     process. Read from Lightning's result collection (internal, 2.x; an unknown layout keeps nothing).
     """
     trainer = module.trainer
-    epoch_loop = trainer.fit_loop.epoch_loop
     if not 0 < batches_done(trainer) < trainer.num_training_batches:
         return None  # between epochs: the next one starts afresh
     logged: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    results = getattr(epoch_loop, "_results", None)
-    for key, metric in (results.items() if isinstance(results, dict) else ()):
-        meta = getattr(metric, "meta", None)
-        if (meta is not None and getattr(metric, "is_tensor", False) and meta.on_epoch and meta.is_mean_reduction
-                and key.startswith("training_step.")):
-            value, weight = (trainer.strategy.reduce(tensor.detach().clone(), reduce_op="sum")
-                             for tensor in (metric.value, metric.cumulated_batch_size))
-            logged[key] = (value.cpu(), weight.cpu())
+    for key, sums in training_epoch_sums(trainer).items():
+        value, weight = (trainer.strategy.reduce(tensor, reduce_op="sum") for tensor in sums)
+        logged[key] = (value.cpu(), weight.cpu())
     return {"epoch": trainer.current_epoch, "logged": logged,
             "accumulated": None if module.epoch_metrics is None else module.epoch_metrics.state("train")}
 
