@@ -135,7 +135,7 @@ def shrink_gradients_(parameters: Iterable[torch.nn.Parameter], max_norm: float)
     if not grads:
         return
     device = grads[0].device
-    largest = torch.stack([torch.linalg.vector_norm(g.detach(), math.inf, dtype=torch.float32).to(device)
+    largest = torch.stack([torch.linalg.vector_norm(g.detach(), math.inf).to(device, torch.float64)
                            for g in grads]).amax()
     # only where the squares could overflow: elsewhere the factor is 1, and the gradients stay bit for bit
     factor = torch.where(largest > _overflow_limit(sum(g.numel() for g in grads)),
