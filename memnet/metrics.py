@@ -81,11 +81,13 @@ def bits_per_sequence(logits: torch.Tensor, targets: torch.Tensor, mask: torch.T
 
 
 def wrong_bits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(B, T, D) 1 where the output thresholded at probability ½ (logit > 0) differs from the target.
+    """(B, T, D) 1 where the output thresholded at probability ½ (logit > 0) differs from the target, or is NaN.
 
-    In float32 whatever the logits' dtype: summed over a sequence, bfloat16 would stop counting at 256.
+    A NaN output is wrong whatever the target: read as 0 (NaN > 0 is false), a network that overflowed
+    would be right on every 0 bit, and a sequence with no 1 bit exact. In float32 whatever the logits'
+    dtype: summed over a sequence, bfloat16 would stop counting at 256.
     """
-    return ((logits > 0).to(targets.dtype) != targets).float()
+    return (((logits > 0).to(targets.dtype) != targets) | logits.isnan()).float()
 
 
 def bit_errors_per_sequence(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -125,8 +127,12 @@ def sequence_metrics(
 
 def answer_errors(logits: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
     """logits (B, A), answer (B,) class -> (B,) 1.0 where the arg-max answer is wrong, else 0.0 (float32 whatever
-    the logits' dtype: bfloat16 counts stop at 256, float16 at 2,048)."""
-    return (logits.argmax(-1) != answer).float()
+    the logits' dtype: bfloat16 counts stop at 256, float16 at 2,048).
+
+    A question with a NaN logit is wrong: arg-max takes NaN for the largest value, so a network that
+    overflowed would answer class 0 (or the NaN's class) and be right on every question whose answer it is.
+    """
+    return ((logits.argmax(-1) != answer) | logits.isnan().any(-1)).float()
 
 
 def task_error_counts(wrong: torch.Tensor, task: torch.Tensor, *, tasks: int | None = None) -> torch.Tensor:

@@ -101,6 +101,19 @@ def test_the_evaluated_sequences_do_not_depend_on_the_batch_size(task):
                 assert torch.equal(drawn[batch_size][key], drawn[DRAW_BLOCK][key]), (batch_size, key)
 
 
+def test_replacing_the_lengths_of_an_earlier_evaluation_is_said_before_the_run(trained, capsys):
+    # the default --out is the run's one evaluation folder: a second evaluation at other lengths silently
+    # replaced the first one's results.json and tables
+    evaluate(trained, "--ckpt_path", "latest", "--lengths", "2", "3", "--num_sequences", "2", "--out", "again")
+    assert "warning" not in capsys.readouterr().err
+    evaluate(trained, "--ckpt_path", "latest", "--lengths", "3", "4", "--num_sequences", "2", "--out", "again")
+    err = capsys.readouterr().err
+    assert "results.json holds length(s) 2, which this evaluation replaces" in err
+    assert err.index("replaces") < err.index("length    3:")  # before anything is run
+    evaluate(trained, "--ckpt_path", "latest", "--lengths", "3", "4", "--num_sequences", "2", "--out", "again")
+    assert "warning" not in capsys.readouterr().err  # the same lengths again lose nothing
+
+
 def test_explicit_checkpoint_and_memory_size(trained):
     checkpoint = next((trained / "run" / "runs" / "memnet").glob("*/checkpoints/last.ckpt"))
     evaluate(trained, "--ckpt_path", str(checkpoint), "--lengths", "12", "--memory_size", "16",

@@ -52,6 +52,19 @@ def test_a_nan_or_inf_output_on_an_unscored_step_costs_nothing():
     assert math.isnan(metrics.bits_per_sequence(scored, targets, mask)[0].item())
 
 
+def test_a_nan_output_on_a_scored_step_is_wrong_whatever_the_target():
+    # NaN > 0 is false and arg-max takes NaN for the largest value: an overflowed network was read as
+    # answering 0, right on every 0 bit (a sequence of 0 bits exact) and on every question of class 0
+    targets, mask = _batch()
+    logits = 40 * (2 * targets - 1)
+    logits[0, 1, 0] = logits[1, 2, 3] = float("nan")  # on 0 bits of scored steps
+    logits[1, 0, :] = float("nan")  # on an unscored step: still costs nothing
+    assert metrics.bit_errors_per_sequence(logits, targets, mask).tolist() == [1.0, 1.0]
+    assert metrics.step_accuracy(logits, targets, mask).tolist() == [0.5, 0.5]
+    answers = torch.tensor([[float("nan")] * 3, [0.0, float("nan"), 1.0], [2.0, 0.0, 1.0]])
+    assert metrics.answer_errors(answers, torch.tensor([0, 1, 0])).tolist() == [1.0, 1.0, 0.0]
+
+
 def test_task_errors_mean_and_failed_count():
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [2.0, 0.0]])
     answer = torch.tensor([0, 0, 1, 0])

@@ -65,7 +65,9 @@ from memnet.protocols import (
     EVALUATION_FILE,
     EvaluationResult,
     LengthRow,
+    ResultSchemaError,
     SequenceTask,
+    read_evaluation,
     sequence_batches,
 )
 from memnet.utils import parameter_dtype, wandb_mode
@@ -309,6 +311,11 @@ def run(args: argparse.Namespace) -> dict:
                 raise EvaluationError(f"--memory_size {size}: {error}") from None
 
     out = Path(args.out) if args.out else checkpoint.resolve().parent.parent / "evaluation"
+    lost = _lengths_lost(out / EVALUATION_FILE, args.lengths)
+    if lost:  # said before the run, so that it can still be stopped: an evaluation of long lengths costs hours
+        print(f"memnet evaluate: warning: {out / EVALUATION_FILE} holds length(s) {', '.join(map(str, lost))}, "
+              "which this evaluation replaces without measuring; give --out another folder to keep them",
+              file=sys.stderr, flush=True)
     out.mkdir(parents=True, exist_ok=True)
     rows, first = [], None
     word_size = getattr(net, "word_size", None)
@@ -361,6 +368,15 @@ def run(args: argparse.Namespace) -> dict:
     if args.wandb:
         _log_wandb(results, rows, out)
     return results
+
+
+def _lengths_lost(path: Path, lengths: list[int]) -> list[int]:
+    """The lengths of an earlier ``results.json`` at ``path`` that an evaluation at ``lengths`` would drop."""
+    try:
+        rows = read_evaluation(path)["lengths"]
+    except (OSError, ValueError, ResultSchemaError):  # none there, or unreadable: nothing a reader could lose
+        return []
+    return sorted({row["length"] for row in rows} - set(lengths))
 
 
 def _log_wandb(results: dict, rows: list[dict], out: Path) -> None:
