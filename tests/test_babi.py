@@ -500,6 +500,8 @@ def test_babi_table_markdown_and_csv():
     rows = csv.splitlines()
     assert rows[0] == "task,MemN2N,per-task" and rows[3] == "3: three-supporting-facts,10.0,"
     assert rows[-2] == "mean error (%),1.9,10.2 (2 tasks)"
+    piped = babi_table({"a|b": {1: 0.5}})[0].splitlines()  # a run's name with a pipe stays one column
+    assert piped[0] == "| task | a\\|b |" and piped[0].replace("\\|", "").count("|") == piped[1].count("|")
 
 
 def test_table_command_reads_saved_results(tmp_path, capsys):

@@ -153,6 +153,14 @@ def test_lengths_the_task_cannot_encode_are_refused(trained, capsys):
     assert "--lengths" in capsys.readouterr().err
 
 
+def test_a_length_named_twice_is_refused_before_anything_runs(trained, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate(trained, "--ckpt_path", "latest", "--lengths", "4", "2", "4", "--out", "twice")
+    assert exit_info.value.code == 2
+    assert "--lengths names length(s) 4 more than once" in capsys.readouterr().err
+    assert not (trained / "twice").exists()
+
+
 def test_the_engine_of_the_evaluation_can_be_chosen(trained, capsys):
     evaluate(trained, "--ckpt_path", "latest", "--lengths", "4", "--num_sequences", "3", "--out", "eager")
     evaluate(trained, "--ckpt_path", "latest", "--lengths", "4", "--num_sequences", "3", "--out", "fused",

@@ -117,6 +117,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     bad = [n for n in args.lengths if n < 1]
     if bad:
         parser.error(f"--lengths must be positive integers, got {bad}")
+    repeated = sorted({n for n in args.lengths if args.lengths.count(n) > 1})
+    if repeated:  # evaluated twice, and two rows of one length in the tables
+        parser.error(f"--lengths names length(s) {', '.join(map(str, repeated))} more than once")
     return args
 
 

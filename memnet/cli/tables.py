@@ -13,7 +13,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, alig
     """A GitHub markdown table, one line per row, ending in a newline.
 
     Args:
-        header: the column titles.
+        header: the column titles (``|`` escaped).
         rows: the cells, one sequence per row (``str()`` of each; ``|`` escaped).
         align: per column ``"left"``, ``"right"`` or ``""`` (none); default none.
         empty: what an empty cell shows (``"–"`` where a blank would read as missing).
@@ -22,7 +22,8 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, alig
     align = align or [""] * len(header)
     if len(align) != len(header):
         raise ValueError(f"align names {len(align)} columns for a header of {len(header)}")
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(marks[a] for a in align) + "|"]
+    titles = [str(title).replace("|", "\\|") for title in header]  # a run named "a|b" is one column
+    lines = ["| " + " | ".join(titles) + " |", "|" + "|".join(marks[a] for a in align) + "|"]
     for row in rows:
         cells = [str(cell).replace("|", "\\|") if str(cell) else empty for cell in row]
         lines.append("| " + " | ".join(cells) + " |")
