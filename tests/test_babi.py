@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import tarfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -332,6 +333,21 @@ def test_story_truncated_to_memory_size_most_recent_first():
     assert story.shape[0] == 5  # the 5 most recent of 9 sentences
     expected_words = [f"w{s}" for s in (8, 7, 6, 5, 4)]  # slot 0 = the most recent
     assert [vocabulary.tokens[row[0]] for row in story] == expected_words
+
+
+def test_truncating_a_supporting_sentence_warns_with_the_count_per_task():
+    vocabulary = Vocabulary.build(["a"], ["w"])
+
+    class Split:
+        def to_dict(self):
+            return {"story": [[["w"]] * 9, [["w"]] * 9, [["w"]] * 3], "query": [["w"]] * 3, "answer": ["a"] * 3,
+                    "supporting": [[2, 8], [4], [0]], "task": [3, 3, 1]}
+
+    with pytest.warns(UserWarning, match=r"drops a supporting sentence of 1 of the 3 questions \(task 3: 1\)"):
+        babi.encode_split(Split(), vocabulary, memory_size=5)  # keeps sentences 4-8: the fact 2 is lost, 4 is kept
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        babi.encode_split(Split(), vocabulary, memory_size=7)
 
 
 def test_collate_pads_to_longest_story_sentence_and_question():

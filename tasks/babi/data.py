@@ -71,6 +71,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -332,8 +333,20 @@ def encode_split(split, vocabulary: Vocabulary, memory_size: int) -> dict[str, n
     Returns arrays ``words`` (all kept sentences' ids, concatenated), ``sentence_offsets``
     (sentence k is ``words[o[k]:o[k+1]]``), ``story_offsets`` (example i has sentences
     ``o[i]:o[i+1]``), ``query_words``, ``query_offsets``, ``answer`` and ``task``.
+
+    Warns, with the count per task, when a question's supporting sentence is older than the
+    ``memory_size`` kept: the question can then not be answered from the memory.
     """
     columns = split.to_dict()
+    supporting = columns.get("supporting") or [[] for _ in columns["story"]]
+    dropped: dict[int, int] = {}
+    for story, facts, task in zip(columns["story"], supporting, columns["task"]):
+        if facts and min(facts) < len(story) - memory_size:
+            dropped[task] = dropped.get(task, 0) + 1
+    if dropped:
+        counts = ", ".join(f"task {task}: {n}" for task, n in sorted(dropped.items()))
+        warnings.warn(f"memory_size {memory_size} drops a supporting sentence of {sum(dropped.values())} of the "
+                      f"{len(columns['story'])} questions ({counts}); raise memory_size to keep them", stacklevel=2)
     words: list[int] = []
     sentence_offsets, story_offsets, query_words, query_offsets = [0], [0], [], [0]
     for story, query in zip(columns["story"], columns["query"]):
