@@ -20,6 +20,7 @@ from memnet.utils import (  # run_dir re-exported: memnet.callbacks.run_dir
     logged_step,
     parameter_dtype,
     run_dir,
+    validation_count,
     wandb_offline,
 )
 
@@ -48,7 +49,7 @@ class MemoryAccessPlot(pl.Callback):
         self.last_path: Path | None = None
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
+        if trainer.sanity_checking or validation_count(trainer) % self.every_n_epochs:
             return
         if not trainer.is_global_zero or trainer.state.fn != TrainerFn.FITTING:
             # ``memnet validate`` has no run folder of its own: drawing there made a stray runs/memnet/<id>/ that

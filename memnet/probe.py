@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from pytorch_lightning.loggers import WandbLogger
 from torch import nn
 
-from memnet.utils import logged_step, run_dir
+from memnet.utils import logged_step, run_dir, validation_count
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -268,7 +268,7 @@ class GradientProbe(pl.Callback):
         self.last_path: Path | None = None
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs or not trainer.is_global_zero:
+        if trainer.sanity_checking or validation_count(trainer) % self.every_n_epochs or not trainer.is_global_zero:
             return
         net = getattr(pl_module, "net", pl_module)
         if not (hasattr(net, "step") and hasattr(net, "initial_state")):

@@ -327,6 +327,19 @@ def logged_step(trainer: Any) -> int:
     return int(step) if isinstance(step, int) else int(trainer.global_step)
 
 
+def validation_count(trainer: Any) -> int:
+    """How many validation epochs of this fit came before the one running now (``current_epoch`` outside a fit).
+
+    With ``check_val_every_n_epoch`` c a fit validates after epochs c − 1, 2c − 1, …: a callback that acts
+    every k validation epochs counts them, not the epochs (``current_epoch % k`` is never 0 when c = k = 2).
+    """
+    every = getattr(trainer, "check_val_every_n_epoch", None)
+    fitting = getattr(getattr(trainer, "state", None), "fn", None) == "fit"
+    if not fitting or not isinstance(every, int) or every <= 1:
+        return int(trainer.current_epoch)
+    return (trainer.current_epoch + 1) // every - 1
+
+
 def fsync(path: Path) -> None:
     """Flush a file's (or a folder's entries') writes to the disk; a file system that cannot is left as it is."""
     try:

@@ -56,6 +56,19 @@ def test_callback_draws_every_k_validation_epochs(tmp_path):
     assert callback.last_path.read_bytes()[:8] == PNG
 
 
+def test_callback_counts_validation_epochs_when_not_every_epoch_validates(tmp_path):
+    task = AssociativeRecallTask(width=3, item_length=2, min_length=2, max_length=3)
+    dm = AlgorithmicDataModule(task, batch_size=3, batches_per_epoch=1, val_lengths=[3], val_size=3)
+    net = NTM(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=4),
+              memory_size=7, word_size=5, num_reads=1, num_writes=1)
+    trainer = pl.Trainer(max_epochs=6, check_val_every_n_epoch=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                         callbacks=[MemoryAccessPlot(every_n_epochs=2)])
+    trainer.fit(SequenceModule(net), datamodule=dm)
+    drawn = sorted(p.name for p in (run_dir(trainer) / "memory_access").glob("*.png"))
+    assert drawn == ["epoch_0001.png", "epoch_0005.png"]  # validations after epochs 1, 3, 5: the first and third
+
+
 def test_callback_rejects_bad_k():
     with pytest.raises(ValueError, match="every_n_epochs"):
         MemoryAccessPlot(every_n_epochs=0)

@@ -166,6 +166,17 @@ def test_callback_draws_and_logs_during_training(tmp_path):
     assert probe.curves["epoch 1"].shape == (T,)
 
 
+def test_callback_counts_validation_epochs_not_epochs(tmp_path):
+    # validations after epochs 1, 3, 5: every second one is after epochs 1 and 5 (current_epoch % 2 is never 0)
+    net, _, _, loader = _one_batch_run()
+    probe = GradientProbe(every_n_epochs=2, max_sequences=2)
+    trainer = pl.Trainer(max_epochs=6, check_val_every_n_epoch=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                         callbacks=[probe])
+    trainer.fit(SequenceModule(net), train_dataloaders=loader, val_dataloaders=loader)
+    assert list(probe.curves) == ["epoch 1", "epoch 5"]
+
+
 def test_callback_probes_under_trainer_validate(tmp_path):
     net, inputs, targets, loader = _one_batch_run()
     probe = GradientProbe(max_sequences=2)
