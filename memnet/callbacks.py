@@ -103,6 +103,13 @@ def draw_memory_access(module: torch.nn.Module, batch: dict, path: Path, *, titl
     return drawn
 
 
+def fitting(trainer: Any) -> bool:
+    """False under ``trainer.validate`` / ``test``: a callback that changes training (the softmax switch, a decay, a
+    restore) or records its history acts on a fit's validations only, not on a checkpoint's evaluation."""
+    fn = getattr(getattr(trainer, "state", None), "fn", None)
+    return fn is None or fn == TrainerFn.FITTING
+
+
 class LinearStartSwitch(pl.Callback):
     """Linear start (MemN2N paper, §4.2): put the softmax back when validation loss stops falling.
 
@@ -177,7 +184,7 @@ class LinearStartSwitch(pl.Callback):
         # on_validation_end, not on_validation_epoch_end: Lightning calls the callbacks' epoch-end hooks before the
         # module's, where epoch metrics are logged (val/mean_task_error, val/nrmse), which would be an epoch late
         net = self._linear_net(pl_module)
-        if trainer.sanity_checking or net is None or self.epochs is not None:
+        if trainer.sanity_checking or not fitting(trainer) or net is None or self.epochs is not None:
             return
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
@@ -367,7 +374,7 @@ class RelapseWatch(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # on_validation_end, not on_validation_epoch_end: Lightning calls the callbacks' epoch-end hooks before the
         # module's, where epoch metrics are logged (val/mean_task_error, val/nrmse), which would be an epoch late
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or not fitting(trainer):
             return
         metric = trainer.callback_metrics.get(self.monitor)
         if metric is None:
@@ -525,7 +532,7 @@ class ConvergenceDecay(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # on_validation_end, not on_validation_epoch_end: Lightning calls the callbacks' epoch-end hooks before the
         # module's, where epoch metrics are logged (val/mean_task_error, val/nrmse), which would be an epoch late
-        if trainer.sanity_checking or self.converged_step is not None:
+        if trainer.sanity_checking or not fitting(trainer) or self.converged_step is not None:
             return
         metric = trainer.callback_metrics.get(self.monitor)
         if metric is None or not float(metric) <= self.level:

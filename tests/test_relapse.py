@@ -369,3 +369,25 @@ def test_a_scaled_rate_stays_scaled_through_the_linear_start_and_other_schedules
     assert max(cosine[1:]) <= 0.0101 and cosine[-1] == pytest.approx(0.005)  # the floor scaled with the rate
     cyclic = rates(lambda o: torch.optim.lr_scheduler.CyclicLR(o, base_lr=0.01, max_lr=0.1, step_size_up=2), 8)
     assert max(cyclic[1:]) <= 0.0101  # the peaks scaled too
+
+
+def test_callbacks_that_change_training_do_nothing_when_a_checkpoint_is_validated():
+    """Under trainer.validate (memnet validate, a notebook's evaluation) the softmax switch, the decay and the relapse
+    watch acted: the switch turned a linear-start MemN2N's softmax on, the decay marked the run converged (so a
+    later fit with the same callback never decayed), the watch took the validation into its history."""
+    from types import SimpleNamespace
+
+    from memnet.callbacks import ConvergenceDecay, LinearStartSwitch, RelapseWatch
+    from memnet.models.memn2n import MemN2N
+
+    net = MemN2N(20, 5, memory_size=4, linear_start=True)
+    module = SimpleNamespace(net=net, log=lambda *args, **kwargs: None)
+    switch, decay, watch = LinearStartSwitch(patience=5, max_epochs=1), ConvergenceDecay(threshold=1e9), RelapseWatch()
+    for fn, acted in (("validate", False), ("fit", True)):
+        trainer = SimpleNamespace(sanity_checking=False, current_epoch=0, global_step=10, optimizers=[], lr_scheduler_configs=[],
+                                  is_global_zero=True, state=SimpleNamespace(fn=fn), loggers=[],
+                                  callback_metrics={"val/loss": torch.tensor(0.5), "val/bits_per_seq": torch.tensor(0.5)})
+        for callback in (switch, decay, watch):
+            callback.on_validation_end(trainer, module)
+        assert bool(net.softmax_enabled) is acted and (decay.converged_step == 10) is acted
+        assert (len(watch.history) == 1) is acted
