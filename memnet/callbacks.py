@@ -12,11 +12,11 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
-from pytorch_lightning.trainer.states import TrainerFn
 
 from memnet.plots import plot_dnc_memory, plot_memory_access
 from memnet.utils import (  # run_dir re-exported: memnet.callbacks.run_dir
     accepts_keyword,
+    fitting,
     logged_step,
     parameter_dtype,
     run_dir,
@@ -51,7 +51,7 @@ class MemoryAccessPlot(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or validation_count(trainer) % self.every_n_epochs:
             return
-        if not trainer.is_global_zero or trainer.state.fn != TrainerFn.FITTING:
+        if not trainer.is_global_zero or not fitting(trainer):
             # ``memnet validate`` has no run folder of its own: drawing there made a stray runs/memnet/<id>/ that
             # looked like a run (``memnet figures`` draws a checkpoint's memory access)
             return
@@ -101,13 +101,6 @@ def draw_memory_access(module: torch.nn.Module, batch: dict, path: Path, *, titl
         plot_dnc_memory(Path(path).with_name(Path(path).stem + "_dnc.png"), usage=trace.usage[0],
                         link=trace.link[0, -1], read_modes=None if modes is None else modes[0], title=title)
     return drawn
-
-
-def fitting(trainer: Any) -> bool:
-    """False under ``trainer.validate`` / ``test``: a callback that changes training (the softmax switch, a decay, a
-    restore) or records its history acts on a fit's validations only, not on a checkpoint's evaluation."""
-    fn = getattr(getattr(trainer, "state", None), "fn", None)
-    return fn is None or fn == TrainerFn.FITTING
 
 
 class LinearStartSwitch(pl.Callback):

@@ -135,8 +135,7 @@ def shrink_gradients_(parameters: Iterable[torch.nn.Parameter], max_norm: float)
     if not grads:
         return
     device = grads[0].device
-    largest = torch.stack([torch.linalg.vector_norm(g.detach(), math.inf).to(device, torch.float64)
-                           for g in grads]).amax()
+    largest = torch.stack([norm.to(device, torch.float64) for norm in torch._foreach_norm(grads, math.inf)]).amax()
     # only where the squares could overflow: elsewhere the factor is 1, and the gradients stay bit for bit
     factor = torch.where(largest > _overflow_limit(sum(g.numel() for g in grads)),
                          (max_norm / largest).clamp(max=1.0), torch.ones_like(largest))

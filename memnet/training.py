@@ -28,7 +28,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from memnet.metrics import nrmse_from_sums, task_error_counts
 from memnet.optim import shrink_gradients_
-from memnet.utils import MemnetError, batches_done
+from memnet.utils import MemnetError, batches_done, fitting
 
 Interval = Literal["step", "epoch"]  # when a learning-rate scheduler steps
 NonFinite = Literal["skip", "stop"]  # what a training step with non-finite gradients does
@@ -170,7 +170,7 @@ class MemnetModule(pl.LightningModule):
         # teacher forcing: modules with rng_state / set_rng_state): a resume continues their draws
         states = {name: module.rng_state() for name, module in self.named_modules() if hasattr(module, "rng_state")}
         checkpoint["memnet_rng_states"] = {name: state for name, state in states.items() if state is not None}
-        if self._trainer is not None and self.trainer.state.fn == "fit":
+        if self._trainer is not None and fitting(self.trainer):
             checkpoint["memnet_train_epoch"] = train_epoch_so_far(self)  # None unless written mid-epoch
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -181,7 +181,7 @@ class MemnetModule(pl.LightningModule):
                 module.set_rng_state(states[name])
         self._resumed_epoch = checkpoint.get("memnet_train_epoch")
         trainer = self._trainer
-        if trainer is None or trainer.state.fn != "fit":
+        if trainer is None or not fitting(trainer):
             return
         # the schedule's total_steps counts what it is stepped by: optimiser steps, or epochs (scheduler_interval)
         planned, unit = ((trainer.max_steps, "steps") if self.scheduler_interval == "step"

@@ -327,6 +327,14 @@ def logged_step(trainer: Any) -> int:
     return int(step) if isinstance(step, int) else int(trainer.global_step)
 
 
+def fitting(trainer: Any) -> bool:
+    """False under ``trainer.validate`` / ``test`` / ``predict``: what changes training (the softmax switch, a decay,
+    a restore), records its history or draws figures of it acts on a fit's validations only. A trainer without a
+    state (a test's stand-in) counts as fitting."""
+    fn = getattr(getattr(trainer, "state", None), "fn", None)
+    return fn is None or fn == "fit"
+
+
 def validation_count(trainer: Any) -> int:
     """How many validation epochs of this fit came before the one running now (``current_epoch`` outside a fit).
 
@@ -334,8 +342,7 @@ def validation_count(trainer: Any) -> int:
     every k validation epochs counts them, not the epochs (``current_epoch % k`` is never 0 when c = k = 2).
     """
     every = getattr(trainer, "check_val_every_n_epoch", None)
-    fitting = getattr(getattr(trainer, "state", None), "fn", None) == "fit"
-    if not fitting or not isinstance(every, int) or every <= 1:
+    if not fitting(trainer) or not isinstance(every, int) or every <= 1:
         return int(trainer.current_epoch)
     return (trainer.current_epoch + 1) // every - 1
 
