@@ -20,7 +20,7 @@ from torch import nn
 
 from memnet import addressing
 from memnet import fused as fused_ops
-from memnet.utils import check_positive
+from memnet.utils import check_positive, is_integer
 
 
 class HeadOutput(NamedTuple):
@@ -64,7 +64,7 @@ class NTMHeads(nn.Module):
     ) -> None:
         super().__init__()
         check_positive(input_size=input_size, num_reads=num_reads, num_writes=num_writes, word_size=word_size)
-        if not isinstance(shift_range, int) or shift_range < 0:
+        if not is_integer(shift_range) or shift_range < 0:
             raise ValueError(f"shift_range must be a non-negative integer, got {shift_range!r}")
         self.num_reads = num_reads
         self.num_writes = num_writes

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from pytorch_lightning.loggers import WandbLogger
 from torch import nn
 
-from memnet.utils import logged_step, run_dir, validation_count
+from memnet.utils import is_integer, logged_step, run_dir, validation_count
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -252,9 +252,9 @@ class GradientProbe(pl.Callback):
         loss: Literal["last", "all"] = "last",
         state_part: Literal["all", "controller"] = "all",
     ) -> None:
-        if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+        if not is_integer(every_n_epochs) or every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be a positive integer, got {every_n_epochs!r}")
-        if not isinstance(max_sequences, int) or max_sequences < 1:
+        if not is_integer(max_sequences) or max_sequences < 1:
             raise ValueError(f"max_sequences must be a positive integer, got {max_sequences!r}")
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")

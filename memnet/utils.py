@@ -15,6 +15,15 @@ import torch
 from torch.utils.data import DistributedSampler
 
 
+def is_integer(value: object) -> bool:
+    """True for an ``int`` that is not a ``bool``: ``True`` is not a size, a length or a count.
+
+    >>> is_integer(3), is_integer(True), is_integer(3.0)
+    (True, False, False)
+    """
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_positive(**values: int) -> None:
     """Raise ``ValueError`` naming the first argument that is not a positive integer.
 
@@ -24,7 +33,7 @@ def check_positive(**values: int) -> None:
     ValueError: num_reads must be a positive integer, got 0
     """
     for name, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        if not is_integer(value) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 

@@ -35,7 +35,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from memnet.utils import ResumableLoader, distributed_sampler
+from memnet.utils import ResumableLoader, distributed_sampler, is_integer
 from tasks.algorithmic.base import AlgorithmicTask
 from tasks.algorithmic.data import _mix
 
@@ -54,7 +54,7 @@ class TokenTask(AlgorithmicTask):
 
     def __init__(self, *, num_symbols: int = 8, min_length: int = 1, max_length: int = 10) -> None:
         super().__init__(min_length=min_length, max_length=max_length)
-        if not isinstance(num_symbols, int) or num_symbols < 1:
+        if not is_integer(num_symbols) or num_symbols < 1:
             raise ValueError(f"num_symbols must be a positive integer, got {num_symbols!r}")
         self.num_symbols = num_symbols
 
@@ -135,7 +135,7 @@ class Seq2SeqCopyTask(TokenTask):
         self, *, num_symbols: int = 8, min_length: int = 1, max_length: int = 10, output_length: int | None = None
     ) -> None:
         super().__init__(num_symbols=num_symbols, min_length=min_length, max_length=max_length)
-        if output_length is not None and (not isinstance(output_length, int) or output_length < 1):
+        if output_length is not None and (not is_integer(output_length) or output_length < 1):
             raise ValueError(f"output_length must be a positive integer or null, got {output_length!r}")
         self.fixed_output_length = output_length
 
@@ -174,7 +174,7 @@ class MarkovBitsTask(AlgorithmicTask):
         self, *, width: int = 4, flip_probability: float = 0.05, min_length: int = 10, max_length: int = 30
     ) -> None:
         super().__init__(min_length=min_length, max_length=max_length)
-        if not isinstance(width, int) or width < 1:
+        if not is_integer(width) or width < 1:
             raise ValueError(f"width must be a positive integer, got {width!r}")
         if not 0 < flip_probability <= 0.5:
             raise ValueError(f"flip_probability must lie in (0, 0.5], got {flip_probability!r}")
@@ -321,9 +321,9 @@ class SeriesDataModule(pl.LightningDataModule):
             raise ValueError(f"series must be one of {list(SERIES)}, got {series!r}")
         for name, value in {"length": length, "horizon": horizon, "batch_size": batch_size,
                             "train_size": train_size, "val_size": val_size, "test_size": test_size}.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not is_integer(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(washout, int) or not 0 <= washout < length:
+        if not is_integer(washout) or not 0 <= washout < length:
             raise ValueError(f"washout must be an integer in [0, length={length}), got {washout!r}")
         if series == "narma10" and horizon != 1:
             raise ValueError(f"horizon must be 1 for series 'narma10' (its target is y(t+1)), got {horizon!r}; "

@@ -325,6 +325,23 @@ def test_impossible_configurations_name_the_field(make, field):
         make()
 
 
+@pytest.mark.parametrize(
+    "make, field",
+    [
+        (lambda: CopyTask(width=True), "width"),
+        (lambda: CopyTask(min_length=True), "min_length"),
+        (lambda: CopyTask(max_length=True), "max_length"),
+        (lambda: RepeatCopyTask(max_repeats=True), "max_repeats"),
+        (lambda: AlgorithmicDataModule(CopyTask(), batch_size=True), "batch_size"),
+        (lambda: AlgorithmicDataModule(CopyTask(), val_lengths=[True]), "val_lengths"),
+    ],
+)
+def test_a_bool_is_not_a_size(make, field):
+    # YAML's `yes` / `true` parses to True, which isinstance(..., int) accepts as 1
+    with pytest.raises(ValueError, match=field):
+        make()
+
+
 def test_bound_is_in_the_message():
     with pytest.raises(ValueError, match=r"num_outputs.*≤ min_length \(10\)"):
         PrioritySortTask(num_outputs=16, min_length=10, max_length=20)

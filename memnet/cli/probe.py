@@ -18,6 +18,7 @@ from torch import nn
 from memnet.cli.rebuild import instantiate
 from memnet.metrics import sequence_metrics
 from memnet.probe import LOSSES, gradient_through_time, plot_gradient_panels
+from memnet.utils import is_integer
 
 
 def compare(
@@ -40,7 +41,7 @@ def compare(
     """
     if labels is not None and len(labels) != len(configs):
         raise ValueError(f"labels must name every config: {len(labels)} labels for {len(configs)} configs")
-    if not train_steps or any(not isinstance(n, int) or n < 0 for n in train_steps):
+    if not train_steps or any(not is_integer(n) or n < 0 for n in train_steps):
         raise ValueError(f"train_steps must hold non-negative integers, got {list(train_steps)!r}")
     checkpoints = sorted(set(train_steps))
     stems = [Path(config).stem for config in configs]  # lstm/copy.yaml and gru/copy.yaml: LSTM/COPY, GRU/COPY

@@ -26,6 +26,7 @@ from torch import nn
 
 from memnet.controllers import Controller, ElmanRNN
 from memnet.figures.style import plt, save
+from memnet.utils import is_integer
 
 Transition = Callable[[torch.Tensor], torch.Tensor]  # flat states (S, D) -> flat states (S, D)
 
@@ -55,7 +56,7 @@ def composition_curves(
                          f"and {tuple(projection.shape)}")
     if sweep.dim() != 1:
         raise ValueError(f"sweep must be (S,), got {tuple(sweep.shape)}")
-    if not isinstance(steps, int) or steps < 1:
+    if not is_integer(steps) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     states = einsum(sweep, direction, "s, d -> s d")
     curves = [einsum(states, projection, "s d, d -> s")]

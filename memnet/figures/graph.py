@@ -27,6 +27,7 @@ import torch.fx
 from torch import nn
 
 from memnet.figures.style import plt, save
+from memnet.utils import is_integer
 
 KIND_COLOURS = {"input": "#cfe2f3", "state": "#d9ead3", "output": "#e6d0ee", "parameter": "#fce5cd", "op": "#eeeeee"}
 
@@ -131,7 +132,7 @@ def unrolled_graph(net: nn.Module, *, steps: int = 3) -> UnrolledGraph:
     """
     if not (hasattr(net, "initial_state") and hasattr(net, "step")):
         raise TypeError(f"net must have initial_state() and step(); {type(net).__name__} has not")
-    if not isinstance(steps, int) or steps < 1:
+    if not is_integer(steps) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     template = net.initial_state(1)
     names = state_names(template)

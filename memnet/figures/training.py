@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memnet.utils import is_integer
+
 SequenceSampler = Callable[[torch.Generator], dict]  # generator -> batch with inputs, targets, mask
 
 
@@ -40,7 +42,7 @@ def train_sequence_model(
     The cost is the masked binary cross-entropy in bits per sequence (the NTM paper's); the
     data comes from ``sample(generator)`` with a generator seeded by ``seed``.
     """
-    if not isinstance(steps, int) or steps < 0:
+    if not is_integer(steps) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -72,7 +74,7 @@ def train_qa_model(
 
     ``batches()`` gives one epoch of bAbI batches (``story``, ``query``, ``answer``).
     """
-    if not isinstance(epochs, int) or epochs < 0:
+    if not is_integer(epochs) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
     torch.manual_seed(seed)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)

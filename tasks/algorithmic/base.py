@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from memnet import metrics
+from memnet.utils import is_integer
 
 
 class AlgorithmicTask:
@@ -25,9 +26,9 @@ class AlgorithmicTask:
     smallest_length: int = 1
 
     def __init__(self, *, min_length: int, max_length: int) -> None:
-        if not isinstance(min_length, int) or min_length < self.smallest_length:
+        if not is_integer(min_length) or min_length < self.smallest_length:
             raise ValueError(f"min_length must be an integer ≥ {self.smallest_length}, got {min_length!r}")
-        if not isinstance(max_length, int) or max_length < min_length:
+        if not is_integer(max_length) or max_length < min_length:
             raise ValueError(
                 f"max_length must be an integer ≥ min_length ({min_length}), got {max_length!r}"
             )
@@ -63,7 +64,7 @@ class AlgorithmicTask:
 
     def check_length(self, length: int, name: str = "length") -> None:
         """Raise ``ValueError`` naming ``name`` unless ``length`` is one this task can encode."""
-        if not isinstance(length, int) or isinstance(length, bool) or length < self.smallest_length:
+        if not is_integer(length) or length < self.smallest_length:
             raise ValueError(
                 f"{name} must be an integer ≥ {self.smallest_length} for {type(self).__name__}, got {length!r}"
             )
@@ -100,7 +101,7 @@ class AlgorithmicTask:
 
 
 def _check_int(name: str, value: int, low: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+    if not is_integer(value) or value < low:
         raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}")
 
 

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from memnet.utils import is_integer
 from tasks.algorithmic.base import AlgorithmicTask, _check_int, _subrange
 
 
@@ -51,7 +52,7 @@ class CopyTask(AlgorithmicTask):
 
     def __init__(self, *, width: int = 8, min_length: int = 1, max_length: int = 20) -> None:
         super().__init__(min_length=min_length, max_length=max_length)
-        if not isinstance(width, int) or width < 1:
+        if not is_integer(width) or width < 1:
             raise ValueError(f"width must be a positive integer, got {width!r}")
         self.width = width
 
@@ -173,7 +174,7 @@ class RepeatCopyTask(AlgorithmicTask):
         super().__init__(min_length=min_length, max_length=max_length)
         _check_int("width", width, 1)
         _check_int("min_repeats", min_repeats, 1)
-        if not isinstance(max_repeats, int) or max_repeats < min_repeats:
+        if not is_integer(max_repeats) or max_repeats < min_repeats:
             raise ValueError(f"max_repeats must be an integer ≥ min_repeats ({min_repeats}), got {max_repeats!r}")
         self.width = width
         self.min_repeats = min_repeats

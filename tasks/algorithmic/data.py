@@ -16,6 +16,7 @@ from memnet.utils import (
     batches_done,
     distributed_position,
     distributed_sampler,
+    is_integer,
 )
 from tasks.algorithmic.base import AlgorithmicTask, _subrange
 
@@ -89,7 +90,7 @@ class AlgorithmicDataModule(pl.LightningDataModule):
         super().__init__()
         for name, value in {"batch_size": batch_size, "batches_per_epoch": batches_per_epoch,
                             "val_size": val_size, "test_size": test_size}.items():
-            if not isinstance(value, int) or value < 1:
+            if not is_integer(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.task = task
         self.batch_size = batch_size
@@ -97,7 +98,7 @@ class AlgorithmicDataModule(pl.LightningDataModule):
         self.val_lengths = list(val_lengths or [task.max_length])
         self.test_lengths = list(test_lengths or self.val_lengths)
         for name, lengths in (("val_lengths", self.val_lengths), ("test_lengths", self.test_lengths)):
-            bad = [n for n in lengths if not isinstance(n, int) or n < 1]
+            bad = [n for n in lengths if not is_integer(n) or n < 1]
             if bad:
                 raise ValueError(f"{name} must hold positive integers, got {bad}")
         self.val_size = val_size

@@ -52,6 +52,7 @@ from typing import Any
 from memnet.cli.suite.errors import SuiteError
 from memnet.cli.suite.runner import ERROR_CHARS, Run, SuiteRunner, _terminate, expand_runs
 from memnet.cli.suite.spec import EVENTS_FILE, JOBS_DIR, SUITE_FILE, Suite
+from memnet.utils import is_integer
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
 JOB_FILE = "job.json"  # per run: launcher, job id, pid and host of the job running it
@@ -172,7 +173,7 @@ def from_section(section: Any, where: str) -> LauncherConfig:
     settings = {key: section[key] for key in SETTINGS if section.get(key) is not None}
     for key in ("gpus_per_job", "cpus", "array_parallelism"):
         value = settings.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        if value is not None and (not is_integer(value) or value < 1):
             raise SuiteError(f"{where}: launcher.{key} must be a positive integer, got {value!r}")
     if "time" in settings:
         minutes(settings["time"], f"{where}: launcher.time")

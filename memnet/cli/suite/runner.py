@@ -27,6 +27,7 @@ import yaml
 from memnet.cli.suite.errors import EvaluationUnavailable, SuiteError
 from memnet.cli.suite.evaluators import EVALUATORS, evaluation_answers, evaluation_options
 from memnet.cli.suite.spec import BUDGET_KEYS, EVENTS_FILE, SUITE_FILE, Experiment, Suite, _resolve
+from memnet.utils import is_integer
 
 RECORD_FILE = "metrics.json"
 POLL_SECONDS = 0.2  # how often the scheduler looks at its runs
@@ -377,7 +378,7 @@ class SuiteRunner:
         base_dir: Path | None = None,
         stream: Any = None,
     ) -> None:
-        if not isinstance(jobs, int) or jobs < 1:
+        if not is_integer(jobs) or jobs < 1:
             raise SuiteError(f"--jobs must be a positive integer, got {jobs!r}")
         if gpus_per_job is not None and gpus_per_job < 1:
             raise SuiteError(f"--gpus-per-job must be a positive integer, got {gpus_per_job!r}")

@@ -65,6 +65,7 @@ import yaml
 from memnet.cli.suite.errors import SuiteError
 from memnet.cli.suite.evaluators import EVALUATORS
 from memnet.selection import SelectionError, check_select
+from memnet.utils import is_integer
 
 DEFAULT_RESULTS_ROOT = Path("runs") / "suites"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -379,7 +380,7 @@ def _parse_experiment(entry: Any, defaults: dict, where: str, index: int, base: 
                 raise SuiteError(
                     f"{at('budget')}: budget.max_time must be 'DD:HH:MM:SS', got {value!r}"
                 )
-        elif not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        elif not is_integer(value) or value < 1:
             raise SuiteError(
                 f"{at('budget')}: budget.{key} must be a positive integer, got {value!r}"
             )
