@@ -53,7 +53,7 @@ from memnet.training import (  # noqa: F401  (re-exported: memnet.lightning.Memn
     configure_optimizers,
     scheduler_config,
 )
-from memnet.utils import MemnetError, accepts_keyword, check_positive
+from memnet.utils import MemnetError, accepts_keyword, check_positive, is_integer
 
 
 class SequenceModule(MemnetModule):
@@ -339,8 +339,9 @@ class Seq2SeqModule(MemnetModule):
                            epoch's scored tokens
         token_accuracy     share of target tokens predicted right under teacher forcing (the same)
         sequence_accuracy  (val, test) share of greedy decodings equal to the whole target, EOS included
-    and per source length as ``val/len_8/sequence_accuracy``. A target of PAD alone is not scored; a
-    validation or test epoch with no scored token is an error (``MemnetError``), not a NaN or 0.
+    and per source length as ``val/len_8/sequence_accuracy``. A target of PAD alone is not scored (a training
+    batch of them adds nothing to ``train/…`` and its loss is 0); a validation or test epoch with no scored
+    token is an error (``MemnetError``), not a NaN or 0.
 
     ``memnet predict`` decodes the predict set greedily and prints the first
     ``print_predictions`` sequences (source, target, decoded, ✓/✗).
@@ -370,7 +371,7 @@ class Seq2SeqModule(MemnetModule):
         print_predictions: int = 10,
         nonfinite_grads: NonFinite = "skip",
     ) -> None:
-        if not isinstance(print_predictions, int) or isinstance(print_predictions, bool) or print_predictions < 0:
+        if not is_integer(print_predictions) or print_predictions < 0:
             raise ValueError(f"print_predictions must be a non-negative integer, got {print_predictions!r}")
         super().__init__(
             net, optimizer=optimizer, scheduler=scheduler, scheduler_interval=scheduler_interval,
@@ -398,7 +399,9 @@ class Seq2SeqModule(MemnetModule):
         logits = self(source, target, generator=self.generator)
         metrics = token_metrics(logits, target, pad_index=self.net.pad_index)
         if stage == "train":  # the epoch's values weighted by scored tokens: per token of the epoch, as in validation
-            tokens = max(int((target != self.net.pad_index).sum()), 1)
+            tokens = int((target != self.net.pad_index).sum())
+            if tokens == 0:  # targets of PAD alone: nothing to score or learn (their mean loss is NaN), so no log
+                return logits.sum() * 0.0  # and a zero loss, which every DDP process can still back-propagate
             self.log(f"{stage}/loss", metrics["loss"], prog_bar=True, on_step=True, on_epoch=True, batch_size=tokens,
                      sync_dist=True)
             self.log(f"{stage}/token_accuracy", metrics["token_accuracy"], on_step=True, on_epoch=True,

@@ -252,6 +252,14 @@ def nrmse_sums(predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Ten
 
 
 def nrmse_from_sums(sums: torch.Tensor) -> torch.Tensor:
-    """[Σ(y−ŷ)², Σy, Σy², n] -> √(Σ(y−ŷ)² / (Σy² − (Σy)²/n)), the NRMSE."""
+    """[Σ(y−ŷ)², Σy, Σy², n] -> √(Σ(y−ŷ)² / (Σy² − (Σy)²/n)), the NRMSE.
+
+    Raises ``ValueError`` when the targets are constant (their spread is nothing but rounding): the
+    score, normalised by it, is undefined; it came out inf, or NaN for a perfect prediction.
+    """
     squared_error, total, total_squares, count = sums
-    return torch.sqrt(squared_error / (total_squares - total**2 / count))
+    spread = total_squares - total**2 / count
+    if spread <= 64 * torch.finfo(sums.dtype).eps * total_squares:
+        raise ValueError(f"the targets are constant over the {int(count)} scored values (Σy = {float(total):.6g}, "
+                         f"Σy² = {float(total_squares):.6g}): the NRMSE, normalised by their variance, is undefined")
+    return torch.sqrt(squared_error / spread)

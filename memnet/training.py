@@ -218,7 +218,10 @@ class MemnetModule(pl.LightningModule):
         """Log what ``stage`` accumulated over its epoch (of every DDP process); not in the sanity check."""
         if self.epoch_metrics is None:
             return
-        value = self.epoch_metrics.compute(stage)
+        try:
+            value = self.epoch_metrics.compute(stage)
+        except ValueError as error:  # e.g. an NRMSE of constant targets: a clear stop, not an inf logged
+            raise MemnetError(f"the {stage} epoch's score: {error}") from error
         if value is not None and not self.trainer.sanity_checking:
             self.log_epoch_value(stage, value)
 

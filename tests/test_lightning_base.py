@@ -69,6 +69,18 @@ def test_epoch_metrics_start_empty_every_epoch():
     assert only_one != pytest.approx(first)
 
 
+def test_an_epoch_of_constant_targets_stops_with_the_stage_named():
+    """A validation epoch of constant targets logged ``val/nrmse`` = inf, and early stopping took it as a score."""
+    from memnet.utils import MemnetError
+
+    module = RegressionModule(nn.Linear(3, 1))
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    batch = {"inputs": torch.randn(2, 4, 3), "targets": torch.ones(2, 4, 1), "mask": torch.ones(2, 4)}
+    with pytest.raises(MemnetError, match=r"the val epoch's score: the targets are constant over the 8 scored"):
+        trainer.validate(module, dataloaders=torch.utils.data.DataLoader([batch], batch_size=None), verbose=False)
+
+
 class _NaNGradientOnce(nn.Module):
     """A linear map whose weight gets a NaN gradient in the backward pass number ``bad`` (0-based)."""
 
@@ -338,6 +350,33 @@ def test_seq2seq_targets_of_pad_alone_weigh_nothing_and_an_epoch_of_them_is_refu
     assert "val/len_5/sequence_accuracy" not in logged  # a length of PAD targets alone has no score
     with pytest.raises(MemnetError, match=r"the val epoch had no token to score: all its targets are PAD \(id 0\)"):
         validate([pad_only])
+
+
+def test_seq2seq_training_batch_of_pad_targets_alone_adds_no_nan_to_the_epoch():
+    """A training batch whose targets were all PAD logged its loss, a mean over no token (NaN), with weight 1:
+    the epoch's ``train/loss`` came out NaN. It now adds nothing, and its loss is a zero with a graph."""
+    from memnet.metrics import token_metrics
+    from memnet.models.seq2seq import Seq2Seq
+
+    torch.manual_seed(0)
+    net = Seq2Seq(8, 8, embedding_size=4)
+    module = Seq2SeqModule(net, optimizer=lambda params: torch.optim.SGD(params, lr=0.0))
+    g = torch.Generator().manual_seed(0)
+    scored = {"source": torch.randint(3, 8, (3, 2), generator=g), "length": 2,
+              "target": torch.cat([torch.randint(3, 8, (3, 4), generator=g), torch.full((3, 1), 2)], dim=1)}
+    pad_only = {"source": torch.randint(3, 8, (2, 5), generator=g), "target": torch.zeros(2, 3, dtype=torch.long),
+                "length": 5}
+    loss = module.model_step(pad_only, "train")
+    assert float(loss.detach()) == 0.0 and loss.requires_grad
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         max_epochs=1, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader([scored, pad_only], batch_size=None))
+    logged = trainer.callback_metrics
+    module.eval()
+    with torch.no_grad():  # lr 0: the weights the scored batch saw; teacher forcing 1
+        expected = token_metrics(module(scored["source"], scored["target"]), scored["target"])
+    assert torch.isfinite(logged["train/loss_epoch"])
+    assert float(logged["train/loss_epoch"]) == pytest.approx(float(expected["loss"]), rel=1e-5)
 
 
 def test_training_epoch_loss_is_per_scored_bit_and_token_accuracy_per_token():

@@ -133,3 +133,14 @@ def test_read_evaluation_names_the_file_and_the_missing_field(tmp_path):
     path.write_text("{\n  oops")
     with pytest.raises(ResultSchemaError, match="line 2 is not JSON"):
         read_evaluation(path)
+
+
+@pytest.mark.parametrize("value", [0.0, 0.7, 1e6])
+def test_nrmse_of_constant_targets_is_refused_not_inf(value):
+    """Constant targets have no variance to normalise by: the NRMSE was inf (NaN for a perfect prediction)."""
+    targets, mask = torch.full((3, 5, 2), value), torch.ones(3, 5)
+    for predictions in (targets + 0.1, targets.clone()):
+        with pytest.raises(ValueError, match=r"targets are constant over the 30 scored values.*undefined"):
+            metrics.nrmse_from_sums(metrics.nrmse_sums(predictions, targets, mask))
+    targets[0, 0, 0] += 1e-3 * max(value, 1.0)  # a spread of one value in 30 is a variance: scored
+    assert torch.isfinite(metrics.nrmse_from_sums(metrics.nrmse_sums(targets + 0.1, targets, mask)))
