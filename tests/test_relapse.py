@@ -8,7 +8,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from memnet.callbacks import ConvergenceDecay, RelapseWatch
+from memnet.callbacks import ConvergenceDecay, RelapseWatch, SpikeClip
 
 
 def test_fires_on_a_relapse_once_per_excursion():
@@ -391,3 +391,115 @@ def test_callbacks_that_change_training_do_nothing_when_a_checkpoint_is_validate
             callback.on_validation_end(trainer, module)
         assert bool(net.softmax_enabled) is acted and (decay.converged_step == 10) is acted
         assert (len(watch.history) == 1) is acted
+
+
+class _Params:
+    """An optimiser's param_groups over given gradients, for calling SpikeClip's hook directly."""
+
+    def __init__(self, *grads):
+        self.params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+        for p, g in zip(self.params, grads):
+            p.grad = g.clone()
+        self.param_groups = [{"params": self.params}]
+
+    def norm(self):
+        return float(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in self.params])))
+
+
+def _step(clip, *grads):
+    optimizer = _Params(*grads)
+    clip.on_before_optimizer_step(None, None, optimizer)
+    return optimizer
+
+
+def test_spike_clip_starts_from_the_warmup_then_clips_to_mean_plus_z_sd_by_hand():
+    clip = SpikeClip(z=1.0, alpha=0.5, warmup=3)
+    for norm in (1.0, 2.0, 3.0):  # never clipped; mean 2, sample variance 1
+        assert _step(clip, torch.tensor([norm * 0.6, norm * 0.8])).norm() == pytest.approx(norm)
+    grad = torch.tensor([6.0, 8.0])  # norm 10 > 2 + 1 * 1 = 3: scaled to 3, direction kept
+    optimizer = _step(clip, grad)
+    assert optimizer.norm() == pytest.approx(3.0)
+    assert torch.allclose(optimizer.params[0].grad, grad * 0.3)
+    # the averages take the clipped norm: d = 3 - 2, mean 2 + 0.5 d = 2.5, variance 0.5 (1 + 0.5 d²) = 0.75
+    assert clip.moments.tolist() == pytest.approx([2.5, 0.75])
+    quiet = torch.tensor([1.2, 1.6])  # norm 2 < 2.5 + √0.75: left bit for bit
+    assert torch.equal(_step(clip, quiet).params[0].grad, quiet)
+    assert float(clip.clipped) == 1.0
+
+
+def test_spike_clip_leaves_a_non_finite_gradient_and_its_averages_alone():
+    clip = SpikeClip(z=1.0, alpha=0.5, warmup=2)
+    _step(clip, torch.tensor([1.0])), _step(clip, torch.tensor([3.0]))
+    before = clip.moments.clone()
+    bad = torch.tensor([float("nan"), 1e3])
+    assert torch.equal(_step(clip, bad).params[0].grad.nan_to_num(), bad.nan_to_num())  # for nonfinite_grads
+    assert torch.equal(clip.moments, before) and float(clip.clipped) == 0.0
+    constant = SpikeClip(warmup=2)  # no spread in the warm-up: nothing to call a spike yet
+    _step(constant, torch.tensor([1.0])), _step(constant, torch.tensor([1.0]))
+    assert _step(constant, torch.tensor([5.0])).norm() == 5.0
+
+
+def test_spike_clip_state_resumes_exactly():
+    g = torch.Generator().manual_seed(0)
+    norms = [torch.randn(4, generator=g) * (50 if i in (9, 14) else 1) for i in range(20)]
+    whole = SpikeClip(warmup=5)
+    expected = [_step(whole, n).params[0].grad for n in norms]
+    first = SpikeClip(warmup=5)
+    for n in norms[:8]:
+        _step(first, n)
+    resumed = SpikeClip(warmup=5)
+    resumed.load_state_dict(first.state_dict())
+    assert all(torch.equal(_step(resumed, n).params[0].grad, e) for n, e in zip(norms[8:], expected[8:]))
+    assert float(whole.clipped) == float(resumed.clipped) == 2.0  # the two loud steps
+
+
+@pytest.mark.parametrize("kwargs, field", [({"z": 0}, "z"), ({"z": True}, "z"), ({"alpha": 1.0}, "alpha"),
+                                           ({"warmup": 1}, "warmup"), ({"warmup": 2.5}, "warmup")])
+def test_spike_clip_bad_settings_are_refused(kwargs, field):
+    with pytest.raises(ValueError, match=f"SpikeClip {field}"):
+        SpikeClip(**kwargs)
+
+
+class _LoudStep(pl.LightningModule):
+    """Small gradients, and at training step ``loud`` one a thousand times larger (still below the fixed clip)."""
+
+    def __init__(self, loud):
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 1)
+        self.loud = loud
+        self.seen = []  # the global norm the fixed clip saw at each step
+
+    def training_step(self, batch, batch_idx):
+        scale = 1.0 if self.global_step == self.loud else 1e-3
+        return self.layer(batch[0]).pow(2).mean() * scale
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        self.seen.append(float(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in self.parameters()]))))
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_spike_clip_acts_in_training_before_the_fixed_clip_and_logs_its_count(tmp_path):
+    class Metrics(pl.loggers.Logger):
+        name, version, rows = "m", 0, []
+
+        def log_metrics(self, metrics, step=None):
+            self.rows.append(dict(metrics))
+
+        def log_hyperparams(self, *args, **kwargs):
+            pass
+
+    data = torch.utils.data.TensorDataset(torch.randn(8, 3, generator=torch.Generator().manual_seed(1)))
+    torch.manual_seed(0)
+    module, clip, logger = _LoudStep(loud=6), SpikeClip(z=10.0, warmup=4), Metrics()
+    trainer = pl.Trainer(max_epochs=3, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path, gradient_clip_val=10.0,
+                         callbacks=[clip], log_every_n_steps=1)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=2))
+    # step 6 sees the batch of step 2 (4 batches an epoch) with a loss 1000 times larger: unclipped, its norm would be
+    # 1000 times step 2's; the fixed clip (norm 10) saw it clipped, below mean + 10 s.d. of the quiet steps
+    assert module.seen[2] < module.seen[6] < 100 * module.seen[2]
+    assert all(module.seen[i] == module.seen[i % 4] for i in range(12) if i != 6)  # lr 0: quiet steps untouched
+    assert [row["spike_clip/clipped"] for row in logger.rows if "spike_clip/clipped" in row] == [0.0, 1.0, 0.0]
