@@ -167,9 +167,11 @@ class LengthCurriculum(pl.Callback):
         self._validated = False
         metric = float(value) if value is not None else None
         new = self.next_max_length(self.max_length, top, epochs_at_level=self.epochs_at_level, metric=metric)
-        pl_module.log(f"curriculum/max_{self.quantity}", float(self.max_length), on_epoch=True)
+        # the same on every DDP process (decided on the values over all of them): sync_dist only keeps Lightning
+        # from warning, every epoch, that an epoch-level value was logged without it
+        pl_module.log(f"curriculum/max_{self.quantity}", float(self.max_length), on_epoch=True, sync_dist=True)
         if self.quantity == "length":
-            pl_module.log("curriculum/mix", float(self._mix()), on_epoch=True)
+            pl_module.log("curriculum/mix", float(self._mix()), on_epoch=True, sync_dist=True)
         if new != self.max_length:
             rank_zero_info(
                 f"curriculum: epoch {trainer.current_epoch}, {self.quantity} now {low}-{new} "
