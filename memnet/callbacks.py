@@ -617,7 +617,7 @@ class SpikeClip(pl.Callback):
         mean, variance = self.moments
         limit = mean + self.z * variance.sqrt()
         clip = finite & (norm > limit) & (variance > 0)  # with no spread yet, nothing to call a spike
-        torch._foreach_mul_(grads, torch.where(clip, limit / norm, 1.0).to(torch.float32))
+        torch._foreach_mul_(grads, torch.where(clip, limit / norm, 1.0))  # 1 exactly where not clipped: bit for bit
         self.clipped += clip
         kept = torch.where(clip, limit, norm)
         step = torch.where(finite, kept - mean, 0.0)  # a non-finite norm leaves the averages as they were
