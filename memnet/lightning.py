@@ -400,8 +400,9 @@ class Seq2SeqModule(MemnetModule):
         metrics = token_metrics(logits, target, pad_index=self.net.pad_index)
         if stage == "train":  # the epoch's values weighted by scored tokens: per token of the epoch, as in validation
             tokens = int((target != self.net.pad_index).sum())
-            if tokens == 0:  # targets of PAD alone: nothing to score or learn (their mean loss is NaN), so no log
-                return logits.sum() * 0.0  # and a zero loss, which every DDP process can still back-propagate
+            if tokens == 0:  # targets of PAD alone: nothing to score or learn (their mean loss is NaN): a zero
+                # loss, logged with weight 0 (every DDP process logs the same keys at every step: sync_dist)
+                metrics = {"loss": logits.sum() * 0.0, "token_accuracy": torch.zeros(())}
             self.log(f"{stage}/loss", metrics["loss"], prog_bar=True, on_step=True, on_epoch=True, batch_size=tokens,
                      sync_dist=True)
             self.log(f"{stage}/token_accuracy", metrics["token_accuracy"], on_step=True, on_epoch=True,
