@@ -674,6 +674,22 @@ def test_an_algorithmic_run_evaluated_at_fewer_lengths_is_evaluated_again(tmp_pa
         assert run.is_done() is done
 
 
+def test_a_seed_evaluated_with_other_evaluation_options_is_left_out_of_the_lengths_table(tmp_path):
+    """The suite's evaluate.num_sequences changed and only seed 0 was evaluated again (`suite run --seeds 0`
+    rewrites suite.json): seed 1's numbers, measured on 6 sequences, are not averaged in under the new options."""
+    spec = {"kind": "algorithmic", "lengths": [20, 40], "num_sequences": 100}
+    evaluated = {"status": "done", "train_range": [1, 20], "options": {"num_sequences": 100}}
+    root = results_folder(tmp_path / "r", {"name": "ntm", "evaluate": spec},
+                          {0: {"metrics": {}, "evaluation": {**evaluated, "bits_per_seq": {"20": 1.0, "40": 5.0}}},
+                           1: {"metrics": {}, "evaluation": {**evaluated, "options": {"num_sequences": 6},
+                                                              "bits_per_seq": {"20": 3.0, "40": 50.0}}}})
+    row = S.build_report(root)["lengths"][0]
+    assert row["bits_per_seq"]["40"] == {"mean": 5.0, "std": 0.0, "n": 1}
+    assert row["bits_per_seq"]["20"] == {"mean": 1.0, "std": 0.0, "n": 1}
+    assert ("seed 1 was evaluated with other evaluation options than the suite's now (num_sequences: 6, now 100), "
+            "left out; `memnet suite run` evaluates it again") in row["notes"]
+
+
 def test_a_run_evaluated_with_other_evaluation_options_is_evaluated_again(tmp_path, monkeypatch):
     """evaluate.memory_size (or num_sequences, seed, engine) changed in the suite file: the numbers measured
     with the old options are not kept under the new ones."""

@@ -16,7 +16,7 @@ from typing import Any
 
 from memnet.cli import tables
 from memnet.cli.suite.errors import SuiteError
-from memnet.cli.suite.evaluators import BABI_TASKS
+from memnet.cli.suite.evaluators import BABI_TASKS, evaluation_options
 from memnet.cli.suite.runner import Run, settings_changes
 from memnet.cli.suite.spec import REPORT_DIR, SUITE_FILE, Experiment, Suite
 from memnet.metrics import FAILED_TASK_ERROR as BABI_FAIL_THRESHOLD
@@ -123,6 +123,20 @@ def _babi_errors(record: dict[str, Any], split: str | None = None) -> dict[str, 
 def _babi_split(experiment: Experiment) -> str:
     """The split an experiment's bAbI evaluation asks for (the test split unless it says otherwise)."""
     return (experiment.evaluate or {}).get("split", "test")
+
+
+def _stale_options(record: dict[str, Any], experiment: Experiment) -> list[str]:
+    """How the options a run's evaluation ran with differ from those the suite's ``evaluate`` asks for now (e.g.
+    ``num_sequences: 6, now 100``); none where they agree or the record does not say (an older memnet).
+
+    ``suite run --only``/``--seeds`` rewrites suite.json for every experiment but evaluates only its runs again:
+    the others keep numbers measured under the old options (``evaluators.evaluation_answers``)."""
+    evaluation = record.get("evaluation") or {}
+    if experiment.evaluate is None or evaluation.get("status") != "done" or "options" not in evaluation:
+        return []
+    then, now = evaluation["options"] or {}, evaluation_options(experiment.evaluate)
+    return [f"{key}: {then.get(key, 'unset')!r}, now {now.get(key, 'unset')!r}"
+            for key in sorted(set(then) | set(now)) if then.get(key) != now.get(key)]
 
 
 def _length_values(record: dict[str, Any]) -> tuple[dict[str, float], set[str], list[int] | None]:
@@ -292,7 +306,14 @@ def build_report(results: str | Path) -> dict[str, Any]:
         validation: dict[str, dict[Any, float]] = {}
         train_range: list[int] | None = None
         validated: set[str] = set()  # lengths of training's validation: the longest trained on
+        length_notes: list[str] = []
         for record in entry.done():
+            stale = _stale_options(record, entry.experiment)
+            if stale:  # measured under other options: never averaged in under the suite's options now
+                length_notes.append(f"seed {record.get('seed')} was evaluated with other evaluation options than "
+                                    f"the suite's now ({'; '.join(stale)}), left out; `memnet suite run` evaluates "
+                                    "it again")
+                record = {**record, "evaluation": None}
             values, from_validation, record_range = _length_values(record)
             validated |= {str(length) for length in logged_by_length(record.get("metrics") or {}, "bits_per_seq")}
             train_range = train_range or record_range
@@ -304,7 +325,6 @@ def build_report(results: str | Path) -> dict[str, Any]:
         wanted = [str(n) for n in (entry.experiment.evaluate or {}).get("lengths", [])]
         cells = {}
         validation_only: set[str] = set()
-        length_notes: list[str] = []
         for length in sorted(set(evaluated) | set(validation) | set(wanted), key=int):
             by_seed = evaluated.get(length)
             if by_seed is None and length in validation:
