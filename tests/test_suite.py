@@ -581,6 +581,20 @@ def test_a_nan_seed_is_left_out_of_the_mean_counted_out_of_n_and_named(tmp_path)
     assert dict(zip(header, rows[0]))["status"] == "val/loss of seed 1 is nan, left out of its mean"
 
 
+def test_the_csv_leaderboard_says_how_many_seeds_each_mean_is_over(tmp_path):
+    """The CSV has no notes column: a seed left out of a mean (NaN, or a metric it did not log) must show in n,
+    and one value has no sample s.d. (not a spread of 0)."""
+    root = results_folder(tmp_path / "r", {"name": "e"},
+                          {0: {"metrics": {"val/loss": 0.2}},
+                           1: {"metrics": {"val/loss": float("nan"), "val/error": 7.0}},
+                           2: {"metrics": {"val/loss": 0.4}}})
+    S.write_report(root)
+    (row,) = csv.DictReader(io.StringIO((root / "report" / "leaderboard.csv").read_text()))
+    assert row["done"] == "3"
+    assert (row["val/loss mean"], row["val/loss n"]) == ("0.3", "2")
+    assert (row["val/error mean"], row["val/error std"], row["val/error n"]) == ("7", "", "1")
+
+
 def test_a_lengths_cell_never_mixes_evaluated_and_validation_numbers(tmp_path):
     evaluated = {"status": "done", "bits_per_seq": {"20": 1.0, "40": 5.0}, "train_range": [1, 20]}
     root = results_folder(tmp_path / "r", {"name": "ntm", "evaluate": {"kind": "algorithmic", "lengths": [20, 40]}},

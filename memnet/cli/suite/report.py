@@ -602,8 +602,12 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def render_csv(report: dict[str, Any]) -> str:
-    """The leaderboard as CSV: one row per experiment, mean and std in separate columns (and, beside the bAbI
-    columns, the fewest tasks a seed in their means measured)."""
+    """The leaderboard as CSV: one row per experiment, mean, std and n in separate columns (and, beside the bAbI
+    columns, the fewest tasks a seed in their means measured).
+
+    n is the number of seeds in that mean: the CSV has no notes column, and a seed left out (a NaN, a metric it
+    did not log) would otherwise read as one of ``done``; the std of one value is empty (no sample s.d.), as the
+    markdown shows no ± for it, not a spread of 0."""
     babi = any(column in report["columns"] for column in BABI_SCORES)
     header = (
         [
@@ -614,7 +618,7 @@ def render_csv(report: dict[str, Any]) -> str:
             "done",
             "failed",
             "missing",
-            *[f"{c} {part}" for c in report["columns"] for part in ("mean", "std")],
+            *[f"{c} {part}" for c in report["columns"] for part in ("mean", "std", "n")],
             *([BABI_MEASURED] if babi else []),
             "errors",
         ]
@@ -624,7 +628,9 @@ def render_csv(report: dict[str, Any]) -> str:
         values = []
         for column in report["columns"]:
             stat = row[column]
-            values += ["", ""] if stat is None else [f"{stat['mean']:.6g}", f"{stat['std']:.6g}"]
+            n = stat.get("n", 2) if stat is not None else 0
+            values += ["", "", 0] if stat is None else [f"{stat['mean']:.6g}", f"{stat['std']:.6g}" if n > 1 else "",
+                                                       n]
         if babi:
             values.append("" if row.get(BABI_MEASURED) is None else row[BABI_MEASURED])
         rows.append(
