@@ -704,6 +704,20 @@ def test_a_seed_evaluated_with_other_evaluation_options_is_left_out_of_the_lengt
             "left out; `memnet suite run` evaluates it again") in row["notes"]
 
 
+def test_a_seed_evaluated_at_fewer_lengths_is_named_where_it_is_left_out(tmp_path):
+    """evaluate.lengths grew from [20, 40] to [20, 40, 80] and only seed 0 was evaluated again: L=80 is seed 0's
+    alone, and says so (seed 1 is evaluated there on the next `suite run`)."""
+    evaluated = {"status": "done", "train_range": [1, 20], "options": {}}
+    root = results_folder(tmp_path / "r", {"name": "ntm", "evaluate": {"kind": "algorithmic", "lengths": [20, 40, 80]}},
+                          {0: {"metrics": {}, "evaluation": {**evaluated, "bits_per_seq": {"20": 1.0, "40": 5.0,
+                                                                                             "80": 9.0}}},
+                           1: {"metrics": {}, "evaluation": {**evaluated, "bits_per_seq": {"20": 3.0, "40": 7.0}}}})
+    row = S.build_report(root)["lengths"][0]
+    assert row["bits_per_seq"]["80"] == {"mean": 9.0, "std": 0.0, "n": 1} and row["bits_per_seq"]["40"]["n"] == 2
+    assert row["notes"] == [("L=80: seed 1 not evaluated at this length, left out; `memnet suite run` evaluates it "
+                             "again")]
+
+
 def test_a_run_evaluated_with_other_evaluation_options_is_evaluated_again(tmp_path, monkeypatch):
     """evaluate.memory_size (or num_sequences, seed, engine) changed in the suite file: the numbers measured
     with the old options are not kept under the new ones."""

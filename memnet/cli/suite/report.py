@@ -307,9 +307,11 @@ def build_report(results: str | Path) -> dict[str, Any]:
         train_range: list[int] | None = None
         validated: set[str] = set()  # lengths of training's validation: the longest trained on
         length_notes: list[str] = []
+        stale_seeds = set()
         for record in entry.done():
             stale = _stale_options(record, entry.experiment)
             if stale:  # measured under other options: never averaged in under the suite's options now
+                stale_seeds.add(record.get("seed"))
                 length_notes.append(f"seed {record.get('seed')} was evaluated with other evaluation options than "
                                     f"the suite's now ({'; '.join(stale)}), left out; `memnet suite run` evaluates "
                                     "it again")
@@ -334,6 +336,12 @@ def build_report(results: str | Path) -> dict[str, Any]:
                 left = ", ".join(str(seed) for seed in validation[length])
                 length_notes.append(f"L={length}: seed {left} not evaluated, left out (its validation value "
                                     "is another protocol)")
+            if by_seed is not None and length in wanted:  # evaluated at fewer lengths than the suite asks now
+                unsaid = [r.get("seed") for r in entry.done() if r.get("seed") not in by_seed
+                          and r.get("seed") not in validation.get(length, {}) and r.get("seed") not in stale_seeds]
+                if unsaid:
+                    length_notes.append(f"L={length}: seed {', '.join(map(str, unsaid))} not evaluated at this "
+                                        "length, left out; `memnet suite run` evaluates it again")
             by_seed = by_seed or {}
             cells[length] = mean_std(list(by_seed.values()))
             length_notes += [f"L={length}: seed {seed} at {by_seed[seed]:g}, left out of the mean"
