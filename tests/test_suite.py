@@ -677,6 +677,24 @@ def test_babi_seeds_of_another_split_are_left_out_and_evaluated_again(tmp_path):
     assert not stale.is_done() and current.is_done()
 
 
+def test_a_babi_seed_of_another_split_is_named_in_the_leaderboard_it_is_left_out_of(tmp_path):
+    """The leaderboard's bAbI columns leave a seed evaluated on another split out, as the bAbI table does: its row
+    (2/2 runs ok) says so, not "ok" beside a mean of one seed."""
+    errors = {str(t): 1.0 for t in range(1, 21)}
+    root = results_folder(tmp_path / "r", {"name": "memn2n", "evaluate": {"kind": "babi", "split": "test"}},
+                          {0: {"metrics": {}, "evaluation": {"status": "done", "babi_error": errors, "split": "valid"}},
+                           1: {"metrics": {}, "evaluation": {"status": "done", "split": "test",
+                                                              "babi_error": {**errors, "1": 9.0}}}})
+    report = S.build_report(root)
+    row = report["leaderboard"][0]
+    assert row["bAbI mean error %"] == {"mean": 1.4, "std": 0.0, "n": 1}
+    note = ("seed 0 evaluated on another split than 'test', left out of the bAbI columns; `memnet suite run` "
+            "evaluates it on 'test'")
+    assert row["evaluation_notes"] == [note]
+    header, rows = S.leaderboard_rows(report)
+    assert dict(zip(header, rows[0]))["status"] == note
+
+
 def test_an_algorithmic_run_evaluated_at_fewer_lengths_is_evaluated_again(tmp_path):
     experiment = S.load_suite(write_suite(tmp_path / "a.yaml", [{**GOOD, "evaluate": {
         "kind": "algorithmic", "lengths": [20, 40]}}])).experiments[0]

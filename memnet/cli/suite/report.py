@@ -284,6 +284,11 @@ def build_report(results: str | Path) -> dict[str, Any]:
                  for seed, k in measured.items() if k < len(BABI_TASKS)]
         tasks_notes = [", ".join(short) + "; a run's bAbI mean error and failed count cover its measured tasks "
                        "only"] if short else []  # as the bAbI table's notes say it
+        split = _babi_split(entry.experiment)
+        other = [str(r.get("seed")) for r in entry.done() if _babi_errors(r) and not _babi_errors(r, split)]
+        if other:  # left out of the bAbI columns (_score_columns), as the bAbI table's notes say it
+            tasks_notes.append(f"seed {', '.join(other)} evaluated on another split than {split!r}, left out of the "
+                               f"bAbI columns; `memnet suite run` evaluates it on {split!r}")
         row["errors"] = [
             {"seed": r.get("seed"), "stage": r.get("stage"), "error": r.get("error")}
             for r in entry.failed()
