@@ -231,7 +231,7 @@ def test_report_has_one_row_per_experiment_with_mean_and_std(finished):
     # the bits per sequence at the training length (3) are in the length table
     lengths = {row["experiment"]: row for row in report["lengths"]}
     assert lengths["ntm-copy"]["training_range"] == [1, 3]
-    assert lengths["lstm-copy"]["training_range"] == [3, 3]  # no evaluation: its validation length
+    assert lengths["lstm-copy"]["training_range"] == [1, 3]  # no evaluation: its task's, from its config.yaml
     assert lengths["lstm-copy"]["validation_only"] == ["3"]
     assert lengths["ntm-copy"]["validation_only"] == []
     assert lengths["ntm-copy"]["bits_per_seq"]["3"]["n"] == 2
@@ -734,6 +734,24 @@ def test_a_seed_evaluated_at_fewer_lengths_is_named_where_it_is_left_out(tmp_pat
     assert row["bits_per_seq"]["80"] == {"mean": 9.0, "std": 0.0, "n": 1} and row["bits_per_seq"]["40"]["n"] == 2
     assert row["notes"] == [("L=80: seed 1 not evaluated at this length, left out; `memnet suite run` evaluates it "
                              "again")]
+
+
+def test_without_an_evaluation_the_trained_lengths_come_from_the_run_config_not_its_validation(tmp_path):
+    """A run trained on lengths 1-3 and validated at 3 and 6, not evaluated: the range was taken from the
+    validation lengths, [3, 6], and L=6 was marked `*` (inside training) while L=1-2 would not have been."""
+    root = results_folder(tmp_path / "r", {"name": "ntm"},
+                          {0: {"metrics": {"val/len_3/bits_per_seq": 0.5, "val/len_6/bits_per_seq": 9.0}}})
+    (root / "ntm" / "seed_0" / "config.yaml").write_text(yaml.safe_dump(
+        {"data": {"class_path": "tasks.algorithmic.AlgorithmicDataModule", "init_args": {
+            "task": {"class_path": "tasks.algorithmic.CopyTask", "init_args": {"min_length": 1, "max_length": 3}},
+            "val_lengths": [3, 6]}}}))
+    report = S.build_report(root)
+    assert report["lengths"][0]["training_range"] == [1, 3]
+    header, rows = S.lengths_rows(report)
+    cells = dict(zip(header, rows[0]))
+    assert cells["L=3"].endswith(" * (val)") and "*" not in cells["L=6"]
+    (root / "ntm" / "seed_0" / "config.yaml").write_text("data: {init_args: {}}\n")  # no task range: as before
+    assert S.build_report(root)["lengths"][0]["training_range"] == [3, 6]
 
 
 def test_a_run_evaluated_with_other_evaluation_options_is_evaluated_again(tmp_path, monkeypatch):

@@ -14,6 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from memnet.cli import tables
 from memnet.cli.suite.errors import SuiteError
 from memnet.cli.suite.evaluators import BABI_TASKS, evaluation_options
@@ -25,7 +27,7 @@ from memnet.metrics import failed_tasks
 from memnet.metrics import mean_error as mean_task_error
 from memnet.plots import plot_suite_report
 from memnet.selection import mean_std, metric_key, summarize
-from memnet.utils import wandb_mode
+from memnet.utils import is_integer, wandb_mode
 
 
 def load_references() -> dict[str, Any]:
@@ -83,12 +85,29 @@ def collect(results: str | Path) -> tuple[Suite, list[_ExperimentResults]]:
     for experiment in suite.experiments:
         entry = _ExperimentResults(experiment)
         for seed in experiment.seeds:
-            record = Run(suite.name, experiment, seed, results).record()
+            run = Run(suite.name, experiment, seed, results)
+            record = run.record()
+            if record is not None:
+                record["trained_lengths"] = _trained_lengths(run.folder / "config.yaml")
             entry.records.append(
                 record if record is not None else {"seed": seed, "status": "missing"}
             )
         collected.append(entry)
     return suite, collected
+
+
+def _trained_lengths(config: Path) -> list[int] | None:
+    """The task's training range of lengths, [min_length, max_length], from a run's saved config.yaml (its
+    ``data.init_args.task.init_args``); None where the run has no such task or no readable config."""
+    try:
+        saved = yaml.safe_load(config.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    data = saved.get("data") if isinstance(saved, dict) else None
+    task = ((data or {}).get("init_args") or {}).get("task") if isinstance(data, dict) else None
+    arguments = (task.get("init_args") or {}) if isinstance(task, dict) else {}
+    low, high = arguments.get("min_length"), arguments.get("max_length")
+    return [low, high] if is_integer(low) and is_integer(high) else None
 
 
 def _score_columns(entry: _ExperimentResults) -> dict[str, dict[Any, float]]:
@@ -323,11 +342,11 @@ def build_report(results: str | Path) -> dict[str, Any]:
                 record = {**record, "evaluation": None}
             values, from_validation, record_range = _length_values(record)
             validated |= {str(length) for length in logged_by_length(record.get("metrics") or {}, "bits_per_seq")}
-            train_range = train_range or record_range
+            train_range = train_range or record_range or record.get("trained_lengths")
             for length, value in values.items():
                 target = validation if length in from_validation else evaluated
                 target.setdefault(length, {})[record.get("seed")] = value
-        if train_range is None and validated:
+        if train_range is None and validated:  # no task range known (an older run folder): the validation's
             train_range = [min(int(n) for n in validated), max(int(n) for n in validated)]
         wanted = [str(n) for n in (entry.experiment.evaluate or {}).get("lengths", [])]
         cells = {}
