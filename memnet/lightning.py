@@ -292,9 +292,11 @@ class QAModule(MemnetModule):
         self.log(f"{stage}/failed_tasks", float(failed_tasks(errors)), on_epoch=True, sync_dist=True)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
-        """The predicted answer class of every question, with the true one and the task."""
+        """The predicted answer class of every question, its answer probabilities (float32: an ensemble averages
+        them, ``memnet babi-table --ensemble``), the true class and the task."""
         logits = self(batch["story"], batch["query"])
-        return {"prediction": logits.argmax(-1), "answer": batch["answer"], "task": batch.get("task")}
+        return {"prediction": logits.argmax(-1), "probabilities": logits.float().softmax(-1),
+                "answer": batch["answer"], "task": batch.get("task")}
 
 
 # ----------------------------------------------------------------------------- recurrent family

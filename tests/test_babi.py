@@ -613,13 +613,21 @@ def test_table_command_evaluates_a_trained_checkpoint(tmp_path, monkeypatch, cap
     assert checkpoint.resolve() == (tmp_path / "run" / "checkpoints" / "last.ckpt").resolve()  # the dirpath given
     assert checkpoint.is_file() and (tmp_path / "run" / "config.yaml").is_file()
     capsys.readouterr()
-    main(["babi-table", "--ckpt_path", str(checkpoint), "--name", "tiny", "--csv", str(tmp_path / "t.csv")])
+    main(["babi-table", "--ckpt_path", str(checkpoint), "--name", "tiny", "--csv", str(tmp_path / "t.csv"),
+          "--json", str(tmp_path / "single.json")])
     out = capsys.readouterr().out
     rows = (tmp_path / "t.csv").read_text().splitlines()
     assert rows[0] == "task,tiny"
     errors = {int(row.split(":")[0]): row.split(",")[-1] for row in rows[1:21]}
     assert errors[3] == "" and 0.0 <= float(errors[1]) <= 100.0 and 0.0 <= float(errors[6]) <= 100.0
     assert "| 1: single-supporting-fact |" in out and "(2 tasks)" in out
+    # an ensemble of the checkpoint with itself answers as the checkpoint does: `predict` scores the questions
+    # that `test` scored, every one of them (a partial or reordered split would change the errors)
+    main(["babi-table", "--ensemble", "twice", "--ckpt_path", str(checkpoint), "--ckpt_path", str(checkpoint),
+          "--json", str(tmp_path / "ensemble.json")])
+    single = json.loads((tmp_path / "single.json").read_text())["tiny"]
+    ensemble = json.loads((tmp_path / "ensemble.json").read_text())["twice"]
+    assert set(ensemble) == {"1", "6"} and ensemble == pytest.approx(single, abs=1e-4)  # one question of 1,000 is 0.1
 
 
 @needs_data
@@ -742,3 +750,48 @@ def test_a_resume_with_another_split_is_refused():
                             ({"val_holdout": "question"}, "val_holdout 'question' given")):
         with pytest.raises(MemnetError, match=message):
             BabiDataModule(tasks=[1], **kwargs).load_state_dict(state)
+
+
+def _answers(probabilities, answer, task):
+    return {"probabilities": torch.tensor(probabilities), "answer": torch.tensor(answer), "task": torch.tensor(task)}
+
+
+def test_an_ensemble_answers_with_the_mean_of_its_models_probabilities():
+    from memnet.cli.babi_table import ensemble_task_errors
+
+    # 4 questions (tasks 1, 1, 2, 2; true classes 0, 1, 2, 0), 3 answer classes, two models
+    first = _answers([[0.6, 0.4, 0.0], [0.1, 0.9, 0.0], [0.5, 0.0, 0.5], [0.2, 0.8, 0.0]], [0, 1, 2, 0], [1, 1, 2, 2])
+    second = _answers([[0.3, 0.7, 0.0], [0.1, 0.2, 0.7], [0.0, 0.3, 0.7], [0.9, 0.0, 0.1]], [0, 1, 2, 0], [1, 1, 2, 2])
+    # means: [.45, .55, 0] wrong (1 for 0); [.1, .55, .35] right; [.25, .15, .6] right; [.55, .4, .05] right
+    assert ensemble_task_errors([first, second]) == {1: 50.0, 2: 0.0}
+    # alone, the first model is wrong on question 4 and ties on 3 (arg-max takes class 0: wrong)
+    assert ensemble_task_errors([first, first]) == {1: 0.0, 2: 100.0}
+    nan = _answers([[float("nan")] * 3, [0.1, 0.9, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]], [0, 1, 2, 0], [1, 1, 2, 2])
+    assert ensemble_task_errors([nan, second])[1] == 50.0  # a NaN answer is wrong, not class 0
+
+
+def test_an_ensemble_refuses_models_asked_other_questions():
+    from memnet.cli.babi_table import ensemble_task_errors
+    from memnet.cli.rebuild import RebuildError
+
+    first = _answers([[0.6, 0.4], [0.1, 0.9]], [0, 1], [1, 1])
+    with pytest.raises(RebuildError, match="at least two checkpoints, got 1"):
+        ensemble_task_errors([first])
+    with pytest.raises(RebuildError, match="b.ckpt was tested on other questions"):
+        ensemble_task_errors([first, _answers([[0.6, 0.4], [0.1, 0.9]], [0, 0], [1, 1])], ["a.ckpt", "b.ckpt"])
+    with pytest.raises(RebuildError, match=r"b.ckpt answered \(2, 3\).*answer vocabulary"):
+        ensemble_task_errors([first, _answers([[0.6, 0.4, 0.0], [0.1, 0.9, 0.0]], [0, 1], [1, 1])], ["a.ckpt", "b.ckpt"])
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--ensemble", "e", "--ckpt_path", "a.ckpt"], "--ensemble needs at least two --ckpt_path, got 1"),
+    (["--ensemble", "e", "--ckpt_path", "a.ckpt", "--ckpt_path", "b.ckpt", "--name", "x", "--name", "y"],
+     "with --ensemble the checkpoints fill the one column"),
+    (["--ensemble", " ", "--ckpt_path", "a.ckpt", "--ckpt_path", "b.ckpt"], "--ensemble needs a column name"),
+])
+def test_table_command_refuses_a_malformed_ensemble(argv, expected, capsys):
+    from memnet.cli.babi_table import table_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        table_main(argv)
+    assert exit_info.value.code == 2 and expected in capsys.readouterr().err

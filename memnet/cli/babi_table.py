@@ -2,9 +2,12 @@
 
     memnet babi-table --ckpt_path RUN/checkpoints/last.ckpt [--name MemN2N] [--config C]
                       [--results saved.json] [--markdown T.md] [--csv T.csv] [--json T.json]
+    memnet babi-table --ensemble NAME --ckpt_path RUN_A/checkpoints/last.ckpt --ckpt_path RUN_B/... [...]
 
 Each checkpoint is tested with its run's ``config.yaml`` (``memnet.cli.rebuild``);
-checkpoints given the same ``--name`` fill one column. The per-task errors are the
+checkpoints given the same ``--name`` fill one column. With ``--ensemble`` the checkpoints
+answer together, as one column: each test question's answer probabilities are averaged over
+them (the mean of their softmaxes), and the ensemble answers the class of highest mean. The per-task errors are the
 ``test/task_<k>/error`` a ``memnet.lightning.QAModule`` logs; the mean error and the
 failed-task count (above 5%) are ``memnet.metrics``'s.
 
@@ -19,9 +22,17 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from memnet.cli import tables
-from memnet.cli.rebuild import RebuildError, resolve_checkpoint, run_stage
-from memnet.metrics import FAILED_TASK_ERROR, failed_tasks, mean_error, task_errors
+from memnet.cli.rebuild import (
+    RebuildError,
+    default_config,
+    instantiate,
+    resolve_checkpoint,
+    run_stage,
+)
+from memnet.metrics import FAILED_TASK_ERROR, answer_errors, failed_tasks, mean_error, task_errors
 from tasks.babi import ALL_TASKS, TASK_NAMES
 
 
@@ -100,6 +111,48 @@ def evaluate_checkpoint(ckpt_path: str | Path, config: str | Path | None = None,
     return errors
 
 
+def predict_checkpoint(ckpt_path: str | Path, config: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """One checkpoint's answers to every test question, through ``memnet predict`` with the run's config:
+    ``probabilities`` (Q, A) float32, the true ``answer`` (Q,) and the ``task`` (Q,) of each question."""
+    checkpoint = resolve_checkpoint(str(ckpt_path))
+    configs = [config if config is not None else default_config(checkpoint)]
+    cli = instantiate(configs, ["--trainer.callbacks=[]", "--trainer.limit_predict_batches=1.0"])
+    batches = cli.trainer.predict(cli.model, datamodule=cli.datamodule, ckpt_path=str(checkpoint), weights_only=False)
+    if not batches or not isinstance(batches[0], dict) or "probabilities" not in batches[0]:
+        raise RebuildError(f"{ckpt_path}: its model gave no answer probabilities (is it a memnet QAModule?)")
+    return {key: torch.cat([batch[key].cpu() for batch in batches]) for key in ("probabilities", "answer", "task")}
+
+
+def ensemble_task_errors(predictions: Sequence[dict[str, torch.Tensor]],
+                         names: Sequence[str] | None = None) -> dict[int, float]:
+    """Test error per task (%) of models answering together: each question's answer probabilities
+    averaged over the models, the class of highest mean answered (a NaN answer is wrong).
+
+    Args:
+        predictions: per model, as :func:`predict_checkpoint` returns them, on the same questions.
+        names: each model's name for the errors (default: its position).
+
+    Raises:
+        RebuildError: fewer than two models, or models that were not asked the same questions with the
+            same answer classes (another data split, task set or vocabulary).
+    """
+    names = list(names) if names is not None else [f"model {i + 1}" for i in range(len(predictions))]
+    if len(predictions) < 2:
+        raise RebuildError(f"an ensemble needs at least two checkpoints, got {len(predictions)}")
+    first = predictions[0]
+    for name, other in zip(names[1:], predictions[1:]):
+        if other["probabilities"].shape != first["probabilities"].shape:
+            raise RebuildError(f"{name} answered {tuple(other['probabilities'].shape)} (questions, answer classes) "
+                               f"where {names[0]} answered {tuple(first['probabilities'].shape)}: the checkpoints "
+                               "must share the test questions and the answer vocabulary")
+        if not (torch.equal(other["answer"], first["answer"]) and torch.equal(other["task"], first["task"])):
+            raise RebuildError(f"{name} was tested on other questions or answer classes than {names[0]} "
+                               "(another task set or vocabulary): an ensemble averages answers to the same questions")
+    mean = torch.stack([p["probabilities"].float() for p in predictions]).mean(0)
+    wrong, tasks = answer_errors(mean, first["answer"]), first["task"]
+    return {int(task): float(wrong[tasks == task].double().mean()) * 100.0 for task in torch.unique(tasks).tolist()}
+
+
 def table_main(argv: Sequence[str] | None = None) -> dict[str, dict[int, float]]:
     """``memnet babi-table``: evaluate checkpoints on the test set and print the bAbI table."""
     parser = argparse.ArgumentParser(
@@ -112,6 +165,9 @@ def table_main(argv: Sequence[str] | None = None) -> dict[str, dict[int, float]]
                         help="column name of each --ckpt_path, in order (default: the run folder's name)")
     parser.add_argument("--config", action="append", default=[],
                         help="config of each --ckpt_path, in order (default: config.yaml of its run folder)")
+    parser.add_argument("--ensemble", metavar="NAME",
+                        help="one column NAME for all the --ckpt_path together: each question's answer "
+                             "probabilities averaged over the checkpoints (at least two)")
     parser.add_argument("--results", action="append", default=[],
                         help="a JSON file written by --json, to add its columns without evaluating again")
     parser.add_argument("--markdown", help="also write the markdown table here")
@@ -124,6 +180,14 @@ def table_main(argv: Sequence[str] | None = None) -> dict[str, dict[int, float]]
         given = getattr(args, option)
         if given and len(given) != len(args.ckpt_path):
             parser.error(f"--{option} was given {len(given)} times for {len(args.ckpt_path)} --ckpt_path")
+    if args.ensemble is not None:
+        if args.name:
+            parser.error("--name names one checkpoint's column; with --ensemble the checkpoints fill the one "
+                         "column --ensemble names")
+        if len(args.ckpt_path) < 2:
+            parser.error(f"--ensemble needs at least two --ckpt_path, got {len(args.ckpt_path)}")
+        if not args.ensemble.strip():
+            parser.error("--ensemble needs a column name")
     results: dict[str, dict[int, float]] = {}
     for path in args.results:
         for name, errors in read_results(path).items():
@@ -133,6 +197,13 @@ def table_main(argv: Sequence[str] | None = None) -> dict[str, dict[int, float]]
                 parser.error(f"the column {name!r} already holds task(s) {', '.join(map(str, twice))}; "
                              f"{path} reports them again: rename one of the columns")
             column.update(errors)
+    if args.ensemble is not None:
+        if args.ensemble in results:
+            parser.error(f"the column {args.ensemble!r} is already in --results: give the ensemble another name")
+        configs = args.config or [None] * len(args.ckpt_path)
+        predictions = [predict_checkpoint(ckpt, config) for ckpt, config in zip(args.ckpt_path, configs)]
+        results[args.ensemble] = ensemble_task_errors(predictions, args.ckpt_path)
+        args.ckpt_path = []
     names = list(args.name) if args.name else checkpoint_names(args.ckpt_path)
     for index, ckpt in enumerate(args.ckpt_path):
         config = args.config[index] if args.config else None
