@@ -463,6 +463,62 @@ def test_babi_table_prints_ours_beside_the_published_columns(tmp_path):
     assert (results / "report" / "babi.png").stat().st_size > 0
 
 
+def _fake_checkpoints(results: Path) -> dict[str, int]:
+    """A checkpoint file and summary.json per seed of `fake_babi_results`: checkpoint path -> seed."""
+    paths = {}
+    for seed in (0, 1):
+        checkpoint = results / "memn2n-babi" / f"seed_{seed}" / "checkpoints" / "last.ckpt"
+        checkpoint.parent.mkdir(parents=True)
+        checkpoint.write_bytes(b"weights")
+        (checkpoint.parents[1] / "summary.json").write_text(json.dumps({"last_checkpoint": str(checkpoint)}))
+        paths[str(checkpoint)] = seed
+    return paths
+
+
+def test_suite_ensemble_tests_the_seeds_together_and_the_report_shows_it(tmp_path, monkeypatch, capsys):
+    from memnet.cli import babi_table
+
+    results = fake_babi_results(tmp_path / "results")
+    seeds = _fake_checkpoints(results)
+    # two questions per task, both answered by class 0: seed 0 right on the first and wrong on the second, seed 1
+    # the other way round, each less sure where it is wrong, so that their mean is right on both
+    sure, unsure = [0.9, 0.1], [0.4, 0.6]
+    answers = {0: [sure, unsure] * 20, 1: [[0.45, 0.55], [0.7, 0.3]] * 20}
+    asked = []
+
+    def predict(checkpoint, config=None):
+        asked.append((seeds[str(checkpoint)], Path(config).name))
+        return {"probabilities": torch.tensor(answers[seeds[str(checkpoint)]]), "answer": torch.zeros(40).long(),
+                "task": torch.arange(1, 21).repeat_interleave(2)}
+
+    monkeypatch.setattr(babi_table, "predict_checkpoint", predict)
+    assert S.main(["ensemble", str(results), "--no-wandb"]) == 0
+    assert asked == [(0, "config.yaml"), (1, "config.yaml")]
+    ensemble = json.loads((results / "memn2n-babi" / "ensemble.json").read_text())
+    assert ensemble["seeds"] == [0, 1] and ensemble["babi_error"] == {str(k): 0.0 for k in range(1, 21)}
+    markdown = (results / "report" / "leaderboard.md").read_text()
+    header = next(line for line in markdown.splitlines() if line.startswith("| task |"))
+    assert header.startswith("| task | memn2n-babi: ensemble of seeds 0, 1 (answer probabilities averaged) | "
+                             "memn2n-babi | MemN2N 1k |")
+    mean_row = next(line for line in markdown.splitlines() if line.startswith("| mean error %"))
+    assert mean_row.startswith("| mean error % | 0.0 | 11.0 ± 0.7 |")
+    assert "changed since" not in markdown and "the ensemble is of seeds" not in markdown
+
+    # a seed trained again (its checkpoint rewritten), then a seed no longer done: the report says so
+    checkpoint = next(iter(seeds))
+    os.utime(checkpoint, ns=(1, 1))
+    assert "a seed's checkpoint changed since the ensemble was tested" in S.render_markdown(S.build_report(results))
+    record = results / "memn2n-babi" / "seed_1" / "metrics.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "status": "failed"}))
+    assert ("the ensemble is of seeds 0, 1, the seeds tested now are 0; `memnet suite ensemble"
+            in S.render_markdown(S.build_report(results)))
+    capsys.readouterr()
+    assert S.main(["ensemble", str(results), "--only", "memn2n-babi", "--no-wandb"]) == 2
+    assert "memn2n-babi: 1 seed(s) tested on the test split; an ensemble needs at least two" in capsys.readouterr().err
+    assert S.main(["ensemble", str(results), "--only", "nope", "--no-wandb"]) == 2
+    assert "--only: no experiment 'nope' in suite 'babi-fake'; it has memn2n-babi" in capsys.readouterr().err
+
+
 def test_summary_run_logs_wandb_tables_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     results = fake_babi_results(tmp_path / "results")

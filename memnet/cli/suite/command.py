@@ -1,9 +1,10 @@
-"""``memnet suite run|status|report``: the suite's command line.
+"""``memnet suite run|status|report|ensemble``: the suite's command line.
 
     memnet suite run configs/suites/algorithmic.yaml --jobs 2     train every run, evaluate, report
     memnet suite run SUITE --launcher slurm --partition gpu ...   one Slurm job per run (launcher.py)
     memnet suite status runs/suites/algorithmic                   each run: pending, running, finished, ...
     memnet suite report runs/suites/algorithmic                   the leaderboard from what is on disk
+    memnet suite ensemble runs/suites/babi-1k --only memn2n       a bAbI experiment's seeds answering together
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from memnet.cli.rebuild import run_stage
 from memnet.cli.suite import launcher
+from memnet.cli.suite.ensemble import make_ensembles
 from memnet.cli.suite.errors import SuiteError
 from memnet.cli.suite.report import REPORT_DIR, log_to_wandb, render_markdown, write_report
 from memnet.cli.suite.runner import SuiteRunner, check_fit_arguments, expand_runs, with_overrides
@@ -91,6 +93,13 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("results", help="results folder written by `memnet suite run`")
     report.add_argument("--out", help="where the report goes (default RESULTS/report)")
     report.add_argument("--no-wandb", action="store_true", help="do not log the summary run to W&B")
+    ensemble = commands.add_parser(
+        "ensemble", help="test each bAbI experiment's seeds together (answer probabilities averaged), "
+        "then the report with that column")
+    ensemble.add_argument("results", help="results folder written by `memnet suite run`")
+    ensemble.add_argument("--only", nargs="+", metavar="EXPERIMENT", help="these experiments only")
+    ensemble.add_argument("--out", help="where the report goes (default RESULTS/report)")
+    ensemble.add_argument("--no-wandb", action="store_true", help="do not log the summary run to W&B")
     return parser
 
 
@@ -112,12 +121,17 @@ def _report(results: Path, out: str | None, wandb_on: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``memnet suite run|status|report``; returns the exit status (1 if a run failed or the input is bad)."""
+    """``memnet suite run|status|report|ensemble``; returns the exit status (1 if a run failed or the input is bad)."""
     if argv and argv[0] == "_evaluate":  # the runner's evaluation of a bAbI run on a split
         return evaluate_main(list(argv[1:]))
     args = _parser().parse_args(argv)
     try:
         if args.command == "report":
+            _report(Path(args.results), args.out, not args.no_wandb)
+            return 0
+        if args.command == "ensemble":
+            for path in make_ensembles(Path(args.results), args.only):
+                print(f"[ensemble] written {path}")
             _report(Path(args.results), args.out, not args.no_wandb)
             return 0
         if args.command == "status":

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from memnet.cli import tables
+from memnet.cli.suite.ensemble import read_ensemble
 from memnet.cli.suite.errors import SuiteError
 from memnet.cli.suite.evaluators import BABI_TASKS, evaluation_options
 from memnet.cli.suite.runner import Run, settings_changes
@@ -439,6 +440,28 @@ def build_report(results: str | Path) -> dict[str, Any]:
                             "notes": [],
                         }
                     )
+            ensemble, ensemble_notes = read_ensemble(suite, entry.experiment, results)
+            notes = sorted(set(notes) | set(ensemble_notes))
+            if ensemble is not None and split == "test":
+                errors = ensemble["babi_error"]
+                seeds = ensemble["seeds"]
+                models.append(
+                    {
+                        "experiment": f"{entry.experiment.name}: ensemble of seeds "
+                        f"{', '.join(map(str, seeds))} (answer probabilities averaged)",
+                        "model": entry.experiment.model,
+                        "task": entry.experiment.task,
+                        "runs": 1,
+                        "ensemble_of": seeds,
+                        "tasks_measured": len(errors),
+                        "split": split,
+                        "per_task": {t: ({"mean": errors[t], "std": 0.0, "n": 1} if t in errors else None)
+                                     for t in BABI_TASKS},
+                        "mean_error": {"mean": mean_task_error(errors.values()), "std": 0.0, "n": 1},
+                        "failed": {"mean": float(failed_tasks(errors.values())), "std": 0.0, "n": 1},
+                        "notes": [],
+                    }
+                )
             models.append(
                 {
                     "experiment": entry.experiment.name,

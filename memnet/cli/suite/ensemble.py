@@ -1,0 +1,135 @@
+"""``memnet suite ensemble``: a bAbI experiment's seeds answering together, one more column of the report.
+
+    memnet suite ensemble runs/suites/babi-1k [--only memn2n]
+
+The checkpoints the suite tested (one per done seed of an experiment evaluated on the test split) answer
+every test question together, through ``memnet babi-table --ensemble``: each question's answer
+probabilities averaged over the seeds. The per-task errors go to ``RESULTS/<experiment>/ensemble.json``
+with the seeds and the checkpoints (size and modification time) they came from; the report shows the
+ensemble beside the selected run and the mean over the seeds, and says when its seeds or checkpoints
+are no longer the experiment's (run this command again then).
+
+An ensemble of N seeds costs N trainings; it is not the papers' protocol (one run, chosen by its
+training error), so the report labels it as what it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, TextIO
+
+from memnet.cli.suite.errors import SuiteError
+from memnet.cli.suite.runner import Run
+from memnet.cli.suite.spec import SUITE_FILE, Experiment, Suite
+
+ENSEMBLE_FILE = "ensemble.json"
+
+
+def _stamp(checkpoint: Path) -> dict[str, Any]:
+    """What tells a checkpoint file apart from a later one at the same path."""
+    stat = checkpoint.stat()
+    return {"path": str(checkpoint), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _tested_on_test_split(record: dict[str, Any] | None) -> bool:
+    evaluation = (record or {}).get("evaluation") or {}
+    return (record or {}).get("status") == "done" and evaluation.get("status") == "done" \
+        and evaluation.get("split", "test") == "test" and bool(evaluation.get("babi_error"))
+
+
+def members(suite: Suite, experiment: Experiment, results: Path) -> list[tuple[int, Path, Path]]:
+    """(seed, checkpoint, config) of every seed of ``experiment`` tested on bAbI's test split, in seed order."""
+    found = []
+    for seed in experiment.seeds:
+        run = Run(suite.name, experiment, seed, results)
+        checkpoint = run.trained_checkpoint()
+        if _tested_on_test_split(run.record()) and checkpoint and Path(checkpoint).is_file():
+            found.append((seed, Path(checkpoint), run.folder / "config.yaml"))
+    return found
+
+
+def is_babi_test(experiment: Experiment) -> bool:
+    spec = experiment.evaluate or {}
+    return spec.get("kind") == "babi" and spec.get("split", "test") == "test"
+
+
+def make_ensembles(results: str | Path, only: list[str] | None = None, stream: TextIO | None = None) -> list[Path]:
+    """Test each bAbI experiment's seeds together and write ``<experiment>/ensemble.json``; the files written.
+
+    Raises:
+        SuiteError: not a results folder, an ``--only`` name that is not a bAbI test-split experiment of
+            the suite, or fewer than two tested seeds where ``--only`` asked for that experiment.
+    """
+    from memnet.cli.babi_table import ensemble_task_errors, predict_checkpoint
+    from memnet.cli.rebuild import RebuildError
+
+    results = Path(results)
+    suite_file = results / SUITE_FILE
+    if not suite_file.is_file():
+        raise SuiteError(f"{results} is not a suite results folder: {suite_file} is missing "
+                         "(it is written by `memnet suite run`)")
+    suite = Suite.from_dict(json.loads(suite_file.read_text()))
+    names = [e.name for e in suite.experiments]
+    for name in only or []:
+        if name not in names:
+            raise SuiteError(f"--only: no experiment {name!r} in suite {suite.name!r}; it has {', '.join(names)}")
+        if not is_babi_test(next(e for e in suite.experiments if e.name == name)):
+            raise SuiteError(f"--only: {name!r} is not evaluated on bAbI's test split (evaluate: {{kind: babi, "
+                             "split: test}}), so it has no answers to average")
+    written = []
+    for experiment in suite.experiments:
+        if (only and experiment.name not in only) or not is_babi_test(experiment):
+            continue
+        found = members(suite, experiment, results)
+        if len(found) < 2:
+            message = (f"{experiment.name}: {len(found)} seed(s) tested on the test split; an ensemble needs at "
+                       "least two (`memnet suite run` trains and tests the others)")
+            if only:
+                raise SuiteError(message)
+            print(f"[ensemble] skipped {message}", file=stream)
+            continue
+        seeds = [seed for seed, _, _ in found]
+        print(f"[ensemble] {experiment.name}: seeds {', '.join(map(str, seeds))} answering together", file=stream)
+        try:
+            predictions = [predict_checkpoint(checkpoint, config) for _, checkpoint, config in found]
+            errors = ensemble_task_errors(predictions, [f"seed {seed} ({checkpoint})" for seed, checkpoint, _ in found])
+        except RebuildError as error:
+            raise SuiteError(f"{experiment.name}: its seeds cannot answer together: {error}") from None
+        path = results / experiment.name / ENSEMBLE_FILE
+        partial = path.with_name(f".{ENSEMBLE_FILE}.{os.getpid()}")
+        partial.write_text(json.dumps({
+            "experiment": experiment.name, "split": "test", "seeds": seeds,
+            "checkpoints": [_stamp(checkpoint) for _, checkpoint, _ in found],
+            "babi_error": {str(task): error for task, error in sorted(errors.items())},
+        }, indent=2) + "\n")
+        os.replace(partial, path)  # a report never reads half a file
+        written.append(path)
+    return written
+
+
+def read_ensemble(suite: Suite, experiment: Experiment, results: str | Path) -> tuple[dict[str, Any] | None,
+                                                                                    list[str]]:
+    """The experiment's ``ensemble.json`` (None if there is none or it cannot be read) and notes on it:
+    unreadable, or made of other seeds or checkpoints than the experiment's tested seeds now."""
+    path = Path(results) / experiment.name / ENSEMBLE_FILE
+    if not path.is_file():
+        return None, []
+    again = f"`memnet suite ensemble {results} --only {experiment.name}` makes it again"
+    try:
+        ensemble = json.loads(path.read_text())
+        errors = {str(int(task)): float(error) for task, error in ensemble["babi_error"].items()}
+        seeds = [int(seed) for seed in ensemble["seeds"]]
+        stamps = list(ensemble["checkpoints"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+        return None, [f"{experiment.name}: {path} is unreadable ({type(error).__name__}: {error}), left out; {again}"]
+    ensemble = {**ensemble, "babi_error": errors, "seeds": seeds}
+    now = members(suite, experiment, Path(results))
+    notes = []
+    if [seed for seed, _, _ in now] != seeds:
+        notes.append(f"{experiment.name}: the ensemble is of seeds {', '.join(map(str, seeds))}, the seeds tested "
+                     f"now are {', '.join(str(seed) for seed, _, _ in now) or 'none'}; {again}")
+    elif [_stamp(checkpoint) for _, checkpoint, _ in now] != stamps:
+        notes.append(f"{experiment.name}: a seed's checkpoint changed since the ensemble was tested; {again}")
+    return ensemble, notes
