@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import resource
 import shlex
 import shutil
@@ -517,6 +518,45 @@ def test_suite_ensemble_tests_the_seeds_together_and_the_report_shows_it(tmp_pat
     assert "memn2n-babi: 1 seed(s) tested on the test split; an ensemble needs at least two" in capsys.readouterr().err
     assert S.main(["ensemble", str(results), "--only", "nope", "--no-wandb"]) == 2
     assert "--only: no experiment 'nope' in suite 'babi-fake'; it has memn2n-babi" in capsys.readouterr().err
+
+
+def test_suite_run_makes_the_ensembles_its_file_asks_for_once(tmp_path, monkeypatch):
+    from memnet.cli import babi_table
+    from memnet.cli.suite.ensemble import make_ensembles
+
+    results = fake_babi_results(tmp_path / "results")
+    seeds = _fake_checkpoints(results)
+    asked = []
+
+    def predict(checkpoint, config=None):
+        asked.append(seeds[str(checkpoint)])
+        return {"probabilities": torch.tensor([[0.9, 0.1]] * 20), "answer": torch.zeros(20).long(),
+                "task": torch.arange(1, 21)}
+
+    monkeypatch.setattr(babi_table, "predict_checkpoint", predict)
+    assert make_ensembles(results, ["memn2n-babi"], flagged=True) == []  # the suite file does not ask for one
+    suite = json.loads((results / "suite.json").read_text())
+    suite["experiments"][0]["evaluate"]["ensemble"] = True
+    (results / "suite.json").write_text(json.dumps(suite))
+    assert make_ensembles(results, ["memn2n-babi"], flagged=True) == [results / "memn2n-babi" / "ensemble.json"]
+    assert asked == [0, 1]
+    assert make_ensembles(results, ["memn2n-babi"], flagged=True) == [] and asked == [0, 1]  # nothing changed
+    os.utime(next(iter(seeds)), ns=(1, 1))  # a seed trained again: the next `suite run` averages anew
+    assert make_ensembles(results, ["memn2n-babi"], flagged=True) and asked == [0, 1, 0, 1]
+    # the runs evaluated before the key was added are still done: `ensemble` is not an option of a run's evaluation
+    spec = S.EVALUATORS["babi"].check({"kind": "babi", "split": "test", "ensemble": True}, "here")
+    record = json.loads((results / "memn2n-babi" / "seed_0" / "metrics.json").read_text())
+    assert evaluators.evaluation_answers(spec, {**record["evaluation"], "options": {}})
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"kind": "babi", "ensemble": "yes"}, "here: evaluate.ensemble must be true or false, got 'yes'"),
+    ({"kind": "babi", "split": "valid", "ensemble": True}, "it needs split: test, got 'valid'"),
+    ({"kind": "babi", "ensembles": True}, "here: evaluate: unknown key 'ensembles'; allowed: kind, split, ensemble"),
+])
+def test_a_bad_ensemble_option_is_refused(spec, message):
+    with pytest.raises(S.SuiteError, match=re.escape(message)):
+        S.EVALUATORS["babi"].check(spec, "here")
 
 
 def test_summary_run_logs_wandb_tables_offline(tmp_path, monkeypatch):

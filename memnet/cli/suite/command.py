@@ -120,6 +120,18 @@ def _report(results: Path, out: str | None, wandb_on: bool) -> None:
             print(f"W&B summary run not logged: {type(error).__name__}: {error}", file=sys.stderr)
 
 
+def _ensembles(results: Path, experiments: list[str]) -> bool:
+    """The ensembles the suite file asks for (``evaluate.ensemble``) of the experiments just run; True if one failed
+    (the runs stand; the message says which and why, and ``memnet suite ensemble`` makes it again)."""
+    try:
+        for path in make_ensembles(results, sorted(set(experiments)), flagged=True):
+            print(f"[ensemble] written {path}")
+    except SuiteError as error:
+        print(f"memnet suite: ensemble not made: {error}", file=sys.stderr)
+        return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """``memnet suite run|status|report|ensemble``; returns the exit status (1 if a run failed or the input is bad)."""
     if argv and argv[0] == "_evaluate":  # the runner's evaluation of a bAbI run on a split
@@ -174,9 +186,10 @@ def main(argv: list[str] | None = None) -> int:
             f"[suite {suite.name}] finished: {counts['done']} trained now, {evaluated}{counts['skipped']} "
             f"already done, {counts['failed']} failed"
         )
+        ensemble_failed = _ensembles(results, [run.experiment.name for run in runs])
         if not args.no_report:
             _report(results, None, not args.no_wandb)
-        return 1 if counts["failed"] else 0
+        return 1 if counts["failed"] or ensemble_failed else 0
     except SuiteError as error:
         print(f"memnet suite: {error}", file=sys.stderr)
         return 2

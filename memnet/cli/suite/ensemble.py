@@ -55,8 +55,13 @@ def is_babi_test(experiment: Experiment) -> bool:
     return spec.get("kind") == "babi" and spec.get("split", "test") == "test"
 
 
-def make_ensembles(results: str | Path, only: list[str] | None = None, stream: TextIO | None = None) -> list[Path]:
+def make_ensembles(results: str | Path, only: list[str] | None = None, stream: TextIO | None = None, *,
+                   flagged: bool = False) -> list[Path]:
     """Test each bAbI experiment's seeds together and write ``<experiment>/ensemble.json``; the files written.
+
+    With ``flagged`` (what ``memnet suite run`` does after its runs), only the experiments whose suite
+    file asks for it (``evaluate: {kind: babi, ensemble: true}``), and an ensemble whose seeds and
+    checkpoints are unchanged is not tested again.
 
     Raises:
         SuiteError: not a results folder, an ``--only`` name that is not a bAbI test-split experiment of
@@ -72,7 +77,8 @@ def make_ensembles(results: str | Path, only: list[str] | None = None, stream: T
                          "(it is written by `memnet suite run`)")
     suite = Suite.from_dict(json.loads(suite_file.read_text()))
     names = [e.name for e in suite.experiments]
-    for name in only or []:
+    strict = bool(only) and not flagged  # `--only` names these experiments: each must get its ensemble
+    for name in only if strict else []:
         if name not in names:
             raise SuiteError(f"--only: no experiment {name!r} in suite {suite.name!r}; it has {', '.join(names)}")
         if not is_babi_test(next(e for e in suite.experiments if e.name == name)):
@@ -82,11 +88,17 @@ def make_ensembles(results: str | Path, only: list[str] | None = None, stream: T
     for experiment in suite.experiments:
         if (only and experiment.name not in only) or not is_babi_test(experiment):
             continue
+        if flagged and not (experiment.evaluate or {}).get("ensemble"):
+            continue
         found = members(suite, experiment, results)
+        if flagged and len(found) >= 2:
+            current, notes = read_ensemble(suite, experiment, results)
+            if current is not None and not notes:
+                continue  # the same seeds' same checkpoints: nothing new to average
         if len(found) < 2:
             message = (f"{experiment.name}: {len(found)} seed(s) tested on the test split; an ensemble needs at "
                        "least two (`memnet suite run` trains and tests the others)")
-            if only:
+            if strict:
                 raise SuiteError(message)
             print(f"[ensemble] skipped {message}", file=stream)
             continue

@@ -125,14 +125,19 @@ def _algorithmic_collect(run: Run, spec: dict) -> dict:
 
 
 def _check_babi(spec: dict, where: str) -> dict:
-    unknown = set(spec) - {"kind", "split"}
+    unknown = set(spec) - {"kind", "split", "ensemble"}
     if unknown:
-        raise SuiteError(f"{where}: evaluate: unknown key {min(unknown)!r}; allowed: kind, split")
+        raise SuiteError(f"{where}: evaluate: unknown key {min(unknown)!r}; allowed: kind, split, ensemble")
     spec.setdefault("split", "test")
     if spec["split"] not in ("test", "valid"):
         raise SuiteError(
             f"{where}: evaluate.split must be 'test' or 'valid', got {spec['split']!r}"
         )
+    if "ensemble" in spec and not isinstance(spec["ensemble"], bool):
+        raise SuiteError(f"{where}: evaluate.ensemble must be true or false, got {spec['ensemble']!r}")
+    if spec.get("ensemble") and spec["split"] != "test":
+        raise SuiteError(f"{where}: evaluate.ensemble averages the seeds' answers to the test questions; "
+                         f"it needs split: test, got {spec['split']!r}")
     return spec
 
 
@@ -196,7 +201,8 @@ def babi_errors_from_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 def evaluation_options(spec: dict) -> dict:
     """The options an evaluation ran with besides its kind, split and lengths (``num_sequences``, ``seed``,
     ``memory_size``, ...), kept in the run's record beside its numbers."""
-    return {key: value for key, value in spec.items() if key not in ("kind", "split", "lengths")}
+    # ``ensemble`` is the experiment's, made after its seeds (``memnet.cli.suite.ensemble``), not an option of a run's
+    return {key: value for key, value in spec.items() if key not in ("kind", "split", "lengths", "ensemble")}
 
 
 def evaluation_answers(spec: dict | None, evaluation: dict | None) -> bool:
