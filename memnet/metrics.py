@@ -211,11 +211,12 @@ def token_metrics(logits: torch.Tensor, target: torch.Tensor, *, pad_index: int 
         pad_index: the id whose positions are not scored.
 
     Returns:
-        ``loss`` (mean nats per scored token) and ``token_accuracy``.
+        ``loss`` (mean nats per scored token) and ``token_accuracy`` (a token with a NaN logit is wrong:
+        arg-max takes NaN for the largest value, as in :func:`answer_errors`).
     """
     scored = target != pad_index
     loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=pad_index)
-    right = (logits.argmax(-1) == target) & scored
+    right = (logits.argmax(-1) == target) & scored & ~logits.isnan().any(-1)
     return {"loss": loss, "token_accuracy": right.sum() / scored.sum().clamp_min(1)}
 
 

@@ -50,12 +50,13 @@ PLOT_FLOOR = 1e-30
 
 
 def last_step_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy of each sequence's last scored step, summed over features, mean over the batch.
+    """Binary cross-entropy of each sequence's last scored step, summed over features, mean over the scored sequences.
 
     logits, targets (B, T, D); mask (B, T). Each sequence is scored at its own
     last step with mask 1 (sequences of one batch can end at different steps:
-    repeat copy's counts), a sequence with none not at all; if no sequence has a
-    scored step, every sequence's last step.
+    repeat copy's counts), a sequence with none not at all (nor counted in the mean:
+    a batch with unscored rows gives the loss of its scored ones); if no sequence
+    has a scored step, every sequence's last step.
     """
     batch, steps = logits.shape[:2]
     scored = mask > 0
@@ -67,13 +68,14 @@ def last_step_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tens
         weight = torch.ones(batch, dtype=logits.dtype, device=logits.device)
     rows = torch.arange(batch, device=logits.device)
     nats = F.binary_cross_entropy_with_logits(logits[rows, last], targets[rows, last], reduction="none").sum(-1)
-    return (nats * weight).sum() / batch
+    return (nats * weight).sum() / weight.sum()
 
 
 def all_steps_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Masked binary cross-entropy of every scored step, summed over steps and features, mean over the batch."""
+    """Masked binary cross-entropy of every scored step, summed over steps and features, mean over the sequences
+    with a scored step (all of them if none has one: the loss is then 0)."""
     nats = F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * mask.unsqueeze(-1)
-    return nats.sum() / logits.shape[0]
+    return nats.sum() / (mask > 0).any(dim=1).sum().clamp_min(1)
 
 
 LOSSES: dict[str, LossFn] = {"last": last_step_loss, "all": all_steps_loss}

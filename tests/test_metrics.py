@@ -63,6 +63,11 @@ def test_a_nan_output_on_a_scored_step_is_wrong_whatever_the_target():
     assert metrics.step_accuracy(logits, targets, mask).tolist() == [0.5, 0.5]
     answers = torch.tensor([[float("nan")] * 3, [0.0, float("nan"), 1.0], [2.0, 0.0, 1.0]])
     assert metrics.answer_errors(answers, torch.tensor([0, 1, 0])).tolist() == [1.0, 1.0, 0.0]
+    # tokens (B = 1, T = 3, V = 3), targets 0, 1, 0 (PAD = 2): the NaN rows (arg-max 0, the target) are wrong
+    tokens = torch.tensor([[[float("nan"), 0.0, 0.0], [0.0, 2.0, 0.0], [float("nan")] * 3]])
+    assert metrics.token_metrics(tokens, torch.tensor([[0, 1, 0]]), pad_index=2)["token_accuracy"].item() == \
+        pytest.approx(1 / 3)
+    assert metrics.token_metrics(tokens, torch.tensor([[0, 1, 2]]), pad_index=2)["token_accuracy"].item() == 0.5
 
 
 def test_task_errors_mean_and_failed_count():

@@ -85,6 +85,22 @@ def test_last_step_loss_scores_each_sequence_at_its_own_last_scored_step():
     flipped = targets.clone()
     flipped[1, 4] = 1 - flipped[1, 4]  # an unscored target of the shorter sequence changes nothing
     assert last_step_loss(logits, flipped, mask).item() == pytest.approx(expected.item(), rel=1e-12)
+    # a sequence with no scored step is not in the mean either: the loss of a batch is its scored sequences' mean
+    padded = (torch.cat([logits, torch.randn(1, 5, 3, dtype=torch.float64)]), torch.cat([targets, targets[:1]]),
+              torch.cat([mask, torch.zeros(1, 5, dtype=torch.float64)]))
+    assert last_step_loss(*padded).item() == pytest.approx(expected.item(), rel=1e-12)
+
+
+def test_all_steps_loss_is_a_mean_over_the_scored_sequences():
+    from memnet.probe import all_steps_loss
+
+    logits = torch.randn(3, 4, 2, dtype=torch.float64)
+    targets = torch.randint(0, 2, (3, 4, 2)).double()
+    mask = torch.tensor([[1, 1, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.float64)  # the third: nothing scored
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    expected = (bce(logits[0, :3], targets[0, :3], reduction="sum") + bce(logits[1, 1], targets[1, 1], reduction="sum")) / 2
+    assert all_steps_loss(logits, targets, mask).item() == pytest.approx(expected.item(), rel=1e-12)
+    assert all_steps_loss(logits, targets, torch.zeros(3, 4, dtype=torch.float64)).item() == 0.0
 
 
 def test_ntm_state_parts():
