@@ -164,9 +164,11 @@ def main(argv: list[str] | None = None) -> int:
         if chosen.name != "local" and not args.dry_run:
             counts = launcher.submit(suite, runs, results, chosen, base_dir=Path.cwd(),
                                      wait=args.wait or chosen.name == "submitit-local")
+            waited = args.wait or chosen.name == "submitit-local"
+            ensemble_failed = waited and _ensembles(results, [run.experiment.name for run in runs])
             if "done" in counts and not args.no_report:
                 _report(results, None, not args.no_wandb)
-            return 1 if counts.get("failed") else 0
+            return 1 if counts.get("failed") or ensemble_failed else 0
         # the command line's --gpus-per-job, else the suite file's launcher.gpus_per_job (merged above)
         gpus_per_job = (chosen.settings or {}).get("gpus_per_job")
         runner = SuiteRunner(suite, results, jobs=args.jobs, gpus_per_job=gpus_per_job)
