@@ -375,6 +375,9 @@ class Seq2SeqModule(MemnetModule):
     ) -> None:
         if not is_integer(print_predictions) or print_predictions < 0:
             raise ValueError(f"print_predictions must be a non-negative integer, got {print_predictions!r}")
+        if not is_integer(seed) or not -(2**63) <= seed < 2**64:  # as torch.Generator takes it; its own error names
+            raise ValueError(f"seed (of the teacher-forcing coin flips) must be an integer in [-2**63, 2**64), "
+                             f"got {seed!r}")  # neither the option nor the range, and a bool would pass as 1
         super().__init__(
             net, optimizer=optimizer, scheduler=scheduler, scheduler_interval=scheduler_interval,
             nonfinite_grads=nonfinite_grads,

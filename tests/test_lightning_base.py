@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -483,6 +485,14 @@ def test_eval_memory_size_must_be_a_positive_integer(value):
 def test_print_predictions_must_be_a_non_negative_integer(value):
     with pytest.raises(ValueError, match=rf"print_predictions must be a non-negative integer, got {value!r}"):
         Seq2SeqModule(nn.Linear(3, 2), print_predictions=value)
+
+
+@pytest.mark.parametrize("value", [True, 2.5, "0", 2**64, -(2**63) - 1])
+def test_the_teacher_forcing_seed_must_be_an_integer_torch_takes(value):
+    with pytest.raises(ValueError, match=r"seed \(of the teacher-forcing coin flips\) must be an integer in "
+                                         rf"\[-2\*\*63, 2\*\*64\), got {re.escape(repr(value))}"):
+        Seq2SeqModule(nn.Linear(3, 2), seed=value)
+    Seq2SeqModule(nn.Linear(3, 2), seed=-1)  # torch.Generator takes it
 
 
 def test_eval_memory_size_on_a_network_without_memory_is_refused_naming_the_setting():
