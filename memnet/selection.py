@@ -18,6 +18,8 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from memnet.utils import is_number
+
 SELECT_KEYS = ("metric", "split", "mode")
 SELECT_SPLITS = ("train", "val")  # the splits a selection may read; never "test"
 SELECT_MODES = ("min", "max")
@@ -80,7 +82,7 @@ def select_run(records: Sequence[dict[str, Any]], spec: dict[str, str]) -> dict[
     candidates = []
     for record in records:
         value = (record.get("metrics") or {}).get(key)
-        if record.get("status") == "done" and isinstance(value, (int, float)) and math.isfinite(value):
+        if record.get("status") == "done" and is_number(value) and math.isfinite(value):
             candidates.append((float(value), record))
     if not candidates:
         return None

@@ -24,6 +24,15 @@ def is_integer(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def is_number(value: object) -> bool:
+    """True for an ``int`` or ``float`` that is not a ``bool``: a metric read back as ``true`` is no score.
+
+    >>> is_number(0.5), is_number(3), is_number(True), is_number("1")
+    (True, True, False, False)
+    """
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_positive(**values: int) -> None:
     """Raise ``ValueError`` naming the first argument that is not a positive integer.
 

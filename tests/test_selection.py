@@ -28,9 +28,9 @@ def test_picks_the_lowest_training_error_not_the_lowest_test_error():
 
 def test_only_finished_runs_with_the_metric_compete():
     records = [_record(0, 0.1, 1.0, status="failed"), {"seed": 1, "status": "done", "metrics": {}},
-               _record(2, 4.0, 9.0), _record(3, float("nan"), 1.0)]
+               _record(2, 4.0, 9.0), _record(3, float("nan"), 1.0), _record(4, False, 1.0)]
     chosen = select_run(records, check_select({"metric": "error", "split": "train"}, WHERE))
-    assert chosen["seed"] == 2 and chosen["candidates"] == 1
+    assert chosen["seed"] == 2 and chosen["candidates"] == 1  # a `false` read back from a record is no 0.0
     assert select_run(records[:2], check_select({"metric": "error", "split": "train"}, WHERE)) is None
 
 

@@ -28,7 +28,7 @@ from memnet.metrics import failed_tasks
 from memnet.metrics import mean_error as mean_task_error
 from memnet.plots import plot_suite_report
 from memnet.selection import mean_std, metric_key, summarize
-from memnet.utils import is_integer, wandb_mode
+from memnet.utils import is_integer, is_number, wandb_mode
 
 
 def load_references() -> dict[str, Any]:
@@ -118,14 +118,14 @@ def _score_columns(entry: _ExperimentResults) -> dict[str, dict[Any, float]]:
         seed = record.get("seed")
         metrics = record.get("metrics") or {}
         for key in COLUMN_ORDER:
-            if isinstance(metrics.get(key), (int, float)):
+            if is_number(metrics.get(key)):
                 columns.setdefault(key, {})[seed] = float(metrics[key])
         errors = _babi_errors(record, _babi_split(entry.experiment))
         if errors:
             columns.setdefault("bAbI mean error %", {})[seed] = mean_task_error(errors.values())
             columns.setdefault("bAbI failed tasks", {})[seed] = float(failed_tasks(errors.values()))
             columns.setdefault(BABI_MEASURED, {})[seed] = float(len(errors))
-        if isinstance(record.get("train_seconds"), (int, float)):
+        if is_number(record.get("train_seconds")):
             columns.setdefault("train s", {})[seed] = float(record["train_seconds"])
     return columns
 
@@ -210,7 +210,7 @@ def _selection(entry: _ExperimentResults) -> dict[str, Any] | None:
             return {"bAbI mean error %": mean_task_error(errors.values()),
                     "bAbI failed tasks": float(failed_tasks(errors.values()))}
         metrics = record.get("metrics") or {}
-        return {k: float(metrics[k]) for k in COLUMN_ORDER if isinstance(metrics.get(k), (int, float))}
+        return {k: float(metrics[k]) for k in COLUMN_ORDER if is_number(metrics.get(k))}
 
     return summarize(entry.records, entry.experiment.select, scores)
 
