@@ -117,14 +117,17 @@ class ResumableLoader(torch.utils.data.DataLoader):
         self.trainer = trainer
 
     def __iter__(self):
-        return self._resumed(super().__iter__())
+        return self._resumed()
 
-    def _resumed(self, iterator):
-        # at the first batch asked for, not when the iterator is made: Lightning makes it before it restores its
-        # place in the epoch and sets the sampler's epoch (the sampler is read at the first batch, with no workers)
+    def _resumed(self):
+        # at the first batch asked for, not when iter() is called: Lightning calls it before it restores its place
+        # in the epoch and sets the sampler's epoch. DataLoader's own iterator is made here too, after set_epoch:
+        # with workers it reads the sampler as it is made (to fill their queues), so made earlier it took the
+        # order of the epoch the sampler was set to before
         epoch = getattr(self.trainer, "current_epoch", None)
         if epoch is not None and hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
+        iterator = super().__iter__()
         for _ in range(batches_done(self.trainer)):  # drawn and dropped: the sampler's order goes on after them
             next(iterator, None)
         yield from iterator

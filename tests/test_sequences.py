@@ -169,9 +169,11 @@ def test_training_loaders_resumed_mid_epoch_give_the_epochs_remaining_batches():
     assert all(torch.equal(a, b) for a, b in zip(rest, whole[3:]))
     assert len(data.train_dataloader()) == 5 and data.train_dataloader().state_dict() == {}  # resumable for Lightning
 
-    loader = ResumableLoader(list(range(10)), batch_size=3, sampler=EpochShuffle(10, seed=0),
-                             trainer=_trainer_in_epoch(1, 2))
-    loader.sampler.set_epoch(2)  # what Lightning passes after a stop mid-epoch: the epochs processed, one ahead
     epoch_1 = EpochShuffle(10, seed=0)
     epoch_1.set_epoch(1)
-    assert [i for batch in loader for i in batch.tolist()] == list(epoch_1)[6:]
+    expected = list(epoch_1)[6:]
+    for workers in (0, 2):  # workers read the sampler when the loader's iterator is made: it must be set by then
+        loader = ResumableLoader(list(range(10)), batch_size=3, sampler=EpochShuffle(10, seed=0),
+                                 trainer=_trainer_in_epoch(1, 2), num_workers=workers)
+        loader.sampler.set_epoch(2)  # what Lightning passes after a stop mid-epoch: the epochs processed, one ahead
+        assert [i for batch in loader for i in batch.tolist()] == expected, f"num_workers={workers}"
