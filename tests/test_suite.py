@@ -559,6 +559,22 @@ def test_a_bad_ensemble_option_is_refused(spec, message):
         S.EVALUATORS["babi"].check(spec, "here")
 
 
+def test_a_selected_run_without_bAbI_errors_on_the_split_is_named_not_dropped_unsaid(tmp_path):
+    results = fake_babi_results(tmp_path / "results")
+    suite = json.loads((results / "suite.json").read_text())
+    suite["experiments"][0]["select"] = {"metric": "loss", "split": "val", "mode": "min"}  # seed 0: val/loss 1.0
+    (results / "suite.json").write_text(json.dumps(suite))
+    record = results / "memn2n-babi" / "seed_0" / "metrics.json"
+    evaluated = json.loads(record.read_text())
+    evaluated["evaluation"]["split"] = "valid"  # evaluated on another split than the suite's `test`
+    record.write_text(json.dumps(evaluated))
+    report = S.build_report(results)
+    assert [m["experiment"] for m in report["babi"]["models"]] == ["memn2n-babi"]  # no selected column
+    (model,) = report["babi"]["models"]
+    assert ("memn2n-babi: the selected run (seed 0) has no bAbI test error on the 'test' split, so the table has no "
+            "column for it; `memnet suite run` evaluates it") in model["notes"]
+
+
 def test_summary_run_logs_wandb_tables_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     results = fake_babi_results(tmp_path / "results")

@@ -423,6 +423,11 @@ def build_report(results: str | Path) -> dict[str, Any]:
             if selected is not None:
                 chosen = next(r for r in entry.done() if r.get("seed") == selected["seed"])
                 errors = _babi_errors(chosen, split)
+                if not errors:  # its column would vanish while the leaderboard names it the selected run
+                    notes.append(f"{entry.experiment.name}: the selected run (seed {selected['seed']}) has no bAbI "
+                                 f"test error on the {split!r} split, so the table has no column for it; "
+                                 f"`memnet suite run` evaluates it")
+                    notes.sort()
                 if errors:
                     models.append(
                         {
