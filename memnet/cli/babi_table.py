@@ -80,8 +80,16 @@ def babi_table(results: dict[str, dict[int, float]], *, tasks: Sequence[int] = A
         suffix = "" if len(values) == len(tasks) else f" ({len(values)} tasks)"
         return f"{mean_error(values):.1f}{suffix}", f"{failed_tasks(values)}{suffix}"
 
+    def cell(error: float) -> str:
+        """One decimal, as the papers print it; more where one would hide a failure (5.04% is failed, "5.0" is not)."""
+        text, decimals = f"{error:.1f}", 1
+        while error > FAILED_TASK_ERROR and float(text) <= FAILED_TASK_ERROR and decimals < 6:
+            decimals += 1
+            text = f"{error:.{decimals}f}"
+        return text
+
     header = ["task"] + names
-    rows = [[f"{t}: {TASK_NAMES[t]}"] + [f"{results[n][t]:.1f}" if t in results[n] else "" for n in names]
+    rows = [[f"{t}: {TASK_NAMES[t]}"] + [cell(results[n][t]) if t in results[n] else "" for n in names]
             for t in tasks]
     summaries = [summary(results[n]) for n in names]
     rows.append(["mean error (%)"] + [s[0] for s in summaries])
