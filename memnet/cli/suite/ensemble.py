@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from memnet.cli.suite.errors import SuiteError
+from memnet.cli.suite.evaluators import record_babi_errors
 from memnet.cli.suite.runner import Run
 from memnet.cli.suite.spec import SUITE_FILE, Experiment, Suite
 
@@ -34,9 +35,7 @@ def _stamp(checkpoint: Path) -> dict[str, Any]:
 
 
 def _tested_on_test_split(record: dict[str, Any] | None) -> bool:
-    evaluation = (record or {}).get("evaluation") or {}
-    return (record or {}).get("status") == "done" and evaluation.get("status") == "done" \
-        and evaluation.get("split", "test") == "test" and bool(evaluation.get("babi_error"))
+    return record is not None and record.get("status") == "done" and bool(record_babi_errors(record, "test"))
 
 
 def members(suite: Suite, experiment: Experiment, results: Path) -> list[tuple[int, Path, Path]]:

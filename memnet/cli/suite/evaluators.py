@@ -178,6 +178,16 @@ def _babi_collect(run: Run, spec: dict) -> dict:
     return {"babi_error": {str(task): error for task, error in sorted(errors.items())}, "split": spec["split"]}
 
 
+def record_babi_errors(record: dict[str, Any], split: str | None = None) -> dict[str, float]:
+    """A run record's per-task bAbI errors; {} if it has none, or (``split`` given) they are of another split."""
+    evaluation = record.get("evaluation") or {}
+    if split is not None and evaluation.get("split", "test") != split:
+        return {}
+    if evaluation.get("status") == "done" and evaluation.get("babi_error"):
+        return {str(k): float(v) for k, v in evaluation["babi_error"].items()}
+    return {}
+
+
 def babi_errors_from_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """Per-task test error in % from metrics logged by any code (e.g. a W&B export).
 

@@ -20,6 +20,7 @@ from memnet.cli import tables
 from memnet.cli.suite.ensemble import read_ensemble
 from memnet.cli.suite.errors import SuiteError
 from memnet.cli.suite.evaluators import BABI_TASKS, evaluation_options
+from memnet.cli.suite.evaluators import record_babi_errors as _babi_errors
 from memnet.cli.suite.runner import Run, settings_changes
 from memnet.cli.suite.spec import REPORT_DIR, SUITE_FILE, Experiment, Suite
 from memnet.metrics import FAILED_TASK_ERROR as BABI_FAIL_THRESHOLD
@@ -128,16 +129,6 @@ def _score_columns(entry: _ExperimentResults) -> dict[str, dict[Any, float]]:
         if is_number(record.get("train_seconds")):
             columns.setdefault("train s", {})[seed] = float(record["train_seconds"])
     return columns
-
-
-def _babi_errors(record: dict[str, Any], split: str | None = None) -> dict[str, float]:
-    """A run's per-task bAbI errors; {} if it has none, or (``split`` given) they are of another split."""
-    evaluation = record.get("evaluation") or {}
-    if split is not None and evaluation.get("split", "test") != split:
-        return {}
-    if evaluation.get("status") == "done" and evaluation.get("babi_error"):
-        return {str(k): float(v) for k, v in evaluation["babi_error"].items()}
-    return {}
 
 
 def _babi_split(experiment: Experiment) -> str:
