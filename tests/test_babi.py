@@ -797,3 +797,38 @@ def test_table_command_refuses_a_malformed_ensemble(argv, expected, capsys):
     with pytest.raises(SystemExit) as exit_info:
         table_main(argv)
     assert exit_info.value.code == 2 and expected in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage", ["test", "predict"])
+def test_a_checkpoint_of_a_ddp_run_is_scored_in_one_process(tmp_path, monkeypatch, stage):
+    """babi-table and the suite's evaluations score a checkpoint in their own process on one device, whatever
+    strategy its run trained with: under DDP each process would score a share of the questions (repeating the
+    last ones), `predict` would return the first share only, and the launcher would start the command again."""
+    from memnet.cli import rebuild
+
+    base = Path(__file__).resolve().parents[1] / "configs" / "memn2n" / "babi_task_1k.yaml"
+    config = tmp_path / "config.yaml"
+    config.write_text(f"extends: {base}\ntrainer:\n  accelerator: cpu\n  strategy: ddp\n  devices: 2\n")
+    checkpoint = tmp_path / "last.ckpt"
+    checkpoint.write_bytes(b"not read: the trainer is inspected before the stage runs")
+    built, real = [], rebuild.instantiate
+
+    class Built(Exception):
+        pass
+
+    def instantiate(configs, overrides=()):
+        built.append(real(configs, overrides))
+        raise Built
+
+    monkeypatch.setattr(rebuild, "instantiate", instantiate)
+    monkeypatch.setattr(table_command, "instantiate", instantiate)
+    with pytest.raises(Built):
+        if stage == "test":
+            rebuild.run_stage("test", checkpoint, config)
+        else:
+            table_command.predict_checkpoint(checkpoint, config)
+    trainer = built[0].trainer
+    assert trainer.world_size == 1 and trainer.num_devices == 1
+    assert type(trainer.strategy).__name__ == "SingleDeviceStrategy"
+    # the same config as it is builds the two-process trainer that the scoring would otherwise run under
+    assert real([config]).trainer.num_devices == 2

@@ -26,6 +26,7 @@ import torch
 
 from memnet.cli import tables
 from memnet.cli.rebuild import (
+    ONE_PROCESS,
     RebuildError,
     default_config,
     instantiate,
@@ -121,10 +122,11 @@ def evaluate_checkpoint(ckpt_path: str | Path, config: str | Path | None = None,
 
 def predict_checkpoint(ckpt_path: str | Path, config: str | Path | None = None) -> dict[str, torch.Tensor]:
     """One checkpoint's answers to every test question, through ``memnet predict`` with the run's config:
-    ``probabilities`` (Q, A) float32, the true ``answer`` (Q,) and the ``task`` (Q,) of each question."""
+    ``probabilities`` (Q, A) float32, the true ``answer`` (Q,) and the ``task`` (Q,) of each question,
+    predicted in this process on one device (``ONE_PROCESS``: a DDP run's config would return one share)."""
     checkpoint = resolve_checkpoint(str(ckpt_path))
     configs = [config if config is not None else default_config(checkpoint)]
-    cli = instantiate(configs, ["--trainer.callbacks=[]", "--trainer.limit_predict_batches=1.0"])
+    cli = instantiate(configs, ["--trainer.callbacks=[]", "--trainer.limit_predict_batches=1.0", *ONE_PROCESS])
     batches = cli.trainer.predict(cli.model, datamodule=cli.datamodule, ckpt_path=str(checkpoint), weights_only=False)
     if not batches or not isinstance(batches[0], dict) or "probabilities" not in batches[0]:
         raise RebuildError(f"{ckpt_path}: its model gave no answer probabilities (is it a memnet QAModule?)")

@@ -31,6 +31,10 @@ from memnet.utils import MemnetError
 
 LATEST = "latest"  # --ckpt_path latest: the best (else last) checkpoint of runs/latest.json
 QUIET = ("--trainer.logger=false", "--trainer.enable_progress_bar=false")
+# A checkpoint is scored in this one process, on one device, whatever the run trained with: under DDP each
+# process would score its share of the questions (the last ones repeated to even the shares, and the launcher
+# would start the command again in new processes); predictions would come back from the first share only.
+ONE_PROCESS = ("--trainer.devices=1", "--trainer.num_nodes=1", "--trainer.strategy=auto")
 
 
 class RebuildError(ValueError):
@@ -151,7 +155,8 @@ def run_stage(
 
     The config defaults to ``config.yaml`` of the run folder; the run's own callbacks
     are left out (they are for training), and so are its ``limit_val_batches`` and
-    ``limit_test_batches``: the whole split is scored.
+    ``limit_test_batches``: the whole split is scored, in this process on one device
+    (a run trained with DDP too: ``ONE_PROCESS``).
     """
     if stage not in ("test", "validate"):
         raise RebuildError(f"stage must be 'test' or 'validate', got {stage!r}")
@@ -160,7 +165,7 @@ def run_stage(
     # the whole split, whatever limits the run trained with (a limit given in ``overrides`` still wins): the
     # sets are in task order, so a limit drops the last tasks and scores one on part of its questions, unmarked
     cli = instantiate(configs, ["--trainer.callbacks=[]", "--trainer.limit_test_batches=1.0",
-                                "--trainer.limit_val_batches=1.0", *overrides])
+                                "--trainer.limit_val_batches=1.0", *ONE_PROCESS, *overrides])
     trainer_stage = cli.trainer.test if stage == "test" else cli.trainer.validate
     blocks = trainer_stage(cli.model, datamodule=cli.datamodule, ckpt_path=str(checkpoint), weights_only=False)
     metrics: dict[str, float] = {}
