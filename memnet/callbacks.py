@@ -602,7 +602,9 @@ class SpikeClip(pl.Callback):
         device = grads[0].device
         if self.sums.device != device:
             self.sums, self.moments, self.clipped = (t.to(device) for t in (self.sums, self.moments, self.clipped))
-        norm = torch.linalg.vector_norm(torch.stack([n.to(device, torch.float64) for n in torch._foreach_norm(grads)]))
+        # summed in float64: float32 gradients of ~1e19 are finite (not skipped), but their float32 norm is inf
+        norms = torch._foreach_norm(grads, 2, dtype=torch.float64)
+        norm = torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
         finite = torch.isfinite(norm)
         self.steps += 1
         if self.steps <= self.warmup:

@@ -453,6 +453,18 @@ def test_spike_clip_state_resumes_exactly():
     assert float(whole.clipped) == float(resumed.clipped) == 2.0  # the two loud steps
 
 
+def test_spike_clip_clips_a_finite_gradient_whose_float32_norm_overflows():
+    """Entries of ~1e19 are finite (nonfinite_grads does not skip the step), but the float32 norm overflowed to inf:
+    the spike was taken for a non-finite one and went through unclipped."""
+    clip = SpikeClip(z=1.0, alpha=0.5, warmup=3)
+    for norm in (1.0, 2.0, 3.0):  # mean 2, sample variance 1: limit 3
+        _step(clip, torch.tensor([norm * 0.6, norm * 0.8]))
+    spike = _step(clip, torch.tensor([3e19, 4e19]), torch.tensor([0.0, 0.0, 0.0]))
+    assert spike.norm() == pytest.approx(3.0)
+    assert torch.allclose(spike.params[0].grad, torch.tensor([1.8, 2.4]))
+    assert float(clip.clipped) == 1.0 and clip.moments.tolist() == pytest.approx([2.5, 0.75])
+
+
 @pytest.mark.parametrize("kwargs, field", [({"z": 0}, "z"), ({"z": True}, "z"), ({"alpha": 1.0}, "alpha"),
                                            ({"warmup": 1}, "warmup"), ({"warmup": 2.5}, "warmup")])
 def test_spike_clip_bad_settings_are_refused(kwargs, field):
