@@ -216,6 +216,11 @@ class LengthCurriculum(pl.Callback):
 
         A collective: every process calls it at the same point (decided by the configuration alone).
         """
+        # read again: resumed mid-epoch, the module adds the batches before the resume to Lightning's sums in its
+        # on_train_batch_end, after this callback's; with one batch left the epoch was decided on that batch alone
+        running = None if self._train_summed else _epoch_sum_and_weight(trainer, self.monitor)
+        if running is not None:
+            self._train_sum, self._train_weight = running
         sums = torch.tensor([float(self._train_sum), float(self._train_weight)], device=trainer.strategy.root_device)
         if not self._train_summed:
             sums = trainer.strategy.reduce(sums, reduce_op="sum")

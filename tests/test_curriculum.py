@@ -350,6 +350,67 @@ def test_a_resumed_run_replays_the_epoch_end_on_the_epoch_value_lightning_comput
     assert fit("broken", threshold, resume=True) == unbroken
 
 
+def test_a_run_resumed_with_one_batch_left_in_the_epoch_decides_on_the_whole_epoch(tmp_path):
+    """Resumed from a checkpoint written mid-epoch, the module adds the epoch's batches before the resume to
+    Lightning's sums in its on_train_batch_end, after the curriculum's read: with one batch left, the epoch end
+    decided on ``train/loss`` of that batch alone and stepped up an epoch later than the unbroken run."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from torch import nn
+
+    from memnet.lightning import SequenceModule
+
+    class ShortOnly(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = nn.Parameter(torch.zeros(()))
+
+        def forward(self, inputs, targets=None):
+            scale = 20.0 if inputs.shape[1] <= 5 else 0.0  # right on lengths <= 2, chance on longer
+            return scale * (2 * targets - 1) + 0 * self.p
+
+    class Fed(SequenceModule):
+        def forward_kwargs(self, batch):
+            return {"targets": batch["targets"]}
+
+    class Spy(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.current_epoch == 0 and batch_idx == 5:
+                self.last = float(trainer.callback_metrics["train/loss"])
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 0:
+                self.epoch = float(trainer.callback_metrics["train/loss"])
+
+    class StopBeforeTheLastBatch(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.current_epoch == 0 and batch_idx == 5:
+                raise KeyboardInterrupt  # the last checkpoint is step 5's, one batch before the epoch's end
+
+    def fit(folder, threshold, *, stop=False, resume=False, spy=None):
+        data = AlgorithmicDataModule(CopyTask(width=3, min_length=1, max_length=8), batch_size=4,
+                                     batches_per_epoch=6, val_size=4, seed=0)
+        curriculum = LengthCurriculum("growing", start_length=4, monitor="train/loss", threshold=threshold)
+        checkpoint = ModelCheckpoint(dirpath=tmp_path / folder, every_n_train_steps=5, save_last=True)
+        trainer = pl.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                             num_sanity_val_steps=0,
+                             callbacks=[curriculum, checkpoint, *([StopBeforeTheLastBatch()] if stop else []),
+                                        *([spy] if spy else [])])
+        try:
+            trainer.fit(Fed(ShortOnly()), datamodule=data,
+                        ckpt_path=str(tmp_path / folder / "last.ckpt") if resume else None)
+        except SystemExit:
+            assert stop
+        return curriculum.history
+
+    spy = Spy()
+    fit("calibrate", 0.0, spy=spy)  # never steps up
+    assert abs(spy.epoch - spy.last) > 0.05  # the epoch's value and its last batch's differ
+    threshold = (spy.epoch + spy.last) / 2
+    unbroken = fit("unbroken", threshold)
+    fit("broken", threshold, stop=True)
+    assert fit("broken", threshold, resume=True) == unbroken
+
+
 # ---- DDP: every process decides on the value over all processes ----
 
 class _TwoProcesses:
