@@ -149,5 +149,5 @@ def _overflow_limit(count: int) -> float:
 
 def overflow_scale(matrix: torch.Tensor) -> torch.Tensor:
     """The largest |entry| of ``matrix`` where the sum of its squares could overflow float32, else 1 (a 0-d tensor)."""
-    largest = matrix.detach().abs().amax().float()
+    largest = matrix.detach().abs().amax().to(torch.promote_types(matrix.dtype, torch.float32))  # float64 stays
     return torch.where(largest > _overflow_limit(matrix.numel()), largest, torch.ones_like(largest))

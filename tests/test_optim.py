@@ -141,6 +141,19 @@ def test_gradients_whose_squares_overflow_are_clipped_to_the_norm_asked(norm, or
     torch.testing.assert_close(parameter.grad.double(), grad.double() * 2.0 / expected, rtol=1e-5, atol=0)
 
 
+@pytest.mark.parametrize("norm, order", [("spectral", 2), ("frobenius", "fro")])
+def test_float64_gradients_beyond_the_float32_range_are_clipped_not_made_nan(norm, order):
+    """64-true: the largest entry was taken in float32, inf above ~3.4e38, and the gradient divided by it (0), its
+    norm 0 and the scale max_norm / inf / 0, NaN: every entry NaN."""
+    grad = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 1e40
+    parameter = torch.nn.Parameter(torch.zeros(5, 3, dtype=torch.float64))
+    parameter.grad = grad.clone()
+    expected = float(torch.linalg.matrix_norm(grad, ord=order))
+    (value,) = clip_per_matrix_([[parameter]], 2.0, norm)
+    assert float(value) == pytest.approx(expected, rel=1e-6)
+    torch.testing.assert_close(parameter.grad, grad * 2.0 / expected, rtol=1e-6, atol=0)
+
+
 def _scaled_rates(optimizer, scheduler, epochs, scale_at=1, factor=0.1):
     trainer = SimpleNamespace(optimizers=[optimizer], lr_scheduler_configs=[SimpleNamespace(scheduler=scheduler)])
     rates = []
