@@ -67,9 +67,14 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) 
 
 
 def binary_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Masked binary cross-entropy, mean nats per scored bit: (B, T, D), (B, T, D), (B, T) -> ()."""
-    scored_bits = (mask.sum() * logits.shape[-1]).clamp_min(1)
-    return masked_bce(logits, targets, mask).sum() / scored_bits
+    """Masked binary cross-entropy, mean nats per scored bit: (B, T, D), (B, T, D), (B, T) -> ().
+
+    Summed and counted in float32 at least (float64 logits stay float64): in bfloat16 the scored bits of a
+    batch are miscounted above 256, and a float16 sum overflows to inf above 65,504 nats.
+    """
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    scored_bits = (mask.to(dtype).sum() * logits.shape[-1]).clamp_min(1)
+    return masked_bce(logits.to(dtype), targets.to(dtype), mask.to(dtype)).sum() / scored_bits
 
 
 def bits_per_sequence(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -106,6 +106,24 @@ def test_counts_are_exact_whatever_the_dtype_of_the_logits(dtype):
     assert metrics.bits_per_sequence(logits, targets, mask).item() == pytest.approx(exact, rel=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_loss_per_scored_bit_is_summed_and_counted_in_float32_whatever_the_dtype(dtype):
+    # bf16-true / 16-true batches reach the loss in the network's dtype: 17 sequences x 21 scored steps x 8 bits
+    # were counted 356 x 8 scored bits in bfloat16 (the loss 0.5% off), and 64 x 121 x 9 bits overflowed
+    # float16's sum (65,504) into a NaN loss
+    g = torch.Generator().manual_seed(0)
+    for batch, steps, bits in ((17, 21, 8), (64, 121, 9)):
+        logits = (torch.randn(batch, steps, bits, generator=g) * 2).to(dtype)
+        targets = torch.randint(0, 2, (batch, steps, bits), generator=g).float()
+        mask = torch.ones(batch, steps)
+        exact = metrics.binary_loss(logits.double(), targets.double(), mask.double()).item()
+        loss = metrics.binary_loss(logits, targets.to(dtype), mask.to(dtype))
+        assert loss.item() == pytest.approx(exact, rel=1e-6)
+        summary = metrics.sequence_metrics(logits, targets.to(dtype), mask.to(dtype))
+        assert summary["loss"].item() == pytest.approx(summary["bits_per_seq"].item() * metrics.LOG2 / (steps * bits),
+                                                       rel=1e-6)
+
+
 def test_nrmse_sums_of_batches_add_up_to_the_whole():
     g = torch.Generator().manual_seed(0)
     predictions, targets = torch.randn(4, 6, 2, generator=g), torch.randn(4, 6, 2, generator=g)
