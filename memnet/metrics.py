@@ -242,18 +242,27 @@ def sequence_accuracy(decoded: torch.Tensor, target: torch.Tensor, *, pad_index:
 
 
 def masked_mse(predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the scored steps: (B, T, K), (B, T, K), (B, T) -> ()."""
-    mask = rearrange(mask, "b t -> b t 1")
+    """Mean squared error over the scored steps: (B, T, K), (B, T, K), (B, T) -> ().
+
+    Summed and counted in float32 at least, as :func:`binary_loss`.
+    """
+    dtype = torch.promote_types(predictions.dtype, torch.float32)
+    mask = rearrange(mask, "b t -> b t 1").to(dtype)
     count = mask.sum() * targets.shape[-1]
-    return ((predictions - targets) ** 2 * mask).sum() / count.clamp_min(1)
+    return ((predictions.to(dtype) - targets.to(dtype)) ** 2 * mask).sum() / count.clamp_min(1)
 
 
 def nrmse_sums(predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """One batch's [Σ(y−ŷ)², Σy, Σy², n] over the scored steps, float64 (4,); sums of batches add up."""
-    mask = rearrange(mask, "b t -> b t 1")
-    squared = ((predictions.detach() - targets) ** 2 * mask).double()
-    masked = (targets * mask).double()
-    count = (mask.sum() * targets.shape[-1]).double()
+    """One batch's [Σ(y−ŷ)², Σy, Σy², n] over the scored steps, float64 (4,); sums of batches add up.
+
+    Computed in float64 whatever the dtype: a bfloat16 mask miscounts n above 256 (the variance, Σy² − (Σy)²/n,
+    then off by much more).
+    """
+    mask = rearrange(mask, "b t -> b t 1").double()
+    targets = targets.double()
+    squared = (predictions.detach().double() - targets) ** 2 * mask
+    masked = targets * mask
+    count = mask.sum() * targets.shape[-1]
     return torch.stack([squared.sum(), masked.sum(), (masked**2).sum(), count])
 
 

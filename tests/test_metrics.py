@@ -124,6 +124,23 @@ def test_the_loss_per_scored_bit_is_summed_and_counted_in_float32_whatever_the_d
                                                        rel=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mse_and_nrmse_count_the_scored_values_exactly_whatever_the_dtype(dtype):
+    # bf16-true batches of 16 NARMA-like series, 950 scored steps each: bfloat16 counted 15,232 values, not
+    # 15,200, and the NRMSE's variance, Σy² − (Σy)²/n, came out 1.3% off
+    g = torch.Generator().manual_seed(0)
+    targets = (0.39 + 0.11 * torch.randn(16, 1000, 1, generator=g)).to(dtype)
+    predictions = (targets.double() + 0.03 * torch.randn(16, 1000, 1, generator=g, dtype=torch.float64)).to(dtype)
+    mask = torch.ones(16, 1000)
+    mask[:, :50] = 0.0
+    exact = [predictions.double(), targets.double(), mask.double()]
+    got = [predictions, targets, mask.to(dtype)]
+    assert metrics.nrmse_sums(*got)[3].item() == 15200.0
+    assert metrics.nrmse_from_sums(metrics.nrmse_sums(*got)).item() == pytest.approx(
+        metrics.nrmse_from_sums(metrics.nrmse_sums(*exact)).item(), rel=1e-6)
+    assert metrics.masked_mse(*got).item() == pytest.approx(metrics.masked_mse(*exact).item(), rel=1e-6)
+
+
 def test_nrmse_sums_of_batches_add_up_to_the_whole():
     g = torch.Generator().manual_seed(0)
     predictions, targets = torch.randn(4, 6, 2, generator=g), torch.randn(4, 6, 2, generator=g)
