@@ -101,7 +101,8 @@ def bit_errors_per_sequence(logits: torch.Tensor, targets: torch.Tensor, mask: t
 
 
 def step_accuracy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Share of a sequence's scored steps whose every bit is right: -> (B,)."""
+    """Share of a sequence's scored steps whose every bit is right: -> (B,) (counted in float32)."""
+    mask = mask.float()
     right = (wrong_bits(logits, targets).sum(dim=-1) == 0).float() * mask
     return right.sum(dim=1) / mask.sum(dim=1).clamp_min(1)
 

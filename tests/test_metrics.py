@@ -141,6 +141,13 @@ def test_mse_and_nrmse_count_the_scored_values_exactly_whatever_the_dtype(dtype)
     assert metrics.masked_mse(*got).item() == pytest.approx(metrics.masked_mse(*exact).item(), rel=1e-6)
 
 
+def test_step_accuracy_counts_long_sequences_steps_exactly_in_bfloat16():
+    # 301 scored steps, all right: a bfloat16 count of the steps (300) made the share 1.003
+    targets, mask = torch.zeros(1, 301, 4), torch.ones(1, 301)
+    logits = torch.full((1, 301, 4), -1.0, dtype=torch.bfloat16)
+    assert metrics.step_accuracy(logits, targets.bfloat16(), mask.bfloat16()).item() == 1.0
+
+
 def test_nrmse_sums_of_batches_add_up_to_the_whole():
     g = torch.Generator().manual_seed(0)
     predictions, targets = torch.randn(4, 6, 2, generator=g), torch.randn(4, 6, 2, generator=g)
