@@ -148,6 +148,15 @@ def test_step_accuracy_counts_long_sequences_steps_exactly_in_bfloat16():
     assert metrics.step_accuracy(logits, targets.bfloat16(), mask.bfloat16()).item() == 1.0
 
 
+def test_token_loss_is_computed_in_float32_whatever_the_dtype_of_the_logits():
+    # bfloat16 logits (bf16-true) gave a mean token cross-entropy up to 0.7% off that of the same logits in float64
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(32, 11, 13, generator=g) * 3).bfloat16()
+    target = torch.randint(1, 13, (32, 11), generator=g)
+    exact = metrics.token_metrics(logits.double(), target)["loss"].item()
+    assert metrics.token_metrics(logits, target)["loss"].item() == pytest.approx(exact, rel=1e-6)
+
+
 def test_nrmse_sums_of_batches_add_up_to_the_whole():
     g = torch.Generator().manual_seed(0)
     predictions, targets = torch.randn(4, 6, 2, generator=g), torch.randn(4, 6, 2, generator=g)
