@@ -591,6 +591,34 @@ def test_qa_module_logs_error_per_task():
     assert float(metrics["test/failed_tasks"]) == 2
 
 
+class _Fixed(torch.nn.Module):
+    """Answers with fixed logits, in their dtype (a bf16-true network's)."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones((), dtype=logits.dtype))
+        self.logits = logits
+
+    def forward(self, story, query):
+        return self.logits * self.scale
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_qa_loss_is_computed_in_float32_whatever_the_dtype_of_the_logits(reduction):
+    """bfloat16 answer logits (bf16-true) gave a loss per question up to 0.7% off that of the same logits in
+    float64: the cross-entropy was taken in bfloat16."""
+    from memnet.lightning import QAModule
+
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(64, 13, generator=g) * 3).bfloat16()
+    answer = torch.randint(0, 13, (64,), generator=g)
+    batch = {"story": torch.ones(64, 2, 3, dtype=torch.long), "query": torch.ones(64, 1, dtype=torch.long),
+             "answer": answer, "task": torch.ones(64, dtype=torch.long)}
+    loss = QAModule(_Fixed(logits), loss_reduction=reduction).model_step(batch, "val")
+    exact = torch.nn.functional.cross_entropy(logits.double(), answer, reduction=reduction).item()
+    assert loss.item() == pytest.approx(exact, rel=1e-6)
+
+
 def test_qa_module_rejects_bad_reduction():
     from memnet.lightning import QAModule
 
