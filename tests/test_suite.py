@@ -743,6 +743,23 @@ def test_babi_cells_count_their_own_seeds_and_a_short_run_is_named(tmp_path):
     assert rows[0][1] == "0.0 ± 0.0"
 
 
+def test_a_babi_task_above_five_percent_is_never_printed_as_five(tmp_path):
+    """5.04% is a failed task: "5.0" in the table would read as a pass beside a failed count that counts it."""
+    errors = {str(t): 0.0 for t in range(1, 21)}
+    evaluation = {"status": "done", "split": "test"}
+    root = results_folder(tmp_path / "r", {"name": "memn2n", "evaluate": {"kind": "babi", "split": "test"},
+                                           "select": {"metric": "loss", "split": "val", "mode": "min"}},
+                          {0: {"metrics": {"val/loss": 0.1}, "evaluation": {**evaluation,
+                                                                            "babi_error": {**errors, "3": 5.04}}},
+                           1: {"metrics": {"val/loss": 0.2}, "evaluation": {**evaluation,
+                                                                            "babi_error": {**errors, "3": 5.06}}}})
+    report = S.build_report(root)
+    assert report["babi"]["models"][0]["failed"]["mean"] == 1.0  # seed 0's task 3 counts as failed
+    _, rows = S.babi_rows(report)
+    assert rows[2][:3] == ["3: three supporting facts", "5.04", "5.05 ± 0.01"]
+    assert rows[0][:3] == ["1: single supporting fact", "0.0", "0.0 ± 0.0"]
+
+
 def test_a_babi_seed_that_measured_fewer_tasks_is_marked_in_every_leaderboard(tmp_path):
     """A mean error over 12 tasks is not one over 20: leaderboard.md, .csv and .json say how many were measured."""
     full, part = {str(t): 1.0 for t in range(1, 21)}, {str(t): 10.0 for t in range(1, 13)}

@@ -61,6 +61,16 @@ def _fixed(stat: tuple[float, float] | None, decimals: int, n: int) -> str:
     return f"{mean:.{decimals}f}" if n <= 1 else f"{mean:.{decimals}f} ± {std:.{decimals}f}"
 
 
+def _task_error(stat: dict[str, float], n: int) -> str:
+    """A bAbI task's error % with one decimal, as the papers print it; more where one would hide a failure
+    (5.04% is failed, "5.0" is not), as ``memnet babi-table`` prints it."""
+    decimals = 1
+    while (stat["mean"] > BABI_FAIL_THRESHOLD and float(f"{stat['mean']:.{decimals}f}") <= BABI_FAIL_THRESHOLD
+           and decimals < 6):
+        decimals += 1
+    return _fixed((stat["mean"], stat["std"]), decimals, n)
+
+
 @dataclass
 class _ExperimentResults:
     experiment: Experiment
@@ -574,9 +584,7 @@ def babi_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         row = [f"{task}: {table['task_names'][task]}"]
         for model in table["models"]:
             stat = model["per_task"][task]
-            row.append(
-                "—" if stat is None else _fixed((stat["mean"], stat["std"]), 1, stat.get("n", model["runs"]))
-            )
+            row.append("—" if stat is None else _task_error(stat, stat.get("n", model["runs"])))
         for ref in references:
             per_task = ref.get("per_task") or {}
             row.append(ref_cell(ref, per_task.get(task), (ref.get("per_task_std") or {}).get(task)))
