@@ -215,6 +215,7 @@ def plot_suite_report(report: dict[str, Any], folder: Path) -> list[Path]:
     one panel per task, hollow markers where a length was measured only by training's validation.
     ``babi.png``: test error per bAbI task per model (another split named), the published
     references as markers, the 5% failure line. ``report`` is ``memnet.cli.suite.report.build_report``'s.
+    A figure with nothing to draw is not written, and one an earlier report left in ``folder`` is removed.
     """
     written = []
     metadata = {"Software": None}  # no version stamp: the same report gives the same bytes
@@ -302,4 +303,7 @@ def plot_suite_report(report: dict[str, Any], folder: Path) -> list[Path]:
         fig.savefig(path, dpi=100, metadata=metadata)
         plt.close(fig)
         written.append(path)
+    for name in ("lengths.png", "babi.png"):  # nothing to draw now: an earlier report's figure would pass for this one's
+        if folder / name not in written:
+            (folder / name).unlink(missing_ok=True)
     return written

@@ -464,6 +464,19 @@ def test_babi_table_prints_ours_beside_the_published_columns(tmp_path):
     assert (results / "report" / "babi.png").stat().st_size > 0
 
 
+def test_a_plot_with_nothing_left_to_draw_is_not_kept_from_an_earlier_report(tmp_path):
+    """babi.png of an earlier report would be logged to W&B as the current one once its runs train again."""
+    results = fake_babi_results(tmp_path / "results")
+    S.write_report(results)
+    assert (results / "report" / "babi.png").is_file()
+    for seed in (0, 1):  # both seeds training again (`suite run` after a change): nothing finished to plot
+        record = results / "memn2n-babi" / f"seed_{seed}" / "metrics.json"
+        record.write_text(json.dumps({**json.loads(record.read_text()), "status": "running"}))
+    report = S.write_report(results)
+    assert report["babi"]["models"][0]["runs"] == 0
+    assert not (results / "report" / "babi.png").exists()
+
+
 def _fake_checkpoints(results: Path) -> dict[str, int]:
     """A checkpoint file and summary.json per seed of `fake_babi_results`: checkpoint path -> seed."""
     paths = {}
