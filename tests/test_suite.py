@@ -452,7 +452,7 @@ def test_babi_table_prints_ours_beside_the_published_columns(tmp_path):
     header = next(line for line in markdown.splitlines() if line.startswith("| task |"))
     assert (
         header
-        == "| task | memn2n-babi | MemN2N 1k | LSTM 1k | MemN2N 10k | DNC 10k | DNC 10k best |"
+        == "| task | memn2n-babi (mean of 2 seeds) | MemN2N 1k | LSTM 1k | MemN2N 10k | DNC 10k | DNC 10k best |"
     )
     row19 = next(line for line in markdown.splitlines() if line.startswith("| 19: path finding"))
     assert row19 == "| 19: path finding | 19.5 ± 0.7 | 88.0 | 92.0 |  | 64.6 ± 37.4 |  |"
@@ -513,7 +513,7 @@ def test_suite_ensemble_tests_the_seeds_together_and_the_report_shows_it(tmp_pat
     markdown = (results / "report" / "leaderboard.md").read_text()
     header = next(line for line in markdown.splitlines() if line.startswith("| task |"))
     assert header.startswith("| task | memn2n-babi: ensemble of seeds 0, 1 (answer probabilities averaged) | "
-                             "memn2n-babi | MemN2N 1k |")
+                             "memn2n-babi (mean of 2 seeds) | MemN2N 1k |")
     mean_row = next(line for line in markdown.splitlines() if line.startswith("| mean error %"))
     assert mean_row.startswith("| mean error % | 0.0 | 11.0 ± 0.7 |")
     assert "changed since" not in markdown and "the ensemble is of seeds" not in markdown
@@ -586,6 +586,9 @@ def test_a_selected_run_without_bAbI_errors_on_the_split_is_named_not_dropped_un
     (model,) = report["babi"]["models"]
     assert ("memn2n-babi: the selected run (seed 0) has no bAbI test error on the 'test' split, so the table has no "
             "column for it; `memnet suite run` evaluates it") in model["notes"]
+    # the mean column says it is over one of the two seeds, and which: seed 0 was evaluated on another split
+    header, _ = S.babi_rows(report)
+    assert header[1] == "memn2n-babi (mean of 1 of 2 seeds: 1)"
 
 
 def test_summary_run_logs_wandb_tables_offline(tmp_path, monkeypatch):

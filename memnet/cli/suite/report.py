@@ -474,6 +474,8 @@ def build_report(results: str | Path) -> dict[str, Any]:
                     "model": entry.experiment.model,
                     "task": entry.experiment.task,
                     "runs": len(runs),
+                    "seeds": [record.get("seed") for record, _ in evaluated],  # the seeds in its means
+                    "experiment_seeds": len(entry.experiment.seeds),
                     "tasks_measured": measured,
                     "split": split,
                     "per_task": per_task,
@@ -562,13 +564,24 @@ def lengths_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def _seeds_label(model: dict[str, Any]) -> str:
+    """How many seeds a bAbI column's mean ± s.d. is over, and which of the experiment's are not in it (not
+    finished, failed, or evaluated on another split): nothing for a column of one run of a one-seed experiment."""
+    seeds, total = model.get("seeds"), model.get("experiment_seeds")
+    if seeds is None or total is None or (len(seeds) == 1 and total == 1):
+        return ""
+    if len(seeds) == total:
+        return f" (mean of {total} seeds)"
+    return f" (mean of {len(seeds)} of {total} seeds: {', '.join(map(str, seeds)) or 'none'})"
+
+
 def babi_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     table = report["babi"]
     references = table["references"]
     header = [
         "task",
         *[
-            m["experiment"] + ("" if m.get("split", "test") == "test" else f" ({m['split']} split)")
+            m["experiment"] + _seeds_label(m) + ("" if m.get("split", "test") == "test" else f" ({m['split']} split)")
             for m in table["models"]
         ],
         *[r["label"] for r in references],
