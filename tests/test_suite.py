@@ -1226,6 +1226,34 @@ def test_a_failed_evaluation_fails_the_run_and_is_tried_again(tmp_path, monkeypa
     assert run.is_done() and run.record()["train_seconds"] == 5.0 and not events(results, "start")
 
 
+def test_a_run_whose_handling_raises_is_failed_at_once_and_evaluated_again(tmp_path, monkeypatch, capsys):
+    """An exception in the suite's own handling of a run (here: collecting a finished evaluation) fails that run
+    when it happens, named with the stage it was in, where the worker thread kept it until every run had ended
+    (the run left `trained`, counted as running); the next `suite run` evaluates it again."""
+    monkeypatch.chdir(ROOT)
+    path = write_suite(tmp_path / "crash.yaml", [{**NTM, "seeds": [0]}])
+    results = tmp_path / "r"
+    run = trained_before(path, results)
+    fake_evaluation(monkeypatch, "pass")
+
+    def collect(self, *args, **kwargs):
+        raise RuntimeError("collect broke")
+
+    monkeypatch.setattr(S.SuiteRunner, "_evaluate", collect)
+    assert S.main(["run", str(path), "--results", str(results), "--no-report"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED ntm-copy/seed_0 (evaluate): memnet suite: RuntimeError: collect broke" in out
+    assert "finished: 0 trained now, 0 already done, 1 failed" in out
+    record = run.record()
+    assert (record["status"], record["stage"], record["error"], record["train_seconds"]) == (
+        "failed", "evaluate", "memnet suite: RuntimeError: collect broke", 5.0)
+    monkeypatch.undo()
+    monkeypatch.chdir(ROOT)
+    fake_evaluation(monkeypatch, "pass")
+    assert S.main(["run", str(path), "--results", str(results), "--no-report"]) == 0
+    assert "1 only evaluated now (trained before)" in capsys.readouterr().out and run.is_done()
+
+
 def test_config_paths_fall_back_to_the_shipped_configs_from_any_folder(tmp_path, monkeypatch):
     """As in `memnet fit --config`: a config path that is not a file from here names a shipped config; the
     suite keeps its absolute path, which memnet fit is given."""

@@ -471,7 +471,10 @@ class SuiteRunner:
             with progress.lock:
                 progress.running += 1
             started = time.monotonic()
-            outcome, message = self._train_and_evaluate(run, slot)
+            try:
+                outcome, message = self._train_and_evaluate(run, slot)
+            except Exception as error:  # noqa: BLE001 - a defect here fails this run now, named; the others go on
+                outcome, message = self._crashed(run, error)
             with progress.lock:
                 progress.running -= 1
                 progress.durations.append(time.monotonic() - started)
@@ -484,6 +487,18 @@ class SuiteRunner:
         finally:
             with self.slots_lock:
                 self.free_slots.append(slot)
+
+    def _crashed(self, run: Run, error: Exception) -> tuple[str, str]:
+        """A run whose handling here raised (not its training or evaluation process, which fail by exit code): it is
+        recorded failed at once, at the stage it was in, where the thread's exception would surface only when every
+        run had finished, the run left "running" or "trained" and counted as running until then."""
+        stage = "evaluate" if run.is_trained() else "train"  # a trained run is evaluated again by the next `suite run`
+        text = f"{type(error).__name__}: {error}"
+        self._event(event="failed", run=run.name, stage=stage, error=text)
+        self._write_record(run, status="failed", stage=stage, error=f"memnet suite: {text}",
+                           **{key: value for key, value in (run.record() or {}).items()
+                              if key in ("train_seconds", "resume_from")})
+        return "failed", f"FAILED {run.name} ({stage}): memnet suite: {text}"
 
     def _env(self, slot: int) -> dict[str, str]:
         env = dict(os.environ)
