@@ -120,7 +120,7 @@ class DynamicNGramsTask(AlgorithmicTask):
         return rearrange(bits, "t b -> b t").float()
 
     def contexts(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Context index at each step: inputs (B, T) bits -> (B, T) ints, −1 before n − 2 bits were read."""
+        """Context index at each step: inputs (B, T) bits -> (B, T) ints, −1 until n − 1 bits were read."""
         batch_size, steps = inputs.shape
         window = self.order - 1
         out = torch.full((batch_size, steps), -1, dtype=torch.long, device=inputs.device)
