@@ -146,8 +146,9 @@ def load_babi(
         train_1k_tasks: with ``size="10k"``, tasks whose training file is read from
             the 1k set instead (e.g. ``[3]``, whose 10k training file is missing in
             some copies). Stated in the config, never implicit.
-        val_fraction: share of each task's training questions held out for validation.
-        seed: draws the validation questions.
+        val_fraction: share of each task's training stories (``val_holdout: question``: questions) held out
+            for validation.
+        seed: draws the validation stories (or questions).
         val_holdout: ``story`` (default): whole stories are held out, ``val_fraction`` of each
             task's stories, so no validation question shares its story with a training one;
             ``question``: single questions, as before version 2 of the cache, which left exact
@@ -442,8 +443,8 @@ class BabiDataModule(pl.LightningDataModule):
         train_1k_tasks: with ``10k``, tasks whose training file comes from ``1k``.
         memory_size: most recent sentences kept per story (50 in the MemN2N paper).
         batch_size: questions per batch (32 in the paper).
-        val_fraction: held-out share of each task's training questions.
-        seed: draws the validation questions and shuffles training batches.
+        val_fraction: held-out share of each task's training stories (``val_holdout: question``: questions).
+        seed: draws the validation stories (or questions) and shuffles training batches.
         num_workers: DataLoader workers.
         group_by_length: None (default): training batches drawn at random. A number k:
             training questions of similar length batched together, to cut the padding a
