@@ -91,6 +91,7 @@ class MemnetModule(pl.LightningModule):
         self.scheduler_interval = scheduler_interval
         self.epoch_metrics = None if self.epoch_metric is None else StageMetrics(self.epoch_metric)
         self._resumed_epoch: dict | None = None  # the training epoch a checkpoint was written in the middle of
+        self._resumed_global_rng: dict | None = None  # torch's global generators as a checkpoint left them
 
     def setup(self, stage: str) -> None:
         check_precision(self)
@@ -170,6 +171,8 @@ class MemnetModule(pl.LightningModule):
         # teacher forcing: modules with rng_state / set_rng_state): a resume continues their draws
         states = {name: module.rng_state() for name, module in self.named_modules() if hasattr(module, "rng_state")}
         checkpoint["memnet_rng_states"] = {name: state for name, state in states.items() if state is not None}
+        # torch's global generators (dropout draws from them; Lightning keeps them in no checkpoint)
+        checkpoint["memnet_global_rng"] = global_rng_state()
         if self._trainer is not None and fitting(self.trainer):
             checkpoint["memnet_train_epoch"] = train_epoch_so_far(self)  # None unless written mid-epoch
 
@@ -179,6 +182,7 @@ class MemnetModule(pl.LightningModule):
         for name, module in self.named_modules():
             if name in states and hasattr(module, "set_rng_state"):
                 module.set_rng_state(states[name])
+        self._resumed_global_rng = checkpoint.get("memnet_global_rng")  # set when training starts (on_train_start)
         self._resumed_epoch = checkpoint.get("memnet_train_epoch")
         trainer = self._trainer
         if trainer is None or not fitting(trainer):
@@ -230,6 +234,11 @@ class MemnetModule(pl.LightningModule):
         raise NotImplementedError
 
     def on_train_start(self) -> None:
+        if self._resumed_global_rng is not None:
+            # here, after the sanity check's validation (which drew from them too): training goes on with the draws
+            # the unbroken run would have drawn, not seed_everything's first ones again
+            set_global_rng_state(self._resumed_global_rng)
+            self._resumed_global_rng = None
         resumed = self._resumed_epoch
         if resumed is not None and resumed["epoch"] != self.trainer.current_epoch:
             self._resumed_epoch = None
@@ -263,6 +272,23 @@ class MemnetModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.log_epoch("test")
+
+
+def global_rng_state() -> dict[str, Any]:
+    """The states of torch's global generators: the CPU's, and every GPU's once CUDA is in use."""
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_global_rng_state(state: dict[str, Any]) -> None:
+    """Set torch's global generators to ``state`` (:func:`global_rng_state`); GPU states of another machine's
+    number of GPUs are left out."""
+    torch.set_rng_state(state["cpu"].cpu())
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
 
 
 def training_epoch_sums(trainer: pl.Trainer) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -127,9 +127,13 @@ class ResumableLoader(torch.utils.data.DataLoader):
         epoch = getattr(self.trainer, "current_epoch", None)
         if epoch is not None and hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
-        iterator = super().__iter__()
-        for _ in range(batches_done(self.trainer)):  # drawn and dropped: the sampler's order goes on after them
-            next(iterator, None)
+        done = batches_done(self.trainer)
+        # resumed mid-epoch: the unbroken run drew the loader's seed and these batches before its checkpoint, whose
+        # state of torch's global generator is restored (memnet.training.MemnetModule): they are not drawn from it again
+        with torch.random.fork_rng(devices=[], enabled=done > 0):
+            iterator = super().__iter__()
+            for _ in range(done):  # drawn and dropped: the sampler's order goes on after them
+                next(iterator, None)
         yield from iterator
 
     def state_dict(self) -> dict:
