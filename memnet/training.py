@@ -167,6 +167,7 @@ class MemnetModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["memnet_skipped_steps"] = self.skipped_steps
+        checkpoint["memnet_skipped_in_a_row"] = self.skipped_in_a_row  # a resume stops where the unbroken run would
         # the generators of what draws in training (MemN2N's random noise, random initial memories, seq2seq's
         # teacher forcing: modules with rng_state / set_rng_state): a resume continues their draws
         states = {name: module.rng_state() for name, module in self.named_modules() if hasattr(module, "rng_state")}
@@ -178,6 +179,7 @@ class MemnetModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.skipped_steps = checkpoint.get("memnet_skipped_steps", 0)
+        self.skipped_in_a_row = checkpoint.get("memnet_skipped_in_a_row", 0)
         states = checkpoint.get("memnet_rng_states", {})  # absent in checkpoints from before they were kept
         for name, module in self.named_modules():
             if name in states and hasattr(module, "set_rng_state"):

@@ -244,6 +244,24 @@ def test_the_count_of_skipped_steps_is_kept_in_checkpoints():
     assert older.skipped_steps == 0
 
 
+def test_a_resumed_run_stops_after_as_many_skipped_steps_in_a_row_as_the_unbroken_run():
+    """The count of skipped steps in a row was not in checkpoints: a run resumed after 10 of them went on skipping
+    where the unbroken run stopped at the 11th."""
+    from memnet.training import MAX_SKIPPED_IN_A_ROW
+
+    module = SequenceModule(nn.Linear(3, 1))
+    module.skipped_steps = module.skipped_in_a_row = MAX_SKIPPED_IN_A_ROW
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    net = nn.Linear(3, 1)
+    resumed = SequenceModule(net)
+    resumed.on_load_checkpoint(checkpoint)
+    net(torch.ones(1, 3)).sum().backward()
+    net.weight.grad[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="non-finite in 11 steps in a row"):
+        resumed.skip_nonfinite_step(torch.optim.Adam(resumed.parameters()))
+
+
 class _PerStep(nn.Module):
     """(B, T, D) -> (B, T, D) logits, one linear map at every time step."""
 
