@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +249,20 @@ class LastAndBestCheckpoint(ModelCheckpoint):
         self._resumed = False
         if pl_module.automatic_optimization and len(trainer.optimizers) == 1:
             trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Lightning's, with the checkpoint's folder taken as this one when both name the same folder.
+
+        A run with a logger keeps its folder as Lightning builds it, relative (``runs/memnet/<id>/checkpoints``);
+        resumed, it is set absolute (``MemnetCLI._place_run``): Lightning compares the strings, took the folder
+        for another and dropped the best score and the top-k, so the resumed run's first validation became its
+        best checkpoint whatever its score, and the earlier best stayed beside it.
+        """
+        saved = state_dict.get("dirpath")
+        if (saved is not None and self.dirpath is not None and saved != self.dirpath
+                and os.path.realpath(saved) == os.path.realpath(self.dirpath)):
+            state_dict = {**state_dict, "dirpath": self.dirpath}
+        super().load_state_dict(state_dict)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)

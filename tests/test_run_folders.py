@@ -219,3 +219,22 @@ def test_a_failed_checkpoint_write_is_one_line(tmp_path, capsys, monkeypatch):
     assert "could not write the checkpoint" in line and ".ckpt:" in line
     assert "No space left on device" in line
     assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_a_resumed_run_keeps_its_best_checkpoint(tmp_path):
+    """The checkpoint folder of a run with a logger is relative (runs/memnet/<id>/checkpoints) and was set absolute on
+    a resume, so Lightning took it for another folder and dropped the best score and the top-k: the resumed run's
+    first validation became its best checkpoint whatever its score, and the earlier best stayed beside it."""
+    main(["fit", "--config", SMALL, *TINY, "--checkpoint.mode=max"])
+    first = _latest(tmp_path)
+    wandb.finish()  # as at the end of a process
+    main(["fit", "--config", SMALL, *TINY, "--checkpoint.mode=max", "--trainer.max_steps=8",
+          "--ckpt_path", first["last_checkpoint"]])
+    second = _latest(tmp_path)
+    states = [torch.load(path, weights_only=False)["callbacks"] for path in (first["last_checkpoint"],
+                                                                            second["last_checkpoint"])]
+    scores = [next(v for k, v in state.items() if k.startswith("LastAndBestCheckpoint"))["best_model_score"]
+              for state in states]
+    assert scores[1] >= scores[0]
+    bests = list((Path(second["run_dir"]) / "checkpoints").glob("best-*.ckpt"))
+    assert len(bests) == 1 and bests[0].resolve() == Path(second["best_checkpoint"]).resolve(), bests
