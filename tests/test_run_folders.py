@@ -238,3 +238,23 @@ def test_a_resumed_run_keeps_its_best_checkpoint(tmp_path):
     assert scores[1] >= scores[0]
     bests = list((Path(second["run_dir"]) / "checkpoints").glob("best-*.ckpt"))
     assert len(bests) == 1 and bests[0].resolve() == Path(second["best_checkpoint"]).resolve(), bests
+
+
+def test_fit_ckpt_path_last_is_refused_naming_the_latest_runs_checkpoint(tmp_path, capsys):
+    """Lightning's `--ckpt_path last` looks in the new run's own checkpoint folder, where memnet never has one: it
+    warned and trained from scratch. It is refused, naming the latest run's last.ckpt to resume."""
+    main(["fit", "--config", SMALL, *TINY, "--trainer.logger=false"])
+    last = _latest(tmp_path)["last_checkpoint"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMALL, *TINY, "--trainer.logger=false", "--ckpt_path=last"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    line = next(line for line in err.splitlines() if line.startswith("memnet: "))
+    assert line.startswith("memnet: --ckpt_path last: Lightning looks for last.ckpt in this run's checkpoint folder")
+    assert f"(the latest run's: --ckpt_path {last})" in line
+    assert len(list((tmp_path / "runs" / "memnet").iterdir())) == 1  # no second run was started
+    # with the folder given, Lightning's `last` is its last.ckpt there: the run resumes
+    main(["fit", "--config", SMALL, *TINY, "--trainer.logger=false", "--ckpt_path=last",
+          f"--checkpoint.dirpath={Path(last).parent}", "--trainer.max_steps=6"])
+    assert torch.load(last, weights_only=False)["global_step"] == 6

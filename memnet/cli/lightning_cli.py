@@ -194,6 +194,8 @@ class MemnetCLI(LightningCLI):
         checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
         if checkpoint is None or checkpoint.dirpath is not None:
             return
+        if self.subcommand == "fit" and self.config.get("fit", {}).get("ckpt_path") == "last":
+            raise MemnetError(_last_in_a_new_folder())
         resumed = self._resumed_run_dir()
         logger = config.get("logger")
         if resumed is not None:
@@ -294,3 +296,17 @@ def _wandb_dir(trainer: pl.Trainer) -> str | None:
             except Exception:  # noqa: BLE001 -- a disabled or failed W&B run: the rest of the summary still stands
                 return None
     return None
+
+
+def _last_in_a_new_folder() -> str:
+    """Why ``fit --ckpt_path last`` is refused where memnet places the run, and what resumes the latest run."""
+    where = "--ckpt_path <run>/checkpoints/last.ckpt"
+    try:
+        latest = json.loads(LATEST_RUN_FILE.read_text()).get("last_checkpoint")
+    except (OSError, ValueError, AttributeError):
+        latest = None
+    if latest:
+        where += f" (the latest run's: --ckpt_path {latest})"
+    return ("--ckpt_path last: Lightning looks for last.ckpt in this run's checkpoint folder, and memnet gives every "
+            f"new run a folder of its own, so it would find none and train from scratch; resume a run with {where}, "
+            "or give --checkpoint.dirpath the folder whose last.ckpt to continue")
