@@ -372,6 +372,18 @@ def validation_count(trainer: Any) -> int:
     return (trainer.current_epoch + 1) // every - 1
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a file of this process's own beside it, renamed onto it: a reader, or
+    another process writing the same file (two runs of a suite ending together), never sees half of it."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        partial.write_text(text)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def fsync(path: Path) -> None:
     """Flush a file's (or a folder's entries') writes to the disk; a file system that cannot is left as it is."""
     try:

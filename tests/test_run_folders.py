@@ -258,3 +258,19 @@ def test_fit_ckpt_path_last_is_refused_naming_the_latest_runs_checkpoint(tmp_pat
     main(["fit", "--config", SMALL, *TINY, "--trainer.logger=false", "--ckpt_path=last",
           f"--checkpoint.dirpath={Path(last).parent}", "--trainer.max_steps=6"])
     assert torch.load(last, weights_only=False)["global_step"] == 6
+
+
+def test_the_summaries_are_renamed_into_place(tmp_path, monkeypatch):
+    """summary.json and runs/latest.json are written beside and renamed onto their names (two runs of a suite
+    ending together write latest.json at once; `--ckpt_path latest` must never read half of it)."""
+    import os
+
+    from memnet.cli import lightning_cli
+
+    replaced = []
+    real = os.replace
+    monkeypatch.setattr(lightning_cli.os, "replace", lambda src, dst: (replaced.append(Path(dst).name), real(src, dst)))
+    main(["fit", "--config", SMALL, *TINY, "--trainer.logger=false"])
+    assert {"summary.json", "latest.json"} <= set(replaced)
+    assert not list(tmp_path.rglob("*.partial"))
+    assert json.loads((tmp_path / "runs" / "latest.json").read_text())["last_checkpoint"].endswith("last.ckpt")

@@ -25,7 +25,7 @@ from memnet.callbacks import METRICS_KEY, LastAndBestCheckpoint, OfflineFirstWan
 from memnet.checkpoint import check_finite_state, unreadable_checkpoint
 from memnet.cli.configs import ConfigError, resolve_config_args
 from memnet.models.core import compile_seconds
-from memnet.utils import MemnetError, fsync, run_dir, wandb_mode, wandb_offline
+from memnet.utils import MemnetError, fsync, run_dir, wandb_mode, wandb_offline, write_text_atomic
 
 RUNS_DIR = "runs"
 LATEST_RUN_FILE = Path(RUNS_DIR) / "latest.json"
@@ -274,8 +274,9 @@ class MemnetCLI(LightningCLI):
         if compiling > 0:  # this run's torch.compile: tracing, forward and backward graphs
             summary["compile_seconds"] = round(compiling, 2)
         LATEST_RUN_FILE.parent.mkdir(parents=True, exist_ok=True)
-        (run_dir(trainer) / "summary.json").write_text(json.dumps(summary, indent=2))
-        LATEST_RUN_FILE.write_text(json.dumps(summary, indent=2))
+        # renamed into place: `--ckpt_path latest` read while two runs end together never reads half a file
+        write_text_atomic(run_dir(trainer) / "summary.json", json.dumps(summary, indent=2))
+        write_text_atomic(LATEST_RUN_FILE, json.dumps(summary, indent=2))
         print("\nrun folder:       ", summary["run_dir"])
         print("best checkpoint:  ", summary["best_checkpoint"])
         print("last checkpoint:  ", summary["last_checkpoint"])
