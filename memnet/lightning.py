@@ -25,6 +25,7 @@ from torch import nn
 
 from memnet.metrics import (  # noqa: F401  (some re-exported: memnet.lightning.sequence_metrics & co.)
     FAILED_TASK_ERROR,
+    accumulation_dtype,
     answer_errors,
     bit_errors_per_sequence,
     failed_tasks,
@@ -268,7 +269,7 @@ class QAModule(MemnetModule):
         logits = self(batch["story"], batch["query"])
         answer = batch["answer"]
         # in float32 at least: bfloat16 logits' (bf16-true) log-softmax and mean were up to 0.7% off
-        loss = F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), answer,
+        loss = F.cross_entropy(logits.to(accumulation_dtype(logits.dtype)), answer,
                                reduction=self.loss_reduction)
         wrong = answer_errors(logits, answer)
         batch_size = answer.shape[0]

@@ -66,13 +66,22 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) 
     return F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * weights
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """What a loss or a count is computed in: float32, or the dtype itself where it is wider (float64).
+
+    Under ``bf16-true`` / ``16-true`` the logits, targets and masks come in bfloat16 or float16, whose sums
+    miscount above 256 scored values (bfloat16) or overflow above 65,504 (float16).
+    """
+    return torch.promote_types(dtype, torch.float32)
+
+
 def binary_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Masked binary cross-entropy, mean nats per scored bit: (B, T, D), (B, T, D), (B, T) -> ().
 
     Summed and counted in float32 at least (float64 logits stay float64): in bfloat16 the scored bits of a
     batch are miscounted above 256, and a float16 sum overflows to inf above 65,504 nats.
     """
-    dtype = torch.promote_types(logits.dtype, torch.float32)
+    dtype = accumulation_dtype(logits.dtype)
     scored_bits = (mask.to(dtype).sum() * logits.shape[-1]).clamp_min(1)
     return masked_bce(logits.to(dtype), targets.to(dtype), mask.to(dtype)).sum() / scored_bits
 
@@ -222,7 +231,7 @@ def token_metrics(logits: torch.Tensor, target: torch.Tensor, *, pad_index: int 
     """
     scored = target != pad_index
     # in float32 at least: bfloat16 logits' log-softmax and mean were up to 0.7% off
-    loss = F.cross_entropy(logits.flatten(0, 1).to(torch.promote_types(logits.dtype, torch.float32)), target.flatten(),
+    loss = F.cross_entropy(logits.flatten(0, 1).to(accumulation_dtype(logits.dtype)), target.flatten(),
                            ignore_index=pad_index)
     right = (logits.argmax(-1) == target) & scored & ~logits.isnan().any(-1)
     return {"loss": loss, "token_accuracy": right.sum() / scored.sum().clamp_min(1)}
@@ -249,7 +258,7 @@ def masked_mse(predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Ten
 
     Summed and counted in float32 at least, as :func:`binary_loss`.
     """
-    dtype = torch.promote_types(predictions.dtype, torch.float32)
+    dtype = accumulation_dtype(predictions.dtype)
     mask = rearrange(mask, "b t -> b t 1").to(dtype)
     count = mask.sum() * targets.shape[-1]
     return ((predictions.to(dtype) - targets.to(dtype)) ** 2 * mask).sum() / count.clamp_min(1)
