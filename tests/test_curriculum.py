@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from functools import partial
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -286,29 +287,46 @@ def test_a_run_resumed_from_a_checkpoint_of_validation_end_steps_up_as_the_unbro
     assert len(unbroken) > 2
 
 
+class _ShortOnly(torch.nn.Module):
+    """Right on sequences of length ≤ 2, no better than chance on longer ones: the batch losses differ."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, inputs, targets=None):
+        scale = 20.0 if inputs.shape[1] <= 5 else 0.0  # T = 2 L + 1
+        return scale * (2 * targets - 1) + 0 * self.p
+
+
+def _fit_short_only(folder, threshold, checkpoint, *, callbacks=(), resume=False, stop=False, **trainer_options):
+    """Train ``_ShortOnly`` on copy (lengths 1-8, 6 batches of 4 an epoch) under a ``train/loss`` curriculum from
+    length 4 with ``threshold``; the curriculum's history. ``stop``: the run is stopped by one of ``callbacks``;
+    ``resume``: from ``folder``'s last.ckpt."""
+    from memnet.lightning import SequenceModule
+
+    class Fed(SequenceModule):
+        def forward_kwargs(self, batch):
+            return {"targets": batch["targets"]}
+
+    data = AlgorithmicDataModule(CopyTask(width=3, min_length=1, max_length=8), batch_size=4,
+                                 batches_per_epoch=6, val_size=4, seed=0)
+    curriculum = LengthCurriculum("growing", start_length=4, monitor="train/loss", threshold=threshold)
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         callbacks=[curriculum, checkpoint, *callbacks], **trainer_options)
+    try:
+        trainer.fit(Fed(_ShortOnly()), datamodule=data,
+                    ckpt_path=str(Path(checkpoint.dirpath) / "last.ckpt") if resume else None)
+    except SystemExit:
+        assert stop
+    return curriculum.history
+
+
 def test_a_resumed_run_replays_the_epoch_end_on_the_epoch_value_lightning_computes(tmp_path):
     """``train/loss`` is logged per scored bit (each batch weighted by its scored bits): the epoch end that a
     resumed run replays must decide on that weighted value, as the unbroken run did, not on the plain mean of
     the batches' values (a threshold between the two stepped up in the resumed run only)."""
     from pytorch_lightning.callbacks import ModelCheckpoint
-    from torch import nn
-
-    from memnet.lightning import SequenceModule
-
-    class ShortOnly(nn.Module):
-        """Right on sequences of length ≤ 2, no better than chance on longer ones: the batch losses differ."""
-
-        def __init__(self):
-            super().__init__()
-            self.p = nn.Parameter(torch.zeros(()))
-
-        def forward(self, inputs, targets=None):
-            scale = 20.0 if inputs.shape[1] <= 5 else 0.0  # T = 2 L + 1
-            return scale * (2 * targets - 1) + 0 * self.p
-
-    class Fed(SequenceModule):
-        def forward_kwargs(self, batch):
-            return {"targets": batch["targets"]}
 
     class Spy(pl.Callback):
         def __init__(self):
@@ -325,20 +343,10 @@ def test_a_resumed_run_replays_the_epoch_end_on_the_epoch_value_lightning_comput
             self.steps.append(float(trainer.callback_metrics["train/loss"]))
 
     def fit(folder, threshold, *, stop=False, resume=False, spy=None):
-        data = AlgorithmicDataModule(CopyTask(width=3, min_length=1, max_length=8), batch_size=4,
-                                     batches_per_epoch=6, val_size=4, seed=0)
-        curriculum = LengthCurriculum("growing", start_length=4, monitor="train/loss", threshold=threshold)
         checkpoint = ModelCheckpoint(dirpath=tmp_path / folder, save_last=True, save_on_train_epoch_end=False)
-        trainer = pl.Trainer(max_epochs=4, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                             check_val_every_n_epoch=2, num_sanity_val_steps=0,
-                             callbacks=[curriculum, checkpoint, *([_StopInEpoch2()] if stop else []),
-                                        *([spy] if spy else [])])
-        try:
-            trainer.fit(Fed(ShortOnly()), datamodule=data,
-                        ckpt_path=str(tmp_path / folder / "last.ckpt") if resume else None)
-        except SystemExit:
-            assert stop
-        return curriculum.history
+        return _fit_short_only(folder, threshold, checkpoint, callbacks=[*([_StopInEpoch2()] if stop else []),
+                                                                         *([spy] if spy else [])],
+                               resume=resume, stop=stop, max_epochs=4, check_val_every_n_epoch=2)
 
     spy = Spy()
     fit("calibrate", 0.0, spy=spy)  # never steps up: the values of epoch 1 at level 4
@@ -355,22 +363,6 @@ def test_a_run_resumed_with_one_batch_left_in_the_epoch_decides_on_the_whole_epo
     Lightning's sums in its on_train_batch_end, after the curriculum's read: with one batch left, the epoch end
     decided on ``train/loss`` of that batch alone and stepped up an epoch later than the unbroken run."""
     from pytorch_lightning.callbacks import ModelCheckpoint
-    from torch import nn
-
-    from memnet.lightning import SequenceModule
-
-    class ShortOnly(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.p = nn.Parameter(torch.zeros(()))
-
-        def forward(self, inputs, targets=None):
-            scale = 20.0 if inputs.shape[1] <= 5 else 0.0  # right on lengths <= 2, chance on longer
-            return scale * (2 * targets - 1) + 0 * self.p
-
-    class Fed(SequenceModule):
-        def forward_kwargs(self, batch):
-            return {"targets": batch["targets"]}
 
     class Spy(pl.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -387,20 +379,10 @@ def test_a_run_resumed_with_one_batch_left_in_the_epoch_decides_on_the_whole_epo
                 raise KeyboardInterrupt  # the last checkpoint is step 5's, one batch before the epoch's end
 
     def fit(folder, threshold, *, stop=False, resume=False, spy=None):
-        data = AlgorithmicDataModule(CopyTask(width=3, min_length=1, max_length=8), batch_size=4,
-                                     batches_per_epoch=6, val_size=4, seed=0)
-        curriculum = LengthCurriculum("growing", start_length=4, monitor="train/loss", threshold=threshold)
         checkpoint = ModelCheckpoint(dirpath=tmp_path / folder, every_n_train_steps=5, save_last=True)
-        trainer = pl.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                             num_sanity_val_steps=0,
-                             callbacks=[curriculum, checkpoint, *([StopBeforeTheLastBatch()] if stop else []),
-                                        *([spy] if spy else [])])
-        try:
-            trainer.fit(Fed(ShortOnly()), datamodule=data,
-                        ckpt_path=str(tmp_path / folder / "last.ckpt") if resume else None)
-        except SystemExit:
-            assert stop
-        return curriculum.history
+        return _fit_short_only(folder, threshold, checkpoint,
+                               callbacks=[*([StopBeforeTheLastBatch()] if stop else []), *([spy] if spy else [])],
+                               resume=resume, stop=stop, max_epochs=2)
 
     spy = Spy()
     fit("calibrate", 0.0, spy=spy)  # never steps up
