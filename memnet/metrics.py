@@ -82,8 +82,9 @@ def binary_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor)
     batch are miscounted above 256, and a float16 sum overflows to inf above 65,504 nats.
     """
     dtype = accumulation_dtype(logits.dtype)
-    scored_bits = (mask.to(dtype).sum() * logits.shape[-1]).clamp_min(1)
-    return masked_bce(logits.to(dtype), targets.to(dtype), mask.to(dtype)).sum() / scored_bits
+    mask = mask.to(dtype)
+    scored_bits = (mask.sum() * logits.shape[-1]).clamp_min(1)
+    return masked_bce(logits.to(dtype), targets.to(dtype), mask).sum() / scored_bits
 
 
 def bits_per_sequence(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,6 @@ training error), so the report labels it as what it is.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -24,6 +23,7 @@ from memnet.cli.suite.errors import SuiteError
 from memnet.cli.suite.evaluators import record_babi_errors
 from memnet.cli.suite.runner import Run
 from memnet.cli.suite.spec import SUITE_FILE, Experiment, Suite
+from memnet.utils import write_text_atomic
 
 ENSEMBLE_FILE = "ensemble.json"
 
@@ -109,13 +109,11 @@ def make_ensembles(results: str | Path, only: list[str] | None = None, stream: T
         except RebuildError as error:
             raise SuiteError(f"{experiment.name}: its seeds cannot answer together: {error}") from None
         path = results / experiment.name / ENSEMBLE_FILE
-        partial = path.with_name(f".{ENSEMBLE_FILE}.{os.getpid()}")
-        partial.write_text(json.dumps({
+        write_text_atomic(path, json.dumps({
             "experiment": experiment.name, "split": "test", "seeds": seeds,
             "checkpoints": [_stamp(checkpoint) for _, checkpoint, _ in found],
             "babi_error": {str(task): error for task, error in sorted(errors.items())},
-        }, indent=2) + "\n")
-        os.replace(partial, path)  # a report never reads half a file
+        }, indent=2) + "\n")  # a report never reads half a file
         written.append(path)
     return written
 

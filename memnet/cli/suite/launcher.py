@@ -52,7 +52,7 @@ from typing import Any
 from memnet.cli.suite.errors import SuiteError
 from memnet.cli.suite.runner import ERROR_CHARS, Run, SuiteRunner, _terminate, expand_runs
 from memnet.cli.suite.spec import EVENTS_FILE, JOBS_DIR, SUITE_FILE, Suite
-from memnet.utils import is_integer
+from memnet.utils import is_integer, write_text_atomic
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
 JOB_FILE = "job.json"  # per run: launcher, job id, pid and host of the job running it
@@ -341,9 +341,7 @@ def write_job_file(run: Run, **fields: Any) -> None:
     except (OSError, json.JSONDecodeError):
         previous = {}
     record = {**previous, **_job_identity(), **fields, "time": round(time.time(), 3)}
-    partial = path.with_name(f".{JOB_FILE}.partial")
-    partial.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    os.replace(partial, path)
+    write_text_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def _events(results: Path) -> list[dict[str, Any]]:

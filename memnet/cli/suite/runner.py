@@ -27,7 +27,7 @@ import yaml
 from memnet.cli.suite.errors import EvaluationUnavailable, SuiteError
 from memnet.cli.suite.evaluators import EVALUATORS, evaluation_answers, evaluation_options
 from memnet.cli.suite.spec import BUDGET_KEYS, EVENTS_FILE, SUITE_FILE, Experiment, Suite, _resolve
-from memnet.utils import is_integer
+from memnet.utils import is_integer, write_text_atomic
 
 RECORD_FILE = "metrics.json"
 POLL_SECONDS = 0.2  # how often the scheduler looks at its runs
@@ -659,9 +659,7 @@ class SuiteRunner:
             "task": run.experiment.task,
             **fields,
         }
-        partial = run.record_path.with_name(f".{RECORD_FILE}.partial")
-        partial.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        os.replace(partial, run.record_path)
+        write_text_atomic(run.record_path, json.dumps(record, indent=2, sort_keys=True) + "\n")
         return record
 
 
