@@ -204,6 +204,7 @@ def test_a_compile_mode_compiles_through_inductors_own_wrapper_of_that_mode(make
 
     monkeypatch.setattr(torch, "_TorchCompileInductorWrapper", Wrapper)
     monkeypatch.setattr(core, "compile_unavailable", lambda backend: None)
+    monkeypatch.setattr(core, "_SHARED", {})  # compiled functions of no earlier test (their wrapper is inductor's)
     torch._dynamo.reset()
     net = make(engine="compiled", compile_mode="max-autotune-no-cudagraphs")
     _assert_engines_equal(net, ["compiled"], batch=2, steps=7)
@@ -235,6 +236,62 @@ def test_a_failing_compiler_falls_back_to_fused_mid_run(caplog):
         _assert_engines_equal(net, ["compiled"], batch=2, steps=3)
     assert caplog.text.count("compiled step failed") == 1 and "running the fused path" in caplog.text
 
+
+
+def test_a_model_error_under_the_compiled_engine_raises_and_leaves_it_compiled(caplog):
+    torch._dynamo.reset()
+    net = _ntm(engine="compiled", compile_backend="eager").double()
+    inputs = torch.randn(2, 6, 9, dtype=torch.float64)
+    net(inputs)
+    _, context = net.controller.project_inputs(inputs.transpose(0, 1))
+    state = net.initial_state(2, dtype=torch.float64)
+    with caplog.at_level(logging.WARNING, logger="memnet.models.core"), pytest.raises(RuntimeError):
+        net._compiled_steps(4)(torch.randn(4, 2, 3, dtype=torch.float64), context, state)  # a wrong width
+    assert "from now on" not in caplog.text
+    before = net.compilations
+    _assert_engines_equal(net, ["compiled"], batch=2, steps=6)  # still compiled: no new graph, no fallback
+    assert net.compilations == before and "from now on" not in caplog.text
+
+
+def test_models_of_the_same_sizes_share_the_compiled_graphs_and_are_freed():
+    """The second model runs the graphs the first compiled, on its own weights; neither is kept alive."""
+    import gc
+    import weakref
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    first = _ntm(engine="compiled", compile_backend="eager")
+    _assert_engines_equal(first, ["compiled"], batch=2, steps=7)
+    assert first.compilations == 2
+    torch.manual_seed(1)
+    second = _ntm(engine="compiled", compile_backend="eager")
+    assert not torch.equal(second.output.weight, first.output.weight)
+    _assert_engines_equal(second, ["compiled"], batch=2, steps=7, seed=3)
+    assert second.compilations == 0
+    other = _ntm(engine="compiled", compile_backend="eager", word_size=5)  # other sizes: graphs of its own
+    _assert_engines_equal(other, ["compiled"], batch=2, steps=7)
+    assert other.compilations >= 1
+    alive = [weakref.ref(net) for net in (first, second, other)]
+    del first, second, other
+    gc.collect()
+    assert [ref() for ref in alive] == [None, None, None]
+
+
+def test_past_the_recompile_limit_a_model_runs_the_fused_path_and_says_so(monkeypatch, caplog):
+    """dynamo runs a function uncompiled, silently, once it has compiled ``recompile_limit`` variants of it."""
+    torch._dynamo.reset()
+    monkeypatch.setattr(core, "RECOMPILE_LIMIT", 1)
+    first = _ntm(engine="compiled", compile_backend="eager", compile_unroll=1)
+    _assert_engines_equal(first, ["compiled"], batch=2, steps=4)
+    assert first.compilations == 1
+    other = _ntm(engine="compiled", compile_backend="eager", compile_unroll=1, word_size=5)  # a second variant
+    with caplog.at_level(logging.WARNING, logger="memnet.models.core"):
+        _assert_engines_equal(other, ["compiled"], batch=2, steps=4)
+        _assert_engines_equal(other, ["compiled"], batch=2, steps=5)
+    assert other.compilations == 0
+    assert caplog.text.count("limit of 1 graphs for this function is reached; running the fused path") == 1
+    _assert_engines_equal(first, ["compiled"], batch=2, steps=4)  # the compiled variant still runs
+    assert first.compilations == 1
 
 @pytest.mark.slow
 @pytest.mark.parametrize("make", [_ntm, _dnc])

@@ -159,17 +159,19 @@ def test_a_compiled_loop_config_trains_through_the_cli(config, tmp_path, monkeyp
     from pathlib import Path
 
     from memnet.cli import main as memnet_main
+    from memnet.models import recurrent, seq2seq
 
     monkeypatch.chdir(tmp_path)
     torch._dynamo.reset()
     compilations = []
-    original = core._compile
+    original = core.compiled
 
-    def counting_compile(owner, *args):  # the models the CLI built, to count their graphs
+    def counting_compiled(owner, *args, **options):  # the models the CLI built, to count their graphs
         compilations.append(owner)
-        return original(owner, *args)
+        return original(owner, *args, **options)
 
-    monkeypatch.setattr(core, "_compile", counting_compile)
+    for module in (recurrent, seq2seq):
+        monkeypatch.setattr(module, "compiled", counting_compiled)
     root = Path(__file__).resolve().parents[1]
     memnet_main(["fit", "--config", str(root / "configs" / config), "--trainer.fast_dev_run=true",
                  "--trainer.logger=false", "--trainer.enable_progress_bar=false",

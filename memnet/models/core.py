@@ -50,6 +50,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import types
 import weakref
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
@@ -78,9 +79,19 @@ AUTO_UNROLL = 4
 # to compile instead of 30 s (benchmarks/results/train_step_cuda_h200.json).
 CUDA_AUTO_UNROLL = 8
 
-# Compiled step functions, one per model, kept off the module so that a model
-# still pickles, deep-copies and saves exactly as an uncompiled one.
-_COMPILED: weakref.WeakKeyDictionary[nn.Module, dict[str, Callable]] = weakref.WeakKeyDictionary()
+# The compiled step functions. One ``torch.compile`` per model class, step method, backend and mode,
+# shared by every model of the class (``_SHARED``): the model is an argument of the compiled function, not captured
+# in it, so a second model of the same sizes runs the graphs the first one compiled, and a
+# model is freed like any other once the user drops it. Per model (``_COMPILED``, off the
+# module, so that a model still pickles, deep-copies and saves exactly as an uncompiled one)
+# only which shared function each of its keys runs, holding no reference to the model.
+_SHARED: dict[tuple, Callable] = {}
+_COMPILED: weakref.WeakKeyDictionary[nn.Module, dict[tuple, Callable]] = weakref.WeakKeyDictionary()
+# dynamo compiles at most ``recompile_limit`` (8 in torch 2.13) variants of one function, then
+# runs it uncompiled without a word; memnet's step functions are shared by every model of a
+# class, each set of sizes a variant, so they may keep this many, and a call past them is logged.
+RECOMPILE_LIMIT = 64
+_OWNERS: list[nn.Module] = []  # the models whose compiled calls are running (the innermost last)
 
 
 def check_engine(engine: str) -> str:
@@ -431,33 +442,40 @@ def compile_seconds() -> float:
 
 def compiled(owner: nn.Module, key: str, function: Callable, backend: str | Callable,
              *, fallback: str = "eager", mode: str | None = None) -> Callable:
-    """``torch.compile`` of one of ``owner``'s step functions, made once and kept.
+    """``torch.compile`` of one of ``owner``'s step methods, ``function`` (a bound method of ``owner``).
 
-    The compiled function is cached per module, ``key``, ``backend`` and ``mode`` (off the
-    module, in ``_COMPILED``): a backend set on the built model compiles graphs of its own.
-    Each graph it compiles adds one to ``owner.compilations`` and is logged with its backend's time; ``COMPILE_CLOCK`` logs and sums the whole of
-    each compilation (tracing, forward, and the backward compiled at the first
-    backward). Where torch cannot compile (``compile_unavailable``), or the compiler
-    fails during a call, the model logs why and runs ``function`` itself from then
-    on (``fallback`` names it in the log). ``mode`` is
-    inductor's (``COMPILE_MODES``): ``reduce-overhead`` adds CUDA graphs.
+    One compiled function per class, method, backend and mode serves every model (``_SHARED``):
+    dynamo's guards decide whether a model can run a graph compiled for another one (same
+    class, sizes, dtypes, mode), so models of the same sizes compile once per process, and
+    no model is kept alive by the cache. Each graph compiled adds one to the calling model's
+    ``compilations`` and is logged with its backend's time; ``COMPILE_CLOCK`` logs and sums the
+    whole of each compilation (tracing, forward, and the backward compiled at the first
+    backward). Where torch cannot compile (``compile_unavailable``), or the compiler fails
+    during a call, the model logs why and runs ``function`` itself from then on (``fallback``
+    names it in the log); a call that would need more than ``RECOMPILE_LIMIT`` variants of the
+    function runs it uncompiled, logged once. ``mode`` is inductor's (``COMPILE_MODES``):
+    ``reduce-overhead`` adds CUDA graphs.
     """
+    method = function.__func__
+    if function.__self__ is not owner:
+        raise ValueError(f"compiled: {function!r} is not a method of the model it compiles for")
     functions = _COMPILED.setdefault(owner, {})
-    if mode is not None:
-        key = f"{key} ({mode})"
-    cache_key = (key, backend)
+    cache_key = (type(owner), method, key, backend, mode)
     if cache_key not in functions:
-        functions[cache_key] = _compile(owner, key, function, backend, fallback, mode, cache_key)
-    return functions[cache_key]
+        reason = compile_unavailable(backend)
+        if reason is not None:
+            log.warning("memnet: %s engine 'compiled' is unavailable (%s); running %s",
+                        type(owner).__name__, reason, fallback)
+            functions[cache_key] = method
+        else:
+            if cache_key not in _SHARED:
+                _SHARED[cache_key] = _compile(method, f"{key} ({mode})" if mode is not None else key,
+                                              backend, fallback, mode)
+            functions[cache_key] = _SHARED[cache_key]
+    return types.MethodType(functions[cache_key], owner)
 
 
-def _compile(owner: nn.Module, key: str, function: Callable, backend: str | Callable, fallback: str,
-             mode: str | None, cache_key: tuple) -> Callable:
-    name = type(owner).__name__
-    reason = compile_unavailable(backend)
-    if reason is not None:
-        log.warning("memnet: %s engine 'compiled' is unavailable (%s); running %s", name, reason, fallback)
-        return function
+def _compile(method: Callable, key: str, backend: str | Callable, fallback: str, mode: str | None) -> Callable:
     if mode is not None:
         # What torch.compile(mode=...) itself compiles with: inductor and the mode's options
         # (reduce-overhead: triton.cudagraphs), wrapped below like any other backend.
@@ -468,44 +486,62 @@ def _compile(owner: nn.Module, key: str, function: Callable, backend: str | Call
         backend = lookup_backend(backend)
 
     def counting_backend(graph_module, example_inputs):
+        owner = _OWNERS[-1]
         owner.compilations = getattr(owner, "compilations", 0) + 1
         shapes = [tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor)][:3]
         start = time.perf_counter()
         result = backend(graph_module, example_inputs)
         log.info(  # the backend's part; the tracing and the backward are in the CompileClock's lines
             "memnet: compiled %s %s, graph %d (inputs %s...): the backend took %.1f s",
-            name, key, owner.compilations, shapes, time.perf_counter() - start,
+            type(owner).__name__, key, owner.compilations, shapes, time.perf_counter() - start,
         )
         return result
 
-    compiled_function = torch.compile(function, backend=counting_backend)
+    compiled_function = torch.compile(method, backend=counting_backend)
 
     from torch._dynamo import config as dynamo_config
 
     failed = False
+    past_limit: set[type] = set()  # the classes whose call past the recompile limit was logged
 
-    def step(*args):
+    def step(owner, *args):
         nonlocal failed
-        if failed:  # a loop that took this function before the failure
-            return function(*args)
+        if failed:  # the compiler failed before: the uncompiled method for every model
+            return method(owner, *args)
         # allow_rnn: let dynamo read the weights of a controller's nn.LSTM / nn.GRU / nn.RNN (the
-        # steps run their cells on those weights; no module's forward is traced). Set and reset
-        # by hand: ``config.patch`` costs ~100 us a call, more than a small step.
-        allow_rnn = dynamo_config.allow_rnn
+        # steps run their cells on those weights; no module's forward is traced). The recompile
+        # limit: the shared function's own (``RECOMPILE_LIMIT``), raising where dynamo would fall
+        # back in silence. Set and reset by hand: ``config.patch`` costs ~100 us a call, more
+        # than a small step.
+        saved = dynamo_config.allow_rnn, dynamo_config.recompile_limit, dynamo_config.fail_on_recompile_limit_hit
         dynamo_config.allow_rnn = True
+        dynamo_config.recompile_limit = RECOMPILE_LIMIT
+        dynamo_config.fail_on_recompile_limit_hit = True
         COMPILE_CLOCK.install()
+        _OWNERS.append(owner)
         try:
-            return compiled_function(*args)
+            return compiled_function(owner, *args)
+        except torch._dynamo.exc.FailOnRecompileLimitHit:
+            if type(owner) not in past_limit:
+                past_limit.add(type(owner))
+                log.warning("memnet: %s compiled %s: torch.compile's limit of %d graphs for this function is "
+                            "reached; running %s for the sizes not compiled yet",
+                            type(owner).__name__, key, dynamo_config.recompile_limit, fallback)
+            return method(owner, *args)
         except (torch._dynamo.exc.TorchDynamoException, RuntimeError, OSError) as error:
-            # A compiler failure must not end a training run; an error of the model
-            # itself raises again from the uncompiled function.
+            # A compiler failure must not end a training run. An error of the model itself
+            # (a wrong input) raises again from the uncompiled method and leaves the compiled
+            # function on; one the uncompiled method does not raise was the compiler's.
+            result = method(owner, *args)
             log.warning("memnet: %s compiled %s failed (%s: %s); running %s from now on",
-                        name, key, type(error).__name__, str(error).splitlines()[0] if str(error) else "", fallback)
-            _COMPILED[owner][cache_key] = function
+                        type(owner).__name__, key, type(error).__name__,
+                        str(error).splitlines()[0] if str(error) else "", fallback)
             failed = True
-            return function(*args)
+            return result
         finally:
-            dynamo_config.allow_rnn = allow_rnn
+            _OWNERS.pop()
+            (dynamo_config.allow_rnn, dynamo_config.recompile_limit,
+             dynamo_config.fail_on_recompile_limit_hit) = saved
 
     return step
 
