@@ -37,7 +37,8 @@ def _batch(seed=0):
 def _teacher_forced_loop(model, source, target):
     memory, context, state = model.encode(source)
     token = torch.full((B,), model.bos_index)
-    hidden = memory.new_zeros(B, model.decoder.output_size)
+    # h(0): the encoder's last output when the decoder starts from the encoder's state, else zeros
+    hidden = context if model.bridge else memory.new_zeros(B, model.decoder.output_size)
     logits = []
     for t in range(target.shape[1]):
         step_logits, state, hidden, _ = model.decode_step(token, state, hidden, memory, context)
@@ -127,6 +128,29 @@ def test_content_attention_is_the_ntm_content_read():
     torch.testing.assert_close(model.attend(memory, queries), expected)
 
 
+@pytest.mark.parametrize("bridge", [True, False], ids=["bridge", "no_bridge"])
+def test_bahdanau_queries_step_t_with_the_decoder_state_before_it(bridge):
+    """a(t) = softmax_s vᵀ tanh(W_q s(t−1) + W_k e(s) + b_k): s(0) is the encoder's last output C when the
+    decoder starts from the encoder's state (``bridge``), zeros otherwise; s(t−1) the decoder's output after."""
+    model = _model("bahdanau", bridge=bridge).train()
+    source, target = _batch(6)
+    _, weights = model(source, target, teacher_forcing_ratio=1.0, return_attention=True)
+    memory, context, state = model.encode(source)
+    w_q, w_k, b_k = model.query_projection.weight, model.key_projection.weight, model.key_projection.bias
+    v = model.score_vector.weight[0]
+
+    def by_hand(query):  # (B, C_d) -> (B, S), one score per source position
+        scores = torch.stack([torch.tanh(query @ w_q.T + memory[:, s] @ w_k.T + b_k) @ v for s in range(S)], dim=1)
+        return scores.softmax(dim=-1)
+
+    first_query = context if bridge else torch.zeros(B, model.decoder.output_size, dtype=torch.float64)
+    torch.testing.assert_close(weights[:, 0], by_hand(first_query))
+    embedded = model.target_embedding(torch.full((B,), model.bos_index))
+    read = (by_hand(first_query).unsqueeze(-1) * memory).sum(1)
+    first_hidden, _ = model.decoder.step(torch.cat([embedded, read], dim=-1), state)
+    torch.testing.assert_close(weights[:, 1], by_hand(first_hidden))
+
+
 class _Scripted(Seq2Seq):
     """A decoder whose arg-max tokens follow a script: script[b][t] at step t (then EOS)."""
 
@@ -185,6 +209,11 @@ def test_any_controller_can_encode_and_decode(encoder, decoder):
         # PAD targets are not scored: with EOS = PAD the end marker was never learned, silently
         (lambda: Seq2Seq(V, V, pad_index=2, eos_index=2), "pad_index and eos_index must differ"),
         (lambda: Seq2Seq(V, V, encoder=partial(GRUController, hidden_size=3)), "bridge=True"),
+        # the first Bahdanau query is the encoder's last output: its width must be the decoder's
+        (lambda: Seq2Seq(V, V, encoder=partial(EchoStateController, reservoir_size=4, sparsity=0.0, include_input=True),
+                         decoder=partial(EchoStateController, reservoir_size=4, sparsity=0.0, include_input=True),
+                         attention="bahdanau"),
+         r"bridge=True with bahdanau attention .* \(C_e = 36 wide\), but the decoder's queries are C_d = 72 wide"),
         (lambda: _model().generate(_batch()[0], max_length=101),
          r"max_length must lie in \[1, max_decode_length=100\], got 101"),
         (lambda: _model(max_decode_length=3)(*_batch()), r"target length T must lie in \[1, max_decode_length=3\], got 4"),

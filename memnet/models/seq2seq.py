@@ -16,11 +16,17 @@ its previous token y(t−1):
     content     C                       read(E, content_weights(E, k(h(t)), β(h(t))))   (the NTM's content read)
     bahdanau    read(E, a(h(t−1)))      c_in(t)     a = softmax_s vᵀ tanh(W_q h(t−1) + W_k e(s))
 
+The Bahdanau query of step t is the decoder's output before it, h(t−1) (s(i−1) in Bahdanau et
+al.). For t = 1 that is the output belonging to the state the decoder starts from: with
+``bridge``, the encoder's last output h(0) = C (the decoder continues the encoder, as the paper's
+s(0) is computed from the encoder); without it, h(0) = 0, the output of no step.
+
 Attention is a read of a memory whose slots are the encoder states E (B, S, C_e):
 the weighting comes from ``memnet.addressing`` (content) or a learned score, and
 the read is ``memnet.memory.read``. With ``bridge`` the decoder starts from the
 encoder's final state (Sutskever et al.), which needs both states to have the
-same shapes; otherwise from its own initial state.
+same shapes (and, with Bahdanau attention, outputs of the same width: C is h(0));
+otherwise from its own initial state.
 
 Training uses teacher forcing: with probability ``teacher_forcing_ratio`` (per
 sequence and step) the decoder is fed the true y(t−1), otherwise its own
@@ -143,6 +149,12 @@ class Seq2Seq(nn.Module):
                     f"bridge=True starts the decoder from the encoder's final state, but their states differ: "
                     f"encoder {encoder_shapes}, decoder {decoder_shapes}; set bridge: false"
                 )
+            if attention == "bahdanau" and context_size != query_size:  # e.g. an echo-state controller's include_input
+                raise ValueError(
+                    f"bridge=True with bahdanau attention queries the first step with the encoder's last output "
+                    f"(C_e = {context_size} wide), but the decoder's queries are C_d = {query_size} wide; "
+                    "make the controllers' outputs equal or set bridge: false"
+                )
 
     # -- encoder ---------------------------------------------------------------------------
 
@@ -163,6 +175,16 @@ class Seq2Seq(nn.Module):
         else:
             decoder_state = self.decoder.initial_state(source.shape[0], device=states.device, dtype=states.dtype)
         return states, states[:, -1], decoder_state
+
+    def initial_query(self, context: torch.Tensor) -> torch.Tensor:
+        """h(0), the Bahdanau query of the first step: context C (B, C_e) -> (B, C_d).
+
+        With ``bridge`` the decoder starts from the encoder's final state, whose output is C;
+        otherwise from its own initial state, and h(0) is zeros.
+        """
+        if self.bridge:
+            return context
+        return context.new_zeros(context.shape[0], self.decoder.output_size)
 
     # -- attention -------------------------------------------------------------------------
 
@@ -248,7 +270,7 @@ class Seq2Seq(nn.Module):
         Args:
             prev_token: (B,) y(t−1).
             state: the decoder state.
-            prev_hidden: (B, C_d) h(t−1), the Bahdanau query (zeros at t = 1).
+            prev_hidden: (B, C_d) h(t−1), the Bahdanau query (at t = 1 ``initial_query``).
             memory: (B, S, C_e) encoder states E.
             context: (B, C_e) the context C.
 
@@ -289,7 +311,7 @@ class Seq2Seq(nn.Module):
         memory, context, state = self.encode(source)
         batch = source.shape[0]
         token = torch.full((batch,), self.bos_index, dtype=torch.long, device=source.device)
-        hidden = memory.new_zeros(batch, self.decoder.output_size)
+        hidden = self.initial_query(context)  # h(0)
         later_step = self._later_step()
         # y(t) of every step, contiguous: the same strides whatever T is (no recompilation)
         target_steps = target.transpose(0, 1).contiguous() if target is not None else None
@@ -325,7 +347,7 @@ class Seq2Seq(nn.Module):
         memory, context, state = self.encode(source)
         batch = source.shape[0]
         token = torch.full((batch,), self.bos_index, dtype=torch.long, device=source.device)
-        hidden = memory.new_zeros(batch, self.decoder.output_size)
+        hidden = self.initial_query(context)  # h(0)
         finished = torch.zeros(batch, dtype=torch.bool, device=source.device)
         later_step = self._later_step()
         tokens, all_logits, all_weights = [], [], []
