@@ -163,3 +163,43 @@ def test_gradcheck_every_function():
     assert torch.autograd.gradcheck(addressing.interpolate, (previous, distribution(2, 3, 4).requires_grad_(), gate))
     assert torch.autograd.gradcheck(addressing.shift, (previous, shifts))
     assert torch.autograd.gradcheck(addressing.sharpen, (previous, gamma))
+
+
+# Each a shape that broadcast silently to a result of the right size, or failed inside torch or einops
+# with a message naming no argument. Sizes B, H, N, W, S = 3, 4, 7, 5, 3.
+BAD_SHAPES = {
+    "memory of one episode for a batch": (
+        lambda: addressing.cosine_similarity(rand(1, N, W), rand(B, H, W)),
+        r"keys: expected \(B, H, W\) = \(1, H, 5\) matching memory \(B, N, W\), got \(3, 4, 5\)"),
+    "keys one wider than a slot": (
+        lambda: addressing.content_weights(rand(B, N, W), rand(B, H, W + 1), torch.ones(B, H)),
+        r"keys: expected \(B, H, W\) = \(3, H, 5\) matching memory \(B, N, W\), got \(3, 4, 6\)"),
+    "one strength for all heads": (
+        lambda: addressing.content_weights(rand(B, N, W), rand(B, H, W), torch.ones(B, 1)),
+        r"strengths: expected \(B, H\) = \(3, 4\) matching keys \(B, H, W\), got \(3, 1\)"),
+    "strengths of one head, no heads' axis": (
+        lambda: addressing.content_weights(rand(B, N, W), rand(B, 1, W), torch.ones(B)),
+        r"strengths: expected \(B, H\) = \(3, 1\) matching keys \(B, H, W\), got \(3,\)"),
+    "memory without a batch": (
+        lambda: addressing.content_weights(rand(N, W), rand(B, H, W), torch.ones(B, H)),
+        r"memory: expected \(B, N, W\), got \(7, 5\)"),
+    "previous weights of one head": (
+        lambda: addressing.interpolate(distribution(B, H, N), distribution(B, 1, N), torch.rand(B, H)),
+        r"previous: expected \(B, H, N\) = \(3, 4, 7\) matching content \(B, H, N\), got \(3, 1, 7\)"),
+    "one gate for all heads": (
+        lambda: addressing.interpolate(distribution(B, H, N), distribution(B, H, N), torch.rand(B, 1)),
+        r"gate: expected \(B, H\) = \(3, 4\) matching content \(B, H, N\), got \(3, 1\)"),
+    "one shift distribution for all heads": (
+        lambda: addressing.shift(distribution(B, H, N), distribution(B, 1, S)),
+        r"shift_weights: expected \(B, H, S\) = \(3, 4, S\) matching weights \(B, H, N\), got \(3, 1, 3\)"),
+    "gamma of one episode for a batch": (
+        lambda: addressing.sharpen(distribution(B, H, N), 1 + torch.rand(1, H)),
+        r"gamma: expected \(B, H\) = \(3, 4\) matching weights \(B, H, N\), got \(1, 4\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SHAPES))
+def test_a_wrong_shape_is_named_not_broadcast(case):
+    make, match = BAD_SHAPES[case]
+    with pytest.raises(ValueError, match=match):
+        make()

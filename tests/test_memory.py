@@ -131,3 +131,73 @@ def test_initial_weights_and_reads():
         assert w.shape == (B, H, slots) and w.requires_grad
         torch.testing.assert_close(w.sum(-1), torch.ones(B, H))
         assert (w[..., 0] > 0.99).all()
+
+
+# Each a shape that broadcast silently to a result of the right size, or failed inside torch with a message
+# naming no argument. Sizes B, H, N, W = 3, 4, 7, 5.
+def _weights(*shape):
+    return torch.softmax(torch.randn(*shape), dim=-1)
+
+
+BAD_SHAPES = {
+    "read: memory of one episode for a batch": (
+        lambda: mem.read(torch.randn(1, N, W), _weights(B, H, N)),
+        r"weights: expected \(B, H, N\) = \(1, H, 7\) matching memory \(B, N, W\), got \(3, 4, 7\)"),
+    "read: weights without a batch": (
+        lambda: mem.read(torch.randn(B, N, W), _weights(H, N)),
+        r"weights: expected \(B, H, N\) = \(3, H, 7\) matching memory \(B, N, W\), got \(4, 7\)"),
+    "read: weights over fewer slots": (
+        lambda: mem.read(torch.randn(B, N, W), _weights(B, H, N - 1)),
+        r"weights: expected \(B, H, N\) = \(3, H, 7\) matching memory \(B, N, W\), got \(3, 4, 6\)"),
+    "write: memory of one episode for a batch": (
+        lambda: mem.write(torch.randn(1, N, W), _weights(B, 1, N), torch.rand(B, 1, W), torch.randn(B, 1, W)),
+        r"weights: expected \(B, H, N\) = \(1, H, 7\) matching memory \(B, N, W\), got \(3, 1, 7\)"),
+    "write: one erase vector for all heads": (
+        lambda: mem.write(torch.randn(B, N, W), _weights(B, H, N), torch.rand(B, 1, W), torch.randn(B, H, W)),
+        (r"erase: expected \(B, H, W\) = \(3, 4, 5\) matching weights \(B, H, N\) and memory \(B, N, W\), "
+         r"got \(3, 1, 5\)")),
+    "write: one erase value per head": (
+        lambda: mem.write(torch.randn(B, N, W), _weights(B, H, N), torch.rand(B, H, 1), torch.randn(B, H, W)),
+        r"erase: expected \(B, H, W\) = \(3, 4, 5\) .*, got \(3, 4, 1\)"),
+    "write: add vectors one too wide": (
+        lambda: mem.write(torch.randn(B, N, W), _weights(B, H, N), torch.rand(B, H, W), torch.randn(B, H, W + 1)),
+        r"add: expected \(B, H, W\) = \(3, 4, 5\) .*, got \(3, 4, 6\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SHAPES))
+def test_a_wrong_shape_is_named_not_broadcast(case):
+    make, match = BAD_SHAPES[case]
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_the_shape_checks_trace_into_one_graph_of_any_sizes():
+    """``torch.compile`` traces the entry checks as guards on sizes: one graph, no break, at symbolic
+    sizes too; a wrong shape is still named."""
+    from memnet import addressing
+
+    def step(memory, keys, strengths, previous, gate, shifts, gamma, erase, add):
+        content = addressing.content_weights(memory, keys, strengths)
+        weights = addressing.sharpen(addressing.shift(addressing.interpolate(content, previous, gate), shifts), gamma)
+        memory = mem.write(memory, weights[:, 1:], erase, add)
+        return mem.read(memory, weights[:, :1]), addressing.cosine_similarity(memory, keys)
+
+    def arguments(batch, slots, heads=3):
+        g = torch.Generator().manual_seed(batch)
+        distribution = lambda *shape: torch.softmax(torch.randn(*shape, generator=g), dim=-1)
+        return (torch.randn(batch, slots, W, generator=g), torch.randn(batch, heads, W, generator=g),
+                torch.rand(batch, heads, generator=g), distribution(batch, heads, slots),
+                torch.rand(batch, heads, generator=g),
+                distribution(batch, heads, 3), 1 + torch.rand(batch, heads, generator=g),
+                torch.rand(batch, heads - 1, W, generator=g), torch.randn(batch, heads - 1, W, generator=g))
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, backend="eager", fullgraph=True, dynamic=True)
+    for batch, slots in ((B, N), (B + 1, N + 2)):
+        for got, expected in zip(compiled(*arguments(batch, slots)), step(*arguments(batch, slots))):
+            torch.testing.assert_close(got, expected)
+    bad = list(arguments(B, N))
+    bad[2] = torch.rand(B, 1)  # one strength for every head
+    with pytest.raises(ValueError, match=r"strengths: expected \(B, H\) = \(3, 3\) matching keys"):
+        torch.compile(step, backend="eager", dynamic=True)(*bad)
