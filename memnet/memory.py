@@ -92,11 +92,13 @@ class MemoryInit(nn.Module):
         ``constant``: every entry is ``CONSTANT_INIT`` (the default; fastest to converge).
         ``learned``: one learned vector of width W shared by every slot, so that the
             parameters do not depend on N and the memory can be enlarged at evaluation.
-        ``random``: entries drawn from N(0, ``random_std``²) per episode, from the module's
-            own generator (seeded by ``seed``, its state kept in checkpoints, so a resumed run
-            draws what the unbroken run would) in training, and the same draw at every call in
-            evaluation (a checkpoint's validation does not depend on what ran before it). A
-            ``torch.Generator`` passed to ``forward`` is used instead.
+        ``random``: entries drawn from N(0, ``random_std``²). In training each call (each
+            batch) draws anew, from the module's own generator (seeded by ``seed``, its state
+            kept in checkpoints, so a resumed run draws what the unbroken run would). In
+            evaluation every call returns the same draw, made afresh from ``seed``: deliberately,
+            so that a checkpoint's validation does not depend on what ran before it (every
+            evaluation batch of one shape (B, N, W) starts from the same memory). A
+            ``torch.Generator`` passed to ``forward`` is used instead, in training and evaluation.
 
     Args:
         word_size: W, the width of a slot.

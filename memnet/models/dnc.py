@@ -202,7 +202,9 @@ class DNC(Pretrained, MemoryModel):
         use_links: temporal link matrix and read modes (False: content-addressed reads only).
         link_sparsity: K, entries kept per row of the link matrix (Sparse DNC);
             None keeps the dense N × N matrix. Must satisfy 1 ≤ K ≤ N, and needs ``use_links``.
-        memory_init: ``constant`` (default), ``learned`` or ``random`` initial memory.
+        memory_init: ``constant`` (default), ``learned`` or ``random`` initial memory; ``random``
+            draws a fresh N(0, 0.5²) memory per batch in training (from its own seeded stream, kept in
+            checkpoints) and the same draw at every call in evaluation (``memnet.memory.MemoryInit``).
         engine: execution path (``memnet.models.core``): ``fused`` (default; fused content
             addressing, write, allocation and link update, hoisted input and output layers),
             ``eager`` (the reference functions, for debugging) or ``compiled``.

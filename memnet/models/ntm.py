@@ -70,7 +70,9 @@ class NTM(Pretrained, MemoryModel):
         num_reads: R, read heads.
         num_writes: write heads.
         shift_range: largest location shift; the window is 2·shift_range + 1.
-        memory_init: ``constant`` (default), ``learned`` or ``random`` initial memory.
+        memory_init: ``constant`` (default), ``learned`` or ``random`` initial memory; ``random``
+            draws a fresh N(0, 0.5²) memory per batch in training (from its own seeded stream, kept in
+            checkpoints) and the same draw at every call in evaluation (``memnet.memory.MemoryInit``).
         learn_initial_state: learn the initial read vectors and head weightings
             (default: zero reads, weightings one-hot on slot 0).
         engine: execution path (``memnet.models.core``): ``eager`` (default; the reference
