@@ -11,6 +11,11 @@ Two options of the textbook's recurrent family live here too:
   is an input of step t, so the model is P(y | x) = Π_t P(y(t) | x(≤t), y(<t)).
   Training feeds the previous *target* (teacher forcing, one fused pass);
   inference feeds back the model's own previous *prediction* (a step loop).
+  Both start from y(−1) = 0 (``initial_state``), the start value: a task
+  whose all-zero output is also a real one marks its first step in the input
+  (as ``tasks.sequences.MarkovBitsTask`` does). The targets reach ``forward``
+  from ``memnet.lightning.ConditionalSequenceModule``; a plain
+  ``SequenceModule`` passes none, and the model then trains free-running.
 * **an engine for the step loop** (``engine``): the only step loop here is a
   conditional model's inference, which feeds back its own predictions;
   ``compiled`` runs its step through ``torch.compile`` (as the memory models'
