@@ -343,7 +343,8 @@ class Seq2SeqModule(MemnetModule):
         loss               token cross-entropy (nats), PAD targets ignored; teacher-forced; per epoch over the
                            epoch's scored tokens
         token_accuracy     share of target tokens predicted right under teacher forcing (the same)
-        sequence_accuracy  (val, test) share of greedy decodings equal to the whole target, EOS included
+        sequence_accuracy  (val, test) share of greedy decodings equal to the whole target, EOS included (a
+                           decoding with a NaN logit is wrong, as a token with one is)
     and per source length as ``val/len_8/sequence_accuracy``. A target of PAD alone is not scored (a training
     batch of them adds nothing to ``train/…`` and its loss is 0); a validation or test epoch with no scored
     token is an error (``MemnetError``), not a NaN or 0.
@@ -418,8 +419,9 @@ class Seq2SeqModule(MemnetModule):
         else:  # logged at the epoch's end from sums (log_epoch_value): per token, per sequence, per length
             # a target of PAD alone has no token to score: it weighs 0 (its loss, a mean over no token, is NaN)
             scored = (target != self.net.pad_index).any(dim=1)  # (B,)
-            decoded = self.net.generate(source, max_length=target.shape[1])
-            correct = (sequence_accuracy(decoded, target, pad_index=self.net.pad_index) * scored).sum()
+            decoded, decoded_logits = self.net.generate(source, max_length=target.shape[1], return_logits=True)
+            right = sequence_accuracy(decoded, target, pad_index=self.net.pad_index, logits=decoded_logits)
+            correct = (right * scored).sum()
             tokens = (target != self.net.pad_index).sum().float()
             nats = torch.where(tokens > 0, metrics["loss"].float() * tokens, 0.0)
             self.epoch_metrics.update(stage, int(batch.get("length", -1)), int(scored.sum()), torch.stack([
@@ -445,11 +447,12 @@ class Seq2SeqModule(MemnetModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         """Greedy decoding: the decoded tokens (B, T') and whether each equals its target."""
-        decoded = self.net.generate(batch["source"])
+        decoded, logits = self.net.generate(batch["source"], return_logits=True)
         result = {"source": batch["source"], "prediction": decoded}
         if "target" in batch:
             result["target"] = batch["target"]
-            result["correct"] = sequence_accuracy(decoded, batch["target"], pad_index=self.net.pad_index)
+            result["correct"] = sequence_accuracy(decoded, batch["target"], pad_index=self.net.pad_index,
+                                                  logits=logits)
         return result
 
     def on_predict_epoch_start(self) -> None:

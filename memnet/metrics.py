@@ -238,17 +238,31 @@ def token_metrics(logits: torch.Tensor, target: torch.Tensor, *, pad_index: int 
     return {"loss": loss, "token_accuracy": right.sum() / scored.sum().clamp_min(1)}
 
 
-def sequence_accuracy(decoded: torch.Tensor, target: torch.Tensor, *, pad_index: int = 0) -> torch.Tensor:
+def sequence_accuracy(
+    decoded: torch.Tensor, target: torch.Tensor, *, pad_index: int = 0, logits: torch.Tensor | None = None
+) -> torch.Tensor:
     """Exact match of decoded sequences: decoded (B, T'), target (B, T) -> (B,) float 1/0.
 
     Sequences are compared up to the target's length (EOS included), the shorter
     padded with PAD; a decoding that goes on past the target's end (non-PAD
     tokens there) is wrong.
+
+    ``logits`` (B, T', V), those the decoded tokens are the arg-max of (``Seq2Seq.generate(...,
+    return_logits=True)``): a decoding with a NaN logit on a step that gave a token is wrong, as in
+    :func:`token_metrics` (arg-max takes NaN for the largest value: a decoder whose winning logit
+    overflowed to NaN decoded the target still). Steps after a decoding's end hold PAD and count not: their
+    logits were never read. A step that gave PAD before the end differs from a target ending with EOS.
     """
+    nan = torch.zeros(decoded.shape[0], dtype=torch.bool, device=decoded.device)
+    if logits is not None:
+        if logits.shape[:2] != decoded.shape:
+            raise ValueError(f"logits (B, T', V) must be those of the decoded steps {tuple(decoded.shape)}, "
+                             f"got shape {tuple(logits.shape)}")
+        nan = (logits.isnan().any(-1) & (decoded != pad_index)).any(dim=1)
     length = max(decoded.shape[1], target.shape[1])
     decoded = F.pad(decoded, (0, length - decoded.shape[1]), value=pad_index)
     target = F.pad(target, (0, length - target.shape[1]), value=pad_index)
-    return (decoded == target).all(dim=1).to(torch.get_default_dtype())
+    return ((decoded == target).all(dim=1) & ~nan).to(torch.get_default_dtype())
 
 
 # ----------------------------------------------------------------------------- real-valued series

@@ -522,3 +522,33 @@ def test_eval_memory_size_on_a_network_without_memory_is_refused_naming_the_sett
     with pytest.raises(ValueError, match=r"model.init_args.eval_memory_size \(64\) needs a network with memory slots"):
         trainer.validate(module, dataloaders=torch.utils.data.DataLoader([_sequence_batch(2, 2, seed=0)],
                                                                           batch_size=None), verbose=False)
+
+
+def test_seq2seq_greedy_decoding_with_a_nan_logit_is_a_wrong_sequence():
+    """A decoder whose winning logit overflowed to NaN (inf − inf) decodes the target still (arg-max takes NaN
+    for the largest value): ``val/sequence_accuracy`` read it as exact, where the teacher-forced token accuracy,
+    over the same NaN logits, is 0. A NaN model never scores as accurate."""
+    from memnet.models.seq2seq import Seq2Seq
+
+    torch.manual_seed(0)
+    net = Seq2Seq(9, 8, embedding_size=4)
+    g = torch.Generator().manual_seed(1)
+    target = torch.cat([torch.randint(3, 8, (3, 4), generator=g), torch.full((3, 1), 2)], dim=1)  # (B, T), EOS last
+    batch = {"source": torch.randint(3, 9, (3, 2), generator=g), "target": target, "length": 2}
+    step = [0]
+
+    def nan_on_the_target(module, inputs, logits):
+        """logits -10 but NaN on the target token: of every step (B, T, V), or of the greedy step (B, V)."""
+        if logits.dim() == 3:
+            step[0] = 0
+            return torch.full_like(logits, -10.0).scatter(-1, target.unsqueeze(-1), float("nan"))
+        step[0] += 1
+        return torch.full_like(logits, -10.0).scatter(-1, target[:, step[0] - 1 : step[0]], float("nan"))
+
+    net.output.register_forward_hook(nan_on_the_target)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    logged = trainer.validate(Seq2SeqModule(net), dataloaders=torch.utils.data.DataLoader([batch], batch_size=None),
+                              verbose=False)[0]
+    assert logged["val/token_accuracy"] == 0.0
+    assert logged["val/sequence_accuracy"] == 0.0
+    assert logged["val/len_2/sequence_accuracy"] == 0.0

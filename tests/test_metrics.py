@@ -68,6 +68,19 @@ def test_a_nan_output_on_a_scored_step_is_wrong_whatever_the_target():
     assert metrics.token_metrics(tokens, torch.tensor([[0, 1, 0]]), pad_index=2)["token_accuracy"].item() == \
         pytest.approx(1 / 3)
     assert metrics.token_metrics(tokens, torch.tensor([[0, 1, 2]]), pad_index=2)["token_accuracy"].item() == 0.5
+    # greedy decodings (B = 3, T' = 3, V = 4; PAD 0, EOS 2), each equal to its target: a NaN logit on a step that
+    # gave a token makes the decoding wrong; after the decoding's end (PAD) it was never read and counts not
+    target = torch.tensor([[3, 2, 0], [3, 1, 2], [1, 2, 0]])
+    decoded_logits = torch.nn.functional.one_hot(target, 4).double() * 5
+    decoded_logits[0, 2, :] = float("nan")  # after EOS (generate writes PAD there whatever the arg-max)
+    decoded_logits[1, 1, 1] = float("nan")  # the winning logit: arg-max still 1
+    decoded_logits[2, 1, 0] = float("nan")  # a losing logit, on the EOS step
+    decoded = target.clone()
+    assert torch.equal(decoded_logits[1].argmax(-1), target[1])
+    assert metrics.sequence_accuracy(decoded, target).tolist() == [1.0, 1.0, 1.0]
+    assert metrics.sequence_accuracy(decoded, target, logits=decoded_logits).tolist() == [1.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match=r"logits \(B, T', V\) must be those of the decoded steps \(3, 3\)"):
+        metrics.sequence_accuracy(decoded, target, logits=decoded_logits[:, :2])
 
 
 def test_task_errors_mean_and_failed_count():

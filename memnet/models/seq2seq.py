@@ -333,14 +333,19 @@ class Seq2Seq(nn.Module):
         return torch.stack(all_logits, dim=1), weights
 
     @torch.no_grad()
-    def generate(self, source: torch.Tensor, *, max_length: int | None = None) -> torch.Tensor:
+    def generate(
+        self, source: torch.Tensor, *, max_length: int | None = None, return_logits: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Greedy decoding: source (B, S) -> tokens (B, T'), T' ≤ max_length.
 
         Stops as soon as every sequence has emitted EOS; positions after a
         sequence's EOS hold PAD. ``max_length`` defaults to ``max_decode_length``
-        and may not exceed it.
+        and may not exceed it. With ``return_logits``, also the logits (B, T', V_out)
+        each token was the arg-max of (``memnet.metrics.sequence_accuracy`` counts a
+        decoding with a NaN logit wrong: arg-max takes NaN for the largest value).
         """
-        return self._greedy(source, self.max_decode_length if max_length is None else max_length)[0]
+        tokens, logits, _ = self._greedy(source, self.max_decode_length if max_length is None else max_length)
+        return (tokens, logits) if return_logits else tokens
 
     def _greedy(self, source: torch.Tensor, max_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         self._check_steps(max_length, "max_length")
