@@ -21,6 +21,7 @@ Question answering (bAbI):
     mean_error, failed_tasks the papers' summary rows of a set of per-task errors
     task_error_key, task_errors   the logged name ``<stage>/task_<k>/error``, and reading it back
     length_key, by_length    the logged name ``<stage>/len_<n>/<score>``, and reading it back
+    logged_number            a logged score (a number or a tensor of one value) as a float
 
 Token sequences (seq2seq): ``token_metrics``, ``sequence_accuracy``.
 Real-valued series: ``nrmse_from_sums`` (and ``nrmse_sums`` to accumulate them).
@@ -29,6 +30,7 @@ Real-valued series: ``nrmse_from_sums`` (and ``nrmse_sums`` to accumulate them).
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -187,13 +189,28 @@ def task_error_key(stage: str, task: int) -> str:
 _TASK_METRIC = re.compile(r"^(?P<stage>\w+)/task_(?P<task>\d+)/error$")
 
 
+def logged_number(key: str, value: Any) -> float:
+    """A logged score as a float: a number, or a tensor of one value (``trainer.callback_metrics`` holds 0-d
+    tensors, ``trainer.validate`` returns floats). Anything else is refused (``TypeError``) naming ``key``."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    shape = f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else ""
+    raise TypeError(f"the logged metric {key} is {type(value).__name__}{shape} {value!r}, not a number "
+                    "(a float or a tensor of one value)")
+
+
 def task_errors(metrics: Mapping[str, Any], stage: str = "test") -> dict[int, float]:
-    """{task -> error %} from logged metrics named as :func:`task_error_key` gives, sorted by task."""
+    """{task -> error %} from logged metrics named as :func:`task_error_key` gives, sorted by task.
+
+    Values are numbers or tensors of one value (:func:`logged_number`).
+    """
     errors = {}
     for key, value in metrics.items():
         match = _TASK_METRIC.match(str(key))
         if match and match["stage"] == stage:
-            errors[int(match["task"])] = float(value)
+            errors[int(match["task"])] = logged_number(key, value)
     return dict(sorted(errors.items()))
 
 
@@ -206,12 +223,16 @@ _LENGTH_METRIC = re.compile(r"^(?P<stage>\w+)/len_(?P<length>\d+)/(?P<name>\w+)$
 
 
 def by_length(metrics: Mapping[str, Any], name: str, stage: str = "val") -> dict[int, float]:
-    """{length -> value} of the score ``name`` logged per length (:func:`length_key`), sorted by length."""
+    """{length -> value} of the score ``name`` logged per length (:func:`length_key`), sorted by length.
+
+    Values are numbers or tensors of one value (:func:`logged_number`): ``trainer.callback_metrics`` reads
+    as well as a run's ``summary.json``.
+    """
     values = {}
     for key, value in metrics.items():
         match = _LENGTH_METRIC.match(str(key))
-        if match and match["stage"] == stage and match["name"] == name and isinstance(value, (int, float)):
-            values[int(match["length"])] = float(value)
+        if match and match["stage"] == stage and match["name"] == name:
+            values[int(match["length"])] = logged_number(key, value)
     return dict(sorted(values.items()))
 
 

@@ -100,6 +100,19 @@ def test_task_errors_mean_and_failed_count():
     assert metrics.task_errors(logged, "val") == {2: 9.0}
 
 
+def test_scores_by_length_read_back_what_was_logged_tensors_included():
+    """``trainer.callback_metrics`` holds 0-d tensors: ``by_length`` dropped them silently (a length table
+    without its lengths), where ``task_errors`` reads them; a value that is no single number is refused."""
+    logged = {metrics.length_key("val", 20, "bits_per_seq"): torch.tensor(0.25), "val/len_3/bits_per_seq": 1.5,
+              "val/len_7/bits_per_seq": torch.tensor([2.0], dtype=torch.float64), "val/len_3/bit_errors_per_seq": 0.5,
+              "test/len_3/bits_per_seq": 9.0, "val/bits_per_seq": 4.0}
+    assert metrics.by_length(logged, "bits_per_seq") == {3: 1.5, 7: 2.0, 20: 0.25}
+    assert metrics.by_length(logged, "bits_per_seq", "test") == {3: 9.0}
+    for value in (torch.zeros(2), None, "0.3", True):
+        with pytest.raises(TypeError, match=r"val/len_5/bits_per_seq is .*, not a number"):
+            metrics.by_length({"val/len_5/bits_per_seq": value}, "bits_per_seq")
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_counts_are_exact_whatever_the_dtype_of_the_logits(dtype):
     # 1,000 questions of task 3, 100 answered wrongly: bfloat16 counts would stop at 256 (39%, not 10%)
