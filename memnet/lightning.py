@@ -490,7 +490,8 @@ class RegressionModule(MemnetModule):
     ``mask``). Metrics (``train/…``, ``val/…``, ``test/…``):
         loss    masked mean squared error
         nrmse   normalised root-mean-square error over the epoch's scored steps,
-                √(Σ (y − ŷ)² / Σ (y − ȳ)²), the reservoir-computing literature's score
+                √(Σ (y − ŷ)² / Σ (y − ȳ)²), the reservoir-computing literature's score; with K > 1
+                outputs, each output's (about its own mean ȳ), then their mean
 
     Args:
         net: the network, e.g. ``RecurrentModel`` with an ``EchoStateController``.
@@ -499,7 +500,7 @@ class RegressionModule(MemnetModule):
         scheduler_interval: step the scheduler every ``epoch`` or ``step``.
     """
 
-    epoch_metric = NRMSESums  # per stage: [Σ(y−ŷ)², Σy, Σy², count] this epoch, float64
+    epoch_metric = NRMSESums  # per stage: [Σ(y−ŷ)², Σy, Σy², count] of each output this epoch, float64
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """inputs (B, T, D_in) -> predictions (B, T, K)."""

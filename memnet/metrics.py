@@ -24,7 +24,8 @@ Question answering (bAbI):
     logged_number            a logged score (a number or a tensor of one value) as a float
 
 Token sequences (seq2seq): ``token_metrics``, ``sequence_accuracy``.
-Real-valued series: ``nrmse_from_sums`` (and ``nrmse_sums`` to accumulate them).
+Real-valued series: ``nrmse_from_sums`` (and ``nrmse_sums`` to accumulate them): each output's NRMSE,
+averaged over the outputs.
 """
 
 from __future__ import annotations
@@ -301,7 +302,8 @@ def masked_mse(predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Ten
 
 
 def nrmse_sums(predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """One batch's [Σ(y−ŷ)², Σy, Σy², n] over the scored steps, float64 (4,); sums of batches add up.
+    """One batch's [Σ(y−ŷ)², Σy, Σy², n] of each output over the scored steps: (B, T, K), (B, T, K), (B, T) ->
+    (4, K), float64; sums of batches add up.
 
     Computed in float64 whatever the dtype: a bfloat16 mask miscounts n above 256 (the variance, Σy² − (Σy)²/n,
     then off by much more).
@@ -310,19 +312,27 @@ def nrmse_sums(predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Ten
     targets = targets.double()
     squared = (predictions.detach().double() - targets) ** 2 * mask
     masked = targets * mask
-    count = mask.sum() * targets.shape[-1]
-    return torch.stack([squared.sum(), masked.sum(), (masked**2).sum(), count])
+    count = mask.sum().expand(targets.shape[-1])
+    return torch.stack([squared.sum((0, 1)), masked.sum((0, 1)), (masked**2).sum((0, 1)), count])
 
 
 def nrmse_from_sums(sums: torch.Tensor) -> torch.Tensor:
-    """[Σ(y−ŷ)², Σy, Σy², n] -> √(Σ(y−ŷ)² / (Σy² − (Σy)²/n)), the NRMSE.
+    """[Σ(y−ŷ)², Σy, Σy², n] (4, K) of K outputs, or (4,) of one -> the NRMSE ().
 
-    Raises ``ValueError`` when the targets are constant (their spread is nothing but rounding): the
+    Each output's NRMSE, √(mean (y−ŷ)² / var y) = √(Σ(y−ŷ)² / (Σy² − (Σy)²/n)), then their mean over the K
+    outputs: each is normalised by its own variance about its own mean (pooled over the outputs, an output's
+    offset from the others would count as spread).
+
+    Raises ``ValueError`` when an output's targets are constant (their spread is nothing but rounding): the
     score, normalised by it, is undefined; it came out inf, or NaN for a perfect prediction.
     """
+    sums = sums if sums.dim() == 2 else rearrange(sums, "s -> s 1")
     squared_error, total, total_squares, count = sums
     spread = total_squares - total**2 / count
-    if spread <= 64 * torch.finfo(sums.dtype).eps * total_squares:
-        raise ValueError(f"the targets are constant over the {int(count)} scored values (Σy = {float(total):.6g}, "
-                         f"Σy² = {float(total_squares):.6g}): the NRMSE, normalised by their variance, is undefined")
-    return torch.sqrt(squared_error / spread)
+    constant = spread <= 64 * torch.finfo(sums.dtype).eps * total_squares
+    if bool(constant.any()):
+        k = int(constant.nonzero()[0])
+        subject = "the targets are" if sums.shape[1] == 1 else f"output {k} of the targets is"
+        raise ValueError(f"{subject} constant over the {int(count[k])} scored values (Σy = {float(total[k]):.6g}, "
+                         f"Σy² = {float(total_squares[k]):.6g}): the NRMSE, normalised by their variance, is undefined")
+    return torch.sqrt(squared_error / spread).mean()

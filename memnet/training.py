@@ -410,19 +410,23 @@ class TaskErrorCounts(torchmetrics.Metric):
 
 
 class NRMSESums(torchmetrics.Metric):
-    """[Σ(y−ŷ)², Σy, Σy², n] over an epoch's scored steps (:func:`nrmse_sums`), float64; ``compute()`` the NRMSE."""
+    """[Σ(y−ŷ)², Σy, Σy², n] of each of the K outputs over an epoch's scored steps (:func:`nrmse_sums`), (4, K)
+    float64; ``compute()`` the NRMSE (each output's, averaged)."""
 
     full_state_update = False
 
     def __init__(self) -> None:
         super().__init__()
-        self.add_state("sums", default=torch.zeros(4, dtype=torch.float64), dist_reduce_fx="sum")
+        # (4, 1) until the first batch says K (zeros broadcast to (4, K))
+        self.add_state("sums", default=torch.zeros(4, 1, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, sums: torch.Tensor) -> None:
-        self.sums += sums.to(self.sums.device)
+        """sums (4, K) of one batch; (4, 1) or (4,) so far (the latter from a checkpoint of an older memnet)."""
+        self.sums = self.sums.reshape(4, -1) + sums.to(self.sums.device)
 
     def compute(self) -> torch.Tensor | None:
-        return None if self.sums[3] == 0 else nrmse_from_sums(self.sums)
+        sums = self.sums.reshape(4, -1)
+        return None if sums[3].sum() == 0 else nrmse_from_sums(sums)
 
 
 class LengthSums(torchmetrics.Metric):

@@ -71,6 +71,31 @@ def test_epoch_metrics_start_empty_every_epoch():
     assert only_one != pytest.approx(first)
 
 
+def test_the_nrmse_of_an_epoch_of_several_outputs_is_the_mean_of_each_outputs():
+    """Each output normalised by its own variance over the epoch's scored steps, then averaged (an output offset
+    from the other by 5 no longer counts as spread)."""
+    from memnet.training import NRMSESums
+
+    torch.manual_seed(0)
+    net = nn.Linear(3, 2)
+    g = torch.Generator().manual_seed(0)
+    batches = [{"inputs": torch.randn(2, 4, 3, generator=g), "targets": torch.randn(2, 4, 2, generator=g) + torch.tensor(
+        [0.0, 5.0]), "mask": torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])} for _ in range(2)]
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    logged = trainer.validate(RegressionModule(net), dataloaders=torch.utils.data.DataLoader(batches, batch_size=None),
+                              verbose=False)[0]["val/nrmse"]
+    with torch.no_grad():
+        scored = [(net(b["inputs"])[b["mask"].bool()], b["targets"][b["mask"].bool()]) for b in batches]  # (n, 2)
+    predictions, y = (torch.cat(part).double() for part in zip(*scored))
+    each = torch.sqrt(((predictions - y) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0))  # (2,)
+    assert logged == pytest.approx(float(each.mean()), rel=1e-5)
+    # an epoch's sums saved by an older memnet, (4,) of one output, go on accumulating
+    metric, sums = NRMSESums(), torch.tensor([[3.0], [2.0], [5.0], [2.0]], dtype=torch.float64)
+    metric.sums = sums.flatten()
+    metric.update(sums)
+    assert float(metric.compute()) == pytest.approx(1.0)  # √(6 / (10 − 4²/4))
+
+
 def test_an_epoch_of_constant_targets_stops_with_the_stage_named():
     """A validation epoch of constant targets logged ``val/nrmse`` = inf, and early stopping took it as a score."""
     from memnet.utils import MemnetError

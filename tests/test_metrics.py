@@ -190,10 +190,26 @@ def test_nrmse_sums_of_batches_add_up_to_the_whole():
     whole = metrics.nrmse_from_sums(metrics.nrmse_sums(predictions, targets, mask))
     halves = metrics.nrmse_sums(predictions[:2], targets[:2], mask[:2]) + metrics.nrmse_sums(
         predictions[2:], targets[2:], mask[2:])
-    y = targets.double()
-    expected = torch.sqrt(((predictions.double() - y) ** 2).sum() / ((y - y.mean()) ** 2).sum())
+    y = targets.double()  # each output's NRMSE, about its own mean, then their mean
+    expected = torch.sqrt(((predictions.double() - y) ** 2).sum((0, 1)) / ((y - y.mean((0, 1))) ** 2).sum((0, 1)))
     assert metrics.nrmse_from_sums(halves).item() == pytest.approx(whole.item())
-    assert whole.item() == pytest.approx(expected.item())
+    assert whole.item() == pytest.approx(expected.mean().item())
+
+
+def test_nrmse_of_several_outputs_is_the_mean_of_each_outputs_nrmse():
+    """NRMSE = √(mean (y − ŷ)² / var y) of each output, then averaged. The variance was pooled over the outputs
+    about their common mean: an output's offset from the others counted as spread (here 0.155, not 0.75)."""
+    # (B = 1, T = 5, K = 2); step 4 unscored
+    targets = torch.tensor([[[0.0, 10.0], [2.0, 12.0], [0.0, 10.0], [2.0, 12.0], [5.0, 5.0]]])
+    predictions = torch.tensor([[[1.0, 10.0], [1.0, 12.0], [1.0, 10.0], [1.0, 11.0], [0.0, 0.0]]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]])
+    # output 0: Σ(y−ŷ)² = 4, mean 1, Σ(y−ȳ)² = 4 -> 1; output 1: Σ(y−ŷ)² = 1, mean 11, Σ(y−ȳ)² = 4 -> 0.5
+    assert metrics.nrmse_from_sums(metrics.nrmse_sums(predictions, targets, mask)).item() == pytest.approx(0.75)
+    # one output: as before, √(Σ(y−ŷ)² / Σ(y−ȳ)²)
+    assert metrics.nrmse_from_sums(metrics.nrmse_sums(predictions[..., 1:], targets[..., 1:], mask)).item() == \
+        pytest.approx(0.5)
+    with pytest.raises(ValueError, match=r"output 1 of the targets is constant over the 4 scored values"):
+        metrics.nrmse_from_sums(metrics.nrmse_sums(predictions, targets * torch.tensor([1.0, 0.0]), mask))
 
 
 def test_algorithmic_tasks_satisfy_the_sequence_task_protocol():
@@ -222,7 +238,9 @@ def test_nrmse_of_constant_targets_is_refused_not_inf(value):
     """Constant targets have no variance to normalise by: the NRMSE was inf (NaN for a perfect prediction)."""
     targets, mask = torch.full((3, 5, 2), value), torch.ones(3, 5)
     for predictions in (targets + 0.1, targets.clone()):
-        with pytest.raises(ValueError, match=r"targets are constant over the 30 scored values.*undefined"):
+        with pytest.raises(ValueError, match=r"output 0 of the targets is constant over the 15 scored values.*undef"):
             metrics.nrmse_from_sums(metrics.nrmse_sums(predictions, targets, mask))
-    targets[0, 0, 0] += 1e-3 * max(value, 1.0)  # a spread of one value in 30 is a variance: scored
+        with pytest.raises(ValueError, match=r"the targets are constant over the 15 scored values.*undefined"):
+            metrics.nrmse_from_sums(metrics.nrmse_sums(predictions[..., :1], targets[..., :1], mask))
+    targets[0, 0, :] += 1e-3 * max(value, 1.0)  # a spread of one value in 15 is a variance: scored
     assert torch.isfinite(metrics.nrmse_from_sums(metrics.nrmse_sums(targets + 0.1, targets, mask)))
