@@ -198,7 +198,9 @@ class QAModule(MemnetModule):
         accuracy        share of questions answered exactly
         error           100 · (1 − accuracy), in percent
         task_<k>/error  the same for bAbI task k alone (every task present in the split)
-        mean_task_error mean of the per-task errors, and ``failed_tasks`` the number above 5%
+        mean_task_error mean of the per-task errors, and ``failed_tasks`` the number above 5%, both over the
+                        tasks present in the epoch's split (a run on tasks 1–3 is no 20-task mean)
+        tasks_measured  how many tasks those two are over
 
     The MemN2N paper's optimisation is SGD with lr 0.01 halved every 25 epochs for
     100 epochs, gradients clipped at norm 40 and a cost summed, not averaged, over
@@ -287,12 +289,13 @@ class QAModule(MemnetModule):
         return loss
 
     def log_epoch_value(self, stage: str, counts: torch.Tensor) -> None:
-        """The epoch's error per task, their mean and the failed tasks (above 5%)."""
+        """The epoch's error per task, their mean and the failed tasks (above 5%), and how many tasks that is."""
         tasks, errors = task_errors_from_counts(counts)
         for task, error in zip(tasks, errors):
             self.log(task_error_key(stage, task), error, on_epoch=True, sync_dist=True)
         self.log(f"{stage}/mean_task_error", errors.mean(), on_epoch=True, sync_dist=True)
         self.log(f"{stage}/failed_tasks", float(failed_tasks(errors)), on_epoch=True, sync_dist=True)
+        self.log(f"{stage}/tasks_measured", float(len(tasks)), on_epoch=True, sync_dist=True)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         """The predicted answer class of every question, its answer probabilities (float32: an ensemble averages

@@ -589,6 +589,8 @@ def test_qa_module_logs_error_per_task():
     assert float(metrics["test/error"]) == pytest.approx(100 * 4 / 9)
     assert float(metrics["test/mean_task_error"]) == pytest.approx(50.0)
     assert float(metrics["test/failed_tasks"]) == 2
+    # the mean and the failed count are over the 3 tasks present, not bAbI's 20: the log says how many
+    assert float(metrics["test/tasks_measured"]) == 3
 
 
 class _Fixed(torch.nn.Module):
