@@ -472,9 +472,10 @@ class ConvergenceDecay(pl.Callback):
     Both happen once per run, per callback: several ``ConvergenceDecay`` callbacks
     at different levels make a staircase (each keeps its own state in
     checkpoints, keyed by its monitor and threshold). A run that stops early (an ``EarlyStopping`` on the
-    same metric with a ``stopping_threshold`` below ``threshold``) uses that
-    level instead: a decay before the stop would only slow its last stretch, and
-    such a run is unchanged, step for step. The step is logged as ``converged/step`` to every
+    same metric with a ``stopping_threshold`` at or below ``threshold``) uses that
+    level instead, and the stop's rule: strictly below it, as ``EarlyStopping`` stops (a validation
+    exactly at the level would decay without stopping). A decay before the stop would only slow its
+    last stretch, and such a run is unchanged, step for step. The step is logged as ``converged/step`` to every
     logger and kept in checkpoints, and the running maximum lives in the
     optimiser's state, so a resumed run continues exactly.
 
@@ -495,7 +496,8 @@ class ConvergenceDecay(pl.Callback):
         self.threshold = float(threshold)
         self.factor = float(factor)
         self.amsgrad = bool(amsgrad)
-        self.level = self.threshold  # the level in use: ``threshold``, or a lower early stop's
+        self.level = self.threshold  # the level in use: ``threshold``, or a lower (or equal) early stop's
+        self.below_only = False  # the level is an early stop's: converged strictly below it, as EarlyStopping stops
         self.converged_step: int | None = None
 
     @property
@@ -521,8 +523,9 @@ class ConvergenceDecay(pl.Callback):
                  if isinstance(c, EarlyStopping) and c.monitor == self.monitor and c.mode == "min"
                  and c.stopping_threshold is not None]
         self.level = min([self.threshold, *stops])
-        if self.level < self.threshold:
-            log.info("ConvergenceDecay: %s at or below %g (the early stop's level, below the threshold %g)",
+        self.below_only = bool(stops) and self.level <= self.threshold
+        if self.below_only:
+            log.info("ConvergenceDecay: %s below %g (the early stop's level and rule; the threshold is %g)",
                      self.monitor, self.level, self.threshold)
         if not self.amsgrad:
             return
@@ -545,7 +548,12 @@ class ConvergenceDecay(pl.Callback):
         if trainer.sanity_checking or not fitting(trainer) or self.converged_step is not None:
             return
         metric = trainer.callback_metrics.get(self.monitor)
-        if metric is None or not float(metric) <= self.level:
+        if metric is None:
+            return
+        # compared in the metric's dtype, as EarlyStopping compares it: a cost logged as 0.08 is float32's 0.08,
+        # equal to the level 0.08 there and above it as a Python float
+        metric = torch.as_tensor(metric)
+        if not bool(torch.lt(metric, self.level) if self.below_only else torch.le(metric, self.level)):
             return
         self.converged_step = trainer.global_step
         scale_learning_rates(trainer, self.factor)
@@ -556,7 +564,9 @@ class ConvergenceDecay(pl.Callback):
                 for group in optimizer.param_groups:
                     group["amsgrad"] = True
             what += ", AMSGrad (largest v since the start)"
-        message = f"{self.monitor} = {float(metric):.4g} <= {self.level:g} at step {trainer.global_step}: {what} from here on"
+        relation = "<" if self.below_only else "<="
+        message = (f"{self.monitor} = {float(metric):.4g} {relation} {self.level:g} at step {trainer.global_step}: "
+                   f"{what} from here on")
         log.info(message)
         if trainer.is_global_zero:
             print(f"\n[ConvergenceDecay] {message}", flush=True)

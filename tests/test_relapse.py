@@ -300,6 +300,29 @@ def test_convergence_decay_waits_for_a_lower_early_stop(tmp_path):
     assert decay.level == 0.05 and decay.converged_step == 16  # not at 0.08 (step 8): the run's own level is 0.05
 
 
+@pytest.mark.parametrize(("threshold", "stop_at"), [(0.1, 0.0625), (0.0625, 0.0625), (0.1, 0.08)])
+def test_convergence_decay_at_an_early_stops_level_waits_for_the_stop_at_a_tie(tmp_path, threshold, stop_at):
+    """EarlyStopping stops strictly below its stopping_threshold, compared in float32: a validation exactly at
+    that level decayed the rate and trained on (the run was no longer unchanged, step for step); it now does
+    neither. 0.08 is configs/ntm/copy.yaml's level, which float32 rounds below the Python float 0.08."""
+    from pytorch_lightning.callbacks import EarlyStopping
+
+    decay = ConvergenceDecay(threshold=threshold)
+    stop = EarlyStopping(monitor="val/bits_per_seq", mode="min", stopping_threshold=stop_at, patience=100)
+    _module, trainer = fit_scripted(tmp_path, [5.0, stop_at, 0.04, 0.5], decay, [], extra=[stop])
+    assert trainer.global_step == 12  # trained on past the tie (step 8), stopped at 0.04
+    assert decay.converged_step == 12
+
+
+@pytest.mark.parametrize("threshold", [0.125, 0.1])
+def test_convergence_decay_at_its_own_threshold_acts_at_a_tie(tmp_path, threshold):
+    # the documented rule without a lower early stop: from the first validation at or below the threshold
+    # (0.1 logged in float32 is above the Python float 0.1: it was not at or below it)
+    decay = ConvergenceDecay(threshold=threshold)
+    fit_scripted(tmp_path, [5.0, threshold, 0.5], decay, [])
+    assert decay.converged_step == 8
+
+
 def test_restoring_the_best_keeps_amsgrad_on_after_convergence(tmp_path):
     watch = RelapseWatch(factor=10, floor=1.0, restore_best=True)  # snapshots before the decay switches (runs first)
     decay = ConvergenceDecay(threshold=0.25)
