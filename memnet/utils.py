@@ -1,11 +1,12 @@
 """Small helpers shared across memnet: argument checks, each process's share of the data and its place in a resumed
-epoch, seeded draws kept in checkpoints, the W&B mode, fsync."""
+epoch, seeded draws kept in checkpoints, the W&B mode, fsync and what a killed save leaves behind."""
 
 from __future__ import annotations
 
 import contextlib
 import inspect
 import os
+import shutil
 import warnings
 from collections.abc import Sized
 from pathlib import Path
@@ -382,6 +383,19 @@ def write_text_atomic(path: Path, text: str) -> None:
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def remove_leftover(path: Path) -> None:
+    """Remove what a save that was killed left at ``path``: a file, or a folder with everything in it.
+
+    A save writes beside its target and renames into place, so what it leaves is never the target itself;
+    whatever cannot be removed is left as it is (the save that writes there next reports it, naming the file).
+    """
+    with contextlib.suppress(OSError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def fsync(path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import partial
 
 import pytest
@@ -9,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 
 from memnet.callbacks import LastAndBestCheckpoint
+from memnet.cli.lightning_cli import AtomicCheckpointIO
 from memnet.controllers import LSTMController
 from memnet.lightning import SequenceModule
 from memnet.models.ntm import NTM
@@ -66,3 +68,22 @@ def test_a_resumed_run_continues_the_dropout_draws_of_the_unbroken_run(tmp_path,
     resumed, _ = _dropout_run(tmp_path, 6, ckpt_path=tmp_path / "half.ckpt")
     for (name, value), resumed_value in zip(unbroken.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(value, resumed_value), name
+
+
+@pytest.mark.parametrize("leftover", ["file", "folder"])
+def test_a_save_cut_short_never_blocks_the_later_saves(tmp_path, leftover):
+    """A process killed mid-save leaves ``.<name>.partial`` in the checkpoint folder (a file, or a folder: a
+    sharded checkpoint, an export): the next save writes its checkpoint all the same and removes the leftovers."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for name in (".last.ckpt.partial", ".epoch=0-step=2.ckpt.partial"):
+        if leftover == "folder":
+            (folder / name).mkdir()
+            (folder / name / "shard_0.distcp").write_bytes(b"half")
+        else:
+            (folder / name).write_bytes(b"half")
+    checkpoint_io = AtomicCheckpointIO()
+    for step in (4, 6):
+        checkpoint_io.save_checkpoint({"global_step": step, "state_dict": {"w": torch.ones(3)}}, folder / "last.ckpt")
+        assert os.listdir(folder) == ["last.ckpt"]
+        assert checkpoint_io.load_checkpoint(folder / "last.ckpt")["global_step"] == step

@@ -138,6 +138,15 @@ def test_an_export_cut_short_leaves_no_half_written_folder(tmp_path, monkeypatch
     assert torch.equal(memnet.models.load(out)(sequences()), net(sequences()))
 
 
+def test_a_file_left_where_the_export_is_written_beside_never_blocks_it(tmp_path):
+    """A ``.export.partial`` that is a file, not the folder an export writes there, is replaced all the same."""
+    (tmp_path / ".export.partial").write_bytes(b"half")
+    net = trained_like(NTM_CONFIG)
+    save(net, NTM_CONFIG, tmp_path / "export")
+    assert os.listdir(tmp_path) == ["export"]
+    assert torch.equal(memnet.models.load(tmp_path / "export")(sequences()), net(sequences()))
+
+
 def test_an_export_that_fills_the_target_meanwhile_is_kept_whole(tmp_path, monkeypatch):
     """Another export lands in the folder while this one writes: the rename is refused, never merged into it."""
     out = tmp_path / "export"

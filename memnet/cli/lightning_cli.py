@@ -25,7 +25,15 @@ from memnet.callbacks import METRICS_KEY, LastAndBestCheckpoint, OfflineFirstWan
 from memnet.checkpoint import check_finite_state, unreadable_checkpoint
 from memnet.cli.configs import ConfigError, resolve_config_args
 from memnet.models.core import compile_seconds
-from memnet.utils import MemnetError, fsync, run_dir, wandb_mode, wandb_offline, write_text_atomic
+from memnet.utils import (
+    MemnetError,
+    fsync,
+    remove_leftover,
+    run_dir,
+    wandb_mode,
+    wandb_offline,
+    write_text_atomic,
+)
 
 RUNS_DIR = "runs"
 LATEST_RUN_FILE = Path(RUNS_DIR) / "latest.json"
@@ -35,9 +43,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file, then renames it into place.
 
     A crash while saving leaves the previous checkpoint intact; a reader never
-    sees a half-written file. The ``.partial`` files a crash left behind are
-    removed at the next save. A write that fails (disk full, folder read-only)
-    removes its own ``.partial`` file and stops the run with one line naming the file.
+    sees a half-written file. The ``.partial`` files (or folders) a crash left behind
+    are removed at the next save, which they never block. A write that fails (disk
+    full, folder read-only) removes its own ``.partial`` file and stops the run with
+    one line naming the file.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
@@ -45,8 +54,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         partial = path.with_name(f".{path.name}.partial")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            for stale in path.parent.glob(".*.partial"):  # left by a save that was killed
-                stale.unlink(missing_ok=True)
+            for stale in path.parent.glob(".*.partial"):  # left by a save that was killed, a file or a folder
+                remove_leftover(stale)
             super().save_checkpoint(checkpoint, partial, storage_options)
             fsync(partial)  # the bytes on disk before the rename, and the rename itself after it:
             os.replace(partial, path)  # a power cut leaves the old checkpoint or the new one, never an empty file

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from memnet.utils import fsync, parameter_dtype
+from memnet.utils import fsync, parameter_dtype, remove_leftover
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -71,7 +71,7 @@ def save(net: nn.Module, config: dict[str, Any], out: str | Path) -> Path:
     _load_state(build(config, where="the exported config"), state, "the network", "its config")
     partial = out.with_name(f".{out.name}.partial")
     try:
-        shutil.rmtree(partial, ignore_errors=True)  # left by a save that was killed
+        remove_leftover(partial)  # left by a save that was killed: a folder, or a file of that name
         partial.mkdir(parents=True)
         save_file(state, str(partial / WEIGHTS_FILE), metadata={"format": FORMAT, "class_path": config["class_path"]})
         (partial / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
