@@ -709,6 +709,26 @@ def test_a_nan_seed_is_left_out_of_the_mean_counted_out_of_n_and_named(tmp_path)
     assert dict(zip(header, rows[0]))["status"] == "val/loss of seed 1 is nan, left out of its mean"
 
 
+def test_the_selected_run_line_averages_the_seeds_the_leaderboard_averages(tmp_path):
+    """The selected run has no bAbI error on the suite's split (seed 0, evaluated on another): its line shows its
+    metrics beside their means over every seed, as the leaderboard's columns have them; the seeds with a bAbI
+    error used to be left out of those means ("all 1 seeds: 0.2" beside a val/loss column of 0.4 ± 0.2)."""
+    tasks = {str(k): 1.0 for k in range(1, 21)}
+    evaluated = {"kind": "babi", "status": "done", "split": "test", "babi_error": tasks}
+    root = results_folder(tmp_path / "r", {"name": "e", "evaluate": {"kind": "babi", "split": "test"},
+                                           "select": {"metric": "loss", "split": "train", "mode": "min"}},
+                          {0: {"metrics": {"train/loss": 0.1, "val/loss": 0.2},
+                               "evaluation": {**evaluated, "split": "valid"}},
+                           1: {"metrics": {"train/loss": 0.3, "val/loss": 0.4}, "evaluation": evaluated},
+                           2: {"metrics": {"train/loss": 0.4, "val/loss": 0.6}, "evaluation": evaluated}})
+    report = S.build_report(root)
+    row = report["leaderboard"][0]
+    assert row["selected"]["seed"] == 0 and row["selected"]["selected"] == {"val/loss": 0.2}
+    assert row["val/loss"] == pytest.approx({"mean": 0.4, "std": 0.2, "n": 3})
+    assert row["selected"]["over_seeds"]["val/loss"] == row["val/loss"]
+    assert "val/loss 0.2 (all 3 seeds: 0.4 ± 0.2)" in S.render_markdown(report)
+
+
 def test_the_csv_leaderboard_says_how_many_seeds_each_mean_is_over(tmp_path):
     """The CSV has no notes column: a seed left out of a mean (NaN, or a metric it did not log) must show in n,
     and one value has no sample s.d. (not a spread of 0)."""

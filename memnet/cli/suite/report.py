@@ -196,24 +196,33 @@ COLUMN_ORDER = (
     "train s",
 )
 BABI_SCORES = ("bAbI mean error %", "bAbI failed tasks")  # a mean over each seed's measured tasks
+UNSELECTED_SCORES = ("train s",)  # a leaderboard column the selected run's line leaves out: not a score
 # the fewest bAbI tasks a seed in those means measured (of 20): a mean over 12 tasks is not one over 20
 BABI_MEASURED = "bAbI tasks measured"
 
 
 def _selection(entry: _ExperimentResults) -> dict[str, Any] | None:
-    """The run the experiment's ``select`` rule picks, its scores beside those over every seed."""
+    """The run the experiment's ``select`` rule picks, its scores beside their mean ± s.d. over the seeds.
+
+    The scores are the leaderboard's columns (:func:`_score_columns`), and so are the means: a column's mean is
+    over the same seeds in both, whichever of them were evaluated on bAbI. A selected run with a bAbI error shows
+    the paper's two numbers (mean error, failed tasks), another run its logged metrics.
+    """
     if entry.experiment.select is None:
         return None
+    by_seed = _score_columns(entry)
 
     def scores(record: dict[str, Any]) -> dict[str, float]:
-        errors = _babi_errors(record, _babi_split(entry.experiment))
-        if errors:  # bAbI: the paper's two numbers
-            return {"bAbI mean error %": mean_task_error(errors.values()),
-                    "bAbI failed tasks": float(failed_tasks(errors.values()))}
-        metrics = record.get("metrics") or {}
-        return {k: float(metrics[k]) for k in COLUMN_ORDER if is_number(metrics.get(k))}
+        seed = record.get("seed")
+        return {name: by_seed[name][seed] for name in COLUMN_ORDER if seed in by_seed.get(name, {})}
 
-    return summarize(entry.records, entry.experiment.select, scores)
+    summary = summarize(entry.records, entry.experiment.select, scores)
+    if summary is None:
+        return None
+    babi = any(name in summary["selected"] for name in BABI_SCORES)
+    shown = [name for name in COLUMN_ORDER if (name in BABI_SCORES) == babi and name not in UNSELECTED_SCORES]
+    return {**summary, "selected": {name: value for name, value in summary["selected"].items() if name in shown},
+            "over_seeds": {name: stat for name, stat in summary["over_seeds"].items() if name in shown}}
 
 
 def _selection_notes(entry: _ExperimentResults, selected: dict[str, Any] | None) -> list[str]:
@@ -647,7 +656,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     if selected:
         parts.append(
             "## Selected runs\n\nthe run each experiment's `select` rule picks (never on the test "
-            "split), its numbers beside the mean ± s.d. over every seed that finished.\n\n" + "\n".join(selected)
+            "split), its numbers beside the mean ± s.d. over every seed that finished, as the leaderboard "
+            "has them.\n\n" + "\n".join(selected)
         )
     if report["lengths"]:
         parts.append(
