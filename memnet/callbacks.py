@@ -289,6 +289,11 @@ class LastAndBestCheckpoint(ModelCheckpoint):
                                    if isinstance(value, torch.Tensor) and value.numel() == 1}
 
 
+def _linear_starts_ended(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The networks in ``module`` whose linear start (``LinearStartSwitch``) has ended: the softmax is on."""
+    return [net for net in module.modules() if hasattr(net, "enable_softmax") and bool(net.softmax_enabled)]
+
+
 class RelapseWatch(pl.Callback):
     """Notices a validation cost that rises well above its best after learning: a relapse.
 
@@ -306,7 +311,9 @@ class RelapseWatch(pl.Callback):
     Both are saved in checkpoints. Optionally the watch also acts:
 
     - ``restore_best``: load the weights (and, with ``restore_optimizer``, the
-      optimiser's moments) of the best validation epoch, bit for bit;
+      optimiser's moments) of the best validation epoch, bit for bit; the training
+      phase stays where it is: a MemN2N whose linear start has ended keeps its
+      softmax on, whenever the best weights were taken;
     - ``lr_factor``: multiply the learning rate (and its schedule's) by this
       factor, see :func:`scale_learning_rates`.
 
@@ -416,7 +423,10 @@ class RelapseWatch(pl.Callback):
 
     def _act(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.restore_best and self.best_state is not None:
+            ended = _linear_starts_ended(pl_module)
             pl_module.load_state_dict(self.best_state["weights"])
+            for net in ended:  # the weights go back, the phase stays: a linear start that ended stays ended
+                net.enable_softmax()
             if self.restore_optimizer:
                 for optimizer, state in zip(trainer.optimizers, self.best_state["optimizers"]):
                     # the moments go back, the current settings stay: the schedule's rates (lr, and

@@ -348,6 +348,62 @@ def test_restore_best_after_a_resume_goes_back_to_the_same_weights(tmp_path):
     assert torch.equal(resumed.layer.weight, resumed_watch.best_state["weights"]["layer.weight"])
 
 
+class ScriptedMemN2N(pl.LightningModule):
+    """A linear-start MemN2N trained on four fixed questions, its validation cost scripted per epoch."""
+
+    def __init__(self, costs):
+        super().__init__()
+        from memnet.models.memn2n import MemN2N
+
+        self.net = MemN2N(20, 6, embedding_size=5, hops=2, memory_size=4, linear_start=True, random_noise=0.0)
+        self.costs = costs
+
+    def training_step(self, batch, batch_idx):
+        story, query, answer = batch
+        return torch.nn.functional.cross_entropy(self.net(story, query), answer)
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", self.costs[self.current_epoch])
+        self.log("val/bits_per_seq", self.costs[self.current_epoch])
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.01)
+
+
+@pytest.mark.parametrize("order", ["watch-first", "switch-first"])
+def test_restoring_weights_of_the_linear_phase_keeps_the_softmax_on(tmp_path, order):
+    """The best weights were taken in the linear start (epoch 0), the softmax came on after epoch 1, the run relapsed
+    at epoch 2: the restore put back the weights and, with them, the buffer that had the softmax off, so the switch
+    fired a second time and moved its ``switched_at`` (at once, or after epoch 3 had trained linear again, as the
+    callbacks were ordered)."""
+    from memnet.callbacks import LinearStartSwitch
+
+    generator = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randint(1, 20, (4, 3, 4), generator=generator),
+                                          torch.randint(1, 20, (4, 4), generator=generator), torch.arange(4) % 6)
+    softmax_on, weights = [], []
+
+    class Phase(pl.Callback):  # the network's phase and weights as each training epoch starts
+        def on_train_epoch_start(self, trainer, pl_module):
+            softmax_on.append(bool(pl_module.net.softmax_enabled))
+            weights.append({k: v.clone() for k, v in pl_module.named_parameters()})
+
+    torch.manual_seed(0)
+    module = ScriptedMemN2N([0.05, 0.3, 50.0, 0.2])
+    watch, switch = RelapseWatch(factor=10, floor=1.0, restore_best=True), LinearStartSwitch(patience=5, max_epochs=2)
+    callbacks = [watch, switch] if order == "watch-first" else [switch, watch]
+    trainer = pl.Trainer(max_epochs=4, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path, num_sanity_val_steps=0, callbacks=[Phase(), *callbacks],
+                         enable_checkpointing=False)
+    loader = torch.utils.data.DataLoader(data, batch_size=2)
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
+    assert [e["epoch"] for e in watch.events] == [2]
+    for name, value in weights[3].items():  # the epoch after the relapse starts from the best (epoch 0) weights
+        assert torch.equal(value, watch.best_state["weights"][name]), name
+    assert softmax_on == [False, False, True, True] and bool(module.net.softmax_enabled)
+    assert switch.switched_at == 1
+
+
 class EpochLogged(ScriptedValidation):
     """Logs its validation cost in on_validation_epoch_end, as the epoch metrics are (val/mean_task_error, val/nrmse)."""
 
