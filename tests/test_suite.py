@@ -180,7 +180,10 @@ def test_run_folders_hold_config_checkpoint_metrics_and_logs(finished):
                 and record["seed"] == seed
                 and record["experiment"] == experiment
             )
-            assert Path(record["checkpoint"]).is_file() and Path(record["config"]).is_file()
+            # relative to the results folder, which can be moved
+            assert record["config"] == f"{experiment}/seed_{seed}/config.yaml"
+            assert record["checkpoint"].startswith(f"{experiment}/seed_{seed}/checkpoints/")
+            assert (finished["results"] / record["checkpoint"]).is_file()
             assert "val/loss" in record["metrics"]
             config = yaml.safe_load((folder / "config.yaml").read_text())
             assert config["seed_everything"] == seed and config["data"]["init_args"]["seed"] == seed
@@ -484,7 +487,8 @@ def _fake_checkpoints(results: Path) -> dict[str, int]:
         checkpoint = results / "memn2n-babi" / f"seed_{seed}" / "checkpoints" / "last.ckpt"
         checkpoint.parent.mkdir(parents=True)
         checkpoint.write_bytes(b"weights")
-        (checkpoint.parents[1] / "summary.json").write_text(json.dumps({"last_checkpoint": str(checkpoint)}))
+        (checkpoint.parents[1] / "summary.json").write_text(json.dumps(  # as `memnet fit` writes it: absolute paths
+            {"run_dir": str(checkpoint.parents[1]), "best_checkpoint": None, "last_checkpoint": str(checkpoint)}))
         paths[str(checkpoint)] = seed
     return paths
 
@@ -531,6 +535,58 @@ def test_suite_ensemble_tests_the_seeds_together_and_the_report_shows_it(tmp_pat
     assert "memn2n-babi: 1 seed(s) tested on the test split; an ensemble needs at least two" in capsys.readouterr().err
     assert S.main(["ensemble", str(results), "--only", "nope", "--no-wandb"]) == 2
     assert "--only: no experiment 'nope' in suite 'babi-fake'; it has memn2n-babi" in capsys.readouterr().err
+
+
+def test_a_results_folder_moved_or_copied_elsewhere_keeps_its_ensemble(tmp_path, monkeypatch):
+    """ensemble.json names the checkpoints relative to the results folder, and the checkpoint of a run (summary.json:
+    absolute, where `memnet fit` trained it) is looked for in the run's folder where it is now: a moved folder's
+    ensemble is unchanged, a copy's seeds are the copy's checkpoints. An ensemble.json of absolute paths still reads.
+    The absolute paths had a moved folder's ensemble "of seeds 0, 1, the seeds tested now are none"."""
+    from memnet.cli import babi_table
+    from memnet.cli.suite.ensemble import members
+
+    results = fake_babi_results(tmp_path / "results")
+    _fake_checkpoints(results)
+    asked = []
+
+    def predict(checkpoint, config=None):
+        asked.append(Path(checkpoint))
+        return {"probabilities": torch.tensor([[0.9, 0.1]] * 20), "answer": torch.zeros(20).long(),
+                "task": torch.arange(1, 21)}
+
+    def ensemble_notes(folder: Path) -> list[str]:
+        markdown = S.render_markdown(S.build_report(folder))
+        assert "| memn2n-babi: ensemble of seeds 0, 1 (answer probabilities averaged) |" in markdown
+        return [line for line in markdown.splitlines() if "`memnet suite ensemble" in line]
+
+    monkeypatch.setattr(babi_table, "predict_checkpoint", predict)
+    assert S.main(["ensemble", str(results), "--no-wandb"]) == 0
+    written = Path("memn2n-babi") / "ensemble.json"
+    stamps = json.loads((results / written).read_text())["checkpoints"]
+    checkpoints = [f"memn2n-babi/seed_{seed}/checkpoints/last.ckpt" for seed in (0, 1)]
+    assert [stamp["path"] for stamp in stamps] == checkpoints
+
+    moved = tmp_path / "elsewhere" / "results"
+    moved.parent.mkdir()
+    os.rename(results, moved)  # a move keeps the files' times
+    assert ensemble_notes(moved) == []
+    copy = tmp_path / "copy"
+    shutil.copytree(moved, copy)  # so does a copy that keeps them (cp -a, rsync -a, copytree)
+    suite = S.Suite.from_dict(json.loads((copy / "suite.json").read_text()))
+    assert [checkpoint for _, checkpoint, _ in members(suite, suite.experiments[0], copy)] == [
+        copy.absolute() / checkpoint for checkpoint in checkpoints]
+    assert ensemble_notes(copy) == []
+    asked.clear()
+    assert S.main(["ensemble", str(copy), "--no-wandb"]) == 0
+    assert asked == [copy.absolute() / checkpoint for checkpoint in checkpoints]
+
+    # written by an older memnet: the absolute paths of the folder it was in then
+    kept = json.loads((moved / written).read_text())
+    kept["checkpoints"] = [{**stamp, "path": str(results / stamp["path"])} for stamp in kept["checkpoints"]]
+    (moved / written).write_text(json.dumps(kept))
+    assert ensemble_notes(moved) == []
+    os.utime(moved / checkpoints[0], ns=(1, 1))  # a checkpoint written again is still told apart
+    assert "a seed's checkpoint changed since the ensemble was tested" in ensemble_notes(moved)[0]
 
 
 def test_suite_run_makes_the_ensembles_its_file_asks_for_once(tmp_path, monkeypatch):
@@ -1244,6 +1300,35 @@ def test_a_failed_evaluation_fails_the_run_and_is_tried_again(tmp_path, monkeypa
     assert ("finished: 0 trained now, 1 only evaluated now (trained before), 0 already done, 0 failed"
             in capsys.readouterr().out)
     assert run.is_done() and run.record()["train_seconds"] == 5.0 and not events(results, "start")
+
+
+def test_a_trained_run_of_a_moved_results_folder_is_evaluated_on_its_own_checkpoint(tmp_path, monkeypatch, capsys):
+    """summary.json holds the absolute paths of the folder `memnet fit` trained in: a results folder moved before its
+    evaluation ran had the evaluation given a checkpoint where the folder was. The record keeps its paths relative
+    to the results folder."""
+    monkeypatch.chdir(ROOT)
+    path = write_suite(tmp_path / "moved.yaml", [{**NTM, "seeds": [0]}])
+    results = tmp_path / "r"
+    run = trained_before(path, results)
+    checkpoints = run.folder / "checkpoints"
+    (run.folder / "summary.json").write_text(json.dumps({  # as `memnet fit` writes it
+        "run_dir": str(run.folder), "best_checkpoint": str(checkpoints / "best.ckpt"),
+        "last_checkpoint": str(checkpoints / "last.ckpt"), "wandb_dir": str(run.folder / "wandb" / "offline-run-1"),
+        "metrics": {"val/bits_per_seq": 1.5}}))
+    moved = tmp_path / "elsewhere"
+    os.rename(results, moved)
+    given = []
+    real = evaluators.EVALUATORS["algorithmic"]
+    monkeypatch.setitem(evaluators.EVALUATORS, "algorithmic", evaluators.Evaluator(
+        real.check, lambda run, checkpoint, spec: given.append(checkpoint) or ["-c", "pass"],
+        lambda run, spec: {"bits_per_seq": {"3": 0.5, "6": 2.5}}))
+    assert S.main(["run", str(path), "--results", str(moved), "--no-report"]) == 0
+    assert given == [str(moved / "ntm-copy" / "seed_0" / "checkpoints" / "best.ckpt")]
+    record = json.loads((moved / "ntm-copy" / "seed_0" / "metrics.json").read_text())
+    assert {key: record[key] for key in ("checkpoint", "last_checkpoint", "config", "wandb_dir")} == {
+        "checkpoint": "ntm-copy/seed_0/checkpoints/best.ckpt",
+        "last_checkpoint": "ntm-copy/seed_0/checkpoints/last.ckpt",
+        "config": "ntm-copy/seed_0/config.yaml", "wandb_dir": "ntm-copy/seed_0/wandb/offline-run-1"}
 
 
 def test_a_run_whose_handling_raises_is_failed_at_once_and_evaluated_again(tmp_path, monkeypatch, capsys):

@@ -5,9 +5,9 @@
 The checkpoints the suite tested (one per done seed of an experiment evaluated on the test split) answer
 every test question together, through ``memnet babi-table --ensemble``: each question's answer
 probabilities averaged over the seeds. The per-task errors go to ``RESULTS/<experiment>/ensemble.json``
-with the seeds and the checkpoints (size and modification time) they came from; the report shows the
-ensemble beside the selected run and the mean over the seeds, and says when its seeds or checkpoints
-are no longer the experiment's (run this command again then).
+with the seeds and the checkpoints they came from (path relative to RESULTS, size and modification time);
+the report shows the ensemble beside the selected run and the mean over the seeds, and says when its seeds
+or checkpoints are no longer the experiment's (run this command again then).
 
 An ensemble of N seeds costs N trainings; it is not the papers' protocol (one run, chosen by its
 training error), so the report labels it as what it is.
@@ -28,10 +28,26 @@ from memnet.utils import write_text_atomic
 ENSEMBLE_FILE = "ensemble.json"
 
 
-def _stamp(checkpoint: Path) -> dict[str, Any]:
-    """What tells a checkpoint file apart from a later one at the same path."""
+def _stamp(checkpoint: Path, results: Path) -> dict[str, Any]:
+    """What tells a checkpoint file apart from a later one at the same path; the path relative to the results
+    folder, so that a folder moved or copied elsewhere (its files' times kept) still has the same stamps."""
     stat = checkpoint.stat()
-    return {"path": str(checkpoint), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    try:
+        path = checkpoint.resolve().relative_to(results.resolve()).as_posix()
+    except ValueError:  # a checkpoint outside the results folder: named as it is
+        path = str(checkpoint)
+    return {"path": path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _same_stamp(kept: Any, now: dict[str, Any]) -> bool:
+    """Whether a stamp of ``ensemble.json`` names the checkpoint stamped ``now``. One written before the stamps were
+    relative holds an absolute path, of the results folder where it was then: its tail is compared."""
+    if not isinstance(kept, dict) or (kept.get("size"), kept.get("mtime_ns")) != (now["size"], now["mtime_ns"]):
+        return False
+    path, current = Path(str(kept.get("path"))), Path(now["path"])
+    if path.is_absolute() and not current.is_absolute():
+        return path.parts[-len(current.parts):] == current.parts
+    return path == current
 
 
 def _tested_on_test_split(record: dict[str, Any] | None) -> bool:
@@ -111,7 +127,7 @@ def make_ensembles(results: str | Path, only: list[str] | None = None, stream: T
         path = results / experiment.name / ENSEMBLE_FILE
         write_text_atomic(path, json.dumps({
             "experiment": experiment.name, "split": "test", "seeds": seeds,
-            "checkpoints": [_stamp(checkpoint) for _, checkpoint, _ in found],
+            "checkpoints": [_stamp(checkpoint, results) for _, checkpoint, _ in found],
             "babi_error": {str(task): error for task, error in sorted(errors.items())},
         }, indent=2) + "\n")  # a report never reads half a file
         written.append(path)
@@ -139,6 +155,7 @@ def read_ensemble(suite: Suite, experiment: Experiment, results: str | Path) -> 
     if [seed for seed, _, _ in now] != seeds:
         notes.append(f"{experiment.name}: the ensemble is of seeds {', '.join(map(str, seeds))}, the seeds tested "
                      f"now are {', '.join(str(seed) for seed, _, _ in now) or 'none'}; {again}")
-    elif [_stamp(checkpoint) for _, checkpoint, _ in now] != stamps:
+    elif len(stamps) != len(now) or not all(_same_stamp(kept, _stamp(checkpoint, Path(results)))
+                                            for kept, (_, checkpoint, _) in zip(stamps, now)):
         notes.append(f"{experiment.name}: a seed's checkpoint changed since the ensemble was tested; {again}")
     return ensemble, notes

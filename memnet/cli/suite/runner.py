@@ -81,13 +81,48 @@ class Run:
         status = record.get("status")
         return status in ("trained", "done") or (status == "failed" and record.get("stage") == "evaluate")
 
-    def trained_checkpoint(self) -> str | None:
-        """The checkpoint a trained run is evaluated on: its best, else its last (from ``summary.json``)."""
+    def summary(self) -> dict[str, Any] | None:
+        """What ``memnet fit`` wrote at the end of training (``summary.json``); None before that."""
         try:
             summary = json.loads((self.folder / "summary.json").read_text())
         except (OSError, json.JSONDecodeError):
             return None
-        return summary.get("best_checkpoint") or summary.get("last_checkpoint")
+        return summary if isinstance(summary, dict) else None
+
+    def path_in_summary(self, summary: dict[str, Any], key: str) -> str | None:
+        """A path of ``summary.json`` (``best_checkpoint``, ``wandb_dir``, ...) where it is now, absolute.
+
+        ``memnet fit`` writes the absolute paths of the folder it trained in (its ``run_dir``); a results folder
+        moved or copied since holds the same files in this run's folder now, and they are taken from there.
+        """
+        path = summary.get(key)
+        if not isinstance(path, str) or not path:
+            return None
+        trained_in = summary.get("run_dir")
+        if isinstance(trained_in, str) and trained_in:
+            try:
+                return str(self.folder.absolute() / Path(path).relative_to(trained_in))
+            except ValueError:  # not in the run's folder: kept as written
+                pass
+        return str(Path(path).absolute())
+
+    def trained_checkpoint(self) -> str | None:
+        """The checkpoint a trained run is evaluated on: its best, else its last (from ``summary.json``), in this
+        run's folder wherever the results folder is now."""
+        summary = self.summary()
+        if summary is None:
+            return None
+        return self.path_in_summary(summary, "best_checkpoint") or self.path_in_summary(summary, "last_checkpoint")
+
+    def in_results(self, path: str | Path | None) -> str | None:
+        """``path`` as a run's record keeps it: relative to the results folder where it lies in it, so that the
+        folder can be moved or copied; elsewhere as it is."""
+        if path is None:
+            return None
+        try:
+            return Path(path).resolve().relative_to(self.results.resolve()).as_posix()
+        except ValueError:
+            return str(path)
 
     def settings(self) -> dict[str, Any]:
         """What the run is trained with, as the suite names it (configs, overrides, budget, seed_args), and
@@ -580,10 +615,11 @@ class SuiteRunner:
         fields = {
             "metrics": summary.get("metrics", {}),
             "evaluation": evaluation,
-            "checkpoint": checkpoint,
-            "last_checkpoint": summary.get("last_checkpoint"),
-            "config": str(run.folder / "config.yaml"),
-            "wandb_dir": summary.get("wandb_dir"),
+            # relative to the results folder: a folder moved or copied elsewhere still names its own files
+            "checkpoint": run.in_results(checkpoint),
+            "last_checkpoint": run.in_results(run.path_in_summary(summary, "last_checkpoint")),
+            "config": run.in_results(run.folder / "config.yaml"),
+            "wandb_dir": run.in_results(run.path_in_summary(summary, "wandb_dir")),
             "train_seconds": round(train_seconds, 3),
         }
         if evaluation is not None and evaluation.get("status") != "done":
