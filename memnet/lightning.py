@@ -11,6 +11,13 @@ Metrics, logged as ``train/…``, ``val/…``, ``test/…``:
                          sequence's scored bits, in bits, averaged over sequences
     bit_errors_per_seq   wrongly predicted bits (threshold 0.5) per sequence
 and, for validation and test, the same per task length as ``val/len_20/bits_per_seq``.
+
+Validation and test scores are logged once, at the epoch's end, from sums and counts that each
+module adds up over the epoch (``epoch_metric``, ``memnet.training.StageMetrics``) and that are
+reduced over the DDP processes there: the scores of the whole set, whichever process scored
+which batch and however many each scored (the data modules give every process its own share,
+each example on exactly one: ``memnet.utils.UnrepeatedDistributedSampler``). Training
+metrics are logged at every step and reduced by Lightning (``sync_dist``).
 """
 
 from __future__ import annotations
@@ -71,7 +78,10 @@ class SequenceModule(MemnetModule):
             or stops training (``stop``); ``memnet.training.MemnetModule``.
     """
 
-    epoch_metric = LengthSums  # per stage (val, test): sequences, nats, scored bits, bits, bit errors by length
+    epoch_metric = LengthSums  # per stage (val, test): sequences and sum_columns by length
+    #: what a validation or test batch adds to its epoch's sums by task length (:meth:`evaluation_sums`), in the
+    #: order of ``LengthSums``' columns after the length and the sequences
+    sum_columns: tuple[str, ...] = ("nats", "scored_bits", "bits", "bit_errors", "optimal_bits", "optimal_sequences")
 
     def __init__(
         self,
@@ -115,41 +125,68 @@ class SequenceModule(MemnetModule):
         logits = self(batch["inputs"], **self.forward_kwargs(batch))
         metrics = sequence_metrics(logits, batch["targets"], batch["mask"])
         batch_size = batch["inputs"].shape[0]
-        on_step = stage == "train"
         scored_bits = batch["mask"].float().sum() * logits.shape[-1]
-        if on_step:
-            # the epoch's value weighted by scored bits: per scored bit of the epoch, as in validation (weighted by
-            # sequences, a bit of a short sequence weighed more than a bit of a long one)
-            self.log(f"{stage}/loss", metrics["loss"], prog_bar=True, on_step=True, on_epoch=True,
-                     batch_size=max(int(scored_bits), 1), sync_dist=True)
-        else:  # the loss and the per-length scores at the epoch's end, from sums (log_epoch_value)
-            self.epoch_metrics.update(stage, int(batch.get("length", -1)), batch_size, torch.stack([
-                metrics["loss"].float() * scored_bits.clamp_min(1), scored_bits,
-                metrics["bits_per_seq"].float() * batch_size, metrics["bit_errors_per_seq"].float() * batch_size,
-            ]))
+        if stage != "train":  # scored at the epoch's end, from its sums over every DDP process (log_epoch_value)
+            sums = self.evaluation_sums(batch, metrics, scored_bits)
+            self.epoch_metrics.update(stage, int(batch.get("length", -1)), batch_size,
+                                      torch.stack([sums[name].float() for name in self.sum_columns]))
+            return metrics["loss"]
+        # the epoch's value weighted by scored bits: per scored bit of the epoch, as in validation (weighted by
+        # sequences, a bit of a short sequence weighed more than a bit of a long one)
+        self.log(f"{stage}/loss", metrics["loss"], prog_bar=True, on_step=True, on_epoch=True,
+                 batch_size=max(int(scored_bits), 1), sync_dist=True)
         for name in ("bits_per_seq", "bit_errors_per_seq"):
             self.log(f"{stage}/{name}", metrics[name], prog_bar=name == "bits_per_seq",
-                     on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=True)
+                     on_step=True, on_epoch=True, batch_size=batch_size, sync_dist=True)
         if "optimal_bits" in batch:  # tasks with a known best cost (dynamic n-grams): how far from it
             optimal = batch["optimal_bits"].mean()
-            self.log(f"{stage}/optimal_bits_per_seq", optimal, on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=True)
+            self.log(f"{stage}/optimal_bits_per_seq", optimal, on_step=True, on_epoch=True, batch_size=batch_size,
+                     sync_dist=True)
             self.log(f"{stage}/excess_bits_per_seq", metrics["bits_per_seq"] - optimal,
-                     on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=True)
+                     on_step=True, on_epoch=True, batch_size=batch_size, sync_dist=True)
         return metrics["loss"]
 
+    def evaluation_sums(self, batch: dict, metrics: dict[str, torch.Tensor],
+                        scored_bits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A validation or test batch's sums (``sum_columns``), 0-dim tensors: the nats over its scored bits and
+        those bits, its bits and bit errors summed over its sequences, and where the task knows the best cost
+        (``optimal_bits`` (B,), dynamic n-grams) that cost summed over its sequences and their number."""
+        batch_size = batch["inputs"].shape[0]
+        optimal = batch.get("optimal_bits")
+        zero = scored_bits.new_zeros(())
+        return {
+            "nats": metrics["loss"].float() * scored_bits.clamp_min(1), "scored_bits": scored_bits,
+            "bits": metrics["bits_per_seq"].float() * batch_size,
+            "bit_errors": metrics["bit_errors_per_seq"].float() * batch_size,
+            "optimal_bits": zero if optimal is None else optimal.float().sum(),
+            "optimal_sequences": zero if optimal is None else zero + batch_size,
+        }
+
     def log_epoch_value(self, stage: str, rows: torch.Tensor) -> None:
-        """``stage/loss`` per scored bit of the epoch, and the scores per task length (of every DDP process).
+        """The epoch's scores, from its sums over every DDP process: ``stage/loss`` per scored bit,
+        ``bits_per_seq`` and ``bit_errors_per_seq`` per sequence, the optimal and excess cost where the task
+        knows it, and the scores per task length.
 
         A mean of the batches' losses weighted by their sequences would weigh a bit of a short
         sequence more than a bit of a long one.
         """
-        # columns: length, sequences, nats, scored bits, bits, bit errors (model_step, LengthSums)
-        nats, scored_bits = rows[:, 2].sum(), rows[:, 3].sum()
-        self.log(f"{stage}/loss", (nats / scored_bits.clamp_min(1)).float(), prog_bar=True, sync_dist=True)
-        for length, sequences, _, _, bits, bit_errors in rows:
+        columns = ("length", "sequences", *self.sum_columns)  # LengthSums' rows: model_step's sums by length
+        total = dict(zip(columns, rows.sum(0), strict=True))
+        sequences = total["sequences"]
+        self.log(f"{stage}/loss", (total["nats"] / total["scored_bits"].clamp_min(1)).float(), prog_bar=True,
+                 sync_dist=True)
+        self.log(f"{stage}/bits_per_seq", (total["bits"] / sequences).float(), prog_bar=True, sync_dist=True)
+        self.log(f"{stage}/bit_errors_per_seq", (total["bit_errors"] / sequences).float(), sync_dist=True)
+        if total["optimal_sequences"] > 0:  # the same on every process: the sums are those of all of them
+            optimal = total["optimal_bits"] / total["optimal_sequences"]
+            self.log(f"{stage}/optimal_bits_per_seq", optimal.float(), sync_dist=True)
+            self.log(f"{stage}/excess_bits_per_seq", (total["bits"] / sequences - optimal).float(), sync_dist=True)
+        for row in rows:
+            length, count, bits, bit_errors = (row[columns.index(name)] for name in
+                                               ("length", "sequences", "bits", "bit_errors"))
             if length >= 0:
-                self.log(length_key(stage, int(length), "bits_per_seq"), (bits / sequences).float(), sync_dist=True)
-                self.log(length_key(stage, int(length), "bit_errors_per_seq"), (bit_errors / sequences).float(),
+                self.log(length_key(stage, int(length), "bits_per_seq"), (bits / count).float(), sync_dist=True)
+                self.log(length_key(stage, int(length), "bit_errors_per_seq"), (bit_errors / count).float(),
                          sync_dist=True)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
@@ -201,6 +238,8 @@ class QAModule(MemnetModule):
         mean_task_error mean of the per-task errors, and ``failed_tasks`` the number above 5%, both over the
                         tasks present in the epoch's split (a run on tasks 1–3 is no 20-task mean)
         tasks_measured  how many tasks those two are over
+    In validation and test all of them come from the epoch's counts over every question (and every DDP
+    process); a batch without ``task`` counts in the totals only.
 
     The MemN2N paper's optimisation is SGD with lr 0.01 halved every 25 epochs for
     100 epochs, gradients clipped at norm 40 and a cost summed, not averaged, over
@@ -275,25 +314,41 @@ class QAModule(MemnetModule):
                                reduction=self.loss_reduction)
         wrong = answer_errors(logits, answer)
         batch_size = answer.shape[0]
-        on_step = stage == "train"
+        if stage != "train":  # scored at the epoch's end, from its counts over every DDP process (log_epoch_value)
+            nats = F.cross_entropy(logits.to(accumulation_dtype(logits.dtype)), answer, reduction="none")
+            # a batch without task numbers counts under task 0, which no bAbI task has: in the totals only
+            self.epoch_metrics.update(stage, wrong, batch["task"] if "task" in batch else torch.zeros_like(answer), nats)
+            return loss
         # logged per question whatever the reduction: a batch's sum, weighted by its size in the epoch's mean,
         # made val/loss depend on the batch sizes (the last, smaller batch)
         per_question = loss / batch_size if self.loss_reduction == "sum" else loss
-        self.log(f"{stage}/loss", per_question, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=batch_size,
+        self.log(f"{stage}/loss", per_question, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size,
                  sync_dist=True)
-        self.log(f"{stage}/accuracy", 1 - wrong.mean(), on_step=on_step, on_epoch=True, batch_size=batch_size, sync_dist=True)
-        self.log(f"{stage}/error", 100 * wrong.mean(), prog_bar=stage != "train", on_step=on_step,
-                 on_epoch=True, batch_size=batch_size, sync_dist=True)
+        self.log(f"{stage}/accuracy", 1 - wrong.mean(), on_step=True, on_epoch=True, batch_size=batch_size,
+                 sync_dist=True)
+        self.log(f"{stage}/error", 100 * wrong.mean(), on_step=True, on_epoch=True, batch_size=batch_size,
+                 sync_dist=True)
         if "task" in batch:
             self.epoch_metrics.update(stage, wrong, batch["task"])
         return loss
 
     def log_epoch_value(self, stage: str, counts: torch.Tensor) -> None:
-        """The epoch's error per task, their mean and the failed tasks (above 5%), and how many tasks that is."""
-        tasks, errors = task_errors_from_counts(counts)
+        """The epoch's error per task, their mean and the failed tasks (above 5%), and in validation and test the
+        loss, accuracy and error over all its questions, from its counts over every DDP process; and how many tasks
+        the per-task figures are over."""
+        if stage != "train":  # training logs these at every step
+            wrong, questions, nats = counts.sum(1)
+            self.log(f"{stage}/loss", (nats / questions).float(), prog_bar=True, sync_dist=True)
+            self.log(f"{stage}/accuracy", (1 - wrong / questions).float(), sync_dist=True)
+            self.log(f"{stage}/error", (100 * wrong / questions).float(), prog_bar=True, sync_dist=True)
+        per_task = counts[:2].clone()
+        per_task[:, 0] = 0  # task 0: the questions without a task number
+        tasks, errors = task_errors_from_counts(per_task)
+        if not tasks:
+            return
         for task, error in zip(tasks, errors):
-            self.log(task_error_key(stage, task), error, on_epoch=True, sync_dist=True)
-        self.log(f"{stage}/mean_task_error", errors.mean(), on_epoch=True, sync_dist=True)
+            self.log(task_error_key(stage, task), error.float(), on_epoch=True, sync_dist=True)
+        self.log(f"{stage}/mean_task_error", errors.mean().float(), on_epoch=True, sync_dist=True)
         self.log(f"{stage}/failed_tasks", float(failed_tasks(errors)), on_epoch=True, sync_dist=True)
         self.log(f"{stage}/tasks_measured", float(len(tasks)), on_epoch=True, sync_dist=True)
 
@@ -318,24 +373,34 @@ class ConditionalSequenceModule(SequenceModule):
     plain ``SequenceModule``. Arguments as ``SequenceModule``.
     """
 
+    sum_columns = (*SequenceModule.sum_columns, "free_bits", "free_bit_errors", "free_sequences")
+
     def forward_kwargs(self, batch: dict) -> dict[str, Any]:
         return {"targets": batch["targets"]} if getattr(self.net, "conditional", False) else {}
 
-    def _free_running(self, batch: dict, stage: str) -> None:
+    def evaluation_sums(self, batch: dict, metrics: dict[str, torch.Tensor],
+                        scored_bits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``SequenceModule``'s sums, and the bits and bit errors of the free-running model summed over the
+        sequences, and their number (zeros for a network without ``conditional``)."""
+        sums = super().evaluation_sums(batch, metrics, scored_bits)
+        zero = scored_bits.new_zeros(())
         if not getattr(self.net, "conditional", False):
-            return
-        metrics = sequence_metrics(self(batch["inputs"]), batch["targets"], batch["mask"])
+            return sums | {"free_bits": zero, "free_bit_errors": zero, "free_sequences": zero}
+        free = sequence_metrics(self(batch["inputs"]), batch["targets"], batch["mask"])
         batch_size = batch["inputs"].shape[0]
-        for name in ("bits_per_seq", "bit_errors_per_seq"):
-            self.log(f"{stage}/free_{name}", metrics[name], on_epoch=True, batch_size=batch_size, sync_dist=True)
+        return sums | {"free_bits": free["bits_per_seq"].float() * batch_size,
+                       "free_bit_errors": free["bit_errors_per_seq"].float() * batch_size,
+                       "free_sequences": zero + batch_size}
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        super().validation_step(batch, batch_idx)
-        self._free_running(batch, "val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        super().test_step(batch, batch_idx)
-        self._free_running(batch, "test")
+    def log_epoch_value(self, stage: str, rows: torch.Tensor) -> None:
+        """``SequenceModule``'s scores, and ``free_bits_per_seq`` and ``free_bit_errors_per_seq`` of a conditional
+        network, from the epoch's sums over every DDP process."""
+        super().log_epoch_value(stage, rows)
+        total = dict(zip(("length", "sequences", *self.sum_columns), rows.sum(0), strict=True))
+        if total["free_sequences"] > 0:
+            for name in ("bits", "bit_errors"):
+                self.log(f"{stage}/free_{name}_per_seq", (total[f"free_{name}"] / total["free_sequences"]).float(),
+                         sync_dist=True)
 
 
 class Seq2SeqModule(MemnetModule):
@@ -491,7 +556,7 @@ class RegressionModule(MemnetModule):
 
     Batches as ``tasks.sequences.SeriesDataModule`` (``inputs``, ``targets``,
     ``mask``). Metrics (``train/…``, ``val/…``, ``test/…``):
-        loss    masked mean squared error
+        loss    masked mean squared error (in validation and test over the epoch's scored values)
         nrmse   normalised root-mean-square error over the epoch's scored steps,
                 √(Σ (y − ŷ)² / Σ (y − ȳ)²), the reservoir-computing literature's score; with K > 1
                 outputs, each output's (about its own mean ȳ), then their mean
@@ -514,16 +579,21 @@ class RegressionModule(MemnetModule):
         targets, mask = batch["targets"], batch["mask"]
         loss = masked_mse(predictions, targets, mask)
         self.epoch_metrics.update(stage, nrmse_sums(predictions, targets, mask))
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True,
-                 batch_size=targets.shape[0], sync_dist=True)
+        if stage == "train":  # validation and test: from the epoch's sums (log_epoch_value)
+            self.log(f"{stage}/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=targets.shape[0],
+                     sync_dist=True)
         return loss
 
     def model_step(self, batch: dict, stage: str) -> torch.Tensor:
         return self.score(self(batch["inputs"]), batch, stage)
 
     def log_epoch_value(self, stage: str, value: torch.Tensor) -> None:
-        """The NRMSE over the epoch's scored steps (of every DDP process)."""
-        self.log(f"{stage}/nrmse", value.float(), prog_bar=stage != "train", sync_dist=True)
+        """The NRMSE over the epoch's scored steps, and in validation and test the loss (their mean squared error),
+        from the epoch's sums over every DDP process (``NRMSESums``: [NRMSE, MSE])."""
+        nrmse, mse = value
+        if stage != "train":  # training logs its loss at every step
+            self.log(f"{stage}/loss", mse.float(), prog_bar=True, sync_dist=True)
+        self.log(f"{stage}/nrmse", nrmse.float(), prog_bar=stage != "train", sync_dist=True)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         return {"predictions": self(batch["inputs"]), "targets": batch["targets"], "mask": batch["mask"]}

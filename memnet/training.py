@@ -3,7 +3,7 @@
     MemnetModule        the net, the optimiser and scheduler, the precision check, the
                         finite-loss check, the skip of a step with non-finite gradients, the
                         train / val / test → ``model_step`` triplet, per-epoch accumulation hooks
-    StageMetrics        one torchmetrics ``Metric`` per stage, reset every epoch, DDP-synchronised
+    StageMetrics        one torchmetrics ``Metric`` per stage, reset every epoch, DDP-synchronised at its end
     TaskErrorCounts     wrong answers and questions per task (bAbI), NRMSESums the NRMSE's sums,
                         LengthSums a validation's sums by task length
     configure_optimizers, scheduler_config, check_precision, check_finite_loss,
@@ -350,6 +350,12 @@ class StageMetrics(nn.Module):
     ``update(stage, ...)`` adds a batch; ``compute(stage)`` returns the epoch's value (synchronised
     across DDP processes by torchmetrics), or None if nothing was added; ``reset(stage)`` (at the
     epoch's start) clears it. ``state`` and ``restore`` carry an epoch across a resume.
+
+    The states are sums, counts or rows to add up (summed or concatenated across the processes),
+    never a process's mean: processes that scored different numbers of batches or sequences
+    (a validation set that does not divide by them) add up to the whole set's value. They are
+    synchronised once, in ``compute`` at the epoch's end, which every process calls whatever
+    number of batches it ran; a process needs at least one (the data modules see to it).
     """
 
     def __init__(self, make: Callable[[], torchmetrics.Metric]) -> None:
@@ -391,7 +397,8 @@ class StageMetrics(nn.Module):
 
 
 class TaskErrorCounts(torchmetrics.Metric):
-    """Wrong answers and questions per task over an epoch: ``compute() -> (2, K)`` (:func:`task_error_counts`)."""
+    """Wrong answers, questions and their cross-entropy per task over an epoch, of every DDP process:
+    ``compute() -> (3, K)`` float64, rows 0 and 1 as :func:`task_error_counts`, row 2 the nats."""
 
     full_state_update = False
 
@@ -399,19 +406,26 @@ class TaskErrorCounts(torchmetrics.Metric):
         super().__init__()
         self.add_state("wrong", default=[], dist_reduce_fx="cat")
         self.add_state("task", default=[], dist_reduce_fx="cat")
+        self.add_state("nats", default=[], dist_reduce_fx="cat")
 
-    def update(self, wrong: torch.Tensor, task: torch.Tensor) -> None:
-        """wrong (B,) 1.0 for a wrong answer, task (B,) the task numbers."""
+    def update(self, wrong: torch.Tensor, task: torch.Tensor, nats: torch.Tensor | None = None) -> None:
+        """wrong (B,) 1.0 for a wrong answer, task (B,) the task numbers, nats (B,) each question's cross-entropy
+        (None: not counted, zeros)."""
         self.wrong.append(wrong.detach())
         self.task.append(task.detach())
+        self.nats.append(torch.zeros_like(wrong, dtype=torch.float64) if nats is None else nats.detach().double())
 
     def compute(self) -> torch.Tensor:
-        return task_error_counts(dim_zero_cat(self.wrong), dim_zero_cat(self.task))
+        task = dim_zero_cat(self.task)
+        counts = task_error_counts(dim_zero_cat(self.wrong), task).double()
+        nats = counts.new_zeros(counts.shape[1]).index_add_(0, task, dim_zero_cat(self.nats).double())
+        return torch.cat([counts, nats.unsqueeze(0)])
 
 
 class NRMSESums(torchmetrics.Metric):
     """[Σ(y−ŷ)², Σy, Σy², n] of each of the K outputs over an epoch's scored steps (:func:`nrmse_sums`), (4, K)
-    float64; ``compute()`` the NRMSE (each output's, averaged)."""
+    float64, of every DDP process; ``compute()`` the NRMSE (each output's, averaged) and the mean squared error
+    over every scored value of every output, (2,)."""
 
     full_state_update = False
 
@@ -426,7 +440,9 @@ class NRMSESums(torchmetrics.Metric):
 
     def compute(self) -> torch.Tensor | None:
         sums = self.sums.reshape(4, -1)
-        return None if sums[3].sum() == 0 else nrmse_from_sums(sums)
+        if sums[3].sum() == 0:
+            return None
+        return torch.stack([nrmse_from_sums(sums), sums[0].sum() / sums[3].sum()])
 
 
 class LengthSums(torchmetrics.Metric):

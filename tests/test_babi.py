@@ -593,6 +593,20 @@ def test_qa_module_logs_error_per_task():
     assert float(metrics["test/tasks_measured"]) == 3
 
 
+def test_qa_validation_without_task_numbers_logs_the_totals_only():
+    from memnet.lightning import QAModule
+
+    answers, guesses = torch.tensor([0, 1, 2, 0, 1]), torch.tensor([0, 1, 0, 0, 2])
+    batches = [{"story": torch.ones(len(i), 2, 3, dtype=torch.long), "query": guesses[i, None], "answer": answers[i]}
+               for i in (torch.arange(0, 3), torch.arange(3, 5))]
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    metrics = trainer.validate(QAModule(_Lookup(3)), dataloaders=torch.utils.data.DataLoader(batches, batch_size=None),
+                               verbose=False)[0]
+    assert metrics["val/error"] == pytest.approx(40.0) and metrics["val/accuracy"] == pytest.approx(0.6)
+    assert not [key for key in metrics if "task" in key]
+
+
 class _Fixed(torch.nn.Module):
     """Answers with fixed logits, in their dtype (a bf16-true network's)."""
 
