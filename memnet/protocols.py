@@ -8,7 +8,8 @@
                       the suite reads back; ``LengthRow`` is one of its rows.
 ``read_evaluation``   reads and checks such a file, naming the file and field at fault.
 ``sequence_batches``  a task's seeded sequences in batches of any size, the same sequences
-                      whatever the size (evaluation, validation and test sets).
+                      whatever the size (evaluation, validation and test sets); ``batch_rows``,
+                      ``join_batches`` and ``split_batches`` cut and join such batches.
 
 Shapes: B batch, T time, D features.
 """
@@ -167,6 +168,25 @@ def join_batches(parts: list[dict]) -> dict:
                       for piece in pieces]
         joined[key] = torch.cat(pieces)
     return joined
+
+
+def split_batches(batches: list[dict], count: int) -> list[dict]:
+    """The same sequences, in the same order, in at least ``count`` batches where there are that many sequences:
+    the largest batch (the first of the largest) is cut in two until there are. Other lists come back as they are.
+
+    A fixed set shared out batch by batch between ``count`` DDP processes needs a batch for each
+    (``tasks.algorithmic.data.fixed_set_loader``): one batch of 32 on two processes is two of 16.
+    """
+    batches = list(batches)
+    while 0 < len(batches) < count:
+        sizes = [batch_size_of(batch) for batch in batches]
+        largest = sizes.index(max(sizes))
+        size = sizes[largest]
+        if size < 2:
+            break
+        batch = batches[largest]
+        batches[largest:largest + 1] = [batch_rows(batch, 0, (size + 1) // 2), batch_rows(batch, (size + 1) // 2, size)]
+    return batches
 
 
 def sequence_batches(task: SequenceTask, generator: torch.Generator, length: int, num_sequences: int, batch_size: int):

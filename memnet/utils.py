@@ -70,17 +70,76 @@ def distributed_position(trainer: Any) -> tuple[int, int]:
 
 
 def distributed_sampler(dataset: Sized, trainer: Any, *, shuffle: bool, seed: int) -> DistributedSampler | None:
-    """A ``DistributedSampler`` giving this process its share of ``dataset``, or None on one process.
+    """A ``DistributedSampler`` giving this process its share of a training set ``dataset``, or None on one process.
 
     The share is rank r's every world-size-th example (shuffled by ``seed`` and the
     epoch when ``shuffle``; Lightning calls ``set_epoch``). Where the size is not a
-    multiple of the world size, the last examples are repeated so every process has
-    as many batches (``torch.utils.data.DistributedSampler``'s rule).
+    multiple of the world size, the first examples of the order are repeated so every
+    process has as many batches (``torch.utils.data.DistributedSampler``'s rule): right
+    for training, where the processes step together, wrong for a score. Fixed
+    validation and test sets use :func:`evaluation_sampler`.
     """
     rank, world_size = distributed_position(trainer)
     if world_size <= 1:
         return None
     return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
+
+
+def evaluation_sampler(dataset: Sized, trainer: Any, *, unit: str) -> UnrepeatedDistributedSampler | None:
+    """An :class:`UnrepeatedDistributedSampler` giving this process its share of a fixed validation or test set, or
+    None on one process: every example is scored on exactly one process. ``unit`` names an example in the error
+    for a set smaller than the processes (``"question"``)."""
+    rank, world_size = distributed_position(trainer)
+    if world_size <= 1:
+        return None
+    return UnrepeatedDistributedSampler(dataset, num_replicas=world_size, rank=rank, unit=unit)
+
+
+class UnrepeatedDistributedSampler(DistributedSampler):
+    """Process ``rank``'s share of a fixed set, in order, every example on exactly one process.
+
+    Rank r takes the examples r, r + W, r + 2W, … of the W processes, so the shares differ
+    by one example at most. ``torch.utils.data.DistributedSampler`` instead repeats the
+    first examples until the size divides by W, and a score over the shares counted them
+    twice: the validation metrics of a run on two processes were not those of the set.
+    (Lightning's ``UnrepeatedDistributedSampler`` does the same for predictions.)
+
+    The processes may then run one batch more or fewer: every score of memnet's modules
+    is summed over the epoch and reduced across the processes once, at its end
+    (``memnet.training.StageMetrics``), so no process waits in a collective that another
+    never calls. A process must have at least one example, though: Lightning skips the
+    validation of a process without batches, and the others would wait for it at the
+    epoch's end forever. A set smaller than W is refused (``MemnetError``) on every process.
+
+    It is a ``DistributedSampler`` so that Lightning keeps it under DDP instead of putting
+    its own, repeating one, in its place.
+
+    Args:
+        dataset: the set (only its length is used).
+        num_replicas: W, the processes sharing it.
+        rank: this process, in [0, W).
+        unit: what an example is, for the error message (``"sequence"``, ``"question"``).
+    """
+
+    def __init__(self, dataset: Sized, *, num_replicas: int, rank: int, unit: str = "example") -> None:
+        check_positive(num_replicas=num_replicas)
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must lie in [0, {num_replicas}), got {rank!r}")
+        size = len(dataset)
+        if size < num_replicas:
+            raise MemnetError(
+                f"a validation or test set of {size} {unit}{'' if size == 1 else 's'} cannot be shared out "
+                f"between {num_replicas} processes: each needs at least one (a process without a batch skips "
+                "validation and the others wait for it); use a larger set or fewer devices")
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.num_samples = len(range(rank, size, num_replicas))
+        self.total_size = size
+
+    def __iter__(self):
+        return iter(range(self.rank, self.total_size, self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples
 
 
 def batches_done(trainer: Any) -> int:

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 
 from memnet.utils import ResumableLoader, distributed_sampler, is_integer
 from tasks.algorithmic.base import AlgorithmicTask
-from tasks.algorithmic.data import _mix
+from tasks.algorithmic.data import _mix, fixed_set_loader
 
 PAD, BOS, EOS = 0, 1, 2
 FIRST_SYMBOL = 3  # symbols are FIRST_SYMBOL .. vocab_size - 1
@@ -363,12 +363,15 @@ class SeriesDataModule(pl.LightningDataModule):
         ]
 
     def _loader(self, split: Literal["train", "val", "test"]) -> DataLoader:
-        """The batches of ``split``; under DDP each process gets its own share (``distributed_sampler``)."""
+        """The batches of ``split``; under DDP each process gets its own share: of the training batches
+        (``distributed_sampler``, the first repeated where they do not divide by the processes), of the
+        validation and test sequences (``fixed_set_loader``: each on exactly one process)."""
         batches = self.make_set(split)
+        if split != "train":
+            return fixed_set_loader(batches, self.trainer)
         sampler = distributed_sampler(batches, self.trainer, shuffle=False, seed=self.seed)
-        if split == "train":  # resumed in the middle of an epoch: its remaining batches, not its first ones again
-            return ResumableLoader(batches, batch_size=None, sampler=sampler, trainer=self.trainer)
-        return DataLoader(batches, batch_size=None, sampler=sampler)
+        # resumed in the middle of an epoch: its remaining batches, not its first ones again
+        return ResumableLoader(batches, batch_size=None, sampler=sampler, trainer=self.trainer)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

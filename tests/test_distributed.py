@@ -8,13 +8,16 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
+from memnet.protocols import split_batches
+from memnet.utils import MemnetError
 from tasks.algorithmic import AlgorithmicDataModule, CopyTask, train_stream_seed
 from tasks.babi import BabiDataModule
 from tasks.sequences import SeriesDataModule
@@ -76,8 +79,83 @@ def test_babi_batches_are_shared_out_between_ranks():
         sampler = dm.train_dataloader().sampler
         assert isinstance(sampler, DistributedSampler) and sampler.shuffle
         indices.append(list(sampler))
-        assert len(list(dm.val_dataloader().sampler)) == 3  # 5 questions over 2 ranks, the last repeated
     assert sorted(indices[0] + indices[1]) == list(range(10))
+
+
+def _sequences(loader) -> Counter:
+    """Every sequence a loader yields, as (length, its inputs and targets), counted."""
+    return Counter((batch["length"], tuple(batch["inputs"][i].flatten().tolist()),
+                    tuple(batch["targets"][i].flatten().tolist()))
+                   for batch in loader for i in range(batch["inputs"].shape[0]))
+
+
+def _shares(make, split: str, world_size: int) -> list[DataLoader]:
+    """The ``split`` loaders of the data modules ``make(rank, world_size)`` on each of ``world_size`` ranks."""
+    loaders = []
+    for rank in range(world_size):
+        loader = getattr(make(rank, world_size), f"{split}_dataloader")()
+        assert isinstance(loader.sampler, DistributedSampler)  # else Lightning puts its own, repeating, in its place
+        loaders.append(loader)
+    return loaders
+
+
+@pytest.mark.parametrize(("val_lengths", "size", "world_size"), [
+    ([2, 5, 6], 3, 2),  # three batches over two ranks
+    ([2, 5], 4, 3),  # batches of 3, 1, 3, 1 over three ranks
+    ([4], 3, 2),  # one batch over two ranks: a rank without a batch would skip validation and hang the other
+])
+def test_every_sequence_of_a_fixed_set_is_scored_once_over_the_ranks(val_lengths, size, world_size):
+    """DistributedSampler repeated a set's first batches where their number did not divide by the processes: the
+    logged validation and test scores were not those of the set."""
+    def module(rank=None, world=world_size):
+        dm = AlgorithmicDataModule(CopyTask(width=3, min_length=1, max_length=6), batch_size=3, val_lengths=val_lengths,
+                                   val_size=size, test_size=size, seed=5)
+        if rank is not None:
+            dm.trainer = SimpleNamespace(global_rank=rank, world_size=world)
+        return dm
+
+    for split in ("val", "test"):
+        whole = _sequences(getattr(module(), f"{split}_dataloader")())
+        shares = [_sequences(loader) for loader in _shares(module, split, world_size)]
+        assert all(shares), "every rank needs a batch: one without would skip validation and hang the others"
+        assert sum(shares, Counter()) == whole
+
+    def series(rank, world):
+        dm = SeriesDataModule(length=12, washout=2, batch_size=2, train_size=8, val_size=6, test_size=1)
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=world)
+        return dm
+
+    whole = _sequences(SeriesDataModule(length=12, washout=2, batch_size=2, train_size=8, val_size=6).val_dataloader())
+    assert sum((_sequences(loader) for loader in _shares(series, "val", 2)), Counter()) == whole
+    for rank in (0, 1):  # one test sequence for two processes: refused on both, not a hang
+        with pytest.raises(MemnetError, match="1 sequence.* 2 processes"):
+            series(rank, 2).test_dataloader()
+
+
+def test_a_set_of_fewer_batches_than_processes_has_its_largest_cut_in_two():
+    batches = [{"inputs": torch.arange(n, dtype=torch.float32).view(n, 1, 1) + 10 * n, "mask": torch.ones(n, 1),
+                "length": n} for n in (5, 2)]
+    split = split_batches(batches, 4)
+    assert [len(batch["mask"]) for batch in split] == [2, 1, 2, 2] and [batch["length"] for batch in split] == [5, 5, 5, 2]
+    assert torch.equal(torch.cat([batch["inputs"] for batch in split]), torch.cat([b["inputs"] for b in batches]))
+    assert [id(batch) for batch in split_batches(batches, 2)] == [id(batch) for batch in batches]  # enough already
+    assert len(split_batches(batches[1:], 3)) == 2  # two sequences: two batches, the most there can be
+
+
+def test_every_babi_question_of_a_fixed_split_is_answered_once_over_the_ranks():
+    def module(rank, world=2, questions=5):
+        dm = BabiDataModule(tasks=[1], batch_size=2, seed=3)
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=world)
+        dm._splits = {"validation": list(range(questions)), "test": list(range(questions))}  # the loaders only index them
+        return dm
+
+    for split in ("val", "test"):
+        loaders = _shares(module, split, 2)
+        indices = [list(loader.sampler) for loader in loaders]
+        assert sorted(indices[0] + indices[1]) == list(range(5)) and all(len(loader) for loader in loaders)
+    for rank in (0, 1):
+        with pytest.raises(MemnetError, match="1 question.* 2 processes"):
+            module(rank, questions=1).val_dataloader()
 
 
 RECORDER = '''
@@ -245,3 +323,110 @@ def test_two_processes_step_the_curriculum_up_together_on_the_value_over_both(tm
     # written at epoch 1's validation, before its end: both processes' 2 batches, weighted 1 each
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]["LengthCurriculum"]
     assert (saved["train_sum"], saved["train_weight"]) == (4.0, 4.0)
+
+
+SCORES = '''
+import json, sys
+from functools import partial
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from memnet.controllers import EchoStateController, GRUController, LSTMController
+from memnet.lightning import ConditionalSequenceModule, QAModule, RegressionModule, SequenceModule
+from memnet.models.recurrent import RecurrentModel
+from tasks.algorithmic import AlgorithmicDataModule, CopyTask, DynamicNGramsTask
+from tasks.babi import BabiDataModule
+from memnet.protocols import split_batches
+from memnet.utils import MemnetError
+from tasks.sequences import MarkovBitsTask, SeriesDataModule
+
+class Questions(BabiDataModule):
+    """Seven made-up questions in validation and test (nothing to download), vocabulary 6, answers 4."""
+    def prepare_data(self):
+        pass
+    def setup(self, stage=None):
+        g = np.random.default_rng(0)
+        questions = [{"story": g.integers(1, 6, (int(g.integers(1, 4)), 3)), "query": g.integers(1, 6, 2),
+                      "answer": int(g.integers(0, 4)), "task": int(g.integers(1, 3))} for _ in range(7)]
+        self._splits = {"train": questions, "validation": questions, "test": questions}
+
+class Guess(nn.Module):
+    """Answer logits from the words' embeddings, the padding's zero: the same whatever a batch is padded to."""
+    def __init__(self):
+        super().__init__()
+        self.words = nn.Embedding(6, 4, padding_idx=0)
+    def forward(self, story, query):
+        return self.words(query).sum(1) + 0.1 * self.words(story).sum((1, 2))
+
+def scores(trainer, stage, module, data):
+    return {key: float(value) for key, value in getattr(trainer, stage)(module, datamodule=data, verbose=False)[0].items()}
+
+if __name__ == "__main__":
+    devices = int(sys.argv[1])
+    def trainer(**kwargs):
+        return pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", logger=False,
+                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, **kwargs)
+    def net(task, controller=partial(LSTMController, hidden_size=4), **kwargs):
+        torch.manual_seed(0)
+        return RecurrentModel(task.input_size, task.output_size, controller=controller, **kwargs)
+    results = {}
+    # three validation batches (3 sequences of lengths 2, 5, 6), test batches of 3 and 2 sequences
+    markov = MarkovBitsTask(width=2, min_length=2, max_length=6)
+    data = AlgorithmicDataModule(markov, batch_size=3, val_lengths=[2, 5, 6], val_size=3, test_lengths=[4],
+                                 test_size=5, seed=1)
+    module = ConditionalSequenceModule(net(markov, partial(GRUController, hidden_size=4), conditional=True))
+    results["markov/validate"] = scores(trainer(), "validate", module, data)
+    results["markov/test"] = scores(trainer(), "test", module, data)
+    # one validation batch: a rank without one would not validate
+    ngrams = DynamicNGramsTask(order=3, min_length=8, max_length=8)
+    data = AlgorithmicDataModule(ngrams, batch_size=3, val_size=3, seed=2)
+    results["ngrams/validate"] = scores(trainer(), "validate", SequenceModule(net(ngrams)), data)
+    # three validation batches of series; a reservoir's buffers are synchronised by DDP in fit's validation
+    series = SeriesDataModule(length=30, washout=5, batch_size=2, train_size=4, val_size=5, test_size=3, seed=0)
+    torch.manual_seed(0)
+    reservoir = RecurrentModel(1, 1, controller=partial(EchoStateController, reservoir_size=10, seed=5))
+    module = RegressionModule(reservoir, optimizer=partial(torch.optim.SGD, lr=0.0))
+    results["series/validate"] = scores(trainer(), "validate", module, series)
+    fit = trainer(max_epochs=1, num_sanity_val_steps=0)
+    fit.fit(module, datamodule=series)
+    results["series/fit"] = {key: float(value) for key, value in fit.callback_metrics.items() if key.startswith("val/")}
+    # seven questions in batches of 2: two batches on one rank, one on the other
+    qa = QAModule(Guess())
+    torch.manual_seed(0)
+    qa.net.words.reset_parameters()
+    results["babi/validate"] = scores(trainer(), "validate", qa, Questions(tasks=[1, 2], batch_size=2))
+    results["babi/test"] = scores(trainer(), "test", qa, Questions(tasks=[1, 2], batch_size=2))
+    # one validation sequence: too few for two processes, refused on both rather than a hang
+    try:
+        scores(trainer(), "validate", SequenceModule(net(ngrams)), AlgorithmicDataModule(ngrams, val_size=1))
+    except MemnetError as error:
+        results["refused"] = str(error)
+    rank = int(torch.distributed.get_rank()) if torch.distributed.is_initialized() else 0
+    with open(f"scores_{devices}_{rank}.json", "w") as handle:
+        json.dump(results, handle)
+'''
+
+
+@pytest.mark.slow
+def test_two_processes_log_the_validation_and_test_scores_of_one(tmp_path):
+    """Sets whose batches (or questions) do not divide by two: every score logged by two processes is the one
+    process's, in validate, test and fit's validation, for sequence, regression and question-answering modules."""
+    (tmp_path / "scores_ddp.py").write_text(textwrap.dedent(SCORES))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    for devices in (1, 2):
+        result = subprocess.run([sys.executable, "scores_ddp.py", str(devices)], check=False, cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    alone = json.loads((tmp_path / "scores_1_0.json").read_text())
+    assert {"val/free_bits_per_seq", "val/len_6/bits_per_seq"} <= alone["markov/validate"].keys()
+    assert {"val/excess_bits_per_seq", "val/optimal_bits_per_seq"} <= alone["ngrams/validate"].keys()
+    assert {"val/loss", "val/nrmse"} <= alone["series/fit"].keys() and "test/task_2/error" in alone["babi/test"]
+    assert "refused" not in alone
+    for rank in (0, 1):
+        shared = json.loads((tmp_path / f"scores_2_{rank}.json").read_text())
+        assert "of 1 sequence cannot be shared out between 2 processes" in shared.pop("refused")
+        for run, logged in alone.items():
+            assert shared[run].keys() == logged.keys(), run
+            for key, value in logged.items():
+                assert shared[run][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (run, key)

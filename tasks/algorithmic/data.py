@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from memnet.protocols import sequence_batches
+from memnet.protocols import sequence_batches, split_batches
 from memnet.utils import (
     MemnetError,
     ResumableLoader,
     batches_done,
     distributed_position,
-    distributed_sampler,
+    evaluation_sampler,
     is_integer,
 )
 from tasks.algorithmic.base import AlgorithmicTask, _subrange
@@ -62,7 +63,9 @@ class AlgorithmicDataModule(pl.LightningDataModule):
     of a mixed curriculum). ``memnet.curriculum.LengthCurriculum`` moves both
     as training goes; both are saved in ``state_dict``. Validation and test sets are fixed: ``val_size``
     (``test_size``) examples at each length of ``val_lengths`` (``test_lengths``),
-    drawn once from their own seeds.
+    drawn once from their own seeds. Under DDP every process draws its own training
+    batches and scores its own share of the fixed sets, each sequence on one process
+    (:func:`fixed_set_loader`).
 
     Args:
         task: the task, e.g. ``CopyTask(width=8, min_length=1, max_length=20)``.
@@ -155,14 +158,11 @@ class AlgorithmicDataModule(pl.LightningDataModule):
         return ResumableLoader(_TrainStream(self), batch_size=None, trainer=self.trainer)
 
     def val_dataloader(self) -> DataLoader:
-        batches = self.fixed_batches(self.val_lengths, self.val_size, _mix(self.seed, -1))
-        return DataLoader(batches, batch_size=None, sampler=distributed_sampler(batches, self.trainer,
-                                                                                 shuffle=False, seed=self.seed))
+        return fixed_set_loader(self.fixed_batches(self.val_lengths, self.val_size, _mix(self.seed, -1)), self.trainer)
 
     def test_dataloader(self) -> DataLoader:
-        batches = self.fixed_batches(self.test_lengths, self.test_size, _mix(self.seed, -2))
-        return DataLoader(batches, batch_size=None, sampler=distributed_sampler(batches, self.trainer,
-                                                                                 shuffle=False, seed=self.seed))
+        return fixed_set_loader(self.fixed_batches(self.test_lengths, self.test_size, _mix(self.seed, -2)),
+                                self.trainer)
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
@@ -193,6 +193,21 @@ class AlgorithmicDataModule(pl.LightningDataModule):
             warnings.warn(f"the task's lengths are now {task_range[0]}-{task_range[1]}, the checkpoint's were "
                           f"{state_dict['task_range'][0]}-{state_dict['task_range'][1]}: training goes on over the "
                           "new range (the checkpoint's curriculum range is dropped)", stacklevel=2)
+
+
+def fixed_set_loader(batches: list[dict], trainer: Any) -> DataLoader:
+    """The loader of a fixed validation or test set, made of ready ``batches``: all of them on one process; under
+    DDP this process's share, every sequence on exactly one process (:class:`memnet.utils.UnrepeatedDistributedSampler`).
+
+    Shared out batch by batch, a set of fewer batches than processes has its largest batches cut in
+    two first (:func:`memnet.protocols.split_batches`): every process needs a batch. A set of fewer
+    sequences than processes is refused.
+    """
+    _, world_size = distributed_position(trainer)
+    batches = split_batches(batches, world_size)
+    # too few sequences to give every process a batch: the batches are single sequences, so the sampler's count of
+    # them, in its error, is the count of sequences
+    return DataLoader(batches, batch_size=None, sampler=evaluation_sampler(batches, trainer, unit="sequence"))
 
 
 def train_stream_seed(seed: int, epoch: int, rank: int = 0) -> int:

@@ -89,6 +89,7 @@ from memnet.utils import (
     ResumableLoader,
     distributed_position,
     distributed_sampler,
+    evaluation_sampler,
 )
 from tasks.babi.archive import find_source, task_file
 from tasks.babi.parse import ALL_TASKS, LANGUAGES, SIZES, Language, Size, check_tasks, parse_babi
@@ -599,17 +600,20 @@ class BabiDataModule(pl.LightningDataModule):
             self.split("test")
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        """One split's loader; under DDP each process reads its own share (a ``DistributedSampler``
-        shuffled by ``seed`` and the epoch), on one process the whole split shuffled by ``seed``.
-        With ``group_by_length`` the training split comes in batches of similar length
-        (a ``LengthGroupedSampler``, itself a ``DistributedSampler``, on one process or many)."""
+        """One split's loader. Training (``shuffle``): under DDP each process reads its own share (a
+        ``DistributedSampler`` shuffled by ``seed`` and the epoch), on one process the whole split shuffled by
+        ``seed``; with ``group_by_length`` in batches of similar length (a ``LengthGroupedSampler``, itself a
+        ``DistributedSampler``, on one process or many). Validation and test, in order: under DDP each process
+        answers its own share, every question on exactly one process (an ``UnrepeatedDistributedSampler``)."""
         split = self.split(name)
         if shuffle and self.group_by_length is not None:
             rank, world_size = distributed_position(self.trainer)
             sampler = LengthGroupedSampler(sequence_lengths(split.arrays), self.batch_size, self.group_by_length,
                                            num_replicas=world_size, rank=rank, seed=self.seed)
+        elif shuffle:
+            sampler = distributed_sampler(split, self.trainer, shuffle=True, seed=self.seed)
         else:
-            sampler = distributed_sampler(split, self.trainer, shuffle=shuffle, seed=self.seed)
+            sampler = evaluation_sampler(split, self.trainer, unit="question")
         generator = None
         if sampler is None and shuffle:
             # one process: the epoch's order from the seed and the epoch (a resumed run does not replay epoch 0's);
