@@ -32,8 +32,8 @@ from memnet.utils import MemnetError
 LATEST = "latest"  # --ckpt_path latest: the best (else last) checkpoint of runs/latest.json
 QUIET = ("--trainer.logger=false", "--trainer.enable_progress_bar=false")
 # A checkpoint is scored in this one process, on one device, whatever the run trained with: under DDP each
-# process would score its share of the questions (the last ones repeated to even the shares, and the launcher
-# would start the command again in new processes); predictions would come back from the first share only.
+# process would score its share of the questions (and the launcher would start the command again in new
+# processes); predictions would come back from the first share only.
 ONE_PROCESS = ("--trainer.devices=1", "--trainer.num_nodes=1", "--trainer.strategy=auto")
 
 
