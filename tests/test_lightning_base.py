@@ -93,7 +93,8 @@ def test_the_nrmse_of_an_epoch_of_several_outputs_is_the_mean_of_each_outputs():
     metric, sums = NRMSESums(), torch.tensor([[3.0], [2.0], [5.0], [2.0]], dtype=torch.float64)
     metric.sums = sums.flatten()
     metric.update(sums)
-    assert float(metric.compute()) == pytest.approx(1.0)  # √(6 / (10 − 4²/4))
+    nrmse, mse = metric.compute()  # and the mean squared error, Σ(y−ŷ)²/n
+    assert (float(nrmse), float(mse)) == pytest.approx((1.0, 1.5))  # √(6 / (10 − 4²/4)), 6 / 4
 
 
 def test_an_epoch_of_constant_targets_stops_with_the_stage_named():
