@@ -82,6 +82,9 @@ class SequenceModule(MemnetModule):
     #: what a validation or test batch adds to its epoch's sums by task length (:meth:`evaluation_sums`), in the
     #: order of ``LengthSums``' columns after the length and the sequences
     sum_columns: tuple[str, ...] = ("nats", "scored_bits", "bits", "bit_errors", "optimal_bits", "optimal_sequences")
+    #: whether ``forward_kwargs`` passes the targets to the network, as a conditional one needs
+    #: (``RecurrentModel(conditional=True)``); without them it would train on its own predictions
+    passes_targets = False
 
     def __init__(
         self,
@@ -93,6 +96,12 @@ class SequenceModule(MemnetModule):
         eval_memory_size: int | None = None,
         nonfinite_grads: NonFinite = "skip",
     ) -> None:
+        if getattr(net, "conditional", False) and not self.passes_targets:
+            raise ValueError(
+                f"{type(self).__name__} cannot train a conditional {type(net).__name__} (conditional=True): it "
+                "passes no targets, so the network would train on its own predictions; use "
+                "memnet.lightning.ConditionalSequenceModule"
+            )
         if eval_memory_size is not None:  # not 2.5, True or "64": a count of slots
             check_positive(eval_memory_size=eval_memory_size)
         super().__init__(
@@ -370,10 +379,12 @@ class ConditionalSequenceModule(SequenceModule):
     the targets); validation and test also run it free, feeding back its own
     predictions, and log ``…/free_bits_per_seq`` and ``…/free_bit_errors_per_seq``.
     ``predict`` runs it free. For a network without ``conditional`` it is a
-    plain ``SequenceModule``. Arguments as ``SequenceModule``.
+    plain ``SequenceModule`` (which refuses a conditional network: it would train on its own predictions).
+    Arguments as ``SequenceModule``.
     """
 
     sum_columns = (*SequenceModule.sum_columns, "free_bits", "free_bit_errors", "free_sequences")
+    passes_targets = True
 
     def forward_kwargs(self, batch: dict) -> dict[str, Any]:
         return {"targets": batch["targets"]} if getattr(self.net, "conditional", False) else {}

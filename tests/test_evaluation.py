@@ -319,7 +319,7 @@ def test_a_conditional_model_is_scored_as_validation_scores_it_and_free_running_
 
     from memnet.controllers import GRUController
     from memnet.evaluation import evaluate_length, markdown_table
-    from memnet.lightning import SequenceModule
+    from memnet.lightning import ConditionalSequenceModule
     from memnet.models.recurrent import RecurrentModel
     from tasks.sequences import MarkovBitsTask
 
@@ -327,7 +327,7 @@ def test_a_conditional_model_is_scored_as_validation_scores_it_and_free_running_
     task = MarkovBitsTask(width=2, min_length=3, max_length=6)
     net = RecurrentModel(task.input_size, task.output_size, controller=partial(GRUController, hidden_size=4),
                          conditional=True)
-    model = SequenceModule(net).eval()
+    model = ConditionalSequenceModule(net).eval()
     row, batch = evaluate_length(model, task, 6, slots=None, num_sequences=4, batch_size=4, seed=0,
                                  device=torch.device("cpu"))
     with torch.no_grad():

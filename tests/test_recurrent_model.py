@@ -256,6 +256,34 @@ def test_conditional_module_logs_teacher_forced_and_free_running_costs(tmp_path)
         assert key in trainer.callback_metrics
 
 
+def test_a_plain_sequence_module_refuses_a_conditional_network():
+    """It passes no targets: the network would train free-running, on its own predictions, with no error."""
+    from memnet.lightning import SequenceModule
+
+    net = RecurrentModel(1, K, controller=partial(GRUController, hidden_size=8), conditional=True)
+    with pytest.raises(ValueError, match=r"SequenceModule cannot train a conditional RecurrentModel "
+                                         r"\(conditional=True\).*memnet\.lightning\.ConditionalSequenceModule"):
+        SequenceModule(net)
+    SequenceModule(RecurrentModel(1, K, controller=partial(GRUController, hidden_size=8)))  # not conditional: fine
+    ConditionalSequenceModule(net)  # the module that feeds it the targets
+
+
+def test_a_config_training_a_conditional_network_with_a_plain_module_stops_in_one_line(tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    from memnet.cli import main
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "gru" / "markov_conditional.yaml"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--model.class_path", "memnet.lightning.SequenceModule",
+              "--trainer.fast_dev_run=true", "--trainer.enable_progress_bar=false"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "SequenceModule cannot train a conditional RecurrentModel" in err
+    assert "use memnet.lightning.ConditionalSequenceModule" in err
+
+
 def test_a_validation_in_mid_epoch_keeps_the_rows_so_far(tmp_path):
     """With ``val_check_interval: 0.5`` the read-out of the epoch's end is fitted on every training batch, not on
     those after the mid-epoch validation."""

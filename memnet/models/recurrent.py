@@ -15,7 +15,8 @@ Two options of the textbook's recurrent family live here too:
   whose all-zero output is also a real one marks its first step in the input
   (as ``tasks.sequences.MarkovBitsTask`` does). The targets reach ``forward``
   from ``memnet.lightning.ConditionalSequenceModule``; a plain
-  ``SequenceModule`` passes none, and the model then trains free-running.
+  ``SequenceModule`` passes none and refuses such a model (it would train
+  free-running, on its own predictions).
 * **an engine for the step loop** (``engine``): the only step loop here is a
   conditional model's inference, which feeds back its own predictions;
   ``compiled`` runs its step through ``torch.compile`` (as the memory models'
