@@ -1,7 +1,7 @@
 """Content and location addressing of an external memory (Graves et al. 2014, NTM, §3.3).
 
 Pure, parameter-free, differentiable functions. Every one works on all heads of
-a batch at once, and checks the shapes of its arguments on entry (``check_shape``):
+a batch at once, and checks the shapes of its arguments on entry (``memnet.shapes``):
 a wrong one raises a ``ValueError`` naming it instead of broadcasting silently.
 
 Axes:  b - batch, h - heads, n - memory slots, w - slot width, s - shift window
@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from memnet.shapes import check_memory_and_keys, check_per_head, check_shape, differs
+
 # Added to norms before dividing: the cosine of a zero vector is then 0 rather
 # than NaN, and its gradient stays finite. 1e-6 is far below the norm of any
 # real slot or key yet large enough to stay meaningful in float32.
@@ -23,64 +25,6 @@ NORM_EPS = 1e-6
 # used and underflows to an all-zero row for large gamma; the floor keeps the
 # log finite. It is below float32's resolution of a weighting that sums to 1.
 WEIGHT_EPS = 1e-12
-
-
-def check_shape(
-    name: str, tensor: torch.Tensor, letters: str, expected: tuple[int | None, ...], matching: str = ""
-) -> None:
-    """Raise ``ValueError`` unless ``tensor`` has the shape ``expected`` (None: any size on that axis).
-
-    The entry check of a public function: plain comparisons of ``.shape`` (no tensor op), cheap in
-    eager and traced by ``torch.compile`` as guards on sizes it knows already. The message names the
-    argument, the shape expected in DESIGN.md's letters and in numbers, what they must match, and
-    the shape received, e.g. ``weights: expected (B, H, N) = (4, H, 128) matching memory (B, N, W),
-    got (4, 2, 64)``.
-
-    Args:
-        name: the argument's name.
-        tensor: the argument.
-        letters: the expected shape in letters, e.g. ``"(B, H, N)"``.
-        expected: one size per axis, None where any size will do.
-        matching: where the sizes come from, e.g. ``"memory (B, N, W)"``.
-    """
-    shape = tensor.shape
-    if len(shape) == len(expected):
-        for size, want in zip(shape, expected):
-            if want is not None and size != want:
-                break
-        else:
-            return
-    numbers = ""
-    if any(want is not None for want in expected):
-        axes = letters.strip("()").split(", ")
-        parts = [axis if want is None else str(want) for axis, want in zip(axes, expected)]
-        numbers = f" = ({', '.join(parts)})"
-    where = f" matching {matching}" if matching else ""
-    raise ValueError(f"{name}: expected {letters}{numbers}{where}, got {tuple(shape)}")
-
-
-# The entry checks below compare sizes inline (well under a microsecond) and call
-# ``check_shape`` only to word the error: they run at every step of every head.
-
-
-def _check_memory_and_keys(memory: torch.Tensor, keys: torch.Tensor) -> None:
-    """memory (B, N, W) and keys (B, H, W) of its batch and slot width."""
-    m, k = memory.shape, keys.shape
-    if len(m) != 3 or len(k) != 3 or k[0] != m[0] or k[2] != m[2]:
-        check_shape("memory", memory, "(B, N, W)", (None, None, None))
-        check_shape("keys", keys, "(B, H, W)", (m[0], None, m[2]), "memory (B, N, W)")
-
-
-def _check_per_head(
-    name: str, tensor: torch.Tensor, letters: str, values_name: str, values: torch.Tensor, last: str = ""
-) -> None:
-    """tensor (B, H, ·) and values (B, H), or (B, H, ·) with ``last`` the letter of their last axis."""
-    t, v = tensor.shape, values.shape
-    rank = 3 if last else 2
-    if len(t) != 3 or len(v) != rank or v[0] != t[0] or v[1] != t[1]:
-        check_shape(name, tensor, letters, (None, None, None))
-        expected, value_letters = ((t[0], t[1], None), f"(B, H, {last})") if last else ((t[0], t[1]), "(B, H)")
-        check_shape(values_name, values, value_letters, expected, f"{name} {letters}")
 
 
 def cosine_similarity(memory: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -95,7 +39,7 @@ def cosine_similarity(memory: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, H, N) similarities in [-1, 1]; 0 where a key or a slot is the zero vector.
     """
-    _check_memory_and_keys(memory, keys)
+    check_memory_and_keys(memory, keys)
     return _cosine_similarity(memory, keys)
 
 
@@ -124,8 +68,8 @@ def content_weights(
         (B, H, N) weightings, each row non-negative and summing to 1. Large
         strengths do not overflow: the softmax subtracts the row maximum.
     """
-    _check_memory_and_keys(memory, keys)
-    _check_per_head("keys", keys, "(B, H, W)", "strengths", strengths)
+    check_memory_and_keys(memory, keys)
+    check_per_head("keys", keys, "(B, H, W)", "strengths", strengths)
     similarity = _cosine_similarity(memory, keys)
     return F.softmax(similarity * rearrange(strengths, "b h -> b h 1"), dim=-1)
 
@@ -145,8 +89,8 @@ def interpolate(
     Returns:
         (B, H, N) gated weightings.
     """
-    _check_per_head("content", content, "(B, H, N)", "gate", gate)
-    if previous.shape != content.shape:
+    check_per_head("content", content, "(B, H, N)", "gate", gate)
+    if differs(previous.shape, content.shape):
         check_shape("previous", previous, "(B, H, N)", tuple(content.shape), "content (B, H, N)")
     gate = rearrange(gate, "b h -> b h 1")
     return gate * content + (1 - gate) * previous
@@ -167,7 +111,7 @@ def shift(weights: torch.Tensor, shift_weights: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, H, N) shifted weightings.
     """
-    _check_per_head("weights", weights, "(B, H, N)", "shift_weights", shift_weights, last="S")
+    check_per_head("weights", weights, "(B, H, N)", "shift_weights", shift_weights, last="S")
     window = shift_weights.shape[-1]
     if window % 2 != 1:
         raise ValueError(f"shift window S must be odd, got shift_weights with S={window}")
@@ -196,7 +140,7 @@ def sharpen(weights: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, H, N) sharpened weightings, each row summing to 1.
     """
-    _check_per_head("weights", weights, "(B, H, N)", "gamma", gamma)
+    check_per_head("weights", weights, "(B, H, N)", "gamma", gamma)
     log_weights = torch.log(weights.clamp_min(WEIGHT_EPS))
     return F.softmax(log_weights * rearrange(gamma, "b h -> b h 1"), dim=-1)
 

@@ -20,6 +20,8 @@ from typing import NamedTuple
 import torch
 from einops import einsum, rearrange
 
+from memnet.shapes import check_link_update, check_rank, check_same
+
 # Usage is lifted to ε + (1 − ε)·u before allocation. A usage of exactly 0 would
 # make the product Π u[φ_i] (and so the gradient of cumprod) degenerate, and
 # free slots would all tie at 0; the lift keeps every factor strictly positive.
@@ -58,8 +60,8 @@ def retention(free_gates: torch.Tensor, prev_read_weights: torch.Tensor) -> torc
     Returns:
         (B, N) retention ψ_t in [0, 1].
     """
-    _check_rank("free_gates", free_gates, 2, "(B, R)")
-    _check_rank("prev_read_weights", prev_read_weights, 3, "(B, R, N)")
+    check_rank("free_gates", free_gates, 2, "(B, R)")
+    check_rank("prev_read_weights", prev_read_weights, 3, "(B, R, N)")
     if free_gates.shape != prev_read_weights.shape[:2]:
         raise ValueError(
             f"free_gates {tuple(free_gates.shape)} must be (B, R) matching prev_read_weights "
@@ -93,8 +95,8 @@ def update_usage(
     Returns:
         (B, N) usage u_t in [0, 1].
     """
-    _check_same("prev_usage", prev_usage, "prev_write_weights", prev_write_weights, "(B, N)")
-    _check_same("prev_usage", prev_usage, "retention", retention, "(B, N)")
+    check_same("prev_usage", prev_usage, "prev_write_weights", prev_write_weights, "(B, N)")
+    check_same("prev_usage", prev_usage, "retention", retention, "(B, N)")
     return (prev_usage + prev_write_weights - prev_usage * prev_write_weights) * retention
 
 
@@ -115,7 +117,7 @@ def allocation_weights(usage: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, N) allocation weighting a_t.
     """
-    _check_rank("usage", usage, 2, "(B, N)")
+    check_rank("usage", usage, 2, "(B, N)")
     usage = USAGE_EPS + (1 - USAGE_EPS) * usage
     sorted_usage, order = torch.sort(usage, dim=-1, stable=True)
     # Exclusive cumulative product: Π_{i<j} u[φ_i], with an empty product of 1 first.
@@ -144,7 +146,7 @@ def write_weighting(
     Returns:
         (B, N) write weighting w^w_t, summing to at most 1.
     """
-    _check_same("allocation", allocation, "content", content, "(B, N)")
+    check_same("allocation", allocation, "content", content, "(B, N)")
     for name, gate in (("allocation_gate", allocation_gate), ("write_gate", write_gate)):
         if gate.shape != allocation.shape[:1]:
             raise ValueError(
@@ -167,7 +169,7 @@ def update_precedence(prev_precedence: torch.Tensor, write_weights: torch.Tensor
     Returns:
         (B, N) precedence p_t, summing to at most 1.
     """
-    _check_same("prev_precedence", prev_precedence, "write_weights", write_weights, "(B, N)")
+    check_same("prev_precedence", prev_precedence, "write_weights", write_weights, "(B, N)")
     return (1 - write_weights.sum(-1, keepdim=True)) * prev_precedence + write_weights
 
 
@@ -188,13 +190,8 @@ def update_link(
     Returns:
         (B, N, N) link matrix L_t with a zero diagonal.
     """
-    _check_same("prev_precedence", prev_precedence, "write_weights", write_weights, "(B, N)")
-    _check_rank("prev_link", prev_link, 3, "(B, N, N)")
-    batch, slots = write_weights.shape
-    if prev_link.shape != (batch, slots, slots):
-        raise ValueError(
-            f"prev_link must have shape (B, N, N) = {(batch, slots, slots)}, got {tuple(prev_link.shape)}"
-        )
+    check_link_update(prev_link, prev_precedence, write_weights)
+    slots = write_weights.shape[-1]
     write_i = rearrange(write_weights, "b i -> b i 1")
     write_j = rearrange(write_weights, "b j -> b 1 j")
     link = (1 - write_i - write_j) * prev_link + write_i * rearrange(prev_precedence, "b j -> b 1 j")
@@ -216,8 +213,8 @@ def directional_weights(
     Returns:
         (forward, backward), each (B, R, N).
     """
-    _check_rank("link", link, 3, "(B, N, N)")
-    _check_rank("prev_read_weights", prev_read_weights, 3, "(B, R, N)")
+    check_rank("link", link, 3, "(B, N, N)")
+    check_rank("prev_read_weights", prev_read_weights, 3, "(B, R, N)")
     batch, _, slots = prev_read_weights.shape
     if link.shape != (batch, slots, slots):
         raise ValueError(
@@ -246,8 +243,8 @@ def mix_read_modes(
     Returns:
         (B, R, N) read weightings w^r_t.
     """
-    _check_same("backward", backward, "content", content, "(B, R, N)")
-    _check_same("forward", forward, "content", content, "(B, R, N)")
+    check_same("backward", backward, "content", content, "(B, R, N)")
+    check_same("forward", forward, "content", content, "(B, R, N)")
     expected = (*content.shape[:2], NUM_READ_MODES)
     if read_modes.shape != expected:
         raise ValueError(
@@ -315,7 +312,7 @@ def update_sparse_link(
     Returns:
         ``SparseLink`` L_t with values and indices (B, N, K).
     """
-    _check_same("prev_precedence", prev_precedence, "write_weights", write_weights, "(B, N)")
+    check_same("prev_precedence", prev_precedence, "write_weights", write_weights, "(B, N)")
     values, indices = prev_link
     batch, slots = write_weights.shape
     num_kept = values.shape[-1]
@@ -369,7 +366,7 @@ def sparse_directional_weights(
     Returns:
         (forward, backward), each (B, R, N).
     """
-    _check_rank("prev_read_weights", prev_read_weights, 3, "(B, R, N)")
+    check_rank("prev_read_weights", prev_read_weights, 3, "(B, R, N)")
     values, indices = link
     batch, num_reads, slots = prev_read_weights.shape
     if values.shape[:2] != (batch, slots) or indices.shape != values.shape:
@@ -403,15 +400,3 @@ def _gather_rows(weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     num_kept = indices.shape[-1]
     flat = torch.gather(weights, -1, rearrange(indices, "b n k -> b (n k)"))
     return rearrange(flat, "b (n k) -> b n k", k=num_kept)
-
-
-def _check_rank(name: str, tensor: torch.Tensor, rank: int, shape: str) -> None:
-    if tensor.dim() != rank:
-        raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
-
-
-def _check_same(name: str, tensor: torch.Tensor, other_name: str, other: torch.Tensor, shape: str) -> None:
-    if tensor.shape != other.shape:
-        raise ValueError(
-            f"{name} {tuple(tensor.shape)} and {other_name} {tuple(other.shape)} must both have shape {shape}"
-        )

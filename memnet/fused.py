@@ -17,6 +17,9 @@ N × N temporal link update of ``memnet.allocation``.
     write(memory, weights, erase, add)
         M ∘ Π_h (1 − w_h e_hᵀ) + Σ_h w_h a_hᵀ, one node, no batched matmul of rank 1
 
+Each checks the shapes of its arguments on entry as its reference does (``memnet.shapes``):
+a wrong one raises a ``ValueError`` naming it instead of broadcasting silently.
+
 They are tested against the reference (float64 values and gradients, gradcheck);
 a model's ``engine="eager"`` uses the reference instead, for debugging. They are
 differentiable once: a second derivative through them (``create_graph=True``, e.g. a
@@ -33,6 +36,15 @@ import torch
 
 from memnet.addressing import NORM_EPS, WEIGHT_EPS
 from memnet.allocation import USAGE_EPS
+from memnet.shapes import (
+    check_link_update,
+    check_memory_and_keys,
+    check_per_head,
+    check_rank,
+    check_shape,
+    check_write,
+    differs,
+)
 
 
 def address(
@@ -61,6 +73,13 @@ def address(
     Returns:
         (B, H, N) weightings w_t, each row summing to 1.
     """
+    check_memory_and_keys(memory, keys)
+    for name, per_head in (("strengths", strengths), ("gates", gates), ("gammas", gammas)):
+        check_per_head("keys", keys, "(B, H, W)", name, per_head)
+    expected = (keys.shape[0], keys.shape[1], memory.shape[1])  # (B, H, N)
+    if differs(prev_weights.shape, expected):
+        check_shape("prev_weights", prev_weights, "(B, H, N)", expected, "keys (B, H, W) and memory (B, N, W)")
+    check_per_head("prev_weights", prev_weights, "(B, H, N)", "shift_weights", shift_weights, last="S")
     window = shift_weights.shape[-1]
     if window % 2 != 1 or window // 2 > memory.shape[1]:
         raise ValueError(
@@ -83,6 +102,8 @@ def content_weights(memory: torch.Tensor, keys: torch.Tensor, strengths: torch.T
     Returns:
         (B, H, N) weightings, rows summing to 1.
     """
+    check_memory_and_keys(memory, keys)
+    check_per_head("keys", keys, "(B, H, W)", "strengths", strengths)
     return _apply_exact(_Content, memory, keys, strengths)
 
 
@@ -100,6 +121,7 @@ def write(memory: torch.Tensor, weights: torch.Tensor, erase: torch.Tensor, add:
     Returns:
         (B, N, W) the new memory M_t.
     """
+    check_write(memory, weights, erase, add)
     return _apply_exact(_Write, memory, weights, erase, add)
 
 
@@ -335,6 +357,7 @@ def allocation_weights(usage: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, N) allocation weighting a_t.
     """
+    check_rank("usage", usage, 2, "(B, N)")
     return _apply_exact(_Allocation, usage)
 
 
@@ -352,6 +375,7 @@ def update_link(prev_link: torch.Tensor, prev_precedence: torch.Tensor, write_we
     Returns:
         (B, N, N) link matrix L_t.
     """
+    check_link_update(prev_link, prev_precedence, write_weights)
     return _apply_exact(_Link, prev_link, prev_precedence, write_weights)
 
 

@@ -1,8 +1,8 @@
 """The memory matrix: reading, writing (erase then add), and initial states.
 
 ``read`` and ``write`` check the shapes of their arguments on entry
-(``memnet.addressing.check_shape``): a wrong one raises a ``ValueError`` naming
-it instead of broadcasting silently.
+(``memnet.shapes``): a wrong one raises a ``ValueError`` naming it instead of
+broadcasting silently.
 
 Axes:  b - batch, h - heads, n - memory slots, w - slot width
 """
@@ -15,7 +15,7 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
-from memnet.addressing import check_shape
+from memnet.shapes import check_memory_and_weights, check_write
 from memnet.utils import SeededDraws, check_positive
 
 # The constant every slot starts at under the default "constant" scheme. A small
@@ -40,7 +40,7 @@ def read(memory: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, H, W) read vectors r.
     """
-    _check_memory_and_weights(memory, weights)
+    check_memory_and_weights(memory, weights)
     # (B, H, N) @ (B, N, W): the batched matmul form of "b h n, b n w -> b h w"
     return torch.matmul(weights, memory)
 
@@ -64,25 +64,13 @@ def write(
     Returns:
         (B, N, W) the new memory M_t.
     """
-    _check_memory_and_weights(memory, weights)
-    expected = (weights.shape[0], weights.shape[1], memory.shape[2])  # (B, H, W)
-    for name, vectors in (("erase", erase), ("add", add)):
-        if vectors.shape != expected:
-            check_shape(name, vectors, "(B, H, W)", expected, "weights (B, H, N) and memory (B, N, W)")
+    check_write(memory, weights, erase, add)
     erase_outer = rearrange(weights, "b h n -> b h n 1") * rearrange(erase, "b h w -> b h 1 w")
     # (B, N, W); one head (the usual case) needs no product, whose backward is costly
     keep = 1 - erase_outer[:, 0] if erase_outer.shape[1] == 1 else torch.prod(1 - erase_outer, dim=1)
     # (B, N, H) @ (B, H, W): Σ_h w_h a_hᵀ as one batched matmul
     add_outer = torch.matmul(rearrange(weights, "b h n -> b n h"), add)
     return memory * keep + add_outer
-
-
-def _check_memory_and_weights(memory: torch.Tensor, weights: torch.Tensor) -> None:
-    """memory (B, N, W) and weights (B, H, N) over its slots: compared inline, worded by ``check_shape``."""
-    m, w = memory.shape, weights.shape
-    if len(m) != 3 or len(w) != 3 or w[0] != m[0] or w[2] != m[1]:
-        check_shape("memory", memory, "(B, N, W)", (None, None, None))
-        check_shape("weights", weights, "(B, H, N)", (m[0], None, m[1]), "memory (B, N, W)")
 
 
 class MemoryInit(nn.Module):

@@ -167,3 +167,139 @@ def test_a_second_derivative_through_a_fused_operation_raises_rather_than_being_
     penalty = sum((grad**2).sum() for grad in grads)
     with pytest.raises(RuntimeError, match=rf"memnet.fused.{name} has no second derivative"):
         torch.autograd.grad(penalty, inputs, allow_unused=True)
+
+
+# Each a shape that broadcast silently to a result of the right size, or failed inside torch with a message
+# naming no argument; the fused operations name it as the reference functions do. Sizes B, H, N, W, S = 3, 4, 7, 5, 3.
+B, H, N, W, S = 3, 4, 7, 5, 3
+
+
+def _address_with(index, bad):
+    inputs = [t.detach() for t in _address_inputs(B, H, N, W, S)]
+    inputs[index] = bad
+    return fused.address(*inputs)
+
+
+def _content_with(index, bad):
+    memory, _, keys, strengths, *_ = (t.detach() for t in _address_inputs(B, H, N, W, S))
+    inputs = [memory, keys, strengths]
+    inputs[index] = bad
+    return fused.content_weights(*inputs)
+
+
+def _write_with(index, bad):
+    inputs = [t.detach() for t in _write_inputs(B, H, N, W)]
+    inputs[index] = bad
+    return fused.write(*inputs)
+
+
+def _link_with(index, bad):
+    inputs = [t.detach() for t in _link_inputs(B, N)]
+    inputs[index] = bad
+    return fused.update_link(*inputs)
+
+
+_double = {"dtype": torch.float64}
+BAD_SHAPES = {
+    "address: memory of one episode for a batch": (
+        lambda: _address_with(0, torch.randn(1, N, W, **_double)),
+        r"keys: expected \(B, H, W\) = \(1, H, 5\) matching memory \(B, N, W\), got \(3, 4, 5\)"),
+    "address: previous weights of one head": (
+        lambda: _address_with(1, torch.softmax(torch.randn(B, 1, N, **_double), -1)),
+        (r"prev_weights: expected \(B, H, N\) = \(3, 4, 7\) matching keys \(B, H, W\) and memory \(B, N, W\), "
+         r"got \(3, 1, 7\)")),
+    "address: one strength for all heads": (
+        lambda: _address_with(3, torch.ones(B, 1, **_double)),
+        r"strengths: expected \(B, H\) = \(3, 4\) matching keys \(B, H, W\), got \(3, 1\)"),
+    "address: one gate for all heads": (
+        lambda: _address_with(4, torch.rand(B, 1, **_double)),
+        r"gates: expected \(B, H\) = \(3, 4\) matching keys \(B, H, W\), got \(3, 1\)"),
+    "address: one shift distribution for all heads": (
+        lambda: _address_with(5, torch.softmax(torch.randn(B, 1, S, **_double), -1)),
+        r"shift_weights: expected \(B, H, S\) = \(3, 4, S\) matching prev_weights \(B, H, N\), got \(3, 1, 3\)"),
+    "address: gammas of one episode for a batch": (
+        lambda: _address_with(6, 1 + torch.rand(1, H, **_double)),
+        r"gammas: expected \(B, H\) = \(3, 4\) matching keys \(B, H, W\), got \(1, 4\)"),
+    "content_weights: one strength for all heads": (
+        lambda: _content_with(2, torch.ones(B, 1, **_double)),
+        r"strengths: expected \(B, H\) = \(3, 4\) matching keys \(B, H, W\), got \(3, 1\)"),
+    "content_weights: memory of one episode for a batch": (
+        lambda: _content_with(0, torch.randn(1, N, W, **_double)),
+        r"keys: expected \(B, H, W\) = \(1, H, 5\) matching memory \(B, N, W\), got \(3, 4, 5\)"),
+    "write: memory of one episode for a batch": (
+        lambda: _write_with(0, torch.randn(1, N, W, **_double)),
+        r"weights: expected \(B, H, N\) = \(1, H, 7\) matching memory \(B, N, W\), got \(3, 4, 7\)"),
+    "write: one erase vector for all heads": (
+        lambda: _write_with(2, torch.rand(B, 1, W, **_double)),
+        (r"erase: expected \(B, H, W\) = \(3, 4, 5\) matching weights \(B, H, N\) and memory \(B, N, W\), "
+         r"got \(3, 1, 5\)")),
+    "write: one erase value per head": (
+        lambda: _write_with(2, torch.rand(B, H, 1, **_double)),
+        r"erase: expected \(B, H, W\) = \(3, 4, 5\) .*, got \(3, 4, 1\)"),
+    "write: add vectors one too wide": (
+        lambda: _write_with(3, torch.randn(B, H, W + 1, **_double)),
+        r"add: expected \(B, H, W\) = \(3, 4, 5\) .*, got \(3, 4, 6\)"),
+    "allocation_weights: usage without a batch": (
+        lambda: fused.allocation_weights(torch.rand(N, **_double)),
+        r"usage must have shape \(B, N\), got \(7,\)"),
+    "update_link: link of one episode for a batch": (
+        lambda: _link_with(0, torch.rand(1, N, N, **_double) / N),
+        r"prev_link must have shape \(B, N, N\) = \(3, 7, 7\), got \(1, 7, 7\)"),
+    "update_link: precedence of one episode for a batch": (
+        lambda: _link_with(1, torch.softmax(torch.randn(1, N, **_double), -1)),
+        r"prev_precedence \(1, 7\) and write_weights \(3, 7\) must both have shape \(B, N\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SHAPES))
+def test_a_wrong_shape_is_named_not_broadcast(case):
+    make, match = BAD_SHAPES[case]
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_the_shape_checks_trace_as_guards_alone_at_any_sizes():
+    """``torch.compile`` traces the entry checks as guards on sizes: one graph per call (no break), the same
+    graph as without them (no comparison node at the dynamic sizes of a second shape); a wrong shape is still
+    named. (``dynamic=True`` from the first call is not tried: dynamo fails on these autograd Functions then,
+    checks or not.)"""
+    import operator
+
+    def step(memory, prev, keys, strengths, gates, shifts, gammas, erase, add, usage, link, precedence):
+        weights = fused.address(memory, prev, keys, strengths, gates, shifts, gammas)
+        memory = fused.write(memory, weights[:, 1:], erase, add)
+        allocation_weights = fused.allocation_weights(usage)
+        return memory, fused.content_weights(memory, keys, strengths), fused.update_link(link, precedence,
+                                                                                        allocation_weights)
+
+    def arguments(batch, slots, heads=3):
+        g = torch.Generator().manual_seed(batch)
+        distribution = lambda *shape: torch.softmax(torch.randn(*shape, generator=g), dim=-1)
+        return [torch.randn(batch, slots, W, generator=g), distribution(batch, heads, slots),
+                torch.randn(batch, heads, W, generator=g), torch.rand(batch, heads, generator=g),
+                torch.rand(batch, heads, generator=g), distribution(batch, heads, S),
+                1 + torch.rand(batch, heads, generator=g), torch.rand(batch, heads - 1, W, generator=g),
+                torch.randn(batch, heads - 1, W, generator=g), torch.rand(batch, slots, generator=g),
+                torch.rand(batch, slots, slots, generator=g) / slots, distribution(batch, slots)]
+
+    graphs = []
+
+    def backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, backend=backend, fullgraph=True)
+    for batch, slots in ((B, N), (B + 1, N + 2)):  # the second shape recompiles once, with dynamic sizes
+        inputs = [t.requires_grad_() for t in arguments(batch, slots)]
+        for got, expected in zip(compiled(*inputs), step(*inputs)):
+            torch.testing.assert_close(got, expected)
+        sum(out.sum() for out in compiled(*inputs)).backward()
+    assert len(graphs) == 2
+    comparisons = {operator.eq, operator.ne, operator.not_}
+    assert not [node for graph in graphs for node in graph.graph.nodes
+                if node.op == "call_function" and node.target in comparisons]
+    bad = arguments(B, N)
+    bad[3] = torch.rand(B, 1)  # one strength for every head
+    with pytest.raises(ValueError, match=r"strengths: expected \(B, H\) = \(3, 3\) matching keys"):
+        torch.compile(step, backend="eager")(*bad)
