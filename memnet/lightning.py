@@ -148,7 +148,8 @@ class SequenceModule(MemnetModule):
             self.log(f"{stage}/{name}", metrics[name], prog_bar=name == "bits_per_seq",
                      on_step=True, on_epoch=True, batch_size=batch_size, sync_dist=True)
         if "optimal_bits" in batch:  # tasks with a known best cost (dynamic n-grams): how far from it
-            optimal = batch["optimal_bits"].mean()
+            # as the model's own cost, in float32 at least (under bf16-true the data module restored its float32 value)
+            optimal = batch["optimal_bits"].to(accumulation_dtype(batch["optimal_bits"].dtype)).mean()
             self.log(f"{stage}/optimal_bits_per_seq", optimal, on_step=True, on_epoch=True, batch_size=batch_size,
                      sync_dist=True)
             self.log(f"{stage}/excess_bits_per_seq", metrics["bits_per_seq"] - optimal,

@@ -30,7 +30,12 @@ class SequenceBatch(TypedDict, total=False):
 
     inputs (B, T, input_size) float, targets (B, T, output_size) in {0, 1},
     mask (B, T) 1 on the scored steps, length the task length, and for tasks with a
-    known best cost (dynamic n-grams) optimal_bits (B,).
+    known best cost (dynamic n-grams) optimal_bits (B,), float32 at least.
+
+    A task whose batches carry ``optimal_bits`` also offers ``batch_optimal_bits(batch)``, which
+    computes it again from the batch's bits: Lightning's ``bf16-true`` / ``16-true`` plugin casts
+    every floating tensor of a batch to the half type, and the data module restores the reference
+    (``tasks.algorithmic.AlgorithmicDataModule.on_before_batch_transfer``).
     """
 
     inputs: torch.Tensor

@@ -66,3 +66,46 @@ def test_evaluation_casts_the_batch_to_the_model_dtype(dtype):
     row, _ = evaluate_length(module, task, 4, slots=6, num_sequences=3, batch_size=2,
                              seed=0, device=torch.device("cpu"))
     assert row["sequences"] == 3 and row["bits_per_seq"] > 0
+
+
+def _ngrams_data(batch_size=4):
+    from tasks.algorithmic import AlgorithmicDataModule, DynamicNGramsTask
+
+    task = DynamicNGramsTask(order=3, min_length=200, max_length=200)
+    return AlgorithmicDataModule(task, batch_size=batch_size, batches_per_epoch=1, val_lengths=[200], val_size=8,
+                                 seed=3)
+
+
+def test_the_optimal_cost_keeps_its_precision_through_the_bf16_true_cast_of_the_batch():
+    """``bf16-true`` casts every floating tensor of a batch to bfloat16 before the data module's hook:
+    the Bayes-optimal cost (about 126 bits per sequence, bfloat16's step 0.5 there) came out rounded."""
+    from pytorch_lightning.plugins.precision import HalfPrecision
+
+    data = _ngrams_data()
+    batch = next(iter(data.val_dataloader()))
+    cast = HalfPrecision("bf16-true").convert_input(dict(batch))
+    assert cast["inputs"].dtype == torch.bfloat16  # the network's inputs in its dtype, as before
+    restored = data.on_before_batch_transfer(cast, 0)
+    assert restored["optimal_bits"].dtype == batch["optimal_bits"].dtype
+    # float32's own round-off (the batch was drawn in parts, summed in another order), not bfloat16's 0.5
+    torch.testing.assert_close(restored["optimal_bits"], batch["optimal_bits"], rtol=1e-6, atol=0)
+    assert torch.equal(restored["inputs"], cast["inputs"]) and restored["inputs"].dtype == torch.bfloat16
+
+
+def test_the_logged_optimal_cost_under_bf16_true_is_the_exact_one():
+    from functools import partial
+
+    import pytorch_lightning as pl
+
+    from memnet.controllers import GRUController
+    from memnet.models.recurrent import RecurrentModel
+
+    data = _ngrams_data()
+    optimal = torch.cat([batch["optimal_bits"].double() for batch in data.val_dataloader()])
+    module = SequenceModule(RecurrentModel(1, 1, controller=partial(GRUController, hidden_size=3)))
+    trainer = pl.Trainer(precision="bf16-true", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False)
+    scores = trainer.validate(module, datamodule=data, verbose=False)[0]
+    assert scores["val/optimal_bits_per_seq"] == pytest.approx(float(optimal.mean()), rel=1e-6, abs=0)
+    excess = scores["val/bits_per_seq"] - scores["val/optimal_bits_per_seq"]
+    assert scores["val/excess_bits_per_seq"] == pytest.approx(excess, abs=1e-3)

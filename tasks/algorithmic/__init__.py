@@ -18,7 +18,8 @@ streams. Every batch is a dict:
     length   int                   the task length this batch was drawn at
 
 and, for dynamic n-grams, ``optimal_bits`` (B,), the Bayes-optimal cost of each
-sequence in bits. All sequences of a batch share one length (drawn per batch),
+sequence in bits (float32; the data module computes it again from the bits where
+``bf16-true`` precision cast it to bfloat16). All sequences of a batch share one length (drawn per batch),
 so a batch costs exactly its length; only repeat copy, whose repeat count is
 drawn per sequence, pads the shorter outputs (mask 0 after the end marker).
 

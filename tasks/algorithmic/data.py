@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from memnet.metrics import accumulation_dtype
 from memnet.protocols import sequence_batches, split_batches
 from memnet.utils import (
     MemnetError,
@@ -153,6 +154,20 @@ class AlgorithmicDataModule(pl.LightningDataModule):
         for length in lengths:  # drawn in fixed blocks: the same sets for models trained with other batch sizes
             batches += sequence_batches(task, generator, length, size, self.batch_size)
         return batches
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """The batch with its reference cost ``optimal_bits`` (dynamic n-grams) as the task computed it.
+
+        Under ``--trainer.precision bf16-true`` (or ``16-true``) Lightning casts every floating tensor of
+        a batch to the half type before this hook: the network's inputs, as it should, but also the
+        Bayes-optimal cost a model is judged against (about 126 bits per sequence, where bfloat16's step
+        is 0.5). The task computes that again from the batch's bits (``batch_optimal_bits``), which any
+        float type holds exactly.
+        """
+        optimal = batch.get("optimal_bits") if isinstance(batch, dict) else None
+        if optimal is not None and accumulation_dtype(optimal.dtype) != optimal.dtype:  # narrower than float32
+            batch = {**batch, "optimal_bits": self.task.batch_optimal_bits(batch)}
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         return ResumableLoader(_TrainStream(self), batch_size=None, trainer=self.trainer)

@@ -164,6 +164,16 @@ class DynamicNGramsTask(AlgorithmicTask):
         likelihood = torch.where(targets > 0.5, chance, 1 - chance)
         return -(torch.log2(likelihood) * scored).sum(1)
 
+    def batch_optimal_bits(self, batch: dict) -> torch.Tensor:
+        """``optimal_bits`` (B,) of a batch of this task computed again from its bits, in float32.
+
+        The bits are exact in any float type, so a batch whose floating tensors were all cast to
+        bfloat16 (``--trainer.precision bf16-true``), ``optimal_bits`` among them (about 126 bits per
+        sequence at length 200, where bfloat16's step is 0.5), gets back the cost it had before the cast
+        (``AlgorithmicDataModule.on_before_batch_transfer``).
+        """
+        return self.optimal_bits(batch["inputs"][..., 0].float(), batch["targets"][..., 0].float())
+
     def encode(self, bits: torch.Tensor) -> dict[str, torch.Tensor | int]:
         """Encode given bit sequences (B, L) -> a batch dict with T = L − 1 and ``optimal_bits`` (B,)."""
         length = bits.shape[1]
