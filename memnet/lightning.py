@@ -16,8 +16,10 @@ Validation and test scores are logged once, at the epoch's end, from sums and co
 module adds up over the epoch (``epoch_metric``, ``memnet.training.StageMetrics``) and that are
 reduced over the DDP processes there: the scores of the whole set, whichever process scored
 which batch and however many each scored (the data modules give every process its own share,
-each example on exactly one: ``memnet.utils.UnrepeatedDistributedSampler``). Training
-metrics are logged at every step and reduced by Lightning (``sync_dist``).
+each example on exactly one: ``memnet.utils.UnrepeatedDistributedSampler``). They are logged in
+the module's ``on_validation_epoch_end``, which Lightning calls after the callbacks' own: a
+callback reads them in ``on_validation_end``, as ``EarlyStopping`` and ``ModelCheckpoint`` do.
+Training metrics are logged at every step and reduced by Lightning (``sync_dist``).
 """
 
 from __future__ import annotations
