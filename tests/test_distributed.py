@@ -252,15 +252,20 @@ if __name__ == "__main__":
 '''
 
 
+def _run_on_one_and_two_processes(folder: Path, name: str, source: str) -> None:
+    """Write the script ``source`` as ``folder/name`` and run it with 1, then 2 processes (its argument)."""
+    (folder / name).write_text(textwrap.dedent(source))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    for devices in (1, 2):
+        result = subprocess.run([sys.executable, name, str(devices)], check=False, cwd=folder, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_two_processes_fit_one_ridge_readout_from_the_whole_training_set(tmp_path):
     """Each process sees half the training batches; both install the read-out one process fits from all of them."""
-    (tmp_path / "ridge_ddp.py").write_text(textwrap.dedent(RIDGE))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    for devices in (1, 2):
-        result = subprocess.run([sys.executable, "ridge_ddp.py", str(devices)], check=False, cwd=tmp_path, env=env,
-                                capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
+    _run_on_one_and_two_processes(tmp_path, "ridge_ddp.py", RIDGE)
     alone = torch.load(tmp_path / "readout_1_0.pt")
     for rank in (0, 1):
         shared = torch.load(tmp_path / f"readout_2_{rank}.pt")
@@ -412,12 +417,7 @@ if __name__ == "__main__":
 def test_two_processes_log_the_validation_and_test_scores_of_one(tmp_path):
     """Sets whose batches (or questions) do not divide by two: every score logged by two processes is the one
     process's, in validate, test and fit's validation, for sequence, regression and question-answering modules."""
-    (tmp_path / "scores_ddp.py").write_text(textwrap.dedent(SCORES))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    for devices in (1, 2):
-        result = subprocess.run([sys.executable, "scores_ddp.py", str(devices)], check=False, cwd=tmp_path, env=env,
-                                capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
+    _run_on_one_and_two_processes(tmp_path, "scores_ddp.py", SCORES)
     alone = json.loads((tmp_path / "scores_1_0.json").read_text())
     assert {"val/free_bits_per_seq", "val/len_6/bits_per_seq"} <= alone["markov/validate"].keys()
     assert {"val/excess_bits_per_seq", "val/optimal_bits_per_seq"} <= alone["ngrams/validate"].keys()
