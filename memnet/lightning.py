@@ -322,15 +322,16 @@ class QAModule(MemnetModule):
         logits = self(batch["story"], batch["query"])
         answer = batch["answer"]
         # in float32 at least: bfloat16 logits' (bf16-true) log-softmax and mean were up to 0.7% off
-        loss = F.cross_entropy(logits.to(accumulation_dtype(logits.dtype)), answer,
-                               reduction=self.loss_reduction)
+        logits_wide = logits.to(accumulation_dtype(logits.dtype))
         wrong = answer_errors(logits, answer)
         batch_size = answer.shape[0]
         if stage != "train":  # scored at the epoch's end, from its counts over every DDP process (log_epoch_value)
-            nats = F.cross_entropy(logits.to(accumulation_dtype(logits.dtype)), answer, reduction="none")
+            nats = F.cross_entropy(logits_wide, answer, reduction="none")  # (B,), once: the loss and the epoch's sums
+            loss = nats.sum() if self.loss_reduction == "sum" else nats.mean()
             # a batch without task numbers counts under task 0, which no bAbI task has: in the totals only
             self.epoch_metrics.update(stage, wrong, batch["task"] if "task" in batch else torch.zeros_like(answer), nats)
             return loss
+        loss = F.cross_entropy(logits_wide, answer, reduction=self.loss_reduction)
         # logged per question whatever the reduction: a batch's sum, weighted by its size in the epoch's mean,
         # made val/loss depend on the batch sizes (the last, smaller batch)
         per_question = loss / batch_size if self.loss_reduction == "sum" else loss

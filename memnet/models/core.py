@@ -313,9 +313,10 @@ class MemoryModel(nn.Module):
         pieces = projected.contiguous().split([1] + [unroll] * chunks + [1] * (steps - 1 - chunks * unroll))
         hidden, read_vectors, state = self._fused_step(pieces[0][0], context, state)
         hiddens, reads = [hidden.unsqueeze(0)], [_flat(read_vectors).unsqueeze(0)]  # (K, B, ·) per call
+        k_steps = self._compiled_steps(unroll, mode) if chunks else None  # looked up once, not once a call
         for piece in pieces[1:]:
             if piece.shape[0] > 1:  # K steps in one call
-                hidden, read_vectors, state = self._compiled_steps(unroll, mode)(piece, context, state)
+                hidden, read_vectors, state = k_steps(piece, context, state)
                 hiddens.append(hidden)
                 reads.append(read_vectors)
             else:
@@ -502,10 +503,10 @@ def _compile(method: Callable, key: str, backend: str | Callable, fallback: str,
     from torch._dynamo import config as dynamo_config
 
     failed = False
-    past_limit: set[type] = set()  # the classes whose call past the recompile limit was logged
+    limit_logged = False  # a call past the recompile limit was logged
 
     def step(owner, *args):
-        nonlocal failed
+        nonlocal failed, limit_logged
         if failed:  # the compiler failed before: the uncompiled method for every model
             return method(owner, *args)
         # allow_rnn: let dynamo read the weights of a controller's nn.LSTM / nn.GRU / nn.RNN (the
@@ -522,8 +523,8 @@ def _compile(method: Callable, key: str, backend: str | Callable, fallback: str,
         try:
             return compiled_function(owner, *args)
         except torch._dynamo.exc.FailOnRecompileLimitHit:
-            if type(owner) not in past_limit:
-                past_limit.add(type(owner))
+            if not limit_logged:
+                limit_logged = True
                 log.warning("memnet: %s compiled %s: torch.compile's limit of %d graphs for this function is "
                             "reached; running %s for the sizes not compiled yet",
                             type(owner).__name__, key, dynamo_config.recompile_limit, fallback)
