@@ -32,10 +32,11 @@ class SequenceBatch(TypedDict, total=False):
     mask (B, T) 1 on the scored steps, length the task length, and for tasks with a
     known best cost (dynamic n-grams) optimal_bits (B,), float32 at least.
 
-    A task whose batches carry ``optimal_bits`` also offers ``batch_optimal_bits(batch)``, which
-    computes it again from the batch's bits: Lightning's ``bf16-true`` / ``16-true`` plugin casts
-    every floating tensor of a batch to the half type, and the data module restores the reference
-    (``tasks.algorithmic.AlgorithmicDataModule.on_before_batch_transfer``).
+    Lightning's ``bf16-true`` / ``16-true`` plugin casts every floating tensor of a batch to the half
+    type; a task's ``after_cast(batch)`` makes the rest of the batch consistent with the cast inputs
+    (the n-grams' ``optimal_bits`` computed again from the bits, priority sort's targets sorted again
+    by the cast priorities), called by ``tasks.algorithmic.AlgorithmicDataModule.on_before_batch_transfer``
+    and by ``memnet evaluate`` for a half-precision model.
     """
 
     inputs: torch.Tensor

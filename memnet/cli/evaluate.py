@@ -211,6 +211,8 @@ def evaluate_length(
         n = batch["mask"].shape[0]
         first_batch = first_batch or batch
         dtype = parameter_dtype(model)
+        if metrics.accumulation_dtype(dtype) != dtype and hasattr(task, "after_cast"):  # a bf16 / fp16 model
+            batch = task.after_cast({**batch, "inputs": batch["inputs"].to(dtype)})
         inputs = batch["inputs"].to(device=device, dtype=dtype)
         targets = batch["targets"].to(device=device, dtype=dtype)
         mask = batch["mask"].to(device=device, dtype=dtype)

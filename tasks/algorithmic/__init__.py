@@ -19,7 +19,8 @@ streams. Every batch is a dict:
 
 and, for dynamic n-grams, ``optimal_bits`` (B,), the Bayes-optimal cost of each
 sequence in bits (float32; the data module computes it again from the bits where
-``bf16-true`` precision cast it to bfloat16). All sequences of a batch share one length (drawn per batch),
+``bf16-true`` precision cast it to bfloat16; priority sort's targets are sorted again
+by the priorities as cast: ``AlgorithmicTask.after_cast``). All sequences of a batch share one length (drawn per batch),
 so a batch costs exactly its length; only repeat copy, whose repeat count is
 drawn per sequence, pads the shorter outputs (mask 0 after the end marker).
 

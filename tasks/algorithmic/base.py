@@ -62,6 +62,16 @@ class AlgorithmicTask:
         training-only shortcut must be undone, as repeat copy's ``repeats_per_batch``)."""
         return self
 
+    def after_cast(self, batch: dict) -> dict:
+        """``batch`` once its inputs were cast to a type narrower than float32, made consistent with them.
+
+        Under ``--trainer.precision bf16-true`` (or ``16-true``) Lightning casts a batch's floating
+        tensors, and ``memnet evaluate`` casts the inputs to the model's dtype. What a task computed from
+        the float32 draws before the cast (priority sort's order, the n-grams' optimal cost) is computed
+        again here from what the model is given. Default: the batch unchanged.
+        """
+        return batch
+
     def check_length(self, length: int, name: str = "length") -> None:
         """Raise ``ValueError`` naming ``name`` unless ``length`` is one this task can encode."""
         if not is_integer(length) or length < self.smallest_length:

@@ -156,17 +156,17 @@ class AlgorithmicDataModule(pl.LightningDataModule):
         return batches
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """The batch with its reference cost ``optimal_bits`` (dynamic n-grams) as the task computed it.
+        """The batch made consistent with its inputs as cast (``AlgorithmicTask.after_cast``).
 
         Under ``--trainer.precision bf16-true`` (or ``16-true``) Lightning casts every floating tensor of
-        a batch to the half type before this hook: the network's inputs, as it should, but also the
-        Bayes-optimal cost a model is judged against (about 126 bits per sequence, where bfloat16's step
-        is 0.5). The task computes that again from the batch's bits (``batch_optimal_bits``), which any
-        float type holds exactly.
+        a batch to the half type before this hook: the network's inputs, as it should, but also what the
+        task computed from the float32 draws: the Bayes-optimal cost of dynamic n-grams (about 126 bits
+        per sequence, where bfloat16's step is 0.5), computed again from the batch's bits, which any float
+        type holds exactly; and priority sort's targets, sorted again by the priorities the model reads.
         """
-        optimal = batch.get("optimal_bits") if isinstance(batch, dict) else None
-        if optimal is not None and accumulation_dtype(optimal.dtype) != optimal.dtype:  # narrower than float32
-            batch = {**batch, "optimal_bits": self.task.batch_optimal_bits(batch)}
+        inputs = batch.get("inputs") if isinstance(batch, dict) else None
+        if inputs is not None and inputs.is_floating_point() and accumulation_dtype(inputs.dtype) != inputs.dtype:
+            batch = self.task.after_cast(batch)
         return batch
 
     def train_dataloader(self) -> DataLoader:

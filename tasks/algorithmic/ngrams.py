@@ -174,6 +174,10 @@ class DynamicNGramsTask(AlgorithmicTask):
         """
         return self.optimal_bits(batch["inputs"][..., 0].float(), batch["targets"][..., 0].float())
 
+    def after_cast(self, batch: dict) -> dict:
+        """The batch with ``optimal_bits`` computed again in float32 (``batch_optimal_bits``)."""
+        return {**batch, "optimal_bits": self.batch_optimal_bits(batch)} if "optimal_bits" in batch else batch
+
     def encode(self, bits: torch.Tensor) -> dict[str, torch.Tensor | int]:
         """Encode given bit sequences (B, L) -> a batch dict with T = L − 1 and ``optimal_bits`` (B,)."""
         length = bits.shape[1]
