@@ -137,6 +137,11 @@ class MemoryInit(nn.Module):
         noise = torch.randn(shape, device=device, dtype=dtype, generator=generator)
         return noise * self.random_std
 
+    def set_seed(self, seed: int) -> None:
+        """Draw from ``seed`` from now on, as if built with it (a network rebuilt by ``memnet.models.load``)."""
+        self.seed = seed
+        self._draws = SeededDraws(seed) if self.scheme == "random" else None
+
     def rng_state(self) -> dict | None:
         """The ``random`` scheme's generator state for a checkpoint (None: another scheme, or nothing drawn)."""
         return None if self._draws is None else self._draws.state()

@@ -64,6 +64,22 @@ def test_round_trip_gives_the_same_outputs(tmp_path, config, cls, inputs):
     assert torch.equal(cls.from_pretrained(tmp_path / "export")(*args), loaded(*args))
 
 
+@pytest.mark.parametrize("config", [NTM_CONFIG, DNC_CONFIG], ids=["ntm", "dnc"])
+def test_a_random_initial_memory_is_drawn_the_same_after_loading(tmp_path, config):
+    """The ``random`` initial memory's seed is the process's seed when the network is built: not a weight nor a
+    constructor argument. The export keeps it, so a fresh process (another seed) loads the same network."""
+    config = {**config, "init_args": {**config["init_args"], "memory_init": "random"}}
+    torch.manual_seed(123)
+    net = trained_like(config)
+    save(net, config, tmp_path / "export")
+    torch.manual_seed(999)
+    loaded = memnet.models.load(tmp_path / "export")
+    inputs = sequences()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(inputs), net(inputs), rtol=0, atol=0)
+    assert memnet.models.load(tmp_path / "export", memory_init="constant").memory_init.scheme == "constant"
+
+
 def test_memory_size_changes_at_load_time(tmp_path):
     net = trained_like(NTM_CONFIG)
     save(net, NTM_CONFIG, tmp_path / "export")

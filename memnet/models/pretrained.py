@@ -6,7 +6,8 @@ to be used:
     model.safetensors   the network's ``state_dict`` (parameters and buffers)
     config.json         {"format": ..., "class_path": "memnet.models.ntm.NTM",
                          "init_args": {... every constructor argument, nested
-                         class_path / init_args for the controller ...}}
+                         class_path / init_args for the controller ...},
+                         "seeds": {"memory_init": 1234}}   (random initial memories only)
 
 ``memnet export`` writes one from a checkpoint; :func:`load` (or
 ``NTM.from_pretrained``) rebuilds the network, optionally with other constructor
@@ -36,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from memnet.memory import MemoryInit
 from memnet.utils import fsync, parameter_dtype, remove_leftover
 
 WEIGHTS_FILE = "model.safetensors"
@@ -66,6 +68,9 @@ def save(net: nn.Module, config: dict[str, Any], out: str | Path) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise PretrainedError(f"{out} exists and is not an empty folder; choose a new folder or empty it")
     config = {"format": FORMAT, "class_path": config["class_path"], "init_args": config["init_args"]}
+    seeds = memory_seeds(net)
+    if seeds:
+        config["seeds"] = seeds
     # Each tensor its own contiguous copy: safetensors refuses storage shared by several names (tied weights).
     state = {name: tensor.detach().cpu().clone().contiguous() for name, tensor in net.state_dict().items()}
     _load_state(build(config, where="the exported config"), state, "the network", "its config")
@@ -122,7 +127,22 @@ def load(source: str | Path, *, device: str | torch.device = "cpu", **overrides:
     except Exception as error:  # noqa: BLE001 -- safetensors raises its own error types for a damaged file
         raise PretrainedError(f"{weights_path} is not a readable safetensors file: {error}") from None
     _load_state(net, state, str(weights_path), f"{config_path} ({config['class_path']})")
+    modules = dict(net.named_modules())
+    for name, seed in config.get("seeds", {}).items():
+        if isinstance(modules.get(name), MemoryInit):
+            modules[name].set_seed(seed)
     return net.to(device).eval()
+
+
+def memory_seeds(net: nn.Module) -> dict[str, int]:
+    """The seeds of ``net``'s ``random`` initial memories (``MemoryInit``), by module name.
+
+    Such a memory is drawn from its seed, which is the process's seed when the network was
+    built: neither a weight nor a constructor argument, so the export keeps it beside them
+    (a network loaded in another process would otherwise start from another memory).
+    """
+    return {name: module.seed for name, module in net.named_modules()
+            if isinstance(module, MemoryInit) and module.scheme == "random"}
 
 
 def resolve(source: str | Path) -> Path:
@@ -184,6 +204,9 @@ def read_config(path: Path) -> dict[str, Any]:
         raise PretrainedError(f"{path}: format is {config.get('format')!r}, expected {FORMAT!r}")
     if not isinstance(config.get("class_path"), str) or not isinstance(config.get("init_args"), dict):
         raise PretrainedError(f"{path}: expected a 'class_path' string and an 'init_args' object")
+    seeds = config.get("seeds", {})
+    if not isinstance(seeds, dict) or not all(isinstance(seed, int) for seed in seeds.values()):
+        raise PretrainedError(f"{path}: 'seeds' must be an object of integer seeds by module name, got {seeds!r}")
     return config
 
 
