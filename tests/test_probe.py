@@ -253,3 +253,29 @@ def test_the_wandb_chart_is_logged_on_lightnings_step_axis(tmp_path):
     trainer.fit(SequenceModule(net), train_dataloaders=loader, val_dataloaders=loader)
     curves = [(keys, step) for keys, step in logger._experiment.calls if "gradient_probe/curve" in keys]
     assert curves == [(["gradient_probe/curve", "trainer/global_step"], None)]
+
+
+def test_the_command_trains_a_conditional_model_with_teacher_forcing():
+    """A conditional network trains on the true previous outputs, as ``memnet fit`` trains it (its module passes
+    the targets): the command's curve after 2 steps is that of the network trained so by hand."""
+    from memnet.cli.probe import compare
+    from memnet.cli.rebuild import instantiate
+    from memnet.metrics import sequence_metrics
+
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "gru" / "markov_conditional.yaml")
+    curve = compare([config], train_steps=[2], max_sequences=2)[2]["MARKOV_CONDITIONAL"]
+
+    cli = instantiate([config])  # the same seed: the same initial weights and batches
+    module, data = cli.model, cli.datamodule
+    optimizer = module.optimizer(module.parameters())
+    probe_batch = next(iter(data.val_dataloader()))
+    for batch in list(data.train_dataloader())[:2]:
+        logits = module.net(batch["inputs"], targets=batch["targets"])
+        loss = sequence_metrics(logits, batch["targets"], batch["mask"])["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 10.0)
+        optimizer.step()
+    expected = gradient_through_time(module.net, probe_batch["inputs"][:2], probe_batch["targets"][:2],
+                                     mask=probe_batch["mask"][:2])
+    torch.testing.assert_close(curve, expected, rtol=1e-12, atol=0)

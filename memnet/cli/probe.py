@@ -32,7 +32,8 @@ def compare(
     """Build each config's model and data (as ``memnet fit`` would), train, and probe along the way.
 
     Each model is trained on its config's training stream with its config's
-    optimiser (gradients clipped at the config's ``trainer.gradient_clip_val``)
+    optimiser (gradients clipped at the config's ``trainer.gradient_clip_val``),
+    fed as its module feeds it (a conditional network the true previous outputs),
     and probed on the first validation batch after each number of training
     steps in ``train_steps`` (0: at initialisation).
 
@@ -71,7 +72,10 @@ def compare(
                 if batch is None:
                     batches = iter(data.train_dataloader())
                     continue
-                metrics = sequence_metrics(module.net(batch["inputs"]), batch["targets"], batch["mask"])
+                # as the module trains it: a conditional network is fed the true previous outputs (teacher forcing)
+                kwargs = module.forward_kwargs(batch) if hasattr(module, "forward_kwargs") else {}
+                logits = module.net(batch["inputs"], **kwargs)
+                metrics = sequence_metrics(logits, batch["targets"], batch["mask"])
                 optimizer.zero_grad()
                 metrics["loss"].backward()
                 if clip:
