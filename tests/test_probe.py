@@ -279,3 +279,17 @@ def test_the_command_trains_a_conditional_model_with_teacher_forcing():
     expected = gradient_through_time(module.net, probe_batch["inputs"][:2], probe_batch["targets"][:2],
                                      mask=probe_batch["mask"][:2])
     torch.testing.assert_close(curve, expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize(("loss", "said"), [("last", "loss at the last scored step of T = "),
+                                            ("all", "loss at every scored step of T = ")])
+def test_the_command_titles_its_panels_with_the_loss_it_probed(tmp_path, monkeypatch, loss, said):
+    import memnet.cli.probe as command
+
+    titles = []
+    drawn = command.plot_gradient_panels
+    monkeypatch.setattr(command, "plot_gradient_panels", lambda path, panels: titles.extend(panels) or drawn(path, panels))
+    config = Path(__file__).resolve().parents[1] / "configs" / "probe" / "rnn.yaml"
+    monkeypatch.chdir(tmp_path)
+    command.main([str(config), "--out", str(tmp_path / "probe.png"), "--max-sequences", "2", "--loss", loss])
+    assert titles == [f"{said}101, at initialisation"]  # "all" was titled "loss at the last step"

@@ -120,10 +120,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     results = compare(args.configs, labels=args.labels, train_steps=args.train_steps,
                       max_sequences=args.max_sequences, loss=args.loss)
     panels = {}
+    scored = "the last scored step" if args.loss == "last" else "every scored step"
     for steps, curves in results.items():
         length = len(next(iter(curves.values())))
         when = f"after {steps} training steps" if steps else "at initialisation"
-        panels[f"loss at the last step of T = {length}, {when}"] = curves
+        panels[f"loss at {scored} of T = {length}, {when}"] = curves
     path = plot_gradient_panels(args.out, panels)
     for steps, curves in results.items():
         length = len(next(iter(curves.values())))
