@@ -501,3 +501,85 @@ def test_the_logged_loss_is_per_question_whatever_the_reduction_and_the_batch_si
     loader = torch.utils.data.DataLoader(batches, batch_size=None)
     logged = trainer.validate(QAModule(Uniform(), loss_reduction=reduction), loader, verbose=False)[0]
     assert logged["val/loss"] == pytest.approx(math.log(4), rel=1e-6)  # the batch sums gave 5.08
+
+
+def _authors_lookup_reference(model: MemN2N, story: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """The authors' MATLAB forward (build_model.m, MemoryL.m, train.m), lookup by lookup: each memory row is
+    J tokens (the words, nil after them, the time word last; a nil sentence is J nil words), each looked up
+    in the embedding with its time rows stacked under it and weighted by l_j; the question the first J − 1."""
+    J, slots, hops = model.sentence_length, model.memory_size, model.hops
+    pe = authors_position_encoding(J, model.embedding_size, dtype=torch.float64)
+    vocabulary = model.input_size
+
+    def table(index):  # LookUpTable of voc_sz + sz rows
+        return torch.cat([model.embeddings[index].weight, model.temporal_embeddings[index].weight])
+
+    outputs = []
+    for b in range(story.shape[0]):
+        rows = []
+        for n in range(slots):
+            words = story[b, n].tolist() if n < story.shape[1] else []
+            words = [w for w in words if w != PAD_ID]
+            rows.append(words + [PAD_ID] * (J - 1 - len(words)) + ([vocabulary + n] if words else [PAD_ID]))
+        question = [w for w in query[b].tolist() if w != PAD_ID]
+        question = question + [PAD_ID] * (J - 1 - len(question))
+        u = sum(pe[j] * table(0)[w] for j, w in enumerate(question))
+        for hop in range(1, hops + 1):
+            a, c = table(hop - 1), table(hop)
+            memory = torch.stack([sum(pe[j] * a[w] for j, w in enumerate(row)) for row in rows])
+            output = torch.stack([sum(pe[j] * c[w] for j, w in enumerate(row)) for row in rows])
+            u = u + (memory @ u).softmax(0) @ output
+        logits = table(hops) @ u  # W = C^K over the words and the time rows, the nil word's included
+        first = torch.arange(4, 4 + model.output_size)
+        rest = torch.tensor([i for i in range(len(logits)) if not 4 <= i < 4 + model.output_size])
+        outputs.append(logits[torch.cat([first, rest])])
+    return torch.stack(outputs)
+
+
+def test_the_authors_nil_word_equals_their_lookup_tables_in_value_and_gradient():
+    """nil_word: authors. The nil rows of A^1 … A^K are 0 but get the gradient of every padding position (so it
+    counts in their clipping norm); C^K's nil row is learned: it answers, and weighs in the last hop's outputs."""
+    model = _model(position_scale="authors", sentence_length=J + 1, empty_memory="nil", answer_layer="vocabulary",
+                   nil_word="authors")
+    with torch.no_grad():
+        model.embeddings[-1].weight[PAD_ID].normal_(generator=torch.Generator().manual_seed(1))
+    story, query = _tokens()
+    logits = model(story, query)
+    expected = _authors_lookup_reference(model, story, query)
+    torch.testing.assert_close(logits, expected, rtol=1e-12, atol=1e-12)
+    weights = torch.randn(logits.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    parameters = [e.weight for e in model.embeddings] + [t.weight for t in model.temporal_embeddings]
+    grads = torch.autograd.grad((logits * weights).sum(), parameters)
+    reference = torch.autograd.grad((expected * weights).sum(), parameters)
+    for got, want in zip(grads, reference):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    for grad in grads[: len(model.embeddings)]:
+        assert grad[PAD_ID].abs().sum() > 0  # the nil word's gradient, which nil_word: zero never gives
+
+
+def test_the_authors_nil_rows_of_the_input_embeddings_are_set_back_to_zero_after_each_step():
+    from memnet.lightning import QAModule
+
+    net = _model(position_scale="authors", sentence_length=J + 1, empty_memory="nil", answer_layer="vocabulary",
+                 nil_word="authors").train()
+    module = QAModule(net, loss_reduction="sum")
+    story, query = _tokens()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    torch.nn.functional.cross_entropy(net(story, query), torch.tensor([0, 1, 2])).backward()
+    optimizer.step()
+    assert all(e.weight[PAD_ID].abs().sum() > 0 for e in net.embeddings)  # SGD moved every nil row
+    module.on_train_batch_end(None, None, 0)
+    assert all(e.weight[PAD_ID].abs().sum() == 0 for e in net.embeddings[:-1])  # A^1 … A^K: 0 again
+    assert net.embeddings[-1].weight[PAD_ID].abs().sum() > 0  # C^K's is learned
+
+
+@pytest.mark.parametrize("options", [
+    {"position_scale": "paper", "empty_memory": "nil"},
+    {"position_scale": "authors", "sentence_length": J + 1, "empty_memory": "masked"},
+    {"position_scale": "authors", "sentence_length": J + 1, "empty_memory": "nil", "temporal": False},
+])
+def test_the_authors_nil_word_needs_the_rest_of_their_recipe(options):
+    with pytest.raises(ValueError, match="nil_word 'authors'"):
+        _model(nil_word="authors", **options)
+    with pytest.raises(ValueError, match="nil_word must be"):
+        _model(nil_word="none")

@@ -51,6 +51,15 @@ here, off by default (the paper's text):
 - per-matrix gradient clipping: :meth:`MemN2N.clip_groups` names the weight
   matrices the authors clip one at a time (an embedding with its time rows is one
   matrix there); ``memnet.lightning.QAModule`` does the clipping.
+- ``nil_word: authors`` (with the three options above, ``temporal`` and adjacent
+  tying): the nil word is a word of the sentence sum as in the authors' code. Every
+  padding position of a sentence, question and nil sentence (the time word's
+  position too) adds l_j ∘ E[nil]; the nil rows of A^1 … A^K (B and C^1 … C^{K−1})
+  are 0, set back to 0 after every optimiser step (:meth:`MemN2N.after_optimizer_step`),
+  but get a gradient, which counts in their matrix's clipping norm; the nil row of
+  C^K (= W) is learned: it is the nil word's logit and, in the last hop, part of
+  every output vector (J·C^K[nil] for a nil sentence). ``zero`` (the default): the nil
+  word weighs nothing anywhere and its rows stay 0 with no gradient.
 
 Axes:  b - batch, n - memory slots, j - words, d - embedding, v - vocabulary, a - answers
 """
@@ -73,7 +82,8 @@ Tying = Literal["adjacent", "layerwise"]
 PositionScale = Literal["paper", "authors"]
 EmptyMemory = Literal["masked", "nil"]
 AnswerLayer = Literal["answers", "vocabulary"]
-PAD_ID = 0  # token id of padding: its embedding is zero and gets no gradient
+NilWord = Literal["zero", "authors"]
+PAD_ID = 0  # token id of padding: its embedding is zero and gets no gradient (but see nil_word: authors)
 DENSE_BAG_MAX_VOCAB = 4096  # up to this V, sentences become dense (..., V) bags: one matmul per embedding
 
 
@@ -157,6 +167,8 @@ class MemN2N(Pretrained, nn.Module):
         answer_layer: ``answers`` (W over the A answer classes) or ``vocabulary``
             (W = C^K over the vocabulary and the time rows; logits (B, V + N) with the
             A answer classes first). ``vocabulary`` needs adjacent tying.
+        nil_word: ``zero`` or ``authors`` (the nil word in the sentence sums, its
+            gradient in the clipping norm, C^K's nil row learned; see the module docstring).
     """
 
     def __init__(
@@ -179,6 +191,7 @@ class MemN2N(Pretrained, nn.Module):
         sentence_length: int | None = None,
         empty_memory: EmptyMemory = "masked",
         answer_layer: AnswerLayer = "answers",
+        nil_word: NilWord = "zero",
     ) -> None:
         super().__init__()
         check_positive(input_size=input_size, output_size=output_size, embedding_size=embedding_size,
@@ -203,6 +216,17 @@ class MemN2N(Pretrained, nn.Module):
             raise ValueError(f"answer_layer must be 'answers' or 'vocabulary', got {answer_layer!r}")
         if answer_layer == "vocabulary" and tying != "adjacent":
             raise ValueError(f"answer_layer 'vocabulary' ties W to C^K and needs tying 'adjacent', got {tying!r}")
+        if nil_word not in ("zero", "authors"):
+            raise ValueError(f"nil_word must be 'zero' or 'authors', got {nil_word!r}")
+        if nil_word == "authors":
+            needs = {"position_scale": (position_scale, "authors"), "empty_memory": (empty_memory, "nil"),
+                     "tying": (tying, "adjacent"), "temporal": (temporal, True)}
+            wrong = {name: got for name, (got, want) in needs.items() if got != want}
+            if wrong:
+                raise ValueError(
+                    "nil_word 'authors' is the authors' code's nil word and needs position_scale 'authors', "
+                    f"empty_memory 'nil', tying 'adjacent' and temporal true; got {wrong}"
+                )
         check_range("random_noise", random_noise, 0.0, 1.0, high_open=True)
         check_range("init_std", init_std, 0.0, math.inf, low_open=True, high_open=True)
         if tying == "adjacent" and (answer_offset < 0 or answer_offset + output_size > input_size):
@@ -225,6 +249,7 @@ class MemN2N(Pretrained, nn.Module):
         self.sentence_length = sentence_length
         self.empty_memory = empty_memory
         self.answer_layer = answer_layer
+        self.nil_word = nil_word
         self._draws = None if seed is None else SeededDraws(seed)  # the RN draws, kept in checkpoints
         self.register_buffer("softmax_enabled", torch.tensor(not linear_start), persistent=True)
 
@@ -292,8 +317,9 @@ class MemN2N(Pretrained, nn.Module):
         if self.answer_layer == "vocabulary":
             weight = self.output_embedding(self.hops).weight
             keep = torch.ones(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
-            keep[PAD_ID] = 0  # the nil word's logit stays 0 and its row gets no gradient
-            weight = weight * keep
+            if self.nil_word == "zero":
+                keep[PAD_ID] = 0  # the nil word's logit stays 0 and its row gets no gradient
+                weight = weight * keep
             rows = [weight[offset:offset + answers], weight[:offset], weight[offset + answers:]]
             temporal = self.output_temporal(self.hops)
             if temporal is not None:
@@ -319,6 +345,33 @@ class MemN2N(Pretrained, nn.Module):
         if self.tying == "layerwise":
             groups += [[self.query_embedding_layer.weight], [self.linear_map.weight], [self.answer.weight]]
         return groups
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        """With ``nil_word: authors``, set the nil rows of A^1 … A^K back to 0 (``train.m`` does, after each
+        update); C^K's is learned. Called by ``memnet.lightning.QAModule`` after every optimiser step."""
+        if self.nil_word == "authors":
+            for embedding in self.embeddings[: self.hops]:
+                embedding.weight[PAD_ID].zero_()
+
+    def _nil_weights(self, tokens: torch.Tensor, dtype: torch.dtype, *, nil_slots: torch.Tensor | None = None
+                     ) -> torch.Tensor:
+        """Σ_j l_kj over the nil positions of each sentence, (..., d): ``nil_word: authors``.
+
+        Words are left-aligned in positions 1..J−1, so a sentence of n words has the nil
+        word at positions n+1..J−1; a nil sentence (``nil_slots``) at all of 1..J, the time
+        word's included, where the l_kj sum to J whatever k.
+        """
+        J, d = self.sentence_length, self.embedding_size
+        table = authors_position_encoding(J, d, dtype=dtype, device=tokens.device)  # (J, d)
+        # after[n] = Σ_{j=n+1}^{J−1} l_j for n = 0..J−1 (words beyond J − 1 are refused in _word_weights)
+        words_only = table[: J - 1]
+        after = torch.cat([words_only.flip(0).cumsum(0).flip(0), table.new_zeros(1, d)])  # (J, d)
+        words = (tokens != PAD_ID).sum(-1).clamp_max(J - 1)
+        weights = after[words]  # (..., d)
+        if nil_slots is not None:
+            weights = torch.where(nil_slots[..., None], table.sum(0), weights)
+        return weights
 
     def enable_softmax(self) -> None:
         """End the linear start: every hop's attention is a softmax from now on."""
@@ -477,6 +530,10 @@ class MemN2N(Pretrained, nn.Module):
             sentences = story.flatten(0, 1).index_select(0, rows)  # (P, J)
         story_weights = self._word_weights(sentences, dtype)
         u = self._encode(query, self._word_weights(query, dtype), self.query_embedding())  # (B, d)
+        nil_story = None
+        if self.nil_word == "authors":  # the nil word in every sentence sum (0 in value but C^K's)
+            nil_story = self._nil_weights(story, dtype, nil_slots=~present)  # (B, N, d)
+            u = u + self._nil_weights(query, dtype) * self.query_embedding().weight[PAD_ID]
         encoded: dict[int, torch.Tensor] = {}  # id of an embedding -> its (B, N, d) sentence vectors
 
         def memory_vectors(embedding: nn.Embedding, temporal: nn.Embedding | None) -> torch.Tensor:
@@ -486,6 +543,8 @@ class MemN2N(Pretrained, nn.Module):
                 if compact:
                     vectors = vectors.new_zeros(batch * slots, vectors.shape[-1]).index_copy(0, rows, vectors)
                     vectors = vectors.view(batch, slots, -1)
+                if nil_story is not None:
+                    vectors = vectors + nil_story * embedding.weight[PAD_ID]
                 encoded[key] = vectors if temporal is None else vectors + temporal(times) * time_scale
             return encoded[key]
 
