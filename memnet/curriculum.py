@@ -37,7 +37,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 
 from memnet.training import training_epoch_sums
-from memnet.utils import check_positive, check_range
+from memnet.utils import check_positive, check_range, epoch_cut_short
 
 Schedule = Literal["fixed", "growing", "mixed"]
 SCHEDULES = ("fixed", "growing", "mixed")
@@ -105,6 +105,9 @@ class LengthCurriculum(pl.Callback):
         self.max_length: int | None = None  # the current upper length L, once training starts
         self.epochs_at_level = 0
         self.history: list[tuple[int, int]] = []  # (epoch, L) at every change
+        # the epoch whose end was decided last: a run trained by steps and resumed from a checkpoint written at an
+        # epoch's end (after the decision) ends that epoch again, and must not decide it twice
+        self._decided_epoch: int | None = None
 
     # ---- the schedule itself, without a trainer (tested directly) ----
 
@@ -150,6 +153,10 @@ class LengthCurriculum(pl.Callback):
                 self._train_weight += 1
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._decided_epoch == trainer.current_epoch or epoch_cut_short(trainer):
+            # the end of an epoch decided before the checkpoint this run resumed from, or of an epoch that max_steps
+            # cut short: a resumed run trains the rest of it at this level and decides at its end
+            return
         datamodule = self._datamodule(trainer)
         low, top = self._task_range(datamodule)
         self.epochs_at_level += 1
@@ -165,6 +172,7 @@ class LengthCurriculum(pl.Callback):
                 if weight:
                     value = total / weight
         self._validated = False
+        self._decided_epoch = trainer.current_epoch
         metric = float(value) if value is not None else None
         new = self.next_max_length(self.max_length, top, epochs_at_level=self.epochs_at_level, metric=metric)
         # the same on every DDP process (decided on the values over all of them): sync_dist only keeps Lightning
@@ -185,7 +193,8 @@ class LengthCurriculum(pl.Callback):
     def state_dict(self) -> dict[str, Any]:
         return {"max_length": self.max_length, "epochs_at_level": self.epochs_at_level, "history": self.history,
                 "validated": self._validated, "validated_value": self._validated_value,
-                "train_sum": float(self._train_sum), "train_weight": float(self._train_weight)}
+                "train_sum": float(self._train_sum), "train_weight": float(self._train_weight),
+                "decided_epoch": self._decided_epoch}
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         # called on every process after state_dict; only rank 0's checkpoint is written, so the epoch's sums
@@ -204,6 +213,7 @@ class LengthCurriculum(pl.Callback):
         self._train_sum = float(state_dict.get("train_sum", 0.0))
         self._train_weight = float(state_dict.get("train_weight", state_dict.get("train_batches", 0)))
         self._train_summed = True  # those of all processes (a checkpoint from before they were: rank 0's)
+        self._decided_epoch = state_dict.get("decided_epoch")
 
     # ---- helpers ----
 

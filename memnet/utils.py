@@ -155,6 +155,17 @@ def batches_done(trainer: Any) -> int:
     return int(max(current.processed, current.completed))
 
 
+def epoch_cut_short(trainer: Any) -> bool:
+    """Whether the training epoch ending now stopped before its last batch: ``max_steps`` (or ``max_time``, a stop)
+    reached part way. Lightning still calls ``on_train_epoch_end`` on the part trained, and a checkpoint written
+    then resumes the epoch where it stopped and ends it again; Lightning steps no per-epoch schedule at such an end."""
+    fit_loop = getattr(trainer, "fit_loop", None)
+    if fit_loop is None:
+        return False
+    progress = fit_loop.epoch_loop.batch_progress
+    return not (progress.current.ready == trainer.num_training_batches or progress.is_last_batch)
+
+
 class ResumableLoader(torch.utils.data.DataLoader):
     """A training loader that takes up a resumed epoch where its checkpoint was written.
 

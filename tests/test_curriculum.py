@@ -393,6 +393,48 @@ def test_a_run_resumed_with_one_batch_left_in_the_epoch_decides_on_the_whole_epo
     assert fit("broken", threshold, resume=True) == unbroken
 
 
+@pytest.mark.parametrize("stop", [4, 6])
+def test_a_run_trained_by_steps_and_resumed_steps_up_as_the_unbroken_run(tmp_path, stop):
+    """Trained by steps (``max_steps``, as the algorithmic recipes are) with a validation every epoch, the last
+    checkpoint is written at the training epoch's end, after the curriculum's decision: the resumed run replays that
+    end (Lightning restarts an iteration-based fit there), and one stopped by ``max_steps`` part way through an
+    epoch (stop 6 of 4-batch epochs) ran the epoch-end hooks on the part it trained. The resumed run stepped up
+    twice at the replayed end, or a level too early on the rest of the cut epoch, and drew longer sequences."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from memnet.controllers import LSTMController
+    from memnet.lightning import SequenceModule
+    from memnet.models.recurrent import RecurrentModel
+
+    class Lengths(pl.Callback):
+        def __init__(self):
+            self.seen = []  # (global step, the batch's sequence length)
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.seen.append((trainer.global_step, int(batch["length"])))
+
+    def fit(folder, max_steps, *, resume=False):
+        torch.manual_seed(0)
+        net = RecurrentModel(4, 3, controller=partial(LSTMController, hidden_size=8))
+        data = AlgorithmicDataModule(CopyTask(width=3, min_length=1, max_length=8), batch_size=4, batches_per_epoch=4,
+                                     val_size=4, seed=0)
+        curriculum = LengthCurriculum("growing", start_length=1, every_n_epochs=1)
+        lengths = Lengths()
+        trainer = pl.Trainer(max_steps=max_steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                             num_sanity_val_steps=0, callbacks=[curriculum, lengths,
+                                                                ModelCheckpoint(dirpath=tmp_path / folder, save_last=True)])
+        trainer.fit(SequenceModule(net), datamodule=data,
+                    ckpt_path=str(tmp_path / folder / "last.ckpt") if resume else None)
+        return curriculum.history, lengths.seen
+
+    unbroken_history, unbroken_lengths = fit("unbroken", 12)
+    assert unbroken_history == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    _, first = fit("broken", stop)
+    history, rest = fit("broken", 12, resume=True)
+    assert history == unbroken_history
+    assert first + rest == unbroken_lengths
+
+
 # ---- DDP: every process decides on the value over all processes ----
 
 class _TwoProcesses:
