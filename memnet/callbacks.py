@@ -18,6 +18,7 @@ from pytorch_lightning.loggers import WandbLogger
 from memnet.plots import plot_dnc_memory, plot_memory_access
 from memnet.utils import (  # run_dir re-exported: memnet.callbacks.run_dir
     accepts_keyword,
+    epoch_cut_short,
     fitting,
     is_integer,
     logged_step,
@@ -626,6 +627,7 @@ class SpikeClip(pl.Callback):
         self.sums = torch.zeros(3, dtype=torch.float64)
         self.moments = torch.zeros(2, dtype=torch.float64)
         self.clipped = torch.zeros((), dtype=torch.float64)
+        self.counted_epoch: int | None = None  # the last epoch whose clipped steps were logged and reset
 
     @torch.no_grad()
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
@@ -663,20 +665,25 @@ class SpikeClip(pl.Callback):
         self.moments = torch.stack([new_mean, new_variance])
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.counted_epoch == trainer.current_epoch:
+            return  # a run trained by steps, resumed from the checkpoint of this epoch's end, ends it again
         clipped = float(self.clipped)
         for logger in trainer.loggers:
             logger.log_metrics({"spike_clip/clipped": clipped}, step=logged_step(trainer))
-        self.clipped = torch.zeros_like(self.clipped)
+        if not epoch_cut_short(trainer):  # cut short by max_steps, a resumed run counts on to the epoch's end
+            self.clipped = torch.zeros_like(self.clipped)
+            self.counted_epoch = trainer.current_epoch
 
     def state_dict(self) -> dict:
         return {"steps": self.steps, "sums": self.sums.cpu().tolist(), "moments": self.moments.cpu().tolist(),
-                "clipped": float(self.clipped)}
+                "clipped": float(self.clipped), "counted_epoch": self.counted_epoch}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.steps = int(state_dict["steps"])
         self.sums = torch.tensor(state_dict["sums"], dtype=torch.float64)
         self.moments = torch.tensor(state_dict["moments"], dtype=torch.float64)
         self.clipped = torch.tensor(state_dict["clipped"], dtype=torch.float64)
+        self.counted_epoch = state_dict.get("counted_epoch")
 
 
 @torch.no_grad()

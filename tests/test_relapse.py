@@ -594,3 +594,46 @@ def test_spike_clip_acts_in_training_before_the_fixed_clip_and_logs_its_count(tm
     assert module.seen[2] < module.seen[6] < 100 * module.seen[2]
     assert all(module.seen[i] == module.seen[i % 4] for i in range(12) if i != 6)  # lr 0: quiet steps untouched
     assert [row["spike_clip/clipped"] for row in logger.rows if "spike_clip/clipped" in row] == [0.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize("stop", [4, 6])
+def test_a_run_trained_by_steps_and_resumed_logs_the_clipped_count_of_each_epoch_as_the_unbroken_run(tmp_path, stop):
+    """Trained by steps, a run resumed from the checkpoint of an epoch's end ends that epoch again (it logged a
+    count of 0 there, beside the real one), and one stopped by ``max_steps`` part way through an epoch (stop 6 of
+    4-batch epochs) had its count reset at that cut end: the resumed epoch logged the clipped steps after the resume
+    only (0 where the unbroken run logged 1)."""
+    from memnet.callbacks import LastAndBestCheckpoint
+    from memnet.utils import ResumableLoader
+
+    class Metrics(pl.loggers.Logger):
+        name, version = "m", 0
+
+        def __init__(self):
+            super().__init__()
+            self.counts = []  # (step, spike_clip/clipped)
+
+        def log_metrics(self, metrics, step=None):
+            if "spike_clip/clipped" in metrics:
+                self.counts.append((step, metrics["spike_clip/clipped"]))
+
+        def log_hyperparams(self, *args, **kwargs):
+            pass
+
+    data = torch.utils.data.TensorDataset(torch.randn(8, 3, generator=torch.Generator().manual_seed(1)))
+
+    def fit(folder, max_steps, *, resume=False):
+        torch.manual_seed(0)
+        logger = Metrics()
+        trainer = pl.Trainer(max_steps=max_steps, logger=logger, enable_progress_bar=False, enable_model_summary=False,
+                             gradient_clip_val=10.0, log_every_n_steps=1,
+                             callbacks=[SpikeClip(z=10.0, warmup=4),
+                                        LastAndBestCheckpoint(dirpath=tmp_path / folder, save_last=True)])
+        # memnet's loader: resumed at an epoch's end, a plain one gave the replayed epoch one batch more
+        trainer.fit(_LoudStep(loud=5), train_dataloaders=ResumableLoader(data, batch_size=2, trainer=trainer),
+                    ckpt_path=str(tmp_path / folder / "last.ckpt") if resume else None)
+        return logger.counts
+
+    unbroken = fit("unbroken", 12)
+    assert unbroken == [(4, 0.0), (8, 1.0), (12, 0.0)]  # the loud step 5 is in the second epoch
+    fit("broken", stop)
+    assert fit("broken", 12, resume=True) == unbroken[1:]
