@@ -234,6 +234,19 @@ class LastAndBestCheckpoint(ModelCheckpoint):
             # epoch's end replays that end before any validation; without this it wrote last.ckpt (and tried a
             # top-k save) again, with no val/* metrics, and Lightning warned that the monitor was missing.
             self._last_global_step_saved = trainer.global_step
+            # and the scores of its moment go on, as in the unbroken run, where Lightning keeps every metric's last
+            # value: a run that ends before its next validation reports the last one (summary.json, later
+            # checkpoints); a resumed one reported no val/* at all. Here, after the sanity check, which clears them;
+            # in float64, which holds a float32 or float64 value exactly
+            metrics = trainer.callback_metrics
+            for name, value in (getattr(self, "_resumed_metrics", None) or {}).items():
+                metrics.setdefault(name, torch.tensor(value, dtype=torch.float64))
+        self._resumed_metrics = None
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
+        self._resumed_metrics = checkpoint.get(METRICS_KEY)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:

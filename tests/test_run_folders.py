@@ -274,3 +274,22 @@ def test_the_summaries_are_renamed_into_place(tmp_path, monkeypatch):
     assert {"summary.json", "latest.json"} <= set(replaced)
     assert not list(tmp_path.rglob("*.partial"))
     assert json.loads((tmp_path / "runs" / "latest.json").read_text())["last_checkpoint"].endswith("last.ckpt")
+
+
+def test_a_run_resumed_after_its_last_validation_ends_with_the_summary_of_the_unbroken_run(tmp_path):
+    """A run that ends between two validations (max_steps 3 of 2-batch epochs; max_time alike) reports the last
+    validation's scores, as Lightning keeps them; resumed after that validation (a kill at step 3, from the
+    checkpoint of step 2), it reported none: its summary.json had no val/* (a suite left the seed out of the
+    val/loss mean, and out of a selection by a val/ metric), nor had the checkpoints it wrote."""
+    common = ["--config", SMALL, *TINY, "--trainer.logger=false"]
+    main(["fit", *common, "--trainer.max_steps=3", f"--checkpoint.dirpath={tmp_path / 'whole' / 'checkpoints'}"])
+    main(["fit", *common, "--trainer.max_steps=2", f"--checkpoint.dirpath={tmp_path / 'halves' / 'checkpoints'}"])
+    main(["fit", *common, "--trainer.max_steps=3", f"--checkpoint.dirpath={tmp_path / 'halves' / 'checkpoints'}",
+          "--ckpt_path", str(tmp_path / "halves" / "checkpoints" / "last.ckpt")])
+    whole, halves = (json.loads((tmp_path / name / "summary.json").read_text())["metrics"]
+                     for name in ("whole", "halves"))
+    assert "val/loss" in whole and "val/bits_per_seq" in whole
+    assert halves == whole
+    saved = [torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False)["memnet_metrics"]
+             for name in ("whole", "halves")]
+    assert saved[1] == saved[0]
