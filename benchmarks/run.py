@@ -26,7 +26,7 @@ that of the timed steps, after the warm-up (a compile's own memory is not in it)
 on CUDA ``torch.cuda.max_memory_allocated`` (parameters, optimiser state and
 activations); on the CPU the process's peak resident set over the timed steps
 (``VmHWM``, reset after the warm-up through ``/proc/self/clear_refs``) less its
-resident set before the model was built. The ``graphed`` path's compile time is
+resident set before the model was built, with memnet's modules already imported. The ``graphed`` path's compile time is
 its warm-up and capture.
 
 On a GPU: ``--compile-mode reduce-overhead`` compiles with inductor's CUDA graphs
@@ -204,6 +204,7 @@ def measure(model: str, path: str, batch_size: int, *, steps: int, repeats: int,
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.set_device(torch.device(device))  # cuda:N: synchronise, reset and read that device, not device 0
+    _import_models()  # their modules' memory (Lightning's among them) is not the model's
     rss_base = _proc_status_mb("VmRSS")  # the process before the model is built
     if path == "graphed" and not cuda:
         raise SystemExit("the graphed path captures CUDA graphs: it needs --device cuda")
@@ -304,6 +305,17 @@ def measure(model: str, path: str, batch_size: int, *, steps: int, repeats: int,
         "torch_threads": torch.get_num_threads(),
         "device": device,
     }
+
+
+def _import_models() -> None:
+    """Import what :func:`build` imports for memnet's models, so that the CPU peak's baseline holds them."""
+    import memnet.controllers
+    import memnet.lightning  # sequence_metrics; it imports pytorch_lightning (~100 MB resident)
+    import memnet.models.dnc
+    import memnet.models.memn2n
+    import memnet.models.ntm
+    import memnet.models.recurrent  # noqa: F401
+    import tasks.algorithmic  # noqa: F401
 
 
 def machine(device: str) -> dict:
