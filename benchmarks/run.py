@@ -448,10 +448,14 @@ def main(argv: list[str] | None = None) -> None:
                                  **options)))
         return
 
-    for flag, checkout, package in (("--peer-ntm", args.peer_ntm, "ntm"), ("--peer-dnc", args.peer_dnc, "dnc")):
+    for flag, checkout, package, peer in (("--peer-ntm", args.peer_ntm, "ntm", "pytorch-ntm"),
+                                          ("--peer-dnc", args.peer_dnc, "dnc", "pytorch-dnc")):
         if checkout is not None and not (checkout / package / "__init__.py").is_file():
             parser.error(f"{flag} {checkout}: expected the folder that holds the {package!r} package "
                          f"({checkout / package / '__init__.py'} not found)")
+        if checkout is not None and PEERS[peer] not in args.models:  # it runs beside memnet's model only
+            parser.error(f"{flag}: {peer} runs beside memnet's {PEERS[peer]}, which --models leaves out "
+                         f"({' '.join(args.models)}); add {PEERS[peer]} to --models")
     batch_sizes = args.batch_sizes or ([1, 128, 4096] if args.device.startswith("cuda") else [1, 32, 128])
     settings = []
     for model in args.models:

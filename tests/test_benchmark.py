@@ -37,6 +37,15 @@ def test_a_peer_checkout_without_its_package_is_named(tmp_path):
     assert f"--peer-ntm {tmp_path}: expected the folder that holds the 'ntm' package" in result.stderr
 
 
+def test_a_peer_whose_model_is_not_benchmarked_is_refused_not_skipped(tmp_path):
+    (tmp_path / "ntm").mkdir()
+    (tmp_path / "ntm" / "__init__.py").write_text("")
+    result = subprocess.run([*RUN, "--models", "LSTM", "--paths", "eager", "--batch-sizes", "1", "--peer-ntm",
+                             str(tmp_path)], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "--peer-ntm: pytorch-ntm runs beside memnet's NTM, which --models leaves out (LSTM)" in result.stderr
+
+
 def test_models_without_a_step_loop_have_no_fused_path():
     spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
     run = importlib.util.module_from_spec(spec)
