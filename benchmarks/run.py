@@ -456,6 +456,10 @@ def main(argv: list[str] | None = None) -> None:
         if checkout is not None and PEERS[peer] not in args.models:  # it runs beside memnet's model only
             parser.error(f"{flag}: {peer} runs beside memnet's {PEERS[peer]}, which --models leaves out "
                          f"({' '.join(args.models)}); add {PEERS[peer]} to --models")
+    for model in args.models:  # a model none of whose paths is asked for would be left out of the table unsaid
+        if not set(args.paths) & set(paths_of(model)):
+            parser.error(f"--models {model}: it runs on {', '.join(paths_of(model))}, none of --paths "
+                         f"{' '.join(args.paths)}; add one of its paths or leave {model} out of --models")
     batch_sizes = args.batch_sizes or ([1, 128, 4096] if args.device.startswith("cuda") else [1, 32, 128])
     settings = []
     for model in args.models:

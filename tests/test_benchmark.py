@@ -46,6 +46,13 @@ def test_a_peer_whose_model_is_not_benchmarked_is_refused_not_skipped(tmp_path):
     assert "--peer-ntm: pytorch-ntm runs beside memnet's NTM, which --models leaves out (LSTM)" in result.stderr
 
 
+def test_a_model_without_any_of_the_asked_paths_is_refused_not_left_out():
+    result = subprocess.run([*RUN, "--models", "NTM", "LSTM", "--paths", "fused", "--batch-sizes", "1"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "--models LSTM: it runs on eager, compiled, none of --paths fused" in result.stderr
+
+
 def test_models_without_a_step_loop_have_no_fused_path():
     spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
     run = importlib.util.module_from_spec(spec)
