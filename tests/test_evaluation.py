@@ -175,6 +175,21 @@ def test_the_engine_of_the_evaluation_can_be_chosen(trained, capsys):
     assert "--engine: NTM runs on eager, fused, compiled; got 'turbo'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("device, cuda, expected", [
+    ("gpu", True, "--device must be cpu or cuda (cuda:N for the N-th GPU), got 'gpu'"),
+    ("cuda", False, "--device cuda: torch sees no CUDA device here; use --device cpu"),
+    ("cuda:3", True, "--device cuda:3: torch sees 1 CUDA device(s), cuda:0 to cuda:0"),
+])
+def test_a_device_torch_cannot_use_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys, device, cuda,
+                                                                      expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: int(cuda))
+    with pytest.raises(SystemExit) as exit_info:
+        memnet_main(["evaluate", "--ckpt_path", str(tmp_path / "x.ckpt"), "--lengths", "3", "--device", device])
+    assert exit_info.value.code == 2
+    assert expected in capsys.readouterr().err
+
+
 def test_missing_checkpoint_and_latest(tmp_path):
     with pytest.raises(EvaluationError, match="--ckpt_path: no checkpoint file"):
         resolve_checkpoint(str(tmp_path / "nope.ckpt"))

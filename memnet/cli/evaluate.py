@@ -120,6 +120,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     repeated = sorted({n for n in args.lengths if args.lengths.count(n) > 1})
     if repeated:  # evaluated twice, and two rows of one length in the tables
         parser.error(f"--lengths names length(s) {', '.join(map(str, repeated))} more than once")
+    if args.device is not None:  # refused before the slow rebuild, not as torch's traceback after it
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:
+            parser.error(f"--device must be cpu or cuda (cuda:N for the N-th GPU), got {args.device!r}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: torch sees no CUDA device here; use --device cpu")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            parser.error(f"--device {args.device}: torch sees {torch.cuda.device_count()} CUDA device(s), "
+                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return args
 
 
