@@ -190,6 +190,16 @@ def test_a_device_torch_cannot_use_is_refused_before_anything_runs(tmp_path, mon
     assert expected in capsys.readouterr().err
 
 
+def test_an_out_that_is_a_file_is_refused_before_anything_runs(tmp_path, capsys):
+    (tmp_path / "x.ckpt").write_bytes(b"")
+    (tmp_path / "table.md").write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        memnet_main(["evaluate", "--ckpt_path", str(tmp_path / "x.ckpt"), "--lengths", "3",
+                     "--out", str(tmp_path / "table.md")])
+    assert exit_info.value.code == 2
+    assert f"--out: {tmp_path / 'table.md'} is a file, not a folder" in capsys.readouterr().err
+
+
 def test_missing_checkpoint_and_latest(tmp_path):
     with pytest.raises(EvaluationError, match="--ckpt_path: no checkpoint file"):
         resolve_checkpoint(str(tmp_path / "nope.ckpt"))

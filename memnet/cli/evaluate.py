@@ -296,6 +296,9 @@ def run(args: argparse.Namespace) -> dict:
     """Evaluate as ``args`` say; write the files; return the results dict."""
     started = time.time()
     checkpoint = resolve_checkpoint(args.ckpt_path)
+    out = Path(args.out) if args.out else checkpoint.resolve().parent.parent / "evaluation"
+    if out.exists() and not out.is_dir():  # refused before the slow rebuild and the run, not at the mkdir after it
+        raise EvaluationError(f"--out: {out} is a file, not a folder; give --out a folder (it is made if missing)")
     configs = args.config or [default_config(checkpoint)]
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, datamodule = build(configs, checkpoint, device)
@@ -325,7 +328,6 @@ def run(args: argparse.Namespace) -> dict:
             except ValueError as error:
                 raise EvaluationError(f"--memory_size {size}: {error}") from None
 
-    out = Path(args.out) if args.out else checkpoint.resolve().parent.parent / "evaluation"
     lost = _lengths_lost(out / EVALUATION_FILE, args.lengths)
     if lost:  # said before the run, so that it can still be stopped: an evaluation of long lengths costs hours
         print(f"memnet evaluate: warning: {out / EVALUATION_FILE} holds length(s) {', '.join(map(str, lost))}, "
