@@ -1046,6 +1046,14 @@ GOOD = {
             r"experiment 'ntm-copy': no budget",
         ),
         (
+            {"name": "s", "defaults": {"budget": "100"}, "experiments": [GOOD]},
+            r"bad.yaml:3: defaults: 'budget' must be a mapping with max_steps, max_epochs, max_time, got '100'",
+        ),
+        (
+            {"name": "s", "defaults": {"budget": [1]}, "experiments": [GOOD]},
+            r"bad.yaml:3: defaults: 'budget' must be a mapping with max_steps, max_epochs, max_time, got \[1\]",
+        ),
+        (
             {"name": "s", "experiments": [{**GOOD, "overrides": {"trainer.max_steps": 5}}]},
             r"override 'trainer.max_steps': give the training length in 'budget'",
         ),

@@ -257,6 +257,12 @@ def load_suite(path: str | Path, *, base_dir: str | Path | None = None) -> Suite
     if not isinstance(defaults, dict):
         raise SuiteError(f"{where}:{data.key_lines['defaults']}: 'defaults' must be a mapping")
     _check_keys(defaults, DEFAULTS_KEYS, where, "defaults")
+    if defaults.get("budget") is not None and not isinstance(defaults["budget"], dict):
+        line = getattr(defaults, "key_lines", {}).get("budget", getattr(defaults, "line", 0))
+        raise SuiteError(
+            f"{where}:{line}: defaults: 'budget' must be a mapping with {', '.join(BUDGET_KEYS)}, "
+            f"got {defaults['budget']!r}"
+        )
     entries = data.get("experiments")
     if not isinstance(entries, list) or not entries:
         raise SuiteError(
