@@ -1395,6 +1395,18 @@ def test_report_of_a_folder_without_a_suite_is_an_error(tmp_path, capsys):
     assert "is not a suite results folder" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("text, problem", [
+    ('{"name": "s", "experi', "not JSON (Unterminated string starting at: line 1 column 15 (char 14))"),
+    ('{"name": "s"}', "not a suite as `memnet suite run` writes it (KeyError: 'experiments')"),
+    ("[1, 2]", "not a suite as `memnet suite run` writes it (TypeError: list indices must be integers"),
+])
+@pytest.mark.parametrize("command", ["report", "status"])
+def test_report_and_status_of_a_damaged_suite_json_name_it(tmp_path, capsys, text, problem, command):
+    (tmp_path / "suite.json").write_text(text)  # a run killed while writing it, or an edit by hand
+    assert S.main([command, str(tmp_path), "--no-wandb"] if command == "report" else [command, str(tmp_path)]) == 2
+    assert f"memnet suite: {tmp_path / 'suite.json'}: {problem}" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------
 # The shipped suites
 # ---------------------------------------------------------------------------------------------

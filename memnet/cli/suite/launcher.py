@@ -51,7 +51,7 @@ from typing import Any
 
 from memnet.cli.suite.errors import SuiteError
 from memnet.cli.suite.runner import ERROR_CHARS, Run, SuiteRunner, _terminate, expand_runs
-from memnet.cli.suite.spec import EVENTS_FILE, JOBS_DIR, SUITE_FILE, Suite
+from memnet.cli.suite.spec import EVENTS_FILE, JOBS_DIR, SUITE_FILE, Suite, read_results_suite
 from memnet.utils import is_integer, write_text_atomic
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
@@ -456,11 +456,7 @@ def run_states(results: Path) -> list[dict[str, Any]]:
     of the evaluation, or of a job that ended without finishing its run) and
     ``interrupted`` (stopped by hand; the next ``memnet suite run`` resumes it).
     """
-    suite_file = results / SUITE_FILE
-    if not suite_file.is_file():
-        raise SuiteError(f"{results} is not a suite results folder: {suite_file} is missing "
-                         "(it is written by `memnet suite run`)")
-    suite = Suite.from_dict(json.loads(suite_file.read_text()))
+    suite = read_results_suite(results)
     events = _events(results)
     states = []
     for run in expand_runs(suite, results):

@@ -18,11 +18,10 @@ import yaml
 
 from memnet.cli import tables
 from memnet.cli.suite.ensemble import read_ensemble
-from memnet.cli.suite.errors import SuiteError
 from memnet.cli.suite.evaluators import BABI_TASKS, evaluation_options
 from memnet.cli.suite.evaluators import record_babi_errors as _babi_errors
 from memnet.cli.suite.runner import Run, settings_changes
-from memnet.cli.suite.spec import REPORT_DIR, SUITE_FILE, Experiment, Suite
+from memnet.cli.suite.spec import REPORT_DIR, Experiment, Suite, read_results_suite
 from memnet.metrics import FAILED_TASK_ERROR as BABI_FAIL_THRESHOLD
 from memnet.metrics import by_length as logged_by_length
 from memnet.metrics import failed_tasks
@@ -86,13 +85,7 @@ class _ExperimentResults:
 def collect(results: str | Path) -> tuple[Suite, list[_ExperimentResults]]:
     """The suite and every run record under a results folder."""
     results = Path(results)
-    suite_file = results / SUITE_FILE
-    if not suite_file.is_file():
-        raise SuiteError(
-            f"{results} is not a suite results folder: {suite_file} is missing "
-            "(it is written by `memnet suite run`)"
-        )
-    suite = Suite.from_dict(json.loads(suite_file.read_text()))
+    suite = read_results_suite(results)
     collected = []
     for experiment in suite.experiments:
         entry = _ExperimentResults(experiment)

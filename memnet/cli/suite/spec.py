@@ -55,6 +55,7 @@ whose evaluation failed is only evaluated again).
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,6 +212,32 @@ class Suite:
             experiments=experiments,
             path=data.get("path", ""),
         )
+
+
+def read_results_suite(results: str | Path) -> Suite:
+    """The suite a results folder was run with, from its ``suite.json``.
+
+    Raises:
+        SuiteError: naming the folder when it has no ``suite.json``, and the file when it is not
+            the JSON ``memnet suite run`` writes (truncated, or edited by hand).
+    """
+    results = Path(results)
+    suite_file = results / SUITE_FILE
+    if not suite_file.is_file():
+        raise SuiteError(
+            f"{results} is not a suite results folder: {suite_file} is missing "
+            "(it is written by `memnet suite run`)"
+        )
+    try:
+        return Suite.from_dict(json.loads(suite_file.read_text()))
+    except json.JSONDecodeError as error:
+        problem = f"not JSON ({error})"
+    except (KeyError, TypeError, AttributeError) as error:  # JSON, but not a suite's: a key missing, a wrong type
+        problem = f"not a suite as `memnet suite run` writes it ({type(error).__name__}: {error})"
+    except (OSError, UnicodeDecodeError) as error:
+        problem = f"unreadable ({error})"
+    raise SuiteError(f"{suite_file}: {problem}; `memnet suite run SUITE --results {results}` writes it again "
+                     "(finished runs are kept)")
 
 
 def load_suite(path: str | Path, *, base_dir: str | Path | None = None) -> Suite:
