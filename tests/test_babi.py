@@ -442,6 +442,15 @@ def test_data_command_extracts_a_safe_archive_and_checks_sha256(tmp_path, capsys
         verify_archive(archive, official=True)
 
 
+def test_an_archive_vouched_for_by_its_sha256_but_holding_no_babi_task_is_refused(tmp_path):
+    archive = _tar_with(tmp_path, [_member("other/notes.txt")], "other.tar.gz")
+    dest = tmp_path / "d"
+    with pytest.raises(ValueError, match=r"other.tar.gz: holds no bAbI task file \(qa1_single-supporting-fact_train"
+                                         r".txt, ...\): it is not the bAbI archive; nothing was extracted"):
+        babi.data_main(["--archive", str(archive), "--dest", str(dest), "--sha256", babi.sha256_file(archive)])
+    assert list(dest.iterdir()) == []  # neither its folders nor a copy of it as the data's archive
+
+
 def test_data_command_offline_extracts_the_verified_archive_already_in_dest(tmp_path, capsys, monkeypatch):
     """After ``--archive X --dest D`` a plain ``memnet data babi --dest D`` uses D's copy: no download (offline here)."""
     archive = _tar_with(tmp_path, [_member("tasks_1-20_v1-2/en/qa1_single-supporting-fact_train.txt")], "ok.tar.gz")

@@ -328,6 +328,21 @@ def _verified(path: Path, expected_sha256: str | None) -> str | None:
         return None
 
 
+def _check_holds_babi(archive_path: Path, target: Path) -> None:
+    """Raise ``ValueError`` unless the archive holds a bAbI task file: one vouched for by ``--sha256`` alone could
+    be any ``.tar.gz``, and would be extracted (and kept as the data's archive) in vain."""
+    names = {f"qa{task}_{name}_{split}.txt" for task, name in TASK_NAMES.items() for split in ("train", "test")}
+    try:
+        with tarfile.open(archive_path, "r:*") as archive:
+            members = check_archive_members(archive, target)  # an unsafe member is named first, as it would be
+            found = any(member.isfile() and Path(member.name).name in names for member in members)
+    except CORRUPT_ARCHIVE_ERRORS:
+        found = True  # unreadable: safe_extract names it as truncated or corrupt
+    if not found:
+        raise ValueError(f"{archive_path}: holds no bAbI task file (qa1_{TASK_NAMES[1]}_train.txt, ...): it is "
+                         f"not the bAbI archive; nothing was extracted to {target}")
+
+
 def data_main(argv: Sequence[str] | None = None) -> Path:
     """``memnet data babi``: fetch (or take a local copy of) the archive, verify it, extract it safely."""
     parser = argparse.ArgumentParser(
@@ -353,11 +368,13 @@ def data_main(argv: Sequence[str] | None = None) -> Path:
             parser.error(f"--archive {source} is not a file")
         message = verify_archive(source, expected_sha256=args.sha256)
         print(message)
+        _check_holds_babi(source, dest)
         safe_extract(source, dest)  # from the given file: a failure names it and leaves dest as it was
         if source.resolve() != stored.resolve():
             shutil.copyfile(source, stored)
     elif stored.is_file() and (message := _verified(stored, args.sha256)):  # already there and sound: no download
         print(f"{stored}: {message}; extracting it (no download)")
+        _check_holds_babi(stored, dest)
         safe_extract(stored, dest)
     else:
         partial = stored.with_name(stored.name + ".partial")
@@ -371,6 +388,7 @@ def data_main(argv: Sequence[str] | None = None) -> Path:
                              "download it yourself and pass --archive") from None
         try:
             message = verify_archive(partial, expected_sha256=args.sha256, official=args.url == OFFICIAL_URL)
+            _check_holds_babi(partial, dest)
         except ValueError:
             partial.unlink(missing_ok=True)
             raise
