@@ -313,9 +313,11 @@ class QAModule(MemnetModule):
         groups = self.net.clip_groups() if hasattr(self.net, "clip_groups") else [[p] for p in self.net.parameters()]
         clip_per_matrix_(groups, self.clip_per_matrix, self.clip_norm)
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_end(outputs, batch, batch_idx)
-        if hasattr(self.net, "after_optimizer_step"):  # MemN2N's nil_word: authors sets its nil rows back to 0
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # MemN2N's nil_word: authors sets its nil rows back to 0 right after the step, before any callback (a
+        # checkpoint written at this batch's end) sees the weights
+        if hasattr(self.net, "after_optimizer_step"):
             self.net.after_optimizer_step()
 
     def forward(self, story: torch.Tensor, query: torch.Tensor) -> torch.Tensor:

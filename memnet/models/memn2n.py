@@ -349,7 +349,7 @@ class MemN2N(Pretrained, nn.Module):
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
         """With ``nil_word: authors``, set the nil rows of A^1 … A^K back to 0 (``train.m`` does, after each
-        update); C^K's is learned. Called by ``memnet.lightning.QAModule`` after every optimiser step."""
+        update); C^K's is learned. Called by ``memnet.lightning.QAModule.optimizer_step`` after every step."""
         if self.nil_word == "authors":
             for embedding in self.embeddings[: self.hops]:
                 embedding.weight[PAD_ID].zero_()
