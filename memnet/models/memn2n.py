@@ -354,16 +354,20 @@ class MemN2N(Pretrained, nn.Module):
             for embedding in self.embeddings[: self.hops]:
                 embedding.weight[PAD_ID].zero_()
 
-    def _nil_weights(self, tokens: torch.Tensor, dtype: torch.dtype, *, nil_slots: torch.Tensor | None = None
+    def _nil_weights(self, tokens: torch.Tensor, table: torch.Tensor, *, nil_slots: torch.Tensor | None = None
                      ) -> torch.Tensor:
         """Σ_j l_kj over the nil positions of each sentence, (..., d): ``nil_word: authors``.
 
         Words are left-aligned in positions 1..J−1, so a sentence of n words has the nil
         word at positions n+1..J−1; a nil sentence (``nil_slots``) at all of 1..J, the time
         word's included, where the l_kj sum to J whatever k.
+
+        Args:
+            tokens: (..., J_max) token ids, words left-aligned.
+            table: (J, d) the authors' position encoding (:func:`authors_position_encoding`).
+            nil_slots: (...) True where the sentence is a nil sentence.
         """
-        J, d = self.sentence_length, self.embedding_size
-        table = authors_position_encoding(J, d, dtype=dtype, device=tokens.device)  # (J, d)
+        J, d = table.shape
         # after[n] = Σ_{j=n+1}^{J−1} l_j for n = 0..J−1 (words beyond J − 1 are refused in _word_weights)
         words_only = table[: J - 1]
         after = torch.cat([words_only.flip(0).cumsum(0).flip(0), table.new_zeros(1, d)])  # (J, d)
@@ -510,9 +514,11 @@ class MemN2N(Pretrained, nn.Module):
         times = self.time_indices(present, self._rn_generator(story.device)) if self.temporal else None
         dtype = self.embeddings[0].weight.dtype
         time_scale = 1.0  # the authors' time words are weighted by the last row of their PE
+        table = None  # the authors' PE (J, d), once per forward
         if self.position_scale == "authors":
-            time_scale = authors_position_encoding(self.sentence_length, self.embedding_size, dtype=dtype,
-                                                   device=story.device)[-1]
+            table = authors_position_encoding(self.sentence_length, self.embedding_size, dtype=dtype,
+                                              device=story.device)
+            time_scale = table[-1]
         if self.empty_memory == "nil":  # a nil sentence has no time word either: its vectors are 0
             time_scale = time_scale * rearrange(present.to(dtype), "b n -> b n 1")
         # Only the slots that hold a sentence are encoded: an empty slot's sentence vector is 0
@@ -532,8 +538,8 @@ class MemN2N(Pretrained, nn.Module):
         u = self._encode(query, self._word_weights(query, dtype), self.query_embedding())  # (B, d)
         nil_story = None
         if self.nil_word == "authors":  # the nil word in every sentence sum (0 in value but C^K's)
-            nil_story = self._nil_weights(story, dtype, nil_slots=~present)  # (B, N, d)
-            u = u + self._nil_weights(query, dtype) * self.query_embedding().weight[PAD_ID]
+            nil_story = self._nil_weights(story, table, nil_slots=~present)  # (B, N, d)
+            u = u + self._nil_weights(query, table) * self.query_embedding().weight[PAD_ID]
         encoded: dict[int, torch.Tensor] = {}  # id of an embedding -> its (B, N, d) sentence vectors
 
         def memory_vectors(embedding: nn.Embedding, temporal: nn.Embedding | None) -> torch.Tensor:
