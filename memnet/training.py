@@ -213,6 +213,18 @@ class MemnetModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         return configure_optimizers(self, self.scheduler_interval)
 
+    def log(self, name: str, value: Any, *args: Any, batch_size: int | float | None = None, **kwargs: Any) -> None:
+        """Lightning's ``log``, with ``batch_size`` (the weight of the value in the epoch's mean) passed as a float.
+
+        Lightning sums an integer weight in an integer tensor, and under DDP (``sync_dist``) averages it over
+        the processes (gloo: a sum copied back into that tensor divided by the world size; NCCL: an integer
+        average): truncated, where the epoch's weights summed over the processes do not divide by their
+        number. The epoch's value, the mean of the values over the processes divided by that truncated mean
+        weight, was too large: batches of 3 and 4 sequences on one of two processes gave ``train/…`` 11/6 for
+        11/7. Summed as floats, the weight is exact.
+        """
+        super().log(name, value, *args, batch_size=None if batch_size is None else float(batch_size), **kwargs)
+
     # ---- per-epoch accumulation: a subclass with StageMetrics resets and logs them here ----
 
     def reset_epoch(self, stage: str) -> None:

@@ -578,3 +578,39 @@ def test_seq2seq_greedy_decoding_with_a_nan_logit_is_a_wrong_sequence():
     assert logged["val/token_accuracy"] == 0.0
     assert logged["val/sequence_accuracy"] == 0.0
     assert logged["val/len_2/sequence_accuracy"] == 0.0
+
+
+class _LogsBatchValue(MemnetModule):
+    """Logs each batch's ``value`` under ``train/value``, weighted by its sequences (the rows of ``x``)."""
+
+    def model_step(self, batch: dict, stage: str) -> torch.Tensor:
+        self.log(f"{stage}/value", batch["value"], on_step=True, on_epoch=True, batch_size=batch["x"].shape[0],
+                 sync_dist=True)
+        return self.net(batch["x"]).mean()
+
+
+def test_a_training_epoch_value_under_ddp_is_its_exact_weighted_mean(monkeypatch):
+    """Under DDP (sync_dist) Lightning averages the epoch's summed weights over the processes; an integer weight
+    was averaged by integer division (gloo: a sum copied back into the int tensor divided by the world size).
+    Two processes, simulated: the all-reduce is Lightning's own (``_sync_ddp``, gloo) with the other process's
+    sums zero. Batches of 3 and 4 sequences, values 1 and 2: 11/7, not (11/2) / ⌊7/2⌋ = 11/6."""
+    from lightning_fabric.utilities.distributed import _sync_ddp
+
+    monkeypatch.setattr(torch.distributed, "barrier", lambda *args, **kwargs: None)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda *args, **kwargs: None)  # + the other's zeros
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda *args, **kwargs: 2)
+    monkeypatch.setattr(torch.distributed, "get_backend", lambda *args, **kwargs: "gloo")
+
+    class TwoProcesses(pl.Callback):
+        def on_train_start(self, trainer, pl_module):  # after the data loaders were set up (no DistributedSampler)
+            monkeypatch.setattr(type(trainer._accelerator_connector), "is_distributed", property(lambda _: True))
+            monkeypatch.setattr(trainer.strategy, "reduce", lambda tensor, group=None, reduce_op="mean":
+                                _sync_ddp(tensor, group=group, reduce_op=reduce_op))
+
+    batches = [{"x": torch.ones(3, 2), "value": torch.tensor(1.0)}, {"x": torch.ones(4, 2), "value": torch.tensor(2.0)}]
+    trainer = pl.Trainer(max_epochs=1, callbacks=[TwoProcesses()], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(_LogsBatchValue(nn.Linear(2, 1)),
+                train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+    assert float(trainer.callback_metrics["train/value_step"]) == 1.0  # the simulated reduction ran: (2 + 0) / 2
+    assert float(trainer.callback_metrics["train/value_epoch"]) == pytest.approx(11 / 7, rel=1e-6)
