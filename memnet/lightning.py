@@ -578,7 +578,7 @@ class RegressionModule(MemnetModule):
 
     Batches as ``tasks.sequences.SeriesDataModule`` (``inputs``, ``targets``,
     ``mask``). Metrics (``train/…``, ``val/…``, ``test/…``):
-        loss    masked mean squared error (in validation and test over the epoch's scored values)
+        loss    masked mean squared error, per epoch over the epoch's scored values (in training too)
         nrmse   normalised root-mean-square error over the epoch's scored steps,
                 √(Σ (y − ŷ)² / Σ (y − ȳ)²), the reservoir-computing literature's score; with K > 1
                 outputs, each output's (about its own mean ȳ), then their mean
@@ -602,7 +602,11 @@ class RegressionModule(MemnetModule):
         loss = masked_mse(predictions, targets, mask)
         self.epoch_metrics.update(stage, nrmse_sums(predictions, targets, mask))
         if stage == "train":  # validation and test: from the epoch's sums (log_epoch_value)
-            self.log(f"{stage}/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=targets.shape[0],
+            # weighted by the batch's scored values (as masked_mse counts them): the epoch's value is its mean squared
+            # error per scored value, as in validation; weighted by sequences, a value of a batch with few scored
+            # steps weighed more than one of a batch with many
+            scored_values = float(mask.double().sum()) * targets.shape[-1]
+            self.log(f"{stage}/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=scored_values,
                      sync_dist=True)
         return loss
 

@@ -614,3 +614,35 @@ def test_a_training_epoch_value_under_ddp_is_its_exact_weighted_mean(monkeypatch
                 train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
     assert float(trainer.callback_metrics["train/value_step"]) == 1.0  # the simulated reduction ran: (2 + 0) / 2
     assert float(trainer.callback_metrics["train/value_epoch"]) == pytest.approx(11 / 7, rel=1e-6)
+
+
+def test_regression_training_epoch_loss_is_per_scored_value_as_in_validation():
+    """``train/loss`` over an epoch of two batches of 2 series, 12 and 2 scored values, is the epoch's squared
+    error over its scored values, as ``val/loss`` on the same batches; it was weighted by sequences (here the
+    plain mean of the two batches' MSEs)."""
+    from functools import partial
+
+    from memnet.metrics import masked_mse
+
+    g = torch.Generator().manual_seed(3)
+
+    def batch(scored_steps: int) -> dict:
+        mask = torch.zeros(2, 7)
+        mask[:, 7 - scored_steps:] = 1.0
+        return {"inputs": torch.randn(2, 7, 3, generator=g), "targets": torch.randn(2, 7, 1, generator=g),
+                "mask": mask}
+
+    batches = [batch(6), batch(1)]
+    torch.manual_seed(0)
+    module = RegressionModule(nn.Linear(3, 1), optimizer=partial(torch.optim.SGD, lr=0.0))
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)
+    trainer.fit(module, train_dataloaders=loader)
+    with torch.no_grad():
+        mse = [masked_mse(module(b["inputs"]), b["targets"], b["mask"]) for b in batches]
+    per_value = float((mse[0] * 12 + mse[1] * 2) / 14)
+    assert abs(float(sum(mse)) / 2 - per_value) > 0.05 * per_value  # the two weightings differ here
+    assert float(trainer.callback_metrics["train/loss_epoch"]) == pytest.approx(per_value, rel=1e-5)
+    logged = trainer.validate(module, dataloaders=loader, verbose=False)[0]
+    assert logged["val/loss"] == pytest.approx(per_value, rel=1e-5)
