@@ -290,15 +290,26 @@ def sequence_accuracy(
 # ----------------------------------------------------------------------------- real-valued series
 
 
+def _scored_difference(predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """predictions − targets on the scored steps, 0 on the others: (B, T, K), (B, T, K), (B, T, 1) -> (B, T, K).
+
+    Selected with ``torch.where``, not multiplied by the mask: 0 × NaN is NaN, so a NaN or inf on an
+    unscored step (padding, a series' undefined start) made a masked sum NaN. The selection comes before the
+    square: the gradient of a square at NaN, times the 0 that ``where`` passes back, is NaN again.
+    """
+    return torch.where(mask != 0, predictions - targets, 0.0)
+
+
 def masked_mse(predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error over the scored steps: (B, T, K), (B, T, K), (B, T) -> ().
 
-    Summed and counted in float32 at least, as :func:`binary_loss`.
+    Summed and counted in float32 at least, as :func:`binary_loss`. A NaN or inf of the predictions or the
+    targets on an unscored step (mask 0) counts not, in the value or the gradient (:func:`_scored_difference`).
     """
     dtype = accumulation_dtype(predictions.dtype)
     mask = rearrange(mask, "b t -> b t 1").to(dtype)
     count = mask.sum() * targets.shape[-1]
-    return ((predictions.to(dtype) - targets.to(dtype)) ** 2 * mask).sum() / count.clamp_min(1)
+    return (_scored_difference(predictions.to(dtype), targets.to(dtype), mask) ** 2 * mask).sum() / count.clamp_min(1)
 
 
 def nrmse_sums(predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -306,12 +317,12 @@ def nrmse_sums(predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Ten
     (4, K), float64; sums of batches add up.
 
     Computed in float64 whatever the dtype: a bfloat16 mask miscounts n above 256 (the variance, Σy² − (Σy)²/n,
-    then off by much more).
+    then off by much more). A NaN or inf of the predictions or the targets on an unscored step counts not.
     """
     mask = rearrange(mask, "b t -> b t 1").double()
     targets = targets.double()
-    squared = (predictions.detach().double() - targets) ** 2 * mask
-    masked = targets * mask
+    squared = _scored_difference(predictions.detach().double(), targets, mask) ** 2 * mask
+    masked = torch.where(mask != 0, targets, 0.0) * mask
     count = mask.sum().expand(targets.shape[-1])
     return torch.stack([squared.sum((0, 1)), masked.sum((0, 1)), (masked**2).sum((0, 1)), count])
 

@@ -196,6 +196,36 @@ def test_nrmse_sums_of_batches_add_up_to_the_whole():
     assert whole.item() == pytest.approx(expected.mean().item())
 
 
+def test_nan_and_inf_on_unscored_steps_count_not_in_the_mse_nor_its_gradient_nor_the_nrmse_sums():
+    """NaN predictions and targets on unscored steps (mask 0) made masked_mse and nrmse_sums NaN (0 × NaN = NaN).
+    They count not: the value and the gradient are those of the same batch with finite values there, and the
+    gradient at those steps is 0."""
+    g = torch.Generator().manual_seed(0)
+    predictions = torch.randn(3, 7, 2, generator=g, dtype=torch.float64)
+    targets = torch.randn(3, 7, 2, generator=g, dtype=torch.float64)
+    mask = (torch.rand(3, 7, generator=g) > 0.4).double()
+    mask[0, 0], mask[1, 3], mask[2, 6] = 0.0, 0.0, 0.0
+    unscored = ~mask.bool()
+    broken_predictions, broken_targets = predictions.clone(), targets.clone()
+    broken_predictions[0, 0, 1] = float("nan")
+    broken_predictions[1, 3] = float("inf")
+    broken_targets[2, 6] = float("nan")
+    broken_targets[1, 3, 0] = float("inf")  # inf − inf: NaN
+
+    clean = predictions.clone().requires_grad_()
+    broken = broken_predictions.clone().requires_grad_()
+    expected = metrics.masked_mse(clean, targets, mask)
+    got = metrics.masked_mse(broken, broken_targets, mask)
+    expected.backward()
+    got.backward()
+    assert got.item() == pytest.approx(expected.item(), rel=1e-12)
+    assert torch.isfinite(broken.grad).all()
+    assert broken.grad[unscored].abs().sum().item() == 0.0
+    assert torch.allclose(broken.grad, clean.grad, rtol=1e-12, atol=0.0)
+    assert torch.allclose(metrics.nrmse_sums(broken_predictions, broken_targets, mask),
+                          metrics.nrmse_sums(predictions, targets, mask), rtol=1e-12, atol=0.0)
+
+
 def test_nrmse_of_several_outputs_is_the_mean_of_each_outputs_nrmse():
     """NRMSE = √(mean (y − ŷ)² / var y) of each output, then averaged. The variance was pooled over the outputs
     about their common mean: an output's offset from the others counted as spread (here 0.155, not 0.75)."""
