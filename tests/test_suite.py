@@ -1407,6 +1407,28 @@ def test_report_and_status_of_a_damaged_suite_json_name_it(tmp_path, capsys, tex
     assert f"memnet suite: {tmp_path / 'suite.json'}: {problem}" in capsys.readouterr().err
 
 
+def test_a_suite_run_killed_while_writing_suite_json_leaves_the_previous_one_whole(tmp_path, monkeypatch, capsys):
+    """suite.json was written in place: a kill halfway left half a file, which status and report then refused."""
+    monkeypatch.chdir(ROOT)
+    path = write_suite(tmp_path / "s.yaml", [{**LSTM, "seeds": [0]}])
+    results = tmp_path / "r"
+    results.mkdir()
+    S.SuiteRunner(S.load_suite(path), results)._write_suite_file()
+    before = (results / "suite.json").read_text()
+    write_text = Path.write_text
+
+    def killed_halfway(self, text, *args, **kwargs):  # half the text reaches the disk, then the kill
+        write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", killed_halfway)
+    assert S.main(["run", str(path), "--results", str(results), "--no-report", "--set", "data.init_args.batch_size=2"]) == 130
+    monkeypatch.undo()
+    assert (results / "suite.json").read_text() == before
+    assert sorted(p.name for p in results.iterdir()) == ["suite.json"]  # no partial file left beside it
+    assert "memnet suite: interrupted" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------
 # The shipped suites
 # ---------------------------------------------------------------------------------------------

@@ -489,8 +489,8 @@ class SuiteRunner:
                 counts[future.result()] += 1
 
     def _write_suite_file(self) -> None:
-        path = self.results / SUITE_FILE
-        path.write_text(json.dumps(self.suite.to_dict(), indent=2, sort_keys=True) + "\n")
+        text = json.dumps(self.suite.to_dict(), indent=2, sort_keys=True) + "\n"
+        write_text_atomic(self.results / SUITE_FILE, text)  # a kill while writing leaves the previous one whole
 
     def _event(self, **fields: Any) -> None:
         fields["time"] = round(time.time(), 3)
