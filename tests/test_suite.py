@@ -1429,6 +1429,38 @@ def test_a_suite_run_killed_while_writing_suite_json_leaves_the_previous_one_who
     assert "memnet suite: interrupted" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("text, problem", [
+    ('{"status": "do', "not JSON (Unterminated string starting at: line 1 column 12 (char 11))"),
+    ("", "empty"),
+    ('["done"]', "not a JSON object but list"),
+    (b"\xff\xfe", "unreadable ('utf-8' codec can't decode byte 0xff in position 0: invalid start byte)"),
+])
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_damaged_run_record_stops_the_suite_naming_it_not_training_over_the_run(
+        tmp_path, monkeypatch, capsys, text, problem, dry_run):
+    """A metrics.json that cannot be read was taken for "not done": the run was trained again over its checkpoints
+    and record. The suite stops before anything runs, naming the file (exit 2); a missing one is still "not done"."""
+    monkeypatch.chdir(ROOT)
+    path = write_suite(tmp_path / "s.yaml", [{**NTM, "seeds": [0, 1]}])
+    results = tmp_path / "r"
+    run = trained_before(path, results)
+    (run.folder / "summary.json").unlink()
+    (run.record_path.write_bytes if isinstance(text, bytes) else run.record_path.write_text)(text)
+    real_run = S.SuiteRunner.run
+    monkeypatch.setattr(S.SuiteRunner, "run", lambda self, runs: pytest.fail("the suite went on to train"))
+    argv = ["run", str(path), "--results", str(results), "--no-report", *(["--dry-run"] if dry_run else [])]
+    assert S.main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"memnet suite: {run.record_path}: the record of run ntm-copy/seed_0 is damaged: {problem}; it says whether "
+        f"the run is done, so nothing was trained over it: mend it, or delete the run's folder {run.folder} to train "
+        "the run anew")
+    assert sorted(p.name for p in results.iterdir()) == ["ntm-copy"]  # nothing written: not even suite.json
+    with pytest.raises(S.SuiteError, match="the record of run ntm-copy/seed_0 is damaged"):  # nor through the API
+        real_run(S.SuiteRunner(S.load_suite(path), results), S.expand_runs(S.load_suite(path), results))
+    run.record_path.unlink()  # no record: the run is not done, and is trained
+    assert S.SuiteRunner(S.load_suite(path), results).plan(run)[0] == "train"
+
+
 # ---------------------------------------------------------------------------------------------
 # The shipped suites
 # ---------------------------------------------------------------------------------------------

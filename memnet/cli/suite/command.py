@@ -19,7 +19,13 @@ from memnet.cli.suite import launcher
 from memnet.cli.suite.ensemble import make_ensembles
 from memnet.cli.suite.errors import SuiteError
 from memnet.cli.suite.report import REPORT_DIR, log_to_wandb, render_markdown, write_report
-from memnet.cli.suite.runner import SuiteRunner, check_fit_arguments, expand_runs, with_overrides
+from memnet.cli.suite.runner import (
+    SuiteRunner,
+    check_fit_arguments,
+    check_records,
+    expand_runs,
+    with_overrides,
+)
 from memnet.cli.suite.spec import load_suite
 from memnet.metrics import task_errors
 
@@ -152,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         suite = with_overrides(load_suite(args.suite), args.overrides)
         results = Path(args.results) if args.results else suite.default_results()
         runs = expand_runs(suite, results, args.only, args.seeds)
+        check_records(runs)  # before anything is written or submitted (a damaged record reads as "not done")
         settings = {key: getattr(args, key) for key in launcher.SETTINGS if key != "gpus_per_job"}
         settings["gpus_per_job"] = args.gpus_per_job
         chosen = launcher.merge(suite.launcher or launcher.LauncherConfig(), name=args.launcher,

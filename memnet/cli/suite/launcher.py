@@ -50,7 +50,14 @@ from pathlib import Path
 from typing import Any
 
 from memnet.cli.suite.errors import SuiteError
-from memnet.cli.suite.runner import ERROR_CHARS, Run, SuiteRunner, _terminate, expand_runs
+from memnet.cli.suite.runner import (
+    ERROR_CHARS,
+    Run,
+    SuiteRunner,
+    _terminate,
+    check_records,
+    expand_runs,
+)
 from memnet.cli.suite.spec import EVENTS_FILE, JOBS_DIR, SUITE_FILE, Suite, read_results_suite
 from memnet.utils import is_integer, write_text_atomic
 
@@ -383,6 +390,7 @@ def submit(suite: Suite, runs: list[Run], results: Path, config: LauncherConfig,
 
     stream = stream or sys.stdout
     runner = SuiteRunner(suite, results, jobs=1, base_dir=base_dir, stream=stream)
+    check_records(runs)  # a damaged record would read as "not done", and its run be trained again
     todo = [run for run in runs if not run.is_done()]
     counts = {"submitted": len(todo), "skipped": len(runs) - len(todo)}
     if not todo:

@@ -58,10 +58,39 @@ class Run:
         return self.folder / RECORD_FILE
 
     def record(self) -> dict[str, Any] | None:
+        """The run's record (``metrics.json``); None where there is none, or it is damaged (:meth:`read_record`)."""
         try:
-            return json.loads(self.record_path.read_text())
-        except (OSError, json.JSONDecodeError):
+            return self.read_record()
+        except SuiteError:
             return None
+
+    def read_record(self) -> dict[str, Any] | None:
+        """The run's record (``metrics.json``); None where there is none yet (the run never started).
+
+        Raises:
+            SuiteError: the record is there but cannot be used (unreadable, not JSON, not a JSON object), naming
+                the file and what is wrong with it: it is what says whether the run is done, and a run taken for
+                not done would be trained again over what it holds.
+        """
+        path = self.record_path
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as error:
+            problem = f"unreadable ({error})"
+        else:
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as error:
+                problem = "empty" if not text.strip() else f"not JSON ({error})"
+            else:
+                if isinstance(record, dict):
+                    return record
+                problem = f"not a JSON object but {type(record).__name__}"
+        raise SuiteError(f"{path}: the record of run {self.name} is damaged: {problem}; it says whether the run "
+                         f"is done, so nothing was trained over it: mend it, or delete the run's folder {self.folder} "
+                         "to train the run anew")
 
     def is_done(self) -> bool:
         """Trained, and evaluated if the experiment asks for an evaluation."""
@@ -338,6 +367,16 @@ def _seconds_before(previous: dict[str, Any], resume: Path | None) -> float:
     return before
 
 
+def check_records(runs: list[Run]) -> None:
+    """Every run's record that is there can be read (:meth:`Run.read_record`), before anything is trained.
+
+    Raises:
+        SuiteError: the first damaged record, named with what is wrong with it and how to redo its run.
+    """
+    for run in runs:
+        run.read_record()
+
+
 def check_fit_arguments(runs: list[Run], base: Path) -> None:
     """Parse every experiment's ``memnet fit`` arguments (first seed) as the run would, instantiating nothing.
 
@@ -437,6 +476,7 @@ class SuiteRunner:
             evaluated now), ``failed`` (training or evaluation), ``interrupted`` and ``skipped``
             (done before).
         """
+        check_records(runs)  # a damaged record would read as "not done", and its run be trained again
         self.results.mkdir(parents=True, exist_ok=True)
         self._write_suite_file()
         todo = [r for r in runs if not r.is_done()]

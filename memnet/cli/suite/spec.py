@@ -49,7 +49,8 @@ so one failure does not stop the others. A results folder holds::
 
 A run whose ``metrics.json`` says ``done`` is skipped on the next ``suite run``; a
 run with a ``last.ckpt`` but no record resumes from it; a failed run is tried again (one
-whose evaluation failed is only evaluated again).
+whose evaluation failed is only evaluated again). A ``metrics.json`` that is there but
+cannot be read stops ``suite run`` before anything trains, naming it (exit 2).
 """
 
 
