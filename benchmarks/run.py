@@ -45,6 +45,9 @@ with the same step; their code is imported from there, never copied.
     python benchmarks/run.py --threads 2                    # the CPU table (make bench)
     python benchmarks/run.py --device cuda --batch-sizes 1 128 4096
     python benchmarks/run.py --models NTM --peer-ntm ~/src/pytorch-ntm
+
+A setting that fails (an error, or over ``--timeout``) is a row ``failed: <why>``; the others
+are measured, the table printed and the JSON written all the same, and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -404,7 +407,9 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Measure every setting asked for, print the table and write the JSON; returns the exit status: 1 if a
+    setting failed (its row says why), after the whole table and the results of the others are out."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS + GPU_PATHS)
@@ -446,7 +451,7 @@ def main(argv: list[str] | None = None) -> None:
         threads = args.threads or torch.get_num_threads()
         print(json.dumps(measure(model, path, int(batch_size), threads=threads, peer_path=args.peer_path,
                                  **options)))
-        return
+        return 0
 
     for flag, checkout, package, peer in (("--peer-ntm", args.peer_ntm, "ntm", "pytorch-ntm"),
                                           ("--peer-dnc", args.peer_dnc, "dnc", "pytorch-dnc")):
@@ -507,7 +512,12 @@ def main(argv: list[str] | None = None) -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2))
         print(f"written {args.out}")
+    failed = sum("error" in row for row in rows)
+    if failed:
+        print(f"{failed} of {len(rows)} settings failed (their rows say why)", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -31,6 +31,19 @@ def test_benchmark_writes_one_table_and_json(tmp_path):
     assert report["machine"]["torch"].startswith("2.")
 
 
+def test_a_failed_setting_is_in_the_table_and_the_json_and_the_exit_status_is_1(tmp_path):
+    """`make bench` exited 0 with `failed: ...` rows in its table; it exits 1 once the table and JSON are out."""
+    out = tmp_path / "bench.json"
+    result = subprocess.run([*RUN, "--models", "LSTM", "--paths", "eager", "--batch-sizes", "1", "2", "--timeout",
+                             "0.01", "--out", str(out)], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 1
+    assert result.stdout.count("| LSTM | 1 | eager | failed: over --timeout 0 s |") == 1
+    assert result.stdout.count("| LSTM | 2 | eager | failed: over --timeout 0 s |") == 1
+    assert f"written {out}" in result.stdout
+    assert [row["error"] for row in json.loads(out.read_text())["results"]] == ["over --timeout 0 s"] * 2
+    assert result.stderr.strip().splitlines()[-1] == "2 of 2 settings failed (their rows say why)"
+
+
 def test_a_peer_checkout_without_its_package_is_named(tmp_path):
     result = subprocess.run([*RUN, "--peer-ntm", str(tmp_path)], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode != 0
