@@ -239,7 +239,7 @@ def test_memnet_export_of_a_checkpoint(tmp_path, monkeypatch, capsys):
 
     with pytest.raises(SystemExit) as exit_status:  # the folder is not empty now
         memnet_main(["export", "--ckpt_path", str(checkpoint), "--out", "exported"])
-    assert exit_status.value.code == 1
+    assert exit_status.value.code == 2  # bad input, as every memnet command
     assert capsys.readouterr().err.strip() == (
         "memnet export: --out: exported exists and is not an empty folder; choose a new folder or empty it")
 
@@ -248,10 +248,21 @@ def test_a_bad_hub_repository_id_is_refused_before_anything_is_written(tmp_path,
     with pytest.raises(SystemExit) as exit_status:
         memnet_main(["export", "--ckpt_path", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "out"),
                      "--push-to-hub", "not a repo"])
-    assert exit_status.value.code == 1
+    assert exit_status.value.code == 2  # bad input, as every memnet command
     assert capsys.readouterr().err.strip() == (
         "memnet export: --push-to-hub: 'not a repo' is not a Hub repository id (owner/name)")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", [["export", "--out", "out"], ["evaluate", "--lengths", "3"]])
+def test_export_refuses_a_missing_checkpoint_with_the_status_of_the_other_commands(tmp_path, monkeypatch, capsys,
+                                                                                     command):
+    """Bad input is exit status 2 in every memnet command (and argparse); memnet export's was 1."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_status:
+        memnet_main([*command, "--ckpt_path", "none.ckpt"])
+    assert exit_status.value.code == 2
+    assert capsys.readouterr().err.strip() == f"memnet {command[0]}: --ckpt_path: no checkpoint file at none.ckpt"
 
 
 def test_a_float64_run_is_exported_and_loaded_in_float64(tmp_path, monkeypatch, capsys):

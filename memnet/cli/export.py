@@ -86,11 +86,12 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``memnet export``; returns the exit status."""
+    """Entry point of ``memnet export``; returns the exit status: 2 on bad input (a checkpoint, config, ``--out``
+    or Hub id it cannot use), as every ``memnet`` command and argparse."""
     args = parse_args(argv)
     try:
         run(args)
     except (EvaluationError, PretrainedError) as error:
         print(f"memnet export: {error}", file=sys.stderr)
-        return 1
+        return 2
     return 0
