@@ -1035,7 +1035,7 @@ GOOD = {
                 "defaults": {"seeds": 0},
                 "experiments": [{k: v for k, v in GOOD.items() if k != "seeds"}],
             },
-            r"experiment 'ntm-copy': 'seeds' is 0",
+            r"bad.yaml:3: defaults: 'seeds' is 0",
         ),
         (
             {"name": "s", "experiments": [{**GOOD, "budget": {"max_steps": 0}}]},
@@ -1125,6 +1125,63 @@ def test_error_names_the_line_of_the_entry(tmp_path, monkeypatch):
         "    seeds: 0\n"
     )
     with pytest.raises(S.SuiteError, match=r"lines.yaml:9: experiment 'b': 'seeds' is 0"):
+        S.load_suite(path)
+
+
+DEFAULTED = """\
+name: s
+defaults:
+  seeds: 2
+  budget:
+    max_steps: 100
+  overrides:
+    trainer.log_every_n_steps: 5
+  seed_args: [seed_everything]
+experiments:
+  - name: a
+    configs: [configs/ntm/copy.yaml]
+"""
+
+
+@pytest.mark.parametrize(("replaced", "text", "line", "message"), [
+    (3, "  seeds: 0", 3, "defaults: 'seeds' is 0"),
+    (5, "    max_steps: 0", 5, "defaults: budget.max_steps must be a positive integer, got 0"),
+    (5, "    max_stepz: 100", 5, "defaults: budget: unknown key 'max_stepz'"),
+    (7, "    trainer.max_epochs: 5", 7, "defaults: override 'trainer.max_epochs': give the training length in"),
+    (7, "    - trainer.log_every_n_steps", 6, "defaults: 'overrides' must be a mapping of dotted field names"),
+    (8, "  seed_args: []", 8, "defaults: 'seed_args' must be a non-empty list of dotted field names"),
+    (8, "  evaluate: {kind: poetry}", 8, "defaults: 'evaluate' must be a mapping with kind one of"),
+    (8, "  evaluate: {kind: algorithmic, lengths: [0]}", 8, "defaults: evaluate.lengths must be a non-empty list"),
+    (8, "  select: 3", 8, "defaults: select must be a mapping {metric, split, mode}, got 3"),
+])
+def test_a_bad_value_an_experiment_takes_from_defaults_is_named_on_its_line_in_defaults(
+        tmp_path, monkeypatch, replaced, text, line, message):
+    """Such an error named the experiment's line (10 here), where the value is not, or no line at all."""
+    monkeypatch.chdir(ROOT)
+    lines = DEFAULTED.splitlines()
+    lines[replaced - 1] = text
+    path = tmp_path / "s.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(S.SuiteError) as error:
+        S.load_suite(path)
+    assert str(error.value).startswith(f"{path}:{line}: {message}")
+
+
+def test_a_bad_field_of_a_budget_merged_from_defaults_and_the_experiment_is_named_where_it_is_written(
+        tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    path = tmp_path / "s.yaml"
+    path.write_text(DEFAULTED.replace("max_steps: 100", "max_steps: 0") + "    budget: {max_epochs: 2}\n")
+    with pytest.raises(S.SuiteError, match=re.escape(f"{path}:5: defaults: budget.max_steps must be a positive")):
+        S.load_suite(path)
+    path.write_text(DEFAULTED + "    budget:\n      max_epochs: 0\n")  # the experiment's own: its line
+    with pytest.raises(S.SuiteError, match=re.escape(f"{path}:13: experiment 'a': budget.max_epochs must be a")):
+        S.load_suite(path)
+    path.write_text(DEFAULTED + "    seeds: 0\n")
+    with pytest.raises(S.SuiteError, match=re.escape(f"{path}:12: experiment 'a': 'seeds' is 0")):
+        S.load_suite(path)
+    path.write_text(DEFAULTED + "    overrides:\n      x: 1\n      trainer.max_steps: 5\n")
+    with pytest.raises(S.SuiteError, match=re.escape(f"{path}:14: experiment 'a': override 'trainer.max_steps'")):
         S.load_suite(path)
 
 

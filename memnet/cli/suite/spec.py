@@ -1,5 +1,6 @@
 """Suite files: the YAML of ``memnet suite``, parsed with PyYAML and checked, every error naming
-the file, the line and the experiment.
+the file, the line and the experiment (``defaults`` and its line, for a bad value an experiment
+takes from there).
 
 The whole command: ``memnet.cli.suite`` (spec, evaluators, runner, report, command).
 
@@ -356,8 +357,18 @@ def _parse_experiment(entry: Any, defaults: dict, where: str, index: int, base: 
     label = f"experiment {name!r}"
     _check_keys(entry, EXPERIMENT_KEYS, where, label)
 
+    def written(owner: dict, section: str, key: Any = None) -> str:
+        """``file:line: whose`` of ``owner[section]`` (``owner`` the experiment or ``defaults``), on the line of
+        its field ``key`` where one is given."""
+        whose = label if owner is entry else "defaults"
+        written_on = _key_line(owner, section, getattr(owner, "line", line))
+        if key is not None:
+            written_on = _key_line(owner.get(section), key, written_on)
+        return f"{where}:{written_on}: {whose}"
+
     def at(key: str) -> str:
-        return f"{where}:{entry.key_lines.get(key, line) if isinstance(entry, _Mapping) else line}: {label}"
+        """Where the value of ``key`` is written: in the experiment, else in the ``defaults`` it takes it from."""
+        return written(defaults if key not in entry and key in defaults else entry, key)
 
     configs = entry.get("configs")
     if isinstance(configs, str):
@@ -373,18 +384,17 @@ def _parse_experiment(entry: Any, defaults: dict, where: str, index: int, base: 
     )
 
     overrides: dict[str, Any] = {}
-    for source, key_where in (
-        (defaults.get("overrides"), f"{where}: defaults"),
-        (entry.get("overrides"), at("overrides")),
-    ):
+    for owner in (defaults, entry):
+        source = owner.get("overrides")
         if source is None:
             continue
         if not isinstance(source, dict):
             raise SuiteError(
-                f"{key_where}: 'overrides' must be a mapping of dotted field names to values, "
+                f"{written(owner, 'overrides')}: 'overrides' must be a mapping of dotted field names to values, "
                 f"e.g. {{trainer.max_steps: 100}}"
             )
         for key, value in source.items():
+            key_where = written(owner, "overrides", key)
             if not isinstance(key, str) or not re.match(r"^[A-Za-z_][\w.]*$", key):
                 raise SuiteError(
                     f"{key_where}: override {key!r} must be a dotted field name such as "
@@ -405,18 +415,20 @@ def _parse_experiment(entry: Any, defaults: dict, where: str, index: int, base: 
             )
         budget.update(entry["budget"])
     for key, value in budget.items():
+        # the experiment's value of the field, else the one it takes from defaults: named on its own line
+        key_where = written(entry if key in (entry.get("budget") or {}) else defaults, "budget", key)
         if key not in BUDGET_KEYS:
             raise SuiteError(
-                f"{at('budget')}: budget: unknown key {key!r}; allowed: {', '.join(BUDGET_KEYS)}"
+                f"{key_where}: budget: unknown key {key!r}; allowed: {', '.join(BUDGET_KEYS)}"
             )
         if key == "max_time":
             if not (isinstance(value, str) and re.match(r"^\d+:\d{2}:\d{2}:\d{2}$", value)):
                 raise SuiteError(
-                    f"{at('budget')}: budget.max_time must be 'DD:HH:MM:SS', got {value!r}"
+                    f"{key_where}: budget.max_time must be 'DD:HH:MM:SS', got {value!r}"
                 )
         elif not is_integer(value) or value < 1:
             raise SuiteError(
-                f"{at('budget')}: budget.{key} must be a positive integer, got {value!r}"
+                f"{key_where}: budget.{key} must be a positive integer, got {value!r}"
             )
     if not budget:
         raise SuiteError(
@@ -472,6 +484,11 @@ def _parse_experiment(entry: Any, defaults: dict, where: str, index: int, base: 
         seed_args=tuple(seed_args),
         select=select,
     )
+
+
+def _key_line(mapping: Any, key: Any, default: int) -> int:
+    """The line ``key`` is written on in ``mapping`` (one the suite file's loader read), else ``default``."""
+    return mapping.key_lines.get(key, default) if isinstance(mapping, _Mapping) else default
 
 
 def _parse_seeds(value: Any, where: str) -> tuple[int, ...]:
