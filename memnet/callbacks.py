@@ -25,6 +25,7 @@ from memnet.utils import (  # run_dir re-exported: memnet.callbacks.run_dir
     parameter_dtype,
     run_dir,
     validation_count,
+    validation_file_name,
     wandb_offline,
 )
 
@@ -36,8 +37,11 @@ class MemoryAccessPlot(pl.Callback):
     """Every ``every_n_epochs`` validation epochs, draw the NTM figure for one fixed example.
 
     The example is the first sequence of the first validation batch (fixed by
-    the data module's seed). It draws while fitting only, not under ``memnet validate``. The PNG goes to ``<run>/memory_access/epoch_XXXX.png``
-    and, with a W&B logger, is logged as the image ``memory_access``. Works for
+    the data module's seed). It draws while fitting only, not under ``memnet validate``. The PNG goes to
+    ``<run>/memory_access/epoch_EEEE_step_SSSSSSSS.png`` (:func:`validation_file_name`: the epoch and the global
+    step, so that several validations of one epoch, with ``val_check_interval`` or ``max_steps`` in one long
+    epoch, each keep their figure, and the names sort in training order) and, with a W&B logger, is logged as the
+    image ``memory_access``. Works for
     any network whose ``forward`` accepts ``return_trace=True`` and returns
     ``(logits, trace)`` with ``read_weights`` and ``write_weights`` of shape
     (B, T, heads, N); other networks are skipped.
@@ -62,8 +66,9 @@ class MemoryAccessPlot(pl.Callback):
         loaders = trainer.val_dataloaders
         loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
         batch = next(iter(loader))
-        path = run_dir(trainer) / "memory_access" / f"epoch_{trainer.current_epoch:04d}.png"
-        drawn = draw_memory_access(pl_module, batch, path, title=f"epoch {trainer.current_epoch}")
+        path = run_dir(trainer) / "memory_access" / validation_file_name(trainer)
+        drawn = draw_memory_access(pl_module, batch, path,
+                                   title=f"epoch {trainer.current_epoch}, step {trainer.global_step}")
         if drawn is None:
             return
         self.last_path = drawn

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from pytorch_lightning.loggers import WandbLogger
 from torch import nn
 
-from memnet.utils import is_integer, logged_step, run_dir, validation_count
+from memnet.utils import is_integer, logged_step, run_dir, validation_count, validation_file_name
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -233,7 +233,9 @@ def plot_gradient_panels(
 class GradientProbe(pl.Callback):
     """Every ``every_n_epochs`` validation epochs, measure ‖∂L/∂h(t)‖ on the first validation batch.
 
-    The curve (one line per probed epoch) goes to ``<run>/gradient_probe/epoch_XXXX.png``;
+    The curves (one line per probe, labelled ``epoch E, step S``) go to
+    ``<run>/gradient_probe/epoch_EEEE_step_SSSSSSSS.png`` (:func:`memnet.utils.validation_file_name`: the epoch
+    and the global step, so that several validations of one epoch each keep their figure and their line);
     with a W&B logger it is logged as the image ``gradient_probe`` and as the
     line chart ``gradient_probe/curve``. The scalars ``probe/log10_grad_first``
     and ``probe/log10_grad_last`` (log10 of the norm at the first and last step)
@@ -289,9 +291,9 @@ class GradientProbe(pl.Callback):
             loss=self.loss,
             state_part=self.state_part,
         )
-        epoch = trainer.current_epoch
-        self.curves[f"epoch {epoch}"] = norms
-        path = run_dir(trainer) / "gradient_probe" / f"epoch_{epoch:04d}.png"
+        label = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
+        self.curves[label] = norms
+        path = run_dir(trainer) / "gradient_probe" / validation_file_name(trainer)
         self.last_path = plot_gradient_curves(path, self.curves, title=f"gradient through time, {type(net).__name__}")
         floor = torch.tensor(PLOT_FLOOR, dtype=torch.float64)
         pl_module.log("probe/log10_grad_first", float(torch.log10(norms[0].clamp_min(floor))))
@@ -302,7 +304,7 @@ class GradientProbe(pl.Callback):
 
                 logger.log_image(key="gradient_probe", images=[str(self.last_path)], step=logged_step(trainer))
                 chart = wandb.plot.line_series(
-                    xs=list(range(len(norms))), ys=[norms.tolist()], keys=[f"epoch {epoch}"],
+                    xs=list(range(len(norms))), ys=[norms.tolist()], keys=[label],
                     title="‖∂L/∂h(t)‖", xname="time step",
                 )
                 # on Lightning's step axis, as WandbLogger logs: an explicit W&B step behind W&B's own counter

@@ -443,6 +443,17 @@ def validation_count(trainer: Any) -> int:
     return (trainer.current_epoch + 1) // every - 1
 
 
+def validation_file_name(trainer: Any, suffix: str = ".png") -> str:
+    """The name of a file drawn at this validation: ``epoch_EEEE_step_SSSSSSSS.png``.
+
+    The epoch (4 digits) and ``trainer.global_step`` (8 digits: the optimiser steps taken, as in a checkpoint's
+    ``step=``). An epoch alone named every validation of an epoch alike (``val_check_interval`` < 1, or a run
+    trained by ``max_steps`` in one long epoch), and each overwrote the one before; with the step no two
+    validations of a fit share a name, and the names sort in the order they were drawn.
+    """
+    return f"epoch_{int(trainer.current_epoch):04d}_step_{int(trainer.global_step):08d}{suffix}"
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a file of this process's own beside it, renamed onto it: a reader, or
     another process writing the same file (two runs of a suite ending together), never sees half of it."""

@@ -52,8 +52,24 @@ def test_callback_draws_every_k_validation_epochs(tmp_path):
                          enable_model_summary=False, default_root_dir=tmp_path, callbacks=[callback])
     trainer.fit(SequenceModule(net), datamodule=dm)
     drawn = sorted(p.name for p in (run_dir(trainer) / "memory_access").glob("*.png"))
-    assert drawn == ["epoch_0000.png", "epoch_0002.png"]
+    assert drawn == ["epoch_0000_step_00000002.png", "epoch_0002_step_00000006.png"]
     assert callback.last_path.read_bytes()[:8] == PNG
+
+
+@pytest.mark.parametrize("schedule", [{"max_epochs": 1, "val_check_interval": 0.5},  # two validations in an epoch
+                                      {"max_steps": 4, "val_check_interval": 2}])  # by steps, in one long epoch
+def test_callback_keeps_one_figure_per_validation_of_one_epoch(tmp_path, schedule):
+    task = AssociativeRecallTask(width=3, item_length=2, min_length=2, max_length=3)
+    dm = AlgorithmicDataModule(task, batch_size=3, batches_per_epoch=2 if "max_epochs" in schedule else 100,
+                               val_lengths=[3], val_size=3)
+    net = NTM(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=4),
+              memory_size=7, word_size=5, num_reads=1, num_writes=1)
+    trainer = pl.Trainer(**schedule, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path, callbacks=[MemoryAccessPlot()])
+    trainer.fit(SequenceModule(net), datamodule=dm)
+    drawn = sorted(p.name for p in (run_dir(trainer) / "memory_access").glob("*.png"))
+    steps = (1, 2) if "max_epochs" in schedule else (2, 4)
+    assert drawn == [f"epoch_0000_step_{step:08d}.png" for step in steps]  # each named epoch_0000.png, overwritten
 
 
 def test_callback_counts_validation_epochs_when_not_every_epoch_validates(tmp_path):
@@ -66,7 +82,7 @@ def test_callback_counts_validation_epochs_when_not_every_epoch_validates(tmp_pa
                          callbacks=[MemoryAccessPlot(every_n_epochs=2)])
     trainer.fit(SequenceModule(net), datamodule=dm)
     drawn = sorted(p.name for p in (run_dir(trainer) / "memory_access").glob("*.png"))
-    assert drawn == ["epoch_0001.png", "epoch_0005.png"]  # validations after epochs 1, 3, 5: the first and third
+    assert drawn == ["epoch_0001_step_00000002.png", "epoch_0005_step_00000006.png"]  # validations after epochs 1, 3, 5: the first and third
 
 
 def test_callback_rejects_bad_k():

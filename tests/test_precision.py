@@ -33,7 +33,7 @@ def _in_tmp(tmp_path, monkeypatch):
 @pytest.mark.parametrize("precision", ["32-true", "64-true", "bf16-mixed", "bf16-true"])
 def test_fit_with_every_precision_draws_the_memory_figure(model, precision, tmp_path):
     main(["fit", "--config", str(ROOT / "configs" / model / "copy.yaml"), *TINY, f"--trainer.precision={precision}"])
-    assert (tmp_path / "runs" / "debug" / "memory_access" / "epoch_0000.png").is_file()
+    assert (tmp_path / "runs" / "debug" / "memory_access" / "epoch_0000_step_00000001.png").is_file()
 
 
 @pytest.mark.parametrize(("model", "name"), [("dnc", "DNC"), ("ntm", "NTM")])

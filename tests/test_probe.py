@@ -175,11 +175,28 @@ def test_callback_draws_and_logs_during_training(tmp_path):
     trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=tmp_path, callbacks=[probe])
     trainer.fit(SequenceModule(net), train_dataloaders=loader, val_dataloaders=loader)
-    assert list(probe.curves) == ["epoch 0", "epoch 1"]
-    assert probe.last_path.parts[-2:] == ("gradient_probe", "epoch_0001.png") and probe.last_path.exists()
-    assert tmp_path in probe.last_path.parents
+    assert list(probe.curves) == ["epoch 0, step 1", "epoch 1, step 2"]
+    assert probe.last_path.parts[-2:] == ("gradient_probe", "epoch_0001_step_00000002.png")
+    assert probe.last_path.exists() and tmp_path in probe.last_path.parents
     assert "probe/log10_grad_first" in trainer.callback_metrics
-    assert probe.curves["epoch 1"].shape == (T,)
+    assert probe.curves["epoch 1, step 2"].shape == (T,)
+
+
+@pytest.mark.parametrize("schedule", [{"max_epochs": 1, "val_check_interval": 0.5},  # two validations in an epoch
+                                      {"max_steps": 4, "val_check_interval": 2}])  # by steps, in one long epoch
+def test_callback_keeps_one_figure_and_curve_per_validation_of_one_epoch(tmp_path, schedule):
+    net, inputs, targets, _ = _one_batch_run()
+    batch = {"inputs": inputs, "targets": targets, "mask": torch.ones(B, T), "length": T}
+    train = torch.utils.data.DataLoader([batch] * (2 if "max_epochs" in schedule else 100), batch_size=None)
+    val = torch.utils.data.DataLoader([batch], batch_size=None)
+    probe = GradientProbe(max_sequences=2)
+    trainer = pl.Trainer(**schedule, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path, callbacks=[probe])
+    trainer.fit(SequenceModule(net), train_dataloaders=train, val_dataloaders=val)
+    steps = (1, 2) if "max_epochs" in schedule else (2, 4)
+    assert list(probe.curves) == [f"epoch 0, step {step}" for step in steps]  # was one "epoch 0", overwritten
+    drawn = sorted(p.name for p in probe.last_path.parent.glob("*.png"))
+    assert drawn == [f"epoch_0000_step_{step:08d}.png" for step in steps]
 
 
 def test_callback_counts_validation_epochs_not_epochs(tmp_path):
@@ -190,7 +207,7 @@ def test_callback_counts_validation_epochs_not_epochs(tmp_path):
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
                          callbacks=[probe])
     trainer.fit(SequenceModule(net), train_dataloaders=loader, val_dataloaders=loader)
-    assert list(probe.curves) == ["epoch 1", "epoch 5"]
+    assert list(probe.curves) == ["epoch 1, step 2", "epoch 5, step 6"]
 
 
 def test_callback_probes_under_trainer_validate(tmp_path):
@@ -199,7 +216,7 @@ def test_callback_probes_under_trainer_validate(tmp_path):
     trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=tmp_path, callbacks=[probe])
     trainer.validate(SequenceModule(net), dataloaders=loader)
-    torch.testing.assert_close(probe.curves["epoch 0"], gradient_through_time(net, inputs[:2], targets[:2]))
+    torch.testing.assert_close(probe.curves["epoch 0, step 0"], gradient_through_time(net, inputs[:2], targets[:2]))
 
 
 def test_memnet_probe_command_draws_the_comparison(tmp_path, monkeypatch, capsys):
