@@ -89,6 +89,7 @@ def gradient_through_time(
     mask: torch.Tensor | None = None,
     loss: Literal["last", "all"] | LossFn = "last",
     state_part: Literal["all", "controller"] = "all",
+    memory_size: int | None = None,
 ) -> torch.Tensor:
     """‖∂L/∂h(t)‖ for every time step t of one batch.
 
@@ -113,11 +114,15 @@ def gradient_through_time(
         state_part: ``all`` the whole state (an NTM's memory and read vectors
             included), or ``controller`` only the controller's state (for states
             with a ``controller`` field; the whole state otherwise).
+        memory_size: N, the memory slots of the episode (networks with a memory: NTM, DNC); default the
+            network's own, or for a LightningModule its ``eval_memory_size`` where set, as its evaluation runs.
 
     Returns:
         (T,) float64 norms, on the CPU.
     """
-    net = getattr(net, "net", net) if isinstance(net, pl.LightningModule) else net
+    if isinstance(net, pl.LightningModule):
+        memory_size = getattr(net, "eval_memory_size", None) if memory_size is None else memory_size
+        net = getattr(net, "net", net)
     if not (hasattr(net, "initial_state") and hasattr(net, "step")):
         raise TypeError(f"net must have initial_state() and step(); {type(net).__name__} has not")
     if inputs.dim() != 3 or targets.dim() != 3 or inputs.shape[:2] != targets.shape[:2]:
@@ -145,7 +150,8 @@ def gradient_through_time(
     try:
         with torch.inference_mode(False), torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
             inputs, targets, mask = (x.clone() if x.is_inference() else x for x in (inputs, targets, mask))
-            state = net.initial_state(batch, device=inputs.device, dtype=dtype)
+            sized = {} if memory_size is None else {"memory_size": memory_size}
+            state = net.initial_state(batch, device=inputs.device, dtype=dtype, **sized)
             for t in range(steps):
                 perturbations: list[torch.Tensor] = []
                 state = _perturb(state, perturbations, state_part)
@@ -239,7 +245,8 @@ class GradientProbe(pl.Callback):
     with a W&B logger it is logged as the image ``gradient_probe`` and as the
     line chart ``gradient_probe/curve``. The scalars ``probe/log10_grad_first``
     and ``probe/log10_grad_last`` (log10 of the norm at the first and last step)
-    are logged with the module's metrics. Networks without ``step`` are skipped.
+    are logged with the module's metrics. Networks without ``step`` are skipped. The memory has the slots
+    the validation runs with: the module's ``eval_memory_size`` where set, else the network's N.
 
     Args:
         every_n_epochs: probe every this many validation epochs.
@@ -290,6 +297,8 @@ class GradientProbe(pl.Callback):
             mask=batch["mask"][rows].to(pl_module.device) if "mask" in batch else None,
             loss=self.loss,
             state_part=self.state_part,
+            # the N of the validation it probes (SequenceModule.forward runs evaluation with eval_memory_size)
+            memory_size=getattr(pl_module, "eval_memory_size", None),
         )
         label = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
         self.curves[label] = norms

@@ -219,6 +219,30 @@ def test_callback_probes_under_trainer_validate(tmp_path):
     torch.testing.assert_close(probe.curves["epoch 0, step 0"], gradient_through_time(net, inputs[:2], targets[:2]))
 
 
+def test_callback_probes_with_the_memory_size_of_validation(tmp_path, monkeypatch):
+    """With ``eval_memory_size`` the validation runs with N = 13 slots where training had 7: so does the probe."""
+    torch.manual_seed(3)
+    net = NTM(D, K, controller=partial(LSTMController, hidden_size=H), memory_size=7, word_size=5)
+    inputs, targets = _data(3, torch.float32)
+    loader = torch.utils.data.DataLoader([{"inputs": inputs, "targets": targets, "mask": torch.ones(B, T),
+                                           "length": T}], batch_size=None)
+    sizes = []
+    initial_state = net.initial_state
+    monkeypatch.setattr(net, "initial_state", lambda *a, **k: sizes.append(k.get("memory_size")) or initial_state(*a, **k))
+    probe = GradientProbe(max_sequences=2)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path, callbacks=[probe])
+    trainer.validate(SequenceModule(net, eval_memory_size=13), dataloaders=loader)
+    assert sizes == [13, 13]  # the validation batch, then the probe (was None: the training N)
+    monkeypatch.undo()
+    expected = gradient_through_time(net, inputs[:2], targets[:2], memory_size=13)
+    torch.testing.assert_close(probe.curves["epoch 0, step 0"], expected)
+    assert not torch.allclose(expected, gradient_through_time(net, inputs[:2], targets[:2]))
+    # a LightningModule handed to the function itself is probed as it evaluates too
+    torch.testing.assert_close(gradient_through_time(SequenceModule(net, eval_memory_size=13), inputs[:2],
+                                                     targets[:2]), expected)
+
+
 def test_memnet_probe_command_draws_the_comparison(tmp_path, monkeypatch, capsys):
     from pathlib import Path
 
