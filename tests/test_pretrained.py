@@ -8,6 +8,7 @@ import re
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 from tiny_run import tiny_run
 
@@ -90,6 +91,37 @@ def test_memory_size_changes_at_load_time(tmp_path):
         torch.testing.assert_close(larger(inputs), net(inputs, memory_size=23), rtol=0, atol=0)
         _, trace = larger(inputs, return_trace=True)
     assert trace.read_weights.shape[-1] == 23
+
+
+def test_the_eval_memory_size_is_exported_and_the_loaded_network_runs_with_it(tmp_path):
+    """Trained with 7 slots, evaluated with 13: the loaded network has 13, as the run had in validation."""
+    net = trained_like(NTM_CONFIG)
+    save(net, NTM_CONFIG, tmp_path / "export", eval_memory_size=13)
+    config = json.loads((tmp_path / "export" / CONFIG_FILE).read_text())
+    assert config["eval_memory_size"] == 13 and config["init_args"]["memory_size"] == 7  # the trained N kept
+    loaded = memnet.models.load(tmp_path / "export")
+    assert loaded.memory_size == 13 and NTM.from_pretrained(tmp_path / "export").memory_size == 13
+    inputs = sequences()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(inputs), net(inputs, memory_size=13), rtol=0, atol=0)
+    assert memnet.models.load(tmp_path / "export", memory_size=9).memory_size == 9  # an explicit N still wins
+
+
+def test_an_export_without_eval_memory_size_loads_with_the_trained_n_and_a_bad_one_is_refused(tmp_path):
+    save(trained_like(NTM_CONFIG), NTM_CONFIG, tmp_path / "old")  # as exports were written before the field
+    assert "eval_memory_size" not in json.loads((tmp_path / "old" / CONFIG_FILE).read_text())
+    assert memnet.models.load(tmp_path / "old").memory_size == 7
+    config_path = tmp_path / "old" / CONFIG_FILE
+    for bad in (0, 2.5, True, "13"):
+        config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "eval_memory_size": bad}))
+        with pytest.raises(PretrainedError, match="'eval_memory_size' must be a positive integer"):
+            memnet.models.load(tmp_path / "old")
+    with pytest.raises(PretrainedError, match="eval_memory_size must be a positive integer"):
+        save(trained_like(NTM_CONFIG), NTM_CONFIG, tmp_path / "zero", eval_memory_size=0)
+    no_memory = {"class_path": "memnet.models.recurrent.RecurrentModel",
+                 "init_args": {"input_size": 5, "output_size": 3, "controller": LSTM}}
+    with pytest.raises(PretrainedError, match="needs a network with a memory_size argument"):
+        save(build(no_memory, where="test"), no_memory, tmp_path / "rnn", eval_memory_size=13)
 
 
 def test_config_holds_class_path_and_every_argument(tmp_path):
@@ -242,6 +274,21 @@ def test_memnet_export_of_a_checkpoint(tmp_path, monkeypatch, capsys):
     assert exit_status.value.code == 2  # bad input, as every memnet command
     assert capsys.readouterr().err.strip() == (
         "memnet export: --out: exported exists and is not an empty folder; choose a new folder or empty it")
+
+
+def test_memnet_export_keeps_the_runs_eval_memory_size(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run = yaml.safe_load(TINY_RUN)
+    run["model"]["init_args"]["eval_memory_size"] = 11  # trained with 7 slots, validated with 11
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(run))
+    memnet_main(["fit", "--config", "tiny.yaml"])
+    with pytest.raises(SystemExit) as exit_status:
+        memnet_main(["export", "--ckpt_path", "latest", "--out", "exported"])
+    assert exit_status.value.code == 0
+    assert "eval_memory_size, 11 slots" in capsys.readouterr().out
+    config = json.loads((tmp_path / "exported" / CONFIG_FILE).read_text())
+    assert config["eval_memory_size"] == 11 and config["init_args"]["memory_size"] == 7
+    assert memnet.models.load(tmp_path / "exported").memory_size == 11  # was 7: not the network validated
 
 
 def test_a_bad_hub_repository_id_is_refused_before_anything_is_written(tmp_path, capsys):

@@ -7,9 +7,11 @@ The run is rebuilt from its ``config.yaml`` (or the ``--config`` files) as
 alone (no LightningModule, optimiser or training state) is written to ``DIR``:
 
     model.safetensors   its weights
-    config.json         its class path and every constructor argument
+    config.json         its class path and every constructor argument (and the run's
+                        eval_memory_size, where it has one)
 
-``memnet.models.load(DIR)`` rebuilds it (see :mod:`memnet.models.pretrained`).
+``memnet.models.load(DIR)`` rebuilds it (see :mod:`memnet.models.pretrained`), with the memory
+size the run evaluated with (``model.init_args.eval_memory_size``) where it set one.
 ``--push-to-hub`` also uploads the folder to the Hugging Face Hub (network and a
 token needed).
 """
@@ -77,9 +79,12 @@ def run(args: argparse.Namespace) -> Path:
     cli = instantiate(configs)
     load_checkpoint(cli.model, checkpoint, configs)
     net = cli.model.net.to(torch.device("cpu")).eval()
-    folder = save(net, network_config(cli), out)
+    # the run validated and tested with eval_memory_size slots: the loaded network runs with them too
+    eval_memory_size = getattr(cli.model, "eval_memory_size", None)
+    folder = save(net, network_config(cli), out, eval_memory_size=eval_memory_size)
+    slots = "" if eval_memory_size is None else f"; it runs with the run's eval_memory_size, {eval_memory_size} slots"
     print(f"exported {type(net).__name__} from {checkpoint} to {folder} "
-          f"(load with memnet.models.load({str(folder)!r}))")
+          f"(load with memnet.models.load({str(folder)!r}){slots})")
     if args.push_to_hub:
         print(f"pushed to {push_to_hub(folder, args.push_to_hub)}")
     return folder

@@ -7,7 +7,8 @@ to be used:
     config.json         {"format": ..., "class_path": "memnet.models.ntm.NTM",
                          "init_args": {... every constructor argument, nested
                          class_path / init_args for the controller ...},
-                         "seeds": {"memory_init": 1234}}   (random initial memories only)
+                         "seeds": {"memory_init": 1234},   (random initial memories only)
+                         "eval_memory_size": 512}          (runs trained with one only)
 
 ``memnet export`` writes one from a checkpoint; :func:`load` (or
 ``NTM.from_pretrained``) rebuilds the network, optionally with other constructor
@@ -15,6 +16,11 @@ arguments, such as a larger memory::
 
     net = memnet.models.load("exports/ntm-copy", memory_size=256)
     logits = net(inputs)                        # (B, T, D_out)
+
+``init_args.memory_size`` is the N the network was trained with; a run that evaluated with more slots
+(``eval_memory_size``) exports that N as ``eval_memory_size``, and :func:`load` builds the network with
+it, so that the loaded network runs as the trained one ran in validation and test (an explicit
+``memory_size=`` still wins). An export without the field loads with the trained N, as before.
 
 The config is instantiated by jsonargparse, the same machinery that builds the
 network from a YAML config in ``memnet fit``, so a portable config reads like the
@@ -38,7 +44,7 @@ import torch
 from torch import nn
 
 from memnet.memory import MemoryInit
-from memnet.utils import fsync, parameter_dtype, remove_leftover
+from memnet.utils import fsync, is_integer, parameter_dtype, remove_leftover
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -50,12 +56,14 @@ class PretrainedError(ValueError):
     """A portable folder that cannot be written or read (names the file and what is wrong)."""
 
 
-def save(net: nn.Module, config: dict[str, Any], out: str | Path) -> Path:
+def save(net: nn.Module, config: dict[str, Any], out: str | Path, *, eval_memory_size: int | None = None) -> Path:
     """Write ``net``'s weights and ``config`` (``class_path`` and ``init_args``) to the folder ``out``.
 
     ``out`` must not exist or be empty, so an export never mixes with older files.
-    The config is checked by rebuilding the network from it and loading the weights
-    back before anything is written. Both files are written to a sibling folder
+    ``eval_memory_size``: the N the run evaluated with (``SequenceModule``'s ``eval_memory_size``),
+    kept in ``config.json`` beside the trained ``init_args.memory_size``; :func:`load` builds the
+    network with it. The config is checked by rebuilding the network from it (as :func:`load` will)
+    and loading the weights back before anything is written. Both files are written to a sibling folder
     ``.<out>.partial`` that is then renamed to ``out``: a crash while writing leaves
     ``out`` as it was, never half written (the next save removes the ``.partial`` folder).
 
@@ -71,9 +79,16 @@ def save(net: nn.Module, config: dict[str, Any], out: str | Path) -> Path:
     seeds = memory_seeds(net)
     if seeds:
         config["seeds"] = seeds
+    if eval_memory_size is not None:
+        if not is_integer(eval_memory_size) or eval_memory_size < 1:
+            raise PretrainedError(f"eval_memory_size must be a positive integer, got {eval_memory_size!r}")
+        if "memory_size" not in config["init_args"]:
+            raise PretrainedError(f"eval_memory_size ({eval_memory_size}) needs a network with a memory_size "
+                                  f"argument; {config['class_path']} has none")
+        config["eval_memory_size"] = int(eval_memory_size)
     # Each tensor its own contiguous copy: safetensors refuses storage shared by several names (tied weights).
     state = {name: tensor.detach().cpu().clone().contiguous() for name, tensor in net.state_dict().items()}
-    _load_state(build(config, where="the exported config"), state, "the network", "its config")
+    _load_state(build(loaded_config(config), where="the exported config"), state, "the network", "its config")
     partial = out.with_name(f".{out.name}.partial")
     try:
         remove_leftover(partial)  # left by a save that was killed: a folder, or a file of that name
@@ -95,6 +110,9 @@ def save(net: nn.Module, config: dict[str, Any], out: str | Path) -> Path:
 
 def load(source: str | Path, *, device: str | torch.device = "cpu", **overrides: Any) -> nn.Module:
     """The network stored in ``source``, in eval mode, with its trained weights.
+
+    A network exported from a run with ``eval_memory_size`` has that many memory slots, as the run
+    had in validation and test (``memory_size=`` in ``overrides`` sets another).
 
     Args:
         source: a folder written by ``memnet export`` (or :func:`save`), or a Hugging
@@ -118,6 +136,7 @@ def load(source: str | Path, *, device: str | torch.device = "cpu", **overrides:
             f"{config_path}: {config['class_path']} has no argument {', '.join(unknown)} to override "
             f"(its arguments: {', '.join(config['init_args'])})"
         )
+    config = loaded_config(config)
     config["init_args"].update(overrides)
     net = build(config, where=str(config_path))
     if not weights_path.is_file():
@@ -132,6 +151,15 @@ def load(source: str | Path, *, device: str | torch.device = "cpu", **overrides:
         if isinstance(modules.get(name), MemoryInit):
             modules[name].set_seed(seed)
     return net.to(device).eval()
+
+
+def loaded_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with ``init_args.memory_size`` set to its ``eval_memory_size``, where it has one: the network
+    as the run evaluated it (a copy; an export without the field, from before it was kept, as it is)."""
+    slots = config.get("eval_memory_size")
+    if slots is None:
+        return config
+    return {**config, "init_args": {**config["init_args"], "memory_size": slots}}
 
 
 def memory_seeds(net: nn.Module) -> dict[str, int]:
@@ -207,6 +235,10 @@ def read_config(path: Path) -> dict[str, Any]:
     seeds = config.get("seeds", {})
     if not isinstance(seeds, dict) or not all(isinstance(seed, int) for seed in seeds.values()):
         raise PretrainedError(f"{path}: 'seeds' must be an object of integer seeds by module name, got {seeds!r}")
+    slots = config.get("eval_memory_size")
+    if slots is not None and (not is_integer(slots) or slots < 1 or "memory_size" not in config["init_args"]):
+        raise PretrainedError(f"{path}: 'eval_memory_size' must be a positive integer beside an "
+                              f"init_args.memory_size, got {slots!r}")
     return config
 
 
