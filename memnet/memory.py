@@ -27,6 +27,9 @@ CONSTANT_INIT = 1e-6
 
 MemoryInitScheme = Literal["constant", "learned", "random"]
 
+# where a random initial memory is drawn, whatever device the network is on: one seed, one memory
+CPU = torch.device("cpu")
+
 
 def read(memory: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Read one vector per head: a weighted sum of the slots.
@@ -85,8 +88,11 @@ class MemoryInit(nn.Module):
             kept in checkpoints, so a resumed run draws what the unbroken run would). In
             evaluation every call returns the same draw, made afresh from ``seed``: deliberately,
             so that a checkpoint's validation does not depend on what ran before it (every
-            evaluation batch of one shape (B, N, W) starts from the same memory). A
-            ``torch.Generator`` passed to ``forward`` is used instead, in training and evaluation.
+            evaluation batch of one shape (B, N, W) starts from the same memory). Drawn on the
+            CPU and moved to ``device``, so that one seed gives one memory on every device (a
+            CUDA generator draws other numbers than a CPU one of the same seed). A
+            ``torch.Generator`` passed to ``forward`` is used instead, in training and evaluation
+            (drawn on its own device).
 
     Args:
         word_size: W, the width of a slot.
@@ -131,11 +137,11 @@ class MemoryInit(nn.Module):
         if self.scheme == "learned":
             return repeat(self.bias.to(dtype or self.bias.dtype), "w -> b n w", b=batch_size, n=memory_size)
         if generator is None:  # training continues the module's draws; evaluation draws the same each time
-            device = torch.device("cpu") if device is None else torch.device(device)
-            generator = (self._draws.generator(device) if self.training
-                         else torch.Generator(device=device).manual_seed(self.seed))
-        noise = torch.randn(shape, device=device, dtype=dtype, generator=generator)
-        return noise * self.random_std
+            generator = (self._draws.generator(CPU) if self.training else torch.Generator(CPU).manual_seed(self.seed))
+        # on the generator's device (the CPU: the same numbers for a CPU and a CUDA run of one seed), then moved:
+        # one (B, N, W) copy per episode, not per step
+        noise = torch.randn(shape, device=generator.device, dtype=dtype, generator=generator) * self.random_std
+        return noise.to(device=device)
 
     def set_seed(self, seed: int) -> None:
         """Draw from ``seed`` from now on, as if built with it (a network rebuilt by ``memnet.models.load``)."""

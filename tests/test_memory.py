@@ -109,6 +109,50 @@ def test_random_memory_init_draws_its_own_stream_kept_in_checkpoints_and_one_dra
     assert torch.equal(module.net.memory_init(B, N), after)
 
 
+def _random_draws(monkeypatch) -> list:
+    """Record the device of every generator ``torch.randn`` draws with."""
+    draws, randn = [], torch.randn
+
+    def spy(*args, generator=None, **kwargs):
+        draws.append(None if generator is None else generator.device)
+        return randn(*args, generator=generator, **kwargs)
+
+    monkeypatch.setattr(torch, "randn", spy)
+    return draws
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_random_memory_init_is_drawn_on_the_cpu_whatever_the_device(monkeypatch, training):
+    """The memory of one seed does not depend on the device: drawn by a CPU generator, then moved. (A CUDA
+    generator of the same seed draws other numbers: a CPU run and a CUDA run started from different memories;
+    asked for another device, the draw made a generator there, which on ``meta`` raises.)"""
+    draws = _random_draws(monkeypatch)
+    init = mem.MemoryInit(word_size=W, scheme="random", seed=5, random_std=0.3).train(training)
+    moved = init(B, N, device="meta", dtype=torch.float64)  # a device that is not the CPU (no CUDA needed)
+    assert moved.device.type == "meta" and moved.shape == (B, N, W) and moved.dtype == torch.float64
+    assert draws == [torch.device("cpu")]
+    manual = 0.3 * torch.randn(B, N, W, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(mem.MemoryInit(word_size=W, scheme="random", seed=5, random_std=0.3).train(training)(
+        B, N, dtype=torch.float64), manual)  # the seed's first CPU draw, in training and evaluation
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_random_memory_init_is_the_same_on_cuda_as_on_the_cpu():
+    from memnet.models.ntm import NTM
+
+    for training in (True, False):
+        cpu = mem.MemoryInit(word_size=W, scheme="random", seed=5).train(training)
+        cuda = mem.MemoryInit(word_size=W, scheme="random", seed=5).train(training)
+        for _ in range(2):  # the training stream goes on alike
+            drawn = cuda(B, N, device="cuda")
+            assert drawn.is_cuda and torch.equal(drawn.cpu(), cpu(B, N))
+    torch.manual_seed(0)
+    net = NTM(4, 4, memory_size=N, word_size=W, memory_init="random").eval()  # one draw, of the seed
+    on_cpu = net.initial_state(B).memory
+    assert torch.equal(net.cuda().initial_state(B).memory.cpu(), on_cpu)
+
+
 def test_memory_init_rejects_bad_values():
     with pytest.raises(ValueError, match="memory_init"):
         mem.MemoryInit(word_size=W, scheme="zeros")
