@@ -28,7 +28,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from memnet.metrics import nrmse_from_sums, task_error_counts
 from memnet.optim import shrink_gradients_
-from memnet.utils import MemnetError, batches_done, fitting
+from memnet.utils import MemnetError, batches_done, distributed_position, fitting, gather_objects
 
 Interval = Literal["step", "epoch"]  # when a learning-rate scheduler steps
 NonFinite = Literal["skip", "stop"]  # what a training step with non-finite gradients does
@@ -174,6 +174,12 @@ class MemnetModule(pl.LightningModule):
         checkpoint["memnet_rng_states"] = {name: state for name, state in states.items() if state is not None}
         # torch's global generators (dropout draws from them; Lightning keeps them in no checkpoint)
         checkpoint["memnet_global_rng"] = global_rng_state()
+        if self._trainer is not None and distributed_position(self.trainer)[1] > 1:
+            # under DDP every process has drawn its own (as many draws as its batches' shapes asked for: a
+            # seq2seq's coin flips per target step), and the file is rank 0's: rank r resumes from rank r's
+            # draws (memnet_rng_by_rank[r]); from rank 0's, a resumed run trained on other numbers than the unbroken one
+            mine = {"modules": checkpoint["memnet_rng_states"], "global": checkpoint["memnet_global_rng"]}
+            checkpoint["memnet_rng_by_rank"] = gather_objects(mine, self.trainer)
         if self._trainer is not None and fitting(self.trainer):
             checkpoint["memnet_train_epoch"] = train_epoch_so_far(self)  # None unless written mid-epoch
 
@@ -181,10 +187,16 @@ class MemnetModule(pl.LightningModule):
         self.skipped_steps = checkpoint.get("memnet_skipped_steps", 0)
         self.skipped_in_a_row = checkpoint.get("memnet_skipped_in_a_row", 0)
         states = checkpoint.get("memnet_rng_states", {})  # absent in checkpoints from before they were kept
+        global_rng = checkpoint.get("memnet_global_rng")
+        by_rank = checkpoint.get("memnet_rng_by_rank")  # written under DDP: each process's own draws
+        rank, world_size = distributed_position(self._trainer)
+        if by_rank:  # resumed on another number of processes: rank 0's, as a one-process checkpoint holds
+            mine = by_rank[rank if len(by_rank) == world_size else 0]
+            states, global_rng = mine["modules"], mine["global"]
         for name, module in self.named_modules():
             if name in states and hasattr(module, "set_rng_state"):
                 module.set_rng_state(states[name])
-        self._resumed_global_rng = checkpoint.get("memnet_global_rng")  # set when training starts (on_train_start)
+        self._resumed_global_rng = global_rng  # set when training starts (on_train_start)
         self._resumed_epoch = checkpoint.get("memnet_train_epoch")
         trainer = self._trainer
         if trainer is None or not fitting(trainer):

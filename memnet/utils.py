@@ -69,6 +69,33 @@ def distributed_position(trainer: Any) -> tuple[int, int]:
     return int(getattr(trainer, "global_rank", 0)), int(getattr(trainer, "world_size", 1))
 
 
+def gather_objects(value: Any, trainer: Any) -> list[Any]:
+    """``value`` of every DDP process of ``trainer``'s run, by rank: ``[value]`` on one process.
+
+    A collective under DDP (``torch.distributed.all_gather_object``, pickled): every process must call it
+    at the same point, with a picklable value.
+    """
+    _, world_size = distributed_position(trainer)
+    if world_size <= 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [value]
+    gathered: list[Any] = [None] * world_size
+    torch.distributed.all_gather_object(gathered, value)
+    return gathered
+
+
+def in_set_order(shares: list[list[Any]]) -> list[Any]:
+    """The items of a fixed set from the processes' ``shares`` (by rank), in the set's order.
+
+    Rank r of W holds the items r, r + W, r + 2W, … (:class:`UnrepeatedDistributedSampler`): item k of
+    share r is the set's item r + kW.
+
+    >>> in_set_order([["a", "c", "e"], ["b", "d"]])
+    ['a', 'b', 'c', 'd', 'e']
+    """
+    longest = max((len(share) for share in shares), default=0)
+    return [share[k] for k in range(longest) for share in shares if k < len(share)]
+
+
 def distributed_sampler(dataset: Sized, trainer: Any, *, shuffle: bool, seed: int) -> DistributedSampler | None:
     """A ``DistributedSampler`` giving this process its share of a training set ``dataset``, or None on one process.
 
