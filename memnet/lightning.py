@@ -63,7 +63,15 @@ from memnet.training import (  # noqa: F401  (re-exported: memnet.lightning.Memn
     configure_optimizers,
     scheduler_config,
 )
-from memnet.utils import MemnetError, accepts_keyword, check_positive, is_integer
+from memnet.utils import (
+    MemnetError,
+    accepts_keyword,
+    check_positive,
+    distributed_position,
+    gather_objects,
+    in_set_order,
+    is_integer,
+)
 
 
 class SequenceModule(MemnetModule):
@@ -218,14 +226,18 @@ class SequenceModule(MemnetModule):
         self._first_prediction = None
 
     def on_predict_epoch_end(self) -> None:
-        """Print bit errors per sequence by length, and the first example's target and output."""
-        if not self._predicted or not self.trainer.is_global_zero:
+        """Print bit errors per sequence by length, and the first example's target and output: of the whole
+        predict set, every DDP process's share gathered on rank 0 (which printed its own share alone)."""
+        shares = gather_objects((self._predicted, self._first_prediction), self.trainer)
+        predicted = in_set_order([share for share, _ in shares])
+        if not predicted or not self.trainer.is_global_zero:
             return
         print("\nlength  sequences  bit errors per sequence")
-        for length in sorted({length for length, _ in self._predicted}):
-            errors = torch.cat([e for n, e in self._predicted if n == length])
+        for length in sorted({length for length, _ in predicted}):
+            errors = torch.cat([e for n, e in predicted if n == length])
             print(f"{length:>6}  {len(errors):>9}  {errors.float().mean().item():.3f}")
-        targets, predictions, mask = self._first_prediction
+        # the set's first batch: rank 0's first (rank r predicts the batches r, r + W, …)
+        targets, predictions, mask = next(first for _, first in shares if first is not None)
         scored = mask.bool()
         print("\nfirst example, output phase (rows: time steps)")
         print("target      ", "  ".join("".join(str(int(v)) for v in row) for row in targets[scored]))
@@ -547,21 +559,38 @@ class Seq2SeqModule(MemnetModule):
 
     def on_predict_epoch_start(self) -> None:
         self._printed = 0
+        self._unprinted: list[list[str]] = []  # under DDP, this process's lines by batch, printed at the epoch's end
 
     def on_predict_batch_end(self, outputs: dict, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Print the batch's decodings while fewer than ``print_predictions`` are printed; under DDP keep them for
+        :meth:`on_predict_epoch_end` (every process printed its own share's, rank 1's among rank 0's)."""
         net = self.net
         names = {net.pad_index: "<pad>", net.bos_index: "<bos>", net.eos_index: "<eos>"}
-        for i in range(outputs["source"].shape[0]):
-            if self._printed >= self.print_predictions:
-                return
+        lines = []
+        for i in range(min(outputs["source"].shape[0], self.print_predictions - self._printed)):
             line = [f"source: {format_tokens(outputs['source'][i], names)}"]
             if "target" in outputs:
                 line.append(f"target: {format_tokens(outputs['target'][i], names)}")
             line.append(f"decoded: {format_tokens(outputs['prediction'][i], names)}")
             if "correct" in outputs:
                 line.append("✓" if outputs["correct"][i] else "✗")
-            print(" | ".join(line))
-            self._printed += 1
+            lines.append(" | ".join(line))
+        self._printed += len(lines)
+        if distributed_position(self._trainer)[1] > 1:
+            self._unprinted.append(lines)
+        else:
+            for line in lines:
+                print(line)
+
+    def on_predict_epoch_end(self) -> None:
+        """Under DDP, rank 0 prints the first ``print_predictions`` decodings of the set, from every process's share
+        (rank r decoded the batches r, r + W, …)."""
+        if distributed_position(self._trainer)[1] <= 1:
+            return
+        batches = in_set_order(gather_objects(self._unprinted, self.trainer))
+        if self.trainer.is_global_zero:
+            for line in [line for lines in batches for line in lines][:self.print_predictions]:
+                print(line)
 
 
 def format_tokens(tokens: torch.Tensor, names: dict[int, str]) -> str:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -484,3 +485,75 @@ def test_a_ddp_checkpoint_resumes_every_process_from_its_own_draws(monkeypatch):
     one._trainer.world_size = 1  # resumed on one process: rank 0's draws, as before
     one.on_load_checkpoint(checkpoint)
     assert torch.equal(one.net.memory_init(3, 7), draws[0][1])
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_ddp_predict_prints_the_whole_set_in_order(monkeypatch, capsys, rank):
+    """Each DDP process predicts its share (rank r the batches r, r + W, …); memnet predict printed rank 0's share
+    alone (bit errors over 2 of the 3 sequences of each length) and a seq2seq's decodings came from each process
+    (rank 1's among rank 0's, print_predictions of each). Now rank 0 prints those of the whole set, as one process."""
+    from memnet.controllers import LSTMController
+    from memnet.lightning import Seq2SeqModule, SequenceModule
+    from memnet.models.recurrent import RecurrentModel
+    from memnet.models.seq2seq import Seq2Seq
+    from tasks.sequences import ReverseTask
+
+    def data(task, rank=None):
+        dm = AlgorithmicDataModule(task, batch_size=2, test_lengths=[2, 3, 4], test_size=3, seed=5)
+        if rank is not None:
+            dm.trainer = SimpleNamespace(global_rank=rank, world_size=2)
+        return dm
+
+    def printed(make_module, task) -> tuple[str, str]:
+        alone = make_module()
+        alone._trainer = SimpleNamespace(global_rank=0, world_size=1, is_global_zero=True)
+        capsys.readouterr()
+        run_hooks(alone, list(data(task).predict_dataloader()))
+        one = capsys.readouterr().out
+        shares = [list(data(task, r).predict_dataloader()) for r in (0, 1)]
+        others = []
+        for r in (0, 1):  # what each process hands over at the epoch's end
+            module = make_module()
+            module._trainer = SimpleNamespace(global_rank=r, world_size=2, is_global_zero=r == 0)
+            run_hooks(module, shares[r], end=False)
+            others.append((module._predicted, module._first_prediction) if isinstance(module, SequenceModule)
+                          else module._unprinted)
+        capsys.readouterr()
+        module = make_module()
+        module._trainer = SimpleNamespace(global_rank=rank, world_size=2, is_global_zero=rank == 0)
+        _FakeGather(monkeypatch, rank, others)
+        run_hooks(module, shares[rank])
+        monkeypatch.undo()  # torch.distributed as it is (DataLoader asks it too)
+        return one, capsys.readouterr().out
+
+    def run_hooks(module, batches, end=True):
+        module.eval()
+        module.on_predict_epoch_start()
+        for index, batch in enumerate(batches):
+            with torch.no_grad():
+                module.on_predict_batch_end(module.predict_step(batch, index), batch, index)
+        if end:
+            module.on_predict_epoch_end()
+
+    copy = CopyTask(width=3, min_length=1, max_length=6)
+
+    def sequence_module():
+        torch.manual_seed(0)
+        return SequenceModule(RecurrentModel(copy.input_size, copy.output_size, controller=partial(LSTMController, hidden_size=4)))
+
+    one, shared = printed(sequence_module, copy)
+    assert "     3          3  " in one
+    assert shared == (one if rank == 0 else "")
+
+    reverse = ReverseTask(num_symbols=4, min_length=1, max_length=4)
+
+    def seq2seq_module():
+        torch.manual_seed(0)
+        return Seq2SeqModule(Seq2Seq(reverse.input_size, reverse.output_size, embedding_size=3,
+                                     encoder=partial(LSTMController, hidden_size=4),
+                                     decoder=partial(LSTMController, hidden_size=4), max_decode_length=5),
+                             print_predictions=5)
+
+    one, shared = printed(seq2seq_module, reverse)
+    assert len(one.strip().splitlines()) == 5
+    assert shared == (one if rank == 0 else "")
