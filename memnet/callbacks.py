@@ -15,6 +15,7 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 
+from memnet.checkpoint import METRICS_KEY  # re-exported: memnet.callbacks.METRICS_KEY
 from memnet.plots import plot_dnc_memory, plot_memory_access
 from memnet.utils import (  # run_dir re-exported: memnet.callbacks.run_dir
     accepts_keyword,
@@ -30,7 +31,6 @@ from memnet.utils import (  # run_dir re-exported: memnet.callbacks.run_dir
 )
 
 log = logging.getLogger(__name__)
-METRICS_KEY = "memnet_metrics"  # the scalar metrics at the time a checkpoint was saved (LastAndBestCheckpoint)
 
 
 class MemoryAccessPlot(pl.Callback):

@@ -2,6 +2,7 @@
 
     read_checkpoint(path)                       torch.load, with the file named in every error
     check_finite_state(state_dict, source)      refuses NaN or infinite weights, naming the parameter
+    saved_metrics(path)                         the scalar metrics a checkpoint was saved with (METRICS_KEY)
 
 Used by the ``memnet`` command's checkpoint I/O (``fit``/``validate``/``test``/``predict``
 with ``--ckpt_path``) and by ``memnet evaluate``.
@@ -9,6 +10,7 @@ with ``--ckpt_path``) and by ``memnet evaluate``.
 
 from __future__ import annotations
 
+import pickle
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,7 +18,9 @@ from typing import Any
 
 import torch
 
-from memnet.utils import MemnetError
+from memnet.utils import MemnetError, is_number
+
+METRICS_KEY = "memnet_metrics"  # the scalar metrics at the time a checkpoint was saved (LastAndBestCheckpoint)
 
 
 def unreadable_checkpoint(path: str | Path, error: BaseException) -> MemnetError:
@@ -61,3 +65,24 @@ def read_checkpoint(path: str | Path, *, map_location: Any = "cpu") -> dict[str,
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), Mapping):
         check_finite_state(checkpoint["state_dict"], path)
     return checkpoint
+
+
+def saved_metrics(path: str | Path) -> dict[str, float] | None:
+    """The scalar metrics ``path`` was saved with (``memnet_metrics``: ``callbacks.LastAndBestCheckpoint``).
+
+    Those of its own weights, which for a best-by-``val/loss`` checkpoint are not the run's final metrics.
+    Read with ``weights_only`` (no code run from the file); a checkpoint that holds other objects than tensors
+    and plain containers is read whole, as ``read_checkpoint`` does. None where the file is missing or unreadable
+    or holds no such metrics (saved by an older memnet).
+    """
+    try:
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:  # an object the safe unpickler does not allow: a checkpoint of ours, read whole
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # noqa: BLE001 -- torch.load raises many kinds on a missing or damaged file; all mean "none"
+        return None
+    metrics = checkpoint.get(METRICS_KEY) if isinstance(checkpoint, dict) else None
+    if not isinstance(metrics, Mapping):
+        return None
+    return {str(name): float(value) for name, value in metrics.items() if is_number(value)}

@@ -7,9 +7,14 @@ A suite experiment names the rule::
     select: {metric: error, split: train, mode: min}    # the run with the lowest train/error
 
 and the report shows the selected run beside the mean ± s.d. over every seed. The
-rule reads ``<split>/<metric>`` from each finished run's final metrics (what
-``memnet fit`` wrote to ``summary.json``). The test split may not choose: a test
-score selected on the test set would be no test score.
+rule reads ``<split>/<metric>`` of the weights whose numbers are reported: for a run the
+suite evaluated, the checkpoint it tested (its best by ``val/loss`` where the config
+monitors it), from the metrics saved in that checkpoint (the record's
+``checkpoint_metrics``); for a run without an evaluation, whose reported numbers are those
+of its end, its final metrics (what ``memnet fit`` wrote to ``summary.json``). An evaluated
+run whose record lacks them (written by an older memnet) is compared by its final metrics,
+and :func:`select_run` names it. The test split may not choose: a test score selected on
+the test set would be no test score.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from memnet.utils import is_number
 SELECT_KEYS = ("metric", "split", "mode")
 SELECT_SPLITS = ("train", "val")  # the splits a selection may read; never "test"
 SELECT_MODES = ("min", "max")
+CHECKPOINT_METRICS = "checkpoint_metrics"  # a run record's key: the metrics saved with the checkpoint it tested
 
 
 class SelectionError(ValueError):
@@ -67,28 +73,50 @@ def metric_key(spec: dict[str, str]) -> str:
     return f"{spec['split']}/{spec['metric']}"
 
 
+def selection_value(record: dict[str, Any], key: str) -> tuple[Any, bool]:
+    """The value of ``key`` a run is compared by, and whether it is its final value standing in for its tested one.
+
+    A run with an evaluation is compared by its tested checkpoint's metrics (``checkpoint_metrics``), a run
+    without one by its final metrics (``metrics``), the numbers the report shows for each. An evaluated run
+    whose record does not hold the checkpoint's value (an older memnet's record, or a checkpoint saved before
+    the metric was logged) falls back to its final one: ``(value, True)``.
+    """
+    final = (record.get("metrics") or {}).get(key)
+    if not record.get("evaluation"):
+        return final, False
+    tested = (record.get(CHECKPOINT_METRICS) or {}).get(key)
+    if is_number(tested) and math.isfinite(tested):
+        return tested, False
+    return final, True
+
+
 def select_run(records: Sequence[dict[str, Any]], spec: dict[str, str]) -> dict[str, Any] | None:
     """The finished run the rule picks, or None when no run logged the metric.
 
     Args:
-        records: run records (``metrics.json``) with ``status``, ``seed`` and ``metrics``.
+        records: run records (``metrics.json``) with ``status``, ``seed``, ``metrics`` and, for an
+            evaluated run, ``evaluation`` and ``checkpoint_metrics`` (:func:`selection_value`).
         spec: a rule from :func:`check_select`.
 
     Returns:
-        ``{"seed", "value", "record", "candidates"}``: the chosen run, its value of the
-        metric, its record, and how many runs had the metric. Ties go to the first seed.
+        ``{"seed", "value", "record", "candidates", "by_final_metrics"}``: the chosen run, its value of
+        the metric, its record, how many runs had the metric, and the seeds of the evaluated candidates
+        compared by their final value for want of their tested checkpoint's. Ties go to the first seed.
     """
     key = metric_key(spec)
-    candidates = []
+    candidates, by_final_metrics = [], []
     for record in records:
-        value = (record.get("metrics") or {}).get(key)
+        value, fallback = selection_value(record, key)
         if record.get("status") == "done" and is_number(value) and math.isfinite(value):
             candidates.append((float(value), record))
+            if fallback:
+                by_final_metrics.append(record.get("seed"))
     if not candidates:
         return None
     sign = 1.0 if spec["mode"] == "min" else -1.0
     value, record = min(candidates, key=lambda pair: sign * pair[0])
-    return {"seed": record.get("seed"), "value": value, "record": record, "candidates": len(candidates)}
+    return {"seed": record.get("seed"), "value": value, "record": record, "candidates": len(candidates),
+            "by_final_metrics": by_final_metrics}
 
 
 def mean_std(values: Sequence[float | None]) -> dict[str, float] | None:
@@ -117,9 +145,10 @@ def summarize(records: Sequence[dict[str, Any]], spec: dict[str, str],
             run without a score is left out of that score's mean.
 
     Returns:
-        ``{"rule", "seed", "value", "candidates", "selected", "over_seeds"}`` (``rule``
-        like ``lowest train/error``; ``selected`` the chosen run's scores; ``over_seeds``
-        score -> mean/std/n), or None when no run logged the metric.
+        ``{"rule", "seed", "value", "candidates", "by_final_metrics", "selected", "over_seeds"}``
+        (``rule`` like ``lowest train/error``; ``by_final_metrics`` as :func:`select_run` has it;
+        ``selected`` the chosen run's scores; ``over_seeds`` score -> mean/std/n), or None when no
+        run logged the metric.
     """
     chosen = select_run(records, spec)
     if chosen is None:
@@ -131,6 +160,7 @@ def summarize(records: Sequence[dict[str, Any]], spec: dict[str, str],
         "seed": chosen["seed"],
         "value": chosen["value"],
         "candidates": chosen["candidates"],
+        "by_final_metrics": chosen["by_final_metrics"],
         "selected": scores(chosen["record"]),
         "over_seeds": {name: mean_std([run[name] for run in every if name in run]) for name in names},
     }

@@ -153,3 +153,86 @@ def test_a_rule_whose_metric_no_run_logged_is_named_not_dropped_unsaid(tmp_path)
     assert row["selected"] is None and note in row["evaluation_notes"]
     assert [model["experiment"] for model in report["babi"]["models"]] == ["memn2n"]
     assert f"memn2n: {note}" in report["babi"]["models"][0]["notes"]
+
+
+# -- the selected run is compared by the weights it was tested on -------------------------------------
+
+
+def _tested_results(folder, *, with_checkpoint_metrics: bool) -> object:
+    """Two bAbI seeds whose final training error and tested checkpoint's training error rank them apart.
+
+    Seed 0 ends at train/error 0.5 but was tested on its best-by-val/loss checkpoint, at 4.0 (test error 30);
+    seed 1 ends at 2.0, its tested checkpoint at 1.0 (test error 10). ``with_checkpoint_metrics=False`` writes
+    the records as an older memnet did, without the checkpoint's metrics.
+    """
+    experiment = {"name": "reader", "configs": ["configs/memn2n/babi_joint_1k.yaml"], "overrides": {},
+                  "seeds": [0, 1], "budget": {"max_epochs": 1}, "evaluate": {"kind": "babi", "split": "test"},
+                  "model": "LSTM", "task": "babi-1k", "seed_args": ["seed_everything"],
+                  "select": {"metric": "error", "split": "train", "mode": "min"}}
+    folder.mkdir(parents=True)
+    (folder / "suite.json").write_text(json.dumps({"name": "babi", "description": "", "path": "",
+                                                   "experiments": [experiment]}))
+    for seed, final, tested, test_error in ((0, 0.5, 4.0, 30.0), (1, 2.0, 1.0, 10.0)):
+        run = folder / "reader" / f"seed_{seed}"
+        run.mkdir(parents=True)
+        record = {
+            "status": "done", "seed": seed, "experiment": "reader",
+            "metrics": {"train/error": final, "val/loss": 1.0},
+            "checkpoint": f"reader/seed_{seed}/checkpoints/best-epoch=003.ckpt",
+            "evaluation": {"kind": "babi", "status": "done", "split": "test",
+                           "babi_error": {str(k): test_error for k in range(1, 21)}},
+            "train_seconds": 1.0,
+        }
+        if with_checkpoint_metrics:
+            record["checkpoint_metrics"] = {"train/error": tested, "val/loss": 0.9}
+        (run / "metrics.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_an_evaluated_run_is_compared_by_its_tested_checkpoints_metrics_not_its_end():
+    rule = check_select({"metric": "error", "split": "train"}, WHERE)
+    evaluation = {"kind": "babi", "status": "done"}
+    records = [{"seed": 0, "status": "done", "metrics": {"train/error": 0.5}, "evaluation": evaluation,
+                "checkpoint_metrics": {"train/error": 4.0}},
+               {"seed": 1, "status": "done", "metrics": {"train/error": 2.0}, "evaluation": evaluation,
+                "checkpoint_metrics": {"train/error": 1.0}},
+               {"seed": 2, "status": "done", "metrics": {"train/error": 0.1},  # not evaluated: its end is reported
+                "checkpoint_metrics": {"train/error": 9.0}}]
+    chosen = select_run(records[:2], rule)
+    assert (chosen["seed"], chosen["value"], chosen["by_final_metrics"]) == (1, 1.0, [])
+    assert select_run(records, rule)["seed"] == 2
+    # the checkpoint saved before the metric was logged: that run falls back to its end, and says so
+    records[1]["checkpoint_metrics"] = {"val/loss": 0.3}
+    chosen = select_run(records[:2], rule)
+    assert (chosen["seed"], chosen["value"], chosen["by_final_metrics"]) == (1, 2.0, [1])  # its end: 2.0 < 4.0
+
+
+def test_suite_selects_the_seed_whose_tested_checkpoint_has_the_lower_training_error(tmp_path):
+    from memnet.cli import suite as S
+
+    results = _tested_results(tmp_path / "results", with_checkpoint_metrics=True)
+    report = S.write_report(results)
+    (row,) = report["leaderboard"]
+    assert row["selected"]["seed"] == 1 and row["selected"]["value"] == 1.0
+    assert row["selected"]["selected"]["bAbI mean error %"] == pytest.approx(10.0)
+    assert not any(note.startswith("select:") for note in row["evaluation_notes"])
+    assert [model["experiment"] for model in report["babi"]["models"]] == [
+        "reader: seed 1, lowest train/error of 2", "reader"]
+    markdown = (results / "report" / "leaderboard.md").read_text()
+    assert "- **reader**: seed 1, the lowest train/error (1) of 2 runs; " in markdown
+
+
+def test_an_old_record_without_the_checkpoints_metrics_is_selected_by_its_end_and_named(tmp_path):
+    from memnet.cli import suite as S
+
+    results = _tested_results(tmp_path / "results", with_checkpoint_metrics=False)
+    report = S.write_report(results)
+    (row,) = report["leaderboard"]
+    assert row["selected"]["seed"] == 0 and row["selected"]["value"] == 0.5  # as before: the final train/error
+    assert row["selected"]["by_final_metrics"] == [0, 1]
+    note = ("select: seed 0, 1 compared by train/error at the end of training, not by that of the checkpoint "
+            "tested, which may be other weights (its record does not hold the checkpoint's: written by an older "
+            "memnet, or the checkpoint was saved before the metric was logged)")
+    assert note in row["evaluation_notes"]
+    assert f"reader: {note}" in report["babi"]["models"][-1]["notes"]
+    assert note in (results / "report" / "leaderboard.md").read_text()

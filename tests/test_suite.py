@@ -185,6 +185,10 @@ def test_run_folders_hold_config_checkpoint_metrics_and_logs(finished):
             assert record["checkpoint"].startswith(f"{experiment}/seed_{seed}/checkpoints/")
             assert (finished["results"] / record["checkpoint"]).is_file()
             assert "val/loss" in record["metrics"]
+            # the metrics of the weights the evaluation tested, as that checkpoint holds them
+            tested = torch.load(finished["results"] / record["checkpoint"], weights_only=True)
+            assert "val/loss" in record["checkpoint_metrics"]
+            assert record["checkpoint_metrics"] == pytest.approx(tested["memnet_metrics"])
             config = yaml.safe_load((folder / "config.yaml").read_text())
             assert config["seed_everything"] == seed and config["data"]["init_args"]["seed"] == seed
             assert config["trainer"]["max_steps"] == 4
@@ -1394,6 +1398,32 @@ def test_a_trained_run_of_a_moved_results_folder_is_evaluated_on_its_own_checkpo
         "checkpoint": "ntm-copy/seed_0/checkpoints/best.ckpt",
         "last_checkpoint": "ntm-copy/seed_0/checkpoints/last.ckpt",
         "config": "ntm-copy/seed_0/config.yaml", "wandb_dir": "ntm-copy/seed_0/wandb/offline-run-1"}
+
+
+@pytest.mark.parametrize("hyper_parameters", [{"lr": 0.1}, {"time": "a datetime.timedelta"}])
+def test_a_finished_run_records_the_metrics_of_the_checkpoint_it_was_tested_on(tmp_path, monkeypatch,
+                                                                                hyper_parameters):
+    """The record keeps, beside the run's final metrics, those saved in the checkpoint its evaluation tested (its
+    best, here at another step than the end): a `select` rule compares the runs by them (memnet.selection). A
+    checkpoint holding an object the safe unpickler refuses (a timedelta) is read whole, as memnet's own."""
+    import datetime
+
+    if "time" in hyper_parameters:
+        hyper_parameters = {"time": datetime.timedelta(days=1)}
+    monkeypatch.chdir(ROOT)
+    path = write_suite(tmp_path / "tested.yaml", [{**NTM, "seeds": [0]}])
+    results = tmp_path / "r"
+    run = trained_before(path, results)
+    checkpoint = run.folder / "check points" / "best.ckpt"
+    checkpoint.parent.mkdir()
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "hyper_parameters": hyper_parameters,
+                "memnet_metrics": {"train/bits_per_seq": 3.0, "val/loss": 0.25}}, checkpoint)
+    fake_evaluation(monkeypatch, "pass")
+    assert S.main(["run", str(path), "--results", str(results), "--no-report"]) == 0
+    record = run.record()
+    assert record["metrics"] == {"val/bits_per_seq": 1.5}  # the run's end, as summary.json has it
+    assert record["checkpoint_metrics"] == {"train/bits_per_seq": 3.0, "val/loss": 0.25}
+    assert record["checkpoint"] == "ntm-copy/seed_0/check points/best.ckpt"
 
 
 def test_a_run_whose_handling_raises_is_failed_at_once_and_evaluated_again(tmp_path, monkeypatch, capsys):

@@ -220,12 +220,21 @@ def _selection(entry: _ExperimentResults) -> dict[str, Any] | None:
 
 def _selection_notes(entry: _ExperimentResults, selected: dict[str, Any] | None) -> list[str]:
     """Why an experiment with a ``select`` rule shows no selected run though runs finished (a metric no
-    run logged: a typo, or a model that does not log it), instead of dropping the selected row unsaid."""
+    run logged: a typo, or a model that does not log it), instead of dropping the selected row unsaid; and
+    the evaluated seeds compared by their final metrics, not by those of the checkpoint they were tested on
+    (``memnet.selection.selection_value``), which may be other weights."""
     rule = entry.experiment.select
-    if rule is None or selected is not None or not entry.done():
+    if rule is None or not entry.done():
         return []
-    return [(f"select: no finished run logged a finite {metric_key(rule)}, so no run is selected "
-             "(is select.metric a name the model logs?)")]
+    if selected is None:
+        return [(f"select: no finished run logged a finite {metric_key(rule)}, so no run is selected "
+                 "(is select.metric a name the model logs?)")]
+    fallback = selected.get("by_final_metrics") or []
+    if not fallback:
+        return []
+    return [(f"select: seed {', '.join(map(str, fallback))} compared by {metric_key(rule)} at the end of training, "
+             "not by that of the checkpoint tested, which may be other weights (its record does not hold the "
+             "checkpoint's: written by an older memnet, or the checkpoint was saved before the metric was logged)")]
 
 
 def selected_lines(report: dict[str, Any]) -> list[str]:
@@ -649,8 +658,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     if selected:
         parts.append(
             "## Selected runs\n\nthe run each experiment's `select` rule picks (never on the test "
-            "split), its numbers beside the mean ± s.d. over every seed that finished, as the leaderboard "
-            "has them.\n\n" + "\n".join(selected)
+            "split; an evaluated run is compared by the metrics of the checkpoint it was tested on), its "
+            "numbers beside the mean ± s.d. over every seed that finished, as the leaderboard has them.\n\n"
+            + "\n".join(selected)
         )
     if report["lengths"]:
         parts.append(

@@ -24,9 +24,11 @@ from typing import Any
 
 import yaml
 
+from memnet.checkpoint import saved_metrics
 from memnet.cli.suite.errors import EvaluationUnavailable, SuiteError
 from memnet.cli.suite.evaluators import EVALUATORS, evaluation_answers, evaluation_options
 from memnet.cli.suite.spec import BUDGET_KEYS, EVENTS_FILE, SUITE_FILE, Experiment, Suite, _resolve
+from memnet.selection import CHECKPOINT_METRICS
 from memnet.utils import is_integer, write_text_atomic
 
 RECORD_FILE = "metrics.json"
@@ -654,6 +656,9 @@ class SuiteRunner:
             evaluation = self._evaluate(run, spec, checkpoint, slot)
         fields = {
             "metrics": summary.get("metrics", {}),
+            # those of the weights the evaluation tested (a best-by-val/loss checkpoint is not the run's end): a
+            # `select` rule compares the runs by them (memnet.selection)
+            CHECKPOINT_METRICS: saved_metrics(checkpoint) if checkpoint else None,
             "evaluation": evaluation,
             # relative to the results folder: a folder moved or copied elsewhere still names its own files
             "checkpoint": run.in_results(checkpoint),
