@@ -260,6 +260,28 @@ def test_fit_ckpt_path_last_is_refused_naming_the_latest_runs_checkpoint(tmp_pat
     assert torch.load(last, weights_only=False)["global_step"] == 6
 
 
+@pytest.mark.parametrize("command", ["validate", "test", "predict"])
+def test_stage_ckpt_path_last_best_latest_are_refused_naming_the_latest_runs_files(tmp_path, capsys, command):
+    """`memnet test --ckpt_path last` warned that there was no last checkpoint and scored the untrained weights,
+    exit 0; `best` stopped with a traceback; `latest` said only that no file is called so. Each is refused before
+    a W&B run starts, naming the latest run's best and last checkpoints."""
+    main(["fit", "--config", SMALL, *TINY, "--trainer.logger=false"])
+    latest = _latest(tmp_path)
+    for special in ("last", "best", "latest"):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--config", SMALL, *TINY, "--trainer.logger=true", f"--ckpt_path={special}"])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "Traceback" not in err, err
+        line = next(line for line in err.splitlines() if line.startswith("memnet: "))
+        assert line.startswith(f"memnet: --ckpt_path {special}: memnet {command} takes a checkpoint file"), line
+        assert f"best: {latest['best_checkpoint']}, last: {latest['last_checkpoint']}" in line, line
+    assert not (tmp_path / "runs" / "wandb").exists()  # no W&B run was started
+    # with the folder given, Lightning's `last` is its last.ckpt there
+    main([command, "--config", SMALL, *TINY, "--trainer.logger=false", "--ckpt_path=last",
+          f"--checkpoint.dirpath={Path(latest['last_checkpoint']).parent}", "--trainer.limit_predict_batches=1"])
+
+
 def test_the_summaries_are_renamed_into_place(tmp_path, monkeypatch):
     """summary.json and runs/latest.json are written beside and renamed onto their names (two runs of a suite
     ending together write latest.json at once; `--ckpt_path latest` must never read half of it)."""

@@ -201,6 +201,7 @@ class MemnetCLI(LightningCLI):
         An explicit ``--checkpoint.dirpath`` is left alone.
         """
         checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+        self._check_stage_ckpt_path(checkpoint)
         if checkpoint is None or checkpoint.dirpath is not None:
             return
         if self.subcommand == "fit" and self.config.get("fit", {}).get("ckpt_path") == "last":
@@ -222,6 +223,22 @@ class MemnetCLI(LightningCLI):
                 count += 1
                 folder = folder.with_name(f"{stem}-{count}")
             checkpoint.dirpath = str((folder / "checkpoints").resolve())
+
+    def _check_stage_ckpt_path(self, checkpoint: ModelCheckpoint | None) -> None:
+        """``validate / test / predict --ckpt_path last | best | latest`` is refused, naming the latest run's files.
+
+        Lightning's ``last`` and ``best`` are the checkpoints of a ``fit`` in the same process or folder; in a
+        fresh process memnet's run has none, so ``last`` warned and scored the untrained weights (exit 0) and
+        ``best`` stopped with a traceback. ``latest`` is memnet's word for ``evaluate``, ``export`` and
+        ``babi-table``. With ``--checkpoint.dirpath`` given, ``last`` is the ``last.ckpt`` there, as in Lightning.
+        """
+        if self.subcommand not in ("validate", "test", "predict"):
+            return
+        ckpt_path = self.config.get(self.subcommand, {}).get("ckpt_path")
+        if ckpt_path == "last" and checkpoint is not None and checkpoint.dirpath is not None:
+            return
+        if ckpt_path in ("last", "best", "latest"):
+            raise MemnetError(_special_ckpt_path_refused(self.subcommand, ckpt_path))
 
     def _resumed_run_dir(self) -> Path | None:
         """The run folder of ``fit --ckpt_path`` when the checkpoint sits in a run's ``checkpoints/``."""
@@ -306,6 +323,20 @@ def _wandb_dir(trainer: pl.Trainer) -> str | None:
             except Exception:  # noqa: BLE001 -- a disabled or failed W&B run: the rest of the summary still stands
                 return None
     return None
+
+
+def _special_ckpt_path_refused(subcommand: str, ckpt_path: str) -> str:
+    """Why ``memnet validate / test / predict --ckpt_path last|best|latest`` is refused, and the files to give."""
+    try:
+        latest = json.loads(LATEST_RUN_FILE.read_text())
+    except (OSError, ValueError):
+        latest = {}
+    files = [f"{key}: {latest[f'{key}_checkpoint']}" for key in ("best", "last")
+             if isinstance(latest, dict) and latest.get(f"{key}_checkpoint")]
+    hint = f"; the latest run's ({LATEST_RUN_FILE}) are {', '.join(files)}" if files else f"; {LATEST_RUN_FILE} names none"
+    return (f"--ckpt_path {ckpt_path}: memnet {subcommand} takes a checkpoint file (Lightning's 'last' and 'best' are "
+            "those of a fit in the same process, which has none, and 'latest' is understood by memnet evaluate, "
+            f"export and babi-table){hint}")
 
 
 def _last_in_a_new_folder() -> str:
