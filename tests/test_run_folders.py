@@ -282,6 +282,18 @@ def test_stage_ckpt_path_last_best_latest_are_refused_naming_the_latest_runs_fil
           f"--checkpoint.dirpath={Path(latest['last_checkpoint']).parent}", "--trainer.limit_predict_batches=1"])
 
 
+@pytest.mark.parametrize("command", ["fit", "validate", "test"])
+def test_a_missing_checkpoint_is_refused_before_a_wandb_run_starts(tmp_path, capsys, command):
+    """A mistyped --ckpt_path was found missing only when Lightning loaded it, after W&B had opened an offline
+    run: every such mistake left an empty runs/wandb/offline-run-* behind, for `wandb sync` to upload."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--config", SMALL, *TINY, "--trainer.logger=true", "--ckpt_path", "runs/nope.ckpt"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "memnet: --ckpt_path: no checkpoint file at runs/nope.ckpt" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_the_summaries_are_renamed_into_place(tmp_path, monkeypatch):
     """summary.json and runs/latest.json are written beside and renamed onto their names (two runs of a suite
     ending together write latest.json at once; `--ckpt_path latest` must never read half of it)."""

@@ -37,6 +37,7 @@ from memnet.utils import (
 
 RUNS_DIR = "runs"
 LATEST_RUN_FILE = Path(RUNS_DIR) / "latest.json"
+LIGHTNING_CKPT_WORDS = ("last", "best", "hpc", "registry")  # --ckpt_path values Lightning resolves itself
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -202,6 +203,7 @@ class MemnetCLI(LightningCLI):
         """
         checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
         self._check_stage_ckpt_path(checkpoint)
+        self._check_ckpt_file()
         if checkpoint is None or checkpoint.dirpath is not None:
             return
         if self.subcommand == "fit" and self.config.get("fit", {}).get("ckpt_path") == "last":
@@ -240,12 +242,27 @@ class MemnetCLI(LightningCLI):
         if ckpt_path in ("last", "best", "latest"):
             raise MemnetError(_special_ckpt_path_refused(self.subcommand, ckpt_path))
 
+    def _check_ckpt_file(self) -> None:
+        """A ``--ckpt_path`` naming no file is refused here, before the logger starts its run.
+
+        Lightning finds out only when it loads the checkpoint, after W&B has opened a run: each mistyped
+        path left an empty ``runs/wandb/offline-run-*`` behind (which ``wandb sync`` would upload).
+        Lightning's own words (``last``, ``hpc``, a registry) and remote paths (``s3://``) are its to resolve.
+        """
+        ckpt_path = self.config.get(self.subcommand, {}).get("ckpt_path") if self.subcommand else None
+        if not ckpt_path or ckpt_path in LIGHTNING_CKPT_WORDS or "://" in str(ckpt_path):
+            return
+        if str(ckpt_path).lower().startswith("registry:"):  # Lightning's model registry
+            return
+        if not Path(ckpt_path).is_file():
+            raise MemnetError(f"--ckpt_path: no checkpoint file at {ckpt_path}")
+
     def _resumed_run_dir(self) -> Path | None:
         """The run folder of ``fit --ckpt_path`` when the checkpoint sits in a run's ``checkpoints/``."""
         if self.subcommand != "fit":
             return None
         ckpt_path = self.config.get(self.subcommand, {}).get("ckpt_path")
-        if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
+        if not ckpt_path or ckpt_path in LIGHTNING_CKPT_WORDS:
             return None
         path = Path(ckpt_path).resolve()
         return path.parent.parent if path.parent.name == "checkpoints" else None
