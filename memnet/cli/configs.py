@@ -308,8 +308,12 @@ def _summary(path: Path) -> str:
     return text if len(text) <= SUMMARY_WIDTH else text[: SUMMARY_WIDTH - 1].rstrip() + "…"
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``memnet configs [NAME] [--fragments]``: list the shipped configs, or print one resolved."""
+def main(argv: list[str] | None = None) -> int | None:
+    """``memnet configs [NAME] [--fragments]``: list the shipped configs, or print one resolved.
+
+    Returns None when done, else the exit status: 2 for a name that is no file and no shipped config (or a config that does
+    not stack), as every ``memnet`` command.
+    """
     parser = argparse.ArgumentParser(
         prog="memnet configs",
         description="The shipped configs, usable by name (memnet fit --config ntm/copy). "
@@ -321,11 +325,15 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.name:
             sys.stdout.write(dump(load_config(find_config(args.name))))
-            return
+            return None
         root = configs_root()
         names = config_names(root, fragments=args.fragments)
     except ConfigError as error:
-        raise SystemExit(f"memnet configs: {error}") from None
+        # find_config speaks of `--config NAME`, the option fit takes; here NAME is typed alone
+        message = str(error).removeprefix(f"--config {args.name}: ") if args.name else str(error)
+        where = f"{args.name}: " if args.name and message != str(error) else ""
+        print(f"memnet configs: {where}{message}", file=sys.stderr)
+        return 2
     width = max(map(len, names), default=0)
     print(f"# {'fragments' if args.fragments else 'configs'} in {root}")
     for name in names:
