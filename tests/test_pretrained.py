@@ -132,6 +132,18 @@ def test_config_holds_class_path_and_every_argument(tmp_path):
     assert sorted(os.listdir(tmp_path / "export")) == [CONFIG_FILE, WEIGHTS_FILE]
 
 
+def test_the_weights_are_as_readable_as_the_config(tmp_path):
+    """safetensors wrote model.safetensors as 0600 whatever the umask, beside a config.json of 0644: an export
+    shared in a common folder had a config the others could read and weights they could not load."""
+    old = os.umask(0o022)
+    try:
+        folder = save(build(NTM_CONFIG, where="test"), NTM_CONFIG, tmp_path / "shared")
+    finally:
+        os.umask(old)
+    assert (folder / WEIGHTS_FILE).stat().st_mode & 0o777 == 0o644
+    assert (folder / CONFIG_FILE).stat().st_mode & 0o777 == 0o644
+
+
 def test_from_pretrained_of_another_class_is_refused(tmp_path):
     save(trained_like(NTM_CONFIG), NTM_CONFIG, tmp_path / "export")
     with pytest.raises(PretrainedError, match=r"holds a memnet\.models\.ntm\.NTM, not a DNC"):

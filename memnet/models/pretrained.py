@@ -95,6 +95,9 @@ def save(net: nn.Module, config: dict[str, Any], out: str | Path, *, eval_memory
         partial.mkdir(parents=True)
         save_file(state, str(partial / WEIGHTS_FILE), metadata={"format": FORMAT, "class_path": config["class_path"]})
         (partial / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        # safetensors creates its file readable by the owner alone (0600, whatever the umask): in a shared
+        # folder the others could read config.json but not load the weights. The weights get config.json's mode.
+        os.chmod(partial / WEIGHTS_FILE, (partial / CONFIG_FILE).stat().st_mode & 0o777)
         for path in (partial / WEIGHTS_FILE, partial / CONFIG_FILE, partial):
             fsync(path)  # the files on disk before the rename, and the rename itself after it
         os.replace(partial, out)  # onto an empty folder too; one filled meanwhile is refused, not merged
