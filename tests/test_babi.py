@@ -440,6 +440,14 @@ def test_data_command_through_cli_reports_unsafe_archive(tmp_path, capsys):
         assert exit_info.value.code == 0 and "babi" in capsys.readouterr().out
 
 
+def test_data_command_with_a_mistyped_archive_makes_no_dest_folder(tmp_path, capsys):
+    """`--archive` naming no file is refused before `--dest` is made (it left an empty folder behind)."""
+    with pytest.raises(SystemExit) as exit_info:
+        babi.data_main(["--archive", str(tmp_path / "tasks.tar.gzz"), "--dest", str(tmp_path / "d")])
+    assert exit_info.value.code == 2 and "tasks.tar.gzz is not a file" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
 def test_data_command_extracts_a_safe_archive_and_checks_sha256(tmp_path, capsys):
     archive = _tar_with(tmp_path, [_member("tasks_1-20_v1-2/en/qa1_single-supporting-fact_train.txt")], "ok.tar.gz")
     with pytest.raises(babi.CorruptArchiveError, match=r"ok.tar.gz: sha256 \w+ is not the official bAbI v1.2"):

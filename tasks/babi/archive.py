@@ -360,12 +360,12 @@ def data_main(argv: Sequence[str] | None = None) -> Path:
         if not value.strip() or Path(value).expanduser().is_file():
             data_dir_from_env()  # raises, naming the variable
     dest = Path(args.dest or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).expanduser()
+    source = Path(args.archive).expanduser() if args.archive else None
+    if source is not None and not source.is_file():  # before --dest is made: a mistyped name leaves nothing behind
+        parser.error(f"--archive {source} is not a file")
     dest.mkdir(parents=True, exist_ok=True)
     stored = dest / ARCHIVE_NAME
-    if args.archive:
-        source = Path(args.archive).expanduser()
-        if not source.is_file():
-            parser.error(f"--archive {source} is not a file")
+    if source is not None:
         message = verify_archive(source, expected_sha256=args.sha256)
         print(message)
         _check_holds_babi(source, dest)
