@@ -225,7 +225,7 @@ class MemnetModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         return configure_optimizers(self, self.scheduler_interval)
 
-    def log(self, name: str, value: Any, *args: Any, batch_size: int | float | None = None, **kwargs: Any) -> None:
+    def log(self, name: str, value: Any, *args: Any, batch_size: float | None = None, **kwargs: Any) -> None:
         """Lightning's ``log``, with ``batch_size`` (the weight of the value in the epoch's mean) passed as a float.
 
         Lightning sums an integer weight in an integer tensor, and under DDP (``sync_dist``) averages it over
