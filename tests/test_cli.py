@@ -284,3 +284,20 @@ def test_a_normal_invocation_prints_no_args_and_sys_argv_warning():
     assert done.returncode == 0, done.stderr
     assert "class_path: memnet.models.ntm.NTM" in done.stdout
     assert "args parameter is intended" not in done.stderr
+
+
+def test_output_cut_off_by_its_reader_ends_quietly_with_the_pipe_status():
+    """``memnet configs | head``: the reader gone, no traceback, status 141 (128 + SIGPIPE)."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before anything is written: every write fails with EPIPE
+    try:
+        done = subprocess.run([sys.executable, "-m", "memnet", "configs"], check=False, stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=120)
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert done.returncode == 141

@@ -94,11 +94,17 @@ def main(argv: list[str] | None = None) -> None:
     A known problem (bad value, damaged file, unwritable folder, see
     ``memnet.cli.errors``) is printed as one line ``memnet: …`` and exits with
     status 2 (1 for a diverged training); ``MEMNET_TRACEBACK=1`` shows the traceback.
+    Output cut off by its reader (``memnet configs | head``) ends quietly with status 141.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     console_logging()
     try:
         _dispatch(argv)
+    except BrokenPipeError:
+        # the reader of stdout went away (`memnet configs | head`): what it wanted is printed; no traceback, and the
+        # interpreter's flush of stdout at exit must not fail again on the closed pipe
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(141) from None  # 128 + SIGPIPE, as a shell reports a program the pipe stopped
     except Exception as error:
         message = one_line(error, ckpt_path_of(argv))
         if message is None or os.environ.get(TRACEBACK_ENV):
