@@ -18,6 +18,7 @@ from pytorch_lightning.loggers import WandbLogger
 from memnet.checkpoint import METRICS_KEY  # re-exported: memnet.callbacks.METRICS_KEY
 from memnet.plots import plot_dnc_memory, plot_memory_access
 from memnet.utils import (  # run_dir re-exported: memnet.callbacks.run_dir
+    MemnetError,
     accepts_keyword,
     epoch_cut_short,
     fitting,
@@ -112,6 +113,22 @@ def draw_memory_access(module: torch.nn.Module, batch: dict, path: Path, *, titl
     return drawn
 
 
+def monitored_value(trainer: pl.Trainer, monitor: str, owner: str) -> Any:
+    """The value of ``monitor`` after a validation, for a callback that acts on it; a name nothing logged is refused.
+
+    A callback whose monitor was mistyped, or names a metric its module does not log (``val/bits_per_seq`` of a
+    bAbI run), found no value at every validation and did nothing, exit 0: a linear start never ended (its
+    ``max_epochs`` cap was not reached either), a decay or a relapse never came. A ``train/`` name may be absent at
+    a validation inside the first epoch (its epoch value comes at the epoch's end): None then.
+    """
+    value = trainer.callback_metrics.get(monitor)
+    if value is None and not monitor.startswith("train/"):
+        logged = ", ".join(sorted(name for name in trainer.callback_metrics if not name.startswith("train/")))
+        raise MemnetError(f"{owner} monitor {monitor!r} is not a metric this run logs after a validation; "
+                          f"it logs: {logged or 'none'}")
+    return value
+
+
 class LinearStartSwitch(pl.Callback):
     """Linear start (MemN2N paper, §4.2): put the softmax back when validation loss stops falling.
 
@@ -188,7 +205,7 @@ class LinearStartSwitch(pl.Callback):
         net = self._linear_net(pl_module)
         if trainer.sanity_checking or not fitting(trainer) or net is None or self.epochs is not None:
             return
-        value = trainer.callback_metrics.get(self.monitor)
+        value = monitored_value(trainer, self.monitor, "LinearStartSwitch")
         if value is None:
             return
         value = float(value)
@@ -412,7 +429,7 @@ class RelapseWatch(pl.Callback):
         # module's, where epoch metrics are logged (val/mean_task_error, val/nrmse), which would be an epoch late
         if trainer.sanity_checking or not fitting(trainer):
             return
-        metric = trainer.callback_metrics.get(self.monitor)
+        metric = monitored_value(trainer, self.monitor, "RelapseWatch")
         if metric is None:
             return
         value, step = float(metric), trainer.global_step
@@ -576,7 +593,7 @@ class ConvergenceDecay(pl.Callback):
         # module's, where epoch metrics are logged (val/mean_task_error, val/nrmse), which would be an epoch late
         if trainer.sanity_checking or not fitting(trainer) or self.converged_step is not None:
             return
-        metric = trainer.callback_metrics.get(self.monitor)
+        metric = monitored_value(trainer, self.monitor, "ConvergenceDecay")
         if metric is None:
             return
         # compared in the metric's dtype, as EarlyStopping compares it: a cost logged as 0.08 is float32's 0.08,

@@ -36,6 +36,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 
+from memnet.callbacks import monitored_value
 from memnet.training import training_epoch_sums
 from memnet.utils import check_positive, check_range, epoch_cut_short
 
@@ -133,7 +134,9 @@ class LengthCurriculum(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._validated = True
-            value = trainer.callback_metrics.get(self.monitor)
+            # a threshold on a name nothing logs never stepped up: refused (memnet.callbacks.monitored_value)
+            value = (monitored_value(trainer, self.monitor, type(self).__name__) if self.threshold is not None
+                     else trainer.callback_metrics.get(self.monitor))
             self._validated_value = float(value) if value is not None else None
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -472,6 +472,36 @@ def test_callbacks_that_change_training_do_nothing_when_a_checkpoint_is_validate
         assert (len(watch.history) == 1) is acted
 
 
+
+@pytest.mark.parametrize("make", ["switch", "decay", "watch", "curriculum"])
+def test_a_callback_monitoring_a_metric_nothing_logs_is_refused_naming_it(make):
+    """A monitor that names no logged metric (mistyped, or another module's: ``val/bits_per_seq`` of a bAbI run)
+    found no value at every validation and did nothing, exit 0: a linear start never ended (not even at its
+    ``max_epochs`` cap), the decay and the relapse never came, the curriculum never stepped up. Refused at the
+    first validation, naming the monitor and what the run logs."""
+    from types import SimpleNamespace
+
+    from memnet.callbacks import LinearStartSwitch
+    from memnet.curriculum import LengthCurriculum
+    from memnet.models.memn2n import MemN2N
+    from memnet.utils import MemnetError
+
+    net = MemN2N(20, 5, memory_size=4, linear_start=True)
+    module = SimpleNamespace(net=net, log=lambda *args, **kwargs: None)
+    callback = {"switch": lambda: LinearStartSwitch(monitor="val/los", max_epochs=1),
+                "decay": lambda: ConvergenceDecay(monitor="val/los", threshold=1e9, amsgrad=False),
+                "watch": lambda: RelapseWatch(monitor="val/los"),
+                "curriculum": lambda: LengthCurriculum(monitor="val/los", threshold=1.0)}[make]()
+    trainer = SimpleNamespace(sanity_checking=False, current_epoch=0, global_step=10, optimizers=[],
+                              lr_scheduler_configs=[], is_global_zero=True, state=SimpleNamespace(fn="fit"), loggers=[],
+                              callback_metrics={"val/loss": torch.tensor(0.5), "train/loss": torch.tensor(0.7)})
+    with pytest.raises(MemnetError, match=r"monitor 'val/los' is not a metric this run logs after a validation; "
+                                          r"it logs: val/loss$"):
+        callback.on_validation_end(trainer, module)
+    assert not bool(net.softmax_enabled)
+    # a train/ metric may have no epoch value yet at a validation inside the first epoch: not refused there
+    LinearStartSwitch(monitor="train/error").on_validation_end(trainer, module)
+
 class _Params:
     """An optimiser's param_groups over given gradients, for calling SpikeClip's hook directly."""
 
