@@ -18,12 +18,12 @@ from pytorch_lightning.loggers import WandbLogger
 from memnet.checkpoint import METRICS_KEY  # re-exported: memnet.callbacks.METRICS_KEY
 from memnet.plots import plot_dnc_memory, plot_memory_access
 from memnet.utils import (  # run_dir re-exported: memnet.callbacks.run_dir
-    MemnetError,
     accepts_keyword,
     epoch_cut_short,
     fitting,
     is_integer,
     logged_step,
+    monitored_value,
     parameter_dtype,
     run_dir,
     validation_count,
@@ -111,22 +111,6 @@ def draw_memory_access(module: torch.nn.Module, batch: dict, path: Path, *, titl
         plot_dnc_memory(Path(path).with_name(Path(path).stem + "_dnc.png"), usage=trace.usage[0],
                         link=trace.link[0, -1], read_modes=None if modes is None else modes[0], title=title)
     return drawn
-
-
-def monitored_value(trainer: pl.Trainer, monitor: str, owner: str) -> Any:
-    """The value of ``monitor`` after a validation, for a callback that acts on it; a name nothing logged is refused.
-
-    A callback whose monitor was mistyped, or names a metric its module does not log (``val/bits_per_seq`` of a
-    bAbI run), found no value at every validation and did nothing, exit 0: a linear start never ended (its
-    ``max_epochs`` cap was not reached either), a decay or a relapse never came. A ``train/`` name may be absent at
-    a validation inside the first epoch (its epoch value comes at the epoch's end): None then.
-    """
-    value = trainer.callback_metrics.get(monitor)
-    if value is None and not monitor.startswith("train/"):
-        logged = ", ".join(sorted(name for name in trainer.callback_metrics if not name.startswith("train/")))
-        raise MemnetError(f"{owner} monitor {monitor!r} is not a metric this run logs after a validation; "
-                          f"it logs: {logged or 'none'}")
-    return value
 
 
 class LinearStartSwitch(pl.Callback):

@@ -36,9 +36,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 
-from memnet.callbacks import monitored_value
 from memnet.training import training_epoch_sums
-from memnet.utils import check_positive, check_range, epoch_cut_short
+from memnet.utils import check_positive, check_range, epoch_cut_short, monitored_value
 
 Schedule = Literal["fixed", "growing", "mixed"]
 SCHEDULES = ("fixed", "growing", "mixed")

@@ -537,3 +537,19 @@ class MemnetError(ValueError):
     The ``memnet`` command prints its message alone (no traceback) and exits with
     status 2. It is a ``ValueError``, so callers that catch those still do.
     """
+
+
+def monitored_value(trainer: Any, monitor: str, owner: str) -> Any:
+    """The value of ``monitor`` after a validation, for a callback that acts on it; a name nothing logged is refused.
+
+    A callback whose monitor was mistyped, or names a metric its module does not log (``val/bits_per_seq`` of a
+    bAbI run), found no value at every validation and did nothing, exit 0: a linear start never ended (its
+    ``max_epochs`` cap was not reached either), a decay or a relapse never came. A ``train/`` name may be absent at
+    a validation inside the first epoch (its epoch value comes at the epoch's end): None then.
+    """
+    value = trainer.callback_metrics.get(monitor)
+    if value is None and not monitor.startswith("train/"):
+        logged = ", ".join(sorted(name for name in trainer.callback_metrics if not name.startswith("train/")))
+        raise MemnetError(f"{owner} monitor {monitor!r} is not a metric this run logs after a validation; "
+                          f"it logs: {logged or 'none'}")
+    return value
