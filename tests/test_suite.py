@@ -1239,6 +1239,41 @@ def test_fit_arguments_carry_configs_overrides_budget_seed_and_folders(tmp_path,
     )
 
 
+def _wandb_ids(folder: Path) -> list[str]:
+    """The W&B run id of every attempt logged under a suite run's folder (``wandb/*run-*/run-<id>.wandb``)."""
+    return sorted(p.stem.removeprefix("run-") for p in folder.glob("wandb/*run-*/run-*.wandb")
+                  if not p.parent.is_symlink())
+
+
+def test_a_resumed_run_continues_the_wandb_run_it_logged_to(tmp_path, monkeypatch):
+    """Training cut off (preempted, interrupted) and resumed from last.ckpt logs on to the same W&B run, as
+    ``memnet fit --ckpt_path <run>/checkpoints/last.ckpt`` does; it started a new W&B run (another id, the same
+    name), so the run's curve was split over two runs and the first one's steps repeated."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # offline: memnet's default
+    defaults = {**TINY_DEFAULTS, "seeds": [0], "overrides": {
+        key: value for key, value in TINY_DEFAULTS["overrides"].items() if key != "trainer.logger"}}
+    experiment = {**LSTM, "budget": {"max_steps": 2}}
+
+    def suite_file(max_steps: int) -> Path:
+        return write_suite(tmp_path / f"w{max_steps}.yaml", [{**experiment, "budget": {"max_steps": max_steps}}],
+                           name="w", defaults=defaults)
+
+    results = tmp_path / "results"
+    assert S.main(["run", str(suite_file(2)), "--results", str(results), "--no-report"]) == 0
+    folder = results / "lstm-copy" / "seed_0"
+    (first,) = _wandb_ids(folder)
+    record = json.loads((folder / "metrics.json").read_text())
+    (folder / "metrics.json").write_text(json.dumps({**record, "status": "interrupted"}))  # cut before its end
+    (folder / "summary.json").unlink()
+    run = S.expand_runs(S.load_suite(suite_file(4)), results)[0]
+    assert f"--trainer.logger.init_args.id={first}" in run.fit_argv(base=ROOT, resume_from=run.last_checkpoint())
+    assert S.main(["run", str(suite_file(4)), "--results", str(results), "--no-report"]) == 0
+    assert torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+    assert _wandb_ids(folder) == [first, first]  # two attempts, one W&B run
+    assert "--trainer.logger.init_args.id=" not in " ".join(run.fit_argv(base=ROOT))  # a new training: W&B's own id
+
+
 @pytest.mark.parametrize("key, value, expected", [
     ("model.init_args.net.init_args.memroy_size", 7, "Option 'memroy_size' is not accepted"),
     ("model.init_args.net.init_args.memory_size", "lots", "lots"),
