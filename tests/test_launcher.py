@@ -166,6 +166,31 @@ def test_slurm_submits_one_array_job_per_run_with_the_settings(fake_slurm, monke
     assert "| a/seed_0 | pending | submitted (job 4242_0) |" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--cpus", "0", "--cpus must be a positive integer, got 0"),
+    ("--gpus-per-job", "0", "--gpus-per-job must be a positive integer, got 0"),
+    ("--array-parallelism", "-2", "--array-parallelism must be a positive integer, got -2"),
+    ("--mem-gb", "-3", "--mem-gb must be a positive number of GB, got -3.0"),
+    ("--mem-gb", "nan", "--mem-gb must be a positive number of GB, got nan"),
+])
+def test_a_bad_cluster_setting_on_the_command_line_is_refused_before_submitting(fake_slurm, monkeypatch, capsys,
+                                                                                  flag, value, message):
+    """The suite file's section refused these; on the command line they went to sbatch as written
+    (``#SBATCH --cpus-per-task=0``, ``--mem=-3GB``) and the command exited 0."""
+    monkeypatch.chdir(fake_slurm)
+    path = write_suite(fake_slurm / "s.yaml")
+    assert suite_main("run", str(path), "--results", "r", "--launcher", "slurm", flag, value) == 2
+    assert capsys.readouterr().err.strip() == f"memnet suite: {message}"
+    assert not (fake_slurm / "submitted.sh").exists() and not (fake_slurm / "r").exists()
+
+
+def test_a_bad_memory_in_the_suite_file_is_refused_naming_its_line(tmp_path):
+    path = write_suite(tmp_path / "s.yaml", launcher={"name": "slurm", "mem_gb": 0})
+    with pytest.raises(S.SuiteError) as error:
+        S.load_suite(path)
+    assert str(error.value) == f"{path}:{launcher_line(path)}: launcher.mem_gb must be a positive number of GB, got 0"
+
+
 def test_status_and_report_of_partial_results(tmp_path, capsys):
     """A finished, a failed, a requeued and a never-started run: status names each; the report stands."""
     suite = S.load_suite(write_suite(tmp_path / "s.yaml"))

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import re
 import sys
@@ -59,7 +60,7 @@ from memnet.cli.suite.runner import (
     expand_runs,
 )
 from memnet.cli.suite.spec import EVENTS_FILE, JOBS_DIR, SUITE_FILE, Suite, read_results_suite
-from memnet.utils import is_integer, write_text_atomic
+from memnet.utils import is_integer, is_number, write_text_atomic
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
 JOB_FILE = "job.json"  # per run: launcher, job id, pid and host of the job running it
@@ -159,6 +160,22 @@ def check_slurm_option(key: str, where: str) -> None:
         raise SuiteError(f"{where}: {key!r} is not a Slurm option submitit knows{hint}")
 
 
+COUNTS = ("gpus_per_job", "cpus", "array_parallelism")  # settings that are whole numbers of at least one
+
+
+def check_settings(settings: dict[str, Any], named: Any) -> None:
+    """Refuse a count below one (``cpus``, ``gpus_per_job``, ``array_parallelism``) or a memory that is not a
+    positive number, in one line naming the setting as the user wrote it (``named(key)``) and its value: Slurm
+    would be handed ``--cpus-per-task=0`` or ``--mem=-3GB``."""
+    for key in COUNTS:
+        value = settings.get(key)
+        if value is not None and (not is_integer(value) or value < 1):
+            raise SuiteError(f"{named(key)} must be a positive integer, got {value!r}")
+    value = settings.get("mem_gb")
+    if value is not None and (not is_number(value) or not math.isfinite(value) or value <= 0):
+        raise SuiteError(f"{named('mem_gb')} must be a positive number of GB, got {value!r}")
+
+
 def from_section(section: Any, where: str) -> LauncherConfig:
     """The ``launcher:`` section of a suite file, checked (``where`` names the file and line)."""
     if section is None:
@@ -178,10 +195,7 @@ def from_section(section: Any, where: str) -> LauncherConfig:
     for key in slurm:
         check_slurm_option(str(key), f"{where}: launcher.slurm")
     settings = {key: section[key] for key in SETTINGS if section.get(key) is not None}
-    for key in ("gpus_per_job", "cpus", "array_parallelism"):
-        value = settings.get(key)
-        if value is not None and (not is_integer(value) or value < 1):
-            raise SuiteError(f"{where}: launcher.{key} must be a positive integer, got {value!r}")
+    check_settings(settings, lambda key: f"{where}: launcher.{key}")
     if "time" in settings:
         minutes(settings["time"], f"{where}: launcher.time")
     return LauncherConfig(name=name, settings=settings, slurm=dict(slurm))
@@ -193,7 +207,9 @@ def merge(file_config: LauncherConfig, *, name: str | None, settings: dict[str, 
     chosen = name or file_config.name
     if chosen not in LAUNCHERS:
         raise SuiteError(f"--launcher: unknown launcher {chosen!r}; expected one of {', '.join(LAUNCHERS)}")
-    merged = {**(file_config.settings or {}), **{k: v for k, v in settings.items() if v is not None}}
+    given = {k: v for k, v in settings.items() if v is not None}
+    check_settings(given, lambda key: f"--{key.replace('_', '-')}")
+    merged = {**(file_config.settings or {}), **given}
     options = dict(file_config.slurm or {})
     for assignment in slurm:
         key, sep, value = assignment.partition("=")
