@@ -191,6 +191,17 @@ def test_a_bad_memory_in_the_suite_file_is_refused_naming_its_line(tmp_path):
     assert str(error.value) == f"{path}:{launcher_line(path)}: launcher.mem_gb must be a positive number of GB, got 0"
 
 
+@pytest.mark.parametrize("jobs, threads", [(1, "4"), (2, "2"), (8, "1")])
+def test_a_run_gets_threads_for_the_cores_it_may_use_not_the_whole_node(tmp_path, monkeypatch, jobs, threads):
+    """A Slurm job of --cpus 4 on a 64-core node: its affinity is 4 cores. The threads were counted from
+    os.cpu_count(), 64 for a job's one run, so 64 threads contended for 4 cores."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {8, 9, 10, 11}, raising=False)
+    suite = S.load_suite(write_suite(tmp_path / "s.yaml"))
+    assert S.SuiteRunner(suite, tmp_path / "r", jobs=jobs, base_dir=ROOT)._env(0)["OMP_NUM_THREADS"] == threads
+
+
 def test_status_and_report_of_partial_results(tmp_path, capsys):
     """A finished, a failed, a requeued and a never-started run: status names each; the report stands."""
     suite = S.load_suite(write_suite(tmp_path / "s.yaml"))

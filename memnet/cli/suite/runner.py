@@ -603,7 +603,7 @@ class SuiteRunner:
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.setdefault("WANDB_SILENT", "true")
         if "OMP_NUM_THREADS" not in env:  # share the cores between the runs going at once
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
+            env["OMP_NUM_THREADS"] = str(max(1, usable_cores() // self.jobs))
         if self.gpus_per_job:
             first = slot * self.gpus_per_job
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + i) for i in range(self.gpus_per_job))
@@ -763,6 +763,16 @@ class SuiteRunner:
         }
         write_text_atomic(run.record_path, json.dumps(record, indent=2, sort_keys=True) + "\n")
         return record
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity, which Slurm (and ``taskset``, a container's cpuset)
+    narrows to the job's ``--cpus-per-task``, where ``os.cpu_count()`` counts every core of the node (a job of 8
+    CPUs on a 128-core node ran its training with 128 threads on 8 cores)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS and Windows have no sched_getaffinity
+        return os.cpu_count() or 1
 
 
 def _command_line(argv: list[str]) -> str:
