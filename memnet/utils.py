@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Sized
@@ -418,6 +419,25 @@ def wandb_mode() -> str:
     ``disabled`` when ``WANDB_MODE=disabled`` says so, else ``offline``."""
     mode = os.environ.get("WANDB_MODE", "offline")
     return mode if mode in ("online", "disabled") else "offline"
+
+
+WANDB_RUN_FOLDER = re.compile(r"(?:offline-)?run-(\d{8}_\d{6})-.+")  # W&B's folder of one run: <time>-<id>[-n]
+
+
+def logged_wandb_id(save_dir: str | Path, run_id: str | None = None) -> str | None:
+    """The id of the W&B run logged last under ``save_dir`` (W&B's ``<save_dir>/wandb/``), or whether run ``run_id``
+    was logged there (then ``run_id`` or None).
+
+    W&B keeps each run it starts there as ``[offline-]run-<YYYYMMDD_HHMMSS>-<id>/run-<id>.wandb``; the id is read
+    from the file's name, since a folder's name may carry a suffix W&B added to tell two of one second apart.
+    """
+    found = []
+    for path in (Path(save_dir) / "wandb").glob("*run-*/run-*.wandb"):
+        match = WANDB_RUN_FOLDER.fullmatch(path.parent.name)
+        logged = path.stem.removeprefix("run-")
+        if match and not path.parent.is_symlink() and run_id in (None, logged):  # latest-run links to one of them
+            found.append((match.group(1), path.stat().st_mtime, logged))
+    return max(found)[2] if found else None
 
 
 def wandb_offline() -> bool:

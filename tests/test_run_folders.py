@@ -136,6 +136,37 @@ def test_resumed_run_continues_its_folder_and_its_wandb_run(tmp_path, capsys):
     assert [p.name for p in (tmp_path / "runs" / "memnet").iterdir()] == [run.name]
 
 
+def _logged_ids(save_dir: Path) -> list[str]:
+    """The W&B run id of every run logged under ``save_dir/wandb`` (``*run-*/run-<id>.wandb``), in start order."""
+    return [p.stem.removeprefix("run-") for p in sorted(save_dir.glob("wandb/*run-*/run-*.wandb"))
+            if not p.parent.is_symlink()]
+
+
+def test_a_suite_run_resumed_by_hand_continues_its_own_wandb_run(tmp_path):
+    """A run whose folder is not named after its W&B run (``memnet suite``'s ``<experiment>/seed_0``, W&B's files
+    in the folder itself), resumed with ``fit --ckpt_path <run>/checkpoints/last.ckpt``: the folder's name was taken
+    as the W&B id, so every experiment's seed 0 resumed by hand logged on to one W&B run, ``seed_0``."""
+    run = tmp_path / "suite" / "ntm-copy" / "seed_0"
+    main(["fit", "--config", SMALL, *TINY, f"--checkpoint.dirpath={run / 'checkpoints'}",
+          f"--trainer.logger.init_args.save_dir={run}"])  # as memnet suite trains it
+    (first,) = _logged_ids(run)
+    wandb.finish()  # as at the end of a process
+    # W&B's files of a relative save_dir go where W&B's service process started, a former test's folder: absolute
+    hand = [f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"]
+    main(["fit", "--config", SMALL, *TINY, *hand, "--trainer.max_steps=6", "--ckpt_path",
+          str(run / "checkpoints/last.ckpt")])
+    assert _logged_ids(tmp_path / "runs") == [first]  # was ["seed_0"]
+    assert Path(_latest(tmp_path)["run_dir"]).resolve() == run.resolve()
+    wandb.finish()
+    # a run trained without W&B names none to go on with: a new W&B run, not one named after its folder
+    bare = tmp_path / "bare" / "seed_0"
+    main(["fit", "--config", SMALL, *TINY, "--trainer.logger=false", f"--checkpoint.dirpath={bare / 'checkpoints'}"])
+    main(["fit", "--config", SMALL, *TINY, *hand, "--trainer.max_steps=6", "--ckpt_path",
+          str(bare / "checkpoints/last.ckpt")])
+    ids = _logged_ids(tmp_path / "runs")
+    assert len(ids) == 2 and ids[0] == first and ids[1] not in (first, "seed_0"), ids
+
+
 def test_the_saved_config_is_what_trained_and_starts_a_new_run(tmp_path, capsys):
     """A resumed run's config.yaml holds ckpt_path null (reused, it starts a new run), and resuming a finished run
     with other settings leaves it as it was: those settings never trained."""

@@ -28,6 +28,7 @@ from memnet.models.core import compile_seconds
 from memnet.utils import (
     MemnetError,
     fsync,
+    logged_wandb_id,
     remove_leftover,
     run_dir,
     wandb_mode,
@@ -196,27 +197,27 @@ class MemnetCLI(LightningCLI):
 
         * ``fit --ckpt_path <run>/checkpoints/last.ckpt`` continues ``<run>``: checkpoints,
           config and summary go there, and the W&B run of the same id is resumed
-          (``resume="allow"``; W&B names the folder after its run id).
+          (``resume="allow"``; W&B names the folder after its run id: :func:`_continue_wandb_run`).
         * Without a logger (``--trainer.logger false``) Lightning would use the working
           folder itself; the run gets ``<default_root_dir>/runs/memnet/run-<time>-<pid>/``.
-        An explicit ``--checkpoint.dirpath`` is left alone.
+        An explicit ``--checkpoint.dirpath`` is left alone; where it is ``<run>/checkpoints`` (a suite's run, or its
+        ``config.yaml``, resumed) the W&B run goes on too.
         """
         checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
         self._check_stage_ckpt_path(checkpoint)
         self._check_ckpt_file()
+        resumed = self._resumed_run_dir()
+        logger = config.get("logger")
+        continues = checkpoint is not None and (
+            checkpoint.dirpath is None or Path(checkpoint.dirpath).resolve() == (resumed or Path()) / "checkpoints")
+        if resumed is not None and continues:  # its checkpoints go back where they were: the same run goes on
+            _continue_wandb_run(resumed, logger)
         if checkpoint is None or checkpoint.dirpath is not None:
             return
         if self.subcommand == "fit" and self.config.get("fit", {}).get("ckpt_path") == "last":
             raise MemnetError(_last_in_a_new_folder())
-        resumed = self._resumed_run_dir()
-        logger = config.get("logger")
         if resumed is not None:
             checkpoint.dirpath = str(resumed / "checkpoints")
-            for item in logger if isinstance(logger, list) else [logger]:
-                if isinstance(item, WandbLogger) and getattr(item, "_experiment", None) is None:
-                    # WandbLogger keeps its wandb.init arguments here until the run starts
-                    item._wandb_init.update(id=resumed.name, resume="allow")
-                    item._id = resumed.name
         elif not logger:
             root = Path(config.get("default_root_dir") or ".")
             stem = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
@@ -328,6 +329,26 @@ class MemnetCLI(LightningCLI):
                   "backward graphs)")
         if summary["wandb_dir"]:
             print("W&B run:          ", summary["wandb_dir"], "(offline)" if wandb_offline() else "")
+
+
+def _continue_wandb_run(resumed: Path, logger: Any) -> None:
+    """A W&B logger of ``fit --ckpt_path <resumed>/checkpoints/...`` logs on to the W&B run ``<resumed>`` logged to.
+
+    That run is the one logged in the run's own folder (``<resumed>/wandb/``, where ``memnet suite`` puts it), else
+    the one of the folder's name in the logger's ``save_dir`` (a run memnet placed is ``runs/memnet/<W&B id>/``). A
+    folder that names no W&B run (a suite's ``seed_0``, a run trained without W&B) gets a new one: its name was taken
+    as the id, so that every hand-resumed suite run of every experiment logged to one W&B run ``seed_0``. An ``id``
+    the user gave is kept.
+    """
+    for item in logger if isinstance(logger, list) else [logger]:
+        if not isinstance(item, WandbLogger) or getattr(item, "_experiment", None) is not None:
+            continue
+        if item._wandb_init.get("id"):  # WandbLogger keeps its wandb.init arguments here until the run starts
+            continue
+        wandb_id = logged_wandb_id(resumed) or logged_wandb_id(item.save_dir or ".", resumed.name)
+        if wandb_id is not None:
+            item._wandb_init.update(id=wandb_id, resume="allow")
+            item._id = wandb_id
 
 
 def _wandb_dir(trainer: pl.Trainer) -> str | None:

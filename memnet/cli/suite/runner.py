@@ -29,15 +29,13 @@ from memnet.cli.suite.errors import EvaluationUnavailable, SuiteError
 from memnet.cli.suite.evaluators import EVALUATORS, evaluation_answers, evaluation_options
 from memnet.cli.suite.spec import BUDGET_KEYS, EVENTS_FILE, SUITE_FILE, Experiment, Suite, _resolve
 from memnet.selection import CHECKPOINT_METRICS
-from memnet.utils import is_integer, write_text_atomic
+from memnet.utils import is_integer, logged_wandb_id, write_text_atomic
 
 RECORD_FILE = "metrics.json"
 POLL_SECONDS = 0.2  # how often the scheduler looks at its runs
 PROGRESS_SECONDS = 30.0  # a progress line at least this often while runs go on
 ERROR_CHARS = 600  # the longest error message kept in a run's record
 CONFIG_DIGESTS = "config_sha256"  # the settings' key: each stacked config file -> the sha256 of its bytes
-WANDB_FOLDER = "wandb"  # W&B's folder in a run's own (the suite gives the logger save_dir=<run folder>)
-WANDB_RUN_FOLDER = re.compile(r"(?:offline-)?run-(\d{8}_\d{6})-.+")  # one W&B run's: <time>-<id>[-suffix]
 
 
 @dataclass(frozen=True)
@@ -171,20 +169,6 @@ class Run:
         path = self.folder / "checkpoints" / "last.ckpt"
         return path if path.is_file() else None
 
-    def wandb_id(self) -> str | None:
-        """The id of the W&B run this run's training logged to last (None where it logged to none).
-
-        The suite puts a run's W&B folder in the run's own (``<folder>/wandb/``), where W&B keeps each attempt
-        as ``[offline-]run-<YYYYMMDD_HHMMSS>-<id>/run-<id>.wandb``: the id is read from that file's name, since a
-        folder's name may carry a suffix W&B added to tell two of one second apart.
-        """
-        found = []
-        for path in (self.folder / WANDB_FOLDER).glob("*run-*/run-*.wandb"):
-            match = WANDB_RUN_FOLDER.fullmatch(path.parent.name)
-            if match and not path.parent.is_symlink():  # latest-run is a link to one of them
-                found.append((match.group(1), path.stat().st_mtime, path.stem.removeprefix("run-")))
-        return max(found)[2] if found else None
-
     def fit_argv(self, *, base: Path, resume_from: Path | None = None) -> list[str]:
         """Arguments of ``memnet fit`` for this run (without the program name)."""
         experiment = self.experiment
@@ -210,7 +194,8 @@ class Run:
             ]
             # a resumed training (interrupted, preempted, requeued) continues the W&B run it logged to, as
             # `memnet fit --ckpt_path <run>/checkpoints/last.ckpt` does: it started a new run of the same name
-            wandb_id = self.wandb_id() if resume_from is not None else None
+            # (the logger's save_dir is the run's folder: its W&B runs are in <folder>/wandb/)
+            wandb_id = logged_wandb_id(self.folder) if resume_from is not None else None
             if wandb_id is not None:
                 argv.append(f"{logger}id={wandb_id}")
         if resume_from is not None:
@@ -602,6 +587,9 @@ class SuiteRunner:
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.setdefault("WANDB_SILENT", "true")
+        # each training its own W&B service: one inherited from this process (a wandb.init before the suite ran)
+        # still held the W&B run of an attempt that ended, and its resumed training failed "run ID ... is in use"
+        env.pop("WANDB_SERVICE", None)
         if "OMP_NUM_THREADS" not in env:  # share the cores between the runs going at once
             env["OMP_NUM_THREADS"] = str(max(1, usable_cores() // self.jobs))
         if self.gpus_per_job:
