@@ -335,17 +335,20 @@ def _continue_wandb_run(resumed: Path, logger: Any) -> None:
     """A W&B logger of ``fit --ckpt_path <resumed>/checkpoints/...`` logs on to the W&B run ``<resumed>`` logged to.
 
     That run is the one logged in the run's own folder (``<resumed>/wandb/``, where ``memnet suite`` puts it), else
-    the one of the folder's name in the logger's ``save_dir`` (a run memnet placed is ``runs/memnet/<W&B id>/``). A
-    folder that names no W&B run (a suite's ``seed_0``, a run trained without W&B) gets a new one: its name was taken
-    as the id, so that every hand-resumed suite run of every experiment logged to one W&B run ``seed_0``. An ``id``
-    the user gave is kept.
+    the one the folder is named after where it lies as Lightning places a W&B run, ``<save_dir>/<project>/<id>/``
+    (memnet's ``runs/memnet/<id>/``). Any other folder (a suite's ``<experiment>/seed_0`` trained without W&B) gets
+    a new W&B run: its name was taken as the id, so that every hand-resumed suite run of every experiment logged to
+    one W&B run ``seed_0``. An ``id`` the user gave is kept.
     """
     for item in logger if isinstance(logger, list) else [logger]:
         if not isinstance(item, WandbLogger) or getattr(item, "_experiment", None) is not None:
             continue
         if item._wandb_init.get("id"):  # WandbLogger keeps its wandb.init arguments here until the run starts
             continue
-        wandb_id = logged_wandb_id(resumed) or logged_wandb_id(item.save_dir or ".", resumed.name)
+        # Lightning's layout, <save_dir>/<project>/<W&B id>/, whether or not W&B's own files are still there
+        named_by_wandb = (resumed.parent.name == item._project
+                          and resumed.parent.parent == Path(item.save_dir or ".").resolve())
+        wandb_id = logged_wandb_id(resumed) or (resumed.name if named_by_wandb else None)
         if wandb_id is not None:
             item._wandb_init.update(id=wandb_id, resume="allow")
             item._id = wandb_id
