@@ -28,7 +28,14 @@ from torchmetrics.utilities import dim_zero_cat
 
 from memnet.metrics import nrmse_from_sums, task_error_counts
 from memnet.optim import shrink_gradients_
-from memnet.utils import MemnetError, batches_done, distributed_position, fitting, gather_objects
+from memnet.utils import (
+    MemnetError,
+    batches_done,
+    distributed_position,
+    fitting,
+    gather_objects,
+    resume_cut_short_epoch,
+)
 
 Interval = Literal["step", "epoch"]  # when a learning-rate scheduler steps
 NonFinite = Literal["skip", "stop"]  # what a training step with non-finite gradients does
@@ -201,6 +208,9 @@ class MemnetModule(pl.LightningModule):
         trainer = self._trainer
         if trainer is None or not fitting(trainer):
             return
+        # last.ckpt of an epoch cut short by max_steps or max_time: resumed with max_epochs, Lightning dropped the
+        # rest of the epoch (here, before it restores its loops from the checkpoint)
+        resume_cut_short_epoch(checkpoint)
         # the schedule's total_steps counts what it is stepped by: optimiser steps, or epochs (scheduler_interval)
         planned, unit = ((trainer.max_steps, "steps") if self.scheduler_interval == "step"
                          else (trainer.max_epochs, "epochs"))

@@ -186,12 +186,44 @@ def batches_done(trainer: Any) -> int:
 def epoch_cut_short(trainer: Any) -> bool:
     """Whether the training epoch ending now stopped before its last batch: ``max_steps`` (or ``max_time``, a stop)
     reached part way. Lightning still calls ``on_train_epoch_end`` on the part trained, and a checkpoint written
-    then resumes the epoch where it stopped and ends it again; Lightning steps no per-epoch schedule at such an end."""
+    then resumes the epoch where it stopped and ends it again (:func:`resume_cut_short_epoch`); Lightning steps no
+    per-epoch schedule at such an end."""
     fit_loop = getattr(trainer, "fit_loop", None)
     if fit_loop is None:
         return False
     progress = fit_loop.epoch_loop.batch_progress
     return not (progress.current.ready == trainer.num_training_batches or progress.is_last_batch)
+
+
+def resume_cut_short_epoch(checkpoint: dict[str, Any]) -> bool:
+    """Mark a checkpoint written at the end of an epoch cut short as written in its middle; True when it did.
+
+    Stopped part way through an epoch (``max_steps``, ``max_time``), Lightning counts the epoch as processed
+    before ``on_train_epoch_end``, where last.ckpt is written, though batches were left (``is_last_batch``
+    false). Resumed with ``max_steps`` it goes on with the epoch, one ahead in its count of processed epochs;
+    resumed with ``max_epochs`` it takes the epoch as finished (``_FitLoop.restarting`` looks at that count
+    alone): it dropped the epoch's remaining batches and its per-epoch schedule step, trained every later epoch
+    at the previous epoch's rate, and stopped at once when the cut epoch was the last one. Counted back as
+    started but not processed (Lightning's state of a checkpoint written after a batch), the fit loop restarts
+    in the epoch's middle under either limit and trains its remaining batches, as the unbroken run did.
+
+    Edits ``checkpoint["loops"]["fit_loop"]`` in place; to be called before Lightning restores its loops (a
+    LightningModule's ``on_load_checkpoint``). A checkpoint written elsewhere is left as it is.
+    """
+    fit_loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    epochs, batches = fit_loop.get("epoch_progress"), fit_loop.get("epoch_loop.batch_progress")
+    if not isinstance(epochs, dict) or not isinstance(batches, dict):
+        return False
+    if batches.get("is_last_batch", True) or not batches["current"]["completed"]:
+        return False  # at an epoch's real end, or before its first batch
+    current = epochs["current"]
+    if not current["ready"] == current["started"] == current["processed"] > 0:
+        return False  # written in the middle of the epoch (after a batch, at a validation): Lightning restarts there
+    for counts in (epochs["current"], epochs["total"]):
+        counts["processed"] -= 1
+        # and as not completed either, where it was written after fit ended (trainer.save_checkpoint)
+        counts["completed"] = min(counts["completed"], counts["processed"])
+    return True
 
 
 class ResumableLoader(torch.utils.data.DataLoader):
@@ -201,9 +233,9 @@ class ResumableLoader(torch.utils.data.DataLoader):
     epoch's remaining batches, but from a loader started afresh: without this they would be the
     epoch's first batches, trained on twice, and its last ones never. This loader leaves out the
     batches :func:`batches_done` counts, and sets its sampler's epoch to the trainer's
-    ``current_epoch`` (Lightning passes the epochs *processed*, which a run stopped in the middle of
-    an epoch by ``max_steps`` or ``max_time`` has counted one ahead: its resume would shuffle the
-    epoch as the next one). Its place is the trainer's, so its own ``state_dict`` is empty; having
+    ``current_epoch`` (Lightning passes the epochs *processed*, which the last.ckpt of a run stopped in
+    the middle of an epoch by ``max_steps`` or ``max_time`` counts one ahead unless
+    :func:`resume_cut_short_epoch` counted it back: its resume would shuffle the epoch as the next one). Its place is the trainer's, so its own ``state_dict`` is empty; having
     one tells Lightning that it is resumable (it warns of unreliable results otherwise).
 
     Args:

@@ -14,6 +14,7 @@ from memnet.cli.lightning_cli import AtomicCheckpointIO
 from memnet.controllers import LSTMController
 from memnet.lightning import SequenceModule
 from memnet.models.ntm import NTM
+from memnet.utils import resume_cut_short_epoch
 from tasks.algorithmic import AlgorithmicDataModule, CopyTask
 
 
@@ -68,6 +69,72 @@ def test_a_resumed_run_continues_the_dropout_draws_of_the_unbroken_run(tmp_path,
     resumed, _ = _dropout_run(tmp_path, 6, ckpt_path=tmp_path / "half.ckpt")
     for (name, value), resumed_value in zip(unbroken.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(value, resumed_value), name
+
+
+class _RateRecorder(pl.Callback):
+    """(epoch, step, learning rate) at every training batch."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen.append((trainer.current_epoch, trainer.global_step, trainer.optimizers[0].param_groups[0]["lr"]))
+
+
+def _halving_run(folder, ckpt_path=None, **limits):
+    """A copy-task NTM whose rate a per-epoch StepLR halves every epoch (3 batches an epoch), trained to ``limits``
+    (max_epochs or max_steps), from ``ckpt_path`` if given; last.ckpt in ``folder``."""
+    torch.manual_seed(0)
+    task = CopyTask(width=3, min_length=1, max_length=3)
+    data = AlgorithmicDataModule(task, batch_size=4, batches_per_epoch=3, val_size=4)
+    net = NTM(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=8),
+              memory_size=6, word_size=4)
+    module = SequenceModule(net, scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5),
+                            scheduler_interval="epoch")
+    rates = _RateRecorder()
+    checkpoint = LastAndBestCheckpoint(dirpath=folder, monitor="val/loss", save_last=True)
+    trainer = pl.Trainer(logger=False, callbacks=[checkpoint, rates], enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=folder, limit_val_batches=1, **limits)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    return module, trainer, rates.seen
+
+
+@pytest.mark.parametrize("stop", [4, 7], ids=["in-an-earlier-epoch", "in-the-last-epoch"])
+def test_a_run_stopped_by_steps_mid_epoch_and_resumed_by_epochs_ends_as_the_unbroken_run(tmp_path, stop):
+    """3 epochs unbroken, and a run stopped by max_steps in the middle of an epoch resumed with max_epochs 3 (the
+    suites budget by epochs and max_time): Lightning took the cut epoch, counted processed at its last.ckpt, as
+    finished and dropped its remaining batches and its schedule step (every later epoch trained at the previous
+    epoch's rate; cut in the last epoch, the resume trained nothing)."""
+    unbroken, whole, whole_rates = _halving_run(tmp_path / "whole", max_epochs=3)
+    _, _, first_rates = _halving_run(tmp_path / "halves", max_steps=stop)
+    resumed, again, resumed_rates = _halving_run(tmp_path / "halves", tmp_path / "halves" / "last.ckpt", max_epochs=3)
+    assert [rate for _, _, rate in whole_rates] == [1e-3] * 3 + [5e-4] * 3 + [2.5e-4] * 3
+    assert first_rates + resumed_rates == whole_rates  # epoch, step and rate of every batch
+    assert (again.global_step, again.current_epoch) == (whole.global_step, whole.current_epoch) == (9, 3)
+    for (name, value), resumed_value in zip(unbroken.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(value, resumed_value), name
+    assert again.callback_metrics.keys() == whole.callback_metrics.keys()
+    for name, value in whole.callback_metrics.items():
+        assert torch.equal(value, again.callback_metrics[name]), name
+
+
+@pytest.mark.parametrize(("epochs", "batch", "last", "counted_back"), [
+    ((2, 2, 2, 1), 1, False, (2, 2, 1, 1)),  # on_train_epoch_end of an epoch cut short by max_steps
+    ((2, 2, 2, 2), 1, False, (2, 2, 1, 1)),  # trainer.save_checkpoint after such a fit
+    ((2, 2, 2, 1), 3, True, None),  # on_train_epoch_end of a whole epoch
+    ((2, 2, 1, 1), 1, False, None),  # after a batch in the middle of an epoch (every_n_train_steps, a validation)
+])
+def test_only_the_checkpoint_of_an_epoch_cut_short_is_counted_back_to_its_middle(epochs, batch, last, counted_back):
+    def counts(ready, started, processed, completed):
+        return {"ready": ready, "started": started, "processed": processed, "completed": completed}
+
+    checkpoint = {"loops": {"fit_loop": {
+        "epoch_progress": {"total": counts(*epochs), "current": counts(*epochs)},
+        "epoch_loop.batch_progress": {"total": counts(4, 4, 4, 4), "current": counts(*[batch] * 4),
+                                      "is_last_batch": last}}}}
+    assert resume_cut_short_epoch(checkpoint) == (counted_back is not None)
+    progress = checkpoint["loops"]["fit_loop"]["epoch_progress"]
+    assert progress["total"] == progress["current"] == counts(*(counted_back or epochs))
 
 
 @pytest.mark.parametrize("leftover", ["file", "folder"])
