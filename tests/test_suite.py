@@ -661,6 +661,18 @@ def test_summary_run_logs_wandb_tables_offline(tmp_path, monkeypatch):
     assert any(name.startswith("babi") for name in tables)
 
 
+def test_suite_report_with_wandb_disabled_names_no_summary_run_folder(tmp_path, monkeypatch, capsys):
+    """WANDB_MODE=disabled: W&B hands out a stand-in run whose folder is never written; the report says it logged none."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    results = fake_babi_results(tmp_path / "results")
+    with pytest.raises(SystemExit) as done:
+        cli_main(["suite", "report", str(results)])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "W&B summary run not logged: WANDB_MODE=disabled" in out
+    assert "W&B summary run: " not in out and not (results / "wandb").exists()
+
+
 def test_babi_results_of_memnet_babi_table_are_collected(tmp_path):
     experiment = S.Experiment(name="memn2n", configs=("c.yaml",), overrides={}, seeds=(0,),
                               budget={"max_epochs": 1}, evaluate={"kind": "babi", "split": "test"},

@@ -28,6 +28,7 @@ from memnet.cli.suite.runner import (
 )
 from memnet.cli.suite.spec import load_suite
 from memnet.metrics import task_errors
+from memnet.utils import wandb_mode
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -118,7 +119,9 @@ def _report(results: Path, out: str | None, wandb_on: bool) -> None:
         + "".join(f", {p.name}" for p in sorted(folder.glob("*.png")))
         + ")"
     )
-    if wandb_on:
+    if wandb_on and wandb_mode() == "disabled":  # W&B hands out a stand-in run whose folder is never written
+        print("W&B summary run not logged: WANDB_MODE=disabled")
+    elif wandb_on:
         try:
             where = log_to_wandb(report, results, folder)
             print(f"W&B summary run: {where}")
