@@ -301,3 +301,26 @@ def test_output_cut_off_by_its_reader_ends_quietly_with_the_pipe_status():
         os.close(write_end)
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
     assert done.returncode == 141
+
+
+def test_lightnings_own_wandb_logger_in_a_config_logs_offline_unless_opted_in(tmp_path, monkeypatch, capsys):
+    """``pytorch_lightning.loggers.WandbLogger`` defaults to ``offline=False``: without ``WANDB_MODE=online`` it went
+    online, to the network, unasked. memnet's own logger given ``offline: false`` is left as given."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    from memnet.callbacks import OfflineFirstWandbLogger
+    from memnet.cli.lightning_cli import _offline_unless_opted_in
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    main(["fit", "--config", SMALL, *TINY, "--trainer.logger=pytorch_lightning.loggers.WandbLogger",
+          f"--trainer.logger.save_dir={tmp_path / 'logs'}"])
+    assert list((tmp_path / "logs" / "wandb").glob("offline-run-*")), "Lightning's WandbLogger did not log offline"
+    assert "W&B logs offline (WANDB_MODE=online to sync)" in capsys.readouterr().err
+
+    monkeypatch.setenv("WANDB_MODE", "online")  # opted in: left online (no run is started here)
+    plain, ours = WandbLogger(save_dir=str(tmp_path)), OfflineFirstWandbLogger(save_dir=str(tmp_path), offline=False)
+    _offline_unless_opted_in([plain, ours])
+    assert not plain._offline and not ours._offline
+    monkeypatch.delenv("WANDB_MODE")
+    _offline_unless_opted_in([plain, ours])
+    assert plain._offline and not ours._offline

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,7 @@ class MemnetCLI(LightningCLI):
             # Lightning's "the default logger" is memnet's (offline-first W&B in runs/); Lightning's own would
             # put the run in ./lightning_logs/version_N/ instead of runs/memnet/<id>/
             config["logger"] = OfflineFirstWandbLogger(save_dir=RUNS_DIR, project="memnet")
+        _offline_unless_opted_in(config.get("logger"))
         self._place_run(config, callbacks)
         return super()._instantiate_trainer(config, callbacks)
 
@@ -329,6 +331,18 @@ class MemnetCLI(LightningCLI):
                   "backward graphs)")
         if summary["wandb_dir"]:
             print("W&B run:          ", summary["wandb_dir"], "(offline)" if wandb_offline() else "")
+
+
+def _offline_unless_opted_in(logger: Any) -> None:
+    """Lightning's own ``WandbLogger`` in a config (``offline: false`` by default there) logs offline unless the user
+    opted in with ``WANDB_MODE=online``: it went online, to the network, though nothing asked for it. memnet's
+    ``OfflineFirstWandbLogger`` decides by itself (an ``offline: false`` given to it is kept as given)."""
+    for item in logger if isinstance(logger, list) else [logger]:
+        if (isinstance(item, WandbLogger) and not isinstance(item, OfflineFirstWandbLogger) and not item._offline
+                and wandb_mode() == "offline" and getattr(item, "_experiment", None) is None):
+            item._offline = True  # read when its run starts: WANDB_MODE=dryrun for wandb.init
+            print(f"W&B logs offline (WANDB_MODE=online to sync): {type(item).__name__} was given offline=False, "
+                  "Lightning's default", file=sys.stderr)
 
 
 def _continue_wandb_run(resumed: Path, logger: Any) -> None:
