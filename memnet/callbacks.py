@@ -22,6 +22,7 @@ from memnet.utils import (  # run_dir re-exported: memnet.callbacks.run_dir
     epoch_cut_short,
     fitting,
     is_integer,
+    is_number,
     logged_step,
     monitored_value,
     parameter_dtype,
@@ -139,9 +140,9 @@ class LinearStartSwitch(pl.Callback):
 
     def __init__(self, monitor: str = "val/loss", patience: int = 1, max_epochs: int | None = None,
                  epochs: int | None = None) -> None:
-        if patience < 1:
+        if not is_integer(patience) or patience < 1:
             raise ValueError(f"patience must be a positive integer, got {patience!r}")
-        if max_epochs is not None and max_epochs < 1:
+        if max_epochs is not None and (not is_integer(max_epochs) or max_epochs < 1):
             raise ValueError(f"max_epochs must be a positive integer or None, got {max_epochs!r}")
         if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
             raise ValueError(f"epochs must be a positive integer or None, got {epochs!r}")
@@ -518,7 +519,7 @@ class ConvergenceDecay(pl.Callback):
 
     def __init__(self, monitor: str = "val/bits_per_seq", threshold: float = 0.1, factor: float = 0.1,
                  amsgrad: bool = True) -> None:
-        if not (isinstance(threshold, (int, float)) and threshold > 0):
+        if not (is_number(threshold) and threshold > 0):
             raise ValueError(f"ConvergenceDecay threshold must be a number > 0, got {threshold!r}")
         if not (isinstance(factor, (int, float)) and 0 < factor <= 1):
             raise ValueError(f"ConvergenceDecay factor must be in (0, 1], got {factor!r}")

@@ -71,6 +71,7 @@ from memnet.utils import (
     gather_objects,
     in_set_order,
     is_integer,
+    is_number,
 )
 
 
@@ -300,7 +301,7 @@ class QAModule(MemnetModule):
             raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
         if scheduler_interval not in ("step", "epoch"):
             raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
-        if clip_per_matrix is not None and not clip_per_matrix > 0:
+        if clip_per_matrix is not None and not (is_number(clip_per_matrix) and clip_per_matrix > 0):
             raise ValueError(f"clip_per_matrix must be a positive norm or null, got {clip_per_matrix!r}")
         if clip_norm not in ("spectral", "frobenius"):
             raise ValueError(f"clip_norm must be 'spectral' or 'frobenius', got {clip_norm!r}")

@@ -281,8 +281,11 @@ def test_linear_start_switch_callback_turns_softmax_on_when_val_loss_stops_falli
     trainer = SimpleNamespace(sanity_checking=False, current_epoch=3, callback_metrics={"val/loss": 3.6})
     switch.on_validation_end(trainer, module)
     assert bool(model.softmax_enabled) and switch.switched_at == 3
-    with pytest.raises(ValueError, match="patience must be a positive integer"):
-        LinearStartSwitch(patience=0)
+    for bad in (0, True, 1.5):  # True and 1.5 are no count of epochs (True counted as 1)
+        with pytest.raises(ValueError, match="patience must be a positive integer"):
+            LinearStartSwitch(patience=bad)
+        with pytest.raises(ValueError, match="max_epochs must be a positive integer"):
+            LinearStartSwitch(max_epochs=bad)
 
 
 def test_linear_start_switch_max_epochs_and_other_models():

@@ -112,8 +112,9 @@ def test_qa_module_clips_each_matrix_and_refuses_a_second_clipping():
     module._trainer = SimpleNamespace(gradient_clip_val=40.0)
     with pytest.raises(ValueError, match="clip_per_matrix \\(1.0\\) and trainer.gradient_clip_val \\(40.0\\)"):
         module.on_fit_start()
-    with pytest.raises(ValueError, match="clip_per_matrix must be a positive norm"):
-        QAModule(net, clip_per_matrix=0.0)
+    for bad in (0.0, True, "40"):  # True is no norm (it was taken as 1.0); a string failed with Python's words
+        with pytest.raises(ValueError, match="clip_per_matrix must be a positive norm"):
+            QAModule(net, clip_per_matrix=bad)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

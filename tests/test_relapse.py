@@ -284,7 +284,8 @@ def test_convergence_decay_needs_adam_for_amsgrad(tmp_path):
         trainer.fit(WithSGD([1.0]), train_dataloaders=torch.utils.data.DataLoader(data, batch_size=2))
 
 
-@pytest.mark.parametrize(("kwargs", "field"), [({"threshold": 0}, "threshold"), ({"factor": 1.5}, "factor"),
+@pytest.mark.parametrize(("kwargs", "field"), [({"threshold": 0}, "threshold"), ({"threshold": True}, "threshold"),
+                                               ({"factor": 1.5}, "factor"),
                                                ({"factor": 0}, "factor")])
 def test_convergence_decay_bad_settings_are_refused(kwargs, field):
     with pytest.raises(ValueError, match=f"ConvergenceDecay {field}"):
