@@ -284,6 +284,20 @@ def fake_executor(monkeypatch):
     return use_fake_executor(monkeypatch)
 
 
+def test_submitit_local_says_which_slurm_settings_it_leaves_out(tmp_path, fake_executor, capsys):
+    """A Slurm suite tried here (``--launcher submitit-local``): its partition, account and ``slurm:`` options are left
+    out, and said to be, not dropped unsaid."""
+    path = write_suite(tmp_path / "s.yaml", launcher={
+        "name": "slurm", "partition": "gpu", "cpus": 2, "slurm": {"qos": "low"}})
+    suite = S.load_suite(path)
+    local = L.merge(suite.launcher, name="submitit-local", settings={"account": "lab"}, slurm=["constraint=a100"])
+    assert local.left_out() == ["account", "partition", "slurm constraint", "slurm qos"]
+    L.submit(suite, S.expand_runs(suite, tmp_path / "r"), tmp_path / "r", local, base_dir=tmp_path, wait=False)
+    assert ("submitit-local runs here and leaves out the Slurm settings: account, partition, slurm constraint, "
+            "slurm qos") in capsys.readouterr().out
+    assert L.merge(suite.launcher, name=None, settings={}, slurm=[]).left_out() == []  # slurm: every one kept
+
+
 def test_wait_counts_only_the_submitted_runs_and_a_run_left_unfinished_fails(tmp_path, fake_executor, capsys):
     """Run a finished before; b is submitted and its job ends with the run left requeued (submitit refused
     to requeue it again): the command fails, b's record says why and keeps its training time."""

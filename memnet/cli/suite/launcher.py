@@ -93,6 +93,13 @@ class LauncherConfig:
     settings: dict[str, Any] | None = None
     slurm: dict[str, Any] | None = None
 
+    def left_out(self) -> list[str]:
+        """The Slurm settings a ``submitit-local`` launch leaves out (its executor knows none), as the user wrote them."""
+        if self.name == "slurm":
+            return []
+        settings = [key.replace("_", "-") for key in (self.settings or {}) if SETTINGS[key].startswith("slurm_")]
+        return sorted(settings) + sorted(f"slurm {key}" for key in (self.slurm or {}))
+
     def executor_parameters(self) -> dict[str, Any]:
         """The ``update_parameters`` of a submitit ``AutoExecutor``."""
         settings = dict(self.settings or {})
@@ -421,6 +428,9 @@ def submit(suite: Suite, runs: list[Run], results: Path, config: LauncherConfig,
         raise SuiteError(f"--launcher {config.name}: no Slurm here (submitit: {error}); run it on a cluster's "
                          "login node, or try the same jobs locally with --launcher submitit-local") from None
     parameters = config.executor_parameters()
+    if config.left_out():  # a Slurm suite tried on this machine: said, not dropped unsaid
+        print(f"[suite {suite.name}] {config.name} runs here and leaves out the Slurm settings: "
+              f"{', '.join(config.left_out())}", file=stream)
     try:
         executor.update_parameters(name=f"memnet-{suite.name}", **parameters)
     except (ValueError, NameError) as error:  # submitit lists every valid option: keep the first line
