@@ -540,8 +540,9 @@ def _authors_lookup_reference(model: MemN2N, story: torch.Tensor, query: torch.T
 
 
 def test_the_authors_nil_word_equals_their_lookup_tables_in_value_and_gradient():
-    """nil_word: authors. The nil rows of A^1 … A^K are 0 but get the gradient of every padding position (so it
-    counts in their clipping norm); C^K's nil row is learned: it answers, and weighs in the last hop's outputs."""
+    """nil_word: authors. The nil rows are 0 but get the gradient of every padding position (so it counts in
+    their clipping norm). C^K's is set non-zero here so that the reference checks its place in the logits (the
+    nil word's answer) and in the last hop's outputs."""
     model = _model(position_scale="authors", sentence_length=J + 1, empty_memory="nil", answer_layer="vocabulary",
                    nil_word="authors")
     with torch.no_grad():
@@ -560,9 +561,11 @@ def test_the_authors_nil_word_equals_their_lookup_tables_in_value_and_gradient()
         assert grad[PAD_ID].abs().sum() > 0  # the nil word's gradient, which nil_word: zero never gives
 
 
-def test_the_authors_nil_rows_of_the_input_embeddings_are_0_after_each_step_when_callbacks_see_them():
-    """SGD moves every nil row (they have a gradient); those of A^1 … A^K are 0 again before a callback (a
-    checkpoint written at the batch's end) sees the weights; C^K's is learned."""
+def test_the_authors_nil_rows_are_0_after_each_step_when_callbacks_see_them():
+    """SGD moves every nil row (they have a gradient); all are 0 again before a callback (a checkpoint written at
+    the batch's end) sees the weights: A^1 … A^K's (``train.m``) and C^K's = W's too (``Memory.update`` zeroes
+    every hop's output table after the update, and W is the same ``Weight`` object as C^K), so the nil word's
+    logit is 0 at every step."""
     import pytorch_lightning as pl
 
     from memnet.lightning import QAModule
@@ -572,18 +575,25 @@ def test_the_authors_nil_rows_of_the_input_embeddings_are_0_after_each_step_when
     module = QAModule(net, loss_reduction="sum", optimizer=lambda params: torch.optim.SGD(params, lr=0.1))
     story, query = _tokens()
     batches = [{"story": story, "query": query, "answer": torch.tensor([0, 1, 2])}] * 3
-    seen = []
+    seen, moved = [], []
 
     class Watch(pl.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            moved.append(float(pl_module.net.embeddings[-1].weight.grad[PAD_ID].abs().sum()))
+
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             seen.append([float(e.weight[PAD_ID].abs().sum()) for e in pl_module.net.embeddings])
 
     trainer = pl.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, callbacks=[Watch()])
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
-    assert len(seen) == 3
+    assert len(seen) == 3 and len(moved) == 3
+    assert all(grad > 0 for grad in moved)  # C^K's nil row has a gradient (it counts in the clipping norm) ...
     for step in seen:
-        assert step[:-1] == [0.0] * (len(step) - 1) and step[-1] > 0
+        assert step == [0.0] * len(step)  # ... and is 0 again after the step, as every other nil row
+    logits = module.net(story, query)
+    vocabulary_nil = module.net.output_size + PAD_ID  # the logits put the answer classes first, then words 0, 1, ...
+    assert (logits[:, vocabulary_nil] == 0).all()
 
 
 @pytest.mark.parametrize("options", [

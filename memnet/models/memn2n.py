@@ -54,12 +54,12 @@ here, off by default (the paper's text):
 - ``nil_word: authors`` (with the three options above, ``temporal`` and adjacent
   tying): the nil word is a word of the sentence sum as in the authors' code. Every
   padding position of a sentence, question and nil sentence (the time word's
-  position too) adds l_j ∘ E[nil]; the nil rows of A^1 … A^K (B and C^1 … C^{K−1})
-  are 0, set back to 0 after every optimiser step (:meth:`MemN2N.after_optimizer_step`),
-  but get a gradient, which counts in their matrix's clipping norm; the nil row of
-  C^K (= W) is learned: it is the nil word's logit and, in the last hop, part of
-  every output vector (J·C^K[nil] for a nil sentence). ``zero`` (the default): the nil
-  word weighs nothing anywhere and its rows stay 0 with no gradient.
+  position too) adds l_j ∘ E[nil]; the nil rows of every embedding, A^1 … A^K and
+  C^K (= W) alike, are 0, set back to 0 after every optimiser step
+  (:meth:`MemN2N.after_optimizer_step`), but get a gradient, which counts in their
+  matrix's clipping norm (``train.m`` resets the A's, ``Memory.update`` every C, and W is
+  the same ``Weight`` object as C^K). ``zero`` (the default): the nil word weighs nothing
+  anywhere and its rows stay 0 with no gradient.
 
 Axes:  b - batch, n - memory slots, j - words, d - embedding, v - vocabulary, a - answers
 """
@@ -168,7 +168,7 @@ class MemN2N(Pretrained, nn.Module):
             (W = C^K over the vocabulary and the time rows; logits (B, V + N) with the
             A answer classes first). ``vocabulary`` needs adjacent tying.
         nil_word: ``zero`` or ``authors`` (the nil word in the sentence sums, its
-            gradient in the clipping norm, C^K's nil row learned; see the module docstring).
+            gradient in the clipping norm, every nil row 0 after each step; see the module docstring).
     """
 
     def __init__(
@@ -348,10 +348,11 @@ class MemN2N(Pretrained, nn.Module):
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
-        """With ``nil_word: authors``, set the nil rows of A^1 … A^K back to 0 (``train.m`` does, after each
-        update); C^K's is learned. Called by ``memnet.lightning.QAModule.optimizer_step`` after every step."""
+        """With ``nil_word: authors``, set the nil rows of every embedding back to 0, as the authors' code does
+        after each update: ``train.m`` resets A^1 … A^K's, ``Memory.update`` each hop's C^k's, C^K's (= W's, the
+        same ``Weight`` object) included. Called by ``memnet.lightning.QAModule.optimizer_step`` after every step."""
         if self.nil_word == "authors":
-            for embedding in self.embeddings[: self.hops]:
+            for embedding in self.embeddings:
                 embedding.weight[PAD_ID].zero_()
 
     def _nil_weights(self, tokens: torch.Tensor, table: torch.Tensor, *, nil_slots: torch.Tensor | None = None
@@ -537,7 +538,7 @@ class MemN2N(Pretrained, nn.Module):
         story_weights = self._word_weights(sentences, dtype)
         u = self._encode(query, self._word_weights(query, dtype), self.query_embedding())  # (B, d)
         nil_story = None
-        if self.nil_word == "authors":  # the nil word in every sentence sum (0 in value but C^K's)
+        if self.nil_word == "authors":  # the nil word in every sentence sum (0 in value, with a gradient)
             nil_story = self._nil_weights(story, table, nil_slots=~present)  # (B, N, d)
             u = u + self._nil_weights(query, table) * self.query_embedding().weight[PAD_ID]
         encoded: dict[int, torch.Tensor] = {}  # id of an embedding -> its (B, N, d) sentence vectors
