@@ -350,6 +350,17 @@ def test_truncating_a_supporting_sentence_warns_with_the_count_per_task():
         babi.encode_split(Split(), vocabulary, memory_size=7)
 
 
+@needs_data
+def test_the_memory_cut_warns_again_when_its_token_ids_come_from_the_cache(tmp_path):
+    """The second run on one cache reads the encoded split back; it was silent about the questions it cannot answer."""
+    for _ in range(2):  # the first run encodes the split and caches it, the second reads it back
+        module = BabiDataModule(data_dir=str(ARCHIVE), cache_dir=str(tmp_path), tasks=[3], memory_size=20)
+        with pytest.warns(UserWarning, match=r"memory_size 20 drops a supporting sentence of 33 of the 1000 "
+                                             r"questions \(task 3: 33\)"):
+            module.setup("test")
+    assert list(tmp_path.glob("babi-*/encoded-test-memory20.npz"))
+
+
 def test_collate_pads_to_longest_story_sentence_and_question():
     _, split = _encoded([2, 4, 3])
     batch = collate_babi([split[i] for i in range(3)])

@@ -334,21 +334,16 @@ def encode_split(split, vocabulary: Vocabulary, memory_size: int) -> dict[str, n
 
     Returns arrays ``words`` (all kept sentences' ids, concatenated), ``sentence_offsets``
     (sentence k is ``words[o[k]:o[k+1]]``), ``story_offsets`` (example i has sentences
-    ``o[i]:o[i+1]``), ``query_words``, ``query_offsets``, ``answer`` and ``task``.
+    ``o[i]:o[i+1]``), ``query_words``, ``query_offsets``, ``answer``, ``task`` and
+    ``supporting_lost`` (bool: a supporting sentence of the question is older than those kept).
 
     Warns, with the count per task, when a question's supporting sentence is older than the
-    ``memory_size`` kept: the question can then not be answered from the memory.
+    ``memory_size`` kept: the question can then not be answered from the memory
+    (:func:`_warn_lost_supporting`, which the data module calls again on arrays read from its cache).
     """
     columns = split.to_dict()
     supporting = columns.get("supporting") or [[] for _ in columns["story"]]
-    dropped: dict[int, int] = {}
-    for story, facts, task in zip(columns["story"], supporting, columns["task"]):
-        if facts and min(facts) < len(story) - memory_size:
-            dropped[task] = dropped.get(task, 0) + 1
-    if dropped:
-        counts = ", ".join(f"task {task}: {n}" for task, n in sorted(dropped.items()))
-        warnings.warn(f"memory_size {memory_size} drops a supporting sentence of {sum(dropped.values())} of the "
-                      f"{len(columns['story'])} questions ({counts}); raise memory_size to keep them", stacklevel=2)
+    lost = [bool(facts) and min(facts) < len(story) - memory_size for story, facts in zip(columns["story"], supporting)]
     words: list[int] = []
     sentence_offsets, story_offsets, query_words, query_offsets = [0], [0], [], [0]
     for story, query in zip(columns["story"], columns["query"]):
@@ -358,7 +353,7 @@ def encode_split(split, vocabulary: Vocabulary, memory_size: int) -> dict[str, n
         story_offsets.append(len(sentence_offsets) - 1)
         query_words.extend(vocabulary.encode(query))
         query_offsets.append(len(query_words))
-    return {
+    arrays = {
         "words": np.asarray(words, dtype=np.int64),
         "sentence_offsets": np.asarray(sentence_offsets, dtype=np.int64),
         "story_offsets": np.asarray(story_offsets, dtype=np.int64),
@@ -366,7 +361,22 @@ def encode_split(split, vocabulary: Vocabulary, memory_size: int) -> dict[str, n
         "query_offsets": np.asarray(query_offsets, dtype=np.int64),
         "answer": np.asarray([vocabulary.answer_class(a) for a in columns["answer"]], dtype=np.int64),
         "task": np.asarray(columns["task"], dtype=np.int64),
+        "supporting_lost": np.asarray(lost, dtype=bool),
     }
+    _warn_lost_supporting(arrays, memory_size)
+    return arrays
+
+
+def _warn_lost_supporting(arrays: dict[str, np.ndarray], memory_size: int) -> None:
+    """Warn, with the count per task, of the questions whose supporting sentence the memory cut dropped
+    (``supporting_lost`` of :func:`encode_split`'s arrays); nothing when none was."""
+    lost = arrays["supporting_lost"]
+    if not lost.any():
+        return
+    tasks, counts = np.unique(arrays["task"][lost], return_counts=True)
+    per_task = ", ".join(f"task {task}: {n}" for task, n in zip(tasks.tolist(), counts.tolist()))
+    warnings.warn(f"memory_size {memory_size} drops a supporting sentence of {int(lost.sum())} of the "
+                  f"{len(lost)} questions ({per_task}); raise memory_size to keep them", stacklevel=3)
 
 
 def sequence_lengths(arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -578,10 +588,15 @@ class BabiDataModule(pl.LightningDataModule):
         if name not in self._splits:
             folder = cache_folder(self.dataset)
             path = folder / f"encoded-{name}-memory{self.memory_size}.npz" if folder is not None else None
+            arrays = None
             if path is not None and path.is_file():
                 with np.load(path) as stored:
                     arrays = {key: stored[key] for key in stored.files}
-            else:
+                if "supporting_lost" in arrays:  # read back, the cut warns as it did when the split was encoded
+                    _warn_lost_supporting(arrays, self.memory_size)
+                else:  # written before the arrays kept it: encoded again
+                    arrays = None
+            if arrays is None:
                 arrays = encode_split(self.dataset[name], self.vocabulary, self.memory_size)
                 if path is not None:
                     partial = path.with_name(f".{path.stem}.{os.getpid()}.npz")
