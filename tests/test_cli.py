@@ -165,6 +165,21 @@ def test_a_resume_with_another_data_seed_is_refused_and_a_new_length_range_is_ta
     assert state["length_range"] == [1, 7] and state["task_range"] == [1, 7]
 
 
+def test_a_checkpoint_is_tested_and_validated_on_the_sets_of_the_data_seed_given(tmp_path, capsys):
+    # only a resumed fit continues the checkpoint's stream: validate / test / predict with another data seed were
+    # refused as a resume ("resuming continues its stream and validation set"), exit 2
+    from memnet.cli.rebuild import run_stage
+
+    main(["fit", "--config", SMALL, *TINY])
+    last = json.loads((tmp_path / "runs" / "latest.json").read_text())["last_checkpoint"]
+    for subcommand in ("validate", "test", "predict"):
+        main([subcommand, "--config", SMALL, *TINY, "--data.init_args.seed=1", "--ckpt_path", last])
+    assert "data seed" not in capsys.readouterr().err
+    scores = [run_stage("test", last, overrides=[*TINY, f"--data.init_args.seed={seed}"])["test/bits_per_seq"]
+              for seed in (0, 1, 0)]
+    assert scores[0] == scores[2] != scores[1]  # seed 1's test set, not seed 0's
+
+
 def test_resuming_past_the_saved_one_cycle_schedule_is_refused_in_one_line(tmp_path, capsys):
     # the saved OneCycleLR comes back with its own total_steps: the config's longer one is not used, and torch
     # failed with a traceback at the first step past the end

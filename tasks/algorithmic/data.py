@@ -8,6 +8,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, IterableDataset
 
 from memnet.metrics import accumulation_dtype
@@ -192,7 +193,12 @@ class AlgorithmicDataModule(pl.LightningDataModule):
         A resume continues one run, so another data ``seed`` (other training batches, another
         validation set under the restored best score) is refused; a task whose length range
         changed starts from the new range, with a warning, instead of the checkpoint's.
+        ``validate``, ``test`` and ``predict`` of a checkpoint continue no stream: they restore
+        nothing and score the sets of this data module as configured (another seed: other sets).
         """
+        trainer = self.trainer
+        if trainer is not None and trainer.state.fn is not None and trainer.state.fn != TrainerFn.FITTING:
+            return
         saved_seed = state_dict.get("seed", self.seed)
         if saved_seed != self.seed:
             raise MemnetError(
