@@ -11,7 +11,7 @@ Three schedules (after Zaremba & Sutskever 2014, "Learning to Execute"):
 
 "Ready" is either a fixed pace (every ``every_n_epochs`` epochs) or a threshold on a
 logged metric (``monitor`` below ``threshold``, e.g. ``train/bits_per_seq`` < 1), or both
-(whichever comes first). The upper end L never decreases. Under DDP a ``train/`` metric is taken over
+(whichever comes first). The upper end L never decreases (but to the top of a narrower task range that a run is resumed with). Under DDP a ``train/`` metric is taken over
 all the processes (its running sums all-reduced at the epoch's end), so that every process steps up together.
 
 The callback acts on ``trainer.datamodule`` duck-typed: it needs an attribute
@@ -128,6 +128,12 @@ class LengthCurriculum(pl.Callback):
         if self.max_length is None:  # a fresh run (a resumed one restored it in load_state_dict)
             self.max_length = top if self.schedule == "fixed" else min(top, max(low, self.start_length))
             self.history.append((trainer.current_epoch, self.max_length))
+        else:  # resumed: the level restored, inside the task's range now (a resume may change it; the data module
+            # takes the new range with a warning), and the whole range for a schedule now fixed
+            level = top if self.schedule == "fixed" else min(top, max(low, self.max_length))
+            if level != self.max_length:
+                self.max_length = level
+                self.history.append((trainer.current_epoch, level))
         self._apply(datamodule)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -496,3 +496,26 @@ def test_a_checkpoint_keeps_the_training_sums_of_all_processes_for_the_epoch_end
     trainer.strategy, trainer.callback_metrics = strategy, {}  # the replayed epoch end: no batch logged
     resumed.on_train_epoch_end(trainer, module)
     assert strategy.reduced == 0 and resumed.max_length == 2  # 1.5 over both processes, not summed again
+
+
+@pytest.mark.parametrize("schedule, saved, expected", [("growing", 7, 4), ("growing", 3, 3), ("fixed", 3, 4)])
+def test_a_run_resumed_with_a_task_of_another_range_goes_on_inside_the_new_range(schedule, saved, expected):
+    # the data module takes a changed task range on resume (with a warning); the curriculum's restored level set a
+    # range above the new top: "length_range must satisfy ... ≤ max_length (4), got (1, 7)", exit 2
+    from types import SimpleNamespace
+
+    from memnet.curriculum import RepeatCurriculum
+    from tasks.algorithmic import RepeatCopyTask
+
+    curriculum = LengthCurriculum(schedule, every_n_epochs=1)
+    curriculum.load_state_dict({"max_length": saved, "epochs_at_level": 2, "history": [(0, 1), (6, saved)]})
+    dm = AlgorithmicDataModule(CopyTask(width=3, min_length=1, max_length=4))
+    curriculum.on_fit_start(SimpleNamespace(datamodule=dm, current_epoch=9), None)
+    assert curriculum.max_length == expected and dm.length_range == (1, expected)
+    assert curriculum.history[-1] == ((9, expected) if expected != saved else (6, saved))
+
+    repeats = RepeatCurriculum(every_n_epochs=1)
+    repeats.load_state_dict({"max_length": 10, "history": [(0, 10)]})
+    dm = AlgorithmicDataModule(RepeatCopyTask(width=3, max_repeats=5))
+    repeats.on_fit_start(SimpleNamespace(datamodule=dm, current_epoch=9), None)
+    assert repeats.max_length == 5 and dm.task.repeats_range == (1, 5)
