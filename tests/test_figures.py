@@ -355,3 +355,25 @@ def test_attention_on_nil_slots_is_drawn_as_its_own_row(tmp_path, monkeypatch):
     assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b", "c", "(empty slots)"]
     torch.testing.assert_close(image.sum(0), torch.ones(3))
     plt.close(drawn)
+
+
+@pytest.mark.skipif(not BABI_ARCHIVE.is_file(), reason=f"bAbI archive not found at {BABI_ARCHIVE}")
+def test_memn2n_attention_rows_are_the_sentences_in_memory_when_the_net_has_more_slots(tmp_path, monkeypatch):
+    """The data module keeps the story's last data.memory_size sentences; a net built with more slots must not
+    label its rows with older sentences that never reached the memory."""
+    from types import SimpleNamespace
+
+    from memnet.cli import figures as command
+    from memnet.models.memn2n import MemN2N
+    from tasks.babi.data import BabiDataModule
+
+    monkeypatch.setenv("MEMNET_CACHE_DIR", str(tmp_path / "cache"))
+    data = BabiDataModule(data_dir=str(BABI_ARCHIVE.parent), tasks=2, memory_size=3, batch_size=4)
+    data.setup("test")
+    net = MemN2N(len(data.vocabulary.tokens), data.vocabulary.num_answers, embedding_size=8, hops=2, memory_size=20,
+                 answer_offset=4)
+    drawn = {}
+    monkeypatch.setattr(command, "plot_memn2n_attention",
+                        lambda path, attention, **kwargs: drawn.update(attention=attention, **kwargs) or path)
+    command.figure_memn2n_attention(tmp_path, SimpleNamespace(get=lambda *names: (net, data)), seed=0)
+    assert len(drawn["sentences"]) == drawn["attention"].shape[-1] == 3  # the 3 sentences in memory, newest first

@@ -340,7 +340,7 @@ def figure_memn2n_attention(out: Path, models: Models, seed: int) -> list[Path]:
     example, row = split[index], test[index]
     story = torch.as_tensor(example["story"])
     attention, predicted = memn2n_attention(net, story, torch.as_tensor(example["query"]))
-    kept = row["story"][-net.memory_size:]
+    kept = row["story"][-story.shape[0]:]  # the sentences the data module put in memory (its memory_size, not the net's)
     sentences = [" ".join(words) for words in reversed(kept)]  # slot 0 is the most recent sentence
     supporting = [len(kept) - 1 - (i - (len(row["story"]) - len(kept))) for i in row["supporting"]
                   if i >= len(row["story"]) - len(kept)]
