@@ -358,3 +358,27 @@ def test_a_run_resumed_after_its_last_validation_ends_with_the_summary_of_the_un
     saved = [torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False)["memnet_metrics"]
              for name in ("whole", "halves")]
     assert saved[1] == saved[0]
+
+
+def test_a_config_write_cut_short_leaves_the_runs_config_whole(tmp_path, capsys):
+    """A resumed run rewrites its config.yaml; written in place, a disk that filled meanwhile left it cut short
+    (2,862 bytes to 600, 'line 29: not valid YAML'), and no checkpoint of the run could be evaluated or exported."""
+    import resource
+
+    main(["fit", "--config", SMALL, *TINY, "--trainer.logger=false"])
+    first = _latest(tmp_path)
+    config = Path(first["run_dir"]) / "config.yaml"
+    saved = config.read_text()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(saved) // 3, hard))  # the disk is full a third of the way in
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", SMALL, *TINY, "--trainer.max_steps=6", "--trainer.logger=false",
+                  "--ckpt_path", first["last_checkpoint"]])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert config.read_text() == saved
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert f"memnet: could not write the run's config {config}: File too large" in err
+    assert not list(tmp_path.rglob("*.partial"))

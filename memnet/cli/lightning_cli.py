@@ -109,8 +109,15 @@ class RunConfigSaver(SaveConfigCallback):
             config.ckpt_path = None
         path = run_dir(trainer) / "config.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.parser.save(config, path, skip_none=False, overwrite=True, multifile=False)
-        resolved = yaml.safe_load(self.parser.dump(config, skip_none=False))
+        text = self.parser.dump(config, skip_none=False)  # what parser.save writes with multifile=False
+        try:
+            # renamed into place: a resumed run rewrites the config its checkpoints are rebuilt from, and a full disk
+            # or a kill while writing it in place left it cut short (evaluate/export of every checkpoint refused)
+            write_text_atomic(path, text)
+        except OSError as error:
+            raise MemnetError(f"could not write the run's config {path}: {error.strerror or error} (is the disk "
+                              "full or the folder read-only?)") from None
+        resolved = yaml.safe_load(text)
         for logger in trainer.loggers:
             logger.log_hyperparams(resolved)
         self.already_saved = True
