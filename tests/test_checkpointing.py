@@ -154,3 +154,22 @@ def test_a_save_cut_short_never_blocks_the_later_saves(tmp_path, leftover):
         checkpoint_io.save_checkpoint({"global_step": step, "state_dict": {"w": torch.ones(3)}}, folder / "last.ckpt")
         assert os.listdir(folder) == ["last.ckpt"]
         assert checkpoint_io.load_checkpoint(folder / "last.ckpt")["global_step"] == step
+
+
+def test_a_checkpoint_is_written_beside_its_name_whatever_the_system_temporary_folder(tmp_path, monkeypatch):
+    """Lightning's save staged the bytes in the system's temporary folder (tempfile.mkstemp(): /tmp) and moved them
+    into the checkpoint folder: with /tmp full, every checkpoint of a run whose folder had room failed ('could not
+    write the checkpoint ...best-epoch=000-step=2.ckpt: No space left on device'), and a killed save left its copy
+    in /tmp for good."""
+    import errno
+    import tempfile
+
+    def full_temporary_folder(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "mkstemp", full_temporary_folder)
+    folder = tmp_path / "checkpoints"
+    checkpoint_io = AtomicCheckpointIO()
+    checkpoint_io.save_checkpoint({"global_step": 3, "state_dict": {"w": torch.ones(3)}}, folder / "last.ckpt")
+    assert os.listdir(folder) == ["last.ckpt"]
+    assert checkpoint_io.load_checkpoint(folder / "last.ckpt")["global_step"] == 3

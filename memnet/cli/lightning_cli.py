@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 import yaml
 from jsonargparse import lazy_instance
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -43,7 +44,7 @@ LIGHTNING_CKPT_WORDS = ("last", "best", "hpc", "registry")  # --ckpt_path values
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file, then renames it into place.
+    """Writes each checkpoint to a file beside it (``.<name>.partial``), then renames it into place.
 
     A crash while saving leaves the previous checkpoint intact; a reader never
     sees a half-written file. The ``.partial`` files (or folders) a crash left behind
@@ -53,13 +54,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if storage_options is not None:  # as Lightning's TorchCheckpointIO
+            raise TypeError(f"Trainer.save_checkpoint(..., storage_options=...) is not supported by {type(self).__name__}")
         path = Path(path)
         partial = path.with_name(f".{path.name}.partial")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             for stale in path.parent.glob(".*.partial"):  # left by a save that was killed, a file or a folder
                 remove_leftover(stale)
-            super().save_checkpoint(checkpoint, partial, storage_options)
+            # straight into the partial file: Lightning's own save stages the bytes in the system's temporary folder
+            # (fsspec's transaction, tempfile.mkstemp() in /tmp) and moves them here, so a full /tmp failed every
+            # checkpoint of a run whose folder had room, and a save killed meanwhile left its copy there for good
+            with open(partial, "wb") as file:
+                torch.save(checkpoint, file)
             fsync(partial)  # the bytes on disk before the rename, and the rename itself after it:
             os.replace(partial, path)  # a power cut leaves the old checkpoint or the new one, never an empty file
             fsync(path.parent)
