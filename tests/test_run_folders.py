@@ -382,3 +382,28 @@ def test_a_config_write_cut_short_leaves_the_runs_config_whole(tmp_path, capsys)
     assert exit_info.value.code == 2 and "Traceback" not in err
     assert f"memnet: could not write the run's config {config}: File too large" in err
     assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_a_failed_summary_write_is_one_line(tmp_path, capsys, monkeypatch):
+    """A full disk when the finished run writes summary.json was a traceback ending in 'OSError: [Errno 28] No space
+    left on device', naming no file; it is one line naming the file and the checkpoint that finishes the run."""
+    import errno
+
+    from memnet.cli import lightning_cli
+
+    real = lightning_cli.write_text_atomic
+
+    def full_disk(path, text):
+        if path.name == "summary.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, text)
+
+    monkeypatch.setattr(lightning_cli, "write_text_atomic", full_disk)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMALL, *TINY, "--trainer.logger=false"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    (last,) = tmp_path.glob("runs/memnet/*/checkpoints/last.ckpt")
+    assert (f"memnet: could not write the run's summary {last.parent.parent / 'summary.json'}: No space left on "
+            "device (is the disk full or the folder read-only?); the checkpoints are whole; a fit resumed from ") in err
+    assert err.rstrip().endswith("last.ckpt writes it")

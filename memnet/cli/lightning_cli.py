@@ -335,8 +335,13 @@ class MemnetCLI(LightningCLI):
             summary["compile_seconds"] = round(compiling, 2)
         LATEST_RUN_FILE.parent.mkdir(parents=True, exist_ok=True)
         # renamed into place: `--ckpt_path latest` read while two runs end together never reads half a file
-        write_text_atomic(run_dir(trainer) / "summary.json", json.dumps(summary, indent=2))
-        write_text_atomic(LATEST_RUN_FILE, json.dumps(summary, indent=2))
+        for path in (run_dir(trainer) / "summary.json", LATEST_RUN_FILE):
+            try:
+                write_text_atomic(path, json.dumps(summary, indent=2))
+            except OSError as error:  # a full disk's error names no file: a traceback at the end of a finished run
+                resume = f"; a fit resumed from {last_checkpoint} writes it" if last_checkpoint else ""
+                raise MemnetError(f"could not write the run's summary {path}: {error.strerror or error} (is the disk "
+                                  f"full or the folder read-only?); the checkpoints are whole{resume}") from None
         print("\nrun folder:       ", summary["run_dir"])
         print("best checkpoint:  ", summary["best_checkpoint"])
         print("last checkpoint:  ", summary["last_checkpoint"])
