@@ -31,7 +31,7 @@ class LinearStartStepLR(LRScheduler):
     i.e. counting the epochs after the linear start from 1, the rate is halved
     (gamma 0.5) at the start of epochs step_size, 2·step_size, …, as the authors'
     ``train.m`` does (``if mod(ep, lrate_decay_step) == 0``). Step it once per
-    epoch (``scheduler_interval: epoch``). ``memnet.callbacks.LinearStartSwitch``
+    epoch (``scheduler_interval: epoch``; ``step`` is refused). ``memnet.callbacks.LinearStartSwitch``
     with ``epochs: L`` puts the softmax back at the same epoch and checks that the
     two agree.
 

@@ -27,7 +27,7 @@ from torch import nn
 from torchmetrics.utilities import dim_zero_cat
 
 from memnet.metrics import nrmse_from_sums, task_error_counts
-from memnet.optim import shrink_gradients_
+from memnet.optim import LinearStartStepLR, shrink_gradients_
 from memnet.utils import (
     MemnetError,
     batches_done,
@@ -527,8 +527,16 @@ def scheduler_config(scheduler: Any, interval: str, trainer: pl.Trainer | None) 
     ``OneCycleLR`` raises once it is stepped past ``total_steps``; rather than fail
     hours into a run, a training longer than the schedule (``trainer.max_steps``,
     or ``max_epochs`` × batches per epoch) is refused before the first step, with
-    the two numbers and the field to change.
+    the two numbers and the field to change. ``memnet.optim.LinearStartStepLR`` counts
+    epochs: stepped every ``step``, its linear start would end after that many batches
+    (while ``LinearStartSwitch`` puts the softmax back after that many epochs), so it is refused.
     """
+    if isinstance(scheduler, LinearStartStepLR) and interval != "epoch":
+        raise ValueError(
+            f"memnet.optim.LinearStartStepLR counts epochs (linear_start_epochs {scheduler.linear_start_epochs}, "
+            f"step_size {scheduler.step_size}) but model.init_args.scheduler_interval is {interval!r}: its linear "
+            "start would end after that many batches; set scheduler_interval: epoch"
+        )
     total = getattr(scheduler, "total_steps", None)
     if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) and trainer is not None and total is not None:
         if interval == "step":

@@ -58,6 +58,19 @@ def test_schedule_bad_options(kwargs, message):
         LinearStartStepLR(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), **options)
 
 
+def test_the_restarted_schedule_stepped_every_batch_is_refused():
+    """Stepped per batch (scheduler_interval: step) the linear start of 20 epochs ended after 20 batches, the rate
+    went to lr₀ and was halved every step_size batches, while LinearStartSwitch (its check passed: both said 20)
+    put the softmax back at epoch 20; the run trained another recipe and exited 0."""
+    from memnet.training import scheduler_config
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    scheduler = LinearStartStepLR(optimizer, linear_start_epochs=20, linear_start_lr=0.005, step_size=25)
+    assert scheduler_config(scheduler, "epoch", None)["interval"] == "epoch"
+    with pytest.raises(ValueError, match="LinearStartStepLR counts epochs .*scheduler_interval is 'step'"):
+        scheduler_config(scheduler, "step", None)
+
+
 def _with_grad(grad: list[list[float]]) -> torch.nn.Parameter:
     parameter = torch.nn.Parameter(torch.zeros(len(grad), len(grad[0]), dtype=torch.float64))
     parameter.grad = torch.tensor(grad, dtype=torch.float64)
