@@ -99,6 +99,10 @@ class MemnetModule(pl.LightningModule):
         self.epoch_metrics = None if self.epoch_metric is None else StageMetrics(self.epoch_metric)
         self._resumed_epoch: dict | None = None  # the training epoch a checkpoint was written in the middle of
         self._resumed_global_rng: dict | None = None  # torch's global generators as a checkpoint left them
+        # the epoch whose end a checkpoint was written at before its ReduceLROnPlateau step, and the epoch stepped
+        # on resuming from it (step_plateau_schedulers)
+        self._plateau_pending_epoch: int | None = None
+        self._plateau_stepped_epoch: int | None = None
 
     def setup(self, stage: str) -> None:
         check_precision(self)
@@ -208,6 +212,7 @@ class MemnetModule(pl.LightningModule):
         trainer = self._trainer
         if trainer is None or not fitting(trainer):
             return
+        self._plateau_pending_epoch = plateau_step_pending(checkpoint)
         # last.ckpt of an epoch cut short by max_steps or max_time: resumed with max_epochs, Lightning dropped the
         # rest of the epoch (here, before it restores its loops from the checkpoint)
         resume_cut_short_epoch(checkpoint)
@@ -270,6 +275,9 @@ class MemnetModule(pl.LightningModule):
         raise NotImplementedError
 
     def on_train_start(self) -> None:
+        if self._plateau_pending_epoch is not None:  # after the callbacks' on_train_start: the checkpoint's metrics are back
+            step_plateau_schedulers(self.trainer, self._plateau_pending_epoch)
+            self._plateau_stepped_epoch, self._plateau_pending_epoch = self._plateau_pending_epoch, None
         if self._resumed_global_rng is not None:
             # here, after the sanity check's validation (which drew from them too): training goes on with the draws
             # the unbroken run would have drawn, not seed_everything's first ones again
@@ -302,12 +310,57 @@ class MemnetModule(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self.log_epoch("train")
+        loop = self.trainer.fit_loop
+        # the first epoch end of a resumed fit, where Lightning steps no ReduceLROnPlateau (step_plateau_schedulers);
+        # not the checkpoint's own epoch end if on_train_start stepped it already
+        if (loop.restarting and loop.epoch_loop._num_ready_batches_reached()
+                and self.trainer.current_epoch != self._plateau_stepped_epoch):
+            step_plateau_schedulers(self.trainer, self.trainer.current_epoch)
 
     def on_validation_epoch_end(self) -> None:
         self.log_epoch("val")
 
     def on_test_epoch_end(self) -> None:
         self.log_epoch("test")
+
+
+def step_plateau_schedulers(trainer: pl.Trainer, epoch: int) -> None:
+    """Step the per-epoch ``ReduceLROnPlateau`` schedulers for the end of ``epoch`` of a resumed run, as Lightning
+    steps them at the end of every other epoch.
+
+    Lightning steps them after the epoch's validation, and so after the ``last.ckpt`` written there, but at no
+    epoch end of a resumed fit that it counts as restarting ("metrics are not saved in the checkpoint"), nor when
+    it takes such a checkpoint's epoch as finished: resumed from the ``last.ckpt`` of an epoch's end (a run
+    pre-empted, or stopped by ``max_steps`` or ``max_epochs``, before its next epoch), from the middle of an
+    epoch, or under ``max_steps`` from any checkpoint, that epoch's plateau step was lost, and the resumed run
+    trained on at the rate the unbroken run had lowered (0.3 where it had 0.15). Called at ``on_train_start`` for
+    a checkpoint written before its epoch's step (:func:`plateau_step_pending`) and at the first epoch end of a
+    resumed fit (``fit_loop.restarting``), each where Lightning steps nothing, with the monitored value as
+    Lightning takes it: that of the validation just run, or of the one the checkpoint holds
+    (``LastAndBestCheckpoint`` puts its metrics back); without one the step is left out, as Lightning leaves it out.
+    """
+    loop = trainer.fit_loop.epoch_loop
+    for config in trainer.lr_scheduler_configs:
+        if not config.reduce_on_plateau or config.interval != "epoch" or (epoch + 1) % config.frequency:
+            continue
+        value = loop._get_monitor_value(config.monitor)
+        if value is not None:
+            loop.scheduler_progress.increment_ready()
+            trainer.lightning_module.lr_scheduler_step(config.scheduler, value)
+            loop.scheduler_progress.increment_completed()
+
+
+def plateau_step_pending(checkpoint: dict[str, Any]) -> int | None:
+    """The epoch whose end ``checkpoint`` was written at before Lightning stepped its ``ReduceLROnPlateau``
+    schedulers, else None: after the epoch's last batch and before the epoch was completed (``last.ckpt`` of the
+    validation there, or of ``on_train_epoch_end``, where ``ModelCheckpoint`` saves by default), which Lightning
+    does at the end of its epoch-end hooks, after the step."""
+    fit_loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    epochs, batches = fit_loop.get("epoch_progress"), fit_loop.get("epoch_loop.batch_progress")
+    if not isinstance(epochs, dict) or not isinstance(batches, dict) or not batches.get("is_last_batch"):
+        return None
+    current = epochs["current"]
+    return current["started"] - 1 if current["completed"] < current["started"] else None
 
 
 def global_rng_state() -> dict[str, Any]:

@@ -81,15 +81,15 @@ class _RateRecorder(pl.Callback):
         self.seen.append((trainer.current_epoch, trainer.global_step, trainer.optimizers[0].param_groups[0]["lr"]))
 
 
-def _halving_run(folder, ckpt_path=None, **limits):
-    """A copy-task NTM whose rate a per-epoch StepLR halves every epoch (3 batches an epoch), trained to ``limits``
-    (max_epochs or max_steps), from ``ckpt_path`` if given; last.ckpt in ``folder``."""
+def _halving_run(folder, ckpt_path=None, scheduler=None, **limits):
+    """A copy-task NTM whose rate a per-epoch StepLR (or ``scheduler``) halves every epoch (3 batches an epoch),
+    trained to ``limits`` (max_epochs or max_steps), from ``ckpt_path`` if given; last.ckpt in ``folder``."""
     torch.manual_seed(0)
     task = CopyTask(width=3, min_length=1, max_length=3)
     data = AlgorithmicDataModule(task, batch_size=4, batches_per_epoch=3, val_size=4)
     net = NTM(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=8),
               memory_size=6, word_size=4)
-    module = SequenceModule(net, scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5),
+    module = SequenceModule(net, scheduler=scheduler or partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5),
                             scheduler_interval="epoch")
     rates = _RateRecorder()
     checkpoint = LastAndBestCheckpoint(dirpath=folder, monitor="val/loss", save_last=True)
@@ -116,6 +116,29 @@ def test_a_run_stopped_by_steps_mid_epoch_and_resumed_by_epochs_ends_as_the_unbr
     assert again.callback_metrics.keys() == whole.callback_metrics.keys()
     for name, value in whole.callback_metrics.items():
         assert torch.equal(value, again.callback_metrics[name]), name
+
+
+# a ReduceLROnPlateau that finds no improvement after its first step (mode max, by at least 1e9): it halves the rate
+# at the end of every epoch from the second on
+NO_PLATEAU = partial(torch.optim.lr_scheduler.ReduceLROnPlateau, mode="max", threshold=1e9, threshold_mode="abs",
+                     patience=0, factor=0.5)
+
+
+@pytest.mark.parametrize(("stop", "by"), [(2, "max_epochs"), (6, "max_steps"), (4, "max_steps")],
+                         ids=["at-an-epoch-end-by-epochs", "at-an-epoch-end-by-steps", "mid-epoch"])
+def test_a_resumed_run_steps_its_plateau_schedule_as_the_unbroken_run(tmp_path, stop, by):
+    """Lightning steps a per-epoch ReduceLROnPlateau after the epoch's checkpoint, and at no epoch end it counts
+    as restarting: resumed from the last.ckpt of epoch 1's end, the run trained epoch 2 at epoch 1's rate (1e-3
+    where the unbroken run had 5e-4), and from the middle of epoch 1 it left out the step at its end; every later
+    rate was twice the unbroken run's."""
+    unbroken, _, whole_rates = _halving_run(tmp_path / "whole", scheduler=NO_PLATEAU, max_epochs=4)
+    _, _, first_rates = _halving_run(tmp_path / "halves", scheduler=NO_PLATEAU, **{by: stop})
+    resumed, _, resumed_rates = _halving_run(tmp_path / "halves", tmp_path / "halves" / "last.ckpt",
+                                             scheduler=NO_PLATEAU, **{by: 4 if by == "max_epochs" else 12})
+    assert [rate for _, _, rate in whole_rates] == [1e-3] * 6 + [5e-4] * 3 + [2.5e-4] * 3
+    assert first_rates + resumed_rates == whole_rates
+    for (name, value), resumed_value in zip(unbroken.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(value, resumed_value), name
 
 
 @pytest.mark.parametrize(("epochs", "batch", "last", "counted_back"), [
