@@ -275,6 +275,7 @@ class MemnetModule(pl.LightningModule):
         raise NotImplementedError
 
     def on_train_start(self) -> None:
+        check_restored_one_cycle(self.trainer)
         if self._plateau_pending_epoch is not None:  # after the callbacks' on_train_start: the checkpoint's metrics are back
             step_plateau_schedulers(self.trainer, self._plateau_pending_epoch)
             self._plateau_stepped_epoch, self._plateau_pending_epoch = self._plateau_pending_epoch, None
@@ -322,6 +323,31 @@ class MemnetModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.log_epoch("test")
+
+
+def check_restored_one_cycle(trainer: pl.Trainer) -> None:
+    """Refuse a resumed per-step ``OneCycleLR`` shorter than the steps of ``trainer.max_epochs``, before its first step.
+
+    A checkpoint's schedule comes back as saved, whatever the config's ``total_steps``. ``on_load_checkpoint``
+    compares it with ``trainer.max_steps``; a run budgeted by epochs (``max_steps: -1``) has its steps known only
+    once its data is set up, here: resumed to more epochs than the schedule covers, it trained up to the end of
+    the schedule and stopped with torch's traceback ("Tried to step 5 times. The specified number of total steps
+    is 4"). Per-epoch schedules are compared with ``max_epochs`` there.
+    """
+    if trainer.max_steps is not None and trainer.max_steps >= 0:
+        return  # compared in MemnetModule.on_load_checkpoint
+    for config in trainer.lr_scheduler_configs:
+        scheduler = config.scheduler
+        if not isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) or config.interval != "step":
+            continue
+        planned = trainer.estimated_stepping_batches
+        if math.isfinite(planned) and planned > scheduler.total_steps:
+            per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+            raise MemnetError(
+                f"the OneCycleLR schedule is {scheduler.total_steps} steps long (a checkpoint's is restored as saved, "
+                f"whatever the config's total_steps), so it cannot resume to the {int(planned)} steps of "
+                f"trainer.max_epochs {trainer.max_epochs}; resume with trainer.max_epochs at most "
+                f"{scheduler.total_steps // per_epoch}, or start a new run for a longer schedule")
 
 
 def step_plateau_schedulers(trainer: pl.Trainer, epoch: int) -> None:

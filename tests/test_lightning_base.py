@@ -518,6 +518,32 @@ def test_resuming_a_one_cycle_schedule_stepped_per_epoch_compares_epochs(tmp_pat
                                                 ckpt_path=tmp_path / "last.ckpt")
 
 
+def test_resuming_a_one_cycle_schedule_stepped_per_batch_by_epochs_is_refused_before_its_first_step(tmp_path):
+    """A per-step OneCycleLR of 4 steps (2 epochs of 2 batches) resumed to trainer.max_epochs 4 with total_steps 8 in
+    the config (the checkpoint's 4 come back): the budget by epochs was not compared, and the resumed run trained
+    to the schedule's end and stopped with torch's traceback ("Tried to step 5 times ... total steps is 4")."""
+    import functools
+
+    from memnet.utils import MemnetError
+
+    def one_cycle(total):
+        torch.manual_seed(0)
+        return RegressionModule(nn.Linear(3, 1), scheduler=functools.partial(
+            torch.optim.lr_scheduler.OneCycleLR, max_lr=0.01, total_steps=total), scheduler_interval="step")
+
+    loader = torch.utils.data.DataLoader(_regression_batches(2), batch_size=None)
+    options = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+               "enable_model_summary": False}
+    first = pl.Trainer(max_epochs=2, **options)
+    first.fit(one_cycle(4), train_dataloaders=loader)
+    first.save_checkpoint(tmp_path / "last.ckpt")
+    resumed = pl.Trainer(max_epochs=4, **options)
+    with pytest.raises(MemnetError, match=r"schedule is 4 steps long .* cannot resume to the 8 steps of "
+                                          r"trainer.max_epochs 4; resume with trainer.max_epochs at most 2"):
+        resumed.fit(one_cycle(8), train_dataloaders=loader, ckpt_path=tmp_path / "last.ckpt")
+    assert resumed.global_step == 4  # refused before a step
+
+
 @pytest.mark.parametrize("value", [0, -3, 2.5, 64.0, True, "64"])
 def test_eval_memory_size_must_be_a_positive_integer(value):
     """2.5, 64.0 and True were taken as a number of slots, and "64" failed with a TypeError naming nothing."""
