@@ -610,6 +610,8 @@ def scheduler_config(scheduler: Any, interval: str, trainer: pl.Trainer | None) 
     epochs: stepped every ``step``, its linear start would end after that many batches
     (while ``LinearStartSwitch`` puts the softmax back after that many epochs), so it is refused.
     """
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and trainer is not None:
+        check_plateau_has_its_metric(interval, trainer)
     if isinstance(scheduler, LinearStartStepLR) and interval != "epoch":
         raise ValueError(
             f"memnet.optim.LinearStartStepLR counts epochs (linear_start_epochs {scheduler.linear_start_epochs}, "
@@ -636,6 +638,29 @@ def scheduler_config(scheduler: Any, interval: str, trainer: pl.Trainer | None) 
                 f"model.init_args.scheduler.init_args.total_steps to at least {int(planned)}, or lower {unit}."
             )
     return {"scheduler": scheduler, "interval": interval, "monitor": "val/loss"}
+
+
+def check_plateau_has_its_metric(interval: str, trainer: pl.Trainer) -> None:
+    """Refuse a ``ReduceLROnPlateau`` that would be stepped where no ``val/loss`` is logged yet.
+
+    Lightning steps it on the monitored value and stops the run with a traceback
+    (``MisconfigurationException: ReduceLROnPlateau conditioned on metric val/loss which is not available``) where
+    there is none: stepped every ``step``, at the first step, before any validation (unless every batch is
+    validated, ``val_check_interval: 1``); stepped every ``epoch``, at the end of the first epoch without a
+    validation (``check_val_every_n_epoch`` above 1, or ``limit_val_batches: 0``), after that epoch's training.
+    """
+    every = trainer.check_val_every_n_epoch
+    validates_every_batch = trainer.val_check_interval == 1 and not isinstance(trainer.val_check_interval, float)
+    if interval == "step" and not validates_every_batch:
+        raise ValueError(
+            "ReduceLROnPlateau steps on val/loss, which only a validation logs: stepped every step "
+            "(model.init_args.scheduler_interval: step) it has none at the first step and the run stops there; "
+            "set scheduler_interval: epoch")
+    if interval == "epoch" and (trainer.limit_val_batches == 0 or (every is not None and every > 1)):
+        raise ValueError(
+            "ReduceLROnPlateau steps at every epoch's end on val/loss, but not every epoch is validated "
+            f"(trainer.check_val_every_n_epoch {every}, limit_val_batches {trainer.limit_val_batches}): the run "
+            "would stop at the end of the first epoch without one; set check_val_every_n_epoch: 1")
 
 
 def check_precision(module: pl.LightningModule) -> None:

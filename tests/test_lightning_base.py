@@ -544,6 +544,30 @@ def test_resuming_a_one_cycle_schedule_stepped_per_batch_by_epochs_is_refused_be
     assert resumed.global_step == 4  # refused before a step
 
 
+@pytest.mark.parametrize(("interval", "limits", "message"), [
+    ("step", {}, "stepped every step .*scheduler_interval: step"),
+    ("epoch", {"check_val_every_n_epoch": 2}, "not every epoch is validated .*check_val_every_n_epoch 2"),
+])
+def test_a_plateau_schedule_without_its_metric_is_refused_before_the_first_step(interval, limits, message):
+    """Stepped where no validation had logged val/loss (every step, or an epoch end without a validation),
+    ReduceLROnPlateau stopped the run with Lightning's traceback (MisconfigurationException: 'ReduceLROnPlateau
+    conditioned on metric val/loss which is not available') after the first step or the first epoch's training."""
+    torch.manual_seed(0)
+    module = RegressionModule(nn.Linear(3, 1), scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau,
+                              scheduler_interval=interval)
+    loader = torch.utils.data.DataLoader(_regression_batches(2), batch_size=None)
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, **limits)
+    with pytest.raises(ValueError, match=f"ReduceLROnPlateau .*{message}"):
+        trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
+    assert trainer.global_step == 0
+    every_epoch = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, num_sanity_val_steps=0)
+    every_epoch.fit(RegressionModule(nn.Linear(3, 1), scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau),
+                    train_dataloaders=loader, val_dataloaders=loader)
+    assert every_epoch.global_step == 4
+
+
 @pytest.mark.parametrize("value", [0, -3, 2.5, 64.0, True, "64"])
 def test_eval_memory_size_must_be_a_positive_integer(value):
     """2.5, 64.0 and True were taken as a number of slots, and "64" failed with a TypeError naming nothing."""
