@@ -129,7 +129,8 @@ class LinearStartSwitch(pl.Callback):
     authors' code (20 epochs for one task, 30 joint): the softmax is back from
     epoch ``epochs`` (0-based) on, whatever the monitor says. A
     ``memnet.optim.LinearStartStepLR`` scheduler must then have the same
-    ``linear_start_epochs`` (checked when training starts).
+    ``linear_start_epochs`` (checked when training starts); ended by the monitor, the
+    scheduler's must be 0 (checked too).
 
     Args:
         monitor: the metric watched.
@@ -169,11 +170,17 @@ class LinearStartSwitch(pl.Callback):
             logger.log_metrics({"linear_start/switched": float(last_linear_epoch)}, step=logged_step(trainer))
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.epochs is None:
-            return
         for config in getattr(trainer, "lr_scheduler_configs", None) or []:
             scheduled = getattr(config.scheduler, "linear_start_epochs", None)
-            if scheduled is not None and scheduled != self.epochs:
+            if self.epochs is None and scheduled and self._linear_net(pl_module) is not None:
+                # the rate's linear start has a fixed length, the softmax's ends when the monitor stops falling
+                raise ValueError(
+                    f"LinearStartSwitch puts the softmax back when {self.monitor} stops falling (epochs: null) but "
+                    f"the scheduler's linear_start_epochs is {scheduled}: the learning rate would restart at epoch "
+                    f"{scheduled} whenever the softmax comes back; set the scheduler's linear_start_epochs: 0, or "
+                    f"LinearStartSwitch epochs: {scheduled}"
+                )
+            if self.epochs is not None and scheduled is not None and scheduled != self.epochs:
                 raise ValueError(
                     f"LinearStartSwitch epochs is {self.epochs} but the scheduler's linear_start_epochs is "
                     f"{scheduled}; the softmax and the learning rate would change at different epochs"

@@ -351,6 +351,24 @@ def test_linear_start_switch_refuses_a_scheduler_of_another_length():
         LinearStartSwitch(epochs=30).on_train_start(trainer, None)
 
 
+def test_linear_start_switch_by_the_monitor_refuses_a_scheduler_with_a_linear_start():
+    """A switch ended by val/loss (the paper's text) beside the authors' schedule of 20 linear epochs: the softmax came
+    back when the loss stopped falling and the rate restarted at epoch 20 all the same, and its halvings came 25
+    epochs after that, not after the switch; the run trained neither recipe and exited 0."""
+    from memnet.optim import LinearStartStepLR
+
+    linear = _model(linear_start=True)
+    optimizer = torch.optim.SGD(linear.parameters(), lr=0.01)
+    trainer = SimpleNamespace(lr_scheduler_configs=[SimpleNamespace(scheduler=LinearStartStepLR(
+        optimizer, linear_start_epochs=20, linear_start_lr=0.005, step_size=25))])
+    with pytest.raises(ValueError, match="stops falling .* linear_start_epochs is 20: the learning rate would restart"):
+        LinearStartSwitch(patience=1).on_train_start(trainer, SimpleNamespace(net=linear))
+    LinearStartSwitch(patience=1).on_train_start(trainer, SimpleNamespace(net=_model()))  # no linear start: a schedule
+    trainer.lr_scheduler_configs[0].scheduler = LinearStartStepLR(optimizer, linear_start_epochs=0,
+                                                                  linear_start_lr=0.005, step_size=25)
+    LinearStartSwitch(patience=1).on_train_start(trainer, SimpleNamespace(net=linear))  # the suites' ablation
+
+
 def test_random_noise_time_indices():
     model = MemN2N(V, A, embedding_size=D, memory_size=12, random_noise=0.3, seed=5)
     present = torch.zeros(B, N, dtype=torch.bool)
