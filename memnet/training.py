@@ -313,8 +313,10 @@ class MemnetModule(pl.LightningModule):
         self.log_epoch("train")
         loop = self.trainer.fit_loop
         # the first epoch end of a resumed fit, where Lightning steps no ReduceLROnPlateau (step_plateau_schedulers);
-        # not the checkpoint's own epoch end if on_train_start stepped it already
-        if (loop.restarting and loop.epoch_loop._num_ready_batches_reached()
+        # not the checkpoint's own epoch end if on_train_start stepped it already. Lightning's private loop state is
+        # read only when a per-epoch plateau schedule is configured
+        if (loop.restarting and has_epoch_plateau_scheduler(self.trainer)
+                and loop.epoch_loop._num_ready_batches_reached()
                 and self.trainer.current_epoch != self._plateau_stepped_epoch):
             step_plateau_schedulers(self.trainer, self.trainer.current_epoch)
 
@@ -348,6 +350,11 @@ def check_restored_one_cycle(trainer: pl.Trainer) -> None:
                 f"whatever the config's total_steps), so it cannot resume to the {int(planned)} steps of "
                 f"trainer.max_epochs {trainer.max_epochs}; resume with trainer.max_epochs at most "
                 f"{scheduler.total_steps // per_epoch}, or start a new run for a longer schedule")
+
+
+def has_epoch_plateau_scheduler(trainer: pl.Trainer) -> bool:
+    """Whether a ``ReduceLROnPlateau`` is stepped per epoch in this run (what :func:`step_plateau_schedulers` steps)."""
+    return any(config.reduce_on_plateau and config.interval == "epoch" for config in trainer.lr_scheduler_configs)
 
 
 def step_plateau_schedulers(trainer: pl.Trainer, epoch: int) -> None:
