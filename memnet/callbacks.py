@@ -139,6 +139,8 @@ class LinearStartSwitch(pl.Callback):
         epochs: a fixed length of the linear phase (monitor, patience and max_epochs unused).
     """
 
+    ends_linear_start = True  # what memnet.lightning.QAModule looks for in a net's linear start
+
     def __init__(self, monitor: str = "val/loss", patience: int = 1, max_epochs: int | None = None,
                  epochs: int | None = None) -> None:
         if not is_integer(patience) or patience < 1:

@@ -320,6 +320,20 @@ class QAModule(MemnetModule):
                 f"({self.trainer.gradient_clip_val}) would both clip; set one of them to null"
             )
 
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        # a net in its linear start (MemN2N linear_start: true) whose softmax no callback will put back would train,
+        # validate and be tested without a softmax in any hop, e.g. after --trainer.callbacks replaced the config's
+        # list; the checkpoint of a run past its switch has the softmax on and needs none
+        net = self.net
+        if (hasattr(net, "enable_softmax") and not bool(getattr(net, "softmax_enabled", True))
+                and not any(getattr(callback, "ends_linear_start", False) for callback in self.trainer.callbacks)):
+            raise ValueError(
+                f"{type(net).__name__} starts with the softmax removed (linear_start: true) but no callback puts it "
+                "back: add memnet.callbacks.LinearStartSwitch to trainer.callbacks (e.g. "
+                "--trainer.callbacks+=memnet.callbacks.LinearStartSwitch), or set linear_start: false"
+            )
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.skip_nonfinite_step(optimizer) or self.clip_per_matrix is None:
             return

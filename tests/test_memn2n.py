@@ -624,3 +624,28 @@ def test_the_authors_nil_word_needs_the_rest_of_their_recipe(options):
         _model(nil_word="authors", **options)
     with pytest.raises(ValueError, match="nil_word must be"):
         _model(nil_word="none")
+
+
+@pytest.mark.parametrize("with_switch", [False, True])
+def test_a_linear_start_that_no_callback_ends_is_refused_when_training_starts(with_switch):
+    """linear_start: true without a LinearStartSwitch (say, --trainer.callbacks replaced the config's list) trained,
+    validated and tested the whole run without a softmax, exit 0."""
+    import pytorch_lightning as pl
+
+    from memnet.callbacks import LinearStartSwitch
+    from memnet.lightning import QAModule
+
+    net = _model(linear_start=True).float()
+    module = QAModule(net, optimizer=lambda params: torch.optim.SGD(params, lr=0.01))
+    story, query = _tokens()
+    batches = [{"story": story, "query": query, "answer": torch.tensor([0, 1, 2])}] * 2
+    trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[LinearStartSwitch(epochs=1)] if with_switch else [])
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)
+    if with_switch:
+        trainer.fit(module, train_dataloaders=loader)
+        assert trainer.global_step == 2
+    else:
+        with pytest.raises(ValueError, match="no callback puts it back: add memnet.callbacks.LinearStartSwitch"):
+            trainer.fit(module, train_dataloaders=loader)
+        assert trainer.global_step == 0
