@@ -16,7 +16,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 
 from memnet.checkpoint import METRICS_KEY  # re-exported: memnet.callbacks.METRICS_KEY
-from memnet.plots import plot_dnc_memory, plot_memory_access
+from memnet.plots import first_sequence_steps, plot_dnc_memory, plot_memory_access
 from memnet.utils import (  # run_dir re-exported: memnet.callbacks.run_dir
     accepts_keyword,
     epoch_cut_short,
@@ -84,12 +84,15 @@ def draw_memory_access(module: torch.nn.Module, batch: dict, path: Path, *, titl
 
     The inputs are cast to the module's own dtype (a run in ``64-true`` or
     ``bf16-true`` precision has float64 or bfloat16 weights, the batch float32).
+    Only the sequence's own steps are run and drawn, not the padding after its end where
+    the batch holds a longer one (:func:`memnet.plots.first_sequence_steps`).
     Returns the path, or None if the module's network records no trace.
     """
     net = getattr(module, "net", module)
     if not accepts_keyword(net.forward, "return_trace"):
         return None  # asked by signature: a TypeError raised inside a tracing network's forward is its own
-    inputs = batch["inputs"][:1].to(device=module.device, dtype=parameter_dtype(module))
+    steps = first_sequence_steps(batch)  # repeat copy: a sequence of fewer repeats is padded to the batch's longest
+    inputs = batch["inputs"][:1, :steps].to(device=module.device, dtype=parameter_dtype(module))
     was_training = module.training
     module.eval()
     try:
@@ -101,7 +104,7 @@ def draw_memory_access(module: torch.nn.Module, batch: dict, path: Path, *, titl
     drawn = plot_memory_access(
         path,
         inputs=inputs[0],
-        targets=batch["targets"][0],
+        targets=batch["targets"][0, :steps],
         outputs=torch.sigmoid(logits[0]),
         read_weights=trace.read_weights[0],
         write_weights=trace.write_weights[0],

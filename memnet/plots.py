@@ -58,6 +58,23 @@ def touched_window(touched: torch.Tensor) -> tuple[int, int]:
     return start, rows
 
 
+def first_sequence_steps(batch: dict) -> int:
+    """The steps of ``batch``'s first sequence that are its own, not padding to the batch's longest.
+
+    A sequence that ends earlier than another of its batch (repeat copy's per-sequence repeat counts)
+    is padded after its last scored step: ``mask`` (B, T) is 0 there for it and 1 for a longer one.
+    The first sequence keeps T − (L − l) steps, l its last scored step and L the batch's latest; a
+    tail unscored in every sequence is kept (it is no sequence's padding). Without a mask: T.
+    """
+    steps = batch["inputs"].shape[1]
+    mask = batch.get("mask")
+    if mask is None or not bool((mask[0] > 0).any()):
+        return steps
+    scored = torch.arange(steps, device=mask.device) * (mask > 0)  # (B, T): the step where scored, else 0
+    last = scored.amax(dim=1)  # (B,) each sequence's last scored step
+    return steps - int(last.max() - last[0])
+
+
 def plot_memory_access(
     path: str | Path,
     *,

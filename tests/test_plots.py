@@ -131,3 +131,39 @@ def test_lengths_measured_only_in_training_validation_are_marked(tmp_path, monke
     assert sorted(labels) == ["ntm-copy", "ntm-copy (training's validation)"]
     (hollow,) = [line for line in ax.get_lines() if line.get_label() == "ntm-copy (training's validation)"]
     assert list(hollow.get_xdata()) == [20] and hollow.get_markerfacecolor() == "white"
+
+
+def test_a_sequence_shorter_than_its_batch_is_drawn_without_the_padding(tmp_path, monkeypatch):
+    """Repeat copy pads a sequence of fewer repeats to the batch's longest: the figure was 16 steps of which the
+    first sequence's own were 6 (its end marker at step 5), the rest padding drawn as data; now 6 steps, as
+    the sequence alone draws them."""
+    from memnet import callbacks
+    from tasks.algorithmic import RepeatCopyTask
+
+    task = RepeatCopyTask(width=3, min_length=1, max_length=3, min_repeats=1, max_repeats=6)
+    bits = torch.randint(0, 2, (2, 2, 3), generator=torch.Generator().manual_seed(0)).float()
+    batch = task.encode(bits, torch.tensor([1, 6]))  # T = 2 + 2 + 2·6 = 16; the first's own: 2 + 2 + 2·1 = 6
+    alone = task.encode(bits[:1], torch.tensor([1]))
+    torch.manual_seed(0)
+    net = NTM(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=4),
+              memory_size=7, word_size=5)
+    drawn = []
+    monkeypatch.setattr(callbacks, "plot_memory_access", lambda path, **arrays: drawn.append(arrays) or path)
+    callbacks.draw_memory_access(SequenceModule(net), batch, tmp_path / "padded.png")
+    callbacks.draw_memory_access(SequenceModule(net), alone, tmp_path / "alone.png")
+    padded, own = drawn
+    assert padded["inputs"].shape[0] == padded["read_weights"].shape[0] == 6  # was 16
+    for name in own:
+        if isinstance(own[name], torch.Tensor):
+            torch.testing.assert_close(padded[name], own[name])
+    # and so does memnet figures' drawing of a network
+    from memnet.figures import access
+
+    monkeypatch.setattr(access, "plot_memory_access", lambda path, **arrays: drawn.append(arrays) or path)
+    access.draw_memory_access(tmp_path / "net.png", net, batch)
+    assert drawn[-1]["targets"].shape[0] == drawn[-1]["write_weights"].shape[0] == 6
+    # a batch of sequences of one length (copy: every step scored to the end) is drawn whole
+    from memnet.plots import first_sequence_steps
+
+    assert first_sequence_steps({"inputs": torch.zeros(2, 5, 1), "mask": torch.tensor([[0, 0, 1, 1, 0]] * 2)}) == 5
+    assert first_sequence_steps({"inputs": torch.zeros(2, 5, 1)}) == 5

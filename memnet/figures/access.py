@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from memnet.plots import plot_dnc_memory, plot_memory_access
+from memnet.plots import first_sequence_steps, plot_dnc_memory, plot_memory_access
 from memnet.utils import parameter_dtype
 
 
@@ -20,9 +20,10 @@ def draw_memory_access(
         path: the PNG of the read and write weightings; a DNC's usage, last link matrix and read
             modes go beside it as ``<stem>_usage_link.png``.
         net: a network whose forward takes ``return_trace=True`` (``NTM``, ``DNC``).
-        batch: ``inputs`` (B, T, D_in), ``targets`` (B, T, D_out); the inputs are cast to the network's
-            dtype and device (a network trained in ``64-true`` or ``bf16-true`` precision has float64 or
-            bfloat16 weights, a task's batch float32).
+        batch: ``inputs`` (B, T, D_in), ``targets`` (B, T, D_out), optionally ``mask`` (B, T); the inputs
+            are cast to the network's dtype and device (a network trained in ``64-true`` or ``bf16-true``
+            precision has float64 or bfloat16 weights, a task's batch float32). Only the first sequence's
+            own steps are drawn, not its padding to a longer one (:func:`memnet.plots.first_sequence_steps`).
         title: figure title.
         memory_size: N for this run (default the network's).
 
@@ -30,7 +31,8 @@ def draw_memory_access(
         The paths written.
     """
     device = next((p.device for p in net.parameters()), None)
-    inputs = batch["inputs"][:1].to(device=device, dtype=parameter_dtype(net))
+    steps = first_sequence_steps(batch)
+    inputs = batch["inputs"][:1, :steps].to(device=device, dtype=parameter_dtype(net))
     kwargs = {} if memory_size is None else {"memory_size": memory_size}
     was_training = net.training
     net.eval()
@@ -39,7 +41,7 @@ def draw_memory_access(
             logits, trace = net(inputs, return_trace=True, **kwargs)
     finally:
         net.train(was_training)
-    paths = [plot_memory_access(path, inputs=inputs[0], targets=batch["targets"][0], outputs=torch.sigmoid(logits[0]),
+    paths = [plot_memory_access(path, inputs=inputs[0], targets=batch["targets"][0, :steps], outputs=torch.sigmoid(logits[0]),
                                 read_weights=trace.read_weights[0], write_weights=trace.write_weights[0], title=title)]
     if hasattr(trace, "usage") and hasattr(trace, "link"):
         path = Path(path)
