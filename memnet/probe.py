@@ -40,7 +40,14 @@ import torch.nn.functional as F
 from pytorch_lightning.loggers import WandbLogger
 from torch import nn
 
-from memnet.utils import is_integer, logged_step, run_dir, validation_count, validation_file_name
+from memnet.utils import (
+    fitting,
+    is_integer,
+    logged_step,
+    run_dir,
+    validation_count,
+    validation_file_name,
+)
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -245,7 +252,9 @@ class GradientProbe(pl.Callback):
     with a W&B logger it is logged as the image ``gradient_probe`` and as the
     line chart ``gradient_probe/curve``. The scalars ``probe/log10_grad_first``
     and ``probe/log10_grad_last`` (log10 of the norm at the first and last step)
-    are logged with the module's metrics. Networks without ``step`` are skipped. The memory has the slots
+    are logged with the module's metrics. Under ``trainer.validate`` (``memnet validate``) the curve is measured
+    and the scalars logged, but no figure is drawn (such a run has no run folder of its own). Networks without
+    ``step`` are skipped. The memory has the slots
     the validation runs with: the module's ``eval_memory_size`` where set, else the network's N.
 
     Args:
@@ -302,11 +311,15 @@ class GradientProbe(pl.Callback):
         )
         label = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
         self.curves[label] = norms
-        path = run_dir(trainer) / "gradient_probe" / validation_file_name(trainer)
-        self.last_path = plot_gradient_curves(path, self.curves, title=f"gradient through time, {type(net).__name__}")
         floor = torch.tensor(PLOT_FLOOR, dtype=torch.float64)
         pl_module.log("probe/log10_grad_first", float(torch.log10(norms[0].clamp_min(floor))))
         pl_module.log("probe/log10_grad_last", float(torch.log10(norms[-1].clamp_min(floor))))
+        if not fitting(trainer):
+            # ``memnet validate`` has no run folder of its own: the figure made a stray runs/memnet/<id>/ that
+            # looked like a run (as MemoryAccessPlot's did); its scalars are in the validation's metrics
+            return
+        path = run_dir(trainer) / "gradient_probe" / validation_file_name(trainer)
+        self.last_path = plot_gradient_curves(path, self.curves, title=f"gradient through time, {type(net).__name__}")
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 import wandb

@@ -217,6 +217,9 @@ def test_callback_probes_under_trainer_validate(tmp_path):
                          enable_model_summary=False, default_root_dir=tmp_path, callbacks=[probe])
     trainer.validate(SequenceModule(net), dataloaders=loader)
     torch.testing.assert_close(probe.curves["epoch 0, step 0"], gradient_through_time(net, inputs[:2], targets[:2]))
+    assert "probe/log10_grad_first" in trainer.callback_metrics
+    # no figure: `memnet validate` has no run folder of its own, and drawing made a stray runs/memnet/<id>/
+    assert probe.last_path is None and not list(tmp_path.rglob("*.png"))
 
 
 def test_callback_probes_with_the_memory_size_of_validation(tmp_path, monkeypatch):
