@@ -337,3 +337,23 @@ def test_the_command_titles_its_panels_with_the_loss_it_probed(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     command.main([str(config), "--out", str(tmp_path / "probe.png"), "--max-sequences", "2", "--loss", loss])
     assert titles == [f"{said}101, at initialisation"]  # "all" was titled "loss at the last step"
+
+
+def test_the_command_probes_with_the_memory_size_of_validation(tmp_path, monkeypatch):
+    """A config with ``eval_memory_size`` validates with N = 11 slots where training has 6: ``memnet probe``
+    probed the first validation batch with the training N (the callback probes with 11)."""
+    from memnet.cli.probe import compare
+
+    ntm = Path(__file__).resolve().parents[1] / "configs" / "probe" / "ntm.yaml"
+    config = tmp_path / "ntm_eval.yaml"
+    config.write_text(f"extends: {ntm}\n"
+                      "model:\n  init_args:\n    eval_memory_size: 11\n    net:\n      init_args:\n"
+                      "        memory_size: 6\n        word_size: 3\n        controller:\n          init_args:\n"
+                      "            hidden_size: 4\n"
+                      "data:\n  init_args:\n    task:\n      init_args:\n        max_length: 3\n    val_lengths: [3]\n")
+    sizes = []
+    initial_state = NTM.initial_state
+    monkeypatch.setattr(NTM, "initial_state",
+                        lambda self, *a, **k: sizes.append(k.get("memory_size")) or initial_state(self, *a, **k))
+    compare([config], train_steps=[0], max_sequences=2)
+    assert sizes == [11]  # was [None]: the training N

@@ -35,7 +35,8 @@ def compare(
     optimiser (gradients clipped at the config's ``trainer.gradient_clip_val``),
     fed as its module feeds it (a conditional network the true previous outputs),
     and probed on the first validation batch after each number of training
-    steps in ``train_steps`` (0: at initialisation).
+    steps in ``train_steps`` (0: at initialisation), with the memory slots its
+    validation has (the module's ``eval_memory_size`` where set), as ``GradientProbe`` probes it.
 
     Returns:
         steps -> label -> (T,) norms, labels in the order of ``configs``.
@@ -85,7 +86,8 @@ def compare(
             if done:
                 print(f"{config}: {done} training steps, last batch {metrics['bits_per_seq'].detach().item():.1f} bits/seq")
             module.eval()
-            norms = gradient_through_time(module.net, probe_batch["inputs"][rows], probe_batch["targets"][rows],
+            # the module, not its net: the memory has the slots validation runs with (its eval_memory_size)
+            norms = gradient_through_time(module, probe_batch["inputs"][rows], probe_batch["targets"][rows],
                                           mask=probe_batch["mask"][rows], loss=loss)
             results[target_steps][label + _radius(module.net)] = norms
     return results
