@@ -362,3 +362,29 @@ def test_a_conditional_model_is_scored_as_validation_scores_it_and_free_running_
     assert row["bits_per_seq"] == pytest.approx(float(forced), rel=1e-6)  # was the free-running cost
     assert row["free_bits_per_seq"] == pytest.approx(float(free), rel=1e-6) and forced != free
     assert "free-running bits per sequence" in markdown_table([row])
+
+
+def test_a_token_task_of_an_encoder_decoder_is_refused_naming_memnet_test(tmp_path, monkeypatch, capsys):
+    from functools import partial
+
+    from memnet.cli import evaluate as evaluate_module
+    from memnet.controllers import GRUController
+    from memnet.lightning import Seq2SeqModule
+    from memnet.models.seq2seq import Seq2Seq
+    from tasks.algorithmic import AlgorithmicDataModule
+    from tasks.sequences import ReverseTask
+
+    task = ReverseTask(num_symbols=3, min_length=1, max_length=3)
+    net = Seq2Seq(task.input_size, task.output_size, embedding_size=4, encoder=partial(GRUController, hidden_size=5),
+                  decoder=partial(GRUController, hidden_size=5))
+    built = Seq2SeqModule(net), AlgorithmicDataModule(task=task, batch_size=2)
+    monkeypatch.setattr(evaluate_module, "build", lambda *args, **kwargs: built)
+    (tmp_path / "x.ckpt").write_bytes(b"")
+    (tmp_path / "config.yaml").write_text("{}")
+    with pytest.raises(SystemExit) as exit_info:  # was KeyError: 'mask', a traceback
+        memnet_main(["evaluate", "--ckpt_path", str(tmp_path / "x.ckpt"), "--config", str(tmp_path / "config.yaml"),
+                     "--lengths", "3", "--out", str(tmp_path / "evaluation")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "ReverseTask is a token task of an encoder-decoder" in err and "memnet test" in err
+    assert not (tmp_path / "evaluation").exists()  # nothing written

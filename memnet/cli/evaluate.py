@@ -71,6 +71,7 @@ from memnet.protocols import (
     sequence_batches,
 )
 from memnet.utils import parameter_dtype, wandb_mode
+from tasks.sequences import TokenTask
 
 COLUMNS = ("length", "slots", "bits_per_seq", "bit_errors_per_seq", "sequences", "exact_pct")
 EvaluationError = RebuildError  # a request `memnet evaluate` cannot honour (bad path, length, memory size)
@@ -307,6 +308,12 @@ def run(args: argparse.Namespace) -> dict:
         raise EvaluationError(
             f"--config: the data module {type(datamodule).__name__} has no algorithmic task "
             "(memnet evaluate measures length generalisation of tasks.algorithmic tasks)"
+        )
+    if isinstance(task, TokenTask):  # its batches hold source and target tokens, no inputs, targets or mask to score
+        raise EvaluationError(
+            f"--config: {type(task).__name__} is a token task of an encoder-decoder, scored by sequence accuracy, "
+            "not by bits per sequence; measure its lengths with memnet test --config CONFIG --ckpt_path CKPT "
+            "--data.init_args.test_lengths '[5, 10, 20]' (test/len_L/sequence_accuracy)"
         )
     task = task.for_evaluation()  # undo training-only shortcuts (repeat copy's repeats_per_batch)
     for length in args.lengths:
