@@ -357,3 +357,19 @@ def test_the_command_probes_with_the_memory_size_of_validation(tmp_path, monkeyp
                         lambda self, *a, **k: sizes.append(k.get("memory_size")) or initial_state(self, *a, **k))
     compare([config], train_steps=[0], max_sequences=2)
     assert sizes == [11]  # was [None]: the training N
+
+
+@pytest.mark.parametrize("config", ["seq2seq/reverse.yaml", "esn/narma10.yaml"])
+def test_the_command_refuses_a_config_whose_model_is_not_a_binary_sequence_module(tmp_path, monkeypatch, capsys,
+                                                                                 config):
+    """A seq2seq config stopped with KeyError: 'inputs' (a traceback); an ESN on NARMA-10 was trained and probed
+    with the binary cross-entropy of its real-valued targets, exit 0."""
+    from memnet.cli import main
+
+    path = Path(__file__).resolve().parents[1] / "configs" / config
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["probe", str(path), "--out", str(tmp_path / "probe.png"), "--train-steps", "0"])
+    assert exit_info.value.code == 2
+    assert f"config {path}: memnet probe trains and probes networks on binary sequences" in capsys.readouterr().err
+    assert not (tmp_path / "probe.png").exists()

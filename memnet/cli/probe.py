@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from memnet.cli.rebuild import instantiate
+from memnet.lightning import SequenceModule
 from memnet.metrics import sequence_metrics
 from memnet.probe import LOSSES, gradient_through_time, plot_gradient_panels
 from memnet.utils import is_integer
@@ -59,6 +60,11 @@ def compare(
             raise FileNotFoundError(f"config {config} does not exist")
         cli = instantiate([config])
         module, data = cli.model, cli.datamodule
+        if not isinstance(module, SequenceModule):  # else a KeyError on its batches (seq2seq, bAbI), or a regression
+            # network trained and probed with the binary cross-entropy of its real-valued targets (an ESN on NARMA-10)
+            raise TypeError(
+                f"config {config}: memnet probe trains and probes networks on binary sequences "
+                f"(memnet.lightning.SequenceModule and its subclasses), but its model is {type(module).__name__}")
         label = labels[i] if labels is not None else default_labels[i]
         optimizer = module.optimizer(module.parameters())
         clip = cli.config.get("trainer", {}).get("gradient_clip_val")
