@@ -839,6 +839,24 @@ def test_a_resume_with_another_split_is_refused():
             BabiDataModule(tasks=[1], **kwargs).load_state_dict(state)
 
 
+def test_a_resume_with_other_bAbI_files_is_refused():
+    from memnet.utils import MemnetError
+
+    # the 1k set was resumed on the 10k one (282 steps an epoch where it trained 29), exit 0
+    state = BabiDataModule(tasks=[1, 3], size="10k", train_1k_tasks=[3]).state_dict()
+    BabiDataModule(tasks=[3, 1], size="10k", train_1k_tasks=[3]).load_state_dict(state)
+    old = {"seed": 0, "val_fraction": 0.1, "val_holdout": "story"}  # a checkpoint from before these were kept
+    BabiDataModule(tasks=[2], size="10k", language="hn").load_state_dict(old)
+    for kwargs, message in (
+        ({"tasks": [1, 3], "train_1k_tasks": [3]}, "data size '1k' given, but the checkpoint was trained with '10k'"),
+        ({"tasks": [1, 2, 3], "size": "10k", "train_1k_tasks": [3]}, r"data tasks \[1, 2, 3\] given, .* \[1, 3\]"),
+        ({"tasks": [1, 3], "size": "10k", "train_1k_tasks": [3], "language": "hn"}, "data language 'hn' given"),
+        ({"tasks": [1, 3], "size": "10k"}, r"data train_1k_tasks \[\] given, .* \[3\]: .*--data.init_args.train_1k_tasks \[3\]"),
+    ):
+        with pytest.raises(MemnetError, match=message):
+            BabiDataModule(**kwargs).load_state_dict(state)
+
+
 def _answers(probabilities, answer, task):
     return {"probabilities": torch.tensor(probabilities), "answer": torch.tensor(answer), "task": torch.tensor(task)}
 

@@ -566,17 +566,22 @@ class BabiDataModule(pl.LightningDataModule):
         return self.vocabulary.num_answers
 
     def state_dict(self) -> dict:
-        return {"seed": self.seed, "val_fraction": self.val_fraction, "val_holdout": self.val_holdout}
+        return {"seed": self.seed, "val_fraction": self.val_fraction, "val_holdout": self.val_holdout,
+                "language": self.language, "size": self.size, "tasks": list(self.tasks),
+                "train_1k_tasks": sorted(self.train_1k_tasks)}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """A resume continues one run: another seed or hold-out (another split of the training file) is refused."""
-        for key in ("seed", "val_fraction", "val_holdout"):
-            saved = state_dict.get(key, getattr(self, key))
-            if saved != getattr(self, key):
+        """A resume continues one run: another seed or hold-out (another split of the training file), or other
+        files (``language``, ``size``, ``tasks``, ``train_1k_tasks``: other questions, another vocabulary) is
+        refused. A key the checkpoint lacks (written before it was kept) is not checked."""
+        for key, value in self.state_dict().items():
+            saved = state_dict.get(key, value)
+            if saved != value:
+                what = ("its split of the training questions" if key in ("seed", "val_fraction", "val_holdout")
+                        else "training on its bAbI files")
                 raise MemnetError(
-                    f"data {key} {getattr(self, key)!r} given, but the checkpoint was trained with {saved!r}: "
-                    f"resuming continues its split of the training questions; pass --data.init_args.{key} {saved}, "
-                    "or start a new run")
+                    f"data {key} {value!r} given, but the checkpoint was trained with {saved!r}: "
+                    f"resuming continues {what}; pass --data.init_args.{key} {saved}, or start a new run")
 
     def prepare_data(self) -> None:
         load_babi(data_dir=self.data_dir, cache_dir=self.cache_dir, language=self.language, size=self.size,
