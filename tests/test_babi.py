@@ -474,6 +474,31 @@ def test_data_command_extracts_a_safe_archive_and_checks_sha256(tmp_path, capsys
         verify_archive(archive, official=True)
 
 
+def test_extracting_again_replaces_the_archive_files_and_keeps_the_users_own(tmp_path):
+    """A second extraction replaced the whole ``tasks_1-20_v1-2/``: a file the user had added in it was lost."""
+    train = "tasks_1-20_v1-2/en/qa1_single-supporting-fact_train.txt"
+    archive = _tar_with(tmp_path, [_member(train)], "ok.tar.gz")
+    argv = ["--archive", str(archive), "--dest", str(tmp_path / "d"), "--sha256", babi.sha256_file(archive)]
+    folder = babi.data_main(argv)
+    (folder / "en" / "notes.txt").write_text("mine")
+    (folder / "mine").mkdir()
+    (folder / "mine" / "run.txt").write_text("mine too")
+    (tmp_path / "d" / train).write_text("edited")
+    babi.data_main(argv)
+    assert (folder / "en" / "notes.txt").read_text() == "mine"
+    assert (folder / "mine" / "run.txt").read_text() == "mine too"
+    assert (tmp_path / "d" / train).read_text().startswith("1 Mary went home.")  # the archive's file is restored
+    # a folder where the archive has a file is refused, and nothing moves
+    (tmp_path / "d" / train).unlink()
+    (tmp_path / "d" / train).mkdir()
+    (tmp_path / "d" / train / "x.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"qa1_single-supporting-fact_train.txt is a folder where the archive has a "
+                                         r"file; move it away and run again \(nothing was extracted\)"):
+        babi.data_main(argv)
+    assert (tmp_path / "d" / train / "x.txt").read_text() == "mine"
+    assert not list((tmp_path / "d").glob(".extracting-*"))
+
+
 def test_an_archive_vouched_for_by_its_sha256_but_holding_no_babi_task_is_refused(tmp_path):
     archive = _tar_with(tmp_path, [_member("other/notes.txt")], "other.tar.gz")
     dest = tmp_path / "d"

@@ -257,14 +257,41 @@ def _read_gzip_to_the_end(path: Path) -> None:
             pass
 
 
+def _move_into(staging: Path, target: Path) -> None:
+    """Move every file under ``staging`` to the same place under ``target``, replacing only those files.
+
+    Folders are merged, not replaced, so a file the user added to an extracted folder is kept
+    (a re-extraction replaced the whole ``tasks_1-20_v1-2/`` and lost it). A folder where the
+    archive has a file, or anything else where it has a folder, is refused (``ValueError``
+    naming it) before anything moves: replacing it would delete what it holds.
+    """
+    files = sorted(path for path in staging.rglob("*") if not path.is_dir())
+    folders = sorted(path for path in staging.rglob("*") if path.is_dir())
+    for path in files + folders:
+        destination = target / path.relative_to(staging)
+        if not destination.exists() and not destination.is_symlink():
+            continue
+        if path.is_dir() and (destination.is_symlink() or not destination.is_dir()):
+            raise ValueError(f"{destination} is in the way of the archive's folder of that name; "
+                             "move it away and run again (nothing was extracted)")
+        if not path.is_dir() and destination.is_dir() and not destination.is_symlink():
+            raise ValueError(f"{destination} is a folder where the archive has a file; "
+                             "move it away and run again (nothing was extracted)")
+    for path in folders:
+        (target / path.relative_to(staging)).mkdir(parents=True, exist_ok=True)
+    for path in files:
+        os.replace(path, target / path.relative_to(staging))
+
+
 def safe_extract(archive_path: str | Path, target: str | Path) -> Path:
     """Extract a ``.tar.gz`` into ``target`` after :func:`check_archive_members`; returns ``target``.
 
     All or nothing: nothing is written unless every member is safe, and the
-    members are extracted into a temporary folder inside ``target`` that is
-    renamed into place only once the whole archive has been read. A truncated or
+    members are extracted into a temporary folder inside ``target`` whose files
+    are moved into place only once the whole archive has been read. A truncated or
     corrupt archive raises :class:`CorruptArchiveError` naming it, and leaves
-    ``target`` as it was.
+    ``target`` as it was. Only the archive's own files are replaced (:func:`_move_into`):
+    a file a user added to an extracted folder stays.
     """
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
@@ -285,13 +312,7 @@ def safe_extract(archive_path: str | Path, target: str | Path) -> Path:
                 f"{archive_path}: the archive is truncated or corrupt ({type(error).__name__}: {error}); "
                 f"nothing was extracted to {target}"
             ) from None
-        for entry in sorted(staging.iterdir()):
-            destination = target / entry.name
-            if destination.is_dir() and not destination.is_symlink():
-                shutil.rmtree(destination)
-            elif destination.exists() or destination.is_symlink():
-                destination.unlink()
-            os.replace(entry, destination)
+        _move_into(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -397,5 +418,5 @@ def data_main(argv: Sequence[str] | None = None) -> Path:
         safe_extract(stored, dest)
     folder = dest / ARCHIVE_TOP
     count = sum(1 for _ in folder.rglob("*.txt")) if folder.is_dir() else 0
-    print(f"extracted {count} text files to {folder}")
+    print(f"extracted to {folder}, which holds {count} text files")  # the user's own too: they are kept
     return folder
