@@ -88,6 +88,7 @@ def test_list_answers_stay_one_string():
     "text, line, expected",
     [
         ("", None, "empty file"),
+        ("1 Mary went home.\n2 John went out.\n", None, "no question in the file"),  # parsed to no example
         ("1 Mary went home.\r\n2 Where is Mary?\thome\t1\r\n", 1, "carriage return"),
         ("1 Mary went home.\n\n2 Where is Mary?\thome\t1\n", 2, "empty line"),
         ("1 Mary went home.\n2 Where is Mary? home 1\n", 2, "is a question (it has a '?') but no tabs"),

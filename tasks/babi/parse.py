@@ -99,7 +99,7 @@ def parse_babi(text: str, *, source: str, task: int) -> list[dict[str, Any]]:
         one story share it).
 
     Raises:
-        BabiFormatError: empty file, CR line endings, blank line, a line not
+        BabiFormatError: empty file, a file without a question, CR line endings, blank line, a line not
             ``ID text``, an ID that neither restarts at 1 nor goes up by one, a
             question line without exactly ``question<TAB>answer<TAB>IDs``, an
             empty question or answer, a question (a ``?``) without its tabs and
@@ -189,6 +189,9 @@ def parse_babi(text: str, *, source: str, task: int) -> list[dict[str, Any]]:
             "task": task,
             "story_index": story_count - 1,
         })
+    if not examples:  # else the task would train or be tested on nothing, and its error read as a number
+        raise BabiFormatError(source, None, "no question in the file: expected at least one line "
+                                            "'ID question<TAB>answer<TAB>supporting IDs'")
     return examples
 
 
