@@ -560,9 +560,12 @@ def test_damaged_archive_is_named_and_never_half_extracted(tmp_path, how):
 
 
 @needs_data
-def test_reading_a_truncated_archive_names_it(tmp_path):
-    damaged = _damaged(tmp_path, "truncated")
-    with pytest.raises(babi.CorruptArchiveError, match=r"truncated-tasks_1-20_v1-2.tar.gz: the archive is truncated"):
+@pytest.mark.parametrize("how", ["truncated", "flipped"])
+def test_reading_a_damaged_archive_names_it(tmp_path, how):
+    """Flipped bytes after the files read were not noticed (task 20 loaded), and before them the files past
+    the flip were reported absent (a flip at a tenth of the archive: "en/qa4_..., ... absent")."""
+    damaged = _damaged(tmp_path, how)
+    with pytest.raises(babi.CorruptArchiveError, match=rf"{how}-tasks_1-20_v1-2.tar.gz: the archive is truncated"):
         load_babi(data_dir=damaged, cache_dir=tmp_path / "cache", tasks=[20])
 
 

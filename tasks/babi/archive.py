@@ -86,6 +86,9 @@ class BabiSource:
         if self._members is None:
             members = {}
             try:
+                # to the end first: a changed byte in the middle ended tarfile's member list there without an
+                # error (the files after it "absent"), or passed unseen when the files read lay before it
+                _read_gzip_to_the_end(self.archive)  # type: ignore[arg-type]
                 self._tar = tarfile.open(self.archive, "r:gz")  # noqa: SIM115 - kept open for reads, see close()
                 for member in self._tar.getmembers():
                     name = member.name.removeprefix("./")
