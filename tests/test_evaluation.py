@@ -225,6 +225,24 @@ def test_no_config_beside_the_checkpoint(tmp_path, capsys):
     assert "no config.yaml beside the checkpoint" in capsys.readouterr().err
 
 
+def test_default_config_looks_above_only_a_checkpoints_folder(tmp_path):
+    from memnet.cli.rebuild import default_config
+
+    (tmp_path / "config.yaml").write_text("another run's\n")
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "model.ckpt").write_bytes(b"")
+    with pytest.raises(EvaluationError, match="no config.yaml beside the checkpoint"):
+        default_config(kept / "model.ckpt")  # not the config.yaml of the folder above
+    (kept / "config.yaml").write_text("its own\n")
+    assert default_config(kept / "model.ckpt") == (kept / "config.yaml").resolve()
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (run / "config.yaml").write_text("the run's\n")
+    assert default_config(run / "checkpoints" / "last.ckpt") == (run / "config.yaml").resolve()
+
+
 def test_fit_only_keys_are_the_trainer_fit_arguments():
     assert {"ckpt_path"} <= fit_only_keys() and not {"model", "datamodule"} & fit_only_keys()
 

@@ -76,9 +76,15 @@ def resolve_checkpoint(ckpt_path: str, latest_file: str | Path | None = None) ->
 
 
 def default_config(checkpoint: Path) -> Path:
-    """The run's ``config.yaml``: in the parent of the checkpoint's ``checkpoints/`` folder."""
+    """The run's ``config.yaml``: in the parent of the checkpoint's ``checkpoints/`` folder, else beside it.
+
+    Only a folder named ``checkpoints`` is a run's: for a checkpoint kept anywhere else (``exported/model.ckpt``)
+    the folder above is not its run, and a ``config.yaml`` of another run there built the wrong model.
+    """
     folder = Path(checkpoint).resolve().parent
     candidates = [folder.parent / "config.yaml", folder / "config.yaml"]
+    if folder.name != "checkpoints":
+        candidates = candidates[1:]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
