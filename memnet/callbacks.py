@@ -18,6 +18,7 @@ from pytorch_lightning.loggers import WandbLogger
 from memnet.checkpoint import METRICS_KEY  # re-exported: memnet.callbacks.METRICS_KEY
 from memnet.plots import first_sequence_steps, plot_dnc_memory, plot_memory_access
 from memnet.utils import (  # run_dir re-exported: memnet.callbacks.run_dir
+    MemnetError,
     accepts_keyword,
     epoch_cut_short,
     fitting,
@@ -549,17 +550,39 @@ class ConvergenceDecay(pl.Callback):
         return self._generate_state_key(monitor=self.monitor, threshold=self.threshold)
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        # a checkpoint written before the state was keyed by level holds it under the class name; it belongs to
-        # this callback when it is the run's only ConvergenceDecay (Lightning loads keyed states after this hook)
+        """Find this callback's state when the checkpoint keys it otherwise (Lightning loads keyed states after this).
+
+        A checkpoint written before the state was keyed by level holds it under the class name; a run resumed with
+        another ``threshold`` or ``monitor`` finds it under the old key. Either belongs to this callback when it is
+        the checkpoint's only state that no ``ConvergenceDecay`` of this run claims, and this the run's only one
+        that finds none of its own. Lost, a decay that had acted acted again (threshold 0.1, resumed with 0.4: the
+        rate, already a tenth in the optimiser's state, a hundredth); such a state that cannot be placed is refused.
+        """
         states = checkpoint.get("callbacks") or {}
-        legacy = type(self).__qualname__
-        if self.state_key in states or legacy not in states:
+        if self.state_key in states:
             return
-        if sum(isinstance(c, ConvergenceDecay) for c in trainer.callbacks) == 1:
-            self.load_state_dict(states[legacy])
-        else:
-            log.warning("ConvergenceDecay: the checkpoint holds one unkeyed %s state and this run has several "
-                        "ConvergenceDecay callbacks; %s starts unconverged", legacy, self.state_key)
+        decays = [c for c in trainer.callbacks if isinstance(c, ConvergenceDecay)]
+        claimed = {c.state_key for c in decays}
+        unclaimed = [key for key in states if isinstance(key, str) and key not in claimed
+                     and (key == type(self).__qualname__ or key.startswith(f"{type(self).__qualname__}{{"))]
+        if not unclaimed:
+            return  # a decay added on the resume: it starts unconverged
+        unplaced = [c for c in decays if c.state_key not in states]
+        if len(unclaimed) == 1 and len(unplaced) == 1:
+            state = states[unclaimed[0]]
+            self.load_state_dict(state)
+            if unclaimed[0] != type(self).__qualname__:
+                done = (f"it converged at step {state['converged_step']}: the rate stays scaled, not again"
+                        if state.get("converged_step") is not None else "it had not converged")
+                log.warning("ConvergenceDecay: the checkpoint's state is %s, this run's %s (its options changed); "
+                            "taken as this one's: %s", unclaimed[0], self.state_key, done)
+            return
+        converged = [key for key in unclaimed if (states[key] or {}).get("converged_step") is not None]
+        if converged:
+            raise MemnetError(
+                f"ConvergenceDecay: the checkpoint holds the state of a decay that acted ({', '.join(converged)}), "
+                f"which no ConvergenceDecay of this run has ({', '.join(c.state_key for c in unplaced)}): it would "
+                f"decay the rate again; resume with the monitors and thresholds the run was trained with")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         stops = [c.stopping_threshold for c in trainer.callbacks

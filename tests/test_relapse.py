@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 
 from memnet.callbacks import ConvergenceDecay, RelapseWatch, SpikeClip
+from memnet.utils import MemnetError
 
 
 def test_fires_on_a_relapse_once_per_excursion():
@@ -270,6 +271,27 @@ def test_a_checkpoint_from_before_the_keyed_state_still_resumes(tmp_path):
     trainer.fit(ScriptedValidation([5.0, 0.05, 0.05]), train_dataloaders=torch.utils.data.DataLoader(data, batch_size=2),
                 val_dataloaders=torch.utils.data.DataLoader(data, batch_size=8), ckpt_path=str(tmp_path / "old.ckpt"))
     assert resumed.converged_step == 8  # restored, not triggered again at the third validation (step 12)
+
+
+def test_a_decay_resumed_with_another_threshold_keeps_its_state_and_does_not_decay_again(tmp_path, caplog):
+    # the state is keyed by monitor and threshold: resumed with threshold 0.4 the decay found none, acted again at
+    # the cost 0.3 and left the rate at a hundredth (max_lr 0.001)
+    costs = [5.0, 0.05, 0.3, 0.3]
+    pl.seed_everything(0)
+    half = fit_plain(tmp_path, ScriptedValidation(costs), [ConvergenceDecay(threshold=0.1, amsgrad=False)], 2)
+    half.save_checkpoint(tmp_path / "half.ckpt")
+    resumed = ConvergenceDecay(threshold=0.4, amsgrad=False)
+    with caplog.at_level("WARNING", logger="memnet.callbacks"):
+        trainer = fit_plain(tmp_path, ScriptedValidation(costs), [resumed], 4, ckpt=str(tmp_path / "half.ckpt"))
+    assert resumed.converged_step == 8
+    assert trainer.optimizers[0].param_groups[0]["max_lr"] == pytest.approx(0.01)
+    assert "'threshold': 0.1}, this run's ConvergenceDecay{'monitor': 'val/bits_per_seq', 'threshold': 0.4}" \
+        in caplog.text and "converged at step 8" in caplog.text
+    # two changed decays cannot be told apart: refused, not decayed again
+    pair = [ConvergenceDecay(threshold=0.4, amsgrad=False), ConvergenceDecay(threshold=0.2, amsgrad=False)]
+    with pytest.raises(MemnetError, match=r"a decay that acted \(ConvergenceDecay\{'monitor': 'val/bits_per_seq', "
+                                          r"'threshold': 0.1\}\).*would decay the rate again"):
+        fit_plain(tmp_path, ScriptedValidation(costs), pair, 4, ckpt=str(tmp_path / "half.ckpt"))
 
 
 def test_convergence_decay_needs_adam_for_amsgrad(tmp_path):
