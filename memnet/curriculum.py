@@ -37,7 +37,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 
 from memnet.training import training_epoch_sums
-from memnet.utils import check_positive, check_range, epoch_cut_short, monitored_value
+from memnet.utils import MemnetError, check_positive, check_range, epoch_cut_short, monitored_value
 
 Schedule = Literal["fixed", "growing", "mixed"]
 SCHEDULES = ("fixed", "growing", "mixed")
@@ -179,6 +179,13 @@ class LengthCurriculum(pl.Callback):
                 total, weight = self._train_sums_over_processes(trainer)
                 if weight:
                     value = total / weight
+                logged = sorted(name for name in trainer.callback_metrics if name.startswith("train/"))
+                if value is None and logged:
+                    # a threshold on a name the module does not log (mistyped) never stepped up: the run trained at
+                    # its first level to the end, exit 0. Only where other training metrics are there to name: a
+                    # resumed run replaying an epoch end (of a checkpoint from before the sums were kept) has none
+                    raise MemnetError(f"{type(self).__name__} monitor {self.monitor!r} is not a metric this run "
+                                      f"logs in training; it logs: {', '.join(logged)}")
         self._validated = False
         self._decided_epoch = trainer.current_epoch
         metric = float(value) if value is not None else None

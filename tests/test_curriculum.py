@@ -216,6 +216,20 @@ def test_repeat_curriculum_reads_the_logged_training_loss(tmp_path):
     assert [h[1] for h in curriculum.history] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("repeats", [False, True])
+def test_a_threshold_on_a_training_metric_nothing_logs_is_refused_at_the_first_epoch_end(tmp_path, repeats):
+    # a mistyped train/ monitor found no value at any epoch end: the level never stepped up, exit 0
+    from memnet.curriculum import RepeatCurriculum
+    from memnet.utils import MemnetError
+
+    make = partial(RepeatCurriculum, start_repeats=1) if repeats else partial(LengthCurriculum, start_length=2)
+    curriculum = make(monitor="train/bits_per_sq", threshold=1e9)  # any value logged is below it
+    with pytest.raises(MemnetError, match=r"Curriculum monitor 'train/bits_per_sq' is not a metric this run logs "
+                                          r"in training; it logs: .*train/bits_per_seq, .*train/loss"):
+        (repeat_trainer if repeats else tiny_trainer)(tmp_path, curriculum, epochs=3)
+    assert curriculum.epochs_at_level == 1  # at the end of the first epoch
+
+
 def test_a_validation_metric_is_acted_on_once_not_at_every_epoch_until_the_next_validation(tmp_path):
     # validated every 3 epochs: the value of epoch 2 stayed in callback_metrics and stepped up epochs 2, 3 and 4
     import torch
