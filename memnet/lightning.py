@@ -699,6 +699,12 @@ class RidgeReadoutModule(RegressionModule):
         with torch.no_grad():
             features = self.net.features(batch["inputs"])
         self._sums().update(features, batch["targets"], batch["mask"])
+        # a batch's rows are this fit's step: counted as an optimiser step (there is none), global_step counts the
+        # batches. At 0 throughout, trainer.max_steps never stopped the fit and no best checkpoint was written
+        # (Lightning saves none at the step it saved last, 0 to start with)
+        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        progress.increment_ready()
+        progress.increment_completed()
 
     def _sums(self) -> Any:
         """This process's RidgeAccumulator of the epoch (empty until its first training batch)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -218,6 +219,22 @@ def test_a_ridge_fit_resumed_mid_epoch_keeps_the_rows_collected_before_the_check
     _trainer(tmp_path).fit(resumed, datamodule=_series(train_size=16), ckpt_path=tmp_path / "preempted.ckpt")
     assert torch.equal(resumed.net.output.weight, unbroken.net.output.weight)
     assert torch.equal(resumed.net.output.bias, unbroken.net.output.bias)
+
+
+def test_a_ridge_fit_counts_its_batches_as_steps_so_max_steps_and_the_best_checkpoint_work(tmp_path):
+    """Its batches are its steps: global_step stayed 0, so max_steps never stopped it (max_epochs -1 ran forever)
+    and the best checkpoint was never written (Lightning saves none at the step it saved last, 0)."""
+    from memnet.callbacks import LastAndBestCheckpoint
+
+    torch.manual_seed(0)
+    module = RidgeReadoutModule(RecurrentModel(1, 1, controller=partial(EchoStateController, reservoir_size=20,
+                                                                        seed=5)), ridge=1e-6)
+    checkpoints = LastAndBestCheckpoint(dirpath=tmp_path / "checkpoints", monitor="val/loss", save_last=True)
+    trainer = pl.Trainer(max_epochs=3, max_steps=6, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path, num_sanity_val_steps=0, callbacks=[checkpoints])
+    trainer.fit(module, datamodule=_series(train_size=16))  # 4 batches an epoch
+    assert (trainer.global_step, trainer.current_epoch) == (6, 2)  # stopped inside the second epoch, not after 3
+    assert Path(checkpoints.best_model_path).name == "epoch=0-step=4.ckpt"  # the first epoch's validation
 
 
 def test_ridge_module_needs_a_readout():
