@@ -43,7 +43,8 @@ class MemoryAccessPlot(pl.Callback):
     the data module's seed). It draws while fitting only, not under ``memnet validate``. The PNG goes to
     ``<run>/memory_access/epoch_EEEE_step_SSSSSSSS.png`` (:func:`validation_file_name`: the epoch and the global
     step, so that several validations of one epoch, with ``val_check_interval`` or ``max_steps`` in one long
-    epoch, each keep their figure, and the names sort in training order) and, with a W&B logger, is logged as the
+    epoch, each keep their figure, and the names sort in training order; ``_batch_BBBBBBBB`` added inside a window
+    of ``accumulate_grad_batches``) and, with a W&B logger, is logged as the
     image ``memory_access``. Works for
     any network whose ``forward`` accepts ``return_trace=True`` and returns
     ``(logits, trace)`` with ``read_weights`` and ``write_weights`` of shape

@@ -248,7 +248,8 @@ class GradientProbe(pl.Callback):
 
     The curves (one line per probe, labelled ``epoch E, step S``) go to
     ``<run>/gradient_probe/epoch_EEEE_step_SSSSSSSS.png`` (:func:`memnet.utils.validation_file_name`: the epoch
-    and the global step, so that several validations of one epoch each keep their figure and their line);
+    and the global step, so that several validations of one epoch each keep their figure and their line; and the
+    batch inside a window of ``accumulate_grad_batches``);
     with a W&B logger it is logged as the image ``gradient_probe`` and as the
     line chart ``gradient_probe/curve``. The scalars ``probe/log10_grad_first``
     and ``probe/log10_grad_last`` (log10 of the norm at the first and last step)

@@ -528,9 +528,17 @@ def validation_file_name(trainer: Any, suffix: str = ".png") -> str:
     The epoch (4 digits) and ``trainer.global_step`` (8 digits: the optimiser steps taken, as in a checkpoint's
     ``step=``). An epoch alone named every validation of an epoch alike (``val_check_interval`` < 1, or a run
     trained by ``max_steps`` in one long epoch), and each overwrote the one before; with the step no two
-    validations of a fit share a name, and the names sort in the order they were drawn.
+    validations of a fit share a name, and the names sort in the order they were drawn. A validation inside a
+    window of ``accumulate_grad_batches`` (batches trained since the last step) shares its step with the one
+    before it: it adds the epoch's batches trained so far, ``epoch_EEEE_step_SSSSSSSS_batch_BBBBBBBB.png``
+    (accumulating 4 batches, validating every 2: the validations after batches 4 and 6 both were step 1, and the
+    second overwrote the first). Such a name sorts after the step's own.
     """
-    return f"epoch_{int(trainer.current_epoch):04d}_step_{int(trainer.global_step):08d}{suffix}"
+    name = f"epoch_{int(trainer.current_epoch):04d}_step_{int(trainer.global_step):08d}"
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    if fitting(trainer) and loop is not None and loop._should_accumulate():
+        name += f"_batch_{int(loop.batch_progress.current.completed):08d}"
+    return name + suffix
 
 
 def write_text_atomic(path: Path, text: str) -> None:

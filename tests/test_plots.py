@@ -72,6 +72,22 @@ def test_callback_keeps_one_figure_per_validation_of_one_epoch(tmp_path, schedul
     assert drawn == [f"epoch_0000_step_{step:08d}.png" for step in steps]  # each named epoch_0000.png, overwritten
 
 
+def test_callback_keeps_the_figures_of_two_validations_inside_one_accumulation_window(tmp_path):
+    # accumulating 4 batches, validating every 2: the validations after batches 4 and 6 were both step 1, and the
+    # second figure overwrote the first (3 files for 4 validations)
+    task = AssociativeRecallTask(width=3, item_length=2, min_length=2, max_length=3)
+    dm = AlgorithmicDataModule(task, batch_size=3, batches_per_epoch=8, val_lengths=[3], val_size=3)
+    net = NTM(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=4),
+              memory_size=7, word_size=5, num_reads=1, num_writes=1)
+    trainer = pl.Trainer(max_epochs=1, accumulate_grad_batches=4, val_check_interval=2, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path, num_sanity_val_steps=0, callbacks=[MemoryAccessPlot()])
+    trainer.fit(SequenceModule(net), datamodule=dm)
+    drawn = sorted(p.name for p in (run_dir(trainer) / "memory_access").glob("*.png"))
+    assert drawn == ["epoch_0000_step_00000000_batch_00000002.png", "epoch_0000_step_00000001.png",
+                     "epoch_0000_step_00000001_batch_00000006.png", "epoch_0000_step_00000002.png"]  # in order
+
+
 def test_callback_counts_validation_epochs_when_not_every_epoch_validates(tmp_path):
     task = AssociativeRecallTask(width=3, item_length=2, min_length=2, max_length=3)
     dm = AlgorithmicDataModule(task, batch_size=3, batches_per_epoch=1, val_lengths=[3], val_size=3)
