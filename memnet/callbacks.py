@@ -55,7 +55,7 @@ class MemoryAccessPlot(pl.Callback):
     """
 
     def __init__(self, every_n_epochs: int = 1) -> None:
-        if every_n_epochs < 1:
+        if not is_integer(every_n_epochs) or every_n_epochs < 1:  # 1.5 drew at validations 0, 3, 6, ... (x % 1.5)
             raise ValueError(f"every_n_epochs must be a positive integer, got {every_n_epochs!r}")
         self.every_n_epochs = every_n_epochs
         self.last_path: Path | None = None

@@ -101,9 +101,10 @@ def test_callback_counts_validation_epochs_when_not_every_epoch_validates(tmp_pa
     assert drawn == ["epoch_0001_step_00000002.png", "epoch_0005_step_00000006.png"]  # validations after epochs 1, 3, 5: the first and third
 
 
-def test_callback_rejects_bad_k():
-    with pytest.raises(ValueError, match="every_n_epochs"):
-        MemoryAccessPlot(every_n_epochs=0)
+@pytest.mark.parametrize("k", [0, 1.5, True, "2"])  # 1.5 drew at validations 0, 3, 6, ... (a count % 1.5 == 0)
+def test_callback_rejects_bad_k(k):
+    with pytest.raises(ValueError, match=f"every_n_epochs must be a positive integer, got {k!r}"):
+        MemoryAccessPlot(every_n_epochs=k)
 
 
 def _suite_figures(report, tmp_path, monkeypatch):
