@@ -287,8 +287,11 @@ class LengthCurriculum(pl.Callback):
 def _epoch_sum_and_weight(trainer: pl.Trainer, key: str) -> tuple[Any, Any] | None:
     """Lightning's running weighted sum and weight of the training metric ``key`` this epoch
     (:func:`memnet.training.training_epoch_sums`), else None. Local to this process under DDP (summed over
-    the processes where the curriculum decides)."""
-    return training_epoch_sums(trainer).get(f"training_step.{key}")
+    the processes where the curriculum decides). ``train/loss_epoch``, the name of the epoch value of a metric logged
+    on_step and on_epoch (the name W&B shows), has the sums of ``train/loss``: read from ``callback_metrics``, it
+    held the previous epoch's value until this epoch's end, and every decision was an epoch late."""
+    sums = training_epoch_sums(trainer)
+    return sums.get(f"training_step.{key}", sums.get(f"training_step.{key.removesuffix('_epoch')}"))
 
 
 class RepeatCurriculum(LengthCurriculum):

@@ -230,6 +230,23 @@ def test_a_threshold_on_a_training_metric_nothing_logs_is_refused_at_the_first_e
     assert curriculum.epochs_at_level == 1  # at the end of the first epoch
 
 
+def test_a_threshold_on_the_epoch_name_of_a_training_metric_decides_on_this_epochs_value(tmp_path):
+    # train/bits_per_seq_epoch (the name W&B shows) was summed from callback_metrics, which holds the previous
+    # epoch's value until this epoch's end: every decision after the first was made on the epoch before
+    decided = {}
+
+    class Recorded(LengthCurriculum):
+        def next_max_length(self, current, top, *, epochs_at_level, metric):
+            decided.setdefault(self.monitor, []).append(metric)
+            return super().next_max_length(current, top, epochs_at_level=epochs_at_level, metric=metric)
+
+    for monitor in ("train/bits_per_seq", "train/bits_per_seq_epoch"):
+        pl.seed_everything(0)
+        tiny_trainer(tmp_path, Recorded("growing", start_length=2, monitor=monitor, threshold=1e-9), epochs=3)
+    assert len(set(decided["train/bits_per_seq"])) == 3
+    assert decided["train/bits_per_seq_epoch"] == pytest.approx(decided["train/bits_per_seq"])
+
+
 def test_a_validation_metric_is_acted_on_once_not_at_every_epoch_until_the_next_validation(tmp_path):
     # validated every 3 epochs: the value of epoch 2 stayed in callback_metrics and stepped up epochs 2, 3 and 4
     import torch
