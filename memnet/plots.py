@@ -28,8 +28,9 @@ def touched_window(touched: torch.Tensor) -> tuple[int, int]:
     """The circular window of slots to draw: (first slot, number of rows).
 
     ``touched`` (N,) bool marks the slots any head used. The window is the complement of
-    the longest circular run of untouched slots, widened by ``MARGIN_SLOTS`` on each side
-    and to at least ``MIN_ROWS`` rows (never more than N).
+    the longest circular run of untouched slots, widened by ``MARGIN_SLOTS`` on each side (by
+    fewer where that run is shorter than both margins, so that the touched slots stay in one piece)
+    and to at least ``MIN_ROWS`` rows (never more than N); with every slot touched, slots 0 to N − 1.
 
     >>> touched_window(torch.tensor([True, False, False, False, False, False, False, False, False, False,
     ...                              False, False, False, False, True, True]))   # slots 14, 15, 0 of 16
@@ -48,10 +49,12 @@ def touched_window(touched: torch.Tensor) -> tuple[int, int]:
                 best_len, best_end = run, (i + 1) % n
         else:
             run = 0
-    rows = n - max(best_len, 0)
-    start = best_end
-    rows = min(n, rows + 2 * MARGIN_SLOTS)
-    start = (start - MARGIN_SLOTS) % n
+    best_len = max(best_len, 0)
+    # the untouched slots shown, split before and after the touched ones: at most MARGIN_SLOTS a side, and no more
+    # than there are (every slot touched: none, slot 0 first; a margin taken from the touched run split it in two)
+    margins = min(2 * MARGIN_SLOTS, best_len)
+    rows = n - best_len + margins
+    start = (best_end - margins // 2) % n
     if rows < MIN_ROWS:
         start = (start - (min(n, MIN_ROWS) - rows) // 2) % n
         rows = min(n, MIN_ROWS)

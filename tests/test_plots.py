@@ -184,3 +184,42 @@ def test_a_sequence_shorter_than_its_batch_is_drawn_without_the_padding(tmp_path
 
     assert first_sequence_steps({"inputs": torch.zeros(2, 5, 1), "mask": torch.tensor([[0, 0, 1, 1, 0]] * 2)}) == 5
     assert first_sequence_steps({"inputs": torch.zeros(2, 5, 1)}) == 5
+
+
+def _memory_access_axes(monkeypatch, **arrays):
+    """The axes ``plot_memory_access`` drew (its figure kept open to be read): input, target, output, heads."""
+    import matplotlib.pyplot as plt
+
+    from memnet import plots
+
+    monkeypatch.setattr(plots.plt, "close", lambda fig=None: None)
+    before = set(plt.get_fignums())
+    plots.plot_memory_access(arrays.pop("path"), **arrays)
+    (number,) = set(plt.get_fignums()) - before
+    figure = plt.figure(number)
+    axes = list(figure.axes)
+    plt.close(figure)
+    return axes
+
+
+def test_memory_access_of_a_head_that_visits_every_slot_is_drawn_from_slot_0(tmp_path, monkeypatch):
+    """With every slot touched the window was rotated by the two margin slots: a head sweeping slots 0 … 9 was
+    drawn from row 2 (rows labelled 8, 9, 0, …, 7), its sweep broken at the top; a touched run with a gap of one
+    slot (slot 5 of 10 untouched) was drawn from slot 4, its slot 4 at the top cut off from slot 3 at the bottom."""
+    from memnet.plots import touched_window
+
+    n = 10
+    assert touched_window(torch.ones(n, dtype=torch.bool)) == (0, n)  # was (8, 10)
+    assert touched_window(torch.arange(n) != 5) == (6, n)  # slots 6 … 4 in one piece, 5 at the bottom; was (4, 10)
+    assert touched_window(torch.arange(16) < 14) == (15, 16)  # slots 14, 15 untouched: one a side
+    steps = torch.arange(n)
+    read_weights = torch.nn.functional.one_hot(steps, n).float()[:, None]  # (T, 1, N): step t reads slot t
+    write_weights = torch.nn.functional.one_hot((steps + 3) % n, n).float()[:, None]  # step t writes slot t + 3
+    axes = _memory_access_axes(monkeypatch, path=tmp_path / "a.png", inputs=torch.rand(n, 3), targets=torch.rand(n, 2),
+                               outputs=torch.rand(n, 2), read_weights=read_weights, write_weights=write_weights)
+    for ax, weights in zip(axes[3:], (write_weights, read_weights)):
+        image = torch.as_tensor(ax.images[0].get_array())  # (rows, T)
+        labels = {int(tick): int(label.get_text()) for tick, label in zip(ax.get_yticks(), ax.get_yticklabels())}
+        assert labels == {row: row for row in range(n)}  # was 8, 9, 0, …, 7
+        for t in range(n):  # the slot a step's weighting peaks at is drawn in the row labelled with it
+            assert labels[int(image[:, t].argmax())] == int(weights[t, 0].argmax())
