@@ -61,6 +61,22 @@ def touched_window(touched: torch.Tensor) -> tuple[int, int]:
     return start, rows
 
 
+def colour_scale(values: torch.Tensor) -> tuple[float, float, str]:
+    """(vmin, vmax, colour map) for an input or target panel of ``values`` (T, D).
+
+    Values in [0, 1] (bits, probabilities): 0 to 1 in grey, as before. Values outside it are shown,
+    not clipped (repeat copy's count channel is (r − mean) / std, −1.22 for 1 of 1–3 repeats):
+    with a negative value a scale symmetric about 0 (red above, blue below, 0 white), else 0 to the largest.
+    """
+    low, high = float(values.min()), float(values.max())
+    if low >= 0 and high <= 1:
+        return 0.0, 1.0, "gray_r"
+    if low < 0:
+        bound = max(-low, high)
+        return -bound, bound, "RdBu_r"
+    return 0.0, high, "gray_r"
+
+
 def first_sequence_steps(batch: dict) -> int:
     """The steps of ``batch``'s first sequence that are its own, not padding to the batch's longest.
 
@@ -92,8 +108,9 @@ def plot_memory_access(
 
     Args:
         path: where to save the PNG (folders are created).
-        inputs: (T, D_in) the input sequence.
-        targets: (T, D_out) the target.
+        inputs: (T, D_in) the input sequence; values outside [0, 1] (repeat copy's count) are drawn on a
+            scale that covers them (:func:`colour_scale`), named in the panel's title.
+        targets: (T, D_out) the target (drawn as the inputs are).
         outputs: (T, D_out) the model's output probabilities.
         read_weights: (T, R, N) read weightings.
         write_weights: (T, H_w, N) write weightings.
@@ -121,10 +138,14 @@ def plot_memory_access(
                              gridspec_kw={"height_ratios": heights})
     for ax, (name, panel) in zip(axes[:, 0], panels):
         image = panel.detach().float().cpu().T  # features (or slots) down, time across
-        ax.imshow(image, aspect="auto", cmap="gray_r" if name in ("input", "target", "output") else "viridis",
-                  interpolation="nearest", vmin=0, vmax=1)
+        if name in ("input", "target"):
+            low, high, cmap = colour_scale(image)
+        else:  # output probabilities and weightings: in [0, 1]
+            low, high, cmap = 0.0, 1.0, "gray_r" if name == "output" else "viridis"
+        ax.imshow(image, aspect="auto", cmap=cmap, interpolation="nearest", vmin=low, vmax=high)
         ax.set_ylabel("slot" if "head" in name else "bit")
-        ax.set_title(name, fontsize=9, loc="left")
+        scale = "" if (low, high) == (0.0, 1.0) else f" (colour scale {low:.3g} to {high:.3g})"
+        ax.set_title(name + scale, fontsize=9, loc="left")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # time steps are whole numbers
         if "head" in name:
             ticks = list(range(0, rows, max(1, rows // 6)))

@@ -223,3 +223,26 @@ def test_memory_access_of_a_head_that_visits_every_slot_is_drawn_from_slot_0(tmp
         assert labels == {row: row for row in range(n)}  # was 8, 9, 0, …, 7
         for t in range(n):  # the slot a step's weighting peaks at is drawn in the row labelled with it
             assert labels[int(image[:, t].argmax())] == int(weights[t, 0].argmax())
+
+
+def test_memory_access_input_panel_shows_values_outside_0_1(tmp_path, monkeypatch):
+    """The input panel was drawn on a fixed 0–1 scale: repeat copy's count channel, −1.22 for 1 of 1–3 repeats,
+    was drawn as a 0 (and a count above 1 as a 1); now the scale covers the values, symmetric about 0 when one is
+    negative, and bits are drawn on 0–1 in grey as before."""
+    from tasks.algorithmic import RepeatCopyTask
+
+    task = RepeatCopyTask(width=3, min_length=1, max_length=3, min_repeats=1, max_repeats=3)
+    example = task.encode(torch.tensor([[[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]]), torch.tensor([1]))
+    count = float(example["inputs"][0, 2, -1])
+    assert count == pytest.approx(-1.2247, abs=1e-4)
+    steps = example["inputs"].shape[1]
+    arrays = {"targets": example["targets"][0], "outputs": torch.rand(steps, task.output_size),
+              "read_weights": weights(steps, 1, 7, 0), "write_weights": weights(steps, 1, 7, 1)}
+    inputs, target = _memory_access_axes(monkeypatch, path=tmp_path / "r.png", inputs=example["inputs"][0], **arrays)[:2]
+    low, high = inputs.images[0].get_clim()
+    assert (low, high) == pytest.approx((count, -count))  # was (0, 1): the count drawn as white, as a 0
+    assert inputs.images[0].get_cmap().name == "RdBu_r"
+    assert float(inputs.images[0].get_array()[-1, 2]) == pytest.approx(count)  # the count channel at the count step
+    assert target.images[0].get_clim() == (0, 1) and target.images[0].get_cmap().name == "gray_r"  # bits as before
+    large = _memory_access_axes(monkeypatch, path=tmp_path / "l.png", inputs=example["inputs"][0].abs() * 2, **arrays)
+    assert large[0].images[0].get_clim() == pytest.approx((0, 2 * -count))  # was (0, 1): everything above 1 alike
