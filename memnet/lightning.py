@@ -65,6 +65,7 @@ from memnet.training import (  # noqa: F401  (re-exported: memnet.lightning.Memn
 )
 from memnet.utils import (
     MemnetError,
+    SeededDraws,
     accepts_keyword,
     check_positive,
     distributed_position,
@@ -503,9 +504,15 @@ class Seq2SeqModule(MemnetModule):
             net, optimizer=optimizer, scheduler=scheduler, scheduler_interval=scheduler_interval,
             nonfinite_grads=nonfinite_grads,
         )
-        self.generator = torch.Generator().manual_seed(seed)  # its state is saved in checkpoints
+        self._draws = SeededDraws(seed)  # the coin flips, kept in checkpoints; each DDP process its own
         self.print_predictions = print_predictions
         self._printed = 0
+
+    @property
+    def generator(self) -> torch.Generator:
+        """The teacher-forcing coin flips' CPU generator, from ``seed`` (on DDP rank r > 0 from the seed mixed with r:
+        ``memnet.utils.SeededDraws``), made at the first flip."""
+        return self._draws.generator(torch.device("cpu"))
 
     def rng_state(self) -> dict:
         """The teacher-forcing generator's state, kept in checkpoints (``MemnetModule.on_save_checkpoint``)."""
@@ -513,7 +520,7 @@ class Seq2SeqModule(MemnetModule):
 
     def set_rng_state(self, state: dict) -> None:
         """A resumed run draws the coin flips the uninterrupted run would have drawn, not the seed's first ones."""
-        self.generator.set_state(state["state"])
+        self._draws.set_state(state)
 
     def forward(self, source: torch.Tensor, target: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         """source (B, S), target (B, T) -> logits (B, T, V)."""

@@ -201,9 +201,14 @@ class MemnetModule(pl.LightningModule):
         global_rng = checkpoint.get("memnet_global_rng")
         by_rank = checkpoint.get("memnet_rng_by_rank")  # written under DDP: each process's own draws
         rank, world_size = distributed_position(self._trainer)
+        own = bool(by_rank) and len(by_rank) == world_size  # this process's own draws are in the checkpoint
         if by_rank:  # resumed on another number of processes: rank 0's, as a one-process checkpoint holds
-            mine = by_rank[rank if len(by_rank) == world_size else 0]
+            mine = by_rank[rank if own else 0]
             states, global_rng = mine["modules"], mine["global"]
+        if rank > 0 and not own:
+            # the checkpoint has no draws of this process (written on fewer or more processes): its modules draw their
+            # own (memnet.utils.SeededDraws), not a copy of rank 0's noise, which every process then drew alike
+            states = {}
         for name, module in self.named_modules():
             if name in states and hasattr(module, "set_rng_state"):
                 module.set_rng_state(states[name])

@@ -305,6 +305,21 @@ class EpochShuffle(torch.utils.data.Sampler):
         return iter(order)
 
 
+def mix_seed(seed: int, stream: int) -> int:
+    """A 63-bit seed for stream ``stream`` of base seed ``seed`` (splitmix64 finaliser)."""
+    z = (seed * 0x9E3779B97F4A7C15 + stream * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % 2**64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
+    return (z ^ (z >> 31)) % 2**63
+
+
+def process_rank() -> int:
+    """This process's rank in the ``torch.distributed`` process group (DDP), 0 outside one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return int(torch.distributed.get_rank())
+    return 0
+
+
 class SeededDraws:
     """A module's own seeded ``torch.Generator`` for what it draws in training, kept in checkpoints.
 
@@ -313,6 +328,11 @@ class SeededDraws:
     return and take, so that :class:`memnet.training.MemnetModule` saves the draws' position in
     a checkpoint and a resumed run continues them instead of drawing the seed's first ones again.
     A state set before the generator exists is applied when it is made.
+
+    Under DDP every process draws its own: rank r > 0 seeds it with ``mix_seed(seed, r)``, rank 0 (and a
+    single process) with ``seed`` itself. With the seed alone, every process drew the same noise for its
+    batch's sequence i (an NTM's random initial memories, MemN2N's random-noise time rows, a seq2seq's
+    teacher-forcing coin flips): two processes of batch B had B patterns where one process of batch 2B has 2B.
     """
 
     def __init__(self, seed: int) -> None:
@@ -322,7 +342,8 @@ class SeededDraws:
 
     def generator(self, device: torch.device) -> torch.Generator:
         if self._generator is None or self._generator.device != device:
-            generator = torch.Generator(device=device).manual_seed(self.seed)
+            rank = process_rank()  # made at the first draw in training, when DDP's processes are set up
+            generator = torch.Generator(device=device).manual_seed(self.seed if rank == 0 else mix_seed(self.seed, rank))
             pending, self._pending = self._pending, None
             if pending is not None and pending["device"] == generator.device.type:
                 generator.set_state(pending["state"])

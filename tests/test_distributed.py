@@ -440,6 +440,7 @@ class _FakeGather:
     def __init__(self, monkeypatch, rank: int, others: list) -> None:
         self.rank, self.others = rank, others
         monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None: rank)
         monkeypatch.setattr(torch.distributed, "all_gather_object", self.all_gather_object)
 
     def all_gather_object(self, gathered: list, value) -> None:
@@ -557,3 +558,62 @@ def test_ddp_predict_prints_the_whole_set_in_order(monkeypatch, capsys, rank):
     one, shared = printed(seq2seq_module, reverse)
     assert len(one.strip().splitlines()) == 5
     assert shared == (one if rank == 0 else "")
+
+
+def test_every_process_draws_its_own_training_noise(monkeypatch):
+    """Every DDP process seeded its modules' generators with the one seed, and drew the same noise for its batch's
+    sequence i: two CPU processes of an NTM with random initial memories (batches of 2) started every training
+    batch from the same two memories on both (-0.410, 0.198, 0.449, …), MemN2N's random-noise time rows and a
+    seq2seq's teacher-forcing coin flips were alike on every process. Rank 0 still draws what one process draws,
+    and evaluation's memory is every process's."""
+    from memnet.controllers import LSTMController
+    from memnet.lightning import Seq2SeqModule, SequenceModule
+    from memnet.memory import MemoryInit
+    from memnet.models.memn2n import MemN2N
+    from memnet.models.ntm import NTM
+    from memnet.models.seq2seq import Seq2Seq
+
+    def on_rank(rank: int | None, draw):
+        """What ``draw()`` gives in process ``rank`` of a DDP run (None: no process group)."""
+        with monkeypatch.context() as patch:
+            if rank is not None:
+                patch.setattr(torch.distributed, "is_initialized", lambda: True)
+                patch.setattr(torch.distributed, "get_rank", lambda group=None: rank)
+            return draw()
+
+    def memories(train: bool = True) -> torch.Tensor:
+        init = MemoryInit(word_size=5, scheme="random", seed=3).train(train)
+        return torch.stack([init(2, 7) for _ in range(2)])
+
+    alone, first, second = (on_rank(rank, memories) for rank in (None, 0, 1))
+    assert torch.equal(first, alone) and not torch.equal(second, first)
+    assert torch.equal(on_rank(1, partial(memories, False)), on_rank(0, partial(memories, False)))
+
+    def time_rows() -> torch.Tensor:
+        net = MemN2N(9, 3, embedding_size=4, memory_size=12, random_noise=0.5, seed=0).train()
+        present = torch.ones(6, 10, dtype=torch.bool)
+        return torch.stack([net.time_indices(present, net._rn_generator(torch.device("cpu"))) for _ in range(3)])
+
+    assert not torch.equal(on_rank(1, time_rows), on_rank(0, time_rows))
+
+    def flips() -> torch.Tensor:
+        module = Seq2SeqModule(Seq2Seq(5, 5, embedding_size=3, encoder=partial(LSTMController, hidden_size=4),
+                                       decoder=partial(LSTMController, hidden_size=4)), seed=4)
+        return torch.rand(32, generator=module.generator)
+
+    assert torch.equal(on_rank(0, flips), on_rank(None, flips)) and not torch.equal(on_rank(1, flips), on_rank(0, flips))
+
+    # a one-process checkpoint resumed on two processes: rank 0 goes on with its draws, rank 1 draws its own
+    saved = SequenceModule(NTM(4, 4, memory_size=7, word_size=5, memory_init="random"))
+    saved.net.memory_init(3, 7)
+    checkpoint: dict = {}
+    saved.on_save_checkpoint(checkpoint)
+
+    def resumed(rank: int) -> torch.Tensor:
+        module = SequenceModule(NTM(4, 4, memory_size=7, word_size=5, memory_init="random"))
+        module._trainer = SimpleNamespace(global_rank=rank, world_size=2, state=SimpleNamespace(fn="validate"))
+        module.on_load_checkpoint(checkpoint)
+        return module.net.memory_init(3, 7)
+
+    assert torch.equal(on_rank(0, partial(resumed, 0)), saved.net.memory_init(3, 7))
+    assert not torch.equal(on_rank(1, partial(resumed, 1)), on_rank(0, partial(resumed, 0)))

@@ -20,6 +20,7 @@ from memnet.utils import (
     distributed_position,
     evaluation_sampler,
     is_integer,
+    mix_seed,
 )
 from tasks.algorithmic.base import AlgorithmicTask, _subrange
 
@@ -241,9 +242,4 @@ def train_stream_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return base if rank == 0 else _mix(base, rank)
 
 
-def _mix(seed: int, stream: int) -> int:
-    """A 63-bit seed for stream ``stream`` of base seed ``seed`` (splitmix64 finaliser)."""
-    z = (seed * 0x9E3779B97F4A7C15 + stream * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % 2**64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
-    return (z ^ (z >> 31)) % 2**63
+_mix = mix_seed  # a 63-bit seed for stream ``stream`` of base seed ``seed`` (splitmix64 finaliser)
