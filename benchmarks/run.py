@@ -46,14 +46,16 @@ with the same step; their code is imported from there, never copied.
     python benchmarks/run.py --device cuda --batch-sizes 1 128 4096
     python benchmarks/run.py --models NTM --peer-ntm ~/src/pytorch-ntm
 
-A setting that fails (an error, or over ``--timeout``) is a row ``failed: <why>``; the others
-are measured, the table printed and the JSON written all the same, and the exit status is 1.
+A setting that fails (an error, a ``compiled`` one that memnet ran uncompiled, or over ``--timeout``) is a
+row ``failed: <why>``; the others are measured, the table printed and the JSON written all the same, and
+the exit status is 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import re
@@ -208,6 +210,7 @@ def measure(model: str, path: str, batch_size: int, *, steps: int, repeats: int,
     if cuda:
         torch.cuda.set_device(torch.device(device))  # cuda:N: synchronise, reset and read that device, not device 0
     _import_models()  # their modules' memory (Lightning's among them) is not the model's
+    fallbacks = _Fallbacks() if path == "compiled" else None  # the compiled engine's word that it did not compile
     rss_base = _proc_status_mb("VmRSS")  # the process before the model is built
     if path == "graphed" and not cuda:
         raise SystemExit("the graphed path captures CUDA graphs: it needs --device cuda")
@@ -284,6 +287,8 @@ def measure(model: str, path: str, batch_size: int, *, steps: int, repeats: int,
         sync()
         times.append((time.perf_counter() - start) / steps)
     per_step = statistics.median(times)
+    if fallbacks is not None and fallbacks.detach():  # the steps timed were (partly) the fused path's
+        raise SystemExit(f"not compiled: {fallbacks.messages[0].removeprefix('memnet: ')}")
     if cuda:
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     elif peak_reset and rss_base is not None:
@@ -308,6 +313,25 @@ def measure(model: str, path: str, batch_size: int, *, steps: int, repeats: int,
         "torch_threads": torch.get_num_threads(),
         "device": device,
     }
+
+
+class _Fallbacks(logging.Handler):
+    """The warnings of memnet's compiled engine (``memnet.models.core``) while it is measured: each says it ran
+    a step uncompiled (torch cannot compile here, the compiler failed, or its limit of graphs was reached), so
+    the steps timed as ``compiled`` were the fused path's, and the setting is a failure that names why."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+        logging.getLogger("memnet.models.core").addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def detach(self) -> list[str]:
+        """Stop listening; the warnings heard."""
+        logging.getLogger("memnet.models.core").removeHandler(self)
+        return self.messages
 
 
 def _import_models() -> None:

@@ -161,3 +161,21 @@ def test_the_cpu_peak_does_not_count_the_imports_of_memnets_modules(tmp_path):
     )
     (row,) = json.loads(out.read_text())["results"]
     assert 0 < row["peak_memory_mb"] < 64
+
+
+def test_a_compiled_setting_that_ran_uncompiled_fails_with_why_not_a_number(monkeypatch):
+    # where torch cannot compile, memnet's compiled engine logs why and runs the fused path: the row said
+    # 'compiled' with the fused path's speed (compilations 0, exit 0)
+    import pytest
+    import torch
+
+    import memnet.models.core
+
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    monkeypatch.setattr(memnet.models.core, "compile_unavailable", lambda backend="inductor": "no C++ compiler")
+    with pytest.raises(SystemExit, match=r"^not compiled: NTM engine 'compiled' is unavailable \(no C\+\+ compiler\)"):
+        run.measure("NTM", "compiled", 2, steps=1, repeats=1, min_seconds=0, warmup=1,
+                    threads=torch.get_num_threads(), device="cpu", length=2)
+
