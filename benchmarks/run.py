@@ -431,6 +431,18 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number ≥ 1 (a batch size, a length, a count of steps, repetitions or threads):
+    0 would time an empty batch, divide by zero steps, or silently mean torch's default threads or unroll."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure every setting asked for, print the table and write the JSON; returns the exit status: 1 if a
     setting failed (its row says why), after the whole table and the results of the others are out."""
@@ -439,19 +451,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS + GPU_PATHS)
     parser.add_argument("--compile-mode", default=None,
                         help="inductor's mode for the compiled path, e.g. reduce-overhead (CUDA graphs)")
-    parser.add_argument("--unroll", type=int, default=None, help="time steps per call of the compiled engine")
+    parser.add_argument("--unroll", type=positive_int, default=None, help="time steps per call of the compiled engine")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="tf32: TF32 matmuls; bf16: the forward under bfloat16 autocast")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+    parser.add_argument("--batch-sizes", type=positive_int, nargs="+", default=None,
                         help="default 1 32 128 on the CPU, 1 128 4096 on CUDA")
-    parser.add_argument("--length", type=int, default=LENGTH, help="copy sequence length (2·L + 1 time steps)")
-    parser.add_argument("--compile-batch-sizes", type=int, nargs="+", default=None,
+    parser.add_argument("--length", type=positive_int, default=LENGTH, help="copy sequence length (2·L + 1 time steps)")
+    parser.add_argument("--compile-batch-sizes", type=positive_int, nargs="+", default=None,
                         help="run the compiled path only at these batch sizes (default: every batch size)")
-    parser.add_argument("--steps", type=int, default=2, help="timed steps per repetition")
-    parser.add_argument("--repeats", type=int, default=3, help="at least this many repetitions")
+    parser.add_argument("--steps", type=positive_int, default=2, help="timed steps per repetition")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="at least this many repetitions")
     parser.add_argument("--min-seconds", type=float, default=1.0, help="and repetitions for at least this long")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first one compiles)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--warmup", type=positive_int, default=2, help="untimed steps first (the first one compiles)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--peer-ntm", type=Path, default=None,
                         help="a checkout of loudinthecloud/pytorch-ntm (the folder holding its ntm package)")

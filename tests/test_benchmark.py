@@ -179,3 +179,13 @@ def test_a_compiled_setting_that_ran_uncompiled_fails_with_why_not_a_number(monk
         run.measure("NTM", "compiled", 2, steps=1, repeats=1, min_seconds=0, warmup=1,
                     threads=torch.get_num_threads(), device="cpu", length=2)
 
+
+def test_a_count_below_one_is_refused_before_anything_runs():
+    # --batch-sizes 0 was a MemN2N row of 0.0 sequences/s and 15.3 ms a step (exit 0), --steps 0 a division by
+    # zero in every setting, --threads 0 torch's default threads under settings.threads 0
+    for flag, value in (("--batch-sizes", "0"), ("--steps", "0"), ("--threads", "0"), ("--length", "-3")):
+        result = subprocess.run([*RUN, "--models", "MemN2N", "--paths", "eager", flag, value],
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"run.py: error: argument {flag}: expected a whole number ≥ 1, got '{value}'")
