@@ -502,6 +502,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--models {model}: it runs on {', '.join(paths_of(model))}, none of --paths "
                          f"{' '.join(args.paths)}; add one of its paths or leave {model} out of --models")
     batch_sizes = args.batch_sizes or ([1, 128, 4096] if args.device.startswith("cuda") else [1, 32, 128])
+    unmeasured = [size for size in args.compile_batch_sizes or [] if size not in batch_sizes]
+    if "compiled" in args.paths and unmeasured:  # its compiled rows would be left out of the table unsaid
+        parser.error(f"--compile-batch-sizes {' '.join(map(str, unmeasured))}: not among the batch sizes measured "
+                     f"({' '.join(map(str, batch_sizes))}); the compiled path runs at the batch sizes of both")
     settings = []
     for model in args.models:
         for batch_size in batch_sizes:

@@ -189,3 +189,13 @@ def test_a_count_below_one_is_refused_before_anything_runs():
         assert result.returncode == 2
         assert result.stderr.strip().splitlines()[-1] == (
             f"run.py: error: argument {flag}: expected a whole number ≥ 1, got '{value}'")
+
+
+def test_a_compile_batch_size_that_is_not_measured_is_refused_not_left_out():
+    # --batch-sizes 1 --compile-batch-sizes 2 printed an empty table and wrote "results": [] (exit 0)
+    result = subprocess.run([*RUN, "--models", "LSTM", "--paths", "compiled", "--batch-sizes", "1",
+                             "--compile-batch-sizes", "2"], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "run.py: error: --compile-batch-sizes 2: not among the batch sizes measured (1); "
+        "the compiled path runs at the batch sizes of both")
