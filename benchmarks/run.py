@@ -497,6 +497,12 @@ def main(argv: list[str] | None = None) -> int:
         if checkout is not None and PEERS[peer] not in args.models:  # it runs beside memnet's model only
             parser.error(f"{flag}: {peer} runs beside memnet's {PEERS[peer]}, which --models leaves out "
                          f"({' '.join(args.models)}); add {PEERS[peer]} to --models")
+    if args.out is not None:  # refused now, not by a traceback after minutes of measuring
+        existing = next(folder for folder in (args.out.parent, *args.out.parent.parents) if folder.exists())
+        if args.out.is_dir():
+            parser.error(f"--out {args.out}: is a folder; expected the path of the JSON file to write")
+        if not existing.is_dir():
+            parser.error(f"--out {args.out}: {existing} is a file, not a folder")
     for model in args.models:  # a model none of whose paths is asked for would be left out of the table unsaid
         if not set(args.paths) & set(paths_of(model)):
             parser.error(f"--models {model}: it runs on {', '.join(paths_of(model))}, none of --paths "

@@ -199,3 +199,15 @@ def test_a_compile_batch_size_that_is_not_measured_is_refused_not_left_out():
     assert result.stderr.strip().splitlines()[-1] == (
         "run.py: error: --compile-batch-sizes 2: not among the batch sizes measured (1); "
         "the compiled path runs at the batch sizes of both")
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_anything_runs(tmp_path):
+    # --out naming a folder (or a path under a file) was an IsADirectoryError (FileExistsError) traceback after the
+    # whole benchmark, its JSON lost
+    (tmp_path / "file").write_text("")
+    for out, why in ((tmp_path, "is a folder; expected the path of the JSON file to write"),
+                     (tmp_path / "file" / "bench.json", f"{tmp_path / 'file'} is a file, not a folder")):
+        result = subprocess.run([*RUN, "--models", "LSTM", "--paths", "eager", "--batch-sizes", "1", "--out", str(out)],
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines()[-1] == f"run.py: error: --out {out}: {why}"
