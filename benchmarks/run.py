@@ -556,7 +556,14 @@ def main(argv: list[str] | None = None) -> int:
     print(table(report))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
+        # written beside it, then renamed over it: a write cut short (a full disk, Ctrl-C) leaves the file as it
+        # was, never a truncated JSON in its place
+        partial = args.out.with_name(f".{args.out.name}.partial")
+        try:
+            partial.write_text(json.dumps(report, indent=2))
+            os.replace(partial, args.out)
+        finally:
+            partial.unlink(missing_ok=True)
         print(f"written {args.out}")
     failed = sum("error" in row for row in rows)
     if failed:

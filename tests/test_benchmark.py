@@ -211,3 +211,25 @@ def test_an_out_that_cannot_be_written_is_refused_before_anything_runs(tmp_path)
                                 capture_output=True, text=True, timeout=60, check=False)
         assert result.returncode == 2
         assert result.stderr.strip().splitlines()[-1] == f"run.py: error: --out {out}: {why}"
+
+
+def test_a_json_write_cut_short_leaves_the_previous_results_whole(tmp_path):
+    # the results file was truncated, then written: a write that failed part way (here the file size limit; a full
+    # disk alike) replaced the previous results with 256 bytes of a JSON cut off mid-row
+    import os
+    import resource
+    import signal
+
+    out = tmp_path / "bench.json"
+    out.write_text('{"results": "the previous run"}')
+
+    def limit_file_size():  # in the child: a write past 256 bytes fails with EFBIG instead of a signal
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256, 256))
+
+    result = subprocess.run([*RUN, "--models", "LSTM", "--paths", "eager", "--batch-sizes", "1", "--timeout", "0.01",
+                             "--out", str(out)], capture_output=True, text=True, timeout=60, check=False,
+                            preexec_fn=limit_file_size, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert result.returncode == 1 and "File too large" in result.stderr
+    assert json.loads(out.read_text()) == {"results": "the previous run"}
+    assert [path.name for path in tmp_path.iterdir()] == ["bench.json"]
