@@ -26,7 +26,8 @@ that of the timed steps, after the warm-up (a compile's own memory is not in it)
 on CUDA ``torch.cuda.max_memory_allocated`` (parameters, optimiser state and
 activations); on the CPU the process's peak resident set over the timed steps
 (``VmHWM``, reset after the warm-up through ``/proc/self/clear_refs``) less its
-resident set before the model was built, with memnet's modules already imported. The ``graphed`` path's compile time is
+resident set before the model was built, with memnet's modules (and for ``compiled``, torch's compiler) already
+imported. The ``graphed`` path's compile time is
 its warm-up and capture.
 
 On a GPU: ``--compile-mode reduce-overhead`` compiles with inductor's CUDA graphs
@@ -209,7 +210,7 @@ def measure(model: str, path: str, batch_size: int, *, steps: int, repeats: int,
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.set_device(torch.device(device))  # cuda:N: synchronise, reset and read that device, not device 0
-    _import_models()  # their modules' memory (Lightning's among them) is not the model's
+    _import_models(compiler=path == "compiled")  # their modules' memory (Lightning's among them) is not the model's
     fallbacks = _Fallbacks() if path == "compiled" else None  # the compiled engine's word that it did not compile
     rss_base = _proc_status_mb("VmRSS")  # the process before the model is built
     if path == "graphed" and not cuda:
@@ -334,8 +335,9 @@ class _Fallbacks(logging.Handler):
         return self.messages
 
 
-def _import_models() -> None:
-    """Import what :func:`build` imports for memnet's models, so that the CPU peak's baseline holds them."""
+def _import_models(compiler: bool = False) -> None:
+    """Import what :func:`build` imports for memnet's models (and with ``compiler``, what ``torch.compile``
+    imports at its first call), so that the CPU peak's baseline holds them."""
     import memnet.controllers
     import memnet.lightning  # sequence_metrics; it imports pytorch_lightning (~100 MB resident)
     import memnet.models.dnc
@@ -343,6 +345,10 @@ def _import_models() -> None:
     import memnet.models.ntm
     import memnet.models.recurrent  # noqa: F401
     import tasks.algorithmic  # noqa: F401
+
+    if compiler:  # dynamo and inductor: ~40 MB resident, the compiler's, not the step's
+        import torch._dynamo
+        import torch._inductor.compile_fx  # noqa: F401
 
 
 def machine(device: str) -> dict:
