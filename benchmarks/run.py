@@ -495,6 +495,17 @@ def main(argv: list[str] | None = None) -> int:
                                  **options)))
         return 0
 
+    import torch
+
+    try:  # refused now: each setting would fail on it, then the machine's description with a traceback
+        device = torch.device(args.device)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):  # the timer synchronises CUDA only
+        parser.error(f"--device {args.device}: expected cpu, cuda or cuda:N")
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        parser.error(f"--device {args.device}: no such CUDA device here (torch {torch.__version__} sees "
+                     f"{torch.cuda.device_count()})")
     for flag, checkout, package, peer in (("--peer-ntm", args.peer_ntm, "ntm", "pytorch-ntm"),
                                           ("--peer-dnc", args.peer_dnc, "dnc", "pytorch-dnc")):
         if checkout is not None and not (checkout / package / "__init__.py").is_file():

@@ -254,3 +254,19 @@ def test_the_cpu_peak_of_a_compiled_setting_does_not_count_the_import_of_the_com
     import torch._inductor.compile_fx  # noqa: F401
 
     assert run._proc_status_mb("VmRSS") - base < 5
+
+
+def test_a_device_that_is_not_here_is_refused_before_anything_runs(tmp_path):
+    # --device cuda on a torch without CUDA ran every setting (each failed), then the machine's description was an
+    # AssertionError traceback ('Torch not compiled with CUDA enabled'): no table, no JSON
+    import torch
+
+    out = tmp_path / "bench.json"
+    cuda = f"cuda:{torch.cuda.device_count()}"  # one past the last device
+    for device, why in ((cuda, f"no such CUDA device here (torch {torch.__version__} sees {torch.cuda.device_count()})"),
+                        ("gpu", "expected cpu, cuda or cuda:N")):
+        result = subprocess.run([*RUN, "--device", device, "--models", "LSTM", "--paths", "eager", "--batch-sizes", "1",
+                                 "--out", str(out)], capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines()[-1] == f"run.py: error: --device {device}: {why}"
+    assert not out.exists()
