@@ -114,6 +114,26 @@ def test_replacing_the_lengths_of_an_earlier_evaluation_is_said_before_the_run(t
     assert "warning" not in capsys.readouterr().err  # the same lengths again lose nothing
 
 
+def test_an_evaluation_killed_while_writing_its_tables_leaves_the_earlier_ones_whole(trained, monkeypatch, capsys):
+    """table.md, table.csv and results.json were written in place: a kill (or a full disk) halfway left a table cut
+    short that read as a valid one, and a results.json that the suite read as damaged."""
+    evaluate(trained, "--ckpt_path", "latest", "--lengths", "2", "3", "--num_sequences", "2", "--out", "killed")
+    out = trained / "killed"
+    before = {name: (out / name).read_text() for name in ("table.md", "table.csv", "results.json")}
+    write_text = Path.write_text
+
+    def killed_halfway(self, text, *args, **kwargs):  # half the text reaches the disk, then the kill
+        write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(trained, "--ckpt_path", "latest", "--lengths", "2", "3", "--num_sequences", "3", "--out", "killed")
+    monkeypatch.undo()
+    assert {name: (out / name).read_text() for name in before} == before
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".partial")]  # nothing left beside them
+
+
 def test_explicit_checkpoint_and_memory_size(trained):
     checkpoint = next((trained / "run" / "runs" / "memnet").glob("*/checkpoints/last.ckpt"))
     evaluate(trained, "--ckpt_path", str(checkpoint), "--lengths", "12", "--memory_size", "16",

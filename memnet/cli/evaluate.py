@@ -70,7 +70,7 @@ from memnet.protocols import (
     read_evaluation,
     sequence_batches,
 )
-from memnet.utils import parameter_dtype, wandb_mode
+from memnet.utils import parameter_dtype, wandb_mode, write_text_atomic
 from tasks.sequences import TokenTask
 
 COLUMNS = ("length", "slots", "bits_per_seq", "bit_errors_per_seq", "sequences", "exact_pct")
@@ -362,9 +362,11 @@ def run(args: argparse.Namespace) -> dict:
 
     train_range = (getattr(task, "min_length", None), getattr(task, "max_length", None))
     table = markdown_table(rows)
-    (out / "table.md").write_text(table)
-    (out / "table.csv").write_text(tables.csv_table(_columns(rows), [[row.get(c) for c in _columns(rows)]
-                                                                     for row in rows]))
+    # each file renamed into place: a kill or a full disk while writing leaves the earlier evaluation's file whole,
+    # never a table cut short that reads as valid (or a results.json that reads as damaged)
+    write_text_atomic(out / "table.md", table)
+    write_text_atomic(out / "table.csv", tables.csv_table(_columns(rows), [[row.get(c) for c in _columns(rows)]
+                                                                          for row in rows]))
     title = f"{type(net).__name__} on {type(task).__name__}"
     plot = plot_error_vs_length(out / "error_vs_length.png", rows=rows,
                                 train_range=None if None in train_range else train_range, title=title)
@@ -385,7 +387,7 @@ def run(args: argparse.Namespace) -> dict:
         "figures": {"error_vs_length": str(plot), "memory_access": None if figure is None else str(figure)},
         "lengths": rows,
     }
-    (out / EVALUATION_FILE).write_text(json.dumps(results, indent=2))
+    write_text_atomic(out / EVALUATION_FILE, json.dumps(results, indent=2))
     print(table)
     print(f"wrote {out}/table.md, table.csv, results.json, {plot.name}"
           + ("" if figure is None else f", {figure.name}"))
