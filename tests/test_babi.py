@@ -602,6 +602,30 @@ def test_table_command_reads_saved_results(tmp_path, capsys):
         table_command.table_main([])
 
 
+def test_table_command_killed_while_writing_leaves_the_earlier_tables_whole(tmp_path, monkeypatch, capsys):
+    """--markdown, --csv and --json were written in place: a kill halfway left a table of half the tasks, which read
+    as a valid one, and a --json that --results (and the suite) then refused as damaged."""
+    saved = tmp_path / "r.json"
+    saved.write_text(json.dumps({"A": {"1": 3.0, "2": 7.0}}))
+    outputs = {"--markdown": tmp_path / "t.md", "--csv": tmp_path / "t.csv", "--json": tmp_path / "t.json"}
+    argv = ["--results", str(saved), *[str(item) for option, path in outputs.items() for item in (option, path)]]
+    table_command.table_main(argv)
+    before = {path: path.read_text() for path in outputs.values()}
+    write_text = Path.write_text
+
+    def killed_halfway(self, text, *args, **kwargs):  # half the text reaches the disk, then the kill
+        write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    saved.write_text(json.dumps({"A": {"1": 3.0, "2": 7.0, "3": 1.0}}))
+    monkeypatch.setattr(Path, "write_text", killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        table_command.table_main(argv)
+    monkeypatch.undo()
+    assert {path: path.read_text() for path in outputs.values()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "t.csv", "t.json", "t.md"]
+
+
 def test_table_command_refuses_saved_results_that_overlap_or_name_no_task(tmp_path, capsys):
     first, second, odd = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
     first.write_text(json.dumps({"A": {"1": 3.0, "2": 7.0}}))

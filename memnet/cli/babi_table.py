@@ -34,6 +34,7 @@ from memnet.cli.rebuild import (
     run_stage,
 )
 from memnet.metrics import FAILED_TASK_ERROR, answer_errors, failed_tasks, mean_error, task_errors
+from memnet.utils import write_text_atomic
 from tasks.babi import ALL_TASKS, TASK_NAMES
 
 
@@ -231,7 +232,7 @@ def table_main(argv: Sequence[str] | None = None) -> dict[str, dict[int, float]]
                        (args.json, json.dumps(results, indent=2) + "\n")):
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(text)
+            write_text_atomic(Path(path), text)  # renamed into place: a kill halfway leaves no table cut short
     return results
 
 
