@@ -1524,6 +1524,30 @@ def test_config_paths_fall_back_to_the_shipped_configs_from_any_folder(tmp_path,
         "neither a file nor a shipped config; close matches: ntm/copy")
 
 
+def test_a_report_killed_while_writing_leaves_the_earlier_leaderboard_whole(tmp_path, monkeypatch):
+    """leaderboard.md/.csv/.json were written in place: a kill halfway left a leaderboard cut short, its last
+    experiments missing, that read as the whole suite's."""
+    root = results_folder(tmp_path / "r", {"name": "e"}, {0: {"metrics": {"val/loss": 0.2}},
+                                                          1: {"metrics": {"val/loss": 0.4}}})
+    S.write_report(root)
+    names = ("leaderboard.md", "leaderboard.csv", "leaderboard.json")
+    before = {name: (root / "report" / name).read_text() for name in names}
+    write_text = Path.write_text
+
+    def killed_halfway(self, text, *args, **kwargs):  # half the text reaches the disk, then the kill
+        write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    (root / "e" / "seed_1" / "metrics.json").write_text(json.dumps({"seed": 1, "status": "done",
+                                                                    "metrics": {"val/loss": 0.6}}))
+    monkeypatch.setattr(Path, "write_text", killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        S.write_report(root)
+    monkeypatch.undo()
+    assert {name: (root / "report" / name).read_text() for name in names} == before
+    assert not [p.name for p in (root / "report").iterdir() if p.name.endswith(".partial")]
+
+
 def test_report_of_a_folder_without_a_suite_is_an_error(tmp_path, capsys):
     assert S.main(["report", str(tmp_path)]) == 2
     assert "is not a suite results folder" in capsys.readouterr().err

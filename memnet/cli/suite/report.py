@@ -28,7 +28,7 @@ from memnet.metrics import failed_tasks
 from memnet.metrics import mean_error as mean_task_error
 from memnet.plots import plot_suite_report
 from memnet.selection import mean_std, metric_key, summarize
-from memnet.utils import is_integer, is_number, wandb_mode
+from memnet.utils import is_integer, is_number, wandb_mode, write_text_atomic
 
 
 def load_references() -> dict[str, Any]:
@@ -739,9 +739,11 @@ def write_report(results: str | Path, out: str | Path | None = None) -> dict[str
     report = build_report(results)
     out = Path(out) if out is not None else Path(results) / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
-    (out / "leaderboard.md").write_text(render_markdown(report))
-    (out / "leaderboard.csv").write_text(render_csv(report))
-    (out / "leaderboard.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    # each renamed into place: a report stopped halfway (a kill, a full disk) leaves the earlier leaderboard whole,
+    # never one cut short that reads as the whole suite's
+    write_text_atomic(out / "leaderboard.md", render_markdown(report))
+    write_text_atomic(out / "leaderboard.csv", render_csv(report))
+    write_text_atomic(out / "leaderboard.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
     plot_suite_report(report, out)
     return report
 
