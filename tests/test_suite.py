@@ -22,6 +22,7 @@ import yaml
 
 from memnet.cli import main as cli_main
 from memnet.cli import suite as S
+from memnet.cli.suite import command as command_module
 from memnet.cli.suite import evaluators, launcher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -1585,6 +1586,31 @@ def test_a_suite_run_killed_while_writing_suite_json_leaves_the_previous_one_who
     assert (results / "suite.json").read_text() == before
     assert sorted(p.name for p in results.iterdir()) == ["suite.json"]  # no partial file left beside it
     assert "memnet suite: interrupted" in capsys.readouterr().err
+
+
+def test_a_run_killed_while_writing_its_command_or_babi_errors_leaves_no_half_file(tmp_path, monkeypatch):
+    """command.json and ``suite _evaluate``'s per-task errors were written in place: a kill halfway left half a
+    file (a command that is no longer JSON; per-task errors that babi-table --results refused as damaged)."""
+    monkeypatch.chdir(ROOT)
+    write_text = Path.write_text
+
+    def killed_halfway(self, text, *args, **kwargs):  # half the text reaches the disk, then the kill
+        write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    suite = S.load_suite(write_suite(tmp_path / "s.yaml", [{**LSTM, "seeds": [0]}]))
+    (run,) = S.expand_runs(suite, tmp_path / "r")
+    monkeypatch.setattr(S.SuiteRunner, "_process", lambda self, argv, log, slot: pytest.fail("trained"))
+    monkeypatch.setattr(Path, "write_text", killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        S.SuiteRunner(suite, tmp_path / "r")._train_and_evaluate(run, 0)
+    out = tmp_path / "babi_test.json"
+    monkeypatch.setattr(command_module, "run_stage", lambda stage, ckpt, config: {"test/task_1/error": 2.0})
+    with pytest.raises(KeyboardInterrupt):
+        S.main(["_evaluate", "test", "--config", "c.yaml", "--ckpt_path", "x.ckpt", "--name", "e", "--out", str(out)])
+    monkeypatch.undo()
+    assert sorted(p.name for p in run.folder.iterdir()) == []
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("text, problem", [

@@ -28,7 +28,7 @@ from memnet.cli.suite.runner import (
 )
 from memnet.cli.suite.spec import load_suite
 from memnet.metrics import task_errors
-from memnet.utils import wandb_mode
+from memnet.utils import wandb_mode, write_text_atomic
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -231,5 +231,5 @@ def evaluate_main(argv: list[str]) -> int:
     errors = task_errors(logged, "test" if args.stage == "test" else "val")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({args.name: errors}, indent=2, sort_keys=True))
+    write_text_atomic(out, json.dumps({args.name: errors}, indent=2, sort_keys=True))  # never half a file
     return 0

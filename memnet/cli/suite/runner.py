@@ -631,9 +631,8 @@ class SuiteRunner:
             provenance = {"settings": settings, "resumed_from_settings": started_with if started_with is not None
                           and settings_changes(started_with, settings) else None}
             argv = ["-m", "memnet.cli", *run.fit_argv(base=self.base, resume_from=resume)]
-            (run.folder / "command.json").write_text(
-                json.dumps({"argv": argv, "cwd": str(self.base)}, indent=2)
-            )
+            write_text_atomic(run.folder / "command.json",  # renamed into place: never half a command
+                              json.dumps({"argv": argv, "cwd": str(self.base)}, indent=2))
             self._event(event="start", run=run.name, resume_from=str(resume) if resume else None)
             self._write_record(run, status="running", resume_from=str(resume) if resume else None,
                                train_seconds=round(before, 3), started_at=time.time(), **provenance)
