@@ -158,6 +158,25 @@ def test_export_into_a_folder_that_is_not_empty_is_refused(tmp_path):
     assert os.listdir(tmp_path / "export") == ["notes.txt"]
 
 
+@pytest.mark.parametrize("out", [".", "sub/..", "/"])
+def test_export_into_the_current_folder_or_one_above_is_refused_in_one_line(tmp_path, monkeypatch, capsys, out):
+    """``memnet export --out .`` (in an empty folder) stopped after the rebuild with a traceback (ValueError:
+    PosixPath('.') has an empty name): the export is written beside its folder and renamed onto it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub" if out == "." else tmp_path)
+    with pytest.raises(PretrainedError, match="names the current folder or one above it"):
+        save(trained_like(NTM_CONFIG), NTM_CONFIG, out)
+    (tmp_path / "run.ckpt").write_bytes(b"")  # refused before the checkpoint is read
+    with pytest.raises(SystemExit) as exit_status:
+        memnet_main(["export", "--ckpt_path", str(tmp_path / "run.ckpt"), "--out", out])
+    assert exit_status.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"memnet export: --out: {out!r} names the current folder or one above it, which the export would replace; "
+        "give the new folder's name, e.g. --out exported")
+    assert sorted(os.listdir(tmp_path)) == ["run.ckpt", "sub"] and os.listdir(tmp_path / "sub") == []
+
+
 def save_file_then(monkeypatch, what) -> None:
     """``save_file`` as safetensors writes it, followed by ``what(path)``."""
     import safetensors.torch

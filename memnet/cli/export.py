@@ -73,6 +73,9 @@ def run(args: argparse.Namespace) -> Path:
         raise PretrainedError(f"--push-to-hub: {args.push_to_hub!r} is not a Hub repository id (owner/name)")
     checkpoint = resolve_checkpoint(args.ckpt_path)
     out = Path(args.out)
+    if out.name in ("", "..") or out.resolve() == Path.cwd():  # refuse before the slow rebuild (save's own check)
+        raise PretrainedError(f"--out: {args.out!r} names the current folder or one above it, which the export would "
+                              "replace; give the new folder's name, e.g. --out exported")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):  # refuse before the slow rebuild
         raise PretrainedError(f"--out: {out} exists and is not an empty folder; choose a new folder or empty it")
     configs = args.config or [default_config(checkpoint)]

@@ -73,6 +73,11 @@ def save(net: nn.Module, config: dict[str, Any], out: str | Path, *, eval_memory
     from safetensors.torch import save_file
 
     out = Path(out)
+    # the files are written to a sibling folder renamed onto ``out``: ``.``, ``..`` or ``/`` have no name to write
+    # beside (a ValueError from pathlib), and the working folder would be swapped from under the process
+    if out.name in ("", "..") or out.resolve() == Path.cwd():
+        raise PretrainedError(f"{str(out)!r} names the current folder or one above it, which the export would "
+                              "replace; give the new folder's name")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise PretrainedError(f"{out} exists and is not an empty folder; choose a new folder or empty it")
     config = {"format": FORMAT, "class_path": config["class_path"], "init_args": config["init_args"]}
