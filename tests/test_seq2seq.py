@@ -229,6 +229,58 @@ def test_bad_input_is_named(make, match):
         make()
 
 
+TINY_REVERSE = """
+trainer: {max_steps: 2, logger: false, enable_progress_bar: false, enable_model_summary: false, limit_val_batches: 1,
+          default_root_dir: run}
+model:
+  class_path: memnet.lightning.Seq2SeqModule
+  init_args:
+    net:
+      class_path: memnet.models.seq2seq.Seq2Seq
+      init_args:
+        embedding_size: 4
+        max_decode_length: 8
+        encoder: {class_path: memnet.controllers.LSTMController, init_args: {hidden_size: 4}}
+        decoder: {class_path: memnet.controllers.LSTMController, init_args: {hidden_size: 4}}
+data:
+  class_path: tasks.algorithmic.AlgorithmicDataModule
+  init_args:
+    task: {class_path: tasks.sequences.ReverseTask, init_args: {num_symbols: 4, min_length: 1, max_length: 5}}
+    batch_size: 3
+    batches_per_epoch: 2
+    val_lengths: [5]
+    val_size: 3
+    test_lengths: [5, 10]
+    test_size: 3
+"""
+
+
+@pytest.mark.parametrize("subcommand, override, option, length, steps", [
+    ("fit", [], "data.init_args.test_lengths", 10, 11),
+    ("fit", ["--data.init_args.task.init_args.max_length=9", "--data.init_args.test_lengths=[5]"],
+     "data.init_args.task.init_args.max_length", 9, 10),
+    ("validate", ["--data.init_args.val_lengths=[8]"], "data.init_args.val_lengths", 8, 9),
+    ("test", [], "data.init_args.test_lengths", 10, 11),
+])
+def test_a_target_longer_than_max_decode_length_is_refused_before_anything_runs(
+        tmp_path, monkeypatch, capsys, subcommand, override, option, length, steps):
+    """test_lengths [5, 10] with max_decode_length 8 (targets of 11 tokens at length 10): memnet fit trained to the
+    end (exit 0), and memnet test of its checkpoint stopped at its first test batch ("target length T must lie in
+    [1, max_decode_length=8], got 11"), naming neither test_lengths nor the option to raise."""
+    from memnet.cli import main as memnet_main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.yaml").write_text(TINY_REVERSE)
+    with pytest.raises(SystemExit) as exit_status:
+        memnet_main([subcommand, "--config", "tiny.yaml", *override])
+    assert exit_status.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"memnet: {option}: length {length} gives targets of {steps} tokens (EOS included), more than the decoder's "
+        f"max_decode_length 8; raise model.init_args.net.init_args.max_decode_length to ≥ {steps} or drop length "
+        f"{length}")
+    assert not list(tmp_path.glob("**/*.ckpt"))  # refused before training
+
+
 def test_metrics_ignore_padding_and_require_exact_sequences():
     logits = torch.full((2, 3, 5), -5.0)
     target = torch.tensor([[3, 4, 2], [3, 2, 0]])

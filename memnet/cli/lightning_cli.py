@@ -299,8 +299,18 @@ class MemnetCLI(LightningCLI):
         parser.link_arguments("data.output_size", "model.init_args.net.init_args.output_size", apply_on="instantiate")
 
     def before_fit(self) -> None:
+        check_decode_lengths(self.model, self.datamodule, "fit")
         # torch.compile's clock is the process's (memnet.models.core.CompileClock); a run reports its own share
         self._compile_seconds_at_start = compile_seconds()
+
+    def before_validate(self) -> None:
+        check_decode_lengths(self.model, self.datamodule, "validate")
+
+    def before_test(self) -> None:
+        check_decode_lengths(self.model, self.datamodule, "test")
+
+    def before_predict(self) -> None:
+        check_decode_lengths(self.model, self.datamodule, "predict")
 
     def after_fit(self) -> None:
         trainer = self.trainer
@@ -350,6 +360,40 @@ class MemnetCLI(LightningCLI):
                   "backward graphs)")
         if summary["wandb_dir"]:
             print("W&B run:          ", summary["wandb_dir"], "(offline)" if wandb_offline() else "")
+
+
+# the data module's options that give the lengths each command draws its targets at: fit trains at the task's range,
+# validates, and is refused for a test set that ``memnet test`` of its checkpoints could never score
+DECODED_LENGTHS = {"fit": ("max_length", "val_lengths", "test_lengths"), "validate": ("val_lengths",),
+                   "test": ("test_lengths",), "predict": ("test_lengths",)}
+
+
+def check_decode_lengths(model: Any, datamodule: Any, subcommand: str) -> None:
+    """Refuse an encoder–decoder whose ``max_decode_length`` is below a target length the command will meet.
+
+    ``Seq2Seq`` refuses a target longer than its ``max_decode_length`` at the batch that holds it: ``memnet fit``
+    trained to the end and the first test batch of ``memnet test`` then stopped, naming neither the length nor the
+    option. Each length ``L`` of the command's sets gives targets of ``task.output_length(L)`` tokens (EOS included).
+
+    Raises:
+        MemnetError: naming the data option, the length, its target length and ``max_decode_length``.
+    """
+    limit = getattr(getattr(model, "net", None), "max_decode_length", None)
+    task = getattr(datamodule, "task", None)
+    if limit is None or not hasattr(task, "output_length"):
+        return
+    for option in DECODED_LENGTHS[subcommand]:
+        if option == "max_length":
+            where, lengths = "data.init_args.task.init_args.max_length", [task.max_length]
+        else:
+            where, lengths = f"data.init_args.{option}", list(getattr(datamodule, option, None) or [])
+        for length in lengths:
+            steps = int(task.output_length(length))
+            if steps > limit:
+                raise MemnetError(
+                    f"{where}: length {length} gives targets of {steps} tokens (EOS included), more than the decoder's "
+                    f"max_decode_length {limit}; raise model.init_args.net.init_args.max_decode_length to ≥ {steps} "
+                    f"or drop length {length}")
 
 
 def _offline_unless_opted_in(logger: Any) -> None:
