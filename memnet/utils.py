@@ -467,6 +467,30 @@ def check_sequence_inputs(inputs: torch.Tensor, input_size: int, *, model: str,
         raise ValueError(f"{model}: memory_size must be a positive integer, got {memory_size!r}")
 
 
+def check_token_ids(vocabulary: int, option: str, *, model: str, **ids: torch.Tensor) -> None:
+    """Refuse token ids outside ``[0, vocabulary)``, naming the largest (or smallest) and the vocabulary size.
+
+    An embedding indexed past its V rows is an ``IndexError`` without a name on the CPU, and a device-side
+    assert or, on some devices, rows of other memory read silently. One comparison and one ``any`` per tensor
+    (a token model's batch, not a step of the NTM or DNC); skipped while ``torch.compile`` traces.
+
+    Args:
+        vocabulary: V, the embedding's rows.
+        option: the constructor argument that sets V (``input_size``), named in the message.
+        model: the model's name, for the message.
+        **ids: the id tensors by their ``forward`` names (``story=``, ``query=``), of any shape.
+    """
+    if torch.compiler.is_compiling():
+        return
+    for name, tensor in ids.items():
+        if tensor.numel() and bool(((tensor < 0) | (tensor >= vocabulary)).any()):
+            largest, smallest = int(tensor.max()), int(tensor.min())
+            bad = largest if largest >= vocabulary else smallest
+            raise ValueError(f"{model}: {name} holds token id {bad} (ids from {smallest} to {largest}), but the "
+                             f"vocabulary has {vocabulary} ids, 0 to {vocabulary - 1} ({option}={vocabulary}); "
+                             f"{option} must count every token of the data")
+
+
 def wandb_mode() -> str:
     """W&B's mode for ``wandb.init(mode=...)``: ``online`` only when the user opted in (``WANDB_MODE=online``),
     ``disabled`` when ``WANDB_MODE=disabled`` says so, else ``offline``."""

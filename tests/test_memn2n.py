@@ -478,6 +478,22 @@ def test_bad_inputs():
         model(story[0], query)
 
 
+
+@pytest.mark.parametrize("where, value, message", [
+    ("story", V, (rf"MemN2N: story holds token id {V} \(ids from 0 to {V}\), but the vocabulary has {V} ids, "
+                 rf"0 to {V - 1} \(input_size={V}\); input_size must count every token of the data")),
+    ("query", V + 5, rf"MemN2N: query holds token id {V + 5} \(ids from 0 to {V + 5}\)"),
+    ("query", -1, r"MemN2N: query holds token id -1 \(ids from -1 to"),
+])
+def test_a_token_id_outside_the_vocabulary_is_named(where, value, message):
+    """A story or query id ≥ input_size was a raw IndexError (or, on a GPU, a device assert) from the embedding,
+    naming neither the id nor the vocabulary size."""
+    story, query = _tokens()
+    (story[1, 0] if where == "story" else query[1]).index_fill_(0, torch.tensor([0]), value)
+    with pytest.raises(ValueError, match=message):
+        _model()(story, query)
+
+
 ARCHIVE = Path(os.environ.get("MEMNET_BABI_ARCHIVE")
                or Path(__file__).resolve().parents[2] / "shared" / "data" / "babi" / "tasks_1-20_v1-2.tar.gz")
 

@@ -122,6 +122,13 @@ def test_reader_from_yaml_like_factory():
     assert reader.model.input_size == 32 and reader.model.output_size == A
 
 
+def test_a_token_id_outside_the_vocabulary_is_named():
+    """An id ≥ input_size was a raw IndexError from the embedding, naming neither the id nor the vocabulary."""
+    story, query = _batch([["mary went to the kitchen"]], ["where is mary"])
+    with pytest.raises(ValueError, match=rf"SequenceReader: story holds token id {V} .* \(input_size={V}\)"):
+        _reader()(story.index_fill(2, torch.tensor([1]), V), query)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -222,6 +222,14 @@ def test_any_controller_can_encode_and_decode(encoder, decoder):
          r"source holds PAD \(id 0\) at sequence 0, step 4: .* must share one length"),
         (lambda: _model(attention="luong").generate(_batch()[0].index_fill(1, torch.tensor([2]), 0)),
          "source holds PAD"),
+        # an id ≥ the vocabulary was a raw IndexError from the embedding (or, on a GPU, a device assert)
+        (lambda: _model()(_batch()[0].index_fill(1, torch.tensor([1]), V), _batch()[1]),
+         (rf"Seq2Seq: source holds token id {V} \(ids from 3 to {V}\), but the vocabulary has {V} ids, 0 to {V - 1} "
+         rf"\(input_size={V}\); input_size must count every token of the data")),
+        (lambda: _model().train()(_batch()[0], _batch()[1].index_fill(1, torch.tensor([3]), V + 2),
+                                  teacher_forcing_ratio=0.5),
+         rf"Seq2Seq: target holds token id {V + 2} .* \(output_size={V}\)"),
+        (lambda: _model().generate(_batch()[0].index_fill(1, torch.tensor([0]), -1)), "source holds token id -1"),
     ],
 )
 def test_bad_input_is_named(make, match):

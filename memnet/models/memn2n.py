@@ -75,7 +75,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from memnet.models.pretrained import Pretrained
-from memnet.utils import SeededDraws, check_positive, check_range
+from memnet.utils import SeededDraws, check_positive, check_range, check_token_ids
 
 Encoding = Literal["bow", "position"]
 Tying = Literal["adjacent", "layerwise"]
@@ -504,6 +504,7 @@ class MemN2N(Pretrained, nn.Module):
             raise ValueError(
                 f"expected story (B, N, J) and query (B, Jq) with the same B, got {tuple(story.shape)} and {tuple(query.shape)}"
             )
+        check_token_ids(self.input_size, "input_size", model=type(self).__name__, story=story, query=query)
         if story.shape[1] > self.memory_size:
             raise ValueError(
                 f"story has {story.shape[1]} memory slots but memory_size is {self.memory_size}; "

@@ -30,7 +30,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from memnet.utils import check_positive
+from memnet.utils import check_positive, check_token_ids
 
 SequenceModelFactory = Callable[[int, int], nn.Module]  # (input_size, output_size) -> model
 
@@ -146,6 +146,7 @@ class SequenceReader(nn.Module):
 
     def forward(self, story: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """story (B, N, J), query (B, Jq) token ids -> answer logits (B, A), read at ``<eoq>``."""
+        check_token_ids(self.input_size, "input_size", model=type(self).__name__, story=story, query=query)
         tokens, lengths = self.sequence(story, query)
         logits = self.model(self.embedding(tokens))  # (B, T, A)
         if isinstance(logits, tuple):  # models that also return a trace

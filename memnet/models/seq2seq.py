@@ -58,7 +58,7 @@ from memnet import memory as mem
 from memnet.controllers import ControllerFactory, ControllerState, LSTMController
 from memnet.models.core import compiled
 from memnet.models.recurrent import check_loop_engine
-from memnet.utils import check_positive, check_range
+from memnet.utils import check_positive, check_range, check_token_ids
 
 ATTENTIONS = ("none", "luong", "content", "bahdanau")
 
@@ -168,6 +168,7 @@ class Seq2Seq(nn.Module):
                 f"source holds PAD (id {self.pad_index}) at sequence {row}, step {step}: the encoder and the attention "
                 "read every source step, so all sources of a batch must share one length, unpadded (e.g. batches "
                 "grouped by source length, as tasks.sequences draws them)")
+        check_token_ids(self.input_size, "input_size", model=type(self).__name__, source=source)
         embedded = self.source_embedding(source)
         states, final = self.encoder(embedded)
         if self.bridge:
@@ -235,6 +236,7 @@ class Seq2Seq(nn.Module):
         if target.dim() != 2:
             raise ValueError(f"target must be a (B, T) tensor of token ids, got shape {tuple(target.shape)}")
         self._check_steps(target.shape[1], "target length T")
+        check_token_ids(self.output_size, "output_size", model=type(self).__name__, target=target)
         ratio = self.teacher_forcing_ratio if teacher_forcing_ratio is None else teacher_forcing_ratio
         check_range("teacher_forcing_ratio", ratio, 0.0, 1.0)
         if not self.training:
