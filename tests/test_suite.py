@@ -1566,6 +1566,27 @@ def test_report_and_status_of_a_damaged_suite_json_name_it(tmp_path, capsys, tex
     assert f"memnet suite: {tmp_path / 'suite.json'}: {problem}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["report", "status"])
+def test_report_and_status_of_a_damaged_run_record_name_it(tmp_path, capsys, command):
+    """A metrics.json cut short (a kill while writing it, by an older memnet) read as no record: status said
+    "pending, not started" and the report "1 not finished", its mean over the other seed alone, exit 0."""
+    root = results_folder(tmp_path / "r", {"name": "e"}, {0: {"metrics": {"val/loss": 0.2}},
+                                                          1: {"metrics": {"val/loss": 0.4}}})
+    record = root / "e" / "seed_1" / "metrics.json"
+    record.write_text('{"seed": 1, "stat')
+    damaged = (f"{record}: the record of run e/seed_1 is damaged: not JSON (Unterminated string starting at: line 1 "
+               "column 13 (char 12)); it says whether the run is done")
+    if command == "report":
+        assert S.main(["report", str(root), "--no-wandb"]) == 2
+        assert capsys.readouterr().err.startswith(f"memnet suite: {damaged}")
+        assert not (root / "report").exists()
+    else:
+        assert S.main(["status", str(root)]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[3].startswith(f"| e/seed_1 | damaged | {damaged}")
+        assert lines[-1] == "1 finished, 1 damaged"
+
+
 def test_a_suite_run_killed_while_writing_suite_json_leaves_the_previous_one_whole(tmp_path, monkeypatch, capsys):
     """suite.json was written in place: a kill halfway left half a file, which status and report then refused."""
     monkeypatch.chdir(ROOT)

@@ -94,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     run.add_argument("--no-wandb", action="store_true", help="do not log the summary run to W&B")
     status = commands.add_parser("status", help="the state of every run: pending, running, finished, "
-                                 "failed (with the error), requeued")
+                                 "failed (with the error), requeued, damaged (an unreadable record, named)")
     status.add_argument("results", help="results folder written by `memnet suite run`")
     report = commands.add_parser("report", help="leaderboard, tables and plots of a results folder")
     report.add_argument("results", help="results folder written by `memnet suite run`")

@@ -488,13 +488,19 @@ def run_states(results: Path) -> list[dict[str, Any]]:
     evaluated again), ``running``, ``requeued`` (stopped by a preemption or the time
     limit, waiting to resume), ``finished``, ``failed`` (with the error: of training,
     of the evaluation, or of a job that ended without finishing its run) and
-    ``interrupted`` (stopped by hand; the next ``memnet suite run`` resumes it).
+    ``interrupted`` (stopped by hand; the next ``memnet suite run`` resumes it), and ``damaged``: its record
+    (``metrics.json``) cannot be read, named with what is wrong (it read as "pending, not started", and the run
+    as one to train anew, where ``memnet suite run`` refuses to go on).
     """
     suite = read_results_suite(results)
     events = _events(results)
     states = []
     for run in expand_runs(suite, results):
-        record = run.record() or {}
+        try:
+            record = run.read_record() or {}
+        except SuiteError as error:
+            states.append({"run": run.name, "state": "damaged", "detail": str(error), "requeues": 0, "job_id": None})
+            continue
         try:
             job = json.loads((run.folder / JOB_FILE).read_text())
         except (OSError, json.JSONDecodeError):

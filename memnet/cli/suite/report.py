@@ -83,7 +83,12 @@ class _ExperimentResults:
 
 
 def collect(results: str | Path) -> tuple[Suite, list[_ExperimentResults]]:
-    """The suite and every run record under a results folder."""
+    """The suite and every run record under a results folder.
+
+    Raises:
+        SuiteError: a run's record is there but damaged (:meth:`Run.read_record`), naming it: it was reported as a
+            missing run, its numbers left out of the means without a word.
+    """
     results = Path(results)
     suite = read_results_suite(results)
     collected = []
@@ -91,7 +96,7 @@ def collect(results: str | Path) -> tuple[Suite, list[_ExperimentResults]]:
         entry = _ExperimentResults(experiment)
         for seed in experiment.seeds:
             run = Run(suite.name, experiment, seed, results)
-            record = run.record()
+            record = run.read_record()
             if record is not None:
                 record["trained_lengths"] = _trained_lengths(run.folder / "config.yaml")
             entry.records.append(
