@@ -17,6 +17,7 @@ from matplotlib.ticker import MaxNLocator
 
 from memnet.metrics import BABI_TASK_KEYS as BABI_TASKS
 from memnet.metrics import FAILED_TASK_ERROR
+from memnet.utils import save_figure_atomic
 
 TOUCHED_WEIGHT = 0.01  # a slot counts as touched once any head gives it this much weight
 MARGIN_SLOTS = 2  # untouched slots shown on either side of the touched ones
@@ -154,7 +155,7 @@ def plot_memory_access(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -198,7 +199,7 @@ def plot_dnc_memory(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -244,7 +245,7 @@ def plot_error_vs_length(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -298,7 +299,7 @@ def plot_suite_report(report: dict[str, Any], folder: Path) -> list[Path]:
             ax.legend(fontsize=8)
         fig.tight_layout()
         path = folder / "lengths.png"
-        fig.savefig(path, dpi=100, metadata=metadata)
+        save_figure_atomic(fig, path, dpi=100, metadata=metadata)
         plt.close(fig)
         written.append(path)
     babi = report["babi"]
@@ -341,7 +342,7 @@ def plot_suite_report(report: dict[str, Any], folder: Path) -> list[Path]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = folder / "babi.png"
-        fig.savefig(path, dpi=100, metadata=metadata)
+        save_figure_atomic(fig, path, dpi=100, metadata=metadata)
         plt.close(fig)
         written.append(path)
     for name in ("lengths.png", "babi.png"):  # nothing to draw now: an earlier report's figure would pass for this one's

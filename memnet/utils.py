@@ -598,6 +598,19 @@ def write_text_atomic(path: Path, text: str) -> None:
         partial.unlink(missing_ok=True)
 
 
+def save_figure_atomic(fig: Any, path: Path, **kwargs: Any) -> None:
+    """``fig.savefig(path, **kwargs)`` through a file of this process's own beside it, renamed onto it (as
+    :func:`write_text_atomic`): a kill or a full disk while drawing leaves the earlier figure whole, never half a
+    PNG. The format is ``path``'s suffix (the file beside it ends in ``.partial``)."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        fig.savefig(partial, format=path.suffix.lstrip(".") or None, **kwargs)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def remove_leftover(path: Path) -> None:
     """Remove what a save that was killed left at ``path``: a file, or a folder with everything in it.
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from functools import partial
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
+from matplotlib.figure import Figure
 
 from memnet.callbacks import MemoryAccessPlot, run_dir
 from memnet.controllers import LSTMController
@@ -40,6 +43,28 @@ def test_error_versus_length_figure(tmp_path):
     assert plot_error_vs_length(tmp_path / "f.png", rows=rows[:1]).read_bytes()[:8] == PNG
     with pytest.raises(ValueError, match="rows"):
         plot_error_vs_length(tmp_path / "g.png", rows=[])
+
+
+def test_a_figure_killed_while_saved_leaves_the_earlier_one_whole(tmp_path, monkeypatch):
+    """Figures were saved in place: a kill (or a full disk) while memnet evaluate or suite report drew one left half
+    a PNG where the earlier figure was."""
+    rows = [{"length": n, "bits_per_seq": 0.1 * n, "bit_errors_per_seq": 0.01 * n} for n in (10, 20)]
+    path = plot_error_vs_length(tmp_path / "e.png", rows=rows)
+    before = path.read_bytes()
+    savefig = Figure.savefig
+
+    def killed_halfway(self, fname, **kwargs):  # half the PNG reaches the disk, then the kill
+        buffer = io.BytesIO()
+        savefig(self, buffer, **{**kwargs, "format": "png"})
+        Path(fname).write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        plot_error_vs_length(path, rows=rows[:1])
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.png"]
 
 
 def test_callback_draws_every_k_validation_epochs(tmp_path):
