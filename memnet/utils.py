@@ -594,8 +594,15 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         partial.write_text(text)
         os.replace(partial, path)
+    except OSError as error:  # named by the file asked for, not the one beside it ("cannot use t.md: Is a directory")
+        raise _named(error, path) from None
     finally:
         partial.unlink(missing_ok=True)
+
+
+def _named(error: OSError, path: Path) -> OSError:
+    """``error`` (of writing or renaming a ``.partial`` file) as the same error of ``path``, which the user named."""
+    return type(error)(error.errno, error.strerror, str(path)) if error.errno else error
 
 
 def save_figure_atomic(fig: Any, path: Path, **kwargs: Any) -> None:
@@ -607,6 +614,8 @@ def save_figure_atomic(fig: Any, path: Path, **kwargs: Any) -> None:
     try:
         fig.savefig(partial, format=path.suffix.lstrip(".") or None, **kwargs)
         os.replace(partial, path)
+    except OSError as error:
+        raise _named(error, path) from None
     finally:
         partial.unlink(missing_ok=True)
 

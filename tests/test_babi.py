@@ -626,6 +626,21 @@ def test_table_command_killed_while_writing_leaves_the_earlier_tables_whole(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "t.csv", "t.json", "t.md"]
 
 
+def test_a_table_path_that_is_a_folder_is_named_not_the_file_written_beside_it(tmp_path, monkeypatch, capsys):
+    """Written through a .partial file renamed into place, the error named that file: "cannot use
+    .t.md.4242.partial: Is a directory"; it names the path given."""
+    from memnet.cli import main as memnet_main
+
+    monkeypatch.chdir(tmp_path)
+    Path("r.json").write_text(json.dumps({"A": {"1": 3.0}}))
+    Path("t.md").mkdir()
+    with pytest.raises(SystemExit) as exit_status:
+        memnet_main(["babi-table", "--results", "r.json", "--markdown", "t.md"])
+    assert exit_status.value.code == 2
+    assert capsys.readouterr().err.strip() == "memnet: cannot use t.md: Is a directory"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "t.md"]
+
+
 def test_table_command_refuses_saved_results_that_overlap_or_name_no_task(tmp_path, capsys):
     first, second, odd = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
     first.write_text(json.dumps({"A": {"1": 3.0, "2": 7.0}}))
