@@ -1549,6 +1549,20 @@ def test_a_report_killed_while_writing_leaves_the_earlier_leaderboard_whole(tmp_
     assert not [p.name for p in (root / "report").iterdir() if p.name.endswith(".partial")]
 
 
+@pytest.mark.parametrize("command", ["report", "ensemble"])
+def test_a_report_out_that_is_a_file_is_refused_in_one_line(tmp_path, monkeypatch, capsys, command):
+    """suite report --out naming a file stopped with a traceback (FileExistsError from mkdir), and suite ensemble
+    only after it had made its ensembles."""
+    root = results_folder(tmp_path / "r", {"name": "e"}, {0: {"metrics": {"val/loss": 0.2}}})
+    (tmp_path / "afile").write_text("keep")
+    monkeypatch.setattr(command_module, "make_ensembles", lambda *args: pytest.fail("ensembles made"))
+    assert S.main([command, str(root), "--no-wandb", "--out", str(tmp_path / "afile")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"memnet suite: --out: {tmp_path / 'afile'} is a file, not a folder; give --out a folder (it is made if "
+        "missing)")
+    assert (tmp_path / "afile").read_text() == "keep"
+
+
 def test_report_of_a_folder_without_a_suite_is_an_error(tmp_path, capsys):
     assert S.main(["report", str(tmp_path)]) == 2
     assert "is not a suite results folder" in capsys.readouterr().err

@@ -147,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         return evaluate_main(list(argv[1:]))
     args = _parser().parse_args(argv)
     try:
+        out = getattr(args, "out", None)
+        if out is not None and Path(out).exists() and not Path(out).is_dir():  # before the ensembles are made
+            raise SuiteError(f"--out: {out} is a file, not a folder; give --out a folder (it is made if missing)")
         if args.command == "report":
             _report(Path(args.results), args.out, not args.no_wandb)
             return 0
