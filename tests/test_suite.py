@@ -542,6 +542,33 @@ def test_suite_ensemble_tests_the_seeds_together_and_the_report_shows_it(tmp_pat
     assert "--only: no experiment 'nope' in suite 'babi-fake'; it has memn2n-babi" in capsys.readouterr().err
 
 
+def test_suite_ensemble_of_a_seed_with_a_damaged_record_names_it_not_an_ensemble_of_the_others(
+        tmp_path, monkeypatch, capsys):
+    """A seed whose metrics.json is cut short was left out of the ensemble unsaid (with three seeds or more, an
+    ensemble of the others was written, exit 0 from make_ensembles); it is named."""
+    from memnet.cli import babi_table
+
+    results = fake_babi_results(tmp_path / "results")
+    seeds = _fake_checkpoints(results)
+    asked = []
+
+    def predict(checkpoint, config=None):
+        asked.append(seeds[str(checkpoint)])
+        return {"probabilities": torch.full((40, 2), 0.5), "answer": torch.zeros(40).long(),
+                "task": torch.arange(1, 21).repeat_interleave(2)}
+
+    monkeypatch.setattr(babi_table, "predict_checkpoint", predict)
+    record = results / "memn2n-babi" / "seed_1" / "metrics.json"
+    record.write_text(record.read_text()[:40])  # cut short, as by a kill
+    from memnet.cli.suite.ensemble import make_ensembles
+
+    with pytest.raises(S.SuiteError, match=re.escape(f"{record}: the record of run memn2n-babi/seed_1 is damaged")):
+        make_ensembles(results)  # not an ensemble of the seeds left (here none: "skipped", and no error)
+    assert S.main(["ensemble", str(results), "--no-wandb"]) == 2
+    assert f"{record}: the record of run memn2n-babi/seed_1 is damaged" in capsys.readouterr().err
+    assert asked == [] and not (results / "memn2n-babi" / "ensemble.json").exists()
+
+
 def test_a_results_folder_moved_or_copied_elsewhere_keeps_its_ensemble(tmp_path, monkeypatch):
     """ensemble.json names the checkpoints relative to the results folder, and the checkpoint of a run (summary.json:
     absolute, where `memnet fit` trained it) is looked for in the run's folder where it is now: a moved folder's

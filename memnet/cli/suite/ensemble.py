@@ -55,12 +55,17 @@ def _tested_on_test_split(record: dict[str, Any] | None) -> bool:
 
 
 def members(suite: Suite, experiment: Experiment, results: Path) -> list[tuple[int, Path, Path]]:
-    """(seed, checkpoint, config) of every seed of ``experiment`` tested on bAbI's test split, in seed order."""
+    """(seed, checkpoint, config) of every seed of ``experiment`` tested on bAbI's test split, in seed order.
+
+    Raises:
+        SuiteError: a seed's record (``metrics.json``) is damaged, naming it: such a seed was left out of the
+            ensemble unsaid (an ensemble of the others, exit 0).
+    """
     found = []
     for seed in experiment.seeds:
         run = Run(suite.name, experiment, seed, results)
         checkpoint = run.trained_checkpoint()
-        if _tested_on_test_split(run.record()) and checkpoint and Path(checkpoint).is_file():
+        if _tested_on_test_split(run.read_record()) and checkpoint and Path(checkpoint).is_file():
             found.append((seed, Path(checkpoint), run.folder / "config.yaml"))
     return found
 
