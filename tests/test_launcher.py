@@ -406,6 +406,28 @@ def test_a_signal_before_the_job_waits_on_its_run_still_leaves_the_run_failed(tm
     assert (record["status"], record.get("stage"), record["train_seconds"]) == ("failed", "job", 42.0)
 
 
+def test_a_job_whose_run_handling_raises_leaves_its_run_failed_with_the_error(tmp_path, monkeypatch):
+    """An exception of the suite's own handling in a job (here: after training started) fails the run, named, as the
+    local launcher does; it ended the job's thread unsaid, the job returned normally and the run stayed "running"."""
+    suite = S.load_suite(write_suite(tmp_path / "s.yaml"))
+    results = tmp_path / "r"
+    results.mkdir()
+    S.SuiteRunner(suite, results)._write_suite_file()  # what `memnet suite status` reads
+
+    def broken(self: S.SuiteRunner, run: S.Run, slot: int) -> tuple[str, str]:
+        run.folder.mkdir(parents=True, exist_ok=True)
+        self._write_record(run, status="running", train_seconds=0.0, started_at=time.time())
+        raise KeyError("babi_error")
+
+    monkeypatch.setattr(S.SuiteRunner, "_train_and_evaluate", broken)
+    outcome = L.SuiteJob(str(results), "a/seed_0", str(tmp_path), suite.to_dict())()
+    assert outcome["outcome"] == "failed"
+    record = json.loads((results / "a" / "seed_0" / S.RECORD_FILE).read_text())
+    assert (record["status"], record["stage"], record["error"]) == (
+        "failed", "train", "memnet suite: KeyError: 'babi_error'")
+    assert {s["run"]: s["state"] for s in L.run_states(results)}["a/seed_0"] == "failed"
+
+
 def test_a_pending_job_trains_the_suite_it_was_submitted_with(tmp_path, monkeypatch):
     """A second submission to the same results folder, or a refused one, does not change a pending job's suite."""
     path = write_suite(tmp_path / "s.yaml")

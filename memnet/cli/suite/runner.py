@@ -516,8 +516,15 @@ class SuiteRunner:
 
     def run_one(self, run: Run) -> tuple[str, str]:
         """Train and evaluate one run here and now (a cluster job's work); returns (outcome, message),
-        the outcome one of ``done``, ``evaluated``, ``failed``, ``interrupted``."""
-        return self._train_and_evaluate(run, 0)
+        the outcome one of ``done``, ``evaluated``, ``failed``, ``interrupted``.
+
+        An exception of the suite's own handling fails the run at once, named (:meth:`_crashed`), as with the local
+        launcher: in a job it ended the job's thread unsaid, the job returned as if done and left the run "running"
+        for ``memnet suite status`` ever after."""
+        try:
+            return self._train_and_evaluate(run, 0)
+        except Exception as error:  # noqa: BLE001 - a defect here fails this run now, named
+            return self._crashed(run, error)
 
     def _run_all(self, todo: list[Run], progress: _Progress, counts: dict[str, int]) -> None:
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
