@@ -385,6 +385,32 @@ def test_failing_experiment_is_reported_and_the_others_go_on(tmp_path):
     assert "seed 0 failed (train):" in markdown and "hidden_size" in markdown
 
 
+def test_a_failed_attempt_is_reported_with_its_own_error_not_an_earlier_attempts(tmp_path, monkeypatch, capsys):
+    """A run's train.log is appended to by every attempt: one that fails with a ValueError, then one killed by the
+    OOM killer (SIGKILL, no error line), was reported with the first attempt's ValueError (fixed since)."""
+    monkeypatch.chdir(ROOT)
+    path = write_suite(tmp_path / "killed.yaml", [{**LSTM, "seeds": [0]}])
+    results = tmp_path / "r"
+    attempts = iter([("ValueError: data.init_args.batch_size must be positive, got 0\n", 1),
+                     ("Epoch 3: 50%| 1/2 [00:00<00:00]\n", -9)])
+
+    class Training:  # stands in for `memnet fit`: writes its output, then ends with its exit code
+        def __init__(self, argv, *, stdout, **kwargs):
+            output, self.returncode = next(attempts)
+            stdout.write(output)
+
+        def wait(self) -> int:
+            return self.returncode
+
+    monkeypatch.setattr(subprocess, "Popen", Training)
+    for expected in ("ValueError: data.init_args.batch_size must be positive, got 0",
+                     "killed by SIGKILL (exit -9); its log's last line: Epoch 3: 50%| 1/2 [00:00<00:00]"):
+        assert S.main(["run", str(path), "--results", str(results), "--no-report"]) == 1
+        record = json.loads((results / "lstm-copy" / "seed_0" / "metrics.json").read_text())
+        assert (record["status"], record["stage"], record["error"]) == ("failed", "train", expected)
+        assert f"FAILED lstm-copy/seed_0 (training, exit {record['returncode']}): {expected}" in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------------------------------------
 # bAbI tables and the published references (from results written by hand: no training)
 # ---------------------------------------------------------------------------------------------

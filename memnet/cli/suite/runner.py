@@ -788,15 +788,18 @@ def _terminate(process: subprocess.Popen) -> None:
 
 
 def _error_from_log(path: Path, code: int) -> str:
-    """The last error of a log: its ``SomethingError: message`` line and the lines that explain it."""
+    """The last error of a log's last attempt: its ``SomethingError: message`` line and the lines that explain it.
+
+    A run's log is appended to by every attempt, each after the command line the suite wrote (``$ ...``): only the
+    lines after the last one are read, or an attempt killed without a word (the kernel's OOM killer) was reported
+    with the error of an earlier attempt, one fixed since. Such a kill (a negative ``code``) is named by its signal.
+    """
     try:
-        lines = [
-            line.strip()
-            for line in path.read_text(errors="replace").splitlines()
-            if line.strip() and not line.startswith("$ ")  # the command line the suite wrote
-        ]
+        lines = path.read_text(errors="replace").splitlines()
     except OSError:
         return f"exit code {code}, no log"
+    starts = [index for index, line in enumerate(lines) if line.startswith("$ ")]  # the command lines the suite wrote
+    lines = [line.strip() for line in lines[starts[-1] + 1 if starts else 0:] if line.strip()]
     for index in range(len(lines) - 1, -1, -1):
         if re.match(r"^([\w.]*(Error|Exception)|error|memnet)\b.*?: ", lines[index]):
             detail = [lines[index]]
@@ -805,4 +808,10 @@ def _error_from_log(path: Path, code: int) -> str:
                     break
                 detail.append(line)
             return " | ".join(detail)[:ERROR_CHARS]
+    if code < 0:
+        try:
+            killed = f"killed by {signal.Signals(-code).name} (exit {code})"
+        except ValueError:
+            killed = f"killed by signal {-code} (exit {code})"
+        return (killed + (f"; its log's last line: {lines[-1]}" if lines else ""))[:ERROR_CHARS]
     return lines[-1][:ERROR_CHARS] if lines else f"exit code {code}, empty log"
