@@ -99,24 +99,30 @@ def select_run(records: Sequence[dict[str, Any]], spec: dict[str, str]) -> dict[
         spec: a rule from :func:`check_select`.
 
     Returns:
-        ``{"seed", "value", "record", "candidates", "by_final_metrics"}``: the chosen run, its value of
-        the metric, its record, how many runs had the metric, and the seeds of the evaluated candidates
-        compared by their final value for want of their tested checkpoint's. Ties go to the first seed.
+        ``{"seed", "value", "record", "candidates", "by_final_metrics", "left_out"}``: the chosen run, its value
+        of the metric, its record, how many runs had the metric, the seeds of the evaluated candidates
+        compared by their final value for want of their tested checkpoint's, and the finished runs that did not
+        compete, ``{"seed", "value"}`` with their value as text (``nan``, ``inf``) or None where they have none,
+        so that a report names them (a diverged seed, a metric one seed did not log). Ties go to the first seed.
     """
     key = metric_key(spec)
-    candidates, by_final_metrics = [], []
+    candidates, by_final_metrics, left_out = [], [], []
     for record in records:
+        if record.get("status") != "done":
+            continue
         value, fallback = selection_value(record, key)
-        if record.get("status") == "done" and is_number(value) and math.isfinite(value):
+        if is_number(value) and math.isfinite(value):
             candidates.append((float(value), record))
             if fallback:
                 by_final_metrics.append(record.get("seed"))
+        else:
+            left_out.append({"seed": record.get("seed"), "value": f"{value:g}" if is_number(value) else None})
     if not candidates:
         return None
     sign = 1.0 if spec["mode"] == "min" else -1.0
     value, record = min(candidates, key=lambda pair: sign * pair[0])
     return {"seed": record.get("seed"), "value": value, "record": record, "candidates": len(candidates),
-            "by_final_metrics": by_final_metrics}
+            "by_final_metrics": by_final_metrics, "left_out": left_out}
 
 
 def mean_std(values: Sequence[float | None]) -> dict[str, float] | None:
@@ -145,8 +151,8 @@ def summarize(records: Sequence[dict[str, Any]], spec: dict[str, str],
             run without a score is left out of that score's mean.
 
     Returns:
-        ``{"rule", "seed", "value", "candidates", "by_final_metrics", "selected", "over_seeds"}``
-        (``rule`` like ``lowest train/error``; ``by_final_metrics`` as :func:`select_run` has it;
+        ``{"rule", "seed", "value", "candidates", "by_final_metrics", "left_out", "selected", "over_seeds"}``
+        (``rule`` like ``lowest train/error``; ``by_final_metrics`` and ``left_out`` as :func:`select_run` has them;
         ``selected`` the chosen run's scores; ``over_seeds`` score -> mean/std/n), or None when no
         run logged the metric.
     """
@@ -161,6 +167,7 @@ def summarize(records: Sequence[dict[str, Any]], spec: dict[str, str],
         "value": chosen["value"],
         "candidates": chosen["candidates"],
         "by_final_metrics": chosen["by_final_metrics"],
+        "left_out": chosen["left_out"],
         "selected": scores(chosen["record"]),
         "over_seeds": {name: mean_std([run[name] for run in every if name in run]) for name in names},
     }

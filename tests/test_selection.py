@@ -155,6 +155,27 @@ def test_a_rule_whose_metric_no_run_logged_is_named_not_dropped_unsaid(tmp_path)
     assert f"memn2n: {note}" in report["babi"]["models"][0]["notes"]
 
 
+def test_finished_seeds_left_out_of_the_selection_are_named(tmp_path):
+    """Seed 1 did not log train/error, seed 2 diverged (NaN): the selection is of seed 0 alone, which the report said
+    only as "of 1 runs" beside "3/3" finished; the two are named with what they had."""
+    from memnet.cli import suite as S
+
+    results = _suite_results(tmp_path / "results", {"metric": "error", "split": "train", "mode": "min"})
+    for seed, value in ((1, None), (2, float("nan"))):
+        path = results / "memn2n" / f"seed_{seed}" / "metrics.json"
+        record = json.loads(path.read_text())
+        record["metrics"]["train/error"] = value
+        path.write_text(json.dumps(record))
+    report = S.build_report(results)
+    (row,) = report["leaderboard"]
+    assert (row["selected"]["seed"], row["selected"]["candidates"]) == (0, 1)
+    assert row["selected"]["left_out"] == [{"seed": 1, "value": None}, {"seed": 2, "value": "nan"}]
+    note = ("select: seed 1 (no train/error), seed 2 (train/error nan) left out of the selection, which is of the "
+            "other 1 finished runs")
+    assert note in row["evaluation_notes"] and f"memn2n: {note}" in report["babi"]["models"][-1]["notes"]
+    assert "NaN" not in json.dumps(report)  # the JSON leaderboard stays JSON
+
+
 # -- the selected run is compared by the weights it was tested on -------------------------------------
 
 

@@ -225,21 +225,32 @@ def _selection(entry: _ExperimentResults) -> dict[str, Any] | None:
 
 def _selection_notes(entry: _ExperimentResults, selected: dict[str, Any] | None) -> list[str]:
     """Why an experiment with a ``select`` rule shows no selected run though runs finished (a metric no
-    run logged: a typo, or a model that does not log it), instead of dropping the selected row unsaid; and
-    the evaluated seeds compared by their final metrics, not by those of the checkpoint they were tested on
-    (``memnet.selection.selection_value``), which may be other weights."""
+    run logged: a typo, or a model that does not log it), instead of dropping the selected row unsaid; the
+    finished seeds left out of the selection (the metric missing, NaN or infinite: a diverged seed), which the
+    selected run's "of k runs" counted out unsaid; and the evaluated seeds compared by their final metrics, not
+    by those of the checkpoint they were tested on (``memnet.selection.selection_value``), which may be other
+    weights."""
     rule = entry.experiment.select
     if rule is None or not entry.done():
         return []
     if selected is None:
         return [(f"select: no finished run logged a finite {metric_key(rule)}, so no run is selected "
                  "(is select.metric a name the model logs?)")]
+    notes = []
+    left_out = selected.get("left_out") or []
+    if left_out:
+        key = metric_key(rule)
+        seeds = ", ".join(f"seed {run['seed']} ({f'no {key}' if run['value'] is None else f'{key} ' + run['value']})"
+                          for run in left_out)
+        notes.append(f"select: {seeds} left out of the selection, which is of the other {selected['candidates']} "
+                     "finished runs")
     fallback = selected.get("by_final_metrics") or []
-    if not fallback:
-        return []
-    return [(f"select: seed {', '.join(map(str, fallback))} compared by {metric_key(rule)} at the end of training, "
-             "not by that of the checkpoint tested, which may be other weights (its record does not hold the "
-             "checkpoint's: written by an older memnet, or the checkpoint was saved before the metric was logged)")]
+    if fallback:
+        notes.append(f"select: seed {', '.join(map(str, fallback))} compared by {metric_key(rule)} at the end of "
+                     "training, not by that of the checkpoint tested, which may be other weights (its record does not "
+                     "hold the checkpoint's: written by an older memnet, or the checkpoint was saved before the metric "
+                     "was logged)")
+    return notes
 
 
 def selected_lines(report: dict[str, Any]) -> list[str]:
