@@ -45,6 +45,7 @@ from memnet.utils import (
     is_integer,
     logged_step,
     run_dir,
+    save_figure_atomic,
     validation_count,
     validation_file_name,
 )
@@ -238,7 +239,7 @@ def plot_gradient_panels(
             ax.set_title(title, fontsize=10)
     axes[0, 0].set_ylabel("‖∂L/∂h(t)‖")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure_atomic(fig, path, dpi=100)  # a kill while it is written leaves the earlier figure whole
     plt.close(fig)
     return path
 

@@ -67,6 +67,42 @@ def test_a_figure_killed_while_saved_leaves_the_earlier_one_whole(tmp_path, monk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.png"]
 
 
+@pytest.mark.parametrize("draw", ["probe", "figures"])
+def test_a_probe_or_chapter_figure_killed_while_saved_leaves_the_earlier_one_whole(tmp_path, monkeypatch, draw):
+    """memnet.probe's gradient figures and memnet figures' PNGs (memnet.figures.style.save) were saved in place: a
+    kill while one was written left half a PNG where the earlier figure was."""
+    import matplotlib.pyplot as plt
+
+    from memnet.figures.style import save
+    from memnet.probe import plot_gradient_curves
+
+    path = tmp_path / "g.png"
+
+    def drawn(value):
+        if draw == "probe":
+            return plot_gradient_curves(path, {"lstm": torch.tensor([1.0, value, 0.1])})
+        fig, ax = plt.subplots()
+        ax.plot([1.0, value])
+        return save(fig, path)
+
+    before = drawn(0.5).read_bytes()
+    savefig = Figure.savefig
+
+    def killed_halfway(self, fname, **kwargs):  # half the PNG reaches the disk, then the kill
+        buffer = io.BytesIO()
+        savefig(self, buffer, **{**kwargs, "format": "png"})
+        Path(fname).write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        drawn(0.25)
+    monkeypatch.undo()
+    plt.close("all")
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png"]
+
+
 def test_callback_draws_every_k_validation_epochs(tmp_path):
     task = AssociativeRecallTask(width=3, item_length=2, min_length=2, max_length=3)
     dm = AlgorithmicDataModule(task, batch_size=3, batches_per_epoch=2, val_lengths=[3], val_size=3)

@@ -1,4 +1,5 @@
-"""What every figure shares: matplotlib on the Agg backend (no display needed) and one way to save."""
+"""What every figure shares: matplotlib on the Agg backend (no display needed) and one way to save (written beside
+its name and renamed onto it)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+from memnet.utils import save_figure_atomic
 
 DPI = 100  # committed PNGs stay small (tens to a few hundred kB)
 
@@ -19,6 +22,6 @@ def save(fig: plt.Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    save_figure_atomic(fig, path, dpi=DPI)  # a kill while it is written leaves the earlier figure whole
     plt.close(fig)
     return path
