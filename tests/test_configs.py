@@ -221,6 +221,20 @@ def test_bad_yaml_and_non_mapping_name_the_file(tmp_path):
         C.load_config(top)
 
 
+@pytest.mark.parametrize("stacked", [False, True])
+def test_a_config_that_is_no_text_is_one_line_naming_it(tmp_path, monkeypatch, capsys, stacked):
+    """A checkpoint given as --config (for --ckpt_path), or stacked by extends, was a UnicodeDecodeError traceback."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "last.ckpt").write_bytes(b"PK\x03\x04\x80\xff\x00 weights")
+    config = _write(tmp_path / "top.yaml", {"extends": "last.ckpt"}) if stacked else tmp_path / "last.ckpt"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", "--config", str(config)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    assert re.match(r"memnet: \S*last\.ckpt: not a YAML text file \(byte 4 is no UTF-8 text\)", err), err
+    assert C.main([str(config)]) == 2  # memnet configs NAME
+
+
 # --- names, the CLI hook, memnet configs -------------------------------------------------------
 
 

@@ -35,7 +35,7 @@ import sys
 
 import yaml
 
-from memnet.cli.configs import ConfigError, find_config, is_inline_config
+from memnet.cli.configs import ConfigError, find_config, is_inline_config, read_text
 from memnet.cli.errors import TRACEBACK_ENV, ckpt_path_of, one_line
 from memnet.cli.lightning_cli import (
     LATEST_RUN_FILE,
@@ -159,10 +159,11 @@ def check_config_files(argv: list[str]) -> None:
             continue  # an inline YAML string or a remote URL, not a file name
         try:
             path = find_config(value)  # a file, or a shipped config's name (ntm/copy)
+            text = read_text(path)
         except ConfigError as error:
             raise MemnetError(str(error)) from None
         try:
-            yaml.safe_load(path.read_text())
+            yaml.safe_load(text)
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -164,12 +164,19 @@ def _append(base: list[Any], entries: list[Any], field: tuple[str, ...]) -> list
     return stacked
 
 
-def _read(path: Path) -> dict[str, Any]:
+def read_text(path: Path) -> str:
+    """The text of a config file; a file that cannot be read, or is no text (a checkpoint), is a ConfigError naming it."""
     try:
-        text = path.read_text()
+        return path.read_text()
     except OSError as error:
         raise ConfigError(f"{path}: cannot be read ({error.strerror})") from None
-    return _parse(text, str(path))
+    except UnicodeDecodeError as error:  # `--config last.ckpt` for `--ckpt_path last.ckpt`: a traceback before
+        raise ConfigError(f"{path}: not a YAML text file (byte {error.start} is no UTF-8 text); a config is YAML, "
+                          "a checkpoint is given with --ckpt_path") from None
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return _parse(read_text(path), str(path))
 
 
 def _parse(text: str, source: str) -> dict[str, Any]:
