@@ -235,6 +235,24 @@ def test_a_config_that_is_no_text_is_one_line_naming_it(tmp_path, monkeypatch, c
     assert C.main([str(config)]) == 2  # memnet configs NAME
 
 
+def test_a_key_given_twice_is_refused_naming_the_file_and_lines(tmp_path, monkeypatch, capsys):
+    """YAML keeps the last of two equal keys: the first trainer block (max_steps 7) was dropped without a word."""
+    monkeypatch.chdir(tmp_path)
+    twice = "trainer:\n  max_steps: 7\ndata:\n  init_args: {batch_size: 3}\ntrainer:\n  log_every_n_steps: 2\n"
+    _write(tmp_path / "frag.yaml", twice)
+    top = _write(tmp_path / "top.yaml", {"extends": "frag.yaml"})
+    with pytest.raises(C.ConfigError, match=r"frag\.yaml line 5: key 'trainer' given twice in one mapping \(first at line 1\)"):
+        C.load_config(top)
+    _write(tmp_path / "plain.yaml", "model:\n  init_args:\n    x: 1\n    y: 2\n    x: 3\n")  # nested, no extends
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "ntm/copy_small", "--config", "plain.yaml", "--print_config"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("memnet: plain.yaml line 5: key 'x' given twice in one mapping (first at line 3)"), err
+    assert C.load_config(_write(tmp_path / "anchors.yaml", "a: &x {b: 1}\nc:\n  <<: *x\n  d: 2\n")) == {
+        "a": {"b": 1}, "c": {"b": 1, "d": 2}}  # the same key in two mappings is no repeat
+
+
 # --- names, the CLI hook, memnet configs -------------------------------------------------------
 
 

@@ -186,11 +186,37 @@ def _parse(text: str, source: str) -> dict[str, Any]:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{source}{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+    check_unique_keys(text, source)
     if content is None:
         return {}
     if not isinstance(content, dict):
         raise ConfigError(f"{source}: expected a mapping of config keys, got {type(content).__name__}")
     return content
+
+
+def check_unique_keys(text: str, source: str) -> None:
+    """Refuse a key given twice in one mapping of a config's YAML ``text`` (valid YAML, as ``_parse`` checks).
+
+    YAML loaders keep the last of two equal keys without a word: a second ``trainer:`` block
+    replaced the whole first one, and its ``max_steps`` was silently not the one that ran.
+    """
+    nodes = [yaml.compose(text, Loader=yaml.SafeLoader)]
+    while nodes:
+        node = nodes.pop()
+        if isinstance(node, yaml.SequenceNode):
+            nodes.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for key, value in node.value:
+                nodes.append(value)
+                if not isinstance(key, yaml.ScalarNode) or key.value == "<<":  # a YAML merge key may repeat
+                    continue
+                if key.value in first:
+                    raise ConfigError(
+                        f"{source} line {key.start_mark.line + 1}: key {key.value!r} given twice in one mapping "
+                        f"(first at line {first[key.value]}); the later would replace the earlier whole: merge them"
+                    )
+                first[key.value] = key.start_mark.line + 1
 
 
 def _fragments(content: dict[str, Any], source: str) -> list[str]:
