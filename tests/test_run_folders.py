@@ -313,6 +313,17 @@ def test_stage_ckpt_path_last_best_latest_are_refused_naming_the_latest_runs_fil
           f"--checkpoint.dirpath={Path(latest['last_checkpoint']).parent}", "--trainer.limit_predict_batches=1"])
 
 
+def test_fit_ckpt_path_best_is_refused_in_one_line(tmp_path, capsys):
+    """`memnet fit --ckpt_path best` stopped with Lightning's traceback (a fresh ModelCheckpoint has no best yet)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMALL, *TINY, "--trainer.logger=true", "--ckpt_path=best"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    line = next(line for line in err.splitlines() if line.startswith("memnet: "))
+    assert line.startswith("memnet: --ckpt_path best: memnet fit takes a checkpoint file"), line
+    assert not (tmp_path / "runs").exists()  # no run folder, no W&B run
+
+
 @pytest.mark.parametrize("command", ["fit", "validate", "test"])
 def test_a_missing_checkpoint_is_refused_before_a_wandb_run_starts(tmp_path, capsys, command):
     """A mistyped --ckpt_path was found missing only when Lightning loaded it, after W&B had opened an offline

@@ -250,7 +250,11 @@ class MemnetCLI(LightningCLI):
         fresh process memnet's run has none, so ``last`` warned and scored the untrained weights (exit 0) and
         ``best`` stopped with a traceback. ``latest`` is memnet's word for ``evaluate``, ``export`` and
         ``babi-table``. With ``--checkpoint.dirpath`` given, ``last`` is the ``last.ckpt`` there, as in Lightning.
+        ``fit --ckpt_path best`` is refused too: the best of a fit's fresh ModelCheckpoint is always none yet, and
+        Lightning stopped with a traceback.
         """
+        if self.subcommand == "fit" and self.config.get("fit", {}).get("ckpt_path") == "best":
+            raise MemnetError(_special_ckpt_path_refused("fit", "best"))
         if self.subcommand not in ("validate", "test", "predict"):
             return
         ckpt_path = self.config.get(self.subcommand, {}).get("ckpt_path")
