@@ -129,6 +129,17 @@ def test_non_positive_size_from_the_command_line(tmp_path, capsys, monkeypatch, 
                        f"{name} must be a positive integer, got 0")
 
 
+@pytest.mark.parametrize(("option", "expected"), [
+    ("--trainer.max_steps=-5", "`max_steps` must be a non-negative integer or -1 (infinite steps). You passed in -5."),
+    ("--trainer.val_check_interval=-1", "invalid value -1 for val_check_interval, it has to be in [0.0, 1.0] or an int."),
+])
+def test_a_trainer_option_out_of_range_is_one_line(tmp_path, capsys, monkeypatch, option, expected):
+    """Lightning's MisconfigurationException, which names the option, was printed as a traceback, exit 1."""
+    monkeypatch.chdir(tmp_path)
+    line = _fails_in_one_line(capsys, ["fit", "--config", "ntm/copy_small", "--trainer.logger=false", option], expected)
+    assert line.startswith("memnet: ") and line.endswith(expected), line
+
+
 def test_traceback_on_request(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MEMNET_TRACEBACK", "1")

@@ -6,7 +6,8 @@ value at fault and what was expected), or None for an exception it does not know
 on stderr and exits with status 2 (1 for a diverged training, as before).
 ``MEMNET_TRACEBACK=1`` shows the full traceback instead.
 
-Known: memnet's own ``MemnetError``; a ``ValueError``, ``TypeError`` or ``FileNotFoundError`` raised by
+Known: memnet's own ``MemnetError``; Lightning's ``MisconfigurationException`` (a Trainer option out of
+range, ``--trainer.max_steps -5``); a ``ValueError``, ``TypeError`` or ``FileNotFoundError`` raised by
 memnet's or the tasks' code, even when the config parser wrapped it (a size of 0
 given on the command line); a ``FloatingPointError`` (diverged loss); a state dict
 that does not fit the config's model; a file that cannot be written (read-only
@@ -47,11 +48,16 @@ def raised_by_memnet(error: BaseException) -> bool:
 
 def one_line(error: BaseException, ckpt_path: str | None = None) -> str | None:
     """The message for ``error``, or None if it is not one the user can fix from the message alone."""
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
     from memnet.utils import MemnetError
 
     errors = list(chain(error))
     for item in errors:
         if isinstance(item, (MemnetError, FloatingPointError)):
+            return _first_line(item)
+    for item in errors:  # Lightning's own check of a Trainer option, which names it: `max_steps` must be ...
+        if isinstance(item, MisconfigurationException):
             return _first_line(item)
     for item in reversed(errors):  # the innermost of our own messages: the one that names the field
         if isinstance(item, (ValueError, TypeError, FileNotFoundError)) and raised_by_memnet(item):
