@@ -106,6 +106,12 @@ class MemnetModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         check_precision(self)
+        clip = getattr(self._trainer, "gradient_clip_val", None) if stage == "fit" else None
+        if clip is not None and clip < 0:
+            # torch clips to a negative norm (or value) without a word, by a negative factor: every step would
+            # climb the loss (gradient ascent), exit 0
+            raise MemnetError(f"trainer.gradient_clip_val must be ≥ 0 (0 or null: no clipping), got {clip}: a "
+                              "negative limit turns every gradient around, so training would climb the loss")
 
     def model_step(self, batch: dict, stage: str) -> torch.Tensor:
         """Forward, loss, metrics and logging of one batch in ``stage``; returns the loss."""

@@ -188,6 +188,24 @@ def test_a_global_clip_of_gradients_whose_squares_overflow_clips_them_to_the_nor
     torch.testing.assert_close(step, -direction / direction.norm(), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("algorithm", ["norm", "value"])
+def test_a_negative_gradient_clip_is_refused_before_a_step(algorithm):
+    """trainer.gradient_clip_val -1 was taken: torch scaled the gradients by a negative factor (norm: -1/|g|,
+    value: every entry -1), so the run climbed its loss, exit 0."""
+    from functools import partial
+
+    from memnet.utils import MemnetError
+
+    net = nn.Linear(3, 1)
+    before = [p.detach().clone() for p in net.parameters()]
+    module = RegressionModule(net, optimizer=partial(torch.optim.SGD, lr=0.1))
+    trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, gradient_clip_val=-1.0, gradient_clip_algorithm=algorithm)
+    with pytest.raises(MemnetError, match=r"trainer.gradient_clip_val must be ≥ 0 .*got -1.0"):
+        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_regression_batches(2), batch_size=None))
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
 def test_a_skipped_step_leaves_parameters_and_adam_state_untouched():
     net = nn.Linear(3, 1)
     module = SequenceModule(net)
