@@ -104,6 +104,20 @@ def test_evaluate_refuses_non_finite_and_truncated_checkpoints(in_folder, tmp_pa
         assert not (tmp_path / "out" / "table.md").exists()
 
 
+@pytest.mark.parametrize("command", ["fit", "test"])
+def test_a_file_that_is_no_lightning_checkpoint_is_one_line(in_folder, tmp_path, capsys, command):
+    """A file torch.load reads but that holds no Lightning checkpoint (a bare state_dict, a tensor) was Lightning's
+    KeyError: 'pytorch-lightning_version' traceback."""
+    _, last = in_folder
+    bare = tmp_path / "bare.ckpt"
+    torch.save(torch.load(last, weights_only=False)["state_dict"], bare)
+    tensor = tmp_path / "tensor.ckpt"
+    torch.save(torch.ones(3), tensor)
+    for path, held in ((bare, "it holds a dict of 'net."), (tensor, "it holds a Tensor")):
+        _fails_in_one_line(capsys, [command, "--config", "tiny.yaml", "--ckpt_path", str(path)],
+                           f"{path}: not a Lightning checkpoint", held)
+
+
 @pytest.mark.parametrize("command", ["fit", "validate"])
 def test_checkpoint_of_another_config(in_folder, capsys, command):
     _, last = in_folder

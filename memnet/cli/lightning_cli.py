@@ -86,8 +86,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise MemnetError(f"--ckpt_path: no checkpoint file at {path}") from None
         except Exception as error:  # noqa: BLE001 -- torch.load raises many kinds on a damaged file
             raise unreadable_checkpoint(path, error) from None
-        if isinstance(checkpoint.get("state_dict"), dict):
-            check_finite_state(checkpoint["state_dict"], path)
+        # a file torch.load reads but Lightning cannot restore (a bare state_dict, a tensor, another tool's dict)
+        # stopped with Lightning's KeyError: 'pytorch-lightning_version' traceback
+        if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+            keys = list(checkpoint) if isinstance(checkpoint, dict) else []
+            held = (f"a dict of {', '.join(map(repr, keys[:4]))}{', …' if len(keys) > 4 else ''}"
+                    if isinstance(checkpoint, dict) else f"a {type(checkpoint).__name__}")
+            raise MemnetError(f"{path}: not a Lightning checkpoint (it holds {held}, no 'state_dict'); give a "
+                              "checkpoint `memnet fit` wrote (runs/<project>/<run>/checkpoints/*.ckpt)")
+        check_finite_state(checkpoint["state_dict"], path)
         self.loaded_step = checkpoint.get("global_step")  # after fit: did this run train at all?
         self.loaded_path = str(Path(path).resolve())
         self.loaded_metrics = checkpoint.get(METRICS_KEY) or {}
