@@ -126,6 +126,30 @@ def test_checkpoint_of_another_config(in_folder, capsys, command):
                        f"--ckpt_path {last} does not fit the model of the config", "size mismatch")
 
 
+def test_a_rebuilt_checkpoint_that_does_not_fit_is_named_with_its_keys_in_one_line(in_folder, tmp_path):
+    """memnet babi-table's test and predict of each --ckpt_path (rebuild.run_stage) raised torch's RuntimeError, which
+    the command named by the first --ckpt_path of its command line: with several, not always the one at fault; and
+    the refusal of load_checkpoint (memnet evaluate, export, figures) showed only the line 'Error(s) in loading
+    state_dict for ...:', not which keys."""
+    from memnet.cli import rebuild
+
+    folder, last = in_folder
+    checkpoint = torch.load(last, weights_only=False)
+    dropped = next(iter(checkpoint["state_dict"]))
+    del checkpoint["state_dict"][dropped]
+    broken = tmp_path / "broken.ckpt"
+    torch.save(checkpoint, broken)
+    with pytest.raises(rebuild.RebuildError) as error:
+        rebuild.run_stage("test", broken, folder / "tiny.yaml")
+    message = str(error.value)
+    assert f"{broken} does not fit the model of" in message and f'Missing key(s) in state_dict: "{dropped}"' in message
+    assert "\n" not in message
+    with pytest.raises(rebuild.RebuildError) as error:
+        rebuild.build([folder / "tiny.yaml"], broken, torch.device("cpu"))
+    message = str(error.value)
+    assert f"{broken} does not fit" in message and f'"{dropped}"' in message and "\n" not in message
+
+
 def test_yaml_syntax_error_names_the_file_and_line(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     bad = tmp_path / "bad.yaml"

@@ -30,6 +30,7 @@ from memnet.cli.rebuild import (
     RebuildError,
     default_config,
     instantiate,
+    loading,
     resolve_checkpoint,
     run_stage,
 )
@@ -128,7 +129,9 @@ def predict_checkpoint(ckpt_path: str | Path, config: str | Path | None = None) 
     checkpoint = resolve_checkpoint(str(ckpt_path))
     configs = [config if config is not None else default_config(checkpoint)]
     cli = instantiate(configs, ["--trainer.callbacks=[]", "--trainer.limit_predict_batches=1.0", *ONE_PROCESS])
-    batches = cli.trainer.predict(cli.model, datamodule=cli.datamodule, ckpt_path=str(checkpoint), weights_only=False)
+    with loading(checkpoint, configs):
+        batches = cli.trainer.predict(cli.model, datamodule=cli.datamodule, ckpt_path=str(checkpoint),
+                                      weights_only=False)
     if not batches or not isinstance(batches[0], dict) or "probabilities" not in batches[0]:
         raise RebuildError(f"{ckpt_path}: its model gave no answer probabilities (is it a memnet QAModule?)")
     return {key: torch.cat([batch[key].cpu() for batch in batches]) for key in ("probabilities", "answer", "task")}

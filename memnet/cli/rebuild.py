@@ -14,9 +14,10 @@ for every parser built here.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,31 @@ def instantiate(configs: Sequence[str | Path], overrides: Sequence[str] = ()) ->
         ) from None
 
 
+def does_not_fit(checkpoint: Path, configs: Sequence[str | Path], error: RuntimeError) -> RebuildError:
+    """The error for a state dict that ``load_state_dict`` refused, in one line naming the checkpoint and the config.
+
+    torch puts each missing, unexpected or mismatched key on a line of its own, and the ``memnet`` command prints
+    the first line only (``Error(s) in loading state_dict for QAModule:``): the lines are joined.
+    """
+    problems = "; ".join(line.strip() for line in str(error).splitlines()[1:] if line.strip()) or str(error)
+    problems = problems if len(problems) <= 400 else problems[:399] + "…"
+    return RebuildError(
+        f"--ckpt_path: {checkpoint} does not fit the model of {', '.join(map(str, configs))}: {problems}")
+
+
+@contextlib.contextmanager
+def loading(checkpoint: Path, configs: Sequence[str | Path]) -> Iterator[None]:
+    """Around a ``trainer.test/validate/predict(ckpt_path=checkpoint)``: a state dict that does not fit is
+    :func:`does_not_fit` naming ``checkpoint``. The command's own message named the first ``--ckpt_path`` of its
+    command line, which for ``memnet babi-table`` with several is not always the one at fault."""
+    try:
+        yield
+    except RuntimeError as error:
+        if not str(error).startswith("Error(s) in loading state_dict"):
+            raise
+        raise does_not_fit(checkpoint, configs, error) from None
+
+
 def load_checkpoint(module: torch.nn.Module, checkpoint: Path, configs: Sequence[str | Path]) -> None:
     """Load a Lightning checkpoint's ``state_dict`` into ``module``, naming what does not fit."""
     try:
@@ -142,9 +168,7 @@ def load_checkpoint(module: torch.nn.Module, checkpoint: Path, configs: Sequence
     try:
         module.load_state_dict(state["state_dict"])
     except RuntimeError as error:
-        raise RebuildError(
-            f"--ckpt_path: {checkpoint} does not fit the model of {', '.join(map(str, configs))}: {error}"
-        ) from None
+        raise does_not_fit(checkpoint, configs, error) from None
 
 
 def build(configs: Sequence[str | Path], checkpoint: Path, device: torch.device) -> tuple[Any, Any]:
@@ -173,7 +197,8 @@ def run_stage(
     cli = instantiate(configs, ["--trainer.callbacks=[]", "--trainer.limit_test_batches=1.0",
                                 "--trainer.limit_val_batches=1.0", *ONE_PROCESS, *overrides])
     trainer_stage = cli.trainer.test if stage == "test" else cli.trainer.validate
-    blocks = trainer_stage(cli.model, datamodule=cli.datamodule, ckpt_path=str(checkpoint), weights_only=False)
+    with loading(checkpoint, configs):
+        blocks = trainer_stage(cli.model, datamodule=cli.datamodule, ckpt_path=str(checkpoint), weights_only=False)
     metrics: dict[str, float] = {}
     for block in blocks:
         metrics.update({key: float(value) for key, value in block.items()})
