@@ -297,6 +297,28 @@ def test_every_figure_of_the_command_writes_its_pngs(tmp_path, monkeypatch):
     assert sum("trained" in line for line in logged) == 7  # each model trained once, then reused
 
 
+def test_captions_name_the_task_a_model_was_trained_on_not_the_role(tmp_path, monkeypatch):
+    """An ``ntm-copy`` checkpoint is any NTM (Role.fits): one trained on repeat copy was drawn under the titles
+    'NTM on copy' (error against length) and 'trained on copy' (gradient through time), which it was not."""
+    from memnet.cli import figures as command
+
+    quick_roles(monkeypatch)
+    task = command._repeat_copy_task()
+    net = command._ntm(task).eval()  # untrained will do: the captions are what is tested
+    monkeypatch.setitem(command.ROLES, "ntm-copy", command.Role("an NTM", lambda n: isinstance(n, NTM),
+                                                                lambda seed: (net, task, "given")))
+    monkeypatch.setattr(command, "ERROR_LENGTHS", (1,))
+    monkeypatch.setattr(command, "ERROR_SEQUENCES", 2)
+    titles: list[str] = []
+    monkeypatch.setattr(command, "plot_error_vs_length", lambda path, **kwargs: titles.append(kwargs["title"]) or path)
+    monkeypatch.setattr(command, "plot_gradient_panels", lambda path, panels, **kwargs: titles.extend(panels) or path)
+    command.draw(["error-vs-length", "gradient"], out=tmp_path, seed=0, log=lambda line: None)
+    assert "NTM on repeat copy" in titles
+    trained = [title for title in titles if title.startswith("trained")]
+    assert len(trained) == 1 and trained[0].startswith("trained on RNN copy, LSTM copy, GRU copy, NTM repeat copy ")
+    assert "(loss at the last step of sequences of twice the training length)" in trained[0]
+
+
 BABI_ARCHIVE = ROOT.parent / "shared" / "data" / "babi" / "tasks_1-20_v1-2.tar.gz"
 
 

@@ -290,15 +290,30 @@ def figure_gradient(out: Path, models: Models, seed: int) -> list[Path]:
             curves[label], length = probe(net, _copy_task())
             lengths.add(length)
         panels["at initialisation"] = curves
-    curves = {}
+    curves, trained_on = {}, {}
     for label, role in roles.items():
-        curves[label], length = probe(*models.get(role, "gradient"))
+        net, task = models.get(role, "gradient")
+        curves[label], length = probe(net, task)
         lengths.add(length)
-    panels["trained on copy"] = curves
+        trained_on[label] = task_words(task)
+    # a checkpoint's model is probed on its own task, which need not be copy (a role takes any model of its kind)
+    on = (next(iter(trained_on.values())) if len(set(trained_on.values())) == 1
+          else ", ".join(f"{label} {words}" for label, words in trained_on.items()))
+    panels[f"trained on {on}"] = curves
     marker = next(iter(lengths)) if len(lengths) == 1 else None  # the delimiter, when all share one length
-    where = f"a copy of length {marker}" if marker is not None else "copies of twice the training length"
+    item = "copy" if set(trained_on.values()) == {"copy"} else "sequence"
+    where = f"a {item} of length {marker}" if marker is not None else f"{item}s of twice the training length"
     titled = {f"{title} (loss at the last step of {where})": panel for title, panel in panels.items()}
     return [plot_gradient_panels(out / "gradient_through_time.png", titled, marker=marker)]
+
+
+def task_words(task: Any) -> str:
+    """The task in a caption's words: ``copy``, ``repeat copy``, else its class name (``AssociativeRecallTask``).
+
+    A role's checkpoint is any model of its kind, whatever it was trained on (an NTM of repeat copy as ``ntm-copy``):
+    the captions say the task that was drawn, not the role's.
+    """
+    return {CopyTask: "copy", RepeatCopyTask: "repeat copy"}.get(type(task), type(task).__name__)
 
 
 def _access(role: str, name: str, length: int, repeats: int | None = None) -> Callable[[Path, Models, int], list[Path]]:
@@ -325,7 +340,7 @@ def figure_error_vs_length(out: Path, models: Models, seed: int) -> list[Path]:
                                  device=torch.device("cpu"))
         rows.append(row)
     path = plot_error_vs_length(out / "ntm_copy_error_vs_length.png", rows=rows,
-                                train_range=(task.min_length, task.max_length), title="NTM on copy")
+                                train_range=(task.min_length, task.max_length), title=f"NTM on {task_words(task)}")
     return [path]
 
 
