@@ -207,6 +207,16 @@ def test_memnet_figures_only_composition_through_the_cli(tmp_path, monkeypatch, 
     assert "lstm: trained a RecurrentModel with an LSTMController" in out and "gru: trained" in out
 
 
+def test_only_given_twice_draws_both_lists(tmp_path, monkeypatch):
+    """``--only graph --only echo-state`` drew echo-state alone: the second --only replaced the first, unsaid."""
+    from memnet.cli import figures as command
+
+    asked: list[list[str]] = []
+    monkeypatch.setattr(command, "draw", lambda names, **kwargs: asked.append(list(names)) or [])
+    command.main(["--only", "graph", "--only", "echo-state", "composition", "--out", str(tmp_path)])
+    assert asked == [["graph", "echo-state", "composition"]]
+
+
 def test_memnet_figures_unknown_name_lists_the_known_ones(tmp_path, capsys):
     from memnet.cli import main
 

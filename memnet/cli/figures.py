@@ -420,7 +420,9 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(prog="memnet figures",
                                      description="Draw the chapter's pictures with memnet's own models.",
                                      epilog=f"figures: {', '.join(FIGURES)}")
-    parser.add_argument("--only", nargs="+", metavar="NAME", help=f"draw only these ({', '.join(FIGURES)})")
+    # extend: a second --only adds its names (the default, store, kept only the last --only's, the rest unsaid)
+    parser.add_argument("--only", nargs="+", action="extend", metavar="NAME",
+                        help=f"draw only these ({', '.join(FIGURES)}); repeatable")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument("--checkpoints", type=Path, default=None,
                         help=f"folder of <role>.ckpt checkpoints to draw from ({', '.join(ROLES)}); "
