@@ -656,6 +656,14 @@ def test_table_command_refuses_saved_results_that_overlap_or_name_no_task(tmp_pa
             table_command.read_results(odd)
 
 
+def test_table_command_names_a_results_file_that_is_no_text(tmp_path, capsys):
+    """A checkpoint given as --results stopped with codecs' UnicodeDecodeError traceback."""
+    binary = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}}, binary)
+    with pytest.raises(RebuildError, match=rf"{binary.name}: not a JSON text file \(byte \d+ is no UTF-8 text\)"):
+        table_command.read_results(binary)
+
+
 def test_task_errors_from_metrics():
     metrics = {"test/task_2/error": torch.tensor(4.0), "test/task_10/error": 1.5, "test/error": 3.0,
                "val/task_1/error": 9.0}

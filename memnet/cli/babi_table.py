@@ -46,6 +46,9 @@ def read_results(path: str | Path) -> dict[str, dict[int, float]]:
         loaded = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise RebuildError(f"{path} line {error.lineno} is not JSON: {error.msg}") from None
+    except UnicodeDecodeError as error:  # a checkpoint given as --results: codecs' traceback
+        raise RebuildError(f"{path}: not a JSON text file (byte {error.start} is no UTF-8 text); --results reads "
+                           "the per-task errors --json wrote, a checkpoint is given with --ckpt_path") from None
     if not isinstance(loaded, dict) or not all(isinstance(v, dict) for v in loaded.values()):
         raise RebuildError(f"{path}: expected {{column name: {{task: error %}}}} as written by --json")
     try:
