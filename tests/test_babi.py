@@ -650,9 +650,15 @@ def test_table_command_refuses_saved_results_that_overlap_or_name_no_task(tmp_pa
     assert "the column 'A' already holds task(s) 2" in capsys.readouterr().err
     for errors, message in (({"21": 3.0}, "has task 21, expected tasks 1-20"),
                             ({"0": 3.0}, "has task 0, expected tasks 1-20"),
-                            ({"3": 140.0}, "error 140.0 is not a percentage")):
+                            ({"3": 140.0}, "error 140.0 is not a percentage"),
+                            ({"1": 3.0, "01": 90.0}, r"column 'A' names a task twice \('1', '01'\)")):
         odd.write_text(json.dumps({"A": errors}))
         with pytest.raises(RebuildError, match=message):
+            table_command.read_results(odd)
+    # a key twice in one object, which json.loads takes as its last value: task 1 was 90.0, the 3.0 dropped unseen
+    for text in ('{"A": {"1": 3.0, "1": 90.0}}', '{"A": {"1": 3.0}, "A": {"2": 4.0}}'):
+        odd.write_text(text)
+        with pytest.raises(RebuildError, match="is given twice in one object"):
             table_command.read_results(odd)
 
 

@@ -42,8 +42,18 @@ from tasks.babi import ALL_TASKS, TASK_NAMES
 def read_results(path: str | Path) -> dict[str, dict[int, float]]:
     """Per-task errors saved by ``--json``: {column name: {task: error %}}; the file is named on error."""
     path = Path(path)
+
+    def once(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        """A JSON object whose keys are each given once: json keeps the last of a key given twice, unsaid."""
+        keys = [key for key, _ in pairs]
+        twice = next((key for key in keys if keys.count(key) > 1), None)
+        if twice is not None:
+            raise RebuildError(f"{path}: the key {twice!r} is given twice in one object (the later would replace "
+                               "the earlier unseen)")
+        return dict(pairs)
+
     try:
-        loaded = json.loads(path.read_text())
+        loaded = json.loads(path.read_text(), object_pairs_hook=once)
     except json.JSONDecodeError as error:
         raise RebuildError(f"{path} line {error.lineno} is not JSON: {error.msg}") from None
     except UnicodeDecodeError as error:  # a checkpoint given as --results: codecs' traceback
@@ -56,6 +66,8 @@ def read_results(path: str | Path) -> dict[str, dict[int, float]]:
     except (TypeError, ValueError):
         raise RebuildError(f"{path}: tasks must be integers and errors numbers") from None
     for name, errors in results.items():
+        if len(errors) != len(loaded[name]):  # "1" and "01" (or " 1") are one task: the later replaced the earlier
+            raise RebuildError(f"{path}: column {name!r} names a task twice ({', '.join(map(repr, loaded[name]))})")
         for task, error in errors.items():
             if task not in TASK_NAMES:  # a task 0 or 21 would vanish from the table unseen
                 raise RebuildError(f"{path}: column {name!r} has task {task}, expected tasks 1-20")
