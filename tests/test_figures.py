@@ -217,6 +217,17 @@ def test_only_given_twice_draws_both_lists(tmp_path, monkeypatch):
     assert asked == [["graph", "echo-state", "composition"]]
 
 
+@pytest.mark.parametrize("threads", ["0", "-2"])
+def test_threads_below_one_is_refused_in_one_line(tmp_path, capsys, threads):
+    """--threads 0 stopped with torch's 'set_num_threads expects a positive integer' traceback."""
+    from memnet.cli import figures as command
+
+    with pytest.raises(SystemExit) as exit_info:
+        command.main(["--only", "graph", "--threads", threads, "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert f"--threads must be a positive number of threads, got {threads}" in capsys.readouterr().err
+
+
 def test_memnet_figures_unknown_name_lists_the_known_ones(tmp_path, capsys):
     from memnet.cli import main
 

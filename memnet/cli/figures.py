@@ -430,6 +430,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw and every training run")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:  # torch's RuntimeError traceback otherwise
+        parser.error(f"--threads must be a positive number of threads, got {args.threads}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
