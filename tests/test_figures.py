@@ -207,6 +207,21 @@ def test_memnet_figures_only_composition_through_the_cli(tmp_path, monkeypatch, 
     assert "lstm: trained a RecurrentModel with an LSTMController" in out and "gru: trained" in out
 
 
+def test_a_copy_model_as_repeat_copy_checkpoint_is_named(tmp_path, monkeypatch, capsys):
+    """An NTM of copy given as ntm-repeat-copy.ckpt stopped with 'CopyTask.sample_batch() got an unexpected keyword
+    argument 'repeats'', no file named."""
+    from memnet.cli import figures as command
+
+    task = command._copy_task()
+    net = command._ntm(task).eval()
+    monkeypatch.setitem(command.ROLES, "ntm-repeat-copy", command.Role("an NTM of repeat copy",
+                                                                       lambda n: isinstance(n, NTM),
+                                                                       lambda seed: (net, task, "given")))
+    with pytest.raises(command.FigureError, match="ntm-repeat-copy holds an NTM with an LSTMController trained on "
+                                                  "copy; the ntm-repeat-copy figure needs an NTM of repeat copy"):
+        command.draw(["ntm-repeat-copy"], out=tmp_path, seed=0, log=lambda line: None)
+
+
 def test_only_given_twice_draws_both_lists(tmp_path, monkeypatch):
     """``--only graph --only echo-state`` drew echo-state alone: the second --only replaced the first, unsaid."""
     from memnet.cli import figures as command

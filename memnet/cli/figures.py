@@ -217,9 +217,12 @@ class Models:
             self._cache[role] = (net.eval(), data)
         net, data = self._cache[role]
         if not ROLES[role].fits(net):
-            where = self.checkpoints / f"{role}.ckpt" if self.checkpoints is not None else role
-            raise FigureError(f"{where} holds {describe(net)}; the {figure} figure needs {ROLES[role].kind}")
+            raise FigureError(f"{self.source(role)} holds {describe(net)}; the {figure} figure needs {ROLES[role].kind}")
         return net, data
+
+    def source(self, role: str) -> Path | str:
+        """Where ``role``'s model came from, for errors: its checkpoint, else the role's name (trained here)."""
+        return self.checkpoints / f"{role}.ckpt" if self.checkpoints is not None else role
 
     def untrained(self, role: str) -> nn.Module | None:
         """The trained ``role``'s architecture freshly initialised (seeded); None if it came from a checkpoint."""
@@ -321,6 +324,10 @@ def _access(role: str, name: str, length: int, repeats: int | None = None) -> Ca
         net, task = models.get(role, name)
         generator = torch.Generator().manual_seed(seed)
         extra = {} if repeats is None else {"repeats": repeats}
+        if repeats is not None and not isinstance(task, RepeatCopyTask):  # a model of copy as ntm-repeat-copy.ckpt:
+            # CopyTask.sample_batch() got an unexpected keyword argument 'repeats', no file named
+            raise FigureError(f"{models.source(role)} holds {describe(net)} trained on {task_words(task)}; the "
+                              f"{name} figure needs {ROLES[role].kind}")
         batch = task.sample_batch(generator, 1, min(length, task.max_length), **extra)
         title = f"{type(net).__name__} on {type(task).__name__}"
         return draw_memory_access(out / f"{role.replace('-', '_')}_memory_access.png", net, batch, title=title)
