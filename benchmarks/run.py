@@ -572,15 +572,12 @@ def main(argv: list[str] | None = None) -> int:
               "settings": {**options, "threads": args.threads}}
     print(table(report))
     if args.out:
+        from memnet.utils import write_text_atomic
+
         args.out.parent.mkdir(parents=True, exist_ok=True)
         # written beside it, then renamed over it: a write cut short (a full disk, Ctrl-C) leaves the file as it
         # was, never a truncated JSON in its place
-        partial = args.out.with_name(f".{args.out.name}.partial")
-        try:
-            partial.write_text(json.dumps(report, indent=2))
-            os.replace(partial, args.out)
-        finally:
-            partial.unlink(missing_ok=True)
+        write_text_atomic(args.out, json.dumps(report, indent=2))
         print(f"written {args.out}")
     failed = sum("error" in row for row in rows)
     if failed:

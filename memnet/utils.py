@@ -9,7 +9,7 @@ import os
 import re
 import shutil
 import warnings
-from collections.abc import Sized
+from collections.abc import Callable, Sized
 from pathlib import Path
 from typing import Any
 
@@ -592,10 +592,15 @@ def validation_file_name(trainer: Any, suffix: str = ".png") -> str:
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a file of this process's own beside it, renamed onto it: a reader, or
     another process writing the same file (two runs of a suite ending together), never sees half of it."""
-    path = Path(path)
+    _write_beside(Path(path), lambda partial: partial.write_text(text))
+
+
+def _write_beside(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write(partial)`` to a file of this process's own beside ``path``, then rename it onto ``path``; the partial
+    file is removed whatever happens, and an ``OSError`` is named by ``path`` (:func:`_named`)."""
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        partial.write_text(text)
+        write(partial)
         os.replace(partial, path)
     except OSError as error:  # named by the file asked for, not the one beside it ("cannot use t.md: Is a directory")
         raise _named(error, path) from None
@@ -613,14 +618,7 @@ def save_figure_atomic(fig: Any, path: Path, **kwargs: Any) -> None:
     :func:`write_text_atomic`): a kill or a full disk while drawing leaves the earlier figure whole, never half a
     PNG. The format is ``path``'s suffix (the file beside it ends in ``.partial``)."""
     path = Path(path)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        fig.savefig(partial, format=path.suffix.lstrip(".") or None, **kwargs)
-        os.replace(partial, path)
-    except OSError as error:
-        raise _named(error, path) from None
-    finally:
-        partial.unlink(missing_ok=True)
+    _write_beside(path, lambda partial: fig.savefig(partial, format=path.suffix.lstrip(".") or None, **kwargs))
 
 
 def remove_leftover(path: Path) -> None:

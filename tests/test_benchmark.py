@@ -12,6 +12,14 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN = [sys.executable, str(ROOT / "benchmarks" / "run.py")]
 
 
+def bench_module():
+    """``benchmarks/run.py`` imported as a module (it is a script, not a package)."""
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_benchmark_writes_one_table_and_json(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(
@@ -67,9 +75,7 @@ def test_a_model_without_any_of_the_asked_paths_is_refused_not_left_out():
 
 
 def test_models_without_a_step_loop_have_no_fused_path():
-    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
-    run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run)
+    run = bench_module()
     assert run.paths_of("NTM") == run.paths_of("DNC") == ("eager", "fused", "compiled", "graphed")
     assert run.paths_of("LSTM") == run.paths_of("MemN2N") == run.paths_of("MemN2N-bAbI") == ("eager", "compiled")
 
@@ -93,18 +99,14 @@ def test_the_graphed_path_needs_cuda():
 
 
 def test_the_label_names_the_compile_mode_unroll_and_precision():
-    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
-    run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run)
+    run = bench_module()
     row = {"path": "compiled", "compile_mode": "reduce-overhead", "unroll": 8, "precision": "tf32"}
     assert run.path_label(row) == "compiled (reduce-overhead, unroll 8, tf32)"
     assert run.path_label({"path": "eager", "precision": "fp32"}) == "eager"
 
 
 def test_a_failed_setting_reports_the_first_error_not_the_last_line():
-    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
-    run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run)
+    run = bench_module()
     stderr = ("Traceback (most recent call last):\n  File \"run.py\", line 214, in measure\n"
               "torch.AcceleratorError: CUDA error: operation not permitted when stream is capturing\n"
               "Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.\n\n"
@@ -132,9 +134,7 @@ def test_the_cpu_peak_is_that_of_the_timed_steps_not_of_what_came_before():
     # timed steps) is not counted as the step's
     import pytest
 
-    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
-    run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run)
+    run = bench_module()
     if run._proc_status_mb("VmHWM") is None:
         pytest.skip("no /proc/self/status")
     import torch
@@ -171,9 +171,7 @@ def test_a_compiled_setting_that_ran_uncompiled_fails_with_why_not_a_number(monk
 
     import memnet.models.core
 
-    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
-    run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run)
+    run = bench_module()
     monkeypatch.setattr(memnet.models.core, "compile_unavailable", lambda backend="inductor": "no C++ compiler")
     with pytest.raises(SystemExit, match=r"^not compiled: NTM engine 'compiled' is unavailable \(no C\+\+ compiler\)"):
         run.measure("NTM", "compiled", 2, steps=1, repeats=1, min_seconds=0, warmup=1,
@@ -242,9 +240,7 @@ def test_the_cpu_peak_of_a_compiled_setting_does_not_count_the_import_of_the_com
     # with the compiler in the baseline, 43 MB
     import pytest
 
-    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
-    run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run)
+    run = bench_module()
     if run._proc_status_mb("VmRSS") is None:
         pytest.skip("no /proc/self/status")
     run._import_models(compiler=True)

@@ -45,21 +45,26 @@ def test_error_versus_length_figure(tmp_path):
         plot_error_vs_length(tmp_path / "g.png", rows=[])
 
 
-def test_a_figure_killed_while_saved_leaves_the_earlier_one_whole(tmp_path, monkeypatch):
-    """Figures were saved in place: a kill (or a full disk) while memnet evaluate or suite report drew one left half
-    a PNG where the earlier figure was."""
-    rows = [{"length": n, "bits_per_seq": 0.1 * n, "bit_errors_per_seq": 0.01 * n} for n in (10, 20)]
-    path = plot_error_vs_length(tmp_path / "e.png", rows=rows)
-    before = path.read_bytes()
+def kill_savefig_halfway(monkeypatch) -> None:
+    """Make every ``Figure.savefig`` write half its PNG to the disk and then stop, as a kill (or a full disk) would."""
     savefig = Figure.savefig
 
-    def killed_halfway(self, fname, **kwargs):  # half the PNG reaches the disk, then the kill
+    def killed_halfway(self, fname, **kwargs):
         buffer = io.BytesIO()
         savefig(self, buffer, **{**kwargs, "format": "png"})
         Path(fname).write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Figure, "savefig", killed_halfway)
+
+
+def test_a_figure_killed_while_saved_leaves_the_earlier_one_whole(tmp_path, monkeypatch):
+    """Figures were saved in place: a kill (or a full disk) while memnet evaluate or suite report drew one left half
+    a PNG where the earlier figure was."""
+    rows = [{"length": n, "bits_per_seq": 0.1 * n, "bit_errors_per_seq": 0.01 * n} for n in (10, 20)]
+    path = plot_error_vs_length(tmp_path / "e.png", rows=rows)
+    before = path.read_bytes()
+    kill_savefig_halfway(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         plot_error_vs_length(path, rows=rows[:1])
     monkeypatch.undo()
@@ -86,15 +91,7 @@ def test_a_probe_or_chapter_figure_killed_while_saved_leaves_the_earlier_one_who
         return save(fig, path)
 
     before = drawn(0.5).read_bytes()
-    savefig = Figure.savefig
-
-    def killed_halfway(self, fname, **kwargs):  # half the PNG reaches the disk, then the kill
-        buffer = io.BytesIO()
-        savefig(self, buffer, **{**kwargs, "format": "png"})
-        Path(fname).write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Figure, "savefig", killed_halfway)
+    kill_savefig_halfway(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         drawn(0.25)
     monkeypatch.undo()
