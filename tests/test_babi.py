@@ -112,6 +112,13 @@ def test_list_answers_stay_one_string():
         ("1 Mary went home.\n2 Where is Mary?\t \t1\n", 2, "empty answer"),
         ("1 Mary went home.\n2 ?\thome\t1\n", 2, "empty question"),
         ("1 .\n", 1, "at least one word"),
+        # statements no question reads: once dropped unseen
+        ("1 Mary went home.\n2 Where is Mary?\thome\t1\n3 John went out.\n", 3,
+         "statements after the last question of their story (line 3): no question reads them"),
+        (("1 Mary went home.\n2 Where is Mary?\thome\t1\n3 John went out.\n4 Ann left.\n"
+          "1 Bob went home.\n2 Where is Bob?\thome\t1\n"), 3, "after the last question of their story (lines 3-4)"),
+        ("1 Mary went home.\n2 John went out.\n1 Bob went home.\n2 Where is Bob?\thome\t1\n", 1,
+         "statements of a story without a question (lines 1-2)"),
     ],
 )
 def test_malformed_lines_name_file_line_and_expectation(text, line, expected):
@@ -125,6 +132,15 @@ def test_malformed_lines_name_file_line_and_expectation(text, line, expected):
     assert expected in message
     if line is not None:
         assert f"line {line}:" in message and info.value.line_number == line
+
+
+def test_statements_between_questions_are_read_by_the_next_question():
+    # the control of the refusal of statements after a story's last question
+    text = "1 Mary went home.\n2 Where is Mary?\thome\t1\n3 John went out.\n4 Where is John?\tout\t3\n"
+    examples = parse_babi(text, source="x", task=1)
+    assert [example["story"] for example in examples] == [[["mary", "went", "home"]],
+                                                          [["mary", "went", "home"], ["john", "went", "out"]]]
+    assert examples[1]["supporting"] == [1]
 
 
 def test_supporting_id_restarts_with_story():

@@ -95,7 +95,8 @@ from tasks.babi.archive import find_source, task_file
 from tasks.babi.parse import ALL_TASKS, LANGUAGES, SIZES, Language, Size, check_tasks, parse_babi
 
 CACHE_DIR_ENV = "MEMNET_CACHE_DIR"
-CACHE_VERSION = 2  # bump when the parser, the columns or the split change (2: validation holds out whole stories)
+CACHE_VERSION = 3  # bump when the parser, the columns or the split change (2: validation holds out whole stories;
+#                    3: statements after a story's last question are refused, no longer dropped)
 VAL_HOLDOUTS = ("story", "question")
 
 PAD, UNK, SENTENCE_END, QUESTION_END = "<pad>", "<unk>", "<eos>", "<eoq>"

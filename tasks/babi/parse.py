@@ -9,7 +9,8 @@ The format (one file per task and split)::
 IDs restart at 1 for each story and go up by one; a question line carries the
 question, the answer and the IDs of the supporting statements. The parser is
 strict: a malformed line raises :class:`BabiFormatError` naming the file, the
-line number and what was expected; nothing is dropped. See ``tasks.babi`` for
+line number and what was expected; nothing is dropped: statements after a story's
+last question (which no question would read) are refused too. See ``tasks.babi`` for
 the columns of an example.
 """
 
@@ -104,7 +105,8 @@ def parse_babi(text: str, *, source: str, task: int) -> list[dict[str, Any]]:
             question line without exactly ``question<TAB>answer<TAB>IDs``, an
             empty question or answer, a question (a ``?``) without its tabs and
             answer fields, a supporting ID that is not an integer,
-            points forward, outside the story or at a question.
+            points forward, outside the story or at a question, statements after
+            the last question of their story (no example would hold them).
     """
     if text == "":
         raise BabiFormatError(source, None, "empty file: expected at least one story")
@@ -116,7 +118,18 @@ def parse_babi(text: str, *, source: str, task: int) -> list[dict[str, Any]]:
     story_count = 0
     statement_index: dict[int, int] = {}  # line ID -> index into story, statements only
     question_ids: set[int] = set()
+    unread: list[int] = []  # line numbers of this story's statements after its last question
     previous_id = 0
+
+    def refuse_unread() -> None:  # statements no question reads would be dropped unseen
+        if unread:
+            where = f"line {unread[0]}" if len(unread) == 1 else f"lines {unread[0]}-{unread[-1]}"
+            raise BabiFormatError(
+                source, unread[0],
+                f"statements {'after the last question of their story' if question_ids else 'of a story without a question'} "
+                f"({where}): no question reads them; expected a "
+                "question line 'ID question<TAB>answer<TAB>supporting IDs' after them, before the story ends",
+            )
     for line_number, line in enumerate(lines, start=1):
         if "\r" in line:
             raise BabiFormatError(source, line_number, "carriage return found: expected Unix line endings (LF only)")
@@ -127,6 +140,7 @@ def parse_babi(text: str, *, source: str, task: int) -> list[dict[str, Any]]:
             raise BabiFormatError(source, line_number, f"expected 'ID text' (an ID, a space, then text), got {line!r}")
         line_id = _parse_id(id_text, source, line_number, "the line ID")
         if line_id == 1:
+            refuse_unread()
             story, statement_index, question_ids = [], {}, set()
             story_count += 1
         elif previous_id == 0:
@@ -149,6 +163,7 @@ def parse_babi(text: str, *, source: str, task: int) -> list[dict[str, Any]]:
                 raise BabiFormatError(source, line_number, "a statement needs at least one word after the ID")
             statement_index[line_id] = len(story)
             story.append(tokens)
+            unread.append(line_number)
             continue
         fields = rest.split("\t")
         if len(fields) != 3:
@@ -181,6 +196,7 @@ def parse_babi(text: str, *, source: str, task: int) -> list[dict[str, Any]]:
                 raise BabiFormatError(source, line_number, f"supporting-fact ID {fact} is not a line of this story")
             supporting.append(statement_index[fact])
         question_ids.add(line_id)
+        unread.clear()
         examples.append({
             "story": [list(sentence) for sentence in story],
             "query": query,
@@ -192,6 +208,7 @@ def parse_babi(text: str, *, source: str, task: int) -> list[dict[str, Any]]:
     if not examples:  # else the task would train or be tested on nothing, and its error read as a number
         raise BabiFormatError(source, None, "no question in the file: expected at least one line "
                                             "'ID question<TAB>answer<TAB>supporting IDs'")
+    refuse_unread()
     return examples
 
 
