@@ -862,16 +862,16 @@ def test_memn2n_random_noise_state_round_trips_and_a_checkpoint_without_it_still
     first = module()
     present = torch.ones(8, 20, dtype=torch.bool)
     present[:, 15:] = False
-    first.net.time_indices(present, first.net._rn_generator(present.device))
+    first.net.time_indices(present, first.net._rn_generator())
     checkpoint: dict = {}
     first.on_save_checkpoint(checkpoint)
-    unbroken = first.net.time_indices(present, first.net._rn_generator(present.device))
+    unbroken = first.net.time_indices(present, first.net._rn_generator())
     resumed = module()
     resumed.on_load_checkpoint(checkpoint)
-    assert torch.equal(resumed.net.time_indices(present, resumed.net._rn_generator(present.device)), unbroken)
+    assert torch.equal(resumed.net.time_indices(present, resumed.net._rn_generator()), unbroken)
     fresh = module()
     fresh.on_load_checkpoint({})  # a checkpoint from before the state was kept: the seed's draws
-    assert not torch.equal(fresh.net.time_indices(present, fresh.net._rn_generator(present.device)), unbroken)
+    assert not torch.equal(fresh.net.time_indices(present, fresh.net._rn_generator()), unbroken)
 
 
 @pytest.mark.parametrize("value, expected", [

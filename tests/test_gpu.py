@@ -36,6 +36,29 @@ def test_ntm_forward_and_gradients_match_cpu():
         torch.testing.assert_close(p_gpu.grad.cpu(), p_cpu.grad, msg=name)
 
 
+def test_memn2n_random_noise_draws_the_same_time_rows_on_the_gpu_as_on_the_cpu(monkeypatch):
+    from memnet.models.memn2n import MemN2N
+
+    rows = {"cpu": [], "cuda": []}
+    draw = MemN2N.time_indices
+
+    def recorded(self, present, generator=None):
+        times = draw(self, present, generator)
+        rows[times.device.type].append(times.cpu())
+        return times
+
+    monkeypatch.setattr(MemN2N, "time_indices", recorded)
+    story = torch.randint(1, 23, (3, 7, 5))
+    story[1, 4:], story[2, 2:] = 0, 0  # stories of 7, 4 and 2 sentences
+    query = torch.randint(1, 23, (3, 4))
+    for device in ("cpu", "cuda"):  # a seeded training run on each
+        model = MemN2N(23, 9, embedding_size=6, memory_size=12, random_noise=0.3, seed=5).to(device).train()
+        for _ in range(4):
+            model(story.to(device), query.to(device))
+    assert all(torch.equal(cpu, gpu) for cpu, gpu in zip(rows["cpu"], rows["cuda"], strict=True))
+    assert any(not torch.equal(times, rows["cpu"][0]) for times in rows["cpu"])  # the rows are drawn
+
+
 def test_fit_on_gpu_through_the_cli(tmp_path, monkeypatch):
     from memnet.cli import main
 

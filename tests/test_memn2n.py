@@ -13,6 +13,7 @@ import torch
 
 from memnet.callbacks import LinearStartSwitch
 from memnet.models.memn2n import PAD_ID, MemN2N, authors_position_encoding, position_encoding
+from memnet.utils import SeededDraws
 
 B, N, J, JQ, D, V, A = 3, 7, 5, 4, 6, 23, 9  # all different, so a swapped axis cannot pass
 
@@ -389,6 +390,31 @@ def test_random_noise_time_indices():
     assert (draws != torch.arange(N)).any()  # gaps do occur
     no_noise = MemN2N(V, A, embedding_size=D, memory_size=12, random_noise=0.0).train()
     assert torch.equal(no_noise.time_indices(present), torch.arange(N).expand(B, N))
+
+
+def test_random_noise_draws_with_a_cpu_generator_of_the_seed_on_any_device(monkeypatch):
+    """The rows come from the seed's CPU generator and are moved to the story's device, so a seed
+    draws the same rows on a CPU and on a GPU (tests/test_gpu.py compares the two devices)."""
+    model = MemN2N(V, A, embedding_size=D, memory_size=12, random_noise=0.3, seed=5).train()
+    devices = []
+    make = SeededDraws.generator
+
+    def generator(self, device):
+        devices.append(torch.device(device).type)
+        return make(self, device)
+
+    monkeypatch.setattr(SeededDraws, "generator", generator)
+    story, query = _tokens()
+    present = (story != PAD_ID).any(-1)
+    drawn = []
+    draw = MemN2N.time_indices
+    monkeypatch.setattr(MemN2N, "time_indices", lambda self, *args: drawn.append(draw(self, *args)) or drawn[-1])
+    model(story, query)
+    model(story, query)
+    assert devices == ["cpu", "cpu"] and model.rng_state()["device"] == "cpu"
+    seeded = torch.Generator().manual_seed(5)
+    assert all(torch.equal(rows, draw(model, present, seeded)) for rows in drawn)
+    assert not torch.equal(drawn[0], drawn[1])  # one generator, drawn on: not the seed's first rows again
 
 
 def test_random_noise_changes_training_not_evaluation():

@@ -450,33 +450,39 @@ class MemN2N(Pretrained, nn.Module):
         return encoded
 
     def time_indices(self, present: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Row of the temporal matrices for each slot, (B, N) long.
+        """Row of the temporal matrices for each slot, (B, N) long, on ``present``'s device.
 
         Slot i uses row i; with random noise in training, each story's rows are a
         sorted random subset of 0..S+E−1 (S its sentences, E ≤ ⌈random_noise·S⌉
-        drawn empty memories), clipped to ``memory_size − 1``.
+        drawn empty memories), clipped to ``memory_size − 1``. The draws are made on
+        the CPU (``generator`` is a CPU generator, None: torch's global one) and the
+        (B, N) rows moved to ``present``'s device, so one seed draws the same rows on
+        a CPU and on a GPU.
         """
         batch, slots = present.shape
-        base = torch.arange(slots, device=present.device).expand(batch, slots)
+        device = present.device
         if not (self.training and self.random_noise > 0):
-            return base
+            return torch.arange(slots, device=device).expand(batch, slots)
+        present = present.cpu()  # (B, N) bools: a small copy per step
+        base = torch.arange(slots).expand(batch, slots)
         lengths = present.sum(-1)  # (B,)
         most_empty = math.ceil(self.random_noise * slots)
-        empty = (torch.rand(batch, generator=generator, device=present.device)
+        empty = (torch.rand(batch, generator=generator)
                  * (torch.ceil(self.random_noise * lengths.to(torch.float32)) + 1)).floor().long()  # 0..⌈r·S⌉
         positions = slots + most_empty
-        keys = torch.rand(batch, positions, generator=generator, device=present.device)
-        valid = torch.arange(positions, device=present.device) < (lengths + empty)[:, None]
+        keys = torch.rand(batch, positions, generator=generator)
+        valid = torch.arange(positions) < (lengths + empty)[:, None]
         keys = torch.where(valid, keys, torch.full_like(keys, 2.0))  # invalid positions rank last
         rank = keys.argsort(-1).argsort(-1)
         chosen = rank < lengths[:, None]  # S random valid positions per story
-        index = torch.arange(positions, device=present.device).expand(batch, positions)
+        index = torch.arange(positions).expand(batch, positions)
         ordered = torch.where(chosen, index, torch.full_like(index, positions)).sort(-1).values[:, :slots]
         ordered = torch.where(present, ordered, base)
-        return ordered.clamp_max(self.memory_size - 1)
+        return ordered.clamp_max(self.memory_size - 1).to(device)
 
-    def _rn_generator(self, device: torch.device) -> torch.Generator | None:
-        return None if self._draws is None else self._draws.generator(device)
+    def _rn_generator(self) -> torch.Generator | None:
+        """The RN draws' generator, always on the CPU (see :meth:`time_indices`)."""
+        return None if self._draws is None else self._draws.generator(torch.device("cpu"))
 
     def rng_state(self) -> dict | None:
         """The RN generator's state for a checkpoint (None: no seed, or nothing drawn yet).
@@ -513,7 +519,7 @@ class MemN2N(Pretrained, nn.Module):
         if self.empty_memory == "nil" and story.shape[1] < self.memory_size:  # pad with nil sentences
             story = F.pad(story, (0, 0, 0, self.memory_size - story.shape[1]), value=PAD_ID)
         present = (story != PAD_ID).any(-1)  # (B, N)
-        times = self.time_indices(present, self._rn_generator(story.device)) if self.temporal else None
+        times = self.time_indices(present, self._rn_generator()) if self.temporal else None
         dtype = self.embeddings[0].weight.dtype
         time_scale = 1.0  # the authors' time words are weighted by the last row of their PE
         table = None  # the authors' PE (J, d), once per forward
