@@ -12,7 +12,13 @@ import pytest
 import torch
 
 from memnet.callbacks import LinearStartSwitch
-from memnet.models.memn2n import PAD_ID, MemN2N, authors_position_encoding, position_encoding
+from memnet.models.memn2n import (
+    PAD_ID,
+    MemN2N,
+    authors_position_encoding,
+    position_encoding,
+    random_noise_blanks,
+)
 from memnet.utils import SeededDraws
 
 B, N, J, JQ, D, V, A = 3, 7, 5, 4, 6, 23, 9  # all different, so a swapped axis cannot pass
@@ -390,6 +396,20 @@ def test_random_noise_time_indices():
     assert (draws != torch.arange(N)).any()  # gaps do occur
     no_noise = MemN2N(V, A, embedding_size=D, memory_size=12, random_noise=0.0).train()
     assert torch.equal(no_noise.time_indices(present), torch.arange(N).expand(B, N))
+
+
+@pytest.mark.parametrize("random_noise, sentences, blanks", [
+    (0.3, 50, 15), (0.6, 25, 15), (0.07, 100, 8), (0.55, 100, 56),  # float32 rounds these across an integer
+    (0.1, 50, 5),  # the paper's value: float32 and double agree
+])
+def test_random_noise_inserts_at_most_the_authors_double_precision_ceil_of_blanks(random_noise, sentences, blanks):
+    """⌈r·S⌉ as the authors' MATLAB ``ceil(size(d,2) * randomize_time)`` computes it, in doubles."""
+    assert blanks == math.ceil(sentences * random_noise)
+    lengths = torch.tensor([sentences, 1, 0])
+    assert torch.equal(random_noise_blanks(random_noise, lengths), torch.tensor([blanks, 1, 0]))
+    model = MemN2N(V, A, embedding_size=D, memory_size=sentences + blanks + 3, random_noise=random_noise).train()
+    rows = model.time_indices(torch.ones(2000, sentences, dtype=torch.bool), torch.Generator().manual_seed(0))
+    assert int(rows.max()) == sentences + blanks - 1  # the last row of S + E, E up to ⌈r·S⌉ and no further
 
 
 def test_random_noise_draws_with_a_cpu_generator_of_the_seed_on_any_device(monkeypatch):

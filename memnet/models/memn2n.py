@@ -140,6 +140,20 @@ def batched_position_encoding(tokens: torch.Tensor, embedding_size: int, dtype: 
     return weights * present[..., None].to(dtype)
 
 
+def random_noise_blanks(random_noise: float, lengths: torch.Tensor) -> torch.Tensor:
+    """The most empty memories random noise inserts into each story, ⌈random_noise·S⌉: (B,) long.
+
+    The product is taken in float64, as the authors' ``ceil(size(d,2) * randomize_time)`` in
+    MATLAB doubles: in float32 it rounds across an integer for some S, ⌈0.3·50⌉ = 16 where the
+    authors' code has 15, ⌈0.07·100⌉ = 7 where it has 8 (for the paper's 0.1 the two agree).
+
+    Args:
+        random_noise: the share r of empty memories, in [0, 1).
+        lengths: (B,) the sentences S of each story, integers.
+    """
+    return torch.ceil(lengths.to(torch.float64) * random_noise).long()
+
+
 class MemN2N(Pretrained, nn.Module):
     """End-to-End Memory Network: ``forward(story, query) -> answer logits``.
 
@@ -454,7 +468,7 @@ class MemN2N(Pretrained, nn.Module):
 
         Slot i uses row i; with random noise in training, each story's rows are a
         sorted random subset of 0..S+E−1 (S its sentences, E ≤ ⌈random_noise·S⌉
-        drawn empty memories), clipped to ``memory_size − 1``. The draws are made on
+        drawn empty memories, :func:`random_noise_blanks`), clipped to ``memory_size − 1``. The draws are made on
         the CPU (``generator`` is a CPU generator, None: torch's global one) and the
         (B, N) rows moved to ``present``'s device, so one seed draws the same rows on
         a CPU and on a GPU.
@@ -468,7 +482,7 @@ class MemN2N(Pretrained, nn.Module):
         lengths = present.sum(-1)  # (B,)
         most_empty = math.ceil(self.random_noise * slots)
         empty = (torch.rand(batch, generator=generator)
-                 * (torch.ceil(self.random_noise * lengths.to(torch.float32)) + 1)).floor().long()  # 0..⌈r·S⌉
+                 * (random_noise_blanks(self.random_noise, lengths) + 1)).floor().long()  # 0..⌈r·S⌉
         positions = slots + most_empty
         keys = torch.rand(batch, positions, generator=generator)
         valid = torch.arange(positions) < (lengths + empty)[:, None]
