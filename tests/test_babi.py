@@ -813,6 +813,10 @@ def test_table_command_evaluates_a_trained_checkpoint(tmp_path, monkeypatch, cap
     single = json.loads((tmp_path / "single.json").read_text())["tiny"]
     ensemble = json.loads((tmp_path / "ensemble.json").read_text())["twice"]
     assert set(ensemble) == {"1", "6"} and ensemble == pytest.approx(single, abs=1e-4)  # one question of 1,000 is 0.1
+    # the words of its columns, which an ensemble compares: the config answers over the whole vocabulary
+    words = table_command.predict_checkpoint(checkpoint)["words"]
+    assert words[:12] == ("<pad>", "<unk>", "<eos>", "<eoq>", "bathroom", "bedroom", "garden", "hallway", "kitchen",
+                          "no", "office", "yes")  # the specials, then tasks 1 and 6's answers
 
 
 @needs_data
@@ -984,6 +988,27 @@ def test_an_ensemble_refuses_models_asked_other_questions():
         ensemble_task_errors([first, _answers([[0.6, 0.4], [0.1, 0.9]], [0, 0], [1, 1])], ["a.ckpt", "b.ckpt"])
     with pytest.raises(RebuildError, match=r"b.ckpt answered \(2, 3\).*answer vocabulary"):
         ensemble_task_errors([first, _answers([[0.6, 0.4, 0.0], [0.1, 0.9, 0.0]], [0, 1], [1, 1])], ["a.ckpt", "b.ckpt"])
+
+
+def test_an_ensemble_refuses_models_whose_columns_name_other_words():
+    from memnet.cli.babi_table import column_words, ensemble_task_errors
+
+    vocabulary = Vocabulary.build(["kitchen", "garden", "office"], ["mary", "went", "to", "the"])
+    renamed = Vocabulary.build(["kitchenette", "garden", "office"], ["mary", "went", "to", "the"])
+    assert column_words(vocabulary, 3) == ("garden", "kitchen", "office")  # answer classes only
+    assert column_words(vocabulary, len(vocabulary) + 5) == vocabulary.tokens  # answer_layer: vocabulary
+    # the same questions, answers and sizes (kitchenette sorts where kitchen did): once averaged as if they agreed
+    first = {**_answers([[0.6, 0.4, 0.0], [0.1, 0.9, 0.0]], [0, 1], [1, 1]), "words": column_words(vocabulary, 3)}
+    second = {**_answers([[0.3, 0.7, 0.0], [0.1, 0.2, 0.7]], [0, 1], [1, 1]), "words": column_words(renamed, 3)}
+    with pytest.raises(RebuildError, match=r"^b.ckpt and a.ckpt have other vocabularies: their answer class 1 is "
+                                           r"'kitchenette' in b.ckpt, 'kitchen' in a.ckpt; an ensemble averages"):
+        ensemble_task_errors([first, second], ["a.ckpt", "b.ckpt"])
+    wide = [{**answers, "words": column_words(vocab, 3 + 100)} for answers, vocab in ((first, vocabulary),
+                                                                                       (second, renamed))]
+    with pytest.raises(RebuildError, match="their vocabulary word 5 is 'kitchenette'"):
+        ensemble_task_errors(wide, ["a.ckpt", "b.ckpt"])
+    assert ensemble_task_errors([first, {**second, "words": first["words"]}]) == {1: 50.0}  # one vocabulary: averaged
+    assert ensemble_task_errors([first, {key: value for key, value in second.items() if key != "words"}]) == {1: 50.0}
 
 
 @pytest.mark.parametrize("argv, expected", [

@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+from itertools import zip_longest
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -137,10 +139,12 @@ def evaluate_checkpoint(ckpt_path: str | Path, config: str | Path | None = None,
     return errors
 
 
-def predict_checkpoint(ckpt_path: str | Path, config: str | Path | None = None) -> dict[str, torch.Tensor]:
+def predict_checkpoint(ckpt_path: str | Path, config: str | Path | None = None) -> dict[str, Any]:
     """One checkpoint's answers to every test question, through ``memnet predict`` with the run's config:
     ``probabilities`` (Q, A) float32, the true ``answer`` (Q,) and the ``task`` (Q,) of each question,
-    predicted in this process on one device (``ONE_PROCESS``: a DDP run's config would return one share)."""
+    predicted in this process on one device (``ONE_PROCESS``: a DDP run's config would return one share);
+    and, where the data has a vocabulary (``tasks.babi.Vocabulary``), ``words``: the words its probability
+    columns name (the answer words; the whole vocabulary where the model answers over all of it)."""
     checkpoint = resolve_checkpoint(str(ckpt_path))
     configs = [config if config is not None else default_config(checkpoint)]
     cli = instantiate(configs, ["--trainer.callbacks=[]", "--trainer.limit_predict_batches=1.0", *ONE_PROCESS])
@@ -149,10 +153,21 @@ def predict_checkpoint(ckpt_path: str | Path, config: str | Path | None = None) 
                                       weights_only=False)
     if not batches or not isinstance(batches[0], dict) or "probabilities" not in batches[0]:
         raise RebuildError(f"{ckpt_path}: its model gave no answer probabilities (is it a memnet QAModule?)")
-    return {key: torch.cat([batch[key].cpu() for batch in batches]) for key in ("probabilities", "answer", "task")}
+    answers = {key: torch.cat([batch[key].cpu() for batch in batches]) for key in ("probabilities", "answer", "task")}
+    vocabulary = getattr(cli.datamodule, "vocabulary", None)
+    if vocabulary is not None:
+        answers["words"] = column_words(vocabulary, answers["probabilities"].shape[-1])
+    return answers
 
 
-def ensemble_task_errors(predictions: Sequence[dict[str, torch.Tensor]],
+def column_words(vocabulary, columns: int) -> tuple[str, ...]:
+    """The words a model's ``columns`` answer probabilities name: answer class a is ``vocabulary.answers[a]``
+    (``tasks.babi.Vocabulary``); a model that answers over the whole vocabulary (MemN2N's ``answer_layer:
+    vocabulary``) has its answers first, then its other words, so there the whole vocabulary names them."""
+    return tuple(vocabulary.answers) if columns == vocabulary.num_answers else tuple(vocabulary.tokens)
+
+
+def ensemble_task_errors(predictions: Sequence[dict[str, Any]],
                          names: Sequence[str] | None = None) -> dict[int, float]:
     """Test error per task (%) of models answering together: each question's answer probabilities
     averaged over the models, the class of highest mean answered (a NaN answer is wrong).
@@ -163,7 +178,9 @@ def ensemble_task_errors(predictions: Sequence[dict[str, torch.Tensor]],
 
     Raises:
         RebuildError: fewer than two models, or models that were not asked the same questions with the
-            same answer classes (another data split, task set or vocabulary).
+            same answer classes (another data split, task set or vocabulary), or whose ``words`` (where both
+            have them) name another word in one column: their probabilities would be averaged column by
+            column as if they agreed.
     """
     names = list(names) if names is not None else [f"model {i + 1}" for i in range(len(predictions))]
     if len(predictions) < 2:
@@ -174,6 +191,14 @@ def ensemble_task_errors(predictions: Sequence[dict[str, torch.Tensor]],
             raise RebuildError(f"{name} answered {tuple(other['probabilities'].shape)} (questions, answer classes) "
                                f"where {names[0]} answered {tuple(first['probabilities'].shape)}: the checkpoints "
                                "must share the test questions and the answer vocabulary")
+        words, other_words = first.get("words"), other.get("words")
+        if words is not None and other_words is not None and tuple(words) != tuple(other_words):
+            index, mine, theirs = next((i, a, b) for i, (a, b) in enumerate(zip_longest(words, other_words))
+                                       if a != b)
+            what = "answer class" if len(words) == first["probabilities"].shape[-1] else "vocabulary word"
+            raise RebuildError(f"{name} and {names[0]} have other vocabularies: their {what} {index} is {theirs!r} "
+                               f"in {name}, {mine!r} in {names[0]}; an ensemble averages the answer probabilities "
+                               "column by column, so its checkpoints must be trained on data with one vocabulary")
         if not (torch.equal(other["answer"], first["answer"]) and torch.equal(other["task"], first["task"])):
             raise RebuildError(f"{name} was tested on other questions or answer classes than {names[0]} "
                                "(another task set or vocabulary): an ensemble averages answers to the same questions")
