@@ -415,6 +415,34 @@ def test_attention_on_nil_slots_is_drawn_as_its_own_row(tmp_path, monkeypatch):
     plt.close(drawn)
 
 
+def test_a_linear_start_models_scores_are_drawn_as_scores_and_said_to_be(tmp_path, monkeypatch):
+    """In its linear start a MemN2N attends with the scores u·m_i, no softmax: once drawn on the 0-1 scale
+    of a softmax, clipped, with nothing saying so."""
+    import matplotlib.pyplot as plt
+
+    from memnet.figures import attention as figure
+
+    torch.manual_seed(0)
+    net = MemN2N(12, 4, embedding_size=5, hops=3, memory_size=6, answer_offset=4, seed=0, linear_start=True,
+                 init_std=1.0)
+    story = torch.tensor([[5, 6, 7], [8, 9, 0], [10, 11, 6], [0, 0, 0]])
+    attention, _ = memn2n_attention(net, story, torch.tensor([9, 10]))
+    assert float(attention.abs().max()) > 1 and (attention[:, 3] == 0).all()  # scores, 0 on the empty slot
+    monkeypatch.setattr(figure, "save", lambda fig, path: fig)
+    drawn = plot_memn2n_attention(tmp_path / "a.png", attention, sentences=["c", "b", "a"], question="q",
+                                  answer="x", predicted="y", softmax=False)
+    ax = drawn.axes[0]
+    low, high = ax.images[0].get_clim()
+    assert low <= float(attention.min()) and high >= float(attention.max()) > 1  # the scale holds every score
+    assert drawn.axes[1].get_ylabel() == "scores, linear start: no softmax"  # the colour bar
+    assert ax.get_title().endswith("(scores, linear start: no softmax)")
+    plt.close(drawn)
+    softmax = plot_memn2n_attention(tmp_path / "b.png", attention.softmax(-1), sentences=["c", "b", "a"],
+                                    question="q", answer="x", predicted="y")
+    assert softmax.axes[0].images[0].get_clim() == (0, 1) and "linear start" not in softmax.axes[0].get_title()
+    plt.close(softmax)
+
+
 @pytest.mark.skipif(not BABI_ARCHIVE.is_file(), reason=f"bAbI archive not found at {BABI_ARCHIVE}")
 def test_memn2n_attention_rows_are_the_sentences_in_memory_when_the_net_has_more_slots(tmp_path, monkeypatch):
     """The data module keeps the story's last data.memory_size sentences; a net built with more slots must not
@@ -435,3 +463,7 @@ def test_memn2n_attention_rows_are_the_sentences_in_memory_when_the_net_has_more
                         lambda path, attention, **kwargs: drawn.update(attention=attention, **kwargs) or path)
     command.figure_memn2n_attention(tmp_path, SimpleNamespace(get=lambda *names: (net, data)), seed=0)
     assert len(drawn["sentences"]) == drawn["attention"].shape[-1] == 3  # the 3 sentences in memory, newest first
+    assert drawn["softmax"] is True
+    net.softmax_enabled.fill_(False)  # a checkpoint still in its linear start: its scores are drawn as scores
+    command.figure_memn2n_attention(tmp_path, SimpleNamespace(get=lambda *names: (net, data)), seed=0)
+    assert drawn["softmax"] is False

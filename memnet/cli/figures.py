@@ -369,7 +369,8 @@ def figure_memn2n_attention(out: Path, models: Models, seed: int) -> list[Path]:
     vocabulary = data.vocabulary
     path = plot_memn2n_attention(out / "memn2n_attention.png", attention, sentences=sentences,
                                  question=" ".join(row["query"]), answer=row["answer"],
-                                 predicted=_predicted_word(vocabulary, net, int(predicted)), supporting=supporting)
+                                 predicted=_predicted_word(vocabulary, net, int(predicted)), supporting=supporting,
+                                 softmax=bool(getattr(net, "softmax_enabled", True)))  # False: in its linear start
     return [path]
 
 
