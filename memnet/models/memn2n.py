@@ -468,31 +468,32 @@ class MemN2N(Pretrained, nn.Module):
 
         Slot i uses row i; with random noise in training, each story's rows are a
         sorted random subset of 0..S+E−1 (S its sentences, E ≤ ⌈random_noise·S⌉
-        drawn empty memories, :func:`random_noise_blanks`), clipped to ``memory_size − 1``. The draws are made on
-        the CPU (``generator`` is a CPU generator, None: torch's global one) and the
-        (B, N) rows moved to ``present``'s device, so one seed draws the same rows on
-        a CPU and on a GPU.
+        drawn empty memories, :func:`random_noise_blanks`), clipped to ``memory_size − 1``. The random
+        numbers are drawn on the CPU (``generator`` is a CPU generator, None: torch's global one) and
+        moved to ``present``'s device, so one seed draws the same rows on a CPU and on a GPU.
         """
         batch, slots = present.shape
         device = present.device
+        base = torch.arange(slots, device=device).expand(batch, slots)
         if not (self.training and self.random_noise > 0):
-            return torch.arange(slots, device=device).expand(batch, slots)
-        present = present.cpu()  # (B, N) bools: a small copy per step
-        base = torch.arange(slots).expand(batch, slots)
-        lengths = present.sum(-1)  # (B,)
+            return base
         most_empty = math.ceil(self.random_noise * slots)
-        empty = (torch.rand(batch, generator=generator)
-                 * (random_noise_blanks(self.random_noise, lengths) + 1)).floor().long()  # 0..⌈r·S⌉
         positions = slots + most_empty
-        keys = torch.rand(batch, positions, generator=generator)
-        valid = torch.arange(positions) < (lengths + empty)[:, None]
+        # drawn on the CPU and moved: a host-to-device copy, which does not wait for the device as reading
+        # ``present`` back would
+        fraction = torch.rand(batch, generator=generator).to(device)
+        keys = torch.rand(batch, positions, generator=generator).to(device)
+        lengths = present.sum(-1)  # (B,)
+        blanks = random_noise_blanks(self.random_noise, torch.arange(slots + 1)).to(device)[lengths]
+        empty = (fraction * (blanks + 1)).floor().long()  # 0..⌈r·S⌉
+        valid = torch.arange(positions, device=device) < (lengths + empty)[:, None]
         keys = torch.where(valid, keys, torch.full_like(keys, 2.0))  # invalid positions rank last
         rank = keys.argsort(-1).argsort(-1)
         chosen = rank < lengths[:, None]  # S random valid positions per story
-        index = torch.arange(positions).expand(batch, positions)
+        index = torch.arange(positions, device=device).expand(batch, positions)
         ordered = torch.where(chosen, index, torch.full_like(index, positions)).sort(-1).values[:, :slots]
         ordered = torch.where(present, ordered, base)
-        return ordered.clamp_max(self.memory_size - 1).to(device)
+        return ordered.clamp_max(self.memory_size - 1)
 
     def _rn_generator(self) -> torch.Generator | None:
         """The RN draws' generator, always on the CPU (see :meth:`time_indices`)."""
