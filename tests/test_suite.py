@@ -1472,6 +1472,26 @@ def test_a_failed_evaluation_fails_the_run_and_is_tried_again(tmp_path, monkeypa
     assert run.is_done() and run.record()["train_seconds"] == 5.0 and not events(results, "start")
 
 
+@pytest.mark.parametrize("left", [{"status": "failed", "stage": "job", "error": "TIMEOUT (the run left trained)"},
+                                  {"status": "requeued", "requeues": 1}])
+def test_a_run_whose_job_ended_after_training_finished_is_only_evaluated(tmp_path, monkeypatch, capsys, left):
+    """A cluster job that ended (failed at stage `job`) or was requeued while evaluating: the run has its summary.json,
+    training finished. It was trained again: `memnet fit` resumed from the final last.ckpt and stopped at once,
+    rewriting summary.json from the checkpoint; only its evaluation is left, as for a failed evaluation."""
+    monkeypatch.chdir(ROOT)
+    path = write_suite(tmp_path / "job.yaml", [{**NTM, "seeds": [0]}])
+    results = tmp_path / "r"
+    run = trained_before(path, results)
+    S.SuiteRunner(S.load_suite(path), results)._write_record(run, train_seconds=5.0, **left)
+    runner = S.SuiteRunner(S.load_suite(path), results)
+    assert runner.plan(run)[0] == "evaluate"
+    fake_evaluation(monkeypatch, "pass")
+    assert S.main(["run", str(path), "--results", str(results), "--no-report"]) == 0
+    assert ("finished: 0 trained now, 1 only evaluated now (trained before), 0 already done, 0 failed"
+            in capsys.readouterr().out)
+    assert run.is_done() and run.record()["train_seconds"] == 5.0 and not events(results, "start")
+
+
 def test_a_trained_run_of_a_moved_results_folder_is_evaluated_on_its_own_checkpoint(tmp_path, monkeypatch, capsys):
     """summary.json holds the absolute paths of the folder `memnet fit` trained in: a results folder moved before its
     evaluation ran had the evaluation given a checkpoint where the folder was. The record keeps its paths relative

@@ -104,13 +104,16 @@ class Run:
     def is_trained(self) -> bool:
         """Training finished (its ``summary.json`` is there): what is left is the evaluation, if any.
 
-        A run whose evaluation failed is trained too: the next ``suite run`` evaluates it again.
+        A run whose evaluation failed is trained too: the next ``suite run`` evaluates it again. So is a run whose
+        cluster job ended (failed at stage ``job``) or was requeued after its training finished: ``summary.json`` is
+        removed before every training starts and written by ``memnet fit`` only at its end, so its being there says
+        the last training finished, and only the evaluation is left to do.
         """
         record = self.record()
         if record is None or not (self.folder / "summary.json").is_file():
             return False
-        status = record.get("status")
-        return status in ("trained", "done") or (status == "failed" and record.get("stage") == "evaluate")
+        status, stage = record.get("status"), record.get("stage")
+        return status in ("trained", "done", "requeued") or (status == "failed" and stage in ("evaluate", "job"))
 
     def summary(self) -> dict[str, Any] | None:
         """What ``memnet fit`` wrote at the end of training (``summary.json``); None before that."""
