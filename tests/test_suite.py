@@ -1753,6 +1753,29 @@ def test_a_damaged_run_record_stops_the_suite_naming_it_not_training_over_the_ru
     assert S.SuiteRunner(S.load_suite(path), results).plan(run)[0] == "train"
 
 
+def test_only_judges_its_own_runs_and_warns_of_another_experiments_damaged_record(tmp_path, monkeypatch, capsys):
+    """`suite run --only ntm-copy` whose run finished ended with exit 2 for the damaged record of another experiment
+    (lstm-copy), met by the report written at the end ('memnet suite: .../metrics.json: the record of run
+    lstm-copy/seed_0 is damaged ...'); it is a warning line, the exit status that of the runs of --only."""
+    monkeypatch.chdir(ROOT)
+    path = write_suite(tmp_path / "s.yaml", [{**NTM, "seeds": [0]}, {**LSTM, "seeds": [0]}])
+    results = tmp_path / "r"
+    run = trained_before(path, results)
+    other = S.expand_runs(S.load_suite(path), results, ["lstm-copy"])[0]
+    other.folder.mkdir(parents=True)
+    other.record_path.write_text('{"seed": 0, "stat')
+    fake_evaluation(monkeypatch, "pass")
+    assert S.main(["run", str(path), "--results", str(results), "--only", "ntm-copy", "--no-wandb"]) == 0
+    captured = capsys.readouterr()
+    assert "finished: 0 trained now, 1 only evaluated now (trained before), 0 already done, 0 failed" in captured.out
+    assert captured.err.splitlines() == [
+        (f"memnet suite: warning: report not written: {other.record_path}: the record of run lstm-copy/seed_0 is "
+        "damaged: not JSON (Unterminated string starting at: line 1 column 13 (char 12)); it says whether the run is "
+        f"done, so nothing was trained over it: mend it, or delete the run's folder {other.folder} to train the run "
+        "anew")]
+    assert run.is_done() and other.record_path.read_text() == '{"seed": 0, "stat'
+
+
 # ---------------------------------------------------------------------------------------------
 # The shipped suites
 # ---------------------------------------------------------------------------------------------

@@ -129,6 +129,16 @@ def _report(results: Path, out: str | None, wandb_on: bool) -> None:
             print(f"W&B summary run not logged: {type(error).__name__}: {error}", file=sys.stderr)
 
 
+def _report_after_run(results: Path, wandb_on: bool) -> None:
+    """The report at the end of ``suite run``, which covers every run of the results folder: one it cannot be made
+    of (another experiment's damaged record, with ``--only``) is a warning line, not a failure of the runs just
+    judged; the exit status is theirs, and ``memnet suite report`` makes the report once the record is mended."""
+    try:
+        _report(results, None, wandb_on)
+    except SuiteError as error:
+        print(f"memnet suite: warning: report not written: {error}", file=sys.stderr)
+
+
 def _ensembles(results: Path, experiments: list[str]) -> bool:
     """The ensembles the suite file asks for (``evaluate.ensemble``) of the experiments just run; True if one failed
     (the runs stand; the message says which and why, and ``memnet suite ensemble`` makes it again)."""
@@ -180,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             waited = args.wait or chosen.name == "submitit-local"
             ensemble_failed = waited and _ensembles(results, [run.experiment.name for run in runs])
             if "done" in counts and not args.no_report:
-                _report(results, None, not args.no_wandb)
+                _report_after_run(results, not args.no_wandb)
             return 1 if counts.get("failed") or ensemble_failed else 0
         # the command line's --gpus-per-job, else the suite file's launcher.gpus_per_job (merged above)
         gpus_per_job = (chosen.settings or {}).get("gpus_per_job")
@@ -203,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         ensemble_failed = _ensembles(results, [run.experiment.name for run in runs])
         if not args.no_report:
-            _report(results, None, not args.no_wandb)
+            _report_after_run(results, not args.no_wandb)
         return 1 if counts["failed"] or ensemble_failed else 0
     except SuiteError as error:
         print(f"memnet suite: {error}", file=sys.stderr)
