@@ -166,6 +166,50 @@ def test_slurm_submits_one_array_job_per_run_with_the_settings(fake_slurm, monke
     assert "| a/seed_0 | pending | submitted (job 4242_0) |" in capsys.readouterr().out
 
 
+def test_a_run_whose_slurm_job_is_still_queued_is_not_submitted_again(fake_slurm, monkeypatch, capsys):
+    """`memnet suite run --launcher slurm` again while its jobs were pending or running submitted every run again:
+    two jobs would train into one run folder. A run whose job squeue still lists (not ended) is said and left out;
+    one whose job ended (listed as COMPLETED, or no longer listed) is submitted again; where squeue cannot answer,
+    the run is not submitted again either, its job.json named."""
+    monkeypatch.chdir(fake_slurm)
+    path = write_suite(fake_slurm / "s.yaml", launcher={"name": "slurm"})
+    squeue = fake_slurm / "bin" / "squeue"
+
+    def answer(script: str) -> None:
+        squeue.write_text(f"#!/bin/sh\n{script}\n")
+        squeue.chmod(squeue.stat().st_mode | stat.S_IEXEC)
+
+    assert suite_main("run", str(path), "--results", "r") == 0
+    capsys.readouterr()
+    answer('echo "4242_0 PENDING"; echo "4242_1 RUNNING"')
+    (fake_slurm / "submitted.sh").unlink()
+    assert suite_main("run", str(path), "--results", "r") == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "[suite cluster] a/seed_0 not submitted again: its job 4242_0, submitted before, is pending in Slurm's queue",
+        "[suite cluster] b/seed_0 not submitted again: its job 4242_1, submitted before, is running in Slurm's queue",
+        ("[suite cluster] nothing submitted: 0 runs done, 2 with a job submitted before; follow them with: "
+        "memnet suite status r")]
+    assert not (fake_slurm / "submitted.sh").exists()
+    assert len(L._events(fake_slurm / "r")) == 2  # the first two submissions only
+    answer('echo "4242_1 COMPLETED"')  # a's job gone from the queue, b's ended
+    assert suite_main("run", str(path), "--results", "r") == 0
+    assert "submitted 2 jobs (slurm; 0 runs already done)" in capsys.readouterr().out
+    answer('echo "4242_1 RUNNING"')
+    (fake_slurm / "submitted.sh").unlink()
+    assert suite_main("run", str(path), "--results", "r") == 0
+    out = capsys.readouterr().out
+    assert "b/seed_0 not submitted again: its job 4242_1, submitted before, is running" in out
+    assert "submitted 1 jobs (slurm; 0 runs already done, 1 with a job submitted before)" in out
+    submitted = [(e["run"], e["job_id"]) for e in L._events(fake_slurm / "r")]
+    assert submitted[4:] == [("a/seed_0", "4242")]  # a alone, a job of its own
+    answer('echo "slurm_load_jobs error: Unable to contact slurm controller" >&2; exit 1')
+    assert suite_main("run", str(path), "--results", "r") == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "[suite cluster] a/seed_0 not submitted again: its job 4242, submitted before, may still be in Slurm's "
+        "queue, and squeue failed (exit 1: slurm_load_jobs error: Unable to contact slurm controller); once it has "
+        "ended, delete r/a/seed_0/job.json to submit it again")
+
+
 @pytest.mark.parametrize(("flag", "value", "message"), [
     ("--cpus", "0", "--cpus must be a positive integer, got 0"),
     ("--gpus-per-job", "0", "--gpus-per-job must be a positive integer, got 0"),

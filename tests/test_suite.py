@@ -1753,6 +1753,36 @@ def test_a_damaged_run_record_stops_the_suite_naming_it_not_training_over_the_ru
     assert S.SuiteRunner(S.load_suite(path), results).plan(run)[0] == "train"
 
 
+def test_a_run_another_suite_run_is_at_is_skipped_and_a_dead_holders_lock_does_not_block(tmp_path, monkeypatch,
+                                                                                            capsys):
+    """Two `memnet suite run` of one results folder trained the same run at once, into one folder (one resumed from
+    the other's checkpoints while they were written). The process at a run holds its suite.lock (flock): another
+    skips the run in one line; the lock of a process that ended holds nothing, whatever its file says."""
+    import fcntl
+
+    monkeypatch.chdir(ROOT)
+    path = write_suite(tmp_path / "s.yaml", [{**NTM, "seeds": [0]}])
+    results = tmp_path / "r"
+    run = trained_before(path, results)
+    fake_evaluation(monkeypatch, "pass")
+    argv = ["run", str(path), "--results", str(results), "--no-report"]
+    with open(run.folder / "suite.lock", "a+") as held:  # as another process at the run holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write(json.dumps({"pid": 4321, "host": "node7"}))
+        held.flush()
+        assert S.main(argv) == 0
+        out = capsys.readouterr().out
+        assert (f"skipped ntm-copy/seed_0: another memnet suite (process 4321 on node7) is training or evaluating it "
+                f"now (it holds {run.folder / 'suite.lock'}); not run here") in out
+        assert ("finished: 0 trained now, 0 already done, 0 failed, 1 left to the other memnet suite at them"
+                in out)
+        assert run.record()["status"] == "trained"
+    # its holder gone (the flock goes with it), the file saying pid 4321 stays: the run is the next one's
+    assert json.loads((run.folder / "suite.lock").read_text()) == {"pid": 4321, "host": "node7"}
+    assert S.main(argv) == 0
+    assert "1 only evaluated now (trained before)" in capsys.readouterr().out and run.is_done()
+
+
 def test_only_judges_its_own_runs_and_warns_of_another_experiments_damaged_record(tmp_path, monkeypatch, capsys):
     """`suite run --only ntm-copy` whose run finished ended with exit 2 for the damaged record of another experiment
     (lstm-copy), met by the report written at the end ('memnet suite: .../metrics.json: the record of run
@@ -1886,7 +1916,7 @@ def test_runs_trained_under_other_settings_than_the_suites_now_are_named(tmp_pat
     after = S.load_suite(write_suite(tmp_path / "a.yaml", [{**LSTM, "overrides": {**LSTM["overrides"], lr: 0.01}}]))
     capsys.readouterr()
     assert S.SuiteRunner(after, results).run(S.expand_runs(after, results)) == {
-        "done": 1, "evaluated": 0, "failed": 0, "interrupted": 0, "skipped": 1}
+        "done": 1, "evaluated": 0, "failed": 0, "interrupted": 0, "busy": 0, "skipped": 1}
     out = capsys.readouterr().out
     assert "warning: lstm-copy/seed_0 was trained with other settings than the suite's now; kept as trained" in out
     assert "warning: lstm-copy/seed_1 was trained with other settings than the suite's now; resumed" in out

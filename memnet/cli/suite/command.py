@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"[suite {suite.name}] finished: {counts['done']} trained now, {evaluated}{counts['skipped']} "
             f"already done, {counts['failed']} failed"
+            + (f", {counts['busy']} left to the other memnet suite at them" if counts["busy"] else "")
         )
         ensemble_failed = _ensembles(results, [run.experiment.name for run in runs])
         if not args.no_report:

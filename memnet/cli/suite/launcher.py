@@ -43,6 +43,7 @@ import json
 import math
 import os
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -396,6 +397,80 @@ def _requeue_count(results: Path, name: str, events: list[dict[str, Any]] | None
             - sum(1 for e in mine if e.get("event") == "failed" and e.get("requeue_refused")))
 
 
+# job.json's states of a job that has not ended (the job writes "finished" or "failed" when it ends)
+UNENDED_JOB_STATES = ("pending", "running", "requeued")
+# squeue's states of a job that has ended (squeue -j lists a job a few minutes after its end, in these)
+ENDED_SLURM_STATES = frozenset({"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL",
+                                "OUT_OF_MEMORY", "PREEMPTED", "REVOKED", "TIMEOUT"})
+SQUEUE_SECONDS = 60.0  # the longest squeue is waited for
+
+
+def _slurm_states(job_ids: list[str]) -> dict[str, str] | str:
+    """Slurm's state of each of these jobs still in its queue (``4242_0`` -> ``PENDING``), from ``squeue``;
+    a job it no longer knows is left out. Where squeue cannot answer: why, as a string."""
+    command = ["squeue", "--noheader", "--array", "--format=%i %T", f"--jobs={','.join(job_ids)}"]
+    try:
+        answer = subprocess.run(command, capture_output=True, text=True, timeout=SQUEUE_SECONDS, check=False)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"squeue could not be run ({type(error).__name__}: {error})"
+    if answer.returncode != 0:
+        if "invalid job id" in answer.stderr.lower():  # none of them is known any more: all ended
+            return {}
+        lines = (answer.stderr or answer.stdout).strip().splitlines()
+        return f"squeue failed (exit {answer.returncode}{': ' + lines[-1] if lines else ''})"
+    states = {}
+    for line in answer.stdout.splitlines():
+        fields = line.split()
+        if len(fields) >= 2:
+            states[fields[0]] = fields[1].upper()
+    return states
+
+
+def _pid_alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, TypeError, ProcessLookupError):
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def still_submitted(runs: list[Run]) -> dict[str, str]:
+    """The runs whose job, submitted before, has not ended: run name -> why it is not submitted again.
+
+    A run's ``job.json`` names its job and the state the job left it in; a job that has not said it ended
+    (``pending``, ``running``, ``requeued``) is asked for: a Slurm job in ``squeue`` (one call for all), a
+    ``submitit-local`` job by its process on this host. A job Slurm no longer lists, or lists as ended, and a
+    process that is gone have ended (cancelled, killed, node lost): their runs are submitted again. Where squeue
+    cannot answer, the run is not submitted again either: two jobs would train into one run folder.
+    """
+    waiting: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        try:
+            job = json.loads((run.folder / JOB_FILE).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(job, dict) and job.get("job_id") and job.get("state") in UNENDED_JOB_STATES:
+            waiting[run.name] = job
+    busy: dict[str, str] = {}
+    on_slurm = [name for name, job in waiting.items() if job.get("launcher") == "slurm"]
+    states = _slurm_states([str(waiting[name]["job_id"]) for name in on_slurm]) if on_slurm else {}
+    for name in on_slurm:
+        job_id = str(waiting[name]["job_id"])
+        if isinstance(states, str):
+            folder = next(run.folder for run in runs if run.name == name)
+            busy[name] = (f"its job {job_id}, submitted before, may still be in Slurm's queue, and {states}; once it "
+                          f"has ended, delete {folder / JOB_FILE} to submit it again")
+        elif job_id in states and states[job_id] not in ENDED_SLURM_STATES:
+            busy[name] = f"its job {job_id}, submitted before, is {states[job_id].lower()} in Slurm's queue"
+    for name, job in waiting.items():
+        if job.get("launcher") == "submitit-local" and job.get("host") == os.uname().nodename and _pid_alive(
+                job.get("job_id")):
+            busy[name] = f"its submitit-local job (process {job['job_id']}), submitted before, is still running"
+    return busy
+
+
 def submit(suite: Suite, runs: list[Run], results: Path, config: LauncherConfig, *, base_dir: Path,
            wait: bool, stream: Any = None) -> dict[str, int]:
     """Submit every run that is not done as its own job; with ``wait``, wait for them all.
@@ -405,7 +480,8 @@ def submit(suite: Suite, runs: list[Run], results: Path, config: LauncherConfig,
     refused submission leaves it as it was.
 
     Returns:
-        counts: ``submitted``, ``skipped`` (already done) and, with ``wait``, ``done`` and ``failed``
+        counts: ``submitted``, ``skipped`` (already done), ``busy`` (a job submitted before has not ended:
+        :func:`still_submitted`, each said in one line) and, with ``wait``, ``done`` and ``failed``
         over the submitted runs: a submitted run that its job left unfinished (requeued, running,
         interrupted) is failed, its record saying why.
     """
@@ -420,6 +496,16 @@ def submit(suite: Suite, runs: list[Run], results: Path, config: LauncherConfig,
         results.mkdir(parents=True, exist_ok=True)
         runner._write_suite_file()
         print(f"[suite {suite.name}] all {len(runs)} runs are done", file=stream)
+        return counts
+    busy = still_submitted(todo)  # submitted again, two jobs would train into one run folder
+    for run in todo:
+        if run.name in busy:
+            print(f"[suite {suite.name}] {run.name} not submitted again: {busy[run.name]}", file=stream)
+    todo = [run for run in todo if run.name not in busy]
+    counts.update(submitted=len(todo), busy=len(busy))
+    if not todo:
+        print(f"[suite {suite.name}] nothing submitted: {counts['skipped']} runs done, {len(busy)} with a job "
+              f"submitted before; follow them with: memnet suite status {results}", file=stream)
         return counts
     cluster = "slurm" if config.name == "slurm" else "local"
     try:
@@ -446,8 +532,9 @@ def submit(suite: Suite, runs: list[Run], results: Path, config: LauncherConfig,
     for run, job in zip(todo, jobs):
         write_job_file(run, launcher=config.name, job_id=str(job.job_id), state="pending")
         runner._event(event="submitted", run=run.name, launcher=config.name, job_id=str(job.job_id))
+    busy_jobs = f", {len(busy)} with a job submitted before" if busy else ""
     print(f"[suite {suite.name}] submitted {len(todo)} jobs ({config.name}; {counts['skipped']} runs already "
-          f"done); jobs in {results / JOBS_DIR}; follow with: memnet suite status {results}", file=stream)
+          f"done{busy_jobs}); jobs in {results / JOBS_DIR}; follow with: memnet suite status {results}", file=stream)
     if wait:
         counts.update(done=0, failed=0)
         for run, job in zip(todo, jobs):

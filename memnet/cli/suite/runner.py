@@ -7,6 +7,7 @@ record (``metrics.json``) says done, failed or missing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,6 +34,7 @@ from memnet.selection import CHECKPOINT_METRICS
 from memnet.utils import is_integer, logged_wandb_id, write_text_atomic
 
 RECORD_FILE = "metrics.json"
+LOCK_FILE = "suite.lock"  # per run: flock-ed by the process training or evaluating it, which writes its pid and host
 POLL_SECONDS = 0.2  # how often the scheduler looks at its runs
 PROGRESS_SECONDS = 30.0  # a progress line at least this often while runs go on
 ERROR_CHARS = 600  # the longest error message kept in a run's record
@@ -378,6 +381,49 @@ def _seconds_before(previous: dict[str, Any], resume: Path | None) -> float:
     return before
 
 
+@contextlib.contextmanager
+def run_lock(folder: Path) -> Iterator[dict[str, Any] | None]:
+    """Hold a run's lock (``suite.lock`` in its folder) while its body trains or evaluates it; yields None when
+    held here, else who holds it (``pid``, ``host``: another ``memnet suite run`` or cluster job at that run).
+
+    The lock is the kernel's (``flock``), so a process that dies, killed included, leaves no lock behind: the file
+    stays, saying who held it last, and the next process takes it. Where there is no ``flock`` (Windows, a
+    filesystem without it) nothing is held and None is yielded: the runs go on as before.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield None
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_FILE, "a+") as handle:
+        holder: dict[str, Any] | None = None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # held by another process
+            handle.seek(0)
+            try:
+                holder = json.loads(handle.read())
+            except json.JSONDecodeError:  # its holder is writing it now
+                holder = None
+            holder = holder if isinstance(holder, dict) else {}
+        except OSError:  # no flock on this filesystem: not held
+            pass
+        else:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps({"pid": os.getpid(), "host": os.uname().nodename}) + "\n")
+            handle.flush()
+        yield holder  # the lock goes with the file's closing
+
+
+def _busy(run: Run, holder: dict[str, Any]) -> tuple[str, str]:
+    """The outcome of a run another process holds (:func:`run_lock`)."""
+    who = f"process {holder.get('pid', '?')} on {holder.get('host', '?')}"
+    return "busy", (f"skipped {run.name}: another memnet suite ({who}) is training or evaluating it now (it holds "
+                    f"{run.folder / LOCK_FILE}); not run here")
+
+
 def check_records(runs: list[Run]) -> None:
     """Every run's record that is there can be read (:meth:`Run.read_record`), before anything is trained.
 
@@ -484,8 +530,8 @@ class SuiteRunner:
 
         Returns:
             counts: ``done`` (trained and evaluated now), ``evaluated`` (trained before, only
-            evaluated now), ``failed`` (training or evaluation), ``interrupted`` and ``skipped``
-            (done before).
+            evaluated now), ``failed`` (training or evaluation), ``interrupted``, ``busy`` (another
+            process was at it: :func:`run_lock`) and ``skipped`` (done before).
         """
         check_records(runs)  # a damaged record would read as "not done", and its run be trained again
         self.results.mkdir(parents=True, exist_ok=True)
@@ -506,7 +552,8 @@ class SuiteRunner:
                 what = "kept as trained" if kept else "resumed from its last checkpoint"
                 progress.event(f"[suite {self.suite.name}] warning: {run.name} was trained with other settings than "
                                f"the suite's now; {what} (the report names it; move its folder away to train it anew)")
-        counts = {"done": 0, "evaluated": 0, "failed": 0, "interrupted": 0, "skipped": len(runs) - len(todo)}
+        counts = {"done": 0, "evaluated": 0, "failed": 0, "interrupted": 0, "busy": 0,
+                  "skipped": len(runs) - len(todo)}
         previous_handler = None
         if threading.current_thread() is threading.main_thread():  # SIGTERM stops like Ctrl-C
             previous_handler = signal.signal(signal.SIGTERM, _interrupt)
@@ -519,15 +566,18 @@ class SuiteRunner:
 
     def run_one(self, run: Run) -> tuple[str, str]:
         """Train and evaluate one run here and now (a cluster job's work); returns (outcome, message),
-        the outcome one of ``done``, ``evaluated``, ``failed``, ``interrupted``.
+        the outcome one of ``done``, ``evaluated``, ``failed``, ``interrupted``, ``busy`` (:func:`run_lock`).
 
         An exception of the suite's own handling fails the run at once, named (:meth:`_crashed`), as with the local
         launcher: in a job it ended the job's thread unsaid, the job returned as if done and left the run "running"
         for ``memnet suite status`` ever after."""
-        try:
-            return self._train_and_evaluate(run, 0)
-        except Exception as error:  # noqa: BLE001 - a defect here fails this run now, named
-            return self._crashed(run, error)
+        with run_lock(run.folder) as holder:
+            if holder is not None:
+                return _busy(run, holder)
+            try:
+                return self._train_and_evaluate(run, 0)
+            except Exception as error:  # noqa: BLE001 - a defect here fails this run now, named
+                return self._crashed(run, error)
 
     def _run_all(self, todo: list[Run], progress: _Progress, counts: dict[str, int]) -> None:
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
@@ -564,14 +614,23 @@ class SuiteRunner:
             with progress.lock:
                 progress.running += 1
             started = time.monotonic()
-            try:
-                outcome, message = self._train_and_evaluate(run, slot)
-            except Exception as error:  # noqa: BLE001 - a defect here fails this run now, named; the others go on
-                outcome, message = self._crashed(run, error)
+            with run_lock(run.folder) as holder:
+                if holder is not None:
+                    outcome, message = _busy(run, holder)
+                elif run.is_done():  # finished meanwhile by the process that held it
+                    outcome, message = "skipped", f"{run.name} was finished meanwhile by another memnet suite"
+                else:
+                    try:
+                        outcome, message = self._train_and_evaluate(run, slot)
+                    except Exception as error:  # noqa: BLE001 - a defect here fails this run now, named; the others go on
+                        outcome, message = self._crashed(run, error)
             with progress.lock:
                 progress.running -= 1
-                progress.durations.append(time.monotonic() - started)
-                if outcome in ("done", "evaluated"):
+                if outcome == "busy":
+                    progress.total -= 1
+                else:
+                    progress.durations.append(time.monotonic() - started)
+                if outcome in ("done", "evaluated", "skipped"):
                     progress.done += 1
                 elif outcome == "failed":
                     progress.failed += 1
