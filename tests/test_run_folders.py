@@ -313,6 +313,27 @@ def test_stage_ckpt_path_last_best_latest_are_refused_naming_the_latest_runs_fil
           f"--checkpoint.dirpath={Path(latest['last_checkpoint']).parent}", "--trainer.limit_predict_batches=1"])
 
 
+@pytest.mark.parametrize("command", ["validate", "test", "predict"])
+def test_stage_without_ckpt_path_is_refused_unless_the_untrained_weights_are_asked_for(tmp_path, capsys, command):
+    """`memnet test --config X` with no --ckpt_path scored the config's freshly initialised weights and printed their
+    numbers, exit 0: a wrong number to take for a result. It is refused before a W&B run starts; `--ckpt_path
+    untrained` scores them on purpose."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--config", SMALL, *TINY, "--trainer.logger=true"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    expected = (f"memnet: no --ckpt_path: memnet {command} would score the config's untrained, freshly initialised "
+                "weights; give --ckpt_path a checkpoint file; runs/latest.json names none (or --ckpt_path untrained "
+                "to score the untrained weights on purpose)")
+    assert [line for line in err.splitlines() if line.startswith("memnet: ")] == [expected], err
+    assert not (tmp_path / "runs").exists()  # no run folder, no W&B run
+    main([command, "--config", SMALL, *TINY, "--trainer.logger=false", "--ckpt_path", "untrained",
+          "--trainer.limit_predict_batches=1"])
+    out = capsys.readouterr().out
+    assert ("bit errors" if command == "predict" else f"{'val' if command == 'validate' else 'test'}/loss") in out
+
+
 def test_fit_ckpt_path_best_is_refused_in_one_line(tmp_path, capsys):
     """`memnet fit --ckpt_path best` stopped with Lightning's traceback (a fresh ModelCheckpoint has no best yet)."""
     with pytest.raises(SystemExit) as exit_info:

@@ -267,8 +267,8 @@ data:
     ("fit", [], "data.init_args.test_lengths", 10, 11),
     ("fit", ["--data.init_args.task.init_args.max_length=9", "--data.init_args.test_lengths=[5]"],
      "data.init_args.task.init_args.max_length", 9, 10),
-    ("validate", ["--data.init_args.val_lengths=[8]"], "data.init_args.val_lengths", 8, 9),
-    ("test", [], "data.init_args.test_lengths", 10, 11),
+    ("validate", ["--data.init_args.val_lengths=[8]", "--ckpt_path=untrained"], "data.init_args.val_lengths", 8, 9),
+    ("test", ["--ckpt_path=untrained"], "data.init_args.test_lengths", 10, 11),
 ])
 def test_a_target_longer_than_max_decode_length_is_refused_before_anything_runs(
         tmp_path, monkeypatch, capsys, subcommand, override, option, length, steps):

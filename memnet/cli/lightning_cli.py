@@ -41,6 +41,9 @@ from memnet.utils import (
 RUNS_DIR = "runs"
 LATEST_RUN_FILE = Path(RUNS_DIR) / "latest.json"
 LIGHTNING_CKPT_WORDS = ("last", "best", "hpc", "registry")  # --ckpt_path values Lightning resolves itself
+# validate / test / predict --ckpt_path untrained: the config's freshly initialised weights, asked for by name
+# (without a --ckpt_path Lightning scores them too, and its numbers were taken for a trained model's)
+UNTRAINED = "untrained"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -258,13 +261,16 @@ class MemnetCLI(LightningCLI):
         ``best`` stopped with a traceback. ``latest`` is memnet's word for ``evaluate``, ``export`` and
         ``babi-table``. With ``--checkpoint.dirpath`` given, ``last`` is the ``last.ckpt`` there, as in Lightning.
         ``fit --ckpt_path best`` is refused too: the best of a fit's fresh ModelCheckpoint is always none yet, and
-        Lightning stopped with a traceback.
+        Lightning stopped with a traceback. No ``--ckpt_path`` at all is refused as well (Lightning scored the
+        config's freshly initialised weights, exit 0), unless it is ``--ckpt_path untrained``, which asks for them.
         """
         if self.subcommand == "fit" and self.config.get("fit", {}).get("ckpt_path") == "best":
             raise MemnetError(_special_ckpt_path_refused("fit", "best"))
         if self.subcommand not in ("validate", "test", "predict"):
             return
         ckpt_path = self.config.get(self.subcommand, {}).get("ckpt_path")
+        if ckpt_path is None:
+            raise MemnetError(_no_ckpt_path_refused(self.subcommand))
         if ckpt_path == "last" and checkpoint is not None and checkpoint.dirpath is not None:
             return
         if ckpt_path in ("last", "best", "latest"):
@@ -280,6 +286,8 @@ class MemnetCLI(LightningCLI):
         ckpt_path = self.config.get(self.subcommand, {}).get("ckpt_path") if self.subcommand else None
         if not ckpt_path or ckpt_path in LIGHTNING_CKPT_WORDS or "://" in str(ckpt_path):
             return
+        if ckpt_path == UNTRAINED and self.subcommand in ("validate", "test", "predict"):
+            return
         if str(ckpt_path).lower().startswith("registry:"):  # Lightning's model registry
             return
         if not Path(ckpt_path).is_file():
@@ -294,6 +302,13 @@ class MemnetCLI(LightningCLI):
             return None
         path = Path(ckpt_path).resolve()
         return path.parent.parent if path.parent.name == "checkpoints" else None
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        """Lightning's keyword arguments of ``trainer.<subcommand>``; ``--ckpt_path untrained`` is no checkpoint."""
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if subcommand in ("validate", "test", "predict") and kwargs.get("ckpt_path") == UNTRAINED:
+            kwargs["ckpt_path"] = None
+        return kwargs
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(LastAndBestCheckpoint, "checkpoint")
@@ -456,16 +471,27 @@ def _wandb_dir(trainer: pl.Trainer) -> str | None:
 
 def _special_ckpt_path_refused(subcommand: str, ckpt_path: str) -> str:
     """Why ``memnet validate / test / predict --ckpt_path last|best|latest`` is refused, and the files to give."""
+    return (f"--ckpt_path {ckpt_path}: memnet {subcommand} takes a checkpoint file (Lightning's 'last' and 'best' are "
+            "those of a fit in the same process, which has none, and 'latest' is understood by memnet evaluate, "
+            f"export and babi-table){_latest_files()}")
+
+
+def _latest_files() -> str:
+    """``"; the latest run's (runs/latest.json) are best: ..., last: ..."``, or that it names none."""
     try:
         latest = json.loads(LATEST_RUN_FILE.read_text())
     except (OSError, ValueError):
         latest = {}
     files = [f"{key}: {latest[f'{key}_checkpoint']}" for key in ("best", "last")
              if isinstance(latest, dict) and latest.get(f"{key}_checkpoint")]
-    hint = f"; the latest run's ({LATEST_RUN_FILE}) are {', '.join(files)}" if files else f"; {LATEST_RUN_FILE} names none"
-    return (f"--ckpt_path {ckpt_path}: memnet {subcommand} takes a checkpoint file (Lightning's 'last' and 'best' are "
-            "those of a fit in the same process, which has none, and 'latest' is understood by memnet evaluate, "
-            f"export and babi-table){hint}")
+    return f"; the latest run's ({LATEST_RUN_FILE}) are {', '.join(files)}" if files else f"; {LATEST_RUN_FILE} names none"
+
+
+def _no_ckpt_path_refused(subcommand: str) -> str:
+    """Why ``memnet validate / test / predict`` without ``--ckpt_path`` is refused, and what to give."""
+    return (f"no --ckpt_path: memnet {subcommand} would score the config's untrained, freshly initialised weights; "
+            f"give --ckpt_path a checkpoint file{_latest_files()} (or --ckpt_path {UNTRAINED} to score the untrained "
+            "weights on purpose)")
 
 
 def _last_in_a_new_folder() -> str:
