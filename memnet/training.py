@@ -6,7 +6,7 @@
     StageMetrics        one torchmetrics ``Metric`` per stage, reset every epoch, DDP-synchronised at its end
     TaskErrorCounts     wrong answers and questions per task (bAbI), NRMSESums the NRMSE's sums,
                         LengthSums a validation's sums by task length
-    configure_optimizers, scheduler_config, check_precision, check_finite_loss,
+    configure_optimizers, scheduler_config, check_learning_rates, check_precision, check_finite_loss,
     nonfinite_gradients
 
 The modules themselves (``SequenceModule``, ``QAModule``, …) are in ``memnet.lightning``.
@@ -611,11 +611,41 @@ def configure_optimizers(module: pl.LightningModule, interval: str) -> Any:
     ``epoch``), monitors ``val/loss`` (for ReduceLROnPlateau) and is checked by
     :func:`scheduler_config`.
     """
+    check_learning_rates(module)
     optimizer = module.optimizer(module.parameters())
     if module.scheduler is None:
         return optimizer
     return {"optimizer": optimizer,
             "lr_scheduler": scheduler_config(module.scheduler(optimizer), interval, module._trainer)}
+
+
+# the learning rates of an optimiser (lr) and of a scheduler that sets them itself (OneCycleLR's max_lr, CyclicLR's
+# base_lr and max_lr), as the config names them under model.init_args.<factory>.init_args
+LEARNING_RATE_KEYS = {"optimizer": ("lr",), "scheduler": ("max_lr", "base_lr")}
+
+
+def check_learning_rates(module: Any) -> None:
+    """Refuse a negative learning rate in the optimiser's or the scheduler's config, before the optimiser is built.
+
+    torch's optimisers stop with a traceback naming no field (``ValueError: Invalid learning rate: -0.01``), and
+    ``OneCycleLR`` takes a negative ``max_lr`` without a word: every step then climbs the loss. The factories are
+    the ``functools.partial`` objects the config gives (``model.init_args.optimizer``, ``.scheduler``); a rate is
+    a number, a list of numbers (one per parameter group) or a tensor.
+
+    Raises:
+        ValueError: naming the config field and its value.
+    """
+    for factory_name, keys in LEARNING_RATE_KEYS.items():
+        keywords = getattr(getattr(module, factory_name, None), "keywords", None) or {}
+        for key in keys:
+            value = keywords.get(key)
+            rates = value if isinstance(value, (list, tuple)) else [value]
+            if any(isinstance(rate, (int, float, torch.Tensor)) and bool(torch.as_tensor(rate).lt(0).any())
+                   for rate in rates if rate is not None):
+                shown = value.tolist() if isinstance(value, torch.Tensor) else value
+                raise ValueError(
+                    f"model.init_args.{factory_name}.init_args.{key} must be ≥ 0, got {shown}: a negative learning "
+                    "rate steps up the gradient, so training would climb the loss")
 
 
 def scheduler_config(scheduler: Any, interval: str, trainer: pl.Trainer | None) -> dict[str, Any]:

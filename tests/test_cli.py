@@ -270,6 +270,34 @@ def test_one_cycle_schedule_shorter_than_training_is_refused_before_the_first_st
     assert "total_steps is 3 steps but training runs for 4 (trainer.max_steps)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("field", ["optimizer.init_args.lr", "scheduler.init_args.max_lr"])
+def test_a_negative_learning_rate_is_refused_in_one_line_before_a_step(tmp_path, capsys, field):
+    """--model.init_args.optimizer.init_args.lr -0.01 stopped with torch's traceback (ValueError: Invalid learning
+    rate: -0.01, no field named), exit 1; a negative OneCycleLR max_lr was taken and every step climbed the loss."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMALL, *TINY, "--trainer.logger=true", f"--model.init_args.{field}", "-0.01"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        f"memnet: model.init_args.{field} must be ≥ 0, got -0.01: a negative learning rate steps up the gradient, so "
+        "training would climb the loss")
+    assert not (tmp_path / "runs").exists()  # refused before the run and its W&B run started
+
+
+def test_a_negative_learning_rate_is_refused_by_configure_optimizers_too():
+    """A module built in Python (no CLI) is checked where its optimiser is built."""
+    from functools import partial
+
+    from memnet.training import configure_optimizers
+
+    one_cycle = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=[0.1, -0.2], total_steps=4)  # a rate per group
+    module = SequenceModule(nn.GRU(3, 4), scheduler=one_cycle)
+    with pytest.raises(ValueError, match=r"scheduler\.init_args\.max_lr must be ≥ 0, got \[0\.1, -0\.2\]"):
+        configure_optimizers(module, "step")
+    module = SequenceModule(nn.GRU(3, 4), optimizer=partial(torch.optim.SGD, lr=0.0))
+    assert isinstance(configure_optimizers(module, "step"), torch.optim.SGD)  # 0 is torch's to take
+
+
 def test_one_cycle_schedule_as_long_as_training_runs_to_the_end(tmp_path):
     main(["fit", "--config", SMALL, *TINY, *ONE_CYCLE, "--model.init_args.scheduler.init_args.total_steps=4"])
     latest = json.loads((tmp_path / "runs" / "latest.json").read_text())

@@ -357,6 +357,27 @@ def test_a_missing_checkpoint_is_refused_before_a_wandb_run_starts(tmp_path, cap
     assert not (tmp_path / "runs").exists()
 
 
+def test_ckpt_path_hpc_without_an_hpc_checkpoint_is_refused_in_one_line(tmp_path, capsys):
+    """`--ckpt_path hpc` with no hpc_ckpt_<n>.ckpt stopped with Lightning's ValueError traceback ("`.fit(ckpt_path=
+    "hpc")` is set but no HPC checkpoint was found"), exit 1; it is one line before a W&B run starts, exit 2. With
+    one in the trainer's default_root_dir, Lightning loads it as before."""
+    for command in ("fit", "test"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--config", SMALL, *TINY, "--trainer.logger=true", "--ckpt_path", "hpc"])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "Traceback" not in err, err
+        expected = (f"memnet: --ckpt_path hpc: no HPC checkpoint (hpc_ckpt_<n>.ckpt, which Lightning writes when SLURM "
+                    f"stops a job to requeue it) in {tmp_path}, trainer.default_root_dir; give --ckpt_path a checkpoint "
+                    "file; runs/latest.json names none")
+        assert [line for line in err.splitlines() if line.startswith("memnet: ")] == [expected], err
+        assert not (tmp_path / "runs").exists()
+    main(["fit", "--config", SMALL, *TINY, "--trainer.logger=false"])
+    (tmp_path / "hpc_ckpt_3.ckpt").write_bytes(Path(_latest(tmp_path)["last_checkpoint"]).read_bytes())
+    capsys.readouterr()
+    main(["test", "--config", SMALL, *TINY, "--trainer.logger=false", "--ckpt_path", "hpc"])
+    assert "test/loss" in capsys.readouterr().out
+
+
 def test_the_summaries_are_renamed_into_place(tmp_path, monkeypatch):
     """summary.json and runs/latest.json are written beside and renamed onto their names (two runs of a suite
     ending together write latest.json at once; `--ckpt_path latest` must never read half of it)."""

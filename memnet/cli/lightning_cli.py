@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from memnet.callbacks import METRICS_KEY, LastAndBestCheckpoint, OfflineFirstWan
 from memnet.checkpoint import check_finite_state, unreadable_checkpoint
 from memnet.cli.configs import ConfigError, resolve_config_args
 from memnet.models.core import compile_seconds
+from memnet.training import check_learning_rates
 from memnet.utils import (
     MemnetError,
     fsync,
@@ -231,7 +233,9 @@ class MemnetCLI(LightningCLI):
         """
         checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
         self._check_stage_ckpt_path(checkpoint)
-        self._check_ckpt_file()
+        self._check_ckpt_file(config)
+        if self.subcommand == "fit":  # torch refuses it in a traceback, OneCycleLR's max_lr not at all
+            check_learning_rates(self.model)
         resumed = self._resumed_run_dir()
         logger = config.get("logger")
         continues = checkpoint is not None and (
@@ -276,14 +280,25 @@ class MemnetCLI(LightningCLI):
         if ckpt_path in ("last", "best", "latest"):
             raise MemnetError(_special_ckpt_path_refused(self.subcommand, ckpt_path))
 
-    def _check_ckpt_file(self) -> None:
+    def _check_ckpt_file(self, trainer_config: dict[str, Any]) -> None:
         """A ``--ckpt_path`` naming no file is refused here, before the logger starts its run.
 
         Lightning finds out only when it loads the checkpoint, after W&B has opened a run: each mistyped
         path left an empty ``runs/wandb/offline-run-*`` behind (which ``wandb sync`` would upload).
-        Lightning's own words (``last``, ``hpc``, a registry) and remote paths (``s3://``) are its to resolve.
+        Lightning's own words (``last``, a registry) and remote paths (``s3://``) are its to resolve; ``hpc``
+        with no ``hpc_ckpt_<n>.ckpt`` in the trainer's ``default_root_dir`` (where Lightning looks; it writes
+        one when SLURM stops a job to requeue it) is refused here too: Lightning stopped with a traceback.
         """
         ckpt_path = self.config.get(self.subcommand, {}).get("ckpt_path") if self.subcommand else None
+        if ckpt_path == "hpc":
+            root = str(trainer_config.get("default_root_dir") or os.getcwd())
+            if "://" not in root and not any(re.fullmatch(r"hpc_ckpt_\d+\.ckpt", path.name)
+                                             for path in Path(root).glob("hpc_ckpt_*.ckpt")):
+                raise MemnetError(
+                    f"--ckpt_path hpc: no HPC checkpoint (hpc_ckpt_<n>.ckpt, which Lightning writes when SLURM stops "
+                    f"a job to requeue it) in {root}, trainer.default_root_dir; give --ckpt_path a checkpoint "
+                    f"file{_latest_files()}")
+            return
         if not ckpt_path or ckpt_path in LIGHTNING_CKPT_WORDS or "://" in str(ckpt_path):
             return
         if ckpt_path == UNTRAINED and self.subcommand in ("validate", "test", "predict"):
