@@ -817,6 +817,11 @@ def test_table_command_evaluates_a_trained_checkpoint(tmp_path, monkeypatch, cap
     words = table_command.predict_checkpoint(checkpoint)["words"]
     assert words[:12] == ("<pad>", "<unk>", "<eos>", "<eoq>", "bathroom", "bedroom", "garden", "hallway", "kitchen",
                           "no", "office", "yes")  # the specials, then tasks 1 and 6's answers
+    # the run's config with another data seed: the same test file, the same errors (it was refused as a resume)
+    (tmp_path / "seed3.yaml").write_text(f"extends: {tmp_path / 'run' / 'config.yaml'}\ndata:\n  init_args:\n    seed: 3\n")
+    main(["babi-table", "--ckpt_path", str(checkpoint), "--name", "tiny", "--config", str(tmp_path / "seed3.yaml"),
+          "--json", str(tmp_path / "seed3.json")])
+    assert json.loads((tmp_path / "seed3.json").read_text())["tiny"] == single
 
 
 @needs_data
@@ -939,6 +944,32 @@ def test_a_resume_with_another_split_is_refused():
                             ({"val_holdout": "question"}, "val_holdout 'question' given")):
         with pytest.raises(MemnetError, match=message):
             BabiDataModule(tasks=[1], **kwargs).load_state_dict(state)
+
+
+@pytest.mark.parametrize("stage", ["test", "validate", "predict"])
+def test_a_checkpoint_is_scored_whatever_its_data_seed_but_not_on_other_files(stage):
+    """`memnet babi-table --config C` with another data seed was refused as a resume ("resuming continues its split
+    of the training questions; pass --data.init_args.seed 0, or start a new run", an option babi-table does not
+    take), though the test split is the test file whatever the seed. Outside a fit the split keys are not
+    checked; other files still are, with a message for scoring (their vocabulary is the model's)."""
+    from types import SimpleNamespace
+
+    from memnet.utils import MemnetError
+
+    state = BabiDataModule(tasks=[1, 6], seed=0).state_dict()
+    for kwargs in ({"seed": 3}, {"val_holdout": "question", "val_fraction": 0.2}):
+        scored = BabiDataModule(tasks=[1, 6], **kwargs)
+        scored.trainer = SimpleNamespace(state=SimpleNamespace(fn=stage))
+        scored.load_state_dict(state)
+        scored.trainer = SimpleNamespace(state=SimpleNamespace(fn="fit"))  # a resume still continues one split
+        with pytest.raises(MemnetError, match="resuming continues its split of the training questions"):
+            scored.load_state_dict(state)
+    other_files = BabiDataModule(tasks=[1], seed=0)
+    other_files.trainer = SimpleNamespace(state=SimpleNamespace(fn=stage))
+    with pytest.raises(MemnetError, match=r"^data tasks \[1\] given, but the checkpoint was trained with \[1, 6\]: "
+                                          r"its model reads the vocabulary of those bAbI files; score it with "
+                                          r"data.init_args.tasks \[1, 6\] in its config$"):
+        other_files.load_state_dict(state)
 
 
 def test_a_resume_with_other_bAbI_files_is_refused():

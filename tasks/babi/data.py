@@ -90,6 +90,7 @@ from memnet.utils import (
     distributed_position,
     distributed_sampler,
     evaluation_sampler,
+    fitting,
 )
 from tasks.babi.archive import find_source, task_file
 from tasks.babi.parse import ALL_TASKS, LANGUAGES, SIZES, Language, Size, check_tasks, parse_babi
@@ -574,15 +575,26 @@ class BabiDataModule(pl.LightningDataModule):
     def load_state_dict(self, state_dict: dict) -> None:
         """A resume continues one run: another seed or hold-out (another split of the training file), or other
         files (``language``, ``size``, ``tasks``, ``train_1k_tasks``: other questions, another vocabulary) is
-        refused. A key the checkpoint lacks (written before it was kept) is not checked."""
+        refused. A key the checkpoint lacks (written before it was kept) is not checked.
+
+        ``validate``, ``test`` and ``predict`` (``memnet babi-table``, a suite's evaluation) continue no run: the
+        test split is the test file whatever the seed and hold-out, and a validation scores the split they draw
+        (as ``memnet test`` of an algorithmic task scores its seed's sets). Other files are still refused there:
+        the vocabulary, and so the token ids the checkpoint's model reads, comes from them.
+        """
+        split_keys = ("seed", "val_fraction", "val_holdout")
         for key, value in self.state_dict().items():
             saved = state_dict.get(key, value)
-            if saved != value:
-                what = ("its split of the training questions" if key in ("seed", "val_fraction", "val_holdout")
-                        else "training on its bAbI files")
+            if saved == value or (key in split_keys and not fitting(self.trainer)):
+                continue
+            if not fitting(self.trainer):
                 raise MemnetError(
-                    f"data {key} {value!r} given, but the checkpoint was trained with {saved!r}: "
-                    f"resuming continues {what}; pass --data.init_args.{key} {saved}, or start a new run")
+                    f"data {key} {value!r} given, but the checkpoint was trained with {saved!r}: its model reads the "
+                    f"vocabulary of those bAbI files; score it with data.init_args.{key} {saved!r} in its config")
+            what = "its split of the training questions" if key in split_keys else "training on its bAbI files"
+            raise MemnetError(
+                f"data {key} {value!r} given, but the checkpoint was trained with {saved!r}: "
+                f"resuming continues {what}; pass --data.init_args.{key} {saved}, or start a new run")
 
     def prepare_data(self) -> None:
         load_babi(data_dir=self.data_dir, cache_dir=self.cache_dir, language=self.language, size=self.size,
