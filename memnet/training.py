@@ -6,7 +6,8 @@
     StageMetrics        one torchmetrics ``Metric`` per stage, reset every epoch, DDP-synchronised at its end
     TaskErrorCounts     wrong answers and questions per task (bAbI), NRMSESums the NRMSE's sums,
                         LengthSums a validation's sums by task length
-    configure_optimizers, scheduler_config, check_learning_rates, check_precision, check_finite_loss,
+    configure_optimizers, scheduler_config, check_one_cycle_length, check_learning_rates, check_precision,
+    check_finite_loss,
     nonfinite_gradients
 
 The modules themselves (``SequenceModule``, ``QAModule``, …) are in ``memnet.lightning``.
@@ -14,8 +15,9 @@ The modules themselves (``SequenceModule``, ``QAModule``, …) are in ``memnet.l
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -38,6 +40,7 @@ from memnet.utils import (
 )
 
 Interval = Literal["step", "epoch"]  # when a learning-rate scheduler steps
+log = logging.getLogger(__name__)
 NonFinite = Literal["skip", "stop"]  # what a training step with non-finite gradients does
 #: consecutive skipped steps after which training stops all the same
 MAX_SKIPPED_IN_A_ROW = 10
@@ -615,8 +618,9 @@ def configure_optimizers(module: pl.LightningModule, interval: str) -> Any:
     optimizer = module.optimizer(module.parameters())
     if module.scheduler is None:
         return optimizer
+    lrs = [group["lr"] for group in optimizer.param_groups]  # as given: a scheduler may set them (OneCycleLR)
     return {"optimizer": optimizer,
-            "lr_scheduler": scheduler_config(module.scheduler(optimizer), interval, module._trainer)}
+            "lr_scheduler": scheduler_config(module.scheduler(optimizer), interval, module._trainer, lrs)}
 
 
 # the learning rates of an optimiser (lr) and of a scheduler that sets them itself (OneCycleLR's max_lr, CyclicLR's
@@ -648,13 +652,15 @@ def check_learning_rates(module: Any) -> None:
                     "rate steps up the gradient, so training would climb the loss")
 
 
-def scheduler_config(scheduler: Any, interval: str, trainer: pl.Trainer | None) -> dict[str, Any]:
+def scheduler_config(scheduler: Any, interval: str, trainer: pl.Trainer | None,
+                     optimizer_lrs: Sequence[float] = ()) -> dict[str, Any]:
     """Lightning's scheduler entry, after checking that a fixed-length schedule covers the training.
 
     ``OneCycleLR`` raises once it is stepped past ``total_steps``; rather than fail
     hours into a run, a training longer than the schedule (``trainer.max_steps``,
     or ``max_epochs`` × batches per epoch) is refused before the first step, with
-    the two numbers and the field to change. ``memnet.optim.LinearStartStepLR`` counts
+    the two numbers and the field to change (a shorter training is said in a warning line:
+    :func:`check_one_cycle_length`). ``memnet.optim.LinearStartStepLR`` counts
     epochs: stepped every ``step``, its linear start would end after that many batches
     (while ``LinearStartSwitch`` puts the softmax back after that many epochs), so it is refused.
     """
@@ -666,26 +672,81 @@ def scheduler_config(scheduler: Any, interval: str, trainer: pl.Trainer | None) 
             f"step_size {scheduler.step_size}) but model.init_args.scheduler_interval is {interval!r}: its linear "
             "start would end after that many batches; set scheduler_interval: epoch"
         )
-    total = getattr(scheduler, "total_steps", None)
-    if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) and trainer is not None and total is not None:
-        if interval == "step":
-            planned, unit = trainer.max_steps, "trainer.max_steps"
-            if planned is None or planned < 0:
-                try:
-                    planned, unit = trainer.estimated_stepping_batches, "the steps of trainer.max_epochs"
-                except Exception:  # noqa: BLE001 -- no estimate (e.g. an iterable without length): nothing to check
-                    planned = math.inf
-        else:
-            planned, unit = trainer.max_epochs, "trainer.max_epochs"
-            if planned is None or planned < 0:
-                planned = math.inf
-        if math.isfinite(planned) and planned > total:
-            raise ValueError(
-                f"OneCycleLR total_steps is {total} {interval}s but training runs for {int(planned)} "
-                f"({unit}); the schedule would end early and stop training with an error. Set "
-                f"model.init_args.scheduler.init_args.total_steps to at least {int(planned)}, or lower {unit}."
-            )
+    if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) and trainer is not None:
+        check_one_cycle_length(scheduler, interval, trainer, optimizer_lrs)
     return {"scheduler": scheduler, "interval": interval, "monitor": "val/loss"}
+
+
+def planned_scheduler_steps(interval: str, trainer: pl.Trainer) -> tuple[float, str, str]:
+    """How many times this fit steps a scheduler stepped every ``interval``: (count, how it is reached, the option).
+
+    The first of ``trainer.max_steps`` and ``max_epochs`` to be reached ends the fit; an epoch cut short by
+    ``max_steps`` still ends with a step of a per-epoch scheduler. A limit whose length in the scheduler's unit
+    needs the batches per epoch, where the data module cannot say (an iterable without a length), is left out.
+    ``(inf, "", "")`` where nothing bounds the fit.
+    """
+    max_steps = trainer.max_steps if trainer.max_steps is not None and trainer.max_steps >= 0 else None
+    max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None
+    converted = max_epochs if interval == "step" else max_steps  # the limit counted in the other unit
+    per_epoch = _steps_per_epoch(trainer) if converted is not None else None
+    if interval == "step":
+        limits = [(max_steps, "trainer.max_steps", "trainer.max_steps"),
+                  (per_epoch * max_epochs if per_epoch and max_epochs is not None else None,
+                   f"trainer.max_epochs {max_epochs} of {per_epoch} steps", "trainer.max_epochs")]
+    else:
+        limits = [(max_epochs, "trainer.max_epochs", "trainer.max_epochs"),
+                  (math.ceil(max_steps / per_epoch) if per_epoch and max_steps is not None else None,
+                   f"the epochs of trainer.max_steps {max_steps}, {per_epoch} steps an epoch", "trainer.max_steps")]
+    given = [limit for limit in limits if limit[0] is not None]
+    return min(given, key=lambda limit: limit[0]) if given else (math.inf, "", "")
+
+
+def _steps_per_epoch(trainer: pl.Trainer) -> int | None:
+    """Optimiser steps in one training epoch (batches over ``accumulate_grad_batches``, rounded up); None unknown."""
+    try:
+        if trainer.train_dataloader is None:
+            trainer.fit_loop.setup_data()  # as Lightning's estimated_stepping_batches does
+        batches = trainer.num_training_batches
+    except Exception:  # noqa: BLE001 -- no estimate (a stand-in trainer, a loader that fails to build): no check
+        return None
+    if not isinstance(batches, int) or batches <= 0:  # inf: an iterable without a length
+        return None
+    return math.ceil(batches / max(1, int(trainer.accumulate_grad_batches)))
+
+
+def check_one_cycle_length(scheduler: torch.optim.lr_scheduler.OneCycleLR, interval: str, trainer: pl.Trainer,
+                           optimizer_lrs: Sequence[float] = ()) -> None:
+    """A ``OneCycleLR`` as long as the fit: refused longer than the schedule, a warning shorter, each in one line.
+
+    Longer, ``OneCycleLR`` raises at its first step past ``total_steps``, hours into a run. Shorter, the rate
+    never anneals: the run ends part way through the cycle, the schedule the config gave silently cut. The
+    optimiser's own ``lr`` (``optimizer_lrs``, per parameter group, as built) is unused: ``OneCycleLR`` sets the
+    rate from its ``max_lr``, so an ``lr`` other than ``max_lr`` is said to change nothing.
+
+    Raises:
+        ValueError: naming both numbers, the limit and the field to change.
+    """
+    total = scheduler.total_steps
+    planned, reached, option = planned_scheduler_steps(interval, trainer)
+    field = "model.init_args.scheduler.init_args.total_steps"
+    if math.isfinite(planned) and planned > total:
+        raise ValueError(
+            f"OneCycleLR total_steps is {total} {interval}s but training runs for {int(planned)} ({reached}); the "
+            f"schedule would end early and stop training with an error. Set {field} to at least {int(planned)}, "
+            f"or lower {option}.")
+    if not getattr(trainer, "is_global_zero", True):
+        return
+    if math.isfinite(planned) and planned < total:
+        log.warning(f"OneCycleLR total_steps is {total} {interval}s but training stops after {int(planned)} "
+                    f"({reached}): the rate never anneals, the run ends {planned / total:.1%} into its schedule; set "
+                    f"{field} to {int(planned)} for a whole cycle")
+    groups = scheduler.optimizer.param_groups
+    differ = [(lr, group["max_lr"]) for lr, group in zip(optimizer_lrs, groups, strict=False)
+              if "max_lr" in group and not math.isclose(float(lr), float(group["max_lr"]))]
+    if differ:
+        lr, peak = differ[0]
+        log.warning(f"the optimiser's lr {float(lr):g} changes nothing: OneCycleLR sets the rate from its max_lr "
+                    f"{float(peak):g} (model.init_args.scheduler.init_args.max_lr); give the rate there")
 
 
 def check_plateau_has_its_metric(interval: str, trainer: pl.Trainer) -> None:

@@ -562,6 +562,70 @@ def test_resuming_a_one_cycle_schedule_stepped_per_batch_by_epochs_is_refused_be
     assert resumed.global_step == 4  # refused before a step
 
 
+def _one_cycle(total, interval, optimizer=torch.optim.Adam, max_lr=0.01):
+    import functools
+
+    torch.manual_seed(0)
+    return RegressionModule(nn.Linear(3, 1), optimizer=optimizer, scheduler_interval=interval, scheduler=functools.partial(
+        torch.optim.lr_scheduler.OneCycleLR, max_lr=max_lr, total_steps=total))
+
+
+ONE_CYCLE_TRAINER = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+                     "enable_model_summary": False, "limit_val_batches": 0}
+
+
+def test_a_per_epoch_one_cycle_schedule_given_only_max_steps_is_checked_in_epochs():
+    """scheduler_interval: epoch with trainer.max_steps only (max_epochs -1) was not checked: a 3-epoch schedule
+    under max_steps 8 (4 epochs of 2 batches) trained 3 epochs and stopped with torch's traceback at the end of
+    the fourth ("Tried to step 4 times. The specified number of total steps is 3"). It is refused before a step."""
+    loader = torch.utils.data.DataLoader(_regression_batches(2), batch_size=None)
+    trainer = pl.Trainer(max_steps=8, **ONE_CYCLE_TRAINER)
+    with pytest.raises(ValueError, match=re.escape(
+            "OneCycleLR total_steps is 3 epochs but training runs for 4 (the epochs of trainer.max_steps 8, 2 steps "
+            "an epoch); the schedule would end early and stop training with an error. Set "
+            "model.init_args.scheduler.init_args.total_steps to at least 4, or lower trainer.max_steps.")):
+        trainer.fit(_one_cycle(3, "epoch"), train_dataloaders=loader)
+    assert trainer.global_step == 0
+    trainer = pl.Trainer(max_steps=6, **ONE_CYCLE_TRAINER)  # 3 epochs: the whole schedule
+    trainer.fit(_one_cycle(3, "epoch"), train_dataloaders=loader)
+    assert trainer.global_step == 6
+
+
+@pytest.mark.parametrize(("interval", "total", "limits", "warning"), [
+    ("step", 10, {"max_steps": 4}, ("OneCycleLR total_steps is 10 steps but training stops after 4 (trainer.max_steps): "
+     "the rate never anneals, the run ends 40.0% into its schedule; set model.init_args.scheduler.init_args."
+     "total_steps to 4 for a whole cycle")),
+    ("step", 10, {"max_epochs": 3}, ("OneCycleLR total_steps is 10 steps but training stops after 6 (trainer.max_epochs"
+     " 3 of 2 steps)")),
+    ("epoch", 5, {"max_steps": 4}, ("OneCycleLR total_steps is 5 epochs but training stops after 2 (the epochs of "
+     "trainer.max_steps 4, 2 steps an epoch)")),
+    ("epoch", 5, {"max_epochs": 9, "max_steps": 4}, "OneCycleLR total_steps is 5 epochs but training stops after 2"),
+])
+def test_a_one_cycle_schedule_longer_than_the_training_is_said_in_one_line(caplog, interval, total, limits, warning):
+    """A run shorter than its OneCycleLR (max_steps 4 of a 10-step schedule) ended before the rate annealed, the
+    schedule the config gave cut without a word."""
+    loader = torch.utils.data.DataLoader(_regression_batches(2), batch_size=None)
+    with caplog.at_level("WARNING", logger="memnet"):
+        pl.Trainer(**limits, **ONE_CYCLE_TRAINER).fit(_one_cycle(total, interval), train_dataloaders=loader)
+    said = [record.getMessage() for record in caplog.records if "OneCycleLR total_steps" in record.getMessage()]
+    assert len(said) == 1 and said[0].startswith(warning) and "\n" not in said[0], said
+
+
+def test_an_optimiser_lr_that_one_cycle_overrides_is_said_to_change_nothing(caplog):
+    import functools
+
+    loader = torch.utils.data.DataLoader(_regression_batches(2), batch_size=None)
+    for lr, said in ((0.1, True), (0.01, False)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="memnet"):
+            pl.Trainer(max_steps=2, **ONE_CYCLE_TRAINER).fit(
+                _one_cycle(2, "step", optimizer=functools.partial(torch.optim.Adam, lr=lr)), train_dataloaders=loader)
+        messages = [record.getMessage() for record in caplog.records if "changes nothing" in record.getMessage()]
+        assert messages == ([
+            ("the optimiser's lr 0.1 changes nothing: OneCycleLR sets the rate from its max_lr 0.01 "
+            "(model.init_args.scheduler.init_args.max_lr); give the rate there")] if said else []), messages
+
+
 @pytest.mark.parametrize(("interval", "limits", "message"), [
     ("step", {}, "stepped every step .*scheduler_interval: step"),
     ("epoch", {"check_val_every_n_epoch": 2}, "not every epoch is validated .*check_val_every_n_epoch 2"),
