@@ -49,7 +49,9 @@ with the same step; their code is imported from there, never copied.
 
 A setting that fails (an error, a ``compiled`` one that memnet ran uncompiled, or over ``--timeout``) is a
 row ``failed: <why>``; the others are measured, the table printed and the JSON written all the same, and
-the exit status is 1.
+the exit status is 1. Interrupted (Ctrl-C), the runner keeps the rows measured so far: their table is printed
+and, with ``--out bench.json``, they are written beside it as ``bench.partial.json`` (``"partial": true``),
+the complete ``bench.json`` of an earlier run left as it was; the exit status is 130.
 """
 
 from __future__ import annotations
@@ -540,7 +542,62 @@ def main(argv: list[str] | None = None) -> int:
                 if checkout is not None and PEERS[peer] == model:
                     settings.append((peer, "eager", batch_size, checkout))
 
-    rows = []
+    rows: list[dict] = []
+    try:
+        measure_all(settings, rows, args)
+    except KeyboardInterrupt:  # Ctrl-C part way through `make bench`: the rows measured so far are kept
+        return interrupted(rows, settings, args, options)
+
+    report = {"benchmark": "train_step", "machine": machine(args.device), "results": rows,
+              "settings": {**options, "threads": args.threads}}
+    print(table(report))
+    if args.out:
+        from memnet.utils import write_text_atomic
+
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        # written beside it, then renamed over it: a write cut short (a full disk, Ctrl-C) leaves the file as it
+        # was, never a truncated JSON in its place
+        write_text_atomic(args.out, json.dumps(report, indent=2))
+        print(f"written {args.out}")
+    failed = sum("error" in row for row in rows)
+    if failed:
+        print(f"{failed} of {len(rows)} settings failed (their rows say why)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def partial_path(out: Path) -> Path:
+    """Where an interrupted run writes its rows: ``bench.partial.json`` beside ``bench.json``."""
+    return out.with_name(f"{out.stem}.partial{out.suffix or '.json'}")
+
+
+def interrupted(rows: list[dict], settings: list[tuple], args: argparse.Namespace, options: dict) -> int:
+    """Print and keep the rows measured before a Ctrl-C; exit status 130 (128 + SIGINT, as a shell reports it).
+
+    The rows go to :func:`partial_path` (``"partial": true``, written atomically), never over ``--out``: a
+    complete result of an earlier run stays whole, and a reader of ``--out`` never takes part of a run for all
+    of it. Without ``--out`` only the table is printed.
+    """
+    report = {"benchmark": "train_step", "partial": True, "machine": machine(args.device), "results": rows,
+              "settings": {**options, "threads": args.threads},
+              "settings_measured": len(rows), "settings_planned": len(settings)}
+    print(table(report))
+    counted = f"{len(rows)} of {len(settings)} settings measured"
+    if args.out is None:
+        print(f"interrupted: {counted}; no --out, nothing written", file=sys.stderr)
+        return 130
+    from memnet.utils import write_text_atomic
+
+    where = partial_path(args.out)
+    where.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(where, json.dumps(report, indent=2))
+    kept = f"{args.out} left as it was" if args.out.exists() else f"{args.out} not written"
+    print(f"interrupted: {counted}, written to {where} (marked partial); {kept}", file=sys.stderr)
+    return 130
+
+
+def measure_all(settings: list[tuple], rows: list[dict], args: argparse.Namespace) -> None:
+    """Measure each setting in a fresh process, appending its row to ``rows`` as it comes (a failure is a row)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     for model, path, batch_size, checkout in settings:
         command = [sys.executable, __file__, "--single", model, path, str(batch_size), "--steps", str(args.steps),
@@ -567,23 +624,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{model} {path} batch {batch_size} failed: {last}", file=sys.stderr)
             continue
         rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
-
-    report = {"benchmark": "train_step", "machine": machine(args.device), "results": rows,
-              "settings": {**options, "threads": args.threads}}
-    print(table(report))
-    if args.out:
-        from memnet.utils import write_text_atomic
-
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        # written beside it, then renamed over it: a write cut short (a full disk, Ctrl-C) leaves the file as it
-        # was, never a truncated JSON in its place
-        write_text_atomic(args.out, json.dumps(report, indent=2))
-        print(f"written {args.out}")
-    failed = sum("error" in row for row in rows)
-    if failed:
-        print(f"{failed} of {len(rows)} settings failed (their rows say why)", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -266,3 +266,42 @@ def test_a_device_that_is_not_here_is_refused_before_anything_runs(tmp_path):
         assert result.returncode == 2
         assert result.stderr.strip().splitlines()[-1] == f"run.py: error: --device {device}: {why}"
     assert not out.exists()
+
+
+def test_ctrl_c_part_way_keeps_the_rows_measured_beside_the_complete_results(tmp_path, monkeypatch, capsys):
+    # Ctrl-C during `make bench` lost every row measured so far: the KeyboardInterrupt traceback, the previous JSON
+    # whole and nothing of this run. The rows so far are written beside --out, marked partial; exit status 130
+    run = bench_module()
+    row = {"model": "LSTM", "path": "eager", "batch_size": 1, "sequences_per_second": 10.0,
+           "seconds_per_step_median": 0.1, "peak_memory_mb": 5.0, "compile_seconds": None, "torch_threads": 1}
+    calls, real_run = [], subprocess.run
+
+    def settings_run(command, **kwargs):  # the first setting measured, Ctrl-C during the second
+        if "--single" not in command:  # platform's `uname -p` for the machine's description
+            return real_run(command, **kwargs)
+        calls.append(command[command.index("--single") + 1:command.index("--single") + 4])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return subprocess.CompletedProcess(command, 0, stdout=json.dumps(row) + "\n", stderr="")
+
+    monkeypatch.setattr(run.subprocess, "run", settings_run)
+    out = tmp_path / "bench.json"
+    out.write_text('{"results": "the previous complete run"}')
+    argv = ["--models", "LSTM", "--paths", "eager", "--batch-sizes", "1", "2", "4"]
+    assert run.main([*argv, "--out", str(out)]) == 130
+    assert calls == [["LSTM", "eager", "1"], ["LSTM", "eager", "2"]]  # nothing measured after the Ctrl-C
+    assert json.loads(out.read_text()) == {"results": "the previous complete run"}
+    partial = json.loads((tmp_path / "bench.partial.json").read_text())
+    assert partial["partial"] is True and partial["results"] == [row]
+    assert (partial["settings_measured"], partial["settings_planned"]) == (1, 3)
+    printed = capsys.readouterr()
+    assert "| LSTM | 1 | eager | 10.0 |" in printed.out
+    assert printed.err.strip().splitlines() == [
+        (f"interrupted: 1 of 3 settings measured, written to {tmp_path / 'bench.partial.json'} (marked partial); "
+        f"{out} left as it was")]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bench.json", "bench.partial.json"]  # no leftovers
+    # without --out: the table of the rows so far, and a line that nothing was written
+    calls.clear()
+    assert run.main(argv) == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "interrupted: 1 of 3 settings measured; no --out, nothing written"]
