@@ -515,19 +515,44 @@ class EchoStateController(Controller):
         self.include_input = include_input
         self.output_size = reservoir_size + (input_size if include_input else 0)
 
+        self.sparsity = sparsity
+        self.input_scaling = input_scaling
+        self.bias_scaling = bias_scaling
+        self.seed = seed
+        recurrent, inputs, bias = self._draw(seed)
+        self.register_buffer("recurrent_weight", recurrent)  # W (N, N)
+        self.register_buffer("input_weight", inputs)  # W_in (N, D)
+        self.register_buffer("bias", bias)  # b (N)
+
+    def _draw(self, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The reservoir of ``seed``: W (N, N) scaled to ``spectral_radius``, W_in (N, D), b (N), float32."""
+        size = self.reservoir_size
         generator = torch.Generator().manual_seed(seed)
         uniform = lambda *shape: 2 * torch.rand(*shape, generator=generator, dtype=torch.float64) - 1
-        recurrent = uniform(reservoir_size, reservoir_size)
-        recurrent = recurrent * (torch.rand(recurrent.shape, generator=generator, dtype=torch.float64) >= sparsity)
+        recurrent = uniform(size, size)
+        recurrent = recurrent * (torch.rand(recurrent.shape, generator=generator, dtype=torch.float64) >= self.sparsity)
         radius = torch.linalg.eigvals(recurrent).abs().max()
         if radius <= 0:
             raise ValueError(
-                f"the drawn reservoir (reservoir_size={reservoir_size}, sparsity={sparsity}, seed={seed}) "
+                f"the drawn reservoir (reservoir_size={size}, sparsity={self.sparsity}, seed={seed}) "
                 "has spectral radius 0 and cannot be scaled; lower sparsity or raise reservoir_size"
             )
-        self.register_buffer("recurrent_weight", (recurrent * (spectral_radius / radius)).float())  # W (N, N)
-        self.register_buffer("input_weight", (uniform(reservoir_size, input_size) * input_scaling).float())
-        self.register_buffer("bias", (uniform(reservoir_size) * bias_scaling).float())
+        recurrent = (recurrent * (self.spectral_radius / radius)).float()
+        inputs = (uniform(size, self.input_size) * self.input_scaling).float()
+        return recurrent, inputs, (uniform(size) * self.bias_scaling).float()
+
+    def redraw(self, seed: int) -> None:
+        """Draw W, W_in and b again from ``seed`` (the other settings unchanged); ``seed`` becomes the draw's seed.
+
+        ``memnet.models.seq2seq.Seq2Seq`` draws a decoder reservoir configured with the encoder's seed
+        from a stream of its own this way (the same seed drew the same W for both).
+        """
+        recurrent, inputs, bias = self._draw(seed)
+        self.seed = seed
+        with torch.no_grad():
+            self.recurrent_weight.copy_(recurrent.to(self.recurrent_weight.device))
+            self.input_weight.copy_(inputs.to(self.input_weight.device))
+            self.bias.copy_(bias.to(self.bias.device))
 
     def initial_state(self, batch_size, *, device=None, dtype=None):
         return torch.zeros(batch_size, self.reservoir_size, device=device, dtype=dtype)

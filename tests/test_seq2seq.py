@@ -198,6 +198,31 @@ def test_any_controller_can_encode_and_decode(encoder, decoder):
     assert model.generate(source, max_length=5).shape[0] == B
 
 
+def test_two_echo_state_reservoirs_of_one_seed_are_drawn_apart():
+    # one seed drew one W for both: the decoder's reservoir (of the encoder's size) was a copy of the encoder's
+    esn = partial(EchoStateController, reservoir_size=6, sparsity=0.5, bias_scaling=0.5, seed=4)
+    model = Seq2Seq(V, V, encoder=esn, decoder=esn, embedding_size=3)
+    encoder, decoder = model.encoder, model.decoder
+    assert not torch.allclose(encoder.recurrent_weight, decoder.recurrent_weight, atol=0.05)
+    assert decoder.seed != 4 and encoder.seed == 4
+    # the decoder is drawn as a lone reservoir of its seed (radius scaled as asked), the encoder as before
+    alone = EchoStateController(3 + 6, reservoir_size=6, sparsity=0.5, bias_scaling=0.5, seed=decoder.seed)
+    torch.testing.assert_close(decoder.recurrent_weight, alone.recurrent_weight, rtol=0, atol=0)
+    torch.testing.assert_close(decoder.input_weight, alone.input_weight, rtol=0, atol=0)
+    torch.testing.assert_close(encoder.recurrent_weight[0], torch.tensor(
+        [-0.044552, 0.450870, 0.0, 0.862517, 0.873174, 0.099840]), rtol=0, atol=1e-6)  # the lone draw of seed 4
+    torch.testing.assert_close(encoder.input_weight[1], torch.tensor([-0.853883, 0.149061, 0.249400]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(encoder.bias[:3], torch.tensor([0.368073, 0.092571, 0.104894]), rtol=0, atol=1e-6)
+    # another seed for the decoder is drawn from it, as given
+    other = Seq2Seq(V, V, encoder=esn, decoder=partial(esn, seed=5), embedding_size=3)
+    assert other.decoder.seed == 5
+    # a checkpoint of a model trained with the copy loads its reservoirs as trained (buffers)
+    state = model.state_dict()
+    state["decoder.recurrent_weight"] = encoder.recurrent_weight.clone()
+    model.load_state_dict(state)
+    torch.testing.assert_close(model.decoder.recurrent_weight, model.encoder.recurrent_weight, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     "make, match",
     [

@@ -32,6 +32,9 @@ Training uses teacher forcing: with probability ``teacher_forcing_ratio`` (per
 sequence and step) the decoder is fed the true y(t−1), otherwise its own
 arg-max. Inference decodes greedily until every sequence has emitted EOS.
 Any controller of ``memnet.controllers`` can be the encoder or the decoder.
+Two echo-state reservoirs given one ``seed`` are not drawn alike: the decoder's W, W_in
+and b come from ``mix_seed(seed, 1)`` (its ``seed`` attribute says so), the encoder's
+from ``seed``, as a lone reservoir's.
 The step loop (teacher forcing below 1, Bahdanau attention, greedy decoding)
 runs ``decode_step`` as written (``engine: eager``, the default) or compiled by
 ``torch.compile`` (``engine: compiled``: target lengths never recompile; a
@@ -55,10 +58,15 @@ from torch import nn
 
 from memnet import addressing
 from memnet import memory as mem
-from memnet.controllers import ControllerFactory, ControllerState, LSTMController
+from memnet.controllers import (
+    ControllerFactory,
+    ControllerState,
+    EchoStateController,
+    LSTMController,
+)
 from memnet.models.core import compiled
 from memnet.models.recurrent import check_loop_engine
-from memnet.utils import check_positive, check_range, check_token_ids
+from memnet.utils import check_positive, check_range, check_token_ids, mix_seed
 
 ATTENTIONS = ("none", "luong", "content", "bahdanau")
 
@@ -130,6 +138,11 @@ class Seq2Seq(nn.Module):
         self.encoder = (encoder or LSTMController)(embedding_size)
         context_size = self.encoder.output_size  # C_e
         self.decoder = (decoder or LSTMController)(embedding_size + context_size)
+        if (isinstance(self.encoder, EchoStateController) and isinstance(self.decoder, EchoStateController)
+                and self.decoder.seed == self.encoder.seed):
+            # one seed drew one W for both (of one size: the decoder's reservoir a copy of the encoder's); the
+            # decoder's from a stream of its own. A checkpoint's buffers load over the draw: old ones as trained
+            self.decoder.redraw(mix_seed(self.decoder.seed, 1))
         query_size = self.decoder.output_size  # C_d
         if attention == "luong":
             self.score = nn.Linear(query_size, context_size, bias=False)  # W of hᵀ W e
