@@ -30,6 +30,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
 from memnet.metrics import (  # noqa: F401  (some re-exported: memnet.lightning.sequence_metrics & co.)
@@ -686,6 +687,12 @@ class RidgeReadoutModule(RegressionModule):
     one epoch (``trainer.max_epochs: 1``). Validation and test are as in
     ``RegressionModule``; the fit happens before the epoch's validation.
 
+    Each epoch fits from its own rows (sums reset at its start: a batch seen in two epochs is not counted
+    twice). A fit from fewer rows than the installed read-out's never replaces it: a later epoch's
+    validation in its middle (``val_check_interval``) or its end cut short (``max_steps``, ``max_time``)
+    keeps the read-out of the whole epoch before (with a warning at the end); the rows of the installed
+    fit go with the checkpoint.
+
     Args:
         net: a network with ``features(inputs) -> (B, T, C)`` and a linear
             ``output`` (C -> K), e.g. ``RecurrentModel`` with an ``EchoStateController``.
@@ -701,6 +708,7 @@ class RidgeReadoutModule(RegressionModule):
         self.ridge = ridge
         self.automatic_optimization = False
         self._accumulator: Any = None
+        self._fitted_rows = 0  # the rows the installed read-out was fitted from (0: none fitted)
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         with torch.no_grad():
@@ -730,12 +738,13 @@ class RidgeReadoutModule(RegressionModule):
         ``DistributedSampler`` repeats a set's last batches where it does not divide by the processes).
         """
         total = self._total_sums()
-        if total.count == 0:
+        if total.count == 0 or total.count < self._fitted_rows:
             return
         weight, bias = total.solve(ridge=self.ridge, dtype=self.net.output.weight.dtype)
         with torch.no_grad():
             self.net.output.weight.copy_(weight.to(self.net.output.weight.device))
             self.net.output.bias.copy_(bias.to(self.net.output.bias.device))
+        self._fitted_rows = total.count
 
     def _total_sums(self) -> Any:
         """The epoch's sums so far, of every DDP process (every process calls this at the same hooks)."""
@@ -759,6 +768,11 @@ class RidgeReadoutModule(RegressionModule):
         if resumable is not None:  # written in the middle of the epoch: the rows so far go with it
             total = self._total_sums()
             resumable["ridge_sums"] = {"gram": total.gram, "cross": total.cross, "count": total.count}
+        checkpoint["memnet_ridge_rows"] = self._fitted_rows
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._fitted_rows = int(checkpoint.get("memnet_ridge_rows", 0))  # absent (older): the next fit replaces it
 
     def on_train_start(self) -> None:
         super().on_train_start()  # keeps the checkpoint's epoch only if this run resumes in its middle
@@ -776,6 +790,10 @@ class RidgeReadoutModule(RegressionModule):
         super().on_validation_epoch_start()
 
     def on_train_epoch_end(self) -> None:
+        rows = self._total_sums().count
+        if 0 < rows < self._fitted_rows:
+            rank_zero_warn(f"epoch {self.current_epoch} collected {rows} rows (cut short), fewer than the "
+                           f"{self._fitted_rows} the read-out was fitted from: it is kept")
         self.fit_readout()
 
     def configure_optimizers(self) -> None:

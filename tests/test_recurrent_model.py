@@ -221,6 +221,42 @@ def test_a_ridge_fit_resumed_mid_epoch_keeps_the_rows_collected_before_the_check
     assert torch.equal(resumed.net.output.bias, unbroken.net.output.bias)
 
 
+def test_a_later_epoch_cut_short_keeps_the_read_out_fitted_from_the_whole_epoch_before(tmp_path):
+    """Epoch 2 stopped by max_steps after 1 of its 4 batches refitted the read-out from that batch alone (the
+    weights of the saved model from a quarter of the data); the fit from fewer rows never replaces the installed
+    one, also in a run resumed from the first epoch's checkpoint."""
+
+    def module() -> RidgeReadoutModule:
+        torch.manual_seed(0)
+        controller = partial(EchoStateController, reservoir_size=20, input_scaling=0.1, seed=5)
+        return RidgeReadoutModule(RecurrentModel(1, 1, controller=controller), ridge=1e-6)
+
+    def trainer(**kwargs) -> pl.Trainer:
+        return pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                          enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0, **kwargs)
+
+    class PreemptedInEpochTwo(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.current_epoch == 1:
+                trainer.save_checkpoint(tmp_path / "preempted.ckpt")
+                trainer.should_stop = True
+
+    whole = module()
+    trainer(max_epochs=1).fit(whole, datamodule=_series(train_size=16))  # 4 batches an epoch
+    cut = module()
+    with pytest.warns(UserWarning, match="epoch 1 collected 480 rows .*fewer than the 1920 .*: it is kept"):
+        trainer(max_epochs=2, max_steps=5).fit(cut, datamodule=_series(train_size=16))
+    # written after epoch 2's first batch, resumed to max_steps 6: epoch 2 ends after 2 of its batches
+    trainer(max_epochs=2, callbacks=[PreemptedInEpochTwo()]).fit(module(), datamodule=_series(train_size=16))
+    resumed = module()
+    with pytest.warns(UserWarning, match="epoch 1 collected 960 rows .*fewer than the 1920 .*: it is kept"):
+        trainer(max_epochs=2, max_steps=6).fit(resumed, datamodule=_series(train_size=16),
+                                               ckpt_path=tmp_path / "preempted.ckpt")
+    for model in (cut, resumed):
+        torch.testing.assert_close(model.net.output.weight, whole.net.output.weight, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(model.net.output.bias, whole.net.output.bias, rtol=1e-4, atol=1e-4)
+
+
 def test_a_ridge_fit_counts_its_batches_as_steps_so_max_steps_and_the_best_checkpoint_work(tmp_path):
     """Its batches are its steps: global_step stayed 0, so max_steps never stopped it (max_epochs -1 ran forever)
     and the best checkpoint was never written (Lightning saves none at the step it saved last, 0)."""
