@@ -142,6 +142,10 @@ class SequenceModule(MemnetModule):
         """Extra keyword arguments of the network in train / val / test (none here; see subclasses)."""
         return {}
 
+    def free_kwargs(self, batch: dict) -> dict[str, Any]:
+        """Extra keyword arguments of the network running free, in ``predict`` (none here; see subclasses)."""
+        return {}
+
     def model_step(self, batch: dict, stage: str) -> torch.Tensor:
         """Shared by train / val / test: forward, loss, metrics, logging."""
         logits = self(batch["inputs"], **self.forward_kwargs(batch))
@@ -214,7 +218,7 @@ class SequenceModule(MemnetModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         """Returns the binary predictions and the bit errors of every sequence."""
-        logits = self(batch["inputs"])
+        logits = self(batch["inputs"], **self.free_kwargs(batch))
         predictions = (logits > 0).to(batch["targets"].dtype)
         mask = batch["mask"].unsqueeze(-1)
         errors = bit_errors_per_sequence(logits, batch["targets"], batch["mask"])
@@ -418,7 +422,8 @@ class ConditionalSequenceModule(SequenceModule):
     loss is the teacher-forced likelihood of the true targets (y(t−1) fed from
     the targets); validation and test also run it free, feeding back its own
     predictions, and log ``…/free_bits_per_seq`` and ``…/free_bit_errors_per_seq``.
-    ``predict`` runs it free. For a network without ``conditional`` it is a
+    ``predict`` runs it free. Running free, it is fed its own prediction after a scored step and the
+    target after an unscored one (the input phase of copy: the value training fed there). For a network without ``conditional`` it is a
     plain ``SequenceModule`` (which refuses a conditional network: it would train on its own predictions).
     Arguments as ``SequenceModule``.
     """
@@ -429,6 +434,12 @@ class ConditionalSequenceModule(SequenceModule):
     def forward_kwargs(self, batch: dict) -> dict[str, Any]:
         return {"targets": batch["targets"]} if getattr(self.net, "conditional", False) else {}
 
+    def free_kwargs(self, batch: dict) -> dict[str, Any]:
+        """Running free, a conditional network is fed the targets of the unscored steps (what training fed there)."""
+        if not getattr(self.net, "conditional", False):
+            return {}
+        return {"targets": batch["targets"], "mask": batch["mask"]}
+
     def evaluation_sums(self, batch: dict, metrics: dict[str, torch.Tensor],
                         scored_bits: torch.Tensor) -> dict[str, torch.Tensor]:
         """``SequenceModule``'s sums, and the bits and bit errors of the free-running model summed over the
@@ -437,7 +448,7 @@ class ConditionalSequenceModule(SequenceModule):
         zero = scored_bits.new_zeros(())
         if not getattr(self.net, "conditional", False):
             return sums | {"free_bits": zero, "free_bit_errors": zero, "free_sequences": zero}
-        free = sequence_metrics(self(batch["inputs"]), batch["targets"], batch["mask"])
+        free = sequence_metrics(self(batch["inputs"], **self.free_kwargs(batch)), batch["targets"], batch["mask"])
         batch_size = batch["inputs"].shape[0]
         return sums | {"free_bits": free["bits_per_seq"].float() * batch_size,
                        "free_bit_errors": free["bit_errors_per_seq"].float() * batch_size,

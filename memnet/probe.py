@@ -20,6 +20,13 @@ Works with any network that has ``initial_state(batch_size, device=, dtype=)``
 and ``step(x, state) -> (logits, state)``: ``RecurrentModel`` with any
 controller, ``NTM``. A state may be a tensor or (nested) tuples of tensors.
 
+A conditional ``RecurrentModel`` (y(t−1) → h(t)) runs as it is evaluated: fed its
+own prediction after a scored step and the target after an unscored one. Its h(t)
+is its whole state, ``ConditionalState(controller, prev_output)``: the fed-back
+y(t−1) counts in ‖∂L/∂h(t)‖ with ``state_part: all``, though no gradient flows from
+it back into h(t−1) (the prediction is fed back detached, the target is data);
+``state_part: controller`` leaves it out, the controller's state alone.
+
 Axes:  b - batch, t - time, d - features
 """
 
@@ -120,8 +127,8 @@ def gradient_through_time(
             the sequence), ``all`` (every scored step), or a function
             ``(logits, targets, mask) -> scalar``.
         state_part: ``all`` the whole state (an NTM's memory and read vectors
-            included), or ``controller`` only the controller's state (for states
-            with a ``controller`` field; the whole state otherwise).
+            included; a conditional model's fed-back y(t−1)), or ``controller`` only the
+            controller's state (for states with a ``controller`` field; the whole state otherwise).
         memory_size: N, the memory slots of the episode (networks with a memory: NTM, DNC); default the
             network's own, or for a LightningModule its ``eval_memory_size`` where set, as its evaluation runs.
 
@@ -166,6 +173,9 @@ def gradient_through_time(
                 probes.append(perturbations)
                 logits, state = net.step(inputs[:, t], state)
                 outputs.append(logits)
+                if hasattr(state, "_fields") and "prev_output" in state._fields:  # conditional: as evaluated
+                    scored = mask[:, t, None] > 0
+                    state = state._replace(prev_output=torch.where(scored, state.prev_output, targets[:, t]))
             value = loss(torch.stack(outputs, dim=1), targets, mask)
             flat = [p for step in probes for p in step]
             grads = torch.autograd.grad(value, flat, allow_unused=True) if flat else []

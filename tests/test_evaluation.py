@@ -426,3 +426,30 @@ def test_a_token_task_of_an_encoder_decoder_is_refused_naming_memnet_test(tmp_pa
     err = capsys.readouterr().err
     assert "ReverseTask is a token task of an encoder-decoder" in err and "memnet test" in err
     assert not (tmp_path / "evaluation").exists()  # nothing written
+
+
+def test_a_conditional_model_runs_free_where_scored_in_the_evaluation():
+    """On copy, the free-running cost fed back the untrained predictions of the input phase (unscored); it is fed
+    the targets there, as validation runs it free."""
+    from functools import partial
+
+    from memnet.controllers import GRUController
+    from memnet.evaluation import evaluate_length
+    from memnet.lightning import ConditionalSequenceModule
+    from memnet.models.recurrent import RecurrentModel
+    from tasks.algorithmic import CopyTask
+
+    torch.manual_seed(1)
+    task = CopyTask(width=3, min_length=1, max_length=5)
+    net = RecurrentModel(task.input_size, task.output_size, controller=partial(GRUController, hidden_size=5),
+                         conditional=True)
+    model = ConditionalSequenceModule(net).eval()
+    row, batch = evaluate_length(model, task, 5, slots=None, num_sequences=4, batch_size=4, seed=0,
+                                 device=torch.device("cpu"))
+    with torch.no_grad():
+        free = net(batch["inputs"], targets=batch["targets"], mask=batch["mask"])
+        fed_guesses = net(batch["inputs"])
+    assert row["free_bits_per_seq"] == pytest.approx(
+        float(metrics.bits_per_sequence(free, batch["targets"], batch["mask"]).mean()), rel=1e-6)
+    assert row["free_bits_per_seq"] != pytest.approx(
+        float(metrics.bits_per_sequence(fed_guesses, batch["targets"], batch["mask"]).mean()), rel=1e-3)

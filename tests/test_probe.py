@@ -9,11 +9,11 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from memnet.controllers import ElmanRNN, LSTMController
+from memnet.controllers import ElmanRNN, GRUController, LSTMController
 from memnet.lightning import SequenceModule
 from memnet.models.ntm import NTM
 from memnet.models.recurrent import RecurrentModel
-from memnet.probe import GradientProbe, gradient_through_time, plot_gradient_panels
+from memnet.probe import GradientProbe, gradient_through_time, last_step_loss, plot_gradient_panels
 
 B, T, D, K, H = 3, 11, 5, 4, 6
 
@@ -297,6 +297,28 @@ def test_the_wandb_chart_is_logged_on_lightnings_step_axis(tmp_path):
     trainer.fit(SequenceModule(net), train_dataloaders=loader, val_dataloaders=loader)
     curves = [(keys, step) for keys, step in logger._experiment.calls if "gradient_probe/curve" in keys]
     assert curves == [(["gradient_probe/curve", "trainer/global_step"], None)]
+
+
+def test_a_conditional_model_is_probed_as_it_is_evaluated():
+    """The probe fed a conditional model its own predictions of unscored steps too; it runs it free where scored,
+    as its free-running scores do, fed the targets after the unscored steps."""
+    torch.manual_seed(3)
+    net = RecurrentModel(2, 3, controller=partial(GRUController, hidden_size=5), conditional=True).double()
+    g = torch.Generator().manual_seed(3)
+    inputs = torch.randn(4, 6, 2, generator=g, dtype=torch.float64)
+    targets = torch.randint(0, 2, (4, 6, 3), generator=g).double()
+    mask = torch.zeros(4, 6, dtype=torch.float64)
+    mask[:, 3:] = 1.0
+    seen = []
+
+    def loss(logits, targets, mask):
+        seen.append(logits.detach())
+        return last_step_loss(logits, targets, mask)
+
+    norms = gradient_through_time(net, inputs, targets, mask=mask, loss=loss)
+    torch.testing.assert_close(seen[0], net(inputs, targets=targets, mask=mask))
+    controller = gradient_through_time(net, inputs, targets, mask=mask, state_part="controller")
+    assert torch.all(norms >= controller) and norms[-1] > controller[-1]  # y(t−1) counted in h(t) with all
 
 
 def test_the_command_trains_a_conditional_model_with_teacher_forcing():

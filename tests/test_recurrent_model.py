@@ -70,6 +70,45 @@ def test_free_running_feeds_back_its_own_predictions(feedback):
         assert torch.all(feedback_values.sum(-1) == 1)
 
 
+def test_running_free_where_scored_feeds_the_targets_of_unscored_steps():
+    """Running free, an unscored step's prediction (never trained: copy's input phase) was fed back; given the
+    targets and the mask, the model is fed the target after an unscored step, its own prediction after a scored one."""
+    model = _conditional()
+    inputs, targets = _data(3)
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1], [0, 1, 0, 1, 0, 0, 1], [1, 1, 1, 1, 1, 1, 1]], dtype=torch.float64)
+    logits = model(inputs, targets=targets, mask=mask)
+    fed = targets.clone()
+    for t in range(T - 1):
+        fed[:, t] = torch.where(mask[:, t, None] > 0, model.feed_back(logits[:, t]), targets[:, t])
+    torch.testing.assert_close(model(inputs, targets=fed), logits)
+    torch.testing.assert_close(logits[2], model(inputs, targets=targets, mask=torch.ones(B, T))[2])  # all scored
+    torch.testing.assert_close(logits[2], model(inputs)[2])  # all scored: free as without targets
+    torch.testing.assert_close(logits[0, :4], model(inputs, targets=targets)[0, :4])  # up to the first scored step
+    with pytest.raises(ValueError, match="mask is read with targets only"):
+        model(inputs, mask=mask)
+    with pytest.raises(ValueError, match=r"mask must have shape \(B, T\) = \(3, 7\), got \(3, 6\)"):
+        model(inputs, targets=targets, mask=mask[:, :6])
+
+
+def test_the_free_running_scores_feed_the_targets_of_unscored_steps(tmp_path):
+    """Scored at its last step alone, a model fed the targets before it runs free as it is teacher-forced: its
+    free-running bits are its teacher-forced bits (they were those of the untrained guesses fed back)."""
+    torch.manual_seed(7)
+    net = RecurrentModel(1, K, controller=partial(GRUController, hidden_size=8), conditional=True)
+    g = torch.Generator().manual_seed(7)
+    targets = torch.randint(0, 2, (B, T, K), generator=g).float()
+    mask = torch.zeros(B, T)
+    mask[:, -1] = 1.0
+    batch = {"inputs": torch.randn(B, T, 1, generator=g), "targets": targets, "mask": mask, "length": T}
+    loader = torch.utils.data.DataLoader([batch], batch_size=None)
+    module = ConditionalSequenceModule(net)
+    metrics = _trainer(tmp_path).validate(module, dataloaders=loader, verbose=False)[0]
+    assert metrics["val/free_bits_per_seq"] == pytest.approx(metrics["val/bits_per_seq"], rel=1e-6)
+    prediction = pl.Trainer(logger=False, enable_progress_bar=False).predict(module, dataloaders=loader)[0]
+    teacher_forced = (net(batch["inputs"], targets=targets) > 0).float() * mask.unsqueeze(-1)
+    assert torch.equal(prediction["predictions"], teacher_forced)
+
+
 def test_conditioning_changes_the_output_and_plain_models_refuse_targets():
     model = _conditional()
     inputs, targets = _data(2)

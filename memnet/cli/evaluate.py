@@ -230,7 +230,9 @@ def evaluate_length(
         with torch.no_grad():
             if conditional:  # scored as validation scores it (fed the previous target), and free-running beside
                 logits = model.net(inputs, targets=targets, **kwargs)
-                free = metrics.bits_per_sequence(model.net(inputs, **kwargs), targets, mask)
+                # free where scored: fed the targets after the unscored steps, as its validation runs it
+                free_logits = model.net(inputs, targets=targets, mask=mask, **kwargs)
+                free = metrics.bits_per_sequence(free_logits, targets, mask)
                 totals["free"] = totals.get("free", 0.0) + float(free.sum())
             else:
                 logits = model.net(inputs, **kwargs)

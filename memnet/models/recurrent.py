@@ -11,6 +11,12 @@ Two options of the textbook's recurrent family live here too:
   is an input of step t, so the model is P(y | x) = Π_t P(y(t) | x(≤t), y(<t)).
   Training feeds the previous *target* (teacher forcing, one fused pass);
   inference feeds back the model's own previous *prediction* (a step loop).
+  Given the targets and the mask of scored steps (``forward(inputs,
+  targets=, mask=)``, as ``ConditionalSequenceModule`` evaluates and
+  predicts), it runs free on the scored steps only: after an unscored step
+  (the input phase of copy, padding) it is fed that step's target, the
+  value training fed there, not its prediction of a step it was never
+  trained to predict.
   Both start from y(−1) = 0 (``initial_state``), the start value: a task
   whose all-zero output is also a real one marks its first step in the input
   (as ``tasks.sequences.MarkovBitsTask`` does). The targets reach ``forward``
@@ -147,6 +153,7 @@ class RecurrentModel(nn.Module):
         *,
         state: ControllerState | None = None,
         targets: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """inputs (B, T, D_in) -> logits (B, T, D_out).
 
@@ -156,10 +163,15 @@ class RecurrentModel(nn.Module):
             targets: (B, T, D_out), conditional models only: teacher forcing,
                 y(t−1) = targets[:, t−1]. Without it a conditional model feeds
                 back its own predictions, one step at a time.
+            mask: (B, T), 1 on the scored steps, with ``targets``: run free where scored, one step at a time:
+                y(t−1) is the model's prediction (``feed_back``) where step t−1 is scored, targets[:, t−1]
+                where it is not.
         """
         check_sequence_inputs(inputs, self.input_size, model=type(self).__name__)
         if self.engine not in LOOP_ENGINES:  # set on the built model (``net.engine = ...``), not checked then
             check_loop_engine(self.engine)
+        if mask is not None and targets is None:
+            raise ValueError("mask is read with targets only: it says where a conditional model runs free on them")
         if not self.conditional:
             if targets is not None:
                 raise ValueError("targets are only read by a conditional model (conditional=True)")
@@ -167,7 +179,19 @@ class RecurrentModel(nn.Module):
             return self.output(hidden)
         if state is None:
             state = self.initial_state(inputs.shape[0], device=inputs.device, dtype=inputs.dtype)
-        if targets is None:
+        if targets is not None and (targets.shape[:2] != inputs.shape[:2] or targets.shape[-1] != self.output_size):
+            raise ValueError(
+                f"targets must have shape (B, T, {self.output_size}) = "
+                f"{(*inputs.shape[:2], self.output_size)}, got {tuple(targets.shape)}"
+            )
+        if mask is not None and tuple(mask.shape) != tuple(inputs.shape[:2]):
+            raise ValueError(f"mask must have shape (B, T) = {tuple(inputs.shape[:2])}, got {tuple(mask.shape)}")
+        if targets is None or mask is not None:
+            # the teacher's y(t) where step t is unscored (None: none is), time first as the inputs
+            teacher = None
+            if mask is not None:
+                teacher = [(step_mask[:, None] > 0, step_target.to(inputs.dtype)) for step_mask, step_target in
+                           zip(mask.transpose(0, 1).unbind(0), targets.transpose(0, 1).unbind(0), strict=True)]
             later_step = self.step
             if self.engine == "compiled":
                 later_step = compiled(self, "step", self.step, self.compile_backend)
@@ -178,12 +202,10 @@ class RecurrentModel(nn.Module):
                 # The first step runs eagerly: its state has no history yet (as in memnet.models.core).
                 logits, state = (later_step if t > 0 else self.step)(x, state)
                 outputs.append(logits)
+                if teacher is not None:
+                    scored, target = teacher[t]
+                    state = state._replace(prev_output=torch.where(scored, state.prev_output, target))
             return torch.stack(outputs, dim=1)
-        if targets.shape[:2] != inputs.shape[:2] or targets.shape[-1] != self.output_size:
-            raise ValueError(
-                f"targets must have shape (B, T, {self.output_size}) = "
-                f"{(*inputs.shape[:2], self.output_size)}, got {tuple(targets.shape)}"
-            )
         previous = torch.cat([state.prev_output.unsqueeze(1), targets[:, :-1].to(inputs.dtype)], dim=1)
         hidden, _ = self.controller(torch.cat([inputs, previous], dim=-1), state.controller)
         return self.output(hidden)
