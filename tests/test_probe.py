@@ -395,3 +395,74 @@ def test_the_command_refuses_a_config_whose_model_is_not_a_binary_sequence_modul
     assert exit_info.value.code == 2
     assert f"config {path}: memnet probe trains and probes networks on binary sequences" in capsys.readouterr().err
     assert not (tmp_path / "probe.png").exists()
+
+
+def _tiny_rnn_config(tmp_path, *, trainer: str = "", model: str = "") -> Path:
+    """configs/probe/rnn.yaml, small; ``trainer`` lines under ``trainer:``, ``model`` under ``model.init_args:``."""
+    rnn = Path(__file__).resolve().parents[1] / "configs" / "probe" / "rnn.yaml"
+    config = tmp_path / "rnn_tiny.yaml"
+    config.write_text(f"extends: {rnn}\n" + (f"trainer:\n{trainer}" if trainer else "")
+                      + "model:\n  init_args:\n    net:\n      init_args:\n        controller:\n          init_args:\n"
+                      "            hidden_size: 5\n" + model
+                      + "data:\n  init_args:\n    task:\n      init_args:\n        max_length: 3\n    val_lengths: [3]\n"
+                      "    batches_per_epoch: 2\n")
+    return config
+
+
+def test_the_command_trains_with_the_configs_scheduler_and_clipping(tmp_path):
+    """The probe's loop trained at the optimiser's first rate, its gradients clipped by norm, whatever the config's
+    scheduler (a step decay by 10 after each step here, per epoch of 2 batches below) and gradient_clip_algorithm
+    (value) said; it trains as memnet fit does, the curve after 3 steps that of the network trained so by hand."""
+    from memnet.cli.probe import compare
+    from memnet.cli.rebuild import instantiate
+    from memnet.metrics import sequence_metrics
+
+    for interval in ("step", "epoch"):
+        config = _tiny_rnn_config(
+            tmp_path, trainer="  gradient_clip_val: 0.01\n  gradient_clip_algorithm: value\n",
+            model=("    scheduler:\n      class_path: torch.optim.lr_scheduler.StepLR\n"
+                   f"      init_args: {{step_size: 1, gamma: 0.1}}\n    scheduler_interval: {interval}\n"))
+        (curve,) = compare([config], train_steps=[3], max_sequences=2)[3].values()
+        cli = instantiate([config])  # the same seed: the same initial weights and batches
+        module, data = cli.model, cli.datamodule
+        optimizer = module.optimizer(module.parameters())
+        scheduler = module.scheduler(optimizer)
+        probe_batch = next(iter(data.val_dataloader()))
+        for i, batch in enumerate([*data.train_dataloader(), *data.train_dataloader()][:3]):
+            if interval == "epoch" and i == 2:  # the first pass over the loader's 2 batches is over
+                scheduler.step()
+            loss = sequence_metrics(module.net(batch["inputs"]), batch["targets"], batch["mask"])["loss"]
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_value_(module.parameters(), 0.01)
+            optimizer.step()
+            if interval == "step":
+                scheduler.step()
+        expected = gradient_through_time(module.net, probe_batch["inputs"][:2], probe_batch["targets"][:2],
+                                         mask=probe_batch["mask"][:2])
+        torch.testing.assert_close(curve, expected, rtol=1e-12, atol=0)
+
+
+def test_the_command_names_what_its_loop_does_not_apply(tmp_path, capsys):
+    """Callbacks, a plateau schedule, accumulation: applied by memnet fit, silently left out by the probe's loop;
+    named in one warning line (the config's GradientProbe, configs/probe/rnn.yaml's, not). A OneCycleLR shorter than the probe's training is refused before it starts."""
+    from memnet.cli.probe import compare
+
+    config = _tiny_rnn_config(
+        tmp_path, trainer=("  accumulate_grad_batches: 2\n  callbacks:\n"
+                           "    - {class_path: pytorch_lightning.callbacks.EarlyStopping, init_args: {monitor: val/loss}}\n"),
+        model="    scheduler:\n      class_path: torch.optim.lr_scheduler.ReduceLROnPlateau\n    scheduler_interval: epoch\n")
+    compare([config], train_steps=[1], max_sequences=2)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "memnet probe: warning" in line]
+    assert lines == [(f"memnet probe: warning: {config}: the probe's training loop does not apply "
+                     "model.init_args.scheduler ReduceLROnPlateau (it steps on validations); trainer.callbacks "
+                     "EarlyStopping; trainer.accumulate_grad_batches 2 (memnet fit does; the loop applies the "
+                     "optimiser, a per-step or per-epoch scheduler and gradient clipping)")]
+    one_cycle = _tiny_rnn_config(tmp_path, model=(
+        "    scheduler:\n      class_path: torch.optim.lr_scheduler.OneCycleLR\n"
+        "      init_args: {max_lr: 0.01, total_steps: 3}\n    scheduler_interval: step\n"))
+    with pytest.raises(ValueError, match=r"its OneCycleLR schedule is 3 steps long \(total_steps\), but "
+                                         r"--train-steps asks for 4; probe at most 3 steps"):
+        compare([one_cycle], train_steps=[0, 4], max_sequences=2)
+    compare([one_cycle], train_steps=[3], max_sequences=2)  # the whole schedule: no error
+    assert "memnet probe: warning" not in capsys.readouterr().err

@@ -8,9 +8,10 @@ Each config's model and data are built as ``memnet fit`` would build them
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -33,11 +34,16 @@ def compare(
     """Build each config's model and data (as ``memnet fit`` would), train, and probe along the way.
 
     Each model is trained on its config's training stream with its config's
-    optimiser (gradients clipped at the config's ``trainer.gradient_clip_val``),
+    optimiser and learning-rate scheduler (stepped every step, or at the end of
+    every pass over the training loader with ``scheduler_interval: epoch``), gradients
+    clipped as ``trainer.gradient_clip_val`` and ``gradient_clip_algorithm`` say,
     fed as its module feeds it (a conditional network the true previous outputs),
     and probed on the first validation batch after each number of training
     steps in ``train_steps`` (0: at initialisation), with the memory slots its
     validation has (the module's ``eval_memory_size`` where set), as ``GradientProbe`` probes it.
+    What the loop does not apply (a ReduceLROnPlateau, which steps on validations; the config's callbacks
+    but ``GradientProbe`` and ``MemoryAccessPlot``; ``accumulate_grad_batches``; a precision other than
+    32) is named in one warning line on stderr; a OneCycleLR shorter than ``train_steps`` is refused.
 
     Returns:
         steps -> label -> (T,) norms, labels in the order of ``configs``.
@@ -67,7 +73,13 @@ def compare(
                 f"(memnet.lightning.SequenceModule and its subclasses), but its model is {type(module).__name__}")
         label = labels[i] if labels is not None else default_labels[i]
         optimizer = module.optimizer(module.parameters())
-        clip = cli.config.get("trainer", {}).get("gradient_clip_val")
+        built = module.scheduler(optimizer) if getattr(module, "scheduler", None) is not None else None
+        interval = getattr(module, "scheduler_interval", "step")
+        trainer_config = cli.config.get("trainer", {})
+        clip = trainer_config.get("gradient_clip_val")
+        clip_by_value = trainer_config.get("gradient_clip_algorithm") == "value"
+        scheduler = _applied_scheduler(config, built, interval, max(checkpoints))
+        _warn_not_applied(config, trainer_config, plateau=built is not None and scheduler is None)
         probe_batch = next(iter(data.val_dataloader()))
         rows = slice(0, max_sequences)
         batches = iter(data.train_dataloader())
@@ -76,7 +88,9 @@ def compare(
             module.train()
             while done < target_steps:
                 batch = next(batches, None)
-                if batch is None:
+                if batch is None:  # the end of a pass over the training loader: an epoch of memnet fit
+                    if scheduler is not None and interval == "epoch":
+                        scheduler.step()
                     batches = iter(data.train_dataloader())
                     continue
                 # as the module trains it: a conditional network is fed the true previous outputs (teacher forcing)
@@ -85,9 +99,13 @@ def compare(
                 metrics = sequence_metrics(logits, batch["targets"], batch["mask"])
                 optimizer.zero_grad()
                 metrics["loss"].backward()
-                if clip:
+                if clip and clip_by_value:
+                    torch.nn.utils.clip_grad_value_(module.parameters(), clip)
+                elif clip:
                     torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
                 optimizer.step()
+                if scheduler is not None and interval == "step":
+                    scheduler.step()
                 done += 1
             if done:
                 print(f"{config}: {done} training steps, last batch {metrics['bits_per_seq'].detach().item():.1f} bits/seq")
@@ -97,6 +115,45 @@ def compare(
                                           mask=probe_batch["mask"][rows], loss=loss)
             results[target_steps][label + _radius(module.net)] = norms
     return results
+
+
+def _applied_scheduler(config: str | Path, scheduler: Any, interval: str, steps: int) -> Any:
+    """The scheduler the probe's loop steps: None for a ReduceLROnPlateau (it steps on validations, which the
+    loop has none of); a OneCycleLR shorter than the training is refused (torch stops at its end)."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        return None
+    total = getattr(scheduler, "total_steps", None)
+    if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) and interval == "step" and steps > total:
+        raise ValueError(f"config {config}: its OneCycleLR schedule is {total} steps long (total_steps), but "
+                         f"--train-steps asks for {steps}; probe at most {total} steps or lengthen the schedule")
+    return scheduler
+
+
+# callbacks that change nothing of the training: the probe itself, figures
+_INERT_CALLBACKS = ("GradientProbe", "MemoryAccessPlot")
+
+
+def _warn_not_applied(config: str | Path, trainer_config: Any, *, plateau: bool) -> None:
+    """One line on stderr naming what of ``config``'s training the probe's loop does not apply."""
+    missing = []
+    if plateau:
+        missing.append("model.init_args.scheduler ReduceLROnPlateau (it steps on validations)")
+    callbacks = trainer_config.get("callbacks") or []
+    names = [str(getattr(c, "class_path", None) or (c.get("class_path") if isinstance(c, dict) else type(c).__name__))
+             .rsplit(".", 1)[-1] for c in (callbacks if isinstance(callbacks, list) else [callbacks])]
+    names = [name for name in names if name not in _INERT_CALLBACKS]
+    if names:
+        missing.append(f"trainer.callbacks {', '.join(names)}")
+    accumulate = trainer_config.get("accumulate_grad_batches")
+    if accumulate not in (None, 1):
+        missing.append(f"trainer.accumulate_grad_batches {accumulate}")
+    precision = trainer_config.get("precision")
+    if precision not in (None, 32, "32", "32-true"):
+        missing.append(f"trainer.precision {precision}")
+    if missing:
+        print(f"memnet probe: warning: {config}: the probe's training loop does not apply {'; '.join(missing)} "
+              "(memnet fit does; the loop applies the optimiser, a per-step or per-epoch scheduler and gradient "
+              "clipping)", file=sys.stderr)
 
 
 def _radius(net: nn.Module) -> str:
