@@ -9,6 +9,12 @@
     configure_optimizers, scheduler_config, check_one_cycle_length, check_learning_rates, check_precision,
     check_finite_loss,
     nonfinite_gradients
+    unsaved_arguments   the constructor arguments a module leaves out of its hyper-parameters
+    saved_hyperparameters, cannot_rebuild   a checkpoint's hyper-parameters; the error for one without the network
+
+Loading a checkpoint: ``memnet fit`` builds the module through the Lightning CLI, which hands it its
+config; the network, optimiser and scheduler are saved as their ``class_path`` / ``init_args`` there
+(a config, not a copy of the weights), so ``SequenceModule.load_from_checkpoint(path)`` rebuilds them.
 
 The modules themselves (``SequenceModule``, ``QAModule``, …) are in ``memnet.lightning``.
 """
@@ -17,7 +23,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+import os
+import pickle
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -25,10 +34,12 @@ import torch
 import torchmetrics
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities.model_helpers import _restricted_classmethod
 from torch import nn
 from torchmetrics.utilities import dim_zero_cat
 
 from memnet.metrics import nrmse_from_sums, task_error_counts
+from memnet.models.pretrained import match_dtype
 from memnet.optim import LinearStartStepLR, shrink_gradients_
 from memnet.utils import (
     MemnetError,
@@ -38,6 +49,11 @@ from memnet.utils import (
     gather_objects,
     resume_cut_short_epoch,
 )
+
+try:  # the config the Lightning CLI builds a module from (Lightning's _InstantiatorFn sets it, since 2.3)
+    from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
+except ImportError:  # a Lightning without it: the network is not saved, load_from_checkpoint says how to load
+    _given_hyperparameters = None
 
 Interval = Literal["step", "epoch"]  # when a learning-rate scheduler steps
 log = logging.getLogger(__name__)
@@ -55,8 +71,10 @@ class MemnetModule(pl.LightningModule):
     skips an optimiser step whose gradients are not finite (a finite loss whose backward
     overflowed, e.g. through a long recurrence) instead of writing NaN into the weights,
     refuses a precision the network cannot train in, and builds the optimiser and
-    scheduler (:func:`configure_optimizers`). Hyper-parameters (all but the net and the
-    factories) are saved in checkpoints.
+    scheduler (:func:`configure_optimizers`). Hyper-parameters are saved in checkpoints: the net and
+    the factories as their config (``class_path`` / ``init_args``) where the Lightning CLI built the module
+    (``memnet fit``), so that ``load_from_checkpoint(path)`` rebuilds it; a module built in Python with a
+    network object saves neither (pass it back: ``load_from_checkpoint(path, net=net)``).
 
     Args:
         net: the network (a ``class_path`` in YAML).
@@ -71,8 +89,13 @@ class MemnetModule(pl.LightningModule):
             skips the step and lowers its scale): they are not counted and do not stop training.
     """
 
-    #: constructor arguments that are not hyper-parameters (not saved in checkpoints)
+    #: constructor arguments that are not hyper-parameters (not saved in checkpoints), except those of
+    #: ``saved_as_config`` given as a config by the Lightning CLI
     not_saved: tuple[str, ...] = ("net", "optimizer", "scheduler")
+    #: the arguments saved as their config (``class_path`` / ``init_args``, the net's sizes linked from the data
+    #: module filled in) when the Lightning CLI builds the module: ``load_from_checkpoint`` builds them again from it.
+    #: An object (a network, an optimiser factory) built in Python is never saved: a checkpoint holds no copy of it
+    saved_as_config: tuple[str, ...] = ("net", "optimizer", "scheduler")
     #: the torchmetrics Metric a subclass accumulates over each stage's epoch (None: none);
     #: ``log_epoch_value(stage, value)`` logs what it computed
     epoch_metric: Callable[[], torchmetrics.Metric] | None = None
@@ -91,7 +114,7 @@ class MemnetModule(pl.LightningModule):
             raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
         if nonfinite_grads not in ("skip", "stop"):
             raise ValueError(f"nonfinite_grads must be 'skip' or 'stop', got {nonfinite_grads!r}")
-        self.save_hyperparameters(ignore=list(self.not_saved))
+        self.save_hyperparameters(ignore=unsaved_arguments(self.not_saved, self.saved_as_config))
         self.nonfinite_grads = nonfinite_grads
         self.skipped_steps = 0  # in all
         self.skipped_in_a_row = 0
@@ -203,7 +226,34 @@ class MemnetModule(pl.LightningModule):
         if self._trainer is not None and fitting(self.trainer):
             checkpoint["memnet_train_epoch"] = train_epoch_so_far(self)  # None unless written mid-epoch
 
+    @_restricted_classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
+                             strict: bool | None = None, weights_only: bool | None = None, **kwargs: Any) -> Any:
+        """Lightning's ``load_from_checkpoint``: the module of a checkpoint ``memnet fit`` wrote, with its weights.
+
+        The network (and optimiser, scheduler) is built from the config saved in the checkpoint's
+        hyper-parameters, the weights loaded in their dtype (a float64 run comes back in float64). A checkpoint
+        without that config (written by a memnet before it kept it, or of a module built in Python, whose
+        network is passed back as ``net=``) is refused in one line naming it and saying how to load it, where
+        Lightning stopped with jsonargparse's ``the following arguments are required: module.net``.
+        """
+        try:
+            return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                                                strict=strict, weights_only=weights_only, **kwargs)
+        except Exception:
+            if "net" in kwargs or hparams_file is not None:
+                raise
+            saved = saved_hyperparameters(checkpoint_path)
+            if saved is None or "net" in saved:  # not for want of the network: Lightning's own error
+                raise
+            raise MemnetError(cannot_rebuild(checkpoint_path, cls.__name__, built_in_python="_instantiator" not in saved)
+                              ) from None
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self._trainer is None and isinstance(checkpoint.get("state_dict"), Mapping):
+            # loaded outside a Trainer (load_from_checkpoint): load_state_dict copies into the module's own dtype,
+            # so a float64 run's weights would come back rounded to float32; under a Trainer its precision decides
+            match_dtype(self, checkpoint["state_dict"])
         self.skipped_steps = checkpoint.get("memnet_skipped_steps", 0)
         self.skipped_in_a_row = checkpoint.get("memnet_skipped_in_a_row", 0)
         states = checkpoint.get("memnet_rng_states", {})  # absent in checkpoints from before they were kept
@@ -339,6 +389,69 @@ class MemnetModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.log_epoch("test")
+
+
+def unsaved_arguments(not_saved: Sequence[str], saved_as_config: Sequence[str]) -> list[str]:
+    """The constructor arguments ``save_hyperparameters`` is to ignore: ``not_saved``, but for those of
+    ``saved_as_config`` that the Lightning CLI gives as a plain config (``class_path`` / ``init_args``, a name).
+
+    A module built in Python has no such config (its network is an object, pickled whole if saved): all of
+    ``not_saved`` are left out, as before.
+    """
+    given = _given_hyperparameters.get() if _given_hyperparameters is not None else None
+    if not isinstance(given, Mapping):
+        return list(not_saved)
+    return [name for name in not_saved
+            if not (name in saved_as_config and name in given and _plain_config(given[name]))]
+
+
+def _plain_config(value: Any) -> bool:
+    """Whether ``value`` is YAML-like data (no object, no tensor): a config, not a network or a factory."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain_config(item) for item in value)
+    if isinstance(value, Mapping):
+        return all(isinstance(key, str) and _plain_config(item) for key, item in value.items())
+    return False
+
+
+def saved_hyperparameters(checkpoint_path: Any) -> dict[str, Any] | None:
+    """The ``hyper_parameters`` of a checkpoint file, read without its code run (``weights_only``) and its
+    tensors left on disk (``mmap``); None where ``checkpoint_path`` is no readable local file."""
+    if not isinstance(checkpoint_path, (str, os.PathLike)) or not Path(checkpoint_path).is_file():
+        return None
+    try:
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError):
+        return None
+    if not isinstance(checkpoint, dict):
+        return None
+    saved = checkpoint.get("hyper_parameters")
+    return dict(saved) if isinstance(saved, Mapping) else {}
+
+
+def cannot_rebuild(checkpoint_path: Any, module: str, *, built_in_python: bool = False) -> str:
+    """The one-line error for a checkpoint whose hyper-parameters hold no network config, saying how to load it."""
+    path = Path(checkpoint_path)
+    head = f"{path}: {module}.load_from_checkpoint cannot rebuild the network (no 'net' in the checkpoint's hyper_parameters)"
+    if built_in_python:
+        return (f"{head}: the module was built in Python with a network object, which is not saved; pass one of the "
+                f"same architecture: {module}.load_from_checkpoint('{path}', net=<the network>)")
+    config = run_config(path)
+    shown, given = (f"'{config}'", "") if config is not None else ("'<run>/config.yaml'", " --config <run>/config.yaml")
+    return (f"{head}: it was written by a memnet that did not save the network's config; load it with its run's "
+            f"config, model, data = memnet.cli.rebuild.build([{shown}], '{path}', torch.device('cpu')), or export "
+            f"the network (memnet export --ckpt_path {path}{given} --out <folder>) and load it with "
+            "memnet.models.load('<folder>'); a checkpoint of the current memnet fit loads as it is")
+
+
+def run_config(checkpoint: Path) -> Path | None:
+    """The ``config.yaml`` of the run a checkpoint belongs to (the parent of its ``checkpoints/`` folder, else beside
+    it, as ``memnet.cli.rebuild.default_config`` looks), None where there is none."""
+    folder = Path(checkpoint).resolve().parent
+    candidates = [folder.parent / "config.yaml", folder / "config.yaml"][0 if folder.name == "checkpoints" else 1:]
+    return next((candidate for candidate in candidates if candidate.is_file()), None)
 
 
 def check_restored_one_cycle(trainer: pl.Trainer) -> None:
