@@ -17,8 +17,8 @@ from pytorch_lightning.loggers import WandbLogger
 
 from memnet.checkpoint import METRICS_KEY  # re-exported: memnet.callbacks.METRICS_KEY
 from memnet.plots import first_sequence_steps, plot_dnc_memory, plot_memory_access
+from memnet.training import KeyedStateCallback
 from memnet.utils import (  # run_dir re-exported: memnet.callbacks.run_dir
-    MemnetError,
     accepts_keyword,
     epoch_cut_short,
     fitting,
@@ -119,16 +119,23 @@ def draw_memory_access(module: torch.nn.Module, batch: dict, path: Path, *, titl
     return drawn
 
 
-class LinearStartSwitch(pl.Callback):
+class LinearStartSwitch(KeyedStateCallback):
     """Linear start (MemN2N paper, §4.2): put the softmax back when validation loss stops falling.
 
     Works on any module whose ``net`` has a ``softmax_enabled`` flag and an
     ``enable_softmax()`` method (``memnet.models.memn2n.MemN2N`` built with
-    ``linear_start: true``); does nothing otherwise. After each validation epoch
-    in the linear phase, if ``monitor`` did not fall below its best value for
-    ``patience`` epochs in a row (or ``max_epochs`` linear epochs have passed),
-    the softmax is switched on; the switch is logged as ``linear_start/switched``
-    and its epoch (the last linear one) kept in ``switched_at``.
+    ``linear_start: true``); does nothing otherwise. After each validation in the
+    linear phase, if ``monitor`` did not fall below its best value for ``patience``
+    validations in a row, the softmax is switched on; it is also switched on at the
+    end of the ``max_epochs``-th training epoch of the linear phase. The switch is
+    logged as ``linear_start/switched`` and its epoch (the last linear one, or the
+    one whose validation switched it) kept in ``switched_at``.
+
+    ``patience`` counts validations, as Lightning's ``EarlyStopping`` counts them: with one validation
+    an epoch (the configs' default) they are epochs; with ``val_check_interval`` 0.25 four validations
+    make an epoch, with ``check_val_every_n_epoch`` 2 one validation is two epochs. ``max_epochs``
+    counts training epochs whatever the validations: it ends the phase at an epoch's end, never at a
+    validation inside an epoch (nor at the end of an epoch that ``max_steps`` cut short).
 
     With ``epochs`` set, the linear phase has that fixed length instead, as in the
     authors' code (20 epochs for one task, 30 joint): the softmax is back from
@@ -137,10 +144,13 @@ class LinearStartSwitch(pl.Callback):
     ``linear_start_epochs`` (checked when training starts); ended by the monitor, the
     scheduler's must be 0 (checked too).
 
+    Its state (best value, validations without improvement, ``switched_at``) is kept in checkpoints under
+    its settings (:class:`memnet.training.KeyedStateCallback`).
+
     Args:
         monitor: the metric watched.
-        patience: epochs without improvement before the switch.
-        max_epochs: optional cap on the linear phase.
+        patience: validations in a row without improvement before the switch.
+        max_epochs: optional cap on the linear phase, in training epochs.
         epochs: a fixed length of the linear phase (monitor, patience and max_epochs unused).
     """
 
@@ -159,8 +169,12 @@ class LinearStartSwitch(pl.Callback):
         self.max_epochs = max_epochs
         self.epochs = epochs
         self.best: float | None = None
-        self.stale = 0
+        self.stale = 0  # validations in a row without a new best
         self.switched_at: int | None = None
+
+    def state_settings(self) -> dict[str, Any]:
+        return {"monitor": self.monitor, "patience": int(self.patience),
+                "max_epochs": None if self.max_epochs is None else int(self.max_epochs), "epochs": self.epochs}
 
     @staticmethod
     def _linear_net(pl_module: pl.LightningModule):
@@ -212,8 +226,18 @@ class LinearStartSwitch(pl.Callback):
             self.best, self.stale = value, 0
         else:
             self.stale += 1
-        linear_epochs = trainer.current_epoch + 1
-        if self.stale >= self.patience or (self.max_epochs is not None and linear_epochs >= self.max_epochs):
+        if self.stale >= self.patience:
+            self._switch(trainer, net, trainer.current_epoch)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the cap counts whole training epochs: checked at the validation, it ended the phase at the first validation
+        # of the last linear epoch (half an epoch early with val_check_interval 0.5), or epochs late when validations
+        # were fewer than epochs (check_val_every_n_epoch). After the epoch's validation, which Lightning runs first
+        net = self._linear_net(pl_module)
+        if (net is None or self.epochs is not None or self.max_epochs is None or not fitting(trainer)
+                or epoch_cut_short(trainer)):
+            return
+        if trainer.current_epoch + 1 >= self.max_epochs:
             self._switch(trainer, net, trainer.current_epoch)
 
     def state_dict(self) -> dict:
@@ -329,7 +353,7 @@ def _linear_starts_ended(module: torch.nn.Module) -> list[torch.nn.Module]:
     return [net for net in module.modules() if hasattr(net, "enable_softmax") and bool(net.softmax_enabled)]
 
 
-class RelapseWatch(pl.Callback):
+class RelapseWatch(KeyedStateCallback):
     """Notices a validation cost that rises well above its best after learning: a relapse.
 
     After each validation epoch the ``monitor`` value v is compared with the best
@@ -353,7 +377,8 @@ class RelapseWatch(pl.Callback):
       factor, see :func:`scale_learning_rates`.
 
     The copy of the best state lives on the CPU and is only taken when
-    ``restore_best`` is set.
+    ``restore_best`` is set. The state is kept in checkpoints under the monitor, factor and floor
+    (:class:`memnet.training.KeyedStateCallback`): watches of other rules keep their own.
 
     Args:
         monitor: the validation metric watched (lower is better).
@@ -393,6 +418,10 @@ class RelapseWatch(pl.Callback):
         self.history: list[tuple[int, float]] = []  # (step, value) of every validation seen
         self.events: list[dict] = []
         self.best_state: dict | None = None
+
+    def state_settings(self) -> dict[str, Any]:
+        # what a relapse is; two watches of one monitor and rule (one acting, one not) would be one watch twice
+        return {"monitor": self.monitor, "factor": self.factor, "floor": self.floor}
 
     def threshold(self) -> float:
         """The value above which the monitor counts as relapsed (inf before any best)."""
@@ -494,7 +523,7 @@ class RelapseWatch(pl.Callback):
                         "a relapse before the next best will be reported, not restored")
 
 
-class ConvergenceDecay(pl.Callback):
+class ConvergenceDecay(KeyedStateCallback):
     """After convergence, a lower learning rate and a normaliser that no longer shrinks: training that stays learned.
 
     Once a task is learned the gradients are tiny and Adam's second moment v
@@ -545,43 +574,28 @@ class ConvergenceDecay(pl.Callback):
         self.below_only = False  # the level is an early stop's: converged strictly below it, as EarlyStopping stops
         self.converged_step: int | None = None
 
-    @property
-    def state_key(self) -> str:
+    def state_settings(self) -> dict[str, Any]:
         # one entry per (monitor, threshold) in a checkpoint, so several decays at different levels can stack
-        return self._generate_state_key(monitor=self.monitor, threshold=self.threshold)
+        return {"monitor": self.monitor, "threshold": self.threshold}
 
-    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        """Find this callback's state when the checkpoint keys it otherwise (Lightning loads keyed states after this).
+    # A checkpoint written before the state was keyed by level holds it under the class name; a run resumed with
+    # another threshold or monitor finds it under the old key: placed by KeyedStateCallback. Lost, a decay that had
+    # acted acted again (threshold 0.1, resumed with 0.4: the rate, already a tenth in the optimiser's state, a
+    # hundredth); such a state that cannot be placed is refused, one that had not acted is a fresh one
 
-        A checkpoint written before the state was keyed by level holds it under the class name; a run resumed with
-        another ``threshold`` or ``monitor`` finds it under the old key. Either belongs to this callback when it is
-        the checkpoint's only state that no ``ConvergenceDecay`` of this run claims, and this the run's only one
-        that finds none of its own. Lost, a decay that had acted acted again (threshold 0.1, resumed with 0.4: the
-        rate, already a tenth in the optimiser's state, a hundredth); such a state that cannot be placed is refused.
-        """
-        states = checkpoint.get("callbacks") or {}
-        if self.state_key in states:
-            return
-        decays = [c for c in trainer.callbacks if isinstance(c, ConvergenceDecay)]
-        claimed = {c.state_key for c in decays}
-        unclaimed = [key for key in states if isinstance(key, str) and key not in claimed
-                     and (key == type(self).__qualname__ or key.startswith(f"{type(self).__qualname__}{{"))]
-        if not unclaimed:
-            return  # a decay added on the resume: it starts unconverged
-        unplaced = [c for c in decays if c.state_key not in states]
-        if len(unclaimed) == 1 and len(unplaced) == 1:
-            state = states[unclaimed[0]]
-            self.load_state_dict(state)
-            if unclaimed[0] != type(self).__qualname__:
-                done = (f"it converged at step {state['converged_step']}: the rate stays scaled, not again"
-                        if state.get("converged_step") is not None else "it had not converged")
-                log.warning("ConvergenceDecay: the checkpoint's state is %s, this run's %s (its options changed); "
-                            "taken as this one's: %s", unclaimed[0], self.state_key, done)
-            return
-        converged = [key for key in unclaimed if (states[key] or {}).get("converged_step") is not None]
-        if converged:
-            raise MemnetError(
-                f"ConvergenceDecay: the checkpoint holds the state of a decay that acted ({', '.join(converged)}), "
+    @staticmethod
+    def state_can_be_dropped(state: dict[str, Any]) -> bool:
+        return state.get("converged_step") is None
+
+    @staticmethod
+    def placed_note(state: dict[str, Any]) -> str:
+        if state.get("converged_step") is None:
+            return ": it had not converged"
+        return f": it converged at step {state['converged_step']}: the rate stays scaled, not again"
+
+    @classmethod
+    def unplaced_error(cls, kept: list[str], unplaced: list[KeyedStateCallback]) -> str:
+        return (f"ConvergenceDecay: the checkpoint holds the state of a decay that acted ({', '.join(kept)}), "
                 f"which no ConvergenceDecay of this run has ({', '.join(c.state_key for c in unplaced)}): it would "
                 f"decay the rate again; resume with the monitors and thresholds the run was trained with")
 
@@ -647,7 +661,7 @@ class ConvergenceDecay(pl.Callback):
         self.converged_step = state_dict["converged_step"]
 
 
-class SpikeClip(pl.Callback):
+class SpikeClip(KeyedStateCallback):
     """Clips a spike of the gradient norm down to the recent norms' mean + ``z`` standard deviations.
 
     A relapse starts with a batch whose gradient is tens to thousands of times the recent ones (NTM copy,
@@ -660,8 +674,8 @@ class SpikeClip(pl.Callback):
     (2025, "ZClip"). The averages take the clipped norm. It acts in ``on_before_optimizer_step``, after
     the DDP all-reduce (every process sees the same norm) and the unscaling of mixed precision, before
     the fixed clip; a non-finite norm is left alone (the module's ``nonfinite_grads`` sees it) and does
-    not enter the averages. No host sync per step. The averages are kept in checkpoints (a resumed run
-    clips where the uninterrupted one would have); the number of clipped steps of each training epoch is
+    not enter the averages. No host sync per step. The averages are kept in checkpoints, under ``z``,
+    ``alpha`` and ``warmup`` (a resumed run clips where the uninterrupted one would have); the number of clipped steps of each training epoch is
     logged as ``spike_clip/clipped``.
 
     Args:
@@ -684,6 +698,9 @@ class SpikeClip(pl.Callback):
         self.moments = torch.zeros(2, dtype=torch.float64)
         self.clipped = torch.zeros((), dtype=torch.float64)
         self.counted_epoch: int | None = None  # the last epoch whose clipped steps were logged and reset
+
+    def state_settings(self) -> dict[str, Any]:
+        return {"z": self.z, "alpha": self.alpha, "warmup": int(self.warmup)}
 
     @torch.no_grad()
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,

@@ -36,14 +36,14 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 
-from memnet.training import training_epoch_sums
+from memnet.training import KeyedStateCallback, training_epoch_sums
 from memnet.utils import MemnetError, check_positive, check_range, epoch_cut_short, monitored_value
 
 Schedule = Literal["fixed", "growing", "mixed"]
 SCHEDULES = ("fixed", "growing", "mixed")
 
 
-class LengthCurriculum(pl.Callback):
+class LengthCurriculum(KeyedStateCallback):
     """Grows the training length range of ``trainer.datamodule``.
 
     Args:
@@ -108,6 +108,16 @@ class LengthCurriculum(pl.Callback):
         # the epoch whose end was decided last: a run trained by steps and resumed from a checkpoint written at an
         # epoch's end (after the decision) ends that epoch again, and must not decide it twice
         self._decided_epoch: int | None = None
+
+    def state_settings(self) -> dict[str, Any]:
+        # the level, the epochs at it and the monitor's sums are kept in checkpoints under the schedule's settings
+        # (memnet.training.KeyedStateCallback): a length and a repeat curriculum, or two of other settings, keep
+        # their own
+        return {"schedule": self.schedule, f"start_{self.quantity}": int(self.start_length),
+                "increment": int(self.increment),
+                "every_n_epochs": None if self.every_n_epochs is None else int(self.every_n_epochs),
+                "monitor": self.monitor, "threshold": None if self.threshold is None else float(self.threshold),
+                **({"mix": float(self.mix)} if self.quantity == "length" else {})}
 
     # ---- the schedule itself, without a trainer (tested directly) ----
 

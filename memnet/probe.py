@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from pytorch_lightning.loggers import WandbLogger
 from torch import nn
 
+from memnet.training import KeyedStateCallback
 from memnet.utils import (
     fitting,
     is_integer,
@@ -254,7 +255,7 @@ def plot_gradient_panels(
     return path
 
 
-class GradientProbe(pl.Callback):
+class GradientProbe(KeyedStateCallback):
     """Every ``every_n_epochs`` validation epochs, measure ‖∂L/∂h(t)‖ on the first validation batch.
 
     The curves (one line per probe, labelled ``epoch E, step S``) go to
@@ -298,6 +299,11 @@ class GradientProbe(pl.Callback):
         self.state_part = state_part
         self.curves: dict[str, torch.Tensor] = {}
         self.last_path: Path | None = None
+
+    def state_settings(self) -> dict[str, Any]:
+        # the curves drawn so far are kept in checkpoints under what is measured: two probes keep their own
+        return {"every_n_epochs": int(self.every_n_epochs), "max_sequences": int(self.max_sequences),
+                "loss": self.loss, "state_part": self.state_part}
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or validation_count(trainer) % self.every_n_epochs or not trainer.is_global_zero:

@@ -9,6 +9,8 @@
     configure_optimizers, scheduler_config, check_one_cycle_length, check_learning_rates, check_precision,
     check_finite_loss,
     nonfinite_gradients
+    KeyedStateCallback  a stateful callback whose checkpoint entry is keyed by its settings (several
+                        of one class in a trainer keep their own), ``place_keyed_states``
     unsaved_arguments   the constructor arguments a module leaves out of its hyper-parameters
     saved_hyperparameters, cannot_rebuild   a checkpoint's hyper-parameters; the error for one without the network
 
@@ -274,6 +276,8 @@ class MemnetModule(pl.LightningModule):
         self._resumed_global_rng = global_rng  # set when training starts (on_train_start)
         self._resumed_epoch = checkpoint.get("memnet_train_epoch")
         trainer = self._trainer
+        if trainer is not None:  # before Lightning reads the callbacks' states (and warns of the keys it misses)
+            place_keyed_states(trainer, checkpoint)
         if trainer is None or not fitting(trainer):
             return
         self._plateau_pending_epoch = plateau_step_pending(checkpoint)
@@ -934,3 +938,91 @@ def check_finite_loss(loss: torch.Tensor, module: pl.LightningModule) -> None:
             f"(epoch {module.current_epoch}); training stopped. Lower the learning rate "
             "or clip gradients (trainer.gradient_clip_val)."
         )
+
+
+class KeyedStateCallback(pl.Callback):
+    """A stateful callback whose state is kept in checkpoints under its class and its defining settings.
+
+    Lightning keys a callback's state by its class name unless ``state_key`` says otherwise, so two
+    instances of one class (two ``RelapseWatch`` at different factors, two ``ConvergenceDecay`` at two
+    levels) could not share a trainer (Lightning refuses two stateful callbacks of one key). Here the
+    key is Lightning's ``_generate_state_key`` of :meth:`state_settings`: ``RelapseWatch{'monitor':
+    'val/bits_per_seq', 'factor': 10.0, 'floor': 1.0}``. Two instances with the same settings are still
+    refused by Lightning, naming the class.
+
+    A state the checkpoint holds under another key of the class is placed by
+    :func:`place_keyed_states` (from ``MemnetModule.on_load_checkpoint``, before Lightning reads the
+    callbacks' states, and again from this callback's ``on_load_checkpoint`` for another module): the
+    bare class name of a checkpoint written before the states were keyed, or the key of other settings
+    (a run resumed with another threshold). It is this callback's when it is the checkpoint's only state
+    of the class that no callback of the run claims, and this the run's only callback of the class that
+    finds none of its own. A state that cannot be placed so is refused (:meth:`state_can_be_dropped`
+    says which may be left out instead).
+    """
+
+    def state_settings(self) -> dict[str, Any]:
+        """The settings that tell this callback from another of its class, as plain values (in the key)."""
+        raise NotImplementedError
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(**self.state_settings())
+
+    @staticmethod
+    def state_can_be_dropped(state: dict[str, Any]) -> bool:
+        """Whether a state that no callback of the run can be given may be left out (a fresh state is the same)."""
+        return False
+
+    @staticmethod
+    def placed_note(state: dict[str, Any]) -> str:
+        """What the warning adds when a state is taken under changed settings (``state`` is the one taken)."""
+        return ""
+
+    @classmethod
+    def unplaced_error(cls, kept: list[str], unplaced: list[KeyedStateCallback]) -> str:
+        """The refusal of states ``kept`` that none of the callbacks ``unplaced`` can be given."""
+        name = cls.__qualname__
+        return (f"{name}: the checkpoint holds the state of {', '.join(kept)}, which no {name} of this run has "
+                f"({', '.join(callback.state_key for callback in unplaced)}), and which one's it is cannot be told; "
+                f"resume with the {name} settings the run was trained with")
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        place_keyed_states(trainer, checkpoint)
+
+
+def place_keyed_states(trainer: pl.Trainer, checkpoint: dict[str, Any]) -> None:
+    """Move each state of ``checkpoint`` that a :class:`KeyedStateCallback` of ``trainer`` finds under another key of
+    its class to its own key (in place; once placed, a second call does nothing).
+
+    Per class: the states of its keys (the bare class name, or ``Class{...}``) that no callback of the run claims,
+    and the callbacks whose key the checkpoint lacks. One of each: the state is that callback's (a warning when its
+    settings changed). Otherwise, a state that cannot be dropped (:meth:`KeyedStateCallback.state_can_be_dropped`)
+    is refused: which callback it belongs to cannot be told, and lost it would act again or start over (a decay
+    that decayed the rate again, a curriculum back at its first level).
+    """
+    states = checkpoint.get("callbacks")
+    if not states:
+        return
+    classes: dict[type, list[KeyedStateCallback]] = {}
+    for callback in getattr(trainer, "callbacks", None) or []:
+        if isinstance(callback, KeyedStateCallback):
+            classes.setdefault(type(callback), []).append(callback)
+    for cls, callbacks in classes.items():
+        name = cls.__qualname__
+        claimed = {callback.state_key for callback in callbacks}
+        unclaimed = [key for key in states if isinstance(key, str) and key not in claimed
+                     and (key == name or key.startswith(name + "{"))]
+        if not unclaimed:
+            continue  # every state found its callback; one added on the resume starts afresh
+        unplaced = [callback for callback in callbacks if callback.state_key not in states]
+        if len(unclaimed) == 1 and len(unplaced) == 1:
+            key, callback = unclaimed[0], unplaced[0]
+            states[callback.state_key] = states.pop(key)
+            if key != name:
+                log.warning("%s: the checkpoint's state is %s, this run's %s (its settings changed); taken as this "
+                            "one's%s", name, key, callback.state_key, cls.placed_note(states[callback.state_key] or {}))
+            continue
+        kept = [key for key in unclaimed if not cls.state_can_be_dropped(states[key] or {})]
+        if kept and unplaced and fitting(trainer):  # validate / test: the states change nothing
+            raise MemnetError(cls.unplaced_error(kept, unplaced))

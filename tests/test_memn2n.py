@@ -302,6 +302,8 @@ def test_linear_start_switch_max_epochs_and_other_models():
     for epoch, loss in enumerate([5.0, 4.0]):
         trainer = SimpleNamespace(sanity_checking=False, current_epoch=epoch, callback_metrics={"val/loss": loss})
         switch.on_validation_end(trainer, module)
+        assert not bool(model.softmax_enabled)  # the cap counts epochs: at an epoch's end, not at its validation
+        switch.on_train_epoch_end(trainer, module)
     assert bool(model.softmax_enabled) and switch.switched_at == 1
     plain = SimpleNamespace(net=torch.nn.Linear(2, 2))  # no softmax flag: nothing happens
     switch.on_validation_end(SimpleNamespace(sanity_checking=False, current_epoch=0, callback_metrics={}), plain)
@@ -322,8 +324,51 @@ def test_linear_start_switch_fixed_length_ignores_the_monitor():
         LinearStartSwitch(epochs=0)
 
 
+@pytest.mark.parametrize(("trainer_args", "switch", "losses", "softmax_from", "switched_at"), [
+    # two validations an epoch: patience counts them, the switch comes in the middle of epoch 1 (after step 6)
+    ({"val_check_interval": 0.5}, {"patience": 1}, [5.0, 4.0, 4.1, 4.2, 4.3, 4.4], 6, 1),
+    # ... and the cap counts epochs: the end of epoch 0 (step 4), not its first validation (step 2)
+    ({"val_check_interval": 0.5}, {"patience": 100, "max_epochs": 1}, [5.0, 4.0, 3.0, 2.0, 1.0, 0.5], 4, 0),
+    # one validation every second epoch: the cap still ends the phase after one epoch, not at epoch 1's validation
+    ({"check_val_every_n_epoch": 2}, {"patience": 100, "max_epochs": 1}, [5.0, 4.0], 4, 0),
+], ids=["patience-in-validations", "cap-in-epochs", "cap-without-a-validation"])
+def test_linear_start_switch_counts_patience_in_validations_and_its_cap_in_epochs(trainer_args, switch, losses,
+                                                                                   softmax_from, switched_at):
+    import pytorch_lightning as pl
+
+    class Scripted(pl.LightningModule):  # a linear-start MemN2N as ``net``; its validation loss scripted
+        def __init__(self):
+            super().__init__()
+            self.net = MemN2N(20, 6, embedding_size=5, memory_size=6, linear_start=True, seed=0)
+            self.layer = torch.nn.Linear(2, 1)
+            self.validations = 0
+            self.softmax_on = []  # at each training step
+
+        def training_step(self, batch, batch_idx):
+            self.softmax_on.append(bool(self.net.softmax_enabled))
+            return self.layer(batch[0]).pow(2).mean()
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val/loss", losses[self.validations])
+
+        def on_validation_epoch_end(self):
+            self.validations += 1
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.layer.parameters(), lr=0.01)
+
+    data = torch.utils.data.TensorDataset(torch.randn(4, 2, generator=torch.Generator().manual_seed(0)))
+    callback = LinearStartSwitch(**switch)
+    module = Scripted()
+    trainer = pl.Trainer(max_epochs=3, callbacks=[callback], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, num_sanity_val_steps=0, enable_model_summary=False, **trainer_args)
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=1), torch.utils.data.DataLoader(data, batch_size=4))
+    assert module.softmax_on == [False] * softmax_from + [True] * (12 - softmax_from)
+    assert callback.switched_at == switched_at
+
+
 @pytest.mark.parametrize("switch", [
-    {"monitor": "val/loss", "patience": 1, "max_epochs": 1},  # the paper-text recipes': at the end of validation
+    {"monitor": "val/loss", "patience": 1, "max_epochs": 1},  # the paper-text recipes': at the end of the epoch
     {"epochs": 1},  # the authors' recipe: at the start of a training epoch
 ], ids=["monitored", "fixed"])
 def test_linear_start_switch_in_a_real_trainer_switches_and_logs(switch, tmp_path):

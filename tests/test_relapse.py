@@ -484,7 +484,8 @@ def test_callbacks_that_change_training_do_nothing_when_a_checkpoint_is_validate
 
     net = MemN2N(20, 5, memory_size=4, linear_start=True)
     module = SimpleNamespace(net=net, log=lambda *args, **kwargs: None)
-    switch, decay, watch = LinearStartSwitch(patience=5, max_epochs=1), ConvergenceDecay(threshold=1e9), RelapseWatch()
+    switch, decay, watch = LinearStartSwitch(patience=1), ConvergenceDecay(threshold=1e9), RelapseWatch()
+    switch.best = 0.1  # 0.5 is no improvement: the switch's patience is spent at this validation
     for fn, acted in (("validate", False), ("fit", True)):
         trainer = SimpleNamespace(sanity_checking=False, current_epoch=0, global_step=10, optimizers=[], lr_scheduler_configs=[],
                                   is_global_zero=True, state=SimpleNamespace(fn=fn), loggers=[],
