@@ -127,6 +127,8 @@ class MemnetModule(pl.LightningModule):
         self.epoch_metrics = None if self.epoch_metric is None else StageMetrics(self.epoch_metric)
         self._resumed_epoch: dict | None = None  # the training epoch a checkpoint was written in the middle of
         self._resumed_global_rng: dict | None = None  # torch's global generators as a checkpoint left them
+        # the gradients a window of accumulate_grad_batches had gathered when a checkpoint was written inside it
+        self._resumed_grads: dict[str, torch.Tensor] | None = None
         # the epoch whose end a checkpoint was written at before its ReduceLROnPlateau step, and the epoch stepped
         # on resuming from it (step_plateau_schedulers)
         self._plateau_pending_epoch: int | None = None
@@ -227,6 +229,9 @@ class MemnetModule(pl.LightningModule):
             checkpoint["memnet_rng_by_rank"] = gather_objects(mine, self.trainer)
         if self._trainer is not None and fitting(self.trainer):
             checkpoint["memnet_train_epoch"] = train_epoch_so_far(self)  # None unless written mid-epoch
+            grads = accumulated_gradients(self)
+            if grads is not None:  # every process's own (not yet reduced under DDP), by rank
+                checkpoint["memnet_accumulated_grads"] = gather_objects(grads, self.trainer)
 
     @_restricted_classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
@@ -275,6 +280,14 @@ class MemnetModule(pl.LightningModule):
                 module.set_rng_state(states[name])
         self._resumed_global_rng = global_rng  # set when training starts (on_train_start)
         self._resumed_epoch = checkpoint.get("memnet_train_epoch")
+        accumulated = checkpoint.get("memnet_accumulated_grads")
+        self._resumed_grads = None
+        if accumulated and len(accumulated) == world_size:
+            self._resumed_grads = accumulated[rank]
+        elif accumulated:
+            rank_zero_warn(f"the checkpoint was written inside a window of accumulate_grad_batches on {len(accumulated)} "
+                           f"processes, and is resumed on {world_size}: the window's gradients so far are left out "
+                           "(its next step sums the batches after the resume only)")
         trainer = self._trainer
         if trainer is not None:  # before Lightning reads the callbacks' states (and warns of the keys it misses)
             place_keyed_states(trainer, checkpoint)
@@ -352,6 +365,13 @@ class MemnetModule(pl.LightningModule):
             # the unbroken run would have drawn, not seed_everything's first ones again
             set_global_rng_state(self._resumed_global_rng)
             self._resumed_global_rng = None
+        if self._resumed_grads is not None:
+            # written inside a window of accumulate_grad_batches (a validation every 5 batches, accumulating 2): the
+            # window's first batches were trained and left out on the resume, but their gradients were lost and its
+            # step took the batches after the resume alone. Lightning clears gradients at a window's first batch
+            # only, so the resumed batches add theirs to these, in the unbroken run's order
+            restore_gradients(self, self._resumed_grads)
+            self._resumed_grads = None
         resumed = self._resumed_epoch
         if resumed is not None and resumed["epoch"] != self.trainer.current_epoch:
             self._resumed_epoch = None
@@ -581,6 +601,27 @@ def train_epoch_so_far(module: MemnetModule) -> dict[str, Any] | None:
         logged[key] = (value.cpu(), weight.cpu())
     return {"epoch": trainer.current_epoch, "logged": logged,
             "accumulated": None if module.epoch_metrics is None else module.epoch_metrics.state("train")}
+
+
+def accumulated_gradients(module: MemnetModule) -> dict[str, torch.Tensor] | None:
+    """The gradients gathered so far in a window of ``accumulate_grad_batches`` that is open (batches trained since
+    the last optimiser step), on the CPU, by parameter name; None between windows (the gradients then are the
+    last step's, which the next window clears). This process's own: under DDP not yet reduced."""
+    trainer = module.trainer
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    if loop is None or trainer.accumulate_grad_batches <= 1 or not module.automatic_optimization:
+        return None
+    if not 0 < batches_done(trainer) < trainer.num_training_batches or not loop._should_accumulate():
+        return None
+    grads = {name: p.grad.detach().to("cpu", copy=True) for name, p in module.named_parameters() if p.grad is not None}
+    return grads or None
+
+
+def restore_gradients(module: MemnetModule, grads: dict[str, torch.Tensor]) -> None:
+    """Set the gradients of ``module``'s parameters to ``grads`` (:func:`accumulated_gradients`), on their devices."""
+    for name, p in module.named_parameters():
+        if name in grads:
+            p.grad = grads[name].to(device=p.device, dtype=p.dtype)
 
 
 def add_logged_so_far(module: MemnetModule, logged: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:

@@ -235,8 +235,18 @@ class ResumableLoader(torch.utils.data.DataLoader):
     batches :func:`batches_done` counts, and sets its sampler's epoch to the trainer's
     ``current_epoch`` (Lightning passes the epochs *processed*, which the last.ckpt of a run stopped in
     the middle of an epoch by ``max_steps`` or ``max_time`` counts one ahead unless
-    :func:`resume_cut_short_epoch` counted it back: its resume would shuffle the epoch as the next one). Its place is the trainer's, so its own ``state_dict`` is empty; having
-    one tells Lightning that it is resumable (it warns of unreliable results otherwise).
+    :func:`resume_cut_short_epoch` counted it back: its resume would shuffle the epoch as the next one).
+
+    Its place is the trainer's. Its ``state_dict`` (kept by Lightning in the checkpoint's loop state;
+    having one also tells Lightning that the loader is resumable) holds its ``generator``'s state, where
+    it has one: the generator draws the seed of each epoch's worker processes (and a ``RandomSampler``'s
+    order), and a loader made afresh started it again from its seed, so a resumed run's workers drew
+    what the first epoch's had drawn. Restored, an epoch resumed in its middle draws from the
+    generator's state at the epoch's start (its workers as the unbroken run's), the next epoch from its
+    state at the checkpoint. Without a generator the seeds come from torch's global generator, whose
+    state memnet's modules keep (:class:`memnet.training.MemnetModule`): the unbroken run's after a
+    resume at an epoch's end; in an epoch's middle they are drawn aside, leaving the global draws as
+    the unbroken run's. ``persistent_workers`` keep their seeds over epochs, which a resume starts anew.
 
     Args:
         trainer: the trainer whose place it follows (the data module's; None: a plain loader).
@@ -246,6 +256,8 @@ class ResumableLoader(torch.utils.data.DataLoader):
     def __init__(self, *args: Any, trainer: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.trainer = trainer
+        self._epoch_start: tuple[int | None, torch.Tensor] | None = None  # (epoch, generator state) of this pass
+        self._restored: dict | None = None  # the checkpoint's state, for the first pass after a resume
 
     def __iter__(self):
         return self._resumed()
@@ -259,6 +271,13 @@ class ResumableLoader(torch.utils.data.DataLoader):
         if epoch is not None and hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
         done = batches_done(self.trainer)
+        restored, self._restored = self._restored, None
+        if self.generator is not None:
+            if restored and done > 0 and restored.get("epoch") == epoch:
+                self.generator.set_state(restored["epoch_start"])  # the epoch again, its draws as they were
+            elif restored and done == 0:
+                self.generator.set_state(restored["now"])  # the next epoch, from where the checkpoint left it
+            self._epoch_start = (epoch, self.generator.get_state())
         # resumed mid-epoch: the unbroken run drew the loader's seed and these batches before its checkpoint, whose
         # state of torch's global generator is restored (memnet.training.MemnetModule): they are not drawn from it again
         with torch.random.fork_rng(devices=[], enabled=done > 0):
@@ -268,10 +287,15 @@ class ResumableLoader(torch.utils.data.DataLoader):
         yield from iterator
 
     def state_dict(self) -> dict:
-        return {}
+        """The generator's state at the start of the epoch being drawn and now (empty without a generator)."""
+        if self.generator is None or self._epoch_start is None:
+            return {}
+        epoch, start = self._epoch_start
+        return {"epoch": epoch, "epoch_start": start, "now": self.generator.get_state()}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Nothing to restore: the place in the epoch is the trainer's."""
+        """Keep the checkpoint's generator states for the first pass (the place in the epoch is the trainer's)."""
+        self._restored = dict(state_dict) if state_dict else None
 
 
 class EpochShuffle(torch.utils.data.Sampler):

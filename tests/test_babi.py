@@ -825,11 +825,14 @@ def test_table_command_evaluates_a_trained_checkpoint(tmp_path, monkeypatch, cap
 
 
 @needs_data
-def test_a_memn2n_run_resumed_mid_epoch_ends_as_the_unbroken_run_and_logs_its_whole_epoch(tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_memn2n_run_resumed_mid_epoch_ends_as_the_unbroken_run_and_logs_its_whole_epoch(tmp_path, monkeypatch,
+                                                                                          workers):
     """8 steps (2 epochs of 4 batches) in one go, and 6 + 2 through a checkpoint written in the middle of the second
     epoch: the resumed epoch takes its remaining batches (it took its first ones again), on the epoch's shuffle
     (Lightning set the next epoch's), with the random noise where it was (it restarted from the seed), so the
-    weights are the same bit for bit and the epoch's logged training values cover all its batches."""
+    weights are the same bit for bit and the epoch's logged training values cover all its batches. With loader
+    workers too, whose seeds the checkpoint keeps (the loader's generator state)."""
     from memnet.cli import main
 
     config = Path(__file__).resolve().parents[1] / "configs" / "memn2n" / "babi_task_1k.yaml"
@@ -837,7 +840,7 @@ def test_a_memn2n_run_resumed_mid_epoch_ends_as_the_unbroken_run_and_logs_its_wh
     common = ["fit", "--config", str(config), "--trainer.enable_progress_bar=false", "--trainer.limit_train_batches=4",
               "--trainer.limit_val_batches=1", "--trainer.logger=pytorch_lightning.loggers.CSVLogger",
               f"--data.init_args.data_dir={ARCHIVE}", f"--data.init_args.cache_dir={tmp_path / 'cache'}",
-              "--data.init_args.tasks=[1, 6]"]
+              "--data.init_args.tasks=[1, 6]", f"--data.init_args.num_workers={workers}"]
     main([*common, "--trainer.max_steps=8", f"--checkpoint.dirpath={tmp_path / 'whole'}",
           "--trainer.logger.init_args.save_dir=whole"])
     main([*common, "--trainer.max_steps=6", f"--checkpoint.dirpath={tmp_path / 'halves'}",
@@ -848,6 +851,8 @@ def test_a_memn2n_run_resumed_mid_epoch_ends_as_the_unbroken_run_and_logs_its_wh
     assert whole["global_step"] == halves["global_step"] == 8
     for name, tensor in whole["state_dict"].items():
         assert torch.equal(tensor, halves["state_dict"][name]), name
+    loaders = [checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"] for checkpoint in (whole, halves)]
+    assert torch.equal(loaders[0][0]["now"], loaders[1][0]["now"])  # the workers' seeds drawn as the unbroken run's
 
     def epoch_values(folder: str) -> dict[str, str]:
         rows = [line.split(",") for line in next((tmp_path / folder).rglob("metrics.csv")).read_text().splitlines()]

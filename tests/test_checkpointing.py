@@ -196,3 +196,163 @@ def test_a_checkpoint_is_written_beside_its_name_whatever_the_system_temporary_f
     checkpoint_io.save_checkpoint({"global_step": 3, "state_dict": {"w": torch.ones(3)}}, folder / "last.ckpt")
     assert os.listdir(folder) == ["last.ckpt"]
     assert checkpoint_io.load_checkpoint(folder / "last.ckpt")["global_step"] == 3
+
+
+class _SaveInsideAWindow(pl.Callback):
+    """Writes ``path`` at the first validation of ``epoch`` that falls inside a window of accumulate_grad_batches."""
+
+    def __init__(self, path, epoch):
+        self.path, self.epoch, self.step = path, epoch, None
+
+    def on_validation_end(self, trainer, pl_module):
+        if (self.step is None and not trainer.sanity_checking and trainer.current_epoch == self.epoch
+                and trainer.fit_loop.epoch_loop._should_accumulate()):
+            trainer.save_checkpoint(self.path)
+            self.step = trainer.global_step
+
+
+def test_a_checkpoint_written_inside_an_accumulation_window_resumes_to_the_unbroken_weights(tmp_path):
+    """Accumulating 2 batches and validating after every 3rd, the validation's checkpoint falls between a window's
+    two batches: the resume left out the batch trained before it (rightly) but lost its gradient, so the window's
+    step took the batch after the resume alone and every weight after it differed from the unbroken run's."""
+    def run(callbacks, ckpt_path=None):
+        torch.manual_seed(0)
+        task = CopyTask(width=3, min_length=1, max_length=3)
+        data = AlgorithmicDataModule(task, batch_size=4, batches_per_epoch=6, val_size=4)
+        net = NTM(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=8),
+                  memory_size=6, word_size=4)
+        module = SequenceModule(net)
+        trainer = pl.Trainer(max_epochs=2, accumulate_grad_batches=2, val_check_interval=3, limit_val_batches=1,
+                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, default_root_dir=tmp_path, callbacks=callbacks)
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        return module, trainer
+
+    save = _SaveInsideAWindow(tmp_path / "window.ckpt", epoch=1)
+    unbroken, _ = run([save])
+    assert save.step == 4  # epoch 1's third batch: its first window stepped, the second holds one batch
+    assert "memnet_accumulated_grads" in torch.load(tmp_path / "window.ckpt", weights_only=False)
+    resumed, trainer = run([], ckpt_path=tmp_path / "window.ckpt")
+    assert trainer.global_step == 6
+    for (name, value), resumed_value in zip(unbroken.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(value, resumed_value), name
+
+
+class _WorkerNoise(torch.utils.data.Dataset):
+    """Item i with a number drawn in the worker process that loads it (an augmentation's noise)."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        return torch.tensor([float(index), float(torch.rand(()))])
+
+
+class _NoisyData(pl.LightningDataModule):
+    def train_dataloader(self):
+        from memnet.utils import EpochShuffle, ResumableLoader
+
+        return ResumableLoader(_WorkerNoise(), batch_size=2, sampler=EpochShuffle(8, seed=0), num_workers=2,
+                               generator=torch.Generator().manual_seed(0), trainer=self.trainer)
+
+
+class _Seen(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+        self.seen = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append(batch.clone())
+        return self.layer(batch).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("stop", [6, 4], ids=["mid-epoch", "at-an-epoch-end"])
+def test_a_resumed_run_seeds_its_loader_workers_as_the_unbroken_run(tmp_path, stop):
+    """The loader's generator seeds each epoch's worker processes; a resume made the loader afresh and its workers
+    drew the first epoch's numbers again. Lightning keeps the loader's state_dict in the checkpoint (here one
+    written after step ``stop``, as every_n_train_steps writes them; 4 steps an epoch)."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    def run(ckpt_path=None):
+        module = _Seen()
+        checkpoint = ModelCheckpoint(dirpath=tmp_path, filename="at", every_n_train_steps=stop, save_top_k=1,
+                                     monitor="step", mode="min")
+        trainer = pl.Trainer(max_steps=12, logger=False, callbacks=[checkpoint], enable_progress_bar=False,
+                             enable_model_summary=False, default_root_dir=tmp_path)
+        trainer.fit(module, datamodule=_NoisyData(), ckpt_path=ckpt_path)
+        return module.seen
+
+    whole = run()
+    assert torch.load(tmp_path / "at.ckpt", weights_only=False)["global_step"] == stop
+    resumed = run(ckpt_path=tmp_path / "at.ckpt")
+    assert len(resumed) == 12 - stop
+    assert all(torch.equal(a, b) for a, b in zip(resumed, whole[stop:]))
+
+
+class _Batches(pl.Callback):
+    """The inputs of every training batch, with the epoch and step it was trained at."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen.append((trainer.current_epoch, trainer.global_step, batch["inputs"].clone()))
+
+
+class _SaveAtValidation(pl.Callback):
+    def __init__(self, path, step):
+        self.path, self.step = path, step
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking and trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
+
+
+@pytest.mark.parametrize(("written", "step"), [("every_n_train_steps", 6), ("every_n_train_steps", 4),
+                                               ("validation", 6)],
+                         ids=["after-a-batch-mid-epoch", "after-an-epochs-last-batch", "at-a-mid-epoch-validation"])
+def test_a_run_resumed_from_a_checkpoint_written_during_training_sees_the_unbroken_runs_batches(tmp_path, written,
+                                                                                              step):
+    """10 steps of 4-batch epochs unbroken, and resumed from a checkpoint the unbroken run wrote after step 6 (as
+    every_n_train_steps writes one, at a batch's end), after step 4 (the epoch's last batch) or at the validation in
+    the middle of epoch 1 (val_check_interval 0.5): the resumed run trains the unbroken run's batches from there
+    on, in the same epochs and steps, and ends with its weights."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    def run(ckpt_path=None):
+        torch.manual_seed(0)
+        task = CopyTask(width=3, min_length=1, max_length=3)
+        data = AlgorithmicDataModule(task, batch_size=4, batches_per_epoch=4, val_size=4)
+        net = NTM(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=8),
+                  memory_size=6, word_size=4)
+        module, batches = SequenceModule(net), _Batches()
+        save = (ModelCheckpoint(dirpath=tmp_path, filename="at", every_n_train_steps=step, monitor="step", mode="min")
+                if written == "every_n_train_steps" else _SaveAtValidation(tmp_path / "at.ckpt", step))
+        trainer = pl.Trainer(max_steps=10, val_check_interval=0.5, limit_val_batches=1, logger=False,
+                             callbacks=[batches] + ([save] if ckpt_path is None else []), enable_progress_bar=False,
+                             enable_model_summary=False, default_root_dir=tmp_path)
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        return module, batches.seen
+
+    unbroken, whole = run()
+    assert torch.load(tmp_path / "at.ckpt", weights_only=False)["global_step"] == step
+    resumed, rest = run(ckpt_path=tmp_path / "at.ckpt")
+    assert [(epoch, at) for epoch, at, _ in rest] == [(epoch, at) for epoch, at, _ in whole[step:]]
+    assert all(torch.equal(a, b) for (_, _, a), (_, _, b) in zip(rest, whole[step:]))
+    for (name, value), resumed_value in zip(unbroken.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(value, resumed_value), name
+
+
+def test_a_window_checkpoint_resumed_on_another_number_of_processes_warns_that_its_gradients_are_left_out():
+    module = SequenceModule(NTM(4, 3, controller=partial(LSTMController, hidden_size=8), memory_size=6, word_size=4))
+    grads = {name: torch.ones_like(p) for name, p in module.named_parameters()}
+    with pytest.warns(UserWarning, match="inside a window of accumulate_grad_batches on 2 processes, and is resumed "
+                                         "on 1: the window's gradients so far are left out"):
+        module.on_load_checkpoint({"memnet_accumulated_grads": [grads, grads]})
+    assert module._resumed_grads is None
+    module.on_load_checkpoint({"memnet_accumulated_grads": [grads]})
+    assert module._resumed_grads is grads

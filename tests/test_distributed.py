@@ -327,8 +327,59 @@ def test_two_processes_step_the_curriculum_up_together_on_the_value_over_both(tm
     for rank in (0, 1):
         assert json.loads((tmp_path / f"curriculum{rank}.json").read_text()) == [[0, 2], [1, 3], [2, 4]]
     # written at epoch 1's validation, before its end: both processes' 2 batches, weighted 1 each
-    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]["LengthCurriculum"]
+    states = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]
+    [saved] = [state for key, state in states.items() if key.startswith("LengthCurriculum{")]  # keyed by its settings
     assert (saved["train_sum"], saved["train_weight"]) == (4.0, 4.0)
+
+
+WINDOW = '''
+import sys
+from functools import partial
+import pytorch_lightning as pl
+import torch
+from memnet.controllers import LSTMController
+from memnet.lightning import SequenceModule
+from memnet.models.recurrent import RecurrentModel
+from tasks.algorithmic import AlgorithmicDataModule, CopyTask
+
+class SaveInsideAWindow(pl.Callback):  # at epoch 1's validation after its third batch, accumulating 2
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking and trainer.current_epoch == 1 and trainer.fit_loop.epoch_loop._should_accumulate():
+            trainer.save_checkpoint("window.ckpt")
+
+if __name__ == "__main__":
+    resume = sys.argv[1] == "resume"
+    torch.manual_seed(0)
+    net = RecurrentModel(4, 3, controller=partial(LSTMController, hidden_size=4))
+    data = AlgorithmicDataModule(CopyTask(width=3, min_length=1, max_length=4), batch_size=2, batches_per_epoch=6,
+                                 val_size=4, seed=0)
+    module = SequenceModule(net)
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, accumulate_grad_batches=2, val_check_interval=3, limit_val_batches=1,
+                         callbacks=[] if resume else [SaveInsideAWindow()])
+    trainer.fit(module, datamodule=data, ckpt_path="window.ckpt" if resume else None)
+    if trainer.global_rank == 0:
+        torch.save(module.state_dict(), sys.argv[1] + ".pt")
+'''
+
+
+@pytest.mark.slow
+def test_two_processes_resume_a_checkpoint_written_inside_an_accumulation_window_to_the_unbroken_weights(tmp_path):
+    """Inside a window of accumulate_grad_batches each process holds its own gradients, not yet reduced; the
+    checkpoint keeps every process's (rank 0's file), and each resumes its own: the unbroken run's weights (without
+    them the resumed step took the batch after the resume alone, 1e-3 away)."""
+    (tmp_path / "window_ddp.py").write_text(textwrap.dedent(WINDOW))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    for stage in ("whole", "resume"):
+        result = subprocess.run([sys.executable, "window_ddp.py", stage], check=False, cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    grads = torch.load(tmp_path / "window.ckpt", weights_only=False)["memnet_accumulated_grads"]
+    assert len(grads) == 2 and not torch.equal(*(g["net.output.weight"] for g in grads))  # each process's own
+    whole, resumed = (torch.load(tmp_path / f"{stage}.pt") for stage in ("whole", "resume"))
+    for name, value in whole.items():
+        assert torch.equal(value, resumed[name]), name
 
 
 SCORES = '''

@@ -157,6 +157,51 @@ def _trainer_in_epoch(epoch: int, done: int):
                            fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=SimpleNamespace(current=current))))
 
 
+class _WorkerDraws(torch.utils.data.Dataset):
+    """Item i and a number drawn in the worker that loads it (an augmentation's noise): the worker's seed shows."""
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, index: int):
+        return torch.tensor([float(index), float(torch.rand(()))])
+
+
+@pytest.mark.parametrize("done", [2, 0], ids=["mid-epoch", "at-an-epoch-end"])
+def test_a_resumed_loader_seeds_its_workers_as_the_unbroken_run_did(done):
+    """The loader's generator draws the seed of each epoch's workers; a loader made afresh on a resume started it
+    again from its seed, so the resumed epoch's workers drew the first epoch's numbers. Its state is in the
+    loader's state_dict (Lightning keeps it in the checkpoint): the resumed run draws what the unbroken one did."""
+    from memnet.utils import EpochShuffle, ResumableLoader
+
+    def loader(trainer):
+        return ResumableLoader(_WorkerDraws(), batch_size=3, sampler=EpochShuffle(12, seed=0), num_workers=2,
+                               generator=torch.Generator().manual_seed(0), trainer=trainer)
+
+    unbroken = loader(None)
+    epochs, saved = [], None
+    for epoch in range(3):
+        unbroken.trainer = _trainer_in_epoch(epoch, 0)
+        batches = []
+        for batch in unbroken:
+            batches.append(batch)
+            if (epoch, len(batches)) == ((1, done) if done else (0, 4)):  # the checkpoint: mid-epoch 1 or at its start
+                saved = unbroken.state_dict()
+        epochs.append(batches)
+    assert not torch.equal(epochs[0][0][:, 1], epochs[1][0][:, 1])  # each epoch's workers draw their own
+    resumed = loader(_trainer_in_epoch(1, done))
+    resumed.load_state_dict(saved)  # Lightning restores it before the epoch's first batch
+    again = list(resumed)
+    resumed.trainer = _trainer_in_epoch(2, 0)
+    again += list(resumed)
+    assert len(again) == len(epochs[1][done:] + epochs[2])
+    assert all(torch.equal(a, b) for a, b in zip(again, epochs[1][done:] + epochs[2]))
+    fresh = loader(_trainer_in_epoch(1, done))  # a checkpoint without the state (written before it was kept)
+    fresh.load_state_dict({})
+    first = next(iter(fresh))
+    assert torch.equal(first[:, 0], epochs[1][done][:, 0]) and not torch.equal(first[:, 1], epochs[1][done][:, 1])
+
+
 def test_training_loaders_resumed_mid_epoch_give_the_epochs_remaining_batches():
     from memnet.utils import EpochShuffle, ResumableLoader
 
