@@ -269,6 +269,11 @@ class LastAndBestCheckpoint(ModelCheckpoint):
     same step, so after an epoch that did not improve the monitored metric the
     "last" checkpoint is stale and a resumed run would repeat training. This
     subclass always saves it, so a run resumes from where it was.
+
+    A checkpoint due after an epoch's last batch (``every_n_train_steps`` or ``train_time_interval``, Lightning
+    saves those at a batch's end) is written at the epoch's end instead, after its validation and its
+    ``on_train_epoch_end``: resumed from the batch's end, Lightning went on with the next epoch and the epoch's
+    end never came (no validation, no curriculum step, no relapse check for it; the weights then differed).
     """
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -323,6 +328,26 @@ class LastAndBestCheckpoint(ModelCheckpoint):
             state_dict = {**state_dict, "dirpath": self.dirpath}
         super().load_state_dict(state_dict)
 
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if not getattr(trainer.fit_loop.epoch_loop.batch_progress, "is_last_batch", False):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            return
+        # the epoch's last batch: what Lightning would save now is saved at the epoch's end (on_train_epoch_end)
+        due: list[str] = []
+        self._save_topk_checkpoint = lambda *args: due.append("topk")
+        self._save_last_checkpoint = lambda *args: due.append("last")
+        try:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        finally:
+            del self._save_topk_checkpoint, self._save_last_checkpoint
+        if getattr(self, "_defer_save_until_validation", False) and self._should_save_on_train_epoch_end(trainer):
+            # Lightning (2.5.5 on) puts a save whose monitor is not logged yet off to the validation's end, where it
+            # saves only when not saving at the epoch's end: the epoch's end it is
+            self._defer_save_until_validation = False
+            due.append("deferred")
+        self._due_at_epoch_end = trainer.global_step if due else None
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
         if self._should_refresh_last(trainer) and not self._should_save_on_train_epoch_end(trainer):
@@ -330,6 +355,13 @@ class LastAndBestCheckpoint(ModelCheckpoint):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
+        due, self._due_at_epoch_end = getattr(self, "_due_at_epoch_end", None), None
+        if due is not None and due == trainer.global_step and not trainer.fast_dev_run:  # from the last batch
+            candidates = self._monitor_candidates(trainer)
+            saved = self._last_global_step_saved == trainer.global_step  # at the epoch's validation: last.ckpt
+            self._save_topk_checkpoint(trainer, candidates)
+            if not saved:
+                self._save_last_checkpoint(trainer, candidates)
         if self._should_refresh_last(trainer) and self._should_save_on_train_epoch_end(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
@@ -675,8 +707,8 @@ class SpikeClip(KeyedStateCallback):
     the DDP all-reduce (every process sees the same norm) and the unscaling of mixed precision, before
     the fixed clip; a non-finite norm is left alone (the module's ``nonfinite_grads`` sees it) and does
     not enter the averages. No host sync per step. The averages are kept in checkpoints, under ``z``,
-    ``alpha`` and ``warmup`` (a resumed run clips where the uninterrupted one would have); the number of clipped steps of each training epoch is
-    logged as ``spike_clip/clipped``.
+    ``alpha`` and ``warmup`` (a resumed run clips where the uninterrupted one would have); the number of
+    clipped steps of each training epoch is logged as ``spike_clip/clipped``.
 
     Args:
         z: how many standard deviations above the mean a norm may be, > 0.

@@ -606,15 +606,15 @@ def train_epoch_so_far(module: MemnetModule) -> dict[str, Any] | None:
 def accumulated_gradients(module: MemnetModule) -> dict[str, torch.Tensor] | None:
     """The gradients gathered so far in a window of ``accumulate_grad_batches`` that is open (batches trained since
     the last optimiser step), on the CPU, by parameter name; None between windows (the gradients then are the
-    last step's, which the next window clears). This process's own: under DDP not yet reduced."""
+    last step's, which the next window clears). This process's own: under DDP not yet reduced. Whether it is None
+    is the same on every process (the window's place), so that they all gather it or none does."""
     trainer = module.trainer
     loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
     if loop is None or trainer.accumulate_grad_batches <= 1 or not module.automatic_optimization:
         return None
     if not 0 < batches_done(trainer) < trainer.num_training_batches or not loop._should_accumulate():
         return None
-    grads = {name: p.grad.detach().to("cpu", copy=True) for name, p in module.named_parameters() if p.grad is not None}
-    return grads or None
+    return {name: p.grad.detach().to("cpu", copy=True) for name, p in module.named_parameters() if p.grad is not None}
 
 
 def restore_gradients(module: MemnetModule, grads: dict[str, torch.Tensor]) -> None:

@@ -356,3 +356,38 @@ def test_a_window_checkpoint_resumed_on_another_number_of_processes_warns_that_i
     assert module._resumed_grads is None
     module.on_load_checkpoint({"memnet_accumulated_grads": [grads]})
     assert module._resumed_grads is grads
+
+
+@pytest.mark.parametrize("monitor", [None, "val/loss"])
+def test_a_step_checkpoint_due_after_an_epochs_last_batch_resumes_through_the_epochs_end(tmp_path, monitor):
+    """every_n_train_steps 3 with 3 batches an epoch: Lightning saved after the epoch's last batch, before its
+    validation and its end, and a run resumed from there went on with the next epoch: the epoch's end never came,
+    so the curriculum did not step up (epoch 1 trained at L = 1, not 2), the relapse watch missed the validation and
+    the weights differed. Written at the epoch's end instead (LastAndBestCheckpoint), the resume is the unbroken
+    run's; the checkpoint keeps its step's name."""
+    from memnet.callbacks import RelapseWatch
+    from memnet.curriculum import LengthCurriculum
+
+    def run(folder, ckpt_path=None):
+        torch.manual_seed(0)
+        task = CopyTask(width=3, min_length=1, max_length=6)
+        data = AlgorithmicDataModule(task, batch_size=4, batches_per_epoch=3, val_size=4)
+        net = NTM(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=8),
+                  memory_size=6, word_size=4)
+        module, curriculum, watch = SequenceModule(net), LengthCurriculum(every_n_epochs=1), RelapseWatch()
+        checkpoint = LastAndBestCheckpoint(dirpath=folder, every_n_train_steps=3, save_top_k=-1, save_last=True,
+                                           monitor=monitor)
+        trainer = pl.Trainer(max_epochs=3, logger=False, callbacks=[curriculum, watch, checkpoint],
+                             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
+                             num_sanity_val_steps=0)
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        return module, curriculum.history, watch.history
+
+    unbroken, levels, validations = run(tmp_path / "whole")
+    assert levels == [(0, 1), (1, 2), (2, 3), (3, 4)] and len(validations) == 3
+    written = tmp_path / "whole" / "epoch=0-step=3.ckpt"
+    assert torch.load(written, weights_only=False)["loops"]["fit_loop"]["epoch_loop.batch_progress"]["is_last_batch"]
+    resumed, resumed_levels, resumed_validations = run(tmp_path / "again", ckpt_path=written)
+    assert (resumed_levels, resumed_validations) == (levels, validations)
+    for (name, value), resumed_value in zip(unbroken.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(value, resumed_value), name

@@ -333,8 +333,10 @@ def test_linear_start_switch_fixed_length_ignores_the_monitor():
     ({"check_val_every_n_epoch": 2}, {"patience": 100, "max_epochs": 1}, [5.0, 4.0], 4, 0),
 ], ids=["patience-in-validations", "cap-in-epochs", "cap-without-a-validation"])
 def test_linear_start_switch_counts_patience_in_validations_and_its_cap_in_epochs(trainer_args, switch, losses,
-                                                                                   softmax_from, switched_at):
+                                                                                   softmax_from, switched_at, tmp_path):
     import pytorch_lightning as pl
+
+    from memnet.callbacks import LastAndBestCheckpoint
 
     class Scripted(pl.LightningModule):  # a linear-start MemN2N as ``net``; its validation loss scripted
         def __init__(self):
@@ -357,14 +359,29 @@ def test_linear_start_switch_counts_patience_in_validations_and_its_cap_in_epoch
         def configure_optimizers(self):
             return torch.optim.SGD(self.layer.parameters(), lr=0.01)
 
-    data = torch.utils.data.TensorDataset(torch.randn(4, 2, generator=torch.Generator().manual_seed(0)))
-    callback = LinearStartSwitch(**switch)
-    module = Scripted()
-    trainer = pl.Trainer(max_epochs=3, callbacks=[callback], logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, num_sanity_val_steps=0, enable_model_summary=False, **trainer_args)
-    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=1), torch.utils.data.DataLoader(data, batch_size=4))
-    assert module.softmax_on == [False] * softmax_from + [True] * (12 - softmax_from)
-    assert callback.switched_at == switched_at
+        def on_save_checkpoint(self, checkpoint):
+            checkpoint["validations"] = self.validations
+
+        def on_load_checkpoint(self, checkpoint):
+            self.validations = checkpoint["validations"]
+
+    def fit(max_steps, ckpt_path=None):
+        data = torch.utils.data.TensorDataset(torch.randn(4, 2, generator=torch.Generator().manual_seed(0)))
+        callback, module = LinearStartSwitch(**switch), Scripted()
+        last = LastAndBestCheckpoint(dirpath=tmp_path / f"to-{max_steps}", save_last=True)
+        trainer = pl.Trainer(max_steps=max_steps, callbacks=[callback, last], logger=False, enable_progress_bar=False,
+                             num_sanity_val_steps=0, enable_model_summary=False, **trainer_args)
+        trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=1),
+                    torch.utils.data.DataLoader(data, batch_size=4), ckpt_path=ckpt_path)
+        return module.softmax_on, callback.switched_at
+
+    assert fit(12) == ([False] * softmax_from + [True] * (12 - softmax_from), switched_at)
+    # stopped at the end of epoch 0 (its last.ckpt written at its last validation, before the cap's epoch end) and
+    # resumed: the switch comes where it came in the unbroken run
+    stopped = fit(4)
+    resumed = fit(12, ckpt_path=tmp_path / "to-4" / "last.ckpt")
+    assert stopped[0] + resumed[0] == [False] * softmax_from + [True] * (12 - softmax_from)
+    assert resumed[1] == switched_at
 
 
 @pytest.mark.parametrize("switch", [
