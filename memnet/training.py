@@ -50,6 +50,7 @@ from memnet.utils import (
     fitting,
     gather_objects,
     resume_cut_short_epoch,
+    run_config_candidates,
 )
 
 try:  # the config the Lightning CLI builds a module from (Lightning's _InstantiatorFn sets it, since 2.3)
@@ -462,20 +463,12 @@ def cannot_rebuild(checkpoint_path: Any, module: str, *, built_in_python: bool =
     if built_in_python:
         return (f"{head}: the module was built in Python with a network object, which is not saved; pass one of the "
                 f"same architecture: {module}.load_from_checkpoint('{path}', net=<the network>)")
-    config = run_config(path)
+    config = next((c for c in run_config_candidates(path) if c.is_file()), None)
     shown, given = (f"'{config}'", "") if config is not None else ("'<run>/config.yaml'", " --config <run>/config.yaml")
     return (f"{head}: it was written by a memnet that did not save the network's config; load it with its run's "
             f"config, model, data = memnet.cli.rebuild.build([{shown}], '{path}', torch.device('cpu')), or export "
             f"the network (memnet export --ckpt_path {path}{given} --out <folder>) and load it with "
             "memnet.models.load('<folder>'); a checkpoint of the current memnet fit loads as it is")
-
-
-def run_config(checkpoint: Path) -> Path | None:
-    """The ``config.yaml`` of the run a checkpoint belongs to (the parent of its ``checkpoints/`` folder, else beside
-    it, as ``memnet.cli.rebuild.default_config`` looks), None where there is none."""
-    folder = Path(checkpoint).resolve().parent
-    candidates = [folder.parent / "config.yaml", folder / "config.yaml"][0 if folder.name == "checkpoints" else 1:]
-    return next((candidate for candidate in candidates if candidate.is_file()), None)
 
 
 def check_restored_one_cycle(trainer: pl.Trainer) -> None:

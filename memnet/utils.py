@@ -705,3 +705,13 @@ def monitored_value(trainer: Any, monitor: str, owner: str) -> Any:
         raise MemnetError(f"{owner} monitor {monitor!r} is not a metric this run logs after a validation; "
                           f"it logs: {logged or 'none'}")
     return value
+
+
+def run_config_candidates(checkpoint: str | os.PathLike) -> list[Path]:
+    """Where the ``config.yaml`` of the run a checkpoint belongs to may be, first to last: the parent of its
+    ``checkpoints/`` folder, then beside it. Only a folder named ``checkpoints`` is a run's: for a checkpoint kept
+    anywhere else (``exported/model.ckpt``) the folder above is not its run, and a ``config.yaml`` of another run
+    there would build the wrong model."""
+    folder = Path(checkpoint).resolve().parent
+    candidates = [folder.parent / "config.yaml", folder / "config.yaml"]
+    return candidates if folder.name == "checkpoints" else candidates[1:]

@@ -28,7 +28,7 @@ from memnet.checkpoint import read_checkpoint
 from memnet.cli.configs import ConfigError, find_config, load_config
 from memnet.cli.lightning_cli import LATEST_RUN_FILE, MemnetCLI
 from memnet.models.pretrained import match_dtype
-from memnet.utils import MemnetError
+from memnet.utils import MemnetError, run_config_candidates
 
 LATEST = "latest"  # --ckpt_path latest: the best (else last) checkpoint of runs/latest.json
 QUIET = ("--trainer.logger=false", "--trainer.enable_progress_bar=false")
@@ -77,15 +77,9 @@ def resolve_checkpoint(ckpt_path: str, latest_file: str | Path | None = None) ->
 
 
 def default_config(checkpoint: Path) -> Path:
-    """The run's ``config.yaml``: in the parent of the checkpoint's ``checkpoints/`` folder, else beside it.
-
-    Only a folder named ``checkpoints`` is a run's: for a checkpoint kept anywhere else (``exported/model.ckpt``)
-    the folder above is not its run, and a ``config.yaml`` of another run there built the wrong model.
-    """
-    folder = Path(checkpoint).resolve().parent
-    candidates = [folder.parent / "config.yaml", folder / "config.yaml"]
-    if folder.name != "checkpoints":
-        candidates = candidates[1:]
+    """The run's ``config.yaml``: in the parent of the checkpoint's ``checkpoints/`` folder, else beside it
+    (:func:`memnet.utils.run_config_candidates`)."""
+    candidates = run_config_candidates(checkpoint)
     for candidate in candidates:
         if candidate.is_file():
             return candidate
