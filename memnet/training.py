@@ -23,6 +23,7 @@ The modules themselves (``SequenceModule``, ``QAModule``, …) are in ``memnet.l
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -892,8 +893,12 @@ def check_one_cycle_length(scheduler: torch.optim.lr_scheduler.OneCycleLR, inter
                     f"({reached}): the rate never anneals, the run ends {planned / total:.1%} into its schedule; set "
                     f"{field} to {int(planned)} for a whole cycle")
     groups = scheduler.optimizer.param_groups
+    # an lr left at the optimiser's default was not given (a config without one gets it filled in): nothing to say
+    default = inspect.signature(type(scheduler.optimizer)).parameters.get("lr")
+    unset = default.default if default is not None and isinstance(default.default, (int, float)) else None
     differ = [(lr, group["max_lr"]) for lr, group in zip(optimizer_lrs, groups, strict=False)
-              if "max_lr" in group and not math.isclose(float(lr), float(group["max_lr"]))]
+              if "max_lr" in group and not math.isclose(float(lr), float(group["max_lr"]))
+              and (unset is None or not math.isclose(float(lr), float(unset)))]
     if differ:
         lr, peak = differ[0]
         log.warning(f"the optimiser's lr {float(lr):g} changes nothing: OneCycleLR sets the rate from its max_lr "

@@ -615,11 +615,13 @@ def test_an_optimiser_lr_that_one_cycle_overrides_is_said_to_change_nothing(capl
     import functools
 
     loader = torch.utils.data.DataLoader(_regression_batches(2), batch_size=None)
-    for lr, said in ((0.1, True), (0.01, False)):
+    # None: Adam's default lr (0.001), which a config without an lr gets filled in: not the user's, not said
+    for lr, said in ((0.1, True), (0.01, False), (None, False)):
         caplog.clear()
+        optimizer = functools.partial(torch.optim.Adam, **({} if lr is None else {"lr": lr}))
         with caplog.at_level("WARNING", logger="memnet"):
-            pl.Trainer(max_steps=2, **ONE_CYCLE_TRAINER).fit(
-                _one_cycle(2, "step", optimizer=functools.partial(torch.optim.Adam, lr=lr)), train_dataloaders=loader)
+            pl.Trainer(max_steps=2, **ONE_CYCLE_TRAINER).fit(_one_cycle(2, "step", optimizer=optimizer),
+                                                             train_dataloaders=loader)
         messages = [record.getMessage() for record in caplog.records if "changes nothing" in record.getMessage()]
         assert messages == ([
             ("the optimiser's lr 0.1 changes nothing: OneCycleLR sets the rate from its max_lr 0.01 "
