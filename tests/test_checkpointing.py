@@ -28,12 +28,18 @@ class _LastStepRecorder(pl.Callback):
             self.seen.append((trainer.global_step, torch.load(self.path, weights_only=False)["global_step"]))
 
 
-def test_last_checkpoint_is_rewritten_at_every_validation(tmp_path):
+def _tiny_copy_ntm(batches_per_epoch: int, max_length: int = 3):
+    """Seeded (0): the copy data (batches of 4, 4 validation sequences) and a tiny NTM of the resume tests."""
     torch.manual_seed(0)
-    task = CopyTask(width=3, min_length=1, max_length=3)
-    data = AlgorithmicDataModule(task, batch_size=4, batches_per_epoch=2, val_size=4)
+    task = CopyTask(width=3, min_length=1, max_length=max_length)
+    data = AlgorithmicDataModule(task, batch_size=4, batches_per_epoch=batches_per_epoch, val_size=4)
     net = NTM(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=8),
               memory_size=6, word_size=4)
+    return data, net
+
+
+def test_last_checkpoint_is_rewritten_at_every_validation(tmp_path):
+    data, net = _tiny_copy_ntm(batches_per_epoch=2)
     # mode="max" on a falling loss: only the first epoch is ever "best"
     checkpoint = LastAndBestCheckpoint(dirpath=tmp_path, monitor="val/loss", mode="max", save_last=True)
     recorder = _LastStepRecorder(tmp_path / "last.ckpt")
@@ -84,11 +90,7 @@ class _RateRecorder(pl.Callback):
 def _halving_run(folder, ckpt_path=None, scheduler=None, **limits):
     """A copy-task NTM whose rate a per-epoch StepLR (or ``scheduler``) halves every epoch (3 batches an epoch),
     trained to ``limits`` (max_epochs or max_steps), from ``ckpt_path`` if given; last.ckpt in ``folder``."""
-    torch.manual_seed(0)
-    task = CopyTask(width=3, min_length=1, max_length=3)
-    data = AlgorithmicDataModule(task, batch_size=4, batches_per_epoch=3, val_size=4)
-    net = NTM(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=8),
-              memory_size=6, word_size=4)
+    data, net = _tiny_copy_ntm(batches_per_epoch=3)
     module = SequenceModule(net, scheduler=scheduler or partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5),
                             scheduler_interval="epoch")
     rates = _RateRecorder()
@@ -216,11 +218,7 @@ def test_a_checkpoint_written_inside_an_accumulation_window_resumes_to_the_unbro
     two batches: the resume left out the batch trained before it (rightly) but lost its gradient, so the window's
     step took the batch after the resume alone and every weight after it differed from the unbroken run's."""
     def run(callbacks, ckpt_path=None):
-        torch.manual_seed(0)
-        task = CopyTask(width=3, min_length=1, max_length=3)
-        data = AlgorithmicDataModule(task, batch_size=4, batches_per_epoch=6, val_size=4)
-        net = NTM(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=8),
-                  memory_size=6, word_size=4)
+        data, net = _tiny_copy_ntm(batches_per_epoch=6)
         module = SequenceModule(net)
         trainer = pl.Trainer(max_epochs=2, accumulate_grad_batches=2, val_check_interval=3, limit_val_batches=1,
                              logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -324,11 +322,7 @@ def test_a_run_resumed_from_a_checkpoint_written_during_training_sees_the_unbrok
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     def run(ckpt_path=None):
-        torch.manual_seed(0)
-        task = CopyTask(width=3, min_length=1, max_length=3)
-        data = AlgorithmicDataModule(task, batch_size=4, batches_per_epoch=4, val_size=4)
-        net = NTM(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=8),
-                  memory_size=6, word_size=4)
+        data, net = _tiny_copy_ntm(batches_per_epoch=4)
         module, batches = SequenceModule(net), _Batches()
         save = (ModelCheckpoint(dirpath=tmp_path, filename="at", every_n_train_steps=step, monitor="step", mode="min")
                 if written == "every_n_train_steps" else _SaveAtValidation(tmp_path / "at.ckpt", step))
@@ -369,11 +363,7 @@ def test_a_step_checkpoint_due_after_an_epochs_last_batch_resumes_through_the_ep
     from memnet.curriculum import LengthCurriculum
 
     def run(folder, ckpt_path=None):
-        torch.manual_seed(0)
-        task = CopyTask(width=3, min_length=1, max_length=6)
-        data = AlgorithmicDataModule(task, batch_size=4, batches_per_epoch=3, val_size=4)
-        net = NTM(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=8),
-                  memory_size=6, word_size=4)
+        data, net = _tiny_copy_ntm(batches_per_epoch=3, max_length=6)
         module, curriculum, watch = SequenceModule(net), LengthCurriculum(every_n_epochs=1), RelapseWatch()
         checkpoint = LastAndBestCheckpoint(dirpath=folder, every_n_train_steps=3, save_top_k=-1, save_last=True,
                                            monitor=monitor)

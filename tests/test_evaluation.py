@@ -377,20 +377,27 @@ def test_nan_outputs_off_the_scored_steps_cost_nothing_and_on_them_are_named():
     assert "| sequences with non-finite outputs |" in markdown_table([clean, row])
 
 
-def test_a_conditional_model_is_scored_as_validation_scores_it_and_free_running_beside():
+def _conditional_gru(task, hidden_size: int):
+    """A conditional (output-recurrent) GRU model of ``task`` and its module, in eval mode."""
     from functools import partial
 
     from memnet.controllers import GRUController
-    from memnet.evaluation import evaluate_length, markdown_table
     from memnet.lightning import ConditionalSequenceModule
     from memnet.models.recurrent import RecurrentModel
+
+    net = RecurrentModel(task.input_size, task.output_size, controller=partial(GRUController, hidden_size=hidden_size),
+                         conditional=True)
+    return net, ConditionalSequenceModule(net).eval()
+
+
+def test_a_conditional_model_is_scored_as_validation_scores_it_and_free_running_beside():
+
+    from memnet.evaluation import evaluate_length, markdown_table
     from tasks.sequences import MarkovBitsTask
 
     torch.manual_seed(0)
     task = MarkovBitsTask(width=2, min_length=3, max_length=6)
-    net = RecurrentModel(task.input_size, task.output_size, controller=partial(GRUController, hidden_size=4),
-                         conditional=True)
-    model = ConditionalSequenceModule(net).eval()
+    net, model = _conditional_gru(task, hidden_size=4)
     row, batch = evaluate_length(model, task, 6, slots=None, num_sequences=4, batch_size=4, seed=0,
                                  device=torch.device("cpu"))
     with torch.no_grad():
@@ -431,19 +438,13 @@ def test_a_token_task_of_an_encoder_decoder_is_refused_naming_memnet_test(tmp_pa
 def test_a_conditional_model_runs_free_where_scored_in_the_evaluation():
     """On copy, the free-running cost fed back the untrained predictions of the input phase (unscored); it is fed
     the targets there, as validation runs it free."""
-    from functools import partial
 
-    from memnet.controllers import GRUController
     from memnet.evaluation import evaluate_length
-    from memnet.lightning import ConditionalSequenceModule
-    from memnet.models.recurrent import RecurrentModel
     from tasks.algorithmic import CopyTask
 
     torch.manual_seed(1)
     task = CopyTask(width=3, min_length=1, max_length=5)
-    net = RecurrentModel(task.input_size, task.output_size, controller=partial(GRUController, hidden_size=5),
-                         conditional=True)
-    model = ConditionalSequenceModule(net).eval()
+    net, model = _conditional_gru(task, hidden_size=5)
     row, batch = evaluate_length(model, task, 5, slots=None, num_sequences=4, batch_size=4, seed=0,
                                  device=torch.device("cpu"))
     with torch.no_grad():
