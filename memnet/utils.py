@@ -329,6 +329,35 @@ class EpochShuffle(torch.utils.data.Sampler):
         return iter(order)
 
 
+class EpochDraws(torch.utils.data.Sampler):
+    """``count`` of ``size`` examples drawn uniformly *with* replacement for the epoch Lightning sets.
+
+    The batches of the authors' MemN2N code (``randi(length(train_range), batch_size, 1)``, ⌊size /
+    batch⌋ batches an epoch): an example may come twice in an epoch, or not at all. The draws of
+    epoch e come from ``seed``, e and the process's ``rank`` alone, so a run resumed at epoch e
+    draws what the unbroken run drew, and each DDP process its own. Without ``set_epoch`` each pass
+    takes the next epoch.
+    """
+
+    def __init__(self, size: int, count: int, seed: int, rank: int = 0) -> None:
+        if size < 1 or count < 1:
+            raise ValueError(f"EpochDraws needs examples to draw from and a number of draws, got size {size}, "
+                             f"count {count}")
+        self.size, self.count, self.seed, self.rank, self.epoch = size, count, seed, rank, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(mix_seed(mix_seed(self.seed, self.epoch), self.rank))
+        draws = torch.randint(self.size, (self.count,), generator=generator).tolist()
+        self.epoch += 1
+        return iter(draws)
+
+
 def mix_seed(seed: int, stream: int) -> int:
     """A 63-bit seed for stream ``stream`` of base seed ``seed`` (splitmix64 finaliser)."""
     z = (seed * 0x9E3779B97F4A7C15 + stream * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % 2**64

@@ -83,6 +83,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from memnet.utils import (
+    EpochDraws,
     EpochShuffle,
     LengthGroupedSampler,
     MemnetError,
@@ -99,6 +100,7 @@ CACHE_DIR_ENV = "MEMNET_CACHE_DIR"
 CACHE_VERSION = 3  # bump when the parser, the columns or the split change (2: validation holds out whole stories;
 #                    3: statements after a story's last question are refused, no longer dropped)
 VAL_HOLDOUTS = ("story", "question")
+SAMPLINGS = ("shuffle", "replacement")
 
 PAD, UNK, SENTENCE_END, QUESTION_END = "<pad>", "<unk>", "<eos>", "<eoq>"
 SPECIAL_TOKENS = (PAD, UNK, SENTENCE_END, QUESTION_END)
@@ -468,6 +470,11 @@ class BabiDataModule(pl.LightningDataModule):
         val_holdout: ``story`` (default) holds out whole stories, ``question`` single
             questions, which leaves copies of training questions in validation
             (:func:`load_babi`); the results measured before the change used ``question``.
+        sampling: how the training batches are drawn: ``shuffle`` (default), every question once
+            an epoch in a shuffled order; ``replacement``, the authors' MemN2N code's
+            ``randi``: ⌊questions / batch_size⌋ batches of questions drawn uniformly with
+            replacement (:class:`memnet.utils.EpochDraws`; under DDP each process draws
+            ⌊questions / (batch_size · processes)⌋ batches of its own). Not with ``group_by_length``.
     """
 
     def __init__(
@@ -486,6 +493,7 @@ class BabiDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         group_by_length: int | None = None,
         val_holdout: Literal["story", "question"] = "story",
+        sampling: Literal["shuffle", "replacement"] = "shuffle",
     ) -> None:
         super().__init__()
         if tasks == "all":
@@ -510,6 +518,12 @@ class BabiDataModule(pl.LightningDataModule):
                                             or group_by_length < 1):
             raise ValueError(f"group_by_length must be None or a positive number of batches per pool, "
                              f"got {group_by_length!r}")
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+        if sampling == "replacement" and group_by_length is not None:
+            raise ValueError(f"sampling 'replacement' draws each batch's questions at random, group_by_length "
+                             f"({group_by_length}) batches questions of similar length: give one of the two")
+        self.sampling = sampling
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie in (0, 1): validation needs examples, got {val_fraction!r}")
         if val_holdout not in VAL_HOLDOUTS:
@@ -636,18 +650,25 @@ class BabiDataModule(pl.LightningDataModule):
         """One split's loader. Training (``shuffle``): under DDP each process reads its own share (a
         ``DistributedSampler`` shuffled by ``seed`` and the epoch), on one process the whole split shuffled by
         ``seed``; with ``group_by_length`` in batches of similar length (a ``LengthGroupedSampler``, itself a
-        ``DistributedSampler``, on one process or many). Validation and test, in order: under DDP each process
+        ``DistributedSampler``, on one process or many); with ``sampling: replacement`` batches drawn with
+        replacement (an ``EpochDraws``, each process its own). Validation and test, in order: under DDP each process
         answers its own share, every question on exactly one process (an ``UnrepeatedDistributedSampler``)."""
         split = self.split(name)
         if shuffle and self.group_by_length is not None:
             rank, world_size = distributed_position(self.trainer)
             sampler = LengthGroupedSampler(sequence_lengths(split.arrays), self.batch_size, self.group_by_length,
                                            num_replicas=world_size, rank=rank, seed=self.seed)
+        elif shuffle and self.sampling == "replacement":
+            rank, world_size = distributed_position(self.trainer)
+            batches = max(1, len(split) // (self.batch_size * world_size))
+            sampler = EpochDraws(len(split), batches * self.batch_size, self.seed, rank)
         elif shuffle:
             sampler = distributed_sampler(split, self.trainer, shuffle=True, seed=self.seed)
         else:
             sampler = evaluation_sampler(split, self.trainer, unit="question")
         generator = None
+        if isinstance(sampler, EpochDraws):  # the loader's generator seeds workers only, as for EpochShuffle
+            generator = torch.Generator().manual_seed(self.seed)
         if sampler is None and shuffle:
             # one process: the epoch's order from the seed and the epoch (a resumed run does not replay epoch 0's);
             # the loader's own generator only seeds workers, and keeps the global RNG untouched as before
