@@ -48,6 +48,7 @@ from memnet.utils import (
     MemnetError,
     batches_done,
     distributed_position,
+    epoch_end_skipped_by_resume,
     fitting,
     gather_objects,
     resume_cut_short_epoch,
@@ -296,6 +297,17 @@ class MemnetModule(pl.LightningModule):
         if trainer is None or not fitting(trainer):
             return
         self._plateau_pending_epoch = plateau_step_pending(checkpoint)
+        skipped = epoch_end_skipped_by_resume(checkpoint)
+        if skipped is not None:
+            rank_zero_warn(
+                f"{trainer.ckpt_path or 'the checkpoint'} was written after the last batch of epoch {skipped} (step "
+                f"{checkpoint.get('global_step')}), before the epoch's end (Lightning's ModelCheckpoint saves one of "
+                "every_n_train_steps or train_time_interval at a batch's end): Lightning resumes it with epoch "
+                f"{skipped + 1}, and epoch {skipped}'s validation at its end, its on_train_epoch_end (a curriculum's "
+                "step, a relapse check, its logged training values) and its per-epoch schedule step are not run, so "
+                "the resumed run can differ from the unbroken one. memnet's --checkpoint (memnet.callbacks."
+                "LastAndBestCheckpoint) writes such a checkpoint at the epoch's end; for an exact resume, resume from "
+                "one written at an epoch's end or in its middle")
         # last.ckpt of an epoch cut short by max_steps or max_time: resumed with max_epochs, Lightning dropped the
         # rest of the epoch (here, before it restores its loops from the checkpoint)
         resume_cut_short_epoch(checkpoint)

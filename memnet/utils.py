@@ -226,6 +226,25 @@ def resume_cut_short_epoch(checkpoint: dict[str, Any]) -> bool:
     return True
 
 
+def epoch_end_skipped_by_resume(checkpoint: dict[str, Any]) -> int | None:
+    """The epoch whose end a resume from ``checkpoint`` leaves out, or None where the resume runs it.
+
+    A checkpoint written at the end of an epoch's last batch, before the epoch's end (Lightning's
+    ``ModelCheckpoint`` saves one of ``every_n_train_steps`` or ``train_time_interval`` at a batch's end;
+    memnet's :class:`memnet.callbacks.LastAndBestCheckpoint` puts it off to the epoch's end), is resumed by
+    Lightning with the next epoch: the epoch's validation at its end, its ``on_train_epoch_end`` (a
+    curriculum's step, a relapse check, its logged training values) and its per-epoch schedule step never run.
+    """
+    fit_loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    epochs, batches = fit_loop.get("epoch_progress"), fit_loop.get("epoch_loop.batch_progress")
+    if not isinstance(epochs, dict) or not isinstance(batches, dict) or not batches.get("is_last_batch", False):
+        return None
+    batch, epoch = batches["current"], epochs["current"]
+    if batch["completed"] != batch["processed"] - 1 or epoch["processed"] != epoch["started"] - 1:
+        return None  # written after the batch (at the epoch's validation or end), or in an epoch's middle
+    return int(epoch["processed"])
+
+
 class ResumableLoader(torch.utils.data.DataLoader):
     """A training loader that takes up a resumed epoch where its checkpoint was written.
 

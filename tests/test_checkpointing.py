@@ -381,3 +381,34 @@ def test_a_step_checkpoint_due_after_an_epochs_last_batch_resumes_through_the_ep
     assert (resumed_levels, resumed_validations) == (levels, validations)
     for (name, value), resumed_value in zip(unbroken.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(value, resumed_value), name
+
+
+def test_a_plain_step_checkpoint_written_after_an_epochs_last_batch_warns_on_resume_that_the_epochs_end_is_left_out(
+        tmp_path, recwarn):
+    """Lightning's own ModelCheckpoint(every_n_train_steps) saves at a batch's end, the epoch's last batch too
+    (3 batches an epoch: after step 3), before the epoch's validation and end; resumed from there, Lightning goes
+    on with epoch 1 and epoch 0's end never runs (the curriculum stepped up at epoch 2, not 1). It went by without
+    a word; the resume says so. A checkpoint of the epoch's middle (step 2) resumes without it."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from memnet.curriculum import LengthCurriculum
+
+    def run(folder, ckpt_path=None):
+        data, net = _tiny_copy_ntm(batches_per_epoch=3, max_length=6)
+        curriculum = LengthCurriculum(every_n_epochs=1)
+        checkpoint = ModelCheckpoint(dirpath=folder, every_n_train_steps=1, save_top_k=-1)
+        trainer = pl.Trainer(max_epochs=2, logger=False, callbacks=[curriculum, checkpoint], enable_progress_bar=False,
+                             enable_model_summary=False, limit_val_batches=1, num_sanity_val_steps=0)
+        trainer.fit(SequenceModule(net), datamodule=data, ckpt_path=ckpt_path)
+        return curriculum.history
+
+    assert run(tmp_path / "whole") == [(0, 1), (1, 2), (2, 3)]
+    message = (r"epoch=0-step=3.ckpt was written after the last batch of epoch 0 \(step 3\), before the epoch's end "
+               r"\(Lightning's ModelCheckpoint saves .* Lightning resumes it with epoch 1, and epoch 0's validation at "
+               r"its end, its on_train_epoch_end .* --checkpoint \(memnet.callbacks.LastAndBestCheckpoint\) writes")
+    with pytest.warns(UserWarning, match=message):
+        levels = run(tmp_path / "again", ckpt_path=tmp_path / "whole" / "epoch=0-step=3.ckpt")
+    assert levels == [(0, 1), (2, 2)]  # what the warning says: epoch 0's end (its step up) left out
+    recwarn.clear()
+    run(tmp_path / "middle", ckpt_path=tmp_path / "whole" / "epoch=0-step=2.ckpt")
+    assert not [w for w in recwarn if "before the epoch's end" in str(w.message)]
