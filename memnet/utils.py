@@ -265,7 +265,9 @@ class ResumableLoader(torch.utils.data.DataLoader):
     state at the checkpoint. Without a generator the seeds come from torch's global generator, whose
     state memnet's modules keep (:class:`memnet.training.MemnetModule`): the unbroken run's after a
     resume at an epoch's end; in an epoch's middle they are drawn aside, leaving the global draws as
-    the unbroken run's. ``persistent_workers`` keep their seeds over epochs, which a resume starts anew.
+    the unbroken run's. ``persistent_workers`` keep their generators over epochs, which a resume starts anew:
+    what such workers draw differs from the resume on (the batches' order does not; memnet's data draws nothing
+    in its workers).
 
     Args:
         trainer: the trainer whose place it follows (the data module's; None: a plain loader).
