@@ -8,8 +8,9 @@ vanilla RNN h(t) = f(W h(t−1) + U x(t)), ∂h(t)/∂h(t−1) = diag(f′) W, s
 gradient shrinks (or grows) roughly like ρ(W)^(T−t) — geometrically — while
 gated cells (LSTM, GRU) and an external memory (NTM) can carry it unchanged.
 
-    from memnet.probe import gradient_through_time, plot_gradient_curves
+    from memnet.probe import gradient_through_time, gradient_through_time_by_part, plot_gradient_curves
     norms = gradient_through_time(model, batch["inputs"], batch["targets"], mask=batch["mask"])  # (T,)
+    parts = gradient_through_time_by_part(model, batch["inputs"], batch["targets"])  # part -> (T,)
     plot_gradient_curves("probe.png", {"LSTM": norms})
 
 ``GradientProbe`` is the Lightning callback (logs the curve to W&B and saves a
@@ -27,12 +28,22 @@ y(t−1) counts in ‖∂L/∂h(t)‖ with ``state_part: all``, though no gradie
 it back into h(t−1) (the prediction is fed back detached, the target is data);
 ``state_part: controller`` leaves it out, the controller's state alone.
 
+The norm is over the whole state, so a model's parts add up in it (squares):
+``gradient_through_time_by_part`` gives each part's own, the fields of the state (an NTM's
+``controller``, ``memory``, ``read_vectors``, ``weights``). An NTM's or a DNC's h(0) holds the
+initial memory M(0), under ``memory_init: constant`` (the default) every entry ``CONSTANT_INIT``
+(1e-6). Content addressing's cosine divides by a slot's norm, so ∂L/∂M(0) is scaled by 1/1e-6:
+it is almost all of ‖∂L/∂h(0)‖, and it says how sensitive the first step's addressing is to that
+constant, not how much gradient reaches the start of the sequence. On copy (length 10, an LSTM
+controller of 32, 16 × 8 memory, untrained) ‖∂L/∂M(0)‖ is 3.26 where ‖∂L/∂M(1)‖ is 0.034 and the
+controller's part of h(0) 1.0e-3; with the constant at 1e-4 it is 0.090, the rest unchanged; after 300
+training steps 2.8e3 for 4.4 at t = 1. Compare memory models with others from t = 1, or by part.
+
 Axes:  b - batch, t - time, d - features
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -134,8 +145,53 @@ def gradient_through_time(
             network's own, or for a LightningModule its ``eval_memory_size`` where set, as its evaluation runs.
 
     Returns:
-        (T,) float64 norms, on the CPU.
+        (T,) float64 norms, on the CPU: the root sum of squares of ``gradient_through_time_by_part``'s parts.
     """
+    squares = _squares_by_part(net, inputs, targets, mask=mask, loss=loss, state_part=state_part,
+                               memory_size=memory_size)
+    return torch.stack(list(squares.values())).sum(dim=0).sqrt()
+
+
+def gradient_through_time_by_part(
+    net: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    loss: Literal["last", "all"] | LossFn = "last",
+    state_part: Literal["all", "controller"] = "all",
+    memory_size: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """‖∂L/∂h(t)‖ of each part of the state, for every time step t (as ``gradient_through_time``, whose
+    norm is their root sum of squares).
+
+    The parts are the fields of a NamedTuple state, each over every tensor under it: an NTM's
+    ``controller``, ``memory``, ``read_vectors``, ``weights``; a DNC's ``controller``, ``memory``,
+    ``read_vectors``, ``read_weights``, ``write_weights``, ``usage``, ``precedence``, ``link``; a conditional
+    model's ``controller`` and ``prev_output``. A state without fields (a ``RecurrentModel``'s tensor or
+    (h, c)) is the one part ``state``. With ``state_part: controller`` only ``controller`` is measured.
+    A memory model's ``memory`` part at t = 0 is the initial memory's (the module's docstring: under
+    ``memory_init: constant`` it is scaled by 1/1e-6).
+
+    Returns:
+        part -> (T,) float64 norms, on the CPU, in the state's order.
+    """
+    squares = _squares_by_part(net, inputs, targets, mask=mask, loss=loss, state_part=state_part,
+                               memory_size=memory_size)
+    return {part: values.sqrt() for part, values in squares.items()}
+
+
+def _squares_by_part(
+    net: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    mask: torch.Tensor | None,
+    loss: Literal["last", "all"] | LossFn,
+    state_part: Literal["all", "controller"],
+    memory_size: int | None,
+) -> dict[str, torch.Tensor]:
+    """part -> (T,) float64 ‖∂L/∂h_part(t)‖² (``gradient_through_time``'s arguments)."""
     if isinstance(net, pl.LightningModule):
         memory_size = getattr(net, "eval_memory_size", None) if memory_size is None else memory_size
         net = getattr(net, "net", net)
@@ -156,7 +212,7 @@ def gradient_through_time(
     dtype = parameter.dtype if parameter is not None else inputs.dtype
     inputs, targets, mask = inputs.to(dtype), targets.to(dtype), mask.to(dtype)
 
-    probes: list[list[torch.Tensor]] = []
+    probes: list[list[tuple[str, torch.Tensor]]] = []
     outputs = []
     was_training = net.training
     net.eval()  # the network itself, not one draw of its dropout masks
@@ -169,8 +225,8 @@ def gradient_through_time(
             sized = {} if memory_size is None else {"memory_size": memory_size}
             state = net.initial_state(batch, device=inputs.device, dtype=dtype, **sized)
             for t in range(steps):
-                perturbations: list[torch.Tensor] = []
-                state = _perturb(state, perturbations, state_part)
+                perturbations: list[tuple[str, torch.Tensor]] = []
+                state = _perturb(state, perturbations, state_part, part=None)
                 probes.append(perturbations)
                 logits, state = net.step(inputs[:, t], state)
                 outputs.append(logits)
@@ -178,36 +234,39 @@ def gradient_through_time(
                     scored = mask[:, t, None] > 0
                     state = state._replace(prev_output=torch.where(scored, state.prev_output, targets[:, t]))
             value = loss(torch.stack(outputs, dim=1), targets, mask)
-            flat = [p for step in probes for p in step]
+            flat = [p for step in probes for _, p in step]
             grads = torch.autograd.grad(value, flat, allow_unused=True) if flat else []
     finally:
         net.train(was_training)
-    norms = torch.zeros(steps, dtype=torch.float64)
+    squares: dict[str, torch.Tensor] = {}
     i = 0
     for t, step in enumerate(probes):
-        total = 0.0
-        for _ in step:
+        for part, _ in step:
+            squares.setdefault(part, torch.zeros(steps, dtype=torch.float64))
             if grads[i] is not None:
-                total += float(grads[i].detach().double().pow(2).sum())
+                squares[part][t] += float(grads[i].detach().double().pow(2).sum())
             i += 1
-        norms[t] = math.sqrt(total)
-    return norms
+    return squares or {"state": torch.zeros(steps, dtype=torch.float64)}
 
 
-def _perturb(state: Any, perturbations: list[torch.Tensor], state_part: str) -> Any:
-    """Add a zero tensor that requires grad to every floating tensor of ``state`` (or its controller part)."""
-    if state_part == "controller" and hasattr(state, "_fields") and "controller" in state._fields:
-        return state._replace(controller=_perturb(state.controller, perturbations, "all"))
+def _perturb(state: Any, perturbations: list[tuple[str, torch.Tensor]], state_part: str, part: str | None) -> Any:
+    """Add a zero tensor that requires grad to every floating tensor of ``state`` (or its controller part),
+    recorded with its part: the top-level field it is under (``part``), ``state`` for a state without fields."""
+    if part is None and hasattr(state, "_fields"):  # the top level of a NamedTuple state: its fields are the parts
+        fields = ("controller",) if state_part == "controller" and "controller" in state._fields else state._fields
+        return state._replace(**{field: _perturb(getattr(state, field), perturbations, "all", field)
+                                 for field in fields})
+    part = "state" if part is None else part
     if isinstance(state, torch.Tensor):
         if not state.is_floating_point():
             return state
         zero = torch.zeros_like(state, requires_grad=True)
-        perturbations.append(zero)
+        perturbations.append((part, zero))
         return state + zero
     if hasattr(state, "_fields"):  # NamedTuple
-        return type(state)(*(_perturb(s, perturbations, "all") for s in state))
+        return type(state)(*(_perturb(s, perturbations, "all", part) for s in state))
     if isinstance(state, (tuple, list)):
-        return type(state)(_perturb(s, perturbations, "all") for s in state)
+        return type(state)(_perturb(s, perturbations, "all", part) for s in state)
     return state
 
 
@@ -265,7 +324,10 @@ class GradientProbe(KeyedStateCallback):
     with a W&B logger it is logged as the image ``gradient_probe`` and as the
     line chart ``gradient_probe/curve``. The scalars ``probe/log10_grad_first``
     and ``probe/log10_grad_last`` (log10 of the norm at the first and last step)
-    are logged with the module's metrics. Under ``trainer.validate`` (``memnet validate``) the curve is measured
+    are logged with the module's metrics, and for a state of several parts each part's own,
+    ``probe/<part>/log10_grad_first`` and ``..._last`` (``gradient_through_time_by_part``: an NTM's
+    ``probe/controller/...``, ``probe/memory/...``; the first step's total of an NTM or a DNC is mostly its
+    initial memory's, scaled by 1/1e-6, the module's docstring says why). Under ``trainer.validate`` (``memnet validate``) the curve is measured
     and the scalars logged, but no figure is drawn (such a run has no run folder of its own). Networks without
     ``step`` are skipped. The memory has the slots
     the validation runs with: the module's ``eval_memory_size`` where set, else the network's N.
@@ -317,7 +379,7 @@ class GradientProbe(KeyedStateCallback):
         if not all(key in batch for key in ("inputs", "targets")):
             return
         rows = slice(0, self.max_sequences)
-        norms = gradient_through_time(
+        parts = gradient_through_time_by_part(
             net,
             batch["inputs"][rows].to(pl_module.device),
             batch["targets"][rows].to(pl_module.device),
@@ -327,11 +389,16 @@ class GradientProbe(KeyedStateCallback):
             # the N of the validation it probes (SequenceModule.forward runs evaluation with eval_memory_size)
             memory_size=getattr(pl_module, "eval_memory_size", None),
         )
+        norms = torch.stack([part.pow(2) for part in parts.values()]).sum(dim=0).sqrt()
         label = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
         self.curves[label] = norms
         floor = torch.tensor(PLOT_FLOOR, dtype=torch.float64)
         pl_module.log("probe/log10_grad_first", float(torch.log10(norms[0].clamp_min(floor))))
         pl_module.log("probe/log10_grad_last", float(torch.log10(norms[-1].clamp_min(floor))))
+        if len(parts) > 1:  # an NTM's h(0) is mostly its initial memory's: each part's own, the controller's too
+            for part, values in parts.items():
+                pl_module.log(f"probe/{part}/log10_grad_first", float(torch.log10(values[0].clamp_min(floor))))
+                pl_module.log(f"probe/{part}/log10_grad_last", float(torch.log10(values[-1].clamp_min(floor))))
         if not fitting(trainer):
             # ``memnet validate`` has no run folder of its own: the figure made a stray runs/memnet/<id>/ that
             # looked like a run (as MemoryAccessPlot's did); its scalars are in the validation's metrics

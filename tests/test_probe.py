@@ -115,6 +115,52 @@ def test_ntm_state_parts():
     assert torch.any(controller < whole * 0.999)  # memory and read vectors carry some of it
 
 
+def test_each_part_of_a_memory_state_and_the_initial_memory_in_h0(monkeypatch):
+    """‖∂L/∂h(0)‖ of an NTM was reported whole: almost all of it ∂L/∂M(0), the initial memory's, scaled by the
+    1/‖M(0)‖ of content addressing's cosine (every entry 1e-6), not gradient carried through time. Each part
+    of the state is measured on its own (float64: the memory part at t = 0 against autograd)."""
+    import memnet.memory
+    from memnet.models.dnc import DNC
+    from memnet.probe import gradient_through_time_by_part
+
+    torch.manual_seed(7)
+    ntm = NTM(D, K, controller=partial(LSTMController, hidden_size=H), memory_size=7, word_size=3,
+              num_reads=2).double()
+    inputs, targets = _data(7)
+    parts = gradient_through_time_by_part(ntm, inputs, targets)
+    assert list(parts) == ["controller", "memory", "read_vectors", "weights"]
+    assert all(norms.shape == (T,) and norms.dtype == torch.float64 for norms in parts.values())
+    whole = torch.stack([norms.pow(2) for norms in parts.values()]).sum(0).sqrt()
+    torch.testing.assert_close(whole, gradient_through_time(ntm, inputs, targets), rtol=1e-12, atol=0)
+    torch.testing.assert_close(parts["controller"], gradient_through_time(ntm, inputs, targets,
+                                                                          state_part="controller"), rtol=1e-12, atol=0)
+    # the memory part at t = 0 is ‖∂L/∂M(0)‖ of the initial memory the loop starts from, by autograd
+    state = ntm.initial_state(B, dtype=torch.float64)
+    memory = state.memory.clone().requires_grad_(True)
+    state, outputs = state._replace(memory=memory), []
+    for t in range(T):
+        logits, state = ntm.step(inputs[:, t], state)
+        outputs.append(logits)
+    (grad,) = torch.autograd.grad(last_step_loss(torch.stack(outputs, 1), targets, torch.ones(B, T)), memory)
+    assert parts["memory"][0].item() == pytest.approx(grad.norm().item(), rel=1e-9)
+    # it is the initial memory's scale: the same network from a constant of 1e-4 has a tenth of it (or less) at
+    # t = 0 and the same gradients afterwards; at 1e-6 it is the bulk of ‖∂L/∂h(0)‖ and far above t = 1's
+    monkeypatch.setattr(memnet.memory, "CONSTANT_INIT", 1e-4)
+    larger = gradient_through_time_by_part(ntm, inputs, targets)
+    assert parts["memory"][0] > 10 * larger["memory"][0]
+    torch.testing.assert_close(larger["controller"][1:], parts["controller"][1:], rtol=0.05, atol=0)
+    torch.testing.assert_close(larger["memory"][1:], parts["memory"][1:], rtol=0.05, atol=0)
+    assert parts["memory"][0] > 0.99 * whole[0] and parts["memory"][0] > 10 * parts["memory"][1]
+    monkeypatch.undo()
+    # a DNC's parts are its state's fields; a state without fields is the one part "state"
+    torch.manual_seed(8)
+    dnc = DNC(D, K, controller=partial(LSTMController, hidden_size=H), memory_size=7, word_size=3, num_reads=2)
+    dnc_parts = gradient_through_time_by_part(dnc, inputs.float(), targets.float())
+    assert list(dnc_parts) == ["controller", "memory", "read_vectors", "read_weights", "write_weights", "usage",
+                               "precedence", "link"]
+    assert list(gradient_through_time_by_part(_linear_regime_rnn(0.5), inputs, targets)) == ["state"]
+
+
 def test_the_probe_measures_the_network_without_dropout_and_leaves_its_mode():
     # a fresh network is in training mode: the probe drew dropout masks, two calls gave two curves
     torch.manual_seed(6)
@@ -222,6 +268,27 @@ def test_callback_probes_under_trainer_validate(tmp_path):
     assert probe.last_path is None and not list(tmp_path.rglob("*.png"))
 
 
+def test_callback_logs_each_part_of_a_memory_state(tmp_path):
+    """probe/log10_grad_first of an NTM is mostly its initial memory's: each part's own is logged too."""
+    from memnet.probe import gradient_through_time_by_part
+
+    torch.manual_seed(9)
+    net = NTM(D, K, controller=partial(LSTMController, hidden_size=H), memory_size=7, word_size=5)
+    inputs, targets = _data(9, torch.float32)
+    loader = torch.utils.data.DataLoader([{"inputs": inputs, "targets": targets, "mask": torch.ones(B, T),
+                                           "length": T}], batch_size=None)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path, callbacks=[GradientProbe(max_sequences=2)])
+    trainer.validate(SequenceModule(net), dataloaders=loader)
+    parts = gradient_through_time_by_part(net, inputs[:2], targets[:2])
+    for part, norms in parts.items():
+        for key, t in (("first", 0), ("last", -1)):
+            logged = float(trainer.callback_metrics[f"probe/{part}/log10_grad_{key}"])
+            assert logged == pytest.approx(torch.log10(norms[t]).item(), rel=1e-5)
+    assert float(trainer.callback_metrics["probe/log10_grad_first"]) == pytest.approx(
+        torch.log10(torch.stack([n[0] for n in parts.values()]).norm()).item(), rel=1e-5)
+
+
 def test_callback_probes_with_the_memory_size_of_validation(tmp_path, monkeypatch):
     """With ``eval_memory_size`` the validation runs with N = 13 slots where training had 7: so does the probe."""
     torch.manual_seed(3)
@@ -258,6 +325,31 @@ def test_memnet_probe_command_draws_the_comparison(tmp_path, monkeypatch, capsys
     assert (tmp_path / "probe.png").read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
     assert "0 training steps" in out and "1 training steps" in out and "RNN (ρ(W) = " in out
+
+
+def test_the_command_tables_a_memory_models_parts(tmp_path, monkeypatch, capsys):
+    """The table gave an NTM's ‖∂L/∂h(0)‖ whole, its initial memory's part (scaled by 1/1e-6) unsaid: each part
+    is a row below the model's, with t = 1 beside t = 0, and a note says what the memory's part of h(0) is."""
+    from memnet.cli import main
+
+    ntm = Path(__file__).resolve().parents[1] / "configs" / "probe" / "ntm.yaml"
+    config = tmp_path / "ntm_small.yaml"
+    config.write_text(f"extends: {ntm}\n"
+                      "model:\n  init_args:\n    net:\n      init_args:\n"
+                      "        memory_size: 6\n        word_size: 3\n        controller:\n          init_args:\n"
+                      "            hidden_size: 4\n"
+                      "data:\n  init_args:\n    task:\n      init_args:\n        max_length: 3\n    val_lengths: [3]\n")
+    monkeypatch.chdir(tmp_path)
+    main(["probe", str(config), "--out", str(tmp_path / "probe.png"), "--max-sequences", "2"])
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: [float(x) for x in line.split()[1:]] for line in out.splitlines()
+            if line.startswith(("NTM_SMALL", "  "))}
+    assert list(rows) == ["NTM_SMALL", "controller", "memory", "read_vectors", "weights"]
+    assert "‖∂L/∂h(1)‖" in out and all(len(values) == 4 for values in rows.values())  # t = 0, 1, T/2, T − 1
+    whole = torch.tensor(list(rows.values())[1:]).pow(2).sum(0).sqrt()
+    torch.testing.assert_close(whole, torch.tensor(rows["NTM_SMALL"]), rtol=2e-3, atol=0)  # printed to 4 digits
+    assert rows["memory"][0] > 0.99 * rows["NTM_SMALL"][0]  # h(0)'s norm is the initial memory's
+    assert "initial memory M(0)" in out and "compare such a model from t = 1" in out
 
 
 def test_two_configs_of_one_file_name_get_two_labels():

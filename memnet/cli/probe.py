@@ -2,7 +2,10 @@
 
 Each config's model and data are built as ``memnet fit`` would build them
 (``memnet.cli.rebuild``), trained for the given numbers of steps and probed with
-``memnet.probe.gradient_through_time`` on the first validation batch.
+``memnet.probe.gradient_through_time`` on the first validation batch. The figure draws the norm over the
+whole state; the table printed gives it at t = 0, 1, T/2 and T − 1, and for a state of several parts (an
+NTM's, a DNC's) each part's below it: an NTM's or a DNC's h(0) is mostly its initial memory's, whose
+constant of 1e-6 scales it (``memnet.probe``), so such models compare from t = 1 or by the controller's row.
 """
 
 from __future__ import annotations
@@ -19,7 +22,12 @@ from torch import nn
 from memnet.cli.rebuild import instantiate
 from memnet.lightning import SequenceModule
 from memnet.metrics import sequence_metrics
-from memnet.probe import LOSSES, gradient_through_time, plot_gradient_panels
+from memnet.probe import (
+    LOSSES,
+    gradient_through_time,
+    gradient_through_time_by_part,
+    plot_gradient_panels,
+)
 from memnet.utils import is_integer
 
 
@@ -30,7 +38,8 @@ def compare(
     train_steps: Sequence[int] = (0,),
     max_sequences: int = 16,
     loss: Literal["last", "all"] = "last",
-) -> dict[int, dict[str, torch.Tensor]]:
+    by_part: bool = False,
+) -> dict[int, dict[str, Any]]:
     """Build each config's model and data (as ``memnet fit`` would), train, and probe along the way.
 
     Each model is trained on its config's training stream with its config's
@@ -46,7 +55,8 @@ def compare(
     32) is named in one warning line on stderr; a OneCycleLR shorter than ``train_steps`` is refused.
 
     Returns:
-        steps -> label -> (T,) norms, labels in the order of ``configs``.
+        steps -> label -> (T,) norms, labels in the order of ``configs``; with ``by_part``, label -> part ->
+        (T,) norms (``memnet.probe.gradient_through_time_by_part``: an NTM's ``controller``, ``memory``, ...).
     """
     if labels is not None and len(labels) != len(configs):
         raise ValueError(f"labels must name every config: {len(labels)} labels for {len(configs)} configs")
@@ -60,7 +70,7 @@ def compare(
     repeated = sorted({label for label in chosen if chosen.count(label) > 1})
     if repeated:
         raise ValueError(f"labels must differ (a curve would replace another): {', '.join(repeated)} given twice")
-    results: dict[int, dict[str, torch.Tensor]] = {n: {} for n in checkpoints}
+    results: dict[int, dict[str, Any]] = {n: {} for n in checkpoints}
     for i, config in enumerate(configs):
         if not Path(config).is_file():
             raise FileNotFoundError(f"config {config} does not exist")
@@ -111,8 +121,9 @@ def compare(
                 print(f"{config}: {done} training steps, last batch {metrics['bits_per_seq'].detach().item():.1f} bits/seq")
             module.eval()
             # the module, not its net: the memory has the slots validation runs with (its eval_memory_size)
-            norms = gradient_through_time(module, probe_batch["inputs"][rows], probe_batch["targets"][rows],
-                                          mask=probe_batch["mask"][rows], loss=loss)
+            probe = gradient_through_time_by_part if by_part else gradient_through_time
+            norms = probe(module, probe_batch["inputs"][rows], probe_batch["targets"][rows],
+                          mask=probe_batch["mask"][rows], loss=loss)
             results[target_steps][label + _radius(module.net)] = norms
     return results
 
@@ -183,19 +194,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     results = compare(args.configs, labels=args.labels, train_steps=args.train_steps,
-                      max_sequences=args.max_sequences, loss=args.loss)
+                      max_sequences=args.max_sequences, loss=args.loss, by_part=True)
+    totals = {steps: {label: _total(parts) for label, parts in curves.items()} for steps, curves in results.items()}
     panels = {}
     scored = "the last scored step" if args.loss == "last" else "every scored step"
-    for steps, curves in results.items():
+    for steps, curves in totals.items():
         length = len(next(iter(curves.values())))
         when = f"after {steps} training steps" if steps else "at initialisation"
         panels[f"loss at {scored} of T = {length}, {when}"] = curves
     path = plot_gradient_panels(args.out, panels)
+    memory = False
     for steps, curves in results.items():
-        length = len(next(iter(curves.values())))
         print(f"\n{steps} training steps")
-        print(f"{'model':<28} {'‖∂L/∂h(0)‖':>12} {'‖∂L/∂h(T/2)‖':>14} {'‖∂L/∂h(T−1)‖':>14}")
-        for label, norms in curves.items():
-            print(f"{label:<28} {norms[0]:>12.3e} {norms[length // 2]:>14.3e} {norms[-1]:>14.3e}")
+        print(f"{'model':<28} {'‖∂L/∂h(0)‖':>12} {'‖∂L/∂h(1)‖':>12} {'‖∂L/∂h(T/2)‖':>14} {'‖∂L/∂h(T−1)‖':>14}")
+        for label, parts in curves.items():
+            rows = [(label, _total(parts))] + ([(f"  {part}", norms) for part, norms in parts.items()]
+                                               if len(parts) > 1 else [])
+            for name, norms in rows:
+                length = len(norms)
+                second = f"{norms[1]:>12.3e}" if length > 1 else f"{'':>12}"
+                print(f"{name:<28} {norms[0]:>12.3e} {second} {norms[length // 2]:>14.3e} {norms[-1]:>14.3e}")
+            memory = memory or "memory" in parts
+    if memory:
+        print("\nh(t) is the whole state, its parts indented. A memory's part of h(0) is the initial memory M(0)'s: "
+              "under memory_init constant (every entry 1e-6) content addressing's cosine divides by the slots' "
+              "norms, so ‖∂L/∂M(0)‖ is scaled by 1/1e-6, a sensitivity to that constant, not gradient carried "
+              "back through time; compare such a model from t = 1, or by its controller's row")
     print(f"wrote {path}")
 
+
+def _total(parts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The norm over the whole state: the root sum of squares of its parts' (``gradient_through_time``)."""
+    return torch.stack([norms.pow(2) for norms in parts.values()]).sum(dim=0).sqrt()
