@@ -695,6 +695,38 @@ def save_figure_atomic(fig: Any, path: Path, **kwargs: Any) -> None:
     _write_beside(path, lambda partial: fig.savefig(partial, format=path.suffix.lstrip(".") or None, **kwargs))
 
 
+def replace_file_set(folder: Path, write: Callable[[Path], Any], *, belongs: Callable[[str], bool],
+                     last: str) -> None:
+    """Write a set of files into ``folder`` as one: never some of them beside an earlier set's others.
+
+    ``write(staging)`` writes the new set into a hidden folder of this process's own in ``folder``
+    (``.<last>.<pid>.set.partial``); only once all of it is written are the earlier set's files (each name in
+    ``folder`` that ``belongs``) removed, ``last`` first, and the new ones renamed in, ``last`` last. A failure or a
+    kill while writing leaves the earlier set as it was; one while renaming leaves files of the new set alone,
+    without ``last``: a folder holding ``last`` holds one whole set. The staging folder is removed whatever happens
+    (a ``kill -9`` leaves it, hidden; no reader of the folder picks it up).
+    """
+    folder = Path(folder)
+    staging = folder / f".{last}.{os.getpid()}.set.partial"
+    remove_leftover(staging)
+    staging.mkdir(parents=True)
+    try:
+        write(staging)
+        new = sorted((path.name for path in staging.iterdir()), key=lambda name: name == last)
+        old = sorted((path for path in folder.iterdir() if belongs(path.name) and not path.is_dir()),
+                     key=lambda path: path.name != last)
+        for path in old:
+            path.unlink(missing_ok=True)
+        for name in new:
+            try:
+                os.replace(staging / name, folder / name)
+            except OSError as error:  # named by the file of the set, not the one in the staging folder
+                raise _named(error, folder / name) from None
+        fsync(folder)
+    finally:
+        remove_leftover(staging)
+
+
 def remove_leftover(path: Path) -> None:
     """Remove what a save that was killed left at ``path``: a file, or a folder with everything in it.
 

@@ -134,6 +134,55 @@ def test_an_evaluation_killed_while_writing_its_tables_leaves_the_earlier_ones_w
     assert not [p.name for p in out.iterdir() if p.name.endswith(".partial")]  # nothing left beside them
 
 
+def test_an_evaluation_that_fails_part_way_through_its_files_never_mixes_them_with_an_earlier_one(
+        trained, monkeypatch, capsys):
+    """Each file was renamed into place on its own: a figure that failed (or a kill) after table.md left this
+    evaluation's table of lengths 4, 5 beside the earlier results.json of lengths 2, 3, and an earlier first length's
+    memory-access figure stayed beside the new one's."""
+    import memnet.cli.evaluate as evaluation
+
+    out = trained / "set"
+    evaluate(trained, "--ckpt_path", "latest", "--lengths", "2", "3", "--num_sequences", "2", "--out", "set")
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert {"table.md", "table.csv", "results.json", "error_vs_length.png", "memory_access_len2.png"} <= set(before)
+
+    def failing_plot(*args, **kwargs):
+        raise RuntimeError("the figure failed")
+
+    monkeypatch.setattr(evaluation, "plot_error_vs_length", failing_plot)
+    with pytest.raises(RuntimeError, match="the figure failed"):
+        evaluate(trained, "--ckpt_path", "latest", "--lengths", "4", "5", "--num_sequences", "2", "--out", "set")
+    monkeypatch.undo()
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before  # the earlier set whole, nothing else
+
+    replace = os.replace
+
+    def failing_rename(source, target):  # the disk fails while the new set's files are renamed in
+        if Path(target).name == "table.csv":
+            raise OSError(28, "No space left on device", str(source))
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", failing_rename)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        evaluate(trained, "--ckpt_path", "latest", "--lengths", "4", "5", "--num_sequences", "2", "--out", "set")
+    monkeypatch.undo()
+    assert "set/table.csv: No space left on device" in capsys.readouterr().err  # named by the file of the set
+    left = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert "results.json" not in left  # a folder without it holds no whole evaluation
+    assert not [name for name, data in left.items() if before.get(name) == data]  # nothing of the earlier set
+    assert "memory_access_len2.png" not in left and not [name for name in left if name.endswith(".partial")]
+
+    evaluate(trained, "--ckpt_path", "latest", "--lengths", "4", "5", "--num_sequences", "2", "--out", "set")
+    assert sorted(path.name for path in out.iterdir()) == [
+        "error_vs_length.png", "memory_access_len4.png", "results.json", "table.csv", "table.md"]
+    results = json.loads((out / "results.json").read_text())
+    assert [row["length"] for row in results["lengths"]] == [4, 5]
+    assert results["figures"] == {"error_vs_length": "set/error_vs_length.png",  # --out's, not the staging folder's
+                                  "memory_access": "set/memory_access_len4.png"}
+    assert "| 4 |" in (out / "table.md").read_text().replace("  ", " ")
+
+
 def test_explicit_checkpoint_and_memory_size(trained):
     checkpoint = next((trained / "run" / "runs" / "memnet").glob("*/checkpoints/last.ckpt"))
     evaluate(trained, "--ckpt_path", str(checkpoint), "--lengths", "12", "--memory_size", "16",

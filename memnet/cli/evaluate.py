@@ -27,9 +27,14 @@ Writes to ``--out`` (default ``<run>/evaluation``):
                            [, optimal bits per sequence, for dynamic n-grams]
     results.json           the same rows under "lengths", with the checkpoint, config and training range
     error_vs_length.png    bits and bit errors per sequence versus length, training range shaded
-    memory_access_lenL.png the NTM figure for one example at the first length (memory models only)
+    memory_access_lenL.png the NTM figure for one example at the first length (memory models only;
+                           a DNC adds memory_access_lenL_dnc.png, its usage and links)
 
-and prints the markdown table. ``--wandb`` also logs the table and figures to a W&B
+as one set: they are written into a hidden folder in ``--out`` and replace an earlier evaluation's set there
+only once all are written, ``results.json`` last, so a kill or a failure part way leaves the earlier set whole,
+never this evaluation's table beside an earlier ``results.json`` (of other lengths, another checkpoint); an
+earlier evaluation's memory-access figure of another first length goes with its set. It
+prints the markdown table. ``--wandb`` also logs the table and figures to a W&B
 run (offline unless ``WANDB_MODE=online``).
 """
 
@@ -39,6 +44,7 @@ import argparse
 import inspect
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -70,10 +76,11 @@ from memnet.protocols import (
     read_evaluation,
     sequence_batches,
 )
-from memnet.utils import parameter_dtype, wandb_mode, write_text_atomic
+from memnet.utils import parameter_dtype, replace_file_set, wandb_mode
 from tasks.sequences import TokenTask
 
 COLUMNS = ("length", "slots", "bits_per_seq", "bit_errors_per_seq", "sequences", "exact_pct")
+EVALUATION_FILES = ("table.md", "table.csv", "error_vs_length.png", EVALUATION_FILE)  # and memory_access_lenL[_dnc].png
 EvaluationError = RebuildError  # a request `memnet evaluate` cannot honour (bad path, length, memory size)
 
 HEADERS = {
@@ -364,18 +371,27 @@ def run(args: argparse.Namespace) -> dict:
 
     train_range = (getattr(task, "min_length", None), getattr(task, "max_length", None))
     table = markdown_table(rows)
-    # each file renamed into place: a kill or a full disk while writing leaves the earlier evaluation's file whole,
-    # never a table cut short that reads as valid (or a results.json that reads as damaged)
-    write_text_atomic(out / "table.md", table)
-    write_text_atomic(out / "table.csv", tables.csv_table(_columns(rows), [[row.get(c) for c in _columns(rows)]
-                                                                          for row in rows]))
     title = f"{type(net).__name__} on {type(task).__name__}"
-    plot = plot_error_vs_length(out / "error_vs_length.png", rows=rows,
-                                train_range=None if None in train_range else train_range, title=title)
     length, batch = first
-    figure = draw_memory_access(model, batch, out / f"memory_access_len{length}.png",
-                                title=f"{title}, length {length}", **({} if slots[length] is None
-                                                                       else {"memory_size": slots[length]}))
+    drawn: dict[str, Path | None] = {}
+
+    def write_set(staging: Path) -> None:
+        # each file written whole into the staging folder, results.json last; the earlier evaluation's set is
+        # replaced only once all of them are (memnet.utils.replace_file_set): a kill, a full disk or a figure that
+        # fails part way used to leave this evaluation's table.md beside an earlier results.json of other lengths
+        (staging / "table.md").write_text(table)
+        (staging / "table.csv").write_text(tables.csv_table(_columns(rows), [[row.get(c) for c in _columns(rows)]
+                                                                            for row in rows]))
+        plot = plot_error_vs_length(staging / "error_vs_length.png", rows=rows,
+                                    train_range=None if None in train_range else train_range, title=title)
+        figure = draw_memory_access(model, batch, staging / f"memory_access_len{length}.png",
+                                    title=f"{title}, length {length}", **({} if slots[length] is None
+                                                                           else {"memory_size": slots[length]}))
+        drawn.update(plot=out / plot.name, figure=None if figure is None else out / figure.name)
+        results["figures"] = {"error_vs_length": str(drawn["plot"]),
+                              "memory_access": None if figure is None else str(drawn["figure"])}
+        (staging / EVALUATION_FILE).write_text(json.dumps(results, indent=2))
+
     results: EvaluationResult = {
         "checkpoint": str(checkpoint),
         "config": [str(c) for c in configs],
@@ -386,16 +402,23 @@ def run(args: argparse.Namespace) -> dict:
         "trained_memory_size": trained,
         "seed": args.seed,
         "wall_s": round(time.time() - started, 2),
-        "figures": {"error_vs_length": str(plot), "memory_access": None if figure is None else str(figure)},
+        "figures": {},
         "lengths": rows,
     }
-    write_text_atomic(out / EVALUATION_FILE, json.dumps(results, indent=2))
+    replace_file_set(out, write_set, belongs=is_evaluation_file, last=EVALUATION_FILE)
+    plot, figure = drawn["plot"], drawn["figure"]
     print(table)
     print(f"wrote {out}/table.md, table.csv, results.json, {plot.name}"
           + ("" if figure is None else f", {figure.name}"))
     if args.wandb:
         _log_wandb(results, rows, out)
     return results
+
+
+def is_evaluation_file(name: str) -> bool:
+    """Whether a file named ``name`` in an ``--out`` folder is one of the set an evaluation writes (replaced as one
+    by the next evaluation there: a memory-access figure of another first length included)."""
+    return name in EVALUATION_FILES or re.fullmatch(r"memory_access_len\d+(_dnc)?\.png", name) is not None
 
 
 def _lengths_lost(path: Path, lengths: list[int]) -> list[int]:
