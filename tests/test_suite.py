@@ -511,6 +511,34 @@ def test_a_plot_with_nothing_left_to_draw_is_not_kept_from_an_earlier_report(tmp
     assert not (results / "report" / "babi.png").exists()
 
 
+def test_a_report_whose_figure_fails_leaves_the_earlier_report_whole_not_mixed(tmp_path, monkeypatch):
+    """Each file was renamed into place on its own: a figure that failed (or a kill) after the tables left the new
+    leaderboard.md/.csv/.json beside the earlier report's babi.png, drawn from other errors."""
+    from memnet.cli.suite import report as report_module
+
+    results = fake_babi_results(tmp_path / "results")
+    S.write_report(results)
+    folder = results / "report"
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    assert {"leaderboard.md", "leaderboard.csv", "leaderboard.json", "babi.png"} <= set(before)
+    record = results / "memn2n-babi" / "seed_1" / "metrics.json"  # seed 1 evaluated again: other errors
+    fields = json.loads(record.read_text())
+    fields["evaluation"]["babi_error"] = {task: 0.5 for task in fields["evaluation"]["babi_error"]}
+    record.write_text(json.dumps(fields))
+
+    def failing_plot(*args, **kwargs):
+        raise RuntimeError("the figure failed")
+
+    monkeypatch.setattr(report_module, "plot_suite_report", failing_plot)
+    with pytest.raises(RuntimeError, match="the figure failed"):
+        S.write_report(results)
+    monkeypatch.undo()
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before  # whole, and nothing beside it
+    S.write_report(results)
+    after = {path.name: path.read_bytes() for path in folder.iterdir()}
+    assert set(after) == set(before) and all(after[name] != before[name] for name in before)
+
+
 def _fake_checkpoints(results: Path) -> dict[str, int]:
     """A checkpoint file and summary.json per seed of `fake_babi_results`: checkpoint path -> seed."""
     paths = {}

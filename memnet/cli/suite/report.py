@@ -28,7 +28,10 @@ from memnet.metrics import failed_tasks
 from memnet.metrics import mean_error as mean_task_error
 from memnet.plots import plot_suite_report
 from memnet.selection import mean_std, metric_key, summarize
-from memnet.utils import is_integer, is_number, wandb_mode, write_text_atomic
+from memnet.utils import is_integer, is_number, replace_file_set, wandb_mode
+
+# what `memnet suite report` writes into its folder, replaced as one set (a figure with nothing to draw is not written)
+REPORT_FILES = ("leaderboard.md", "leaderboard.csv", "lengths.png", "babi.png", "leaderboard.json")
 
 
 def load_references() -> dict[str, Any]:
@@ -751,16 +754,21 @@ def render_csv(report: dict[str, Any]) -> str:
 
 
 def write_report(results: str | Path, out: str | Path | None = None) -> dict[str, Any]:
-    """Write leaderboard.md/.csv/.json (and babi/lengths PNGs) to ``out`` (default RESULTS/report)."""
+    """Write leaderboard.md/.csv/.json (and babi/lengths PNGs) to ``out`` (default RESULTS/report), as one set
+    replacing an earlier report's (``leaderboard.json`` renamed in last: a folder holding it holds one whole report)."""
     report = build_report(results)
     out = Path(out) if out is not None else Path(results) / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
-    # each renamed into place: a report stopped halfway (a kill, a full disk) leaves the earlier leaderboard whole,
-    # never one cut short that reads as the whole suite's
-    write_text_atomic(out / "leaderboard.md", render_markdown(report))
-    write_text_atomic(out / "leaderboard.csv", render_csv(report))
-    write_text_atomic(out / "leaderboard.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
-    plot_suite_report(report, out)
+
+    def write_set(staging: Path) -> None:
+        (staging / "leaderboard.md").write_text(render_markdown(report))
+        (staging / "leaderboard.csv").write_text(render_csv(report))
+        plot_suite_report(report, staging)
+        (staging / "leaderboard.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+
+    # one set (memnet.utils.replace_file_set): a report stopped halfway (a kill, a full disk, a figure that fails)
+    # leaves the earlier report whole, never this one's leaderboard.md beside the earlier leaderboard.json or babi.png
+    replace_file_set(out, write_set, belongs=REPORT_FILES.__contains__, last="leaderboard.json")
     return report
 
 
