@@ -566,7 +566,7 @@ def test_submitit_local_jobs_one_preempted_requeued_and_resumed(tmp_path, monkey
     starts = [e for e in events if e["event"] == "start" and e["run"] == "a/seed_0"]
     assert [e["event"] for e in events if e["run"] == "a/seed_0"].count("requeued") == 1
     assert len(starts) == 2 and starts[0]["resume_from"] is None
-    assert starts[1]["resume_from"] == str(checkpoint.resolve())  # the requeued job resumed
+    assert starts[1]["resume_from"] == "a/seed_0/checkpoints/last.ckpt"  # the requeued job resumed, relative to r
     assert "Restoring states from the checkpoint" in (results / "a" / "seed_0" / "train.log").read_text()
     states = {s["run"]: (s["state"], s["requeues"]) for s in L.run_states(results)}
     assert states == {"a/seed_0": ("finished", 1), "b/seed_0": ("finished", 0)}

@@ -316,10 +316,16 @@ def test_half_finished_run_resumes_from_its_last_checkpoint(finished, tmp_path):
     finally:
         os.chdir(cwd)
     (start,) = events(results, "start")
-    assert start["resume_from"] == str((target / "checkpoints" / "last.ckpt").resolve())
-    assert "--ckpt_path=" in " ".join(json.loads((target / "command.json").read_text())["argv"])
+    # the checkpoint the training resumed, relative to the results folder as the record's other paths: an absolute
+    # path named the folder's old place once it was moved
+    assert start["resume_from"] == "lstm-copy/seed_0/checkpoints/last.ckpt"
+    resumed = (target / "checkpoints" / "last.ckpt").resolve()
+    assert f"--ckpt_path={resumed}" in json.loads((target / "command.json").read_text())["argv"]
     log = (target / "train.log").read_text()
-    assert "Restoring states from the checkpoint path" in log and "`max_steps=6` reached" in log
+    assert f"Restoring states from the checkpoint path at {resumed}" in log and "`max_steps=6` reached" in log
+    moved = tmp_path / "moved"
+    results.rename(moved)
+    assert (moved / start["resume_from"]).is_file()
 
 
 @pytest.mark.parametrize("status", ["interrupted", "running"])

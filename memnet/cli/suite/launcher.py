@@ -327,7 +327,7 @@ class SuiteJob:
             requeues = _requeue_count(Path(self.results), run.name) + 1
             runner._event(event="requeued", run=run.name, requeues=requeues, **_job_identity())
             runner._write_record(run, status="requeued", requeues=requeues,
-                                 resume_from=str(run.last_checkpoint()) if run.last_checkpoint() else None,
+                                 resume_from=run.in_results(run.last_checkpoint()),
                                  train_seconds=_seconds_so_far(run.record() or {}))
             write_job_file(run, state="requeued")
         return DelayedSubmission(SuiteJob(self.results, self.run_name, self.base_dir, self.suite))

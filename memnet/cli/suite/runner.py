@@ -702,8 +702,9 @@ class SuiteRunner:
             argv = ["-m", "memnet.cli", *run.fit_argv(base=self.base, resume_from=resume)]
             write_text_atomic(run.folder / "command.json",  # renamed into place: never half a command
                               json.dumps({"argv": argv, "cwd": str(self.base)}, indent=2))
-            self._event(event="start", run=run.name, resume_from=str(resume) if resume else None)
-            self._write_record(run, status="running", resume_from=str(resume) if resume else None,
+            # relative to the results folder, as the record's other paths: a moved folder still names its checkpoint
+            self._event(event="start", run=run.name, resume_from=run.in_results(resume))
+            self._write_record(run, status="running", resume_from=run.in_results(resume),
                                train_seconds=round(before, 3), started_at=time.time(), **provenance)
             code = self._process(argv, run.folder / "train.log", slot)
             train_seconds = before + time.monotonic() - started
