@@ -345,6 +345,20 @@ def test_fit_ckpt_path_best_is_refused_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()  # no run folder, no W&B run
 
 
+def test_fit_ckpt_path_untrained_is_refused_saying_what_the_word_is_for(tmp_path, capsys):
+    """`memnet fit --ckpt_path untrained` was told only 'no checkpoint file at untrained': the word asks validate /
+    test / predict for the config's fresh weights, which fit starts from without --ckpt_path; it says so."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMALL, *TINY, "--trainer.logger=true", "--ckpt_path=untrained"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    expected = ("memnet: --ckpt_path untrained: memnet fit starts from the config's freshly initialised weights "
+                "without --ckpt_path; 'untrained' is for memnet validate / test / predict, to score those weights on "
+                "purpose (give fit --ckpt_path a checkpoint file to resume from it)")
+    assert [line for line in err.splitlines() if line.startswith("memnet: ")] == [expected], err
+    assert not (tmp_path / "runs").exists()  # no run folder, no W&B run
+
+
 @pytest.mark.parametrize("command", ["fit", "validate", "test"])
 def test_a_missing_checkpoint_is_refused_before_a_wandb_run_starts(tmp_path, capsys, command):
     """A mistyped --ckpt_path was found missing only when Lightning loaded it, after W&B had opened an offline

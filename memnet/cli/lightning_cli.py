@@ -266,10 +266,14 @@ class MemnetCLI(LightningCLI):
         ``babi-table``. With ``--checkpoint.dirpath`` given, ``last`` is the ``last.ckpt`` there, as in Lightning.
         ``fit --ckpt_path best`` is refused too: the best of a fit's fresh ModelCheckpoint is always none yet, and
         Lightning stopped with a traceback. No ``--ckpt_path`` at all is refused as well (Lightning scored the
-        config's freshly initialised weights, exit 0), unless it is ``--ckpt_path untrained``, which asks for them.
+        config's freshly initialised weights, exit 0), unless it is ``--ckpt_path untrained``, which asks for them;
+        ``fit --ckpt_path untrained`` is refused saying so (it was told only that no file is called so).
         """
         if self.subcommand == "fit" and self.config.get("fit", {}).get("ckpt_path") == "best":
             raise MemnetError(_special_ckpt_path_refused("fit", "best"))
+        if (self.subcommand == "fit" and self.config.get("fit", {}).get("ckpt_path") == UNTRAINED
+                and not Path(UNTRAINED).is_file()):  # a checkpoint file of that name is still a checkpoint
+            raise MemnetError(_untrained_for_fit_refused())
         if self.subcommand not in ("validate", "test", "predict"):
             return
         ckpt_path = self.config.get(self.subcommand, {}).get("ckpt_path")
@@ -507,6 +511,13 @@ def _no_ckpt_path_refused(subcommand: str) -> str:
     return (f"no --ckpt_path: memnet {subcommand} would score the config's untrained, freshly initialised weights; "
             f"give --ckpt_path a checkpoint file{_latest_files()} (or --ckpt_path {UNTRAINED} to score the untrained "
             "weights on purpose)")
+
+
+def _untrained_for_fit_refused() -> str:
+    """Why ``memnet fit --ckpt_path untrained`` is refused: the word is for validate / test / predict."""
+    return (f"--ckpt_path {UNTRAINED}: memnet fit starts from the config's freshly initialised weights without "
+            f"--ckpt_path; '{UNTRAINED}' is for memnet validate / test / predict, to score those weights on purpose "
+            "(give fit --ckpt_path a checkpoint file to resume from it)")
 
 
 def _last_in_a_new_folder() -> str:
