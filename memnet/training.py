@@ -6,8 +6,8 @@
     StageMetrics        one torchmetrics ``Metric`` per stage, reset every epoch, DDP-synchronised at its end
     TaskErrorCounts     wrong answers and questions per task (bAbI), NRMSESums the NRMSE's sums,
                         LengthSums a validation's sums by task length
-    configure_optimizers, scheduler_config, check_one_cycle_length, check_learning_rates, check_precision,
-    check_finite_loss,
+    configure_optimizers, scheduler_config, check_one_cycle_length, check_learning_rates,
+    check_scheduler_settings, check_precision, check_finite_loss,
     nonfinite_gradients
     KeyedStateCallback  a stateful callback whose checkpoint entry is keyed by its settings (several
                         of one class in a trainer keep their own), ``place_keyed_states``
@@ -30,7 +30,7 @@ import os
 import pickle
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import pytorch_lightning as pl
 import torch
@@ -779,6 +779,7 @@ def configure_optimizers(module: pl.LightningModule, interval: str) -> Any:
     :func:`scheduler_config`.
     """
     check_learning_rates(module)
+    check_scheduler_settings(module)
     optimizer = module.optimizer(module.parameters())
     if module.scheduler is None:
         return optimizer
@@ -788,8 +789,9 @@ def configure_optimizers(module: pl.LightningModule, interval: str) -> Any:
 
 
 # the learning rates of an optimiser (lr) and of a scheduler that sets them itself (OneCycleLR's max_lr, CyclicLR's
-# base_lr and max_lr), as the config names them under model.init_args.<factory>.init_args
-LEARNING_RATE_KEYS = {"optimizer": ("lr",), "scheduler": ("max_lr", "base_lr")}
+# base_lr and max_lr, the cosine schedules' eta_min that the rate anneals to), as the config names them under
+# model.init_args.<factory>.init_args
+LEARNING_RATE_KEYS = {"optimizer": ("lr",), "scheduler": ("max_lr", "base_lr", "eta_min")}
 
 
 def check_learning_rates(module: Any) -> None:
@@ -814,6 +816,105 @@ def check_learning_rates(module: Any) -> None:
                 raise ValueError(
                     f"model.init_args.{factory_name}.init_args.{key} must be ≥ 0, got {shown}: a negative learning "
                     "rate steps up the gradient, so training would climb the loss")
+
+
+def _whole_at_least(low: int) -> Callable[[Any], bool]:
+    return lambda value: value >= low and float(value).is_integer()  # 2.0 from Python is torch's 2
+
+
+class SchedulerSetting(NamedTuple):
+    """One setting of a torch scheduler and its range (:data:`SCHEDULER_SETTINGS`)."""
+
+    schedulers: tuple[type, ...]  # the classes that take it (their subclasses too)
+    key: str  # its name under model.init_args.scheduler.init_args
+    in_range: Callable[[Any], bool]
+    expected: str  # the range, as the message says it
+    why: str  # what a value outside it does
+
+
+_schedulers = torch.optim.lr_scheduler
+# a torch scheduler's settings that torch takes without a word, stops on only at the scheduler's first step (a
+# ZeroDivisionError; an epoch in with scheduler_interval: epoch) or refuses in a traceback naming no field
+# (ReduceLROnPlateau: 'Factor should be < 1.0.'); those torch refuses naming them (OneCycleLR's total_steps and
+# pct_start, CosineAnnealingWarmRestarts' T_0, LinearLR's and ConstantLR's factors) are left to it
+SCHEDULER_SETTINGS = (
+    SchedulerSetting(
+        (_schedulers.StepLR, _schedulers.MultiStepLR, _schedulers.ExponentialLR), "gamma", lambda value: value > 0,
+        "> 0", "the rate is multiplied by gamma at each decay: 0 stops training at the first, a negative factor "
+        "makes the rate negative and training climb the loss"),
+    SchedulerSetting(
+        (_schedulers.CyclicLR,), "gamma", lambda value: value > 0, "> 0",
+        "mode exp_range scales the cycle's height by gamma at every step: 0 flattens the rate to base_lr, a "
+        "negative factor swings it below base_lr"),
+    SchedulerSetting(
+        (_schedulers.CyclicLR,), "step_size_up", lambda value: value >= 1, "≥ 1",
+        "the steps of the rising half-cycle: 0 is a division by zero, a negative count no cycle"),
+    SchedulerSetting(
+        (_schedulers.StepLR,), "step_size", _whole_at_least(1), "an integer ≥ 1",
+        "the steps between two decays: 0 stops the run at the scheduler's first step (ZeroDivisionError), a "
+        "negative count decays the rate at every step"),
+    SchedulerSetting(
+        (_schedulers.CosineAnnealingLR,), "T_max", _whole_at_least(1), "an integer ≥ 1",
+        "the steps of the half cosine: 0 stops the run at the scheduler's first step (ZeroDivisionError), a "
+        "negative count is taken as its absolute value"),
+    SchedulerSetting(
+        (_schedulers.ReduceLROnPlateau,), "factor", lambda value: 0 < value < 1, "in (0, 1)",
+        "the rate is multiplied by factor at each plateau: 1 or more would never lower it (torch refuses it naming "
+        "no field), 0 or less drops it to min_lr at the first plateau"),
+    SchedulerSetting(
+        (_schedulers.ReduceLROnPlateau,), "min_lr", lambda value: value >= 0, "≥ 0",
+        "the floor the rate is lowered to: one below 0 is no floor; give 0 for none"),
+    SchedulerSetting(
+        (_schedulers.ReduceLROnPlateau,), "patience", _whole_at_least(0), "an integer ≥ 0",
+        "the validations without improvement before the rate is lowered: a negative patience lowers it at every "
+        "validation, improving or not"),
+    SchedulerSetting(
+        (_schedulers.OneCycleLR,), "div_factor", lambda value: value > 0, "> 0",
+        "the cycle starts at max_lr / div_factor: 0 is a division by zero, a negative factor starts at a negative "
+        "rate, training climbing the loss"),
+    SchedulerSetting(
+        (_schedulers.OneCycleLR,), "final_div_factor", lambda value: value > 0, "> 0",
+        "the cycle ends at max_lr / (div_factor · final_div_factor): 0 is a division by zero, a negative factor "
+        "anneals the rate below 0, training climbing the loss"),
+    SchedulerSetting(
+        (_schedulers.LinearLR, _schedulers.ConstantLR, _schedulers.PolynomialLR), "total_iters", _whole_at_least(0),
+        "an integer ≥ 0", "the steps of the warm-up or decay: a negative count never ends it (LinearLR and "
+        "ConstantLR stay at their starting factor, PolynomialLR never decays)"),
+    SchedulerSetting(
+        (_schedulers.PolynomialLR,), "power", lambda value: value >= 0, "≥ 0",
+        "a negative power makes the rate grow towards infinity as the decay nears its end"),
+)
+
+
+def check_scheduler_settings(module: Any) -> None:
+    """Refuse a scheduler setting out of its range (:data:`SCHEDULER_SETTINGS`), before the scheduler is built.
+
+    torch takes most of them without a word (a ``StepLR`` ``gamma`` of -0.5: the rate's sign flips at every decay;
+    a ``CosineAnnealingLR`` ``eta_min`` below 0 is a learning rate, :func:`check_learning_rates`), stops with a
+    ``ZeroDivisionError`` at the scheduler's first step (``StepLR`` ``step_size`` 0), or refuses in a traceback
+    naming no field. ``module.scheduler`` is the ``functools.partial`` the config gives (the Lightning CLI's holds
+    the class among its arguments, after jsonargparse's instantiator) or one of the class itself; a setting is a
+    number or a list of them (one per parameter group). Settings of other schedulers, and values that are not numbers, are left to torch.
+
+    Raises:
+        ValueError: naming the config field, its value and what was expected.
+    """
+    factory = getattr(module, "scheduler", None)
+    keywords = getattr(factory, "keywords", None) or {}
+    candidates = [getattr(factory, "func", None), *(getattr(factory, "args", None) or ())]
+    scheduler_class = next((c for c in candidates if isinstance(c, type)), None)
+    if scheduler_class is None:
+        return
+    for classes, key, in_range, expected, why in SCHEDULER_SETTINGS:
+        value = keywords.get(key)
+        if value is None or not issubclass(scheduler_class, classes):
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(item, (int, float)) and not isinstance(item, bool) and not in_range(item)
+               for item in values):
+            raise ValueError(
+                f"model.init_args.scheduler.init_args.{key} must be {expected}, got {value} "
+                f"({scheduler_class.__name__}): {why}")
 
 
 def scheduler_config(scheduler: Any, interval: str, trainer: pl.Trainer | None,

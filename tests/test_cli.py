@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -296,6 +297,78 @@ def test_a_negative_learning_rate_is_refused_by_configure_optimizers_too():
         configure_optimizers(module, "step")
     module = SequenceModule(nn.GRU(3, 4), optimizer=partial(torch.optim.SGD, lr=0.0))
     assert isinstance(configure_optimizers(module, "step"), torch.optim.SGD)  # 0 is torch's to take
+
+
+SCHEDULERS = torch.optim.lr_scheduler
+# (a scheduler, settings that torch takes, the setting out of range and its value): each trained silently with the rate
+# negative, at 0, growing or never annealed, or stopped at its first step or in a traceback naming no field
+OUT_OF_RANGE = [
+    (SCHEDULERS.StepLR, {"step_size": 2}, "gamma", -0.5),
+    (SCHEDULERS.StepLR, {"step_size": 2}, "gamma", 0.0),
+    (SCHEDULERS.MultiStepLR, {"milestones": [2]}, "gamma", -1.0),
+    (SCHEDULERS.ExponentialLR, {}, "gamma", -0.5),
+    (SCHEDULERS.StepLR, {}, "step_size", 0),
+    (SCHEDULERS.StepLR, {}, "step_size", -1),
+    (SCHEDULERS.CosineAnnealingLR, {}, "T_max", 0),
+    (SCHEDULERS.CosineAnnealingLR, {"T_max": 10}, "eta_min", -0.001),
+    (SCHEDULERS.CosineAnnealingWarmRestarts, {"T_0": 10}, "eta_min", -0.001),
+    (SCHEDULERS.CyclicLR, {"base_lr": 0.01, "max_lr": 0.1, "mode": "exp_range"}, "gamma", -1.0),
+    (SCHEDULERS.CyclicLR, {"base_lr": 0.01, "max_lr": 0.1}, "step_size_up", 0),
+    (SCHEDULERS.ReduceLROnPlateau, {}, "factor", 1.0),
+    (SCHEDULERS.ReduceLROnPlateau, {}, "factor", 0.0),
+    (SCHEDULERS.ReduceLROnPlateau, {}, "factor", -0.5),
+    (SCHEDULERS.ReduceLROnPlateau, {}, "min_lr", [0.0, -1e-6]),
+    (SCHEDULERS.ReduceLROnPlateau, {}, "patience", -1),
+    (SCHEDULERS.OneCycleLR, {"max_lr": 0.1, "total_steps": 10}, "div_factor", -1.0),
+    (SCHEDULERS.OneCycleLR, {"max_lr": 0.1, "total_steps": 10}, "final_div_factor", 0.0),
+    (SCHEDULERS.LinearLR, {"start_factor": 0.1}, "total_iters", -1),
+    (SCHEDULERS.ConstantLR, {}, "total_iters", -1),
+    (SCHEDULERS.PolynomialLR, {}, "total_iters", -1),
+    (SCHEDULERS.PolynomialLR, {"total_iters": 5}, "power", -1.0),
+]
+
+
+@pytest.mark.parametrize(("scheduler", "settings", "key", "value"), OUT_OF_RANGE,
+                         ids=[f"{row[0].__name__}-{row[2]}={row[3]}" for row in OUT_OF_RANGE])
+def test_a_scheduler_setting_out_of_range_is_refused_by_configure_optimizers(scheduler, settings, key, value):
+    """torch took these without a word (StepLR gamma -0.5: the rate's sign flipped at every decay), stopped at the
+    scheduler's first step (StepLR step_size 0: ZeroDivisionError, an epoch in) or in a traceback naming no field
+    (ReduceLROnPlateau factor 1: 'Factor should be < 1.0.'); refused before the scheduler is built, naming the field.
+    The same schedulers with the setting in range are built."""
+    from functools import partial
+
+    from memnet.training import configure_optimizers
+
+    module = SequenceModule(nn.GRU(3, 4), scheduler=partial(scheduler, **settings, **{key: value}))
+    with pytest.raises(ValueError, match=rf"^model\.init_args\.scheduler\.init_args\.{key} must be .*, got "
+                                         rf"{re.escape(str(value))}"):
+        configure_optimizers(module, "epoch")
+    fine = {"min_lr": 0.0, "patience": 0, "total_iters": 0, "power": 0.0, "T_max": 1, "step_size": 1,
+            "step_size_up": 1, "eta_min": 0.0, "factor": 0.5, "gamma": 0.5, "div_factor": 1.0, "final_div_factor": 1.0}
+    module = SequenceModule(nn.GRU(3, 4), scheduler=partial(scheduler, **settings, **{key: fine[key]}))
+    configure_optimizers(module, "epoch")  # ReduceLROnPlateau with no trainer: its val/loss is not checked
+
+
+@pytest.mark.parametrize(("scheduler", "setting", "expected"), [
+    ("StepLR", "step_size=0", ("step_size must be an integer ≥ 1, got 0 (StepLR): the steps between two decays: 0 "
+     "stops the run at the scheduler's first step (ZeroDivisionError), a negative count decays the rate at every step")),
+    ("ReduceLROnPlateau", "factor=1.0", ("factor must be in (0, 1), got 1.0 (ReduceLROnPlateau): the rate is multiplied "
+     "by factor at each plateau: 1 or more would never lower it (torch refuses it naming no field), 0 or less drops "
+     "it to min_lr at the first plateau")),
+])
+def test_a_scheduler_setting_out_of_range_is_refused_in_one_line_before_the_run(tmp_path, capsys, scheduler, setting,
+                                                                                expected):
+    """memnet fit with StepLR step_size 0 stopped with a ZeroDivisionError traceback at the scheduler's first step,
+    ReduceLROnPlateau factor 1 with torch's 'ValueError: Factor should be < 1.0.' traceback, exit 1, both after the
+    run and its W&B run had started; refused before them, exit 2, in one line naming the field."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMALL, *TINY, "--trainer.logger=true", "--model.init_args.scheduler_interval=epoch",
+              f"--model.init_args.scheduler=torch.optim.lr_scheduler.{scheduler}",
+              f"--model.init_args.scheduler.init_args.{setting}"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == f"memnet: model.init_args.scheduler.init_args.{expected}"
+    assert not (tmp_path / "runs").exists()  # refused before the run and its W&B run started
 
 
 def test_one_cycle_schedule_as_long_as_training_runs_to_the_end(tmp_path):

@@ -28,7 +28,7 @@ from memnet.callbacks import METRICS_KEY, LastAndBestCheckpoint, OfflineFirstWan
 from memnet.checkpoint import check_finite_state, unreadable_checkpoint
 from memnet.cli.configs import ConfigError, resolve_config_args
 from memnet.models.core import compile_seconds
-from memnet.training import check_learning_rates
+from memnet.training import check_learning_rates, check_scheduler_settings
 from memnet.utils import (
     MemnetError,
     fsync,
@@ -236,6 +236,7 @@ class MemnetCLI(LightningCLI):
         self._check_ckpt_file(config)
         if self.subcommand == "fit":  # torch refuses it in a traceback, OneCycleLR's max_lr not at all
             check_learning_rates(self.model)
+            check_scheduler_settings(self.model)
         resumed = self._resumed_run_dir()
         logger = config.get("logger")
         continues = checkpoint is not None and (
