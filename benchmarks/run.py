@@ -51,7 +51,8 @@ A setting that fails (an error, a ``compiled`` one that memnet ran uncompiled, o
 row ``failed: <why>``; the others are measured, the table printed and the JSON written all the same, and
 the exit status is 1. Interrupted (Ctrl-C), the runner keeps the rows measured so far: their table is printed
 and, with ``--out bench.json``, they are written beside it as ``bench.partial.json`` (``"partial": true``),
-the complete ``bench.json`` of an earlier run left as it was; the exit status is 130.
+the complete ``bench.json`` of an earlier run left as it was; the exit status is 130. A later complete run
+writes ``bench.json`` and removes that ``bench.partial.json``, saying so.
 """
 
 from __future__ import annotations
@@ -559,6 +560,10 @@ def main(argv: list[str] | None = None) -> int:
         # was, never a truncated JSON in its place
         write_text_atomic(args.out, json.dumps(report, indent=2))
         print(f"written {args.out}")
+        stale = partial_path(args.out)
+        if stale.is_file():  # an interrupted run's rows: this complete run is --out now, and they would be read for it
+            stale.unlink()
+            print(f"removed {stale} (the rows of an interrupted earlier run; {args.out} is this complete run's)")
     failed = sum("error" in row for row in rows)
     if failed:
         print(f"{failed} of {len(rows)} settings failed (their rows say why)", file=sys.stderr)
@@ -567,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def partial_path(out: Path) -> Path:
-    """Where an interrupted run writes its rows: ``bench.partial.json`` beside ``bench.json``."""
+    """Where an interrupted run writes its rows: ``bench.partial.json`` beside ``bench.json`` (removed by a complete run)."""
     return out.with_name(f"{out.stem}.partial{out.suffix or '.json'}")
 
 

@@ -305,3 +305,26 @@ def test_ctrl_c_part_way_keeps_the_rows_measured_beside_the_complete_results(tmp
     assert run.main(argv) == 130
     assert capsys.readouterr().err.strip().splitlines() == [
         "interrupted: 1 of 3 settings measured; no --out, nothing written"]
+
+
+def test_a_complete_run_removes_the_partial_file_an_interrupted_one_left(tmp_path, monkeypatch, capsys):
+    # after a Ctrl-C wrote bench.partial.json, the next complete run wrote bench.json and left the interrupted run's
+    # rows beside it, for a reader to take for this run's; they are removed, and a line says so
+    run = bench_module()
+    row = {"model": "LSTM", "path": "eager", "batch_size": 1, "sequences_per_second": 10.0,
+           "seconds_per_step_median": 0.1, "peak_memory_mb": 5.0, "compile_seconds": None, "torch_threads": 1}
+    real_run = subprocess.run
+
+    def settings_run(command, **kwargs):
+        if "--single" not in command:  # platform's `uname -p` for the machine's description
+            return real_run(command, **kwargs)
+        return subprocess.CompletedProcess(command, 0, stdout=json.dumps(row) + "\n", stderr="")
+
+    monkeypatch.setattr(run.subprocess, "run", settings_run)
+    out, stale = tmp_path / "bench.json", tmp_path / "bench.partial.json"
+    stale.write_text('{"partial": true, "results": []}')
+    assert run.main(["--models", "LSTM", "--paths", "eager", "--batch-sizes", "1", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["results"] == [row]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bench.json"]
+    assert capsys.readouterr().out.strip().splitlines()[-2:] == [
+        f"written {out}", f"removed {stale} (the rows of an interrupted earlier run; {out} is this complete run's)"]
