@@ -984,7 +984,9 @@ def check_one_cycle_length(scheduler: torch.optim.lr_scheduler.OneCycleLR, inter
     """A ``OneCycleLR`` as long as the fit: refused longer than the schedule, a warning shorter, each in one line.
 
     Longer, ``OneCycleLR`` raises at its first step past ``total_steps``, hours into a run. Shorter, the rate
-    never anneals: the run ends part way through the cycle, the schedule the config gave silently cut. The
+    never anneals: the run ends part way through the cycle, the schedule the config gave silently cut (not said
+    under ``trainer.fast_dev_run``, whose one batch, or N, cuts it short on purpose: the line named a
+    ``trainer.max_steps`` the user never gave). The
     optimiser's own ``lr`` (``optimizer_lrs``, per parameter group, as built) is unused: ``OneCycleLR`` sets the
     rate from its ``max_lr``, so an ``lr`` other than ``max_lr`` is said to change nothing.
 
@@ -1001,7 +1003,8 @@ def check_one_cycle_length(scheduler: torch.optim.lr_scheduler.OneCycleLR, inter
             f"or lower {option}.")
     if not getattr(trainer, "is_global_zero", True):
         return
-    if math.isfinite(planned) and planned < total:
+    # trainer.fast_dev_run (a check that the config runs, of 1 batch or N) stops every schedule short on purpose
+    if math.isfinite(planned) and planned < total and not getattr(trainer, "fast_dev_run", False):
         log.warning(f"OneCycleLR total_steps is {total} {interval}s but training stops after {int(planned)} "
                     f"({reached}): the rate never anneals, the run ends {planned / total:.1%} into its schedule; set "
                     f"{field} to {int(planned)} for a whole cycle")

@@ -611,6 +611,21 @@ def test_a_one_cycle_schedule_longer_than_the_training_is_said_in_one_line(caplo
     assert len(said) == 1 and said[0].startswith(warning) and "\n" not in said[0], said
 
 
+@pytest.mark.parametrize("fast_dev_run", [True, 3])
+def test_a_fast_dev_run_is_not_warned_that_its_one_cycle_schedule_never_anneals(caplog, fast_dev_run):
+    """`memnet fit --trainer.fast_dev_run true` on a OneCycleLR config (ntm/copy_small, 4000 steps) printed 'OneCycleLR
+    total_steps is 4000 steps but training stops after 1 (trainer.max_steps): the rate never anneals, ...', a
+    max_steps the user never gave, on a run cut short on purpose; not said there. A schedule shorter than the
+    fast_dev_run is still refused."""
+    loader = torch.utils.data.DataLoader(_regression_batches(4), batch_size=None)
+    with caplog.at_level("WARNING", logger="memnet"):
+        pl.Trainer(fast_dev_run=fast_dev_run, **ONE_CYCLE_TRAINER).fit(_one_cycle(10, "step"),
+                                                                        train_dataloaders=loader)
+    assert not [record for record in caplog.records if "OneCycleLR total_steps" in record.getMessage()], caplog.text
+    with pytest.raises(ValueError, match="OneCycleLR total_steps is 2 steps but training runs for 3"):
+        pl.Trainer(fast_dev_run=3, **ONE_CYCLE_TRAINER).fit(_one_cycle(2, "step"), train_dataloaders=loader)
+
+
 def test_an_optimiser_lr_that_one_cycle_overrides_is_said_to_change_nothing(caplog):
     import functools
 
