@@ -380,7 +380,7 @@ def _preempted_job(tmp_path: Path, monkeypatch, handler) -> tuple[L.SuiteJob, S.
     suite = S.load_suite(write_suite(tmp_path / "s.yaml"))
     results = tmp_path / "r"
 
-    def run_one(self: S.SuiteRunner, run: S.Run) -> tuple[str, str]:
+    def run_one(self: S.SuiteRunner, run: S.Run, on_lock=None) -> tuple[str, str]:
         run.folder.mkdir(parents=True, exist_ok=True)
         self._write_record(run, status="running", train_seconds=0.0, started_at=time.time())
         os.kill(os.getpid(), signal.SIGUSR1)  # what Slurm sends before preempting or timing out a job
@@ -470,6 +470,39 @@ def test_a_job_whose_run_handling_raises_leaves_its_run_failed_with_the_error(tm
     assert (record["status"], record["stage"], record["error"]) == (
         "failed", "train", "memnet suite: KeyError: 'babi_error'")
     assert {s["run"]: s["state"] for s in L.run_states(results)}["a/seed_0"] == "failed"
+
+
+def test_a_job_that_finds_its_run_held_leaves_it_and_says_so_in_its_job_file(tmp_path, monkeypatch):
+    """A job whose run another process holds (a local `memnet suite run` at it, or another job) wrote job.json
+    'running' with its own job id before it found the lock held, and ended at once: `memnet suite status` named it as
+    the job training the run, and a later `suite run` asked Slurm about it, found it ended and submitted the run
+    again, to be left again. Its job.json says it left the run, and to whom; a run whose lock is held is not
+    submitted again; once let go, it is."""
+    import fcntl
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no squeue: a job the run's job.json calls unended cannot be asked
+    suite = S.load_suite(write_suite(tmp_path / "s.yaml"))
+    results = tmp_path / "r"
+    results.mkdir()
+    runner = S.SuiteRunner(suite, results)
+    runner._write_suite_file()
+    run = S.expand_runs(suite, results)[0]
+    run.folder.mkdir(parents=True)
+    runner._write_record(run, status="running", train_seconds=0.0, started_at=time.time())  # the holder's
+    L.write_job_file(run, launcher="slurm", job_id="4242_0", state="pending")  # as submit() writes it
+    with open(run.folder / "suite.lock", "a+") as held:  # as another process at the run holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write(json.dumps({"pid": 4321, "host": "node7"}))
+        held.flush()
+        outcome = L.SuiteJob(str(results), run.name, str(tmp_path), suite.to_dict())()
+        assert outcome["outcome"] == "busy"
+        job = json.loads((run.folder / L.JOB_FILE).read_text())
+        assert (job["state"], job["job_id"], job["holder"]) == ("busy", "4242_0", {"pid": 4321, "host": "node7"})
+        assert {s["run"]: s["detail"] for s in L.run_states(results)}["a/seed_0"] == (
+            "training (job 4242_0 left it: process 4321 on node7 held it)")
+        assert L.still_submitted([run]) == {"a/seed_0": (
+            f"process 4321 on node7 is training or evaluating it now (it holds {run.folder / 'suite.lock'})")}
+    assert L.still_submitted([run]) == {}  # let go: submitted again
 
 
 def test_a_pending_job_trains_the_suite_it_was_submitted_with(tmp_path, monkeypatch):

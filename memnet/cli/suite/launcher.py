@@ -54,11 +54,13 @@ from typing import Any
 from memnet.cli.suite.errors import SuiteError
 from memnet.cli.suite.runner import (
     ERROR_CHARS,
+    LOCK_FILE,
     Run,
     SuiteRunner,
     _terminate,
     check_records,
     expand_runs,
+    lock_holder,
 )
 from memnet.cli.suite.spec import EVENTS_FILE, JOBS_DIR, SUITE_FILE, Suite, read_results_suite
 from memnet.utils import is_integer, is_number, write_text_atomic
@@ -287,11 +289,18 @@ class SuiteJob:
             write_job_file(run, state="finished")
             return {"run": run.name, "outcome": "done", "message": f"{run.name} was already done"}
         self._runner = SuiteRunner(self._suite(), Path(self.results), jobs=1, base_dir=Path(self.base_dir))
-        write_job_file(run, state="running")
         outcome: dict[str, str] = {}
 
+        def locked(holder: dict[str, Any] | None) -> None:
+            # "running" only once the run is this job's: a job that finds another process at it leaves it, and its
+            # job.json says so, not that this job (ended at once) is training it
+            if holder is not None:
+                write_job_file(run, state="busy", holder=holder)
+            elif not self._runner.stopping:  # a signal before the lock marked the run requeued: left so
+                write_job_file(run, state="running", holder=None)
+
         def work() -> None:
-            result, message = self._runner.run_one(run)
+            result, message = self._runner.run_one(run, on_lock=locked)
             outcome.update(outcome=result, message=message)
 
         # The run goes on in a thread, so that the main thread stays free for submitit's signal handler.
@@ -364,7 +373,8 @@ def _job_identity() -> dict[str, Any]:
 
 
 def write_job_file(run: Run, **fields: Any) -> None:
-    """Record who runs ``run`` (launcher state, job id, pid, host) beside its other files."""
+    """Record who runs ``run`` (launcher state, job id, pid, host) beside its other files; a field given as None is
+    removed."""
     run.folder.mkdir(parents=True, exist_ok=True)
     path = run.folder / JOB_FILE
     try:
@@ -372,6 +382,7 @@ def write_job_file(run: Run, **fields: Any) -> None:
     except (OSError, json.JSONDecodeError):
         previous = {}
     record = {**previous, **_job_identity(), **fields, "time": round(time.time(), 3)}
+    record = {key: value for key, value in record.items() if value is not None}
     write_text_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
@@ -397,7 +408,8 @@ def _requeue_count(results: Path, name: str, events: list[dict[str, Any]] | None
             - sum(1 for e in mine if e.get("event") == "failed" and e.get("requeue_refused")))
 
 
-# job.json's states of a job that has not ended (the job writes "finished" or "failed" when it ends)
+# job.json's states of a job that has not ended (the job writes "finished" or "failed" when it ends, "busy" when it
+# found another process at its run and left it)
 UNENDED_JOB_STATES = ("pending", "running", "requeued")
 # squeue's states of a job that has ended (squeue -j lists a job a few minutes after its end, in these)
 ENDED_SLURM_STATES = frozenset({"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL",
@@ -443,17 +455,26 @@ def still_submitted(runs: list[Run]) -> dict[str, str]:
     (``pending``, ``running``, ``requeued``) is asked for: a Slurm job in ``squeue`` (one call for all), a
     ``submitit-local`` job by its process on this host. A job Slurm no longer lists, or lists as ended, and a
     process that is gone have ended (cancelled, killed, node lost): their runs are submitted again. Where squeue
-    cannot answer, the run is not submitted again either: two jobs would train into one run folder.
+    cannot answer, the run is not submitted again either: two jobs would train into one run folder. Nor is a run
+    whose lock a process holds (:func:`lock_holder`: a local ``memnet suite run``, or a job, at it now): its job
+    would find it held and leave it.
     """
+    busy: dict[str, str] = {}
+    for run in runs:
+        holder = lock_holder(run.folder)
+        if holder is not None:
+            busy[run.name] = (f"process {holder.get('pid', '?')} on {holder.get('host', '?')} is training or "
+                              f"evaluating it now (it holds {run.folder / LOCK_FILE})")
     waiting: dict[str, dict[str, Any]] = {}
     for run in runs:
+        if run.name in busy:
+            continue
         try:
             job = json.loads((run.folder / JOB_FILE).read_text())
         except (OSError, json.JSONDecodeError):
             continue
         if isinstance(job, dict) and job.get("job_id") and job.get("state") in UNENDED_JOB_STATES:
             waiting[run.name] = job
-    busy: dict[str, str] = {}
     on_slurm = [name for name, job in waiting.items() if job.get("launcher") == "slurm"]
     states = _slurm_states([str(waiting[name]["job_id"]) for name in on_slurm]) if on_slurm else {}
     for name in on_slurm:
@@ -530,7 +551,7 @@ def submit(suite: Suite, runs: list[Run], results: Path, config: LauncherConfig,
             jobs.append(executor.submit(SuiteJob(str(results.resolve()), run.name, str(base_dir.resolve()),
                                                  submitted)))
     for run, job in zip(todo, jobs):
-        write_job_file(run, launcher=config.name, job_id=str(job.job_id), state="pending")
+        write_job_file(run, launcher=config.name, job_id=str(job.job_id), state="pending", holder=None)
         runner._event(event="submitted", run=run.name, launcher=config.name, job_id=str(job.job_id))
     busy_jobs = f", {len(busy)} with a job submitted before" if busy else ""
     print(f"[suite {suite.name}] submitted {len(todo)} jobs ({config.name}; {counts['skipped']} runs already "
@@ -615,7 +636,11 @@ def run_states(results: Path) -> list[dict[str, Any]]:
             state, detail = "pending", "submitted" if job.get("job_id") else "not started"
         if requeues and state != "requeued":
             detail += f"; requeued {requeues}×"
-        if job.get("job_id"):
+        if job.get("state") == "busy":  # that job ended at once: the run was another process's
+            holder = job.get("holder") or {}
+            detail += (f" (job {job.get('job_id')} left it: process {holder.get('pid', '?')} on "
+                       f"{holder.get('host', '?')} held it)")
+        elif job.get("job_id"):
             detail += f" (job {job['job_id']})"
         states.append({"run": run.name, "state": state, "detail": detail, "requeues": requeues,
                        "job_id": job.get("job_id")})

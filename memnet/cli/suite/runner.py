@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -401,12 +401,7 @@ def run_lock(folder: Path) -> Iterator[dict[str, Any] | None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # held by another process
-            handle.seek(0)
-            try:
-                holder = json.loads(handle.read())
-            except json.JSONDecodeError:  # its holder is writing it now
-                holder = None
-            holder = holder if isinstance(holder, dict) else {}
+            holder = _holder(handle)
         except OSError:  # no flock on this filesystem: not held
             pass
         else:
@@ -415,6 +410,40 @@ def run_lock(folder: Path) -> Iterator[dict[str, Any] | None]:
             handle.write(json.dumps({"pid": os.getpid(), "host": os.uname().nodename}) + "\n")
             handle.flush()
         yield holder  # the lock goes with the file's closing
+
+
+def _holder(handle: Any) -> dict[str, Any]:
+    """Who holds a lock, as its file says (``pid``, ``host``); empty where it cannot be read (being written now)."""
+    handle.seek(0)
+    try:
+        holder = json.loads(handle.read())
+    except json.JSONDecodeError:  # its holder is writing it now
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def lock_holder(folder: Path) -> dict[str, Any] | None:
+    """Who holds a run's lock (:func:`run_lock`) now, without taking it: its ``pid`` and ``host``, or None where no
+    process holds it (or there is no ``flock``). The lock is tried shared for an instant and let go at once."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    path = folder / LOCK_FILE
+    if not path.is_file():  # never locked
+        return None
+    try:
+        with open(path) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return _holder(handle)
+            except OSError:  # no flock on this filesystem
+                return None
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    except OSError:  # gone meanwhile, or unreadable: nothing to say who holds it
+        return None
+    return None
 
 
 def _busy(run: Run, holder: dict[str, Any]) -> tuple[str, str]:
@@ -564,14 +593,18 @@ class SuiteRunner:
                 signal.signal(signal.SIGTERM, previous_handler)
         return counts
 
-    def run_one(self, run: Run) -> tuple[str, str]:
+    def run_one(self, run: Run, on_lock: Callable[[dict[str, Any] | None], None] | None = None) -> tuple[str, str]:
         """Train and evaluate one run here and now (a cluster job's work); returns (outcome, message),
         the outcome one of ``done``, ``evaluated``, ``failed``, ``interrupted``, ``busy`` (:func:`run_lock`).
+        ``on_lock(holder)`` is called once the run's lock is tried: with None where it is held here (before anything
+        is trained), else with who holds it (the run is then left alone).
 
         An exception of the suite's own handling fails the run at once, named (:meth:`_crashed`), as with the local
         launcher: in a job it ended the job's thread unsaid, the job returned as if done and left the run "running"
         for ``memnet suite status`` ever after."""
         with run_lock(run.folder) as holder:
+            if on_lock is not None:
+                on_lock(holder)
             if holder is not None:
                 return _busy(run, holder)
             try:
