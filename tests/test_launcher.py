@@ -505,6 +505,30 @@ def test_a_job_that_finds_its_run_held_leaves_it_and_says_so_in_its_job_file(tmp
     assert L.still_submitted([run]) == {}  # let go: submitted again
 
 
+@pytest.mark.parametrize(("outcome", "state"), [("done", "finished"), ("failed", "failed")])
+def test_a_job_that_ends_says_so_in_its_job_file(tmp_path, monkeypatch, outcome, state):
+    """A job that ended normally left its job.json 'running': Slurm's queue said otherwise, but a submitit-local job is
+    judged by its process, and while that pid lived (the job's controller, or any process given the pid since) a
+    later `suite run` did not submit the failed run again ('its submitit-local job (process ...) is still
+    running'). The job writes 'finished' or 'failed' as it ends."""
+    suite = S.load_suite(write_suite(tmp_path / "s.yaml"))
+    results = tmp_path / "r"
+    results.mkdir()
+    S.SuiteRunner(suite, results)._write_suite_file()
+    run = S.expand_runs(suite, results)[0]
+    # as submit() writes it; the pid a live process's (this one's), as the job's controller is just after its end
+    L.write_job_file(run, launcher="submitit-local", job_id=str(os.getpid()), state="pending")
+
+    def trained(self: S.SuiteRunner, run: S.Run, slot: int) -> tuple[str, str]:
+        self._write_record(run, status="done" if outcome == "done" else "failed", stage="train")
+        return outcome, f"{outcome} {run.name}"
+
+    monkeypatch.setattr(S.SuiteRunner, "_train_and_evaluate", trained)
+    assert L.SuiteJob(str(results), run.name, str(tmp_path), suite.to_dict())()["outcome"] == outcome
+    assert json.loads((run.folder / L.JOB_FILE).read_text())["state"] == state
+    assert L.still_submitted([run]) == {}  # a failed run is submitted again
+
+
 def test_a_pending_job_trains_the_suite_it_was_submitted_with(tmp_path, monkeypatch):
     """A second submission to the same results folder, or a refused one, does not change a pending job's suite."""
     path = write_suite(tmp_path / "s.yaml")

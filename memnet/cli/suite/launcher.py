@@ -316,6 +316,9 @@ class SuiteJob:
             # checkpoint() marked the run requeued): the run ends with this job, a failure
             _job_failed(self._runner, run, f"{type(error).__name__}: {error}", requeue_refused=True)
             raise
+        ended = {"done": "finished", "evaluated": "finished", "failed": "failed"}.get(outcome.get("outcome", ""))
+        if ended is not None:  # said here, where only squeue knew it ended (and a submitit-local job's pid, reused)
+            write_job_file(run, state=ended)
         print(outcome.get("message", ""), flush=True)
         return {"run": run.name, **outcome}
 
