@@ -529,6 +529,34 @@ def test_a_job_that_ends_says_so_in_its_job_file(tmp_path, monkeypatch, outcome,
     assert L.still_submitted([run]) == {}  # a failed run is submitted again
 
 
+def test_a_submitit_local_job_is_told_from_a_later_process_of_its_pid(tmp_path, fake_executor, monkeypatch, capsys):
+    """A submitit-local job was judged alive by its pid alone: one killed without a word (no 'failed' in its
+    job.json), its pid given since to another process, kept its run from being submitted again for as long as that
+    process lived. submit() records the job process's start (/proc/<pid>/stat), and a process of that pid that
+    started otherwise is not the job."""
+    suite = S.load_suite(write_suite(tmp_path / "s.yaml"))
+    results = tmp_path / "r"
+    runs = S.expand_runs(suite, results, ["a"])
+    mine = str(os.getpid())  # a live process: this one stands for the job's
+    submit = FakeExecutor.submit
+    monkeypatch.setattr(FakeExecutor, "submit", lambda self, suite_job: replace_job_id(submit(self, suite_job), mine))
+    local = L.merge(suite.launcher or L.LauncherConfig(), name="submitit-local", settings={}, slurm=[])
+    L.submit(suite, runs, results, local, base_dir=tmp_path, wait=False)
+    job_file = runs[0].folder / L.JOB_FILE
+    job = json.loads(job_file.read_text())
+    assert (job["job_id"], job["state"], job["job_started"]) == (mine, "pending", L._process_start(mine))
+    assert L.still_submitted(runs) == {"a/seed_0": (
+        f"its submitit-local job (process {mine}), submitted before, is still running")}
+    job["job_started"] = str(int(job["job_started"]) - 1)  # the job's process started before this one of its pid
+    job_file.write_text(json.dumps(job))
+    assert L.still_submitted(runs) == {}
+
+
+def replace_job_id(job: FakeJob, job_id: str) -> FakeJob:
+    job.job_id = job_id
+    return job
+
+
 def test_a_pending_job_trains_the_suite_it_was_submitted_with(tmp_path, monkeypatch):
     """A second submission to the same results folder, or a refused one, does not change a pending job's suite."""
     path = write_suite(tmp_path / "s.yaml")

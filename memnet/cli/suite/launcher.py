@@ -451,12 +451,32 @@ def _pid_alive(pid: Any) -> bool:
     return True
 
 
+def _process_start(pid: Any) -> str | None:
+    """When process ``pid`` started (``starttime`` of ``/proc/<pid>/stat``: clock ticks after boot): with the pid,
+    which the kernel gives out again, it names one process. None where it cannot be read (gone, no ``/proc``)."""
+    try:
+        text = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (OSError, ValueError, TypeError):
+        return None
+    fields = text.rpartition(")")[2].split()  # after the command's name, which may hold spaces: state is first
+    return fields[19] if len(fields) > 19 else None
+
+
+def _job_process_alive(job: dict[str, Any]) -> bool:
+    """Whether a ``submitit-local`` job's process (its pid is the job id) still runs on this host: the pid alive and,
+    where its start was recorded at submission, started then (not a later process given the same pid)."""
+    if job.get("host") != os.uname().nodename or not _pid_alive(job.get("job_id")):
+        return False
+    started = job.get("job_started")
+    return started is None or _process_start(job.get("job_id")) == started
+
+
 def still_submitted(runs: list[Run]) -> dict[str, str]:
     """The runs whose job, submitted before, has not ended: run name -> why it is not submitted again.
 
     A run's ``job.json`` names its job and the state the job left it in; a job that has not said it ended
     (``pending``, ``running``, ``requeued``) is asked for: a Slurm job in ``squeue`` (one call for all), a
-    ``submitit-local`` job by its process on this host. A job Slurm no longer lists, or lists as ended, and a
+    ``submitit-local`` job by its process on this host (its pid and start: :func:`_job_process_alive`). A job Slurm no longer lists, or lists as ended, and a
     process that is gone have ended (cancelled, killed, node lost): their runs are submitted again. Where squeue
     cannot answer, the run is not submitted again either: two jobs would train into one run folder. Nor is a run
     whose lock a process holds (:func:`lock_holder`: a local ``memnet suite run``, or a job, at it now): its job
@@ -489,8 +509,7 @@ def still_submitted(runs: list[Run]) -> dict[str, str]:
         elif job_id in states and states[job_id] not in ENDED_SLURM_STATES:
             busy[name] = f"its job {job_id}, submitted before, is {states[job_id].lower()} in Slurm's queue"
     for name, job in waiting.items():
-        if job.get("launcher") == "submitit-local" and job.get("host") == os.uname().nodename and _pid_alive(
-                job.get("job_id")):
+        if job.get("launcher") == "submitit-local" and _job_process_alive(job):
             busy[name] = f"its submitit-local job (process {job['job_id']}), submitted before, is still running"
     return busy
 
@@ -554,7 +573,10 @@ def submit(suite: Suite, runs: list[Run], results: Path, config: LauncherConfig,
             jobs.append(executor.submit(SuiteJob(str(results.resolve()), run.name, str(base_dir.resolve()),
                                                  submitted)))
     for run, job in zip(todo, jobs):
-        write_job_file(run, launcher=config.name, job_id=str(job.job_id), state="pending", holder=None)
+        # a submitit-local job is its process: its start time, read now, tells it from a later one of the same pid
+        started = _process_start(job.job_id) if config.name == "submitit-local" else None
+        write_job_file(run, launcher=config.name, job_id=str(job.job_id), state="pending", holder=None,
+                       job_started=started)
         runner._event(event="submitted", run=run.name, launcher=config.name, job_id=str(job.job_id))
     busy_jobs = f", {len(busy)} with a job submitted before" if busy else ""
     print(f"[suite {suite.name}] submitted {len(todo)} jobs ({config.name}; {counts['skipped']} runs already "
