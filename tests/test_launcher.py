@@ -557,6 +557,30 @@ def replace_job_id(job: FakeJob, job_id: str) -> FakeJob:
     return job
 
 
+def test_a_run_lock_that_cannot_be_taken_is_said_once(tmp_path, monkeypatch):
+    """On a filesystem without flock (a Lustre mount without its flock option: OSError) no lock was held, unsaid:
+    the runs went on unguarded against a second memnet suite. They still go on, and one warning line says why."""
+    import errno
+    import fcntl
+    import io
+
+    def no_flock(handle, operation) -> None:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    monkeypatch.setattr(S.SuiteRunner, "_train_and_evaluate", lambda self, run, slot: ("done", f"done {run.name}"))
+    suite = S.load_suite(write_suite(tmp_path / "s.yaml"))
+    results = tmp_path / "r"
+    stream = io.StringIO()
+    counts = S.SuiteRunner(suite, results, stream=stream).run(S.expand_runs(suite, results))
+    assert counts["done"] == 2
+    warnings = [line for line in stream.getvalue().splitlines() if "warning" in line]
+    assert warnings == [  # a's, the first run's: b's alike is not said again
+        (f"[suite cluster] warning: {results / 'a' / 'seed_0' / 'suite.lock'}: no lock taken (flock: OSError: [Errno "
+         f"{errno.ENOSYS}] Function not implemented; the filesystem does not support it): another memnet suite or "
+         "job at this run would not be kept off it")]
+
+
 def test_a_pending_job_trains_the_suite_it_was_submitted_with(tmp_path, monkeypatch):
     """A second submission to the same results folder, or a refused one, does not change a pending job's suite."""
     path = write_suite(tmp_path / "s.yaml")

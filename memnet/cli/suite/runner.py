@@ -382,17 +382,21 @@ def _seconds_before(previous: dict[str, Any], resume: Path | None) -> float:
 
 
 @contextlib.contextmanager
-def run_lock(folder: Path) -> Iterator[dict[str, Any] | None]:
+def run_lock(folder: Path, warn: Callable[[str], None] | None = None) -> Iterator[dict[str, Any] | None]:
     """Hold a run's lock (``suite.lock`` in its folder) while its body trains or evaluates it; yields None when
     held here, else who holds it (``pid``, ``host``: another ``memnet suite run`` or cluster job at that run).
 
     The lock is the kernel's (``flock``), so a process that dies, killed included, leaves no lock behind: the file
     stays, saying who held it last, and the next process takes it. Where there is no ``flock`` (Windows, a
-    filesystem without it) nothing is held and None is yielded: the runs go on as before.
+    filesystem without it: a Lustre mount without its ``flock`` option) nothing is held and None is yielded: the
+    run goes on, and ``warn`` is told why in one line.
     """
     try:
         import fcntl
     except ImportError:
+        if warn is not None:
+            warn(f"{folder / LOCK_FILE}: no lock taken (no flock on this system): another memnet suite or job at "
+                 "this run would not be kept off it")
         yield None
         return
     folder.mkdir(parents=True, exist_ok=True)
@@ -402,8 +406,10 @@ def run_lock(folder: Path) -> Iterator[dict[str, Any] | None]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # held by another process
             holder = _holder(handle)
-        except OSError:  # no flock on this filesystem: not held
-            pass
+        except OSError as error:  # no flock on this filesystem: not held
+            if warn is not None:
+                warn(f"{folder / LOCK_FILE}: no lock taken (flock: {type(error).__name__}: {error}; the filesystem "
+                     "does not support it): another memnet suite or job at this run would not be kept off it")
         else:
             handle.seek(0)
             handle.truncate()
@@ -553,6 +559,15 @@ class SuiteRunner:
         self.free_slots: list[int] = list(range(jobs))
         self.slots_lock = threading.Lock()
         self.stopping = False
+        self.warned_unlocked = False
+
+    def _unlocked(self, message: str) -> None:
+        """A run's lock that could not be taken (:func:`run_lock`): said once, for the first run (all share it)."""
+        with self.slots_lock:
+            if self.warned_unlocked:
+                return
+            self.warned_unlocked = True
+        print(f"[suite {self.suite.name}] warning: {message}", file=self.stream, flush=True)
 
     def run(self, runs: list[Run]) -> dict[str, int]:
         """Train and evaluate every run that is not done.
@@ -602,7 +617,7 @@ class SuiteRunner:
         An exception of the suite's own handling fails the run at once, named (:meth:`_crashed`), as with the local
         launcher: in a job it ended the job's thread unsaid, the job returned as if done and left the run "running"
         for ``memnet suite status`` ever after."""
-        with run_lock(run.folder) as holder:
+        with run_lock(run.folder, self._unlocked) as holder:
             if on_lock is not None:
                 on_lock(holder)
             if holder is not None:
@@ -647,7 +662,7 @@ class SuiteRunner:
             with progress.lock:
                 progress.running += 1
             started = time.monotonic()
-            with run_lock(run.folder) as holder:
+            with run_lock(run.folder, self._unlocked) as holder:
                 if holder is not None:
                     outcome, message = _busy(run, holder)
                 elif run.is_done():  # finished meanwhile by the process that held it
