@@ -581,6 +581,40 @@ def test_a_run_lock_that_cannot_be_taken_is_said_once(tmp_path, monkeypatch):
          "job at this run would not be kept off it")]
 
 
+def test_the_dry_run_shows_a_run_another_process_or_job_is_at(fake_slurm, monkeypatch, capsys):
+    """`suite run --dry-run` printed '[train] a/seed_0: memnet fit ...' for a run another memnet suite held, which the
+    run itself skips, and with --launcher slurm for a run whose job is still queued, which submit leaves out."""
+    import fcntl
+
+    monkeypatch.chdir(fake_slurm)
+    path = write_suite(fake_slurm / "s.yaml")
+    suite = S.load_suite(path)
+    a, b = S.expand_runs(suite, fake_slurm / "r")
+    b.folder.mkdir(parents=True)
+    L.write_job_file(b, launcher="slurm", job_id="4242_1", state="pending")
+    squeue = fake_slurm / "bin" / "squeue"
+    squeue.write_text('#!/bin/sh\necho "4242_1 PENDING"\n')
+    squeue.chmod(squeue.stat().st_mode | stat.S_IEXEC)
+    a.folder.mkdir(parents=True)
+    with open(a.folder / "suite.lock", "a+") as held:  # as another process at the run holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write(json.dumps({"pid": 4321, "host": "node7"}))
+        held.flush()
+        busy_a = (f"[busy] a/seed_0: another memnet suite (process 4321 on node7) is training or evaluating it now "
+                  f"(it holds {Path('r/a/seed_0/suite.lock')}); it is skipped")
+        assert suite_main("run", str(path), "--results", "r", "--dry-run") == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0] == busy_a and lines[1].startswith("[train] b/seed_0: memnet fit ")
+        assert suite_main("run", str(path), "--results", "r", "--dry-run", "--launcher", "slurm") == 0
+        assert capsys.readouterr().out.splitlines() == [
+            (f"[busy] a/seed_0: not submitted again: process 4321 on node7 is training or evaluating it now (it "
+             f"holds {Path('r/a/seed_0/suite.lock')})"),
+            ("[busy] b/seed_0: not submitted again: its job 4242_1, submitted before, is pending in Slurm's "
+             "queue")]
+    assert suite_main("run", str(path), "--results", "r", "--dry-run") == 0  # let go: a is trained
+    assert capsys.readouterr().out.splitlines()[0].startswith("[train] a/seed_0: memnet fit ")
+
+
 def test_a_pending_job_trains_the_suite_it_was_submitted_with(tmp_path, monkeypatch):
     """A second submission to the same results folder, or a refused one, does not change a pending job's suite."""
     path = write_suite(tmp_path / "s.yaml")

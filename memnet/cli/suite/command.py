@@ -201,7 +201,13 @@ def main(argv: list[str] | None = None) -> int:
                 slots = "; ".join(f"slot {slot}: CUDA_VISIBLE_DEVICES={runner._env(slot)['CUDA_VISIBLE_DEVICES']}"
                                   for slot in range(args.jobs))
                 print(f"[local] {args.jobs} at once, {gpus_per_job} GPU(s) per run ({slots})")
+            # a cluster launcher leaves out a run whose job, submitted before, has not ended (launcher.submit)
+            submitted = launcher.still_submitted([run for run in runs if not run.is_done()]) if (
+                chosen.name != "local") else {}
             for run in runs:
+                if run.name in submitted:
+                    print(f"[busy] {run.name}: not submitted again: {submitted[run.name]}")
+                    continue
                 what, command = runner.plan(run)
                 print(f"[{what}] {run.name}: {command}")
             return 0

@@ -809,10 +809,16 @@ class SuiteRunner:
     def plan(self, run: Run) -> tuple[str, str]:
         """What :meth:`run` would do with ``run`` now, for ``--dry-run``: (what, the command as a shell line).
 
-        ``what`` is ``done`` (nothing: the command it was trained with), ``train``, ``resume``
-        (from its ``last.ckpt``), ``evaluate`` (trained before; only its evaluation runs) or
-        ``record`` (trained before, nothing to evaluate: only its record is written).
+        ``what`` is ``done`` (nothing: the command it was trained with), ``busy`` (another process holds its lock
+        now: :func:`lock_holder`; the run skips it), ``train``, ``resume`` (from its ``last.ckpt``), ``evaluate``
+        (trained before; only its evaluation runs) or ``record`` (trained before, nothing to evaluate: only its
+        record is written).
         """
+        holder = None if run.is_done() else lock_holder(run.folder)
+        if holder is not None:
+            who = f"process {holder.get('pid', '?')} on {holder.get('host', '?')}"
+            return "busy", (f"another memnet suite ({who}) is training or evaluating it now (it holds "
+                            f"{run.folder / LOCK_FILE}); it is skipped")
         if run.is_done() or not run.is_trained():
             resume = run.last_checkpoint()
             what = "done" if run.is_done() else ("resume" if resume else "train")
