@@ -1,12 +1,15 @@
-"""The NTM: shapes, step/forward equivalence, batch independence, seeding, memory resizing."""
+"""The NTM: one step against the paper's equations in NumPy, shapes, step/forward equivalence, batch
+independence, seeding, memory resizing."""
 
 from __future__ import annotations
 
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 
+from memnet.addressing import NORM_EPS
 from memnet.controllers import FeedForwardController, LSTMController
 from memnet.heads import NTMHeads
 from memnet.models.ntm import NTM
@@ -15,6 +18,78 @@ from memnet.models.ntm import NTM
 def make(input_size=5, output_size=4, **kwargs):
     kwargs.setdefault("controller", partial(LSTMController, hidden_size=11))
     return NTM(input_size, output_size, **kwargs)
+
+
+def _paper_step(memory, prev_weights, params, reads, writes, shift_range, eps):
+    """One NTM step of one episode from Graves et al. 2014 §3, in NumPy float64, loops over heads.
+
+    ``params``: one row of the heads' linear layer, per head [k (W), β, g, s (S), γ], then per write
+    head [e (W), a (W)]. Cosine K(u, v) = u·v / (|u| |v| + eps), |x| = sqrt(x·x + eps²) (eps 0: the
+    paper's). All heads address M_{t−1}; all erases (eq. 3), then all adds (eq. 4); reads see M_t.
+    """
+    slots, width = memory.shape
+    window = 2 * shift_range + 1
+    softplus = lambda x: np.log1p(np.exp(x))
+    sigmoid = lambda x: 1 / (1 + np.exp(-x))
+    softmax = lambda x: np.exp(x - x.max()) / np.exp(x - x.max()).sum()
+    norm = lambda x: np.sqrt(x @ x + eps**2)
+    weights = np.empty((reads + writes, slots))
+    for h in range(reads + writes):
+        p = params[h * (width + 3 + window) : (h + 1) * (width + 3 + window)]
+        key, beta, gate = p[:width], softplus(p[width]), sigmoid(p[width + 1])
+        shifts, gamma = softmax(p[width + 2 : width + 2 + window]), 1 + softplus(p[-1])
+        cosine = np.array([key @ row / (norm(key) * norm(row) + eps) for row in memory])  # eq. 6
+        gated = gate * softmax(beta * cosine) + (1 - gate) * prev_weights[h]  # eqs. 5, 7
+        shifted = np.zeros(slots)  # eq. 8: w̃(i) = Σ_j w_g(j) s(i − j), s indexed by offset −S..S
+        for i in range(slots):
+            for j in range(slots):
+                for offset in range(-shift_range, shift_range + 1):
+                    if (i - j - offset) % slots == 0:
+                        shifted[i] += gated[j] * shifts[offset + shift_range]
+        weights[h] = shifted**gamma / (shifted**gamma).sum()  # eq. 9
+    start = (reads + writes) * (width + 3 + window)
+    erase = [sigmoid(params[start + 2 * width * h : start + 2 * width * h + width]) for h in range(writes)]
+    add = [params[start + 2 * width * h + width : start + 2 * width * (h + 1)] for h in range(writes)]
+    new_memory = memory.copy()
+    for h in range(writes):
+        new_memory = new_memory * (1 - np.outer(weights[reads + h], erase[h]))
+    for h in range(writes):
+        new_memory = new_memory + np.outer(weights[reads + h], add[h])
+    return weights, new_memory, weights[:reads] @ new_memory
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_one_step_equals_the_papers_equations_in_numpy(fused):
+    """Head parameters (activations, layout), addressing, erase/add of two write heads and the reads
+    of two read heads, against an independent float64 loop; and the shift's direction."""
+    batch, slots, width, reads, writes = 2, 6, 4, 2, 2
+    torch.manual_seed(0)
+    ntm = make(memory_size=slots, word_size=width, num_reads=reads, num_writes=writes, shift_range=1).double()
+    g = torch.Generator().manual_seed(1)
+    hidden = 2 * torch.randn(batch, 11, dtype=torch.float64, generator=g)
+    memory = torch.randn(batch, slots, width, dtype=torch.float64, generator=g)
+    prev = torch.softmax(2 * torch.randn(batch, reads + writes, slots, dtype=torch.float64, generator=g), -1)
+    state = ntm.initial_state(batch, dtype=torch.float64)._replace(memory=memory, weights=prev)
+    with torch.no_grad():
+        read_vectors, new_state, _ = ntm.access(hidden, state.controller, state, fused=fused)
+        params = ntm.heads.project(hidden).numpy()
+    for b in range(batch):
+        for eps, atol in ((NORM_EPS, 1e-12), (0.0, 1e-6)):  # memnet's cosine ε; the paper's, ε's effect
+            weights, new_memory, reads_want = _paper_step(memory[b].numpy(), prev[b].numpy(), params[b],
+                                                          reads, writes, 1, eps)
+            np.testing.assert_allclose(new_state.weights[b].numpy(), weights, rtol=0, atol=atol)
+            np.testing.assert_allclose(new_state.memory[b].numpy(), new_memory, rtol=0, atol=atol)
+            np.testing.assert_allclose(read_vectors[b].numpy(), reads_want, rtol=0, atol=atol)
+    # gate 0, all shift mass on +1, γ large: every head's focus moves from slot i to slot i + 1 (mod N)
+    with torch.no_grad():
+        ntm.heads.project.weight.zero_()
+        bias = ntm.heads.project.bias.view(-1)[: (reads + writes) * ntm.heads.address_width]
+        bias.view(reads + writes, -1)[:, width:] = torch.tensor([0.0, -50, -50, -50, 50, 50])
+        focus = torch.tensor([[2, 5, 0, 3]]).expand(batch, -1)
+        one_hot = torch.nn.functional.one_hot(focus, slots).double()
+        moved = ntm.heads(hidden, one_hot, memory, fused=fused).weights
+    torch.testing.assert_close(moved.argmax(-1), (focus + 1) % slots)
+    assert (moved.max(-1).values > 1 - 1e-9).all()
 
 
 @pytest.mark.parametrize(
