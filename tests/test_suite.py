@@ -602,6 +602,20 @@ def test_suite_ensemble_tests_the_seeds_together_and_the_report_shows_it(tmp_pat
     assert "--only: no experiment 'nope' in suite 'babi-fake'; it has memn2n-babi" in capsys.readouterr().err
 
 
+def test_suite_ensemble_only_of_an_experiment_not_tested_on_babi_names_it(tmp_path, capsys):
+    """`--only` of an experiment without a bAbI test evaluation is refused in one line showing the suite file's
+    setting to give it (the line read 'split: test}})')."""
+    results = fake_babi_results(tmp_path / "results")
+    suite = json.loads((results / "suite.json").read_text())
+    suite["experiments"].append({**suite["experiments"][0], "name": "ntm-copy", "task": "copy",
+                                 "evaluate": {"kind": "algorithmic", "lengths": [20, 40]}})
+    (results / "suite.json").write_text(json.dumps(suite))
+    assert S.main(["ensemble", str(results), "--only", "ntm-copy", "--no-wandb"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "--only: 'ntm-copy' is not evaluated on bAbI's test split (evaluate: {kind: babi, split: test}), "
+        "so it has no answers to average")
+
+
 def test_suite_ensemble_of_a_seed_with_a_damaged_record_names_it_not_an_ensemble_of_the_others(
         tmp_path, monkeypatch, capsys):
     """A seed whose metrics.json is cut short was left out of the ensemble unsaid (with three seeds or more, an

@@ -103,7 +103,7 @@ def make_ensembles(results: str | Path, only: list[str] | None = None, stream: T
             raise SuiteError(f"--only: no experiment {name!r} in suite {suite.name!r}; it has {', '.join(names)}")
         if not is_babi_test(next(e for e in suite.experiments if e.name == name)):
             raise SuiteError(f"--only: {name!r} is not evaluated on bAbI's test split (evaluate: {{kind: babi, "
-                             "split: test}}), so it has no answers to average")
+                             "split: test}), so it has no answers to average")
     written = []
     for experiment in suite.experiments:
         if (only and experiment.name not in only) or not is_babi_test(experiment):
