@@ -602,6 +602,8 @@ def test_babi_table_markdown_and_csv():
     rows = csv.splitlines()
     assert rows[0] == "task,MemN2N,per-task" and rows[3] == "3: three-supporting-facts,10.0,"
     assert rows[-2] == "mean error (%),1.9,10.2 (2 tasks)"
+    one = babi_table({"task 1": {1: 82.7}})[0].splitlines()  # a run of babi_task_1k.yaml: one task, not "1 tasks"
+    assert one[-2:] == ["| mean error (%) | 82.7 (1 task) |", "| failed tasks (> 5%) | 1 (1 task) |"]
     near = babi_table({"m": {1: 5.04, 2: 5.0, 3: 4.96}})[1].splitlines()  # 5.04 fails: not shown as "5.0"
     assert near[1].endswith(",5.04") and near[2].endswith(",5.0") and near[3].endswith(",5.0")
     piped = babi_table({"a|b": {1: 0.5}})[0].splitlines()  # a run's name with a pipe stays one column

@@ -97,7 +97,7 @@ def babi_table(results: dict[str, dict[int, float]], *, tasks: Sequence[int] = A
         values = [errors[t] for t in tasks if t in errors]
         if not values:
             return "", ""
-        suffix = "" if len(values) == len(tasks) else f" ({len(values)} tasks)"
+        suffix = "" if len(values) == len(tasks) else f" ({len(values)} task{'s' if len(values) > 1 else ''})"
         return f"{mean_error(values):.1f}{suffix}", f"{failed_tasks(values)}{suffix}"
 
     def cell(error: float) -> str:
