@@ -391,6 +391,23 @@ def test_help_lists_every_subcommand_and_python_dash_m_memnet_runs_it():
     assert {"fit", "evaluate", "probe", "suite", "data", "babi-table"} <= set(listed)
 
 
+@pytest.mark.parametrize(("command", "shown"), [
+    ("evaluate", ["sequences per length (default: 256)", "sequences per forward pass (default: 64)",
+                  "seed of the evaluation sequences (default: 0)"]),
+    ("probe", ["(0: untrained; default: 0)", "sequences of the batch probed (default: 16)",
+               "or all (default: last)"]),
+    ("figures", ["every training run (default: 0)"]),
+])
+def test_help_of_a_subcommand_gives_the_defaults_of_its_options(command, shown, capsys):
+    """`memnet evaluate --help` said 'sequences per length' and not how many a run without the option scores (the
+    README's table is of 256); the same of the seed, the batch, and of memnet probe's and memnet figures' options."""
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    printed = " ".join(capsys.readouterr().out.split())  # argparse wraps the help at the terminal's width
+    assert all(text in printed for text in shown), printed
+
+
 def test_a_normal_invocation_prints_no_args_and_sys_argv_warning():
     import subprocess
     import sys

@@ -106,9 +106,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lengths", type=int, nargs="+", required=True, help="task lengths to evaluate")
     parser.add_argument("--memory_size", type=int, default=None,
                         help="fix the memory slots N at every length (default: the trained ratio of slots to length)")
-    parser.add_argument("--num_sequences", type=int, default=256, help="sequences per length")
-    parser.add_argument("--batch_size", type=int, default=64, help="sequences per forward pass")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the evaluation sequences")
+    parser.add_argument("--num_sequences", type=int, default=256, help="sequences per length (default: %(default)s)")
+    parser.add_argument("--batch_size", type=int, default=64, help="sequences per forward pass (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the evaluation sequences (default: %(default)s)")
     parser.add_argument("--out", default=None, help="output folder (default: <run>/evaluation)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--engine", default=None,

@@ -435,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     parser.add_argument("--checkpoints", type=Path, default=None,
                         help=f"folder of <role>.ckpt checkpoints to draw from ({', '.join(ROLES)}); "
                              "a role without one is trained briefly")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw and every training run")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw and every training run (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:  # torch's RuntimeError traceback otherwise

@@ -186,9 +186,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="the PNG to write")
     parser.add_argument("--labels", nargs="+", help="legend labels, one per config (default: config names)")
     parser.add_argument("--train-steps", type=int, nargs="+", default=[0],
-                        help="probe after each of these numbers of training steps, one panel each (0: untrained)")
-    parser.add_argument("--max-sequences", type=int, default=16, help="sequences of the batch probed")
-    parser.add_argument("--loss", choices=sorted(LOSSES), default="last", help="loss at the last scored step, or all")
+                        help="probe after each of these numbers of training steps, one panel each (0: untrained; default: 0)")
+    parser.add_argument("--max-sequences", type=int, default=16, help="sequences of the batch probed (default: %(default)s)")
+    parser.add_argument("--loss", choices=sorted(LOSSES), default="last", help="loss at the last scored step, or all (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     args = parser.parse_args(argv)
     if args.threads is not None:
