@@ -343,6 +343,20 @@ def test_a_config_that_no_longer_parses_is_named(trained, capsys):
     assert f"--config: {stale} does not parse with the current code" in capsys.readouterr().err
 
 
+def test_a_config_that_is_not_there_is_named_once(trained, capsys):
+    """A --config found neither as a file nor among the shipped configs read 'memnet evaluate: --config: --config
+    nosuch.yaml: neither a file ...'; a missing fragment of a config that is there still names the option."""
+    with pytest.raises(SystemExit):
+        evaluate(trained, "--ckpt_path", "latest", "--config", "nosuch.yaml", "--lengths", "2", "--out", "nosuch")
+    assert "memnet evaluate: --config nosuch.yaml: neither a file nor a shipped config" in capsys.readouterr().err
+    broken = trained / "broken.yaml"
+    broken.write_text("extends: [no_such_fragment.yaml]\n" + TINY)
+    with pytest.raises(SystemExit):
+        evaluate(trained, "--ckpt_path", "latest", "--config", str(broken), "--lengths", "2", "--out", "broken")
+    err = capsys.readouterr().err
+    assert "memnet evaluate: --config: " in err and "no_such_fragment" in err, err
+
+
 class _SlotHungryCopier(torch.nn.Module):
     """Behaves like a trained NTM on copy: perfect while its memory is no fuller than in training
     (3 slots per vector, trained with N = 12 at lengths ≤ 4), wrong on every vector that does not fit."""

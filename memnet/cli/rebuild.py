@@ -106,8 +106,9 @@ def config_text(config: str | Path) -> str:
     try:
         config = find_config(config)  # a file, or a shipped config's name (ntm/copy)
         content = load_config(config)  # its extends fragments stacked (a run's config.yaml has none)
-    except ConfigError as error:
-        raise RebuildError(f"--config: {error}") from None
+    except ConfigError as error:  # a name found nowhere is already "--config NAME: ..."
+        message = str(error)
+        raise RebuildError(message if message.startswith("--config") else f"--config: {message}") from None
     for key in fit_only_keys():
         content.pop(key, None)
     return yaml.safe_dump(content, sort_keys=False)
