@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml setup.py
 
 install: $(VENV)/.installed   ## create .venv and install memnet with its test extras
 
-train: install               ## train an NTM on copy (2 CPU cores, ~5 min), then print the results table
+train: install               ## train an NTM on copy (2 CPU cores: about 1.5 min, 49 s of it training), then print the results table
 	$(VENV)/bin/memnet fit --config configs/ntm/copy.yaml
 	$(VENV)/bin/memnet evaluate --ckpt_path latest --lengths 20 40 80 120 --memory_size 256 --out results/ntm-copy
 
