@@ -51,6 +51,7 @@ from memnet.utils import (
     epoch_end_skipped_by_resume,
     fitting,
     gather_objects,
+    mix_seed,
     resume_cut_short_epoch,
     run_config_candidates,
 )
@@ -278,6 +279,10 @@ class MemnetModule(pl.LightningModule):
             # the checkpoint has no draws of this process (written on fewer or more processes): its modules draw their
             # own (memnet.utils.SeededDraws), not a copy of rank 0's noise, which every process then drew alike
             states = {}
+        if rank > 0 and global_rng is not None and (not own or same_rng_state(global_rng, by_rank[0]["global"])):
+            # rank 0's global generator (a checkpoint of fewer or more processes, or one whose processes' were alike,
+            # written before split_global_rng): this process goes on from a state of its own derived from it
+            global_rng = {"seed": derived_seed(global_rng, rank)}
         for name, module in self.named_modules():
             if name in states and hasattr(module, "set_rng_state"):
                 module.set_rng_state(states[name])
@@ -374,6 +379,9 @@ class MemnetModule(pl.LightningModule):
         if self._plateau_pending_epoch is not None:  # after the callbacks' on_train_start: the checkpoint's metrics are back
             step_plateau_schedulers(self.trainer, self._plateau_pending_epoch)
             self._plateau_stepped_epoch, self._plateau_pending_epoch = self._plateau_pending_epoch, None
+        rank, world_size = distributed_position(self.trainer)
+        if world_size > 1:  # Lightning's DDP seeds every process's global generators alike at every fit's start
+            split_global_rng(rank)
         if self._resumed_global_rng is not None:
             # here, after the sanity check's validation (which drew from them too): training goes on with the draws
             # the unbroken run would have drawn, not seed_everything's first ones again
@@ -562,12 +570,48 @@ def global_rng_state() -> dict[str, Any]:
 
 
 def set_global_rng_state(state: dict[str, Any]) -> None:
-    """Set torch's global generators to ``state`` (:func:`global_rng_state`); GPU states of another machine's
-    number of GPUs are left out."""
+    """Set torch's global generators to ``state`` (:func:`global_rng_state`, or ``{"seed": s}``: all seeded with
+    ``s``); GPU states of another machine's number of GPUs are left out."""
+    if "seed" in state:
+        torch.manual_seed(state["seed"])  # the CPU's and every GPU's
+        return
     torch.set_rng_state(state["cpu"].cpu())
     cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+
+
+def split_global_rng(rank: int) -> None:
+    """Give DDP process ``rank`` its own stream of torch's global generators (CPU and every GPU), at a fit's start.
+
+    Lightning seeds them alike in every process (``seed_everything``, again by its DDP strategy as a fit starts), and
+    dropout draws from them (an LSTM controller's between layers, MemN2N's noise with ``seed: null``, a user module's
+    ``torch.rand``): two processes of an LSTM with dropout 0.5 dropped the same units at the first step and drew
+    the one stream of numbers after (shifted where their batches' lengths differ), so two processes of batch B had
+    B masks where one process of batch 2B has 2B. Rank r > 0 is seeded with the run's seed (``PL_GLOBAL_SEED``,
+    which ``seed_everything`` sets; without one ``torch.initial_seed()``, the same in every process) mixed with r
+    (:func:`memnet.utils.mix_seed`); rank 0 is left as it is, so it draws what one process draws. The weights are
+    every process's already (DDP broadcasts rank 0's).
+    """
+    if rank == 0:
+        return
+    seed = os.environ.get("PL_GLOBAL_SEED")
+    base = int(seed) if seed is not None and seed.lstrip("-").isdigit() else torch.initial_seed()
+    torch.manual_seed(mix_seed(base, rank))
+
+
+def same_rng_state(state: dict[str, Any], other: dict[str, Any] | None) -> bool:
+    """Whether two :func:`global_rng_state` states hold the same CPU generator state."""
+    mine, theirs = state.get("cpu"), None if other is None else other.get("cpu")
+    return isinstance(mine, torch.Tensor) and isinstance(theirs, torch.Tensor) and torch.equal(mine, theirs)
+
+
+def derived_seed(state: dict[str, Any], rank: int) -> int:
+    """A seed for DDP process ``rank`` from another process's :func:`global_rng_state` (its CPU generator's next
+    number mixed with ``rank``), the global generators left as they are."""
+    generator = torch.Generator()
+    generator.set_state(state["cpu"].cpu())
+    return mix_seed(int(torch.randint(0, 2**62, (), generator=generator)), rank)
 
 
 def training_epoch_sums(trainer: pl.Trainer) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -668,3 +668,106 @@ def test_every_process_draws_its_own_training_noise(monkeypatch):
 
     assert torch.equal(on_rank(0, partial(resumed, 0)), saved.net.memory_init(3, 7))
     assert not torch.equal(on_rank(1, partial(resumed, 1)), on_rank(0, partial(resumed, 0)))
+
+
+DROPOUT = '''
+import json
+from functools import partial
+import pytorch_lightning as pl
+import torch
+from memnet.controllers import LSTMController
+from memnet.lightning import SequenceModule
+from memnet.models.recurrent import RecurrentModel
+from tasks.algorithmic import AlgorithmicDataModule, CopyTask
+
+class Masks(SequenceModule):
+    """At each training step, the network's output on one fixed input in training mode, before the step: the
+    weights are every process's (DDP broadcasts rank 0's), so two processes' outputs differ where their dropout does."""
+    def training_step(self, batch, batch_idx):
+        with torch.no_grad():
+            self.outputs.append(self.net(torch.ones(1, 3, 4)).flatten().tolist())
+        return super().training_step(batch, batch_idx)
+
+if __name__ == "__main__":
+    pl.seed_everything(3)
+    net = RecurrentModel(4, 3, controller=partial(LSTMController, hidden_size=16, num_layers=2, dropout=0.5))
+    module = Masks(net)
+    module.outputs = []
+    data = AlgorithmicDataModule(CopyTask(width=3, min_length=1, max_length=4), batch_size=2, batches_per_epoch=2,
+                                 val_size=2, seed=0)
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", devices=2, strategy="ddp", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(module, datamodule=data)
+    with open(f"dropout{trainer.global_rank}.json", "w") as handle:
+        json.dump(module.outputs, handle)
+'''
+
+
+@pytest.mark.slow
+def test_two_processes_draw_their_own_dropout_masks(tmp_path):
+    """Lightning seeds torch's global generator alike in every process, and dropout draws from it: two CPU processes
+    of an LSTM with dropout 0.5 between its 2 layers dropped the same units at the first step, so their outputs on
+    one input, with the same weights, were equal (two processes of batch B had B masks where one of batch 2B has 2B)."""
+    (tmp_path / "dropout_ddp.py").write_text(textwrap.dedent(DROPOUT))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "dropout_ddp.py"], check=False, cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, second = (json.loads((tmp_path / f"dropout{rank}.json").read_text()) for rank in (0, 1))
+    assert len(first) == len(second) == 2
+    for step, (a, b) in enumerate(zip(first, second)):
+        assert a != b, f"both processes drew the same dropout masks at step {step}: {a[:3]}"
+
+
+def test_a_process_without_its_own_global_generator_in_the_checkpoint_draws_its_own(monkeypatch):
+    """torch's global generator (dropout's) was rank 0's on every process resumed from a checkpoint of one process
+    (or of another number), and a checkpoint written while every process's was alike handed it back alike: rank 1
+    dropped the units rank 0 did. Rank 0 goes on from the checkpoint's state, rank r > 0 from a state of its own
+    derived from it and r; a checkpoint without the state still loads."""
+    from memnet.controllers import LSTMController
+    from memnet.lightning import SequenceModule
+    from memnet.models.recurrent import RecurrentModel
+    from memnet.training import set_global_rng_state
+
+    def resumed_draws(checkpoint: dict, rank: int) -> torch.Tensor | None:
+        """What rank ``rank`` of 2 draws from torch's global generator once resumed from ``checkpoint``."""
+        module = SequenceModule(RecurrentModel(4, 3, controller=partial(LSTMController, hidden_size=4)))
+        module._trainer = SimpleNamespace(global_rank=rank, world_size=2, state=SimpleNamespace(fn="validate"))
+        module.on_load_checkpoint(checkpoint)
+        if module._resumed_global_rng is None:
+            return None
+        with torch.random.fork_rng(devices=[]):
+            set_global_rng_state(module._resumed_global_rng)
+            return torch.rand(8)
+
+    saved = {"cpu": torch.Generator().manual_seed(10).get_state()}
+    expected = torch.rand(8, generator=torch.Generator().manual_seed(10))
+    alike = {"memnet_global_rng": saved, "memnet_rng_by_rank": [{"modules": {}, "global": saved}] * 2}
+    for checkpoint in ({"memnet_global_rng": saved}, alike):  # one process's; two processes' drawn alike
+        first, second = resumed_draws(checkpoint, 0), resumed_draws(checkpoint, 1)
+        assert torch.equal(first, expected), "rank 0 goes on from the checkpoint's state"
+        assert not torch.equal(second, first), "rank 1 resumed rank 0's global generator"
+        assert torch.equal(resumed_draws(checkpoint, 1), second), "rank 1's own state is derived reproducibly"
+    assert resumed_draws({}, 1) is None  # a checkpoint from before memnet kept the global generators
+
+
+def test_ddp_rank_r_seeds_its_global_generator_with_the_seed_mixed_with_r(monkeypatch):
+    """Rank 0 keeps the state it has (what one process draws); rank r > 0 is seeded with the run's seed
+    (PL_GLOBAL_SEED, else torch.initial_seed()) mixed with r."""
+    from memnet.training import split_global_rng
+    from memnet.utils import mix_seed
+
+    with torch.random.fork_rng(devices=[]):
+        monkeypatch.setenv("PL_GLOBAL_SEED", "7")
+        torch.manual_seed(7)
+        torch.rand(3)  # drawn since the seed (the weights' initialisation)
+        state = torch.get_rng_state()
+        split_global_rng(0)
+        assert torch.equal(torch.get_rng_state(), state)
+        split_global_rng(1)
+        assert torch.initial_seed() == mix_seed(7, 1)
+        monkeypatch.delenv("PL_GLOBAL_SEED")
+        torch.manual_seed(7)
+        split_global_rng(2)  # no seed_everything: torch's initial seed, alike in every process
+        assert torch.initial_seed() == mix_seed(7, 2)
