@@ -396,7 +396,10 @@ class _Allocation(torch.autograd.Function):
         grad_sorted = torch.gather(grad, -1, order)
         # ∂a_j/∂u_k = −Π_{i<k} u_i for j = k, a_j / u_k for j > k, 0 otherwise (in sorted order).
         weighted = grad_sorted * sorted_allocation
-        later = weighted.flip(-1).cumsum(-1).flip(-1) - weighted  # Σ_{j>k} d a_j a_j
+        # Σ_{j>k} d a_j a_j, an exclusive suffix sum: the inclusive sum less a_k's own term would cancel
+        # (a free slot's a_k ≈ 1 beside later terms of ~u_k = 1e-6), an error that the division by u_k
+        # then multiplies by 1e6 (float32: 0.1 off a gradient of 2.8)
+        later = torch.cat([weighted[:, 1:].flip(-1).cumsum(-1).flip(-1), torch.zeros_like(weighted[:, :1])], -1)
         grad_usage_sorted = (later / sorted_usage - grad_sorted * before) * (1 - USAGE_EPS)
         return torch.zeros_like(grad_usage_sorted).scatter(-1, order, grad_usage_sorted)
 

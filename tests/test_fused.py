@@ -123,6 +123,26 @@ def test_allocation_equals_reference_and_gradcheck(b, n):
     assert torch.autograd.gradcheck(fused.allocation_weights, [distinct.expand(b, n).clone().requires_grad_()])
 
 
+
+@pytest.mark.parametrize("engine", [allocation.allocation_weights, fused.allocation_weights], ids=["eager", "fused"])
+@pytest.mark.parametrize("free", ["all", "one"])
+def test_allocation_gradient_with_free_slots_is_float32_accurate(engine, free):
+    # A free slot (usage 0, lifted to 1e-6; every slot at an episode's start) sorts first with a ≈ 1:
+    # its gradient Σ_{j>k} ∂L/∂a_j a_j / u_k must not be taken as a difference cancelling a_k's term
+    # (the fused backward's was up to 0.04 off here in float32, against the float64 gradient).
+    g = torch.Generator().manual_seed(4)
+    usage = torch.zeros(4, 8, dtype=torch.float64)
+    if free == "one":
+        usage = 0.5 + 0.5 * torch.rand(4, 8, generator=g, dtype=torch.float64)
+        usage[:, 3] = 0.0
+    upstream = torch.randn(4, 8, generator=g, dtype=torch.float64)
+    grads = {}
+    for dtype in (torch.float64, torch.float32):
+        leaf = usage.to(dtype).detach().requires_grad_()
+        (engine(leaf) * upstream.to(dtype)).sum().backward()
+        grads[dtype] = leaf.grad.double()
+    torch.testing.assert_close(grads[torch.float32], grads[torch.float64], rtol=0, atol=2e-6)
+
 @pytest.mark.parametrize("b,n", [(3, 7), (1, 4)])
 def test_link_update_equals_reference_and_gradcheck(b, n):
     g = torch.Generator().manual_seed(9)
