@@ -86,6 +86,7 @@ def update_usage(
 
     A slot written with weight 1 becomes fully used (u = 1); a slot freed by a
     read head with weight 1 and free gate 1 (ψ = 0) becomes free (u = 0).
+    The gradient flows into w^w_{t−1} as well (the paper's equation; deepmind/dnc stops it there).
 
     Args:
         prev_usage: (B, N) usage u_{t−1} in [0, 1].

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 
+from memnet import allocation
 from memnet.controllers import FeedForwardController, LSTMController
 from memnet.models.dnc import DNC, DNCInterface, DNCState, link_state_bytes
 
@@ -182,6 +184,93 @@ def test_no_nan_gradients_with_zero_memory_and_tied_usage():
     logits.sum().backward()
     for name, parameter in model.named_parameters():
         assert torch.isfinite(parameter.grad).all(), name
+
+
+# -- one memory step against the paper's equations (Graves et al. 2016, Methods), in NumPy float64 --
+
+
+def _paper_step(xi, prev, layout, num_reads, word_size):
+    """One example's memory step from its raw interface vector ξ_t, written independently of memnet.
+
+    The guards memnet shares with deepmind/dnc are kept, so that the two agree to rounding: usage
+    lifted to ε + (1 − ε) u before allocation, ties sorted by slot index, ε in the cosine's norms.
+    """
+    from memnet.addressing import NORM_EPS
+    from memnet.allocation import USAGE_EPS
+
+    def sigmoid(x):
+        return 1 / (1 + np.exp(-x))
+
+    def softmax(x):
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    def oneplus(x):
+        return 1 + np.log1p(np.exp(x))
+
+    def content(memory, key, strength):  # C(M, k, β) = softmax_i(β D(k, M[i])), D the cosine
+        norms = np.sqrt((memory**2).sum(-1) + NORM_EPS**2) * np.sqrt(key @ key + NORM_EPS**2)
+        return softmax(strength * (memory @ key) / (norms + NORM_EPS))
+
+    fields, start = {}, 0
+    for name, size in layout:
+        fields[name], start = xi[start:start + size], start + size
+    read_keys = fields["read_keys"].reshape(num_reads, word_size)
+    free, g_a, g_w = sigmoid(fields["free_gates"]), sigmoid(fields["allocation_gate"][0]), sigmoid(fields["write_gate"][0])
+    modes = softmax(fields["read_modes"].reshape(num_reads, 3))  # π: backward, content, forward
+    memory, usage, write, reads, precedence, link = (prev[k] for k in ("M", "u", "ww", "wr", "p", "L"))
+    slots = len(usage)
+    psi = np.prod([1 - free[r] * reads[r] for r in range(num_reads)], axis=0)  # ψ_t
+    usage = (usage + write - usage * write) * psi  # u_t, from the previous write
+    lifted = USAGE_EPS + (1 - USAGE_EPS) * usage
+    alloc, product = np.zeros(slots), 1.0
+    for j in sorted(range(slots), key=lambda j: (lifted[j], j)):  # the free list φ_t
+        alloc[j], product = (1 - lifted[j]) * product, product * lifted[j]
+    write_content = content(memory, fields["write_key"], oneplus(fields["write_strength"][0]))  # on M_{t−1}
+    write = g_w * (g_a * alloc + (1 - g_a) * write_content)
+    memory = memory * (1 - np.outer(write, sigmoid(fields["erase"]))) + np.outer(write, fields["write_vector"])
+    new_link = np.array([[0.0 if i == j else (1 - write[i] - write[j]) * link[i, j] + write[i] * precedence[j]
+                          for j in range(slots)] for i in range(slots)])
+    precedence = (1 - write.sum()) * precedence + write
+    new_reads = np.stack([
+        modes[r, 0] * new_link.T @ reads[r]  # b_t = L_tᵀ w^r_{t−1}
+        + modes[r, 1] * content(memory, read_keys[r], oneplus(fields["read_strengths"][r]))  # on M_t
+        + modes[r, 2] * new_link @ reads[r]  # f_t = L_t w^r_{t−1}
+        for r in range(num_reads)])
+    return {"M": memory, "u": usage, "ww": write, "wr": new_reads, "p": precedence, "L": new_link,
+            "r": new_reads @ memory, "a": alloc}
+
+
+@pytest.mark.parametrize("engine", ["eager", "fused"])
+def test_memory_steps_equal_the_papers_equations(engine):
+    """Three steps of usage, allocation, write, memory, links, precedence, read weightings and vectors."""
+    batch, slots, width, reads = 2, 5, 4, 2
+    model = make(memory_size=slots, word_size=width, num_reads=reads, engine=engine)
+    g = torch.Generator().manual_seed(11)
+    rand = partial(torch.rand, generator=g, dtype=torch.float64)
+
+    def spread(*shape, total):  # weightings summing to total
+        return torch.softmax(5 * torch.randn(*shape, generator=g, dtype=torch.float64), -1) * total
+
+    state = DNCState(None, torch.randn(batch, slots, width, generator=g, dtype=torch.float64),
+                     torch.zeros(batch, reads, width, dtype=torch.float64), spread(batch, reads, slots, total=0.9),
+                     spread(batch, slots, total=0.8), rand(batch, slots), spread(batch, slots, total=0.7),
+                     rand(batch, slots, slots) / slots * (1 - torch.eye(slots, dtype=torch.float64)))
+    state.usage[0, 1:3] = state.write_weights[0, 1:3] = 0.0  # two free slots tied, as early in an episode
+    names = {"M": "memory", "u": "usage", "ww": "write_weights", "wr": "read_weights", "p": "precedence", "L": "link"}
+    paper = [{key: getattr(state, name)[b].numpy() for key, name in names.items()} for b in range(batch)]
+    for _ in range(3):
+        hidden = torch.randn(batch, model.controller.output_size, generator=g, dtype=torch.float64)
+        with torch.no_grad():
+            read_vectors, state, _ = model.access(hidden, None, state, fused=engine == "fused")
+            xi = model.interface.project(hidden).numpy()
+            got = {"M": state.memory, "u": state.usage, "ww": state.write_weights, "wr": state.read_weights,
+                   "p": state.precedence, "L": state.link, "r": read_vectors,
+                   "a": allocation.allocation_weights(state.usage)}
+        for b in range(batch):
+            paper[b] = _paper_step(xi[b], paper[b], list(model.interface.sizes.items()), reads, width)
+            for key, value in got.items():
+                np.testing.assert_allclose(value[b].numpy(), paper[b][key], rtol=0, atol=1e-12, err_msg=key)
 
 
 def test_gradcheck_of_a_short_run():
