@@ -798,3 +798,146 @@ def test_a_linear_start_that_no_callback_ends_is_refused_when_training_starts(wi
         with pytest.raises(ValueError, match="no callback puts it back: add memnet.callbacks.LinearStartSwitch"):
             trainer.fit(module, train_dataloaders=loader)
         assert trainer.global_step == 0
+
+
+def _matlab_pe(J: int, d: int):
+    """build_model.m's config.weight, (d, J): 1 + 4 (i − (d+1)/2)(j − (J+1)/2) / d / J, i the dimension, j the position."""
+    import numpy as np
+
+    i, j = np.arange(1, d + 1)[:, None], np.arange(1, J + 1)[None, :]
+    return 1 + 4 * (i - (d + 1) / 2) * (j - (J + 1) / 2) / d / J
+
+
+def _matlab_sgd_step(tables, memories, questions, targets, *, lr, max_grad_norm, softmax):
+    """One step of the authors' train.m in NumPy float64, written from their modules' fprop/bprop/update: LookUpTable
+    → ElemMult(config.weight) → Sum(2) per memory and question, MatVecProd, Softmax (taken out by
+    train_linear_start.m), AddTable, LinearNB(…, true) sharing C^K's Weight, CrossEntropyLoss with size_average false
+    and do_softmax_brop; then Weight.update: each table's gradient scaled to max_grad_norm where MATLAB's norm (the
+    largest singular value) exceeds it, D − lr·grad, and the nil column (1 there, 0 here) set to 0 (train.m for
+    A^1 … A^K, Memory.update for C^1 … C^K).
+
+    tables: K + 1 arrays (d, V + N), column w the word w, column V + t the time word t + 1 (0: the most recent).
+    memories: per question (J, N) token ids (nil 0, the time word in row J); questions: per question (J − 1,) ids.
+    Returns the logits (B, V + N), the cost, the gradients before clipping and the tables after the update.
+    """
+    import numpy as np
+
+    hops, (d, J) = len(tables) - 1, (tables[0].shape[0], memories[0].shape[0])
+    pe = _matlab_pe(J, d)
+    grads = [np.zeros_like(t) for t in tables]
+    logits, cost = [], 0.0
+
+    def looked_up(table, data):  # (d, N): Σ_j l_j ∘ table[:, data[j, n]]
+        return (table[:, data] * pe[:, :, None]).sum(1)
+
+    for data, question, target in zip(memories, questions, targets):
+        states = [(tables[0][:, question] * pe[:, : J - 1]).sum(1)]
+        cache = []
+        for k in range(1, hops + 1):
+            m, c = looked_up(tables[k - 1], data), looked_up(tables[k], data)
+            scores = m.T @ states[-1]
+            p = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum() if softmax else scores
+            cache.append((m, c, p))
+            states.append(states[-1] + c @ p)
+        z = tables[hops].T @ states[-1]
+        y = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        logits.append(z)
+        cost += -(z[target] - z.max() - np.log(np.exp(z - z.max()).sum()))  # −log y[target], natural log, summed
+        grad_z = y.copy()
+        grad_z[target] -= 1
+        grads[hops] += np.outer(states[-1], grad_z)
+        grad_u = tables[hops] @ grad_z
+        for k in range(hops, 0, -1):
+            m, c, p = cache[k - 1]
+            grad_c = np.outer(grad_u, p)
+            grad_p = c.T @ grad_u
+            grad_scores = p * (grad_p - (p * grad_p).sum()) if softmax else grad_p
+            grad_m = np.outer(states[k - 1], grad_scores)
+            grad_u = grad_u + m @ grad_scores
+            for j in range(J):
+                for n in range(data.shape[1]):
+                    grads[k][:, data[j, n]] += pe[:, j] * grad_c[:, n]
+                    grads[k - 1][:, data[j, n]] += pe[:, j] * grad_m[:, n]
+        for j in range(J - 1):
+            grads[0][:, question[j]] += pe[:, j] * grad_u
+    updated = []
+    for table, grad in zip(tables, grads):
+        norm = np.linalg.norm(grad, 2)
+        step = grad * max_grad_norm / norm if norm > max_grad_norm else grad
+        table = table - lr * step
+        table[:, 0] = 0
+        updated.append(table)
+    return np.array(logits), cost, grads, updated
+
+
+@pytest.mark.parametrize("linear_start, init_std, max_grad_norm", [(False, 0.5, 40.0), (True, 0.25, 50.0)],
+                         ids=["softmax", "linear_start"])
+def test_one_training_step_of_the_recipe_equals_the_authors_matlab_step(linear_start, init_std, max_grad_norm):
+    """The recipe's model and QAModule (configs/recipes/memn2n.yaml: PE with the authors' J, temporal, adjacent
+    tying, nil memory, W = C^K over the vocabulary, nil_word authors, summed loss, SGD, per-matrix spectral
+    clipping) take one Lightning step on a batch of 2 stories (3 and 2 sentences in a memory of 5, 3 hops, d = 6,
+    V = 12, J = 5), against the authors' MATLAB step transcribed in NumPy float64 (_matlab_sgd_step): logits, the
+    loss the module backpropagates, every table's gradient and every weight after the clipped update, nil columns
+    0, each within 1e-10. Some tables are clipped and some not, so a Frobenius norm, a cost averaged over the batch
+    or the nil rows left as SGD moved them each fail it."""
+    import numpy as np
+    import pytorch_lightning as pl
+
+    from memnet.lightning import QAModule
+
+    vocabulary, answers, offset, d, hops, slots, sentence = 12, 3, 4, 6, 3, 5, 5
+    torch.manual_seed(0)
+    net = MemN2N(vocabulary, answers, embedding_size=d, hops=hops, memory_size=slots, encoding="position",
+                 temporal=True, random_noise=0.0, linear_start=linear_start, tying="adjacent", answer_offset=offset,
+                 init_std=init_std, position_scale="authors", sentence_length=sentence, empty_memory="nil",
+                 answer_layer="vocabulary", nil_word="authors").double()
+    story = torch.tensor([[[7, 8, 4, 0], [9, 10, 11, 5], [8, 6, 0, 0]],  # slot 0 the most recent
+                          [[11, 7, 0, 0], [10, 9, 8, 7], [0, 0, 0, 0]]])
+    query = torch.tensor([[9, 8, 0], [7, 11, 10]])
+    answer = torch.tensor([1, 2])
+
+    def tables():  # MATLAB's D: (d, V + N), the time words after the vocabulary
+        return [torch.cat([e.weight, t.weight]).detach().numpy().T.copy()
+                for e, t in zip(net.embeddings, net.temporal_embeddings)]
+
+    memories = []
+    for b, sentences in enumerate((3, 2)):
+        data = np.zeros((sentence, slots), dtype=int)  # all nil: the nil sentences fill the memory
+        for n in range(sentences):
+            words = [w for w in story[b, n].tolist() if w != PAD_ID]
+            data[: len(words), n] = words
+            data[sentence - 1, n] = vocabulary + n  # train.m without noise: time word 1 for the most recent
+        memories.append(data)
+    questions = [np.array([w for w in query[b].tolist()] + [0] * (sentence - 1 - query.shape[1])) for b in range(2)]
+    before = tables()
+    logits, cost, grads, after = _matlab_sgd_step(before, memories, questions, (answer + offset).tolist(), lr=0.05,
+                                                  max_grad_norm=max_grad_norm, softmax=not linear_start)
+    norms = [np.linalg.norm(g, 2) for g in grads]
+    assert any(n > max_grad_norm for n in norms) and any(n < max_grad_norm for n in norms)
+
+    order = list(range(offset, offset + answers)) + list(range(offset)) + list(range(offset + answers, vocabulary + slots))
+    net.train()
+    np.testing.assert_allclose(net(story, query).detach().numpy(), logits[:, order], rtol=0, atol=1e-10)
+    module = QAModule(net, loss_reduction="sum", optimizer=lambda params: torch.optim.SGD(params, lr=0.05),
+                      clip_per_matrix=max_grad_norm, clip_norm="spectral")
+    seen = {}
+
+    class Watch(pl.Callback):
+        def on_before_backward(self, trainer, pl_module, loss):
+            seen["loss"] = float(loss)
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):  # before the module's clipping
+            seen["grads"] = [torch.cat([e.weight.grad, t.weight.grad]).numpy().T.copy()
+                             for e, t in zip(net.embeddings, net.temporal_embeddings)]
+
+    callbacks = [Watch()] + ([LinearStartSwitch(epochs=1)] if linear_start else [])
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=callbacks)
+    batch = {"story": story, "query": query, "answer": answer}
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader([batch], batch_size=None))
+    assert seen["loss"] == pytest.approx(cost, rel=1e-12)
+    for got, want in zip(seen["grads"], grads):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-10 * max(1.0, np.abs(want).max()))
+    for got, want in zip(tables(), after):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)
+        assert not got[:, PAD_ID].any()
