@@ -197,3 +197,35 @@ def test_a_tensor_learning_rate_is_scaled():
     scheduler = LinearStartStepLR(optimizer, linear_start_epochs=1, linear_start_lr=0.005, step_size=10)
     rates = _scaled_rates(optimizer, scheduler, 3, scale_at=0)
     assert rates == pytest.approx([0.0005, 0.001, 0.001])
+
+
+@pytest.mark.parametrize("config, authors", [
+    # config_babi_joint.m / config_babi.m: (ls_nepochs, ls_lrate_decay_step, ls_init_lrate), (nepochs, lrate_decay_step)
+    ("babi_joint_1k.yaml", ((30, 31, 0.005), (60, 15))),
+    ("babi_joint_10k.yaml", ((30, 31, 0.005), (60, 15))),
+    ("babi_task_1k.yaml", ((20, 21, 0.005), (100, 25))),
+])
+def test_each_recipe_configs_schedule_is_the_authors_epoch_by_epoch(config, authors):
+    """train_linear_start.m runs train.m twice, the second time from config.init_lrate (0.005) again; train.m halves
+    the rate at the start of each of its epochs ep (1-based) with mod(ep, lrate_decay_step) == 0. The config's
+    LinearStartStepLR, its optimiser's rate, LinearStartSwitch and max_epochs give the same rate at every epoch,
+    and the softmax back at the second phase's first."""
+    from pathlib import Path
+
+    import yaml
+
+    folder = Path(__file__).resolve().parents[1] / "configs"
+    leaf = yaml.safe_load((folder / "memn2n" / config).read_text())
+    recipe = yaml.safe_load((folder / "recipes" / "memn2n.yaml").read_text())["model"]["init_args"]
+    scheduler = recipe["scheduler"]["init_args"] | leaf["model"]["init_args"]["scheduler"]["init_args"]
+    (ls_epochs, ls_decay, ls_rate), (epochs, decay) = authors
+    expected = []
+    for phase_epochs, step, rate in ((ls_epochs, ls_decay, ls_rate), (epochs, decay, 0.005)):
+        for ep in range(1, phase_epochs + 1):
+            rate = rate * 0.5 if ep % step == 0 else rate
+            expected.append(rate)
+    assert leaf["trainer"]["max_epochs"] == len(expected)
+    (switch,) = [c for c in leaf["trainer"]["callbacks"] if c["class_path"].endswith("LinearStartSwitch")]
+    assert switch["init_args"]["epochs"] == ls_epochs
+    rates = _rates(len(expected), lr=recipe["optimizer"]["init_args"]["lr"], **scheduler)
+    assert rates == pytest.approx(expected, rel=1e-15)
