@@ -210,15 +210,21 @@ def plot_error_vs_length(
     rows: list[dict],
     train_range: tuple[int, int] | None = None,
     title: str = "",
+    train_repeats: tuple[int, int] | None = None,
 ) -> Path:
     """Bits per sequence and bit errors per sequence versus task length, training range shaded.
+
+    Rows of fixed repeat counts (``memnet evaluate --repeats``, a ``repeats`` in each) are drawn as a line
+    per repeat count; rows of one length and several repeat counts as one line versus the repeats, the
+    training repeats (``train_repeats``) shaded.
 
     Args:
         path: where to save the PNG (folders are created).
         rows: one dict per length with ``length``, ``bits_per_seq``, ``bit_errors_per_seq``
-            (and optionally ``optimal_bits_per_seq``, drawn dashed), as ``memnet evaluate`` writes.
+            (and optionally ``optimal_bits_per_seq``, drawn dashed, and ``repeats``), as ``memnet evaluate`` writes.
         train_range: (shortest, longest) training length, shaded; None for no shading.
         title: figure title.
+        train_repeats: (fewest, most) training repeats, shaded where the repeats are the x axis.
 
     Returns:
         The path written.
@@ -227,18 +233,28 @@ def plot_error_vs_length(
         raise ValueError("rows must hold at least one length to plot, got none")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = sorted(rows, key=lambda row: row["length"])
-    lengths = [row["length"] for row in rows]
+    x_key, shaded = "length", train_range
+    if any("repeats" in row for row in rows) and len({row["length"] for row in rows}) == 1:
+        x_key, shaded = "repeats", train_repeats  # one length at several repeat counts: versus the repeats
+    line_key = "repeats" if x_key == "length" and any("repeats" in row for row in rows) else None
+    rows = sorted(rows, key=lambda row: row[x_key])
+    lines: dict[Any, list[dict]] = {}
+    for row in rows:
+        lines.setdefault(row.get(line_key) if line_key else None, []).append(row)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), squeeze=False)
     for ax, key, label in ((axes[0, 0], "bits_per_seq", "bits per sequence"),
                            (axes[0, 1], "bit_errors_per_seq", "bit errors per sequence")):
-        if train_range is not None:
-            ax.axvspan(train_range[0] - 0.5, train_range[1] + 0.5, color="tab:green", alpha=0.15,
-                       label=f"training lengths {train_range[0]}–{train_range[1]}")
-        ax.plot(lengths, [row[key] for row in rows], "o-", label="model")
+        if shaded is not None:
+            ax.axvspan(shaded[0] - 0.5, shaded[1] + 0.5, color="tab:green", alpha=0.15,
+                       label=f"training {'lengths' if x_key == 'length' else 'repeats'} {shaded[0]}–{shaded[1]}")
+        for count, members in sorted(lines.items(), key=lambda item: item[0] or 0):
+            name = ("model" if x_key == "length" else f"model, length {rows[0]['length']}") if count is None \
+                else f"{count} repeats"
+            ax.plot([row[x_key] for row in members], [row[key] for row in members], "o-", label=name)
         if key == "bits_per_seq" and all("optimal_bits_per_seq" in row for row in rows):
-            ax.plot(lengths, [row["optimal_bits_per_seq"] for row in rows], "k--", label="Bayes-optimal")
-        ax.set(xlabel="length", ylabel=label)
+            ax.plot([row[x_key] for row in rows], [row["optimal_bits_per_seq"] for row in rows], "k--",
+                    label="Bayes-optimal")
+        ax.set(xlabel=x_key, ylabel=label)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

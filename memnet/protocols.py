@@ -88,6 +88,7 @@ class LengthRow(TypedDict, total=False):
     """One length of ``memnet evaluate``: the scores of ``sequences`` fresh sequences."""
 
     length: int  # the task length
+    repeats: int  # every sequence's repeat count (memnet evaluate --repeats only; else drawn and absent)
     slots: int | None  # memory slots N the model ran with (None: no external memory)
     bits_per_seq: float  # mean bits per sequence (metrics.bits_per_sequence)
     bit_errors_per_seq: float  # mean wrong bits per sequence (metrics.bit_errors_per_sequence)
@@ -112,6 +113,8 @@ class EvaluationResult(TypedDict):
     wall_s: float
     figures: dict[str, str | None]
     lengths: list[LengthRow]
+    repeats: NotRequired[list[int]]  # --repeats, where given: each length's rows are at these repeat counts
+    train_repeats: NotRequired[list[int]]  # [min_repeats, max_repeats] of training (with --repeats only)
 
 
 REQUIRED_ROW_KEYS = ("length", "bits_per_seq", "bit_errors_per_seq", "sequences")

@@ -517,3 +517,138 @@ def test_a_conditional_model_runs_free_where_scored_in_the_evaluation():
         float(metrics.bits_per_sequence(free, batch["targets"], batch["mask"]).mean()), rel=1e-6)
     assert row["free_bits_per_seq"] != pytest.approx(
         float(metrics.bits_per_sequence(fed_guesses, batch["targets"], batch["mask"]).mean()), rel=1e-3)
+
+
+REPEAT_TASK = {"class_path": "tasks.algorithmic.RepeatCopyTask",
+               "init_args": {"width": 3, "min_length": 1, "max_length": 3, "min_repeats": 1, "max_repeats": 5}}
+
+
+@pytest.fixture(scope="module")
+def trained_repeat(tmp_path_factory):
+    """A folder with a 2-step NTM repeat-copy run (lengths 1–3, repeats 1–5: the count is (r − 3) / √2)."""
+    folder = tmp_path_factory.mktemp("evaluate_repeats")
+    (folder / "tiny.yaml").write_text(tiny_run(trainer={"default_root_dir": "run"},
+                                               data={"task": REPEAT_TASK, "val_lengths": [3]}))
+    run_in(folder, "fit", "--config", "tiny.yaml")
+    return folder
+
+
+def test_repeats_gives_every_sequence_of_a_row_exactly_that_count(trained_repeat, monkeypatch, capsys):
+    # the NTM paper's second direction of generalisation (§4.2, Fig. 9): more repeats than trained; the count was
+    # drawn per sequence over the training counts at every length, with no way to ask for 12 of a 1–5 model
+    import memnet.cli.evaluate as evaluation
+    from memnet.protocols import read_evaluation
+
+    scored = []
+    drawn = evaluation.sequence_batches
+
+    def recorded(task, generator, length, num_sequences, batch_size):
+        for batch in drawn(task, generator, length, num_sequences, batch_size):
+            scored.append(batch)
+            yield batch
+
+    monkeypatch.setattr(evaluation, "sequence_batches", recorded)
+    evaluate(trained_repeat, "--ckpt_path", "latest", "--lengths", "2", "4", "--repeats", "3", "12",
+             "--num_sequences", "3", "--batch_size", "2", "--out", "repeats")
+    printed = capsys.readouterr().out
+    assert "| length | repeats | slots | bits per sequence |" in printed
+    pairs = [(2, 3), (2, 12), (4, 3), (4, 12)]
+    assert len(scored) == 2 * len(pairs)  # 2 + 1 sequences a row
+    width = 3
+    for (length, repeats), batches in zip(pairs, zip(scored[::2], scored[1::2], strict=True), strict=True):
+        batch = join_batches(list(batches))
+        inputs, targets, mask = batch["inputs"], batch["targets"], batch["mask"]
+        assert inputs.shape[:2] == (3, length + 2 + length * repeats), (length, repeats)
+        # the count channel on the delimiter's step, normalised over the TRAINED counts 1–5, beyond them too
+        assert torch.allclose(inputs[:, length, width + 1], torch.full((3,), (repeats - 3) / 2**0.5)), (length, repeats)
+        assert torch.equal(inputs[:, length, width], torch.ones(3))
+        bits = inputs[:, :length, :width]
+        start = length + 1
+        assert torch.equal(targets[:, start:start + length * repeats, :width], bits.repeat(1, repeats, 1))
+        assert torch.equal(targets[:, start + length * repeats, :width], torch.zeros(3, width))
+        end = torch.zeros(3, inputs.shape[1])
+        end[:, start + length * repeats] = 1
+        assert torch.equal(targets[..., width], end)  # the end marker after exactly R copies
+        assert torch.equal(mask[:, :start], torch.zeros(3, start)) and torch.equal(mask[:, start:], torch.ones(
+            3, length * repeats + 1))  # all L·R + 1 steps scored
+    # the same sequences at every count of a length
+    assert torch.equal(scored[0]["inputs"][:, :2, :width], scored[2]["inputs"][:, :2, :width])
+
+    results = read_evaluation(trained_repeat / "repeats" / "results.json")
+    assert [(row["length"], row["repeats"]) for row in results["lengths"]] == pairs
+    assert results["repeats"] == [3, 12] and results["train_repeats"] == [1, 5] and results["train_range"] == [1, 3]
+    assert [row["slots"] for row in results["lengths"]] == [7, 7, 10, 10]  # by length alone: ⌈7 · 4 / 3⌉
+    assert all(row["sequences"] == 3 for row in results["lengths"])
+    with open(trained_repeat / "repeats" / "table.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(int(r["length"]), int(r["repeats"])) for r in rows] == pairs
+    assert list(rows[0])[:3] == ["length", "repeats", "slots"]
+
+
+def test_without_repeats_nothing_about_them_is_written(trained_repeat, capsys):
+    evaluate(trained_repeat, "--ckpt_path", "latest", "--lengths", "2", "--num_sequences", "2", "--out", "drawn")
+    assert "| length | slots | bits per sequence |" in capsys.readouterr().out
+    results = json.loads((trained_repeat / "drawn" / "results.json").read_text())
+    assert "repeats" not in results and "train_repeats" not in results and "repeats" not in results["lengths"][0]
+    assert (trained_repeat / "drawn" / "table.csv").read_text().startswith("length,slots,")
+
+
+def test_an_earlier_row_of_another_repeat_count_is_said_before_the_run(trained_repeat, capsys):
+    args = ("--ckpt_path", "latest", "--lengths", "2", "--num_sequences", "1", "--out", "counts")
+    evaluate(trained_repeat, *args, "--repeats", "3", "12")
+    capsys.readouterr()
+    evaluate(trained_repeat, *args, "--repeats", "3")
+    assert "results.json holds length(s) 2 (12 repeats), which this evaluation replaces" in capsys.readouterr().err
+    evaluate(trained_repeat, *args)
+    assert "results.json holds length(s) 2 (3 repeats), which" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("repeats, message", [
+    (["0"], "--repeats must be positive integers (repeat counts ≥ 1), got [0]"),
+    (["3", "-2"], "--repeats must be positive integers (repeat counts ≥ 1), got [-2]"),
+    (["3", "3"], "--repeats names count(s) 3 more than once"),
+])
+def test_repeat_counts_below_one_or_named_twice_are_refused(trained_repeat, capsys, repeats, message):
+    with pytest.raises(SystemExit):
+        evaluate(trained_repeat, "--ckpt_path", "latest", "--lengths", "2", "--repeats", *repeats, "--out", "bad")
+    assert message in capsys.readouterr().err
+    assert not (trained_repeat / "bad").exists()
+
+
+def test_repeats_for_a_task_without_a_repeat_count_is_refused(trained, capsys):
+    with pytest.raises(SystemExit):
+        evaluate(trained, "--ckpt_path", "latest", "--lengths", "2", "--repeats", "3", "12", "--out", "norepeats")
+    err = capsys.readouterr().err
+    assert "memnet evaluate: --repeats 3 12: CopyTask has no repeat count" in err and "drop --repeats" in err
+    assert not (trained / "norepeats").exists()
+
+
+def test_the_error_plot_draws_a_line_per_repeat_count_or_the_repeats_of_one_length(tmp_path, monkeypatch):
+    from memnet import plots
+
+    drawn = {}
+    monkeypatch.setattr(plots, "save_figure_atomic", lambda fig, path, **_: drawn.update(fig=fig))
+    row = {"bits_per_seq": 1.0, "bit_errors_per_seq": 0.5, "sequences": 2, "exact_pct": 0.0}
+    grid = [{"length": n, "repeats": r, **row} for n in (2, 4) for r in (3, 12)]
+    plots.plot_error_vs_length(tmp_path / "grid.png", rows=grid, train_range=(1, 3), train_repeats=(1, 5))
+    ax = drawn["fig"].axes[0]
+    assert [line.get_label() for line in ax.lines] == ["3 repeats", "12 repeats"]
+    assert [list(line.get_xdata()) for line in ax.lines] == [[2, 4], [2, 4]] and ax.get_xlabel() == "length"
+    one_length = [{"length": 10, "repeats": r, **row} for r in (20, 5, 10)]
+    plots.plot_error_vs_length(tmp_path / "one.png", rows=one_length, train_range=(1, 3), train_repeats=(1, 5))
+    ax = drawn["fig"].axes[0]
+    assert [list(line.get_xdata()) for line in ax.lines] == [[5, 10, 20]] and ax.get_xlabel() == "repeats"
+    assert "training repeats 1–5" in [patch.get_label() for patch in ax.patches]
+
+
+def test_the_suite_does_not_read_rows_of_fixed_repeats_as_one_score_a_length(tmp_path):
+    from types import SimpleNamespace
+
+    from memnet.cli.suite.evaluators import EvaluationUnavailable, _algorithmic_collect
+
+    (tmp_path / "evaluation").mkdir()
+    row = {"bits_per_seq": 1.0, "bit_errors_per_seq": 0.5, "sequences": 2}
+    results = {"lengths": [{"length": 2, "repeats": r, **row} for r in (3, 12)], "train_range": [1, 3]}
+    (tmp_path / "evaluation" / "results.json").write_text(json.dumps(results))
+    with pytest.raises(EvaluationUnavailable, match="fixed repeat counts"):
+        _algorithmic_collect(SimpleNamespace(folder=tmp_path), {})

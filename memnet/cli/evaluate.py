@@ -1,7 +1,7 @@
 """``memnet evaluate``: length generalisation of a trained checkpoint.
 
     memnet evaluate --ckpt_path PATH|latest [--config CFG ...] --lengths 20 40 80 120
-                    [--memory_size N] [--num_sequences 256] [--batch_size 64] [--seed 0]
+                    [--repeats 10 20] [--memory_size N] [--num_sequences 256] [--batch_size 64] [--seed 0]
                     [--out DIR] [--device cpu|cuda] [--wandb]
 
 The checkpoint's network and task are rebuilt (``memnet.cli.rebuild``) from the
@@ -10,6 +10,15 @@ run's ``config.yaml`` (the folder above the checkpoint's ``checkpoints/``; or th
 ``num_sequences`` fresh sequences (seeded by ``--seed`` and the length, drawn in blocks of
 ``memnet.protocols.DRAW_BLOCK``, so the same whatever ``--batch_size``) are scored in sub-batches of
 ``batch_size``, so memory stays bounded however long they are.
+
+Repeats: for a task with a repeat count (repeat copy), ``--repeats R [R ...]`` scores every
+(length, repeats) pair of ``--lengths`` × ``--repeats``, each sequence of a row with exactly R
+repeats (the task's ``with_repeats``), the count normalised over the TRAINED range of repeats (the
+config's ``min_repeats``–``max_repeats``: 20 repeats reads 5.048 for a model trained on 1–10), and the
+same sequences at every R of a length (the seed is the length's). The rows, tables and
+``results.json`` gain a ``repeats`` column (and ``results.json`` the list ``repeats`` and the training
+range ``train_repeats``); without ``--repeats`` the count is drawn per sequence over the training
+counts and nothing about repeats is written. The memory is sized by length alone, as without it.
 
 Memory: a network with a ``memory_size`` (NTM, DNC) runs at each length with the
 ratio of slots to needed slots it was trained with (see :func:`slots_for`: a
@@ -22,11 +31,12 @@ is announced with a warning and reports progress after every sub-batch.
 
 Writes to ``--out`` (default ``<run>/evaluation``):
 
-    table.md, table.csv    length, slots, bits per sequence, bit errors per sequence,
+    table.md, table.csv    length[, repeats], slots, bits per sequence, bit errors per sequence,
                            sequences, exact (% of sequences with no wrong bit)
                            [, optimal bits per sequence, for dynamic n-grams]
     results.json           the same rows under "lengths", with the checkpoint, config and training range
-    error_vs_length.png    bits and bit errors per sequence versus length, training range shaded
+    error_vs_length.png    bits and bit errors per sequence versus length, training range shaded (with
+                           --repeats a line per repeat count; at one length, versus the repeats)
     memory_access_lenL.png the NTM figure for one example at the first length (memory models only;
                            a DNC adds memory_access_lenL_dnc.png, its usage and links)
 
@@ -85,6 +95,7 @@ EvaluationError = RebuildError  # a request `memnet evaluate` cannot honour (bad
 
 HEADERS = {
     "length": "length",
+    "repeats": "repeats",
     "slots": "slots",
     "bits_per_seq": "bits per sequence",
     "bit_errors_per_seq": "bit errors per sequence",
@@ -104,6 +115,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", action="append", default=None,
                         help="config file(s) to build the model and task (default: the run's config.yaml)")
     parser.add_argument("--lengths", type=int, nargs="+", required=True, help="task lengths to evaluate")
+    parser.add_argument("--repeats", type=int, nargs="+", default=None,
+                        help="repeat counts to evaluate at every length, for a task with one (repeat copy); "
+                             "default: drawn per sequence over the training counts")
     parser.add_argument("--memory_size", type=int, default=None,
                         help="fix the memory slots N at every length (default: the trained ratio of slots to length)")
     parser.add_argument("--num_sequences", type=int, default=256, help="sequences per length (default: %(default)s)")
@@ -128,6 +142,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     repeated = sorted({n for n in args.lengths if args.lengths.count(n) > 1})
     if repeated:  # evaluated twice, and two rows of one length in the tables
         parser.error(f"--lengths names length(s) {', '.join(map(str, repeated))} more than once")
+    if args.repeats is not None:
+        bad = [r for r in args.repeats if r < 1]
+        if bad:
+            parser.error(f"--repeats must be positive integers (repeat counts ≥ 1), got {bad}")
+        repeated = sorted({r for r in args.repeats if args.repeats.count(r) > 1})
+        if repeated:
+            parser.error(f"--repeats names count(s) {', '.join(map(str, repeated))} more than once")
     if args.device is not None:  # refused before the slow rebuild, not as torch's traceback after it
         try:
             device = torch.device(args.device)
@@ -211,13 +232,18 @@ def cost_warning(task: Any, length: int, slots: int | None, batch_size: int, num
 
 def evaluate_length(
     model: Any, task: Any, length: int, *, slots: int | None, num_sequences: int, batch_size: int,
-    seed: int, device: torch.device, progress: bool = False,
+    seed: int, device: torch.device, progress: bool = False, repeats: int | None = None,
 ) -> tuple[LengthRow, dict]:
     """Score ``num_sequences`` fresh sequences at ``length`` in sub-batches; returns the row and the first batch.
 
+    With ``repeats`` (a task with a repeat count: ``task.with_repeats``), every sequence has exactly that many
+    repeats and the row says so; the sequences' bits are those of ``length`` at any ``repeats``.
     With ``progress``, a line per sub-batch (sequences done, seconds) goes to stderr.
     """
     started = time.time()
+    where = f"length {length}" if repeats is None else f"length {length}, {repeats} repeats"
+    if repeats is not None:
+        task = task.with_repeats(repeats)
     generator = torch.Generator().manual_seed(seed * 1_000_003 + length)
     totals = {"bits": 0.0, "errors": 0.0, "exact": 0.0, "optimal": 0.0, "nonfinite": 0}
     has_optimal = False
@@ -254,10 +280,11 @@ def evaluate_length(
             totals["optimal"] += float(batch["optimal_bits"].sum())
         done += n
         if progress:
-            print(f"length {length}, N={slots}: {done}/{num_sequences} sequences ({time.time() - started:.0f} s)",
+            print(f"{where}, N={slots}: {done}/{num_sequences} sequences ({time.time() - started:.0f} s)",
                   file=sys.stderr, flush=True)
     row: LengthRow = {
         "length": length,
+        **({} if repeats is None else {"repeats": repeats}),  # with --repeats only: else the row is as it was
         "slots": slots,
         "bits_per_seq": totals["bits"] / done,
         "bit_errors_per_seq": totals["errors"] / done,
@@ -285,6 +312,8 @@ def _cells(rows: list[LengthRow], columns: list[str]) -> list[list[str]]:
 
 def _columns(rows: list[dict]) -> list[str]:
     columns = list(COLUMNS)
+    if any("repeats" in row for row in rows):
+        columns.insert(columns.index("length") + 1, "repeats")
     if any("optimal_bits_per_seq" in row for row in rows):
         columns.append("optimal_bits_per_seq")
     if any("free_bits_per_seq" in row for row in rows):
@@ -325,6 +354,11 @@ def run(args: argparse.Namespace) -> dict:
             "--data.init_args.test_lengths '[5, 10, 20]' (test/len_L/sequence_accuracy)"
         )
     task = task.for_evaluation()  # undo training-only shortcuts (repeat copy's repeats_per_batch)
+    if args.repeats is not None and not hasattr(task, "with_repeats"):
+        raise EvaluationError(
+            f"--repeats {' '.join(map(str, args.repeats))}: {type(task).__name__} has no repeat count "
+            "(only repeat copy's sequences have one, tasks.algorithmic.RepeatCopyTask); drop --repeats"
+        )
     for length in args.lengths:
         try:
             task.check_length(length, "--lengths")
@@ -344,35 +378,38 @@ def run(args: argparse.Namespace) -> dict:
             except ValueError as error:
                 raise EvaluationError(f"--memory_size {size}: {error}") from None
 
-    lost = _lengths_lost(out / EVALUATION_FILE, args.lengths)
+    pairs = [(length, repeats) for length in args.lengths for repeats in (args.repeats or [None])]
+    lost = _rows_lost(out / EVALUATION_FILE, pairs)
     if lost:  # said before the run, so that it can still be stopped: an evaluation of long lengths costs hours
-        print(f"memnet evaluate: warning: {out / EVALUATION_FILE} holds length(s) {', '.join(map(str, lost))}, "
+        print(f"memnet evaluate: warning: {out / EVALUATION_FILE} holds length(s) {', '.join(lost)}, "
               "which this evaluation replaces without measuring; give --out another folder to keep them",
               file=sys.stderr, flush=True)
     out.mkdir(parents=True, exist_ok=True)
     rows, first = [], None
     word_size = getattr(net, "word_size", None)
-    for length in args.lengths:
-        warning = cost_warning(task, length, slots[length], min(args.batch_size, args.num_sequences),
-                               args.num_sequences, word_size)
+    for length, repeats in pairs:
+        named = f"length {length}" + ("" if repeats is None else f", {repeats} repeats")
+        warning = cost_warning(task if repeats is None else task.with_repeats(repeats), length, slots[length],
+                               min(args.batch_size, args.num_sequences), args.num_sequences, word_size)
         if warning:
             print(f"memnet evaluate: {warning}", file=sys.stderr, flush=True)
         row, batch = evaluate_length(model, task, length, slots=slots[length], num_sequences=args.num_sequences,
                                      batch_size=args.batch_size, seed=args.seed, device=device,
-                                     progress=warning is not None)
+                                     progress=warning is not None, repeats=repeats)
         rows.append(row)
-        first = first or (length, batch)
-        print(f"length {length:>4}: {row['bits_per_seq']:.3f} bits, {row['bit_errors_per_seq']:.3f} bit errors "
+        first = first or (length, repeats, batch)
+        print(f"length {length:>4}" + ("" if repeats is None else f", {repeats:>3} repeats")
+              + f": {row['bits_per_seq']:.3f} bits, {row['bit_errors_per_seq']:.3f} bit errors "
               f"per sequence ({row['sequences']} sequences, N={slots[length]})", file=sys.stderr)
         if row.get("nonfinite_sequences"):
-            print(f"memnet evaluate: warning: length {length}: the network's outputs were NaN or infinite on scored "
+            print(f"memnet evaluate: warning: {named}: the network's outputs were NaN or infinite on scored "
                   f"steps of {row['nonfinite_sequences']} of {row['sequences']} sequences; their cost, and so the "
                   "mean bits per sequence, is not finite", file=sys.stderr, flush=True)
 
     train_range = (getattr(task, "min_length", None), getattr(task, "max_length", None))
     table = markdown_table(rows)
     title = f"{type(net).__name__} on {type(task).__name__}"
-    length, batch = first
+    length, repeats, batch = first
     drawn: dict[str, Path | None] = {}
 
     def write_set(staging: Path) -> None:
@@ -383,9 +420,11 @@ def run(args: argparse.Namespace) -> dict:
         (staging / "table.csv").write_text(tables.csv_table(_columns(rows), [[row.get(c) for c in _columns(rows)]
                                                                             for row in rows]))
         plot = plot_error_vs_length(staging / "error_vs_length.png", rows=rows,
-                                    train_range=None if None in train_range else train_range, title=title)
+                                    train_range=None if None in train_range else train_range, title=title,
+                                    train_repeats=results.get("train_repeats"))
         figure = draw_memory_access(model, batch, staging / f"memory_access_len{length}.png",
-                                    title=f"{title}, length {length}", **({} if slots[length] is None
+                                    title=f"{title}, length {length}"
+                                          + ("" if repeats is None else f", {repeats} repeats"), **({} if slots[length] is None
                                                                            else {"memory_size": slots[length]}))
         drawn.update(plot=out / plot.name, figure=None if figure is None else out / figure.name)
         results["figures"] = {"error_vs_length": str(drawn["plot"]),
@@ -405,6 +444,9 @@ def run(args: argparse.Namespace) -> dict:
         "figures": {},
         "lengths": rows,
     }
+    if args.repeats is not None:  # only then: an evaluation without --repeats writes what it always did
+        results["repeats"] = list(args.repeats)
+        results["train_repeats"] = [task.min_repeats, task.max_repeats]
     replace_file_set(out, write_set, belongs=is_evaluation_file, last=EVALUATION_FILE)
     plot, figure = drawn["plot"], drawn["figure"]
     print(table)
@@ -421,13 +463,16 @@ def is_evaluation_file(name: str) -> bool:
     return name in EVALUATION_FILES or re.fullmatch(r"memory_access_len\d+(_dnc)?\.png", name) is not None
 
 
-def _lengths_lost(path: Path, lengths: list[int]) -> list[int]:
-    """The lengths of an earlier ``results.json`` at ``path`` that an evaluation at ``lengths`` would drop."""
+def _rows_lost(path: Path, pairs: list[tuple[int, int | None]]) -> list[str]:
+    """The rows of an earlier ``results.json`` at ``path`` that an evaluation of the (length, repeats) ``pairs``
+    (repeats None: drawn) would drop, named '2' or, for a row of fixed repeats, '2 (12 repeats)'."""
     try:
         rows = read_evaluation(path)["lengths"]
     except (OSError, ValueError, ResultSchemaError):  # none there, or unreadable: nothing a reader could lose
         return []
-    return sorted({row["length"] for row in rows} - set(lengths))
+    lost = sorted({(row["length"], row.get("repeats")) for row in rows} - set(pairs),
+                  key=lambda pair: (pair[0], pair[1] or 0))
+    return [str(length) if repeats is None else f"{length} ({repeats} repeats)" for length, repeats in lost]
 
 
 def _log_wandb(results: dict, rows: list[dict], out: Path) -> None:

@@ -111,6 +111,8 @@ class RepeatCopyTask(AlgorithmicTask):
     ``repeats_per_batch=True`` one ``r`` is drawn for each training batch instead,
     so no step is padding (cheaper training; the same task); validation, test and
     ``memnet evaluate`` still draw ``r`` per sequence (``for_evaluation``).
+    ``with_repeats(r)`` is the task with every sequence at exactly ``r`` repeats, inside the
+    training range or beyond it (``memnet evaluate --repeats``), its count normalised as in training.
 
     Worked example (width 2, length 2, 2 repeats; training repeats 1–3, so the
     count is (2 − 2) / √(2/3) = 0)::
@@ -180,6 +182,7 @@ class RepeatCopyTask(AlgorithmicTask):
         self.min_repeats = min_repeats
         self.max_repeats = max_repeats
         self.repeats_per_batch = repeats_per_batch
+        self.fixed_repeats: int | None = None  # every sequence's count (``with_repeats``); None: drawn
         # repeats drawn in training; ``memnet.curriculum.RepeatCurriculum`` narrows the top of it,
         # while the count channel stays normalised over the whole [min_repeats, max_repeats]
         self._repeats_range = (min_repeats, max_repeats)
@@ -196,13 +199,18 @@ class RepeatCopyTask(AlgorithmicTask):
     def output_size(self) -> int:
         return self.width + 1
 
+    @property
+    def most_repeats(self) -> int:
+        """The most repeats a sequence drawn has: ``fixed_repeats`` where set, else ``max_repeats``."""
+        return self.max_repeats if self.fixed_repeats is None else self.fixed_repeats
+
     def output_length(self, length: int) -> int:
-        """Scored steps at the most repeats: L·max_repeats vectors and the end marker."""
-        return length * self.max_repeats + 1
+        """Scored steps at the most repeats: L·most_repeats vectors and the end marker."""
+        return length * self.most_repeats + 1
 
     def sequence_length(self, length: int) -> int:
-        """T at the most repeats: L inputs, the count step, L·max_repeats outputs, the end marker."""
-        return length + 2 + length * self.max_repeats
+        """T at the most repeats: L inputs, the count step, L·most_repeats outputs, the end marker."""
+        return length + 2 + length * self.most_repeats
 
     def memory_needed(self, length: int) -> int:
         """One slot per vector of the sequence (the repeats are re-read, not re-stored)."""
@@ -227,6 +235,25 @@ class RepeatCopyTask(AlgorithmicTask):
             return self
         return RepeatCopyTask(width=self.width, min_length=self.min_length, max_length=self.max_length,
                               min_repeats=self.min_repeats, max_repeats=self.max_repeats)
+
+    def with_repeats(self, repeats: int) -> RepeatCopyTask:
+        """This task as ``memnet evaluate --repeats`` scores it: every sequence has exactly ``repeats`` repeats.
+
+        ``repeats`` may lie beyond the training range; the count channel keeps the training
+        normalisation over [min_repeats, max_repeats] (a model trained on 1–10 reads 20 repeats as
+        (20 − 5.5) / 2.872 = 5.048), and each sequence is T = L + 2 + L·repeats steps, the last
+        L·repeats + 1 scored.
+
+            >>> task = RepeatCopyTask(width=2, max_length=10, max_repeats=10).with_repeats(20)
+            >>> batch = task.sample_batch(torch.Generator().manual_seed(0), 3, 1)
+            >>> batch["inputs"][:, 1, -1], batch["mask"].sum(1), task.sequence_length(1)
+            (tensor([5.0483, 5.0483, 5.0483]), tensor([21., 21., 21.]), 23)
+        """
+        _check_int("repeats", repeats, 1)
+        task = RepeatCopyTask(width=self.width, min_length=self.min_length, max_length=self.max_length,
+                              min_repeats=self.min_repeats, max_repeats=self.max_repeats)
+        task.fixed_repeats = int(repeats)
+        return task
 
     def normalise_repeats(self, repeats: torch.Tensor) -> torch.Tensor:
         """The count channel's value: (r − mean) / std over the training repeats."""
@@ -264,9 +291,11 @@ class RepeatCopyTask(AlgorithmicTask):
         return {"inputs": inputs, "targets": targets, "mask": mask, "length": length}
 
     def sample_batch(self, generator, batch_size, length, repeats: int | None = None):
-        """A batch at ``length``; repeats drawn from the training range unless ``repeats`` is given."""
+        """A batch at ``length``; repeats drawn from the training range unless ``repeats`` (or the task's
+        ``fixed_repeats``) is given."""
         self.check_length(length)
         bits = torch.randint(0, 2, (batch_size, length, self.width), generator=generator).float()
+        repeats = self.fixed_repeats if repeats is None else repeats
         if repeats is not None:
             _check_int("repeats", repeats, 1)
             counts = torch.full((batch_size,), repeats)

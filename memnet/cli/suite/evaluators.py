@@ -115,6 +115,9 @@ def _algorithmic_collect(run: Run, spec: dict) -> dict:
         result = read_evaluation(path)
     except ResultSchemaError as error:
         raise EvaluationUnavailable(f"`memnet evaluate` results unreadable: {error}") from None
+    if any("repeats" in row for row in result["lengths"]):  # several rows a length: not one score per length
+        raise EvaluationUnavailable(f"{path} holds rows of fixed repeat counts (memnet evaluate --repeats), not "
+                                    "one bits-per-sequence score per length; evaluate the run again without --repeats")
     by_length = {str(int(row["length"])): float(row["bits_per_seq"]) for row in result["lengths"]}
     if not by_length:
         raise EvaluationUnavailable(f"`memnet evaluate` wrote no bits-per-sequence results in {path}")
