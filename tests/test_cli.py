@@ -201,11 +201,81 @@ def test_print_config_shows_linked_sizes_free_config(capsys):
     assert "memnet.models.ntm.NTM" in out and "memory_size: 32" in out
 
 
-def test_unknown_key_fails_naming_it(capsys):
+NET = "model.init_args.net.init_args"
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ([f"--{NET}.memroy_size=3"],
+     f"memnet: --{NET}.memroy_size: memnet.models.ntm.NTM takes no option 'memroy_size'; did you mean memory_size?"),
+    (["--model.net.memroy_size", "3"],  # jsonargparse's short form, named as typed
+     "memnet: --model.net.memroy_size: memnet.models.ntm.NTM takes no option 'memroy_size'; did you mean memory_size?"),
+    (["--data.init_args.batch_sise=3"],
+     ("memnet: --data.init_args.batch_sise: tasks.algorithmic.AlgorithmicDataModule takes no option 'batch_sise'; "
+      "did you mean batch_size?")),
+    ([f"--{NET}.controller.init_args.hiden_size=3"],  # a class behind a Callable type
+     (f"memnet: --{NET}.controller.init_args.hiden_size: memnet.controllers.LSTMController takes no option "
+      "'hiden_size'; did you mean hidden_size?")),
+    (["--model.init_args.zzz=3"],
+     ("memnet: --model.init_args.zzz: memnet.lightning.SequenceModule takes no option 'zzz' (it takes net, "
+      "optimizer, scheduler, scheduler_interval, eval_memory_size, nonfinite_grads)")),
+])
+def test_a_mistyped_key_is_one_line_naming_it_its_class_and_the_close_names(capsys, given, expected):
+    """jsonargparse printed ~77 lines of usage, then the key inside a Union error ('Option 'memroy_size' is not
+    accepted'), naming neither the option as typed nor a name that is accepted."""
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", SMALL, "--model.init_args.net.init_args.memroy_size=3"])
-    assert exit_info.value.code != 0
-    assert "memroy_size" in capsys.readouterr().err
+        main(["fit", "--config", SMALL, *given])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == expected + "\n"
+
+
+@pytest.mark.parametrize(("yaml_text", "expected"), [
+    ("model: {init_args: {net: {init_args: {memroy_size: 3}}}}",
+     f"{NET}.memroy_size: memnet.models.ntm.NTM takes no option 'memroy_size'; did you mean memory_size?"),
+    ("extends: [ntm/copy_small]\nmodel: {init_args: {net: {init_args: {memroy_size: 3}}}}",  # given as text, resolved
+     f"{NET}.memroy_size: memnet.models.ntm.NTM takes no option 'memroy_size'; did you mean memory_size?"),
+    ("trainer: {callbacks: [{class_path: pytorch_lightning.callbacks.EarlyStopping, init_args: {monitr: x}}]}",
+     "trainer.callbacks: pytorch_lightning.callbacks.EarlyStopping takes no option 'monitr'; did you mean monitor?"),
+])
+def test_a_mistyped_key_in_a_config_file_names_the_file(tmp_path, capsys, yaml_text, expected):
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(yaml_text + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMALL, "--config", str(typo)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"memnet: --config {typo}: {expected}\n"
+
+
+def test_a_mistyped_key_gets_the_parsers_whole_report_on_request(capsys, monkeypatch):
+    monkeypatch.setenv("MEMNET_TRACEBACK", "1")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMALL, f"--{NET}.memroy_size=3"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: ") and "Option 'memroy_size' is not accepted" in err
+
+
+def test_a_mistyped_trainer_option_is_still_lightnings_own_message(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMALL, "--trainer.max_stpes", "5"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "error: unrecognized arguments: --trainer.max_stpes 5"
+
+
+def test_an_option_two_classes_of_a_union_refuse_is_left_to_the_parser():
+    """Which class was meant is not known: no guess at the names it takes."""
+    from memnet.cli.typos import unknown_option
+
+    text = """Parser key "net":
+  Does not validate against any of the Union subtypes
+  Errors:
+    - Problem with given class_path 'memnet.models.ntm.NTM':
+        Option 'memroy_size' is not accepted
+    - Problem with given class_path 'memnet.models.dnc.DNC':
+        Option 'memroy_size' is not accepted
+  Given value type: <class 'dict'>"""
+    assert unknown_option(text) is None
+    assert unknown_option(text.split("    - Problem with given class_path 'memnet.models.dnc")[0]).class_path == (
+        "memnet.models.ntm.NTM")
 
 
 def test_wrong_type_fails_naming_the_field(tmp_path, capsys):

@@ -340,7 +340,11 @@ def test_a_config_that_no_longer_parses_is_named(trained, capsys):
     stale.write_text(TINY.replace("memory_size: 7", "memory_size: 7\n        no_such_option: 1"))
     with pytest.raises(SystemExit):
         evaluate(trained, "--ckpt_path", "latest", "--config", str(stale), "--lengths", "2", "--out", "stale")
-    assert f"--config: {stale} does not parse with the current code" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"--config: {stale} does not parse with the current code" in err
+    # in one line that names the key (the parser printed its whole usage above, the key at the bottom of it)
+    assert len(err.splitlines()) == 1 and "model.init_args.net.init_args.no_such_option: memnet.models.ntm.NTM " \
+        "takes no option 'no_such_option' (it takes input_size, " in err, err
 
 
 def test_a_config_that_is_not_there_is_named_once(trained, capsys):

@@ -1389,7 +1389,9 @@ def test_a_resumed_run_continues_the_wandb_run_it_logged_to(tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("key, value, expected", [
-    ("model.init_args.net.init_args.memroy_size", 7, "Option 'memroy_size' is not accepted"),
+    ("model.init_args.net.init_args.memroy_size", 7,
+     ("--model.init_args.net.init_args.memroy_size: memnet.models.ntm.NTM takes no option 'memroy_size'; did you mean "
+      "memory_size?")),
     ("model.init_args.net.init_args.memory_size", "lots", "lots"),
 ])
 def test_dry_run_catches_a_bad_override_before_anything_runs(tmp_path, monkeypatch, capsys, key, value, expected):

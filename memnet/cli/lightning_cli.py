@@ -13,7 +13,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytorch_lightning as pl
 import torch
@@ -26,7 +26,15 @@ from pytorch_lightning.plugins.io import CheckpointIO, TorchCheckpointIO
 
 from memnet.callbacks import METRICS_KEY, LastAndBestCheckpoint, OfflineFirstWandbLogger
 from memnet.checkpoint import check_finite_state, unreadable_checkpoint
-from memnet.cli.configs import ConfigError, resolve_config_args
+from memnet.cli.configs import (
+    ConfigError,
+    find_config,
+    is_inline_config,
+    load_config,
+    resolve_config_args,
+)
+from memnet.cli.errors import TRACEBACK_ENV, chain
+from memnet.cli.typos import UnknownOptionError, all_keys, given_where, unknown_option
 from memnet.models.core import compile_seconds
 from memnet.training import check_learning_rates, check_scheduler_settings
 from memnet.utils import (
@@ -142,10 +150,33 @@ class RunConfigSaver(SaveConfigCallback):
         self.already_saved = True
 
 
+class MemnetArgumentParser(LightningArgumentParser):
+    """Lightning's parser; a key that the class it was given to does not take is an ``UnknownOptionError``.
+
+    jsonargparse printed the whole usage (~77 lines for ``memnet fit``), then the key at the bottom
+    of a Union error; the ``memnet`` command says it in one line instead (``memnet.cli.typos``).
+    Every other error, and every error under ``MEMNET_TRACEBACK=1``, is jsonargparse's as before.
+    """
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        # only a parser that would exit: jsonargparse's inner parsers (exit_on_error=False) raise to the one above,
+        # whose message holds the whole path from the top key down
+        if self.exit_on_error and not os.environ.get(TRACEBACK_ENV):
+            # one found already, in a --config given as text, which jsonargparse wrapped: 'Parser key "config": ...'
+            found = next((item for item in chain(ex) if isinstance(item, UnknownOptionError)), None)
+            if found is not None:
+                raise found
+            unknown = unknown_option(message)
+            if unknown is not None:
+                raise UnknownOptionError(unknown)
+        super().error(message, ex)
+
+
 class MemnetCLI(LightningCLI):
     """LightningCLI with memnet's defaults: W&B offline, checkpoints of last and best, seeding."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("parser_class", MemnetArgumentParser)
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("seed_everything_default", 0)
@@ -168,12 +199,17 @@ class MemnetCLI(LightningCLI):
         memnet's commands hand over what they parsed from ``sys.argv``; Lightning would warn
         on every ``memnet fit ...`` that ``args`` and ``sys.argv`` were both given.
         """
+        given = args
         if isinstance(args, list):
             try:
                 args = resolve_config_args(args)
             except ConfigError as error:
                 raise MemnetError(str(error)) from None  # one line from main, exit 2
-        self.config = parser.parse_object(args) if isinstance(args, dict) else parser.parse_args(args)
+        try:
+            self.config = parser.parse_object(args) if isinstance(args, dict) else parser.parse_args(args)
+        except UnknownOptionError as error:  # named as the user gave it: the option typed, or the --config file
+            where = given_where(error.unknown, given, _config_keys) if isinstance(given, list) else None
+            raise UnknownOptionError(error.unknown, where) from None
         if isinstance(args, list):
             self._keep_ckpt_path(args)
 
@@ -440,6 +476,16 @@ def check_decode_lengths(model: Any, datamodule: Any, subcommand: str) -> None:
                     f"{where}: length {length} gives targets of {steps} tokens (EOS included), more than the decoder's "
                     f"max_decode_length {limit}; raise model.init_args.net.init_args.max_decode_length to ≥ {steps} "
                     f"or drop length {length}")
+
+
+def _config_keys(value: str) -> set[str] | None:
+    """Every key in the ``--config`` file ``value`` names, its fragments stacked; None for inline text."""
+    if is_inline_config(value) or "://" in value:
+        return None
+    try:
+        return all_keys(load_config(find_config(value)))
+    except (ConfigError, OSError, yaml.YAMLError):
+        return None
 
 
 def _offline_unless_opted_in(logger: Any) -> None:

@@ -27,6 +27,7 @@ import yaml
 from memnet.checkpoint import read_checkpoint
 from memnet.cli.configs import ConfigError, find_config, load_config
 from memnet.cli.lightning_cli import LATEST_RUN_FILE, MemnetCLI
+from memnet.cli.typos import UnknownOptionError
 from memnet.models.pretrained import match_dtype
 from memnet.utils import MemnetError, run_config_candidates
 
@@ -119,6 +120,11 @@ def instantiate(configs: Sequence[str | Path], overrides: Sequence[str] = ()) ->
     args = [arg for config in configs for arg in ("--config", config_text(config))]
     try:
         return MemnetCLI(args=[*args, *QUIET, *overrides], run=False)
+    except UnknownOptionError as error:  # a key the current code's class no longer takes (renamed, removed)
+        raise RebuildError(
+            f"--config: {', '.join(map(str, configs))} does not parse with the current code: {error}; a run saved by "
+            "an older version needs --config with a current config"
+        ) from None
     except SystemExit:  # the parser printed what it refused; say which file and what to do
         raise RebuildError(
             f"--config: {', '.join(map(str, configs))} does not parse with the current code (see the "

@@ -480,6 +480,7 @@ def check_fit_arguments(runs: list[Run], base: Path) -> None:
     import io
 
     from memnet.cli.lightning_cli import MemnetCLI
+    from memnet.cli.typos import UnknownOptionError
 
     checked: set[str] = set()
     for run in runs:
@@ -494,6 +495,8 @@ def check_fit_arguments(runs: list[Run], base: Path) -> None:
                 code = 0
             except SystemExit as exit_info:
                 code = exit_info.code
+            except UnknownOptionError as error:  # a mistyped key, already one line naming it and the close names
+                code, errors = 1, io.StringIO(f"error: {error}")
             except Exception as error:  # noqa: BLE001 -- a config the CLI cannot even build
                 code, errors = 1, io.StringIO(f"error: {type(error).__name__}: {error}")
         if code not in (0, None):

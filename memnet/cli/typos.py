@@ -1,0 +1,179 @@
+"""A mistyped option name in one line: the key, the class it was given to, and the names it takes.
+
+jsonargparse reports an unknown key of a class given by ``class_path``
+(``--model.init_args.net.init_args.memroy_size 5``, or the same key in a ``--config`` file)
+after the whole usage text (some 77 lines for ``memnet fit``), at the bottom of a Union error::
+
+    error: Parser key "model":
+      Does not validate against any of the Union subtypes
+      Subtypes: [<class 'pytorch_lightning.core.module.LightningModule'>, <class 'NoneType'>]
+      Errors:
+        - Problem with given class_path 'memnet.lightning.SequenceModule':
+            Parser key "net":
+              Problem with given class_path 'memnet.models.ntm.NTM':
+                Option 'memroy_size' is not accepted
+        - Expected a <class 'NoneType'>
+      ...
+
+:func:`unknown_option` reads that nesting back (the keys and classes above the option) and
+:meth:`UnknownOption.describe` says it in one line, with the closest of the class's
+``__init__`` parameters::
+
+    --model.init_args.net.init_args.memroy_size: memnet.models.ntm.NTM takes no option 'memroy_size';
+    did you mean memory_size?
+
+Any other parser error (a value of the wrong type, an unknown Trainer option, which Lightning
+already names in one line) is left to jsonargparse as it was; ``MEMNET_TRACEBACK=1`` shows
+jsonargparse's whole report for a mistyped key too.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from memnet.utils import MemnetError
+
+_KEY = re.compile(r'^Parser key "([^"]+)":$')
+_CLASS = re.compile(r"^Problem with given class_path '([^']+)':$")
+_OPTION = re.compile(r"Option '([^']+)' is not accepted")
+_CLASS_IN_LINE = re.compile(r"class_path='([^']+)'")  # a class behind a Callable type names itself in its line
+_LIST = re.compile(r"^Subtypes: \[list\[")  # the key holds a list of classes (trainer.callbacks)
+CLOSE_AS_BEST = 0.05  # a second suggestion only as near as the first: memory_sise -> memory_size, not memory_init too
+
+
+@dataclass(frozen=True)
+class UnknownOption:
+    """An option a class given by ``class_path`` does not take.
+
+    Attributes:
+        key: where it was given, in the config's own spelling, ``model.init_args.net.init_args.memroy_size``;
+            for an entry of a list of classes, the list's key alone (``trainer.callbacks``).
+        class_path: the class, ``memnet.models.ntm.NTM``.
+        option: the name it does not take, ``memroy_size``.
+    """
+
+    key: str
+    class_path: str
+    option: str
+
+    def describe(self, where: str | None = None) -> str:
+        """One line: ``WHERE: CLASS takes no option 'NAME'; did you mean CLOSE?`` (``where`` defaults to the key)."""
+        names = parameter_names(self.class_path)
+        close = closest(self.option, names)
+        if close:
+            hint = f"; did you mean {' or '.join(close)}?"
+        elif names:
+            hint = f" (it takes {', '.join(names)})"
+        else:
+            hint = ""
+        return f"{where or self.key}: {self.class_path} takes no option {self.option!r}{hint}"
+
+
+class UnknownOptionError(MemnetError):
+    """The parser met an option that the class it was given to does not take (one line, exit 2)."""
+
+    def __init__(self, unknown: UnknownOption, where: str | None = None) -> None:
+        super().__init__(unknown.describe(where))
+        self.unknown = unknown
+
+
+def unknown_option(text: str) -> UnknownOption | None:
+    """The one unknown option of a class that jsonargparse's error ``text`` reports, or None.
+
+    None where the text reports something else, or several unknown options (a Union of classes
+    that each refuse the key: which one was meant is not known).
+    """
+    stack: list[tuple[int, str, str]] = []  # (indent, "key" | "list" | "class", name) of the lines above this one
+    found: set[UnknownOption] = set()
+    for line in text.splitlines():
+        body = line.strip()
+        indent = len(line) - len(line.lstrip())
+        if body.startswith("- "):  # an entry of "Errors:": its text starts two columns in
+            body, indent = body[2:], indent + 2
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        if match := _KEY.match(body):
+            stack.append((indent, "key", match.group(1)))
+        elif match := _CLASS.match(body):
+            stack.append((indent, "class", match.group(1)))
+        elif _LIST.match(body) and stack and stack[-1][1] == "key":
+            stack[-1] = (stack[-1][0], "list", stack[-1][2])
+        elif match := _OPTION.search(body):
+            inline = _CLASS_IN_LINE.search(body)
+            if inline:
+                class_path = inline.group(1)
+            else:  # the option's own class is the line just above it
+                class_path = stack[-1][2] if stack and stack[-1][1] == "class" else None
+            if class_path is not None and stack[0][1] in ("key", "list"):
+                found.add(UnknownOption(_key(stack, match.group(1)), class_path, match.group(1)))
+    return found.pop() if len(found) == 1 else None
+
+
+def _key(stack: list[tuple[int, str, str]], option: str) -> str:
+    """The dotted key of ``option`` under the keys and classes of ``stack``; a list's key where one holds it."""
+    parts: list[str] = []
+    for _, kind, name in stack:
+        if kind == "list":
+            return ".".join([*parts, name])
+        parts.append(name if kind == "key" else "init_args")
+    return ".".join([*parts, "init_args", option] if stack[-1][1] == "key" else [*parts, option])
+
+
+def closest(name: str, names: Sequence[str]) -> list[str]:
+    """The names nearest ``name`` (difflib's ratio at least 0.6), the nearest and any as near as it (within 0.05)."""
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    ratio = [difflib.SequenceMatcher(None, name, other).ratio() for other in close]
+    return [other for other, score in zip(close, ratio) if score >= ratio[0] - CLOSE_AS_BEST]
+
+
+def parameter_names(class_path: str) -> list[str]:
+    """The parameters of ``class_path``'s ``__init__`` (none where it cannot be imported or inspected)."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        target = getattr(importlib.import_module(module), name)
+        parameters = inspect.signature(target).parameters.values()
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return []
+    return [p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def given_where(unknown: UnknownOption, argv: Sequence[str], config_keys: Any = None) -> str | None:
+    """Where ``unknown`` was given, as the user wrote it: ``--model.net.memroy_size`` on the command line,
+    or ``--config FILE: model.init_args...`` for the first ``--config`` file whose content holds the key.
+
+    ``config_keys(value)`` gives the keys a ``--config`` value holds (a set), or None for an inline
+    config or one it cannot read. None where neither is found: the key alone is said.
+    """
+    root = unknown.key.split(".")[0]
+    for arg in argv:
+        name = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
+        if name.split(".")[0] == root and name.split(".")[-1] == unknown.option:
+            return f"--{name}"
+    if config_keys is None:
+        return None
+    for index, arg in enumerate(argv):
+        if arg in ("--config", "-c") and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif arg.startswith("--config="):
+            value = arg.removeprefix("--config=")
+        else:
+            continue
+        keys = config_keys(value)
+        if keys is not None and unknown.option in keys:
+            return f"--config {value}: {unknown.key}"
+    return None
+
+
+def all_keys(content: Any) -> set[str]:
+    """Every mapping key anywhere in a loaded YAML document."""
+    if isinstance(content, dict):
+        return {str(key) for key in content} | {key for value in content.values() for key in all_keys(value)}
+    if isinstance(content, list):
+        return {key for value in content for key in all_keys(value)}
+    return set()
