@@ -254,6 +254,40 @@ def test_a_mistyped_key_gets_the_parsers_whole_report_on_request(capsys, monkeyp
     assert err.startswith("usage: ") and "Option 'memroy_size' is not accepted" in err
 
 
+@pytest.mark.parametrize(("argv", "expected"), [
+    # argparse named a required option first: 'the following arguments are required: --ckpt_path, --lengths'
+    (["evaluate", "--lenghts", "20"], "memnet evaluate: unrecognized option --lenghts; did you mean --lengths?"),
+    # argparse took a beginning of an option for it, --length 20 as --lengths 20
+    (["evaluate", "--ckpt_path", "latest", "--length", "20"],
+     "memnet evaluate: unrecognized option --length; did you mean --lengths?"),
+    (["probe", "a.yaml", "--out", "a.png", "--train-step", "3"],
+     "memnet probe: unrecognized option --train-step; did you mean --train-steps?"),
+    (["export", "--ckpt_path=x", "--out=y", "--push_to_hub=a/b"],
+     "memnet export: unrecognized option --push_to_hub; did you mean --push-to-hub?"),
+    (["suite", "run", "suite.yaml", "--jbos", "2"], "memnet suite run: unrecognized option --jbos; did you mean --jobs?"),
+    (["data", "babi", "--arhive", "x.tar.gz"], "memnet data babi: unrecognized option --arhive; did you mean --archive?"),
+    (["configs", "--frag"], "memnet configs: unrecognized option --frag; did you mean --fragments?"),
+    (["figures", "--onyl", "memory"], "memnet figures: unrecognized option --onyl; did you mean --only?"),
+    (["babi-table", "--ckpt_path", "x", "--zzz"],
+     "memnet babi-table: unrecognized option --zzz (memnet babi-table --help lists its options)"),
+])
+def test_an_unknown_option_of_memnets_own_commands_is_named_first_with_the_close_ones(tmp_path, monkeypatch, capsys,
+                                                                                      argv, expected):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == expected + "\n"
+
+
+def test_a_negative_number_is_still_a_value_of_memnets_own_commands(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--ckpt_path", "latest", "--lengths", "20", "-5"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "memnet evaluate: error: --lengths must be positive integers, got [-5]"
+
+
 def test_a_mistyped_trainer_option_is_still_lightnings_own_message(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", SMALL, "--trainer.max_stpes", "5"])

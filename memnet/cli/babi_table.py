@@ -17,7 +17,6 @@ failed-task count (above 5%) are ``memnet.metrics``'s.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from itertools import zip_longest
@@ -36,6 +35,7 @@ from memnet.cli.rebuild import (
     resolve_checkpoint,
     run_stage,
 )
+from memnet.cli.typos import CommandParser
 from memnet.metrics import FAILED_TASK_ERROR, answer_errors, failed_tasks, mean_error, task_errors
 from memnet.utils import write_text_atomic
 from tasks.babi import ALL_TASKS, TASK_NAMES
@@ -209,7 +209,7 @@ def ensemble_task_errors(predictions: Sequence[dict[str, Any]],
 
 def table_main(argv: Sequence[str] | None = None) -> dict[str, dict[int, float]]:
     """``memnet babi-table``: evaluate checkpoints on the test set and print the bAbI table."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="memnet babi-table",
         description="Test error per bAbI task for each checkpoint, as a markdown and CSV table. "
                     "Checkpoints given the same --name (e.g. one per task) fill one column.",

@@ -35,7 +35,6 @@ the code runs from, else the copy packaged in the installed wheel (``memnet.conf
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import importlib.util
 import re
@@ -45,6 +44,8 @@ from typing import Any
 
 import yaml
 from jsonargparse import get_loader
+
+from memnet.cli.typos import CommandParser
 
 EXTENDS_KEY = "extends"
 APPENDED_LISTS: tuple[tuple[str, ...], ...] = (("trainer", "callbacks"),)
@@ -347,7 +348,7 @@ def main(argv: list[str] | None = None) -> int | None:
     Returns None when done, else the exit status: 2 for a name that is no file and no shipped config (or a config that does
     not stack), as every ``memnet`` command.
     """
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="memnet configs",
         description="The shipped configs, usable by name (memnet fit --config ntm/copy). "
         "With NAME: that config with its fragments stacked (extends resolved).",

@@ -32,10 +32,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"memnet data: {given}, one of {', '.join(DATASETS)} (e.g. `memnet data babi --help`)",
               file=sys.stderr)
         return 2
+    from memnet.cli.typos import CommandParser
     from tasks.babi.archive import UnsafeArchiveError, data_main
 
     try:
-        data_main(argv[1:])
+        data_main(argv[1:], parser_class=CommandParser)
     except (UnsafeArchiveError, ValueError, OSError) as error:
         print(f"memnet data {argv[0]}: {error}", file=sys.stderr)
         return 2

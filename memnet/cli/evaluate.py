@@ -74,6 +74,7 @@ from memnet.cli.rebuild import (  # noqa: F401  (re-exported for callers of memn
     load_checkpoint,
     resolve_checkpoint,
 )
+from memnet.cli.typos import CommandParser
 from memnet.models.core import ENGINES, MemoryModel
 from memnet.models.recurrent import LOOP_ENGINES
 from memnet.plots import plot_error_vs_length
@@ -108,7 +109,7 @@ HEADERS = {
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="memnet evaluate", description="Length generalisation of a trained checkpoint."
     )
     parser.add_argument("--ckpt_path", required=True, help="a checkpoint file, or 'latest' (runs/latest.json)")

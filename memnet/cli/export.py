@@ -28,11 +28,12 @@ import torch
 
 from memnet.cli.rebuild import RebuildError as EvaluationError
 from memnet.cli.rebuild import default_config, instantiate, load_checkpoint, resolve_checkpoint
+from memnet.cli.typos import CommandParser
 from memnet.models.pretrained import HUB_REPO_ID, PretrainedError, push_to_hub, save
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="memnet export", description="Write a checkpoint's network as safetensors weights plus its config."
     )
     parser.add_argument("--ckpt_path", required=True, help="a checkpoint file, or 'latest' (runs/latest.json)")

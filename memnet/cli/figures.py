@@ -20,7 +20,6 @@ Roles (the checkpoint names) and what they must hold:
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from memnet.cli.typos import CommandParser
 from memnet.controllers import ElmanRNN, GRUController, LSTMController
 from memnet.figures.access import draw_memory_access
 from memnet.figures.attention import memn2n_attention, plot_memn2n_attention
@@ -425,7 +425,7 @@ def draw(names: Sequence[str] | None = None, *, out: Path = DEFAULT_OUT, checkpo
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
     """``memnet figures [--only NAME ...] [--out DIR] [--checkpoints DIR] [--seed N] [--threads N]``."""
-    parser = argparse.ArgumentParser(prog="memnet figures",
+    parser = CommandParser(prog="memnet figures",
                                      description="Draw the chapter's pictures with memnet's own models.",
                                      epilog=f"figures: {', '.join(FIGURES)}")
     # extend: a second --only adds its names (the default, store, kept only the last --only's, the rest unsaid)

@@ -10,7 +10,6 @@ constant of 1e-6 scales it (``memnet.probe``), so such models compare from t = 1
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from memnet.cli.rebuild import instantiate
+from memnet.cli.typos import CommandParser
 from memnet.lightning import SequenceModule
 from memnet.metrics import sequence_metrics
 from memnet.probe import (
@@ -178,7 +178,7 @@ def _radius(net: nn.Module) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``memnet probe CONFIG... --out PNG``: one gradient-through-time line per config."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="memnet probe",
         description="Draw ‖∂L/∂h(t)‖ against t for the model of each config, on its first validation batch.",
     )

@@ -25,15 +25,22 @@ after the whole usage text (some 77 lines for ``memnet fit``), at the bottom of 
 Any other parser error (a value of the wrong type, an unknown Trainer option, which Lightning
 already names in one line) is left to jsonargparse as it was; ``MEMNET_TRACEBACK=1`` shows
 jsonargparse's whole report for a mistyped key too.
+
+memnet's own commands (evaluate, probe, figures, ...) parse with :class:`CommandParser`: an
+option none of their arguments takes is named first, in one line with the closest options
+(``memnet evaluate: unrecognized option --lenghts; did you mean --lengths?``), and an option is
+never taken for a longer one it begins (``--length 20`` is not ``--lengths 20``).
 """
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import importlib
 import inspect
 import re
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,3 +184,57 @@ def all_keys(content: Any) -> set[str]:
     if isinstance(content, list):
         return {key for value in content for key in all_keys(value)}
     return set()
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse for memnet's own commands: an unknown option refused first, in one line, with the closest names.
+
+    argparse reported a required option missing before an unknown one (``memnet evaluate --lenghts 20``:
+    "the following arguments are required: --lengths"), or "unrecognized arguments" after its usage,
+    and took any beginning of an option for it (``--length 20`` for ``--lengths 20``): here no
+    option is abbreviated (``allow_abbrev=False``), and an option this parser does not take stops it
+    before anything else, ``memnet evaluate: unrecognized option --lenghts; did you mean --lengths?``,
+    exit 2. A subcommand's parser (``add_subparsers``) is one too and checks its own options.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        args = list(sys.argv[1:] if args is None else args)
+        unknown = next(self._unknown_options(args), None)
+        if unknown is not None:
+            self.exit(2, f"{self.prog}: {unrecognized(unknown, self._option_string_actions, self.prog)}\n")
+        return super().parse_known_args(args, namespace)
+
+    def _unknown_options(self, args: Sequence[str]) -> Iterator[str]:
+        """The arguments argparse would read as an option of this parser that it does not have.
+
+        As argparse's ``_parse_optional`` tells an option from a value, abbreviations aside: a
+        negative number, a lone ``-`` or a string with a space is a value. After ``--`` or a
+        subcommand's name the rest is not this parser's.
+        """
+        subcommands = {name for action in self._actions if isinstance(action, argparse._SubParsersAction)
+                       for name in action.choices}
+        for arg in args:
+            if arg == "--" or arg in subcommands:
+                return
+            if len(arg) < 2 or arg[0] not in self.prefix_chars or " " in arg:
+                continue
+            if self._negative_number_matcher.match(arg) and not self._has_negative_number_optionals:
+                continue
+            name = arg.split("=", 1)[0]
+            if name in self._option_string_actions:
+                continue
+            if arg[1] not in self.prefix_chars and arg[:2] in self._option_string_actions:
+                continue  # a short option with its value attached, -j2
+            yield name
+
+
+def unrecognized(option: str, known: Iterable[str], prog: str) -> str:
+    """``unrecognized option --lenghts; did you mean --lengths?``, or ``(memnet evaluate --help lists its options)``."""
+    close = closest(option, [name for name in known if name.startswith("--")])
+    if close:
+        return f"unrecognized option {option}; did you mean {' or '.join(close)}?"
+    return f"unrecognized option {option} ({prog} --help lists its options)"

@@ -367,9 +367,14 @@ def _check_holds_babi(archive_path: Path, target: Path) -> None:
                          f"not the bAbI archive; nothing was extracted to {target}")
 
 
-def data_main(argv: Sequence[str] | None = None) -> Path:
-    """``memnet data babi``: fetch (or take a local copy of) the archive, verify it, extract it safely."""
-    parser = argparse.ArgumentParser(
+def data_main(argv: Sequence[str] | None = None,
+              parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> Path:
+    """``memnet data babi``: fetch (or take a local copy of) the archive, verify it, extract it safely.
+
+    ``parser_class`` parses ``argv``: the ``memnet`` command gives its own (memnet.cli.typos.CommandParser,
+    which names a mistyped option with the closest ones).
+    """
+    parser = parser_class(
         prog="memnet data babi",
         description="Fetch the bAbI v1.2 archive (or take a local file), check its sha256 and extract it safely.",
     )

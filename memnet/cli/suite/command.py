@@ -27,12 +27,13 @@ from memnet.cli.suite.runner import (
     with_overrides,
 )
 from memnet.cli.suite.spec import load_suite
+from memnet.cli.typos import CommandParser
 from memnet.metrics import task_errors
 from memnet.utils import wandb_mode, write_text_atomic
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="memnet suite", description="Run a suite of experiments and report it."
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -240,7 +241,7 @@ def evaluate_main(argv: list[str]) -> int:
     Runs ``memnet test`` (or ``validate``) on a checkpoint (``memnet.cli.rebuild.run_stage``)
     and writes its per-task errors as ``memnet babi-table --json`` does: ``{N: {task: error %}}``.
     """
-    parser = argparse.ArgumentParser(prog="memnet suite _evaluate")
+    parser = CommandParser(prog="memnet suite _evaluate")
     parser.add_argument("stage", choices=["test", "validate"])
     parser.add_argument("--config", required=True)
     parser.add_argument("--ckpt_path", required=True)
