@@ -288,11 +288,13 @@ def test_a_negative_number_is_still_a_value_of_memnets_own_commands(tmp_path, mo
     assert capsys.readouterr().err.splitlines()[-1] == "memnet evaluate: error: --lengths must be positive integers, got [-5]"
 
 
-def test_a_mistyped_trainer_option_is_still_lightnings_own_message(capsys):
+@pytest.mark.parametrize("option", ["--trainer.max_stpes", "--trainer.max_step"])
+def test_a_mistyped_trainer_option_is_still_lightnings_own_message(capsys, option):
+    """--trainer.max_step, the beginning of --trainer.max_steps, was taken for it without a word."""
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", SMALL, "--trainer.max_stpes", "5"])
+        main(["fit", "--config", SMALL, option, "5", "--print_config"])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1] == "error: unrecognized arguments: --trainer.max_stpes 5"
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: unrecognized arguments: {option} 5"
 
 
 def test_an_option_two_classes_of_a_union_refuse_is_left_to_the_parser():

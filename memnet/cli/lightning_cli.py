@@ -156,7 +156,12 @@ class MemnetArgumentParser(LightningArgumentParser):
     jsonargparse printed the whole usage (~77 lines for ``memnet fit``), then the key at the bottom
     of a Union error; the ``memnet`` command says it in one line instead (``memnet.cli.typos``).
     Every other error, and every error under ``MEMNET_TRACEBACK=1``, is jsonargparse's as before.
+    No option is abbreviated: argparse took ``--trainer.max_step 5`` for ``--trainer.max_steps 5``.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         # only a parser that would exit: jsonargparse's inner parsers (exit_on_error=False) raise to the one above,
