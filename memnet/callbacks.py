@@ -7,6 +7,7 @@ import copy
 import logging
 import math
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities import rank_zero_only
 
 from memnet.checkpoint import METRICS_KEY  # re-exported: memnet.callbacks.METRICS_KEY
 from memnet.plots import first_sequence_steps, plot_dnc_memory, plot_memory_access
@@ -256,10 +258,65 @@ class OfflineFirstWandbLogger(WandbLogger):
     shell it was first run from: ``WANDB_MODE=online memnet fit --config <run>/config.yaml`` syncs, and
     the same config without it stays offline. ``true`` or ``false`` is kept as given. Other arguments
     are ``WandbLogger``'s.
+
+    Tracking never stops the training: an error of W&B while logging (``log_metrics``, ``log_hyperparams``, images,
+    tables, checkpoints as artifacts; a full disk under the offline folder, W&B's service gone, an internal error)
+    stopped the run where it was, a multi-hour training lost since its last checkpoint. It is warned once, naming
+    the error, and the logger logs nothing more to W&B in this run (``stopped`` holds why); the run's own files
+    (checkpoints, ``config.yaml``, ``summary.json``, the pictures) are written as before. Starting the W&B run
+    (``wandb.init``: an argument it refuses, online mode without a key) is not caught: that is the user's to fix.
     """
 
     def __init__(self, *, offline: bool | None = None, **kwargs: Any) -> None:
         super().__init__(offline=wandb_offline() if offline is None else offline, **kwargs)
+        self.stopped: str | None = None  # why W&B logging stopped in this run ("OSError: ... at step 12"), or None
+
+    def _track(self, call: Callable[[], Any], step: int | None = None) -> None:
+        """Run ``call`` (a call into W&B) unless tracking has stopped; an error there stops it, with one warning."""
+        if self.stopped is not None:
+            return
+        self.experiment  # noqa: B018 -- starts the W&B run if not yet started: its errors are the user's to see
+        try:
+            call()
+        except Exception as error:  # noqa: BLE001 -- any failure of W&B's; the training goes on without it
+            self.stopped = f"{type(error).__name__}: {error}" + (f" at step {step}" if step is not None else "")
+            log.warning("W&B logging failed (%s); the training goes on without W&B tracking for the rest of this run "
+                        "(checkpoints, config.yaml and summary.json are still written to the run's folder)",
+                        self.stopped)
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any) -> None:
+        self._track(lambda: super(OfflineFirstWandbLogger, self).log_hyperparams(params))
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        self._track(lambda: super(OfflineFirstWandbLogger, self).log_metrics(metrics, step), step)
+
+    @rank_zero_only
+    def log_table(self, *args: Any, step: int | None = None, **kwargs: Any) -> None:
+        self._track(lambda: super(OfflineFirstWandbLogger, self).log_table(*args, step=step, **kwargs), step)
+
+    @rank_zero_only
+    def log_image(self, key: str, images: list[Any], step: int | None = None, **kwargs: Any) -> None:
+        self._track(lambda: super(OfflineFirstWandbLogger, self).log_image(key, images, step, **kwargs), step)
+
+    @rank_zero_only
+    def log_audio(self, key: str, audios: list[Any], step: int | None = None, **kwargs: Any) -> None:
+        self._track(lambda: super(OfflineFirstWandbLogger, self).log_audio(key, audios, step, **kwargs), step)
+
+    @rank_zero_only
+    def log_video(self, key: str, videos: list[Any], step: int | None = None, **kwargs: Any) -> None:
+        self._track(lambda: super(OfflineFirstWandbLogger, self).log_video(key, videos, step, **kwargs), step)
+
+    def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:
+        # with log_model, the checkpoints are logged as artifacts (W&B calls); without it nothing is called
+        if self._log_model:
+            self._track(lambda: super(OfflineFirstWandbLogger, self).after_save_checkpoint(checkpoint_callback))
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        if self._experiment is not None:  # the artifacts of log_model=True, at a successful end
+            self._track(lambda: super(OfflineFirstWandbLogger, self).finalize(status))
 
 
 class LastAndBestCheckpoint(ModelCheckpoint):

@@ -415,8 +415,9 @@ class GradientProbe(KeyedStateCallback):
                     title="‖∂L/∂h(t)‖", xname="time step",
                 )
                 # on Lightning's step axis, as WandbLogger logs: an explicit W&B step behind W&B's own counter
-                # (which every logged row advances) is dropped with a warning
-                logger.experiment.log({"gradient_probe/curve": chart, "trainer/global_step": logged_step(trainer)})
+                # (which every logged row advances) is dropped with a warning; through the logger, whose W&B
+                # errors (memnet's OfflineFirstWandbLogger) stop the tracking, not the training
+                logger.log_metrics({"gradient_probe/curve": chart}, step=logged_step(trainer))
 
     def state_dict(self) -> dict:
         return {"curves": {k: v.tolist() for k, v in self.curves.items()}}

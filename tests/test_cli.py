@@ -565,3 +565,47 @@ def test_lightnings_own_wandb_logger_in_a_config_logs_offline_unless_opted_in(tm
     monkeypatch.delenv("WANDB_MODE")
     _offline_unless_opted_in([plain, ours])
     assert plain._offline and not ours._offline
+
+
+def test_a_wandb_error_during_training_stops_the_tracking_not_the_training(tmp_path, monkeypatch, caplog, capsys):
+    """wandb's ``run.log`` raising (a full disk under the offline folder, its service gone) stopped the fit where it
+    was, at its first validation here, before any checkpoint. It is warned once, nothing more goes to W&B, and the
+    run trains to its end with its checkpoints and summary."""
+    import logging
+
+    from wandb.sdk.wandb_run import Run
+
+    calls = []
+    logged = Run.log
+
+    def log(self, data, *args, **kwargs):
+        calls.append(sorted(data))
+        if len(calls) > 2:
+            raise OSError(28, "No space left on device")
+        return logged(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(Run, "log", log)
+    caplog.set_level(logging.WARNING)
+    main(["fit", "--config", SMALL, *TINY, "--trainer.log_every_n_steps=1"])
+    latest = json.loads((tmp_path / "runs" / "latest.json").read_text())
+    assert torch.load(latest["last_checkpoint"], weights_only=False)["global_step"] == 4
+    assert Path(latest["best_checkpoint"]).is_file() and (Path(latest["run_dir"]) / "config.yaml").is_file()
+    assert len(calls) == 3, f"W&B was called again after it failed: {calls}"
+    warned = [r.getMessage() for r in caplog.records if "W&B logging failed" in r.getMessage()]
+    assert len(warned) == 1 and "OSError: [Errno 28] No space left on device at step" in warned[0], warned
+    assert "without W&B tracking for the rest of this run" in warned[0]
+    assert "W&B logging stopped during training (OSError" in capsys.readouterr().out
+
+
+def test_an_error_starting_the_wandb_run_still_stops_the_fit(monkeypatch):
+    """Only W&B's calls while training are caught: wandb.init refusing its arguments (or online mode without a
+    key) is the user's to see, before any training."""
+    import wandb
+
+    def init(*args, **kwargs):
+        raise wandb.errors.UsageError("api_key not configured (no-tty)")
+
+    monkeypatch.setattr(wandb, "init", init)
+    monkeypatch.setattr(wandb, "run", None)  # an earlier test's run, which Lightning's logger would take up
+    with pytest.raises(wandb.errors.UsageError, match="api_key not configured"):
+        main(["fit", "--config", SMALL, *TINY])

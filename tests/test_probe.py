@@ -558,3 +558,33 @@ def test_the_command_names_what_its_loop_does_not_apply(tmp_path, capsys):
         compare([one_cycle], train_steps=[0, 4], max_sequences=2)
     compare([one_cycle], train_steps=[3], max_sequences=2)  # the whole schedule: no error
     assert "memnet probe: warning" not in capsys.readouterr().err
+
+
+def test_a_wandb_error_leaves_the_probe_and_the_training_going(tmp_path):
+    """The probe logged its chart straight to the W&B run: after W&B failed (and memnet's logger stopped tracking),
+    its chart raised again and stopped the fit. It goes through the logger now, which logs nothing more."""
+    from memnet.callbacks import OfflineFirstWandbLogger
+
+    class Run:  # stands in for a wandb run whose every log fails (a full disk, its service gone)
+        def __init__(self):
+            self.calls = 0
+            self.config = type("Config", (), {"update": lambda *args, **kwargs: None})()
+
+        def log(self, data, step=None, **kwargs):
+            self.calls += 1
+            raise OSError(28, "No space left on device")
+
+    logger = OfflineFirstWandbLogger(save_dir=str(tmp_path))
+    logger._experiment = Run()
+    torch.manual_seed(5)
+    net = RecurrentModel(D, K, controller=partial(ElmanRNN, hidden_size=H))
+    inputs, targets = _data(5, torch.float32)
+    loader = torch.utils.data.DataLoader([{"inputs": inputs, "targets": targets, "mask": torch.ones(B, T), "length": T}],
+                                         batch_size=None)
+    probe = GradientProbe(max_sequences=2)
+    trainer = pl.Trainer(max_epochs=2, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path, callbacks=[probe],
+                         log_every_n_steps=1)
+    trainer.fit(SequenceModule(net), train_dataloaders=loader, val_dataloaders=loader)
+    assert trainer.global_step == 2 and probe.last_path is not None and probe.last_path.is_file()
+    assert logger._experiment.calls == 1 and logger.stopped.startswith("OSError: [Errno 28] No space left on device")

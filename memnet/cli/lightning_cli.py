@@ -447,6 +447,9 @@ class MemnetCLI(LightningCLI):
                   "backward graphs)")
         if summary["wandb_dir"]:
             print("W&B run:          ", summary["wandb_dir"], "(offline)" if wandb_offline() else "")
+        for logger in trainer.loggers:  # said again at the end: the warning is far up a long run's output
+            if getattr(logger, "stopped", None) and isinstance(logger, OfflineFirstWandbLogger):
+                print(f"W&B logging stopped during training ({logger.stopped}); the run's folder has it all")
 
 
 # the data module's options that give the lengths each command draws its targets at: fit trains at the task's range,
