@@ -1388,6 +1388,26 @@ def test_a_resumed_run_continues_the_wandb_run_it_logged_to(tmp_path, monkeypatc
     assert "--trainer.logger.init_args.id=" not in " ".join(run.fit_argv(base=ROOT))  # a new training: W&B's own id
 
 
+def test_a_suite_with_logger_true_logs_to_w_and_b_in_the_run_folder(tmp_path, monkeypatch):
+    """``trainer.logger: true`` is memnet's default W&B logger; the suite named none of its fields there (the parser
+    takes none after ``true``), so W&B's files went to the working folder's runs/wandb/, the run ungrouped and
+    unnamed, and a resumed training could not find the W&B run to continue."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # offline: memnet's default
+    defaults = {**TINY_DEFAULTS, "seeds": [0], "overrides": {**TINY_DEFAULTS["overrides"], "trainer.logger": True}}
+    experiment = {**LSTM, "configs": [str(ROOT / "configs" / "lstm" / "copy.yaml")], "budget": {"max_steps": 2}}
+    path = write_suite(tmp_path / "t.yaml", [experiment], name="t", defaults=defaults)
+    results = tmp_path / "results"
+    assert S.main(["run", str(path), "--results", str(results), "--no-report"]) == 0
+    folder = results / "lstm-copy" / "seed_0"
+    assert len(_wandb_ids(folder)) == 1 and not (tmp_path / "runs" / "wandb").exists()
+    logger = yaml.safe_load((folder / "config.yaml").read_text())["trainer"]["logger"]
+    assert logger["class_path"] == "memnet.callbacks.OfflineFirstWandbLogger"
+    assert {key: logger["init_args"][key] for key in ("project", "group", "name", "job_type")} == {
+        "project": "memnet", "group": "t", "name": "lstm-copy-seed0", "job_type": "train"}
+    assert Path(json.loads((folder / "summary.json").read_text())["wandb_dir"]).parent == (folder / "wandb").resolve()
+
+
 @pytest.mark.parametrize("key, value, expected", [
     ("model.init_args.net.init_args.memroy_size", 7,
      ("--model.init_args.net.init_args.memroy_size: memnet.models.ntm.NTM takes no option 'memroy_size'; did you mean "

@@ -49,6 +49,7 @@ from memnet.utils import (
 )
 
 RUNS_DIR = "runs"
+WANDB_PROJECT = "memnet"  # the default logger's W&B project
 LATEST_RUN_FILE = Path(RUNS_DIR) / "latest.json"
 LIGHTNING_CKPT_WORDS = ("last", "best", "hpc", "registry")  # --ckpt_path values Lightning resolves itself
 # validate / test / predict --ckpt_path untrained: the config's freshly initialised weights, asked for by name
@@ -191,7 +192,7 @@ class MemnetCLI(LightningCLI):
         kwargs.setdefault(
             "trainer_defaults",
             {
-                "logger": lazy_instance(OfflineFirstWandbLogger, save_dir=RUNS_DIR, project="memnet"),
+                "logger": lazy_instance(OfflineFirstWandbLogger, save_dir=RUNS_DIR, project=WANDB_PROJECT),
                 "enable_progress_bar": True,
             },
         )
@@ -256,7 +257,7 @@ class MemnetCLI(LightningCLI):
         if config.get("logger") is True:
             # Lightning's "the default logger" is memnet's (offline-first W&B in runs/); Lightning's own would
             # put the run in ./lightning_logs/version_N/ instead of runs/memnet/<id>/
-            config["logger"] = OfflineFirstWandbLogger(save_dir=RUNS_DIR, project="memnet")
+            config["logger"] = OfflineFirstWandbLogger(save_dir=RUNS_DIR, project=WANDB_PROJECT)
         _offline_unless_opted_in(config.get("logger"))
         self._place_run(config, callbacks)
         return super()._instantiate_trainer(config, callbacks)

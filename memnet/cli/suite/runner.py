@@ -190,8 +190,18 @@ class Run:
         argv.append(f"--checkpoint.dirpath={(self.folder / 'checkpoints').resolve()}")
         if "trainer.enable_progress_bar" not in experiment.overrides:
             argv.append("--trainer.enable_progress_bar=false")
-        if _uses_wandb_logger(experiment, base):
+        stacked = _stacked_logger(experiment, base)
+        if _is_wandb_logger(stacked):
             logger = "--trainer.logger.init_args."
+            if stacked is True:
+                # Lightning's "the default logger", memnet's W&B logger (MemnetCLI), named as its class: after
+                # `logger: true` the parser takes none of its fields, and without them W&B's files went to the
+                # working folder's runs/wandb/, ungrouped, and a resumed training started another W&B run
+                from memnet.callbacks import OfflineFirstWandbLogger
+                from memnet.cli.lightning_cli import WANDB_PROJECT
+
+                default = f"{OfflineFirstWandbLogger.__module__}.{OfflineFirstWandbLogger.__name__}"
+                argv += [f"--trainer.logger={default}", f"{logger}project={WANDB_PROJECT}"]
             argv += [
                 f"{logger}save_dir={self.folder.resolve()}",
                 f"{logger}group={self.suite}",
@@ -256,8 +266,9 @@ def _cli_value(value: Any) -> str:
     return json.dumps(value)
 
 
-def _uses_wandb_logger(experiment: Experiment, base: Path) -> bool:
-    """Whether the stacked configs leave the default W&B logger (or name WandbLogger) in place."""
+def _stacked_logger(experiment: Experiment, base: Path) -> Any:
+    """The ``trainer.logger`` the stacked configs and overrides give: ``"default"`` where none sets it, None where
+    an override sets one of its fields (``trainer.logger.init_args.*``: the suite's own would clash with them)."""
     logger: Any = "default"
     for config in experiment.configs:
         from memnet.cli.configs import load_config
@@ -270,8 +281,13 @@ def _uses_wandb_logger(experiment: Experiment, base: Path) -> bool:
         if key == "trainer.logger":
             logger = value
         elif key.startswith("trainer.logger."):
-            return False  # the suite's own logger fields would clash with the user's
-    if logger == "default":
+            return None  # the suite's own logger fields would clash with the user's
+    return logger
+
+
+def _is_wandb_logger(logger: Any) -> bool:
+    """Whether a stacked ``trainer.logger`` is W&B's: memnet's default (unset, or ``true``) or a WandbLogger."""
+    if logger == "default" or logger is True:
         return True
     return isinstance(logger, dict) and str(logger.get("class_path", "")).endswith("WandbLogger")
 
