@@ -763,6 +763,33 @@ def test_summary_run_logs_wandb_tables_offline(tmp_path, monkeypatch):
     assert any(name.startswith("babi") for name in tables)
 
 
+def test_a_results_folder_reported_twice_logs_one_wandb_summary_run(tmp_path, monkeypatch):
+    """Each report started a new W&B run (a random id): two summary runs of one suite after two reports. The id is
+    the results folder's, so a re-report updates the run (online: resumed; offline: its folders share the id, and
+    ``wandb sync`` of the later one replaces the earlier one's); another results folder has its own."""
+    import shutil
+
+    from memnet.cli.suite.report import summary_run_id
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    results = fake_babi_results(tmp_path / "results")
+    other = tmp_path / "other"
+    shutil.copytree(results, other)  # the same suite, reported in another folder
+    report = S.write_report(results)
+    first = Path(S.log_to_wandb(report, results, results / "report"))
+    second = Path(S.log_to_wandb(S.write_report(results), results, results / "report"))
+    assert first != second and first.parent == second.parent == results / "wandb"
+    ids = sorted(p.stem.removeprefix("run-") for p in (results / "wandb").glob("offline-run-*/run-*.wandb"))
+    suite = report["suite"]
+    assert len(ids) == 2 and ids[0] == ids[1] and ids[0].startswith(f"{suite}-summary-"), ids
+    elsewhere = Path(S.log_to_wandb(S.write_report(other), other, other / "report"))
+    assert elsewhere.name.split("-")[-1] != ids[0].split("-")[-1] and elsewhere.name.endswith(summary_run_id(suite, other))
+    assert summary_run_id(suite, results) == ids[0]  # read back from the folder, and derived alike without it
+    shutil.rmtree(results / "wandb")
+    assert summary_run_id(suite, results) == ids[0]
+    assert len(summary_run_id("s" * 80, results)) == 64
+
+
 def test_suite_report_with_wandb_disabled_names_no_summary_run_folder(tmp_path, monkeypatch, capsys):
     """WANDB_MODE=disabled: W&B hands out a stand-in run whose folder is never written; the report says it logged none."""
     monkeypatch.setenv("WANDB_MODE", "disabled")

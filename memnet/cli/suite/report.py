@@ -6,6 +6,7 @@ Scores come from ``memnet.metrics`` (mean error, failed tasks); tables are writt
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -28,7 +29,7 @@ from memnet.metrics import failed_tasks
 from memnet.metrics import mean_error as mean_task_error
 from memnet.plots import plot_suite_report
 from memnet.selection import mean_std, metric_key, summarize
-from memnet.utils import is_integer, is_number, replace_file_set, wandb_mode
+from memnet.utils import is_integer, is_number, logged_wandb_id, replace_file_set, wandb_mode
 
 # what `memnet suite report` writes into its folder, replaced as one set (a figure with nothing to draw is not written)
 REPORT_FILES = ("leaderboard.md", "leaderboard.csv", "lengths.png", "babi.png", "leaderboard.json")
@@ -772,10 +773,32 @@ def write_report(results: str | Path, out: str | Path | None = None) -> dict[str
     return report
 
 
+WANDB_ID_CHARS = 64  # the longest summary run id made here
+
+
+def summary_run_id(suite: str, results: Path) -> str:
+    """The W&B id of the results folder's summary run: the one logged there before (``RESULTS/wandb``), else
+    ``<suite>-summary-<digest>``, the digest of the suite's name and the folder's resolved path.
+
+    Each ``memnet suite report`` started a new W&B run (a random id), so a results folder reported twice had
+    two summary runs of one suite. Given the same id with ``resume="allow"``, an online report logs on to the
+    run (its tables at a new step, the newest in the run's summary); offline, W&B cannot look the run up, and
+    each report writes its own ``offline-run-<time>-<id>`` folder of that id: ``wandb sync`` of a later one
+    replaces what an earlier one uploaded, the same run either way.
+    """
+    logged = logged_wandb_id(results)
+    if logged is not None:  # a report before this one, here (an older memnet's random id, or a folder moved)
+        return logged
+    digest = hashlib.sha256(f"{suite}\0{results.resolve()}".encode()).hexdigest()[:12]
+    stem = f"-summary-{digest}"
+    return suite[:WANDB_ID_CHARS - len(stem)] + stem
+
+
 def log_to_wandb(report: dict[str, Any], results: Path, out: Path) -> str | None:
     """Log the tables (``wandb.Table``) and plots in one summary run, grouped by the suite's name.
 
-    Offline unless ``WANDB_MODE=online``; returns the run's folder.
+    Offline unless ``WANDB_MODE=online``; returns the run's folder. The run is the results folder's own
+    (:func:`summary_run_id`): reported again, the same W&B run is updated, not a second one made.
     """
     import wandb
 
@@ -787,6 +810,8 @@ def log_to_wandb(report: dict[str, Any], results: Path, out: Path) -> str | None
         dir=str(results),  # W&B writes RESULTS/wandb (spec.WANDB_DIR, a reserved experiment name)
         mode=wandb_mode(),
         config={"suite": report["suite"]},
+        id=summary_run_id(report["suite"], results),
+        resume="allow",
     )
     try:
         payload: dict[str, Any] = {}
