@@ -541,8 +541,33 @@ def test_data_command_offline_extracts_the_verified_archive_already_in_dest(tmp_
     assert "extracting it (no download)" in capsys.readouterr().out
     # a copy that does not verify is not used: the download is tried, and its failure named
     (tmp_path / "d" / babi.ARCHIVE_NAME).write_bytes(b"not an archive")
-    with pytest.raises(SystemExit, match="could not download"):
+    with pytest.raises(babi.DownloadError, match="could not download"):
         babi.data_main(["--dest", str(tmp_path / "d"), "--sha256", digest])
+    assert (tmp_path / "d" / babi.ARCHIVE_NAME).is_file()  # a folder the user had is left as it was
+
+
+def test_a_failed_download_is_one_line_naming_the_url_the_error_and_the_way_offline(tmp_path, capsys, monkeypatch):
+    """Without the network `memnet data babi` exited 1 (a SystemExit of its own) with '<urlopen error [Errno -2]
+    ...>' and 'pass --archive', and left the empty --dest folder it made; it is exit 2, as every refusal of memnet's,
+    the error as the socket gave it, the two ways to the data without the network, and no folder."""
+    import urllib.error
+
+    from memnet.cli import main
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError(OSError(-2, "Name or service not known"))
+
+    monkeypatch.setattr(babi_archive.urllib.request, "urlopen", offline)
+    monkeypatch.delenv(babi.DATA_DIR_ENV, raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "babi", "--dest", str(tmp_path / "d")])
+    err = capsys.readouterr().err.splitlines()
+    assert exit_info.value.code == 2 and err[0] == f"downloading {babi.OFFICIAL_URL}" and len(err) == 2, err
+    assert err[1] == (
+        f"memnet data babi: could not download {babi.OFFICIAL_URL} ([Errno -2] Name or service not known); without "
+        "the network, fetch tasks_1-20_v1-2.tar.gz where there is one and give it with --archive FILE (it is checked "
+        "and extracted here), or set MEMNET_DATA_DIR to a folder holding it or its extracted tasks_1-20_v1-2/")
+    assert not (tmp_path / "d").exists()
 
 
 @needs_data

@@ -21,8 +21,9 @@ data sets:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``memnet data``; returns the exit status: 2 for a name it does not know or a refused
-    archive, as every ``memnet`` command; ``memnet data --help`` lists the data sets."""
+    """Entry point of ``memnet data``; returns the exit status: 2 for a name it does not know, a refused
+    archive or a failed download (one line naming the URL, the error and ``--archive``), as every ``memnet``
+    command; ``memnet data --help`` lists the data sets."""
     argv = list(argv or [])
     if argv[:1] in (["-h"], ["--help"]):
         print(USAGE)

@@ -13,6 +13,7 @@ fetches or copies the official archive, checks its sha256 and extracts it safely
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import hashlib
 import os
@@ -178,6 +179,17 @@ def data_dir_from_env() -> Path | None:
 
 class BabiDataDirError(FileNotFoundError):
     """Where the data should be is not usable; the message names the setting and its value."""
+
+
+class DownloadError(OSError):
+    """The archive could not be downloaded; the message names the URL, the error and how to do without."""
+
+    def __init__(self, url: str, error: BaseException) -> None:
+        reason = getattr(error, "reason", None) or error  # urllib's URLError wraps the socket's error
+        super().__init__(
+            f"could not download {url} ({reason}); without the network, fetch {ARCHIVE_NAME} where there is one "
+            f"and give it with --archive FILE (it is checked and extracted here), or set {DATA_DIR_ENV} to a "
+            f"folder holding it or its extracted {ARCHIVE_TOP}/")
 
 
 def find_source(data_dir: str | Path | None = None) -> BabiSource:
@@ -392,6 +404,7 @@ def data_main(argv: Sequence[str] | None = None,
     source = Path(args.archive).expanduser() if args.archive else None
     if source is not None and not source.is_file():  # before --dest is made: a mistyped name leaves nothing behind
         parser.error(f"--archive {source} is not a file")
+    made = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
     stored = dest / ARCHIVE_NAME
     if source is not None:
@@ -411,10 +424,12 @@ def data_main(argv: Sequence[str] | None = None,
         try:
             with urllib.request.urlopen(args.url, timeout=60) as response, open(partial, "wb") as handle:
                 shutil.copyfileobj(response, handle)
-        except OSError as error:
+        except OSError as error:  # URLError (no network, a name not found, HTTP's errors), a timeout, a full disk
             partial.unlink(missing_ok=True)
-            raise SystemExit(f"memnet data babi: could not download {args.url} ({error}); "
-                             "download it yourself and pass --archive") from None
+            if made:  # the folder made for it, left empty
+                with contextlib.suppress(OSError):
+                    dest.rmdir()
+            raise DownloadError(args.url, error) from None
         try:
             message = verify_archive(partial, expected_sha256=args.sha256, official=args.url == OFFICIAL_URL)
             _check_holds_babi(partial, dest)
