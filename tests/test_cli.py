@@ -235,12 +235,34 @@ def test_a_mistyped_key_is_one_line_naming_it_its_class_and_the_close_names(caps
      f"{NET}.memroy_size: memnet.models.ntm.NTM takes no option 'memroy_size'; did you mean memory_size?"),
     ("trainer: {callbacks: [{class_path: pytorch_lightning.callbacks.EarlyStopping, init_args: {monitr: x}}]}",
      "trainer.callbacks: pytorch_lightning.callbacks.EarlyStopping takes no option 'monitr'; did you mean monitor?"),
+    # the parser's own keys: the usage line, then "error: Group 'trainer' does not accept option 'max_stpes'"
+    ("trainer: {max_stpes: 5}", "trainer.max_stpes: the Trainer takes no option 'max_stpes'; did you mean max_steps?"),
+    ("trainr: {max_steps: 5}",  # "error: Option 'trainr.max_steps' is not accepted"
+     "trainr: memnet fit takes no option 'trainr'; did you mean trainer?"),
+    ("seed_everythin: 1", "seed_everythin: memnet fit takes no option 'seed_everythin'; did you mean seed_everything?"),
+    ("checkpoint: {monitr: x}",
+     "checkpoint.monitr: memnet.callbacks.LastAndBestCheckpoint takes no option 'monitr'; did you mean monitor?"),
 ])
 def test_a_mistyped_key_in_a_config_file_names_the_file(tmp_path, capsys, yaml_text, expected):
     typo = tmp_path / "typo.yaml"
     typo.write_text(yaml_text + "\n")
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", SMALL, "--config", str(typo)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"memnet: --config {typo}: {expected}\n"
+
+
+@pytest.mark.parametrize(("yaml_text", "expected"), [
+    ("trainer: {max_stpes: 5}", "trainer.max_stpes: the Trainer takes no option 'max_stpes'; did you mean max_steps?"),
+    ("trainr: {max_steps: 5}", "trainr: memnet fit takes no option 'trainr'; did you mean trainer?"),
+])
+def test_a_mistyped_key_in_a_config_file_is_one_line_under_print_config_too(tmp_path, capsys, yaml_text, expected):
+    """--print_config checks each file as it is read: "Group 'trainer' does not accept option 'max_stpes'",
+    "Option 'trainr.max_steps' is not accepted", after the usage."""
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(yaml_text + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMALL, "--config", str(typo), "--print_config"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == f"memnet: --config {typo}: {expected}\n"
 
@@ -288,13 +310,64 @@ def test_a_negative_number_is_still_a_value_of_memnets_own_commands(tmp_path, mo
     assert capsys.readouterr().err.splitlines()[-1] == "memnet evaluate: error: --lengths must be positive integers, got [-5]"
 
 
-@pytest.mark.parametrize("option", ["--trainer.max_stpes", "--trainer.max_step"])
-def test_a_mistyped_trainer_option_is_still_lightnings_own_message(capsys, option):
-    """--trainer.max_step, the beginning of --trainer.max_steps, was taken for it without a word."""
+@pytest.mark.parametrize(("given", "expected"), [
+    # the whole usage, then "error: unrecognized arguments: --trainer.max_stpes 5"
+    (["--trainer.max_stpes", "5"], "--trainer.max_stpes: the Trainer takes no option 'max_stpes'; did you mean max_steps?"),
+    # the beginning of --trainer.max_steps, taken for it before abbreviations were turned off
+    (["--trainer.max_step=5"], "--trainer.max_step: the Trainer takes no option 'max_step'; did you mean max_steps?"),
+    (["--checkpoint.monitr", "x"],
+     "--checkpoint.monitr: memnet.callbacks.LastAndBestCheckpoint takes no option 'monitr'; did you mean monitor?"),
+    (["--seed_everythin", "1"], "--seed_everythin: memnet fit takes no option 'seed_everythin'; did you mean seed_everything?"),
+    (["--ckpt_pth", "x"], "--ckpt_pth: memnet fit takes no option 'ckpt_pth'; did you mean ckpt_path?"),
+    (["--trainr.max_steps", "5"], "--trainr.max_steps: memnet fit takes no option 'trainr'; did you mean trainer?"),
+    (["--print_conf"], "--print_conf: memnet fit takes no option 'print_conf'; did you mean print_config?"),
+])
+def test_an_option_the_parser_does_not_have_is_one_line_with_the_close_names(capsys, given, expected):
+    """Lightning's own options, not a class's: the parser printed its whole usage (~67 lines) and then
+    'error: unrecognized arguments: --trainer.max_stpes 5', naming no option that it takes."""
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", SMALL, option, "5", "--print_config"])
+        main(["fit", "--config", SMALL, *given, "--print_config"])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1] == f"error: unrecognized arguments: {option} 5"
+    assert capsys.readouterr().err == f"memnet: {expected}\n"
+
+
+def test_an_option_the_parser_does_not_have_is_named_by_the_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "--config", SMALL, "--ckpt_pth", "x"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "memnet: --ckpt_pth: memnet validate takes no option 'ckpt_pth'; did you mean ckpt_path?\n"
+
+
+@pytest.mark.parametrize(("given", "last_line"), [
+    (["--trainer.devices", "1", "-1"], "error: unrecognized arguments: -1"),  # a negative number is a value
+    (["extra"], "error: unrecognized arguments: extra"),  # a stray value, no option
+    (["--trainer.max_steps", "lots"], "  Expected a <class 'int'>. Got value: lots"),
+])
+def test_a_value_the_parser_does_not_take_is_still_its_own_report(capsys, given, last_line):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMALL, *given, "--print_config"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: ") and err.splitlines()[-1] == last_line
+
+
+def test_a_negative_number_is_a_value_where_the_parser_is_asked():
+    from memnet.cli.lightning_cli import MemnetArgumentParser
+    from memnet.cli.typos import refused_key
+
+    parser = MemnetArgumentParser()
+    assert refused_key("unrecognized arguments: -1", ["-1"], parser) is None
+    assert refused_key("unrecognized arguments: -.5 --x", ["-.5", "--x"], parser) is None
+    assert refused_key("unrecognized arguments: --x=1 2", ["--x=1", "2"], parser) == ("x", "--x", None)
+
+
+def test_a_mistyped_trainer_option_gets_the_parsers_whole_report_on_request(capsys, monkeypatch):
+    monkeypatch.setenv("MEMNET_TRACEBACK", "1")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMALL, "--trainer.max_stpes", "5", "--print_config"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: ") and err.splitlines()[-1] == "error: unrecognized arguments: --trainer.max_stpes 5"
 
 
 def test_an_option_two_classes_of_a_union_refuse_is_left_to_the_parser():

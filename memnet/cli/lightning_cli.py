@@ -6,6 +6,7 @@ every command that rebuilds a run (``memnet.cli.rebuild``).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -34,7 +35,15 @@ from memnet.cli.configs import (
     resolve_config_args,
 )
 from memnet.cli.errors import TRACEBACK_ENV, chain
-from memnet.cli.typos import UnknownOptionError, all_keys, given_where, unknown_option
+from memnet.cli.typos import (
+    Refused,
+    UnknownOption,
+    UnknownOptionError,
+    all_keys,
+    given_where,
+    refused_key,
+    unknown_option,
+)
 from memnet.models.core import compile_seconds
 from memnet.training import check_learning_rates, check_scheduler_settings
 from memnet.utils import (
@@ -152,10 +161,14 @@ class RunConfigSaver(SaveConfigCallback):
 
 
 class MemnetArgumentParser(LightningArgumentParser):
-    """Lightning's parser; a key that the class it was given to does not take is an ``UnknownOptionError``.
+    """Lightning's parser; a key that the class it was given to does not take is an ``UnknownOptionError``,
+    and so is an option of the parser's own that it does not have (``--trainer.max_stpes``, ``--ckpt_pth``,
+    a config's ``trainr:``).
 
     jsonargparse printed the whole usage (~77 lines for ``memnet fit``), then the key at the bottom
-    of a Union error; the ``memnet`` command says it in one line instead (``memnet.cli.typos``).
+    of a Union error, or ``unrecognized arguments: --trainer.max_stpes 5``; the ``memnet`` command says
+    it in one line instead (``memnet.cli.typos``), with the closest names: a Lightning group's options
+    (``the Trainer``'s, ``checkpoint``'s class's), or the command's own (``memnet fit``'s).
     Every other error, and every error under ``MEMNET_TRACEBACK=1``, is jsonargparse's as before.
     No option is abbreviated: argparse took ``--trainer.max_step 5`` for ``--trainer.max_steps 5``.
     """
@@ -175,7 +188,59 @@ class MemnetArgumentParser(LightningArgumentParser):
             unknown = unknown_option(message)
             if unknown is not None:
                 raise UnknownOptionError(unknown)
+            # the parser's own options: its argv's unknown option (ex is None), or a config's key (a KeyError)
+            refused = refused_key(message, getattr(self, "args", None) or [], self)
+            if refused is not None and (ex is None or isinstance(ex, (KeyError, argparse.ArgumentError))):
+                unknown = self._unknown_own_option(refused)
+                if unknown is not None:
+                    raise UnknownOptionError(unknown, refused.typed)
         super().error(message, ex)
+
+    def _unknown_own_option(self, refused: Refused) -> UnknownOption | None:
+        """The key (``trainer.max_stpes``, ``ckpt_pth``) as an option that a group of the parser, or the command,
+        does not take, with the names it does; None where the names are not known (then jsonargparse says it)."""
+        parser, subcommand = self, getattr(self, "subcommand", None)
+        if self._subcommands_action is not None:  # memnet fit's root parser: a config's key of the subcommand's
+            if refused.typed is not None:  # an option before the subcommand (memnet --foo fit): left to jsonargparse
+                return None
+            subcommand = refused.subcommand or self._subcommand_given()
+            parser = self._subcommands_action.choices.get(subcommand)
+            if parser is None:
+                return None
+        key = refused.key
+        root, _, rest = key.partition(".")
+        if rest and root in parser.groups:  # --trainer.max_stpes: a Lightning group's option
+            names = _own_names(parser, f"{root}.")
+            group_class = getattr(parser.groups[root], "group_class", None)
+            if root == "trainer":
+                owner = "the Trainer"
+            elif group_class is not None:
+                owner = f"{group_class.__module__}.{group_class.__qualname__}"
+            else:
+                return None
+            return UnknownOption(key, "", rest, owner, names) if names else None
+        owner = f"memnet {subcommand}" if subcommand else "a memnet config"  # no subcommand: a run rebuilt
+        return UnknownOption(root, "", root, owner, _own_names(parser, ""))
+
+    def _subcommand_given(self) -> str | None:
+        """The subcommand in this root parser's argv (``memnet fit ...``), not a ``--config`` value of that name."""
+        args = getattr(self, "args", None) or []
+        for index, arg in enumerate(args):
+            if arg in self._subcommands_action.choices and (index == 0 or args[index - 1] not in ("-c", "--config")):
+                return arg
+        return None
+
+
+def _own_names(parser: argparse.ArgumentParser, prefix: str) -> tuple[str, ...]:
+    """The options ``--PREFIX<name>`` of ``parser``, a name each (no ``--help``, no ``.help`` or ``+`` forms)."""
+    names = []
+    for option in parser._option_string_actions:
+        name = option[2:] if option.startswith("--") else ""
+        if name.startswith(prefix) and name != "help":
+            name = name[len(prefix):]
+            if name and "." not in name and not name.endswith("+"):
+                names.append(name)
+    return tuple(names)
 
 
 class MemnetCLI(LightningCLI):
@@ -214,7 +279,7 @@ class MemnetCLI(LightningCLI):
         try:
             self.config = parser.parse_object(args) if isinstance(args, dict) else parser.parse_args(args)
         except UnknownOptionError as error:  # named as the user gave it: the option typed, or the --config file
-            where = given_where(error.unknown, given, _config_keys) if isinstance(given, list) else None
+            where = error.where or (given_where(error.unknown, given, _config_keys) if isinstance(given, list) else None)
             raise UnknownOptionError(error.unknown, where) from None
         if isinstance(args, list):
             self._keep_ckpt_path(args)

@@ -22,9 +22,17 @@ after the whole usage text (some 77 lines for ``memnet fit``), at the bottom of 
     --model.init_args.net.init_args.memroy_size: memnet.models.ntm.NTM takes no option 'memroy_size';
     did you mean memory_size?
 
-Any other parser error (a value of the wrong type, an unknown Trainer option, which Lightning
-already names in one line) is left to jsonargparse as it was; ``MEMNET_TRACEBACK=1`` shows
-jsonargparse's whole report for a mistyped key too.
+An option the parser itself does not know, before any class sees it, was the whole usage and
+``error: unrecognized arguments: --trainer.max_stpes 5`` (a config file's key: ``Group 'trainer'
+does not accept option 'max_stpes'``, ``Option 'trainr.max_steps' is not accepted``):
+:func:`refused_key` reads the key back, and the parser says it in the same line, with the closest
+of the names it takes there (``memnet.cli.lightning_cli.MemnetArgumentParser``)::
+
+    --trainer.max_stpes: the Trainer takes no option 'max_stpes'; did you mean max_steps?
+    --seed_everythin: memnet fit takes no option 'seed_everythin'; did you mean seed_everything?
+
+Any other parser error (a value of the wrong type, a stray value) is left to jsonargparse as it
+was; ``MEMNET_TRACEBACK=1`` shows jsonargparse's whole report for a mistyped key too.
 
 memnet's own commands (evaluate, probe, figures, ...) parse with :class:`CommandParser`: an
 option none of their arguments takes is named first, in one line with the closest options
@@ -42,7 +50,7 @@ import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from memnet.utils import MemnetError
 
@@ -51,6 +59,10 @@ _CLASS = re.compile(r"^Problem with given class_path '([^']+)':$")
 _OPTION = re.compile(r"Option '([^']+)' is not accepted")
 _CLASS_IN_LINE = re.compile(r"class_path='([^']+)'")  # a class behind a Callable type names itself in its line
 _LIST = re.compile(r"^Subtypes: \[list\[")  # the key holds a list of classes (trainer.callbacks)
+_UNRECOGNIZED = "unrecognized arguments: "  # argparse's extras, joined by spaces: the unknown option first
+_GROUP_REFUSES = re.compile(r"^Group '([^']+)' does not accept option '([^']+)'$")  # a config's trainer: {max_stpes: 5}
+_TOP_REFUSES = re.compile(r"^Option '([^']+)' is not accepted$")  # a config's trainr: {...}, as trainr.max_steps
+_SUBCOMMAND_REFUSES = re.compile(r"^Subcommand '([^']+)' does not accept option '([^']+)'$")  # either, checked whole
 CLOSE_AS_BEST = 0.05  # a second suggestion only as near as the first: memory_sise -> memory_size, not memory_init too
 
 
@@ -63,15 +75,21 @@ class UnknownOption:
             for an entry of a list of classes, the list's key alone (``trainer.callbacks``).
         class_path: the class, ``memnet.models.ntm.NTM``.
         option: the name it does not take, ``memroy_size``.
+        owner: who refused it where that is not said by ``class_path`` alone: ``the Trainer`` (a Lightning
+            group of the parser), ``memnet fit`` (an option of the command itself).
+        names: the names ``owner`` takes, where they are not ``class_path``'s ``__init__`` parameters
+            (the parser's own options).
     """
 
     key: str
     class_path: str
     option: str
+    owner: str | None = None
+    names: tuple[str, ...] | None = None
 
     def describe(self, where: str | None = None) -> str:
         """One line: ``WHERE: CLASS takes no option 'NAME'; did you mean CLOSE?`` (``where`` defaults to the key)."""
-        names = parameter_names(self.class_path)
+        names = list(self.names) if self.names is not None else parameter_names(self.class_path)
         close = closest(self.option, names)
         if close:
             hint = f"; did you mean {' or '.join(close)}?"
@@ -79,7 +97,7 @@ class UnknownOption:
             hint = f" (it takes {', '.join(names)})"
         else:
             hint = ""
-        return f"{where or self.key}: {self.class_path} takes no option {self.option!r}{hint}"
+        return f"{where or self.key}: {self.owner or self.class_path} takes no option {self.option!r}{hint}"
 
 
 class UnknownOptionError(MemnetError):
@@ -88,6 +106,7 @@ class UnknownOptionError(MemnetError):
     def __init__(self, unknown: UnknownOption, where: str | None = None) -> None:
         super().__init__(unknown.describe(where))
         self.unknown = unknown
+        self.where = where
 
 
 def unknown_option(text: str) -> UnknownOption | None:
@@ -130,6 +149,53 @@ def _key(stack: list[tuple[int, str, str]], option: str) -> str:
             return ".".join([*parts, name])
         parts.append(name if kind == "key" else "init_args")
     return ".".join([*parts, "init_args", option] if stack[-1][1] == "key" else [*parts, option])
+
+
+class Refused(NamedTuple):
+    """A key that the parser refused itself, before any class saw it.
+
+    Attributes:
+        key: dotted, without dashes: ``trainer.max_stpes``, ``trainr.max_steps``, ``ckpt_pth``.
+        typed: the option as typed on the command line, ``--trainer.max_stpes``; None for a config's key.
+        subcommand: the subcommand whose config holds it, where the parser's message names it (``fit``).
+    """
+
+    key: str
+    typed: str | None = None
+    subcommand: str | None = None
+
+
+def refused_key(message: str, args: Sequence[str], parser: argparse.ArgumentParser) -> Refused | None:
+    """The key that the parser's own ``message`` refuses, or None for any other message.
+
+    ``unrecognized arguments: --trainer.max_stpes 5`` gives ``trainer.max_stpes`` typed ``--trainer.max_stpes``
+    where the first of them is an item of ``args`` that the parser reads as an option (not a negative
+    number, not a stray value: those are left to the parser's own report). A config's key:
+    ``Subcommand 'fit' does not accept option 'trainer.max_stpes'`` (its whole config checked),
+    ``Group 'trainer' does not accept option 'max_stpes'`` and ``Option 'trainr.max_steps' is not
+    accepted`` (checked as it was read, under ``--print_config``).
+    """
+    if message.startswith(_UNRECOGNIZED):
+        first = message.removeprefix(_UNRECOGNIZED).split(" ")[0]
+        if first not in args or not read_as_option(parser, first):
+            return None
+        typed = first.split("=", 1)[0]
+        return Refused(typed.lstrip(parser.prefix_chars), typed)
+    if match := _SUBCOMMAND_REFUSES.match(message):
+        return Refused(match.group(2), subcommand=match.group(1))
+    if match := _GROUP_REFUSES.match(message):
+        return Refused(f"{match.group(1)}.{match.group(2)}")
+    if match := _TOP_REFUSES.match(message):
+        return Refused(match.group(1))
+    return None
+
+
+def read_as_option(parser: argparse.ArgumentParser, arg: str) -> bool:
+    """Whether argparse reads ``arg`` as an option (of ``parser``'s or not), as its ``_parse_optional`` tells:
+    a negative number (where no option looks like one), a lone ``-`` or a string with a space is a value."""
+    if len(arg) < 2 or arg[0] not in parser.prefix_chars or " " in arg:
+        return False
+    return not (parser._negative_number_matcher.match(arg) and not parser._has_negative_number_optionals)
 
 
 def closest(name: str, names: Sequence[str]) -> list[str]:
@@ -220,9 +286,7 @@ class CommandParser(argparse.ArgumentParser):
         for arg in args:
             if arg == "--" or arg in subcommands:
                 return
-            if len(arg) < 2 or arg[0] not in self.prefix_chars or " " in arg:
-                continue
-            if self._negative_number_matcher.match(arg) and not self._has_negative_number_optionals:
+            if not read_as_option(self, arg):
                 continue
             name = arg.split("=", 1)[0]
             if name in self._option_string_actions:
