@@ -228,6 +228,34 @@ def test_a_mistyped_key_is_one_line_naming_it_its_class_and_the_close_names(caps
     assert capsys.readouterr().err == expected + "\n"
 
 
+def test_a_mistyped_key_of_a_class_passing_kwargs_on_is_matched_against_its_bases_options(capsys):
+    """OfflineFirstWandbLogger(offline, **kwargs) passes the rest to WandbLogger: 'save_dri' was told 'it takes
+    offline', as if save_dir were not an option."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMALL, "--trainer.logger.init_args.save_dri=x"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == ("memnet: --trainer.logger.init_args.save_dri: memnet.callbacks."
+                                       "OfflineFirstWandbLogger takes no option 'save_dri'; did you mean save_dir?\n")
+
+
+@pytest.mark.parametrize("given", [
+    ["--optimizer", "torch.optim.SGD"],
+    ["--optimizer", "torch.optim.SGD", "--optimizer.lr", "0.1"],
+    ["--optimizer.lr", "0.1"],  # was 'torch.optim.Optimizer takes no option 'lr' (it takes params, defaults)'
+    ["--lr_scheduler", "torch.optim.lr_scheduler.StepLR", "--lr_scheduler.step_size", "3"],
+])
+def test_lightnings_top_level_optimizer_and_scheduler_are_refused_naming_the_models(capsys, given):
+    """Lightning's --optimizer replaced SequenceModule.configure_optimizers: lstm/copy trained with SGD,
+    its config's optimiser and schedule left out without a word (Lightning's warning aside)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "lstm/copy", "--trainer.max_steps=1", "--trainer.logger=false", *given])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    key = given[0].partition(".")[0]
+    assert err.startswith(f"memnet: {key}: memnet's optimiser and schedule are the model's, model.init_args."
+                          "optimizer and model.init_args.scheduler") and err.count("\n") == 1
+
+
 @pytest.mark.parametrize(("yaml_text", "expected"), [
     ("model: {init_args: {net: {init_args: {memroy_size: 3}}}}",
      f"{NET}.memroy_size: memnet.models.ntm.NTM takes no option 'memroy_size'; did you mean memory_size?"),

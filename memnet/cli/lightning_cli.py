@@ -160,6 +160,18 @@ class RunConfigSaver(SaveConfigCallback):
         self.already_saved = True
 
 
+LIGHTNING_OPTIMISER_KEYS = ("optimizer", "lr_scheduler")  # LightningCLI's own, beside the model's
+
+
+def lightning_optimiser_refused(key: str) -> str:
+    """The line for LightningCLI's top-level ``--optimizer`` / ``--lr_scheduler``, which memnet does not use."""
+    return (f"--{key}: memnet's optimiser and schedule are the model's, model.init_args.optimizer and "
+            "model.init_args.scheduler (e.g. --model.init_args.optimizer torch.optim.SGD "
+            "--model.init_args.optimizer.init_args.lr 0.1); Lightning's top-level --optimizer and --lr_scheduler would "
+            "replace the module's configure_optimizers, leaving out the config's optimiser, its schedule and memnet's "
+            "checks of them")
+
+
 class MemnetArgumentParser(LightningArgumentParser):
     """Lightning's parser; a key that the class it was given to does not take is an ``UnknownOptionError``,
     and so is an option of the parser's own that it does not have (``--trainer.max_stpes``, ``--ckpt_pth``,
@@ -186,6 +198,8 @@ class MemnetArgumentParser(LightningArgumentParser):
             if found is not None:
                 raise found
             unknown = unknown_option(message)
+            if unknown is not None and unknown.key.partition(".")[0] in LIGHTNING_OPTIMISER_KEYS:
+                raise MemnetError(lightning_optimiser_refused(unknown.key.partition(".")[0]))
             if unknown is not None:
                 raise UnknownOptionError(unknown)
             # the parser's own options: its argv's unknown option (ex is None), or a config's key (a KeyError)
@@ -283,6 +297,10 @@ class MemnetCLI(LightningCLI):
             raise UnknownOptionError(error.unknown, where) from None
         if isinstance(args, list):
             self._keep_ckpt_path(args)
+        target = self.config.get(self.config.get("subcommand")) if "subcommand" in self.config else self.config
+        for key in LIGHTNING_OPTIMISER_KEYS:
+            if target is not None and target.get(key) is not None:
+                raise MemnetError(lightning_optimiser_refused(key))
 
     def _keep_ckpt_path(self, args: list[str]) -> None:
         """``--ckpt_path X`` typed on the command line wins over any ``--config`` given after it.

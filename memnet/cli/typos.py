@@ -206,14 +206,28 @@ def closest(name: str, names: Sequence[str]) -> list[str]:
 
 
 def parameter_names(class_path: str) -> list[str]:
-    """The parameters of ``class_path``'s ``__init__`` (none where it cannot be imported or inspected)."""
+    """The parameters of ``class_path``'s ``__init__``, and of its bases' where it passes ``**kwargs`` on to them (as
+    jsonargparse reads them: ``OfflineFirstWandbLogger(offline, **kwargs)`` takes ``WandbLogger``'s ``save_dir``
+    too); none where it cannot be imported or inspected."""
     module, _, name = class_path.rpartition(".")
     try:
         target = getattr(importlib.import_module(module), name)
-        parameters = inspect.signature(target).parameters.values()
-    except (ImportError, AttributeError, TypeError, ValueError):
+    except (ImportError, AttributeError, ValueError):
         return []
-    return [p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    names: list[str] = []
+    for cls in inspect.getmro(target) if inspect.isclass(target) else (target,):
+        init = cls.__init__ if inspect.isclass(cls) else cls
+        if init is object.__init__:
+            break
+        try:
+            parameters = list(inspect.signature(init).parameters.values())
+        except (TypeError, ValueError):
+            break
+        names += [p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                  and p.name != "self" and p.name not in names]
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return names
 
 
 def given_where(unknown: UnknownOption, argv: Sequence[str], config_keys: Any = None) -> str | None:
