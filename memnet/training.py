@@ -6,7 +6,7 @@
     StageMetrics        one torchmetrics ``Metric`` per stage, reset every epoch, DDP-synchronised at its end
     TaskErrorCounts     wrong answers and questions per task (bAbI), NRMSESums the NRMSE's sums,
                         LengthSums a validation's sums by task length
-    configure_optimizers, scheduler_config, check_one_cycle_length, check_learning_rates,
+    configure_optimizers, build_from_config, scheduler_config, check_one_cycle_length, check_learning_rates,
     check_scheduler_settings, check_precision, check_finite_loss,
     nonfinite_gradients
     KeyedStateCallback  a stateful callback whose checkpoint entry is keyed by its settings (several
@@ -28,8 +28,11 @@ import logging
 import math
 import os
 import pickle
+import sys
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import FunctionType
 from typing import Any, Literal, NamedTuple
 
 import pytorch_lightning as pl
@@ -824,12 +827,77 @@ def configure_optimizers(module: pl.LightningModule, interval: str) -> Any:
     """
     check_learning_rates(module)
     check_scheduler_settings(module)
-    optimizer = module.optimizer(module.parameters())
+    optimizer = build_from_config(module.optimizer, "optimizer", module.parameters())
     if module.scheduler is None:
         return optimizer
     lrs = [group["lr"] for group in optimizer.param_groups]  # as given: a scheduler may set them (OneCycleLR)
-    return {"optimizer": optimizer,
-            "lr_scheduler": scheduler_config(module.scheduler(optimizer), interval, module._trainer, lrs)}
+    scheduler = build_from_config(module.scheduler, "scheduler", optimizer)
+    return {"optimizer": optimizer, "lr_scheduler": scheduler_config(scheduler, interval, module._trainer, lrs)}
+
+
+def build_from_config(factory: Callable[[Any], Any], name: str, argument: Any) -> Any:
+    """``factory(argument)``: the optimiser or scheduler of the config's ``model.init_args.<name>``.
+
+    Where the constructor of the config's class refuses its settings (torch's ``ValueError: Expected float between
+    0 and 1 pct_start, but got 1.5``, ``Invalid beta parameter at index 1: 1.0``; Python's ``TypeError`` for a
+    keyword it does not take), the error becomes a :class:`MemnetError` naming the config key and the class:
+    ``model.init_args.scheduler (torch.optim.lr_scheduler.OneCycleLR): <torch's message>``; the ``memnet`` command
+    prints it as one line, exit 2, before the first step. Anything else is raised as it was
+    (:func:`refused_by_constructor`).
+    """
+    try:
+        return factory(argument)
+    except (ValueError, TypeError) as error:
+        built = factory_class(factory)
+        if built is None or isinstance(error, MemnetError) or not refused_by_constructor(error, built):
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise MemnetError(f"model.init_args.{name} ({import_path(built)}): {message}") from error
+
+
+def factory_class(factory: Any) -> type | None:
+    """The class a config's factory builds: the factory itself, or the class a ``functools.partial`` holds (its
+    function, or among its arguments: the Lightning CLI's, after jsonargparse's instantiator); None unknown."""
+    candidates = [factory, getattr(factory, "func", None), *(getattr(factory, "args", None) or ())]
+    return next((c for c in candidates if isinstance(c, type)), None)
+
+
+_TORCH_ROOT = os.path.dirname(torch.__file__) + os.sep
+# torch.optim.Optimizer's checks of the parameters it is given (an empty list, a non-leaf tensor), which are the
+# module's, not the config's settings
+_PARAMETER_CHECKS = {inspect.unwrap(torch.optim.Optimizer.__init__).__code__,
+                     inspect.unwrap(torch.optim.Optimizer.add_param_group).__code__}
+
+
+def refused_by_constructor(error: BaseException, built: type) -> bool:
+    """Whether ``error`` is ``built``'s constructor refusing the arguments it was given.
+
+    That is, raised in the ``__init__`` of the class or of one of its bases, or in torch's code that it calls
+    (OneCycleLR's check that a list of max_lr has one per parameter group), or a ``TypeError`` raised by Python
+    binding the arguments before the constructor ran (``Adam.__init__() got an unexpected keyword argument 'foo'``).
+    Not: an error of other code the constructor calls (memnet's own, such as a scheduler's ``get_lr`` at its
+    initial step: a bug, whose traceback is wanted), nor torch's checks of the parameters (``optimizer got an empty
+    parameter list``).
+    """
+    inits = [init for cls in built.__mro__ if isinstance(init := vars(cls).get("__init__"), FunctionType)]
+    codes = {init.__code__ for init in inits}
+    frames = [frame.f_code for frame, _ in traceback.walk_tb(error.__traceback__)]
+    first = next((index for index, code in enumerate(frames) if code in codes), None)
+    if first is None:  # never entered: Python refused the call itself
+        return isinstance(error, TypeError) and str(error).startswith(tuple(f"{init.__qualname__}()" for init in inits))
+    inside = frames[first:]
+    return not _PARAMETER_CHECKS & set(inside) and all(
+        code in codes or code.co_filename.startswith(_TORCH_ROOT) for code in inside)
+
+
+def import_path(cls: type) -> str:
+    """The shortest module path ``cls`` is imported from (``torch.optim.Adam``, not ``torch.optim.adam.Adam``)."""
+    parts = cls.__module__.split(".")
+    for end in range(1, len(parts) + 1):
+        module = ".".join(parts[:end])
+        if getattr(sys.modules.get(module), cls.__qualname__, None) is cls:
+            return f"{module}.{cls.__qualname__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 # the learning rates of an optimiser (lr) and of a scheduler that sets them itself (OneCycleLR's max_lr, CyclicLR's
@@ -880,7 +948,8 @@ _schedulers = torch.optim.lr_scheduler
 # a torch scheduler's settings that torch takes without a word, stops on only at the scheduler's first step (a
 # ZeroDivisionError; an epoch in with scheduler_interval: epoch) or refuses in a traceback naming no field
 # (ReduceLROnPlateau: 'Factor should be < 1.0.'); those torch refuses naming them (OneCycleLR's total_steps and
-# pct_start, CosineAnnealingWarmRestarts' T_0, LinearLR's and ConstantLR's factors) are left to it
+# pct_start, CosineAnnealingWarmRestarts' T_0, LinearLR's and ConstantLR's factors) are left to it, its refusal
+# said in one line by build_from_config
 SCHEDULER_SETTINGS = (
     SchedulerSetting(
         (_schedulers.StepLR, _schedulers.MultiStepLR, _schedulers.ExponentialLR), "gamma", lambda value: value > 0,
@@ -945,8 +1014,7 @@ def check_scheduler_settings(module: Any) -> None:
     """
     factory = getattr(module, "scheduler", None)
     keywords = getattr(factory, "keywords", None) or {}
-    candidates = [getattr(factory, "func", None), *(getattr(factory, "args", None) or ())]
-    scheduler_class = next((c for c in candidates if isinstance(c, type)), None)
+    scheduler_class = factory_class(factory)
     if scheduler_class is None:
         return
     for classes, key, in_range, expected, why in SCHEDULER_SETTINGS:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import traceback
 from pathlib import Path
 
 import pytest
@@ -576,6 +577,104 @@ def test_a_scheduler_setting_out_of_range_is_refused_in_one_line_before_the_run(
     assert exit_info.value.code == 2 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == f"memnet: model.init_args.scheduler.init_args.{expected}"
     assert not (tmp_path / "runs").exists()  # refused before the run and its W&B run started
+
+
+# (the factory's class, its settings, the last out of range, the config key, the class as named, torch's or Python's
+# refusal): each stopped memnet fit with a traceback, exit 1, at fit start
+REFUSED_BY_TORCH = [
+    (SCHEDULERS.OneCycleLR, {"max_lr": 0.1, "total_steps": 10, "pct_start": 1.5}, "scheduler",
+     "torch.optim.lr_scheduler.OneCycleLR", "Expected float between 0 and 1 pct_start, but got 1.5"),
+    (SCHEDULERS.OneCycleLR, {"max_lr": 0.1, "total_steps": 0}, "scheduler", "torch.optim.lr_scheduler.OneCycleLR",
+     "Expected positive integer total_steps, but got 0"),
+    (SCHEDULERS.OneCycleLR, {"total_steps": 10, "max_lr": [0.1, 0.2]}, "scheduler",
+     "torch.optim.lr_scheduler.OneCycleLR", "max_lr must have the same length as optimizer.param_groups"),
+    (SCHEDULERS.CosineAnnealingWarmRestarts, {"T_0": 0}, "scheduler",
+     "torch.optim.lr_scheduler.CosineAnnealingWarmRestarts", "Expected positive integer T_0, but got 0"),
+    (SCHEDULERS.CosineAnnealingWarmRestarts, {"T_0": 2, "T_mult": 0}, "scheduler",
+     "torch.optim.lr_scheduler.CosineAnnealingWarmRestarts", "Expected integer T_mult >= 1, but got 0"),
+    (SCHEDULERS.LinearLR, {"start_factor": 0.0}, "scheduler", "torch.optim.lr_scheduler.LinearLR",
+     "Starting multiplicative factor expected to be greater than 0 and less or equal to 1."),
+    (SCHEDULERS.ConstantLR, {"factor": 1.5}, "scheduler", "torch.optim.lr_scheduler.ConstantLR",
+     "Constant multiplicative factor expected to be between 0 and 1."),
+    (SCHEDULERS.StepLR, {"step_size": 2, "gamma": 0.5, "decay": 0.1}, "scheduler", "torch.optim.lr_scheduler.StepLR",
+     "StepLR.__init__() got an unexpected keyword argument 'decay'"),
+    (torch.optim.Adam, {"betas": (0.9, 1.0)}, "optimizer", "torch.optim.Adam",
+     "Invalid beta parameter at index 1: 1.0"),
+    (torch.optim.Adam, {"eps": -1.0}, "optimizer", "torch.optim.Adam", "Invalid epsilon value: -1.0"),
+    (torch.optim.Adam, {"weight_decay": -0.1}, "optimizer", "torch.optim.Adam", "Invalid weight_decay value: -0.1"),
+    (torch.optim.SGD, {"momentum": -0.5}, "optimizer", "torch.optim.SGD", "Invalid momentum value: -0.5"),
+    (torch.optim.Adam, {"betas2": (0.9, 0.99)}, "optimizer", "torch.optim.Adam",
+     "Adam.__init__() got an unexpected keyword argument 'betas2'"),
+]
+
+
+@pytest.mark.parametrize(("built", "settings", "name", "path", "refusal"), REFUSED_BY_TORCH,
+                         ids=[f"{row[0].__name__}-{list(row[1])[-1]}" for row in REFUSED_BY_TORCH])
+def test_a_setting_torch_refuses_is_said_naming_the_config_key_and_class(built, settings, name, path, refusal):
+    """torch's own refusal of an optimiser's or a scheduler's setting (OneCycleLR pct_start 1.5: 'ValueError: Expected
+    float between 0 and 1 pct_start, but got 1.5') came as it was, naming neither the config key nor the class; a
+    MemnetError names both, raised from torch's error."""
+    from functools import partial
+
+    from memnet.training import configure_optimizers
+    from memnet.utils import MemnetError
+
+    given = {"optimizer" if name == "optimizer" else "scheduler": partial(built, **settings)}
+    module = SequenceModule(nn.GRU(3, 4), **given)
+    with pytest.raises(MemnetError, match=f"^{re.escape(f'model.init_args.{name} ({path}): {refusal}')}") as error:
+        configure_optimizers(module, "step")
+    assert isinstance(error.value.__cause__, (ValueError, TypeError))
+
+
+def test_errors_that_are_not_the_settings_are_raised_as_they_were(monkeypatch):
+    """Only the constructor's refusal of its arguments is the user's: a ValueError of memnet's own code that the
+    constructor calls (a bug in LinearStartStepLR's rate, at the scheduler's initial step) and torch's check of the
+    module's parameters keep their traceback."""
+    from functools import partial
+
+    from memnet.optim import LinearStartStepLR
+    from memnet.training import configure_optimizers
+    from memnet.utils import MemnetError
+
+    def broken(self, epoch, base_lr):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(LinearStartStepLR, "rate", broken)
+    scheduler = partial(LinearStartStepLR, linear_start_epochs=1, linear_start_lr=0.01, step_size=2)
+    module = SequenceModule(nn.GRU(3, 4), scheduler=scheduler)
+    with pytest.raises(ValueError, match="^a bug$") as error:
+        configure_optimizers(module, "epoch")
+    assert not isinstance(error.value, MemnetError)
+    module = SequenceModule(nn.GRU(3, 4))
+    monkeypatch.setattr(module, "parameters", lambda: iter(()))
+    with pytest.raises(ValueError, match="empty parameter list") as error:
+        configure_optimizers(module, "epoch")
+    assert not isinstance(error.value, MemnetError)
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    (["--model.init_args.optimizer.init_args.betas=[0.9,1.0]"],
+     "optimizer (torch.optim.Adam): Invalid beta parameter at index 1: 1.0"),
+    ([*ONE_CYCLE, "--model.init_args.scheduler.init_args.total_steps=4",
+      "--model.init_args.scheduler.init_args.pct_start=1.5"],
+     "scheduler (torch.optim.lr_scheduler.OneCycleLR): Expected float between 0 and 1 pct_start, but got 1.5"),
+])
+def test_a_setting_torch_refuses_stops_fit_in_one_line_before_a_step(tmp_path, capsys, monkeypatch, given, expected):
+    """memnet fit with Adam betas (0.9, 1.0) or OneCycleLR pct_start 1.5 stopped with torch's traceback, exit 1;
+    one line naming the config key and the class, exit 2, before the first step. MEMNET_TRACEBACK=1 still shows
+    torch's error."""
+    command = ["fit", "--config", SMALL, *TINY, "--trainer.logger=false", *given]
+    with pytest.raises(SystemExit) as exit_info:
+        main(command)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == f"memnet: model.init_args.{expected}"
+    assert not list(tmp_path.rglob("*.ckpt"))
+    monkeypatch.setenv("MEMNET_TRACEBACK", "1")
+    with pytest.raises(ValueError, match=re.escape(f"model.init_args.{expected}")) as error:
+        main(command)  # raised, not a line and exit 2: Python prints the traceback, torch's error first
+    torchs = error.value.__cause__
+    assert type(torchs) is ValueError and "torch" in traceback.extract_tb(torchs.__traceback__)[-1].filename
 
 
 def test_one_cycle_schedule_as_long_as_training_runs_to_the_end(tmp_path):
