@@ -996,6 +996,20 @@ SCHEDULER_SETTINGS = (
     SchedulerSetting(
         (_schedulers.PolynomialLR,), "power", lambda value: value >= 0, "≥ 0",
         "a negative power makes the rate grow towards infinity as the decay nears its end"),
+    # memnet's own: LinearStartStepLR refuses these too, naming the bare argument (for a scheduler built in Python)
+    SchedulerSetting(
+        (LinearStartStepLR,), "linear_start_epochs", _whole_at_least(0), "an integer ≥ 0",
+        "the epochs of the linear start at linear_start_lr (0: none)"),
+    SchedulerSetting(
+        (LinearStartStepLR,), "linear_start_lr", lambda value: value > 0, "> 0",
+        "the rate of the linear start: at 0 nothing trains, a negative rate climbs the loss"),
+    SchedulerSetting(
+        (LinearStartStepLR,), "step_size", _whole_at_least(1), "an integer ≥ 1",
+        "the epochs between two reductions of the rate after the linear start"),
+    SchedulerSetting(
+        (LinearStartStepLR,), "gamma", lambda value: 0 < value <= 1, "in (0, 1]",
+        "the rate is multiplied by gamma at each reduction: 0 or less stops training or makes the rate negative, "
+        "more than 1 grows it"),
 )
 
 

@@ -15,6 +15,7 @@ from torch import nn
 from memnet.cli import main
 from memnet.cli.configs import load_config
 from memnet.lightning import SequenceModule
+from memnet.optim import LinearStartStepLR
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = str(ROOT / "configs" / "ntm" / "copy_small.yaml")
@@ -533,6 +534,11 @@ OUT_OF_RANGE = [
     (SCHEDULERS.ConstantLR, {}, "total_iters", -1),
     (SCHEDULERS.PolynomialLR, {}, "total_iters", -1),
     (SCHEDULERS.PolynomialLR, {"total_iters": 5}, "power", -1.0),
+    # memnet's own: refused by the scheduler naming the bare argument ('step_size must be a positive integer, got 0')
+    (LinearStartStepLR, {"linear_start_lr": 0.01, "step_size": 2}, "linear_start_epochs", -1),
+    (LinearStartStepLR, {"linear_start_epochs": 1, "step_size": 2}, "linear_start_lr", 0.0),
+    (LinearStartStepLR, {"linear_start_epochs": 1, "linear_start_lr": 0.01}, "step_size", 0),
+    (LinearStartStepLR, {"linear_start_epochs": 1, "linear_start_lr": 0.01, "step_size": 2}, "gamma", 1.5),
 ]
 
 
@@ -552,7 +558,8 @@ def test_a_scheduler_setting_out_of_range_is_refused_by_configure_optimizers(sch
                                          rf"{re.escape(str(value))}"):
         configure_optimizers(module, "epoch")
     fine = {"min_lr": 0.0, "patience": 0, "total_iters": 0, "power": 0.0, "T_max": 1, "step_size": 1,
-            "step_size_up": 1, "eta_min": 0.0, "factor": 0.5, "gamma": 0.5, "div_factor": 1.0, "final_div_factor": 1.0}
+            "step_size_up": 1, "eta_min": 0.0, "factor": 0.5, "gamma": 0.5, "div_factor": 1.0, "final_div_factor": 1.0,
+            "linear_start_epochs": 0, "linear_start_lr": 0.01}
     module = SequenceModule(nn.GRU(3, 4), scheduler=partial(scheduler, **settings, **{key: fine[key]}))
     configure_optimizers(module, "epoch")  # ReduceLROnPlateau with no trainer: its val/loss is not checked
 
@@ -576,6 +583,24 @@ def test_a_scheduler_setting_out_of_range_is_refused_in_one_line_before_the_run(
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == f"memnet: model.init_args.scheduler.init_args.{expected}"
+    assert not (tmp_path / "runs").exists()  # refused before the run and its W&B run started
+
+
+def test_a_linear_start_setting_out_of_range_is_refused_naming_its_key_before_the_run(tmp_path, capsys):
+    """memnet.optim.LinearStartStepLR refused step_size 0 at fit start, after the run and its W&B run had started,
+    naming the bare argument: 'memnet: step_size must be a positive integer, got 0'; refused before the run, naming
+    the config key, as a torch scheduler's setting."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMALL, *TINY, "--trainer.logger=true", "--model.init_args.scheduler_interval=epoch",
+              "--model.init_args.scheduler=memnet.optim.LinearStartStepLR",
+              "--model.init_args.scheduler.init_args.linear_start_epochs=1",
+              "--model.init_args.scheduler.init_args.linear_start_lr=0.01",
+              "--model.init_args.scheduler.init_args.step_size=0"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        "memnet: model.init_args.scheduler.init_args.step_size must be an integer ≥ 1, got 0 (LinearStartStepLR): the "
+        "epochs between two reductions of the rate after the linear start")
     assert not (tmp_path / "runs").exists()  # refused before the run and its W&B run started
 
 
