@@ -332,13 +332,7 @@ def test_the_command_tables_a_memory_models_parts(tmp_path, monkeypatch, capsys)
     is a row below the model's, with t = 1 beside t = 0, and a note says what the memory's part of h(0) is."""
     from memnet.cli import main
 
-    ntm = Path(__file__).resolve().parents[1] / "configs" / "probe" / "ntm.yaml"
-    config = tmp_path / "ntm_small.yaml"
-    config.write_text(f"extends: {ntm}\n"
-                      "model:\n  init_args:\n    net:\n      init_args:\n"
-                      "        memory_size: 6\n        word_size: 3\n        controller:\n          init_args:\n"
-                      "            hidden_size: 4\n"
-                      "data:\n  init_args:\n    task:\n      init_args:\n        max_length: 3\n    val_lengths: [3]\n")
+    config = _tiny_ntm_config(tmp_path)
     monkeypatch.chdir(tmp_path)
     main(["probe", str(config), "--out", str(tmp_path / "probe.png"), "--max-sequences", "2"])
     out = capsys.readouterr().out
@@ -458,13 +452,7 @@ def test_the_command_probes_with_the_memory_size_of_validation(tmp_path, monkeyp
     probed the first validation batch with the training N (the callback probes with 11)."""
     from memnet.cli.probe import compare
 
-    ntm = Path(__file__).resolve().parents[1] / "configs" / "probe" / "ntm.yaml"
-    config = tmp_path / "ntm_eval.yaml"
-    config.write_text(f"extends: {ntm}\n"
-                      "model:\n  init_args:\n    eval_memory_size: 11\n    net:\n      init_args:\n"
-                      "        memory_size: 6\n        word_size: 3\n        controller:\n          init_args:\n"
-                      "            hidden_size: 4\n"
-                      "data:\n  init_args:\n    task:\n      init_args:\n        max_length: 3\n    val_lengths: [3]\n")
+    config = _tiny_ntm_config(tmp_path, model="    eval_memory_size: 11\n")
     sizes = []
     initial_state = NTM.initial_state
     monkeypatch.setattr(NTM, "initial_state",
@@ -487,6 +475,18 @@ def test_the_command_refuses_a_config_whose_model_is_not_a_binary_sequence_modul
     assert exit_info.value.code == 2
     assert f"config {path}: memnet probe trains and probes networks on binary sequences" in capsys.readouterr().err
     assert not (tmp_path / "probe.png").exists()
+
+
+def _tiny_ntm_config(tmp_path, *, model: str = "") -> Path:
+    """configs/probe/ntm.yaml, small (N = 6 slots of 3, LSTM 4, length 3); ``model`` lines under ``model.init_args:``."""
+    ntm = Path(__file__).resolve().parents[1] / "configs" / "probe" / "ntm.yaml"
+    config = tmp_path / "ntm_small.yaml"
+    config.write_text(f"extends: {ntm}\n"
+                      "model:\n  init_args:\n" + model + "    net:\n      init_args:\n"
+                      "        memory_size: 6\n        word_size: 3\n        controller:\n          init_args:\n"
+                      "            hidden_size: 4\n"
+                      "data:\n  init_args:\n    task:\n      init_args:\n        max_length: 3\n    val_lengths: [3]\n")
+    return config
 
 
 def _tiny_rnn_config(tmp_path, *, trainer: str = "", model: str = "") -> Path:
