@@ -552,6 +552,69 @@ def test_a_submitit_local_job_is_told_from_a_later_process_of_its_pid(tmp_path, 
     assert L.still_submitted(runs) == {}
 
 
+def test_a_job_that_writes_its_state_during_submission_keeps_it(tmp_path, fake_executor, monkeypatch):
+    """submit() wrote each run's job.json 'pending' after executor.batch() returned, when submitit-local's jobs had
+    started (batch() starts them as it closes): a job fast enough to have written 'running', or even 'finished',
+    was marked pending again, and a later `suite run` took it for a job still waiting. job.json is written 'pending'
+    before the submission and gets its job id after it; a state its job wrote meanwhile stays."""
+    suite = S.load_suite(write_suite(tmp_path / "s.yaml"))
+    results = tmp_path / "r"
+    a, b = S.expand_runs(suite, results)
+    seen = {}
+
+    @contextlib.contextmanager
+    def batch(self):
+        yield
+        seen.update({run.name: json.loads((run.folder / L.JOB_FILE).read_text())["state"] for run in (a, b)})
+        # submitit submits the jobs as the batch closes; they start before it returns: a's trains, b's has ended
+        L.write_job_file(a, state="running", holder=None, job_id=FakeExecutor.jobs[0].job_id, pid=9001)
+        L.write_job_file(b, state="finished", job_id=FakeExecutor.jobs[1].job_id, pid=9002)
+
+    monkeypatch.setattr(FakeExecutor, "batch", batch)
+    local = L.merge(suite.launcher or L.LauncherConfig(), name="submitit-local", settings={}, slurm=[])
+    assert L.submit(suite, [a, b], results, local, base_dir=tmp_path, wait=False)["submitted"] == 2
+    assert seen == {"a/seed_0": "pending", "b/seed_0": "pending"}  # written before the jobs were submitted
+    jobs = {run.name: json.loads((run.folder / L.JOB_FILE).read_text()) for run in (a, b)}
+    assert {name: (job["state"], job["job_id"], job["pid"], job["launcher"]) for name, job in jobs.items()} == {
+        "a/seed_0": ("running", "77_0", 9001, "submitit-local"),
+        "b/seed_0": ("finished", "77_1", 9002, "submitit-local")}
+
+    @contextlib.contextmanager
+    def refused(self):
+        yield
+        raise RuntimeError("sbatch: error: Batch job submission failed")
+
+    monkeypatch.setattr(FakeExecutor, "batch", refused)
+    job_file = a.folder / L.JOB_FILE
+    before = job_file.read_text()
+    with pytest.raises(RuntimeError, match="submission failed"):
+        L.submit(suite, [a, b], results, L.merge(local, name="slurm", settings={}, slurm=[]), base_dir=tmp_path,
+                 wait=False)
+    assert job_file.read_text() == before  # a refused submission leaves each job.json as it was
+
+
+def test_the_submitters_job_id_waits_for_a_job_writing_its_job_file(tmp_path):
+    """The submitter's job id, added after the submission, was read-modify-written unguarded: a job writing its
+    state between the submitter's reading and writing lost it. Both write job.json under job.lock."""
+    import fcntl
+
+    suite = S.load_suite(write_suite(tmp_path / "s.yaml"))
+    run = S.expand_runs(suite, tmp_path / "r")[0]
+    L.write_job_file(run, launcher="slurm", state="pending")  # as submit() writes it before submitting
+    with open(run.folder / L.JOB_LOCK_FILE, "a") as held:  # the job, between its reading and its writing
+        fcntl.flock(held, fcntl.LOCK_EX)
+        submitter = threading.Thread(target=L.write_job_file, args=(run,),
+                                     kwargs={"submitted": True, "job_id": "4242_0"})
+        submitter.start()
+        submitter.join(timeout=0.5)
+        assert submitter.is_alive()  # waits for the job's writing
+        job = json.loads((run.folder / L.JOB_FILE).read_text())
+        (run.folder / L.JOB_FILE).write_text(json.dumps({**job, "state": "running", "pid": 9001}))
+    submitter.join(timeout=10)
+    job = json.loads((run.folder / L.JOB_FILE).read_text())
+    assert (job["state"], job["job_id"], job["pid"], job["launcher"]) == ("running", "4242_0", 9001, "slurm")
+
+
 def replace_job_id(job: FakeJob, job_id: str) -> FakeJob:
     job.job_id = job_id
     return job
@@ -579,6 +642,7 @@ def test_a_run_lock_that_cannot_be_taken_is_said_once(tmp_path, monkeypatch):
         (f"[suite cluster] warning: {results / 'a' / 'seed_0' / 'suite.lock'}: no lock taken (flock: OSError: [Errno "
          f"{errno.ENOSYS}] Function not implemented; the filesystem does not support it): another memnet suite or "
          "job at this run would not be kept off it")]
+
 
 
 def test_the_dry_run_shows_a_run_another_process_or_job_is_at(fake_slurm, monkeypatch, capsys):

@@ -38,6 +38,7 @@ it submitted is not finished.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import math
@@ -47,6 +48,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,7 @@ from memnet.utils import is_integer, is_number, write_text_atomic
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
 JOB_FILE = "job.json"  # per run: launcher, job id, pid and host of the job running it
+JOB_LOCK_FILE = "job.lock"  # per run: flock-ed while job.json is read and written (write_job_file)
 STOP_SECONDS = 60.0  # how long a preempted job waits for its training process to stop
 # memnet's names of the launcher settings -> submitit's (AutoExecutor) parameter names
 SETTINGS = {
@@ -375,18 +378,70 @@ def _job_identity() -> dict[str, Any]:
     return identity
 
 
-def write_job_file(run: Run, **fields: Any) -> None:
+def write_job_file(run: Run, *, submitted: bool = False, **fields: Any) -> None:
     """Record who runs ``run`` (launcher state, job id, pid, host) beside its other files; a field given as None is
-    removed."""
+    removed.
+
+    The file is read and written under ``job.lock`` (:func:`_job_file_lock`), so that the submitter and the job, which
+    both write it, never write over what the other wrote between its reading and its writing. ``submitted``: the
+    submitter's own fields once the job is submitted (its job id): they are written whole only while the run is still
+    ``pending``; where its job has written a state since (it started as the batch closed), they only fill in the
+    fields the job left out, and the job's state, pid and host stay.
+    """
     run.folder.mkdir(parents=True, exist_ok=True)
     path = run.folder / JOB_FILE
+    with _job_file_lock(run.folder):
+        try:
+            previous = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            previous = {}
+        previous = previous if isinstance(previous, dict) else {}
+        if submitted and previous.get("state", "pending") != "pending":  # the job's own state: kept
+            record = {**{key: value for key, value in fields.items() if value is not None}, **previous}
+        else:
+            record = {**previous, **_job_identity(), **fields, "time": round(time.time(), 3)}
+        record = {key: value for key, value in record.items() if value is not None}
+        write_text_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def _job_file_lock(folder: Path) -> Iterator[None]:
+    """Hold ``job.lock`` in a run's folder (a ``flock``, waited for: held only while ``job.json`` is read and written);
+    where there is no ``flock`` (Windows, a filesystem without it) nothing is held, as before there was one."""
     try:
-        previous = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        previous = {}
-    record = {**previous, **_job_identity(), **fields, "time": round(time.time(), 3)}
-    record = {key: value for key, value in record.items() if value is not None}
-    write_text_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(folder / JOB_LOCK_FILE, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:  # no flock on this filesystem
+            pass
+        yield  # the lock goes with the file's closing
+
+
+def _job_file_text(run: Run) -> str | None:
+    try:
+        return (run.folder / JOB_FILE).read_text()
+    except OSError:
+        return None
+
+
+def _restore_job_file(run: Run, text: str | None) -> None:
+    """``job.json`` back to ``text`` (None: none), after a submission that failed; unless a job wrote it since."""
+    path = run.folder / JOB_FILE
+    with _job_file_lock(run.folder):
+        try:
+            state = json.loads(path.read_text()).get("state")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            state = None
+        if state != "pending":  # a job started all the same, and said so
+            return
+        if text is None:
+            path.unlink(missing_ok=True)
+        else:
+            write_text_atomic(path, text)
 
 
 def _events(results: Path) -> list[dict[str, Any]]:
@@ -567,16 +622,25 @@ def submit(suite: Suite, runs: list[Run], results: Path, config: LauncherConfig,
     results.mkdir(parents=True, exist_ok=True)
     runner._write_suite_file()
     submitted = suite.to_dict()
+    # "pending" before the submission: a job starts as the batch closes (submitit-local's at once), and the state it
+    # writes ("running", even "finished") must not be overwritten by this one; its job id is added after (submitted)
+    before = {run.name: _job_file_text(run) for run in todo}
+    for run in todo:
+        write_job_file(run, launcher=config.name, state="pending", job_id=None, holder=None, job_started=None)
     jobs = []
-    with executor.batch():
+    try:
+        with executor.batch():
+            for run in todo:
+                jobs.append(executor.submit(SuiteJob(str(results.resolve()), run.name, str(base_dir.resolve()),
+                                                     submitted)))
+    except BaseException:  # not submitted: each job.json as it was
         for run in todo:
-            jobs.append(executor.submit(SuiteJob(str(results.resolve()), run.name, str(base_dir.resolve()),
-                                                 submitted)))
+            _restore_job_file(run, before[run.name])
+        raise
     for run, job in zip(todo, jobs):
         # a submitit-local job is its process: its start time, read now, tells it from a later one of the same pid
         started = _process_start(job.job_id) if config.name == "submitit-local" else None
-        write_job_file(run, launcher=config.name, job_id=str(job.job_id), state="pending", holder=None,
-                       job_started=started)
+        write_job_file(run, submitted=True, job_id=str(job.job_id), job_started=started)
         runner._event(event="submitted", run=run.name, launcher=config.name, job_id=str(job.job_id))
     busy_jobs = f", {len(busy)} with a job submitted before" if busy else ""
     print(f"[suite {suite.name}] submitted {len(todo)} jobs ({config.name}; {counts['skipped']} runs already "

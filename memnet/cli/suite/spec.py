@@ -46,6 +46,7 @@ so one failure does not stop the others. A results folder holds::
         summary.json                          written by memnet fit when training finished
         metrics.json                          the run's record: status, metrics, evaluation, error
         job.json                              the cluster job running it (launcher, job id, state)
+        job.lock                              held (flock) while job.json is read and written
         suite.lock                            held (flock) by the process training or evaluating it
     RESULTS/report/                           leaderboard.md/.csv/.json, babi.md, lengths.md, *.png
     RESULTS/jobs/, RESULTS/wandb/             submitit's job files; the W&B summary run
