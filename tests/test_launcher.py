@@ -22,6 +22,7 @@ from submitit.core.utils import FailedJobError, UncompletedJobError
 from memnet import suite as S
 from memnet.cli import main as cli_main
 from memnet.cli.suite import launcher as L
+from memnet.cli.suite import runner as R
 
 ROOT = Path(__file__).resolve().parents[1]
 # A tiny NTM on copy that trains for a while (epochs of 2 steps, last.ckpt after each).
@@ -643,6 +644,40 @@ def test_a_run_lock_that_cannot_be_taken_is_said_once(tmp_path, monkeypatch):
          f"{errno.ENOSYS}] Function not implemented; the filesystem does not support it): another memnet suite or "
          "job at this run would not be kept off it")]
 
+
+def test_a_run_that_starts_while_its_lock_is_checked_is_not_left(tmp_path, monkeypatch):
+    """lock_holder() (`suite run --dry-run`, a cluster launcher's submission) tests a run's lock by taking it
+    shared for an instant: a run starting in that instant found it taken and left the run 'busy', naming the lock's
+    last holder, a process long ended ('skipped a/seed_0: another memnet suite (process 4321 on node7) ...'). A run
+    that finds its lock held shared only (a check; a holder holds it exclusive) tries again; a holder still keeps it
+    off (test_a_job_that_finds_its_run_held_leaves_it_and_says_so_in_its_job_file)."""
+    import fcntl
+
+    suite = S.load_suite(write_suite(tmp_path / "s.yaml"))
+    run = S.expand_runs(suite, tmp_path / "r")[0]
+    run.folder.mkdir(parents=True)
+    (run.folder / "suite.lock").write_text(json.dumps({"pid": 4321, "host": "node7"}) + "\n")  # its last holder
+    flock, checker, tries = fcntl.flock, [], []
+
+    def checked_meanwhile(handle, operation) -> None:
+        if operation == fcntl.LOCK_EX | fcntl.LOCK_NB:
+            tries.append(operation)
+            if len(tries) == 1:  # the run's first try: lock_holder holds the lock shared at this very moment
+                checker.append(open(run.folder / "suite.lock"))  # noqa: SIM115 -- closed below
+                flock(checker[0], fcntl.LOCK_SH | fcntl.LOCK_NB)
+            elif checker:  # the check is over: it lets go
+                checker.pop().close()
+        return flock(handle, operation)
+
+    monkeypatch.setattr(fcntl, "flock", checked_meanwhile)
+    monkeypatch.setattr(S.SuiteRunner, "_train_and_evaluate", lambda self, run, slot: ("done", f"done {run.name}"))
+    outcome, message = S.SuiteRunner(suite, tmp_path / "r").run_one(run)
+    assert (outcome, message, len(tries)) == ("done", "done a/seed_0", 2)
+    assert json.loads((run.folder / "suite.lock").read_text()) == {"pid": os.getpid(), "host": os.uname().nodename}
+    monkeypatch.setattr(R, "LOCK_CHECK_SECONDS", 0.05)
+    with open(run.folder / "suite.lock") as stuck:  # held shared without end (no check does): not waited for ever
+        flock(stuck, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        assert S.SuiteRunner(suite, tmp_path / "r").run_one(run)[0] == "busy"
 
 
 def test_the_dry_run_shows_a_run_another_process_or_job_is_at(fake_slurm, monkeypatch, capsys):

@@ -35,6 +35,8 @@ from memnet.utils import is_integer, logged_wandb_id, write_text_atomic
 
 RECORD_FILE = "metrics.json"
 LOCK_FILE = "suite.lock"  # per run: flock-ed by the process training or evaluating it, which writes its pid and host
+LOCK_CHECK_SECONDS = 5.0  # the longest a run waits for the checks (lock_holder) of its lock to let go
+LOCK_RETRY_SECONDS = 0.01  # how often it tries again meanwhile
 POLL_SECONDS = 0.2  # how often the scheduler looks at its runs
 PROGRESS_SECONDS = 30.0  # a progress line at least this often while runs go on
 ERROR_CHARS = 600  # the longest error message kept in a run's record
@@ -419,7 +421,7 @@ def run_lock(folder: Path, warn: Callable[[str], None] | None = None) -> Iterato
     with open(folder / LOCK_FILE, "a+") as handle:
         holder: dict[str, Any] | None = None
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _take_lock(handle, fcntl)
         except BlockingIOError:  # held by another process
             holder = _holder(handle)
         except OSError as error:  # no flock on this filesystem: not held
@@ -434,6 +436,27 @@ def run_lock(folder: Path, warn: Callable[[str], None] | None = None) -> Iterato
         yield holder  # the lock goes with the file's closing
 
 
+def _take_lock(handle: Any, fcntl: Any) -> None:
+    """Take a run's lock (exclusive), or raise ``BlockingIOError`` where another process holds it.
+
+    A holder (:func:`run_lock`) holds it exclusive; a check (:func:`lock_holder`) holds it shared for an instant. A
+    lock found taken that can be taken shared is only checked: it is tried again (every ``LOCK_RETRY_SECONDS``, for
+    ``LOCK_CHECK_SECONDS`` at most), so that a run starting while ``--dry-run`` or a submission looks at
+    its lock is not left as another process's.
+    """
+    deadline = time.monotonic() + LOCK_CHECK_SECONDS
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)  # raises BlockingIOError where a holder holds it
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            if time.monotonic() > deadline:  # checked without end: no check holds it that long
+                raise
+            time.sleep(LOCK_RETRY_SECONDS)
+
+
 def _holder(handle: Any) -> dict[str, Any]:
     """Who holds a lock, as its file says (``pid``, ``host``); empty where it cannot be read (being written now)."""
     handle.seek(0)
@@ -446,7 +469,8 @@ def _holder(handle: Any) -> dict[str, Any]:
 
 def lock_holder(folder: Path) -> dict[str, Any] | None:
     """Who holds a run's lock (:func:`run_lock`) now, without taking it: its ``pid`` and ``host``, or None where no
-    process holds it (or there is no ``flock``). The lock is tried shared for an instant and let go at once."""
+    process holds it (or there is no ``flock``). The lock is tried shared for an instant and let go at once: a run
+    that tries to take it in that instant finds it held shared only, and tries again (:func:`_take_lock`)."""
     try:
         import fcntl
     except ImportError:
