@@ -653,6 +653,8 @@ def test_a_run_that_starts_while_its_lock_is_checked_is_not_left(tmp_path, monke
     off (test_a_job_that_finds_its_run_held_leaves_it_and_says_so_in_its_job_file)."""
     import fcntl
 
+    for name in JOB_ENV:  # not in a job: the lock names no job
+        monkeypatch.delenv(name, raising=False)
     suite = S.load_suite(write_suite(tmp_path / "s.yaml"))
     run = S.expand_runs(suite, tmp_path / "r")[0]
     run.folder.mkdir(parents=True)
@@ -678,6 +680,63 @@ def test_a_run_that_starts_while_its_lock_is_checked_is_not_left(tmp_path, monke
     with open(run.folder / "suite.lock") as stuck:  # held shared without end (no check does): not waited for ever
         flock(stuck, fcntl.LOCK_SH | fcntl.LOCK_NB)
         assert S.SuiteRunner(suite, tmp_path / "r").run_one(run)[0] == "busy"
+
+
+JOB_ENV = ("SUBMITIT_LOCAL_JOB_ID", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID")
+
+
+@pytest.mark.parametrize(("env", "job_id"), [
+    ({"SLURM_JOB_ID": "4250", "SLURM_ARRAY_JOB_ID": "4242", "SLURM_ARRAY_TASK_ID": "3"}, "4242_3"),  # an array's
+    ({"SLURM_JOB_ID": "4250"}, "4250"),
+    ({"SUBMITIT_LOCAL_JOB_ID": "31337", "SLURM_JOB_ID": "4250"}, "31337"),  # submitit-local, in an allocation
+    ({}, None),  # no job: pid and host alone, as before
+])
+def test_a_runs_lock_records_the_job_that_holds_it(tmp_path, monkeypatch, env, job_id):
+    """A run's suite.lock recorded its holder's pid and host only: a run held by a cluster job was named 'process
+    4321 on node7', not by the job id squeue and scancel know. The process records its job's id (as job.json names
+    jobs: submitit-local's, else Slurm's array task, else Slurm's job) where it runs in one."""
+    for name in JOB_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    folder = tmp_path / "run"
+    with R.run_lock(folder) as holder:
+        assert holder is None
+        assert L.lock_holder(folder) == {"pid": os.getpid(), "host": os.uname().nodename,
+                                         **({"job_id": job_id} if job_id else {})}
+
+
+def test_the_job_holding_a_run_is_named_where_its_holder_is(fake_slurm, monkeypatch, capsys):
+    """`--dry-run`, a run left to its holder, a submission and `suite status` named the holder 'process 4321 on
+    node7'; held by a job, they name the job too."""
+    import fcntl
+
+    monkeypatch.chdir(fake_slurm)
+    path = write_suite(fake_slurm / "s.yaml")
+    suite = S.load_suite(path)
+    results = fake_slurm / "r"
+    a = S.expand_runs(suite, results)[0]
+    a.folder.mkdir(parents=True)
+    lock = Path("r/a/seed_0/suite.lock")
+    with open(a.folder / "suite.lock", "a+") as held:  # as a job at the run holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write(json.dumps({"pid": 4321, "host": "node7", "job_id": "4242_0"}))
+        held.flush()
+        assert suite_main("run", str(path), "--results", "r", "--dry-run") == 0
+        assert capsys.readouterr().out.splitlines()[0] == (
+            "[busy] a/seed_0: another memnet suite (process 4321 on node7 of job 4242_0) is training or evaluating it "
+            f"now (it holds {lock}); it is skipped")
+        assert suite_main("run", str(path), "--results", "r", "--dry-run", "--launcher", "slurm") == 0
+        assert capsys.readouterr().out.splitlines()[0] == (
+            f"[busy] a/seed_0: not submitted again: process 4321 on node7 of job 4242_0 is training or evaluating it "
+            f"now (it holds {lock})")
+        S.SuiteRunner(suite, results)._write_suite_file()
+        L.write_job_file(a, launcher="slurm", job_id="4243_0", state="pending")  # a job that will find it held
+        assert L.SuiteJob(str(results), a.name, str(fake_slurm), suite.to_dict())()["message"] == (
+            f"skipped a/seed_0: another memnet suite (process 4321 on node7 of job 4242_0) is training or evaluating "
+            f"it now (it holds {results / lock.relative_to('r')}); not run here")
+        assert L.run_states(results)[0]["detail"] == (
+            "submitted (job 4243_0 left it: process 4321 on node7 of job 4242_0 held it)")
 
 
 def test_the_dry_run_shows_a_run_another_process_or_job_is_at(fake_slurm, monkeypatch, capsys):

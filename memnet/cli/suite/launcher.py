@@ -62,6 +62,7 @@ from memnet.cli.suite.runner import (
     _terminate,
     check_records,
     expand_runs,
+    holder_name,
     lock_holder,
 )
 from memnet.cli.suite.spec import EVENTS_FILE, JOBS_DIR, SUITE_FILE, Suite, read_results_suite
@@ -541,8 +542,8 @@ def still_submitted(runs: list[Run]) -> dict[str, str]:
     for run in runs:
         holder = lock_holder(run.folder)
         if holder is not None:
-            busy[run.name] = (f"process {holder.get('pid', '?')} on {holder.get('host', '?')} is training or "
-                              f"evaluating it now (it holds {run.folder / LOCK_FILE})")
+            busy[run.name] = (f"{holder_name(holder)} is training or evaluating it now (it holds "
+                              f"{run.folder / LOCK_FILE})")
     waiting: dict[str, dict[str, Any]] = {}
     for run in runs:
         if run.name in busy:
@@ -727,8 +728,7 @@ def run_states(results: Path) -> list[dict[str, Any]]:
             detail += f"; requeued {requeues}×"
         if job.get("state") == "busy":  # that job ended at once: the run was another process's
             holder = job.get("holder") or {}
-            detail += (f" (job {job.get('job_id')} left it: process {holder.get('pid', '?')} on "
-                       f"{holder.get('host', '?')} held it)")
+            detail += f" (job {job.get('job_id')} left it: {holder_name(holder)} held it)"
         elif job.get("job_id"):
             detail += f" (job {job['job_id']})"
         states.append({"run": run.name, "state": state, "detail": detail, "requeues": requeues,

@@ -34,7 +34,7 @@ from memnet.selection import CHECKPOINT_METRICS
 from memnet.utils import is_integer, logged_wandb_id, write_text_atomic
 
 RECORD_FILE = "metrics.json"
-LOCK_FILE = "suite.lock"  # per run: flock-ed by the process training or evaluating it, which writes its pid and host
+LOCK_FILE = "suite.lock"  # per run: flock-ed by the process training or evaluating it, which writes its pid, host, job
 LOCK_CHECK_SECONDS = 5.0  # the longest a run waits for the checks (lock_holder) of its lock to let go
 LOCK_RETRY_SECONDS = 0.01  # how often it tries again meanwhile
 POLL_SECONDS = 0.2  # how often the scheduler looks at its runs
@@ -402,7 +402,8 @@ def _seconds_before(previous: dict[str, Any], resume: Path | None) -> float:
 @contextlib.contextmanager
 def run_lock(folder: Path, warn: Callable[[str], None] | None = None) -> Iterator[dict[str, Any] | None]:
     """Hold a run's lock (``suite.lock`` in its folder) while its body trains or evaluates it; yields None when
-    held here, else who holds it (``pid``, ``host``: another ``memnet suite run`` or cluster job at that run).
+    held here, else who holds it (``pid``, ``host`` and, in a cluster job, ``job_id``: :func:`job_id_here`; another
+    ``memnet suite run`` or cluster job at that run).
 
     The lock is the kernel's (``flock``), so a process that dies, killed included, leaves no lock behind: the file
     stays, saying who held it last, and the next process takes it. Where there is no ``flock`` (Windows, a
@@ -431,7 +432,9 @@ def run_lock(folder: Path, warn: Callable[[str], None] | None = None) -> Iterato
         else:
             handle.seek(0)
             handle.truncate()
-            handle.write(json.dumps({"pid": os.getpid(), "host": os.uname().nodename}) + "\n")
+            job_id = job_id_here()
+            handle.write(json.dumps({"pid": os.getpid(), "host": os.uname().nodename,
+                                     **({"job_id": job_id} if job_id else {})}) + "\n")
             handle.flush()
         yield holder  # the lock goes with the file's closing
 
@@ -457,8 +460,28 @@ def _take_lock(handle: Any, fcntl: Any) -> None:
             time.sleep(LOCK_RETRY_SECONDS)
 
 
+def job_id_here() -> str | None:
+    """The id of the cluster job this process runs in, as ``job.json`` names jobs (submitit's ``job_id``): a
+    ``submitit-local`` job's (``SUBMITIT_LOCAL_JOB_ID``), else a Slurm array task's (``<array job>_<task>``), else
+    a Slurm job's (``SLURM_JOB_ID``); None outside a job."""
+    env = os.environ
+    if env.get("SUBMITIT_LOCAL_JOB_ID"):
+        return env["SUBMITIT_LOCAL_JOB_ID"]
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID") or None
+
+
+def holder_name(holder: dict[str, Any]) -> str:
+    """A lock's holder (:func:`run_lock`) in words: ``process 4321 on node7``, and ``of job 4242_0`` where it runs in
+    a cluster job."""
+    who = f"process {holder.get('pid', '?')} on {holder.get('host', '?')}"
+    return f"{who} of job {holder['job_id']}" if holder.get("job_id") else who
+
+
 def _holder(handle: Any) -> dict[str, Any]:
-    """Who holds a lock, as its file says (``pid``, ``host``); empty where it cannot be read (being written now)."""
+    """Who holds a lock, as its file says (``pid``, ``host``, ``job_id`` in a cluster job); empty where it cannot be
+    read (being written now)."""
     handle.seek(0)
     try:
         holder = json.loads(handle.read())
@@ -494,7 +517,7 @@ def lock_holder(folder: Path) -> dict[str, Any] | None:
 
 def _busy(run: Run, holder: dict[str, Any]) -> tuple[str, str]:
     """The outcome of a run another process holds (:func:`run_lock`)."""
-    who = f"process {holder.get('pid', '?')} on {holder.get('host', '?')}"
+    who = holder_name(holder)
     return "busy", (f"skipped {run.name}: another memnet suite ({who}) is training or evaluating it now (it holds "
                     f"{run.folder / LOCK_FILE}); not run here")
 
@@ -859,7 +882,7 @@ class SuiteRunner:
         """
         holder = None if run.is_done() else lock_holder(run.folder)
         if holder is not None:
-            who = f"process {holder.get('pid', '?')} on {holder.get('host', '?')}"
+            who = holder_name(holder)
             return "busy", (f"another memnet suite ({who}) is training or evaluating it now (it holds "
                             f"{run.folder / LOCK_FILE}); it is skipped")
         if run.is_done() or not run.is_trained():

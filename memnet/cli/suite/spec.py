@@ -47,7 +47,8 @@ so one failure does not stop the others. A results folder holds::
         metrics.json                          the run's record: status, metrics, evaluation, error
         job.json                              the cluster job running it (launcher, job id, state)
         job.lock                              held (flock) while job.json is read and written
-        suite.lock                            held (flock) by the process training or evaluating it
+        suite.lock                            held (flock) by the process training or evaluating it (its pid,
+                                              host and cluster job id)
     RESULTS/report/                           leaderboard.md/.csv/.json, babi.md, lengths.md, *.png
     RESULTS/jobs/, RESULTS/wandb/             submitit's job files; the W&B summary run
 
