@@ -350,24 +350,29 @@ class EpochShuffle(torch.utils.data.Sampler):
         return iter(order)
 
 
-class EpochDraws(torch.utils.data.Sampler):
+class EpochDraws(DistributedSampler):
     """``count`` of ``size`` examples drawn uniformly *with* replacement for the epoch Lightning sets.
 
     The batches of the authors' MemN2N code (``randi(length(train_range), batch_size, 1)``, ⌊size /
     batch⌋ batches an epoch): an example may come twice in an epoch, or not at all. The draws of
     epoch e come from ``seed``, e and the process's ``rank`` alone, so a run resumed at epoch e
     draws what the unbroken run drew, and each DDP process its own. Without ``set_epoch`` each pass
-    takes the next epoch.
+    takes the next epoch. It is a ``DistributedSampler`` so that Lightning keeps it under DDP: in
+    its place Lightning's wrapper gave each of ``num_replicas`` processes a 1/``num_replicas`` share
+    of its own draws, and set the epoch on the wrapper only.
     """
 
-    def __init__(self, size: int, count: int, seed: int, rank: int = 0) -> None:
+    def __init__(self, size: int, count: int, seed: int, rank: int = 0, num_replicas: int | None = None) -> None:
+        num_replicas = rank + 1 if num_replicas is None else num_replicas  # the draws depend on the rank alone
         if size < 1 or count < 1:
             raise ValueError(f"EpochDraws needs examples to draw from and a number of draws, got size {size}, "
                              f"count {count}")
-        self.size, self.count, self.seed, self.rank, self.epoch = size, count, seed, rank, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"EpochDraws: rank must lie in [0, num_replicas), got rank {rank}, "
+                             f"num_replicas {num_replicas}")
+        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.size, self.count = size, count
+        self.num_samples = self.total_size = count
 
     def __len__(self) -> int:
         return self.count

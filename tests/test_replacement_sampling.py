@@ -77,3 +77,24 @@ def test_the_data_module_draws_the_authors_batches():
 def test_bad_sampling_is_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         BabiDataModule(**kwargs)
+
+
+def test_lightning_keeps_each_ddp_process_its_own_draws():
+    """Under DDP Lightning puts a DistributedSamplerWrapper around a sampler that is not a DistributedSampler: it
+    gave each process half of its own draws (2 batches of 8 an epoch at 70 questions, 2 processes, not ⌊70 / 16⌋ =
+    4), reshuffled by Lightning's seed, and set the epoch on the wrapper, not on the draws."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.trainer.states import RunningStage
+
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False)
+    module = BabiDataModule(tasks=[1], batch_size=8, seed=3, sampling="replacement")
+    split = _split(70)
+    module._splits = {"train": split, "validation": split, "test": split}
+    module.trainer = trainer
+    loader = trainer._data_connector._prepare_dataloader(module.train_dataloader(), shuffle=True,
+                                                         mode=RunningStage.TRAINING)
+    assert isinstance(loader.sampler, EpochDraws) and len(loader) == 4  # the epoch Lightning counts
+    own = EpochDraws(70, 32, seed=3, rank=0)  # the trainer's epoch 0 (the loader sets it), process 0's draws
+    words = [int(split[i]["story"][0, 0]) for i in own]
+    assert [q for batch in _stories(loader) for q in batch] == words

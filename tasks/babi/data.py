@@ -661,7 +661,7 @@ class BabiDataModule(pl.LightningDataModule):
         elif shuffle and self.sampling == "replacement":
             rank, world_size = distributed_position(self.trainer)
             batches = max(1, len(split) // (self.batch_size * world_size))
-            sampler = EpochDraws(len(split), batches * self.batch_size, self.seed, rank)
+            sampler = EpochDraws(len(split), batches * self.batch_size, self.seed, rank, world_size)
         elif shuffle:
             sampler = distributed_sampler(split, self.trainer, shuffle=True, seed=self.seed)
         else:
