@@ -250,26 +250,22 @@ class LinearStartSwitch(KeyedStateCallback):
         self.stale = state_dict["stale"]
         self.switched_at = state_dict["switched_at"]
 
-class OfflineFirstWandbLogger(WandbLogger):
-    """Lightning's ``WandbLogger``, offline unless the user opted in (``WANDB_MODE=online``; ``disabled`` turns it off).
+class WandbTrackingGuard(WandbLogger):
+    """Lightning's ``WandbLogger`` whose tracking never stops the training.
 
-    ``offline: null``, the default, is decided when the logger is built, from ``WANDB_MODE``
-    (:func:`memnet.utils.wandb_mode`), so a run's saved ``config.yaml`` does not carry the mode of the
-    shell it was first run from: ``WANDB_MODE=online memnet fit --config <run>/config.yaml`` syncs, and
-    the same config without it stays offline. ``true`` or ``false`` is kept as given. Other arguments
-    are ``WandbLogger``'s.
+    An error of W&B while logging (``log_metrics``, ``log_hyperparams``, images, tables, checkpoints as artifacts; a
+    full disk under the offline folder, W&B's service gone, an internal error) stopped the run where it was, a
+    multi-hour training lost since its last checkpoint. It is warned once, naming the error, and the logger logs
+    nothing more to W&B in this run (``stopped`` holds why); the run's own files (checkpoints, ``config.yaml``,
+    ``summary.json``, the pictures) are written as before. Starting the W&B run (``wandb.init``: an argument it
+    refuses, online mode without a key) is not caught: that is the user's to fix.
 
-    Tracking never stops the training: an error of W&B while logging (``log_metrics``, ``log_hyperparams``, images,
-    tables, checkpoints as artifacts; a full disk under the offline folder, W&B's service gone, an internal error)
-    stopped the run where it was, a multi-hour training lost since its last checkpoint. It is warned once, naming
-    the error, and the logger logs nothing more to W&B in this run (``stopped`` holds why); the run's own files
-    (checkpoints, ``config.yaml``, ``summary.json``, the pictures) are written as before. Starting the W&B run
-    (``wandb.init``: an argument it refuses, online mode without a key) is not caught: that is the user's to fix.
+    memnet's :class:`OfflineFirstWandbLogger` is one; ``memnet fit`` guards any other ``WandbLogger`` a config names
+    (Lightning's own, or a subclass of it) the same way (:func:`guard_wandb_logger`): its class is put behind this
+    one, which then stands between it and ``WandbLogger``.
     """
 
-    def __init__(self, *, offline: bool | None = None, **kwargs: Any) -> None:
-        super().__init__(offline=wandb_offline() if offline is None else offline, **kwargs)
-        self.stopped: str | None = None  # why W&B logging stopped in this run ("OSError: ... at step 12"), or None
+    stopped: str | None = None  # why W&B logging stopped in this run ("OSError: ... at step 12"), or None
 
     def _track(self, call: Callable[[], Any], step: int | None = None) -> None:
         """Run ``call`` (a call into W&B) unless tracking has stopped; an error there stops it, with one warning."""
@@ -286,37 +282,78 @@ class OfflineFirstWandbLogger(WandbLogger):
 
     @rank_zero_only
     def log_hyperparams(self, params: Any) -> None:
-        self._track(lambda: super(OfflineFirstWandbLogger, self).log_hyperparams(params))
+        self._track(lambda: super(WandbTrackingGuard, self).log_hyperparams(params))
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        self._track(lambda: super(OfflineFirstWandbLogger, self).log_metrics(metrics, step), step)
+        self._track(lambda: super(WandbTrackingGuard, self).log_metrics(metrics, step), step)
 
     @rank_zero_only
     def log_table(self, *args: Any, step: int | None = None, **kwargs: Any) -> None:
-        self._track(lambda: super(OfflineFirstWandbLogger, self).log_table(*args, step=step, **kwargs), step)
+        self._track(lambda: super(WandbTrackingGuard, self).log_table(*args, step=step, **kwargs), step)
 
     @rank_zero_only
     def log_image(self, key: str, images: list[Any], step: int | None = None, **kwargs: Any) -> None:
-        self._track(lambda: super(OfflineFirstWandbLogger, self).log_image(key, images, step, **kwargs), step)
+        self._track(lambda: super(WandbTrackingGuard, self).log_image(key, images, step, **kwargs), step)
 
     @rank_zero_only
     def log_audio(self, key: str, audios: list[Any], step: int | None = None, **kwargs: Any) -> None:
-        self._track(lambda: super(OfflineFirstWandbLogger, self).log_audio(key, audios, step, **kwargs), step)
+        self._track(lambda: super(WandbTrackingGuard, self).log_audio(key, audios, step, **kwargs), step)
 
     @rank_zero_only
     def log_video(self, key: str, videos: list[Any], step: int | None = None, **kwargs: Any) -> None:
-        self._track(lambda: super(OfflineFirstWandbLogger, self).log_video(key, videos, step, **kwargs), step)
+        self._track(lambda: super(WandbTrackingGuard, self).log_video(key, videos, step, **kwargs), step)
 
     def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:
         # with log_model, the checkpoints are logged as artifacts (W&B calls); without it nothing is called
         if self._log_model:
-            self._track(lambda: super(OfflineFirstWandbLogger, self).after_save_checkpoint(checkpoint_callback))
+            self._track(lambda: super(WandbTrackingGuard, self).after_save_checkpoint(checkpoint_callback))
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
         if self._experiment is not None:  # the artifacts of log_model=True, at a successful end
-            self._track(lambda: super(OfflineFirstWandbLogger, self).finalize(status))
+            self._track(lambda: super(WandbTrackingGuard, self).finalize(status))
+
+
+class OfflineFirstWandbLogger(WandbTrackingGuard):
+    """Lightning's ``WandbLogger``, offline unless the user opted in (``WANDB_MODE=online``; ``disabled`` turns it off).
+
+    ``offline: null``, the default, is decided when the logger is built, from ``WANDB_MODE``
+    (:func:`memnet.utils.wandb_mode`), so a run's saved ``config.yaml`` does not carry the mode of the
+    shell it was first run from: ``WANDB_MODE=online memnet fit --config <run>/config.yaml`` syncs, and
+    the same config without it stays offline. ``true`` or ``false`` is kept as given. Other arguments
+    are ``WandbLogger``'s. Tracking never stops the training (:class:`WandbTrackingGuard`).
+    """
+
+    def __init__(self, *, offline: bool | None = None, **kwargs: Any) -> None:
+        super().__init__(offline=wandb_offline() if offline is None else offline, **kwargs)
+
+
+_GUARDED: dict[type, type] = {}  # a WandbLogger class -> the same class behind WandbTrackingGuard
+
+
+def guard_wandb_logger(logger: Any) -> Any:
+    """``logger`` guarded as memnet's own (:class:`WandbTrackingGuard`) when it is a ``WandbLogger`` that is not.
+
+    Its class becomes one of the same name with the guard in front (made once per class), the instance and its
+    arguments unchanged; anything else is returned as it is. A guarded logger pickles (Lightning's ``ddp_spawn``
+    does) as its own class, guarded again when unpickled.
+    """
+    if not isinstance(logger, WandbLogger) or isinstance(logger, WandbTrackingGuard):
+        return logger
+    cls = type(logger)
+    if cls not in _GUARDED:
+        _GUARDED[cls] = type(cls.__name__, (WandbTrackingGuard, cls), {
+            "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+            "__reduce__": lambda self: (_unpickle_guarded, (cls, self.__getstate__()))})
+    logger.__class__ = _GUARDED[cls]
+    return logger
+
+
+def _unpickle_guarded(cls: type, state: dict[str, Any]) -> Any:
+    logger = cls.__new__(cls)
+    logger.__dict__.update(state)
+    return guard_wandb_logger(logger)
 
 
 class LastAndBestCheckpoint(ModelCheckpoint):

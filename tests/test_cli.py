@@ -834,3 +834,73 @@ def test_an_error_starting_the_wandb_run_still_stops_the_fit(monkeypatch):
     monkeypatch.setattr(wandb, "run", None)  # an earlier test's run, which Lightning's logger would take up
     with pytest.raises(wandb.errors.UsageError, match="api_key not configured"):
         main(["fit", "--config", SMALL, *TINY])
+
+
+class FakeRun:
+    """A stand-in for wandb's ``Run`` (no files, no network): records what it was given; ``log`` raises ``failure``
+    from its ``fail_from``-th call on, ``finish`` raises ``finish_failure``."""
+
+    def __init__(self, path: Path, *, failure: Exception | None = None, fail_from: int = 1,
+                 finish_failure: Exception | None = None) -> None:
+        self.dir, self.id, self.name, self.project = str(path / "files"), "fake0001", "fake", "memnet"
+        self.failure, self.fail_from, self.finish_failure = failure, fail_from, finish_failure
+        self.logged: list[list[str]] = []
+        self.finished: list[int | None] = []
+        self.config = type("Config", (), {"update": lambda *args, **kwargs: None})()
+
+    def log(self, data, *args, **kwargs):
+        self.logged.append(sorted(data))
+        if self.failure is not None and len(self.logged) >= self.fail_from:
+            raise self.failure
+
+    def define_metric(self, *args, **kwargs):
+        pass
+
+    def finish(self, exit_code=None, **kwargs):
+        self.finished.append(exit_code)
+        if self.finish_failure is not None:
+            raise self.finish_failure
+
+
+def _fake_wandb(monkeypatch, run: FakeRun) -> None:
+    """``wandb.init`` hands out ``run``; no run is in progress (an earlier test's, which Lightning's logger would
+    take up)."""
+    import wandb
+
+    monkeypatch.setattr(wandb, "init", lambda *args, **kwargs: run)
+    monkeypatch.setattr(wandb, "run", None)
+
+
+def test_lightnings_own_wandb_logger_in_a_config_is_guarded_as_memnets(tmp_path, monkeypatch, caplog, capsys):
+    """``trainer.logger: pytorch_lightning.loggers.WandbLogger`` in a config: a W&B error while logging (a full disk
+    under the offline folder) stopped the fit at its first log, before any checkpoint, where memnet's own logger
+    warns once and trains on. Now it is guarded the same way."""
+    import logging
+
+    run = FakeRun(tmp_path, failure=OSError(28, "No space left on device"), fail_from=2)
+    _fake_wandb(monkeypatch, run)
+    caplog.set_level(logging.WARNING)
+    main(["fit", "--config", SMALL, *TINY, "--trainer.log_every_n_steps=1",
+          "--trainer.logger=pytorch_lightning.loggers.WandbLogger", f"--trainer.logger.save_dir={tmp_path / 'logs'}"])
+    latest = json.loads((tmp_path / "runs" / "latest.json").read_text())
+    assert torch.load(latest["last_checkpoint"], weights_only=False)["global_step"] == 4
+    assert len(run.logged) == 2, f"W&B was called again after it failed: {run.logged}"
+    warned = [r.getMessage() for r in caplog.records if "W&B logging failed" in r.getMessage()]
+    assert len(warned) == 1 and "OSError: [Errno 28] No space left on device at step" in warned[0], warned
+    assert "W&B logging stopped during training (OSError" in capsys.readouterr().out
+
+
+def test_a_guarded_lightning_wandb_logger_pickles_as_a_guarded_one(tmp_path, monkeypatch):
+    """Lightning's ``ddp_spawn`` pickles the trainer and its loggers: the guarded logger's class, made when guarded,
+    is rebuilt on the other side, not refused by pickle or unpickled unguarded."""
+    import pickle
+
+    from pytorch_lightning.loggers import WandbLogger
+
+    from memnet.callbacks import WandbTrackingGuard, guard_wandb_logger
+
+    _fake_wandb(monkeypatch, FakeRun(tmp_path))
+    logger = guard_wandb_logger(WandbLogger(save_dir=str(tmp_path), offline=True, project="p"))
+    copied = pickle.loads(pickle.dumps(logger))
+    assert isinstance(copied, WandbTrackingGuard) and type(copied) is type(logger) and copied._project == "p"
+    assert guard_wandb_logger(logger) is logger and type(logger).__mro__[2] is WandbLogger

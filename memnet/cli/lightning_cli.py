@@ -25,7 +25,13 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveCon
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins.io import CheckpointIO, TorchCheckpointIO
 
-from memnet.callbacks import METRICS_KEY, LastAndBestCheckpoint, OfflineFirstWandbLogger
+from memnet.callbacks import (
+    METRICS_KEY,
+    LastAndBestCheckpoint,
+    OfflineFirstWandbLogger,
+    WandbTrackingGuard,
+    guard_wandb_logger,
+)
 from memnet.checkpoint import check_finite_state, unreadable_checkpoint
 from memnet.cli.configs import (
     ConfigError,
@@ -342,6 +348,11 @@ class MemnetCLI(LightningCLI):
             # put the run in ./lightning_logs/version_N/ instead of runs/memnet/<id>/
             config["logger"] = OfflineFirstWandbLogger(save_dir=RUNS_DIR, project=WANDB_PROJECT)
         _offline_unless_opted_in(config.get("logger"))
+        # Lightning's own WandbLogger named in a config (or a subclass): a W&B error while logging stopped the fit
+        # before any checkpoint; guarded as memnet's own, it warns once and the training goes on
+        logger = config.get("logger")
+        for item in logger if isinstance(logger, list) else [logger]:
+            guard_wandb_logger(item)
         self._place_run(config, callbacks)
         return super()._instantiate_trainer(config, callbacks)
 
@@ -532,7 +543,7 @@ class MemnetCLI(LightningCLI):
         if summary["wandb_dir"]:
             print("W&B run:          ", summary["wandb_dir"], "(offline)" if wandb_offline() else "")
         for logger in trainer.loggers:  # said again at the end: the warning is far up a long run's output
-            if getattr(logger, "stopped", None) and isinstance(logger, OfflineFirstWandbLogger):
+            if getattr(logger, "stopped", None) and isinstance(logger, WandbTrackingGuard):
                 print(f"W&B logging stopped during training ({logger.stopped}); the run's folder has it all")
 
 
