@@ -309,10 +309,39 @@ class WandbTrackingGuard(WandbLogger):
         if self._log_model:
             self._track(lambda: super(WandbTrackingGuard, self).after_save_checkpoint(checkpoint_callback))
 
+    @property
+    def experiment(self) -> Any:
+        """Lightning's: the W&B run, started (or the one in progress taken up) at the first call."""
+        if self._experiment is None:
+            import wandb
+
+            self._run_taken_up = wandb.run is not None  # the user's (wandb.init before the fit): theirs to finish
+        return super().experiment
+
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        if self._experiment is not None:  # the artifacts of log_model=True, at a successful end
+        if status == "failed":  # Lightning's word for a fit, validate, test or predict that raised (Ctrl-C too)
+            self._finish_failed()
+        elif self._experiment is not None:  # the artifacts of log_model=True, at a successful end
             self._track(lambda: super(WandbTrackingGuard, self).finalize(status))
+
+    def _finish_failed(self) -> None:
+        """Finish the W&B run this logger started with exit code 1, once; an error doing so is warned, never raised
+        (Lightning calls this while the training's own error is on its way to the user).
+
+        Left running, W&B recorded the exit code of the process when it ended: 0 for memnet's one-line errors
+        (``raise SystemExit(1)`` after a diverged training is not ``sys.exit``), so a failed run was shown as
+        finished; and a later fit in the same process (a notebook) logged on into it, W&B's run in progress.
+        """
+        run = self._experiment
+        if run is None or getattr(self, "_run_taken_up", False) or getattr(self, "_finished_failed", False):
+            return
+        self._finished_failed = True
+        try:
+            run.finish(exit_code=1)
+        except Exception as error:  # noqa: BLE001 -- W&B's service gone, a full disk: the fit's error comes first
+            log.warning("W&B could not finish the failed run (%s: %s); W&B records it when this process ends",
+                        type(error).__name__, error)
 
 
 class OfflineFirstWandbLogger(WandbTrackingGuard):

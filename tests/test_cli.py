@@ -890,6 +890,61 @@ def test_lightnings_own_wandb_logger_in_a_config_is_guarded_as_memnets(tmp_path,
     assert "W&B logging stopped during training (OSError" in capsys.readouterr().out
 
 
+def _failing_training_step(monkeypatch, error: BaseException) -> None:
+    """The model's third training step raises ``error``."""
+    step = SequenceModule.training_step
+
+    def training_step(self, batch, batch_idx):
+        if self.trainer.global_step >= 2:
+            raise error
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(SequenceModule, "training_step", training_step)
+
+
+@pytest.mark.parametrize("error, code", [(FloatingPointError("loss is nan at step 2"), 1), (KeyboardInterrupt(), 1)])
+def test_a_failed_fit_finishes_its_wandb_run_with_a_non_zero_exit_code(tmp_path, monkeypatch, error, code):
+    """A fit that failed (a diverged training, memnet's exit 1; Ctrl-C) left its W&B run unfinished: W&B recorded
+    the process's exit, 0 for memnet's one-line errors (``raise SystemExit(1)`` is not ``sys.exit``), so a diverged
+    run was shown as finished, and a later fit in the same process logged on into the failed run. It is finished
+    once, with exit code 1, and the error is the one the user sees."""
+    run = FakeRun(tmp_path)
+    _fake_wandb(monkeypatch, run)
+    _failing_training_step(monkeypatch, error)
+    with pytest.raises(SystemExit) as stopped:
+        main(["fit", "--config", SMALL, *TINY, "--trainer.max_steps=6"])
+    assert stopped.value.code == code
+    assert run.finished == [1]
+
+
+def test_a_failure_to_finish_the_wandb_run_does_not_hide_the_fits_error(tmp_path, monkeypatch, capsys, caplog):
+    """W&B failing to finish the run (its service gone) is warned; the training's own error is the one raised."""
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    run = FakeRun(tmp_path, finish_failure=ConnectionResetError("the W&B service is gone"))
+    _fake_wandb(monkeypatch, run)
+    _failing_training_step(monkeypatch, FloatingPointError("loss is nan at step 2"))
+    with pytest.raises(SystemExit) as stopped:
+        main(["fit", "--config", SMALL, *TINY, "--trainer.max_steps=6"])
+    assert stopped.value.code == 1 and "memnet: loss is nan at step 2" in capsys.readouterr().err
+    assert run.finished == [1]
+    assert "W&B could not finish the failed run (ConnectionResetError: the W&B service is gone)" in caplog.text
+
+
+def test_a_wandb_run_the_user_started_is_not_finished_by_a_failed_fit(tmp_path, monkeypatch):
+    """A run in progress before the fit (``wandb.init`` in a notebook), which the logger logs into, is the user's
+    to finish."""
+    import wandb
+
+    run = FakeRun(tmp_path)
+    monkeypatch.setattr(wandb, "run", run)
+    _failing_training_step(monkeypatch, FloatingPointError("loss is nan at step 2"))
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", SMALL, *TINY, "--trainer.max_steps=6"])
+    assert run.logged and run.finished == []
+
+
 def test_a_guarded_lightning_wandb_logger_pickles_as_a_guarded_one(tmp_path, monkeypatch):
     """Lightning's ``ddp_spawn`` pickles the trainer and its loggers: the guarded logger's class, made when guarded,
     is rebuilt on the other side, not refused by pickle or unpickled unguarded."""
