@@ -8,6 +8,8 @@ import inspect
 import os
 import re
 import shutil
+import socket
+import time
 import warnings
 from collections.abc import Callable, Sized
 from pathlib import Path
@@ -674,10 +676,18 @@ def write_text_atomic(path: Path, text: str) -> None:
     _write_beside(Path(path), lambda partial: partial.write_text(text))
 
 
+# the host in a partial file's name: a pid names a process on one machine only (a results folder shared by the
+# nodes of a cluster); a host name's separators are kept out of the file name
+_HOST = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
+LEGACY_PARTIAL_AGE = 3600.0  # seconds: a .<name>.<pid>.partial (no host) older than this, its pid gone, is stale
+
+
 def _write_beside(path: Path, write: Callable[[Path], Any]) -> None:
-    """``write(partial)`` to a file of this process's own beside ``path``, then rename it onto ``path``; the partial
-    file is removed whatever happens, and an ``OSError`` is named by ``path`` (:func:`_named`)."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    """``write(partial)`` to a file of this process's own beside ``path`` (``.<name>.<host>.<pid>.partial``), then
+    rename it onto ``path``; the partial file is removed whatever happens, and an ``OSError`` is named by ``path``
+    (:func:`_named`). Once renamed, the partial files of ``path`` that killed writers left are removed
+    (:func:`_remove_stale_partials`)."""
+    partial = path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.partial")
     try:
         write(partial)
         os.replace(partial, path)
@@ -685,6 +695,44 @@ def _write_beside(path: Path, write: Callable[[Path], Any]) -> None:
         raise _named(error, path) from None
     finally:
         partial.unlink(missing_ok=True)
+    _remove_stale_partials(path)
+
+
+def _remove_stale_partials(path: Path) -> None:
+    """Remove the ``.<name>.<host>.<pid>.partial`` files beside ``path`` whose writer is gone: killed between writing
+    and renaming, it left one for ever. Only this host's, of a pid no process has here (``os.kill(pid, 0)``); a
+    live writer's, another host's (its pid means nothing here) and other files' are left alone, and so is one of
+    the earlier naming without a host (``.<name>.<pid>.partial``) unless it is over an hour old. What cannot be
+    removed is left as it is."""
+    pattern = re.compile(re.escape(f".{path.name}.") + r"(?:(?P<host>[A-Za-z0-9_.-]+)\.)?(?P<pid>\d+)\.partial")
+    try:
+        names = [entry.name for entry in os.scandir(path.parent) if entry.name.startswith(f".{path.name}.")]
+    except OSError:
+        return
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match is None or int(match["pid"]) == os.getpid() or _process_alive(int(match["pid"])):
+            continue
+        leftover = path.parent / name
+        with contextlib.suppress(OSError):
+            if match["host"] is None:  # the earlier naming: it may be another host's, but not for an hour
+                if time.time() - leftover.stat().st_mtime < LEGACY_PARTIAL_AGE:
+                    continue
+            elif match["host"] != _HOST:
+                continue
+            if leftover.is_file() and not leftover.is_symlink():
+                leftover.unlink()
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process of this pid runs on this host (one of another user's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
 
 
 def _named(error: OSError, path: Path) -> OSError:

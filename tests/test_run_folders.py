@@ -4,6 +4,7 @@ its own folder (and W&B run); resuming a finished run leaves runs/latest.json al
 from __future__ import annotations
 
 import json
+import os
 import re
 import warnings
 from pathlib import Path
@@ -474,3 +475,37 @@ def test_a_failed_summary_write_is_one_line(tmp_path, capsys, monkeypatch):
     assert (f"memnet: could not write the run's summary {last.parent.parent / 'summary.json'}: No space left on "
             "device (is the disk full or the folder read-only?); the checkpoints are whole; a fit resumed from ") in err
     assert err.rstrip().endswith("last.ckpt writes it")
+
+
+def test_a_write_removes_the_partial_files_killed_writers_of_the_same_file_left(tmp_path):
+    """A process killed between writing ``.<name>.<...>.<pid>.partial`` and renaming it left that file beside the
+    target for ever (a suite's records, summaries, tables). The next write of the same file removes those whose
+    writer is gone (a pid no process has, on this host); never a live writer's, another host's, another file's, nor
+    one of the old naming (no host) newer than an hour."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from memnet.utils import write_text_atomic
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    dead, live, host = int(gone.stdout), os.getppid(), socket.gethostname()
+    target = tmp_path / "record.json"
+
+    def leftover(name: str, age: float = 0.0) -> Path:
+        path = tmp_path / name
+        path.write_text("half")
+        os.utime(path, (time.time() - age, time.time() - age))
+        return path
+
+    stale = [leftover(f".record.json.{host}.{dead}.partial"), leftover(f".record.json.{dead}.partial", age=7200)]
+    kept = [leftover(f".record.json.{host}.{live}.partial"),            # a live writer's
+            leftover(f".record.json.other-node.{dead}.partial"),        # another host's: its pid means nothing here
+            leftover(f".record.json.{dead}.partial".replace(str(dead), str(dead + 1)), age=60),  # old naming, new
+            leftover(f".other.json.{host}.{dead}.partial")]             # another file's
+    write_text_atomic(target, "{}")
+    assert target.read_text() == "{}"
+    assert [path.name for path in stale if path.exists()] == [], "a dead writer's partial file was left"
+    assert [path.name for path in kept if not path.exists()] == [], "a partial file that may be live was removed"
