@@ -332,6 +332,26 @@ def test_an_unknown_option_of_memnets_own_commands_is_named_first_with_the_close
     assert capsys.readouterr().err == expected + "\n"
 
 
+@pytest.mark.parametrize(("argv", "expected"), [
+    # the Lightning parser: its usage line, a tip naming __main__.py, then "error: argument subcommand: invalid
+    # choice: 'fti' (choose from 'fit', 'validate', 'test', 'predict')", none of memnet's own commands among them
+    (["fti", "--config", SMALL], "memnet: unknown command 'fti'; did you mean fit?"),
+    (["evalute", "--ckpt_path", "x"], "memnet: unknown command 'evalute'; did you mean evaluate?"),
+    (["babi_table"], "memnet: unknown command 'babi_table'; did you mean babi-table?"),
+    (["zzz"], ("memnet: unknown command 'zzz'; the commands are fit, validate, test, predict, evaluate, probe, figures, "
+              "suite, export, configs, data, babi-table (memnet --help)")),
+    # argparse: its usage, then "memnet suite: error: argument command: invalid choice: 'rnu' (choose from ...)"
+    (["suite", "rnu", "suite.yaml"], "memnet suite: unknown command 'rnu'; did you mean run?"),
+    (["suite", "zzz"], ("memnet suite: unknown command 'zzz'; the commands are run, status, report, ensemble "
+                       "(memnet suite --help)")),
+])
+def test_an_unknown_command_is_one_line_with_the_close_ones(capsys, argv, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == expected + "\n"
+
+
 def test_a_negative_number_is_still_a_value_of_memnets_own_commands(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:

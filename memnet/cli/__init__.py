@@ -44,6 +44,7 @@ from memnet.cli.lightning_cli import (
     MemnetCLI,
     RunConfigSaver,
 )
+from memnet.cli.typos import unknown_command
 from memnet.utils import MemnetError, wandb_offline
 
 __all__ = [
@@ -139,8 +140,19 @@ def _dispatch(argv: list[str]) -> None:
         if isinstance(code, int) and not isinstance(code, bool):  # a command that returns its exit status
             raise SystemExit(code)
         return
+    check_command(argv)
     check_config_files(argv)
     MemnetCLI(args=argv)
+
+
+def check_command(argv: list[str]) -> None:
+    """A first argument that is no command (``memnet fti``) is one line with the close commands, or all of them.
+
+    The Lightning parser said ``error: argument subcommand: invalid choice: 'fti' (choose from 'fit', 'validate',
+    'test', 'predict')`` under its usage, naming ``__main__.py`` and none of memnet's own commands.
+    """
+    if argv and not argv[0].startswith("-") and argv[0] not in LIGHTNING_COMMANDS:
+        raise MemnetError(unknown_command(argv[0], [*LIGHTNING_COMMANDS, *COMMANDS], "memnet --help"))
 
 
 def check_config_files(argv: list[str]) -> None:

@@ -288,6 +288,13 @@ class CommandParser(argparse.ArgumentParser):
             self.exit(2, f"{self.prog}: {unrecognized(unknown, self._option_string_actions, self.prog)}\n")
         return super().parse_known_args(args, namespace)
 
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        """A subcommand none of this parser's takes (``memnet suite rnu``) in one line with the close ones;
+        argparse said ``argument command: invalid choice: 'rnu' (choose from 'run', ...)`` after its usage."""
+        if isinstance(action, argparse._SubParsersAction) and value not in action.choices:
+            self.exit(2, f"{self.prog}: {unknown_command(value, list(action.choices), f'{self.prog} --help')}\n")
+        super()._check_value(action, value)
+
     def _unknown_options(self, args: Sequence[str]) -> Iterator[str]:
         """The arguments argparse would read as an option of this parser that it does not have.
 
@@ -308,6 +315,15 @@ class CommandParser(argparse.ArgumentParser):
             if arg[1] not in self.prefix_chars and arg[:2] in self._option_string_actions:
                 continue  # a short option with its value attached, -j2
             yield name
+
+
+def unknown_command(name: str, commands: Sequence[str], listing: str) -> str:
+    """``unknown command 'fti'; did you mean fit?``, or the commands where none is close (``listing`` says where
+    each is described: ``memnet --help``)."""
+    close = closest(name, commands)
+    if close:
+        return f"unknown command {name!r}; did you mean {' or '.join(close)}?"
+    return f"unknown command {name!r}; the commands are {', '.join(commands)} ({listing})"
 
 
 def unrecognized(option: str, known: Iterable[str], prog: str) -> str:
