@@ -352,6 +352,36 @@ def test_an_unknown_command_is_one_line_with_the_close_ones(capsys, argv, expect
     assert capsys.readouterr().err == expected + "\n"
 
 
+@pytest.mark.parametrize(("argv", "expected"), [
+    # the parser took 5 for the command: "error: argument subcommand: invalid choice: '5' (choose from 'fit', ...)"
+    (["--trainer.max_steps", "5", "fit", "--config", "ntm/copy"],
+     "memnet: --trainer.max_steps: options go after the command: memnet fit --trainer.max_steps 5 --config ntm/copy"),
+    # "error: unrecognized arguments: --trainer.max_steps=5", under the usage
+    (["--trainer.max_steps=5", "fit", "--config", "ntm/copy"],
+     "memnet: --trainer.max_steps: options go after the command: memnet fit --trainer.max_steps=5 --config ntm/copy"),
+    (["-c", "a.yaml", "--seed_everything", "1", "fit"],  # -c is the parser's own before the command: it stays
+     "memnet: --seed_everything: options go after the command: memnet -c a.yaml fit --seed_everything 1"),
+    (["--lengths", "20", "evaluate", "--ckpt_path", "x"],
+     "memnet: --lengths: options go after the command: memnet evaluate --lengths 20 --ckpt_path x"),
+    (["--trainer.max_steps", "5", "--config", "ntm/copy"],
+     ("memnet: --trainer.max_steps: no command; options go after one: memnet COMMAND --trainer.max_steps 5 --config "
+      "ntm/copy (memnet --help lists the commands)")),
+    (["--config", "ntm/copy", "fti"], "memnet: unknown command 'fti'; did you mean fit?"),
+])
+def test_an_option_before_the_command_is_one_line_saying_it_goes_after(capsys, argv, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == expected + "\n"
+
+
+def test_the_parsers_own_options_before_the_command_are_kept(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--print_config", "fit", "--config", SMALL])
+    assert exit_info.value.code == 0
+    assert "memnet.models.ntm.NTM" in capsys.readouterr().out
+
+
 def test_a_negative_number_is_still_a_value_of_memnets_own_commands(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import shlex
 import sys
 
 import yaml
@@ -145,14 +146,42 @@ def _dispatch(argv: list[str]) -> None:
     MemnetCLI(args=argv)
 
 
-def check_command(argv: list[str]) -> None:
-    """A first argument that is no command (``memnet fti``) is one line with the close commands, or all of them.
+ROOT_OPTIONS = ("-h", "--help", "-c", "--config", "--print_config")  # the Lightning parser's own, before fit
 
-    The Lightning parser said ``error: argument subcommand: invalid choice: 'fti' (choose from 'fit', 'validate',
+
+def check_command(argv: list[str]) -> None:
+    """The command line names a command, and only the Lightning parser's own options come before it.
+
+    A first argument that is no command (``memnet fti``) is one line with the close commands, or all of them: the
+    Lightning parser said ``error: argument subcommand: invalid choice: 'fti' (choose from 'fit', 'validate',
     'test', 'predict')`` under its usage, naming ``__main__.py`` and none of memnet's own commands.
+    An option of the command's given before it (``memnet --trainer.max_steps 5 fit ...``) is one line saying
+    that options go after the command, with the command line so: the parser took ``5`` for the command
+    (``invalid choice: '5'``) or said ``unrecognized arguments: --trainer.max_steps=5``. ``-c``/``--config``
+    and ``--print_config`` before ``fit`` are the parser's own and stay as they were.
     """
-    if argv and not argv[0].startswith("-") and argv[0] not in LIGHTNING_COMMANDS:
-        raise MemnetError(unknown_command(argv[0], [*LIGHTNING_COMMANDS, *COMMANDS], "memnet --help"))
+    index, option = 0, None  # option: where the first option that is not the parser's own is
+    while index < len(argv):
+        arg = argv[index]
+        if arg in LIGHTNING_COMMANDS or (arg in COMMANDS and option is not None):
+            if option is not None:
+                moved = [*argv[:option], arg, *argv[option:index], *argv[index + 1:]]
+                raise MemnetError(f"{argv[option].split('=', 1)[0]}: options go after the command: "
+                                  f"memnet {shlex.join(moved)}")
+            return
+        if arg in ("-c", "--config"):  # its value may be anything, a file named fit too
+            index += 2
+            continue
+        if arg.split("=", 1)[0] in ROOT_OPTIONS or (arg.startswith("-c") and not arg.startswith("--")):
+            pass
+        elif arg.startswith("-") and len(arg) > 1:
+            option = index if option is None else option
+        elif option is None:
+            raise MemnetError(unknown_command(arg, [*LIGHTNING_COMMANDS, *COMMANDS], "memnet --help"))
+        index += 1  # after an option, a word that is no command is taken for its value
+    if option is not None:
+        raise MemnetError(f"{argv[option].split('=', 1)[0]}: no command; options go after one: memnet COMMAND "
+                          f"{shlex.join(argv)} (memnet --help lists the commands)")
 
 
 def check_config_files(argv: list[str]) -> None:
