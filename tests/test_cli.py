@@ -245,6 +245,8 @@ def test_a_mistyped_key_of_a_class_passing_kwargs_on_is_matched_against_its_base
     ["--optimizer", "torch.optim.SGD", "--optimizer.lr", "0.1"],
     ["--optimizer.lr", "0.1"],  # was 'torch.optim.Optimizer takes no option 'lr' (it takes params, defaults)'
     ["--lr_scheduler", "torch.optim.lr_scheduler.StepLR", "--lr_scheduler.step_size", "3"],
+    # an option both classes of the Union refuse (LRScheduler's, ReduceLROnPlateau's): the usage, then the Union error
+    ["--lr_scheduler.foo", "1"],
 ])
 def test_lightnings_top_level_optimizer_and_scheduler_are_refused_naming_the_models(capsys, given):
     """Lightning's --optimizer replaced SequenceModule.configure_optimizers: lstm/copy trained with SGD,
@@ -256,6 +258,26 @@ def test_lightnings_top_level_optimizer_and_scheduler_are_refused_naming_the_mod
     key = given[0].partition(".")[0]
     assert err.startswith(f"memnet: {key}: memnet's optimiser and schedule are the model's, model.init_args."
                           "optimizer and model.init_args.scheduler") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    (["--trainer.logger", "false", "--trainer.logger.init_args.x", "1"],
+     ("--trainer.logger.init_args.x: trainer.logger holds no class to take option 'x' (it was given --trainer.logger "
+      "false); give it a class first, --trainer.logger CLASS_PATH, then its options")),
+    (["--trainer.logger=false", "--trainer.logger.save_dir=y"],
+     ("--trainer.logger.save_dir: trainer.logger holds no class to take option 'save_dir' (it was given "
+      "--trainer.logger false); give it a class first, --trainer.logger CLASS_PATH, then its options")),
+    (["--config", "{trainer: {logger: false}}", "--trainer.logger.init_args.save_dir", "y"],
+     ("--trainer.logger.init_args.save_dir: trainer.logger holds no class to take option 'save_dir' (the config gives "
+      "it none); give it a class first, --trainer.logger CLASS_PATH, then its options")),
+])
+def test_an_option_of_a_key_that_holds_no_class_is_one_line(capsys, given, expected):
+    """The whole usage, then 'Parser key "trainer.logger": Does not validate against any of the Union subtypes', each
+    type's refusal ('Expected a <class 'bool'>') and 'Given value: NestedArg(key='x', val='1')'."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMALL, *given, "--print_config"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"memnet: {expected}\n"
 
 
 @pytest.mark.parametrize(("yaml_text", "expected"), [

@@ -206,6 +206,12 @@ class MemnetArgumentParser(LightningArgumentParser):
             unknown = unknown_option(message)
             if unknown is not None and unknown.key.partition(".")[0] in LIGHTNING_OPTIMISER_KEYS:
                 raise MemnetError(lightning_optimiser_refused(unknown.key.partition(".")[0]))
+            top = _TOP_KEY.match(message)
+            if top is not None and top.group(1) in LIGHTNING_OPTIMISER_KEYS:  # a key both of the Union's classes refuse
+                raise MemnetError(lightning_optimiser_refused(top.group(1)))
+            nested = _NESTED_ARG.search(message)
+            if top is not None and nested is not None and "class_path" not in message:
+                raise MemnetError(_option_of_no_class(top.group(1), nested.group(1), getattr(self, "args", None) or []))
             if unknown is not None:
                 raise UnknownOptionError(unknown)
             # the parser's own options: its argv's unknown option (ex is None), or a config's key (a KeyError)
@@ -249,6 +255,29 @@ class MemnetArgumentParser(LightningArgumentParser):
             if arg in self._subcommands_action.choices and (index == 0 or args[index - 1] not in ("-c", "--config")):
                 return arg
         return None
+
+
+_TOP_KEY = re.compile(r'^Parser key "([^"]+)":')  # the key jsonargparse's error is about, on its first line
+_NESTED_ARG = re.compile(r"^  Given value: NestedArg\(key='([^']+)'", re.MULTILINE)  # --KEY.NAME VALUE given to it
+
+
+def _option_of_no_class(key: str, option: str, args: list[str]) -> str:
+    """``--trainer.logger false --trainer.logger.init_args.x 1``: an option of a key that holds no class.
+
+    jsonargparse printed the whole usage, then that ``trainer.logger`` did not validate against any of its Union's
+    types (``Expected a <class 'bool'>``, ``Given value: NestedArg(key='x', val='1')``).
+    """
+    typed, given = f"--{key}.{option}", None
+    for index, arg in enumerate(args):
+        name, equals, value = arg.partition("=")
+        if name.startswith(f"--{key}.") and name.rpartition(".")[2] == option:
+            typed = name
+            break
+        if name == f"--{key}":  # the last value given before the option
+            given = value if equals else (args[index + 1] if index + 1 < len(args) else None)
+    said = f"it was given --{key} {given}" if given is not None else "the config gives it none"
+    return (f"{typed}: {key} holds no class to take option {option!r} ({said}); give it a class first, "
+            f"--{key} CLASS_PATH, then its options")
 
 
 def _own_names(parser: argparse.ArgumentParser, prefix: str) -> tuple[str, ...]:
