@@ -304,6 +304,32 @@ def test_a_mistyped_key_in_a_config_file_names_the_file(tmp_path, capsys, yaml_t
     assert capsys.readouterr().err == f"memnet: --config {typo}: {expected}\n"
 
 
+TRAINER_TYPO = "trainer.max_stpes: the Trainer takes no option 'max_stpes'; did you mean max_steps?"
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    (["--config", '{"trainer": {"max_stpes": 5}}'], f"""--config '{{"trainer": {{"max_stpes": 5}}}}': {TRAINER_TYPO}"""),
+    (["--config=trainer: {max_stpes: 5}"], f"--config 'trainer: {{max_stpes: 5}}': {TRAINER_TYPO}"),
+    (["--trainer", "{max_stpes: 5}"], f"--trainer '{{max_stpes: 5}}': {TRAINER_TYPO}"),
+    (["--trainer", "TYPO"], f"--trainer TYPO: {TRAINER_TYPO}"),  # the file's path
+    (["--trainer=TYPO"], f"--trainer TYPO: {TRAINER_TYPO}"),
+    (["--config", "{model: {init_args: {net: {init_args: {memroy_size: 3}}}}, trainer: {max_steps: 1}}"],
+     (f"--config '{{model: {{init_args: {{net: {{init_args: {{memroy_size: 3}}}}}}}}, t'…: {NET}.memroy_size: "
+     "memnet.models.ntm.NTM takes no option 'memroy_size'; did you mean memory_size?")),  # a long text, cut short
+])
+def test_a_mistyped_key_in_an_inline_config_or_a_groups_file_names_where_it_came_from(tmp_path, capsys, given,
+                                                                                      expected):
+    """The key was named alone (trainer.max_stpes: ...), as if typed on the command line, for a --config given as
+    text and for --trainer FILE or --trainer TEXT; a --config file was named."""
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("max_stpes: 5\n")
+    given = [arg.replace("TYPO", str(typo)) for arg in given]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMALL, *given])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"memnet: {expected.replace('TYPO', str(typo))}\n"
+
+
 @pytest.mark.parametrize(("yaml_text", "expected"), [
     ("trainer: {max_stpes: 5}", "trainer.max_stpes: the Trainer takes no option 'max_stpes'; did you mean max_steps?"),
     ("trainr: {max_steps: 5}", "trainr: memnet fit takes no option 'trainr'; did you mean trainer?"),

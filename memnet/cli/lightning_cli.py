@@ -611,11 +611,12 @@ def check_decode_lengths(model: Any, datamodule: Any, subcommand: str) -> None:
 
 
 def _config_keys(value: str) -> set[str] | None:
-    """Every key in the ``--config`` file ``value`` names, its fragments stacked; None for inline text."""
-    if is_inline_config(value) or "://" in value:
+    """Every key in the config ``value`` names (its fragments stacked) or holds as text; None for a remote one or
+    one that cannot be read."""
+    if "://" in value:
         return None
     try:
-        return all_keys(load_config(find_config(value)))
+        return all_keys(yaml.safe_load(value) if is_inline_config(value) else load_config(find_config(value)))
     except (ConfigError, OSError, yaml.YAMLError):
         return None
 

@@ -47,9 +47,11 @@ import difflib
 import importlib
 import inspect
 import re
+import shlex
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from memnet.utils import MemnetError
@@ -63,6 +65,7 @@ _UNRECOGNIZED = "unrecognized arguments: "  # argparse's extras, joined by space
 _GROUP_REFUSES = re.compile(r"^Group '([^']+)' does not accept option '([^']+)'$")  # a config's trainer: {max_stpes: 5}
 _TOP_REFUSES = re.compile(r"^Option '([^']+)' is not accepted$")  # a config's trainr: {...}, as trainr.max_steps
 _SUBCOMMAND_REFUSES = re.compile(r"^Subcommand '([^']+)' does not accept option '([^']+)'$")  # either, checked whole
+INLINE_SHOWN = 60  # the characters of a config given as text that name it in a message
 CLOSE_AS_BEST = 0.05  # a second suggestion only as near as the first: memory_sise -> memory_size, not memory_init too
 
 
@@ -231,11 +234,13 @@ def parameter_names(class_path: str) -> list[str]:
 
 
 def given_where(unknown: UnknownOption, argv: Sequence[str], config_keys: Any = None) -> str | None:
-    """Where ``unknown`` was given, as the user wrote it: ``--model.net.memroy_size`` on the command line,
-    or ``--config FILE: model.init_args...`` for the first ``--config`` file whose content holds the key.
+    """Where ``unknown`` was given, as the user wrote it: ``--model.net.memroy_size`` on the command line, or
+    ``--config FILE: model.init_args...`` for the first ``--config`` value whose content holds the key (the
+    text itself, quoted, for an inline config: ``--config '{trainer: {max_stpes: 5}}': trainer.max_stpes``), or
+    ``--trainer FILE: trainer.max_stpes`` for a file or text given to the key's group itself.
 
-    ``config_keys(value)`` gives the keys a ``--config`` value holds (a set), or None for an inline
-    config or one it cannot read. None where neither is found: the key alone is said.
+    ``config_keys(value)`` gives the keys a ``--config`` value holds (a set), or None for one it cannot
+    read. None where neither is found: the key alone is said.
     """
     root = unknown.key.split(".")[0]
     for arg in argv:
@@ -245,15 +250,15 @@ def given_where(unknown: UnknownOption, argv: Sequence[str], config_keys: Any = 
     if config_keys is None:
         return None
     for index, arg in enumerate(argv):
-        if arg in ("--config", "-c") and index + 1 < len(argv):
-            value = argv[index + 1]
-        elif arg.startswith("--config="):
-            value = arg.removeprefix("--config=")
-        else:
+        name, equals, value = arg.partition("=")
+        if name not in ("--config", "-c", f"--{root}") or (not equals and index + 1 >= len(argv)):
             continue
+        value = value if equals else argv[index + 1]
         keys = config_keys(value)
         if keys is not None and unknown.option in keys:
-            return f"--config {value}: {unknown.key}"
+            long_text = len(value) > INLINE_SHOWN and not Path(value).exists()  # a file's path is said whole
+            shown = f"{shlex.quote(value[:INLINE_SHOWN])}…" if long_text else shlex.quote(value)
+            return f"{'--config' if name == '-c' else name} {shown}: {unknown.key}"
     return None
 
 
