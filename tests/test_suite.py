@@ -2067,3 +2067,175 @@ def test_a_config_file_edited_in_place_between_runs_is_named_with_the_file(tmp_p
         f"seed 0 was trained with other settings than the suite's now ({changed}); its numbers are in the means",
         f"seed 2 was resumed with other settings than it started with ({changed})",
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixed repeat counts (evaluate.repeats): a second `memnet evaluate --repeats`, a table of its own
+# ---------------------------------------------------------------------------------------------
+
+REPEAT_COPY = {"name": "ntm-rc", "configs": ["configs/ntm/repeat_copy.yaml"], "seeds": 2, "budget": {"max_steps": 2}}
+FIXED = {"kind": "algorithmic", "lengths": [1, 10, 20], "num_sequences": 8, "engine": "fused", "repeats": [10, 20],
+         "repeat_lengths": [10, 20]}
+
+
+@pytest.mark.parametrize(("experiment", "message"), [
+    ({**GOOD, "evaluate": {"kind": "algorithmic", "lengths": [10], "repeats": [10]}},
+     (r"experiment 'ntm-copy': evaluate.repeats \[10\]: the task tasks.algorithmic.CopyTask has no repeat count "
+     r"\(only repeat copy's sequences have one, tasks.algorithmic.RepeatCopyTask\); drop evaluate.repeats")),
+    ({**GOOD, "configs": ["configs/ntm/priority_sort.yaml"], "evaluate": {"kind": "algorithmic", "lengths": [10],
+                                                                           "repeats": [10]}},
+     r"experiment 'ntm-copy': evaluate.repeats \[10\]: the task tasks.algorithmic.PrioritySortTask has no repeat"),
+    ({**REPEAT_COPY, "overrides": {"data.init_args.task.class_path": "tasks.algorithmic.CopyTask"},
+      "evaluate": {"kind": "algorithmic", "lengths": [10], "repeats": [10]}},
+     r"experiment 'ntm-rc': evaluate.repeats \[10\]: the task tasks.algorithmic.CopyTask has no repeat count"),
+    ({**REPEAT_COPY, "evaluate": {"kind": "algorithmic", "lengths": [10], "repeats": [0, 10]}},
+     (r"experiment 'ntm-rc': evaluate.repeats must be a non-empty list of positive integers \(repeat counts ≥ 1\), "
+     r"got \[0, 10\]")),
+    ({**REPEAT_COPY, "evaluate": {"kind": "algorithmic", "lengths": [10], "repeats": [2.5]}},
+     r"experiment 'ntm-rc': evaluate.repeats must be a non-empty list of positive integers \(repeat counts ≥ 1\), got \[2.5\]"),
+    ({**REPEAT_COPY, "evaluate": {"kind": "algorithmic", "lengths": [10], "repeats": 10}},
+     r"experiment 'ntm-rc': evaluate.repeats must be a non-empty list of positive integers \(repeat counts ≥ 1\), got 10"),
+    ({**REPEAT_COPY, "evaluate": {"kind": "algorithmic", "lengths": [10], "repeats": ["10"]}},
+     r"experiment 'ntm-rc': evaluate.repeats must be a non-empty list of positive integers \(repeat counts ≥ 1\), got \['10'\]"),
+    ({**REPEAT_COPY, "evaluate": {"kind": "algorithmic", "lengths": [10], "repeats": [10, 20, 10]}},
+     r"experiment 'ntm-rc': evaluate.repeats names 10 more than once: \[10, 20, 10\]"),
+    ({**REPEAT_COPY, "evaluate": {"kind": "algorithmic", "lengths": [10], "repeats": [10], "repeat_lengths": [-1]}},
+     r"experiment 'ntm-rc': evaluate.repeat_lengths must be a non-empty list of positive integers \(lengths ≥ 1\), got \[-1\]"),
+    ({**REPEAT_COPY, "evaluate": {"kind": "algorithmic", "lengths": [10], "repeat_lengths": [10]}},
+     (r"experiment 'ntm-rc': evaluate.repeat_lengths is the lengths of the fixed repeat counts; it needs "
+     r"evaluate.repeats")),
+])
+def test_fixed_repeat_counts_are_refused_on_loading_for_a_task_without_them_or_bad_counts(
+        tmp_path, monkeypatch, capsys, experiment, message):
+    """memnet evaluate refuses --repeats for a task without a repeat count, and counts below 1 or named twice: the
+    suite refuses them when it loads, naming the file and experiment, not after hours of training."""
+    monkeypatch.chdir(ROOT)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "experiments": [experiment]}, sort_keys=False))
+    with pytest.raises(S.SuiteError, match=rf"^{re.escape(str(path))}:\d+: {message}"):
+        S.load_suite(path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["suite", "run", str(path), "--results", str(tmp_path / "results"), "--dry-run"])
+    assert exit_info.value.code == 2 and capsys.readouterr().err.count("\n") == 1
+    assert not (tmp_path / "results").exists()
+
+
+def test_fixed_repeat_counts_are_a_second_memnet_evaluate_into_their_own_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    path = write_suite(tmp_path / "rc.yaml", [{**REPEAT_COPY, "evaluate": FIXED}])
+    run = trained_before(path, tmp_path / "r")
+    spec = run.experiment.evaluate
+    assert spec == FIXED  # kept as written (repeat_lengths not filled in)
+    checkpoint = run.trained_checkpoint()
+    evaluator = evaluators.EVALUATORS["algorithmic"]
+    assert evaluator.command(run, checkpoint, spec) == [  # the per-length table, as without repeats
+        "-m", "memnet.cli", "evaluate", "--ckpt_path", checkpoint, "--lengths", "1", "10", "20",
+        "--out", str(run.folder / "evaluation"), "--num_sequences", "8", "--engine", "fused"]
+    assert evaluator.more_commands(run, checkpoint, spec) == [[
+        "-m", "memnet.cli", "evaluate", "--ckpt_path", checkpoint, "--lengths", "10", "20", "--repeats", "10", "20",
+        "--out", str(run.folder / "evaluation_repeats"), "--num_sequences", "8", "--engine", "fused"]]
+    # repeat_lengths left out: the entry's lengths
+    no_lengths = {k: v for k, v in FIXED.items() if k != "repeat_lengths"}
+    (argv,) = evaluator.more_commands(run, checkpoint, no_lengths)
+    assert argv[argv.index("--lengths"):argv.index("--repeats")] == ["--lengths", "1", "10", "20"]
+    assert evaluator.more_commands(run, checkpoint, {"kind": "algorithmic", "lengths": [10]}) == []
+    # the dry run prints both, run in turn
+    assert S.main(["run", str(path), "--results", str(tmp_path / "r"), "--dry-run"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith("[evaluate] ntm-rc/seed_0: memnet evaluate ")
+    first, second = line.split(": ", 1)[1].split(" && ")
+    assert shlex.split(second) == ["memnet", *evaluator.more_commands(run, checkpoint, spec)[0][2:]]
+    assert shlex.split(first) == ["memnet", *evaluator.command(run, checkpoint, spec)[2:]]
+
+
+def _write_evaluation(folder: Path, rows: list[dict], **extra) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"bit_errors_per_seq": 0.0, "sequences": 8, **row} for row in rows]
+    (folder / "results.json").write_text(json.dumps({"lengths": rows, "train_range": [1, 10], **extra}))
+
+
+def test_fixed_repeat_counts_are_collected_beside_the_lengths_and_a_run_without_them_is_evaluated_again(tmp_path):
+    spec = {"kind": "algorithmic", "lengths": [10], "repeats": [10, 20], "repeat_lengths": [10, 20]}
+    experiment = S.Experiment(name="ntm", configs=("c.yaml",), overrides={}, seeds=(0,), budget={"max_steps": 1},
+                              evaluate=spec, model="NTM", task="repeat_copy")
+    run = S.Run("s", experiment, 0, tmp_path)
+    _write_evaluation(run.folder / "evaluation", [{"length": 10, "bits_per_seq": 0.5}])
+    with pytest.raises(S.EvaluationUnavailable, match="evaluation_repeats/results.json missing"):
+        S.EVALUATORS["algorithmic"].collect(run, spec)
+    fixed = run.folder / "evaluation_repeats"
+    _write_evaluation(fixed, [{"length": 10, "bits_per_seq": 0.5}])  # drawn counts: not the rows asked for
+    with pytest.raises(S.EvaluationUnavailable, match="holds rows without a fixed repeat count"):
+        S.EVALUATORS["algorithmic"].collect(run, spec)
+    rows = [{"length": n, "repeats": r, "bits_per_seq": n + r / 100} for n in (10, 20) for r in (10, 20)]
+    _write_evaluation(fixed, rows[:3], repeats=[10, 20], train_repeats=[1, 10])
+    with pytest.raises(S.EvaluationUnavailable, match=r"has no row at length 20 \(20 repeats\)"):
+        S.EVALUATORS["algorithmic"].collect(run, spec)
+    _write_evaluation(fixed, rows, repeats=[10, 20], train_repeats=[1, 10])
+    collected = S.EVALUATORS["algorithmic"].collect(run, spec)
+    assert collected == {"bits_per_seq": {"10": 0.5}, "train_range": [1, 10], "train_repeats": [1, 10],
+                         "bits_per_seq_repeats": {"10": {"10": 10.1, "20": 10.2}, "20": {"10": 20.1, "20": 20.2}}}
+    # without repeats the per-length collect is as it was, whatever lies in evaluation_repeats/
+    assert S.EVALUATORS["algorithmic"].collect(run, {"kind": "algorithmic", "lengths": [10]}) == {
+        "bits_per_seq": {"10": 0.5}, "train_range": [1, 10]}
+    # a record evaluated before the suite asked for repeats (or for fewer) is not done: evaluated again
+    record = {"status": "done", "options": evaluators.evaluation_options(spec), **collected}
+    assert evaluators.evaluation_answers(spec, record)
+    assert not evaluators.evaluation_answers(spec, {**record, "bits_per_seq_repeats": {"10": {"10": 1.0}}})
+    assert not evaluators.evaluation_answers(spec, {"status": "done", "options": {}, "bits_per_seq": {"10": 0.5}})
+    assert evaluators.evaluation_options(spec) == {}  # the rows asked for are not options (nor are the lengths)
+
+
+def test_a_failing_fixed_repeats_evaluation_fails_the_run(tmp_path, monkeypatch, capsys):
+    """The second process (memnet evaluate --repeats) fails: the run is failed with its error, not done with the
+    per-length numbers alone; it runs only after the first succeeded."""
+    monkeypatch.chdir(ROOT)
+    path = write_suite(tmp_path / "rc.yaml", [{**REPEAT_COPY, "seeds": [0], "evaluate": FIXED}])
+    results = tmp_path / "r"
+    run = trained_before(path, results)
+    real = evaluators.EVALUATORS["algorithmic"]
+    monkeypatch.setitem(evaluators.EVALUATORS, "algorithmic", evaluators.Evaluator(
+        real.check, lambda run, checkpoint, spec: ["-c", "print('lengths done')"], real.collect,
+        lambda run, checkpoint, spec: [["-c", "import sys; sys.exit('memnet evaluate: --repeats 20: boom')"]]))
+    assert S.main(["run", str(path), "--results", str(results), "--no-report"]) == 1
+    record = run.record()
+    assert (record["status"], record["stage"], record["error"]) == ("failed", "evaluate",
+                                                                     "memnet evaluate: --repeats 20: boom")
+    assert (run.folder / "evaluate.log").read_text().count("$ ") == 2
+
+
+def test_the_report_shows_fixed_repeat_counts_in_their_own_table(tmp_path):
+    fixed = {"10": {"10": 0.5, "20": 4.0}, "20": {"10": 1.0, "20": 9.0}}
+    evaluated = {"status": "done", "options": {}, "bits_per_seq": {"10": 0.1, "20": 0.3}, "train_range": [1, 10],
+                 "train_repeats": [1, 10]}
+    spec = {"kind": "algorithmic", "lengths": [10, 20], "repeats": [10, 20]}
+    root = results_folder(tmp_path / "r", {"name": "ntm", "evaluate": spec},
+                          {0: {"metrics": {}, "evaluation": {**evaluated, "bits_per_seq_repeats": fixed}},
+                           1: {"metrics": {}, "evaluation": {**evaluated, "bits_per_seq_repeats": {
+                               "10": {"10": 1.5, "20": 6.0}, "20": {"10": 3.0, "20": 11.0}}}},
+                           2: {"metrics": {}, "evaluation": evaluated}})  # evaluated before repeats were asked for
+    report = S.write_report(root)
+    (row,) = report["repeats"]
+    assert row["bits_per_seq"]["10"]["10"] == pytest.approx({"mean": 1.0, "std": 0.7071067811, "n": 2})
+    assert row["bits_per_seq"]["20"]["20"] == pytest.approx({"mean": 10.0, "std": 1.4142135623, "n": 2})
+    assert row["train_repeats"] == [1, 10]
+    assert row["notes"] == [("seed 2 not evaluated at the fixed repeat counts, left out; `memnet suite run` evaluates "
+                            "it again")]
+    header, rows = S.repeats_rows(report)
+    assert header == ["experiment", "model", "task", "L=10, R=10", "L=10, R=20", "L=20, R=10", "L=20, R=20", "notes"]
+    assert rows[0][3:7] == ["1 ± 0.707 *", "5 ± 1.41", "2 ± 1.41", "10 ± 1.41"]  # '*': L and R both trained
+    # the per-length table is the per-length evaluation's, seed 2 included
+    assert report["lengths"][0]["bits_per_seq"]["10"] == pytest.approx({"mean": 0.1, "std": 0.0, "n": 3})
+    folder = root / "report"
+    markdown = (folder / "leaderboard.md").read_text()
+    assert "## Repeat copy: bits per sequence at fixed repeat counts" in markdown
+    assert "| experiment | model | task | L=10, R=10 | L=10, R=20 | L=20, R=10 | L=20, R=20 | notes |" in markdown
+    assert json.loads((folder / "leaderboard.json").read_text())["repeats"] == json.loads(json.dumps(report["repeats"]))
+    table = list(csv.DictReader(io.StringIO((folder / "repeats.csv").read_text())))
+    assert [(r["length"], r["repeats"], r["bits_per_seq mean"], r["bits_per_seq n"]) for r in table] == [
+        ("10", "10", "1", "2"), ("10", "20", "5", "2"), ("20", "10", "2", "2"), ("20", "20", "10", "2")]
+    # a suite without repeats: no table, no key, no file (its report is what it was)
+    plain = results_folder(tmp_path / "p", {"name": "ntm", "evaluate": {"kind": "algorithmic", "lengths": [10, 20]}},
+                           {0: {"metrics": {}, "evaluation": evaluated}})
+    report = S.write_report(plain)
+    assert "repeats" not in report and not (plain / "report" / "repeats.csv").exists()
+    assert "fixed repeat counts" not in (plain / "report" / "leaderboard.md").read_text()

@@ -25,6 +25,8 @@ from memnet.cli.suite.report import (
     log_to_wandb,
     render_csv,
     render_markdown,
+    render_repeats_csv,
+    repeats_rows,
     write_report,
 )
 from memnet.cli.suite.runner import RECORD_FILE, Run, SuiteRunner, expand_runs, with_overrides
@@ -34,6 +36,6 @@ __all__ = [
     "DEFAULT_RESULTS_ROOT", "EVALUATORS", "RECORD_FILE", "REPORT_DIR", "EvaluationUnavailable", "Evaluator",
     "Experiment", "Run", "Suite", "SuiteError", "SuiteRunner", "babi_errors_from_metrics", "babi_rows",
     "build_report", "collect", "evaluate_main", "expand_runs", "leaderboard_rows", "lengths_rows",
-    "load_references", "load_suite", "log_to_wandb", "main", "render_csv", "render_markdown", "with_overrides",
-    "write_report",
+    "load_references", "load_suite", "log_to_wandb", "main", "render_csv", "render_markdown", "render_repeats_csv",
+    "repeats_rows", "with_overrides", "write_report",
 ]

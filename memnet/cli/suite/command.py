@@ -117,6 +117,7 @@ def _report(results: Path, out: str | None, wandb_on: bool) -> None:
     print(render_markdown(report))
     print(
         f"report written to {folder} (leaderboard.md, leaderboard.csv, leaderboard.json"
+        + (", repeats.csv" if report.get("repeats") else "")
         + "".join(f", {p.name}" for p in sorted(folder.glob("*.png")))
         + ")"
     )

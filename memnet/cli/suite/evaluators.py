@@ -1,7 +1,9 @@
 """How a suite evaluates a finished run, by task kind, through the other ``memnet`` commands.
 
     algorithmic   ``memnet evaluate`` (length generalisation); read back as its one result
-                  schema, ``memnet.protocols.EvaluationResult`` (``results.json``)
+                  schema, ``memnet.protocols.EvaluationResult`` (``results.json``); with ``repeats`` (repeat
+                  copy), a second ``memnet evaluate --repeats`` into ``evaluation_repeats/``: the rows of
+                  fixed repeat counts, kept apart from the table of one score per length
     babi          ``memnet babi-table --json`` (test split) or ``memnet suite _evaluate validate``;
                   read back as the per-task error schema ``{name: {task: error %}}``
 """
@@ -12,6 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.util import find_spec
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memnet.cli.suite.errors import EvaluationUnavailable, SuiteError
@@ -30,12 +33,15 @@ class Evaluator:
         check: ``(spec, where) -> spec`` validates the suite's ``evaluate`` entry.
         command: ``(run, checkpoint, spec) -> argv`` of the evaluation process (run
             with the project's Python), or raises ``EvaluationUnavailable``.
-        collect: ``(run, spec) -> dict`` reads what the process wrote.
+        collect: ``(run, spec) -> dict`` reads what the process(es) wrote.
+        more_commands: ``(run, checkpoint, spec) -> [argv, ...]``, the processes run after ``command``, in order,
+            each only if the one before succeeded (the algorithmic evaluation's fixed repeat counts); none by default.
     """
 
     check: Callable[[dict, str], dict]
     command: Callable[[Run, str, dict], list[str]]
     collect: Callable[[Run, dict], dict]
+    more_commands: Callable[[Run, str, dict], list[list[str]]] = lambda run, checkpoint, spec: []
 
 
 ALGORITHMIC_OPTIONS = (
@@ -52,12 +58,24 @@ ALGORITHMIC_OPTIONS = (
 EVALUATION_ENGINES = ("eager", "fused", "compiled")
 
 
+# the fixed repeat counts of repeat copy (`memnet evaluate --repeats`), scored at ``repeat_lengths`` (default: the
+# entry's ``lengths``) into their own folder, beside the per-length evaluation (``evaluation/``)
+REPEATS_KEYS = ("repeats", "repeat_lengths")
+REPEATS_FOLDER = "evaluation_repeats"
+
+
+def _positive_integers(value: Any) -> bool:
+    """Whether ``value`` is a non-empty list of integers ≥ 1 (no bool, no float such as 10.0, no string)."""
+    return (isinstance(value, list) and bool(value)
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in value))
+
+
 def _check_algorithmic(spec: dict, where: str) -> dict:
-    unknown = set(spec) - {"kind", "lengths", "engine", *ALGORITHMIC_OPTIONS}
+    unknown = set(spec) - {"kind", "lengths", "engine", *ALGORITHMIC_OPTIONS, *REPEATS_KEYS}
     if unknown:
         raise SuiteError(
             f"{where}: evaluate: unknown key {min(unknown)!r}; allowed: kind, lengths, engine, "
-            f"{', '.join(ALGORITHMIC_OPTIONS)}"
+            f"{', '.join(ALGORITHMIC_OPTIONS)}, {', '.join(REPEATS_KEYS)}"
         )
     if "engine" in spec and spec["engine"] not in EVALUATION_ENGINES:
         raise SuiteError(
@@ -80,7 +98,29 @@ def _check_algorithmic(spec: dict, where: str) -> dict:
             raise SuiteError(
                 f"{where}: evaluate.{key} must be an integer ≥ {low}, got {spec[key]!r}"
             )
+    if "repeat_lengths" in spec and "repeats" not in spec:
+        raise SuiteError(f"{where}: evaluate.repeat_lengths is the lengths of the fixed repeat counts; it needs "
+                         "evaluate.repeats (e.g. repeats: [10, 20])")
+    for key in REPEATS_KEYS:
+        if key in spec and not _positive_integers(spec[key]):
+            what = "repeat counts" if key == "repeats" else "lengths"
+            raise SuiteError(f"{where}: evaluate.{key} must be a non-empty list of positive integers ({what} ≥ 1), "
+                             f"got {spec[key]!r}")
+        twice = sorted({n for n in spec.get(key) or [] if spec[key].count(n) > 1})
+        if twice:
+            raise SuiteError(f"{where}: evaluate.{key} names {', '.join(map(str, twice))} more than once: "
+                             f"{spec[key]!r}")
     return spec
+
+
+def repeat_pairs(spec: dict | None) -> list[tuple[int, int]]:
+    """The (length, repeats) rows an algorithmic ``evaluate`` entry asks for at fixed repeat counts: each of its
+    ``repeat_lengths`` (default: its ``lengths``) with each of its ``repeats``; none without ``repeats``."""
+    spec = spec or {}
+    if spec.get("kind") != "algorithmic" or not spec.get("repeats"):
+        return []
+    return [(length, repeats) for length in spec.get("repeat_lengths") or spec["lengths"]
+            for repeats in spec["repeats"]]
 
 
 def _algorithmic_command(run: Run, checkpoint: str, spec: dict) -> list[str]:
@@ -88,6 +128,20 @@ def _algorithmic_command(run: Run, checkpoint: str, spec: dict) -> list[str]:
         raise EvaluationUnavailable(
             "length generalisation not measured: memnet.evaluation (`memnet evaluate`) is not in this checkout"
         )
+    return _evaluate_argv(checkpoint, spec["lengths"], run.folder / "evaluation", spec)
+
+
+def _algorithmic_repeats_commands(run: Run, checkpoint: str, spec: dict) -> list[list[str]]:
+    """``memnet evaluate --repeats`` at the entry's ``repeats`` (and ``repeat_lengths``) into ``evaluation_repeats/``,
+    with the same options as the per-length evaluation; none without ``repeats``."""
+    if not spec.get("repeats"):
+        return []
+    lengths = spec.get("repeat_lengths") or spec["lengths"]
+    return [_evaluate_argv(checkpoint, lengths, run.folder / REPEATS_FOLDER, spec, spec["repeats"])]
+
+
+def _evaluate_argv(checkpoint: str, lengths: list[int], out: Path, spec: dict,
+                   repeats: list[int] | None = None) -> list[str]:
     argv = [
         "-m",
         "memnet.cli",
@@ -95,9 +149,10 @@ def _algorithmic_command(run: Run, checkpoint: str, spec: dict) -> list[str]:
         "--ckpt_path",
         checkpoint,
         "--lengths",
-        *[str(n) for n in spec["lengths"]],
+        *[str(n) for n in lengths],
+        *(["--repeats", *[str(r) for r in repeats]] if repeats else []),
         "--out",
-        str(run.folder / "evaluation"),
+        str(out),
     ]
     for key in (*ALGORITHMIC_OPTIONS, "engine"):
         if key in spec:
@@ -124,6 +179,36 @@ def _algorithmic_collect(run: Run, spec: dict) -> dict:
     collected: dict[str, Any] = {"bits_per_seq": {k: by_length[k] for k in sorted(by_length, key=int)}}
     if None not in (result.get("train_range") or [None]):
         collected["train_range"] = [int(n) for n in result["train_range"]]
+    if repeat_pairs(spec):
+        collected.update(_repeats_collect(run, spec))
+    return collected
+
+
+def _repeats_collect(run: Run, spec: dict) -> dict:
+    """Bits per sequence at each (length, repeats) of the entry from what ``memnet evaluate --repeats`` wrote into
+    ``evaluation_repeats/``: ``{"bits_per_seq_repeats": {length: {repeats: bits}}, "train_repeats": [lo, hi]}``."""
+    path = run.folder / REPEATS_FOLDER / EVALUATION_FILE
+    if not path.is_file():
+        raise EvaluationUnavailable(f"`memnet evaluate --repeats` wrote no bits-per-sequence results ({path} missing)")
+    try:
+        result = read_evaluation(path)
+    except ResultSchemaError as error:
+        raise EvaluationUnavailable(f"`memnet evaluate --repeats` results unreadable: {error}") from None
+    rows = result["lengths"]
+    if not rows or any("repeats" not in row for row in rows):
+        raise EvaluationUnavailable(f"{path} holds rows without a fixed repeat count, not those of `memnet evaluate "
+                                    "--repeats`; evaluate the run again")
+    table: dict[str, dict[str, float]] = {}
+    for row in rows:
+        table.setdefault(str(int(row["length"])), {})[str(int(row["repeats"]))] = float(row["bits_per_seq"])
+    missing = [f"{length} ({repeats} repeats)" for length, repeats in repeat_pairs(spec)
+               if str(repeats) not in table.get(str(length), {})]
+    if missing:
+        raise EvaluationUnavailable(f"{path} has no row at length {', '.join(missing)}; evaluate the run again")
+    collected: dict[str, Any] = {"bits_per_seq_repeats": {
+        length: {r: table[length][r] for r in sorted(table[length], key=int)} for length in sorted(table, key=int)}}
+    if None not in (result.get("train_repeats") or [None]):
+        collected["train_repeats"] = [int(n) for n in result["train_repeats"]]
     return collected
 
 
@@ -215,7 +300,9 @@ def evaluation_options(spec: dict) -> dict:
     """The options an evaluation ran with besides its kind, split and lengths (``num_sequences``, ``seed``,
     ``memory_size``, ...), kept in the run's record beside its numbers."""
     # ``ensemble`` is the experiment's, made after its seeds (``memnet.cli.suite.ensemble``), not an option of a run's
-    return {key: value for key, value in spec.items() if key not in ("kind", "split", "lengths", "ensemble")}
+    # the rows asked for (lengths, repeat counts) are not options: a record is checked for each (evaluation_answers)
+    return {key: value for key, value in spec.items()
+            if key not in ("kind", "split", "lengths", "ensemble", *REPEATS_KEYS)}
 
 
 def evaluation_answers(spec: dict | None, evaluation: dict | None) -> bool:
@@ -236,11 +323,14 @@ def evaluation_answers(spec: dict | None, evaluation: dict | None) -> bool:
     if spec.get("kind") == "babi":
         return evaluation.get("split", "test") == spec.get("split", "test")
     if spec.get("kind") == "algorithmic":
-        return {str(n) for n in spec.get("lengths", [])} <= set(evaluation.get("bits_per_seq") or {})
+        fixed = evaluation.get("bits_per_seq_repeats") or {}
+        return ({str(n) for n in spec.get("lengths", [])} <= set(evaluation.get("bits_per_seq") or {})
+                and all(str(r) in (fixed.get(str(n)) or {}) for n, r in repeat_pairs(spec)))
     return True
 
 
 EVALUATORS: dict[str, Evaluator] = {
-    "algorithmic": Evaluator(_check_algorithmic, _algorithmic_command, _algorithmic_collect),
+    "algorithmic": Evaluator(_check_algorithmic, _algorithmic_command, _algorithmic_collect,
+                             _algorithmic_repeats_commands),
     "babi": Evaluator(_check_babi, _babi_command, _babi_collect),
 }

@@ -1,4 +1,4 @@
-"""The suite's report: leaderboard (mean ± std over seeds), lengths and bAbI tables, plots, W&B.
+"""The suite's report: leaderboard (mean ± std over seeds), lengths, fixed repeat counts and bAbI tables, plots, W&B.
 
 Scores come from ``memnet.metrics`` (mean error, failed tasks); tables are written by
 ``memnet.cli.tables``; the plots are ``memnet.plots.plot_suite_report``.
@@ -19,7 +19,7 @@ import yaml
 
 from memnet.cli import tables
 from memnet.cli.suite.ensemble import read_ensemble
-from memnet.cli.suite.evaluators import BABI_TASKS, evaluation_options
+from memnet.cli.suite.evaluators import BABI_TASKS, evaluation_options, repeat_pairs
 from memnet.cli.suite.evaluators import record_babi_errors as _babi_errors
 from memnet.cli.suite.runner import Run, settings_changes
 from memnet.cli.suite.spec import REPORT_DIR, Experiment, Suite, read_results_suite
@@ -32,7 +32,7 @@ from memnet.selection import mean_std, metric_key, summarize
 from memnet.utils import is_integer, is_number, logged_wandb_id, replace_file_set, wandb_mode
 
 # what `memnet suite report` writes into its folder, replaced as one set (a figure with nothing to draw is not written)
-REPORT_FILES = ("leaderboard.md", "leaderboard.csv", "lengths.png", "babi.png", "leaderboard.json")
+REPORT_FILES = ("leaderboard.md", "leaderboard.csv", "repeats.csv", "lengths.png", "babi.png", "leaderboard.json")
 
 
 def load_references() -> dict[str, Any]:
@@ -415,6 +415,8 @@ def build_report(results: str | Path) -> dict[str, Any]:
             }
         )
 
+    repeats_table = [row for row in map(_repeats_row, collected) if row is not None]
+
     babi_table = None
     babi_entries = [
         e
@@ -520,13 +522,70 @@ def build_report(results: str | Path) -> dict[str, Any]:
             "models": models,
             "references": references["references"],
         }
-    return {
+    report = {
         "suite": suite.name,
         "description": suite.description,
         "columns": columns,
         "leaderboard": leaderboard,
         "lengths": lengths_table,
         "babi": babi_table,
+    }
+    if repeats_table:  # only then: a suite without evaluate.repeats reports what it always did
+        report["repeats"] = repeats_table
+    return report
+
+
+def _repeats_row(entry: _ExperimentResults) -> dict[str, Any] | None:
+    """The experiment's bits per sequence at fixed repeat counts (``evaluate.repeats``: ``memnet evaluate
+    --repeats``), mean ± s.d. over its seeds at each (length, repeats); None where it asks for none and has none.
+
+    A seed evaluated with other options than the suite's now, or without a row asked for, is left out of that cell
+    and named, as in the lengths table."""
+    wanted = repeat_pairs(entry.experiment.evaluate)
+    measured: dict[tuple[str, str], dict[Any, float]] = {}
+    train_repeats: list[int] | None = None
+    train_range: list[int] | None = None
+    notes: list[str] = []
+    stale_seeds = set()
+    for record in entry.done():
+        evaluation = record.get("evaluation") or {}
+        if evaluation.get("status") != "done" or not evaluation.get("bits_per_seq_repeats"):
+            continue
+        stale = _stale_options(record, entry.experiment)
+        if stale:
+            stale_seeds.add(record.get("seed"))
+            notes.append(f"seed {record.get('seed')} was evaluated with other evaluation options than the suite's now "
+                         f"({'; '.join(stale)}), left out; `memnet suite run` evaluates it again")
+            continue
+        train_repeats = train_repeats or evaluation.get("train_repeats")
+        train_range = train_range or evaluation.get("train_range") or record.get("trained_lengths")
+        for length, by_repeats in evaluation["bits_per_seq_repeats"].items():
+            for repeats, value in by_repeats.items():
+                measured.setdefault((str(length), str(repeats)), {})[record.get("seed")] = float(value)
+    if not wanted and not measured:
+        return None
+    pairs = sorted(set(measured) | {(str(n), str(r)) for n, r in wanted}, key=lambda pair: (int(pair[0]),
+                                                                                           int(pair[1])))
+    for record in entry.done():  # evaluated at fewer (length, repeats) than the suite asks now: named, once a seed
+        seed = record.get("seed")
+        unsaid = [f"L={n}, R={r}" for n, r in wanted if seed not in measured.get((str(n), str(r)), {})]
+        if unsaid and seed not in stale_seeds:
+            where = "at the fixed repeat counts" if len(unsaid) == len(wanted) else f"at {'; '.join(unsaid)}"
+            notes.append(f"seed {seed} not evaluated {where}, left out; `memnet suite run` evaluates it again")
+    cells: dict[str, dict[str, Any]] = {}
+    for length, repeats in pairs:
+        by_seed = measured.get((length, repeats), {})
+        cells.setdefault(length, {})[repeats] = mean_std(list(by_seed.values()))
+        notes += [f"L={length}, R={repeats}: seed {seed} at {by_seed[seed]:g}, left out of the mean"
+                  for seed in _nonfinite(by_seed)]
+    return {
+        "experiment": entry.experiment.name,
+        "model": entry.experiment.model,
+        "task": entry.experiment.task,
+        "training_range": train_range,
+        "train_repeats": train_repeats,
+        "bits_per_seq": cells,  # length -> repeats -> mean ± s.d. over the seeds
+        "notes": [*_evaluation_notes(entry), *notes],
     }
 
 
@@ -593,6 +652,47 @@ def lengths_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             cells.append(text)
         rows.append([row["experiment"], row["model"], row["task"], *cells, "; ".join(row["notes"])])
     return header, rows
+
+
+def _repeat_columns(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every (length, repeats) of the fixed-repeats table, by length, then repeats."""
+    return sorted({(n, r) for row in report.get("repeats", []) for n in row["bits_per_seq"]
+                   for r in row["bits_per_seq"][n]}, key=lambda pair: (int(pair[0]), int(pair[1])))
+
+
+def repeats_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and string rows of the fixed-repeats table: a column per (length L, repeats R), '*' where both L and
+    R lie inside training's (lengths and repeat counts)."""
+    pairs = _repeat_columns(report)
+    header = ["experiment", "model", "task", *[f"L={n}, R={r}" for n, r in pairs], "notes"]
+    rows = []
+    for row in report.get("repeats", []):
+        low, high = row["train_repeats"] or (0, 0)
+        shortest, longest = row.get("training_range") or (0, 0)
+        cells = []
+        for n, r in pairs:
+            present = r in row["bits_per_seq"].get(n, {})
+            stat = row["bits_per_seq"][n][r] if present else None
+            trained = low <= int(r) <= high and shortest <= int(n) <= longest
+            cells.append((_cell(stat) if present else "") + (" *" if stat is not None and trained else ""))
+        rows.append([row["experiment"], row["model"], row["task"], *cells, "; ".join(row["notes"])])
+    return header, rows
+
+
+def render_repeats_csv(report: dict[str, Any]) -> str:
+    """The fixed-repeats table as CSV, a row per experiment, length and repeats: mean, std (none for one value) and n."""
+    header = ["experiment", "model", "task", "length", "repeats", "bits_per_seq mean", "bits_per_seq std",
+              "bits_per_seq n"]
+    rows = []
+    for row in report.get("repeats", []):
+        for n in sorted(row["bits_per_seq"], key=int):
+            for r in sorted(row["bits_per_seq"][n], key=int):
+                stat = row["bits_per_seq"][n][r]
+                count = stat.get("n", 2) if stat is not None else 0
+                values = ["", "", 0] if stat is None else [f"{stat['mean']:.6g}",
+                                                           f"{stat['std']:.6g}" if count > 1 else "", count]
+                rows.append([row["experiment"], row["model"], row["task"], n, r, *values])
+    return tables.csv_table(header, rows)
 
 
 def _seeds_label(model: dict[str, Any]) -> str:
@@ -690,6 +790,13 @@ def render_markdown(report: dict[str, Any]) -> str:
             "last validation of training (where `memnet evaluate` did not run).\n\n"
             + _markdown_table(*lengths_rows(report))
         )
+    if report.get("repeats"):
+        parts.append(
+            "## Repeat copy: bits per sequence at fixed repeat counts\n\nevery sequence of a cell at length L "
+            "with exactly R repeats (`memnet evaluate --repeats`, the suite's `evaluate.repeats`), mean ± std over "
+            "seeds; '*' marks a length and a repeat count both inside the training range.\n\n"
+            + _markdown_table(*repeats_rows(report))
+        )
     if report["babi"]:
         refs = "\n".join(
             f"- **{r['label']}**: {r['citation']}; {r['source']} ({r['statistic']})."
@@ -755,7 +862,8 @@ def render_csv(report: dict[str, Any]) -> str:
 
 
 def write_report(results: str | Path, out: str | Path | None = None) -> dict[str, Any]:
-    """Write leaderboard.md/.csv/.json (and babi/lengths PNGs) to ``out`` (default RESULTS/report), as one set
+    """Write leaderboard.md/.csv/.json (and babi/lengths PNGs; repeats.csv where an experiment has fixed repeat
+    counts) to ``out`` (default RESULTS/report), as one set
     replacing an earlier report's (``leaderboard.json`` renamed in last: a folder holding it holds one whole report)."""
     report = build_report(results)
     out = Path(out) if out is not None else Path(results) / REPORT_DIR
@@ -764,6 +872,8 @@ def write_report(results: str | Path, out: str | Path | None = None) -> dict[str
     def write_set(staging: Path) -> None:
         (staging / "leaderboard.md").write_text(render_markdown(report))
         (staging / "leaderboard.csv").write_text(render_csv(report))
+        if report.get("repeats"):
+            (staging / "repeats.csv").write_text(render_repeats_csv(report))
         plot_suite_report(report, staging)
         (staging / "leaderboard.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
 
@@ -820,6 +930,9 @@ def log_to_wandb(report: dict[str, Any], results: Path, out: Path) -> str | None
         if report["lengths"]:
             header, rows = lengths_rows(report)
             payload["lengths"] = wandb.Table(columns=header, data=rows)
+        if report.get("repeats"):
+            header, rows = repeats_rows(report)
+            payload["repeats"] = wandb.Table(columns=header, data=rows)
         if report["babi"]:
             header, rows = babi_rows(report)
             payload["babi"] = wandb.Table(columns=header, data=rows)

@@ -896,9 +896,11 @@ class SuiteRunner:
         if not checkpoint:
             return "evaluate", "cannot evaluate (a failure): training left no checkpoint to evaluate"
         try:
-            return "evaluate", _command_line(EVALUATORS[spec["kind"]].command(run, checkpoint, spec))
+            evaluator = EVALUATORS[spec["kind"]]
+            commands = [evaluator.command(run, checkpoint, spec), *evaluator.more_commands(run, checkpoint, spec)]
         except EvaluationUnavailable as error:
             return "evaluate", f"cannot evaluate (a failure): {error}"
+        return "evaluate", " && ".join(map(_command_line, commands))  # run in turn, each if the one before succeeded
 
     def _evaluate(self, run: Run, spec: dict, checkpoint: str | None, slot: int) -> dict[str, Any]:
         evaluator = EVALUATORS[spec["kind"]]
@@ -909,16 +911,17 @@ class SuiteRunner:
                 "error": "training left no checkpoint to evaluate",
             }
         try:
-            argv = evaluator.command(run, checkpoint, spec)
+            commands = [evaluator.command(run, checkpoint, spec), *evaluator.more_commands(run, checkpoint, spec)]
         except EvaluationUnavailable as error:
             return {"kind": spec["kind"], "status": "unavailable", "error": str(error)}
-        code = self._process(argv, run.folder / "evaluate.log", slot)
-        if code != 0:
-            return {
-                "kind": spec["kind"],
-                "status": "failed",
-                "error": _error_from_log(run.folder / "evaluate.log", code),
-            }
+        for argv in commands:  # in turn (the fixed repeat counts after the lengths), stopping at the first failure
+            code = self._process(argv, run.folder / "evaluate.log", slot)
+            if code != 0:
+                return {
+                    "kind": spec["kind"],
+                    "status": "failed",
+                    "error": _error_from_log(run.folder / "evaluate.log", code),
+                }
         try:
             result = evaluator.collect(run, spec)
         except EvaluationUnavailable as error:

@@ -26,6 +26,8 @@ A suite file is YAML::
         overrides:                         # any CLI field, dotted, as in --key=value
           model.init_args.net.init_args.memory_size: 128
         evaluate: {kind: algorithmic, lengths: [20, 40, 80, 120]}   # or {kind: babi, split: test}
+                                           #   repeat copy also takes repeats: [10, 20] (and
+                                           #   repeat_lengths, default its lengths): fixed counts
         model: NTM                         # labels for the tables (default: the first config's
         task: copy                         #   folder and file name, configs/<model>/<task>.yaml)
         select: {metric: error, split: train, mode: min}   # optional: report the run of lowest
@@ -43,6 +45,7 @@ so one failure does not stop the others. A results folder holds::
         config.yaml                           the full resolved config (written by memnet fit)
         checkpoints/last.ckpt, best-*.ckpt    checkpoints (resumed from last.ckpt after a kill)
         train.log, evaluate.log               the processes' output
+        evaluation/, evaluation_repeats/      what `memnet evaluate` wrote (the second: evaluate.repeats)
         summary.json                          written by memnet fit when training finished
         metrics.json                          the run's record: status, metrics, evaluation, error
         job.json                              the cluster job running it (launcher, job id, state)
@@ -448,6 +451,8 @@ def _parse_experiment(entry: Any, defaults: dict, where: str, index: int, base: 
                 f"{sorted(EVALUATORS)}, got {evaluate!r}"
             )
         evaluate = EVALUATORS[evaluate["kind"]].check(dict(evaluate), at("evaluate"))
+        if evaluate.get("repeats") is not None:  # only repeat copy has a repeat count to fix
+            _check_repeat_task(resolved, overrides, evaluate["repeats"], at("evaluate"))
 
     seed_args = (
         entry["seed_args"]
@@ -488,6 +493,47 @@ def _parse_experiment(entry: Any, defaults: dict, where: str, index: int, base: 
         seed_args=tuple(seed_args),
         select=select,
     )
+
+
+def _check_repeat_task(configs: tuple[str, ...], overrides: dict[str, Any], repeats: list[int], where: str) -> None:
+    """Refuse ``evaluate.repeats`` for an experiment whose task has no repeat count (copy, priority sort, ...): the
+    task its stacked configs and overrides name (``data.init_args.task``) must have ``with_repeats``, as
+    ``memnet evaluate --repeats`` requires, or the suite would train every run before its evaluation failed.
+
+    Raises:
+        SuiteError: ``where`` (the suite file, line and experiment), the counts and the task.
+    """
+    import importlib
+
+    from memnet.cli.configs import ConfigError, load_config
+
+    asked = f"evaluate.repeats {repeats!r}"
+    task: Any = None
+    for config in configs:
+        try:
+            data = load_config(config).get("data")
+        except (ConfigError, OSError, ValueError) as error:
+            raise SuiteError(f"{where}: {asked}: cannot read the task of {config}: {error}") from None
+        found = ((data or {}).get("init_args") or {}).get("task") if isinstance(data, dict) else None
+        if found is not None:
+            task = found
+    task = overrides.get("data.init_args.task", task)
+    class_path = task.get("class_path") if isinstance(task, dict) else task
+    class_path = overrides.get("data.init_args.task.class_path", class_path)
+    if not isinstance(class_path, str) or not class_path:
+        raise SuiteError(f"{where}: {asked}: the experiment's configs name no task (data.init_args.task.class_path), "
+                         "so no repeat count to fix; repeats are for repeat copy (tasks.algorithmic.RepeatCopyTask)")
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name) if module else None
+    except (ImportError, AttributeError):
+        cls = None
+    if cls is None:
+        raise SuiteError(f"{where}: {asked}: the task {class_path} cannot be imported, so whether it has a repeat "
+                         "count cannot be told; repeats are for repeat copy (tasks.algorithmic.RepeatCopyTask)")
+    if not hasattr(cls, "with_repeats"):
+        raise SuiteError(f"{where}: {asked}: the task {class_path} has no repeat count (only repeat copy's sequences "
+                         "have one, tasks.algorithmic.RepeatCopyTask); drop evaluate.repeats")
 
 
 def _key_line(mapping: Any, key: Any, default: int) -> int:
