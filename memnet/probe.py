@@ -61,6 +61,7 @@ from torch import nn
 from memnet.training import KeyedStateCallback
 from memnet.utils import (
     fitting,
+    gather_objects,
     is_integer,
     logged_step,
     run_dir,
@@ -329,8 +330,8 @@ class GradientProbe(KeyedStateCallback):
     ``probe/controller/...``, ``probe/memory/...``; the first step's total of an NTM or a DNC is mostly its
     initial memory's, scaled by 1/1e-6, the module's docstring says why). Under ``trainer.validate`` (``memnet validate``) the curve is measured
     and the scalars logged, but no figure is drawn (such a run has no run folder of its own). Networks without
-    ``step`` are skipped. The memory has the slots
-    the validation runs with: the module's ``eval_memory_size`` where set, else the network's N.
+    ``step`` are skipped. Under DDP rank 0 measures and draws, and every process logs its scalars. The memory has
+    the slots the validation runs with: the module's ``eval_memory_size`` where set, else the network's N.
 
     Args:
         every_n_epochs: probe every this many validation epochs.
@@ -368,37 +369,28 @@ class GradientProbe(KeyedStateCallback):
                 "loss": self.loss, "state_part": self.state_part}
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or validation_count(trainer) % self.every_n_epochs or not trainer.is_global_zero:
+        if trainer.sanity_checking or validation_count(trainer) % self.every_n_epochs:
+            return
+        # Rank 0 measures, and every process logs its numbers: logged by rank 0 alone, Lightning took them for
+        # rank 0's own share of an epoch value (its warning to use sync_dist, once a key) and the other processes'
+        # callback_metrics had no probe/ (a monitor of one was refused there, not on rank 0)
+        parts = gather_objects(self._measure(trainer, pl_module) if trainer.is_global_zero else None, trainer)[0]
+        if parts is None:
             return
         net = getattr(pl_module, "net", pl_module)
-        if not (hasattr(net, "step") and hasattr(net, "initial_state")):
-            return
-        loaders = trainer.val_dataloaders
-        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-        batch = next(iter(loader))
-        if not all(key in batch for key in ("inputs", "targets")):
-            return
-        rows = slice(0, self.max_sequences)
-        parts = gradient_through_time_by_part(
-            net,
-            batch["inputs"][rows].to(pl_module.device),
-            batch["targets"][rows].to(pl_module.device),
-            mask=batch["mask"][rows].to(pl_module.device) if "mask" in batch else None,
-            loss=self.loss,
-            state_part=self.state_part,
-            # the N of the validation it probes (SequenceModule.forward runs evaluation with eval_memory_size)
-            memory_size=getattr(pl_module, "eval_memory_size", None),
-        )
         norms = torch.stack([part.pow(2) for part in parts.values()]).sum(dim=0).sqrt()
         label = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
         self.curves[label] = norms
         floor = torch.tensor(PLOT_FLOOR, dtype=torch.float64)
-        pl_module.log("probe/log10_grad_first", float(torch.log10(norms[0].clamp_min(floor))))
-        pl_module.log("probe/log10_grad_last", float(torch.log10(norms[-1].clamp_min(floor))))
+        logged = {"probe/log10_grad_first": norms[0], "probe/log10_grad_last": norms[-1]}
         if len(parts) > 1:  # an NTM's h(0) is mostly its initial memory's: each part's own, the controller's too
             for part, values in parts.items():
-                pl_module.log(f"probe/{part}/log10_grad_first", float(torch.log10(values[0].clamp_min(floor))))
-                pl_module.log(f"probe/{part}/log10_grad_last", float(torch.log10(values[-1].clamp_min(floor))))
+                logged |= {f"probe/{part}/log10_grad_first": values[0], f"probe/{part}/log10_grad_last": values[-1]}
+        for key, value in logged.items():
+            # the same value on every process: their mean is it
+            pl_module.log(key, float(torch.log10(value.clamp_min(floor))), sync_dist=True)
+        if not trainer.is_global_zero:
+            return
         if not fitting(trainer):
             # ``memnet validate`` has no run folder of its own: the figure made a stray runs/memnet/<id>/ that
             # looked like a run (as MemoryAccessPlot's did); its scalars are in the validation's metrics
@@ -418,6 +410,29 @@ class GradientProbe(KeyedStateCallback):
                 # (which every logged row advances) is dropped with a warning; through the logger, whose W&B
                 # errors (memnet's OfflineFirstWandbLogger) stop the tracking, not the training
                 logger.log_metrics({"gradient_probe/curve": chart}, step=logged_step(trainer))
+
+    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, torch.Tensor] | None:
+        """Each part's ‖∂L/∂h(t)‖ on the first validation batch (``gradient_through_time_by_part``); None where the
+        network has no ``step`` or the batch no ``inputs`` and ``targets``."""
+        net = getattr(pl_module, "net", pl_module)
+        if not (hasattr(net, "step") and hasattr(net, "initial_state")):
+            return None
+        loaders = trainer.val_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        batch = next(iter(loader))
+        if not all(key in batch for key in ("inputs", "targets")):
+            return None
+        rows = slice(0, self.max_sequences)
+        return gradient_through_time_by_part(
+            net,
+            batch["inputs"][rows].to(pl_module.device),
+            batch["targets"][rows].to(pl_module.device),
+            mask=batch["mask"][rows].to(pl_module.device) if "mask" in batch else None,
+            loss=self.loss,
+            state_part=self.state_part,
+            # the N of the validation it probes (SequenceModule.forward runs evaluation with eval_memory_size)
+            memory_size=getattr(pl_module, "eval_memory_size", None),
+        )
 
     def state_dict(self) -> dict:
         return {"curves": {k: v.tolist() for k, v in self.curves.items()}}

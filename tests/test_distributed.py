@@ -771,3 +771,54 @@ def test_ddp_rank_r_seeds_its_global_generator_with_the_seed_mixed_with_r(monkey
         torch.manual_seed(7)
         split_global_rng(2)  # no seed_everything: torch's initial seed, alike in every process
         assert torch.initial_seed() == mix_seed(7, 2)
+
+
+PROBE = '''
+import json
+from functools import partial
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import CSVLogger
+from memnet.controllers import LSTMController
+from memnet.lightning import SequenceModule
+from memnet.models.ntm import NTM
+from memnet.probe import GradientProbe
+from tasks.algorithmic import AlgorithmicDataModule, CopyTask
+
+class Keep(pl.Callback):
+    def on_validation_end(self, trainer, module):
+        probed = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("probe/")}
+        with open(f"probe{trainer.global_rank}.json", "w") as handle:
+            json.dump(probed, handle)
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    net = NTM(4, 3, controller=partial(LSTMController, hidden_size=4), memory_size=4, word_size=3)
+    data = AlgorithmicDataModule(CopyTask(width=3, min_length=1, max_length=3), batch_size=2, batches_per_epoch=1,
+                                 val_size=4, seed=0)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=2, strategy="ddp", enable_checkpointing=False,
+                         logger=CSVLogger("logs", name="", version=""), enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, callbacks=[GradientProbe(), Keep()])
+    trainer.fit(SequenceModule(net), datamodule=data)
+'''
+
+
+@pytest.mark.slow
+def test_two_processes_log_the_gradient_probe_of_rank_0_on_both(tmp_path):
+    """Rank 0 alone measured and logged probe/...: Lightning warned, for each key, to use sync_dist ('It is
+    recommended to use `self.log('probe/log10_grad_first', ..., sync_dist=True)` ...') and rank 1 had no probe/
+    metric (a callback monitoring one was refused there). Rank 0 measures, both log its numbers."""
+    (tmp_path / "probe_ddp.py").write_text(textwrap.dedent(PROBE))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "probe_ddp.py"], check=False, cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "self.log('probe/" not in result.stderr
+    first, second = (json.loads((tmp_path / f"probe{rank}.json").read_text()) for rank in (0, 1))
+    assert {"probe/log10_grad_first", "probe/memory/log10_grad_first", "probe/controller/log10_grad_last"} <= first.keys()
+    assert second == first
+    [header, *rows] = (tmp_path / "logs" / "metrics.csv").read_text().splitlines()
+    column = header.split(",").index("probe/memory/log10_grad_first")
+    logged = [float(row.split(",")[column]) for row in rows if row.split(",")[column]]
+    assert logged == [pytest.approx(first["probe/memory/log10_grad_first"])]
+    assert len(list((tmp_path / "runs" / "debug" / "gradient_probe").glob("*.png"))) == 1  # drawn by rank 0 alone
