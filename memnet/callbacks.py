@@ -315,7 +315,12 @@ class WandbTrackingGuard(WandbLogger):
         if self._experiment is None:
             import wandb
 
-            self._run_taken_up = wandb.run is not None  # the user's (wandb.init before the fit): theirs to finish
+            taken_up = wandb.run is not None  # the user's (wandb.init before the fit): theirs to finish
+            run = super().experiment
+            # started here: a failed fit finishes it (_finish_failed); a run taken up, or one given to the logger
+            # (WandbLogger(experiment=run)), which never comes this way, is its owner's
+            self._run_started = not taken_up and run is not None
+            return run
         return super().experiment
 
     @rank_zero_only
@@ -334,7 +339,7 @@ class WandbTrackingGuard(WandbLogger):
         finished; and a later fit in the same process (a notebook) logged on into it, W&B's run in progress.
         """
         run = self._experiment
-        if run is None or getattr(self, "_run_taken_up", False) or getattr(self, "_finished_failed", False):
+        if run is None or not getattr(self, "_run_started", False) or getattr(self, "_finished_failed", False):
             return
         self._finished_failed = True
         try:

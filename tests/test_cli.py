@@ -1043,6 +1043,28 @@ def test_a_wandb_run_the_user_started_is_not_finished_by_a_failed_fit(tmp_path, 
     assert run.logged and run.finished == []
 
 
+def test_a_wandb_run_given_to_the_logger_is_not_finished_by_a_failed_fit(tmp_path, monkeypatch):
+    """A run given to the logger (``WandbLogger(experiment=run)``, Lightning's way to log into the user's own run) is
+    the user's, as one in progress is: finalize("failed") finished it (exit code 1) under the code that still used
+    it. Only a run the logger started itself is finished."""
+    from memnet.callbacks import OfflineFirstWandbLogger
+
+    _fake_wandb(monkeypatch, FakeRun(tmp_path))
+    given = FakeRun(tmp_path)
+    logger = OfflineFirstWandbLogger(save_dir=str(tmp_path), experiment=given)
+    logger.log_metrics({"loss": 1.0}, step=0)
+    logger.finalize("failed")
+    assert given.logged == [["loss", "trainer/global_step"]] and given.finished == []
+
+    started = FakeRun(tmp_path)
+    _fake_wandb(monkeypatch, started)
+    logger = OfflineFirstWandbLogger(save_dir=str(tmp_path))
+    logger.log_metrics({"loss": 1.0}, step=0)
+    logger.finalize("failed")
+    logger.finalize("failed")
+    assert started.finished == [1]
+
+
 def test_a_guarded_lightning_wandb_logger_pickles_as_a_guarded_one(tmp_path, monkeypatch):
     """Lightning's ``ddp_spawn`` pickles the trainer and its loggers: the guarded logger's class, made when guarded,
     is rebuilt on the other side, not refused by pickle or unpickled unguarded."""
