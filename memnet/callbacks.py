@@ -325,10 +325,21 @@ class WandbTrackingGuard(WandbLogger):
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
+        if _finalize_behind_guard(type(self)) is not None:  # a guarded class's own (guard_wandb_logger): as before
+            self._finalize_behind(status)
+        elif status != "failed" and self._experiment is not None:  # the artifacts of log_model=True, at the end
+            self._track(lambda: super(WandbTrackingGuard, self).finalize(status))
         if status == "failed":  # Lightning's word for a fit, validate, test or predict that raised (Ctrl-C too)
             self._finish_failed()
-        elif self._experiment is not None:  # the artifacts of log_model=True, at a successful end
-            self._track(lambda: super(WandbTrackingGuard, self).finalize(status))
+
+    def _finalize_behind(self, status: str) -> None:
+        """The ``finalize`` of a ``WandbLogger`` subclass that has its own, behind the guard: called for every status,
+        as it was before its class was guarded; an error there is warned (at a failure, the fit's own error is the
+        one raised)."""
+        try:
+            super().finalize(status)
+        except Exception as error:  # noqa: BLE001 -- the training is over; a W&B error must not end it in a traceback
+            log.warning("the W&B logger's finalize(%r) failed (%s: %s)", status, type(error).__name__, error)
 
     def _finish_failed(self) -> None:
         """Finish the W&B run this logger started with exit code 1, once; an error doing so is warned, never raised
@@ -382,6 +393,16 @@ def guard_wandb_logger(logger: Any) -> Any:
             "__reduce__": lambda self: (_unpickle_guarded, (cls, self.__getstate__()))})
     logger.__class__ = _GUARDED[cls]
     return logger
+
+
+def _finalize_behind_guard(cls: type) -> Any:
+    """The ``finalize`` that ``WandbTrackingGuard`` stands in front of in ``cls``, where it is not Lightning's
+    ``WandbLogger``'s (a user's subclass that has its own); None where it is."""
+    mro = cls.__mro__
+    for klass in mro[mro.index(WandbTrackingGuard) + 1:]:
+        if "finalize" in vars(klass):
+            return None if klass is WandbLogger else vars(klass)["finalize"]
+    return None
 
 
 def _unpickle_guarded(cls: type, state: dict[str, Any]) -> Any:

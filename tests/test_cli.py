@@ -1065,6 +1065,31 @@ def test_a_wandb_run_given_to_the_logger_is_not_finished_by_a_failed_fit(tmp_pat
     assert started.finished == [1]
 
 
+def test_a_guarded_wandb_logger_subclass_keeps_its_own_finalize(tmp_path, monkeypatch):
+    """guard_wandb_logger puts the guard in front of a user's WandbLogger subclass: the guard's finalize stood in
+    front of the subclass's own, which was no longer called at a failure, nor at a success before any W&B run
+    (its own cleanup skipped). It is called for every status, as before the class was guarded; an error there is
+    warned, and the run the logger started is still finished once at a failure."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    from memnet.callbacks import guard_wandb_logger
+
+    class MyLogger(WandbLogger):
+        def finalize(self, status):
+            self.statuses = [*getattr(self, "statuses", []), status]
+            if status == "aborted":
+                raise RuntimeError("the user's finalize failed")
+
+    run = FakeRun(tmp_path)
+    _fake_wandb(monkeypatch, run)
+    logger = guard_wandb_logger(MyLogger(save_dir=str(tmp_path), offline=True))
+    logger.finalize("success")
+    logger.finalize("aborted")
+    logger.experiment  # noqa: B018 -- the run starts
+    logger.finalize("failed")
+    assert logger.statuses == ["success", "aborted", "failed"] and run.finished == [1]
+
+
 def test_a_guarded_lightning_wandb_logger_pickles_as_a_guarded_one(tmp_path, monkeypatch):
     """Lightning's ``ddp_spawn`` pickles the trainer and its loggers: the guarded logger's class, made when guarded,
     is rebuilt on the other side, not refused by pickle or unpickled unguarded."""
