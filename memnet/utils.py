@@ -680,6 +680,10 @@ def write_text_atomic(path: Path, text: str) -> None:
 # nodes of a cluster); a host name's separators are kept out of the file name
 _HOST = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
 LEGACY_PARTIAL_AGE = 3600.0  # seconds: a .<name>.<pid>.partial (no host) older than this, its pid gone, is stale
+# seconds: a .<name>.<host>.<pid>.partial of this host, its pid gone, is stale only once unwritten this long; a pid
+# another pid namespace gave (a container sharing the folder and the host name) is not seen here, and its live
+# writer's file, removed, failed its rename; a writer renames its file as soon as the last byte is written
+STALE_PARTIAL_AGE = 300.0
 
 
 def _write_beside(path: Path, write: Callable[[Path], Any]) -> None:
@@ -700,9 +704,11 @@ def _write_beside(path: Path, write: Callable[[Path], Any]) -> None:
 
 def _remove_stale_partials(path: Path) -> None:
     """Remove the ``.<name>.<host>.<pid>.partial`` files beside ``path`` whose writer is gone: killed between writing
-    and renaming, it left one for ever. Only this host's, of a pid no process has here (``os.kill(pid, 0)``); a
-    live writer's, another host's (its pid means nothing here) and other files' are left alone, and so is one of
-    the earlier naming without a host (``.<name>.<pid>.partial``) unless it is over an hour old. What cannot be
+    and renaming, it left one for ever. Only this host's, of a pid no process has here (``os.kill(pid, 0)``), once
+    unwritten for ``STALE_PARTIAL_AGE`` (a live writer in another pid namespace, a container sharing the folder and
+    the host name, has a pid not seen here); a live writer's, another host's (its pid means nothing here) and other
+    files' are left alone, and so is one of the earlier naming without a host (``.<name>.<pid>.partial``) unless it
+    is over an hour old. What cannot be
     removed is left as it is."""
     pattern = re.compile(re.escape(f".{path.name}.") + r"(?:(?P<host>[A-Za-z0-9_.-]+)\.)?(?P<pid>\d+)\.partial")
     try:
@@ -718,7 +724,7 @@ def _remove_stale_partials(path: Path) -> None:
             if match["host"] is None:  # the earlier naming: it may be another host's, but not for an hour
                 if time.time() - leftover.stat().st_mtime < LEGACY_PARTIAL_AGE:
                     continue
-            elif match["host"] != _HOST:
+            elif match["host"] != _HOST or time.time() - leftover.stat().st_mtime < STALE_PARTIAL_AGE:
                 continue
             if leftover.is_file() and not leftover.is_symlink():
                 leftover.unlink()

@@ -480,8 +480,9 @@ def test_a_failed_summary_write_is_one_line(tmp_path, capsys, monkeypatch):
 def test_a_write_removes_the_partial_files_killed_writers_of_the_same_file_left(tmp_path):
     """A process killed between writing ``.<name>.<...>.<pid>.partial`` and renaming it left that file beside the
     target for ever (a suite's records, summaries, tables). The next write of the same file removes those whose
-    writer is gone (a pid no process has, on this host); never a live writer's, another host's, another file's, nor
-    one of the old naming (no host) newer than an hour."""
+    writer is gone (a pid no process has, on this host, in a file unwritten for 5 minutes); never a live writer's
+    (one in another pid namespace, its pid none here, writing now), another host's, another file's, nor one of the
+    old naming (no host) newer than an hour."""
     import socket
     import subprocess
     import sys
@@ -491,6 +492,8 @@ def test_a_write_removes_the_partial_files_killed_writers_of_the_same_file_left(
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True)
+    unseen = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                            check=True)  # a pid no process has here: another pid namespace's writer, live there
     dead, live, host = int(gone.stdout), os.getppid(), socket.gethostname()
     target = tmp_path / "record.json"
 
@@ -500,8 +503,11 @@ def test_a_write_removes_the_partial_files_killed_writers_of_the_same_file_left(
         os.utime(path, (time.time() - age, time.time() - age))
         return path
 
-    stale = [leftover(f".record.json.{host}.{dead}.partial"), leftover(f".record.json.{dead}.partial", age=7200)]
+    stale = [leftover(f".record.json.{host}.{dead}.partial", age=600), leftover(f".record.json.{dead}.partial", age=7200)]
     kept = [leftover(f".record.json.{host}.{live}.partial"),            # a live writer's
+            # a live writer in another pid namespace (a container sharing the folder and the host name): its pid is
+            # none here, and its file, removed as it was written, failed its rename
+            leftover(f".record.json.{host}.{int(unseen.stdout)}.partial"),
             leftover(f".record.json.other-node.{dead}.partial"),        # another host's: its pid means nothing here
             leftover(f".record.json.{dead}.partial".replace(str(dead), str(dead + 1)), age=60),  # old naming, new
             leftover(f".other.json.{host}.{dead}.partial")]             # another file's
