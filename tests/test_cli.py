@@ -316,6 +316,10 @@ TRAINER_TYPO = "trainer.max_stpes: the Trainer takes no option 'max_stpes'; did 
     (["--config", "{model: {init_args: {net: {init_args: {memroy_size: 3}}}}, trainer: {max_steps: 1}}"],
      (f"--config '{{model: {{init_args: {{net: {{init_args: {{memroy_size: 3}}}}}}}}, t'…: {NET}.memroy_size: "
      "memnet.models.ntm.NTM takes no option 'memroy_size'; did you mean memory_size?")),  # a long text, cut short
+    # YAML text of several lines, longer than a file name may be (the name of no file: it was OSError's
+    # 'File name too long' from Path.exists, a traceback), said on one line
+    (["--config", "trainer:\n  max_stpes: 5\n" + "#" * 300 + "\n"],
+     f"--config 'trainer: max_stpes: 5 {'#' * 38}'…: {TRAINER_TYPO}"),
 ])
 def test_a_mistyped_key_in_an_inline_config_or_a_groups_file_names_where_it_came_from(tmp_path, capsys, given,
                                                                                       expected):

@@ -122,7 +122,9 @@ def instantiate(configs: Sequence[str | Path], overrides: Sequence[str] = ()) ->
         return MemnetCLI(args=[*args, *QUIET, *overrides], run=False)
     except UnknownOptionError as error:  # a key the current code's class no longer takes (renamed, removed)
         raise RebuildError(
-            f"--config: {', '.join(map(str, configs))} does not parse with the current code: {error}; a run saved by "
+            # the key as the file holds it (error.unknown): the parser was given the file's text, not its name
+            f"--config: {', '.join(map(str, configs))} does not parse with the current code: "
+            f"{error.unknown.describe(None)}; a run saved by "
             "an older version needs --config with a current config"
         ) from None
     except SystemExit:  # the parser printed what it refused; say which file and what to do

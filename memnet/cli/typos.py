@@ -256,10 +256,20 @@ def given_where(unknown: UnknownOption, argv: Sequence[str], config_keys: Any = 
         value = value if equals else argv[index + 1]
         keys = config_keys(value)
         if keys is not None and unknown.option in keys:
-            long_text = len(value) > INLINE_SHOWN and not Path(value).exists()  # a file's path is said whole
-            shown = f"{shlex.quote(value[:INLINE_SHOWN])}…" if long_text else shlex.quote(value)
+            shown = shlex.quote(value)  # a file's path is said whole
+            if not _is_file(value):  # config text: on one line (a message is one line), cut short
+                text = " ".join(value.split())
+                shown = f"{shlex.quote(text[:INLINE_SHOWN])}…" if len(text) > INLINE_SHOWN else shlex.quote(text)
             return f"{'--config' if name == '-c' else name} {shown}: {unknown.key}"
     return None
+
+
+def _is_file(value: str) -> bool:
+    """Whether ``value`` names a file (not config text: a text too long for a file name is not one)."""
+    try:
+        return Path(value).is_file()
+    except (OSError, ValueError):  # "File name too long", an embedded NUL
+        return False
 
 
 def all_keys(content: Any) -> set[str]:
