@@ -1088,6 +1088,7 @@ def test_table_command_refuses_a_malformed_ensemble(argv, expected, capsys):
     assert exit_info.value.code == 2 and expected in capsys.readouterr().err
 
 
+@needs_data
 @pytest.mark.parametrize("stage", ["test", "predict"])
 def test_a_checkpoint_of_a_ddp_run_is_scored_in_one_process(tmp_path, monkeypatch, stage):
     """babi-table and the suite's evaluations score a checkpoint in their own process on one device, whatever
