@@ -2032,6 +2032,26 @@ def test_runs_trained_under_other_settings_than_the_suites_now_are_named(tmp_pat
     ]
 
 
+def test_the_same_configs_of_another_checkout_are_the_same_settings():
+    """A suite run from a second checkout (git worktree add, as docs/suites.md advises for long suites) and
+    reported or resumed from the first recorded absolute config paths: every run was 'trained with other settings
+    than the suite's now' (configs: ['/a/configs/ntm/x.yaml'], now ['/b/configs/ntm/x.yaml']), contents the same."""
+    from memnet.cli.suite.runner import settings_changes
+
+    def settings(root, digest="d1", name="ntm/x.yaml"):
+        return {"configs": [f"{root}/configs/{name}"], "overrides": {}, "budget": {}, "seed_args": [],
+                "config_sha256": {f"{root}/configs/{name}": digest, f"{root}/configs/recipes/r.yaml": "d2"}}
+
+    assert settings_changes(settings("/work/a"), settings("/work/b")) == []
+    assert settings_changes(settings("/work/a"), settings("/work/b", digest="d3")) == [
+        "/work/b/configs/ntm/x.yaml: its contents changed"]
+    assert settings_changes(settings("/work/a"), settings("/work/b", name="ntm/y.yaml")) == [
+        "configs: ['/work/a/configs/ntm/x.yaml'], now ['/work/b/configs/ntm/y.yaml']"]
+    mine = {**settings("/work/a"), "configs": ["/home/u/x.yaml"]}  # outside a configs/ folder: the path itself
+    assert settings_changes(mine, {**mine, "configs": ["/home/v/x.yaml"]}) == [
+        "configs: ['/home/u/x.yaml'], now ['/home/v/x.yaml']"]
+
+
 def test_a_config_file_edited_in_place_between_runs_is_named_with_the_file(tmp_path, monkeypatch, capsys):
     """The same config paths with other contents (a fragment the config extends, edited between two `suite run`s)
     are other settings, named with the file; a record from before the contents were kept is not named."""

@@ -249,13 +249,30 @@ def settings_changes(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
         if isinstance(before, dict) and isinstance(after, dict):
             changes += [f"{section}.{key}: {before.get(key, 'unset')!r}, now {after.get(key, 'unset')!r}"
                         for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
+        elif section == "configs" and isinstance(before, list) and isinstance(after, list):
+            # the same shipped config of another checkout (a second one for long suites: git worktree add) is
+            # the same config; its contents are compared below
+            if [_in_checkout(path) for path in before] != [_in_checkout(path) for path in after]:
+                changes.append(f"{section}: {before!r}, now {after!r}")
         elif before != after:
             changes.append(f"{section}: {before!r}, now {after!r}")
     before, after = then.get(CONFIG_DIGESTS), now.get(CONFIG_DIGESTS)
     if isinstance(before, dict) and isinstance(after, dict):
-        changes += [f"{path}: its contents changed" for path in sorted(set(before) & set(after))
-                    if None not in (before[path], after[path]) and before[path] != after[path]]
+        before = {_in_checkout(path): digest for path, digest in before.items()}
+        named = {_in_checkout(path): path for path in after}  # said as the file is now
+        after = {_in_checkout(path): digest for path, digest in after.items()}
+        changes += [f"{named[key]}: its contents changed" for key in sorted(set(before) & set(after), key=named.get)
+                    if None not in (before[key], after[key]) and before[key] != after[key]]
     return changes
+
+
+def _in_checkout(path: str) -> str:
+    """A config file's path from its checkout's ``configs/`` folder on (``configs/ntm/copy.yaml``), so that the
+    same config of two checkouts compares equal; a path outside any ``configs/`` folder as it is."""
+    parts = Path(path).parts
+    if "configs" not in parts:
+        return str(path)
+    return Path(*parts[len(parts) - 1 - parts[::-1].index("configs"):]).as_posix()
 
 
 def _cli_value(value: Any) -> str:
