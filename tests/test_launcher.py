@@ -616,6 +616,51 @@ def test_the_submitters_job_id_waits_for_a_job_writing_its_job_file(tmp_path):
     assert (job["state"], job["job_id"], job["pid"], job["launcher"]) == ("running", "4242_0", 9001, "slurm")
 
 
+def test_a_signal_while_the_job_writes_its_job_file_does_not_hang(tmp_path, monkeypatch):
+    """The job's signal handler (checkpoint(): preemption, the time limit) writes job.json in the main thread, which
+    may be inside write_job_file, holding job.lock, that instant: its flock on a new handle of the same file waited
+    for the first, the same process's, for ever. job.lock is re-entrant within a thread; another process still
+    waits for it, and another thread of this process too."""
+    import subprocess
+    import sys
+
+    suite = S.load_suite(write_suite(tmp_path / "s.yaml"))
+    run = S.expand_runs(suite, tmp_path / "r")[0]
+    L.write_job_file(run, state="running", holder=None)
+    lock_file = run.folder / L.JOB_LOCK_FILE
+    probe = ("import fcntl, sys\nwith open(sys.argv[1], 'a') as f:\n    try:\n        fcntl.flock(f, fcntl.LOCK_EX | "
+             "fcntl.LOCK_NB)\n    except BlockingIOError:\n        sys.exit(3)\n")
+
+    def another_process_gets_it() -> bool:
+        return subprocess.run([sys.executable, "-c", probe, str(lock_file)], check=False,
+                              timeout=60).returncode == 0
+
+    write = L.write_text_atomic
+    seen = {}
+
+    def signalled(path, text):  # the handler's path, run as the outer write holds job.lock
+        monkeypatch.setattr(L, "write_text_atomic", write)
+        L.write_job_file(run, state="requeued")
+        seen["excluded"] = not another_process_gets_it()
+        other = threading.Thread(target=L.write_job_file, args=(run,), kwargs={"other": 1}, daemon=True)
+        other.start()
+        other.join(timeout=0.5)
+        seen["other thread waits"] = other.is_alive()
+        seen["other"] = other
+        write(path, text)
+
+    monkeypatch.setattr(L, "write_text_atomic", signalled)
+    job = threading.Thread(target=L.write_job_file, args=(run,), kwargs={"state": "finished"}, daemon=True)
+    job.start()
+    job.join(timeout=20)
+    assert not job.is_alive()  # was: blocked on its own flock for ever
+    seen["other"].join(timeout=20)
+    assert not seen["other"].is_alive()
+    assert (seen["excluded"], seen["other thread waits"]) == (True, True)
+    assert json.loads((run.folder / L.JOB_FILE).read_text())["other"] == 1
+    assert another_process_gets_it()  # released with the outer call
+
+
 def replace_job_id(job: FakeJob, job_id: str) -> FakeJob:
     job.job_id = job_id
     return job

@@ -405,21 +405,42 @@ def write_job_file(run: Run, *, submitted: bool = False, **fields: Any) -> None:
         write_text_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
+_JOB_LOCKS: dict[str, threading.RLock] = {}  # per run folder: the thread of this process that holds job.lock
+_JOB_LOCK_DEPTH: dict[str, int] = {}  # per run folder: how deep that thread is in _job_file_lock (read under its lock)
+
+
 @contextlib.contextmanager
 def _job_file_lock(folder: Path) -> Iterator[None]:
     """Hold ``job.lock`` in a run's folder (a ``flock``, waited for: held only while ``job.json`` is read and written);
-    where there is no ``flock`` (Windows, a filesystem without it) nothing is held, as before there was one."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(folder / JOB_LOCK_FILE, "a") as handle:
+    where there is no ``flock`` (Windows, a filesystem without it) nothing is held, as before there was one.
+
+    Re-entrant within a thread: a job's signal handler (:meth:`SuiteJob.checkpoint`, which writes ``job.json``) runs
+    in the main thread, which may be inside this lock that instant; a second ``flock`` on a new handle of the same file
+    waited for the first, its own, for ever. The thread that holds it takes it again without a second ``flock``;
+    another thread of this process waits for it (a lock per folder), and another process for the ``flock``.
+    """
+    key = os.path.abspath(folder)
+    lock = _JOB_LOCKS.setdefault(key, threading.RLock())  # setdefault: one lock per folder, whichever thread asks
+    with lock:
+        depth = _JOB_LOCK_DEPTH.get(key, 0)
+        _JOB_LOCK_DEPTH[key] = depth + 1  # before the flock: a handler from here on takes no second one
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError:  # no flock on this filesystem
-            pass
-        yield  # the lock goes with the file's closing
+            if depth:
+                yield
+                return
+            try:
+                import fcntl
+            except ImportError:
+                yield
+                return
+            with open(folder / JOB_LOCK_FILE, "a") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX)
+                except OSError:  # no flock on this filesystem
+                    pass
+                yield  # the lock goes with the file's closing
+        finally:
+            _JOB_LOCK_DEPTH[key] = depth  # after the closing: a handler in between would take a second flock
 
 
 def _job_file_text(run: Run) -> str | None:
