@@ -691,7 +691,7 @@ def _write_beside(path: Path, write: Callable[[Path], Any]) -> None:
     rename it onto ``path``; the partial file is removed whatever happens, and an ``OSError`` is named by ``path``
     (:func:`_named`). Once renamed, the partial files of ``path`` that killed writers left are removed
     (:func:`_remove_stale_partials`)."""
-    partial = path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.partial")
+    partial = partial_beside(path)
     try:
         write(partial)
         os.replace(partial, path)
@@ -728,6 +728,45 @@ def _remove_stale_partials(path: Path) -> None:
                 continue
             if leftover.is_file() and not leftover.is_symlink():
                 leftover.unlink()
+
+
+def partial_beside(path: Path) -> Path:
+    """This process's own file beside ``path`` to write it to before the rename: ``.<name>.<host>.<pid>.partial``."""
+    return path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.partial")
+
+
+def remove_stale_partials_in(folder: Path) -> None:
+    """Remove the partial files (or folders) in ``folder`` that killed saves left, whatever name they were for (a
+    checkpoint folder: a save killed while writing ``epoch=0-step=2.ckpt`` left one that no later save names).
+
+    As :func:`_remove_stale_partials`: a ``.<name>.<host>.<pid>.partial`` only of this host, of a pid no process has
+    here, unwritten for ``STALE_PARTIAL_AGE``; one named without a writer (``.<name>.partial``, an earlier memnet's
+    checkpoint) once unwritten for ``LEGACY_PARTIAL_AGE``. A live writer's (another run saving into the same folder)
+    and another host's are left alone, and so is what cannot be removed."""
+    ours = re.compile(r"\..+\." + re.escape(_HOST) + r"\.(?P<pid>\d+)\.partial")
+    with_a_writer = re.compile(r"\..+\.[A-Za-z0-9_.-]+\.\d+\.partial")
+    try:
+        names = [entry.name for entry in os.scandir(folder) if entry.name.startswith(".")
+                 and entry.name.endswith(".partial")]
+    except OSError:
+        return
+    for name in names:
+        leftover, match = folder / name, ours.fullmatch(name)
+        if match is not None:
+            pid = int(match["pid"])
+            if pid == os.getpid() or _process_alive(pid):
+                continue
+            age = STALE_PARTIAL_AGE
+        elif with_a_writer.fullmatch(name) is None:  # no writer named: an earlier memnet's, alive or not
+            age = LEGACY_PARTIAL_AGE
+        else:  # another host's: its pid means nothing here
+            continue
+        try:
+            if time.time() - leftover.lstat().st_mtime < age:
+                continue
+        except OSError:
+            continue
+        remove_leftover(leftover)
 
 
 def _process_alive(pid: int) -> bool:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 from functools import partial
 
 import pytest
 import pytorch_lightning as pl
 import torch
 
+from memnet import utils
 from memnet.callbacks import LastAndBestCheckpoint
 from memnet.cli.lightning_cli import AtomicCheckpointIO
 from memnet.controllers import LSTMController
@@ -162,23 +164,64 @@ def test_only_the_checkpoint_of_an_epoch_cut_short_is_counted_back_to_its_middle
     assert progress["total"] == progress["current"] == counts(*(counted_back or epochs))
 
 
+def dead_pid() -> int:
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def written_ago(path, seconds: float) -> None:
+    os.utime(path, (time.time() - seconds, time.time() - seconds))
+
+
 @pytest.mark.parametrize("leftover", ["file", "folder"])
 def test_a_save_cut_short_never_blocks_the_later_saves(tmp_path, leftover):
-    """A process killed mid-save leaves ``.<name>.partial`` in the checkpoint folder (a file, or a folder: a
-    sharded checkpoint, an export): the next save writes its checkpoint all the same and removes the leftovers."""
+    """A process killed mid-save leaves a partial file in the checkpoint folder (a file, or a folder: a sharded
+    checkpoint, an export): the next save writes its checkpoint all the same and removes the stale leftovers (of
+    an earlier memnet, ``.<name>.partial``, and of a dead pid of this host)."""
     folder = tmp_path / "checkpoints"
     folder.mkdir()
-    for name in (".last.ckpt.partial", ".epoch=0-step=2.ckpt.partial"):
+    for name in (".last.ckpt.partial", f".epoch=0-step=2.ckpt.{utils._HOST}.{dead_pid()}.partial"):
         if leftover == "folder":
             (folder / name).mkdir()
             (folder / name / "shard_0.distcp").write_bytes(b"half")
         else:
             (folder / name).write_bytes(b"half")
+        written_ago(folder / name, utils.LEGACY_PARTIAL_AGE + 60)
     checkpoint_io = AtomicCheckpointIO()
     for step in (4, 6):
         checkpoint_io.save_checkpoint({"global_step": step, "state_dict": {"w": torch.ones(3)}}, folder / "last.ckpt")
         assert os.listdir(folder) == ["last.ckpt"]
         assert checkpoint_io.load_checkpoint(folder / "last.ckpt")["global_step"] == step
+
+
+def test_a_save_leaves_another_live_writers_partial_file(tmp_path):
+    """A save removed every .*.partial in its folder: a second run saving into the same folder (two runs given one
+    dirpath) lost the file it was writing, and its rename failed ('could not write the checkpoint ...last.ckpt').
+    A save writes its own .<name>.<host>.<pid>.partial and removes only a dead writer's, once stale."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    host, gone = utils._HOST, dead_pid()
+    names = {
+        "live": f".last.ckpt.{host}.{os.getppid()}.partial",  # another run, saving now (its file's time: any)
+        "dead": f".epoch=0-step=2.ckpt.{host}.{gone}.partial",  # a save killed 10 minutes ago
+        "dead, just written": f".epoch=1-step=4.ckpt.{host}.{gone}.partial",  # a pid of another pid namespace?
+        "another host's": f".last.ckpt.elsewhere.{gone}.partial",
+        "earlier memnet's, old": ".best.ckpt.partial",
+        "earlier memnet's, new": ".epoch=2-step=6.ckpt.partial",
+    }
+    for key, name in names.items():
+        (folder / name).write_bytes(b"half")
+        if key != "dead, just written" and key != "earlier memnet's, new":
+            written_ago(folder / name, (utils.LEGACY_PARTIAL_AGE if "earlier" in key else utils.STALE_PARTIAL_AGE) + 60)
+    AtomicCheckpointIO().save_checkpoint({"global_step": 2, "state_dict": {"w": torch.ones(3)}}, folder / "last.ckpt")
+    left = {key for key, name in names.items() if (folder / name).exists()}
+    assert left == {"live", "dead, just written", "another host's", "earlier memnet's, new"}
+    assert sorted(os.listdir(folder)) == sorted(["last.ckpt", *(names[key] for key in left)])  # its own: renamed
+    os.replace(folder / names["live"], folder / "last.ckpt")  # the other run's rename: was FileNotFoundError
 
 
 def test_a_checkpoint_is_written_beside_its_name_whatever_the_system_temporary_folder(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import warnings
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 import wandb
 
 from memnet.cli import main
+from memnet.utils import LEGACY_PARTIAL_AGE
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = str(ROOT / "configs" / "ntm" / "copy_small.yaml")
@@ -116,7 +118,9 @@ def test_resumed_run_continues_its_folder_and_its_wandb_run(tmp_path, capsys):
     main(["fit", "--config", SMALL, *TINY])
     first = _latest(tmp_path)
     run = Path(first["run_dir"])
-    (run / "checkpoints" / ".best-killed.ckpt.partial").write_bytes(b"half a checkpoint")
+    killed = run / "checkpoints" / ".best-killed.ckpt.partial"
+    killed.write_bytes(b"half a checkpoint")
+    os.utime(killed, (time.time() - LEGACY_PARTIAL_AGE - 60,) * 2)  # stale: an earlier memnet's save, killed
     wandb.finish()  # as at the end of a process; else the next logger of this process reuses the open run
     main(["fit", "--config", SMALL, *TINY, "--trainer.max_steps=6", "--ckpt_path", first["last_checkpoint"]])
     second = _latest(tmp_path)

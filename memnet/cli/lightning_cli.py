@@ -56,7 +56,8 @@ from memnet.utils import (
     MemnetError,
     fsync,
     logged_wandb_id,
-    remove_leftover,
+    partial_beside,
+    remove_stale_partials_in,
     run_dir,
     wandb_mode,
     wandb_offline,
@@ -73,11 +74,12 @@ UNTRAINED = "untrained"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a file beside it (``.<name>.partial``), then renames it into place.
+    """Writes each checkpoint to a file beside it (``.<name>.<host>.<pid>.partial``), then renames it into place.
 
     A crash while saving leaves the previous checkpoint intact; a reader never
     sees a half-written file. The ``.partial`` files (or folders) a crash left behind
-    are removed at the next save, which they never block. A write that fails (disk
+    are removed by a later save once stale (:func:`memnet.utils.remove_stale_partials_in`: a dead writer's,
+    unwritten for 5 minutes), and never block it; another live run's, saving into the same folder, stay. A write that fails (disk
     full, folder read-only) removes its own ``.partial`` file and stops the run with
     one line naming the file.
     """
@@ -86,11 +88,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:  # as Lightning's TorchCheckpointIO
             raise TypeError(f"Trainer.save_checkpoint(..., storage_options=...) is not supported by {type(self).__name__}")
         path = Path(path)
-        partial = path.with_name(f".{path.name}.partial")
+        # this process's own (.<name>.<host>.<pid>.partial): a second run saving into the same folder writes its own
+        partial = partial_beside(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            for stale in path.parent.glob(".*.partial"):  # left by a save that was killed, a file or a folder
-                remove_leftover(stale)
+            # those of saves that were killed; not another live writer's (its rename failed: 'could not write the
+            # checkpoint')
+            remove_stale_partials_in(path.parent)
             # straight into the partial file: Lightning's own save stages the bytes in the system's temporary folder
             # (fsspec's transaction, tempfile.mkstemp() in /tmp) and moves them here, so a full /tmp failed every
             # checkpoint of a run whose folder had room, and a save killed meanwhile left its copy there for good
