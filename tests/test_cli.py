@@ -405,6 +405,23 @@ def test_an_unknown_command_is_one_line_with_the_close_ones(capsys, argv, expect
 
 
 @pytest.mark.parametrize(("argv", "expected"), [
+    # argparse: "usage: memnet suite [-h] {run,status,report,ensemble} ...", then "memnet suite: error: the
+    # following arguments are required: command"
+    (["suite"], "memnet suite: a command is needed: run, status, report, ensemble (memnet suite --help)"),
+    (["data"], "memnet data: name a data set, one of babi (e.g. `memnet data babi --help`)"),
+])
+def test_a_command_without_its_subcommand_is_one_line_listing_them(capsys, argv, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == expected + "\n"
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--help"])  # argparse's help as before
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: memnet {argv[0]}")
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
     # the parser took 5 for the command: "error: argument subcommand: invalid choice: '5' (choose from 'fit', ...)"
     (["--trainer.max_steps", "5", "fit", "--config", "ntm/copy"],
      "memnet: --trainer.max_steps: options go after the command: memnet fit --trainer.max_steps 5 --config ntm/copy"),

@@ -301,7 +301,18 @@ class CommandParser(argparse.ArgumentParser):
         unknown = next(self._unknown_options(args), None)
         if unknown is not None:
             self.exit(2, f"{self.prog}: {unrecognized(unknown, self._option_string_actions, self.prog)}\n")
+        self._check_command_given(args)
         return super().parse_known_args(args, namespace)
+
+    def _check_command_given(self, args: Sequence[str]) -> None:
+        """A required subcommand not given (``memnet suite``) in one line that lists them; argparse said ``the
+        following arguments are required: command`` after its usage. ``--help`` goes on to argparse's help."""
+        for action in self._actions:
+            if not (isinstance(action, argparse._SubParsersAction) and action.required):
+                continue
+            if any(arg in ("-h", "--help") or not read_as_option(self, arg) for arg in args):
+                return  # a command, or a value argparse judges (an unknown command is said by _check_value)
+            self.exit(2, f"{self.prog}: a command is needed: {', '.join(action.choices)} ({self.prog} --help)\n")
 
     def _check_value(self, action: argparse.Action, value: Any) -> None:
         """A subcommand none of this parser's takes (``memnet suite rnu``) in one line with the close ones;
