@@ -160,16 +160,21 @@ def _evaluate_argv(checkpoint: str, lengths: list[int], out: Path, spec: dict,
     return argv
 
 
+def _read_results(path: Path, command: str) -> dict:
+    """The ``results.json`` that ``command`` wrote at ``path``, or ``EvaluationUnavailable`` saying why not."""
+    if not path.is_file():
+        raise EvaluationUnavailable(f"{command} wrote no bits-per-sequence results ({path} missing)")
+    try:
+        return read_evaluation(path)
+    except ResultSchemaError as error:
+        raise EvaluationUnavailable(f"{command} results unreadable: {error}") from None
+
+
 def _algorithmic_collect(run: Run, spec: dict) -> dict:
     """Bits per sequence at each length from what ``memnet evaluate --out`` wrote (``results.json``,
     the one result schema ``memnet.protocols.EvaluationResult``)."""
     path = run.folder / "evaluation" / EVALUATION_FILE
-    if not path.is_file():
-        raise EvaluationUnavailable(f"`memnet evaluate` wrote no bits-per-sequence results ({path} missing)")
-    try:
-        result = read_evaluation(path)
-    except ResultSchemaError as error:
-        raise EvaluationUnavailable(f"`memnet evaluate` results unreadable: {error}") from None
+    result = _read_results(path, "`memnet evaluate`")
     if any("repeats" in row for row in result["lengths"]):  # several rows a length: not one score per length
         raise EvaluationUnavailable(f"{path} holds rows of fixed repeat counts (memnet evaluate --repeats), not "
                                     "one bits-per-sequence score per length; evaluate the run again without --repeats")
@@ -188,12 +193,7 @@ def _repeats_collect(run: Run, spec: dict) -> dict:
     """Bits per sequence at each (length, repeats) of the entry from what ``memnet evaluate --repeats`` wrote into
     ``evaluation_repeats/``: ``{"bits_per_seq_repeats": {length: {repeats: bits}}, "train_repeats": [lo, hi]}``."""
     path = run.folder / REPEATS_FOLDER / EVALUATION_FILE
-    if not path.is_file():
-        raise EvaluationUnavailable(f"`memnet evaluate --repeats` wrote no bits-per-sequence results ({path} missing)")
-    try:
-        result = read_evaluation(path)
-    except ResultSchemaError as error:
-        raise EvaluationUnavailable(f"`memnet evaluate --repeats` results unreadable: {error}") from None
+    result = _read_results(path, "`memnet evaluate --repeats`")
     rows = result["lengths"]
     if not rows or any("repeats" not in row for row in rows):
         raise EvaluationUnavailable(f"{path} holds rows without a fixed repeat count, not those of `memnet evaluate "
