@@ -490,7 +490,6 @@ def test_an_option_the_parser_does_not_have_is_named_by_the_subcommand(capsys):
 @pytest.mark.parametrize(("given", "last_line"), [
     (["--trainer.devices", "1", "-1"], "error: unrecognized arguments: -1"),  # a negative number is a value
     (["extra"], "error: unrecognized arguments: extra"),  # a stray value, no option
-    (["--trainer.max_steps", "lots"], "  Expected a <class 'int'>. Got value: lots"),
 ])
 def test_a_value_the_parser_does_not_take_is_still_its_own_report(capsys, given, last_line):
     with pytest.raises(SystemExit) as exit_info:
@@ -498,6 +497,76 @@ def test_a_value_the_parser_does_not_take_is_still_its_own_report(capsys, given,
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("usage: ") and err.splitlines()[-1] == last_line
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    (["--trainer.max_steps", "lots"], "--trainer.max_steps: expected an int, got 'lots'"),
+    (["--trainer.max_steps=1.5"], "--trainer.max_steps: expected an int, got '1.5'"),
+    (["--seed_everything", "abc"], "--seed_everything: expected true/false or an int, got 'abc'"),
+    (["--model.init_args.optimizer.init_args.lr", "fast"],  # a Callable's class: Union[float, Tensor]
+     "--model.init_args.optimizer.init_args.lr: expected a float, got 'fast'"),
+    ([f"--{NET}.memory_size", "big"], f"--{NET}.memory_size: expected an int, got 'big'"),
+    (["--model.net.memory_size", "big"], "--model.net.memory_size: expected an int, got 'big'"),  # the short form
+    ([f"--{NET}.memory_init", "zz"], f"--{NET}.memory_init: expected one of 'constant', 'learned', 'random', got 'zz'"),
+    (["--model.init_args.scheduler_interval", "hourly"],
+     "--model.init_args.scheduler_interval: expected one of 'step', 'epoch', got 'hourly'"),
+    (["--data.init_args.val_lengths", "abc"], "--data.init_args.val_lengths: expected a list of int or null, got 'abc'"),
+    (["--trainer", "{max_steps: lots}"], "--trainer '{max_steps: lots}': trainer.max_steps: expected an int, got 'lots'"),
+])
+def test_a_value_of_the_wrong_type_is_one_line_naming_the_option_what_it_takes_and_the_value(capsys, given, expected):
+    """The parser printed its whole usage (~67 lines), then 'Parser key "trainer.max_steps": Expected a <class
+    'int'>. Got value: lots', or, for a class's argument, the key at the bottom of a Union error."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMALL, *given, "--print_config"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"memnet: {expected}\n"
+
+
+@pytest.mark.parametrize(("yaml_text", "expected"), [
+    ("trainer:\n  max_steps: lots", "line 2: trainer.max_steps: expected an int, got 'lots'"),
+    ("model:\n  init_args:\n    optimizer:\n      init_args:\n        lr: fast",
+     "line 5: model.init_args.optimizer.init_args.lr: expected a float, got 'fast'"),
+    ("# mine\nmodel: {init_args: {net: {init_args: {memory_size: big}}}}",
+     f"line 2: {NET}.memory_size: expected an int, got 'big'"),
+    ("extends: [ntm/copy_small]\nmodel: {init_args: {net: {init_args: {memory_init: zz}}}}",
+     f"line 2: {NET}.memory_init: expected one of 'constant', 'learned', 'random', got 'zz'"),
+])
+def test_a_value_of_the_wrong_type_in_a_config_file_names_the_file_and_line(tmp_path, capsys, yaml_text, expected):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml_text + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMALL, "--config", str(bad)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"memnet: --config {bad}, {expected}\n"
+
+
+def test_a_value_of_the_wrong_type_in_an_inline_config_is_named_by_its_text(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMALL, "--config", "{trainer: {max_steps: lots}}", "--print_config"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == ("memnet: --config '{trainer: {max_steps: lots}}': trainer.max_steps: expected an "
+                                       "int, got 'lots'\n")
+
+
+def test_a_value_of_the_wrong_type_gets_the_parsers_whole_report_on_request(capsys, monkeypatch):
+    monkeypatch.setenv("MEMNET_TRACEBACK", "1")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", SMALL, "--trainer.max_steps", "lots", "--print_config"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: ") and err.splitlines()[-1] == "  Expected a <class 'int'>. Got value: lots"
+
+
+def test_a_value_whose_type_is_a_class_is_left_to_the_parser():
+    """A class that does not import, a path: the parser's own words say more than 'expected a Module'."""
+    from memnet.cli.values import bad_value
+
+    text = """Parser key "net":
+  Does not validate against any of the Union subtypes
+  Subtypes: [<class 'torch.nn.modules.module.Module'>]
+  Given value: nosuch.Class"""
+    assert bad_value(text) is None
+    assert bad_value(text.replace("torch.nn.modules.module.Module", "int")).expected == "an int"
 
 
 def test_a_negative_number_is_a_value_where_the_parser_is_asked():

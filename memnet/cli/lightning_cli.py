@@ -50,6 +50,7 @@ from memnet.cli.typos import (
     refused_key,
     unknown_option,
 )
+from memnet.cli.values import BadValueError, bad_value, value_where
 from memnet.models.core import compile_seconds
 from memnet.training import check_learning_rates, check_scheduler_settings
 from memnet.utils import (
@@ -190,7 +191,8 @@ class MemnetArgumentParser(LightningArgumentParser):
     jsonargparse printed the whole usage (~77 lines for ``memnet fit``), then the key at the bottom
     of a Union error, or ``unrecognized arguments: --trainer.max_stpes 5``; the ``memnet`` command says
     it in one line instead (``memnet.cli.typos``), with the closest names: a Lightning group's options
-    (``the Trainer``'s, ``checkpoint``'s class's), or the command's own (``memnet fit``'s).
+    (``the Trainer``'s, ``checkpoint``'s class's), or the command's own (``memnet fit``'s). A value of the
+    wrong type (``--trainer.max_steps lots``) is a ``BadValueError`` (``memnet.cli.values``).
     Every other error, and every error under ``MEMNET_TRACEBACK=1``, is jsonargparse's as before.
     No option is abbreviated: argparse took ``--trainer.max_step 5`` for ``--trainer.max_steps 5``.
     """
@@ -204,7 +206,7 @@ class MemnetArgumentParser(LightningArgumentParser):
         # whose message holds the whole path from the top key down
         if self.exit_on_error and not os.environ.get(TRACEBACK_ENV):
             # one found already, in a --config given as text, which jsonargparse wrapped: 'Parser key "config": ...'
-            found = next((item for item in chain(ex) if isinstance(item, UnknownOptionError)), None)
+            found = next((item for item in chain(ex) if isinstance(item, (UnknownOptionError, BadValueError))), None)
             if found is not None:
                 raise found
             unknown = unknown_option(message)
@@ -224,6 +226,9 @@ class MemnetArgumentParser(LightningArgumentParser):
                 unknown = self._unknown_own_option(refused)
                 if unknown is not None:
                     raise UnknownOptionError(unknown, refused.typed)
+            bad = bad_value(message)  # a value of the wrong type: trainer.max_steps lots
+            if bad is not None:
+                raise BadValueError(bad)
         super().error(message, ex)
 
     def _unknown_own_option(self, refused: Refused) -> UnknownOption | None:
@@ -334,6 +339,9 @@ class MemnetCLI(LightningCLI):
         except UnknownOptionError as error:  # named as the user gave it: the option typed, or the --config file
             where = error.where or (given_where(error.unknown, given, _config_keys) if isinstance(given, list) else None)
             raise UnknownOptionError(error.unknown, where) from None
+        except BadValueError as error:  # named as the user gave it: the option typed, or the --config file and line
+            where = error.where or (value_where(error.bad, given, _config) if isinstance(given, list) else None)
+            raise BadValueError(error.bad, where) from None
         if isinstance(args, list):
             self._keep_ckpt_path(args)
         target = self.config.get(self.config.get("subcommand")) if "subcommand" in self.config else self.config
@@ -614,15 +622,22 @@ def check_decode_lengths(model: Any, datamodule: Any, subcommand: str) -> None:
                     f"or drop length {length}")
 
 
-def _config_keys(value: str) -> set[str] | None:
-    """Every key in the config ``value`` names (its fragments stacked) or holds as text; None for a remote one or
+def _config(value: str) -> Any:
+    """The content of the config ``value`` names (its fragments stacked) or holds as text; None for a remote one or
     one that cannot be read."""
     if "://" in value:
         return None
     try:
-        return all_keys(yaml.safe_load(value) if is_inline_config(value) else load_config(find_config(value)))
+        return yaml.safe_load(value) if is_inline_config(value) else load_config(find_config(value))
     except (ConfigError, OSError, yaml.YAMLError):
         return None
+
+
+def _config_keys(value: str) -> set[str] | None:
+    """Every key in the config ``value`` names (its fragments stacked) or holds as text; None for a remote one or
+    one that cannot be read."""
+    content = _config(value)
+    return None if content is None else all_keys(content)
 
 
 def _offline_unless_opted_in(logger: Any) -> None:

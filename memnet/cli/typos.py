@@ -31,8 +31,9 @@ of the names it takes there (``memnet.cli.lightning_cli.MemnetArgumentParser``):
     --trainer.max_stpes: the Trainer takes no option 'max_stpes'; did you mean max_steps?
     --seed_everythin: memnet fit takes no option 'seed_everythin'; did you mean seed_everything?
 
-Any other parser error (a value of the wrong type, a stray value) is left to jsonargparse as it
-was; ``MEMNET_TRACEBACK=1`` shows jsonargparse's whole report for a mistyped key too.
+A value of the wrong type is said in one line by :mod:`memnet.cli.values`; any other parser error (a stray
+value) is left to jsonargparse as it was; ``MEMNET_TRACEBACK=1`` shows jsonargparse's whole report for a
+mistyped key too.
 
 memnet's own commands (evaluate, probe, figures, ...) parse with :class:`CommandParser`: an
 option none of their arguments takes is named first, in one line with the closest options
@@ -256,15 +257,20 @@ def given_where(unknown: UnknownOption, argv: Sequence[str], config_keys: Any = 
         value = value if equals else argv[index + 1]
         keys = config_keys(value)
         if keys is not None and unknown.option in keys:
-            shown = shlex.quote(value)  # a file's path is said whole
-            if not _is_file(value):  # config text: on one line (a message is one line), cut short
-                text = " ".join(value.split())
-                shown = f"{shlex.quote(text[:INLINE_SHOWN])}…" if len(text) > INLINE_SHOWN else shlex.quote(text)
-            return f"{'--config' if name == '-c' else name} {shown}: {unknown.key}"
+            return f"{'--config' if name == '-c' else name} {config_shown(value)}: {unknown.key}"
     return None
 
 
-def _is_file(value: str) -> bool:
+def config_shown(value: str) -> str:
+    """A ``--config`` value as a message names it: a file's path whole, config text on one line (a message is one
+    line), its first 60 characters for a longer one."""
+    if is_file(value):
+        return shlex.quote(value)
+    text = " ".join(value.split())
+    return f"{shlex.quote(text[:INLINE_SHOWN])}…" if len(text) > INLINE_SHOWN else shlex.quote(text)
+
+
+def is_file(value: str) -> bool:
     """Whether ``value`` names a file (not config text: a text too long for a file name is not one)."""
     try:
         return Path(value).is_file()
