@@ -13,7 +13,7 @@ import time
 import warnings
 from collections.abc import Callable, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import DistributedSampler
@@ -679,18 +679,19 @@ def write_text_atomic(path: Path, text: str) -> None:
 # the host in a partial file's name: a pid names a process on one machine only (a results folder shared by the
 # nodes of a cluster); a host name's separators are kept out of the file name
 _HOST = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
-LEGACY_PARTIAL_AGE = 3600.0  # seconds: a .<name>.<pid>.partial (no host) older than this, its pid gone, is stale
+LEGACY_PARTIAL_AGE = 3600.0  # seconds: a partial file named without a host (the earlier namings), its pid gone, is stale
 # seconds: a .<name>.<host>.<pid>.partial of this host, its pid gone, is stale only once unwritten this long; a pid
 # another pid namespace gave (a container sharing the folder and the host name) is not seen here, and its live
 # writer's file, removed, failed its rename; a writer renames its file as soon as the last byte is written
 STALE_PARTIAL_AGE = 300.0
+_WRITER = r"(?:(?P<host>[A-Za-z0-9_.-]+)\.)?(?P<pid>\d+)"  # <host>.<pid> or, the earlier naming, <pid> alone
 
 
 def _write_beside(path: Path, write: Callable[[Path], Any]) -> None:
     """``write(partial)`` to a file of this process's own beside ``path`` (``.<name>.<host>.<pid>.partial``), then
     rename it onto ``path``; the partial file is removed whatever happens, and an ``OSError`` is named by ``path``
     (:func:`_named`). Once renamed, the partial files of ``path`` that killed writers left are removed
-    (:func:`_remove_stale_partials`)."""
+    (:func:`remove_stale_partials_in` given its name)."""
     partial = partial_beside(path)
     try:
         write(partial)
@@ -699,35 +700,7 @@ def _write_beside(path: Path, write: Callable[[Path], Any]) -> None:
         raise _named(error, path) from None
     finally:
         partial.unlink(missing_ok=True)
-    _remove_stale_partials(path)
-
-
-def _remove_stale_partials(path: Path) -> None:
-    """Remove the ``.<name>.<host>.<pid>.partial`` files beside ``path`` whose writer is gone: killed between writing
-    and renaming, it left one for ever. Only this host's, of a pid no process has here (``os.kill(pid, 0)``), once
-    unwritten for ``STALE_PARTIAL_AGE`` (a live writer in another pid namespace, a container sharing the folder and
-    the host name, has a pid not seen here); a live writer's, another host's (its pid means nothing here) and other
-    files' are left alone, and so is one of the earlier naming without a host (``.<name>.<pid>.partial``) unless it
-    is over an hour old. What cannot be
-    removed is left as it is."""
-    pattern = re.compile(re.escape(f".{path.name}.") + r"(?:(?P<host>[A-Za-z0-9_.-]+)\.)?(?P<pid>\d+)\.partial")
-    try:
-        names = [entry.name for entry in os.scandir(path.parent) if entry.name.startswith(f".{path.name}.")]
-    except OSError:
-        return
-    for name in names:
-        match = pattern.fullmatch(name)
-        if match is None or int(match["pid"]) == os.getpid() or _process_alive(int(match["pid"])):
-            continue
-        leftover = path.parent / name
-        with contextlib.suppress(OSError):
-            if match["host"] is None:  # the earlier naming: it may be another host's, but not for an hour
-                if time.time() - leftover.stat().st_mtime < LEGACY_PARTIAL_AGE:
-                    continue
-            elif match["host"] != _HOST or time.time() - leftover.stat().st_mtime < STALE_PARTIAL_AGE:
-                continue
-            if leftover.is_file() and not leftover.is_symlink():
-                leftover.unlink()
+    remove_stale_partials_in(path.parent, path.name)
 
 
 def partial_beside(path: Path) -> Path:
@@ -735,38 +708,92 @@ def partial_beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.partial")
 
 
-def remove_stale_partials_in(folder: Path) -> None:
-    """Remove the partial files (or folders) in ``folder`` that killed saves left, whatever name they were for (a
-    checkpoint folder: a save killed while writing ``epoch=0-step=2.ckpt`` left one that no later save names).
+class PartialName(NamedTuple):
+    """What the name of a partial file says: the file it was written for, and by whom.
 
-    As :func:`_remove_stale_partials`: a ``.<name>.<host>.<pid>.partial`` only of this host, of a pid no process has
-    here, unwritten for ``STALE_PARTIAL_AGE``; one named without a writer (``.<name>.partial``, an earlier memnet's
-    checkpoint) once unwritten for ``LEGACY_PARTIAL_AGE``. A live writer's (another run saving into the same folder)
-    and another host's are left alone, and so is what cannot be removed."""
-    ours = re.compile(r"\..+\." + re.escape(_HOST) + r"\.(?P<pid>\d+)\.partial")
-    with_a_writer = re.compile(r"\..+\.[A-Za-z0-9_.-]+\.\d+\.partial")
+    Three namings, newest first: ``.<name>.<host>.<pid>.partial`` (:func:`partial_beside`),
+    ``.<name>.<pid>.partial`` (an earlier memnet's ``write_text_atomic``) and ``.<name>.partial`` (an earlier
+    memnet's checkpoint, a model export's folder).
+    """
+
+    target: str  # the file it was for: "last.ckpt"
+    host: str | None  # the writer's host; None in the two earlier namings
+    pid: int | None  # the writer's pid; None in .<name>.partial
+
+
+def read_partial_name(name: str, target: str | None = None) -> PartialName | None:
+    """The partial file ``name`` read as one of the three namings of :class:`PartialName`; None if it is not one
+    (or, given ``target``, not one of ``target``'s).
+
+    Given ``target`` the name is read exactly: given ``a.b``, ``.a.b.7.partial`` is its file of pid 7 (the
+    earlier naming) and ``.a.b.c.7.partial`` host ``c``'s. Without it (a folder's leftovers, whatever file each was for), the
+    newest naming the name fits: ``.a.b.7.partial`` could be ``a.b``'s of pid 7 or ``a``'s of host ``b``, and is
+    read as ``a``'s of host ``b`` (so never removed unless ``b`` is this host); ``.a.7.partial`` as ``a``'s of pid
+    7; ``.a.b.partial`` as ``a.b``'s, no writer named.
+
+    >>> read_partial_name(".last.ckpt.node1.4242.partial")
+    PartialName(target='last.ckpt', host='node1', pid=4242)
+    >>> read_partial_name(".record.json.4242.partial", "record.json")
+    PartialName(target='record.json', host=None, pid=4242)
+    >>> read_partial_name(".last.ckpt.partial")
+    PartialName(target='last.ckpt', host=None, pid=None)
+    """
+    if not name.startswith(".") or not name.endswith(".partial") or len(name) <= len("..partial"):
+        return None
+    middle = name[1:-len(".partial")]  # <name>[.<host>][.<pid>]
+    if target is not None:
+        if middle == target:
+            return PartialName(target, None, None)
+        writer = re.fullmatch(_WRITER, middle[len(target) + 1:]) if middle.startswith(f"{target}.") else None
+        return None if writer is None else PartialName(target, writer["host"], int(writer["pid"]))
+    ours = re.fullmatch(r"(?P<target>.+)\." + re.escape(_HOST) + r"\.(?P<pid>\d+)", middle)  # a host with dots too
+    if ours is not None:
+        return PartialName(ours["target"], _HOST, int(ours["pid"]))
+    for naming in (r"(?P<target>.+)\.(?P<host>[A-Za-z0-9_.-]+?)\.(?P<pid>\d+)", r"(?P<target>.+)\.(?P<pid>\d+)"):
+        if (named := re.fullmatch(naming, middle)) is not None:
+            return PartialName(named["target"], named.groupdict().get("host"), int(named["pid"]))
+    return PartialName(middle, None, None)
+
+
+def is_stale_partial(path: Path, partial: PartialName) -> bool:
+    """Whether the partial file (or folder) ``path``, named as ``partial`` says, is a killed writer's leftover.
+
+    Only if no writer can still be at it: one of another host is never stale (its pid means nothing here), nor one
+    whose pid is this process's or any process's here (``os.kill(pid, 0)``). Then only once unwritten (its own
+    time, not a link's target's) for ``STALE_PARTIAL_AGE`` if of this host (a live writer in another pid namespace,
+    a container sharing the folder and the host name, has a pid not seen here), for ``LEGACY_PARTIAL_AGE`` if named
+    without a host (the earlier namings: it may be another host's, or, without a pid, anyone's).
+    """
+    if partial.host is not None and partial.host != _HOST:
+        return False
+    if partial.pid is not None and (partial.pid == os.getpid() or _process_alive(partial.pid)):
+        return False
+    age = STALE_PARTIAL_AGE if partial.host is not None else LEGACY_PARTIAL_AGE
     try:
-        names = [entry.name for entry in os.scandir(folder) if entry.name.startswith(".")
-                 and entry.name.endswith(".partial")]
+        return time.time() - path.lstat().st_mtime >= age
+    except OSError:
+        return False
+
+
+def remove_stale_partials_in(folder: Path, target: str | None = None) -> None:
+    """Remove the partial files (or folders, or links: never what a link points to) in ``folder`` that killed
+    writers left: those of ``target`` after a write of it (``write_text_atomic``), or, without it, whatever file
+    each was for (a checkpoint folder: a save killed while writing ``epoch=0-step=2.ckpt`` left one that no later
+    save names).
+
+    One rule for both (:func:`read_partial_name`, :func:`is_stale_partial`): a ``.<name>.<host>.<pid>.partial`` only
+    of this host, of a pid no process has here, unwritten for ``STALE_PARTIAL_AGE``; one of the earlier namings
+    (``.<name>.<pid>.partial``, ``.<name>.partial``) once unwritten for ``LEGACY_PARTIAL_AGE``, its pid gone. A live
+    writer's (another run saving into the same folder) and another host's are left alone, and so is what cannot be
+    removed. Without ``target`` a ``.<a>.<b>.<pid>.partial`` is read as host ``b``'s (:func:`read_partial_name`)."""
+    try:
+        names = [entry.name for entry in os.scandir(folder)]
     except OSError:
         return
     for name in names:
-        leftover, match = folder / name, ours.fullmatch(name)
-        if match is not None:
-            pid = int(match["pid"])
-            if pid == os.getpid() or _process_alive(pid):
-                continue
-            age = STALE_PARTIAL_AGE
-        elif with_a_writer.fullmatch(name) is None:  # no writer named: an earlier memnet's, alive or not
-            age = LEGACY_PARTIAL_AGE
-        else:  # another host's: its pid means nothing here
-            continue
-        try:
-            if time.time() - leftover.lstat().st_mtime < age:
-                continue
-        except OSError:
-            continue
-        remove_leftover(leftover)
+        partial = read_partial_name(name, target)
+        if partial is not None and is_stale_partial(folder / name, partial):
+            remove_leftover(folder / name)
 
 
 def _process_alive(pid: int) -> bool:

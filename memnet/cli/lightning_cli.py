@@ -79,8 +79,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     A crash while saving leaves the previous checkpoint intact; a reader never
     sees a half-written file. The ``.partial`` files (or folders) a crash left behind
-    are removed by a later save once stale (:func:`memnet.utils.remove_stale_partials_in`: a dead writer's,
-    unwritten for 5 minutes), and never block it; another live run's, saving into the same folder, stay. A write that fails (disk
+    are removed by a later save once stale (:func:`memnet.utils.remove_stale_partials_in`: a dead writer's of this
+    host, unwritten for 5 minutes; an earlier naming's after an hour), and never block it; another live run's,
+    saving into the same folder, and another host's stay. A write that fails (disk
     full, folder read-only) removes its own ``.partial`` file and stops the run with
     one line naming the file.
     """
