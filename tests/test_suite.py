@@ -2146,6 +2146,34 @@ def test_fixed_repeat_counts_are_refused_on_loading_for_a_task_without_them_or_b
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize("assignment", [
+    "data.init_args.task.class_path=tasks.algorithmic.CopyTask",
+    "data.init_args.task={class_path: tasks.algorithmic.PrioritySortTask}",
+    "data.init_args.task=tasks.algorithmic.CopyTask",
+])
+def test_fixed_repeat_counts_are_refused_on_loading_for_a_task_that_set_changes(
+        tmp_path, monkeypatch, capsys, assignment):
+    """A task named by `--set` is checked against evaluate.repeats as the suite file's own overrides are: refused
+    before anything runs, naming the --set field and the experiment (it trained every run, then every evaluation
+    failed: 'the task ... has no repeat count')."""
+    monkeypatch.chdir(ROOT)
+    path = tmp_path / "rc.yaml"
+    experiment = {**REPEAT_COPY, "evaluate": {"kind": "algorithmic", "lengths": [10], "repeats": [10]}}
+    path.write_text(yaml.safe_dump({"name": "s", "experiments": [experiment]}, sort_keys=False))
+    suite = S.load_suite(path)  # repeat copy: accepted as written
+    field = assignment.partition("=")[0]
+    message = (rf"^--set {re.escape(field)}: {re.escape(str(path))}: experiment 'ntm-rc': evaluate.repeats \[10\]: "
+               r"the task tasks.algorithmic.\w+Task has no repeat count")
+    with pytest.raises(S.SuiteError, match=message):
+        S.with_overrides(suite, [assignment])
+    assert S.with_overrides(suite, ["data.init_args.task.init_args.max_repeats=5"]).experiments[0].overrides
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["suite", "run", str(path), "--results", str(tmp_path / "results"), "--dry-run", "--set", assignment])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and error.count("\n") == 1 and "experiment 'ntm-rc'" in error, error
+    assert not (tmp_path / "results").exists()
+
+
 def test_fixed_repeat_counts_are_a_second_memnet_evaluate_into_their_own_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     path = write_suite(tmp_path / "rc.yaml", [{**REPEAT_COPY, "evaluate": FIXED}])

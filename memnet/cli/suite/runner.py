@@ -29,7 +29,16 @@ import yaml
 from memnet.checkpoint import saved_metrics
 from memnet.cli.suite.errors import EvaluationUnavailable, SuiteError
 from memnet.cli.suite.evaluators import EVALUATORS, evaluation_answers, evaluation_options
-from memnet.cli.suite.spec import BUDGET_KEYS, EVENTS_FILE, SUITE_FILE, Experiment, Suite, _resolve
+from memnet.cli.suite.spec import (
+    BUDGET_KEYS,
+    EVENTS_FILE,
+    SUITE_FILE,
+    TASK_FIELD,
+    Experiment,
+    Suite,
+    _check_repeat_task,
+    _resolve,
+)
 from memnet.selection import CHECKPOINT_METRICS
 from memnet.utils import is_integer, logged_wandb_id, write_text_atomic
 
@@ -335,6 +344,12 @@ def with_overrides(suite: Suite, assignments: list[str]) -> Suite:
     if not extra:
         return suite
     experiments = tuple(replace(e, overrides={**e.overrides, **extra}) for e in suite.experiments)
+    task_fields = [key for key in extra if key == TASK_FIELD or key.startswith(TASK_FIELD + ".")]
+    for experiment in experiments if task_fields else ():  # the task as load_suite checks it, --set's now
+        repeats = (experiment.evaluate or {}).get("repeats")
+        if repeats is not None:
+            where = f"--set {', '.join(task_fields)}: {suite.path}: experiment {experiment.name!r}"
+            _check_repeat_task(experiment.configs, experiment.overrides, repeats, where)
     return replace(suite, experiments=experiments)
 
 

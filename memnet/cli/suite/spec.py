@@ -96,6 +96,7 @@ EXPERIMENT_KEYS = {
 BUDGET_KEYS = ("max_steps", "max_epochs", "max_time")
 # What the suite itself writes in a results folder, beside the experiments' folders RESULTS/<experiment>/
 SUITE_FILE = "suite.json"  # the resolved suite (memnet.cli.suite.runner)
+TASK_FIELD = "data.init_args.task"  # the algorithmic task, whose class says whether evaluate.repeats can be asked
 EVENTS_FILE = "events.jsonl"  # training starts, finishes, failures (memnet.cli.suite.runner)
 REPORT_DIR = "report"  # leaderboard and plots (memnet.cli.suite.report)
 JOBS_DIR = "jobs"  # submitit's scripts, pickles and logs (memnet.cli.suite.launcher)
@@ -517,9 +518,9 @@ def _check_repeat_task(configs: tuple[str, ...], overrides: dict[str, Any], repe
         found = ((data or {}).get("init_args") or {}).get("task") if isinstance(data, dict) else None
         if found is not None:
             task = found
-    task = overrides.get("data.init_args.task", task)
+    task = overrides.get(TASK_FIELD, task)
     class_path = task.get("class_path") if isinstance(task, dict) else task
-    class_path = overrides.get("data.init_args.task.class_path", class_path)
+    class_path = overrides.get(f"{TASK_FIELD}.class_path", class_path)
     if not isinstance(class_path, str) or not class_path:
         raise SuiteError(f"{where}: {asked}: the experiment's configs name no task (data.init_args.task.class_path), "
                          "so no repeat count to fix; repeats are for repeat copy (tasks.algorithmic.RepeatCopyTask)")
