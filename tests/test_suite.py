@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -895,6 +896,54 @@ def results_folder(root: Path, experiment: dict, records: dict[int, dict]) -> Pa
         folder.mkdir(parents=True)
         (folder / "metrics.json").write_text(json.dumps({"seed": seed, "status": "done", **record}))
     return root
+
+
+def test_a_suite_run_into_a_results_folder_keeps_the_experiments_run_there_before_that_it_does_not_define(
+        tmp_path, capsys):
+    """suite.json was the last `memnet suite run`'s alone: a smaller suite file run into the folder had the report and
+    status drop every finished run of the experiments it does not define, exit 0. They are kept in suite.json as they
+    were run (one line says so); an experiment with nothing on disk is not; a name in both takes the new definition,
+    and a finished seed on disk that it does not list is named by the report and status."""
+    from memnet.cli.suite.spec import read_results_suite
+
+    root = results_folder(tmp_path / "r", {"name": "e"}, {0: {"metrics": {"val/loss": 0.2}},
+                                                          1: {"metrics": {"val/loss": 0.4}}})
+    (e,) = read_results_suite(root).experiments
+    never_run = replace(e, name="never-run")  # in suite.json, no run on disk: not kept
+    (root / "suite.json").write_text(json.dumps(S.Suite("s", "", (e, never_run)).to_dict()))
+    small = replace(e, name="f", seeds=(0,), model="N")
+    stream = io.StringIO()
+    S.SuiteRunner(S.Suite("s", "", (small,), "small.yaml"), root, stream=stream)._write_suite_file()
+    assert read_results_suite(root).experiments == (small, e)
+    assert stream.getvalue().count("\n") == 1 and "keeps 1 experiment" in stream.getvalue() and ": e " in (
+        stream.getvalue()), stream.getvalue()
+    report = S.build_report(root)
+    assert [(row["experiment"], row["done"]) for row in report["leaderboard"]] == [("f", 0), ("e", 2)]
+    assert {s["run"]: s["state"] for s in launcher.run_states(root)} == {
+        "f/seed_0": "pending", "e/seed_0": "finished", "e/seed_1": "finished"}
+    # e again with one seed: the new definition wins, f (nothing on disk) goes, e/seed_1 is named, not dropped unsaid
+    one_seed = replace(e, seeds=(0,), model="M1")
+    S.SuiteRunner(S.Suite("s", "", (one_seed,), "one.yaml"), root, stream=io.StringIO())._write_suite_file()
+    assert read_results_suite(root).experiments == (one_seed,)
+    report = S.build_report(root)
+    assert report["not_in_suite"] == ["e/seed_1"]
+    assert "e/seed_1" in S.render_markdown(report)
+    assert S.main(["status", str(root)]) == 0
+    assert "e/seed_1" in capsys.readouterr().out
+
+
+def test_a_suite_of_another_name_is_refused_in_a_results_folder_of_a_suite(tmp_path, monkeypatch, capsys):
+    """Two suites (two names) run into one results folder wrote over each other's suite.json: the report covered the
+    last one's experiments, under its name, the other's runs left out unsaid. Refused before anything runs."""
+    monkeypatch.chdir(ROOT)
+    root = results_folder(tmp_path / "r", {"name": "e"}, {0: {"metrics": {"val/loss": 0.2}}})
+    before = (root / "suite.json").read_bytes()
+    suite_file = write_suite(tmp_path / "other.yaml", [LSTM], name="other")
+    for extra in (["--dry-run"], ["--no-report", "--no-wandb"]):
+        assert S.main(["run", str(suite_file), "--results", str(root), *extra]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and "suite 's'" in error and "'other'" in error, error
+    assert (root / "suite.json").read_bytes() == before and not (root / "lstm-copy").exists()
 
 
 def test_a_nan_seed_is_left_out_of_the_mean_counted_out_of_n_and_named(tmp_path):

@@ -23,10 +23,13 @@ from memnet.cli.suite.runner import (
     SuiteRunner,
     check_fit_arguments,
     check_records,
+    check_results_suite,
     expand_runs,
+    not_in_suite_note,
+    runs_not_in_suite,
     with_overrides,
 )
-from memnet.cli.suite.spec import load_suite
+from memnet.cli.suite.spec import load_suite, read_results_suite
 from memnet.cli.typos import CommandParser
 from memnet.metrics import task_errors
 from memnet.utils import wandb_mode, write_text_atomic
@@ -172,10 +175,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "status":
             print(launcher.render_status(launcher.run_states(Path(args.results))))
+            unlisted = runs_not_in_suite(read_results_suite(args.results), Path(args.results))
+            if unlisted:
+                print(not_in_suite_note(unlisted))
             return 0
         suite = with_overrides(load_suite(args.suite), args.overrides)
         results = Path(args.results) if args.results else suite.default_results()
         runs = expand_runs(suite, results, args.only, args.seeds)
+        check_results_suite(suite, results)  # another suite's folder: refused before anything is written
         check_records(runs)  # before anything is written or submitted (a damaged record reads as "not done")
         settings = {key: getattr(args, key) for key in launcher.SETTINGS if key != "gpus_per_job"}
         settings["gpus_per_job"] = args.gpus_per_job

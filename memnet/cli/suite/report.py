@@ -21,7 +21,7 @@ from memnet.cli import tables
 from memnet.cli.suite.ensemble import read_ensemble
 from memnet.cli.suite.evaluators import BABI_TASKS, evaluation_options, repeat_pairs
 from memnet.cli.suite.evaluators import record_babi_errors as _babi_errors
-from memnet.cli.suite.runner import Run, settings_changes
+from memnet.cli.suite.runner import Run, not_in_suite_note, runs_not_in_suite, settings_changes
 from memnet.cli.suite.spec import REPORT_DIR, Experiment, Suite, read_results_suite
 from memnet.metrics import FAILED_TASK_ERROR as BABI_FAIL_THRESHOLD
 from memnet.metrics import by_length as logged_by_length
@@ -532,6 +532,9 @@ def build_report(results: str | Path) -> dict[str, Any]:
     }
     if repeats_table:  # only then: a suite without evaluate.repeats reports what it always did
         report["repeats"] = repeats_table
+    unlisted = runs_not_in_suite(suite, Path(results))
+    if unlisted:  # only then, as repeats: run folders on disk that suite.json does not list, named, not dropped
+        report["not_in_suite"] = unlisted
     return report
 
 
@@ -810,6 +813,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         notes = sorted({n for m in report["babi"]["models"] for n in m["notes"]})
         if notes:
             parts.append("Notes:\n\n" + "\n".join(f"- {n}" for n in notes))
+    if report.get("not_in_suite"):
+        note = not_in_suite_note(report["not_in_suite"])
+        parts.append(note[0].upper() + note[1:] + ".")
     return "\n\n".join(parts) + "\n"
 
 

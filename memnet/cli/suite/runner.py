@@ -38,6 +38,7 @@ from memnet.cli.suite.spec import (
     Suite,
     _check_repeat_task,
     _resolve,
+    read_results_suite,
 )
 from memnet.selection import CHECKPOINT_METRICS
 from memnet.utils import is_integer, logged_wandb_id, write_text_atomic
@@ -380,6 +381,69 @@ def expand_runs(suite: Suite, results: Path, only: list[str] | None = None,
         for seed in experiment.seeds
         if not seeds or seed in seeds
     ]
+
+
+def _previous_suite(results: Path) -> Suite | None:
+    """The suite ``RESULTS/suite.json`` holds, or None where there is none or it cannot be read (written anew)."""
+    try:
+        return read_results_suite(results)
+    except SuiteError:
+        return None
+
+
+def check_results_suite(suite: Suite, results: Path) -> None:
+    """Refuse a results folder that holds another suite's runs (its ``suite.json`` names another suite).
+
+    Raises:
+        SuiteError: naming both suites: run into one folder, the last one's suite.json alone was reported.
+    """
+    previous = _previous_suite(results)
+    if previous is not None and previous.name != suite.name:
+        raise SuiteError(
+            f"{results} holds the runs of suite {previous.name!r} ({results / SUITE_FILE}), not of {suite.name!r}: "
+            f"one report would cover the two suites' experiments under one name; give suite {suite.name!r} a results "
+            f"folder of its own (--results), or name it {previous.name!r} in its file to add to that suite's"
+        )
+
+
+def merged_suite(suite: Suite, results: Path) -> tuple[Suite, list[str]]:
+    """The suite written as ``RESULTS/suite.json``: ``suite``, then the experiments of the suite.json there before
+    that ``suite`` does not define and that have a run on disk (a ``metrics.json``), as they were run, so that the
+    report and status still cover them, each against the settings it was trained with. A name in both takes
+    ``suite``'s definition; an experiment whose folder was moved away is dropped.
+
+    Returns:
+        the suite to write and the names of the experiments it kept from before.
+
+    Raises:
+        SuiteError: the folder holds another suite's runs (:func:`check_results_suite`).
+    """
+    check_results_suite(suite, results)
+    previous = _previous_suite(results)
+    names = {e.name for e in suite.experiments}
+    kept = [e for e in (previous.experiments if previous is not None else ())
+            if e.name not in names and any((results / e.name).glob(f"seed_*/{RECORD_FILE}"))]
+    if not kept:
+        return suite, []
+    return replace(suite, experiments=suite.experiments + tuple(kept)), [e.name for e in kept]
+
+
+def runs_not_in_suite(suite: Suite, results: Path) -> list[str]:
+    """The run folders under ``results`` with a ``metrics.json`` that ``suite`` does not list (an experiment's seed
+    that a suite file run into the folder since does not name), as ``experiment/seed_<s>``: the report and status
+    leave them out, and name them."""
+    listed = {run.name for run in expand_runs(suite, results)}
+    found = [(record.parent.parent.name, record.parent.name.removeprefix("seed_"))
+             for record in results.glob(f"*/seed_*/{RECORD_FILE}")]
+    found.sort(key=lambda run: (run[0], not run[1].isdigit(), int(run[1]) if run[1].isdigit() else 0, run[1]))
+    return [name for name in (f"{experiment}/seed_{seed}" for experiment, seed in found) if name not in listed]
+
+
+def not_in_suite_note(names: list[str]) -> str:
+    """One line naming the runs on disk that suite.json does not list, and how to have them reported."""
+    return (f"not reported: {len(names)} run(s) on disk that the results folder's suite.json does not list (a suite "
+            f"file run into it since defines their experiments otherwise): {', '.join(names)}; `memnet suite run` of "
+            "a suite file that lists them (their seeds, the settings they were trained with) reports them")
 
 
 class _Progress:
@@ -743,7 +807,13 @@ class SuiteRunner:
                 counts[future.result()] += 1
 
     def _write_suite_file(self) -> None:
-        text = json.dumps(self.suite.to_dict(), indent=2, sort_keys=True) + "\n"
+        suite, kept = merged_suite(self.suite, self.results)
+        if kept:
+            print(f"[suite {self.suite.name}] {SUITE_FILE} keeps {len(kept)} experiment(s) run into {self.results} "
+                  f"before that {self.suite.path or 'this suite'} does not define, as they were run: "
+                  f"{', '.join(kept)} (the report and status show them; move an experiment's folder away to drop it)",
+                  file=self.stream, flush=True)
+        text = json.dumps(suite.to_dict(), indent=2, sort_keys=True) + "\n"
         write_text_atomic(self.results / SUITE_FILE, text)  # a kill while writing leaves the previous one whole
 
     def _event(self, **fields: Any) -> None:

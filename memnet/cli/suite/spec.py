@@ -38,7 +38,8 @@ Every experiment × seed is one *run*, trained in its own process through the re
 training entry point (``python -m memnet.cli fit ...``, the code of ``memnet fit``),
 so one failure does not stop the others. A results folder holds::
 
-    RESULTS/suite.json                        the resolved suite
+    RESULTS/suite.json                        the resolved suite, and the experiments run before
+                                              that it does not define (runner.merged_suite)
     RESULTS/events.jsonl                      one line per training start, finish, failure
     RESULTS/<experiment>/seed_<s>/
         command.json                          the argv of the training command
