@@ -670,6 +670,17 @@ def validation_file_name(trainer: Any, suffix: str = ".png") -> str:
     return name + suffix
 
 
+def write_file_atomic(path: Path, write: Callable[[Any], Any]) -> None:
+    """``write(file)`` with ``file`` open for binary writing on a file of this process's own beside ``path``, renamed
+    onto it, as :func:`write_text_atomic` does for text (``np.savez``, ``torch.save``: a reader never sees half)."""
+
+    def _write(partial: Path) -> None:
+        with partial.open("wb") as file:
+            write(file)
+
+    _write_beside(Path(path), _write)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a file of this process's own beside it, renamed onto it: a reader, or
     another process writing the same file (two runs of a suite ending together), never sees half of it."""

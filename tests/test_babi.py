@@ -1122,3 +1122,35 @@ def test_a_checkpoint_of_a_ddp_run_is_scored_in_one_process(tmp_path, monkeypatc
     assert type(trainer.strategy).__name__ == "SingleDeviceStrategy"
     # the same config as it is builds the two-process trainer that the scoring would otherwise run under
     assert real([config]).trainer.num_devices == 2
+
+
+@needs_data
+def test_the_vocabulary_is_written_as_every_other_file_and_clears_a_killed_writers_leftover(tmp_path):
+    """vocabulary.json had a writer of its own (.<name>.<pid>.partial, never cleaned up, left behind by a failed
+    write too); it is written as memnet's other files are (memnet.utils.write_text_atomic)."""
+    import subprocess
+    import sys
+    import time
+
+    from memnet import utils
+
+    module = BabiDataModule(data_dir=str(ARCHIVE), cache_dir=str(tmp_path), tasks=[1], memory_size=20)
+    folder = babi.data.cache_folder(module.dataset)  # the dataset's cache, before the vocabulary
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    then = time.time() - utils.STALE_PARTIAL_AGE - 60
+    leftovers = [folder / f".vocabulary.json.{utils._HOST}.{dead}.partial",
+                 folder / f".encoded-test-memory20.npz.{utils._HOST}.{dead}.partial"]
+    for leftover in leftovers:
+        leftover.write_text("{")
+        os.utime(leftover, (then, then))
+    vocabulary = module.vocabulary
+    stored = json.loads((folder / "vocabulary.json").read_text())
+    assert stored == {"tokens": list(vocabulary.tokens), "num_answers": vocabulary.num_answers}
+    module.setup("test")  # the encoded split, written once
+    assert (folder / "encoded-test-memory20.npz").is_file()
+    assert not list(folder.glob(".*.partial")) and not list(folder.glob(".*.npz"))  # the leftovers removed, none left
+    again = BabiDataModule(data_dir=str(ARCHIVE), cache_dir=str(tmp_path), tasks=[1], memory_size=20)
+    again.setup("test")  # read back from the file written
+    written, read = module.split("test").arrays, again.split("test").arrays
+    assert written.keys() == read.keys() and all((written[key] == read[key]).all() for key in written)

@@ -1,5 +1,5 @@
 """memnet.utils: the partial files a killed writer leaves, read and removed by one rule from both of its callers
-(a write of one file, ``write_text_atomic``; a checkpoint save, ``remove_stale_partials_in(folder)``)."""
+(a write of one file, ``write_text_atomic`` or ``write_file_atomic``; a checkpoint save, ``remove_stale_partials_in(folder)``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from memnet import utils
@@ -19,6 +20,7 @@ from memnet.utils import (
     PartialName,
     read_partial_name,
     remove_stale_partials_in,
+    write_file_atomic,
     write_text_atomic,
 )
 
@@ -152,3 +154,22 @@ def test_read_partial_name_examples():
     tests = doctest.DocTestFinder().find(read_partial_name, globs={"read_partial_name": read_partial_name})
     results = [doctest.DocTestRunner().run(test) for test in tests]
     assert sum(result.attempted for result in results) == 3 and sum(result.failed for result in results) == 0
+
+
+def test_a_binary_write_lands_whole_or_not_at_all(tmp_path):
+    """write_file_atomic hands the writer an open file (np.savez adds no suffix to it) and renames it onto the path;
+    a writer that fails leaves the earlier file and no partial file."""
+    path = tmp_path / "arrays.npz"
+    write_file_atomic(path, lambda file: np.savez(file, x=np.arange(3)))
+    with np.load(path) as stored:
+        assert stored["x"].tolist() == [0, 1, 2]
+
+    def fail(file):
+        file.write(b"half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        write_file_atomic(path, fail)
+    with np.load(path) as stored:
+        assert stored["x"].tolist() == [0, 1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["arrays.npz"]

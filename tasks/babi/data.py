@@ -92,6 +92,8 @@ from memnet.utils import (
     distributed_sampler,
     evaluation_sampler,
     fitting,
+    write_file_atomic,
+    write_text_atomic,
 )
 from tasks.babi.archive import find_source, task_file
 from tasks.babi.parse import ALL_TASKS, LANGUAGES, SIZES, Language, Size, check_tasks, parse_babi
@@ -252,12 +254,6 @@ def load_babi(
     except OSError:  # another process cached it first
         shutil.rmtree(partial, ignore_errors=True)
     return datasets.load_from_disk(str(cached))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)
 
 
 # ----------------------------------------------------------------------------- vocabulary
@@ -567,8 +563,8 @@ class BabiDataModule(pl.LightningDataModule):
             else:
                 self._vocabulary = Vocabulary.from_dataset(self.dataset)
                 if path is not None:
-                    _write_atomic(path, json.dumps({"tokens": list(self._vocabulary.tokens),
-                                                    "num_answers": self._vocabulary.num_answers}))
+                    write_text_atomic(path, json.dumps({"tokens": list(self._vocabulary.tokens),
+                                                        "num_answers": self._vocabulary.num_answers}))
         return self._vocabulary
 
     @property
@@ -631,9 +627,7 @@ class BabiDataModule(pl.LightningDataModule):
             if arrays is None:
                 arrays = encode_split(self.dataset[name], self.vocabulary, self.memory_size)
                 if path is not None:
-                    partial = path.with_name(f".{path.stem}.{os.getpid()}.npz")
-                    np.savez(partial, **arrays)
-                    os.replace(partial, path)
+                    write_file_atomic(path, lambda file: np.savez(file, **arrays))
             self._splits[name] = EncodedSplit(arrays)
         return self._splits[name]
 
