@@ -548,15 +548,6 @@ def test_a_value_of_the_wrong_type_in_an_inline_config_is_named_by_its_text(caps
                                        "int, got 'lots'\n")
 
 
-def test_a_value_of_the_wrong_type_gets_the_parsers_whole_report_on_request(capsys, monkeypatch):
-    monkeypatch.setenv("MEMNET_TRACEBACK", "1")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", SMALL, "--trainer.max_steps", "lots", "--print_config"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("usage: ") and err.splitlines()[-1] == "  Expected a <class 'int'>. Got value: lots"
-
-
 def test_a_value_whose_type_is_a_class_is_left_to_the_parser():
     """A class that does not import, a path: the parser's own words say more than 'expected a Module'."""
     from memnet.cli.values import bad_value
@@ -579,13 +570,17 @@ def test_a_negative_number_is_a_value_where_the_parser_is_asked():
     assert refused_key("unrecognized arguments: --x=1 2", ["--x=1", "2"], parser) == ("x", "--x", None)
 
 
-def test_a_mistyped_trainer_option_gets_the_parsers_whole_report_on_request(capsys, monkeypatch):
+@pytest.mark.parametrize("option, value, last", [
+    ("--trainer.max_steps", "lots", "  Expected a <class 'int'>. Got value: lots"),  # a value of the wrong type
+    ("--trainer.max_stpes", "5", "error: unrecognized arguments: --trainer.max_stpes 5"),  # a mistyped option
+])
+def test_a_refused_option_gets_the_parsers_whole_report_on_request(capsys, monkeypatch, option, value, last):
     monkeypatch.setenv("MEMNET_TRACEBACK", "1")
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", SMALL, "--trainer.max_stpes", "5", "--print_config"])
+        main(["fit", "--config", SMALL, option, value, "--print_config"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("usage: ") and err.splitlines()[-1] == "error: unrecognized arguments: --trainer.max_stpes 5"
+    assert err.startswith("usage: ") and err.splitlines()[-1] == last
 
 
 def test_an_option_two_classes_of_a_union_refuse_is_left_to_the_parser():
