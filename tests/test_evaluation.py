@@ -347,6 +347,18 @@ def test_a_config_that_no_longer_parses_is_named(trained, capsys):
         "takes no option 'no_such_option' (it takes input_size, " in err, err
 
 
+def test_a_config_whose_value_the_current_code_no_longer_takes_is_named(trained, capsys):
+    """A value of the wrong type in a stale config: the same advice as for a key, in one line."""
+    stale = trained / "stale_value.yaml"
+    stale.write_text(TINY.replace("memory_size: 7", "memory_size: big"))
+    with pytest.raises(SystemExit):
+        evaluate(trained, "--ckpt_path", "latest", "--config", str(stale), "--lengths", "2", "--out", "stale")
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and f"--config: {stale} does not parse with the current code: " \
+        "model.init_args.net.init_args.memory_size: expected an int, got 'big'; a run saved by an older version " \
+        "needs --config with a current config" in err, err
+
+
 def test_a_config_that_is_not_there_is_named_once(trained, capsys):
     """A --config found neither as a file nor among the shipped configs read 'memnet evaluate: --config: --config
     nosuch.yaml: neither a file ...'; a missing fragment of a config that is there still names the option."""

@@ -42,6 +42,7 @@ from memnet.cli.configs import (
 )
 from memnet.cli.errors import TRACEBACK_ENV, chain
 from memnet.cli.typos import (
+    ParseRefusal,
     Refused,
     UnknownOption,
     UnknownOptionError,
@@ -207,7 +208,7 @@ class MemnetArgumentParser(LightningArgumentParser):
         # whose message holds the whole path from the top key down
         if self.exit_on_error and not os.environ.get(TRACEBACK_ENV):
             # one found already, in a --config given as text, which jsonargparse wrapped: 'Parser key "config": ...'
-            found = next((item for item in chain(ex) if isinstance(item, (UnknownOptionError, BadValueError))), None)
+            found = next((item for item in chain(ex) if isinstance(item, ParseRefusal)), None)
             if found is not None:
                 raise found
             unknown = unknown_option(message)

@@ -27,7 +27,7 @@ import yaml
 from memnet.checkpoint import read_checkpoint
 from memnet.cli.configs import ConfigError, find_config, load_config
 from memnet.cli.lightning_cli import LATEST_RUN_FILE, MemnetCLI
-from memnet.cli.typos import UnknownOptionError
+from memnet.cli.typos import ParseRefusal
 from memnet.models.pretrained import match_dtype
 from memnet.utils import MemnetError, run_config_candidates
 
@@ -120,11 +120,11 @@ def instantiate(configs: Sequence[str | Path], overrides: Sequence[str] = ()) ->
     args = [arg for config in configs for arg in ("--config", config_text(config))]
     try:
         return MemnetCLI(args=[*args, *QUIET, *overrides], run=False)
-    except UnknownOptionError as error:  # a key the current code's class no longer takes (renamed, removed)
+    except ParseRefusal as error:  # a key the current code's class no longer takes, or a value it no longer takes
         raise RebuildError(
             # the key as the file holds it (error.unknown): the parser was given the file's text, not its name
             f"--config: {', '.join(map(str, configs))} does not parse with the current code: "
-            f"{error.unknown.describe(None)}; a run saved by "
+            f"{error.found.describe(None)}; a run saved by "
             "an older version needs --config with a current config"
         ) from None
     except SystemExit:  # the parser printed what it refused; say which file and what to do

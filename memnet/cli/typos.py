@@ -104,13 +104,22 @@ class UnknownOption:
         return f"{where or self.key}: {self.owner or self.class_path} takes no option {self.option!r}{hint}"
 
 
-class UnknownOptionError(MemnetError):
+class ParseRefusal(MemnetError):
+    """What the parser refused, in one line (exit 2): ``found`` (a refusal that can ``describe(where)`` itself)
+    and where it was given (the option typed, a ``--config`` file and line), None where not known."""
+
+    def __init__(self, found: Any, where: str | None = None) -> None:
+        super().__init__(found.describe(where))
+        self.found = found
+        self.where = where
+
+
+class UnknownOptionError(ParseRefusal):
     """The parser met an option that the class it was given to does not take (one line, exit 2)."""
 
-    def __init__(self, unknown: UnknownOption, where: str | None = None) -> None:
-        super().__init__(unknown.describe(where))
-        self.unknown = unknown
-        self.where = where
+    @property
+    def unknown(self) -> UnknownOption:
+        return self.found
 
 
 def unknown_option(text: str) -> UnknownOption | None:

@@ -39,8 +39,7 @@ from typing import Any
 
 import yaml
 
-from memnet.cli.typos import config_shown, is_file
-from memnet.utils import MemnetError
+from memnet.cli.typos import ParseRefusal, config_shown, is_file
 
 _KEY = re.compile(r'(?:^|: )Parser key "([^"]+)":$')  # alone on its line, or after a Callable's "...class: "
 _CLASS = re.compile(r"^Problem with given class_path '([^']+)':$")
@@ -73,13 +72,12 @@ class BadValue:
         return f"{where or self.key}: expected {self.expected}, got {self.value!r}"
 
 
-class BadValueError(MemnetError):
+class BadValueError(ParseRefusal):
     """The parser met a value that its key does not take (one line, exit 2)."""
 
-    def __init__(self, bad: BadValue, where: str | None = None) -> None:
-        super().__init__(bad.describe(where))
-        self.bad = bad
-        self.where = where
+    @property
+    def bad(self) -> BadValue:
+        return self.found
 
 
 @dataclass

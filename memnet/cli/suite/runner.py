@@ -639,7 +639,7 @@ def check_fit_arguments(runs: list[Run], base: Path) -> None:
     import io
 
     from memnet.cli.lightning_cli import MemnetCLI
-    from memnet.cli.typos import UnknownOptionError
+    from memnet.cli.typos import ParseRefusal
 
     checked: set[str] = set()
     for run in runs:
@@ -654,7 +654,7 @@ def check_fit_arguments(runs: list[Run], base: Path) -> None:
                 code = 0
             except SystemExit as exit_info:
                 code = exit_info.code
-            except UnknownOptionError as error:  # a mistyped key, already one line naming it and the close names
+            except ParseRefusal as error:  # a mistyped key or a value of the wrong type, already one line naming it
                 code, errors = 1, io.StringIO(f"error: {error}")
             except Exception as error:  # noqa: BLE001 -- a config the CLI cannot even build
                 code, errors = 1, io.StringIO(f"error: {type(error).__name__}: {error}")
