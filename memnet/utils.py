@@ -452,7 +452,8 @@ class LengthGroupedSampler(DistributedSampler):
     steps are real tokens. This sampler gives, for each epoch (seeded by ``seed``
     and the epoch that Lightning sets with ``set_epoch``):
 
-    1. the indices shuffled;
+    1. the indices shuffled (by ``seed`` and the epoch mixed, so no two runs of
+       different seeds share an epoch's order);
     2. cut into pools of ``pool_batches`` batches, each pool sorted by ``lengths``,
        longest first, and cut into batches of ``batch_size``;
     3. the batches shuffled, so the order of lengths, like the order of examples,
@@ -496,7 +497,9 @@ class LengthGroupedSampler(DistributedSampler):
 
     def batches(self) -> list[torch.Tensor]:
         """This process's batches of this epoch, in order: index tensors of shape (batch_size,), the last maybe shorter."""
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        # seed and epoch mixed, not added: with seed + epoch, seed s's epoch 1 was seed s + 1's epoch 0, so the
+        # runs of consecutive seeds saw the same orders one epoch apart
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
         order = torch.randperm(len(self.lengths), generator=generator)
         if self.total_size > len(order):  # DDP: repeat the first shuffled examples up to a whole round
             repeats = -(-self.total_size // len(order))

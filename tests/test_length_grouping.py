@@ -48,6 +48,14 @@ def test_seeded_by_seed_and_epoch():
     a.set_epoch(1)
     assert list(a) != first and sorted(a) == sorted(first)
     assert list(LengthGroupedSampler(LENGTHS, 8, 4, seed=4)) != first
+    # no two seeds share an epoch's order (seed + epoch made seed 3's epoch 1 seed 4's epoch 0)
+    orders = []
+    for seed in range(4):
+        sampler = LengthGroupedSampler(LENGTHS, 8, 4, seed=seed)
+        for epoch in range(4):
+            sampler.set_epoch(epoch)
+            orders.append(tuple(sampler))
+    assert len(set(orders)) == len(orders)
     # the order of batches is shuffled, not longest first
     maxima = [int(LENGTHS[batch].max()) for batch in LengthGroupedSampler(LENGTHS, 8, 100, seed=3).batches()]
     assert maxima != sorted(maxima, reverse=True) and maxima != sorted(maxima)
