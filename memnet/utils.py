@@ -112,7 +112,24 @@ def distributed_sampler(dataset: Sized, trainer: Any, *, shuffle: bool, seed: in
     rank, world_size = distributed_position(trainer)
     if world_size <= 1:
         return None
-    return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
+    return MixedSeedDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
+
+
+class MixedSeedDistributedSampler(DistributedSampler):
+    """``torch.utils.data.DistributedSampler`` with epoch e of ``seed`` shuffled by ``mix_seed(seed, e)``.
+
+    torch's own shuffles epoch e by seed + e, so seed s's epoch 1 is seed s + 1's epoch 0:
+    the runs of consecutive seeds (a suite's) would train on the same orders one epoch apart.
+    Everything else (the share, the repetition up to a whole round) is torch's.
+    """
+
+    def __iter__(self):
+        seed, epoch = self.seed, self.epoch
+        self.seed, self.epoch = mix_seed(seed, epoch), 0
+        try:
+            return super().__iter__()  # a list's iterator, built before the finally
+        finally:
+            self.seed, self.epoch = seed, epoch
 
 
 def evaluation_sampler(dataset: Sized, trainer: Any, *, unit: str) -> UnrepeatedDistributedSampler | None:

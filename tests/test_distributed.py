@@ -83,6 +83,21 @@ def test_babi_batches_are_shared_out_between_ranks():
     assert sorted(indices[0] + indices[1]) == list(range(10))
 
 
+def test_no_two_seeds_share_an_epochs_order_under_ddp():
+    """torch's DistributedSampler shuffles epoch e by seed + e: seed 3's epoch 1 was seed 4's epoch 0."""
+    orders = []
+    for seed in range(4):
+        dm = BabiDataModule(tasks=[1], batch_size=2, seed=seed)
+        dm.trainer = SimpleNamespace(global_rank=0, world_size=2)
+        dm._splits = {"train": list(range(40)), "validation": list(range(5))}
+        sampler = dm.train_dataloader().sampler
+        for epoch in range(4):
+            sampler.set_epoch(epoch)
+            orders.append(tuple(sampler))
+        assert sampler.seed == seed and sampler.epoch == 3  # left as Lightning set them
+    assert len(set(orders)) == len(orders)
+
+
 def _sequences(loader) -> Counter:
     """Every sequence a loader yields, as (length, its inputs and targets), counted."""
     return Counter((batch["length"], tuple(batch["inputs"][i].flatten().tolist()),
