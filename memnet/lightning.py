@@ -647,13 +647,34 @@ class RegressionModule(MemnetModule):
                 outputs, each output's (about its own mean ȳ), then their mean
 
     Args:
-        net: the network, e.g. ``RecurrentModel`` with an ``EchoStateController``.
+        net: the network, e.g. ``RecurrentModel`` with an ``EchoStateController``; not a conditional one
+            (``conditional=True``, refused: it would train on its own predictions, fed back as bits).
         optimizer: optimiser factory; default Adam.
         scheduler: optional learning-rate scheduler factory.
         scheduler_interval: step the scheduler every ``epoch`` or ``step``.
     """
 
     epoch_metric = NRMSESums  # per stage: [Σ(y−ŷ)², Σy, Σy², count] of each output this epoch, float64
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: Interval = "epoch",
+        nonfinite_grads: NonFinite = "skip",
+    ) -> None:
+        if getattr(net, "conditional", False):  # as SequenceModule refuses one: it would train on its own predictions
+            raise ValueError(
+                f"{type(self).__name__} cannot train a conditional {type(net).__name__} (conditional=True): it passes "
+                "no targets, so the network would train free-running, fed back its own predictions (as "
+                f"{getattr(net, 'feedback', '?')!r}, made for binary or categorical outputs, not a real-valued series); "
+                "set conditional: false")
+        super().__init__(
+            net, optimizer=optimizer, scheduler=scheduler, scheduler_interval=scheduler_interval,
+            nonfinite_grads=nonfinite_grads,
+        )
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """inputs (B, T, D_in) -> predictions (B, T, K)."""

@@ -360,6 +360,18 @@ def test_a_plain_sequence_module_refuses_a_conditional_network():
     ConditionalSequenceModule(net)  # the module that feeds it the targets
 
 
+@pytest.mark.parametrize("module", [RegressionModule, RidgeReadoutModule])
+def test_a_regression_module_refuses_a_conditional_network(module):
+    """It passes no targets: RegressionModule trained the network free-running on its own predictions, fed back
+    as bits (logits > 0) of a real-valued series, with no error; RidgeReadoutModule stopped at its first batch."""
+    net = RecurrentModel(1, 1, controller=partial(EchoStateController, reservoir_size=9, sparsity=0.3),
+                         conditional=True)
+    with pytest.raises(ValueError, match=rf"{module.__name__} cannot train a conditional RecurrentModel "
+                                         r"\(conditional=True\): it passes no targets"):
+        module(net)
+    module(RecurrentModel(1, 1, controller=partial(EchoStateController, reservoir_size=9, sparsity=0.3)))  # fine
+
+
 def test_a_config_training_a_conditional_network_with_a_plain_module_stops_in_one_line(tmp_path, capsys, monkeypatch):
     from pathlib import Path
 
