@@ -37,7 +37,7 @@ import torch
 from einops import einsum
 from torch import nn
 
-from memnet.utils import check_positive, check_range
+from memnet.utils import check_positive, check_range, is_integer
 
 ControllerState = Any  # a tensor or a tuple of tensors; opaque to the caller
 
@@ -508,6 +508,9 @@ class EchoStateController(Controller):
             raise ValueError(f"input_scaling must lie in [0, inf), got {input_scaling!r}")
         if not 0 <= bias_scaling < math.inf:
             raise ValueError(f"bias_scaling must lie in [0, inf), got {bias_scaling!r}")
+        if not is_integer(seed) or not -(2**63) <= seed < 2**64:  # as torch.Generator takes it; its own error names
+            raise ValueError(f"seed (of the reservoir draw) must be an integer in [-2**63, 2**64), "
+                             f"got {seed!r}")  # neither the option nor the range, and a bool would pass as 1
         self.input_size = input_size
         self.reservoir_size = reservoir_size
         self.spectral_radius = spectral_radius

@@ -182,6 +182,12 @@ def test_echo_state_property_can_fail_for_a_large_radius():
         (partial(EchoStateController, spectral_radius=float("inf")), r"spectral_radius must lie in \(0, inf\), got inf"),
         (partial(EchoStateController, input_scaling=float("inf")), r"input_scaling must lie in \[0, inf\), got inf"),
         (partial(EchoStateController, bias_scaling=float("inf")), r"bias_scaling must lie in \[0, inf\), got inf"),
+        # torch's own errors named neither the option nor the range ("Overflow when unpacking long long", "manual_seed
+        # expected a long, but got float"), and a bool drew the reservoir of seed 1
+        (partial(EchoStateController, seed=2**70), (r"seed \(of the reservoir draw\) must be an integer in "
+                                                    r"\[-2\*\*63, 2\*\*64\), got 1180591620717411303424")),
+        (partial(EchoStateController, seed=1.5), r"seed \(of the reservoir draw\) must be an integer .* got 1.5"),
+        (partial(EchoStateController, seed=True), r"seed \(of the reservoir draw\) must be an integer .* got True"),
         (partial(GRUController, hidden_size=0), r"hidden_size must be a positive integer"),
         (partial(ElmanRNN, dropout=1.0), r"dropout must lie in \[0.0, 1.0\)"),
     ],
