@@ -122,6 +122,17 @@ def test_reader_from_yaml_like_factory():
     assert reader.model.input_size == 32 and reader.model.output_size == A
 
 
+def test_a_conditional_sequence_model_is_refused():
+    """A conditional RecurrentModel (y(t−1) → h(t)) is fed its previous target in training; the reader has none, so
+    it trained free-running on its own answer guesses at every token, fed back as bits, with no error."""
+    from functools import partial
+
+    with pytest.raises(ValueError, match=r"SequenceReader cannot read with a conditional RecurrentModel "
+                                         r"\(conditional=True\): .* set conditional: false"):
+        SequenceReader(V, A, model=partial(RecurrentModel, conditional=True))
+    SequenceReader(V, A, model=partial(RecurrentModel, conditional=False))  # fine
+
+
 def test_a_token_id_outside_the_vocabulary_is_named():
     """An id ≥ input_size was a raw IndexError from the embedding, naming neither the id nor the vocabulary."""
     story, query = _batch([["mary went to the kitchen"]], ["where is mary"])

@@ -101,7 +101,7 @@ class SequenceReader(nn.Module):
         output_size: A, number of answer classes.
         model: factory ``(input_size, output_size) -> sequence model``; in YAML a
             ``class_path`` whose ``init_args`` leave both sizes out. Default: an
-            LSTM ``RecurrentModel``.
+            LSTM ``RecurrentModel``; not a conditional one (``conditional=True``: refused, it needs a target per token).
         embedding_size: D, width of the token embeddings the model reads.
         pad_token: the id of padding (the layout of ``tasks.babi.Vocabulary``).
         sentence_end: the id of the token that ends a sentence.
@@ -138,6 +138,11 @@ class SequenceReader(nn.Module):
 
             model = RecurrentModel
         self.model = model(embedding_size, output_size)
+        if getattr(self.model, "conditional", False):  # it needs the previous target of every step; a reader has none
+            raise ValueError(
+                f"{type(self).__name__} cannot read with a conditional {type(self.model).__name__} (conditional=True): "
+                "it is fed the previous step's target in training, and a question has one answer, no target per "
+                "token, so it would train free-running on its own guesses; set conditional: false")
 
     def sequence(self, story: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The token sequence (B, T) and lengths (B,) the model reads (see :func:`story_to_sequence`)."""
