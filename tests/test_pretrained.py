@@ -268,6 +268,20 @@ def test_overriding_an_argument_the_network_does_not_take_is_refused(tmp_path):
         memnet.models.load(tmp_path / "export", slots=3)
 
 
+
+def test_an_argument_the_config_leaves_at_its_default_can_be_overridden(tmp_path):
+    """A config written by ``save`` with some arguments only (docs/portable.md's stand-in for ``memnet export``)
+    still takes the others at load time: ``engine`` is the NTM's, though its config.json does not list it."""
+    net = trained_like(NTM_CONFIG)
+    save(net, NTM_CONFIG, tmp_path / "export")
+    loaded = memnet.models.load(tmp_path / "export", engine="fused", memory_size=11)
+    assert loaded.engine == "fused" and loaded.memory_size == 11
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(sequences(), memory_size=7), net(sequences()))
+    with pytest.raises(PretrainedError, match=r"has no argument slots to override \(its arguments: input_size, "
+                                              r"output_size, controller, .*engine"):
+        memnet.models.load(tmp_path / "export", slots=3)
+
 def test_a_missing_folder_that_is_no_hub_id_is_one_line(tmp_path):
     with pytest.raises(PretrainedError, match=r"no such folder, and not a Hugging Face Hub repository id"):
         memnet.models.load(tmp_path / "nowhere" / "at" / "all")

@@ -33,6 +33,8 @@ A source that is not a local folder but looks like a Hugging Face Hub repository
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 import os
 import re
@@ -138,11 +140,14 @@ def load(source: str | Path, *, device: str | torch.device = "cpu", **overrides:
     folder = resolve(source)
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     config = read_config(config_path)
-    unknown = sorted(set(overrides) - set(config["init_args"]))
-    if unknown:
+    # the constructor's arguments, not only those config.json lists: a config written by ``save`` may leave some at
+    # their defaults (docs/portable.md's), and ``engine=`` is the network's argument all the same
+    arguments = constructor_arguments(config["class_path"])
+    unknown = sorted(set(overrides) - set(config["init_args"]) - set(arguments or ()))
+    if unknown and arguments is not None:  # (None: a constructor of **kwargs, or one build() will name the error of)
         raise PretrainedError(
             f"{config_path}: {config['class_path']} has no argument {', '.join(unknown)} to override "
-            f"(its arguments: {', '.join(config['init_args'])})"
+            f"(its arguments: {', '.join(arguments)})"
         )
     config = loaded_config(config)
     config["init_args"].update(overrides)
@@ -159,6 +164,20 @@ def load(source: str | Path, *, device: str | torch.device = "cpu", **overrides:
         if isinstance(modules.get(name), MemoryInit):
             modules[name].set_seed(seed)
     return net.to(device).eval()
+
+
+def constructor_arguments(class_path: str) -> list[str] | None:
+    """The names of the arguments that ``class_path``'s constructor takes, in its order; None where it takes any
+    (``**kwargs``) or cannot be imported (:func:`build` then says why)."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        parameters = inspect.signature(getattr(importlib.import_module(module), name).__init__).parameters.values()
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return None
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
+        return None
+    return [parameter.name for parameter in parameters if parameter.name != "self"
+            and parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
 
 
 def loaded_config(config: dict[str, Any]) -> dict[str, Any]:
