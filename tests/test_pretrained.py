@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +22,7 @@ from memnet.models.dnc import DNC
 from memnet.models.memn2n import MemN2N
 from memnet.models.ntm import NTM
 from memnet.models.pretrained import CONFIG_FILE, WEIGHTS_FILE, PretrainedError, build, save
+from memnet.utils import partial_beside
 
 LSTM = {"class_path": "memnet.controllers.LSTMController", "init_args": {"hidden_size": 6}}
 NTM_CONFIG = {"class_path": "memnet.models.ntm.NTM", "init_args": {
@@ -26,6 +31,12 @@ DNC_CONFIG = {"class_path": "memnet.models.dnc.DNC", "init_args": {
     "input_size": 5, "output_size": 3, "memory_size": 9, "word_size": 4, "num_reads": 2, "controller": LSTM}}
 MEMN2N_CONFIG = {"class_path": "memnet.models.memn2n.MemN2N", "init_args": {
     "input_size": 11, "output_size": 4, "embedding_size": 6, "hops": 2, "memory_size": 8, "seed": 3}}
+
+
+def dead_pid() -> int:
+    """A pid no process has here (a child that ended)."""
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
 
 
 def trained_like(config: dict) -> torch.nn.Module:
@@ -209,8 +220,13 @@ def test_an_export_cut_short_leaves_no_half_written_folder(tmp_path, monkeypatch
     assert str(error.value) == f"could not write the export {out}: No space left on device"
     assert os.listdir(tmp_path) == (["export"] if existing else [])
     assert not existing or os.listdir(out) == []
-    (tmp_path / ".export.partial").mkdir()  # as a killed export leaves it: removed by the next one
-    (tmp_path / ".export.partial" / WEIGHTS_FILE).write_bytes(b"half")
+    # as killed exports leave them, this memnet's (a dead process of this host) and an earlier one's: removed by the
+    # next export once stale (memnet.utils.is_stale_partial: 5 minutes, and an hour for the earlier naming)
+    killed = partial_beside(out).name.replace(f".{os.getpid()}.partial", f".{dead_pid()}.partial")
+    for name, age in ((killed, 360), (".export.partial", 3660)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / WEIGHTS_FILE).write_bytes(b"half")
+        os.utime(tmp_path / name, (time.time() - age, time.time() - age))
     net = trained_like(NTM_CONFIG)
     save(net, NTM_CONFIG, out)
     assert os.listdir(tmp_path) == ["export"] and sorted(os.listdir(out)) == [CONFIG_FILE, WEIGHTS_FILE]
@@ -218,8 +234,9 @@ def test_an_export_cut_short_leaves_no_half_written_folder(tmp_path, monkeypatch
 
 
 def test_a_file_left_where_the_export_is_written_beside_never_blocks_it(tmp_path):
-    """A ``.export.partial`` that is a file, not the folder an export writes there, is replaced all the same."""
-    (tmp_path / ".export.partial").write_bytes(b"half")
+    """A file where an export writes its folder (``.export.<host>.<pid>.partial``, a process of this pid before) is
+    replaced all the same."""
+    partial_beside(tmp_path / "export").write_bytes(b"half")
     net = trained_like(NTM_CONFIG)
     save(net, NTM_CONFIG, tmp_path / "export")
     assert os.listdir(tmp_path) == ["export"]
@@ -236,6 +253,61 @@ def test_an_export_that_fills_the_target_meanwhile_is_kept_whole(tmp_path, monke
     assert os.listdir(tmp_path) == ["export"] and sorted(os.listdir(out)) == [CONFIG_FILE, WEIGHTS_FILE]
     assert type(memnet.models.load(out)) is DNC
 
+
+# another process exporting into the same folder: its weights written, it waits for ``go`` before its config
+OTHER_EXPORT = """
+import sys, time
+from pathlib import Path
+import safetensors.torch
+from memnet.models.pretrained import build, save
+config, out, wrote, go = {config!r}, Path({out!r}), Path({wrote!r}), Path({go!r})
+real = safetensors.torch.save_file
+def save_file(state, path, metadata=None):
+    real(state, path, metadata=metadata)
+    wrote.touch()
+    deadline = time.time() + 120
+    while not go.exists() and time.time() < deadline:
+        time.sleep(0.02)
+safetensors.torch.save_file = save_file
+try:
+    save(build(config, where="other"), config, out)  # its own weights, not the test's
+    print("other: exported")
+except Exception as error:
+    print(f"other: {{error}}")
+"""
+
+
+def test_two_exports_into_one_folder_at_once_never_mix_their_files(tmp_path, monkeypatch):
+    """Two exports to one ``--out`` at once (two processes): each writes its own folder beside it, and the second to
+    rename is refused. They shared ``.export.partial``: the second removed the first's weights and wrote its own
+    there, the first then renamed that folder, its config beside the other's weights, and said it had exported."""
+    out, wrote, go = tmp_path / "export", tmp_path / "wrote", tmp_path / "go"
+    script = tmp_path / "other.py"
+    script.write_text(OTHER_EXPORT.format(config=NTM_CONFIG, out=str(out), wrote=str(wrote), go=str(go)))
+    started = []
+
+    def start_the_other(path):  # this export's weights are written: the other starts and writes its weights too
+        env = {**os.environ, "PYTHONPATH": str(Path(memnet.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+        started.append(subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True, env=env))
+        deadline = time.time() + 120
+        while not wrote.exists() and started[0].poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+
+    net = trained_like(NTM_CONFIG)
+    try:
+        with monkeypatch.context() as patch:
+            save_file_then(patch, start_the_other)
+            save(net, NTM_CONFIG, out)
+    finally:
+        go.touch()
+        output = started[0].communicate(timeout=120)[0] if started else ""
+    assert wrote.exists(), output
+    assert f"other: could not write the export {out}: Directory not empty" in output
+    with torch.no_grad():
+        torch.testing.assert_close(memnet.models.load(out)(sequences()), net(sequences()), rtol=0, atol=0)
+    assert sorted(os.listdir(tmp_path)) == ["export", "go", "other.py", "wrote"]
+    assert sorted(os.listdir(out)) == [CONFIG_FILE, WEIGHTS_FILE]
 
 def test_weights_that_do_not_match_the_config_are_one_line(tmp_path):
     save(trained_like(NTM_CONFIG), NTM_CONFIG, tmp_path / "export")

@@ -46,7 +46,14 @@ import torch
 from torch import nn
 
 from memnet.memory import MemoryInit
-from memnet.utils import fsync, is_integer, parameter_dtype, remove_leftover
+from memnet.utils import (
+    fsync,
+    is_integer,
+    parameter_dtype,
+    partial_beside,
+    remove_leftover,
+    remove_stale_partials_in,
+)
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -65,9 +72,11 @@ def save(net: nn.Module, config: dict[str, Any], out: str | Path, *, eval_memory
     ``eval_memory_size``: the N the run evaluated with (``SequenceModule``'s ``eval_memory_size``),
     kept in ``config.json`` beside the trained ``init_args.memory_size``; :func:`load` builds the
     network with it. The config is checked by rebuilding the network from it (as :func:`load` will)
-    and loading the weights back before anything is written. Both files are written to a sibling folder
-    ``.<out>.partial`` that is then renamed to ``out``: a crash while writing leaves
-    ``out`` as it was, never half written (the next save removes the ``.partial`` folder).
+    and loading the weights back before anything is written. Both files are written to a sibling folder of this
+    process's own, ``.<out>.<host>.<pid>.partial`` (:func:`memnet.utils.partial_beside`), that is then renamed to
+    ``out``: a crash while writing leaves ``out`` as it was, never half written, and another export into the same
+    ``out`` at the same time writes a folder of its own (the second to rename is refused, never merged). A killed
+    save's folder is removed by a later save of ``out`` once stale (:func:`memnet.utils.remove_stale_partials_in`).
 
     Returns:
         The folder.
@@ -96,9 +105,11 @@ def save(net: nn.Module, config: dict[str, Any], out: str | Path, *, eval_memory
     # Each tensor its own contiguous copy: safetensors refuses storage shared by several names (tied weights).
     state = {name: tensor.detach().cpu().clone().contiguous() for name, tensor in net.state_dict().items()}
     _load_state(build(loaded_config(config), where="the exported config"), state, "the network", "its config")
-    partial = out.with_name(f".{out.name}.partial")
+    # this process's own: a folder shared with another export of ``out`` at the same time was removed and refilled
+    # by it, and renamed with its weights beside this one's config
+    partial = partial_beside(out)
     try:
-        remove_leftover(partial)  # left by a save that was killed: a folder, or a file of that name
+        remove_leftover(partial)  # left by a killed process of this pid: a folder, or a file of that name
         partial.mkdir(parents=True)
         save_file(state, str(partial / WEIGHTS_FILE), metadata={"format": FORMAT, "class_path": config["class_path"]})
         (partial / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
@@ -109,6 +120,7 @@ def save(net: nn.Module, config: dict[str, Any], out: str | Path, *, eval_memory
             fsync(path)  # the files on disk before the rename, and the rename itself after it
         os.replace(partial, out)  # onto an empty folder too; one filled meanwhile is refused, not merged
         fsync(out.parent)
+        remove_stale_partials_in(out.parent, out.name)  # killed exports' folders, never a live one's
     except Exception as error:  # noqa: BLE001 -- safetensors reports a full disk as its own error type
         shutil.rmtree(partial, ignore_errors=True)
         text = str(error).strip()
