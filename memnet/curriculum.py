@@ -57,6 +57,7 @@ class LengthCurriculum(KeyedStateCallback):
     """
 
     quantity = "length"  # what grows: named in the logged metric and the messages
+    widens_lengths = True  # what memnet.lightning.SequenceModule looks for in a run resumed at a narrowed range
 
     def __init__(
         self,
@@ -336,6 +337,7 @@ class RepeatCurriculum(LengthCurriculum):
     """
 
     quantity = "repeats"
+    widens_lengths = False  # it widens the repeat counts, never the data module's length range
 
     def __init__(
         self,

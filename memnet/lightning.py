@@ -132,6 +132,27 @@ class SequenceModule(MemnetModule):
                 f"(forward(..., memory_size=...)), but {type(self.net).__name__} has none; set it to null"
             )
 
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        # a run resumed from a checkpoint taken while a length curriculum had narrowed the training lengths gets that
+        # range back from the data module's state; without a curriculum in this run nothing widens it again, and the
+        # run would train at the checkpoint's lengths to its end (e.g. after --trainer.callbacks replaced the list)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        task = getattr(datamodule, "task", None)
+        if (task is None or not hasattr(datamodule, "length_range") or not hasattr(task, "max_length")
+                or any(getattr(callback, "widens_lengths", False) for callback in self.trainer.callbacks)):
+            return
+        low, high = (int(v) for v in datamodule.length_range)
+        mix = float(getattr(datamodule, "length_mix", 0.0))
+        if (low, high) != (int(task.min_length), int(task.max_length)):  # (a mix of the whole range alone: no narrowing)
+            raise ValueError(
+                f"the checkpoint's length curriculum left training at lengths {low}-{high}"
+                + (f" (mixed with the whole range in {mix:.0%} of batches)" if mix > 0 else "")
+                + f" of the task's {task.min_length}-{task.max_length}, and no length curriculum in this run widens "
+                "them: it would train at those lengths to its end; add the curriculum back "
+                "(trainer.callbacks: memnet.curriculum.LengthCurriculum), or start a new run "
+                "(memnet fit without --ckpt_path)")
+
     def forward(self, inputs: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """inputs (B, T, D_in) -> logits (B, T, D_out)."""
         if not self.training and self.eval_memory_size is not None:

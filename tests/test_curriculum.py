@@ -550,3 +550,40 @@ def test_a_run_resumed_with_a_task_of_another_range_goes_on_inside_the_new_range
     dm = AlgorithmicDataModule(RepeatCopyTask(width=3, max_repeats=5))
     repeats.on_fit_start(SimpleNamespace(datamodule=dm, current_epoch=9), None)
     assert repeats.max_length == 5 and dm.task.repeats_range == (1, 5)
+
+
+def test_a_run_resumed_at_a_narrowed_range_without_a_length_curriculum_is_refused(tmp_path):
+    """The data module's state brings the checkpoint's curriculum range back; with no length curriculum in the
+    resumed run nothing widened it again and the run trained at lengths 1-2 of 1-20 to its end, exit 0."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from memnet.controllers import LSTMController
+    from memnet.lightning import SequenceModule
+    from memnet.models.recurrent import RecurrentModel
+
+    lengths = []
+
+    class Lengths(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            lengths.append(int(batch["length"]))
+
+    def fit(epochs, callbacks, *, resume=False):
+        torch.manual_seed(0)
+        net = RecurrentModel(4, 3, controller=partial(LSTMController, hidden_size=8))
+        data = AlgorithmicDataModule(CopyTask(width=3, min_length=1, max_length=20), batch_size=4,
+                                     batches_per_epoch=3, val_size=4, seed=0)
+        trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                             num_sanity_val_steps=0,
+                             callbacks=[*callbacks, Lengths(), ModelCheckpoint(dirpath=tmp_path, save_last=True)])
+        trainer.fit(SequenceModule(net), datamodule=data, ckpt_path=str(tmp_path / "last.ckpt") if resume else None)
+        return data
+
+    fit(2, [LengthCurriculum("growing", start_length=2, every_n_epochs=50)])
+    assert max(lengths) <= 2
+    lengths.clear()
+    with pytest.raises(ValueError, match=r"lengths 1-2 of the task's 1-20, and no length curriculum in this run"):
+        fit(4, [], resume=True)
+    assert lengths == []  # refused before a batch was drawn
+    # with the curriculum back the run goes on, as before
+    assert fit(3, [LengthCurriculum("growing", start_length=2, every_n_epochs=50)], resume=True).length_range == (1, 2)
+    assert lengths and max(lengths) <= 2
