@@ -95,9 +95,7 @@ class SequenceModule(MemnetModule):
     #: what a validation or test batch adds to its epoch's sums by task length (:meth:`evaluation_sums`), in the
     #: order of ``LengthSums``' columns after the length and the sequences
     sum_columns: tuple[str, ...] = ("nats", "scored_bits", "bits", "bit_errors", "optimal_bits", "optimal_sequences")
-    #: whether ``forward_kwargs`` passes the targets to the network, as a conditional one needs
-    #: (``RecurrentModel(conditional=True)``); without them it would train on its own predictions
-    passes_targets = False
+    conditional_module = "memnet.lightning.ConditionalSequenceModule"  # (passes_targets: MemnetModule's)
 
     def __init__(
         self,
@@ -109,12 +107,6 @@ class SequenceModule(MemnetModule):
         eval_memory_size: int | None = None,
         nonfinite_grads: NonFinite = "skip",
     ) -> None:
-        if getattr(net, "conditional", False) and not self.passes_targets:
-            raise ValueError(
-                f"{type(self).__name__} cannot train a conditional {type(net).__name__} (conditional=True): it "
-                "passes no targets, so the network would train on its own predictions; use "
-                "memnet.lightning.ConditionalSequenceModule"
-            )
         if eval_memory_size is not None:  # not 2.5, True or "64": a count of slots
             check_positive(eval_memory_size=eval_memory_size)
         super().__init__(
@@ -676,26 +668,6 @@ class RegressionModule(MemnetModule):
     """
 
     epoch_metric = NRMSESums  # per stage: [Σ(y−ŷ)², Σy, Σy², count] of each output this epoch, float64
-
-    def __init__(
-        self,
-        net: nn.Module,
-        *,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        scheduler: LRSchedulerCallable | None = None,
-        scheduler_interval: Interval = "epoch",
-        nonfinite_grads: NonFinite = "skip",
-    ) -> None:
-        if getattr(net, "conditional", False):  # as SequenceModule refuses one: it would train on its own predictions
-            raise ValueError(
-                f"{type(self).__name__} cannot train a conditional {type(net).__name__} (conditional=True): it passes "
-                "no targets, so the network would train free-running, fed back its own predictions (as "
-                f"{getattr(net, 'feedback', '?')!r}, made for binary or categorical outputs, not a real-valued series); "
-                "set conditional: false")
-        super().__init__(
-            net, optimizer=optimizer, scheduler=scheduler, scheduler_interval=scheduler_interval,
-            nonfinite_grads=nonfinite_grads,
-        )
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """inputs (B, T, D_in) -> predictions (B, T, K)."""

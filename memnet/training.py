@@ -108,6 +108,12 @@ class MemnetModule(pl.LightningModule):
     #: the torchmetrics Metric a subclass accumulates over each stage's epoch (None: none);
     #: ``log_epoch_value(stage, value)`` logs what it computed
     epoch_metric: Callable[[], torchmetrics.Metric] | None = None
+    #: whether ``forward_kwargs`` passes the targets to the network, as a conditional one needs
+    #: (``RecurrentModel(conditional=True)``); a module that does not refuses such a network, which would train
+    #: free-running on its own predictions
+    passes_targets = False
+    #: what the refusal of a conditional network advises: the module that takes one (None: set conditional false)
+    conditional_module: str | None = None
 
     def __init__(
         self,
@@ -118,6 +124,11 @@ class MemnetModule(pl.LightningModule):
         scheduler_interval: Interval = "epoch",
         nonfinite_grads: NonFinite = "skip",
     ) -> None:
+        if getattr(net, "conditional", False) and not self.passes_targets:
+            raise ValueError(
+                f"{type(self).__name__} cannot train a conditional {type(net).__name__} (conditional=True): it "
+                "passes no targets, so the network would train on its own predictions; "
+                + (f"use {self.conditional_module}" if self.conditional_module else "set conditional: false"))
         super().__init__()
         if scheduler_interval not in ("step", "epoch"):
             raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
