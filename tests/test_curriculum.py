@@ -587,3 +587,30 @@ def test_a_run_resumed_at_a_narrowed_range_without_a_length_curriculum_is_refuse
     # with the curriculum back the run goes on, as before
     assert fit(3, [LengthCurriculum("growing", start_length=2, every_n_epochs=50)], resume=True).length_range == (1, 2)
     assert lengths and max(lengths) <= 2
+
+
+def test_a_repeat_curriculum_does_not_stand_for_the_length_curriculum_on_resume(tmp_path):
+    """Repeat copy trained with both curricula and resumed with the repeat one alone: the repeat curriculum widens
+    the repeat counts, never the lengths, so the narrowed lengths are refused as without any curriculum."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from memnet.controllers import LSTMController
+    from memnet.curriculum import RepeatCurriculum
+    from memnet.lightning import SequenceModule
+    from memnet.models.recurrent import RecurrentModel
+    from tasks.algorithmic import RepeatCopyTask
+
+    def fit(epochs, callbacks, *, resume=False):
+        torch.manual_seed(0)
+        task = RepeatCopyTask(width=3, min_length=1, max_length=6, min_repeats=1, max_repeats=3)
+        net = RecurrentModel(task.input_size, task.output_size, controller=partial(LSTMController, hidden_size=8))
+        data = AlgorithmicDataModule(task, batch_size=4, batches_per_epoch=2, val_size=4, seed=0)
+        trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                             num_sanity_val_steps=0, callbacks=[*callbacks, ModelCheckpoint(dirpath=tmp_path,
+                                                                                          save_last=True)])
+        trainer.fit(SequenceModule(net), datamodule=data, ckpt_path=str(tmp_path / "last.ckpt") if resume else None)
+
+    fit(1, [LengthCurriculum("growing", start_length=2, every_n_epochs=50),
+            RepeatCurriculum(start_repeats=1, every_n_epochs=50)])
+    with pytest.raises(ValueError, match=r"lengths 1-2 of the task's 1-6, and no length curriculum in this run"):
+        fit(3, [RepeatCurriculum(start_repeats=1, every_n_epochs=50)], resume=True)
